@@ -1,0 +1,146 @@
+//! Callsite classification, done once per callsite in `register_callsite`.
+//!
+//! Every span or event callsite gets a small id and a [`Class`] that tells the
+//! hot path what it stands for (a tokio task, a resource, a waker event, a
+//! user span...). Lookups on the span-creation and event paths go through an
+//! immutable map behind an [`ArcSwap`]: readers take no lock and contend on
+//! nothing; the rare registration copies the map.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use awaitscope_wire as wire;
+use rustc_hash::FxHashMap;
+use tracing_core::{Level, Metadata};
+
+/// What a callsite is, for the capture layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A span of the given class.
+    Span(wire::SpanClass),
+    /// An event forwarded as a `Log` of the given class.
+    Event(wire::EventClass),
+    /// tokio's `tokio::task::waker` events: turned into `Wake`.
+    Waker,
+    /// An event the layer does not capture (user events below WARN).
+    Ignored,
+}
+
+/// Id and class of a registered callsite.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Info {
+    pub id: u32,
+    pub class: Class,
+}
+
+/// Target of the task spans made by `awaitscope::spawn` on stable tokio.
+pub(crate) const AWAITSCOPE_TASK_TARGET: &str = "awaitscope::task";
+
+/// Classifies a callsite from its metadata.
+pub(crate) fn classify(meta: &Metadata<'_>) -> Class {
+    let target = meta.target();
+    let name = meta.name();
+    if meta.is_span() {
+        let tokio = target.starts_with("tokio");
+        let class = match name {
+            "runtime.spawn" if tokio || target == AWAITSCOPE_TASK_TARGET => wire::SpanClass::Task,
+            "runtime.resource" if tokio => wire::SpanClass::Resource,
+            "runtime.resource.async_op" if tokio => wire::SpanClass::AsyncOp,
+            "runtime.resource.async_op.poll" if tokio => wire::SpanClass::AsyncOpPoll,
+            _ => wire::SpanClass::User,
+        };
+        return Class::Span(class);
+    }
+    match target {
+        "tokio::task::waker" => Class::Waker,
+        "runtime::resource::poll_op" => Class::Event(wire::EventClass::PollOp),
+        "runtime::resource::state_update" | "runtime::resource::async_op::state_update" => {
+            Class::Event(wire::EventClass::StateUpdate)
+        }
+        _ if *meta.level() <= Level::WARN => Class::Event(wire::EventClass::User),
+        _ => Class::Ignored,
+    }
+}
+
+fn level(l: &Level) -> wire::Level {
+    match *l {
+        Level::TRACE => wire::Level::Trace,
+        Level::DEBUG => wire::Level::Debug,
+        Level::INFO => wire::Level::Info,
+        Level::WARN => wire::Level::Warn,
+        _ => wire::Level::Error,
+    }
+}
+
+fn capped(s: &str) -> String {
+    let mut s = s.to_owned();
+    wire::limits::truncate(&mut s);
+    s
+}
+
+/// Key of a callsite: the address of its `'static` metadata, which is unique
+/// per callsite.
+fn key(meta: &'static Metadata<'static>) -> usize {
+    meta as *const Metadata<'static> as usize
+}
+
+/// All callsites registered with one layer instance.
+#[derive(Default)]
+pub(crate) struct Callsites {
+    map: ArcSwap<FxHashMap<usize, Info>>,
+    /// Registration order; the exporter sends `all[sent..]` and re-sends all
+    /// of them after a reconnect.
+    all: Mutex<Vec<wire::Callsite>>,
+}
+
+impl Callsites {
+    /// Looks up a callsite, registering it if this is its first sight.
+    #[inline]
+    pub fn get(&self, meta: &'static Metadata<'static>) -> Info {
+        if let Some(info) = self.map.load().get(&key(meta)) {
+            return *info;
+        }
+        self.register(meta)
+    }
+
+    /// Registers a callsite (idempotent).
+    pub fn register(&self, meta: &'static Metadata<'static>) -> Info {
+        let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(info) = self.map.load().get(&key(meta)) {
+            return *info;
+        }
+        let class = classify(meta);
+        let id = all.len() as u32;
+        let kind = match class {
+            Class::Span(c) => wire::CallsiteKind::Span(c),
+            Class::Event(c) => wire::CallsiteKind::Event(c),
+            Class::Waker | Class::Ignored => wire::CallsiteKind::Event(wire::EventClass::User),
+        };
+        all.push(wire::Callsite {
+            id,
+            name: capped(meta.name()),
+            target: capped(meta.target()),
+            level: level(meta.level()),
+            file: meta.file().map(capped),
+            line: meta.line(),
+            kind,
+            fields: meta
+                .fields()
+                .iter()
+                .take(wire::limits::MAX_FIELDS)
+                .map(|f| capped(f.name()))
+                .collect(),
+        });
+        let info = Info { id, class };
+        let mut map = FxHashMap::clone(&self.map.load());
+        map.insert(key(meta), info);
+        self.map.store(Arc::new(map));
+        info
+    }
+
+    /// Callsites registered from index `from` on.
+    pub fn since(&self, from: usize) -> Vec<wire::Callsite> {
+        let all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+}

@@ -1,0 +1,308 @@
+//! The capture layer: a `tracing_subscriber::Layer` that records tasks,
+//! polls, wakes, spans, events and tokio resources into per-thread rings.
+//!
+//! The per-poll path (enter and exit of task spans and of spans inside
+//! polls) takes no lock shared between threads, allocates nothing and makes
+//! no syscall: a registry lookup of the span's extension, a clock read
+//! (TSC where available) and a push into the thread's own ring.
+
+pub(crate) mod callsite;
+pub(crate) mod fields;
+pub(crate) mod local;
+pub(crate) mod record;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use awaitscope_wire::{CloseKind, SpanClass};
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::{Event, Interest, Metadata, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use callsite::{Callsites, Class};
+use fields::{FieldRecorder, WakerVisitor};
+use local::with_local;
+use record::{Raw, RawLog, RawSpan};
+
+/// What the layer keeps in each span's registry extensions.
+pub(crate) struct SpanData {
+    /// Stable id, never reused.
+    pub id: u64,
+    pub class: SpanClass,
+    /// For task spans: the last enter/exit pair directly followed the task's
+    /// previous poll (the drop of a completed future).
+    pub last_pair_adjacent: AtomicBool,
+}
+
+/// The consumer half of one thread's ring, held by the exporter.
+pub(crate) struct Ring {
+    pub consumer: rtrb::Consumer<Raw>,
+    pub thread: u32,
+    pub name: Option<String>,
+}
+
+/// State shared by a layer instance, its threads and its exporter.
+pub(crate) struct Shared {
+    pub instance: u64,
+    next_span: AtomicU64,
+    next_thread: AtomicU32,
+    pub callsites: Callsites,
+    /// Rings of threads that recorded; new ones are appended here and taken
+    /// by the exporter.
+    pub new_rings: Mutex<Vec<Ring>>,
+    /// Records dropped because a ring was full (or the thread was exiting).
+    pub buffer_full: AtomicU64,
+    pub clock: quanta::Clock,
+    /// Raw clock reading at the process origin (ns 0 on the wire).
+    pub origin_raw: u64,
+    pub ring_capacity: usize,
+}
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+impl Shared {
+    pub fn new(ring_capacity: usize) -> Arc<Self> {
+        let clock = quanta::Clock::new();
+        let origin_raw = clock.raw();
+        Arc::new(Self {
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            next_span: AtomicU64::new(1),
+            next_thread: AtomicU32::new(0),
+            callsites: Callsites::default(),
+            new_rings: Mutex::new(Vec::new()),
+            buffer_full: AtomicU64::new(0),
+            clock,
+            origin_raw,
+            ring_capacity,
+        })
+    }
+
+    fn register_ring(&self, consumer: rtrb::Consumer<Raw>) {
+        let thread = self.next_thread.fetch_add(1, Ordering::Relaxed);
+        let name = std::thread::current().name().map(str::to_owned);
+        self.new_rings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Ring {
+                consumer,
+                thread,
+                name,
+            });
+    }
+
+    /// Nanoseconds since the origin for a raw clock reading.
+    #[inline]
+    pub fn nanos(&self, raw: u64) -> u64 {
+        self.clock.delta_as_nanos(self.origin_raw, raw)
+    }
+}
+
+/// The awaitscope `Layer`. Get one from [`crate::builder`]; it works in any
+/// `tracing_subscriber` stack whose subscriber implements `LookupSpan` (such
+/// as `tracing_subscriber::registry()`), beside other layers and filters.
+pub struct AwaitscopeLayer {
+    /// `None` when awaitscope is turned off (`AWAITSCOPE=off`).
+    pub(crate) shared: Option<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for AwaitscopeLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwaitscopeLayer")
+            .field("instance", &self.shared.as_ref().map(|s| s.instance))
+            .finish()
+    }
+}
+
+impl AwaitscopeLayer {
+    #[inline]
+    fn span_id<S>(ctx: &Context<'_, S>, id: &Id) -> Option<(u64, SpanClass)>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let span = ctx.span(id)?;
+        let ext = span.extensions();
+        ext.get::<SpanData>().map(|d| (d.id, d.class))
+    }
+}
+
+impl<S> Layer<S> for AwaitscopeLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if let Some(shared) = &self.shared {
+            shared.callsites.register(metadata);
+        }
+        // Never narrow what other layers see.
+        Interest::always()
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(shared) = &self.shared else { return };
+        let info = shared.callsites.get(attrs.metadata());
+        let Class::Span(class) = info.class else {
+            return;
+        };
+        let Some(span) = ctx.span(id) else { return };
+        let parent = span
+            .parent()
+            .and_then(|p| p.extensions().get::<SpanData>().map(|d| d.id))
+            .unwrap_or(0);
+        let ctx_span = ctx
+            .lookup_current()
+            .and_then(|c| c.extensions().get::<SpanData>().map(|d| d.id))
+            .unwrap_or(0);
+        let mut rec = FieldRecorder::default();
+        attrs.record(&mut rec);
+        let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
+        span.extensions_mut().insert(SpanData {
+            id: sid,
+            class,
+            last_pair_adjacent: AtomicBool::new(false),
+        });
+        let ts = shared.clock.raw();
+        with_local(shared, |l| {
+            let raw = RawSpan {
+                id: sid,
+                callsite: info.id,
+                parent,
+                ctx_task: l.current_task(),
+                ctx_span,
+                ts,
+                fields: rec.fields,
+            };
+            l.push(shared, Raw::Span(Box::new(raw)));
+        });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some((sid, _)) = Self::span_id(&ctx, id) else {
+            return;
+        };
+        let mut rec = FieldRecorder::default();
+        values.record(&mut rec);
+        let Some(shared) = &self.shared else { return };
+        with_local(shared, |l| {
+            l.push(shared, Raw::Record(Box::new((sid, rec.fields))))
+        });
+    }
+
+    fn on_follows_from(&self, id: &Id, follows: &Id, ctx: Context<'_, S>) {
+        let (Some((span, _)), Some((follows, _))) =
+            (Self::span_id(&ctx, id), Self::span_id(&ctx, follows))
+        else {
+            return;
+        };
+        let Some(shared) = &self.shared else { return };
+        with_local(shared, |l| {
+            l.push(shared, Raw::FollowsFrom { span, follows })
+        });
+    }
+
+    #[inline]
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        let Some((sid, class)) = Self::span_id(&ctx, id) else {
+            return;
+        };
+        let Some(shared) = &self.shared else { return };
+        let ts = shared.clock.raw();
+        with_local(shared, |l| {
+            if class == SpanClass::Task {
+                l.enter_task(shared, sid, ts);
+            }
+            l.push(shared, Raw::Enter { span: sid, ts });
+        });
+    }
+
+    #[inline]
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let ext = span.extensions();
+        let Some(data) = ext.get::<SpanData>() else {
+            return;
+        };
+        let Some(shared) = &self.shared else { return };
+        let ts = shared.clock.raw();
+        with_local(shared, |l| {
+            l.push(shared, Raw::Exit { span: data.id, ts });
+            if data.class == SpanClass::Task {
+                let adjacent = l.exit_task(data.id, ts);
+                data.last_pair_adjacent.store(adjacent, Ordering::Relaxed);
+            }
+        });
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let ext = span.extensions();
+        let Some(data) = ext.get::<SpanData>() else {
+            return;
+        };
+        let Some(shared) = &self.shared else { return };
+        let ts = shared.clock.raw();
+        with_local(shared, |l| {
+            let kind = if data.class != SpanClass::Task {
+                CloseKind::Span
+            } else if l.panicked_task == data.id {
+                l.panicked_task = 0;
+                CloseKind::Panicked
+            } else if data.last_pair_adjacent.load(Ordering::Relaxed) {
+                CloseKind::Completed
+            } else {
+                CloseKind::Cancelled
+            };
+            l.push(
+                shared,
+                Raw::Close {
+                    span: data.id,
+                    kind,
+                    ts,
+                },
+            );
+        });
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(shared) = &self.shared else { return };
+        let info = shared.callsites.get(event.metadata());
+        match info.class {
+            Class::Waker => {
+                let mut v = WakerVisitor::default();
+                event.record(&mut v);
+                let (Some(op), Some(task_id)) = (v.op, v.task_id) else {
+                    return;
+                };
+                let Some((task, _)) = Self::span_id(&ctx, &Id::from_u64(task_id)) else {
+                    return;
+                };
+                let ts = shared.clock.raw();
+                with_local(shared, |l| {
+                    let by = l.current_task();
+                    l.push(shared, Raw::Wake { task, by, op, ts });
+                });
+            }
+            Class::Event(_) => {
+                let span = ctx
+                    .event_span(event)
+                    .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.id))
+                    .unwrap_or(0);
+                let mut rec = FieldRecorder::default();
+                event.record(&mut rec);
+                let ts = shared.clock.raw();
+                with_local(shared, |l| {
+                    let raw = RawLog {
+                        callsite: info.id,
+                        span,
+                        task: l.current_task(),
+                        ts,
+                        fields: rec.fields,
+                    };
+                    l.push(shared, Raw::Log(Box::new(raw)));
+                });
+            }
+            Class::Span(_) | Class::Ignored => {}
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What the hot path pushes into a thread's ring: compact records with raw
+//! clock readings. The exporter turns them into wire events.
+//!
+//! Frequent records (enter, exit, wake, close) are stored inline; rare ones
+//! with variable-size payloads are boxed to keep ring slots small.
+
+use awaitscope_wire::{CloseKind, Field, WakeOp};
+
+/// A span was created.
+pub(crate) struct RawSpan {
+    pub id: u64,
+    pub callsite: u32,
+    pub parent: u64,
+    pub ctx_task: u64,
+    pub ctx_span: u64,
+    pub ts: u64,
+    pub fields: Vec<Field>,
+}
+
+/// An event captured as a log.
+pub(crate) struct RawLog {
+    pub callsite: u32,
+    pub span: u64,
+    pub task: u64,
+    pub ts: u64,
+    pub fields: Vec<Field>,
+}
+
+/// A panic seen by the panic hook.
+pub(crate) struct RawPanic {
+    pub task: u64,
+    pub span: u64,
+    pub message: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub ts: u64,
+}
+
+/// One ring slot. Ids are stable span ids; 0 means none. `ts` are raw clock
+/// readings.
+pub(crate) enum Raw {
+    Span(Box<RawSpan>),
+    Enter {
+        span: u64,
+        ts: u64,
+    },
+    Exit {
+        span: u64,
+        ts: u64,
+    },
+    Close {
+        span: u64,
+        kind: CloseKind,
+        ts: u64,
+    },
+    Record(Box<(u64, Vec<Field>)>),
+    FollowsFrom {
+        span: u64,
+        follows: u64,
+    },
+    Wake {
+        task: u64,
+        by: u64,
+        op: WakeOp,
+        ts: u64,
+    },
+    Log(Box<RawLog>),
+    Panic(Box<RawPanic>),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ring_slots_stay_small() {
+        assert!(std::mem::size_of::<super::Raw>() <= 40);
+    }
+}

@@ -1,0 +1,221 @@
+//! Where frames go: a collector over TCP, a recording file, or memory.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use awaitscope_wire::{preamble, DropCounts};
+
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// A collector that accepts nothing for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A destination for the stream.
+pub(crate) struct Sink {
+    kind: Kind,
+    drops: DropCounts,
+    reported: DropCounts,
+}
+
+enum Kind {
+    Tcp(Tcp),
+    File(Option<BufWriter<File>>, PathBuf),
+    Memory(Arc<Mutex<Vec<u8>>>),
+}
+
+struct Tcp {
+    addr: String,
+    stream: Option<TcpStream>,
+    next_attempt: Instant,
+    backoff: Duration,
+    /// A `Hello` was already sent on an earlier connection.
+    connected_before: bool,
+}
+
+impl Sink {
+    fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            drops: DropCounts::default(),
+            reported: DropCounts::default(),
+        }
+    }
+
+    /// Streams to a collector at `addr` (host:port), connecting lazily and
+    /// reconnecting with backoff.
+    pub fn tcp(addr: String) -> Self {
+        Self::new(Kind::Tcp(Tcp {
+            addr,
+            stream: None,
+            next_attempt: Instant::now(),
+            backoff: BACKOFF_MIN,
+            connected_before: false,
+        }))
+    }
+
+    /// Writes a recording at `path`.
+    pub fn file(path: PathBuf) -> io::Result<Self> {
+        let f = File::create(&path)?;
+        Ok(Self::new(Kind::File(
+            Some(BufWriter::with_capacity(256 * 1024, f)),
+            path,
+        )))
+    }
+
+    /// Appends the stream to a shared buffer.
+    pub fn memory(buf: Arc<Mutex<Vec<u8>>>) -> Self {
+        Self::new(Kind::Memory(buf))
+    }
+
+    /// Opens the stream: preamble and `hello` for files and memory. A TCP
+    /// sink sends its own handshake when it connects.
+    pub fn start(&mut self, hello: &[u8]) {
+        let mut bytes = preamble().to_vec();
+        bytes.extend_from_slice(hello);
+        match &mut self.kind {
+            Kind::Tcp(_) => {}
+            Kind::File(..) | Kind::Memory(_) => self.write(&bytes, 0),
+        }
+    }
+
+    /// A TCP sink that is down and due for a reconnection attempt.
+    pub fn wants_connect(&self) -> bool {
+        matches!(&self.kind, Kind::Tcp(t) if t.stream.is_none() && Instant::now() >= t.next_attempt)
+    }
+
+    /// Tries to connect; on success sends the preamble and `handshake`
+    /// (hello, callsites and live spans).
+    pub fn connect(&mut self, handshake: &[u8]) {
+        let Kind::Tcp(t) = &mut self.kind else {
+            return;
+        };
+        match try_connect(&t.addr) {
+            Ok(mut stream) => {
+                let mut bytes = preamble().to_vec();
+                bytes.extend_from_slice(handshake);
+                if stream.write_all(&bytes).is_ok() {
+                    t.stream = Some(stream);
+                    t.backoff = BACKOFF_MIN;
+                    t.connected_before = true;
+                    return;
+                }
+                t.fail();
+            }
+            Err(_) => t.fail(),
+        }
+    }
+
+    /// Whether this TCP sink was connected before (its next `Hello` is a
+    /// reconnect).
+    pub fn connected_before(&self) -> bool {
+        matches!(&self.kind, Kind::Tcp(t) if t.connected_before)
+    }
+
+    /// Whether frames written now would be delivered.
+    pub fn is_up(&self) -> bool {
+        match &self.kind {
+            Kind::Tcp(t) => t.stream.is_some(),
+            Kind::File(w, _) => w.is_some(),
+            Kind::Memory(_) => true,
+        }
+    }
+
+    /// Writes encoded frames holding `events` events; counts them as dropped
+    /// when the sink is down or fails.
+    pub fn write(&mut self, bytes: &[u8], events: u64) {
+        match &mut self.kind {
+            Kind::Tcp(t) => match &mut t.stream {
+                Some(s) => {
+                    if s.write_all(bytes).is_err() {
+                        self.drops.write_failed += events;
+                        t.fail();
+                    }
+                }
+                None => self.drops.disconnected += events,
+            },
+            Kind::File(w, path) => match w {
+                Some(f) => {
+                    if let Err(e) = f.write_all(bytes) {
+                        eprintln!(
+                            "awaitscope: writing recording {} failed: {e}; recording stopped",
+                            path.display()
+                        );
+                        self.drops.write_failed += events;
+                        *w = None;
+                    }
+                }
+                None => self.drops.write_failed += events,
+            },
+            Kind::Memory(m) => m
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(bytes),
+        }
+    }
+
+    /// Pushes buffered bytes out.
+    pub fn flush(&mut self) {
+        match &mut self.kind {
+            Kind::Tcp(t) => {
+                if let Some(s) = &mut t.stream {
+                    if s.flush().is_err() {
+                        t.fail();
+                    }
+                }
+            }
+            Kind::File(w, _) => {
+                if let Some(f) = w {
+                    if f.flush().is_err() {
+                        *w = None;
+                    }
+                }
+            }
+            Kind::Memory(_) => {}
+        }
+    }
+
+    /// This sink's own drop counts (buffer drops are added by the caller).
+    pub fn drops(&self) -> DropCounts {
+        self.drops
+    }
+
+    /// Counts last sent on this sink.
+    pub fn last_reported(&self) -> DropCounts {
+        self.reported
+    }
+
+    /// Remembers the counts just sent.
+    pub fn set_reported(&mut self, counts: DropCounts) {
+        self.reported = counts;
+    }
+}
+
+impl Tcp {
+    fn fail(&mut self) {
+        self.stream = None;
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn try_connect(addr: &str) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

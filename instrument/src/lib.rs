@@ -1,0 +1,338 @@
+//! # awaitscope
+//!
+//! Async-aware tracing for tokio. Add one line to your program:
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() {
+//!     let _guard = awaitscope::init(); // flushes on drop
+//!     // ...
+//! }
+//! ```
+//!
+//! and awaitscope follows every task (who spawned it, and from which span),
+//! every poll, wake, span and tokio resource, and streams them to a collector
+//! (`awaitscope` TUI or `awaitscope serve`) and/or a recording file.
+//!
+//! ## Configuration (environment)
+//! | variable | meaning |
+//! | --- | --- |
+//! | `AWAITSCOPE_ADDR` | collector to stream to (default `127.0.0.1:6670`; `off`: none) |
+//! | `AWAITSCOPE_RECORD` | path of a recording file to write |
+//! | `AWAITSCOPE_TOKEN` | token to present to a collector that requires one |
+//! | `AWAITSCOPE=off` | install nothing |
+//! | `RUST_LOG` | filter of the log output printed to stderr (default `warn`) |
+//!
+//! ## tokio_unstable
+//! Build with `RUSTFLAGS="--cfg tokio_unstable"` (e.g. in `.cargo/config.toml`)
+//! so tokio instruments its tasks, wakers and resources. Without it, use
+//! [`spawn`] / [`spawn_named`] for the tasks you want tracked; see
+//! [`spawn`](mod@spawn) for what is lost.
+//!
+//! ## Composition
+//! [`builder`] gives the [`AwaitscopeLayer`] and its [`Guard`] for a
+//! `tracing_subscriber` stack of your own.
+
+mod capture;
+mod config;
+mod export;
+mod panic;
+pub mod spawn;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use awaitscope_wire as wire;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+pub use capture::AwaitscopeLayer;
+pub use config::DEFAULT_ADDR;
+pub use spawn::{spawn, spawn_named};
+
+/// Slots in each thread's ring buffer (records a thread can hold before the
+/// exporter drains them).
+const DEFAULT_RING_CAPACITY: usize = 16 * 1024;
+
+/// Installs awaitscope as the global subscriber: `tracing_subscriber`'s
+/// registry, the awaitscope layer, and a log layer printing to stderr
+/// filtered by `RUST_LOG` (default `warn`). Configured by the environment
+/// (see the crate docs). Keep the returned guard alive: dropping it flushes
+/// the stream and the recording.
+///
+/// When a global subscriber is already set, prints why to stderr and returns
+/// an inert guard; use [`try_init`] to handle that case.
+pub fn init() -> Guard {
+    try_init().unwrap_or_else(|e| {
+        eprintln!("awaitscope: not installed: {e}");
+        Guard::inert()
+    })
+}
+
+/// Like [`init`], returning an error when a global subscriber is already set
+/// or the recording file cannot be created.
+pub fn try_init() -> Result<Guard, InitError> {
+    let b = builder();
+    if !b.enabled {
+        return Ok(Guard::inert());
+    }
+    let (layer, guard) = b.try_build()?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(fmt)
+        .try_init()
+        .map_err(|e| InitError::AlreadySet(e.to_string()))?;
+    Ok(guard)
+}
+
+/// Starts a [`Builder`] configured from the environment.
+pub fn builder() -> Builder {
+    Builder::from_env()
+}
+
+/// Why awaitscope could not be installed.
+#[derive(Debug)]
+pub enum InitError {
+    /// A global `tracing` subscriber was already set.
+    AlreadySet(String),
+    /// The recording file could not be created.
+    Record(PathBuf, std::io::Error),
+}
+
+impl std::fmt::Display for InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InitError::AlreadySet(e) => write!(f, "a global subscriber is already set ({e})"),
+            InitError::Record(p, e) => write!(f, "cannot create recording {}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for InitError {}
+
+/// Builds an [`AwaitscopeLayer`] and its [`Guard`].
+#[derive(Clone, Debug)]
+pub struct Builder {
+    enabled: bool,
+    addr: Option<String>,
+    record: Option<PathBuf>,
+    memory: Option<MemoryRecording>,
+    token: Option<String>,
+    ring_capacity: usize,
+}
+
+impl Builder {
+    /// Configuration from the environment (see the crate docs).
+    pub fn from_env() -> Self {
+        let env = config::EnvConfig::from_env();
+        Self {
+            enabled: env.enabled,
+            addr: env.addr,
+            record: env.record,
+            memory: None,
+            token: env.token,
+            ring_capacity: DEFAULT_RING_CAPACITY,
+        }
+    }
+
+    /// A builder with no destination at all, ignoring the environment.
+    pub fn new() -> Self {
+        Self {
+            enabled: true,
+            addr: None,
+            record: None,
+            memory: None,
+            token: None,
+            ring_capacity: DEFAULT_RING_CAPACITY,
+        }
+    }
+
+    /// Streams to the collector at `addr` (`host:port`).
+    pub fn stream_to(mut self, addr: impl Into<String>) -> Self {
+        self.addr = Some(addr.into());
+        self
+    }
+
+    /// Does not stream to any collector.
+    pub fn no_stream(mut self) -> Self {
+        self.addr = None;
+        self
+    }
+
+    /// Writes a recording to `path`.
+    pub fn record_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.record = Some(path.into());
+        self
+    }
+
+    /// Also writes the stream into `memory` (for tests and in-process tools).
+    pub fn record_in_memory(mut self, memory: &MemoryRecording) -> Self {
+        self.memory = Some(memory.clone());
+        self
+    }
+
+    /// Token presented to a collector that requires one.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Slots per thread buffer; records beyond are dropped and counted.
+    pub fn ring_capacity(mut self, slots: usize) -> Self {
+        self.ring_capacity = slots.max(16);
+        self
+    }
+
+    /// Builds the layer and guard. A recording that cannot be created is
+    /// reported on stderr and skipped; see [`Builder::try_build`].
+    pub fn build(self) -> (AwaitscopeLayer, Guard) {
+        let mut this = self;
+        match this.clone().try_build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("awaitscope: {e}");
+                this.record = None;
+                this.try_build()
+                    .unwrap_or_else(|_| (AwaitscopeLayer { shared: None }, Guard::inert()))
+            }
+        }
+    }
+
+    /// Builds the layer and guard, failing if the recording cannot be created.
+    pub fn try_build(self) -> Result<(AwaitscopeLayer, Guard), InitError> {
+        if !self.enabled {
+            return Ok((AwaitscopeLayer { shared: None }, Guard::inert()));
+        }
+        let mut sinks = Vec::new();
+        if let Some(path) = &self.record {
+            let sink = export::sink::Sink::file(path.clone())
+                .map_err(|e| InitError::Record(path.clone(), e))?;
+            sinks.push(sink);
+        }
+        if let Some(addr) = self.addr {
+            sinks.push(export::sink::Sink::tcp(addr));
+        }
+        if let Some(m) = &self.memory {
+            sinks.push(export::sink::Sink::memory(m.0.clone()));
+        }
+        let shared = capture::Shared::new(self.ring_capacity);
+        let start_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let process = wire::ProcessKey {
+            pid: std::process::id(),
+            start_unix_ns,
+        };
+        let info = process_info(self.token);
+        panic::register(&shared);
+        let exporter = export::start(shared.clone(), sinks, info, process);
+        Ok((
+            AwaitscopeLayer {
+                shared: Some(shared),
+            },
+            Guard {
+                exporter: Some(exporter),
+            },
+        ))
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn process_info(token: Option<String>) -> wire::ProcessInfo {
+    let capped = |mut s: String| {
+        wire::limits::truncate(&mut s);
+        s
+    };
+    let cmdline: Vec<String> = std::env::args()
+        .take(wire::limits::MAX_FIELDS)
+        .map(capped)
+        .collect();
+    let name = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .or_else(|| cmdline.first().cloned())
+        .unwrap_or_default();
+    wire::ProcessInfo {
+        name: capped(name),
+        cmdline,
+        producer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        tokio_unstable: cfg!(tokio_unstable),
+        reconnect: false,
+        token: token.map(capped),
+    }
+}
+
+/// Keeps awaitscope's exporter running. Dropping it drains what was
+/// recorded, sends `Goodbye`, and flushes the stream and the recording.
+#[must_use = "dropping the guard stops awaitscope"]
+pub struct Guard {
+    exporter: Option<export::ExporterHandle>,
+}
+
+impl Guard {
+    fn inert() -> Self {
+        Self { exporter: None }
+    }
+
+    /// Whether awaitscope is active behind this guard.
+    pub fn is_active(&self) -> bool {
+        self.exporter.is_some()
+    }
+
+    /// Drains everything recorded so far to the sinks and flushes them.
+    /// Returns after at most a few seconds.
+    pub fn flush(&self) {
+        if let Some(e) = &self.exporter {
+            e.flush(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.exporter.take() {
+            e.shutdown();
+        }
+    }
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("active", &self.is_active())
+            .finish()
+    }
+}
+
+/// A recording kept in memory: the same bytes a recording file would hold.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryRecording(Arc<Mutex<Vec<u8>>>);
+
+impl MemoryRecording {
+    /// An empty recording.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A copy of the bytes written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Decodes the frames written so far.
+    pub fn frames(&self) -> Result<Vec<wire::Frame>, wire::DecodeError> {
+        let bytes = self.bytes();
+        wire::FrameReader::new(&bytes[..])?.collect()
+    }
+}

@@ -1,0 +1,80 @@
+//! The panic hook: a panic inside a task becomes a `Panic` event with the
+//! task and span it happened in, and the task ends as panicked.
+
+use std::sync::{Arc, Mutex, Once, Weak};
+
+use crate::capture::local::with_local;
+use crate::capture::record::{Raw, RawPanic};
+use crate::capture::{Shared, SpanData};
+
+static INSTANCES: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+static HOOK: Once = Once::new();
+
+/// Installs the hook (once per process; it chains to the previous hook) and
+/// registers `shared` with it.
+pub(crate) fn register(shared: &Arc<Shared>) {
+    {
+        let mut list = INSTANCES.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(shared));
+    }
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            record(info);
+            prev(info);
+        }));
+    });
+}
+
+fn record(info: &std::panic::PanicHookInfo<'_>) {
+    let instances: Vec<Arc<Shared>> = match INSTANCES.try_lock() {
+        Ok(list) => list.iter().filter_map(Weak::upgrade).collect(),
+        Err(_) => return,
+    };
+    if instances.is_empty() {
+        return;
+    }
+    let payload = info.payload();
+    let mut message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+    awaitscope_wire::limits::truncate(&mut message);
+    let (file, line) = info.location().map_or((None, None), |l| {
+        (Some(l.file().to_owned()), Some(l.line()))
+    });
+    let span = current_span();
+    for shared in instances {
+        let ts = shared.clock.raw();
+        with_local(&shared, |l| {
+            let task = l.current_task();
+            l.panicked_task = task;
+            let raw = RawPanic {
+                task,
+                span,
+                message: message.clone(),
+                file: file.clone(),
+                line,
+                ts,
+            };
+            l.push(&shared, Raw::Panic(Box::new(raw)));
+        });
+    }
+}
+
+/// Stable id of the current span, when the default subscriber is built on
+/// `tracing_subscriber`'s registry.
+fn current_span() -> u64 {
+    let Some(id) = tracing::Span::current().id() else {
+        return 0;
+    };
+    tracing::dispatcher::get_default(|d| {
+        use tracing_subscriber::registry::LookupSpan;
+        d.downcast_ref::<tracing_subscriber::Registry>()
+            .and_then(|r| r.span(&id))
+            .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.id))
+            .unwrap_or(0)
+    })
+}

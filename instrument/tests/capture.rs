@@ -1,0 +1,335 @@
+//! End-to-end: real tokio programs under the awaitscope layer; assert what
+//! was captured. Tests that need tokio's own instrumentation are gated on
+//! `tokio_unstable`; the rest also run on stable tokio.
+
+mod support;
+
+use std::time::Duration;
+
+use awaitscope_wire::{CloseKind, EventClass, Level, Value};
+use support::{capture, capture_with, Flavor};
+use tracing::Instrument;
+
+const FLAVORS: [Flavor; 2] = [Flavor::CurrentThread, Flavor::MultiThread];
+
+#[test]
+fn spawn_context_links_task_tree_with_awaitscope_spawn() {
+    for flavor in FLAVORS {
+        let c = capture(flavor, || async {
+            let parent = awaitscope::spawn_named("parent", async {
+                async {
+                    let child = awaitscope::spawn_named("child", async {
+                        tokio::task::yield_now().await;
+                    });
+                    child.await.unwrap();
+                }
+                .instrument(tracing::info_span!("handle_request", id = 7))
+                .await;
+            });
+            parent.await.unwrap();
+        });
+        let parent = c.task("parent");
+        let child = c.task("child");
+        let request = c.span("handle_request");
+        assert_eq!(child.ctx_task, Some(parent.id), "{flavor:?}: spawning task");
+        assert_eq!(
+            child.ctx_span,
+            Some(request.id),
+            "{flavor:?}: spawn context"
+        );
+        assert_eq!(child.parent, None, "task spans are roots");
+        assert_eq!(request.fields.get("id"), Some(&Value::I64(7)));
+        assert_eq!(request.ctx_task, Some(parent.id));
+        // The span was entered while the parent task was polled.
+        assert!(c.entered_in_task[&parent.id].contains(&request.id));
+        // Spawned at this file.
+        assert!(child.str_field("loc.file").unwrap().ends_with("capture.rs"));
+        assert_eq!(child.close, Some(CloseKind::Completed), "{flavor:?}");
+        assert_eq!(parent.close, Some(CloseKind::Completed), "{flavor:?}");
+        assert!(c.hello && c.goodbye);
+    }
+}
+
+#[test]
+fn counts_polls_of_a_yielding_task() {
+    for flavor in FLAVORS {
+        let c = capture(flavor, || async {
+            awaitscope::spawn_named("yielder", async {
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap();
+        });
+        let t = c.task("yielder");
+        // 10 yields: 11 polls. The drop of the future is not a poll.
+        assert_eq!(t.polls(), 11, "{flavor:?}");
+        assert_eq!(t.enters.len(), t.exits.len());
+        for (enter, exit) in t.enters.iter().zip(&t.exits) {
+            assert_eq!(enter.0, exit.0, "a poll starts and ends on one thread");
+            assert!(enter.1 <= exit.1);
+        }
+    }
+}
+
+#[test]
+fn cancelled_task_is_told_from_completed() {
+    for flavor in FLAVORS {
+        let c = capture(flavor, || async {
+            let pending = awaitscope::spawn_named("forever", std::future::pending::<()>());
+            let done = awaitscope::spawn_named("done", async {});
+            done.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            pending.abort();
+            assert!(pending.await.unwrap_err().is_cancelled());
+        });
+        assert_eq!(
+            c.task("forever").close,
+            Some(CloseKind::Cancelled),
+            "{flavor:?}"
+        );
+        assert_eq!(c.task("forever").polls(), 1, "{flavor:?}");
+        assert_eq!(
+            c.task("done").close,
+            Some(CloseKind::Completed),
+            "{flavor:?}"
+        );
+    }
+}
+
+#[test]
+fn panic_in_task_is_captured_with_task_and_span() {
+    for flavor in FLAVORS {
+        let c = capture(flavor, || async {
+            let h = awaitscope::spawn_named("boom", async {
+                async {
+                    panic!("kaboom 42");
+                }
+                .instrument(tracing::info_span!("explode"))
+                .await
+            });
+            assert!(h.await.unwrap_err().is_panic());
+        });
+        let task = c.task("boom");
+        let span = c.span("explode");
+        let (ptask, pspan, msg) = c
+            .panics
+            .iter()
+            .find(|p| p.2.contains("kaboom"))
+            .expect("panic captured");
+        assert_eq!(*ptask, Some(task.id), "{flavor:?}");
+        assert_eq!(*pspan, Some(span.id), "{flavor:?}");
+        assert_eq!(msg, "kaboom 42");
+        assert_eq!(task.close, Some(CloseKind::Panicked), "{flavor:?}");
+    }
+}
+
+#[test]
+fn error_events_carry_span_and_task_context() {
+    for flavor in FLAVORS {
+        let c = capture(flavor, || async {
+            awaitscope::spawn_named("worker", async {
+                async {
+                    tracing::info!("not captured: below WARN");
+                    tracing::error!(code = 503, "inventory refused");
+                }
+                .instrument(tracing::info_span!("fetch_inventory", sku = 42))
+                .await
+            })
+            .await
+            .unwrap();
+        });
+        let user: Vec<_> = c
+            .logs
+            .iter()
+            .filter(|l| l.class == EventClass::User)
+            .collect();
+        assert_eq!(
+            user.len(),
+            1,
+            "{flavor:?}: only WARN and ERROR are captured"
+        );
+        let e = user[0];
+        assert_eq!(e.level, Level::Error);
+        assert_eq!(e.span, Some(c.span("fetch_inventory").id));
+        assert_eq!(e.task, Some(c.task("worker").id));
+        assert_eq!(e.fields.get("code"), Some(&Value::I64(503)));
+        assert_eq!(
+            e.fields.get("message"),
+            Some(&Value::Str("inventory refused".into()))
+        );
+    }
+}
+
+#[test]
+fn full_buffers_drop_and_count_instead_of_blocking() {
+    let c = capture_with(Flavor::CurrentThread, 16, || async {
+        let span = tracing::info_span!("hot");
+        for _ in 0..20_000 {
+            let _e = span.enter();
+        }
+    });
+    assert!(
+        c.dropped.buffer_full > 0,
+        "20,000 enters into a 16-slot ring must drop: {:?}",
+        c.dropped
+    );
+    assert!(c.hello && c.goodbye, "the stream stays well formed");
+}
+
+#[test]
+fn field_values_are_capped() {
+    let c = capture(Flavor::CurrentThread, || async {
+        let long = "x".repeat(10_000);
+        let _s = tracing::info_span!("big", value = %long).entered();
+    });
+    let Some(Value::Str(v)) = c.span("big").fields.get("value").cloned() else {
+        panic!("field missing")
+    };
+    assert!(v.len() <= awaitscope_wire::limits::MAX_STR_LEN);
+    assert!(v.ends_with('…'));
+}
+
+/// Tests that need tokio's own instrumentation (`--cfg tokio_unstable`).
+#[cfg(tokio_unstable)]
+mod unstable {
+    use super::*;
+    use awaitscope_wire::{SpanClass, WakeOp};
+    use std::sync::Arc;
+
+    #[test]
+    fn plain_tokio_spawn_is_tracked_with_spawn_context() {
+        for flavor in FLAVORS {
+            let c = capture(flavor, || async {
+                let h = tokio::task::Builder::new()
+                    .name("outer")
+                    .spawn(
+                        async {
+                            tokio::spawn(async {}).await.unwrap();
+                        }
+                        .instrument(tracing::info_span!("req")),
+                    )
+                    .unwrap();
+                h.await.unwrap();
+            });
+            let outer = c.task("outer");
+            let inner = c
+                .tasks()
+                .into_iter()
+                .find(|t| t.ctx_task == Some(outer.id))
+                .expect("inner task links to outer");
+            assert_eq!(inner.ctx_span, Some(c.span("req").id), "{flavor:?}");
+            assert_eq!(inner.str_field("kind"), Some("task"));
+            assert_eq!(inner.close, Some(CloseKind::Completed));
+        }
+    }
+
+    #[test]
+    fn wakes_name_the_waking_task() {
+        for flavor in FLAVORS {
+            let c = capture(flavor, || async {
+                let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+                let waiter = awaitscope::spawn_named("waiter", async move {
+                    rx.await.unwrap();
+                });
+                // Let the waiter park on the channel first.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                awaitscope::spawn_named("sender", async move {
+                    tx.send(1).unwrap();
+                })
+                .await
+                .unwrap();
+                waiter.await.unwrap();
+            });
+            let waiter = c.task("waiter");
+            let sender = c.task("sender");
+            assert!(
+                c.wakes.iter().any(|w| w.task == waiter.id
+                    && w.by == Some(sender.id)
+                    && matches!(w.op, WakeOp::Wake | WakeOp::WakeByRef)),
+                "{flavor:?}: waiter woken by sender: {:?}",
+                c.wakes
+            );
+            assert_eq!(waiter.polls(), 2, "{flavor:?}");
+        }
+    }
+
+    #[test]
+    fn self_wakes_of_yield_now() {
+        let c = capture(Flavor::CurrentThread, || async {
+            awaitscope::spawn_named("spinner", async {
+                for _ in 0..5 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap();
+        });
+        let t = c.task("spinner");
+        let self_wakes = c
+            .wakes
+            .iter()
+            .filter(|w| w.task == t.id && w.by == Some(t.id))
+            .count();
+        assert!(
+            self_wakes >= 5,
+            "yield_now wakes its own task: {self_wakes}"
+        );
+    }
+
+    #[test]
+    fn mutex_wait_shows_waiter_and_holder() {
+        for flavor in FLAVORS {
+            let c = capture(flavor, || async {
+                let m = Arc::new(tokio::sync::Mutex::new(0));
+                let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+                let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+                let m1 = m.clone();
+                let holder = awaitscope::spawn_named("holder", async move {
+                    let _g = m1.lock().await;
+                    held_tx.send(()).unwrap();
+                    release_rx.await.unwrap();
+                });
+                held_rx.await.unwrap();
+                let m2 = m.clone();
+                let waiter = awaitscope::spawn_named("waiter", async move {
+                    *m2.lock().await += 1;
+                });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                release_tx.send(()).unwrap();
+                holder.await.unwrap();
+                waiter.await.unwrap();
+            });
+            let holder = c.task("holder");
+            let waiter = c.task("waiter");
+            let mutex = c
+                .of_class(SpanClass::Resource)
+                .into_iter()
+                .find(|r| r.str_field("concrete_type") == Some("Mutex"))
+                .expect("mutex resource");
+            assert!(mutex.str_field("loc.file").unwrap().ends_with("capture.rs"));
+            // The holder acquired it: `locked = true` in the holder's poll.
+            assert!(
+                c.logs.iter().any(|l| l.class == EventClass::StateUpdate
+                    && l.span == Some(mutex.id)
+                    && l.task == Some(holder.id)
+                    && l.fields.get("locked") == Some(&Value::Bool(true))),
+                "{flavor:?}: holder's lock"
+            );
+            // The waiter's first poll entered the mutex and was not ready.
+            assert!(c.entered_in_task[&waiter.id].contains(&mutex.id));
+            assert!(
+                c.logs.iter().any(|l| l.class == EventClass::PollOp
+                    && l.task == Some(waiter.id)
+                    && l.fields.get("is_ready") == Some(&Value::Bool(false))),
+                "{flavor:?}: waiter pending on the lock"
+            );
+            // And the holder's release woke it.
+            assert!(c
+                .wakes
+                .iter()
+                .any(|w| w.task == waiter.id && w.by == Some(holder.id)));
+        }
+    }
+}

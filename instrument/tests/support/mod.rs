@@ -1,0 +1,331 @@
+//! Runs real tokio programs under the awaitscope layer with an in-memory
+//! recording, and reads back what was captured.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use awaitscope::MemoryRecording;
+use awaitscope_wire::{
+    Body, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Frame, SpanClass, SpanId,
+    Value, WakeOp,
+};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Which runtime to run the program on.
+#[derive(Clone, Copy, Debug)]
+pub enum Flavor {
+    CurrentThread,
+    MultiThread,
+}
+
+/// Runs `program` on a fresh runtime of `flavor` with awaitscope capturing
+/// into memory (ring of `ring` slots per thread), and returns the capture.
+pub fn capture_with<F, Fut>(flavor: Flavor, ring: usize, program: F) -> Captured
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let memory = MemoryRecording::new();
+    let (layer, guard) = awaitscope::Builder::new()
+        .record_in_memory(&memory)
+        .ring_capacity(ring)
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    {
+        let d = dispatch.clone();
+        let mut builder = match flavor {
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+            Flavor::MultiThread => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(2);
+                b
+            }
+        };
+        let rt = builder
+            .enable_all()
+            .on_thread_start(move || {
+                // The default dispatcher of a worker thread lasts as long as
+                // the thread.
+                std::mem::forget(tracing::dispatcher::set_default(&d));
+            })
+            .build()
+            .unwrap();
+        tracing::dispatcher::with_default(&dispatch, || {
+            rt.block_on(program());
+            drop(rt);
+        });
+    }
+    drop(dispatch);
+    drop(guard);
+    Captured::from_frames(memory.frames().expect("recording decodes"))
+}
+
+/// [`capture_with`] with the default ring size.
+pub fn capture<F, Fut>(flavor: Flavor, program: F) -> Captured
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    capture_with(flavor, 16 * 1024, program)
+}
+
+#[derive(Clone, Debug)]
+pub struct SpanInfo {
+    pub id: SpanId,
+    pub name: String,
+    pub target: String,
+    pub class: SpanClass,
+    pub parent: Option<SpanId>,
+    pub ctx_task: Option<SpanId>,
+    pub ctx_span: Option<SpanId>,
+    pub fields: HashMap<String, Value>,
+    pub enters: Vec<(u32, u64)>,
+    pub exits: Vec<(u32, u64)>,
+    pub close: Option<CloseKind>,
+}
+
+impl SpanInfo {
+    pub fn str_field(&self, name: &str) -> Option<&str> {
+        match self.fields.get(name) {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+    /// Polls of a task: enter/exit pairs, minus the drop of its future when
+    /// it ended.
+    pub fn polls(&self) -> usize {
+        let pairs = self.enters.len();
+        match self.close {
+            Some(CloseKind::Span) | None => pairs,
+            Some(_) => pairs.saturating_sub(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LogInfo {
+    pub name: String,
+    pub target: String,
+    pub class: EventClass,
+    pub level: awaitscope_wire::Level,
+    pub span: Option<SpanId>,
+    pub task: Option<SpanId>,
+    pub fields: HashMap<String, Value>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Wake {
+    pub task: SpanId,
+    pub by: Option<SpanId>,
+    pub op: WakeOp,
+}
+
+/// Everything captured, decoded.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub frames: usize,
+    pub hello: bool,
+    pub goodbye: bool,
+    pub spans: HashMap<SpanId, SpanInfo>,
+    pub span_order: Vec<SpanId>,
+    pub logs: Vec<LogInfo>,
+    pub wakes: Vec<Wake>,
+    pub panics: Vec<(Option<SpanId>, Option<SpanId>, String)>,
+    pub dropped: DropCounts,
+    /// Per task: spans entered while the task was being polled, in order.
+    pub entered_in_task: HashMap<SpanId, Vec<SpanId>>,
+}
+
+fn fields_map(names: &[String], fields: &[Field]) -> HashMap<String, Value> {
+    fields
+        .iter()
+        .filter_map(|f| {
+            names
+                .get(f.index as usize)
+                .map(|n| (n.clone(), f.value.clone()))
+        })
+        .collect()
+}
+
+impl Captured {
+    pub fn from_frames(frames: Vec<Frame>) -> Self {
+        let mut c = Captured {
+            frames: frames.len(),
+            ..Default::default()
+        };
+        let mut callsites = HashMap::new();
+        // Per thread: stack of entered spans.
+        let mut stacks: HashMap<u32, Vec<SpanId>> = HashMap::new();
+        let mut thread = 0u32;
+        for frame in frames {
+            match frame.body {
+                Body::Hello(_) => c.hello = true,
+                Body::Goodbye => c.goodbye = true,
+                Body::Dropped(d) => c.dropped = d,
+                Body::Events(events) => {
+                    for e in events {
+                        c.apply(e, &mut callsites, &mut stacks, &mut thread);
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    fn apply(
+        &mut self,
+        e: Event,
+        callsites: &mut HashMap<u32, awaitscope_wire::Callsite>,
+        stacks: &mut HashMap<u32, Vec<SpanId>>,
+        thread: &mut u32,
+    ) {
+        match e {
+            Event::Callsite(cs) => {
+                callsites.insert(cs.id, cs);
+            }
+            Event::Thread { id, .. } => *thread = id,
+            Event::SpanNew {
+                id,
+                callsite,
+                parent,
+                ctx_task,
+                ctx_span,
+                fields,
+                ..
+            } => {
+                let cs = &callsites[&callsite];
+                let CallsiteKind::Span(class) = cs.kind else {
+                    panic!("span of an event callsite")
+                };
+                self.span_order.push(id);
+                self.spans.insert(
+                    id,
+                    SpanInfo {
+                        id,
+                        name: cs.name.clone(),
+                        target: cs.target.clone(),
+                        class,
+                        parent,
+                        ctx_task,
+                        ctx_span,
+                        fields: fields_map(&cs.fields, &fields),
+                        enters: vec![],
+                        exits: vec![],
+                        close: None,
+                    },
+                );
+            }
+            Event::Record { span, fields } => {
+                let _ = (span, fields);
+            }
+            Event::FollowsFrom { .. } => {}
+            Event::Enter { span, ts } => {
+                let stack = stacks.entry(*thread).or_default();
+                if let Some(task) = stack.iter().rev().find(|s| {
+                    self.spans
+                        .get(s)
+                        .is_some_and(|i| i.class == SpanClass::Task)
+                }) {
+                    self.entered_in_task.entry(*task).or_default().push(span);
+                }
+                stack.push(span);
+                if let Some(s) = self.spans.get_mut(&span) {
+                    s.enters.push((*thread, ts));
+                }
+            }
+            Event::Exit { span, ts } => {
+                let stack = stacks.entry(*thread).or_default();
+                if let Some(pos) = stack.iter().rposition(|s| *s == span) {
+                    stack.remove(pos);
+                }
+                if let Some(s) = self.spans.get_mut(&span) {
+                    s.exits.push((*thread, ts));
+                }
+            }
+            Event::Close { span, kind, .. } => {
+                if let Some(s) = self.spans.get_mut(&span) {
+                    s.close = Some(kind);
+                }
+            }
+            Event::Wake { task, op, by, .. } => self.wakes.push(Wake { task, by, op }),
+            Event::Log {
+                callsite,
+                span,
+                task,
+                fields,
+                ..
+            } => {
+                let cs = &callsites[&callsite];
+                let CallsiteKind::Event(class) = cs.kind else {
+                    panic!("log of a span callsite")
+                };
+                self.logs.push(LogInfo {
+                    name: cs.name.clone(),
+                    target: cs.target.clone(),
+                    class,
+                    level: cs.level,
+                    span,
+                    task,
+                    fields: fields_map(&cs.fields, &fields),
+                });
+            }
+            Event::Panic {
+                task,
+                span,
+                message,
+                ..
+            } => self.panics.push((task, span, message)),
+        }
+    }
+
+    /// Tasks (in creation order).
+    pub fn tasks(&self) -> Vec<&SpanInfo> {
+        self.span_order
+            .iter()
+            .map(|id| &self.spans[id])
+            .filter(|s| s.class == SpanClass::Task)
+            .collect()
+    }
+
+    /// The task named `name` (tokio's `task.name` field).
+    pub fn task(&self, name: &str) -> &SpanInfo {
+        let found: Vec<_> = self
+            .tasks()
+            .into_iter()
+            .filter(|t| t.str_field("task.name") == Some(name))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one task named {name}, found {found:?}"
+        );
+        found[0]
+    }
+
+    /// The user span named `name` (exactly one).
+    pub fn span(&self, name: &str) -> &SpanInfo {
+        let found: Vec<_> = self
+            .span_order
+            .iter()
+            .map(|id| &self.spans[id])
+            .filter(|s| s.name == name)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one span named {name}, found {}",
+            found.len()
+        );
+        found[0]
+    }
+
+    /// Spans of a given class.
+    pub fn of_class(&self, class: SpanClass) -> Vec<&SpanInfo> {
+        self.span_order
+            .iter()
+            .map(|id| &self.spans[id])
+            .filter(|s| s.class == class)
+            .collect()
+    }
+}

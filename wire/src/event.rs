@@ -1,0 +1,455 @@
+//! The messages carried in frames.
+//!
+//! Timestamps are nanoseconds since the producer's start
+//! ([`ProcessKey::start_unix_ns`] gives the wall clock of that origin).
+//! Span ids ([`SpanId`]) are assigned by the producer, are unique for the
+//! life of the process and are never reused (unlike `tracing` registry ids).
+//! A task is identified by the id of its task span.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// Stable id of a span (and of the task whose span it is) within a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SpanId(pub u64);
+
+/// Identifies a producer process across its frames: pid plus start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessKey {
+    /// Operating-system process id.
+    pub pid: u32,
+    /// Start of the process's awaitscope clock, nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+}
+
+/// One frame: the unit of transport and of recording.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Which process produced this frame.
+    pub process: ProcessKey,
+    /// Sequence number of the frame within this producer's stream.
+    pub seq: u64,
+    /// What the frame carries.
+    pub body: Body,
+}
+
+/// What a frame carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// First frame of every connection and recording. After a reconnect the
+    /// producer sends `Hello` again, then the state needed to rebuild its
+    /// model (callsites and live spans) as ordinary events.
+    Hello(ProcessInfo),
+    /// A batch of events, in the order they happened on each thread.
+    Events(#[serde(deserialize_with = "capped::events")] Vec<Event>),
+    /// Events lost so far (cumulative), by cause.
+    Dropped(DropCounts),
+    /// The producer is shutting down cleanly; nothing follows.
+    Goodbye,
+}
+
+/// Who the producer is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Short process name (executable file name).
+    pub name: String,
+    /// Command line, truncated to the string cap.
+    #[serde(deserialize_with = "capped::args")]
+    pub cmdline: Vec<String>,
+    /// Version of the awaitscope crate that produced the stream.
+    pub producer_version: String,
+    /// Whether tokio's own instrumentation (`--cfg tokio_unstable`) was on.
+    pub tokio_unstable: bool,
+    /// True when this `Hello` follows a reconnect.
+    pub reconnect: bool,
+    /// Access token, when the collector requires one.
+    pub token: Option<String>,
+}
+
+/// Counts of events the producer could not deliver. Cumulative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCounts {
+    /// Dropped because a thread's buffer was full.
+    pub buffer_full: u64,
+    /// Dropped because no collector was connected (live stream only).
+    pub disconnected: u64,
+    /// Dropped because writing the stream or recording failed.
+    pub write_failed: u64,
+}
+
+impl DropCounts {
+    /// All drops together, saturating at `u64::MAX`.
+    ///
+    /// The counts come off the wire, so they may be anything: a plain sum
+    /// would panic (debug builds) or wrap (release builds) on large ones.
+    pub fn total(&self) -> u64 {
+        self.buffer_full
+            .saturating_add(self.disconnected)
+            .saturating_add(self.write_failed)
+    }
+}
+
+/// Severity of a callsite, as in `tracing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Level {
+    /// TRACE
+    Trace,
+    /// DEBUG
+    Debug,
+    /// INFO
+    Info,
+    /// WARN
+    Warn,
+    /// ERROR
+    Error,
+}
+
+/// What a span callsite stands for, decided once when it is registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SpanClass {
+    /// A span of the program (`#[instrument]`, `info_span!`, ...).
+    User,
+    /// A task: tokio's `runtime.spawn` span or one made by `awaitscope::spawn`.
+    Task,
+    /// A tokio resource (`runtime.resource`: Mutex, Semaphore, Sleep...).
+    Resource,
+    /// An async operation on a resource (`runtime.resource.async_op`).
+    AsyncOp,
+    /// One poll of an async operation (`runtime.resource.async_op.poll`).
+    AsyncOpPoll,
+}
+
+/// What an event callsite stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventClass {
+    /// An event of the program (captured at WARN and ERROR).
+    User,
+    /// `runtime::resource::poll_op`: an async op was polled (ready or not).
+    PollOp,
+    /// `runtime::resource::state_update` (and the async-op variant).
+    StateUpdate,
+}
+
+/// Whether a callsite is a span or an event, with its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CallsiteKind {
+    /// A span callsite.
+    Span(SpanClass),
+    /// An event callsite.
+    Event(EventClass),
+}
+
+/// Static description of a span or event callsite, sent once per process
+/// (and again after a reconnect) before anything refers to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Callsite {
+    /// Producer-assigned id of the callsite.
+    pub id: u32,
+    /// Span or event name.
+    pub name: String,
+    /// Target (usually the module path).
+    pub target: String,
+    /// Level.
+    pub level: Level,
+    /// Source file, if known.
+    pub file: Option<String>,
+    /// Source line, if known.
+    pub line: Option<u32>,
+    /// Span or event, and its class.
+    pub kind: CallsiteKind,
+    /// Names of the callsite's fields; [`Field::index`] points into this.
+    #[serde(deserialize_with = "capped::names")]
+    pub fields: Vec<String>,
+}
+
+/// A recorded field value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// Signed integer.
+    I64(i64),
+    /// Unsigned integer.
+    U64(u64),
+    /// Float.
+    F64(f64),
+    /// Boolean.
+    Bool(bool),
+    /// A string or a `Display`/`Debug` rendering (capped).
+    Str(String),
+}
+
+/// One field of a span or event: index into [`Callsite::fields`] and value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Field {
+    /// Index of the field name in the callsite's field list.
+    pub index: u16,
+    /// Its value.
+    pub value: Value,
+}
+
+/// How a waker was used (tokio's `tokio::task::waker` events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WakeOp {
+    /// `Waker::wake` (consumes the waker).
+    Wake,
+    /// `Waker::wake_by_ref`.
+    WakeByRef,
+    /// The waker was cloned.
+    Clone,
+    /// The waker was dropped.
+    Drop,
+}
+
+/// How a span ended. For task spans this is how the task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CloseKind {
+    /// An ordinary (non-task) span closed.
+    Span,
+    /// The task's future completed. Its last enter/exit pair was the drop of
+    /// the future, not a poll (tracing enters a span to drop its future).
+    Completed,
+    /// The task was dropped before its future completed (aborted, or the
+    /// runtime shut down). Its last enter/exit pair was the drop.
+    Cancelled,
+    /// The task panicked while being polled.
+    Panicked,
+}
+
+/// Something that happened in the producer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// Describes a callsite; sent before the first span or event of it.
+    Callsite(Callsite),
+    /// The events that follow (until the next `Thread`) happened on this
+    /// thread. `name` is sent the first time a thread is seen.
+    Thread {
+        /// Producer-assigned thread index.
+        id: u32,
+        /// Thread name, on first sight.
+        name: Option<String>,
+    },
+    /// A span was created.
+    SpanNew {
+        /// Its stable id.
+        id: SpanId,
+        /// Its callsite.
+        callsite: u32,
+        /// Explicit or contextual parent span.
+        parent: Option<SpanId>,
+        /// The task being polled on this thread when the span was created. For
+        /// a task span this is the spawning task: the edge of the task tree.
+        ctx_task: Option<SpanId>,
+        /// The span that was current when this span was created. For a task
+        /// span this is the spawn context (tokio task spans have no parent).
+        ctx_span: Option<SpanId>,
+        /// When.
+        ts: u64,
+        /// Recorded fields.
+        #[serde(deserialize_with = "capped::fields")]
+        fields: Vec<Field>,
+    },
+    /// More fields were recorded on a span.
+    Record {
+        /// The span.
+        span: SpanId,
+        /// The fields.
+        #[serde(deserialize_with = "capped::fields")]
+        fields: Vec<Field>,
+    },
+    /// `span.follows_from(follows)`.
+    FollowsFrom {
+        /// The span.
+        span: SpanId,
+        /// The span it follows from.
+        follows: SpanId,
+    },
+    /// A span was entered. Entering a task span is the start of a poll.
+    Enter {
+        /// The span.
+        span: SpanId,
+        /// When.
+        ts: u64,
+    },
+    /// A span was exited. Exiting a task span is the end of a poll.
+    Exit {
+        /// The span.
+        span: SpanId,
+        /// When.
+        ts: u64,
+    },
+    /// A span closed (for a task span: the task ended, see [`CloseKind`]).
+    Close {
+        /// The span.
+        span: SpanId,
+        /// How it ended.
+        kind: CloseKind,
+        /// When.
+        ts: u64,
+    },
+    /// A task's waker was used.
+    Wake {
+        /// The task whose waker it is.
+        task: SpanId,
+        /// What was done with it.
+        op: WakeOp,
+        /// The task being polled on the waking thread, if any.
+        by: Option<SpanId>,
+        /// When.
+        ts: u64,
+    },
+    /// An event (`tracing::event!`) that passed the producer's filter: WARN and
+    /// ERROR events of the program, and tokio's resource events.
+    Log {
+        /// Its callsite.
+        callsite: u32,
+        /// The current span when it was emitted (the event's parent).
+        span: Option<SpanId>,
+        /// The task being polled, if any.
+        task: Option<SpanId>,
+        /// When.
+        ts: u64,
+        /// Recorded fields.
+        #[serde(deserialize_with = "capped::fields")]
+        fields: Vec<Field>,
+    },
+    /// A panic, caught by the panic hook.
+    Panic {
+        /// The task being polled when it happened.
+        task: Option<SpanId>,
+        /// The current span.
+        span: Option<SpanId>,
+        /// Panic message (capped).
+        message: String,
+        /// Where it was raised.
+        file: Option<String>,
+        /// Line.
+        line: Option<u32>,
+        /// When.
+        ts: u64,
+    },
+}
+
+/// Deserialization of the lists that [`limits`] caps, refusing a list as soon
+/// as it is known to exceed its cap.
+///
+/// Checking the caps only after decoding (as [`crate::validate`] does) lets a
+/// 1 MiB frame of tiny list elements inflate to tens of megabytes before it
+/// is refused; this bounds every list while it is decoded. The encoding is
+/// unchanged: these read exactly what `Vec`'s own `Deserialize` reads.
+pub(crate) mod capped {
+    use std::cell::RefCell;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    use super::{limits, Event, Field};
+
+    thread_local! {
+        /// Why the last list on this thread was refused. Codecs may drop the
+        /// message of a custom error (postcard does), so the frame decoder
+        /// picks it up from here.
+        static REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    /// Forgets any earlier refusal; call before decoding.
+    pub(crate) fn clear() {
+        REFUSED.with(|r| r.borrow_mut().take());
+    }
+
+    /// The reason the last list was refused, if one was since [`clear`].
+    pub(crate) fn take_refusal() -> Option<String> {
+        REFUSED.with(|r| r.borrow_mut().take())
+    }
+
+    pub(super) fn fields<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Field>, D::Error> {
+        seq(d, limits::MAX_FIELDS, "fields")
+    }
+
+    pub(super) fn names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        seq(d, limits::MAX_FIELDS, "field names")
+    }
+
+    pub(super) fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        seq(d, limits::MAX_FIELDS, "command-line arguments")
+    }
+
+    pub(super) fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
+        seq(d, limits::MAX_BATCH, "events in a batch")
+    }
+
+    fn seq<'de, D, T>(d: D, cap: usize, what: &'static str) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        d.deserialize_seq(CappedVec {
+            cap,
+            what,
+            marker: PhantomData,
+        })
+    }
+
+    struct CappedVec<T> {
+        cap: usize,
+        what: &'static str,
+        marker: PhantomData<T>,
+    }
+
+    impl<T> CappedVec<T> {
+        fn refuse<E: Error>(&self, len: Option<usize>) -> E {
+            let msg = match len {
+                Some(len) => format!("{len} {} exceed the cap of {}", self.what, self.cap),
+                None => format!("more than {} {}", self.cap, self.what),
+            };
+            REFUSED.with(|r| *r.borrow_mut() = Some(msg.clone()));
+            E::custom(msg)
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for CappedVec<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a sequence of at most {} {}", self.cap, self.what)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let hint = seq.size_hint();
+            if let Some(len) = hint.filter(|&len| len > self.cap) {
+                return Err(self.refuse(Some(len)));
+            }
+            let mut out = Vec::with_capacity(hint.unwrap_or(0));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == self.cap {
+                    return Err(self.refuse(None));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_total_sums_and_saturates() {
+        let d = DropCounts {
+            buffer_full: 1,
+            disconnected: 2,
+            write_failed: 3,
+        };
+        assert_eq!(d.total(), 6);
+        assert_eq!(DropCounts::default().total(), 0);
+        let d = DropCounts {
+            buffer_full: u64::MAX,
+            disconnected: 1,
+            write_failed: u64::MAX,
+        };
+        assert_eq!(d.total(), u64::MAX);
+    }
+}
