@@ -1,0 +1,190 @@
+//! The live stream: a collector that is down, stuck or restarted never
+//! blocks the program, and a reconnect re-sends what the collector needs.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use awaitscope_wire::{decode_frame, Body, Event, Frame, Preamble};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Reads frames from `conn` until `done` says so or `limit` passes.
+fn read_frames(conn: &mut TcpStream, limit: Duration, done: impl Fn(&[Frame]) -> bool) -> Vec<Frame> {
+    conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    let mut pos = None;
+    let mut chunk = [0u8; 64 * 1024];
+    while Instant::now() < deadline && !done(&frames) {
+        match conn.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => continue,
+        }
+        if pos.is_none() && Preamble::parse(&buf).unwrap().is_some() {
+            pos = Some(Preamble::LEN);
+        }
+        while let Some(p) = pos {
+            match decode_frame(&buf[p..], p as u64).unwrap() {
+                Some((f, used)) => {
+                    frames.push(f);
+                    pos = Some(p + used);
+                }
+                None => break,
+            }
+        }
+    }
+    frames
+}
+
+fn span_news(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Events(e) => Some(e),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match e {
+            Event::SpanNew { id, .. } => Some(id.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hello_reconnect(frames: &[Frame]) -> Option<bool> {
+    frames.iter().find_map(|f| match &f.body {
+        Body::Hello(h) => Some(h.reconnect),
+        _ => None,
+    })
+}
+
+#[test]
+fn reconnect_resends_callsites_and_live_spans() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (layer, guard) = awaitscope::Builder::new().stream_to(addr.to_string()).build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        let long_lived = tracing::info_span!("long_lived", n = 1);
+        long_lived.in_scope(|| {});
+        guard.flush();
+        let (mut conn, _) = listener.accept().unwrap();
+        let first = read_frames(&mut conn, Duration::from_secs(20), |f| !span_news(f).is_empty());
+        assert_eq!(hello_reconnect(&first), Some(false));
+        let id = span_news(&first)[0];
+
+        // The collector goes away and comes back on the same address.
+        drop(conn);
+        drop(listener);
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            // Keep producing so the exporter notices the broken connection.
+            tracing::info_span!("tick").in_scope(|| {});
+            guard.flush();
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("producer never reconnected: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let second = read_frames(&mut conn, Duration::from_secs(20), |f| span_news(f).contains(&id));
+        assert_eq!(hello_reconnect(&second), Some(true), "second Hello is a reconnect");
+        assert!(
+            span_news(&second).contains(&id),
+            "the live span is re-sent after the reconnect"
+        );
+        let callsites = second
+            .iter()
+            .filter_map(|f| match &f.body {
+                Body::Events(e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .filter(|e| matches!(e, Event::Callsite(c) if c.name == "long_lived"))
+            .count();
+        assert_eq!(callsites, 1, "callsites are re-sent once");
+        drop(long_lived);
+    });
+}
+
+#[test]
+fn a_collector_that_never_reads_does_not_block_the_program() {
+    // Accepts connections but never reads: the socket buffers fill up.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepter = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Ok((c, _)) = listener.accept() {
+                held.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let memory = awaitscope::MemoryRecording::new();
+    let (layer, guard) = awaitscope::Builder::new()
+        .stream_to(addr.to_string())
+        .record_in_memory(&memory)
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..200_000u64 {
+            let _s = tracing::info_span!("busy", i).entered();
+        }
+    });
+    drop(guard);
+    // Everything reached the in-memory recording, whatever the stuck
+    // collector did: the program itself was never held up.
+    let frames = memory.frames().unwrap();
+    assert!(matches!(frames.last().unwrap().body, Body::Goodbye));
+    assert!(span_news(&frames).len() + (dropped(&frames) as usize) >= 200_000);
+    drop(accepter);
+}
+
+fn dropped(frames: &[Frame]) -> u64 {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Dropped(d) => Some(d.buffer_full),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn nobody_listening_leaves_other_sinks_whole() {
+    // Port 1 on loopback: connection refused at once, retried with backoff.
+    let memory = awaitscope::MemoryRecording::new();
+    let (layer, guard) = awaitscope::Builder::new()
+        .stream_to("127.0.0.1:1")
+        .record_in_memory(&memory)
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..1_000u64 {
+            tracing::info_span!("s", i).in_scope(|| {});
+            if i % 100 == 0 {
+                guard.flush();
+            }
+        }
+    });
+    drop(guard);
+    let frames = memory.frames().unwrap();
+    assert_eq!(span_news(&frames).len(), 1_000);
+    let disconnected: u64 = frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Dropped(d) => Some(d.disconnected),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(disconnected, 0, "the recording is not charged for the stream's drops");
+}
