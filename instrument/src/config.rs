@@ -31,7 +31,7 @@ impl EnvConfig {
                 "off" | "0" | "false" | "no"
             )
         };
-        let enabled = var("AWAITSCOPE").map_or(true, |v| !off(&v));
+        let enabled = var("AWAITSCOPE").is_none_or(|v| !off(&v));
         let addr = match var("AWAITSCOPE_ADDR") {
             Some(v) if off(&v) || v.trim().is_empty() => None,
             Some(v) => Some(v.trim().to_owned()),

@@ -33,7 +33,9 @@
 //! [`builder`] gives the [`AwaitscopeLayer`] and its [`Guard`] for a
 //! `tracing_subscriber` stack of your own.
 
+mod await_tree;
 mod capture;
+mod causal;
 mod config;
 mod export;
 mod panic;
@@ -48,9 +50,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub use await_tree::{AwaitNode, AwaitPoint, Dump, TaskDump};
 pub use capture::AwaitscopeLayer;
+pub use causal::{CausalTrace, Context, TaskRef, TraceItem, Traced, WithCausalTrace};
 pub use config::DEFAULT_ADDR;
-pub use spawn::{spawn, spawn_named};
+pub use spawn::{spawn, spawn_named, JoinHandle};
 
 /// Slots in each thread's ring buffer (records a thread can hold before the
 /// exporter drains them).
@@ -88,6 +92,7 @@ pub fn try_init() -> Result<Guard, InitError> {
         .with(fmt)
         .try_init()
         .map_err(|e| InitError::AlreadySet(e.to_string()))?;
+    guard.make_current();
     Ok(guard)
 }
 
@@ -280,9 +285,44 @@ pub struct Guard {
     exporter: Option<export::ExporterHandle>,
 }
 
+/// The exporter of the subscriber installed by [`init`], for [`dump`].
+static CURRENT: Mutex<Option<export::Source>> = Mutex::new(None);
+
+/// Every live task of the program with what it awaits, like a goroutine
+/// dump. Works with the subscriber installed by [`init`]; with
+/// [`builder`], use [`Guard::dump`]. Empty when awaitscope is not installed.
+///
+/// ```no_run
+/// eprintln!("{}", awaitscope::dump());
+/// ```
+pub fn dump() -> Dump {
+    let source = CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    source.map(|s| s.dump()).unwrap_or_default()
+}
+
+/// The live task with tokio id `id` and its await tree (see [`dump`]).
+pub fn await_tree(id: tokio::task::Id) -> Option<TaskDump> {
+    let id: u64 = id.to_string().parse().ok()?;
+    dump().by_tokio_id(id).cloned()
+}
+
 impl Guard {
     fn inert() -> Self {
         Self { exporter: None }
+    }
+
+    /// Every live task with its await tree (see [`dump`]).
+    pub fn dump(&self) -> Dump {
+        self.exporter
+            .as_ref()
+            .map(|e| e.source().dump())
+            .unwrap_or_default()
+    }
+
+    fn make_current(&self) {
+        if let Some(e) = &self.exporter {
+            *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.source().clone());
+        }
     }
 
     /// Whether awaitscope is active behind this guard.
@@ -294,7 +334,7 @@ impl Guard {
     /// Returns after at most a few seconds.
     pub fn flush(&self) {
         if let Some(e) = &self.exporter {
-            e.flush(Duration::from_secs(5));
+            e.source().flush(Duration::from_secs(5));
         }
     }
 }
@@ -302,6 +342,12 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(mut e) = self.exporter.take() {
+            {
+                let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+                if current.as_ref().is_some_and(|c| c.same(e.source())) {
+                    *current = None;
+                }
+            }
             e.shutdown();
         }
     }

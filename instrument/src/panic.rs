@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, Once, Weak};
 
 use crate::capture::local::with_local;
 use crate::capture::record::{Raw, RawPanic};
-use crate::capture::{Shared, SpanData};
+use crate::capture::Shared;
 
 static INSTANCES: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 static HOOK: Once = Once::new();
@@ -64,17 +64,7 @@ fn record(info: &std::panic::PanicHookInfo<'_>) {
     }
 }
 
-/// Stable id of the current span, when the default subscriber is built on
-/// `tracing_subscriber`'s registry.
+/// Stable id of the current span.
 fn current_span() -> u64 {
-    let Some(id) = tracing::Span::current().id() else {
-        return 0;
-    };
-    tracing::dispatcher::get_default(|d| {
-        use tracing_subscriber::registry::LookupSpan;
-        d.downcast_ref::<tracing_subscriber::Registry>()
-            .and_then(|r| r.span(&id))
-            .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.id))
-            .unwrap_or(0)
-    })
+    crate::causal::current_node().map_or(0, |n| n.id)
 }

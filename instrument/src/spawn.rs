@@ -9,8 +9,59 @@
 //! and tasks spawned with plain `tokio::spawn`.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::task::JoinHandle;
+use tokio::task::JoinError;
+
+/// Target of the span entered while a [`JoinHandle`] is awaited.
+pub(crate) const JOIN_TARGET: &str = "awaitscope::join";
+
+/// A tokio `JoinHandle` that tells awaitscope who awaits the task: while it
+/// is polled, it enters a `runtime.join` span naming the awaited task
+/// (`task.id`, tokio's task id), so the awaiting task's await tree shows it
+/// and the collector records the "awaited by" edge.
+#[derive(Debug)]
+pub struct JoinHandle<T> {
+    inner: tokio::task::JoinHandle<T>,
+    span: Option<tracing::Span>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Aborts the task.
+    pub fn abort(&self) {
+        self.inner.abort();
+    }
+
+    /// Whether the task has finished.
+    pub fn is_finished(&self) -> bool {
+        self.inner.is_finished()
+    }
+
+    /// tokio's id of the task.
+    pub fn id(&self) -> tokio::task::Id {
+        self.inner.id()
+    }
+
+    /// The tokio handle.
+    pub fn into_inner(self) -> tokio::task::JoinHandle<T> {
+        self.inner
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let span = this.span.get_or_insert_with(|| {
+            let id: u64 = this.inner.id().to_string().parse().unwrap_or(0);
+            tracing::trace_span!(target: "awaitscope::join", "runtime.join", task.id = id)
+        });
+        let _entered = span.enter();
+        Pin::new(&mut this.inner).poll(cx)
+    }
+}
 
 /// Spawns `future` on the current tokio runtime as a task awaitscope tracks.
 ///
@@ -21,7 +72,10 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    spawn_task("", future)
+    JoinHandle {
+        inner: spawn_task("", future),
+        span: None,
+    }
 }
 
 /// Like [`spawn`], with a task name shown in reports and the UI.
@@ -31,12 +85,15 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    spawn_task(name, future)
+    JoinHandle {
+        inner: spawn_task(name, future),
+        span: None,
+    }
 }
 
 #[cfg(tokio_unstable)]
 #[track_caller]
-fn spawn_task<F>(name: &str, future: F) -> JoinHandle<F::Output>
+fn spawn_task<F>(name: &str, future: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -52,7 +109,7 @@ where
 
 #[cfg(not(tokio_unstable))]
 #[track_caller]
-fn spawn_task<F>(name: &str, future: F) -> JoinHandle<F::Output>
+fn spawn_task<F>(name: &str, future: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -68,6 +125,10 @@ where
         loc.file = loc.file(),
         loc.line = loc.line(),
         loc.col = loc.column(),
+        task.id = tracing::field::Empty,
     );
-    tokio::spawn(future.instrument(span))
+    let handle = tokio::spawn(future.instrument(span.clone()));
+    let id: u64 = handle.id().to_string().parse().unwrap_or(0);
+    span.record("task.id", id);
+    handle
 }

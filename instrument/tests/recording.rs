@@ -33,7 +33,7 @@ fn child_program() {
                 tokio::task::yield_now().await;
             });
             h.await.unwrap();
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -90,5 +90,8 @@ fn sigkill_leaves_a_readable_recording() {
         .flatten()
         .filter(|e| matches!(e, Event::SpanNew { .. }))
         .count();
-    assert!(spans > 100, "the recording holds the program's spans: {spans}");
+    assert!(
+        spans > 100,
+        "the recording holds the program's spans: {spans}"
+    );
 }

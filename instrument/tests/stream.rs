@@ -9,8 +9,13 @@ use awaitscope_wire::{decode_frame, Body, Event, Frame, Preamble};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Reads frames from `conn` until `done` says so or `limit` passes.
-fn read_frames(conn: &mut TcpStream, limit: Duration, done: impl Fn(&[Frame]) -> bool) -> Vec<Frame> {
-    conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+fn read_frames(
+    conn: &mut TcpStream,
+    limit: Duration,
+    done: impl Fn(&[Frame]) -> bool,
+) -> Vec<Frame> {
+    conn.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let deadline = Instant::now() + limit;
     let mut buf = Vec::new();
     let mut frames = Vec::new();
@@ -64,14 +69,18 @@ fn hello_reconnect(frames: &[Frame]) -> Option<bool> {
 fn reconnect_resends_callsites_and_live_spans() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let (layer, guard) = awaitscope::Builder::new().stream_to(addr.to_string()).build();
+    let (layer, guard) = awaitscope::Builder::new()
+        .stream_to(addr.to_string())
+        .build();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&dispatch, || {
         let long_lived = tracing::info_span!("long_lived", n = 1);
         long_lived.in_scope(|| {});
         guard.flush();
         let (mut conn, _) = listener.accept().unwrap();
-        let first = read_frames(&mut conn, Duration::from_secs(20), |f| !span_news(f).is_empty());
+        let first = read_frames(&mut conn, Duration::from_secs(20), |f| {
+            !span_news(f).is_empty()
+        });
         assert_eq!(hello_reconnect(&first), Some(false));
         let id = span_news(&first)[0];
 
@@ -87,13 +96,21 @@ fn reconnect_resends_callsites_and_live_spans() {
             guard.flush();
             match listener.accept() {
                 Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Err(e) => panic!("producer never reconnected: {e}"),
             }
         };
         conn.set_nonblocking(false).unwrap();
-        let second = read_frames(&mut conn, Duration::from_secs(20), |f| span_news(f).contains(&id));
-        assert_eq!(hello_reconnect(&second), Some(true), "second Hello is a reconnect");
+        let second = read_frames(&mut conn, Duration::from_secs(20), |f| {
+            span_news(f).contains(&id)
+        });
+        assert_eq!(
+            hello_reconnect(&second),
+            Some(true),
+            "second Hello is a reconnect"
+        );
         assert!(
             span_news(&second).contains(&id),
             "the live span is re-sent after the reconnect"
@@ -186,5 +203,8 @@ fn nobody_listening_leaves_other_sinks_whole() {
             _ => None,
         })
         .sum();
-    assert_eq!(disconnected, 0, "the recording is not charged for the stream's drops");
+    assert_eq!(
+        disconnected, 0,
+        "the recording is not charged for the stream's drops"
+    );
 }

@@ -12,6 +12,17 @@ pub(crate) struct FieldRecorder {
 }
 
 impl FieldRecorder {
+    /// Merges fields recorded later (`span.record`), replacing earlier values.
+    pub fn merge(&mut self, later: &[Field]) {
+        for f in later {
+            if let Some(g) = self.fields.iter_mut().find(|g| g.index == f.index) {
+                g.value = f.value.clone();
+            } else if self.fields.len() < limits::MAX_FIELDS {
+                self.fields.push(f.clone());
+            }
+        }
+    }
+
     fn push(&mut self, field: &TField, value: Value) {
         let index = field.index();
         if self.fields.len() >= limits::MAX_FIELDS || index >= limits::MAX_FIELDS {

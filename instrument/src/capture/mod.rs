@@ -9,6 +9,7 @@
 pub(crate) mod callsite;
 pub(crate) mod fields;
 pub(crate) mod local;
+pub(crate) mod node;
 pub(crate) mod record;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -24,7 +25,8 @@ use tracing_subscriber::Layer;
 use callsite::{Callsites, Class};
 use fields::{FieldRecorder, WakerVisitor};
 use local::with_local;
-use record::{Raw, RawLog, RawSpan};
+use node::SpanNode;
+use record::{Raw, RawLog};
 
 /// What the layer keeps in each span's registry extensions.
 pub(crate) struct SpanData {
@@ -34,6 +36,8 @@ pub(crate) struct SpanData {
     /// For task spans: the last enter/exit pair directly followed the task's
     /// previous poll (the drop of a completed future).
     pub last_pair_adjacent: AtomicBool,
+    /// The span's identity for causal traces.
+    pub node: Arc<SpanNode>,
 }
 
 /// The consumer half of one thread's ring, held by the exporter.
@@ -146,43 +150,69 @@ where
             return;
         };
         let Some(span) = ctx.span(id) else { return };
-        let parent = span
-            .parent()
-            .and_then(|p| p.extensions().get::<SpanData>().map(|d| d.id))
-            .unwrap_or(0);
-        let ctx_span = ctx
-            .lookup_current()
-            .and_then(|c| c.extensions().get::<SpanData>().map(|d| d.id))
-            .unwrap_or(0);
+        let node_of = |s: tracing_subscriber::registry::SpanRef<'_, S>| {
+            s.extensions().get::<SpanData>().map(|d| d.node.clone())
+        };
+        let parent = span.parent().and_then(node_of);
+        let current = ctx.lookup_current().and_then(node_of);
         let mut rec = FieldRecorder::default();
         attrs.record(&mut rec);
         let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
+        let link = match class {
+            SpanClass::Task => current.clone(),
+            _ if attrs.metadata().target() == crate::causal::CONTEXT_TARGET => {
+                crate::causal::take_pending_link()
+            }
+            _ => None,
+        };
+        let ts = shared.clock.raw();
+        let node = with_local(shared, |l| {
+            let node = Arc::new(SpanNode {
+                id: sid,
+                meta: attrs.metadata(),
+                callsite: info.id,
+                class,
+                parent,
+                ctx_task: l.current_task(),
+                ctx_span: current.as_ref().map_or(0, |c| c.id),
+                link,
+                ts,
+                fields: std::sync::Mutex::new(rec.fields),
+            });
+            l.push(shared, Raw::Span(node.clone()));
+            if let (SpanClass::User, Some(link)) = (class, &node.link) {
+                // A queue hand-off: the collector sees it as follows-from.
+                let follows = link.id;
+                l.push(shared, Raw::FollowsFrom { span: sid, follows });
+            }
+            node
+        });
+        let Some(node) = node else { return };
         span.extensions_mut().insert(SpanData {
             id: sid,
             class,
             last_pair_adjacent: AtomicBool::new(false),
-        });
-        let ts = shared.clock.raw();
-        with_local(shared, |l| {
-            let raw = RawSpan {
-                id: sid,
-                callsite: info.id,
-                parent,
-                ctx_task: l.current_task(),
-                ctx_span,
-                ts,
-                fields: rec.fields,
-            };
-            l.push(shared, Raw::Span(Box::new(raw)));
+            node,
         });
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some((sid, _)) = Self::span_id(&ctx, id) else {
+        let Some(span) = ctx.span(id) else { return };
+        let ext = span.extensions();
+        let Some(data) = ext.get::<SpanData>() else {
             return;
         };
+        let sid = data.id;
         let mut rec = FieldRecorder::default();
         values.record(&mut rec);
+        {
+            let mut fields = data.node.fields.lock().unwrap_or_else(|e| e.into_inner());
+            let mut merged = FieldRecorder {
+                fields: std::mem::take(&mut *fields),
+            };
+            merged.merge(&rec.fields);
+            *fields = merged.fields;
+        }
         let Some(shared) = &self.shared else { return };
         with_local(shared, |l| {
             l.push(shared, Raw::Record(Box::new((sid, rec.fields))))
@@ -209,10 +239,18 @@ where
         let Some(shared) = &self.shared else { return };
         let ts = shared.clock.raw();
         with_local(shared, |l| {
-            if class == SpanClass::Task {
+            let task = class == SpanClass::Task;
+            if task {
                 l.enter_task(shared, sid, ts);
             }
-            l.push(shared, Raw::Enter { span: sid, ts });
+            l.push(
+                shared,
+                Raw::Enter {
+                    span: sid,
+                    task,
+                    ts,
+                },
+            );
         });
     }
 
@@ -226,8 +264,16 @@ where
         let Some(shared) = &self.shared else { return };
         let ts = shared.clock.raw();
         with_local(shared, |l| {
-            l.push(shared, Raw::Exit { span: data.id, ts });
-            if data.class == SpanClass::Task {
+            let task = data.class == SpanClass::Task;
+            l.push(
+                shared,
+                Raw::Exit {
+                    span: data.id,
+                    task,
+                    ts,
+                },
+            );
+            if task {
                 let adjacent = l.exit_task(data.id, ts);
                 data.last_pair_adjacent.store(adjacent, Ordering::Relaxed);
             }
@@ -283,7 +329,7 @@ where
                     l.push(shared, Raw::Wake { task, by, op, ts });
                 });
             }
-            Class::Event(_) => {
+            Class::Event(class) => {
                 let span = ctx
                     .event_span(event)
                     .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.id))
@@ -293,6 +339,8 @@ where
                 let ts = shared.clock.raw();
                 with_local(shared, |l| {
                     let raw = RawLog {
+                        meta: event.metadata(),
+                        class,
                         callsite: info.id,
                         span,
                         task: l.current_task(),

@@ -4,21 +4,16 @@
 //! Frequent records (enter, exit, wake, close) are stored inline; rare ones
 //! with variable-size payloads are boxed to keep ring slots small.
 
+use std::sync::Arc;
+
 use awaitscope_wire::{CloseKind, Field, WakeOp};
 
-/// A span was created.
-pub(crate) struct RawSpan {
-    pub id: u64,
-    pub callsite: u32,
-    pub parent: u64,
-    pub ctx_task: u64,
-    pub ctx_span: u64,
-    pub ts: u64,
-    pub fields: Vec<Field>,
-}
+use super::node::SpanNode;
 
 /// An event captured as a log.
 pub(crate) struct RawLog {
+    pub meta: &'static tracing_core::Metadata<'static>,
+    pub class: awaitscope_wire::EventClass,
     pub callsite: u32,
     pub span: u64,
     pub task: u64,
@@ -39,13 +34,17 @@ pub(crate) struct RawPanic {
 /// One ring slot. Ids are stable span ids; 0 means none. `ts` are raw clock
 /// readings.
 pub(crate) enum Raw {
-    Span(Box<RawSpan>),
+    Span(Arc<SpanNode>),
     Enter {
         span: u64,
+        /// The span is a task span: a poll starts.
+        task: bool,
         ts: u64,
     },
     Exit {
         span: u64,
+        /// The span is a task span: a poll ends.
+        task: bool,
         ts: u64,
     },
     Close {

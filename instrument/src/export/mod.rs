@@ -16,9 +16,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use awaitscope_wire as wire;
-use rustc_hash::FxHashMap;
 use wire::{Body, DropCounts, Event, Frame, ProcessInfo, ProcessKey, SpanId};
 
+use crate::await_tree::{AwaitModel, Dump};
+use crate::capture::node::SpanNode;
 use crate::capture::record::Raw;
 use crate::capture::{Ring, Shared};
 use sink::Sink;
@@ -46,13 +47,57 @@ struct ControlState {
     flush_done: u64,
 }
 
+/// What flushing and dumping need of an exporter.
+#[derive(Clone)]
+pub(crate) struct Source {
+    control: Arc<Control>,
+    model: Arc<Mutex<AwaitModel>>,
+    shared: Arc<Shared>,
+}
+
 /// Handle on a running exporter.
 pub(crate) struct ExporterHandle {
-    control: Arc<Control>,
+    source: Source,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ExporterHandle {
+    /// The exporter's flush and dump side.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Final drain, `Goodbye`, flush, and join the thread.
+    pub fn shutdown(&mut self) {
+        {
+            let control = &self.source.control;
+            let mut st = control.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.stop = true;
+            control.cond.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Source {
+    /// Whether both are the same exporter.
+    pub fn same(&self, other: &Source) -> bool {
+        Arc::ptr_eq(&self.control, &other.control)
+    }
+
+    /// Every live task with its await tree, after draining what was
+    /// recorded so far.
+    pub fn dump(&self) -> Dump {
+        self.flush(Duration::from_secs(5));
+        let now = self.shared.nanos(self.shared.clock.raw());
+        self.model
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot(now)
+    }
+
     /// Drains everything recorded so far and flushes the sinks; returns when
     /// done (or after `timeout`).
     pub fn flush(&self, timeout: Duration) {
@@ -74,18 +119,6 @@ impl ExporterHandle {
                 .0;
         }
     }
-
-    /// Final drain, `Goodbye`, flush, and join the thread.
-    pub fn shutdown(&mut self) {
-        {
-            let mut st = self.control.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.stop = true;
-            self.control.cond.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Starts the exporter thread.
@@ -96,12 +129,13 @@ pub(crate) fn start(
     process: ProcessKey,
 ) -> ExporterHandle {
     let control = Arc::new(Control::default());
+    let model = Arc::new(Mutex::new(AwaitModel::default()));
     let mut exporter = Exporter {
         shared,
         rings: Vec::new(),
         announced: Vec::new(),
         callsites_sent: 0,
-        live: FxHashMap::default(),
+        model: model.clone(),
         process,
         info,
         seq: 0,
@@ -112,11 +146,19 @@ pub(crate) fn start(
         last_flush: Instant::now(),
     };
     let c = control.clone();
+    let shared = exporter.shared.clone();
     let thread = std::thread::Builder::new()
         .name("awaitscope-export".into())
         .spawn(move || exporter.run(&c))
         .ok();
-    ExporterHandle { control, thread }
+    ExporterHandle {
+        source: Source {
+            control,
+            model,
+            shared,
+        },
+        thread,
+    }
 }
 
 struct Exporter {
@@ -125,9 +167,9 @@ struct Exporter {
     /// Threads whose name was already sent.
     announced: Vec<u32>,
     callsites_sent: usize,
-    /// Live spans, as their `SpanNew` (fields kept current), re-sent to a
-    /// collector after a reconnect.
-    live: FxHashMap<u64, Event>,
+    /// Live spans and tasks with their await trees; live spans are re-sent
+    /// to a collector after a reconnect.
+    model: Arc<Mutex<AwaitModel>>,
     process: ProcessKey,
     info: ProcessInfo,
     seq: u64,
@@ -219,12 +261,12 @@ impl Exporter {
             .take(self.callsites_sent)
             .map(Event::Callsite)
             .collect();
-        let mut spans: Vec<&Event> = self.live.values().collect();
-        spans.sort_by_key(|e| match e {
-            Event::SpanNew { id, .. } => id.0,
-            _ => 0,
-        });
-        events.extend(spans.into_iter().cloned());
+        {
+            let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+            let mut spans: Vec<&Arc<SpanNode>> = model.spans.values().map(|s| &s.node).collect();
+            spans.sort_by_key(|n| n.id);
+            events.extend(spans.into_iter().map(|n| span_new(&self.shared, n)));
+        }
         let buffer_full = self.shared.buffer_full.load(Ordering::Relaxed);
         for chunk in events.chunks(BATCH) {
             self.encode_events(chunk.to_vec(), &mut out);
@@ -273,6 +315,8 @@ impl Exporter {
                 .extend(callsites.into_iter().map(Event::Callsite));
         }
         let mut raws = std::mem::take(&mut self.raws);
+        let model = self.model.clone();
+        let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
         let mut thread = u32::MAX;
         for (t, raw) in raws.drain(..) {
             if want_events && t != thread {
@@ -288,13 +332,14 @@ impl Exporter {
                 };
                 self.batch.push(Event::Thread { id: t, name });
             }
-            if let Some(ev) = self.convert(raw, want_events) {
+            if let Some(ev) = self.convert(&mut model, t, raw, want_events) {
                 self.batch.push(ev);
                 if self.batch.len() >= BATCH {
                     self.send_batch();
                 }
             }
         }
+        drop(model);
         self.raws = raws;
         self.send_batch();
         n
@@ -352,51 +397,58 @@ impl Exporter {
         }
     }
 
-    /// Updates the live state for a record and converts it to a wire event
-    /// (only when some sink is up).
-    fn convert(&mut self, raw: Raw, want: bool) -> Option<Event> {
+    /// Updates the model for a record and converts it to a wire event (only
+    /// when some sink is up).
+    fn convert(
+        &mut self,
+        model: &mut AwaitModel,
+        thread: u32,
+        raw: Raw,
+        want: bool,
+    ) -> Option<Event> {
         let id = |v: u64| (v != 0).then_some(SpanId(v));
         let ns = |raw: u64| self.shared.nanos(raw);
         Some(match raw {
-            Raw::Span(s) => {
-                let ev = Event::SpanNew {
-                    id: SpanId(s.id),
-                    callsite: s.callsite,
-                    parent: id(s.parent),
-                    ctx_task: id(s.ctx_task),
-                    ctx_span: id(s.ctx_span),
-                    ts: ns(s.ts),
-                    fields: s.fields,
-                };
-                if want {
-                    self.live.insert(s.id, ev.clone());
-                    ev
-                } else {
-                    self.live.insert(s.id, ev);
-                    return None;
-                }
+            Raw::Span(node) => {
+                let ev = want.then(|| span_new(&self.shared, &node));
+                model.on_span(node);
+                ev?
             }
             Raw::Record(r) => {
-                let (span, new) = *r;
-                if let Some(Event::SpanNew { fields, .. }) = self.live.get_mut(&span) {
-                    for f in &new {
-                        if let Some(g) = fields.iter_mut().find(|g| g.index == f.index) {
-                            g.value = f.value.clone();
-                        } else if fields.len() < wire::limits::MAX_FIELDS {
-                            fields.push(f.clone());
-                        }
-                    }
-                }
+                // The node's fields were updated by the layer.
+                let (span, fields) = *r;
                 if !want {
                     return None;
                 }
                 Event::Record {
                     span: SpanId(span),
-                    fields: new,
+                    fields,
+                }
+            }
+            Raw::Enter { span, task, ts } => {
+                let ts = ns(ts);
+                model.on_enter(thread, span, task, ts);
+                if !want {
+                    return None;
+                }
+                Event::Enter {
+                    span: SpanId(span),
+                    ts,
+                }
+            }
+            Raw::Exit { span, task, ts } => {
+                let ts = ns(ts);
+                model.on_exit(thread, span, task, ts);
+                if !want {
+                    return None;
+                }
+                Event::Exit {
+                    span: SpanId(span),
+                    ts,
                 }
             }
             Raw::Close { span, kind, ts } => {
-                self.live.remove(&span);
+                model.on_close(span);
                 if !want {
                     return None;
                 }
@@ -406,15 +458,31 @@ impl Exporter {
                     ts: ns(ts),
                 }
             }
+            Raw::Log(l) => {
+                if l.class == wire::EventClass::StateUpdate {
+                    let locked = l.meta.fields().field("locked").and_then(|f| {
+                        l.fields
+                            .iter()
+                            .find(|v| v.index as usize == f.index())
+                            .and_then(|v| match v.value {
+                                wire::Value::Bool(b) => Some(b),
+                                _ => None,
+                            })
+                    });
+                    model.on_state_update(l.span, l.task, locked);
+                }
+                if !want {
+                    return None;
+                }
+                Event::Log {
+                    callsite: l.callsite,
+                    span: id(l.span),
+                    task: id(l.task),
+                    ts: ns(l.ts),
+                    fields: l.fields,
+                }
+            }
             _ if !want => return None,
-            Raw::Enter { span, ts } => Event::Enter {
-                span: SpanId(span),
-                ts: ns(ts),
-            },
-            Raw::Exit { span, ts } => Event::Exit {
-                span: SpanId(span),
-                ts: ns(ts),
-            },
             Raw::FollowsFrom { span, follows } => Event::FollowsFrom {
                 span: SpanId(span),
                 follows: SpanId(follows),
@@ -424,13 +492,6 @@ impl Exporter {
                 op,
                 by: id(by),
                 ts: ns(ts),
-            },
-            Raw::Log(l) => Event::Log {
-                callsite: l.callsite,
-                span: id(l.span),
-                task: id(l.task),
-                ts: ns(l.ts),
-                fields: l.fields,
             },
             Raw::Panic(p) => Event::Panic {
                 task: id(p.task),
@@ -456,5 +517,18 @@ impl Exporter {
                 self.sinks[i].set_reported(counts);
             }
         }
+    }
+}
+
+/// The `SpanNew` event of a span node, with its current fields.
+fn span_new(shared: &Shared, n: &SpanNode) -> Event {
+    Event::SpanNew {
+        id: SpanId(n.id),
+        callsite: n.callsite,
+        parent: n.parent.as_ref().map(|p| SpanId(p.id)),
+        ctx_task: (n.ctx_task != 0).then_some(SpanId(n.ctx_task)),
+        ctx_span: (n.ctx_span != 0).then_some(SpanId(n.ctx_span)),
+        ts: shared.nanos(n.ts),
+        fields: n.fields.lock().unwrap_or_else(|e| e.into_inner()).clone(),
     }
 }

@@ -27,12 +27,24 @@ where
     Fut: Future<Output = ()>,
 {
     let memory = MemoryRecording::new();
-    let (layer, guard) = awaitscope::Builder::new()
+    let builder = awaitscope::Builder::new()
         .record_in_memory(&memory)
-        .ring_capacity(ring)
-        .build();
+        .ring_capacity(ring);
+    run(flavor, builder, |_| program());
+    Captured::from_frames(memory.frames().expect("recording decodes"))
+}
+
+/// Runs `program` on a fresh runtime of `flavor` under the layer `builder`
+/// makes; the program gets the guard (for `dump`). Returns its output.
+pub fn run<F, Fut, T>(flavor: Flavor, builder: awaitscope::Builder, program: F) -> T
+where
+    F: FnOnce(std::sync::Arc<awaitscope::Guard>) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let (layer, guard) = builder.build();
+    let guard = std::sync::Arc::new(guard);
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-    {
+    let out = {
         let d = dispatch.clone();
         let mut builder = match flavor {
             Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
@@ -52,13 +64,18 @@ where
             .build()
             .unwrap();
         tracing::dispatcher::with_default(&dispatch, || {
-            rt.block_on(program());
+            // With a single scoped dispatcher, tracing caches a callsite's
+            // interest from whichever thread hits it first; callsites first
+            // hit on a thread without this dispatcher would stay disabled.
+            tracing::callsite::rebuild_interest_cache();
+            let out = rt.block_on(program(guard.clone()));
             drop(rt);
-        });
-    }
+            out
+        })
+    };
     drop(dispatch);
     drop(guard);
-    Captured::from_frames(memory.frames().expect("recording decodes"))
+    out
 }
 
 /// [`capture_with`] with the default ring size.

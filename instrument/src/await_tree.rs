@@ -1,0 +1,488 @@
+//! Await trees of live tasks, kept in-process by the exporter thread.
+//!
+//! The await tree of a pending task is derived from what the layer already
+//! records: the spans entered during the task's last poll, nested as they
+//! were entered (the branches of a `join!` or `select!` become siblings),
+//! with the tokio resource or joined task at the leaves. No annotations
+//! beyond `#[instrument]` / `.instrument(span)` are needed; for a label on
+//! an un-instrumented await, see [`crate::AwaitPoint`].
+//!
+//! [`crate::dump`] shows every live task like a goroutine dump.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use awaitscope_wire::{SpanClass, Value};
+use rustc_hash::FxHashMap;
+
+use crate::capture::node::SpanNode;
+use crate::spawn::JOIN_TARGET;
+
+/// A live span as the exporter knows it.
+pub(crate) struct LiveSpan {
+    pub node: Arc<SpanNode>,
+    /// Nanoseconds (since origin) of the first enter.
+    first_enter: Option<u64>,
+}
+
+/// One entered span in a poll: its id and its depth below the task span.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Entered {
+    span: u64,
+    depth: u16,
+}
+
+#[derive(Default)]
+struct TaskState {
+    polls: u64,
+    running: bool,
+    /// Spans entered during the last (or current) poll.
+    tree: Vec<Entered>,
+    last_poll_end: Option<u64>,
+}
+
+/// Per-thread stack of entered spans and the poll in progress.
+#[derive(Default)]
+struct ThreadStack {
+    stack: Vec<u64>,
+    /// Task being polled and the stack depth of its span.
+    poll: Option<(u64, usize)>,
+}
+
+/// The exporter's model of live spans, tasks and their await trees.
+#[derive(Default)]
+pub(crate) struct AwaitModel {
+    pub spans: FxHashMap<u64, LiveSpan>,
+    tasks: FxHashMap<u64, TaskState>,
+    threads: FxHashMap<u32, ThreadStack>,
+    /// Resource (Mutex, RwLock) -> task holding it.
+    holders: FxHashMap<u64, u64>,
+}
+
+impl AwaitModel {
+    pub fn on_span(&mut self, node: Arc<SpanNode>) {
+        if node.class == SpanClass::Task {
+            self.tasks.insert(node.id, TaskState::default());
+        }
+        self.spans.insert(
+            node.id,
+            LiveSpan {
+                node,
+                first_enter: None,
+            },
+        );
+    }
+
+    pub fn on_enter(&mut self, thread: u32, span: u64, is_task: bool, ts: u64) {
+        if let Some(s) = self.spans.get_mut(&span) {
+            s.first_enter.get_or_insert(ts);
+        }
+        let t = self.threads.entry(thread).or_default();
+        if is_task {
+            t.poll = Some((span, t.stack.len()));
+            if let Some(task) = self.tasks.get_mut(&span) {
+                task.running = true;
+                task.tree.clear();
+            }
+        } else if let Some((task, base)) = t.poll {
+            let depth = t.stack.len().saturating_sub(base + 1) as u16;
+            if let Some(task) = self.tasks.get_mut(&task) {
+                let e = Entered { span, depth };
+                // A span entered again in the same poll (a loop, a select!
+                // polling the same branch) is one node.
+                if !task.tree.contains(&e) {
+                    task.tree.push(e);
+                }
+            }
+        }
+        t.stack.push(span);
+    }
+
+    pub fn on_exit(&mut self, thread: u32, span: u64, is_task: bool, ts: u64) {
+        let t = self.threads.entry(thread).or_default();
+        if let Some(pos) = t.stack.iter().rposition(|s| *s == span) {
+            t.stack.truncate(pos);
+        }
+        if is_task {
+            if t.poll.is_some_and(|(task, _)| task == span) {
+                t.poll = None;
+            }
+            if let Some(task) = self.tasks.get_mut(&span) {
+                task.running = false;
+                task.polls += 1;
+                task.last_poll_end = Some(ts);
+            }
+        }
+    }
+
+    pub fn on_close(&mut self, span: u64) {
+        self.spans.remove(&span);
+        self.tasks.remove(&span);
+        self.holders.retain(|r, t| *r != span && *t != span);
+    }
+
+    /// A `runtime::resource::state_update` event on `resource` by `task`.
+    pub fn on_state_update(&mut self, resource: u64, task: u64, locked: Option<bool>) {
+        match locked {
+            Some(true) if task != 0 => {
+                self.holders.insert(resource, task);
+            }
+            Some(false) => {
+                self.holders.remove(&resource);
+            }
+            _ => {}
+        }
+    }
+
+    /// A snapshot of every live task at `now` (ns since origin).
+    pub fn snapshot(&self, now: u64) -> Dump {
+        let mut ids: Vec<u64> = self.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        Dump {
+            tasks: ids
+                .into_iter()
+                .filter_map(|id| self.task_dump(id, now))
+                .collect(),
+        }
+    }
+
+    fn task_ref(&self, id: u64) -> Option<(u64, Option<String>)> {
+        let s = self.spans.get(&id)?;
+        Some((
+            id,
+            str_field(&s.node, "task.name").filter(|n| !n.is_empty()),
+        ))
+    }
+
+    fn task_dump(&self, id: u64, now: u64) -> Option<TaskDump> {
+        let live = self.spans.get(&id)?;
+        let state = self.tasks.get(&id)?;
+        let node = &live.node;
+        let spawned_at = match (str_field(node, "loc.file"), u64_field(node, "loc.line")) {
+            (Some(f), Some(l)) => Some((f, l as u32)),
+            _ => None,
+        };
+        let mut roots: Vec<AwaitNode> = Vec::new();
+        // Build the nested tree from (span, depth) in entry order.
+        let mut path: Vec<usize> = Vec::new();
+        let mut i = 0;
+        while i < state.tree.len() {
+            let e = state.tree[i];
+            i += 1;
+            let Some(s) = self.spans.get(&e.span) else {
+                continue;
+            };
+            let label = self.label(&s.node, &state.tree[i..]);
+            // The async op spans inside a resource are folded into its label.
+            if s.node.class == SpanClass::Resource {
+                while i < state.tree.len() && self.is_resource_inner(state.tree[i].span) {
+                    i += 1;
+                }
+            }
+            let n = AwaitNode {
+                label,
+                location: s
+                    .node
+                    .meta
+                    .file()
+                    .zip(s.node.meta.line())
+                    .map(|(f, l)| (f.to_owned(), l)),
+                pending: Duration::from_nanos(now.saturating_sub(s.first_enter.unwrap_or(now))),
+                children: Vec::new(),
+            };
+            let depth = (e.depth as usize).min(path.len());
+            path.truncate(depth);
+            let siblings = path
+                .iter()
+                .fold(&mut roots, |level, &ix| &mut level[ix].children);
+            siblings.push(n);
+            path.push(siblings.len() - 1);
+        }
+        Some(TaskDump {
+            id,
+            tokio_id: u64_field(node, "task.id"),
+            name: str_field(node, "task.name").filter(|n| !n.is_empty()),
+            kind: str_field(node, "kind"),
+            spawned_at,
+            spawned_by: (node.ctx_task != 0).then_some(node.ctx_task),
+            running: state.running,
+            polls: state.polls,
+            idle: match (state.running, state.last_poll_end) {
+                (false, Some(end)) => Some(Duration::from_nanos(now.saturating_sub(end))),
+                _ => None,
+            },
+            tree: roots,
+        })
+    }
+
+    fn is_resource_inner(&self, span: u64) -> bool {
+        self.spans
+            .get(&span)
+            .is_some_and(|s| matches!(s.node.class, SpanClass::AsyncOp | SpanClass::AsyncOpPoll))
+    }
+
+    /// What a node says: the span with its fields, or for a resource what
+    /// is awaited on it and who holds it.
+    fn label(&self, node: &SpanNode, after: &[Entered]) -> String {
+        match node.class {
+            SpanClass::Resource => {
+                let ty = str_field(node, "concrete_type").unwrap_or_else(|| "resource".into());
+                let op = after
+                    .iter()
+                    .take(2)
+                    .filter_map(|e| self.spans.get(&e.span))
+                    .find(|s| s.node.class == SpanClass::AsyncOp)
+                    .and_then(|s| str_field(&s.node, "source"));
+                let mut l = match op {
+                    Some(op) => format!("{op}: waiting on {ty}"),
+                    None => format!("waiting on {ty}"),
+                };
+                if let (Some(f), Some(line)) =
+                    (str_field(node, "loc.file"), u64_field(node, "loc.line"))
+                {
+                    l.push_str(&format!(" created at {f}:{line}"));
+                }
+                if let Some((holder, name)) =
+                    self.holders.get(&node.id).and_then(|t| self.task_ref(*t))
+                {
+                    l.push_str(&format!(", held by task {holder}"));
+                    if let Some(n) = name {
+                        l.push_str(&format!(" {n:?}"));
+                    }
+                }
+                l
+            }
+            _ if node.meta.target() == AWAIT_POINT_TARGET => {
+                str_field(node, "label").unwrap_or_else(|| "await".into())
+            }
+            _ if node.meta.target() == JOIN_TARGET => {
+                let tokio_id = u64_field(node, "task.id").unwrap_or(0);
+                let awaited = self.spans.values().find(|s| {
+                    s.node.class == SpanClass::Task
+                        && u64_field(&s.node, "task.id") == Some(tokio_id)
+                });
+                match awaited.and_then(|s| self.task_ref(s.node.id)) {
+                    Some((id, Some(name))) => format!("awaiting task {id} {name:?}"),
+                    Some((id, None)) => format!("awaiting task {id}"),
+                    None => format!("awaiting tokio task {tokio_id}"),
+                }
+            }
+            _ => {
+                let fields: Vec<String> = node
+                    .named_fields()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={}", render(&v)))
+                    .collect();
+                if fields.is_empty() {
+                    format!("{}::{}", node.meta.target(), node.meta.name())
+                } else {
+                    format!(
+                        "{}::{}{{{}}}",
+                        node.meta.target(),
+                        node.meta.name(),
+                        fields.join(" ")
+                    )
+                }
+            }
+        }
+    }
+}
+
+fn render(v: &Value) -> String {
+    match v {
+        Value::I64(i) => i.to_string(),
+        Value::U64(u) => u.to_string(),
+        Value::F64(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Str(s) => s.clone(),
+    }
+}
+
+fn str_field(node: &SpanNode, name: &str) -> Option<String> {
+    match node.field(name)? {
+        Value::Str(s) => Some(s),
+        v => Some(render(&v)),
+    }
+}
+
+fn u64_field(node: &SpanNode, name: &str) -> Option<u64> {
+    match node.field(name)? {
+        Value::U64(u) => Some(u),
+        Value::I64(i) => u64::try_from(i).ok(),
+        Value::Str(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A snapshot of every live task and what it awaits: [`crate::dump`].
+#[derive(Clone, Debug, Default)]
+pub struct Dump {
+    /// Live tasks, oldest first.
+    pub tasks: Vec<TaskDump>,
+}
+
+/// One live task.
+#[derive(Clone, Debug)]
+pub struct TaskDump {
+    /// awaitscope's id of the task.
+    pub id: u64,
+    /// tokio's task id, when known.
+    pub tokio_id: Option<u64>,
+    /// Task name.
+    pub name: Option<String>,
+    /// tokio's task kind (`task`, `blocking`, `block_on`, `local`).
+    pub kind: Option<String>,
+    /// Where it was spawned.
+    pub spawned_at: Option<(String, u32)>,
+    /// awaitscope id of the task that spawned it.
+    pub spawned_by: Option<u64>,
+    /// Being polled right now.
+    pub running: bool,
+    /// Polls so far.
+    pub polls: u64,
+    /// Time since its last poll ended, when idle.
+    pub idle: Option<Duration>,
+    /// What it awaits: the spans of its last poll.
+    pub tree: Vec<AwaitNode>,
+}
+
+/// One node of an await tree.
+#[derive(Clone, Debug)]
+pub struct AwaitNode {
+    /// The span (`target::name{fields}`), or what is awaited at a leaf.
+    pub label: String,
+    /// Source location of the span's callsite.
+    pub location: Option<(String, u32)>,
+    /// Time since the span was first entered.
+    pub pending: Duration,
+    /// Nested awaits.
+    pub children: Vec<AwaitNode>,
+}
+
+impl AwaitNode {
+    /// Depth-first iterator over the labels (for searching a tree).
+    pub fn labels(&self) -> Vec<&str> {
+        let mut out = vec![self.label.as_str()];
+        for c in &self.children {
+            out.extend(c.labels());
+        }
+        out
+    }
+}
+
+impl TaskDump {
+    /// Every label in the tree, depth first.
+    pub fn labels(&self) -> Vec<&str> {
+        self.tree.iter().flat_map(AwaitNode::labels).collect()
+    }
+}
+
+impl Dump {
+    /// The task with tokio id `id`.
+    pub fn by_tokio_id(&self, id: u64) -> Option<&TaskDump> {
+        self.tasks.iter().find(|t| t.tokio_id == Some(id))
+    }
+
+    /// Tasks named `name`.
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a TaskDump> + 'a {
+        self.tasks
+            .iter()
+            .filter(move |t| t.name.as_deref() == Some(name))
+    }
+}
+
+fn fmt_dur(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{:.2}s", d.as_secs_f64())
+    } else if d >= Duration::from_millis(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}µs", d.as_micros())
+    }
+}
+
+impl fmt::Display for TaskDump {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task {}", self.id)?;
+        if let Some(n) = &self.name {
+            write!(f, " {n:?}")?;
+        }
+        if let Some(k) = self.kind.as_deref().filter(|k| *k != "task") {
+            write!(f, " [{k}]")?;
+        }
+        match (self.running, self.idle) {
+            (true, _) => write!(f, " running")?,
+            (false, Some(idle)) => write!(f, " idle {}", fmt_dur(idle))?,
+            (false, None) => write!(f, " not yet polled")?,
+        }
+        write!(f, ", {} polls", self.polls)?;
+        if let Some((file, line)) = &self.spawned_at {
+            write!(f, ", spawned at {file}:{line}")?;
+        }
+        if let Some(by) = self.spawned_by {
+            write!(f, " by task {by}")?;
+        }
+        writeln!(f)?;
+        fn node(
+            f: &mut fmt::Formatter<'_>,
+            n: &AwaitNode,
+            prefix: &str,
+            last: bool,
+        ) -> fmt::Result {
+            let (branch, cont) = if last {
+                ("└─ ", "   ")
+            } else {
+                ("├─ ", "│  ")
+            };
+            write!(f, "{prefix}{branch}{}", n.label)?;
+            if let Some((file, line)) = &n.location {
+                write!(f, " at {file}:{line}")?;
+            }
+            writeln!(f, " [{}]", fmt_dur(n.pending))?;
+            let p = format!("{prefix}{cont}");
+            for (i, c) in n.children.iter().enumerate() {
+                node(f, c, &p, i + 1 == n.children.len())?;
+            }
+            Ok(())
+        }
+        for (i, n) in self.tree.iter().enumerate() {
+            node(f, n, "  ", i + 1 == self.tree.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Dump {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} live tasks", self.tasks.len())?;
+        for t in &self.tasks {
+            writeln!(f)?;
+            write!(f, "{t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Target of the spans made by [`AwaitPoint::await_point`].
+pub(crate) const AWAIT_POINT_TARGET: &str = "awaitscope::await_point";
+
+/// Labels an await that has no span of its own, so await trees name it.
+///
+/// ```no_run
+/// use awaitscope::AwaitPoint;
+/// # async fn f(inventory: impl std::future::Future<Output = ()>) {
+/// inventory.await_point("fetch inventory").await;
+/// # }
+/// ```
+pub trait AwaitPoint: std::future::Future + Sized {
+    /// Wraps the future in an `await` span labelled `label` (a plain
+    /// `tracing` span: other layers see it too).
+    #[track_caller]
+    fn await_point(self, label: &'static str) -> tracing::instrument::Instrumented<Self> {
+        use tracing::Instrument;
+        self.instrument(tracing::info_span!(target: "awaitscope::await_point", "await", label))
+    }
+}
+
+impl<F: std::future::Future> AwaitPoint for F {}

@@ -1,0 +1,62 @@
+//! The identity of a span, kept as long as anything refers to it.
+//!
+//! Every span the layer sees gets one [`SpanNode`] (one allocation at span
+//! creation). A node points to its parent's node, and a task span's node
+//! points to the node of the span that was current when the task was
+//! spawned. Following these pointers from any span walks the causal chain
+//! across task boundaries, and because they are reference counted (not
+//! recycled registry ids) the chain survives its spans closing.
+
+use std::sync::{Arc, Mutex};
+
+use awaitscope_wire::{Field, SpanClass, Value};
+use tracing_core::Metadata;
+
+/// A span's identity and what a causal trace shows of it.
+pub(crate) struct SpanNode {
+    /// Stable id.
+    pub id: u64,
+    pub meta: &'static Metadata<'static>,
+    pub callsite: u32,
+    pub class: SpanClass,
+    /// Explicit or contextual parent.
+    pub parent: Option<Arc<SpanNode>>,
+    /// Task polled on the creating thread (0: none).
+    pub ctx_task: u64,
+    /// Span current at creation (0: none).
+    pub ctx_span: u64,
+    /// For task spans: the span current at spawn. For context spans
+    /// (`awaitscope::Context`): the span the context was taken in.
+    pub link: Option<Arc<SpanNode>>,
+    /// Raw clock reading at creation.
+    pub ts: u64,
+    /// Recorded fields, updated by `span.record`.
+    pub fields: Mutex<Vec<Field>>,
+}
+
+impl SpanNode {
+    /// The string or display value of a field, by name.
+    pub fn field(&self, name: &str) -> Option<Value> {
+        let index = self.meta.fields().field(name)?.index();
+        let fields = self.fields.lock().unwrap_or_else(|e| e.into_inner());
+        fields
+            .iter()
+            .find(|f| f.index as usize == index)
+            .map(|f| f.value.clone())
+    }
+
+    /// Field names and values, in declaration order.
+    pub fn named_fields(&self) -> Vec<(&'static str, Value)> {
+        let names: Vec<&'static str> = self.meta.fields().iter().map(|f| f.name()).collect();
+        let mut fields = self
+            .fields
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        fields.sort_by_key(|f| f.index);
+        fields
+            .into_iter()
+            .filter_map(|f| names.get(f.index as usize).map(|n| (*n, f.value)))
+            .collect()
+    }
+}

@@ -1,0 +1,477 @@
+//! Causal traces: the chain of spans from where you are back to the request
+//! that caused it, across `spawn`s and queues.
+//!
+//! `tracing-error`'s `SpanTrace` stops at the task boundary: tokio task spans
+//! are roots. awaitscope links every task span to the span that was current
+//! when the task was spawned, so [`CausalTrace::capture`] can keep walking:
+//! through the current task's spans, across into the spawning task, and on to
+//! the root. Capturing costs one reference-count increment; the chain is
+//! walked and formatted only when displayed.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+
+use awaitscope_wire::{SpanClass, Value};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::capture::node::SpanNode;
+use crate::capture::SpanData;
+
+/// Target of the spans that carry an [`Context`] across a queue.
+pub(crate) const CONTEXT_TARGET: &str = "awaitscope::context";
+
+thread_local! {
+    /// The context a span about to be created on this thread links to.
+    static PENDING_LINK: RefCell<Option<Arc<SpanNode>>> = const { RefCell::new(None) };
+}
+
+pub(crate) fn take_pending_link() -> Option<Arc<SpanNode>> {
+    PENDING_LINK
+        .try_with(|l| l.borrow_mut().take())
+        .ok()
+        .flatten()
+}
+
+/// The node of the current span of the default subscriber, when it is built
+/// on `tracing_subscriber`'s registry with the awaitscope layer.
+pub(crate) fn current_node() -> Option<Arc<SpanNode>> {
+    let id = tracing::Span::current().id()?;
+    tracing::dispatcher::get_default(|d| {
+        let registry = d.downcast_ref::<tracing_subscriber::Registry>()?;
+        let span = registry.span(&id)?;
+        let ext = span.extensions();
+        ext.get::<SpanData>().map(|d| d.node.clone())
+    })
+}
+
+/// A causal trace: the current span chain, continued across task spawns and
+/// queue hand-offs back to the root. Cheap to capture (one pointer), walked
+/// and formatted lazily; it keeps what it needs alive, so it stays complete
+/// after its spans close.
+///
+/// ```no_run
+/// let trace = awaitscope::CausalTrace::capture();
+/// eprintln!("failed here:\n{trace}");
+/// ```
+#[derive(Clone, Default)]
+pub struct CausalTrace {
+    leaf: Option<Arc<SpanNode>>,
+}
+
+/// A task as shown in a trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRef {
+    /// awaitscope's id of the task (the id of its task span).
+    pub id: u64,
+    /// The task's name, if it has one.
+    pub name: Option<String>,
+}
+
+/// One step of a causal trace.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TraceItem {
+    /// A span.
+    Span {
+        /// Target (module path) of the span.
+        target: &'static str,
+        /// Span name (for `#[instrument]`, the function name).
+        name: &'static str,
+        /// Recorded fields, rendered.
+        fields: Vec<(&'static str, String)>,
+        /// Source file of the span's callsite.
+        file: Option<&'static str>,
+        /// Source line.
+        line: Option<u32>,
+        /// Task polled when the span was created.
+        task: Option<TaskRef>,
+    },
+    /// A task boundary: the spans above ran in `task`, spawned at `at` by
+    /// `by` (or from outside any task).
+    Spawn {
+        /// The spawned task.
+        task: TaskRef,
+        /// Where it was spawned (file, line).
+        at: Option<(String, u32)>,
+        /// The task that spawned it.
+        by: Option<TaskRef>,
+    },
+    /// A queue hand-off: the spans above continue a [`Context`] taken in the
+    /// spans below.
+    Handoff {
+        /// Task that took the context.
+        from: Option<TaskRef>,
+    },
+}
+
+fn render(v: &Value) -> String {
+    match v {
+        Value::I64(i) => i.to_string(),
+        Value::U64(u) => u.to_string(),
+        Value::F64(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Str(s) => s.clone(),
+    }
+}
+
+fn task_name(node: &SpanNode) -> Option<String> {
+    match node.field("task.name") {
+        Some(Value::Str(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+fn spawn_location(node: &SpanNode) -> Option<(String, u32)> {
+    let file = match node.field("loc.file")? {
+        Value::Str(s) => s,
+        _ => return None,
+    };
+    let line = match node.field("loc.line")? {
+        Value::U64(l) => l as u32,
+        Value::I64(l) => l as u32,
+        _ => return None,
+    };
+    Some((file, line))
+}
+
+impl CausalTrace {
+    /// Captures the trace of the current span.
+    pub fn capture() -> Self {
+        Self {
+            leaf: current_node(),
+        }
+    }
+
+    /// Whether there is no span to show (captured outside any span, or
+    /// without the awaitscope layer).
+    pub fn is_empty(&self) -> bool {
+        self.leaf.is_none() || self.items().is_empty()
+    }
+
+    /// Walks the chain: innermost span first, task boundaries and queue
+    /// hand-offs in between, the root last.
+    pub fn items(&self) -> Vec<TraceItem> {
+        let mut items = Vec::new();
+        // Names of tasks, learnt when their task span is reached.
+        let mut names: Vec<(u64, Option<String>)> = Vec::new();
+        let mut roots: Vec<u64> = Vec::new();
+        let mut cur = self.leaf.clone();
+        // Guards against a (malformed) cycle of links.
+        let mut budget = 10_000;
+        while let Some(node) = cur {
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+            match node.class {
+                // `Runtime::block_on` is the root of the program, not a task
+                // anyone spawned.
+                SpanClass::Task if node.field("kind") == Some(Value::Str("block_on".into())) => {
+                    roots.push(node.id);
+                    break;
+                }
+                SpanClass::Task => {
+                    names.push((node.id, task_name(&node)));
+                    items.push(TraceItem::Spawn {
+                        task: TaskRef {
+                            id: node.id,
+                            name: task_name(&node),
+                        },
+                        at: spawn_location(&node),
+                        by: (node.ctx_task != 0).then_some(TaskRef {
+                            id: node.ctx_task,
+                            name: None,
+                        }),
+                    });
+                    cur = node.link.clone();
+                }
+                SpanClass::User if node.meta.target() == CONTEXT_TARGET => {
+                    // The spans above ran in the task that entered the
+                    // context: learn its name from the context span's parents.
+                    let mut up = node.parent.clone();
+                    while let Some(p) = up {
+                        if p.class == SpanClass::Task {
+                            names.push((p.id, task_name(&p)));
+                            break;
+                        }
+                        up = p.parent.clone();
+                    }
+                    items.push(TraceItem::Handoff {
+                        from: node.link.as_ref().and_then(|l| {
+                            (l.ctx_task != 0).then_some(TaskRef {
+                                id: l.ctx_task,
+                                name: None,
+                            })
+                        }),
+                    });
+                    cur = node.link.clone().or_else(|| node.parent.clone());
+                }
+                SpanClass::User => {
+                    items.push(TraceItem::Span {
+                        target: node.meta.target(),
+                        name: node.meta.name(),
+                        fields: node
+                            .named_fields()
+                            .into_iter()
+                            .map(|(n, v)| (n, render(&v)))
+                            .collect(),
+                        file: node.meta.file(),
+                        line: node.meta.line(),
+                        task: (node.ctx_task != 0).then_some(TaskRef {
+                            id: node.ctx_task,
+                            name: None,
+                        }),
+                    });
+                    cur = node.parent.clone();
+                }
+                // tokio's resource spans are not part of the program's chain.
+                SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll => {
+                    cur = node.parent.clone();
+                }
+            }
+        }
+        // Fill in task names learnt anywhere along the chain.
+        let name_of = |id: u64| {
+            names
+                .iter()
+                .find(|(i, _)| *i == id)
+                .and_then(|(_, n)| n.clone())
+        };
+        for item in &mut items {
+            let refs: Vec<&mut TaskRef> = match item {
+                TraceItem::Span { task, .. } => task.iter_mut().collect(),
+                TraceItem::Spawn { by, .. } => by.iter_mut().collect(),
+                TraceItem::Handoff { from } => from.iter_mut().collect(),
+            };
+            for r in refs {
+                if r.name.is_none() {
+                    r.name = name_of(r.id);
+                }
+            }
+            match item {
+                TraceItem::Span { task, .. } => strip_root(task, &roots),
+                TraceItem::Spawn { by, .. } => strip_root(by, &roots),
+                TraceItem::Handoff { from } => strip_root(from, &roots),
+            }
+        }
+        items
+    }
+}
+
+fn strip_root(task: &mut Option<TaskRef>, roots: &[u64]) {
+    if task.as_ref().is_some_and(|t| roots.contains(&t.id)) {
+        *task = None;
+    }
+}
+
+impl fmt::Display for TaskRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task {}", self.id)?;
+        if let Some(n) = &self.name {
+            write!(f, " {n:?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for CausalTrace {
+    /// One line per span, numbered from the innermost, with a line at each
+    /// task boundary:
+    ///
+    /// ```text
+    ///   0: shop::fetch_inventory{sku=42} at examples/shop.rs:31 (task 12 "inventory-worker")
+    ///   1: shop::reserve{order=7} at examples/shop.rs:25 (task 12)
+    ///   -- task 12 "inventory-worker" spawned at examples/shop.rs:52 by task 3 "http-conn" --
+    ///   2: shop::checkout{order=7} at examples/shop.rs:50 (task 3 "http-conn")
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items = self.items();
+        if items.is_empty() {
+            return writeln!(f, "  (no spans)");
+        }
+        let mut n = 0;
+        let mut last_task = None;
+        for item in items {
+            match item {
+                TraceItem::Span {
+                    target,
+                    name,
+                    fields,
+                    file,
+                    line,
+                    task,
+                } => {
+                    write!(f, "  {n}: {target}::{name}")?;
+                    if !fields.is_empty() {
+                        let joined: Vec<String> =
+                            fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        write!(f, "{{{}}}", joined.join(" "))?;
+                    }
+                    if let (Some(file), Some(line)) = (file, line) {
+                        write!(f, " at {file}:{line}")?;
+                    }
+                    if let Some(t) = task {
+                        // Name a task on its first frame only.
+                        if last_task == Some(t.id) {
+                            write!(f, " (task {})", t.id)?;
+                        } else {
+                            write!(f, " ({t})")?;
+                        }
+                        last_task = Some(t.id);
+                    }
+                    writeln!(f)?;
+                    n += 1;
+                }
+                TraceItem::Spawn { task, at, by } => {
+                    write!(f, "  -- {task} spawned")?;
+                    if let Some((file, line)) = at {
+                        write!(f, " at {file}:{line}")?;
+                    }
+                    if let Some(by) = by {
+                        write!(f, " by {by}")?;
+                    }
+                    writeln!(f, " --")?;
+                }
+                TraceItem::Handoff { from } => {
+                    write!(f, "  -- handed over through a queue")?;
+                    if let Some(from) = from {
+                        write!(f, " from {from}")?;
+                    }
+                    writeln!(f, " --")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CausalTrace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// An error with the causal trace of where it was made.
+///
+/// ```no_run
+/// use awaitscope::WithCausalTrace;
+/// fn parse(s: &str) -> Result<u32, awaitscope::Traced<std::num::ParseIntError>> {
+///     s.parse::<u32>().with_causal_trace()
+/// }
+/// ```
+pub struct Traced<E> {
+    error: E,
+    trace: CausalTrace,
+}
+
+impl<E> Traced<E> {
+    /// Wraps `error` with the trace of the current span.
+    pub fn new(error: E) -> Self {
+        Self {
+            error,
+            trace: CausalTrace::capture(),
+        }
+    }
+
+    /// The error.
+    pub fn error(&self) -> &E {
+        &self.error
+    }
+
+    /// The causal trace.
+    pub fn trace(&self) -> &CausalTrace {
+        &self.trace
+    }
+
+    /// The error, without its trace.
+    pub fn into_inner(self) -> E {
+        self.error
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Traced<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)?;
+        if f.alternate() && !self.trace.is_empty() {
+            write!(f, "\n{}", self.trace)?;
+        }
+        Ok(())
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for Traced<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:?}", self.error)?;
+        write!(f, "{}", self.trace)
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Traced<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Attaches a [`CausalTrace`] to errors.
+pub trait WithCausalTrace<T, E> {
+    /// Maps the error to a [`Traced`] error carrying the current causal trace.
+    fn with_causal_trace(self) -> Result<T, Traced<E>>;
+}
+
+impl<T, E> WithCausalTrace<T, E> for Result<T, E> {
+    fn with_causal_trace(self) -> Result<T, Traced<E>> {
+        self.map_err(Traced::new)
+    }
+}
+
+/// The causal context of where it was taken, to carry in a message through a
+/// channel or queue. The consumer enters it, so causal traces (and the
+/// collector) see that the work continues the producer's request.
+///
+/// ```no_run
+/// # async fn f(tx: tokio::sync::mpsc::Sender<(u32, awaitscope::Context)>,
+/// #            mut rx: tokio::sync::mpsc::Receiver<(u32, awaitscope::Context)>) {
+/// tx.send((7, awaitscope::Context::current())).await.unwrap();
+/// // ... in the worker:
+/// let (job, cx) = rx.recv().await.unwrap();
+/// let _entered = cx.enter();
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Context {
+    node: Option<Arc<SpanNode>>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("span", &self.node.as_ref().map(|n| n.id))
+            .finish()
+    }
+}
+
+impl Context {
+    /// The context of the current span.
+    pub fn current() -> Self {
+        Self {
+            node: current_node(),
+        }
+    }
+
+    /// A span (`awaitscope.context`) that continues this context: spans
+    /// created inside it have the context's chain as their causal parent.
+    /// Instrument a future with it, or enter it.
+    pub fn span(&self) -> tracing::Span {
+        let _ = PENDING_LINK.try_with(|l| *l.borrow_mut() = self.node.clone());
+        let span = tracing::info_span!(target: "awaitscope::context", "awaitscope.context");
+        // Not consumed if the layer is absent or the span disabled.
+        let _ = take_pending_link();
+        span
+    }
+
+    /// Enters [`Context::span`] until the guard drops (in synchronous code;
+    /// for async code use `fut.instrument(cx.span())`).
+    pub fn enter(&self) -> tracing::span::EnteredSpan {
+        self.span().entered()
+    }
+}
