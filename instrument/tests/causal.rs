@@ -252,3 +252,15 @@ fn outside_any_span_the_trace_is_empty() {
     // Without awaitscope at all, capture is empty too.
     assert!(CausalTrace::capture().is_empty());
 }
+
+#[test]
+fn traces_and_contexts_cross_threads() {
+    // What anyhow/eyre context and queued messages need.
+    fn context_value<T: std::fmt::Display + Send + Sync + 'static>() {}
+    fn message_value<T: Send + Sync + Clone + 'static>() {}
+    context_value::<CausalTrace>();
+    message_value::<CausalTrace>();
+    message_value::<Context>();
+    fn error_value<E: std::error::Error + Send + Sync + 'static>() {}
+    error_value::<Traced<std::io::Error>>();
+}
