@@ -22,11 +22,11 @@ use crate::spawn::JOIN_TARGET;
 /// A live span as the exporter knows it.
 pub(crate) struct LiveSpan {
     pub node: Arc<SpanNode>,
-    /// Nanoseconds (since origin) of the first enter.
-    first_enter: Option<u64>,
+    /// Nanoseconds (since origin) of its creation.
+    created: u64,
 }
 
-/// One entered span in a poll: its id and its depth below the task span.
+/// One span of a poll's await tree: its id and its depth below the task.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Entered {
     span: u64,
@@ -37,17 +37,9 @@ struct Entered {
 struct TaskState {
     polls: u64,
     running: bool,
-    /// Spans entered during the last (or current) poll.
+    /// Spans entered during the last poll that entered any.
     tree: Vec<Entered>,
     last_poll_end: Option<u64>,
-}
-
-/// Per-thread stack of entered spans and the poll in progress.
-#[derive(Default)]
-struct ThreadStack {
-    stack: Vec<u64>,
-    /// Task being polled and the stack depth of its span.
-    poll: Option<(u64, usize)>,
 }
 
 /// The exporter's model of live spans, tasks and their await trees.
@@ -55,63 +47,42 @@ struct ThreadStack {
 pub(crate) struct AwaitModel {
     pub spans: FxHashMap<u64, LiveSpan>,
     tasks: FxHashMap<u64, TaskState>,
-    threads: FxHashMap<u32, ThreadStack>,
     /// Resource (Mutex, RwLock) -> task holding it.
     holders: FxHashMap<u64, u64>,
 }
 
 impl AwaitModel {
-    pub fn on_span(&mut self, node: Arc<SpanNode>) {
+    pub fn on_span(&mut self, node: Arc<SpanNode>, created: u64) {
         if node.class == SpanClass::Task {
             self.tasks.insert(node.id, TaskState::default());
         }
-        self.spans.insert(
-            node.id,
-            LiveSpan {
-                node,
-                first_enter: None,
-            },
-        );
+        self.spans.insert(node.id, LiveSpan { node, created });
     }
 
-    pub fn on_enter(&mut self, thread: u32, span: u64, is_task: bool, ts: u64) {
-        if let Some(s) = self.spans.get_mut(&span) {
-            s.first_enter.get_or_insert(ts);
+    /// A poll of `task` started.
+    pub fn on_poll_start(&mut self, task: u64) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.running = true;
         }
-        let t = self.threads.entry(thread).or_default();
-        if is_task {
-            t.poll = Some((span, t.stack.len()));
-            if let Some(task) = self.tasks.get_mut(&span) {
-                task.running = true;
-                task.tree.clear();
-            }
-        } else if let Some((task, base)) = t.poll {
-            let depth = t.stack.len().saturating_sub(base + 1) as u16;
-            if let Some(task) = self.tasks.get_mut(&task) {
-                let e = Entered { span, depth };
-                // A span entered again in the same poll (a loop, a select!
-                // polling the same branch) is one node.
-                if !task.tree.contains(&e) {
-                    task.tree.push(e);
+    }
+
+    /// A poll of `task` ended at `ts`; `tree` is its new await tree, if it
+    /// changed.
+    pub fn on_poll_end(&mut self, task: u64, tree: Option<&[(u64, u16)]>, ts: u64) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.running = false;
+            t.polls += 1;
+            t.last_poll_end = Some(ts);
+            if let Some(tree) = tree {
+                t.tree.clear();
+                for &(span, depth) in tree {
+                    let e = Entered { span, depth };
+                    // A span entered again in the same poll (a loop, a
+                    // select! polling the same branch) is one node.
+                    if !t.tree.contains(&e) {
+                        t.tree.push(e);
+                    }
                 }
-            }
-        }
-        t.stack.push(span);
-    }
-
-    pub fn on_exit(&mut self, thread: u32, span: u64, is_task: bool, ts: u64) {
-        let t = self.threads.entry(thread).or_default();
-        if let Some(pos) = t.stack.iter().rposition(|s| *s == span) {
-            t.stack.truncate(pos);
-        }
-        if is_task {
-            if t.poll.is_some_and(|(task, _)| task == span) {
-                t.poll = None;
-            }
-            if let Some(task) = self.tasks.get_mut(&span) {
-                task.running = false;
-                task.polls += 1;
-                task.last_poll_end = Some(ts);
             }
         }
     }
@@ -188,7 +159,7 @@ impl AwaitModel {
                     .file()
                     .zip(s.node.meta.line())
                     .map(|(f, l)| (f.to_owned(), l)),
-                pending: Duration::from_nanos(now.saturating_sub(s.first_enter.unwrap_or(now))),
+                pending: Duration::from_nanos(now.saturating_sub(s.created)),
                 children: Vec::new(),
             };
             let depth = (e.depth as usize).min(path.len());
@@ -354,7 +325,8 @@ pub struct AwaitNode {
     pub label: String,
     /// Source location of the span's callsite.
     pub location: Option<(String, u32)>,
-    /// Time since the span was first entered.
+    /// Time since the span was created (for `#[instrument]` async fns: since
+    /// the call).
     pub pending: Duration,
     /// Nested awaits.
     pub children: Vec<AwaitNode>,

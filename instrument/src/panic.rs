@@ -59,7 +59,7 @@ fn record(info: &std::panic::PanicHookInfo<'_>) {
                 line,
                 ts,
             };
-            l.push(&shared, Raw::Panic(Box::new(raw)));
+            l.push(Raw::Panic(Box::new(raw)));
         });
     }
 }

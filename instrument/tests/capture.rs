@@ -165,14 +165,13 @@ fn error_events_carry_span_and_task_context() {
 #[test]
 fn full_buffers_drop_and_count_instead_of_blocking() {
     let c = capture_with(Flavor::CurrentThread, 16, || async {
-        let span = tracing::info_span!("hot");
-        for _ in 0..20_000 {
-            let _e = span.enter();
+        for i in 0..20_000u64 {
+            let _span = tracing::info_span!("hot", i);
         }
     });
     assert!(
         c.dropped.buffer_full > 0,
-        "20,000 enters into a 16-slot ring must drop: {:?}",
+        "20,000 spans into a 16-slot ring must drop: {:?}",
         c.dropped
     );
     assert!(c.hello && c.goodbye, "the stream stays well formed");
@@ -331,5 +330,96 @@ mod unstable {
                 .iter()
                 .any(|w| w.task == waiter.id && w.by == Some(holder.id)));
         }
+    }
+}
+
+#[test]
+fn await_trees_are_sent_only_when_they_change() {
+    for flavor in FLAVORS {
+        let c = capture(flavor, || async {
+            awaitscope::spawn_named("steady", async {
+                async {
+                    for _ in 0..50 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                .instrument(tracing::info_span!("phase_one"))
+                .await;
+                async {
+                    async {
+                        for _ in 0..50 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    .instrument(tracing::info_span!("inner"))
+                    .await
+                }
+                .instrument(tracing::info_span!("phase_two"))
+                .await;
+            })
+            .await
+            .unwrap();
+        });
+        let task = c.task("steady");
+        let one = c.span("phase_one").id;
+        let two = c.span("phase_two").id;
+        let inner = c.span("inner").id;
+        let trees = &c.poll_trees[&task.id];
+        // 101 polls and the drop of the future; the tree is sent only when
+        // it changed: the first poll, the poll that moved from one phase to
+        // the next (entering both), the next one, the last poll (which
+        // also dropped the spans' futures, entering them again), and the
+        // drop of the task's future (no span).
+        assert_eq!(task.polls(), 101, "{flavor:?}");
+        assert_eq!(
+            trees,
+            &vec![
+                vec![(one, 0)],
+                vec![(one, 0), (two, 0), (inner, 1)],
+                vec![(two, 0), (inner, 1)],
+                vec![(two, 0), (inner, 1), (two, 0)],
+                vec![],
+            ],
+            "{flavor:?}"
+        );
+    }
+}
+
+#[test]
+fn reused_registry_slots_never_alias_spans() {
+    // One span at a time: the registry reuses the same slot for each. Every
+    // enter must be attributed to its own span (see also the unit test of
+    // the per-thread cache for a registry id that repeats exactly).
+    let c = capture_with(Flavor::CurrentThread, 1 << 18, || async {
+        // A plain thread: spans there are outside any poll, so each enter
+        // is recorded with the span id it resolved to.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                for i in 0..40_000u64 {
+                    let span = tracing::info_span!("recycled", i);
+                    span.in_scope(|| {});
+                }
+            })
+        })
+        .join()
+        .unwrap();
+    });
+    assert_eq!(c.dropped.buffer_full, 0);
+    let spans: Vec<_> = c
+        .span_order
+        .iter()
+        .map(|id| &c.spans[id])
+        .filter(|s| s.name == "recycled")
+        .collect();
+    assert_eq!(spans.len(), 40_000);
+    for s in spans {
+        assert_eq!(
+            s.enters.len(),
+            1,
+            "span {:?} i={:?}",
+            s.id,
+            s.fields.get("i")
+        );
     }
 }

@@ -188,6 +188,15 @@ pub struct Field {
     pub value: Value,
 }
 
+/// One span of a [`Event::PollTree`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeNode {
+    /// The span.
+    pub span: SpanId,
+    /// Depth below the task span.
+    pub depth: u16,
+}
+
 /// How a waker was used (tokio's `tokio::task::waker` events).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WakeOp {
@@ -271,6 +280,20 @@ pub enum Event {
         /// When.
         ts: u64,
     },
+    /// The spans entered during a task's latest poll, in the order they were
+    /// entered: the task's await tree. Sent just before the `Exit` of the
+    /// task span that ends the poll, and only when it differs from the
+    /// task's previous poll: until the next `PollTree` for the task, its
+    /// polls entered the same spans. Spans entered inside a poll are not
+    /// sent as `Enter`/`Exit`.
+    PollTree {
+        /// The task.
+        task: SpanId,
+        /// The spans, with their depth below the task span (0: entered
+        /// directly in the task's poll).
+        #[serde(deserialize_with = "capped::tree")]
+        spans: Vec<TreeNode>,
+    },
     /// A span was exited. Exiting a task span is the end of a poll.
     Exit {
         /// The span.
@@ -344,7 +367,7 @@ pub(crate) mod capped {
 
     use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
-    use super::{limits, Event, Field};
+    use super::{limits, Event, Field, TreeNode};
 
     thread_local! {
         /// Why the last list on this thread was refused. Codecs may drop the
@@ -373,6 +396,10 @@ pub(crate) mod capped {
 
     pub(super) fn args<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         seq(d, limits::MAX_FIELDS, "command-line arguments")
+    }
+
+    pub(super) fn tree<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TreeNode>, D::Error> {
+        seq(d, limits::MAX_TREE, "await tree nodes")
     }
 
     pub(super) fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {

@@ -43,6 +43,8 @@ pub mod limits {
     pub const MAX_STR_LEN: usize = 1024;
     /// Most fields recorded on one span or event.
     pub const MAX_FIELDS: usize = 32;
+    /// Most spans in one poll's await tree ([`crate::Event::PollTree`]).
+    pub const MAX_TREE: usize = 64;
     /// Most events in one batch frame.
     pub const MAX_BATCH: usize = 16 * 1024;
 

@@ -169,6 +169,11 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                         s(message)?;
                         file.as_deref().map_or(Ok(()), s)?;
                     }
+                    Event::PollTree { spans, .. } => {
+                        if spans.len() > limits::MAX_TREE {
+                            return Err(format!("{} await tree nodes exceed the cap", spans.len()));
+                        }
+                    }
                     Event::FollowsFrom { .. }
                     | Event::Enter { .. }
                     | Event::Exit { .. }

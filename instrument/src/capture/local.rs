@@ -1,97 +1,335 @@
-//! Per-thread capture state: the thread's ring buffer and the task it polls.
+//! Per-thread capture state: the thread's ring buffer, the spans it has
+//! entered, and the await tree of the poll in progress.
 //!
 //! Each thread that records owns the producer half of a bounded wait-free
 //! single-producer ring ([`rtrb`]); the exporter thread owns the consumer
 //! halves. Pushing is a couple of plain stores: no lock, no allocation, no
-//! syscall. A full ring drops the record and counts it.
+//! syscall. A full ring drops the record and counts it in a counter only
+//! this thread writes.
+//!
+//! Inside a poll, entering a span records nothing: it extends the poll's
+//! await tree (span and depth, in a fixed buffer) and its signature. When the
+//! task span is exited, the tree is pushed only if its signature differs from
+//! the task's previous poll. A task that keeps awaiting the same thing costs
+//! two records per poll (enter and exit of its task span), however deep its
+//! spans. Exits need no registry lookup: they pop this thread's stack.
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use awaitscope_wire::SpanClass;
+
+use super::node::SpanNode;
 use super::record::Raw;
 use super::Shared;
 
-/// Most tasks nested in polls on one thread (block_in_place, nested block_on).
-const TASK_STACK: usize = 8;
+/// Deepest span stack tracked per thread; deeper spans are not recorded.
+const STACK: usize = 64;
+/// Most spans in one poll's await tree.
+const TREE: usize = 32;
+/// Signature of a poll that entered no span.
+const EMPTY_SIG: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// A task being polled on this thread.
-#[derive(Clone, Copy, Default)]
-struct Polling {
-    task: u64,
-    /// This enter came straight after the same task's exit on this thread,
-    /// with nothing recorded in between: the pattern of tokio dropping a
-    /// completed future (tracing enters the span to drop it).
-    adjacent: bool,
-}
+/// Entries of the per-thread span cache (a power of two).
+const CACHE: usize = 256;
 
-/// One layer instance's state on one thread.
-pub(crate) struct Local {
-    instance: u64,
-    producer: rtrb::Producer<Raw>,
-    /// Records pushed (or dropped) on this thread so far.
-    seq: u64,
-    tasks: [Polling; TASK_STACK],
-    depth: usize,
-    last_exit_task: u64,
-    last_exit_seq: u64,
-    last_exit_ts: u64,
-    /// The task that panicked on this thread, if any.
-    pub panicked_task: u64,
+/// A cached registry lookup: registry id to span id, class and node.
+#[derive(Clone, Default)]
+struct CacheEntry {
+    reg: u64,
+    node: Option<Arc<SpanNode>>,
 }
 
 /// Two polls of one task closer than this (in ns) with nothing in between
 /// are the poll that completed and the drop of its future.
 const ADJACENT_NS: u64 = 50_000;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A task span: a poll.
+    Task,
+    /// A span entered during a poll: part of the await tree.
+    InPoll,
+    /// A span entered outside any poll: recorded as enter/exit.
+    Outside,
+}
+
+/// An entered span.
+struct Frame {
+    /// `tracing` registry id, to match the exit.
+    reg: u64,
+    sid: u64,
+    kind: Kind,
+    /// Task frames: the task's node (its last tree signature lives there).
+    node: Option<Arc<SpanNode>>,
+    /// Task frames: this enter directly followed the task's previous exit
+    /// on this thread, the pattern of tokio dropping a completed future.
+    adjacent: bool,
+    /// Task frames: state of the enclosing poll, restored on exit.
+    saved_sig: u64,
+    saved_task: usize,
+    tree_base: usize,
+}
+
+/// One layer instance's state on one thread.
+pub(crate) struct Local {
+    instance: u64,
+    producer: rtrb::Producer<Raw>,
+    /// Records dropped on this thread (only this thread writes it).
+    dropped: Arc<AtomicU64>,
+    /// Records pushed or dropped so far.
+    seq: u64,
+    frames: Vec<Frame>,
+    /// Spans entered beyond [`STACK`], not tracked.
+    overflow: usize,
+    /// 1 + index in `frames` of the innermost task being polled, or 0.
+    task: usize,
+    /// Await tree of the poll in progress (nested polls stack up here).
+    tree: [(u64, u16); TREE],
+    tree_len: usize,
+    /// The tree did not fit: always send it.
+    tree_cut: bool,
+    sig: u64,
+    last_exit_task: u64,
+    last_exit_seq: u64,
+    last_exit_ts: u64,
+    /// The task that panicked on this thread, if any.
+    pub panicked_task: u64,
+    /// Registry id -> span node, so that entering a span and naming a woken
+    /// task cost no registry lookup. An entry is trusted only while its span
+    /// is open: a registry id is reused only after the span closed, and
+    /// `closed` is set (release) before that.
+    cache: Box<[CacheEntry]>,
+}
+
 impl Local {
+    /// Index of the cache entry holding the span with registry id `reg`,
+    /// filled from `lookup` on a miss.
+    #[inline]
+    fn cached(
+        &mut self,
+        reg: u64,
+        lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) -> Option<usize> {
+        let i = (reg.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % CACHE;
+        let e = &mut self.cache[i];
+        let fresh = e.reg == reg
+            && e.node
+                .as_ref()
+                .is_some_and(|n| !n.closed.load(Ordering::Acquire));
+        if !fresh {
+            *e = CacheEntry {
+                reg,
+                node: Some(lookup()?),
+            };
+        }
+        Some(i)
+    }
+
+    /// Span id of the span with registry id `reg` (see [`Local::cached`]).
+    #[inline]
+    pub fn span_id(
+        &mut self,
+        reg: u64,
+        lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) -> Option<u64> {
+        let i = self.cached(reg, lookup)?;
+        self.cache[i].node.as_ref().map(|n| n.id)
+    }
+
+    /// The span with registry id `reg` was entered.
+    #[inline]
+    pub fn enter_reg(
+        &mut self,
+        shared: &Shared,
+        reg: u64,
+        lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) {
+        let Some(i) = self.cached(reg, lookup) else {
+            return;
+        };
+        let Some(node) = &self.cache[i].node else {
+            return;
+        };
+        let (sid, class) = (node.id, node.class);
+        let task_node = (class == SpanClass::Task).then(|| node.clone());
+        self.enter(shared, reg, sid, class, task_node);
+    }
+
     /// The task being polled on this thread, or 0.
     #[inline]
     pub fn current_task(&self) -> u64 {
-        if self.depth == 0 {
-            0
-        } else {
-            self.tasks[self.depth - 1].task
+        match self.task {
+            0 => 0,
+            i => self.frames[i - 1].sid,
         }
     }
 
     /// Pushes a record, counting it as dropped when the ring is full.
     #[inline]
-    pub fn push(&mut self, shared: &Shared, raw: Raw) {
+    pub fn push(&mut self, raw: Raw) {
         self.seq += 1;
         if self.producer.push(raw).is_err() {
-            shared.buffer_full.fetch_add(1, Ordering::Relaxed);
+            // Single writer: a plain load and store, no locked instruction.
+            let n = self.dropped.load(Ordering::Relaxed);
+            self.dropped.store(n + 1, Ordering::Relaxed);
         }
     }
 
-    /// A task span was entered: a poll (or the drop of its future) starts.
+    /// A span was entered. `ts` reads the clock; it is only called when the
+    /// enter is recorded.
     #[inline]
-    pub fn enter_task(&mut self, shared: &Shared, task: u64, ts: u64) {
-        let adjacent = self.last_exit_task == task
-            && self.last_exit_seq == self.seq
-            && shared.clock.delta_as_nanos(self.last_exit_ts, ts) < ADJACENT_NS;
-        if self.depth < TASK_STACK {
-            self.tasks[self.depth] = Polling { task, adjacent };
+    fn enter(
+        &mut self,
+        shared: &Shared,
+        reg: u64,
+        sid: u64,
+        class: SpanClass,
+        node: Option<Arc<SpanNode>>,
+    ) {
+        if self.frames.len() >= STACK {
+            self.overflow += 1;
+            return;
         }
-        self.depth += 1;
+        if class == SpanClass::Task {
+            let ts = shared.clock.raw();
+            let adjacent = self.last_exit_task == sid
+                && self.last_exit_seq == self.seq
+                && shared.clock.delta_as_nanos(self.last_exit_ts, ts) < ADJACENT_NS;
+            self.frames.push(Frame {
+                reg,
+                sid,
+                kind: Kind::Task,
+                node,
+                adjacent,
+                saved_sig: self.sig,
+                saved_task: self.task,
+                tree_base: self.tree_len,
+            });
+            self.task = self.frames.len();
+            self.sig = EMPTY_SIG;
+            self.push(Raw::Enter {
+                span: sid,
+                task: true,
+                ts,
+            });
+        } else if self.task != 0 {
+            let depth = (self.frames.len() - self.task) as u16;
+            let tree_start = self.frames[self.task - 1].tree_base;
+            let repeat = self.tree_len > tree_start && self.tree[self.tree_len - 1] == (sid, depth);
+            if repeat {
+                // Entered again right after its exit (a future polled then
+                // dropped, a loop): one node.
+            } else if self.tree_len < TREE {
+                self.sig =
+                    (self.sig.rotate_left(7) ^ sid).wrapping_mul(0x100_0000_01b3) ^ depth as u64;
+                self.tree[self.tree_len] = (sid, depth);
+                self.tree_len += 1;
+            } else {
+                self.tree_cut = true;
+            }
+            self.frames.push(Frame {
+                reg,
+                sid,
+                kind: Kind::InPoll,
+                node: None,
+                adjacent: false,
+                saved_sig: 0,
+                saved_task: 0,
+                tree_base: 0,
+            });
+        } else {
+            self.frames.push(Frame {
+                reg,
+                sid,
+                kind: Kind::Outside,
+                node: None,
+                adjacent: false,
+                saved_sig: 0,
+                saved_task: 0,
+                tree_base: 0,
+            });
+            let ts = shared.clock.raw();
+            self.push(Raw::Enter {
+                span: sid,
+                task: false,
+                ts,
+            });
+        }
     }
 
-    /// A task span was exited. Returns whether that enter/exit pair followed
-    /// the task's previous poll directly (see [`Polling::adjacent`]). Call
-    /// after pushing the exit record.
+    /// A span was exited. Returns false when this thread never saw it
+    /// entered.
     #[inline]
-    pub fn exit_task(&mut self, task: u64, ts: u64) -> bool {
-        let mut adjacent = false;
-        if self.depth > 0 {
-            self.depth -= 1;
-            if self.depth < TASK_STACK && self.tasks[self.depth].task == task {
-                adjacent = self.tasks[self.depth].adjacent;
+    pub fn exit(&mut self, shared: &Shared, reg: u64) -> bool {
+        let Some(pos) = self.frames.iter().rposition(|f| f.reg == reg) else {
+            if self.overflow > 0 {
+                self.overflow -= 1;
+                return true;
+            }
+            return false;
+        };
+        let frame = self.frames.remove(pos);
+        if pos != self.frames.len() && self.task > pos {
+            // Exited out of order (rare): find the innermost task again.
+            self.task = self
+                .frames
+                .iter()
+                .rposition(|f| f.kind == Kind::Task)
+                .map_or(0, |i| i + 1);
+        }
+        match frame.kind {
+            Kind::InPoll => {}
+            Kind::Outside => {
+                let ts = shared.clock.raw();
+                self.push(Raw::Exit {
+                    span: frame.sid,
+                    task: false,
+                    tree: false,
+                    ts,
+                });
+            }
+            Kind::Task => {
+                let ts = shared.clock.raw();
+                let node = frame.node.as_ref();
+                let changed = self.tree_cut
+                    || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
+                if changed {
+                    for i in frame.tree_base..self.tree_len {
+                        let (span, depth) = self.tree[i];
+                        self.push(Raw::TreeNode {
+                            task: frame.sid,
+                            span,
+                            depth,
+                        });
+                    }
+                    if let Some(n) = node {
+                        // A cut tree is sent every time.
+                        let sig = if self.tree_cut { 0 } else { self.sig };
+                        n.last_tree_sig.store(sig, Ordering::Relaxed);
+                    }
+                }
+                self.push(Raw::Exit {
+                    span: frame.sid,
+                    task: true,
+                    tree: changed,
+                    ts,
+                });
+                if let Some(n) = node {
+                    n.last_pair_adjacent
+                        .store(frame.adjacent, Ordering::Relaxed);
+                }
+                self.tree_len = frame.tree_base;
+                self.tree_cut = false;
+                self.sig = frame.saved_sig;
+                self.task = frame.saved_task;
+                self.last_exit_task = frame.sid;
+                self.last_exit_seq = self.seq;
+                self.last_exit_ts = ts;
             }
         }
-        self.last_exit_task = task;
-        self.last_exit_seq = self.seq;
-        self.last_exit_ts = ts;
-        adjacent
+        true
     }
 }
 
@@ -124,7 +362,9 @@ pub(crate) fn with_local<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> 
                 locals.len() - 1
             }
         };
-        Some(f(&mut locals[i]))
+        // Keep the most recently used instance first.
+        locals.swap(0, i);
+        Some(f(&mut locals[0]))
     });
     match r {
         Ok(Some(r)) => Some(r),
@@ -137,16 +377,71 @@ pub(crate) fn with_local<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> 
 
 fn new_local(shared: &Arc<Shared>) -> Local {
     let (producer, consumer) = rtrb::RingBuffer::new(shared.ring_capacity);
-    shared.register_ring(consumer);
+    let dropped = Arc::new(AtomicU64::new(0));
+    shared.register_ring(consumer, dropped.clone());
     Local {
         instance: shared.instance,
         producer,
+        dropped,
         seq: 0,
-        tasks: [Polling::default(); TASK_STACK],
-        depth: 0,
+        frames: Vec::with_capacity(STACK),
+        overflow: 0,
+        task: 0,
+        tree: [(0, 0); TREE],
+        tree_len: 0,
+        tree_cut: false,
+        sig: EMPTY_SIG,
         last_exit_task: 0,
         last_exit_seq: 0,
         last_exit_ts: 0,
         panicked_task: 0,
+        cache: vec![CacheEntry::default(); CACHE].into_boxed_slice(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use awaitscope_wire::SpanClass;
+
+    use super::*;
+
+    fn node(id: u64) -> Arc<SpanNode> {
+        let meta = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            tracing::info_span!("cached").metadata().unwrap()
+        });
+        Arc::new(SpanNode {
+            id,
+            meta,
+            callsite: 0,
+            class: SpanClass::User,
+            parent: None,
+            ctx_task: 0,
+            ctx_span: 0,
+            link: None,
+            ts: 0,
+            fields: Mutex::new(Vec::new()),
+            last_tree_sig: AtomicU64::new(1),
+            last_pair_adjacent: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    #[test]
+    fn cache_never_trusts_a_closed_span() {
+        let shared = Shared::new(16);
+        let mut l = new_local(&shared);
+        let first = node(1);
+        assert_eq!(l.span_id(42, || Some(first.clone())), Some(1));
+        assert_eq!(
+            l.span_id(42, || panic!("an open span is served from the cache")),
+            Some(1)
+        );
+        // The span closes and the registry hands its id to another span.
+        first.closed.store(true, Ordering::Release);
+        assert_eq!(l.span_id(42, || Some(node(2))), Some(2));
+        assert_eq!(l.span_id(42, || None), Some(2));
     }
 }

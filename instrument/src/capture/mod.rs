@@ -33,9 +33,6 @@ pub(crate) struct SpanData {
     /// Stable id, never reused.
     pub id: u64,
     pub class: SpanClass,
-    /// For task spans: the last enter/exit pair directly followed the task's
-    /// previous poll (the drop of a completed future).
-    pub last_pair_adjacent: AtomicBool,
     /// The span's identity for causal traces.
     pub node: Arc<SpanNode>,
 }
@@ -43,6 +40,8 @@ pub(crate) struct SpanData {
 /// The consumer half of one thread's ring, held by the exporter.
 pub(crate) struct Ring {
     pub consumer: rtrb::Consumer<Raw>,
+    /// Records the thread dropped because this ring was full.
+    pub dropped: Arc<AtomicU64>,
     pub thread: u32,
     pub name: Option<String>,
 }
@@ -83,7 +82,7 @@ impl Shared {
         })
     }
 
-    fn register_ring(&self, consumer: rtrb::Consumer<Raw>) {
+    fn register_ring(&self, consumer: rtrb::Consumer<Raw>, dropped: Arc<AtomicU64>) {
         let thread = self.next_thread.fetch_add(1, Ordering::Relaxed);
         let name = std::thread::current().name().map(str::to_owned);
         self.new_rings
@@ -91,6 +90,7 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .push(Ring {
                 consumer,
+                dropped,
                 thread,
                 name,
             });
@@ -120,6 +120,16 @@ impl std::fmt::Debug for AwaitscopeLayer {
 }
 
 impl AwaitscopeLayer {
+    /// The node of a span, from the registry.
+    fn lookup_node<S>(ctx: &Context<'_, S>, id: &Id) -> Option<Arc<SpanNode>>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let span = ctx.span(id)?;
+        let ext = span.extensions();
+        ext.get::<SpanData>().map(|d| d.node.clone())
+    }
+
     #[inline]
     fn span_id<S>(ctx: &Context<'_, S>, id: &Id) -> Option<(u64, SpanClass)>
     where
@@ -178,12 +188,15 @@ where
                 link,
                 ts,
                 fields: std::sync::Mutex::new(rec.fields),
+                last_tree_sig: AtomicU64::new(1),
+                last_pair_adjacent: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
             });
-            l.push(shared, Raw::Span(node.clone()));
+            l.push(Raw::Span(node.clone()));
             if let (SpanClass::User, Some(link)) = (class, &node.link) {
                 // A queue hand-off: the collector sees it as follows-from.
                 let follows = link.id;
-                l.push(shared, Raw::FollowsFrom { span: sid, follows });
+                l.push(Raw::FollowsFrom { span: sid, follows });
             }
             node
         });
@@ -191,7 +204,6 @@ where
         span.extensions_mut().insert(SpanData {
             id: sid,
             class,
-            last_pair_adjacent: AtomicBool::new(false),
             node,
         });
     }
@@ -214,9 +226,7 @@ where
             *fields = merged.fields;
         }
         let Some(shared) = &self.shared else { return };
-        with_local(shared, |l| {
-            l.push(shared, Raw::Record(Box::new((sid, rec.fields))))
-        });
+        with_local(shared, |l| l.push(Raw::Record(Box::new((sid, rec.fields)))));
     }
 
     fn on_follows_from(&self, id: &Id, follows: &Id, ctx: Context<'_, S>) {
@@ -226,58 +236,21 @@ where
             return;
         };
         let Some(shared) = &self.shared else { return };
-        with_local(shared, |l| {
-            l.push(shared, Raw::FollowsFrom { span, follows })
-        });
+        with_local(shared, |l| l.push(Raw::FollowsFrom { span, follows }));
     }
 
     #[inline]
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some((sid, class)) = Self::span_id(&ctx, id) else {
-            return;
-        };
         let Some(shared) = &self.shared else { return };
-        let ts = shared.clock.raw();
         with_local(shared, |l| {
-            let task = class == SpanClass::Task;
-            if task {
-                l.enter_task(shared, sid, ts);
-            }
-            l.push(
-                shared,
-                Raw::Enter {
-                    span: sid,
-                    task,
-                    ts,
-                },
-            );
+            l.enter_reg(shared, id.into_u64(), || Self::lookup_node(&ctx, id))
         });
     }
 
     #[inline]
-    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let ext = span.extensions();
-        let Some(data) = ext.get::<SpanData>() else {
-            return;
-        };
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
         let Some(shared) = &self.shared else { return };
-        let ts = shared.clock.raw();
-        with_local(shared, |l| {
-            let task = data.class == SpanClass::Task;
-            l.push(
-                shared,
-                Raw::Exit {
-                    span: data.id,
-                    task,
-                    ts,
-                },
-            );
-            if task {
-                let adjacent = l.exit_task(data.id, ts);
-                data.last_pair_adjacent.store(adjacent, Ordering::Relaxed);
-            }
-        });
+        with_local(shared, |l| l.exit(shared, id.into_u64()));
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
@@ -287,6 +260,7 @@ where
             return;
         };
         let Some(shared) = &self.shared else { return };
+        data.node.closed.store(true, Ordering::Release);
         let ts = shared.clock.raw();
         with_local(shared, |l| {
             let kind = if data.class != SpanClass::Task {
@@ -294,19 +268,16 @@ where
             } else if l.panicked_task == data.id {
                 l.panicked_task = 0;
                 CloseKind::Panicked
-            } else if data.last_pair_adjacent.load(Ordering::Relaxed) {
+            } else if data.node.last_pair_adjacent.load(Ordering::Relaxed) {
                 CloseKind::Completed
             } else {
                 CloseKind::Cancelled
             };
-            l.push(
-                shared,
-                Raw::Close {
-                    span: data.id,
-                    kind,
-                    ts,
-                },
-            );
+            l.push(Raw::Close {
+                span: data.id,
+                kind,
+                ts,
+            });
         });
     }
 
@@ -320,13 +291,14 @@ where
                 let (Some(op), Some(task_id)) = (v.op, v.task_id) else {
                     return;
                 };
-                let Some((task, _)) = Self::span_id(&ctx, &Id::from_u64(task_id)) else {
-                    return;
-                };
                 let ts = shared.clock.raw();
                 with_local(shared, |l| {
+                    let id = Id::from_u64(task_id);
+                    let Some(task) = l.span_id(task_id, || Self::lookup_node(&ctx, &id)) else {
+                        return;
+                    };
                     let by = l.current_task();
-                    l.push(shared, Raw::Wake { task, by, op, ts });
+                    l.push(Raw::Wake { task, by, op, ts });
                 });
             }
             Class::Event(class) => {
@@ -347,7 +319,7 @@ where
                         ts,
                         fields: rec.fields,
                     };
-                    l.push(shared, Raw::Log(Box::new(raw)));
+                    l.push(Raw::Log(Box::new(raw)));
                 });
             }
             Class::Span(_) | Class::Ignored => {}

@@ -7,6 +7,7 @@
 //! across task boundaries, and because they are reference counted (not
 //! recycled registry ids) the chain survives its spans closing.
 
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use awaitscope_wire::{Field, SpanClass, Value};
@@ -32,6 +33,14 @@ pub(crate) struct SpanNode {
     pub ts: u64,
     /// Recorded fields, updated by `span.record`.
     pub fields: Mutex<Vec<Field>>,
+    /// Task spans: signature of the await tree last sent.
+    pub last_tree_sig: AtomicU64,
+    /// Task spans: the last enter/exit pair directly followed the task's
+    /// previous poll (the drop of a completed future).
+    pub last_pair_adjacent: AtomicBool,
+    /// The span closed: its registry id may now name another span, so
+    /// per-thread caches keyed by registry id must not trust this entry.
+    pub closed: AtomicBool,
 }
 
 impl SpanNode {

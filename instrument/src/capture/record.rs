@@ -45,7 +45,16 @@ pub(crate) enum Raw {
         span: u64,
         /// The span is a task span: a poll ends.
         task: bool,
+        /// The `TreeNode`s just before are the poll's new await tree.
+        tree: bool,
         ts: u64,
+    },
+    /// One span of the await tree of the poll that ends with the next
+    /// task `Exit` on this thread.
+    TreeNode {
+        task: u64,
+        span: u64,
+        depth: u16,
     },
     Close {
         span: u64,

@@ -28,8 +28,9 @@ use sink::Sink;
 const BATCH: usize = 4096;
 /// Idle wait between drains.
 const TICK: Duration = Duration::from_millis(50);
-/// Wait between drains while records keep coming.
-const BUSY_TICK: Duration = Duration::from_millis(1);
+/// Wait between drains while records keep coming: short enough that a ring
+/// filling at tens of millions of records per second does not overflow.
+const BUSY_TICK: Duration = Duration::from_micros(100);
 /// Recordings and streams are flushed at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
@@ -141,6 +142,9 @@ pub(crate) fn start(
         seq: 0,
         sinks,
         raws: Vec::new(),
+        trees: Default::default(),
+        retired_drops: 0,
+        fullest: 0,
         batch: Vec::with_capacity(BATCH),
         buf: Vec::new(),
         last_flush: Instant::now(),
@@ -175,6 +179,13 @@ struct Exporter {
     seq: u64,
     sinks: Vec<Sink>,
     raws: Vec<(u32, Raw)>,
+    /// Per thread: the task and await tree nodes of the poll being read
+    /// (they precede the exit that ends it).
+    trees: rustc_hash::FxHashMap<u32, (u64, Vec<(u64, u16)>)>,
+    /// Drops of rings whose threads are gone.
+    retired_drops: u64,
+    /// How full the fullest ring was at the last drain, in quarters.
+    fullest: usize,
     batch: Vec<Event>,
     buf: Vec<u8>,
     last_flush: Instant,
@@ -217,7 +228,15 @@ impl Exporter {
             if st.stop || st.flush_requested > st.flush_done {
                 continue;
             }
-            let wait = if n > 256 { BUSY_TICK } else { TICK };
+            if self.fullest >= 1 {
+                // Records are coming in fast (a ring was a quarter full, or
+                // many records in all): drain again at once rather than let
+                // rings overflow while this thread sleeps.
+                drop(st);
+                std::thread::yield_now();
+                continue;
+            }
+            let wait = if n > 0 { BUSY_TICK } else { TICK };
             let _ = control.cond.wait_timeout(st, wait);
         }
     }
@@ -267,7 +286,7 @@ impl Exporter {
             spans.sort_by_key(|n| n.id);
             events.extend(spans.into_iter().map(|n| span_new(&self.shared, n)));
         }
-        let buffer_full = self.shared.buffer_full.load(Ordering::Relaxed);
+        let buffer_full = self.buffer_drops();
         for chunk in events.chunks(BATCH) {
             self.encode_events(chunk.to_vec(), &mut out);
         }
@@ -292,18 +311,29 @@ impl Exporter {
             self.rings.append(&mut new);
         }
         self.raws.clear();
+        self.fullest = 0;
         for ring in &mut self.rings {
             let n = ring.consumer.slots();
             if n == 0 {
                 continue;
             }
+            self.fullest = self
+                .fullest
+                .max(n * 4 / ring.consumer.buffer().capacity().max(1));
             if let Ok(chunk) = ring.consumer.read_chunk(n) {
                 self.raws
                     .extend(chunk.into_iter().map(|raw| (ring.thread, raw)));
             }
         }
-        self.rings
-            .retain(|r| !(r.consumer.is_abandoned() && r.consumer.is_empty()));
+        let mut retired = 0;
+        self.rings.retain(|r| {
+            let gone = r.consumer.is_abandoned() && r.consumer.is_empty();
+            if gone {
+                retired += r.dropped.load(Ordering::Relaxed);
+            }
+            !gone
+        });
+        self.retired_drops += retired;
         let n = self.raws.len();
         // Callsites are read after the rings: any callsite a drained record
         // refers to was registered before the record was pushed.
@@ -411,7 +441,8 @@ impl Exporter {
         Some(match raw {
             Raw::Span(node) => {
                 let ev = want.then(|| span_new(&self.shared, &node));
-                model.on_span(node);
+                let created = ns(node.ts);
+                model.on_span(node, created);
                 ev?
             }
             Raw::Record(r) => {
@@ -427,7 +458,9 @@ impl Exporter {
             }
             Raw::Enter { span, task, ts } => {
                 let ts = ns(ts);
-                model.on_enter(thread, span, task, ts);
+                if task {
+                    model.on_poll_start(span);
+                }
                 if !want {
                     return None;
                 }
@@ -436,9 +469,49 @@ impl Exporter {
                     ts,
                 }
             }
-            Raw::Exit { span, task, ts } => {
+            Raw::TreeNode { task, span, depth } => {
+                let pending = self.trees.entry(thread).or_default();
+                if pending.0 != task {
+                    // Left over from a poll whose exit was dropped.
+                    pending.1.clear();
+                    pending.0 = task;
+                }
+                pending.1.push((span, depth));
+                return None;
+            }
+            Raw::Exit {
+                span,
+                task,
+                tree,
+                ts,
+            } => {
                 let ts = ns(ts);
-                model.on_exit(thread, span, task, ts);
+                let nodes = match self.trees.get_mut(&thread) {
+                    Some((t, nodes)) if *t == span => std::mem::take(nodes),
+                    _ => Vec::new(),
+                };
+                if task {
+                    model.on_poll_end(span, tree.then_some(&nodes[..]), ts);
+                }
+                if want && task && tree {
+                    // Sent just before the exit that ends the poll.
+                    self.batch.push(Event::PollTree {
+                        task: SpanId(span),
+                        spans: nodes
+                            .iter()
+                            .map(|&(s, depth)| wire::TreeNode {
+                                span: SpanId(s),
+                                depth,
+                            })
+                            .collect(),
+                    });
+                }
+                if let Some((_, pending)) = self.trees.get_mut(&thread) {
+                    // Reuse the allocation for the thread's next tree.
+                    let mut nodes = nodes;
+                    nodes.clear();
+                    *pending = nodes;
+                }
                 if !want {
                     return None;
                 }
@@ -504,8 +577,19 @@ impl Exporter {
         })
     }
 
+    /// Records dropped so far because a ring was full.
+    fn buffer_drops(&self) -> u64 {
+        self.shared.buffer_full.load(Ordering::Relaxed)
+            + self.retired_drops
+            + self
+                .rings
+                .iter()
+                .map(|r| r.dropped.load(Ordering::Relaxed))
+                .sum::<u64>()
+    }
+
     fn report_drops(&mut self) {
-        let buffer_full = self.shared.buffer_full.load(Ordering::Relaxed);
+        let buffer_full = self.buffer_drops();
         for i in 0..self.sinks.len() {
             let counts = DropCounts {
                 buffer_full,

@@ -150,6 +150,8 @@ pub struct Captured {
     pub wakes: Vec<Wake>,
     pub panics: Vec<(Option<SpanId>, Option<SpanId>, String)>,
     pub dropped: DropCounts,
+    /// Per task: the await trees sent (span, depth), in order.
+    pub poll_trees: HashMap<SpanId, Vec<Vec<(SpanId, u16)>>>,
     /// Per task: spans entered while the task was being polled, in order.
     pub entered_in_task: HashMap<SpanId, Vec<SpanId>>,
 }
@@ -237,6 +239,18 @@ impl Captured {
                 let _ = (span, fields);
             }
             Event::FollowsFrom { .. } => {}
+            Event::PollTree { task, spans } => {
+                self.poll_trees
+                    .entry(task)
+                    .or_default()
+                    .push(spans.iter().map(|n| (n.span, n.depth)).collect());
+                let entered = self.entered_in_task.entry(task).or_default();
+                for n in spans {
+                    if !entered.contains(&n.span) {
+                        entered.push(n.span);
+                    }
+                }
+            }
             Event::Enter { span, ts } => {
                 let stack = stacks.entry(*thread).or_default();
                 if let Some(task) = stack.iter().rev().find(|s| {

@@ -31,6 +31,7 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::SpanNew { .. } => "SpanNew",
         Event::Record { .. } => "Record",
         Event::FollowsFrom { .. } => "FollowsFrom",
+        Event::PollTree { .. } => "PollTree",
         Event::Enter { .. } => "Enter",
         Event::Exit { .. } => "Exit",
         Event::Close { .. } => "Close",
@@ -40,7 +41,7 @@ pub fn event_variant(e: &Event) -> &'static str {
     }
 }
 
-pub const EVENT_VARIANTS: usize = 11;
+pub const EVENT_VARIANTS: usize = 12;
 
 /// Name of a body's variant (exhaustive, see [`event_variant`]).
 pub fn body_variant(b: &Body) -> &'static str {
@@ -166,6 +167,23 @@ pub fn sample_events() -> Vec<Event> {
             ts: 100 + i as u64,
         });
     }
+    events.push(Event::PollTree {
+        task: SpanId(7),
+        spans: vec![
+            TreeNode {
+                span: SpanId(8),
+                depth: 0,
+            },
+            TreeNode {
+                span: SpanId(9),
+                depth: 1,
+            },
+        ],
+    });
+    events.push(Event::PollTree {
+        task: SpanId(7),
+        spans: vec![],
+    });
     for (i, op) in [WakeOp::Wake, WakeOp::WakeByRef, WakeOp::Clone, WakeOp::Drop]
         .into_iter()
         .enumerate()
@@ -471,6 +489,17 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
             }),
         (arb_span(), arb_fields()).prop_map(|(span, fields)| Event::Record { span, fields }),
         (arb_span(), arb_span()).prop_map(|(span, follows)| Event::FollowsFrom { span, follows }),
+        (
+            arb_span(),
+            proptest::collection::vec((arb_span(), any::<u16>()), 0..8)
+        )
+            .prop_map(|(task, spans)| Event::PollTree {
+                task,
+                spans: spans
+                    .into_iter()
+                    .map(|(span, depth)| TreeNode { span, depth })
+                    .collect(),
+            }),
         (arb_span(), any::<u64>()).prop_map(|(span, ts)| Event::Enter { span, ts }),
         (arb_span(), any::<u64>()).prop_map(|(span, ts)| Event::Exit { span, ts }),
         (arb_span(), arb_close(), any::<u64>()).prop_map(|(span, kind, ts)| Event::Close {
