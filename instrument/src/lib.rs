@@ -56,9 +56,10 @@ pub use causal::{CausalTrace, Context, TaskRef, TraceItem, Traced, WithCausalTra
 pub use config::DEFAULT_ADDR;
 pub use spawn::{spawn, spawn_named, JoinHandle};
 
-/// Slots in each thread's ring buffer (records a thread can hold before the
-/// exporter drains them).
-const DEFAULT_RING_CAPACITY: usize = 16 * 1024;
+/// Most slots in a thread's ring buffer (32 bytes each): records a thread
+/// can hold before the exporter drains them. Rings start at 4,096 slots and
+/// grow on overflow up to this.
+const DEFAULT_RING_CAPACITY: usize = 128 * 1024;
 
 /// Installs awaitscope as the global subscriber: `tracing_subscriber`'s
 /// registry, the awaitscope layer, and a log layer printing to stderr
@@ -188,7 +189,8 @@ impl Builder {
         self
     }
 
-    /// Slots per thread buffer; records beyond are dropped and counted.
+    /// Most slots per thread buffer (rings start at 4,096 and grow to this);
+    /// records beyond are dropped and counted.
     pub fn ring_capacity(mut self, slots: usize) -> Self {
         self.ring_capacity = slots.max(16);
         self

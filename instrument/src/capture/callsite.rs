@@ -88,6 +88,9 @@ fn key(meta: &'static Metadata<'static>) -> usize {
 #[derive(Default)]
 pub(crate) struct Callsites {
     map: ArcSwap<FxHashMap<usize, Info>>,
+    /// tokio's waker event callsites (clone, drop, wake, wake_by_ref): the
+    /// most frequent events, recognised by address before any map lookup.
+    wakers: [std::sync::atomic::AtomicUsize; 4],
     /// Registration order; the exporter sends `all[sent..]` and re-sends all
     /// of them after a reconnect.
     all: Mutex<Vec<wire::Callsite>>,
@@ -101,6 +104,15 @@ impl Callsites {
             return *info;
         }
         self.register(meta)
+    }
+
+    /// Whether `meta` is one of tokio's waker event callsites.
+    #[inline]
+    pub fn is_waker(&self, meta: &'static Metadata<'static>) -> bool {
+        let k = key(meta);
+        self.wakers
+            .iter()
+            .any(|w| w.load(std::sync::atomic::Ordering::Acquire) == k)
     }
 
     /// Registers a callsite (idempotent).
@@ -132,6 +144,12 @@ impl Callsites {
                 .collect(),
         });
         let info = Info { id, class };
+        if class == Class::Waker {
+            use std::sync::atomic::Ordering;
+            if let Some(slot) = self.wakers.iter().find(|w| w.load(Ordering::Relaxed) == 0) {
+                slot.store(key(meta), Ordering::Release);
+            }
+        }
         let mut map = FxHashMap::clone(&self.map.load());
         map.insert(key(meta), info);
         self.map.store(Arc::new(map));

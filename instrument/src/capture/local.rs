@@ -41,9 +41,13 @@ struct CacheEntry {
     node: Option<Arc<SpanNode>>,
 }
 
-/// Two polls of one task closer than this (in ns) with nothing in between
-/// are the poll that completed and the drop of its future.
-const ADJACENT_NS: u64 = 50_000;
+/// Two polls of one task closer than this (in ns) with nothing recorded in
+/// between on the thread are the poll that completed and the drop of its
+/// future. The drop follows within microseconds unless the thread is
+/// preempted; an aborted task is dropped when the abort is handled, which on
+/// a worker that ran nothing else since that task's last poll is the one
+/// case mistaken for completion (only within this window).
+const ADJACENT_NS: u64 = 10_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -70,11 +74,20 @@ struct Frame {
     saved_sig: u64,
     saved_task: usize,
     tree_base: usize,
+    /// Task frames: this thread holds the task's poll cache.
+    owns_cache: bool,
+    /// Task frames: spans entered in this poll so far (position in the
+    /// poll cache of the next one).
+    entered: usize,
 }
 
 /// One layer instance's state on one thread.
 pub(crate) struct Local {
     instance: u64,
+    shared: std::sync::Weak<Shared>,
+    /// This thread's index (stable across ring replacements).
+    thread: u32,
+    max_ring: usize,
     producer: rtrb::Producer<Raw>,
     /// Records dropped on this thread (only this thread writes it).
     dropped: Arc<AtomicU64>,
@@ -92,6 +105,9 @@ pub(crate) struct Local {
     tree_cut: bool,
     sig: u64,
     last_exit_task: u64,
+    /// Registry id and node of `last_exit_task`.
+    last_exit_reg: u64,
+    last_exit_node: Option<Arc<SpanNode>>,
     last_exit_seq: u64,
     last_exit_ts: u64,
     /// The task that panicked on this thread, if any.
@@ -146,6 +162,39 @@ impl Local {
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) {
+        // Inside a poll, the task's own cache of its last poll's spans
+        // usually knows this one.
+        if self.task != 0 && self.frames.len() < STACK {
+            let t = &mut self.frames[self.task - 1];
+            let k = t.entered;
+            t.entered += 1;
+            if t.owns_cache {
+                let cache = &t
+                    .node
+                    .as_ref()
+                    .expect("task frames hold their node")
+                    .poll_cache;
+                // SAFETY: this thread acquired the cache at the task's enter
+                // and releases it at its exit.
+                if let Some(n) = unsafe { cache.get(k, reg) } {
+                    let node = (n.class == SpanClass::Task).then(|| n.clone());
+                    return self.enter(shared, reg, n.id, n.class, node);
+                }
+                let Some(i) = self.cached(reg, lookup) else {
+                    return;
+                };
+                let Some(n) = self.cache[i].node.clone() else {
+                    return;
+                };
+                let t = &self.frames[self.task - 1];
+                if let Some(tn) = &t.node {
+                    // SAFETY: as above.
+                    unsafe { tn.poll_cache.set(k, reg, &n) };
+                }
+                let node = (n.class == SpanClass::Task).then(|| n.clone());
+                return self.enter(shared, reg, n.id, n.class, node);
+            }
+        }
         let Some(i) = self.cached(reg, lookup) else {
             return;
         };
@@ -166,14 +215,38 @@ impl Local {
         }
     }
 
-    /// Pushes a record, counting it as dropped when the ring is full.
+    /// Pushes a record. A full ring is replaced by one four times larger
+    /// (up to the configured maximum); past that the record is dropped and
+    /// counted.
     #[inline]
     pub fn push(&mut self, raw: Raw) {
         self.seq += 1;
-        if self.producer.push(raw).is_err() {
-            // Single writer: a plain load and store, no locked instruction.
-            let n = self.dropped.load(Ordering::Relaxed);
-            self.dropped.store(n + 1, Ordering::Relaxed);
+        if let Err(rtrb::PushError::Full(raw)) = self.producer.push(raw) {
+            self.overflow_push(raw);
+        }
+    }
+
+    #[cold]
+    fn overflow_push(&mut self, raw: Raw) {
+        let capacity = self.producer.buffer().capacity();
+        if capacity < self.max_ring {
+            // The exporter drains the old ring before this one: it was
+            // registered first, and nothing is pushed to it any more.
+            let (producer, consumer) = rtrb::RingBuffer::new((capacity * 4).min(self.max_ring));
+            self.shared_register(consumer);
+            self.producer = producer;
+            if self.producer.push(raw).is_ok() {
+                return;
+            }
+        }
+        // Single writer: a plain load and store, no locked instruction.
+        let n = self.dropped.load(Ordering::Relaxed);
+        self.dropped.store(n + 1, Ordering::Relaxed);
+    }
+
+    fn shared_register(&mut self, consumer: rtrb::Consumer<Raw>) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.register_ring(consumer, self.dropped.clone(), Some(self.thread));
         }
     }
 
@@ -197,6 +270,7 @@ impl Local {
             let adjacent = self.last_exit_task == sid
                 && self.last_exit_seq == self.seq
                 && shared.clock.delta_as_nanos(self.last_exit_ts, ts) < ADJACENT_NS;
+            let owns_cache = node.as_ref().is_some_and(|n| n.poll_cache.acquire());
             self.frames.push(Frame {
                 reg,
                 sid,
@@ -206,6 +280,8 @@ impl Local {
                 saved_sig: self.sig,
                 saved_task: self.task,
                 tree_base: self.tree_len,
+                owns_cache,
+                entered: 0,
             });
             self.task = self.frames.len();
             self.sig = EMPTY_SIG;
@@ -238,6 +314,8 @@ impl Local {
                 saved_sig: 0,
                 saved_task: 0,
                 tree_base: 0,
+                owns_cache: false,
+                entered: 0,
             });
         } else {
             self.frames.push(Frame {
@@ -249,6 +327,8 @@ impl Local {
                 saved_sig: 0,
                 saved_task: 0,
                 tree_base: 0,
+                owns_cache: false,
+                entered: 0,
             });
             let ts = shared.clock.raw();
             self.push(Raw::Enter {
@@ -319,7 +399,12 @@ impl Local {
                 if let Some(n) = node {
                     n.last_pair_adjacent
                         .store(frame.adjacent, Ordering::Relaxed);
+                    if frame.owns_cache {
+                        n.poll_cache.release();
+                    }
                 }
+                self.last_exit_reg = frame.reg;
+                self.last_exit_node = frame.node;
                 self.tree_len = frame.tree_base;
                 self.tree_cut = false;
                 self.sig = frame.saved_sig;
@@ -376,11 +461,14 @@ pub(crate) fn with_local<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> 
 }
 
 fn new_local(shared: &Arc<Shared>) -> Local {
-    let (producer, consumer) = rtrb::RingBuffer::new(shared.ring_capacity);
+    let (producer, consumer) = rtrb::RingBuffer::new(super::INITIAL_RING.min(shared.ring_capacity));
     let dropped = Arc::new(AtomicU64::new(0));
-    shared.register_ring(consumer, dropped.clone());
+    let thread = shared.register_ring(consumer, dropped.clone(), None);
     Local {
         instance: shared.instance,
+        shared: Arc::downgrade(shared),
+        thread,
+        max_ring: shared.ring_capacity,
         producer,
         dropped,
         seq: 0,
@@ -392,6 +480,8 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         tree_cut: false,
         sig: EMPTY_SIG,
         last_exit_task: 0,
+        last_exit_reg: 0,
+        last_exit_node: None,
         last_exit_seq: 0,
         last_exit_ts: 0,
         panicked_task: 0,
@@ -426,6 +516,7 @@ mod tests {
             last_tree_sig: AtomicU64::new(1),
             last_pair_adjacent: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            poll_cache: Default::default(),
         })
     }
 

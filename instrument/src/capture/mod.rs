@@ -60,8 +60,13 @@ pub(crate) struct Shared {
     pub clock: quanta::Clock,
     /// Raw clock reading at the process origin (ns 0 on the wire).
     pub origin_raw: u64,
+    /// Largest ring a thread may grow to (slots).
     pub ring_capacity: usize,
 }
+
+/// Slots of a thread's first ring; it grows (x4) when it overflows, up to
+/// `Shared::ring_capacity`.
+pub(crate) const INITIAL_RING: usize = 4096;
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
@@ -82,8 +87,16 @@ impl Shared {
         })
     }
 
-    fn register_ring(&self, consumer: rtrb::Consumer<Raw>, dropped: Arc<AtomicU64>) {
-        let thread = self.next_thread.fetch_add(1, Ordering::Relaxed);
+    /// Registers a thread's ring with the exporter; `thread` is `None` for
+    /// a new thread (an index is assigned and returned), or the thread's
+    /// index when its ring is replaced by a larger one.
+    fn register_ring(
+        &self,
+        consumer: rtrb::Consumer<Raw>,
+        dropped: Arc<AtomicU64>,
+        thread: Option<u32>,
+    ) -> u32 {
+        let thread = thread.unwrap_or_else(|| self.next_thread.fetch_add(1, Ordering::Relaxed));
         let name = std::thread::current().name().map(str::to_owned);
         self.new_rings
             .lock()
@@ -94,6 +107,7 @@ impl Shared {
                 thread,
                 name,
             });
+        thread
     }
 
     /// Nanoseconds since the origin for a raw clock reading.
@@ -191,6 +205,7 @@ where
                 last_tree_sig: AtomicU64::new(1),
                 last_pair_adjacent: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
+                poll_cache: Default::default(),
             });
             l.push(Raw::Span(node.clone()));
             if let (SpanClass::User, Some(link)) = (class, &node.link) {
@@ -283,7 +298,14 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let Some(shared) = &self.shared else { return };
-        let info = shared.callsites.get(event.metadata());
+        let info = if shared.callsites.is_waker(event.metadata()) {
+            callsite::Info {
+                id: 0,
+                class: Class::Waker,
+            }
+        } else {
+            shared.callsites.get(event.metadata())
+        };
         match info.class {
             Class::Waker => {
                 let mut v = WakerVisitor::default();

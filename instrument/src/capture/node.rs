@@ -7,7 +7,8 @@
 //! across task boundaries, and because they are reference counted (not
 //! recycled registry ids) the chain survives its spans closing.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use awaitscope_wire::{Field, SpanClass, Value};
@@ -41,6 +42,70 @@ pub(crate) struct SpanNode {
     /// The span closed: its registry id may now name another span, so
     /// per-thread caches keyed by registry id must not trust this entry.
     pub closed: AtomicBool,
+    /// Task spans: the spans its last poll entered, by position.
+    pub poll_cache: PollCache,
+}
+
+/// Spans entered in a task's last poll, by position (the k-th span entered).
+/// A task that awaits the same thing poll after poll enters the same spans
+/// in the same order: the next poll finds each one here instead of looking
+/// it up in the registry.
+///
+/// A task is polled by one thread at a time; the `busy` flag makes that
+/// explicit: the thread that sets it owns the entries until it clears it.
+/// (A try-lock flag around an array: no crate needed.)
+#[derive(Default)]
+pub(crate) struct PollCache {
+    busy: AtomicBool,
+    entries: UnsafeCell<[(u64, Option<Arc<SpanNode>>); POLL_CACHE]>,
+}
+
+/// Spans remembered per task.
+pub(crate) const POLL_CACHE: usize = 8;
+
+// SAFETY: `entries` is only accessed by the thread that set `busy` (see
+// `PollCache::acquire`), between that and `release`.
+unsafe impl Sync for PollCache {}
+
+impl PollCache {
+    /// Takes the entries for this thread; false if another thread has them.
+    #[inline]
+    pub fn acquire(&self) -> bool {
+        !self.busy.swap(true, Ordering::Acquire)
+    }
+
+    /// Gives the entries back.
+    #[inline]
+    pub fn release(&self) {
+        self.busy.store(false, Ordering::Release);
+    }
+
+    /// The node remembered at position `k` if it is the open span `reg`.
+    ///
+    /// # Safety
+    /// The caller acquired the cache and has not released it.
+    #[inline]
+    pub unsafe fn get(&self, k: usize, reg: u64) -> Option<Arc<SpanNode>> {
+        // SAFETY: exclusive access, per the contract.
+        let entries = unsafe { &*self.entries.get() };
+        match entries.get(k) {
+            Some((r, Some(n))) if *r == reg && !n.closed.load(Ordering::Acquire) => Some(n.clone()),
+            _ => None,
+        }
+    }
+
+    /// Remembers `node` (registry id `reg`) at position `k`.
+    ///
+    /// # Safety
+    /// The caller acquired the cache and has not released it.
+    #[inline]
+    pub unsafe fn set(&self, k: usize, reg: u64, node: &Arc<SpanNode>) {
+        // SAFETY: exclusive access, per the contract.
+        let entries = unsafe { &mut *self.entries.get() };
+        if let Some(e) = entries.get_mut(k) {
+            *e = (reg, Some(node.clone()));
+        }
+    }
 }
 
 impl SpanNode {

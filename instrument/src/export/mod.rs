@@ -325,15 +325,21 @@ impl Exporter {
                     .extend(chunk.into_iter().map(|raw| (ring.thread, raw)));
             }
         }
-        let mut retired = 0;
+        // A thread's rings share one drop counter; it is retired with the
+        // thread's last ring.
+        let mut gone: Vec<(u32, u64)> = Vec::new();
         self.rings.retain(|r| {
-            let gone = r.consumer.is_abandoned() && r.consumer.is_empty();
-            if gone {
-                retired += r.dropped.load(Ordering::Relaxed);
+            let done = r.consumer.is_abandoned() && r.consumer.is_empty();
+            if done {
+                gone.push((r.thread, r.dropped.load(Ordering::Relaxed)));
             }
-            !gone
+            !done
         });
-        self.retired_drops += retired;
+        for (thread, dropped) in gone {
+            if !self.rings.iter().any(|r| r.thread == thread) {
+                self.retired_drops += dropped;
+            }
+        }
         let n = self.raws.len();
         // Callsites are read after the rings: any callsite a drained record
         // refers to was registered before the record was pushed.
@@ -579,13 +585,15 @@ impl Exporter {
 
     /// Records dropped so far because a ring was full.
     fn buffer_drops(&self) -> u64 {
-        self.shared.buffer_full.load(Ordering::Relaxed)
-            + self.retired_drops
-            + self
-                .rings
-                .iter()
-                .map(|r| r.dropped.load(Ordering::Relaxed))
-                .sum::<u64>()
+        let mut seen: Vec<u32> = Vec::with_capacity(self.rings.len());
+        let mut live = 0;
+        for r in &self.rings {
+            if !seen.contains(&r.thread) {
+                seen.push(r.thread);
+                live += r.dropped.load(Ordering::Relaxed);
+            }
+        }
+        self.shared.buffer_full.load(Ordering::Relaxed) + self.retired_drops + live
     }
 
     fn report_drops(&mut self) {

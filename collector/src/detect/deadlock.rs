@@ -1,0 +1,211 @@
+//! `deadlock`: a cycle of tasks, each waiting on a lock (Mutex, RwLock,
+//! Semaphore) held by the next. Every task of the cycle must be idle for
+//! longer than [`Thresholds::deadlock_grace_ns`].
+
+use std::collections::{HashMap, HashSet};
+
+use awaitscope_wire::SpanId;
+
+use super::{FindingKind, Findings, Observation};
+use crate::config::Thresholds;
+use crate::model::process::task_label;
+use crate::model::{Process, TaskState};
+
+/// Most cycles reported per scan.
+const MAX_CYCLES: usize = 16;
+
+/// Edges `waiter -> (holder, resource)` between idle tasks.
+fn wait_graph(p: &Process, now: u64, th: &Thresholds) -> HashMap<SpanId, Vec<(SpanId, SpanId)>> {
+    let idle = |id: &SpanId| {
+        p.tasks.get(id).is_some_and(|t| {
+            t.state == TaskState::Idle
+                && t.poll_start.is_none()
+                && t.last_poll_end
+                    .is_some_and(|e| now.saturating_sub(e) > th.deadlock_grace_ns)
+        })
+    };
+    let mut g: HashMap<SpanId, Vec<(SpanId, SpanId)>> = HashMap::new();
+    for t in p.tasks.values() {
+        if t.waiting_on.is_empty() || !idle(&t.id) {
+            continue;
+        }
+        for r in &t.waiting_on {
+            let Some(res) = p.resources.get(r) else {
+                continue;
+            };
+            // A Mutex's inner semaphore stands for the Mutex: skip it.
+            if !res.is_lock() || res.internal {
+                continue;
+            }
+            for (h, _) in &res.holders {
+                if *h != t.id && idle(h) {
+                    g.entry(t.id).or_default().push((*h, *r));
+                }
+            }
+        }
+    }
+    g
+}
+
+/// Cycles of the wait graph, each as `(task, resource it waits on)` steps,
+/// rotated to start at its smallest task id.
+pub fn cycles(p: &Process, now: u64, th: &Thresholds) -> Vec<Vec<(SpanId, SpanId)>> {
+    let g = wait_graph(p, now, th);
+    let mut found: Vec<Vec<(SpanId, SpanId)>> = Vec::new();
+    let mut seen: HashSet<Vec<SpanId>> = HashSet::new();
+    let mut starts: Vec<_> = g.keys().copied().collect();
+    starts.sort();
+    for start in starts {
+        // Iterative DFS from `start`, looking for paths back to it through
+        // nodes larger than `start` (each cycle found once, from its minimum).
+        let mut stack: Vec<(SpanId, usize)> = vec![(start, 0)];
+        let mut path: Vec<(SpanId, SpanId)> = Vec::new();
+        let mut on_path: HashSet<SpanId> = HashSet::from([start]);
+        let mut steps = 0;
+        while let Some((node, i)) = stack.pop() {
+            steps += 1;
+            if steps > 10_000 || found.len() >= MAX_CYCLES {
+                break;
+            }
+            let edges = g.get(&node).map_or(&[][..], |v| v.as_slice());
+            if i >= edges.len() {
+                on_path.remove(&node);
+                path.pop();
+                continue;
+            }
+            stack.push((node, i + 1));
+            let (next, res) = edges[i];
+            if next == start {
+                let mut cycle = path.clone();
+                cycle.push((node, res));
+                let key: Vec<SpanId> = cycle.iter().map(|c| c.0).collect();
+                if seen.insert(key) {
+                    found.push(cycle);
+                }
+            } else if next > start && !on_path.contains(&next) {
+                on_path.insert(next);
+                path.push((node, res));
+                stack.push((next, 0));
+            }
+        }
+    }
+    found
+}
+
+/// Reports the deadlocks of `p` at `now`.
+pub fn scan(p: &mut Process, now: u64, th: &Thresholds, findings: &mut Findings) {
+    let cycles = cycles(p, now, th);
+    let mut active = HashSet::new();
+    for cycle in cycles {
+        let mut ids: Vec<u64> = cycle.iter().map(|c| c.0 .0).collect();
+        ids.sort_unstable();
+        let key = format!("{ids:?}");
+        let mut trace = Vec::new();
+        let mut tasks = Vec::new();
+        for (i, (task, res)) in cycle.iter().enumerate() {
+            let (holder, _) = cycle[(i + 1) % cycle.len()];
+            let t = &p.tasks[task];
+            let h = &p.tasks[&holder];
+            let r = &p.resources[res];
+            let loc = r
+                .location
+                .as_ref()
+                .map_or(String::new(), |l| format!(" @ {l}"));
+            trace.push(format!(
+                "{} waits on {}{} held by {}",
+                task_label(t),
+                r.concrete_type,
+                loc,
+                task_label(h)
+            ));
+            tasks.push(p.task_ref(t));
+        }
+        let since = cycle
+            .iter()
+            .filter_map(|(t, _)| p.tasks[t].last_poll_end)
+            .max()
+            .unwrap_or(now);
+        let first_res = &p.resources[&cycle[0].1];
+        let new = !p.deadlocks_active.contains(&key);
+        findings.observe(Observation {
+            kind: FindingKind::Deadlock,
+            process: p.key,
+            key: key.clone(),
+            tasks,
+            location: first_res.location.clone(),
+            message: format!(
+                "deadlock: {} tasks wait on each other in a cycle",
+                cycle.len()
+            ),
+            trace,
+            duration_ns: Some(now.saturating_sub(since)),
+            ts: now,
+            new_occurrence: new,
+        });
+        active.insert(key);
+    }
+    p.deadlocks_active = active;
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::SEC;
+    use crate::testing::{Scenario, TaskOpts};
+    use crate::FindingKind;
+    use awaitscope_wire::WakeOp;
+
+    #[test]
+    fn two_tasks_two_mutexes() {
+        let mut s = Scenario::new();
+        let a = s.mutex(0);
+        let b = s.mutex(0);
+        let t1 = s.spawn(TaskOpts::named("one"), 0);
+        let t2 = s.spawn(TaskOpts::named("two"), 0);
+        s.begin_poll(t1, 10);
+        s.lock(t1, a, true, 11);
+        s.end_poll(t1, 12);
+        s.begin_poll(t2, 20);
+        s.lock(t2, b, true, 21);
+        s.end_poll(t2, 22);
+        s.wake(t1, None, 30);
+        s.begin_poll(t1, 40);
+        s.lock(t1, b, false, 41);
+        s.end_poll(t1, 42);
+        s.waker(t1, WakeOp::Clone, 41);
+        s.wake(t2, None, 50);
+        s.begin_poll(t2, 60);
+        s.lock(t2, a, false, 61);
+        s.end_poll(t2, 62);
+        s.waker(t2, WakeOp::Clone, 61);
+        s.tick(5 * SEC);
+        s.tick(6 * SEC);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::Deadlock).collect();
+        assert_eq!(f.len(), 1, "{:?}", m.findings().list());
+        assert_eq!(f[0].count, 1, "one episode across scans");
+        assert_eq!(f[0].tasks.len(), 2);
+        assert_eq!(f[0].trace.len(), 2);
+        assert!(f[0].trace[0].contains("waits on Mutex"), "{:?}", f[0].trace);
+    }
+
+    #[test]
+    fn waiting_on_a_free_or_foreign_lock_is_no_deadlock() {
+        let mut s = Scenario::new();
+        let a = s.mutex(0);
+        let t1 = s.spawn(TaskOpts::named("holder"), 0);
+        let t2 = s.spawn(TaskOpts::named("waiter"), 0);
+        s.begin_poll(t1, 10);
+        s.lock(t1, a, true, 11);
+        s.end_poll(t1, 12);
+        s.waker(t1, WakeOp::Clone, 12);
+        s.begin_poll(t2, 20);
+        s.lock(t2, a, false, 21);
+        s.end_poll(t2, 22);
+        s.waker(t2, WakeOp::Clone, 21);
+        s.tick(5 * SEC);
+        assert_eq!(
+            s.model().findings().of_kind(FindingKind::Deadlock).count(),
+            0
+        );
+    }
+}

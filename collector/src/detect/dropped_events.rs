@@ -1,0 +1,99 @@
+//! `dropped_events`: the producer (buffer full, disconnected, write failed)
+//! or the collector (queue full) dropped events; the model may be
+//! incomplete, and other findings less reliable.
+
+use super::{FindingKind, Findings, Observation};
+use crate::model::Process;
+
+/// Reports new drops of `p`.
+pub fn scan(p: &mut Process, now: u64, findings: &mut Findings) {
+    let d = &p.dropped;
+    let producer = d
+        .buffer_full
+        .saturating_add(d.disconnected)
+        .saturating_add(d.write_failed);
+    if producer > p.dropped_reported.0 {
+        findings.observe(Observation {
+            kind: FindingKind::DroppedEvents,
+            process: p.key,
+            key: "producer".into(),
+            tasks: Vec::new(),
+            location: None,
+            message: format!(
+                "the producer dropped {} events (buffer full: {}, disconnected: {}, write failed: {})",
+                producer, p.dropped.buffer_full, p.dropped.disconnected, p.dropped.write_failed
+            ),
+            trace: Vec::new(),
+            duration_ns: None,
+            ts: now,
+            new_occurrence: p.dropped_reported.0 == 0,
+        });
+        p.dropped_reported.0 = producer;
+    }
+    if p.collector_dropped > p.dropped_reported.1 {
+        findings.observe(Observation {
+            kind: FindingKind::DroppedEvents,
+            process: p.key,
+            key: "collector".into(),
+            tasks: Vec::new(),
+            location: None,
+            message: format!(
+                "the collector dropped {} events of this process (ingest queue full)",
+                p.collector_dropped
+            ),
+            trace: Vec::new(),
+            duration_ns: None,
+            ts: now,
+            new_occurrence: p.dropped_reported.1 == 0,
+        });
+        p.dropped_reported.1 = p.collector_dropped;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::Scenario;
+    use crate::FindingKind;
+    use awaitscope_wire::DropCounts;
+
+    #[test]
+    fn producer_and_collector_drops() {
+        let mut s = Scenario::new();
+        s.dropped(DropCounts {
+            buffer_full: 5,
+            ..Default::default()
+        });
+        s.dropped(DropCounts {
+            buffer_full: 7,
+            write_failed: 1,
+            ..Default::default()
+        });
+        let key = s.key();
+        s.model_mut().note_collector_drops(key, 3);
+        s.tick(1);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::DroppedEvents).collect();
+        assert_eq!(f.len(), 2);
+        assert!(
+            f[0].message.contains("dropped 8 events"),
+            "{}",
+            f[0].message
+        );
+        assert_eq!(f[0].count, 1);
+        assert!(f[1].message.contains("collector dropped 3"));
+    }
+
+    #[test]
+    fn no_drops_no_finding() {
+        let mut s = Scenario::new();
+        s.dropped(DropCounts::default());
+        s.tick(1);
+        assert_eq!(
+            s.model()
+                .findings()
+                .of_kind(FindingKind::DroppedEvents)
+                .count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! `lost_waker`: a pending task that is not running, has no live waker and
+//! was not woken since its last poll: nothing can ever wake it.
+//!
+//! Exempt: blocking tasks (`kind == "blocking"`) and `block_on`
+//! (`kind == "block_on"`), which are not woken through task wakers. A grace
+//! period ([`Thresholds::lost_waker_grace_ns`]) lets events of other threads
+//! (a waker clone) arrive.
+
+use super::{fmt_ns, FindingKind, Observation};
+use crate::config::Thresholds;
+use crate::model::process::task_label;
+use crate::model::task::group_key;
+use crate::model::{Process, Task, TaskState};
+
+/// Checks `t` at `now`.
+pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observation> {
+    if t.state != TaskState::Idle
+        || t.poll_start.is_some()
+        || t.woken_since_poll
+        || t.wakers_alive > 0
+        || t.is_blocking_or_block_on()
+    {
+        return None;
+    }
+    let end = t.last_poll_end?;
+    let idle = now.saturating_sub(end);
+    if idle <= th.lost_waker_grace_ns {
+        return None;
+    }
+    let leaf = t.await_tree.deepest_leaf();
+    let location = leaf
+        .and_then(|i| {
+            let n = &t.await_tree.nodes[p.culprit(&t.await_tree, i)];
+            p.span_location(n.span, n.callsite)
+        })
+        .or_else(|| t.location.clone());
+    Some(Observation {
+        kind: FindingKind::LostWaker,
+        process: p.key,
+        key: format!("{}|{:?}", group_key(t), location),
+        tasks: vec![p.task_ref(t)],
+        location,
+        message: format!(
+            "{} is pending with no live waker and was not woken: it will never be polled again (idle {})",
+            task_label(t),
+            fmt_ns(idle)
+        ),
+        trace: leaf.map_or_else(Vec::new, |i| p.await_path(&t.await_tree, i)),
+        duration_ns: Some(idle),
+        ts: now,
+        new_occurrence: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::MS;
+    use crate::testing::{Scenario, TaskOpts};
+    use crate::FindingKind;
+
+    fn lost(opts: TaskOpts, clone_waker: bool, wake: bool) -> usize {
+        let mut s = Scenario::new();
+        let t = s.spawn(opts, 0);
+        s.poll(t, 1000, 2000);
+        if clone_waker {
+            s.waker(t, awaitscope_wire::WakeOp::Clone, 1500);
+        }
+        if wake {
+            s.wake(t, None, 3000);
+        }
+        s.tick(5_000 * MS);
+        s.model().findings().of_kind(FindingKind::LostWaker).count()
+    }
+
+    #[test]
+    fn pending_without_waker_is_lost() {
+        assert_eq!(lost(TaskOpts::named("forgotten"), false, false), 1);
+    }
+
+    #[test]
+    fn live_waker_or_wake_is_not_lost() {
+        assert_eq!(lost(TaskOpts::named("a"), true, false), 0);
+        assert_eq!(lost(TaskOpts::named("b"), false, true), 0);
+    }
+
+    #[test]
+    fn waker_dropped_again_is_lost() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("dropper"), 0);
+        s.poll(t, 1000, 2000);
+        s.waker(t, awaitscope_wire::WakeOp::Clone, 1500);
+        s.waker(t, awaitscope_wire::WakeOp::Drop, 3000);
+        s.tick(5_000 * MS);
+        assert_eq!(
+            s.model().findings().of_kind(FindingKind::LostWaker).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn blocking_tasks_are_exempt() {
+        assert_eq!(lost(TaskOpts::blocking(), false, false), 0);
+    }
+
+    #[test]
+    fn block_on_is_exempt() {
+        assert_eq!(lost(TaskOpts::kind("block_on"), false, false), 0);
+    }
+
+    #[test]
+    fn within_grace_is_not_lost() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("x"), 0);
+        s.poll(t, 1000, 2000);
+        s.tick(2000 + 50 * MS);
+        assert_eq!(
+            s.model().findings().of_kind(FindingKind::LostWaker).count(),
+            0
+        );
+    }
+
+    #[test]
+    fn completed_tasks_are_not_lost() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("done"), 0);
+        s.poll(t, 1000, 2000);
+        s.complete(t, 3000);
+        s.tick(5_000 * MS);
+        assert_eq!(
+            s.model().findings().of_kind(FindingKind::LostWaker).count(),
+            0
+        );
+    }
+}

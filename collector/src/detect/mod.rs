@@ -1,0 +1,380 @@
+//! Detectors and their deduplicated findings.
+//!
+//! Event-driven detectors run as events are applied (`long_poll`,
+//! `starvation` on the poll that ends a wait, `error`, `panic`); state
+//! detectors run on each scan of a process (`lost_waker`, `never_yielded`,
+//! `self_wake`, `stuck`, `starvation` of tasks still waiting, `deadlock`,
+//! `dropped_events`). Findings are deduplicated by kind, process and a
+//! kind-specific key (usually the task's spawn location and name): a task
+//! blocking 10,000 times is one finding with a count and the worst duration.
+
+use std::collections::HashMap;
+
+use awaitscope_wire::ProcessKey;
+use serde::Serialize;
+
+use crate::model::span::Location;
+
+pub mod deadlock;
+pub mod dropped_events;
+pub mod error;
+pub mod long_poll;
+pub mod lost_waker;
+pub mod never_yielded;
+pub mod panic;
+pub mod self_wake;
+pub mod starvation;
+pub mod stuck;
+
+/// What a finding is about. Serialised as the snake_case strings of
+/// [`FindingKind::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A poll longer than the threshold (blocking the worker thread).
+    LongPoll,
+    /// Woken but not polled for longer than the threshold.
+    Starvation,
+    /// Pending, no live waker, not woken: it will never be polled again.
+    LostWaker,
+    /// Still in its first poll after longer than the threshold.
+    NeverYielded,
+    /// Woke itself in most of its wakes (busy looping through the scheduler).
+    SelfWake,
+    /// A cycle of tasks each waiting on a lock held by the next.
+    Deadlock,
+    /// Pending on the same await point for longer than the threshold.
+    Stuck,
+    /// An ERROR event of the program.
+    Error,
+    /// A panic.
+    Panic,
+    /// Events were dropped by a producer or by the collector.
+    DroppedEvents,
+}
+
+impl FindingKind {
+    /// Every kind.
+    pub const ALL: [FindingKind; 10] = [
+        FindingKind::LongPoll,
+        FindingKind::Starvation,
+        FindingKind::LostWaker,
+        FindingKind::NeverYielded,
+        FindingKind::SelfWake,
+        FindingKind::Deadlock,
+        FindingKind::Stuck,
+        FindingKind::Error,
+        FindingKind::Panic,
+        FindingKind::DroppedEvents,
+    ];
+
+    /// The kind's name in reports and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::LongPoll => "long_poll",
+            FindingKind::Starvation => "starvation",
+            FindingKind::LostWaker => "lost_waker",
+            FindingKind::NeverYielded => "never_yielded",
+            FindingKind::SelfWake => "self_wake",
+            FindingKind::Deadlock => "deadlock",
+            FindingKind::Stuck => "stuck",
+            FindingKind::Error => "error",
+            FindingKind::Panic => "panic",
+            FindingKind::DroppedEvents => "dropped_events",
+        }
+    }
+
+    /// Parses a kind name.
+    pub fn parse(s: &str) -> Option<FindingKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Default severity of the kind.
+    pub fn severity(self) -> Severity {
+        match self {
+            FindingKind::Deadlock
+            | FindingKind::LostWaker
+            | FindingKind::Error
+            | FindingKind::Panic => Severity::Error,
+            FindingKind::SelfWake | FindingKind::DroppedEvents => Severity::Info,
+            _ => Severity::Warning,
+        }
+    }
+
+    /// Bit used to track a detector episode on a task.
+    pub(crate) fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth knowing.
+    Info,
+    /// Likely a performance or liveness problem.
+    Warning,
+    /// A bug: the program is wrong or stalled.
+    Error,
+}
+
+/// A task named by a finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TaskRef {
+    /// Task (span) id within its process.
+    pub id: u64,
+    /// tokio task id, when recorded.
+    pub tokio_id: Option<u64>,
+    /// Task name.
+    pub name: Option<String>,
+    /// Spawn location.
+    pub spawned_at: Option<Location>,
+}
+
+/// A deduplicated finding.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// Kind.
+    pub kind: FindingKind,
+    /// Severity.
+    pub severity: Severity,
+    /// Process (pid).
+    pub pid: u32,
+    /// Process start (Unix ns), with `pid` the process key.
+    pub process_start_unix_ns: u64,
+    /// Tasks involved (first few occurrences; a deadlock's cycle in order).
+    pub tasks: Vec<TaskRef>,
+    /// Culprit source location (await point, span, event or panic site).
+    pub location: Option<Location>,
+    /// Human-readable description (of the worst occurrence).
+    pub message: String,
+    /// Await tree path or span chain of the worst occurrence, outermost first.
+    pub trace: Vec<String>,
+    /// Occurrences.
+    pub count: u64,
+    /// Worst duration among occurrences, when the kind has one.
+    pub worst_ns: Option<u64>,
+    /// First occurrence (ns since the process's start).
+    pub first_seen: u64,
+    /// Last occurrence (ns since the process's start).
+    pub last_seen: u64,
+}
+
+/// One observation by a detector, merged into findings.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// Kind.
+    pub kind: FindingKind,
+    /// Process.
+    pub process: ProcessKey,
+    /// Deduplication key within kind and process.
+    pub key: String,
+    /// Tasks involved.
+    pub tasks: Vec<TaskRef>,
+    /// Culprit location.
+    pub location: Option<Location>,
+    /// Description.
+    pub message: String,
+    /// Trace.
+    pub trace: Vec<String>,
+    /// Duration of this occurrence.
+    pub duration_ns: Option<u64>,
+    /// When.
+    pub ts: u64,
+    /// A new occurrence (count it) or the continuation of one (update only).
+    pub new_occurrence: bool,
+}
+
+/// Most tasks listed on one finding.
+pub const MAX_TASKS_PER_FINDING: usize = 8;
+
+/// The deduplicated findings.
+#[derive(Debug, Default)]
+pub struct Findings {
+    index: HashMap<(FindingKind, ProcessKey, String), usize>,
+    list: Vec<Finding>,
+    /// Observations not kept because `max` distinct findings existed.
+    pub suppressed: u64,
+    max: usize,
+}
+
+impl Findings {
+    /// Empty set keeping at most `max` distinct findings.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            ..Self::default()
+        }
+    }
+
+    /// The findings, in order of first occurrence.
+    pub fn list(&self) -> &[Finding] {
+        &self.list
+    }
+
+    /// Merges an observation.
+    pub fn observe(&mut self, o: Observation) {
+        let key = (o.kind, o.process, o.key);
+        if let Some(&i) = self.index.get(&key) {
+            let f = &mut self.list[i];
+            if o.new_occurrence {
+                f.count += 1;
+            }
+            f.first_seen = f.first_seen.min(o.ts);
+            f.last_seen = f.last_seen.max(o.ts);
+            let worse = match (o.duration_ns, f.worst_ns) {
+                (Some(d), Some(w)) => d >= w,
+                (Some(_), None) | (None, _) => true,
+            };
+            if o.duration_ns.is_some() {
+                f.worst_ns = f.worst_ns.max(o.duration_ns);
+            }
+            if worse {
+                f.message = o.message;
+                f.trace = o.trace;
+                if o.location.is_some() {
+                    f.location = o.location;
+                }
+            }
+            for t in o.tasks {
+                if f.tasks.len() >= MAX_TASKS_PER_FINDING {
+                    break;
+                }
+                if !f.tasks.iter().any(|x| x.id == t.id) {
+                    f.tasks.push(t);
+                }
+            }
+            return;
+        }
+        if self.list.len() >= self.max {
+            self.suppressed += 1;
+            return;
+        }
+        let mut tasks = o.tasks;
+        tasks.truncate(
+            MAX_TASKS_PER_FINDING.max(if o.kind == FindingKind::Deadlock {
+                64
+            } else {
+                0
+            }),
+        );
+        self.index.insert(key, self.list.len());
+        self.list.push(Finding {
+            kind: o.kind,
+            severity: o.kind.severity(),
+            pid: o.process.pid,
+            process_start_unix_ns: o.process.start_unix_ns,
+            tasks,
+            location: o.location,
+            message: o.message,
+            trace: o.trace,
+            count: 1,
+            worst_ns: o.duration_ns,
+            first_seen: o.ts,
+            last_seen: o.ts,
+        });
+    }
+
+    /// Findings of `kind`.
+    pub fn of_kind(&self, kind: FindingKind) -> impl Iterator<Item = &Finding> {
+        self.list.iter().filter(move |f| f.kind == kind)
+    }
+}
+
+/// Formats nanoseconds for messages.
+pub fn fmt_ns(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.2}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else if ns >= 1_000 {
+        format!("{:.1}µs", ns as f64 / 1e3)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(key: &str, d: u64, ts: u64, new: bool) -> Observation {
+        Observation {
+            kind: FindingKind::LongPoll,
+            process: ProcessKey {
+                pid: 1,
+                start_unix_ns: 0,
+            },
+            key: key.into(),
+            tasks: vec![TaskRef {
+                id: ts,
+                tokio_id: None,
+                name: None,
+                spawned_at: None,
+            }],
+            location: None,
+            message: format!("d={d}"),
+            trace: vec![],
+            duration_ns: Some(d),
+            ts,
+            new_occurrence: new,
+        }
+    }
+
+    #[test]
+    fn dedups_with_count_and_worst() {
+        let mut f = Findings::new(10);
+        for i in 0..10_000u64 {
+            f.observe(obs("a", i % 100, i, true));
+        }
+        f.observe(obs("a", 5000, 20_000, false));
+        assert_eq!(f.list().len(), 1);
+        let x = &f.list()[0];
+        assert_eq!(x.count, 10_000);
+        assert_eq!(x.worst_ns, Some(5000));
+        assert_eq!(x.message, "d=5000");
+        assert_eq!((x.first_seen, x.last_seen), (0, 20_000));
+        assert_eq!(x.tasks.len(), MAX_TASKS_PER_FINDING);
+    }
+
+    #[test]
+    fn caps_distinct_findings() {
+        let mut f = Findings::new(2);
+        for k in ["a", "b", "c", "d"] {
+            f.observe(obs(k, 1, 1, true));
+        }
+        assert_eq!(f.list().len(), 2);
+        assert_eq!(f.suppressed, 2);
+    }
+
+    #[test]
+    fn kind_strings_round_trip() {
+        let names: Vec<_> = FindingKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "long_poll",
+                "starvation",
+                "lost_waker",
+                "never_yielded",
+                "self_wake",
+                "deadlock",
+                "stuck",
+                "error",
+                "panic",
+                "dropped_events"
+            ]
+        );
+        for k in FindingKind::ALL {
+            assert_eq!(FindingKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+}

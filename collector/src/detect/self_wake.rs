@@ -1,0 +1,79 @@
+//! `self_wake`: a task that woke itself in more than a fraction (default
+//! half) of at least a minimum number of wakes (busy-looping through the
+//! scheduler, e.g. `yield_now` in a loop).
+
+use super::{FindingKind, Observation};
+use crate::config::Thresholds;
+use crate::model::process::task_label;
+use crate::model::task::group_key;
+use crate::model::{Process, Task};
+
+/// Checks `t` (live or just closed) at `now`.
+pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observation> {
+    if t.wakes < th.self_wake_min_wakes.max(1)
+        || (t.self_wakes as f64) <= th.self_wake_ratio * t.wakes as f64
+    {
+        return None;
+    }
+    Some(Observation {
+        kind: FindingKind::SelfWake,
+        process: p.key,
+        key: group_key(t),
+        tasks: vec![p.task_ref(t)],
+        location: t.location.clone(),
+        message: format!(
+            "{} woke itself {} of {} times ({:.0}%)",
+            task_label(t),
+            t.self_wakes,
+            t.wakes,
+            100.0 * t.self_wakes as f64 / t.wakes as f64
+        ),
+        trace: Vec::new(),
+        duration_ns: None,
+        ts: now,
+        new_occurrence: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{Scenario, TaskOpts};
+    use crate::FindingKind;
+
+    fn run(self_wakes: u64, other_wakes: u64) -> Vec<crate::Finding> {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("yielder"), 0);
+        let mut ts = 1000;
+        for i in 0..self_wakes + other_wakes {
+            s.begin_poll(t, ts);
+            if i < self_wakes {
+                s.wake(t, Some(t), ts + 10);
+            }
+            s.end_poll(t, ts + 20);
+            if i >= self_wakes {
+                s.wake(t, None, ts + 30);
+            }
+            ts += 100;
+        }
+        s.tick(ts + 2_000_000_000);
+        s.model()
+            .findings()
+            .of_kind(FindingKind::SelfWake)
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn mostly_self_woken_is_found_once() {
+        let f = run(30, 5);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].count, 1);
+        assert!(f[0].message.contains("30 of 35"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn few_wakes_or_mostly_others_is_fine() {
+        assert!(run(5, 0).is_empty(), "below the minimum wake count");
+        assert!(run(10, 20).is_empty(), "under half");
+    }
+}

@@ -1,0 +1,104 @@
+//! `starvation`: woken but not polled for longer than the threshold (the
+//! runtime's workers are busy or blocked).
+
+use super::{fmt_ns, FindingKind, Observation};
+use crate::config::Thresholds;
+use crate::model::process::task_label;
+use crate::model::task::group_key;
+use crate::model::{Process, Task, TaskState};
+
+fn observe(p: &Process, t: &Task, wait: u64, ts: u64, th: &Thresholds) -> Observation {
+    Observation {
+        kind: FindingKind::Starvation,
+        process: p.key,
+        key: group_key(t),
+        tasks: vec![p.task_ref(t)],
+        location: t.location.clone(),
+        message: format!(
+            "{} was woken but not polled for {} (threshold {})",
+            task_label(t),
+            fmt_ns(wait),
+            fmt_ns(th.starvation_ns)
+        ),
+        trace: Vec::new(),
+        duration_ns: Some(wait),
+        ts,
+        new_occurrence: true,
+    }
+}
+
+/// Checks a wait that just ended with a poll at `ts`.
+pub fn check_wait(
+    p: &Process,
+    t: &Task,
+    wait: u64,
+    ts: u64,
+    th: &Thresholds,
+) -> Option<Observation> {
+    (wait > th.starvation_ns).then(|| observe(p, t, wait, ts, th))
+}
+
+/// Checks a task still waiting to be polled at `now`.
+pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observation> {
+    if t.state != TaskState::Scheduled {
+        return None;
+    }
+    let since = t.scheduled_since?;
+    let wait = now.saturating_sub(since);
+    (wait > th.starvation_ns).then(|| observe(p, t, wait, now, th))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::MS;
+    use crate::testing::{Scenario, TaskOpts};
+    use crate::FindingKind;
+
+    #[test]
+    fn late_poll_after_wake_is_starvation() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("late"), 0);
+        s.poll(t, 1000, 2000);
+        s.wake(t, None, 10 * MS);
+        s.poll(t, 200 * MS, 201 * MS);
+        s.tick(300 * MS);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::Starvation).collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].count, 1);
+        assert_eq!(f[0].worst_ns, Some(190 * MS));
+    }
+
+    #[test]
+    fn still_waiting_is_found_by_the_scan_once() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("waiting"), 0);
+        s.poll(t, 1000, 2000);
+        s.wake(t, None, 10 * MS);
+        s.tick(2_000 * MS);
+        s.tick(3_000 * MS);
+        s.poll(t, 3_500 * MS, 3_501 * MS);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::Starvation).collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].count, 1, "one episode, seen by scans and by the poll");
+        assert_eq!(f[0].worst_ns, Some(3_490 * MS));
+    }
+
+    #[test]
+    fn prompt_polls_are_fine() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("ok"), 0);
+        for i in 0..50 {
+            s.wake(t, None, i * 10 * MS);
+            s.poll(t, i * 10 * MS + MS, i * 10 * MS + 2 * MS);
+        }
+        assert_eq!(
+            s.model()
+                .findings()
+                .of_kind(FindingKind::Starvation)
+                .count(),
+            0
+        );
+    }
+}

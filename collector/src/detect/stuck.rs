@@ -1,0 +1,114 @@
+//! `stuck`: a task pending on the same await-tree leaf for longer than the
+//! threshold. A task parked on a timer (a Sleep or Interval anywhere in its
+//! await tree, e.g. `select!` with a timeout) is not stuck: it will wake.
+//! A task without an await tree has no await point to name and is left to
+//! `lost_waker`.
+
+use super::{fmt_ns, FindingKind, Observation};
+use crate::config::Thresholds;
+use crate::model::process::task_label;
+use crate::model::task::group_key;
+use crate::model::{Process, Task, TaskState};
+
+/// Checks `t` at `now`.
+pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observation> {
+    if t.state != TaskState::Idle || t.poll_start.is_some() {
+        return None;
+    }
+    let (_, since) = t.leaf?;
+    let pending = now.saturating_sub(since);
+    if pending <= th.stuck_ns {
+        return None;
+    }
+    let tree = &t.await_tree;
+    if (0..tree.nodes.len()).any(|i| p.node_is_timer(tree, i)) {
+        return None;
+    }
+    let leaf = tree.deepest_leaf()?;
+    let node = &tree.nodes[p.culprit(tree, leaf)];
+    let location = p.span_location(node.span, node.callsite);
+    let label = p.node_label(node);
+    Some(Observation {
+        kind: FindingKind::Stuck,
+        process: p.key,
+        key: format!("{}|{:?}", group_key(t), location),
+        tasks: vec![p.task_ref(t)],
+        location,
+        message: format!(
+            "{} has been pending on {} for {} (threshold {})",
+            task_label(t),
+            label,
+            fmt_ns(pending),
+            fmt_ns(th.stuck_ns)
+        ),
+        trace: p.await_path(tree, leaf),
+        duration_ns: Some(pending),
+        ts: now,
+        new_occurrence: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::SEC;
+    use crate::testing::{Scenario, TaskOpts};
+    use crate::FindingKind;
+
+    #[test]
+    fn pending_on_the_same_lock_is_stuck() {
+        let mut s = Scenario::new();
+        let m = s.mutex(0);
+        let t = s.spawn(TaskOpts::named("waiter"), 0);
+        let fetch = s.user_span("fetch", 0);
+        s.begin_poll(t, 1000);
+        s.enter(fetch, 1100);
+        s.lock(t, m, false, 1200);
+        s.exit(fetch, 1300);
+        s.end_poll(t, 1400);
+        // A live waker: not lost, just waiting.
+        s.waker(t, awaitscope_wire::WakeOp::Clone, 1250);
+        s.tick(30 * SEC);
+        let model = s.model();
+        let f: Vec<_> = model.findings().of_kind(FindingKind::Stuck).collect();
+        assert_eq!(f.len(), 1, "{:?}", model.findings().list());
+        assert!(f[0].message.contains("Mutex::lock"), "{}", f[0].message);
+        assert_eq!(
+            f[0].trace.len(),
+            3,
+            "fetch > Mutex > Mutex::lock: {:?}",
+            f[0].trace
+        );
+        assert_eq!(f[0].location.as_ref().unwrap().file, "src/main.rs");
+        assert_eq!(model.findings().of_kind(FindingKind::LostWaker).count(), 0);
+    }
+
+    #[test]
+    fn parked_on_a_timer_is_not_stuck() {
+        let mut s = Scenario::new();
+        let timer = s.timer(0);
+        let t = s.spawn(TaskOpts::named("sleeper"), 0);
+        s.begin_poll(t, 1000);
+        s.sleep(t, timer, 1100);
+        s.end_poll(t, 1400);
+        s.waker(t, awaitscope_wire::WakeOp::Clone, 1250);
+        s.tick(60 * SEC);
+        assert_eq!(s.model().findings().of_kind(FindingKind::Stuck).count(), 0);
+    }
+
+    #[test]
+    fn progressing_or_recent_is_not_stuck() {
+        let mut s = Scenario::new();
+        let m = s.mutex(0);
+        let t = s.spawn(TaskOpts::named("busy"), 0);
+        for i in 0..20u64 {
+            // A new lock attempt (new async op) each second: progress.
+            s.begin_poll(t, i * SEC + 1);
+            s.lock(t, m, false, i * SEC + 2);
+            s.end_poll(t, i * SEC + 3);
+            s.waker(t, awaitscope_wire::WakeOp::Clone, i * SEC + 4);
+            s.lock_abandon(t, m);
+        }
+        s.tick(25 * SEC);
+        assert_eq!(s.model().findings().of_kind(FindingKind::Stuck).count(), 0);
+    }
+}

@@ -1,0 +1,688 @@
+//! The live collector: a TCP server that accepts many producers at once.
+//!
+//! Each connection is decoded on its own task with the sans-IO
+//! [`decode_frame`], under the frame cap, a handshake deadline and an idle
+//! timeout; a peer sending garbage, an oversized frame, a wrong version, a
+//! wrong token or nothing at all is refused, logged and counted, and others
+//! are unaffected. Decoded frames go through one bounded queue to the task
+//! that applies them to the [`Model`]: when it is full, event batches are
+//! dropped (their callsites kept) and counted, so a slow consumer never
+//! slows the producers. Readers ([`ServerHandle`]) lock the model briefly.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use awaitscope_wire::{decode_frame, Body, DecodeError, Event, Frame, Preamble, ProcessKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{timeout_at, Instant};
+use tracing::{info, warn};
+
+use crate::{Config, Model, Report};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6670";
+
+/// Configuration of the server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (loopback unless `allow_remote`).
+    pub listen: SocketAddr,
+    /// Allow a non-loopback address (requires `token`).
+    pub allow_remote: bool,
+    /// Token producers must present in their `Hello`.
+    pub token: Option<String>,
+    /// Write what each connection sends to a recording in this directory.
+    pub record_dir: Option<PathBuf>,
+    /// Time a new connection has to send the preamble and its `Hello`.
+    pub handshake_timeout: Duration,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// Frames queued between connections and the model.
+    pub queue_capacity: usize,
+    /// Period of the detectors' scan (wall clock).
+    pub scan_interval: Duration,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Model configuration.
+    pub model: Config,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid address"),
+            allow_remote: false,
+            token: None,
+            record_dir: None,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            queue_capacity: 4096,
+            scan_interval: Duration::from_secs(1),
+            max_connections: 1024,
+            model: Config::default(),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A non-loopback address without `--allow-remote`.
+    #[error(
+        "refusing to listen on non-loopback address {0} without --allow-remote (and a --token)"
+    )]
+    RemoteNotAllowed(SocketAddr),
+    /// `--allow-remote` without a token.
+    #[error(
+        "--allow-remote requires a token (--token or AWAITSCOPE_TOKEN) that producers must present"
+    )]
+    TokenRequired,
+    /// The record directory is unusable.
+    #[error("record directory {path}: {source}")]
+    RecordDir {
+        /// Directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Binding failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Counters of the server.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Connections that completed a handshake.
+    pub producers: AtomicU64,
+    /// Refused: not an awaitscope stream (bad magic or malformed frame).
+    pub refused_garbage: AtomicU64,
+    /// Refused: unsupported format version.
+    pub refused_version: AtomicU64,
+    /// Refused: a frame over the size cap.
+    pub refused_oversized: AtomicU64,
+    /// Refused: missing or wrong token.
+    pub refused_token: AtomicU64,
+    /// Refused: no handshake in time, or idle too long.
+    pub refused_timeout: AtomicU64,
+    /// Refused: protocol violation (first frame not `Hello`, process changed).
+    pub refused_protocol: AtomicU64,
+    /// Refused: too many connections.
+    pub refused_busy: AtomicU64,
+    /// Connections that ended inside a frame (producer killed mid-write).
+    pub truncated: AtomicU64,
+    /// Connections that ended without `Goodbye`.
+    pub lost: AtomicU64,
+    /// Frames received.
+    pub frames: AtomicU64,
+    /// Events received.
+    pub events: AtomicU64,
+    /// Event frames dropped because the queue was full.
+    pub dropped_frames: AtomicU64,
+    /// Events dropped because the queue was full.
+    pub dropped_events: AtomicU64,
+    /// Recording write failures.
+    pub record_errors: AtomicU64,
+}
+
+impl ServerStats {
+    /// All refusals.
+    pub fn refused(&self) -> u64 {
+        [
+            &self.refused_garbage,
+            &self.refused_version,
+            &self.refused_oversized,
+            &self.refused_token,
+            &self.refused_timeout,
+            &self.refused_protocol,
+            &self.refused_busy,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+enum Input {
+    Frame(Frame),
+    Disconnected { key: ProcessKey, clean: bool },
+}
+
+struct Shared {
+    cfg: ServerConfig,
+    model: Mutex<Model>,
+    stats: ServerStats,
+    drops: Mutex<HashMap<ProcessKey, u64>>,
+    conn_ids: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn merge_drops(&self, model: &mut Model) {
+        let drops = std::mem::take(&mut *lock(&self.drops));
+        for (k, n) in drops {
+            model.note_collector_drops(k, n);
+        }
+    }
+}
+
+/// Access to a running server's model and counters.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Runs `f` on the model (hold it briefly: ingest waits meanwhile).
+    pub fn with_model<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
+        let mut m = lock(&self.shared.model);
+        self.shared.merge_drops(&mut m);
+        f(&m)
+    }
+
+    /// The current report.
+    pub fn report(&self) -> Report {
+        self.with_model(Report::from_model)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.shared.stats
+    }
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Checks the configuration and binds the listener.
+    pub async fn bind(cfg: ServerConfig) -> Result<Server, ServeError> {
+        if !cfg.listen.ip().is_loopback() && !cfg.allow_remote {
+            return Err(ServeError::RemoteNotAllowed(cfg.listen));
+        }
+        if cfg.allow_remote && cfg.token.as_deref().is_none_or(str::is_empty) {
+            return Err(ServeError::TokenRequired);
+        }
+        if let Some(dir) = &cfg.record_dir {
+            std::fs::create_dir_all(dir).map_err(|source| ServeError::RecordDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let model = Model::new(cfg.model.clone());
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                cfg,
+                model: Mutex::new(model),
+                stats: ServerStats::default(),
+                drops: Mutex::new(HashMap::new()),
+                conn_ids: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// A handle to the model and counters.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let shared = self.shared;
+        let (tx, mut rx) = mpsc::channel::<Input>(shared.cfg.queue_capacity.max(1));
+        let mut tasks = JoinSet::new();
+        let applier = shared.clone();
+        tasks.spawn(async move {
+            let mut batch = Vec::with_capacity(256);
+            while rx.recv_many(&mut batch, 256).await > 0 {
+                let wall = unix_now();
+                let mut m = lock(&applier.model);
+                for input in batch.drain(..) {
+                    match input {
+                        Input::Frame(f) => m.apply_live(&f, wall),
+                        Input::Disconnected { key, clean } => m.disconnected(key, clean),
+                    }
+                }
+            }
+        });
+        let scanner = shared.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(scanner.cfg.scan_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut logged = 0;
+            loop {
+                tick.tick().await;
+                let now = unix_now();
+                let mut m = lock(&scanner.model);
+                scanner.merge_drops(&mut m);
+                m.scan_wall(now);
+                let list = m.findings().list();
+                for f in list.iter().skip(logged) {
+                    warn!(kind = %f.kind, pid = f.pid, "finding: {}", f.message);
+                }
+                logged = list.len();
+            }
+        });
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            shared.cfg.max_connections.max(1),
+        ));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        shared.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, "refused connection: too many connections ({})", shared.cfg.max_connections);
+                        continue;
+                    };
+                    let (shared, tx) = (shared.clone(), tx.clone());
+                    conns.spawn(async move {
+                        shared.stats.active.fetch_add(1, Ordering::Relaxed);
+                        connection(&shared, &tx, stream, peer).await;
+                        shared.stats.active.fetch_sub(1, Ordering::Relaxed);
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        conns.shutdown().await;
+        drop(tx);
+        tasks.shutdown().await;
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Why a connection was refused or closed early.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("not an awaitscope stream: {0}")]
+    Garbage(String),
+    #[error("{0}")]
+    Version(DecodeError),
+    #[error("{0}")]
+    Oversized(DecodeError),
+    #[error(
+        "missing or wrong token (set AWAITSCOPE_TOKEN in the producer to the collector's --token)"
+    )]
+    Token,
+    #[error("{0}")]
+    Timeout(&'static str),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("read failed: {0}")]
+    Io(std::io::Error),
+}
+
+impl Refusal {
+    fn count(&self, s: &ServerStats) {
+        let c = match self {
+            Refusal::Garbage(_) => &s.refused_garbage,
+            Refusal::Version(_) => &s.refused_version,
+            Refusal::Oversized(_) => &s.refused_oversized,
+            Refusal::Token => &s.refused_token,
+            Refusal::Timeout(_) => &s.refused_timeout,
+            Refusal::Protocol(_) => &s.refused_protocol,
+            Refusal::Io(_) => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn token_ok(expected: &str, got: Option<&str>) -> bool {
+    let Some(got) = got else { return false };
+    let (a, b) = (expected.as_bytes(), got.as_bytes());
+    // Length leaks; contents compared without early exit.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+struct Conn {
+    key: Option<ProcessKey>,
+    clean: bool,
+    name: String,
+    /// Callsites of dropped batches, sent with the next batch that fits.
+    pending_callsites: Vec<Event>,
+    recorder: Option<BufWriter<tokio::fs::File>>,
+    record_path: Option<PathBuf>,
+}
+
+async fn connection(
+    shared: &Shared,
+    tx: &mpsc::Sender<Input>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let mut conn = Conn {
+        key: None,
+        clean: false,
+        name: String::new(),
+        pending_callsites: Vec::new(),
+        recorder: None,
+        record_path: None,
+    };
+    let result = serve_conn(shared, tx, stream, peer, &mut conn).await;
+    if let Some(w) = conn.recorder.as_mut() {
+        if let Err(e) = w.flush().await {
+            shared.stats.record_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "recording {:?}: {e}", conn.record_path);
+        }
+    }
+    match (&result, conn.key) {
+        (Err(r), None) => {
+            r.count(&shared.stats);
+            warn!(%peer, "refused connection: {r}");
+        }
+        (Err(r), Some(key)) => {
+            r.count(&shared.stats);
+            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, pid = key.pid, "closed connection: {r}");
+        }
+        (Ok(()), Some(key)) if !conn.clean => {
+            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+            info!(%peer, pid = key.pid, "producer disconnected without goodbye");
+        }
+        (Ok(()), Some(key)) => info!(%peer, pid = key.pid, "producer said goodbye"),
+        (Ok(()), None) => {}
+    }
+    if let Some(key) = conn.key {
+        let _ = tx
+            .send(Input::Disconnected {
+                key,
+                clean: conn.clean,
+            })
+            .await;
+    }
+}
+
+async fn serve_conn(
+    shared: &Shared,
+    tx: &mpsc::Sender<Input>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    conn: &mut Conn,
+) -> Result<(), Refusal> {
+    let cfg = &shared.cfg;
+    let handshake_deadline = Instant::now() + cfg.handshake_timeout;
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut pos = 0usize;
+    let mut offset = Preamble::LEN as u64;
+    let mut have_preamble = false;
+    let mut dirty = false;
+    loop {
+        // Decode what is buffered.
+        if !have_preamble {
+            match Preamble::parse(&buf) {
+                Ok(Some(_)) => {
+                    have_preamble = true;
+                    pos = Preamble::LEN;
+                }
+                Ok(None) => {}
+                Err(e @ DecodeError::UnsupportedVersion { .. }) => return Err(Refusal::Version(e)),
+                Err(e) => return Err(Refusal::Garbage(e.to_string())),
+            }
+        }
+        if have_preamble {
+            loop {
+                match decode_frame(&buf[pos..], offset) {
+                    Ok(Some((frame, used))) => {
+                        let raw = &buf[pos..pos + used];
+                        if let Some(w) = conn.recorder.as_mut() {
+                            if let Err(e) = w.write_all(raw).await {
+                                shared.stats.record_errors.fetch_add(1, Ordering::Relaxed);
+                                warn!(%peer, "recording {:?} failed, stopped: {e}", conn.record_path);
+                                conn.recorder = None;
+                            }
+                            dirty = true;
+                        }
+                        pos += used;
+                        offset += used as u64;
+                        let first = conn.key.is_none();
+                        handle_frame(shared, tx, frame, peer, conn).await?;
+                        if first {
+                            if let (Some(dir), Some(w)) = (&cfg.record_dir, conn.key) {
+                                open_recorder(
+                                    shared,
+                                    dir,
+                                    w,
+                                    raw_hello(&buf, pos, used),
+                                    conn,
+                                    peer,
+                                )
+                                .await;
+                            }
+                        }
+                        if conn.clean {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e @ DecodeError::FrameTooLarge { .. }) => {
+                        return Err(Refusal::Oversized(e))
+                    }
+                    Err(e) => return Err(Refusal::Garbage(e.to_string())),
+                }
+            }
+        }
+        // Compact and read more.
+        if pos > 0 {
+            buf.drain(..pos);
+            pos = 0;
+        }
+        if dirty {
+            if let Some(w) = conn.recorder.as_mut() {
+                let _ = w.flush().await;
+            }
+            dirty = false;
+        }
+        buf.reserve(64 * 1024);
+        let deadline = if conn.key.is_none() {
+            handshake_deadline
+        } else {
+            Instant::now() + cfg.idle_timeout
+        };
+        let n = match timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) if conn.key.is_none() => {
+                return Err(Refusal::Timeout(
+                    "no handshake (preamble and hello) in time",
+                ))
+            }
+            Err(_) => return Err(Refusal::Timeout("idle timeout")),
+            Ok(Err(e)) => return Err(Refusal::Io(e)),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            if conn.key.is_none() {
+                return Err(if buf.is_empty() {
+                    Refusal::Protocol("closed before sending anything".into())
+                } else {
+                    Refusal::Protocol("closed before its hello".into())
+                });
+            }
+            if !buf.is_empty() {
+                shared.stats.truncated.fetch_add(1, Ordering::Relaxed);
+                if let Some(k) = conn.key {
+                    let msg = format!("connection from {peer} ended inside a frame at offset {offset} (producer killed?)");
+                    warn!("{msg}");
+                    lock(&shared.model).note(k, msg);
+                }
+            }
+            return Ok(());
+        }
+    }
+}
+
+fn raw_hello(buf: &[u8], pos: usize, used: usize) -> Vec<u8> {
+    buf[pos - used..pos].to_vec()
+}
+
+async fn open_recorder(
+    shared: &Shared,
+    dir: &std::path::Path,
+    key: ProcessKey,
+    hello: Vec<u8>,
+    conn: &mut Conn,
+    peer: SocketAddr,
+) {
+    let id = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
+    let name: String = conn
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let path = dir.join(format!("{name}-{}-{}-{id}.rec", key.pid, key.start_unix_ns));
+    let res = async {
+        let f = tokio::fs::File::create(&path).await?;
+        let mut w = BufWriter::new(f);
+        w.write_all(&awaitscope_wire::preamble()).await?;
+        w.write_all(&hello).await?;
+        w.flush().await?;
+        Ok::<_, std::io::Error>(w)
+    }
+    .await;
+    match res {
+        Ok(w) => {
+            info!(%peer, "recording to {}", path.display());
+            conn.recorder = Some(w);
+            conn.record_path = Some(path);
+        }
+        Err(e) => {
+            shared.stats.record_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "cannot record to {}: {e}", path.display());
+        }
+    }
+}
+
+async fn handle_frame(
+    shared: &Shared,
+    tx: &mpsc::Sender<Input>,
+    frame: Frame,
+    peer: SocketAddr,
+    conn: &mut Conn,
+) -> Result<(), Refusal> {
+    let stats = &shared.stats;
+    stats.frames.fetch_add(1, Ordering::Relaxed);
+    match conn.key {
+        None => {
+            let Body::Hello(info) = &frame.body else {
+                return Err(Refusal::Protocol("first frame is not a hello".into()));
+            };
+            if let Some(expected) = &shared.cfg.token {
+                if !token_ok(expected, info.token.as_deref()) {
+                    return Err(Refusal::Token);
+                }
+            }
+            info!(%peer, pid = frame.process.pid, name = %info.name, reconnect = info.reconnect, "producer connected");
+            stats.producers.fetch_add(1, Ordering::Relaxed);
+            conn.key = Some(frame.process);
+            conn.name = info.name.clone();
+        }
+        Some(k) if k != frame.process => {
+            return Err(Refusal::Protocol(format!(
+                "frame of process {} on the connection of process {}",
+                frame.process.pid, k.pid
+            )));
+        }
+        Some(_) => {}
+    }
+    let key = frame.process;
+    let mut frame = frame;
+    match &mut frame.body {
+        Body::Events(ev) => {
+            let n = ev.len() as u64;
+            stats.events.fetch_add(n, Ordering::Relaxed);
+            if !conn.pending_callsites.is_empty() {
+                let mut all = std::mem::take(&mut conn.pending_callsites);
+                all.append(ev);
+                *ev = all;
+            }
+            match tx.try_send(Input::Frame(frame)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(Input::Frame(f))) => {
+                    stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
+                    stats.dropped_events.fetch_add(n, Ordering::Relaxed);
+                    *lock(&shared.drops).entry(key).or_default() += n;
+                    // Keep the callsites: later events refer to them.
+                    if let Body::Events(ev) = f.body {
+                        conn.pending_callsites
+                            .extend(ev.into_iter().filter(|e| matches!(e, Event::Callsite(_))));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        Body::Goodbye => {
+            conn.clean = true;
+            let _ = tx.send(Input::Frame(frame)).await;
+        }
+        // Cumulative: the next one carries it if this one does not fit.
+        Body::Dropped(_) => {
+            let _ = tx.try_send(Input::Frame(frame));
+        }
+        Body::Hello(_) => {
+            let _ = tx.send(Input::Frame(frame)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The awaitscope collector: turns the streams of instrumented programs (live
+//! over TCP, or from recordings) into one [`Model`] and finds what is wrong.
+//!
+//! * [`model`]: processes, task tree, spans, resources and await trees, with
+//!   bounded retention of completed tasks.
+//! * [`detect`]: detectors (`long_poll`, `starvation`, `lost_waker`,
+//!   `never_yielded`, `self_wake`, `deadlock`, `stuck`, `error`, `panic`,
+//!   `dropped_events`) producing deduplicated [`Finding`]s.
+//! * [`ingest`]: reading recordings and the TCP server (`awaitscope serve`).
+//! * [`report`]: the JSON report (`awaitscope report`), schema in
+//!   `docs/report-json.md`.
+//! * [`testing`]: a builder of realistic synthetic wire streams for tests.
+
+pub mod config;
+pub mod detect;
+pub mod ingest;
+pub mod model;
+pub mod report;
+pub mod testing;
+
+pub use config::{Config, Retention, Thresholds};
+pub use detect::{Finding, FindingKind, Severity};
+pub use model::Model;
+pub use report::Report;

@@ -1,0 +1,161 @@
+//! The await tree of a task: the spans entered during its last poll, nested
+//! as they were entered (siblings for `join!`/`select!` branches).
+
+use std::sync::Arc;
+
+use awaitscope_wire::{SpanClass, SpanId};
+
+/// One node of an await tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AwaitNode {
+    /// The span.
+    pub span: SpanId,
+    /// Its callsite.
+    pub callsite: u32,
+    /// Its class (user span, resource or async op).
+    pub class: SpanClass,
+    /// Index of the parent node; `None` for a child of the task itself.
+    pub parent: Option<u16>,
+    /// When the span was first entered (ever, not only in this poll).
+    pub first_entered: u64,
+    /// Label of resources and async ops (kept after the span closes).
+    pub label: Option<Arc<str>>,
+}
+
+/// The await tree of one poll, as a flat list of nodes in entry order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AwaitTree {
+    /// Nodes; a node's parent always comes before it.
+    pub nodes: Vec<AwaitNode>,
+}
+
+impl AwaitTree {
+    /// Forgets the tree (a new poll starts).
+    pub fn clear(&mut self) {
+        self.nodes.clear();
+    }
+
+    /// Adds `span` under `parent` (or finds it there) and returns its index,
+    /// `None` when the tree is full. Async-op polls are not nodes: they are
+    /// new spans on every poll; their async op stands for them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enter(
+        &mut self,
+        span: SpanId,
+        callsite: u32,
+        class: SpanClass,
+        parent: Option<u16>,
+        first_entered: u64,
+        label: Option<Arc<str>>,
+        max_nodes: usize,
+    ) -> Option<u16> {
+        // A stale parent (from before the tree was cleared) is no parent.
+        let parent = parent.filter(|&p| (p as usize) < self.nodes.len());
+        if let Some(i) = self
+            .nodes
+            .iter()
+            .position(|n| n.span == span && n.parent == parent)
+        {
+            return Some(i as u16);
+        }
+        if self.nodes.len() >= max_nodes.min(u16::MAX as usize) {
+            return None;
+        }
+        self.nodes.push(AwaitNode {
+            span,
+            callsite,
+            class,
+            parent,
+            first_entered,
+            label,
+        });
+        Some((self.nodes.len() - 1) as u16)
+    }
+
+    /// Indices of the leaves (nodes without children).
+    pub fn leaves(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len())
+            .filter(move |&i| !self.nodes.iter().any(|n| n.parent == Some(i as u16)))
+    }
+
+    /// The deepest leaf (last entered among the deepest), if any.
+    pub fn deepest_leaf(&self) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for i in self.leaves() {
+            let d = self.depth(i);
+            if best.is_none_or(|(_, bd)| d >= bd) {
+                best = Some((i, d));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Depth of node `i` (0 for a child of the task).
+    pub fn depth(&self, mut i: usize) -> usize {
+        let mut d = 0;
+        while let Some(p) = self.nodes[i].parent {
+            i = p as usize;
+            d += 1;
+            if d > self.nodes.len() {
+                break;
+            }
+        }
+        d
+    }
+
+    /// The path from the root down to node `i`.
+    pub fn path(&self, i: usize) -> Vec<usize> {
+        let mut p = vec![i];
+        let mut cur = i;
+        while let Some(parent) = self.nodes[cur].parent {
+            cur = parent as usize;
+            p.push(cur);
+            if p.len() > self.nodes.len() {
+                break;
+            }
+        }
+        p.reverse();
+        p
+    }
+
+    /// Children of node `parent` (`None`: top-level nodes).
+    pub fn children(&self, parent: Option<u16>) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(move |&i| self.nodes[i].parent == parent)
+    }
+
+    /// Whether the tree is empty.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nests_and_dedups() {
+        let mut t = AwaitTree::default();
+        let a = t
+            .enter(SpanId(1), 1, SpanClass::User, None, 0, None, 8)
+            .unwrap();
+        let b = t
+            .enter(SpanId(2), 1, SpanClass::User, Some(a), 0, None, 8)
+            .unwrap();
+        let c = t
+            .enter(SpanId(3), 1, SpanClass::User, Some(a), 0, None, 8)
+            .unwrap();
+        assert_eq!(
+            t.enter(SpanId(2), 1, SpanClass::User, Some(a), 5, None, 8),
+            Some(b)
+        );
+        assert_eq!(t.nodes.len(), 3);
+        assert_eq!(t.leaves().collect::<Vec<_>>(), vec![b as usize, c as usize]);
+        assert_eq!(t.deepest_leaf(), Some(c as usize));
+        assert_eq!(t.path(c as usize), vec![0, 2]);
+        assert_eq!(
+            t.enter(SpanId(9), 1, SpanClass::User, None, 0, None, 3),
+            None
+        );
+    }
+}

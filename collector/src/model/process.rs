@@ -1,0 +1,1145 @@
+//! A producer process: callsites, threads, spans, tasks and resources, and
+//! how events change them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use awaitscope_wire::{
+    Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Level, ProcessInfo,
+    ProcessKey, SpanClass, SpanId, TreeNode, WakeOp,
+};
+
+use super::await_tree::AwaitTree;
+use super::resource::Resource;
+use super::span::{self, Location, Span};
+use super::task::{record_us, LogRecord, Task, TaskState, TaskSummary};
+use crate::config::Config;
+use crate::detect::{self, Findings, Observation, TaskRef};
+
+/// Most callsites kept per process.
+const MAX_CALLSITES: usize = 1 << 16;
+/// Most threads tracked per process.
+const MAX_THREADS: usize = 1 << 12;
+/// Deepest span stack tracked per thread.
+const MAX_STACK: usize = 256;
+
+#[derive(Clone, Copy, Debug)]
+struct Entered {
+    span: SpanId,
+    /// The task whose poll this span was entered in.
+    task: Option<SpanId>,
+    /// Node of the task's await tree.
+    node: Option<u16>,
+}
+
+/// A thread of the producer.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadState {
+    /// Name, when sent.
+    pub name: Option<String>,
+    stack: Vec<Entered>,
+}
+
+/// One producer process and everything known about it.
+#[derive(Debug)]
+pub struct Process {
+    /// Key (pid and start time).
+    pub key: ProcessKey,
+    /// Latest `Hello`.
+    pub info: Option<ProcessInfo>,
+    /// Connected now (live) or stream not yet ended (recording).
+    pub connected: bool,
+    /// A `Goodbye` was received.
+    pub ended: bool,
+    /// `Hello`s received (1 + reconnects).
+    pub hellos: u32,
+    /// Latest timestamp seen (the process clock, ns since its start).
+    pub now: u64,
+    /// Producer-side drops (cumulative, as last reported).
+    pub dropped: DropCounts,
+    /// Events dropped by the collector for this process.
+    pub collector_dropped: u64,
+    /// Frames applied.
+    pub frames: u64,
+    /// Events applied.
+    pub events: u64,
+    /// Frames whose sequence number was not the next expected.
+    pub seq_gaps: u64,
+    /// WARN events seen.
+    pub warn_count: u64,
+    /// ERROR events seen.
+    pub error_count: u64,
+    /// Notes about the stream (truncation, lost connection...).
+    pub notes: Vec<String>,
+    /// Callsites by id.
+    pub callsites: HashMap<u32, Callsite>,
+    /// Threads by id.
+    pub threads: HashMap<u32, ThreadState>,
+    /// Live non-task spans (including resources and async ops).
+    pub spans: HashMap<SpanId, Span>,
+    /// Live tasks.
+    pub tasks: HashMap<SpanId, Task>,
+    /// Completed tasks kept in detail, oldest first.
+    pub completed: VecDeque<Task>,
+    /// Completed tasks no longer kept, summarised by spawn location and name.
+    pub summary: HashMap<String, TaskSummary>,
+    /// Live resources.
+    pub resources: HashMap<SpanId, Resource>,
+    /// Wall clock (Unix ns) when the latest live frame arrived, and the
+    /// process clock then.
+    pub(crate) last_wall: Option<(u64, u64)>,
+    cur_thread: u32,
+    last_seq: Option<u64>,
+    pub(crate) last_scan: u64,
+    pub(crate) deadlocks_active: HashSet<String>,
+    pub(crate) dropped_reported: (u64, u64),
+}
+
+impl Process {
+    /// An empty process node.
+    pub fn new(key: ProcessKey) -> Self {
+        Self {
+            key,
+            info: None,
+            connected: true,
+            ended: false,
+            hellos: 0,
+            now: 0,
+            dropped: DropCounts::default(),
+            collector_dropped: 0,
+            frames: 0,
+            events: 0,
+            seq_gaps: 0,
+            warn_count: 0,
+            error_count: 0,
+            notes: Vec::new(),
+            callsites: HashMap::new(),
+            threads: HashMap::new(),
+            spans: HashMap::new(),
+            tasks: HashMap::new(),
+            completed: VecDeque::new(),
+            summary: HashMap::new(),
+            resources: HashMap::new(),
+            last_wall: None,
+            cur_thread: 0,
+            last_seq: None,
+            last_scan: 0,
+            deadlocks_active: HashSet::new(),
+            dropped_reported: (0, 0),
+        }
+    }
+
+    /// Process name, from its `Hello`.
+    pub fn name(&self) -> &str {
+        self.info.as_ref().map_or("?", |i| i.name.as_str())
+    }
+
+    /// Adds a note (bounded).
+    pub fn note(&mut self, s: String) {
+        if self.notes.len() < 64 {
+            self.notes.push(s);
+        }
+    }
+
+    /// A `Hello` arrived.
+    pub fn hello(&mut self, info: &ProcessInfo) {
+        self.hellos += 1;
+        if self.hellos > 1 || info.reconnect {
+            // Whatever was entered on the old connection is gone: end polls.
+            for th in self.threads.values_mut() {
+                th.stack.clear();
+            }
+            let now = self.now;
+            for t in self.tasks.values_mut() {
+                if let Some(s) = t.poll_start.take() {
+                    t.pending_poll = Some(super::task::PendingPoll { start: s, end: now });
+                    t.last_poll_end = Some(now);
+                    t.state = TaskState::Idle;
+                }
+            }
+        }
+        let mut info = info.clone();
+        info.token = None;
+        self.info = Some(info);
+        self.connected = true;
+        self.ended = false;
+    }
+
+    /// Records the sequence number of a frame.
+    pub fn seq(&mut self, seq: u64) {
+        if let Some(l) = self.last_seq {
+            if seq != l.wrapping_add(1) && seq != 0 {
+                self.seq_gaps += 1;
+            }
+        }
+        self.last_seq = Some(seq);
+        self.frames += 1;
+    }
+
+    fn bump(&mut self, ts: u64) {
+        if ts > self.now {
+            self.now = ts;
+        }
+    }
+
+    /// Class of span callsite `id` (unknown callsites are user spans).
+    pub fn span_class(&self, callsite: u32) -> SpanClass {
+        match self.callsites.get(&callsite).map(|c| c.kind) {
+            Some(CallsiteKind::Span(c)) => c,
+            _ => SpanClass::User,
+        }
+    }
+
+    /// Applies a batch of events.
+    ///
+    /// A batch holds one run of events per thread (each opened by a
+    /// `Thread` event), in order within each thread but not across threads
+    /// (the producer drains its per-thread buffers one after the other). The
+    /// runs are merged by timestamp, keeping each thread's order, so that a
+    /// task spawned on one thread exists before another thread polls it.
+    pub fn apply_events(&mut self, events: &[Event], cfg: &Config, findings: &mut Findings) {
+        let runs = events
+            .iter()
+            .filter(|e| matches!(e, Event::Thread { .. }))
+            .count();
+        if runs <= 1 {
+            for e in events {
+                self.events += 1;
+                self.apply(e, cfg, findings);
+            }
+            return;
+        }
+        for (i, e) in merge_threads(events) {
+            if let Some(i) = i {
+                // Switching runs: the run's thread is current again.
+                self.cur_thread = i;
+            }
+            self.events += 1;
+            self.apply(e, cfg, findings);
+        }
+    }
+
+    fn thread(&mut self) -> &mut ThreadState {
+        let id = self.cur_thread;
+        if !self.threads.contains_key(&id) && self.threads.len() >= MAX_THREADS {
+            // Fold excess threads into one; better than unbounded growth.
+            return self.threads.entry(u32::MAX).or_default();
+        }
+        self.threads.entry(id).or_default()
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, e: &Event, cfg: &Config, findings: &mut Findings) {
+        match e {
+            Event::Callsite(c) => {
+                if self.callsites.len() < MAX_CALLSITES || self.callsites.contains_key(&c.id) {
+                    self.callsites.insert(c.id, c.clone());
+                }
+            }
+            Event::Thread { id, name } => {
+                self.cur_thread = *id;
+                if let Some(n) = name {
+                    self.thread().name = Some(n.clone());
+                }
+            }
+            Event::SpanNew {
+                id,
+                callsite,
+                parent,
+                ctx_task,
+                ctx_span,
+                ts,
+                fields,
+            } => {
+                self.bump(*ts);
+                self.span_new(*id, *callsite, *parent, *ctx_task, *ctx_span, *ts, fields);
+            }
+            Event::Record { span, fields } => {
+                if let Some(t) = self.tasks.get_mut(span) {
+                    span::merge_fields(&mut t.fields, fields);
+                    let cs = self.callsites.get(&t.callsite);
+                    derive_task_fields(t, cs);
+                } else if let Some(s) = self.spans.get_mut(span) {
+                    span::merge_fields(&mut s.fields, fields);
+                }
+            }
+            Event::FollowsFrom { .. } => {}
+            Event::PollTree { task, spans } => self.poll_tree(*task, spans, cfg),
+            Event::Enter { span, ts } => {
+                self.bump(*ts);
+                self.enter(*span, *ts, cfg, findings);
+            }
+            Event::Exit { span, ts } => {
+                self.bump(*ts);
+                self.exit(*span, *ts);
+            }
+            Event::Close { span, kind, ts } => {
+                self.bump(*ts);
+                self.close(*span, *kind, *ts, cfg, findings);
+            }
+            Event::Wake { task, op, by, ts } => {
+                self.bump(*ts);
+                if let Some(t) = self.tasks.get_mut(task) {
+                    wake(t, *op, *by, *ts);
+                }
+            }
+            Event::Log {
+                callsite,
+                span,
+                task,
+                ts,
+                fields,
+            } => {
+                self.bump(*ts);
+                self.log(*callsite, *span, *task, *ts, fields, cfg, findings);
+            }
+            Event::Panic {
+                task,
+                span,
+                message,
+                file,
+                line,
+                ts,
+            } => {
+                self.bump(*ts);
+                if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
+                    t.panic = Some(message.clone());
+                }
+                let location = match (file, line) {
+                    (Some(f), Some(l)) => Some(Location {
+                        file: f.clone(),
+                        line: *l,
+                        col: None,
+                    }),
+                    _ => None,
+                };
+                let o = detect::panic::observe(self, *task, *span, message, location, *ts);
+                findings.observe(o);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span_new(
+        &mut self,
+        id: SpanId,
+        callsite: u32,
+        parent: Option<SpanId>,
+        ctx_task: Option<SpanId>,
+        ctx_span: Option<SpanId>,
+        ts: u64,
+        fields: &[Field],
+    ) {
+        let class = self.span_class(callsite);
+        let cs = self.callsites.get(&callsite);
+        if class == SpanClass::Task {
+            if let Some(t) = self.tasks.get_mut(&id) {
+                // Re-sent after a reconnect: idempotent.
+                span::merge_fields(&mut t.fields, fields);
+                derive_task_fields(t, cs);
+                return;
+            }
+            let mut t = Task::new(id, callsite, ts);
+            t.parent = ctx_task;
+            t.spawn_span = ctx_span;
+            span::merge_fields(&mut t.fields, fields);
+            derive_task_fields(&mut t, cs);
+            self.tasks.insert(id, t);
+            return;
+        }
+        if self.spans.contains_key(&id) {
+            if let Some(s) = self.spans.get_mut(&id) {
+                span::merge_fields(&mut s.fields, fields);
+            }
+            return;
+        }
+        if class == SpanClass::Resource {
+            let r = Resource {
+                id,
+                callsite,
+                concrete_type: span::field_str(cs, fields, "concrete_type")
+                    .unwrap_or("?")
+                    .to_string(),
+                kind: span::field_str(cs, fields, "kind")
+                    .unwrap_or("")
+                    .to_string(),
+                location: span::loc_fields(cs, fields).or_else(|| span::callsite_location(cs)),
+                internal: span::field_bool(cs, fields, "is_internal").unwrap_or(false),
+                created: ts,
+                holders: Vec::new(),
+                state: Vec::new(),
+            };
+            self.resources.insert(id, r);
+        }
+        let mut f = Vec::new();
+        span::merge_fields(&mut f, fields);
+        let label = match class {
+            SpanClass::Resource => span::field_str(cs, fields, "concrete_type").map(Into::into),
+            SpanClass::AsyncOp => span::field_str(cs, fields, "source").map(Into::into),
+            _ if cs.is_some_and(|c| c.name == "runtime.join" && c.target == "awaitscope::join") => {
+                span::field_u64(cs, fields, "task.id").map(|id| format!("join task.id={id}").into())
+            }
+            _ => None,
+        };
+        self.spans.insert(
+            id,
+            Span {
+                callsite,
+                class,
+                parent,
+                ctx_task,
+                created: ts,
+                first_entered: None,
+                fields: f,
+                label,
+            },
+        );
+    }
+
+    fn enter(&mut self, id: SpanId, ts: u64, cfg: &Config, findings: &mut Findings) {
+        if self.tasks.contains_key(&id) {
+            self.poll_start(id, ts, cfg, findings);
+            let th = self.thread();
+            if th.stack.len() < MAX_STACK {
+                th.stack.push(Entered {
+                    span: id,
+                    task: Some(id),
+                    node: None,
+                });
+            }
+            return;
+        }
+        let max_nodes = cfg.retention.max_await_nodes;
+        let top = self.thread().stack.last().copied();
+        let Some(s) = self.spans.get_mut(&id) else {
+            return;
+        };
+        let first = *s.first_entered.get_or_insert(ts);
+        let (class, callsite, label) = (s.class, s.callsite, s.label.clone());
+        let owner = top.and_then(|e| e.task);
+        let parent_node = top.and_then(|e| {
+            if e.span == e.task.unwrap_or(SpanId(u64::MAX)) {
+                None
+            } else {
+                e.node
+            }
+        });
+        let node = match owner.and_then(|o| self.tasks.get_mut(&o)) {
+            Some(t) if class != SpanClass::AsyncOpPoll => {
+                if !t.tree_from_enters {
+                    // Spans entered in this poll replace the previous tree.
+                    t.tree_from_enters = true;
+                    t.await_tree.clear();
+                }
+                t.await_tree
+                    .enter(id, callsite, class, parent_node, first, label, max_nodes)
+            }
+            _ => parent_node,
+        };
+        let th = self.thread();
+        if th.stack.len() < MAX_STACK {
+            th.stack.push(Entered {
+                span: id,
+                task: owner,
+                node,
+            });
+        }
+    }
+
+    fn poll_start(&mut self, id: SpanId, ts: u64, cfg: &Config, findings: &mut Findings) {
+        let th = &cfg.thresholds;
+        // The previous poll was a real poll: a new one starts.
+        if let Some((p, d)) = self
+            .tasks
+            .get_mut(&id)
+            .and_then(|t| t.commit_pending_poll())
+        {
+            if let Some(o) = detect::long_poll::check(self, &self.tasks[&id], p.start, d, th) {
+                findings.observe(o);
+            }
+        }
+        let mut starved = None;
+        if let Some(t) = self.tasks.get_mut(&id) {
+            if let Some(since) = t.scheduled_since.take() {
+                let wait = ts.saturating_sub(since);
+                t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
+                record_us(&mut t.hist_mut().scheduled_us, wait);
+                starved = Some(wait);
+            }
+            t.state = TaskState::Running;
+            t.poll_start = Some(ts);
+            t.woken_since_poll = false;
+            t.woken_during_poll = false;
+            // The await tree stays until a `PollTree` (or spans entered in
+            // this poll) replaces it: producers send it only when it changes.
+            t.tree_from_enters = false;
+            t.waiting_on.clear();
+        }
+        if let Some(wait) = starved {
+            let t = &self.tasks[&id];
+            if let Some(mut o) = detect::starvation::check_wait(self, t, wait, ts, th) {
+                o.new_occurrence = !t.flag(o.kind.bit());
+                findings.observe(o);
+            }
+            let bit = detect::FindingKind::Starvation.bit();
+            if let Some(t) = self.tasks.get_mut(&id) {
+                t.set_flag(bit, false);
+            }
+        }
+    }
+
+    /// The producer's await tree of `task`'s current poll: spans in entry
+    /// order with their depth below the task span. Async-op polls (new spans
+    /// on every poll) and unknown spans are transparent: their children
+    /// attach to their parent.
+    fn poll_tree(&mut self, task: SpanId, nodes: &[TreeNode], cfg: &Config) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        let seen = t.poll_start.unwrap_or(self.now);
+        let mut tree = AwaitTree::default();
+        // (depth, node standing for it) of the current path.
+        let mut path: Vec<(u16, Option<u16>)> = Vec::new();
+        for n in nodes {
+            while path.last().is_some_and(|(d, _)| *d >= n.depth) {
+                path.pop();
+            }
+            let parent = path.last().and_then(|(_, i)| *i);
+            let node = match self.spans.get_mut(&n.span) {
+                Some(s) if s.class != SpanClass::AsyncOpPoll => {
+                    let first = *s.first_entered.get_or_insert(seen);
+                    tree.enter(
+                        n.span,
+                        s.callsite,
+                        s.class,
+                        parent,
+                        first,
+                        s.label.clone(),
+                        cfg.retention.max_await_nodes,
+                    )
+                    .or(parent)
+                }
+                _ => parent,
+            };
+            path.push((n.depth, node));
+        }
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.await_tree = tree;
+        }
+    }
+
+    fn exit(&mut self, id: SpanId, ts: u64) {
+        let th = self.thread();
+        if let Some(pos) = th.stack.iter().rposition(|e| e.span == id) {
+            th.stack.truncate(pos);
+        }
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let Some(start) = t.poll_start.take() else {
+            return;
+        };
+        t.pending_poll = Some(super::task::PendingPoll { start, end: ts });
+        t.last_poll_end = Some(ts);
+        if t.woken_during_poll {
+            t.state = TaskState::Scheduled;
+            t.scheduled_since = Some(ts);
+        } else {
+            t.state = TaskState::Idle;
+        }
+        let leaf = leaf_span(&t.await_tree);
+        t.leaf = match (leaf, t.leaf) {
+            (Some(l), Some((old, since))) if l == old => Some((old, since)),
+            (Some(l), _) => Some((l, start)),
+            (None, _) => None,
+        };
+    }
+
+    fn close(
+        &mut self,
+        id: SpanId,
+        kind: CloseKind,
+        ts: u64,
+        cfg: &Config,
+        findings: &mut Findings,
+    ) {
+        if let Some(t) = self.tasks.get(&id) {
+            let bit = detect::FindingKind::SelfWake.bit();
+            if !t.flag(bit) {
+                if let Some(o) = detect::self_wake::check(self, t, ts, &cfg.thresholds) {
+                    findings.observe(o);
+                }
+            }
+            if kind == CloseKind::Panicked && t.panic.is_none() {
+                let o =
+                    detect::panic::observe(self, Some(id), None, "task ended panicked", None, ts);
+                findings.observe(o);
+            }
+        }
+        if let Some(mut t) = self.tasks.remove(&id) {
+            // The last enter/exit pair was the drop of the future.
+            t.pending_poll = None;
+            t.poll_start = None;
+            t.closed = Some(ts);
+            if let Some(since) = t.scheduled_since.take() {
+                t.scheduled_ns = t.scheduled_ns.saturating_add(ts.saturating_sub(since));
+            }
+            t.state = match kind {
+                CloseKind::Cancelled => TaskState::Cancelled,
+                CloseKind::Panicked => TaskState::Panicked,
+                _ if t.panic.is_some() => TaskState::Panicked,
+                _ => TaskState::Completed,
+            };
+            t.waiting_on.clear();
+            t.await_tree = AwaitTree::default();
+            t.flags = 0;
+            self.completed.push_back(t);
+            self.prune(cfg);
+            return;
+        }
+        self.spans.remove(&id);
+        self.resources.remove(&id);
+    }
+
+    /// Folds completed tasks beyond the retention limits into the summary.
+    pub fn prune(&mut self, cfg: &Config) {
+        let r = &cfg.retention;
+        while let Some(front) = self.completed.front() {
+            let old = front
+                .closed
+                .is_some_and(|c| self.now.saturating_sub(c) > r.completed_max_age_ns);
+            if self.completed.len() <= r.completed_max_count && !old {
+                break;
+            }
+            let t = self.completed.pop_front().expect("front exists");
+            let mut key = super::task::group_key(&t);
+            if !self.summary.contains_key(&key) && self.summary.len() >= r.max_summary_groups {
+                key = "(other)".into();
+            }
+            let s = self.summary.entry(key.clone()).or_default();
+            if s.group.is_empty() {
+                s.group = key;
+            }
+            s.add(&t);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &mut self,
+        callsite: u32,
+        span: Option<SpanId>,
+        task: Option<SpanId>,
+        ts: u64,
+        fields: &[Field],
+        cfg: &Config,
+        findings: &mut Findings,
+    ) {
+        let Some(cs) = self.callsites.get(&callsite) else {
+            return;
+        };
+        match cs.kind {
+            CallsiteKind::Event(EventClass::PollOp) => {
+                let ready = span::field_bool(Some(cs), fields, "is_ready").unwrap_or(true);
+                let Some(res) = span.and_then(|s| self.resource_of(s)) else {
+                    return;
+                };
+                if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
+                    if ready {
+                        t.waiting_on.retain(|r| *r != res);
+                    } else if !t.waiting_on.contains(&res) && t.waiting_on.len() < 16 {
+                        t.waiting_on.push(res);
+                    }
+                }
+            }
+            CallsiteKind::Event(EventClass::StateUpdate) => {
+                let Some(res) = span.and_then(|s| self.resource_of(s)) else {
+                    return;
+                };
+                let cs = self.callsites.get(&callsite);
+                let get_b = |n| span::field_bool(cs, fields, n);
+                let op = span::field_str(cs, fields, "permits.op")
+                    .or_else(|| span::field_str(cs, fields, "current_readers.op"));
+                let mut named = Vec::new();
+                if let Some(cs) = cs {
+                    for f in fields {
+                        if let Some(n) = cs.fields.get(f.index as usize) {
+                            named.push((n.clone(), f.value.clone()));
+                        }
+                    }
+                }
+                let Some(r) = self.resources.get_mut(&res) else {
+                    return;
+                };
+                for (n, v) in &named {
+                    r.set_state(n, v);
+                }
+                match (get_b("locked").or(get_b("write_locked")), op, task) {
+                    (Some(true), _, Some(t)) => {
+                        r.holders.clear();
+                        r.add_holder(t);
+                    }
+                    (Some(false), _, _) => r.holders.clear(),
+                    (_, Some("sub"), Some(t)) => r.add_holder(t),
+                    (_, Some("add"), Some(t)) => r.remove_holder(t),
+                    _ => {}
+                }
+            }
+            CallsiteKind::Event(EventClass::User) | CallsiteKind::Span(_) => {
+                let level = cs.level;
+                if level < Level::Warn {
+                    return;
+                }
+                let message = span::field_str(Some(cs), fields, "message")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| cs.name.clone());
+                let location = span::callsite_location(Some(cs));
+                if level == Level::Error {
+                    self.error_count += 1;
+                } else {
+                    self.warn_count += 1;
+                }
+                let task = task.or_else(|| span.and_then(|s| self.task_of_span(s)));
+                if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
+                    if level == Level::Error {
+                        t.error_count += 1;
+                    } else {
+                        t.warn_count += 1;
+                    }
+                    if t.logs.len() >= cfg.retention.logs_per_task {
+                        t.logs.pop_front();
+                    }
+                    if cfg.retention.logs_per_task > 0 {
+                        t.logs.push_back(LogRecord {
+                            level,
+                            message: message.clone(),
+                            location: location.clone(),
+                            ts,
+                        });
+                    }
+                }
+                if level == Level::Error {
+                    let o =
+                        detect::error::observe(self, callsite, span, task, &message, location, ts);
+                    findings.observe(o);
+                }
+            }
+        }
+    }
+
+    /// The resource span `s` belongs to (itself, or an ancestor through
+    /// async op and async-op poll spans).
+    pub fn resource_of(&self, mut s: SpanId) -> Option<SpanId> {
+        for _ in 0..8 {
+            if self.resources.contains_key(&s) {
+                return Some(s);
+            }
+            s = self.spans.get(&s)?.parent?;
+        }
+        None
+    }
+
+    /// The task a span was created in.
+    pub fn task_of_span(&self, s: SpanId) -> Option<SpanId> {
+        if self.tasks.contains_key(&s) {
+            return Some(s);
+        }
+        self.spans.get(&s)?.ctx_task
+    }
+
+    /// Looks up a task, live or retained.
+    pub fn task(&self, id: SpanId) -> Option<&Task> {
+        self.tasks
+            .get(&id)
+            .or_else(|| self.completed.iter().find(|t| t.id == id))
+    }
+
+    /// A reference to `t` for findings.
+    pub fn task_ref(&self, t: &Task) -> TaskRef {
+        TaskRef {
+            id: t.id.0,
+            tokio_id: t.tokio_id,
+            name: t.name.clone(),
+            spawned_at: t.location.clone(),
+        }
+    }
+
+    /// Human-readable label of a span: resource type, async-op source, or
+    /// span name.
+    pub fn span_label(&self, id: SpanId, callsite: u32) -> String {
+        let cs = self.callsites.get(&callsite);
+        if let Some(r) = self.resources.get(&id) {
+            return r.concrete_type.clone();
+        }
+        if let Some(s) = self.spans.get(&id) {
+            if s.class == SpanClass::AsyncOp {
+                if let Some(src) = span::field_str(cs, &s.fields, "source") {
+                    return src.to_string();
+                }
+            }
+        }
+        cs.map_or_else(|| format!("span#{}", id.0), |c| c.name.clone())
+    }
+
+    /// Source location of a span: a resource's creation site, an async op's
+    /// resource, or the span's callsite.
+    pub fn span_location(&self, id: SpanId, callsite: u32) -> Option<Location> {
+        if let Some(r) = self.resource_of(id).and_then(|r| self.resources.get(&r)) {
+            if let Some(l) = &r.location {
+                return Some(l.clone());
+            }
+        }
+        span::callsite_location(self.callsites.get(&callsite))
+    }
+
+    /// Label of an await-tree node.
+    pub fn node_label(&self, node: &super::await_tree::AwaitNode) -> String {
+        match &node.label {
+            Some(l) => l.to_string(),
+            None => self.span_label(node.span, node.callsite),
+        }
+    }
+
+    /// Labels of the await-tree path down to node `i` (`label @ location`).
+    pub fn await_path(&self, tree: &AwaitTree, i: usize) -> Vec<String> {
+        tree.path(i)
+            .into_iter()
+            .map(|n| {
+                let node = &tree.nodes[n];
+                let label = self.node_label(node);
+                match self.span_location(node.span, node.callsite) {
+                    Some(l) => format!("{label} @ {l}"),
+                    None => label,
+                }
+            })
+            .collect()
+    }
+
+    /// The node that best names what leaf `i` waits on: the leaf, or the
+    /// nearest ancestor outside resources internal to another (a Mutex's
+    /// `Mutex::lock` rather than its inner semaphore's `Acquire`).
+    pub fn culprit(&self, tree: &AwaitTree, i: usize) -> usize {
+        let internal = |n: usize| {
+            self.resource_of(tree.nodes[n].span)
+                .and_then(|r| self.resources.get(&r))
+                .is_some_and(|r| r.internal)
+        };
+        let mut cur = i;
+        while internal(cur) {
+            match tree.nodes[cur].parent {
+                Some(p) => cur = p as usize,
+                None => return i,
+            }
+        }
+        cur
+    }
+
+    /// Whether node `i` of `tree` is a timer (Sleep/Interval resource or an
+    /// async op on one).
+    pub fn node_is_timer(&self, tree: &AwaitTree, i: usize) -> bool {
+        self.resource_of(tree.nodes[i].span)
+            .and_then(|r| self.resources.get(&r))
+            .is_some_and(Resource::is_timer)
+    }
+
+    /// The span chain from `s` up through its parents, outermost first,
+    /// then the chain of spawning tasks from `task`.
+    pub fn trace(&self, s: Option<SpanId>, task: Option<SpanId>) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = s;
+        let mut n = 0;
+        while let Some(id) = cur {
+            n += 1;
+            if n > 32 {
+                break;
+            }
+            if let Some(sp) = self.spans.get(&id) {
+                let label = self.span_label(id, sp.callsite);
+                out.push(match self.span_location(id, sp.callsite) {
+                    Some(l) => format!("span {label} @ {l}"),
+                    None => format!("span {label}"),
+                });
+                cur = sp.parent;
+            } else {
+                break;
+            }
+        }
+        out.reverse();
+        let mut tasks = Vec::new();
+        let mut cur = task;
+        while let Some(id) = cur {
+            if tasks.len() >= 16 {
+                break;
+            }
+            match self.task(id) {
+                Some(t) => {
+                    tasks.push(task_label(t));
+                    cur = t.parent;
+                }
+                None => break,
+            }
+        }
+        tasks.reverse();
+        tasks.extend(out);
+        tasks
+    }
+
+    /// The tokio task id a `runtime.join` span (an `awaitscope::JoinHandle`
+    /// being awaited) names, if `span` is one.
+    pub fn join_target(&self, span: SpanId, callsite: u32) -> Option<u64> {
+        let cs = self.callsites.get(&callsite)?;
+        if cs.name != "runtime.join" || cs.target != "awaitscope::join" {
+            return None;
+        }
+        span::field_u64(Some(cs), &self.spans.get(&span)?.fields, "task.id")
+    }
+
+    /// "Awaited by" edges: for each live task, the live tasks whose await
+    /// tree shows them awaiting its `JoinHandle` (`awaitscope::spawn`).
+    pub fn awaited_by(&self) -> HashMap<SpanId, Vec<SpanId>> {
+        let by_tokio: HashMap<u64, SpanId> = self
+            .tasks
+            .values()
+            .filter_map(|t| Some((t.tokio_id?, t.id)))
+            .collect();
+        let mut out: HashMap<SpanId, Vec<SpanId>> = HashMap::new();
+        for t in self.tasks.values() {
+            for n in &t.await_tree.nodes {
+                let Some(target) = self.join_target(n.span, n.callsite) else {
+                    continue;
+                };
+                if let Some(&awaited) = by_tokio.get(&target) {
+                    let v = out.entry(awaited).or_default();
+                    if !v.contains(&t.id) {
+                        v.push(t.id);
+                    }
+                }
+            }
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        out
+    }
+
+    /// Runs the state detectors at `now` (the process clock).
+    pub fn scan(&mut self, now: u64, cfg: &Config, findings: &mut Findings) {
+        self.last_scan = now;
+        let th = &cfg.thresholds;
+        let ids: Vec<SpanId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            // A poll long over is a real poll (a drop would be closed by now).
+            let commit = self.tasks.get(&id).is_some_and(|t| {
+                t.poll_start.is_none()
+                    && t.pending_poll
+                        .is_some_and(|p| now.saturating_sub(p.end) > th.lost_waker_grace_ns)
+            });
+            if commit {
+                if let Some((p, d)) = self
+                    .tasks
+                    .get_mut(&id)
+                    .and_then(|t| t.commit_pending_poll())
+                {
+                    if let Some(o) =
+                        detect::long_poll::check(self, &self.tasks[&id], p.start, d, th)
+                    {
+                        findings.observe(o);
+                    }
+                }
+            }
+            type Check = fn(&Process, &Task, u64, &crate::Thresholds) -> Option<Observation>;
+            use detect::FindingKind as K;
+            let checks: [(K, Check); 5] = [
+                (K::LostWaker, detect::lost_waker::check),
+                (K::NeverYielded, detect::never_yielded::check),
+                (K::Starvation, detect::starvation::check),
+                (K::Stuck, detect::stuck::check),
+                (K::SelfWake, detect::self_wake::check),
+            ];
+            for (kind, check) in checks {
+                let obs = check(self, &self.tasks[&id], now, th);
+                let t = self.tasks.get_mut(&id).expect("task exists");
+                match obs {
+                    Some(mut o) => {
+                        o.new_occurrence = !t.flag(kind.bit());
+                        t.set_flag(kind.bit(), true);
+                        findings.observe(o);
+                    }
+                    // A starvation episode ends at the poll that ends it.
+                    None if kind != K::Starvation => t.set_flag(kind.bit(), false),
+                    None => {}
+                }
+            }
+        }
+        detect::deadlock::scan(self, now, th, findings);
+        detect::dropped_events::scan(self, now, findings);
+    }
+
+    /// Commits the last poll of every open task (end of a recording).
+    pub fn finish(&mut self, cfg: &Config, findings: &mut Findings) {
+        let ids: Vec<SpanId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            if self.tasks[&id].poll_start.is_some() {
+                continue;
+            }
+            if let Some((p, d)) = self
+                .tasks
+                .get_mut(&id)
+                .and_then(|t| t.commit_pending_poll())
+            {
+                if let Some(o) =
+                    detect::long_poll::check(self, &self.tasks[&id], p.start, d, &cfg.thresholds)
+                {
+                    findings.observe(o);
+                }
+            }
+        }
+    }
+}
+
+/// Timestamp of an event, if it has one.
+fn event_ts(e: &Event) -> Option<u64> {
+    match e {
+        Event::SpanNew { ts, .. }
+        | Event::Enter { ts, .. }
+        | Event::Exit { ts, .. }
+        | Event::Close { ts, .. }
+        | Event::Wake { ts, .. }
+        | Event::Log { ts, .. }
+        | Event::Panic { ts, .. } => Some(*ts),
+        _ => None,
+    }
+}
+
+/// Merges the per-thread runs of a batch by timestamp, keeping the order
+/// within each run (a k-way merge, not a sort). Events without a timestamp
+/// sort with the previous timed event of their run (the next one at the
+/// start of a run); callsites go first. Yields each event with, when it
+/// starts a stretch of another run, that run's thread id.
+fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
+    struct Run<'a> {
+        thread: u32,
+        items: Vec<(u64, &'a Event)>,
+        pos: usize,
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    let mut cur: Option<usize> = None;
+    for e in events {
+        if let Event::Thread { id, .. } = e {
+            runs.push(Run {
+                thread: *id,
+                items: Vec::new(),
+                pos: 0,
+            });
+            cur = Some(runs.len() - 1);
+        }
+        let i = match cur {
+            Some(i) => i,
+            None => {
+                runs.push(Run {
+                    thread: u32::MAX,
+                    items: Vec::new(),
+                    pos: 0,
+                });
+                cur = Some(runs.len() - 1);
+                runs.len() - 1
+            }
+        };
+        runs[i].items.push((0, e));
+    }
+    for run in &mut runs {
+        // Keys: own ts; else previous timed; else next timed; callsites 0.
+        let mut prev: Option<u64> = None;
+        let mut pending: Vec<usize> = Vec::new();
+        for j in 0..run.items.len() {
+            let e = run.items[j].1;
+            if matches!(e, Event::Callsite(_)) {
+                run.items[j].0 = 0;
+                continue;
+            }
+            match event_ts(e) {
+                Some(ts) => {
+                    for k in pending.drain(..) {
+                        run.items[k].0 = ts;
+                    }
+                    run.items[j].0 = ts;
+                    prev = Some(ts);
+                }
+                None => match prev {
+                    Some(p) => run.items[j].0 = p,
+                    None => pending.push(j),
+                },
+            }
+        }
+        // A run without timed events keeps key 0 for all.
+    }
+    let mut out = Vec::with_capacity(events.len());
+    let mut last: Option<usize> = None;
+    loop {
+        let mut best: Option<(u64, usize)> = None;
+        for (i, run) in runs.iter().enumerate() {
+            if let Some(&(k, _)) = run.items.get(run.pos) {
+                if best.is_none_or(|(bk, _)| k < bk) {
+                    best = Some((k, i));
+                }
+            }
+        }
+        let Some((_, i)) = best else { break };
+        let run = &mut runs[i];
+        let e = run.items[run.pos].1;
+        run.pos += 1;
+        let switch = (last != Some(i) && run.thread != u32::MAX).then_some(run.thread);
+        last = Some(i);
+        out.push((switch, e));
+    }
+    out
+}
+
+/// The leaf span that identifies what a task waits on: the deepest leaf.
+fn leaf_span(tree: &AwaitTree) -> Option<SpanId> {
+    tree.deepest_leaf().map(|i| tree.nodes[i].span)
+}
+
+/// `task NAME#ID @ LOCATION`.
+pub fn task_label(t: &Task) -> String {
+    let mut s = format!("task {}#{}", t.name.as_deref().unwrap_or(""), t.id.0);
+    if let Some(l) = &t.location {
+        s.push_str(&format!(" @ {l}"));
+    }
+    s
+}
+
+fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>) {
+    let f = &t.fields;
+    t.name = span::field_str(cs, f, "task.name")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    t.kind = span::field_str(cs, f, "kind").map(str::to_string);
+    t.tokio_id = span::field_u64(cs, f, "task.id");
+    t.location = span::loc_fields(cs, f).or_else(|| span::callsite_location(cs));
+}
+
+fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
+    match op {
+        WakeOp::Clone => {
+            t.wakers_alive = t.wakers_alive.saturating_add(1);
+            return;
+        }
+        WakeOp::Drop => {
+            t.wakers_alive = t.wakers_alive.saturating_sub(1);
+            return;
+        }
+        WakeOp::Wake => t.wakers_alive = t.wakers_alive.saturating_sub(1),
+        WakeOp::WakeByRef => {}
+    }
+    t.wakes += 1;
+    if by == Some(t.id) {
+        t.self_wakes += 1;
+    }
+    t.woken_since_poll = true;
+    if t.poll_start.is_some() {
+        t.woken_during_poll = true;
+    } else if t.scheduled_since.is_none() && t.closed.is_none() {
+        t.scheduled_since = Some(ts);
+        t.state = TaskState::Scheduled;
+    }
+}

@@ -1,0 +1,78 @@
+//! Resources (tokio's Mutex, Semaphore, RwLock, Sleep...) with their holders
+//! and waiters.
+
+use awaitscope_wire::{SpanId, Value};
+
+use super::span::Location;
+
+/// A live resource span.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    /// Span id.
+    pub id: SpanId,
+    /// Callsite of the resource span.
+    pub callsite: u32,
+    /// `concrete_type`, e.g. `Mutex`.
+    pub concrete_type: String,
+    /// `kind`, e.g. `Sync` or `timer`.
+    pub kind: String,
+    /// Where it was created.
+    pub location: Option<Location>,
+    /// tokio's `is_internal`: a resource inside another (the semaphore of
+    /// a Mutex).
+    pub internal: bool,
+    /// Creation time.
+    pub created: u64,
+    /// Tasks holding it (lock owner, readers, permit holders), with a count.
+    pub holders: Vec<(SpanId, u32)>,
+    /// Latest state-update fields (e.g. `locked`, `permits`), by name.
+    pub state: Vec<(String, Value)>,
+}
+
+impl Resource {
+    /// Whether waiting on this resource can take part in a deadlock.
+    pub fn is_lock(&self) -> bool {
+        matches!(
+            self.concrete_type.as_str(),
+            "Mutex" | "RwLock" | "Semaphore"
+        )
+    }
+
+    /// Whether this resource is a timer.
+    pub fn is_timer(&self) -> bool {
+        matches!(self.concrete_type.as_str(), "Sleep" | "Interval") || self.kind == "timer"
+    }
+
+    /// Adds a hold by `task`.
+    pub fn add_holder(&mut self, task: SpanId) {
+        if let Some(i) = self.holders.iter().position(|(t, _)| *t == task) {
+            self.holders[i].1 = self.holders[i].1.saturating_add(1);
+        } else if self.holders.len() < 1024 {
+            self.holders.push((task, 1));
+        }
+    }
+
+    /// Removes one hold by `task`.
+    pub fn remove_holder(&mut self, task: SpanId) {
+        if let Some(i) = self.holders.iter().position(|(t, _)| *t == task) {
+            self.holders[i].1 -= 1;
+            if self.holders[i].1 == 0 {
+                self.holders.swap_remove(i);
+            }
+        }
+    }
+
+    /// Sets state field `name` to `value`.
+    pub fn set_state(&mut self, name: &str, value: &Value) {
+        if let Some(i) = self.state.iter().position(|(n, _)| n == name) {
+            self.state[i].1 = value.clone();
+        } else if self.state.len() < 32 {
+            self.state.push((name.to_string(), value.clone()));
+        }
+    }
+
+    /// Whether `task` holds this resource.
+    pub fn held_by(&self, task: SpanId) -> bool {
+        self.holders.iter().any(|(t, _)| *t == task)
+    }
+}

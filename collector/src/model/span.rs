@@ -1,0 +1,148 @@
+//! Spans, callsites, fields and source locations.
+
+use awaitscope_wire::{Callsite, Field, SpanClass, SpanId, Value};
+use serde::Serialize;
+
+/// A source location.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Location {
+    /// Source file.
+    pub file: String,
+    /// Line.
+    pub line: u32,
+    /// Column, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub col: Option<u32>,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.col {
+            Some(c) => write!(f, "{}:{}:{}", self.file, self.line, c),
+            None => write!(f, "{}:{}", self.file, self.line),
+        }
+    }
+}
+
+/// A live (not yet closed) span that is not a task.
+#[derive(Clone, Debug)]
+pub struct Span {
+    /// Callsite id.
+    pub callsite: u32,
+    /// What the span stands for.
+    pub class: SpanClass,
+    /// Parent span.
+    pub parent: Option<SpanId>,
+    /// Task being polled when the span was created.
+    pub ctx_task: Option<SpanId>,
+    /// Creation time.
+    pub created: u64,
+    /// First time the span was entered.
+    pub first_entered: Option<u64>,
+    /// Recorded fields.
+    pub fields: Vec<Field>,
+    /// Label of a resource (`concrete_type`) or async op (`source`).
+    pub label: Option<std::sync::Arc<str>>,
+}
+
+/// The value of field `name` among `fields` of `callsite`.
+pub fn field<'a>(
+    callsite: Option<&Callsite>,
+    fields: &'a [Field],
+    name: &str,
+) -> Option<&'a Value> {
+    let cs = callsite?;
+    let idx = cs.fields.iter().position(|f| f == name)? as u16;
+    fields
+        .iter()
+        .rev()
+        .find(|f| f.index == idx)
+        .map(|f| &f.value)
+}
+
+/// A string field.
+pub fn field_str<'a>(
+    callsite: Option<&Callsite>,
+    fields: &'a [Field],
+    name: &str,
+) -> Option<&'a str> {
+    match field(callsite, fields, name)? {
+        Value::Str(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// An unsigned integer field (non-negative signed values accepted).
+pub fn field_u64(callsite: Option<&Callsite>, fields: &[Field], name: &str) -> Option<u64> {
+    match field(callsite, fields, name)? {
+        Value::U64(v) => Some(*v),
+        Value::I64(v) if *v >= 0 => Some(*v as u64),
+        Value::Str(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A boolean field.
+pub fn field_bool(callsite: Option<&Callsite>, fields: &[Field], name: &str) -> Option<bool> {
+    match field(callsite, fields, name)? {
+        Value::Bool(b) => Some(*b),
+        Value::Str(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// `loc.file`/`loc.line`/`loc.col` fields as a location.
+pub fn loc_fields(callsite: Option<&Callsite>, fields: &[Field]) -> Option<Location> {
+    let file = field_str(callsite, fields, "loc.file")?;
+    let line = field_u64(callsite, fields, "loc.line")?;
+    Some(Location {
+        file: file.to_string(),
+        line: line as u32,
+        col: field_u64(callsite, fields, "loc.col").map(|c| c as u32),
+    })
+}
+
+/// The callsite's own file and line as a location.
+pub fn callsite_location(callsite: Option<&Callsite>) -> Option<Location> {
+    let cs = callsite?;
+    Some(Location {
+        file: cs.file.clone()?,
+        line: cs.line?,
+        col: None,
+    })
+}
+
+/// Merges `new` fields into `fields`: a field with the same index is replaced.
+pub fn merge_fields(fields: &mut Vec<Field>, new: &[Field]) {
+    for f in new {
+        if let Some(i) = fields.iter().position(|o| o.index == f.index) {
+            fields[i].value = f.value.clone();
+        } else if fields.len() < awaitscope_wire::limits::MAX_FIELDS {
+            fields.push(f.clone());
+        }
+    }
+}
+
+/// Renders a value for display.
+pub fn value_string(v: &Value) -> String {
+    match v {
+        Value::I64(v) => v.to_string(),
+        Value::U64(v) => v.to_string(),
+        Value::F64(v) => v.to_string(),
+        Value::Bool(v) => v.to_string(),
+        Value::Str(s) => s.clone(),
+    }
+}
+
+/// Converts a value to JSON.
+pub fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::I64(v) => (*v).into(),
+        Value::U64(v) => (*v).into(),
+        Value::F64(v) => serde_json::Number::from_f64(*v)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Value::Bool(v) => (*v).into(),
+        Value::Str(s) => s.clone().into(),
+    }
+}

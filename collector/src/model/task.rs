@@ -1,0 +1,355 @@
+//! Tasks: state, polls, times, histograms, wakes and await tree.
+
+use std::collections::VecDeque;
+
+use awaitscope_wire::{Field, Level, SpanId};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::await_tree::AwaitTree;
+use super::span::Location;
+
+/// State of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Being polled.
+    Running,
+    /// Woken (or just spawned) and waiting to be polled.
+    Scheduled,
+    /// Pending, waiting to be woken.
+    Idle,
+    /// Its future completed.
+    Completed,
+    /// Dropped before completing (aborted, or runtime shutdown).
+    Cancelled,
+    /// Panicked while being polled.
+    Panicked,
+}
+
+impl TaskState {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Running => "running",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Idle => "idle",
+            TaskState::Completed => "completed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Panicked => "panicked",
+        }
+    }
+
+    /// Whether the task has ended.
+    pub fn is_closed(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Cancelled | TaskState::Panicked
+        )
+    }
+}
+
+/// A WARN or ERROR event of the program, attributed to a task.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogRecord {
+    /// Level.
+    pub level: Level,
+    /// The `message` field (or the event name).
+    pub message: String,
+    /// Where it was emitted.
+    pub location: Option<Location>,
+    /// When.
+    pub ts: u64,
+}
+
+/// Poll and scheduled time histograms, in microseconds (1 significant
+/// digit, auto-resizing: a few hundred bytes per task).
+#[derive(Clone, Debug)]
+pub struct Histograms {
+    /// Poll durations.
+    pub poll_us: Histogram<u32>,
+    /// Times from wake to poll.
+    pub scheduled_us: Histogram<u32>,
+}
+
+impl Histograms {
+    fn new() -> Self {
+        let h = || Histogram::<u32>::new(1).expect("valid sigfig");
+        Self {
+            poll_us: h(),
+            scheduled_us: h(),
+        }
+    }
+}
+
+/// Records `ns` in `h` (as microseconds, saturating on error).
+pub fn record_us(h: &mut Histogram<u32>, ns: u64) {
+    h.saturating_record((ns / 1000).max(1));
+}
+
+/// The last poll, kept until the next poll or the close decides whether it
+/// was a poll or the drop of the future.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingPoll {
+    /// Start.
+    pub start: u64,
+    /// End.
+    pub end: u64,
+}
+
+/// A task (a span of class `Task`).
+#[derive(Clone, Debug)]
+pub struct Task {
+    /// Span id (the task's id in the model).
+    pub id: SpanId,
+    /// Callsite of the task span.
+    pub callsite: u32,
+    /// tokio's `task.id`, if recorded.
+    pub tokio_id: Option<u64>,
+    /// `task.name`, if non-empty.
+    pub name: Option<String>,
+    /// The `kind` field (`task`, `blocking`, `block_on`, `local`).
+    pub kind: Option<String>,
+    /// Spawn location.
+    pub location: Option<Location>,
+    /// Spawning task.
+    pub parent: Option<SpanId>,
+    /// Span current at spawn.
+    pub spawn_span: Option<SpanId>,
+    /// Task span fields.
+    pub fields: Vec<Field>,
+    /// Spawn time.
+    pub created: u64,
+    /// Close time.
+    pub closed: Option<u64>,
+    /// State.
+    pub state: TaskState,
+    /// Committed polls.
+    pub polls: u64,
+    /// Busy time of committed polls.
+    pub busy_ns: u64,
+    /// Time spent scheduled (woken, waiting for a poll).
+    pub scheduled_ns: u64,
+    /// Longest committed poll.
+    pub max_poll_ns: u64,
+    /// Histograms (created on first use).
+    pub hist: Option<Box<Histograms>>,
+    /// Wakes (wake and wake_by_ref).
+    pub wakes: u64,
+    /// Wakes by the task itself.
+    pub self_wakes: u64,
+    /// Live wakers (clones minus drops and consuming wakes).
+    pub wakers_alive: u64,
+    /// Woken since the last poll started.
+    pub woken_since_poll: bool,
+    /// Woken while being polled.
+    pub(crate) woken_during_poll: bool,
+    /// The await tree was rebuilt from `Enter` events in the current poll.
+    pub(crate) tree_from_enters: bool,
+    /// Scheduled since (when Scheduled).
+    pub scheduled_since: Option<u64>,
+    /// Start of the current poll (when Running).
+    pub poll_start: Option<u64>,
+    /// The last poll, not yet committed.
+    pub pending_poll: Option<PendingPoll>,
+    /// End of the last poll.
+    pub last_poll_end: Option<u64>,
+    /// Await tree of the current or last poll.
+    pub await_tree: AwaitTree,
+    /// The await-tree leaf span of the last poll, and since when it has been
+    /// the leaf.
+    pub leaf: Option<(SpanId, u64)>,
+    /// Resources the task is waiting on (polled, not ready, in its last poll).
+    pub waiting_on: Vec<SpanId>,
+    /// Recent WARN/ERROR events.
+    pub logs: VecDeque<LogRecord>,
+    /// WARN events seen.
+    pub warn_count: u64,
+    /// ERROR events seen.
+    pub error_count: u64,
+    /// Panic message.
+    pub panic: Option<String>,
+    /// Detector episodes in progress (bit per finding kind).
+    pub(crate) flags: u16,
+}
+
+impl Task {
+    /// A new task spawned at `ts`.
+    pub fn new(id: SpanId, callsite: u32, ts: u64) -> Self {
+        Self {
+            id,
+            callsite,
+            tokio_id: None,
+            name: None,
+            kind: None,
+            location: None,
+            parent: None,
+            spawn_span: None,
+            fields: Vec::new(),
+            created: ts,
+            closed: None,
+            state: TaskState::Scheduled,
+            polls: 0,
+            busy_ns: 0,
+            scheduled_ns: 0,
+            max_poll_ns: 0,
+            hist: None,
+            wakes: 0,
+            self_wakes: 0,
+            wakers_alive: 0,
+            woken_since_poll: true,
+            woken_during_poll: false,
+            tree_from_enters: false,
+            scheduled_since: Some(ts),
+            poll_start: None,
+            pending_poll: None,
+            last_poll_end: None,
+            await_tree: AwaitTree::default(),
+            leaf: None,
+            waiting_on: Vec::new(),
+            logs: VecDeque::new(),
+            warn_count: 0,
+            error_count: 0,
+            panic: None,
+            flags: 0,
+        }
+    }
+
+    /// Whether the task is exempt from waker-based detectors (spawn_blocking
+    /// and block_on tasks are not woken through tokio's task wakers).
+    pub fn is_blocking_or_block_on(&self) -> bool {
+        matches!(self.kind.as_deref(), Some("blocking") | Some("block_on"))
+    }
+
+    /// Histograms, created on first use.
+    pub fn hist_mut(&mut self) -> &mut Histograms {
+        self.hist.get_or_insert_with(|| Box::new(Histograms::new()))
+    }
+
+    /// Commits the pending poll: it was a real poll. Returns its duration.
+    pub fn commit_pending_poll(&mut self) -> Option<(PendingPoll, u64)> {
+        let p = self.pending_poll.take()?;
+        let d = p.end.saturating_sub(p.start);
+        self.polls += 1;
+        self.busy_ns = self.busy_ns.saturating_add(d);
+        self.max_poll_ns = self.max_poll_ns.max(d);
+        record_us(&mut self.hist_mut().poll_us, d);
+        Some((p, d))
+    }
+
+    /// Polls including the uncommitted last one (for an open task).
+    pub fn polls_view(&self) -> u64 {
+        self.polls + u64::from(self.pending_poll.is_some() && self.closed.is_none())
+    }
+
+    /// Busy time including the uncommitted last poll (for an open task) and
+    /// the running poll up to `now`.
+    pub fn busy_view(&self, now: u64) -> u64 {
+        let mut b = self.busy_ns;
+        if self.closed.is_none() {
+            if let Some(p) = self.pending_poll {
+                b = b.saturating_add(p.end.saturating_sub(p.start));
+            }
+            if let Some(s) = self.poll_start {
+                b = b.saturating_add(now.saturating_sub(s));
+            }
+        }
+        b
+    }
+
+    /// Scheduled time including the current wait.
+    pub fn scheduled_view(&self, now: u64) -> u64 {
+        let mut s = self.scheduled_ns;
+        if self.closed.is_none() {
+            if let Some(since) = self.scheduled_since {
+                s = s.saturating_add(now.saturating_sub(since));
+            }
+        }
+        s
+    }
+
+    /// Idle time: lifetime minus busy and scheduled time.
+    pub fn idle_view(&self, now: u64) -> u64 {
+        let end = self.closed.unwrap_or(now);
+        end.saturating_sub(self.created)
+            .saturating_sub(self.busy_view(now))
+            .saturating_sub(self.scheduled_view(now))
+    }
+
+    pub(crate) fn flag(&self, bit: u16) -> bool {
+        self.flags & bit != 0
+    }
+
+    pub(crate) fn set_flag(&mut self, bit: u16, on: bool) {
+        if on {
+            self.flags |= bit;
+        } else {
+            self.flags &= !bit;
+        }
+    }
+}
+
+/// Summary of completed tasks that are no longer kept in detail, per spawn
+/// location and name.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TaskSummary {
+    /// Spawn location and name this group stands for.
+    pub group: String,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Tasks cancelled.
+    pub cancelled: u64,
+    /// Tasks that panicked.
+    pub panicked: u64,
+    /// Polls.
+    pub polls: u64,
+    /// Busy time.
+    pub busy_ns: u64,
+    /// Scheduled time.
+    pub scheduled_ns: u64,
+    /// Idle time.
+    pub idle_ns: u64,
+    /// Longest poll.
+    pub max_poll_ns: u64,
+}
+
+impl TaskSummary {
+    /// Folds `t` into the summary.
+    pub fn add(&mut self, t: &Task) {
+        match t.state {
+            TaskState::Cancelled => self.cancelled += 1,
+            TaskState::Panicked => self.panicked += 1,
+            _ => self.completed += 1,
+        }
+        let now = t.closed.unwrap_or(t.created);
+        self.polls = self.polls.saturating_add(t.polls);
+        self.busy_ns = self.busy_ns.saturating_add(t.busy_ns);
+        self.scheduled_ns = self.scheduled_ns.saturating_add(t.scheduled_ns);
+        self.idle_ns = self.idle_ns.saturating_add(t.idle_view(now));
+        self.max_poll_ns = self.max_poll_ns.max(t.max_poll_ns);
+    }
+}
+
+/// The group key of a task for summaries: `name@file:line`.
+pub fn group_key(t: &Task) -> String {
+    let loc = t
+        .location
+        .as_ref()
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "?".into());
+    match &t.name {
+        Some(n) => format!("{n}@{loc}"),
+        None => loc,
+    }
+}
+
+/// Level of a record as a string.
+pub fn level_str(l: Level) -> &'static str {
+    match l {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
+}

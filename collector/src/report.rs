@@ -1,0 +1,514 @@
+//! The JSON report of `awaitscope report` (schema: `docs/report-json.md`).
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::detect::Finding;
+use crate::model::await_tree::AwaitTree;
+use crate::model::span::{self, Location};
+use crate::model::task::{level_str, Task};
+use crate::model::{Model, Process};
+use awaitscope_wire::SpanClass;
+
+/// Version of the report schema.
+pub const REPORT_VERSION: u32 = 1;
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Schema version ([`REPORT_VERSION`]).
+    pub version: u32,
+    /// The awaitscope version that wrote the report.
+    pub generator: String,
+    /// Input files, when the report was made from recordings.
+    pub inputs: Vec<InputReport>,
+    /// Problems with the input (truncation, malformed frames...).
+    pub warnings: Vec<String>,
+    /// Processes.
+    pub processes: Vec<ProcessReport>,
+    /// Live tasks and retained completed tasks of every process.
+    pub tasks: Vec<TaskReport>,
+    /// Findings, in order of first occurrence.
+    pub findings: Vec<Finding>,
+    /// Dropped events, all processes together.
+    pub dropped: DroppedReport,
+}
+
+/// One input file.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct InputReport {
+    /// Path as given.
+    pub path: String,
+    /// Frames read.
+    pub frames: u64,
+    /// Bytes of complete frames read (after the preamble).
+    pub bytes: u64,
+    /// The file ends inside a frame (the producer was killed mid-write).
+    pub truncated: bool,
+    /// Why reading stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// Dropped events.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DroppedReport {
+    /// By producers, thread buffer full.
+    pub producer_buffer_full: u64,
+    /// By producers, no collector connected.
+    pub producer_disconnected: u64,
+    /// By producers, writing failed.
+    pub producer_write_failed: u64,
+    /// By the collector (ingest queue full).
+    pub collector: u64,
+    /// All of the above.
+    pub total: u64,
+    /// Findings not kept because the findings cap was reached.
+    pub findings_suppressed: u64,
+}
+
+/// One process.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessReport {
+    /// pid.
+    pub pid: u32,
+    /// Start, ns since the Unix epoch.
+    pub start_unix_ns: u64,
+    /// Executable name.
+    pub name: String,
+    /// Command line.
+    pub cmdline: Vec<String>,
+    /// Producer's awaitscope version.
+    pub producer_version: Option<String>,
+    /// tokio's instrumentation was on.
+    pub tokio_unstable: bool,
+    /// Still connected (live) / stream not ended.
+    pub connected: bool,
+    /// Ended with a goodbye.
+    pub ended: bool,
+    /// Reconnects seen.
+    pub reconnects: u32,
+    /// Latest timestamp (ns since the process's start).
+    pub now_ns: u64,
+    /// Frames applied.
+    pub frames: u64,
+    /// Events applied.
+    pub events: u64,
+    /// Frames out of sequence.
+    pub seq_gaps: u64,
+    /// Live tasks.
+    pub tasks_live: usize,
+    /// Completed tasks kept in detail.
+    pub tasks_retained: usize,
+    /// Completed tasks summarised (no longer in `tasks`).
+    pub tasks_summarised: u64,
+    /// Summaries of completed tasks, by spawn location and name.
+    pub summary: Vec<crate::model::task::TaskSummary>,
+    /// Live resources.
+    pub resources: Vec<ResourceReport>,
+    /// WARN events.
+    pub warn_events: u64,
+    /// ERROR events.
+    pub error_events: u64,
+    /// Notes (lost connection, truncation).
+    pub notes: Vec<String>,
+}
+
+/// A resource.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResourceReport {
+    /// Span id.
+    pub id: u64,
+    /// `concrete_type`.
+    pub concrete_type: String,
+    /// `kind`.
+    pub kind: String,
+    /// Creation site.
+    pub location: Option<Location>,
+    /// Internal to another resource (e.g. the semaphore inside a Mutex).
+    pub internal: bool,
+    /// Tasks holding it.
+    pub holders: Vec<u64>,
+    /// Tasks waiting on it.
+    pub waiters: Vec<u64>,
+    /// Latest state fields.
+    pub state: BTreeMap<String, serde_json::Value>,
+}
+
+/// Percentiles of a histogram, in microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistReport {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+}
+
+impl HistReport {
+    fn of(h: &Histogram<u32>) -> Option<Self> {
+        (!h.is_empty()).then(|| HistReport {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p90_us: h.value_at_quantile(0.9),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        })
+    }
+}
+
+/// A node of an await tree.
+#[derive(Clone, Debug, Serialize)]
+pub struct AwaitNodeReport {
+    /// Span name, async op source (`Mutex::lock`) or resource type.
+    pub name: String,
+    /// `span`, `resource` or `async_op`.
+    pub kind: &'static str,
+    /// Source location.
+    pub location: Option<Location>,
+    /// Time since the span was first entered (ns).
+    pub elapsed_ns: u64,
+    /// Nested spans.
+    pub children: Vec<AwaitNodeReport>,
+}
+
+/// A WARN/ERROR event of a task.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogReport {
+    /// `warn` or `error`.
+    pub level: &'static str,
+    /// Message.
+    pub message: String,
+    /// Where.
+    pub location: Option<Location>,
+    /// When (ns since the process's start).
+    pub ts: u64,
+}
+
+/// One task.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskReport {
+    /// Process pid.
+    pub pid: u32,
+    /// Task (span) id, unique within the process.
+    pub id: u64,
+    /// tokio task id.
+    pub tokio_id: Option<u64>,
+    /// Name.
+    pub name: Option<String>,
+    /// `kind` field (`task`, `blocking`, `block_on`, `local`).
+    pub kind: Option<String>,
+    /// Spawning task's id.
+    pub parent: Option<u64>,
+    /// Tasks awaiting this task's `JoinHandle` (tasks spawned with
+    /// `awaitscope::spawn`; live tasks only).
+    pub awaited_by: Vec<u64>,
+    /// Spawn location.
+    pub spawned_at: Option<Location>,
+    /// State.
+    pub state: &'static str,
+    /// Polls.
+    pub polls: u64,
+    /// Time being polled.
+    pub busy_ns: u64,
+    /// Time woken and waiting for a poll.
+    pub scheduled_ns: u64,
+    /// The rest of its life.
+    pub idle_ns: u64,
+    /// Spawn time (ns since the process's start).
+    pub created_ns: u64,
+    /// End time.
+    pub closed_ns: Option<u64>,
+    /// Wakes.
+    pub wakes: u64,
+    /// Self-wakes.
+    pub self_wakes: u64,
+    /// Live wakers.
+    pub wakers_alive: u64,
+    /// Poll durations.
+    pub poll_time: Option<HistReport>,
+    /// Wake-to-poll delays.
+    pub scheduled_time: Option<HistReport>,
+    /// Resources it waits on.
+    pub waiting_on: Vec<u64>,
+    /// Await tree of its last poll (pending tasks).
+    pub await_tree: Vec<AwaitNodeReport>,
+    /// Task span fields.
+    pub fields: BTreeMap<String, serde_json::Value>,
+    /// WARN events.
+    pub warn_count: u64,
+    /// ERROR events.
+    pub error_count: u64,
+    /// Recent WARN/ERROR events.
+    pub logs: Vec<LogReport>,
+    /// Panic message.
+    pub panic: Option<String>,
+}
+
+impl Report {
+    /// Builds the report of `model`.
+    pub fn from_model(model: &Model) -> Report {
+        let mut r = Report {
+            version: REPORT_VERSION,
+            generator: format!("awaitscope {}", env!("CARGO_PKG_VERSION")),
+            inputs: Vec::new(),
+            warnings: model.warnings.clone(),
+            processes: Vec::new(),
+            tasks: Vec::new(),
+            findings: model.findings().list().to_vec(),
+            dropped: DroppedReport {
+                findings_suppressed: model.findings().suppressed,
+                ..DroppedReport::default()
+            },
+        };
+        for p in model.processes() {
+            r.processes.push(process_report(p));
+            let d = &mut r.dropped;
+            d.producer_buffer_full = d.producer_buffer_full.saturating_add(p.dropped.buffer_full);
+            d.producer_disconnected = d
+                .producer_disconnected
+                .saturating_add(p.dropped.disconnected);
+            d.producer_write_failed = d
+                .producer_write_failed
+                .saturating_add(p.dropped.write_failed);
+            d.collector = d.collector.saturating_add(p.collector_dropped);
+            let mut tasks: Vec<&Task> = p.tasks.values().chain(p.completed.iter()).collect();
+            tasks.sort_by_key(|t| t.id);
+            let awaited_by = p.awaited_by();
+            for t in tasks {
+                let mut tr = task_report(p, t);
+                if let Some(by) = awaited_by.get(&t.id) {
+                    tr.awaited_by = by.iter().map(|s| s.0).collect();
+                }
+                r.tasks.push(tr);
+            }
+        }
+        let d = &mut r.dropped;
+        d.total = d
+            .producer_buffer_full
+            .saturating_add(d.producer_disconnected)
+            .saturating_add(d.producer_write_failed)
+            .saturating_add(d.collector);
+        r
+    }
+
+    /// Whether a finding of one of `kinds` exists.
+    pub fn has_finding(&self, kinds: &[crate::FindingKind]) -> bool {
+        self.findings.iter().any(|f| kinds.contains(&f.kind))
+    }
+
+    /// A short human-readable summary.
+    pub fn summary_text(&self) -> String {
+        let mut s = String::new();
+        let live = self.tasks.iter().filter(|t| t.closed_ns.is_none()).count();
+        s.push_str(&format!(
+            "awaitscope: {} process(es), {} task(s) ({} live), {} finding(s)\n",
+            self.processes.len(),
+            self.tasks.len() as u64
+                + self
+                    .processes
+                    .iter()
+                    .map(|p| p.tasks_summarised)
+                    .sum::<u64>(),
+            live,
+            self.findings.len()
+        ));
+        for f in &self.findings {
+            let loc = f
+                .location
+                .as_ref()
+                .map_or(String::new(), |l| format!(" at {l}"));
+            let count = if f.count > 1 {
+                format!(" (x{})", f.count)
+            } else {
+                String::new()
+            };
+            s.push_str(&format!(
+                "  [{}] {}{}{}: {}\n",
+                f.kind,
+                severity_str(f),
+                count,
+                loc,
+                f.message
+            ));
+        }
+        if self.dropped.total > 0 {
+            s.push_str(&format!("  {} event(s) dropped\n", self.dropped.total));
+        }
+        for w in &self.warnings {
+            s.push_str(&format!("  warning: {w}\n"));
+        }
+        s
+    }
+}
+
+fn severity_str(f: &Finding) -> &'static str {
+    match f.severity {
+        crate::Severity::Info => "info",
+        crate::Severity::Warning => "warning",
+        crate::Severity::Error => "error",
+    }
+}
+
+fn process_report(p: &Process) -> ProcessReport {
+    let mut summary: Vec<_> = p.summary.values().cloned().collect();
+    summary.sort_by(|a, b| a.group.cmp(&b.group));
+    let mut resources: Vec<ResourceReport> = p
+        .resources
+        .values()
+        .map(|r| {
+            let mut waiters: Vec<u64> = p
+                .tasks
+                .values()
+                .filter(|t| t.waiting_on.contains(&r.id))
+                .map(|t| t.id.0)
+                .collect();
+            waiters.sort_unstable();
+            ResourceReport {
+                id: r.id.0,
+                concrete_type: r.concrete_type.clone(),
+                kind: r.kind.clone(),
+                location: r.location.clone(),
+                internal: r.internal,
+                holders: r.holders.iter().map(|h| h.0 .0).collect(),
+                waiters,
+                state: r
+                    .state
+                    .iter()
+                    .map(|(n, v)| (n.clone(), span::value_json(v)))
+                    .collect(),
+            }
+        })
+        .collect();
+    resources.sort_by_key(|r| r.id);
+    let info = p.info.as_ref();
+    ProcessReport {
+        pid: p.key.pid,
+        start_unix_ns: p.key.start_unix_ns,
+        name: p.name().to_string(),
+        cmdline: info.map(|i| i.cmdline.clone()).unwrap_or_default(),
+        producer_version: info.map(|i| i.producer_version.clone()),
+        tokio_unstable: info.is_some_and(|i| i.tokio_unstable),
+        connected: p.connected,
+        ended: p.ended,
+        reconnects: p.hellos.saturating_sub(1),
+        now_ns: p.now,
+        frames: p.frames,
+        events: p.events,
+        seq_gaps: p.seq_gaps,
+        tasks_live: p.tasks.len(),
+        tasks_retained: p.completed.len(),
+        tasks_summarised: summary
+            .iter()
+            .map(|s| s.completed + s.cancelled + s.panicked)
+            .sum(),
+        summary,
+        resources,
+        warn_events: p.warn_count,
+        error_events: p.error_count,
+        notes: p.notes.clone(),
+    }
+}
+
+fn await_nodes(
+    p: &Process,
+    tree: &AwaitTree,
+    parent: Option<u16>,
+    now: u64,
+) -> Vec<AwaitNodeReport> {
+    tree.children(parent)
+        .map(|i| {
+            let n = &tree.nodes[i];
+            AwaitNodeReport {
+                name: p.node_label(n),
+                kind: match n.class {
+                    SpanClass::Resource => "resource",
+                    SpanClass::AsyncOp | SpanClass::AsyncOpPoll => "async_op",
+                    _ => "span",
+                },
+                location: p.span_location(n.span, n.callsite),
+                elapsed_ns: now.saturating_sub(n.first_entered),
+                children: await_nodes(p, tree, Some(i as u16), now),
+            }
+        })
+        .collect()
+}
+
+/// Poll times, including the last poll of an open task (not yet committed).
+fn poll_hist(t: &Task) -> Option<HistReport> {
+    match (t.pending_poll, t.closed) {
+        (Some(pp), None) => {
+            let mut h = t.hist.as_ref().map_or_else(
+                || Histogram::<u32>::new(1).expect("valid sigfig"),
+                |h| h.poll_us.clone(),
+            );
+            crate::model::task::record_us(&mut h, pp.end.saturating_sub(pp.start));
+            HistReport::of(&h)
+        }
+        _ => t.hist.as_ref().and_then(|h| HistReport::of(&h.poll_us)),
+    }
+}
+
+fn task_report(p: &Process, t: &Task) -> TaskReport {
+    let now = p.now;
+    let cs = p.callsites.get(&t.callsite);
+    let fields = t
+        .fields
+        .iter()
+        .filter_map(|f| {
+            let name = cs?.fields.get(f.index as usize)?;
+            Some((name.clone(), span::value_json(&f.value)))
+        })
+        .collect();
+    TaskReport {
+        pid: p.key.pid,
+        id: t.id.0,
+        tokio_id: t.tokio_id,
+        name: t.name.clone(),
+        kind: t.kind.clone(),
+        parent: t.parent.map(|p| p.0),
+        awaited_by: Vec::new(),
+        spawned_at: t.location.clone(),
+        state: t.state.as_str(),
+        polls: t.polls_view(),
+        busy_ns: t.busy_view(now),
+        scheduled_ns: t.scheduled_view(now),
+        idle_ns: t.idle_view(now),
+        created_ns: t.created,
+        closed_ns: t.closed,
+        wakes: t.wakes,
+        self_wakes: t.self_wakes,
+        wakers_alive: t.wakers_alive,
+        poll_time: poll_hist(t),
+        scheduled_time: t
+            .hist
+            .as_ref()
+            .and_then(|h| HistReport::of(&h.scheduled_us)),
+        waiting_on: t.waiting_on.iter().map(|r| r.0).collect(),
+        await_tree: if t.closed.is_some() {
+            Vec::new()
+        } else {
+            await_nodes(p, &t.await_tree, None, now)
+        },
+        fields,
+        warn_count: t.warn_count,
+        error_count: t.error_count,
+        logs: t
+            .logs
+            .iter()
+            .map(|l| LogReport {
+                level: level_str(l.level),
+                message: l.message.clone(),
+                location: l.location.clone(),
+                ts: l.ts,
+            })
+            .collect(),
+        panic: t.panic.clone(),
+    }
+}

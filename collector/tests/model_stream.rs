@@ -1,0 +1,372 @@
+//! Whole-stream behaviour of the model: retention and memory bounds,
+//! reconnects, several processes, await trees and resources.
+
+use awaitscope_collector::model::TaskState;
+use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
+use awaitscope_collector::{Config, Model, Report};
+use awaitscope_wire::{CloseKind, SpanId, WakeOp};
+
+const MS: u64 = 1_000_000;
+
+#[test]
+fn million_short_tasks_stay_bounded() {
+    let mut model = Model::new(Config::default());
+    let mut b = StreamBuilder::new(7, 0);
+    b.hello("churn", None, false);
+    b.thread(0);
+    let opts = [TaskOpts::named("short"), TaskOpts::named("other")];
+    let mut ts = 1;
+    let mut peak = 0;
+    for i in 0..1_000_000u64 {
+        let t = b.spawn(&opts[(i % 2) as usize], None, ts);
+        b.waker(t, WakeOp::WakeByRef, None, ts + 1);
+        b.poll(t, ts + 2, ts + 5);
+        b.finish_task(t, CloseKind::Completed, ts + 6);
+        ts += 10;
+        if b.pending_events() >= 4000 {
+            for f in b.take_frames() {
+                model.apply(&f);
+            }
+            let s = model.stats();
+            peak = peak.max(s.live_tasks + s.retained_tasks);
+        }
+    }
+    for f in b.take_frames() {
+        model.apply(&f);
+    }
+    model.finish();
+    let s = model.stats();
+    assert_eq!(s.live_tasks, 0);
+    assert!(s.retained_tasks <= 1000, "{s:?}");
+    assert!(peak <= 1000 + 4000, "peak detailed tasks {peak}");
+    assert_eq!(s.summary_groups, 2, "{s:?}");
+    assert_eq!(s.summarised_tasks + s.retained_tasks as u64, 1_000_000);
+    assert_eq!(s.spans, 0);
+    let p = model.processes().next().unwrap();
+    let polls: u64 = p.summary.values().map(|g| g.polls).sum::<u64>()
+        + p.completed.iter().map(|t| t.polls).sum::<u64>();
+    assert_eq!(polls, 1_000_000, "the drop pair is not a poll");
+}
+
+#[test]
+fn reconnect_resend_is_idempotent() {
+    let mut model = Model::default();
+    let mut b = StreamBuilder::new(9, 5);
+    b.hello("app", None, false);
+    b.thread(0);
+    let t = b.spawn(&TaskOpts::named("keeper"), None, 10);
+    b.poll(t, 20, 30);
+    for f in b.take_frames() {
+        model.apply(&f);
+    }
+    // Reconnect: hello again, then callsites and live spans re-sent.
+    b.hello("app", None, true);
+    b.thread(0);
+    let mut resent = b.take_frames();
+    let mut b2 = StreamBuilder::new(9, 5);
+    b2.thread(0);
+    let again = b2.spawn(&TaskOpts::named("keeper"), None, 10);
+    assert_eq!(again, t);
+    let mut frames2 = b2.take_frames();
+    resent.append(&mut frames2);
+    for f in &resent {
+        model.apply(f);
+    }
+    model.finish();
+    let p = model.processes().next().unwrap();
+    assert_eq!(p.hellos, 2);
+    assert_eq!(p.tasks.len(), 1);
+    assert_eq!(p.tasks[&t].polls, 1);
+    assert_eq!(p.tasks[&t].name.as_deref(), Some("keeper"));
+}
+
+#[test]
+fn processes_are_separate_and_report_lists_them() {
+    let mut model = Model::default();
+    for pid in [100, 200, 300] {
+        let mut b = StreamBuilder::new(pid, pid as u64 * 1000);
+        b.hello(&format!("p{pid}"), None, false);
+        b.thread(0);
+        let t = b.spawn(&TaskOpts::named("main"), None, 1);
+        b.poll(t, 2, 3);
+        for f in b.take_frames() {
+            model.apply(&f);
+        }
+    }
+    model.finish();
+    let r = Report::from_model(&model);
+    assert_eq!(r.processes.len(), 3);
+    assert_eq!(r.tasks.len(), 3);
+    assert_eq!(
+        r.processes
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["p100", "p200", "p300"]
+    );
+}
+
+#[test]
+fn task_tree_times_await_tree_and_resources() {
+    let mut model = Model::default();
+    let mut b = StreamBuilder::new(1, 0);
+    b.hello("app", None, false);
+    b.thread(0);
+    let m = b.resource("Mutex", "Sync", 20, 0);
+    let parent = b.spawn(&TaskOpts::named("parent"), None, 0);
+    b.enter(parent, 10 * MS);
+    let child = b.spawn(&TaskOpts::named("child"), Some(parent), 11 * MS);
+    b.lock(parent, m, true, 12 * MS);
+    b.exit(parent, 13 * MS);
+    // child: woken at spawn (11ms), polled at 20ms; waits on the mutex.
+    let outer = b.user_span("outer", None, 19 * MS);
+    b.enter(child, 20 * MS);
+    b.enter(outer, 21 * MS);
+    b.lock(child, m, false, 22 * MS);
+    b.exit(outer, 23 * MS);
+    b.exit(child, 25 * MS);
+    b.waker(child, WakeOp::Clone, None, 22 * MS);
+    b.waker(parent, WakeOp::Clone, None, 13 * MS);
+    for f in b.take_frames() {
+        model.apply(&f);
+    }
+    model.finish();
+    let p = model.processes().next().unwrap();
+    let c = &p.tasks[&child];
+    assert_eq!(c.parent, Some(parent));
+    assert_eq!(c.state, TaskState::Idle);
+    assert_eq!(c.polls, 1);
+    assert_eq!(c.busy_ns, 5 * MS);
+    assert_eq!(c.scheduled_ns, 9 * MS);
+    let r = Report::from_model(&model);
+    let ct = r.tasks.iter().find(|t| t.id == child.0).unwrap();
+    assert_eq!(ct.parent, Some(parent.0));
+    assert_eq!(ct.await_tree.len(), 1);
+    assert_eq!(ct.await_tree[0].name, "outer");
+    assert_eq!(ct.await_tree[0].children[0].name, "Mutex");
+    assert_eq!(ct.await_tree[0].children[0].children[0].name, "Mutex::lock");
+    assert_eq!(ct.await_tree[0].children[0].children[0].kind, "async_op");
+    let res = &r.processes[0].resources[0];
+    assert_eq!(res.concrete_type, "Mutex");
+    assert_eq!(res.holders, vec![parent.0]);
+    assert_eq!(res.waiters, vec![child.0]);
+    assert_eq!(res.state["locked"], serde_json::json!(true));
+    let _ = SpanId(0);
+}
+
+fn tree_names(model: &Model, task: SpanId) -> Vec<(String, usize)> {
+    let r = Report::from_model(model);
+    let t = r.tasks.iter().find(|t| t.id == task.0).unwrap();
+    fn walk(
+        n: &[awaitscope_collector::report::AwaitNodeReport],
+        d: usize,
+        out: &mut Vec<(String, usize)>,
+    ) {
+        for x in n {
+            out.push((x.name.clone(), d));
+            walk(&x.children, d + 1, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&t.await_tree, 0, &mut out);
+    out
+}
+
+#[test]
+fn poll_tree_persists_until_replaced_and_async_op_polls_are_transparent() {
+    use awaitscope_wire::{Body, Event, Frame, ProcessKey, TreeNode};
+    let mut model = Model::default();
+    let mut b = StreamBuilder::new(1, 0);
+    b.hello("app", None, false);
+    b.thread(0);
+    let m = b.resource("Mutex", "Sync", 20, 0);
+    let t = b.spawn(&TaskOpts::named("t"), None, 0);
+    let a = b.user_span("a", None, 0);
+    let c = b.user_span("c", None, 0);
+    // Poll 1: a > Mutex > Mutex::lock (> its poll span, transparent).
+    b.enter(t, 10).enter(a, 11);
+    b.lock(t, m, false, 12);
+    b.exit(a, 13).exit(t, 14);
+    for f in b.take_frames() {
+        model.apply(&f);
+    }
+    let expect = vec![
+        ("a".to_string(), 0),
+        ("Mutex".to_string(), 1),
+        ("Mutex::lock".to_string(), 2),
+    ];
+    assert_eq!(tree_names(&model, t), expect);
+    // Poll 2 sends no PollTree: the same spans as before.
+    let key = ProcessKey {
+        pid: 1,
+        start_unix_ns: 0,
+    };
+    let raw = |seq, events| Frame {
+        process: key,
+        seq,
+        body: Body::Events(events),
+    };
+    model.apply(&raw(
+        100,
+        vec![
+            Event::Enter { span: t, ts: 20 },
+            Event::Exit { span: t, ts: 21 },
+        ],
+    ));
+    assert_eq!(tree_names(&model, t), expect);
+    // Poll 3: a new tree with siblings under `a` (join!), depth-coded.
+    model.apply(&raw(
+        101,
+        vec![
+            Event::Enter { span: t, ts: 30 },
+            Event::PollTree {
+                task: t,
+                spans: vec![
+                    TreeNode { span: a, depth: 0 },
+                    TreeNode { span: c, depth: 1 },
+                    TreeNode {
+                        span: SpanId(999),
+                        depth: 1,
+                    },
+                    TreeNode { span: m, depth: 2 },
+                ],
+            },
+            Event::Exit { span: t, ts: 31 },
+        ],
+    ));
+    // The unknown span 999 is transparent: Mutex hangs under `a`.
+    assert_eq!(
+        tree_names(&model, t),
+        vec![
+            ("a".to_string(), 0),
+            ("c".to_string(), 1),
+            ("Mutex".to_string(), 1)
+        ]
+    );
+    // Poll 4: an empty tree.
+    model.apply(&raw(
+        102,
+        vec![
+            Event::Enter { span: t, ts: 40 },
+            Event::PollTree {
+                task: t,
+                spans: vec![],
+            },
+            Event::Exit { span: t, ts: 41 },
+        ],
+    ));
+    assert!(tree_names(&model, t).is_empty());
+}
+
+#[test]
+fn spans_entered_as_events_inside_a_poll_build_the_tree_too() {
+    use awaitscope_wire::{Body, Event, Frame};
+    let mut model = Model::default();
+    let mut b = StreamBuilder::new(1, 0);
+    b.hello("app", None, false);
+    b.thread(0);
+    let t = b.spawn(&TaskOpts::named("t"), None, 0);
+    let outer = b.user_span("outer", None, 0);
+    let inner = b.user_span("inner", None, 0);
+    for f in b.take_frames() {
+        model.apply(&f);
+    }
+    let key = b.key();
+    let ev = |span, enter: bool, ts| {
+        if enter {
+            Event::Enter { span, ts }
+        } else {
+            Event::Exit { span, ts }
+        }
+    };
+    model.apply(&Frame {
+        process: key,
+        seq: 50,
+        body: Body::Events(vec![
+            ev(t, true, 10),
+            ev(outer, true, 11),
+            ev(inner, true, 12),
+            ev(inner, false, 13),
+            ev(outer, false, 14),
+            ev(t, false, 15),
+        ]),
+    });
+    assert_eq!(
+        tree_names(&model, t),
+        vec![("outer".to_string(), 0), ("inner".to_string(), 1)]
+    );
+}
+
+#[test]
+fn awaited_by_edges_from_join_handles() {
+    let mut model = Model::default();
+    let mut b = StreamBuilder::new(1, 0);
+    b.hello("app", None, false);
+    b.thread(0);
+    let parent = b.spawn(&TaskOpts::named("parent"), None, 0);
+    b.enter(parent, 1);
+    let child = b.spawn(&TaskOpts::named("child"), Some(parent), 2);
+    let join = b.join_span(child, 3);
+    b.enter(join, 3).exit(join, 4);
+    b.exit(parent, 5);
+    for f in b.take_frames() {
+        model.apply(&f);
+    }
+    let p = model.processes().next().unwrap();
+    assert_eq!(p.awaited_by()[&child], vec![parent]);
+    let r = Report::from_model(&model);
+    let c = r.tasks.iter().find(|t| t.id == child.0).unwrap();
+    assert_eq!(c.awaited_by, vec![parent.0]);
+    let pt = r.tasks.iter().find(|t| t.id == parent.0).unwrap();
+    assert_eq!(pt.await_tree[0].name, format!("join task.id={}", child.0));
+}
+
+#[test]
+fn thread_runs_of_a_batch_are_merged_by_time() {
+    use awaitscope_wire::{Body, Event, Frame};
+    // Build the events of two threads, then send thread 1's later run
+    // first, as the producer may when it drains its per-thread buffers.
+    let mut b = StreamBuilder::new(1, 0);
+    b.hello("app", None, false);
+    let hello = b.take_frames();
+    b.thread(2);
+    let t = b.spawn(&TaskOpts::named("t"), None, 10);
+    b.poll(t, 20, 30);
+    let mut run2 = match b.take_frames().pop().unwrap().body {
+        Body::Events(e) => e,
+        _ => unreachable!(),
+    };
+    b.thread(1);
+    b.waker(t, WakeOp::Wake, None, 40);
+    b.poll(t, 50, 60);
+    b.finish_task(t, CloseKind::Completed, 70);
+    let mut run1 = match b.take_frames().pop().unwrap().body {
+        Body::Events(e) => e,
+        _ => unreachable!(),
+    };
+    // Callsites were registered in run 2; keep them at the batch start.
+    let callsites: Vec<Event> = run2
+        .iter()
+        .filter(|e| matches!(e, Event::Callsite(_)))
+        .cloned()
+        .collect();
+    run2.retain(|e| !matches!(e, Event::Callsite(_)));
+    let mut batch = callsites;
+    batch.append(&mut run1);
+    batch.append(&mut run2);
+    let mut model = Model::default();
+    for f in &hello {
+        model.apply(f);
+    }
+    model.apply(&Frame {
+        process: b.key(),
+        seq: 1,
+        body: Body::Events(batch),
+    });
+    let p = model.processes().next().unwrap();
+    assert!(p.tasks.is_empty(), "the task completed");
+    let done = &p.completed[0];
+    assert_eq!(done.polls, 2);
+    assert_eq!(done.busy_ns, 20);
+    assert_eq!(done.state, TaskState::Completed);
+}

@@ -1,0 +1,211 @@
+//! End to end with the real capture layer (crate `awaitscope`): tokio
+//! programs with a deadlock, a lost waker, a long poll, a task stuck on a
+//! lock and tasks parked on timers, recorded in memory and analysed.
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use awaitscope::MemoryRecording;
+use awaitscope_collector::ingest::recording;
+use awaitscope_collector::{Config, Finding, FindingKind, Model, Report};
+use tokio::sync::Mutex;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Runs `program` on a current-thread runtime under the awaitscope layer;
+/// returns what was recorded when the program returned (its tasks still
+/// pending, before the runtime's shutdown cancels them).
+fn record<F, Fut>(program: F) -> Vec<u8>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let memory = MemoryRecording::new();
+    let (layer, guard) = awaitscope::Builder::new()
+        .no_stream()
+        .record_in_memory(&memory)
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let d = dispatch.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&d)))
+        .build()
+        .unwrap();
+    let bytes = tracing::dispatcher::with_default(&dispatch, || {
+        tracing::callsite::rebuild_interest_cache();
+        rt.block_on(async {
+            program().await;
+            guard.flush();
+            memory.bytes()
+        })
+    });
+    drop(rt);
+    drop(guard);
+    bytes
+}
+
+fn analyse(bytes: &[u8]) -> Model {
+    let mut cfg = Config::default();
+    cfg.thresholds.stuck_ns = 200_000_000;
+    let mut model = Model::new(cfg);
+    recording::load_reader(&mut model, "memory", bytes).expect("a recording");
+    model.finish();
+    model
+}
+
+fn named(m: &Model, kind: FindingKind) -> Vec<(&Finding, Vec<String>)> {
+    m.findings()
+        .of_kind(kind)
+        .map(|f| {
+            let names = f.tasks.iter().filter_map(|t| t.name.clone()).collect();
+            (f, names)
+        })
+        .collect()
+}
+
+#[test]
+fn real_program_findings_and_exemptions() {
+    let bytes = record(|| async {
+        let (a, b) = (Arc::new(Mutex::new(())), Arc::new(Mutex::new(())));
+        let (a2, b2) = (a.clone(), b.clone());
+        awaitscope::spawn_named("left", async move {
+            let _ga = a.lock().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _gb = b.lock().await;
+        });
+        awaitscope::spawn_named("right", async move {
+            let _gb = b2.lock().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ga = a2.lock().await;
+        });
+        awaitscope::spawn_named("forgotten", std::future::poll_fn(|_| Poll::<()>::Pending));
+        awaitscope::spawn_named("hog", async {
+            std::thread::sleep(Duration::from_millis(30));
+        });
+        awaitscope::spawn_named("napper", tokio::time::sleep(Duration::from_secs(60)));
+        let m = Arc::new(Mutex::new(()));
+        let m2 = m.clone();
+        awaitscope::spawn_named("holder", async move {
+            let _g = m2.lock().await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        awaitscope::spawn_named("waiter", async move {
+            let _g = m.lock().await;
+        });
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(50)));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    });
+    let model = analyse(&bytes);
+    let report = Report::from_model(&model);
+    let all: Vec<_> = model
+        .findings()
+        .list()
+        .iter()
+        .map(|f| (f.kind.as_str(), f.message.clone()))
+        .collect();
+
+    let dl = named(&model, FindingKind::Deadlock);
+    let tasks: Vec<_> = report
+        .tasks
+        .iter()
+        .map(|t| (t.name.clone(), t.state, t.polls, t.waiting_on.clone()))
+        .collect();
+    assert!(
+        !dl.is_empty(),
+        "{all:#?}\n{} bytes, events {:?}, tasks {tasks:?}, resources {:?}",
+        bytes.len(),
+        report
+            .processes
+            .iter()
+            .map(|p| p.events)
+            .collect::<Vec<_>>(),
+        report
+            .processes
+            .iter()
+            .map(|p| &p.resources)
+            .collect::<Vec<_>>()
+    );
+    let mut cycle = dl[0].1.clone();
+    assert!(
+        dl[0].0.trace.iter().all(|l| l.contains("waits on Mutex")),
+        "{:?}",
+        dl[0].0.trace
+    );
+    cycle.sort();
+    assert_eq!(cycle, ["left", "right"]);
+
+    let lost = named(&model, FindingKind::LostWaker);
+    let lost_names: Vec<_> = lost.iter().flat_map(|(_, n)| n.clone()).collect();
+    assert_eq!(lost_names, ["forgotten"], "{all:#?}");
+
+    let long = named(&model, FindingKind::LongPoll);
+    assert!(
+        long.iter()
+            .any(|(f, n)| n == &["hog"] && f.worst_ns >= Some(30_000_000)),
+        "{all:#?}"
+    );
+
+    let stuck: Vec<_> = named(&model, FindingKind::Stuck)
+        .into_iter()
+        .flat_map(|(_, n)| n)
+        .collect();
+    assert!(stuck.contains(&"waiter".to_string()), "{all:#?}");
+    let waiter_stuck = model
+        .findings()
+        .of_kind(FindingKind::Stuck)
+        .find(|f| f.tasks.iter().any(|t| t.name.as_deref() == Some("waiter")))
+        .unwrap();
+    assert!(
+        waiter_stuck.message.contains("Mutex::lock"),
+        "{}",
+        waiter_stuck.message
+    );
+    assert!(
+        !stuck.contains(&"napper".to_string()),
+        "parked on a timer: {all:#?}"
+    );
+    assert!(
+        !stuck.contains(&"holder".to_string()),
+        "parked on a timer: {all:#?}"
+    );
+
+    assert_eq!(
+        model.findings().of_kind(FindingKind::NeverYielded).count(),
+        0,
+        "{all:#?}"
+    );
+
+    // The model: task tree, holders and waiters, await trees.
+    let task = |name: &str| {
+        report
+            .tasks
+            .iter()
+            .find(|t| t.name.as_deref() == Some(name))
+            .unwrap()
+    };
+    assert_eq!(
+        task("hog").state,
+        "completed",
+        "{:#?}\n{:#?}",
+        task("hog"),
+        report.dropped
+    );
+    assert_eq!(task("waiter").state, "idle");
+    let waiter_tree = serde_json::to_string(&task("waiter").await_tree).unwrap();
+    assert!(waiter_tree.contains("Mutex"), "{waiter_tree}");
+    let napper_tree = serde_json::to_string(&task("napper").await_tree).unwrap();
+    assert!(napper_tree.contains("Sleep"), "{napper_tree}");
+    let mutexes: Vec<_> = report.processes[0]
+        .resources
+        .iter()
+        .filter(|r| r.concrete_type == "Mutex")
+        .collect();
+    assert!(
+        mutexes
+            .iter()
+            .any(|r| r.holders == [task("holder").id] && r.waiters == [task("waiter").id]),
+        "{mutexes:#?}"
+    );
+}

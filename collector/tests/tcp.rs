@@ -1,0 +1,392 @@
+//! Fault tests of the live collector: many producers, bad peers, producers
+//! killed mid-frame, collector restarts, recording, queue drops.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use awaitscope_collector::ingest::recording;
+use awaitscope_collector::ingest::server::{ServeError, Server, ServerConfig, ServerHandle};
+use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
+use awaitscope_collector::{FindingKind, Model};
+use awaitscope_wire::{MAGIC, MAX_FRAME_LEN};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Generous: conditions are awaited, never timed.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Running {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn test_config() -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        handshake_timeout: Duration::from_secs(1),
+        scan_interval: Duration::from_millis(50),
+        ..ServerConfig::default()
+    }
+}
+
+async fn start(cfg: ServerConfig) -> Running {
+    let server = Server::bind(cfg).await.expect("bind");
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let (stop, rx) = oneshot::channel();
+    let task = tokio::spawn(server.run_until(async {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        handle,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A producer's whole stream: hello, `tasks` tasks polled once, goodbye.
+fn stream(pid: u32, tasks: usize, token: Option<&str>, goodbye: bool) -> Vec<u8> {
+    let mut b = StreamBuilder::new(pid, 1_000 + pid as u64);
+    b.hello(&format!("producer{pid}"), token, false);
+    b.thread(0);
+    for i in 0..tasks as u64 {
+        let t = b.spawn(&TaskOpts::named("job"), None, 10 + i * 10);
+        b.poll(t, 12 + i * 10, 15 + i * 10);
+        b.flush();
+    }
+    if goodbye {
+        b.goodbye();
+    }
+    b.recording()
+}
+
+async fn send(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(bytes).await?;
+    s.shutdown().await?;
+    // Keep the socket until the server closes it.
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink).await;
+    Ok(())
+}
+
+fn live_tasks(m: &Model, pid: u32) -> usize {
+    m.processes()
+        .filter(|p| p.key.pid == pid)
+        .map(|p| p.tasks.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_producers() {
+    let cfg = ServerConfig {
+        queue_capacity: 1 << 16,
+        ..test_config()
+    };
+    let srv = start(cfg).await;
+    let mut joins = Vec::new();
+    for pid in 1..=50u32 {
+        let addr = srv.addr;
+        joins.push(tokio::spawn(async move {
+            send(addr, &stream(pid, 100, None, true)).await.unwrap();
+        }));
+    }
+    for j in joins {
+        j.await.unwrap();
+    }
+    let h = srv.handle.clone();
+    wait_until("50 producers ingested", || {
+        h.with_model(|m| {
+            m.processes().count() == 50 && m.processes().all(|p| p.tasks.len() == 100 && p.ended)
+        })
+    })
+    .await;
+    assert_eq!(h.stats().producers.load(Ordering::Relaxed), 50);
+    assert_eq!(h.stats().dropped_events.load(Ordering::Relaxed), 0);
+    assert_eq!(h.stats().refused(), 0);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_are_refused_while_others_ingest() {
+    let cfg = ServerConfig {
+        token: Some("s3cret".into()),
+        ..test_config()
+    };
+    let srv = start(cfg).await;
+    let addr = srv.addr;
+    let mut oversized = awaitscope_wire::preamble().to_vec();
+    oversized.extend(((MAX_FRAME_LEN + 1) as u32).to_le_bytes());
+    oversized.extend(vec![0u8; 64 * 1024]);
+    let mut version = MAGIC.to_vec();
+    version.extend(99u16.to_le_bytes());
+    let mut no_hello = {
+        let mut b = StreamBuilder::new(77, 0);
+        b.thread(0);
+        b.spawn(&TaskOpts::named("x"), None, 1);
+        b.recording()
+    };
+    no_hello.truncate(no_hello.len());
+    let mut garbage_frame = awaitscope_wire::preamble().to_vec();
+    garbage_frame.extend(8u32.to_le_bytes());
+    garbage_frame.extend([0xff; 8]);
+    let bad: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        oversized,
+        version,
+        no_hello,
+        garbage_frame,
+        stream(66, 3, Some("wrong"), true),
+        stream(67, 3, None, true),
+    ];
+    let mut joins = Vec::new();
+    for bytes in bad {
+        joins.push(tokio::spawn(async move {
+            let _ = send(addr, &bytes).await;
+        }));
+    }
+    // A silent peer: connects and says nothing.
+    let silent = TcpStream::connect(addr).await.unwrap();
+    for pid in 1..=3u32 {
+        joins.push(tokio::spawn(async move {
+            send(addr, &stream(pid, 20, Some("s3cret"), true))
+                .await
+                .unwrap();
+        }));
+    }
+    for j in joins {
+        j.await.unwrap();
+    }
+    let h = srv.handle.clone();
+    wait_until("refusals counted", || {
+        let s = h.stats();
+        s.refused_garbage.load(Ordering::Relaxed) == 2
+            && s.refused_oversized.load(Ordering::Relaxed) == 1
+            && s.refused_version.load(Ordering::Relaxed) == 1
+            && s.refused_protocol.load(Ordering::Relaxed) == 1
+            && s.refused_token.load(Ordering::Relaxed) == 2
+            && s.refused_timeout.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    wait_until("good producers ingested", || {
+        h.with_model(|m| (1..=3).all(|pid| live_tasks(m, pid) == 20))
+    })
+    .await;
+    h.with_model(|m| {
+        assert!(
+            m.processes().all(|p| [1, 2, 3].contains(&p.key.pid)),
+            "refused peers left no process"
+        );
+    });
+    drop(silent);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_killed_mid_frame() {
+    let srv = start(test_config()).await;
+    let bytes = stream(5, 10, None, false);
+    let cut = bytes.len() - 7;
+    send(srv.addr, &bytes[..cut]).await.unwrap();
+    let h = srv.handle.clone();
+    wait_until("truncation noticed", || {
+        h.stats().truncated.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    wait_until("complete frames applied", || {
+        h.with_model(|m| {
+            m.processes().any(|p| {
+                p.key.pid == 5 && p.tasks.len() == 9 && !p.connected && !p.notes.is_empty()
+            })
+        })
+    })
+    .await;
+    // The collector still accepts producers.
+    send(srv.addr, &stream(6, 2, None, true)).await.unwrap();
+    wait_until("next producer", || h.with_model(|m| live_tasks(m, 6) == 2)).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_restart_while_producer_runs() {
+    let first = start(test_config()).await;
+    let addr = first.addr;
+    // The producer: one task, then keeps streaming until the collector
+    // goes away; reconnects and re-sends its state.
+    let mut b = StreamBuilder::new(42, 4242);
+    b.hello("steady", None, false);
+    b.thread(0);
+    let t = b.spawn(&TaskOpts::named("long-lived"), None, 10);
+    b.poll(t, 11, 12);
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(&b.recording()).await.unwrap();
+    let h1 = first.handle.clone();
+    wait_until("first collector sees the task", || {
+        h1.with_model(|m| live_tasks(m, 42) == 1)
+    })
+    .await;
+    first.stop().await;
+    // Writes fail once the collector is gone.
+    let mut ts = 100;
+    let mut failed = false;
+    for _ in 0..2000 {
+        b.poll(t, ts, ts + 1);
+        ts += 10;
+        if conn.write_all(&b.take_bytes()).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(failed, "writes to a stopped collector fail");
+    // A new collector on the same address; the producer reconnects.
+    let cfg = ServerConfig {
+        listen: addr,
+        ..test_config()
+    };
+    let second = start(cfg).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    b.hello("steady", None, true);
+    b.thread(0);
+    let mut re = StreamBuilder::new(42, 4242);
+    re.thread(0);
+    let again = re.spawn(&TaskOpts::named("long-lived"), None, 10);
+    assert_eq!(again, t);
+    let mut bytes = awaitscope_wire::preamble().to_vec();
+    bytes.extend(b.take_bytes());
+    bytes.extend(re.take_bytes());
+    conn.write_all(&bytes).await.unwrap();
+    b.poll(t, ts + 100, ts + 101);
+    b.goodbye();
+    conn.write_all(&b.take_bytes()).await.unwrap();
+    let h2 = second.handle.clone();
+    wait_until("second collector rebuilt the process", || {
+        h2.with_model(|m| {
+            m.processes().any(|p| {
+                p.key.pid == 42
+                    && p.info.as_ref().is_some_and(|i| i.reconnect)
+                    && p.tasks.len() == 1
+                    && p.ended
+            })
+        })
+    })
+    .await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_dir_recordings_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServerConfig {
+        record_dir: Some(dir.path().to_owned()),
+        ..test_config()
+    };
+    let srv = start(cfg).await;
+    send(srv.addr, &stream(11, 25, None, true)).await.unwrap();
+    send(srv.addr, &stream(12, 5, None, true)).await.unwrap();
+    let h = srv.handle.clone();
+    wait_until("both ended", || {
+        h.with_model(|m| m.processes().filter(|p| p.ended && !p.connected).count() == 2)
+    })
+    .await;
+    srv.stop().await;
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let mut model = Model::default();
+    let inputs = recording::load_files(&mut model, &files).unwrap();
+    assert!(inputs.iter().all(|i| !i.truncated && i.error.is_none()));
+    assert_eq!(live_tasks(&model, 11), 25);
+    assert_eq!(live_tasks(&model, 12), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_drops_are_counted() {
+    let cfg = ServerConfig {
+        queue_capacity: 1,
+        ..test_config()
+    };
+    let srv = start(cfg).await;
+    let h = srv.handle.clone();
+    let addr = srv.addr;
+    let producer = tokio::spawn(async move { send(addr, &stream(21, 300, None, true)).await });
+    // Hold the model (a slow consumer) until frames were dropped.
+    let h2 = h.clone();
+    tokio::task::spawn_blocking(move || {
+        h2.with_model(|_| {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while h2.stats().dropped_frames.load(Ordering::Relaxed) < 10 {
+                assert!(std::time::Instant::now() < deadline, "no drops");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    })
+    .await
+    .unwrap();
+    producer.await.unwrap().unwrap();
+    wait_until("ended", || h.with_model(|m| m.processes().any(|p| p.ended))).await;
+    wait_until("drop finding", || {
+        h.with_model(|m| m.findings().of_kind(FindingKind::DroppedEvents).count() == 1)
+    })
+    .await;
+    let dropped = h.stats().dropped_events.load(Ordering::Relaxed);
+    let report = h.report();
+    assert_eq!(report.dropped.collector, dropped);
+    assert!(live_tasks_report(&report) < 300);
+    srv.stop().await;
+}
+
+fn live_tasks_report(r: &awaitscope_collector::Report) -> usize {
+    r.tasks.len()
+}
+
+#[tokio::test]
+async fn remote_binds_need_allow_remote_and_token() {
+    let cfg = ServerConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..test_config()
+    };
+    assert!(matches!(
+        Server::bind(cfg.clone()).await,
+        Err(ServeError::RemoteNotAllowed(_))
+    ));
+    let cfg = ServerConfig {
+        allow_remote: true,
+        ..cfg
+    };
+    assert!(matches!(
+        Server::bind(cfg.clone()).await,
+        Err(ServeError::TokenRequired)
+    ));
+    let cfg = ServerConfig {
+        token: Some("t".into()),
+        ..cfg
+    };
+    assert!(Server::bind(cfg).await.is_ok());
+}

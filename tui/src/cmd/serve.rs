@@ -1,0 +1,96 @@
+//! `awaitscope serve [--listen 127.0.0.1:6670] [--record-dir DIR]
+//! [--allow-remote] [--token T]`: the headless collector. Runs until
+//! Ctrl-C, logging connections, refusals and findings on stderr.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use awaitscope_collector::ingest::server::{Server, ServerConfig, DEFAULT_LISTEN};
+use tracing::info;
+
+use super::EXIT_BAD_INPUT;
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on. Non-loopback needs --allow-remote and a token.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Write what each producer sends to a recording in this directory.
+    #[arg(long)]
+    pub record_dir: Option<PathBuf>,
+    /// Allow listening on a non-loopback address.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Token producers must present (their AWAITSCOPE_TOKEN).
+    #[arg(long, env = "AWAITSCOPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// On exit, write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Seconds a new connection has to send its hello.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Seconds of silence after which a connection is closed.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout: u64,
+}
+
+/// Runs `serve`.
+pub fn run(args: Args) -> u8 {
+    super::init_logging("info");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("awaitscope serve: cannot start the runtime: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    };
+    let cfg = ServerConfig {
+        listen: args.listen,
+        allow_remote: args.allow_remote,
+        token: args.token.filter(|t| !t.is_empty()),
+        record_dir: args.record_dir,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        ..ServerConfig::default()
+    };
+    rt.block_on(async move {
+        let server = match Server::bind(cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("awaitscope serve: {e}");
+                return EXIT_BAD_INPUT;
+            }
+        };
+        let handle = server.handle();
+        info!("listening on {}", server.local_addr());
+        server
+            .run_until(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await;
+        let st = handle.stats();
+        info!(
+            accepted = st.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            producers = st.producers.load(std::sync::atomic::Ordering::Relaxed),
+            refused = st.refused(),
+            dropped_events = st.dropped_events.load(std::sync::atomic::Ordering::Relaxed),
+            "collector stopped"
+        );
+        let report = handle.report();
+        eprint!("{}", report.summary_text());
+        if let Some(p) = &args.report {
+            let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+            if let Err(e) = std::fs::write(p, json + "\n") {
+                eprintln!("awaitscope serve: cannot write {}: {e}", p.display());
+                return EXIT_BAD_INPUT;
+            }
+        }
+        0
+    })
+}

@@ -1,0 +1,417 @@
+//! The `awaitscope` binary: `report`, `record` and `serve` argument checks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
+use awaitscope_wire::{CloseKind, DropCounts, Level, WakeOp};
+use serde_json::{json, Value};
+
+const MS: u64 = 1_000_000;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_awaitscope"));
+    c.env_remove("AWAITSCOPE_TOKEN").env_remove("RUST_LOG");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The known recording: main (id 2) spawns worker (id 3), which logs an
+/// error and waits on a mutex main holds; hot (id 9) polls for 25 ms and
+/// completes; the producer dropped 3 events.
+fn known_recording() -> Vec<u8> {
+    let mut b = StreamBuilder::new(4242, 1_000);
+    b.hello("demo", None, false);
+    b.thread(0);
+    let m = b.resource("Mutex", "Sync", 20, 0);
+    let main = b.spawn(&TaskOpts::named("main"), None, 0);
+    b.enter(main, MS);
+    let worker = b.spawn(
+        &TaskOpts {
+            line: 11,
+            ..TaskOpts::named("worker")
+        },
+        Some(main),
+        2 * MS,
+    );
+    b.lock(main, m, true, 3 * MS);
+    b.exit(main, 4 * MS);
+    b.waker(main, WakeOp::Clone, None, 4 * MS);
+    let handle = b.user_span("handle", None, 9 * MS);
+    b.enter(worker, 10 * MS);
+    b.enter(handle, 10 * MS);
+    b.event(Level::Error, Some(worker), Some(handle), "boom", 11 * MS);
+    b.lock(worker, m, false, 11 * MS);
+    b.exit(handle, 12 * MS);
+    b.exit(worker, 12 * MS);
+    b.waker(worker, WakeOp::Clone, None, 12 * MS);
+    let hot = b.spawn(
+        &TaskOpts {
+            line: 12,
+            ..TaskOpts::named("hot")
+        },
+        None,
+        20 * MS,
+    );
+    b.poll(hot, 21 * MS, 46 * MS);
+    b.finish_task(hot, CloseKind::Completed, 50 * MS);
+    b.waker(main, WakeOp::Clone, None, 100 * MS);
+    b.dropped(DropCounts {
+        buffer_full: 3,
+        ..DropCounts::default()
+    });
+    assert_eq!((main.0, worker.0, handle.0, hot.0), (2, 3, 6, 9));
+    b.recording()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn report_json(files: &[&Path]) -> (Output, Value) {
+    let mut args = vec!["report".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args.extend(["--format".into(), "json".into()]);
+    let o = bin().args(&args).output().unwrap();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o, v)
+}
+
+#[test]
+fn report_of_known_recording_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "known.rec", &known_recording());
+    let (o, r) = report_json(&[&f]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(r["version"], 1);
+
+    let p = &r["processes"][0];
+    assert_eq!(r["processes"].as_array().unwrap().len(), 1);
+    assert_eq!(p["pid"], 4242);
+    assert_eq!(p["start_unix_ns"], 1000);
+    assert_eq!(p["name"], "demo");
+    assert_eq!(p["cmdline"], json!(["demo", "--flag"]));
+    assert_eq!(p["tasks_live"], 2);
+    assert_eq!(p["tasks_retained"], 1);
+    assert_eq!(p["error_events"], 1);
+    let res = &p["resources"][0];
+    assert_eq!(res["concrete_type"], "Mutex");
+    assert_eq!(res["holders"], json!([2]));
+    assert_eq!(res["waiters"], json!([3]));
+
+    let tasks = r["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    let main = &tasks[0];
+    assert_eq!(main["id"], 2);
+    assert_eq!(main["name"], "main");
+    assert_eq!(main["parent"], Value::Null);
+    assert_eq!(
+        main["spawned_at"],
+        json!({"file": "src/main.rs", "line": 10, "col": 5})
+    );
+    assert_eq!(main["state"], "idle");
+    assert_eq!(main["polls"], 1);
+    assert_eq!(main["busy_ns"], 3 * MS);
+    assert_eq!(main["scheduled_ns"], MS);
+    assert_eq!(main["idle_ns"], 96 * MS);
+
+    let worker = &tasks[1];
+    assert_eq!(worker["id"], 3);
+    assert_eq!(worker["name"], "worker");
+    assert_eq!(worker["parent"], 2);
+    assert_eq!(worker["spawned_at"]["line"], 11);
+    assert_eq!(worker["state"], "idle");
+    assert_eq!(worker["polls"], 1);
+    assert_eq!(worker["busy_ns"], 2 * MS);
+    assert_eq!(worker["scheduled_ns"], 8 * MS);
+    assert_eq!(worker["idle_ns"], 88 * MS);
+    assert_eq!(worker["error_count"], 1);
+    assert_eq!(worker["waiting_on"], json!([1]));
+    let tree = &worker["await_tree"];
+    assert_eq!(tree[0]["name"], "handle");
+    assert_eq!(tree[0]["kind"], "span");
+    assert_eq!(tree[0]["elapsed_ns"], 90 * MS);
+    assert_eq!(tree[0]["children"][0]["name"], "Mutex");
+    assert_eq!(tree[0]["children"][0]["kind"], "resource");
+    assert_eq!(tree[0]["children"][0]["children"][0]["name"], "Mutex::lock");
+    assert_eq!(
+        tree[0]["children"][0]["children"][0]["location"],
+        json!({"file": "src/main.rs", "line": 20, "col": 9})
+    );
+
+    let hot = &tasks[2];
+    assert_eq!(hot["id"], 9);
+    assert_eq!(hot["state"], "completed");
+    assert_eq!(hot["polls"], 1, "the drop is not a poll");
+    assert_eq!(hot["busy_ns"], 25 * MS);
+    assert_eq!(hot["scheduled_ns"], MS);
+    assert_eq!(hot["idle_ns"], 4 * MS + 2);
+    assert_eq!(hot["closed_ns"], 50 * MS + 2);
+    assert_eq!(hot["await_tree"], json!([]));
+
+    let findings = r["findings"].as_array().unwrap();
+    let kinds: Vec<_> = findings
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["error", "long_poll", "dropped_events"]);
+    let err = &findings[0];
+    assert_eq!(err["severity"], "error");
+    assert_eq!(err["pid"], 4242);
+    assert_eq!(err["message"], "boom");
+    assert_eq!(err["location"], json!({"file": "src/main.rs", "line": 70}));
+    assert_eq!(err["tasks"][0]["id"], 3);
+    assert_eq!(err["tasks"][0]["name"], "worker");
+    assert_eq!(
+        err["trace"],
+        json!([
+            "task main#2 @ src/main.rs:10:5",
+            "task worker#3 @ src/main.rs:11:5",
+            "span handle @ src/main.rs:100"
+        ])
+    );
+    assert_eq!(err["count"], 1);
+    assert_eq!(err["first_seen"], 11 * MS);
+    assert_eq!(err["last_seen"], 11 * MS);
+    let lp = &findings[1];
+    assert_eq!(lp["severity"], "warning");
+    assert_eq!(lp["tasks"][0]["id"], 9);
+    assert_eq!(lp["tasks"][0]["spawned_at"]["line"], 12);
+    assert_eq!(lp["location"]["line"], 12);
+    assert_eq!(lp["worst_ns"], 25 * MS);
+    assert_eq!(lp["count"], 1);
+    assert_eq!(lp["first_seen"], 21 * MS);
+    let dr = &findings[2];
+    assert_eq!(dr["severity"], "info");
+    assert!(dr["message"].as_str().unwrap().contains("dropped 3 events"));
+
+    assert_eq!(r["dropped"]["producer_buffer_full"], 3);
+    assert_eq!(r["dropped"]["collector"], 0);
+    assert_eq!(r["dropped"]["total"], 3);
+    assert_eq!(r["inputs"][0]["truncated"], false);
+    assert_eq!(r["warnings"], json!([]));
+}
+
+#[test]
+fn fail_on_sets_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "known.rec", &known_recording());
+    let f = f.to_str().unwrap();
+    assert_eq!(
+        run(&["report", f, "--fail-on", "deadlock,stuck"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(&["report", f, "--fail-on", "long_poll"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        run(&["report", f, "--fail-on", "any"]).status.code(),
+        Some(1)
+    );
+    let bad = run(&["report", f, "--fail-on", "slow"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("unknown finding kind"));
+}
+
+#[test]
+fn out_and_text_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "known.rec", &known_recording());
+    let out = dir.path().join("r.json");
+    let o = run(&[
+        "report",
+        f.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(o.stdout.is_empty());
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(v["version"], 1);
+    let t = run(&["report", f.to_str().unwrap(), "--format", "text"]);
+    let text = String::from_utf8_lossy(&t.stdout);
+    assert!(text.contains("[long_poll]"), "{text}");
+}
+
+#[test]
+fn several_recordings_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.rec", &known_recording());
+    let mut b = StreamBuilder::new(7, 5);
+    b.hello("other", None, false);
+    b.thread(0);
+    let t = b.spawn(&TaskOpts::named("x"), None, 1);
+    b.poll(t, 2, 3);
+    let bfile = write(dir.path(), "b.rec", &b.recording());
+    let (o, r) = report_json(&[&a, &bfile]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(r["processes"].as_array().unwrap().len(), 2);
+    assert_eq!(r["tasks"].as_array().unwrap().len(), 4);
+    assert_eq!(r["inputs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn truncated_recording_is_reported_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = known_recording();
+    bytes.truncate(bytes.len() - 3);
+    let f = write(dir.path(), "cut.rec", &bytes);
+    let (o, r) = report_json(&[&f]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
+    assert_eq!(r["inputs"][0]["truncated"], true);
+    assert!(r["warnings"][0].as_str().unwrap().contains("truncated"));
+    assert_eq!(r["tasks"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn bad_inputs_exit_2_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(dir.path(), "empty.rec", b"");
+    let text = write(dir.path(), "notes.txt", b"hello world, not a recording");
+    let mut newer = awaitscope_wire::MAGIC.to_vec();
+    newer.extend(2u16.to_le_bytes());
+    let newer = write(dir.path(), "newer.rec", &newer);
+    let missing = dir.path().join("missing.rec");
+    for (file, reason) in [
+        (&empty, "empty input"),
+        (&text, "not an awaitscope stream"),
+        (&newer, "unsupported format version 2"),
+        (&missing, "cannot open"),
+    ] {
+        let o = run(&["report", file.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{file:?}");
+        assert!(stderr(&o).contains(reason), "{file:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn record_runs_the_command_and_summarises() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write(dir.path(), "src.rec", &known_recording());
+    let out = dir.path().join("run.rec");
+    let sh = |code: u32, extra: &[&str]| {
+        let mut args = vec!["record", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let script = format!("cp \"$SRC\" \"$AWAITSCOPE_RECORD\"; exit {code}");
+        args.extend(["--", "sh", "-c"]);
+        let mut c = bin();
+        c.args(&args).arg(script).env("SRC", &src);
+        c.output().unwrap()
+    };
+    let o = sh(3, &[]);
+    assert_eq!(o.status.code(), Some(3), "exit code passed through");
+    assert!(stderr(&o).contains("[long_poll]"), "{}", stderr(&o));
+    assert!(out.exists());
+    assert_eq!(sh(0, &["--fail-on", "long_poll"]).status.code(), Some(1));
+    assert_eq!(sh(0, &["--fail-on", "deadlock"]).status.code(), Some(0));
+    assert_eq!(sh(4, &["--fail-on", "deadlock"]).status.code(), Some(4));
+    // A program that writes no recording.
+    let none = dir.path().join("none.rec");
+    let o = run(&[
+        "record",
+        "--out",
+        none.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "exit 0",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("no recording was written"));
+}
+
+#[test]
+fn serve_refuses_remote_without_allow_and_token() {
+    let o = run(&["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--allow-remote"), "{}", stderr(&o));
+    let o = run(&["serve", "--listen", "0.0.0.0:0", "--allow-remote"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("requires a token"), "{}", stderr(&o));
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_ingests_records_and_reports_on_interrupt() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rec_dir = dir.path().join("recs");
+    let report = dir.path().join("serve.json");
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--record-dir"])
+        .arg(&rec_dir)
+        .arg("--report")
+        .arg(&report)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve logs its address").unwrap();
+        if let Some(a) = line.split("listening on ").nth(1) {
+            break a.trim().to_string();
+        }
+    };
+    // Drain the log in the background so the server never blocks on it.
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&known_recording()).unwrap();
+    s.flush().unwrap();
+    drop(s);
+    // Wait (generously) for the recording to hold every frame.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let expected = known_recording().len() as u64;
+    loop {
+        let size: u64 = std::fs::read_dir(&rec_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if size == expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recording not written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("producer connected"), "{log}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(v["processes"][0]["pid"], 4242);
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 3);
+    // The recording made by serve reads back the same.
+    let rec = std::fs::read_dir(&rec_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (o, r) = report_json(&[&rec]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(r["tasks"], v["tasks"]);
+}
