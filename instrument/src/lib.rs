@@ -40,6 +40,8 @@ mod config;
 mod export;
 mod panic;
 pub mod spawn;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
