@@ -34,6 +34,12 @@ const EMPTY_SIG: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Entries of the per-thread span cache (a power of two).
 const CACHE: usize = 256;
 
+/// Cache slot of a registry id.
+#[inline]
+fn slot(reg: u64) -> usize {
+    (reg.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % CACHE
+}
+
 /// A cached registry lookup: registry id to span id, class and node.
 #[derive(Clone, Default)]
 struct CacheEntry {
@@ -74,8 +80,10 @@ struct Frame {
     saved_sig: u64,
     saved_task: usize,
     tree_base: usize,
-    /// Task frames: this thread holds the task's poll cache.
-    owns_cache: bool,
+    /// Task frames: whether this thread holds the task's poll cache; `None`
+    /// until the poll enters its first span (polls that enter none never
+    /// touch it).
+    owns_cache: Option<bool>,
     /// Task frames: spans entered in this poll so far (position in the
     /// poll cache of the next one).
     entered: usize,
@@ -105,9 +113,6 @@ pub(crate) struct Local {
     tree_cut: bool,
     sig: u64,
     last_exit_task: u64,
-    /// Registry id and node of `last_exit_task`.
-    last_exit_reg: u64,
-    last_exit_node: Option<Arc<SpanNode>>,
     last_exit_seq: u64,
     last_exit_ts: u64,
     /// The task that panicked on this thread, if any.
@@ -128,7 +133,7 @@ impl Local {
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) -> Option<usize> {
-        let i = (reg.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % CACHE;
+        let i = slot(reg);
         let e = &mut self.cache[i];
         let fresh = e.reg == reg
             && e.node
@@ -150,6 +155,11 @@ impl Local {
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) -> Option<u64> {
+        // Wakers are mostly cloned by their own task during its poll: that
+        // task's frame knows it (an entered span cannot have closed).
+        if self.task != 0 && self.frames[self.task - 1].reg == reg {
+            return Some(self.frames[self.task - 1].sid);
+        }
         let i = self.cached(reg, lookup)?;
         self.cache[i].node.as_ref().map(|n| n.id)
     }
@@ -168,7 +178,10 @@ impl Local {
             let t = &mut self.frames[self.task - 1];
             let k = t.entered;
             t.entered += 1;
-            if t.owns_cache {
+            let owns = *t
+                .owns_cache
+                .get_or_insert_with(|| t.node.as_ref().is_some_and(|n| n.poll_cache.acquire()));
+            if owns {
                 let cache = &t
                     .node
                     .as_ref()
@@ -202,8 +215,25 @@ impl Local {
             return;
         };
         let (sid, class) = (node.id, node.class);
-        let task_node = (class == SpanClass::Task).then(|| node.clone());
+        // A task's node moves from the cache into its frame for the poll and
+        // back at the exit: no reference-count traffic per poll.
+        let task_node = match class {
+            SpanClass::Task => self.cache[i].node.take(),
+            _ => None,
+        };
         self.enter(shared, reg, sid, class, task_node);
+    }
+
+    /// Puts a task's node back in the cache after its poll.
+    #[inline]
+    fn uncache_task(&mut self, reg: u64, node: Arc<SpanNode>) {
+        let e = &mut self.cache[slot(reg)];
+        if e.node.is_none() || e.reg == reg {
+            *e = CacheEntry {
+                reg,
+                node: Some(node),
+            };
+        }
     }
 
     /// The task being polled on this thread, or 0.
@@ -270,7 +300,6 @@ impl Local {
             let adjacent = self.last_exit_task == sid
                 && self.last_exit_seq == self.seq
                 && shared.clock.delta_as_nanos(self.last_exit_ts, ts) < ADJACENT_NS;
-            let owns_cache = node.as_ref().is_some_and(|n| n.poll_cache.acquire());
             self.frames.push(Frame {
                 reg,
                 sid,
@@ -280,7 +309,7 @@ impl Local {
                 saved_sig: self.sig,
                 saved_task: self.task,
                 tree_base: self.tree_len,
-                owns_cache,
+                owns_cache: None,
                 entered: 0,
             });
             self.task = self.frames.len();
@@ -314,7 +343,7 @@ impl Local {
                 saved_sig: 0,
                 saved_task: 0,
                 tree_base: 0,
-                owns_cache: false,
+                owns_cache: None,
                 entered: 0,
             });
         } else {
@@ -327,7 +356,7 @@ impl Local {
                 saved_sig: 0,
                 saved_task: 0,
                 tree_base: 0,
-                owns_cache: false,
+                owns_cache: None,
                 entered: 0,
             });
             let ts = shared.clock.raw();
@@ -399,12 +428,13 @@ impl Local {
                 if let Some(n) = node {
                     n.last_pair_adjacent
                         .store(frame.adjacent, Ordering::Relaxed);
-                    if frame.owns_cache {
+                    if frame.owns_cache == Some(true) {
                         n.poll_cache.release();
                     }
                 }
-                self.last_exit_reg = frame.reg;
-                self.last_exit_node = frame.node;
+                if let Some(n) = frame.node {
+                    self.uncache_task(frame.reg, n);
+                }
                 self.tree_len = frame.tree_base;
                 self.tree_cut = false;
                 self.sig = frame.saved_sig;
@@ -480,8 +510,6 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         tree_cut: false,
         sig: EMPTY_SIG,
         last_exit_task: 0,
-        last_exit_reg: 0,
-        last_exit_node: None,
         last_exit_seq: 0,
         last_exit_ts: 0,
         panicked_task: 0,
