@@ -87,6 +87,19 @@ impl AwaitModel {
         }
     }
 
+    /// Each live task's last await tree, for a collector that reconnects
+    /// (trees are otherwise only sent when they change).
+    pub fn trees(&self) -> Vec<(u64, Vec<(u64, u16)>)> {
+        let mut out: Vec<_> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.tree.is_empty())
+            .map(|(id, t)| (*id, t.tree.iter().map(|e| (e.span, e.depth)).collect()))
+            .collect();
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out
+    }
+
     pub fn on_close(&mut self, span: u64) {
         self.spans.remove(&span);
         self.tasks.remove(&span);

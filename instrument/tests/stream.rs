@@ -208,3 +208,78 @@ fn nobody_listening_leaves_other_sinks_whole() {
         "the recording is not charged for the stream's drops"
     );
 }
+
+fn poll_tree_tasks(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Events(e) => Some(e),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match e {
+            Event::PollTree { task, spans } if !spans.is_empty() => Some(task.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reconnect_resends_await_trees_of_parked_tasks() {
+    use tracing::Instrument;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (layer, guard) = awaitscope::Builder::new()
+        .stream_to(addr.to_string())
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::callsite::rebuild_interest_cache();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+        rt.block_on(async {
+            awaitscope::spawn_named(
+                "parked",
+                async move {
+                    let _ = rx.await;
+                }
+                .instrument(tracing::info_span!("waiting_for_reply")),
+            );
+            tokio::task::yield_now().await;
+        });
+        guard.flush();
+        let (mut conn, _) = listener.accept().unwrap();
+        let first = read_frames(&mut conn, Duration::from_secs(20), |f| {
+            !poll_tree_tasks(f).is_empty()
+        });
+        let task = poll_tree_tasks(&first)[0];
+
+        // The task stays parked: its tree will not change, so it is not
+        // sent again by itself. After a reconnect it must be.
+        drop(conn);
+        drop(listener);
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            tracing::info_span!("tick").in_scope(|| {});
+            guard.flush();
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("producer never reconnected: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let second = read_frames(&mut conn, Duration::from_secs(20), |f| {
+            poll_tree_tasks(f).contains(&task)
+        });
+        assert!(poll_tree_tasks(&second).contains(&task), "tree re-sent");
+        drop(rt);
+    });
+}

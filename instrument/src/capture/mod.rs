@@ -3,8 +3,13 @@
 //!
 //! The per-poll path (enter and exit of task spans and of spans inside
 //! polls) takes no lock shared between threads, allocates nothing and makes
-//! no syscall: a registry lookup of the span's extension, a clock read
-//! (TSC where available) and a push into the thread's own ring.
+//! no syscall. Entering a span finds its node in a per-thread cache keyed by
+//! registry id (the registry is looked up only on a miss), or, inside a
+//! poll, in the task's record of its previous poll; exits pop the thread's
+//! own stack. A poll records two entries in the thread's ring (enter and
+//! exit of the task span, with clock readings from the TSC where
+//! available); the spans entered inside it only extend the poll's await
+//! tree, which is recorded when it changes (see [`local`]).
 
 pub(crate) mod callsite;
 pub(crate) mod fields;

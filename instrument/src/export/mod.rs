@@ -285,6 +285,18 @@ impl Exporter {
             let mut spans: Vec<&Arc<SpanNode>> = model.spans.values().map(|s| &s.node).collect();
             spans.sort_by_key(|n| n.id);
             events.extend(spans.into_iter().map(|n| span_new(&self.shared, n)));
+            events.extend(model.trees().into_iter().map(|(task, nodes)| {
+                Event::PollTree {
+                    task: SpanId(task),
+                    spans: nodes
+                        .into_iter()
+                        .map(|(span, depth)| wire::TreeNode {
+                            span: SpanId(span),
+                            depth,
+                        })
+                        .collect(),
+                }
+            }));
         }
         let buffer_full = self.buffer_drops();
         for chunk in events.chunks(BATCH) {
