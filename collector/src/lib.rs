@@ -9,10 +9,14 @@
 //! * [`ingest`]: reading recordings and the TCP server (`awaitscope serve`).
 //! * [`report`]: the JSON report (`awaitscope report`), schema in
 //!   `docs/report-json.md`.
+//! * [`export`]: the CI formats (Perfetto and Chrome traces, JUnit,
+//!   Markdown, flame graphs, GitHub annotations), streaming where they need
+//!   every poll.
 //! * [`testing`]: a builder of realistic synthetic wire streams for tests.
 
 pub mod config;
 pub mod detect;
+pub mod export;
 pub mod ingest;
 pub mod model;
 pub mod report;

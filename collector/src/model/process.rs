@@ -1015,7 +1015,7 @@ fn event_ts(e: &Event) -> Option<u64> {
 /// sort with the previous timed event of their run (the next one at the
 /// start of a run); callsites go first. Yields each event with, when it
 /// starts a stretch of another run, that run's thread id.
-fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
+pub(crate) fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
     struct Run<'a> {
         thread: u32,
         items: Vec<(u64, &'a Event)>,

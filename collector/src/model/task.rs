@@ -84,7 +84,12 @@ impl Histograms {
 
 /// Records `ns` in `h` (as microseconds, saturating on error).
 pub fn record_us(h: &mut Histogram<u32>, ns: u64) {
-    h.saturating_record((ns / 1000).max(1));
+    let us = (ns / 1000).max(1);
+    // `saturating_record` does not grow an auto-resizing histogram: it
+    // clamps to its current highest value (2 for a new one).
+    if h.record(us).is_err() {
+        h.saturating_record(us);
+    }
 }
 
 /// The last poll, kept until the next poll or the close decides whether it

@@ -1,0 +1,106 @@
+//! `--format github`: GitHub Actions workflow commands annotating the
+//! culprits' source locations, at most [`MAX_ANNOTATIONS`] (GitHub shows 10
+//! error annotations per step), e.g.
+//!
+//! ```text
+//! ::error file=src/main.rs,line=42,title=awaitscope deadlock::2 tasks wait on each other...
+//! ```
+//!
+//! Findings with a source location only, errors first, then by occurrences.
+//! Absolute paths under the current directory are made relative to it
+//! (GitHub wants paths relative to the repository root); locations in
+//! dependencies (`.cargo/registry`, `/rustc/`) come last.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::detect::Finding;
+use crate::Report;
+
+/// Most annotations written.
+pub const MAX_ANNOTATIONS: usize = 10;
+
+/// Escapes the message of a workflow command.
+pub fn escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// Escapes a property of a workflow command.
+pub fn escape_property(s: &str) -> String {
+    escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+fn foreign(file: &str) -> bool {
+    file.contains("/.cargo/registry/") || file.starts_with("/rustc/") || file.contains("/.rustup/")
+}
+
+/// `file` relative to `root` when under it.
+pub fn relative(file: &str, root: Option<&Path>) -> String {
+    if let Some(root) = root {
+        if let Ok(rel) = Path::new(file).strip_prefix(root) {
+            return rel.display().to_string();
+        }
+    }
+    file.to_string()
+}
+
+/// Renders the annotations; `root` is the repository root for relative
+/// paths (usually the current directory).
+pub fn render(report: &Report, root: Option<&Path>) -> String {
+    let mut list: Vec<&Finding> = report
+        .findings
+        .iter()
+        .filter(|f| f.location.is_some())
+        .collect();
+    list.sort_by(|a, b| {
+        let fa = foreign(&a.location.as_ref().expect("filtered").file);
+        let fb = foreign(&b.location.as_ref().expect("filtered").file);
+        fa.cmp(&fb)
+            .then(b.severity.cmp(&a.severity))
+            .then(b.count.cmp(&a.count))
+            .then(a.message.cmp(&b.message))
+    });
+    let mut out = String::new();
+    for f in list.into_iter().take(MAX_ANNOTATIONS) {
+        let l = f.location.as_ref().expect("filtered");
+        let mut msg = f.message.clone();
+        if f.count > 1 {
+            let _ = write!(msg, " ({} occurrences)", f.count);
+        }
+        if !f.trace.is_empty() {
+            msg.push('\n');
+            msg.push_str(&f.trace.join("\n"));
+        }
+        let col = l.col.map_or(String::new(), |c| format!(",col={c}"));
+        let _ = writeln!(
+            out,
+            "::error file={},line={}{col},title={}::{}",
+            escape_property(&relative(&l.file, root)),
+            l.line,
+            escape_property(&format!("awaitscope {}", f.kind)),
+            escape_data(&msg)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_relativizes() {
+        assert_eq!(escape_data("a%b\nc"), "a%25b%0Ac");
+        assert_eq!(escape_property("a:b,c"), "a%3Ab%2Cc");
+        assert_eq!(
+            relative("/repo/src/main.rs", Some(Path::new("/repo"))),
+            "src/main.rs"
+        );
+        assert_eq!(
+            relative("src/main.rs", Some(Path::new("/repo"))),
+            "src/main.rs"
+        );
+    }
+}

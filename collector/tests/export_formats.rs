@@ -1,0 +1,351 @@
+//! The CI report formats of a fixed recording (`export::fixture`): golden
+//! (insta) snapshots of every format, the Perfetto trace decoded back and
+//! checked, JUnit and SVG parsed as XML, Markdown size and determinism, and
+//! the size policy of the timelines.
+
+use std::collections::BTreeMap;
+
+use awaitscope_collector::export::{
+    self, fixture, flame, github, junit, markdown, perfetto, TimelineOptions,
+};
+use prost::Message;
+
+fn render() -> export::Rendered {
+    export::render_recording(
+        "ci.rec",
+        &fixture::ci_recording(),
+        TimelineOptions::default(),
+    )
+    .expect("fixture decodes")
+}
+
+fn md(r: &export::Rendered) -> String {
+    markdown::render(
+        &r.report,
+        &r.walk,
+        &markdown::Options {
+            artifacts: vec![
+                ("Perfetto trace".into(), "trace.perfetto-trace".into()),
+                ("JUnit".into(), "junit.xml".into()),
+            ],
+            ..markdown::Options::default()
+        },
+    )
+}
+
+/// Checks that `xml` is well-formed; returns the element names, counted.
+fn xml_elements(xml: &str) -> BTreeMap<String, usize> {
+    use quick_xml::events::Event;
+    let mut r = quick_xml::Reader::from_str(xml);
+    r.config_mut().check_end_names = true;
+    let mut out = BTreeMap::new();
+    let mut depth = 0i64;
+    loop {
+        match r.read_event() {
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                *out.entry(String::from_utf8_lossy(e.name().as_ref()).into_owned())
+                    .or_default() += 1;
+            }
+            Ok(Event::Empty(e)) => {
+                *out.entry(String::from_utf8_lossy(e.name().as_ref()).into_owned())
+                    .or_default() += 1;
+            }
+            Ok(Event::End(_)) => depth -= 1,
+            Ok(Event::Text(t)) => {
+                t.unescape().expect("valid entities");
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("not well-formed at {}: {e}", r.buffer_position()),
+        }
+    }
+    assert_eq!(depth, 0, "unbalanced elements");
+    out
+}
+
+#[test]
+fn fixture_has_the_expected_findings() {
+    let r = render();
+    let mut kinds: Vec<&str> = r.report.findings.iter().map(|f| f.kind.as_str()).collect();
+    kinds.sort();
+    kinds.dedup();
+    for k in ["deadlock", "error", "long_poll", "lost_waker", "panic"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+}
+
+#[test]
+fn golden_json() {
+    let r = render();
+    insta::assert_snapshot!(
+        "json",
+        serde_json::to_string_pretty(&r.report).expect("encodes")
+    );
+}
+
+#[test]
+fn golden_markdown_is_deterministic_and_small() {
+    let a = md(&render());
+    let b = md(&render());
+    assert_eq!(a, b, "same recording, same bytes");
+    assert!(a.len() < 1024 * 1024);
+    insta::assert_snapshot!("markdown", a);
+}
+
+#[test]
+fn markdown_is_truncated_with_a_note() {
+    let r = render();
+    let small = markdown::render(
+        &r.report,
+        &r.walk,
+        &markdown::Options {
+            max_bytes: 2_000,
+            ..markdown::Options::default()
+        },
+    );
+    assert!(small.len() <= 2_000, "{}", small.len());
+    assert!(small.contains("**Truncated**"));
+}
+
+#[test]
+fn golden_junit_is_well_formed() {
+    let r = render();
+    let x = junit::render(&r.report, &r.walk);
+    let el = xml_elements(&x);
+    assert_eq!(el.get("testsuites"), Some(&1));
+    assert_eq!(el.get("testsuite"), Some(&1), "one suite per process");
+    // Root groups: server, cruncher, flaky, ticker (+ process for findings
+    // without a task, if any).
+    assert!(el["testcase"] >= 4, "{el:?}");
+    assert!(el["failure"] >= 5, "a failure per finding: {el:?}");
+    assert!(
+        x.contains("testcase name=\"server@src/main.rs:10:5\""),
+        "{x}"
+    );
+    assert!(x.contains("type=\"deadlock\""));
+    insta::assert_snapshot!("junit", x);
+}
+
+#[test]
+fn golden_github_annotations() {
+    let r = render();
+    let g = github::render(&r.report, None);
+    assert!(g.lines().count() <= github::MAX_ANNOTATIONS);
+    assert!(g.lines().all(|l| l.starts_with("::error file=")));
+    insta::assert_snapshot!("github", g);
+}
+
+#[test]
+fn golden_folded_stacks() {
+    let r = render();
+    let mut p = Vec::new();
+    flame::write_folded(&r.walk.pending, &mut p).unwrap();
+    let mut b = Vec::new();
+    flame::write_folded(&r.walk.busy, &mut b).unwrap();
+    let p = String::from_utf8(p).unwrap();
+    let b = String::from_utf8(b).unwrap();
+    // The join! of two spans splits the server's time over both leaves.
+    assert!(
+        p.contains(
+            "shop;server@src/main.rs:10:5;handle @ src/main.rs:100;fetch_db @ src/main.rs:101 "
+        ),
+        "{p}"
+    );
+    assert!(p.contains(";fetch_cache @ src/main.rs:102 "), "{p}");
+    // The deadlocked workers wait on the other's mutex.
+    assert!(
+        p.contains("worker-a@src/main.rs:20:5;Mutex @ src/main.rs:31:9;Mutex::lock"),
+        "{p}"
+    );
+    insta::assert_snapshot!("folded_pending", p);
+    insta::assert_snapshot!("folded_busy", b);
+}
+
+#[test]
+fn golden_svg_is_well_formed() {
+    let r = render();
+    for (w, stacks) in [
+        (flame::Weight::Pending, &r.walk.pending),
+        (flame::Weight::Busy, &r.walk.busy),
+    ] {
+        let mut a = Vec::new();
+        flame::write_svg(stacks, w, &mut a).unwrap();
+        let mut b = Vec::new();
+        flame::write_svg(stacks, w, &mut b).unwrap();
+        assert_eq!(a, b, "deterministic SVG");
+        let s = String::from_utf8(a).unwrap();
+        let el = xml_elements(&s);
+        assert!(s.contains("<svg"), "{el:?}");
+        assert!(el.get("svg").copied().unwrap_or(0) >= 1, "{el:?}");
+        assert!(s.contains("server@src/main.rs:10:5"));
+        if w == flame::Weight::Pending {
+            insta::assert_snapshot!("svg_pending", s);
+        }
+    }
+    let mut empty = Vec::new();
+    flame::write_svg(&BTreeMap::new(), flame::Weight::Busy, &mut empty).unwrap();
+    xml_elements(&String::from_utf8(empty).unwrap());
+}
+
+#[test]
+fn golden_chrome_trace() {
+    let r = render();
+    let s = String::from_utf8(r.chrome.clone()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&s).expect("valid JSON");
+    let evs = v["traceEvents"].as_array().unwrap();
+    let count = |ph: &str| evs.iter().filter(|e| e["ph"] == ph).count();
+    assert!(count("X") > 10);
+    assert!(count("i") > 5);
+    assert_eq!(count("s"), count("f"), "every flow starts and ends");
+    assert!(v["otherData"]["size_policy"]
+        .as_str()
+        .unwrap()
+        .starts_with("size policy: whole recording"));
+    insta::assert_snapshot!("chrome", s);
+}
+
+/// A readable dump of a Perfetto trace, one packet a line.
+fn dump(bytes: &[u8]) -> String {
+    let t = perfetto::Trace::decode(bytes).unwrap();
+    let mut out = String::new();
+    for p in &t.packet {
+        if let Some(d) = &p.track_descriptor {
+            out.push_str(&format!(
+                "track {} parent={:?} name={:?}{}\n",
+                d.uuid.unwrap_or(0),
+                d.parent_uuid,
+                d.name.as_deref().unwrap_or(""),
+                d.process
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" process pid={:?}", p.pid))
+            ));
+        }
+        if let Some(e) = &p.track_event {
+            let args: Vec<String> = e
+                .debug_annotations
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}={}",
+                        a.name.as_deref().unwrap_or(""),
+                        a.string_value
+                            .clone()
+                            .unwrap_or_else(|| a.uint_value.unwrap_or(0).to_string())
+                            .replace('\n', "\\n")
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                "{} t{} {} {:?} {:?} flows={:?} term={:?} {}\n",
+                p.timestamp.unwrap_or(0) - fixture::START_UNIX_NS,
+                e.track_uuid.unwrap_or(0),
+                match e.r#type {
+                    Some(1) => "B",
+                    Some(2) => "E",
+                    Some(3) => "I",
+                    _ => "?",
+                },
+                e.name.as_deref().unwrap_or(""),
+                e.categories,
+                e.flow_ids,
+                e.terminating_flow_ids,
+                args.join(" ")
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn golden_perfetto_decodes_back() {
+    let r = render();
+    let st = perfetto::verify(&r.perfetto).expect("valid trace");
+    assert_eq!(st.process_tracks, 1);
+    // shop, server, worker-a, worker-b, 3 requests, cruncher, flaky,
+    // ticker, their await lanes, and the policy track.
+    assert!(st.tracks >= 12, "{st:?}");
+    assert!(
+        st.nested_tracks >= 5,
+        "workers and requests under the server: {st:?}"
+    );
+    assert!(st.slice_names["poll"] >= 15, "{st:?}");
+    assert!(st.slice_names.contains_key("handle"), "{st:?}");
+    assert!(st.slice_names.contains_key("Mutex::lock"), "{st:?}");
+    // spawn x5 (2 workers, 3 requests), wake by worker-a, one hand-off.
+    assert_eq!(st.flows, 7, "{st:?}");
+    assert_eq!(st.flows_terminated, 7, "{st:?}");
+    assert!(st.policy.as_deref().unwrap().contains("whole recording"));
+    let d = dump(&r.perfetto);
+    assert!(d.contains("\"finding: deadlock\""), "{d}");
+    assert!(d.contains("\"panic: index out of bounds\""), "{d}");
+    assert!(d.contains("\"error: upstream refused connection\""), "{d}");
+    insta::assert_snapshot!("perfetto", d);
+}
+
+#[test]
+fn timeline_size_policy_windows_and_budgets() {
+    let bytes = fixture::ci_recording();
+    // A window: only what happens between 2ms and 9ms.
+    let w = export::render_recording(
+        "ci.rec",
+        &bytes,
+        TimelineOptions {
+            from_ns: Some(2_000_000),
+            to_ns: Some(9_000_000),
+            max_events: None,
+        },
+    )
+    .unwrap();
+    let st = perfetto::verify(&w.perfetto).expect("valid windowed trace");
+    assert!(st
+        .policy
+        .as_deref()
+        .unwrap()
+        .contains("window 2.000ms..9.000ms"));
+    let t = perfetto::Trace::decode(&w.perfetto[..]).unwrap();
+    for p in &t.packet {
+        if let (Some(ts), Some(e)) = (p.timestamp, &p.track_event) {
+            if e.categories.first().map(String::as_str) == Some("awaitscope") {
+                continue;
+            }
+            let rel = ts - fixture::START_UNIX_NS;
+            assert!((2_000_000..=9_000_000).contains(&rel), "{rel} {e:?}");
+        }
+    }
+    // A budget: the trace stays valid (every begun slice ends) and says so.
+    let b = export::render_recording(
+        "ci.rec",
+        &bytes,
+        TimelineOptions {
+            max_events: Some(25),
+            ..TimelineOptions::default()
+        },
+    )
+    .unwrap();
+    let st = perfetto::verify(&b.perfetto).expect("valid truncated trace");
+    assert!(
+        st.policy.as_deref().unwrap().contains("budget reached"),
+        "{st:?}"
+    );
+    assert!(b.notes.iter().all(|n| n.truncated_at_ns.is_some()));
+    let v: serde_json::Value = serde_json::from_slice(&b.chrome).expect("valid JSON");
+    assert!(v["otherData"]["size_policy"]
+        .as_str()
+        .unwrap()
+        .contains("budget reached"));
+}
+
+#[test]
+fn load_recording_has_the_requested_size() {
+    let bytes = fixture::load_recording(20_000);
+    let r = export::render_recording("load.rec", &bytes, TimelineOptions::default()).unwrap();
+    let events = r.report.processes[0].events;
+    assert!((19_000..=25_000).contains(&events), "{events}");
+    perfetto::verify(&r.perfetto).expect("valid");
+    assert!(
+        r.walk.await_points.contains_key("Mutex @ src/main.rs:30:9"),
+        "{:?}",
+        r.walk.await_points.keys()
+    );
+}
