@@ -529,6 +529,7 @@ impl StreamBuilder {
                     index: 0,
                     value: Value::Bool(true),
                 }],
+                trace: Vec::new(),
             });
         }
         self
@@ -546,6 +547,7 @@ impl StreamBuilder {
                 index: 0,
                 value: Value::Bool(false),
             }],
+            trace: Vec::new(),
         })
     }
 
@@ -628,6 +630,7 @@ impl StreamBuilder {
                     value: Value::Bool(ready),
                 },
             ],
+            trace: Vec::new(),
         });
         self.exit(poll, ts).exit(op, ts).exit(res, ts);
         self.close(poll, CloseKind::Span, ts);
@@ -661,6 +664,7 @@ impl StreamBuilder {
                 index: 0,
                 value: Value::Str(msg.into()),
             }],
+            trace: Vec::new(),
         })
     }
 
@@ -673,6 +677,7 @@ impl StreamBuilder {
             file: Some("src/main.rs".into()),
             line: Some(42),
             ts,
+            trace: Vec::new(),
         })
     }
 }

@@ -209,3 +209,66 @@ fn real_program_findings_and_exemptions() {
         "{mutexes:#?}"
     );
 }
+
+/// An error three spawns deep, after the middle task and its span ended:
+/// the `error` finding carries the stitched causal trace across all three.
+#[test]
+fn error_three_spawns_deep_has_the_stitched_trace() {
+    use tracing::Instrument;
+    let bytes = record(|| async {
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        awaitscope::spawn_named(
+            "http-conn",
+            async move {
+                awaitscope::spawn_named(
+                    "order-worker",
+                    async move {
+                        awaitscope::spawn_named(
+                            "payment",
+                            async move {
+                                go_rx.await.unwrap();
+                                tracing::error!(code = 402, "card declined");
+                                done_tx.send(()).unwrap();
+                            }
+                            .instrument(tracing::info_span!("charge", amount = 30)),
+                        );
+                    }
+                    .instrument(tracing::info_span!("process_order", order = 7)),
+                )
+                .await
+                .unwrap();
+            }
+            .instrument(tracing::info_span!("request", path = "/checkout")),
+        )
+        .await
+        .unwrap();
+        // order-worker and its span are gone before the error happens.
+        go_tx.send(()).unwrap();
+        done_rx.await.unwrap();
+    });
+    let model = analyse(&bytes);
+    let errors: Vec<&Finding> = model.findings().of_kind(FindingKind::Error).collect();
+    assert_eq!(errors.len(), 1);
+    let trace = &errors[0].trace;
+    let joined = trace.join("\n");
+    let find = |needle: &str| {
+        trace
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in\n{joined}"))
+    };
+    let charge = find("charge{amount=30}");
+    let payment = find("\"payment\" spawned at");
+    let order = find("process_order{order=7}");
+    let worker = find("\"order-worker\" spawned at");
+    let request = find("request{path=/checkout}");
+    assert!(
+        charge < payment && payment < order && order < worker && worker < request,
+        "{joined}"
+    );
+    assert!(
+        trace[payment].contains("by task") && trace[payment].contains("\"order-worker\""),
+        "{joined}"
+    );
+}

@@ -142,7 +142,8 @@ fn event() -> impl Strategy<Value = Event> {
                 span,
                 task,
                 ts,
-                fields
+                fields,
+                trace: Vec::new(),
             }),
         (prop::option::of(span_id()), ts()).prop_map(|(task, ts)| Event::Panic {
             task,
@@ -150,7 +151,8 @@ fn event() -> impl Strategy<Value = Event> {
             message: "p".into(),
             file: None,
             line: None,
-            ts
+            ts,
+            trace: Vec::new(),
         }),
     ]
 }

@@ -57,6 +57,8 @@ pub(crate) fn current_node() -> Option<Arc<SpanNode>> {
 #[derive(Clone, Default)]
 pub struct CausalTrace {
     leaf: Option<Arc<SpanNode>>,
+    /// The task being polled at capture.
+    task: Option<Arc<SpanNode>>,
 }
 
 /// A task as shown in a trace.
@@ -135,11 +137,41 @@ fn spawn_location(node: &SpanNode) -> Option<(String, u32)> {
 }
 
 impl CausalTrace {
+    /// The trace of `leaf` and its causes.
+    pub(crate) fn of(leaf: Option<Arc<SpanNode>>, task: Option<Arc<SpanNode>>) -> Self {
+        Self { leaf, task }
+    }
+
+    /// The trace as capped lines, for the wire (`Log` and `Panic` events).
+    pub(crate) fn wire_lines(&self) -> Vec<String> {
+        if self.leaf.is_none() {
+            return Vec::new();
+        }
+        self.to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "(no spans)")
+            .take(awaitscope_wire::limits::MAX_TRACE)
+            .map(|l| {
+                let mut l = l.to_owned();
+                awaitscope_wire::limits::truncate(&mut l);
+                l
+            })
+            .collect()
+    }
+
     /// Captures the trace of the current span.
     pub fn capture() -> Self {
-        Self {
-            leaf: current_node(),
-        }
+        let leaf = current_node();
+        let task = leaf
+            .as_ref()
+            .and_then(|l| crate::capture::local::current_task_node(l.instance));
+        Self { leaf, task }
+    }
+
+    /// Stable id of the innermost span, or 0.
+    pub(crate) fn leaf_id(&self) -> u64 {
+        self.leaf.as_ref().map_or(0, |n| n.id)
     }
 
     /// Whether there is no span to show (captured outside any span, or
@@ -152,9 +184,9 @@ impl CausalTrace {
     /// hand-offs in between, the root last.
     pub fn items(&self) -> Vec<TraceItem> {
         let mut items = Vec::new();
-        // Names of tasks, learnt when their task span is reached.
-        let mut names: Vec<(u64, Option<String>)> = Vec::new();
-        let mut roots: Vec<u64> = Vec::new();
+        // The task the spans being walked ran in: at first the task that
+        // was polled when the trace was captured.
+        let mut running = self.task.clone();
         let mut cur = self.leaf.clone();
         // Guards against a (malformed) cycle of links.
         let mut budget = 10_000;
@@ -166,47 +198,24 @@ impl CausalTrace {
             match node.class {
                 // `Runtime::block_on` is the root of the program, not a task
                 // anyone spawned.
-                SpanClass::Task if node.field("kind") == Some(Value::Str("block_on".into())) => {
-                    roots.push(node.id);
-                    break;
-                }
+                SpanClass::Task if is_root(&node) => break,
+                // The task's own span, reached through the parents of spans
+                // created inside it: its spawn boundary.
                 SpanClass::Task => {
-                    names.push((node.id, task_name(&node)));
-                    items.push(TraceItem::Spawn {
-                        task: TaskRef {
-                            id: node.id,
-                            name: task_name(&node),
-                        },
-                        at: spawn_location(&node),
-                        by: (node.ctx_task != 0).then_some(TaskRef {
-                            id: node.ctx_task,
-                            name: None,
-                        }),
-                    });
+                    items.push(spawn_item(&node));
+                    running = node.ctx_task_node.clone();
                     cur = node.link.clone();
                 }
                 SpanClass::User if node.meta.target() == CONTEXT_TARGET => {
-                    // The spans above ran in the task that entered the
-                    // context: learn its name from the context span's parents.
-                    let mut up = node.parent.clone();
-                    while let Some(p) = up {
-                        if p.class == SpanClass::Task {
-                            names.push((p.id, task_name(&p)));
-                            break;
-                        }
-                        up = p.parent.clone();
-                    }
+                    let from = node.link.as_ref().and_then(|l| l.ctx_task_node.clone());
                     items.push(TraceItem::Handoff {
-                        from: node.link.as_ref().and_then(|l| {
-                            (l.ctx_task != 0).then_some(TaskRef {
-                                id: l.ctx_task,
-                                name: None,
-                            })
-                        }),
+                        from: from.as_deref().and_then(task_ref),
                     });
+                    running = from;
                     cur = node.link.clone().or_else(|| node.parent.clone());
                 }
                 SpanClass::User => {
+                    let ran_in = running.clone().or_else(|| node.ctx_task_node.clone());
                     items.push(TraceItem::Span {
                         target: node.meta.target(),
                         name: node.meta.name(),
@@ -217,11 +226,17 @@ impl CausalTrace {
                             .collect(),
                         file: node.meta.file(),
                         line: node.meta.line(),
-                        task: (node.ctx_task != 0).then_some(TaskRef {
-                            id: node.ctx_task,
-                            name: None,
-                        }),
+                        task: ran_in.as_deref().and_then(task_ref),
                     });
+                    // A span created in another task than the one it ran in
+                    // instruments that task's future (`spawn(f.instrument(s))`):
+                    // the task was spawned from where the span was created.
+                    if let Some(r) = &ran_in {
+                        if node.ctx_task != r.id && r.class == SpanClass::Task && !is_root(r) {
+                            items.push(spawn_item_by(r, node.ctx_task_node.as_deref()));
+                            running = node.ctx_task_node.clone();
+                        }
+                    }
                     cur = node.parent.clone();
                 }
                 // tokio's resource spans are not part of the program's chain.
@@ -230,37 +245,37 @@ impl CausalTrace {
                 }
             }
         }
-        // Fill in task names learnt anywhere along the chain.
-        let name_of = |id: u64| {
-            names
-                .iter()
-                .find(|(i, _)| *i == id)
-                .and_then(|(_, n)| n.clone())
-        };
-        for item in &mut items {
-            let refs: Vec<&mut TaskRef> = match item {
-                TraceItem::Span { task, .. } => task.iter_mut().collect(),
-                TraceItem::Spawn { by, .. } => by.iter_mut().collect(),
-                TraceItem::Handoff { from } => from.iter_mut().collect(),
-            };
-            for r in refs {
-                if r.name.is_none() {
-                    r.name = name_of(r.id);
-                }
-            }
-            match item {
-                TraceItem::Span { task, .. } => strip_root(task, &roots),
-                TraceItem::Spawn { by, .. } => strip_root(by, &roots),
-                TraceItem::Handoff { from } => strip_root(from, &roots),
-            }
-        }
         items
     }
 }
 
-fn strip_root(task: &mut Option<TaskRef>, roots: &[u64]) {
-    if task.as_ref().is_some_and(|t| roots.contains(&t.id)) {
-        *task = None;
+/// `Runtime::block_on`'s pseudo-task: the root, shown as no task.
+fn is_root(node: &SpanNode) -> bool {
+    node.class == SpanClass::Task && node.field("kind") == Some(Value::Str("block_on".into()))
+}
+
+/// A task as shown in a trace (none for the root).
+fn task_ref(node: &SpanNode) -> Option<TaskRef> {
+    (node.class == SpanClass::Task && !is_root(node)).then(|| TaskRef {
+        id: node.id,
+        name: task_name(node),
+    })
+}
+
+/// The spawn boundary of `task`, spawned by the task polled when its span
+/// was created.
+fn spawn_item(task: &SpanNode) -> TraceItem {
+    spawn_item_by(task, task.ctx_task_node.as_deref())
+}
+
+fn spawn_item_by(task: &SpanNode, by: Option<&SpanNode>) -> TraceItem {
+    TraceItem::Spawn {
+        task: TaskRef {
+            id: task.id,
+            name: task_name(task),
+        },
+        at: spawn_location(task),
+        by: by.and_then(task_ref),
     }
 }
 

@@ -45,7 +45,9 @@ fn record(info: &std::panic::PanicHookInfo<'_>) {
     let (file, line) = info.location().map_or((None, None), |l| {
         (Some(l.file().to_owned()), Some(l.line()))
     });
-    let span = current_span();
+    let trace = crate::causal::CausalTrace::capture();
+    let span = trace.leaf_id();
+    let trace = trace.wire_lines();
     for shared in instances {
         let ts = shared.clock.raw();
         with_local(&shared, |l| {
@@ -58,13 +60,9 @@ fn record(info: &std::panic::PanicHookInfo<'_>) {
                 file: file.clone(),
                 line,
                 ts,
+                trace: trace.clone(),
             };
             l.push(Raw::Panic(Box::new(raw)));
         });
     }
-}
-
-/// Stable id of the current span.
-fn current_span() -> u64 {
-    crate::causal::current_node().map_or(0, |n| n.id)
 }

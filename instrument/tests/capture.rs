@@ -121,6 +121,8 @@ fn panic_in_task_is_captured_with_task_and_span() {
         assert_eq!(*ptask, Some(task.id), "{flavor:?}");
         assert_eq!(*pspan, Some(span.id), "{flavor:?}");
         assert_eq!(msg, "kaboom 42");
+        let trace = &c.panic_traces[0];
+        assert!(trace[0].starts_with("0: capture::explode at "), "{trace:?}");
         assert_eq!(task.close, Some(CloseKind::Panicked), "{flavor:?}");
     }
 }
@@ -158,6 +160,18 @@ fn error_events_carry_span_and_task_context() {
         assert_eq!(
             e.fields.get("message"),
             Some(&Value::Str("inventory refused".into()))
+        );
+        // ERROR events carry their causal trace, across the spawn.
+        assert!(
+            e.trace[0]
+                .starts_with("0: capture::fetch_inventory{sku=42} at instrument/tests/capture.rs:"),
+            "{:?}",
+            e.trace
+        );
+        assert!(
+            e.trace[1].starts_with("-- task ") && e.trace[1].contains("\"worker\" spawned at"),
+            "{:?}",
+            e.trace
         );
     }
 }

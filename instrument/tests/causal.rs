@@ -264,3 +264,38 @@ fn traces_and_contexts_cross_threads() {
     fn error_value<E: std::error::Error + Send + Sync + 'static>() {}
     error_value::<Traced<std::io::Error>>();
 }
+
+#[test]
+fn instrumented_spawns_show_each_task_boundary() {
+    // The common pattern: the span is created by the spawner and
+    // instruments the spawned future.
+    for flavor in [Flavor::CurrentThread, Flavor::MultiThread] {
+        let trace = run(flavor, builder(), |_| async {
+            awaitscope::spawn_named(
+                "conn",
+                async {
+                    awaitscope::spawn_named(
+                        "worker",
+                        async { CausalTrace::capture() }
+                            .instrument(tracing::info_span!("job", id = 1)),
+                    )
+                    .await
+                    .unwrap()
+                }
+                .instrument(tracing::info_span!("request", id = 2)),
+            )
+            .await
+            .unwrap()
+        });
+        assert_eq!(
+            shape(&trace),
+            [
+                "job{id=1} @worker",
+                "spawn worker by conn",
+                "request{id=2} @conn",
+                "spawn conn by -",
+            ],
+            "{flavor:?}"
+        );
+    }
+}

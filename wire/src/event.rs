@@ -335,6 +335,11 @@ pub enum Event {
         /// Recorded fields.
         #[serde(deserialize_with = "capped::fields")]
         fields: Vec<Field>,
+        /// For ERROR events: the causal trace, one line per span or task
+        /// boundary, innermost first (see `awaitscope::CausalTrace`); empty
+        /// otherwise.
+        #[serde(deserialize_with = "capped::trace")]
+        trace: Vec<String>,
     },
     /// A panic, caught by the panic hook.
     Panic {
@@ -350,6 +355,9 @@ pub enum Event {
         line: Option<u32>,
         /// When.
         ts: u64,
+        /// The causal trace at the panic, innermost first.
+        #[serde(deserialize_with = "capped::trace")]
+        trace: Vec<String>,
     },
 }
 
@@ -400,6 +408,10 @@ pub(crate) mod capped {
 
     pub(super) fn tree<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TreeNode>, D::Error> {
         seq(d, limits::MAX_TREE, "await tree nodes")
+    }
+
+    pub(super) fn trace<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        seq(d, limits::MAX_TRACE, "trace lines")
     }
 
     pub(super) fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {

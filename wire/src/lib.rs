@@ -45,6 +45,8 @@ pub mod limits {
     pub const MAX_FIELDS: usize = 32;
     /// Most spans in one poll's await tree ([`crate::Event::PollTree`]).
     pub const MAX_TREE: usize = 64;
+    /// Most lines in a causal trace (`Log` and `Panic` events).
+    pub const MAX_TRACE: usize = 64;
     /// Most events in one batch frame.
     pub const MAX_BATCH: usize = 16 * 1024;
 

@@ -136,6 +136,12 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
         }
         Ok(())
     }
+    fn lines(t: &[String]) -> Result<(), String> {
+        if t.len() > limits::MAX_TRACE {
+            return Err(format!("{} trace lines exceed the cap", t.len()));
+        }
+        t.iter().try_for_each(|l| s(l))
+    }
     match &frame.body {
         Body::Hello(info) => {
             s(&info.name)?;
@@ -162,12 +168,24 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                         c.fields.iter().try_for_each(|f| s(f))?;
                     }
                     Event::Thread { name, .. } => name.as_deref().map_or(Ok(()), s)?,
-                    Event::SpanNew { fields: f, .. }
-                    | Event::Record { fields: f, .. }
-                    | Event::Log { fields: f, .. } => fields(f)?,
-                    Event::Panic { message, file, .. } => {
+                    Event::SpanNew { fields: f, .. } | Event::Record { fields: f, .. } => {
+                        fields(f)?
+                    }
+                    Event::Log {
+                        fields: f, trace, ..
+                    } => {
+                        fields(f)?;
+                        lines(trace)?;
+                    }
+                    Event::Panic {
+                        message,
+                        file,
+                        trace,
+                        ..
+                    } => {
                         s(message)?;
                         file.as_deref().map_or(Ok(()), s)?;
+                        lines(trace)?;
                     }
                     Event::PollTree { spans, .. } => {
                         if spans.len() > limits::MAX_TREE {

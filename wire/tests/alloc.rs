@@ -165,6 +165,7 @@ fn long_field_lists_are_refused_without_inflating_them() {
             task: None,
             ts: 0,
             fields: fields.clone(),
+            trace: Vec::new(),
         },
     ] {
         assert_refused_cheaply(&batch_of(1, e), "fields exceed the cap", 4096);

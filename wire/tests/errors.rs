@@ -298,6 +298,7 @@ fn over_the_caps() -> Vec<(&'static str, Frame)> {
         task: None,
         ts: 0,
         fields,
+        trace: Vec::new(),
     };
     let panic = |message: String, file: Option<String>| Event::Panic {
         task: None,
@@ -306,6 +307,7 @@ fn over_the_caps() -> Vec<(&'static str, Frame)> {
         file,
         line: None,
         ts: 0,
+        trace: Vec::new(),
     };
     let cases = vec![
         (

@@ -236,6 +236,7 @@ fn strings_at_the_cap_round_trip() {
                 file: Some(s.clone()),
                 line: None,
                 ts: 1,
+                trace: Vec::new(),
             }]),
         );
         let mut buf = Vec::new();

@@ -288,9 +288,10 @@ impl Process {
                 task,
                 ts,
                 fields,
+                trace,
             } => {
                 self.bump(*ts);
-                self.log(*callsite, *span, *task, *ts, fields, cfg, findings);
+                self.log(*callsite, *span, *task, *ts, fields, trace, cfg, findings);
             }
             Event::Panic {
                 task,
@@ -299,6 +300,7 @@ impl Process {
                 file,
                 line,
                 ts,
+                trace,
             } => {
                 self.bump(*ts);
                 if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
@@ -312,7 +314,12 @@ impl Process {
                     }),
                     _ => None,
                 };
-                let o = detect::panic::observe(self, *task, *span, message, location, *ts);
+                let mut o = detect::panic::observe(self, *task, *span, message, location, *ts);
+                if !trace.is_empty() {
+                    // The producer's causal trace crosses spawns and queues
+                    // and survives closed spans: prefer it.
+                    o.trace = trace.clone();
+                }
                 findings.observe(o);
             }
         }
@@ -631,6 +638,7 @@ impl Process {
         task: Option<SpanId>,
         ts: u64,
         fields: &[Field],
+        trace: &[String],
         cfg: &Config,
         findings: &mut Findings,
     ) {
@@ -718,8 +726,12 @@ impl Process {
                     }
                 }
                 if level == Level::Error {
-                    let o =
+                    let mut o =
                         detect::error::observe(self, callsite, span, task, &message, location, ts);
+                    if !trace.is_empty() {
+                        // The producer's causal trace: see `Event::Log`.
+                        o.trace = trace.to_vec();
+                    }
                     findings.observe(o);
                 }
             }

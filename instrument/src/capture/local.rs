@@ -236,6 +236,15 @@ impl Local {
         }
     }
 
+    /// The node of the task being polled on this thread.
+    #[inline]
+    pub fn current_task_node(&self) -> Option<Arc<SpanNode>> {
+        match self.task {
+            0 => None,
+            i => self.frames[i - 1].node.clone(),
+        }
+    }
+
     /// The task being polled on this thread, or 0.
     #[inline]
     pub fn current_task(&self) -> u64 {
@@ -490,6 +499,21 @@ pub(crate) fn with_local<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> 
     }
 }
 
+/// The node of the task layer instance `instance` sees polled on this
+/// thread (for causal traces captured outside the layer).
+pub(crate) fn current_task_node(instance: u64) -> Option<Arc<SpanNode>> {
+    LOCAL
+        .try_with(|cell| {
+            let locals = cell.try_borrow().ok()?;
+            locals
+                .iter()
+                .find(|l| l.instance == instance)
+                .and_then(Local::current_task_node)
+        })
+        .ok()
+        .flatten()
+}
+
 fn new_local(shared: &Arc<Shared>) -> Local {
     let (producer, consumer) = rtrb::RingBuffer::new(super::INITIAL_RING.min(shared.ring_capacity));
     let dropped = Arc::new(AtomicU64::new(0));
@@ -536,7 +560,9 @@ mod tests {
             callsite: 0,
             class: SpanClass::User,
             parent: None,
+            instance: 0,
             ctx_task: 0,
+            ctx_task_node: None,
             ctx_span: 0,
             link: None,
             ts: 0,

@@ -202,7 +202,9 @@ where
                 callsite: info.id,
                 class,
                 parent,
+                instance: shared.instance,
                 ctx_task: l.current_task(),
+                ctx_task_node: l.current_task_node(),
                 ctx_span: current.as_ref().map_or(0, |c| c.id),
                 link,
                 ts,
@@ -329,10 +331,20 @@ where
                 });
             }
             Class::Event(class) => {
-                let span = ctx
+                let node = ctx
                     .event_span(event)
-                    .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.id))
-                    .unwrap_or(0);
+                    .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.node.clone()));
+                let span = node.as_ref().map_or(0, |n| n.id);
+                // ERROR events carry their causal trace: walked here, while
+                // every span of it is known, and sent with the event.
+                let trace = if class == awaitscope_wire::EventClass::User
+                    && *event.metadata().level() == tracing_core::Level::ERROR
+                {
+                    let task = with_local(shared, |l| l.current_task_node()).flatten();
+                    crate::causal::CausalTrace::of(node, task).wire_lines()
+                } else {
+                    Vec::new()
+                };
                 let mut rec = FieldRecorder::default();
                 event.record(&mut rec);
                 let ts = shared.clock.raw();
@@ -345,6 +357,7 @@ where
                         task: l.current_task(),
                         ts,
                         fields: rec.fields,
+                        trace,
                     };
                     l.push(Raw::Log(Box::new(raw)));
                 });

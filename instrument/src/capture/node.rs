@@ -23,8 +23,12 @@ pub(crate) struct SpanNode {
     pub class: SpanClass,
     /// Explicit or contextual parent.
     pub parent: Option<Arc<SpanNode>>,
+    /// Layer instance that made the node.
+    pub instance: u64,
     /// Task polled on the creating thread (0: none).
     pub ctx_task: u64,
+    /// That task's node.
+    pub ctx_task_node: Option<Arc<SpanNode>>,
     /// Span current at creation (0: none).
     pub ctx_span: u64,
     /// For task spans: the span current at spawn. For context spans

@@ -19,6 +19,8 @@ pub(crate) struct RawLog {
     pub task: u64,
     pub ts: u64,
     pub fields: Vec<Field>,
+    /// ERROR events: the causal trace.
+    pub trace: Vec<String>,
 }
 
 /// A panic seen by the panic hook.
@@ -29,6 +31,7 @@ pub(crate) struct RawPanic {
     pub file: Option<String>,
     pub line: Option<u32>,
     pub ts: u64,
+    pub trace: Vec<String>,
 }
 
 /// One ring slot. Ids are stable span ids; 0 means none. `ts` are raw clock

@@ -571,6 +571,7 @@ impl Exporter {
                     task: id(l.task),
                     ts: ns(l.ts),
                     fields: l.fields,
+                    trace: l.trace,
                 }
             }
             _ if !want => return None,
@@ -591,6 +592,7 @@ impl Exporter {
                 file: p.file,
                 line: p.line,
                 ts: ns(p.ts),
+                trace: p.trace,
             },
         })
     }

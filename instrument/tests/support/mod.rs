@@ -129,6 +129,7 @@ pub struct LogInfo {
     pub span: Option<SpanId>,
     pub task: Option<SpanId>,
     pub fields: HashMap<String, Value>,
+    pub trace: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -149,6 +150,7 @@ pub struct Captured {
     pub logs: Vec<LogInfo>,
     pub wakes: Vec<Wake>,
     pub panics: Vec<(Option<SpanId>, Option<SpanId>, String)>,
+    pub panic_traces: Vec<Vec<String>>,
     pub dropped: DropCounts,
     /// Per task: the await trees sent (span, depth), in order.
     pub poll_trees: HashMap<SpanId, Vec<Vec<(SpanId, u16)>>>,
@@ -285,6 +287,7 @@ impl Captured {
                 span,
                 task,
                 fields,
+                trace,
                 ..
             } => {
                 let cs = &callsites[&callsite];
@@ -299,14 +302,19 @@ impl Captured {
                     span,
                     task,
                     fields: fields_map(&cs.fields, &fields),
+                    trace,
                 });
             }
             Event::Panic {
                 task,
                 span,
                 message,
+                trace,
                 ..
-            } => self.panics.push((task, span, message)),
+            } => {
+                self.panics.push((task, span, message));
+                self.panic_traces.push(trace);
+            }
         }
     }
 

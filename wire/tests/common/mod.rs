@@ -201,6 +201,7 @@ pub fn sample_events() -> Vec<Event> {
         task: Some(SpanId(7)),
         ts: 300,
         fields: all_values(),
+        trace: Vec::new(),
     });
     events.push(Event::Log {
         callsite: 6,
@@ -208,6 +209,7 @@ pub fn sample_events() -> Vec<Event> {
         task: None,
         ts: 301,
         fields: vec![],
+        trace: Vec::new(),
     });
     events.push(Event::Panic {
         task: Some(SpanId(7)),
@@ -216,6 +218,7 @@ pub fn sample_events() -> Vec<Event> {
         file: Some("src/lib.rs".into()),
         line: Some(7),
         ts: 400,
+        trace: Vec::new(),
     });
     events.push(Event::Panic {
         task: None,
@@ -224,6 +227,7 @@ pub fn sample_events() -> Vec<Event> {
         file: None,
         line: None,
         ts: 401,
+        trace: Vec::new(),
     });
     events
 }
@@ -522,6 +526,7 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                 task,
                 ts,
                 fields,
+                trace: Vec::new(),
             }),
         (
             opt_span(),
@@ -538,6 +543,7 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                 file,
                 line,
                 ts,
+                trace: Vec::new(),
             }),
     ]
 }
