@@ -188,7 +188,53 @@ fn recording_counts(path: &std::path::Path) -> (u64, u64, u64) {
     (events, dropped, bytes)
 }
 
+/// `tokio::spawn` + await of an empty task, N at a time in one `block_on`.
+fn bench_spawn(c: &mut Criterion, name: &str, dispatch: &Dispatch) {
+    tracing::dispatcher::with_default(dispatch, || {
+        tracing::callsite::rebuild_interest_cache();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        c.benchmark_group("spawn").bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        tokio::spawn(async {}).await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    });
+}
+
+/// `CausalTrace::capture()` three spans deep inside a task (a tokio-style
+/// task span entered as a poll would).
+fn bench_causal(c: &mut Criterion, dispatch: &Dispatch) {
+    tracing::dispatcher::with_default(dispatch, || {
+        let task = task_span();
+        let _t = task.enter();
+        let _a = tracing::info_span!("request", id = 1).entered();
+        let _b = tracing::info_span!("checkout", order = 7).entered();
+        let _c = tracing::info_span!("reserve").entered();
+        c.benchmark_group("causal_trace")
+            .bench_function("capture", |b| {
+                b.iter(|| std::hint::black_box(awaitscope::CausalTrace::capture()))
+            });
+        let trace = awaitscope::CausalTrace::capture();
+        c.benchmark_group("causal_trace")
+            .bench_function("format", |b| b.iter(|| std::hint::black_box(trace.to_string())));
+    });
+}
+
 fn benches(c: &mut Criterion) {
+    bench_spawn(c, "none", &Dispatch::none());
+    bench_spawn(
+        c,
+        "registry",
+        &Dispatch::new(tracing_subscriber::registry()),
+    );
     bench_with(
         c,
         "registry",
@@ -225,6 +271,8 @@ fn benches(c: &mut Criterion) {
         let (layer, guard) = builder.try_build().unwrap();
         let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
         bench_with(c, "awaitscope", &dispatch);
+        bench_spawn(c, "awaitscope", &dispatch);
+        bench_causal(c, &dispatch);
         drop(dispatch);
         drop(guard); // drains and flushes the recording
         let (events, dropped, bytes) = recording_counts(&path);

@@ -299,3 +299,69 @@ fn instrumented_spawns_show_each_task_boundary() {
         );
     }
 }
+
+#[instrument(err)]
+async fn load_profile(user: u32) -> Result<(), String> {
+    Err(format!("profile {user} not found"))
+}
+
+#[test]
+fn instrument_err_errors_are_captured_with_their_trace() {
+    let memory = awaitscope::MemoryRecording::new();
+    let builder = awaitscope::Builder::new().record_in_memory(&memory);
+    run(Flavor::CurrentThread, builder, |_| async {
+        awaitscope::spawn_named("profile-page", async { load_profile(9).await })
+            .await
+            .unwrap()
+            .unwrap_err();
+    });
+    let traces: Vec<Vec<String>> = memory
+        .frames()
+        .unwrap()
+        .into_iter()
+        .filter_map(|f| match f.body {
+            awaitscope_wire::Body::Events(e) => Some(e),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match e {
+            awaitscope_wire::Event::Log { trace, .. } if !trace.is_empty() => Some(trace),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(traces.len(), 1, "the #[instrument(err)] error event");
+    assert!(
+        traces[0][0].starts_with("0: causal::load_profile{user=9} at "),
+        "{:?}",
+        traces[0]
+    );
+    assert!(
+        traces[0][0].contains("\"profile-page\")"),
+        "{:?}",
+        traces[0]
+    );
+}
+
+#[test]
+fn works_as_anyhow_context() {
+    let err = run(Flavor::CurrentThread, builder(), |_| async {
+        awaitscope::spawn_named("importer", async {
+            async {
+                use anyhow::Context as _;
+                std::fs::read("/nonexistent/awaitscope")
+                    .map_err(anyhow::Error::from)
+                    .context(CausalTrace::capture())
+                    .unwrap_err()
+            }
+            .instrument(tracing::info_span!("import", batch = 3))
+            .await
+        })
+        .await
+        .unwrap()
+    });
+    // anyhow shows the context (the trace) above the cause.
+    let text = format!("{err:#}");
+    assert!(text.contains("causal::import{batch=3}"), "{text}");
+    assert!(text.contains("\"importer\" spawned at"), "{text}");
+    assert!(text.contains("No such file"), "{text}");
+}
