@@ -12,6 +12,13 @@ pub(crate) struct FieldRecorder {
 }
 
 impl FieldRecorder {
+    /// A recorder with room for the callsite's fields (one allocation).
+    pub fn for_callsite(meta: &tracing_core::Metadata<'_>) -> Self {
+        Self {
+            fields: Vec::with_capacity(meta.fields().len().min(limits::MAX_FIELDS)),
+        }
+    }
+
     /// Merges fields recorded later (`span.record`), replacing earlier values.
     pub fn merge(&mut self, later: &[Field]) {
         for f in later {

@@ -184,7 +184,7 @@ where
         };
         let parent = span.parent().and_then(node_of);
         let current = ctx.lookup_current().and_then(node_of);
-        let mut rec = FieldRecorder::default();
+        let mut rec = FieldRecorder::for_callsite(attrs.metadata());
         attrs.record(&mut rec);
         let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
         let link = match class {
@@ -345,7 +345,7 @@ where
                 } else {
                     Vec::new()
                 };
-                let mut rec = FieldRecorder::default();
+                let mut rec = FieldRecorder::for_callsite(event.metadata());
                 event.record(&mut rec);
                 let ts = shared.clock.raw();
                 with_local(shared, |l| {
