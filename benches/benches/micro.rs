@@ -224,7 +224,9 @@ fn bench_causal(c: &mut Criterion, dispatch: &Dispatch) {
             });
         let trace = awaitscope::CausalTrace::capture();
         c.benchmark_group("causal_trace")
-            .bench_function("format", |b| b.iter(|| std::hint::black_box(trace.to_string())));
+            .bench_function("format", |b| {
+                b.iter(|| std::hint::black_box(trace.to_string()))
+            });
     });
 }
 

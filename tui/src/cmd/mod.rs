@@ -1,8 +1,11 @@
 //! Subcommands.
 
+pub mod demo;
 pub mod record;
+pub mod replay;
 pub mod report;
 pub mod serve;
+pub mod tui;
 
 use awaitscope_collector::FindingKind;
 

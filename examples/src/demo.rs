@@ -1,0 +1,107 @@
+//! The workload of `awaitscope demo`: a healthy storefront with clients, a
+//! job queue and a callback bridge, with faults injected on a schedule so
+//! that every finding kind shows up within the first 15 seconds:
+//!
+//! | at | fault | finding |
+//! | --- | --- | --- |
+//! | 0.3 s | a task awaits a reply nobody sends | `stuck` (after 10 s) |
+//! | 0.5 s | two transfers lock two mutexes in opposite order | `deadlock` |
+//! | 0.8 s | a future drops its waker | `lost_waker` |
+//! | 1 s, every 3 s | `std::thread::sleep` in async code | `long_poll` |
+//! | 1.2 s | a first poll of 2.5 s | `never_yielded` |
+//! | 1.5 s, every 4 s | a card charge fails three spawns deep | `error` |
+//! | 2 s | a config reload panics | `panic` |
+//! | 2.5 s | a busy loop through `yield_now` | `self_wake` |
+//! | 3 s | CPU-bound tasks on a one-thread runtime | `starvation` |
+//! | 3.5 s | a burst of 300,000 spans on one thread | `dropped_events` |
+//!
+//! Poison jobs fail after retries (errors naming the signup request).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::{bugs, callbacks, jobs, shop};
+
+/// Runs the demo workload for `duration` (`None`: until the runtime is
+/// dropped). Needs a multi-threaded runtime.
+pub async fn run(duration: Option<Duration>) {
+    let start = Instant::now();
+    let addr = match shop::serve().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("storefront could not bind: {e}");
+            return;
+        }
+    };
+    let load = awaitscope::spawn_named(
+        "load-generator",
+        shop::load(addr, None, Duration::from_millis(40)),
+    );
+    let queue = jobs::start(3);
+    let signups = awaitscope::spawn_named("signups", async move {
+        let mut user = 0;
+        loop {
+            jobs::handle_signup(&queue, user).await;
+            user += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let lookups = awaitscope::spawn_named("legacy-lookups", async move {
+        let mut key = 0;
+        loop {
+            let _ = callbacks::lookup(key).await;
+            key += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let faults = awaitscope::spawn_named("fault-injector", faults());
+    match duration {
+        Some(d) => tokio::time::sleep_until(start + d).await,
+        None => std::future::pending::<()>().await,
+    }
+    for h in [load, signups, lookups, faults] {
+        h.abort();
+    }
+}
+
+async fn at(ms: u64, start: Instant) {
+    tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+}
+
+async fn faults() {
+    let start = Instant::now();
+    at(300, start).await;
+    let (_stuck, reply) = bugs::spawn_stuck();
+    at(500, start).await;
+    let _deadlock = bugs::spawn_deadlock().await;
+    at(800, start).await;
+    let _lost = bugs::spawn_lost_waker();
+    at(1000, start).await;
+    awaitscope::spawn_named("report-export", bugs::blocking_in_async(60));
+    at(1200, start).await;
+    bugs::spawn_never_yields(2500);
+    at(1500, start).await;
+    awaitscope::spawn_named("checkout", bugs::error_three_spawns_deep(1001));
+    at(2000, start).await;
+    bugs::spawn_panic();
+    at(2500, start).await;
+    bugs::spawn_self_waker(1000);
+    at(3000, start).await;
+    bugs::starvation_on_small_runtime(6);
+    at(3500, start).await;
+    bugs::burst(300_000);
+    let mut n = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        n += 1;
+        if n.rem_euclid(3) == 0 {
+            awaitscope::spawn_named("report-export", bugs::blocking_in_async(60));
+        }
+        if n.rem_euclid(4) == 0 {
+            awaitscope::spawn_named("checkout", bugs::error_three_spawns_deep(1001 + n as u32));
+        }
+        // The reply never comes, but its sender stays alive.
+        let _ = &reply;
+    }
+}

@@ -1,0 +1,499 @@
+//! Where the UI's model comes from: the embedded collector ([`LiveFeed`]),
+//! the recordings of a running `awaitscope serve --record-dir DIR`
+//! ([`FollowFeed`]), or a recording replayed through time
+//! ([`ReplayFeed`]). The UI only ever takes snapshots; ingest runs on other
+//! threads.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use awaitscope_collector::ingest::server::{Server, ServerConfig, ServerHandle};
+use awaitscope_collector::Model;
+use awaitscope_wire::{decode_frame, Body, Event, Frame, FrameReader, Preamble};
+
+use crate::snapshot::{Snapshot, TaskKey};
+use crate::ui::app::ReplayCmd;
+
+/// A source of model snapshots.
+pub trait Feed {
+    /// Advances (replay) and tells whether the model changed since the
+    /// last snapshot.
+    fn poll(&mut self) -> bool;
+    /// A snapshot with the detail of `detail`.
+    fn snapshot(&mut self, detail: Option<TaskKey>) -> Snapshot;
+    /// Description for the header, and whether all is well.
+    fn status(&self) -> (String, bool);
+    /// Replay position, end and playing, for a replay.
+    fn replay(&self) -> Option<(u64, u64, bool)> {
+        None
+    }
+    /// Replay control.
+    fn control(&mut self, _c: ReplayCmd) {}
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The embedded collector: a TCP server on its own runtime thread.
+pub struct LiveFeed {
+    handle: ServerHandle,
+    addr: SocketAddr,
+    label: String,
+    last_frames: u64,
+    last_snap: Instant,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl LiveFeed {
+    /// Binds the collector on `listen` (port 0: any free port) and serves.
+    pub fn start(listen: SocketAddr, label: &str) -> Result<LiveFeed, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("collector")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let cfg = ServerConfig {
+            listen,
+            scan_interval: Duration::from_millis(500),
+            ..ServerConfig::default()
+        };
+        let server = rt.block_on(Server::bind(cfg)).map_err(|e| e.to_string())?;
+        let addr = server.local_addr();
+        let handle = server.handle();
+        rt.spawn(server.run_until(std::future::pending()));
+        Ok(LiveFeed {
+            handle,
+            addr,
+            label: label.replace("{addr}", &addr.to_string()),
+            last_frames: u64::MAX,
+            last_snap: Instant::now(),
+            _rt: rt,
+        })
+    }
+
+    /// The address the collector listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server handle (reports, counters).
+    pub fn handle(&self) -> &ServerHandle {
+        &self.handle
+    }
+}
+
+impl Feed for LiveFeed {
+    fn poll(&mut self) -> bool {
+        let frames = self.handle.stats().frames.load(Ordering::Relaxed);
+        // New frames, or time passed (durations grow, the scanner finds
+        // stalls without new frames).
+        frames != self.last_frames || self.last_snap.elapsed() >= Duration::from_millis(500)
+    }
+
+    fn snapshot(&mut self, detail: Option<TaskKey>) -> Snapshot {
+        self.last_frames = self.handle.stats().frames.load(Ordering::Relaxed);
+        self.last_snap = Instant::now();
+        self.handle.with_model(|m| Snapshot::build(m, detail))
+    }
+
+    fn status(&self) -> (String, bool) {
+        (self.label.clone(), true)
+    }
+}
+
+/// Follows the recordings `awaitscope serve --record-dir DIR` writes (one
+/// file per connection), applying frames as they are appended.
+pub struct FollowFeed {
+    model: Arc<Mutex<Model>>,
+    state: Arc<Mutex<(String, bool, u64)>>,
+    stop: Arc<AtomicBool>,
+    last_gen: u64,
+    last_snap: Instant,
+}
+
+struct Tail {
+    offset: u64,
+    buf: Vec<u8>,
+    header: bool,
+    dead: bool,
+}
+
+impl FollowFeed {
+    /// Starts following `dir`.
+    pub fn start(dir: PathBuf) -> FollowFeed {
+        let model = Arc::new(Mutex::new(Model::default()));
+        let state = Arc::new(Mutex::new((
+            format!("following {}", dir.display()),
+            true,
+            0,
+        )));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s, st) = (model.clone(), state.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("follow".into())
+            .spawn(move || follow_loop(&dir, &m, &s, &st))
+            .expect("thread");
+        FollowFeed {
+            model,
+            state,
+            stop,
+            last_gen: u64::MAX,
+            last_snap: Instant::now(),
+        }
+    }
+}
+
+impl Drop for FollowFeed {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn follow_loop(
+    dir: &Path,
+    model: &Mutex<Model>,
+    state: &Mutex<(String, bool, u64)>,
+    stop: &AtomicBool,
+) {
+    let mut tails: HashMap<PathBuf, Tail> = HashMap::new();
+    let mut last_scan = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let entries = std::fs::read_dir(dir);
+        let mut changed = false;
+        match entries {
+            Err(e) => {
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                s.0 = format!(
+                    "{}: {e} (is `awaitscope serve --record-dir` running?) retrying",
+                    dir.display()
+                );
+                s.1 = false;
+            }
+            Ok(entries) => {
+                {
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.0 = format!("following {} ({} recordings)", dir.display(), tails.len());
+                    s.1 = true;
+                }
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if p.extension().is_none_or(|x| x != "rec") {
+                        continue;
+                    }
+                    let tail = tails.entry(p.clone()).or_insert(Tail {
+                        offset: 0,
+                        buf: Vec::new(),
+                        header: false,
+                        dead: false,
+                    });
+                    if tail.dead {
+                        continue;
+                    }
+                    let mut frames = Vec::new();
+                    if let Ok(mut f) = File::open(&p) {
+                        if f.seek(SeekFrom::Start(tail.offset)).is_ok() {
+                            let mut new = Vec::new();
+                            if let Ok(n) = f.read_to_end(&mut new) {
+                                tail.offset += n as u64;
+                                tail.buf.extend_from_slice(&new);
+                            }
+                        }
+                    }
+                    if !tail.header {
+                        match Preamble::parse(&tail.buf) {
+                            Ok(Some(_)) => {
+                                tail.buf.drain(..Preamble::LEN);
+                                tail.header = true;
+                            }
+                            Ok(None) => continue,
+                            Err(_) => {
+                                tail.dead = true;
+                                continue;
+                            }
+                        }
+                    }
+                    let mut used = 0;
+                    loop {
+                        match decode_frame(&tail.buf[used..], 0) {
+                            Ok(Some((f, n))) => {
+                                used += n;
+                                frames.push(f);
+                            }
+                            Ok(None) => break,
+                            Err(_) => {
+                                tail.dead = true;
+                                break;
+                            }
+                        }
+                    }
+                    tail.buf.drain(..used);
+                    if !frames.is_empty() {
+                        changed = true;
+                        let wall = unix_now();
+                        let mut m = model.lock().unwrap_or_else(|e| e.into_inner());
+                        for f in &frames {
+                            m.apply_live(f, wall);
+                        }
+                    }
+                }
+            }
+        }
+        if last_scan.elapsed() >= Duration::from_millis(500) {
+            last_scan = Instant::now();
+            model
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .scan_wall(unix_now());
+            changed = true;
+        }
+        if changed {
+            state.lock().unwrap_or_else(|e| e.into_inner()).2 += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Feed for FollowFeed {
+    fn poll(&mut self) -> bool {
+        let g = self.state.lock().unwrap_or_else(|e| e.into_inner()).2;
+        g != self.last_gen || self.last_snap.elapsed() >= Duration::from_secs(1)
+    }
+
+    fn snapshot(&mut self, detail: Option<TaskKey>) -> Snapshot {
+        self.last_gen = self.state.lock().unwrap_or_else(|e| e.into_inner()).2;
+        self.last_snap = Instant::now();
+        let m = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot::build(&m, detail)
+    }
+
+    fn status(&self) -> (String, bool) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (s.0.clone(), s.1)
+    }
+}
+
+/// A recording replayed through time: play, pause, step, seek.
+pub struct ReplayFeed {
+    name: String,
+    frames: Vec<Frame>,
+    /// Process time at each frame (running maximum).
+    times: Vec<u64>,
+    model: Model,
+    applied: usize,
+    pos: u64,
+    playing: bool,
+    speed: f64,
+    last_tick: Instant,
+    dirty: bool,
+    warning: Option<String>,
+}
+
+fn frame_time(f: &Frame) -> Option<u64> {
+    let Body::Events(evs) = &f.body else {
+        return None;
+    };
+    evs.iter()
+        .filter_map(|e| match e {
+            Event::SpanNew { ts, .. }
+            | Event::Enter { ts, .. }
+            | Event::Exit { ts, .. }
+            | Event::Close { ts, .. }
+            | Event::Wake { ts, .. }
+            | Event::Log { ts, .. }
+            | Event::Panic { ts, .. } => Some(*ts),
+            _ => None,
+        })
+        .max()
+}
+
+impl ReplayFeed {
+    /// Loads the recording at `path` (a truncated one up to its last good
+    /// frame).
+    pub fn open(path: &Path, speed: f64) -> Result<ReplayFeed, String> {
+        let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut r =
+            FrameReader::new(BufReader::new(f)).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut frames = Vec::new();
+        let mut warning = None;
+        loop {
+            match r.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    warning = Some(format!("read up to the last good frame: {e}"));
+                    break;
+                }
+            }
+        }
+        Ok(Self::from_frames(
+            path.display().to_string(),
+            frames,
+            speed,
+            warning,
+        ))
+    }
+
+    /// A replay of `frames`.
+    pub fn from_frames(
+        name: String,
+        frames: Vec<Frame>,
+        speed: f64,
+        warning: Option<String>,
+    ) -> ReplayFeed {
+        let mut t = 0;
+        let times = frames
+            .iter()
+            .map(|f| {
+                t = t.max(frame_time(f).unwrap_or(t));
+                t
+            })
+            .collect();
+        ReplayFeed {
+            name,
+            frames,
+            times,
+            model: Model::default(),
+            applied: 0,
+            pos: 0,
+            playing: true,
+            speed: speed.max(0.01),
+            last_tick: Instant::now(),
+            dirty: true,
+            warning,
+        }
+    }
+
+    /// The end time.
+    pub fn end(&self) -> u64 {
+        self.times.last().copied().unwrap_or(0)
+    }
+
+    /// Applies frames up to process time `t` (rebuilding when going back).
+    pub fn seek(&mut self, t: u64) {
+        if t < self.pos || (self.applied > 0 && t < self.times[self.applied - 1]) {
+            self.model = Model::default();
+            self.applied = 0;
+        }
+        while self.applied < self.frames.len() && self.times[self.applied] <= t {
+            self.model.apply(&self.frames[self.applied]);
+            self.applied += 1;
+        }
+        self.pos = t.min(self.end());
+        if self.applied == self.frames.len() {
+            self.model.finish();
+            self.playing = false;
+        } else {
+            self.model.scan();
+        }
+        self.dirty = true;
+    }
+
+    /// Applies exactly `n` frames from the start.
+    pub fn seek_frames(&mut self, n: usize) {
+        let n = n.min(self.frames.len());
+        if n < self.applied {
+            self.model = Model::default();
+            self.applied = 0;
+        }
+        while self.applied < n {
+            self.model.apply(&self.frames[self.applied]);
+            self.applied += 1;
+        }
+        self.pos = if n == 0 { 0 } else { self.times[n - 1] };
+        if self.applied == self.frames.len() {
+            self.model.finish();
+        } else {
+            self.model.scan();
+        }
+        self.dirty = true;
+    }
+
+    /// Frames applied so far.
+    pub fn applied(&self) -> usize {
+        self.applied
+    }
+
+    /// Plays or pauses.
+    pub fn set_playing(&mut self, p: bool) {
+        self.playing = p;
+        self.last_tick = Instant::now();
+        self.dirty = true;
+    }
+}
+
+impl Feed for ReplayFeed {
+    fn poll(&mut self) -> bool {
+        if self.playing {
+            let dt = self.last_tick.elapsed();
+            self.last_tick = Instant::now();
+            let adv = (dt.as_nanos() as f64 * self.speed) as u64;
+            if adv > 0 {
+                self.seek(self.pos.saturating_add(adv));
+            }
+        }
+        self.dirty
+    }
+
+    fn snapshot(&mut self, detail: Option<TaskKey>) -> Snapshot {
+        self.dirty = false;
+        Snapshot::build(&self.model, detail)
+    }
+
+    fn status(&self) -> (String, bool) {
+        let mut s = format!(
+            "replay {} frame {}/{}",
+            self.name,
+            self.applied,
+            self.frames.len()
+        );
+        if let Some(w) = &self.warning {
+            s.push_str(&format!(" ({w})"));
+        }
+        (s, self.warning.is_none())
+    }
+
+    fn replay(&self) -> Option<(u64, u64, bool)> {
+        Some((self.pos, self.end(), self.playing))
+    }
+
+    fn control(&mut self, c: ReplayCmd) {
+        match c {
+            ReplayCmd::Toggle => {
+                if !self.playing && self.applied == self.frames.len() {
+                    self.seek(0);
+                }
+                let p = !self.playing;
+                self.set_playing(p);
+            }
+            ReplayCmd::StepForward => {
+                self.set_playing(false);
+                self.seek_frames(self.applied + 1);
+            }
+            ReplayCmd::StepBack => {
+                self.set_playing(false);
+                self.seek_frames(self.applied.saturating_sub(1));
+            }
+            ReplayCmd::Seek(s) => {
+                let d = (s.unsigned_abs() as u64) * 1_000_000_000;
+                let t = if s < 0 {
+                    self.pos.saturating_sub(d)
+                } else {
+                    self.pos.saturating_add(d)
+                };
+                self.seek(t);
+            }
+            ReplayCmd::Start => self.seek(0),
+            ReplayCmd::End => self.seek(u64::MAX),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The awaitscope terminal UI: data feeds, model snapshots and the views.
+//!
+//! * [`feed`]: the embedded collector, following `serve --record-dir`, and
+//!   replaying recordings.
+//! * [`snapshot`]: what the views draw, copied out of the model.
+//! * [`ui`]: state, input, rendering, theme and the terminal loop.
+
+pub mod feed;
+pub mod snapshot;
+pub mod ui;

@@ -1,0 +1,589 @@
+//! A snapshot of the model: everything the views draw, copied out of the
+//! model in one short pass, so rendering never touches (or locks) it.
+//! Times are the processes' own clocks: snapshots of a recording are
+//! deterministic.
+
+use std::collections::HashMap;
+
+use awaitscope_collector::model::process::task_label;
+use awaitscope_collector::model::span::value_string;
+use awaitscope_collector::model::task::{level_str, Task};
+use awaitscope_collector::model::{Process, TaskState};
+use awaitscope_collector::{FindingKind, Model, Severity};
+use awaitscope_wire::SpanId;
+use hdrhistogram::Histogram;
+
+/// A task across processes: (process index in the snapshot, task id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    /// Index of the process in [`Snapshot::processes`].
+    pub proc: u16,
+    /// Task (span) id within the process.
+    pub id: u64,
+}
+
+/// One connected or recorded process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcSummary {
+    /// pid.
+    pub pid: u32,
+    /// Program name.
+    pub name: String,
+    /// Connected (live) or still streaming.
+    pub connected: bool,
+    /// Said goodbye.
+    pub ended: bool,
+    /// Live tasks.
+    pub tasks: usize,
+    /// Events applied.
+    pub events: u64,
+    /// Events dropped (producer and collector).
+    pub dropped: u64,
+    /// The process clock.
+    pub now: u64,
+    /// Notes about its stream.
+    pub notes: Vec<String>,
+}
+
+/// A row of the task table.
+#[derive(Clone, Debug)]
+pub struct TaskRow {
+    /// Key.
+    pub key: TaskKey,
+    /// tokio task id.
+    pub tokio_id: Option<u64>,
+    /// Name ("" when unnamed).
+    pub name: String,
+    /// `kind` field.
+    pub kind: String,
+    /// State.
+    pub state: TaskState,
+    /// Busy time.
+    pub busy: u64,
+    /// Scheduled time.
+    pub sched: u64,
+    /// Idle time.
+    pub idle: u64,
+    /// Polls.
+    pub polls: u64,
+    /// Spawn location.
+    pub location: String,
+    /// Findings naming this task, plus its WARN/ERROR events.
+    pub warnings: u32,
+    /// The worst finding kind naming it, if any.
+    pub worst: Option<FindingKind>,
+    /// Spawning task.
+    pub parent: Option<u64>,
+    /// What it waits on now (await-tree leaf label), for idle tasks.
+    pub waiting: String,
+}
+
+/// A finding, flattened for display.
+#[derive(Clone, Debug)]
+pub struct FindingRow {
+    /// Kind.
+    pub kind: FindingKind,
+    /// Severity.
+    pub severity: Severity,
+    /// Process index.
+    pub proc: u16,
+    /// Message.
+    pub message: String,
+    /// Culprit location.
+    pub location: String,
+    /// Tasks involved, with labels.
+    pub tasks: Vec<(TaskKey, String)>,
+    /// Trace (await path, span chain, or a deadlock's cycle steps).
+    pub trace: Vec<String>,
+    /// Occurrences.
+    pub count: u64,
+    /// Worst duration.
+    pub worst_ns: Option<u64>,
+    /// First occurrence (process clock).
+    pub first_seen: u64,
+    /// Last occurrence (process clock).
+    pub last_seen: u64,
+}
+
+/// A resource with holders and waiters.
+#[derive(Clone, Debug)]
+pub struct ResourceRow {
+    /// Process index.
+    pub proc: u16,
+    /// Span id.
+    pub id: u64,
+    /// `Mutex`, `Semaphore`, `Sleep`...
+    pub concrete_type: String,
+    /// `kind` (`Sync`, `timer`).
+    pub kind: String,
+    /// Created at.
+    pub location: String,
+    /// Holders, as task labels with counts.
+    pub holders: Vec<(TaskKey, String)>,
+    /// Tasks waiting on it.
+    pub waiters: Vec<(TaskKey, String)>,
+    /// State fields (`locked=true permits=0`).
+    pub state: String,
+    /// Age.
+    pub age: u64,
+}
+
+/// One node of a task's await tree.
+#[derive(Clone, Debug)]
+pub struct AwaitLine {
+    /// Depth (0: awaited by the task itself).
+    pub depth: usize,
+    /// Label.
+    pub label: String,
+    /// Source location.
+    pub location: String,
+    /// Since when it has been awaited (duration up to the process clock).
+    pub for_ns: u64,
+    /// The resource it is, with its holders (`Mutex held by task b#3`).
+    pub resource: Option<String>,
+    /// A leaf: what the task waits on now.
+    pub leaf: bool,
+}
+
+/// Percentiles of a histogram (µs).
+#[derive(Clone, Debug, Default)]
+pub struct HistSummary {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Maximum.
+    pub max: u64,
+    /// Counts per power-of-two bucket of µs (1, 2, 4...).
+    pub buckets: Vec<u64>,
+}
+
+/// Everything about one task.
+#[derive(Clone, Debug, Default)]
+pub struct TaskDetail {
+    /// Label (`task name#id @ loc`).
+    pub title: String,
+    /// State.
+    pub state: Option<TaskState>,
+    /// Fields of the task span (`name = value`).
+    pub fields: Vec<(String, String)>,
+    /// Spawn chain, root first (task labels).
+    pub spawn_chain: Vec<String>,
+    /// Await tree of the current or last poll.
+    pub await_tree: Vec<AwaitLine>,
+    /// Poll durations.
+    pub poll: HistSummary,
+    /// Scheduled (wake to poll) durations.
+    pub scheduled: HistSummary,
+    /// Busy, scheduled, idle, lifetime.
+    pub times: [u64; 4],
+    /// Polls.
+    pub polls: u64,
+    /// Wakes.
+    pub wakes: u64,
+    /// Self-wakes.
+    pub self_wakes: u64,
+    /// Live wakers.
+    pub wakers_alive: u64,
+    /// Tasks awaiting this one's JoinHandle.
+    pub awaited_by: Vec<String>,
+    /// WARN/ERROR events (level, message, location).
+    pub logs: Vec<(String, String, String)>,
+    /// Findings naming the task (`kind: message`).
+    pub findings: Vec<(FindingKind, String)>,
+    /// Causal trace: spawning tasks and span chain, root first.
+    pub causal: Vec<String>,
+    /// Panic message.
+    pub panic: Option<String>,
+}
+
+/// What the views draw.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Processes.
+    pub processes: Vec<ProcSummary>,
+    /// Tasks (live, then retained completed).
+    pub tasks: Vec<TaskRow>,
+    /// Findings, newest first.
+    pub findings: Vec<FindingRow>,
+    /// Resources (not internal ones).
+    pub resources: Vec<ResourceRow>,
+    /// Detail of the requested task.
+    pub detail: Option<(TaskKey, TaskDetail)>,
+    /// Total events applied.
+    pub events: u64,
+    /// Total events dropped.
+    pub dropped: u64,
+    /// Model warnings.
+    pub warnings: Vec<String>,
+}
+
+impl Snapshot {
+    /// Copies what the views need out of `model`, with the detail of task
+    /// `detail` (when it exists).
+    pub fn build(model: &Model, detail: Option<TaskKey>) -> Snapshot {
+        let procs: Vec<&Process> = model.processes().collect();
+        let proc_index: HashMap<(u32, u64), u16> = procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ((p.key.pid, p.key.start_unix_ns), i as u16))
+            .collect();
+        // Findings per task.
+        let mut per_task: HashMap<TaskKey, (u32, FindingKind)> = HashMap::new();
+        let mut findings = Vec::with_capacity(model.findings().list().len());
+        for f in model.findings().list() {
+            let proc = proc_index
+                .get(&(f.pid, f.process_start_unix_ns))
+                .copied()
+                .unwrap_or(0);
+            let p = procs.get(proc as usize);
+            let mut tasks = Vec::new();
+            for t in &f.tasks {
+                let key = TaskKey { proc, id: t.id };
+                let e = per_task.entry(key).or_insert((0, f.kind));
+                e.0 += 1;
+                if f.kind.severity() > e.1.severity() {
+                    e.1 = f.kind;
+                }
+                let label = p
+                    .and_then(|p| p.task(SpanId(t.id)))
+                    .map(task_label)
+                    .unwrap_or_else(|| {
+                        format!("task {}#{}", t.name.as_deref().unwrap_or(""), t.id)
+                    });
+                tasks.push((key, label));
+            }
+            findings.push(FindingRow {
+                kind: f.kind,
+                severity: f.severity,
+                proc,
+                message: f.message.clone(),
+                location: f
+                    .location
+                    .as_ref()
+                    .map(|l| l.to_string())
+                    .unwrap_or_default(),
+                tasks,
+                trace: f.trace.clone(),
+                count: f.count,
+                worst_ns: f.worst_ns,
+                first_seen: f.first_seen,
+                last_seen: f.last_seen,
+            });
+        }
+        findings.sort_by(|a, b| {
+            b.last_seen
+                .cmp(&a.last_seen)
+                .then(b.severity.cmp(&a.severity))
+        });
+
+        let mut snap = Snapshot {
+            findings,
+            warnings: model.warnings.clone(),
+            ..Snapshot::default()
+        };
+        let live: usize = procs
+            .iter()
+            .map(|p| p.tasks.len() + p.completed.len())
+            .sum();
+        snap.tasks.reserve(live);
+        for (pi, p) in procs.iter().enumerate() {
+            let pi = pi as u16;
+            let dropped = p.dropped.buffer_full
+                + p.dropped.disconnected
+                + p.dropped.write_failed
+                + p.collector_dropped;
+            snap.events += p.events;
+            snap.dropped += dropped;
+            snap.processes.push(ProcSummary {
+                pid: p.key.pid,
+                name: p.name().to_string(),
+                connected: p.connected,
+                ended: p.ended,
+                tasks: p.tasks.len(),
+                events: p.events,
+                dropped,
+                now: p.now,
+                notes: p.notes.clone(),
+            });
+            let mut ids: Vec<&Task> = p.tasks.values().collect();
+            ids.sort_unstable_by_key(|t| t.id);
+            for t in ids.into_iter().chain(p.completed.iter()) {
+                let key = TaskKey {
+                    proc: pi,
+                    id: t.id.0,
+                };
+                let (nf, worst) = per_task
+                    .get(&key)
+                    .map_or((0, None), |(n, k)| (*n, Some(*k)));
+                snap.tasks.push(task_row(p, t, key, nf, worst));
+            }
+            let mut waiters: HashMap<SpanId, Vec<(TaskKey, String)>> = HashMap::new();
+            for t in p.tasks.values() {
+                for r in &t.waiting_on {
+                    waiters.entry(*r).or_default().push((
+                        TaskKey {
+                            proc: pi,
+                            id: t.id.0,
+                        },
+                        task_label(t),
+                    ));
+                }
+            }
+            let mut res: Vec<_> = p.resources.values().filter(|r| !r.internal).collect();
+            res.sort_unstable_by_key(|r| r.id);
+            for r in res {
+                let label = |id: SpanId| {
+                    p.task(id)
+                        .map(task_label)
+                        .unwrap_or_else(|| format!("task #{}", id.0))
+                };
+                let mut w = waiters.remove(&r.id).unwrap_or_default();
+                // A Mutex's waiters wait on its inner semaphore too.
+                w.sort();
+                w.dedup();
+                snap.resources.push(ResourceRow {
+                    proc: pi,
+                    id: r.id.0,
+                    concrete_type: r.concrete_type.clone(),
+                    kind: r.kind.clone(),
+                    location: r
+                        .location
+                        .as_ref()
+                        .map(|l| l.to_string())
+                        .unwrap_or_default(),
+                    holders: r
+                        .holders
+                        .iter()
+                        .map(|(t, n)| {
+                            let l = label(*t);
+                            (
+                                TaskKey { proc: pi, id: t.0 },
+                                if *n > 1 { format!("{l} ×{n}") } else { l },
+                            )
+                        })
+                        .collect(),
+                    waiters: w,
+                    state: r
+                        .state
+                        .iter()
+                        .filter(|(n, _)| !n.ends_with(".op"))
+                        .map(|(n, v)| format!("{n}={}", value_string(v)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    age: p.now.saturating_sub(r.created),
+                });
+            }
+        }
+        if let Some(k) = detail {
+            if let Some(p) = procs.get(k.proc as usize) {
+                if let Some(t) = p.task(SpanId(k.id)) {
+                    snap.detail = Some((k, task_detail(p, t, &snap.findings, k)));
+                }
+            }
+        }
+        snap
+    }
+
+    /// The row of task `key`.
+    pub fn task(&self, key: TaskKey) -> Option<&TaskRow> {
+        self.tasks.iter().find(|t| t.key == key)
+    }
+
+    /// Live tasks per state: running, scheduled, idle, closed (retained).
+    pub fn counts(&self) -> [usize; 4] {
+        let mut c = [0; 4];
+        for t in &self.tasks {
+            let i = match t.state {
+                TaskState::Running => 0,
+                TaskState::Scheduled => 1,
+                TaskState::Idle => 2,
+                _ => 3,
+            };
+            c[i] += 1;
+        }
+        c
+    }
+}
+
+fn task_row(p: &Process, t: &Task, key: TaskKey, nf: u32, worst: Option<FindingKind>) -> TaskRow {
+    let now = p.now;
+    let waiting = if t.state == TaskState::Idle {
+        t.await_tree
+            .deepest_leaf()
+            .map(|i| {
+                let c = p.culprit(&t.await_tree, i);
+                p.node_label(&t.await_tree.nodes[c])
+            })
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    TaskRow {
+        key,
+        tokio_id: t.tokio_id,
+        name: t.name.clone().unwrap_or_default(),
+        kind: t.kind.clone().unwrap_or_default(),
+        state: t.state,
+        busy: t.busy_view(now),
+        sched: t.scheduled_view(now),
+        idle: t.idle_view(now),
+        polls: t.polls_view(),
+        location: t
+            .location
+            .as_ref()
+            .map(|l| l.to_string())
+            .unwrap_or_default(),
+        warnings: nf + (t.warn_count + t.error_count).min(u64::from(u32::MAX / 2)) as u32,
+        worst,
+        parent: t.parent.map(|p| p.0),
+        waiting,
+    }
+}
+
+fn hist_summary(h: Option<&Histogram<u32>>) -> HistSummary {
+    let Some(h) = h.filter(|h| !h.is_empty()) else {
+        return HistSummary::default();
+    };
+    let mut buckets = vec![0u64; 24];
+    for v in h.iter_recorded() {
+        let us = v.value_iterated_to().max(1);
+        let b = (63 - us.leading_zeros()) as usize;
+        buckets[b.min(23)] += u64::from(v.count_at_value());
+    }
+    while buckets.len() > 1 && buckets.last() == Some(&0) {
+        buckets.pop();
+    }
+    HistSummary {
+        count: h.len(),
+        p50: h.value_at_quantile(0.5),
+        p90: h.value_at_quantile(0.9),
+        p99: h.value_at_quantile(0.99),
+        max: h.max(),
+        buckets,
+    }
+}
+
+fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> TaskDetail {
+    let now = p.now;
+    let cs = p.callsites.get(&t.callsite);
+    let fields = t
+        .fields
+        .iter()
+        .map(|f| {
+            let name = cs
+                .and_then(|c| c.fields.get(f.index as usize))
+                .cloned()
+                .unwrap_or_else(|| format!("field{}", f.index));
+            (name, value_string(&f.value))
+        })
+        .collect();
+    let mut chain = Vec::new();
+    let mut cur = t.parent;
+    while let Some(id) = cur {
+        if chain.len() >= 32 {
+            break;
+        }
+        match p.task(id) {
+            Some(pt) => {
+                chain.push(task_label(pt));
+                cur = pt.parent;
+            }
+            None => {
+                chain.push(format!("task #{} (gone)", id.0));
+                break;
+            }
+        }
+    }
+    chain.reverse();
+    let tree = &t.await_tree;
+    let leaves: Vec<usize> = tree.leaves().collect();
+    let await_tree = (0..tree.nodes.len())
+        .map(|i| {
+            let n = &tree.nodes[i];
+            let resource = p
+                .resource_of(n.span)
+                .and_then(|r| p.resources.get(&r))
+                .map(|r| {
+                    if r.holders.is_empty() {
+                        r.concrete_type.clone()
+                    } else {
+                        let hs: Vec<String> = r
+                            .holders
+                            .iter()
+                            .map(|(h, _)| {
+                                p.task(*h)
+                                    .map(task_label)
+                                    .unwrap_or_else(|| format!("task #{}", h.0))
+                            })
+                            .collect();
+                        format!("{} held by {}", r.concrete_type, hs.join(", "))
+                    }
+                });
+            AwaitLine {
+                depth: tree.depth(i),
+                label: p.node_label(n),
+                location: p
+                    .span_location(n.span, n.callsite)
+                    .map(|l| l.to_string())
+                    .unwrap_or_default(),
+                for_ns: t.closed.unwrap_or(now).saturating_sub(n.first_entered),
+                resource,
+                leaf: leaves.contains(&i),
+            }
+        })
+        .collect();
+    let awaited_by = p
+        .awaited_by()
+        .remove(&t.id)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| p.task(id).map(task_label))
+        .collect();
+    let end = t.closed.unwrap_or(now);
+    TaskDetail {
+        title: task_label(t),
+        state: Some(t.state),
+        fields,
+        spawn_chain: chain,
+        await_tree,
+        poll: hist_summary(t.hist.as_ref().map(|h| &h.poll_us)),
+        scheduled: hist_summary(t.hist.as_ref().map(|h| &h.scheduled_us)),
+        times: [
+            t.busy_view(now),
+            t.scheduled_view(now),
+            t.idle_view(now),
+            end.saturating_sub(t.created),
+        ],
+        polls: t.polls_view(),
+        wakes: t.wakes,
+        self_wakes: t.self_wakes,
+        wakers_alive: t.wakers_alive,
+        awaited_by,
+        logs: t
+            .logs
+            .iter()
+            .map(|l| {
+                (
+                    level_str(l.level).to_string(),
+                    l.message.clone(),
+                    l.location
+                        .as_ref()
+                        .map(|l| l.to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect(),
+        findings: findings
+            .iter()
+            .filter(|f| f.tasks.iter().any(|(k, _)| *k == key))
+            .map(|f| (f.kind, f.message.clone()))
+            .collect(),
+        causal: p.trace(t.spawn_span, Some(t.id)),
+        panic: t.panic.clone(),
+    }
+}

@@ -1,0 +1,184 @@
+//! State logic without rendering: sorting, filtering, tree folding, and
+//! the selection following a task as rows move.
+
+mod common;
+
+use awaitscope_collector::config::MS;
+use awaitscope_collector::testing::{Scenario, TaskOpts};
+use awaitscope_tui::snapshot::Snapshot;
+use awaitscope_tui::ui::app::{matches_query, Action, App, Column, RowKind};
+use common::*;
+
+fn names(a: &App) -> Vec<String> {
+    a.rows
+        .iter()
+        .map(|r| match r.kind {
+            RowKind::Task(i) => a.snap.tasks[i].name.clone(),
+            RowKind::Process(_) => "<process>".into(),
+        })
+        .collect()
+}
+
+#[test]
+fn sorts_by_any_column_and_reverses() {
+    let mut a = app();
+    a.sort = Column::Name;
+    a.desc = false;
+    a.rebuild();
+    let n = names(&a);
+    let mut sorted = n.clone();
+    sorted.sort();
+    assert_eq!(n, sorted);
+    a.apply(Action::SortReverse);
+    let mut rev = sorted.clone();
+    rev.reverse();
+    // Ties (same name) keep key order in both directions; compare names only.
+    assert_eq!(names(&a), rev);
+    for _ in 0..Column::ALL.len() {
+        a.apply(Action::SortNext);
+        assert_eq!(a.rows.len(), a.snap.tasks.len());
+    }
+    a.sort = Column::Polls;
+    a.desc = true;
+    a.rebuild();
+    let polls: Vec<u64> = a
+        .rows
+        .iter()
+        .map(|r| match r.kind {
+            RowKind::Task(i) => a.snap.tasks[i].polls,
+            _ => 0,
+        })
+        .collect();
+    assert!(polls.windows(2).all(|w| w[0] >= w[1]), "{polls:?}");
+}
+
+#[test]
+fn filters_by_name_state_location_and_warnings() {
+    let mut a = app();
+    for c in "conn".chars() {
+        a.apply(Action::FilterChar(c));
+    }
+    assert_eq!(names(&a), vec!["conn"; 3]);
+    a.apply(Action::FilterClear);
+    a.filter = "state:idle".into();
+    a.rebuild();
+    assert!(a
+        .rows
+        .iter()
+        .all(|r| matches!(r.kind, RowKind::Task(i) if a.snap.tasks[i].state.as_str() == "idle")));
+    a.filter = "warn".into();
+    a.rebuild();
+    assert!(names(&a).contains(&"conn".to_string()));
+    assert!(names(&a).contains(&"transfer-debit".to_string()));
+    assert!(a.rows.len() < a.snap.tasks.len());
+    // Fuzzy: "trdb" matches transfer-debit.
+    let t = a
+        .snap
+        .tasks
+        .iter()
+        .find(|t| t.name == "transfer-debit")
+        .unwrap();
+    assert!(matches_query("trdb", t));
+    assert!(matches_query("loc:main.rs name:tdeb", t));
+    assert!(!matches_query("state:running", t));
+    a.filter = "zzzz-nothing".into();
+    a.rebuild();
+    assert!(a.rows.is_empty());
+}
+
+#[test]
+fn tree_folds_counts_descendants_and_keeps_ancestors_of_matches() {
+    let mut a = app();
+    a.apply(Action::ToggleTree);
+    let main = a
+        .rows
+        .iter()
+        .find(|r| matches!(r.kind, RowKind::Task(i) if a.snap.tasks[i].name == "main"))
+        .unwrap()
+        .clone();
+    // main -> server -> 3 conns (one completed, retained).
+    assert_eq!(main.descendants, 4);
+    assert!(main.has_children);
+    let n = a.rows.len();
+    a.selected = Some(key_named(&a.snap, "main"));
+    a.rebuild();
+    a.apply(Action::Left); // fold main
+    assert_eq!(a.rows.len(), n - 4);
+    a.apply(Action::Right); // unfold
+    assert_eq!(a.rows.len(), n);
+    a.apply(Action::FoldAll);
+    assert!(a.rows.len() < n);
+    a.apply(Action::FoldAll);
+    assert_eq!(a.rows.len(), n);
+    // Filtering keeps the ancestors of matches.
+    a.filter = "conn".into();
+    a.rebuild();
+    assert_eq!(names(&a), vec!["main", "server", "conn", "conn", "conn"]);
+    let depths: Vec<u16> = a.rows.iter().map(|r| r.depth).collect();
+    assert_eq!(depths, vec![0, 1, 2, 2, 2]);
+}
+
+#[test]
+fn selection_follows_the_task_when_rows_move() {
+    let mut s = Scenario::new();
+    let a_ = s.spawn(TaskOpts::named("alpha"), 0);
+    let b_ = s.spawn(TaskOpts::named("beta"), 0);
+    let c_ = s.spawn(TaskOpts::named("gamma"), 0);
+    s.poll(c_, MS, 2 * MS);
+    let mut app = App::new(Snapshot::build(s.model(), None));
+    app.sort = Column::Polls;
+    app.desc = true;
+    app.rebuild();
+    // Select beta.
+    let beta = key_named(&app.snap, "beta");
+    // Sorting moved the cursor with the selected task (alpha, last now).
+    assert_eq!(app.cursor, 2, "{:?}", names(&app));
+    app.apply(Action::Up);
+    assert_eq!(app.selected, Some(beta), "{:?}", names(&app));
+    let before = app.cursor;
+    // beta gets many polls: it moves to the top.
+    for i in 0..5 {
+        s.poll(b_, (3 + 2 * i) * MS, (4 + 2 * i) * MS);
+    }
+    s.poll(a_, 20 * MS, 21 * MS);
+    app.set_snapshot(Snapshot::build(s.model(), None));
+    assert_eq!(app.selected, Some(key_named(&app.snap, "beta")));
+    assert_eq!(app.cursor, 0, "beta is first now (was {before})");
+    // The selected task disappears: the cursor stays in range.
+    let mut empty = App::default();
+    empty.apply(Action::Down);
+    assert_eq!(empty.cursor, 0);
+}
+
+#[test]
+fn enter_on_a_finding_jumps_to_its_task_and_esc_returns() {
+    let mut a = app();
+    a.apply(Action::NextView);
+    a.apply(Action::Down); // first item after the group header
+    let f = a.selected_finding().cloned().expect("a finding");
+    a.apply(Action::Enter);
+    assert_eq!(a.view, awaitscope_tui::ui::app::View::Detail);
+    assert_eq!(a.selected, Some(f.tasks[0].0));
+    a.apply(Action::Back);
+    assert_eq!(a.view, awaitscope_tui::ui::app::View::Findings);
+}
+
+#[test]
+fn ten_thousand_children_and_deep_chains() {
+    let mut s = Scenario::new();
+    let root = s.spawn(TaskOpts::named("root"), 0);
+    for i in 0..10_000 {
+        s.spawn_child(TaskOpts::default(), root, i);
+    }
+    let mut parent = root;
+    for i in 0..2_000 {
+        parent = s.spawn_child(TaskOpts::named("deep"), parent, 20_000 + i);
+    }
+    let mut a = App::new(Snapshot::build(s.model(), None));
+    a.apply(Action::ToggleTree);
+    assert_eq!(a.rows.len(), 12_001);
+    assert_eq!(a.rows[0].descendants, 12_000);
+    let _ = draw(&a, 120, 30, false);
+    a.apply(Action::Bottom);
+    let _ = draw(&a, 120, 30, true);
+}
