@@ -275,10 +275,18 @@ impl Snapshot {
                 last_seen: f.last_seen,
             });
         }
+        // Newest first; ties (a scan observes several at once) in a stable
+        // order of their own, not the model's hash order.
         findings.sort_by(|a, b| {
             b.last_seen
                 .cmp(&a.last_seen)
                 .then(b.severity.cmp(&a.severity))
+                .then_with(|| a.kind.as_str().cmp(b.kind.as_str()))
+                .then_with(|| a.message.cmp(&b.message))
+                .then_with(|| {
+                    let first = |f: &FindingRow| f.tasks.first().map(|t| t.1.clone());
+                    first(a).cmp(&first(b))
+                })
         });
 
         let mut snap = Snapshot {
