@@ -31,13 +31,14 @@ const TREE: usize = 32;
 /// Signature of a poll that entered no span.
 const EMPTY_SIG: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Entries of the per-thread span cache (a power of two).
+/// Entries of the per-thread span cache (a power of two; 16 bytes each).
 const CACHE: usize = 256;
 
 /// Cache slot of a registry id.
 #[inline]
 fn slot(reg: u64) -> usize {
-    (reg.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % CACHE
+    // Fibonacci hashing: the top bits of the product index the table.
+    (reg.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CACHE.trailing_zeros())) as usize
 }
 
 /// A cached registry lookup: registry id to span id, class and node.
