@@ -16,7 +16,7 @@ use std::time::Duration;
 use awaitscope_wire::{SpanClass, Value};
 use rustc_hash::FxHashMap;
 
-use crate::capture::node::SpanNode;
+use crate::capture::node::{render_value, SpanNode};
 use crate::spawn::JOIN_TARGET;
 
 /// A live span as the exporter knows it.
@@ -256,7 +256,7 @@ impl AwaitModel {
                 let fields: Vec<String> = node
                     .named_fields()
                     .into_iter()
-                    .map(|(k, v)| format!("{k}={}", render(&v)))
+                    .map(|(k, v)| format!("{k}={}", render_value(&v)))
                     .collect();
                 if fields.is_empty() {
                     format!("{}::{}", node.meta.target(), node.meta.name())
@@ -273,20 +273,10 @@ impl AwaitModel {
     }
 }
 
-fn render(v: &Value) -> String {
-    match v {
-        Value::I64(i) => i.to_string(),
-        Value::U64(u) => u.to_string(),
-        Value::F64(f) => f.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Str(s) => s.clone(),
-    }
-}
-
 fn str_field(node: &SpanNode, name: &str) -> Option<String> {
     match node.field(name)? {
         Value::Str(s) => Some(s),
-        v => Some(render(&v)),
+        v => Some(render_value(&v)),
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use awaitscope_wire::{SpanClass, Value};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::node::SpanNode;
+use crate::capture::node::{render_value, SpanNode};
 use crate::capture::SpanData;
 
 /// Target of the spans that carry an [`Context`] across a queue.
@@ -104,16 +104,6 @@ pub enum TraceItem {
         /// Task that took the context.
         from: Option<TaskRef>,
     },
-}
-
-fn render(v: &Value) -> String {
-    match v {
-        Value::I64(i) => i.to_string(),
-        Value::U64(u) => u.to_string(),
-        Value::F64(f) => f.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Str(s) => s.clone(),
-    }
 }
 
 fn task_name(node: &SpanNode) -> Option<String> {
@@ -222,7 +212,7 @@ impl CausalTrace {
                         fields: node
                             .named_fields()
                             .into_iter()
-                            .map(|(n, v)| (n, render(&v)))
+                            .map(|(n, v)| (n, render_value(&v)))
                             .collect(),
                         file: node.meta.file(),
                         line: node.meta.line(),

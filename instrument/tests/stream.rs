@@ -43,6 +43,28 @@ fn read_frames(
     frames
 }
 
+/// The collector goes away and comes back on the same address; returns the
+/// producer's new connection (it reconnects with backoff).
+fn collector_restarts(listener: TcpListener, guard: &awaitscope::Guard) -> TcpStream {
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let listener = TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let conn = loop {
+        // Keep producing so the exporter notices the broken connection.
+        tracing::info_span!("tick").in_scope(|| {});
+        guard.flush();
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("producer never reconnected: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn
+}
+
 fn span_news(frames: &[Frame]) -> Vec<u64> {
     frames
         .iter()
@@ -86,23 +108,7 @@ fn reconnect_resends_callsites_and_live_spans() {
 
         // The collector goes away and comes back on the same address.
         drop(conn);
-        drop(listener);
-        let listener = TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut conn = loop {
-            // Keep producing so the exporter notices the broken connection.
-            tracing::info_span!("tick").in_scope(|| {});
-            guard.flush();
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("producer never reconnected: {e}"),
-            }
-        };
-        conn.set_nonblocking(false).unwrap();
+        let mut conn = collector_restarts(listener, &guard);
         let second = read_frames(&mut conn, Duration::from_secs(20), |f| {
             span_news(f).contains(&id)
         });
@@ -260,22 +266,7 @@ fn reconnect_resends_await_trees_of_parked_tasks() {
         // The task stays parked: its tree will not change, so it is not
         // sent again by itself. After a reconnect it must be.
         drop(conn);
-        drop(listener);
-        let listener = TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut conn = loop {
-            tracing::info_span!("tick").in_scope(|| {});
-            guard.flush();
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("producer never reconnected: {e}"),
-            }
-        };
-        conn.set_nonblocking(false).unwrap();
+        let mut conn = collector_restarts(listener, &guard);
         let second = read_frames(&mut conn, Duration::from_secs(20), |f| {
             poll_tree_tasks(f).contains(&task)
         });

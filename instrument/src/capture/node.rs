@@ -138,3 +138,14 @@ impl SpanNode {
             .collect()
     }
 }
+
+/// A field value as shown in traces and await trees (strings unquoted).
+pub(crate) fn render_value(v: &Value) -> String {
+    match v {
+        Value::I64(i) => i.to_string(),
+        Value::U64(u) => u.to_string(),
+        Value::F64(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Str(s) => s.clone(),
+    }
+}
