@@ -3,10 +3,10 @@
 use ratatui::layout::Rect;
 use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph, Wrap};
+use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph};
 use ratatui::Frame;
 
-use super::findings::finding_lines;
+use super::findings::detail;
 use super::{clip, count, scroll, split_list_detail};
 use crate::ui::app::App;
 use crate::ui::theme::Theme;
@@ -66,20 +66,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, t: &Theme) {
             .collect();
         f.render_widget(List::new(items), inner);
     }
-    let block = Block::default()
-        .borders(Borders::TOP)
-        .title(Span::styled(" Error ", t.title()));
-    let lines = match app.selected_finding() {
-        Some(fr) => finding_lines(fr, app, t),
-        None => vec![Line::from(Span::styled(
-            "Select an error; Enter opens its task.",
-            t.dim(),
-        ))],
-    };
-    f.render_widget(
-        Paragraph::new(lines)
-            .block(block)
-            .wrap(Wrap { trim: false }),
+    detail(
+        f,
         detail_area,
+        app,
+        t,
+        " Error ",
+        "Select an error; Enter opens its task.",
     );
 }

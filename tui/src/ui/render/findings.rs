@@ -80,21 +80,31 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, t: &Theme) {
             .collect();
         f.render_widget(List::new(items), inner);
     }
+    detail(
+        f,
+        detail_area,
+        app,
+        t,
+        " Finding ",
+        "Select a finding (↑↓); Enter opens its task.",
+    );
+}
+
+/// The detail pane of the selected finding (or `placeholder`), shared by
+/// the findings and errors views.
+pub fn detail(f: &mut Frame, area: Rect, app: &App, t: &Theme, title: &str, placeholder: &str) {
     let block = Block::default()
         .borders(Borders::TOP)
-        .title(Span::styled(" Finding ", t.title()));
+        .title(Span::styled(title.to_owned(), t.title()));
     let lines = match app.selected_finding() {
         Some(fr) => finding_lines(fr, app, t),
-        None => vec![Line::from(Span::styled(
-            "Select a finding (↑↓); Enter opens its task.",
-            t.dim(),
-        ))],
+        None => vec![Line::from(Span::styled(placeholder.to_owned(), t.dim()))],
     };
     f.render_widget(
         Paragraph::new(lines)
             .block(block)
             .wrap(Wrap { trim: false }),
-        detail_area,
+        area,
     );
 }
 
