@@ -13,7 +13,9 @@ pub(crate) struct EnvConfig {
     pub enabled: bool,
     /// `AWAITSCOPE_ADDR`: collector to stream to; `off` or empty: no stream.
     pub addr: Option<String>,
-    /// `AWAITSCOPE_RECORD`: recording file to write.
+    /// `AWAITSCOPE_RECORD`: recording file to write; `{pid}` in it is
+    /// replaced by the process id (one file per process when a command
+    /// starts several instrumented processes).
     pub record: Option<PathBuf>,
     /// `AWAITSCOPE_TOKEN`: token to present to a collector that needs one.
     pub token: Option<String>,
@@ -39,7 +41,7 @@ impl EnvConfig {
         };
         let record = var("AWAITSCOPE_RECORD")
             .filter(|v| !v.trim().is_empty())
-            .map(PathBuf::from);
+            .map(|v| PathBuf::from(v.replace("{pid}", &std::process::id().to_string())));
         let token = var("AWAITSCOPE_TOKEN").filter(|v| !v.is_empty());
         Self {
             enabled,
@@ -83,6 +85,13 @@ mod tests {
         assert_eq!(
             cfg(&[("AWAITSCOPE_RECORD", "/tmp/x.rec")]).record,
             Some(PathBuf::from("/tmp/x.rec"))
+        );
+        assert_eq!(
+            cfg(&[("AWAITSCOPE_RECORD", "/tmp/run-{pid}.rec")]).record,
+            Some(PathBuf::from(format!(
+                "/tmp/run-{}.rec",
+                std::process::id()
+            )))
         );
     }
 }

@@ -18,7 +18,7 @@
 //! | variable | meaning |
 //! | --- | --- |
 //! | `AWAITSCOPE_ADDR` | collector to stream to (default `127.0.0.1:6670`; `off`: none) |
-//! | `AWAITSCOPE_RECORD` | path of a recording file to write |
+//! | `AWAITSCOPE_RECORD` | path of a recording file to write (`{pid}` is replaced by the process id) |
 //! | `AWAITSCOPE_TOKEN` | token to present to a collector that requires one |
 //! | `AWAITSCOPE=off` | install nothing |
 //! | `RUST_LOG` | filter of the log output printed to stderr (default `warn`) |

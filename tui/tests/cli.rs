@@ -427,3 +427,52 @@ fn serve_ingests_records_and_reports_on_interrupt() {
     };
     assert_eq!(shape(&r["tasks"]), shape(&v["tasks"]));
 }
+
+#[test]
+fn record_merges_the_recordings_of_every_process() {
+    // A command that starts two instrumented processes (as `cargo test`
+    // does, one per test binary): each writes its own part; `record`
+    // merges them into one recording holding both processes.
+    let dir = tempfile::tempdir().unwrap();
+    let one = write(dir.path(), "one.rec", &known_recording());
+    let mut b = StreamBuilder::new(5151, 2_000);
+    b.hello("second", None, false);
+    b.thread(0);
+    let t = b.spawn(&TaskOpts::named("other"), None, 0);
+    b.enter(t, MS);
+    b.exit(t, 2 * MS);
+    b.goodbye();
+    let two = write(dir.path(), "two.rec", &b.recording());
+    let out = dir.path().join("merged.rec");
+    let script = "for src in \"$ONE\" \"$TWO\"; do \
+                  cp \"$src\" \"$(dirname \"$AWAITSCOPE_RECORD\")/$(basename \"$src\")\"; done";
+    let o = bin()
+        .args([
+            "record",
+            "--out",
+            out.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("ONE", &one)
+        .env("TWO", &two)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (o, r) = report_json(&[&out]);
+    assert_eq!(o.status.code(), Some(0));
+    let pids: Vec<u64> = r["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(pids.contains(&4242) && pids.contains(&5151), "{pids:?}");
+    assert!(
+        !dir.path().join("merged.rec.parts").exists(),
+        "parts cleaned up"
+    );
+}

@@ -1,8 +1,12 @@
 //! `awaitscope record [--out FILE] [--fail-on KINDS] -- CMD ARGS...`
 //!
-//! Runs CMD with `AWAITSCOPE_RECORD=FILE`, then prints a summary of the
-//! findings on stderr. Exit code: the command's (128 + signal if it was
-//! killed); with `--fail-on`, 1 if a finding of those kinds exists.
+//! Runs CMD with `AWAITSCOPE_RECORD` set, then prints a summary of the
+//! findings on stderr. Every instrumented process CMD starts (`cargo test`
+//! runs one per test binary, nextest one per test) records to its own part
+//! (`FILE.parts/{pid}.rec`); the parts are then merged into FILE, which
+//! the wire format allows since every frame names its process. Exit code:
+//! the command's (128 + signal if it was killed); with `--fail-on`, 1 if a
+//! finding of those kinds exists.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -51,9 +55,14 @@ pub fn run(args: Args) -> u8 {
         PathBuf::from(format!("awaitscope-{t}.rec"))
     });
     let (prog, rest) = args.command.split_first().expect("clap requires a command");
+    let parts = parts_dir(&out);
+    if let Err(e) = std::fs::create_dir_all(&parts) {
+        eprintln!("awaitscope record: cannot create {}: {e}", parts.display());
+        return EXIT_BAD_INPUT;
+    }
     let status = match Command::new(prog)
         .args(rest)
-        .env("AWAITSCOPE_RECORD", &out)
+        .env("AWAITSCOPE_RECORD", parts.join("{pid}.rec"))
         .status()
     {
         Ok(s) => s,
@@ -70,6 +79,19 @@ pub fn run(args: Args) -> u8 {
         }
     };
     let code = exit_code(status);
+    match merge_parts(&parts, &out) {
+        Ok(0) => {}
+        Ok(_) => {
+            let _ = std::fs::remove_dir_all(&parts);
+        }
+        Err(e) => {
+            eprintln!(
+                "awaitscope record: merging the recordings into {}: {e}",
+                out.display()
+            );
+            return if code == 0 { EXIT_BAD_INPUT } else { code };
+        }
+    }
     if !out.exists() {
         eprintln!(
             "awaitscope record: no recording was written to {} (is the program instrumented with awaitscope?)",
@@ -96,4 +118,62 @@ pub fn run(args: Args) -> u8 {
         Some(FailOn(kinds)) if report.has_finding(&kinds) => EXIT_FINDINGS,
         _ => code,
     }
+}
+
+/// Where the processes of one `record` run write their recordings.
+fn parts_dir(out: &std::path::Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".parts");
+    out.with_file_name(name)
+}
+
+/// Merges every recording in `parts` into one stream at `out` (frames carry
+/// their process, so one stream holds many processes). A part cut short (a
+/// process killed) contributes its complete frames. Returns the number of
+/// parts; with none, `parts` is removed and `out` left alone.
+fn merge_parts(parts: &std::path::Path, out: &std::path::Path) -> std::io::Result<usize> {
+    use awaitscope_wire::{FrameReader, FrameWriter};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(parts)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "rec"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        let _ = std::fs::remove_dir(parts);
+        return Ok(0);
+    }
+    let mut writer = FrameWriter::new(std::io::BufWriter::new(std::fs::File::create(out)?))?;
+    for f in &files {
+        let reader = match std::fs::File::open(f).map(std::io::BufReader::new) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("awaitscope record: skipping {}: {e}", f.display());
+                continue;
+            }
+        };
+        let mut frames = match FrameReader::new(reader) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("awaitscope record: skipping {}: {e}", f.display());
+                continue;
+            }
+        };
+        loop {
+            match frames.next_frame() {
+                Ok(Some(frame)) => writer
+                    .write_frame(&frame)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!(
+                        "awaitscope record: {}: {e}; kept what came before",
+                        f.display()
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    writer.flush()?;
+    Ok(files.len())
 }
