@@ -509,8 +509,16 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
     }
     chain.reverse();
     let tree = &t.await_tree;
-    let leaves: Vec<usize> = tree.leaves().collect();
+    // Resources internal to another (a Mutex's semaphore) are folded into
+    // the resource that owns them: the wait shows on the Mutex.
+    let internal = |i: usize| {
+        p.resource_of(tree.nodes[i].span)
+            .and_then(|r| p.resources.get(&r))
+            .is_some_and(|r| r.internal)
+    };
+    let leaves: Vec<usize> = tree.leaves().map(|l| p.culprit(tree, l)).collect();
     let await_tree = (0..tree.nodes.len())
+        .filter(|&i| !internal(i))
         .map(|i| {
             let n = &tree.nodes[i];
             let resource = p

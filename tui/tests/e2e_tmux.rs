@@ -67,7 +67,9 @@ fn demo_shows_a_deadlock_and_restores_the_terminal() {
         }
     }
     let _kill = Kill(session.clone());
-    let cmd = format!("{bin} demo --log {}; echo EXITED:$?", log.display());
+    // `EXIT""ED` so that the typed command line itself never matches the
+    // marker the shell prints when the UI has exited.
+    let cmd = format!("{bin} demo --log {}; echo EXIT\"\"ED:$?", log.display());
     tmux(&["send-keys", "-t", s, &cmd, "Enter"]);
     let tasks = wait_for(s, "Tasks", Duration::from_secs(20)).expect("the UI starts");
     assert_eq!(
