@@ -37,7 +37,7 @@ pub fn default_log() -> PathBuf {
 /// Runs the UI.
 pub fn run(args: Args) -> u8 {
     log_to_file(&args.log);
-    let mut feed: Box<dyn Feed> = match &args.connect {
+    let mut feed: Box<dyn Feed + Send> = match &args.connect {
         Some(target) => {
             if target.parse::<SocketAddr>().is_ok() {
                 eprintln!(

@@ -4,7 +4,7 @@
 
 use std::io::{self, Stdout};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{self, DisableMouseCapture, EnableMouseCapture};
@@ -16,10 +16,12 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
 use super::app::App;
+use super::app::ReplayCmd;
 use super::input::map_event;
 use super::render;
 use super::theme::Theme;
 use crate::feed::Feed;
+use crate::snapshot::{Snapshot, TaskKey};
 
 /// Options of the UI.
 #[derive(Clone, Copy, Debug)]
@@ -109,18 +111,84 @@ fn watch_signals(flag: Arc<AtomicBool>) {
         });
 }
 
-/// Runs the UI over `feed` until the user quits.
-pub fn run(feed: &mut dyn Feed, opts: UiOptions) -> io::Result<()> {
+/// What the UI thread and the snapshot thread share.
+#[derive(Default)]
+struct Exchange {
+    /// The task whose detail the UI shows (set by the UI).
+    want_detail: Option<TaskKey>,
+    /// Replay commands for the feed (set by the UI).
+    controls: Vec<ReplayCmd>,
+    /// The latest snapshot not yet taken by the UI.
+    latest: Option<Snapshot>,
+    /// The feed's status and replay position.
+    status: (String, bool),
+    replay: Option<(u64, u64, bool)>,
+    stop: bool,
+}
+
+fn lock(x: &Mutex<Exchange>) -> std::sync::MutexGuard<'_, Exchange> {
+    x.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The snapshot thread: polls the feed and builds snapshots of the model,
+/// so that the UI thread never waits for the model (a snapshot of 100,000
+/// tasks takes tens of milliseconds).
+fn snapshots(feed: &mut (dyn Feed + Send), x: &Mutex<Exchange>, period: Duration) {
+    let mut last_detail = None;
+    let mut first = true;
+    loop {
+        let (want, controls) = {
+            let mut g = lock(x);
+            if g.stop {
+                return;
+            }
+            (g.want_detail, std::mem::take(&mut g.controls))
+        };
+        for c in controls {
+            feed.control(c);
+        }
+        let changed = feed.poll();
+        if changed || want != last_detail || first {
+            first = false;
+            last_detail = want;
+            let snap = feed.snapshot(want);
+            lock(x).latest = Some(snap);
+        }
+        let (status, replay) = (feed.status(), feed.replay());
+        {
+            let mut g = lock(x);
+            g.status = status;
+            g.replay = replay;
+        }
+        std::thread::sleep(period);
+    }
+}
+
+/// Runs the UI over `feed` until the user quits. Snapshots of the model are
+/// built on a thread of their own; this thread only reads input and draws.
+pub fn run(feed: &mut (dyn Feed + Send), opts: UiOptions) -> io::Result<()> {
+    let frame = Duration::from_millis(1000 / u64::from(opts.fps.clamp(1, 60)));
+    let exchange = Mutex::new(Exchange::default());
+    std::thread::scope(|s| {
+        let x = &exchange;
+        std::thread::Builder::new()
+            .name("ui-snapshots".into())
+            .spawn_scoped(s, move || snapshots(feed, x, frame))?;
+        let r = ui_loop(x, opts, frame);
+        lock(x).stop = true;
+        r
+    })
+}
+
+fn ui_loop(x: &Mutex<Exchange>, opts: UiOptions, frame: Duration) -> io::Result<()> {
     let theme = Theme::detect(opts.ascii);
     let quit = Arc::new(AtomicBool::new(false));
     watch_signals(quit.clone());
     let mut term = setup()?;
     let _restore = Restore;
     let mut app = App::default();
-    let frame = Duration::from_millis(1000 / u64::from(opts.fps.clamp(1, 60)));
     let mut last_events = (Instant::now(), 0u64);
     let mut dirty = true;
-    let mut last_detail = None;
     let mut next_frame = Instant::now();
     tracing::info!("ui started");
     while !app.quit && !quit.load(Ordering::Relaxed) {
@@ -141,16 +209,25 @@ pub fn run(feed: &mut dyn Feed, opts: UiOptions) -> io::Result<()> {
                 }
             }
         }
-        if let Some(c) = app.pending_replay.take() {
-            feed.control(c);
-        }
         if Instant::now() >= next_frame {
             next_frame = Instant::now() + frame;
-            let changed = feed.poll();
             let detail = app.wants_detail();
-            if (changed && !app.paused) || detail != last_detail {
-                last_detail = detail;
-                let snap = feed.snapshot(detail);
+            let (snap, status, replay) = {
+                let mut g = lock(x);
+                if let Some(c) = app.pending_replay.take() {
+                    g.controls.push(c);
+                }
+                g.want_detail = detail;
+                // Paused: keep the picture, but take the detail asked for.
+                let key = |s: &Snapshot| s.detail.as_ref().map(|d| d.0);
+                let shown = key(&app.snap);
+                let take = g.latest.as_ref().is_some_and(|s| {
+                    !app.paused || (detail.is_some() && key(s) == detail && shown != detail)
+                });
+                let snap = if take { g.latest.take() } else { None };
+                (snap, g.status.clone(), g.replay)
+            };
+            if let Some(snap) = snap {
                 let now = Instant::now();
                 let dt = now.duration_since(last_events.0).as_secs_f64();
                 if dt >= 0.5 {
@@ -161,11 +238,11 @@ pub fn run(feed: &mut dyn Feed, opts: UiOptions) -> io::Result<()> {
                 app.set_snapshot(snap);
                 dirty = true;
             }
-            let (source, ok) = feed.status();
-            if source != app.source || ok != app.source_ok || feed.replay() != app.replay {
+            let (source, ok) = status;
+            if source != app.source || ok != app.source_ok || replay != app.replay {
                 app.source = source;
                 app.source_ok = ok;
-                app.replay = feed.replay();
+                app.replay = replay;
                 dirty = true;
             }
         }
