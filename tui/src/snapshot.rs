@@ -189,6 +189,9 @@ pub struct TaskDetail {
     pub self_wakes: u64,
     /// Live wakers.
     pub wakers_alive: u64,
+    /// Who woke it, most frequent first: (task label, or "outside any
+    /// task"; count).
+    pub woken_by: Vec<(String, u64)>,
     /// Tasks awaiting this one's JoinHandle.
     pub awaited_by: Vec<String>,
     /// WARN/ERROR events (level, message, location).
@@ -579,6 +582,21 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
         wakes: t.wakes,
         self_wakes: t.self_wakes,
         wakers_alive: t.wakers_alive,
+        woken_by: t
+            .woken_by
+            .iter()
+            .map(|(by, n)| {
+                let who = match by {
+                    Some(id) if *id == t.id => "itself".to_string(),
+                    Some(id) => p
+                        .task(*id)
+                        .map(task_label)
+                        .unwrap_or_else(|| format!("task #{}", id.0)),
+                    None => "outside any task".to_string(),
+                };
+                (who, *n)
+            })
+            .collect(),
         awaited_by,
         logs: t
             .logs

@@ -1130,6 +1130,22 @@ fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>) {
     t.location = span::loc_fields(cs, f).or_else(|| span::callsite_location(cs));
 }
 
+/// Counts who woke `t`, keeping the most frequent wakers (bounded).
+fn note_waker(t: &mut Task, by: Option<SpanId>) {
+    if let Some(i) = t.woken_by.iter().position(|(w, _)| *w == by) {
+        t.woken_by[i].1 += 1;
+        // Keep the most frequent first (one step per wake suffices).
+        if i > 0 && t.woken_by[i].1 > t.woken_by[i - 1].1 {
+            t.woken_by.swap(i, i - 1);
+        }
+    } else if t.woken_by.len() < super::task::WOKEN_BY {
+        t.woken_by.push((by, 1));
+    } else if let Some(last) = t.woken_by.last_mut() {
+        // Full: the rarest waker gives way to the newest.
+        *last = (by, 1);
+    }
+}
+
 fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
     match op {
         WakeOp::Clone => {
@@ -1147,11 +1163,36 @@ fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
     if by == Some(t.id) {
         t.self_wakes += 1;
     }
+    note_waker(t, by);
     t.woken_since_poll = true;
     if t.poll_start.is_some() {
         t.woken_during_poll = true;
     } else if t.scheduled_since.is_none() && t.closed.is_none() {
         t.scheduled_since = Some(ts);
         t.state = TaskState::Scheduled;
+    }
+}
+
+#[cfg(test)]
+mod woken_by_tests {
+    use crate::testing::{Scenario, TaskOpts};
+
+    #[test]
+    fn who_woke_a_task_is_counted_most_frequent_first() {
+        let mut s = Scenario::new();
+        let waiter = s.spawn(TaskOpts::named("waiter"), 0);
+        let a = s.spawn(TaskOpts::named("a"), 1);
+        let b = s.spawn(TaskOpts::named("b"), 2);
+        s.begin_poll(waiter, 3);
+        s.end_poll(waiter, 4);
+        s.wake(waiter, Some(a), 5);
+        for ts in 6..9 {
+            s.wake(waiter, Some(b), ts);
+        }
+        s.wake(waiter, None, 10);
+        let m = s.model();
+        let p = m.processes().next().unwrap();
+        let w = &p.tasks[&waiter];
+        assert_eq!(w.woken_by, vec![(Some(b), 3), (Some(a), 1), (None, 1)]);
     }
 }

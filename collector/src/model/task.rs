@@ -9,6 +9,9 @@ use serde::Serialize;
 use super::await_tree::AwaitTree;
 use super::span::Location;
 
+/// Most wakers remembered per task in [`Task::woken_by`].
+pub const WOKEN_BY: usize = 8;
+
 /// State of a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,6 +146,9 @@ pub struct Task {
     pub wakes: u64,
     /// Wakes by the task itself.
     pub self_wakes: u64,
+    /// Who woke it: the tasks (none: outside any task) and how often, most
+    /// frequent first, at most [`WOKEN_BY`].
+    pub woken_by: Vec<(Option<SpanId>, u64)>,
     /// Live wakers (clones minus drops and consuming wakes).
     pub wakers_alive: u64,
     /// Woken since the last poll started.
@@ -201,6 +207,7 @@ impl Task {
             hist: None,
             wakes: 0,
             self_wakes: 0,
+            woken_by: Vec::new(),
             wakers_alive: 0,
             woken_since_poll: true,
             woken_during_poll: false,

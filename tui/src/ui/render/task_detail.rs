@@ -103,6 +103,14 @@ fn summary_lines<'a>(d: &'a TaskDetail, t: &Theme) -> Vec<Line<'a>> {
         count(d.self_wakes),
         d.wakers_alive
     )));
+    if !d.woken_by.is_empty() {
+        let who: Vec<String> = d
+            .woken_by
+            .iter()
+            .map(|(w, n)| format!("{w} ({})", count(*n)))
+            .collect();
+        out.push(Line::from(format!("woken by {}", who.join(", "))));
+    }
     if let Some(p) = &d.panic {
         out.push(Line::from(vec![
             Span::styled("panicked: ", t.bad()),
