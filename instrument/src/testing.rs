@@ -17,6 +17,10 @@
 //! installs the guard on every worker. The report is printed only on
 //! failure (captured by cargo test and nextest for passing tests anyway).
 //!
+//! Under `awaitscope record -- cargo test`, each guard also writes its
+//! recording (next to `AWAITSCOPE_RECORD`, numbered per guard), so the
+//! run's report covers every guarded test.
+//!
 //! Enabled by the `testing` feature (it brings in the collector's detectors).
 
 use std::fmt::Write as _;
@@ -121,7 +125,11 @@ impl TestBuilder {
 
     fn recorder(self) -> (Recorder, tracing::Dispatch) {
         let memory = MemoryRecording::new();
-        let (layer, guard) = Builder::new().record_in_memory(&memory).build();
+        let mut builder = Builder::new().record_in_memory(&memory);
+        if let Some(path) = recording_path() {
+            builder = builder.record_to(path);
+        }
+        let (layer, guard) = builder.build();
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
         (
             Recorder {
@@ -134,6 +142,26 @@ impl TestBuilder {
             dispatch,
         )
     }
+}
+
+/// Under `awaitscope record` (`AWAITSCOPE_RECORD` set), each guard also
+/// writes a recording of its own beside the process's: tests run in
+/// parallel threads of one process, so the path gets a per-guard number.
+fn recording_path() -> Option<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let raw = std::env::var("AWAITSCOPE_RECORD").ok()?;
+    if raw.trim().is_empty() {
+        return None;
+    }
+    let path = std::path::PathBuf::from(raw.replace("{pid}", &std::process::id().to_string()));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let stem = path.file_stem()?.to_string_lossy().into_owned();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-test{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-test{n}"),
+    };
+    Some(path.with_file_name(name))
 }
 
 struct Recorder {
