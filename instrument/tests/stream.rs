@@ -65,7 +65,8 @@ fn collector_restarts(listener: TcpListener, guard: &awaitscope::Guard) -> TcpSt
     conn
 }
 
-fn span_news(frames: &[Frame]) -> Vec<u64> {
+/// Every event of the `Events` frames, in order.
+fn events(frames: &[Frame]) -> impl Iterator<Item = &Event> {
     frames
         .iter()
         .filter_map(|f| match &f.body {
@@ -73,6 +74,10 @@ fn span_news(frames: &[Frame]) -> Vec<u64> {
             _ => None,
         })
         .flatten()
+}
+
+fn span_news(frames: &[Frame]) -> Vec<u64> {
+    events(frames)
         .filter_map(|e| match e {
             Event::SpanNew { id, .. } => Some(id.0),
             _ => None,
@@ -216,13 +221,7 @@ fn nobody_listening_leaves_other_sinks_whole() {
 }
 
 fn poll_tree_tasks(frames: &[Frame]) -> Vec<u64> {
-    frames
-        .iter()
-        .filter_map(|f| match &f.body {
-            Body::Events(e) => Some(e),
-            _ => None,
-        })
-        .flatten()
+    events(frames)
         .filter_map(|e| match e {
             Event::PollTree { task, spans } if !spans.is_empty() => Some(task.0),
             _ => None,

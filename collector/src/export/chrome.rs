@@ -98,6 +98,22 @@ impl<W: Write> ChromeSink<W> {
         self.out.write_all(s.as_bytes())
     }
 
+    /// Ends the flows (arrows) that started earlier and arrive here.
+    fn end_flows(&mut self, flows_in: &[u64], pid: u32, track: u64, t: &str) -> io::Result<()> {
+        let ended: Vec<u64> = flows_in
+            .iter()
+            .copied()
+            .filter(|f| self.flows.remove(f))
+            .collect();
+        for f in ended {
+            let s = format!(
+                "{{\"ph\":\"f\",\"bp\":\"e\",\"name\":\"flow\",\"cat\":\"flow\",\"id\":{f},\"pid\":{pid},\"tid\":{track},\"ts\":{t}}}"
+            );
+            self.line(&s)?;
+        }
+        Ok(())
+    }
+
     fn budget(&mut self, ts: u64) -> bool {
         if self.written < self.max_events {
             self.written += 1;
@@ -197,17 +213,7 @@ impl<W: Write> Sink for ChromeSink<W> {
                     return Ok(());
                 }
                 let t = self.us(p, *start);
-                let flows_in: Vec<u64> = flows_in
-                    .iter()
-                    .copied()
-                    .filter(|f| self.flows.remove(f))
-                    .collect();
-                for f in flows_in {
-                    let s = format!(
-                        "{{\"ph\":\"f\",\"bp\":\"e\",\"name\":\"flow\",\"cat\":\"flow\",\"id\":{f},\"pid\":{pid},\"tid\":{track},\"ts\":{t}}}"
-                    );
-                    self.line(&s)?;
-                }
+                self.end_flows(flows_in, pid, *track, &t)?;
                 let dur = end.saturating_sub(*start);
                 let s = format!(
                     "{{\"ph\":\"X\",\"name\":{},\"cat\":\"{cat}\",\"pid\":{pid},\"tid\":{track},\"ts\":{t},\"dur\":{}.{:03},\"args\":{}}}",
@@ -244,17 +250,7 @@ impl<W: Write> Sink for ChromeSink<W> {
                     );
                     self.line(&s)?;
                 }
-                let flows_in: Vec<u64> = flows_in
-                    .iter()
-                    .copied()
-                    .filter(|f| self.flows.remove(f))
-                    .collect();
-                for f in flows_in {
-                    let s = format!(
-                        "{{\"ph\":\"f\",\"bp\":\"e\",\"name\":\"flow\",\"cat\":\"flow\",\"id\":{f},\"pid\":{pid},\"tid\":{track},\"ts\":{t}}}"
-                    );
-                    self.line(&s)?;
-                }
+                self.end_flows(flows_in, pid, *track, &t)?;
                 Ok(())
             }
         }
