@@ -468,6 +468,10 @@ impl StreamBuilder {
 
     /// Exits a span (see [`StreamBuilder::enter`]).
     pub fn exit(&mut self, span: SpanId, ts: u64) -> &mut Self {
+        self.exit_with(span, ts, None)
+    }
+
+    fn exit_with(&mut self, span: SpanId, ts: u64, wakers: Option<u32>) -> &mut Self {
         match self.poll.take() {
             Some((task, tree, _)) if task == span => {
                 let last = self.trees.get(&task).map_or(&[][..], |t| t.as_slice());
@@ -485,7 +489,20 @@ impl StreamBuilder {
             }
             None => {}
         }
-        self.push(Event::Exit { span, ts })
+        match wakers {
+            Some(wakers) => self.push(Event::PollEnd {
+                task: span,
+                ts,
+                wakers,
+            }),
+            None => self.push(Event::Exit { span, ts }),
+        }
+    }
+
+    /// Ends a poll of `task` as version-2 producers do: `PollEnd` with the
+    /// task's live wakers (instead of the task span's `Exit`).
+    pub fn poll_end(&mut self, task: SpanId, ts: u64, wakers: u32) -> &mut Self {
+        self.exit_with(task, ts, Some(wakers))
     }
 
     /// Closes a span.
@@ -783,6 +800,13 @@ impl Scenario {
     /// A whole poll.
     pub fn poll(&mut self, t: SpanId, start: u64, end: u64) {
         self.b.poll(t, start, end);
+        self.sync();
+    }
+
+    /// Polls a task once, ending the poll as version-2 producers do (with
+    /// the task's live wakers).
+    pub fn poll_v2(&mut self, t: SpanId, start: u64, end: u64, wakers: u32) {
+        self.b.enter(t, start).poll_end(t, end, wakers);
         self.sync();
     }
 

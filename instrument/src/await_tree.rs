@@ -10,6 +10,7 @@
 //! [`crate::dump`] shows every live task like a goroutine dump.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,13 +34,14 @@ struct Entered {
     depth: u16,
 }
 
+/// What the exporter keeps of a live task. Its poll count, whether it is
+/// running and when its last poll ended are kept on its node by the threads
+/// that poll it (see `PollState`): the exporter touches a task only when its
+/// await tree changes.
 #[derive(Default)]
 struct TaskState {
-    polls: u64,
-    running: bool,
     /// Spans entered during the last poll that entered any.
     tree: Vec<Entered>,
-    last_poll_end: Option<u64>,
 }
 
 /// The exporter's model of live spans, tasks and their await trees.
@@ -59,29 +61,16 @@ impl AwaitModel {
         self.spans.insert(node.id, LiveSpan { node, created });
     }
 
-    /// A poll of `task` started.
-    pub fn on_poll_start(&mut self, task: u64) {
+    /// A poll of `task` ended with a new await tree.
+    pub fn on_tree(&mut self, task: u64, tree: &[(u64, u16)]) {
         if let Some(t) = self.tasks.get_mut(&task) {
-            t.running = true;
-        }
-    }
-
-    /// A poll of `task` ended at `ts`; `tree` is its new await tree, if it
-    /// changed.
-    pub fn on_poll_end(&mut self, task: u64, tree: Option<&[(u64, u16)]>, ts: u64) {
-        if let Some(t) = self.tasks.get_mut(&task) {
-            t.running = false;
-            t.polls += 1;
-            t.last_poll_end = Some(ts);
-            if let Some(tree) = tree {
-                t.tree.clear();
-                for &(span, depth) in tree {
-                    let e = Entered { span, depth };
-                    // A span entered again in the same poll (a loop, a
-                    // select! polling the same branch) is one node.
-                    if !t.tree.contains(&e) {
-                        t.tree.push(e);
-                    }
+            t.tree.clear();
+            for &(span, depth) in tree {
+                let e = Entered { span, depth };
+                // A span entered again in the same poll (a loop, a select!
+                // polling the same branch) is one node.
+                if !t.tree.contains(&e) {
+                    t.tree.push(e);
                 }
             }
         }
@@ -119,14 +108,15 @@ impl AwaitModel {
         }
     }
 
-    /// A snapshot of every live task at `now` (ns since origin).
-    pub fn snapshot(&self, now: u64) -> Dump {
+    /// A snapshot of every live task at `now` (ns since origin); `ns`
+    /// turns a raw clock reading into ns since origin.
+    pub fn snapshot(&self, now: u64, ns: impl Fn(u64) -> u64) -> Dump {
         let mut ids: Vec<u64> = self.tasks.keys().copied().collect();
         ids.sort_unstable();
         Dump {
             tasks: ids
                 .into_iter()
-                .filter_map(|id| self.task_dump(id, now))
+                .filter_map(|id| self.task_dump(id, now, &ns))
                 .collect(),
         }
     }
@@ -139,10 +129,11 @@ impl AwaitModel {
         ))
     }
 
-    fn task_dump(&self, id: u64, now: u64) -> Option<TaskDump> {
+    fn task_dump(&self, id: u64, now: u64, ns: &impl Fn(u64) -> u64) -> Option<TaskDump> {
         let live = self.spans.get(&id)?;
         let state = self.tasks.get(&id)?;
         let node = &live.node;
+        let running = node.polls.running.load(Ordering::Relaxed);
         let spawned_at = match (str_field(node, "loc.file"), u64_field(node, "loc.line")) {
             (Some(f), Some(l)) => Some((f, l as u32)),
             _ => None,
@@ -190,10 +181,10 @@ impl AwaitModel {
             kind: str_field(node, "kind"),
             spawned_at,
             spawned_by: (node.ctx_task != 0).then_some(node.ctx_task),
-            running: state.running,
-            polls: state.polls,
-            idle: match (state.running, state.last_poll_end) {
-                (false, Some(end)) => Some(Duration::from_nanos(now.saturating_sub(end))),
+            running,
+            polls: node.polls.count.load(Ordering::Relaxed),
+            idle: match (running, node.polls.last_end.load(Ordering::Relaxed)) {
+                (false, end) if end != 0 => Some(Duration::from_nanos(now.saturating_sub(ns(end)))),
                 _ => None,
             },
             tree: roots,

@@ -268,27 +268,122 @@ mod unstable {
         }
     }
 
+    /// A future that wakes itself by reference in its own poll: the
+    /// classic self-wake (what tokio-console flags).
+    struct WakeSelf(u32);
+
+    impl std::future::Future for WakeSelf {
+        type Output = ();
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(());
+            }
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+
     #[test]
-    fn self_wakes_of_yield_now() {
-        let c = capture(Flavor::CurrentThread, || async {
-            awaitscope::spawn_named("spinner", async {
-                for _ in 0..5 {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .unwrap();
-        });
-        let t = c.task("spinner");
-        let self_wakes = c
-            .wakes
-            .iter()
-            .filter(|w| w.task == t.id && w.by == Some(t.id))
-            .count();
-        assert!(
-            self_wakes >= 5,
-            "yield_now wakes its own task: {self_wakes}"
-        );
+    fn self_wakes_name_the_task_itself() {
+        for flavor in FLAVORS {
+            let c = capture(flavor, || async {
+                awaitscope::spawn_named("spinner", WakeSelf(5))
+                    .await
+                    .unwrap();
+            });
+            let t = c.task("spinner");
+            let self_wakes = c
+                .wakes
+                .iter()
+                .filter(|w| w.task == t.id && w.by == Some(t.id) && w.op == WakeOp::WakeByRef)
+                .count();
+            assert_eq!(self_wakes, 5, "{flavor:?}: {:?}", c.wakes);
+        }
+    }
+
+    /// Waker clones and drops are counted on the task, not sent one by one:
+    /// each poll's end carries the task's live wakers.
+    #[test]
+    fn poll_ends_carry_live_wakers() {
+        for flavor in FLAVORS {
+            let c = capture(flavor, || async {
+                awaitscope::spawn_named("yielder", async {
+                    for _ in 0..5 {
+                        // `yield_now` hands a clone of the task's waker to
+                        // the scheduler, which wakes (consumes) it later.
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .unwrap();
+            });
+            let t = c.task("yielder");
+            assert!(t.poll_wakers.len() >= 6, "{flavor:?}: {:?}", t.poll_wakers);
+            assert_eq!(
+                &t.poll_wakers[..5],
+                &[1; 5],
+                "{flavor:?}: pending on the deferred waker"
+            );
+            assert_eq!(t.poll_wakers[5], 0, "{flavor:?}: completed, no waker left");
+            assert!(
+                !c.wakes
+                    .iter()
+                    .any(|w| matches!(w.op, WakeOp::Clone | WakeOp::Drop)),
+                "{flavor:?}: clones and drops are counted, not sent"
+            );
+            let wakes = c
+                .wakes
+                .iter()
+                .filter(|w| w.task == t.id && w.op == WakeOp::Wake)
+                .count();
+            assert_eq!(wakes, 5, "{flavor:?}");
+        }
+    }
+
+    /// A task whose only waker is dropped by another task, outside its own
+    /// poll, without a wake (a lost waker): that drop is sent.
+    #[test]
+    fn last_waker_dropped_elsewhere_is_sent() {
+        for flavor in FLAVORS {
+            let c = capture(flavor, || async {
+                let slot: Arc<std::sync::Mutex<Option<std::task::Waker>>> = Arc::default();
+                let stored = slot.clone();
+                let stuck = awaitscope::spawn_named(
+                    "stuck",
+                    std::future::poll_fn(move |cx| {
+                        *stored.lock().unwrap() = Some(cx.waker().clone());
+                        std::task::Poll::<()>::Pending
+                    }),
+                );
+                awaitscope::spawn_named("dropper", async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    drop(slot.lock().unwrap().take());
+                })
+                .await
+                .unwrap();
+                stuck.abort();
+                let _ = stuck.await;
+            });
+            let stuck = c.task("stuck");
+            let dropper = c.task("dropper");
+            assert_eq!(
+                stuck.poll_wakers.first(),
+                Some(&1),
+                "{flavor:?}: {:?}",
+                stuck.poll_wakers
+            );
+            assert!(
+                c.wakes.iter().any(|w| w.task == stuck.id
+                    && w.by == Some(dropper.id)
+                    && w.op == WakeOp::LastDrop),
+                "{flavor:?}: {:?}",
+                c.wakes
+            );
+        }
     }
 
     #[test]

@@ -307,6 +307,7 @@ fn frame_time(f: &Frame) -> Option<u64> {
             Event::SpanNew { ts, .. }
             | Event::Enter { ts, .. }
             | Event::Exit { ts, .. }
+            | Event::PollEnd { ts, .. }
             | Event::Close { ts, .. }
             | Event::Wake { ts, .. }
             | Event::Log { ts, .. }

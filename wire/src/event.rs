@@ -204,10 +204,16 @@ pub enum WakeOp {
     Wake,
     /// `Waker::wake_by_ref`.
     WakeByRef,
-    /// The waker was cloned.
+    /// The waker was cloned. Sent by version-1 producers only: version 2
+    /// counts live wakers in the producer and sends the count with each
+    /// [`Event::PollEnd`].
     Clone,
-    /// The waker was dropped.
+    /// The waker was dropped. Sent by version-1 producers only (see
+    /// [`WakeOp::LastDrop`]).
     Drop,
+    /// The task's last live waker was dropped outside the task's own poll
+    /// (without waking it): no waker of the task remains.
+    LastDrop,
 }
 
 /// How a span ended. For task spans this is how the task ended.
@@ -294,7 +300,8 @@ pub enum Event {
         #[serde(deserialize_with = "capped::tree")]
         spans: Vec<TreeNode>,
     },
-    /// A span was exited. Exiting a task span is the end of a poll.
+    /// A span was exited. Version-2 producers send the end of a task's poll
+    /// as [`Event::PollEnd`]; version 1 sent it as `Exit` of the task span.
     Exit {
         /// The span.
         span: SpanId,
@@ -358,6 +365,17 @@ pub enum Event {
         /// The causal trace at the panic, innermost first.
         #[serde(deserialize_with = "capped::trace")]
         trace: Vec<String>,
+    },
+    /// A poll of a task ended: the task span was exited (version 2).
+    PollEnd {
+        /// The task.
+        task: SpanId,
+        /// When.
+        ts: u64,
+        /// Wakers of the task alive when the poll ended (clones not yet
+        /// dropped or consumed by a wake). A pending task with none, not
+        /// woken since, can never be polled again.
+        wakers: u32,
     },
 }
 

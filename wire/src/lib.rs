@@ -25,13 +25,21 @@ pub mod write;
 
 pub use event::*;
 pub use read::{decode_frame, validate, DecodeError, FrameReader, Preamble};
-pub use write::{encode_frame, preamble, EncodeError, FrameWriter};
+pub use write::{encode_frame, preamble, EncodeError, EventsFrame, FrameWriter};
 
 /// First eight bytes of every stream and recording.
 pub const MAGIC: [u8; 8] = *b"AWSCOPE\0";
 
-/// Version of the format written by this crate. A reader refuses any other.
-pub const VERSION: u16 = 1;
+/// Version of the format written by this crate.
+///
+/// Version 2 added [`Event::PollEnd`] (a task poll's end, with its live
+/// wakers) and [`WakeOp::LastDrop`]; version-2 producers no longer send
+/// `WakeOp::Clone` or per-waker `WakeOp::Drop`.
+pub const VERSION: u16 = 2;
+
+/// Oldest version a reader accepts: version-1 streams decode unchanged (their
+/// events are a subset of version 2's). Others are refused.
+pub const MIN_VERSION: u16 = 1;
 
 /// Largest frame payload accepted, in bytes. Producers batch well under it.
 pub const MAX_FRAME_LEN: usize = 1 << 20;

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read};
 
-use crate::{limits, Body, Event, Field, Frame, Value, MAGIC, MAX_FRAME_LEN, VERSION};
+use crate::{limits, Body, Event, Field, Frame, Value, MAGIC, MAX_FRAME_LEN, MIN_VERSION, VERSION};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +14,7 @@ pub enum DecodeError {
     #[error("not an awaitscope stream or recording (bad magic)")]
     BadMagic,
     /// A version this reader does not understand.
-    #[error("unsupported format version {found} (this build reads version {supported}); upgrade awaitscope")]
+    #[error("unsupported format version {found} (this build reads versions 1 to {supported}); upgrade awaitscope")]
     UnsupportedVersion {
         /// Version found in the header.
         found: u16,
@@ -70,7 +70,7 @@ impl Preamble {
             return Ok(None);
         }
         let version = u16::from_le_bytes([buf[8], buf[9]]);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion {
                 found: version,
                 supported: VERSION,
@@ -195,6 +195,7 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                     Event::FollowsFrom { .. }
                     | Event::Enter { .. }
                     | Event::Exit { .. }
+                    | Event::PollEnd { .. }
                     | Event::Close { .. }
                     | Event::Wake { .. } => {}
                 }
@@ -214,6 +215,7 @@ pub struct FrameReader<R: Read> {
     offset: u64,
     buf: Vec<u8>,
     done: bool,
+    version: u16,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -225,14 +227,20 @@ impl<R: Read> FrameReader<R> {
             return Err(DecodeError::Empty);
         }
         match Preamble::parse(&head[..n])? {
-            Some(_) => Ok(Self {
+            Some(p) => Ok(Self {
                 inner,
                 offset: Preamble::LEN as u64,
                 buf: Vec::new(),
                 done: false,
+                version: p.version,
             }),
             None => Err(DecodeError::Truncated { offset: 0 }),
         }
+    }
+
+    /// Format version of the stream (from its preamble).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// Byte offset of the next frame.

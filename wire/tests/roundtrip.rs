@@ -337,3 +337,111 @@ fn dropped_counts_from_the_wire_total_without_overflow() {
     };
     assert_eq!(d.total(), u64::MAX);
 }
+
+/// Version-1 recordings (written before `PollEnd` existed) still read: their
+/// events are a subset of version 2's, encoded the same way.
+#[test]
+fn version_1_streams_still_read() {
+    let frames: Vec<Frame> = sample_frames()
+        .into_iter()
+        .map(|mut f| {
+            if let Body::Events(es) = &mut f.body {
+                es.retain(|e| {
+                    !matches!(
+                        e,
+                        Event::PollEnd { .. }
+                            | Event::Wake {
+                                op: WakeOp::LastDrop,
+                                ..
+                            }
+                    )
+                });
+            }
+            f
+        })
+        .collect();
+    let mut bytes = stream(&frames);
+    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let mut reader = FrameReader::new(&bytes[..]).unwrap();
+    assert_eq!(reader.version(), 1);
+    let mut read = Vec::new();
+    while let Some(f) = reader.next_frame().unwrap() {
+        read.push(f);
+    }
+    assert_eq!(read, frames);
+}
+
+proptest! {
+    /// A frame built event by event is byte for byte the frame
+    /// `encode_frame` makes of the same events.
+    #[test]
+    fn events_frame_matches_encode_frame(
+        events in prop::collection::vec(arb_event(), 1..40),
+        pid: u32,
+        start: u64,
+        seq: u64,
+    ) {
+        let process = ProcessKey { pid, start_unix_ns: start };
+        let mut built = EventsFrame::new();
+        for e in &events {
+            built.push(e).unwrap();
+        }
+        prop_assert_eq!(built.len(), events.len());
+        let mut out = vec![7u8];
+        built.finish(process, seq, &mut out).unwrap();
+        prop_assert!(built.is_empty());
+        let mut expected = vec![7u8];
+        encode_frame(&Frame { process, seq, body: Body::Events(events) }, &mut expected).unwrap();
+        prop_assert_eq!(out, expected);
+    }
+}
+
+#[test]
+fn events_frame_refuses_what_would_exceed_the_cap() {
+    let big = Event::Log {
+        callsite: 1,
+        span: None,
+        task: None,
+        ts: 0,
+        fields: (0..limits::MAX_FIELDS as u16)
+            .map(|index| Field {
+                index,
+                value: Value::Str("x".repeat(limits::MAX_STR_LEN)),
+            })
+            .collect(),
+        trace: vec!["y".repeat(limits::MAX_STR_LEN); limits::MAX_TRACE],
+    };
+    let mut f = EventsFrame::new();
+    let mut pushed = 0;
+    loop {
+        match f.push(&big) {
+            Ok(()) => pushed += 1,
+            Err(EncodeError::FrameTooLarge(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(pushed >= 1);
+    let before = f.bytes();
+    assert!(matches!(f.push(&big), Err(EncodeError::FrameTooLarge(_))));
+    assert_eq!(
+        f.bytes(),
+        before,
+        "a refused event leaves the frame as it was"
+    );
+    let mut out = Vec::new();
+    f.finish(
+        ProcessKey {
+            pid: 1,
+            start_unix_ns: 2,
+        },
+        3,
+        &mut out,
+    )
+    .unwrap();
+    let (frame, used) = decode_frame(&out, 0).unwrap().unwrap();
+    assert_eq!(used, out.len());
+    match frame.body {
+        Body::Events(es) => assert_eq!(es.len(), pushed),
+        other => panic!("{other:?}"),
+    }
+}

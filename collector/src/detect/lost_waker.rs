@@ -97,6 +97,29 @@ mod tests {
         );
     }
 
+    /// Version-2 producers count wakers themselves and send the count with
+    /// each poll's end, and the drop of the last waker outside the poll.
+    #[test]
+    fn counted_wakers_decide() {
+        let count = |wakers: u32, last_drop: bool, wake: bool| {
+            let mut s = Scenario::new();
+            let t = s.spawn(TaskOpts::named("counted"), 0);
+            s.poll_v2(t, 1000, 2000, wakers);
+            if last_drop {
+                s.waker(t, awaitscope_wire::WakeOp::LastDrop, 3000);
+            }
+            if wake {
+                s.wake(t, None, 4000);
+            }
+            s.tick(5_000 * MS);
+            s.model().findings().of_kind(FindingKind::LostWaker).count()
+        };
+        assert_eq!(count(0, false, false), 1, "no waker left at the poll's end");
+        assert_eq!(count(2, false, false), 0, "wakers alive");
+        assert_eq!(count(2, true, false), 1, "its last waker dropped later");
+        assert_eq!(count(0, false, true), 0, "woken after all");
+    }
+
     #[test]
     fn blocking_tasks_are_exempt() {
         assert_eq!(lost(TaskOpts::blocking(), false, false), 0);

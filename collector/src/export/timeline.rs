@@ -568,7 +568,7 @@ impl Walker {
                 self.advance(key, *ts, sinks)?;
                 self.enter(key, *span, *ts, sinks)?;
             }
-            Event::Exit { span, ts } => {
+            Event::Exit { span, ts } | Event::PollEnd { task: span, ts, .. } => {
                 self.advance(key, *ts, sinks)?;
                 let p = self.procs.get_mut(&key).expect("process");
                 if let Some(t) = p.tasks.get_mut(span) {

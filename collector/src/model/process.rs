@@ -272,6 +272,14 @@ impl Process {
                 self.bump(*ts);
                 self.exit(*span, *ts);
             }
+            Event::PollEnd { task, ts, wakers } => {
+                self.bump(*ts);
+                self.exit(*task, *ts);
+                if let Some(t) = self.tasks.get_mut(task) {
+                    // The producer counts wakers exactly (version 2).
+                    t.wakers_alive = u64::from(*wakers);
+                }
+            }
             Event::Close { span, kind, ts } => {
                 self.bump(*ts);
                 self.close(*span, *kind, *ts, cfg, findings);
@@ -1014,6 +1022,7 @@ fn event_ts(e: &Event) -> Option<u64> {
         Event::SpanNew { ts, .. }
         | Event::Enter { ts, .. }
         | Event::Exit { ts, .. }
+        | Event::PollEnd { ts, .. }
         | Event::Close { ts, .. }
         | Event::Wake { ts, .. }
         | Event::Log { ts, .. }
@@ -1154,6 +1163,10 @@ fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
         }
         WakeOp::Drop => {
             t.wakers_alive = t.wakers_alive.saturating_sub(1);
+            return;
+        }
+        WakeOp::LastDrop => {
+            t.wakers_alive = 0;
             return;
         }
         WakeOp::Wake => t.wakers_alive = t.wakers_alive.saturating_sub(1),

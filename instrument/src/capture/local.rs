@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use awaitscope_wire::SpanClass;
+use awaitscope_wire::{SpanClass, WakeOp};
 
 use super::node::SpanNode;
 use super::record::Raw;
@@ -31,14 +31,20 @@ const TREE: usize = 32;
 /// Signature of a poll that entered no span.
 const EMPTY_SIG: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Entries of the per-thread span cache (a power of two; 16 bytes each).
-const CACHE: usize = 256;
+/// Entries of a thread's span cache at first (a power of two; 16 bytes each).
+const CACHE: usize = 1024;
+/// Most entries it grows to (256 KiB), when it misses often: a thread that
+/// polls thousands of tasks in turn would otherwise look many of them up in
+/// the registry at every poll (a lookup costs ~200 ns, a hit a few).
+const MAX_CACHE: usize = 1 << 14;
+/// Lookups between two checks of the miss rate.
+const CACHE_CHECK: u32 = 1 << 14;
 
-/// Cache slot of a registry id.
+/// Cache slot of a registry id in a cache of `2^bits` entries.
 #[inline]
-fn slot(reg: u64) -> usize {
+fn slot(reg: u64, bits: u32) -> usize {
     // Fibonacci hashing: the top bits of the product index the table.
-    (reg.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CACHE.trailing_zeros())) as usize
+    (reg.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
 }
 
 /// A cached registry lookup: registry id to span id, class and node.
@@ -123,6 +129,11 @@ pub(crate) struct Local {
     /// is open: a registry id is reused only after the span closed, and
     /// `closed` is set (release) before that.
     cache: Box<[CacheEntry]>,
+    /// log2 of the cache's size.
+    cache_bits: u32,
+    /// Lookups and misses since the last check of the miss rate.
+    lookups: u32,
+    misses: u32,
 }
 
 impl Local {
@@ -134,13 +145,18 @@ impl Local {
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) -> Option<usize> {
-        let i = slot(reg);
+        self.lookups += 1;
+        if self.lookups == CACHE_CHECK {
+            self.check_cache();
+        }
+        let i = slot(reg, self.cache_bits);
         let e = &mut self.cache[i];
         let fresh = e.reg == reg
             && e.node
                 .as_ref()
                 .is_some_and(|n| !n.closed.load(Ordering::Acquire));
         if !fresh {
+            self.misses += 1;
             *e = CacheEntry {
                 reg,
                 node: Some(lookup()?),
@@ -149,8 +165,34 @@ impl Local {
         Some(i)
     }
 
+    /// Grows the cache (x4, up to [`MAX_CACHE`]) when over 1/32 of the
+    /// lookups since the last check missed.
+    #[cold]
+    fn check_cache(&mut self) {
+        let grow = self.misses > self.lookups / 32 && self.cache.len() < MAX_CACHE;
+        self.lookups = 0;
+        self.misses = 0;
+        if !grow {
+            return;
+        }
+        let bits = (self.cache_bits + 2).min(MAX_CACHE.trailing_zeros());
+        let mut bigger = vec![CacheEntry::default(); 1 << bits].into_boxed_slice();
+        for e in self.cache.iter_mut() {
+            if let Some(node) = e.node.take() {
+                if !node.closed.load(Ordering::Acquire) {
+                    bigger[slot(e.reg, bits)] = CacheEntry {
+                        reg: e.reg,
+                        node: Some(node),
+                    };
+                }
+            }
+        }
+        self.cache = bigger;
+        self.cache_bits = bits;
+    }
+
     /// Span id of the span with registry id `reg` (see [`Local::cached`]).
-    #[inline]
+    #[cfg(test)]
     pub fn span_id(
         &mut self,
         reg: u64,
@@ -191,8 +233,9 @@ impl Local {
                 // SAFETY: this thread acquired the cache at the task's enter
                 // and releases it at its exit.
                 if let Some(n) = unsafe { cache.get(k, reg) } {
-                    let node = (n.class == SpanClass::Task).then(|| n.clone());
-                    return self.enter(shared, reg, n.id, n.class, node);
+                    let (sid, class) = (n.id, n.class);
+                    let node = (class == SpanClass::Task).then(|| n.clone());
+                    return self.enter(shared, reg, sid, class, node);
                 }
                 let Some(i) = self.cached(reg, lookup) else {
                     return;
@@ -225,16 +268,76 @@ impl Local {
         self.enter(shared, reg, sid, class, task_node);
     }
 
+    /// Caches a span just created on this thread: its first enter (usually
+    /// on this thread, right after) then needs no registry lookup.
+    #[inline]
+    pub fn remember(&mut self, reg: u64, node: &Arc<SpanNode>) {
+        self.cache[slot(reg, self.cache_bits)] = CacheEntry {
+            reg,
+            node: Some(node.clone()),
+        };
+    }
+
     /// Puts a task's node back in the cache after its poll.
     #[inline]
     fn uncache_task(&mut self, reg: u64, node: Arc<SpanNode>) {
-        let e = &mut self.cache[slot(reg)];
+        let e = &mut self.cache[slot(reg, self.cache_bits)];
         if e.node.is_none() || e.reg == reg {
             *e = CacheEntry {
                 reg,
                 node: Some(node),
             };
         }
+    }
+
+    /// A `tokio::task::waker` event for the task with registry id `reg`.
+    ///
+    /// Clones and drops only count the task's live wakers on its node; the
+    /// count goes out with the end of each poll. A record is pushed for a
+    /// wake, and for the drop of the last waker outside the task's own poll
+    /// (a task left with no waker and not woken can never run again).
+    #[inline]
+    pub fn waker(
+        &mut self,
+        shared: &Shared,
+        reg: u64,
+        op: WakeOp,
+        lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) {
+        let by = self.current_task();
+        // Wakers are mostly cloned by their own task during its poll: that
+        // task's frame holds its node (an entered span cannot have closed).
+        let node = if self.task != 0 && self.frames[self.task - 1].reg == reg {
+            self.frames[self.task - 1].node.as_ref()
+        } else {
+            match self.cached(reg, lookup) {
+                Some(i) => self.cache[i].node.as_ref(),
+                None => None,
+            }
+        };
+        let Some(node) = node else { return };
+        let task = node.id;
+        let wakers = &node.polls.wakers;
+        let op = match op {
+            WakeOp::Clone => {
+                wakers.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            WakeOp::Drop => {
+                let before = wakers.fetch_sub(1, Ordering::Relaxed);
+                if before != 1 || by == task {
+                    return;
+                }
+                WakeOp::LastDrop
+            }
+            WakeOp::Wake => {
+                wakers.fetch_sub(1, Ordering::Relaxed);
+                WakeOp::Wake
+            }
+            op @ (WakeOp::WakeByRef | WakeOp::LastDrop) => op,
+        };
+        let ts = shared.clock.raw();
+        self.push(Raw::Wake { task, by, op, ts });
     }
 
     /// The node of the task being polled on this thread.
@@ -307,6 +410,9 @@ impl Local {
         }
         if class == SpanClass::Task {
             let ts = shared.clock.raw();
+            if let Some(n) = &node {
+                n.polls.running.store(true, Ordering::Relaxed);
+            }
             let adjacent = self.last_exit_task == sid
                 && self.last_exit_seq == self.seq
                 && shared.clock.delta_as_nanos(self.last_exit_ts, ts) < ADJACENT_NS;
@@ -324,11 +430,7 @@ impl Local {
             });
             self.task = self.frames.len();
             self.sig = EMPTY_SIG;
-            self.push(Raw::Enter {
-                span: sid,
-                task: true,
-                ts,
-            });
+            self.push(Raw::Enter { span: sid, ts });
         } else if self.task != 0 {
             let depth = (self.frames.len() - self.task) as u16;
             let tree_start = self.frames[self.task - 1].tree_base;
@@ -370,11 +472,7 @@ impl Local {
                 entered: 0,
             });
             let ts = shared.clock.raw();
-            self.push(Raw::Enter {
-                span: sid,
-                task: false,
-                ts,
-            });
+            self.push(Raw::Enter { span: sid, ts });
         }
     }
 
@@ -406,6 +504,7 @@ impl Local {
                     span: frame.sid,
                     task: false,
                     tree: false,
+                    wakers: 0,
                     ts,
                 });
             }
@@ -429,13 +528,22 @@ impl Local {
                         n.last_tree_sig.store(sig, Ordering::Relaxed);
                     }
                 }
+                let wakers = node.map_or(0, |n| n.polls.wakers());
                 self.push(Raw::Exit {
                     span: frame.sid,
                     task: true,
                     tree: changed,
+                    wakers,
                     ts,
                 });
                 if let Some(n) = node {
+                    // Only the thread polling the task writes these.
+                    let polls = &n.polls;
+                    polls
+                        .count
+                        .store(polls.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                    polls.last_end.store(ts, Ordering::Relaxed);
+                    polls.running.store(false, Ordering::Relaxed);
                     n.last_pair_adjacent
                         .store(frame.adjacent, Ordering::Relaxed);
                     if frame.owns_cache == Some(true) {
@@ -539,6 +647,9 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         last_exit_ts: 0,
         panicked_task: 0,
         cache: vec![CacheEntry::default(); CACHE].into_boxed_slice(),
+        cache_bits: CACHE.trailing_zeros(),
+        lookups: 0,
+        misses: 0,
     }
 }
 
@@ -572,7 +683,28 @@ mod tests {
             last_pair_adjacent: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             poll_cache: Default::default(),
+            polls: Default::default(),
         })
+    }
+
+    #[test]
+    fn cache_grows_for_many_spans_in_turn() {
+        let shared = Shared::new(16);
+        let mut l = new_local(&shared);
+        let nodes: Vec<_> = (1..=5000u64).map(node).collect();
+        let mut missed = 0;
+        for round in 0..8 {
+            missed = 0;
+            for n in &nodes {
+                let id = l.span_id(n.id * 7919, || {
+                    missed += 1;
+                    Some(n.clone())
+                });
+                assert_eq!(id, Some(n.id), "round {round}");
+            }
+        }
+        assert!(l.cache.len() > CACHE, "grew to {}", l.cache.len());
+        assert!(missed < 5000 / 4, "misses in the last round: {missed}");
     }
 
     #[test]

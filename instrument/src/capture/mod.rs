@@ -213,8 +213,10 @@ where
                 last_pair_adjacent: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 poll_cache: Default::default(),
+                polls: Default::default(),
             });
             l.push(Raw::Span(node.clone()));
+            l.remember(id.into_u64(), &node);
             if let (SpanClass::User, Some(link)) = (class, &node.link) {
                 // A queue hand-off: the collector sees it as follows-from.
                 let follows = link.id;
@@ -320,14 +322,9 @@ where
                 let (Some(op), Some(task_id)) = (v.op, v.task_id) else {
                     return;
                 };
-                let ts = shared.clock.raw();
                 with_local(shared, |l| {
                     let id = Id::from_u64(task_id);
-                    let Some(task) = l.span_id(task_id, || Self::lookup_node(&ctx, &id)) else {
-                        return;
-                    };
-                    let by = l.current_task();
-                    l.push(Raw::Wake { task, by, op, ts });
+                    l.waker(shared, task_id, op, || Self::lookup_node(&ctx, &id));
                 });
             }
             Class::Event(class) => {

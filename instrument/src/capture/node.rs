@@ -8,7 +8,7 @@
 //! recycled registry ids) the chain survives its spans closing.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use awaitscope_wire::{Field, SpanClass, Value};
@@ -48,6 +48,36 @@ pub(crate) struct SpanNode {
     pub closed: AtomicBool,
     /// Task spans: the spans its last poll entered, by position.
     pub poll_cache: PollCache,
+    /// Task spans: state of its polls, kept here by the threads that poll
+    /// it (one at a time), so that nobody keeps a map of tasks per poll.
+    pub polls: PollState,
+}
+
+/// A task's polls, as the threads polling it see them. Only the thread
+/// polling the task writes `count`, `running` and `last_end` (plain loads
+/// and stores, no locked instruction); `wakers` is changed by any thread
+/// that clones, drops or consumes one of the task's wakers.
+#[derive(Default)]
+pub(crate) struct PollState {
+    /// Polls completed.
+    pub count: AtomicU64,
+    /// A poll is in progress.
+    pub running: AtomicBool,
+    /// Raw clock reading at the end of the last poll (0: none yet).
+    pub last_end: AtomicU64,
+    /// Live wakers: clones minus drops and consuming wakes. Signed, because
+    /// a waker made before the layer saw the task can be dropped after.
+    pub wakers: AtomicI64,
+}
+
+impl PollState {
+    /// Live wakers, as sent on the wire.
+    #[inline]
+    pub fn wakers(&self) -> u32 {
+        self.wakers
+            .load(Ordering::Relaxed)
+            .clamp(0, u32::MAX as i64) as u32
+    }
 }
 
 /// Spans entered in a task's last poll, by position (the k-th span entered).
@@ -85,15 +115,18 @@ impl PollCache {
     }
 
     /// The node remembered at position `k` if it is the open span `reg`.
+    /// Borrowed, not cloned: two reference-count updates per span entered
+    /// are most of what entering a known span would otherwise cost.
     ///
     /// # Safety
-    /// The caller acquired the cache and has not released it.
+    /// The caller acquired the cache and has not released it, and does not
+    /// call [`PollCache::set`] while holding the reference.
     #[inline]
-    pub unsafe fn get(&self, k: usize, reg: u64) -> Option<Arc<SpanNode>> {
+    pub unsafe fn get(&self, k: usize, reg: u64) -> Option<&Arc<SpanNode>> {
         // SAFETY: exclusive access, per the contract.
         let entries = unsafe { &*self.entries.get() };
         match entries.get(k) {
-            Some((r, Some(n))) if *r == reg && !n.closed.load(Ordering::Acquire) => Some(n.clone()),
+            Some((r, Some(n))) if *r == reg && !n.closed.load(Ordering::Acquire) => Some(n),
             _ => None,
         }
     }

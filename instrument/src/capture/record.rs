@@ -38,10 +38,9 @@ pub(crate) struct RawPanic {
 /// readings.
 pub(crate) enum Raw {
     Span(Arc<SpanNode>),
+    /// A span was entered (for a task span: a poll starts).
     Enter {
         span: u64,
-        /// The span is a task span: a poll starts.
-        task: bool,
         ts: u64,
     },
     Exit {
@@ -50,6 +49,8 @@ pub(crate) enum Raw {
         task: bool,
         /// The `TreeNode`s just before are the poll's new await tree.
         tree: bool,
+        /// Task spans: the task's live wakers at the end of the poll.
+        wakers: u32,
         ts: u64,
     },
     /// One span of the await tree of the poll that ends with the next
@@ -69,6 +70,8 @@ pub(crate) enum Raw {
         span: u64,
         follows: u64,
     },
+    /// A wake, or the drop of a task's last waker outside its poll (clones
+    /// and other drops only update the count on the task's node).
     Wake {
         task: u64,
         by: u64,

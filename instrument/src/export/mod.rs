@@ -92,11 +92,12 @@ impl Source {
     /// recorded so far.
     pub fn dump(&self) -> Dump {
         self.flush(Duration::from_secs(5));
-        let now = self.shared.nanos(self.shared.clock.raw());
+        let shared = &self.shared;
+        let now = shared.nanos(shared.clock.raw());
         self.model
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .snapshot(now)
+            .snapshot(now, |raw| shared.nanos(raw))
     }
 
     /// Drains everything recorded so far and flushes the sinks; returns when
@@ -141,11 +142,12 @@ pub(crate) fn start(
         info,
         seq: 0,
         sinks,
-        raws: Vec::new(),
+        counts: Vec::new(),
+        thread: u32::MAX,
         trees: Default::default(),
         retired_drops: 0,
         fullest: 0,
-        batch: Vec::with_capacity(BATCH),
+        frame: wire::EventsFrame::new(),
         buf: Vec::new(),
         last_flush: Instant::now(),
     };
@@ -178,15 +180,19 @@ struct Exporter {
     info: ProcessInfo,
     seq: u64,
     sinks: Vec<Sink>,
-    raws: Vec<(u32, Raw)>,
-    /// Per thread: the task and await tree nodes of the poll being read
-    /// (they precede the exit that ends it).
-    trees: rustc_hash::FxHashMap<u32, (u64, Vec<(u64, u16)>)>,
+    /// Records in each ring at the start of a drain (reused).
+    counts: Vec<usize>,
+    /// Thread of the last `Thread` event sent.
+    thread: u32,
+    /// By thread index: the task and await tree nodes of the poll being
+    /// read (they precede the exit that ends it).
+    trees: Vec<(u64, Vec<(u64, u16)>)>,
     /// Drops of rings whose threads are gone.
     retired_drops: u64,
     /// How full the fullest ring was at the last drain, in quarters.
     fullest: usize,
-    batch: Vec<Event>,
+    /// The frame being filled: events are encoded as they are converted.
+    frame: wire::EventsFrame,
     buf: Vec<u8>,
     last_flush: Instant,
 }
@@ -322,25 +328,64 @@ impl Exporter {
                 .unwrap_or_else(|e| e.into_inner());
             self.rings.append(&mut new);
         }
-        self.raws.clear();
+        // How many records each ring holds now. Callsites are read after
+        // this: any callsite those records refer to was registered before
+        // they were pushed.
         self.fullest = 0;
-        for ring in &mut self.rings {
+        let mut counts = std::mem::take(&mut self.counts);
+        counts.clear();
+        for ring in &self.rings {
             let n = ring.consumer.slots();
-            if n == 0 {
-                continue;
-            }
             self.fullest = self
                 .fullest
                 .max(n * 4 / ring.consumer.buffer().capacity().max(1));
-            if let Ok(chunk) = ring.consumer.read_chunk(n) {
-                self.raws
-                    .extend(chunk.into_iter().map(|raw| (ring.thread, raw)));
+            counts.push(n);
+        }
+        let n: usize = counts.iter().sum();
+        let callsites = self.shared.callsites.since(self.callsites_sent);
+        self.callsites_sent += callsites.len();
+        let want_events = self.sinks.iter().any(Sink::is_up);
+        if want_events {
+            for c in callsites {
+                self.emit(&Event::Callsite(c));
             }
         }
+        // Records are converted straight out of the rings, not copied first.
+        // Each drain names the thread again: a sink may have (re)connected.
+        self.thread = u32::MAX;
+        let mut rings = std::mem::take(&mut self.rings);
+        let shared = self.shared.clone();
+        let model = self.model.clone();
+        let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
+        for (ring, &count) in rings.iter_mut().zip(&counts) {
+            if count == 0 {
+                continue;
+            }
+            let Ok(chunk) = ring.consumer.read_chunk(count) else {
+                continue;
+            };
+            let t = ring.thread;
+            if want_events && t != self.thread {
+                self.thread = t;
+                let name = if self.announced.contains(&t) {
+                    None
+                } else {
+                    self.announced.push(t);
+                    ring.name.clone()
+                };
+                self.emit(&Event::Thread { id: t, name });
+            }
+            for raw in chunk {
+                if let Some(ev) = self.convert(&shared, &mut model, t, raw, want_events) {
+                    self.emit(&ev);
+                }
+            }
+        }
+        drop(model);
         // A thread's rings share one drop counter; it is retired with the
         // thread's last ring.
         let mut gone: Vec<(u32, u64)> = Vec::new();
-        self.rings.retain(|r| {
+        rings.retain(|r| {
             let done = r.consumer.is_abandoned() && r.consumer.is_empty();
             if done {
                 gone.push((r.thread, r.dropped.load(Ordering::Relaxed)));
@@ -348,66 +393,60 @@ impl Exporter {
             !done
         });
         for (thread, dropped) in gone {
-            if !self.rings.iter().any(|r| r.thread == thread) {
+            if !rings.iter().any(|r| r.thread == thread) {
                 self.retired_drops += dropped;
             }
         }
-        let n = self.raws.len();
-        // Callsites are read after the rings: any callsite a drained record
-        // refers to was registered before the record was pushed.
-        let callsites = self.shared.callsites.since(self.callsites_sent);
-        self.callsites_sent += callsites.len();
-        let want_events = self.sinks.iter().any(Sink::is_up);
-        if want_events {
-            self.batch
-                .extend(callsites.into_iter().map(Event::Callsite));
-        }
-        let mut raws = std::mem::take(&mut self.raws);
-        let model = self.model.clone();
-        let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
-        let mut thread = u32::MAX;
-        for (t, raw) in raws.drain(..) {
-            if want_events && t != thread {
-                thread = t;
-                let name = if self.announced.contains(&t) {
-                    None
-                } else {
-                    self.announced.push(t);
-                    self.rings
-                        .iter()
-                        .find(|r| r.thread == t)
-                        .and_then(|r| r.name.clone())
-                };
-                self.batch.push(Event::Thread { id: t, name });
-            }
-            if let Some(ev) = self.convert(&mut model, t, raw, want_events) {
-                self.batch.push(ev);
-                if self.batch.len() >= BATCH {
-                    self.send_batch();
-                }
-            }
-        }
-        drop(model);
-        self.raws = raws;
+        self.rings = rings;
+        self.counts = counts;
         self.send_batch();
         n
     }
 
+    /// Encodes `ev` into the current frame, sending the frame when it is
+    /// full.
+    #[inline]
+    fn emit(&mut self, ev: &Event) {
+        match self.frame.push(ev) {
+            Ok(()) => {}
+            Err(wire::EncodeError::FrameTooLarge(_)) if !self.frame.is_empty() => {
+                self.send_batch();
+                if self.frame.push(ev).is_err() {
+                    self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // One event over the cap cannot happen with capped fields; drop
+            // it rather than stall the stream.
+            Err(_) => {
+                self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.frame.len() >= BATCH {
+            self.send_batch();
+        }
+    }
+
+    /// Sends the current frame to the sinks.
     fn send_batch(&mut self) {
-        if self.batch.is_empty() {
+        if self.frame.is_empty() {
             return;
         }
-        let events = std::mem::take(&mut self.batch);
-        let count = events.len() as u64;
+        let count = self.frame.len() as u64;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let events = self.encode_events(events, &mut buf);
-        for s in &mut self.sinks {
-            s.write(&buf, count);
+        let seq = self.seq;
+        self.seq += 1;
+        match self.frame.finish(self.process, seq, &mut buf) {
+            Ok(()) => {
+                for s in &mut self.sinks {
+                    s.write(&buf, count);
+                }
+            }
+            Err(_) => {
+                self.shared.buffer_full.fetch_add(count, Ordering::Relaxed);
+            }
         }
         self.buf = buf;
-        self.batch = events;
-        self.batch.clear();
     }
 
     /// Encodes `events` as one frame (or several, if over the size cap) onto
@@ -449,13 +488,14 @@ impl Exporter {
     /// when some sink is up).
     fn convert(
         &mut self,
+        shared: &Shared,
         model: &mut AwaitModel,
         thread: u32,
         raw: Raw,
         want: bool,
     ) -> Option<Event> {
         let id = |v: u64| (v != 0).then_some(SpanId(v));
-        let ns = |raw: u64| self.shared.nanos(raw);
+        let ns = |raw: u64| shared.nanos(raw);
         Some(match raw {
             Raw::Span(node) => {
                 let ev = want.then(|| span_new(&self.shared, &node));
@@ -474,21 +514,17 @@ impl Exporter {
                     fields,
                 }
             }
-            Raw::Enter { span, task, ts } => {
-                let ts = ns(ts);
-                if task {
-                    model.on_poll_start(span);
-                }
+            Raw::Enter { span, ts, .. } => {
                 if !want {
                     return None;
                 }
                 Event::Enter {
                     span: SpanId(span),
-                    ts,
+                    ts: ns(ts),
                 }
             }
             Raw::TreeNode { task, span, depth } => {
-                let pending = self.trees.entry(thread).or_default();
+                let pending = pending_tree(&mut self.trees, thread);
                 if pending.0 != task {
                     // Left over from a poll whose exit was dropped.
                     pending.1.clear();
@@ -499,43 +535,60 @@ impl Exporter {
             }
             Raw::Exit {
                 span,
-                task,
-                tree,
+                task: false,
                 ts,
+                ..
             } => {
-                let ts = ns(ts);
-                let nodes = match self.trees.get_mut(&thread) {
-                    Some((t, nodes)) if *t == span => std::mem::take(nodes),
-                    _ => Vec::new(),
-                };
-                if task {
-                    model.on_poll_end(span, tree.then_some(&nodes[..]), ts);
-                }
-                if want && task && tree {
-                    // Sent just before the exit that ends the poll.
-                    self.batch.push(Event::PollTree {
-                        task: SpanId(span),
-                        spans: nodes
-                            .iter()
-                            .map(|&(s, depth)| wire::TreeNode {
-                                span: SpanId(s),
-                                depth,
-                            })
-                            .collect(),
-                    });
-                }
-                if let Some((_, pending)) = self.trees.get_mut(&thread) {
-                    // Reuse the allocation for the thread's next tree.
-                    let mut nodes = nodes;
-                    nodes.clear();
-                    *pending = nodes;
-                }
                 if !want {
                     return None;
                 }
                 Event::Exit {
                     span: SpanId(span),
-                    ts,
+                    ts: ns(ts),
+                }
+            }
+            Raw::Exit {
+                span,
+                task: true,
+                tree,
+                wakers,
+                ts,
+            } => {
+                if tree {
+                    let pending = pending_tree(&mut self.trees, thread);
+                    let nodes = if pending.0 == span {
+                        &pending.1[..]
+                    } else {
+                        // Its tree nodes were dropped with a full ring.
+                        &[]
+                    };
+                    model.on_tree(span, nodes);
+                    if want {
+                        // Sent just before the end of the poll.
+                        let spans = nodes
+                            .iter()
+                            .map(|&(s, depth)| wire::TreeNode {
+                                span: SpanId(s),
+                                depth,
+                            })
+                            .collect();
+                        let tree = Event::PollTree {
+                            task: SpanId(span),
+                            spans,
+                        };
+                        self.emit(&tree);
+                    }
+                }
+                let pending = pending_tree(&mut self.trees, thread);
+                pending.0 = 0;
+                pending.1.clear();
+                if !want {
+                    return None;
+                }
+                Event::PollEnd {
+                    task: SpanId(span),
+                    ts: ns(ts),
+                    wakers,
                 }
             }
             Raw::Close { span, kind, ts } => {
@@ -624,6 +677,20 @@ impl Exporter {
             }
         }
     }
+}
+
+/// The await tree nodes read so far on `thread` for the poll whose end comes
+/// next, with its task.
+#[inline]
+fn pending_tree(
+    trees: &mut Vec<(u64, Vec<(u64, u16)>)>,
+    thread: u32,
+) -> &mut (u64, Vec<(u64, u16)>) {
+    let i = thread as usize;
+    if i >= trees.len() {
+        trees.resize_with(i + 1, Default::default);
+    }
+    &mut trees[i]
 }
 
 /// The `SpanNew` event of a span node, with its current fields.

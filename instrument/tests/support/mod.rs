@@ -99,6 +99,8 @@ pub struct SpanInfo {
     pub fields: HashMap<String, Value>,
     pub enters: Vec<(u32, u64)>,
     pub exits: Vec<(u32, u64)>,
+    /// Task spans: live wakers at the end of each poll (`PollEnd`).
+    pub poll_wakers: Vec<u32>,
     pub close: Option<CloseKind>,
 }
 
@@ -233,6 +235,7 @@ impl Captured {
                         fields: fields_map(&cs.fields, &fields),
                         enters: vec![],
                         exits: vec![],
+                        poll_wakers: vec![],
                         close: None,
                     },
                 );
@@ -267,14 +270,9 @@ impl Captured {
                     s.enters.push((*thread, ts));
                 }
             }
-            Event::Exit { span, ts } => {
-                let stack = stacks.entry(*thread).or_default();
-                if let Some(pos) = stack.iter().rposition(|s| *s == span) {
-                    stack.remove(pos);
-                }
-                if let Some(s) = self.spans.get_mut(&span) {
-                    s.exits.push((*thread, ts));
-                }
+            Event::Exit { span, ts } => self.exit(span, ts, None, stacks, *thread),
+            Event::PollEnd { task, ts, wakers } => {
+                self.exit(task, ts, Some(wakers), stacks, *thread)
             }
             Event::Close { span, kind, .. } => {
                 if let Some(s) = self.spans.get_mut(&span) {
@@ -314,6 +312,26 @@ impl Captured {
             } => {
                 self.panics.push((task, span, message));
                 self.panic_traces.push(trace);
+            }
+        }
+    }
+
+    fn exit(
+        &mut self,
+        span: SpanId,
+        ts: u64,
+        wakers: Option<u32>,
+        stacks: &mut HashMap<u32, Vec<SpanId>>,
+        thread: u32,
+    ) {
+        let stack = stacks.entry(thread).or_default();
+        if let Some(pos) = stack.iter().rposition(|s| *s == span) {
+            stack.remove(pos);
+        }
+        if let Some(s) = self.spans.get_mut(&span) {
+            s.exits.push((thread, ts));
+            if let Some(w) = wakers {
+                s.poll_wakers.push(w);
             }
         }
     }

@@ -38,10 +38,11 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::Wake { .. } => "Wake",
         Event::Log { .. } => "Log",
         Event::Panic { .. } => "Panic",
+        Event::PollEnd { .. } => "PollEnd",
     }
 }
 
-pub const EVENT_VARIANTS: usize = 12;
+pub const EVENT_VARIANTS: usize = 13;
 
 /// Name of a body's variant (exhaustive, see [`event_variant`]).
 pub fn body_variant(b: &Body) -> &'static str {
@@ -152,6 +153,11 @@ pub fn sample_events() -> Vec<Event> {
         span: SpanId(5),
         ts: 11,
     });
+    events.push(Event::PollEnd {
+        task: SpanId(5),
+        ts: 12,
+        wakers: 2,
+    });
     for (i, kind) in [
         CloseKind::Span,
         CloseKind::Completed,
@@ -184,9 +190,15 @@ pub fn sample_events() -> Vec<Event> {
         task: SpanId(7),
         spans: vec![],
     });
-    for (i, op) in [WakeOp::Wake, WakeOp::WakeByRef, WakeOp::Clone, WakeOp::Drop]
-        .into_iter()
-        .enumerate()
+    for (i, op) in [
+        WakeOp::Wake,
+        WakeOp::WakeByRef,
+        WakeOp::Clone,
+        WakeOp::Drop,
+        WakeOp::LastDrop,
+    ]
+    .into_iter()
+    .enumerate()
     {
         events.push(Event::Wake {
             task: SpanId(7),
@@ -437,6 +449,7 @@ pub fn arb_wake() -> impl Strategy<Value = WakeOp> {
         Just(WakeOp::WakeByRef),
         Just(WakeOp::Clone),
         Just(WakeOp::Drop),
+        Just(WakeOp::LastDrop),
     ]
 }
 
@@ -506,6 +519,11 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
             }),
         (arb_span(), any::<u64>()).prop_map(|(span, ts)| Event::Enter { span, ts }),
         (arb_span(), any::<u64>()).prop_map(|(span, ts)| Event::Exit { span, ts }),
+        (arb_span(), any::<u64>(), any::<u32>()).prop_map(|(task, ts, wakers)| Event::PollEnd {
+            task,
+            ts,
+            wakers
+        }),
         (arb_span(), arb_close(), any::<u64>()).prop_map(|(span, kind, ts)| Event::Close {
             span,
             kind,
