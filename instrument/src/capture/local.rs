@@ -487,7 +487,16 @@ impl Local {
             }
             return false;
         };
-        let frame = self.frames.remove(pos);
+        // Nearly always the innermost frame: `pop` (`remove` calls memmove
+        // even to move nothing).
+        let frame = if pos + 1 == self.frames.len() {
+            match self.frames.pop() {
+                Some(f) => f,
+                None => return false,
+            }
+        } else {
+            self.frames.remove(pos)
+        };
         if pos != self.frames.len() && self.task > pos {
             // Exited out of order (rare): find the innermost task again.
             self.task = self

@@ -15,12 +15,30 @@ use awaitscope_wire::{Field, SpanClass, Value};
 use tracing_core::Metadata;
 
 /// A span's identity and what a causal trace shows of it.
+///
+/// Laid out (`repr(C)`, cache-line aligned) so that what entering and
+/// exiting a span reads and writes (id, class, closed, the task's poll
+/// state) is in its first cache line: one miss, not three, per span.
+#[repr(C, align(64))]
 pub(crate) struct SpanNode {
     /// Stable id.
     pub id: u64,
+    pub class: SpanClass,
+    /// The span closed: its registry id may now name another span, so
+    /// per-thread caches keyed by registry id must not trust this entry.
+    pub closed: AtomicBool,
+    /// Task spans: the last enter/exit pair directly followed the task's
+    /// previous poll (the drop of a completed future).
+    pub last_pair_adjacent: AtomicBool,
+    /// Task spans: signature of the await tree last sent.
+    pub last_tree_sig: AtomicU64,
+    /// Task spans: state of its polls, kept here by the threads that poll
+    /// it (one at a time), so that nobody keeps a map of tasks per poll.
+    pub polls: PollState,
+    /// Task spans: the spans its last poll entered, by position.
+    pub poll_cache: PollCache,
     pub meta: &'static Metadata<'static>,
     pub callsite: u32,
-    pub class: SpanClass,
     /// Explicit or contextual parent.
     pub parent: Option<Arc<SpanNode>>,
     /// Layer instance that made the node.
@@ -38,19 +56,6 @@ pub(crate) struct SpanNode {
     pub ts: u64,
     /// Recorded fields, updated by `span.record`.
     pub fields: Mutex<Vec<Field>>,
-    /// Task spans: signature of the await tree last sent.
-    pub last_tree_sig: AtomicU64,
-    /// Task spans: the last enter/exit pair directly followed the task's
-    /// previous poll (the drop of a completed future).
-    pub last_pair_adjacent: AtomicBool,
-    /// The span closed: its registry id may now name another span, so
-    /// per-thread caches keyed by registry id must not trust this entry.
-    pub closed: AtomicBool,
-    /// Task spans: the spans its last poll entered, by position.
-    pub poll_cache: PollCache,
-    /// Task spans: state of its polls, kept here by the threads that poll
-    /// it (one at a time), so that nobody keeps a map of tasks per poll.
-    pub polls: PollState,
 }
 
 /// A task's polls, as the threads polling it see them. Only the thread
@@ -58,16 +63,17 @@ pub(crate) struct SpanNode {
 /// and stores, no locked instruction); `wakers` is changed by any thread
 /// that clones, drops or consumes one of the task's wakers.
 #[derive(Default)]
+#[repr(C)]
 pub(crate) struct PollState {
     /// Polls completed.
     pub count: AtomicU64,
-    /// A poll is in progress.
-    pub running: AtomicBool,
     /// Raw clock reading at the end of the last poll (0: none yet).
     pub last_end: AtomicU64,
     /// Live wakers: clones minus drops and consuming wakes. Signed, because
     /// a waker made before the layer saw the task can be dropped after.
     pub wakers: AtomicI64,
+    /// A poll is in progress.
+    pub running: AtomicBool,
 }
 
 impl PollState {
@@ -180,5 +186,14 @@ pub(crate) fn render_value(v: &Value) -> String {
         Value::F64(f) => f.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Str(s) => s.clone(),
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    #[test]
+    fn hot_fields_share_the_first_cache_line() {
+        assert!(std::mem::offset_of!(super::SpanNode, poll_cache) <= 64);
+        assert_eq!(std::mem::align_of::<super::SpanNode>(), 64);
     }
 }
