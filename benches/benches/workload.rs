@@ -174,6 +174,10 @@ fn read_recording(path: &std::path::Path) -> RecordingStats {
                         Event::SpanNew { .. } => st.span_new += 1,
                         Event::Enter { .. } => st.enter += 1,
                         Event::Exit { .. } | Event::PollEnd { .. } => st.exit += 1,
+                        Event::Poll { .. } => {
+                            st.enter += 1;
+                            st.exit += 1;
+                        }
                         Event::Close { .. } => st.close += 1,
                         Event::Wake { .. } => st.wake += 1,
                         _ => {}

@@ -370,3 +370,55 @@ fn thread_runs_of_a_batch_are_merged_by_time() {
     assert_eq!(done.busy_ns, 20);
     assert_eq!(done.state, TaskState::Completed);
 }
+
+/// Version 2's `Poll` (a whole poll in one event) builds the same model as
+/// its `Enter` and `PollEnd`, and `PollEnd` carries the live wakers.
+#[test]
+fn whole_poll_events_equal_enter_and_poll_end() {
+    let build = |whole: bool| {
+        let mut b = StreamBuilder::new(1, 0);
+        b.hello("app", None, false);
+        b.thread(0);
+        let t = b.spawn(&TaskOpts::named("t"), None, 0);
+        for i in 0..3u64 {
+            let start = (10 + i * 10) * MS;
+            let wakers = (i + 1) as u32;
+            if whole {
+                b.push(awaitscope_wire::Event::Poll {
+                    task: t,
+                    start,
+                    duration: 2 * MS,
+                    wakers,
+                });
+            } else {
+                b.push(awaitscope_wire::Event::Enter { span: t, ts: start });
+                b.push(awaitscope_wire::Event::PollEnd {
+                    task: t,
+                    ts: start + 2 * MS,
+                    wakers,
+                });
+            }
+            b.waker(t, WakeOp::Wake, None, start + 5 * MS);
+        }
+        let mut model = Model::default();
+        for f in b.take_frames() {
+            model.apply(&f);
+        }
+        model.finish();
+        let p = model.processes().next().unwrap();
+        let task = &p.tasks[&t];
+        (
+            task.polls,
+            task.busy_ns,
+            task.scheduled_ns,
+            task.wakes,
+            task.wakers_alive,
+        )
+    };
+    let whole = build(true);
+    assert_eq!(whole, build(false));
+    assert_eq!(whole.0, 3);
+    assert_eq!(whole.1, 6 * MS);
+    // Three wakers alive at the last poll's end, one consumed by the wake.
+    assert_eq!(whole.4, 2);
+}

@@ -330,6 +330,11 @@ mod unstable {
             );
             assert_eq!(t.poll_wakers[5], 0, "{flavor:?}: completed, no waker left");
             assert!(
+                c.whole_polls >= 5,
+                "{flavor:?}: polls with nothing recorded inside go out as one event: {}",
+                c.whole_polls
+            );
+            assert!(
                 !c.wakes
                     .iter()
                     .any(|w| matches!(w.op, WakeOp::Clone | WakeOp::Drop)),

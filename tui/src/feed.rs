@@ -308,6 +308,7 @@ fn frame_time(f: &Frame) -> Option<u64> {
             | Event::Enter { ts, .. }
             | Event::Exit { ts, .. }
             | Event::PollEnd { ts, .. }
+            | Event::Poll { start: ts, .. }
             | Event::Close { ts, .. }
             | Event::Wake { ts, .. }
             | Event::Log { ts, .. }

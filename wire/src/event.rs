@@ -287,8 +287,8 @@ pub enum Event {
         ts: u64,
     },
     /// The spans entered during a task's latest poll, in the order they were
-    /// entered: the task's await tree. Sent just before the `Exit` of the
-    /// task span that ends the poll, and only when it differs from the
+    /// entered: the task's await tree. Sent just before the event that ends
+    /// the poll (`PollEnd` or `Poll`; `Exit` of the task span in version 1), and only when it differs from the
     /// task's previous poll: until the next `PollTree` for the task, its
     /// polls entered the same spans. Spans entered inside a poll are not
     /// sent as `Enter`/`Exit`.
@@ -365,6 +365,20 @@ pub enum Event {
         /// The causal trace at the panic, innermost first.
         #[serde(deserialize_with = "capped::trace")]
         trace: Vec<String>,
+    },
+    /// A whole poll of a task, start and end in one event (version 2): what
+    /// producers send instead of `Enter` and `PollEnd` when nothing else
+    /// was recorded on the thread between them.
+    Poll {
+        /// The task.
+        task: SpanId,
+        /// When the poll started.
+        start: u64,
+        /// How long it ran (it ended at `start + duration`), in ns.
+        duration: u64,
+        /// Wakers of the task alive when the poll ended (see
+        /// [`Event::PollEnd`]).
+        wakers: u32,
     },
     /// A poll of a task ended: the task span was exited (version 2).
     PollEnd {

@@ -33,7 +33,8 @@ pub const MAGIC: [u8; 8] = *b"AWSCOPE\0";
 /// Version of the format written by this crate.
 ///
 /// Version 2 added [`Event::PollEnd`] (a task poll's end, with its live
-/// wakers) and [`WakeOp::LastDrop`]; version-2 producers no longer send
+/// wakers), [`Event::Poll`] (a whole poll in one event) and
+/// [`WakeOp::LastDrop`]; version-2 producers no longer send
 /// `WakeOp::Clone` or per-waker `WakeOp::Drop`.
 pub const VERSION: u16 = 2;
 

@@ -196,6 +196,7 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                     | Event::Enter { .. }
                     | Event::Exit { .. }
                     | Event::PollEnd { .. }
+                    | Event::Poll { .. }
                     | Event::Close { .. }
                     | Event::Wake { .. } => {}
                 }

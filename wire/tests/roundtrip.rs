@@ -350,6 +350,7 @@ fn version_1_streams_still_read() {
                     !matches!(
                         e,
                         Event::PollEnd { .. }
+                            | Event::Poll { .. }
                             | Event::Wake {
                                 op: WakeOp::LastDrop,
                                 ..

@@ -564,6 +564,24 @@ impl Walker {
                 self.advance(key, *ts, sinks)?;
                 self.span_new(key, *id, *callsite, *parent, *ctx_task, *ts, fields, sinks)?;
             }
+            Event::Poll {
+                task,
+                start,
+                duration,
+                wakers,
+            } => {
+                let enter = Event::Enter {
+                    span: *task,
+                    ts: *start,
+                };
+                let end = Event::PollEnd {
+                    task: *task,
+                    ts: start.saturating_add(*duration),
+                    wakers: *wakers,
+                };
+                self.event(key, &enter, &mut *sinks)?;
+                self.event(key, &end, sinks)?;
+            }
             Event::Enter { span, ts } => {
                 self.advance(key, *ts, sinks)?;
                 self.enter(key, *span, *ts, sinks)?;

@@ -272,6 +272,30 @@ impl Process {
                 self.bump(*ts);
                 self.exit(*span, *ts);
             }
+            Event::Poll {
+                task,
+                start,
+                duration,
+                wakers,
+            } => {
+                self.apply(
+                    &Event::Enter {
+                        span: *task,
+                        ts: *start,
+                    },
+                    cfg,
+                    findings,
+                );
+                self.apply(
+                    &Event::PollEnd {
+                        task: *task,
+                        ts: start.saturating_add(*duration),
+                        wakers: *wakers,
+                    },
+                    cfg,
+                    findings,
+                );
+            }
             Event::PollEnd { task, ts, wakers } => {
                 self.bump(*ts);
                 self.exit(*task, *ts);
@@ -1023,6 +1047,7 @@ fn event_ts(e: &Event) -> Option<u64> {
         | Event::Enter { ts, .. }
         | Event::Exit { ts, .. }
         | Event::PollEnd { ts, .. }
+        | Event::Poll { start: ts, .. }
         | Event::Close { ts, .. }
         | Event::Wake { ts, .. }
         | Event::Log { ts, .. }

@@ -430,7 +430,11 @@ impl Local {
             });
             self.task = self.frames.len();
             self.sig = EMPTY_SIG;
-            self.push(Raw::Enter { span: sid, ts });
+            self.push(Raw::Enter {
+                span: sid,
+                task: true,
+                ts,
+            });
         } else if self.task != 0 {
             let depth = (self.frames.len() - self.task) as u16;
             let tree_start = self.frames[self.task - 1].tree_base;
@@ -472,7 +476,11 @@ impl Local {
                 entered: 0,
             });
             let ts = shared.clock.raw();
-            self.push(Raw::Enter { span: sid, ts });
+            self.push(Raw::Enter {
+                span: sid,
+                task: false,
+                ts,
+            });
         }
     }
 

@@ -41,6 +41,8 @@ pub(crate) enum Raw {
     /// A span was entered (for a task span: a poll starts).
     Enter {
         span: u64,
+        /// The span is a task span: a poll starts.
+        task: bool,
         ts: u64,
     },
     Exit {

@@ -144,6 +144,7 @@ pub(crate) fn start(
         sinks,
         counts: Vec::new(),
         thread: u32::MAX,
+        held: None,
         trees: Default::default(),
         retired_drops: 0,
         fullest: 0,
@@ -184,6 +185,9 @@ struct Exporter {
     counts: Vec<usize>,
     /// Thread of the last `Thread` event sent.
     thread: u32,
+    /// A task's poll start (span, raw time) not sent yet: if the next record
+    /// of its ring ends that poll, both go out as one `Poll` event.
+    held: Option<(u64, u64)>,
     /// By thread index: the task and await tree nodes of the poll being
     /// read (they precede the exit that ends it).
     trees: Vec<(u64, Vec<(u64, u16)>)>,
@@ -380,6 +384,7 @@ impl Exporter {
                     self.emit(&ev);
                 }
             }
+            self.release_held(&shared);
         }
         drop(model);
         // A thread's rings share one drop counter; it is retired with the
@@ -496,6 +501,9 @@ impl Exporter {
     ) -> Option<Event> {
         let id = |v: u64| (v != 0).then_some(SpanId(v));
         let ns = |raw: u64| shared.nanos(raw);
+        if !matches!(raw, Raw::TreeNode { .. } | Raw::Exit { task: true, .. }) {
+            self.release_held(shared);
+        }
         Some(match raw {
             Raw::Span(node) => {
                 let ev = want.then(|| span_new(&self.shared, &node));
@@ -513,6 +521,18 @@ impl Exporter {
                     span: SpanId(span),
                     fields,
                 }
+            }
+            Raw::Enter {
+                span,
+                task: true,
+                ts,
+            } => {
+                // Held until the poll's end: a poll with nothing recorded
+                // in between goes out as one `Poll` event.
+                if want {
+                    self.held = Some((span, ts));
+                }
+                return None;
             }
             Raw::Enter { span, ts, .. } => {
                 if !want {
@@ -585,10 +605,25 @@ impl Exporter {
                 if !want {
                     return None;
                 }
-                Event::PollEnd {
-                    task: SpanId(span),
-                    ts: ns(ts),
-                    wakers,
+                match self.held.take() {
+                    Some((task, start)) if task == span => {
+                        let start = ns(start);
+                        Event::Poll {
+                            task: SpanId(span),
+                            start,
+                            duration: ns(ts).saturating_sub(start),
+                            wakers,
+                        }
+                    }
+                    held => {
+                        self.held = held;
+                        self.release_held(shared);
+                        Event::PollEnd {
+                            task: SpanId(span),
+                            ts: ns(ts),
+                            wakers,
+                        }
+                    }
                 }
             }
             Raw::Close { span, kind, ts } => {
@@ -648,6 +683,16 @@ impl Exporter {
                 trace: p.trace,
             },
         })
+    }
+
+    /// Sends the start of a poll that was held back (see `convert`).
+    fn release_held(&mut self, shared: &Shared) {
+        if let Some((span, ts)) = self.held.take() {
+            self.emit(&Event::Enter {
+                span: SpanId(span),
+                ts: shared.nanos(ts),
+            });
+        }
     }
 
     /// Records dropped so far because a ring was full.

@@ -158,6 +158,8 @@ pub struct Captured {
     pub poll_trees: HashMap<SpanId, Vec<Vec<(SpanId, u16)>>>,
     /// Per task: spans entered while the task was being polled, in order.
     pub entered_in_task: HashMap<SpanId, Vec<SpanId>>,
+    /// `Poll` events (a whole poll in one event) seen.
+    pub whole_polls: usize,
 }
 
 fn fields_map(names: &[String], fields: &[Field]) -> HashMap<String, Value> {
@@ -255,6 +257,33 @@ impl Captured {
                         entered.push(n.span);
                     }
                 }
+            }
+            Event::Poll {
+                task,
+                start,
+                duration,
+                wakers,
+            } => {
+                self.whole_polls += 1;
+                self.apply(
+                    Event::Enter {
+                        span: task,
+                        ts: start,
+                    },
+                    callsites,
+                    stacks,
+                    thread,
+                );
+                self.apply(
+                    Event::PollEnd {
+                        task,
+                        ts: start + duration,
+                        wakers,
+                    },
+                    callsites,
+                    stacks,
+                    thread,
+                );
             }
             Event::Enter { span, ts } => {
                 let stack = stacks.entry(*thread).or_default();

@@ -39,10 +39,11 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::Log { .. } => "Log",
         Event::Panic { .. } => "Panic",
         Event::PollEnd { .. } => "PollEnd",
+        Event::Poll { .. } => "Poll",
     }
 }
 
-pub const EVENT_VARIANTS: usize = 13;
+pub const EVENT_VARIANTS: usize = 14;
 
 /// Name of a body's variant (exhaustive, see [`event_variant`]).
 pub fn body_variant(b: &Body) -> &'static str {
@@ -157,6 +158,12 @@ pub fn sample_events() -> Vec<Event> {
         task: SpanId(5),
         ts: 12,
         wakers: 2,
+    });
+    events.push(Event::Poll {
+        task: SpanId(5),
+        start: 13,
+        duration: 4,
+        wakers: 1,
     });
     for (i, kind) in [
         CloseKind::Span,
