@@ -72,27 +72,33 @@ enum Kind {
     Outside,
 }
 
-/// An entered span.
+/// An entered span. Kept small: most are spans entered inside a poll,
+/// pushed and popped several times per poll; a task's frame has its
+/// [`Poll`] beside it.
 struct Frame {
     /// `tracing` registry id, to match the exit.
     reg: u64,
     sid: u64,
     kind: Kind,
-    /// Task frames: the task's node (its last tree signature lives there).
+}
+
+/// The poll in progress of a task frame (one per `Kind::Task` frame, in the
+/// same order).
+struct Poll {
+    /// The task's node (its last tree signature lives there).
     node: Option<Arc<SpanNode>>,
-    /// Task frames: this enter directly followed the task's previous exit
-    /// on this thread, the pattern of tokio dropping a completed future.
+    /// This enter directly followed the task's previous exit on this thread,
+    /// the pattern of tokio dropping a completed future.
     adjacent: bool,
-    /// Task frames: state of the enclosing poll, restored on exit.
+    /// State of the enclosing poll, restored on exit.
     saved_sig: u64,
     saved_task: usize,
     tree_base: usize,
-    /// Task frames: whether this thread holds the task's poll cache; `None`
-    /// until the poll enters its first span (polls that enter none never
-    /// touch it).
+    /// Whether this thread holds the task's poll cache; `None` until the
+    /// poll enters its first span (polls that enter none never touch it).
     owns_cache: Option<bool>,
-    /// Task frames: spans entered in this poll so far (position in the
-    /// poll cache of the next one).
+    /// Spans entered in this poll so far (position in the poll cache of the
+    /// next one).
     entered: usize,
 }
 
@@ -109,6 +115,8 @@ pub(crate) struct Local {
     /// Records pushed or dropped so far.
     seq: u64,
     frames: Vec<Frame>,
+    /// The polls of the task frames in `frames`, innermost last.
+    polls: Vec<Poll>,
     /// Spans entered beyond [`STACK`], not tracked.
     overflow: usize,
     /// 1 + index in `frames` of the innermost task being polled, or 0.
@@ -218,7 +226,9 @@ impl Local {
         // Inside a poll, the task's own cache of its last poll's spans
         // usually knows this one.
         if self.task != 0 && self.frames.len() < STACK {
-            let t = &mut self.frames[self.task - 1];
+            let Some(t) = self.polls.last_mut() else {
+                return;
+            };
             let k = t.entered;
             t.entered += 1;
             let owns = *t
@@ -243,8 +253,7 @@ impl Local {
                 let Some(n) = self.cache[i].node.clone() else {
                     return;
                 };
-                let t = &self.frames[self.task - 1];
-                if let Some(tn) = &t.node {
+                if let Some(tn) = self.polls.last().and_then(|t| t.node.as_ref()) {
                     // SAFETY: as above.
                     unsafe { tn.poll_cache.set(k, reg, &n) };
                 }
@@ -308,7 +317,7 @@ impl Local {
         // Wakers are mostly cloned by their own task during its poll: that
         // task's frame holds its node (an entered span cannot have closed).
         let node = if self.task != 0 && self.frames[self.task - 1].reg == reg {
-            self.frames[self.task - 1].node.as_ref()
+            self.polls.last().and_then(|p| p.node.as_ref())
         } else {
             match self.cached(reg, lookup) {
                 Some(i) => self.cache[i].node.as_ref(),
@@ -345,7 +354,7 @@ impl Local {
     pub fn current_task_node(&self) -> Option<Arc<SpanNode>> {
         match self.task {
             0 => None,
-            i => self.frames[i - 1].node.clone(),
+            _ => self.polls.last().and_then(|p| p.node.clone()),
         }
     }
 
@@ -420,6 +429,8 @@ impl Local {
                 reg,
                 sid,
                 kind: Kind::Task,
+            });
+            self.polls.push(Poll {
                 node,
                 adjacent,
                 saved_sig: self.sig,
@@ -437,7 +448,7 @@ impl Local {
             });
         } else if self.task != 0 {
             let depth = (self.frames.len() - self.task) as u16;
-            let tree_start = self.frames[self.task - 1].tree_base;
+            let tree_start = self.polls.last().map_or(0, |p| p.tree_base);
             let repeat = self.tree_len > tree_start && self.tree[self.tree_len - 1] == (sid, depth);
             if repeat {
                 // Entered again right after its exit (a future polled then
@@ -454,26 +465,12 @@ impl Local {
                 reg,
                 sid,
                 kind: Kind::InPoll,
-                node: None,
-                adjacent: false,
-                saved_sig: 0,
-                saved_task: 0,
-                tree_base: 0,
-                owns_cache: None,
-                entered: 0,
             });
         } else {
             self.frames.push(Frame {
                 reg,
                 sid,
                 kind: Kind::Outside,
-                node: None,
-                adjacent: false,
-                saved_sig: 0,
-                saved_task: 0,
-                tree_base: 0,
-                owns_cache: None,
-                entered: 0,
             });
             let ts = shared.clock.raw();
             self.push(Raw::Enter {
@@ -526,12 +523,31 @@ impl Local {
                 });
             }
             Kind::Task => {
+                // Its poll: the innermost one unless exits came out of order.
+                let at = if pos == self.frames.len() {
+                    self.polls.len().saturating_sub(1)
+                } else {
+                    self.frames[..pos]
+                        .iter()
+                        .filter(|f| f.kind == Kind::Task)
+                        .count()
+                };
+                let poll = if at + 1 == self.polls.len() {
+                    self.polls.pop()
+                } else if at < self.polls.len() {
+                    Some(self.polls.remove(at))
+                } else {
+                    None
+                };
+                let Some(poll) = poll else {
+                    return true;
+                };
                 let ts = shared.clock.raw();
-                let node = frame.node.as_ref();
+                let node = poll.node.as_ref();
                 let changed = self.tree_cut
                     || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
                 if changed {
-                    for i in frame.tree_base..self.tree_len {
+                    for i in poll.tree_base..self.tree_len {
                         let (span, depth) = self.tree[i];
                         self.push(Raw::TreeNode {
                             task: frame.sid,
@@ -561,19 +577,18 @@ impl Local {
                         .store(polls.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
                     polls.last_end.store(ts, Ordering::Relaxed);
                     polls.running.store(false, Ordering::Relaxed);
-                    n.last_pair_adjacent
-                        .store(frame.adjacent, Ordering::Relaxed);
-                    if frame.owns_cache == Some(true) {
+                    n.last_pair_adjacent.store(poll.adjacent, Ordering::Relaxed);
+                    if poll.owns_cache == Some(true) {
                         n.poll_cache.release();
                     }
                 }
-                if let Some(n) = frame.node {
+                if let Some(n) = poll.node {
                     self.uncache_task(frame.reg, n);
                 }
-                self.tree_len = frame.tree_base;
+                self.tree_len = poll.tree_base;
                 self.tree_cut = false;
-                self.sig = frame.saved_sig;
-                self.task = frame.saved_task;
+                self.sig = poll.saved_sig;
+                self.task = poll.saved_task;
                 self.last_exit_task = frame.sid;
                 self.last_exit_seq = self.seq;
                 self.last_exit_ts = ts;
@@ -653,6 +668,7 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         dropped,
         seq: 0,
         frames: Vec::with_capacity(STACK),
+        polls: Vec::with_capacity(8),
         overflow: 0,
         task: 0,
         tree: [(0, 0); TREE],
