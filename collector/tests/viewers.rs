@@ -236,7 +236,16 @@ fn rebuild_reproduces_live_state_without_false_findings() {
         lp.threads.get(&0).and_then(|t| t.name.clone()),
         sp.threads.get(&0).and_then(|t| t.name.clone())
     );
-    assert!(lp.task(done).is_none());
+    assert!(!lp.tasks.contains_key(&done), "not live");
+    let completed = |p: &awaitscope_collector::model::Process| -> Vec<_> {
+        p.completed
+            .iter()
+            .map(|t| (t.id, t.name.clone(), t.state, t.closed))
+            .collect()
+    };
+    assert_eq!(completed(lp), completed(sp));
+    assert_eq!(completed(lp).len(), 1);
+    assert_eq!(completed(lp)[0].2, TaskState::Completed);
     let t = lp.task(running).unwrap();
     assert_eq!((t.state, t.poll_start), (TaskState::Running, Some(60 * MS)));
     assert_eq!(lp.task(woken).unwrap().state, TaskState::Scheduled);

@@ -28,10 +28,11 @@
 //!
 //! A viewer that connects while producers already run first gets, per
 //! process, the frames that rebuild the server's model of it
-//! ([`rebuild`]): its `Hello`, callsites, thread names, live spans and
-//! tasks with their fields, each task's poll state and await tree, the
-//! producer's and the server's drop counts, notes, and whether it is still
-//! connected; then [`Control::Synced`]. From then on it gets every frame the
+//! ([`rebuild`]): its `Hello`, callsites, thread names, the completed tasks
+//! still kept in detail (how and when they ended), live spans and tasks with
+//! their fields, each live task's poll state and await tree, the producer's
+//! and the server's drop counts, notes, and whether it is still connected;
+//! then [`Control::Synced`]. From then on it gets every frame the
 //! server applies, in the order it applies them.
 //!
 //! The rebuild is synthesized from the server's [`Model`] rather than from
@@ -47,8 +48,9 @@
 //! it: history. Poll counts, busy and scheduled times and histograms of a
 //! late viewer count from its join (each polled task shows its last poll,
 //! after a zero-length first poll at its spawn that keeps detectors from
-//! reading the spawn-to-now gap as starvation); completed tasks, past
-//! findings and the holders of resources are not re-sent.
+//! reading the spawn-to-now gap as starvation); the summaries of completed
+//! tasks no longer kept in detail, past findings (a panic's is re-made from
+//! its message) and the holders of resources are not re-sent.
 //!
 //! # Slow viewers
 //!
@@ -70,8 +72,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use awaitscope_wire::{
-    decode_frame, encode_frame, limits, Body, DecodeError, EncodeError, Event, Frame, ProcessKey,
-    SpanId, TreeNode, WakeOp,
+    decode_frame, encode_frame, limits, Body, CloseKind, DecodeError, EncodeError, Event, Frame,
+    ProcessKey, SpanId, TreeNode, WakeOp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -417,6 +419,33 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
         id: REBUILD_THREAD,
         name: None,
     }];
+    // Completed tasks, oldest first: created and closed (their polls are
+    // history).
+    for t in &p.completed {
+        let Some(closed) = t.closed else { continue };
+        events.push(task_new(t));
+        let kind = match t.state {
+            TaskState::Cancelled => CloseKind::Cancelled,
+            TaskState::Panicked => CloseKind::Panicked,
+            _ => CloseKind::Completed,
+        };
+        if let (CloseKind::Panicked, Some(message)) = (kind, &t.panic) {
+            events.push(Event::Panic {
+                task: Some(t.id),
+                span: None,
+                message: message.clone(),
+                file: None,
+                line: None,
+                ts: closed,
+                trace: Vec::new(),
+            });
+        }
+        events.push(Event::Close {
+            span: t.id,
+            kind,
+            ts: closed,
+        });
+    }
     let mut spans: Vec<_> = p.spans.iter().collect();
     spans.sort_by_key(|(id, _)| **id);
     events.extend(spans.into_iter().map(|(id, s)| Event::SpanNew {
@@ -430,15 +459,7 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
     }));
     let mut tasks: Vec<&Task> = p.tasks.values().collect();
     tasks.sort_by_key(|t| t.id);
-    events.extend(tasks.iter().map(|t| Event::SpanNew {
-        id: t.id,
-        callsite: t.callsite,
-        parent: None,
-        ctx_task: t.parent,
-        ctx_span: t.spawn_span,
-        ts: t.created,
-        fields: t.fields.clone(),
-    }));
+    events.extend(tasks.iter().map(|t| task_new(t)));
     for t in &tasks {
         task_state(t, p.now, &mut events);
     }
@@ -481,6 +502,19 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
             },
             out,
         );
+    }
+}
+
+/// The `SpanNew` of a task span.
+fn task_new(t: &Task) -> Event {
+    Event::SpanNew {
+        id: t.id,
+        callsite: t.callsite,
+        parent: None,
+        ctx_task: t.parent,
+        ctx_span: t.spawn_span,
+        ts: t.created,
+        fields: t.fields.clone(),
     }
 }
 
