@@ -209,8 +209,33 @@ fn rebuild_reproduces_live_state_without_false_findings() {
     let done = s.spawn(TaskOpts::named("done"), 80 * MS);
     s.poll(done, 81 * MS, 82 * MS);
     s.complete(done, 83 * MS);
+    // Two tasks taking two mutexes in opposite order: a deadlock, found
+    // before the viewer joins (whose rebuild cannot carry lock holders).
+    let (ma, mb) = (s.mutex(1), s.mutex(1));
+    let (one, two) = (
+        s.spawn(TaskOpts::named("one"), 2),
+        s.spawn(TaskOpts::named("two"), 2),
+    );
+    s.begin_poll(one, 3);
+    s.lock(one, ma, true, 4);
+    s.end_poll(one, 5);
+    s.begin_poll(two, 6);
+    s.lock(two, mb, true, 7);
+    s.end_poll(two, 8);
+    s.wake(one, None, 9);
+    s.begin_poll(one, 10);
+    s.lock(one, mb, false, 11);
+    s.end_poll(one, 12);
+    s.waker(one, WakeOp::Clone, 11);
+    s.wake(two, None, 13);
+    s.begin_poll(two, 14);
+    s.lock(two, ma, false, 15);
+    s.end_poll(two, 16);
+    s.waker(two, WakeOp::Clone, 15);
     s.tick(90 * MS);
-    let _ = (fresh, lost);
+    s.tick(300 * MS);
+    s.error(lost, None, "invoice template missing", 73 * MS);
+    let _ = fresh;
 
     let server = s.model();
     let mut bytes = Vec::new();
@@ -253,7 +278,7 @@ fn rebuild_reproduces_live_state_without_false_findings() {
     assert!(tree.iter().any(|n| n.span == span), "{tree:?}");
 
     // Both scan at the same times: the same findings.
-    for t in [200 * MS, 20_000 * MS] {
+    for t in [400 * MS, 20_000 * MS] {
         let wall = key.start_unix_ns + t;
         s.model_mut().scan_wall(wall);
         late.scan_wall(wall);
@@ -273,6 +298,29 @@ fn rebuild_reproduces_live_state_without_false_findings() {
             .all(|(_, t)| !t.contains(&parked.0)),
         "the parked task is fine"
     );
+    assert!(
+        finding_set(&late)
+            .iter()
+            .any(|(k, t)| k == "error" && t == &vec![lost.0]),
+        "history is re-sent as findings"
+    );
+    assert!(
+        finding_set(&late).iter().any(|(k, _)| k == "deadlock"),
+        "{:?}",
+        finding_set(&late)
+    );
+    // Findings the late model made itself merged with the re-sent ones.
+    let counts = |m: &Model| -> Vec<(String, u64)> {
+        let mut c: Vec<_> = m
+            .findings()
+            .list()
+            .iter()
+            .map(|f| (f.kind.as_str().to_string(), f.count))
+            .collect();
+        c.sort();
+        c
+    };
+    assert_eq!(counts(&late), counts(server));
 }
 
 /// A producer's stream so far: hello, `n` tasks named `prefix-i`, each

@@ -32,7 +32,7 @@
 //! still kept in detail (how and when they ended), live spans and tasks with
 //! their fields, each live task's poll state and await tree, the producer's
 //! and the server's drop counts, notes, and whether it is still connected;
-//! then [`Control::Synced`]. From then on it gets every frame the
+//! then the server's findings and [`Control::Synced`]. From then on it gets every frame the
 //! server applies, in the order it applies them.
 //!
 //! The rebuild is synthesized from the server's [`Model`] rather than from
@@ -49,8 +49,10 @@
 //! late viewer count from its join (each polled task shows its last poll,
 //! after a zero-length first poll at its spawn that keeps detectors from
 //! reading the spawn-to-now gap as starvation); the summaries of completed
-//! tasks no longer kept in detail, past findings (a panic's is re-made from
-//! its message) and the holders of resources are not re-sent.
+//! tasks no longer kept in detail and the holders of resources are not
+//! re-sent. The server's findings are, as control messages
+//! ([`Control::Finding`]), with their deduplication keys so that the
+//! viewer's own detectors add to them rather than repeat them.
 //!
 //! # Slow viewers
 //!
@@ -79,7 +81,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::await_tree::AwaitTree;
 use crate::model::{Process, Task, TaskState};
-use crate::Model;
+use crate::{Finding, FindingKind, Model};
 
 /// First eight bytes a viewer sends (and the server answers with).
 pub const VIEWER_MAGIC: [u8; 8] = *b"AWSVIEW\0";
@@ -137,6 +139,27 @@ pub enum Control {
         process: ProcessKey,
         /// The note.
         text: String,
+    },
+    /// Forget the findings made so far (of the rebuilt history): the
+    /// server's follow.
+    ResetFindings,
+    /// A finding of the server's model, with its deduplication key (sent
+    /// in the rebuild: the events it was found in are history).
+    Finding {
+        /// Deduplication key within kind and process.
+        key: String,
+        /// The finding.
+        finding: Finding,
+    },
+    /// Detector episodes in progress on a task (continued, not counted
+    /// again, by the viewer's detectors).
+    Ongoing {
+        /// The process.
+        process: ProcessKey,
+        /// The task.
+        task: SpanId,
+        /// The kinds of finding.
+        kinds: Vec<FindingKind>,
     },
 }
 
@@ -276,6 +299,10 @@ pub fn encode_frame_msg(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeEr
     encode_frame(frame, out).inspect_err(|_| out.truncate(start))
 }
 
+fn control_len(c: &Control) -> usize {
+    serde_json::to_vec(c).map_or(usize::MAX, |v| v.len())
+}
+
 /// Appends `c` as a message to `out`.
 pub fn encode_control(c: &Control, out: &mut Vec<u8>) {
     let json = serde_json::to_vec(c).expect("control messages serialize");
@@ -333,6 +360,24 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
             model.note_collector_drops(*process, *events)
         }
         Message::Control(Control::Note { process, text }) => model.note(*process, text.clone()),
+        Message::Control(Control::ResetFindings) => model.clear_findings(),
+        Message::Control(Control::Finding { key, finding }) => {
+            model.restore_finding(key.clone(), finding.clone())
+        }
+        Message::Control(Control::Ongoing {
+            process,
+            task,
+            kinds,
+        }) => {
+            if let Some(t) = model
+                .process_mut(process)
+                .and_then(|p| p.tasks.get_mut(task))
+            {
+                for k in kinds {
+                    t.set_flag(k.bit(), true);
+                }
+            }
+        }
     }
 }
 
@@ -344,6 +389,25 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
 pub fn rebuild(model: &Model, out: &mut Vec<u8>) {
     for p in model.processes() {
         rebuild_process(p, out);
+    }
+    // The findings the viewer's model made of the rebuilt history are
+    // replaced by the server's.
+    encode_control(&Control::ResetFindings, out);
+    for (key, f) in model.findings().keyed() {
+        let mut c = Control::Finding {
+            key: key.to_string(),
+            finding: f.clone(),
+        };
+        if control_len(&c) > MAX_CONTROL_LEN {
+            // Long traces or task lists: keep their start.
+            if let Control::Finding { finding, .. } = &mut c {
+                finding.trace.truncate(16);
+                finding.tasks.truncate(8);
+            }
+        }
+        if control_len(&c) <= MAX_CONTROL_LEN {
+            encode_control(&c, out);
+        }
     }
     encode_control(&Control::Synced, out);
 }
@@ -413,17 +477,40 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
         }];
         encode_events(p, ev, out);
     }
-    // Then one run on a thread of its own, applied in order: spans, tasks,
-    // their poll states and await trees, and the process clock.
-    let mut events = vec![Event::Thread {
-        id: REBUILD_THREAD,
-        name: None,
-    }];
+    // The process clock, in a frame of its own before anything that has a
+    // time: the model scans (at most) once, here, on no tasks, and not
+    // again while it is half rebuilt (no later event is newer). No span has
+    // id 0: an exit of it changes nothing but the clock.
+    let clock = vec![
+        Event::Thread {
+            id: REBUILD_THREAD,
+            name: None,
+        },
+        Event::Exit {
+            span: SpanId(0),
+            ts: p.now,
+        },
+    ];
+    encode_events(p, clock, out);
+    // Then one run on that thread, applied in order: completed tasks,
+    // spans, live tasks, their poll states and await trees.
+    let mut events = Vec::new();
     // Completed tasks, oldest first: created and closed (their polls are
-    // history).
+    // history: they show none).
     for t in &p.completed {
         let Some(closed) = t.closed else { continue };
         events.push(task_new(t));
+        if t.polls > 0 {
+            // A zero-length poll at the spawn: not scheduled all its life.
+            events.push(Event::Enter {
+                span: t.id,
+                ts: t.created,
+            });
+            events.push(Event::Exit {
+                span: t.id,
+                ts: t.created,
+            });
+        }
         let kind = match t.state {
             TaskState::Cancelled => CloseKind::Cancelled,
             TaskState::Panicked => CloseKind::Panicked,
@@ -463,12 +550,25 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
     for t in &tasks {
         task_state(t, p.now, &mut events);
     }
-    // No span has id 0: an exit of it changes nothing but the clock.
-    events.push(Event::Exit {
-        span: SpanId(0),
-        ts: p.now,
-    });
     encode_events(p, events, out);
+    // Detector episodes in progress, so that the viewer continues them
+    // rather than counting them again.
+    for t in &tasks {
+        let kinds: Vec<FindingKind> = FindingKind::ALL
+            .into_iter()
+            .filter(|k| t.flag(k.bit()))
+            .collect();
+        if !kinds.is_empty() {
+            encode_control(
+                &Control::Ongoing {
+                    process: p.key,
+                    task: t.id,
+                    kinds,
+                },
+                out,
+            );
+        }
+    }
 
     if p.dropped.total() > 0 {
         let _ = encode_frame_msg(&frame(p, Body::Dropped(p.dropped)), out);
