@@ -244,21 +244,24 @@ fn connect_loop(
     let mut backoff = BACKOFF_MIN;
     let mut ever = false;
     while !stop.load(Ordering::Relaxed) {
-        let why = match Client::connect(addr, token, Duration::from_secs(5)) {
+        let (why, unreachable) = match Client::connect(addr, token, Duration::from_secs(5)) {
             Ok(client) => {
                 let Some(why) = follow(addr, client, model, state, stop) else {
                     return;
                 };
                 ever = true;
                 backoff = BACKOFF_MIN;
-                why
+                (why, false)
             }
-            Err(e) => e.to_string(),
+            Err(e @ (ClientError::Resolve(_) | ClientError::Connect(_))) => (e.to_string(), true),
+            Err(e) => (e.to_string(), false),
         };
         let status = if ever {
             format!("serve at {addr} gone ({why}), reconnecting in {backoff:.1?}")
-        } else {
+        } else if unreachable {
             format!("serve at {addr}: {why}; retrying in {backoff:.1?} (is `awaitscope serve` running?)")
+        } else {
+            format!("serve at {addr}: {why}; retrying in {backoff:.1?}")
         };
         set_state(state, status, false, false);
         if !nap(backoff, stop) {

@@ -43,6 +43,10 @@ struct Serve {
 
 impl Serve {
     fn start(listen: SocketAddr) -> (Serve, SocketAddr) {
+        Serve::with_token(listen, None)
+    }
+
+    fn with_token(listen: SocketAddr, token: Option<&str>) -> (Serve, SocketAddr) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -51,6 +55,7 @@ impl Serve {
         let cfg = ServerConfig {
             listen,
             scan_interval: Duration::from_millis(100),
+            token: token.map(Into::into),
             ..ServerConfig::default()
         };
         let server = rt.block_on(Server::bind(cfg)).expect("bind");
@@ -316,4 +321,19 @@ fn connect_target_tells_addresses_from_directories() {
     for d in ["recs", "./recs:1", "/tmp/x:80", "host:notaport", ":6670"] {
         assert_eq!(ConnectTarget::parse(d), ConnectTarget::Dir(d.into()), "{d}");
     }
+}
+
+#[test]
+fn connect_feed_shows_a_refusal_and_connects_with_the_token() {
+    let (serve, addr) = Serve::with_token("127.0.0.1:0".parse().unwrap(), Some("s3cret"));
+    let refused = ConnectFeed::start(addr.to_string(), None);
+    wait_until("the refusal shown", || {
+        let (status, ok) = refused.status();
+        !ok && status.contains("refused") && status.contains("token")
+    });
+    assert!(!refused.connected());
+    let admitted = ConnectFeed::start(addr.to_string(), Some("s3cret".into()));
+    wait_until("connected with the token", || admitted.connected());
+    drop((refused, admitted));
+    serve.stop();
 }
