@@ -514,7 +514,40 @@ async fn viewers_need_the_token_when_serve_has_one() {
     let h = srv.handle.clone();
     assert_eq!(h.stats().refused_token.load(Ordering::Relaxed), 2);
     assert_eq!(h.stats().viewers.load(Ordering::Relaxed), 1);
-    drop(right);
+    // A producer's token is not passed on to viewers.
+    let mut b = StreamBuilder::new(3, 3);
+    b.hello("app", Some("s3cret"), false);
+    b.thread(0);
+    producer(3, "job", 1, &mut b, 10);
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(&b.recording()).await.unwrap();
+    let hellos = tokio::task::spawn_blocking(move || {
+        let mut right = right;
+        let mut hellos = Vec::new();
+        let mut msgs = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while hellos.is_empty() {
+            assert!(Instant::now() < deadline, "no hello forwarded");
+            right
+                .client
+                .read(&mut msgs, Duration::from_millis(100))
+                .unwrap();
+            for m in msgs.drain(..) {
+                if let Message::Frame(awaitscope_wire::Frame {
+                    body: awaitscope_wire::Body::Hello(info),
+                    ..
+                }) = m
+                {
+                    hellos.push(info);
+                }
+            }
+        }
+        hellos
+    })
+    .await
+    .unwrap();
+    assert!(hellos.iter().all(|i| i.token.is_none()), "{hellos:?}");
+    drop(conn);
     srv.stop().await;
 }
 

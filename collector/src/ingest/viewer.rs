@@ -739,10 +739,21 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// Encodes a frame the server applied.
+    /// Encodes a frame the server applied (a `Hello` without its token).
     pub(crate) fn frame(f: &Frame) -> Option<Outgoing> {
         let mut bytes = Vec::new();
-        encode_frame_msg(f, &mut bytes).ok()?;
+        match &f.body {
+            Body::Hello(info) if info.token.is_some() => {
+                let mut info = info.clone();
+                info.token = None;
+                let hello = Frame {
+                    body: Body::Hello(info),
+                    ..f.clone()
+                };
+                encode_frame_msg(&hello, &mut bytes).ok()?;
+            }
+            _ => encode_frame_msg(f, &mut bytes).ok()?,
+        }
         let (events, sticky) = match &f.body {
             Body::Events(ev) => (
                 Some(ev.len() as u64),
@@ -996,6 +1007,7 @@ pub struct Client {
     stream: TcpStream,
     peer: SocketAddr,
     buf: Vec<u8>,
+    chunk: Vec<u8>,
     offset: u64,
 }
 
@@ -1069,6 +1081,7 @@ impl Client {
             stream,
             peer,
             buf: Vec::with_capacity(64 * 1024),
+            chunk: vec![0; 64 * 1024],
             offset: 0,
         })
     }
@@ -1082,15 +1095,14 @@ impl Client {
     /// whole messages to `out`.
     pub fn read(&mut self, out: &mut Vec<Message>, wait: Duration) -> Result<(), ClientError> {
         let deadline = Instant::now() + wait;
-        let mut chunk = vec![0u8; 64 * 1024];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             self.stream
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .map_err(ClientError::Io)?;
-            match self.stream.read(&mut chunk) {
+            match self.stream.read(&mut self.chunk) {
                 Ok(0) => return Err(ClientError::Closed),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.buf.extend_from_slice(&self.chunk[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),
