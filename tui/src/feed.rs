@@ -1,8 +1,8 @@
 //! Where the UI's model comes from: the embedded collector ([`LiveFeed`]),
-//! the recordings of a running `awaitscope serve --record-dir DIR`
-//! ([`FollowFeed`]), or a recording replayed through time
-//! ([`ReplayFeed`]). The UI only ever takes snapshots; ingest runs on other
-//! threads.
+//! a running `awaitscope serve` over TCP ([`ConnectFeed`]), the recordings
+//! of a running `awaitscope serve --record-dir DIR` ([`FollowFeed`]), or a
+//! recording replayed through time ([`ReplayFeed`]). The UI only ever takes
+//! snapshots; ingest runs on other threads.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use awaitscope_collector::ingest::server::{Server, ServerConfig, ServerHandle};
+use awaitscope_collector::ingest::viewer::{self, Client, ClientError, Control, Message};
 use awaitscope_collector::Model;
 use awaitscope_wire::{decode_frame, Body, Event, Frame, FrameReader, Preamble};
 
@@ -108,6 +109,258 @@ impl Feed for LiveFeed {
 
     fn status(&self) -> (String, bool) {
         (self.label.clone(), true)
+    }
+}
+
+/// What `--connect TARGET` names: a running serve's address, or the record
+/// directory of one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectTarget {
+    /// `host:port` (a socket address, or a host name and a port).
+    Addr(String),
+    /// A record directory.
+    Dir(PathBuf),
+}
+
+impl ConnectTarget {
+    /// A socket address, or `host:port` that is not an existing directory,
+    /// is an address; anything else a directory.
+    pub fn parse(s: &str) -> ConnectTarget {
+        if s.parse::<SocketAddr>().is_ok() {
+            return ConnectTarget::Addr(s.to_string());
+        }
+        let host_port = s.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', '\\'])
+                && !port.is_empty()
+                && port.parse::<u16>().is_ok()
+        });
+        if host_port && !Path::new(s).is_dir() {
+            ConnectTarget::Addr(s.to_string())
+        } else {
+            ConnectTarget::Dir(PathBuf::from(s))
+        }
+    }
+}
+
+/// Shortest and longest wait between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Connection state shown in the header.
+struct ConnState {
+    status: String,
+    ok: bool,
+    connected: bool,
+    /// Bumped when the model changes.
+    generation: u64,
+}
+
+/// A running `awaitscope serve`, over TCP: its model is rebuilt here from
+/// the state it sends on connect, then follows every frame it applies. On
+/// a lost connection the last model stays on screen (frozen) while a
+/// thread of its own reconnects with backoff; a new connection rebuilds
+/// the model from scratch. The UI thread never touches the network.
+pub struct ConnectFeed {
+    model: Arc<Mutex<Model>>,
+    state: Arc<Mutex<ConnState>>,
+    stop: Arc<AtomicBool>,
+    last_gen: u64,
+    last_snap: Instant,
+}
+
+impl ConnectFeed {
+    /// Starts connecting to `addr` (`host:port`) with `token`.
+    pub fn start(addr: String, token: Option<String>) -> ConnectFeed {
+        let model = Arc::new(Mutex::new(Model::default()));
+        let state = Arc::new(Mutex::new(ConnState {
+            status: format!("connecting to serve at {addr}"),
+            ok: true,
+            connected: false,
+            generation: 0,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s, st) = (model.clone(), state.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("connect".into())
+            .spawn(move || connect_loop(&addr, token.as_deref(), &m, &s, &st))
+            .expect("thread");
+        ConnectFeed {
+            model,
+            state,
+            stop,
+            last_gen: u64::MAX,
+            last_snap: Instant::now(),
+        }
+    }
+
+    /// Runs `f` on the model (tests; the UI takes snapshots).
+    pub fn with_model<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
+        f(&self.model.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether the model is synced with a connected serve.
+    pub fn connected(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .connected
+    }
+}
+
+impl Drop for ConnectFeed {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn set_state(state: &Mutex<ConnState>, status: String, ok: bool, connected: bool) {
+    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+    s.status = status;
+    s.ok = ok;
+    s.connected = connected;
+    s.generation += 1;
+}
+
+/// Sleeps `d` in short steps; false when stopped meanwhile.
+fn nap(d: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+fn connect_loop(
+    addr: &str,
+    token: Option<&str>,
+    model: &Mutex<Model>,
+    state: &Mutex<ConnState>,
+    stop: &AtomicBool,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut ever = false;
+    while !stop.load(Ordering::Relaxed) {
+        let (why, unreachable) = match Client::connect(addr, token, Duration::from_secs(5)) {
+            Ok(client) => {
+                let Some(why) = follow(addr, client, model, state, stop) else {
+                    return;
+                };
+                ever = true;
+                backoff = BACKOFF_MIN;
+                (why, false)
+            }
+            Err(e @ (ClientError::Resolve(_) | ClientError::Connect(_))) => (e.to_string(), true),
+            Err(e) => (e.to_string(), false),
+        };
+        let status = if ever {
+            format!("serve at {addr} gone ({why}), reconnecting in {backoff:.1?}")
+        } else if unreachable {
+            format!("serve at {addr}: {why}; retrying in {backoff:.1?} (is `awaitscope serve` running?)")
+        } else {
+            format!("serve at {addr}: {why}; retrying in {backoff:.1?}")
+        };
+        set_state(state, status, false, false);
+        if !nap(backoff, stop) {
+            return;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Reads from a connected serve until the connection ends (`Some(why)`) or
+/// the feed is dropped (`None`). The model is replaced once the rebuild is
+/// complete; until then the previous one stays on screen.
+fn follow(
+    addr: &str,
+    mut client: Client,
+    model: &Mutex<Model>,
+    state: &Mutex<ConnState>,
+    stop: &AtomicBool,
+) -> Option<String> {
+    set_state(
+        state,
+        format!("connected to serve at {addr}, receiving its state"),
+        true,
+        false,
+    );
+    let mut staging = Some(Model::default());
+    let mut msgs: Vec<Message> = Vec::new();
+    let mut last_scan = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        if let Err(e) = client.read(&mut msgs, Duration::from_millis(100)) {
+            return Some(match e {
+                ClientError::Closed => "connection closed".into(),
+                e => e.to_string(),
+            });
+        }
+        let wall = unix_now();
+        if !msgs.is_empty() {
+            let mut synced = false;
+            match &mut staging {
+                Some(m) => {
+                    for msg in msgs.drain(..) {
+                        viewer::apply(m, &msg, wall);
+                        synced |= matches!(msg, Message::Control(Control::Synced));
+                    }
+                }
+                None => {
+                    let mut m = model.lock().unwrap_or_else(|e| e.into_inner());
+                    for msg in msgs.drain(..) {
+                        viewer::apply(&mut m, &msg, wall);
+                    }
+                }
+            }
+            if synced {
+                let mut m = staging.take().expect("staging until synced");
+                m.scan_wall(wall);
+                *model.lock().unwrap_or_else(|e| e.into_inner()) = m;
+                set_state(state, format!("connected to serve at {addr}"), true, true);
+            } else {
+                state.lock().unwrap_or_else(|e| e.into_inner()).generation += 1;
+            }
+        }
+        if staging.is_none() && last_scan.elapsed() >= Duration::from_millis(500) {
+            last_scan = Instant::now();
+            model
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .scan_wall(unix_now());
+            state.lock().unwrap_or_else(|e| e.into_inner()).generation += 1;
+        }
+    }
+}
+
+impl Feed for ConnectFeed {
+    fn poll(&mut self) -> bool {
+        let g = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
+        g != self.last_gen || self.last_snap.elapsed() >= Duration::from_secs(1)
+    }
+
+    fn snapshot(&mut self, detail: Option<TaskKey>) -> Snapshot {
+        self.last_gen = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
+        self.last_snap = Instant::now();
+        let m = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot::build(&m, detail)
+    }
+
+    fn status(&self) -> (String, bool) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (s.status.clone(), s.ok)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The awaitscope terminal UI: data feeds, model snapshots and the views.
 //!
-//! * [`feed`]: the embedded collector, following `serve --record-dir`, and
-//!   replaying recordings.
+//! * [`feed`]: the embedded collector, a running `serve` over TCP
+//!   (`--connect ADDR`), following `serve --record-dir` (`--connect DIR`),
+//!   and replaying recordings.
 //! * [`snapshot`]: what the views draw, copied out of the model.
 //! * [`ui`]: state, input, rendering, theme and the terminal loop.
 

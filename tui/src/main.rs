@@ -25,13 +25,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The terminal UI with an embedded collector (the default).
+    /// The terminal UI with an embedded collector (the default), or over a
+    /// running `serve` (--connect ADDR).
     Tui(cmd::tui::Args),
     /// Run an example workload in-process and open the UI on it.
     Demo(cmd::demo::Args),
     /// The terminal UI over a recording: play, pause, step, seek.
     Replay(cmd::replay::Args),
-    /// Run the collector: accept instrumented programs over TCP.
+    /// Run the collector: accept instrumented programs (and UIs, with
+    /// `awaitscope --connect ADDR`) over TCP.
     Serve(cmd::serve::Args),
     /// Report on recordings (JSON), optionally failing on findings.
     Report(cmd::report::Args),

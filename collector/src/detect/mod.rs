@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use awaitscope_wire::ProcessKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::span::Location;
 
@@ -28,7 +28,7 @@ pub mod stuck;
 
 /// What a finding is about. Serialised as the snake_case strings of
 /// [`FindingKind::as_str`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
     /// A poll longer than the threshold (blocking the worker thread).
@@ -114,7 +114,7 @@ impl std::fmt::Display for FindingKind {
 }
 
 /// How bad a finding is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// Worth knowing.
@@ -126,7 +126,7 @@ pub enum Severity {
 }
 
 /// A task named by a finding.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRef {
     /// Task (span) id within its process.
     pub id: u64,
@@ -139,7 +139,7 @@ pub struct TaskRef {
 }
 
 /// A deduplicated finding.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// Kind.
     pub kind: FindingKind,
@@ -280,6 +280,50 @@ impl Findings {
             first_seen: o.ts,
             last_seen: o.ts,
         });
+    }
+
+    /// The findings with their deduplication keys, in order of first
+    /// occurrence (for [`Findings::restore`] elsewhere).
+    pub fn keyed(&self) -> Vec<(&str, &Finding)> {
+        let mut keys = vec![""; self.list.len()];
+        for ((_, _, key), &i) in &self.index {
+            keys[i] = key;
+        }
+        keys.into_iter().zip(&self.list).collect()
+    }
+
+    /// Adds a finding made by another model (a collector's, re-sent to a
+    /// viewer that joined late), merged into the one of the same kind,
+    /// process and key if there is one.
+    pub fn restore(&mut self, key: String, mut f: Finding) {
+        f.severity = f.kind.severity();
+        f.tasks.truncate(64);
+        let process = ProcessKey {
+            pid: f.pid,
+            start_unix_ns: f.process_start_unix_ns,
+        };
+        if let Some(&i) = self.index.get(&(f.kind, process, key.clone())) {
+            let e = &mut self.list[i];
+            e.count = e.count.max(f.count);
+            e.first_seen = e.first_seen.min(f.first_seen);
+            e.last_seen = e.last_seen.max(f.last_seen);
+            e.worst_ns = e.worst_ns.max(f.worst_ns);
+            for t in f.tasks {
+                if e.tasks.len() >= MAX_TASKS_PER_FINDING {
+                    break;
+                }
+                if !e.tasks.iter().any(|x| x.id == t.id) {
+                    e.tasks.push(t);
+                }
+            }
+            return;
+        }
+        if self.list.len() >= self.max {
+            self.suppressed += 1;
+            return;
+        }
+        self.index.insert((f.kind, process, key), self.list.len());
+        self.list.push(f);
     }
 
     /// Findings of `kind`.

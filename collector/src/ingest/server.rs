@@ -8,6 +8,12 @@
 //! that applies them to the [`Model`]: when it is full, event batches are
 //! dropped (their callsites kept) and counted, so a slow consumer never
 //! slows the producers. Readers ([`ServerHandle`]) lock the model briefly.
+//!
+//! Viewers (`awaitscope --connect ADDR`) connect to the same port; their
+//! greeting tells them apart from producers (see [`super::viewer`] for the
+//! protocol, the late-join rebuild and the per-viewer queues). The task that
+//! applies frames to the model also appends them to each viewer's queue, so
+//! viewers see frames in the order the model does.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +31,7 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 use tracing::{info, warn};
 
+use super::viewer::{self, Outgoing, Pushed, ViewerQueue, Viewers};
 use crate::{Config, Model, Report};
 
 /// Default listen address.
@@ -49,8 +56,10 @@ pub struct ServerConfig {
     pub queue_capacity: usize,
     /// Period of the detectors' scan (wall clock).
     pub scan_interval: Duration,
-    /// Most simultaneous connections.
+    /// Most simultaneous connections (producers and viewers).
     pub max_connections: usize,
+    /// Bytes queued for one viewer before event batches for it are dropped.
+    pub viewer_queue_bytes: usize,
     /// Model configuration.
     pub model: Config,
 }
@@ -67,6 +76,7 @@ impl Default for ServerConfig {
             queue_capacity: 4096,
             scan_interval: Duration::from_secs(1),
             max_connections: 1024,
+            viewer_queue_bytes: 8 << 20,
             model: Config::default(),
         }
     }
@@ -140,6 +150,14 @@ pub struct ServerStats {
     pub dropped_events: AtomicU64,
     /// Recording write failures.
     pub record_errors: AtomicU64,
+    /// Viewers that completed a handshake.
+    pub viewers: AtomicU64,
+    /// Viewers connected now.
+    pub viewers_active: AtomicU64,
+    /// Event frames dropped for slow viewers (each viewer counts).
+    pub viewer_dropped_frames: AtomicU64,
+    /// Events dropped for slow viewers (each viewer counts).
+    pub viewer_dropped_events: AtomicU64,
 }
 
 impl ServerStats {
@@ -171,6 +189,7 @@ struct Shared {
     stats: ServerStats,
     drops: Mutex<HashMap<ProcessKey, u64>>,
     conn_ids: AtomicU64,
+    viewers: Viewers,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,12 +197,59 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Moves the ingest queue's drops into the model (under its lock), and
+    /// tells the viewers.
     fn merge_drops(&self, model: &mut Model) {
         let drops = std::mem::take(&mut *lock(&self.drops));
+        if drops.is_empty() {
+            return;
+        }
+        let viewers = self.viewers.list();
         for (k, n) in drops {
             model.note_collector_drops(k, n);
+            for v in viewers.iter() {
+                v.note_drops(k, n);
+            }
         }
     }
+
+    /// Appends what the model just applied to every viewer's queue (under
+    /// the model lock: a viewer registered meanwhile has it in its rebuild).
+    fn forward(&self, batch: &[Input], encoded: &mut Option<Vec<Option<Outgoing>>>) {
+        let viewers = self.viewers.list();
+        if viewers.is_empty() {
+            return;
+        }
+        let out = encoded.get_or_insert_with(|| encode_inputs(batch));
+        for o in out.iter().flatten() {
+            for v in viewers.iter() {
+                if let Pushed::Dropped { events } = v.push(o) {
+                    self.stats
+                        .viewer_dropped_frames
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .viewer_dropped_events
+                        .fetch_add(events, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn encode_inputs(batch: &[Input]) -> Vec<Option<Outgoing>> {
+    batch
+        .iter()
+        .map(|i| match i {
+            Input::Frame(f) => Outgoing::frame(f),
+            Input::Disconnected { key, clean } => Some(Outgoing::control(
+                &viewer::Control::Disconnected {
+                    process: *key,
+                    clean: *clean,
+                },
+                *key,
+            )),
+        })
+        .collect()
 }
 
 /// Access to a running server's model and counters.
@@ -247,6 +313,7 @@ impl Server {
                 stats: ServerStats::default(),
                 drops: Mutex::new(HashMap::new()),
                 conn_ids: AtomicU64::new(0),
+                viewers: Viewers::default(),
             }),
         })
     }
@@ -274,14 +341,20 @@ impl Server {
         tasks.spawn(async move {
             let mut batch = Vec::with_capacity(256);
             while rx.recv_many(&mut batch, 256).await > 0 {
+                // Encoded for viewers outside the model lock (when there
+                // are any; checked again under the lock).
+                let mut encoded = applier.viewers.any().then(|| encode_inputs(&batch));
                 let wall = unix_now();
                 let mut m = lock(&applier.model);
-                for input in batch.drain(..) {
+                for input in &batch {
                     match input {
-                        Input::Frame(f) => m.apply_live(&f, wall),
-                        Input::Disconnected { key, clean } => m.disconnected(key, clean),
+                        Input::Frame(f) => m.apply_live(f, wall),
+                        Input::Disconnected { key, clean } => m.disconnected(*key, *clean),
                     }
                 }
+                applier.forward(&batch, &mut encoded);
+                drop(m);
+                batch.clear();
             }
         });
         let scanner = shared.clone();
@@ -367,15 +440,21 @@ enum Refusal {
     Protocol(String),
     #[error("read failed: {0}")]
     Io(std::io::Error),
+    #[error("{0}")]
+    ViewerVersion(String),
+    #[error("{0}")]
+    ViewerOversized(String),
+    #[error("missing or wrong token (give the UI the serve's token: --token or AWAITSCOPE_TOKEN)")]
+    ViewerToken,
 }
 
 impl Refusal {
     fn count(&self, s: &ServerStats) {
         let c = match self {
             Refusal::Garbage(_) => &s.refused_garbage,
-            Refusal::Version(_) => &s.refused_version,
-            Refusal::Oversized(_) => &s.refused_oversized,
-            Refusal::Token => &s.refused_token,
+            Refusal::Version(_) | Refusal::ViewerVersion(_) => &s.refused_version,
+            Refusal::Oversized(_) | Refusal::ViewerOversized(_) => &s.refused_oversized,
+            Refusal::Token | Refusal::ViewerToken => &s.refused_token,
             Refusal::Timeout(_) => &s.refused_timeout,
             Refusal::Protocol(_) => &s.refused_protocol,
             Refusal::Io(_) => return,
@@ -404,9 +483,22 @@ struct Conn {
 async fn connection(
     shared: &Shared,
     tx: &mpsc::Sender<Input>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
 ) {
+    let handshake_deadline = Instant::now() + shared.cfg.handshake_timeout;
+    let first = match sniff(&mut stream, handshake_deadline).await {
+        Ok(first) => first,
+        Err(r) => {
+            r.count(&shared.stats);
+            warn!(%peer, "refused connection: {r}");
+            return;
+        }
+    };
+    if viewer::is_viewer_prefix(&first) {
+        viewer_connection(shared, stream, peer, first, handshake_deadline).await;
+        return;
+    }
     let mut conn = Conn {
         key: None,
         clean: false,
@@ -415,7 +507,16 @@ async fn connection(
         recorder: None,
         record_path: None,
     };
-    let result = serve_conn(shared, tx, stream, peer, &mut conn).await;
+    let result = serve_conn(
+        shared,
+        tx,
+        stream,
+        peer,
+        &mut conn,
+        first,
+        handshake_deadline,
+    )
+    .await;
     if let Some(w) = conn.recorder.as_mut() {
         if let Err(e) = w.flush().await {
             shared.stats.record_errors.fetch_add(1, Ordering::Relaxed);
@@ -449,16 +550,42 @@ async fn connection(
     }
 }
 
+/// Reads the first bytes of a connection until they tell a viewer (the
+/// whole [`viewer::VIEWER_MAGIC`]) from anything else (a producer, or
+/// garbage the producer path refuses).
+async fn sniff(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, Refusal> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    while buf.is_empty()
+        || (viewer::is_viewer_prefix(&buf) && buf.len() < viewer::VIEWER_MAGIC.len())
+    {
+        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => {
+                return Err(Refusal::Timeout(
+                    "no handshake (preamble and hello) in time",
+                ))
+            }
+            Ok(Err(e)) => return Err(Refusal::Io(e)),
+            Ok(Ok(0)) if buf.is_empty() => {
+                return Err(Refusal::Protocol("closed before sending anything".into()))
+            }
+            Ok(Ok(0)) => return Err(Refusal::Protocol("closed before its hello".into())),
+            Ok(Ok(_)) => {}
+        }
+    }
+    Ok(buf)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve_conn(
     shared: &Shared,
     tx: &mpsc::Sender<Input>,
     mut stream: TcpStream,
     peer: SocketAddr,
     conn: &mut Conn,
+    mut buf: Vec<u8>,
+    handshake_deadline: Instant,
 ) -> Result<(), Refusal> {
     let cfg = &shared.cfg;
-    let handshake_deadline = Instant::now() + cfg.handshake_timeout;
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut pos = 0usize;
     let mut offset = Preamble::LEN as u64;
     let mut have_preamble = false;
@@ -685,4 +812,130 @@ async fn handle_frame(
         }
     }
     Ok(())
+}
+
+/// A viewer's connection: greeting, token, rebuild, then the frames the
+/// model applies, until the viewer leaves.
+async fn viewer_connection(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    deadline: Instant,
+) {
+    if let Err(r) = viewer_handshake(shared, &mut stream, buf, deadline).await {
+        r.count(&shared.stats);
+        warn!(%peer, "refused viewer: {r}");
+        // Tell the viewer why (best effort, briefly).
+        let msg = viewer::reply(Some(&r.to_string()));
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&msg)).await;
+        return;
+    }
+    let q = Arc::new(ViewerQueue::new(shared.cfg.viewer_queue_bytes));
+    let mut first = viewer::reply(None);
+    let processes = {
+        let mut m = lock(&shared.model);
+        shared.merge_drops(&mut m);
+        viewer::rebuild(&m, &mut first);
+        shared.viewers.add(q.clone());
+        m.processes().count()
+    };
+    shared.stats.viewers.fetch_add(1, Ordering::Relaxed);
+    shared.stats.viewers_active.fetch_add(1, Ordering::Relaxed);
+    info!(%peer, processes, bytes = first.len(), "viewer connected");
+    let result = viewer_loop(shared, &mut stream, &q, first).await;
+    shared.viewers.remove(&q);
+    shared.stats.viewers_active.fetch_sub(1, Ordering::Relaxed);
+    let (dropped_frames, dropped_events) = q.dropped();
+    match result {
+        Ok(why) => info!(%peer, dropped_frames, dropped_events, "viewer disconnected: {why}"),
+        Err(r) => {
+            r.count(&shared.stats);
+            warn!(%peer, dropped_frames, dropped_events, "closed viewer connection: {r}");
+        }
+    }
+}
+
+/// Reads and checks a viewer's greeting (`buf` holds its first bytes).
+async fn viewer_handshake(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<(), Refusal> {
+    use viewer::GreetingError as G;
+    let greeting = loop {
+        match viewer::parse_greeting(&buf) {
+            Ok(Some(g)) => break g,
+            Ok(None) => {}
+            Err(e @ G::Version { .. }) => return Err(Refusal::ViewerVersion(e.to_string())),
+            Err(e @ G::TokenTooLong(_)) => return Err(Refusal::ViewerOversized(e.to_string())),
+            Err(e @ (G::BadMagic | G::TokenNotUtf8)) => {
+                return Err(Refusal::Garbage(format!("viewer greeting: {e}")))
+            }
+        }
+        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => return Err(Refusal::Timeout("no viewer greeting in time")),
+            Ok(Err(e)) => return Err(Refusal::Io(e)),
+            Ok(Ok(0)) => return Err(Refusal::Protocol("closed before its greeting".into())),
+            Ok(Ok(_)) => {}
+        }
+    };
+    if buf.len() > greeting.len {
+        return Err(Refusal::Protocol(
+            "viewer sent data after its greeting".into(),
+        ));
+    }
+    if let Some(expected) = &shared.cfg.token {
+        if !token_ok(expected, greeting.token.as_deref()) {
+            return Err(Refusal::ViewerToken);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the rebuild, then whatever is queued, until the viewer leaves
+/// (`Ok`: why) or misbehaves. A write that makes no progress for the idle
+/// timeout ends the connection.
+async fn viewer_loop(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    q: &ViewerQueue,
+    first: Vec<u8>,
+) -> Result<String, Refusal> {
+    let stall = shared.cfg.idle_timeout;
+    let (mut rd, mut wr) = stream.split();
+    let mut out = first;
+    let mut items = Vec::new();
+    let mut scratch = [0u8; 256];
+    loop {
+        if !out.is_empty() {
+            match tokio::time::timeout(stall, wr.write_all(&out)).await {
+                Err(_) => return Err(Refusal::Timeout("viewer not reading (write stalled)")),
+                Ok(Err(e)) => return Ok(format!("write failed: {e}")),
+                Ok(Ok(())) => out.clear(),
+            }
+        }
+        q.take(&mut items);
+        if items.is_empty() {
+            tokio::select! {
+                _ = q.wait() => {}
+                r = rd.read(&mut scratch) => match r {
+                    Ok(0) => return Ok("closed".into()),
+                    Ok(_) => return Err(Refusal::Protocol(
+                        "viewer sent data after its greeting".into(),
+                    )),
+                    Err(e) => return Ok(format!("read failed: {e}")),
+                },
+            }
+            continue;
+        }
+        // Coalesce small messages into one write.
+        for b in items.drain(..) {
+            out.extend_from_slice(&b);
+        }
+        if out.capacity() > 4 << 20 && out.len() < 64 * 1024 {
+            out.shrink_to(64 * 1024);
+        }
+    }
 }

@@ -190,6 +190,21 @@ impl Model {
         &self.findings
     }
 
+    /// Adds a finding of another model (see [`Findings::restore`]).
+    pub fn restore_finding(&mut self, key: String, f: crate::Finding) {
+        self.findings.restore(key, f);
+    }
+
+    /// Forgets all findings (before restoring another model's).
+    pub fn clear_findings(&mut self) {
+        self.findings = Findings::new(self.config.max_findings);
+    }
+
+    /// One process, mutably.
+    pub(crate) fn process_mut(&mut self, key: &ProcessKey) -> Option<&mut Process> {
+        self.processes.get_mut(key)
+    }
+
     /// Sizes.
     pub fn stats(&self) -> ModelStats {
         let mut s = ModelStats {

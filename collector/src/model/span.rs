@@ -1,10 +1,10 @@
 //! Spans, callsites, fields and source locations.
 
 use awaitscope_wire::{Callsite, Field, SpanClass, SpanId, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A source location.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Location {
     /// Source file.
     pub file: String,

@@ -1,6 +1,8 @@
 //! `awaitscope serve [--listen 127.0.0.1:6670] [--record-dir DIR]
 //! [--allow-remote] [--token T]`: the headless collector. Runs until
-//! Ctrl-C, logging connections, refusals and findings on stderr.
+//! Ctrl-C, logging connections, refusals and findings on stderr. UIs watch
+//! it with `awaitscope --connect ADDR` on the same port (the token, when
+//! set, applies to them too).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ pub struct Args {
     /// Allow listening on a non-loopback address.
     #[arg(long)]
     pub allow_remote: bool,
-    /// Token producers must present (their AWAITSCOPE_TOKEN).
+    /// Token producers and UIs must present (their AWAITSCOPE_TOKEN).
     #[arg(long, env = "AWAITSCOPE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// On exit, write the JSON report here.

@@ -1,12 +1,23 @@
-//! `awaitscope [tui] [--listen ADDR | --connect DIR] [--ascii]`: the
-//! terminal UI over the embedded collector (listening on 127.0.0.1:6670 by
-//! default), or over a running `awaitscope serve --record-dir DIR`.
+//! `awaitscope [tui] [--listen ADDR | --connect ADDR | --connect DIR]
+//! [--token T] [--ascii]`: the terminal UI over the embedded collector
+//! (listening on 127.0.0.1:6670 by default), or over a running collector:
+//!
+//! * `--connect ADDR` (`127.0.0.1:6670`, `host:port`): connects to
+//!   `awaitscope serve` over TCP, on the port its producers use. The UI gets
+//!   serve's current state first, then every frame it receives; when serve
+//!   goes away it reconnects with backoff and rebuilds. With a serve that has
+//!   a token, pass it (`--token` or `AWAITSCOPE_TOKEN`).
+//! * `--connect DIR`: follows the recordings of a running
+//!   `awaitscope serve --record-dir DIR`.
+//!
+//! An argument that parses as a socket address, or as `host:port` and is
+//! not an existing directory, is an address; anything else a directory.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use awaitscope_collector::ingest::server::DEFAULT_LISTEN;
-use awaitscope_tui::feed::{Feed, FollowFeed, LiveFeed};
+use awaitscope_tui::feed::{ConnectFeed, ConnectTarget, Feed, FollowFeed, LiveFeed};
 use awaitscope_tui::ui::run::{log_to_file, run as run_ui, UiOptions};
 
 use super::EXIT_BAD_INPUT;
@@ -17,10 +28,14 @@ pub struct Args {
     /// Address the embedded collector listens on.
     #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Follow a running `awaitscope serve --record-dir DIR` instead of
-    /// embedding a collector: DIR is its record directory.
-    #[arg(long, value_name = "DIR", conflicts_with = "listen")]
+    /// Watch a running collector instead of embedding one: ADDR
+    /// (`127.0.0.1:6670`, `host:port`) connects to `awaitscope serve` over
+    /// TCP; DIR follows the recordings of `awaitscope serve --record-dir DIR`.
+    #[arg(long, value_name = "ADDR|DIR", conflicts_with = "listen")]
     pub connect: Option<String>,
+    /// Token of the serve given to --connect ADDR (its --token).
+    #[arg(long, env = "AWAITSCOPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Plain ASCII glyphs.
     #[arg(long)]
     pub ascii: bool,
@@ -38,22 +53,18 @@ pub fn default_log() -> PathBuf {
 pub fn run(args: Args) -> u8 {
     log_to_file(&args.log);
     let mut feed: Box<dyn Feed + Send> = match &args.connect {
-        Some(target) => {
-            if target.parse::<SocketAddr>().is_ok() {
-                eprintln!(
-                    "awaitscope: --connect takes the record directory of a running collector: \
-                     start it with `awaitscope serve --record-dir DIR` and run `awaitscope --connect DIR` \
-                     (`serve` streams to the UI through its recordings)"
-                );
-                return EXIT_BAD_INPUT;
-            }
-            Box::new(FollowFeed::start(PathBuf::from(target)))
-        }
+        Some(target) => match ConnectTarget::parse(target) {
+            ConnectTarget::Addr(addr) => Box::new(ConnectFeed::start(
+                addr,
+                args.token.clone().filter(|t| !t.is_empty()),
+            )),
+            ConnectTarget::Dir(dir) => Box::new(FollowFeed::start(dir)),
+        },
         None => match LiveFeed::start(args.listen, "collector listening on {addr}") {
             Ok(f) => Box::new(f),
             Err(e) => {
                 eprintln!("awaitscope: {e}");
-                eprintln!("awaitscope: is another collector running? try --listen 127.0.0.1:0 or --connect DIR");
+                eprintln!("awaitscope: is another collector running? try --listen 127.0.0.1:0, or --connect ADDR to watch it");
                 return EXIT_BAD_INPUT;
             }
         },
