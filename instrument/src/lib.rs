@@ -95,6 +95,12 @@ pub fn try_init() -> Result<Guard, InitError> {
         .with(fmt)
         .try_init()
         .map_err(|e| InitError::AlreadySet(e.to_string()))?;
+    // A callsite first hit on another thread while the subscriber was being
+    // installed can keep the interest it got from the previous one (a race
+    // in tracing-core's interest cache): tokio's `runtime.spawn` callsite,
+    // hit by a runtime already running, would then stay disabled. Recompute
+    // every callsite's interest now that the subscriber is in place.
+    tracing::callsite::rebuild_interest_cache();
     guard.make_current();
     Ok(guard)
 }

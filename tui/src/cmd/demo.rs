@@ -89,6 +89,11 @@ fn start_workload(
                 .enable_all()
                 .build()
                 .expect("demo runtime");
+            // The collector's runtime in this process may have hit tokio's
+            // callsites (task spans, wakers) while this dispatch was being
+            // registered; tracing-core can then keep their old "never"
+            // interest. Recompute it now that both exist.
+            tracing::callsite::rebuild_interest_cache();
             rt.block_on(awaitscope_examples::demo::run(duration));
             // Deadlocked and lost tasks never end: do not wait for them.
             rt.shutdown_background();
