@@ -94,8 +94,8 @@ struct Poll {
     saved_sig: u64,
     saved_task: usize,
     tree_base: usize,
-    /// Whether this thread holds the task's poll cache; `None` until the
-    /// poll enters its first span (polls that enter none never touch it).
+    /// Whether this thread holds the task's poll cache (taken at the poll's
+    /// start); `None` for a task without a node.
     owns_cache: Option<bool>,
     /// Spans entered in this poll so far (position in the poll cache of the
     /// next one).
@@ -419,8 +419,18 @@ impl Local {
         }
         if class == SpanClass::Task {
             let ts = shared.clock.raw();
+            let mut owns_cache = None;
             if let Some(n) = &node {
                 n.polls.running.store(true, Ordering::Relaxed);
+                // Take the task's record of its last poll now, and start
+                // loading the spans it names: this poll will likely enter
+                // them again.
+                let owns = n.poll_cache.acquire();
+                if owns {
+                    // SAFETY: acquired just above; released at the exit.
+                    unsafe { n.poll_cache.prefetch() };
+                }
+                owns_cache = Some(owns);
             }
             let adjacent = self.last_exit_task == sid
                 && self.last_exit_seq == self.seq
@@ -436,7 +446,7 @@ impl Local {
                 saved_sig: self.sig,
                 saved_task: self.task,
                 tree_base: self.tree_len,
-                owns_cache: None,
+                owns_cache,
                 entered: 0,
             });
             self.task = self.frames.len();
