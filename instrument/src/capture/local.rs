@@ -165,7 +165,8 @@ struct Poll {
     saved_task: usize,
     tree_base: usize,
     /// Whether this thread holds the task's poll cache (taken at the poll's
-    /// start); `None` for a task without a node.
+    /// start if it names any span, else at the first span entered); `None`
+    /// until taken.
     owns_cache: Option<bool>,
     /// Spans entered in this poll so far (position in the poll cache of the
     /// next one).
@@ -495,12 +496,14 @@ impl Local {
                 // Take the task's record of its last poll now, and start
                 // loading the spans it names: this poll will likely enter
                 // them again.
-                let owns = n.poll_cache.acquire();
-                if owns {
-                    // SAFETY: acquired just above; released at the exit.
-                    unsafe { n.poll_cache.prefetch() };
+                if n.poll_cache.filled() {
+                    let owns = n.poll_cache.acquire();
+                    if owns {
+                        // SAFETY: acquired just above; released at the exit.
+                        unsafe { n.poll_cache.prefetch() };
+                    }
+                    owns_cache = Some(owns);
                 }
-                owns_cache = Some(owns);
             }
             let adjacent = self.last_exit_task == sid
                 && self.last_exit_seq == self.seq

@@ -97,6 +97,9 @@ impl PollState {
 #[derive(Default)]
 pub(crate) struct PollCache {
     busy: AtomicBool,
+    /// Something was ever remembered (polls of tasks that enter no span
+    /// never take the cache).
+    filled: AtomicBool,
     entries: UnsafeCell<[(u64, Option<Arc<SpanNode>>); POLL_CACHE]>,
 }
 
@@ -172,7 +175,14 @@ impl PollCache {
         let entries = unsafe { &mut *self.entries.get() };
         if let Some(e) = entries.get_mut(k) {
             *e = (reg, Some(node.clone()));
+            self.filled.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether any span was ever remembered.
+    #[inline]
+    pub fn filled(&self) -> bool {
+        self.filled.load(Ordering::Relaxed)
     }
 }
 
