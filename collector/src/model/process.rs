@@ -9,6 +9,7 @@ use awaitscope_wire::{
 };
 
 use super::await_tree::AwaitTree;
+use super::hash::FastMap;
 use super::resource::Resource;
 use super::span::{self, Location, Span};
 use super::task::{record_us, LogRecord, Task, TaskState, TaskSummary};
@@ -71,19 +72,19 @@ pub struct Process {
     /// Notes about the stream (truncation, lost connection...).
     pub notes: Vec<String>,
     /// Callsites by id.
-    pub callsites: HashMap<u32, Callsite>,
+    pub callsites: FastMap<u32, Callsite>,
     /// Threads by id.
-    pub threads: HashMap<u32, ThreadState>,
+    pub threads: FastMap<u32, ThreadState>,
     /// Live non-task spans (including resources and async ops).
-    pub spans: HashMap<SpanId, Span>,
+    pub spans: FastMap<SpanId, Span>,
     /// Live tasks.
-    pub tasks: HashMap<SpanId, Task>,
+    pub tasks: FastMap<SpanId, Task>,
     /// Completed tasks kept in detail, oldest first.
     pub completed: VecDeque<Task>,
     /// Completed tasks no longer kept, summarised by spawn location and name.
-    pub summary: HashMap<String, TaskSummary>,
+    pub summary: FastMap<String, TaskSummary>,
     /// Live resources.
-    pub resources: HashMap<SpanId, Resource>,
+    pub resources: FastMap<SpanId, Resource>,
     /// Wall clock (Unix ns) when the latest live frame arrived, and the
     /// process clock then.
     pub(crate) last_wall: Option<(u64, u64)>,
@@ -112,13 +113,13 @@ impl Process {
             warn_count: 0,
             error_count: 0,
             notes: Vec::new(),
-            callsites: HashMap::new(),
-            threads: HashMap::new(),
-            spans: HashMap::new(),
-            tasks: HashMap::new(),
+            callsites: FastMap::default(),
+            threads: FastMap::default(),
+            spans: FastMap::default(),
+            tasks: FastMap::default(),
             completed: VecDeque::new(),
-            summary: HashMap::new(),
-            resources: HashMap::new(),
+            summary: FastMap::default(),
+            resources: FastMap::default(),
             last_wall: None,
             cur_thread: 0,
             last_seq: None,
@@ -219,10 +220,10 @@ impl Process {
     }
 
     fn thread(&mut self) -> &mut ThreadState {
-        let id = self.cur_thread;
-        if !self.threads.contains_key(&id) && self.threads.len() >= MAX_THREADS {
+        let mut id = self.cur_thread;
+        if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&id) {
             // Fold excess threads into one; better than unbounded growth.
-            return self.threads.entry(u32::MAX).or_default();
+            id = u32::MAX;
         }
         self.threads.entry(id).or_default()
     }
