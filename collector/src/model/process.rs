@@ -279,6 +279,10 @@ impl Process {
                 duration,
                 wakers,
             } => {
+                let end = start.saturating_add(*duration);
+                if self.poll_whole(*task, *start, end, *wakers, cfg, findings) {
+                    return;
+                }
                 self.apply(
                     &Event::Enter {
                         span: *task,
@@ -290,7 +294,7 @@ impl Process {
                 self.apply(
                     &Event::PollEnd {
                         task: *task,
-                        ts: start.saturating_add(*duration),
+                        ts: end,
                         wakers: *wakers,
                     },
                     cfg,
@@ -299,8 +303,9 @@ impl Process {
             }
             Event::PollEnd { task, ts, wakers } => {
                 self.bump(*ts);
-                self.exit(*task, *ts);
+                self.pop_stack(*task);
                 if let Some(t) = self.tasks.get_mut(task) {
+                    end_poll(t, *ts);
                     // The producer counts wakers exactly (version 2).
                     t.wakers_alive = u64::from(*wakers);
                 }
@@ -486,35 +491,32 @@ impl Process {
     }
 
     fn poll_start(&mut self, id: SpanId, ts: u64, cfg: &Config, findings: &mut Findings) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let checks = start_poll(t, ts, &cfg.thresholds);
+        self.poll_findings(id, checks, ts, cfg, findings);
+    }
+
+    /// The findings of a poll of `id` that started at `ts`: a long previous
+    /// poll, a long wait for this one. Reads only what the poll does not
+    /// change (the task's name, location, await tree), so it may run once
+    /// the poll is applied.
+    fn poll_findings(
+        &mut self,
+        id: SpanId,
+        checks: PollChecks,
+        ts: u64,
+        cfg: &Config,
+        findings: &mut Findings,
+    ) {
         let th = &cfg.thresholds;
-        // The previous poll was a real poll: a new one starts.
-        if let Some((p, d)) = self
-            .tasks
-            .get_mut(&id)
-            .and_then(|t| t.commit_pending_poll())
-        {
-            if let Some(o) = detect::long_poll::check(self, &self.tasks[&id], p.start, d, th) {
+        if let Some((start, d)) = checks.long_poll {
+            if let Some(o) = detect::long_poll::check(self, &self.tasks[&id], start, d, th) {
                 findings.observe(o);
             }
         }
-        let mut starved = None;
-        if let Some(t) = self.tasks.get_mut(&id) {
-            if let Some(since) = t.scheduled_since.take() {
-                let wait = ts.saturating_sub(since);
-                t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
-                record_us(&mut t.hist_mut().scheduled_us, wait);
-                starved = Some(wait);
-            }
-            t.state = TaskState::Running;
-            t.poll_start = Some(ts);
-            t.woken_since_poll = false;
-            t.woken_during_poll = false;
-            // The await tree stays until a `PollTree` (or spans entered in
-            // this poll) replaces it: producers send it only when it changes.
-            t.tree_from_enters = false;
-            t.waiting_on.clear();
-        }
-        if let Some(wait) = starved {
+        if let Some(wait) = checks.starved {
             let t = &self.tasks[&id];
             if let Some(mut o) = detect::starvation::check_wait(self, t, wait, ts, th) {
                 o.new_occurrence = !t.flag(o.kind.bit());
@@ -525,6 +527,42 @@ impl Process {
                 t.set_flag(bit, false);
             }
         }
+    }
+
+    /// A whole poll of `task` (`Event::Poll`): what its `Enter` and
+    /// `PollEnd` would do, with one lookup of the task and none of the
+    /// thread's span stack (entering and leaving the task span leaves it as
+    /// it was). Returns false, doing nothing, when that shortcut does not
+    /// hold (unknown task or thread, a full span stack): the caller then
+    /// applies the `Enter` and the `PollEnd`.
+    fn poll_whole(
+        &mut self,
+        task: SpanId,
+        start: u64,
+        end: u64,
+        wakers: u32,
+        cfg: &Config,
+        findings: &mut Findings,
+    ) -> bool {
+        let stack_ok = self
+            .threads
+            .get(&self.cur_thread)
+            .is_some_and(|th| th.stack.len() < MAX_STACK);
+        if !stack_ok {
+            return false;
+        }
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return false;
+        };
+        let checks = start_poll(t, start, &cfg.thresholds);
+        end_poll(t, end);
+        t.wakers_alive = u64::from(wakers);
+        self.bump(start);
+        self.bump(end);
+        if checks.long_poll.is_some() || checks.starved.is_some() {
+            self.poll_findings(task, checks, start, cfg, findings);
+        }
+        true
     }
 
     /// The producer's await tree of `task`'s current poll: spans in entry
@@ -568,30 +606,19 @@ impl Process {
     }
 
     fn exit(&mut self, id: SpanId, ts: u64) {
+        self.pop_stack(id);
+        if let Some(t) = self.tasks.get_mut(&id) {
+            end_poll(t, ts);
+        }
+    }
+
+    /// Leaves span `id` on the current thread: pops it and anything entered
+    /// after it.
+    fn pop_stack(&mut self, id: SpanId) {
         let th = self.thread();
         if let Some(pos) = th.stack.iter().rposition(|e| e.span == id) {
             th.stack.truncate(pos);
         }
-        let Some(t) = self.tasks.get_mut(&id) else {
-            return;
-        };
-        let Some(start) = t.poll_start.take() else {
-            return;
-        };
-        t.pending_poll = Some(super::task::PendingPoll { start, end: ts });
-        t.last_poll_end = Some(ts);
-        if t.woken_during_poll {
-            t.state = TaskState::Scheduled;
-            t.scheduled_since = Some(ts);
-        } else {
-            t.state = TaskState::Idle;
-        }
-        let leaf = leaf_span(&t.await_tree);
-        t.leaf = match (leaf, t.leaf) {
-            (Some(l), Some((old, since))) if l == old => Some((old, since)),
-            (Some(l), _) => Some((l, start)),
-            (None, _) => None,
-        };
     }
 
     fn close(
@@ -1210,6 +1237,69 @@ fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
         t.scheduled_since = Some(ts);
         t.state = TaskState::Scheduled;
     }
+}
+
+/// What the start of a poll leaves to check with the whole process at hand.
+#[derive(Clone, Copy, Debug, Default)]
+struct PollChecks {
+    /// The previous poll (start, duration), committed by this one, when it
+    /// was longer than the `long_poll` threshold.
+    long_poll: Option<(u64, u64)>,
+    /// The wait for this poll, when longer than the `starvation` threshold.
+    starved: Option<u64>,
+}
+
+/// Starts a poll of `t` at `ts`: commits the previous poll (it was a real
+/// poll) and ends the wait for this one.
+fn start_poll(t: &mut Task, ts: u64, th: &crate::Thresholds) -> PollChecks {
+    let mut checks = PollChecks::default();
+    if let Some((p, d)) = t.commit_pending_poll() {
+        // `long_poll::check` finds nothing at or under the threshold.
+        if d > th.long_poll_ns {
+            checks.long_poll = Some((p.start, d));
+        }
+    }
+    if let Some(since) = t.scheduled_since.take() {
+        let wait = ts.saturating_sub(since);
+        t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
+        record_us(&mut t.hist_mut().scheduled_us, wait);
+        if wait > th.starvation_ns {
+            checks.starved = Some(wait);
+        } else {
+            // A starvation episode ends at the poll that ends it.
+            t.set_flag(detect::FindingKind::Starvation.bit(), false);
+        }
+    }
+    t.state = TaskState::Running;
+    t.poll_start = Some(ts);
+    t.woken_since_poll = false;
+    t.woken_during_poll = false;
+    // The await tree stays until a `PollTree` (or spans entered in this
+    // poll) replaces it: producers send it only when it changes.
+    t.tree_from_enters = false;
+    t.waiting_on.clear();
+    checks
+}
+
+/// Ends the running poll of `t` at `ts` (the task span was exited).
+fn end_poll(t: &mut Task, ts: u64) {
+    let Some(start) = t.poll_start.take() else {
+        return;
+    };
+    t.pending_poll = Some(super::task::PendingPoll { start, end: ts });
+    t.last_poll_end = Some(ts);
+    if t.woken_during_poll {
+        t.state = TaskState::Scheduled;
+        t.scheduled_since = Some(ts);
+    } else {
+        t.state = TaskState::Idle;
+    }
+    let leaf = leaf_span(&t.await_tree);
+    t.leaf = match (leaf, t.leaf) {
+        (Some(l), Some((old, since))) if l == old => Some((old, since)),
+        (Some(l), _) => Some((l, start)),
+        (None, _) => None,
+    };
 }
 
 #[cfg(test)]
