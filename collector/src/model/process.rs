@@ -93,6 +93,17 @@ pub struct Process {
     pub(crate) last_scan: u64,
     pub(crate) deadlocks_active: HashSet<String>,
     pub(crate) dropped_reported: (u64, u64),
+    /// The group of the task last folded into the summary.
+    last_group: Option<LastGroup>,
+}
+
+/// A task's summary group key ([`super::task::group_key`]) and what it is
+/// made of.
+#[derive(Debug)]
+struct LastGroup {
+    name: Option<String>,
+    location: Option<Location>,
+    key: String,
 }
 
 impl Process {
@@ -126,6 +137,7 @@ impl Process {
             last_scan: 0,
             deadlocks_active: HashSet::new(),
             dropped_reported: (0, 0),
+            last_group: None,
         }
     }
 
@@ -681,7 +693,22 @@ impl Process {
                 break;
             }
             let t = self.completed.pop_front().expect("front exists");
+            // Tasks of one group tend to follow each other: reuse the key of
+            // the last one rather than format it again.
+            let cached = self
+                .last_group
+                .as_ref()
+                .filter(|g| g.name == t.name && g.location == t.location);
+            if let Some(s) = cached.and_then(|g| self.summary.get_mut(g.key.as_str())) {
+                s.add(&t);
+                continue;
+            }
             let mut key = super::task::group_key(&t);
+            self.last_group = Some(LastGroup {
+                name: t.name.clone(),
+                location: t.location.clone(),
+                key: key.clone(),
+            });
             if !self.summary.contains_key(&key) && self.summary.len() >= r.max_summary_groups {
                 key = "(other)".into();
             }
@@ -1294,13 +1321,33 @@ pub fn task_label(t: &Task) -> String {
 }
 
 fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>) {
-    let f = &t.fields;
-    t.name = span::field_str(cs, f, "task.name")
+    let [name, kind, id, file, line, col] = span::fields_of(
+        cs,
+        &t.fields,
+        [
+            "task.name",
+            "kind",
+            "task.id",
+            "loc.file",
+            "loc.line",
+            "loc.col",
+        ],
+    );
+    t.name = span::as_str(name)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    t.kind = span::field_str(cs, f, "kind").map(str::to_string);
-    t.tokio_id = span::field_u64(cs, f, "task.id");
-    t.location = span::loc_fields(cs, f).or_else(|| span::callsite_location(cs));
+    t.kind = span::as_str(kind).map(str::to_string);
+    t.tokio_id = span::as_u64(id);
+    // As `span::loc_fields`, else the callsite's own location.
+    let loc = match (span::as_str(file), span::as_u64(line)) {
+        (Some(file), Some(line)) => Some(Location {
+            file: file.to_string(),
+            line: line as u32,
+            col: span::as_u64(col).map(|c| c as u32),
+        }),
+        _ => None,
+    };
+    t.location = loc.or_else(|| span::callsite_location(cs));
 }
 
 /// Counts who woke `t`, keeping the most frequent wakers (bounded).
