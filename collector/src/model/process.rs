@@ -1,6 +1,7 @@
 //! A producer process: callsites, threads, spans, tasks and resources, and
 //! how events change them.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use awaitscope_wire::{
@@ -389,21 +390,29 @@ impl Process {
         ts: u64,
         fields: &[Field],
     ) {
-        let class = self.span_class(callsite);
         let cs = self.callsites.get(&callsite);
+        // As `span_class`.
+        let class = match cs.map(|c| c.kind) {
+            Some(CallsiteKind::Span(c)) => c,
+            _ => SpanClass::User,
+        };
         if class == SpanClass::Task {
-            if let Some(t) = self.tasks.get_mut(&id) {
-                // Re-sent after a reconnect: idempotent.
-                span::merge_fields(&mut t.fields, fields);
-                derive_task_fields(t, cs);
-                return;
+            match self.tasks.entry(id) {
+                Entry::Occupied(mut e) => {
+                    // Re-sent after a reconnect: idempotent.
+                    let t = e.get_mut();
+                    span::merge_fields(&mut t.fields, fields);
+                    derive_task_fields(t, cs);
+                }
+                Entry::Vacant(e) => {
+                    let mut t = Task::new(id, callsite, ts);
+                    t.parent = ctx_task;
+                    t.spawn_span = ctx_span;
+                    span::merge_fields(&mut t.fields, fields);
+                    derive_task_fields(&mut t, cs);
+                    e.insert(t);
+                }
             }
-            let mut t = Task::new(id, callsite, ts);
-            t.parent = ctx_task;
-            t.spawn_span = ctx_span;
-            span::merge_fields(&mut t.fields, fields);
-            derive_task_fields(&mut t, cs);
-            self.tasks.insert(id, t);
             return;
         }
         if self.spans.contains_key(&id) {
@@ -757,19 +766,15 @@ impl Process {
                 let get_b = |n| span::field_bool(cs, fields, n);
                 let op = span::field_str(cs, fields, "permits.op")
                     .or_else(|| span::field_str(cs, fields, "current_readers.op"));
-                let mut named = Vec::new();
-                if let Some(cs) = cs {
-                    for f in fields {
-                        if let Some(n) = cs.fields.get(f.index as usize) {
-                            named.push((n.clone(), f.value.clone()));
-                        }
-                    }
-                }
                 let Some(r) = self.resources.get_mut(&res) else {
                     return;
                 };
-                for (n, v) in &named {
-                    r.set_state(n, v);
+                if let Some(cs) = cs {
+                    for f in fields {
+                        if let Some(n) = cs.fields.get(f.index as usize) {
+                            r.set_state(n, &f.value);
+                        }
+                    }
                 }
                 match (get_b("locked").or(get_b("write_locked")), op, task) {
                     (Some(true), _, Some(t)) => {

@@ -161,6 +161,10 @@ pub fn callsite_location(callsite: Option<&Callsite>) -> Option<Location> {
 
 /// Merges `new` fields into `fields`: a field with the same index is replaced.
 pub fn merge_fields(fields: &mut Vec<Field>, new: &[Field]) {
+    if fields.is_empty() {
+        // A new span's fields: sized once rather than grown.
+        fields.reserve_exact(new.len().min(awaitscope_wire::limits::MAX_FIELDS));
+    }
     for f in new {
         if let Some(i) = fields.iter().position(|o| o.index == f.index) {
             fields[i].value = f.value.clone();
