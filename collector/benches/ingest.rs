@@ -7,6 +7,8 @@
 //!   (`_v2`: whole polls as one `Event::Poll`, `PollEnd` with the live
 //!   wakers, no waker clones or drops), the churn also from 2 worker
 //!   threads (per-thread runs in each frame, merged by the collector).
+//! * `decode`: decoding alone, for three of those streams: what `ingest`
+//!   would reach with a model that cost nothing.
 //! * `memory_per_live_task`: bytes of model per live task, for 10,000 and
 //!   100,000 live tasks (printed; measured with a counting allocator).
 //! * `report_1m_events`: reading a recording of ~1,000,000 events and
@@ -207,6 +209,35 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
+/// Decoding alone (frames read and dropped, nothing applied): the part of
+/// `ingest` that is not the model's, and so the most it could reach.
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    g.sample_size(10);
+    for (name, (bytes, events)) in [
+        ("churn_50k_tasks", churn(50_000)),
+        ("churn_50k_tasks_v2", churn_v2(50_000, 1)),
+        (
+            "live_10k_tasks_whole_polls_v2",
+            live_whole_polls(10_000, 10),
+        ),
+    ] {
+        g.throughput(Throughput::Elements(events));
+        g.bench_function(name, |bch| {
+            bch.iter(|| {
+                let mut n = 0;
+                for f in awaitscope_wire::FrameReader::new(&bytes[..]).unwrap() {
+                    if let awaitscope_wire::Body::Events(ev) = f.unwrap().body {
+                        n += ev.len();
+                    }
+                }
+                n
+            })
+        });
+    }
+    g.finish();
+}
+
 fn memory_per_live_task(_: &mut Criterion) {
     for live in [10_000u64, 100_000] {
         let (bytes, _) = live_polls(live, 1);
@@ -244,5 +275,11 @@ fn report_1m_events(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ingest, memory_per_live_task, report_1m_events);
+criterion_group!(
+    benches,
+    ingest,
+    decode,
+    memory_per_live_task,
+    report_1m_events
+);
 criterion_main!(benches);
