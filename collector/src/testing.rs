@@ -523,6 +523,19 @@ impl StreamBuilder {
         self.enter(task, start).exit(task, end)
     }
 
+    /// One whole poll of `task` from `start` to `end` as version-2 producers
+    /// send it when nothing else was recorded on the thread during the poll:
+    /// a single [`Event::Poll`] carrying the task's live `wakers` at its end.
+    pub fn poll_whole(&mut self, task: SpanId, start: u64, end: u64, wakers: u32) -> &mut Self {
+        debug_assert!(self.poll.is_none(), "poll_whole inside another poll");
+        self.push(Event::Poll {
+            task,
+            start,
+            duration: end.saturating_sub(start),
+            wakers,
+        })
+    }
+
     /// The end of a task: the drop of its future (an enter/exit pair) and
     /// the close.
     pub fn finish_task(&mut self, task: SpanId, kind: CloseKind, ts: u64) -> &mut Self {

@@ -4,6 +4,7 @@
 //! from a live connection or a recording.
 
 pub mod await_tree;
+pub mod hash;
 pub mod process;
 pub mod resource;
 pub mod span;

@@ -1,6 +1,7 @@
 //! A producer process: callsites, threads, spans, tasks and resources, and
 //! how events change them.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use awaitscope_wire::{
@@ -9,6 +10,7 @@ use awaitscope_wire::{
 };
 
 use super::await_tree::AwaitTree;
+use super::hash::FastMap;
 use super::resource::Resource;
 use super::span::{self, Location, Span};
 use super::task::{record_us, LogRecord, Task, TaskState, TaskSummary};
@@ -71,19 +73,19 @@ pub struct Process {
     /// Notes about the stream (truncation, lost connection...).
     pub notes: Vec<String>,
     /// Callsites by id.
-    pub callsites: HashMap<u32, Callsite>,
+    pub callsites: FastMap<u32, Callsite>,
     /// Threads by id.
-    pub threads: HashMap<u32, ThreadState>,
+    pub threads: FastMap<u32, ThreadState>,
     /// Live non-task spans (including resources and async ops).
-    pub spans: HashMap<SpanId, Span>,
+    pub spans: FastMap<SpanId, Span>,
     /// Live tasks.
-    pub tasks: HashMap<SpanId, Task>,
+    pub tasks: FastMap<SpanId, Task>,
     /// Completed tasks kept in detail, oldest first.
     pub completed: VecDeque<Task>,
     /// Completed tasks no longer kept, summarised by spawn location and name.
-    pub summary: HashMap<String, TaskSummary>,
+    pub summary: FastMap<String, TaskSummary>,
     /// Live resources.
-    pub resources: HashMap<SpanId, Resource>,
+    pub resources: FastMap<SpanId, Resource>,
     /// Wall clock (Unix ns) when the latest live frame arrived, and the
     /// process clock then.
     pub(crate) last_wall: Option<(u64, u64)>,
@@ -92,6 +94,17 @@ pub struct Process {
     pub(crate) last_scan: u64,
     pub(crate) deadlocks_active: HashSet<String>,
     pub(crate) dropped_reported: (u64, u64),
+    /// The group of the task last folded into the summary.
+    last_group: Option<LastGroup>,
+}
+
+/// A task's summary group key ([`super::task::group_key`]) and what it is
+/// made of.
+#[derive(Debug)]
+struct LastGroup {
+    name: Option<String>,
+    location: Option<Location>,
+    key: String,
 }
 
 impl Process {
@@ -112,19 +125,20 @@ impl Process {
             warn_count: 0,
             error_count: 0,
             notes: Vec::new(),
-            callsites: HashMap::new(),
-            threads: HashMap::new(),
-            spans: HashMap::new(),
-            tasks: HashMap::new(),
+            callsites: FastMap::default(),
+            threads: FastMap::default(),
+            spans: FastMap::default(),
+            tasks: FastMap::default(),
             completed: VecDeque::new(),
-            summary: HashMap::new(),
-            resources: HashMap::new(),
+            summary: FastMap::default(),
+            resources: FastMap::default(),
             last_wall: None,
             cur_thread: 0,
             last_seq: None,
             last_scan: 0,
             deadlocks_active: HashSet::new(),
             dropped_reported: (0, 0),
+            last_group: None,
         }
     }
 
@@ -201,14 +215,17 @@ impl Process {
             .iter()
             .filter(|e| matches!(e, Event::Thread { .. }))
             .count();
-        if runs <= 1 {
+        let merge = (runs > 1).then(|| Merge::new(events)).flatten();
+        let Some(merge) = merge else {
+            // One run, or runs already in time order (the merge would take
+            // them one after the other): apply in order.
             for e in events {
                 self.events += 1;
                 self.apply(e, cfg, findings);
             }
             return;
-        }
-        for (i, e) in merge_threads(events) {
+        };
+        for (i, e) in merge {
             if let Some(i) = i {
                 // Switching runs: the run's thread is current again.
                 self.cur_thread = i;
@@ -219,10 +236,10 @@ impl Process {
     }
 
     fn thread(&mut self) -> &mut ThreadState {
-        let id = self.cur_thread;
-        if !self.threads.contains_key(&id) && self.threads.len() >= MAX_THREADS {
+        let mut id = self.cur_thread;
+        if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&id) {
             // Fold excess threads into one; better than unbounded growth.
-            return self.threads.entry(u32::MAX).or_default();
+            id = u32::MAX;
         }
         self.threads.entry(id).or_default()
     }
@@ -278,6 +295,10 @@ impl Process {
                 duration,
                 wakers,
             } => {
+                let end = start.saturating_add(*duration);
+                if self.poll_whole(*task, *start, end, *wakers, cfg, findings) {
+                    return;
+                }
                 self.apply(
                     &Event::Enter {
                         span: *task,
@@ -289,7 +310,7 @@ impl Process {
                 self.apply(
                     &Event::PollEnd {
                         task: *task,
-                        ts: start.saturating_add(*duration),
+                        ts: end,
                         wakers: *wakers,
                     },
                     cfg,
@@ -298,8 +319,9 @@ impl Process {
             }
             Event::PollEnd { task, ts, wakers } => {
                 self.bump(*ts);
-                self.exit(*task, *ts);
+                self.pop_stack(*task);
                 if let Some(t) = self.tasks.get_mut(task) {
+                    end_poll(t, *ts);
                     // The producer counts wakers exactly (version 2).
                     t.wakers_alive = u64::from(*wakers);
                 }
@@ -368,21 +390,29 @@ impl Process {
         ts: u64,
         fields: &[Field],
     ) {
-        let class = self.span_class(callsite);
         let cs = self.callsites.get(&callsite);
+        // As `span_class`.
+        let class = match cs.map(|c| c.kind) {
+            Some(CallsiteKind::Span(c)) => c,
+            _ => SpanClass::User,
+        };
         if class == SpanClass::Task {
-            if let Some(t) = self.tasks.get_mut(&id) {
-                // Re-sent after a reconnect: idempotent.
-                span::merge_fields(&mut t.fields, fields);
-                derive_task_fields(t, cs);
-                return;
+            match self.tasks.entry(id) {
+                Entry::Occupied(mut e) => {
+                    // Re-sent after a reconnect: idempotent.
+                    let t = e.get_mut();
+                    span::merge_fields(&mut t.fields, fields);
+                    derive_task_fields(t, cs);
+                }
+                Entry::Vacant(e) => {
+                    let mut t = Task::new(id, callsite, ts);
+                    t.parent = ctx_task;
+                    t.spawn_span = ctx_span;
+                    span::merge_fields(&mut t.fields, fields);
+                    derive_task_fields(&mut t, cs);
+                    e.insert(t);
+                }
             }
-            let mut t = Task::new(id, callsite, ts);
-            t.parent = ctx_task;
-            t.spawn_span = ctx_span;
-            span::merge_fields(&mut t.fields, fields);
-            derive_task_fields(&mut t, cs);
-            self.tasks.insert(id, t);
             return;
         }
         if self.spans.contains_key(&id) {
@@ -485,35 +515,32 @@ impl Process {
     }
 
     fn poll_start(&mut self, id: SpanId, ts: u64, cfg: &Config, findings: &mut Findings) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let checks = start_poll(t, ts, &cfg.thresholds);
+        self.poll_findings(id, checks, ts, cfg, findings);
+    }
+
+    /// The findings of a poll of `id` that started at `ts`: a long previous
+    /// poll, a long wait for this one. Reads only what the poll does not
+    /// change (the task's name, location, await tree), so it may run once
+    /// the poll is applied.
+    fn poll_findings(
+        &mut self,
+        id: SpanId,
+        checks: PollChecks,
+        ts: u64,
+        cfg: &Config,
+        findings: &mut Findings,
+    ) {
         let th = &cfg.thresholds;
-        // The previous poll was a real poll: a new one starts.
-        if let Some((p, d)) = self
-            .tasks
-            .get_mut(&id)
-            .and_then(|t| t.commit_pending_poll())
-        {
-            if let Some(o) = detect::long_poll::check(self, &self.tasks[&id], p.start, d, th) {
+        if let Some((start, d)) = checks.long_poll {
+            if let Some(o) = detect::long_poll::check(self, &self.tasks[&id], start, d, th) {
                 findings.observe(o);
             }
         }
-        let mut starved = None;
-        if let Some(t) = self.tasks.get_mut(&id) {
-            if let Some(since) = t.scheduled_since.take() {
-                let wait = ts.saturating_sub(since);
-                t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
-                record_us(&mut t.hist_mut().scheduled_us, wait);
-                starved = Some(wait);
-            }
-            t.state = TaskState::Running;
-            t.poll_start = Some(ts);
-            t.woken_since_poll = false;
-            t.woken_during_poll = false;
-            // The await tree stays until a `PollTree` (or spans entered in
-            // this poll) replaces it: producers send it only when it changes.
-            t.tree_from_enters = false;
-            t.waiting_on.clear();
-        }
-        if let Some(wait) = starved {
+        if let Some(wait) = checks.starved {
             let t = &self.tasks[&id];
             if let Some(mut o) = detect::starvation::check_wait(self, t, wait, ts, th) {
                 o.new_occurrence = !t.flag(o.kind.bit());
@@ -524,6 +551,42 @@ impl Process {
                 t.set_flag(bit, false);
             }
         }
+    }
+
+    /// A whole poll of `task` (`Event::Poll`): what its `Enter` and
+    /// `PollEnd` would do, with one lookup of the task and none of the
+    /// thread's span stack (entering and leaving the task span leaves it as
+    /// it was). Returns false, doing nothing, when that shortcut does not
+    /// hold (unknown task or thread, a full span stack): the caller then
+    /// applies the `Enter` and the `PollEnd`.
+    fn poll_whole(
+        &mut self,
+        task: SpanId,
+        start: u64,
+        end: u64,
+        wakers: u32,
+        cfg: &Config,
+        findings: &mut Findings,
+    ) -> bool {
+        let stack_ok = self
+            .threads
+            .get(&self.cur_thread)
+            .is_some_and(|th| th.stack.len() < MAX_STACK);
+        if !stack_ok {
+            return false;
+        }
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return false;
+        };
+        let checks = start_poll(t, start, &cfg.thresholds);
+        end_poll(t, end);
+        t.wakers_alive = u64::from(wakers);
+        self.bump(start);
+        self.bump(end);
+        if checks.long_poll.is_some() || checks.starved.is_some() {
+            self.poll_findings(task, checks, start, cfg, findings);
+        }
+        true
     }
 
     /// The producer's await tree of `task`'s current poll: spans in entry
@@ -567,30 +630,19 @@ impl Process {
     }
 
     fn exit(&mut self, id: SpanId, ts: u64) {
+        self.pop_stack(id);
+        if let Some(t) = self.tasks.get_mut(&id) {
+            end_poll(t, ts);
+        }
+    }
+
+    /// Leaves span `id` on the current thread: pops it and anything entered
+    /// after it.
+    fn pop_stack(&mut self, id: SpanId) {
         let th = self.thread();
         if let Some(pos) = th.stack.iter().rposition(|e| e.span == id) {
             th.stack.truncate(pos);
         }
-        let Some(t) = self.tasks.get_mut(&id) else {
-            return;
-        };
-        let Some(start) = t.poll_start.take() else {
-            return;
-        };
-        t.pending_poll = Some(super::task::PendingPoll { start, end: ts });
-        t.last_poll_end = Some(ts);
-        if t.woken_during_poll {
-            t.state = TaskState::Scheduled;
-            t.scheduled_since = Some(ts);
-        } else {
-            t.state = TaskState::Idle;
-        }
-        let leaf = leaf_span(&t.await_tree);
-        t.leaf = match (leaf, t.leaf) {
-            (Some(l), Some((old, since))) if l == old => Some((old, since)),
-            (Some(l), _) => Some((l, start)),
-            (None, _) => None,
-        };
     }
 
     fn close(
@@ -650,7 +702,22 @@ impl Process {
                 break;
             }
             let t = self.completed.pop_front().expect("front exists");
+            // Tasks of one group tend to follow each other: reuse the key of
+            // the last one rather than format it again.
+            let cached = self
+                .last_group
+                .as_ref()
+                .filter(|g| g.name == t.name && g.location == t.location);
+            if let Some(s) = cached.and_then(|g| self.summary.get_mut(g.key.as_str())) {
+                s.add(&t);
+                continue;
+            }
             let mut key = super::task::group_key(&t);
+            self.last_group = Some(LastGroup {
+                name: t.name.clone(),
+                location: t.location.clone(),
+                key: key.clone(),
+            });
             if !self.summary.contains_key(&key) && self.summary.len() >= r.max_summary_groups {
                 key = "(other)".into();
             }
@@ -699,19 +766,15 @@ impl Process {
                 let get_b = |n| span::field_bool(cs, fields, n);
                 let op = span::field_str(cs, fields, "permits.op")
                     .or_else(|| span::field_str(cs, fields, "current_readers.op"));
-                let mut named = Vec::new();
-                if let Some(cs) = cs {
-                    for f in fields {
-                        if let Some(n) = cs.fields.get(f.index as usize) {
-                            named.push((n.clone(), f.value.clone()));
-                        }
-                    }
-                }
                 let Some(r) = self.resources.get_mut(&res) else {
                     return;
                 };
-                for (n, v) in &named {
-                    r.set_state(n, v);
+                if let Some(cs) = cs {
+                    for f in fields {
+                        if let Some(n) = cs.fields.get(f.index as usize) {
+                            r.set_state(n, &f.value);
+                        }
+                    }
                 }
                 match (get_b("locked").or(get_b("write_locked")), op, task) {
                     (Some(true), _, Some(t)) => {
@@ -1062,82 +1125,190 @@ fn event_ts(e: &Event) -> Option<u64> {
 /// start of a run); callsites go first. Yields each event with, when it
 /// starts a stretch of another run, that run's thread id.
 pub(crate) fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
-    struct Run<'a> {
-        thread: u32,
-        items: Vec<(u64, &'a Event)>,
-        pos: usize,
+    match Merge::new(events) {
+        Some(m) => m.collect(),
+        // Already in order: each run's first event is its `Thread` (or the
+        // events before any, which belong to no run of a thread).
+        None => events
+            .iter()
+            .map(|e| match e {
+                Event::Thread { id, .. } if *id != u32::MAX => (Some(*id), e),
+                _ => (None, e),
+            })
+            .collect(),
     }
-    let mut runs: Vec<Run> = Vec::new();
-    let mut cur: Option<usize> = None;
-    for e in events {
-        if let Event::Thread { id, .. } = e {
-            runs.push(Run {
-                thread: *id,
-                items: Vec::new(),
-                pos: 0,
-            });
-            cur = Some(runs.len() - 1);
-        }
-        let i = match cur {
-            Some(i) => i,
-            None => {
+}
+
+/// One run of a batch: the events of one thread.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// Its thread (`u32::MAX`: the events before the first `Thread`).
+    thread: u32,
+    /// Next event (index into the batch).
+    pos: usize,
+    /// End (exclusive).
+    end: usize,
+}
+
+/// The k-way merge of [`merge_threads`], as an iterator over the batch.
+pub(crate) struct Merge<'a> {
+    events: &'a [Event],
+    /// Merge key of each event of the batch.
+    keys: Vec<u64>,
+    runs: Vec<Run>,
+    /// The run of the last event yielded.
+    last: Option<usize>,
+    /// The run being taken from, and the (key, run) of the smallest head of
+    /// the others: the current run goes on while its head comes first.
+    cur: Option<(usize, Option<(u64, usize)>)>,
+}
+
+impl<'a> Merge<'a> {
+    /// The merge of `events`, or `None` when it would yield them in their
+    /// own order (every run's keys at most the keys of the runs after it).
+    pub(crate) fn new(events: &'a [Event]) -> Option<Merge<'a>> {
+        let mut runs: Vec<Run> = Vec::new();
+        for (j, e) in events.iter().enumerate() {
+            if let Event::Thread { id, .. } = e {
+                if let Some(r) = runs.last_mut() {
+                    r.end = j;
+                }
+                runs.push(Run {
+                    thread: *id,
+                    pos: j,
+                    end: events.len(),
+                });
+            } else if runs.is_empty() {
                 runs.push(Run {
                     thread: u32::MAX,
-                    items: Vec::new(),
                     pos: 0,
+                    end: events.len(),
                 });
-                cur = Some(runs.len() - 1);
-                runs.len() - 1
             }
-        };
-        runs[i].items.push((0, e));
-    }
-    for run in &mut runs {
+        }
         // Keys: own ts; else previous timed; else next timed; callsites 0.
-        let mut prev: Option<u64> = None;
-        let mut pending: Vec<usize> = Vec::new();
-        for j in 0..run.items.len() {
-            let e = run.items[j].1;
-            if matches!(e, Event::Callsite(_)) {
-                run.items[j].0 = 0;
+        // A run without timed events keeps key 0 for all.
+        let mut keys = vec![0u64; events.len()];
+        let mut bounds: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+        for r in &runs {
+            let mut prev: Option<u64> = None;
+            let (mut lo, mut hi) = (u64::MAX, 0);
+            for j in r.pos..r.end {
+                let e = &events[j];
+                if matches!(e, Event::Callsite(_)) {
+                    lo = 0;
+                    continue;
+                }
+                let k = match event_ts(e) {
+                    Some(ts) => {
+                        if prev.is_none() {
+                            // The untimed events so far take this key.
+                            for i in r.pos..j {
+                                if !matches!(events[i], Event::Callsite(_)) {
+                                    keys[i] = ts;
+                                }
+                            }
+                            if j > r.pos {
+                                lo = lo.min(ts);
+                                hi = hi.max(ts);
+                            }
+                        }
+                        prev = Some(ts);
+                        ts
+                    }
+                    None => match prev {
+                        Some(p) => p,
+                        None => continue,
+                    },
+                };
+                keys[j] = k;
+                lo = lo.min(k);
+                hi = hi.max(k);
+            }
+            if prev.is_none() && r.end > r.pos {
+                // No timed event: all keys stay 0.
+                lo = 0;
+            }
+            bounds.push((lo, hi));
+        }
+        // In order when every run's largest key is at most the smallest of
+        // every later run (ties go to the earlier run).
+        let mut later_min = u64::MAX;
+        let mut in_order = true;
+        for &(lo, hi) in bounds.iter().rev() {
+            if lo > hi {
+                // Empty run.
                 continue;
             }
-            match event_ts(e) {
-                Some(ts) => {
-                    for k in pending.drain(..) {
-                        run.items[k].0 = ts;
-                    }
-                    run.items[j].0 = ts;
-                    prev = Some(ts);
-                }
-                None => match prev {
-                    Some(p) => run.items[j].0 = p,
-                    None => pending.push(j),
-                },
+            if hi > later_min {
+                in_order = false;
+                break;
             }
+            later_min = later_min.min(lo);
         }
-        // A run without timed events keeps key 0 for all.
+        if in_order {
+            return None;
+        }
+        Some(Merge {
+            events,
+            keys,
+            runs,
+            last: None,
+            cur: None,
+        })
     }
-    let mut out = Vec::with_capacity(events.len());
-    let mut last: Option<usize> = None;
-    loop {
+
+    /// The smallest head (key, run) among runs other than `skip`; the
+    /// earliest run on ties.
+    fn min_head(&self, skip: Option<usize>) -> Option<(u64, usize)> {
         let mut best: Option<(u64, usize)> = None;
-        for (i, run) in runs.iter().enumerate() {
-            if let Some(&(k, _)) = run.items.get(run.pos) {
-                if best.is_none_or(|(bk, _)| k < bk) {
-                    best = Some((k, i));
-                }
+        for (i, r) in self.runs.iter().enumerate() {
+            if Some(i) == skip || r.pos >= r.end {
+                continue;
+            }
+            let k = self.keys[r.pos];
+            if best.is_none_or(|(bk, _)| k < bk) {
+                best = Some((k, i));
             }
         }
-        let Some((_, i)) = best else { break };
-        let run = &mut runs[i];
-        let e = run.items[run.pos].1;
-        run.pos += 1;
-        let switch = (last != Some(i) && run.thread != u32::MAX).then_some(run.thread);
-        last = Some(i);
-        out.push((switch, e));
+        best
     }
-    out
+}
+
+impl<'a> Iterator for Merge<'a> {
+    type Item = (Option<u32>, &'a Event);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Go on with the current run while its head would win the plain
+        // k-way merge: a smaller key than the other heads, or an equal key
+        // and an earlier run.
+        let go_on = self.cur.and_then(|(i, other)| {
+            let r = &self.runs[i];
+            if r.pos >= r.end {
+                return None;
+            }
+            let k = self.keys[r.pos];
+            match other {
+                None => Some(i),
+                Some((ok, oi)) if k < ok || (k == ok && i < oi) => Some(i),
+                Some(_) => None,
+            }
+        });
+        let i = match go_on {
+            Some(i) => i,
+            None => {
+                let (_, i) = self.min_head(None)?;
+                self.cur = Some((i, self.min_head(Some(i))));
+                i
+            }
+        };
+        let run = &mut self.runs[i];
+        let e = &self.events[run.pos];
+        run.pos += 1;
+        let switch = (self.last != Some(i) && run.thread != u32::MAX).then_some(run.thread);
+        self.last = Some(i);
+        Some((switch, e))
+    }
 }
 
 /// The leaf span that identifies what a task waits on: the deepest leaf.
@@ -1155,13 +1326,33 @@ pub fn task_label(t: &Task) -> String {
 }
 
 fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>) {
-    let f = &t.fields;
-    t.name = span::field_str(cs, f, "task.name")
+    let [name, kind, id, file, line, col] = span::fields_of(
+        cs,
+        &t.fields,
+        [
+            "task.name",
+            "kind",
+            "task.id",
+            "loc.file",
+            "loc.line",
+            "loc.col",
+        ],
+    );
+    t.name = span::as_str(name)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    t.kind = span::field_str(cs, f, "kind").map(str::to_string);
-    t.tokio_id = span::field_u64(cs, f, "task.id");
-    t.location = span::loc_fields(cs, f).or_else(|| span::callsite_location(cs));
+    t.kind = span::as_str(kind).map(str::to_string);
+    t.tokio_id = span::as_u64(id);
+    // As `span::loc_fields`, else the callsite's own location.
+    let loc = match (span::as_str(file), span::as_u64(line)) {
+        (Some(file), Some(line)) => Some(Location {
+            file: file.to_string(),
+            line: line as u32,
+            col: span::as_u64(col).map(|c| c as u32),
+        }),
+        _ => None,
+    };
+    t.location = loc.or_else(|| span::callsite_location(cs));
 }
 
 /// Counts who woke `t`, keeping the most frequent wakers (bounded).
@@ -1211,6 +1402,69 @@ fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
     }
 }
 
+/// What the start of a poll leaves to check with the whole process at hand.
+#[derive(Clone, Copy, Debug, Default)]
+struct PollChecks {
+    /// The previous poll (start, duration), committed by this one, when it
+    /// was longer than the `long_poll` threshold.
+    long_poll: Option<(u64, u64)>,
+    /// The wait for this poll, when longer than the `starvation` threshold.
+    starved: Option<u64>,
+}
+
+/// Starts a poll of `t` at `ts`: commits the previous poll (it was a real
+/// poll) and ends the wait for this one.
+fn start_poll(t: &mut Task, ts: u64, th: &crate::Thresholds) -> PollChecks {
+    let mut checks = PollChecks::default();
+    if let Some((p, d)) = t.commit_pending_poll() {
+        // `long_poll::check` finds nothing at or under the threshold.
+        if d > th.long_poll_ns {
+            checks.long_poll = Some((p.start, d));
+        }
+    }
+    if let Some(since) = t.scheduled_since.take() {
+        let wait = ts.saturating_sub(since);
+        t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
+        record_us(&mut t.hist_mut().scheduled_us, wait);
+        if wait > th.starvation_ns {
+            checks.starved = Some(wait);
+        } else {
+            // A starvation episode ends at the poll that ends it.
+            t.set_flag(detect::FindingKind::Starvation.bit(), false);
+        }
+    }
+    t.state = TaskState::Running;
+    t.poll_start = Some(ts);
+    t.woken_since_poll = false;
+    t.woken_during_poll = false;
+    // The await tree stays until a `PollTree` (or spans entered in this
+    // poll) replaces it: producers send it only when it changes.
+    t.tree_from_enters = false;
+    t.waiting_on.clear();
+    checks
+}
+
+/// Ends the running poll of `t` at `ts` (the task span was exited).
+fn end_poll(t: &mut Task, ts: u64) {
+    let Some(start) = t.poll_start.take() else {
+        return;
+    };
+    t.pending_poll = Some(super::task::PendingPoll { start, end: ts });
+    t.last_poll_end = Some(ts);
+    if t.woken_during_poll {
+        t.state = TaskState::Scheduled;
+        t.scheduled_since = Some(ts);
+    } else {
+        t.state = TaskState::Idle;
+    }
+    let leaf = leaf_span(&t.await_tree);
+    t.leaf = match (leaf, t.leaf) {
+        (Some(l), Some((old, since))) if l == old => Some((old, since)),
+        (Some(l), _) => Some((l, start)),
+        (None, _) => None,
+    };
+}
+
 #[cfg(test)]
 mod woken_by_tests {
     use crate::testing::{Scenario, TaskOpts};
@@ -1232,5 +1486,191 @@ mod woken_by_tests {
         let p = m.processes().next().unwrap();
         let w = &p.tasks[&waiter];
         assert_eq!(w.woken_by, vec![(Some(b), 3), (Some(a), 1), (None, 1)]);
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use awaitscope_wire::{Callsite, CallsiteKind, Event, Level, SpanClass, SpanId};
+    use proptest::prelude::*;
+
+    use super::{event_ts, merge_threads};
+
+    /// The merge as first written (a vector of keyed events per run, the
+    /// smallest head taken each step): what the fast paths must reproduce.
+    fn reference(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
+        struct Run<'a> {
+            thread: u32,
+            items: Vec<(u64, &'a Event)>,
+            pos: usize,
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        for e in events {
+            if let Event::Thread { id, .. } = e {
+                runs.push(Run {
+                    thread: *id,
+                    items: Vec::new(),
+                    pos: 0,
+                });
+            } else if runs.is_empty() {
+                runs.push(Run {
+                    thread: u32::MAX,
+                    items: Vec::new(),
+                    pos: 0,
+                });
+            }
+            runs.last_mut().unwrap().items.push((0, e));
+        }
+        for run in &mut runs {
+            let mut prev: Option<u64> = None;
+            let mut pending: Vec<usize> = Vec::new();
+            for j in 0..run.items.len() {
+                let e = run.items[j].1;
+                if matches!(e, Event::Callsite(_)) {
+                    run.items[j].0 = 0;
+                    continue;
+                }
+                match event_ts(e) {
+                    Some(ts) => {
+                        for k in pending.drain(..) {
+                            run.items[k].0 = ts;
+                        }
+                        run.items[j].0 = ts;
+                        prev = Some(ts);
+                    }
+                    None => match prev {
+                        Some(p) => run.items[j].0 = p,
+                        None => pending.push(j),
+                    },
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(events.len());
+        let mut last: Option<usize> = None;
+        loop {
+            let mut best: Option<(u64, usize)> = None;
+            for (i, run) in runs.iter().enumerate() {
+                if let Some(&(k, _)) = run.items.get(run.pos) {
+                    if best.is_none_or(|(bk, _)| k < bk) {
+                        best = Some((k, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            let run = &mut runs[i];
+            let e = run.items[run.pos].1;
+            run.pos += 1;
+            let switch = (last != Some(i) && run.thread != u32::MAX).then_some(run.thread);
+            last = Some(i);
+            out.push((switch, e));
+        }
+        out
+    }
+
+    fn event(kind: u8, arg: u8, ts: u64) -> Event {
+        let span = SpanId(u64::from(arg));
+        match kind % 8 {
+            0 => Event::Thread {
+                id: if arg == 255 {
+                    u32::MAX
+                } else {
+                    u32::from(arg % 4)
+                },
+                name: None,
+            },
+            1 => Event::Callsite(Callsite {
+                id: u32::from(arg),
+                name: "c".into(),
+                target: "t".into(),
+                level: Level::Info,
+                file: None,
+                line: None,
+                kind: CallsiteKind::Span(SpanClass::User),
+                fields: vec![],
+            }),
+            2 => Event::FollowsFrom {
+                span,
+                follows: span,
+            },
+            3 => Event::Enter { span, ts },
+            4 => Event::Exit { span, ts },
+            5 => Event::Poll {
+                task: span,
+                start: ts,
+                duration: 3,
+                wakers: 0,
+            },
+            6 => Event::PollEnd {
+                task: span,
+                ts,
+                wakers: 1,
+            },
+            _ => Event::Record {
+                span,
+                fields: vec![],
+            },
+        }
+    }
+
+    /// Batches of up to 4 runs; timestamps increasing across the batch
+    /// (runs in order), increasing within each run (overlapping runs), or
+    /// anything (few distinct values: ties).
+    fn batch() -> impl Strategy<Value = Vec<Event>> {
+        (
+            0u8..3,
+            prop::collection::vec((any::<u8>(), any::<u8>(), 0u64..12), 0..48),
+        )
+            .prop_map(|(mode, raw)| {
+                let mut clock = 0;
+                let mut run_clock = 0;
+                raw.into_iter()
+                    .map(|(kind, arg, r)| {
+                        if kind % 8 == 0 {
+                            run_clock = r;
+                        }
+                        let ts = match mode {
+                            0 => {
+                                clock += r;
+                                clock
+                            }
+                            1 => {
+                                run_clock += r;
+                                run_clock
+                            }
+                            _ => r,
+                        };
+                        event(kind, arg, ts)
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn merge_is_the_reference_merge(events in batch()) {
+            let fast = merge_threads(&events);
+            let slow = reference(&events);
+            prop_assert_eq!(fast.len(), slow.len());
+            for (k, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                prop_assert_eq!(a.0, b.0, "switch at {}", k);
+                prop_assert!(std::ptr::eq(a.1, b.1), "event at {}", k);
+            }
+        }
+    }
+
+    #[test]
+    fn runs_in_time_order_are_not_merged() {
+        let events: Vec<Event> = [(0, 0, 0), (3, 1, 5), (0, 1, 0), (3, 2, 5), (4, 2, 9)]
+            .into_iter()
+            .map(|(k, a, ts)| event(k, a, ts))
+            .collect();
+        assert!(super::Merge::new(&events).is_none());
+        let overlapping: Vec<Event> = [(0, 0, 0), (3, 1, 6), (0, 1, 0), (3, 2, 5)]
+            .into_iter()
+            .map(|(k, a, ts)| event(k, a, ts))
+            .collect();
+        assert!(super::Merge::new(&overlapping).is_some());
     }
 }

@@ -60,26 +60,73 @@ pub fn field<'a>(
         .map(|f| &f.value)
 }
 
+/// The values of several fields at once: for each of `names`, what
+/// [`field`] returns for it, in one pass over the callsite's names and one
+/// over `fields`.
+pub fn fields_of<'a, const N: usize>(
+    callsite: Option<&Callsite>,
+    fields: &'a [Field],
+    names: [&str; N],
+) -> [Option<&'a Value>; N] {
+    let mut out = [None; N];
+    let Some(cs) = callsite else {
+        return out;
+    };
+    // The index of each name: its first position among the callsite's.
+    let mut idx = [None::<u16>; N];
+    let mut missing = N;
+    for (i, n) in cs.fields.iter().enumerate() {
+        if let Some(k) = names.iter().position(|w| *w == n.as_str()) {
+            if idx[k].is_none() {
+                idx[k] = Some(i as u16);
+                missing -= 1;
+                if missing == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    // The last value recorded under each index.
+    for f in fields.iter().rev() {
+        for k in 0..N {
+            if out[k].is_none() && idx[k] == Some(f.index) {
+                out[k] = Some(&f.value);
+            }
+        }
+    }
+    out
+}
+
+/// A value as a string (see [`field_str`]).
+pub fn as_str(v: Option<&Value>) -> Option<&str> {
+    match v? {
+        Value::Str(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A value as an unsigned integer (see [`field_u64`]).
+pub fn as_u64(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::U64(v) => Some(*v),
+        Value::I64(v) if *v >= 0 => Some(*v as u64),
+        Value::Str(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// A string field.
 pub fn field_str<'a>(
     callsite: Option<&Callsite>,
     fields: &'a [Field],
     name: &str,
 ) -> Option<&'a str> {
-    match field(callsite, fields, name)? {
-        Value::Str(s) => Some(s),
-        _ => None,
-    }
+    as_str(field(callsite, fields, name))
 }
 
 /// An unsigned integer field (non-negative signed values accepted).
 pub fn field_u64(callsite: Option<&Callsite>, fields: &[Field], name: &str) -> Option<u64> {
-    match field(callsite, fields, name)? {
-        Value::U64(v) => Some(*v),
-        Value::I64(v) if *v >= 0 => Some(*v as u64),
-        Value::Str(s) => s.parse().ok(),
-        _ => None,
-    }
+    as_u64(field(callsite, fields, name))
 }
 
 /// A boolean field.
@@ -114,6 +161,10 @@ pub fn callsite_location(callsite: Option<&Callsite>) -> Option<Location> {
 
 /// Merges `new` fields into `fields`: a field with the same index is replaced.
 pub fn merge_fields(fields: &mut Vec<Field>, new: &[Field]) {
+    if fields.is_empty() {
+        // A new span's fields: sized once rather than grown.
+        fields.reserve_exact(new.len().min(awaitscope_wire::limits::MAX_FIELDS));
+    }
     for f in new {
         if let Some(i) = fields.iter().position(|o| o.index == f.index) {
             fields[i].value = f.value.clone();
