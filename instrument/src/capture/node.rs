@@ -16,10 +16,11 @@ use tracing_core::Metadata;
 
 /// A span's identity and what a causal trace shows of it.
 ///
-/// Laid out (`repr(C)`, cache-line aligned) so that what entering and
-/// exiting a span reads and writes (id, class, closed, the task's poll
-/// state) is in its first cache line: one miss, not three, per span.
-#[repr(C, align(64))]
+/// Laid out (`repr(C)`) so that what entering and exiting a span reads and
+/// writes (id, class, closed, the task's poll state) is together at its
+/// start, not spread over its 300-odd bytes. (Aligning it to a cache line
+/// was measured: the aligned allocation made span creation ~50% slower.)
+#[repr(C)]
 pub(crate) struct SpanNode {
     /// Stable id.
     pub id: u64,
@@ -227,8 +228,7 @@ pub(crate) fn render_value(v: &Value) -> String {
 #[cfg(test)]
 mod layout_tests {
     #[test]
-    fn hot_fields_share_the_first_cache_line() {
+    fn hot_fields_come_first() {
         assert!(std::mem::offset_of!(super::SpanNode, poll_cache) <= 64);
-        assert_eq!(std::mem::align_of::<super::SpanNode>(), 64);
     }
 }
