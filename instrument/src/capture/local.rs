@@ -586,14 +586,23 @@ impl Local {
                 None => return false,
             }
         };
-        if pos != self.frames.len() && self.task > pos {
-            // Exited out of order (rare): find the innermost task again.
+        let in_order = pos == self.frames.len();
+        if !in_order {
+            // Exited out of order (rare): frames above it moved down one;
+            // find the innermost task again, and fix the polls' links to
+            // their enclosing task.
             self.task = self
                 .frames
                 .as_slice()
                 .iter()
                 .rposition(|f| f.kind == Kind::Task)
                 .map_or(0, |i| i + 1);
+            for i in 0..self.polls.len() {
+                let p = &mut self.polls.items[i];
+                if p.saved_task > pos + 1 {
+                    p.saved_task -= 1;
+                }
+            }
         }
         match frame.kind {
             Kind::InPoll => {}
@@ -609,7 +618,7 @@ impl Local {
             }
             Kind::Task => {
                 // Its poll: the innermost one unless exits came out of order.
-                let at = if pos == self.frames.len() {
+                let at = if in_order {
                     self.polls.len().saturating_sub(1)
                 } else {
                     self.frames.as_slice()[..pos]
@@ -618,6 +627,7 @@ impl Local {
                         .count()
                 };
                 // Taken from in place (the entry stays in the array).
+                let innermost = at + 1 == self.polls.len();
                 let Some(p) = self.polls.remove(at) else {
                     return true;
                 };
@@ -668,10 +678,27 @@ impl Local {
                 if let Some(n) = poll.node {
                     self.uncache_task(frame.reg, n);
                 }
-                self.tree_len = poll.tree_base;
-                self.tree_cut = false;
-                self.sig = poll.saved_sig;
-                self.task = poll.saved_task;
+                if innermost {
+                    self.tree_len = poll.tree_base;
+                    self.tree_cut = false;
+                    self.sig = poll.saved_sig;
+                    self.task = poll.saved_task;
+                } else {
+                    // An enclosing poll ended before one inside it: that
+                    // one goes on; the polls that were inside this one are
+                    // now inside its enclosing task. (Its await tree nodes
+                    // stay in the buffer until the poll inside ends.)
+                    for i in at..self.polls.len() {
+                        let p = &mut self.polls.items[i];
+                        if p.saved_task == pos + 1 {
+                            p.saved_task = poll.saved_task;
+                        }
+                    }
+                }
+                if self.task == 0 {
+                    self.tree_len = 0;
+                    self.tree_cut = false;
+                }
                 self.last_exit_task = frame.sid;
                 self.last_exit_seq = self.seq;
                 self.last_exit_ts = ts;
@@ -779,6 +806,10 @@ mod tests {
     use super::*;
 
     fn node(id: u64) -> Arc<SpanNode> {
+        node_of(id, SpanClass::User)
+    }
+
+    fn node_of(id: u64, class: SpanClass) -> Arc<SpanNode> {
         let meta = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
             tracing::info_span!("cached").metadata().unwrap()
         });
@@ -786,7 +817,7 @@ mod tests {
             id,
             meta,
             callsite: 0,
-            class: SpanClass::User,
+            class,
             parent: None,
             instance: 0,
             ctx_task: 0,
@@ -801,6 +832,62 @@ mod tests {
             poll_cache: Default::default(),
             polls: Default::default(),
         })
+    }
+
+    /// Drains the records pushed so far as (kind, span, task flag).
+    fn drained(consumer: &mut rtrb::Consumer<Raw>) -> Vec<(&'static str, u64, bool)> {
+        let mut out = Vec::new();
+        while let Ok(raw) = consumer.pop() {
+            out.push(match raw {
+                Raw::Enter { span, task, .. } => ("enter", span, task),
+                Raw::Exit { span, task, .. } => ("exit", span, task),
+                Raw::TreeNode { span, .. } => ("tree", span, false),
+                _ => ("other", 0, false),
+            });
+        }
+        out
+    }
+
+    /// A task polled inside another's poll whose span is exited after the
+    /// outer one (out of order): each poll still ends with its own task,
+    /// and the thread's state is empty afterwards.
+    #[test]
+    fn nested_polls_exited_out_of_order() {
+        let shared = Shared::new(1024);
+        let mut l = new_local(&shared);
+        let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
+        let (a, x, b) = (
+            node_of(1, SpanClass::Task),
+            node(2),
+            node_of(3, SpanClass::Task),
+        );
+        l.enter_reg(&shared, 10, || Some(a.clone()));
+        l.enter_reg(&shared, 20, || Some(x.clone()));
+        l.enter_reg(&shared, 30, || Some(b.clone()));
+        assert_eq!(l.current_task(), 3);
+        // The outer task's span is exited first.
+        assert!(l.exit(&shared, 10));
+        assert_eq!(l.current_task(), 3, "the inner poll goes on");
+        assert!(l.exit(&shared, 30));
+        assert!(l.exit(&shared, 20));
+        assert_eq!((l.frames.len(), l.polls.len(), l.task), (0, 0, 0));
+        let records = drained(&mut consumer);
+        let polls: Vec<_> = records.iter().filter(|r| r.2).map(|r| (r.0, r.1)).collect();
+        assert_eq!(
+            polls,
+            [("enter", 1), ("enter", 3), ("exit", 1), ("exit", 3)],
+            "{records:?}"
+        );
+        assert_eq!(a.polls.count.load(Ordering::Relaxed), 1);
+        assert_eq!(b.polls.count.load(Ordering::Relaxed), 1);
+        assert!(!a.polls.running.load(Ordering::Relaxed));
+        // Nested polls reuse the stacks: again, in order this time.
+        l.enter_reg(&shared, 10, || Some(a.clone()));
+        l.enter_reg(&shared, 30, || Some(b.clone()));
+        assert!(l.exit(&shared, 30));
+        assert!(l.exit(&shared, 10));
+        assert_eq!((l.frames.len(), l.polls.len(), l.task), (0, 0, 0));
+        assert_eq!(a.polls.count.load(Ordering::Relaxed), 2);
     }
 
     #[test]
