@@ -270,20 +270,31 @@ impl Local {
         self.cache_bits = bits;
     }
 
-    /// Span id of the span with registry id `reg` (see [`Local::cached`]).
+    /// Span id of the span with registry id `reg` (see [`Local::node`]).
     #[cfg(test)]
     pub fn span_id(
         &mut self,
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) -> Option<u64> {
+        self.node(reg, lookup).map(|n| n.id)
+    }
+
+    /// The node of the span with registry id `reg`: the task being polled
+    /// if it is that span, else from the cache (see [`Local::cached`]).
+    #[inline]
+    fn node(
+        &mut self,
+        reg: u64,
+        lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) -> Option<&Arc<SpanNode>> {
         // Wakers are mostly cloned by their own task during its poll: that
-        // task's frame knows it (an entered span cannot have closed).
+        // task's poll holds its node (an entered span cannot have closed).
         if self.task != 0 && self.frames.as_slice()[self.task - 1].reg == reg {
-            return Some(self.frames.as_slice()[self.task - 1].sid);
+            return self.polls.last().and_then(|p| p.node.as_ref());
         }
         let i = self.cached(reg, lookup)?;
-        self.cache[i].node.as_ref().map(|n| n.id)
+        self.cache[i].node.as_ref()
     }
 
     /// The span with registry id `reg` was entered.
@@ -385,17 +396,9 @@ impl Local {
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) {
         let by = self.current_task();
-        // Wakers are mostly cloned by their own task during its poll: that
-        // task's frame holds its node (an entered span cannot have closed).
-        let node = if self.task != 0 && self.frames.as_slice()[self.task - 1].reg == reg {
-            self.polls.last().and_then(|p| p.node.as_ref())
-        } else {
-            match self.cached(reg, lookup) {
-                Some(i) => self.cache[i].node.as_ref(),
-                None => None,
-            }
+        let Some(node) = self.node(reg, lookup) else {
+            return;
         };
-        let Some(node) = node else { return };
         let task = node.id;
         let wakers = &node.polls.wakers;
         let op = match op {
@@ -576,15 +579,9 @@ impl Local {
             }
             return false;
         };
-        // Nearly always the innermost frame.
-        let frame = if pos + 1 == self.frames.len() {
-            self.frames.len -= 1;
-            self.frames.items[pos]
-        } else {
-            match self.frames.remove(pos) {
-                Some(f) => *f,
-                None => return false,
-            }
+        // Nearly always the innermost frame (`remove` then moves nothing).
+        let Some(&mut frame) = self.frames.remove(pos) else {
+            return false;
         };
         let in_order = pos == self.frames.len();
         if !in_order {

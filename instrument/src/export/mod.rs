@@ -309,9 +309,15 @@ impl Exporter {
             }));
         }
         let buffer_full = self.buffer_drops();
-        for chunk in events.chunks(BATCH) {
-            self.encode_events(chunk.to_vec(), &mut out);
+        // Through the stream's frame builder, into `buf` for this sink only.
+        // Nothing of the stream is pending: every drain ends with a send.
+        self.send_batch();
+        self.buf.clear();
+        for ev in &events {
+            self.push_event(ev, Self::stage_frame);
         }
+        self.stage_frame();
+        out.extend_from_slice(&self.buf);
         if buffer_full > 0 {
             let bytes = self.frame_bytes(Body::Dropped(DropCounts {
                 buffer_full,
@@ -412,10 +418,17 @@ impl Exporter {
     /// full.
     #[inline]
     fn emit(&mut self, ev: &Event) {
+        self.push_event(ev, Self::send_batch);
+    }
+
+    /// Encodes `ev` into the frame being built; `flush` takes the frame when
+    /// it is full or `ev` does not fit in it.
+    #[inline]
+    fn push_event(&mut self, ev: &Event, flush: fn(&mut Self)) {
         match self.frame.push(ev) {
             Ok(()) => {}
             Err(wire::EncodeError::FrameTooLarge(_)) if !self.frame.is_empty() => {
-                self.send_batch();
+                flush(self);
                 if self.frame.push(ev).is_err() {
                     self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
                 }
@@ -427,66 +440,46 @@ impl Exporter {
             }
         }
         if self.frame.len() >= BATCH {
-            self.send_batch();
+            flush(self);
+        }
+    }
+
+    /// Appends the frame being built to `out` with the next sequence
+    /// number; returns its events, or `None` (they are counted as dropped)
+    /// if it cannot be encoded.
+    fn finish_frame(&mut self, out: &mut Vec<u8>) -> Option<u64> {
+        if self.frame.is_empty() {
+            return None;
+        }
+        let count = self.frame.len() as u64;
+        let seq = self.seq;
+        self.seq += 1;
+        match self.frame.finish(self.process, seq, out) {
+            Ok(()) => Some(count),
+            Err(_) => {
+                self.shared.buffer_full.fetch_add(count, Ordering::Relaxed);
+                None
+            }
         }
     }
 
     /// Sends the current frame to the sinks.
     fn send_batch(&mut self) {
-        if self.frame.is_empty() {
-            return;
-        }
-        let count = self.frame.len() as u64;
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let seq = self.seq;
-        self.seq += 1;
-        match self.frame.finish(self.process, seq, &mut buf) {
-            Ok(()) => {
-                for s in &mut self.sinks {
-                    s.write(&buf, count);
-                }
-            }
-            Err(_) => {
-                self.shared.buffer_full.fetch_add(count, Ordering::Relaxed);
+        if let Some(count) = self.finish_frame(&mut buf) {
+            for s in &mut self.sinks {
+                s.write(&buf, count);
             }
         }
         self.buf = buf;
     }
 
-    /// Encodes `events` as one frame (or several, if over the size cap) onto
-    /// `out`; returns the vector for reuse.
-    fn encode_events(&mut self, events: Vec<Event>, out: &mut Vec<u8>) -> Vec<Event> {
-        let mut frame = Frame {
-            process: self.process,
-            seq: self.seq,
-            body: Body::Events(events),
-        };
-        self.seq += 1;
-        match wire::encode_frame(&frame, out) {
-            Ok(()) => {}
-            Err(wire::EncodeError::FrameTooLarge(_)) => {
-                if let Body::Events(events) = &mut frame.body {
-                    if events.len() > 1 {
-                        let second = events.split_off(events.len() / 2);
-                        let first = std::mem::take(events);
-                        self.encode_events(first, out);
-                        self.encode_events(second, out);
-                    } else {
-                        // One event over the cap cannot happen with capped
-                        // fields; drop it rather than stall the stream.
-                        self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Err(_) => {
-                self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        match frame.body {
-            Body::Events(v) => v,
-            _ => Vec::new(),
-        }
+    /// Appends the current frame to `buf` (a handshake being built).
+    fn stage_frame(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        self.finish_frame(&mut buf);
+        self.buf = buf;
     }
 
     /// Updates the model for a record and converts it to a wire event (only
