@@ -1,71 +1,23 @@
 //! Fault tests of the live collector: many producers, bad peers, producers
 //! killed mid-frame, collector restarts, recording, queue drops.
 
+mod live;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use awaitscope_collector::ingest::recording;
-use awaitscope_collector::ingest::server::{ServeError, Server, ServerConfig, ServerHandle};
+use awaitscope_collector::ingest::server::{ServeError, Server, ServerConfig};
 use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
 use awaitscope_collector::{FindingKind, Model};
 use awaitscope_wire::{MAGIC, MAX_FRAME_LEN};
+use live::{start, wait_until, PATIENCE};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-/// Generous: conditions are awaited, never timed.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-struct Running {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
-}
 
 fn test_config() -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        handshake_timeout: Duration::from_secs(1),
-        scan_interval: Duration::from_millis(50),
-        ..ServerConfig::default()
-    }
-}
-
-async fn start(cfg: ServerConfig) -> Running {
-    let server = Server::bind(cfg).await.expect("bind");
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let (stop, rx) = oneshot::channel();
-    let task = tokio::spawn(server.run_until(async {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        handle,
-        stop: Some(stop),
-        task,
-    }
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    live::test_config(Duration::from_secs(1))
 }
 
 /// A producer's whole stream: hello, `tasks` tasks polled once, goodbye.

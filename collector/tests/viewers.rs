@@ -3,6 +3,8 @@
 //! never slows ingest and is told what it missed; tokens apply to viewers;
 //! bad viewers are refused without affecting producers.
 
+mod live;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -10,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use awaitscope_collector::config::MS;
-use awaitscope_collector::ingest::server::{Server, ServerConfig, ServerHandle};
+use awaitscope_collector::ingest::server::ServerConfig;
 use awaitscope_collector::ingest::viewer::{
     self, Client, ClientError, Control, Message, VIEWER_MAGIC, VIEWER_VERSION,
 };
@@ -18,62 +20,12 @@ use awaitscope_collector::model::TaskState;
 use awaitscope_collector::testing::{Scenario, StreamBuilder, TaskOpts};
 use awaitscope_collector::Model;
 use awaitscope_wire::{ProcessKey, WakeOp};
+use live::{start, wait_until, PATIENCE};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-/// Generous: conditions are awaited, never timed.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-struct Running {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
-}
 
 fn test_config() -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        handshake_timeout: Duration::from_secs(5),
-        scan_interval: Duration::from_millis(50),
-        ..ServerConfig::default()
-    }
-}
-
-async fn start(cfg: ServerConfig) -> Running {
-    let server = Server::bind(cfg).await.expect("bind");
-    let addr = server.local_addr();
-    let handle = server.handle();
-    let (stop, rx) = oneshot::channel();
-    let task = tokio::spawn(server.run_until(async {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        handle,
-        stop: Some(stop),
-        task,
-    }
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    live::test_config(Duration::from_secs(5))
 }
 
 /// A viewer and its model (blocking: run it on a blocking thread).
