@@ -384,19 +384,9 @@ fn whole_poll_events_equal_enter_and_poll_end() {
             let start = (10 + i * 10) * MS;
             let wakers = (i + 1) as u32;
             if whole {
-                b.push(awaitscope_wire::Event::Poll {
-                    task: t,
-                    start,
-                    duration: 2 * MS,
-                    wakers,
-                });
+                b.poll_whole(t, start, start + 2 * MS, wakers);
             } else {
-                b.push(awaitscope_wire::Event::Enter { span: t, ts: start });
-                b.push(awaitscope_wire::Event::PollEnd {
-                    task: t,
-                    ts: start + 2 * MS,
-                    wakers,
-                });
+                b.enter(t, start).poll_end(t, start + 2 * MS, wakers);
             }
             b.waker(t, WakeOp::Wake, None, start + 5 * MS);
         }
