@@ -49,7 +49,7 @@ fn record(info: &std::panic::PanicHookInfo<'_>) {
     let span = trace.leaf_id();
     let trace = trace.wire_lines();
     for shared in instances {
-        let ts = shared.clock.raw();
+        let ts = shared.raw();
         with_local(&shared, |l| {
             let task = l.current_task();
             l.panicked_task = task;

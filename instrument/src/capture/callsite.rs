@@ -91,6 +91,8 @@ pub(crate) struct Callsites {
     /// tokio's waker event callsites (clone, drop, wake, wake_by_ref): the
     /// most frequent events, recognised by address before any map lookup.
     wakers: [std::sync::atomic::AtomicUsize; 4],
+    /// The op of each waker callsite in `wakers`, 0 until learned.
+    waker_ops: [std::sync::atomic::AtomicU8; 4],
     /// Registration order; the exporter sends `all[sent..]` and re-sends all
     /// of them after a reconnect.
     all: Mutex<Vec<wire::Callsite>>,
@@ -107,12 +109,48 @@ impl Callsites {
     }
 
     /// Whether `meta` is one of tokio's waker event callsites.
+    /// The slot of a waker callsite (see [`Callsites::waker_op`]), or
+    /// `None` for other callsites and waker callsites past the slots.
     #[inline]
-    pub fn is_waker(&self, meta: &'static Metadata<'static>) -> bool {
+    pub fn waker_slot(&self, meta: &'static Metadata<'static>) -> Option<usize> {
         let k = key(meta);
         self.wakers
             .iter()
-            .any(|w| w.load(std::sync::atomic::Ordering::Acquire) == k)
+            .position(|w| w.load(std::sync::atomic::Ordering::Acquire) == k)
+    }
+
+    /// The op of the waker callsite in `slot`, once learned.
+    ///
+    /// tokio emits each waker op from its own callsite (`waker.clone`,
+    /// `waker.drop`, ... each a separate `trace!` with a literal `op`), so
+    /// the op is read from the first event of a callsite and the events
+    /// after it need only their task id.
+    #[inline]
+    pub fn waker_op(&self, slot: usize) -> Option<wire::WakeOp> {
+        use std::sync::atomic::Ordering;
+        match self.waker_ops.get(slot)?.load(Ordering::Relaxed) {
+            1 => Some(wire::WakeOp::Wake),
+            2 => Some(wire::WakeOp::WakeByRef),
+            3 => Some(wire::WakeOp::Clone),
+            4 => Some(wire::WakeOp::Drop),
+            _ => None,
+        }
+    }
+
+    /// Remembers the op read from an event of the waker callsite in `slot`.
+    pub fn learn_waker_op(&self, slot: usize, op: wire::WakeOp) {
+        use std::sync::atomic::Ordering;
+        let code = match op {
+            wire::WakeOp::Wake => 1,
+            wire::WakeOp::WakeByRef => 2,
+            wire::WakeOp::Clone => 3,
+            wire::WakeOp::Drop => 4,
+            // Not an op tokio emits.
+            wire::WakeOp::LastDrop => return,
+        };
+        if let Some(o) = self.waker_ops.get(slot) {
+            o.store(code, Ordering::Relaxed);
+        }
     }
 
     /// Registers a callsite (idempotent).

@@ -112,6 +112,8 @@ impl Visit for FieldRecorder {
 /// Picks the two fields of tokio's waker events: `op` and `task.id`.
 #[derive(Default)]
 pub(crate) struct WakerVisitor {
+    /// Read `op` (false when the callsite's op is already known).
+    pub parse_op: bool,
     pub op: Option<awaitscope_wire::WakeOp>,
     pub task_id: Option<u64>,
 }
@@ -136,12 +138,12 @@ impl Visit for WakerVisitor {
         }
     }
     fn record_str(&mut self, field: &TField, value: &str) {
-        if field.name() == "op" {
+        if self.parse_op && field.name() == "op" {
             self.op(value);
         }
     }
     fn record_debug(&mut self, field: &TField, value: &dyn fmt::Debug) {
-        if field.name() == "op" {
+        if self.parse_op && field.name() == "op" {
             // `op` is a `&'static str` recorded with `record_str`; a Debug
             // rendering is quoted.
             let s = format!("{value:?}");

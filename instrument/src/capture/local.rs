@@ -14,7 +14,7 @@
 //! two records per poll (enter and exit of its task span), however deep its
 //! spans. Exits need no registry lookup: they pop this thread's stack.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -164,9 +164,8 @@ struct Poll {
     saved_sig: u64,
     saved_task: usize,
     tree_base: usize,
-    /// Whether this thread holds the task's poll cache (taken at the poll's
-    /// start if it names any span, else at the first span entered); `None`
-    /// until taken.
+    /// Whether this thread holds the task's poll cache (taken at the first
+    /// span entered in the poll); `None` until then.
     owns_cache: Option<bool>,
     /// Spans entered in this poll so far (position in the poll cache of the
     /// next one).
@@ -324,23 +323,23 @@ impl Local {
                     .poll_cache;
                 // SAFETY: this thread acquired the cache at the task's enter
                 // and releases it at its exit.
-                if let Some(n) = unsafe { cache.get(k, reg) } {
-                    let (sid, class) = (n.id, n.class);
-                    let node = (class == SpanClass::Task).then(|| n.clone());
-                    return self.enter(shared, reg, sid, class, node);
+                if let Some(sid) = unsafe { cache.get(k, reg) } {
+                    // Only spans that are not tasks are cached there.
+                    return self.enter(shared, reg, sid, SpanClass::User, None);
                 }
                 let Some(i) = self.cached(reg, lookup) else {
                     return;
                 };
-                let Some(n) = self.cache[i].node.clone() else {
+                let Some(n) = &self.cache[i].node else {
                     return;
                 };
+                let (sid, class) = (n.id, n.class);
                 if let Some(tn) = self.polls.last().and_then(|t| t.node.as_ref()) {
                     // SAFETY: as above.
-                    unsafe { tn.poll_cache.set(k, reg, &n) };
+                    unsafe { tn.poll_cache.set(k, reg, n, tn) };
                 }
-                let node = (n.class == SpanClass::Task).then(|| n.clone());
-                return self.enter(shared, reg, n.id, n.class, node);
+                let node = (class == SpanClass::Task).then(|| n.clone());
+                return self.enter(shared, reg, sid, class, node);
             }
         }
         let Some(i) = self.cached(reg, lookup) else {
@@ -419,7 +418,7 @@ impl Local {
             }
             op @ (WakeOp::WakeByRef | WakeOp::LastDrop) => op,
         };
-        let ts = shared.clock.raw();
+        let ts = shared.raw();
         self.push(Raw::Wake { task, by, op, ts });
     }
 
@@ -492,21 +491,9 @@ impl Local {
             return;
         }
         if class == SpanClass::Task {
-            let ts = shared.clock.raw();
-            let mut owns_cache = None;
+            let ts = shared.raw();
             if let Some(n) = &node {
                 n.polls.running.store(true, Ordering::Relaxed);
-                // Take the task's record of its last poll now, and start
-                // loading the spans it names: this poll will likely enter
-                // them again.
-                if n.poll_cache.filled() {
-                    let owns = n.poll_cache.acquire();
-                    if owns {
-                        // SAFETY: acquired just above; released at the exit.
-                        unsafe { n.poll_cache.prefetch() };
-                    }
-                    owns_cache = Some(owns);
-                }
             }
             let adjacent = self.last_exit_task == sid
                 && self.last_exit_seq == self.seq
@@ -523,7 +510,7 @@ impl Local {
                 p.saved_sig = saved_sig;
                 p.saved_task = saved_task;
                 p.tree_base = tree_base;
-                p.owns_cache = owns_cache;
+                p.owns_cache = None;
                 p.entered = 0;
             });
             self.task = self.frames.len();
@@ -559,7 +546,7 @@ impl Local {
                 f.sid = sid;
                 f.kind = Kind::Outside;
             });
-            let ts = shared.clock.raw();
+            let ts = shared.raw();
             self.push(Raw::Enter {
                 span: sid,
                 task: false,
@@ -604,7 +591,7 @@ impl Local {
         match frame.kind {
             Kind::InPoll => {}
             Kind::Outside => {
-                let ts = shared.clock.raw();
+                let ts = shared.raw();
                 self.push(Raw::Exit {
                     span: frame.sid,
                     task: false,
@@ -632,7 +619,7 @@ impl Local {
                     node: p.node.take(),
                     ..*p
                 };
-                let ts = shared.clock.raw();
+                let ts = shared.raw();
                 let node = poll.node.as_ref();
                 let changed = self.tree_cut
                     || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
@@ -705,8 +692,42 @@ impl Local {
     }
 }
 
+/// This thread's states, one per layer instance. Boxed: [`FAST`] points
+/// into one, and it must not move when the vector grows.
+#[allow(clippy::vec_box)]
+struct Locals(Vec<Box<Local>>);
+
+impl Drop for Locals {
+    fn drop(&mut self) {
+        // Nothing may reach a state being dropped.
+        let _ = FAST.try_with(|f| f.set(std::ptr::null_mut()));
+    }
+}
+
 thread_local! {
-    static LOCAL: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+    static LOCAL: RefCell<Locals> = const { RefCell::new(Locals(Vec::new())) };
+    /// The state in [`LOCAL`] used last; null before the first use and
+    /// after teardown, [`busy`] while a state is in use. A `Cell` of a
+    /// pointer needs no destructor, so reading it is a plain thread-local
+    /// load, without the lazy-registration check of `LOCAL`: the fast path
+    /// of every callback (entered twice per span per poll).
+    static FAST: Cell<*mut Local> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The value of [`FAST`] while a state is in use (no `Local` lives there).
+#[inline(always)]
+fn busy() -> *mut Local {
+    std::ptr::NonNull::dangling().as_ptr()
+}
+
+/// Puts [`FAST`] back when `f` returns or unwinds.
+struct Release(*mut Local);
+
+impl Drop for Release {
+    #[inline(always)]
+    fn drop(&mut self) {
+        FAST.with(|c| c.set(self.0));
+    }
 }
 
 /// Runs `f` with this thread's state for `shared`'s layer instance, creating
@@ -715,28 +736,50 @@ thread_local! {
 /// as dropped.
 #[inline]
 pub(crate) fn with_local<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
+    let p = FAST.with(Cell::get);
+    if !p.is_null() && p != busy() {
+        // SAFETY: a non-null `FAST` other than `busy()` points at a boxed
+        // `Local` owned by `LOCAL`: it stays alive until `LOCAL`'s
+        // destructor, which nulls `FAST` first, and nothing else refers to
+        // it, because whoever uses it sets `FAST` to `busy()` meanwhile (the
+        // slow path and `current_task_node` back off then).
+        let l = unsafe { &mut *p };
+        if l.instance == shared.instance {
+            FAST.with(|c| c.set(busy()));
+            let _release = Release(p);
+            return Some(f(l));
+        }
+    }
+    with_local_slow(shared, f)
+}
+
+#[cold]
+fn with_local_slow<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
     let r = LOCAL.try_with(|cell| {
+        if FAST.with(Cell::get) == busy() {
+            // Re-entered from inside `f`.
+            return None;
+        }
         let Ok(mut locals) = cell.try_borrow_mut() else {
             return None;
         };
-        // Fast path: one layer instance per process.
-        if let Some(first) = locals.first_mut() {
-            if first.instance == shared.instance {
-                return Some(f(first));
-            }
-        }
-        let i = match locals.iter().position(|l| l.instance == shared.instance) {
+        let i = match locals.0.iter().position(|l| l.instance == shared.instance) {
             Some(i) => i,
             None => {
                 // Forget the rings of layer instances that are gone.
-                locals.retain(|l| !l.producer.is_abandoned());
-                locals.push(new_local(shared));
-                locals.len() - 1
+                locals.0.retain(|l| !l.producer.is_abandoned());
+                locals.0.push(Box::new(new_local(shared)));
+                locals.0.len() - 1
             }
         };
-        // Keep the most recently used instance first.
-        locals.swap(0, i);
-        Some(f(&mut locals[0]))
+        let p: *mut Local = &mut *locals.0[i];
+        // From here the state is reached through `p` only (see
+        // `with_local`); the next call takes the fast path.
+        drop(locals);
+        FAST.with(|c| c.set(busy()));
+        let _release = Release(p);
+        // SAFETY: as in `with_local`.
+        Some(f(unsafe { &mut *p }))
     });
     match r {
         Ok(Some(r)) => Some(r),
@@ -752,11 +795,15 @@ pub(crate) fn with_local<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> 
 pub(crate) fn current_task_node(instance: u64) -> Option<Arc<SpanNode>> {
     LOCAL
         .try_with(|cell| {
+            if FAST.with(Cell::get) == busy() {
+                return None;
+            }
             let locals = cell.try_borrow().ok()?;
             locals
+                .0
                 .iter()
                 .find(|l| l.instance == instance)
-                .and_then(Local::current_task_node)
+                .and_then(|l| l.current_task_node())
         })
         .ok()
         .flatten()
@@ -827,6 +874,7 @@ mod tests {
             last_pair_adjacent: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             poll_cache: Default::default(),
+            cached_in: Default::default(),
             polls: Default::default(),
         })
     }
@@ -885,6 +933,43 @@ mod tests {
         assert!(l.exit(&shared, 10));
         assert_eq!((l.frames.len(), l.polls.len(), l.task), (0, 0, 0));
         assert_eq!(a.polls.count.load(Ordering::Relaxed), 2);
+    }
+
+    /// A span remembered in a task's poll cache closes and its registry id
+    /// goes to a new span: the next poll that enters that id enters the new
+    /// span, not the closed one.
+    #[test]
+    fn poll_cache_forgets_a_closed_span() {
+        let shared = Shared::new(1024);
+        let mut l = new_local(&shared);
+        let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
+        let task = node_of(1, SpanClass::Task);
+        let (x, y) = (node(2), node(3));
+        let poll = |l: &mut Local, span: &Arc<SpanNode>| {
+            l.enter_reg(&shared, 10, || Some(task.clone()));
+            l.enter_reg(&shared, 20, || Some(span.clone()));
+            assert!(l.exit(&shared, 20));
+            assert!(l.exit(&shared, 10));
+        };
+        poll(&mut l, &x);
+        poll(&mut l, &x);
+        assert!(
+            x.cached_in.get().is_some(),
+            "the span is in the task's cache"
+        );
+        let trees = |c: &mut rtrb::Consumer<Raw>| -> Vec<u64> {
+            drained(c)
+                .into_iter()
+                .filter(|r| r.0 == "tree")
+                .map(|r| r.1)
+                .collect()
+        };
+        assert_eq!(trees(&mut consumer), [2], "one tree, sent once");
+        x.close();
+        poll(&mut l, &y);
+        assert_eq!(trees(&mut consumer), [3], "the new span's tree");
+        poll(&mut l, &y);
+        assert_eq!(trees(&mut consumer), Vec::<u64>::new(), "unchanged");
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub(crate) struct Shared {
     /// Records dropped because a ring was full (or the thread was exiting).
     pub buffer_full: AtomicU64,
     pub clock: quanta::Clock,
+    /// `clock` reads the CPU's time-stamp counter: [`Shared::raw`] then
+    /// reads it inline (quanta's `Clock::raw` is not inlined across crates
+    /// and matches on its clock kind at every read).
+    tsc: bool,
     /// Raw clock reading at the process origin (ns 0 on the wire).
     pub origin_raw: u64,
     /// Largest ring a thread may grow to (slots).
@@ -78,6 +82,7 @@ static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 impl Shared {
     pub fn new(ring_capacity: usize) -> Arc<Self> {
         let clock = quanta::Clock::new();
+        let tsc = reads_tsc(&clock);
         let origin_raw = clock.raw();
         Arc::new(Self {
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
@@ -87,6 +92,7 @@ impl Shared {
             new_rings: Mutex::new(Vec::new()),
             buffer_full: AtomicU64::new(0),
             clock,
+            tsc,
             origin_raw,
             ring_capacity,
         })
@@ -115,10 +121,44 @@ impl Shared {
         thread
     }
 
+    /// A raw clock reading (see [`Shared::nanos`]).
+    #[inline(always)]
+    pub fn raw(&self) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.tsc {
+            // SAFETY: `rdtsc` has no preconditions; `tsc` is only set when
+            // quanta itself reads it (see `reads_tsc`).
+            return unsafe { core::arch::x86_64::_rdtsc() };
+        }
+        self.clock.raw()
+    }
+
     /// Nanoseconds since the origin for a raw clock reading.
     #[inline]
     pub fn nanos(&self, raw: u64) -> u64 {
         self.clock.delta_as_nanos(self.origin_raw, raw)
+    }
+}
+
+/// Whether `clock` reads the time-stamp counter: quanta uses it when it is
+/// invariant and calibrates it, else falls back to the OS clock, and does
+/// not say which. A TSC reading taken around the clock's own lands between
+/// the two; an OS clock reading (nanoseconds) does not.
+fn reads_tsc(clock: &quanta::Clock) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (0..3).any(|_| {
+            // SAFETY: `rdtsc` has no preconditions.
+            let before = unsafe { core::arch::x86_64::_rdtsc() };
+            let raw = clock.raw();
+            let after = unsafe { core::arch::x86_64::_rdtsc() };
+            before <= raw && raw <= after
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = clock;
+        false
     }
 }
 
@@ -194,7 +234,7 @@ where
             }
             _ => None,
         };
-        let ts = shared.clock.raw();
+        let ts = shared.raw();
         let node = with_local(shared, |l| {
             let node = Arc::new(SpanNode {
                 id: sid,
@@ -213,6 +253,7 @@ where
                 last_pair_adjacent: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 poll_cache: Default::default(),
+                cached_in: Default::default(),
                 polls: Default::default(),
             });
             l.push(Raw::Span(node.clone()));
@@ -284,8 +325,8 @@ where
             return;
         };
         let Some(shared) = &self.shared else { return };
-        data.node.closed.store(true, Ordering::Release);
-        let ts = shared.clock.raw();
+        data.node.close();
+        let ts = shared.raw();
         with_local(shared, |l| {
             let kind = if data.class != SpanClass::Task {
                 CloseKind::Span
@@ -307,7 +348,8 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let Some(shared) = &self.shared else { return };
-        let info = if shared.callsites.is_waker(event.metadata()) {
+        let slot = shared.callsites.waker_slot(event.metadata());
+        let info = if slot.is_some() {
             callsite::Info {
                 id: 0,
                 class: Class::Waker,
@@ -317,11 +359,22 @@ where
         };
         match info.class {
             Class::Waker => {
-                let mut v = WakerVisitor::default();
-                event.record(&mut v);
-                let (Some(op), Some(task_id)) = (v.op, v.task_id) else {
-                    return;
+                let known = slot.and_then(|s| shared.callsites.waker_op(s));
+                let mut v = WakerVisitor {
+                    parse_op: known.is_none(),
+                    ..WakerVisitor::default()
                 };
+                event.record(&mut v);
+                let op = match (known, v.op, slot) {
+                    (Some(op), _, _) => op,
+                    (None, Some(op), Some(s)) => {
+                        shared.callsites.learn_waker_op(s, op);
+                        op
+                    }
+                    (None, Some(op), None) => op,
+                    (None, None, _) => return,
+                };
+                let Some(task_id) = v.task_id else { return };
                 with_local(shared, |l| {
                     let id = Id::from_u64(task_id);
                     l.waker(shared, task_id, op, || Self::lookup_node(&ctx, &id));
@@ -344,7 +397,7 @@ where
                 };
                 let mut rec = FieldRecorder::for_callsite(event.metadata());
                 event.record(&mut rec);
-                let ts = shared.clock.raw();
+                let ts = shared.raw();
                 with_local(shared, |l| {
                     let raw = RawLog {
                         meta: event.metadata(),
@@ -361,5 +414,24 @@ where
             }
             Class::Span(_) | Class::Ignored => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever source the clock reads, readings taken across a sleep
+    /// convert to about the time slept.
+    #[test]
+    fn clock_readings_convert_to_elapsed_time() {
+        let shared = Shared::new(16);
+        let (t0, r0) = (std::time::Instant::now(), shared.raw());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (r1, t1) = (shared.raw(), std::time::Instant::now());
+        let measured = shared.nanos(r1).saturating_sub(shared.nanos(r0));
+        let real = (t1 - t0).as_nanos() as u64;
+        assert!(measured >= 20_000_000, "{measured} ns for {real} ns slept");
+        assert!(measured <= real + 5_000_000, "{measured} ns for {real} ns");
     }
 }

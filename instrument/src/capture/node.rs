@@ -57,6 +57,8 @@ pub(crate) struct SpanNode {
     pub ts: u64,
     /// Recorded fields, updated by `span.record`.
     pub fields: Mutex<Vec<Field>>,
+    /// The task whose poll cache remembers this span, once one does.
+    pub cached_in: std::sync::OnceLock<std::sync::Weak<SpanNode>>,
 }
 
 /// A task's polls, as the threads polling it see them. Only the thread
@@ -89,8 +91,15 @@ impl PollState {
 
 /// Spans entered in a task's last poll, by position (the k-th span entered).
 /// A task that awaits the same thing poll after poll enters the same spans
-/// in the same order: the next poll finds each one here instead of looking
-/// it up in the registry.
+/// in the same order: the next poll finds each one's id here instead of
+/// looking it up in the registry, and without touching the span's node (with
+/// thousands of tasks in turn, each node read is a cache miss).
+///
+/// An entry maps a registry id to a span id; it holds no reference to the
+/// span. A registry id names another span once its span has closed, so a
+/// span cached here records which task's cache holds it
+/// ([`SpanNode::cached_in`]), and its close marks that cache stale: the
+/// next lookup drops every entry. Only spans that are not tasks are cached.
 ///
 /// A task is polled by one thread at a time; the `busy` flag makes that
 /// explicit: the thread that sets it owns the entries until it clears it.
@@ -98,13 +107,13 @@ impl PollState {
 #[derive(Default)]
 pub(crate) struct PollCache {
     busy: AtomicBool,
-    /// Something was ever remembered (polls of tasks that enter no span
-    /// never take the cache).
-    filled: AtomicBool,
-    entries: UnsafeCell<[(u64, Option<Arc<SpanNode>>); POLL_CACHE]>,
+    /// A span named in `entries` closed.
+    stale: AtomicBool,
+    /// (registry id, span id); registry id 0 is an empty entry.
+    entries: UnsafeCell<[(u64, u64); POLL_CACHE]>,
 }
 
-/// Spans remembered per task.
+/// Spans remembered per task poll.
 pub(crate) const POLL_CACHE: usize = 8;
 
 // SAFETY: `entries` is only accessed by the thread that set `busy` (see
@@ -112,82 +121,98 @@ pub(crate) const POLL_CACHE: usize = 8;
 unsafe impl Sync for PollCache {}
 
 impl PollCache {
-    /// Takes the entries for this thread; false if another thread has them.
+    /// Takes the cache for this thread; false if another thread holds it.
     #[inline]
     pub fn acquire(&self) -> bool {
         !self.busy.swap(true, Ordering::Acquire)
     }
 
-    /// Gives the entries back.
+    /// Gives the cache back.
     #[inline]
     pub fn release(&self) {
         self.busy.store(false, Ordering::Release);
     }
 
-    /// The node remembered at position `k` if it is the open span `reg`.
-    /// Borrowed, not cloned: two reference-count updates per span entered
-    /// are most of what entering a known span would otherwise cost.
+    /// The span id of the `k`-th span entered in the last poll, if its
+    /// registry id was `reg`.
     ///
     /// # Safety
-    /// The caller acquired the cache and has not released it, and does not
-    /// call [`PollCache::set`] while holding the reference.
+    /// The caller holds the cache (see [`PollCache::acquire`]).
     #[inline]
-    pub unsafe fn get(&self, k: usize, reg: u64) -> Option<&Arc<SpanNode>> {
+    pub unsafe fn get(&self, k: usize, reg: u64) -> Option<u64> {
+        if self.stale.load(Ordering::Relaxed) {
+            // SAFETY: per the contract.
+            unsafe { self.clear() };
+            return None;
+        }
         // SAFETY: exclusive access, per the contract.
         let entries = unsafe { &*self.entries.get() };
         match entries.get(k) {
-            Some((r, Some(n))) if *r == reg && !n.closed.load(Ordering::Acquire) => Some(n),
+            Some(&(r, sid)) if r == reg && r != 0 => Some(sid),
             _ => None,
         }
     }
 
-    /// Starts loading the nodes remembered into the CPU cache: called at the
-    /// start of a poll, it hides the memory latency of the spans the poll is
-    /// about to enter (their nodes are cold when a thread polls thousands of
-    /// tasks in turn).
+    /// Drops every entry (a span they name closed).
     ///
     /// # Safety
-    /// The caller acquired the cache and has not released it.
-    #[inline]
-    pub unsafe fn prefetch(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: exclusive access, per the contract.
-            let entries = unsafe { &*self.entries.get() };
-            for (_, n) in entries.iter() {
-                let Some(n) = n else { break };
-                // SAFETY: a prefetch is a hint; any address is allowed.
-                unsafe {
-                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                        Arc::as_ptr(n).cast::<i8>(),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Remembers `node` (registry id `reg`) at position `k`.
-    ///
-    /// # Safety
-    /// The caller acquired the cache and has not released it.
-    #[inline]
-    pub unsafe fn set(&self, k: usize, reg: u64, node: &Arc<SpanNode>) {
+    /// As for [`PollCache::get`].
+    #[cold]
+    unsafe fn clear(&self) {
+        // Cleared before the entries are: a close after this marks the
+        // cache again.
+        self.stale.store(false, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
         // SAFETY: exclusive access, per the contract.
         let entries = unsafe { &mut *self.entries.get() };
-        if let Some(e) = entries.get_mut(k) {
-            *e = (reg, Some(node.clone()));
-            self.filled.store(true, Ordering::Relaxed);
-        }
+        *entries = [(0, 0); POLL_CACHE];
     }
 
-    /// Whether any span was ever remembered.
+    /// Remembers `node` (registry id `reg`) as the `k`-th span entered, if
+    /// it can be: it is not a task, no other task's cache holds it, and it
+    /// is open. `task` is the node that owns this cache.
+    ///
+    /// # Safety
+    /// As for [`PollCache::get`].
     #[inline]
-    pub fn filled(&self) -> bool {
-        self.filled.load(Ordering::Relaxed)
+    pub unsafe fn set(&self, k: usize, reg: u64, node: &SpanNode, task: &Arc<SpanNode>) {
+        if node.class == SpanClass::Task || k >= POLL_CACHE || reg == 0 {
+            return;
+        }
+        let owner = node.cached_in.get_or_init(|| Arc::downgrade(task));
+        if owner.as_ptr() != Arc::as_ptr(task) {
+            return;
+        }
+        // Pairs with the fence in `SpanNode::close`: either its close sees
+        // `cached_in`, or this sees `closed`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if node.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: exclusive access, per the contract.
+        let entries = unsafe { &mut *self.entries.get() };
+        entries[k] = (reg, node.id);
+    }
+
+    /// Marks the cache stale (a span it may name closed).
+    #[inline]
+    fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
     }
 }
 
 impl SpanNode {
+    /// The span closed: per-thread caches stop trusting its registry id,
+    /// and the task cache that names it drops its entries.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // Pairs with the fence in `PollCache::set`.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(task) = self.cached_in.get().and_then(std::sync::Weak::upgrade) {
+            task.poll_cache.mark_stale();
+        }
+    }
+
     /// The string or display value of a field, by name.
     pub fn field(&self, name: &str) -> Option<Value> {
         let index = self.meta.fields().field(name)?.index();

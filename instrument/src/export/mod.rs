@@ -93,7 +93,7 @@ impl Source {
     pub fn dump(&self) -> Dump {
         self.flush(Duration::from_secs(5));
         let shared = &self.shared;
-        let now = shared.nanos(shared.clock.raw());
+        let now = shared.nanos(shared.raw());
         self.model
             .lock()
             .unwrap_or_else(|e| e.into_inner())

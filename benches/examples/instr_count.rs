@@ -1,0 +1,87 @@
+//! Per-operation cost of the capture layer in *instructions*, for A/B
+//! comparisons of hot-path changes on a noisy machine, where timings of a
+//! few nanoseconds drown in noise. Run under callgrind:
+//!
+//! ```sh
+//! cargo build --release -p awaitscope-benches --example instr_count
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \
+//!     target/release/examples/instr_count
+//! callgrind_annotate --inclusive=yes /tmp/cg.out | grep measure_
+//! ```
+//!
+//! Each `measure_*` function runs its operation [`N`] times under
+//! `registry()` + the awaitscope layer (records kept in memory, nothing
+//! written); divide its inclusive count by `N`. Instruction counts ignore
+//! cache misses and contention, which the workload bench measures.
+
+use tracing::{Dispatch, Level};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Operations per scenario: small enough that every record fits the rings.
+const N: u64 = 20_000;
+
+fn task_span(i: u64) -> tracing::Span {
+    tracing::span!(target: "tokio::task", Level::TRACE, "runtime.spawn", kind = "task", task.id = i)
+}
+
+/// One poll of a task: enter and exit of its span.
+#[inline(never)]
+fn measure_poll(task: &tracing::Span) {
+    for _ in 0..N {
+        let _e = task.enter();
+    }
+}
+
+/// One poll that enters three nested spans inside the task's span.
+#[inline(never)]
+fn measure_poll_nested(task: &tracing::Span, spans: &[tracing::Span; 3]) {
+    for _ in 0..N {
+        let _t = task.enter();
+        let _a = spans[0].enter();
+        let _b = spans[1].enter();
+        let _c = spans[2].enter();
+    }
+}
+
+/// A waker clone inside the task's poll, then its wake outside any poll,
+/// as tokio emits them for `yield_now`.
+#[inline(never)]
+fn measure_clone_wake(task: &tracing::Span) {
+    let id = task.id().map_or(0, |i| i.into_u64());
+    for _ in 0..N {
+        {
+            let _t = task.enter();
+            tracing::trace!(target: "tokio::task::waker", op = "waker.clone", task.id = id);
+        }
+        tracing::trace!(target: "tokio::task::waker", op = "waker.wake", task.id = id);
+    }
+}
+
+fn main() {
+    let (layer, guard) = awaitscope::Builder::new()
+        .no_stream()
+        .ring_capacity(1 << 20)
+        .build();
+    let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        let task = task_span(1);
+        let spans = [
+            tracing::info_span!("outer", n = 1u64),
+            tracing::info_span!("middle", n = 2u64),
+            tracing::info_span!("inner", n = 3u64),
+        ];
+        // Warm up: first sightings of callsites and spans are not measured.
+        for _ in 0..3 {
+            let _t = task.enter();
+            let _a = spans[0].enter();
+            let _b = spans[1].enter();
+            let _c = spans[2].enter();
+        }
+        measure_poll(&task);
+        measure_poll_nested(&task, &spans);
+        measure_clone_wake(&task);
+    });
+    drop(dispatch);
+    drop(guard);
+    println!("ran {N} of each");
+}
