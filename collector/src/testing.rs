@@ -928,6 +928,12 @@ impl Scenario {
         self.sync();
     }
 
+    /// The program says goodbye (it ended).
+    pub fn goodbye(&mut self) {
+        self.b.goodbye();
+        self.sync();
+    }
+
     /// Advances the clock to `ts` and scans.
     pub fn tick(&mut self, ts: u64) {
         self.sync();

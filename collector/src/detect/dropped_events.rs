@@ -83,6 +83,31 @@ mod tests {
         assert!(f[1].message.contains("collector dropped 3"));
     }
 
+    /// The counts of the program's last flush arrive just before its
+    /// goodbye: the finding says them without waiting for another scan.
+    #[test]
+    fn final_counts_reach_the_finding_at_goodbye() {
+        let mut s = Scenario::new();
+        s.dropped(DropCounts {
+            buffer_full: 5,
+            ..Default::default()
+        });
+        s.tick(1);
+        s.dropped(DropCounts {
+            buffer_full: 9,
+            ..Default::default()
+        });
+        s.goodbye();
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::DroppedEvents).collect();
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].message.contains("dropped 9 events"),
+            "{}",
+            f[0].message
+        );
+    }
+
     #[test]
     fn no_drops_no_finding() {
         let mut s = Scenario::new();

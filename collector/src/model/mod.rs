@@ -90,7 +90,10 @@ impl Model {
                 p.connected = false;
             }
         }
-        if p.now >= p.last_scan.saturating_add(cfg.scan_interval_ns) {
+        // The program ended: its findings say how it ended (the drop counts
+        // of its last flush, ...) without waiting for another scan.
+        let ended = matches!(frame.body, Body::Goodbye);
+        if ended || p.now >= p.last_scan.saturating_add(cfg.scan_interval_ns) {
             let now = p.now;
             p.scan(now, cfg, &mut self.findings);
         }
