@@ -11,8 +11,12 @@
 //!
 //! Each `measure_*` function runs its operation [`N`] times under
 //! `registry()` + the awaitscope layer (records kept in memory, nothing
-//! written); divide its inclusive count by `N`. Instruction counts ignore
-//! cache misses and contention, which the workload bench measures.
+//! written); divide its inclusive count by `N`. With the argument
+//! `registry`, the same runs under `registry()` alone: the difference is
+//! awaitscope's own cost. Instruction counts ignore cache misses and
+//! contention, which the workload bench measures. (Under valgrind quanta
+//! does not trust the TSC and reads the OS clock: each clock read costs
+//! ~100 instructions here that it does not on hardware.)
 
 use tracing::{Dispatch, Level};
 use tracing_subscriber::layer::SubscriberExt;
@@ -62,7 +66,11 @@ fn main() {
         .no_stream()
         .ring_capacity(1 << 20)
         .build();
-    let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = if std::env::args().any(|a| a == "registry") {
+        Dispatch::new(tracing_subscriber::registry())
+    } else {
+        Dispatch::new(tracing_subscriber::registry().with(layer))
+    };
     tracing::dispatcher::with_default(&dispatch, || {
         let task = task_span(1);
         let spans = [
