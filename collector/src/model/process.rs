@@ -5,8 +5,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use awaitscope_wire::{
-    Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Level, ProcessInfo,
-    ProcessKey, SpanClass, SpanId, TreeNode, WakeOp,
+    Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Level, Log, ProcessInfo,
+    ProcessKey, SpanClass, SpanId, SpanNew, TreeNode, WakeOp,
 };
 
 use super::await_tree::AwaitTree;
@@ -249,7 +249,7 @@ impl Process {
         match e {
             Event::Callsite(c) => {
                 if self.callsites.len() < MAX_CALLSITES || self.callsites.contains_key(&c.id) {
-                    self.callsites.insert(c.id, c.clone());
+                    self.callsites.insert(c.id, (**c).clone());
                 }
             }
             Event::Thread { id, name } => {
@@ -258,17 +258,9 @@ impl Process {
                     self.thread().name = Some(n.clone());
                 }
             }
-            Event::SpanNew {
-                id,
-                callsite,
-                parent,
-                ctx_task,
-                ctx_span,
-                ts,
-                fields,
-            } => {
-                self.bump(*ts);
-                self.span_new(*id, *callsite, *parent, *ctx_task, *ctx_span, *ts, fields);
+            Event::SpanNew(n) => {
+                self.bump(n.ts);
+                self.span_new(n);
             }
             Event::Record { span, fields } => {
                 if let Some(t) = self.tasks.get_mut(span) {
@@ -336,26 +328,20 @@ impl Process {
                     wake(t, *op, *by, *ts);
                 }
             }
-            Event::Log {
-                callsite,
-                span,
-                task,
-                ts,
-                fields,
-                trace,
-            } => {
-                self.bump(*ts);
-                self.log(*callsite, *span, *task, *ts, fields, trace, cfg, findings);
+            Event::Log(l) => {
+                self.bump(l.ts);
+                self.log(l, cfg, findings);
             }
-            Event::Panic {
-                task,
-                span,
-                message,
-                file,
-                line,
-                ts,
-                trace,
-            } => {
+            Event::Panic(p) => {
+                let awaitscope_wire::Panic {
+                    task,
+                    span,
+                    message,
+                    file,
+                    line,
+                    ts,
+                    trace,
+                } = &**p;
                 self.bump(*ts);
                 if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
                     t.panic = Some(message.clone());
@@ -379,17 +365,16 @@ impl Process {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn span_new(
-        &mut self,
-        id: SpanId,
-        callsite: u32,
-        parent: Option<SpanId>,
-        ctx_task: Option<SpanId>,
-        ctx_span: Option<SpanId>,
-        ts: u64,
-        fields: &[Field],
-    ) {
+    fn span_new(&mut self, n: &SpanNew) {
+        let SpanNew {
+            id,
+            callsite,
+            parent,
+            ctx_task,
+            ctx_span,
+            ts,
+            ref fields,
+        } = *n;
         let cs = self.callsites.get(&callsite);
         // As `span_class`.
         let class = match cs.map(|c| c.kind) {
@@ -729,18 +714,15 @@ impl Process {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &mut self,
-        callsite: u32,
-        span: Option<SpanId>,
-        task: Option<SpanId>,
-        ts: u64,
-        fields: &[Field],
-        trace: &[String],
-        cfg: &Config,
-        findings: &mut Findings,
-    ) {
+    fn log(&mut self, l: &Log, cfg: &Config, findings: &mut Findings) {
+        let Log {
+            callsite,
+            span,
+            task,
+            ts,
+            ref fields,
+            ref trace,
+        } = *l;
         let Some(cs) = self.callsites.get(&callsite) else {
             return;
         };
@@ -1106,15 +1088,15 @@ impl Process {
 /// Timestamp of an event, if it has one.
 fn event_ts(e: &Event) -> Option<u64> {
     match e {
-        Event::SpanNew { ts, .. }
-        | Event::Enter { ts, .. }
+        Event::Enter { ts, .. }
         | Event::Exit { ts, .. }
         | Event::PollEnd { ts, .. }
         | Event::Poll { start: ts, .. }
         | Event::Close { ts, .. }
-        | Event::Wake { ts, .. }
-        | Event::Log { ts, .. }
-        | Event::Panic { ts, .. } => Some(*ts),
+        | Event::Wake { ts, .. } => Some(*ts),
+        Event::SpanNew(n) => Some(n.ts),
+        Event::Log(l) => Some(l.ts),
+        Event::Panic(p) => Some(p.ts),
         _ => None,
     }
 }
@@ -1578,7 +1560,7 @@ mod merge_tests {
                 },
                 name: None,
             },
-            1 => Event::Callsite(Callsite {
+            1 => Event::Callsite(Box::new(Callsite {
                 id: u32::from(arg),
                 name: "c".into(),
                 target: "t".into(),
@@ -1587,7 +1569,7 @@ mod merge_tests {
                 line: None,
                 kind: CallsiteKind::Span(SpanClass::User),
                 fields: vec![],
-            }),
+            })),
             2 => Event::FollowsFrom {
                 span,
                 follows: span,
