@@ -1010,11 +1010,21 @@ impl Process {
         out
     }
 
+    /// The ids of the live tasks, in order: scans observe findings task by
+    /// task, and a finding keeps the first tasks and the worst message it
+    /// is given, so the order must not be the map's (seeded per map, and
+    /// so per run).
+    fn task_ids(&self) -> Vec<SpanId> {
+        let mut ids: Vec<SpanId> = self.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Runs the state detectors at `now` (the process clock).
     pub fn scan(&mut self, now: u64, cfg: &Config, findings: &mut Findings) {
         self.last_scan = now;
         let th = &cfg.thresholds;
-        let ids: Vec<SpanId> = self.tasks.keys().copied().collect();
+        let ids = self.task_ids();
         for id in ids {
             // A poll long over is a real poll (a drop would be closed by now).
             let commit = self.tasks.get(&id).is_some_and(|t| {
@@ -1065,7 +1075,7 @@ impl Process {
 
     /// Commits the last poll of every open task (end of a recording).
     pub fn finish(&mut self, cfg: &Config, findings: &mut Findings) {
-        let ids: Vec<SpanId> = self.tasks.keys().copied().collect();
+        let ids = self.task_ids();
         for id in ids {
             if self.tasks[&id].poll_start.is_some() {
                 continue;
