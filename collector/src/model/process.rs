@@ -13,7 +13,7 @@ use super::await_tree::AwaitTree;
 use super::hash::FastMap;
 use super::resource::Resource;
 use super::span::{self, Location, Span};
-use super::task::{record_us, LogRecord, Task, TaskState, TaskSummary};
+use super::task::{LogRecord, Task, TaskState, TaskSummary};
 use crate::config::Config;
 use crate::detect::{self, Findings, Observation, TaskRef};
 
@@ -668,6 +668,8 @@ impl Process {
             t.waiting_on.clear();
             t.await_tree = AwaitTree::default();
             t.flags = 0;
+            // Its histograms are final: read without a copy from now on.
+            t.flush_samples();
             self.completed.push_back(t);
             self.prune(cfg);
             return;
@@ -1417,7 +1419,7 @@ fn start_poll(t: &mut Task, ts: u64, th: &crate::Thresholds) -> PollChecks {
     if let Some(since) = t.scheduled_since.take() {
         let wait = ts.saturating_sub(since);
         t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
-        record_us(&mut t.hist_mut().scheduled_us, wait);
+        t.record_scheduled(wait);
         if wait > th.starvation_ns {
             checks.starved = Some(wait);
         } else {
