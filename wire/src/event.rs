@@ -252,7 +252,7 @@ pub enum Event {
         name: Option<String>,
     },
     /// A span was created (boxed: rare next to polls and wakes, and large).
-    SpanNew(Box<SpanNew>),
+    SpanNew(#[serde(deserialize_with = "capped::span_new")] Box<SpanNew>),
     /// More fields were recorded on a span.
     Record {
         /// The span.
@@ -319,7 +319,7 @@ pub enum Event {
     },
     /// An event (`tracing::event!`) that passed the producer's filter: WARN and
     /// ERROR events of the program, and tokio's resource events (boxed).
-    Log(Box<Log>),
+    Log(#[serde(deserialize_with = "capped::log")] Box<Log>),
     /// A panic, caught by the panic hook (boxed).
     Panic(Box<Panic>),
     /// A whole poll of a task, start and end in one event (version 2): what
@@ -423,9 +423,11 @@ pub(crate) mod capped {
     use std::cell::{Cell, RefCell};
     use std::fmt;
 
-    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+    use serde::de::{
+        Deserialize, DeserializeSeed, Deserializer, Error, Expected, SeqAccess, Visitor,
+    };
 
-    use super::{limits, Event, Field, TreeNode};
+    use super::{limits, Event, Field, Log, SpanId, SpanNew, TreeNode};
 
     thread_local! {
         /// Why the last list on this thread was refused. Codecs may drop the
@@ -435,12 +437,197 @@ pub(crate) mod capped {
         /// An empty event vector given back by [`crate::recycle`]: the next
         /// batch decoded on this thread fills it rather than allocating.
         static SPARE: Cell<Vec<Event>> = const { Cell::new(Vec::new()) };
+        /// Emptied boxes of `SpanNew` events given back by [`crate::recycle`]
+        /// (the boxes themselves are what is reused).
+        #[allow(clippy::vec_box)]
+        static SPAN_NEWS: RefCell<Vec<Box<SpanNew>>> = const { RefCell::new(Vec::new()) };
+        /// Emptied boxes of `Log` events given back by [`crate::recycle`].
+        #[allow(clippy::vec_box)]
+        static LOGS: RefCell<Vec<Box<Log>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A `SpanNew` decoded into a box given back by [`crate::recycle`] (its
+    /// field vector reused too), else into a new one. The encoding is the
+    /// derived one: the struct's fields in order.
+    pub(super) fn span_new<'de, D: Deserializer<'de>>(d: D) -> Result<Box<SpanNew>, D::Error> {
+        if d.is_human_readable() {
+            return Box::<SpanNew>::deserialize(d);
+        }
+        let mut b = SPAN_NEWS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+            Box::new(SpanNew {
+                id: SpanId(0),
+                callsite: 0,
+                parent: None,
+                ctx_task: None,
+                ctx_span: None,
+                ts: 0,
+                fields: Vec::new(),
+            })
+        });
+        d.deserialize_struct("SpanNew", SPAN_NEW_FIELDS, InSpanNew(&mut b))?;
+        Ok(b)
+    }
+
+    /// A `Log` decoded as [`span_new`] decodes a `SpanNew`.
+    pub(super) fn log<'de, D: Deserializer<'de>>(d: D) -> Result<Box<Log>, D::Error> {
+        if d.is_human_readable() {
+            return Box::<Log>::deserialize(d);
+        }
+        let mut b = LOGS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+            Box::new(Log {
+                callsite: 0,
+                span: None,
+                task: None,
+                ts: 0,
+                fields: Vec::new(),
+                trace: Vec::new(),
+            })
+        });
+        d.deserialize_struct("Log", LOG_FIELDS, InLog(&mut b))?;
+        Ok(b)
+    }
+
+    const SPAN_NEW_FIELDS: &[&str] = &[
+        "id", "callsite", "parent", "ctx_task", "ctx_span", "ts", "fields",
+    ];
+    const LOG_FIELDS: &[&str] = &["callsite", "span", "task", "ts", "fields", "trace"];
+
+    /// The next field of a struct read as a sequence.
+    fn field<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+        seq: &mut A,
+        i: usize,
+        what: &dyn Expected,
+    ) -> Result<T, A::Error> {
+        seq.next_element()?
+            .ok_or_else(|| Error::invalid_length(i, what))
+    }
+
+    /// The next field of a struct, a capped list, read into `into`
+    /// (reusing its allocation).
+    fn list_field<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+        seq: &mut A,
+        i: usize,
+        what: &dyn Expected,
+        into: &mut Vec<T>,
+        cap: usize,
+        name: &'static str,
+    ) -> Result<(), A::Error> {
+        seq.next_element_seed(IntoVec {
+            into,
+            cap,
+            what: name,
+        })?
+        .ok_or_else(|| Error::invalid_length(i, what))
+    }
+
+    struct IntoVec<'a, T> {
+        into: &'a mut Vec<T>,
+        cap: usize,
+        what: &'static str,
+    }
+
+    impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for IntoVec<'_, T> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            let init = std::mem::take(self.into);
+            *self.into = d.deserialize_seq(CappedVec {
+                cap: self.cap,
+                what: self.what,
+                init,
+            })?;
+            Ok(())
+        }
+    }
+
+    struct InSpanNew<'a>(&'a mut SpanNew);
+
+    impl<'de> Visitor<'de> for InSpanNew<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("struct SpanNew")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let exp = &"struct SpanNew with 7 elements";
+            let n = self.0;
+            n.id = field(&mut seq, 0, exp)?;
+            n.callsite = field(&mut seq, 1, exp)?;
+            n.parent = field(&mut seq, 2, exp)?;
+            n.ctx_task = field(&mut seq, 3, exp)?;
+            n.ctx_span = field(&mut seq, 4, exp)?;
+            n.ts = field(&mut seq, 5, exp)?;
+            list_field(
+                &mut seq,
+                6,
+                exp,
+                &mut n.fields,
+                limits::MAX_FIELDS,
+                "fields",
+            )
+        }
+    }
+
+    struct InLog<'a>(&'a mut Log);
+
+    impl<'de> Visitor<'de> for InLog<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("struct Log")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let exp = &"struct Log with 6 elements";
+            let l = self.0;
+            l.callsite = field(&mut seq, 0, exp)?;
+            l.span = field(&mut seq, 1, exp)?;
+            l.task = field(&mut seq, 2, exp)?;
+            l.ts = field(&mut seq, 3, exp)?;
+            list_field(
+                &mut seq,
+                4,
+                exp,
+                &mut l.fields,
+                limits::MAX_FIELDS,
+                "fields",
+            )?;
+            list_field(
+                &mut seq,
+                5,
+                exp,
+                &mut l.trace,
+                limits::MAX_TRACE,
+                "trace lines",
+            )
+        }
     }
 
     /// Keeps `events` (emptied) for the next batch decoded on this thread,
-    /// unless a larger spare is kept already.
+    /// unless a larger spare is kept already, and the boxes of its `SpanNew`
+    /// and `Log` events (emptied too) for the next ones decoded, up to a
+    /// batch of each.
     pub(crate) fn put_spare(mut events: Vec<Event>) {
-        events.clear();
+        SPAN_NEWS.with(|spans| {
+            LOGS.with(|logs| {
+                let (mut spans, mut logs) = (spans.borrow_mut(), logs.borrow_mut());
+                for e in events.drain(..) {
+                    match e {
+                        Event::SpanNew(mut b) if spans.len() < limits::MAX_BATCH => {
+                            b.fields.clear();
+                            spans.push(b);
+                        }
+                        Event::Log(mut b) if logs.len() < limits::MAX_BATCH => {
+                            b.fields.clear();
+                            b.trace.clear();
+                            logs.push(b);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        });
         SPARE.with(|s| {
             let old = s.take();
             s.set(if old.capacity() >= events.capacity() {

@@ -484,3 +484,29 @@ fn recycled_event_vectors_are_reused_and_decode_the_same() {
     assert_eq!(events.as_ptr(), ptr);
     assert_eq!(&second, batch);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Frames decoded into the vectors and boxes of frames given back
+    /// decode as into new ones: nothing of the old frames shows through.
+    #[test]
+    fn frames_decoded_after_recycled_ones_are_intact(
+        frames in prop::collection::vec(arb_frame(), 1..8),
+    ) {
+        let bytes = stream(&frames);
+        let mut reader = FrameReader::new(&bytes[..]).unwrap();
+        let mut n = 0;
+        while let Some(f) = reader.next_frame().unwrap() {
+            prop_assert_eq!(&f, &frames[n]);
+            n += 1;
+            recycle(f);
+        }
+        prop_assert_eq!(n, frames.len());
+        // Again, from the other end: other frames land in the spares.
+        let rev: Vec<Frame> = frames.into_iter().rev().collect();
+        let (decoded, rest) = decode_all(&stream(&rev)[Preamble::LEN..]);
+        prop_assert_eq!(decoded, rev);
+        prop_assert_eq!(rest.unwrap(), 0);
+    }
+}
