@@ -479,6 +479,7 @@ impl Process {
         });
         let node = match owner.and_then(|o| self.tasks.get_mut(&o)) {
             Some(t) if class != SpanClass::AsyncOpPoll => {
+                t.tree_changed = true;
                 if !t.tree_from_enters {
                     // Spans entered in this poll replace the previous tree.
                     t.tree_from_enters = true;
@@ -611,6 +612,7 @@ impl Process {
         }
         if let Some(t) = self.tasks.get_mut(&task) {
             t.await_tree = tree;
+            t.tree_changed = true;
         }
     }
 
@@ -1451,12 +1453,59 @@ fn end_poll(t: &mut Task, ts: u64) {
     } else {
         t.state = TaskState::Idle;
     }
+    if !t.tree_changed {
+        // Same tree as at the last poll's end: same leaf, same since.
+        return;
+    }
+    t.tree_changed = false;
     let leaf = leaf_span(&t.await_tree);
     t.leaf = match (leaf, t.leaf) {
         (Some(l), Some((old, since))) if l == old => Some((old, since)),
         (Some(l), _) => Some((l, start)),
         (None, _) => None,
     };
+}
+
+#[cfg(test)]
+mod leaf_tests {
+    use crate::testing::{Scenario, TaskOpts};
+
+    /// The leaf a task waits on, and since when, follows its await tree
+    /// across polls that keep it and polls that change it.
+    #[test]
+    fn the_leaf_and_its_start_follow_tree_changes() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("t"), 0);
+        let a = s.user_span("a", 1);
+        let b = s.user_span("b", 2);
+        let leaf = |s: &mut Scenario| s.model().processes().next().unwrap().tasks[&t].leaf;
+        let poll_in = |s: &mut Scenario, span, ts| {
+            s.begin_poll(t, ts);
+            s.enter(span, ts + 1);
+            s.exit(span, ts + 2);
+            s.end_poll(t, ts + 3);
+        };
+        // Poll 1 waits in `a`.
+        poll_in(&mut s, a, 10);
+        assert_eq!(leaf(&mut s), Some((a, 10)));
+        // Poll 2 enters the same spans: the producer sends no tree, and the
+        // wait goes on from poll 1.
+        poll_in(&mut s, a, 20);
+        assert_eq!(leaf(&mut s), Some((a, 10)));
+        // Poll 3 waits in `b` instead, poll 4 too.
+        poll_in(&mut s, b, 30);
+        assert_eq!(leaf(&mut s), Some((b, 30)));
+        poll_in(&mut s, b, 40);
+        assert_eq!(leaf(&mut s), Some((b, 30)));
+        // Poll 5 enters nothing: no leaf.
+        s.poll_v2(t, 50, 51, 1);
+        assert_eq!(leaf(&mut s), None);
+        // Poll 6 goes back to `a`: a new wait, from this poll.
+        poll_in(&mut s, a, 60);
+        assert_eq!(leaf(&mut s), Some((a, 60)));
+        poll_in(&mut s, a, 70);
+        assert_eq!(leaf(&mut s), Some((a, 60)));
+    }
 }
 
 #[cfg(test)]

@@ -215,6 +215,9 @@ pub struct Task {
     /// The await-tree leaf span of the last poll, and since when it has been
     /// the leaf.
     pub leaf: Option<(SpanId, u64)>,
+    /// `await_tree` changed since `leaf` was taken from it (set by whatever
+    /// changes the tree: the end of a poll looks for its leaf only then).
+    pub(crate) tree_changed: bool,
     /// Resources the task is waiting on (polled, not ready, in its last poll).
     pub waiting_on: Vec<SpanId>,
     /// Recent WARN/ERROR events.
@@ -264,6 +267,7 @@ impl Task {
             last_poll_end: None,
             await_tree: AwaitTree::default(),
             leaf: None,
+            tree_changed: false,
             waiting_on: Vec::new(),
             logs: VecDeque::new(),
             warn_count: 0,
