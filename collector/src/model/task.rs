@@ -105,7 +105,7 @@ fn record_value_us(h: &mut Histogram<u32>, us: u64) {
 }
 
 /// Samples kept in a task before they go into its histograms.
-const SAMPLES: usize = 8;
+const SAMPLES: usize = 16;
 
 /// Marks a sample of the scheduled-time histogram (else: a poll time).
 const SCHEDULED: u32 = 1 << 31;
@@ -115,8 +115,9 @@ const SCHEDULED: u32 = 1 << 31;
 /// Recording a value touches the task's boxed histograms and their counts,
 /// out of the cache when many tasks are live: two records per poll were a
 /// tenth of ingest. The samples wait in the task (which the poll touches
-/// anyway) and go into the histograms eight at a time, in order, so the
-/// histograms come out as if recorded one by one.
+/// anyway) and go into the histograms sixteen at a time (one cache line of
+/// samples), in order, so the histograms come out as if recorded one by
+/// one.
 #[derive(Clone, Copy, Debug, Default)]
 struct Samples {
     us: [u32; SAMPLES],
