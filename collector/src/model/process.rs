@@ -713,39 +713,49 @@ impl Process {
     /// Folds completed tasks beyond the retention limits into the summary.
     pub fn prune(&mut self, cfg: &Config) {
         let r = &cfg.retention;
-        while let Some(front) = self.completed.front() {
-            let old = front
+        let Self {
+            completed,
+            summary,
+            last_group,
+            now,
+            ..
+        } = self;
+        // Folded where they lie, then dropped there: a task is large, and
+        // taking each out of the queue copied it once more.
+        let mut folded = 0;
+        for t in completed.iter() {
+            let old = t
                 .closed
-                .is_some_and(|c| self.now.saturating_sub(c) > r.completed_max_age_ns);
-            if self.completed.len() <= r.completed_max_count && !old {
+                .is_some_and(|c| now.saturating_sub(c) > r.completed_max_age_ns);
+            if completed.len() - folded <= r.completed_max_count && !old {
                 break;
             }
-            let t = self.completed.pop_front().expect("front exists");
+            folded += 1;
             // Tasks of one group tend to follow each other: reuse the key of
             // the last one rather than format it again.
-            let cached = self
-                .last_group
+            let cached = last_group
                 .as_ref()
                 .filter(|g| g.name == t.name && g.location == t.location);
-            if let Some(s) = cached.and_then(|g| self.summary.get_mut(g.key.as_str())) {
-                s.add(&t);
+            if let Some(s) = cached.and_then(|g| summary.get_mut(g.key.as_str())) {
+                s.add(t);
                 continue;
             }
-            let mut key = super::task::group_key(&t);
-            self.last_group = Some(LastGroup {
+            let mut key = super::task::group_key(t);
+            *last_group = Some(LastGroup {
                 name: t.name.clone(),
                 location: t.location.clone(),
                 key: key.clone(),
             });
-            if !self.summary.contains_key(&key) && self.summary.len() >= r.max_summary_groups {
+            if !summary.contains_key(&key) && summary.len() >= r.max_summary_groups {
                 key = "(other)".into();
             }
-            let s = self.summary.entry(key.clone()).or_default();
+            let s = summary.entry(key.clone()).or_default();
             if s.group.is_empty() {
                 s.group = key;
             }
-            s.add(&t);
+            s.add(t);
         }
+        completed.drain(..folded);
     }
 
     fn log(&mut self, l: &Log, cfg: &Config, findings: &mut Findings) {
