@@ -171,7 +171,7 @@ fn read_recording(path: &std::path::Path) -> RecordingStats {
                 st.events += evs.len() as u64;
                 for ev in &evs {
                     match ev {
-                        Event::SpanNew { .. } => st.span_new += 1,
+                        Event::SpanNew(_) => st.span_new += 1,
                         Event::Enter { .. } => st.enter += 1,
                         Event::Exit { .. } | Event::PollEnd { .. } => st.exit += 1,
                         Event::Poll { .. } => {

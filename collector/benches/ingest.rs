@@ -227,9 +227,12 @@ fn decode(c: &mut Criterion) {
             bch.iter(|| {
                 let mut n = 0;
                 for f in awaitscope_wire::FrameReader::new(&bytes[..]).unwrap() {
-                    if let awaitscope_wire::Body::Events(ev) = f.unwrap().body {
+                    let f = f.unwrap();
+                    if let awaitscope_wire::Body::Events(ev) = &f.body {
                         n += ev.len();
                     }
+                    // As `recording::load_reader` does.
+                    awaitscope_wire::recycle(f);
                 }
                 n
             })

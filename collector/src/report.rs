@@ -444,14 +444,14 @@ fn await_nodes(
 fn poll_hist(t: &Task) -> Option<HistReport> {
     match (t.pending_poll, t.closed) {
         (Some(pp), None) => {
-            let mut h = t.hist.as_ref().map_or_else(
+            let mut h = t.histograms().map_or_else(
                 || Histogram::<u32>::new(1).expect("valid sigfig"),
                 |h| h.poll_us.clone(),
             );
             crate::model::task::record_us(&mut h, pp.end.saturating_sub(pp.start));
             HistReport::of(&h)
         }
-        _ => t.hist.as_ref().and_then(|h| HistReport::of(&h.poll_us)),
+        _ => t.histograms().and_then(|h| HistReport::of(&h.poll_us)),
     }
 }
 
@@ -486,10 +486,7 @@ fn task_report(p: &Process, t: &Task) -> TaskReport {
         self_wakes: t.self_wakes,
         wakers_alive: t.wakers_alive,
         poll_time: poll_hist(t),
-        scheduled_time: t
-            .hist
-            .as_ref()
-            .and_then(|h| HistReport::of(&h.scheduled_us)),
+        scheduled_time: t.histograms().and_then(|h| HistReport::of(&h.scheduled_us)),
         waiting_on: t.waiting_on.iter().map(|r| r.0).collect(),
         await_tree: if t.closed.is_some() {
             Vec::new()

@@ -306,7 +306,7 @@ impl StreamBuilder {
         } else {
             "tokio/src/lib.rs"
         };
-        self.push(Event::Callsite(Callsite {
+        self.push(Event::Callsite(Box::new(Callsite {
             id,
             name: name.into(),
             target: target.into(),
@@ -315,7 +315,7 @@ impl StreamBuilder {
             line: Some(line),
             kind,
             fields,
-        }));
+        })));
     }
 
     fn new_id(&mut self) -> SpanId {
@@ -344,7 +344,7 @@ impl StreamBuilder {
             f(5, Value::U64(5)),
         ];
         self.tasks.insert(id);
-        self.push(Event::SpanNew {
+        self.push(Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
             id,
             callsite: CS_TASK,
             parent: None,
@@ -352,7 +352,7 @@ impl StreamBuilder {
             ctx_span: None,
             ts,
             fields,
-        });
+        })));
         id
     }
 
@@ -368,7 +368,7 @@ impl StreamBuilder {
         };
         if !self.registered.contains(&cs) {
             self.registered.push(cs);
-            self.push(Event::Callsite(Callsite {
+            self.push(Event::Callsite(Box::new(Callsite {
                 id: cs,
                 name: name.into(),
                 target: "app".into(),
@@ -377,10 +377,10 @@ impl StreamBuilder {
                 line: Some(cs),
                 kind: CallsiteKind::Span(SpanClass::User),
                 fields: vec![],
-            }));
+            })));
         }
         let id = self.new_id();
-        self.push(Event::SpanNew {
+        self.push(Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
             id,
             callsite: cs,
             parent,
@@ -388,7 +388,7 @@ impl StreamBuilder {
             ctx_span: parent,
             ts,
             fields: vec![],
-        });
+        })));
         id
     }
 
@@ -398,7 +398,7 @@ impl StreamBuilder {
     pub fn join_span(&mut self, awaited: SpanId, ts: u64) -> SpanId {
         if !self.registered.contains(&CS_JOIN) {
             self.registered.push(CS_JOIN);
-            self.push(Event::Callsite(Callsite {
+            self.push(Event::Callsite(Box::new(Callsite {
                 id: CS_JOIN,
                 name: "runtime.join".into(),
                 target: "awaitscope::join".into(),
@@ -407,10 +407,10 @@ impl StreamBuilder {
                 line: Some(59),
                 kind: CallsiteKind::Span(SpanClass::User),
                 fields: vec!["task.id".into()],
-            }));
+            })));
         }
         let id = self.new_id();
-        self.push(Event::SpanNew {
+        self.push(Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
             id,
             callsite: CS_JOIN,
             parent: None,
@@ -421,7 +421,7 @@ impl StreamBuilder {
                 index: 0,
                 value: Value::U64(awaited.0),
             }],
-        });
+        })));
         id
     }
 
@@ -430,7 +430,7 @@ impl StreamBuilder {
         self.callsite(CS_RESOURCE);
         let id = self.new_id();
         let f = |i: u16, v: Value| Field { index: i, value: v };
-        self.push(Event::SpanNew {
+        self.push(Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
             id,
             callsite: CS_RESOURCE,
             parent: None,
@@ -445,7 +445,7 @@ impl StreamBuilder {
                 f(4, Value::U64(9)),
                 f(5, Value::Bool(false)),
             ],
-        });
+        })));
         id
     }
 
@@ -550,7 +550,7 @@ impl StreamBuilder {
         self.async_op(task, mutex, "Mutex::lock", "poll_acquire", ready, ts);
         if ready {
             self.callsite(CS_STATE_MUTEX);
-            self.push(Event::Log {
+            self.push(Event::Log(Box::new(awaitscope_wire::Log {
                 callsite: CS_STATE_MUTEX,
                 span: Some(mutex),
                 task: Some(task),
@@ -560,7 +560,7 @@ impl StreamBuilder {
                     value: Value::Bool(true),
                 }],
                 trace: Vec::new(),
-            });
+            })));
         }
         self
     }
@@ -568,7 +568,7 @@ impl StreamBuilder {
     /// Releases `mutex` (state update `locked=false`) within a poll of `task`.
     pub fn unlock(&mut self, task: SpanId, mutex: SpanId, ts: u64) -> &mut Self {
         self.callsite(CS_STATE_MUTEX);
-        self.push(Event::Log {
+        self.push(Event::Log(Box::new(awaitscope_wire::Log {
             callsite: CS_STATE_MUTEX,
             span: Some(mutex),
             task: Some(task),
@@ -578,7 +578,7 @@ impl StreamBuilder {
                 value: Value::Bool(false),
             }],
             trace: Vec::new(),
-        })
+        })))
     }
 
     /// Forgets the lock attempt of `task` on `res` (the future was dropped):
@@ -612,7 +612,7 @@ impl StreamBuilder {
             Some(op) => *op,
             None => {
                 let op = self.new_id();
-                self.push(Event::SpanNew {
+                self.push(Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
                     id: op,
                     callsite: CS_ASYNC_OP,
                     parent: Some(res),
@@ -629,13 +629,13 @@ impl StreamBuilder {
                             value: Value::Bool(false),
                         },
                     ],
-                });
+                })));
                 self.ops.insert((task, res), op);
                 op
             }
         };
         let poll = self.new_id();
-        self.push(Event::SpanNew {
+        self.push(Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
             id: poll,
             callsite: CS_ASYNC_OP_POLL,
             parent: Some(op),
@@ -643,9 +643,9 @@ impl StreamBuilder {
             ctx_span: None,
             ts,
             fields: vec![],
-        });
+        })));
         self.enter(res, ts).enter(op, ts).enter(poll, ts);
-        self.push(Event::Log {
+        self.push(Event::Log(Box::new(awaitscope_wire::Log {
             callsite: CS_POLL_OP,
             span: Some(poll),
             task: Some(task),
@@ -661,7 +661,7 @@ impl StreamBuilder {
                 },
             ],
             trace: Vec::new(),
-        });
+        })));
         self.exit(poll, ts).exit(op, ts).exit(res, ts);
         self.close(poll, CloseKind::Span, ts);
         if ready {
@@ -685,7 +685,7 @@ impl StreamBuilder {
             CS_WARN
         };
         self.callsite(cs);
-        self.push(Event::Log {
+        self.push(Event::Log(Box::new(awaitscope_wire::Log {
             callsite: cs,
             span,
             task,
@@ -695,12 +695,12 @@ impl StreamBuilder {
                 value: Value::Str(msg.into()),
             }],
             trace: Vec::new(),
-        })
+        })))
     }
 
     /// A panic in `task` at `src/main.rs:42`.
     pub fn panic(&mut self, task: Option<SpanId>, msg: &str, ts: u64) -> &mut Self {
-        self.push(Event::Panic {
+        self.push(Event::Panic(Box::new(awaitscope_wire::Panic {
             task,
             span: None,
             message: msg.into(),
@@ -708,7 +708,7 @@ impl StreamBuilder {
             line: Some(42),
             ts,
             trace: Vec::new(),
-        })
+        })))
     }
 }
 

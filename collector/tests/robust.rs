@@ -92,7 +92,7 @@ fn event() -> impl Strategy<Value = Event> {
         Just(CloseKind::Panicked)
     ];
     prop_oneof![
-        callsite().prop_map(Event::Callsite),
+        callsite().prop_map(|c| Event::Callsite(Box::new(c))),
         (0u32..3).prop_map(|id| Event::Thread { id, name: None }),
         (
             span_id(),
@@ -103,15 +103,17 @@ fn event() -> impl Strategy<Value = Event> {
             fields()
         )
             .prop_map(
-                |(id, callsite, parent, ctx_task, ts, fields)| Event::SpanNew {
-                    id,
-                    callsite,
-                    parent,
-                    ctx_task,
-                    ctx_span: parent,
-                    ts,
-                    fields
-                }
+                |(id, callsite, parent, ctx_task, ts, fields)| Event::SpanNew(Box::new(
+                    awaitscope_wire::SpanNew {
+                        id,
+                        callsite,
+                        parent,
+                        ctx_task,
+                        ctx_span: parent,
+                        ts,
+                        fields
+                    }
+                ))
             ),
         (span_id(), fields()).prop_map(|(span, fields)| Event::Record { span, fields }),
         (
@@ -137,23 +139,27 @@ fn event() -> impl Strategy<Value = Event> {
             ts(),
             fields()
         )
-            .prop_map(|(callsite, span, task, ts, fields)| Event::Log {
-                callsite,
-                span,
+            .prop_map(|(callsite, span, task, ts, fields)| Event::Log(Box::new(
+                awaitscope_wire::Log {
+                    callsite,
+                    span,
+                    task,
+                    ts,
+                    fields,
+                    trace: Vec::new(),
+                }
+            ))),
+        (prop::option::of(span_id()), ts()).prop_map(|(task, ts)| Event::Panic(Box::new(
+            awaitscope_wire::Panic {
                 task,
+                span: None,
+                message: "p".into(),
+                file: None,
+                line: None,
                 ts,
-                fields,
                 trace: Vec::new(),
-            }),
-        (prop::option::of(span_id()), ts()).prop_map(|(task, ts)| Event::Panic {
-            task,
-            span: None,
-            message: "p".into(),
-            file: None,
-            line: None,
-            ts,
-            trace: Vec::new(),
-        }),
+            }
+        ))),
     ]
 }
 

@@ -325,7 +325,7 @@ fn instrument_err_errors_are_captured_with_their_trace() {
         })
         .flatten()
         .filter_map(|e| match e {
-            awaitscope_wire::Event::Log { trace, .. } if !trace.is_empty() => Some(trace),
+            awaitscope_wire::Event::Log(l) if !l.trace.is_empty() => Some(l.trace),
             _ => None,
         })
         .collect();

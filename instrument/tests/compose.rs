@@ -50,13 +50,13 @@ fn works_beside_filtered_layers() {
     let span_id = events
         .iter()
         .find_map(|e| match e {
-            Event::SpanNew { id, .. } => Some(*id),
+            Event::SpanNew(n) => Some(n.id),
             _ => None,
         })
         .expect("TRACE span captured despite the other layer's WARN filter");
     assert!(events
         .iter()
-        .any(|e| matches!(e, Event::Log { span: Some(s), .. } if *s == span_id)));
+        .any(|e| matches!(e, Event::Log(l) if l.span == Some(span_id))));
 }
 
 #[test]
@@ -88,11 +88,7 @@ fn a_filtered_awaitscope_layer_sees_only_what_passes() {
         .unwrap()
         .iter()
         .filter_map(|f| match &f.body {
-            Body::Events(e) => Some(
-                e.iter()
-                    .filter(|e| matches!(e, Event::SpanNew { .. }))
-                    .count(),
-            ),
+            Body::Events(e) => Some(e.iter().filter(|e| matches!(e, Event::SpanNew(_))).count()),
             _ => None,
         })
         .sum();

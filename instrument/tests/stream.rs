@@ -79,7 +79,7 @@ fn events(frames: &[Frame]) -> impl Iterator<Item = &Event> {
 fn span_news(frames: &[Frame]) -> Vec<u64> {
     events(frames)
         .filter_map(|e| match e {
-            Event::SpanNew { id, .. } => Some(id.0),
+            Event::SpanNew(n) => Some(n.id.0),
             _ => None,
         })
         .collect()

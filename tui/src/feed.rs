@@ -557,15 +557,15 @@ fn frame_time(f: &Frame) -> Option<u64> {
     };
     evs.iter()
         .filter_map(|e| match e {
-            Event::SpanNew { ts, .. }
-            | Event::Enter { ts, .. }
+            Event::Enter { ts, .. }
             | Event::Exit { ts, .. }
             | Event::PollEnd { ts, .. }
             | Event::Poll { start: ts, .. }
             | Event::Close { ts, .. }
-            | Event::Wake { ts, .. }
-            | Event::Log { ts, .. }
-            | Event::Panic { ts, .. } => Some(*ts),
+            | Event::Wake { ts, .. } => Some(*ts),
+            Event::SpanNew(n) => Some(n.ts),
+            Event::Log(l) => Some(l.ts),
+            Event::Panic(p) => Some(p.ts),
             _ => None,
         })
         .max()

@@ -564,14 +564,15 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
         .filter_map(|id| p.task(id).map(task_label))
         .collect();
     let end = t.closed.unwrap_or(now);
+    let hist = t.histograms();
     TaskDetail {
         title: task_label(t),
         state: Some(t.state),
         fields,
         spawn_chain: chain,
         await_tree,
-        poll: hist_summary(t.hist.as_ref().map(|h| &h.poll_us)),
-        scheduled: hist_summary(t.hist.as_ref().map(|h| &h.scheduled_us)),
+        poll: hist_summary(hist.as_ref().map(|h| &h.poll_us)),
+        scheduled: hist_summary(hist.as_ref().map(|h| &h.scheduled_us)),
         times: [
             t.busy_view(now),
             t.scheduled_view(now),

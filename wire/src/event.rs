@@ -232,10 +232,17 @@ pub enum CloseKind {
 }
 
 /// Something that happened in the producer.
+///
+/// The large, rare variants are boxed so that an `Event` stays small (40
+/// bytes): a batch holds up to [`limits::MAX_BATCH`] of them, and most are
+/// polls and wakes. Boxing changes nothing on the wire (a box encodes as
+/// what it holds, and a newtype variant of a struct as the struct variant
+/// with the same fields).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
-    /// Describes a callsite; sent before the first span or event of it.
-    Callsite(Callsite),
+    /// Describes a callsite; sent before the first span or event of it
+    /// (boxed).
+    Callsite(Box<Callsite>),
     /// The events that follow (until the next `Thread`) happened on this
     /// thread. `name` is sent the first time a thread is seen.
     Thread {
@@ -244,26 +251,8 @@ pub enum Event {
         /// Thread name, on first sight.
         name: Option<String>,
     },
-    /// A span was created.
-    SpanNew {
-        /// Its stable id.
-        id: SpanId,
-        /// Its callsite.
-        callsite: u32,
-        /// Explicit or contextual parent span.
-        parent: Option<SpanId>,
-        /// The task being polled on this thread when the span was created. For
-        /// a task span this is the spawning task: the edge of the task tree.
-        ctx_task: Option<SpanId>,
-        /// The span that was current when this span was created. For a task
-        /// span this is the spawn context (tokio task spans have no parent).
-        ctx_span: Option<SpanId>,
-        /// When.
-        ts: u64,
-        /// Recorded fields.
-        #[serde(deserialize_with = "capped::fields")]
-        fields: Vec<Field>,
-    },
+    /// A span was created (boxed: rare next to polls and wakes, and large).
+    SpanNew(#[serde(deserialize_with = "capped::span_new")] Box<SpanNew>),
     /// More fields were recorded on a span.
     Record {
         /// The span.
@@ -329,43 +318,10 @@ pub enum Event {
         ts: u64,
     },
     /// An event (`tracing::event!`) that passed the producer's filter: WARN and
-    /// ERROR events of the program, and tokio's resource events.
-    Log {
-        /// Its callsite.
-        callsite: u32,
-        /// The current span when it was emitted (the event's parent).
-        span: Option<SpanId>,
-        /// The task being polled, if any.
-        task: Option<SpanId>,
-        /// When.
-        ts: u64,
-        /// Recorded fields.
-        #[serde(deserialize_with = "capped::fields")]
-        fields: Vec<Field>,
-        /// For ERROR events: the causal trace, one line per span or task
-        /// boundary, innermost first (see `awaitscope::CausalTrace`); empty
-        /// otherwise.
-        #[serde(deserialize_with = "capped::trace")]
-        trace: Vec<String>,
-    },
-    /// A panic, caught by the panic hook.
-    Panic {
-        /// The task being polled when it happened.
-        task: Option<SpanId>,
-        /// The current span.
-        span: Option<SpanId>,
-        /// Panic message (capped).
-        message: String,
-        /// Where it was raised.
-        file: Option<String>,
-        /// Line.
-        line: Option<u32>,
-        /// When.
-        ts: u64,
-        /// The causal trace at the panic, innermost first.
-        #[serde(deserialize_with = "capped::trace")]
-        trace: Vec<String>,
-    },
+    /// ERROR events of the program, and tokio's resource events (boxed).
+    Log(#[serde(deserialize_with = "capped::log")] Box<Log>),
+    /// A panic, caught by the panic hook (boxed).
+    Panic(Box<Panic>),
     /// A whole poll of a task, start and end in one event (version 2): what
     /// producers send instead of `Enter` and `PollEnd` when nothing else
     /// was recorded on the thread between them.
@@ -393,6 +349,69 @@ pub enum Event {
     },
 }
 
+/// A span was created: [`Event::SpanNew`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpanNew {
+    /// Its stable id.
+    pub id: SpanId,
+    /// Its callsite.
+    pub callsite: u32,
+    /// Explicit or contextual parent span.
+    pub parent: Option<SpanId>,
+    /// The task being polled on this thread when the span was created. For
+    /// a task span this is the spawning task: the edge of the task tree.
+    pub ctx_task: Option<SpanId>,
+    /// The span that was current when this span was created. For a task
+    /// span this is the spawn context (tokio task spans have no parent).
+    pub ctx_span: Option<SpanId>,
+    /// When.
+    pub ts: u64,
+    /// Recorded fields.
+    #[serde(deserialize_with = "capped::fields")]
+    pub fields: Vec<Field>,
+}
+
+/// An event of the program or of tokio's resources: [`Event::Log`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Log {
+    /// Its callsite.
+    pub callsite: u32,
+    /// The current span when it was emitted (the event's parent).
+    pub span: Option<SpanId>,
+    /// The task being polled, if any.
+    pub task: Option<SpanId>,
+    /// When.
+    pub ts: u64,
+    /// Recorded fields.
+    #[serde(deserialize_with = "capped::fields")]
+    pub fields: Vec<Field>,
+    /// For ERROR events: the causal trace, one line per span or task
+    /// boundary, innermost first (see `awaitscope::CausalTrace`); empty
+    /// otherwise.
+    #[serde(deserialize_with = "capped::trace")]
+    pub trace: Vec<String>,
+}
+
+/// A panic caught by the panic hook: [`Event::Panic`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Panic {
+    /// The task being polled when it happened.
+    pub task: Option<SpanId>,
+    /// The current span.
+    pub span: Option<SpanId>,
+    /// Panic message (capped).
+    pub message: String,
+    /// Where it was raised.
+    pub file: Option<String>,
+    /// Line.
+    pub line: Option<u32>,
+    /// When.
+    pub ts: u64,
+    /// The causal trace at the panic, innermost first.
+    #[serde(deserialize_with = "capped::trace")]
+    pub trace: Vec<String>,
+}
+
 /// Deserialization of the lists that [`limits`] caps, refusing a list as soon
 /// as it is known to exceed its cap.
 ///
@@ -401,19 +420,222 @@ pub enum Event {
 /// is refused; this bounds every list while it is decoded. The encoding is
 /// unchanged: these read exactly what `Vec`'s own `Deserialize` reads.
 pub(crate) mod capped {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::fmt;
-    use std::marker::PhantomData;
 
-    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+    use serde::de::{
+        Deserialize, DeserializeSeed, Deserializer, Error, Expected, SeqAccess, Visitor,
+    };
 
-    use super::{limits, Event, Field, TreeNode};
+    use super::{limits, Event, Field, Log, SpanId, SpanNew, TreeNode};
 
     thread_local! {
         /// Why the last list on this thread was refused. Codecs may drop the
         /// message of a custom error (postcard does), so the frame decoder
         /// picks it up from here.
         static REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
+        /// An empty event vector given back by [`crate::recycle`]: the next
+        /// batch decoded on this thread fills it rather than allocating.
+        static SPARE: Cell<Vec<Event>> = const { Cell::new(Vec::new()) };
+        /// Emptied boxes of `SpanNew` events given back by [`crate::recycle`]
+        /// (the boxes themselves are what is reused).
+        #[allow(clippy::vec_box)]
+        static SPAN_NEWS: RefCell<Vec<Box<SpanNew>>> = const { RefCell::new(Vec::new()) };
+        /// Emptied boxes of `Log` events given back by [`crate::recycle`].
+        #[allow(clippy::vec_box)]
+        static LOGS: RefCell<Vec<Box<Log>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A `SpanNew` decoded into a box given back by [`crate::recycle`] (its
+    /// field vector reused too), else into a new one. The encoding is the
+    /// derived one: the struct's fields in order.
+    pub(super) fn span_new<'de, D: Deserializer<'de>>(d: D) -> Result<Box<SpanNew>, D::Error> {
+        if d.is_human_readable() {
+            return Box::<SpanNew>::deserialize(d);
+        }
+        let mut b = SPAN_NEWS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+            Box::new(SpanNew {
+                id: SpanId(0),
+                callsite: 0,
+                parent: None,
+                ctx_task: None,
+                ctx_span: None,
+                ts: 0,
+                fields: Vec::new(),
+            })
+        });
+        d.deserialize_struct("SpanNew", SPAN_NEW_FIELDS, InSpanNew(&mut b))?;
+        Ok(b)
+    }
+
+    /// A `Log` decoded as [`span_new`] decodes a `SpanNew`.
+    pub(super) fn log<'de, D: Deserializer<'de>>(d: D) -> Result<Box<Log>, D::Error> {
+        if d.is_human_readable() {
+            return Box::<Log>::deserialize(d);
+        }
+        let mut b = LOGS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+            Box::new(Log {
+                callsite: 0,
+                span: None,
+                task: None,
+                ts: 0,
+                fields: Vec::new(),
+                trace: Vec::new(),
+            })
+        });
+        d.deserialize_struct("Log", LOG_FIELDS, InLog(&mut b))?;
+        Ok(b)
+    }
+
+    const SPAN_NEW_FIELDS: &[&str] = &[
+        "id", "callsite", "parent", "ctx_task", "ctx_span", "ts", "fields",
+    ];
+    const LOG_FIELDS: &[&str] = &["callsite", "span", "task", "ts", "fields", "trace"];
+
+    /// The next field of a struct read as a sequence.
+    fn field<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+        seq: &mut A,
+        i: usize,
+        what: &dyn Expected,
+    ) -> Result<T, A::Error> {
+        seq.next_element()?
+            .ok_or_else(|| Error::invalid_length(i, what))
+    }
+
+    /// The next field of a struct, a capped list, read into `into`
+    /// (reusing its allocation).
+    fn list_field<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+        seq: &mut A,
+        i: usize,
+        what: &dyn Expected,
+        into: &mut Vec<T>,
+        cap: usize,
+        name: &'static str,
+    ) -> Result<(), A::Error> {
+        seq.next_element_seed(IntoVec {
+            into,
+            cap,
+            what: name,
+        })?
+        .ok_or_else(|| Error::invalid_length(i, what))
+    }
+
+    struct IntoVec<'a, T> {
+        into: &'a mut Vec<T>,
+        cap: usize,
+        what: &'static str,
+    }
+
+    impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for IntoVec<'_, T> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            let init = std::mem::take(self.into);
+            *self.into = d.deserialize_seq(CappedVec {
+                cap: self.cap,
+                what: self.what,
+                init,
+            })?;
+            Ok(())
+        }
+    }
+
+    struct InSpanNew<'a>(&'a mut SpanNew);
+
+    impl<'de> Visitor<'de> for InSpanNew<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("struct SpanNew")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let exp = &"struct SpanNew with 7 elements";
+            let n = self.0;
+            n.id = field(&mut seq, 0, exp)?;
+            n.callsite = field(&mut seq, 1, exp)?;
+            n.parent = field(&mut seq, 2, exp)?;
+            n.ctx_task = field(&mut seq, 3, exp)?;
+            n.ctx_span = field(&mut seq, 4, exp)?;
+            n.ts = field(&mut seq, 5, exp)?;
+            list_field(
+                &mut seq,
+                6,
+                exp,
+                &mut n.fields,
+                limits::MAX_FIELDS,
+                "fields",
+            )
+        }
+    }
+
+    struct InLog<'a>(&'a mut Log);
+
+    impl<'de> Visitor<'de> for InLog<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("struct Log")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let exp = &"struct Log with 6 elements";
+            let l = self.0;
+            l.callsite = field(&mut seq, 0, exp)?;
+            l.span = field(&mut seq, 1, exp)?;
+            l.task = field(&mut seq, 2, exp)?;
+            l.ts = field(&mut seq, 3, exp)?;
+            list_field(
+                &mut seq,
+                4,
+                exp,
+                &mut l.fields,
+                limits::MAX_FIELDS,
+                "fields",
+            )?;
+            list_field(
+                &mut seq,
+                5,
+                exp,
+                &mut l.trace,
+                limits::MAX_TRACE,
+                "trace lines",
+            )
+        }
+    }
+
+    /// Keeps `events` (emptied) for the next batch decoded on this thread,
+    /// unless a larger spare is kept already, and the boxes of its `SpanNew`
+    /// and `Log` events (emptied too) for the next ones decoded, up to a
+    /// batch of each.
+    pub(crate) fn put_spare(mut events: Vec<Event>) {
+        SPAN_NEWS.with(|spans| {
+            LOGS.with(|logs| {
+                let (mut spans, mut logs) = (spans.borrow_mut(), logs.borrow_mut());
+                for e in events.drain(..) {
+                    match e {
+                        Event::SpanNew(mut b) if spans.len() < limits::MAX_BATCH => {
+                            b.fields.clear();
+                            spans.push(b);
+                        }
+                        Event::Log(mut b) if logs.len() < limits::MAX_BATCH => {
+                            b.fields.clear();
+                            b.trace.clear();
+                            logs.push(b);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        });
+        SPARE.with(|s| {
+            let old = s.take();
+            s.set(if old.capacity() >= events.capacity() {
+                old
+            } else {
+                events
+            });
+        });
     }
 
     /// Forgets any earlier refusal; call before decoding.
@@ -447,7 +669,13 @@ pub(crate) mod capped {
     }
 
     pub(super) fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {
-        seq(d, limits::MAX_BATCH, "events in a batch")
+        // Into the spare vector, if one was given back (empty: see `put_spare`).
+        let spare = SPARE.with(Cell::take);
+        d.deserialize_seq(CappedVec {
+            cap: limits::MAX_BATCH,
+            what: "events in a batch",
+            init: spare,
+        })
     }
 
     fn seq<'de, D, T>(d: D, cap: usize, what: &'static str) -> Result<Vec<T>, D::Error>
@@ -458,14 +686,15 @@ pub(crate) mod capped {
         d.deserialize_seq(CappedVec {
             cap,
             what,
-            marker: PhantomData,
+            init: Vec::new(),
         })
     }
 
     struct CappedVec<T> {
         cap: usize,
         what: &'static str,
-        marker: PhantomData<T>,
+        /// The (empty) vector to fill.
+        init: Vec<T>,
     }
 
     impl<T> CappedVec<T> {
@@ -486,12 +715,14 @@ pub(crate) mod capped {
             write!(f, "a sequence of at most {} {}", self.cap, self.what)
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Self::Value, A::Error> {
             let hint = seq.size_hint();
             if let Some(len) = hint.filter(|&len| len > self.cap) {
                 return Err(self.refuse(Some(len)));
             }
-            let mut out = Vec::with_capacity(hint.unwrap_or(0));
+            let mut out = std::mem::take(&mut self.init);
+            out.clear();
+            out.reserve(hint.unwrap_or(0));
             while let Some(item) = seq.next_element()? {
                 if out.len() == self.cap {
                     return Err(self.refuse(None));
@@ -506,6 +737,17 @@ pub(crate) mod capped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_stay_small() {
+        // Every frame decodes into a vector of these: 120 bytes before the
+        // large variants were boxed.
+        assert!(
+            std::mem::size_of::<Event>() <= 40,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
+    }
 
     #[test]
     fn drop_total_sums_and_saturates() {

@@ -24,7 +24,7 @@ pub mod read;
 pub mod write;
 
 pub use event::*;
-pub use read::{decode_frame, validate, DecodeError, FrameReader, Preamble};
+pub use read::{decode_frame, recycle, validate, DecodeError, FrameReader, Preamble};
 pub use write::{encode_frame, preamble, EncodeError, EventsFrame, FrameWriter};
 
 /// First eight bytes of every stream and recording.

@@ -150,7 +150,7 @@ fn long_field_lists_are_refused_without_inflating_them() {
             span: SpanId(1),
             fields: fields.clone(),
         },
-        Event::SpanNew {
+        Event::SpanNew(Box::new(SpanNew {
             id: SpanId(1),
             callsite: 0,
             parent: None,
@@ -158,15 +158,15 @@ fn long_field_lists_are_refused_without_inflating_them() {
             ctx_span: None,
             ts: 0,
             fields: fields.clone(),
-        },
-        Event::Log {
+        })),
+        Event::Log(Box::new(Log {
             callsite: 0,
             span: None,
             task: None,
             ts: 0,
             fields: fields.clone(),
             trace: Vec::new(),
-        },
+        })),
     ] {
         assert_refused_cheaply(&batch_of(1, e), "fields exceed the cap", 4096);
     }
@@ -189,7 +189,7 @@ fn long_string_lists_are_refused_without_inflating_them() {
     encode_frame(&f, &mut bytes).unwrap();
     assert_refused_cheaply(&bytes, "command-line arguments exceed the cap", 4096);
 
-    let c = Event::Callsite(Callsite {
+    let c = Event::Callsite(Box::new(Callsite {
         id: 0,
         name: "n".into(),
         target: "t".into(),
@@ -198,7 +198,7 @@ fn long_string_lists_are_refused_without_inflating_them() {
         line: None,
         kind: CallsiteKind::Event(EventClass::User),
         fields: vec![String::new(); MAX_FRAME_LEN - 64],
-    });
+    }));
     assert_refused_cheaply(&batch_of(1, c), "field names exceed the cap", 4096);
 }
 

@@ -283,31 +283,37 @@ fn over_the_caps() -> Vec<(&'static str, Frame)> {
         })
         .collect();
     let events = |e: Event| Body::Events(vec![e]);
-    let new_span = |fields: Vec<Field>| Event::SpanNew {
-        id: SpanId(1),
-        callsite: 1,
-        parent: None,
-        ctx_task: None,
-        ctx_span: None,
-        ts: 0,
-        fields,
+    let new_span = |fields: Vec<Field>| {
+        Event::SpanNew(Box::new(SpanNew {
+            id: SpanId(1),
+            callsite: 1,
+            parent: None,
+            ctx_task: None,
+            ctx_span: None,
+            ts: 0,
+            fields,
+        }))
     };
-    let log = |fields: Vec<Field>| Event::Log {
-        callsite: 1,
-        span: None,
-        task: None,
-        ts: 0,
-        fields,
-        trace: Vec::new(),
+    let log = |fields: Vec<Field>| {
+        Event::Log(Box::new(Log {
+            callsite: 1,
+            span: None,
+            task: None,
+            ts: 0,
+            fields,
+            trace: Vec::new(),
+        }))
     };
-    let panic = |message: String, file: Option<String>| Event::Panic {
-        task: None,
-        span: None,
-        message,
-        file,
-        line: None,
-        ts: 0,
-        trace: Vec::new(),
+    let panic = |message: String, file: Option<String>| {
+        Event::Panic(Box::new(Panic {
+            task: None,
+            span: None,
+            message,
+            file,
+            line: None,
+            ts: 0,
+            trace: Vec::new(),
+        }))
     };
     let cases = vec![
         (
@@ -347,38 +353,38 @@ fn over_the_caps() -> Vec<(&'static str, Frame)> {
         ),
         (
             "callsite name",
-            events(Event::Callsite(Callsite {
+            events(Event::Callsite(Box::new(Callsite {
                 name: long(),
                 ..callsite()
-            })),
+            }))),
         ),
         (
             "callsite target",
-            events(Event::Callsite(Callsite {
+            events(Event::Callsite(Box::new(Callsite {
                 target: long(),
                 ..callsite()
-            })),
+            }))),
         ),
         (
             "callsite file",
-            events(Event::Callsite(Callsite {
+            events(Event::Callsite(Box::new(Callsite {
                 file: Some(long()),
                 ..callsite()
-            })),
+            }))),
         ),
         (
             "callsite field name",
-            events(Event::Callsite(Callsite {
+            events(Event::Callsite(Box::new(Callsite {
                 fields: vec![long()],
                 ..callsite()
-            })),
+            }))),
         ),
         (
             "callsite field count",
-            events(Event::Callsite(Callsite {
+            events(Event::Callsite(Box::new(Callsite {
                 fields: vec!["f".into(); limits::MAX_FIELDS + 1],
                 ..callsite()
-            })),
+            }))),
         ),
         (
             "thread name",

@@ -51,7 +51,7 @@ pub fn ci_recording() -> Vec<u8> {
     );
     // A message handed to worker-a through a queue (awaitscope::Context).
     let msg = SpanId(1000);
-    b.push(Event::SpanNew {
+    b.push(Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
         id: msg,
         callsite: 100,
         parent: None,
@@ -59,12 +59,12 @@ pub fn ci_recording() -> Vec<u8> {
         ctx_span: None,
         ts: MS + 190_000,
         fields: vec![],
-    });
+    })));
     b.exit(server, MS + 200_000);
     // Workers take one mutex each.
     b.enter(wa, 2 * MS).lock(wa, ma, true, 2 * MS + 10_000);
     let consumer = SpanId(1001);
-    b.push(Event::SpanNew {
+    b.push(Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
         id: consumer,
         callsite: 100,
         parent: None,
@@ -72,7 +72,7 @@ pub fn ci_recording() -> Vec<u8> {
         ctx_span: None,
         ts: 2 * MS + 20_000,
         fields: vec![],
-    });
+    })));
     b.push(Event::FollowsFrom {
         span: consumer,
         follows: msg,

@@ -549,18 +549,19 @@ impl Walker {
             Event::Callsite(c) => {
                 let p = self.procs.get_mut(&key).expect("process");
                 if p.callsites.len() < 65536 || p.callsites.contains_key(&c.id) {
-                    p.callsites.insert(c.id, c.clone());
+                    p.callsites.insert(c.id, (**c).clone());
                 }
             }
-            Event::SpanNew {
-                id,
-                callsite,
-                parent,
-                ctx_task,
-                ts,
-                fields,
-                ..
-            } => {
+            Event::SpanNew(boxed) => {
+                let awaitscope_wire::SpanNew {
+                    id,
+                    callsite,
+                    parent,
+                    ctx_task,
+                    ts,
+                    fields,
+                    ..
+                } = &**boxed;
                 self.advance(key, *ts, sinks)?;
                 self.span_new(key, *id, *callsite, *parent, *ctx_task, *ts, fields, sinks)?;
             }
@@ -609,13 +610,14 @@ impl Walker {
                 }
             }
             Event::FollowsFrom { span, follows } => self.follows(key, *span, *follows, sinks)?,
-            Event::Log {
-                callsite,
-                task,
-                ts,
-                fields,
-                ..
-            } => {
+            Event::Log(boxed) => {
+                let awaitscope_wire::Log {
+                    callsite,
+                    task,
+                    ts,
+                    fields,
+                    ..
+                } = &**boxed;
                 self.advance(key, *ts, sinks)?;
                 let p = &self.procs[&key];
                 let Some(cs) = p.callsites.get(callsite) else {
@@ -648,14 +650,15 @@ impl Walker {
                 let name = format!("{lvl}: {msg}");
                 self.instant(key, *task, *ts, &name, "log", &args, &[], &[], sinks)?;
             }
-            Event::Panic {
-                task,
-                message,
-                file,
-                line,
-                ts,
-                ..
-            } => {
+            Event::Panic(boxed) => {
+                let awaitscope_wire::Panic {
+                    task,
+                    message,
+                    file,
+                    line,
+                    ts,
+                    ..
+                } = &**boxed;
                 self.advance(key, *ts, sinks)?;
                 let mut args: Args = Vec::new();
                 if let (Some(f), Some(l)) = (file, line) {

@@ -95,6 +95,8 @@ pub fn load_reader<R: Read>(
                 rep.bytes += frames.offset() - before;
                 last = Some(f.process);
                 model.apply(&f);
+                // Its event vector holds the next frame's events.
+                awaitscope_wire::recycle(f);
             }
             Ok(None) => break,
             Err(e) => {

@@ -458,7 +458,7 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
         callsites
             .into_iter()
             .cloned()
-            .map(Event::Callsite)
+            .map(|c| Event::Callsite(Box::new(c)))
             .collect(),
         out,
     );
@@ -517,7 +517,7 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
             _ => CloseKind::Completed,
         };
         if let (CloseKind::Panicked, Some(message)) = (kind, &t.panic) {
-            events.push(Event::Panic {
+            events.push(Event::Panic(Box::new(awaitscope_wire::Panic {
                 task: Some(t.id),
                 span: None,
                 message: message.clone(),
@@ -525,7 +525,7 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
                 line: None,
                 ts: closed,
                 trace: Vec::new(),
-            });
+            })));
         }
         events.push(Event::Close {
             span: t.id,
@@ -535,14 +535,16 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
     }
     let mut spans: Vec<_> = p.spans.iter().collect();
     spans.sort_by_key(|(id, _)| **id);
-    events.extend(spans.into_iter().map(|(id, s)| Event::SpanNew {
-        id: *id,
-        callsite: s.callsite,
-        parent: s.parent,
-        ctx_task: s.ctx_task,
-        ctx_span: None,
-        ts: s.created,
-        fields: s.fields.clone(),
+    events.extend(spans.into_iter().map(|(id, s)| {
+        Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
+            id: *id,
+            callsite: s.callsite,
+            parent: s.parent,
+            ctx_task: s.ctx_task,
+            ctx_span: None,
+            ts: s.created,
+            fields: s.fields.clone(),
+        }))
     }));
     let mut tasks: Vec<&Task> = p.tasks.values().collect();
     tasks.sort_by_key(|t| t.id);
@@ -607,7 +609,7 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
 
 /// The `SpanNew` of a task span.
 fn task_new(t: &Task) -> Event {
-    Event::SpanNew {
+    Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
         id: t.id,
         callsite: t.callsite,
         parent: None,
@@ -615,7 +617,7 @@ fn task_new(t: &Task) -> Event {
         ctx_span: t.spawn_span,
         ts: t.created,
         fields: t.fields.clone(),
-    }
+    }))
 }
 
 /// Events that bring a task just created from its `SpanNew` (scheduled

@@ -80,6 +80,44 @@ impl AwaitTree {
 
     /// The deepest leaf (last entered among the deepest), if any.
     pub fn deepest_leaf(&self) -> Option<usize> {
+        // Every poll end asks: one pass over a small tree whose parents
+        // come before their children (as `enter` builds it), else the walk
+        // of every leaf up to the root.
+        const SMALL: usize = 64;
+        let n = self.nodes.len();
+        if n == 0 {
+            return None;
+        }
+        if n <= SMALL {
+            let mut depth = [0u16; SMALL];
+            let mut has_child = [false; SMALL];
+            let mut ordered = true;
+            for (i, node) in self.nodes.iter().enumerate() {
+                if let Some(p) = node.parent {
+                    let p = usize::from(p);
+                    if p >= i {
+                        ordered = false;
+                        break;
+                    }
+                    depth[i] = depth[p] + 1;
+                    has_child[p] = true;
+                }
+            }
+            if ordered {
+                let mut best: Option<(usize, u16)> = None;
+                for i in 0..n {
+                    if !has_child[i] && best.is_none_or(|(_, bd)| depth[i] >= bd) {
+                        best = Some((i, depth[i]));
+                    }
+                }
+                return best.map(|(i, _)| i);
+            }
+        }
+        self.deepest_leaf_walk()
+    }
+
+    /// [`AwaitTree::deepest_leaf`] by walking up from every leaf.
+    fn deepest_leaf_walk(&self) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
         for i in self.leaves() {
             let d = self.depth(i);
@@ -157,5 +195,36 @@ mod tests {
             t.enter(SpanId(9), 1, SpanClass::User, None, 0, None, 3),
             None
         );
+    }
+
+    proptest::proptest! {
+        /// The one-pass deepest leaf is the walk's, for trees built with
+        /// `enter` and for hand-made node lists (parents after children,
+        /// cycles, out of range), small and large.
+        #[test]
+        fn deepest_leaf_is_the_walks(
+            parents in proptest::collection::vec(proptest::option::of(0u16..80), 0..80),
+            built in proptest::bool::ANY,
+        ) {
+            let mut t = AwaitTree::default();
+            for (i, p) in parents.iter().enumerate() {
+                if built {
+                    let p = p.filter(|&p| usize::from(p) < t.nodes.len());
+                    t.enter(SpanId(i as u64), 0, SpanClass::User, p, 0, None, 100);
+                } else {
+                    t.nodes.push(AwaitNode {
+                        span: SpanId(i as u64),
+                        callsite: 0,
+                        class: SpanClass::User,
+                        parent: *p,
+                        first_entered: 0,
+                        label: None,
+                    });
+                }
+            }
+            let parent_in_range = t.nodes.iter().all(|n| n.parent.is_none_or(|p| usize::from(p) < t.nodes.len()));
+            proptest::prop_assume!(parent_in_range);
+            proptest::prop_assert_eq!(t.deepest_leaf(), t.deepest_leaf_walk());
+        }
     }
 }

@@ -5,15 +5,15 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use awaitscope_wire::{
-    Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Level, ProcessInfo,
-    ProcessKey, SpanClass, SpanId, TreeNode, WakeOp,
+    Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Level, Log, ProcessInfo,
+    ProcessKey, SpanClass, SpanId, SpanNew, TreeNode, WakeOp,
 };
 
 use super::await_tree::AwaitTree;
 use super::hash::FastMap;
 use super::resource::Resource;
 use super::span::{self, Location, Span};
-use super::task::{record_us, LogRecord, Task, TaskState, TaskSummary};
+use super::task::{LogRecord, Task, TaskState, TaskSummary};
 use crate::config::Config;
 use crate::detect::{self, Findings, Observation, TaskRef};
 
@@ -219,9 +219,12 @@ impl Process {
         let Some(merge) = merge else {
             // One run, or runs already in time order (the merge would take
             // them one after the other): apply in order.
-            for e in events {
-                self.events += 1;
-                self.apply(e, cfg, findings);
+            for chunk in events.chunks(WARM_AHEAD) {
+                self.warm(chunk);
+                for e in chunk {
+                    self.events += 1;
+                    self.apply(e, cfg, findings);
+                }
             }
             return;
         };
@@ -232,6 +235,33 @@ impl Process {
             }
             self.events += 1;
             self.apply(e, cfg, findings);
+        }
+    }
+
+    /// Brings the tasks that `events` will touch into the cache, all at
+    /// once: with thousands of live tasks, each event's task is out of the
+    /// cache, and looking the tasks up one after the other in a loop that
+    /// does nothing else lets the processor wait for all of them together
+    /// rather than for each in turn while applying.
+    fn warm(&self, events: &[Event]) {
+        if self.tasks.len() < WARM_MIN_TASKS {
+            return;
+        }
+        for e in events {
+            let id = match e {
+                Event::Poll { task, .. }
+                | Event::PollEnd { task, .. }
+                | Event::Wake { task, .. }
+                | Event::PollTree { task, .. } => task,
+                Event::Enter { span, .. }
+                | Event::Exit { span, .. }
+                | Event::Close { span, .. } => span,
+                _ => continue,
+            };
+            if let Some(t) = self.tasks.get(id) {
+                prefetch(t);
+                prefetch(t.woken_by.as_ptr());
+            }
         }
     }
 
@@ -249,7 +279,7 @@ impl Process {
         match e {
             Event::Callsite(c) => {
                 if self.callsites.len() < MAX_CALLSITES || self.callsites.contains_key(&c.id) {
-                    self.callsites.insert(c.id, c.clone());
+                    self.callsites.insert(c.id, (**c).clone());
                 }
             }
             Event::Thread { id, name } => {
@@ -258,17 +288,9 @@ impl Process {
                     self.thread().name = Some(n.clone());
                 }
             }
-            Event::SpanNew {
-                id,
-                callsite,
-                parent,
-                ctx_task,
-                ctx_span,
-                ts,
-                fields,
-            } => {
-                self.bump(*ts);
-                self.span_new(*id, *callsite, *parent, *ctx_task, *ctx_span, *ts, fields);
+            Event::SpanNew(n) => {
+                self.bump(n.ts);
+                self.span_new(n);
             }
             Event::Record { span, fields } => {
                 if let Some(t) = self.tasks.get_mut(span) {
@@ -336,26 +358,20 @@ impl Process {
                     wake(t, *op, *by, *ts);
                 }
             }
-            Event::Log {
-                callsite,
-                span,
-                task,
-                ts,
-                fields,
-                trace,
-            } => {
-                self.bump(*ts);
-                self.log(*callsite, *span, *task, *ts, fields, trace, cfg, findings);
+            Event::Log(l) => {
+                self.bump(l.ts);
+                self.log(l, cfg, findings);
             }
-            Event::Panic {
-                task,
-                span,
-                message,
-                file,
-                line,
-                ts,
-                trace,
-            } => {
+            Event::Panic(p) => {
+                let awaitscope_wire::Panic {
+                    task,
+                    span,
+                    message,
+                    file,
+                    line,
+                    ts,
+                    trace,
+                } = &**p;
                 self.bump(*ts);
                 if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
                     t.panic = Some(message.clone());
@@ -379,17 +395,16 @@ impl Process {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn span_new(
-        &mut self,
-        id: SpanId,
-        callsite: u32,
-        parent: Option<SpanId>,
-        ctx_task: Option<SpanId>,
-        ctx_span: Option<SpanId>,
-        ts: u64,
-        fields: &[Field],
-    ) {
+    fn span_new(&mut self, n: &SpanNew) {
+        let SpanNew {
+            id,
+            callsite,
+            parent,
+            ctx_task,
+            ctx_span,
+            ts,
+            ref fields,
+        } = *n;
         let cs = self.callsites.get(&callsite);
         // As `span_class`.
         let class = match cs.map(|c| c.kind) {
@@ -494,6 +509,7 @@ impl Process {
         });
         let node = match owner.and_then(|o| self.tasks.get_mut(&o)) {
             Some(t) if class != SpanClass::AsyncOpPoll => {
+                t.tree_changed = true;
                 if !t.tree_from_enters {
                     // Spans entered in this poll replace the previous tree.
                     t.tree_from_enters = true;
@@ -626,6 +642,7 @@ impl Process {
         }
         if let Some(t) = self.tasks.get_mut(&task) {
             t.await_tree = tree;
+            t.tree_changed = true;
         }
     }
 
@@ -683,6 +700,8 @@ impl Process {
             t.waiting_on.clear();
             t.await_tree = AwaitTree::default();
             t.flags = 0;
+            // Its histograms are final: read without a copy from now on.
+            t.flush_samples();
             self.completed.push_back(t);
             self.prune(cfg);
             return;
@@ -694,53 +713,60 @@ impl Process {
     /// Folds completed tasks beyond the retention limits into the summary.
     pub fn prune(&mut self, cfg: &Config) {
         let r = &cfg.retention;
-        while let Some(front) = self.completed.front() {
-            let old = front
+        let Self {
+            completed,
+            summary,
+            last_group,
+            now,
+            ..
+        } = self;
+        // Folded where they lie, then dropped there: a task is large, and
+        // taking each out of the queue copied it once more.
+        let mut folded = 0;
+        for t in completed.iter() {
+            let old = t
                 .closed
-                .is_some_and(|c| self.now.saturating_sub(c) > r.completed_max_age_ns);
-            if self.completed.len() <= r.completed_max_count && !old {
+                .is_some_and(|c| now.saturating_sub(c) > r.completed_max_age_ns);
+            if completed.len() - folded <= r.completed_max_count && !old {
                 break;
             }
-            let t = self.completed.pop_front().expect("front exists");
+            folded += 1;
             // Tasks of one group tend to follow each other: reuse the key of
             // the last one rather than format it again.
-            let cached = self
-                .last_group
+            let cached = last_group
                 .as_ref()
                 .filter(|g| g.name == t.name && g.location == t.location);
-            if let Some(s) = cached.and_then(|g| self.summary.get_mut(g.key.as_str())) {
-                s.add(&t);
+            if let Some(s) = cached.and_then(|g| summary.get_mut(g.key.as_str())) {
+                s.add(t);
                 continue;
             }
-            let mut key = super::task::group_key(&t);
-            self.last_group = Some(LastGroup {
+            let mut key = super::task::group_key(t);
+            *last_group = Some(LastGroup {
                 name: t.name.clone(),
                 location: t.location.clone(),
                 key: key.clone(),
             });
-            if !self.summary.contains_key(&key) && self.summary.len() >= r.max_summary_groups {
+            if !summary.contains_key(&key) && summary.len() >= r.max_summary_groups {
                 key = "(other)".into();
             }
-            let s = self.summary.entry(key.clone()).or_default();
+            let s = summary.entry(key.clone()).or_default();
             if s.group.is_empty() {
                 s.group = key;
             }
-            s.add(&t);
+            s.add(t);
         }
+        completed.drain(..folded);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &mut self,
-        callsite: u32,
-        span: Option<SpanId>,
-        task: Option<SpanId>,
-        ts: u64,
-        fields: &[Field],
-        trace: &[String],
-        cfg: &Config,
-        findings: &mut Findings,
-    ) {
+    fn log(&mut self, l: &Log, cfg: &Config, findings: &mut Findings) {
+        let Log {
+            callsite,
+            span,
+            task,
+            ts,
+            ref fields,
+            ref trace,
+        } = *l;
         let Some(cs) = self.callsites.get(&callsite) else {
             return;
         };
@@ -1028,11 +1054,21 @@ impl Process {
         out
     }
 
+    /// The ids of the live tasks, in order: scans observe findings task by
+    /// task, and a finding keeps the first tasks and the worst message it
+    /// is given, so the order must not be the map's (seeded per map, and
+    /// so per run).
+    fn task_ids(&self) -> Vec<SpanId> {
+        let mut ids: Vec<SpanId> = self.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Runs the state detectors at `now` (the process clock).
     pub fn scan(&mut self, now: u64, cfg: &Config, findings: &mut Findings) {
         self.last_scan = now;
         let th = &cfg.thresholds;
-        let ids: Vec<SpanId> = self.tasks.keys().copied().collect();
+        let ids = self.task_ids();
         for id in ids {
             // A poll long over is a real poll (a drop would be closed by now).
             let commit = self.tasks.get(&id).is_some_and(|t| {
@@ -1083,7 +1119,7 @@ impl Process {
 
     /// Commits the last poll of every open task (end of a recording).
     pub fn finish(&mut self, cfg: &Config, findings: &mut Findings) {
-        let ids: Vec<SpanId> = self.tasks.keys().copied().collect();
+        let ids = self.task_ids();
         for id in ids {
             if self.tasks[&id].poll_start.is_some() {
                 continue;
@@ -1103,18 +1139,47 @@ impl Process {
     }
 }
 
+/// Events whose tasks [`Process::warm`] fetches before applying them.
+const WARM_AHEAD: usize = 16;
+
+/// Live tasks from which fetching them ahead pays (fewer stay in cache).
+const WARM_MIN_TASKS: usize = 1024;
+
+/// Asks the processor to fetch the cache lines of `*p` (no effect on
+/// other architectures).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let base = p.cast::<i8>();
+        let mut off = 0;
+        while off < std::mem::size_of::<T>().max(1) {
+            // SAFETY: prefetching is a hint; it never faults, whatever the
+            // address (here within or just past a live value).
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off));
+            }
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Timestamp of an event, if it has one.
 fn event_ts(e: &Event) -> Option<u64> {
     match e {
-        Event::SpanNew { ts, .. }
-        | Event::Enter { ts, .. }
+        Event::Enter { ts, .. }
         | Event::Exit { ts, .. }
         | Event::PollEnd { ts, .. }
         | Event::Poll { start: ts, .. }
         | Event::Close { ts, .. }
-        | Event::Wake { ts, .. }
-        | Event::Log { ts, .. }
-        | Event::Panic { ts, .. } => Some(*ts),
+        | Event::Wake { ts, .. } => Some(*ts),
+        Event::SpanNew(n) => Some(n.ts),
+        Event::Log(l) => Some(l.ts),
+        Event::Panic(p) => Some(p.ts),
         _ => None,
     }
 }
@@ -1425,7 +1490,7 @@ fn start_poll(t: &mut Task, ts: u64, th: &crate::Thresholds) -> PollChecks {
     if let Some(since) = t.scheduled_since.take() {
         let wait = ts.saturating_sub(since);
         t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
-        record_us(&mut t.hist_mut().scheduled_us, wait);
+        t.record_scheduled(wait);
         if wait > th.starvation_ns {
             checks.starved = Some(wait);
         } else {
@@ -1457,12 +1522,59 @@ fn end_poll(t: &mut Task, ts: u64) {
     } else {
         t.state = TaskState::Idle;
     }
+    if !t.tree_changed {
+        // Same tree as at the last poll's end: same leaf, same since.
+        return;
+    }
+    t.tree_changed = false;
     let leaf = leaf_span(&t.await_tree);
     t.leaf = match (leaf, t.leaf) {
         (Some(l), Some((old, since))) if l == old => Some((old, since)),
         (Some(l), _) => Some((l, start)),
         (None, _) => None,
     };
+}
+
+#[cfg(test)]
+mod leaf_tests {
+    use crate::testing::{Scenario, TaskOpts};
+
+    /// The leaf a task waits on, and since when, follows its await tree
+    /// across polls that keep it and polls that change it.
+    #[test]
+    fn the_leaf_and_its_start_follow_tree_changes() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("t"), 0);
+        let a = s.user_span("a", 1);
+        let b = s.user_span("b", 2);
+        let leaf = |s: &mut Scenario| s.model().processes().next().unwrap().tasks[&t].leaf;
+        let poll_in = |s: &mut Scenario, span, ts| {
+            s.begin_poll(t, ts);
+            s.enter(span, ts + 1);
+            s.exit(span, ts + 2);
+            s.end_poll(t, ts + 3);
+        };
+        // Poll 1 waits in `a`.
+        poll_in(&mut s, a, 10);
+        assert_eq!(leaf(&mut s), Some((a, 10)));
+        // Poll 2 enters the same spans: the producer sends no tree, and the
+        // wait goes on from poll 1.
+        poll_in(&mut s, a, 20);
+        assert_eq!(leaf(&mut s), Some((a, 10)));
+        // Poll 3 waits in `b` instead, poll 4 too.
+        poll_in(&mut s, b, 30);
+        assert_eq!(leaf(&mut s), Some((b, 30)));
+        poll_in(&mut s, b, 40);
+        assert_eq!(leaf(&mut s), Some((b, 30)));
+        // Poll 5 enters nothing: no leaf.
+        s.poll_v2(t, 50, 51, 1);
+        assert_eq!(leaf(&mut s), None);
+        // Poll 6 goes back to `a`: a new wait, from this poll.
+        poll_in(&mut s, a, 60);
+        assert_eq!(leaf(&mut s), Some((a, 60)));
+        poll_in(&mut s, a, 70);
+        assert_eq!(leaf(&mut s), Some((a, 60)));
+    }
 }
 
 #[cfg(test)]
@@ -1578,7 +1690,7 @@ mod merge_tests {
                 },
                 name: None,
             },
-            1 => Event::Callsite(Callsite {
+            1 => Event::Callsite(Box::new(Callsite {
                 id: u32::from(arg),
                 name: "c".into(),
                 target: "t".into(),
@@ -1587,7 +1699,7 @@ mod merge_tests {
                 line: None,
                 kind: CallsiteKind::Span(SpanClass::User),
                 fields: vec![],
-            }),
+            })),
             2 => Event::FollowsFrom {
                 span,
                 follows: span,

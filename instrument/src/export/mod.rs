@@ -288,7 +288,7 @@ impl Exporter {
             .since(0)
             .into_iter()
             .take(self.callsites_sent)
-            .map(Event::Callsite)
+            .map(|c| Event::Callsite(Box::new(c)))
             .collect();
         {
             let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
@@ -357,7 +357,7 @@ impl Exporter {
         let want_events = self.sinks.iter().any(Sink::is_up);
         if want_events {
             for c in callsites {
-                self.emit(&Event::Callsite(c));
+                self.emit(&Event::Callsite(Box::new(c)));
             }
         }
         // Records are converted straight out of the rings, not copied first.
@@ -646,14 +646,14 @@ impl Exporter {
                 if !want {
                     return None;
                 }
-                Event::Log {
+                Event::Log(Box::new(awaitscope_wire::Log {
                     callsite: l.callsite,
                     span: id(l.span),
                     task: id(l.task),
                     ts: ns(l.ts),
                     fields: l.fields,
                     trace: l.trace,
-                }
+                }))
             }
             _ if !want => return None,
             Raw::FollowsFrom { span, follows } => Event::FollowsFrom {
@@ -666,7 +666,7 @@ impl Exporter {
                 by: id(by),
                 ts: ns(ts),
             },
-            Raw::Panic(p) => Event::Panic {
+            Raw::Panic(p) => Event::Panic(Box::new(awaitscope_wire::Panic {
                 task: id(p.task),
                 span: id(p.span),
                 message: p.message,
@@ -674,7 +674,7 @@ impl Exporter {
                 line: p.line,
                 ts: ns(p.ts),
                 trace: p.trace,
-            },
+            })),
         })
     }
 
@@ -733,7 +733,7 @@ fn pending_tree(
 
 /// The `SpanNew` event of a span node, with its current fields.
 fn span_new(shared: &Shared, n: &SpanNode) -> Event {
-    Event::SpanNew {
+    Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
         id: SpanId(n.id),
         callsite: n.callsite,
         parent: n.parent.as_ref().map(|p| SpanId(p.id)),
@@ -741,5 +741,5 @@ fn span_new(shared: &Shared, n: &SpanNode) -> Event {
         ctx_span: (n.ctx_span != 0).then_some(SpanId(n.ctx_span)),
         ts: shared.nanos(n.ts),
         fields: n.fields.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-    }
+    }))
 }

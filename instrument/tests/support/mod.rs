@@ -207,18 +207,19 @@ impl Captured {
     ) {
         match e {
             Event::Callsite(cs) => {
-                callsites.insert(cs.id, cs);
+                callsites.insert(cs.id, *cs);
             }
             Event::Thread { id, .. } => *thread = id,
-            Event::SpanNew {
-                id,
-                callsite,
-                parent,
-                ctx_task,
-                ctx_span,
-                fields,
-                ..
-            } => {
+            Event::SpanNew(boxed) => {
+                let awaitscope_wire::SpanNew {
+                    id,
+                    callsite,
+                    parent,
+                    ctx_task,
+                    ctx_span,
+                    fields,
+                    ..
+                } = *boxed;
                 let cs = &callsites[&callsite];
                 let CallsiteKind::Span(class) = cs.kind else {
                     panic!("span of an event callsite")
@@ -309,14 +310,15 @@ impl Captured {
                 }
             }
             Event::Wake { task, op, by, .. } => self.wakes.push(Wake { task, by, op }),
-            Event::Log {
-                callsite,
-                span,
-                task,
-                fields,
-                trace,
-                ..
-            } => {
+            Event::Log(boxed) => {
+                let awaitscope_wire::Log {
+                    callsite,
+                    span,
+                    task,
+                    fields,
+                    trace,
+                    ..
+                } = *boxed;
                 let cs = &callsites[&callsite];
                 let CallsiteKind::Event(class) = cs.kind else {
                     panic!("log of a span callsite")
@@ -332,13 +334,14 @@ impl Captured {
                     trace,
                 });
             }
-            Event::Panic {
-                task,
-                span,
-                message,
-                trace,
-                ..
-            } => {
+            Event::Panic(boxed) => {
+                let awaitscope_wire::Panic {
+                    task,
+                    span,
+                    message,
+                    trace,
+                    ..
+                } = *boxed;
                 self.panics.push((task, span, message));
                 self.panic_traces.push(trace);
             }

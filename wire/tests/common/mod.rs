@@ -28,7 +28,7 @@ pub fn event_variant(e: &Event) -> &'static str {
     match e {
         Event::Callsite(_) => "Callsite",
         Event::Thread { .. } => "Thread",
-        Event::SpanNew { .. } => "SpanNew",
+        Event::SpanNew(_) => "SpanNew",
         Event::Record { .. } => "Record",
         Event::FollowsFrom { .. } => "FollowsFrom",
         Event::PollTree { .. } => "PollTree",
@@ -36,8 +36,8 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::Exit { .. } => "Exit",
         Event::Close { .. } => "Close",
         Event::Wake { .. } => "Wake",
-        Event::Log { .. } => "Log",
-        Event::Panic { .. } => "Panic",
+        Event::Log(_) => "Log",
+        Event::Panic(_) => "Panic",
         Event::PollEnd { .. } => "PollEnd",
         Event::Poll { .. } => "Poll",
     }
@@ -104,7 +104,7 @@ pub fn sample_events() -> Vec<Event> {
         CallsiteKind::Event(EventClass::StateUpdate),
     ];
     for (i, kind) in kinds.into_iter().enumerate() {
-        events.push(Event::Callsite(Callsite {
+        events.push(Event::Callsite(Box::new(Callsite {
             id: i as u32,
             name: format!("callsite{i}"),
             target: "app::module".into(),
@@ -113,14 +113,14 @@ pub fn sample_events() -> Vec<Event> {
             line: (i % 2 == 0).then_some(42),
             kind,
             fields: (0..i).map(|f| format!("field{f}")).collect(),
-        }));
+        })));
     }
     events.push(Event::Thread {
         id: 0,
         name: Some("tokio-runtime-worker".into()),
     });
     events.push(Event::Thread { id: 1, name: None });
-    events.push(Event::SpanNew {
+    events.push(Event::SpanNew(Box::new(SpanNew {
         id: SpanId(1),
         callsite: 1,
         parent: None,
@@ -128,8 +128,8 @@ pub fn sample_events() -> Vec<Event> {
         ctx_span: None,
         ts: 0,
         fields: vec![],
-    });
-    events.push(Event::SpanNew {
+    })));
+    events.push(Event::SpanNew(Box::new(SpanNew {
         id: SpanId(u64::MAX),
         callsite: u32::MAX,
         parent: Some(SpanId(1)),
@@ -137,7 +137,7 @@ pub fn sample_events() -> Vec<Event> {
         ctx_span: Some(SpanId(3)),
         ts: u64::MAX,
         fields: all_values(),
-    });
+    })));
     events.push(Event::Record {
         span: SpanId(1),
         fields: all_values(),
@@ -214,23 +214,23 @@ pub fn sample_events() -> Vec<Event> {
             ts: 200 + i as u64,
         });
     }
-    events.push(Event::Log {
+    events.push(Event::Log(Box::new(Log {
         callsite: 6,
         span: Some(SpanId(5)),
         task: Some(SpanId(7)),
         ts: 300,
         fields: all_values(),
         trace: Vec::new(),
-    });
-    events.push(Event::Log {
+    })));
+    events.push(Event::Log(Box::new(Log {
         callsite: 6,
         span: None,
         task: None,
         ts: 301,
         fields: vec![],
         trace: Vec::new(),
-    });
-    events.push(Event::Panic {
+    })));
+    events.push(Event::Panic(Box::new(Panic {
         task: Some(SpanId(7)),
         span: Some(SpanId(5)),
         message: "called `Option::unwrap()` on a `None` value".into(),
@@ -238,8 +238,8 @@ pub fn sample_events() -> Vec<Event> {
         line: Some(7),
         ts: 400,
         trace: Vec::new(),
-    });
-    events.push(Event::Panic {
+    })));
+    events.push(Event::Panic(Box::new(Panic {
         task: None,
         span: None,
         message: String::new(),
@@ -247,7 +247,7 @@ pub fn sample_events() -> Vec<Event> {
         line: None,
         ts: 401,
         trace: Vec::new(),
-    });
+    })));
     events
 }
 
@@ -488,7 +488,7 @@ pub fn arb_callsite() -> impl Strategy<Value = Callsite> {
 pub fn arb_event() -> impl Strategy<Value = Event> {
     let opt_span = || proptest::option::of(arb_span());
     prop_oneof![
-        arb_callsite().prop_map(Event::Callsite),
+        arb_callsite().prop_map(|c| Event::Callsite(Box::new(c))),
         (any::<u32>(), proptest::option::of(arb_str()))
             .prop_map(|(id, name)| Event::Thread { id, name }),
         (
@@ -501,7 +501,7 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
             arb_fields()
         )
             .prop_map(|(id, callsite, parent, ctx_task, ctx_span, ts, fields)| {
-                Event::SpanNew {
+                Event::SpanNew(Box::new(SpanNew {
                     id,
                     callsite,
                     parent,
@@ -509,7 +509,7 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                     ctx_span,
                     ts,
                     fields,
-                }
+                }))
             }),
         (arb_span(), arb_fields()).prop_map(|(span, fields)| Event::Record { span, fields }),
         (arb_span(), arb_span()).prop_map(|(span, follows)| Event::FollowsFrom { span, follows }),
@@ -545,14 +545,16 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
             any::<u64>(),
             arb_fields()
         )
-            .prop_map(|(callsite, span, task, ts, fields)| Event::Log {
-                callsite,
-                span,
-                task,
-                ts,
-                fields,
-                trace: Vec::new(),
-            }),
+            .prop_map(
+                |(callsite, span, task, ts, fields)| Event::Log(Box::new(Log {
+                    callsite,
+                    span,
+                    task,
+                    ts,
+                    fields,
+                    trace: Vec::new(),
+                }))
+            ),
         (
             opt_span(),
             opt_span(),
@@ -561,15 +563,17 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
             any::<Option<u32>>(),
             any::<u64>()
         )
-            .prop_map(|(task, span, message, file, line, ts)| Event::Panic {
-                task,
-                span,
-                message,
-                file,
-                line,
-                ts,
-                trace: Vec::new(),
-            }),
+            .prop_map(
+                |(task, span, message, file, line, ts)| Event::Panic(Box::new(Panic {
+                    task,
+                    span,
+                    message,
+                    file,
+                    line,
+                    ts,
+                    trace: Vec::new(),
+                }))
+            ),
     ]
 }
 
