@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::detect::Finding;
 use crate::model::await_tree::AwaitTree;
 use crate::model::span::{self, Location};
-use crate::model::task::{level_str, Task};
+use crate::model::task::{level_str, Histograms, Task};
 use crate::model::{Model, Process};
 use awaitscope_wire::SpanClass;
 
@@ -440,23 +440,26 @@ fn await_nodes(
         .collect()
 }
 
-/// Poll times, including the last poll of an open task (not yet committed).
-fn poll_hist(t: &Task) -> Option<HistReport> {
+/// Poll times, including the last poll of an open task (not yet committed);
+/// `hists` is `t.histograms()`.
+fn poll_hist(t: &Task, hists: Option<&Histograms>) -> Option<HistReport> {
     match (t.pending_poll, t.closed) {
         (Some(pp), None) => {
-            let mut h = t.histograms().map_or_else(
+            let mut h = hists.map_or_else(
                 || Histogram::<u32>::new(1).expect("valid sigfig"),
                 |h| h.poll_us.clone(),
             );
             crate::model::task::record_us(&mut h, pp.end.saturating_sub(pp.start));
             HistReport::of(&h)
         }
-        _ => t.histograms().and_then(|h| HistReport::of(&h.poll_us)),
+        _ => hists.and_then(|h| HistReport::of(&h.poll_us)),
     }
 }
 
 fn task_report(p: &Process, t: &Task) -> TaskReport {
     let now = p.now;
+    // Once per task: a copy when it still keeps samples.
+    let hists = t.histograms();
     let cs = p.callsites.get(&t.callsite);
     let fields = t
         .fields
@@ -485,8 +488,10 @@ fn task_report(p: &Process, t: &Task) -> TaskReport {
         wakes: t.wakes,
         self_wakes: t.self_wakes,
         wakers_alive: t.wakers_alive,
-        poll_time: poll_hist(t),
-        scheduled_time: t.histograms().and_then(|h| HistReport::of(&h.scheduled_us)),
+        poll_time: poll_hist(t, hists.as_deref()),
+        scheduled_time: hists
+            .as_deref()
+            .and_then(|h| HistReport::of(&h.scheduled_us)),
         waiting_on: t.waiting_on.iter().map(|r| r.0).collect(),
         await_tree: if t.closed.is_some() {
             Vec::new()

@@ -371,6 +371,68 @@ pub struct SpanNew {
     pub fields: Vec<Field>,
 }
 
+/// [`Event::SpanNew`] with its fields borrowed, for producers that keep a
+/// span's fields elsewhere and would otherwise copy them (a vector and its
+/// strings) for every span they send. It encodes byte for byte as the owned
+/// event (see [`crate::EventsFrame::push`]); it is never decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct SpanNewRef<'a> {
+    /// As [`SpanNew::id`].
+    pub id: SpanId,
+    /// As [`SpanNew::callsite`].
+    pub callsite: u32,
+    /// As [`SpanNew::parent`].
+    pub parent: Option<SpanId>,
+    /// As [`SpanNew::ctx_task`].
+    pub ctx_task: Option<SpanId>,
+    /// As [`SpanNew::ctx_span`].
+    pub ctx_span: Option<SpanId>,
+    /// As [`SpanNew::ts`].
+    pub ts: u64,
+    /// As [`SpanNew::fields`].
+    pub fields: &'a [Field],
+}
+
+/// Variant index of [`Event::SpanNew`] (checked against the derived
+/// encoding by a test).
+const SPAN_NEW_VARIANT: u32 = 2;
+
+impl Serialize for SpanNewRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        /// The struct inside the variant, field for field as [`SpanNew`].
+        struct Body<'b>(&'b SpanNewRef<'b>);
+        impl Serialize for Body<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let r = self.0;
+                let mut st = s.serialize_struct("SpanNew", 7)?;
+                st.serialize_field("id", &r.id)?;
+                st.serialize_field("callsite", &r.callsite)?;
+                st.serialize_field("parent", &r.parent)?;
+                st.serialize_field("ctx_task", &r.ctx_task)?;
+                st.serialize_field("ctx_span", &r.ctx_span)?;
+                st.serialize_field("ts", &r.ts)?;
+                st.serialize_field("fields", r.fields)?;
+                st.end()
+            }
+        }
+        s.serialize_newtype_variant("Event", SPAN_NEW_VARIANT, "SpanNew", &Body(self))
+    }
+}
+
+/// What [`crate::EventsFrame::push`] encodes: an [`Event`], or a borrowed
+/// form that encodes as one. (Sealed: nothing else may go into a frame.)
+pub trait EncodesAsEvent: Serialize + sealed::Sealed {}
+
+impl EncodesAsEvent for Event {}
+impl EncodesAsEvent for SpanNewRef<'_> {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Event {}
+    impl Sealed for super::SpanNewRef<'_> {}
+}
+
 /// An event of the program or of tokio's resources: [`Event::Log`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Log {

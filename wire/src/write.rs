@@ -163,7 +163,10 @@ impl EventsFrame {
     /// it does not fit: finish this frame and push it to the next (on an
     /// empty frame it means the event alone is over the cap). On error the
     /// frame is left as it was.
-    pub fn push(&mut self, event: &crate::Event) -> Result<(), EncodeError> {
+    pub fn push<E: crate::EncodesAsEvent + ?Sized>(
+        &mut self,
+        event: &E,
+    ) -> Result<(), EncodeError> {
         if self.count >= crate::limits::MAX_BATCH {
             return Err(EncodeError::FrameTooLarge(self.events.len()));
         }

@@ -510,3 +510,43 @@ proptest! {
         prop_assert_eq!(rest.unwrap(), 0);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A `SpanNewRef` encodes byte for byte as the owned `Event::SpanNew`,
+    /// alone and among other events of a frame.
+    #[test]
+    fn borrowed_span_new_encodes_as_the_owned_event(
+        id in arb_span(),
+        callsite in any::<u32>(),
+        parent in prop::option::of(arb_span()),
+        ctx_task in prop::option::of(arb_span()),
+        ctx_span in prop::option::of(arb_span()),
+        ts in any::<u64>(),
+        fields in arb_fields(),
+    ) {
+        let owned = Event::SpanNew(Box::new(SpanNew {
+            id, callsite, parent, ctx_task, ctx_span, ts, fields: fields.clone(),
+        }));
+        let borrowed = SpanNewRef { id, callsite, parent, ctx_task, ctx_span, ts, fields: &fields };
+        prop_assert_eq!(
+            postcard::to_stdvec(&borrowed).unwrap(),
+            postcard::to_stdvec(&owned).unwrap()
+        );
+        let other = Event::Enter { span: id, ts };
+        let key = ProcessKey { pid: 7, start_unix_ns: 9 };
+        let (mut a, mut b) = (EventsFrame::new(), EventsFrame::new());
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        a.push(&other).unwrap();
+        a.push(&owned).unwrap();
+        a.finish(key, 3, &mut out_a).unwrap();
+        b.push(&other).unwrap();
+        b.push(&borrowed).unwrap();
+        b.finish(key, 3, &mut out_b).unwrap();
+        prop_assert_eq!(&out_a, &out_b);
+        let (decoded, _) = decode_frame(&out_b, 0).unwrap().unwrap();
+        let Body::Events(events) = decoded.body else { unreachable!() };
+        prop_assert_eq!(events, vec![other, owned]);
+    }
+}

@@ -700,8 +700,10 @@ impl Process {
             t.waiting_on.clear();
             t.await_tree = AwaitTree::default();
             t.flags = 0;
-            // Its histograms are final: read without a copy from now on.
-            t.flush_samples();
+            // Its last samples stay kept in it, not recorded into
+            // histograms allocated now: most completed tasks are folded
+            // into the summary without anyone reading their histograms (a
+            // report reads them with the kept samples).
             self.completed.push_back(t);
             self.prune(cfg);
             return;

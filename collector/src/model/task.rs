@@ -292,7 +292,7 @@ impl Task {
     }
 
     /// The poll and scheduled time histograms, if anything was recorded:
-    /// borrowed when every sample is in them already (as for closed tasks),
+    /// borrowed when every sample is in them already,
     /// else a copy with the latest samples added.
     pub fn histograms(&self) -> Option<std::borrow::Cow<'_, Histograms>> {
         use std::borrow::Cow;

@@ -282,7 +282,7 @@ impl Exporter {
         let mut info = self.info.clone();
         info.reconnect = reconnect;
         let mut out = self.frame_bytes(Body::Hello(info));
-        let mut events: Vec<Event> = self
+        let callsites: Vec<Event> = self
             .shared
             .callsites
             .since(0)
@@ -290,13 +290,15 @@ impl Exporter {
             .take(self.callsites_sent)
             .map(|c| Event::Callsite(Box::new(c)))
             .collect();
-        {
+        let (spans, trees) = {
             let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-            let mut spans: Vec<&Arc<SpanNode>> = model.spans.values().map(|s| &s.node).collect();
+            let mut spans: Vec<Arc<SpanNode>> =
+                model.spans.values().map(|s| s.node.clone()).collect();
             spans.sort_by_key(|n| n.id);
-            events.extend(spans.into_iter().map(|n| span_new(&self.shared, n)));
-            events.extend(model.trees().into_iter().map(|(task, nodes)| {
-                Event::PollTree {
+            let trees: Vec<Event> = model
+                .trees()
+                .into_iter()
+                .map(|(task, nodes)| Event::PollTree {
                     task: SpanId(task),
                     spans: nodes
                         .into_iter()
@@ -305,15 +307,22 @@ impl Exporter {
                             depth,
                         })
                         .collect(),
-                }
-            }));
-        }
+                })
+                .collect();
+            (spans, trees)
+        };
         let buffer_full = self.buffer_drops();
         // Through the stream's frame builder, into `buf` for this sink only.
         // Nothing of the stream is pending: every drain ends with a send.
         self.send_batch();
         self.buf.clear();
-        for ev in &events {
+        for ev in &callsites {
+            self.push_event(ev, Self::stage_frame);
+        }
+        for n in &spans {
+            self.push_span_new(n, Self::stage_frame);
+        }
+        for ev in &trees {
             self.push_event(ev, Self::stage_frame);
         }
         self.stage_frame();
@@ -424,7 +433,7 @@ impl Exporter {
     /// Encodes `ev` into the frame being built; `flush` takes the frame when
     /// it is full or `ev` does not fit in it.
     #[inline]
-    fn push_event(&mut self, ev: &Event, flush: fn(&mut Self)) {
+    fn push_event<E: wire::EncodesAsEvent + ?Sized>(&mut self, ev: &E, flush: fn(&mut Self)) {
         match self.frame.push(ev) {
             Ok(()) => {}
             Err(wire::EncodeError::FrameTooLarge(_)) if !self.frame.is_empty() => {
@@ -442,6 +451,23 @@ impl Exporter {
         if self.frame.len() >= BATCH {
             flush(self);
         }
+    }
+
+    /// Encodes the `SpanNew` event of a span node, its fields read in place
+    /// under the node's lock (not copied: a spawn's fields are a vector and
+    /// several strings).
+    fn push_span_new(&mut self, n: &SpanNode, flush: fn(&mut Self)) {
+        let fields = n.fields.lock().unwrap_or_else(|e| e.into_inner());
+        let ev = wire::SpanNewRef {
+            id: SpanId(n.id),
+            callsite: n.callsite,
+            parent: n.parent.as_ref().map(|p| SpanId(p.id)),
+            ctx_task: (n.ctx_task != 0).then_some(SpanId(n.ctx_task)),
+            ctx_span: (n.ctx_span != 0).then_some(SpanId(n.ctx_span)),
+            ts: self.shared.nanos(n.ts),
+            fields: &fields,
+        };
+        self.push_event(&ev, flush);
     }
 
     /// Appends the frame being built to `out` with the next sequence
@@ -499,10 +525,12 @@ impl Exporter {
         }
         Some(match raw {
             Raw::Span(node) => {
-                let ev = want.then(|| span_new(&self.shared, &node));
+                if want {
+                    self.push_span_new(&node, Self::send_batch);
+                }
                 let created = ns(node.ts);
                 model.on_span(node, created);
-                ev?
+                return None;
             }
             Raw::Record(r) => {
                 // The node's fields were updated by the layer.
@@ -729,17 +757,4 @@ fn pending_tree(
         trees.resize_with(i + 1, Default::default);
     }
     &mut trees[i]
-}
-
-/// The `SpanNew` event of a span node, with its current fields.
-fn span_new(shared: &Shared, n: &SpanNode) -> Event {
-    Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
-        id: SpanId(n.id),
-        callsite: n.callsite,
-        parent: n.parent.as_ref().map(|p| SpanId(p.id)),
-        ctx_task: (n.ctx_task != 0).then_some(SpanId(n.ctx_task)),
-        ctx_span: (n.ctx_span != 0).then_some(SpanId(n.ctx_span)),
-        ts: shared.nanos(n.ts),
-        fields: n.fields.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-    }))
 }

@@ -1,0 +1,188 @@
+//! Is the collector ever the bottleneck? For two workloads, the rate at
+//! which the capture layer produces wire events (2 runtime workers flat
+//! out, recording to a file) against the rate at which the collector
+//! ingests that same recording on one core (decoded and applied to the
+//! model, detectors run; the JSON report's time is shown apart), the capture
+//! in a child process per round, the ingest in this one:
+//!
+//! ```sh
+//! cargo run --release -p awaitscope-benches --example capture_vs_ingest
+//! #   AWAITSCOPE_BENCH_ROUNDS=5   rounds per workload (medians are printed)
+//! ```
+//!
+//! - `polls`: 10,000 tasks, each 3 nested `#[instrument]` fns around 100
+//!   `yield_now` (the workload of `--bench workload`, without its join and
+//!   children): almost every event is a whole poll or a wake.
+//! - `churn`: 200,000 short tasks spawned by 4 spawner tasks, each task one
+//!   `yield_now` and done: spans, closes and polls in equal measure, the
+//!   collector's most expensive mix per event.
+
+use std::time::{Duration, Instant};
+
+use awaitscope_collector::{ingest::recording, Model, Report};
+use tracing_subscriber::layer::SubscriberExt;
+
+#[tracing::instrument(skip_all, fields(i = i))]
+async fn outer(i: u64) -> u64 {
+    middle(i).await.wrapping_add(1)
+}
+
+#[tracing::instrument(skip_all, fields(i = i))]
+async fn middle(i: u64) -> u64 {
+    inner(i).await.wrapping_mul(3)
+}
+
+#[tracing::instrument(skip_all, fields(i = i))]
+async fn inner(i: u64) -> u64 {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    i
+}
+
+async fn polls() {
+    let handles: Vec<_> = (0..10_000u64).map(|i| tokio::spawn(outer(i))).collect();
+    for h in handles {
+        std::hint::black_box(h.await.unwrap());
+    }
+}
+
+async fn churn() {
+    let spawners: Vec<_> = (0..4u64)
+        .map(|s| {
+            tokio::spawn(async move {
+                let mut handles = Vec::with_capacity(1000);
+                for i in 0..50_000u64 {
+                    handles.push(tokio::spawn(async move {
+                        tokio::task::yield_now().await;
+                        i ^ s
+                    }));
+                    if handles.len() == 1000 {
+                        for h in handles.drain(..) {
+                            std::hint::black_box(h.await.unwrap());
+                        }
+                    }
+                }
+                for h in handles {
+                    std::hint::black_box(h.await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for s in spawners {
+        s.await.unwrap();
+    }
+}
+
+/// Child process: runs `workload` recorded to `path` under a global
+/// subscriber (tokio's workers must see it) and prints the wall time from
+/// runtime start to the recording's final flush.
+fn child(workload: &str, path: &std::path::Path) {
+    let (layer, guard) = awaitscope::Builder::new()
+        .no_stream()
+        .record_to(path.to_path_buf())
+        .try_build()
+        .expect("recording");
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+        .expect("global subscriber");
+    let t0 = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match workload {
+        "polls" => rt.block_on(polls()),
+        _ => rt.block_on(churn()),
+    }
+    drop(rt);
+    drop(guard);
+    println!("{}", t0.elapsed().as_nanos());
+}
+
+/// Runs `workload` in a child process recording to `path`.
+fn capture(workload: &str, path: &std::path::Path) -> Duration {
+    let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env(CHILD, workload)
+        .env(CHILD_PATH, path)
+        .output()
+        .expect("child runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ns: u64 = text.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "child failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Duration::from_nanos(ns)
+}
+
+const CHILD: &str = "AWAITSCOPE_CVI_CHILD";
+const CHILD_PATH: &str = "AWAITSCOPE_CVI_PATH";
+
+/// Events in a recording (read again, outside the timed ingest).
+fn count_events(path: &std::path::Path) -> u64 {
+    let file = std::io::BufReader::new(std::fs::File::open(path).expect("recording"));
+    let reader = awaitscope_wire::FrameReader::new(file).expect("recording header");
+    reader
+        .filter_map(Result::ok)
+        .map(|f| match f.body {
+            awaitscope_wire::Body::Events(evs) => evs.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let (Ok(w), Ok(p)) = (std::env::var(CHILD), std::env::var(CHILD_PATH)) {
+        return child(&w, std::path::Path::new(&p));
+    }
+    let rounds: usize = std::env::var("AWAITSCOPE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().expect("temp dir");
+    println!(
+        "| workload | events | dropped by the producer | capture (M events/s, 2 workers) | \
+         ingest (M events/s, 1 core) | ingest / capture | ingest + JSON report (ms) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for workload in ["polls", "churn"] {
+        let (mut cap, mut ing, mut rep, mut ratio) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut events, mut dropped) = (0, 0);
+        for round in 0..rounds {
+            let path = dir.path().join(format!("{workload}-{round}.aws"));
+            let wall = capture(workload, &path);
+            let t0 = Instant::now();
+            let mut model = Model::default();
+            let input = recording::load_files(&mut model, &[&path]).expect("recording reads");
+            let ingest = t0.elapsed();
+            let report = Report::from_model(&model);
+            std::hint::black_box(serde_json::to_vec(&report).expect("json"));
+            let reported = t0.elapsed();
+            let _ = input;
+            events = count_events(&path);
+            dropped = report.dropped.total;
+            let c = events as f64 / wall.as_secs_f64() / 1e6;
+            let i = events as f64 / ingest.as_secs_f64() / 1e6;
+            cap.push(c);
+            ing.push(i);
+            rep.push(reported.as_secs_f64() * 1e3);
+            ratio.push(i / c);
+            let _ = std::fs::remove_file(&path);
+        }
+        println!(
+            "| {workload} | {events} | {dropped} | {:.2} | {:.2} | {:.2}x | {:.0} |",
+            median(&mut cap),
+            median(&mut ing),
+            median(&mut ratio),
+            median(&mut rep)
+        );
+    }
+}
