@@ -345,6 +345,10 @@ pub struct Walker {
     finding_tasks: HashSet<(ProcessKey, u64)>,
     finding_tracks: HashMap<(ProcessKey, u64), u64>,
     summary: WalkSummary,
+    /// Root groups during the walk, looked up by the tasks' own `Arc<str>`
+    /// (the summary's map is keyed by `String`: a lookup there allocated a
+    /// key per task); moved into the summary at the end.
+    root_groups: HashMap<ProcessKey, HashMap<Arc<str>, RootGroup>>,
 }
 
 type Sinks<'a, 'b> = &'a mut [&'b mut dyn Sink];
@@ -380,6 +384,7 @@ impl Walker {
             finding_tasks,
             finding_tracks: HashMap::new(),
             summary: WalkSummary::default(),
+            root_groups: HashMap::new(),
         }
     }
 
@@ -810,14 +815,17 @@ impl Walker {
         let root = parent_task.map_or_else(|| group.clone(), |t| t.root.clone());
         let parent_track = parent_task.and_then(|t| t.track).unwrap_or(p.track);
         let is_root = parent_task.is_none();
-        let rg = self
-            .summary
-            .root_groups
-            .entry((key, root.to_string()))
-            .or_insert_with(|| RootGroup {
-                first_ns: ts,
-                ..RootGroup::default()
-            });
+        let groups = self.root_groups.entry(key).or_default();
+        if !groups.contains_key(&*root) {
+            groups.insert(
+                root.clone(),
+                RootGroup {
+                    first_ns: ts,
+                    ..RootGroup::default()
+                },
+            );
+        }
+        let rg = groups.get_mut(&*root).expect("inserted above");
         rg.tasks += 1;
         rg.roots += u64::from(is_root);
         rg.first_ns = rg.first_ns.min(ts);
@@ -1243,7 +1251,11 @@ impl Walker {
             CloseKind::Panicked => "panicked",
             _ => "completed",
         };
-        if let Some(rg) = self.summary.root_groups.get_mut(&(key, t.root.to_string())) {
+        if let Some(rg) = self
+            .root_groups
+            .get_mut(&key)
+            .and_then(|g| g.get_mut(&*t.root))
+        {
             match kind {
                 CloseKind::Cancelled => rg.cancelled += 1,
                 CloseKind::Panicked => rg.panicked += 1,
@@ -1418,7 +1430,11 @@ impl Walker {
                 );
                 let to = self.opts.to_ns.unwrap_or(u64::MAX);
                 Self::end_awaits(&mut self.summary, key, t, now.min(to), sinks)?;
-                if let Some(rg) = self.summary.root_groups.get_mut(&(key, t.root.to_string())) {
+                if let Some(rg) = self
+                    .root_groups
+                    .get_mut(&key)
+                    .and_then(|g| g.get_mut(&*t.root))
+                {
                     rg.last_ns = rg.last_ns.max(now);
                 }
             }
@@ -1459,6 +1475,11 @@ impl Walker {
             }
             if self.busy_w[i] > 0 {
                 self.summary.busy.insert(name.clone(), self.busy_w[i]);
+            }
+        }
+        for (key, groups) in std::mem::take(&mut self.root_groups) {
+            for (root, rg) in groups {
+                self.summary.root_groups.insert((key, root.to_string()), rg);
             }
         }
         Ok(self.summary)
@@ -1525,6 +1546,8 @@ pub fn walk_files<P: AsRef<std::path::Path>>(
         // walk stops at the same frame.
         while let Ok(Some(f)) = frames.next_frame() {
             w.frame(&f, sinks)?;
+            // Its vectors and boxes hold the next frame decoded.
+            awaitscope_wire::recycle(f);
         }
     }
     let summary = w.finish(sinks)?;
