@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use awaitscope_wire::{CloseKind, EventClass, Level, Value};
+use awaitscope_wire::{CloseKind, EventClass, Level, SpanClass, Value};
 use support::{capture, capture_with, Flavor};
 use tracing::Instrument;
 
@@ -189,6 +189,43 @@ fn full_buffers_drop_and_count_instead_of_blocking() {
         c.dropped
     );
     assert!(c.hello && c.goodbye, "the stream stays well formed");
+}
+
+/// A task's `Close` record dropped with a full ring is recovered from its
+/// span's node: every task the recording announces also ends in it, so no
+/// model keeps a finished task live for ever (looking starved or stuck).
+#[test]
+fn closes_lost_to_full_buffers_are_recovered() {
+    let c = capture_with(Flavor::CurrentThread, 256, || async {
+        for _ in 0..50 {
+            let handles: Vec<_> = (0..100u64)
+                .map(|i| tokio::spawn(async move { std::hint::black_box(i) }))
+                .collect();
+            for h in handles {
+                h.await.unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(c.dropped.buffer_full > 0, "the test must overflow the ring");
+    let tasks = c.of_class(SpanClass::Task);
+    assert!(
+        tasks.len() > 50,
+        "some task spans were recorded: {}",
+        tasks.len()
+    );
+    let open: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.close.is_none() && t.name != "block_on")
+        .map(|t| t.id)
+        .collect();
+    assert!(
+        open.is_empty(),
+        "{} of {} recorded tasks never closed (dropped {:?})",
+        open.len(),
+        tasks.len(),
+        c.dropped
+    );
 }
 
 #[test]

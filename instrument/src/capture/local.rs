@@ -875,6 +875,7 @@ mod tests {
             closed: AtomicBool::new(false),
             poll_cache: Default::default(),
             cached_in: Default::default(),
+            closed_at: Default::default(),
             polls: Default::default(),
         })
     }

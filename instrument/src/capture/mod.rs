@@ -254,6 +254,7 @@ where
                 closed: AtomicBool::new(false),
                 poll_cache: Default::default(),
                 cached_in: Default::default(),
+                closed_at: Default::default(),
                 polls: Default::default(),
             });
             l.push(Raw::Span(node.clone()));
@@ -325,19 +326,31 @@ where
             return;
         };
         let Some(shared) = &self.shared else { return };
-        data.node.close();
         let ts = shared.raw();
-        with_local(shared, |l| {
-            let kind = if data.class != SpanClass::Task {
+        let node = &data.node;
+        let kind_of = |panicked: bool| {
+            if data.class != SpanClass::Task {
                 CloseKind::Span
-            } else if l.panicked_task == data.id {
-                l.panicked_task = 0;
+            } else if panicked {
                 CloseKind::Panicked
-            } else if data.node.last_pair_adjacent.load(Ordering::Relaxed) {
+            } else if node.last_pair_adjacent.load(Ordering::Relaxed) {
                 CloseKind::Completed
             } else {
                 CloseKind::Cancelled
-            };
+            }
+        };
+        let kind = with_local(shared, |l| {
+            let panicked = l.panicked_task == data.id;
+            if panicked {
+                l.panicked_task = 0;
+            }
+            kind_of(panicked)
+        })
+        .unwrap_or_else(|| kind_of(false));
+        // On the node first: if the record below is dropped (a full ring),
+        // the exporter still learns of the close from the node.
+        node.close_at(ts, kind);
+        with_local(shared, |l| {
             l.push(Raw::Close {
                 span: data.id,
                 kind,

@@ -59,6 +59,9 @@ pub(crate) struct SpanNode {
     pub fields: Mutex<Vec<Field>>,
     /// The task whose poll cache remembers this span, once one does.
     pub cached_in: std::sync::OnceLock<std::sync::Weak<SpanNode>>,
+    /// When it closed (raw clock) and how, set before `closed` (see
+    /// [`SpanNode::close_at`]).
+    pub closed_at: AtomicU64,
 }
 
 /// A task's polls, as the threads polling it see them. Only the thread
@@ -201,7 +204,46 @@ impl PollCache {
     }
 }
 
+/// `closed_at` packs the close's raw timestamp with its kind in the low
+/// two bits (a clock reading loses its two least significant ticks).
+const KIND_BITS: u64 = 0b11;
+
 impl SpanNode {
+    /// The span closed at raw time `ts`, as `kind`: recorded on the node,
+    /// then [`SpanNode::close`].
+    pub fn close_at(&self, ts: u64, kind: awaitscope_wire::CloseKind) {
+        use awaitscope_wire::CloseKind;
+        let k = match kind {
+            CloseKind::Span => 0,
+            CloseKind::Completed => 1,
+            CloseKind::Cancelled => 2,
+            CloseKind::Panicked => 3,
+        };
+        self.closed_at
+            .store((ts & !KIND_BITS) | k, Ordering::Relaxed);
+        self.close();
+    }
+
+    /// When and how the span closed, once [`SpanNode::close_at`] ran.
+    pub fn closed_as(&self) -> Option<(u64, awaitscope_wire::CloseKind)> {
+        use awaitscope_wire::CloseKind;
+        if !self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let v = self.closed_at.load(Ordering::Relaxed);
+        if v == 0 {
+            // Closed by `close` alone (tests).
+            return None;
+        }
+        let kind = match v & KIND_BITS {
+            0 => CloseKind::Span,
+            1 => CloseKind::Completed,
+            2 => CloseKind::Cancelled,
+            _ => CloseKind::Panicked,
+        };
+        Some((v & !KIND_BITS, kind))
+    }
+
     /// The span closed: per-thread caches stop trusting its registry id,
     /// and the task cache that names it drops its entries.
     pub fn close(&self) {

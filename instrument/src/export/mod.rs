@@ -148,6 +148,9 @@ pub(crate) fn start(
         trees: Default::default(),
         retired_drops: 0,
         fullest: 0,
+        swept_drops: 0,
+        close_suspects: Vec::new(),
+        stopping: false,
         frame: wire::EventsFrame::new(),
         buf: Vec::new(),
         last_flush: Instant::now(),
@@ -195,6 +198,12 @@ struct Exporter {
     retired_drops: u64,
     /// How full the fullest ring was at the last drain, in quarters.
     fullest: usize,
+    /// Records dropped when live spans were last checked for lost closes.
+    swept_drops: u64,
+    /// Live spans whose nodes said they closed at that check.
+    close_suspects: Vec<u64>,
+    /// This drain is the last one (the guard was dropped).
+    stopping: bool,
     /// The frame being filled: events are encoded as they are converted.
     frame: wire::EventsFrame,
     buf: Vec<u8>,
@@ -213,6 +222,7 @@ impl Exporter {
                 (st.stop, st.flush_requested, st.flush_done)
             };
             self.connect_sinks();
+            self.stopping = stop;
             let n = self.drain();
             let flush = flush_want > flush_done || stop;
             if flush || self.last_flush.elapsed() >= FLUSH_EVERY {
@@ -419,6 +429,13 @@ impl Exporter {
         }
         self.rings = rings;
         self.counts = counts;
+        // After the rings are back: their drop counters are read.
+        let model = self.model.clone();
+        self.recover_closes(
+            &shared,
+            &mut model.lock().unwrap_or_else(|e| e.into_inner()),
+            want_events,
+        );
         self.send_batch();
         n
     }
@@ -704,6 +721,48 @@ impl Exporter {
                 trace: p.trace,
             })),
         })
+    }
+
+    /// Closes whose `Close` records a full ring dropped, recovered from the
+    /// span nodes (which record when and how they closed): without them a
+    /// task whose close was lost stays live in every model for ever, and
+    /// looks starved, stuck or without wakers.
+    ///
+    /// After records were dropped, the live spans whose nodes say they
+    /// closed become suspects; those still live at the next drain (their
+    /// record, if it was pushed, would have been read by then) are closed
+    /// here. The last drain closes them at once: nothing more will come.
+    fn recover_closes(&mut self, shared: &Shared, model: &mut AwaitModel, want: bool) {
+        let mut suspects = std::mem::take(&mut self.close_suspects);
+        let drops = self.buffer_drops();
+        if self.stopping && drops > 0 {
+            suspects = model.spans.keys().copied().collect();
+            suspects.sort_unstable();
+        }
+        for id in suspects {
+            let Some((ts, kind)) = model.spans.get(&id).and_then(|s| s.node.closed_as()) else {
+                continue;
+            };
+            self.release_held(shared);
+            model.on_close(id);
+            if want {
+                self.emit(&Event::Close {
+                    span: SpanId(id),
+                    kind,
+                    ts: shared.nanos(ts),
+                });
+            }
+        }
+        if drops > self.swept_drops {
+            self.swept_drops = drops;
+            self.close_suspects = model
+                .spans
+                .iter()
+                .filter(|(_, s)| s.node.closed.load(Ordering::Acquire))
+                .map(|(id, _)| *id)
+                .collect();
+            self.close_suspects.sort_unstable();
+        }
     }
 
     /// Sends the start of a poll that was held back (see `convert`).
