@@ -199,7 +199,8 @@ fn closes_lost_to_full_buffers_are_recovered() {
     let c = capture_with(Flavor::CurrentThread, 256, || async {
         for _ in 0..50 {
             let handles: Vec<_> = (0..100u64)
-                .map(|i| tokio::spawn(async move { std::hint::black_box(i) }))
+                // awaitscope's spawn: task spans on stable tokio too.
+                .map(|i| awaitscope::spawn(async move { std::hint::black_box(i) }))
                 .collect();
             for h in handles {
                 h.await.unwrap();
