@@ -89,10 +89,12 @@ impl AwaitModel {
         out
     }
 
-    pub fn on_close(&mut self, span: u64) {
-        self.spans.remove(&span);
+    /// Returns whether it was live (its close not seen before).
+    pub fn on_close(&mut self, span: u64) -> bool {
+        let live = self.spans.remove(&span).is_some();
         self.tasks.remove(&span);
         self.holders.retain(|r, t| *r != span && *t != span);
+        live
     }
 
     /// A `runtime::resource::state_update` event on `resource` by `task`.

@@ -815,17 +815,15 @@ impl Walker {
         let root = parent_task.map_or_else(|| group.clone(), |t| t.root.clone());
         let parent_track = parent_task.and_then(|t| t.track).unwrap_or(p.track);
         let is_root = parent_task.is_none();
-        let groups = self.root_groups.entry(key).or_default();
-        if !groups.contains_key(&*root) {
-            groups.insert(
-                root.clone(),
-                RootGroup {
-                    first_ns: ts,
-                    ..RootGroup::default()
-                },
-            );
-        }
-        let rg = groups.get_mut(&*root).expect("inserted above");
+        let rg = self
+            .root_groups
+            .entry(key)
+            .or_default()
+            .entry(root.clone())
+            .or_insert_with(|| RootGroup {
+                first_ns: ts,
+                ..RootGroup::default()
+            });
         rg.tasks += 1;
         rg.roots += u64::from(is_root);
         rg.first_ns = rg.first_ns.min(ts);

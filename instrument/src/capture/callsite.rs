@@ -108,7 +108,6 @@ impl Callsites {
         self.register(meta)
     }
 
-    /// Whether `meta` is one of tokio's waker event callsites.
     /// The slot of a waker callsite (see [`Callsites::waker_op`]), or
     /// `None` for other callsites and waker callsites past the slots.
     #[inline]

@@ -371,6 +371,9 @@ impl Exporter {
             counts.push(n);
         }
         let n: usize = counts.iter().sum();
+        // Drops so far, read while the rings are in place (see
+        // `recover_closes`).
+        let drops = self.buffer_drops();
         let callsites = self.shared.callsites.since(self.callsites_sent);
         self.callsites_sent += callsites.len();
         let want_events = self.sinks.iter().any(Sink::is_up);
@@ -411,6 +414,7 @@ impl Exporter {
             }
             self.release_held(&shared);
         }
+        self.recover_closes(&shared, &mut model, drops, want_events);
         drop(model);
         // A thread's rings share one drop counter; it is retired with the
         // thread's last ring.
@@ -429,13 +433,6 @@ impl Exporter {
         }
         self.rings = rings;
         self.counts = counts;
-        // After the rings are back: their drop counters are read.
-        let model = self.model.clone();
-        self.recover_closes(
-            &shared,
-            &mut model.lock().unwrap_or_else(|e| e.into_inner()),
-            want_events,
-        );
         self.send_batch();
         n
     }
@@ -665,8 +662,10 @@ impl Exporter {
                 }
             }
             Raw::Close { span, kind, ts } => {
-                model.on_close(span);
-                if !want {
+                // Not live: already closed from its node after drops (the
+                // record came late), or its creation was dropped.
+                let live = model.on_close(span);
+                if !want || !live {
                     return None;
                 }
                 Event::Close {
@@ -728,13 +727,14 @@ impl Exporter {
     /// task whose close was lost stays live in every model for ever, and
     /// looks starved, stuck or without wakers.
     ///
-    /// After records were dropped, the live spans whose nodes say they
-    /// closed become suspects; those still live at the next drain (their
-    /// record, if it was pushed, would have been read by then) are closed
-    /// here. The last drain closes them at once: nothing more will come.
-    fn recover_closes(&mut self, shared: &Shared, model: &mut AwaitModel, want: bool) {
+    /// After records were dropped (`drops`, counted at the start of this
+    /// drain), the live spans whose nodes say they closed become suspects;
+    /// those still live at the next drain (their record, if it was pushed,
+    /// has nearly always been read by then; one that comes later is not
+    /// sent, see `Raw::Close` in `convert`) are closed here. The last drain
+    /// closes them at once: nothing more will come.
+    fn recover_closes(&mut self, shared: &Shared, model: &mut AwaitModel, drops: u64, want: bool) {
         let mut suspects = std::mem::take(&mut self.close_suspects);
-        let drops = self.buffer_drops();
         if self.stopping && drops > 0 {
             suspects = model.spans.keys().copied().collect();
             suspects.sort_unstable();
@@ -777,11 +777,10 @@ impl Exporter {
 
     /// Records dropped so far because a ring was full.
     fn buffer_drops(&self) -> u64 {
-        let mut seen: Vec<u32> = Vec::with_capacity(self.rings.len());
+        // A thread's rings share its counter: count it at its first ring.
         let mut live = 0;
-        for r in &self.rings {
-            if !seen.contains(&r.thread) {
-                seen.push(r.thread);
+        for (i, r) in self.rings.iter().enumerate() {
+            if !self.rings[..i].iter().any(|q| q.thread == r.thread) {
                 live += r.dropped.load(Ordering::Relaxed);
             }
         }
