@@ -34,9 +34,20 @@ const CHILD_ENV: &str = "AWAITSCOPE_BENCH_CHILD";
 const MODES: &[(&str, &str)] = &[
     ("none", "(a) no subscriber"),
     ("registry", "(b) tracing registry alone"),
-    ("aw-stream", "(c) awaitscope, streaming to a closed port"),
-    ("aw-record", "(d) awaitscope, recording to a file"),
+    (
+        "aw-stream",
+        "(c) awaitscope (init()), streaming to a closed port",
+    ),
+    ("aw-record", "(d) awaitscope (init()), recording to a file"),
     ("console", "(e) console-subscriber (loopback)"),
+    (
+        "layer-stream",
+        "(f) registry + AwaitscopeLayer (builder()), streaming to a closed port",
+    ),
+    (
+        "layer-record",
+        "(g) registry + AwaitscopeLayer (builder()), recording to a file",
+    ),
 ];
 
 // ---------------------------------------------------------------- workload
@@ -209,6 +220,20 @@ fn ring(b: awaitscope::Builder) -> awaitscope::Builder {
     }
 }
 
+/// Installs awaitscope as the global subscriber: as `init()` does
+/// (awaitscope's own subscriber) for the `aw-` modes, as a layer on
+/// `tracing_subscriber`'s registry for the `layer-` modes.
+fn install(mode: &str, builder: awaitscope::Builder) -> awaitscope::Guard {
+    if mode.starts_with("layer-") {
+        let (layer, g) = builder.try_build().unwrap();
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .unwrap();
+        g
+    } else {
+        builder.try_init().unwrap()
+    }
+}
+
 fn child_main(mode: &str) {
     let tasks: u64 = std::env::var("AWAITSCOPE_BENCH_TASKS")
         .ok()
@@ -221,27 +246,22 @@ fn child_main(mode: &str) {
         "registry" => {
             tracing::subscriber::set_global_default(tracing_subscriber::registry()).unwrap();
         }
-        "aw-stream" => {
+        "aw-stream" | "layer-stream" => {
             let addr = format!("127.0.0.1:{}", free_port());
-            let (layer, g) = ring(awaitscope::Builder::new().stream_to(addr)).build();
-            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
-                .unwrap();
-            guard = Some(g);
+            guard = Some(install(
+                mode,
+                ring(awaitscope::Builder::new().stream_to(addr)),
+            ));
         }
-        "aw-record" => {
+        "aw-record" | "layer-record" => {
             let path = tempfile::Builder::new()
                 .prefix("awaitscope-bench-")
                 .suffix(".awrec")
                 .tempfile()
                 .unwrap()
                 .into_temp_path();
-            let (layer, g) = ring(awaitscope::Builder::new().no_stream())
-                .record_to(path.to_path_buf())
-                .try_build()
-                .unwrap();
-            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
-                .unwrap();
-            guard = Some(g);
+            let b = ring(awaitscope::Builder::new().no_stream()).record_to(path.to_path_buf());
+            guard = Some(install(mode, b));
             recording = Some(path);
         }
         "console" => {
@@ -389,7 +409,7 @@ fn main() {
         for m in &order {
             let res = run_child(&exe, m);
             line.push_str(&format!(" {m}={:.0}ms", get(&res, "wall_ns") / 1e6));
-            if *m == "aw-record" {
+            if m.ends_with("-record") {
                 line.push_str(&format!(
                     "(dropped {} of {})",
                     get(&res, "buffer_full")

@@ -33,9 +33,16 @@ pub(crate) fn take_pending_link() -> Option<Arc<SpanNode>> {
         .flatten()
 }
 
-/// The node of the current span of the default subscriber, when it is built
-/// on `tracing_subscriber`'s registry with the awaitscope layer.
+/// The node of the current span of the default subscriber, when it is
+/// awaitscope's span store or built on `tracing_subscriber`'s registry with
+/// the awaitscope layer.
 pub(crate) fn current_node() -> Option<Arc<SpanNode>> {
+    if let Some(node) = tracing::dispatcher::get_default(|d| {
+        d.downcast_ref::<crate::store::AwaitscopeSubscriber>()
+            .map(|s| s.current_node())
+    }) {
+        return node;
+    }
     let id = tracing::Span::current().id()?;
     tracing::dispatcher::get_default(|d| {
         let registry = d.downcast_ref::<tracing_subscriber::Registry>()?;

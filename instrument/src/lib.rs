@@ -40,6 +40,7 @@ mod config;
 mod export;
 mod panic;
 pub mod spawn;
+mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -48,26 +49,30 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use awaitscope_wire as wire;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
 pub use await_tree::{AwaitNode, AwaitPoint, Dump, TaskDump};
 pub use capture::AwaitscopeLayer;
 pub use causal::{CausalTrace, Context, TaskRef, TraceItem, Traced, WithCausalTrace};
 pub use config::DEFAULT_ADDR;
 pub use spawn::{spawn, spawn_named, JoinHandle};
+pub use store::AwaitscopeSubscriber;
 
 /// Most slots in a thread's ring buffer (32 bytes each): records a thread
 /// can hold before the exporter drains them. Rings start at 4,096 slots and
 /// grow on overflow up to this.
 const DEFAULT_RING_CAPACITY: usize = 128 * 1024;
 
-/// Installs awaitscope as the global subscriber: `tracing_subscriber`'s
-/// registry, the awaitscope layer, and a log layer printing to stderr
-/// filtered by `RUST_LOG` (default `warn`). Configured by the environment
-/// (see the crate docs). Keep the returned guard alive: dropping it flushes
-/// the stream and the recording.
+/// Installs awaitscope as the global subscriber: the capture, awaitscope's
+/// own span store, and a log output printing to stderr the events that
+/// `RUST_LOG` lets through (default `warn`), laid out as
+/// `tracing_subscriber::fmt` does. Configured by the environment (see the
+/// crate docs). Keep the returned guard alive: dropping it flushes the
+/// stream and the recording.
+///
+/// The span store costs much less per poll than `tracing_subscriber`'s
+/// registry, but takes no other layers; to add your own (a fmt layer with
+/// span filters in `RUST_LOG`, `tracing-error`, OpenTelemetry...), build a
+/// stack with [`builder`] instead.
 ///
 /// When a global subscriber is already set, prints why to stderr and returns
 /// an inert guard; use [`try_init`] to handle that case.
@@ -81,33 +86,44 @@ pub fn init() -> Guard {
 /// Like [`init`], returning an error when a global subscriber is already set
 /// or the recording file cannot be created.
 pub fn try_init() -> Result<Guard, InitError> {
-    let b = builder();
-    if !b.enabled {
-        return Ok(Guard::inert());
-    }
-    let (layer, guard) = b.try_build()?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
-    tracing_subscriber::registry()
-        .with(layer)
-        .with(fmt)
-        .try_init()
-        .map_err(|e| InitError::AlreadySet(e.to_string()))?;
-    // A callsite first hit on another thread while the subscriber was being
-    // installed can keep the interest it got from the previous one (a race
-    // in tracing-core's interest cache): tokio's `runtime.spawn` callsite,
-    // hit by a runtime already running, would then stay disabled. Recompute
-    // every callsite's interest now that the subscriber is in place.
-    tracing::callsite::rebuild_interest_cache();
-    guard.make_current();
-    Ok(guard)
+    builder().try_init()
 }
 
 /// Starts a [`Builder`] configured from the environment.
 pub fn builder() -> Builder {
     Builder::from_env()
+}
+
+impl Builder {
+    /// Installs the configured awaitscope as the global subscriber, as
+    /// [`init`] does (span store and `RUST_LOG` log output included).
+    pub fn try_init(self) -> Result<Guard, InitError> {
+        let Some((subscriber, guard)) = self.try_build_subscriber()? else {
+            return Ok(Guard::inert());
+        };
+        tracing::subscriber::set_global_default(subscriber)
+            .map_err(|e| InitError::AlreadySet(e.to_string()))?;
+        // A callsite first hit on another thread while the subscriber was
+        // being installed can keep the interest it got from the previous
+        // one (a race in tracing-core's interest cache): tokio's
+        // `runtime.spawn` callsite, hit by a runtime already running, would
+        // then stay disabled. Recompute every callsite's interest now that
+        // the subscriber is in place.
+        tracing::callsite::rebuild_interest_cache();
+        guard.make_current();
+        Ok(guard)
+    }
+
+    /// Builds awaitscope's own subscriber (see [`AwaitscopeSubscriber`]) and
+    /// its guard, without installing it; `None` when awaitscope is turned
+    /// off (`AWAITSCOPE=off`).
+    pub fn try_build_subscriber(self) -> Result<Option<(AwaitscopeSubscriber, Guard)>, InitError> {
+        let (layer, guard) = self.try_build()?;
+        Ok(layer.shared.map(|shared| {
+            let log = store::log::LogOutput::from_env();
+            (AwaitscopeSubscriber::new(shared, log), guard)
+        }))
+    }
 }
 
 /// Why awaitscope could not be installed.

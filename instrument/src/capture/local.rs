@@ -431,6 +431,13 @@ impl Local {
         }
     }
 
+    /// Registry (or span store) id of the innermost span entered on this
+    /// thread, or 0. Past [`STACK`] nested spans, the innermost tracked.
+    #[inline]
+    pub fn current_reg(&self) -> u64 {
+        self.frames.last().map_or(0, |f| f.reg)
+    }
+
     /// The task being polled on this thread, or 0.
     #[inline]
     pub fn current_task(&self) -> u64 {

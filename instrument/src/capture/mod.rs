@@ -35,10 +35,7 @@ use record::{Raw, RawLog};
 
 /// What the layer keeps in each span's registry extensions.
 pub(crate) struct SpanData {
-    /// Stable id, never reused.
-    pub id: u64,
-    pub class: SpanClass,
-    /// The span's identity for causal traces.
+    /// The span's node: its stable id, class and identity for causal traces.
     pub node: Arc<SpanNode>,
 }
 
@@ -188,16 +185,6 @@ impl AwaitscopeLayer {
         let ext = span.extensions();
         ext.get::<SpanData>().map(|d| d.node.clone())
     }
-
-    #[inline]
-    fn span_id<S>(ctx: &Context<'_, S>, id: &Id) -> Option<(u64, SpanClass)>
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
-        let span = ctx.span(id)?;
-        let ext = span.extensions();
-        ext.get::<SpanData>().map(|d| (d.id, d.class))
-    }
 }
 
 impl<S> Layer<S> for AwaitscopeLayer
@@ -214,16 +201,93 @@ where
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(shared) = &self.shared else { return };
-        let info = shared.callsites.get(attrs.metadata());
-        let Class::Span(class) = info.class else {
-            return;
-        };
         let Some(span) = ctx.span(id) else { return };
         let node_of = |s: tracing_subscriber::registry::SpanRef<'_, S>| {
             s.extensions().get::<SpanData>().map(|d| d.node.clone())
         };
-        let parent = span.parent().and_then(node_of);
-        let current = ctx.lookup_current().and_then(node_of);
+        let parent = || span.parent().and_then(node_of);
+        let current = || ctx.lookup_current().and_then(node_of);
+        let Some(node) = shared.new_span(attrs, id, parent, current) else {
+            return;
+        };
+        span.extensions_mut().insert(SpanData { node });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let (Some(shared), Some(span)) = (&self.shared, ctx.span(id)) else {
+            return;
+        };
+        let ext = span.extensions();
+        if let Some(data) = ext.get::<SpanData>() {
+            shared.record(&data.node, values);
+        }
+    }
+
+    fn on_follows_from(&self, id: &Id, follows: &Id, ctx: Context<'_, S>) {
+        let Some(shared) = &self.shared else { return };
+        if let (Some(span), Some(follows)) = (
+            Self::lookup_node(&ctx, id),
+            Self::lookup_node(&ctx, follows),
+        ) {
+            shared.follows_from(&span, &follows);
+        }
+    }
+
+    #[inline]
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        let Some(shared) = &self.shared else { return };
+        shared.enter(id, || Self::lookup_node(&ctx, id));
+    }
+
+    #[inline]
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        let Some(shared) = &self.shared else { return };
+        shared.exit(id);
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let (Some(shared), Some(span)) = (&self.shared, ctx.span(&id)) else {
+            return;
+        };
+        let ext = span.extensions();
+        if let Some(data) = ext.get::<SpanData>() {
+            shared.close(&data.node);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(shared) = &self.shared else { return };
+        shared.event(
+            event,
+            || {
+                ctx.event_span(event)
+                    .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.node.clone()))
+            },
+            |id| Self::lookup_node(&ctx, id),
+        );
+    }
+}
+
+/// The capture hooks, called by the [`AwaitscopeLayer`] over a registry and
+/// by awaitscope's own span store ([`crate::store`]). Each takes what it
+/// needs of the span store as a lookup (called only when needed).
+impl Shared {
+    /// A span was created with id `id`: makes its node and records it.
+    /// `None` when the callsite is not a span or the thread is exiting.
+    pub(crate) fn new_span(
+        self: &Arc<Self>,
+        attrs: &Attributes<'_>,
+        id: &Id,
+        parent: impl FnOnce() -> Option<Arc<SpanNode>>,
+        current: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) -> Option<Arc<SpanNode>> {
+        let shared = self;
+        let info = shared.callsites.get(attrs.metadata());
+        let Class::Span(class) = info.class else {
+            return None;
+        };
+        let parent = parent();
+        let current = current();
         let mut rec = FieldRecorder::for_callsite(attrs.metadata());
         attrs.record(&mut rec);
         let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +299,7 @@ where
             _ => None,
         };
         let ts = shared.raw();
-        let node = with_local(shared, |l| {
+        with_local(shared, |l| {
             let node = Arc::new(SpanNode {
                 id: sid,
                 meta: attrs.metadata(),
@@ -265,71 +329,52 @@ where
                 l.push(Raw::FollowsFrom { span: sid, follows });
             }
             node
-        });
-        let Some(node) = node else { return };
-        span.extensions_mut().insert(SpanData {
-            id: sid,
-            class,
-            node,
-        });
+        })
     }
 
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let ext = span.extensions();
-        let Some(data) = ext.get::<SpanData>() else {
-            return;
-        };
-        let sid = data.id;
+    /// `span.record(...)`: merged into the node's fields and recorded.
+    pub(crate) fn record(self: &Arc<Self>, node: &SpanNode, values: &Record<'_>) {
         let mut rec = FieldRecorder::default();
         values.record(&mut rec);
         {
-            let mut fields = data.node.fields.lock().unwrap_or_else(|e| e.into_inner());
+            let mut fields = node.fields.lock().unwrap_or_else(|e| e.into_inner());
             let mut merged = FieldRecorder {
                 fields: std::mem::take(&mut *fields),
             };
             merged.merge(&rec.fields);
             *fields = merged.fields;
         }
-        let Some(shared) = &self.shared else { return };
-        with_local(shared, |l| l.push(Raw::Record(Box::new((sid, rec.fields)))));
+        let sid = node.id;
+        with_local(self, |l| l.push(Raw::Record(Box::new((sid, rec.fields)))));
     }
 
-    fn on_follows_from(&self, id: &Id, follows: &Id, ctx: Context<'_, S>) {
-        let (Some((span, _)), Some((follows, _))) =
-            (Self::span_id(&ctx, id), Self::span_id(&ctx, follows))
-        else {
-            return;
-        };
-        let Some(shared) = &self.shared else { return };
-        with_local(shared, |l| l.push(Raw::FollowsFrom { span, follows }));
+    /// `span.follows_from(other)`.
+    pub(crate) fn follows_from(self: &Arc<Self>, span: &SpanNode, follows: &SpanNode) {
+        let (span, follows) = (span.id, follows.id);
+        with_local(self, |l| l.push(Raw::FollowsFrom { span, follows }));
     }
 
+    /// The span with id `id` was entered; `lookup` finds its node when no
+    /// cache of this thread knows it.
     #[inline]
-    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some(shared) = &self.shared else { return };
-        with_local(shared, |l| {
-            l.enter_reg(shared, id.into_u64(), || Self::lookup_node(&ctx, id))
-        });
+    pub(crate) fn enter(self: &Arc<Self>, id: &Id, lookup: impl FnOnce() -> Option<Arc<SpanNode>>) {
+        let shared = self;
+        with_local(shared, |l| l.enter_reg(shared, id.into_u64(), lookup));
     }
 
+    /// The span with id `id` was exited.
     #[inline]
-    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        let Some(shared) = &self.shared else { return };
+    pub(crate) fn exit(self: &Arc<Self>, id: &Id) {
+        let shared = self;
         with_local(shared, |l| l.exit(shared, id.into_u64()));
     }
 
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(&id) else { return };
-        let ext = span.extensions();
-        let Some(data) = ext.get::<SpanData>() else {
-            return;
-        };
-        let Some(shared) = &self.shared else { return };
+    /// A span closed (its last handle dropped).
+    pub(crate) fn close(self: &Arc<Self>, node: &SpanNode) {
+        let shared = self;
         let ts = shared.raw();
-        let node = &data.node;
         let kind_of = |panicked: bool| {
-            if data.class != SpanClass::Task {
+            if node.class != SpanClass::Task {
                 CloseKind::Span
             } else if panicked {
                 CloseKind::Panicked
@@ -340,7 +385,7 @@ where
             }
         };
         let kind = with_local(shared, |l| {
-            let panicked = l.panicked_task == data.id;
+            let panicked = l.panicked_task == node.id;
             if panicked {
                 l.panicked_task = 0;
             }
@@ -352,15 +397,22 @@ where
         node.close_at(ts, kind);
         with_local(shared, |l| {
             l.push(Raw::Close {
-                span: data.id,
+                span: node.id,
                 kind,
                 ts,
             });
         });
     }
 
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(shared) = &self.shared else { return };
+    /// An event. `event_span` finds the node of the span it happened in;
+    /// `lookup` the node of a span by id (for waker events, the woken task).
+    pub(crate) fn event(
+        self: &Arc<Self>,
+        event: &Event<'_>,
+        event_span: impl FnOnce() -> Option<Arc<SpanNode>>,
+        lookup: impl FnOnce(&Id) -> Option<Arc<SpanNode>>,
+    ) {
+        let shared = self;
         let slot = shared.callsites.waker_slot(event.metadata());
         let info = if slot.is_some() {
             callsite::Info {
@@ -390,13 +442,11 @@ where
                 let Some(task_id) = v.task_id else { return };
                 with_local(shared, |l| {
                     let id = Id::from_u64(task_id);
-                    l.waker(shared, task_id, op, || Self::lookup_node(&ctx, &id));
+                    l.waker(shared, task_id, op, || lookup(&id));
                 });
             }
             Class::Event(class) => {
-                let node = ctx
-                    .event_span(event)
-                    .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.node.clone()));
+                let node = event_span();
                 let span = node.as_ref().map_or(0, |n| n.id);
                 // ERROR events carry their causal trace: walked here, while
                 // every span of it is known, and sent with the event.

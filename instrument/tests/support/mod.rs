@@ -34,16 +34,38 @@ where
     Captured::from_frames(memory.frames().expect("recording decodes"))
 }
 
-/// Runs `program` on a fresh runtime of `flavor` under the layer `builder`
-/// makes; the program gets the guard (for `dump`). Returns its output.
+/// The subscriber the tests run under: awaitscope's own (the one `init()`
+/// installs), or with `AWAITSCOPE_TEST_STACK=layer` the `AwaitscopeLayer` on
+/// `tracing_subscriber`'s registry (what `builder()` users compose). CI runs
+/// the tests under both.
+pub fn dispatch_of(builder: awaitscope::Builder) -> (tracing::Dispatch, awaitscope::Guard) {
+    match std::env::var("AWAITSCOPE_TEST_STACK").as_deref() {
+        Ok("layer") => {
+            let (layer, guard) = builder.build();
+            let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+            (dispatch, guard)
+        }
+        Ok("store") | Err(_) => {
+            let (subscriber, guard) = builder
+                .try_build_subscriber()
+                .expect("awaitscope builds")
+                .expect("awaitscope is on");
+            (tracing::Dispatch::new(subscriber), guard)
+        }
+        Ok(other) => panic!("AWAITSCOPE_TEST_STACK={other}: expected `store` or `layer`"),
+    }
+}
+
+/// Runs `program` on a fresh runtime of `flavor` under the subscriber
+/// `builder` makes (see [`dispatch_of`]); the program gets the guard (for
+/// `dump`). Returns its output.
 pub fn run<F, Fut, T>(flavor: Flavor, builder: awaitscope::Builder, program: F) -> T
 where
     F: FnOnce(std::sync::Arc<awaitscope::Guard>) -> Fut,
     Fut: Future<Output = T>,
 {
-    let (layer, guard) = builder.build();
+    let (dispatch, guard) = dispatch_of(builder);
     let guard = std::sync::Arc::new(guard);
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     let out = {
         let d = dispatch.clone();
         let mut builder = match flavor {

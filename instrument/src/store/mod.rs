@@ -1,0 +1,274 @@
+//! awaitscope's own span store: the subscriber [`crate::init`] installs.
+//!
+//! `tracing_subscriber`'s registry keeps every span's data for any layer,
+//! and pays for it on every enter and exit: a thread-local span stack
+//! (searched for duplicates), and a reference-count increment and decrement
+//! on the span's slab entry (two atomic read-modify-writes on a line other
+//! threads touch). On a poll-heavy program that is a third of awaitscope's
+//! cost. The capture layer already keeps, per thread, the stack of entered
+//! spans and a cache from span id to node; this store adds only what a
+//! subscriber must have besides: span ids, reference counts for span
+//! handles (touched when a handle is cloned or dropped, not per enter), the
+//! current span, and the log output (see [`log`]).
+//!
+//! Spans live in a [`sharded_slab::Slab`], as in the registry: ids carry
+//! the slot's generation, so a stale id (tokio's waker events name tasks
+//! that may have ended) finds nothing instead of another span. Enter and
+//! exit do not touch the slab when the thread's cache knows the span.
+//!
+//! What is lost against the registry: other `tracing_subscriber` layers
+//! cannot be added (no `LookupSpan`), and so `tracing-error`'s `SpanTrace`
+//! captures nothing under it ([`crate::CausalTrace`] does). For either,
+//! compose with [`crate::builder`].
+
+pub(crate) mod log;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use sharded_slab::Slab;
+use tracing_core::span::{Attributes, Current, Id, Record};
+use tracing_core::{Event, Interest, LevelFilter, Metadata, Subscriber};
+
+use crate::capture::callsite::Class;
+use crate::capture::local::with_local;
+use crate::capture::node::SpanNode;
+use crate::capture::Shared;
+
+/// One span in the store.
+struct Slot {
+    meta: &'static Metadata<'static>,
+    /// `None` only when the span was created on a thread being torn down.
+    node: Option<Arc<SpanNode>>,
+    /// Span handles (`Span` values and children) referring to it.
+    refs: AtomicUsize,
+    /// The parent, on which this span holds a reference.
+    parent: Option<Id>,
+}
+
+/// awaitscope's own subscriber, the one [`crate::init`] installs: the
+/// capture, a span store cheaper than `tracing_subscriber`'s registry, and
+/// the `RUST_LOG` log output. Get one from [`crate::Builder::build_subscriber`]
+/// to install it yourself (`tracing::subscriber::set_global_default`, or
+/// `tracing::Dispatch::new` for a scoped default). It takes no other layers:
+/// for that, use [`crate::AwaitscopeLayer`] in a `tracing_subscriber` stack.
+pub struct AwaitscopeSubscriber {
+    shared: Arc<Shared>,
+    spans: Slab<Slot>,
+    log: log::LogOutput,
+}
+
+/// Slab key of a span id (ids are keys + 1: ids are non-zero).
+#[inline]
+fn key(id: &Id) -> usize {
+    (id.into_u64() - 1) as usize
+}
+
+/// The id returned when the slab is full: no span has it, so everything
+/// done with it is a no-op.
+const NO_SPAN: u64 = u64::MAX;
+
+impl AwaitscopeSubscriber {
+    pub(crate) fn new(shared: Arc<Shared>, log: log::LogOutput) -> Self {
+        Self {
+            shared,
+            spans: Slab::new(),
+            log,
+        }
+    }
+
+    /// The node of the span with id `id`, if it is open.
+    #[inline]
+    pub(crate) fn node(&self, id: &Id) -> Option<Arc<SpanNode>> {
+        self.spans.get(key(id))?.node.clone()
+    }
+
+    /// Id of the span current on this thread.
+    fn current_id(&self) -> Option<Id> {
+        let reg = with_local(&self.shared, |l| l.current_reg())?;
+        (reg != 0).then(|| Id::from_u64(reg))
+    }
+
+    /// The node of the span current on this thread.
+    pub(crate) fn current_node(&self) -> Option<Arc<SpanNode>> {
+        self.node(&self.current_id()?)
+    }
+
+    /// Whether the capture or the log output wants events of `meta`.
+    fn wants(&self, meta: &'static Metadata<'static>) -> bool {
+        meta.is_span()
+            || self.shared.callsites.get(meta).class != Class::Ignored
+            || self.log.enabled(meta)
+    }
+
+    /// Takes a reference on the span `id`; false if it is not open.
+    fn add_ref(&self, id: &Id) -> bool {
+        match self.spans.get(key(id)) {
+            Some(slot) => {
+                slot.refs.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The spans around an event, outermost first, for the log output.
+    fn event_spans(&self, event: &Event<'_>) -> Vec<Arc<SpanNode>> {
+        let leaf = self.event_span(event);
+        let mut chain: Vec<Arc<SpanNode>> =
+            std::iter::successors(leaf, |n| n.parent.clone()).collect();
+        chain.reverse();
+        chain
+    }
+
+    /// The span an event happened in: explicit, contextual or none.
+    fn event_span(&self, event: &Event<'_>) -> Option<Arc<SpanNode>> {
+        if event.is_root() {
+            None
+        } else if let Some(parent) = event.parent() {
+            self.node(parent)
+        } else {
+            self.current_node()
+        }
+    }
+}
+
+impl Subscriber for AwaitscopeSubscriber {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        self.shared.callsites.register(meta);
+        // Events nobody wants are skipped by `tracing` itself, at the
+        // callsite (this is the only subscriber).
+        if self.wants(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        // Reached only for callsites whose interest was `sometimes`, which
+        // this subscriber never returns; answer as `register_callsite` would.
+        meta.is_span() || *meta.level() <= tracing_core::Level::WARN || self.log.enabled(meta)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        // tokio's task, waker and resource instrumentation is at TRACE.
+        Some(LevelFilter::TRACE)
+    }
+
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let parent = if attrs.is_root() {
+            None
+        } else if let Some(p) = attrs.parent() {
+            Some(p.clone())
+        } else {
+            self.current_id()
+        };
+        let parent = parent.filter(|p| self.add_ref(p));
+        let Some(entry) = self.spans.vacant_entry() else {
+            // The slab is full (billions of open spans): the span is not
+            // stored, and the reference taken on its parent is given back.
+            if let Some(p) = parent {
+                self.try_close(p);
+            }
+            return Id::from_u64(NO_SPAN);
+        };
+        let id = Id::from_u64(entry.key() as u64 + 1);
+        let parent_node = parent.as_ref().and_then(|p| self.node(p));
+        let node = self
+            .shared
+            .new_span(attrs, &id, || parent_node, || self.current_node());
+        entry.insert(Slot {
+            meta: attrs.metadata(),
+            node,
+            refs: AtomicUsize::new(1),
+            parent,
+        });
+        id
+    }
+
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        if let Some(node) = self.node(span) {
+            self.shared.record(&node, values);
+        }
+    }
+
+    fn record_follows_from(&self, span: &Id, follows: &Id) {
+        if let (Some(a), Some(b)) = (self.node(span), self.node(follows)) {
+            self.shared.follows_from(&a, &b);
+        }
+    }
+
+    fn event(&self, event: &Event<'_>) {
+        let meta = event.metadata();
+        if self.log.enabled(meta) {
+            self.log.write(event, &self.event_spans(event));
+        }
+        self.shared
+            .event(event, || self.event_span(event), |id| self.node(id));
+    }
+
+    #[inline]
+    fn enter(&self, span: &Id) {
+        self.shared.enter(span, || self.node(span));
+    }
+
+    #[inline]
+    fn exit(&self, span: &Id) {
+        self.shared.exit(span);
+    }
+
+    fn clone_span(&self, id: &Id) -> Id {
+        self.add_ref(id);
+        id.clone()
+    }
+
+    fn try_close(&self, id: Id) -> bool {
+        // Closing a span gives back its reference on its parent, which may
+        // close that one too: iterate rather than recurse.
+        let mut next = Some(id);
+        let mut first = true;
+        let mut closed_first = false;
+        while let Some(id) = next.take() {
+            let Some(slot) = self.spans.get(key(&id)) else {
+                break;
+            };
+            let last = slot
+                .refs
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+                == Ok(1);
+            if !last {
+                break;
+            }
+            if let Some(node) = &slot.node {
+                self.shared.close(node);
+            }
+            next = slot.parent.clone();
+            drop(slot);
+            self.spans.remove(key(&id));
+            if first {
+                closed_first = true;
+            }
+            first = false;
+        }
+        closed_first
+    }
+
+    fn current_span(&self) -> Current {
+        match self
+            .current_id()
+            .and_then(|id| Some((self.spans.get(key(&id))?.meta, id)))
+        {
+            Some((meta, id)) => Current::new(id, meta),
+            None => Current::none(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AwaitscopeSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwaitscopeSubscriber")
+            .field("instance", &self.shared.instance)
+            .finish()
+    }
+}
