@@ -1,6 +1,7 @@
 //! The log output of [`crate::init`]: events the `RUST_LOG` filter lets
 //! through, printed to stderr in the layout of `tracing_subscriber::fmt`'s
-//! default format (`time LEVEL span{fields}:span: target: message fields`).
+//! default format (`time LEVEL span{fields}:span: target: message fields`;
+//! span field strings are shown unquoted).
 //!
 //! `tracing_subscriber`'s fmt layer needs the registry's span extensions,
 //! which awaitscope's span store does not have; this writes the same lines
@@ -66,17 +67,18 @@ impl LogOutput {
             out.push(' ');
         }
         let level = meta.level();
-        let (pad, colour) = match *level {
-            Level::TRACE => (" ", "35"),
-            Level::DEBUG => (" ", "34"),
-            Level::INFO => ("  ", "32"),
-            Level::WARN => ("  ", "33"),
-            _ => (" ", "31"),
+        let colour = match *level {
+            Level::TRACE => "35",
+            Level::DEBUG => "34",
+            Level::INFO => "32",
+            Level::WARN => "33",
+            _ => "31",
         };
+        // Right-aligned in five columns, as fmt does (" INFO", "ERROR").
         if self.ansi {
-            let _ = write!(out, "\x1b[{colour}m{level}\x1b[0m{pad}");
+            let _ = write!(out, "\x1b[{colour}m{level:>5}\x1b[0m ");
         } else {
-            let _ = write!(out, "{level}{pad}");
+            let _ = write!(out, "{level:>5} ");
         }
         for node in spans {
             out.push_str(node.meta.name());
