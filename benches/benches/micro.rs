@@ -15,9 +15,10 @@
 //! extension lookup awaitscope does on enter and exit: the floor of any
 //! layer storing per-span data in the registry), `lookup-enter-only` (the
 //! same, but exit pops a thread-local stack instead of a second lookup),
-//! `awaitscope` (registry +
-//! awaitscope, no stream, recording to a temp file) and `console` (registry +
-//! console-subscriber's layer, server on loopback).
+//! `awaitscope` (awaitscope's own subscriber, as `init()` installs it, no
+//! stream, recording to a temp file), `awaitscope-layer` (the same as
+//! `AwaitscopeLayer` on the registry, as `builder()` composes it) and
+//! `console` (registry + console-subscriber's layer, server on loopback).
 //!
 //! Each subscriber is a scoped `Dispatch` (`with_default`), so all live in
 //! one process. After each awaitscope group the recording is decoded and the
@@ -230,6 +231,48 @@ fn bench_causal(c: &mut Criterion, dispatch: &Dispatch) {
     });
 }
 
+/// awaitscope recording to a temp file: as `init()` installs it (its own
+/// subscriber), or with `layer` as `AwaitscopeLayer` on the registry.
+fn bench_awaitscope(c: &mut Criterion, name: &str, layer: bool) {
+    let path = tempfile::Builder::new()
+        .prefix("awaitscope-micro-")
+        .suffix(".awrec")
+        .tempfile()
+        .unwrap()
+        .into_temp_path();
+    let mut builder = awaitscope::Builder::new()
+        .no_stream()
+        .record_to(path.to_path_buf());
+    if let Some(n) = std::env::var("AWAITSCOPE_BENCH_RING")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        builder = builder.ring_capacity(n);
+    }
+    let (dispatch, guard) = if layer {
+        let (layer, guard) = builder.try_build().unwrap();
+        let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
+        (dispatch, guard)
+    } else {
+        let (subscriber, guard) = builder.try_build_subscriber().unwrap().unwrap();
+        (Dispatch::new(subscriber), guard)
+    };
+    bench_with(c, name, &dispatch);
+    bench_spawn(c, name, &dispatch);
+    if !layer {
+        bench_causal(c, &dispatch);
+    }
+    drop(dispatch);
+    drop(guard); // drains and flushes the recording
+    let (events, dropped, bytes) = recording_counts(&path);
+    println!(
+        "{name} recording: {events} events written, {dropped} dropped ({:.1}% of records), \
+         {:.1} MiB",
+        100.0 * dropped as f64 / (events + dropped).max(1) as f64,
+        bytes as f64 / 1048576.0
+    );
+}
+
 fn benches(c: &mut Criterion) {
     bench_spawn(c, "none", &Dispatch::none());
     bench_spawn(
@@ -254,37 +297,8 @@ fn benches(c: &mut Criterion) {
         &Dispatch::new(tracing_subscriber::registry().with(LookupEnterOnly)),
     );
 
-    {
-        let path = tempfile::Builder::new()
-            .prefix("awaitscope-micro-")
-            .suffix(".awrec")
-            .tempfile()
-            .unwrap()
-            .into_temp_path();
-        let mut builder = awaitscope::Builder::new()
-            .no_stream()
-            .record_to(path.to_path_buf());
-        if let Some(n) = std::env::var("AWAITSCOPE_BENCH_RING")
-            .ok()
-            .and_then(|s| s.parse().ok())
-        {
-            builder = builder.ring_capacity(n);
-        }
-        let (layer, guard) = builder.try_build().unwrap();
-        let dispatch = Dispatch::new(tracing_subscriber::registry().with(layer));
-        bench_with(c, "awaitscope", &dispatch);
-        bench_spawn(c, "awaitscope", &dispatch);
-        bench_causal(c, &dispatch);
-        drop(dispatch);
-        drop(guard); // drains and flushes the recording
-        let (events, dropped, bytes) = recording_counts(&path);
-        println!(
-            "awaitscope recording: {events} events written, {dropped} dropped ({:.1}% of records), \
-             {:.1} MiB",
-            100.0 * dropped as f64 / (events + dropped).max(1) as f64,
-            bytes as f64 / 1048576.0
-        );
-    }
+    bench_awaitscope(c, "awaitscope", false);
+    bench_awaitscope(c, "awaitscope-layer", true);
 
     let console = console_subscriber::ConsoleLayer::builder()
         .server_addr(([127, 0, 0, 1], free_port()))

@@ -10,10 +10,10 @@
 //! ```
 //!
 //! Each `measure_*` function runs its operation [`N`] times under
-//! `registry()` + the awaitscope layer (records kept in memory, nothing
-//! written); divide its inclusive count by `N`. With the argument
-//! `registry`, the same runs under `registry()` alone: the difference is
-//! awaitscope's own cost. Instruction counts ignore cache misses and
+//! awaitscope's own subscriber, as `init()` installs it (records kept in
+//! memory, nothing written); divide its inclusive count by `N`. With the
+//! argument `layer`, under `registry()` + `AwaitscopeLayer`; with
+//! `registry`, under `registry()` alone. Instruction counts ignore cache misses and
 //! contention, which the workload bench measures. (Under valgrind quanta
 //! does not trust the TSC and reads the OS clock: each clock read costs
 //! ~100 instructions here that it does not on hardware.)
@@ -62,14 +62,19 @@ fn measure_clone_wake(task: &tracing::Span) {
 }
 
 fn main() {
-    let (layer, guard) = awaitscope::Builder::new()
+    let builder = awaitscope::Builder::new()
         .no_stream()
-        .ring_capacity(1 << 20)
-        .build();
-    let dispatch = if std::env::args().any(|a| a == "registry") {
-        Dispatch::new(tracing_subscriber::registry())
+        .ring_capacity(1 << 20);
+    let arg = |a: &str| std::env::args().any(|x| x == a);
+    let (dispatch, guard) = if arg("registry") {
+        (Dispatch::new(tracing_subscriber::registry()), None)
+    } else if arg("layer") {
+        let (layer, guard) = builder.build();
+        let d = Dispatch::new(tracing_subscriber::registry().with(layer));
+        (d, Some(guard))
     } else {
-        Dispatch::new(tracing_subscriber::registry().with(layer))
+        let (subscriber, guard) = builder.try_build_subscriber().unwrap().unwrap();
+        (Dispatch::new(subscriber), Some(guard))
     };
     tracing::dispatcher::with_default(&dispatch, || {
         let task = task_span(1);

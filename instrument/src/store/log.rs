@@ -16,7 +16,7 @@ use std::io::{IsTerminal, Write as _};
 use std::str::FromStr;
 
 use tracing_core::field::{Field, Visit};
-use tracing_core::{Event, Level, Metadata};
+use tracing_core::{Event, Level, LevelFilter, Metadata};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -26,6 +26,10 @@ use crate::capture::node::{render_value, SpanNode};
 /// What `RUST_LOG` lets through, and how to print it.
 pub(crate) struct LogOutput {
     filter: Targets,
+    /// The most verbose level any directive enables: events above it (all
+    /// of tokio's TRACE waker events, at the default `warn`) are rejected
+    /// without matching targets.
+    max_level: LevelFilter,
     ansi: bool,
 }
 
@@ -43,13 +47,23 @@ impl LogOutput {
             );
         }
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Self { filter, ansi }
+        let max_level = filter
+            .iter()
+            .map(|(_, level)| level)
+            .chain(filter.default_level())
+            .max()
+            .unwrap_or(LevelFilter::OFF);
+        Self {
+            filter,
+            max_level,
+            ansi,
+        }
     }
 
     /// Whether events of this callsite are printed.
     #[inline]
     pub fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        self.filter.would_enable(meta.target(), meta.level())
+        *meta.level() <= self.max_level && self.filter.would_enable(meta.target(), meta.level())
     }
 
     /// Prints `event`, inside `spans` (outermost first).
@@ -130,7 +144,7 @@ fn parse_filter(spec: &str) -> (Targets, Vec<String>) {
         kept.push("warn");
     }
     let filter = Targets::from_str(&kept.join(","))
-        .unwrap_or_else(|_| Targets::new().with_default(tracing_core::LevelFilter::WARN));
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::WARN));
     (filter, skipped)
 }
 
