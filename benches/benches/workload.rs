@@ -124,6 +124,33 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// CPU time (ns) of this process's threads named `name` (as the kernel
+/// shows it, 15 characters at most), from `/proc/self/task/*/schedstat`.
+fn threads_cpu_ns(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU time (ns, user + system) of the whole process so far.
+fn process_cpu_ns() -> u64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
+}
+
 fn peak_rss_kib() -> i64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable rusage.
@@ -276,17 +303,24 @@ fn child_main(mode: &str) {
 
     // Measured: runtime start, workload, runtime shutdown, and the drop of
     // the awaitscope guard (drain + flush of everything recorded).
+    let cpu0 = process_cpu_ns();
     let t0 = Instant::now();
     let sum = workload(tasks);
     let t1 = Instant::now();
+    // The exporter's CPU so far (its thread ends with the guard).
+    let exporter_cpu = threads_cpu_ns("awaitscope-expo");
     drop(guard);
     let t2 = Instant::now();
+    let cpu = process_cpu_ns().saturating_sub(cpu0);
     std::hint::black_box(sum);
 
     let wall = (t2 - t0).as_nanos();
     let flush = (t2 - t1).as_nanos();
     let rss = peak_rss_kib();
-    let mut line = format!("RESULT mode={mode} wall_ns={wall} flush_ns={flush} maxrss_kib={rss}");
+    let mut line = format!(
+        "RESULT mode={mode} wall_ns={wall} flush_ns={flush} maxrss_kib={rss} cpu_ns={cpu} \
+         exporter_cpu_ns={exporter_cpu}"
+    );
     if let Some(path) = recording {
         let st = read_recording(&path);
         if let Ok(keep) = std::env::var("AWAITSCOPE_BENCH_KEEP") {
@@ -439,9 +473,9 @@ fn main() {
     println!(
         "| mode | median wall (ms) | ratio of medians vs (a) | median paired ratio | \
          added cost / console's added cost (paired median) | median flush (ms) | \
-         median peak RSS (MiB) |"
+         median peak RSS (MiB) | median CPU (ms) | of which exporter (ms) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let console: Option<Vec<f64>> = results
         .get("console")
         .map(|r| r.iter().map(|x| get(x, "wall_ns")).collect());
@@ -462,14 +496,21 @@ fn main() {
             median(&mut v)
         });
         let wm = median(&mut wall);
+        let mut cpu: Vec<f64> = runs.iter().map(|x| get(x, "cpu_ns") / 1e6).collect();
+        let mut exp: Vec<f64> = runs
+            .iter()
+            .map(|x| get(x, "exporter_cpu_ns") / 1e6)
+            .collect();
         println!(
-            "| {label} | {:.1} | {:.2}x | {:.2}x | {} | {:.1} | {:.1} |",
+            "| {label} | {:.1} | {:.2}x | {:.2}x | {} | {:.1} | {:.1} | {:.0} | {:.0} |",
             wm / 1e6,
             wm / base_med,
             median(&mut paired),
             added.map_or("-".into(), |a| format!("{a:.2}")),
             median(&mut flush),
-            median(&mut rss)
+            median(&mut rss),
+            median(&mut cpu),
+            median(&mut exp)
         );
     }
     println!();

@@ -30,8 +30,12 @@
 //! [`spawn`](mod@spawn) for what is lost.
 //!
 //! ## Composition
-//! [`builder`] gives the [`AwaitscopeLayer`] and its [`Guard`] for a
-//! `tracing_subscriber` stack of your own.
+//! [`init`] installs [`AwaitscopeSubscriber`], awaitscope's own subscriber
+//! (a span store cheaper per poll than `tracing_subscriber`'s registry), which
+//! takes no other layers. [`builder`] gives the [`AwaitscopeLayer`] and its
+//! [`Guard`] for a `tracing_subscriber` stack of your own (a fmt layer with
+//! `EnvFilter`, `tracing-error`, OpenTelemetry...): everything is captured
+//! the same way, at the registry's extra cost per poll.
 
 mod await_tree;
 mod capture;

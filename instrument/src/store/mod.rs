@@ -48,7 +48,8 @@ struct Slot {
 
 /// awaitscope's own subscriber, the one [`crate::init`] installs: the
 /// capture, a span store cheaper than `tracing_subscriber`'s registry, and
-/// the `RUST_LOG` log output. Get one from [`crate::Builder::build_subscriber`]
+/// the `RUST_LOG` log output. Get one from
+/// [`crate::Builder::try_build_subscriber`]
 /// to install it yourself (`tracing::subscriber::set_global_default`, or
 /// `tracing::Dispatch::new` for a scoped default). It takes no other layers:
 /// for that, use [`crate::AwaitscopeLayer`] in a `tracing_subscriber` stack.
