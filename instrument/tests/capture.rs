@@ -575,3 +575,56 @@ fn reused_registry_slots_never_alias_spans() {
         );
     }
 }
+
+/// A poll that records nothing goes out as one record when it ends; a task
+/// that blocks its worker in such a poll is still seen as running while it
+/// blocks (the exporter announces it from the thread's poll slot), and the
+/// poll then ends once.
+#[test]
+fn a_blocking_poll_is_seen_while_it_blocks() {
+    let memory = awaitscope::MemoryRecording::new();
+    let builder = awaitscope::Builder::new().record_in_memory(&memory);
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let running = |cap: &support::Captured| {
+        cap.tasks()
+            .into_iter()
+            .find(|t| t.str_field("task.name") == Some("blocker"))
+            .map(|t| (t.enters.len(), t.exits.len()))
+    };
+    let mem = memory.clone();
+    let seen = support::run(Flavor::MultiThread, builder, move |_guard| async move {
+        let blocker = awaitscope::spawn_named("blocker", async move {
+            started_tx.send(()).unwrap();
+            // Blocks its worker, recording nothing, until released.
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        });
+        let watcher = std::thread::spawn(move || {
+            started_rx.recv().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let seen = loop {
+                let cap = support::Captured::from_frames(mem.frames().unwrap());
+                if let Some((enters, exits)) = running(&cap) {
+                    if enters > exits {
+                        break true;
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            release_tx.send(()).unwrap();
+            seen
+        });
+        blocker.await.unwrap();
+        tokio::task::spawn_blocking(move || watcher.join().unwrap())
+            .await
+            .unwrap()
+    });
+    assert!(seen, "the blocking poll was not seen while it blocked");
+    let cap = support::Captured::from_frames(memory.frames().unwrap());
+    let (enters, exits) = running(&cap).expect("the task was recorded");
+    assert_eq!(enters, exits, "every poll ended, once");
+    assert!(cap.goodbye);
+}

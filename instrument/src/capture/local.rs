@@ -73,6 +73,54 @@ enum Kind {
     Outside,
 }
 
+/// The outermost poll in progress on a thread, for the exporter.
+///
+/// A poll that records nothing while it runs is pushed as one record when
+/// it ends (`Raw::Poll`); its start is pushed on its own only if something
+/// else is recorded during it. So that a poll that runs long (a task
+/// blocking its worker) is still seen while it runs, the thread publishes
+/// its poll here; the exporter reads it after each drain and announces a
+/// poll that has run for a while. Written only by its thread, as a
+/// sequence lock (no crate offers one for a pair of `u64`s without a lock
+/// or allocation): `gen` is odd while the pair is being written. Aligned to
+/// its own cache lines: threads' slots are allocated side by side, and
+/// sharing a line would make the workers' writes at every poll contend.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct PollSlot {
+    gen: AtomicU64,
+    span: AtomicU64,
+    start: AtomicU64,
+}
+
+impl PollSlot {
+    /// Publishes the poll of `span` started at raw time `start` (`span` 0:
+    /// none). Only the owning thread calls it.
+    #[inline]
+    fn publish(&self, span: u64, start: u64) {
+        let g = self.gen.load(Ordering::Relaxed);
+        self.gen.store(g.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.span.store(span, Ordering::Relaxed);
+        self.start.store(start, Ordering::Relaxed);
+        self.gen.store(g.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The poll in progress as (span, raw start), if any and if the read
+    /// did not overlap a write.
+    pub fn read(&self) -> Option<(u64, u64)> {
+        let g1 = self.gen.load(Ordering::Acquire);
+        if g1 & 1 == 1 {
+            return None;
+        }
+        let span = self.span.load(Ordering::Relaxed);
+        let start = self.start.load(Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Acquire);
+        let g2 = self.gen.load(Ordering::Relaxed);
+        (g1 == g2 && span != 0).then_some((span, start))
+    }
+}
+
 /// A stack in a fixed array whose entries are written in place.
 ///
 /// `Vec::push` of a struct builds it on the stack and copies it into the
@@ -184,6 +232,13 @@ pub(crate) struct Local {
     dropped: Arc<AtomicU64>,
     /// Records pushed or dropped so far.
     seq: u64,
+    /// The outermost poll's start, not pushed yet: (task span, raw ts);
+    /// span 0 when none. Pushed before any other record (see [`PollSlot`]).
+    pending_enter: (u64, u64),
+    /// This thread's poll in progress, shared with the exporter.
+    slot: Arc<PollSlot>,
+    /// `slot` names a poll.
+    slot_live: bool,
     frames: Stack<Frame>,
     /// The polls of the task frames in `frames`, innermost last.
     polls: Stack<Poll>,
@@ -452,6 +507,26 @@ impl Local {
     /// counted.
     #[inline]
     pub fn push(&mut self, raw: Raw) {
+        if self.pending_enter.0 != 0 {
+            self.flush_enter();
+        }
+        self.push_now(raw);
+    }
+
+    /// Pushes the start of the poll in progress: something is recorded
+    /// during it.
+    #[inline(never)]
+    fn flush_enter(&mut self) {
+        let (span, ts) = std::mem::take(&mut self.pending_enter);
+        self.push_now(Raw::Enter {
+            span,
+            task: true,
+            ts,
+        });
+    }
+
+    #[inline]
+    fn push_now(&mut self, raw: Raw) {
         self.seq += 1;
         if let Err(rtrb::PushError::Full(raw)) = self.producer.push(raw) {
             self.overflow_push(raw);
@@ -478,7 +553,12 @@ impl Local {
 
     fn shared_register(&mut self, consumer: rtrb::Consumer<Raw>) {
         if let Some(shared) = self.shared.upgrade() {
-            shared.register_ring(consumer, self.dropped.clone(), Some(self.thread));
+            shared.register_ring(
+                consumer,
+                self.dropped.clone(),
+                self.slot.clone(),
+                Some(self.thread),
+            );
         }
     }
 
@@ -522,11 +602,21 @@ impl Local {
             });
             self.task = self.frames.len();
             self.sig = EMPTY_SIG;
-            self.push(Raw::Enter {
-                span: sid,
-                task: true,
-                ts,
-            });
+            if saved_task == 0 && self.pending_enter.0 == 0 {
+                // The outermost poll: its start goes out with its end,
+                // unless something is recorded in between (see `PollSlot`).
+                self.pending_enter = (sid, ts);
+                self.slot.publish(sid, ts);
+                self.slot_live = true;
+            } else {
+                // A poll inside a poll (`block_in_place`, a runtime inside
+                // a task): recorded as it starts, after the enclosing one.
+                self.push(Raw::Enter {
+                    span: sid,
+                    task: true,
+                    ts,
+                });
+            }
         } else if self.task != 0 {
             let depth = (self.frames.len() - self.task) as u16;
             let tree_start = self.polls.last().map_or(0, |p| p.tree_base);
@@ -646,13 +736,25 @@ impl Local {
                     }
                 }
                 let wakers = node.map_or(0, |n| n.polls.wakers());
-                self.push(Raw::Exit {
-                    span: frame.sid,
-                    task: true,
-                    tree: changed,
-                    wakers,
-                    ts,
-                });
+                if self.pending_enter.0 == frame.sid {
+                    // Nothing was recorded during the poll: one record.
+                    let (_, start) = std::mem::take(&mut self.pending_enter);
+                    self.push_now(Raw::Poll {
+                        span: frame.sid,
+                        start,
+                        end: ts,
+                        tree: changed,
+                        wakers,
+                    });
+                } else {
+                    self.push(Raw::Exit {
+                        span: frame.sid,
+                        task: true,
+                        tree: changed,
+                        wakers,
+                        ts,
+                    });
+                }
                 if let Some(n) = node {
                     // Only the thread polling the task writes these.
                     let polls = &n.polls;
@@ -689,6 +791,10 @@ impl Local {
                 if self.task == 0 {
                     self.tree_len = 0;
                     self.tree_cut = false;
+                    if self.slot_live {
+                        self.slot.publish(0, 0);
+                        self.slot_live = false;
+                    }
                 }
                 self.last_exit_task = frame.sid;
                 self.last_exit_seq = self.seq;
@@ -819,7 +925,8 @@ pub(crate) fn current_task_node(instance: u64) -> Option<Arc<SpanNode>> {
 fn new_local(shared: &Arc<Shared>) -> Local {
     let (producer, consumer) = rtrb::RingBuffer::new(super::INITIAL_RING.min(shared.ring_capacity));
     let dropped = Arc::new(AtomicU64::new(0));
-    let thread = shared.register_ring(consumer, dropped.clone(), None);
+    let slot = Arc::new(PollSlot::default());
+    let thread = shared.register_ring(consumer, dropped.clone(), slot.clone(), None);
     Local {
         instance: shared.instance,
         shared: Arc::downgrade(shared),
@@ -828,6 +935,9 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         producer,
         dropped,
         seq: 0,
+        pending_enter: (0, 0),
+        slot,
+        slot_live: false,
         frames: Stack::new(STACK),
         polls: Stack::new(STACK),
         overflow: 0,
@@ -894,6 +1004,7 @@ mod tests {
             out.push(match raw {
                 Raw::Enter { span, task, .. } => ("enter", span, task),
                 Raw::Exit { span, task, .. } => ("exit", span, task),
+                Raw::Poll { span, .. } => ("poll", span, true),
                 Raw::TreeNode { span, .. } => ("tree", span, false),
                 _ => ("other", 0, false),
             });

@@ -44,6 +44,8 @@ pub(crate) struct Ring {
     pub consumer: rtrb::Consumer<Raw>,
     /// Records the thread dropped because this ring was full.
     pub dropped: Arc<AtomicU64>,
+    /// The thread's poll in progress (shared by the thread's rings).
+    pub poll: Arc<local::PollSlot>,
     pub thread: u32,
     pub name: Option<String>,
 }
@@ -102,6 +104,7 @@ impl Shared {
         &self,
         consumer: rtrb::Consumer<Raw>,
         dropped: Arc<AtomicU64>,
+        poll: Arc<local::PollSlot>,
         thread: Option<u32>,
     ) -> u32 {
         let thread = thread.unwrap_or_else(|| self.next_thread.fetch_add(1, Ordering::Relaxed));
@@ -112,6 +115,7 @@ impl Shared {
             .push(Ring {
                 consumer,
                 dropped,
+                poll,
                 thread,
                 name,
             });

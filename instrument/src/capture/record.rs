@@ -55,8 +55,18 @@ pub(crate) enum Raw {
         wakers: u32,
         ts: u64,
     },
+    /// A whole poll of a task during which nothing else was recorded on its
+    /// thread (else it is an `Enter` and an `Exit`).
+    Poll {
+        span: u64,
+        start: u64,
+        end: u64,
+        /// As in `Exit`.
+        tree: bool,
+        wakers: u32,
+    },
     /// One span of the await tree of the poll that ends with the next
-    /// task `Exit` on this thread.
+    /// task `Exit` or `Poll` on this thread.
     TreeNode {
         task: u64,
         span: u64,

@@ -146,6 +146,7 @@ pub(crate) fn start(
         thread: u32::MAX,
         held: None,
         trees: Default::default(),
+        polls: Vec::new(),
         retired_drops: 0,
         fullest: 0,
         swept_drops: 0,
@@ -194,6 +195,8 @@ struct Exporter {
     /// By thread index: the task and await tree nodes of the poll being
     /// read (they precede the exit that ends it).
     trees: Vec<(u64, Vec<(u64, u16)>)>,
+    /// Per thread (by index): what is known of its outermost poll.
+    polls: Vec<ThreadPoll>,
     /// Drops of rings whose threads are gone.
     retired_drops: u64,
     /// How full the fullest ring was at the last drain, in quarters.
@@ -397,15 +400,8 @@ impl Exporter {
                 continue;
             };
             let t = ring.thread;
-            if want_events && t != self.thread {
-                self.thread = t;
-                let name = if self.announced.contains(&t) {
-                    None
-                } else {
-                    self.announced.push(t);
-                    ring.name.clone()
-                };
-                self.emit(&Event::Thread { id: t, name });
+            if want_events {
+                self.switch_thread(t, &ring.name);
             }
             for raw in chunk {
                 if let Some(ev) = self.convert(&shared, &mut model, t, raw, want_events) {
@@ -413,6 +409,9 @@ impl Exporter {
                 }
             }
             self.release_held(&shared);
+        }
+        if want_events {
+            self.announce_polls(&shared, &rings);
         }
         self.recover_closes(&shared, &mut model, drops, want_events);
         drop(model);
@@ -435,6 +434,52 @@ impl Exporter {
         self.counts = counts;
         self.send_batch();
         n
+    }
+
+    /// Names the thread whose events follow, if it is not the current one.
+    fn switch_thread(&mut self, t: u32, name: &Option<String>) {
+        if t == self.thread {
+            return;
+        }
+        self.thread = t;
+        let name = if self.announced.contains(&t) {
+            None
+        } else {
+            self.announced.push(t);
+            name.clone()
+        };
+        self.emit(&Event::Thread { id: t, name });
+    }
+
+    /// Sends the start of each thread's poll in progress that has run for
+    /// [`ANNOUNCE_AFTER_NS`] and whose start was not read from a ring (a
+    /// poll that records nothing sends its start with its end): a task
+    /// blocking its worker shows as running while it blocks.
+    fn announce_polls(&mut self, shared: &Shared, rings: &[Ring]) {
+        let now = shared.nanos(shared.raw());
+        for (i, ring) in rings.iter().enumerate() {
+            // A thread's rings share its slot: read it once.
+            if rings[..i].iter().any(|r| r.thread == ring.thread) {
+                continue;
+            }
+            let Some((span, start)) = ring.poll.read() else {
+                continue;
+            };
+            if now.saturating_sub(shared.nanos(start)) < ANNOUNCE_AFTER_NS {
+                continue;
+            }
+            let tp = thread_poll(&mut self.polls, ring.thread);
+            let pair = (span, start);
+            if tp.open == pair || tp.done == pair || tp.announced == pair {
+                continue;
+            }
+            tp.announced = pair;
+            self.switch_thread(ring.thread, &ring.name);
+            self.emit(&Event::Enter {
+                span: SpanId(span),
+                ts: shared.nanos(start),
+            });
+        }
     }
 
     /// Encodes `ev` into the current frame, sending the frame when it is
@@ -562,6 +607,12 @@ impl Exporter {
                 task: true,
                 ts,
             } => {
+                let tp = thread_poll(&mut self.polls, thread);
+                tp.open = (span, ts);
+                if tp.announced == (span, ts) {
+                    // Sent already, from the thread's poll slot.
+                    return None;
+                }
                 // Held until the poll's end: a poll with nothing recorded
                 // in between goes out as one `Poll` event.
                 if want {
@@ -602,6 +653,39 @@ impl Exporter {
                     ts: ns(ts),
                 }
             }
+            Raw::Poll {
+                span,
+                start,
+                end,
+                tree,
+                wakers,
+            } => {
+                self.poll_tree(model, thread, span, tree, want);
+                let tp = thread_poll(&mut self.polls, thread);
+                tp.done = (span, start);
+                let announced = tp.announced == (span, start);
+                if announced {
+                    tp.announced = (0, 0);
+                }
+                if !want {
+                    return None;
+                }
+                if announced {
+                    Event::PollEnd {
+                        task: SpanId(span),
+                        ts: ns(end),
+                        wakers,
+                    }
+                } else {
+                    let start = ns(start);
+                    Event::Poll {
+                        task: SpanId(span),
+                        start,
+                        duration: ns(end).saturating_sub(start),
+                        wakers,
+                    }
+                }
+            }
             Raw::Exit {
                 span,
                 task: true,
@@ -609,34 +693,14 @@ impl Exporter {
                 wakers,
                 ts,
             } => {
-                if tree {
-                    let pending = pending_tree(&mut self.trees, thread);
-                    let nodes = if pending.0 == span {
-                        &pending.1[..]
-                    } else {
-                        // Its tree nodes were dropped with a full ring.
-                        &[]
-                    };
-                    model.on_tree(span, nodes);
-                    if want {
-                        // Sent just before the end of the poll.
-                        let spans = nodes
-                            .iter()
-                            .map(|&(s, depth)| wire::TreeNode {
-                                span: SpanId(s),
-                                depth,
-                            })
-                            .collect();
-                        let tree = Event::PollTree {
-                            task: SpanId(span),
-                            spans,
-                        };
-                        self.emit(&tree);
-                    }
+                self.poll_tree(model, thread, span, tree, want);
+                let tp = thread_poll(&mut self.polls, thread);
+                if tp.open.0 == span {
+                    tp.done = std::mem::take(&mut tp.open);
                 }
-                let pending = pending_tree(&mut self.trees, thread);
-                pending.0 = 0;
-                pending.1.clear();
+                if tp.announced.0 == span {
+                    tp.announced = (0, 0);
+                }
                 if !want {
                     return None;
                 }
@@ -722,6 +786,46 @@ impl Exporter {
         })
     }
 
+    /// The end of a task's poll: its await tree, if it changed (the
+    /// `TreeNode` records just read), goes to the model and, sent just
+    /// before the poll's end, to the sinks.
+    fn poll_tree(
+        &mut self,
+        model: &mut AwaitModel,
+        thread: u32,
+        span: u64,
+        tree: bool,
+        want: bool,
+    ) {
+        if tree {
+            let pending = pending_tree(&mut self.trees, thread);
+            let nodes = if pending.0 == span {
+                &pending.1[..]
+            } else {
+                // Its tree nodes were dropped with a full ring.
+                &[]
+            };
+            model.on_tree(span, nodes);
+            if want {
+                let spans = nodes
+                    .iter()
+                    .map(|&(s, depth)| wire::TreeNode {
+                        span: SpanId(s),
+                        depth,
+                    })
+                    .collect();
+                let tree = Event::PollTree {
+                    task: SpanId(span),
+                    spans,
+                };
+                self.emit(&tree);
+            }
+        }
+        let pending = pending_tree(&mut self.trees, thread);
+        pending.0 = 0;
+        pending.1.clear();
+    }
+
     /// Closes whose `Close` records a full ring dropped, recovered from the
     /// span nodes (which record when and how they closed): without them a
     /// task whose close was lost stays live in every model for ever, and
@@ -801,6 +905,30 @@ impl Exporter {
             }
         }
     }
+}
+
+/// A thread's polls as the exporter has seen them: (task span, raw start)
+/// pairs, span 0 for none.
+#[derive(Clone, Copy, Default)]
+struct ThreadPoll {
+    /// Started (its `Enter` read), not ended.
+    open: (u64, u64),
+    /// The last one that ended.
+    done: (u64, u64),
+    /// Announced from the thread's `PollSlot` while it ran, not ended.
+    announced: (u64, u64),
+}
+
+/// How long a poll runs before the exporter announces it from its
+/// thread's `PollSlot` (its start is otherwise sent with its end).
+const ANNOUNCE_AFTER_NS: u64 = 1_000_000;
+
+fn thread_poll(polls: &mut Vec<ThreadPoll>, thread: u32) -> &mut ThreadPoll {
+    let i = thread as usize;
+    if polls.len() <= i {
+        polls.resize(i + 1, ThreadPoll::default());
+    }
+    &mut polls[i]
 }
 
 /// The await tree nodes read so far on `thread` for the poll whose end comes
