@@ -80,44 +80,40 @@ enum Kind {
 /// else is recorded during it. So that a poll that runs long (a task
 /// blocking its worker) is still seen while it runs, the thread publishes
 /// its poll here; the exporter reads it after each drain and announces a
-/// poll that has run for a while. Written only by its thread, as a
-/// sequence lock (no crate offers one for a pair of `u64`s without a lock
-/// or allocation): `gen` is odd while the pair is being written. Aligned to
-/// its own cache lines: threads' slots are allocated side by side, and
-/// sharing a line would make the workers' writes at every poll contend.
+/// poll that has run for a while. Written only by its thread: `start`,
+/// then `span` (release); cleared by `span = 0`. A reader that reads the
+/// same span before and after `start` has a start of a poll of that span
+/// (the exporter also knows which polls already ended). Aligned to its own
+/// cache lines: threads' slots are allocated side by side, and sharing a
+/// line would make the workers' writes at every poll contend.
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct PollSlot {
-    gen: AtomicU64,
     span: AtomicU64,
     start: AtomicU64,
 }
 
 impl PollSlot {
-    /// Publishes the poll of `span` started at raw time `start` (`span` 0:
-    /// none). Only the owning thread calls it.
+    /// Publishes the poll of `span` started at raw time `start`. Only the
+    /// owning thread calls it, with no poll published.
     #[inline]
     fn publish(&self, span: u64, start: u64) {
-        let g = self.gen.load(Ordering::Relaxed);
-        self.gen.store(g.wrapping_add(1), Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::Release);
-        self.span.store(span, Ordering::Relaxed);
         self.start.store(start, Ordering::Relaxed);
-        self.gen.store(g.wrapping_add(2), Ordering::Release);
+        self.span.store(span, Ordering::Release);
     }
 
-    /// The poll in progress as (span, raw start), if any and if the read
-    /// did not overlap a write.
+    /// The poll ended.
+    #[inline]
+    fn clear(&self) {
+        self.span.store(0, Ordering::Release);
+    }
+
+    /// The poll in progress as (span, raw start), if any.
     pub fn read(&self) -> Option<(u64, u64)> {
-        let g1 = self.gen.load(Ordering::Acquire);
-        if g1 & 1 == 1 {
-            return None;
-        }
-        let span = self.span.load(Ordering::Relaxed);
-        let start = self.start.load(Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::Acquire);
-        let g2 = self.gen.load(Ordering::Relaxed);
-        (g1 == g2 && span != 0).then_some((span, start))
+        let span = self.span.load(Ordering::Acquire);
+        let start = self.start.load(Ordering::Acquire);
+        let again = self.span.load(Ordering::Acquire);
+        (span != 0 && span == again).then_some((span, start))
     }
 }
 
@@ -792,7 +788,7 @@ impl Local {
                     self.tree_len = 0;
                     self.tree_cut = false;
                     if self.slot_live {
-                        self.slot.publish(0, 0);
+                        self.slot.clear();
                         self.slot_live = false;
                     }
                 }
