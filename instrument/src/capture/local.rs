@@ -11,8 +11,8 @@
 //! await tree (span and depth, in a fixed buffer) and its signature. When the
 //! task span is exited, the tree is pushed only if its signature differs from
 //! the task's previous poll. A task that keeps awaiting the same thing costs
-//! two records per poll (enter and exit of its task span), however deep its
-//! spans. Exits need no registry lookup: they pop this thread's stack.
+//! one record per poll (its start and end, see [`PollSlot`]), however deep
+//! its spans. Exits need no lookup: they pop this thread's stack.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};

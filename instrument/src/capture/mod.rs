@@ -6,10 +6,11 @@
 //! no syscall. Entering a span finds its node in a per-thread cache keyed by
 //! registry id (the registry is looked up only on a miss), or, inside a
 //! poll, in the task's record of its previous poll; exits pop the thread's
-//! own stack. A poll records two entries in the thread's ring (enter and
-//! exit of the task span, with clock readings from the TSC where
-//! available); the spans entered inside it only extend the poll's await
-//! tree, which is recorded when it changes (see [`local`]).
+//! own stack. A poll records one entry in the thread's ring when it ends
+//! (its start and end, clock readings from the TSC where available), or an
+//! enter and an exit when something else is recorded during it; the spans
+//! entered inside it only extend the poll's await tree, which is recorded
+//! when it changes (see [`local`]).
 
 pub(crate) mod callsite;
 pub(crate) mod fields;
