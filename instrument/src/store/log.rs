@@ -94,7 +94,15 @@ impl LogOutput {
         } else {
             let _ = write!(out, "{level:>5} ");
         }
-        for node in spans {
+        // As fmt under a per-layer `RUST_LOG` filter, the spans the filter
+        // disables (tokio's TRACE task spans, at the default `warn`) are
+        // not shown.
+        let shown = spans
+            .iter()
+            .filter(|n| self.filter.would_enable(n.meta.target(), n.meta.level()));
+        let mut any = false;
+        for node in shown {
+            any = true;
             out.push_str(node.meta.name());
             let fields = node.fields.lock().unwrap_or_else(|e| e.into_inner());
             if !fields.is_empty() {
@@ -114,7 +122,7 @@ impl LogOutput {
             }
             out.push(':');
         }
-        if !spans.is_empty() {
+        if any {
             out.push(' ');
         }
         let _ = write!(out, "{}: ", meta.target());
