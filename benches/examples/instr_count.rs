@@ -13,7 +13,9 @@
 //! awaitscope's own subscriber, as `init()` installs it (records kept in
 //! memory, nothing written); divide its inclusive count by `N`. With the
 //! argument `layer`, under `registry()` + `AwaitscopeLayer`; with
-//! `registry`, under `registry()` alone. Instruction counts ignore cache misses and
+//! `registry`, under `registry()` alone. With `record`, the exporter also
+//! writes a recording, and the events in it are printed: divide
+//! `Exporter::run`'s inclusive count by them for its cost per event. Instruction counts ignore cache misses and
 //! contention, which the workload bench measures. (Under valgrind quanta
 //! does not trust the TSC and reads the OS clock: each clock read costs
 //! ~100 instructions here that it does not on hardware.)
@@ -62,10 +64,23 @@ fn measure_clone_wake(task: &tracing::Span) {
 }
 
 fn main() {
-    let builder = awaitscope::Builder::new()
+    let arg = |a: &str| std::env::args().any(|x| x == a);
+    let mut builder = awaitscope::Builder::new()
         .no_stream()
         .ring_capacity(1 << 20);
-    let arg = |a: &str| std::env::args().any(|x| x == a);
+    // With `record`, the exporter also encodes and writes everything:
+    // `Exporter::run`'s inclusive count divided by the events written is
+    // its cost per event.
+    let recording = arg("record").then(|| {
+        tempfile::Builder::new()
+            .prefix("awaitscope-instr-")
+            .tempfile()
+            .unwrap()
+            .into_temp_path()
+    });
+    if let Some(path) = &recording {
+        builder = builder.record_to(path.to_path_buf());
+    }
     let (dispatch, guard) = if arg("registry") {
         (Dispatch::new(tracing_subscriber::registry()), None)
     } else if arg("layer") {
@@ -97,4 +112,16 @@ fn main() {
     drop(dispatch);
     drop(guard);
     println!("ran {N} of each");
+    if let Some(path) = recording {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = awaitscope_wire::FrameReader::new(std::io::BufReader::new(file)).unwrap();
+        let events: usize = reader
+            .filter_map(Result::ok)
+            .map(|f| match f.body {
+                awaitscope_wire::Body::Events(e) => e.len(),
+                _ => 0,
+            })
+            .sum();
+        println!("recorded {events} events");
+    }
 }

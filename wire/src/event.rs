@@ -422,9 +422,22 @@ impl Serialize for SpanNewRef<'_> {
 
 /// What [`crate::EventsFrame::push`] encodes: an [`Event`], or a borrowed
 /// form that encodes as one. (Sealed: nothing else may go into a frame.)
-pub trait EncodesAsEvent: Serialize + sealed::Sealed {}
+pub trait EncodesAsEvent: Serialize + sealed::Sealed {
+    /// Appends this event's postcard encoding to `out` without going
+    /// through serde, for the frequent events; false (and nothing written)
+    /// for the others.
+    #[doc(hidden)]
+    fn encode_direct(&self, _out: &mut Vec<u8>) -> bool {
+        false
+    }
+}
 
-impl EncodesAsEvent for Event {}
+impl EncodesAsEvent for Event {
+    #[inline]
+    fn encode_direct(&self, out: &mut Vec<u8>) -> bool {
+        crate::direct::encode(self, out)
+    }
+}
 impl EncodesAsEvent for SpanNewRef<'_> {}
 
 mod sealed {

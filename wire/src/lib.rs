@@ -19,6 +19,7 @@
 //! are refused while they are decoded, so the largest allocation is a full
 //! batch of [`limits::MAX_BATCH`] events).
 
+mod direct;
 pub mod event;
 pub mod read;
 pub mod write;

@@ -171,9 +171,11 @@ impl EventsFrame {
             return Err(EncodeError::FrameTooLarge(self.events.len()));
         }
         let start = self.events.len();
-        if let Err(e) = postcard::serialize_with_flavor(event, AppendVec(&mut self.events)) {
-            self.events.truncate(start);
-            return Err(EncodeError::Codec(e));
+        if !event.encode_direct(&mut self.events) {
+            if let Err(e) = postcard::serialize_with_flavor(event, AppendVec(&mut self.events)) {
+                self.events.truncate(start);
+                return Err(EncodeError::Codec(e));
+            }
         }
         if self.events.len() + HEADER_ROOM > MAX_FRAME_LEN {
             let len = self.events.len() - start;

@@ -579,7 +579,9 @@ impl Exporter {
     ) -> Option<Event> {
         let id = |v: u64| (v != 0).then_some(SpanId(v));
         let ns = |raw: u64| shared.nanos(raw);
-        if !matches!(raw, Raw::TreeNode { .. } | Raw::Exit { task: true, .. }) {
+        if self.held.is_some()
+            && !matches!(raw, Raw::TreeNode { .. } | Raw::Exit { task: true, .. })
+        {
             self.release_held(shared);
         }
         Some(match raw {
@@ -670,21 +672,24 @@ impl Exporter {
                 if !want {
                     return None;
                 }
+                // Emitted here, not returned: a temporary of a known
+                // variant needs no drop glue (the most frequent events).
                 if announced {
-                    Event::PollEnd {
+                    self.emit(&Event::PollEnd {
                         task: SpanId(span),
                         ts: ns(end),
                         wakers,
-                    }
+                    });
                 } else {
                     let start = ns(start);
-                    Event::Poll {
+                    self.emit(&Event::Poll {
                         task: SpanId(span),
                         start,
                         duration: ns(end).saturating_sub(start),
                         wakers,
-                    }
+                    });
                 }
+                return None;
             }
             Raw::Exit {
                 span,
@@ -768,12 +773,16 @@ impl Exporter {
                 span: SpanId(span),
                 follows: SpanId(follows),
             },
-            Raw::Wake { task, by, op, ts } => Event::Wake {
-                task: SpanId(task),
-                op,
-                by: id(by),
-                ts: ns(ts),
-            },
+            Raw::Wake { task, by, op, ts } => {
+                // As for polls: emitted here, no drop glue.
+                self.emit(&Event::Wake {
+                    task: SpanId(task),
+                    op,
+                    by: id(by),
+                    ts: ns(ts),
+                });
+                return None;
+            }
             Raw::Panic(p) => Event::Panic(Box::new(awaitscope_wire::Panic {
                 task: id(p.task),
                 span: id(p.span),
@@ -797,29 +806,38 @@ impl Exporter {
         tree: bool,
         want: bool,
     ) {
-        if tree {
-            let pending = pending_tree(&mut self.trees, thread);
-            let nodes = if pending.0 == span {
-                &pending.1[..]
-            } else {
-                // Its tree nodes were dropped with a full ring.
-                &[]
-            };
-            model.on_tree(span, nodes);
-            if want {
-                let spans = nodes
-                    .iter()
-                    .map(|&(s, depth)| wire::TreeNode {
-                        span: SpanId(s),
-                        depth,
-                    })
-                    .collect();
-                let tree = Event::PollTree {
-                    task: SpanId(span),
-                    spans,
-                };
-                self.emit(&tree);
+        if !tree {
+            // The usual case: no tree, and no tree nodes left over (from a
+            // poll whose end a full ring dropped) to clear.
+            if let Some(p) = self.trees.get_mut(thread as usize) {
+                if p.0 != 0 || !p.1.is_empty() {
+                    p.0 = 0;
+                    p.1.clear();
+                }
             }
+            return;
+        }
+        let pending = pending_tree(&mut self.trees, thread);
+        let nodes = if pending.0 == span {
+            &pending.1[..]
+        } else {
+            // Its tree nodes were dropped with a full ring.
+            &[]
+        };
+        model.on_tree(span, nodes);
+        if want {
+            let spans = nodes
+                .iter()
+                .map(|&(s, depth)| wire::TreeNode {
+                    span: SpanId(s),
+                    depth,
+                })
+                .collect();
+            let tree = Event::PollTree {
+                task: SpanId(span),
+                spans,
+            };
+            self.emit(&tree);
         }
         let pending = pending_tree(&mut self.trees, thread);
         pending.0 = 0;
