@@ -163,6 +163,7 @@ impl EventsFrame {
     /// it does not fit: finish this frame and push it to the next (on an
     /// empty frame it means the event alone is over the cap). On error the
     /// frame is left as it was.
+    #[inline]
     pub fn push<E: crate::EncodesAsEvent + ?Sized>(
         &mut self,
         event: &E,
@@ -172,11 +173,27 @@ impl EventsFrame {
         }
         let start = self.events.len();
         if !event.encode_direct(&mut self.events) {
-            if let Err(e) = postcard::serialize_with_flavor(event, AppendVec(&mut self.events)) {
-                self.events.truncate(start);
-                return Err(EncodeError::Codec(e));
-            }
+            return self.push_serde(event, start);
         }
+        self.admit(start)
+    }
+
+    /// [`EventsFrame::push`] of an event that serde encodes.
+    fn push_serde<E: crate::EncodesAsEvent + ?Sized>(
+        &mut self,
+        event: &E,
+        start: usize,
+    ) -> Result<(), EncodeError> {
+        if let Err(e) = postcard::serialize_with_flavor(event, AppendVec(&mut self.events)) {
+            self.events.truncate(start);
+            return Err(EncodeError::Codec(e));
+        }
+        self.admit(start)
+    }
+
+    /// Keeps the event just encoded at `start` if the frame still fits.
+    #[inline]
+    fn admit(&mut self, start: usize) -> Result<(), EncodeError> {
         if self.events.len() + HEADER_ROOM > MAX_FRAME_LEN {
             let len = self.events.len() - start;
             self.events.truncate(start);

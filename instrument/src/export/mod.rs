@@ -798,6 +798,7 @@ impl Exporter {
     /// The end of a task's poll: its await tree, if it changed (the
     /// `TreeNode` records just read), goes to the model and, sent just
     /// before the poll's end, to the sinks.
+    #[inline]
     fn poll_tree(
         &mut self,
         model: &mut AwaitModel,
@@ -817,6 +818,11 @@ impl Exporter {
             }
             return;
         }
+        self.new_poll_tree(model, thread, span, want);
+    }
+
+    /// [`Exporter::poll_tree`] when the tree changed.
+    fn new_poll_tree(&mut self, model: &mut AwaitModel, thread: u32, span: u64, want: bool) {
         let pending = pending_tree(&mut self.trees, thread);
         let nodes = if pending.0 == span {
             &pending.1[..]
