@@ -20,7 +20,6 @@
 use std::time::{Duration, Instant};
 
 use awaitscope_collector::{ingest::recording, Model, Report};
-use tracing_subscriber::layer::SubscriberExt;
 
 #[tracing::instrument(skip_all, fields(i = i))]
 async fn outer(i: u64) -> u64 {
@@ -74,17 +73,16 @@ async fn churn() {
     }
 }
 
-/// Child process: runs `workload` recorded to `path` under a global
-/// subscriber (tokio's workers must see it) and prints the wall time from
-/// runtime start to the recording's final flush.
+/// Child process: runs `workload` recorded to `path` under awaitscope's
+/// global subscriber as `init()` installs it (tokio's workers must see it)
+/// and prints the wall time from runtime start to the recording's final
+/// flush.
 fn child(workload: &str, path: &std::path::Path) {
-    let (layer, guard) = awaitscope::Builder::new()
+    let guard = awaitscope::Builder::new()
         .no_stream()
         .record_to(path.to_path_buf())
-        .try_build()
+        .try_init()
         .expect("recording");
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
-        .expect("global subscriber");
     let t0 = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
