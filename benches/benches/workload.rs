@@ -167,6 +167,9 @@ struct RecordingStats {
     bytes: u64,
     frames: u64,
     events: u64,
+    /// Polls sent as `Enter` .. `PollEnd` (something was recorded during
+    /// them) rather than as one `Poll`.
+    split: u64,
     span_new: u64,
     enter: u64,
     exit: u64,
@@ -210,7 +213,10 @@ fn read_recording(path: &std::path::Path) -> RecordingStats {
                 for ev in &evs {
                     match ev {
                         Event::SpanNew(_) => st.span_new += 1,
-                        Event::Enter { .. } => st.enter += 1,
+                        Event::Enter { .. } => {
+                            st.enter += 1;
+                            st.split += 1;
+                        }
                         Event::Exit { .. } | Event::PollEnd { .. } => st.exit += 1,
                         Event::Poll { .. } => {
                             st.enter += 1;
@@ -328,7 +334,7 @@ fn child_main(mode: &str) {
         }
         line.push_str(&format!(
             " rec_bytes={} frames={} events={} span_new={} enter={} exit={} close={} wake={} \
-             buffer_full={} disconnected={} write_failed={} goodbye={} error={}",
+             buffer_full={} disconnected={} write_failed={} goodbye={} error={} split={}",
             st.bytes,
             st.frames,
             st.events,
@@ -342,6 +348,7 @@ fn child_main(mode: &str) {
             st.write_failed,
             st.goodbye,
             st.error.as_deref().unwrap_or("none").replace(' ', "_"),
+            st.split,
         ));
     }
     println!("{line}");

@@ -470,7 +470,17 @@ impl Local {
             op @ (WakeOp::WakeByRef | WakeOp::LastDrop) => op,
         };
         let ts = shared.raw();
-        self.push(Raw::Wake { task, by, op, ts });
+        let raw = Raw::Wake { task, by, op, ts };
+        if self.pending_enter.0 != 0 && self.pending_enter.0 != task {
+            // Another task's wake during this poll (tokio runs deferred
+            // wakes, `yield_now`'s among them, inside the next task's
+            // poll): it changes only the woken task, so nothing needs it
+            // after this poll's start, and the poll can still go out as
+            // one record. A task's wake of itself keeps its order.
+            self.push_now(raw);
+        } else {
+            self.push(raw);
+        }
     }
 
     /// The node of the task being polled on this thread.

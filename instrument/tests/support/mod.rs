@@ -121,8 +121,12 @@ pub struct SpanInfo {
     pub fields: HashMap<String, Value>,
     pub enters: Vec<(u32, u64)>,
     pub exits: Vec<(u32, u64)>,
-    /// Task spans: live wakers at the end of each poll (`PollEnd`).
+    /// Task spans: live wakers at the end of each poll (`PollEnd`), in the
+    /// order the polls ended (events of different threads in one frame come
+    /// thread by thread, not in time order).
     pub poll_wakers: Vec<u32>,
+    /// (end, live wakers) of each poll, in stream order.
+    poll_ends: Vec<(u64, u32)>,
     pub close: Option<CloseKind>,
 }
 
@@ -217,6 +221,11 @@ impl Captured {
                 }
             }
         }
+        for s in c.spans.values_mut() {
+            // Stable: polls ending at the same instant keep stream order.
+            s.poll_ends.sort_by_key(|&(ts, _)| ts);
+            s.poll_wakers = s.poll_ends.iter().map(|&(_, w)| w).collect();
+        }
         c
     }
 
@@ -261,6 +270,7 @@ impl Captured {
                         enters: vec![],
                         exits: vec![],
                         poll_wakers: vec![],
+                        poll_ends: vec![],
                         close: None,
                     },
                 );
@@ -385,7 +395,7 @@ impl Captured {
         if let Some(s) = self.spans.get_mut(&span) {
             s.exits.push((thread, ts));
             if let Some(w) = wakers {
-                s.poll_wakers.push(w);
+                s.poll_ends.push((ts, w));
             }
         }
     }
