@@ -98,38 +98,6 @@ pub fn builder() -> Builder {
     Builder::from_env()
 }
 
-impl Builder {
-    /// Installs the configured awaitscope as the global subscriber, as
-    /// [`init`] does (span store and `RUST_LOG` log output included).
-    pub fn try_init(self) -> Result<Guard, InitError> {
-        let Some((subscriber, guard)) = self.try_build_subscriber()? else {
-            return Ok(Guard::inert());
-        };
-        tracing::subscriber::set_global_default(subscriber)
-            .map_err(|e| InitError::AlreadySet(e.to_string()))?;
-        // A callsite first hit on another thread while the subscriber was
-        // being installed can keep the interest it got from the previous
-        // one (a race in tracing-core's interest cache): tokio's
-        // `runtime.spawn` callsite, hit by a runtime already running, would
-        // then stay disabled. Recompute every callsite's interest now that
-        // the subscriber is in place.
-        tracing::callsite::rebuild_interest_cache();
-        guard.make_current();
-        Ok(guard)
-    }
-
-    /// Builds awaitscope's own subscriber (see [`AwaitscopeSubscriber`]) and
-    /// its guard, without installing it; `None` when awaitscope is turned
-    /// off (`AWAITSCOPE=off`).
-    pub fn try_build_subscriber(self) -> Result<Option<(AwaitscopeSubscriber, Guard)>, InitError> {
-        let (layer, guard) = self.try_build()?;
-        Ok(layer.shared.map(|shared| {
-            let log = store::log::LogOutput::from_env();
-            (AwaitscopeSubscriber::new(shared, log), guard)
-        }))
-    }
-}
-
 /// Why awaitscope could not be installed.
 #[derive(Debug)]
 pub enum InitError {
@@ -275,6 +243,36 @@ impl Builder {
                 exporter: Some(exporter),
             },
         ))
+    }
+
+    /// Installs the configured awaitscope as the global subscriber, as
+    /// [`init`] does (span store and `RUST_LOG` log output included).
+    pub fn try_init(self) -> Result<Guard, InitError> {
+        let Some((subscriber, guard)) = self.try_build_subscriber()? else {
+            return Ok(Guard::inert());
+        };
+        tracing::subscriber::set_global_default(subscriber)
+            .map_err(|e| InitError::AlreadySet(e.to_string()))?;
+        // A callsite first hit on another thread while the subscriber was
+        // being installed can keep the interest it got from the previous
+        // one (a race in tracing-core's interest cache): tokio's
+        // `runtime.spawn` callsite, hit by a runtime already running, would
+        // then stay disabled. Recompute every callsite's interest now that
+        // the subscriber is in place.
+        tracing::callsite::rebuild_interest_cache();
+        guard.make_current();
+        Ok(guard)
+    }
+
+    /// Builds awaitscope's own subscriber (see [`AwaitscopeSubscriber`]) and
+    /// its guard, without installing it; `None` when awaitscope is turned
+    /// off (`AWAITSCOPE=off`).
+    pub fn try_build_subscriber(self) -> Result<Option<(AwaitscopeSubscriber, Guard)>, InitError> {
+        let (layer, guard) = self.try_build()?;
+        Ok(layer.shared.map(|shared| {
+            let log = store::log::LogOutput::from_env();
+            (AwaitscopeSubscriber::new(shared, log), guard)
+        }))
     }
 }
 

@@ -372,6 +372,35 @@ fn version_1_streams_still_read() {
     assert_eq!(read, frames);
 }
 
+/// Builds a frame of `events` event by event and checks it is byte for
+/// byte the frame `encode_frame` (serde and postcard) makes of them.
+fn check_events_frame(
+    events: Vec<Event>,
+    process: ProcessKey,
+    seq: u64,
+) -> Result<(), TestCaseError> {
+    let mut built = EventsFrame::new();
+    for e in &events {
+        built.push(e).unwrap();
+    }
+    prop_assert_eq!(built.len(), events.len());
+    let mut out = vec![7u8];
+    built.finish(process, seq, &mut out).unwrap();
+    prop_assert!(built.is_empty());
+    let mut expected = vec![7u8];
+    encode_frame(
+        &Frame {
+            process,
+            seq,
+            body: Body::Events(events),
+        },
+        &mut expected,
+    )
+    .unwrap();
+    prop_assert_eq!(out, expected);
+    Ok(())
+}
+
 proptest! {
     /// A frame built event by event is byte for byte the frame
     /// `encode_frame` makes of the same events.
@@ -382,18 +411,20 @@ proptest! {
         start: u64,
         seq: u64,
     ) {
-        let process = ProcessKey { pid, start_unix_ns: start };
-        let mut built = EventsFrame::new();
-        for e in &events {
-            built.push(e).unwrap();
-        }
-        prop_assert_eq!(built.len(), events.len());
-        let mut out = vec![7u8];
-        built.finish(process, seq, &mut out).unwrap();
-        prop_assert!(built.is_empty());
-        let mut expected = vec![7u8];
-        encode_frame(&Frame { process, seq, body: Body::Events(events) }, &mut expected).unwrap();
-        prop_assert_eq!(out, expected);
+        check_events_frame(events, ProcessKey { pid, start_unix_ns: start }, seq)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+    /// The same for the events encoded without serde, with integers of
+    /// every varint length.
+    #[test]
+    fn directly_encoded_events_match_postcard(
+        events in prop::collection::vec(arb_frequent_event(), 1..8),
+        seq: u64,
+    ) {
+        check_events_frame(events, ProcessKey { pid: 1, start_unix_ns: 2 }, seq)?;
     }
 }
 

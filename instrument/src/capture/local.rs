@@ -95,7 +95,7 @@ pub(crate) struct PollSlot {
 
 impl PollSlot {
     /// Publishes the poll of `span` started at raw time `start`. Only the
-    /// owning thread calls it, with no poll published.
+    /// owning thread calls it.
     #[inline]
     fn publish(&self, span: u64, start: u64) {
         self.start.store(start, Ordering::Relaxed);
@@ -233,8 +233,6 @@ pub(crate) struct Local {
     pending_enter: (u64, u64),
     /// This thread's poll in progress, shared with the exporter.
     slot: Arc<PollSlot>,
-    /// `slot` names a poll.
-    slot_live: bool,
     frames: Stack<Frame>,
     /// The polls of the task frames in `frames`, innermost last.
     polls: Stack<Poll>,
@@ -613,7 +611,6 @@ impl Local {
                 // unless something is recorded in between (see `PollSlot`).
                 self.pending_enter = (sid, ts);
                 self.slot.publish(sid, ts);
-                self.slot_live = true;
             } else {
                 // A poll inside a poll (`block_in_place`, a runtime inside
                 // a task): recorded as it starts, after the enclosing one.
@@ -797,10 +794,7 @@ impl Local {
                 if self.task == 0 {
                     self.tree_len = 0;
                     self.tree_cut = false;
-                    if self.slot_live {
-                        self.slot.clear();
-                        self.slot_live = false;
-                    }
+                    self.slot.clear();
                 }
                 self.last_exit_task = frame.sid;
                 self.last_exit_seq = self.seq;
@@ -943,7 +937,6 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         seq: 0,
         pending_enter: (0, 0),
         slot,
-        slot_live: false,
         frames: Stack::new(STACK),
         polls: Stack::new(STACK),
         overflow: 0,
@@ -1058,6 +1051,40 @@ mod tests {
         assert!(l.exit(&shared, 10));
         assert_eq!((l.frames.len(), l.polls.len(), l.task), (0, 0, 0));
         assert_eq!(a.polls.count.load(Ordering::Relaxed), 2);
+    }
+
+    /// A poll during which nothing is recorded is one record; another
+    /// task's wake during it (tokio's deferred wakes) keeps it one record
+    /// and goes first; the task's wake of itself splits it, in order.
+    #[test]
+    fn a_poll_is_one_record_unless_it_records_something_of_its_own() {
+        let shared = Shared::new(1024);
+        let mut l = new_local(&shared);
+        let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
+        let (a, b) = (node_of(1, SpanClass::Task), node_of(2, SpanClass::Task));
+        let poll = |l: &mut Local, wake: Option<(u64, &Arc<SpanNode>)>| {
+            l.enter_reg(&shared, 10, || Some(a.clone()));
+            assert_eq!(l.slot.read().map(|(s, _)| s), Some(1), "published");
+            if let Some((reg, n)) = wake {
+                l.waker(&shared, reg, WakeOp::WakeByRef, || Some(n.clone()));
+            }
+            assert!(l.exit(&shared, 10));
+            assert_eq!(l.slot.read(), None, "cleared");
+        };
+        poll(&mut l, None);
+        assert_eq!(drained(&mut consumer), [("poll", 1, true)]);
+        poll(&mut l, Some((20, &b)));
+        assert_eq!(
+            drained(&mut consumer),
+            [("other", 0, false), ("poll", 1, true)],
+            "b's wake, then a's whole poll"
+        );
+        poll(&mut l, Some((10, &a)));
+        assert_eq!(
+            drained(&mut consumer),
+            [("enter", 1, true), ("other", 0, false), ("exit", 1, true)],
+            "a's own wake inside its poll"
+        );
     }
 
     /// A span remembered in a task's poll cache closes and its registry id

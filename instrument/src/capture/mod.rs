@@ -389,24 +389,25 @@ impl Shared {
                 CloseKind::Cancelled
             }
         };
-        let kind = with_local(shared, |l| {
+        let pushed = with_local(shared, |l| {
             let panicked = l.panicked_task == node.id;
             if panicked {
                 l.panicked_task = 0;
             }
-            kind_of(panicked)
-        })
-        .unwrap_or_else(|| kind_of(false));
-        // On the node first: if the record below is dropped (a full ring),
-        // the exporter still learns of the close from the node.
-        node.close_at(ts, kind);
-        with_local(shared, |l| {
+            let kind = kind_of(panicked);
+            // On the node first: if the record below is dropped (a full
+            // ring), the exporter still learns of the close from the node.
+            node.close_at(ts, kind);
             l.push(Raw::Close {
                 span: node.id,
                 kind,
                 ts,
             });
         });
+        if pushed.is_none() {
+            // No state on this thread (it is exiting): the node says it.
+            node.close_at(ts, kind_of(false));
+        }
     }
 
     /// An event. `event_span` finds the node of the span it happened in;

@@ -145,8 +145,7 @@ pub(crate) fn start(
         counts: Vec::new(),
         thread: u32::MAX,
         held: None,
-        trees: Default::default(),
-        polls: Vec::new(),
+        threads: Vec::new(),
         retired_drops: 0,
         fullest: 0,
         swept_drops: 0,
@@ -192,11 +191,8 @@ struct Exporter {
     /// A task's poll start (span, raw time) not sent yet: if the next record
     /// of its ring ends that poll, both go out as one `Poll` event.
     held: Option<(u64, u64)>,
-    /// By thread index: the task and await tree nodes of the poll being
-    /// read (they precede the exit that ends it).
-    trees: Vec<(u64, Vec<(u64, u16)>)>,
-    /// Per thread (by index): what is known of its outermost poll.
-    polls: Vec<ThreadPoll>,
+    /// By thread index: what has been read of each thread's polls.
+    threads: Vec<ThreadReads>,
     /// Drops of rings whose threads are gone.
     retired_drops: u64,
     /// How full the fullest ring was at the last drain, in quarters.
@@ -468,7 +464,7 @@ impl Exporter {
             if now.saturating_sub(shared.nanos(start)) < ANNOUNCE_AFTER_NS {
                 continue;
             }
-            let tp = thread_poll(&mut self.polls, ring.thread);
+            let tp = thread_reads(&mut self.threads, ring.thread);
             let pair = (span, start);
             if tp.open == pair || tp.done == pair || tp.announced == pair {
                 continue;
@@ -609,7 +605,7 @@ impl Exporter {
                 task: true,
                 ts,
             } => {
-                let tp = thread_poll(&mut self.polls, thread);
+                let tp = thread_reads(&mut self.threads, thread);
                 tp.open = (span, ts);
                 if tp.announced == (span, ts) {
                     // Sent already, from the thread's poll slot.
@@ -632,7 +628,7 @@ impl Exporter {
                 }
             }
             Raw::TreeNode { task, span, depth } => {
-                let pending = pending_tree(&mut self.trees, thread);
+                let pending = &mut thread_reads(&mut self.threads, thread).tree;
                 if pending.0 != task {
                     // Left over from a poll whose exit was dropped.
                     pending.1.clear();
@@ -663,7 +659,7 @@ impl Exporter {
                 wakers,
             } => {
                 self.poll_tree(model, thread, span, tree, want);
-                let tp = thread_poll(&mut self.polls, thread);
+                let tp = thread_reads(&mut self.threads, thread);
                 tp.done = (span, start);
                 let announced = tp.announced == (span, start);
                 if announced {
@@ -699,7 +695,7 @@ impl Exporter {
                 ts,
             } => {
                 self.poll_tree(model, thread, span, tree, want);
-                let tp = thread_poll(&mut self.polls, thread);
+                let tp = thread_reads(&mut self.threads, thread);
                 if tp.open.0 == span {
                     tp.done = std::mem::take(&mut tp.open);
                 }
@@ -810,7 +806,7 @@ impl Exporter {
         if !tree {
             // The usual case: no tree, and no tree nodes left over (from a
             // poll whose end a full ring dropped) to clear.
-            if let Some(p) = self.trees.get_mut(thread as usize) {
+            if let Some(p) = self.threads.get_mut(thread as usize).map(|t| &mut t.tree) {
                 if p.0 != 0 || !p.1.is_empty() {
                     p.0 = 0;
                     p.1.clear();
@@ -823,7 +819,7 @@ impl Exporter {
 
     /// [`Exporter::poll_tree`] when the tree changed.
     fn new_poll_tree(&mut self, model: &mut AwaitModel, thread: u32, span: u64, want: bool) {
-        let pending = pending_tree(&mut self.trees, thread);
+        let pending = &mut thread_reads(&mut self.threads, thread).tree;
         let nodes = if pending.0 == span {
             &pending.1[..]
         } else {
@@ -845,7 +841,7 @@ impl Exporter {
             };
             self.emit(&tree);
         }
-        let pending = pending_tree(&mut self.trees, thread);
+        let pending = &mut thread_reads(&mut self.threads, thread).tree;
         pending.0 = 0;
         pending.1.clear();
     }
@@ -931,10 +927,13 @@ impl Exporter {
     }
 }
 
-/// A thread's polls as the exporter has seen them: (task span, raw start)
-/// pairs, span 0 for none.
-#[derive(Clone, Copy, Default)]
-struct ThreadPoll {
+/// What the exporter has read of one thread's polls. Poll starts are
+/// (task span, raw start) pairs, span 0 for none.
+#[derive(Default)]
+struct ThreadReads {
+    /// The task and await tree nodes of the poll being read (they precede
+    /// the record that ends it).
+    tree: (u64, Vec<(u64, u16)>),
     /// Started (its `Enter` read), not ended.
     open: (u64, u64),
     /// The last one that ended.
@@ -947,24 +946,12 @@ struct ThreadPoll {
 /// thread's `PollSlot` (its start is otherwise sent with its end).
 const ANNOUNCE_AFTER_NS: u64 = 1_000_000;
 
-fn thread_poll(polls: &mut Vec<ThreadPoll>, thread: u32) -> &mut ThreadPoll {
-    let i = thread as usize;
-    if polls.len() <= i {
-        polls.resize(i + 1, ThreadPoll::default());
-    }
-    &mut polls[i]
-}
-
-/// The await tree nodes read so far on `thread` for the poll whose end comes
-/// next, with its task.
+/// The state of `thread`, made on first sight.
 #[inline]
-fn pending_tree(
-    trees: &mut Vec<(u64, Vec<(u64, u16)>)>,
-    thread: u32,
-) -> &mut (u64, Vec<(u64, u16)>) {
+fn thread_reads(threads: &mut Vec<ThreadReads>, thread: u32) -> &mut ThreadReads {
     let i = thread as usize;
-    if i >= trees.len() {
-        trees.resize_with(i + 1, Default::default);
+    if i >= threads.len() {
+        threads.resize_with(i + 1, Default::default);
     }
-    &mut trees[i]
+    &mut threads[i]
 }

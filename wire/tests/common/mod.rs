@@ -460,6 +460,39 @@ pub fn arb_wake() -> impl Strategy<Value = WakeOp> {
     ]
 }
 
+/// Integers at every varint length and at its edges (`any::<u64>()` is
+/// nearly always ten bytes long).
+pub fn arb_varint_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        any::<u64>(),
+        (0u32..64).prop_map(|s| 1u64 << s),
+        (0u32..64).prop_map(|s| (1u64 << s) - 1),
+        Just(u64::MAX),
+    ]
+}
+
+/// The events the producer writes without serde (`wire/src/direct.rs`),
+/// with integers of every varint length.
+pub fn arb_frequent_event() -> impl Strategy<Value = Event> {
+    let id = || arb_varint_u64().prop_map(SpanId);
+    let n = arb_varint_u64;
+    let small = || prop_oneof![any::<u32>(), (0u32..32).prop_map(|s| 1u32 << s)];
+    prop_oneof![
+        (id(), n(), n(), small()).prop_map(|(task, start, duration, wakers)| Event::Poll {
+            task,
+            start,
+            duration,
+            wakers,
+        }),
+        (id(), arb_wake(), proptest::option::of(id()), n())
+            .prop_map(|(task, op, by, ts)| Event::Wake { task, op, by, ts }),
+        (id(), n(), small()).prop_map(|(task, ts, wakers)| Event::PollEnd { task, ts, wakers }),
+        (id(), n()).prop_map(|(span, ts)| Event::Enter { span, ts }),
+        (id(), n()).prop_map(|(span, ts)| Event::Exit { span, ts }),
+        (id(), arb_close(), n()).prop_map(|(span, kind, ts)| Event::Close { span, kind, ts }),
+    ]
+}
+
 pub fn arb_callsite() -> impl Strategy<Value = Callsite> {
     (
         any::<u32>(),
