@@ -36,6 +36,9 @@ pub(crate) struct Info {
 /// Target of the task spans made by `awaitscope::spawn` on stable tokio.
 pub(crate) const AWAITSCOPE_TASK_TARGET: &str = "awaitscope::task";
 
+/// Target of the task spans of tokio's blocking pool.
+pub(crate) const TOKIO_BLOCKING_TARGET: &str = "tokio::task::blocking";
+
 /// Classifies a callsite from its metadata.
 pub(crate) fn classify(meta: &Metadata<'_>) -> Class {
     let target = meta.target();

@@ -214,6 +214,9 @@ struct Poll {
     /// Spans entered in this poll so far (position in the poll cache of the
     /// next one).
     entered: usize,
+    /// A blocking-pool task (see [`SpanNode::blocking`]): the polls inside
+    /// it are a worker's, not part of its await tree.
+    blocking: bool,
 }
 
 /// One layer instance's state on one thread.
@@ -233,6 +236,8 @@ pub(crate) struct Local {
     pending_enter: (u64, u64),
     /// This thread's poll in progress, shared with the exporter.
     slot: Arc<PollSlot>,
+    /// The task whose poll `slot` shows (0: none).
+    published: u64,
     frames: Stack<Frame>,
     /// The polls of the task frames in `frames`, innermost last.
     polls: Stack<Poll>,
@@ -359,6 +364,11 @@ impl Local {
             let Some(t) = self.polls.last_mut() else {
                 return;
             };
+            if t.blocking {
+                // A worker thread (or `spawn_blocking` closure) polling a
+                // task: no await tree to follow here.
+                return self.enter_looked_up(shared, reg, lookup);
+            }
             let k = t.entered;
             t.entered += 1;
             let owns = *t
@@ -391,6 +401,17 @@ impl Local {
                 return self.enter(shared, reg, sid, class, node);
             }
         }
+        self.enter_looked_up(shared, reg, lookup);
+    }
+
+    /// Enters the span with registry id `reg`, found in this thread's cache.
+    #[inline]
+    fn enter_looked_up(
+        &mut self,
+        shared: &Shared,
+        reg: u64,
+        lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) {
         let Some(i) = self.cached(reg, lookup) else {
             return;
         };
@@ -415,6 +436,18 @@ impl Local {
             reg,
             node: Some(node.clone()),
         };
+    }
+
+    /// Drops this thread's cache entry of a span that closed (usually here:
+    /// a task ends on the thread that polled it last, a span in the poll
+    /// that entered it), so that the cache does not keep its node alive
+    /// until the entry is reused or the thread exits.
+    #[inline]
+    pub fn forget(&mut self, reg: u64) {
+        let e = &mut self.cache[slot(reg, self.cache_bits)];
+        if e.reg == reg {
+            e.node = None;
+        }
     }
 
     /// Puts a task's node back in the cache after its poll.
@@ -583,6 +616,7 @@ impl Local {
         }
         if class == SpanClass::Task {
             let ts = shared.raw();
+            let blocking = node.as_ref().is_some_and(|n| n.blocking);
             if let Some(n) = &node {
                 n.polls.running.store(true, Ordering::Relaxed);
             }
@@ -603,22 +637,31 @@ impl Local {
                 p.tree_base = tree_base;
                 p.owns_cache = None;
                 p.entered = 0;
+                p.blocking = blocking;
             });
             self.task = self.frames.len();
             self.sig = EMPTY_SIG;
-            if saved_task == 0 && self.pending_enter.0 == 0 {
-                // The outermost poll: its start goes out with its end,
-                // unless something is recorded in between (see `PollSlot`).
-                self.pending_enter = (sid, ts);
-                self.slot.publish(sid, ts);
-            } else {
-                // A poll inside a poll (`block_in_place`, a runtime inside
-                // a task): recorded as it starts, after the enclosing one.
+            if blocking {
+                // Its poll runs the whole closure (a worker thread's: as long
+                // as the runtime): recorded as it starts, and the polls
+                // inside it are each one record, as below.
                 self.push(Raw::Enter {
                     span: sid,
                     task: true,
                     ts,
                 });
+            } else {
+                // Its start goes out with its end, unless something is
+                // recorded in between (see `PollSlot`). A poll inside
+                // another one (a worker's inside its blocking task,
+                // `block_in_place`, a runtime inside a task) first sends the
+                // enclosing poll's start, if that is still held.
+                if self.pending_enter.0 != 0 {
+                    self.flush_enter();
+                }
+                self.pending_enter = (sid, ts);
+                self.slot.publish(sid, ts);
+                self.published = sid;
             }
         } else if self.task != 0 {
             let depth = (self.frames.len() - self.task) as u16;
@@ -724,13 +767,21 @@ impl Local {
                 let changed = self.tree_cut
                     || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
                 if changed {
+                    // The tree goes with the poll's end: it does not need the
+                    // poll's start before it, which stays held.
+                    let whole = self.pending_enter.0 == frame.sid;
                     for i in poll.tree_base..self.tree_len {
                         let (span, depth) = self.tree[i];
-                        self.push(Raw::TreeNode {
+                        let raw = Raw::TreeNode {
                             task: frame.sid,
                             span,
                             depth,
-                        });
+                        };
+                        if whole {
+                            self.push_now(raw);
+                        } else {
+                            self.push(raw);
+                        }
                     }
                     if let Some(n) = node {
                         // A cut tree is sent every time.
@@ -791,10 +842,13 @@ impl Local {
                         }
                     }
                 }
+                if self.published == frame.sid {
+                    self.published = 0;
+                    self.slot.clear();
+                }
                 if self.task == 0 {
                     self.tree_len = 0;
                     self.tree_cut = false;
-                    self.slot.clear();
                 }
                 self.last_exit_task = frame.sid;
                 self.last_exit_seq = self.seq;
@@ -936,6 +990,7 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         dropped,
         seq: 0,
         pending_enter: (0, 0),
+        published: 0,
         slot,
         frames: Stack::new(STACK),
         polls: Stack::new(STACK),
@@ -978,6 +1033,7 @@ mod tests {
             meta,
             callsite: 0,
             class,
+            blocking: false,
             parent: None,
             instance: 0,
             ctx_task: 0,
@@ -1051,6 +1107,56 @@ mod tests {
         assert!(l.exit(&shared, 10));
         assert_eq!((l.frames.len(), l.polls.len(), l.task), (0, 0, 0));
         assert_eq!(a.polls.count.load(Ordering::Relaxed), 2);
+    }
+
+    /// A worker thread of a multi-thread runtime runs inside a blocking
+    /// task's poll (tokio starts each worker with `spawn_blocking`): that
+    /// poll is recorded as it starts, and the tasks polled inside it are
+    /// each one record, with their own await trees and poll caches.
+    #[test]
+    fn a_workers_polls_are_one_record_each_inside_its_blocking_task() {
+        let shared = Shared::new(1024);
+        let mut l = new_local(&shared);
+        let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
+        let mut worker = node_of(1, SpanClass::Task);
+        Arc::get_mut(&mut worker).unwrap().blocking = true;
+        let (a, x) = (node_of(2, SpanClass::Task), node(3));
+        l.enter_reg(&shared, 10, || Some(worker.clone()));
+        assert_eq!(l.current_task(), 1);
+        assert_eq!(l.slot.read(), None, "its start is in the ring already");
+        for _ in 0..2 {
+            l.enter_reg(&shared, 20, || Some(a.clone()));
+            assert_eq!(l.current_task(), 2);
+            assert_eq!(l.slot.read().map(|(s, _)| s), Some(2), "published");
+            l.enter_reg(&shared, 30, || Some(x.clone()));
+            assert!(l.exit(&shared, 30));
+            assert!(l.exit(&shared, 20));
+            assert_eq!(l.slot.read(), None, "cleared");
+            assert_eq!(l.current_task(), 1);
+        }
+        let worker_poll = l.polls.last().expect("the worker's poll goes on");
+        assert_eq!(
+            worker_poll.entered, 0,
+            "the worker's poll cache is not used"
+        );
+        assert!(l.exit(&shared, 10));
+        assert_eq!(
+            drained(&mut consumer),
+            [
+                ("enter", 1, true),
+                ("tree", 3, false),
+                ("poll", 2, true),
+                ("poll", 2, true),
+                ("exit", 1, true)
+            ],
+            "the second poll's tree is unchanged"
+        );
+        assert_eq!(a.polls.count.load(Ordering::Relaxed), 2);
+        // The task's own cache knows its span from its first poll on.
+        assert!(a.poll_cache.acquire());
+        // SAFETY: acquired just above.
+        assert_eq!(unsafe { a.poll_cache.get(0, 30) }, Some(3));
+        a.poll_cache.release();
     }
 
     /// A poll during which nothing is recorded is one record; another

@@ -256,7 +256,7 @@ where
         };
         let ext = span.extensions();
         if let Some(data) = ext.get::<SpanData>() {
-            shared.close(&data.node);
+            shared.close(id.into_u64(), &data.node);
         }
     }
 
@@ -310,6 +310,8 @@ impl Shared {
                 meta: attrs.metadata(),
                 callsite: info.id,
                 class,
+                blocking: class == SpanClass::Task
+                    && attrs.metadata().target() == callsite::TOKIO_BLOCKING_TARGET,
                 parent,
                 instance: shared.instance,
                 ctx_task: l.current_task(),
@@ -375,7 +377,7 @@ impl Shared {
     }
 
     /// A span closed (its last handle dropped).
-    pub(crate) fn close(self: &Arc<Self>, node: &SpanNode) {
+    pub(crate) fn close(self: &Arc<Self>, reg: u64, node: &SpanNode) {
         let shared = self;
         let ts = shared.raw();
         let kind_of = |panicked: bool| {
@@ -398,6 +400,7 @@ impl Shared {
             // On the node first: if the record below is dropped (a full
             // ring), the exporter still learns of the close from the node.
             node.close_at(ts, kind);
+            l.forget(reg);
             l.push(Raw::Close {
                 span: node.id,
                 kind,

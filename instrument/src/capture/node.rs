@@ -25,6 +25,10 @@ pub(crate) struct SpanNode {
     /// Stable id.
     pub id: u64,
     pub class: SpanClass,
+    /// A task span of tokio's blocking pool (`spawn_blocking`, and each
+    /// worker thread of a multi-thread runtime): its one poll runs for as
+    /// long as the closure, and the tasks the worker polls nest inside it.
+    pub blocking: bool,
     /// The span closed: its registry id may now name another span, so
     /// per-thread caches keyed by registry id must not trust this entry.
     pub closed: AtomicBool,

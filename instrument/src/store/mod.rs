@@ -242,7 +242,7 @@ impl Subscriber for AwaitscopeSubscriber {
                 break;
             }
             if let Some(node) = &slot.node {
-                self.shared.close(node);
+                self.shared.close(id.into_u64(), node);
             }
             next = slot.parent.clone();
             drop(slot);
