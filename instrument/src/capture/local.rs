@@ -358,66 +358,153 @@ impl Local {
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) {
-        // Inside a poll, the task's own cache of its last poll's spans
-        // usually knows this one.
-        if self.task != 0 && self.frames.len() < STACK {
-            let Some(t) = self.polls.last_mut() else {
-                return;
-            };
-            if t.blocking {
-                // A worker thread (or `spawn_blocking` closure) polling a
-                // task: no await tree to follow here.
-                return self.enter_looked_up(shared, reg, lookup);
-            }
-            let k = t.entered;
-            t.entered += 1;
-            let owns = *t
-                .owns_cache
-                .get_or_insert_with(|| t.node.as_ref().is_some_and(|n| n.poll_cache.acquire()));
-            if owns {
-                let cache = &t
-                    .node
-                    .as_ref()
-                    .expect("task frames hold their node")
-                    .poll_cache;
-                // SAFETY: this thread acquired the cache at the task's enter
-                // and releases it at its exit.
-                if let Some(sid) = unsafe { cache.get(k, reg) } {
-                    // Only spans that are not tasks are cached there.
-                    return self.enter(shared, reg, sid, SpanClass::User, None);
-                }
-                let Some(i) = self.cached(reg, lookup) else {
-                    return;
-                };
-                let Some(n) = &self.cache[i].node else {
-                    return;
-                };
-                let (sid, class) = (n.id, n.class);
-                if let Some(tn) = self.polls.last().and_then(|t| t.node.as_ref()) {
-                    // SAFETY: as above.
-                    unsafe { tn.poll_cache.set(k, reg, n, tn) };
-                }
-                let node = (class == SpanClass::Task).then(|| n.clone());
-                return self.enter(shared, reg, sid, class, node);
-            }
+        if !self.enter_known_in_poll(reg) {
+            self.enter_reg_slow(shared, reg, lookup);
         }
-        self.enter_looked_up(shared, reg, lookup);
     }
 
-    /// Enters the span with registry id `reg`, found in this thread's cache.
+    /// The common case, a few times per poll: inside a task's poll, the
+    /// `k`-th span entered is the one the task's last poll entered `k`-th
+    /// (its poll cache knows it). Kept small and inlined, apart from the
+    /// other cases, so that this path costs a few dozen instructions.
+    /// Returns false, having changed nothing, when it is not that case.
+    #[inline(always)]
+    fn enter_known_in_poll(&mut self, reg: u64) -> bool {
+        let len = self.frames.len;
+        if self.task == 0 || len >= STACK {
+            return false;
+        }
+        let Some(t) = self.polls.last_mut() else {
+            return false;
+        };
+        let Some(node) = &t.node else {
+            return false;
+        };
+        if t.blocking {
+            return false;
+        }
+        let owns = match t.owns_cache {
+            Some(owns) => owns,
+            None => {
+                let owns = node.poll_cache.acquire();
+                t.owns_cache = Some(owns);
+                owns
+            }
+        };
+        if !owns {
+            return false;
+        }
+        // SAFETY: this thread acquired the cache (just above or earlier in
+        // this poll) and releases it at the task's exit.
+        let Some(sid) = (unsafe { node.poll_cache.get(t.entered, reg) }) else {
+            return false;
+        };
+        t.entered += 1;
+        let tree_base = t.tree_base;
+        self.push_in_poll(reg, sid, tree_base);
+        true
+    }
+
+    /// Pushes the frame of a span entered inside the poll in progress and
+    /// adds it to the poll's await tree. `frames` has room.
+    #[inline(always)]
+    fn push_in_poll(&mut self, reg: u64, sid: u64, tree_base: usize) {
+        let len = self.frames.len;
+        let depth = (len - self.task) as u16;
+        let repeat = self.tree_len > tree_base && self.tree[self.tree_len - 1] == (sid, depth);
+        if repeat {
+            // Entered again right after its exit (a future polled then
+            // dropped, a loop): one node.
+        } else if self.tree_len < TREE {
+            self.sig = (self.sig.rotate_left(7) ^ sid).wrapping_mul(0x100_0000_01b3) ^ depth as u64;
+            self.tree[self.tree_len] = (sid, depth);
+            self.tree_len += 1;
+        } else {
+            self.tree_cut = true;
+        }
+        let f = &mut self.frames.items[len];
+        f.reg = reg;
+        f.sid = sid;
+        f.kind = Kind::InPoll;
+        self.frames.len = len + 1;
+    }
+
+    /// [`Local::enter_reg`] apart from [`Local::enter_known_in_poll`]: task
+    /// spans (once per poll), spans outside polls, cache misses.
     #[inline]
-    fn enter_looked_up(
+    fn enter_reg_slow(
         &mut self,
         shared: &Shared,
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) {
-        let Some(i) = self.cached(reg, lookup) else {
-            return;
+        let in_poll = self.task != 0
+            && self.frames.len() < STACK
+            && self.polls.last().is_some_and(|t| !t.blocking);
+        let found = if in_poll {
+            self.find_in_poll(reg, lookup)
+        } else {
+            // Outside polls, and in a worker's (or `spawn_blocking`
+            // closure's) blocking task: no await tree to follow there.
+            self.find(reg, lookup)
         };
-        let Some(node) = &self.cache[i].node else {
-            return;
-        };
+        if let Some((sid, class, node)) = found {
+            self.enter(shared, reg, sid, class, node);
+        }
+    }
+
+    /// The span with registry id `reg` entered inside a poll, from the
+    /// task's poll cache or this thread's cache: (span id, class, node if
+    /// it is a task).
+    #[inline(always)]
+    fn find_in_poll(
+        &mut self,
+        reg: u64,
+        lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) -> Option<(u64, SpanClass, Option<Arc<SpanNode>>)> {
+        let t = self.polls.last_mut()?;
+        let k = t.entered;
+        t.entered += 1;
+        let owns = *t
+            .owns_cache
+            .get_or_insert_with(|| t.node.as_ref().is_some_and(|n| n.poll_cache.acquire()));
+        if !owns {
+            return self.find(reg, lookup);
+        }
+        let cache = &t
+            .node
+            .as_ref()
+            .expect("task frames hold their node")
+            .poll_cache;
+        // SAFETY: this thread acquired the cache at the task's enter and
+        // releases it at its exit.
+        if let Some(sid) = unsafe { cache.get(k, reg) } {
+            // Only spans that are not tasks are cached there.
+            return Some((sid, SpanClass::User, None));
+        }
+        let i = self.cached(reg, lookup)?;
+        let n = self.cache[i].node.as_ref()?;
+        let (sid, class) = (n.id, n.class);
+        if let Some(tn) = self.polls.last().and_then(|t| t.node.as_ref()) {
+            // SAFETY: as above.
+            unsafe { tn.poll_cache.set(k, reg, n, tn) };
+        }
+        // A task polled inside this poll (`block_in_place`, a runtime
+        // inside a task).
+        let node = (class == SpanClass::Task).then(|| n.clone());
+        Some((sid, class, node))
+    }
+
+    /// The span with registry id `reg`, from this thread's cache: (span id,
+    /// class, node if it is a task).
+    #[inline(always)]
+    fn find(
+        &mut self,
+        reg: u64,
+        lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) -> Option<(u64, SpanClass, Option<Arc<SpanNode>>)> {
+        let i = self.cached(reg, lookup)?;
+        let node = self.cache[i].node.as_ref()?;
         let (sid, class) = (node.id, node.class);
         // A task's node moves from the cache into its frame for the poll and
         // back at the exit: no reference-count traffic per poll.
@@ -425,7 +512,7 @@ impl Local {
             SpanClass::Task => self.cache[i].node.take(),
             _ => None,
         };
-        self.enter(shared, reg, sid, class, task_node);
+        Some((sid, class, task_node))
     }
 
     /// Caches a span just created on this thread: its first enter (usually
@@ -664,25 +751,8 @@ impl Local {
                 self.published = sid;
             }
         } else if self.task != 0 {
-            let depth = (self.frames.len() - self.task) as u16;
-            let tree_start = self.polls.last().map_or(0, |p| p.tree_base);
-            let repeat = self.tree_len > tree_start && self.tree[self.tree_len - 1] == (sid, depth);
-            if repeat {
-                // Entered again right after its exit (a future polled then
-                // dropped, a loop): one node.
-            } else if self.tree_len < TREE {
-                self.sig =
-                    (self.sig.rotate_left(7) ^ sid).wrapping_mul(0x100_0000_01b3) ^ depth as u64;
-                self.tree[self.tree_len] = (sid, depth);
-                self.tree_len += 1;
-            } else {
-                self.tree_cut = true;
-            }
-            self.frames.push_with(|f| {
-                f.reg = reg;
-                f.sid = sid;
-                f.kind = Kind::InPoll;
-            });
+            let tree_base = self.polls.last().map_or(0, |p| p.tree_base);
+            self.push_in_poll(reg, sid, tree_base);
         } else {
             self.frames.push_with(|f| {
                 f.reg = reg;
@@ -702,6 +772,22 @@ impl Local {
     /// entered.
     #[inline]
     pub fn exit(&mut self, shared: &Shared, reg: u64) -> bool {
+        // The common case: the innermost frame, a span inside a poll.
+        let len = self.frames.len;
+        if len > 0 {
+            let f = &self.frames.items[len - 1];
+            if f.reg == reg && f.kind == Kind::InPoll {
+                self.frames.len = len - 1;
+                return true;
+            }
+        }
+        self.exit_slow(shared, reg)
+    }
+
+    /// [`Local::exit`] of a task span (a poll's end), a span outside polls,
+    /// or a span exited out of order.
+    #[inline]
+    fn exit_slow(&mut self, shared: &Shared, reg: u64) -> bool {
         let Some(pos) = self.frames.as_slice().iter().rposition(|f| f.reg == reg) else {
             if self.overflow > 0 {
                 self.overflow -= 1;
