@@ -590,11 +590,10 @@ impl Local {
         let ts = shared.raw();
         let raw = Raw::Wake { task, by, op, ts };
         if self.pending_enter.0 != 0 && self.pending_enter.0 != task {
-            // Another task's wake during this poll (tokio runs deferred
-            // wakes, `yield_now`'s among them, inside the next task's
-            // poll): it changes only the woken task, so nothing needs it
-            // after this poll's start, and the poll can still go out as
-            // one record. A task's wake of itself keeps its order.
+            // Another task's wake during this poll (a channel send, a
+            // lock released): it changes only the woken task, so nothing
+            // needs it after this poll's start, and the poll can still go
+            // out as one record. A task's wake of itself keeps its order.
             self.push_now(raw);
         } else {
             self.push(raw);
@@ -1246,7 +1245,7 @@ mod tests {
     }
 
     /// A poll during which nothing is recorded is one record; another
-    /// task's wake during it (tokio's deferred wakes) keeps it one record
+    /// task's wake during it keeps it one record
     /// and goes first; the task's wake of itself splits it, in order.
     #[test]
     fn a_poll_is_one_record_unless_it_records_something_of_its_own() {
