@@ -29,7 +29,7 @@ const MAX_LEN: usize = 1 + 4 * 10 + 1;
 
 /// Appends `ev`'s postcard encoding to `out` if it is one of the frequent
 /// events; false, writing nothing, otherwise.
-#[inline]
+#[inline(always)]
 pub(crate) fn encode(ev: &Event, out: &mut Vec<u8>) -> bool {
     match *ev {
         Event::Poll {

@@ -433,7 +433,7 @@ pub trait EncodesAsEvent: Serialize + sealed::Sealed {
 }
 
 impl EncodesAsEvent for Event {
-    #[inline]
+    #[inline(always)]
     fn encode_direct(&self, out: &mut Vec<u8>) -> bool {
         crate::direct::encode(self, out)
     }

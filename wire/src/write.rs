@@ -163,7 +163,7 @@ impl EventsFrame {
     /// it does not fit: finish this frame and push it to the next (on an
     /// empty frame it means the event alone is over the cap). On error the
     /// frame is left as it was.
-    #[inline]
+    #[inline(always)]
     pub fn push<E: crate::EncodesAsEvent + ?Sized>(
         &mut self,
         event: &E,

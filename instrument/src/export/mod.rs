@@ -480,14 +480,14 @@ impl Exporter {
 
     /// Encodes `ev` into the current frame, sending the frame when it is
     /// full.
-    #[inline]
+    #[inline(always)]
     fn emit(&mut self, ev: &Event) {
         self.push_event(ev, Self::send_batch);
     }
 
     /// Encodes `ev` into the frame being built; `flush` takes the frame when
     /// it is full or `ev` does not fit in it.
-    #[inline]
+    #[inline(always)]
     fn push_event<E: wire::EncodesAsEvent + ?Sized>(&mut self, ev: &E, flush: fn(&mut Self)) {
         match self.frame.push(ev) {
             Ok(()) => {}
