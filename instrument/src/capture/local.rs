@@ -708,7 +708,7 @@ impl Local {
             }
             let adjacent = self.last_exit_task == sid
                 && self.last_exit_seq == self.seq
-                && shared.clock.delta_as_nanos(self.last_exit_ts, ts) < ADJACENT_NS;
+                && shared.delta_nanos(self.last_exit_ts, ts) < ADJACENT_NS;
             self.frames.push_with(|f| {
                 f.reg = reg;
                 f.sid = sid;
