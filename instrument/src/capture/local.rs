@@ -108,6 +108,12 @@ impl PollSlot {
         self.span.store(0, Ordering::Release);
     }
 
+    /// Whether it shows a poll of `span` (only the owning thread asks).
+    #[inline]
+    fn shows(&self, span: u64) -> bool {
+        self.span.load(Ordering::Relaxed) == span
+    }
+
     /// The poll in progress as (span, raw start), if any.
     pub fn read(&self) -> Option<(u64, u64)> {
         let span = self.span.load(Ordering::Acquire);
@@ -236,8 +242,6 @@ pub(crate) struct Local {
     pending_enter: (u64, u64),
     /// This thread's poll in progress, shared with the exporter.
     slot: Arc<PollSlot>,
-    /// The task whose poll `slot` shows (0: none).
-    published: u64,
     frames: Stack<Frame>,
     /// The polls of the task frames in `frames`, innermost last.
     polls: Stack<Poll>,
@@ -453,9 +457,10 @@ impl Local {
         }
     }
 
-    /// The span with registry id `reg` entered inside a poll, from the
-    /// task's poll cache or this thread's cache: (span id, class, node if
-    /// it is a task).
+    /// The span with registry id `reg` entered inside a poll that its
+    /// task's poll cache does not know ([`Local::enter_known_in_poll`] asked
+    /// it first, and took the cache if it could): found in this thread's
+    /// cache, and remembered in the poll cache for the task's next poll.
     #[inline(always)]
     fn find_in_poll(
         &mut self,
@@ -465,34 +470,19 @@ impl Local {
         let t = self.polls.last_mut()?;
         let k = t.entered;
         t.entered += 1;
-        let owns = *t
-            .owns_cache
-            .get_or_insert_with(|| t.node.as_ref().is_some_and(|n| n.poll_cache.acquire()));
-        if !owns {
-            return self.find(reg, lookup);
-        }
-        let cache = &t
-            .node
-            .as_ref()
-            .expect("task frames hold their node")
-            .poll_cache;
-        // SAFETY: this thread acquired the cache at the task's enter and
-        // releases it at its exit.
-        if let Some(sid) = unsafe { cache.get(k, reg) } {
-            // Only spans that are not tasks are cached there.
-            return Some((sid, SpanClass::User, None));
-        }
+        let owns = t.owns_cache == Some(true);
         let i = self.cached(reg, lookup)?;
-        let n = self.cache[i].node.as_ref()?;
-        let (sid, class) = (n.id, n.class);
-        if let Some(tn) = self.polls.last().and_then(|t| t.node.as_ref()) {
-            // SAFETY: as above.
-            unsafe { tn.poll_cache.set(k, reg, n, tn) };
+        if owns {
+            if let (Some(n), Some(tn)) = (
+                &self.cache[i].node,
+                self.polls.last().and_then(|t| t.node.as_ref()),
+            ) {
+                // SAFETY: this thread took the cache in this poll and gives
+                // it back at the task's exit.
+                unsafe { tn.poll_cache.set(k, reg, n, tn) };
+            }
         }
-        // A task polled inside this poll (`block_in_place`, a runtime
-        // inside a task).
-        let node = (class == SpanClass::Task).then(|| n.clone());
-        Some((sid, class, node))
+        self.found(i)
     }
 
     /// The span with registry id `reg`, from this thread's cache: (span id,
@@ -504,6 +494,12 @@ impl Local {
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) -> Option<(u64, SpanClass, Option<Arc<SpanNode>>)> {
         let i = self.cached(reg, lookup)?;
+        self.found(i)
+    }
+
+    /// What [`Local::enter`] needs of cache entry `i`.
+    #[inline(always)]
+    fn found(&mut self, i: usize) -> Option<(u64, SpanClass, Option<Arc<SpanNode>>)> {
         let node = self.cache[i].node.as_ref()?;
         let (sid, class) = (node.id, node.class);
         // A task's node moves from the cache into its frame for the poll and
@@ -747,7 +743,6 @@ impl Local {
                 }
                 self.pending_enter = (sid, ts);
                 self.slot.publish(sid, ts);
-                self.published = sid;
             }
         } else if self.task != 0 {
             let tree_base = self.polls.last().map_or(0, |p| p.tree_base);
@@ -927,8 +922,7 @@ impl Local {
                         }
                     }
                 }
-                if self.published == frame.sid {
-                    self.published = 0;
+                if self.slot.shows(frame.sid) {
                     self.slot.clear();
                 }
                 if self.task == 0 {
@@ -1075,7 +1069,6 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         dropped,
         seq: 0,
         pending_enter: (0, 0),
-        published: 0,
         slot,
         frames: Stack::new(STACK),
         polls: Stack::new(STACK),

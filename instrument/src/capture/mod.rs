@@ -63,15 +63,14 @@ pub(crate) struct Shared {
     /// Records dropped because a ring was full (or the thread was exiting).
     pub buffer_full: AtomicU64,
     pub clock: quanta::Clock,
-    /// `clock` reads the CPU's time-stamp counter: [`Shared::raw`] then
-    /// reads it inline (quanta's `Clock::raw` is not inlined across crates
-    /// and matches on its clock kind at every read).
-    tsc: bool,
-    /// With `tsc`: nanoseconds per 2^40 ticks, as `clock` converts them.
-    /// The exporter converts two or three readings per event; quanta's
-    /// `delta_as_nanos` matches on its clock kind and calls out each time
-    /// (~25 instructions), this is one multiply and a shift.
-    ns_per_2_40_ticks: Option<u64>,
+    /// When `clock` reads the CPU's time-stamp counter: nanoseconds per
+    /// 2^40 ticks, as `clock` converts them. [`Shared::raw`] then reads the
+    /// counter inline (quanta's `Clock::raw` is not inlined across crates
+    /// and matches on its clock kind at every read), and
+    /// [`Shared::delta_nanos`] converts with one multiply and a shift (the
+    /// exporter converts two or three readings per event; quanta's
+    /// `delta_as_nanos` matches and calls out each time, ~25 instructions).
+    tsc_scale: Option<u64>,
     /// Raw clock reading at the process origin (ns 0 on the wire).
     pub origin_raw: u64,
     /// Largest ring a thread may grow to (slots).
@@ -87,9 +86,8 @@ static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 impl Shared {
     pub fn new(ring_capacity: usize) -> Arc<Self> {
         let clock = quanta::Clock::new();
-        let tsc = reads_tsc(&clock);
         let origin_raw = clock.raw();
-        let ns_per_2_40_ticks = tsc.then(|| clock.delta_as_nanos(0, 1 << 40));
+        let tsc_scale = reads_tsc(&clock).then(|| clock.delta_as_nanos(0, 1 << 40));
         Arc::new(Self {
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             next_span: AtomicU64::new(1),
@@ -98,8 +96,7 @@ impl Shared {
             new_rings: Mutex::new(Vec::new()),
             buffer_full: AtomicU64::new(0),
             clock,
-            tsc,
-            ns_per_2_40_ticks,
+            tsc_scale,
             origin_raw,
             ring_capacity,
         })
@@ -134,8 +131,8 @@ impl Shared {
     #[inline(always)]
     pub fn raw(&self) -> u64 {
         #[cfg(target_arch = "x86_64")]
-        if self.tsc {
-            // SAFETY: `rdtsc` has no preconditions; `tsc` is only set when
+        if self.tsc_scale.is_some() {
+            // SAFETY: `rdtsc` has no preconditions; `tsc_scale` is only set when
             // quanta itself reads it (see `reads_tsc`).
             return unsafe { core::arch::x86_64::_rdtsc() };
         }
@@ -152,7 +149,7 @@ impl Shared {
     /// after `start`).
     #[inline]
     pub fn delta_nanos(&self, start: u64, end: u64) -> u64 {
-        match self.ns_per_2_40_ticks {
+        match self.tsc_scale {
             Some(scale) => {
                 let ticks = end.saturating_sub(start);
                 ((u128::from(ticks) * u128::from(scale)) >> 40) as u64

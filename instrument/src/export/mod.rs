@@ -402,10 +402,6 @@ impl Exporter {
             for raw in chunk {
                 if let Some(ev) = self.convert(&shared, &mut model, t, raw, want_events) {
                     self.emit(&ev);
-                    if is_plain(&ev) {
-                        // Nothing to drop: skip the out-of-line drop glue.
-                        std::mem::forget(ev);
-                    }
                 }
             }
             self.release_held(&shared);
@@ -579,7 +575,8 @@ impl Exporter {
     }
 
     /// Updates the model for a record and converts it to a wire event (only
-    /// when some sink is up).
+    /// when some sink is up). Events that own nothing are emitted here
+    /// ([`Exporter::emit_plain`]); the others are returned.
     fn convert(
         &mut self,
         shared: &Shared,
@@ -634,13 +631,13 @@ impl Exporter {
                 return None;
             }
             Raw::Enter { span, ts, .. } => {
-                if !want {
-                    return None;
+                if want {
+                    self.emit_plain(Event::Enter {
+                        span: SpanId(span),
+                        ts: ns(ts),
+                    });
                 }
-                Event::Enter {
-                    span: SpanId(span),
-                    ts: ns(ts),
-                }
+                return None;
             }
             Raw::TreeNode { task, span, depth } => {
                 let pending = &mut thread_reads(&mut self.threads, thread).tree;
@@ -658,13 +655,13 @@ impl Exporter {
                 ts,
                 ..
             } => {
-                if !want {
-                    return None;
+                if want {
+                    self.emit_plain(Event::Exit {
+                        span: SpanId(span),
+                        ts: ns(ts),
+                    });
                 }
-                Event::Exit {
-                    span: SpanId(span),
-                    ts: ns(ts),
-                }
+                return None;
             }
             Raw::Poll {
                 span,
@@ -683,8 +680,6 @@ impl Exporter {
                 if !want {
                     return None;
                 }
-                // Emitted here, not returned: a temporary of a known
-                // variant needs no drop glue (the most frequent events).
                 if announced {
                     self.emit_plain(Event::PollEnd {
                         task: SpanId(span),
@@ -720,7 +715,7 @@ impl Exporter {
                 if !want {
                     return None;
                 }
-                match self.held.take() {
+                let ev = match self.held.take() {
                     Some((task, start)) if task == span => {
                         let start = ns(start);
                         Event::Poll {
@@ -739,20 +734,22 @@ impl Exporter {
                             wakers,
                         }
                     }
-                }
+                };
+                self.emit_plain(ev);
+                return None;
             }
             Raw::Close { span, kind, ts } => {
                 // Not live: already closed from its node after drops (the
                 // record came late), or its creation was dropped.
                 let live = model.on_close(span);
-                if !want || !live {
-                    return None;
+                if want && live {
+                    self.emit_plain(Event::Close {
+                        span: SpanId(span),
+                        kind,
+                        ts: ns(ts),
+                    });
                 }
-                Event::Close {
-                    span: SpanId(span),
-                    kind,
-                    ts: ns(ts),
-                }
+                return None;
             }
             Raw::Log(l) => {
                 if l.class == wire::EventClass::StateUpdate {
@@ -785,7 +782,6 @@ impl Exporter {
                 follows: SpanId(follows),
             },
             Raw::Wake { task, by, op, ts } => {
-                // As for polls: emitted here, no drop glue.
                 self.emit_plain(Event::Wake {
                     task: SpanId(task),
                     op,

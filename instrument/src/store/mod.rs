@@ -228,8 +228,7 @@ impl Subscriber for AwaitscopeSubscriber {
         // Closing a span gives back its reference on its parent, which may
         // close that one too: iterate rather than recurse.
         let mut next = Some(id);
-        let mut first = true;
-        let mut closed_first = false;
+        let mut closed = 0;
         while let Some(id) = next.take() {
             let Some(slot) = self.spans.get(key(&id)) else {
                 break;
@@ -247,12 +246,10 @@ impl Subscriber for AwaitscopeSubscriber {
             next = slot.parent.clone();
             drop(slot);
             self.spans.remove(key(&id));
-            if first {
-                closed_first = true;
-            }
-            first = false;
+            closed += 1;
         }
-        closed_first
+        // The loop stops at the first span not closed: `id` closed if any.
+        closed > 0
     }
 
     fn current_span(&self) -> Current {
