@@ -232,6 +232,9 @@ pub(crate) struct Local {
     /// This thread's index (stable across ring replacements).
     thread: u32,
     max_ring: usize,
+    /// Slots this thread's ring grew by, taken from the shared budget and
+    /// given back when the state is dropped.
+    grown: usize,
     producer: rtrb::Producer<Raw>,
     /// Records dropped on this thread (only this thread writes it).
     dropped: Arc<AtomicU64>,
@@ -655,10 +658,19 @@ impl Local {
     #[cold]
     fn overflow_push(&mut self, raw: Raw) {
         let capacity = self.producer.buffer().capacity();
-        if capacity < self.max_ring {
+        let grow = match self.shared.upgrade() {
+            // At least double, or not at all: the budget shared by all
+            // threads may hold less than the x4 step.
+            Some(shared) if capacity < self.max_ring => {
+                shared.take_ring_budget((capacity * 4).min(self.max_ring) - capacity, capacity)
+            }
+            _ => 0,
+        };
+        if grow > 0 {
             // The exporter drains the old ring before this one: it was
             // registered first, and nothing is pushed to it any more.
-            let (producer, consumer) = rtrb::RingBuffer::new((capacity * 4).min(self.max_ring));
+            let (producer, consumer) = rtrb::RingBuffer::new(capacity + grow);
+            self.grown += grow;
             self.shared_register(consumer);
             self.producer = producer;
             if self.producer.push(raw).is_ok() {
@@ -943,6 +955,14 @@ impl Local {
 #[allow(clippy::vec_box)]
 struct Locals(Vec<Box<Local>>);
 
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.give_ring_budget(std::mem::take(&mut self.grown));
+        }
+    }
+}
+
 impl Drop for Locals {
     fn drop(&mut self) {
         // Nothing may reach a state being dropped.
@@ -1065,6 +1085,7 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         shared: Arc::downgrade(shared),
         thread,
         max_ring: shared.ring_capacity,
+        grown: 0,
         producer,
         dropped,
         seq: 0,
@@ -1143,6 +1164,61 @@ mod tests {
             });
         }
         out
+    }
+
+    /// Rings grow on overflow while the budget shared by all threads lasts
+    /// (at least doubling, or not at all); past it records are dropped and
+    /// counted, and a thread's exit gives its growth back.
+    #[test]
+    fn rings_grow_within_a_budget_shared_by_all_threads() {
+        use crate::capture::INITIAL_RING;
+        let max = 4 * INITIAL_RING;
+        let shared = Shared::new(max);
+        // Fills a thread's rings (nothing drains them) with `n` records.
+        let fill = |l: &mut Local, n: usize| {
+            for _ in 0..n {
+                l.push_now(Raw::Wake {
+                    task: 1,
+                    by: 0,
+                    op: WakeOp::WakeByRef,
+                    ts: 0,
+                });
+            }
+        };
+        let mut a = new_local(&shared);
+        // The first ring keeps its records (the exporter would drain it).
+        fill(&mut a, INITIAL_RING + max + 10);
+        assert_eq!(a.producer.buffer().capacity(), max);
+        assert_eq!(a.grown, max - INITIAL_RING);
+        assert_eq!(
+            a.dropped.load(Ordering::Relaxed),
+            10,
+            "past its largest ring"
+        );
+        let mut b = new_local(&shared);
+        fill(&mut b, INITIAL_RING + 1);
+        assert_eq!(
+            b.producer.buffer().capacity(),
+            max,
+            "the budget still had x4"
+        );
+        // Left: 2 * max - 2 * (max - INITIAL_RING) = 2 * INITIAL_RING, which is
+        // at least double a first ring but less than the x4 step.
+        let mut c = new_local(&shared);
+        fill(&mut c, INITIAL_RING + 1);
+        assert_eq!(c.producer.buffer().capacity(), 3 * INITIAL_RING);
+        let mut d = new_local(&shared);
+        fill(&mut d, INITIAL_RING + 5);
+        assert_eq!(
+            d.producer.buffer().capacity(),
+            INITIAL_RING,
+            "no budget left"
+        );
+        assert_eq!(d.dropped.load(Ordering::Relaxed), 5);
+        drop(a);
+        let mut e = new_local(&shared);
+        fill(&mut e, INITIAL_RING + 1);
+        assert_eq!(e.producer.buffer().capacity(), max, "a's growth came back");
     }
 
     /// A task polled inside another's poll whose span is exited after the

@@ -18,7 +18,7 @@ pub(crate) mod local;
 pub(crate) mod node;
 pub(crate) mod record;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use awaitscope_wire::{CloseKind, SpanClass};
@@ -75,11 +75,20 @@ pub(crate) struct Shared {
     pub origin_raw: u64,
     /// Largest ring a thread may grow to (slots).
     pub ring_capacity: usize,
+    /// Slots the rings of all threads may still grow by, together: growth
+    /// takes from it and a thread's exit gives back. Bounds the rings'
+    /// memory however many threads outrun the exporter at once.
+    ring_budget: AtomicUsize,
 }
 
 /// Slots of a thread's first ring; it grows (x4) when it overflows, up to
 /// `Shared::ring_capacity`.
 pub(crate) const INITIAL_RING: usize = 4096;
+
+/// The rings of all threads together grow by at most this many times
+/// `Shared::ring_capacity` slots beyond their first rings: with the default
+/// capacity, 32 MiB.
+pub(crate) const RING_BUDGET_FACTOR: usize = 2;
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
@@ -99,7 +108,25 @@ impl Shared {
             tsc_scale,
             origin_raw,
             ring_capacity,
+            ring_budget: AtomicUsize::new(ring_capacity.saturating_mul(RING_BUDGET_FACTOR)),
         })
+    }
+
+    /// Takes up to `want` slots of growth from the budget: all of it, or
+    /// what is left if that is at least `least`; 0 when neither.
+    pub(crate) fn take_ring_budget(&self, want: usize, least: usize) -> usize {
+        let least = least.max(1);
+        self.ring_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                let took = want.min(left);
+                (took >= least).then(|| left - took)
+            })
+            .map_or(0, |left| want.min(left))
+    }
+
+    /// Gives back slots of growth (a thread's rings are gone).
+    pub(crate) fn give_ring_budget(&self, slots: usize) {
+        self.ring_budget.fetch_add(slots, Ordering::Relaxed);
     }
 
     /// Registers a thread's ring with the exporter; `thread` is `None` for
