@@ -480,7 +480,7 @@ fn main() {
     println!(
         "| mode | median wall (ms) | ratio of medians vs (a) | median paired ratio | \
          added cost / console's added cost (paired median) | median flush (ms) | \
-         median peak RSS (MiB) | median CPU (ms) | of which exporter (ms) |"
+         median (max) peak RSS (MiB) | median CPU (ms) | of which exporter (ms) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let console: Option<Vec<f64>> = results
@@ -509,13 +509,14 @@ fn main() {
             .map(|x| get(x, "exporter_cpu_ns") / 1e6)
             .collect();
         println!(
-            "| {label} | {:.1} | {:.2}x | {:.2}x | {} | {:.1} | {:.1} | {:.0} | {:.0} |",
+            "| {label} | {:.1} | {:.2}x | {:.2}x | {} | {:.1} | {:.1} ({:.1}) | {:.0} | {:.0} |",
             wm / 1e6,
             wm / base_med,
             median(&mut paired),
-            added.map_or("-".into(), |a| format!("{a:.2}")),
+            added.map_or("-".into(), |a| format!("{a:.3}")),
             median(&mut flush),
             median(&mut rss),
+            rss.iter().copied().fold(0.0, f64::max),
             median(&mut cpu),
             median(&mut exp)
         );

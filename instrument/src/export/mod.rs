@@ -252,7 +252,6 @@ impl Exporter {
                 // many records in all): drain again at once rather than let
                 // rings overflow while this thread sleeps.
                 drop(st);
-                std::thread::yield_now();
                 continue;
             }
             let wait = if n > 0 { BUSY_TICK } else { TICK };
