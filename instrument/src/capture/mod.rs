@@ -459,45 +459,64 @@ impl Shared {
 
     /// An event. `event_span` finds the node of the span it happened in;
     /// `lookup` the node of a span by id (for waker events, the woken task).
+    #[inline]
     pub(crate) fn event(
         self: &Arc<Self>,
         event: &Event<'_>,
         event_span: impl FnOnce() -> Option<Arc<SpanNode>>,
         lookup: impl FnOnce(&Id) -> Option<Arc<SpanNode>>,
     ) {
+        // tokio's waker events, two per `yield_now`, take a path of their
+        // own: small, without the stack frame of the other events' path.
+        match self.callsites.waker_slot(event.metadata()) {
+            Some(slot) => self.waker_event(event, Some(slot), lookup),
+            None => self.other_event(event, event_span, lookup),
+        }
+    }
+
+    /// A waker event of the callsite in `slot` (`None`: a waker callsite
+    /// past the slots).
+    #[inline]
+    fn waker_event(
+        self: &Arc<Self>,
+        event: &Event<'_>,
+        slot: Option<usize>,
+        lookup: impl FnOnce(&Id) -> Option<Arc<SpanNode>>,
+    ) {
         let shared = self;
-        let slot = shared.callsites.waker_slot(event.metadata());
-        let info = if slot.is_some() {
-            callsite::Info {
-                id: 0,
-                class: Class::Waker,
-            }
-        } else {
-            shared.callsites.get(event.metadata())
+        let known = slot.and_then(|s| shared.callsites.waker_op(s));
+        let mut v = WakerVisitor {
+            parse_op: known.is_none(),
+            ..WakerVisitor::default()
         };
-        match info.class {
-            Class::Waker => {
-                let known = slot.and_then(|s| shared.callsites.waker_op(s));
-                let mut v = WakerVisitor {
-                    parse_op: known.is_none(),
-                    ..WakerVisitor::default()
-                };
-                event.record(&mut v);
-                let op = match (known, v.op, slot) {
-                    (Some(op), _, _) => op,
-                    (None, Some(op), Some(s)) => {
-                        shared.callsites.learn_waker_op(s, op);
-                        op
-                    }
-                    (None, Some(op), None) => op,
-                    (None, None, _) => return,
-                };
-                let Some(task_id) = v.task_id else { return };
-                with_local(shared, |l| {
-                    let id = Id::from_u64(task_id);
-                    l.waker(shared, task_id, op, || lookup(&id));
-                });
+        event.record(&mut v);
+        let op = match (known, v.op, slot) {
+            (Some(op), _, _) => op,
+            (None, Some(op), Some(s)) => {
+                shared.callsites.learn_waker_op(s, op);
+                op
             }
+            (None, Some(op), None) => op,
+            (None, None, _) => return,
+        };
+        let Some(task_id) = v.task_id else { return };
+        with_local(shared, |l| {
+            l.waker(shared, task_id, op, || lookup(&Id::from_u64(task_id)));
+        });
+    }
+
+    /// Any event but a waker event of a known slot.
+    #[inline(never)]
+    fn other_event(
+        self: &Arc<Self>,
+        event: &Event<'_>,
+        event_span: impl FnOnce() -> Option<Arc<SpanNode>>,
+        lookup: impl FnOnce(&Id) -> Option<Arc<SpanNode>>,
+    ) {
+        let shared = self;
+        let info = shared.callsites.get(event.metadata());
+        match info.class {
+            Class::Waker => self.waker_event(event, None, lookup),
             Class::Event(class) => {
                 let node = event_span();
                 let span = node.as_ref().map_or(0, |n| n.id);
