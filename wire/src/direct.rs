@@ -110,39 +110,81 @@ fn close_kind(kind: CloseKind) -> u64 {
 }
 
 /// Writes into room reserved up front, so each byte is a store, not a
-/// capacity check.
+/// capacity check; the vector's length is set once, when it is dropped.
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
+    /// The vector's buffer, with at least [`MAX_LEN`] bytes of room after
+    /// its length when this was made.
+    base: *mut u8,
+    /// Length so far (the vector's length plus what was written).
+    len: usize,
+    /// Where the room ends: `len` never passes it.
+    end: usize,
 }
 
 impl<'a> Writer<'a> {
     #[inline(always)]
     fn new(out: &'a mut Vec<u8>) -> Self {
         out.reserve(MAX_LEN);
-        Self { out }
+        let len = out.len();
+        Self {
+            base: out.as_mut_ptr(),
+            len,
+            end: len + MAX_LEN,
+            out,
+        }
     }
 
     #[inline(always)]
     fn byte(&mut self, b: u8) {
-        // Within the reserved room: `push` does not reallocate.
-        self.out.push(b);
+        // No event `encode` writes takes more than `MAX_LEN` bytes: a
+        // variant index (1), at most four varints of a u64 (10 each) and
+        // an option tag (1); the largest, `Poll`, takes at most 36.
+        debug_assert!(self.len < self.end);
+        // SAFETY: `len < end` (above; the tests check it on every event at
+        // its longest), and the `MAX_LEN` bytes from the length at `new` up
+        // to `end` are reserved capacity of `out`, which is not reallocated
+        // while this borrows it.
+        unsafe { self.base.add(self.len).write(b) };
+        self.len += 1;
     }
 
-    /// LEB128, as postcard's `varint_u64`.
+    /// LEB128, as postcard's `varint_u64`. Values under 2^28 (ids, and
+    /// times and durations of the first few minutes) are written without a
+    /// loop, by length; longer ones byte by byte.
     #[inline(always)]
-    fn varint(&mut self, mut v: u64) {
-        let len = self.out.len();
-        let spare = self.out.spare_capacity_mut();
-        let mut i = 0;
-        while v >= 0x80 {
-            spare[i].write((v as u8) | 0x80);
-            v >>= 7;
-            i += 1;
+    fn varint(&mut self, v: u64) {
+        if v < 1 << 7 {
+            self.byte(v as u8);
+        } else if v < 1 << 14 {
+            self.byte(v as u8 | 0x80);
+            self.byte((v >> 7) as u8);
+        } else if v < 1 << 21 {
+            self.byte(v as u8 | 0x80);
+            self.byte((v >> 7) as u8 | 0x80);
+            self.byte((v >> 14) as u8);
+        } else if v < 1 << 28 {
+            self.byte(v as u8 | 0x80);
+            self.byte((v >> 7) as u8 | 0x80);
+            self.byte((v >> 14) as u8 | 0x80);
+            self.byte((v >> 21) as u8);
+        } else {
+            let mut v = v;
+            while v >= 0x80 {
+                self.byte(v as u8 | 0x80);
+                v >>= 7;
+            }
+            self.byte(v as u8);
         }
-        spare[i].write(v as u8);
-        // SAFETY: the `i + 1` bytes after `len` were just written, and
-        // they are within the capacity (`spare` is bounds-checked).
-        unsafe { self.out.set_len(len + i + 1) };
+    }
+}
+
+impl Drop for Writer<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: the bytes up to `len` are initialised (by the vector, or
+        // written by `byte`) and within its capacity (`len <= end`).
+        unsafe { self.out.set_len(self.len) };
     }
 }
 
@@ -153,6 +195,52 @@ mod tests {
 
     fn postcard(ev: &Event) -> Vec<u8> {
         postcard::to_allocvec(ev).unwrap()
+    }
+
+    /// Every event written here fits the room reserved for it (the writer
+    /// relies on it): each at its longest, every varint at 10 bytes.
+    #[test]
+    fn the_longest_events_fit_the_room() {
+        let id = SpanId(u64::MAX);
+        let cases = [
+            Event::Enter {
+                span: id,
+                ts: u64::MAX,
+            },
+            Event::Exit {
+                span: id,
+                ts: u64::MAX,
+            },
+            Event::Close {
+                span: id,
+                kind: CloseKind::Panicked,
+                ts: u64::MAX,
+            },
+            Event::Wake {
+                task: id,
+                op: WakeOp::LastDrop,
+                by: Some(id),
+                ts: u64::MAX,
+            },
+            Event::Poll {
+                task: id,
+                start: u64::MAX,
+                duration: u64::MAX,
+                wakers: u32::MAX,
+            },
+            Event::PollEnd {
+                task: id,
+                ts: u64::MAX,
+                wakers: u32::MAX,
+            },
+        ];
+        for ev in cases {
+            let mut out = vec![7u8; 3];
+            assert!(encode(&ev, &mut out), "{ev:?}");
+            assert!(out.len() - 3 <= MAX_LEN, "{ev:?}: {} bytes", out.len() - 3);
+            assert_eq!(out[3..], postcard(&ev)[..], "{ev:?}");
+            assert_eq!(out[..3], [7, 7, 7]);
+        }
     }
 
     #[test]
