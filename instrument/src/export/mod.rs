@@ -576,6 +576,7 @@ impl Exporter {
     /// Updates the model for a record and converts it to a wire event (only
     /// when some sink is up). Events that own nothing are emitted here
     /// ([`Exporter::emit_plain`]); the others are returned.
+    #[inline(always)]
     fn convert(
         &mut self,
         shared: &Shared,
@@ -804,7 +805,7 @@ impl Exporter {
     /// The end of a task's poll: its await tree, if it changed (the
     /// `TreeNode` records just read), goes to the model and, sent just
     /// before the poll's end, to the sinks.
-    #[inline]
+    #[inline(always)]
     fn poll_tree(
         &mut self,
         model: &mut AwaitModel,
