@@ -683,6 +683,11 @@ pub(crate) mod capped {
     /// unless a larger spare is kept already, and the boxes of its `SpanNew`
     /// and `Log` events (emptied too) for the next ones decoded, up to a
     /// batch of each.
+    /// The spare vector given back by [`put_spare`] (empty), or a new one.
+    pub(crate) fn take_spare() -> Vec<Event> {
+        SPARE.with(Cell::take)
+    }
+
     pub(crate) fn put_spare(mut events: Vec<Event>) {
         SPAN_NEWS.with(|spans| {
             LOGS.with(|logs| {

@@ -25,7 +25,9 @@ pub mod read;
 pub mod write;
 
 pub use event::*;
-pub use read::{decode_frame, recycle, validate, DecodeError, FrameReader, Preamble};
+pub use read::{
+    decode_frame, decode_frame_serde, recycle, validate, DecodeError, FrameReader, Preamble,
+};
 pub use write::{encode_frame, preamble, EncodeError, EventsFrame, FrameWriter};
 
 /// First eight bytes of every stream and recording.

@@ -84,6 +84,16 @@ impl Preamble {
 /// Returns the frame and the number of bytes it used, or `Ok(None)` when
 /// `buf` does not hold a whole frame yet. `offset` is only used in errors.
 pub fn decode_frame(buf: &[u8], offset: u64) -> Result<Option<(Frame, usize)>, DecodeError> {
+    let Some(len) = frame_len(buf, offset)? else {
+        return Ok(None);
+    };
+    let frame = decode_payload(&buf[4..4 + len], offset)?;
+    Ok(Some((frame, 4 + len)))
+}
+
+/// The payload length of the frame at the start of `buf`, once `buf` holds
+/// all of it.
+fn frame_len(buf: &[u8], offset: u64) -> Result<Option<usize>, DecodeError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -94,11 +104,31 @@ pub fn decode_frame(buf: &[u8], offset: u64) -> Result<Option<(Frame, usize)>, D
     if buf.len() < 4 + len {
         return Ok(None);
     }
-    let frame = decode_payload(&buf[4..4 + len], offset)?;
-    Ok(Some((frame, 4 + len)))
+    Ok(Some(len))
 }
 
 fn decode_payload(payload: &[u8], offset: u64) -> Result<Frame, DecodeError> {
+    // Batches of events, nearly every frame, are read directly (see
+    // `direct`); the rest, and any batch that is not clean, through serde.
+    if let Some(frame) = crate::direct::decode_events_frame(payload) {
+        validate(&frame).map_err(|reason| DecodeError::Malformed { offset, reason })?;
+        return Ok(frame);
+    }
+    decode_payload_serde(payload, offset)
+}
+
+/// [`decode_frame`] through serde alone, without the direct reading of
+/// batches: for tests that compare the two.
+#[doc(hidden)]
+pub fn decode_frame_serde(buf: &[u8], offset: u64) -> Result<Option<(Frame, usize)>, DecodeError> {
+    let Some(len) = frame_len(buf, offset)? else {
+        return Ok(None);
+    };
+    let frame = decode_payload_serde(&buf[4..4 + len], offset)?;
+    Ok(Some((frame, 4 + len)))
+}
+
+fn decode_payload_serde(payload: &[u8], offset: u64) -> Result<Frame, DecodeError> {
     let malformed = |reason: String| DecodeError::Malformed { offset, reason };
     crate::event::capped::clear();
     let (frame, rest): (Frame, _) = postcard::take_from_bytes(payload).map_err(|e| {

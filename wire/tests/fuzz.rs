@@ -110,6 +110,63 @@ fn arb_raw_frame() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// The direct reading of batches (`decode_frame`) and serde's
+/// (`decode_frame_serde`) give the same frame, or the same error.
+fn both_paths_agree(buf: &[u8]) -> Result<(), TestCaseError> {
+    let direct = decode_frame(buf, 3);
+    let serde = decode_frame_serde(buf, 3);
+    match (&direct, &serde) {
+        (Ok(Some((a, n))), Ok(Some((b, m)))) => {
+            prop_assert_eq!(n, m);
+            // `==` fails on NaN floats, so compare the encodings.
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            encode_frame(a, &mut x).unwrap();
+            encode_frame(b, &mut y).unwrap();
+            prop_assert_eq!(x, y);
+        }
+        _ => prop_assert_eq!(format!("{direct:?}"), format!("{serde:?}")),
+    }
+    Ok(())
+}
+
+/// A batch of events (mostly the frequent ones, which are read directly),
+/// encoded, with its payload changed at one place: replaced by a byte, cut
+/// short, or grown by a byte, length prefix kept right.
+fn arb_mutated_batch() -> impl Strategy<Value = Vec<u8>> {
+    let event = prop_oneof![3 => arb_frequent_event(), 1 => arb_event()];
+    (
+        any::<u32>(),
+        any::<u64>(),
+        prop::collection::vec(event, 0..12),
+        any::<prop::sample::Index>(),
+        any::<u8>(),
+        0u8..4,
+    )
+        .prop_map(|(pid, seq, events, at, byte, how)| {
+            let f = Frame {
+                process: ProcessKey {
+                    pid,
+                    start_unix_ns: seq / 3,
+                },
+                seq,
+                body: Body::Events(events),
+            };
+            let mut buf = Vec::new();
+            encode_frame(&f, &mut buf).unwrap();
+            let mut payload = buf.split_off(4);
+            let i = at.index(payload.len());
+            match how {
+                0 => payload[i] = byte,
+                1 => payload.truncate(i),
+                2 => payload.insert(i, byte),
+                _ => {}
+            }
+            let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+            out.extend(payload);
+            out
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -144,6 +201,23 @@ proptest! {
             Err(DecodeError::Malformed { offset: 10, .. }) => {}
             Err(e) => prop_assert!(false, "unexpected error {:?}", e),
         }
+    }
+
+    #[test]
+    fn direct_and_serde_reading_agree_on_garbage_payloads(frame in arb_raw_frame()) {
+        both_paths_agree(&frame)?;
+    }
+
+    #[test]
+    fn direct_and_serde_reading_agree_on_damaged_batches(frame in arb_mutated_batch()) {
+        both_paths_agree(&frame)?;
+    }
+
+    #[test]
+    fn direct_and_serde_reading_agree_on_any_frame(f in arb_frame()) {
+        let mut buf = Vec::new();
+        encode_frame(&f, &mut buf).unwrap();
+        both_paths_agree(&buf)?;
     }
 
     #[test]
