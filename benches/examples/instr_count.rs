@@ -63,6 +63,20 @@ fn measure_clone_wake(task: &tracing::Span) {
     }
 }
 
+/// A task spawned and awaited on a current-thread runtime: its span's
+/// creation with tokio's fields, one poll, its completion and close. (The
+/// runtime is built once, outside.)
+#[inline(never)]
+fn measure_spawn(rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        for i in 0..N {
+            tokio::spawn(async move { std::hint::black_box(i) })
+                .await
+                .unwrap();
+        }
+    });
+}
+
 fn main() {
     let arg = |a: &str| std::env::args().any(|x| x == a);
     let mut builder = awaitscope::Builder::new()
@@ -108,6 +122,15 @@ fn main() {
         measure_poll(&task);
         measure_poll_nested(&task, &spans);
         measure_clone_wake(&task);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 0..3 {
+                tokio::spawn(async {}).await.unwrap();
+            }
+        });
+        measure_spawn(&rt);
     });
     drop(dispatch);
     drop(guard);
