@@ -628,3 +628,48 @@ fn a_blocking_poll_is_seen_while_it_blocks() {
     assert_eq!(enters, exits, "every poll ended, once");
     assert!(cap.goodbye);
 }
+
+/// A span created on one thread and closed on another between two drains
+/// of the exporter, where the closing thread's ring comes first (it was
+/// registered first), is still sent as created and then closed. (Before the
+/// exporter read every ring's span creations ahead of the rest of a drain,
+/// it met the close first, took the span for one it had never seen, and
+/// then kept it open for ever: a finished task stayed pending, and was
+/// reported as a lost waker.)
+#[test]
+fn a_span_closed_on_another_thread_before_the_exporter_saw_it_is_closed() {
+    let cap = capture(Flavor::CurrentThread, || async {
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let (tx, rx) = std::sync::mpsc::channel::<tracing::Span>();
+        let registered = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let (d, r) = (dispatch.clone(), registered.clone());
+        let closer = std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&d, || {
+                // This thread's ring is registered before the creator's.
+                drop(tracing::info_span!("closer-first"));
+                r.wait();
+                for span in rx {
+                    drop(span);
+                }
+            })
+        });
+        registered.wait();
+        let creator = std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                for i in 0..200u64 {
+                    tx.send(tracing::info_span!("handed-over", i)).unwrap();
+                }
+            })
+        });
+        creator.join().unwrap();
+        closer.join().unwrap();
+    });
+    let spans: Vec<_> = cap
+        .spans
+        .values()
+        .filter(|s| s.name == "handed-over")
+        .collect();
+    assert_eq!(spans.len(), 200);
+    let open = spans.iter().filter(|s| s.close.is_none()).count();
+    assert_eq!(open, 0, "{open} of 200 spans never closed");
+}
