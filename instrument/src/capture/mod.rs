@@ -49,10 +49,6 @@ pub(crate) struct Ring {
     pub poll: Arc<local::PollSlot>,
     pub thread: u32,
     pub name: Option<String>,
-    /// Records from the head of the ring whose span creations the exporter
-    /// has already read (it reads them ahead of the rest, see
-    /// `Exporter::drain`).
-    pub spans_read: usize,
 }
 
 /// State shared by a layer instance, its threads and its exporter.
@@ -154,7 +150,6 @@ impl Shared {
                 poll,
                 thread,
                 name,
-                spans_read: 0,
             });
         thread
     }

@@ -24,6 +24,10 @@ use crate::capture::record::Raw;
 use crate::capture::{Ring, Shared};
 use sink::Sink;
 
+/// Most closes kept waiting for their span's creation (see
+/// `Exporter::early_closes`).
+const MAX_EARLY_CLOSES: usize = 1 << 16;
+
 /// Events per frame; frames that still exceed the size cap are split.
 const BATCH: usize = 4096;
 /// Idle wait between drains.
@@ -143,7 +147,6 @@ pub(crate) fn start(
         seq: 0,
         sinks,
         counts: Vec::new(),
-        ahead: Vec::new(),
         thread: u32::MAX,
         held: None,
         threads: Vec::new(),
@@ -151,6 +154,8 @@ pub(crate) fn start(
         fullest: 0,
         swept_drops: 0,
         close_suspects: Vec::new(),
+        early_closes: Default::default(),
+        drains: 0,
         stopping: false,
         frame: wire::EventsFrame::new(),
         buf: Vec::new(),
@@ -187,9 +192,6 @@ struct Exporter {
     sinks: Vec<Sink>,
     /// Records in each ring at the start of a drain (reused).
     counts: Vec<usize>,
-    /// Per ring, how far this drain reads span creations ahead (see
-    /// `Exporter::drain`).
-    ahead: Vec<usize>,
     /// Thread of the last `Thread` event sent.
     thread: u32,
     /// A task's poll start (span, raw time) not sent yet: if the next record
@@ -205,6 +207,13 @@ struct Exporter {
     swept_drops: u64,
     /// Live spans whose nodes said they closed at that check.
     close_suspects: Vec<u64>,
+    /// Closes of spans whose creation was not read yet: span -> (how, when,
+    /// drain). A span created on one thread and closed on another has its
+    /// close in the second thread's ring, which a drain may read before the
+    /// first's.
+    early_closes: rustc_hash::FxHashMap<u64, (wire::CloseKind, u64, u64)>,
+    /// Drains so far.
+    drains: u64,
     /// This drain is the last one (the guard was dropped).
     stopping: bool,
     /// The frame being filled: events are encoded as they are converted.
@@ -351,8 +360,17 @@ impl Exporter {
 
     /// Drains every ring once; returns the number of records drained.
     fn drain(&mut self) -> usize {
-        self.take_new_rings();
-        // How many records each ring holds now: this drain converts those.
+        {
+            let mut new = self
+                .shared
+                .new_rings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.rings.append(&mut new);
+        }
+        // How many records each ring holds now. Callsites are read after
+        // this: any callsite those records refer to was registered before
+        // they were pushed.
         self.fullest = 0;
         let mut counts = std::mem::take(&mut self.counts);
         counts.clear();
@@ -364,25 +382,9 @@ impl Exporter {
             counts.push(n);
         }
         let n: usize = counts.iter().sum();
-        // Span creations are read ahead of the rest, from every ring and up
-        // to what each holds after the counts: a span is often created on
-        // one thread and entered, woken or closed on another, whose ring may
-        // come first. Whatever a record converted below refers to was
-        // created before that record was pushed, so before its ring was
-        // counted: it is read ahead, and goes out before the record. Rings
-        // registered since the counts (a thread's first records) are read
-        // for spans too; the rest of their records wait for the next drain.
-        self.take_new_rings();
-        counts.resize(self.rings.len(), 0);
-        let mut ahead = std::mem::take(&mut self.ahead);
-        ahead.clear();
-        ahead.extend(self.rings.iter().map(|r| r.consumer.slots()));
         // Drops so far, read while the rings are in place (see
         // `recover_closes`).
         let drops = self.buffer_drops();
-        // Callsites are read after all those counts: any callsite the
-        // records read in this drain refer to was registered before they
-        // were pushed.
         let callsites = self.shared.callsites.since(self.callsites_sent);
         self.callsites_sent += callsites.len();
         let want_events = self.sinks.iter().any(Sink::is_up);
@@ -398,10 +400,6 @@ impl Exporter {
         let shared = self.shared.clone();
         let model = self.model.clone();
         let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
-        for (ring, &upto) in rings.iter_mut().zip(&ahead) {
-            self.read_spans(&shared, &mut model, ring, upto, want_events);
-        }
-        self.ahead = ahead;
         for (ring, &count) in rings.iter_mut().zip(&counts) {
             if count == 0 {
                 continue;
@@ -418,7 +416,6 @@ impl Exporter {
                     self.emit(&ev);
                 }
             }
-            ring.spans_read = ring.spans_read.saturating_sub(count);
             self.release_held(&shared);
         }
         if want_events {
@@ -426,6 +423,14 @@ impl Exporter {
         }
         self.recover_closes(&shared, &mut model, drops, want_events);
         drop(model);
+        // A creation is read at the latest in the drain after the one that
+        // read the close (it was pushed before the close): what waits longer
+        // was dropped.
+        self.drains += 1;
+        if !self.early_closes.is_empty() {
+            let now = self.drains;
+            self.early_closes.retain(|_, (_, _, d)| now - *d <= 2);
+        }
         // A thread's rings share one drop counter; it is retired with the
         // thread's last ring.
         let mut gone: Vec<(u32, u64)> = Vec::new();
@@ -589,61 +594,6 @@ impl Exporter {
         self.buf = buf;
     }
 
-    /// Moves the rings registered since the last call into the drain's list.
-    fn take_new_rings(&mut self) {
-        let mut new = self
-            .shared
-            .new_rings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        self.rings.append(&mut new);
-    }
-
-    /// Reads the span creations among the first `upto` records of `ring`
-    /// that no earlier drain read: each span goes to the model and, if a sink is up,
-    /// out as `SpanNew`. The records stay in the ring (the drain converts
-    /// them in order later, skipping these).
-    fn read_spans(
-        &mut self,
-        shared: &Shared,
-        model: &mut AwaitModel,
-        ring: &mut Ring,
-        upto: usize,
-        want: bool,
-    ) {
-        let n = upto;
-        if n <= ring.spans_read {
-            return;
-        }
-        let Ok(chunk) = ring.consumer.read_chunk(n) else {
-            return;
-        };
-        let (a, b) = chunk.as_slices();
-        let skip = ring.spans_read;
-        let (a, b) = if skip < a.len() {
-            (&a[skip..], b)
-        } else {
-            (&[][..], &b[(skip - a.len()).min(b.len())..])
-        };
-        let mut switched = false;
-        for node in a.iter().chain(b).filter_map(|raw| match raw {
-            Raw::Span(node) => Some(node),
-            _ => None,
-        }) {
-            if want {
-                if !switched {
-                    self.switch_thread(ring.thread, &ring.name);
-                    switched = true;
-                }
-                self.push_span_new(node, Self::send_batch);
-            }
-            model.on_span(node.clone(), shared.nanos(node.ts));
-        }
-        // The chunk is not committed: the records stay in the ring for the
-        // drain to convert.
-        ring.spans_read = n;
-    }
-
     /// Updates the model for a record and converts it to a wire event (only
     /// when some sink is up). Events that own nothing are emitted here
     /// ([`Exporter::emit_plain`]); the others are returned.
@@ -664,8 +614,28 @@ impl Exporter {
             self.release_held(shared);
         }
         Some(match raw {
-            // Read ahead, by `read_spans`.
-            Raw::Span(_) => return None,
+            Raw::Span(node) => {
+                if want {
+                    self.push_span_new(&node, Self::send_batch);
+                }
+                if !self.early_closes.is_empty() {
+                    if let Some((kind, ts, _)) = self.early_closes.remove(&node.id) {
+                        // Closed on another thread, whose ring this drain
+                        // read first: closed here, never live.
+                        if want {
+                            self.emit_plain(Event::Close {
+                                span: SpanId(node.id),
+                                kind,
+                                ts: ns(ts),
+                            });
+                        }
+                        return None;
+                    }
+                }
+                let created = ns(node.ts);
+                model.on_span(node, created);
+                return None;
+            }
             Raw::Record(r) => {
                 // The node's fields were updated by the layer.
                 let (span, fields) = *r;
@@ -804,10 +774,18 @@ impl Exporter {
                 return None;
             }
             Raw::Close { span, kind, ts } => {
-                // Not live: already closed from its node after drops (the
-                // record came late), or its creation was dropped.
-                let live = model.on_close(span);
-                if want && live {
+                if !model.on_close(span) {
+                    // Not live. Most often its creation is in a ring read
+                    // after this one (it was created on another thread): kept
+                    // until that record is read. Else it was closed from its
+                    // node after drops (this record came late), or its
+                    // creation was dropped: forgotten after two drains.
+                    if self.early_closes.len() < MAX_EARLY_CLOSES {
+                        self.early_closes.insert(span, (kind, ts, self.drains));
+                    }
+                    return None;
+                }
+                if want {
                     self.emit_plain(Event::Close {
                         span: SpanId(span),
                         kind,
