@@ -1,0 +1,30 @@
+//! The storefront example has no lost waker: recorded under awaitscope's
+//! test harness on a multi-thread runtime, none of its tasks is reported as
+//! one. (Its
+//! `reviews-fetch` tasks are spawned on one worker and often finish on the
+//! other; the exporter used to lose the close of such a task when it read
+//! the second worker's ring first, and the finished task was then reported
+//! as a lost waker, tens of times per run.)
+
+use std::time::Duration;
+
+use awaitscope::testing::TestBuilder;
+use awaitscope_collector::FindingKind;
+use awaitscope_examples::shop;
+
+#[test]
+fn no_storefront_task_is_reported_as_a_lost_waker() {
+    let (rt, guard) = TestBuilder::default().runtime();
+    rt.block_on(async {
+        let addr = shop::serve().await.expect("bind the storefront");
+        shop::load(addr, Some(120), Duration::from_millis(5)).await;
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    let lost = outcome
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::LostWaker)
+        .count();
+    assert_eq!(lost, 0, "{}", outcome.report);
+}
