@@ -1,10 +1,9 @@
 //! The storefront example has no lost waker: recorded under awaitscope's
 //! test harness on a multi-thread runtime, none of its tasks is reported as
-//! one. (Its
-//! `reviews-fetch` tasks are spawned on one worker and often finish on the
-//! other; the exporter used to lose the close of such a task when it read
-//! the second worker's ring first, and the finished task was then reported
-//! as a lost waker, tens of times per run.)
+//! one. (Its `reviews-fetch` tasks are spawned on one worker and often
+//! finish on the other; the exporter used to lose the close of such a task
+//! when it read the second worker's ring first, and the finished task was
+//! then reported as a lost waker, tens of times per run.)
 
 use std::time::Duration;
 

@@ -49,6 +49,8 @@ pub(crate) struct Ring {
     pub poll: Arc<local::PollSlot>,
     pub thread: u32,
     pub name: Option<String>,
+    /// A ring of span creations only (see `Local::push_span`).
+    pub spans: bool,
 }
 
 /// State shared by a layer instance, its threads and its exporter.
@@ -84,6 +86,9 @@ pub(crate) struct Shared {
 /// Slots of a thread's first ring; it grows (x4) when it overflows, up to
 /// `Shared::ring_capacity`.
 pub(crate) const INITIAL_RING: usize = 4096;
+
+/// Slots of a thread's first span ring (see `Local::push_span`).
+pub(crate) const INITIAL_SPAN_RING: usize = 1024;
 
 /// The rings of all threads together grow by at most this many times
 /// `Shared::ring_capacity` slots beyond their first rings: with the default
@@ -138,6 +143,7 @@ impl Shared {
         dropped: Arc<AtomicU64>,
         poll: Arc<local::PollSlot>,
         thread: Option<u32>,
+        spans: bool,
     ) -> u32 {
         let thread = thread.unwrap_or_else(|| self.next_thread.fetch_add(1, Ordering::Relaxed));
         let name = std::thread::current().name().map(str::to_owned);
@@ -150,6 +156,7 @@ impl Shared {
                 poll,
                 thread,
                 name,
+                spans,
             });
         thread
     }
@@ -372,7 +379,7 @@ impl Shared {
                 closed_at: Default::default(),
                 polls: Default::default(),
             });
-            l.push(Raw::Span(node.clone()));
+            l.push_span(Raw::Span(node.clone()));
             l.remember(id.into_u64(), &node);
             if let (SpanClass::User, Some(link)) = (class, &node.link) {
                 // A queue hand-off: the collector sees it as follows-from.
