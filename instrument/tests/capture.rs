@@ -634,11 +634,10 @@ fn a_blocking_poll_is_seen_while_it_blocks() {
 
 /// A span created on one thread and closed on another between two drains
 /// of the exporter, where the closing thread's ring comes first (it was
-/// registered first), is still sent as created and then closed. (Before span
-/// creations had rings of their own, read ahead of the others, the exporter
-/// met the close of a span it had not seen, dropped it, then kept the span
-/// open for ever: a finished task stayed pending, and was reported as a lost
-/// waker.)
+/// registered first), is still sent as created and then closed. (Before the
+/// exporter kept such a close until it read the span's creation, it dropped
+/// the close of a span it had not seen, then kept the span open for ever: a
+/// finished task stayed pending, and was reported as a lost waker.)
 #[test]
 fn a_span_closed_on_another_thread_before_the_exporter_saw_it_is_closed() {
     let cap = capture(Flavor::CurrentThread, || async {

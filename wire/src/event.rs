@@ -42,10 +42,7 @@ pub enum Body {
     /// producer sends `Hello` again, then the state needed to rebuild its
     /// model (callsites and live spans) as ordinary events.
     Hello(ProcessInfo),
-    /// A batch of events, in the order they happened on each thread. A
-    /// span's `SpanNew` comes before any event that refers to it, in this
-    /// frame or an earlier one (awaitscope's producers read span creations
-    /// ahead of everything else).
+    /// A batch of events, in the order they happened on each thread.
     Events(#[serde(deserialize_with = "capped::events")] Vec<Event>),
     /// Events lost so far (cumulative), by cause.
     Dropped(DropCounts),

@@ -236,10 +236,6 @@ pub(crate) struct Local {
     /// given back when the state is dropped.
     grown: usize,
     producer: rtrb::Producer<Raw>,
-    /// This thread's span creations, in a ring of their own that the
-    /// exporter drains before every other ring (see [`Local::push_span`]);
-    /// made at the thread's first span.
-    span_producer: Option<rtrb::Producer<Raw>>,
     /// Records dropped on this thread (only this thread writes it).
     dropped: Arc<AtomicU64>,
     /// Records pushed or dropped so far.
@@ -659,68 +655,6 @@ impl Local {
         }
     }
 
-    /// Pushes a span's creation ([`Raw::Span`]) to this thread's span ring.
-    ///
-    /// Why a ring of its own: a span is often created on one thread and
-    /// entered, woken or closed on another, whose ring the exporter may read
-    /// first. It reads every span ring before the other rings (up to what
-    /// they hold after it counted the others), so a span's creation always
-    /// goes out before any record of another thread that refers to it.
-    #[inline]
-    pub fn push_span(&mut self, raw: Raw) {
-        self.seq += 1;
-        let raw = match &mut self.span_producer {
-            Some(p) => match p.push(raw) {
-                Ok(()) => return,
-                Err(rtrb::PushError::Full(raw)) => raw,
-            },
-            None => raw,
-        };
-        self.span_push_slow(raw);
-    }
-
-    /// The thread's first span ring, or a larger one when it is full (within
-    /// the budget shared by all threads); past that, the record is dropped
-    /// and counted.
-    #[cold]
-    fn span_push_slow(&mut self, raw: Raw) {
-        let capacity = self
-            .span_producer
-            .as_ref()
-            .map_or(0, |p| p.buffer().capacity());
-        let size = if capacity == 0 {
-            super::INITIAL_SPAN_RING.min(self.max_ring)
-        } else {
-            let grow = match self.shared.upgrade() {
-                Some(shared) if capacity < self.max_ring => {
-                    shared.take_ring_budget((capacity * 4).min(self.max_ring) - capacity, capacity)
-                }
-                _ => 0,
-            };
-            self.grown += grow;
-            capacity + grow
-        };
-        if size > capacity {
-            let (mut producer, consumer) = rtrb::RingBuffer::new(size);
-            if let Some(shared) = self.shared.upgrade() {
-                shared.register_ring(
-                    consumer,
-                    self.dropped.clone(),
-                    self.slot.clone(),
-                    Some(self.thread),
-                    true,
-                );
-            }
-            let pushed = producer.push(raw).is_ok();
-            self.span_producer = Some(producer);
-            if pushed {
-                return;
-            }
-        }
-        let n = self.dropped.load(Ordering::Relaxed);
-        self.dropped.store(n + 1, Ordering::Relaxed);
-    }
-
     #[cold]
     fn overflow_push(&mut self, raw: Raw) {
         let capacity = self.producer.buffer().capacity();
@@ -755,7 +689,6 @@ impl Local {
                 self.dropped.clone(),
                 self.slot.clone(),
                 Some(self.thread),
-                false,
             );
         }
     }
@@ -1146,7 +1079,7 @@ fn new_local(shared: &Arc<Shared>) -> Local {
     let (producer, consumer) = rtrb::RingBuffer::new(super::INITIAL_RING.min(shared.ring_capacity));
     let dropped = Arc::new(AtomicU64::new(0));
     let slot = Arc::new(PollSlot::default());
-    let thread = shared.register_ring(consumer, dropped.clone(), slot.clone(), None, false);
+    let thread = shared.register_ring(consumer, dropped.clone(), slot.clone(), None);
     Local {
         instance: shared.instance,
         shared: Arc::downgrade(shared),
@@ -1154,7 +1087,6 @@ fn new_local(shared: &Arc<Shared>) -> Local {
         max_ring: shared.ring_capacity,
         grown: 0,
         producer,
-        span_producer: None,
         dropped,
         seq: 0,
         pending_enter: (0, 0),

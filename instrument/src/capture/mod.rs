@@ -49,8 +49,6 @@ pub(crate) struct Ring {
     pub poll: Arc<local::PollSlot>,
     pub thread: u32,
     pub name: Option<String>,
-    /// A ring of span creations only (see `Local::push_span`).
-    pub spans: bool,
 }
 
 /// State shared by a layer instance, its threads and its exporter.
@@ -86,9 +84,6 @@ pub(crate) struct Shared {
 /// Slots of a thread's first ring; it grows (x4) when it overflows, up to
 /// `Shared::ring_capacity`.
 pub(crate) const INITIAL_RING: usize = 4096;
-
-/// Slots of a thread's first span ring (see `Local::push_span`).
-pub(crate) const INITIAL_SPAN_RING: usize = 1024;
 
 /// The rings of all threads together grow by at most this many times
 /// `Shared::ring_capacity` slots beyond their first rings: with the default
@@ -143,7 +138,6 @@ impl Shared {
         dropped: Arc<AtomicU64>,
         poll: Arc<local::PollSlot>,
         thread: Option<u32>,
-        spans: bool,
     ) -> u32 {
         let thread = thread.unwrap_or_else(|| self.next_thread.fetch_add(1, Ordering::Relaxed));
         let name = std::thread::current().name().map(str::to_owned);
@@ -156,7 +150,6 @@ impl Shared {
                 poll,
                 thread,
                 name,
-                spans,
             });
         thread
     }
@@ -379,7 +372,7 @@ impl Shared {
                 closed_at: Default::default(),
                 polls: Default::default(),
             });
-            l.push_span(Raw::Span(node.clone()));
+            l.push(Raw::Span(node.clone()));
             l.remember(id.into_u64(), &node);
             if let (SpanClass::User, Some(link)) = (class, &node.link) {
                 // A queue hand-off: the collector sees it as follows-from.

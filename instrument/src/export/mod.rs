@@ -24,6 +24,10 @@ use crate::capture::record::Raw;
 use crate::capture::{Ring, Shared};
 use sink::Sink;
 
+/// Most closes kept waiting for their span's creation (see
+/// `Exporter::early_closes`).
+const MAX_EARLY_CLOSES: usize = 1 << 16;
+
 /// Events per frame; frames that still exceed the size cap are split.
 const BATCH: usize = 4096;
 /// Idle wait between drains. Short enough that a program starting work
@@ -155,7 +159,8 @@ pub(crate) fn start(
         fullest: 0,
         swept_drops: 0,
         close_suspects: Vec::new(),
-        ahead: Vec::new(),
+        early_closes: Default::default(),
+        drains: 0,
         stopping: false,
         frame: wire::EventsFrame::new(),
         buf: Vec::new(),
@@ -207,8 +212,13 @@ struct Exporter {
     swept_drops: u64,
     /// Live spans whose nodes said they closed at that check.
     close_suspects: Vec<u64>,
-    /// Per span ring, the records this drain reads (see `Exporter::drain`).
-    ahead: Vec<usize>,
+    /// Closes of spans whose creation was not read yet: span -> (how, when,
+    /// drain). A span created on one thread and closed on another has its
+    /// close in the second thread's ring, which a drain may read before the
+    /// first's.
+    early_closes: rustc_hash::FxHashMap<u64, (wire::CloseKind, u64, u64)>,
+    /// Drains so far.
+    drains: u64,
     /// This drain is the last one (the guard was dropped).
     stopping: bool,
     /// The frame being filled: events are encoded as they are converted.
@@ -354,16 +364,18 @@ impl Exporter {
     }
 
     /// Drains every ring once; returns the number of records drained.
-    ///
-    /// Span creations first: every thread's span ring (see
-    /// `Local::push_span`), up to what it holds after the other rings were
-    /// counted. Any record of those counted was pushed after the creation of
-    /// the spans it refers to, so that creation is read (and sent) before it,
-    /// whichever thread's ring it is in.
     fn drain(&mut self) -> usize {
-        self.take_new_rings();
-        // How many records each ring of events holds now: this drain
-        // converts those.
+        {
+            let mut new = self
+                .shared
+                .new_rings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.rings.append(&mut new);
+        }
+        // How many records each ring holds now. Callsites are read after
+        // this: any callsite those records refer to was registered before
+        // they were pushed.
         self.fullest = 0;
         let mut counts = std::mem::take(&mut self.counts);
         counts.clear();
@@ -372,25 +384,12 @@ impl Exporter {
             self.fullest = self
                 .fullest
                 .max(n * 4 / ring.consumer.buffer().capacity().max(1));
-            counts.push(if ring.spans { 0 } else { n });
+            counts.push(n);
         }
-        // Span rings registered since (a thread's first span) are read too.
-        self.take_new_rings();
-        counts.resize(self.rings.len(), 0);
-        let mut ahead = std::mem::take(&mut self.ahead);
-        ahead.clear();
-        ahead.extend(
-            self.rings
-                .iter()
-                .map(|r| if r.spans { r.consumer.slots() } else { 0 }),
-        );
-        let n: usize = counts.iter().chain(&ahead).sum();
+        let n: usize = counts.iter().sum();
         // Drops so far, read while the rings are in place (see
         // `recover_closes`).
         let drops = self.buffer_drops();
-        // Callsites are read after all those counts: any callsite the
-        // records read in this drain refer to was registered before they
-        // were pushed.
         let callsites = self.shared.callsites.since(self.callsites_sent);
         self.callsites_sent += callsites.len();
         let want_events = self.sinks.iter().any(Sink::is_up);
@@ -406,24 +405,6 @@ impl Exporter {
         let shared = self.shared.clone();
         let model = self.model.clone();
         let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
-        for (ring, &upto) in rings.iter_mut().zip(&ahead) {
-            if upto == 0 {
-                continue;
-            }
-            let Ok(chunk) = ring.consumer.read_chunk(upto) else {
-                continue;
-            };
-            let t = ring.thread;
-            if want_events {
-                self.switch_thread(t, &ring.name);
-            }
-            for raw in chunk {
-                if let Some(ev) = self.convert(&shared, &mut model, t, raw, want_events) {
-                    self.emit(&ev);
-                }
-            }
-        }
-        self.ahead = ahead;
         for (ring, &count) in rings.iter_mut().zip(&counts) {
             if count == 0 {
                 continue;
@@ -447,6 +428,14 @@ impl Exporter {
         }
         self.recover_closes(&shared, &mut model, drops, want_events);
         drop(model);
+        // A creation is read at the latest in the drain after the one that
+        // read the close (it was pushed before the close): what waits longer
+        // was dropped.
+        self.drains += 1;
+        if !self.early_closes.is_empty() {
+            let now = self.drains;
+            self.early_closes.retain(|_, (_, _, d)| now - *d <= 2);
+        }
         // A thread's rings share one drop counter; it is retired with the
         // thread's last ring.
         let mut gone: Vec<(u32, u64)> = Vec::new();
@@ -610,16 +599,6 @@ impl Exporter {
         self.buf = buf;
     }
 
-    /// Moves the rings registered since the last call into the drain's list.
-    fn take_new_rings(&mut self) {
-        let mut new = self
-            .shared
-            .new_rings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        self.rings.append(&mut new);
-    }
-
     /// Updates the model for a record and converts it to a wire event (only
     /// when some sink is up). Events that own nothing are emitted here
     /// ([`Exporter::emit_plain`]); the others are returned.
@@ -643,6 +622,20 @@ impl Exporter {
             Raw::Span(node) => {
                 if want {
                     self.push_span_new(&node, Self::send_batch);
+                }
+                if !self.early_closes.is_empty() {
+                    if let Some((kind, ts, _)) = self.early_closes.remove(&node.id) {
+                        // Closed on another thread, whose ring this drain
+                        // read first: closed here, never live.
+                        if want {
+                            self.emit_plain(Event::Close {
+                                span: SpanId(node.id),
+                                kind,
+                                ts: ns(ts),
+                            });
+                        }
+                        return None;
+                    }
                 }
                 let created = ns(node.ts);
                 model.on_span(node, created);
@@ -786,11 +779,18 @@ impl Exporter {
                 return None;
             }
             Raw::Close { span, kind, ts } => {
-                // Not live: already closed from its node after drops (the
-                // record came late), or its creation was dropped. (Its
-                // creation cannot come later: span rings are read first.)
-                let live = model.on_close(span);
-                if want && live {
+                if !model.on_close(span) {
+                    // Not live. Most often its creation is in a ring read
+                    // after this one (it was created on another thread): kept
+                    // until that record is read. Else it was closed from its
+                    // node after drops (this record came late), or its
+                    // creation was dropped: forgotten after two drains.
+                    if self.early_closes.len() < MAX_EARLY_CLOSES {
+                        self.early_closes.insert(span, (kind, ts, self.drains));
+                    }
+                    return None;
+                }
+                if want {
                     self.emit_plain(Event::Close {
                         span: SpanId(span),
                         kind,
