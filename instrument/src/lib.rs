@@ -66,7 +66,8 @@ pub use store::AwaitscopeSubscriber;
 /// slots and grow on overflow up to this; all threads' rings together grow
 /// by at most twice this (32 MiB). 128 Ki slots dropped 15-22 % of a
 /// recording of the benchmark workload (2 workers saturating 2 cores leave
-/// the exporter behind by up to ~40 ms at times); 512 Ki dropped none.
+/// the exporter behind at times); with 512 Ki, and the exporter's 10 ms idle
+/// wait, none of 84 rounds dropped a record.
 const DEFAULT_RING_CAPACITY: usize = 512 * 1024;
 
 /// Installs awaitscope as the global subscriber: the capture, awaitscope's

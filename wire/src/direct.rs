@@ -15,7 +15,7 @@
 //! Reading: a collector decodes every frame a program sends; through serde
 //! postcard spent ~275 instructions per event of a batch (callgrind).
 //! Decoding a 2.2 M-event recording of the benchmark workload took a median
-//! 34 ns per event through serde and 27 directly (10 passes each, one
+//! 34 ns per event through serde and 27 directly (5 passes each, one
 //! process). [`decode_events_frame`] reads a batch's frequent
 //! events as postcard reads them (same varints, same checks) and hands any
 //! other event to postcard; on anything unusual it gives up, and the frame
@@ -240,23 +240,6 @@ pub(crate) fn decode_events_frame(payload: &[u8]) -> Option<Frame> {
     })
 }
 
-/// `out.push(ev)`, inlined: the reader's pushes were left as calls, each
-/// storing the event to the stack and reloading it.
-#[inline(always)]
-fn put(out: &mut Vec<Event>, ev: Event) {
-    let len = out.len();
-    if len < out.capacity() {
-        // SAFETY: slot `len` is within the capacity, and is counted only
-        // once written.
-        unsafe {
-            out.as_mut_ptr().add(len).write(ev);
-            out.set_len(len + 1);
-        }
-    } else {
-        out.push(ev);
-    }
-}
-
 /// Reads postcard's encoding from the front of `buf`.
 struct Reader<'a> {
     buf: &'a [u8],
@@ -301,10 +284,7 @@ impl Reader<'_> {
         self.varint_u64().map(SpanId)
     }
 
-    /// Reads one event of a batch onto `out`. Each event is pushed where it
-    /// is read, all its fields at hand: built first and then moved, it was
-    /// stored in halves and reloaded whole, a store-forwarding stall per
-    /// event (a third of this reader's time).
+    /// Reads one event of a batch onto `out`.
     #[inline(always)]
     fn event(&mut self, out: &mut Vec<Event>) -> Option<()> {
         let at = self.buf;
@@ -312,15 +292,12 @@ impl Reader<'_> {
             index::POLL => {
                 let (task, start) = (self.span()?, self.varint_u64()?);
                 let (duration, wakers) = (self.varint_u64()?, self.varint_u32()?);
-                put(
-                    out,
-                    Event::Poll {
-                        task,
-                        start,
-                        duration,
-                        wakers,
-                    },
-                );
+                out.push(Event::Poll {
+                    task,
+                    start,
+                    duration,
+                    wakers,
+                });
             }
             index::WAKE => {
                 let task = self.span()?;
@@ -338,19 +315,19 @@ impl Reader<'_> {
                     _ => return None,
                 };
                 let ts = self.varint_u64()?;
-                put(out, Event::Wake { task, op, by, ts });
+                out.push(Event::Wake { task, op, by, ts });
             }
             index::POLL_END => {
                 let (task, ts, wakers) = (self.span()?, self.varint_u64()?, self.varint_u32()?);
-                put(out, Event::PollEnd { task, ts, wakers });
+                out.push(Event::PollEnd { task, ts, wakers });
             }
             index::ENTER => {
                 let (span, ts) = (self.span()?, self.varint_u64()?);
-                put(out, Event::Enter { span, ts });
+                out.push(Event::Enter { span, ts });
             }
             index::EXIT => {
                 let (span, ts) = (self.span()?, self.varint_u64()?);
-                put(out, Event::Exit { span, ts });
+                out.push(Event::Exit { span, ts });
             }
             index::CLOSE => {
                 let span = self.span()?;
@@ -362,13 +339,13 @@ impl Reader<'_> {
                     _ => return None,
                 };
                 let ts = self.varint_u64()?;
-                put(out, Event::Close { span, kind, ts });
+                out.push(Event::Close { span, kind, ts });
             }
             // Any other event: postcard, from its variant index on.
             _ => {
                 let (ev, rest) = postcard::take_from_bytes::<Event>(at).ok()?;
                 self.buf = rest;
-                put(out, ev);
+                out.push(ev);
             }
         }
         Some(())

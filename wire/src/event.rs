@@ -679,15 +679,15 @@ pub(crate) mod capped {
         }
     }
 
-    /// Keeps `events` (emptied) for the next batch decoded on this thread,
-    /// unless a larger spare is kept already, and the boxes of its `SpanNew`
-    /// and `Log` events (emptied too) for the next ones decoded, up to a
-    /// batch of each.
     /// The spare vector given back by [`put_spare`] (empty), or a new one.
     pub(crate) fn take_spare() -> Vec<Event> {
         SPARE.with(Cell::take)
     }
 
+    /// Keeps `events` (emptied) for the next batch decoded on this thread,
+    /// unless a larger spare is kept already, and the boxes of its `SpanNew`
+    /// and `Log` events (emptied too) for the next ones decoded, up to a
+    /// batch of each.
     pub(crate) fn put_spare(mut events: Vec<Event>) {
         SPAN_NEWS.with(|spans| {
             LOGS.with(|logs| {
