@@ -6,7 +6,7 @@ async fn main() {
     let _guard = awaitscope::init();
     let h = awaitscope::spawn_named(
         "report-export",
-        awaitscope_examples::bugs::blocking_in_async(200),
+        awaitscope_tui::demo::planted_bugs::blocking_in_async(200),
     );
     let _ = h.await;
 }

@@ -1,6 +1,6 @@
 //! A callback API bridged into async code with a oneshot channel.
 
-use awaitscope_examples::callbacks;
+use awaitscope_tui::demo::callbacks;
 
 #[tokio::main]
 async fn main() {

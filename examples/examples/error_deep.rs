@@ -4,6 +4,6 @@
 #[tokio::main]
 async fn main() {
     let _guard = awaitscope::init();
-    let r = awaitscope_examples::bugs::error_three_spawns_deep(42).await;
+    let r = awaitscope_tui::demo::planted_bugs::error_three_spawns_deep(42).await;
     println!("{r:?}");
 }

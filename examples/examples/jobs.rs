@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use awaitscope_examples::jobs;
+use awaitscope_tui::demo::jobs;
 
 #[tokio::main]
 async fn main() {

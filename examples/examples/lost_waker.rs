@@ -6,7 +6,7 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() {
     let _guard = awaitscope::init();
-    let h = awaitscope_examples::bugs::spawn_lost_waker();
+    let h = awaitscope_tui::demo::planted_bugs::spawn_lost_waker();
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!("the task is still pending: finished = {}", h.is_finished());
 }

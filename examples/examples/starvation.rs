@@ -4,5 +4,5 @@
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let _guard = awaitscope::init();
-    awaitscope_examples::bugs::starvation(5).await;
+    awaitscope_tui::demo::planted_bugs::starvation(5).await;
 }

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use awaitscope_examples::shop;
+use awaitscope_tui::demo::shop;
 
 #[tokio::main]
 async fn main() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use awaitscope::testing::TestBuilder;
 use awaitscope_collector::FindingKind;
-use awaitscope_examples::shop;
+use awaitscope_tui::demo::shop;
 
 #[test]
 fn no_storefront_task_is_reported_as_a_lost_waker() {

@@ -1,5 +1,5 @@
 //! `awaitscope demo [--headless --duration 5s --report out.json]`: runs the
-//! example workload (awaitscope_examples::demo) in this process,
+//! demo workload ([`awaitscope_tui::demo::run`]) in this process,
 //! instrumented and streaming to an embedded collector, and opens the UI
 //! on it (or, headless, writes the report after `--duration`).
 
@@ -94,7 +94,7 @@ fn start_workload(
             // registered; tracing-core can then keep their old "never"
             // interest. Recompute it now that both exist.
             tracing::callsite::rebuild_interest_cache();
-            rt.block_on(awaitscope_examples::demo::run(duration));
+            rt.block_on(awaitscope_tui::demo::run(duration));
             // Deadlocked and lost tasks never end: do not wait for them.
             rt.shutdown_background();
         })

@@ -1,6 +1,16 @@
-//! The workload of `awaitscope demo`: a healthy storefront with clients, a
-//! job queue and a callback bridge, with faults injected on a schedule so
-//! that every finding kind shows up within the first 15 seconds:
+//! The workloads of `awaitscope demo`, also run by the programs in
+//! `examples/` (`cargo run --example NAME`): real async patterns
+//! ([`shop`], [`jobs`], [`callbacks`]), the bugs the demo plants on purpose
+//! ([`planted_bugs`]) and the demo mix of both ([`run`]).
+//!
+//! Everything here is plain tokio code instrumented only through `tracing`
+//! spans and events and `awaitscope::spawn_named`; the caller installs
+//! awaitscope (`awaitscope::init()` in the examples, an in-process
+//! collector in `awaitscope demo`).
+//!
+//! [`run`] is a healthy storefront with clients, a job queue and a callback
+//! bridge, with faults injected on a schedule so that every finding kind
+//! shows up within the first 15 seconds:
 //!
 //! | at | fault | finding |
 //! | --- | --- | --- |
@@ -17,11 +27,14 @@
 //!
 //! Poison jobs fail after retries (errors naming the signup request).
 
+pub mod callbacks;
+pub mod jobs;
+pub mod planted_bugs;
+pub mod shop;
+
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use crate::{bugs, callbacks, jobs, shop};
 
 /// Runs the demo workload for `duration` (`None`: until the runtime is
 /// dropped). Needs a multi-threaded runtime.
@@ -72,34 +85,37 @@ async fn at(ms: u64, start: Instant) {
 async fn faults() {
     let start = Instant::now();
     at(300, start).await;
-    let (_stuck, reply) = bugs::spawn_stuck();
+    let (_stuck, reply) = planted_bugs::spawn_stuck();
     at(500, start).await;
-    let _deadlock = bugs::spawn_deadlock().await;
+    let _deadlock = planted_bugs::spawn_deadlock().await;
     at(800, start).await;
-    let _lost = bugs::spawn_lost_waker();
+    let _lost = planted_bugs::spawn_lost_waker();
     at(1000, start).await;
-    awaitscope::spawn_named("report-export", bugs::blocking_in_async(60));
+    awaitscope::spawn_named("report-export", planted_bugs::blocking_in_async(60));
     at(1200, start).await;
-    bugs::spawn_never_yields(2500);
+    planted_bugs::spawn_never_yields(2500);
     at(1500, start).await;
-    awaitscope::spawn_named("checkout", bugs::error_three_spawns_deep(1001));
+    awaitscope::spawn_named("checkout", planted_bugs::error_three_spawns_deep(1001));
     at(2000, start).await;
-    bugs::spawn_panic();
+    planted_bugs::spawn_panic();
     at(2500, start).await;
-    bugs::spawn_self_waker(1000);
+    planted_bugs::spawn_self_waker(1000);
     at(3000, start).await;
-    bugs::starvation_on_small_runtime(6);
+    planted_bugs::starvation_on_small_runtime(6);
     at(3500, start).await;
-    bugs::burst(300_000);
+    planted_bugs::burst(300_000);
     let mut n = 0u64;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         n += 1;
         if n.rem_euclid(3) == 0 {
-            awaitscope::spawn_named("report-export", bugs::blocking_in_async(60));
+            awaitscope::spawn_named("report-export", planted_bugs::blocking_in_async(60));
         }
         if n.rem_euclid(4) == 0 {
-            awaitscope::spawn_named("checkout", bugs::error_three_spawns_deep(1001 + n as u32));
+            awaitscope::spawn_named(
+                "checkout",
+                planted_bugs::error_three_spawns_deep(1001 + n as u32),
+            );
         }
         // The reply never comes, but its sender stays alive.
         let _ = &reply;

@@ -1,6 +1,8 @@
-//! Bugs on demand, each small and bounded: blocking in async, a lost waker,
-//! a deadlock, starvation, an error three spawns deep, a panic, a busy
-//! self-waking loop and a task stuck forever.
+//! Deliberate bugs that the demo plants so that every finding kind shows:
+//! blocking in async, a lost waker, a deadlock, starvation, an error three
+//! spawns deep, a panic, a busy self-waking loop, a task stuck forever and
+//! a burst that overflows the event ring. Each is small and bounded, and
+//! each item here is wrong on purpose: do not copy them into real code.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,16 +14,16 @@ use awaitscope::{AwaitPoint, JoinHandle};
 use tokio::sync::{oneshot, Mutex};
 use tracing::instrument;
 
-/// Blocks the worker thread for `ms` inside async code (`std::thread::sleep`
-/// where `tokio::time::sleep` was meant): a `long_poll` finding.
+/// Deliberate bug (`long_poll`): blocks the worker thread for `ms` inside
+/// async code (`std::thread::sleep` where `tokio::time::sleep` was meant).
 #[instrument]
 pub async fn blocking_in_async(ms: u64) {
     tokio::task::yield_now().await;
     std::thread::sleep(Duration::from_millis(ms));
 }
 
-/// A hand-written future that returns `Pending` without keeping the waker:
-/// nobody can ever wake its task (a `lost_waker` finding).
+/// Deliberate bug (`lost_waker`): a hand-written future that returns
+/// `Pending` without keeping the waker, so nobody can ever wake its task.
 #[derive(Debug, Default)]
 pub struct ForgetfulFuture;
 
@@ -33,15 +35,16 @@ impl Future for ForgetfulFuture {
     }
 }
 
-/// Spawns a task that waits on a [`ForgetfulFuture`] forever.
+/// Deliberate bug (`lost_waker`): spawns a task that waits on a
+/// [`ForgetfulFuture`] forever.
 pub fn spawn_lost_waker() -> JoinHandle<()> {
     awaitscope::spawn_named("lost-waker", async {
         ForgetfulFuture.await_point("forgetful future").await;
     })
 }
 
-/// Two tasks take two mutexes in opposite order: each holds one and waits
-/// for the other forever (a `deadlock` finding with the cycle).
+/// Deliberate bug (`deadlock`, with the cycle): two tasks take two mutexes
+/// in opposite order; each holds one and waits for the other forever.
 pub async fn spawn_deadlock() -> (JoinHandle<()>, JoinHandle<()>) {
     let accounts = Arc::new(Mutex::new(0u64));
     let ledger = Arc::new(Mutex::new(0u64));
@@ -63,7 +66,8 @@ pub async fn spawn_deadlock() -> (JoinHandle<()>, JoinHandle<()>) {
     (left, right)
 }
 
-/// Burns the CPU for `ms` without yielding (a CPU-bound task on the runtime).
+/// Burns the CPU for `ms` without yielding: the CPU-bound step of the
+/// planted [`starvation`] and [`spawn_never_yields`] bugs.
 pub fn burn_cpu(ms: u64) -> u64 {
     let end = Instant::now() + Duration::from_millis(ms);
     let mut x = 0u64;
@@ -75,8 +79,9 @@ pub fn burn_cpu(ms: u64) -> u64 {
     x
 }
 
-/// On a single-threaded runtime, CPU-bound tasks keep a ticker that wakes
-/// every 5 ms from being polled for tens of milliseconds (`starvation`).
+/// Deliberate bug (`starvation`): on a single-threaded runtime, CPU-bound
+/// tasks keep a ticker that wakes every 5 ms from being polled for tens of
+/// milliseconds.
 pub async fn starvation(rounds: u32) {
     let ticker = awaitscope::spawn_named("ticker", async move {
         for _ in 0..rounds * 20 {
@@ -98,7 +103,8 @@ pub async fn starvation(rounds: u32) {
     let _ = ticker.await;
 }
 
-/// Runs [`starvation`] on its own current-thread runtime (on a new thread
+/// Deliberate bug (`starvation`): runs [`starvation`] on its own
+/// current-thread runtime (on a new thread
 /// that keeps the caller's `tracing` dispatcher), returning when it ends.
 pub fn starvation_on_small_runtime(rounds: u32) -> std::thread::JoinHandle<()> {
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
@@ -126,9 +132,9 @@ async fn charge_card(order: u32) -> Result<(), String> {
     Err(format!("order {order}: card declined"))
 }
 
-/// A request span spawns a task, which spawns a task, which spawns the task
-/// that fails: the error's causal trace crosses three spawns back to the
-/// request.
+/// Deliberate bug (`error`): a request span spawns a task, which spawns a
+/// task, which spawns the task that fails; the error's causal trace
+/// crosses three spawns back to the request.
 #[instrument(fields(order))]
 pub async fn error_three_spawns_deep(order: u32) -> Result<(), String> {
     let level1 = awaitscope::spawn_named("checkout-saga", async move {
@@ -141,7 +147,7 @@ pub async fn error_three_spawns_deep(order: u32) -> Result<(), String> {
     level1.await.map_err(|e| e.to_string())?
 }
 
-/// A task that panics.
+/// Deliberate bug (`panic`): a task that panics on a missing config key.
 pub fn spawn_panic() -> JoinHandle<()> {
     awaitscope::spawn_named("config-reload", async {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -150,7 +156,8 @@ pub fn spawn_panic() -> JoinHandle<()> {
     })
 }
 
-/// Wakes its own task and returns `Pending` once: a busy-wait step.
+/// Deliberate bug (`self_wake`): wakes its own task and returns `Pending`
+/// once, a busy-wait step.
 #[derive(Debug, Default)]
 pub struct SpinOnce(bool);
 
@@ -166,8 +173,8 @@ impl Future for SpinOnce {
     }
 }
 
-/// A task that busy-waits through the scheduler, waking itself on almost
-/// every poll (`self_wake`), `rounds` times 20 spins.
+/// Deliberate bug (`self_wake`): a task that busy-waits through the
+/// scheduler, waking itself on almost every poll, `rounds` times 20 spins.
 pub fn spawn_self_waker(rounds: u32) -> JoinHandle<()> {
     awaitscope::spawn_named("spin-wait", async move {
         for _ in 0..rounds {
@@ -179,8 +186,8 @@ pub fn spawn_self_waker(rounds: u32) -> JoinHandle<()> {
     })
 }
 
-/// A task that awaits a reply nobody will send (the sender is kept alive):
-/// pending on the same await point for ever (`stuck`).
+/// Deliberate bug (`stuck`): a task that awaits a reply nobody will send
+/// (the sender is kept alive), pending on the same await point for ever.
 pub fn spawn_stuck() -> (JoinHandle<()>, oneshot::Sender<()>) {
     let (tx, rx) = oneshot::channel::<()>();
     let h = awaitscope::spawn_named("await-reply", async move {
@@ -189,15 +196,17 @@ pub fn spawn_stuck() -> (JoinHandle<()>, oneshot::Sender<()>) {
     (h, tx)
 }
 
-/// A task whose first poll runs for `ms` (`never_yielded` past 1 s).
+/// Deliberate bug (`never_yielded` past 1 s): a task whose first poll runs
+/// for `ms`.
 pub fn spawn_never_yields(ms: u64) -> JoinHandle<()> {
     awaitscope::spawn_named("warm-cache", async move {
         std::hint::black_box(burn_cpu(ms));
     })
 }
 
-/// Emits `n` records from a new thread faster than awaitscope drains them
-/// (with a small ring), so events are dropped (`dropped_events`).
+/// Deliberate bug (`dropped_events`): emits `n` records from a new thread
+/// faster than awaitscope drains them (with a small ring), so events are
+/// dropped.
 pub fn burst(n: u32) -> std::thread::JoinHandle<()> {
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     std::thread::Builder::new()
