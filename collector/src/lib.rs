@@ -6,20 +6,27 @@
 //! * [`detect`]: detectors (`long_poll`, `starvation`, `lost_waker`,
 //!   `never_yielded`, `self_wake`, `deadlock`, `stuck`, `error`, `panic`,
 //!   `dropped_events`) producing deduplicated [`Finding`]s.
-//! * [`ingest`]: reading recordings and the TCP server (`awaitscope serve`).
+//! * [`ingest`]: reading recordings, and the TCP server (`awaitscope serve`,
+//!   feature `server`, on by default).
 //! * [`report`]: the JSON report (`awaitscope report`), schema in
 //!   `docs/report-json.md`.
 //! * [`export`]: the CI formats (Perfetto and Chrome traces, JUnit,
 //!   Markdown, flame graphs, GitHub annotations), streaming where they need
-//!   every poll.
-//! * [`testing`]: a builder of realistic synthetic wire streams for tests.
+//!   every poll (feature `export`, on by default).
+//! * `testing`: a builder of realistic synthetic wire streams for tests
+//!   (feature `test-support`).
+//!
+//! Without default features the crate is the model, the detectors, the
+//! reports and the recording reader only: what `awaitscope::testing` needs.
 
 pub mod config;
 pub mod detect;
+#[cfg(feature = "export")]
 pub mod export;
 pub mod ingest;
 pub mod model;
 pub mod report;
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
 pub use config::{Config, Retention, Thresholds};

@@ -22,6 +22,7 @@
 //! the output file itself and returned in [`PolicyNote`].
 
 pub mod chrome;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fixture;
 pub mod flame;
 pub mod github;

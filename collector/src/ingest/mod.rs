@@ -1,8 +1,11 @@
 //! Getting frames into the model: recordings ([`recording`]) and live TCP
 //! producers ([`server`]). Both decode frames and hand them to
 //! [`Model::apply`](crate::Model::apply). The server also streams its
-//! model to viewers ([`viewer`]).
+//! model to viewers (`viewer`). The server and the viewers need the
+//! `server` feature (on by default).
 
 pub mod recording;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod viewer;

@@ -205,6 +205,7 @@ impl Model {
     }
 
     /// One process, mutably.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))] // ingest::viewer
     pub(crate) fn process_mut(&mut self, key: &ProcessKey) -> Option<&mut Process> {
         self.processes.get_mut(key)
     }

@@ -1191,6 +1191,7 @@ fn event_ts(e: &Event) -> Option<u64> {
 /// sort with the previous timed event of their run (the next one at the
 /// start of a run); callsites go first. Yields each event with, when it
 /// starts a stretch of another run, that run's thread id.
+#[cfg_attr(not(feature = "export"), allow(dead_code))] // export::timeline
 pub(crate) fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
     match Merge::new(events) {
         Some(m) => m.collect(),
