@@ -86,13 +86,11 @@ async fn child(i: u64) -> u64 {
 /// One top-level task: 3 nested instrumented fns (100 yields in the
 /// innermost), a `join!` of two futures, and every 10th task spawns a child
 /// task and awaits it.
-// `u64::is_multiple_of` needs Rust 1.87; the workspace's MSRV is 1.80.
-#[allow(clippy::manual_is_multiple_of)]
 async fn task(i: u64) -> u64 {
     let mut acc = outer(i).await;
     let (a, b) = tokio::join!(leaf(i), leaf(i + 1));
     acc = acc.wrapping_add(a).wrapping_add(b);
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         acc = acc.wrapping_add(tokio::spawn(child(i)).await.unwrap());
     }
     acc
