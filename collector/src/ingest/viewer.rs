@@ -446,30 +446,66 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
 /// Appends to `out` the messages that bring an empty model to `model`'s
 /// state (see the module doc), ending with [`Control::Synced`].
 pub fn rebuild(model: &Model, out: &mut Vec<u8>) {
-    for p in model.processes() {
-        encode_snapshot(&ProcessSnapshot::of(p), out);
-        encode_episodes(p, out);
+    Rebuild::of(model).encode(out);
+}
+
+/// What a late viewer gets, taken from the model (under its lock) apart
+/// from encoding it (after the lock is released).
+pub struct Rebuild {
+    /// Per process: its snapshot and its detector episodes in progress.
+    processes: Vec<(ProcessSnapshot, Vec<Control>)>,
+    /// The server's findings, with their keys.
+    findings: Vec<(String, Finding)>,
+}
+
+impl Rebuild {
+    /// Takes the state of `model`.
+    pub fn of(model: &Model) -> Rebuild {
+        Rebuild {
+            processes: model
+                .processes()
+                .map(|p| (ProcessSnapshot::of(p), episodes(p)))
+                .collect(),
+            findings: model
+                .findings()
+                .keyed()
+                .into_iter()
+                .map(|(k, f)| (k.to_string(), f.clone()))
+                .collect(),
+        }
     }
-    // Whatever findings the viewer's model had are replaced by the
-    // server's.
-    encode_control(&Control::ResetFindings, out);
-    for (key, f) in model.findings().keyed() {
-        let mut c = Control::Finding {
-            key: key.to_string(),
-            finding: f.clone(),
-        };
-        if control_len(&c) > MAX_CONTROL_LEN {
-            // Long traces or task lists: keep their start.
-            if let Control::Finding { finding, .. } = &mut c {
-                finding.trace.truncate(16);
-                finding.tasks.truncate(8);
+
+    /// Processes in it.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Appends the messages to `out`, ending with [`Control::Synced`].
+    pub fn encode(self, out: &mut Vec<u8>) {
+        for (snapshot, episodes) in &self.processes {
+            encode_snapshot(snapshot, out);
+            for c in episodes {
+                encode_control(c, out);
             }
         }
-        if control_len(&c) <= MAX_CONTROL_LEN {
-            encode_control(&c, out);
+        // Whatever findings the viewer's model had are replaced by the
+        // server's.
+        encode_control(&Control::ResetFindings, out);
+        for (key, finding) in self.findings {
+            let mut c = Control::Finding { key, finding };
+            if control_len(&c) > MAX_CONTROL_LEN {
+                // Long traces or task lists: keep their start.
+                if let Control::Finding { finding, .. } = &mut c {
+                    finding.trace.truncate(16);
+                    finding.tasks.truncate(8);
+                }
+            }
+            if control_len(&c) <= MAX_CONTROL_LEN {
+                encode_control(&c, out);
+            }
         }
+        encode_control(&Control::Synced, out);
     }
-    encode_control(&Control::Synced, out);
 }
 
 /// Appends `s` as a message to `out`, within [`MAX_SNAPSHOT_LEN`] (see
@@ -498,10 +534,11 @@ pub fn encode_snapshot(s: &ProcessSnapshot, out: &mut Vec<u8>) {
     out[start + 1..start + 5].copy_from_slice(&(len as u32).to_le_bytes());
 }
 
-/// Appends the detector episodes in progress in `p` (detector memory, not
-/// part of the snapshot), so that the viewer's detectors continue them
-/// rather than count them again.
-fn encode_episodes(p: &Process, out: &mut Vec<u8>) {
+/// The detector episodes in progress in `p` (detector memory, not part of
+/// the snapshot), so that the viewer's detectors continue them rather than
+/// count them again.
+fn episodes(p: &Process) -> Vec<Control> {
+    let mut out = Vec::new();
     let mut tasks: Vec<&Task> = p.tasks.values().collect();
     tasks.sort_by_key(|t| t.id);
     for t in tasks {
@@ -510,17 +547,17 @@ fn encode_episodes(p: &Process, out: &mut Vec<u8>) {
             .filter(|k| t.flag(k.bit()))
             .collect();
         if !kinds.is_empty() {
-            encode_control(
-                &Control::Ongoing {
-                    process: p.key,
-                    task: t.id,
-                    kinds,
-                },
-                out,
-            );
+            out.push(Control::Ongoing {
+                process: p.key,
+                task: t.id,
+                kinds,
+            });
         }
     }
     let mut deadlocks: Vec<String> = p.deadlocks_active.iter().cloned().collect();
+    if deadlocks.is_empty() && p.dropped_reported == (0, 0) {
+        return out;
+    }
     deadlocks.sort();
     let mut c = Control::OngoingInProcess {
         process: p.key,
@@ -534,11 +571,8 @@ fn encode_episodes(p: &Process, out: &mut Vec<u8>) {
             deadlocks.truncate(deadlocks.len() / 2);
         }
     }
-    if !matches!(&c, Control::OngoingInProcess { deadlocks, reported_drops, .. }
-        if deadlocks.is_empty() && *reported_drops == (0, 0))
-    {
-        encode_control(&c, out);
-    }
+    out.push(c);
+    out
 }
 
 // ---------------------------------------------------------------------------
