@@ -11,15 +11,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use awaitscope_collector::config::MS;
+use awaitscope_collector::config::{Config, Retention, MS};
 use awaitscope_collector::ingest::server::ServerConfig;
 use awaitscope_collector::ingest::viewer::{
     self, Client, ClientError, Control, Message, VIEWER_MAGIC, VIEWER_VERSION,
 };
 use awaitscope_collector::model::TaskState;
 use awaitscope_collector::testing::{Scenario, StreamBuilder, TaskOpts};
-use awaitscope_collector::Model;
-use awaitscope_wire::{ProcessKey, WakeOp};
+use awaitscope_collector::{Model, Report};
+use awaitscope_wire::{CloseKind, Frame, Level, ProcessKey, WakeOp};
 use live::{start, wait_until, PATIENCE};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -127,7 +127,8 @@ fn finding_set(m: &Model) -> BTreeSet<(String, Vec<u64>)> {
 
 /// The rebuild alone: a model fed only the rebuild of another has the same
 /// live tasks in the same states, with the same await trees and clock, and
-/// its detectors find the same (no starvation read into the late join).
+/// its detectors find the same, as often (no starvation read into the late
+/// join, no deadlock counted twice).
 #[test]
 fn rebuild_reproduces_live_state_without_false_findings() {
     let mut s = Scenario::new();
@@ -157,12 +158,13 @@ fn rebuild_reproduces_live_state_without_false_findings() {
     // Pending with no waker: a lost waker, for both.
     let lost = s.spawn(TaskOpts::named("lost"), 70 * MS);
     s.poll(lost, 71 * MS, 72 * MS);
-    // Completed: not re-sent.
+    // Completed: retained in detail, and sent as such.
     let done = s.spawn(TaskOpts::named("done"), 80 * MS);
     s.poll(done, 81 * MS, 82 * MS);
     s.complete(done, 83 * MS);
     // Two tasks taking two mutexes in opposite order: a deadlock, found
-    // before the viewer joins (whose rebuild cannot carry lock holders).
+    // before the viewer joins, and continued (not counted again) by the
+    // viewer's detectors, which see the lock holders too.
     let (ma, mb) = (s.mutex(1), s.mutex(1));
     let (one, two) = (
         s.spawn(TaskOpts::named("one"), 2),
@@ -273,6 +275,374 @@ fn rebuild_reproduces_live_state_without_false_findings() {
         c
     };
     assert_eq!(counts(&late), counts(server));
+}
+
+/// Applies a whole rebuild (as a viewer does) to an empty model.
+fn late_model(server: &Model) -> Model {
+    let mut bytes = Vec::new();
+    viewer::rebuild(server, &mut bytes);
+    let mut late = Model::new(server.config.clone());
+    let mut pos = 0;
+    while let Some((m, used)) = viewer::decode_message(&bytes[pos..], pos as u64).unwrap() {
+        pos += used;
+        viewer::apply(&mut late, &m, 0);
+    }
+    assert_eq!(pos, bytes.len());
+    late
+}
+
+/// What the views show of a model: the JSON report (processes with their
+/// counters, summaries and resources; live and retained tasks with polls,
+/// times, histograms, wakes, await trees and logs; findings), and the
+/// histograms, leaves, holders and counters the report does not carry.
+fn shown(m: &Model) -> (serde_json::Value, Vec<String>) {
+    let report = serde_json::to_value(Report::from_model(m)).unwrap();
+    let mut more = Vec::new();
+    for p in m.processes() {
+        let now = p.now;
+        more.push(format!(
+            "process {:?} hellos={} dropped={:?} collector_dropped={} threads={:?}",
+            p.key,
+            p.hellos,
+            p.dropped,
+            p.collector_dropped,
+            {
+                let mut t: Vec<_> = p
+                    .threads
+                    .iter()
+                    .map(|(id, t)| (*id, t.name.clone()))
+                    .collect();
+                t.sort();
+                t
+            }
+        ));
+        let mut tasks: Vec<_> = p.tasks.values().chain(p.completed.iter()).collect();
+        tasks.sort_by_key(|t| t.id);
+        for t in tasks {
+            let h = t.histograms();
+            let (poll, sched) = match &h {
+                Some(h) => (
+                    h.poll_us
+                        .iter_recorded()
+                        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                        .collect(),
+                    h.scheduled_us
+                        .iter_recorded()
+                        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                        .collect(),
+                ),
+                None => (Vec::new(), Vec::new()),
+            };
+            more.push(format!(
+                "task {} polls={} busy={} sched={} idle={} max={} poll_us={poll:?} sched_us={sched:?} \
+                 leaf={:?} woken_by={:?} pending={:?} running={:?}",
+                t.id.0,
+                t.polls_view(),
+                t.busy_view(now),
+                t.scheduled_view(now),
+                t.idle_view(now),
+                t.max_poll_ns,
+                t.leaf,
+                t.woken_by,
+                t.pending_poll,
+                t.poll_start,
+            ));
+        }
+        let mut res: Vec<_> = p.resources.values().collect();
+        res.sort_by_key(|r| r.id);
+        for r in res {
+            more.push(format!(
+                "resource {} holders={:?} state={:?}",
+                r.id.0, r.holders, r.state
+            ));
+        }
+    }
+    (report, more)
+}
+
+/// A realistic stream in two halves, around a viewer's join: workers that
+/// poll, sleep and complete (more than retained, so some are summarised),
+/// a long poll, a mutex held and waited on, a deadlock, a lost waker,
+/// errors, a panic, a task in the middle of a poll at the join; then more
+/// polls of the same tasks, an unlock, completions and the goodbye.
+fn realistic_stream() -> (Vec<Frame>, Vec<Frame>, u64) {
+    let mut b = StreamBuilder::new(4, 4_000);
+    b.hello("shop", None, false);
+    b.thread(0);
+    let timer = b.resource("Sleep", "timer", 3, 1);
+    let mut workers = Vec::new();
+    for i in 0..12u64 {
+        let t = b.spawn(&TaskOpts::named(&format!("worker-{i}")), None, 10 + i);
+        workers.push(t);
+    }
+    let mut ts = MS;
+    for round in 0..6u64 {
+        for (i, &t) in workers.iter().enumerate() {
+            let i = i as u64;
+            if round > 0 {
+                b.waker(t, WakeOp::Wake, None, ts);
+                ts += 50_000 * (i + 1);
+            }
+            b.enter(t, ts);
+            b.enter(timer, ts + 10);
+            b.exit(timer, ts + 20);
+            b.waker(t, WakeOp::Clone, None, ts + 20);
+            ts += 30_000 * (round + 1) * (i + 1);
+            b.exit(t, ts);
+            ts += 1_000;
+        }
+        b.flush();
+    }
+    // Half of the workers complete: more than the three kept in detail.
+    for &t in &workers[..6] {
+        b.waker(t, WakeOp::Wake, None, ts);
+        b.finish_task(t, CloseKind::Completed, ts + 5_000);
+        ts += 10_000;
+    }
+    // A long poll.
+    let slow = b.spawn(&TaskOpts::named("slow"), None, ts);
+    b.poll(slow, ts + 1_000, ts + 300 * MS);
+    ts += 301 * MS;
+    // A mutex held by one task and waited on by another.
+    let m = b.resource("Mutex", "Sync", 40, ts);
+    let (holder, waiter) = (
+        b.spawn(&TaskOpts::named("holder"), None, ts + 1),
+        b.spawn(&TaskOpts::named("waiter"), None, ts + 2),
+    );
+    b.enter(holder, ts + 10)
+        .lock(holder, m, true, ts + 11)
+        .exit(holder, ts + 12);
+    b.enter(waiter, ts + 20).lock(waiter, m, false, ts + 21);
+    b.waker(waiter, WakeOp::Clone, None, ts + 21)
+        .exit(waiter, ts + 22);
+    // Two tasks taking two mutexes in opposite order.
+    let (ma, mb) = (
+        b.resource("Mutex", "Sync", 50, ts),
+        b.resource("Mutex", "Sync", 51, ts),
+    );
+    let (one, two) = (
+        b.spawn(&TaskOpts::named("one"), None, ts + 30),
+        b.spawn(&TaskOpts::named("two"), None, ts + 30),
+    );
+    b.enter(one, ts + 31)
+        .lock(one, ma, true, ts + 32)
+        .exit(one, ts + 33);
+    b.enter(two, ts + 34)
+        .lock(two, mb, true, ts + 35)
+        .exit(two, ts + 36);
+    b.waker(one, WakeOp::Wake, None, ts + 37);
+    b.enter(one, ts + 38).lock(one, mb, false, ts + 39);
+    b.waker(one, WakeOp::Clone, None, ts + 39)
+        .exit(one, ts + 40);
+    b.waker(two, WakeOp::Wake, None, ts + 41);
+    b.enter(two, ts + 42).lock(two, ma, false, ts + 43);
+    b.waker(two, WakeOp::Clone, None, ts + 43)
+        .exit(two, ts + 44);
+    // Pending without a waker; logging errors.
+    let lost = b.spawn(&TaskOpts::named("lost"), None, ts + 50);
+    b.poll(lost, ts + 51, ts + 52);
+    b.event(
+        Level::Error,
+        Some(lost),
+        None,
+        "invoice template missing",
+        ts + 53,
+    );
+    b.event(Level::Warn, Some(lost), None, "retrying", ts + 54);
+    // A panic.
+    let doomed = b.spawn(&TaskOpts::named("doomed"), None, ts + 60);
+    b.enter(doomed, ts + 61);
+    b.panic(Some(doomed), "index out of bounds", ts + 62);
+    b.exit(doomed, ts + 63)
+        .close(doomed, CloseKind::Panicked, ts + 64);
+    // In the middle of a poll at the join, on another thread.
+    ts += 100;
+    b.thread(1);
+    let busy = b.spawn(&TaskOpts::named("busy"), None, ts);
+    b.enter(busy, ts + 1);
+    b.thread(0);
+    let join = ts + 2_000 * MS;
+    let before = b.take_frames();
+
+    // After the join: the same tasks go on.
+    b.thread(1);
+    ts = join;
+    b.exit(busy, ts + 10);
+    b.thread(0);
+    for &t in &workers[6..] {
+        b.waker(t, WakeOp::Wake, None, ts + 20);
+        b.poll(t, ts + 30, ts + 30 + 7 * MS);
+        ts += 8 * MS;
+    }
+    b.enter(holder, ts + 1)
+        .unlock(holder, m, ts + 2)
+        .exit(holder, ts + 3);
+    b.waker(waiter, WakeOp::Wake, None, ts + 4);
+    b.enter(waiter, ts + 5)
+        .lock(waiter, m, true, ts + 6)
+        .exit(waiter, ts + 7);
+    b.finish_task(waiter, CloseKind::Completed, ts + 8);
+    b.finish_task(workers[6], CloseKind::Cancelled, ts + 20);
+    let late_one = b.spawn(&TaskOpts::named("late"), None, ts + 30);
+    b.poll(late_one, ts + 31, ts + 32);
+    b.goodbye();
+    (before, b.take_frames(), join)
+}
+
+/// A late viewer's model equals the server's on everything the views
+/// show, history included (poll counts, busy and scheduled times,
+/// histograms, completed and summarised tasks, resource holders,
+/// findings), at the join and after both applied the rest of the stream.
+#[test]
+fn late_viewer_model_equals_the_servers_on_what_views_show() {
+    let cfg = Config {
+        // Scans only when told, at the same times in both models.
+        scan_interval_ns: u64::MAX / 4,
+        retention: Retention {
+            completed_max_count: 3,
+            ..Retention::default()
+        },
+        ..Config::default()
+    };
+    let (before, after, join) = realistic_stream();
+    let key = before[0].process;
+    let mut server = Model::new(cfg);
+    for f in &before {
+        server.apply(f);
+    }
+    server.scan_wall(key.start_unix_ns + join);
+
+    let mut late = late_model(&server);
+    assert_eq!(shown(&late), shown(&server));
+    // The stream has what the comparison is meant to cover.
+    let p = late.process(&key).unwrap();
+    assert!(!p.summary.is_empty() && p.completed.len() == 3);
+    assert!(p.resources.values().any(|r| !r.holders.is_empty()));
+    assert!(p
+        .tasks
+        .values()
+        .any(|t| t.polls >= 5 && t.histograms().is_some()));
+    assert!(p.tasks.values().any(|t| t.poll_start.is_some()));
+    let kinds: BTreeSet<String> = finding_set(&late).into_iter().map(|(k, _)| k).collect();
+    for k in ["deadlock", "error", "long_poll", "lost_waker", "panic"] {
+        assert!(kinds.contains(k), "{k} in {kinds:?}");
+    }
+
+    for f in &after {
+        server.apply(f);
+        late.apply(f);
+    }
+    for t in [join + 500 * MS, join + 20_000 * MS] {
+        server.scan_wall(key.start_unix_ns + t);
+        late.scan_wall(key.start_unix_ns + t);
+    }
+    server.finish();
+    late.finish();
+    assert_eq!(shown(&late), shown(&server));
+}
+
+/// A snapshot message that is cut short, corrupt, of another format
+/// version or over the cap is refused with an error, never a panic; a
+/// message still arriving is waited for.
+#[test]
+fn bad_snapshot_messages_are_errors() {
+    let (before, _, _) = realistic_stream();
+    let mut server = Model::default();
+    for f in &before {
+        server.apply(f);
+    }
+    let mut good = Vec::new();
+    viewer::encode_snapshot(
+        &server.snapshot_process(&before[0].process).unwrap(),
+        &mut good,
+    );
+    let (m, used) = viewer::decode_message(&good, 0).unwrap().unwrap();
+    assert_eq!(used, good.len());
+    assert!(matches!(m, Message::Snapshot(_)));
+    // Still arriving: not an error.
+    for n in [0, 1, 4, 5, good.len() / 2, good.len() - 1] {
+        assert!(
+            viewer::decode_message(&good[..n], 0).unwrap().is_none(),
+            "{n} bytes"
+        );
+    }
+    let body = &good[5..];
+    let with_body = |body: &[u8]| {
+        let mut m = vec![good[0]];
+        m.extend((body.len() as u32).to_le_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let bad = |msg: &[u8]| match viewer::decode_message(msg, 7) {
+        Err(e @ viewer::MessageError::Snapshot { .. }) => e.to_string(),
+        other => panic!("expected a snapshot error, got {other:?}"),
+    };
+    // Truncated at every length (the length prefix saying so).
+    for n in (0..body.len()).step_by(97) {
+        bad(&with_body(&body[..n]));
+    }
+    // Bytes after its end.
+    let mut longer = body.to_vec();
+    longer.push(0);
+    assert!(bad(&with_body(&longer)).contains("after its end"));
+    // Garbage, and garbage after a valid start.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    for n in [1, 2, 16, 1000, 100_000] {
+        let mut g = noise(n);
+        g[0] = 1; // the version
+        let _ = viewer::decode_message(&with_body(&g), 0);
+        let mut g = body[..body.len() / 3].to_vec();
+        g.extend(noise(n));
+        let _ = viewer::decode_message(&with_body(&g), 0);
+    }
+    // Another version.
+    let mut other = body.to_vec();
+    other[0] = 9;
+    let e = bad(&with_body(&other));
+    assert!(e.contains("version 9"), "{e}");
+    assert!(e.contains("offset 7"), "{e}");
+    // Over the cap: refused from its length alone.
+    let mut huge = vec![good[0]];
+    huge.extend(((viewer::MAX_SNAPSHOT_LEN + 1) as u32).to_le_bytes());
+    assert!(bad(&huge).contains("exceed the cap"));
+}
+
+/// A snapshot over the cap is sent smaller, with a note, and still
+/// decodes.
+#[test]
+fn snapshots_over_the_cap_leave_parts_out() {
+    let (before, _, _) = realistic_stream();
+    let mut server = Model::default();
+    for f in &before {
+        server.apply(f);
+    }
+    let s = server.snapshot_process(&before[0].process).unwrap();
+    let mut whole = Vec::new();
+    s.encode(&mut whole);
+    let cap = whole.len() / 2;
+    let mut small = Vec::new();
+    s.encode_capped(cap, &mut small);
+    assert!(small.len() <= cap, "{} > {cap}", small.len());
+    let back = awaitscope_collector::model::ProcessSnapshot::decode(&small).unwrap();
+    assert!(back.live_tasks() < s.live_tasks() && back.live_tasks() > 0);
+    let mut late = Model::default();
+    late.restore_process(&back);
+    let p = late.process(&back.key()).unwrap();
+    assert!(
+        p.notes.iter().any(|n| n.contains("left out")),
+        "{:?}",
+        p.notes
+    );
 }
 
 /// A producer's stream so far: hello, `n` tasks named `prefix-i`, each

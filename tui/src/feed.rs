@@ -156,11 +156,12 @@ struct ConnState {
     generation: u64,
 }
 
-/// A running `awaitscope serve`, over TCP: its model is rebuilt here from
-/// the state it sends on connect, then follows every frame it applies. On
-/// a lost connection the last model stays on screen (frozen) while a
-/// thread of its own reconnects with backoff; a new connection rebuilds
-/// the model from scratch. The UI thread never touches the network.
+/// A running `awaitscope serve`, over TCP: its model is installed here from
+/// the snapshots of its processes it sends on connect (history included),
+/// then follows every frame it applies. On a lost connection the last model
+/// stays on screen (frozen) while a thread of its own reconnects with
+/// backoff; a new connection rebuilds the model from scratch. The UI thread
+/// never touches the network.
 pub struct ConnectFeed {
     model: Arc<Mutex<Model>>,
     state: Arc<Mutex<ConnState>>,
@@ -272,8 +273,10 @@ fn connect_loop(
 }
 
 /// Reads from a connected serve until the connection ends (`Some(why)`) or
-/// the feed is dropped (`None`). The model is replaced once the rebuild is
-/// complete; until then the previous one stays on screen.
+/// the feed is dropped (`None`). The model is replaced once the serve's
+/// state is complete (its snapshots, episodes and findings, then `Synced`);
+/// until then the previous one stays on screen, and stays there if what
+/// arrives does not decode (a snapshot over the cap, or corrupt).
 fn follow(
     addr: &str,
     mut client: Client,

@@ -337,3 +337,61 @@ fn connect_feed_shows_a_refusal_and_connects_with_the_token() {
     drop((refused, admitted));
     serve.stop();
 }
+
+/// A serve that sends a snapshot the UI cannot decode: the feed says so
+/// and keeps the model it had, rather than showing a half-built one.
+#[test]
+fn connect_feed_keeps_its_model_on_a_bad_snapshot() {
+    use awaitscope_collector::ingest::viewer;
+    use awaitscope_collector::testing::{Scenario, TaskOpts};
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    let mut s = Scenario::new();
+    let t = s.spawn(TaskOpts::named("kept"), 10);
+    s.poll(t, 20, 30);
+    let model = s.finish();
+    let key = model.processes().next().unwrap().key;
+    let mut good = viewer::reply(None);
+    viewer::rebuild(&model, &mut good);
+    let mut snapshot = Vec::new();
+    viewer::encode_snapshot(&model.snapshot_process(&key).unwrap(), &mut snapshot);
+    // Cut short, its length saying so.
+    let body = snapshot[5..snapshot.len() / 2].to_vec();
+    let mut bad = viewer::reply(None);
+    bad.push(snapshot[0]);
+    bad.extend((body.len() as u32).to_le_bytes());
+    bad.extend(body);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (close, closed) = mpsc::channel::<()>();
+    let fake = std::thread::spawn(move || {
+        for answer in [good, bad] {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut greeting = [0u8; viewer::GREETING_HEAD];
+            c.read_exact(&mut greeting).unwrap();
+            c.write_all(&answer).unwrap();
+            // Held open: the feed must not need the close to act.
+            let _ = closed.recv();
+        }
+    });
+    let feed = ConnectFeed::start(addr.to_string(), None);
+    let kept = |feed: &ConnectFeed| {
+        feed.with_model(|m| {
+            m.processes()
+                .flat_map(|p| p.tasks.values())
+                .any(|t| t.name.as_deref() == Some("kept") && t.polls_view() == 1)
+        })
+    };
+    wait_until("the first state", || feed.connected() && kept(&feed));
+    close.send(()).unwrap();
+    wait_until("the bad snapshot reported", || {
+        let (status, ok) = feed.status();
+        !ok && status.contains("bad snapshot message")
+    });
+    assert!(kept(&feed), "the model shown before is kept");
+    drop(feed);
+    close.send(()).unwrap();
+    fake.join().unwrap();
+}

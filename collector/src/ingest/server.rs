@@ -832,14 +832,18 @@ async fn viewer_connection(
         return;
     }
     let q = Arc::new(ViewerQueue::new(shared.cfg.viewer_queue_bytes));
-    let mut first = viewer::reply(None);
-    let processes = {
+    let rebuild = {
         let mut m = lock(&shared.model);
         shared.merge_drops(&mut m);
-        viewer::rebuild(&m, &mut first);
+        let r = viewer::Rebuild::of(&m);
         shared.viewers.add(q.clone());
-        m.processes().count()
+        r
     };
+    // Encoded outside the model lock: what is applied meanwhile waits in
+    // the viewer's queue, written after this.
+    let processes = rebuild.processes();
+    let mut first = viewer::reply(None);
+    rebuild.encode(&mut first);
     shared.stats.viewers.fetch_add(1, Ordering::Relaxed);
     shared.stats.viewers_active.fetch_add(1, Ordering::Relaxed);
     info!(%peer, processes, bytes = first.len(), "viewer connected");

@@ -18,6 +18,8 @@
 //! message          = kind (u8) body
 //!   kind 0, frame:   a wire frame exactly as producers send it: length (u32 LE) postcard `Frame`
 //!   kind 1, control: length (u32 LE) JSON of a [`Control`] (at most MAX_CONTROL_LEN bytes)
+//!   kind 2, snapshot: length (u32 LE) postcard [`ProcessSnapshot`], starting with its format
+//!                    version (at most MAX_SNAPSHOT_LEN bytes)
 //! ```
 //!
 //! The token rules are the producers' (`--token` / `AWAITSCOPE_TOKEN`,
@@ -27,32 +29,37 @@
 //! # Late join
 //!
 //! A viewer that connects while producers already run first gets, per
-//! process, the frames that rebuild the server's model of it
-//! ([`rebuild`]): its `Hello`, callsites, thread names, the completed tasks
-//! still kept in detail (how and when they ended), live spans and tasks with
-//! their fields, each live task's poll state and await tree, the producer's
-//! and the server's drop counts, notes, and whether it is still connected;
-//! then the server's findings and [`Control::Synced`]. From then on it gets every frame the
-//! server applies, in the order it applies them.
+//! process, a snapshot of the server's model of it (a
+//! [`ProcessSnapshot`], installed with [`Model::restore_process`]): its
+//! `Hello` (without the token), callsites, threads and their entered spans,
+//! live spans, live and retained tasks with their whole history (poll
+//! counts, busy and scheduled times, histograms, wakes and wakers, poll
+//! state, await tree, logs), the summaries of the completed tasks no longer
+//! kept in detail, resources with their holders and state, the producer's
+//! and the server's drop counts, notes, counters, and whether it is still
+//! connected. Each snapshot is followed by the detector episodes in
+//! progress in that process ([`Control::Ongoing`] per task,
+//! [`Control::OngoingInProcess`] for deadlocks and reported drops), which
+//! are detector memory rather than model state; then come the server's
+//! findings ([`Control::Finding`], with their deduplication keys so that the
+//! viewer's own detectors add to them rather than repeat them) and
+//! [`Control::Synced`]. From then on the viewer gets every frame the server
+//! applies, in the order it applies them.
 //!
-//! The rebuild is synthesized from the server's [`Model`] rather than from
-//! a log of the frames seen: the model already holds exactly the live
-//! state, bounded by its own retention, so a late join costs no memory and
-//! no work on the ingest path until a viewer actually connects. (Keeping
-//! per-producer copies of the live spans, as the producer's own reconnect
-//! handshake does, would duplicate the model's largest maps for every
-//! producer, all the time.) It is built and the viewer registered under the
-//! model lock, so no frame is missed or seen twice between the two.
+//! The snapshots are taken from the server's [`Model`] rather than from a
+//! log of the frames seen: the model already holds exactly the state,
+//! bounded by its own retention, so a late join costs no memory and no work
+//! on the ingest path until a viewer actually connects. They are taken and
+//! the viewer registered under the model lock, so no frame is missed or
+//! seen twice between the two.
 //!
-//! What a rebuild cannot carry, because the wire format has no event for
-//! it: history. Poll counts, busy and scheduled times and histograms of a
-//! late viewer count from its join (each polled task shows its last poll,
-//! after a zero-length first poll at its spawn that keeps detectors from
-//! reading the spawn-to-now gap as starvation); the summaries of completed
-//! tasks no longer kept in detail and the holders of resources are not
-//! re-sent. The server's findings are, as control messages
-//! ([`Control::Finding`]), with their deduplication keys so that the
-//! viewer's own detectors add to them rather than repeat them.
+//! A snapshot message is at most [`MAX_SNAPSHOT_LEN`] bytes: a process
+//! whose snapshot would be larger is sent without its completed tasks, then
+//! without the live tasks, resources and spans that do not fit, with a note
+//! saying so (at a few hundred bytes per task, the cap holds well over
+//! 100,000 live tasks). A viewer refuses a longer snapshot message, or one
+//! that does not decode, as bad data from the server, before touching its
+//! model.
 //!
 //! # Slow viewers
 //!
@@ -74,23 +81,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use awaitscope_wire::{
-    decode_frame, encode_frame, limits, Body, CloseKind, DecodeError, EncodeError, Event, Frame,
-    ProcessKey, SpanId, TreeNode, WakeOp,
+    decode_frame, encode_frame, limits, Body, DecodeError, EncodeError, Event, Frame, ProcessKey,
+    SpanId,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::model::await_tree::AwaitTree;
-use crate::model::{Process, Task, TaskState};
+use crate::model::{Process, ProcessSnapshot, Task};
 use crate::{Finding, FindingKind, Model};
 
 /// First eight bytes a viewer sends (and the server answers with).
 pub const VIEWER_MAGIC: [u8; 8] = *b"AWSVIEW\0";
 
-/// Version of the viewer protocol.
-pub const VIEWER_VERSION: u16 = 1;
+/// Version of the viewer protocol (2: late joins get snapshots).
+pub const VIEWER_VERSION: u16 = 2;
 
 /// Largest control message, in bytes.
 pub const MAX_CONTROL_LEN: usize = 64 * 1024;
+
+/// Largest snapshot message (one process), in bytes.
+pub const MAX_SNAPSHOT_LEN: usize = 64 << 20;
 
 /// Longest token a viewer may present, in bytes (the wire's string cap).
 pub const MAX_TOKEN_LEN: usize = limits::MAX_STR_LEN;
@@ -102,20 +111,13 @@ const STATUS_ACCEPTED: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
 const KIND_FRAME: u8 = 0;
 const KIND_CONTROL: u8 = 1;
-
-/// The thread the rebuilt poll states are replayed on: one no producer uses
-/// (producers number threads from 0; the model folds overflow into
-/// `u32::MAX`).
-const REBUILD_THREAD: u32 = u32::MAX - 1;
-
-/// Most `Wake { op: Clone }` events sent to restore a task's live wakers.
-const MAX_WAKER_CLONES: u64 = 1024;
+const KIND_SNAPSHOT: u8 = 2;
 
 /// A message of the server that is not a wire frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// The initial state has been sent: the viewer's model now matches the
-    /// server's (as far as frames can rebuild it).
+    /// server's.
     Synced,
     /// A producer's connection ended (`clean`: after its `Goodbye`, or the
     /// note was already sent).
@@ -140,11 +142,10 @@ pub enum Control {
         /// The note.
         text: String,
     },
-    /// Forget the findings made so far (of the rebuilt history): the
-    /// server's follow.
+    /// Forget the findings made so far: the server's follow.
     ResetFindings,
     /// A finding of the server's model, with its deduplication key (sent
-    /// in the rebuild: the events it was found in are history).
+    /// on joining: the events it was found in are history).
     Finding {
         /// Deduplication key within kind and process.
         key: String,
@@ -161,6 +162,16 @@ pub enum Control {
         /// The kinds of finding.
         kinds: Vec<FindingKind>,
     },
+    /// Detector episodes in progress in a process as a whole (continued,
+    /// not counted again, by the viewer's detectors).
+    OngoingInProcess {
+        /// The process.
+        process: ProcessKey,
+        /// Deduplication keys of the deadlocks in progress.
+        deadlocks: Vec<String>,
+        /// Producer and collector drops already reported as findings.
+        reported_drops: (u64, u64),
+    },
 }
 
 /// One message from the server.
@@ -170,6 +181,8 @@ pub enum Message {
     Frame(Frame),
     /// A control message.
     Control(Control),
+    /// The state of one process, to install in the model.
+    Snapshot(Box<ProcessSnapshot>),
 }
 
 /// Why the server's byte stream could not be decoded.
@@ -189,6 +202,14 @@ pub enum MessageError {
     /// A control message was too long or not valid.
     #[error("bad control message at offset {offset}: {reason}")]
     Control {
+        /// Offset.
+        offset: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A snapshot message was too long or not valid.
+    #[error("bad snapshot message at offset {offset}: {reason}")]
+    Snapshot {
         /// Offset.
         offset: u64,
         /// Why.
@@ -343,6 +364,27 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
                 })?;
             Ok(Some((Message::Control(c), 5 + len)))
         }
+        KIND_SNAPSHOT => {
+            if buf.len() < 5 {
+                return Ok(None);
+            }
+            let len = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len > MAX_SNAPSHOT_LEN {
+                return Err(MessageError::Snapshot {
+                    offset,
+                    reason: format!("{len} bytes exceed the cap of {MAX_SNAPSHOT_LEN}"),
+                });
+            }
+            if buf.len() < 5 + len {
+                return Ok(None);
+            }
+            let s =
+                ProcessSnapshot::decode(&buf[5..5 + len]).map_err(|e| MessageError::Snapshot {
+                    offset,
+                    reason: e.to_string(),
+                })?;
+            Ok(Some((Message::Snapshot(Box::new(s)), 5 + len)))
+        }
         kind => Err(MessageError::Kind { kind, offset }),
     }
 }
@@ -352,6 +394,13 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
 pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
     match msg {
         Message::Frame(f) => model.apply_live(f, wall_unix_ns),
+        Message::Snapshot(s) => {
+            model.restore_process(s);
+            // As if its state had just arrived live (see `Model::apply_live`).
+            if let Some(p) = model.process_mut(&s.key()) {
+                p.last_wall = Some((wall_unix_ns, p.now));
+            }
+        }
         Message::Control(Control::Synced) => {}
         Message::Control(Control::Disconnected { process, clean }) => {
             model.disconnected(*process, *clean)
@@ -378,349 +427,152 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
                 }
             }
         }
+        Message::Control(Control::OngoingInProcess {
+            process,
+            deadlocks,
+            reported_drops,
+        }) => {
+            if let Some(p) = model.process_mut(process) {
+                p.deadlocks_active.extend(deadlocks.iter().cloned());
+                p.dropped_reported = *reported_drops;
+            }
+        }
     }
 }
 
 // ---------------------------------------------------------------------------
-// The rebuild: frames that bring an empty model to the server's state.
+// The rebuild: the server's state, as snapshots and control messages.
 
-/// Appends to `out` the messages that rebuild `model` in an empty one (see
-/// the module doc), ending with [`Control::Synced`].
+/// Appends to `out` the messages that bring an empty model to `model`'s
+/// state (see the module doc), ending with [`Control::Synced`].
 pub fn rebuild(model: &Model, out: &mut Vec<u8>) {
-    for p in model.processes() {
-        rebuild_process(p, out);
+    Rebuild::of(model).encode(out);
+}
+
+/// What a late viewer gets, taken from the model (under its lock) apart
+/// from encoding it (after the lock is released).
+pub struct Rebuild {
+    /// Per process: its snapshot and its detector episodes in progress.
+    processes: Vec<(ProcessSnapshot, Vec<Control>)>,
+    /// The server's findings, with their keys.
+    findings: Vec<(String, Finding)>,
+}
+
+impl Rebuild {
+    /// Takes the state of `model`.
+    pub fn of(model: &Model) -> Rebuild {
+        Rebuild {
+            processes: model
+                .processes()
+                .map(|p| (ProcessSnapshot::of(p), episodes(p)))
+                .collect(),
+            findings: model
+                .findings()
+                .keyed()
+                .into_iter()
+                .map(|(k, f)| (k.to_string(), f.clone()))
+                .collect(),
+        }
     }
-    // The findings the viewer's model made of the rebuilt history are
-    // replaced by the server's.
-    encode_control(&Control::ResetFindings, out);
-    for (key, f) in model.findings().keyed() {
-        let mut c = Control::Finding {
-            key: key.to_string(),
-            finding: f.clone(),
-        };
-        if control_len(&c) > MAX_CONTROL_LEN {
-            // Long traces or task lists: keep their start.
-            if let Control::Finding { finding, .. } = &mut c {
-                finding.trace.truncate(16);
-                finding.tasks.truncate(8);
+
+    /// Processes in it.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Appends the messages to `out`, ending with [`Control::Synced`].
+    pub fn encode(self, out: &mut Vec<u8>) {
+        for (snapshot, episodes) in &self.processes {
+            encode_snapshot(snapshot, out);
+            for c in episodes {
+                encode_control(c, out);
             }
         }
-        if control_len(&c) <= MAX_CONTROL_LEN {
-            encode_control(&c, out);
+        // Whatever findings the viewer's model had are replaced by the
+        // server's.
+        encode_control(&Control::ResetFindings, out);
+        for (key, finding) in self.findings {
+            let mut c = Control::Finding { key, finding };
+            if control_len(&c) > MAX_CONTROL_LEN {
+                // Long traces or task lists: keep their start.
+                if let Control::Finding { finding, .. } = &mut c {
+                    finding.trace.truncate(16);
+                    finding.tasks.truncate(8);
+                }
+            }
+            if control_len(&c) <= MAX_CONTROL_LEN {
+                encode_control(&c, out);
+            }
         }
-    }
-    encode_control(&Control::Synced, out);
-}
-
-fn frame(p: &Process, body: Body) -> Frame {
-    // Sequence 0 never counts as a gap in the viewer's model.
-    Frame {
-        process: p.key,
-        seq: 0,
-        body,
+        encode_control(&Control::Synced, out);
     }
 }
 
-/// Encodes `events` as frames of at most [`limits::MAX_BATCH`] events,
-/// splitting any that exceed the size cap.
-fn encode_events(p: &Process, events: Vec<Event>, out: &mut Vec<u8>) {
-    for chunk in events.chunks(limits::MAX_BATCH) {
-        encode_split(p, chunk, out);
-    }
-}
-
-fn encode_split(p: &Process, events: &[Event], out: &mut Vec<u8>) {
-    if events.is_empty() {
+/// Appends `s` as a message to `out`, within [`MAX_SNAPSHOT_LEN`] (see
+/// [`ProcessSnapshot::encode_capped`]). A process whose snapshot cannot be
+/// brought under the cap is sent as a note saying so.
+pub fn encode_snapshot(s: &ProcessSnapshot, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.push(KIND_SNAPSHOT);
+    out.extend_from_slice(&[0; 4]);
+    s.encode_capped(MAX_SNAPSHOT_LEN, out);
+    let len = out.len() - start - 5;
+    if len > MAX_SNAPSHOT_LEN {
+        out.truncate(start);
+        encode_control(
+            &Control::Note {
+                process: s.key(),
+                text: format!(
+                    "the state of this process exceeds the viewer's snapshot cap of \
+                     {MAX_SNAPSHOT_LEN} bytes: not shown here"
+                ),
+            },
+            out,
+        );
         return;
     }
-    match encode_frame_msg(&frame(p, Body::Events(events.to_vec())), out) {
-        Err(EncodeError::FrameTooLarge(_)) if events.len() > 1 => {
-            let (a, b) = events.split_at(events.len() / 2);
-            encode_split(p, a, out);
-            encode_split(p, b, out);
-        }
-        // One capped event always fits; nothing else can fail.
-        _ => {}
-    }
+    out[start + 1..start + 5].copy_from_slice(&(len as u32).to_le_bytes());
 }
 
-fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
-    if let Some(info) = &p.info {
-        let mut info = info.clone();
-        info.token = None;
-        let _ = encode_frame_msg(&frame(p, Body::Hello(info)), out);
-    }
-    // Callsites first: everything else refers to them.
-    let mut callsites: Vec<_> = p.callsites.values().collect();
-    callsites.sort_by_key(|c| c.id);
-    encode_events(
-        p,
-        callsites
-            .into_iter()
-            .cloned()
-            .map(|c| Event::Callsite(Box::new(c)))
-            .collect(),
-        out,
-    );
-    // Thread names, in a frame of their own: a batch with several `Thread`
-    // events is merged by timestamp across threads.
-    let mut threads: Vec<_> = p
-        .threads
-        .iter()
-        .filter_map(|(id, t)| Some((*id, t.name.clone()?)))
-        .collect();
-    threads.sort();
-    for (id, name) in threads {
-        let ev = vec![Event::Thread {
-            id,
-            name: Some(name),
-        }];
-        encode_events(p, ev, out);
-    }
-    // The process clock, in a frame of its own before anything that has a
-    // time: the model scans (at most) once, here, on no tasks, and not
-    // again while it is half rebuilt (no later event is newer). No span has
-    // id 0: an exit of it changes nothing but the clock.
-    let clock = vec![
-        Event::Thread {
-            id: REBUILD_THREAD,
-            name: None,
-        },
-        Event::Exit {
-            span: SpanId(0),
-            ts: p.now,
-        },
-    ];
-    encode_events(p, clock, out);
-    // Then one run on that thread, applied in order: completed tasks,
-    // spans, live tasks, their poll states and await trees.
-    let mut events = Vec::new();
-    // Completed tasks, oldest first: created and closed (their polls are
-    // history: they show none).
-    for t in &p.completed {
-        let Some(closed) = t.closed else { continue };
-        events.push(task_new(t));
-        if t.polls > 0 {
-            // A zero-length poll at the spawn: not scheduled all its life.
-            events.push(Event::Enter {
-                span: t.id,
-                ts: t.created,
-            });
-            events.push(Event::Exit {
-                span: t.id,
-                ts: t.created,
-            });
-        }
-        let kind = match t.state {
-            TaskState::Cancelled => CloseKind::Cancelled,
-            TaskState::Panicked => CloseKind::Panicked,
-            _ => CloseKind::Completed,
-        };
-        if let (CloseKind::Panicked, Some(message)) = (kind, &t.panic) {
-            events.push(Event::Panic(Box::new(awaitscope_wire::Panic {
-                task: Some(t.id),
-                span: None,
-                message: message.clone(),
-                file: None,
-                line: None,
-                ts: closed,
-                trace: Vec::new(),
-            })));
-        }
-        events.push(Event::Close {
-            span: t.id,
-            kind,
-            ts: closed,
-        });
-    }
-    let mut spans: Vec<_> = p.spans.iter().collect();
-    spans.sort_by_key(|(id, _)| **id);
-    events.extend(spans.into_iter().map(|(id, s)| {
-        Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
-            id: *id,
-            callsite: s.callsite,
-            parent: s.parent,
-            ctx_task: s.ctx_task,
-            ctx_span: None,
-            ts: s.created,
-            fields: s.fields.clone(),
-        }))
-    }));
+/// The detector episodes in progress in `p` (detector memory, not part of
+/// the snapshot), so that the viewer's detectors continue them rather than
+/// count them again.
+fn episodes(p: &Process) -> Vec<Control> {
+    let mut out = Vec::new();
     let mut tasks: Vec<&Task> = p.tasks.values().collect();
     tasks.sort_by_key(|t| t.id);
-    events.extend(tasks.iter().map(|t| task_new(t)));
-    for t in &tasks {
-        task_state(t, p.now, &mut events);
-    }
-    encode_events(p, events, out);
-    // Detector episodes in progress, so that the viewer continues them
-    // rather than counting them again.
-    for t in &tasks {
+    for t in tasks {
         let kinds: Vec<FindingKind> = FindingKind::ALL
             .into_iter()
             .filter(|k| t.flag(k.bit()))
             .collect();
         if !kinds.is_empty() {
-            encode_control(
-                &Control::Ongoing {
-                    process: p.key,
-                    task: t.id,
-                    kinds,
-                },
-                out,
-            );
-        }
-    }
-
-    if p.dropped.total() > 0 {
-        let _ = encode_frame_msg(&frame(p, Body::Dropped(p.dropped)), out);
-    }
-    if p.collector_dropped > 0 {
-        encode_control(
-            &Control::Dropped {
+            out.push(Control::Ongoing {
                 process: p.key,
-                events: p.collector_dropped,
-            },
-            out,
-        );
-    }
-    for text in &p.notes {
-        encode_control(
-            &Control::Note {
-                process: p.key,
-                text: text.clone(),
-            },
-            out,
-        );
-    }
-    if p.ended {
-        let _ = encode_frame_msg(&frame(p, Body::Goodbye), out);
-    } else if !p.connected {
-        // Its note, if any, was sent above.
-        encode_control(
-            &Control::Disconnected {
-                process: p.key,
-                clean: true,
-            },
-            out,
-        );
-    }
-}
-
-/// The `SpanNew` of a task span.
-fn task_new(t: &Task) -> Event {
-    Event::SpanNew(Box::new(awaitscope_wire::SpanNew {
-        id: t.id,
-        callsite: t.callsite,
-        parent: None,
-        ctx_task: t.parent,
-        ctx_span: t.spawn_span,
-        ts: t.created,
-        fields: t.fields.clone(),
-    }))
-}
-
-/// Events that bring a task just created from its `SpanNew` (scheduled
-/// since its spawn, never polled) to `t`'s state: its last poll, with its
-/// await tree, whether it was woken since, and its live wakers.
-fn task_state(t: &Task, now: u64, out: &mut Vec<Event>) {
-    let id = t.id;
-    let last_end = t.pending_poll.map(|p| p.end).or(t.last_poll_end);
-    let polled = t.poll_start.is_some() || last_end.is_some();
-    if polled {
-        // A zero-length poll at the spawn: the spawn-to-last-poll gap is
-        // not a wait to be polled (that would read as starvation).
-        out.push(Event::Enter {
-            span: id,
-            ts: t.created,
-        });
-        out.push(Event::Exit {
-            span: id,
-            ts: t.created,
-        });
-    }
-    let tree = poll_tree(id, &t.await_tree);
-    if let Some(start) = t.poll_start {
-        // Being polled now, after a previous poll that ended at `end`.
-        if let Some(end) = last_end {
-            out.push(Event::Enter { span: id, ts: end });
-            out.push(Event::Exit { span: id, ts: end });
-        }
-        out.push(Event::Enter {
-            span: id,
-            ts: start,
-        });
-        out.extend(tree);
-        if t.woken_during_poll {
-            out.push(wake(id, WakeOp::WakeByRef, start));
-        }
-    } else if let Some(end) = last_end {
-        let start = t.pending_poll.map_or(end, |p| p.start);
-        out.push(Event::Enter {
-            span: id,
-            ts: start,
-        });
-        // Sent just before the exit that ends the poll, as producers do.
-        out.extend(tree);
-        out.push(Event::Exit { span: id, ts: end });
-        if t.state == TaskState::Scheduled {
-            out.push(wake(
-                id,
-                WakeOp::WakeByRef,
-                t.scheduled_since.unwrap_or(now),
-            ));
-        }
-    } else {
-        // Never polled: scheduled since its spawn, as the `SpanNew` made it.
-        out.extend(tree);
-    }
-    for _ in 0..t.wakers_alive.min(MAX_WAKER_CLONES) {
-        out.push(wake(id, WakeOp::Clone, last_end.unwrap_or(t.created)));
-    }
-}
-
-fn wake(task: SpanId, op: WakeOp, ts: u64) -> Event {
-    Event::Wake {
-        task,
-        op,
-        by: None,
-        ts,
-    }
-}
-
-/// The `PollTree` event of an await tree (none for an empty tree), nodes
-/// in depth-first order so that depths rebuild the same parents.
-fn poll_tree(task: SpanId, tree: &AwaitTree) -> Option<Event> {
-    if tree.nodes.is_empty() {
-        return None;
-    }
-    let n = tree.nodes.len();
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut roots = Vec::new();
-    for (i, node) in tree.nodes.iter().enumerate() {
-        match node.parent.map(usize::from).filter(|&p| p < i) {
-            Some(p) => children[p].push(i),
-            None => roots.push(i),
+                task: t.id,
+                kinds,
+            });
         }
     }
-    let mut spans = Vec::with_capacity(n.min(limits::MAX_TREE));
-    let mut stack: Vec<(usize, u16)> = roots.into_iter().rev().map(|i| (i, 0)).collect();
-    while let Some((i, depth)) = stack.pop() {
-        if spans.len() == limits::MAX_TREE {
-            break;
-        }
-        spans.push(TreeNode {
-            span: tree.nodes[i].span,
-            depth,
-        });
-        stack.extend(
-            children[i]
-                .iter()
-                .rev()
-                .map(|&c| (c, depth.saturating_add(1))),
-        );
+    let mut deadlocks: Vec<String> = p.deadlocks_active.iter().cloned().collect();
+    if deadlocks.is_empty() && p.dropped_reported == (0, 0) {
+        return out;
     }
-    Some(Event::PollTree { task, spans })
+    deadlocks.sort();
+    let mut c = Control::OngoingInProcess {
+        process: p.key,
+        deadlocks,
+        reported_drops: p.dropped_reported,
+    };
+    // Keys are short: only a process with thousands of deadlocks at once
+    // loses some (which the viewer then counts again).
+    while control_len(&c) > MAX_CONTROL_LEN {
+        if let Control::OngoingInProcess { deadlocks, .. } = &mut c {
+            deadlocks.truncate(deadlocks.len() / 2);
+        }
+    }
+    out.push(c);
+    out
 }
 
 // ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ pub mod await_tree;
 pub mod hash;
 pub mod process;
 pub mod resource;
+pub mod snapshot;
 pub mod span;
 pub mod task;
 
@@ -17,6 +18,7 @@ use awaitscope_wire::{Body, Frame, ProcessKey};
 use crate::config::Config;
 use crate::detect::Findings;
 pub use process::Process;
+pub use snapshot::ProcessSnapshot;
 pub use task::{Task, TaskState};
 
 /// Sizes of the model, to check that memory stays bounded.

@@ -24,13 +24,14 @@ const MAX_THREADS: usize = 1 << 12;
 /// Deepest span stack tracked per thread.
 const MAX_STACK: usize = 256;
 
+/// A span on a thread's stack of entered spans.
 #[derive(Clone, Copy, Debug)]
-struct Entered {
-    span: SpanId,
+pub(crate) struct Entered {
+    pub(crate) span: SpanId,
     /// The task whose poll this span was entered in.
-    task: Option<SpanId>,
+    pub(crate) task: Option<SpanId>,
     /// Node of the task's await tree.
-    node: Option<u16>,
+    pub(crate) node: Option<u16>,
 }
 
 /// A thread of the producer.
@@ -38,7 +39,7 @@ struct Entered {
 pub struct ThreadState {
     /// Name, when sent.
     pub name: Option<String>,
-    stack: Vec<Entered>,
+    pub(crate) stack: Vec<Entered>,
 }
 
 /// One producer process and everything known about it.
@@ -89,8 +90,8 @@ pub struct Process {
     /// Wall clock (Unix ns) when the latest live frame arrived, and the
     /// process clock then.
     pub(crate) last_wall: Option<(u64, u64)>,
-    cur_thread: u32,
-    last_seq: Option<u64>,
+    pub(crate) cur_thread: u32,
+    pub(crate) last_seq: Option<u64>,
     pub(crate) last_scan: u64,
     pub(crate) deadlocks_active: HashSet<String>,
     pub(crate) dropped_reported: (u64, u64),

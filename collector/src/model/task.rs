@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use awaitscope_wire::{Field, Level, SpanId};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::await_tree::AwaitTree;
 use super::span::Location;
@@ -13,7 +13,7 @@ use super::span::Location;
 pub const WOKEN_BY: usize = 8;
 
 /// State of a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Being polled.
@@ -76,7 +76,7 @@ pub struct Histograms {
 }
 
 impl Histograms {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         // Every task has its pair: copy a new one rather than size one.
         static EMPTY: std::sync::OnceLock<Histograms> = std::sync::OnceLock::new();
         EMPTY
@@ -309,6 +309,13 @@ impl Task {
         Some(Cow::Owned(h))
     }
 
+    /// Replaces the task's histograms (and any samples not yet in them)
+    /// with `h`: a task restored from a snapshot.
+    pub(crate) fn set_histograms(&mut self, h: Option<Histograms>) {
+        self.hist = h.map(Box::new);
+        self.samples = Samples::default();
+    }
+
     /// Records the samples kept in the task into its histograms.
     pub fn flush_samples(&mut self) {
         if self.samples.len > 0 {
@@ -414,7 +421,7 @@ impl Task {
 
 /// Summary of completed tasks that are no longer kept in detail, per spawn
 /// location and name.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSummary {
     /// Spawn location and name this group stands for.
     pub group: String,
