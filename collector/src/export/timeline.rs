@@ -465,7 +465,7 @@ impl Walker {
                     self.event(f.process, e, sinks)?;
                 }
             } else {
-                for (_, e) in crate::model::process::merge_threads(events) {
+                for (_, e) in crate::model::merge::merge_threads(events) {
                     self.event(f.process, e, sinks)?;
                 }
             }

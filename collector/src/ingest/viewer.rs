@@ -369,14 +369,7 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
             task,
             kinds,
         }) => {
-            if let Some(t) = model
-                .process_mut(process)
-                .and_then(|p| p.tasks.get_mut(task))
-            {
-                for k in kinds {
-                    t.set_flag(k.bit(), true);
-                }
-            }
+            model.resume_episodes(*process, *task, kinds);
         }
     }
 }
@@ -388,7 +381,7 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
 /// the module doc), ending with [`Control::Synced`].
 pub fn rebuild(model: &Model, out: &mut Vec<u8>) {
     for p in model.processes() {
-        rebuild_process(p, out);
+        rebuild_process(model, p, out);
     }
     // The findings the viewer's model made of the rebuilt history are
     // replaced by the server's.
@@ -444,7 +437,7 @@ fn encode_split(p: &Process, events: &[Event], out: &mut Vec<u8>) {
     }
 }
 
-fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
+fn rebuild_process(model: &Model, p: &Process, out: &mut Vec<u8>) {
     if let Some(info) = &p.info {
         let mut info = info.clone();
         info.token = None;
@@ -556,10 +549,7 @@ fn rebuild_process(p: &Process, out: &mut Vec<u8>) {
     // Detector episodes in progress, so that the viewer continues them
     // rather than counting them again.
     for t in &tasks {
-        let kinds: Vec<FindingKind> = FindingKind::ALL
-            .into_iter()
-            .filter(|k| t.flag(k.bit()))
-            .collect();
+        let kinds: Vec<FindingKind> = model.episodes(&p.key, t.id);
         if !kinds.is_empty() {
             encode_control(
                 &Control::Ongoing {
