@@ -28,6 +28,7 @@ fn bit(kind: FindingKind) -> u16 {
 
 impl Episodes {
     /// Whether an episode of `kind` is in progress on `task`.
+    #[inline]
     pub fn active(&self, kind: FindingKind, task: SpanId) -> bool {
         !self.tasks.is_empty() && self.tasks.get(&task).is_some_and(|b| b & bit(kind) != 0)
     }
@@ -38,6 +39,7 @@ impl Episodes {
     }
 
     /// Ends the episode of `kind` on `task`, if any.
+    #[inline]
     pub fn end(&mut self, kind: FindingKind, task: SpanId) {
         if self.tasks.is_empty() {
             return;
@@ -50,6 +52,12 @@ impl Episodes {
         }
     }
 
+    /// Whether any episode is in progress on `task`.
+    #[inline]
+    pub fn any(&self, task: SpanId) -> bool {
+        !self.tasks.is_empty() && self.tasks.contains_key(&task)
+    }
+
     /// The kinds with an episode in progress on `task`.
     pub fn of(&self, task: SpanId) -> Vec<FindingKind> {
         let b = self.tasks.get(&task).copied().unwrap_or(0);
@@ -60,6 +68,7 @@ impl Episodes {
     }
 
     /// Forgets `task` (it closed).
+    #[inline]
     fn forget(&mut self, task: SpanId) {
         if !self.tasks.is_empty() {
             self.tasks.remove(&task);
@@ -186,7 +195,26 @@ impl Engine {
     /// The observer of process `key`'s changes (to pass to the model).
     pub fn watch<'a>(&'a mut self, key: ProcessKey, thresholds: &'a Thresholds) -> Watch<'a> {
         let mem = self.memory.entry(key).or_default();
+        // Per kind of change: the duration at or under which no detector
+        // wants a timed change (of a task without episodes).
+        let mut quiet = [None; ChangeKind::ALL.len()];
+        for kind in ChangeKind::ALL {
+            let mut q = None;
+            for (n, &i) in self.registry.by_change[kind as usize].iter().enumerate() {
+                let d = self.registry.detectors[i].quiet_up_to(kind, thresholds);
+                q = match (n, q, d) {
+                    (0, _, d) => d,
+                    (_, Some(a), Some(b)) => Some(u64::min(a, b)),
+                    _ => None,
+                };
+                if q.is_none() {
+                    break;
+                }
+            }
+            quiet[kind as usize] = q;
+        }
         Watch {
+            quiet,
             registry: &mut self.registry,
             cx: Cx {
                 thresholds,
@@ -245,11 +273,30 @@ impl Engine {
 /// applies that process's events.
 #[derive(Debug)]
 pub struct Watch<'a> {
+    /// Per kind of change: see [`Detector::quiet_up_to`].
+    quiet: [Option<u64>; ChangeKind::ALL.len()],
     registry: &'a mut Registry,
     cx: Cx<'a>,
 }
 
 impl Watch<'_> {
+    /// Calls the detectors that want `change`.
+    #[inline(never)]
+    fn dispatch(&mut self, p: &Process, change: &Change<'_>, kind: ChangeKind) {
+        let Registry {
+            detectors,
+            by_change,
+            ..
+        } = &mut *self.registry;
+        for &i in by_change[kind as usize].iter() {
+            detectors[i].on_change(p, change, &mut self.cx);
+        }
+        if let Change::TaskClosing { task, .. } = change {
+            // Its episodes end with it: the memory stays bounded.
+            self.cx.episodes.forget(*task);
+        }
+    }
+
     /// The task hooks, for live task `id` of `p`.
     fn task(&mut self, p: &Process, id: SpanId, now: u64) {
         let Some(t) = p.tasks.get(&id) else {
@@ -278,17 +325,12 @@ impl Observer for Watch<'_> {
     #[inline]
     fn change(&mut self, p: &Process, change: &Change<'_>) {
         let kind = change.kind();
-        let Registry {
-            detectors,
-            by_change,
-            ..
-        } = &mut *self.registry;
-        for &i in by_change[kind as usize].iter() {
-            detectors[i].on_change(p, change, &mut self.cx);
+        if let Some((task, d)) = change.timed() {
+            let quiet = self.quiet[kind as usize].is_some_and(|q| d <= q);
+            if quiet && !self.cx.episodes.any(task) {
+                return;
+            }
         }
-        if let Change::TaskClosing { task, .. } = change {
-            // Its episodes end with it: the memory stays bounded.
-            self.cx.episodes.forget(*task);
-        }
+        self.dispatch(p, change, kind);
     }
 }

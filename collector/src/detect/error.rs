@@ -36,7 +36,7 @@ impl Detector for Error {
         else {
             return;
         };
-        let mut o = observe(p, *callsite, *span, *task, message, location.clone(), *ts);
+        let mut o = observe(p, *callsite, *span, *task, message, location.cloned(), *ts);
         if !trace.is_empty() {
             // The producer's causal trace: see `Change::Panic`.
             o.trace = trace.to_vec();

@@ -23,6 +23,10 @@ impl Detector for LongPoll {
         }
     }
 
+    fn quiet_up_to(&self, _kind: ChangeKind, th: &Thresholds) -> Option<u64> {
+        Some(th.long_poll_ns)
+    }
+
     fn on_change(&mut self, p: &Process, change: &Change<'_>, cx: &mut Cx<'_>) {
         let Change::PollCommitted {
             task,

@@ -15,6 +15,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Thresholds;
 use crate::model::{Change, ChangeKind, Process, Task};
 
 pub mod deadlock;
@@ -148,6 +149,17 @@ pub trait Detector: fmt::Debug + Send {
 
     /// The hooks it wants called.
     fn hooks(&self) -> Hooks;
+
+    /// The duration at or under which this detector ignores a timed change
+    /// of `kind` ([`Change::timed`]: a committed poll, an ended wait) of a
+    /// task without an episode in progress; `None` (the default): it wants
+    /// every change of `kind`. The engine does not call [`Detector::on_change`]
+    /// for changes that every detector of their kind ignores: most polls are
+    /// short and most waits brief, and this keeps them from costing a call
+    /// per detector.
+    fn quiet_up_to(&self, _kind: ChangeKind, _thresholds: &Thresholds) -> Option<u64> {
+        None
+    }
 
     /// `change` happened in `p` (one of [`Hooks::changes`]).
     fn on_change(&mut self, _p: &Process, _change: &Change<'_>, _cx: &mut Cx<'_>) {}

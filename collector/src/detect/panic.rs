@@ -33,7 +33,7 @@ impl Detector for Panic {
                 ts,
                 trace,
             } => {
-                let mut o = observe(p, *task, *span, message, location.clone(), *ts);
+                let mut o = observe(p, *task, *span, message, location.cloned(), *ts);
                 if !trace.is_empty() {
                     // The producer's causal trace crosses spawns and queues
                     // and survives closed spans: prefer it.

@@ -25,6 +25,11 @@ impl Detector for Starvation {
         }
     }
 
+    fn quiet_up_to(&self, _kind: ChangeKind, th: &Thresholds) -> Option<u64> {
+        // A brief wait matters only to end an episode.
+        Some(th.starvation_ns)
+    }
+
     fn on_change(&mut self, p: &Process, change: &Change<'_>, cx: &mut Cx<'_>) {
         let Change::WaitEnded { task, ts, waited } = *change else {
             return;

@@ -178,7 +178,7 @@ impl Process {
                         task: *task,
                         span: *span,
                         message,
-                        location,
+                        location: location.as_ref(),
                         ts: *ts,
                         trace,
                     },
@@ -328,6 +328,7 @@ impl Process {
     /// previous poll was a poll, the wait for this one is over. The task is
     /// as the poll left it; what it tells of it (its name, location, await
     /// tree) is what the poll does not change.
+    #[inline]
     fn report_poll_start<O: Observer>(
         &mut self,
         id: SpanId,
@@ -396,6 +397,7 @@ impl Process {
     /// order with their depth below the task span. Async-op polls (new spans
     /// on every poll) and unknown spans are transparent: their children
     /// attach to their parent.
+    #[inline]
     fn poll_tree(&mut self, task: SpanId, nodes: &[TreeNode], cfg: &Config) {
         let Some(t) = self.tasks.get(&task) else {
             return;
@@ -588,7 +590,7 @@ impl Process {
                             span,
                             task,
                             message: &message,
-                            location,
+                            location: location.as_ref(),
                             ts,
                             trace,
                         },

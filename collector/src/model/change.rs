@@ -13,7 +13,7 @@ use super::process::Process;
 use super::span::Location;
 
 /// Something that happened to a process, reported as it is applied.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Change<'a> {
     /// A poll of `task` turned out to be a real poll (not the drop of its
     /// future): the next poll started, the task stayed idle long after it,
@@ -56,7 +56,7 @@ pub enum Change<'a> {
         /// The panic's message.
         message: &'a str,
         /// Where it panicked, when known.
-        location: Option<Location>,
+        location: Option<&'a Location>,
         /// When.
         ts: u64,
         /// The producer's causal trace (empty if it sent none).
@@ -73,7 +73,7 @@ pub enum Change<'a> {
         /// Its `message` field (or the event's name).
         message: &'a str,
         /// Where it was emitted.
-        location: Option<Location>,
+        location: Option<&'a Location>,
         /// When.
         ts: u64,
         /// The producer's causal trace (empty if it sent none).
@@ -108,6 +108,17 @@ impl ChangeKind {
 }
 
 impl Change<'_> {
+    /// The task and the duration (of the poll, of the wait) of a change
+    /// that has one.
+    #[inline]
+    pub fn timed(&self) -> Option<(SpanId, u64)> {
+        match *self {
+            Change::PollCommitted { task, duration, .. } => Some((task, duration)),
+            Change::WaitEnded { task, waited, .. } => Some((task, waited)),
+            _ => None,
+        }
+    }
+
     /// Its kind.
     pub fn kind(&self) -> ChangeKind {
         match self {

@@ -9,6 +9,7 @@ use super::span::{self, Location};
 use super::task::{PendingPoll, Task, TaskState, WOKEN_BY};
 
 /// The leaf span that identifies what a task waits on: the deepest leaf.
+#[inline]
 fn leaf_span(tree: &AwaitTree) -> Option<SpanId> {
     tree.deepest_leaf().map(|i| tree.nodes[i].span)
 }
@@ -46,6 +47,7 @@ pub(super) fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>) {
 }
 
 /// Counts who woke `t`, keeping the most frequent wakers (bounded).
+#[inline]
 fn note_waker(t: &mut Task, by: Option<SpanId>) {
     if let Some(i) = t.woken_by.iter().position(|(w, _)| *w == by) {
         t.woken_by[i].1 += 1;
@@ -62,6 +64,7 @@ fn note_waker(t: &mut Task, by: Option<SpanId>) {
 }
 
 /// A waker of `t` was used (`op`) at `ts`, by task `by` if any.
+#[inline]
 pub(super) fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
     match op {
         WakeOp::Clone => {
@@ -104,6 +107,7 @@ pub(super) struct PollStarted {
 
 /// Starts a poll of `t` at `ts`: commits the previous poll (it was a real
 /// poll) and ends the wait for this one.
+#[inline]
 pub(super) fn start_poll(t: &mut Task, ts: u64) -> PollStarted {
     let mut started = PollStarted::default();
     if let Some((p, d)) = t.commit_pending_poll() {
@@ -127,6 +131,7 @@ pub(super) fn start_poll(t: &mut Task, ts: u64) -> PollStarted {
 }
 
 /// Ends the running poll of `t` at `ts` (the task span was exited).
+#[inline]
 pub(super) fn end_poll(t: &mut Task, ts: u64) {
     let Some(start) = t.poll_start.take() else {
         return;

@@ -19,6 +19,7 @@ impl Process {
     /// rather than for each in turn while applying.
     ///
     /// Does nothing under [`WARM_MIN_TASKS`] live tasks.
+    #[inline]
     pub(super) fn warm(&self, events: &[Event]) {
         if self.tasks.len() < WARM_MIN_TASKS {
             return;
