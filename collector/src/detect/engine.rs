@@ -293,7 +293,7 @@ impl Watch<'_> {
         }
         if let Change::TaskClosing { task, .. } = change {
             // Its episodes end with it: the memory stays bounded.
-            self.cx.episodes.forget(*task);
+            self.cx.episodes.forget(task.id);
         }
     }
 

@@ -45,8 +45,8 @@ impl Detector for Panic {
                 task,
                 kind: CloseKind::Panicked,
                 ts,
-            } if p.tasks.get(task).is_some_and(|t| t.panic.is_none()) => {
-                let o = observe(p, Some(*task), None, "task ended panicked", None, *ts);
+            } if task.panic.is_none() => {
+                let o = observe(p, Some(task.id), None, "task ended panicked", None, *ts);
                 cx.observe(o);
             }
             _ => {}

@@ -29,14 +29,10 @@ impl Detector for SelfWake {
         let Change::TaskClosing { task, ts, .. } = *change else {
             return;
         };
-        if cx.episodes().active(FindingKind::SelfWake, task) {
+        if cx.episodes().active(FindingKind::SelfWake, task.id) {
             return;
         }
-        if let Some(o) = p
-            .tasks
-            .get(&task)
-            .and_then(|t| check(p, t, ts, cx.thresholds))
-        {
+        if let Some(o) = check(p, task, ts, cx.thresholds) {
             cx.observe(o);
         }
     }

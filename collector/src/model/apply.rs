@@ -451,6 +451,8 @@ impl Process {
         }
     }
 
+    /// Closes span `id` at `ts`: a task ends (`kind`: how), another span
+    /// is forgotten.
     fn close<O: Observer>(
         &mut self,
         id: SpanId,
@@ -459,35 +461,43 @@ impl Process {
         cfg: &Config,
         obs: &mut O,
     ) {
-        if self.tasks.contains_key(&id) {
-            obs.change(self, &Change::TaskClosing { task: id, kind, ts });
-        }
-        if let Some(mut t) = self.tasks.remove(&id) {
-            // The last enter/exit pair was the drop of the future.
-            t.pending_poll = None;
-            t.poll_start = None;
-            t.closed = Some(ts);
-            if let Some(since) = t.scheduled_since.take() {
-                t.scheduled_ns = t.scheduled_ns.saturating_add(ts.saturating_sub(since));
-            }
-            t.state = match kind {
-                CloseKind::Cancelled => TaskState::Cancelled,
-                CloseKind::Panicked => TaskState::Panicked,
-                _ if t.panic.is_some() => TaskState::Panicked,
-                _ => TaskState::Completed,
-            };
-            t.waiting_on.clear();
-            t.await_tree = AwaitTree::default();
-            // Its last samples stay kept in it, not recorded into
-            // histograms allocated now: most completed tasks are folded
-            // into the summary without anyone reading their histograms (a
-            // report reads them with the kept samples).
-            self.completed.push_back(t);
-            self.prune(cfg);
+        if let Some(task) = self.tasks.get(&id) {
+            obs.change(self, &Change::TaskClosing { task, kind, ts });
+            self.end_task(id, kind, ts, cfg);
             return;
         }
         self.spans.remove(&id);
         self.resources.remove(&id);
+    }
+
+    /// Task `id` ended at `ts`: it moves to the completed tasks.
+    fn end_task(&mut self, id: SpanId, kind: CloseKind, ts: u64, cfg: &Config) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        // The last enter/exit pair was the drop of the future.
+        t.pending_poll = None;
+        t.poll_start = None;
+        t.closed = Some(ts);
+        if let Some(since) = t.scheduled_since.take() {
+            t.scheduled_ns = t.scheduled_ns.saturating_add(ts.saturating_sub(since));
+        }
+        t.state = match kind {
+            CloseKind::Cancelled => TaskState::Cancelled,
+            CloseKind::Panicked => TaskState::Panicked,
+            _ if t.panic.is_some() => TaskState::Panicked,
+            _ => TaskState::Completed,
+        };
+        t.waiting_on.clear();
+        t.await_tree = AwaitTree::default();
+        // Its last samples stay kept in it, not recorded into histograms
+        // allocated now: most completed tasks are folded into the summary
+        // without anyone reading their histograms (a report reads them
+        // with the kept samples).
+        if let Some(t) = self.tasks.remove(&id) {
+            self.completed.push_back(t);
+        }
+        self.prune(cfg);
     }
 
     fn log<O: Observer>(&mut self, l: &Log, cfg: &Config, obs: &mut O) {

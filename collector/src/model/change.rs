@@ -11,9 +11,10 @@ use awaitscope_wire::{CloseKind, SpanId};
 
 use super::process::Process;
 use super::span::Location;
+use super::task::Task;
 
 /// Something that happened to a process, reported as it is applied.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 pub enum Change<'a> {
     /// A poll of `task` turned out to be a real poll (not the drop of its
     /// future): the next poll started, the task stayed idle long after it,
@@ -40,8 +41,8 @@ pub enum Change<'a> {
     /// `task` ends at `ts`; the process still holds it among its live tasks
     /// (with its counts and its `panic`), and removes it next.
     TaskClosing {
-        /// The task.
-        task: SpanId,
+        /// The task, as it closes.
+        task: &'a Task,
         /// How it ended.
         kind: CloseKind,
         /// When.
