@@ -1,7 +1,7 @@
 //! How events change a process: the rules of applying each event (spans
 //! created, entered and closed, polls started and ended, wakes, resource
 //! updates, logs and panics), in one place; what they do to the task they
-//! are about is in [`super::task_apply`].
+//! are about is in `task_apply`.
 //!
 //! Where something worth judging happens (a poll committed, a wait ended, a
 //! task closing, a panic, an ERROR event), the [`Observer`] is told, with
