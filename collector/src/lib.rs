@@ -2,10 +2,14 @@
 //! over TCP, or from recordings) into one [`Model`] and finds what is wrong.
 //!
 //! * [`model`]: processes, task tree, spans, resources and await trees, with
-//!   bounded retention of completed tasks.
+//!   bounded retention of completed tasks; it applies events and reports
+//!   what changed, knowing nothing of detectors.
 //! * [`detect`]: detectors (`long_poll`, `starvation`, `lost_waker`,
 //!   `never_yielded`, `self_wake`, `deadlock`, `stuck`, `error`, `panic`,
-//!   `dropped_events`) producing deduplicated [`Finding`]s.
+//!   `dropped_events`) observing the model and producing deduplicated
+//!   [`Finding`]s.
+//! * [`collect`]: the [`Model`], where the two meet: processes watched by
+//!   the detectors.
 //! * [`ingest`]: reading recordings, and the TCP server (`awaitscope serve`,
 //!   feature `server`, on by default).
 //! * [`report`]: the JSON report (`awaitscope report`), schema in
@@ -19,6 +23,7 @@
 //! Without default features the crate is the model, the detectors, the
 //! reports and the recording reader only: what `awaitscope::testing` needs.
 
+pub mod collect;
 pub mod config;
 pub mod detect;
 #[cfg(feature = "export")]
@@ -29,7 +34,7 @@ pub mod report;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
+pub use collect::{Model, ModelStats};
 pub use config::{Config, Retention, Thresholds};
 pub use detect::{Finding, FindingKind, Severity};
-pub use model::Model;
 pub use report::Report;

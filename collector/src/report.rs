@@ -9,7 +9,8 @@ use crate::detect::Finding;
 use crate::model::await_tree::AwaitTree;
 use crate::model::span::{self, Location};
 use crate::model::task::{level_str, Histograms, Task};
-use crate::model::{Model, Process};
+use crate::model::Process;
+use crate::Model;
 use awaitscope_wire::SpanClass;
 
 /// Version of the report schema.

@@ -558,20 +558,7 @@ fn frame_time(f: &Frame) -> Option<u64> {
     let Body::Events(evs) = &f.body else {
         return None;
     };
-    evs.iter()
-        .filter_map(|e| match e {
-            Event::Enter { ts, .. }
-            | Event::Exit { ts, .. }
-            | Event::PollEnd { ts, .. }
-            | Event::Poll { start: ts, .. }
-            | Event::Close { ts, .. }
-            | Event::Wake { ts, .. } => Some(*ts),
-            Event::SpanNew(n) => Some(n.ts),
-            Event::Log(l) => Some(l.ts),
-            Event::Panic(p) => Some(p.ts),
-            _ => None,
-        })
-        .max()
+    evs.iter().filter_map(Event::ts).max()
 }
 
 impl ReplayFeed {

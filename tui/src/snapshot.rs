@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use awaitscope_collector::model::process::task_label;
+use awaitscope_collector::model::labels::task_label;
 use awaitscope_collector::model::span::value_string;
 use awaitscope_collector::model::task::{level_str, Task};
 use awaitscope_collector::model::{Process, TaskState};

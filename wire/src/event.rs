@@ -349,6 +349,31 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// When the event happened (ns since the producer started), for the
+    /// events that carry a time: a whole poll's is its start. Callsites,
+    /// threads, field records, follows-from edges and await trees have none
+    /// (they take the time of the events around them).
+    pub fn ts(&self) -> Option<u64> {
+        match self {
+            Event::Enter { ts, .. }
+            | Event::Exit { ts, .. }
+            | Event::PollEnd { ts, .. }
+            | Event::Poll { start: ts, .. }
+            | Event::Close { ts, .. }
+            | Event::Wake { ts, .. } => Some(*ts),
+            Event::SpanNew(n) => Some(n.ts),
+            Event::Log(l) => Some(l.ts),
+            Event::Panic(p) => Some(p.ts),
+            Event::Callsite(_)
+            | Event::Thread { .. }
+            | Event::Record { .. }
+            | Event::FollowsFrom { .. }
+            | Event::PollTree { .. } => None,
+        }
+    }
+}
+
 /// A span was created: [`Event::SpanNew`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpanNew {

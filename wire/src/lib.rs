@@ -21,6 +21,7 @@
 
 mod direct;
 pub mod event;
+pub mod names;
 pub mod read;
 pub mod write;
 

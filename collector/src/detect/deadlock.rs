@@ -4,12 +4,54 @@
 
 use std::collections::{HashMap, HashSet};
 
-use awaitscope_wire::SpanId;
+use awaitscope_wire::{ProcessKey, SpanId};
 
-use super::{FindingKind, Findings, Observation};
+use super::{Cx, Detector, FindingKind, Hooks, Observation, Recollection, TaskRef};
 use crate::config::Thresholds;
-use crate::model::process::task_label;
-use crate::model::{Process, TaskState};
+use crate::model::{task_label, Process, TaskState};
+
+/// The `deadlock` detector: looks for cycles at each scan, remembering the
+/// cycles of each process's last scan (a deadlock lasting many scans is
+/// one occurrence).
+#[derive(Debug, Default)]
+pub struct Deadlock {
+    /// Keys of the cycles found at the last scan, per process.
+    active: HashMap<ProcessKey, HashSet<String>>,
+}
+
+impl Detector for Deadlock {
+    fn kind(&self) -> FindingKind {
+        FindingKind::Deadlock
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            scan: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_scan(&mut self, p: &Process, now: u64, cx: &mut Cx<'_>) {
+        let active = self.active.entry(p.key).or_default();
+        *active = scan(p, now, cx, active);
+    }
+
+    fn recall(&self, key: &ProcessKey) -> Option<Recollection> {
+        let active = self.active.get(key).filter(|a| !a.is_empty())?;
+        let mut keys: Vec<String> = active.iter().cloned().collect();
+        keys.sort();
+        Some(Recollection::Deadlocks(keys))
+    }
+
+    fn resume(&mut self, key: ProcessKey, r: &Recollection) {
+        if let Recollection::Deadlocks(keys) = r {
+            self.active
+                .entry(key)
+                .or_default()
+                .extend(keys.iter().cloned());
+        }
+    }
+}
 
 /// Most cycles reported per scan.
 const MAX_CYCLES: usize = 16;
@@ -92,9 +134,10 @@ pub fn cycles(p: &Process, now: u64, th: &Thresholds) -> Vec<Vec<(SpanId, SpanId
     found
 }
 
-/// Reports the deadlocks of `p` at `now`.
-pub fn scan(p: &mut Process, now: u64, th: &Thresholds, findings: &mut Findings) {
-    let cycles = cycles(p, now, th);
+/// Reports the deadlocks of `p` at `now`, given the keys of the cycles
+/// found at the last scan; returns the keys of those found now.
+fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) -> HashSet<String> {
+    let cycles = cycles(p, now, cx.thresholds);
     let mut active = HashSet::new();
     for cycle in cycles {
         let mut ids: Vec<u64> = cycle.iter().map(|c| c.0 .0).collect();
@@ -118,7 +161,7 @@ pub fn scan(p: &mut Process, now: u64, th: &Thresholds, findings: &mut Findings)
                 loc,
                 task_label(h)
             ));
-            tasks.push(p.task_ref(t));
+            tasks.push(TaskRef::of(t));
         }
         let since = cycle
             .iter()
@@ -126,8 +169,8 @@ pub fn scan(p: &mut Process, now: u64, th: &Thresholds, findings: &mut Findings)
             .max()
             .unwrap_or(now);
         let first_res = &p.resources[&cycle[0].1];
-        let new = !p.deadlocks_active.contains(&key);
-        findings.observe(Observation {
+        let new = !was_active.contains(&key);
+        cx.observe(Observation {
             kind: FindingKind::Deadlock,
             process: p.key,
             key: key.clone(),
@@ -144,7 +187,7 @@ pub fn scan(p: &mut Process, now: u64, th: &Thresholds, findings: &mut Findings)
         });
         active.insert(key);
     }
-    p.deadlocks_active = active;
+    active
 }
 
 #[cfg(test)]

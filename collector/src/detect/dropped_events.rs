@@ -2,18 +2,59 @@
 //! or the collector (queue full) dropped events; the model may be
 //! incomplete, and other findings less reliable.
 
-use super::{FindingKind, Findings, Observation};
+use std::collections::HashMap;
+
+use awaitscope_wire::ProcessKey;
+
+use super::{Cx, Detector, FindingKind, Hooks, Observation, Recollection};
 use crate::model::Process;
 
-/// Reports new drops of `p`.
-pub fn scan(p: &mut Process, now: u64, findings: &mut Findings) {
+/// The `dropped_events` detector: reports each process's drop counts when
+/// they grow, remembering the counts it last reported.
+#[derive(Debug, Default)]
+pub struct DroppedEvents {
+    /// (producer, collector) drop counts last reported, per process.
+    reported: HashMap<ProcessKey, (u64, u64)>,
+}
+
+impl Detector for DroppedEvents {
+    fn kind(&self) -> FindingKind {
+        FindingKind::DroppedEvents
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            scan: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_scan(&mut self, p: &Process, now: u64, cx: &mut Cx<'_>) {
+        let reported = self.reported.entry(p.key).or_default();
+        scan(p, now, cx, reported);
+    }
+
+    fn recall(&self, key: &ProcessKey) -> Option<Recollection> {
+        let &(producer, collector) = self.reported.get(key).filter(|r| **r != (0, 0))?;
+        Some(Recollection::ReportedDrops(producer, collector))
+    }
+
+    fn resume(&mut self, key: ProcessKey, r: &Recollection) {
+        if let Recollection::ReportedDrops(producer, collector) = *r {
+            self.reported.insert(key, (producer, collector));
+        }
+    }
+}
+
+/// Reports new drops of `p`, given the counts last reported (updated).
+fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, reported: &mut (u64, u64)) {
     let d = &p.dropped;
     let producer = d
         .buffer_full
         .saturating_add(d.disconnected)
         .saturating_add(d.write_failed);
-    if producer > p.dropped_reported.0 {
-        findings.observe(Observation {
+    if producer > reported.0 {
+        cx.observe(Observation {
             kind: FindingKind::DroppedEvents,
             process: p.key,
             key: "producer".into(),
@@ -26,12 +67,12 @@ pub fn scan(p: &mut Process, now: u64, findings: &mut Findings) {
             trace: Vec::new(),
             duration_ns: None,
             ts: now,
-            new_occurrence: p.dropped_reported.0 == 0,
+            new_occurrence: reported.0 == 0,
         });
-        p.dropped_reported.0 = producer;
+        reported.0 = producer;
     }
-    if p.collector_dropped > p.dropped_reported.1 {
-        findings.observe(Observation {
+    if p.collector_dropped > reported.1 {
+        cx.observe(Observation {
             kind: FindingKind::DroppedEvents,
             process: p.key,
             key: "collector".into(),
@@ -44,9 +85,9 @@ pub fn scan(p: &mut Process, now: u64, findings: &mut Findings) {
             trace: Vec::new(),
             duration_ns: None,
             ts: now,
-            new_occurrence: p.dropped_reported.1 == 0,
+            new_occurrence: reported.1 == 0,
         });
-        p.dropped_reported.1 = p.collector_dropped;
+        reported.1 = p.collector_dropped;
     }
 }
 

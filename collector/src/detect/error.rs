@@ -3,9 +3,47 @@
 
 use awaitscope_wire::SpanId;
 
-use super::{FindingKind, Observation};
+use super::{Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
 use crate::model::span::Location;
-use crate::model::Process;
+use crate::model::{Change, ChangeKind, Process};
+
+/// The `error` detector: judges each ERROR event.
+#[derive(Debug, Default)]
+pub struct Error;
+
+impl Detector for Error {
+    fn kind(&self) -> FindingKind {
+        FindingKind::Error
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            changes: &[ChangeKind::Error],
+            ..Hooks::default()
+        }
+    }
+
+    fn on_change(&mut self, p: &Process, change: &Change<'_>, cx: &mut Cx<'_>) {
+        let Change::Error {
+            callsite,
+            span,
+            task,
+            message,
+            location,
+            ts,
+            trace,
+        } = change
+        else {
+            return;
+        };
+        let mut o = observe(p, *callsite, *span, *task, message, location.cloned(), *ts);
+        if !trace.is_empty() {
+            // The producer's causal trace: see `Change::Panic`.
+            o.trace = trace.to_vec();
+        }
+        cx.observe(o);
+    }
+}
 
 /// Observation for an ERROR event of callsite `callsite`.
 pub fn observe(
@@ -22,7 +60,7 @@ pub fn observe(
         kind: FindingKind::Error,
         process: p.key,
         key: format!("{callsite}"),
-        tasks: t.map(|t| p.task_ref(t)).into_iter().collect(),
+        tasks: t.map(TaskRef::of).into_iter().collect(),
         location,
         message: message.to_string(),
         trace: p.trace(span, task),

@@ -2,14 +2,56 @@
 //! worker thread. Blocking tasks (`spawn_blocking`) are exempt: their single
 //! poll is the whole blocking closure.
 
-use super::{fmt_ns, FindingKind, Observation};
+use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
-use crate::model::{Process, Task};
+use crate::model::{task_label, Change, ChangeKind, Process, Task};
+
+/// The `long_poll` detector: judges each committed poll.
+#[derive(Debug, Default)]
+pub struct LongPoll;
+
+impl Detector for LongPoll {
+    fn kind(&self) -> FindingKind {
+        FindingKind::LongPoll
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            changes: &[ChangeKind::PollCommitted],
+            ..Hooks::default()
+        }
+    }
+
+    fn quiet_up_to(&self, _kind: ChangeKind, th: &Thresholds) -> Option<u64> {
+        Some(th.long_poll_ns)
+    }
+
+    fn on_change(&mut self, p: &Process, change: &Change<'_>, cx: &mut Cx<'_>) {
+        let Change::PollCommitted {
+            task,
+            start,
+            duration,
+        } = *change
+        else {
+            return;
+        };
+        if duration <= cx.thresholds.long_poll_ns {
+            return;
+        }
+        if let Some(o) = p
+            .tasks
+            .get(&task)
+            .and_then(|t| check(p, t, start, duration, cx.thresholds))
+        {
+            cx.observe(o);
+        }
+    }
+}
 
 /// Checks a committed poll of `t` that started at `start` and lasted `d` ns.
 pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Option<Observation> {
-    if d <= th.long_poll_ns || t.kind.as_deref() == Some("blocking") {
+    if d <= th.long_poll_ns || t.is_blocking() {
         return None;
     }
     let leaf = t.await_tree.deepest_leaf();
@@ -24,11 +66,11 @@ pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Opti
         kind: FindingKind::LongPoll,
         process: p.key,
         key: group_key(t),
-        tasks: vec![p.task_ref(t)],
+        tasks: vec![TaskRef::of(t)],
         location,
         message: format!(
             "{} polled for {} without yielding (threshold {})",
-            crate::model::process::task_label(t),
+            task_label(t),
             fmt_ns(d),
             fmt_ns(th.long_poll_ns)
         ),

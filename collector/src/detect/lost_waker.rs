@@ -6,11 +6,36 @@
 //! period ([`Thresholds::lost_waker_grace_ns`]) lets events of other threads
 //! (a waker clone) arrive.
 
-use super::{fmt_ns, FindingKind, Observation};
+use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
 use crate::config::Thresholds;
-use crate::model::process::task_label;
 use crate::model::task::group_key;
-use crate::model::{Process, Task, TaskState};
+use crate::model::{task_label, Process, Task, TaskState};
+
+/// The `lost_waker` detector: judges live tasks at each scan. An episode lasts while the
+/// task stays so.
+#[derive(Debug, Default)]
+pub struct LostWaker;
+
+impl Detector for LostWaker {
+    fn kind(&self) -> FindingKind {
+        FindingKind::LostWaker
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            tasks: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_task(&mut self, p: &Process, t: &Task, now: u64, cx: &mut Cx<'_>) {
+        cx.episode(
+            FindingKind::LostWaker,
+            t.id,
+            check(p, t, now, cx.thresholds),
+        );
+    }
+}
 
 /// Checks `t` at `now`.
 pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observation> {
@@ -38,7 +63,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::LostWaker,
         process: p.key,
         key: format!("{}|{:?}", group_key(t), location),
-        tasks: vec![p.task_ref(t)],
+        tasks: vec![TaskRef::of(t)],
         location,
         message: format!(
             "{} is pending with no live waker and was not woken: it will never be polled again (idle {})",

@@ -1,23 +1,30 @@
 //! Detectors and their deduplicated findings.
 //!
-//! Event-driven detectors run as events are applied (`long_poll`,
-//! `starvation` on the poll that ends a wait, `error`, `panic`); state
-//! detectors run on each scan of a process (`lost_waker`, `never_yielded`,
-//! `self_wake`, `stuck`, `starvation` of tasks still waiting, `deadlock`,
-//! `dropped_events`). Findings are deduplicated by kind, process and a
-//! kind-specific key (usually the task's spawn location and name): a task
-//! blocking 10,000 times is one finding with a count and the worst duration.
+//! A detector is a value behind the [`Detector`] trait: it observes the
+//! model's [`Change`]s as events are applied (`long_poll` on committed
+//! polls, `starvation` on the poll that ends a wait, `self_wake` and
+//! `panic` on a task's close, `error`, `panic`), looks at each live task on
+//! a scan of its process (`lost_waker`, `never_yielded`, `starvation` of
+//! tasks still waiting, `stuck`, `self_wake`), or at the whole process
+//! after them (`deadlock`, `dropped_events`). The [`Engine`] holds the
+//! detectors and everything they remember (the episodes in progress on
+//! each task, the last scan of each process) and gathers their
+//! observations into [`Findings`]; the model knows nothing of them.
 
-use std::collections::HashMap;
+use std::fmt;
 
-use awaitscope_wire::ProcessKey;
 use serde::{Deserialize, Serialize};
 
-use crate::model::span::Location;
+use awaitscope_wire::ProcessKey;
+
+use crate::config::Thresholds;
+use crate::model::{Change, ChangeKind, Process, Task};
 
 pub mod deadlock;
 pub mod dropped_events;
+pub mod engine;
 pub mod error;
+pub mod findings;
 pub mod long_poll;
 pub mod lost_waker;
 pub mod never_yielded;
@@ -25,6 +32,9 @@ pub mod panic;
 pub mod self_wake;
 pub mod starvation;
 pub mod stuck;
+
+pub use engine::{Cx, Engine, Episodes};
+pub use findings::{fmt_ns, Finding, Findings, Observation, TaskRef, MAX_TASKS_PER_FINDING};
 
 /// What a finding is about. Serialised as the snake_case strings of
 /// [`FindingKind::as_str`].
@@ -100,11 +110,6 @@ impl FindingKind {
             _ => Severity::Warning,
         }
     }
-
-    /// Bit used to track a detector episode on a task.
-    pub(crate) fn bit(self) -> u16 {
-        1 << (self as u16)
-    }
 }
 
 impl std::fmt::Display for FindingKind {
@@ -125,278 +130,97 @@ pub enum Severity {
     Error,
 }
 
-/// A task named by a finding.
+/// Which hooks of a [`Detector`] the [`Engine`] calls.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hooks {
+    /// The kinds of [`Change`] passed to [`Detector::on_change`].
+    pub changes: &'static [ChangeKind],
+    /// Whether [`Detector::on_task`] is called for each live task on a scan.
+    pub tasks: bool,
+    /// Whether [`Detector::on_scan`] is called once per scan of a process.
+    pub scan: bool,
+}
+
+/// A detector: judges what the model reports and what it holds, and makes
+/// observations through its [`Cx`]. It sees each process read-only; what
+/// it remembers between calls it keeps in itself (keyed by process) or in
+/// the episodes of the [`Cx`].
+pub trait Detector: fmt::Debug + Send {
+    /// The kind of findings it makes.
+    fn kind(&self) -> FindingKind;
+
+    /// The hooks it wants called.
+    fn hooks(&self) -> Hooks;
+
+    /// The duration at or under which this detector ignores a timed change
+    /// of `kind` ([`Change::timed`]: a committed poll, an ended wait) of a
+    /// task without an episode in progress; `None` (the default): it wants
+    /// every change of `kind`. The engine does not call [`Detector::on_change`]
+    /// for changes that every detector of their kind ignores: most polls are
+    /// short and most waits brief, and this keeps them from costing a call
+    /// per detector.
+    fn quiet_up_to(&self, _kind: ChangeKind, _thresholds: &Thresholds) -> Option<u64> {
+        None
+    }
+
+    /// `change` happened in `p` (one of [`Hooks::changes`]).
+    fn on_change(&mut self, _p: &Process, _change: &Change<'_>, _cx: &mut Cx<'_>) {}
+
+    /// A scan of `p` at `now` looks at its live task `t` (tasks in id
+    /// order, after `t`'s settled poll is committed).
+    fn on_task(&mut self, _p: &Process, _t: &Task, _now: u64, _cx: &mut Cx<'_>) {}
+
+    /// A scan of `p` at `now`, after its tasks.
+    fn on_scan(&mut self, _p: &Process, _now: u64, _cx: &mut Cx<'_>) {}
+
+    /// What it remembers of process `key` as a whole, for another model to
+    /// continue from (see [`Recollection`]); `None` (the default): nothing.
+    fn recall(&self, _key: &ProcessKey) -> Option<Recollection> {
+        None
+    }
+
+    /// Continues from another model's recollection of process `key`. Each
+    /// detector takes the recollections of its own kind and ignores the rest.
+    fn resume(&mut self, _key: ProcessKey, _r: &Recollection) {}
+}
+
+/// What a detector remembers of one process as a whole, handed to another
+/// model that continues from this one (a viewer joining a running `serve`),
+/// so that an episode in progress there is continued, not counted again.
+/// The episodes of single tasks travel separately (see
+/// [`Engine::episodes`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskRef {
-    /// Task (span) id within its process.
-    pub id: u64,
-    /// tokio task id, when recorded.
-    pub tokio_id: Option<u64>,
-    /// Task name.
-    pub name: Option<String>,
-    /// Spawn location.
-    pub spawned_at: Option<Location>,
+#[serde(rename_all = "snake_case")]
+pub enum Recollection {
+    /// `deadlock`: the deduplication keys of the cycles found at the last
+    /// scan.
+    Deadlocks(Vec<String>),
+    /// `dropped_events`: the producer's and the collector's drop counts
+    /// already reported.
+    ReportedDrops(u64, u64),
 }
 
-/// A deduplicated finding.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finding {
-    /// Kind.
-    pub kind: FindingKind,
-    /// Severity.
-    pub severity: Severity,
-    /// Process (pid).
-    pub pid: u32,
-    /// Process start (Unix ns), with `pid` the process key.
-    pub process_start_unix_ns: u64,
-    /// Tasks involved (first few occurrences; a deadlock's cycle in order).
-    pub tasks: Vec<TaskRef>,
-    /// Culprit source location (await point, span, event or panic site).
-    pub location: Option<Location>,
-    /// Human-readable description (of the worst occurrence).
-    pub message: String,
-    /// Await tree path or span chain of the worst occurrence, outermost first.
-    pub trace: Vec<String>,
-    /// Occurrences.
-    pub count: u64,
-    /// Worst duration among occurrences, when the kind has one.
-    pub worst_ns: Option<u64>,
-    /// First occurrence (ns since the process's start).
-    pub first_seen: u64,
-    /// Last occurrence (ns since the process's start).
-    pub last_seen: u64,
-}
-
-/// One observation by a detector, merged into findings.
-#[derive(Clone, Debug)]
-pub struct Observation {
-    /// Kind.
-    pub kind: FindingKind,
-    /// Process.
-    pub process: ProcessKey,
-    /// Deduplication key within kind and process.
-    pub key: String,
-    /// Tasks involved.
-    pub tasks: Vec<TaskRef>,
-    /// Culprit location.
-    pub location: Option<Location>,
-    /// Description.
-    pub message: String,
-    /// Trace.
-    pub trace: Vec<String>,
-    /// Duration of this occurrence.
-    pub duration_ns: Option<u64>,
-    /// When.
-    pub ts: u64,
-    /// A new occurrence (count it) or the continuation of one (update only).
-    pub new_occurrence: bool,
-}
-
-/// Most tasks listed on one finding.
-pub const MAX_TASKS_PER_FINDING: usize = 8;
-
-/// The deduplicated findings.
-#[derive(Debug, Default)]
-pub struct Findings {
-    index: HashMap<(FindingKind, ProcessKey, String), usize>,
-    list: Vec<Finding>,
-    /// Observations not kept because `max` distinct findings existed.
-    pub suppressed: u64,
-    max: usize,
-}
-
-impl Findings {
-    /// Empty set keeping at most `max` distinct findings.
-    pub fn new(max: usize) -> Self {
-        Self {
-            max,
-            ..Self::default()
-        }
-    }
-
-    /// The findings, in order of first occurrence.
-    pub fn list(&self) -> &[Finding] {
-        &self.list
-    }
-
-    /// Merges an observation.
-    pub fn observe(&mut self, o: Observation) {
-        let key = (o.kind, o.process, o.key);
-        if let Some(&i) = self.index.get(&key) {
-            let f = &mut self.list[i];
-            if o.new_occurrence {
-                f.count += 1;
-            }
-            f.first_seen = f.first_seen.min(o.ts);
-            f.last_seen = f.last_seen.max(o.ts);
-            let worse = match (o.duration_ns, f.worst_ns) {
-                (Some(d), Some(w)) => d >= w,
-                (Some(_), None) | (None, _) => true,
-            };
-            if o.duration_ns.is_some() {
-                f.worst_ns = f.worst_ns.max(o.duration_ns);
-            }
-            if worse {
-                f.message = o.message;
-                f.trace = o.trace;
-                if o.location.is_some() {
-                    f.location = o.location;
-                }
-            }
-            for t in o.tasks {
-                if f.tasks.len() >= MAX_TASKS_PER_FINDING {
-                    break;
-                }
-                if !f.tasks.iter().any(|x| x.id == t.id) {
-                    f.tasks.push(t);
-                }
-            }
-            return;
-        }
-        if self.list.len() >= self.max {
-            self.suppressed += 1;
-            return;
-        }
-        let mut tasks = o.tasks;
-        tasks.truncate(
-            MAX_TASKS_PER_FINDING.max(if o.kind == FindingKind::Deadlock {
-                64
-            } else {
-                0
-            }),
-        );
-        self.index.insert(key, self.list.len());
-        self.list.push(Finding {
-            kind: o.kind,
-            severity: o.kind.severity(),
-            pid: o.process.pid,
-            process_start_unix_ns: o.process.start_unix_ns,
-            tasks,
-            location: o.location,
-            message: o.message,
-            trace: o.trace,
-            count: 1,
-            worst_ns: o.duration_ns,
-            first_seen: o.ts,
-            last_seen: o.ts,
-        });
-    }
-
-    /// The findings with their deduplication keys, in order of first
-    /// occurrence (for [`Findings::restore`] elsewhere).
-    pub fn keyed(&self) -> Vec<(&str, &Finding)> {
-        let mut keys = vec![""; self.list.len()];
-        for ((_, _, key), &i) in &self.index {
-            keys[i] = key;
-        }
-        keys.into_iter().zip(&self.list).collect()
-    }
-
-    /// Adds a finding made by another model (a collector's, re-sent to a
-    /// viewer that joined late), merged into the one of the same kind,
-    /// process and key if there is one.
-    pub fn restore(&mut self, key: String, mut f: Finding) {
-        f.severity = f.kind.severity();
-        f.tasks.truncate(64);
-        let process = ProcessKey {
-            pid: f.pid,
-            start_unix_ns: f.process_start_unix_ns,
-        };
-        if let Some(&i) = self.index.get(&(f.kind, process, key.clone())) {
-            let e = &mut self.list[i];
-            e.count = e.count.max(f.count);
-            e.first_seen = e.first_seen.min(f.first_seen);
-            e.last_seen = e.last_seen.max(f.last_seen);
-            e.worst_ns = e.worst_ns.max(f.worst_ns);
-            for t in f.tasks {
-                if e.tasks.len() >= MAX_TASKS_PER_FINDING {
-                    break;
-                }
-                if !e.tasks.iter().any(|x| x.id == t.id) {
-                    e.tasks.push(t);
-                }
-            }
-            return;
-        }
-        if self.list.len() >= self.max {
-            self.suppressed += 1;
-            return;
-        }
-        self.index.insert((f.kind, process, key), self.list.len());
-        self.list.push(f);
-    }
-
-    /// Findings of `kind`.
-    pub fn of_kind(&self, kind: FindingKind) -> impl Iterator<Item = &Finding> {
-        self.list.iter().filter(move |f| f.kind == kind)
-    }
-}
-
-/// Formats nanoseconds for messages.
-pub fn fmt_ns(ns: u64) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.2}s", ns as f64 / 1e9)
-    } else if ns >= 1_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
-    } else if ns >= 1_000 {
-        format!("{:.1}µs", ns as f64 / 1e3)
-    } else {
-        format!("{ns}ns")
-    }
+/// The standard detectors, in the order the engine calls them: the order
+/// in which one scan, or one change, makes findings (and so the order of
+/// findings in reports).
+pub fn standard() -> Vec<Box<dyn Detector>> {
+    vec![
+        Box::new(long_poll::LongPoll),
+        Box::new(lost_waker::LostWaker),
+        Box::new(never_yielded::NeverYielded),
+        Box::new(starvation::Starvation),
+        Box::new(stuck::Stuck),
+        Box::new(self_wake::SelfWake),
+        Box::new(deadlock::Deadlock::default()),
+        Box::new(error::Error),
+        Box::new(panic::Panic),
+        Box::new(dropped_events::DroppedEvents::default()),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn obs(key: &str, d: u64, ts: u64, new: bool) -> Observation {
-        Observation {
-            kind: FindingKind::LongPoll,
-            process: ProcessKey {
-                pid: 1,
-                start_unix_ns: 0,
-            },
-            key: key.into(),
-            tasks: vec![TaskRef {
-                id: ts,
-                tokio_id: None,
-                name: None,
-                spawned_at: None,
-            }],
-            location: None,
-            message: format!("d={d}"),
-            trace: vec![],
-            duration_ns: Some(d),
-            ts,
-            new_occurrence: new,
-        }
-    }
-
-    #[test]
-    fn dedups_with_count_and_worst() {
-        let mut f = Findings::new(10);
-        for i in 0..10_000u64 {
-            f.observe(obs("a", i % 100, i, true));
-        }
-        f.observe(obs("a", 5000, 20_000, false));
-        assert_eq!(f.list().len(), 1);
-        let x = &f.list()[0];
-        assert_eq!(x.count, 10_000);
-        assert_eq!(x.worst_ns, Some(5000));
-        assert_eq!(x.message, "d=5000");
-        assert_eq!((x.first_seen, x.last_seen), (0, 20_000));
-        assert_eq!(x.tasks.len(), MAX_TASKS_PER_FINDING);
-    }
-
-    #[test]
-    fn caps_distinct_findings() {
-        let mut f = Findings::new(2);
-        for k in ["a", "b", "c", "d"] {
-            f.observe(obs(k, 1, 1, true));
-        }
-        assert_eq!(f.list().len(), 2);
-        assert_eq!(f.suppressed, 2);
-    }
 
     #[test]
     fn kind_strings_round_trip() {

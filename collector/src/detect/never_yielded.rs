@@ -1,16 +1,41 @@
 //! `never_yielded`: a task still in its first poll after longer than the
 //! threshold (it never returned to the scheduler). Blocking tasks are exempt.
 
-use super::{fmt_ns, FindingKind, Observation};
+use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
 use crate::config::Thresholds;
-use crate::model::process::task_label;
 use crate::model::task::group_key;
-use crate::model::{Process, Task};
+use crate::model::{task_label, Process, Task};
+
+/// The `never_yielded` detector: judges live tasks at each scan. An episode lasts while the
+/// task stays so.
+#[derive(Debug, Default)]
+pub struct NeverYielded;
+
+impl Detector for NeverYielded {
+    fn kind(&self) -> FindingKind {
+        FindingKind::NeverYielded
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            tasks: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_task(&mut self, p: &Process, t: &Task, now: u64, cx: &mut Cx<'_>) {
+        cx.episode(
+            FindingKind::NeverYielded,
+            t.id,
+            check(p, t, now, cx.thresholds),
+        );
+    }
+}
 
 /// Checks `t` at `now`.
 pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observation> {
     let start = t.poll_start?;
-    if t.polls > 0 || t.pending_poll.is_some() || t.kind.as_deref() == Some("blocking") {
+    if t.polls > 0 || t.pending_poll.is_some() || t.is_blocking() {
         return None;
     }
     let busy = now.saturating_sub(start);
@@ -22,7 +47,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::NeverYielded,
         process: p.key,
         key: group_key(t),
-        tasks: vec![p.task_ref(t)],
+        tasks: vec![TaskRef::of(t)],
         location: t.location.clone(),
         message: format!(
             "{} has been running its first poll for {} without yielding",

@@ -1,10 +1,58 @@
 //! `panic`: a panic (from the panic hook), or a task that ended panicked.
 
-use awaitscope_wire::SpanId;
+use awaitscope_wire::{CloseKind, SpanId};
 
-use super::{FindingKind, Observation};
+use super::{Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
 use crate::model::span::Location;
-use crate::model::Process;
+use crate::model::{Change, ChangeKind, Process};
+
+/// The `panic` detector: judges panics caught by the producer's hook, and
+/// tasks that close panicked without one.
+#[derive(Debug, Default)]
+pub struct Panic;
+
+impl Detector for Panic {
+    fn kind(&self) -> FindingKind {
+        FindingKind::Panic
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            changes: &[ChangeKind::Panic, ChangeKind::TaskClosing],
+            ..Hooks::default()
+        }
+    }
+
+    fn on_change(&mut self, p: &Process, change: &Change<'_>, cx: &mut Cx<'_>) {
+        match change {
+            Change::Panic {
+                task,
+                span,
+                message,
+                location,
+                ts,
+                trace,
+            } => {
+                let mut o = observe(p, *task, *span, message, location.cloned(), *ts);
+                if !trace.is_empty() {
+                    // The producer's causal trace crosses spawns and queues
+                    // and survives closed spans: prefer it.
+                    o.trace = trace.to_vec();
+                }
+                cx.observe(o);
+            }
+            Change::TaskClosing {
+                task,
+                kind: CloseKind::Panicked,
+                ts,
+            } if task.panic.is_none() => {
+                let o = observe(p, Some(task.id), None, "task ended panicked", None, *ts);
+                cx.observe(o);
+            }
+            _ => {}
+        }
+    }
+}
 
 /// Observation for a panic.
 pub fn observe(
@@ -22,7 +70,7 @@ pub fn observe(
         key: location
             .as_ref()
             .map_or_else(|| message.to_string(), |l| l.to_string()),
-        tasks: t.map(|t| p.task_ref(t)).into_iter().collect(),
+        tasks: t.map(TaskRef::of).into_iter().collect(),
         location,
         message: format!("panicked: {message}"),
         trace: p.trace(span, task),

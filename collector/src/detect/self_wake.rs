@@ -2,11 +2,45 @@
 //! half) of at least a minimum number of wakes (busy-looping through the
 //! scheduler, e.g. `yield_now` in a loop).
 
-use super::{FindingKind, Observation};
+use super::{Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
 use crate::config::Thresholds;
-use crate::model::process::task_label;
 use crate::model::task::group_key;
-use crate::model::{Process, Task};
+use crate::model::{task_label, Change, ChangeKind, Process, Task};
+
+/// The `self_wake` detector: judges live tasks at each scan, and each task
+/// as it closes (unless an episode of it was already found).
+#[derive(Debug, Default)]
+pub struct SelfWake;
+
+impl Detector for SelfWake {
+    fn kind(&self) -> FindingKind {
+        FindingKind::SelfWake
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            changes: &[ChangeKind::TaskClosing],
+            tasks: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_change(&mut self, p: &Process, change: &Change<'_>, cx: &mut Cx<'_>) {
+        let Change::TaskClosing { task, ts, .. } = *change else {
+            return;
+        };
+        if cx.episodes().active(FindingKind::SelfWake, task.id) {
+            return;
+        }
+        if let Some(o) = check(p, task, ts, cx.thresholds) {
+            cx.observe(o);
+        }
+    }
+
+    fn on_task(&mut self, p: &Process, t: &Task, now: u64, cx: &mut Cx<'_>) {
+        cx.episode(FindingKind::SelfWake, t.id, check(p, t, now, cx.thresholds));
+    }
+}
 
 /// Checks `t` (live or just closed) at `now`.
 pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observation> {
@@ -19,7 +53,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::SelfWake,
         process: p.key,
         key: group_key(t),
-        tasks: vec![p.task_ref(t)],
+        tasks: vec![TaskRef::of(t)],
         location: t.location.clone(),
         message: format!(
             "{} woke itself {} of {} times ({:.0}%)",

@@ -1,18 +1,64 @@
 //! `starvation`: woken but not polled for longer than the threshold (the
 //! runtime's workers are busy or blocked).
 
-use super::{fmt_ns, FindingKind, Observation};
+use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
 use crate::config::Thresholds;
-use crate::model::process::task_label;
 use crate::model::task::group_key;
-use crate::model::{Process, Task, TaskState};
+use crate::model::{task_label, Change, ChangeKind, Process, Task, TaskState};
+
+/// The `starvation` detector: judges each wait that a poll ends, and the
+/// tasks still waiting at a scan. An episode lasts until the poll that ends
+/// it, across scans.
+#[derive(Debug, Default)]
+pub struct Starvation;
+
+impl Detector for Starvation {
+    fn kind(&self) -> FindingKind {
+        FindingKind::Starvation
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            changes: &[ChangeKind::WaitEnded],
+            tasks: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn quiet_up_to(&self, _kind: ChangeKind, th: &Thresholds) -> Option<u64> {
+        // A brief wait matters only to end an episode.
+        Some(th.starvation_ns)
+    }
+
+    fn on_change(&mut self, p: &Process, change: &Change<'_>, cx: &mut Cx<'_>) {
+        let Change::WaitEnded { task, ts, waited } = *change else {
+            return;
+        };
+        if waited > cx.thresholds.starvation_ns {
+            if let Some(t) = p.tasks.get(&task) {
+                let mut o = observe(p, t, waited, ts, cx.thresholds);
+                o.new_occurrence = !cx.episodes().active(FindingKind::Starvation, task);
+                cx.observe(o);
+            }
+        }
+        // A starvation episode ends at the poll that ends it.
+        cx.episodes().end(FindingKind::Starvation, task);
+    }
+
+    fn on_task(&mut self, p: &Process, t: &Task, now: u64, cx: &mut Cx<'_>) {
+        // An episode goes on while the task waits (see `on_change`).
+        if let Some(o) = check(p, t, now, cx.thresholds) {
+            cx.observe_episode(t.id, o);
+        }
+    }
+}
 
 fn observe(p: &Process, t: &Task, wait: u64, ts: u64, th: &Thresholds) -> Observation {
     Observation {
         kind: FindingKind::Starvation,
         process: p.key,
         key: group_key(t),
-        tasks: vec![p.task_ref(t)],
+        tasks: vec![TaskRef::of(t)],
         location: t.location.clone(),
         message: format!(
             "{} was woken but not polled for {} (threshold {})",
@@ -25,17 +71,6 @@ fn observe(p: &Process, t: &Task, wait: u64, ts: u64, th: &Thresholds) -> Observ
         ts,
         new_occurrence: true,
     }
-}
-
-/// Checks a wait that just ended with a poll at `ts`.
-pub fn check_wait(
-    p: &Process,
-    t: &Task,
-    wait: u64,
-    ts: u64,
-    th: &Thresholds,
-) -> Option<Observation> {
-    (wait > th.starvation_ns).then(|| observe(p, t, wait, ts, th))
 }
 
 /// Checks a task still waiting to be polled at `now`.

@@ -4,11 +4,32 @@
 //! A task without an await tree has no await point to name and is left to
 //! `lost_waker`.
 
-use super::{fmt_ns, FindingKind, Observation};
+use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
 use crate::config::Thresholds;
-use crate::model::process::task_label;
 use crate::model::task::group_key;
-use crate::model::{Process, Task, TaskState};
+use crate::model::{task_label, Process, Task, TaskState};
+
+/// The `stuck` detector: judges live tasks at each scan. An episode lasts while the
+/// task stays so.
+#[derive(Debug, Default)]
+pub struct Stuck;
+
+impl Detector for Stuck {
+    fn kind(&self) -> FindingKind {
+        FindingKind::Stuck
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            tasks: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_task(&mut self, p: &Process, t: &Task, now: u64, cx: &mut Cx<'_>) {
+        cx.episode(FindingKind::Stuck, t.id, check(p, t, now, cx.thresholds));
+    }
+}
 
 /// Checks `t` at `now`.
 pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observation> {
@@ -32,7 +53,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::Stuck,
         process: p.key,
         key: format!("{}|{:?}", group_key(t), location),
-        tasks: vec![p.task_ref(t)],
+        tasks: vec![TaskRef::of(t)],
         location,
         message: format!(
             "{} has been pending on {} for {} (threshold {})",

@@ -25,13 +25,13 @@ use std::io;
 use std::sync::Arc;
 
 use awaitscope_wire::{
-    Body, Callsite, CallsiteKind, CloseKind, Event, EventClass, Field, Frame, Level, ProcessKey,
-    SpanClass, SpanId, TreeNode, WakeOp,
+    names, Body, Callsite, CallsiteKind, CloseKind, Event, EventClass, Field, Frame, Level,
+    ProcessKey, SpanClass, SpanId, TreeNode, WakeOp,
 };
 use hdrhistogram::Histogram;
 
 use super::PolicyNote;
-use crate::model::span;
+use crate::model::{labels, span};
 
 /// An argument value of a timeline event.
 #[derive(Clone, Debug, PartialEq)]
@@ -465,7 +465,7 @@ impl Walker {
                     self.event(f.process, e, sinks)?;
                 }
             } else {
-                for (_, e) in crate::model::process::merge_threads(events) {
+                for (_, e) in crate::model::merge::merge_threads(events) {
                     self.event(f.process, e, sinks)?;
                 }
             }
@@ -633,7 +633,7 @@ impl Walker {
                 {
                     return Ok(());
                 }
-                let msg = span::field_str(Some(cs), fields, "message")
+                let msg = span::field_str(Some(cs), fields, names::MESSAGE)
                     .map(str::to_string)
                     .unwrap_or_else(|| cs.name.clone());
                 let lvl = if cs.level == Level::Error {
@@ -647,7 +647,7 @@ impl Walker {
                 }
                 for f in fields {
                     if let Some(n) = cs.fields.get(f.index as usize) {
-                        if n != "message" {
+                        if n != names::MESSAGE {
                             args.push(("field", Arg::S(format!("{n}={}", value(f)))));
                         }
                     }
@@ -738,37 +738,29 @@ impl Walker {
             let own_loc = span::loc_fields(cs, fields)
                 .or_else(|| span::callsite_location(cs))
                 .map(|l| Arc::<str>::from(l.to_string()));
+            // The span's own label (the rule of `labels::span_own_label`),
+            // else a fallback per class.
+            let own = labels::span_own_label(class, cs, fields).map(String::from);
             let (label, loc): (String, Option<Arc<str>>) = match class {
-                SpanClass::Resource => (
-                    span::field_str(cs, fields, "concrete_type")
-                        .unwrap_or("resource")
-                        .to_string(),
-                    own_loc,
-                ),
+                SpanClass::Resource => (own.unwrap_or_else(|| "resource".into()), own_loc),
                 SpanClass::AsyncOp | SpanClass::AsyncOpPoll => {
                     let ploc = parent
                         .and_then(|pa| p.spans.get(&pa))
                         .and_then(|s| s.loc.clone());
                     (
-                        span::field_str(cs, fields, "source")
-                            .map(str::to_string)
-                            .or_else(|| {
-                                parent
-                                    .and_then(|pa| p.spans.get(&pa))
-                                    .map(|s| s.label.to_string())
-                            })
-                            .unwrap_or_else(|| "async_op".into()),
+                        own.or_else(|| {
+                            parent
+                                .and_then(|pa| p.spans.get(&pa))
+                                .map(|s| s.label.to_string())
+                        })
+                        .unwrap_or_else(|| "async_op".into()),
                         ploc.or(own_loc),
                     )
                 }
                 _ => {
-                    let join = cs
-                        .filter(|c| c.name == "runtime.join" && c.target == "awaitscope::join")
-                        .and_then(|c| span::field_u64(Some(c), fields, "task.id"));
-                    let label = match join {
-                        Some(t) => format!("join task.id={t}"),
-                        None => cs.map_or_else(|| format!("span#{}", id.0), |c| c.name.clone()),
-                    };
+                    let label = own.unwrap_or_else(|| {
+                        cs.map_or_else(|| format!("span#{}", id.0), |c| c.name.clone())
+                    });
                     (label, own_loc)
                 }
             };
@@ -798,10 +790,10 @@ impl Walker {
         if p.tasks.contains_key(&id) {
             return Ok(());
         }
-        let name = span::field_str(cs, fields, "task.name")
+        let name = span::field_str(cs, fields, names::TASK_NAME)
             .filter(|s| !s.is_empty())
             .map(str::to_string);
-        let kind = span::field_str(cs, fields, "kind").map(str::to_string);
+        let kind = span::field_str(cs, fields, names::KIND).map(str::to_string);
         let loc = span::loc_fields(cs, fields).or_else(|| span::callsite_location(cs));
         let locs = loc
             .as_ref()

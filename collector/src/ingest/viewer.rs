@@ -39,7 +39,8 @@
 //! and the server's drop counts, notes, counters, and whether it is still
 //! connected. Each snapshot is followed by the detector episodes in
 //! progress in that process ([`Control::Ongoing`] per task,
-//! [`Control::OngoingInProcess`] for deadlocks and reported drops), which
+//! [`Control::OngoingInProcess`] for what detectors remember of the
+//! process as a whole: deadlocks in progress, drops reported), which
 //! are detector memory rather than model state; then come the server's
 //! findings ([`Control::Finding`], with their deduplication keys so that the
 //! viewer's own detectors add to them rather than repeat them) and
@@ -86,6 +87,7 @@ use awaitscope_wire::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::detect::Recollection;
 use crate::model::{Process, ProcessSnapshot, Task};
 use crate::{Finding, FindingKind, Model};
 
@@ -167,10 +169,9 @@ pub enum Control {
     OngoingInProcess {
         /// The process.
         process: ProcessKey,
-        /// Deduplication keys of the deadlocks in progress.
-        deadlocks: Vec<String>,
-        /// Producer and collector drops already reported as findings.
-        reported_drops: (u64, u64),
+        /// What its detectors remember of it (the deadlocks in progress,
+        /// the drops already reported as findings).
+        memory: Vec<Recollection>,
     },
 }
 
@@ -394,13 +395,7 @@ pub fn decode_message(buf: &[u8], offset: u64) -> Result<Option<(Message, usize)
 pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
     match msg {
         Message::Frame(f) => model.apply_live(f, wall_unix_ns),
-        Message::Snapshot(s) => {
-            model.restore_process(s);
-            // As if its state had just arrived live (see `Model::apply_live`).
-            if let Some(p) = model.process_mut(&s.key()) {
-                p.last_wall = Some((wall_unix_ns, p.now));
-            }
-        }
+        Message::Snapshot(s) => model.restore_process_live(s, wall_unix_ns),
         Message::Control(Control::Synced) => {}
         Message::Control(Control::Disconnected { process, clean }) => {
             model.disconnected(*process, *clean)
@@ -418,24 +413,10 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
             task,
             kinds,
         }) => {
-            if let Some(t) = model
-                .process_mut(process)
-                .and_then(|p| p.tasks.get_mut(task))
-            {
-                for k in kinds {
-                    t.set_flag(k.bit(), true);
-                }
-            }
+            model.resume_episodes(*process, *task, kinds);
         }
-        Message::Control(Control::OngoingInProcess {
-            process,
-            deadlocks,
-            reported_drops,
-        }) => {
-            if let Some(p) = model.process_mut(process) {
-                p.deadlocks_active.extend(deadlocks.iter().cloned());
-                p.dropped_reported = *reported_drops;
-            }
+        Message::Control(Control::OngoingInProcess { process, memory }) => {
+            model.resume_recollections(*process, memory);
         }
     }
 }
@@ -464,7 +445,7 @@ impl Rebuild {
         Rebuild {
             processes: model
                 .processes()
-                .map(|p| (ProcessSnapshot::of(p), episodes(p)))
+                .map(|p| (ProcessSnapshot::of(p), episodes(model, p)))
                 .collect(),
             findings: model
                 .findings()
@@ -537,15 +518,12 @@ pub fn encode_snapshot(s: &ProcessSnapshot, out: &mut Vec<u8>) {
 /// The detector episodes in progress in `p` (detector memory, not part of
 /// the snapshot), so that the viewer's detectors continue them rather than
 /// count them again.
-fn episodes(p: &Process) -> Vec<Control> {
+fn episodes(model: &Model, p: &Process) -> Vec<Control> {
     let mut out = Vec::new();
     let mut tasks: Vec<&Task> = p.tasks.values().collect();
     tasks.sort_by_key(|t| t.id);
     for t in tasks {
-        let kinds: Vec<FindingKind> = FindingKind::ALL
-            .into_iter()
-            .filter(|k| t.flag(k.bit()))
-            .collect();
+        let kinds: Vec<FindingKind> = model.episodes(&p.key, t.id);
         if !kinds.is_empty() {
             out.push(Control::Ongoing {
                 process: p.key,
@@ -554,21 +532,31 @@ fn episodes(p: &Process) -> Vec<Control> {
             });
         }
     }
-    let mut deadlocks: Vec<String> = p.deadlocks_active.iter().cloned().collect();
-    if deadlocks.is_empty() && p.dropped_reported == (0, 0) {
+    let memory = model.recollections(&p.key);
+    if memory.is_empty() {
         return out;
     }
-    deadlocks.sort();
     let mut c = Control::OngoingInProcess {
         process: p.key,
-        deadlocks,
-        reported_drops: p.dropped_reported,
+        memory,
     };
-    // Keys are short: only a process with thousands of deadlocks at once
-    // loses some (which the viewer then counts again).
+    // Deadlock keys are short: only a process with thousands of deadlocks
+    // at once loses some (which the viewer then counts again).
     while control_len(&c) > MAX_CONTROL_LEN {
-        if let Control::OngoingInProcess { deadlocks, .. } = &mut c {
-            deadlocks.truncate(deadlocks.len() / 2);
+        let Control::OngoingInProcess { memory, .. } = &mut c else {
+            break;
+        };
+        let mut shrunk = false;
+        for r in memory.iter_mut() {
+            if let Recollection::Deadlocks(keys) = r {
+                shrunk |= !keys.is_empty();
+                keys.truncate(keys.len() / 2);
+            }
+        }
+        if !shrunk {
+            // Nothing left to shorten: send no memory rather than too much.
+            memory.clear();
+            break;
         }
     }
     out.push(c);

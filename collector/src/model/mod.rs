@@ -1,236 +1,33 @@
-//! The model: processes, their task trees, spans, resources and await trees.
+//! The model: processes, their task trees, spans, resources and await trees,
+//! and how events change them.
 //!
-//! [`Model::apply`] is the single entry point for frames, whether they come
-//! from a live connection or a recording.
+//! The model applies events and reports what changed ([`Change`]) to an
+//! [`Observer`]; it knows nothing of detectors, which observe it
+//! (`crate::detect`). [`crate::Model`] puts the two together.
+//!
+//! * [`process`]: a producer process and the lookups in it.
+//! * [`apply`]: how each event changes a process (and `task_apply`, the
+//!   task it is about).
+//! * [`merge`]: the merge of a batch's per-thread runs in time order.
+//! * [`labels`]: how tasks, spans and await points are named.
+//! * [`task`], [`span`], [`resource`], [`await_tree`]: what a process holds.
 
+pub mod apply;
 pub mod await_tree;
+pub mod change;
 pub mod hash;
+pub mod labels;
+pub mod merge;
 pub mod process;
 pub mod resource;
 pub mod snapshot;
 pub mod span;
 pub mod task;
+mod task_apply;
+mod warm;
 
-use std::collections::BTreeMap;
-
-use awaitscope_wire::{Body, Frame, ProcessKey};
-
-use crate::config::Config;
-use crate::detect::Findings;
+pub use change::{Change, ChangeKind, Observer};
+pub use labels::task_label;
 pub use process::Process;
 pub use snapshot::ProcessSnapshot;
 pub use task::{Task, TaskState};
-
-/// Sizes of the model, to check that memory stays bounded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ModelStats {
-    /// Processes.
-    pub processes: usize,
-    /// Live tasks.
-    pub live_tasks: usize,
-    /// Completed tasks kept in detail.
-    pub retained_tasks: usize,
-    /// Summary groups.
-    pub summary_groups: usize,
-    /// Tasks folded into summaries.
-    pub summarised_tasks: u64,
-    /// Live spans (non-task).
-    pub spans: usize,
-    /// Live resources.
-    pub resources: usize,
-    /// Distinct findings.
-    pub findings: usize,
-}
-
-/// Everything the collector knows.
-#[derive(Debug)]
-pub struct Model {
-    /// Configuration.
-    pub config: Config,
-    processes: BTreeMap<ProcessKey, Process>,
-    findings: Findings,
-    /// Warnings about inputs (truncated recordings, refused frames...).
-    pub warnings: Vec<String>,
-}
-
-impl Default for Model {
-    fn default() -> Self {
-        Self::new(Config::default())
-    }
-}
-
-impl Model {
-    /// An empty model.
-    pub fn new(config: Config) -> Self {
-        let findings = Findings::new(config.max_findings);
-        Self {
-            config,
-            processes: BTreeMap::new(),
-            findings,
-            warnings: Vec::new(),
-        }
-    }
-
-    /// Applies one frame from any source.
-    pub fn apply(&mut self, frame: &Frame) {
-        let cfg = &self.config;
-        let p = self
-            .processes
-            .entry(frame.process)
-            .or_insert_with(|| Process::new(frame.process));
-        p.seq(frame.seq);
-        match &frame.body {
-            Body::Hello(info) => p.hello(info),
-            Body::Events(events) => p.apply_events(events, cfg, &mut self.findings),
-            Body::Dropped(d) => {
-                p.dropped.buffer_full = p.dropped.buffer_full.max(d.buffer_full);
-                p.dropped.disconnected = p.dropped.disconnected.max(d.disconnected);
-                p.dropped.write_failed = p.dropped.write_failed.max(d.write_failed);
-            }
-            Body::Goodbye => {
-                p.ended = true;
-                p.connected = false;
-            }
-        }
-        // The program ended: its findings say how it ended (the drop counts
-        // of its last flush, ...) without waiting for another scan.
-        let ended = matches!(frame.body, Body::Goodbye);
-        if ended || p.now >= p.last_scan.saturating_add(cfg.scan_interval_ns) {
-            let now = p.now;
-            p.scan(now, cfg, &mut self.findings);
-        }
-    }
-
-    /// Applies a frame received live at wall-clock time `wall_unix_ns`; the
-    /// arrival time lets [`Model::scan_wall`] advance the process clock while
-    /// the program is silent, without trusting its clock to match ours.
-    pub fn apply_live(&mut self, frame: &Frame, wall_unix_ns: u64) {
-        self.apply(frame);
-        if let Some(p) = self.processes.get_mut(&frame.process) {
-            p.last_wall = Some((wall_unix_ns, p.now));
-        }
-    }
-
-    /// A live connection of `key` ended (`clean`: after a `Goodbye`).
-    pub fn disconnected(&mut self, key: ProcessKey, clean: bool) {
-        if let Some(p) = self.processes.get_mut(&key) {
-            p.connected = false;
-            if !clean && !p.ended {
-                p.note("connection lost without goodbye".into());
-            }
-        }
-    }
-
-    /// The collector dropped `events` events of `key` (queue full).
-    pub fn note_collector_drops(&mut self, key: ProcessKey, events: u64) {
-        let p = self
-            .processes
-            .entry(key)
-            .or_insert_with(|| Process::new(key));
-        p.collector_dropped = p.collector_dropped.saturating_add(events);
-    }
-
-    /// Adds a note to process `key` (created if unknown).
-    pub fn note(&mut self, key: ProcessKey, note: String) {
-        self.processes
-            .entry(key)
-            .or_insert_with(|| Process::new(key))
-            .note(note);
-    }
-
-    /// Adds a warning about the input (bounded).
-    pub fn warn(&mut self, w: String) {
-        if self.warnings.len() < 256 {
-            self.warnings.push(w);
-        }
-    }
-
-    /// Runs the state detectors of every process at its latest timestamp.
-    pub fn scan(&mut self) {
-        for p in self.processes.values_mut() {
-            let now = p.now;
-            p.scan(now, &self.config, &mut self.findings);
-        }
-    }
-
-    /// Runs the state detectors of connected processes at wall-clock time
-    /// `unix_ns` (live: a stalled program sends no events to advance its
-    /// clock). The process clock advances by the wall time elapsed since its
-    /// last live frame, or, for frames not applied with
-    /// [`Model::apply_live`], to `unix_ns` minus the process start.
-    pub fn scan_wall(&mut self, unix_ns: u64) {
-        for p in self.processes.values_mut() {
-            let mut now = p.now;
-            if p.connected {
-                let wall_now = match p.last_wall {
-                    Some((w, at)) => at.saturating_add(unix_ns.saturating_sub(w)),
-                    None => unix_ns.saturating_sub(p.key.start_unix_ns),
-                };
-                now = now.max(wall_now);
-                p.now = now;
-            }
-            p.scan(now, &self.config, &mut self.findings);
-        }
-    }
-
-    /// End of input: commits the last polls of open tasks and scans.
-    pub fn finish(&mut self) {
-        for p in self.processes.values_mut() {
-            p.finish(&self.config, &mut self.findings);
-        }
-        self.scan();
-    }
-
-    /// Processes, by key.
-    pub fn processes(&self) -> impl Iterator<Item = &Process> {
-        self.processes.values()
-    }
-
-    /// One process.
-    pub fn process(&self, key: &ProcessKey) -> Option<&Process> {
-        self.processes.get(key)
-    }
-
-    /// The findings.
-    pub fn findings(&self) -> &Findings {
-        &self.findings
-    }
-
-    /// Adds a finding of another model (see [`Findings::restore`]).
-    pub fn restore_finding(&mut self, key: String, f: crate::Finding) {
-        self.findings.restore(key, f);
-    }
-
-    /// Forgets all findings (before restoring another model's).
-    pub fn clear_findings(&mut self) {
-        self.findings = Findings::new(self.config.max_findings);
-    }
-
-    /// One process, mutably.
-    #[cfg_attr(not(feature = "server"), allow(dead_code))] // ingest::viewer
-    pub(crate) fn process_mut(&mut self, key: &ProcessKey) -> Option<&mut Process> {
-        self.processes.get_mut(key)
-    }
-
-    /// Sizes.
-    pub fn stats(&self) -> ModelStats {
-        let mut s = ModelStats {
-            processes: self.processes.len(),
-            findings: self.findings.list().len(),
-            ..ModelStats::default()
-        };
-        for p in self.processes.values() {
-            s.live_tasks += p.tasks.len();
-            s.retained_tasks += p.completed.len();
-            s.summary_groups += p.summary.len();
-            s.summarised_tasks += p
-                .summary
-                .values()
-                .map(|g| g.completed + g.cancelled + g.panicked)
-                .sum::<u64>();
-            s.spans += p.spans.len();
-            s.resources += p.resources.len();
-        }
-        s
-    }
-}

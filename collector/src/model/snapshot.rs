@@ -7,7 +7,7 @@
 //! histograms, the summaries of the tasks no longer kept, resources with
 //! their holders and state, drop counts, notes, the frame, event and
 //! sequence counters, and whether the producer is connected or ended.
-//! [`Model::restore_process`] installs one: the process then equals the
+//! [`crate::Model::restore_process`] installs one: the process then equals the
 //! snapshotted one, history included, without replaying any event.
 //!
 //! What it does not hold is detector memory (which detector episodes are in
@@ -36,7 +36,6 @@ use super::process::{Entered, Process, ThreadState};
 use super::resource::Resource;
 use super::span::{Location, Span};
 use super::task::{Histograms, LogRecord, PendingPoll, Task, TaskState, TaskSummary};
-use super::Model;
 
 /// Version of the snapshot encoding; a snapshot of another version is
 /// refused when decoded.
@@ -397,19 +396,6 @@ impl ProcessSnapshot {
 
 fn encoded_len<T: Serialize>(v: &T) -> usize {
     postcard::to_allocvec(v).map_or(usize::MAX / 2, |b| b.len())
-}
-
-impl Model {
-    /// The snapshot of process `key`, if the model knows it.
-    pub fn snapshot_process(&self, key: &ProcessKey) -> Option<ProcessSnapshot> {
-        self.processes.get(key).map(ProcessSnapshot::of)
-    }
-
-    /// Installs a snapshot: the process it stands for replaces any process
-    /// of the same key. Findings are not touched (a snapshot has none).
-    pub fn restore_process(&mut self, s: &ProcessSnapshot) {
-        self.processes.insert(s.key, s.to_process());
-    }
 }
 
 impl LocationSnap {

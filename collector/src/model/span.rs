@@ -1,6 +1,6 @@
 //! Spans, callsites, fields and source locations.
 
-use awaitscope_wire::{Callsite, Field, SpanClass, SpanId, Value};
+use awaitscope_wire::{names, Callsite, Field, SpanClass, SpanId, Value};
 use serde::{Deserialize, Serialize};
 
 /// A source location.
@@ -140,12 +140,12 @@ pub fn field_bool(callsite: Option<&Callsite>, fields: &[Field], name: &str) -> 
 
 /// `loc.file`/`loc.line`/`loc.col` fields as a location.
 pub fn loc_fields(callsite: Option<&Callsite>, fields: &[Field]) -> Option<Location> {
-    let file = field_str(callsite, fields, "loc.file")?;
-    let line = field_u64(callsite, fields, "loc.line")?;
+    let file = field_str(callsite, fields, names::LOC_FILE)?;
+    let line = field_u64(callsite, fields, names::LOC_LINE)?;
     Some(Location {
         file: file.to_string(),
         line: line as u32,
-        col: field_u64(callsite, fields, "loc.col").map(|c| c as u32),
+        col: field_u64(callsite, fields, names::LOC_COL).map(|c| c as u32),
     })
 }
 

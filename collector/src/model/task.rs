@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use awaitscope_wire::{Field, Level, SpanId};
+use awaitscope_wire::{names, Field, Level, SpanId};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -229,8 +229,6 @@ pub struct Task {
     pub error_count: u64,
     /// Panic message.
     pub panic: Option<String>,
-    /// Detector episodes in progress (bit per finding kind).
-    pub(crate) flags: u16,
 }
 
 impl Task {
@@ -274,14 +272,22 @@ impl Task {
             warn_count: 0,
             error_count: 0,
             panic: None,
-            flags: 0,
         }
+    }
+
+    /// Whether the task is a `spawn_blocking` task: its single poll is the
+    /// whole blocking closure.
+    pub fn is_blocking(&self) -> bool {
+        self.kind.as_deref() == Some(names::KIND_BLOCKING)
     }
 
     /// Whether the task is exempt from waker-based detectors (spawn_blocking
     /// and block_on tasks are not woken through tokio's task wakers).
     pub fn is_blocking_or_block_on(&self) -> bool {
-        matches!(self.kind.as_deref(), Some("blocking") | Some("block_on"))
+        matches!(
+            self.kind.as_deref(),
+            Some(names::KIND_BLOCKING) | Some(names::KIND_BLOCK_ON)
+        )
     }
 
     /// Histograms, created on first use, with every sample recorded so far.
@@ -404,18 +410,6 @@ impl Task {
         end.saturating_sub(self.created)
             .saturating_sub(self.busy_view(now))
             .saturating_sub(self.scheduled_view(now))
-    }
-
-    pub(crate) fn flag(&self, bit: u16) -> bool {
-        self.flags & bit != 0
-    }
-
-    pub(crate) fn set_flag(&mut self, bit: u16, on: bool) {
-        if on {
-            self.flags |= bit;
-        } else {
-            self.flags &= !bit;
-        }
     }
 }
 

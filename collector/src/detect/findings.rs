@@ -1,0 +1,298 @@
+//! Findings: what detectors observe, deduplicated by kind, process and a
+//! kind-specific key (usually the task's spawn location and name), so that
+//! a task blocking 10,000 times is one finding with a count and the worst
+//! duration.
+
+use std::collections::HashMap;
+
+use awaitscope_wire::ProcessKey;
+use serde::{Deserialize, Serialize};
+
+use super::{FindingKind, Severity};
+use crate::model::span::Location;
+use crate::model::Task;
+
+/// A task named by a finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// Task (span) id within its process.
+    pub id: u64,
+    /// tokio task id, when recorded.
+    pub tokio_id: Option<u64>,
+    /// Task name.
+    pub name: Option<String>,
+    /// Spawn location.
+    pub spawned_at: Option<Location>,
+}
+
+impl TaskRef {
+    /// A reference to `t` for findings.
+    pub fn of(t: &Task) -> TaskRef {
+        TaskRef {
+            id: t.id.0,
+            tokio_id: t.tokio_id,
+            name: t.name.clone(),
+            spawned_at: t.location.clone(),
+        }
+    }
+}
+/// A deduplicated finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Kind.
+    pub kind: FindingKind,
+    /// Severity.
+    pub severity: Severity,
+    /// Process (pid).
+    pub pid: u32,
+    /// Process start (Unix ns), with `pid` the process key.
+    pub process_start_unix_ns: u64,
+    /// Tasks involved (first few occurrences; a deadlock's cycle in order).
+    pub tasks: Vec<TaskRef>,
+    /// Culprit source location (await point, span, event or panic site).
+    pub location: Option<Location>,
+    /// Human-readable description (of the worst occurrence).
+    pub message: String,
+    /// Await tree path or span chain of the worst occurrence, outermost first.
+    pub trace: Vec<String>,
+    /// Occurrences.
+    pub count: u64,
+    /// Worst duration among occurrences, when the kind has one.
+    pub worst_ns: Option<u64>,
+    /// First occurrence (ns since the process's start).
+    pub first_seen: u64,
+    /// Last occurrence (ns since the process's start).
+    pub last_seen: u64,
+}
+
+/// One observation by a detector, merged into findings.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// Kind.
+    pub kind: FindingKind,
+    /// Process.
+    pub process: ProcessKey,
+    /// Deduplication key within kind and process.
+    pub key: String,
+    /// Tasks involved.
+    pub tasks: Vec<TaskRef>,
+    /// Culprit location.
+    pub location: Option<Location>,
+    /// Description.
+    pub message: String,
+    /// Trace.
+    pub trace: Vec<String>,
+    /// Duration of this occurrence.
+    pub duration_ns: Option<u64>,
+    /// When.
+    pub ts: u64,
+    /// A new occurrence (count it) or the continuation of one (update only).
+    pub new_occurrence: bool,
+}
+
+/// Most tasks listed on one finding.
+pub const MAX_TASKS_PER_FINDING: usize = 8;
+
+/// The deduplicated findings.
+#[derive(Debug, Default)]
+pub struct Findings {
+    index: HashMap<(FindingKind, ProcessKey, String), usize>,
+    list: Vec<Finding>,
+    /// Observations not kept because `max` distinct findings existed.
+    pub suppressed: u64,
+    max: usize,
+}
+
+impl Findings {
+    /// Empty set keeping at most `max` distinct findings.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            ..Self::default()
+        }
+    }
+
+    /// The findings, in order of first occurrence.
+    pub fn list(&self) -> &[Finding] {
+        &self.list
+    }
+
+    /// Merges an observation.
+    pub fn observe(&mut self, o: Observation) {
+        let key = (o.kind, o.process, o.key);
+        if let Some(&i) = self.index.get(&key) {
+            let f = &mut self.list[i];
+            if o.new_occurrence {
+                f.count += 1;
+            }
+            f.first_seen = f.first_seen.min(o.ts);
+            f.last_seen = f.last_seen.max(o.ts);
+            let worse = match (o.duration_ns, f.worst_ns) {
+                (Some(d), Some(w)) => d >= w,
+                (Some(_), None) | (None, _) => true,
+            };
+            if o.duration_ns.is_some() {
+                f.worst_ns = f.worst_ns.max(o.duration_ns);
+            }
+            if worse {
+                f.message = o.message;
+                f.trace = o.trace;
+                if o.location.is_some() {
+                    f.location = o.location;
+                }
+            }
+            for t in o.tasks {
+                if f.tasks.len() >= MAX_TASKS_PER_FINDING {
+                    break;
+                }
+                if !f.tasks.iter().any(|x| x.id == t.id) {
+                    f.tasks.push(t);
+                }
+            }
+            return;
+        }
+        if self.list.len() >= self.max {
+            self.suppressed += 1;
+            return;
+        }
+        let mut tasks = o.tasks;
+        tasks.truncate(
+            MAX_TASKS_PER_FINDING.max(if o.kind == FindingKind::Deadlock {
+                64
+            } else {
+                0
+            }),
+        );
+        self.index.insert(key, self.list.len());
+        self.list.push(Finding {
+            kind: o.kind,
+            severity: o.kind.severity(),
+            pid: o.process.pid,
+            process_start_unix_ns: o.process.start_unix_ns,
+            tasks,
+            location: o.location,
+            message: o.message,
+            trace: o.trace,
+            count: 1,
+            worst_ns: o.duration_ns,
+            first_seen: o.ts,
+            last_seen: o.ts,
+        });
+    }
+
+    /// The findings with their deduplication keys, in order of first
+    /// occurrence (for [`Findings::restore`] elsewhere).
+    pub fn keyed(&self) -> Vec<(&str, &Finding)> {
+        let mut keys = vec![""; self.list.len()];
+        for ((_, _, key), &i) in &self.index {
+            keys[i] = key;
+        }
+        keys.into_iter().zip(&self.list).collect()
+    }
+
+    /// Adds a finding made by another model (a collector's, re-sent to a
+    /// viewer that joined late), merged into the one of the same kind,
+    /// process and key if there is one.
+    pub fn restore(&mut self, key: String, mut f: Finding) {
+        f.severity = f.kind.severity();
+        f.tasks.truncate(64);
+        let process = ProcessKey {
+            pid: f.pid,
+            start_unix_ns: f.process_start_unix_ns,
+        };
+        if let Some(&i) = self.index.get(&(f.kind, process, key.clone())) {
+            let e = &mut self.list[i];
+            e.count = e.count.max(f.count);
+            e.first_seen = e.first_seen.min(f.first_seen);
+            e.last_seen = e.last_seen.max(f.last_seen);
+            e.worst_ns = e.worst_ns.max(f.worst_ns);
+            for t in f.tasks {
+                if e.tasks.len() >= MAX_TASKS_PER_FINDING {
+                    break;
+                }
+                if !e.tasks.iter().any(|x| x.id == t.id) {
+                    e.tasks.push(t);
+                }
+            }
+            return;
+        }
+        if self.list.len() >= self.max {
+            self.suppressed += 1;
+            return;
+        }
+        self.index.insert((f.kind, process, key), self.list.len());
+        self.list.push(f);
+    }
+
+    /// Findings of `kind`.
+    pub fn of_kind(&self, kind: FindingKind) -> impl Iterator<Item = &Finding> {
+        self.list.iter().filter(move |f| f.kind == kind)
+    }
+}
+
+/// Formats nanoseconds for messages.
+pub fn fmt_ns(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.2}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else if ns >= 1_000 {
+        format!("{:.1}µs", ns as f64 / 1e3)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(key: &str, d: u64, ts: u64, new: bool) -> Observation {
+        Observation {
+            kind: FindingKind::LongPoll,
+            process: ProcessKey {
+                pid: 1,
+                start_unix_ns: 0,
+            },
+            key: key.into(),
+            tasks: vec![TaskRef {
+                id: ts,
+                tokio_id: None,
+                name: None,
+                spawned_at: None,
+            }],
+            location: None,
+            message: format!("d={d}"),
+            trace: vec![],
+            duration_ns: Some(d),
+            ts,
+            new_occurrence: new,
+        }
+    }
+
+    #[test]
+    fn dedups_with_count_and_worst() {
+        let mut f = Findings::new(10);
+        for i in 0..10_000u64 {
+            f.observe(obs("a", i % 100, i, true));
+        }
+        f.observe(obs("a", 5000, 20_000, false));
+        assert_eq!(f.list().len(), 1);
+        let x = &f.list()[0];
+        assert_eq!(x.count, 10_000);
+        assert_eq!(x.worst_ns, Some(5000));
+        assert_eq!(x.message, "d=5000");
+        assert_eq!((x.first_seen, x.last_seen), (0, 20_000));
+        assert_eq!(x.tasks.len(), MAX_TASKS_PER_FINDING);
+    }
+
+    #[test]
+    fn caps_distinct_findings() {
+        let mut f = Findings::new(2);
+        for k in ["a", "b", "c", "d"] {
+            f.observe(obs(k, 1, 1, true));
+        }
+        assert_eq!(f.list().len(), 2);
+        assert_eq!(f.suppressed, 2);
+    }
+}

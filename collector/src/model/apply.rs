@@ -1,0 +1,612 @@
+//! How events change a process: the rules of applying each event (spans
+//! created, entered and closed, polls started and ended, wakes, resource
+//! updates, logs and panics), in one place; what they do to the task they
+//! are about is in `task_apply`.
+//!
+//! Where something worth judging happens (a poll committed, a wait ended, a
+//! task closing, a panic, an ERROR event), the [`Observer`] is told, with
+//! the process as it stands at that point.
+
+use std::collections::hash_map::Entry;
+
+use awaitscope_wire::{
+    names, CallsiteKind, CloseKind, Event, EventClass, Level, Log, SpanClass, SpanId, SpanNew,
+    TreeNode,
+};
+
+use super::await_tree::AwaitTree;
+use super::change::{Change, Observer};
+use super::labels;
+use super::merge::Merge;
+use super::process::{Entered, Process, MAX_CALLSITES, MAX_STACK};
+use super::resource::Resource;
+use super::span::{self, Location, Span};
+use super::task::{LogRecord, Task, TaskState};
+use super::task_apply::{derive_task_fields, end_poll, start_poll, wake, PollStarted};
+use super::warm::WARM_AHEAD;
+use crate::config::Config;
+
+impl Process {
+    /// Applies a batch of events.
+    ///
+    /// A batch holds one run of events per thread (each opened by a
+    /// `Thread` event), in order within each thread but not across threads
+    /// (the producer drains its per-thread buffers one after the other). The
+    /// runs are merged by timestamp, keeping each thread's order, so that a
+    /// task spawned on one thread exists before another thread polls it.
+    pub fn apply_events<O: Observer>(&mut self, events: &[Event], cfg: &Config, obs: &mut O) {
+        let runs = events
+            .iter()
+            .filter(|e| matches!(e, Event::Thread { .. }))
+            .count();
+        let merge = (runs > 1).then(|| Merge::new(events)).flatten();
+        let Some(merge) = merge else {
+            // One run, or runs already in time order (the merge would take
+            // them one after the other): apply in order.
+            for chunk in events.chunks(WARM_AHEAD) {
+                self.warm(chunk);
+                for e in chunk {
+                    self.events += 1;
+                    self.apply(e, cfg, obs);
+                }
+            }
+            return;
+        };
+        for (i, e) in merge {
+            if let Some(i) = i {
+                // Switching runs: the run's thread is current again.
+                self.cur_thread = i;
+            }
+            self.events += 1;
+            self.apply(e, cfg, obs);
+        }
+    }
+
+    /// Applies one event.
+    pub fn apply<O: Observer>(&mut self, e: &Event, cfg: &Config, obs: &mut O) {
+        match e {
+            Event::Callsite(c) => {
+                if self.callsites.len() < MAX_CALLSITES || self.callsites.contains_key(&c.id) {
+                    self.callsites.insert(c.id, (**c).clone());
+                }
+            }
+            Event::Thread { id, name } => {
+                self.cur_thread = *id;
+                if let Some(n) = name {
+                    self.thread().name = Some(n.clone());
+                }
+            }
+            Event::SpanNew(n) => {
+                self.bump(n.ts);
+                self.span_new(n);
+            }
+            Event::Record { span, fields } => {
+                if let Some(t) = self.tasks.get_mut(span) {
+                    span::merge_fields(&mut t.fields, fields);
+                    let cs = self.callsites.get(&t.callsite);
+                    derive_task_fields(t, cs);
+                } else if let Some(s) = self.spans.get_mut(span) {
+                    span::merge_fields(&mut s.fields, fields);
+                }
+            }
+            Event::FollowsFrom { .. } => {}
+            Event::PollTree { task, spans } => self.poll_tree(*task, spans, cfg),
+            Event::Enter { span, ts } => {
+                self.bump(*ts);
+                self.enter(*span, *ts, cfg, obs);
+            }
+            Event::Exit { span, ts } => {
+                self.bump(*ts);
+                self.exit(*span, *ts);
+            }
+            Event::Poll {
+                task,
+                start,
+                duration,
+                wakers,
+            } => {
+                let end = start.saturating_add(*duration);
+                if self.poll_whole(*task, *start, end, *wakers, obs) {
+                    return;
+                }
+                self.apply(
+                    &Event::Enter {
+                        span: *task,
+                        ts: *start,
+                    },
+                    cfg,
+                    obs,
+                );
+                self.apply(
+                    &Event::PollEnd {
+                        task: *task,
+                        ts: end,
+                        wakers: *wakers,
+                    },
+                    cfg,
+                    obs,
+                );
+            }
+            Event::PollEnd { task, ts, wakers } => {
+                self.bump(*ts);
+                self.pop_stack(*task);
+                if let Some(t) = self.tasks.get_mut(task) {
+                    end_poll(t, *ts);
+                    // The producer counts wakers exactly (version 2).
+                    t.wakers_alive = u64::from(*wakers);
+                }
+            }
+            Event::Close { span, kind, ts } => {
+                self.bump(*ts);
+                self.close(*span, *kind, *ts, cfg, obs);
+            }
+            Event::Wake { task, op, by, ts } => {
+                self.bump(*ts);
+                if let Some(t) = self.tasks.get_mut(task) {
+                    wake(t, *op, *by, *ts);
+                }
+            }
+            Event::Log(l) => {
+                self.bump(l.ts);
+                self.log(l, cfg, obs);
+            }
+            Event::Panic(p) => {
+                let awaitscope_wire::Panic {
+                    task,
+                    span,
+                    message,
+                    file,
+                    line,
+                    ts,
+                    trace,
+                } = &**p;
+                self.bump(*ts);
+                if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
+                    t.panic = Some(message.clone());
+                }
+                let location = match (file, line) {
+                    (Some(f), Some(l)) => Some(Location {
+                        file: f.clone(),
+                        line: *l,
+                        col: None,
+                    }),
+                    _ => None,
+                };
+                obs.change(
+                    self,
+                    &Change::Panic {
+                        task: *task,
+                        span: *span,
+                        message,
+                        location: location.as_ref(),
+                        ts: *ts,
+                        trace,
+                    },
+                );
+            }
+        }
+    }
+
+    fn span_new(&mut self, n: &SpanNew) {
+        let SpanNew {
+            id,
+            callsite,
+            parent,
+            ctx_task,
+            ctx_span,
+            ts,
+            ref fields,
+        } = *n;
+        let cs = self.callsites.get(&callsite);
+        // As `span_class`.
+        let class = match cs.map(|c| c.kind) {
+            Some(CallsiteKind::Span(c)) => c,
+            _ => SpanClass::User,
+        };
+        if class == SpanClass::Task {
+            match self.tasks.entry(id) {
+                Entry::Occupied(mut e) => {
+                    // Re-sent after a reconnect: idempotent.
+                    let t = e.get_mut();
+                    span::merge_fields(&mut t.fields, fields);
+                    derive_task_fields(t, cs);
+                }
+                Entry::Vacant(e) => {
+                    let mut t = Task::new(id, callsite, ts);
+                    t.parent = ctx_task;
+                    t.spawn_span = ctx_span;
+                    span::merge_fields(&mut t.fields, fields);
+                    derive_task_fields(&mut t, cs);
+                    e.insert(t);
+                }
+            }
+            return;
+        }
+        if self.spans.contains_key(&id) {
+            if let Some(s) = self.spans.get_mut(&id) {
+                span::merge_fields(&mut s.fields, fields);
+            }
+            return;
+        }
+        if class == SpanClass::Resource {
+            let r = Resource {
+                id,
+                callsite,
+                concrete_type: span::field_str(cs, fields, names::CONCRETE_TYPE)
+                    .unwrap_or("?")
+                    .to_string(),
+                kind: span::field_str(cs, fields, names::KIND)
+                    .unwrap_or("")
+                    .to_string(),
+                location: span::loc_fields(cs, fields).or_else(|| span::callsite_location(cs)),
+                internal: span::field_bool(cs, fields, names::IS_INTERNAL).unwrap_or(false),
+                created: ts,
+                holders: Vec::new(),
+                state: Vec::new(),
+            };
+            self.resources.insert(id, r);
+        }
+        let mut f = Vec::new();
+        span::merge_fields(&mut f, fields);
+        let label = labels::span_own_label(class, cs, fields).map(|l| (*l).into());
+        self.spans.insert(
+            id,
+            Span {
+                callsite,
+                class,
+                parent,
+                ctx_task,
+                created: ts,
+                first_entered: None,
+                fields: f,
+                label,
+            },
+        );
+    }
+
+    fn enter<O: Observer>(&mut self, id: SpanId, ts: u64, cfg: &Config, obs: &mut O) {
+        if self.tasks.contains_key(&id) {
+            self.poll_start(id, ts, obs);
+            let th = self.thread();
+            if th.stack.len() < MAX_STACK {
+                th.stack.push(Entered {
+                    span: id,
+                    task: Some(id),
+                    node: None,
+                });
+            }
+            return;
+        }
+        let max_nodes = cfg.retention.max_await_nodes;
+        let top = self.thread().stack.last().copied();
+        let Some(s) = self.spans.get_mut(&id) else {
+            return;
+        };
+        let first = *s.first_entered.get_or_insert(ts);
+        let (class, callsite, label) = (s.class, s.callsite, s.label.clone());
+        let owner = top.and_then(|e| e.task);
+        let parent_node = top.and_then(|e| {
+            if e.span == e.task.unwrap_or(SpanId(u64::MAX)) {
+                None
+            } else {
+                e.node
+            }
+        });
+        let node = match owner.and_then(|o| self.tasks.get_mut(&o)) {
+            Some(t) if class != SpanClass::AsyncOpPoll => {
+                t.tree_changed = true;
+                if !t.tree_from_enters {
+                    // Spans entered in this poll replace the previous tree.
+                    t.tree_from_enters = true;
+                    t.await_tree.clear();
+                }
+                t.await_tree
+                    .enter(id, callsite, class, parent_node, first, label, max_nodes)
+            }
+            _ => parent_node,
+        };
+        let th = self.thread();
+        if th.stack.len() < MAX_STACK {
+            th.stack.push(Entered {
+                span: id,
+                task: owner,
+                node,
+            });
+        }
+    }
+
+    /// Starts a poll of task `id` at `ts` (its span was entered).
+    fn poll_start<O: Observer>(&mut self, id: SpanId, ts: u64, obs: &mut O) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let started = start_poll(t, ts);
+        self.report_poll_start(id, started, ts, obs);
+    }
+
+    /// Tells `obs` what the start of a poll of `id` at `ts` settled: the
+    /// previous poll was a poll, the wait for this one is over. The task is
+    /// as the poll left it; what it tells of it (its name, location, await
+    /// tree) is what the poll does not change.
+    #[inline]
+    fn report_poll_start<O: Observer>(
+        &mut self,
+        id: SpanId,
+        started: PollStarted,
+        ts: u64,
+        obs: &mut O,
+    ) {
+        if let Some((start, duration)) = started.committed {
+            obs.change(
+                self,
+                &Change::PollCommitted {
+                    task: id,
+                    start,
+                    duration,
+                },
+            );
+        }
+        if let Some(waited) = started.waited {
+            obs.change(
+                self,
+                &Change::WaitEnded {
+                    task: id,
+                    ts,
+                    waited,
+                },
+            );
+        }
+    }
+
+    /// A whole poll of `task` (`Event::Poll`): what its `Enter` and
+    /// `PollEnd` would do, with one lookup of the task and none of the
+    /// thread's span stack (entering and leaving the task span leaves it as
+    /// it was). Returns false, doing nothing, when that shortcut does not
+    /// hold (unknown task or thread, a full span stack): the caller then
+    /// applies the `Enter` and the `PollEnd`.
+    fn poll_whole<O: Observer>(
+        &mut self,
+        task: SpanId,
+        start: u64,
+        end: u64,
+        wakers: u32,
+        obs: &mut O,
+    ) -> bool {
+        let stack_ok = self
+            .threads
+            .get(&self.cur_thread)
+            .is_some_and(|th| th.stack.len() < MAX_STACK);
+        if !stack_ok {
+            return false;
+        }
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return false;
+        };
+        let started = start_poll(t, start);
+        end_poll(t, end);
+        t.wakers_alive = u64::from(wakers);
+        self.bump(start);
+        self.bump(end);
+        if started.committed.is_some() || started.waited.is_some() {
+            self.report_poll_start(task, started, start, obs);
+        }
+        true
+    }
+
+    /// The producer's await tree of `task`'s current poll: spans in entry
+    /// order with their depth below the task span. Async-op polls (new spans
+    /// on every poll) and unknown spans are transparent: their children
+    /// attach to their parent.
+    #[inline]
+    fn poll_tree(&mut self, task: SpanId, nodes: &[TreeNode], cfg: &Config) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        let seen = t.poll_start.unwrap_or(self.now);
+        let mut tree = AwaitTree::default();
+        // (depth, node standing for it) of the current path.
+        let mut path: Vec<(u16, Option<u16>)> = Vec::new();
+        for n in nodes {
+            while path.last().is_some_and(|(d, _)| *d >= n.depth) {
+                path.pop();
+            }
+            let parent = path.last().and_then(|(_, i)| *i);
+            let node = match self.spans.get_mut(&n.span) {
+                Some(s) if s.class != SpanClass::AsyncOpPoll => {
+                    let first = *s.first_entered.get_or_insert(seen);
+                    tree.enter(
+                        n.span,
+                        s.callsite,
+                        s.class,
+                        parent,
+                        first,
+                        s.label.clone(),
+                        cfg.retention.max_await_nodes,
+                    )
+                    .or(parent)
+                }
+                _ => parent,
+            };
+            path.push((n.depth, node));
+        }
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.await_tree = tree;
+            t.tree_changed = true;
+        }
+    }
+
+    fn exit(&mut self, id: SpanId, ts: u64) {
+        self.pop_stack(id);
+        if let Some(t) = self.tasks.get_mut(&id) {
+            end_poll(t, ts);
+        }
+    }
+
+    /// Leaves span `id` on the current thread: pops it and anything entered
+    /// after it.
+    fn pop_stack(&mut self, id: SpanId) {
+        let th = self.thread();
+        if let Some(pos) = th.stack.iter().rposition(|e| e.span == id) {
+            th.stack.truncate(pos);
+        }
+    }
+
+    /// Closes span `id` at `ts`: a task ends (`kind`: how), another span
+    /// is forgotten.
+    fn close<O: Observer>(
+        &mut self,
+        id: SpanId,
+        kind: CloseKind,
+        ts: u64,
+        cfg: &Config,
+        obs: &mut O,
+    ) {
+        if let Some(task) = self.tasks.get(&id) {
+            obs.change(self, &Change::TaskClosing { task, kind, ts });
+            self.end_task(id, kind, ts, cfg);
+            return;
+        }
+        self.spans.remove(&id);
+        self.resources.remove(&id);
+    }
+
+    /// Task `id` ended at `ts`: it moves to the completed tasks.
+    fn end_task(&mut self, id: SpanId, kind: CloseKind, ts: u64, cfg: &Config) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        // The last enter/exit pair was the drop of the future.
+        t.pending_poll = None;
+        t.poll_start = None;
+        t.closed = Some(ts);
+        if let Some(since) = t.scheduled_since.take() {
+            t.scheduled_ns = t.scheduled_ns.saturating_add(ts.saturating_sub(since));
+        }
+        t.state = match kind {
+            CloseKind::Cancelled => TaskState::Cancelled,
+            CloseKind::Panicked => TaskState::Panicked,
+            _ if t.panic.is_some() => TaskState::Panicked,
+            _ => TaskState::Completed,
+        };
+        t.waiting_on.clear();
+        t.await_tree = AwaitTree::default();
+        // Its last samples stay kept in it, not recorded into histograms
+        // allocated now: most completed tasks are folded into the summary
+        // without anyone reading their histograms (a report reads them
+        // with the kept samples).
+        if let Some(t) = self.tasks.remove(&id) {
+            self.completed.push_back(t);
+        }
+        self.prune(cfg);
+    }
+
+    fn log<O: Observer>(&mut self, l: &Log, cfg: &Config, obs: &mut O) {
+        let Log {
+            callsite,
+            span,
+            task,
+            ts,
+            ref fields,
+            ref trace,
+        } = *l;
+        let Some(cs) = self.callsites.get(&callsite) else {
+            return;
+        };
+        match cs.kind {
+            CallsiteKind::Event(EventClass::PollOp) => {
+                let ready = span::field_bool(Some(cs), fields, names::IS_READY).unwrap_or(true);
+                let Some(res) = span.and_then(|s| self.resource_of(s)) else {
+                    return;
+                };
+                if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
+                    if ready {
+                        t.waiting_on.retain(|r| *r != res);
+                    } else if !t.waiting_on.contains(&res) && t.waiting_on.len() < 16 {
+                        t.waiting_on.push(res);
+                    }
+                }
+            }
+            CallsiteKind::Event(EventClass::StateUpdate) => {
+                let Some(res) = span.and_then(|s| self.resource_of(s)) else {
+                    return;
+                };
+                let cs = self.callsites.get(&callsite);
+                let get_b = |n| span::field_bool(cs, fields, n);
+                let op = span::field_str(cs, fields, names::PERMITS_OP)
+                    .or_else(|| span::field_str(cs, fields, names::CURRENT_READERS_OP));
+                let Some(r) = self.resources.get_mut(&res) else {
+                    return;
+                };
+                if let Some(cs) = cs {
+                    for f in fields {
+                        if let Some(n) = cs.fields.get(f.index as usize) {
+                            r.set_state(n, &f.value);
+                        }
+                    }
+                }
+                match (
+                    get_b(names::LOCKED).or(get_b(names::WRITE_LOCKED)),
+                    op,
+                    task,
+                ) {
+                    (Some(true), _, Some(t)) => {
+                        r.holders.clear();
+                        r.add_holder(t);
+                    }
+                    (Some(false), _, _) => r.holders.clear(),
+                    (_, Some(names::OP_SUB), Some(t)) => r.add_holder(t),
+                    (_, Some(names::OP_ADD), Some(t)) => r.remove_holder(t),
+                    _ => {}
+                }
+            }
+            CallsiteKind::Event(EventClass::User) | CallsiteKind::Span(_) => {
+                let level = cs.level;
+                if level < Level::Warn {
+                    return;
+                }
+                let message = span::field_str(Some(cs), fields, names::MESSAGE)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| cs.name.clone());
+                let location = span::callsite_location(Some(cs));
+                if level == Level::Error {
+                    self.error_count += 1;
+                } else {
+                    self.warn_count += 1;
+                }
+                let task = task.or_else(|| span.and_then(|s| self.task_of_span(s)));
+                if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {
+                    if level == Level::Error {
+                        t.error_count += 1;
+                    } else {
+                        t.warn_count += 1;
+                    }
+                    if t.logs.len() >= cfg.retention.logs_per_task {
+                        t.logs.pop_front();
+                    }
+                    if cfg.retention.logs_per_task > 0 {
+                        t.logs.push_back(LogRecord {
+                            level,
+                            message: message.clone(),
+                            location: location.clone(),
+                            ts,
+                        });
+                    }
+                }
+                if level == Level::Error {
+                    obs.change(
+                        self,
+                        &Change::Error {
+                            callsite,
+                            span,
+                            task,
+                            message: &message,
+                            location: location.as_ref(),
+                            ts,
+                            trace,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The merge of a batch's per-thread runs into one stream in time order.
+//!
+//! A batch holds one run of events per thread of the producer (each opened
+//! by a `Thread` event), in order within each thread but not across threads:
+//! the producer drains its per-thread buffers one after the other. Applying
+//! them in time order makes a task spawned on one thread exist before
+//! another thread polls it.
+
+use awaitscope_wire::Event;
+
+/// Merges the per-thread runs of a batch by timestamp, keeping the order
+/// within each run (a k-way merge, not a sort). Events without a timestamp
+/// sort with the previous timed event of their run (the next one at the
+/// start of a run); callsites go first. Yields each event with, when it
+/// starts a stretch of another run, that run's thread id.
+pub(crate) fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
+    match Merge::new(events) {
+        Some(m) => m.collect(),
+        // Already in order: each run's first event is its `Thread` (or the
+        // events before any, which belong to no run of a thread).
+        None => events
+            .iter()
+            .map(|e| match e {
+                Event::Thread { id, .. } if *id != u32::MAX => (Some(*id), e),
+                _ => (None, e),
+            })
+            .collect(),
+    }
+}
+
+/// One run of a batch: the events of one thread.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// Its thread (`u32::MAX`: the events before the first `Thread`).
+    thread: u32,
+    /// Next event (index into the batch).
+    pos: usize,
+    /// End (exclusive).
+    end: usize,
+}
+
+/// The k-way merge of [`merge_threads`], as an iterator over the batch.
+pub(crate) struct Merge<'a> {
+    events: &'a [Event],
+    /// Merge key of each event of the batch.
+    keys: Vec<u64>,
+    runs: Vec<Run>,
+    /// The run of the last event yielded.
+    last: Option<usize>,
+    /// The run being taken from, and the (key, run) of the smallest head of
+    /// the others: the current run goes on while its head comes first.
+    cur: Option<(usize, Option<(u64, usize)>)>,
+}
+
+impl<'a> Merge<'a> {
+    /// The merge of `events`, or `None` when it would yield them in their
+    /// own order (every run's keys at most the keys of the runs after it).
+    pub(crate) fn new(events: &'a [Event]) -> Option<Merge<'a>> {
+        let mut runs: Vec<Run> = Vec::new();
+        for (j, e) in events.iter().enumerate() {
+            if let Event::Thread { id, .. } = e {
+                if let Some(r) = runs.last_mut() {
+                    r.end = j;
+                }
+                runs.push(Run {
+                    thread: *id,
+                    pos: j,
+                    end: events.len(),
+                });
+            } else if runs.is_empty() {
+                runs.push(Run {
+                    thread: u32::MAX,
+                    pos: 0,
+                    end: events.len(),
+                });
+            }
+        }
+        // Keys: own ts; else previous timed; else next timed; callsites 0.
+        // A run without timed events keeps key 0 for all.
+        let mut keys = vec![0u64; events.len()];
+        let mut bounds: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+        for r in &runs {
+            let mut prev: Option<u64> = None;
+            let (mut lo, mut hi) = (u64::MAX, 0);
+            for j in r.pos..r.end {
+                let e = &events[j];
+                if matches!(e, Event::Callsite(_)) {
+                    lo = 0;
+                    continue;
+                }
+                let k = match e.ts() {
+                    Some(ts) => {
+                        if prev.is_none() {
+                            // The untimed events so far take this key.
+                            for i in r.pos..j {
+                                if !matches!(events[i], Event::Callsite(_)) {
+                                    keys[i] = ts;
+                                }
+                            }
+                            if j > r.pos {
+                                lo = lo.min(ts);
+                                hi = hi.max(ts);
+                            }
+                        }
+                        prev = Some(ts);
+                        ts
+                    }
+                    None => match prev {
+                        Some(p) => p,
+                        None => continue,
+                    },
+                };
+                keys[j] = k;
+                lo = lo.min(k);
+                hi = hi.max(k);
+            }
+            if prev.is_none() && r.end > r.pos {
+                // No timed event: all keys stay 0.
+                lo = 0;
+            }
+            bounds.push((lo, hi));
+        }
+        // In order when every run's largest key is at most the smallest of
+        // every later run (ties go to the earlier run).
+        let mut later_min = u64::MAX;
+        let mut in_order = true;
+        for &(lo, hi) in bounds.iter().rev() {
+            if lo > hi {
+                // Empty run.
+                continue;
+            }
+            if hi > later_min {
+                in_order = false;
+                break;
+            }
+            later_min = later_min.min(lo);
+        }
+        if in_order {
+            return None;
+        }
+        Some(Merge {
+            events,
+            keys,
+            runs,
+            last: None,
+            cur: None,
+        })
+    }
+
+    /// The smallest head (key, run) among runs other than `skip`; the
+    /// earliest run on ties.
+    fn min_head(&self, skip: Option<usize>) -> Option<(u64, usize)> {
+        let mut best: Option<(u64, usize)> = None;
+        for (i, r) in self.runs.iter().enumerate() {
+            if Some(i) == skip || r.pos >= r.end {
+                continue;
+            }
+            let k = self.keys[r.pos];
+            if best.is_none_or(|(bk, _)| k < bk) {
+                best = Some((k, i));
+            }
+        }
+        best
+    }
+}
+
+impl<'a> Iterator for Merge<'a> {
+    type Item = (Option<u32>, &'a Event);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Go on with the current run while its head would win the plain
+        // k-way merge: a smaller key than the other heads, or an equal key
+        // and an earlier run.
+        let go_on = self.cur.and_then(|(i, other)| {
+            let r = &self.runs[i];
+            if r.pos >= r.end {
+                return None;
+            }
+            let k = self.keys[r.pos];
+            match other {
+                None => Some(i),
+                Some((ok, oi)) if k < ok || (k == ok && i < oi) => Some(i),
+                Some(_) => None,
+            }
+        });
+        let i = match go_on {
+            Some(i) => i,
+            None => {
+                let (_, i) = self.min_head(None)?;
+                self.cur = Some((i, self.min_head(Some(i))));
+                i
+            }
+        };
+        let run = &mut self.runs[i];
+        let e = &self.events[run.pos];
+        run.pos += 1;
+        let switch = (self.last != Some(i) && run.thread != u32::MAX).then_some(run.thread);
+        self.last = Some(i);
+        Some((switch, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use awaitscope_wire::{Callsite, CallsiteKind, Event, Level, SpanClass, SpanId};
+    use proptest::prelude::*;
+
+    use super::merge_threads;
+
+    /// The merge as first written (a vector of keyed events per run, the
+    /// smallest head taken each step): what the fast paths must reproduce.
+    fn reference(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
+        struct Run<'a> {
+            thread: u32,
+            items: Vec<(u64, &'a Event)>,
+            pos: usize,
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        for e in events {
+            if let Event::Thread { id, .. } = e {
+                runs.push(Run {
+                    thread: *id,
+                    items: Vec::new(),
+                    pos: 0,
+                });
+            } else if runs.is_empty() {
+                runs.push(Run {
+                    thread: u32::MAX,
+                    items: Vec::new(),
+                    pos: 0,
+                });
+            }
+            runs.last_mut().unwrap().items.push((0, e));
+        }
+        for run in &mut runs {
+            let mut prev: Option<u64> = None;
+            let mut pending: Vec<usize> = Vec::new();
+            for j in 0..run.items.len() {
+                let e = run.items[j].1;
+                if matches!(e, Event::Callsite(_)) {
+                    run.items[j].0 = 0;
+                    continue;
+                }
+                match e.ts() {
+                    Some(ts) => {
+                        for k in pending.drain(..) {
+                            run.items[k].0 = ts;
+                        }
+                        run.items[j].0 = ts;
+                        prev = Some(ts);
+                    }
+                    None => match prev {
+                        Some(p) => run.items[j].0 = p,
+                        None => pending.push(j),
+                    },
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(events.len());
+        let mut last: Option<usize> = None;
+        loop {
+            let mut best: Option<(u64, usize)> = None;
+            for (i, run) in runs.iter().enumerate() {
+                if let Some(&(k, _)) = run.items.get(run.pos) {
+                    if best.is_none_or(|(bk, _)| k < bk) {
+                        best = Some((k, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            let run = &mut runs[i];
+            let e = run.items[run.pos].1;
+            run.pos += 1;
+            let switch = (last != Some(i) && run.thread != u32::MAX).then_some(run.thread);
+            last = Some(i);
+            out.push((switch, e));
+        }
+        out
+    }
+
+    fn event(kind: u8, arg: u8, ts: u64) -> Event {
+        let span = SpanId(u64::from(arg));
+        match kind % 8 {
+            0 => Event::Thread {
+                id: if arg == 255 {
+                    u32::MAX
+                } else {
+                    u32::from(arg % 4)
+                },
+                name: None,
+            },
+            1 => Event::Callsite(Box::new(Callsite {
+                id: u32::from(arg),
+                name: "c".into(),
+                target: "t".into(),
+                level: Level::Info,
+                file: None,
+                line: None,
+                kind: CallsiteKind::Span(SpanClass::User),
+                fields: vec![],
+            })),
+            2 => Event::FollowsFrom {
+                span,
+                follows: span,
+            },
+            3 => Event::Enter { span, ts },
+            4 => Event::Exit { span, ts },
+            5 => Event::Poll {
+                task: span,
+                start: ts,
+                duration: 3,
+                wakers: 0,
+            },
+            6 => Event::PollEnd {
+                task: span,
+                ts,
+                wakers: 1,
+            },
+            _ => Event::Record {
+                span,
+                fields: vec![],
+            },
+        }
+    }
+
+    /// Batches of up to 4 runs; timestamps increasing across the batch
+    /// (runs in order), increasing within each run (overlapping runs), or
+    /// anything (few distinct values: ties).
+    fn batch() -> impl Strategy<Value = Vec<Event>> {
+        (
+            0u8..3,
+            prop::collection::vec((any::<u8>(), any::<u8>(), 0u64..12), 0..48),
+        )
+            .prop_map(|(mode, raw)| {
+                let mut clock = 0;
+                let mut run_clock = 0;
+                raw.into_iter()
+                    .map(|(kind, arg, r)| {
+                        if kind % 8 == 0 {
+                            run_clock = r;
+                        }
+                        let ts = match mode {
+                            0 => {
+                                clock += r;
+                                clock
+                            }
+                            1 => {
+                                run_clock += r;
+                                run_clock
+                            }
+                            _ => r,
+                        };
+                        event(kind, arg, ts)
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn merge_is_the_reference_merge(events in batch()) {
+            let fast = merge_threads(&events);
+            let slow = reference(&events);
+            prop_assert_eq!(fast.len(), slow.len());
+            for (k, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                prop_assert_eq!(a.0, b.0, "switch at {}", k);
+                prop_assert!(std::ptr::eq(a.1, b.1), "event at {}", k);
+            }
+        }
+    }
+
+    #[test]
+    fn runs_in_time_order_are_not_merged() {
+        let events: Vec<Event> = [(0, 0, 0), (3, 1, 5), (0, 1, 0), (3, 2, 5), (4, 2, 9)]
+            .into_iter()
+            .map(|(k, a, ts)| event(k, a, ts))
+            .collect();
+        assert!(super::Merge::new(&events).is_none());
+        let overlapping: Vec<Event> = [(0, 0, 0), (3, 1, 6), (0, 1, 0), (3, 2, 5)]
+            .into_iter()
+            .map(|(k, a, ts)| event(k, a, ts))
+            .collect();
+        assert!(super::Merge::new(&overlapping).is_some());
+    }
+}

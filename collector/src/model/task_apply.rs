@@ -1,0 +1,224 @@
+//! How events change one task: a poll starts and ends, a waker is used,
+//! fields are recorded. [`super::apply`] finds the task an event is about
+//! and applies these rules to it.
+
+use awaitscope_wire::{names, Callsite, SpanId, WakeOp};
+
+use super::await_tree::AwaitTree;
+use super::span::{self, Location};
+use super::task::{PendingPoll, Task, TaskState, WOKEN_BY};
+
+/// The leaf span that identifies what a task waits on: the deepest leaf.
+#[inline]
+fn leaf_span(tree: &AwaitTree) -> Option<SpanId> {
+    tree.deepest_leaf().map(|i| tree.nodes[i].span)
+}
+
+/// Derives a task's name, kind, tokio id and spawn location from its
+/// fields (after they changed).
+pub(super) fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>) {
+    let [name, kind, id, file, line, col] = span::fields_of(
+        cs,
+        &t.fields,
+        [
+            names::TASK_NAME,
+            names::KIND,
+            names::TASK_ID,
+            names::LOC_FILE,
+            names::LOC_LINE,
+            names::LOC_COL,
+        ],
+    );
+    t.name = span::as_str(name)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    t.kind = span::as_str(kind).map(str::to_string);
+    t.tokio_id = span::as_u64(id);
+    // As `span::loc_fields`, else the callsite's own location.
+    let loc = match (span::as_str(file), span::as_u64(line)) {
+        (Some(file), Some(line)) => Some(Location {
+            file: file.to_string(),
+            line: line as u32,
+            col: span::as_u64(col).map(|c| c as u32),
+        }),
+        _ => None,
+    };
+    t.location = loc.or_else(|| span::callsite_location(cs));
+}
+
+/// Counts who woke `t`, keeping the most frequent wakers (bounded).
+#[inline]
+fn note_waker(t: &mut Task, by: Option<SpanId>) {
+    if let Some(i) = t.woken_by.iter().position(|(w, _)| *w == by) {
+        t.woken_by[i].1 += 1;
+        // Keep the most frequent first (one step per wake suffices).
+        if i > 0 && t.woken_by[i].1 > t.woken_by[i - 1].1 {
+            t.woken_by.swap(i, i - 1);
+        }
+    } else if t.woken_by.len() < WOKEN_BY {
+        t.woken_by.push((by, 1));
+    } else if let Some(last) = t.woken_by.last_mut() {
+        // Full: the rarest waker gives way to the newest.
+        *last = (by, 1);
+    }
+}
+
+/// A waker of `t` was used (`op`) at `ts`, by task `by` if any.
+#[inline]
+pub(super) fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
+    match op {
+        WakeOp::Clone => {
+            t.wakers_alive = t.wakers_alive.saturating_add(1);
+            return;
+        }
+        WakeOp::Drop => {
+            t.wakers_alive = t.wakers_alive.saturating_sub(1);
+            return;
+        }
+        WakeOp::LastDrop => {
+            t.wakers_alive = 0;
+            return;
+        }
+        WakeOp::Wake => t.wakers_alive = t.wakers_alive.saturating_sub(1),
+        WakeOp::WakeByRef => {}
+    }
+    t.wakes += 1;
+    if by == Some(t.id) {
+        t.self_wakes += 1;
+    }
+    note_waker(t, by);
+    t.woken_since_poll = true;
+    if t.poll_start.is_some() {
+        t.woken_during_poll = true;
+    } else if t.scheduled_since.is_none() && t.closed.is_none() {
+        t.scheduled_since = Some(ts);
+        t.state = TaskState::Scheduled;
+    }
+}
+
+/// What the start of a poll settled.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct PollStarted {
+    /// The previous poll (start, duration), committed by this one.
+    pub(super) committed: Option<(u64, u64)>,
+    /// The wait for this poll since the task was woken (or spawned).
+    pub(super) waited: Option<u64>,
+}
+
+/// Starts a poll of `t` at `ts`: commits the previous poll (it was a real
+/// poll) and ends the wait for this one.
+#[inline]
+pub(super) fn start_poll(t: &mut Task, ts: u64) -> PollStarted {
+    let mut started = PollStarted::default();
+    if let Some((p, d)) = t.commit_pending_poll() {
+        started.committed = Some((p.start, d));
+    }
+    if let Some(since) = t.scheduled_since.take() {
+        let wait = ts.saturating_sub(since);
+        t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
+        t.record_scheduled(wait);
+        started.waited = Some(wait);
+    }
+    t.state = TaskState::Running;
+    t.poll_start = Some(ts);
+    t.woken_since_poll = false;
+    t.woken_during_poll = false;
+    // The await tree stays until a `PollTree` (or spans entered in this
+    // poll) replaces it: producers send it only when it changes.
+    t.tree_from_enters = false;
+    t.waiting_on.clear();
+    started
+}
+
+/// Ends the running poll of `t` at `ts` (the task span was exited).
+#[inline]
+pub(super) fn end_poll(t: &mut Task, ts: u64) {
+    let Some(start) = t.poll_start.take() else {
+        return;
+    };
+    t.pending_poll = Some(PendingPoll { start, end: ts });
+    t.last_poll_end = Some(ts);
+    if t.woken_during_poll {
+        t.state = TaskState::Scheduled;
+        t.scheduled_since = Some(ts);
+    } else {
+        t.state = TaskState::Idle;
+    }
+    if !t.tree_changed {
+        // Same tree as at the last poll's end: same leaf, same since.
+        return;
+    }
+    t.tree_changed = false;
+    let leaf = leaf_span(&t.await_tree);
+    t.leaf = match (leaf, t.leaf) {
+        (Some(l), Some((old, since))) if l == old => Some((old, since)),
+        (Some(l), _) => Some((l, start)),
+        (None, _) => None,
+    };
+}
+
+#[cfg(test)]
+mod leaf_tests {
+    use crate::testing::{Scenario, TaskOpts};
+
+    /// The leaf a task waits on, and since when, follows its await tree
+    /// across polls that keep it and polls that change it.
+    #[test]
+    fn the_leaf_and_its_start_follow_tree_changes() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("t"), 0);
+        let a = s.user_span("a", 1);
+        let b = s.user_span("b", 2);
+        let leaf = |s: &mut Scenario| s.model().processes().next().unwrap().tasks[&t].leaf;
+        let poll_in = |s: &mut Scenario, span, ts| {
+            s.begin_poll(t, ts);
+            s.enter(span, ts + 1);
+            s.exit(span, ts + 2);
+            s.end_poll(t, ts + 3);
+        };
+        // Poll 1 waits in `a`.
+        poll_in(&mut s, a, 10);
+        assert_eq!(leaf(&mut s), Some((a, 10)));
+        // Poll 2 enters the same spans: the producer sends no tree, and the
+        // wait goes on from poll 1.
+        poll_in(&mut s, a, 20);
+        assert_eq!(leaf(&mut s), Some((a, 10)));
+        // Poll 3 waits in `b` instead, poll 4 too.
+        poll_in(&mut s, b, 30);
+        assert_eq!(leaf(&mut s), Some((b, 30)));
+        poll_in(&mut s, b, 40);
+        assert_eq!(leaf(&mut s), Some((b, 30)));
+        // Poll 5 enters nothing: no leaf.
+        s.poll_v2(t, 50, 51, 1);
+        assert_eq!(leaf(&mut s), None);
+        // Poll 6 goes back to `a`: a new wait, from this poll.
+        poll_in(&mut s, a, 60);
+        assert_eq!(leaf(&mut s), Some((a, 60)));
+        poll_in(&mut s, a, 70);
+        assert_eq!(leaf(&mut s), Some((a, 60)));
+    }
+}
+
+#[cfg(test)]
+mod woken_by_tests {
+    use crate::testing::{Scenario, TaskOpts};
+
+    #[test]
+    fn who_woke_a_task_is_counted_most_frequent_first() {
+        let mut s = Scenario::new();
+        let waiter = s.spawn(TaskOpts::named("waiter"), 0);
+        let a = s.spawn(TaskOpts::named("a"), 1);
+        let b = s.spawn(TaskOpts::named("b"), 2);
+        s.begin_poll(waiter, 3);
+        s.end_poll(waiter, 4);
+        s.wake(waiter, Some(a), 5);
+        for ts in 6..9 {
+            s.wake(waiter, Some(b), ts);
+        }
+        s.wake(waiter, None, 10);
+        let m = s.model();
+        let p = m.processes().next().unwrap();
+        let w = &p.tasks[&waiter];
+        assert_eq!(w.woken_by, vec![(Some(b), 3), (Some(a), 1), (None, 1)]);
+    }
+}

@@ -1,0 +1,67 @@
+//! Warming the cache before applying events: with thousands of live tasks,
+//! the task each event touches is out of the cache.
+
+use awaitscope_wire::Event;
+
+use super::process::Process;
+
+/// Events whose tasks [`Process::warm`] fetches before applying them.
+pub(super) const WARM_AHEAD: usize = 16;
+
+/// Live tasks from which fetching them ahead pays (fewer stay in cache).
+const WARM_MIN_TASKS: usize = 1024;
+
+impl Process {
+    /// Brings the tasks that `events` will touch into the cache, all at
+    /// once: with thousands of live tasks, each event's task is out of the
+    /// cache, and looking the tasks up one after the other in a loop that
+    /// does nothing else lets the processor wait for all of them together
+    /// rather than for each in turn while applying.
+    ///
+    /// Does nothing under [`WARM_MIN_TASKS`] live tasks.
+    #[inline]
+    pub(super) fn warm(&self, events: &[Event]) {
+        if self.tasks.len() < WARM_MIN_TASKS {
+            return;
+        }
+        for e in events {
+            let id = match e {
+                Event::Poll { task, .. }
+                | Event::PollEnd { task, .. }
+                | Event::Wake { task, .. }
+                | Event::PollTree { task, .. } => task,
+                Event::Enter { span, .. }
+                | Event::Exit { span, .. }
+                | Event::Close { span, .. } => span,
+                _ => continue,
+            };
+            if let Some(t) = self.tasks.get(id) {
+                prefetch(t);
+                prefetch(t.woken_by.as_ptr());
+            }
+        }
+    }
+}
+
+/// Asks the processor to fetch the cache lines of `*p` (no effect on
+/// other architectures).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let base = p.cast::<i8>();
+        let mut off = 0;
+        while off < std::mem::size_of::<T>().max(1) {
+            // SAFETY: prefetching is a hint; it never faults, whatever the
+            // address (here within or just past a live value).
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off));
+            }
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

@@ -1,0 +1,128 @@
+//! The span names, targets and field names that producers emit and the
+//! collector matches on, each written once.
+//!
+//! Most come from tokio's own instrumentation (`--cfg tokio_unstable`): its
+//! task spans (`runtime.spawn`), resource spans (`runtime.resource`), async
+//! operations on resources and their polls, and the state-update and
+//! poll-op events of resources. The rest are awaitscope's own: the task and
+//! join spans of `awaitscope::spawn`. A field is found by name through its
+//! callsite (a [`Callsite`](crate::Callsite) lists the names of its fields;
+//! a [`Field`](crate::Field) carries the index into that list).
+
+// ---------------------------------------------------------------------------
+// Span names.
+
+/// A task's span: tokio's, for every spawned task, or awaitscope's (target
+/// [`TASK_TARGET`]) for tasks spawned with `awaitscope::spawn`. Fields:
+/// [`TASK_ID`], [`TASK_NAME`], [`KIND`], [`LOC_FILE`], [`LOC_LINE`],
+/// [`LOC_COL`].
+pub const SPAWN_SPAN: &str = "runtime.spawn";
+
+/// A resource (Mutex, Semaphore, Sleep, channel...): tokio's. Fields:
+/// [`CONCRETE_TYPE`], [`KIND`], [`IS_INTERNAL`] and the creation site
+/// ([`LOC_FILE`], [`LOC_LINE`], [`LOC_COL`]).
+pub const RESOURCE_SPAN: &str = "runtime.resource";
+
+/// An async operation on a resource (`Mutex::lock`, `Semaphore::acquire`...),
+/// child of the resource's span: tokio's. Field: [`SOURCE`].
+pub const ASYNC_OP_SPAN: &str = "runtime.resource.async_op";
+
+/// One poll of an async operation (a new span on every poll), child of the
+/// async op's span: tokio's.
+pub const ASYNC_OP_POLL_SPAN: &str = "runtime.resource.async_op.poll";
+
+/// The await of an `awaitscope::JoinHandle` (target [`JOIN_TARGET`]): the
+/// awaiting task waits on the task whose tokio id is its [`TASK_ID`] field.
+pub const JOIN_SPAN: &str = "runtime.join";
+
+// ---------------------------------------------------------------------------
+// Targets.
+
+/// Target of the task spans that `awaitscope::spawn` makes itself.
+pub const TASK_TARGET: &str = "awaitscope::task";
+
+/// Target of [`JOIN_SPAN`]: a span of that name and target is a
+/// `JoinHandle` being awaited.
+pub const JOIN_TARGET: &str = "awaitscope::join";
+
+/// Target of the spans of `awaitscope::await_point` (named await points).
+pub const AWAIT_POINT_TARGET: &str = "awaitscope::await_point";
+
+/// Target of the span that carries a causal context across queues.
+pub const CONTEXT_TARGET: &str = "awaitscope::context";
+
+// ---------------------------------------------------------------------------
+// Fields of task spans.
+
+/// tokio's task id (a task span's, or the awaited task's on a
+/// [`JOIN_SPAN`]).
+pub const TASK_ID: &str = "task.id";
+
+/// The name given to a task (`tokio::task::Builder::name`,
+/// `awaitscope::spawn_named`); empty means none.
+pub const TASK_NAME: &str = "task.name";
+
+/// What a task is (`task`, `blocking`, `block_on`, `local`); on a resource,
+/// what the resource is (`Sync`, `Timer`...).
+pub const KIND: &str = "kind";
+
+/// The [`KIND`] of a `spawn_blocking` task: its single poll is the whole
+/// blocking closure, and nothing wakes it.
+pub const KIND_BLOCKING: &str = "blocking";
+
+/// The [`KIND`] of a `block_on` task: the thread that blocks on it wakes it,
+/// not a task waker.
+pub const KIND_BLOCK_ON: &str = "block_on";
+
+/// File of the spawn location (of a task) or creation site (of a resource).
+pub const LOC_FILE: &str = "loc.file";
+
+/// Line of [`LOC_FILE`].
+pub const LOC_LINE: &str = "loc.line";
+
+/// Column of [`LOC_FILE`].
+pub const LOC_COL: &str = "loc.col";
+
+// ---------------------------------------------------------------------------
+// Fields of resources, async ops and their events.
+
+/// A resource's type (`Mutex`, `Semaphore`, `Sleep`...): its label.
+pub const CONCRETE_TYPE: &str = "concrete_type";
+
+/// An async op's operation (`Mutex::lock`, `Semaphore::acquire`...): its
+/// label.
+pub const SOURCE: &str = "source";
+
+/// Whether a resource is internal to another (a Mutex's semaphore): the
+/// outer resource stands for it.
+pub const IS_INTERNAL: &str = "is_internal";
+
+/// On a poll-op event: whether the polled operation was ready (else the
+/// task now waits on the resource).
+pub const IS_READY: &str = "is_ready";
+
+/// On a state update of a Mutex: whether it is now held.
+pub const LOCKED: &str = "locked";
+
+/// On a state update of an RwLock: whether it is now write-held.
+pub const WRITE_LOCKED: &str = "write_locked";
+
+/// On a state update of a Semaphore: how its permits changed ([`OP_ADD`]:
+/// released, [`OP_SUB`]: acquired).
+pub const PERMITS_OP: &str = "permits.op";
+
+/// On a state update of an RwLock: how its readers changed (as
+/// [`PERMITS_OP`]).
+pub const CURRENT_READERS_OP: &str = "current_readers.op";
+
+/// [`PERMITS_OP`]/[`CURRENT_READERS_OP`] value: permits or readers given back.
+pub const OP_ADD: &str = "add";
+
+/// [`PERMITS_OP`]/[`CURRENT_READERS_OP`] value: permits or readers taken.
+pub const OP_SUB: &str = "sub";
+
+// ---------------------------------------------------------------------------
+// Fields of events.
+
+/// The message of a `tracing` event.
+pub const MESSAGE: &str = "message";
