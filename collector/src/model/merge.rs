@@ -13,7 +13,7 @@ use awaitscope_wire::Event;
 /// sort with the previous timed event of their run (the next one at the
 /// start of a run); callsites go first. Yields each event with, when it
 /// starts a stretch of another run, that run's thread id.
-pub(crate) fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
+pub fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
     match Merge::new(events) {
         Some(m) => m.collect(),
         // Already in order: each run's first event is its `Thread` (or the
