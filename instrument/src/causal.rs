@@ -15,11 +15,9 @@ use std::sync::Arc;
 use awaitscope_wire::{SpanClass, Value};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::node::{render_value, SpanNode};
 use crate::capture::SpanData;
-
-/// Target of the spans that carry an [`Context`] across a queue.
-pub(crate) const CONTEXT_TARGET: &str = "awaitscope::context";
+use crate::names;
+use crate::span_node::{render_value, SpanNode};
 
 thread_local! {
     /// The context a span about to be created on this thread links to.
@@ -113,26 +111,6 @@ pub enum TraceItem {
     },
 }
 
-fn task_name(node: &SpanNode) -> Option<String> {
-    match node.field("task.name") {
-        Some(Value::Str(s)) if !s.is_empty() => Some(s),
-        _ => None,
-    }
-}
-
-fn spawn_location(node: &SpanNode) -> Option<(String, u32)> {
-    let file = match node.field("loc.file")? {
-        Value::Str(s) => s,
-        _ => return None,
-    };
-    let line = match node.field("loc.line")? {
-        Value::U64(l) => l as u32,
-        Value::I64(l) => l as u32,
-        _ => return None,
-    };
-    Some((file, line))
-}
-
 impl CausalTrace {
     /// The trace of `leaf` and its causes.
     pub(crate) fn of(leaf: Option<Arc<SpanNode>>, task: Option<Arc<SpanNode>>) -> Self {
@@ -203,7 +181,7 @@ impl CausalTrace {
                     running = node.ctx_task_node.clone();
                     cur = node.link.clone();
                 }
-                SpanClass::User if node.meta.target() == CONTEXT_TARGET => {
+                SpanClass::User if node.meta.target() == names::CONTEXT_TARGET => {
                     let from = node.link.as_ref().and_then(|l| l.ctx_task_node.clone());
                     items.push(TraceItem::Handoff {
                         from: from.as_deref().and_then(task_ref),
@@ -248,14 +226,15 @@ impl CausalTrace {
 
 /// `Runtime::block_on`'s pseudo-task: the root, shown as no task.
 fn is_root(node: &SpanNode) -> bool {
-    node.class == SpanClass::Task && node.field("kind") == Some(Value::Str("block_on".into()))
+    node.class == SpanClass::Task
+        && node.field(names::KIND) == Some(Value::Str(names::KIND_BLOCK_ON.into()))
 }
 
 /// A task as shown in a trace (none for the root).
 fn task_ref(node: &SpanNode) -> Option<TaskRef> {
     (node.class == SpanClass::Task && !is_root(node)).then(|| TaskRef {
         id: node.id,
-        name: task_name(node),
+        name: node.task_name(),
     })
 }
 
@@ -269,9 +248,9 @@ fn spawn_item_by(task: &SpanNode, by: Option<&SpanNode>) -> TraceItem {
     TraceItem::Spawn {
         task: TaskRef {
             id: task.id,
-            name: task_name(task),
+            name: task.task_name(),
         },
-        at: spawn_location(task),
+        at: task.location(),
         by: by.and_then(task_ref),
     }
 }
@@ -475,7 +454,7 @@ impl Context {
     /// Instrument a future with it, or enter it.
     pub fn span(&self) -> tracing::Span {
         let _ = PENDING_LINK.try_with(|l| *l.borrow_mut() = self.node.clone());
-        let span = tracing::info_span!(target: "awaitscope::context", "awaitscope.context");
+        let span = tracing::info_span!(target: names::CONTEXT_TARGET, names::CONTEXT_SPAN);
         // Not consumed if the layer is absent or the span disabled.
         let _ = take_pending_link();
         span

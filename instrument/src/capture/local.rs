@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use awaitscope_wire::{SpanClass, WakeOp};
 
-use super::node::SpanNode;
 use super::record::Raw;
 use super::Shared;
+use crate::span_node::SpanNode;
 
 /// Deepest span stack tracked per thread; deeper spans are not recorded.
 const STACK: usize = 64;

@@ -15,7 +15,6 @@
 pub(crate) mod callsite;
 pub(crate) mod fields;
 pub(crate) mod local;
-pub(crate) mod node;
 pub(crate) mod record;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -28,10 +27,11 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
+use crate::names;
+use crate::span_node::SpanNode;
 use callsite::{Callsites, Class};
 use fields::{FieldRecorder, WakerVisitor};
 use local::with_local;
-use node::SpanNode;
 use record::{Raw, RawLog};
 
 /// What the layer keeps in each span's registry extensions.
@@ -342,7 +342,7 @@ impl Shared {
         let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
         let link = match class {
             SpanClass::Task => current.clone(),
-            _ if attrs.metadata().target() == crate::causal::CONTEXT_TARGET => {
+            _ if attrs.metadata().target() == names::CONTEXT_TARGET => {
                 crate::causal::take_pending_link()
             }
             _ => None,
@@ -355,7 +355,7 @@ impl Shared {
                 callsite: info.id,
                 class,
                 blocking: class == SpanClass::Task
-                    && attrs.metadata().target() == callsite::TOKIO_BLOCKING_TARGET,
+                    && attrs.metadata().target() == names::TOKIO_BLOCKING_TARGET,
                 parent,
                 instance: shared.instance,
                 ctx_task: l.current_task(),

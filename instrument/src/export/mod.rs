@@ -19,9 +19,10 @@ use awaitscope_wire as wire;
 use wire::{Body, DropCounts, Event, Frame, ProcessInfo, ProcessKey, SpanId};
 
 use crate::await_tree::{AwaitModel, Dump};
-use crate::capture::node::SpanNode;
 use crate::capture::record::Raw;
 use crate::capture::{Ring, Shared};
+use crate::names;
+use crate::span_node::SpanNode;
 use sink::Sink;
 
 /// Most closes kept waiting for their span's creation (see
@@ -801,7 +802,7 @@ impl Exporter {
             }
             Raw::Log(l) => {
                 if l.class == wire::EventClass::StateUpdate {
-                    let locked = l.meta.fields().field("locked").and_then(|f| {
+                    let locked = l.meta.fields().field(names::LOCKED).and_then(|f| {
                         l.fields
                             .iter()
                             .find(|v| v.index as usize == f.index())

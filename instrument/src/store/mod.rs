@@ -32,8 +32,8 @@ use tracing_core::{Event, Interest, LevelFilter, Metadata, Subscriber};
 
 use crate::capture::callsite::Class;
 use crate::capture::local::with_local;
-use crate::capture::node::SpanNode;
 use crate::capture::Shared;
+use crate::span_node::SpanNode;
 
 /// One span in the store.
 struct Slot {
