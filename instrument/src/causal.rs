@@ -7,15 +7,20 @@
 //! through the current task's spans, across into the spawning task, and on to
 //! the root. Capturing costs one reference-count increment; the chain is
 //! walked and formatted only when displayed.
+//!
+//! This module reads span nodes; it does not know the span store or the
+//! capture. It finds where the current thread is through the [`SpanFinder`]
+//! the default subscriber lends it, and the capture, which sits above it,
+//! takes the link a [`Context`] leaves for the span about to be created
+//! ([`take_pending_link`]) and walks traces of ERROR events with
+//! [`CausalTrace::of`].
 
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
 use awaitscope_wire::{SpanClass, Value};
-use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::SpanData;
 use crate::names;
 use crate::span_node::{render_value, SpanNode};
 
@@ -24,6 +29,8 @@ thread_local! {
     static PENDING_LINK: RefCell<Option<Arc<SpanNode>>> = const { RefCell::new(None) };
 }
 
+/// The [`Context`] a span about to be created on this thread continues, if
+/// [`Context::span`] is creating it: the capture links the new span to it.
 pub(crate) fn take_pending_link() -> Option<Arc<SpanNode>> {
     PENDING_LINK
         .try_with(|l| l.borrow_mut().take())
@@ -31,23 +38,27 @@ pub(crate) fn take_pending_link() -> Option<Arc<SpanNode>> {
         .flatten()
 }
 
-/// The node of the current span of the default subscriber, when it is
-/// awaitscope's span store or built on `tracing_subscriber`'s registry with
-/// the awaitscope layer.
-pub(crate) fn current_node() -> Option<Arc<SpanNode>> {
-    if let Some(node) = tracing::dispatcher::get_default(|d| {
-        d.downcast_ref::<crate::store::AwaitscopeSubscriber>()
-            .map(|s| s.current_node())
-    }) {
-        return node;
-    }
-    let id = tracing::Span::current().id()?;
-    tracing::dispatcher::get_default(|d| {
-        let registry = d.downcast_ref::<tracing_subscriber::Registry>()?;
-        let span = registry.span(&id)?;
-        let ext = span.extensions();
-        ext.get::<SpanData>().map(|d| d.node.clone())
-    })
+/// Where the current thread is, as a subscriber that keeps span nodes
+/// knows it.
+#[derive(Default)]
+pub(crate) struct Here {
+    /// The current span's node.
+    pub span: Option<Arc<SpanNode>>,
+    /// The node of the task being polled (by the capture that made `span`).
+    pub task: Option<Arc<SpanNode>>,
+}
+
+/// How causal traces find [`Here`] in the default subscriber without
+/// knowing which subscriber it is: awaitscope's span store, and its layer
+/// in a `tracing_subscriber` stack, return their `SpanFinder` from
+/// `downcast_raw` when asked for this type (as `tracing-error` finds its
+/// layer). A dispatcher without one has no span nodes: traces are empty.
+pub(crate) struct SpanFinder(pub fn(&tracing::Dispatch) -> Here);
+
+/// Where the current thread is, in the default subscriber.
+fn here() -> Here {
+    tracing::dispatcher::get_default(|d| d.downcast_ref::<SpanFinder>().map(|f| (f.0)(d)))
+        .unwrap_or_default()
 }
 
 /// A causal trace: the current span chain, continued across task spawns and
@@ -137,11 +148,8 @@ impl CausalTrace {
 
     /// Captures the trace of the current span.
     pub fn capture() -> Self {
-        let leaf = current_node();
-        let task = leaf
-            .as_ref()
-            .and_then(|l| crate::capture::local::current_task_node(l.instance));
-        Self { leaf, task }
+        let Here { span, task } = here();
+        Self { leaf: span, task }
     }
 
     /// Stable id of the innermost span, or 0.
@@ -444,9 +452,7 @@ impl fmt::Debug for Context {
 impl Context {
     /// The context of the current span.
     pub fn current() -> Self {
-        Self {
-            node: current_node(),
-        }
+        Self { node: here().span }
     }
 
     /// A span (`awaitscope.context`) that continues this context: spans
