@@ -630,8 +630,29 @@ impl Exporter {
                 task: true,
                 ts,
             } => self.poll_started(thread, span, ts, want),
+            Raw::Enter { span, ts, .. } => {
+                if want {
+                    self.emit_plain(Event::Enter {
+                        span: SpanId(span),
+                        ts: ns(ts),
+                    });
+                }
+            }
             Raw::TreeNode { task, span, depth } => {
                 Self::tree_node(&mut self.threads, thread, task, span, depth)
+            }
+            Raw::Exit {
+                span,
+                task: false,
+                ts,
+                ..
+            } => {
+                if want {
+                    self.emit_plain(Event::Exit {
+                        span: SpanId(span),
+                        ts: ns(ts),
+                    });
+                }
             }
             Raw::Poll {
                 span,
@@ -661,24 +682,12 @@ impl Exporter {
                 if l.class == wire::EventClass::StateUpdate {
                     model.on_state_update(l.span, l.task, locked_field(&l));
                 }
-                want.then(|| log_event(*l, ns))
+                if want {
+                    return Some(log_event(*l, ns));
+                }
             }
             // The rest changes no model: converted only for the sinks.
-            _ if !want => None,
-            Raw::Enter { span, ts, .. } => {
-                self.emit_plain(Event::Enter {
-                    span: SpanId(span),
-                    ts: ns(ts),
-                });
-                None
-            }
-            Raw::Exit { span, ts, .. } => {
-                self.emit_plain(Event::Exit {
-                    span: SpanId(span),
-                    ts: ns(ts),
-                });
-                None
-            }
+            _ if !want => {}
             Raw::Wake { task, by, op, ts } => {
                 self.emit_plain(Event::Wake {
                     task: SpanId(task),
@@ -686,30 +695,34 @@ impl Exporter {
                     by: span_id(by),
                     ts: ns(ts),
                 });
-                None
             }
             Raw::Record(r) => {
                 // The node's fields were updated by the layer.
                 let (span, fields) = *r;
-                Some(Event::Record {
+                return Some(Event::Record {
                     span: SpanId(span),
                     fields,
+                });
+            }
+            Raw::FollowsFrom { span, follows } => {
+                return Some(Event::FollowsFrom {
+                    span: SpanId(span),
+                    follows: SpanId(follows),
                 })
             }
-            Raw::FollowsFrom { span, follows } => Some(Event::FollowsFrom {
-                span: SpanId(span),
-                follows: SpanId(follows),
-            }),
-            Raw::Panic(p) => Some(Event::Panic(Box::new(awaitscope_wire::Panic {
-                task: span_id(p.task),
-                span: span_id(p.span),
-                message: p.message,
-                file: p.file,
-                line: p.line,
-                ts: ns(p.ts),
-                trace: p.trace,
-            }))),
+            Raw::Panic(p) => {
+                return Some(Event::Panic(Box::new(awaitscope_wire::Panic {
+                    task: span_id(p.task),
+                    span: span_id(p.span),
+                    message: p.message,
+                    file: p.file,
+                    line: p.line,
+                    ts: ns(p.ts),
+                    trace: p.trace,
+                })))
+            }
         }
+        None
     }
 
     /// A span was created: its `SpanNew` goes out, and it becomes live in
@@ -723,7 +736,7 @@ impl Exporter {
         model: &mut AwaitModel,
         node: Arc<SpanNode>,
         want: bool,
-    ) -> Option<Event> {
+    ) {
         if want {
             self.push_span_new(&node, Self::send_batch);
         }
@@ -732,12 +745,11 @@ impl Exporter {
                 if want {
                     self.emit_close(shared, node.id, kind, ts);
                 }
-                return None;
+                return;
             }
         }
         let created = shared.nanos(node.ts);
         model.on_span(node, created);
-        None
     }
 
     /// A poll's start, read from the ring: remembered as the thread's open
@@ -745,29 +757,22 @@ impl Exporter {
     /// poll slot) so that a poll with nothing recorded in between goes out
     /// as one `Poll` event with its end.
     #[inline(always)]
-    fn poll_started(&mut self, thread: u32, span: u64, ts: u64, want: bool) -> Option<Event> {
+    fn poll_started(&mut self, thread: u32, span: u64, ts: u64, want: bool) {
         let tp = thread_reads(&mut self.threads, thread);
         tp.open = (span, ts);
         if tp.announced == (span, ts) {
             // Sent already, from the thread's poll slot.
-            return None;
+            return;
         }
         if want {
             self.held = Some((span, ts));
         }
-        None
     }
 
     /// One node of the await tree of the poll about to end on `thread`:
     /// collected until the poll's end says whether it is a new tree.
     #[inline(always)]
-    fn tree_node(
-        threads: &mut Vec<ThreadReads>,
-        thread: u32,
-        task: u64,
-        span: u64,
-        depth: u16,
-    ) -> Option<Event> {
+    fn tree_node(threads: &mut Vec<ThreadReads>, thread: u32, task: u64, span: u64, depth: u16) {
         let pending = &mut thread_reads(threads, thread).tree;
         if pending.0 != task {
             // Left over from a poll whose exit was dropped.
@@ -775,7 +780,6 @@ impl Exporter {
             pending.0 = task;
         }
         pending.1.push((span, depth));
-        None
     }
 
     /// A whole poll in one record (nothing else was recorded during it):
@@ -793,11 +797,11 @@ impl Exporter {
         tree: bool,
         wakers: u32,
         want: bool,
-    ) -> Option<Event> {
+    ) {
         self.poll_tree(model, thread, span, tree, want);
         let announced = thread_reads(&mut self.threads, thread).whole_poll_read(span, start);
         if !want {
-            return None;
+            return;
         }
         let ev = if announced {
             Event::PollEnd {
@@ -809,7 +813,6 @@ impl Exporter {
             poll_event(shared, span, start, end, wakers)
         };
         self.emit_plain(ev);
-        None
     }
 
     /// The end of a poll whose start was its own record: its tree, then a
@@ -827,11 +830,11 @@ impl Exporter {
         tree: bool,
         wakers: u32,
         want: bool,
-    ) -> Option<Event> {
+    ) {
         self.poll_tree(model, thread, span, tree, want);
         thread_reads(&mut self.threads, thread).poll_end_read(span);
         if !want {
-            return None;
+            return;
         }
         let ev = match self.held.take() {
             Some((task, start)) if task == span => poll_event(shared, span, start, ts, wakers),
@@ -846,7 +849,6 @@ impl Exporter {
             }
         };
         self.emit_plain(ev);
-        None
     }
 
     /// A span closed: no longer live in the model, and its `Close` goes
@@ -861,7 +863,7 @@ impl Exporter {
         kind: wire::CloseKind,
         ts: u64,
         want: bool,
-    ) -> Option<Event> {
+    ) {
         if !model.on_close(span) {
             // Not live. Most often its creation is in a ring read
             // after this one (it was created on another thread): kept
@@ -871,12 +873,11 @@ impl Exporter {
             if self.early_closes.len() < MAX_EARLY_CLOSES {
                 self.early_closes.insert(span, (kind, ts, self.drains));
             }
-            return None;
+            return;
         }
         if want {
             self.emit_close(shared, span, kind, ts);
         }
-        None
     }
 
     /// Emits the `Close` of `span`, closed at raw time `ts` as `kind`.
