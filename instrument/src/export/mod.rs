@@ -803,16 +803,17 @@ impl Exporter {
         if !want {
             return;
         }
-        let ev = if announced {
-            Event::PollEnd {
+        // One `emit_plain` per variant: the encoder inlined into each is
+        // specialized for it (one site for both costs a match per event).
+        if announced {
+            self.emit_plain(Event::PollEnd {
                 task: SpanId(span),
                 ts: shared.nanos(end),
                 wakers,
-            }
+            });
         } else {
-            poll_event(shared, span, start, end, wakers)
-        };
-        self.emit_plain(ev);
+            self.emit_plain(poll_event(shared, span, start, end, wakers));
+        }
     }
 
     /// The end of a poll whose start was its own record: its tree, then a
