@@ -740,16 +740,26 @@ impl Exporter {
         if want {
             self.push_span_new(&node, Self::send_batch);
         }
-        if !self.early_closes.is_empty() {
-            if let Some((kind, ts, _)) = self.early_closes.remove(&node.id) {
-                if want {
-                    self.emit_close(shared, node.id, kind, ts);
-                }
-                return;
-            }
+        if !self.early_closes.is_empty() && self.closed_early(shared, node.id, want) {
+            return;
         }
         let created = shared.nanos(node.ts);
         model.on_span(node, created);
+    }
+
+    /// Whether span `id`'s close was read before its creation; if so, the
+    /// close goes out now. Out of line: rare, and it keeps the drain loop
+    /// small.
+    #[cold]
+    #[inline(never)]
+    fn closed_early(&mut self, shared: &Shared, id: u64, want: bool) -> bool {
+        let Some((kind, ts, _)) = self.early_closes.remove(&id) else {
+            return false;
+        };
+        if want {
+            self.emit_close(shared, id, kind, ts);
+        }
+        true
     }
 
     /// A poll's start, read from the ring: remembered as the thread's open
