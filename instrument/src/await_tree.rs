@@ -14,11 +14,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use awaitscope_wire::{SpanClass, Value};
+use awaitscope_wire::SpanClass;
 use rustc_hash::FxHashMap;
 
-use crate::capture::node::{render_value, SpanNode};
-use crate::spawn::JOIN_TARGET;
+use crate::names;
+use crate::span_node::{render_value, SpanNode};
 
 /// A live span as the exporter knows it.
 pub(crate) struct LiveSpan {
@@ -125,10 +125,7 @@ impl AwaitModel {
 
     fn task_ref(&self, id: u64) -> Option<(u64, Option<String>)> {
         let s = self.spans.get(&id)?;
-        Some((
-            id,
-            str_field(&s.node, "task.name").filter(|n| !n.is_empty()),
-        ))
+        Some((id, s.node.task_name()))
     }
 
     fn task_dump(&self, id: u64, now: u64, ns: &impl Fn(u64) -> u64) -> Option<TaskDump> {
@@ -136,10 +133,7 @@ impl AwaitModel {
         let state = self.tasks.get(&id)?;
         let node = &live.node;
         let running = node.polls.running.load(Ordering::Relaxed);
-        let spawned_at = match (str_field(node, "loc.file"), u64_field(node, "loc.line")) {
-            (Some(f), Some(l)) => Some((f, l as u32)),
-            _ => None,
-        };
+        let spawned_at = node.location();
         let mut roots: Vec<AwaitNode> = Vec::new();
         // Build the nested tree from (span, depth) in entry order.
         let mut path: Vec<usize> = Vec::new();
@@ -178,9 +172,9 @@ impl AwaitModel {
         }
         Some(TaskDump {
             id,
-            tokio_id: u64_field(node, "task.id"),
-            name: str_field(node, "task.name").filter(|n| !n.is_empty()),
-            kind: str_field(node, "kind"),
+            tokio_id: node.u64_field(names::TASK_ID),
+            name: node.task_name(),
+            kind: node.str_field(names::KIND),
             spawned_at,
             spawned_by: (node.ctx_task != 0).then_some(node.ctx_task),
             running,
@@ -204,20 +198,20 @@ impl AwaitModel {
     fn label(&self, node: &SpanNode, after: &[Entered]) -> String {
         match node.class {
             SpanClass::Resource => {
-                let ty = str_field(node, "concrete_type").unwrap_or_else(|| "resource".into());
+                let ty = node
+                    .str_field(names::CONCRETE_TYPE)
+                    .unwrap_or_else(|| "resource".into());
                 let op = after
                     .iter()
                     .take(2)
                     .filter_map(|e| self.spans.get(&e.span))
                     .find(|s| s.node.class == SpanClass::AsyncOp)
-                    .and_then(|s| str_field(&s.node, "source"));
+                    .and_then(|s| s.node.str_field(names::SOURCE));
                 let mut l = match op {
                     Some(op) => format!("{op}: waiting on {ty}"),
                     None => format!("waiting on {ty}"),
                 };
-                if let (Some(f), Some(line)) =
-                    (str_field(node, "loc.file"), u64_field(node, "loc.line"))
-                {
+                if let Some((f, line)) = node.location() {
                     l.push_str(&format!(" created at {f}:{line}"));
                 }
                 if let Some((holder, name)) =
@@ -230,14 +224,14 @@ impl AwaitModel {
                 }
                 l
             }
-            _ if node.meta.target() == AWAIT_POINT_TARGET => {
-                str_field(node, "label").unwrap_or_else(|| "await".into())
-            }
-            _ if node.meta.target() == JOIN_TARGET => {
-                let tokio_id = u64_field(node, "task.id").unwrap_or(0);
+            _ if node.meta.target() == names::AWAIT_POINT_TARGET => node
+                .str_field(names::LABEL)
+                .unwrap_or_else(|| "await".into()),
+            _ if node.meta.target() == names::JOIN_TARGET => {
+                let tokio_id = node.u64_field(names::TASK_ID).unwrap_or(0);
                 let awaited = self.spans.values().find(|s| {
                     s.node.class == SpanClass::Task
-                        && u64_field(&s.node, "task.id") == Some(tokio_id)
+                        && s.node.u64_field(names::TASK_ID) == Some(tokio_id)
                 });
                 match awaited.and_then(|s| self.task_ref(s.node.id)) {
                     Some((id, Some(name))) => format!("awaiting task {id} {name:?}"),
@@ -263,22 +257,6 @@ impl AwaitModel {
                 }
             }
         }
-    }
-}
-
-fn str_field(node: &SpanNode, name: &str) -> Option<String> {
-    match node.field(name)? {
-        Value::Str(s) => Some(s),
-        v => Some(render_value(&v)),
-    }
-}
-
-fn u64_field(node: &SpanNode, name: &str) -> Option<u64> {
-    match node.field(name)? {
-        Value::U64(u) => Some(u),
-        Value::I64(i) => u64::try_from(i).ok(),
-        Value::Str(s) => s.parse().ok(),
-        _ => None,
     }
 }
 
@@ -376,7 +354,7 @@ impl fmt::Display for TaskDump {
         if let Some(n) = &self.name {
             write!(f, " {n:?}")?;
         }
-        if let Some(k) = self.kind.as_deref().filter(|k| *k != "task") {
+        if let Some(k) = self.kind.as_deref().filter(|k| *k != names::KIND_TASK) {
             write!(f, " [{k}]")?;
         }
         match (self.running, self.idle) {
@@ -432,9 +410,6 @@ impl fmt::Display for Dump {
     }
 }
 
-/// Target of the spans made by [`AwaitPoint::await_point`].
-pub(crate) const AWAIT_POINT_TARGET: &str = "awaitscope::await_point";
-
 /// Labels an await that has no span of its own, so await trees name it.
 ///
 /// ```no_run
@@ -449,7 +424,9 @@ pub trait AwaitPoint: std::future::Future + Sized {
     #[track_caller]
     fn await_point(self, label: &'static str) -> tracing::instrument::Instrumented<Self> {
         use tracing::Instrument;
-        self.instrument(tracing::info_span!(target: "awaitscope::await_point", "await", label))
+        self.instrument(
+            tracing::info_span!(target: names::AWAIT_POINT_TARGET, names::AWAIT_POINT_SPAN, label),
+        )
     }
 }
 

@@ -7,25 +7,30 @@
 //! through the current task's spans, across into the spawning task, and on to
 //! the root. Capturing costs one reference-count increment; the chain is
 //! walked and formatted only when displayed.
+//!
+//! This module reads span nodes; it does not know the span store or the
+//! capture. It finds where the current thread is through the [`SpanFinder`]
+//! the default subscriber lends it, and the capture, which sits above it,
+//! takes the link a [`Context`] leaves for the span about to be created
+//! ([`take_pending_link`]) and walks traces of ERROR events with
+//! [`CausalTrace::of`].
 
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
 use awaitscope_wire::{SpanClass, Value};
-use tracing_subscriber::registry::LookupSpan;
 
-use crate::capture::node::{render_value, SpanNode};
-use crate::capture::SpanData;
-
-/// Target of the spans that carry an [`Context`] across a queue.
-pub(crate) const CONTEXT_TARGET: &str = "awaitscope::context";
+use crate::names;
+use crate::span_node::{render_value, SpanNode};
 
 thread_local! {
     /// The context a span about to be created on this thread links to.
     static PENDING_LINK: RefCell<Option<Arc<SpanNode>>> = const { RefCell::new(None) };
 }
 
+/// The [`Context`] a span about to be created on this thread continues, if
+/// [`Context::span`] is creating it: the capture links the new span to it.
 pub(crate) fn take_pending_link() -> Option<Arc<SpanNode>> {
     PENDING_LINK
         .try_with(|l| l.borrow_mut().take())
@@ -33,23 +38,27 @@ pub(crate) fn take_pending_link() -> Option<Arc<SpanNode>> {
         .flatten()
 }
 
-/// The node of the current span of the default subscriber, when it is
-/// awaitscope's span store or built on `tracing_subscriber`'s registry with
-/// the awaitscope layer.
-pub(crate) fn current_node() -> Option<Arc<SpanNode>> {
-    if let Some(node) = tracing::dispatcher::get_default(|d| {
-        d.downcast_ref::<crate::store::AwaitscopeSubscriber>()
-            .map(|s| s.current_node())
-    }) {
-        return node;
-    }
-    let id = tracing::Span::current().id()?;
-    tracing::dispatcher::get_default(|d| {
-        let registry = d.downcast_ref::<tracing_subscriber::Registry>()?;
-        let span = registry.span(&id)?;
-        let ext = span.extensions();
-        ext.get::<SpanData>().map(|d| d.node.clone())
-    })
+/// Where the current thread is, as a subscriber that keeps span nodes
+/// knows it.
+#[derive(Default)]
+pub(crate) struct Here {
+    /// The current span's node.
+    pub span: Option<Arc<SpanNode>>,
+    /// The node of the task being polled (by the capture that made `span`).
+    pub task: Option<Arc<SpanNode>>,
+}
+
+/// How causal traces find [`Here`] in the default subscriber without
+/// knowing which subscriber it is: awaitscope's span store, and its layer
+/// in a `tracing_subscriber` stack, return their `SpanFinder` from
+/// `downcast_raw` when asked for this type (as `tracing-error` finds its
+/// layer). A dispatcher without one has no span nodes: traces are empty.
+pub(crate) struct SpanFinder(pub fn(&tracing::Dispatch) -> Here);
+
+/// Where the current thread is, in the default subscriber.
+fn here() -> Here {
+    tracing::dispatcher::get_default(|d| d.downcast_ref::<SpanFinder>().map(|f| (f.0)(d)))
+        .unwrap_or_default()
 }
 
 /// A causal trace: the current span chain, continued across task spawns and
@@ -113,26 +122,6 @@ pub enum TraceItem {
     },
 }
 
-fn task_name(node: &SpanNode) -> Option<String> {
-    match node.field("task.name") {
-        Some(Value::Str(s)) if !s.is_empty() => Some(s),
-        _ => None,
-    }
-}
-
-fn spawn_location(node: &SpanNode) -> Option<(String, u32)> {
-    let file = match node.field("loc.file")? {
-        Value::Str(s) => s,
-        _ => return None,
-    };
-    let line = match node.field("loc.line")? {
-        Value::U64(l) => l as u32,
-        Value::I64(l) => l as u32,
-        _ => return None,
-    };
-    Some((file, line))
-}
-
 impl CausalTrace {
     /// The trace of `leaf` and its causes.
     pub(crate) fn of(leaf: Option<Arc<SpanNode>>, task: Option<Arc<SpanNode>>) -> Self {
@@ -159,11 +148,8 @@ impl CausalTrace {
 
     /// Captures the trace of the current span.
     pub fn capture() -> Self {
-        let leaf = current_node();
-        let task = leaf
-            .as_ref()
-            .and_then(|l| crate::capture::local::current_task_node(l.instance));
-        Self { leaf, task }
+        let Here { span, task } = here();
+        Self { leaf: span, task }
     }
 
     /// Stable id of the innermost span, or 0.
@@ -203,7 +189,7 @@ impl CausalTrace {
                     running = node.ctx_task_node.clone();
                     cur = node.link.clone();
                 }
-                SpanClass::User if node.meta.target() == CONTEXT_TARGET => {
+                SpanClass::User if node.meta.target() == names::CONTEXT_TARGET => {
                     let from = node.link.as_ref().and_then(|l| l.ctx_task_node.clone());
                     items.push(TraceItem::Handoff {
                         from: from.as_deref().and_then(task_ref),
@@ -248,14 +234,15 @@ impl CausalTrace {
 
 /// `Runtime::block_on`'s pseudo-task: the root, shown as no task.
 fn is_root(node: &SpanNode) -> bool {
-    node.class == SpanClass::Task && node.field("kind") == Some(Value::Str("block_on".into()))
+    node.class == SpanClass::Task
+        && node.field(names::KIND) == Some(Value::Str(names::KIND_BLOCK_ON.into()))
 }
 
 /// A task as shown in a trace (none for the root).
 fn task_ref(node: &SpanNode) -> Option<TaskRef> {
     (node.class == SpanClass::Task && !is_root(node)).then(|| TaskRef {
         id: node.id,
-        name: task_name(node),
+        name: node.task_name(),
     })
 }
 
@@ -269,9 +256,9 @@ fn spawn_item_by(task: &SpanNode, by: Option<&SpanNode>) -> TraceItem {
     TraceItem::Spawn {
         task: TaskRef {
             id: task.id,
-            name: task_name(task),
+            name: task.task_name(),
         },
-        at: spawn_location(task),
+        at: task.location(),
         by: by.and_then(task_ref),
     }
 }
@@ -465,9 +452,7 @@ impl fmt::Debug for Context {
 impl Context {
     /// The context of the current span.
     pub fn current() -> Self {
-        Self {
-            node: current_node(),
-        }
+        Self { node: here().span }
     }
 
     /// A span (`awaitscope.context`) that continues this context: spans
@@ -475,7 +460,7 @@ impl Context {
     /// Instrument a future with it, or enter it.
     pub fn span(&self) -> tracing::Span {
         let _ = PENDING_LINK.try_with(|l| *l.borrow_mut() = self.node.clone());
-        let span = tracing::info_span!(target: "awaitscope::context", "awaitscope.context");
+        let span = tracing::info_span!(target: names::CONTEXT_TARGET, names::CONTEXT_SPAN);
         // Not consumed if the layer is absent or the span disabled.
         let _ = take_pending_link();
         span

@@ -42,7 +42,9 @@ mod capture;
 mod causal;
 mod config;
 mod export;
+mod names;
 mod panic;
+mod span_node;
 pub mod spawn;
 mod store;
 #[cfg(feature = "testing")]

@@ -14,8 +14,7 @@ use std::task::{Context, Poll};
 
 use tokio::task::JoinError;
 
-/// Target of the span entered while a [`JoinHandle`] is awaited.
-pub(crate) const JOIN_TARGET: &str = "awaitscope::join";
+use crate::names;
 
 /// A tokio `JoinHandle` that tells awaitscope who awaits the task: while it
 /// is polled, it enters a `runtime.join` span naming the awaited task
@@ -56,7 +55,7 @@ impl<T> Future for JoinHandle<T> {
         let this = self.get_mut();
         let span = this.span.get_or_insert_with(|| {
             let id: u64 = this.inner.id().to_string().parse().unwrap_or(0);
-            tracing::trace_span!(target: "awaitscope::join", "runtime.join", task.id = id)
+            tracing::trace_span!(target: names::JOIN_TARGET, names::JOIN_SPAN, task.id = id)
         });
         let _entered = span.enter();
         Pin::new(&mut this.inner).poll(cx)
@@ -117,9 +116,9 @@ where
     use tracing::Instrument;
     let loc = std::panic::Location::caller();
     let span = tracing::trace_span!(
-        target: "awaitscope::task",
+        target: names::AWAITSCOPE_TASK_TARGET,
         parent: None,
-        "runtime.spawn",
+        names::TASK_SPAN,
         kind = "task",
         task.name = name,
         loc.file = loc.file(),
@@ -129,6 +128,6 @@ where
     );
     let handle = tokio::spawn(future.instrument(span.clone()));
     let id: u64 = handle.id().to_string().parse().unwrap_or(0);
-    span.record("task.id", id);
+    span.record(names::TASK_ID, id);
     handle
 }

@@ -13,6 +13,8 @@ use awaitscope_wire as wire;
 use rustc_hash::FxHashMap;
 use tracing_core::{Level, Metadata};
 
+use crate::names;
+
 /// What a callsite is, for the capture layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -33,31 +35,27 @@ pub(crate) struct Info {
     pub class: Class,
 }
 
-/// Target of the task spans made by `awaitscope::spawn` on stable tokio.
-pub(crate) const AWAITSCOPE_TASK_TARGET: &str = "awaitscope::task";
-
-/// Target of the task spans of tokio's blocking pool.
-pub(crate) const TOKIO_BLOCKING_TARGET: &str = "tokio::task::blocking";
-
 /// Classifies a callsite from its metadata.
 pub(crate) fn classify(meta: &Metadata<'_>) -> Class {
     let target = meta.target();
     let name = meta.name();
     if meta.is_span() {
-        let tokio = target.starts_with("tokio");
+        let tokio = target.starts_with(names::TOKIO_TARGET_PREFIX);
         let class = match name {
-            "runtime.spawn" if tokio || target == AWAITSCOPE_TASK_TARGET => wire::SpanClass::Task,
-            "runtime.resource" if tokio => wire::SpanClass::Resource,
-            "runtime.resource.async_op" if tokio => wire::SpanClass::AsyncOp,
-            "runtime.resource.async_op.poll" if tokio => wire::SpanClass::AsyncOpPoll,
+            names::TASK_SPAN if tokio || target == names::AWAITSCOPE_TASK_TARGET => {
+                wire::SpanClass::Task
+            }
+            names::RESOURCE_SPAN if tokio => wire::SpanClass::Resource,
+            names::ASYNC_OP_SPAN if tokio => wire::SpanClass::AsyncOp,
+            names::ASYNC_OP_POLL_SPAN if tokio => wire::SpanClass::AsyncOpPoll,
             _ => wire::SpanClass::User,
         };
         return Class::Span(class);
     }
     match target {
-        "tokio::task::waker" => Class::Waker,
-        "runtime::resource::poll_op" => Class::Event(wire::EventClass::PollOp),
-        "runtime::resource::state_update" | "runtime::resource::async_op::state_update" => {
+        names::TOKIO_WAKER_TARGET => Class::Waker,
+        names::TOKIO_POLL_OP_TARGET => Class::Event(wire::EventClass::PollOp),
+        t if names::TOKIO_STATE_UPDATE_TARGETS.contains(&t) => {
             Class::Event(wire::EventClass::StateUpdate)
         }
         _ if *meta.level() <= Level::WARN => Class::Event(wire::EventClass::User),

@@ -5,6 +5,8 @@ use std::fmt::{self, Write as _};
 use awaitscope_wire::{limits, Field, Value};
 use tracing_core::field::{Field as TField, Visit};
 
+use crate::names;
+
 /// Collects the fields of a span or event, capped in count and length.
 #[derive(Default)]
 pub(crate) struct FieldRecorder {
@@ -122,10 +124,10 @@ impl WakerVisitor {
     fn op(&mut self, s: &str) {
         use awaitscope_wire::WakeOp;
         self.op = match s {
-            "waker.wake" => Some(WakeOp::Wake),
-            "waker.wake_by_ref" => Some(WakeOp::WakeByRef),
-            "waker.clone" => Some(WakeOp::Clone),
-            "waker.drop" => Some(WakeOp::Drop),
+            names::WAKER_WAKE => Some(WakeOp::Wake),
+            names::WAKER_WAKE_BY_REF => Some(WakeOp::WakeByRef),
+            names::WAKER_CLONE => Some(WakeOp::Clone),
+            names::WAKER_DROP => Some(WakeOp::Drop),
             _ => None,
         };
     }
@@ -133,17 +135,17 @@ impl WakerVisitor {
 
 impl Visit for WakerVisitor {
     fn record_u64(&mut self, field: &TField, value: u64) {
-        if field.name() == "task.id" {
+        if field.name() == names::TASK_ID {
             self.task_id = Some(value);
         }
     }
     fn record_str(&mut self, field: &TField, value: &str) {
-        if self.parse_op && field.name() == "op" {
+        if self.parse_op && field.name() == names::WAKER_OP {
             self.op(value);
         }
     }
     fn record_debug(&mut self, field: &TField, value: &dyn fmt::Debug) {
-        if self.parse_op && field.name() == "op" {
+        if self.parse_op && field.name() == names::WAKER_OP {
             // `op` is a `&'static str` recorded with `record_str`; a Debug
             // rendering is quoted.
             let s = format!("{value:?}");

@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use awaitscope_wire::{SpanClass, WakeOp};
 
-use super::node::SpanNode;
 use super::record::Raw;
 use super::Shared;
+use crate::span_node::SpanNode;
 
 /// Deepest span stack tracked per thread; deeper spans are not recorded.
 const STACK: usize = 64;
@@ -791,15 +791,17 @@ impl Local {
     }
 
     /// [`Local::exit`] of a task span (a poll's end), a span outside polls,
-    /// or a span exited out of order.
+    /// or a span exited out of order. In three steps: find and remove the
+    /// span's frame ([`Local::exit_untracked`] if there is none), repair the
+    /// stack if the frame was not the innermost
+    /// ([`Local::repair_after_out_of_order_exit`]), and record the exit by
+    /// what the frame was: nothing for a span inside a poll (its await tree
+    /// node was recorded at its enter), an `Exit` for a span outside polls,
+    /// the end of a poll for a task ([`Local::end_poll`]).
     #[inline]
     fn exit_slow(&mut self, shared: &Shared, reg: u64) -> bool {
         let Some(pos) = self.frames.as_slice().iter().rposition(|f| f.reg == reg) else {
-            if self.overflow > 0 {
-                self.overflow -= 1;
-                return true;
-            }
-            return false;
+            return self.exit_untracked();
         };
         // Nearly always the innermost frame (`remove` then moves nothing).
         let Some(&mut frame) = self.frames.remove(pos) else {
@@ -807,21 +809,7 @@ impl Local {
         };
         let in_order = pos == self.frames.len();
         if !in_order {
-            // Exited out of order (rare): frames above it moved down one;
-            // find the innermost task again, and fix the polls' links to
-            // their enclosing task.
-            self.task = self
-                .frames
-                .as_slice()
-                .iter()
-                .rposition(|f| f.kind == Kind::Task)
-                .map_or(0, |i| i + 1);
-            for i in 0..self.polls.len() {
-                let p = &mut self.polls.items[i];
-                if p.saved_task > pos + 1 {
-                    p.saved_task -= 1;
-                }
-            }
+            self.repair_after_out_of_order_exit(pos);
         }
         match frame.kind {
             Kind::InPoll => {}
@@ -835,118 +823,208 @@ impl Local {
                     ts,
                 });
             }
-            Kind::Task => {
-                // Its poll: the innermost one unless exits came out of order.
-                let at = if in_order {
-                    self.polls.len().saturating_sub(1)
-                } else {
-                    self.frames.as_slice()[..pos]
-                        .iter()
-                        .filter(|f| f.kind == Kind::Task)
-                        .count()
-                };
-                // Taken from in place (the entry stays in the array).
-                let innermost = at + 1 == self.polls.len();
-                let Some(p) = self.polls.remove(at) else {
-                    return true;
-                };
-                let poll = Poll {
-                    node: p.node.take(),
-                    ..*p
-                };
-                let ts = shared.raw();
-                let node = poll.node.as_ref();
-                let changed = self.tree_cut
-                    || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
-                if changed {
-                    // The tree goes with the poll's end: it does not need the
-                    // poll's start before it, which stays held.
-                    let whole = self.pending_enter.0 == frame.sid;
-                    for i in poll.tree_base..self.tree_len {
-                        let (span, depth) = self.tree[i];
-                        let raw = Raw::TreeNode {
-                            task: frame.sid,
-                            span,
-                            depth,
-                        };
-                        if whole {
-                            self.push_now(raw);
-                        } else {
-                            self.push(raw);
-                        }
-                    }
-                    if let Some(n) = node {
-                        // A cut tree is sent every time.
-                        let sig = if self.tree_cut { 0 } else { self.sig };
-                        n.last_tree_sig.store(sig, Ordering::Relaxed);
-                    }
-                }
-                let wakers = node.map_or(0, |n| n.polls.wakers());
-                if self.pending_enter.0 == frame.sid {
-                    // Nothing was recorded during the poll: one record.
-                    let (_, start) = std::mem::take(&mut self.pending_enter);
-                    self.push_now(Raw::Poll {
-                        span: frame.sid,
-                        start,
-                        end: ts,
-                        tree: changed,
-                        wakers,
-                    });
-                } else {
-                    self.push(Raw::Exit {
-                        span: frame.sid,
-                        task: true,
-                        tree: changed,
-                        wakers,
-                        ts,
-                    });
-                }
-                if let Some(n) = node {
-                    // Only the thread polling the task writes these.
-                    let polls = &n.polls;
-                    polls
-                        .count
-                        .store(polls.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-                    polls.last_end.store(ts, Ordering::Relaxed);
-                    polls.running.store(false, Ordering::Relaxed);
-                    n.last_pair_adjacent.store(poll.adjacent, Ordering::Relaxed);
-                    if poll.owns_cache == Some(true) {
-                        n.poll_cache.release();
-                    }
-                }
-                if let Some(n) = poll.node {
-                    self.uncache_task(frame.reg, n);
-                }
-                if innermost {
-                    self.tree_len = poll.tree_base;
-                    self.tree_cut = false;
-                    self.sig = poll.saved_sig;
-                    self.task = poll.saved_task;
-                } else {
-                    // An enclosing poll ended before one inside it: that
-                    // one goes on; the polls that were inside this one are
-                    // now inside its enclosing task. (Its await tree nodes
-                    // stay in the buffer until the poll inside ends.)
-                    for i in at..self.polls.len() {
-                        let p = &mut self.polls.items[i];
-                        if p.saved_task == pos + 1 {
-                            p.saved_task = poll.saved_task;
-                        }
-                    }
-                }
-                if self.slot.shows(frame.sid) {
-                    self.slot.clear();
-                }
-                if self.task == 0 {
-                    self.tree_len = 0;
-                    self.tree_cut = false;
-                }
-                self.last_exit_task = frame.sid;
-                self.last_exit_seq = self.seq;
-                self.last_exit_ts = ts;
-            }
+            Kind::Task => self.end_poll(shared, frame, pos, in_order),
         }
         true
+    }
+
+    /// The exit of a span no frame holds: one entered past [`STACK`] (true:
+    /// one fewer of those), or one this thread never saw entered (false).
+    #[inline]
+    fn exit_untracked(&mut self) -> bool {
+        if self.overflow > 0 {
+            self.overflow -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// Stack repair after the frame at `pos` was removed from under others
+    /// (rare: a span exited out of order), which moved the frames above it
+    /// down one. Guarantees afterwards: `task` is again 1 + the index of the
+    /// innermost task frame (or 0), and every poll's `saved_task` still
+    /// names its enclosing task's frame.
+    #[cold]
+    fn repair_after_out_of_order_exit(&mut self, pos: usize) {
+        self.task = self
+            .frames
+            .as_slice()
+            .iter()
+            .rposition(|f| f.kind == Kind::Task)
+            .map_or(0, |i| i + 1);
+        for i in 0..self.polls.len() {
+            let p = &mut self.polls.items[i];
+            if p.saved_task > pos + 1 {
+                p.saved_task -= 1;
+            }
+        }
+    }
+
+    /// The end of a poll: the task frame `frame`, which was at `pos` in the
+    /// stack (the innermost frame if `in_order`), was exited. In order:
+    /// take the poll's state out of `polls`; send its await tree if it
+    /// changed ([`Local::send_tree`]), then the poll itself
+    /// ([`Local::send_poll`]), so the exporter reads the tree before the
+    /// poll's end; count the poll on the task's node
+    /// ([`Local::count_poll`]); give the task's node back to the cache; and
+    /// restore the state of the enclosing poll ([`Local::leave_poll`]).
+    #[inline(always)]
+    fn end_poll(&mut self, shared: &Shared, frame: Frame, pos: usize, in_order: bool) {
+        // Its poll: the innermost one unless exits came out of order.
+        let at = if in_order {
+            self.polls.len().saturating_sub(1)
+        } else {
+            self.frames.as_slice()[..pos]
+                .iter()
+                .filter(|f| f.kind == Kind::Task)
+                .count()
+        };
+        let innermost = at + 1 == self.polls.len();
+        // Taken from in place (the entry stays in the array).
+        let Some(p) = self.polls.remove(at) else {
+            return;
+        };
+        let node = p.node.take();
+        let poll = Poll { node: None, ..*p };
+        let ts = shared.raw();
+        let tree = self.send_tree(frame.sid, &poll, node.as_deref());
+        self.send_poll(frame.sid, node.as_deref(), tree, ts);
+        if let Some(n) = node {
+            Self::count_poll(&n, &poll, ts);
+            self.uncache_task(frame.reg, n);
+        }
+        self.leave_poll(frame.sid, &poll, at, pos, innermost, ts);
+    }
+
+    /// Await-tree output of the poll `poll` of task `task` ending: pushes its
+    /// `TreeNode`s if the tree differs from the one last sent for the task
+    /// (by signature; a tree cut at [`TREE`] nodes is always sent), and
+    /// remembers the new signature on the node. Returns whether it sent
+    /// the tree, which the poll's record says.
+    #[inline(always)]
+    fn send_tree(&mut self, task: u64, poll: &Poll, node: Option<&SpanNode>) -> bool {
+        let changed = self.tree_cut
+            || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
+        if changed {
+            // The tree goes with the poll's end: it does not need the
+            // poll's start before it, which stays held.
+            let whole = self.pending_enter.0 == task;
+            for i in poll.tree_base..self.tree_len {
+                let (span, depth) = self.tree[i];
+                let raw = Raw::TreeNode { task, span, depth };
+                if whole {
+                    self.push_now(raw);
+                } else {
+                    self.push(raw);
+                }
+            }
+            if let Some(n) = node {
+                // A cut tree is sent every time.
+                let sig = if self.tree_cut { 0 } else { self.sig };
+                n.last_tree_sig.store(sig, Ordering::Relaxed);
+            }
+        }
+        changed
+    }
+
+    /// The poll's own record: one `Poll` (start and end) if nothing else
+    /// was recorded on this thread since it started (its start is still
+    /// held in `pending_enter`), else an `Exit` after the `Enter` already
+    /// pushed. Either carries whether a new tree precedes it and the
+    /// task's live wakers.
+    #[inline(always)]
+    fn send_poll(&mut self, task: u64, node: Option<&SpanNode>, tree: bool, ts: u64) {
+        let wakers = node.map_or(0, |n| n.polls.wakers());
+        if self.pending_enter.0 == task {
+            // Nothing was recorded during the poll: one record.
+            let (_, start) = std::mem::take(&mut self.pending_enter);
+            self.push_now(Raw::Poll {
+                span: task,
+                start,
+                end: ts,
+                tree,
+                wakers,
+            });
+        } else {
+            self.push(Raw::Exit {
+                span: task,
+                task: true,
+                tree,
+                wakers,
+                ts,
+            });
+        }
+    }
+
+    /// Poll accounting on the task's node, which dumps and the close read:
+    /// one more poll, ended at `ts`, not running; whether this poll
+    /// directly followed the previous one (see [`ADJACENT_NS`]); and the
+    /// task's poll cache given back if this poll took it. Only the thread
+    /// polling the task writes these, so plain loads and stores suffice.
+    #[inline(always)]
+    fn count_poll(node: &SpanNode, poll: &Poll, ts: u64) {
+        let polls = &node.polls;
+        polls
+            .count
+            .store(polls.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        polls.last_end.store(ts, Ordering::Relaxed);
+        polls.running.store(false, Ordering::Relaxed);
+        node.last_pair_adjacent
+            .store(poll.adjacent, Ordering::Relaxed);
+        if poll.owns_cache == Some(true) {
+            node.poll_cache.release();
+        }
+    }
+
+    /// Leaves the poll `poll` (at `at` in `polls`, its frame was at `pos`)
+    /// of task `task`, ended at `ts`. Guarantees afterwards: the tree, its
+    /// signature and `task` are the enclosing poll's again (or, if an
+    /// enclosing poll ended before one inside it, the polls inside now
+    /// belong to its enclosing task); the poll slot no longer shows this
+    /// poll; with no task polled the tree is empty; and the next enter
+    /// can tell whether it directly follows this exit.
+    #[inline(always)]
+    fn leave_poll(
+        &mut self,
+        task: u64,
+        poll: &Poll,
+        at: usize,
+        pos: usize,
+        innermost: bool,
+        ts: u64,
+    ) {
+        if innermost {
+            self.tree_len = poll.tree_base;
+            self.tree_cut = false;
+            self.sig = poll.saved_sig;
+            self.task = poll.saved_task;
+        } else {
+            self.relink_inner_polls(poll, at, pos);
+        }
+        if self.slot.shows(task) {
+            self.slot.clear();
+        }
+        if self.task == 0 {
+            self.tree_len = 0;
+            self.tree_cut = false;
+        }
+        self.last_exit_task = task;
+        self.last_exit_seq = self.seq;
+        self.last_exit_ts = ts;
+    }
+
+    /// An enclosing poll (`poll`, at `at`, its frame at `pos`) ended
+    /// before one inside it: that one goes on, and the polls that were
+    /// inside the ended one are now inside its enclosing task. (Its await
+    /// tree nodes stay in the buffer until the poll inside ends.)
+    #[cold]
+    fn relink_inner_polls(&mut self, poll: &Poll, at: usize, pos: usize) {
+        for i in at..self.polls.len() {
+            let p = &mut self.polls.items[i];
+            if p.saved_task == pos + 1 {
+                p.saved_task = poll.saved_task;
+            }
+        }
     }
 }
 

@@ -15,9 +15,9 @@
 pub(crate) mod callsite;
 pub(crate) mod fields;
 pub(crate) mod local;
-pub(crate) mod node;
 pub(crate) mod record;
 
+use std::any::TypeId;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,10 +28,12 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
+use crate::causal::{self, CausalTrace, Here, SpanFinder};
+use crate::names;
+use crate::span_node::SpanNode;
 use callsite::{Callsites, Class};
 use fields::{FieldRecorder, WakerVisitor};
 use local::with_local;
-use node::SpanNode;
 use record::{Raw, RawLog};
 
 /// What the layer keeps in each span's registry extensions.
@@ -39,6 +41,27 @@ pub(crate) struct SpanData {
     /// The span's node: its stable id, class and identity for causal traces.
     pub node: Arc<SpanNode>,
 }
+
+/// Where the current thread is, given the current span's node: that node
+/// and the task its capture sees polled on this thread (for causal traces).
+pub(crate) fn here(span: Option<Arc<SpanNode>>) -> Here {
+    let task = span
+        .as_ref()
+        .and_then(|s| local::current_task_node(s.instance));
+    Here { span, task }
+}
+
+/// The layer's [`SpanFinder`]: the current span's node, from the
+/// extensions of `tracing_subscriber`'s registry under the layer.
+static LAYER_FINDER: SpanFinder = SpanFinder(|d| {
+    let node = d.current_span().id().and_then(|id| {
+        let registry = d.downcast_ref::<tracing_subscriber::Registry>()?;
+        let span = registry.span(id)?;
+        let ext = span.extensions();
+        ext.get::<SpanData>().map(|d| d.node.clone())
+    });
+    here(node)
+});
 
 /// The consumer half of one thread's ring, held by the exporter.
 pub(crate) struct Ring {
@@ -240,6 +263,17 @@ impl<S> Layer<S> for AwaitscopeLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    /// The layer itself, or its [`SpanFinder`] for causal traces.
+    unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
+        if id == TypeId::of::<Self>() {
+            Some(self as *const Self as *const ())
+        } else if id == TypeId::of::<SpanFinder>() {
+            Some(&LAYER_FINDER as *const SpanFinder as *const ())
+        } else {
+            None
+        }
+    }
+
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
         if let Some(shared) = &self.shared {
             shared.callsites.register(metadata);
@@ -318,7 +352,7 @@ where
 }
 
 /// The capture hooks, called by the [`AwaitscopeLayer`] over a registry and
-/// by awaitscope's own span store ([`crate::store`]). Each takes what it
+/// by awaitscope's own span store (`AwaitscopeSubscriber`). Each takes what it
 /// needs of the span store as a lookup (called only when needed).
 impl Shared {
     /// A span was created with id `id`: makes its node and records it.
@@ -342,9 +376,7 @@ impl Shared {
         let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
         let link = match class {
             SpanClass::Task => current.clone(),
-            _ if attrs.metadata().target() == crate::causal::CONTEXT_TARGET => {
-                crate::causal::take_pending_link()
-            }
+            _ if attrs.metadata().target() == names::CONTEXT_TARGET => causal::take_pending_link(),
             _ => None,
         };
         let ts = shared.raw();
@@ -355,7 +387,7 @@ impl Shared {
                 callsite: info.id,
                 class,
                 blocking: class == SpanClass::Task
-                    && attrs.metadata().target() == callsite::TOKIO_BLOCKING_TARGET,
+                    && attrs.metadata().target() == names::TOKIO_BLOCKING_TARGET,
                 parent,
                 instance: shared.instance,
                 ctx_task: l.current_task(),
@@ -526,7 +558,7 @@ impl Shared {
                     && *event.metadata().level() == tracing_core::Level::ERROR
                 {
                     let task = with_local(shared, |l| l.current_task_node()).flatten();
-                    crate::causal::CausalTrace::of(node, task).wire_lines()
+                    CausalTrace::of(node, task).wire_lines()
                 } else {
                     Vec::new()
                 };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use awaitscope_wire::{CloseKind, Field, WakeOp};
 
-use super::node::SpanNode;
+use crate::span_node::SpanNode;
 
 /// An event captured as a log.
 pub(crate) struct RawLog {

@@ -19,9 +19,10 @@ use awaitscope_wire as wire;
 use wire::{Body, DropCounts, Event, Frame, ProcessInfo, ProcessKey, SpanId};
 
 use crate::await_tree::{AwaitModel, Dump};
-use crate::capture::node::SpanNode;
-use crate::capture::record::Raw;
+use crate::capture::record::{Raw, RawLog};
 use crate::capture::{Ring, Shared};
+use crate::names;
+use crate::span_node::SpanNode;
 use sink::Sink;
 
 /// Most closes kept waiting for their span's creation (see
@@ -602,6 +603,11 @@ impl Exporter {
     /// Updates the model for a record and converts it to a wire event (only
     /// when some sink is up). Events that own nothing are emitted here
     /// ([`Exporter::emit_plain`]); the others are returned.
+    ///
+    /// First the ordering step: a poll start held back (see `held`) goes
+    /// out before any record but the poll's own tree nodes and end. Then
+    /// one step per kind of record, each doing the model update it needs
+    /// before the conversion.
     #[inline(always)]
     fn convert(
         &mut self,
@@ -611,65 +617,19 @@ impl Exporter {
         raw: Raw,
         want: bool,
     ) -> Option<Event> {
-        let id = |v: u64| (v != 0).then_some(SpanId(v));
-        let ns = |raw: u64| shared.nanos(raw);
         if self.held.is_some()
             && !matches!(raw, Raw::TreeNode { .. } | Raw::Exit { task: true, .. })
         {
             self.release_held(shared);
         }
-        Some(match raw {
-            Raw::Span(node) => {
-                if want {
-                    self.push_span_new(&node, Self::send_batch);
-                }
-                if !self.early_closes.is_empty() {
-                    if let Some((kind, ts, _)) = self.early_closes.remove(&node.id) {
-                        // Closed on another thread, whose ring this drain
-                        // read first: closed here, never live.
-                        if want {
-                            self.emit_plain(Event::Close {
-                                span: SpanId(node.id),
-                                kind,
-                                ts: ns(ts),
-                            });
-                        }
-                        return None;
-                    }
-                }
-                let created = ns(node.ts);
-                model.on_span(node, created);
-                return None;
-            }
-            Raw::Record(r) => {
-                // The node's fields were updated by the layer.
-                let (span, fields) = *r;
-                if !want {
-                    return None;
-                }
-                Event::Record {
-                    span: SpanId(span),
-                    fields,
-                }
-            }
+        let ns = |raw: u64| shared.nanos(raw);
+        match raw {
+            Raw::Span(node) => self.span_created(shared, model, node, want),
             Raw::Enter {
                 span,
                 task: true,
                 ts,
-            } => {
-                let tp = thread_reads(&mut self.threads, thread);
-                tp.open = (span, ts);
-                if tp.announced == (span, ts) {
-                    // Sent already, from the thread's poll slot.
-                    return None;
-                }
-                // Held until the poll's end: a poll with nothing recorded
-                // in between goes out as one `Poll` event.
-                if want {
-                    self.held = Some((span, ts));
-                }
-                return None;
-            }
+            } => self.poll_started(thread, span, ts, want),
             Raw::Enter { span, ts, .. } => {
                 if want {
                     self.emit_plain(Event::Enter {
@@ -677,17 +637,9 @@ impl Exporter {
                         ts: ns(ts),
                     });
                 }
-                return None;
             }
             Raw::TreeNode { task, span, depth } => {
-                let pending = &mut thread_reads(&mut self.threads, thread).tree;
-                if pending.0 != task {
-                    // Left over from a poll whose exit was dropped.
-                    pending.1.clear();
-                    pending.0 = task;
-                }
-                pending.1.push((span, depth));
-                return None;
+                Self::tree_node(&mut self.threads, thread, task, span, depth)
             }
             Raw::Exit {
                 span,
@@ -701,7 +653,6 @@ impl Exporter {
                         ts: ns(ts),
                     });
                 }
-                return None;
             }
             Raw::Poll {
                 span,
@@ -709,145 +660,245 @@ impl Exporter {
                 end,
                 tree,
                 wakers,
-            } => {
-                self.poll_tree(model, thread, span, tree, want);
-                let tp = thread_reads(&mut self.threads, thread);
-                tp.done = (span, start);
-                let announced = tp.announced == (span, start);
-                if announced {
-                    tp.announced = (0, 0);
-                }
-                if !want {
-                    return None;
-                }
-                if announced {
-                    self.emit_plain(Event::PollEnd {
-                        task: SpanId(span),
-                        ts: ns(end),
-                        wakers,
-                    });
-                } else {
-                    let start = ns(start);
-                    self.emit_plain(Event::Poll {
-                        task: SpanId(span),
-                        start,
-                        duration: ns(end).saturating_sub(start),
-                        wakers,
-                    });
-                }
-                return None;
-            }
+            } => self.whole_poll(
+                shared,
+                model,
+                thread,
+                span,
+                (start, end),
+                tree,
+                wakers,
+                want,
+            ),
             Raw::Exit {
                 span,
                 task: true,
                 tree,
                 wakers,
                 ts,
-            } => {
-                self.poll_tree(model, thread, span, tree, want);
-                let tp = thread_reads(&mut self.threads, thread);
-                if tp.open.0 == span {
-                    tp.done = std::mem::take(&mut tp.open);
-                }
-                if tp.announced.0 == span {
-                    tp.announced = (0, 0);
-                }
-                if !want {
-                    return None;
-                }
-                let ev = match self.held.take() {
-                    Some((task, start)) if task == span => {
-                        let start = ns(start);
-                        Event::Poll {
-                            task: SpanId(span),
-                            start,
-                            duration: ns(ts).saturating_sub(start),
-                            wakers,
-                        }
-                    }
-                    held => {
-                        self.held = held;
-                        self.release_held(shared);
-                        Event::PollEnd {
-                            task: SpanId(span),
-                            ts: ns(ts),
-                            wakers,
-                        }
-                    }
-                };
-                self.emit_plain(ev);
-                return None;
-            }
-            Raw::Close { span, kind, ts } => {
-                if !model.on_close(span) {
-                    // Not live. Most often its creation is in a ring read
-                    // after this one (it was created on another thread): kept
-                    // until that record is read. Else it was closed from its
-                    // node after drops (this record came late), or its
-                    // creation was dropped: forgotten after two drains.
-                    if self.early_closes.len() < MAX_EARLY_CLOSES {
-                        self.early_closes.insert(span, (kind, ts, self.drains));
-                    }
-                    return None;
-                }
-                if want {
-                    self.emit_plain(Event::Close {
-                        span: SpanId(span),
-                        kind,
-                        ts: ns(ts),
-                    });
-                }
-                return None;
-            }
+            } => self.poll_ended(shared, model, thread, span, ts, tree, wakers, want),
+            Raw::Close { span, kind, ts } => self.span_closed(shared, model, span, kind, ts, want),
             Raw::Log(l) => {
                 if l.class == wire::EventClass::StateUpdate {
-                    let locked = l.meta.fields().field("locked").and_then(|f| {
-                        l.fields
-                            .iter()
-                            .find(|v| v.index as usize == f.index())
-                            .and_then(|v| match v.value {
-                                wire::Value::Bool(b) => Some(b),
-                                _ => None,
-                            })
-                    });
-                    model.on_state_update(l.span, l.task, locked);
+                    model.on_state_update(l.span, l.task, locked_field(&l));
                 }
-                if !want {
-                    return None;
+                if want {
+                    return Some(log_event(*l, ns));
                 }
-                Event::Log(Box::new(awaitscope_wire::Log {
-                    callsite: l.callsite,
-                    span: id(l.span),
-                    task: id(l.task),
-                    ts: ns(l.ts),
-                    fields: l.fields,
-                    trace: l.trace,
-                }))
             }
-            _ if !want => return None,
-            Raw::FollowsFrom { span, follows } => Event::FollowsFrom {
-                span: SpanId(span),
-                follows: SpanId(follows),
-            },
+            // The rest changes no model: converted only for the sinks.
+            _ if !want => {}
             Raw::Wake { task, by, op, ts } => {
                 self.emit_plain(Event::Wake {
                     task: SpanId(task),
                     op,
-                    by: id(by),
+                    by: span_id(by),
                     ts: ns(ts),
                 });
-                return None;
             }
-            Raw::Panic(p) => Event::Panic(Box::new(awaitscope_wire::Panic {
-                task: id(p.task),
-                span: id(p.span),
-                message: p.message,
-                file: p.file,
-                line: p.line,
-                ts: ns(p.ts),
-                trace: p.trace,
-            })),
-        })
+            Raw::Record(r) => {
+                // The node's fields were updated by the layer.
+                let (span, fields) = *r;
+                return Some(Event::Record {
+                    span: SpanId(span),
+                    fields,
+                });
+            }
+            Raw::FollowsFrom { span, follows } => {
+                return Some(Event::FollowsFrom {
+                    span: SpanId(span),
+                    follows: SpanId(follows),
+                })
+            }
+            Raw::Panic(p) => {
+                return Some(Event::Panic(Box::new(awaitscope_wire::Panic {
+                    task: span_id(p.task),
+                    span: span_id(p.span),
+                    message: p.message,
+                    file: p.file,
+                    line: p.line,
+                    ts: ns(p.ts),
+                    trace: p.trace,
+                })))
+            }
+        }
+        None
+    }
+
+    /// A span was created: its `SpanNew` goes out, and it becomes live in
+    /// the model, unless its close was read first (it closed on another
+    /// thread, whose ring this drain read first): then it is closed at
+    /// once and never live.
+    #[inline(always)]
+    fn span_created(
+        &mut self,
+        shared: &Shared,
+        model: &mut AwaitModel,
+        node: Arc<SpanNode>,
+        want: bool,
+    ) {
+        if want {
+            self.push_span_new(&node, Self::send_batch);
+        }
+        if !self.early_closes.is_empty() && self.closed_early(shared, node.id, want) {
+            return;
+        }
+        let created = shared.nanos(node.ts);
+        model.on_span(node, created);
+    }
+
+    /// Whether span `id`'s close was read before its creation; if so, the
+    /// close goes out now. Out of line: rare, and it keeps the drain loop
+    /// small.
+    #[cold]
+    #[inline(never)]
+    fn closed_early(&mut self, shared: &Shared, id: u64, want: bool) -> bool {
+        let Some((kind, ts, _)) = self.early_closes.remove(&id) else {
+            return false;
+        };
+        if want {
+            self.emit_close(shared, id, kind, ts);
+        }
+        true
+    }
+
+    /// A poll's start, read from the ring: remembered as the thread's open
+    /// poll, and held back (when not already announced from the thread's
+    /// poll slot) so that a poll with nothing recorded in between goes out
+    /// as one `Poll` event with its end.
+    #[inline(always)]
+    fn poll_started(&mut self, thread: u32, span: u64, ts: u64, want: bool) {
+        let tp = thread_reads(&mut self.threads, thread);
+        tp.open = (span, ts);
+        if tp.announced == (span, ts) {
+            // Sent already, from the thread's poll slot.
+            return;
+        }
+        if want {
+            self.held = Some((span, ts));
+        }
+    }
+
+    /// One node of the await tree of the poll about to end on `thread`:
+    /// collected until the poll's end says whether it is a new tree.
+    #[inline(always)]
+    fn tree_node(threads: &mut Vec<ThreadReads>, thread: u32, task: u64, span: u64, depth: u16) {
+        let pending = &mut thread_reads(threads, thread).tree;
+        if pending.0 != task {
+            // Left over from a poll whose exit was dropped.
+            pending.1.clear();
+            pending.0 = task;
+        }
+        pending.1.push((span, depth));
+    }
+
+    /// A whole poll in one record (nothing else was recorded during it):
+    /// its tree, then a `Poll` event, or a `PollEnd` if its start was
+    /// announced from the thread's poll slot while it ran.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn whole_poll(
+        &mut self,
+        shared: &Shared,
+        model: &mut AwaitModel,
+        thread: u32,
+        span: u64,
+        (start, end): (u64, u64),
+        tree: bool,
+        wakers: u32,
+        want: bool,
+    ) {
+        self.poll_tree(model, thread, span, tree, want);
+        let announced = thread_reads(&mut self.threads, thread).whole_poll_read(span, start);
+        if !want {
+            return;
+        }
+        // One `emit_plain` per variant: the encoder inlined into each is
+        // specialized for it (one site for both costs a match per event).
+        if announced {
+            self.emit_plain(Event::PollEnd {
+                task: SpanId(span),
+                ts: shared.nanos(end),
+                wakers,
+            });
+        } else {
+            self.emit_plain(poll_event(shared, span, start, end, wakers));
+        }
+    }
+
+    /// The end of a poll whose start was its own record: its tree, then a
+    /// `Poll` event if the start is the one held back, else (the start went
+    /// out already, or was dropped) a `PollEnd`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn poll_ended(
+        &mut self,
+        shared: &Shared,
+        model: &mut AwaitModel,
+        thread: u32,
+        span: u64,
+        ts: u64,
+        tree: bool,
+        wakers: u32,
+        want: bool,
+    ) {
+        self.poll_tree(model, thread, span, tree, want);
+        thread_reads(&mut self.threads, thread).poll_end_read(span);
+        if !want {
+            return;
+        }
+        let ev = match self.held.take() {
+            Some((task, start)) if task == span => poll_event(shared, span, start, ts, wakers),
+            held => {
+                self.held = held;
+                self.release_held(shared);
+                Event::PollEnd {
+                    task: SpanId(span),
+                    ts: shared.nanos(ts),
+                    wakers,
+                }
+            }
+        };
+        self.emit_plain(ev);
+    }
+
+    /// A span closed: no longer live in the model, and its `Close` goes
+    /// out. A close of a span not live is kept for its creation instead
+    /// (see `early_closes`).
+    #[inline(always)]
+    fn span_closed(
+        &mut self,
+        shared: &Shared,
+        model: &mut AwaitModel,
+        span: u64,
+        kind: wire::CloseKind,
+        ts: u64,
+        want: bool,
+    ) {
+        if !model.on_close(span) {
+            // Not live. Most often its creation is in a ring read
+            // after this one (it was created on another thread): kept
+            // until that record is read. Else it was closed from its
+            // node after drops (this record came late), or its
+            // creation was dropped: forgotten after two drains.
+            if self.early_closes.len() < MAX_EARLY_CLOSES {
+                self.early_closes.insert(span, (kind, ts, self.drains));
+            }
+            return;
+        }
+        if want {
+            self.emit_close(shared, span, kind, ts);
+        }
+    }
+
+    /// Emits the `Close` of `span`, closed at raw time `ts` as `kind`.
+    #[inline(always)]
+    fn emit_close(&mut self, shared: &Shared, span: u64, kind: wire::CloseKind, ts: u64) {
+        self.emit_plain(Event::Close {
+            span: SpanId(span),
+            kind,
+            ts: shared.nanos(ts),
+        });
     }
 
     /// The end of a task's poll: its await tree, if it changed (the
@@ -929,11 +980,7 @@ impl Exporter {
             self.release_held(shared);
             model.on_close(id);
             if want {
-                self.emit_plain(Event::Close {
-                    span: SpanId(id),
-                    kind,
-                    ts: shared.nanos(ts),
-                });
+                self.emit_close(shared, id, kind, ts);
             }
         }
         if drops > self.swept_drops {
@@ -999,6 +1046,75 @@ struct ThreadReads {
     done: (u64, u64),
     /// Announced from the thread's `PollSlot` while it ran, not ended.
     announced: (u64, u64),
+}
+
+impl ThreadReads {
+    /// A whole poll (start `start`) of `span` was read: it is the last one
+    /// that ended. Returns whether it had been announced (its announcement
+    /// is then over).
+    #[inline(always)]
+    fn whole_poll_read(&mut self, span: u64, start: u64) -> bool {
+        self.done = (span, start);
+        let announced = self.announced == (span, start);
+        if announced {
+            self.announced = (0, 0);
+        }
+        announced
+    }
+
+    /// The end of a poll of `span` was read: the open poll, if it is that
+    /// one, is the last that ended, and an announcement of it is over.
+    #[inline(always)]
+    fn poll_end_read(&mut self, span: u64) {
+        if self.open.0 == span {
+            self.done = std::mem::take(&mut self.open);
+        }
+        if self.announced.0 == span {
+            self.announced = (0, 0);
+        }
+    }
+}
+
+/// The wire id of a span id, `None` for 0 (no span).
+#[inline(always)]
+fn span_id(v: u64) -> Option<SpanId> {
+    (v != 0).then_some(SpanId(v))
+}
+
+/// A whole poll of `task` from raw time `start` to `end`.
+#[inline(always)]
+fn poll_event(shared: &Shared, task: u64, start: u64, end: u64, wakers: u32) -> Event {
+    let start = shared.nanos(start);
+    Event::Poll {
+        task: SpanId(task),
+        start,
+        duration: shared.nanos(end).saturating_sub(start),
+        wakers,
+    }
+}
+
+/// The `locked` field of a resource's state update, if it has one.
+fn locked_field(l: &RawLog) -> Option<bool> {
+    let f = l.meta.fields().field(names::LOCKED)?;
+    l.fields
+        .iter()
+        .find(|v| v.index as usize == f.index())
+        .and_then(|v| match v.value {
+            wire::Value::Bool(b) => Some(b),
+            _ => None,
+        })
+}
+
+/// The `Log` event of a captured event; `ns` converts raw clock readings.
+fn log_event(l: RawLog, ns: impl Fn(u64) -> u64) -> Event {
+    Event::Log(Box::new(awaitscope_wire::Log {
+        callsite: l.callsite,
+        span: span_id(l.span),
+        task: span_id(l.task),
+        ts: ns(l.ts),
+        fields: l.fields,
+        trace: l.trace,
+    }))
 }
 
 /// How long a poll runs before the exporter announces it from its

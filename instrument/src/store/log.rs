@@ -21,7 +21,8 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 
-use crate::capture::node::{render_value, SpanNode};
+use crate::names;
+use crate::span_node::{render_value, SpanNode};
 
 /// What `RUST_LOG` lets through, and how to print it.
 pub(crate) struct LogOutput {
@@ -173,11 +174,11 @@ impl EventVisitor<'_> {
 
 impl Visit for EventVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name().starts_with("log.") {
+        if field.name().starts_with(names::LOG_FIELD_PREFIX) {
             return;
         }
         self.sep();
-        if field.name() == "message" {
+        if field.name() == names::MESSAGE {
             self.out.push_str(value);
         } else {
             let _ = write!(self.out, "{}={value:?}", field.name());
@@ -186,12 +187,12 @@ impl Visit for EventVisitor<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let name = field.name();
-        if name.starts_with("log.") {
+        if name.starts_with(names::LOG_FIELD_PREFIX) {
             // `tracing-log`'s metadata of a `log` record: fmt hides it too.
             return;
         }
         self.sep();
-        if name == "message" {
+        if name == names::MESSAGE {
             let _ = write!(self.out, "{value:?}");
         } else {
             let _ = write!(self.out, "{name}={value:?}");

@@ -23,6 +23,7 @@
 
 pub(crate) mod log;
 
+use std::any::TypeId;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -32,8 +33,9 @@ use tracing_core::{Event, Interest, LevelFilter, Metadata, Subscriber};
 
 use crate::capture::callsite::Class;
 use crate::capture::local::with_local;
-use crate::capture::node::SpanNode;
 use crate::capture::Shared;
+use crate::causal::SpanFinder;
+use crate::span_node::SpanNode;
 
 /// One span in the store.
 struct Slot {
@@ -58,6 +60,14 @@ pub struct AwaitscopeSubscriber {
     spans: Slab<Slot>,
     log: log::LogOutput,
 }
+
+/// The store's [`SpanFinder`]: the current span's node, from the store.
+static STORE_FINDER: SpanFinder = SpanFinder(|d| {
+    let node = d
+        .downcast_ref::<AwaitscopeSubscriber>()
+        .and_then(AwaitscopeSubscriber::current_node);
+    crate::capture::here(node)
+});
 
 /// Slab key of a span id (ids are keys + 1: ids are non-zero).
 #[inline]
@@ -250,6 +260,17 @@ impl Subscriber for AwaitscopeSubscriber {
         }
         // The loop stops at the first span not closed: `id` closed if any.
         closed > 0
+    }
+
+    /// The store itself, or its [`SpanFinder`] for causal traces.
+    unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
+        if id == TypeId::of::<Self>() {
+            Some(self as *const Self as *const ())
+        } else if id == TypeId::of::<SpanFinder>() {
+            Some(&STORE_FINDER as *const SpanFinder as *const ())
+        } else {
+            None
+        }
     }
 
     fn current_span(&self) -> Current {

@@ -6,6 +6,9 @@
 //! spawned. Following these pointers from any span walks the causal chain
 //! across task boundaries, and because they are reference counted (not
 //! recycled registry ids) the chain survives its spans closing.
+//!
+//! A leaf of the crate: the capture writes nodes; causal traces, the span
+//! store, the exporter and await trees read them.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -13,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use awaitscope_wire::{Field, SpanClass, Value};
 use tracing_core::Metadata;
+
+use crate::names;
 
 /// A span's identity and what a causal trace shows of it.
 ///
@@ -267,6 +272,38 @@ impl SpanNode {
             .iter()
             .find(|f| f.index as usize == index)
             .map(|f| f.value.clone())
+    }
+
+    /// A field as text: a string as it is, another value rendered.
+    pub fn str_field(&self, name: &str) -> Option<String> {
+        match self.field(name)? {
+            Value::Str(s) => Some(s),
+            v => Some(render_value(&v)),
+        }
+    }
+
+    /// A field as a number: an integer that fits, or a string that parses.
+    pub fn u64_field(&self, name: &str) -> Option<u64> {
+        match self.field(name)? {
+            Value::U64(u) => Some(u),
+            Value::I64(i) => u64::try_from(i).ok(),
+            Value::Str(s) => s.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// A task span's name, if it has one (tokio records an empty name for
+    /// an unnamed task). The one rule for causal traces and await trees.
+    pub fn task_name(&self) -> Option<String> {
+        self.str_field(names::TASK_NAME).filter(|n| !n.is_empty())
+    }
+
+    /// Where the span's task was spawned (a task span) or its resource was
+    /// created (a resource span): tokio's `loc.file` and `loc.line`.
+    pub fn location(&self) -> Option<(String, u32)> {
+        let file = self.str_field(names::LOC_FILE)?;
+        let line = self.u64_field(names::LOC_LINE)?;
+        Some((file, line as u32))
     }
 
     /// Field names and values, in declaration order.
