@@ -116,10 +116,10 @@ where
     use tracing::Instrument;
     let loc = std::panic::Location::caller();
     let span = tracing::trace_span!(
-        target: names::AWAITSCOPE_TASK_TARGET,
+        target: names::TASK_TARGET,
         parent: None,
-        names::TASK_SPAN,
-        kind = "task",
+        names::SPAWN_SPAN,
+        kind = names::KIND_TASK,
         task.name = name,
         loc.file = loc.file(),
         loc.line = loc.line(),
