@@ -209,7 +209,7 @@ impl Builder {
                 eprintln!("awaitscope: {e}");
                 this.record = None;
                 this.try_build()
-                    .unwrap_or_else(|_| (AwaitscopeLayer { shared: None }, Guard::inert()))
+                    .unwrap_or_else(|_| (AwaitscopeLayer { capture: None }, Guard::inert()))
             }
         }
     }
@@ -217,7 +217,7 @@ impl Builder {
     /// Builds the layer and guard, failing if the recording cannot be created.
     pub fn try_build(self) -> Result<(AwaitscopeLayer, Guard), InitError> {
         if !self.enabled {
-            return Ok((AwaitscopeLayer { shared: None }, Guard::inert()));
+            return Ok((AwaitscopeLayer { capture: None }, Guard::inert()));
         }
         let mut sinks = Vec::new();
         if let Some(path) = &self.record {
@@ -231,7 +231,7 @@ impl Builder {
         if let Some(m) = &self.memory {
             sinks.push(export::sink::Sink::memory(m.0.clone()));
         }
-        let shared = capture::Shared::new(self.ring_capacity);
+        let capture = capture::Capture::new(self.ring_capacity);
         let start_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -240,11 +240,11 @@ impl Builder {
             start_unix_ns,
         };
         let info = process_info(self.token);
-        panic::register(&shared);
-        let exporter = export::start(shared.clone(), sinks, info, process);
+        panic::register(&capture);
+        let exporter = export::start(capture.clone(), sinks, info, process);
         Ok((
             AwaitscopeLayer {
-                shared: Some(shared),
+                capture: Some(capture),
             },
             Guard {
                 exporter: Some(exporter),
@@ -276,9 +276,9 @@ impl Builder {
     /// off (`AWAITSCOPE=off`).
     pub fn try_build_subscriber(self) -> Result<Option<(AwaitscopeSubscriber, Guard)>, InitError> {
         let (layer, guard) = self.try_build()?;
-        Ok(layer.shared.map(|shared| {
+        Ok(layer.capture.map(|capture| {
             let log = store::log::LogOutput::from_env();
-            (AwaitscopeSubscriber::new(shared, log), guard)
+            (AwaitscopeSubscriber::new(capture, log), guard)
         }))
     }
 }

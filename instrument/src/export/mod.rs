@@ -20,7 +20,7 @@ use wire::{Body, DropCounts, Event, Frame, ProcessInfo, ProcessKey, SpanId};
 
 use crate::await_tree::{AwaitModel, Dump};
 use crate::capture::record::{Raw, RawLog};
-use crate::capture::{Ring, Shared};
+use crate::capture::{Capture, Ring};
 use crate::names;
 use crate::span_node::SpanNode;
 use sink::Sink;
@@ -63,7 +63,7 @@ struct ControlState {
 pub(crate) struct Source {
     control: Arc<Control>,
     model: Arc<Mutex<AwaitModel>>,
-    shared: Arc<Shared>,
+    capture: Arc<Capture>,
 }
 
 /// Handle on a running exporter.
@@ -102,7 +102,7 @@ impl Source {
     /// recorded so far.
     pub fn dump(&self) -> Dump {
         self.flush(Duration::from_secs(5));
-        let shared = &self.shared;
+        let shared = &self.capture;
         let now = shared.nanos(shared.raw());
         self.model
             .lock()
@@ -135,7 +135,7 @@ impl Source {
 
 /// Starts the exporter thread.
 pub(crate) fn start(
-    shared: Arc<Shared>,
+    capture: Arc<Capture>,
     sinks: Vec<Sink>,
     info: ProcessInfo,
     process: ProcessKey,
@@ -143,7 +143,7 @@ pub(crate) fn start(
     let control = Arc::new(Control::default());
     let model = Arc::new(Mutex::new(AwaitModel::default()));
     let mut exporter = Exporter {
-        shared,
+        capture,
         rings: Vec::new(),
         announced: Vec::new(),
         callsites_sent: 0,
@@ -168,7 +168,7 @@ pub(crate) fn start(
         last_flush: Instant::now(),
     };
     let c = control.clone();
-    let shared = exporter.shared.clone();
+    let capture = exporter.capture.clone();
     let thread = std::thread::Builder::new()
         .name("awaitscope-export".into())
         .spawn(move || exporter.run(&c))
@@ -177,14 +177,14 @@ pub(crate) fn start(
         source: Source {
             control,
             model,
-            shared,
+            capture,
         },
         thread,
     }
 }
 
 struct Exporter {
-    shared: Arc<Shared>,
+    capture: Arc<Capture>,
     rings: Vec<Ring>,
     /// Threads whose name was already sent.
     announced: Vec<u32>,
@@ -310,7 +310,7 @@ impl Exporter {
         info.reconnect = reconnect;
         let mut out = self.frame_bytes(Body::Hello(info));
         let callsites: Vec<Event> = self
-            .shared
+            .capture
             .callsites
             .since(0)
             .into_iter()
@@ -368,7 +368,7 @@ impl Exporter {
     fn drain(&mut self) -> usize {
         {
             let mut new = self
-                .shared
+                .capture
                 .new_rings
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
@@ -391,7 +391,7 @@ impl Exporter {
         // Drops so far, read while the rings are in place (see
         // `recover_closes`).
         let drops = self.buffer_drops();
-        let callsites = self.shared.callsites.since(self.callsites_sent);
+        let callsites = self.capture.callsites.since(self.callsites_sent);
         self.callsites_sent += callsites.len();
         let want_events = self.sinks.iter().any(Sink::is_up);
         if want_events {
@@ -403,7 +403,7 @@ impl Exporter {
         // Each drain names the thread again: a sink may have (re)connected.
         self.thread = u32::MAX;
         let mut rings = std::mem::take(&mut self.rings);
-        let shared = self.shared.clone();
+        let shared = self.capture.clone();
         let model = self.model.clone();
         let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
         for (ring, &count) in rings.iter_mut().zip(&counts) {
@@ -477,7 +477,7 @@ impl Exporter {
     /// [`ANNOUNCE_AFTER_NS`] and whose start was not read from a ring (a
     /// poll that records nothing sends its start with its end): a task
     /// blocking its worker shows as running while it blocks.
-    fn announce_polls(&mut self, shared: &Shared, rings: &[Ring]) {
+    fn announce_polls(&mut self, shared: &Capture, rings: &[Ring]) {
         let now = shared.nanos(shared.raw());
         for (i, ring) in rings.iter().enumerate() {
             // A thread's rings share its slot: read it once.
@@ -531,13 +531,13 @@ impl Exporter {
             Err(wire::EncodeError::FrameTooLarge(_)) if !self.frame.is_empty() => {
                 flush(self);
                 if self.frame.push(ev).is_err() {
-                    self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
+                    self.capture.buffer_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
             // One event over the cap cannot happen with capped fields; drop
             // it rather than stall the stream.
             Err(_) => {
-                self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
+                self.capture.buffer_full.fetch_add(1, Ordering::Relaxed);
             }
         }
         if self.frame.len() >= BATCH {
@@ -556,7 +556,7 @@ impl Exporter {
             parent: n.parent.as_ref().map(|p| SpanId(p.id)),
             ctx_task: (n.ctx_task != 0).then_some(SpanId(n.ctx_task)),
             ctx_span: (n.ctx_span != 0).then_some(SpanId(n.ctx_span)),
-            ts: self.shared.nanos(n.ts),
+            ts: self.capture.nanos(n.ts),
             fields: &fields,
         };
         self.push_event(&ev, flush);
@@ -575,7 +575,7 @@ impl Exporter {
         match self.frame.finish(self.process, seq, out) {
             Ok(()) => Some(count),
             Err(_) => {
-                self.shared.buffer_full.fetch_add(count, Ordering::Relaxed);
+                self.capture.buffer_full.fetch_add(count, Ordering::Relaxed);
                 None
             }
         }
@@ -611,7 +611,7 @@ impl Exporter {
     #[inline(always)]
     fn convert(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         thread: u32,
         raw: Raw,
@@ -732,7 +732,7 @@ impl Exporter {
     #[inline(always)]
     fn span_created(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         node: Arc<SpanNode>,
         want: bool,
@@ -752,7 +752,7 @@ impl Exporter {
     /// small.
     #[cold]
     #[inline(never)]
-    fn closed_early(&mut self, shared: &Shared, id: u64, want: bool) -> bool {
+    fn closed_early(&mut self, shared: &Capture, id: u64, want: bool) -> bool {
         let Some((kind, ts, _)) = self.early_closes.remove(&id) else {
             return false;
         };
@@ -799,7 +799,7 @@ impl Exporter {
     #[inline(always)]
     fn whole_poll(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         thread: u32,
         span: u64,
@@ -833,7 +833,7 @@ impl Exporter {
     #[inline(always)]
     fn poll_ended(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         thread: u32,
         span: u64,
@@ -868,7 +868,7 @@ impl Exporter {
     #[inline(always)]
     fn span_closed(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         span: u64,
         kind: wire::CloseKind,
@@ -893,7 +893,7 @@ impl Exporter {
 
     /// Emits the `Close` of `span`, closed at raw time `ts` as `kind`.
     #[inline(always)]
-    fn emit_close(&mut self, shared: &Shared, span: u64, kind: wire::CloseKind, ts: u64) {
+    fn emit_close(&mut self, shared: &Capture, span: u64, kind: wire::CloseKind, ts: u64) {
         self.emit_plain(Event::Close {
             span: SpanId(span),
             kind,
@@ -967,7 +967,7 @@ impl Exporter {
     /// has nearly always been read by then; one that comes later is not
     /// sent, see `Raw::Close` in `convert`) are closed here. The last drain
     /// closes them at once: nothing more will come.
-    fn recover_closes(&mut self, shared: &Shared, model: &mut AwaitModel, drops: u64, want: bool) {
+    fn recover_closes(&mut self, shared: &Capture, model: &mut AwaitModel, drops: u64, want: bool) {
         let mut suspects = std::mem::take(&mut self.close_suspects);
         if self.stopping && drops > 0 {
             suspects = model.spans.keys().copied().collect();
@@ -996,7 +996,7 @@ impl Exporter {
     }
 
     /// Sends the start of a poll that was held back (see `convert`).
-    fn release_held(&mut self, shared: &Shared) {
+    fn release_held(&mut self, shared: &Capture) {
         if let Some((span, ts)) = self.held.take() {
             self.emit_plain(Event::Enter {
                 span: SpanId(span),
@@ -1014,7 +1014,7 @@ impl Exporter {
                 live += r.dropped.load(Ordering::Relaxed);
             }
         }
-        self.shared.buffer_full.load(Ordering::Relaxed) + self.retired_drops + live
+        self.capture.buffer_full.load(Ordering::Relaxed) + self.retired_drops + live
     }
 
     fn report_drops(&mut self) {
@@ -1083,7 +1083,7 @@ fn span_id(v: u64) -> Option<SpanId> {
 
 /// A whole poll of `task` from raw time `start` to `end`.
 #[inline(always)]
-fn poll_event(shared: &Shared, task: u64, start: u64, end: u64, wakers: u32) -> Event {
+fn poll_event(shared: &Capture, task: u64, start: u64, end: u64, wakers: u32) -> Event {
     let start = shared.nanos(start);
     Event::Poll {
         task: SpanId(task),
