@@ -44,15 +44,19 @@ const BUSY_TICK: Duration = Duration::from_micros(100);
 /// Recordings and streams are flushed at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Control block shared by the exporter thread and the guard.
+/// What the guard asks of the exporter thread (stop, flush) and what the
+/// thread answers (flushes done), with the condvar both sides wait on.
 #[derive(Default)]
-pub(crate) struct Control {
-    state: Mutex<ControlState>,
+struct Requests {
+    state: Mutex<RequestState>,
     cond: Condvar,
 }
 
+/// The state behind [`Requests`]' mutex: a stop flag, and flushes counted
+/// as asked and as done (a flush waits until the done count reaches its
+/// own number).
 #[derive(Default)]
-struct ControlState {
+struct RequestState {
     stop: bool,
     flush_requested: u64,
     flush_done: u64,
@@ -61,7 +65,7 @@ struct ControlState {
 /// What flushing and dumping need of an exporter.
 #[derive(Clone)]
 pub(crate) struct Source {
-    control: Arc<Control>,
+    requests: Arc<Requests>,
     model: Arc<Mutex<AwaitModel>>,
     capture: Arc<Capture>,
 }
@@ -81,10 +85,10 @@ impl ExporterHandle {
     /// Final drain, `Goodbye`, flush, and join the thread.
     pub fn shutdown(&mut self) {
         {
-            let control = &self.source.control;
-            let mut st = control.state.lock().unwrap_or_else(|e| e.into_inner());
+            let requests = &self.source.requests;
+            let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
             st.stop = true;
-            control.cond.notify_all();
+            requests.cond.notify_all();
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -95,7 +99,7 @@ impl ExporterHandle {
 impl Source {
     /// Whether both are the same exporter.
     pub fn same(&self, other: &Source) -> bool {
-        Arc::ptr_eq(&self.control, &other.control)
+        Arc::ptr_eq(&self.requests, &other.requests)
     }
 
     /// Every live task with its await tree, after draining what was
@@ -113,10 +117,14 @@ impl Source {
     /// Drains everything recorded so far and flushes the sinks; returns when
     /// done (or after `timeout`).
     pub fn flush(&self, timeout: Duration) {
-        let mut st = self.control.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self
+            .requests
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         st.flush_requested += 1;
         let want = st.flush_requested;
-        self.control.cond.notify_all();
+        self.requests.cond.notify_all();
         let deadline = Instant::now() + timeout;
         while st.flush_done < want && !st.stop {
             let now = Instant::now();
@@ -124,7 +132,7 @@ impl Source {
                 return;
             }
             st = self
-                .control
+                .requests
                 .cond
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
@@ -140,7 +148,7 @@ pub(crate) fn start(
     info: ProcessInfo,
     process: ProcessKey,
 ) -> ExporterHandle {
-    let control = Arc::new(Control::default());
+    let requests = Arc::new(Requests::default());
     let model = Arc::new(Mutex::new(AwaitModel::default()));
     let mut exporter = Exporter {
         capture,
@@ -167,7 +175,7 @@ pub(crate) fn start(
         buf: Vec::new(),
         last_flush: Instant::now(),
     };
-    let c = control.clone();
+    let c = requests.clone();
     let capture = exporter.capture.clone();
     let thread = std::thread::Builder::new()
         .name("awaitscope-export".into())
@@ -175,7 +183,7 @@ pub(crate) fn start(
         .ok();
     ExporterHandle {
         source: Source {
-            control,
+            requests,
             model,
             capture,
         },
@@ -229,14 +237,14 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn run(&mut self, control: &Control) {
+    fn run(&mut self, requests: &Requests) {
         let hello = self.frame_bytes(Body::Hello(self.info.clone()));
         for s in &mut self.sinks {
             s.start(&hello);
         }
         loop {
             let (stop, flush_want, flush_done) = {
-                let st = control.state.lock().unwrap_or_else(|e| e.into_inner());
+                let st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
                 (st.stop, st.flush_requested, st.flush_done)
             };
             self.connect_sinks();
@@ -258,10 +266,10 @@ impl Exporter {
                 }
                 return;
             }
-            let mut st = control.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
             if st.flush_done < flush_want {
                 st.flush_done = flush_want;
-                control.cond.notify_all();
+                requests.cond.notify_all();
             }
             if st.stop || st.flush_requested > st.flush_done {
                 continue;
@@ -274,7 +282,7 @@ impl Exporter {
                 continue;
             }
             let wait = if n > 0 { BUSY_TICK } else { TICK };
-            let _ = control.cond.wait_timeout(st, wait);
+            let _ = requests.cond.wait_timeout(st, wait);
         }
     }
 
