@@ -219,17 +219,17 @@ impl Builder {
         if !self.enabled {
             return Ok((AwaitscopeLayer { capture: None }, Guard::inert()));
         }
-        let mut sinks = Vec::new();
+        let mut destinations = Vec::new();
         if let Some(path) = &self.record {
-            let sink = export::sink::Sink::file(path.clone())
+            let destination = export::destination::Destination::file(path.clone())
                 .map_err(|e| InitError::Record(path.clone(), e))?;
-            sinks.push(sink);
+            destinations.push(destination);
         }
         if let Some(addr) = self.addr {
-            sinks.push(export::sink::Sink::tcp(addr));
+            destinations.push(export::destination::Destination::tcp(addr));
         }
         if let Some(m) = &self.memory {
-            sinks.push(export::sink::Sink::memory(m.0.clone()));
+            destinations.push(export::destination::Destination::memory(m.0.clone()));
         }
         let capture = capture::Capture::new(self.ring_capacity);
         let start_unix_ns = SystemTime::now()
@@ -241,7 +241,7 @@ impl Builder {
         };
         let info = process_info(self.token);
         panic::register(&capture);
-        let exporter = export::start(capture.clone(), sinks, info, process);
+        let exporter = export::start(capture.clone(), destinations, info, process);
         Ok((
             AwaitscopeLayer {
                 capture: Some(capture),
@@ -365,7 +365,7 @@ impl Guard {
         self.exporter.is_some()
     }
 
-    /// Drains everything recorded so far to the sinks and flushes them.
+    /// Drains everything recorded so far to the destinations and flushes them.
     /// Returns after at most a few seconds.
     pub fn flush(&self) {
         if let Some(e) = &self.exporter {

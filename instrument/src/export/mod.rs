@@ -1,14 +1,15 @@
 //! The exporter: a background thread that drains the per-thread rings,
 //! turns records into wire events, keeps the state needed to rebuild a
 //! collector's model after a reconnect (callsites and live spans), and
-//! writes frames to the sinks: a collector over TCP, a recording file, or
-//! memory (tests).
+//! writes frames to its destinations: a collector over TCP, a recording
+//! file, or memory (tests).
 //!
 //! Nothing here runs on the instrumented program's threads, so nothing here
-//! can block them: when a sink is slow or down, records pile up in the rings
-//! until those are full, and further records are dropped and counted.
+//! can block them: when a destination is slow or down, records pile up in
+//! the rings until those are full, and further records are dropped and
+//! counted.
 
-pub(crate) mod sink;
+pub(crate) mod destination;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,7 +24,7 @@ use crate::capture::record::{Raw, RawLog};
 use crate::capture::{Capture, Ring};
 use crate::names;
 use crate::span_node::SpanNode;
-use sink::Sink;
+use destination::Destination;
 
 /// Most closes kept waiting for their span's creation (see
 /// `Exporter::early_closes`).
@@ -114,8 +115,8 @@ impl Source {
             .snapshot(now, |raw| shared.nanos(raw))
     }
 
-    /// Drains everything recorded so far and flushes the sinks; returns when
-    /// done (or after `timeout`).
+    /// Drains everything recorded so far and flushes the destinations;
+    /// returns when done (or after `timeout`).
     pub fn flush(&self, timeout: Duration) {
         let mut st = self
             .requests
@@ -144,7 +145,7 @@ impl Source {
 /// Starts the exporter thread.
 pub(crate) fn start(
     capture: Arc<Capture>,
-    sinks: Vec<Sink>,
+    destinations: Vec<Destination>,
     info: ProcessInfo,
     process: ProcessKey,
 ) -> ExporterHandle {
@@ -159,7 +160,7 @@ pub(crate) fn start(
         process,
         info,
         seq: 0,
-        sinks,
+        destinations,
         counts: Vec::new(),
         thread: u32::MAX,
         held: None,
@@ -203,7 +204,7 @@ struct Exporter {
     process: ProcessKey,
     info: ProcessInfo,
     seq: u64,
-    sinks: Vec<Sink>,
+    destinations: Vec<Destination>,
     /// Records in each ring at the start of a drain (reused).
     counts: Vec<usize>,
     /// Thread of the last `Thread` event sent.
@@ -239,7 +240,7 @@ struct Exporter {
 impl Exporter {
     fn run(&mut self, requests: &Requests) {
         let hello = self.frame_bytes(Body::Hello(self.info.clone()));
-        for s in &mut self.sinks {
+        for s in &mut self.destinations {
             s.start(&hello);
         }
         loop {
@@ -247,20 +248,20 @@ impl Exporter {
                 let st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
                 (st.stop, st.flush_requested, st.flush_done)
             };
-            self.connect_sinks();
+            self.connect_destinations();
             self.stopping = stop;
             let n = self.drain();
             let flush = flush_want > flush_done || stop;
             if flush || self.last_flush.elapsed() >= FLUSH_EVERY {
                 self.report_drops();
-                for s in &mut self.sinks {
+                for s in &mut self.destinations {
                     s.flush();
                 }
                 self.last_flush = Instant::now();
             }
             if stop {
                 let bye = self.frame_bytes(Body::Goodbye);
-                for s in &mut self.sinks {
+                for s in &mut self.destinations {
                     s.write(&bye, 0);
                     s.flush();
                 }
@@ -299,15 +300,15 @@ impl Exporter {
         out
     }
 
-    /// (Re)connects sinks that are down and due for an attempt, sending them
-    /// the state needed to rebuild the model.
-    fn connect_sinks(&mut self) {
-        for i in 0..self.sinks.len() {
-            if !self.sinks[i].wants_connect() {
+    /// (Re)connects destinations that are down and due for an attempt,
+    /// sending them the state needed to rebuild the model.
+    fn connect_destinations(&mut self) {
+        for i in 0..self.destinations.len() {
+            if !self.destinations[i].wants_connect() {
                 continue;
             }
-            let handshake = self.handshake(self.sinks[i].connected_before());
-            self.sinks[i].connect(&handshake);
+            let handshake = self.handshake(self.destinations[i].connected_before());
+            self.destinations[i].connect(&handshake);
         }
     }
 
@@ -347,7 +348,8 @@ impl Exporter {
             (spans, trees)
         };
         let buffer_full = self.buffer_drops();
-        // Through the stream's frame builder, into `buf` for this sink only.
+        // Through the stream's frame builder, into `buf` for this
+        // destination only.
         // Nothing of the stream is pending: every drain ends with a send.
         self.send_batch();
         self.buf.clear();
@@ -401,14 +403,15 @@ impl Exporter {
         let drops = self.buffer_drops();
         let callsites = self.capture.callsites.since(self.callsites_sent);
         self.callsites_sent += callsites.len();
-        let want_events = self.sinks.iter().any(Sink::is_up);
+        let want_events = self.destinations.iter().any(Destination::is_up);
         if want_events {
             for c in callsites {
                 self.emit(&Event::Callsite(Box::new(c)));
             }
         }
         // Records are converted straight out of the rings, not copied first.
-        // Each drain names the thread again: a sink may have (re)connected.
+        // Each drain names the thread again: a destination may have
+        // (re)connected.
         self.thread = u32::MAX;
         let mut rings = std::mem::take(&mut self.rings);
         let shared = self.capture.clone();
@@ -589,12 +592,12 @@ impl Exporter {
         }
     }
 
-    /// Sends the current frame to the sinks.
+    /// Sends the current frame to the destinations.
     fn send_batch(&mut self) {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         if let Some(count) = self.finish_frame(&mut buf) {
-            for s in &mut self.sinks {
+            for s in &mut self.destinations {
                 s.write(&buf, count);
             }
         }
@@ -609,7 +612,7 @@ impl Exporter {
     }
 
     /// Updates the model for a record and converts it to a wire event (only
-    /// when some sink is up). Events that own nothing are emitted here
+    /// when some destination is up). Events that own nothing are emitted here
     /// ([`Exporter::emit_plain`]); the others are returned.
     ///
     /// First the ordering step: a poll start held back (see `held`) goes
@@ -694,7 +697,7 @@ impl Exporter {
                     return Some(log_event(*l, ns));
                 }
             }
-            // The rest changes no model: converted only for the sinks.
+            // The rest changes no model: converted only for the destinations.
             _ if !want => {}
             Raw::Wake { task, by, op, ts } => {
                 self.emit_plain(Event::Wake {
@@ -911,7 +914,7 @@ impl Exporter {
 
     /// The end of a task's poll: its await tree, if it changed (the
     /// `TreeNode` records just read), goes to the model and, sent just
-    /// before the poll's end, to the sinks.
+    /// before the poll's end, to the destinations.
     #[inline(always)]
     fn poll_tree(
         &mut self,
@@ -1027,15 +1030,15 @@ impl Exporter {
 
     fn report_drops(&mut self) {
         let buffer_full = self.buffer_drops();
-        for i in 0..self.sinks.len() {
+        for i in 0..self.destinations.len() {
             let counts = DropCounts {
                 buffer_full,
-                ..self.sinks[i].drops()
+                ..self.destinations[i].drops()
             };
-            if self.sinks[i].is_up() && self.sinks[i].last_reported() != counts {
+            if self.destinations[i].is_up() && self.destinations[i].last_reported() != counts {
                 let bytes = self.frame_bytes(Body::Dropped(counts));
-                self.sinks[i].write(&bytes, 0);
-                self.sinks[i].set_reported(counts);
+                self.destinations[i].write(&bytes, 0);
+                self.destinations[i].set_reported(counts);
             }
         }
     }
