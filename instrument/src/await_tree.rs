@@ -29,7 +29,7 @@ pub(crate) struct LiveSpan {
 
 /// One span of a poll's await tree: its id and its depth below the task.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Entered {
+struct TreeSpan {
     span: u64,
     depth: u16,
 }
@@ -39,16 +39,16 @@ struct Entered {
 /// that poll it (see `PollState`): the exporter touches a task only when its
 /// await tree changes.
 #[derive(Default)]
-struct TaskState {
+struct LiveTask {
     /// Spans entered during the last poll that entered any.
-    tree: Vec<Entered>,
+    tree: Vec<TreeSpan>,
 }
 
 /// The exporter's model of live spans, tasks and their await trees.
 #[derive(Default)]
 pub(crate) struct AwaitModel {
     pub spans: FxHashMap<u64, LiveSpan>,
-    tasks: FxHashMap<u64, TaskState>,
+    tasks: FxHashMap<u64, LiveTask>,
     /// Resource (Mutex, RwLock) -> task holding it.
     holders: FxHashMap<u64, u64>,
 }
@@ -56,7 +56,7 @@ pub(crate) struct AwaitModel {
 impl AwaitModel {
     pub fn on_span(&mut self, node: Arc<SpanNode>, created: u64) {
         if node.class == SpanClass::Task {
-            self.tasks.insert(node.id, TaskState::default());
+            self.tasks.insert(node.id, LiveTask::default());
         }
         self.spans.insert(node.id, LiveSpan { node, created });
     }
@@ -66,7 +66,7 @@ impl AwaitModel {
         if let Some(t) = self.tasks.get_mut(&task) {
             t.tree.clear();
             for &(span, depth) in tree {
-                let e = Entered { span, depth };
+                let e = TreeSpan { span, depth };
                 // A span entered again in the same poll (a loop, a select!
                 // polling the same branch) is one node.
                 if !t.tree.contains(&e) {
@@ -195,7 +195,7 @@ impl AwaitModel {
 
     /// What a node says: the span with its fields, or for a resource what
     /// is awaited on it and who holds it.
-    fn label(&self, node: &SpanNode, after: &[Entered]) -> String {
+    fn label(&self, node: &SpanNode, after: &[TreeSpan]) -> String {
         match node.class {
             SpanClass::Resource => {
                 let ty = node

@@ -192,9 +192,9 @@ impl<T: Default> Stack<T> {
 
 /// An entered span. Kept small: most are spans entered inside a poll,
 /// pushed and popped several times per poll; a task's frame has its
-/// [`Poll`] beside it.
+/// [`PollInProgress`] beside it.
 #[derive(Clone, Copy, Default)]
-struct Frame {
+struct StackFrame {
     /// `tracing` registry id, to match the exit.
     reg: u64,
     sid: u64,
@@ -204,7 +204,7 @@ struct Frame {
 /// The poll in progress of a task frame (one per `Kind::Task` frame, in the
 /// same order).
 #[derive(Default)]
-struct Poll {
+struct PollInProgress {
     /// The task's node (its last tree signature lives there).
     node: Option<Arc<SpanNode>>,
     /// This enter directly followed the task's previous exit on this thread,
@@ -245,9 +245,9 @@ pub(crate) struct Local {
     pending_enter: (u64, u64),
     /// This thread's poll in progress, shared with the exporter.
     slot: Arc<PollSlot>,
-    frames: Stack<Frame>,
+    frames: Stack<StackFrame>,
     /// The polls of the task frames in `frames`, innermost last.
-    polls: Stack<Poll>,
+    polls: Stack<PollInProgress>,
     /// Spans entered beyond [`STACK`], not tracked.
     overflow: usize,
     /// 1 + index in `frames` of the innermost task being polled, or 0.
@@ -869,7 +869,7 @@ impl Local {
     /// ([`Local::count_poll`]); give the task's node back to the cache; and
     /// restore the state of the enclosing poll ([`Local::leave_poll`]).
     #[inline(always)]
-    fn end_poll(&mut self, shared: &Capture, frame: Frame, pos: usize, in_order: bool) {
+    fn end_poll(&mut self, shared: &Capture, frame: StackFrame, pos: usize, in_order: bool) {
         // Its poll: the innermost one unless exits came out of order.
         let at = if in_order {
             self.polls.len().saturating_sub(1)
@@ -885,7 +885,7 @@ impl Local {
             return;
         };
         let node = p.node.take();
-        let poll = Poll { node: None, ..*p };
+        let poll = PollInProgress { node: None, ..*p };
         let ts = shared.raw();
         let tree = self.send_tree(frame.sid, &poll, node.as_deref());
         self.send_poll(frame.sid, node.as_deref(), tree, ts);
@@ -902,7 +902,7 @@ impl Local {
     /// remembers the new signature on the node. Returns whether it sent
     /// the tree, which the poll's record says.
     #[inline(always)]
-    fn send_tree(&mut self, task: u64, poll: &Poll, node: Option<&SpanNode>) -> bool {
+    fn send_tree(&mut self, task: u64, poll: &PollInProgress, node: Option<&SpanNode>) -> bool {
         let changed = self.tree_cut
             || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
         if changed {
@@ -962,7 +962,7 @@ impl Local {
     /// task's poll cache given back if this poll took it. Only the thread
     /// polling the task writes these, so plain loads and stores suffice.
     #[inline(always)]
-    fn count_poll(node: &SpanNode, poll: &Poll, ts: u64) {
+    fn count_poll(node: &SpanNode, poll: &PollInProgress, ts: u64) {
         let polls = &node.polls;
         polls
             .count
@@ -987,7 +987,7 @@ impl Local {
     fn leave_poll(
         &mut self,
         task: u64,
-        poll: &Poll,
+        poll: &PollInProgress,
         at: usize,
         pos: usize,
         innermost: bool,
@@ -1018,7 +1018,7 @@ impl Local {
     /// inside the ended one are now inside its enclosing task. (Its await
     /// tree nodes stay in the buffer until the poll inside ends.)
     #[cold]
-    fn relink_inner_polls(&mut self, poll: &Poll, at: usize, pos: usize) {
+    fn relink_inner_polls(&mut self, poll: &PollInProgress, at: usize, pos: usize) {
         for i in at..self.polls.len() {
             let p = &mut self.polls.items[i];
             if p.saved_task == pos + 1 {
