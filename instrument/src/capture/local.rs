@@ -64,7 +64,7 @@ const ADJACENT_NS: u64 = 10_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 enum Kind {
-    /// A task span: a poll.
+    /// A task span: entering it starts a poll, exiting ends it.
     Task,
     /// A span entered during a poll: part of the await tree.
     InPoll,
@@ -102,7 +102,7 @@ impl PollSlot {
         self.span.store(span, Ordering::Release);
     }
 
-    /// The poll ended.
+    /// Publishes that the thread's poll ended (no poll in progress).
     #[inline]
     fn clear(&self) {
         self.span.store(0, Ordering::Release);

@@ -267,7 +267,8 @@ impl<S> Layer<S> for AwaitscopeLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    /// The layer itself, or its [`SpanFinder`] for causal traces.
+    /// The layer itself, or its `SpanFinder` (how causal traces find the
+    /// current span's node in the registry's extensions).
     unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
         if id == TypeId::of::<Self>() {
             Some(self as *const Self as *const ())

@@ -71,7 +71,8 @@ pub(crate) struct Source {
     capture: Arc<Capture>,
 }
 
-/// Handle on a running exporter.
+/// The guard's handle on the exporter thread: flushes and dumps through
+/// its [`Source`], and stops and joins the thread.
 pub(crate) struct ExporterHandle {
     source: Source,
     thread: Option<JoinHandle<()>>,
@@ -227,7 +228,7 @@ struct Exporter {
     /// close in the second thread's ring, which a drain may read before the
     /// first's.
     early_closes: rustc_hash::FxHashMap<u64, (wire::CloseKind, u64, u64)>,
-    /// Drains so far.
+    /// Drains so far (`early_closes` are aged in drains).
     drains: u64,
     /// This drain is the last one (the guard was dropped).
     stopping: bool,
@@ -1053,7 +1054,8 @@ struct ThreadReads {
     tree: (u64, Vec<(u64, u16)>),
     /// Started (its `Enter` read), not ended.
     open: (u64, u64),
-    /// The last one that ended.
+    /// The last poll that ended (task, raw start): the thread's poll slot
+    /// may still show it, and an ended poll is not announced.
     done: (u64, u64),
     /// Announced from the thread's `PollSlot` while it ran, not ended.
     announced: (u64, u64),

@@ -262,7 +262,8 @@ impl Subscriber for AwaitscopeSubscriber {
         closed > 0
     }
 
-    /// The store itself, or its [`SpanFinder`] for causal traces.
+    /// The store itself, or its `SpanFinder` (how causal traces find the
+    /// current span's node in this store).
     unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
         if id == TypeId::of::<Self>() {
             Some(self as *const Self as *const ())
