@@ -29,7 +29,7 @@ pub(crate) struct LiveSpan {
 
 /// One span of a poll's await tree: its id and its depth below the task.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Entered {
+struct TreeSpan {
     span: u64,
     depth: u16,
 }
@@ -39,16 +39,16 @@ struct Entered {
 /// that poll it (see `PollState`): the exporter touches a task only when its
 /// await tree changes.
 #[derive(Default)]
-struct TaskState {
+struct LiveTask {
     /// Spans entered during the last poll that entered any.
-    tree: Vec<Entered>,
+    tree: Vec<TreeSpan>,
 }
 
 /// The exporter's model of live spans, tasks and their await trees.
 #[derive(Default)]
 pub(crate) struct AwaitModel {
     pub spans: FxHashMap<u64, LiveSpan>,
-    tasks: FxHashMap<u64, TaskState>,
+    tasks: FxHashMap<u64, LiveTask>,
     /// Resource (Mutex, RwLock) -> task holding it.
     holders: FxHashMap<u64, u64>,
 }
@@ -56,7 +56,7 @@ pub(crate) struct AwaitModel {
 impl AwaitModel {
     pub fn on_span(&mut self, node: Arc<SpanNode>, created: u64) {
         if node.class == SpanClass::Task {
-            self.tasks.insert(node.id, TaskState::default());
+            self.tasks.insert(node.id, LiveTask::default());
         }
         self.spans.insert(node.id, LiveSpan { node, created });
     }
@@ -66,7 +66,7 @@ impl AwaitModel {
         if let Some(t) = self.tasks.get_mut(&task) {
             t.tree.clear();
             for &(span, depth) in tree {
-                let e = Entered { span, depth };
+                let e = TreeSpan { span, depth };
                 // A span entered again in the same poll (a loop, a select!
                 // polling the same branch) is one node.
                 if !t.tree.contains(&e) {
@@ -195,7 +195,7 @@ impl AwaitModel {
 
     /// What a node says: the span with its fields, or for a resource what
     /// is awaited on it and who holds it.
-    fn label(&self, node: &SpanNode, after: &[Entered]) -> String {
+    fn label(&self, node: &SpanNode, after: &[TreeSpan]) -> String {
         match node.class {
             SpanClass::Resource => {
                 let ty = node
@@ -267,24 +267,28 @@ pub struct Dump {
     pub tasks: Vec<TaskDump>,
 }
 
-/// One live task.
+/// One live task of a [`Dump`]: who it is, where it was spawned, how busy
+/// it has been and what it awaits.
 #[derive(Clone, Debug)]
 pub struct TaskDump {
     /// awaitscope's id of the task.
     pub id: u64,
     /// tokio's task id, when known.
     pub tokio_id: Option<u64>,
-    /// Task name.
+    /// The task's name (`tokio::task::Builder::name`,
+    /// [`spawn_named`](crate::spawn_named)), if it has one.
     pub name: Option<String>,
     /// tokio's task kind (`task`, `blocking`, `block_on`, `local`).
     pub kind: Option<String>,
-    /// Where it was spawned.
+    /// Source file and line of the spawn, when tokio or
+    /// [`spawn`](crate::spawn()) recorded them.
     pub spawned_at: Option<(String, u32)>,
     /// awaitscope id of the task that spawned it.
     pub spawned_by: Option<u64>,
-    /// Being polled right now.
+    /// Whether a thread is polling it right now (the tree shown is then
+    /// from an earlier poll).
     pub running: bool,
-    /// Polls so far.
+    /// How many times it has been polled so far.
     pub polls: u64,
     /// Time since its last poll ended, when idle.
     pub idle: Option<Duration>,
@@ -292,7 +296,8 @@ pub struct TaskDump {
     pub tree: Vec<AwaitNode>,
 }
 
-/// One node of an await tree.
+/// One node of an await tree: a span the task is inside of, or at a leaf
+/// what it waits on (a resource, a joined task, a labelled await point).
 #[derive(Clone, Debug)]
 pub struct AwaitNode {
     /// The span (`target::name{fields}`), or what is awaited at a leaf.
@@ -302,7 +307,8 @@ pub struct AwaitNode {
     /// Time since the span was created (for `#[instrument]` async fns: since
     /// the call).
     pub pending: Duration,
-    /// Nested awaits.
+    /// The awaits inside this one: spans entered under it in the last
+    /// poll, and at a leaf the resource or task it waits on.
     pub children: Vec<AwaitNode>,
 }
 
@@ -325,12 +331,13 @@ impl TaskDump {
 }
 
 impl Dump {
-    /// The task with tokio id `id`.
+    /// The live task whose tokio id (`tokio::task::Id`, as a number) is
+    /// `id`, if there is one.
     pub fn by_tokio_id(&self, id: u64) -> Option<&TaskDump> {
         self.tasks.iter().find(|t| t.tokio_id == Some(id))
     }
 
-    /// Tasks named `name`.
+    /// The live tasks named `name` (several tasks can share a name).
     pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a TaskDump> + 'a {
         self.tasks
             .iter()

@@ -77,7 +77,8 @@ pub struct CausalTrace {
     task: Option<Arc<SpanNode>>,
 }
 
-/// A task as shown in a trace.
+/// A task as a causal trace names it: awaitscope's id, which reports and
+/// the collector use too, and its name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskRef {
     /// awaitscope's id of the task (the id of its task span).
@@ -89,19 +90,20 @@ pub struct TaskRef {
 /// One step of a causal trace.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TraceItem {
-    /// A span.
+    /// A span of the chain, with what it recorded and the task it was
+    /// created in.
     Span {
         /// Target (module path) of the span.
         target: &'static str,
         /// Span name (for `#[instrument]`, the function name).
         name: &'static str,
-        /// Recorded fields, rendered.
+        /// The span's fields as recorded so far, each rendered as text.
         fields: Vec<(&'static str, String)>,
         /// Source file of the span's callsite.
         file: Option<&'static str>,
-        /// Source line.
+        /// Source line of the span's callsite.
         line: Option<u32>,
-        /// Task polled when the span was created.
+        /// The task being polled when the span was created, if any.
         task: Option<TaskRef>,
     },
     /// A task boundary: the spans above ran in `task`, spawned at `at` by
@@ -117,7 +119,8 @@ pub enum TraceItem {
     /// A queue hand-off: the spans above continue a [`Context`] taken in the
     /// spans below.
     Handoff {
-        /// Task that took the context.
+        /// The task that took the context ([`Context::current`]), if it was
+        /// taken inside one.
         from: Option<TaskRef>,
     },
 }
@@ -372,12 +375,13 @@ impl<E> Traced<E> {
         }
     }
 
-    /// The error.
+    /// The error the trace is attached to.
     pub fn error(&self) -> &E {
         &self.error
     }
 
-    /// The causal trace.
+    /// The causal trace of where the error was wrapped: the span chain
+    /// then, continued across spawns and queue hand-offs.
     pub fn trace(&self) -> &CausalTrace {
         &self.trace
     }

@@ -26,7 +26,7 @@
 //! ## tokio_unstable
 //! Build with `RUSTFLAGS="--cfg tokio_unstable"` (e.g. in `.cargo/config.toml`)
 //! so tokio instruments its tasks, wakers and resources. Without it, use
-//! [`spawn`] / [`spawn_named`] for the tasks you want tracked; see
+//! [`spawn()`] / [`spawn_named`] for the tasks you want tracked; see
 //! [`spawn`](mod@spawn) for what is lost.
 //!
 //! ## Composition
@@ -36,6 +36,8 @@
 //! [`Guard`] for a `tracing_subscriber` stack of your own (a fmt layer with
 //! `EnvFilter`, `tracing-error`, OpenTelemetry...): everything is captured
 //! the same way, at the registry's extra cost per poll.
+
+#![warn(missing_docs)]
 
 mod await_tree;
 mod capture;
@@ -104,7 +106,8 @@ pub fn builder() -> Builder {
     Builder::from_env()
 }
 
-/// Why awaitscope could not be installed.
+/// Why awaitscope could not be installed: [`try_init`] and the builder's
+/// `try_*` methods return it where [`init`] prints it and goes on.
 #[derive(Debug)]
 pub enum InitError {
     /// A global `tracing` subscriber was already set.
@@ -136,7 +139,9 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// Configuration from the environment (see the crate docs).
+    /// A builder configured by the environment: `AWAITSCOPE`,
+    /// `AWAITSCOPE_ADDR`, `AWAITSCOPE_RECORD` and `AWAITSCOPE_TOKEN` (see the
+    /// crate docs), with the default ring capacity.
     pub fn from_env() -> Self {
         let env = config::EnvConfig::from_env();
         Self {
@@ -161,7 +166,8 @@ impl Builder {
         }
     }
 
-    /// Streams to the collector at `addr` (`host:port`).
+    /// Streams to the collector at `addr` (`host:port`), connecting in the
+    /// background and reconnecting with backoff when it goes away.
     pub fn stream_to(mut self, addr: impl Into<String>) -> Self {
         self.addr = Some(addr.into());
         self
@@ -173,7 +179,9 @@ impl Builder {
         self
     }
 
-    /// Writes a recording to `path`.
+    /// Writes a recording to `path` (created, or truncated if it exists):
+    /// the same frames a collector would receive, to open later with the
+    /// `awaitscope` CLI or TUI.
     pub fn record_to(mut self, path: impl Into<PathBuf>) -> Self {
         self.record = Some(path.into());
         self
@@ -185,7 +193,8 @@ impl Builder {
         self
     }
 
-    /// Token presented to a collector that requires one.
+    /// The token presented to a collector started with one (the
+    /// collector refuses producers without it).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
@@ -209,7 +218,7 @@ impl Builder {
                 eprintln!("awaitscope: {e}");
                 this.record = None;
                 this.try_build()
-                    .unwrap_or_else(|_| (AwaitscopeLayer { shared: None }, Guard::inert()))
+                    .unwrap_or_else(|_| (AwaitscopeLayer { capture: None }, Guard::inert()))
             }
         }
     }
@@ -217,21 +226,21 @@ impl Builder {
     /// Builds the layer and guard, failing if the recording cannot be created.
     pub fn try_build(self) -> Result<(AwaitscopeLayer, Guard), InitError> {
         if !self.enabled {
-            return Ok((AwaitscopeLayer { shared: None }, Guard::inert()));
+            return Ok((AwaitscopeLayer { capture: None }, Guard::inert()));
         }
-        let mut sinks = Vec::new();
+        let mut destinations = Vec::new();
         if let Some(path) = &self.record {
-            let sink = export::sink::Sink::file(path.clone())
+            let destination = export::destination::Destination::file(path.clone())
                 .map_err(|e| InitError::Record(path.clone(), e))?;
-            sinks.push(sink);
+            destinations.push(destination);
         }
         if let Some(addr) = self.addr {
-            sinks.push(export::sink::Sink::tcp(addr));
+            destinations.push(export::destination::Destination::tcp(addr));
         }
         if let Some(m) = &self.memory {
-            sinks.push(export::sink::Sink::memory(m.0.clone()));
+            destinations.push(export::destination::Destination::memory(m.0.clone()));
         }
-        let shared = capture::Shared::new(self.ring_capacity);
+        let capture = capture::Capture::new(self.ring_capacity);
         let start_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -240,11 +249,11 @@ impl Builder {
             start_unix_ns,
         };
         let info = process_info(self.token);
-        panic::register(&shared);
-        let exporter = export::start(shared.clone(), sinks, info, process);
+        panic::register(&capture);
+        let exporter = export::start(capture.clone(), destinations, info, process);
         Ok((
             AwaitscopeLayer {
-                shared: Some(shared),
+                capture: Some(capture),
             },
             Guard {
                 exporter: Some(exporter),
@@ -276,9 +285,9 @@ impl Builder {
     /// off (`AWAITSCOPE=off`).
     pub fn try_build_subscriber(self) -> Result<Option<(AwaitscopeSubscriber, Guard)>, InitError> {
         let (layer, guard) = self.try_build()?;
-        Ok(layer.shared.map(|shared| {
+        Ok(layer.capture.map(|capture| {
             let log = store::log::LogOutput::from_env();
-            (AwaitscopeSubscriber::new(shared, log), guard)
+            (AwaitscopeSubscriber::new(capture, log), guard)
         }))
     }
 }
@@ -365,7 +374,7 @@ impl Guard {
         self.exporter.is_some()
     }
 
-    /// Drains everything recorded so far to the sinks and flushes them.
+    /// Drains everything recorded so far to the destinations and flushes them.
     /// Returns after at most a few seconds.
     pub fn flush(&self) {
         if let Some(e) = &self.exporter {
@@ -401,7 +410,7 @@ impl std::fmt::Debug for Guard {
 pub struct MemoryRecording(Arc<Mutex<Vec<u8>>>);
 
 impl MemoryRecording {
-    /// An empty recording.
+    /// An empty recording, to give to [`Builder::record_in_memory`].
     pub fn new() -> Self {
         Self::default()
     }

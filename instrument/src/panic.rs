@@ -5,14 +5,14 @@ use std::sync::{Arc, Mutex, Once, Weak};
 
 use crate::capture::local::with_local;
 use crate::capture::record::{Raw, RawPanic};
-use crate::capture::Shared;
+use crate::capture::Capture;
 
-static INSTANCES: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+static INSTANCES: Mutex<Vec<Weak<Capture>>> = Mutex::new(Vec::new());
 static HOOK: Once = Once::new();
 
 /// Installs the hook (once per process; it chains to the previous hook) and
 /// registers `shared` with it.
-pub(crate) fn register(shared: &Arc<Shared>) {
+pub(crate) fn register(shared: &Arc<Capture>) {
     {
         let mut list = INSTANCES.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|w| w.strong_count() > 0);
@@ -28,7 +28,7 @@ pub(crate) fn register(shared: &Arc<Shared>) {
 }
 
 fn record(info: &std::panic::PanicHookInfo<'_>) {
-    let instances: Vec<Arc<Shared>> = match INSTANCES.try_lock() {
+    let instances: Vec<Arc<Capture>> = match INSTANCES.try_lock() {
         Ok(list) => list.iter().filter_map(Weak::upgrade).collect(),
         Err(_) => return,
     };

@@ -27,7 +27,8 @@ use crate::names;
 /// was measured: the aligned allocation made span creation ~50% slower.)
 #[repr(C)]
 pub(crate) struct SpanNode {
-    /// Stable id.
+    /// awaitscope's id of the span, the one sent on the wire: unlike a
+    /// registry id, never reused for another span of the same capture.
     pub id: u64,
     pub class: SpanClass,
     /// A task span of tokio's blocking pool (`spawn_blocking`, and each
@@ -49,20 +50,22 @@ pub(crate) struct SpanNode {
     pub poll_cache: PollCache,
     pub meta: &'static Metadata<'static>,
     pub callsite: u32,
-    /// Explicit or contextual parent.
+    /// The span's parent: the one given at creation, else the span that
+    /// was current.
     pub parent: Option<Arc<SpanNode>>,
     /// Layer instance that made the node.
     pub instance: u64,
     /// Task polled on the creating thread (0: none).
     pub ctx_task: u64,
-    /// That task's node.
+    /// The node of [`SpanNode::ctx_task`] (a spawn's parent task, for
+    /// causal traces).
     pub ctx_task_node: Option<Arc<SpanNode>>,
     /// Span current at creation (0: none).
     pub ctx_span: u64,
     /// For task spans: the span current at spawn. For context spans
     /// (`awaitscope::Context`): the span the context was taken in.
     pub link: Option<Arc<SpanNode>>,
-    /// Raw clock reading at creation.
+    /// Raw clock reading at creation (see `Capture::nanos`).
     pub ts: u64,
     /// Recorded fields, updated by `span.record`.
     pub fields: Mutex<Vec<Field>>,
@@ -80,14 +83,14 @@ pub(crate) struct SpanNode {
 #[derive(Default)]
 #[repr(C)]
 pub(crate) struct PollState {
-    /// Polls completed.
+    /// How many polls of the task have ended.
     pub count: AtomicU64,
     /// Raw clock reading at the end of the last poll (0: none yet).
     pub last_end: AtomicU64,
     /// Live wakers: clones minus drops and consuming wakes. Signed, because
     /// a waker made before the layer saw the task can be dropped after.
     pub wakers: AtomicI64,
-    /// A poll is in progress.
+    /// Whether a thread is polling the task now.
     pub running: AtomicBool,
 }
 

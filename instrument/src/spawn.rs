@@ -27,7 +27,9 @@ pub struct JoinHandle<T> {
 }
 
 impl<T> JoinHandle<T> {
-    /// Aborts the task.
+    /// Aborts the task, as `tokio::task::JoinHandle::abort` does: awaiting
+    /// the handle then gives a cancelled `JoinError` (unless the task had
+    /// finished).
     pub fn abort(&self) {
         self.inner.abort();
     }
@@ -37,12 +39,14 @@ impl<T> JoinHandle<T> {
         self.inner.is_finished()
     }
 
-    /// tokio's id of the task.
+    /// tokio's id of the task, the one [`crate::await_tree()`] and
+    /// [`crate::Dump::by_tokio_id`] take.
     pub fn id(&self) -> tokio::task::Id {
         self.inner.id()
     }
 
-    /// The tokio handle.
+    /// The underlying tokio handle. Awaiting it instead of this handle
+    /// works the same, but awaitscope no longer sees who awaits the task.
     pub fn into_inner(self) -> tokio::task::JoinHandle<T> {
         self.inner
     }
@@ -116,10 +120,10 @@ where
     use tracing::Instrument;
     let loc = std::panic::Location::caller();
     let span = tracing::trace_span!(
-        target: names::AWAITSCOPE_TASK_TARGET,
+        target: names::TASK_TARGET,
         parent: None,
-        names::TASK_SPAN,
-        kind = "task",
+        names::SPAWN_SPAN,
+        kind = names::KIND_TASK,
         task.name = name,
         loc.file = loc.file(),
         loc.line = loc.line(),

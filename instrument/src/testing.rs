@@ -46,7 +46,9 @@ pub fn guard() -> TestGuard {
     TestBuilder::default().start()
 }
 
-/// Configures a [`TestGuard`].
+/// Configures a [`TestGuard`] (from `TestBuilder::default()`): the finding
+/// kinds that fail the test, the long-poll threshold, the collector
+/// configuration, and whether to record one thread or a whole runtime.
 #[derive(Clone, Debug)]
 pub struct TestBuilder {
     fail_on: Vec<FindingKind>,
@@ -185,7 +187,8 @@ pub struct TestGuard {
 pub struct Outcome {
     /// Findings of the kinds the test fails on.
     pub failures: Vec<Finding>,
-    /// All findings.
+    /// Every finding of the run, whatever its kind (the failures
+    /// included).
     pub findings: Vec<Finding>,
     /// The readable report of the failures (empty when there are none).
     pub report: String,

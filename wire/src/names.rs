@@ -126,3 +126,24 @@ pub const OP_SUB: &str = "sub";
 
 /// The message of a `tracing` event.
 pub const MESSAGE: &str = "message";
+
+// ---------------------------------------------------------------------------
+// awaitscope's own spans: emitted by the `awaitscope` crate and read back by
+// its capture (the collector sees them as user spans).
+
+/// The [`KIND`] of a plain task (`tokio::spawn`, `awaitscope::spawn`), as
+/// opposed to [`KIND_BLOCKING`], [`KIND_BLOCK_ON`] or a `local` task.
+pub const KIND_TASK: &str = "task";
+
+/// Name of the span of an await point (target [`AWAIT_POINT_TARGET`]),
+/// entered around one await so that the task's await tree shows it with
+/// its [`LABEL`].
+pub const AWAIT_POINT_SPAN: &str = "await";
+
+/// On an [`AWAIT_POINT_SPAN`]: the text the await is shown as.
+pub const LABEL: &str = "label";
+
+/// Name of the span (target [`CONTEXT_TARGET`]) a consumer enters to take
+/// up a causal context handed over through a queue; it follows from the
+/// producer's span.
+pub const CONTEXT_SPAN: &str = "awaitscope.context";

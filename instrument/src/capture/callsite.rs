@@ -42,9 +42,7 @@ pub(crate) fn classify(meta: &Metadata<'_>) -> Class {
     if meta.is_span() {
         let tokio = target.starts_with(names::TOKIO_TARGET_PREFIX);
         let class = match name {
-            names::TASK_SPAN if tokio || target == names::AWAITSCOPE_TASK_TARGET => {
-                wire::SpanClass::Task
-            }
+            names::SPAWN_SPAN if tokio || target == names::TASK_TARGET => wire::SpanClass::Task,
             names::RESOURCE_SPAN if tokio => wire::SpanClass::Resource,
             names::ASYNC_OP_SPAN if tokio => wire::SpanClass::AsyncOp,
             names::ASYNC_OP_POLL_SPAN if tokio => wire::SpanClass::AsyncOpPoll,

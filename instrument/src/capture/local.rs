@@ -21,7 +21,7 @@ use std::sync::Arc;
 use awaitscope_wire::{SpanClass, WakeOp};
 
 use super::record::Raw;
-use super::Shared;
+use super::Capture;
 use crate::span_node::SpanNode;
 
 /// Deepest span stack tracked per thread; deeper spans are not recorded.
@@ -64,7 +64,7 @@ const ADJACENT_NS: u64 = 10_000_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 enum Kind {
-    /// A task span: a poll.
+    /// A task span: entering it starts a poll, exiting ends it.
     Task,
     /// A span entered during a poll: part of the await tree.
     InPoll,
@@ -102,7 +102,7 @@ impl PollSlot {
         self.span.store(span, Ordering::Release);
     }
 
-    /// The poll ended.
+    /// Publishes that the thread's poll ended (no poll in progress).
     #[inline]
     fn clear(&self) {
         self.span.store(0, Ordering::Release);
@@ -192,9 +192,9 @@ impl<T: Default> Stack<T> {
 
 /// An entered span. Kept small: most are spans entered inside a poll,
 /// pushed and popped several times per poll; a task's frame has its
-/// [`Poll`] beside it.
+/// [`PollInProgress`] beside it.
 #[derive(Clone, Copy, Default)]
-struct Frame {
+struct StackFrame {
     /// `tracing` registry id, to match the exit.
     reg: u64,
     sid: u64,
@@ -204,7 +204,7 @@ struct Frame {
 /// The poll in progress of a task frame (one per `Kind::Task` frame, in the
 /// same order).
 #[derive(Default)]
-struct Poll {
+struct PollInProgress {
     /// The task's node (its last tree signature lives there).
     node: Option<Arc<SpanNode>>,
     /// This enter directly followed the task's previous exit on this thread,
@@ -228,7 +228,7 @@ struct Poll {
 /// One layer instance's state on one thread.
 pub(crate) struct Local {
     instance: u64,
-    shared: std::sync::Weak<Shared>,
+    capture: std::sync::Weak<Capture>,
     /// This thread's index (stable across ring replacements).
     thread: u32,
     max_ring: usize,
@@ -245,9 +245,9 @@ pub(crate) struct Local {
     pending_enter: (u64, u64),
     /// This thread's poll in progress, shared with the exporter.
     slot: Arc<PollSlot>,
-    frames: Stack<Frame>,
+    frames: Stack<StackFrame>,
     /// The polls of the task frames in `frames`, innermost last.
-    polls: Stack<Poll>,
+    polls: Stack<PollInProgress>,
     /// Spans entered beyond [`STACK`], not tracked.
     overflow: usize,
     /// 1 + index in `frames` of the innermost task being polled, or 0.
@@ -361,7 +361,7 @@ impl Local {
     #[inline]
     pub fn enter_reg(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) {
@@ -441,7 +441,7 @@ impl Local {
     #[inline]
     fn enter_reg_slow(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         reg: u64,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
     ) {
@@ -557,7 +557,7 @@ impl Local {
     #[inline]
     pub fn waker(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         reg: u64,
         op: WakeOp,
         lookup: impl FnOnce() -> Option<Arc<SpanNode>>,
@@ -658,7 +658,7 @@ impl Local {
     #[cold]
     fn overflow_push(&mut self, raw: Raw) {
         let capacity = self.producer.buffer().capacity();
-        let grow = match self.shared.upgrade() {
+        let grow = match self.capture.upgrade() {
             // At least double, or not at all: the budget shared by all
             // threads may hold less than the x4 step.
             Some(shared) if capacity < self.max_ring => {
@@ -683,7 +683,7 @@ impl Local {
     }
 
     fn shared_register(&mut self, consumer: rtrb::Consumer<Raw>) {
-        if let Some(shared) = self.shared.upgrade() {
+        if let Some(shared) = self.capture.upgrade() {
             shared.register_ring(
                 consumer,
                 self.dropped.clone(),
@@ -698,7 +698,7 @@ impl Local {
     #[inline]
     fn enter(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         reg: u64,
         sid: u64,
         class: SpanClass,
@@ -777,7 +777,7 @@ impl Local {
     /// A span was exited. Returns false when this thread never saw it
     /// entered.
     #[inline]
-    pub fn exit(&mut self, shared: &Shared, reg: u64) -> bool {
+    pub fn exit(&mut self, shared: &Capture, reg: u64) -> bool {
         // The common case: the innermost frame, a span inside a poll.
         let len = self.frames.len;
         if len > 0 {
@@ -799,7 +799,7 @@ impl Local {
     /// node was recorded at its enter), an `Exit` for a span outside polls,
     /// the end of a poll for a task ([`Local::end_poll`]).
     #[inline]
-    fn exit_slow(&mut self, shared: &Shared, reg: u64) -> bool {
+    fn exit_slow(&mut self, shared: &Capture, reg: u64) -> bool {
         let Some(pos) = self.frames.as_slice().iter().rposition(|f| f.reg == reg) else {
             return self.exit_untracked();
         };
@@ -869,7 +869,7 @@ impl Local {
     /// ([`Local::count_poll`]); give the task's node back to the cache; and
     /// restore the state of the enclosing poll ([`Local::leave_poll`]).
     #[inline(always)]
-    fn end_poll(&mut self, shared: &Shared, frame: Frame, pos: usize, in_order: bool) {
+    fn end_poll(&mut self, shared: &Capture, frame: StackFrame, pos: usize, in_order: bool) {
         // Its poll: the innermost one unless exits came out of order.
         let at = if in_order {
             self.polls.len().saturating_sub(1)
@@ -885,7 +885,7 @@ impl Local {
             return;
         };
         let node = p.node.take();
-        let poll = Poll { node: None, ..*p };
+        let poll = PollInProgress { node: None, ..*p };
         let ts = shared.raw();
         let tree = self.send_tree(frame.sid, &poll, node.as_deref());
         self.send_poll(frame.sid, node.as_deref(), tree, ts);
@@ -902,7 +902,7 @@ impl Local {
     /// remembers the new signature on the node. Returns whether it sent
     /// the tree, which the poll's record says.
     #[inline(always)]
-    fn send_tree(&mut self, task: u64, poll: &Poll, node: Option<&SpanNode>) -> bool {
+    fn send_tree(&mut self, task: u64, poll: &PollInProgress, node: Option<&SpanNode>) -> bool {
         let changed = self.tree_cut
             || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
         if changed {
@@ -962,7 +962,7 @@ impl Local {
     /// task's poll cache given back if this poll took it. Only the thread
     /// polling the task writes these, so plain loads and stores suffice.
     #[inline(always)]
-    fn count_poll(node: &SpanNode, poll: &Poll, ts: u64) {
+    fn count_poll(node: &SpanNode, poll: &PollInProgress, ts: u64) {
         let polls = &node.polls;
         polls
             .count
@@ -987,7 +987,7 @@ impl Local {
     fn leave_poll(
         &mut self,
         task: u64,
-        poll: &Poll,
+        poll: &PollInProgress,
         at: usize,
         pos: usize,
         innermost: bool,
@@ -1018,7 +1018,7 @@ impl Local {
     /// inside the ended one are now inside its enclosing task. (Its await
     /// tree nodes stay in the buffer until the poll inside ends.)
     #[cold]
-    fn relink_inner_polls(&mut self, poll: &Poll, at: usize, pos: usize) {
+    fn relink_inner_polls(&mut self, poll: &PollInProgress, at: usize, pos: usize) {
         for i in at..self.polls.len() {
             let p = &mut self.polls.items[i];
             if p.saved_task == pos + 1 {
@@ -1035,7 +1035,7 @@ struct Locals(Vec<Box<Local>>);
 
 impl Drop for Local {
     fn drop(&mut self) {
-        if let Some(shared) = self.shared.upgrade() {
+        if let Some(shared) = self.capture.upgrade() {
             shared.give_ring_budget(std::mem::take(&mut self.grown));
         }
     }
@@ -1079,7 +1079,7 @@ impl Drop for Release {
 /// `None` during thread teardown or on re-entry; the record is then counted
 /// as dropped.
 #[inline]
-pub(crate) fn with_local<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
+pub(crate) fn with_local<R>(shared: &Arc<Capture>, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
     let p = FAST.with(Cell::get);
     if !p.is_null() && p != busy() {
         // SAFETY: a non-null `FAST` other than `busy()` points at a boxed
@@ -1098,7 +1098,7 @@ pub(crate) fn with_local<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> 
 }
 
 #[cold]
-fn with_local_slow<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
+fn with_local_slow<R>(shared: &Arc<Capture>, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
     let r = LOCAL.try_with(|cell| {
         if FAST.with(Cell::get) == busy() {
             // Re-entered from inside `f`.
@@ -1153,14 +1153,14 @@ pub(crate) fn current_task_node(instance: u64) -> Option<Arc<SpanNode>> {
         .flatten()
 }
 
-fn new_local(shared: &Arc<Shared>) -> Local {
+fn new_local(shared: &Arc<Capture>) -> Local {
     let (producer, consumer) = rtrb::RingBuffer::new(super::INITIAL_RING.min(shared.ring_capacity));
     let dropped = Arc::new(AtomicU64::new(0));
     let slot = Arc::new(PollSlot::default());
     let thread = shared.register_ring(consumer, dropped.clone(), slot.clone(), None);
     Local {
         instance: shared.instance,
-        shared: Arc::downgrade(shared),
+        capture: Arc::downgrade(shared),
         thread,
         max_ring: shared.ring_capacity,
         grown: 0,
@@ -1251,7 +1251,7 @@ mod tests {
     fn rings_grow_within_a_budget_shared_by_all_threads() {
         use crate::capture::INITIAL_RING;
         let max = 4 * INITIAL_RING;
-        let shared = Shared::new(max);
+        let shared = Capture::new(max);
         // Fills a thread's rings (nothing drains them) with `n` records.
         let fill = |l: &mut Local, n: usize| {
             for _ in 0..n {
@@ -1304,7 +1304,7 @@ mod tests {
     /// and the thread's state is empty afterwards.
     #[test]
     fn nested_polls_exited_out_of_order() {
-        let shared = Shared::new(1024);
+        let shared = Capture::new(1024);
         let mut l = new_local(&shared);
         let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
         let (a, x, b) = (
@@ -1347,7 +1347,7 @@ mod tests {
     /// each one record, with their own await trees and poll caches.
     #[test]
     fn a_workers_polls_are_one_record_each_inside_its_blocking_task() {
-        let shared = Shared::new(1024);
+        let shared = Capture::new(1024);
         let mut l = new_local(&shared);
         let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
         let mut worker = node_of(1, SpanClass::Task);
@@ -1396,7 +1396,7 @@ mod tests {
     /// and goes first; the task's wake of itself splits it, in order.
     #[test]
     fn a_poll_is_one_record_unless_it_records_something_of_its_own() {
-        let shared = Shared::new(1024);
+        let shared = Capture::new(1024);
         let mut l = new_local(&shared);
         let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
         let (a, b) = (node_of(1, SpanClass::Task), node_of(2, SpanClass::Task));
@@ -1430,7 +1430,7 @@ mod tests {
     /// span, not the closed one.
     #[test]
     fn poll_cache_forgets_a_closed_span() {
-        let shared = Shared::new(1024);
+        let shared = Capture::new(1024);
         let mut l = new_local(&shared);
         let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
         let task = node_of(1, SpanClass::Task);
@@ -1464,7 +1464,7 @@ mod tests {
 
     #[test]
     fn cache_grows_for_many_spans_in_turn() {
-        let shared = Shared::new(16);
+        let shared = Capture::new(16);
         let mut l = new_local(&shared);
         let nodes: Vec<_> = (1..=5000u64).map(node).collect();
         let mut missed = 0;
@@ -1484,7 +1484,7 @@ mod tests {
 
     #[test]
     fn cache_never_trusts_a_closed_span() {
-        let shared = Shared::new(16);
+        let shared = Capture::new(16);
         let mut l = new_local(&shared);
         let first = node(1);
         assert_eq!(l.span_id(42, || Some(first.clone())), Some(1));

@@ -74,8 +74,12 @@ pub(crate) struct Ring {
     pub name: Option<String>,
 }
 
-/// State shared by a layer instance, its threads and its exporter.
-pub(crate) struct Shared {
+/// One capture: the state that a layer (or awaitscope's own subscriber),
+/// the threads it records on and its exporter share: callsites, span ids,
+/// the rings threads register, the clock and the rings' growth budget. The
+/// layer and the subscriber call its capture hooks (`new_span`, `enter`,
+/// `exit`, `event`...).
+pub(crate) struct Capture {
     pub instance: u64,
     next_span: AtomicU64,
     next_thread: AtomicU32,
@@ -87,10 +91,10 @@ pub(crate) struct Shared {
     pub buffer_full: AtomicU64,
     pub clock: quanta::Clock,
     /// When `clock` reads the CPU's time-stamp counter: nanoseconds per
-    /// 2^40 ticks, as `clock` converts them. [`Shared::raw`] then reads the
+    /// 2^40 ticks, as `clock` converts them. [`Capture::raw`] then reads the
     /// counter inline (quanta's `Clock::raw` is not inlined across crates
     /// and matches on its clock kind at every read), and
-    /// [`Shared::delta_nanos`] converts with one multiply and a shift (the
+    /// [`Capture::delta_nanos`] converts with one multiply and a shift (the
     /// exporter converts two or three readings per event; quanta's
     /// `delta_as_nanos` matches and calls out each time, ~25 instructions).
     tsc_scale: Option<u64>,
@@ -105,17 +109,17 @@ pub(crate) struct Shared {
 }
 
 /// Slots of a thread's first ring; it grows (x4) when it overflows, up to
-/// `Shared::ring_capacity`.
+/// `Capture::ring_capacity`.
 pub(crate) const INITIAL_RING: usize = 4096;
 
 /// The rings of all threads together grow by at most this many times
-/// `Shared::ring_capacity` slots beyond their first rings: with the default
+/// `Capture::ring_capacity` slots beyond their first rings: with the default
 /// capacity, 32 MiB.
 pub(crate) const RING_BUDGET_FACTOR: usize = 2;
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
-impl Shared {
+impl Capture {
     pub fn new(ring_capacity: usize) -> Arc<Self> {
         let clock = quanta::Clock::new();
         let origin_raw = clock.raw();
@@ -177,7 +181,7 @@ impl Shared {
         thread
     }
 
-    /// A raw clock reading (see [`Shared::nanos`]).
+    /// A raw clock reading (see [`Capture::nanos`]).
     #[inline(always)]
     pub fn raw(&self) -> u64 {
         #[cfg(target_arch = "x86_64")]
@@ -236,13 +240,13 @@ fn reads_tsc(clock: &quanta::Clock) -> bool {
 /// as `tracing_subscriber::registry()`), beside other layers and filters.
 pub struct AwaitscopeLayer {
     /// `None` when awaitscope is turned off (`AWAITSCOPE=off`).
-    pub(crate) shared: Option<Arc<Shared>>,
+    pub(crate) capture: Option<Arc<Capture>>,
 }
 
 impl std::fmt::Debug for AwaitscopeLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AwaitscopeLayer")
-            .field("instance", &self.shared.as_ref().map(|s| s.instance))
+            .field("instance", &self.capture.as_ref().map(|s| s.instance))
             .finish()
     }
 }
@@ -263,7 +267,8 @@ impl<S> Layer<S> for AwaitscopeLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    /// The layer itself, or its [`SpanFinder`] for causal traces.
+    /// The layer itself, or its `SpanFinder` (how causal traces find the
+    /// current span's node in the registry's extensions).
     unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
         if id == TypeId::of::<Self>() {
             Some(self as *const Self as *const ())
@@ -275,7 +280,7 @@ where
     }
 
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = &self.capture {
             shared.callsites.register(metadata);
         }
         // Never narrow what other layers see.
@@ -283,7 +288,7 @@ where
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let Some(shared) = &self.shared else { return };
+        let Some(shared) = &self.capture else { return };
         let Some(span) = ctx.span(id) else { return };
         let node_of = |s: tracing_subscriber::registry::SpanRef<'_, S>| {
             s.extensions().get::<SpanData>().map(|d| d.node.clone())
@@ -297,7 +302,7 @@ where
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let (Some(shared), Some(span)) = (&self.shared, ctx.span(id)) else {
+        let (Some(shared), Some(span)) = (&self.capture, ctx.span(id)) else {
             return;
         };
         let ext = span.extensions();
@@ -307,7 +312,7 @@ where
     }
 
     fn on_follows_from(&self, id: &Id, follows: &Id, ctx: Context<'_, S>) {
-        let Some(shared) = &self.shared else { return };
+        let Some(shared) = &self.capture else { return };
         if let (Some(span), Some(follows)) = (
             Self::lookup_node(&ctx, id),
             Self::lookup_node(&ctx, follows),
@@ -318,18 +323,18 @@ where
 
     #[inline]
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        let Some(shared) = &self.shared else { return };
+        let Some(shared) = &self.capture else { return };
         shared.enter(id, || Self::lookup_node(&ctx, id));
     }
 
     #[inline]
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        let Some(shared) = &self.shared else { return };
+        let Some(shared) = &self.capture else { return };
         shared.exit(id);
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let (Some(shared), Some(span)) = (&self.shared, ctx.span(&id)) else {
+        let (Some(shared), Some(span)) = (&self.capture, ctx.span(&id)) else {
             return;
         };
         let ext = span.extensions();
@@ -339,7 +344,7 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(shared) = &self.shared else { return };
+        let Some(shared) = &self.capture else { return };
         shared.event(
             event,
             || {
@@ -354,7 +359,7 @@ where
 /// The capture hooks, called by the [`AwaitscopeLayer`] over a registry and
 /// by awaitscope's own span store (`AwaitscopeSubscriber`). Each takes what it
 /// needs of the span store as a lookup (called only when needed).
-impl Shared {
+impl Capture {
     /// A span was created with id `id`: makes its node and records it.
     /// `None` when the callsite is not a span or the thread is exiting.
     pub(crate) fn new_span(
@@ -593,7 +598,7 @@ mod tests {
     /// once), and a reading before the origin is 0 as with quanta.
     #[test]
     fn nanos_agree_with_the_clock() {
-        let shared = Shared::new(1024);
+        let shared = Capture::new(1024);
         let origin = shared.origin_raw;
         for ticks in [0u64, 1, 999, 3_000_000_000, 1 << 40, (1 << 50) + 12_345] {
             let raw = origin.saturating_add(ticks);
@@ -613,7 +618,7 @@ mod tests {
     /// convert to about the time slept.
     #[test]
     fn clock_readings_convert_to_elapsed_time() {
-        let shared = Shared::new(16);
+        let shared = Capture::new(16);
         let (t0, r0) = (std::time::Instant::now(), shared.raw());
         std::thread::sleep(std::time::Duration::from_millis(30));
         let (r1, t1) = (shared.raw(), std::time::Instant::now());

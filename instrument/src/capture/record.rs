@@ -10,7 +10,9 @@ use awaitscope_wire::{CloseKind, Field, WakeOp};
 
 use crate::span_node::SpanNode;
 
-/// An event captured as a log.
+/// An event the exporter sends as a log event (a user event at `WARN` or
+/// above, a resource's poll-op or state update), with its fields and, for
+/// errors, its causal trace.
 pub(crate) struct RawLog {
     pub meta: &'static tracing_core::Metadata<'static>,
     pub class: awaitscope_wire::EventClass,

@@ -1,14 +1,15 @@
 //! The exporter: a background thread that drains the per-thread rings,
 //! turns records into wire events, keeps the state needed to rebuild a
 //! collector's model after a reconnect (callsites and live spans), and
-//! writes frames to the sinks: a collector over TCP, a recording file, or
-//! memory (tests).
+//! writes frames to its destinations: a collector over TCP, a recording
+//! file, or memory (tests).
 //!
 //! Nothing here runs on the instrumented program's threads, so nothing here
-//! can block them: when a sink is slow or down, records pile up in the rings
-//! until those are full, and further records are dropped and counted.
+//! can block them: when a destination is slow or down, records pile up in
+//! the rings until those are full, and further records are dropped and
+//! counted.
 
-pub(crate) mod sink;
+pub(crate) mod destination;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -20,10 +21,10 @@ use wire::{Body, DropCounts, Event, Frame, ProcessInfo, ProcessKey, SpanId};
 
 use crate::await_tree::{AwaitModel, Dump};
 use crate::capture::record::{Raw, RawLog};
-use crate::capture::{Ring, Shared};
+use crate::capture::{Capture, Ring};
 use crate::names;
 use crate::span_node::SpanNode;
-use sink::Sink;
+use destination::Destination;
 
 /// Most closes kept waiting for their span's creation (see
 /// `Exporter::early_closes`).
@@ -44,15 +45,19 @@ const BUSY_TICK: Duration = Duration::from_micros(100);
 /// Recordings and streams are flushed at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Control block shared by the exporter thread and the guard.
+/// What the guard asks of the exporter thread (stop, flush) and what the
+/// thread answers (flushes done), with the condvar both sides wait on.
 #[derive(Default)]
-pub(crate) struct Control {
-    state: Mutex<ControlState>,
+struct Requests {
+    state: Mutex<RequestState>,
     cond: Condvar,
 }
 
+/// The state behind [`Requests`]' mutex: a stop flag, and flushes counted
+/// as asked and as done (a flush waits until the done count reaches its
+/// own number).
 #[derive(Default)]
-struct ControlState {
+struct RequestState {
     stop: bool,
     flush_requested: u64,
     flush_done: u64,
@@ -61,12 +66,13 @@ struct ControlState {
 /// What flushing and dumping need of an exporter.
 #[derive(Clone)]
 pub(crate) struct Source {
-    control: Arc<Control>,
+    requests: Arc<Requests>,
     model: Arc<Mutex<AwaitModel>>,
-    shared: Arc<Shared>,
+    capture: Arc<Capture>,
 }
 
-/// Handle on a running exporter.
+/// The guard's handle on the exporter thread: flushes and dumps through
+/// its [`Source`], and stops and joins the thread.
 pub(crate) struct ExporterHandle {
     source: Source,
     thread: Option<JoinHandle<()>>,
@@ -81,10 +87,10 @@ impl ExporterHandle {
     /// Final drain, `Goodbye`, flush, and join the thread.
     pub fn shutdown(&mut self) {
         {
-            let control = &self.source.control;
-            let mut st = control.state.lock().unwrap_or_else(|e| e.into_inner());
+            let requests = &self.source.requests;
+            let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
             st.stop = true;
-            control.cond.notify_all();
+            requests.cond.notify_all();
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -95,14 +101,14 @@ impl ExporterHandle {
 impl Source {
     /// Whether both are the same exporter.
     pub fn same(&self, other: &Source) -> bool {
-        Arc::ptr_eq(&self.control, &other.control)
+        Arc::ptr_eq(&self.requests, &other.requests)
     }
 
     /// Every live task with its await tree, after draining what was
     /// recorded so far.
     pub fn dump(&self) -> Dump {
         self.flush(Duration::from_secs(5));
-        let shared = &self.shared;
+        let shared = &self.capture;
         let now = shared.nanos(shared.raw());
         self.model
             .lock()
@@ -110,13 +116,17 @@ impl Source {
             .snapshot(now, |raw| shared.nanos(raw))
     }
 
-    /// Drains everything recorded so far and flushes the sinks; returns when
-    /// done (or after `timeout`).
+    /// Drains everything recorded so far and flushes the destinations;
+    /// returns when done (or after `timeout`).
     pub fn flush(&self, timeout: Duration) {
-        let mut st = self.control.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self
+            .requests
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         st.flush_requested += 1;
         let want = st.flush_requested;
-        self.control.cond.notify_all();
+        self.requests.cond.notify_all();
         let deadline = Instant::now() + timeout;
         while st.flush_done < want && !st.stop {
             let now = Instant::now();
@@ -124,7 +134,7 @@ impl Source {
                 return;
             }
             st = self
-                .control
+                .requests
                 .cond
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
@@ -135,15 +145,15 @@ impl Source {
 
 /// Starts the exporter thread.
 pub(crate) fn start(
-    shared: Arc<Shared>,
-    sinks: Vec<Sink>,
+    capture: Arc<Capture>,
+    destinations: Vec<Destination>,
     info: ProcessInfo,
     process: ProcessKey,
 ) -> ExporterHandle {
-    let control = Arc::new(Control::default());
+    let requests = Arc::new(Requests::default());
     let model = Arc::new(Mutex::new(AwaitModel::default()));
     let mut exporter = Exporter {
-        shared,
+        capture,
         rings: Vec::new(),
         announced: Vec::new(),
         callsites_sent: 0,
@@ -151,7 +161,7 @@ pub(crate) fn start(
         process,
         info,
         seq: 0,
-        sinks,
+        destinations,
         counts: Vec::new(),
         thread: u32::MAX,
         held: None,
@@ -167,24 +177,24 @@ pub(crate) fn start(
         buf: Vec::new(),
         last_flush: Instant::now(),
     };
-    let c = control.clone();
-    let shared = exporter.shared.clone();
+    let c = requests.clone();
+    let capture = exporter.capture.clone();
     let thread = std::thread::Builder::new()
         .name("awaitscope-export".into())
         .spawn(move || exporter.run(&c))
         .ok();
     ExporterHandle {
         source: Source {
-            control,
+            requests,
             model,
-            shared,
+            capture,
         },
         thread,
     }
 }
 
 struct Exporter {
-    shared: Arc<Shared>,
+    capture: Arc<Capture>,
     rings: Vec<Ring>,
     /// Threads whose name was already sent.
     announced: Vec<u32>,
@@ -195,7 +205,7 @@ struct Exporter {
     process: ProcessKey,
     info: ProcessInfo,
     seq: u64,
-    sinks: Vec<Sink>,
+    destinations: Vec<Destination>,
     /// Records in each ring at the start of a drain (reused).
     counts: Vec<usize>,
     /// Thread of the last `Thread` event sent.
@@ -218,7 +228,7 @@ struct Exporter {
     /// close in the second thread's ring, which a drain may read before the
     /// first's.
     early_closes: rustc_hash::FxHashMap<u64, (wire::CloseKind, u64, u64)>,
-    /// Drains so far.
+    /// Drains so far (`early_closes` are aged in drains).
     drains: u64,
     /// This drain is the last one (the guard was dropped).
     stopping: bool,
@@ -229,39 +239,39 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn run(&mut self, control: &Control) {
+    fn run(&mut self, requests: &Requests) {
         let hello = self.frame_bytes(Body::Hello(self.info.clone()));
-        for s in &mut self.sinks {
+        for s in &mut self.destinations {
             s.start(&hello);
         }
         loop {
             let (stop, flush_want, flush_done) = {
-                let st = control.state.lock().unwrap_or_else(|e| e.into_inner());
+                let st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
                 (st.stop, st.flush_requested, st.flush_done)
             };
-            self.connect_sinks();
+            self.connect_destinations();
             self.stopping = stop;
             let n = self.drain();
             let flush = flush_want > flush_done || stop;
             if flush || self.last_flush.elapsed() >= FLUSH_EVERY {
                 self.report_drops();
-                for s in &mut self.sinks {
+                for s in &mut self.destinations {
                     s.flush();
                 }
                 self.last_flush = Instant::now();
             }
             if stop {
                 let bye = self.frame_bytes(Body::Goodbye);
-                for s in &mut self.sinks {
+                for s in &mut self.destinations {
                     s.write(&bye, 0);
                     s.flush();
                 }
                 return;
             }
-            let mut st = control.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
             if st.flush_done < flush_want {
                 st.flush_done = flush_want;
-                control.cond.notify_all();
+                requests.cond.notify_all();
             }
             if st.stop || st.flush_requested > st.flush_done {
                 continue;
@@ -274,7 +284,7 @@ impl Exporter {
                 continue;
             }
             let wait = if n > 0 { BUSY_TICK } else { TICK };
-            let _ = control.cond.wait_timeout(st, wait);
+            let _ = requests.cond.wait_timeout(st, wait);
         }
     }
 
@@ -291,15 +301,15 @@ impl Exporter {
         out
     }
 
-    /// (Re)connects sinks that are down and due for an attempt, sending them
-    /// the state needed to rebuild the model.
-    fn connect_sinks(&mut self) {
-        for i in 0..self.sinks.len() {
-            if !self.sinks[i].wants_connect() {
+    /// (Re)connects destinations that are down and due for an attempt,
+    /// sending them the state needed to rebuild the model.
+    fn connect_destinations(&mut self) {
+        for i in 0..self.destinations.len() {
+            if !self.destinations[i].wants_connect() {
                 continue;
             }
-            let handshake = self.handshake(self.sinks[i].connected_before());
-            self.sinks[i].connect(&handshake);
+            let handshake = self.handshake(self.destinations[i].connected_before());
+            self.destinations[i].connect(&handshake);
         }
     }
 
@@ -310,7 +320,7 @@ impl Exporter {
         info.reconnect = reconnect;
         let mut out = self.frame_bytes(Body::Hello(info));
         let callsites: Vec<Event> = self
-            .shared
+            .capture
             .callsites
             .since(0)
             .into_iter()
@@ -339,7 +349,8 @@ impl Exporter {
             (spans, trees)
         };
         let buffer_full = self.buffer_drops();
-        // Through the stream's frame builder, into `buf` for this sink only.
+        // Through the stream's frame builder, into `buf` for this
+        // destination only.
         // Nothing of the stream is pending: every drain ends with a send.
         self.send_batch();
         self.buf.clear();
@@ -368,7 +379,7 @@ impl Exporter {
     fn drain(&mut self) -> usize {
         {
             let mut new = self
-                .shared
+                .capture
                 .new_rings
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
@@ -391,19 +402,20 @@ impl Exporter {
         // Drops so far, read while the rings are in place (see
         // `recover_closes`).
         let drops = self.buffer_drops();
-        let callsites = self.shared.callsites.since(self.callsites_sent);
+        let callsites = self.capture.callsites.since(self.callsites_sent);
         self.callsites_sent += callsites.len();
-        let want_events = self.sinks.iter().any(Sink::is_up);
+        let want_events = self.destinations.iter().any(Destination::is_up);
         if want_events {
             for c in callsites {
                 self.emit(&Event::Callsite(Box::new(c)));
             }
         }
         // Records are converted straight out of the rings, not copied first.
-        // Each drain names the thread again: a sink may have (re)connected.
+        // Each drain names the thread again: a destination may have
+        // (re)connected.
         self.thread = u32::MAX;
         let mut rings = std::mem::take(&mut self.rings);
-        let shared = self.shared.clone();
+        let shared = self.capture.clone();
         let model = self.model.clone();
         let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
         for (ring, &count) in rings.iter_mut().zip(&counts) {
@@ -477,7 +489,7 @@ impl Exporter {
     /// [`ANNOUNCE_AFTER_NS`] and whose start was not read from a ring (a
     /// poll that records nothing sends its start with its end): a task
     /// blocking its worker shows as running while it blocks.
-    fn announce_polls(&mut self, shared: &Shared, rings: &[Ring]) {
+    fn announce_polls(&mut self, shared: &Capture, rings: &[Ring]) {
         let now = shared.nanos(shared.raw());
         for (i, ring) in rings.iter().enumerate() {
             // A thread's rings share its slot: read it once.
@@ -531,13 +543,13 @@ impl Exporter {
             Err(wire::EncodeError::FrameTooLarge(_)) if !self.frame.is_empty() => {
                 flush(self);
                 if self.frame.push(ev).is_err() {
-                    self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
+                    self.capture.buffer_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
             // One event over the cap cannot happen with capped fields; drop
             // it rather than stall the stream.
             Err(_) => {
-                self.shared.buffer_full.fetch_add(1, Ordering::Relaxed);
+                self.capture.buffer_full.fetch_add(1, Ordering::Relaxed);
             }
         }
         if self.frame.len() >= BATCH {
@@ -556,7 +568,7 @@ impl Exporter {
             parent: n.parent.as_ref().map(|p| SpanId(p.id)),
             ctx_task: (n.ctx_task != 0).then_some(SpanId(n.ctx_task)),
             ctx_span: (n.ctx_span != 0).then_some(SpanId(n.ctx_span)),
-            ts: self.shared.nanos(n.ts),
+            ts: self.capture.nanos(n.ts),
             fields: &fields,
         };
         self.push_event(&ev, flush);
@@ -575,18 +587,18 @@ impl Exporter {
         match self.frame.finish(self.process, seq, out) {
             Ok(()) => Some(count),
             Err(_) => {
-                self.shared.buffer_full.fetch_add(count, Ordering::Relaxed);
+                self.capture.buffer_full.fetch_add(count, Ordering::Relaxed);
                 None
             }
         }
     }
 
-    /// Sends the current frame to the sinks.
+    /// Sends the current frame to the destinations.
     fn send_batch(&mut self) {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         if let Some(count) = self.finish_frame(&mut buf) {
-            for s in &mut self.sinks {
+            for s in &mut self.destinations {
                 s.write(&buf, count);
             }
         }
@@ -601,7 +613,7 @@ impl Exporter {
     }
 
     /// Updates the model for a record and converts it to a wire event (only
-    /// when some sink is up). Events that own nothing are emitted here
+    /// when some destination is up). Events that own nothing are emitted here
     /// ([`Exporter::emit_plain`]); the others are returned.
     ///
     /// First the ordering step: a poll start held back (see `held`) goes
@@ -611,7 +623,7 @@ impl Exporter {
     #[inline(always)]
     fn convert(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         thread: u32,
         raw: Raw,
@@ -686,7 +698,7 @@ impl Exporter {
                     return Some(log_event(*l, ns));
                 }
             }
-            // The rest changes no model: converted only for the sinks.
+            // The rest changes no model: converted only for the destinations.
             _ if !want => {}
             Raw::Wake { task, by, op, ts } => {
                 self.emit_plain(Event::Wake {
@@ -732,7 +744,7 @@ impl Exporter {
     #[inline(always)]
     fn span_created(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         node: Arc<SpanNode>,
         want: bool,
@@ -752,7 +764,7 @@ impl Exporter {
     /// small.
     #[cold]
     #[inline(never)]
-    fn closed_early(&mut self, shared: &Shared, id: u64, want: bool) -> bool {
+    fn closed_early(&mut self, shared: &Capture, id: u64, want: bool) -> bool {
         let Some((kind, ts, _)) = self.early_closes.remove(&id) else {
             return false;
         };
@@ -799,7 +811,7 @@ impl Exporter {
     #[inline(always)]
     fn whole_poll(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         thread: u32,
         span: u64,
@@ -833,7 +845,7 @@ impl Exporter {
     #[inline(always)]
     fn poll_ended(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         thread: u32,
         span: u64,
@@ -868,7 +880,7 @@ impl Exporter {
     #[inline(always)]
     fn span_closed(
         &mut self,
-        shared: &Shared,
+        shared: &Capture,
         model: &mut AwaitModel,
         span: u64,
         kind: wire::CloseKind,
@@ -893,7 +905,7 @@ impl Exporter {
 
     /// Emits the `Close` of `span`, closed at raw time `ts` as `kind`.
     #[inline(always)]
-    fn emit_close(&mut self, shared: &Shared, span: u64, kind: wire::CloseKind, ts: u64) {
+    fn emit_close(&mut self, shared: &Capture, span: u64, kind: wire::CloseKind, ts: u64) {
         self.emit_plain(Event::Close {
             span: SpanId(span),
             kind,
@@ -903,7 +915,7 @@ impl Exporter {
 
     /// The end of a task's poll: its await tree, if it changed (the
     /// `TreeNode` records just read), goes to the model and, sent just
-    /// before the poll's end, to the sinks.
+    /// before the poll's end, to the destinations.
     #[inline(always)]
     fn poll_tree(
         &mut self,
@@ -967,7 +979,7 @@ impl Exporter {
     /// has nearly always been read by then; one that comes later is not
     /// sent, see `Raw::Close` in `convert`) are closed here. The last drain
     /// closes them at once: nothing more will come.
-    fn recover_closes(&mut self, shared: &Shared, model: &mut AwaitModel, drops: u64, want: bool) {
+    fn recover_closes(&mut self, shared: &Capture, model: &mut AwaitModel, drops: u64, want: bool) {
         let mut suspects = std::mem::take(&mut self.close_suspects);
         if self.stopping && drops > 0 {
             suspects = model.spans.keys().copied().collect();
@@ -996,7 +1008,7 @@ impl Exporter {
     }
 
     /// Sends the start of a poll that was held back (see `convert`).
-    fn release_held(&mut self, shared: &Shared) {
+    fn release_held(&mut self, shared: &Capture) {
         if let Some((span, ts)) = self.held.take() {
             self.emit_plain(Event::Enter {
                 span: SpanId(span),
@@ -1014,20 +1026,20 @@ impl Exporter {
                 live += r.dropped.load(Ordering::Relaxed);
             }
         }
-        self.shared.buffer_full.load(Ordering::Relaxed) + self.retired_drops + live
+        self.capture.buffer_full.load(Ordering::Relaxed) + self.retired_drops + live
     }
 
     fn report_drops(&mut self) {
         let buffer_full = self.buffer_drops();
-        for i in 0..self.sinks.len() {
+        for i in 0..self.destinations.len() {
             let counts = DropCounts {
                 buffer_full,
-                ..self.sinks[i].drops()
+                ..self.destinations[i].drops()
             };
-            if self.sinks[i].is_up() && self.sinks[i].last_reported() != counts {
+            if self.destinations[i].is_up() && self.destinations[i].last_reported() != counts {
                 let bytes = self.frame_bytes(Body::Dropped(counts));
-                self.sinks[i].write(&bytes, 0);
-                self.sinks[i].set_reported(counts);
+                self.destinations[i].write(&bytes, 0);
+                self.destinations[i].set_reported(counts);
             }
         }
     }
@@ -1042,7 +1054,8 @@ struct ThreadReads {
     tree: (u64, Vec<(u64, u16)>),
     /// Started (its `Enter` read), not ended.
     open: (u64, u64),
-    /// The last one that ended.
+    /// The last poll that ended (task, raw start): the thread's poll slot
+    /// may still show it, and an ended poll is not announced.
     done: (u64, u64),
     /// Announced from the thread's `PollSlot` while it ran, not ended.
     announced: (u64, u64),
@@ -1083,7 +1096,7 @@ fn span_id(v: u64) -> Option<SpanId> {
 
 /// A whole poll of `task` from raw time `start` to `end`.
 #[inline(always)]
-fn poll_event(shared: &Shared, task: u64, start: u64, end: u64, wakers: u32) -> Event {
+fn poll_event(shared: &Capture, task: u64, start: u64, end: u64, wakers: u32) -> Event {
     let start = shared.nanos(start);
     Event::Poll {
         task: SpanId(task),

@@ -33,7 +33,7 @@ use tracing_core::{Event, Interest, LevelFilter, Metadata, Subscriber};
 
 use crate::capture::callsite::Class;
 use crate::capture::local::with_local;
-use crate::capture::Shared;
+use crate::capture::Capture;
 use crate::causal::SpanFinder;
 use crate::span_node::SpanNode;
 
@@ -56,7 +56,7 @@ struct Slot {
 /// `tracing::Dispatch::new` for a scoped default). It takes no other layers:
 /// for that, use [`crate::AwaitscopeLayer`] in a `tracing_subscriber` stack.
 pub struct AwaitscopeSubscriber {
-    shared: Arc<Shared>,
+    capture: Arc<Capture>,
     spans: Slab<Slot>,
     log: log::LogOutput,
 }
@@ -80,9 +80,9 @@ fn key(id: &Id) -> usize {
 const NO_SPAN: u64 = u64::MAX;
 
 impl AwaitscopeSubscriber {
-    pub(crate) fn new(shared: Arc<Shared>, log: log::LogOutput) -> Self {
+    pub(crate) fn new(capture: Arc<Capture>, log: log::LogOutput) -> Self {
         Self {
-            shared,
+            capture,
             spans: Slab::new(),
             log,
         }
@@ -96,7 +96,7 @@ impl AwaitscopeSubscriber {
 
     /// Id of the span current on this thread.
     fn current_id(&self) -> Option<Id> {
-        let reg = with_local(&self.shared, |l| l.current_reg())?;
+        let reg = with_local(&self.capture, |l| l.current_reg())?;
         (reg != 0).then(|| Id::from_u64(reg))
     }
 
@@ -108,7 +108,7 @@ impl AwaitscopeSubscriber {
     /// Whether the capture or the log output wants events of `meta`.
     fn wants(&self, meta: &'static Metadata<'static>) -> bool {
         meta.is_span()
-            || self.shared.callsites.get(meta).class != Class::Ignored
+            || self.capture.callsites.get(meta).class != Class::Ignored
             || self.log.enabled(meta)
     }
 
@@ -146,7 +146,7 @@ impl AwaitscopeSubscriber {
 
 impl Subscriber for AwaitscopeSubscriber {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        self.shared.callsites.register(meta);
+        self.capture.callsites.register(meta);
         // Events nobody wants are skipped by `tracing` itself, at the
         // callsite (this is the only subscriber).
         if self.wants(meta) {
@@ -187,7 +187,7 @@ impl Subscriber for AwaitscopeSubscriber {
         let id = Id::from_u64(entry.key() as u64 + 1);
         let parent_node = parent.as_ref().and_then(|p| self.node(p));
         let node = self
-            .shared
+            .capture
             .new_span(attrs, &id, || parent_node, || self.current_node());
         entry.insert(Slot {
             meta: attrs.metadata(),
@@ -200,13 +200,13 @@ impl Subscriber for AwaitscopeSubscriber {
 
     fn record(&self, span: &Id, values: &Record<'_>) {
         if let Some(node) = self.node(span) {
-            self.shared.record(&node, values);
+            self.capture.record(&node, values);
         }
     }
 
     fn record_follows_from(&self, span: &Id, follows: &Id) {
         if let (Some(a), Some(b)) = (self.node(span), self.node(follows)) {
-            self.shared.follows_from(&a, &b);
+            self.capture.follows_from(&a, &b);
         }
     }
 
@@ -215,18 +215,18 @@ impl Subscriber for AwaitscopeSubscriber {
         if self.log.enabled(meta) {
             self.log.write(event, &self.event_spans(event));
         }
-        self.shared
+        self.capture
             .event(event, || self.event_span(event), |id| self.node(id));
     }
 
     #[inline]
     fn enter(&self, span: &Id) {
-        self.shared.enter(span, || self.node(span));
+        self.capture.enter(span, || self.node(span));
     }
 
     #[inline]
     fn exit(&self, span: &Id) {
-        self.shared.exit(span);
+        self.capture.exit(span);
     }
 
     fn clone_span(&self, id: &Id) -> Id {
@@ -251,7 +251,7 @@ impl Subscriber for AwaitscopeSubscriber {
                 break;
             }
             if let Some(node) = &slot.node {
-                self.shared.close(id.into_u64(), node);
+                self.capture.close(id.into_u64(), node);
             }
             next = slot.parent.clone();
             drop(slot);
@@ -262,7 +262,8 @@ impl Subscriber for AwaitscopeSubscriber {
         closed > 0
     }
 
-    /// The store itself, or its [`SpanFinder`] for causal traces.
+    /// The store itself, or its `SpanFinder` (how causal traces find the
+    /// current span's node in this store).
     unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
         if id == TypeId::of::<Self>() {
             Some(self as *const Self as *const ())
@@ -287,7 +288,7 @@ impl Subscriber for AwaitscopeSubscriber {
 impl std::fmt::Debug for AwaitscopeSubscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AwaitscopeSubscriber")
-            .field("instance", &self.shared.instance)
+            .field("instance", &self.capture.instance)
             .finish()
     }
 }

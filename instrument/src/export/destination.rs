@@ -16,8 +16,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// A destination for the stream.
-pub(crate) struct Sink {
+/// One place the exporter writes the stream to: a collector over TCP
+/// (connected lazily, reconnected with backoff), a recording file, or
+/// memory; with the events it could not deliver, counted for the next
+/// `Dropped` frame.
+pub(crate) struct Destination {
     kind: Kind,
     drops: DropCounts,
     reported: DropCounts,
@@ -38,7 +41,7 @@ struct Tcp {
     connected_before: bool,
 }
 
-impl Sink {
+impl Destination {
     fn new(kind: Kind) -> Self {
         Self {
             kind,
@@ -74,7 +77,7 @@ impl Sink {
     }
 
     /// Opens the stream: preamble and `hello` for files and memory. A TCP
-    /// sink sends its own handshake when it connects.
+    /// destination sends its own handshake when it connects.
     pub fn start(&mut self, hello: &[u8]) {
         let mut bytes = preamble().to_vec();
         bytes.extend_from_slice(hello);
@@ -84,7 +87,7 @@ impl Sink {
         }
     }
 
-    /// A TCP sink that is down and due for a reconnection attempt.
+    /// A TCP destination that is down and due for a reconnection attempt.
     pub fn wants_connect(&self) -> bool {
         matches!(&self.kind, Kind::Tcp(t) if t.stream.is_none() && Instant::now() >= t.next_attempt)
     }
@@ -111,8 +114,8 @@ impl Sink {
         }
     }
 
-    /// Whether this TCP sink was connected before (its next `Hello` is a
-    /// reconnect).
+    /// Whether this TCP destination was connected before (its next `Hello`
+    /// is a reconnect).
     pub fn connected_before(&self) -> bool {
         matches!(&self.kind, Kind::Tcp(t) if t.connected_before)
     }
@@ -127,7 +130,7 @@ impl Sink {
     }
 
     /// Writes encoded frames holding `events` events; counts them as dropped
-    /// when the sink is down or fails.
+    /// when the destination is down or fails.
     pub fn write(&mut self, bytes: &[u8], events: u64) {
         match &mut self.kind {
             Kind::Tcp(t) => match &mut t.stream {
@@ -180,12 +183,13 @@ impl Sink {
         }
     }
 
-    /// This sink's own drop counts (buffer drops are added by the caller).
+    /// This destination's own drop counts (buffer drops are added by the
+    /// caller).
     pub fn drops(&self) -> DropCounts {
         self.drops
     }
 
-    /// Counts last sent on this sink.
+    /// Counts last sent on this destination.
     pub fn last_reported(&self) -> DropCounts {
         self.reported
     }
