@@ -3,7 +3,7 @@
 
 use awaitscope_wire::SpanId;
 
-use super::{Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::model::span::Location;
 use crate::model::{Change, ChangeKind, Process};
 
@@ -60,7 +60,7 @@ pub fn observe(
         kind: FindingKind::Error,
         process: p.key,
         key: format!("{callsite}"),
-        tasks: t.map(TaskRef::of).into_iter().collect(),
+        tasks: t.map(FindingTask::of).into_iter().collect(),
         location,
         message: message.to_string(),
         trace: p.trace(span, task),

@@ -12,23 +12,30 @@ use super::{FindingKind, Severity};
 use crate::model::span::Location;
 use crate::model::Task;
 
-/// A task named by a finding.
+/// A task named by a finding: a copy of what identifies it, taken when the
+/// finding is observed, so the finding outlives the task in the model.
+/// (Not to be confused with `awaitscope::TaskRef`, a task in a causal trace
+/// on the producer's side.) In the JSON report, the objects of a finding's
+/// `tasks` array.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskRef {
-    /// Task (span) id within its process.
+pub struct FindingTask {
+    /// The id of the task's span within its process (unique there, unlike
+    /// tokio ids, which a process may reuse).
     pub id: u64,
-    /// tokio task id, when recorded.
+    /// tokio's task id (the `task.id` field of the task's span); `None` when
+    /// the span carried none.
     pub tokio_id: Option<u64>,
-    /// Task name.
+    /// The name the task was spawned with; `None` for unnamed tasks.
     pub name: Option<String>,
-    /// Spawn location.
+    /// Where the task was spawned; `None` when the spawn span carried no
+    /// location.
     pub spawned_at: Option<Location>,
 }
 
-impl TaskRef {
+impl FindingTask {
     /// A reference to `t` for findings.
-    pub fn of(t: &Task) -> TaskRef {
-        TaskRef {
+    pub fn of(t: &Task) -> FindingTask {
+        FindingTask {
             id: t.id.0,
             tokio_id: t.tokio_id,
             name: t.name.clone(),
@@ -48,7 +55,7 @@ pub struct Finding {
     /// Process start (Unix ns), with `pid` the process key.
     pub process_start_unix_ns: u64,
     /// Tasks involved (first few occurrences; a deadlock's cycle in order).
-    pub tasks: Vec<TaskRef>,
+    pub tasks: Vec<FindingTask>,
     /// Culprit source location (await point, span, event or panic site).
     pub location: Option<Location>,
     /// Human-readable description (of the worst occurrence).
@@ -75,7 +82,7 @@ pub struct Observation {
     /// Deduplication key within kind and process.
     pub key: String,
     /// Tasks involved.
-    pub tasks: Vec<TaskRef>,
+    pub tasks: Vec<FindingTask>,
     /// Culprit location.
     pub location: Option<Location>,
     /// Description.
@@ -255,7 +262,7 @@ mod tests {
                 start_unix_ns: 0,
             },
             key: key.into(),
-            tasks: vec![TaskRef {
+            tasks: vec![FindingTask {
                 id: ts,
                 tokio_id: None,
                 name: None,

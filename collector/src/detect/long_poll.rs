@@ -2,7 +2,7 @@
 //! worker thread. Blocking tasks (`spawn_blocking`) are exempt: their single
 //! poll is the whole blocking closure.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{fmt_ns, Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task};
@@ -66,7 +66,7 @@ pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Opti
         kind: FindingKind::LongPoll,
         process: p.key,
         key: group_key(t),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location,
         message: format!(
             "{} polled for {} without yielding (threshold {})",

@@ -6,7 +6,7 @@
 //! period ([`Thresholds::lost_waker_grace_ns`]) lets events of other threads
 //! (a waker clone) arrive.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{fmt_ns, Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process, Task, TaskState};
@@ -63,7 +63,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::LostWaker,
         process: p.key,
         key: format!("{}|{:?}", group_key(t), location),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location,
         message: format!(
             "{} is pending with no live waker and was not woken: it will never be polled again (idle {})",

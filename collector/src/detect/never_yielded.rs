@@ -1,7 +1,7 @@
 //! `never_yielded`: a task still in its first poll after longer than the
 //! threshold (it never returned to the scheduler). Blocking tasks are exempt.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{fmt_ns, Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process, Task};
@@ -47,7 +47,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::NeverYielded,
         process: p.key,
         key: group_key(t),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
         message: format!(
             "{} has been running its first poll for {} without yielding",

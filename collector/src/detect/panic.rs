@@ -2,7 +2,7 @@
 
 use awaitscope_wire::{CloseKind, SpanId};
 
-use super::{Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::model::span::Location;
 use crate::model::{Change, ChangeKind, Process};
 
@@ -70,7 +70,7 @@ pub fn observe(
         key: location
             .as_ref()
             .map_or_else(|| message.to_string(), |l| l.to_string()),
-        tasks: t.map(TaskRef::of).into_iter().collect(),
+        tasks: t.map(FindingTask::of).into_iter().collect(),
         location,
         message: format!("panicked: {message}"),
         trace: p.trace(span, task),

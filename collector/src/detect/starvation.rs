@@ -1,7 +1,7 @@
 //! `starvation`: woken but not polled for longer than the threshold (the
 //! runtime's workers are busy or blocked).
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{fmt_ns, Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task, TaskState};
@@ -58,7 +58,7 @@ fn observe(p: &Process, t: &Task, wait: u64, ts: u64, th: &Thresholds) -> Observ
         kind: FindingKind::Starvation,
         process: p.key,
         key: group_key(t),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
         message: format!(
             "{} was woken but not polled for {} (threshold {})",

@@ -4,7 +4,7 @@
 //! A task without an await tree has no await point to name and is left to
 //! `lost_waker`.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{fmt_ns, Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process, Task, TaskState};
@@ -53,7 +53,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::Stuck,
         process: p.key,
         key: format!("{}|{:?}", group_key(t), location),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location,
         message: format!(
             "{} has been pending on {} for {} (threshold {})",

@@ -85,7 +85,7 @@ pub fn failure_body(f: &Finding) -> String {
     s
 }
 
-fn task_group(t: &crate::detect::TaskRef) -> String {
+fn task_group(t: &crate::detect::FindingTask) -> String {
     let loc = t
         .spawned_at
         .as_ref()
