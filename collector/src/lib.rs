@@ -17,6 +17,8 @@
 //! * [`export`]: the CI formats (Perfetto and Chrome traces, JUnit,
 //!   Markdown, flame graphs, GitHub annotations), streaming where they need
 //!   every poll (feature `export`, on by default).
+//! * [`units`]: durations printed (finding messages, CI reports) and
+//!   parsed (command-line options).
 //! * `testing`: a builder of realistic synthetic wire streams for tests
 //!   (feature `test-support`).
 //!
@@ -33,6 +35,7 @@ pub mod model;
 pub mod report;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod units;
 
 pub use collect::{Model, ModelStats};
 pub use config::{Config, Retention, Thresholds};

@@ -2,10 +2,11 @@
 //! worker thread. Blocking tasks (`spawn_blocking`) are exempt: their single
 //! poll is the whole blocking closure.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task};
+use crate::units::fmt_ns_brief;
 
 /// The `long_poll` detector: judges each committed poll.
 #[derive(Debug, Default)]
@@ -71,8 +72,8 @@ pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Opti
         message: format!(
             "{} polled for {} without yielding (threshold {})",
             task_label(t),
-            fmt_ns(d),
-            fmt_ns(th.long_poll_ns)
+            fmt_ns_brief(d),
+            fmt_ns_brief(th.long_poll_ns)
         ),
         trace,
         duration_ns: Some(d),

@@ -6,10 +6,11 @@
 //! period ([`Thresholds::lost_waker_grace_ns`]) lets events of other threads
 //! (a waker clone) arrive.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process, Task, TaskState};
+use crate::units::fmt_ns_brief;
 
 /// The `lost_waker` detector: judges live tasks at each scan. An episode lasts while the
 /// task stays so.
@@ -68,7 +69,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         message: format!(
             "{} is pending with no live waker and was not woken: it will never be polled again (idle {})",
             task_label(t),
-            fmt_ns(idle)
+            fmt_ns_brief(idle)
         ),
         trace: leaf.map_or_else(Vec::new, |i| p.await_path(&t.await_tree, i)),
         duration_ns: Some(idle),

@@ -34,7 +34,7 @@ pub mod starvation;
 pub mod stuck;
 
 pub use engine::{Cx, Engine, Episodes};
-pub use findings::{fmt_ns, Finding, FindingTask, Findings, Observation, MAX_TASKS_PER_FINDING};
+pub use findings::{Finding, FindingTask, Findings, Observation, MAX_TASKS_PER_FINDING};
 
 /// What a finding is about. Serialised as the snake_case strings of
 /// [`FindingKind::as_str`].
