@@ -25,6 +25,8 @@
 //! Without default features the crate is the model, the detectors, the
 //! reports and the recording reader only: what `awaitscope::testing` needs.
 
+#![warn(missing_docs)]
+
 pub mod collect;
 pub mod config;
 pub mod detect;
