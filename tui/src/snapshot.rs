@@ -25,7 +25,7 @@ pub struct TaskKey {
 /// One connected or recorded process.
 #[derive(Clone, Debug, Default)]
 pub struct ProcSummary {
-    /// pid.
+    /// Operating-system process id.
     pub pid: u32,
     /// Program name.
     pub name: String,
@@ -48,7 +48,7 @@ pub struct ProcSummary {
 /// A row of the task table.
 #[derive(Clone, Debug)]
 pub struct TaskRow {
-    /// Key.
+    /// Which task of which process: what the selection follows.
     pub key: TaskKey,
     /// tokio task id.
     pub tokio_id: Option<u64>,
@@ -56,7 +56,7 @@ pub struct TaskRow {
     pub name: String,
     /// `kind` field.
     pub kind: String,
-    /// State.
+    /// Where the task is in its life: live states, then how it ended.
     pub state: TaskState,
     /// Busy time.
     pub busy: u64,
@@ -64,7 +64,7 @@ pub struct TaskRow {
     pub sched: u64,
     /// Idle time.
     pub idle: u64,
-    /// Polls.
+    /// Polls so far, counting a poll not yet committed.
     pub polls: u64,
     /// Spawn location.
     pub location: String,
@@ -81,13 +81,13 @@ pub struct TaskRow {
 /// A finding, flattened for display.
 #[derive(Clone, Debug)]
 pub struct FindingRow {
-    /// Kind.
+    /// What the detector found.
     pub kind: FindingKind,
-    /// Severity.
+    /// How serious the finding's kind is (its glyph and colour).
     pub severity: Severity,
     /// Process index.
     pub proc: u16,
-    /// Message.
+    /// Description of the worst occurrence.
     pub message: String,
     /// Culprit location.
     pub location: String,
@@ -95,7 +95,7 @@ pub struct FindingRow {
     pub tasks: Vec<(TaskKey, String)>,
     /// Trace (await path, span chain, or a deadlock's cycle steps).
     pub trace: Vec<String>,
-    /// Occurrences.
+    /// Occurrences merged into the finding.
     pub count: u64,
     /// Worst duration.
     pub worst_ns: Option<u64>,
@@ -124,7 +124,7 @@ pub struct ResourceRow {
     pub waiters: Vec<(TaskKey, String)>,
     /// State fields (`locked=true permits=0`).
     pub state: String,
-    /// Age.
+    /// Time since the resource was created, ns, up to the process clock.
     pub age: u64,
 }
 
@@ -133,7 +133,8 @@ pub struct ResourceRow {
 pub struct AwaitLine {
     /// Depth (0: awaited by the task itself).
     pub depth: usize,
-    /// Label.
+    /// The label of a resource or async op (`Mutex::lock`), else the span's
+    /// name.
     pub label: String,
     /// Source location.
     pub location: String,
@@ -148,15 +149,15 @@ pub struct AwaitLine {
 /// Percentiles of a histogram (µs).
 #[derive(Clone, Debug, Default)]
 pub struct HistSummary {
-    /// Samples.
+    /// Samples recorded; the percentiles are meaningless when 0.
     pub count: u64,
-    /// Median.
+    /// Median, µs.
     pub p50: u64,
     /// 90th percentile.
     pub p90: u64,
     /// 99th percentile.
     pub p99: u64,
-    /// Maximum.
+    /// Largest sample, µs.
     pub max: u64,
     /// Counts per power-of-two bucket of µs (1, 2, 4...).
     pub buckets: Vec<u64>,
@@ -167,7 +168,7 @@ pub struct HistSummary {
 pub struct TaskDetail {
     /// Label (`task name#id @ loc`).
     pub title: String,
-    /// State.
+    /// The task's state; `None` only in an empty (default) detail.
     pub state: Option<TaskState>,
     /// Fields of the task span (`name = value`).
     pub fields: Vec<(String, String)>,
@@ -181,11 +182,11 @@ pub struct TaskDetail {
     pub scheduled: HistSummary,
     /// Busy, scheduled, idle, lifetime.
     pub times: [u64; 4],
-    /// Polls.
+    /// Polls so far, counting a poll not yet committed.
     pub polls: u64,
-    /// Wakes.
+    /// Wakes of the task (`wake` and `wake_by_ref`), by anyone.
     pub wakes: u64,
-    /// Self-wakes.
+    /// Wakes of the task by itself, during its own poll.
     pub self_wakes: u64,
     /// Live wakers.
     pub wakers_alive: u64,
@@ -207,7 +208,8 @@ pub struct TaskDetail {
 /// What the views draw.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Processes.
+    /// Every process of the model, in its order (pid, start time);
+    /// [`TaskKey::proc`] indexes this.
     pub processes: Vec<ProcSummary>,
     /// Tasks (live, then retained completed).
     pub tasks: Vec<TaskRow>,

@@ -46,9 +46,10 @@ impl FindingTask {
 /// A deduplicated finding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// Kind.
+    /// What was found; with the process and the detector's key, what the
+    /// finding is deduplicated by.
     pub kind: FindingKind,
-    /// Severity.
+    /// How serious the kind is: always [`FindingKind::severity`] of `kind`.
     pub severity: Severity,
     /// Process (pid).
     pub pid: u32,
@@ -62,7 +63,8 @@ pub struct Finding {
     pub message: String,
     /// Await tree path or span chain of the worst occurrence, outermost first.
     pub trace: Vec<String>,
-    /// Occurrences.
+    /// Occurrences merged into this finding: new occurrences count, updates
+    /// of one still in progress (a poll that goes on blocking) do not.
     pub count: u64,
     /// Worst duration among occurrences, when the kind has one.
     pub worst_ns: Option<u64>,
@@ -75,9 +77,9 @@ pub struct Finding {
 /// One observation by a detector, merged into findings.
 #[derive(Clone, Debug)]
 pub struct Observation {
-    /// Kind.
+    /// What the detector found.
     pub kind: FindingKind,
-    /// Process.
+    /// The process it was found in.
     pub process: ProcessKey,
     /// Deduplication key within kind and process.
     pub key: String,
@@ -85,13 +87,14 @@ pub struct Observation {
     pub tasks: Vec<FindingTask>,
     /// Culprit location.
     pub location: Option<Location>,
-    /// Description.
+    /// Human-readable description of this occurrence; becomes the finding's
+    /// message if the occurrence is the worst so far.
     pub message: String,
-    /// Trace.
+    /// Await tree path or span chain of this occurrence, outermost first.
     pub trace: Vec<String>,
     /// Duration of this occurrence.
     pub duration_ns: Option<u64>,
-    /// When.
+    /// When it was observed, ns since the process's start.
     pub ts: u64,
     /// A new occurrence (count it) or the continuation of one (update only).
     pub new_occurrence: bool,

@@ -26,7 +26,8 @@ pub const TRACES_PER_KIND: usize = 3;
 /// Await points listed.
 pub const TOP_AWAITS: usize = 20;
 
-/// Options.
+/// What the Markdown summary may hold: its size cap and the links to the
+/// other files of the same run.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Size cap in bytes.

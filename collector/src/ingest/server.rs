@@ -98,17 +98,17 @@ pub enum ServeError {
     /// The record directory is unusable.
     #[error("record directory {path}: {source}")]
     RecordDir {
-        /// Directory.
+        /// The directory given as `--record-dir`.
         path: PathBuf,
-        /// Why.
+        /// Why it could not be created.
         source: std::io::Error,
     },
     /// Binding failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// Address.
+        /// The address given as `--listen`.
         addr: SocketAddr,
-        /// Why.
+        /// Why binding it failed (in use, not local, no permission...).
         source: std::io::Error,
     },
 }
@@ -275,7 +275,8 @@ impl ServerHandle {
         self.with_model(Report::from_model)
     }
 
-    /// Counters.
+    /// The server's counters (connections, frames, drops), updated live
+    /// without the model lock.
     pub fn stats(&self) -> &ServerStats {
         &self.state.stats
     }

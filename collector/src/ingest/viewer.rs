@@ -194,7 +194,7 @@ pub enum MessageError {
     Kind {
         /// The kind byte.
         kind: u8,
-        /// Offset.
+        /// Byte offset of the message in the server's stream.
         offset: u64,
     },
     /// A frame did not decode.
@@ -203,17 +203,17 @@ pub enum MessageError {
     /// A control message was too long or not valid.
     #[error("bad control message at offset {offset}: {reason}")]
     Control {
-        /// Offset.
+        /// Byte offset of the message in the server's stream.
         offset: u64,
-        /// Why.
+        /// What was wrong with it.
         reason: String,
     },
     /// A snapshot message was too long or not valid.
     #[error("bad snapshot message at offset {offset}: {reason}")]
     Snapshot {
-        /// Offset.
+        /// Byte offset of the message in the server's stream.
         offset: u64,
-        /// Why.
+        /// What was wrong with it.
         reason: String,
     },
 }

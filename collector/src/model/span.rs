@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub struct Location {
     /// Source file.
     pub file: String,
-    /// Line.
+    /// Line in [`Location::file`], counted from 1.
     pub line: u32,
     /// Column, when known.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -55,13 +55,13 @@ impl TaskState {
 /// A WARN or ERROR event of the program, attributed to a task.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogRecord {
-    /// Level.
+    /// WARN or ERROR: the only levels of program events the producer sends.
     pub level: Level,
     /// The `message` field (or the event name).
     pub message: String,
     /// Where it was emitted.
     pub location: Option<Location>,
-    /// When.
+    /// When the event was emitted, ns since the process's start.
     pub ts: u64,
 }
 
@@ -142,9 +142,9 @@ impl Samples {
 /// was a poll or the drop of the future.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingPoll {
-    /// Start.
+    /// When the poll started, ns since the process's start.
     pub start: u64,
-    /// End.
+    /// When the task span was exited, ending the poll (or the drop).
     pub end: u64,
 }
 
@@ -173,7 +173,8 @@ pub struct Task {
     pub created: u64,
     /// Close time.
     pub closed: Option<u64>,
-    /// State.
+    /// Where the task is in its life: running, scheduled or idle while it
+    /// lives, then how it ended ([`TaskState::is_closed`]).
     pub state: TaskState,
     /// Committed polls.
     pub polls: u64,
@@ -425,7 +426,8 @@ pub struct TaskSummary {
     pub cancelled: u64,
     /// Tasks that panicked.
     pub panicked: u64,
-    /// Polls.
+    /// Committed polls of the group's tasks together (the drop of a
+    /// future at its end is not a poll).
     pub polls: u64,
     /// Busy time.
     pub busy_ns: u64,

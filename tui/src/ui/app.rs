@@ -14,11 +14,11 @@ use crate::snapshot::{FindingRow, Snapshot, TaskKey, TaskRow};
 pub enum View {
     /// Task table or tree.
     Tasks,
-    /// Findings.
+    /// Findings of the detectors, grouped by kind.
     Findings,
     /// Errors and panics with causal traces.
     Errors,
-    /// Resources.
+    /// tokio resources (not internal ones) with their holders and waiters.
     Resources,
     /// One task in detail (from Tasks, Findings or Errors).
     Detail,
@@ -28,7 +28,7 @@ impl View {
     /// Views reachable with Tab, in order.
     pub const TABS: [View; 4] = [View::Tasks, View::Findings, View::Errors, View::Resources];
 
-    /// Title.
+    /// The name of the view in the tab bar.
     pub fn title(self) -> &'static str {
         match self {
             View::Tasks => "Tasks",
@@ -43,11 +43,11 @@ impl View {
 /// Sortable columns of the task table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
-    /// State.
+    /// Running, scheduled, idle, then ended tasks.
     State,
-    /// Name.
+    /// The task's name (unnamed tasks sort first).
     Name,
-    /// Id.
+    /// Process, then task id: the order of spawning.
     Id,
     /// Busy time.
     Busy,
@@ -55,11 +55,11 @@ pub enum Column {
     Sched,
     /// Idle time.
     Idle,
-    /// Polls.
+    /// Polls so far, counting a poll not yet committed.
     Polls,
-    /// Location.
+    /// Spawn location, as `file:line:col` text.
     Location,
-    /// Warnings.
+    /// Findings naming the task plus its WARN and ERROR events.
     Warnings,
 }
 
@@ -77,7 +77,7 @@ impl Column {
         Column::Location,
     ];
 
-    /// Header.
+    /// The column's header in the task table.
     pub fn title(self) -> &'static str {
         match self {
             Column::State => "State",
@@ -214,7 +214,7 @@ pub enum Action {
     FilterClear,
     /// Help on/off.
     Help,
-    /// Quit.
+    /// Leave the UI (also Ctrl-C, even while editing the filter).
     Quit,
     /// Click at screen row `y`.
     Click(u16),
@@ -257,7 +257,9 @@ pub struct App {
     pub finding_rows: Vec<FindingLine>,
     /// Detail scroll.
     pub detail_scroll: u16,
-    /// Paused.
+    /// Live views only: keep showing the current snapshot while new ones
+    /// arrive (a task's detail asked for meanwhile is still taken). Replays
+    /// pause the replay itself instead.
     pub paused: bool,
     /// Help shown.
     pub help: bool,
