@@ -10,7 +10,7 @@ use awaitscope_collector::model::span::value_string;
 use awaitscope_collector::model::task::{level_str, Task};
 use awaitscope_collector::model::{Process, TaskState};
 use awaitscope_collector::{FindingKind, Model, Severity};
-use awaitscope_wire::SpanId;
+use awaitscope_wire::{names, SpanId};
 use hdrhistogram::Histogram;
 
 /// A task across processes: (process index in the snapshot, task id).
@@ -384,7 +384,7 @@ impl Snapshot {
                     state: r
                         .state
                         .iter()
-                        .filter(|(n, _)| !n.ends_with(".op"))
+                        .filter(|(n, _)| !n.ends_with(names::OP_SUFFIX))
                         .map(|(n, v)| format!("{n}={}", value_string(v)))
                         .collect::<Vec<_>>()
                         .join(" "),

@@ -80,6 +80,8 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
 
 #[cfg(test)]
 mod tests {
+    use awaitscope_wire::names;
+
     use crate::config::MS;
     use crate::testing::{Scenario, TaskOpts};
     use crate::FindingKind;
@@ -153,7 +155,7 @@ mod tests {
 
     #[test]
     fn block_on_is_exempt() {
-        assert_eq!(lost(TaskOpts::kind("block_on"), false, false), 0);
+        assert_eq!(lost(TaskOpts::kind(names::KIND_BLOCK_ON), false, false), 0);
     }
 
     #[test]
