@@ -104,6 +104,28 @@ pub const LOC_COL: &str = "loc.col";
 /// A resource's type (`Mutex`, `Semaphore`, `Sleep`...): its label.
 pub const CONCRETE_TYPE: &str = "concrete_type";
 
+/// The [`CONCRETE_TYPE`] of a `tokio::sync::Mutex`: a lock, whose holder
+/// can take part in a deadlock.
+pub const TYPE_MUTEX: &str = "Mutex";
+
+/// The [`CONCRETE_TYPE`] of a `tokio::sync::RwLock` (a lock).
+pub const TYPE_RWLOCK: &str = "RwLock";
+
+/// The [`CONCRETE_TYPE`] of a `tokio::sync::Semaphore`, and of the
+/// semaphore inside a Mutex or RwLock (a lock: its permit holders hold it).
+pub const TYPE_SEMAPHORE: &str = "Semaphore";
+
+/// The [`CONCRETE_TYPE`] of `tokio::time::sleep`'s future (a timer: it wakes
+/// its task by itself).
+pub const TYPE_SLEEP: &str = "Sleep";
+
+/// The [`CONCRETE_TYPE`] of a `tokio::time::Interval` (a timer).
+pub const TYPE_INTERVAL: &str = "Interval";
+
+/// The [`KIND`] of tokio's timer resources ([`TYPE_SLEEP`],
+/// [`TYPE_INTERVAL`]).
+pub const KIND_TIMER: &str = "timer";
+
 /// An async op's operation (`Mutex::lock`, `Semaphore::acquire`...): its
 /// label.
 pub const SOURCE: &str = "source";

@@ -1,7 +1,7 @@
 //! Resources (tokio's Mutex, Semaphore, RwLock, Sleep...) with their holders
 //! and waiters.
 
-use awaitscope_wire::{SpanId, Value};
+use awaitscope_wire::{names, SpanId, Value};
 
 use super::span::Location;
 
@@ -34,13 +34,16 @@ impl Resource {
     pub fn is_lock(&self) -> bool {
         matches!(
             self.concrete_type.as_str(),
-            "Mutex" | "RwLock" | "Semaphore"
+            names::TYPE_MUTEX | names::TYPE_RWLOCK | names::TYPE_SEMAPHORE
         )
     }
 
     /// Whether this resource is a timer.
     pub fn is_timer(&self) -> bool {
-        matches!(self.concrete_type.as_str(), "Sleep" | "Interval") || self.kind == "timer"
+        matches!(
+            self.concrete_type.as_str(),
+            names::TYPE_SLEEP | names::TYPE_INTERVAL
+        ) || self.kind == names::KIND_TIMER
     }
 
     /// Adds a hold by `task`.
