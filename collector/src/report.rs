@@ -196,7 +196,7 @@ pub struct LogReport {
 /// One task.
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskReport {
-    /// Process pid.
+    /// The pid of the task's process (tasks of all processes share the list).
     pub pid: u32,
     /// Task (span) id, unique within the process.
     pub id: u64,
@@ -226,17 +226,20 @@ pub struct TaskReport {
     pub idle_ns: u64,
     /// Spawn time (ns since the process's start).
     pub created_ns: u64,
-    /// End time.
+    /// When the task ended, ns since the process's start; `None` while it
+    /// lives.
     pub closed_ns: Option<u64>,
     /// Wakes of the task (`wake` and `wake_by_ref`), by anyone.
     pub wakes: u64,
     /// Wakes of the task by itself, during its own poll.
     pub self_wakes: u64,
-    /// Live wakers.
+    /// Waker clones not yet dropped or consumed by a wake: 0 for a pending
+    /// task means nothing can wake it.
     pub wakers_alive: u64,
-    /// Poll durations.
+    /// Percentiles of the durations of its polls; `None` before its first
+    /// committed poll.
     pub poll_time: Option<HistReport>,
-    /// Wake-to-poll delays.
+    /// Percentiles of its wake-to-poll delays; `None` before the first.
     pub scheduled_time: Option<HistReport>,
     /// Resources it waits on.
     pub waiting_on: Vec<u64>,
@@ -250,7 +253,8 @@ pub struct TaskReport {
     pub error_count: u64,
     /// Recent WARN/ERROR events.
     pub logs: Vec<LogReport>,
-    /// Panic message.
+    /// The message of the panic caught while it was being polled; `None` if
+    /// none was.
     pub panic: Option<String>,
 }
 

@@ -44,7 +44,8 @@ pub struct PolicyNote {
     pub from_ns: Option<u64>,
     /// Window end, if any.
     pub to_ns: Option<u64>,
-    /// Event budget.
+    /// Most trace events the sink writes before it stops adding slices and
+    /// instants.
     pub max_events: u64,
     /// Trace events written.
     pub written: u64,
@@ -126,7 +127,8 @@ pub struct Rendered {
 pub struct TimelineOptions {
     /// Window start (ns since each process's start).
     pub from_ns: Option<u64>,
-    /// Window end.
+    /// Window end (ns since each process's start); `None`: the end of the
+    /// recording.
     pub to_ns: Option<u64>,
     /// Event budget (default per format).
     pub max_events: Option<u64>,

@@ -126,7 +126,7 @@ pub enum Control {
     Disconnected {
         /// The process.
         process: ProcessKey,
-        /// Ended cleanly.
+        /// True when the producer said `Goodbye` (or the note was already sent).
         clean: bool,
     },
     /// Events of `process` this viewer will not see: dropped by the
@@ -134,7 +134,7 @@ pub enum Control {
     Dropped {
         /// The process.
         process: ProcessKey,
-        /// How many.
+        /// Events lost since the last `Dropped` for the process (not cumulative).
         events: u64,
     },
     /// A note about a process's stream (truncated, lost...).

@@ -21,7 +21,7 @@ pub struct Resource {
     /// tokio's `is_internal`: a resource inside another (the semaphore of
     /// a Mutex).
     pub internal: bool,
-    /// Creation time.
+    /// When the resource's span was created, ns since the process's start.
     pub created: u64,
     /// Tasks holding it (lock owner, readers, permit holders), with a count.
     pub holders: Vec<(SpanId, u32)>,

@@ -31,11 +31,11 @@ pub struct Span {
     pub callsite: u32,
     /// What the span stands for.
     pub class: SpanClass,
-    /// Parent span.
+    /// The span's explicit or contextual parent; `None` for a root span.
     pub parent: Option<SpanId>,
     /// Task being polled when the span was created.
     pub ctx_task: Option<SpanId>,
-    /// Creation time.
+    /// When the span was created, ns since the process's start.
     pub created: u64,
     /// First time the span was entered.
     pub first_entered: Option<u64>,
