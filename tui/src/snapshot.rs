@@ -27,11 +27,11 @@ pub struct TaskKey {
 pub struct ProcSummary {
     /// Operating-system process id.
     pub pid: u32,
-    /// Program name.
+    /// Executable name from the producer's `Hello`; `?` before it.
     pub name: String,
     /// Connected (live) or still streaming.
     pub connected: bool,
-    /// Said goodbye.
+    /// The producer said `Goodbye`: its stream ended cleanly.
     pub ended: bool,
     /// Live tasks.
     pub tasks: usize,
@@ -58,21 +58,23 @@ pub struct TaskRow {
     pub kind: String,
     /// Where the task is in its life: live states, then how it ended.
     pub state: TaskState,
-    /// Busy time.
+    /// Time being polled, ns, up to the process clock (a running poll
+    /// included).
     pub busy: u64,
-    /// Scheduled time.
+    /// Time woken and waiting for a poll, ns, up to the process clock.
     pub sched: u64,
-    /// Idle time.
+    /// Time waiting to be woken, ns, up to the process clock.
     pub idle: u64,
     /// Polls so far, counting a poll not yet committed.
     pub polls: u64,
-    /// Spawn location.
+    /// Spawn location as `file:line:col`; empty when unknown.
     pub location: String,
     /// Findings naming this task, plus its WARN/ERROR events.
     pub warnings: u32,
     /// The worst finding kind naming it, if any.
     pub worst: Option<FindingKind>,
-    /// Spawning task.
+    /// The spawning task's id in the same process; `None` for a task spawned
+    /// outside any task.
     pub parent: Option<u64>,
     /// What it waits on now (await-tree leaf label), for idle tasks.
     pub waiting: String,
@@ -85,11 +87,11 @@ pub struct FindingRow {
     pub kind: FindingKind,
     /// How serious the finding's kind is (its glyph and colour).
     pub severity: Severity,
-    /// Process index.
+    /// Index of the finding's process in [`Snapshot::processes`].
     pub proc: u16,
     /// Description of the worst occurrence.
     pub message: String,
-    /// Culprit location.
+    /// Culprit location as `file:line:col`; empty when the finding has none.
     pub location: String,
     /// Tasks involved, with labels.
     pub tasks: Vec<(TaskKey, String)>,
@@ -97,7 +99,8 @@ pub struct FindingRow {
     pub trace: Vec<String>,
     /// Occurrences merged into the finding.
     pub count: u64,
-    /// Worst duration.
+    /// Worst duration among occurrences, ns; `None` for kinds without a
+    /// duration.
     pub worst_ns: Option<u64>,
     /// First occurrence (process clock).
     pub first_seen: u64,
@@ -108,15 +111,15 @@ pub struct FindingRow {
 /// A resource with holders and waiters.
 #[derive(Clone, Debug)]
 pub struct ResourceRow {
-    /// Process index.
+    /// Index of the resource's process in [`Snapshot::processes`].
     pub proc: u16,
-    /// Span id.
+    /// The resource's span id within its process.
     pub id: u64,
     /// `Mutex`, `Semaphore`, `Sleep`...
     pub concrete_type: String,
     /// `kind` (`Sync`, `timer`).
     pub kind: String,
-    /// Created at.
+    /// Creation site as `file:line:col`; empty when unknown.
     pub location: String,
     /// Holders, as task labels with counts.
     pub holders: Vec<(TaskKey, String)>,
@@ -176,7 +179,7 @@ pub struct TaskDetail {
     pub spawn_chain: Vec<String>,
     /// Await tree of the current or last poll.
     pub await_tree: Vec<AwaitLine>,
-    /// Poll durations.
+    /// Percentiles and buckets of its poll durations.
     pub poll: HistSummary,
     /// Scheduled (wake to poll) durations.
     pub scheduled: HistSummary,
@@ -188,7 +191,8 @@ pub struct TaskDetail {
     pub wakes: u64,
     /// Wakes of the task by itself, during its own poll.
     pub self_wakes: u64,
-    /// Live wakers.
+    /// Waker clones not yet dropped or consumed by a wake: 0 for a pending
+    /// task means nothing can wake it.
     pub wakers_alive: u64,
     /// Who woke it, most frequent first: (task label, or "outside any
     /// task"; count).
@@ -201,7 +205,8 @@ pub struct TaskDetail {
     pub findings: Vec<(FindingKind, String)>,
     /// Causal trace: spawning tasks and span chain, root first.
     pub causal: Vec<String>,
-    /// Panic message.
+    /// The message of the panic caught while it was being polled; `None` if
+    /// none was.
     pub panic: Option<String>,
 }
 
@@ -223,7 +228,8 @@ pub struct Snapshot {
     pub events: u64,
     /// Total events dropped.
     pub dropped: u64,
-    /// Model warnings.
+    /// The model's warnings about its inputs (truncated recordings, refused
+    /// frames...).
     pub warnings: Vec<String>,
 }
 

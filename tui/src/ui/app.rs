@@ -49,11 +49,11 @@ pub enum Column {
     Name,
     /// Process, then task id: the order of spawning.
     Id,
-    /// Busy time.
+    /// Time being polled, the running poll included.
     Busy,
-    /// Scheduled time.
+    /// Time woken and waiting for a poll.
     Sched,
-    /// Idle time.
+    /// Time neither polled nor scheduled: waiting to be woken.
     Idle,
     /// Polls so far, counting a poll not yet committed.
     Polls,
@@ -133,7 +133,9 @@ pub enum RowKind {
 pub struct VisRow {
     /// What it is.
     pub kind: RowKind,
-    /// Tree depth.
+    /// Indentation level in tree mode: 0 for a root task, or for a process
+    /// row when several processes are shown (their root tasks are then at 1);
+    /// 0 for every row of the table.
     pub depth: u16,
     /// Descendants (tree mode).
     pub descendants: u32,
@@ -227,7 +229,7 @@ pub enum Action {
 /// The whole UI state.
 #[derive(Debug)]
 pub struct App {
-    /// Latest snapshot.
+    /// The snapshot the views draw (not replaced while paused).
     pub snap: Snapshot,
     /// Current view.
     pub view: View,
@@ -255,7 +257,7 @@ pub struct App {
     pub list_cursor: [usize; 3],
     /// Visible findings (indices), grouped by kind.
     pub finding_rows: Vec<FindingLine>,
-    /// Detail scroll.
+    /// Lines the Detail view is scrolled down by (0: its top).
     pub detail_scroll: u16,
     /// Live views only: keep showing the current snapshot while new ones
     /// arrive (a task's detail asked for meanwhile is still taken). Replays
