@@ -7,11 +7,12 @@ use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::model::span::Location;
 use crate::model::{Change, ChangeKind, Process};
 
-/// The `error` detector: judges each ERROR event.
+/// The `error` detector: judges each ERROR event. (Not an error type: a
+/// detector, named for the events it watches.)
 #[derive(Debug, Default)]
-pub struct Error;
+pub struct ErrorEvents;
 
-impl Detector for Error {
+impl Detector for ErrorEvents {
     fn kind(&self) -> FindingKind {
         FindingKind::Error
     }

@@ -212,8 +212,8 @@ pub fn standard() -> Vec<Box<dyn Detector>> {
         Box::new(stuck::Stuck),
         Box::new(self_wake::SelfWake),
         Box::new(deadlock::Deadlock::default()),
-        Box::new(error::Error),
-        Box::new(panic::Panic),
+        Box::new(error::ErrorEvents),
+        Box::new(panic::Panics),
         Box::new(dropped_events::DroppedEvents::default()),
     ]
 }

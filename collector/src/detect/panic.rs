@@ -6,12 +6,13 @@ use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::model::span::Location;
 use crate::model::{Change, ChangeKind, Process};
 
-/// The `panic` detector: judges panics caught by the producer's hook, and
-/// tasks that close panicked without one.
+/// The `panic` detector: judges panics caught by the producer's hook (the
+/// [`awaitscope_wire::Panic`] events), and tasks that close panicked
+/// without one.
 #[derive(Debug, Default)]
-pub struct Panic;
+pub struct Panics;
 
-impl Detector for Panic {
+impl Detector for Panics {
     fn kind(&self) -> FindingKind {
         FindingKind::Panic
     }
