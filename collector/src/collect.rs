@@ -18,7 +18,7 @@ use crate::model::{Process, ProcessSnapshot};
 /// Sizes of the model, to check that memory stays bounded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ModelStats {
-    /// Processes.
+    /// Processes known (connected or not).
     pub processes: usize,
     /// Live tasks.
     pub live_tasks: usize,
@@ -42,7 +42,7 @@ pub struct ModelStats {
 /// them and their findings.
 #[derive(Debug)]
 pub struct Model {
-    /// Configuration.
+    /// The retention limits, thresholds and caps the model was made with.
     pub config: Config,
     processes: BTreeMap<ProcessKey, Process>,
     engine: Engine,
@@ -267,7 +267,8 @@ impl Model {
         self.engine.resume(key, recollections);
     }
 
-    /// Sizes.
+    /// Counts of what the model holds (processes, tasks, spans, findings...),
+    /// to check that memory stays bounded.
     pub fn stats(&self) -> ModelStats {
         let mut s = ModelStats {
             processes: self.processes.len(),

@@ -17,11 +17,15 @@
 //! * [`export`]: the CI formats (Perfetto and Chrome traces, JUnit,
 //!   Markdown, flame graphs, GitHub annotations), streaming where they need
 //!   every poll (feature `export`, on by default).
+//! * [`units`]: durations printed (finding messages, CI reports) and
+//!   parsed (command-line options).
 //! * `testing`: a builder of realistic synthetic wire streams for tests
 //!   (feature `test-support`).
 //!
 //! Without default features the crate is the model, the detectors, the
 //! reports and the recording reader only: what `awaitscope::testing` needs.
+
+#![warn(missing_docs)]
 
 pub mod collect;
 pub mod config;
@@ -33,6 +37,7 @@ pub mod model;
 pub mod report;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod units;
 
 pub use collect::{Model, ModelStats};
 pub use config::{Config, Retention, Thresholds};

@@ -27,7 +27,7 @@ pub struct Report {
     pub inputs: Vec<InputReport>,
     /// Problems with the input (truncation, malformed frames...).
     pub warnings: Vec<String>,
-    /// Processes.
+    /// Every process seen, connected or not, ordered by pid and start time.
     pub processes: Vec<ProcessReport>,
     /// Live tasks and retained completed tasks of every process.
     pub tasks: Vec<TaskReport>,
@@ -72,7 +72,7 @@ pub struct DroppedReport {
 /// One process.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProcessReport {
-    /// pid.
+    /// Operating-system process id; with `start_unix_ns`, the process key.
     pub pid: u32,
     /// Start, ns since the Unix epoch.
     pub start_unix_ns: u64,
@@ -140,15 +140,15 @@ pub struct ResourceReport {
 /// Percentiles of a histogram, in microseconds.
 #[derive(Clone, Debug, Serialize)]
 pub struct HistReport {
-    /// Samples.
+    /// Samples recorded (polls, or wake-to-poll delays).
     pub count: u64,
-    /// Median.
+    /// Median, µs.
     pub p50_us: u64,
     /// 90th percentile.
     pub p90_us: u64,
     /// 99th percentile.
     pub p99_us: u64,
-    /// Maximum.
+    /// Largest sample, µs.
     pub max_us: u64,
 }
 
@@ -184,9 +184,10 @@ pub struct AwaitNodeReport {
 pub struct LogReport {
     /// `warn` or `error`.
     pub level: &'static str,
-    /// Message.
+    /// The event's `message` field (or, without one, its name).
     pub message: String,
-    /// Where.
+    /// Where the event was emitted; `None` when its callsite has no file
+    /// and line.
     pub location: Option<Location>,
     /// When (ns since the process's start).
     pub ts: u64,
@@ -195,13 +196,13 @@ pub struct LogReport {
 /// One task.
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskReport {
-    /// Process pid.
+    /// The pid of the task's process (tasks of all processes share the list).
     pub pid: u32,
     /// Task (span) id, unique within the process.
     pub id: u64,
     /// tokio task id.
     pub tokio_id: Option<u64>,
-    /// Name.
+    /// The name it was spawned with (`task.name`); `None` when unnamed.
     pub name: Option<String>,
     /// `kind` field (`task`, `blocking`, `block_on`, `local`).
     pub kind: Option<String>,
@@ -212,9 +213,10 @@ pub struct TaskReport {
     pub awaited_by: Vec<u64>,
     /// Spawn location.
     pub spawned_at: Option<Location>,
-    /// State.
+    /// `running`, `scheduled`, `idle` (live) or `completed`, `cancelled`,
+    /// `panicked` (ended): [`TaskState::as_str`](crate::model::task::TaskState::as_str).
     pub state: &'static str,
-    /// Polls.
+    /// Committed polls (the drop of the future at the end is not a poll).
     pub polls: u64,
     /// Time being polled.
     pub busy_ns: u64,
@@ -224,17 +226,20 @@ pub struct TaskReport {
     pub idle_ns: u64,
     /// Spawn time (ns since the process's start).
     pub created_ns: u64,
-    /// End time.
+    /// When the task ended, ns since the process's start; `None` while it
+    /// lives.
     pub closed_ns: Option<u64>,
-    /// Wakes.
+    /// Wakes of the task (`wake` and `wake_by_ref`), by anyone.
     pub wakes: u64,
-    /// Self-wakes.
+    /// Wakes of the task by itself, during its own poll.
     pub self_wakes: u64,
-    /// Live wakers.
+    /// Waker clones not yet dropped or consumed by a wake: 0 for a pending
+    /// task means nothing can wake it.
     pub wakers_alive: u64,
-    /// Poll durations.
+    /// Percentiles of the durations of its polls; `None` before its first
+    /// committed poll.
     pub poll_time: Option<HistReport>,
-    /// Wake-to-poll delays.
+    /// Percentiles of its wake-to-poll delays; `None` before the first.
     pub scheduled_time: Option<HistReport>,
     /// Resources it waits on.
     pub waiting_on: Vec<u64>,
@@ -248,7 +253,8 @@ pub struct TaskReport {
     pub error_count: u64,
     /// Recent WARN/ERROR events.
     pub logs: Vec<LogReport>,
-    /// Panic message.
+    /// The message of the panic caught while it was being polled; `None` if
+    /// none was.
     pub panic: Option<String>,
 }
 

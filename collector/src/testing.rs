@@ -8,8 +8,8 @@
 use std::collections::{HashMap, HashSet};
 
 use awaitscope_wire::{
-    Body, Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Frame, Level,
-    ProcessInfo, ProcessKey, SpanClass, SpanId, TreeNode, Value, WakeOp,
+    names, Body, Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Frame,
+    Level, ProcessInfo, ProcessKey, SpanClass, SpanId, TreeNode, Value, WakeOp,
 };
 
 use crate::Model;
@@ -36,7 +36,7 @@ impl TaskOpts {
 
     /// A `spawn_blocking` task.
     pub fn blocking() -> Self {
-        Self::kind("blocking")
+        Self::kind(names::KIND_BLOCKING)
     }
 
     /// A task of the given `kind`.
@@ -222,45 +222,45 @@ impl StreamBuilder {
             u32,
         ) = match id {
             CS_TASK => (
-                "runtime.spawn",
+                names::SPAWN_SPAN,
                 "tokio::task",
                 Level::Trace,
                 CallsiteKind::Span(SpanClass::Task),
                 s(&[
-                    "kind",
-                    "task.name",
-                    "task.id",
-                    "loc.file",
-                    "loc.line",
-                    "loc.col",
+                    names::KIND,
+                    names::TASK_NAME,
+                    names::TASK_ID,
+                    names::LOC_FILE,
+                    names::LOC_LINE,
+                    names::LOC_COL,
                 ]),
                 1,
             ),
             CS_RESOURCE => (
-                "runtime.resource",
+                names::RESOURCE_SPAN,
                 "tokio::sync::mutex",
                 Level::Trace,
                 CallsiteKind::Span(SpanClass::Resource),
                 s(&[
-                    "concrete_type",
-                    "kind",
-                    "loc.file",
-                    "loc.line",
-                    "loc.col",
-                    "is_internal",
+                    names::CONCRETE_TYPE,
+                    names::KIND,
+                    names::LOC_FILE,
+                    names::LOC_LINE,
+                    names::LOC_COL,
+                    names::IS_INTERNAL,
                 ]),
                 2,
             ),
             CS_ASYNC_OP => (
-                "runtime.resource.async_op",
+                names::ASYNC_OP_SPAN,
                 "tokio::sync::mutex",
                 Level::Trace,
                 CallsiteKind::Span(SpanClass::AsyncOp),
-                s(&["source", "inherits_child_attrs"]),
+                s(&[names::SOURCE, names::INHERITS_CHILD_ATTRS]),
                 3,
             ),
             CS_ASYNC_OP_POLL => (
-                "runtime.resource.async_op.poll",
+                names::ASYNC_OP_POLL_SPAN,
                 "tokio::sync::mutex",
                 Level::Trace,
                 CallsiteKind::Span(SpanClass::AsyncOpPoll),
@@ -269,18 +269,18 @@ impl StreamBuilder {
             ),
             CS_POLL_OP => (
                 "runtime.resource.poll_op",
-                "runtime::resource::poll_op",
+                names::TOKIO_POLL_OP_TARGET,
                 Level::Trace,
                 CallsiteKind::Event(EventClass::PollOp),
-                s(&["op_name", "is_ready"]),
+                s(&[names::OP_NAME, names::IS_READY]),
                 5,
             ),
             CS_STATE_MUTEX => (
                 "runtime.resource.state_update",
-                "runtime::resource::state_update",
+                names::TOKIO_STATE_UPDATE_TARGETS[0],
                 Level::Trace,
                 CallsiteKind::Event(EventClass::StateUpdate),
-                s(&["locked"]),
+                s(&[names::LOCKED]),
                 6,
             ),
             CS_ERROR => (
@@ -288,7 +288,7 @@ impl StreamBuilder {
                 "app",
                 Level::Error,
                 CallsiteKind::Event(EventClass::User),
-                s(&["message"]),
+                s(&[names::MESSAGE]),
                 70,
             ),
             CS_WARN => (
@@ -296,7 +296,7 @@ impl StreamBuilder {
                 "app",
                 Level::Warn,
                 CallsiteKind::Event(EventClass::User),
-                s(&["message"]),
+                s(&[names::MESSAGE]),
                 80,
             ),
             _ => unreachable!("user callsites are registered by user_span"),
@@ -332,7 +332,7 @@ impl StreamBuilder {
         let fields = vec![
             f(
                 0,
-                Value::Str(opts.kind.clone().unwrap_or_else(|| "task".into())),
+                Value::Str(opts.kind.clone().unwrap_or_else(|| names::KIND_TASK.into())),
             ),
             f(1, Value::Str(opts.name.clone().unwrap_or_default())),
             f(2, Value::U64(id.0)),
@@ -400,13 +400,13 @@ impl StreamBuilder {
             self.registered.push(CS_JOIN);
             self.push(Event::Callsite(Box::new(Callsite {
                 id: CS_JOIN,
-                name: "runtime.join".into(),
-                target: "awaitscope::join".into(),
+                name: names::JOIN_SPAN.into(),
+                target: names::JOIN_TARGET.into(),
                 level: Level::Trace,
                 file: Some("instrument/src/spawn.rs".into()),
                 line: Some(59),
                 kind: CallsiteKind::Span(SpanClass::User),
-                fields: vec!["task.id".into()],
+                fields: vec![names::TASK_ID.into()],
             })));
         }
         let id = self.new_id();

@@ -15,7 +15,7 @@
 use awaitscope_collector::ingest::recording;
 use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
 use awaitscope_collector::{Config, Model, Report};
-use awaitscope_wire::{CloseKind, DropCounts, Event, Level, SpanId, WakeOp};
+use awaitscope_wire::{names, CloseKind, DropCounts, Event, Level, SpanId, WakeOp};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
@@ -244,7 +244,7 @@ fn workload(seed: u64, threads: u32, rounds: u64, style: Style, overlap: bool) -
             .map(|i| {
                 let mut o = match i {
                     0 => TaskOpts::blocking(),
-                    1 => TaskOpts::kind("block_on"),
+                    1 => TaskOpts::kind(names::KIND_BLOCK_ON),
                     _ => TaskOpts::named(["worker", "conn", "tick", "job"][i % 4]),
                 };
                 o.line = 10 + i as u32;

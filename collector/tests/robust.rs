@@ -5,8 +5,8 @@ use awaitscope_collector::ingest::recording;
 use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
 use awaitscope_collector::{Model, Report};
 use awaitscope_wire::{
-    Body, Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Frame, Level,
-    ProcessInfo, ProcessKey, SpanClass, SpanId, TreeNode, Value, WakeOp,
+    names, Body, Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Frame,
+    Level, ProcessInfo, ProcessKey, SpanClass, SpanId, TreeNode, Value, WakeOp,
 };
 use proptest::prelude::*;
 
@@ -26,10 +26,10 @@ fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             Just("Mutex"),
             Just("Sleep"),
-            Just("sub"),
-            Just("add"),
+            Just(names::OP_SUB),
+            Just(names::OP_ADD),
             Just(""),
-            Just("blocking")
+            Just(names::KIND_BLOCKING)
         ]
         .prop_map(|s| Value::Str(s.into())),
     ]
@@ -63,14 +63,14 @@ fn callsite() -> impl Strategy<Value = Callsite> {
         line: Some(id),
         kind,
         fields: [
-            "kind",
-            "task.name",
-            "concrete_type",
-            "locked",
-            "is_ready",
-            "permits.op",
-            "loc.file",
-            "loc.line",
+            names::KIND,
+            names::TASK_NAME,
+            names::CONCRETE_TYPE,
+            names::LOCKED,
+            names::IS_READY,
+            names::PERMITS_OP,
+            names::LOC_FILE,
+            names::LOC_LINE,
         ]
         .iter()
         .map(|s| s.to_string())

@@ -8,6 +8,8 @@
 //! * [`snapshot`]: what the views draw, copied out of the model.
 //! * [`ui`]: state, input, rendering, theme and the terminal loop.
 
+#![warn(missing_docs)]
+
 pub mod demo;
 pub mod feed;
 pub mod snapshot;

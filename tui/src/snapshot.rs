@@ -10,7 +10,7 @@ use awaitscope_collector::model::span::value_string;
 use awaitscope_collector::model::task::{level_str, Task};
 use awaitscope_collector::model::{Process, TaskState};
 use awaitscope_collector::{FindingKind, Model, Severity};
-use awaitscope_wire::SpanId;
+use awaitscope_wire::{names, SpanId};
 use hdrhistogram::Histogram;
 
 /// A task across processes: (process index in the snapshot, task id).
@@ -25,13 +25,13 @@ pub struct TaskKey {
 /// One connected or recorded process.
 #[derive(Clone, Debug, Default)]
 pub struct ProcSummary {
-    /// pid.
+    /// Operating-system process id.
     pub pid: u32,
-    /// Program name.
+    /// Executable name from the producer's `Hello`; `?` before it.
     pub name: String,
     /// Connected (live) or still streaming.
     pub connected: bool,
-    /// Said goodbye.
+    /// The producer said `Goodbye`: its stream ended cleanly.
     pub ended: bool,
     /// Live tasks.
     pub tasks: usize,
@@ -48,7 +48,7 @@ pub struct ProcSummary {
 /// A row of the task table.
 #[derive(Clone, Debug)]
 pub struct TaskRow {
-    /// Key.
+    /// Which task of which process: what the selection follows.
     pub key: TaskKey,
     /// tokio task id.
     pub tokio_id: Option<u64>,
@@ -56,23 +56,25 @@ pub struct TaskRow {
     pub name: String,
     /// `kind` field.
     pub kind: String,
-    /// State.
+    /// Where the task is in its life: live states, then how it ended.
     pub state: TaskState,
-    /// Busy time.
+    /// Time being polled, ns, up to the process clock (a running poll
+    /// included).
     pub busy: u64,
-    /// Scheduled time.
+    /// Time woken and waiting for a poll, ns, up to the process clock.
     pub sched: u64,
-    /// Idle time.
+    /// Time waiting to be woken, ns, up to the process clock.
     pub idle: u64,
-    /// Polls.
+    /// Polls so far, counting a poll not yet committed.
     pub polls: u64,
-    /// Spawn location.
+    /// Spawn location as `file:line:col`; empty when unknown.
     pub location: String,
     /// Findings naming this task, plus its WARN/ERROR events.
     pub warnings: u32,
     /// The worst finding kind naming it, if any.
     pub worst: Option<FindingKind>,
-    /// Spawning task.
+    /// The spawning task's id in the same process; `None` for a task spawned
+    /// outside any task.
     pub parent: Option<u64>,
     /// What it waits on now (await-tree leaf label), for idle tasks.
     pub waiting: String,
@@ -81,23 +83,24 @@ pub struct TaskRow {
 /// A finding, flattened for display.
 #[derive(Clone, Debug)]
 pub struct FindingRow {
-    /// Kind.
+    /// What the detector found.
     pub kind: FindingKind,
-    /// Severity.
+    /// How serious the finding's kind is (its glyph and colour).
     pub severity: Severity,
-    /// Process index.
+    /// Index of the finding's process in [`Snapshot::processes`].
     pub proc: u16,
-    /// Message.
+    /// Description of the worst occurrence.
     pub message: String,
-    /// Culprit location.
+    /// Culprit location as `file:line:col`; empty when the finding has none.
     pub location: String,
     /// Tasks involved, with labels.
     pub tasks: Vec<(TaskKey, String)>,
     /// Trace (await path, span chain, or a deadlock's cycle steps).
     pub trace: Vec<String>,
-    /// Occurrences.
+    /// Occurrences merged into the finding.
     pub count: u64,
-    /// Worst duration.
+    /// Worst duration among occurrences, ns; `None` for kinds without a
+    /// duration.
     pub worst_ns: Option<u64>,
     /// First occurrence (process clock).
     pub first_seen: u64,
@@ -108,15 +111,15 @@ pub struct FindingRow {
 /// A resource with holders and waiters.
 #[derive(Clone, Debug)]
 pub struct ResourceRow {
-    /// Process index.
+    /// Index of the resource's process in [`Snapshot::processes`].
     pub proc: u16,
-    /// Span id.
+    /// The resource's span id within its process.
     pub id: u64,
     /// `Mutex`, `Semaphore`, `Sleep`...
     pub concrete_type: String,
     /// `kind` (`Sync`, `timer`).
     pub kind: String,
-    /// Created at.
+    /// Creation site as `file:line:col`; empty when unknown.
     pub location: String,
     /// Holders, as task labels with counts.
     pub holders: Vec<(TaskKey, String)>,
@@ -124,7 +127,7 @@ pub struct ResourceRow {
     pub waiters: Vec<(TaskKey, String)>,
     /// State fields (`locked=true permits=0`).
     pub state: String,
-    /// Age.
+    /// Time since the resource was created, ns, up to the process clock.
     pub age: u64,
 }
 
@@ -133,7 +136,8 @@ pub struct ResourceRow {
 pub struct AwaitLine {
     /// Depth (0: awaited by the task itself).
     pub depth: usize,
-    /// Label.
+    /// The label of a resource or async op (`Mutex::lock`), else the span's
+    /// name.
     pub label: String,
     /// Source location.
     pub location: String,
@@ -148,15 +152,15 @@ pub struct AwaitLine {
 /// Percentiles of a histogram (µs).
 #[derive(Clone, Debug, Default)]
 pub struct HistSummary {
-    /// Samples.
+    /// Samples recorded; the percentiles are meaningless when 0.
     pub count: u64,
-    /// Median.
+    /// Median, µs.
     pub p50: u64,
     /// 90th percentile.
     pub p90: u64,
     /// 99th percentile.
     pub p99: u64,
-    /// Maximum.
+    /// Largest sample, µs.
     pub max: u64,
     /// Counts per power-of-two bucket of µs (1, 2, 4...).
     pub buckets: Vec<u64>,
@@ -167,7 +171,7 @@ pub struct HistSummary {
 pub struct TaskDetail {
     /// Label (`task name#id @ loc`).
     pub title: String,
-    /// State.
+    /// The task's state; `None` only in an empty (default) detail.
     pub state: Option<TaskState>,
     /// Fields of the task span (`name = value`).
     pub fields: Vec<(String, String)>,
@@ -175,19 +179,20 @@ pub struct TaskDetail {
     pub spawn_chain: Vec<String>,
     /// Await tree of the current or last poll.
     pub await_tree: Vec<AwaitLine>,
-    /// Poll durations.
+    /// Percentiles and buckets of its poll durations.
     pub poll: HistSummary,
     /// Scheduled (wake to poll) durations.
     pub scheduled: HistSummary,
     /// Busy, scheduled, idle, lifetime.
     pub times: [u64; 4],
-    /// Polls.
+    /// Polls so far, counting a poll not yet committed.
     pub polls: u64,
-    /// Wakes.
+    /// Wakes of the task (`wake` and `wake_by_ref`), by anyone.
     pub wakes: u64,
-    /// Self-wakes.
+    /// Wakes of the task by itself, during its own poll.
     pub self_wakes: u64,
-    /// Live wakers.
+    /// Waker clones not yet dropped or consumed by a wake: 0 for a pending
+    /// task means nothing can wake it.
     pub wakers_alive: u64,
     /// Who woke it, most frequent first: (task label, or "outside any
     /// task"; count).
@@ -200,14 +205,16 @@ pub struct TaskDetail {
     pub findings: Vec<(FindingKind, String)>,
     /// Causal trace: spawning tasks and span chain, root first.
     pub causal: Vec<String>,
-    /// Panic message.
+    /// The message of the panic caught while it was being polled; `None` if
+    /// none was.
     pub panic: Option<String>,
 }
 
 /// What the views draw.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Processes.
+    /// Every process of the model, in its order (pid, start time);
+    /// [`TaskKey::proc`] indexes this.
     pub processes: Vec<ProcSummary>,
     /// Tasks (live, then retained completed).
     pub tasks: Vec<TaskRow>,
@@ -221,7 +228,8 @@ pub struct Snapshot {
     pub events: u64,
     /// Total events dropped.
     pub dropped: u64,
-    /// Model warnings.
+    /// The model's warnings about its inputs (truncated recordings, refused
+    /// frames...).
     pub warnings: Vec<String>,
 }
 
@@ -382,7 +390,7 @@ impl Snapshot {
                     state: r
                         .state
                         .iter()
-                        .filter(|(n, _)| !n.ends_with(".op"))
+                        .filter(|(n, _)| !n.ends_with(names::OP_SUFFIX))
                         .map(|(n, v)| format!("{n}={}", value_string(v)))
                         .collect::<Vec<_>>()
                         .join(" "),

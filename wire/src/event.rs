@@ -94,15 +94,16 @@ impl DropCounts {
 /// Severity of a callsite, as in `tracing`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Level {
-    /// TRACE
+    /// `tracing::Level::TRACE`, the most verbose.
     Trace,
-    /// DEBUG
+    /// `tracing::Level::DEBUG`.
     Debug,
-    /// INFO
+    /// `tracing::Level::INFO`.
     Info,
-    /// WARN
+    /// `tracing::Level::WARN`: the lowest level of program events the producer
+    /// captures.
     Warn,
-    /// ERROR
+    /// `tracing::Level::ERROR`: the program events the `error` detector reports.
     Error,
 }
 
@@ -151,7 +152,8 @@ pub struct Callsite {
     pub name: String,
     /// Target (usually the module path).
     pub target: String,
-    /// Level.
+    /// The callsite's `tracing` level. Events of the program are sent only
+    /// at WARN and ERROR; spans at any level.
     pub level: Level,
     /// Source file, if known.
     pub file: Option<String>,
@@ -171,9 +173,9 @@ pub enum Value {
     I64(i64),
     /// Unsigned integer.
     U64(u64),
-    /// Float.
+    /// A float (`tracing` records `f32` values as `f64`).
     F64(f64),
-    /// Boolean.
+    /// A boolean.
     Bool(bool),
     /// A string or a `Display`/`Debug` rendering (capped).
     Str(String),
@@ -272,7 +274,7 @@ pub enum Event {
     Enter {
         /// The span.
         span: SpanId,
-        /// When.
+        /// When the span was entered, ns since the producer started.
         ts: u64,
     },
     /// The spans entered during a task's latest poll, in the order they were
@@ -294,7 +296,7 @@ pub enum Event {
     Exit {
         /// The span.
         span: SpanId,
-        /// When.
+        /// When the span was exited, ns since the producer started.
         ts: u64,
     },
     /// A span closed (for a task span: the task ended, see [`CloseKind`]).
@@ -303,7 +305,7 @@ pub enum Event {
         span: SpanId,
         /// How it ended.
         kind: CloseKind,
-        /// When.
+        /// When the span closed, ns since the producer started.
         ts: u64,
     },
     /// A task's waker was used.
@@ -314,7 +316,7 @@ pub enum Event {
         op: WakeOp,
         /// The task being polled on the waking thread, if any.
         by: Option<SpanId>,
-        /// When.
+        /// When the waker was used, ns since the producer started.
         ts: u64,
     },
     /// An event (`tracing::event!`) that passed the producer's filter: WARN and
@@ -340,7 +342,7 @@ pub enum Event {
     PollEnd {
         /// The task.
         task: SpanId,
-        /// When.
+        /// When the poll ended, ns since the producer started.
         ts: u64,
         /// Wakers of the task alive when the poll ended (clones not yet
         /// dropped or consumed by a wake). A pending task with none, not
@@ -389,7 +391,7 @@ pub struct SpanNew {
     /// The span that was current when this span was created. For a task
     /// span this is the spawn context (tokio task spans have no parent).
     pub ctx_span: Option<SpanId>,
-    /// When.
+    /// When the span was created, ns since the producer started.
     pub ts: u64,
     /// Recorded fields.
     #[serde(deserialize_with = "capped::fields")]
@@ -480,7 +482,7 @@ pub struct Log {
     pub span: Option<SpanId>,
     /// The task being polled, if any.
     pub task: Option<SpanId>,
-    /// When.
+    /// When the event was emitted, ns since the producer started.
     pub ts: u64,
     /// Recorded fields.
     #[serde(deserialize_with = "capped::fields")]
@@ -501,11 +503,12 @@ pub struct Panic {
     pub span: Option<SpanId>,
     /// Panic message (capped).
     pub message: String,
-    /// Where it was raised.
+    /// Source file where it was raised; `None` when the panic carried no
+    /// location.
     pub file: Option<String>,
-    /// Line.
+    /// Line of [`Panic::file`]; `None` when the file is.
     pub line: Option<u32>,
-    /// When.
+    /// When the panic hook ran, ns since the producer started.
     pub ts: u64,
     /// The causal trace at the panic, innermost first.
     #[serde(deserialize_with = "capped::trace")]

@@ -19,6 +19,8 @@
 //! are refused while they are decoded, so the largest allocation is a full
 //! batch of [`limits::MAX_BATCH`] events).
 
+#![warn(missing_docs)]
+
 mod direct;
 pub mod event;
 pub mod names;

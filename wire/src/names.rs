@@ -51,6 +51,17 @@ pub const AWAIT_POINT_TARGET: &str = "awaitscope::await_point";
 /// Target of the span that carries a causal context across queues.
 pub const CONTEXT_TARGET: &str = "awaitscope::context";
 
+/// Target of tokio's poll-op events ([`crate::EventClass::PollOp`]): an
+/// async op was polled, ready ([`IS_READY`]) or not.
+pub const TOKIO_POLL_OP_TARGET: &str = "runtime::resource::poll_op";
+
+/// Targets of tokio's state-update events
+/// ([`crate::EventClass::StateUpdate`]): of a resource, and of an async op.
+pub const TOKIO_STATE_UPDATE_TARGETS: [&str; 2] = [
+    "runtime::resource::state_update",
+    "runtime::resource::async_op::state_update",
+];
+
 // ---------------------------------------------------------------------------
 // Fields of task spans.
 
@@ -65,6 +76,10 @@ pub const TASK_NAME: &str = "task.name";
 /// What a task is (`task`, `blocking`, `block_on`, `local`); on a resource,
 /// what the resource is (`Sync`, `Timer`...).
 pub const KIND: &str = "kind";
+
+/// The [`KIND`] of a task spawned with `tokio::spawn` (or
+/// `awaitscope::spawn`): an ordinary task, woken through its wakers.
+pub const KIND_TASK: &str = "task";
 
 /// The [`KIND`] of a `spawn_blocking` task: its single poll is the whole
 /// blocking closure, and nothing wakes it.
@@ -89,6 +104,28 @@ pub const LOC_COL: &str = "loc.col";
 /// A resource's type (`Mutex`, `Semaphore`, `Sleep`...): its label.
 pub const CONCRETE_TYPE: &str = "concrete_type";
 
+/// The [`CONCRETE_TYPE`] of a `tokio::sync::Mutex`: a lock, whose holder
+/// can take part in a deadlock.
+pub const TYPE_MUTEX: &str = "Mutex";
+
+/// The [`CONCRETE_TYPE`] of a `tokio::sync::RwLock` (a lock).
+pub const TYPE_RWLOCK: &str = "RwLock";
+
+/// The [`CONCRETE_TYPE`] of a `tokio::sync::Semaphore`, and of the
+/// semaphore inside a Mutex or RwLock (a lock: its permit holders hold it).
+pub const TYPE_SEMAPHORE: &str = "Semaphore";
+
+/// The [`CONCRETE_TYPE`] of `tokio::time::sleep`'s future (a timer: it wakes
+/// its task by itself).
+pub const TYPE_SLEEP: &str = "Sleep";
+
+/// The [`CONCRETE_TYPE`] of a `tokio::time::Interval` (a timer).
+pub const TYPE_INTERVAL: &str = "Interval";
+
+/// The [`KIND`] of tokio's timer resources ([`TYPE_SLEEP`],
+/// [`TYPE_INTERVAL`]).
+pub const KIND_TIMER: &str = "timer";
+
 /// An async op's operation (`Mutex::lock`, `Semaphore::acquire`...): its
 /// label.
 pub const SOURCE: &str = "source";
@@ -101,6 +138,15 @@ pub const IS_INTERNAL: &str = "is_internal";
 /// task now waits on the resource).
 pub const IS_READY: &str = "is_ready";
 
+/// On a poll-op event: the polled operation (`poll_acquire`...). Sent by
+/// tokio; the collector names operations by their async op's [`SOURCE`]
+/// instead.
+pub const OP_NAME: &str = "op_name";
+
+/// On an async op's span: a flag tokio sets for tokio-console's
+/// attribute propagation; awaitscope does not read it.
+pub const INHERITS_CHILD_ATTRS: &str = "inherits_child_attrs";
+
 /// On a state update of a Mutex: whether it is now held.
 pub const LOCKED: &str = "locked";
 
@@ -110,6 +156,13 @@ pub const WRITE_LOCKED: &str = "write_locked";
 /// On a state update of a Semaphore: how its permits changed ([`OP_ADD`]:
 /// released, [`OP_SUB`]: acquired).
 pub const PERMITS_OP: &str = "permits.op";
+
+/// Suffix of the state-update fields that say how to apply another field
+/// rather than carry a state: `X.op` (`add`, `sub` or `override`) tells
+/// whether the value of `X` in the same event adds to, subtracts from or
+/// replaces the resource's `X` ([`PERMITS_OP`], [`CURRENT_READERS_OP`],
+/// `write_locked.op`...).
+pub const OP_SUFFIX: &str = ".op";
 
 /// On a state update of an RwLock: how its readers changed (as
 /// [`PERMITS_OP`]).

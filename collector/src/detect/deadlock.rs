@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use awaitscope_wire::{ProcessKey, SpanId};
 
-use super::{Cx, Detector, FindingKind, Hooks, Observation, Recollection, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Recollection};
 use crate::config::Thresholds;
 use crate::model::{task_label, Process, TaskState};
 
@@ -161,7 +161,7 @@ fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) ->
                 loc,
                 task_label(h)
             ));
-            tasks.push(TaskRef::of(t));
+            tasks.push(FindingTask::of(t));
         }
         let since = cycle
             .iter()

@@ -3,15 +3,16 @@
 
 use awaitscope_wire::SpanId;
 
-use super::{Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::model::span::Location;
 use crate::model::{Change, ChangeKind, Process};
 
-/// The `error` detector: judges each ERROR event.
+/// The `error` detector: judges each ERROR event. (Not an error type: a
+/// detector, named for the events it watches.)
 #[derive(Debug, Default)]
-pub struct Error;
+pub struct ErrorEvents;
 
-impl Detector for Error {
+impl Detector for ErrorEvents {
     fn kind(&self) -> FindingKind {
         FindingKind::Error
     }
@@ -60,7 +61,7 @@ pub fn observe(
         kind: FindingKind::Error,
         process: p.key,
         key: format!("{callsite}"),
-        tasks: t.map(TaskRef::of).into_iter().collect(),
+        tasks: t.map(FindingTask::of).into_iter().collect(),
         location,
         message: message.to_string(),
         trace: p.trace(span, task),

@@ -12,23 +12,30 @@ use super::{FindingKind, Severity};
 use crate::model::span::Location;
 use crate::model::Task;
 
-/// A task named by a finding.
+/// A task named by a finding: a copy of what identifies it, taken when the
+/// finding is observed, so the finding outlives the task in the model.
+/// (Not to be confused with `awaitscope::TaskRef`, a task in a causal trace
+/// on the producer's side.) In the JSON report, the objects of a finding's
+/// `tasks` array.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskRef {
-    /// Task (span) id within its process.
+pub struct FindingTask {
+    /// The id of the task's span within its process (unique there, unlike
+    /// tokio ids, which a process may reuse).
     pub id: u64,
-    /// tokio task id, when recorded.
+    /// tokio's task id (the `task.id` field of the task's span); `None` when
+    /// the span carried none.
     pub tokio_id: Option<u64>,
-    /// Task name.
+    /// The name the task was spawned with; `None` for unnamed tasks.
     pub name: Option<String>,
-    /// Spawn location.
+    /// Where the task was spawned; `None` when the spawn span carried no
+    /// location.
     pub spawned_at: Option<Location>,
 }
 
-impl TaskRef {
+impl FindingTask {
     /// A reference to `t` for findings.
-    pub fn of(t: &Task) -> TaskRef {
-        TaskRef {
+    pub fn of(t: &Task) -> FindingTask {
+        FindingTask {
             id: t.id.0,
             tokio_id: t.tokio_id,
             name: t.name.clone(),
@@ -39,23 +46,25 @@ impl TaskRef {
 /// A deduplicated finding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// Kind.
+    /// What was found; with the process and the detector's key, what the
+    /// finding is deduplicated by.
     pub kind: FindingKind,
-    /// Severity.
+    /// How serious the kind is: always [`FindingKind::severity`] of `kind`.
     pub severity: Severity,
     /// Process (pid).
     pub pid: u32,
     /// Process start (Unix ns), with `pid` the process key.
     pub process_start_unix_ns: u64,
     /// Tasks involved (first few occurrences; a deadlock's cycle in order).
-    pub tasks: Vec<TaskRef>,
+    pub tasks: Vec<FindingTask>,
     /// Culprit source location (await point, span, event or panic site).
     pub location: Option<Location>,
     /// Human-readable description (of the worst occurrence).
     pub message: String,
     /// Await tree path or span chain of the worst occurrence, outermost first.
     pub trace: Vec<String>,
-    /// Occurrences.
+    /// Occurrences merged into this finding: new occurrences count, updates
+    /// of one still in progress (a poll that goes on blocking) do not.
     pub count: u64,
     /// Worst duration among occurrences, when the kind has one.
     pub worst_ns: Option<u64>,
@@ -68,23 +77,24 @@ pub struct Finding {
 /// One observation by a detector, merged into findings.
 #[derive(Clone, Debug)]
 pub struct Observation {
-    /// Kind.
+    /// What the detector found.
     pub kind: FindingKind,
-    /// Process.
+    /// The process it was found in.
     pub process: ProcessKey,
     /// Deduplication key within kind and process.
     pub key: String,
     /// Tasks involved.
-    pub tasks: Vec<TaskRef>,
+    pub tasks: Vec<FindingTask>,
     /// Culprit location.
     pub location: Option<Location>,
-    /// Description.
+    /// Human-readable description of this occurrence; becomes the finding's
+    /// message if the occurrence is the worst so far.
     pub message: String,
-    /// Trace.
+    /// Await tree path or span chain of this occurrence, outermost first.
     pub trace: Vec<String>,
     /// Duration of this occurrence.
     pub duration_ns: Option<u64>,
-    /// When.
+    /// When it was observed, ns since the process's start.
     pub ts: u64,
     /// A new occurrence (count it) or the continuation of one (update only).
     pub new_occurrence: bool,
@@ -230,19 +240,6 @@ impl Findings {
     }
 }
 
-/// Formats nanoseconds for messages.
-pub fn fmt_ns(ns: u64) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.2}s", ns as f64 / 1e9)
-    } else if ns >= 1_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
-    } else if ns >= 1_000 {
-        format!("{:.1}µs", ns as f64 / 1e3)
-    } else {
-        format!("{ns}ns")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +252,7 @@ mod tests {
                 start_unix_ns: 0,
             },
             key: key.into(),
-            tasks: vec![TaskRef {
+            tasks: vec![FindingTask {
                 id: ts,
                 tokio_id: None,
                 name: None,

@@ -2,10 +2,11 @@
 //! worker thread. Blocking tasks (`spawn_blocking`) are exempt: their single
 //! poll is the whole blocking closure.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task};
+use crate::units::fmt_ns_brief;
 
 /// The `long_poll` detector: judges each committed poll.
 #[derive(Debug, Default)]
@@ -66,13 +67,13 @@ pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Opti
         kind: FindingKind::LongPoll,
         process: p.key,
         key: group_key(t),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location,
         message: format!(
             "{} polled for {} without yielding (threshold {})",
             task_label(t),
-            fmt_ns(d),
-            fmt_ns(th.long_poll_ns)
+            fmt_ns_brief(d),
+            fmt_ns_brief(th.long_poll_ns)
         ),
         trace,
         duration_ns: Some(d),

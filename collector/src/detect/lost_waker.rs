@@ -6,10 +6,11 @@
 //! period ([`Thresholds::lost_waker_grace_ns`]) lets events of other threads
 //! (a waker clone) arrive.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process, Task, TaskState};
+use crate::units::fmt_ns_brief;
 
 /// The `lost_waker` detector: judges live tasks at each scan. An episode lasts while the
 /// task stays so.
@@ -63,12 +64,12 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::LostWaker,
         process: p.key,
         key: format!("{}|{:?}", group_key(t), location),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location,
         message: format!(
             "{} is pending with no live waker and was not woken: it will never be polled again (idle {})",
             task_label(t),
-            fmt_ns(idle)
+            fmt_ns_brief(idle)
         ),
         trace: leaf.map_or_else(Vec::new, |i| p.await_path(&t.await_tree, i)),
         duration_ns: Some(idle),
@@ -79,6 +80,8 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
 
 #[cfg(test)]
 mod tests {
+    use awaitscope_wire::names;
+
     use crate::config::MS;
     use crate::testing::{Scenario, TaskOpts};
     use crate::FindingKind;
@@ -152,7 +155,7 @@ mod tests {
 
     #[test]
     fn block_on_is_exempt() {
-        assert_eq!(lost(TaskOpts::kind("block_on"), false, false), 0);
+        assert_eq!(lost(TaskOpts::kind(names::KIND_BLOCK_ON), false, false), 0);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub mod starvation;
 pub mod stuck;
 
 pub use engine::{Cx, Engine, Episodes};
-pub use findings::{fmt_ns, Finding, Findings, Observation, TaskRef, MAX_TASKS_PER_FINDING};
+pub use findings::{Finding, FindingTask, Findings, Observation, MAX_TASKS_PER_FINDING};
 
 /// What a finding is about. Serialised as the snake_case strings of
 /// [`FindingKind::as_str`].
@@ -212,8 +212,8 @@ pub fn standard() -> Vec<Box<dyn Detector>> {
         Box::new(stuck::Stuck),
         Box::new(self_wake::SelfWake),
         Box::new(deadlock::Deadlock::default()),
-        Box::new(error::Error),
-        Box::new(panic::Panic),
+        Box::new(error::ErrorEvents),
+        Box::new(panic::Panics),
         Box::new(dropped_events::DroppedEvents::default()),
     ]
 }

@@ -1,10 +1,11 @@
 //! `never_yielded`: a task still in its first poll after longer than the
 //! threshold (it never returned to the scheduler). Blocking tasks are exempt.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process, Task};
+use crate::units::fmt_ns_brief;
 
 /// The `never_yielded` detector: judges live tasks at each scan. An episode lasts while the
 /// task stays so.
@@ -47,12 +48,12 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::NeverYielded,
         process: p.key,
         key: group_key(t),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
         message: format!(
             "{} has been running its first poll for {} without yielding",
             task_label(t),
-            fmt_ns(busy)
+            fmt_ns_brief(busy)
         ),
         trace: leaf.map_or_else(Vec::new, |i| p.await_path(&t.await_tree, i)),
         duration_ns: Some(busy),

@@ -2,16 +2,17 @@
 
 use awaitscope_wire::{CloseKind, SpanId};
 
-use super::{Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::model::span::Location;
 use crate::model::{Change, ChangeKind, Process};
 
-/// The `panic` detector: judges panics caught by the producer's hook, and
-/// tasks that close panicked without one.
+/// The `panic` detector: judges panics caught by the producer's hook (the
+/// [`awaitscope_wire::Panic`] events), and tasks that close panicked
+/// without one.
 #[derive(Debug, Default)]
-pub struct Panic;
+pub struct Panics;
 
-impl Detector for Panic {
+impl Detector for Panics {
     fn kind(&self) -> FindingKind {
         FindingKind::Panic
     }
@@ -70,7 +71,7 @@ pub fn observe(
         key: location
             .as_ref()
             .map_or_else(|| message.to_string(), |l| l.to_string()),
-        tasks: t.map(TaskRef::of).into_iter().collect(),
+        tasks: t.map(FindingTask::of).into_iter().collect(),
         location,
         message: format!("panicked: {message}"),
         trace: p.trace(span, task),

@@ -2,7 +2,7 @@
 //! half) of at least a minimum number of wakes (busy-looping through the
 //! scheduler, e.g. `yield_now` in a loop).
 
-use super::{Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task};
@@ -53,7 +53,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::SelfWake,
         process: p.key,
         key: group_key(t),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
         message: format!(
             "{} woke itself {} of {} times ({:.0}%)",

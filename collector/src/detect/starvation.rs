@@ -1,10 +1,11 @@
 //! `starvation`: woken but not polled for longer than the threshold (the
 //! runtime's workers are busy or blocked).
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task, TaskState};
+use crate::units::fmt_ns_brief;
 
 /// The `starvation` detector: judges each wait that a poll ends, and the
 /// tasks still waiting at a scan. An episode lasts until the poll that ends
@@ -58,13 +59,13 @@ fn observe(p: &Process, t: &Task, wait: u64, ts: u64, th: &Thresholds) -> Observ
         kind: FindingKind::Starvation,
         process: p.key,
         key: group_key(t),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
         message: format!(
             "{} was woken but not polled for {} (threshold {})",
             task_label(t),
-            fmt_ns(wait),
-            fmt_ns(th.starvation_ns)
+            fmt_ns_brief(wait),
+            fmt_ns_brief(th.starvation_ns)
         ),
         trace: Vec::new(),
         duration_ns: Some(wait),

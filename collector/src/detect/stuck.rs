@@ -4,10 +4,11 @@
 //! A task without an await tree has no await point to name and is left to
 //! `lost_waker`.
 
-use super::{fmt_ns, Cx, Detector, FindingKind, Hooks, Observation, TaskRef};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process, Task, TaskState};
+use crate::units::fmt_ns_brief;
 
 /// The `stuck` detector: judges live tasks at each scan. An episode lasts while the
 /// task stays so.
@@ -53,14 +54,14 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         kind: FindingKind::Stuck,
         process: p.key,
         key: format!("{}|{:?}", group_key(t), location),
-        tasks: vec![TaskRef::of(t)],
+        tasks: vec![FindingTask::of(t)],
         location,
         message: format!(
             "{} has been pending on {} for {} (threshold {})",
             task_label(t),
             label,
-            fmt_ns(pending),
-            fmt_ns(th.stuck_ns)
+            fmt_ns_brief(pending),
+            fmt_ns_brief(th.stuck_ns)
         ),
         trace: p.await_path(tree, leaf),
         duration_ns: Some(pending),

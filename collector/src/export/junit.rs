@@ -16,8 +16,9 @@ use std::fmt::Write as _;
 use awaitscope_wire::ProcessKey;
 
 use super::timeline::{RootGroup, WalkSummary};
-use super::{fmt_ns, xml_escape};
+use super::xml_escape;
 use crate::detect::Finding;
+use crate::units::fmt_ns_precise;
 use crate::Report;
 
 /// Name of the testcase of findings without a task.
@@ -61,13 +62,13 @@ pub fn failure_body(f: &Finding) -> String {
     }
     let _ = writeln!(s, "occurrences: {}", f.count);
     if let Some(w) = f.worst_ns {
-        let _ = writeln!(s, "worst: {}", fmt_ns(w));
+        let _ = writeln!(s, "worst: {}", fmt_ns_precise(w));
     }
     let _ = writeln!(
         s,
         "seen: {} .. {} after process start",
-        fmt_ns(f.first_seen),
-        fmt_ns(f.last_seen)
+        fmt_ns_precise(f.first_seen),
+        fmt_ns_precise(f.last_seen)
     );
     for t in &f.tasks {
         let _ = write!(s, "task: {}#{}", t.name.as_deref().unwrap_or(""), t.id);
@@ -85,7 +86,7 @@ pub fn failure_body(f: &Finding) -> String {
     s
 }
 
-fn task_group(t: &crate::detect::TaskRef) -> String {
+fn task_group(t: &crate::detect::FindingTask) -> String {
     let loc = t
         .spawned_at
         .as_ref()

@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::fmt_ns;
 use super::timeline::WalkSummary;
 use crate::detect::{Finding, FindingKind, Severity};
+use crate::units::fmt_ns_precise;
 use crate::Report;
 
 /// Default size cap: 1,000,000 bytes, under GitHub's 1 MiB (1,048,576).
@@ -26,7 +26,8 @@ pub const TRACES_PER_KIND: usize = 3;
 /// Await points listed.
 pub const TOP_AWAITS: usize = 20;
 
-/// Options.
+/// What the Markdown summary may hold: its size cap and the links to the
+/// other files of the same run.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Size cap in bytes.
@@ -98,7 +99,7 @@ pub fn render(report: &Report, walk: &WalkSummary, opts: &Options) -> String {
             code(&p.name),
             p.pid,
             super::junit::iso8601(p.start_unix_ns),
-            fmt_ns(p.now_ns),
+            fmt_ns_precise(p.now_ns),
             p.events,
             if p.cmdline.is_empty() {
                 String::new()
@@ -182,7 +183,7 @@ pub fn render(report: &Report, walk: &WalkSummary, opts: &Options) -> String {
                         .map_or("?".to_string(), |l| code(&l.to_string())),
                     cell(&task),
                     f.count,
-                    f.worst_ns.map_or(String::new(), fmt_ns),
+                    f.worst_ns.map_or(String::new(), fmt_ns_precise),
                     cell(&f.message)
                 );
             }
@@ -239,10 +240,10 @@ pub fn render(report: &Report, walk: &WalkSummary, opts: &Options) -> String {
                 "| {} | {} | {} | {} | {} | {} |",
                 code(&p.point),
                 p.count,
-                fmt_ns(h.value_at_quantile(0.5)),
-                fmt_ns(h.value_at_quantile(0.95)),
-                fmt_ns(h.value_at_quantile(0.99)),
-                fmt_ns(h.max())
+                fmt_ns_precise(h.value_at_quantile(0.5)),
+                fmt_ns_precise(h.value_at_quantile(0.95)),
+                fmt_ns_precise(h.value_at_quantile(0.99)),
+                fmt_ns_precise(h.max())
             );
         }
         if points.len() > TOP_AWAITS {

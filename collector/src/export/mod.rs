@@ -33,6 +33,8 @@ pub mod timeline;
 
 use std::fmt::Write as _;
 
+use crate::units::fmt_ns_precise;
+
 pub use timeline::{Sink, WalkOptions, WalkSummary, Walker};
 
 /// What a timeline sink did with the size policy, for the file and stderr.
@@ -42,7 +44,8 @@ pub struct PolicyNote {
     pub from_ns: Option<u64>,
     /// Window end, if any.
     pub to_ns: Option<u64>,
-    /// Event budget.
+    /// Most trace events the sink writes before it stops adding slices and
+    /// instants.
     pub max_events: u64,
     /// Trace events written.
     pub written: u64,
@@ -62,8 +65,8 @@ impl PolicyNote {
                 let _ = write!(
                     s,
                     "window {}..{}",
-                    f.map_or("start".into(), fmt_ns),
-                    t.map_or("end".into(), fmt_ns)
+                    f.map_or("start".into(), fmt_ns_precise),
+                    t.map_or("end".into(), fmt_ns_precise)
                 );
             }
         }
@@ -76,50 +79,12 @@ impl PolicyNote {
             let _ = write!(
                 s,
                 "; budget reached at {} ({} events left out: use --from/--to for a later window, or --max-trace-events)",
-                fmt_ns(t),
+                fmt_ns_precise(t),
                 self.dropped
             );
         }
         s
     }
-}
-
-/// A duration in ns, human-readable (`1.234ms`), deterministic.
-pub fn fmt_ns(ns: u64) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.3}s", ns as f64 / 1e9)
-    } else if ns >= 1_000_000 {
-        format!("{:.3}ms", ns as f64 / 1e6)
-    } else if ns >= 1_000 {
-        format!("{:.1}µs", ns as f64 / 1e3)
-    } else {
-        format!("{ns}ns")
-    }
-}
-
-/// Parses a duration: `1.5s`, `200ms`, `30us`, `10ns`, or a plain number of
-/// nanoseconds.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ns") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix("us").or_else(|| s.strip_suffix("µs")) {
-        (n, 1e3)
-    } else if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e6)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1e9)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration `{s}` (examples: 1.5s, 200ms, 30us, 1000)"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("bad duration `{s}`"));
-    }
-    Ok((v * mult).round() as u64)
 }
 
 /// Escapes text for XML content and attribute values; drops characters XML
@@ -162,7 +127,8 @@ pub struct Rendered {
 pub struct TimelineOptions {
     /// Window start (ns since each process's start).
     pub from_ns: Option<u64>,
-    /// Window end.
+    /// Window end (ns since each process's start); `None`: the end of the
+    /// recording.
     pub to_ns: Option<u64>,
     /// Event budget (default per format).
     pub max_events: Option<u64>,
@@ -215,19 +181,6 @@ pub fn render_recording(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_and_format() {
-        assert_eq!(parse_duration("1.5s").unwrap(), 1_500_000_000);
-        assert_eq!(parse_duration("200ms").unwrap(), 200_000_000);
-        assert_eq!(parse_duration("30us").unwrap(), 30_000);
-        assert_eq!(parse_duration("10ns").unwrap(), 10);
-        assert_eq!(parse_duration("1000").unwrap(), 1000);
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert_eq!(fmt_ns(1_500_000), "1.500ms");
-        assert_eq!(fmt_ns(12), "12ns");
-    }
 
     #[test]
     fn xml_escape_escapes_and_drops_control_chars() {

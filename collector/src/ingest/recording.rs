@@ -23,7 +23,7 @@ pub enum LoadError {
     Open {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// Why opening it failed.
         source: std::io::Error,
     },
     /// The file is not a recording this build can read.
@@ -31,7 +31,7 @@ pub enum LoadError {
     NotARecording {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// Why its preamble was refused (bad magic, newer version...).
         source: DecodeError,
     },
 }

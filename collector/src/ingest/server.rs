@@ -98,17 +98,17 @@ pub enum ServeError {
     /// The record directory is unusable.
     #[error("record directory {path}: {source}")]
     RecordDir {
-        /// Directory.
+        /// The directory given as `--record-dir`.
         path: PathBuf,
-        /// Why.
+        /// Why it could not be created.
         source: std::io::Error,
     },
     /// Binding failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// Address.
+        /// The address given as `--listen`.
         addr: SocketAddr,
-        /// Why.
+        /// Why binding it failed (in use, not local, no permission...).
         source: std::io::Error,
     },
 }
@@ -183,7 +183,11 @@ enum Input {
     Disconnected { key: ProcessKey, clean: bool },
 }
 
-struct Shared {
+/// What the accept loop, the connection tasks, the applying task, the
+/// scanning task and every [`ServerHandle`] share: the model (behind its
+/// lock), the counters, the ingest queue's drops not yet moved into the
+/// model, and the viewers that applied frames are forwarded to.
+struct ServerState {
     cfg: ServerConfig,
     model: Mutex<Model>,
     stats: ServerStats,
@@ -196,7 +200,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Shared {
+impl ServerState {
     /// Moves the ingest queue's drops into the model (under its lock), and
     /// tells the viewers.
     fn merge_drops(&self, model: &mut Model) {
@@ -255,14 +259,14 @@ fn encode_inputs(batch: &[Input]) -> Vec<Option<Outgoing>> {
 /// Access to a running server's model and counters.
 #[derive(Clone)]
 pub struct ServerHandle {
-    shared: Arc<Shared>,
+    state: Arc<ServerState>,
 }
 
 impl ServerHandle {
     /// Runs `f` on the model (hold it briefly: ingest waits meanwhile).
     pub fn with_model<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
-        let mut m = lock(&self.shared.model);
-        self.shared.merge_drops(&mut m);
+        let mut m = lock(&self.state.model);
+        self.state.merge_drops(&mut m);
         f(&m)
     }
 
@@ -271,16 +275,17 @@ impl ServerHandle {
         self.with_model(Report::from_model)
     }
 
-    /// Counters.
+    /// The server's counters (connections, frames, drops), updated live
+    /// without the model lock.
     pub fn stats(&self) -> &ServerStats {
-        &self.shared.stats
+        &self.state.stats
     }
 }
 
 /// A bound server, ready to run.
 pub struct Server {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    state: Arc<ServerState>,
 }
 
 impl Server {
@@ -307,7 +312,7 @@ impl Server {
         let model = Model::new(cfg.model.clone());
         Ok(Server {
             listener,
-            shared: Arc::new(Shared {
+            state: Arc::new(ServerState {
                 cfg,
                 model: Mutex::new(model),
                 stats: ServerStats::default(),
@@ -328,16 +333,16 @@ impl Server {
     /// A handle to the model and counters.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
-            shared: self.shared.clone(),
+            state: self.state.clone(),
         }
     }
 
     /// Serves until `shutdown` completes.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
-        let shared = self.shared;
-        let (tx, mut rx) = mpsc::channel::<Input>(shared.cfg.queue_capacity.max(1));
+        let state = self.state;
+        let (tx, mut rx) = mpsc::channel::<Input>(state.cfg.queue_capacity.max(1));
         let mut tasks = JoinSet::new();
-        let applier = shared.clone();
+        let applier = state.clone();
         tasks.spawn(async move {
             let mut batch = Vec::with_capacity(256);
             while rx.recv_many(&mut batch, 256).await > 0 {
@@ -357,7 +362,7 @@ impl Server {
                 batch.clear();
             }
         });
-        let scanner = shared.clone();
+        let scanner = state.clone();
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(scanner.cfg.scan_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -376,7 +381,7 @@ impl Server {
             }
         });
         let limit = Arc::new(tokio::sync::Semaphore::new(
-            shared.cfg.max_connections.max(1),
+            state.cfg.max_connections.max(1),
         ));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
@@ -393,17 +398,17 @@ impl Server {
                             continue;
                         }
                     };
-                    shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    state.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        shared.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                        warn!(%peer, "refused connection: too many connections ({})", shared.cfg.max_connections);
+                        state.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, "refused connection: too many connections ({})", state.cfg.max_connections);
                         continue;
                     };
-                    let (shared, tx) = (shared.clone(), tx.clone());
+                    let (state, tx) = (state.clone(), tx.clone());
                     conns.spawn(async move {
-                        shared.stats.active.fetch_add(1, Ordering::Relaxed);
-                        connection(&shared, &tx, stream, peer).await;
-                        shared.stats.active.fetch_sub(1, Ordering::Relaxed);
+                        state.stats.active.fetch_add(1, Ordering::Relaxed);
+                        connection(&state, &tx, stream, peer).await;
+                        state.stats.active.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
                     });
                 }
@@ -481,22 +486,22 @@ struct Conn {
 }
 
 async fn connection(
-    shared: &Shared,
+    state: &ServerState,
     tx: &mpsc::Sender<Input>,
     mut stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let handshake_deadline = Instant::now() + shared.cfg.handshake_timeout;
+    let handshake_deadline = Instant::now() + state.cfg.handshake_timeout;
     let first = match sniff(&mut stream, handshake_deadline).await {
         Ok(first) => first,
         Err(r) => {
-            r.count(&shared.stats);
+            r.count(&state.stats);
             warn!(%peer, "refused connection: {r}");
             return;
         }
     };
     if viewer::is_viewer_prefix(&first) {
-        viewer_connection(shared, stream, peer, first, handshake_deadline).await;
+        viewer_connection(state, stream, peer, first, handshake_deadline).await;
         return;
     }
     let mut conn = Conn {
@@ -508,7 +513,7 @@ async fn connection(
         record_path: None,
     };
     let result = serve_conn(
-        shared,
+        state,
         tx,
         stream,
         peer,
@@ -519,22 +524,22 @@ async fn connection(
     .await;
     if let Some(w) = conn.recorder.as_mut() {
         if let Err(e) = w.flush().await {
-            shared.stats.record_errors.fetch_add(1, Ordering::Relaxed);
+            state.stats.record_errors.fetch_add(1, Ordering::Relaxed);
             warn!(%peer, "recording {:?}: {e}", conn.record_path);
         }
     }
     match (&result, conn.key) {
         (Err(r), None) => {
-            r.count(&shared.stats);
+            r.count(&state.stats);
             warn!(%peer, "refused connection: {r}");
         }
         (Err(r), Some(key)) => {
-            r.count(&shared.stats);
-            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+            r.count(&state.stats);
+            state.stats.lost.fetch_add(1, Ordering::Relaxed);
             warn!(%peer, pid = key.pid, "closed connection: {r}");
         }
         (Ok(()), Some(key)) if !conn.clean => {
-            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+            state.stats.lost.fetch_add(1, Ordering::Relaxed);
             info!(%peer, pid = key.pid, "producer disconnected without goodbye");
         }
         (Ok(()), Some(key)) => info!(%peer, pid = key.pid, "producer said goodbye"),
@@ -577,7 +582,7 @@ async fn sniff(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, Ref
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_conn(
-    shared: &Shared,
+    state: &ServerState,
     tx: &mpsc::Sender<Input>,
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -585,7 +590,7 @@ async fn serve_conn(
     mut buf: Vec<u8>,
     handshake_deadline: Instant,
 ) -> Result<(), Refusal> {
-    let cfg = &shared.cfg;
+    let cfg = &state.cfg;
     let mut pos = 0usize;
     let mut offset = Preamble::LEN as u64;
     let mut have_preamble = false;
@@ -610,7 +615,7 @@ async fn serve_conn(
                         let raw = &buf[pos..pos + used];
                         if let Some(w) = conn.recorder.as_mut() {
                             if let Err(e) = w.write_all(raw).await {
-                                shared.stats.record_errors.fetch_add(1, Ordering::Relaxed);
+                                state.stats.record_errors.fetch_add(1, Ordering::Relaxed);
                                 warn!(%peer, "recording {:?} failed, stopped: {e}", conn.record_path);
                                 conn.recorder = None;
                             }
@@ -619,11 +624,11 @@ async fn serve_conn(
                         pos += used;
                         offset += used as u64;
                         let first = conn.key.is_none();
-                        handle_frame(shared, tx, frame, peer, conn).await?;
+                        handle_frame(state, tx, frame, peer, conn).await?;
                         if first {
                             if let (Some(dir), Some(w)) = (&cfg.record_dir, conn.key) {
                                 open_recorder(
-                                    shared,
+                                    state,
                                     dir,
                                     w,
                                     raw_hello(&buf, pos, used),
@@ -681,11 +686,11 @@ async fn serve_conn(
                 });
             }
             if !buf.is_empty() {
-                shared.stats.truncated.fetch_add(1, Ordering::Relaxed);
+                state.stats.truncated.fetch_add(1, Ordering::Relaxed);
                 if let Some(k) = conn.key {
                     let msg = format!("connection from {peer} ended inside a frame at offset {offset} (producer killed?)");
                     warn!("{msg}");
-                    lock(&shared.model).note(k, msg);
+                    lock(&state.model).note(k, msg);
                 }
             }
             return Ok(());
@@ -698,14 +703,14 @@ fn raw_hello(buf: &[u8], pos: usize, used: usize) -> Vec<u8> {
 }
 
 async fn open_recorder(
-    shared: &Shared,
+    state: &ServerState,
     dir: &std::path::Path,
     key: ProcessKey,
     hello: Vec<u8>,
     conn: &mut Conn,
     peer: SocketAddr,
 ) {
-    let id = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
+    let id = state.conn_ids.fetch_add(1, Ordering::Relaxed);
     let name: String = conn
         .name
         .chars()
@@ -735,27 +740,27 @@ async fn open_recorder(
             conn.record_path = Some(path);
         }
         Err(e) => {
-            shared.stats.record_errors.fetch_add(1, Ordering::Relaxed);
+            state.stats.record_errors.fetch_add(1, Ordering::Relaxed);
             warn!(%peer, "cannot record to {}: {e}", path.display());
         }
     }
 }
 
 async fn handle_frame(
-    shared: &Shared,
+    state: &ServerState,
     tx: &mpsc::Sender<Input>,
     frame: Frame,
     peer: SocketAddr,
     conn: &mut Conn,
 ) -> Result<(), Refusal> {
-    let stats = &shared.stats;
+    let stats = &state.stats;
     stats.frames.fetch_add(1, Ordering::Relaxed);
     match conn.key {
         None => {
             let Body::Hello(info) = &frame.body else {
                 return Err(Refusal::Protocol("first frame is not a hello".into()));
             };
-            if let Some(expected) = &shared.cfg.token {
+            if let Some(expected) = &state.cfg.token {
                 if !token_ok(expected, info.token.as_deref()) {
                     return Err(Refusal::Token);
                 }
@@ -789,7 +794,7 @@ async fn handle_frame(
                 Err(mpsc::error::TrySendError::Full(Input::Frame(f))) => {
                     stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
                     stats.dropped_events.fetch_add(n, Ordering::Relaxed);
-                    *lock(&shared.drops).entry(key).or_default() += n;
+                    *lock(&state.drops).entry(key).or_default() += n;
                     // Keep the callsites: later events refer to them.
                     if let Body::Events(ev) = f.body {
                         conn.pending_callsites
@@ -817,26 +822,26 @@ async fn handle_frame(
 /// A viewer's connection: greeting, token, rebuild, then the frames the
 /// model applies, until the viewer leaves.
 async fn viewer_connection(
-    shared: &Shared,
+    state: &ServerState,
     mut stream: TcpStream,
     peer: SocketAddr,
     buf: Vec<u8>,
     deadline: Instant,
 ) {
-    if let Err(r) = viewer_handshake(shared, &mut stream, buf, deadline).await {
-        r.count(&shared.stats);
+    if let Err(r) = viewer_handshake(state, &mut stream, buf, deadline).await {
+        r.count(&state.stats);
         warn!(%peer, "refused viewer: {r}");
         // Tell the viewer why (best effort, briefly).
         let msg = viewer::reply(Some(&r.to_string()));
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&msg)).await;
         return;
     }
-    let q = Arc::new(ViewerQueue::new(shared.cfg.viewer_queue_bytes));
+    let q = Arc::new(ViewerQueue::new(state.cfg.viewer_queue_bytes));
     let rebuild = {
-        let mut m = lock(&shared.model);
-        shared.merge_drops(&mut m);
+        let mut m = lock(&state.model);
+        state.merge_drops(&mut m);
         let r = viewer::Rebuild::of(&m);
-        shared.viewers.add(q.clone());
+        state.viewers.add(q.clone());
         r
     };
     // Encoded outside the model lock: what is applied meanwhile waits in
@@ -844,17 +849,17 @@ async fn viewer_connection(
     let processes = rebuild.processes();
     let mut first = viewer::reply(None);
     rebuild.encode(&mut first);
-    shared.stats.viewers.fetch_add(1, Ordering::Relaxed);
-    shared.stats.viewers_active.fetch_add(1, Ordering::Relaxed);
+    state.stats.viewers.fetch_add(1, Ordering::Relaxed);
+    state.stats.viewers_active.fetch_add(1, Ordering::Relaxed);
     info!(%peer, processes, bytes = first.len(), "viewer connected");
-    let result = viewer_loop(shared, &mut stream, &q, first).await;
-    shared.viewers.remove(&q);
-    shared.stats.viewers_active.fetch_sub(1, Ordering::Relaxed);
+    let result = viewer_loop(state, &mut stream, &q, first).await;
+    state.viewers.remove(&q);
+    state.stats.viewers_active.fetch_sub(1, Ordering::Relaxed);
     let (dropped_frames, dropped_events) = q.dropped();
     match result {
         Ok(why) => info!(%peer, dropped_frames, dropped_events, "viewer disconnected: {why}"),
         Err(r) => {
-            r.count(&shared.stats);
+            r.count(&state.stats);
             warn!(%peer, dropped_frames, dropped_events, "closed viewer connection: {r}");
         }
     }
@@ -862,7 +867,7 @@ async fn viewer_connection(
 
 /// Reads and checks a viewer's greeting (`buf` holds its first bytes).
 async fn viewer_handshake(
-    shared: &Shared,
+    state: &ServerState,
     stream: &mut TcpStream,
     mut buf: Vec<u8>,
     deadline: Instant,
@@ -890,7 +895,7 @@ async fn viewer_handshake(
             "viewer sent data after its greeting".into(),
         ));
     }
-    if let Some(expected) = &shared.cfg.token {
+    if let Some(expected) = &state.cfg.token {
         if !token_ok(expected, greeting.token.as_deref()) {
             return Err(Refusal::ViewerToken);
         }
@@ -902,12 +907,12 @@ async fn viewer_handshake(
 /// (`Ok`: why) or misbehaves. A write that makes no progress for the idle
 /// timeout ends the connection.
 async fn viewer_loop(
-    shared: &Shared,
+    state: &ServerState,
     stream: &mut TcpStream,
     q: &ViewerQueue,
     first: Vec<u8>,
 ) -> Result<String, Refusal> {
-    let stall = shared.cfg.idle_timeout;
+    let stall = state.cfg.idle_timeout;
     let (mut rd, mut wr) = stream.split();
     let mut out = first;
     let mut items = Vec::new();

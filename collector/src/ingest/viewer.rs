@@ -126,7 +126,7 @@ pub enum Control {
     Disconnected {
         /// The process.
         process: ProcessKey,
-        /// Ended cleanly.
+        /// True when the producer said `Goodbye` (or the note was already sent).
         clean: bool,
     },
     /// Events of `process` this viewer will not see: dropped by the
@@ -134,7 +134,7 @@ pub enum Control {
     Dropped {
         /// The process.
         process: ProcessKey,
-        /// How many.
+        /// Events lost since the last `Dropped` for the process (not cumulative).
         events: u64,
     },
     /// A note about a process's stream (truncated, lost...).
@@ -194,7 +194,7 @@ pub enum MessageError {
     Kind {
         /// The kind byte.
         kind: u8,
-        /// Offset.
+        /// Byte offset of the message in the server's stream.
         offset: u64,
     },
     /// A frame did not decode.
@@ -203,17 +203,17 @@ pub enum MessageError {
     /// A control message was too long or not valid.
     #[error("bad control message at offset {offset}: {reason}")]
     Control {
-        /// Offset.
+        /// Byte offset of the message in the server's stream.
         offset: u64,
-        /// Why.
+        /// What was wrong with it.
         reason: String,
     },
     /// A snapshot message was too long or not valid.
     #[error("bad snapshot message at offset {offset}: {reason}")]
     Snapshot {
-        /// Offset.
+        /// Byte offset of the message in the server's stream.
         offset: u64,
-        /// Why.
+        /// What was wrong with it.
         reason: String,
     },
 }

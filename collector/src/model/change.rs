@@ -45,7 +45,7 @@ pub enum Change<'a> {
         task: &'a Task,
         /// How it ended.
         kind: CloseKind,
-        /// When.
+        /// When the task's span closed, ns since the process's start.
         ts: u64,
     },
     /// A panic was caught by the producer's panic hook.
@@ -58,7 +58,7 @@ pub enum Change<'a> {
         message: &'a str,
         /// Where it panicked, when known.
         location: Option<&'a Location>,
-        /// When.
+        /// When the panic hook ran, ns since the process's start.
         ts: u64,
         /// The producer's causal trace (empty if it sent none).
         trace: &'a [String],
@@ -75,7 +75,7 @@ pub enum Change<'a> {
         message: &'a str,
         /// Where it was emitted.
         location: Option<&'a Location>,
-        /// When.
+        /// When the event was emitted, ns since the process's start.
         ts: u64,
         /// The producer's causal trace (empty if it sent none).
         trace: &'a [String],

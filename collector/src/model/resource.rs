@@ -1,7 +1,7 @@
 //! Resources (tokio's Mutex, Semaphore, RwLock, Sleep...) with their holders
 //! and waiters.
 
-use awaitscope_wire::{SpanId, Value};
+use awaitscope_wire::{names, SpanId, Value};
 
 use super::span::Location;
 
@@ -21,7 +21,7 @@ pub struct Resource {
     /// tokio's `is_internal`: a resource inside another (the semaphore of
     /// a Mutex).
     pub internal: bool,
-    /// Creation time.
+    /// When the resource's span was created, ns since the process's start.
     pub created: u64,
     /// Tasks holding it (lock owner, readers, permit holders), with a count.
     pub holders: Vec<(SpanId, u32)>,
@@ -34,13 +34,16 @@ impl Resource {
     pub fn is_lock(&self) -> bool {
         matches!(
             self.concrete_type.as_str(),
-            "Mutex" | "RwLock" | "Semaphore"
+            names::TYPE_MUTEX | names::TYPE_RWLOCK | names::TYPE_SEMAPHORE
         )
     }
 
     /// Whether this resource is a timer.
     pub fn is_timer(&self) -> bool {
-        matches!(self.concrete_type.as_str(), "Sleep" | "Interval") || self.kind == "timer"
+        matches!(
+            self.concrete_type.as_str(),
+            names::TYPE_SLEEP | names::TYPE_INTERVAL
+        ) || self.kind == names::KIND_TIMER
     }
 
     /// Adds a hold by `task`.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub struct Location {
     /// Source file.
     pub file: String,
-    /// Line.
+    /// Line in [`Location::file`], counted from 1.
     pub line: u32,
     /// Column, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,11 +31,11 @@ pub struct Span {
     pub callsite: u32,
     /// What the span stands for.
     pub class: SpanClass,
-    /// Parent span.
+    /// The span's explicit or contextual parent; `None` for a root span.
     pub parent: Option<SpanId>,
     /// Task being polled when the span was created.
     pub ctx_task: Option<SpanId>,
-    /// Creation time.
+    /// When the span was created, ns since the process's start.
     pub created: u64,
     /// First time the span was entered.
     pub first_entered: Option<u64>,

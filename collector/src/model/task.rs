@@ -55,13 +55,13 @@ impl TaskState {
 /// A WARN or ERROR event of the program, attributed to a task.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogRecord {
-    /// Level.
+    /// WARN or ERROR: the only levels of program events the producer sends.
     pub level: Level,
     /// The `message` field (or the event name).
     pub message: String,
     /// Where it was emitted.
     pub location: Option<Location>,
-    /// When.
+    /// When the event was emitted, ns since the process's start.
     pub ts: u64,
 }
 
@@ -69,7 +69,7 @@ pub struct LogRecord {
 /// digit, auto-resizing: a few hundred bytes per task).
 #[derive(Clone, Debug)]
 pub struct Histograms {
-    /// Poll durations.
+    /// Poll durations, µs.
     pub poll_us: Histogram<u32>,
     /// Times from wake to poll.
     pub scheduled_us: Histogram<u32>,
@@ -142,9 +142,9 @@ impl Samples {
 /// was a poll or the drop of the future.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingPoll {
-    /// Start.
+    /// When the poll started, ns since the process's start.
     pub start: u64,
-    /// End.
+    /// When the task span was exited, ending the poll (or the drop).
     pub end: u64,
 }
 
@@ -161,21 +161,26 @@ pub struct Task {
     pub name: Option<String>,
     /// The `kind` field (`task`, `blocking`, `block_on`, `local`).
     pub kind: Option<String>,
-    /// Spawn location.
+    /// Where the task was spawned (the span's `loc.*` fields); `None` when
+    /// the span carried none.
     pub location: Option<Location>,
-    /// Spawning task.
+    /// The task being polled on the thread that spawned this one; `None` for
+    /// a task spawned outside any task (from `main`, a plain thread).
     pub parent: Option<SpanId>,
     /// Span current at spawn.
     pub spawn_span: Option<SpanId>,
     /// Task span fields.
     pub fields: Vec<Field>,
-    /// Spawn time.
+    /// When the task's span was created, ns since the process's start.
     pub created: u64,
-    /// Close time.
+    /// When the task's span closed, ns since the process's start; `None`
+    /// while the task lives.
     pub closed: Option<u64>,
-    /// State.
+    /// Where the task is in its life: running, scheduled or idle while it
+    /// lives, then how it ended ([`TaskState::is_closed`]).
     pub state: TaskState,
-    /// Committed polls.
+    /// Polls whose end is known to be a poll, not the drop of the future
+    /// (see [`PendingPoll`]).
     pub polls: u64,
     /// Busy time of committed polls.
     pub busy_ns: u64,
@@ -227,7 +232,8 @@ pub struct Task {
     pub warn_count: u64,
     /// ERROR events seen.
     pub error_count: u64,
-    /// Panic message.
+    /// The message of the panic caught while the task was being polled;
+    /// `None` if it did not panic (or the panic hook saw no task).
     pub panic: Option<String>,
 }
 
@@ -425,15 +431,16 @@ pub struct TaskSummary {
     pub cancelled: u64,
     /// Tasks that panicked.
     pub panicked: u64,
-    /// Polls.
+    /// Committed polls of the group's tasks together (the drop of a
+    /// future at its end is not a poll).
     pub polls: u64,
-    /// Busy time.
+    /// Time the group's tasks spent being polled, ns.
     pub busy_ns: u64,
-    /// Scheduled time.
+    /// Time the group's tasks spent woken and waiting for a poll, ns.
     pub scheduled_ns: u64,
-    /// Idle time.
+    /// The rest of the group's tasks' lives, ns.
     pub idle_ns: u64,
-    /// Longest poll.
+    /// The longest single poll among the group's tasks, ns.
     pub max_poll_ns: u64,
 }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use awaitscope_collector::units::{parse_duration, Bare};
 use awaitscope_collector::Report;
 use awaitscope_tui::feed::LiveFeed;
 use awaitscope_tui::ui::run::{log_to_file, quiet_panics, run as run_ui, UiOptions};
@@ -20,9 +21,9 @@ pub struct Args {
     /// No terminal UI: run for --duration and print (or write) the report.
     #[arg(long)]
     pub headless: bool,
-    /// How long to run (`5s`, `1500ms`, `2m`); default: until quit
-    /// (headless: 5s).
-    #[arg(long, value_parser = parse_duration)]
+    /// How long to run (`5s`, `1500ms`, `2m`, or bare seconds); default:
+    /// until quit (headless: 5s).
+    #[arg(long, value_parser = |s: &str| parse_duration(s, Bare::Secs).map(Duration::from_nanos))]
     pub duration: Option<Duration>,
     /// Write the JSON report here on exit.
     #[arg(long)]
@@ -36,28 +37,6 @@ pub struct Args {
     /// Where the UI's own logs go.
     #[arg(long, default_value_os_t = super::tui::default_log())]
     pub log: PathBuf,
-}
-
-/// Parses `5s`, `1500ms`, `2m`, `1.5s` or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration `{s}` (e.g. 5s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        _ => return Err(format!("bad duration unit in `{s}` (ms, s or m)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad duration `{s}`"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Starts the workload on its own runtime, instrumented by a subscriber

@@ -15,9 +15,10 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use awaitscope_collector::export::{
-    self, chrome, flame, github, junit, markdown, perfetto, timeline, PolicyNote,
+    chrome, flame, github, junit, markdown, perfetto, timeline, PolicyNote,
 };
 use awaitscope_collector::ingest::recording;
+use awaitscope_collector::units::{parse_duration, Bare};
 use awaitscope_collector::{Model, Report};
 
 use super::{parse_fail_on, FailOn, EXIT_BAD_INPUT, EXIT_FINDINGS};
@@ -96,10 +97,10 @@ pub struct Args {
     pub fail_on: Option<FailOn>,
     /// Timelines (perfetto, chrome): leave out what happens before this time
     /// since each process's start (`1.5s`, `200ms`, `30us`, ns).
-    #[arg(long, value_parser = export::parse_duration)]
+    #[arg(long, value_parser = |s: &str| parse_duration(s, Bare::Nanos))]
     pub from: Option<u64>,
     /// Timelines: leave out what happens after this time.
-    #[arg(long, value_parser = export::parse_duration)]
+    #[arg(long, value_parser = |s: &str| parse_duration(s, Bare::Nanos))]
     pub to: Option<u64>,
     /// Timelines: most trace events written (default 2,000,000 for
     /// perfetto, 500,000 for chrome); past it the trace is cut, and says so.

@@ -9,10 +9,11 @@ use awaitscope::{AwaitPoint, Context};
 use tokio::sync::mpsc;
 use tracing::{instrument, Instrument};
 
-/// A job.
+/// A unit of work put on the queue by a request: a worker tries it up to
+/// three times.
 #[derive(Clone, Debug)]
 pub struct Job {
-    /// Job id.
+    /// Its number, for the logs and the traces.
     pub id: u32,
     /// Whether every attempt fails.
     pub poison: bool,

@@ -14,11 +14,11 @@ use crate::snapshot::{FindingRow, Snapshot, TaskKey, TaskRow};
 pub enum View {
     /// Task table or tree.
     Tasks,
-    /// Findings.
+    /// Findings of the detectors, grouped by kind.
     Findings,
     /// Errors and panics with causal traces.
     Errors,
-    /// Resources.
+    /// tokio resources (not internal ones) with their holders and waiters.
     Resources,
     /// One task in detail (from Tasks, Findings or Errors).
     Detail,
@@ -28,7 +28,7 @@ impl View {
     /// Views reachable with Tab, in order.
     pub const TABS: [View; 4] = [View::Tasks, View::Findings, View::Errors, View::Resources];
 
-    /// Title.
+    /// The name of the view in the tab bar.
     pub fn title(self) -> &'static str {
         match self {
             View::Tasks => "Tasks",
@@ -43,23 +43,23 @@ impl View {
 /// Sortable columns of the task table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Column {
-    /// State.
+    /// Running, scheduled, idle, then ended tasks.
     State,
-    /// Name.
+    /// The task's name (unnamed tasks sort first).
     Name,
-    /// Id.
+    /// Process, then task id: the order of spawning.
     Id,
-    /// Busy time.
+    /// Time being polled, the running poll included.
     Busy,
-    /// Scheduled time.
+    /// Time woken and waiting for a poll.
     Sched,
-    /// Idle time.
+    /// Time neither polled nor scheduled: waiting to be woken.
     Idle,
-    /// Polls.
+    /// Polls so far, counting a poll not yet committed.
     Polls,
-    /// Location.
+    /// Spawn location, as `file:line:col` text.
     Location,
-    /// Warnings.
+    /// Findings naming the task plus its WARN and ERROR events.
     Warnings,
 }
 
@@ -77,7 +77,7 @@ impl Column {
         Column::Location,
     ];
 
-    /// Header.
+    /// The column's header in the task table.
     pub fn title(self) -> &'static str {
         match self {
             Column::State => "State",
@@ -133,7 +133,9 @@ pub enum RowKind {
 pub struct VisRow {
     /// What it is.
     pub kind: RowKind,
-    /// Tree depth.
+    /// Indentation level in tree mode: 0 for a root task, or for a process
+    /// row when several processes are shown (their root tasks are then at 1);
+    /// 0 for every row of the table.
     pub depth: u16,
     /// Descendants (tree mode).
     pub descendants: u32,
@@ -214,7 +216,7 @@ pub enum Action {
     FilterClear,
     /// Help on/off.
     Help,
-    /// Quit.
+    /// Leave the UI (also Ctrl-C, even while editing the filter).
     Quit,
     /// Click at screen row `y`.
     Click(u16),
@@ -227,7 +229,7 @@ pub enum Action {
 /// The whole UI state.
 #[derive(Debug)]
 pub struct App {
-    /// Latest snapshot.
+    /// The snapshot the views draw (not replaced while paused).
     pub snap: Snapshot,
     /// Current view.
     pub view: View,
@@ -255,9 +257,11 @@ pub struct App {
     pub list_cursor: [usize; 3],
     /// Visible findings (indices), grouped by kind.
     pub finding_rows: Vec<FindingLine>,
-    /// Detail scroll.
+    /// Lines the Detail view is scrolled down by (0: its top).
     pub detail_scroll: u16,
-    /// Paused.
+    /// Live views only: keep showing the current snapshot while new ones
+    /// arrive (a task's detail asked for meanwhile is still taken). Replays
+    /// pause the replay itself instead.
     pub paused: bool,
     /// Help shown.
     pub help: bool,

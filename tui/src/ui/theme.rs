@@ -6,10 +6,12 @@ use awaitscope_collector::model::TaskState;
 use awaitscope_collector::Severity;
 use ratatui::style::{Color, Modifier, Style};
 
-/// The theme.
+/// How the UI draws: with or without colours, with Unicode or ASCII glyphs.
+/// The styles and glyphs below follow it.
 #[derive(Clone, Copy, Debug)]
 pub struct Theme {
-    /// Use colours.
+    /// Colours on; off with `NO_COLOR` or `TERM=dumb` (then bold and
+    /// reverse video only).
     pub color: bool,
     /// Plain ASCII glyphs.
     pub ascii: bool,

@@ -1,0 +1,135 @@
+//! Durations as people read and type them: the collector counts in
+//! nanoseconds (`u64`), messages and reports print them with a unit, and the
+//! command line parses them back.
+//!
+//! Two formats, because two kinds of output have settled on them:
+//! [`fmt_ns_brief`] in finding messages (`12.3ms`), [`fmt_ns_precise`] in the
+//! CI reports and trace notes (`12.345ms`). Both are deterministic, so
+//! snapshots of either stay stable.
+
+/// Formats nanoseconds for a finding's message: two decimals in seconds,
+/// one in milliseconds and microseconds, whole nanoseconds below
+/// (`1.50s`, `12.3ms`, `4.5µs`, `12ns`).
+pub fn fmt_ns_brief(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.2}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else if ns >= 1_000 {
+        format!("{:.1}µs", ns as f64 / 1e3)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
+/// Formats nanoseconds for the CI reports and timeline notes: three
+/// decimals in seconds and milliseconds (microsecond resolution), one in
+/// microseconds, whole nanoseconds below (`1.500s`, `1.234ms`, `4.5µs`,
+/// `12ns`).
+pub fn fmt_ns_precise(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.3}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{:.3}ms", ns as f64 / 1e6)
+    } else if ns >= 1_000 {
+        format!("{:.1}µs", ns as f64 / 1e3)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
+/// The unit of a number typed without one: each option that takes a
+/// duration says which, since a bare `1000` means different things to
+/// `report --from` (a timestamp in nanoseconds) and to `demo --duration`
+/// (a run time in seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bare {
+    /// A bare number is nanoseconds.
+    Nanos,
+    /// A bare number is seconds.
+    Secs,
+}
+
+impl Bare {
+    fn per_unit_ns(self) -> f64 {
+        match self {
+            Bare::Nanos => 1.0,
+            Bare::Secs => 1e9,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Bare::Nanos => "nanoseconds",
+            Bare::Secs => "seconds",
+        }
+    }
+}
+
+/// Parses a duration into nanoseconds: a non-negative decimal number with a
+/// unit (`ns`, `us` or `µs`, `ms`, `s`, `m` for minutes; `1.5s`, `200ms`,
+/// `2m`) or without one, then in the unit `bare` says. Spaces around the
+/// number are ignored; values too large for `u64` saturate.
+pub fn parse_duration(s: &str, bare: Bare) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, ns_per_unit) = if let Some(n) = s.strip_suffix("ns") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("us").or_else(|| s.strip_suffix("µs")) {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e6)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e9)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e9)
+    } else {
+        (s, bare.per_unit_ns())
+    };
+    let v: f64 = num.trim().parse().map_err(|_| {
+        format!(
+            "bad duration `{s}` (examples: 1.5s, 200ms, 30us, 2m; a bare number is {})",
+            bare.name()
+        )
+    })?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("bad duration `{s}`"));
+    }
+    Ok((v * ns_per_unit).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units_and_bare_numbers() {
+        for bare in [Bare::Nanos, Bare::Secs] {
+            assert_eq!(parse_duration("1.5s", bare).unwrap(), 1_500_000_000);
+            assert_eq!(parse_duration("200ms", bare).unwrap(), 200_000_000);
+            assert_eq!(parse_duration("30us", bare).unwrap(), 30_000);
+            assert_eq!(parse_duration("30µs", bare).unwrap(), 30_000);
+            assert_eq!(parse_duration("10ns", bare).unwrap(), 10);
+            assert_eq!(parse_duration("2m", bare).unwrap(), 120_000_000_000);
+            assert_eq!(parse_duration(" 5 s ", bare).unwrap(), 5_000_000_000);
+            assert!(parse_duration("soon", bare).is_err());
+            assert!(parse_duration("", bare).is_err());
+            assert!(parse_duration("-1s", bare).is_err());
+            assert!(parse_duration("5h", bare).is_err());
+        }
+        assert_eq!(parse_duration("1000", Bare::Nanos).unwrap(), 1000);
+        assert_eq!(parse_duration("1.5", Bare::Secs).unwrap(), 1_500_000_000);
+        let e = parse_duration("x", Bare::Secs).unwrap_err();
+        assert!(e.contains("a bare number is seconds"), "{e}");
+    }
+
+    #[test]
+    fn formats_at_two_precisions() {
+        assert_eq!(fmt_ns_precise(1_500_000), "1.500ms");
+        assert_eq!(fmt_ns_precise(2_000_000_000), "2.000s");
+        assert_eq!(fmt_ns_precise(12), "12ns");
+        assert_eq!(fmt_ns_brief(1_500_000), "1.5ms");
+        assert_eq!(fmt_ns_brief(2_000_000_000), "2.00s");
+        assert_eq!(fmt_ns_brief(4_500), "4.5µs");
+        assert_eq!(fmt_ns_brief(12), "12ns");
+    }
+}
