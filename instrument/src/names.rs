@@ -16,7 +16,7 @@ pub(crate) use awaitscope_wire::names::{
     ASYNC_OP_POLL_SPAN, ASYNC_OP_SPAN, AWAIT_POINT_SPAN, AWAIT_POINT_TARGET, CONCRETE_TYPE,
     CONTEXT_SPAN, CONTEXT_TARGET, JOIN_SPAN, JOIN_TARGET, KIND, KIND_BLOCK_ON, KIND_TASK, LABEL,
     LOCKED, LOC_FILE, LOC_LINE, MESSAGE, RESOURCE_SPAN, SOURCE, SPAWN_SPAN, TASK_ID, TASK_NAME,
-    TASK_TARGET,
+    TASK_TARGET, TOKIO_POLL_OP_TARGET, TOKIO_STATE_UPDATE_TARGETS,
 };
 
 // --------------------------------------------------------- tokio's targets
@@ -31,16 +31,6 @@ pub(crate) const TOKIO_BLOCKING_TARGET: &str = "tokio::task::blocking";
 /// Target of tokio's waker events ([`WAKER_OP`], [`TASK_ID`]), which the
 /// capture turns into wake records.
 pub(crate) const TOKIO_WAKER_TARGET: &str = "tokio::task::waker";
-/// Target of the events tokio emits when a resource's operation is polled
-/// (ready or not); sent as events of class `PollOp`.
-pub(crate) const TOKIO_POLL_OP_TARGET: &str = "runtime::resource::poll_op";
-/// Targets of tokio's resource state updates (a Mutex's [`LOCKED`], a
-/// Semaphore's permits...), sent as events of class `StateUpdate`.
-pub(crate) const TOKIO_STATE_UPDATE_TARGETS: [&str; 2] = [
-    "runtime::resource::state_update",
-    "runtime::resource::async_op::state_update",
-];
-
 // ------------------------------------------------- fields of tokio's events
 
 /// On a waker event: what was done to the waker, one of the `WAKER_*`

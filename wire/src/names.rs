@@ -184,10 +184,6 @@ pub const MESSAGE: &str = "message";
 // awaitscope's own spans: emitted by the `awaitscope` crate and read back by
 // its capture (the collector sees them as user spans).
 
-/// The [`KIND`] of a plain task (`tokio::spawn`, `awaitscope::spawn`), as
-/// opposed to [`KIND_BLOCKING`], [`KIND_BLOCK_ON`] or a `local` task.
-pub const KIND_TASK: &str = "task";
-
 /// Name of the span of an await point (target [`AWAIT_POINT_TARGET`]),
 /// entered around one await so that the task's await tree shows it with
 /// its [`LABEL`].
