@@ -447,32 +447,6 @@ impl Serialize for SpanNewRef<'_> {
     }
 }
 
-/// What [`crate::EventsFrame::push`] encodes: an [`Event`], or a borrowed
-/// form that encodes as one. (Sealed: nothing else may go into a frame.)
-pub trait EncodesAsEvent: Serialize + sealed::Sealed {
-    /// Appends this event's postcard encoding to `out` without going
-    /// through serde, for the frequent events; false (and nothing written)
-    /// for the others.
-    #[doc(hidden)]
-    fn encode_direct(&self, _out: &mut Vec<u8>) -> bool {
-        false
-    }
-}
-
-impl EncodesAsEvent for Event {
-    #[inline(always)]
-    fn encode_direct(&self, out: &mut Vec<u8>) -> bool {
-        crate::direct::encode(self, out)
-    }
-}
-impl EncodesAsEvent for SpanNewRef<'_> {}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Event {}
-    impl Sealed for super::SpanNewRef<'_> {}
-}
-
 /// An event of the program or of tokio's resources: [`Event::Log`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Log {

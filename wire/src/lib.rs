@@ -31,7 +31,7 @@ pub use event::*;
 pub use read::{
     decode_frame, decode_frame_serde, recycle, validate, DecodeError, FrameReader, Preamble,
 };
-pub use write::{encode_frame, preamble, EncodeError, EventsFrame, FrameWriter};
+pub use write::{encode_frame, preamble, EncodeError, EncodesAsEvent, EventsFrame, FrameWriter};
 
 /// First eight bytes of every stream and recording.
 pub const MAGIC: [u8; 8] = *b"AWSCOPE\0";

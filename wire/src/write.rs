@@ -2,7 +2,35 @@
 
 use std::io::{self, Write};
 
-use crate::{Frame, MAGIC, MAX_FRAME_LEN, VERSION};
+use serde::Serialize;
+
+use crate::{Event, Frame, SpanNewRef, MAGIC, MAX_FRAME_LEN, VERSION};
+
+/// What [`EventsFrame::push`] encodes: an [`Event`], or a borrowed
+/// form that encodes as one. (Sealed: nothing else may go into a frame.)
+pub trait EncodesAsEvent: Serialize + sealed::Sealed {
+    /// Appends this event's postcard encoding to `out` without going
+    /// through serde, for the frequent events; false (and nothing written)
+    /// for the others.
+    #[doc(hidden)]
+    fn encode_direct(&self, _out: &mut Vec<u8>) -> bool {
+        false
+    }
+}
+
+impl EncodesAsEvent for Event {
+    #[inline(always)]
+    fn encode_direct(&self, out: &mut Vec<u8>) -> bool {
+        crate::direct::encode(self, out)
+    }
+}
+impl EncodesAsEvent for SpanNewRef<'_> {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::Event {}
+    impl Sealed for crate::SpanNewRef<'_> {}
+}
 
 /// Why a frame could not be encoded.
 #[derive(Debug, thiserror::Error)]
