@@ -1,11 +1,21 @@
 //! A streaming walk over recordings: turns frames into timeline events
 //! (tracks, poll slices, await-tree slices, instants, flows) for
-//! [`Sink`]s, and gathers what the aggregated model does not keep: the
-//! await-tree stacks weighted by pending and busy time (flame graphs), the
-//! durations of every await (per await point), and the root task groups.
+//! [`TimelineSink`]s, and gathers what the aggregated model does not keep:
+//! the await-tree stacks weighted by pending and busy time (flame graphs),
+//! the durations of every await (per await point), and the root task
+//! groups.
 //!
-//! Memory: the state of live tasks and live spans of each process, the
-//! distinct flame stacks and await points; never the polls themselves.
+//! The walk does not read events itself: it applies each process's frames
+//! to a model [`Process`] (the model's rules, thread merge and all) and
+//! observes it ([`Observer`], asking for the steps): the timeline is built
+//! from the [`Change`]s the model reports. What the walk keeps is the
+//! timeline's own: tracks, lanes, flows, names of spans for the await
+//! points, flame stacks and summaries.
+//!
+//! Memory: the model of each process (bounded by its retention), the
+//! timeline state of live tasks and live spans (and of a bounded number of
+//! recently closed spans), the distinct flame stacks and await points;
+//! never the polls themselves.
 //!
 //! Tracks: one per process; one per task, under its spawning task's track
 //! when that task is alive at spawn time (else under its process); and, under
@@ -20,18 +30,20 @@
 //! next poll), and queue hand-offs (`FollowsFrom`, from the producing task's
 //! latest poll to an instant on the consuming task).
 
+use std::collections::btree_map::{Entry, VacantEntry};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 
 use awaitscope_wire::{
-    names, Body, Callsite, CallsiteKind, CloseKind, Event, EventClass, Field, Frame, Level,
-    ProcessKey, SpanClass, SpanId, TreeNode, WakeOp,
+    names, Body, CloseKind, Field, Frame, Level, Log, ProcessKey, SpanClass, SpanId, TreeNode,
 };
 use hdrhistogram::Histogram;
 
 use super::PolicyNote;
-use crate::model::{labels, span};
+use crate::config::Config;
+use crate::model::span::{self, Location};
+use crate::model::{Change, Observer, Process, Task};
 
 /// An argument value of a timeline event.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,7 +151,7 @@ pub enum Ev<'a> {
 }
 
 /// A consumer of timeline events (a trace writer).
-pub trait Sink {
+pub trait TimelineSink {
     /// One event of process `process`.
     fn event(&mut self, process: ProcessKey, ev: &Ev<'_>) -> io::Result<()>;
     /// End of input: write the trailer; says what the size policy did.
@@ -258,6 +270,8 @@ pub struct WalkSummary {
     pub finding_roots: HashMap<(ProcessKey, u64), String>,
 }
 
+/// A span as the timeline names it: its label and await point, fixed at
+/// its creation (the label of an async op falls back on its resource's).
 struct SpanW {
     class: SpanClass,
     ctx_task: Option<SpanId>,
@@ -289,16 +303,17 @@ struct Lane {
     stack: Vec<LaneEntry>,
 }
 
+/// What the timeline keeps of a live task besides the model's state of it
+/// (its polls, its last poll's end, its creation): its track, names,
+/// flows, await-tree lanes and flame stacks.
 struct TaskW {
     track: Option<u64>,
     label: String,
     group: Arc<str>,
     root: Arc<str>,
-    created: u64,
-    poll_start: Option<u64>,
-    pending: Option<(u64, u64)>,
-    last_end: Option<u64>,
+    /// End of the last poll committed.
     real_end: Option<u64>,
+    /// Start of the latest poll (its spawn before its first poll).
     last_poll_start: u64,
     /// Flows waiting for the next poll.
     flows_in: Vec<u64>,
@@ -312,11 +327,12 @@ struct TaskW {
     open: Vec<(SpanId, u64, Arc<str>)>,
 }
 
+/// The timeline's state of one process (the model's is in its
+/// [`Process`]).
 struct PState {
+    key: ProcessKey,
     track: u64,
     name: String,
-    now: u64,
-    callsites: HashMap<u32, Callsite>,
     spans: HashMap<SpanId, SpanW>,
     /// Recently closed spans: a poll's await tree is sent at its end, after
     /// the spans of awaits completed in the poll have closed.
@@ -327,15 +343,21 @@ struct PState {
     win_closed: bool,
 }
 
+/// A process: the model applying its events, and the timeline observing
+/// it.
+struct Proc {
+    model: Process,
+    tl: PState,
+}
+
 /// Most closed spans remembered (to find the task of a `FollowsFrom` source).
 const CLOSED_MEMORY: usize = 1 << 16;
 /// Most flows waiting on one task's next poll.
 const MAX_FLOWS_IN: usize = 8;
 
-/// The streaming walker.
-pub struct Walker {
+/// What the walk keeps across processes: ids, flame stacks, the summary.
+struct Shared {
     opts: WalkOptions,
-    procs: BTreeMap<ProcessKey, PState>,
     next_track: u64,
     next_flow: u64,
     stack_ids: HashMap<String, u32>,
@@ -351,7 +373,16 @@ pub struct Walker {
     root_groups: HashMap<ProcessKey, HashMap<Arc<str>, RootGroup>>,
 }
 
-type Sinks<'a, 'b> = &'a mut [&'b mut dyn Sink];
+/// The streaming walker: applies each process's frames to a model
+/// [`Process`] (the model's rules, merge of threads and all) and builds the
+/// timeline from the [`Change`]s the model reports.
+pub struct Walker {
+    cfg: Config,
+    procs: BTreeMap<ProcessKey, Proc>,
+    sh: Shared,
+}
+
+type Sinks<'a, 'b> = &'a mut [&'b mut dyn TimelineSink];
 
 fn emit(sinks: Sinks<'_, '_>, key: ProcessKey, ev: &Ev<'_>) -> io::Result<()> {
     for s in sinks.iter_mut() {
@@ -364,30 +395,11 @@ fn clean_frame(s: &str) -> String {
     s.replace([';', '\n', '\r'], " ")
 }
 
-impl Walker {
-    /// A walker.
-    pub fn new(opts: WalkOptions) -> Self {
-        let finding_tasks = opts
-            .findings
-            .iter()
-            .filter_map(|f| Some((f.process, f.task?)))
-            .collect();
-        Self {
-            opts,
-            procs: BTreeMap::new(),
-            next_track: 1,
-            next_flow: 1,
-            stack_ids: HashMap::new(),
-            stack_names: Vec::new(),
-            pending_w: Vec::new(),
-            busy_w: Vec::new(),
-            finding_tasks,
-            finding_tracks: HashMap::new(),
-            summary: WalkSummary::default(),
-            root_groups: HashMap::new(),
-        }
-    }
+fn in_window(opts: &WalkOptions, ts: u64) -> bool {
+    opts.from_ns.is_none_or(|f| ts >= f) && opts.to_ns.is_none_or(|t| ts <= t)
+}
 
+impl Shared {
     fn track_id(&mut self) -> u64 {
         let id = self.next_track;
         self.next_track += 1;
@@ -413,72 +425,302 @@ impl Walker {
     }
 
     fn in_window(&self, ts: u64) -> bool {
-        self.opts.from_ns.is_none_or(|f| ts >= f) && self.opts.to_ns.is_none_or(|t| ts <= t)
+        in_window(&self.opts, ts)
+    }
+}
+
+impl Walker {
+    /// A walker.
+    pub fn new(opts: WalkOptions) -> Self {
+        let finding_tasks = opts
+            .findings
+            .iter()
+            .filter_map(|f| Some((f.process, f.task?)))
+            .collect();
+        Self {
+            cfg: Config::default(),
+            procs: BTreeMap::new(),
+            sh: Shared {
+                opts,
+                next_track: 1,
+                next_flow: 1,
+                stack_ids: HashMap::new(),
+                stack_names: Vec::new(),
+                pending_w: Vec::new(),
+                busy_w: Vec::new(),
+                finding_tasks,
+                finding_tracks: HashMap::new(),
+                summary: WalkSummary::default(),
+                root_groups: HashMap::new(),
+            },
+        }
     }
 
     /// Walks one frame.
     pub fn frame(&mut self, f: &Frame, sinks: Sinks<'_, '_>) -> io::Result<()> {
-        self.summary.frames += 1;
-        if !self.procs.contains_key(&f.process) {
-            let name = match &f.body {
-                Body::Hello(i) => i.name.clone(),
-                _ => format!("pid {}", f.process.pid),
-            };
-            let cmdline = match &f.body {
-                Body::Hello(i) => i.cmdline.clone(),
-                _ => Vec::new(),
-            };
-            let id = self.track_id();
-            let track = Track {
-                id,
-                parent: None,
-                name: format!("{name} (pid {})", f.process.pid),
-                kind: TrackKind::Process {
-                    pid: f.process.pid,
-                    cmdline,
-                },
-            };
-            emit(sinks, f.process, &Ev::Track(&track))?;
-            self.procs.insert(
-                f.process,
-                PState {
-                    track: id,
-                    name,
-                    now: 0,
-                    callsites: HashMap::new(),
-                    spans: HashMap::new(),
-                    closed: HashMap::new(),
-                    closed_order: VecDeque::new(),
-                    tasks: HashMap::new(),
-                    win_open: self.opts.from_ns.is_none_or(|f| f == 0),
-                    win_closed: false,
-                },
-            );
-        }
+        let Self { cfg, procs, sh } = self;
+        sh.summary.frames += 1;
+        let proc = match procs.entry(f.process) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => Self::new_process(sh, f, e, &mut *sinks)?,
+        };
         if let Body::Events(events) = &f.body {
-            let runs = events
-                .iter()
-                .filter(|e| matches!(e, Event::Thread { .. }))
-                .count();
-            if runs <= 1 {
-                for e in events {
-                    self.event(f.process, e, sinks)?;
-                }
-            } else {
-                for (_, e) in crate::model::merge::merge_threads(events) {
-                    self.event(f.process, e, sinks)?;
+            sh.summary.events += events.len() as u64;
+        }
+        let mut obs = Observe {
+            sh,
+            p: &mut proc.tl,
+            sinks,
+            err: None,
+        };
+        match &f.body {
+            Body::Hello(info) => proc.model.hello_observed(info, &mut obs),
+            Body::Events(events) => {
+                proc.model.apply_events(events, cfg, &mut obs);
+                // The window moves with the clock, changes or not.
+                if obs.err.is_none() {
+                    obs.advance(proc.model.now)?;
                 }
             }
+            Body::Dropped(_) | Body::Goodbye => {}
         }
-        Ok(())
+        obs.result()
     }
 
-    fn advance(&mut self, key: ProcessKey, ts: u64, sinks: Sinks<'_, '_>) -> io::Result<()> {
-        let from = self.opts.from_ns;
-        let to = self.opts.to_ns;
-        let p = self.procs.get_mut(&key).expect("process exists");
-        p.now = p.now.max(ts);
-        if !p.win_open && from.is_none_or(|f| ts >= f) {
+    /// The first frame of process `f.process`: its track, its model.
+    fn new_process<'a>(
+        sh: &mut Shared,
+        f: &Frame,
+        slot: VacantEntry<'a, ProcessKey, Proc>,
+        sinks: Sinks<'_, '_>,
+    ) -> io::Result<&'a mut Proc> {
+        let name = match &f.body {
+            Body::Hello(i) => i.name.clone(),
+            _ => format!("pid {}", f.process.pid),
+        };
+        let cmdline = match &f.body {
+            Body::Hello(i) => i.cmdline.clone(),
+            _ => Vec::new(),
+        };
+        let id = sh.track_id();
+        let track = Track {
+            id,
+            parent: None,
+            name: format!("{name} (pid {})", f.process.pid),
+            kind: TrackKind::Process {
+                pid: f.process.pid,
+                cmdline,
+            },
+        };
+        emit(sinks, f.process, &Ev::Track(&track))?;
+        Ok(slot.insert(Proc {
+            model: Process::new(f.process),
+            tl: PState {
+                key: f.process,
+                track: id,
+                name,
+                spans: HashMap::new(),
+                closed: HashMap::new(),
+                closed_order: VecDeque::new(),
+                tasks: HashMap::new(),
+                win_open: sh.opts.from_ns.is_none_or(|f| f == 0),
+                win_closed: false,
+            },
+        }))
+    }
+
+    /// End of input: closes what is open, marks findings, and returns what
+    /// was gathered. Call [`TimelineSink::finish`] on the sinks afterwards.
+    pub fn finish(mut self, sinks: Sinks<'_, '_>) -> io::Result<WalkSummary> {
+        let Self { procs, sh, .. } = &mut self;
+        for (&key, proc) in procs.iter_mut() {
+            let m = &mut proc.model;
+            let now = m.now;
+            let mut obs = Observe {
+                sh,
+                p: &mut proc.tl,
+                sinks: &mut *sinks,
+                err: None,
+            };
+            for id in m.task_ids() {
+                // Open tasks: the last poll was a real poll.
+                if m.tasks[&id].poll_start.is_none() {
+                    m.commit_pending_poll(id, &mut obs);
+                    if let Some(e) = obs.err.take() {
+                        return Err(e);
+                    }
+                }
+                let mt = &m.tasks[&id];
+                let since = match mt.poll_start {
+                    Some(s) => {
+                        // A poll still running ends with the input.
+                        obs.poll_ended(id);
+                        obs.poll_done(id, s, now)?;
+                        now
+                    }
+                    None => mt.last_poll_end.unwrap_or(mt.created),
+                };
+                let Some(t) = obs.p.tasks.get_mut(&id) else {
+                    continue;
+                };
+                split(
+                    &mut obs.sh.pending_w,
+                    &t.leaf_stacks,
+                    now.saturating_sub(since),
+                );
+                let to = obs.sh.opts.to_ns.unwrap_or(u64::MAX);
+                end_awaits(&mut obs.sh.summary, key, t, now.min(to), obs.sinks)?;
+                if let Some(rg) = obs
+                    .sh
+                    .root_groups
+                    .get_mut(&key)
+                    .and_then(|g| g.get_mut(&*t.root))
+                {
+                    rg.last_ns = rg.last_ns.max(now);
+                }
+            }
+            let marks: Vec<FindingMark> = obs
+                .sh
+                .opts
+                .findings
+                .iter()
+                .filter(|m| m.process == key)
+                .cloned()
+                .collect();
+            for m in marks {
+                if !obs.sh.in_window(m.ts) {
+                    continue;
+                }
+                let track = m
+                    .task
+                    .and_then(|t| obs.sh.finding_tracks.get(&(key, t)).copied())
+                    .unwrap_or(obs.p.track);
+                emit(
+                    obs.sinks,
+                    key,
+                    &Ev::Instant {
+                        track,
+                        ts: m.ts,
+                        name: &m.name,
+                        cat: "finding",
+                        args: &m.args,
+                        flows_out: &[],
+                        flows_in: &[],
+                    },
+                )?;
+            }
+        }
+        for (i, name) in sh.stack_names.iter().enumerate() {
+            if sh.pending_w[i] > 0 {
+                sh.summary.pending.insert(name.clone(), sh.pending_w[i]);
+            }
+            if sh.busy_w[i] > 0 {
+                sh.summary.busy.insert(name.clone(), sh.busy_w[i]);
+            }
+        }
+        for (key, groups) in std::mem::take(&mut sh.root_groups) {
+            for (root, rg) in groups {
+                sh.summary.root_groups.insert((key, root.to_string()), rg);
+            }
+        }
+        Ok(std::mem::take(&mut sh.summary))
+    }
+}
+
+/// The walk observing the model of one process: turns the changes it
+/// reports into timeline events.
+struct Observe<'a, 'b> {
+    sh: &'a mut Shared,
+    p: &'a mut PState,
+    sinks: Sinks<'a, 'b>,
+    /// The first error of a sink (an observer cannot return it): the walk
+    /// stops at the end of the frame.
+    err: Option<io::Error>,
+}
+
+impl Observer for Observe<'_, '_> {
+    const STEPS: bool = true;
+
+    fn change(&mut self, m: &Process, change: &Change<'_>) {
+        if self.err.is_some() {
+            return;
+        }
+        if let Err(e) = self.on_change(m, change) {
+            self.err = Some(e);
+        }
+    }
+}
+
+impl Observe<'_, '_> {
+    fn result(&mut self) -> io::Result<()> {
+        match self.err.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn on_change(&mut self, m: &Process, change: &Change<'_>) -> io::Result<()> {
+        // The window opens or closes with the clock (the event that moved
+        // it may have changed nothing).
+        self.advance(m.now)?;
+        match *change {
+            Change::SpanCreated { span, .. } => {
+                self.span_created(m, span);
+                Ok(())
+            }
+            Change::SpanClosing { span, .. } => {
+                self.span_closing(span);
+                Ok(())
+            }
+            Change::TaskSpawned { task, ts } => self.task_spawned(m, task, ts),
+            Change::PollCommitted {
+                task,
+                start,
+                duration,
+            } => self.poll_done(task, start, start.saturating_add(duration)),
+            Change::PollStarted { task, ts } => {
+                self.poll_started(m, task, ts);
+                Ok(())
+            }
+            Change::PollEnded { task, .. } => {
+                self.poll_ended(task);
+                Ok(())
+            }
+            Change::TreeSent { task, spans } => self.tree_sent(m, task, spans),
+            Change::TaskClosing { task, kind, ts } => self.task_closing(task, kind, ts),
+            Change::Woken { task, by, ts } => self.woken(task, by, ts),
+            Change::FollowsFrom { span, follows } => self.follows(m, span, follows),
+            Change::Logged {
+                log,
+                level,
+                message,
+                location,
+            } => self.logged(m, log, level, message, location),
+            Change::Panic {
+                task,
+                message,
+                location,
+                ts,
+                ..
+            } => {
+                let mut args: Args = Vec::new();
+                if let Some(l) = location {
+                    args.push(("location", Arg::S(l.to_string())));
+                }
+                let name = format!("panic: {message}");
+                self.instant(task, ts, &name, "panic", &args, &[], &[])
+            }
+            Change::WaitEnded { .. } | Change::Error { .. } => Ok(()),
+        }
+    }
+
+    /// Opens or closes the window as the process clock reaches `now`.
+    fn advance(&mut self, now: u64) -> io::Result<()> {
+        let from = self.sh.opts.from_ns;
+        let to = self.sh.opts.to_ns;
+        let p = &mut *self.p;
+        let key = p.key;
+        if !p.win_open && from.is_none_or(|f| now >= f) {
             p.win_open = true;
             let at = from.unwrap_or(0);
             let mut ids: Vec<SpanId> = p.tasks.keys().copied().collect();
@@ -502,10 +744,10 @@ impl Walker {
                                     name: "awaits".into(),
                                     kind: TrackKind::Lane(0),
                                 };
-                                emit(sinks, key, &Ev::Track(&tr))?;
+                                emit(self.sinks, key, &Ev::Track(&tr))?;
                             }
                             emit(
-                                sinks,
+                                self.sinks,
                                 key,
                                 &Ev::Begin {
                                     track: lane.track,
@@ -521,9 +763,9 @@ impl Walker {
                 }
             }
         }
-        if !p.win_closed && to.is_some_and(|t| ts > t) {
+        if !p.win_closed && to.is_some_and(|t| now > t) {
             p.win_closed = true;
-            let at = to.unwrap_or(ts);
+            let at = to.unwrap_or(now);
             let mut ids: Vec<SpanId> = p.tasks.keys().copied().collect();
             ids.sort();
             for id in ids {
@@ -532,7 +774,7 @@ impl Walker {
                     for e in lane.stack.iter_mut().rev() {
                         if e.begun {
                             emit(
-                                sinks,
+                                self.sinks,
                                 key,
                                 &Ev::End {
                                     track: lane.track,
@@ -548,139 +790,9 @@ impl Walker {
         Ok(())
     }
 
-    fn event(&mut self, key: ProcessKey, e: &Event, sinks: Sinks<'_, '_>) -> io::Result<()> {
-        self.summary.events += 1;
-        match e {
-            Event::Callsite(c) => {
-                let p = self.procs.get_mut(&key).expect("process");
-                if p.callsites.len() < 65536 || p.callsites.contains_key(&c.id) {
-                    p.callsites.insert(c.id, (**c).clone());
-                }
-            }
-            Event::SpanNew(boxed) => {
-                let awaitscope_wire::SpanNew {
-                    id,
-                    callsite,
-                    parent,
-                    ctx_task,
-                    ts,
-                    fields,
-                    ..
-                } = &**boxed;
-                self.advance(key, *ts, sinks)?;
-                self.span_new(key, *id, *callsite, *parent, *ctx_task, *ts, fields, sinks)?;
-            }
-            Event::Poll {
-                task,
-                start,
-                duration,
-                wakers,
-            } => {
-                let enter = Event::Enter {
-                    span: *task,
-                    ts: *start,
-                };
-                let end = Event::PollEnd {
-                    task: *task,
-                    ts: start.saturating_add(*duration),
-                    wakers: *wakers,
-                };
-                self.event(key, &enter, &mut *sinks)?;
-                self.event(key, &end, sinks)?;
-            }
-            Event::Enter { span, ts } => {
-                self.advance(key, *ts, sinks)?;
-                self.enter(key, *span, *ts, sinks)?;
-            }
-            Event::Exit { span, ts } | Event::PollEnd { task: span, ts, .. } => {
-                self.advance(key, *ts, sinks)?;
-                let p = self.procs.get_mut(&key).expect("process");
-                if let Some(t) = p.tasks.get_mut(span) {
-                    if let Some(s) = t.poll_start.take() {
-                        t.pending = Some((s, *ts));
-                        t.pending_flows = std::mem::take(&mut t.cur_flows);
-                        t.last_end = Some(*ts);
-                    }
-                }
-            }
-            Event::PollTree { task, spans } => self.poll_tree(key, *task, spans, sinks)?,
-            Event::Close { span, kind, ts } => {
-                self.advance(key, *ts, sinks)?;
-                self.close(key, *span, *kind, *ts, sinks)?;
-            }
-            Event::Wake { task, op, by, ts } => {
-                self.advance(key, *ts, sinks)?;
-                if matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
-                    self.wake(key, *task, *by, *ts, sinks)?;
-                }
-            }
-            Event::FollowsFrom { span, follows } => self.follows(key, *span, *follows, sinks)?,
-            Event::Log(boxed) => {
-                let awaitscope_wire::Log {
-                    callsite,
-                    task,
-                    ts,
-                    fields,
-                    ..
-                } = &**boxed;
-                self.advance(key, *ts, sinks)?;
-                let p = &self.procs[&key];
-                let Some(cs) = p.callsites.get(callsite) else {
-                    return Ok(());
-                };
-                if cs.kind != CallsiteKind::Event(EventClass::User)
-                    || !matches!(cs.level, Level::Warn | Level::Error)
-                {
-                    return Ok(());
-                }
-                let msg = span::field_str(Some(cs), fields, names::MESSAGE)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| cs.name.clone());
-                let lvl = if cs.level == Level::Error {
-                    "error"
-                } else {
-                    "warn"
-                };
-                let mut args: Args = vec![("level", Arg::S(lvl.into()))];
-                if let Some(l) = span::callsite_location(Some(cs)) {
-                    args.push(("location", Arg::S(l.to_string())));
-                }
-                for f in fields {
-                    if let Some(n) = cs.fields.get(f.index as usize) {
-                        if n != names::MESSAGE {
-                            args.push(("field", Arg::S(format!("{n}={}", value(f)))));
-                        }
-                    }
-                }
-                let name = format!("{lvl}: {msg}");
-                self.instant(key, *task, *ts, &name, "log", &args, &[], &[], sinks)?;
-            }
-            Event::Panic(boxed) => {
-                let awaitscope_wire::Panic {
-                    task,
-                    message,
-                    file,
-                    line,
-                    ts,
-                    ..
-                } = &**boxed;
-                self.advance(key, *ts, sinks)?;
-                let mut args: Args = Vec::new();
-                if let (Some(f), Some(l)) = (file, line) {
-                    args.push(("location", Arg::S(format!("{f}:{l}"))));
-                }
-                let name = format!("panic: {message}");
-                self.instant(key, *task, *ts, &name, "panic", &args, &[], &[], sinks)?;
-            }
-            Event::Thread { .. } | Event::Record { .. } => {}
-        }
-        Ok(())
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn instant(
         &mut self,
-        key: ProcessKey,
         task: Option<SpanId>,
         ts: u64,
         name: &str,
@@ -688,19 +800,18 @@ impl Walker {
         args: &Args,
         flows_out: &[u64],
         flows_in: &[u64],
-        sinks: Sinks<'_, '_>,
     ) -> io::Result<()> {
-        if !self.in_window(ts) {
+        if !self.sh.in_window(ts) {
             return Ok(());
         }
-        let p = &self.procs[&key];
+        let p = &*self.p;
         let track = task
             .and_then(|t| p.tasks.get(&t))
             .and_then(|t| t.track)
             .unwrap_or(p.track);
         emit(
-            sinks,
-            key,
+            self.sinks,
+            p.key,
             &Ev::Instant {
                 track,
                 ts,
@@ -713,101 +824,104 @@ impl Walker {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn span_new(
-        &mut self,
-        key: ProcessKey,
-        id: SpanId,
-        callsite: u32,
-        parent: Option<SpanId>,
-        ctx_task: Option<SpanId>,
-        ts: u64,
-        fields: &[Field],
-        sinks: Sinks<'_, '_>,
-    ) -> io::Result<()> {
-        let p = self.procs.get_mut(&key).expect("process");
-        let cs = p.callsites.get(&callsite);
-        let class = match cs.map(|c| c.kind) {
-            Some(CallsiteKind::Span(c)) => c,
-            _ => SpanClass::User,
+    /// A span (not a task) was created: its label and await point.
+    fn span_created(&mut self, m: &Process, id: SpanId) {
+        let Some(s) = m.spans.get(&id) else {
+            return;
         };
-        if class != SpanClass::Task {
-            if p.spans.contains_key(&id) {
-                return Ok(());
+        let p = &mut *self.p;
+        let cs = m.callsites.get(&s.callsite);
+        let (class, parent, fields) = (s.class, s.parent, &s.fields);
+        let own_loc = span::loc_fields(cs, fields)
+            .or_else(|| span::callsite_location(cs))
+            .map(|l| Arc::<str>::from(l.to_string()));
+        // The span's own label (the model's), else a fallback per class.
+        let own = s.label.as_deref().map(String::from);
+        let (label, loc): (String, Option<Arc<str>>) = match class {
+            SpanClass::Resource => (own.unwrap_or_else(|| "resource".into()), own_loc),
+            SpanClass::AsyncOp | SpanClass::AsyncOpPoll => {
+                let ploc = parent
+                    .and_then(|pa| p.spans.get(&pa))
+                    .and_then(|s| s.loc.clone());
+                (
+                    own.or_else(|| {
+                        parent
+                            .and_then(|pa| p.spans.get(&pa))
+                            .map(|s| s.label.to_string())
+                    })
+                    .unwrap_or_else(|| "async_op".into()),
+                    ploc.or(own_loc),
+                )
             }
-            let own_loc = span::loc_fields(cs, fields)
-                .or_else(|| span::callsite_location(cs))
-                .map(|l| Arc::<str>::from(l.to_string()));
-            // The span's own label (the rule of `labels::span_own_label`),
-            // else a fallback per class.
-            let own = labels::span_own_label(class, cs, fields).map(String::from);
-            let (label, loc): (String, Option<Arc<str>>) = match class {
-                SpanClass::Resource => (own.unwrap_or_else(|| "resource".into()), own_loc),
-                SpanClass::AsyncOp | SpanClass::AsyncOpPoll => {
-                    let ploc = parent
-                        .and_then(|pa| p.spans.get(&pa))
-                        .and_then(|s| s.loc.clone());
-                    (
-                        own.or_else(|| {
-                            parent
-                                .and_then(|pa| p.spans.get(&pa))
-                                .map(|s| s.label.to_string())
-                        })
-                        .unwrap_or_else(|| "async_op".into()),
-                        ploc.or(own_loc),
-                    )
-                }
-                _ => {
-                    let label = own.unwrap_or_else(|| {
-                        cs.map_or_else(|| format!("span#{}", id.0), |c| c.name.clone())
-                    });
-                    (label, own_loc)
-                }
-            };
-            // Awaits of JoinHandles are one await point, whatever the task.
-            let generic = if label.starts_with("join task.id=") {
-                "join"
-            } else {
-                label.as_str()
-            };
-            let point: Arc<str> = match &loc {
-                Some(l) => format!("{generic} @ {l}").into(),
-                None => generic.to_string().into(),
-            };
-            p.spans.insert(
-                id,
-                SpanW {
-                    class,
-                    ctx_task,
-                    created: ts,
-                    label: label.into(),
-                    point,
-                    loc,
-                },
-            );
-            return Ok(());
+            _ => {
+                let label = own.unwrap_or_else(|| {
+                    cs.map_or_else(|| format!("span#{}", id.0), |c| c.name.clone())
+                });
+                (label, own_loc)
+            }
+        };
+        // Awaits of JoinHandles are one await point, whatever the task.
+        let generic = if label.starts_with("join task.id=") {
+            "join"
+        } else {
+            label.as_str()
+        };
+        let point: Arc<str> = match &loc {
+            Some(l) => format!("{generic} @ {l}").into(),
+            None => generic.to_string().into(),
+        };
+        p.spans.insert(
+            id,
+            SpanW {
+                class,
+                ctx_task: s.ctx_task,
+                created: s.created,
+                label: label.into(),
+                point,
+                loc,
+            },
+        );
+    }
+
+    /// A span (not a task) closes: remembered a while among the closed.
+    fn span_closing(&mut self, id: SpanId) {
+        let p = &mut *self.p;
+        let Some(s) = p.spans.remove(&id) else {
+            return;
+        };
+        if p.closed_order.len() >= CLOSED_MEMORY {
+            if let Some(old) = p.closed_order.pop_front() {
+                p.closed.remove(&old);
+            }
         }
-        if p.tasks.contains_key(&id) {
+        p.closed.insert(id, s);
+        p.closed_order.push_back(id);
+    }
+
+    /// Task `id` was spawned at `ts`: its track, root group, flame stack,
+    /// and the spawn flow from its parent.
+    fn task_spawned(&mut self, m: &Process, id: SpanId, ts: u64) -> io::Result<()> {
+        let Some(mt) = m.tasks.get(&id) else {
             return Ok(());
-        }
-        let name = span::field_str(cs, fields, names::TASK_NAME)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        let kind = span::field_str(cs, fields, names::KIND).map(str::to_string);
-        let loc = span::loc_fields(cs, fields).or_else(|| span::callsite_location(cs));
-        let locs = loc
+        };
+        let key = self.p.key;
+        let name = mt.name.as_deref();
+        let locs = mt
+            .location
             .as_ref()
             .map_or_else(|| "?".to_string(), |l| l.to_string());
-        let group: Arc<str> = match &name {
+        let group: Arc<str> = match name {
             Some(n) => format!("{n}@{locs}").into(),
             None => locs.clone().into(),
         };
-        let label = format!("{} #{}", name.as_deref().unwrap_or("task"), id.0);
-        let parent_task = ctx_task.and_then(|c| p.tasks.get(&c));
+        let label = format!("{} #{}", name.unwrap_or("task"), id.0);
+        let ctx_task = mt.parent;
+        let parent_task = ctx_task.and_then(|c| self.p.tasks.get(&c));
         let root = parent_task.map_or_else(|| group.clone(), |t| t.root.clone());
-        let parent_track = parent_task.and_then(|t| t.track).unwrap_or(p.track);
+        let parent_track = parent_task.and_then(|t| t.track).unwrap_or(self.p.track);
         let is_root = parent_task.is_none();
         let rg = self
+            .sh
             .root_groups
             .entry(key)
             .or_default()
@@ -820,61 +934,56 @@ impl Walker {
         rg.roots += u64::from(is_root);
         rg.first_ns = rg.first_ns.min(ts);
         rg.last_ns = rg.last_ns.max(ts);
-        if self.finding_tasks.contains(&(key, id.0)) {
-            self.summary
+        let named = self.sh.finding_tasks.contains(&(key, id.0));
+        if named {
+            self.sh
+                .summary
                 .finding_roots
                 .insert((key, id.0), root.to_string());
         }
-        let win_closed = self.procs[&key].win_closed;
-        let track = if win_closed {
+        let track = if self.p.win_closed {
             None
         } else {
-            let tid = self.track_id();
+            let tid = self.sh.track_id();
             let tr = Track {
                 id: tid,
                 parent: Some(parent_track),
                 name: label.clone(),
                 kind: TrackKind::Task { task: id.0 },
             };
-            emit(sinks, key, &Ev::Track(&tr))?;
-            if self.finding_tasks.contains(&(key, id.0)) {
-                self.finding_tracks.insert((key, id.0), tid);
+            emit(self.sinks, key, &Ev::Track(&tr))?;
+            if named {
+                self.sh.finding_tracks.insert((key, id.0), tid);
             }
             Some(tid)
         };
         let mut flows_in = Vec::new();
         // Spawn flow: from the spawning task's poll to the child's first poll.
-        let live_parent = ctx_task.filter(|c| self.procs[&key].tasks.contains_key(c));
+        let live_parent = ctx_task.filter(|c| self.p.tasks.contains_key(c));
         if let Some(parent) = live_parent {
-            if track.is_some() && self.in_window(ts) {
-                let f = self.flow_id();
+            if track.is_some() && self.sh.in_window(ts) {
+                let f = self.sh.flow_id();
                 let mut args: Args = vec![("task", Arg::U(id.0))];
-                if let Some(k) = &kind {
+                if let Some(k) = &mt.kind {
                     args.push(("kind", Arg::S(k.clone())));
                 }
                 args.push(("spawned_at", Arg::S(locs.clone())));
                 let n = format!("spawn {label}");
-                self.instant(key, Some(parent), ts, &n, "spawn", &args, &[f], &[], sinks)?;
+                self.instant(Some(parent), ts, &n, "spawn", &args, &[f], &[])?;
                 flows_in.push(f);
             }
         }
         let sid = {
-            let s = group.to_string();
-            let pname = clean_frame(&self.procs[&key].name);
-            self.intern(format!("{pname};{}", clean_frame(&s)))
+            let pname = clean_frame(&self.p.name);
+            self.sh.intern(format!("{pname};{}", clean_frame(&group)))
         };
-        let p = self.procs.get_mut(&key).expect("process");
-        p.tasks.insert(
+        self.p.tasks.insert(
             id,
             TaskW {
                 track,
                 label,
                 group,
                 root,
-                created: ts,
-                poll_start: None,
-                pending: None,
-                last_end: None,
                 real_end: None,
                 last_poll_start: ts,
                 flows_in,
@@ -889,94 +998,59 @@ impl Walker {
         Ok(())
     }
 
-    /// Commits the pending poll of `task` as a real poll.
-    fn commit(&mut self, key: ProcessKey, id: SpanId, sinks: Sinks<'_, '_>) -> io::Result<()> {
-        let p = self.procs.get_mut(&key).expect("process");
-        let Some(t) = p.tasks.get_mut(&id) else {
-            return Ok(());
-        };
-        let Some((s, e)) = t.pending.take() else {
+    /// A poll of `id` from `s` to `e` was a real poll: its slice, with the
+    /// flows ending at its start.
+    fn poll_done(&mut self, id: SpanId, s: u64, e: u64) -> io::Result<()> {
+        let Some(t) = self.p.tasks.get_mut(&id) else {
             return Ok(());
         };
         t.real_end = Some(e);
-        let d = e.saturating_sub(s);
-        split(&mut self.busy_w, &t.leaf_stacks, d);
+        split(&mut self.sh.busy_w, &t.leaf_stacks, e.saturating_sub(s));
         let flows = std::mem::take(&mut t.pending_flows);
         let track = t.track;
-        self.poll_slice(key, track, s, e, "poll", &flows, sinks)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn poll_slice(
-        &mut self,
-        key: ProcessKey,
-        track: Option<u64>,
-        s: u64,
-        e: u64,
-        name: &str,
-        flows: &[u64],
-        sinks: Sinks<'_, '_>,
-    ) -> io::Result<()> {
-        let Some(track) = track else { return Ok(()) };
-        let from = self.opts.from_ns.unwrap_or(0);
-        let to = self.opts.to_ns.unwrap_or(u64::MAX);
-        if e < from || s > to {
-            return Ok(());
-        }
-        let (cs, ce) = (s.max(from), e.min(to));
-        let args: Args = vec![("duration_ns", Arg::U(e - s))];
-        emit(
-            sinks,
-            key,
-            &Ev::Complete {
-                track,
-                start: cs,
-                end: ce,
-                name,
-                cat: name_cat(name),
-                args: &args,
-                flows_in: if cs == s { flows } else { &[] },
-            },
+        poll_slice(
+            &self.sh.opts,
+            self.sinks,
+            self.p.key,
+            track,
+            (s, e),
+            "poll",
+            &flows,
         )
     }
 
-    fn enter(
-        &mut self,
-        key: ProcessKey,
-        id: SpanId,
-        ts: u64,
-        sinks: Sinks<'_, '_>,
-    ) -> io::Result<()> {
-        if !self.procs[&key].tasks.contains_key(&id) {
-            return Ok(());
-        }
-        self.commit(key, id, sinks)?;
-        let p = self.procs.get_mut(&key).expect("process");
-        let t = p.tasks.get_mut(&id).expect("task");
-        let since = t.last_end.unwrap_or(t.created);
+    /// A poll of `id` started at `ts`: the wait since the last one is
+    /// pending time; the flows waiting for it end at its start.
+    fn poll_started(&mut self, m: &Process, id: SpanId, ts: u64) {
+        let (Some(t), Some(mt)) = (self.p.tasks.get_mut(&id), m.tasks.get(&id)) else {
+            return;
+        };
+        let since = mt.last_poll_end.unwrap_or(mt.created);
         split(
-            &mut self.pending_w,
+            &mut self.sh.pending_w,
             &t.leaf_stacks,
             ts.saturating_sub(since),
         );
-        t.poll_start = Some(ts);
         t.last_poll_start = ts;
         t.cur_flows = std::mem::take(&mut t.flows_in);
-        Ok(())
     }
 
-    fn poll_tree(
-        &mut self,
-        key: ProcessKey,
-        task: SpanId,
-        nodes: &[TreeNode],
-        sinks: Sinks<'_, '_>,
-    ) -> io::Result<()> {
-        let p = self.procs.get(&key).expect("process");
-        let Some(t) = p.tasks.get(&task) else {
+    /// The poll of `id` ended: its flows wait for it to be committed.
+    fn poll_ended(&mut self, id: SpanId) {
+        if let Some(t) = self.p.tasks.get_mut(&id) {
+            t.pending_flows = std::mem::take(&mut t.cur_flows);
+        }
+    }
+
+    /// The producer sent the await tree of `task`'s poll: its flame stacks,
+    /// await times and lanes.
+    fn tree_sent(&mut self, m: &Process, task: SpanId, nodes: &[TreeNode]) -> io::Result<()> {
+        let key = self.p.key;
+        let (Some(t), Some(mt)) = (self.p.tasks.get(&task), m.tasks.get(&task)) else {
             return Ok(());
         };
-        let start = t.poll_start.unwrap_or(p.now);
+        let p = &*self.p;
+        let start = mt.poll_start.unwrap_or(m.now);
         // The new tree (async-op polls and unknown spans are transparent).
         let mut tree: Vec<NodeW> = Vec::new();
         let mut path: Vec<(u16, Option<usize>)> = Vec::new();
@@ -1043,16 +1117,16 @@ impl Walker {
                 })
                 .collect()
         };
-        let leaf_stacks: Vec<u32> = stacks.into_iter().map(|s| self.intern(s)).collect();
-        let in_win = self.in_window(start);
-        let p = self.procs.get_mut(&key).expect("process");
+        let leaf_stacks: Vec<u32> = stacks.into_iter().map(|s| self.sh.intern(s)).collect();
+        let in_win = self.sh.in_window(start);
+        let gone_at = mt.last_poll_end.unwrap_or(start);
+        let p = &mut *self.p;
         let win_closed = p.win_closed;
         let win_open = p.win_open;
         let Some(t) = p.tasks.get_mut(&task) else {
             return Ok(());
         };
         t.leaf_stacks = leaf_stacks;
-        let gone_at = t.last_end.unwrap_or(start);
         // Await stats: nodes that left the tree ended with the last poll.
         let new_spans: HashSet<SpanId> = tree.iter().map(|n| n.span).collect();
         let mut still = Vec::with_capacity(t.open.len());
@@ -1061,7 +1135,7 @@ impl Walker {
                 still.push((s, st, point));
             } else {
                 record_await(
-                    &mut self.summary.await_points,
+                    &mut self.sh.summary.await_points,
                     &point,
                     gone_at.saturating_sub(st),
                 );
@@ -1077,8 +1151,7 @@ impl Walker {
         let task_track = t.track;
         for (li, pa) in paths.iter().enumerate() {
             if t.lanes.len() <= li {
-                let id = self.next_track;
-                self.next_track += 1;
+                let id = self.sh.track_id();
                 t.lanes.push(Lane {
                     track: id,
                     emitted: false,
@@ -1101,7 +1174,7 @@ impl Walker {
                         gone_at.max(e.start)
                     };
                     emit(
-                        sinks,
+                        self.sinks,
                         key,
                         &Ev::End {
                             track: lane.track,
@@ -1125,11 +1198,11 @@ impl Walker {
                             },
                             kind: TrackKind::Lane(li),
                         };
-                        emit(sinks, key, &Ev::Track(&tr))?;
+                        emit(self.sinks, key, &Ev::Track(&tr))?;
                     }
                     let args: Args = vec![("at", Arg::S(tree[i].point.to_string()))];
                     emit(
-                        sinks,
+                        self.sinks,
                         key,
                         &Ev::Begin {
                             track: lane.track,
@@ -1156,7 +1229,7 @@ impl Walker {
                         gone_at.max(e.start)
                     };
                     emit(
-                        sinks,
+                        self.sinks,
                         key,
                         &Ev::End {
                             track: lane.track,
@@ -1170,71 +1243,36 @@ impl Walker {
         Ok(())
     }
 
-    /// Ends every await slice of `t` at `at` (stats and lanes).
-    fn end_awaits(
-        summary: &mut WalkSummary,
-        key: ProcessKey,
-        t: &mut TaskW,
-        at: u64,
-        sinks: Sinks<'_, '_>,
-    ) -> io::Result<()> {
-        for (_, st, point) in t.open.drain(..) {
-            record_await(&mut summary.await_points, &point, at.saturating_sub(st));
-        }
-        for lane in &mut t.lanes {
-            while let Some(e) = lane.stack.pop() {
-                if e.begun {
-                    emit(
-                        sinks,
-                        key,
-                        &Ev::End {
-                            track: lane.track,
-                            ts: at.max(e.start),
-                        },
-                    )?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn close(
-        &mut self,
-        key: ProcessKey,
-        id: SpanId,
-        kind: CloseKind,
-        ts: u64,
-        sinks: Sinks<'_, '_>,
-    ) -> io::Result<()> {
-        let p = self.procs.get_mut(&key).expect("process");
-        if let Some(s) = p.spans.remove(&id) {
-            if p.closed_order.len() >= CLOSED_MEMORY {
-                if let Some(old) = p.closed_order.pop_front() {
-                    p.closed.remove(&old);
-                }
-            }
-            p.closed.insert(id, s);
-            p.closed_order.push_back(id);
-            return Ok(());
-        }
-        let Some(mut t) = p.tasks.remove(&id) else {
+    /// Task `task` closes at `ts` (`kind`: how): its last poll pending was
+    /// the drop of its future, its awaits end, its root group counts it.
+    fn task_closing(&mut self, task: &Task, kind: CloseKind, ts: u64) -> io::Result<()> {
+        let key = self.p.key;
+        let Some(mut t) = self.p.tasks.remove(&task.id) else {
             return Ok(());
         };
         // The last enter/exit pair was the drop of the future.
-        let drop = t.pending.take();
+        let drop = task.pending_poll;
         if drop.is_none() {
-            let since = t.last_end.unwrap_or(t.created);
+            let since = task.last_poll_end.unwrap_or(task.created);
             split(
-                &mut self.pending_w,
+                &mut self.sh.pending_w,
                 &t.leaf_stacks,
                 ts.saturating_sub(since),
             );
         }
         let end = t.real_end.unwrap_or(ts);
-        let to = self.opts.to_ns.unwrap_or(u64::MAX);
-        Self::end_awaits(&mut self.summary, key, &mut t, end.min(to), sinks)?;
-        if let Some((s, e)) = drop {
-            self.poll_slice(key, t.track, s, e, "drop", &[], sinks)?;
+        let to = self.sh.opts.to_ns.unwrap_or(u64::MAX);
+        end_awaits(&mut self.sh.summary, key, &mut t, end.min(to), self.sinks)?;
+        if let Some(d) = drop {
+            poll_slice(
+                &self.sh.opts,
+                self.sinks,
+                key,
+                t.track,
+                (d.start, d.end),
+                "drop",
+                &[],
+            )?;
         }
         let state = match kind {
             CloseKind::Cancelled => "cancelled",
@@ -1242,6 +1280,7 @@ impl Walker {
             _ => "completed",
         };
         if let Some(rg) = self
+            .sh
             .root_groups
             .get_mut(&key)
             .and_then(|g| g.get_mut(&*t.root))
@@ -1253,12 +1292,12 @@ impl Walker {
             }
             rg.last_ns = rg.last_ns.max(ts);
         }
-        if kind != CloseKind::Completed && self.in_window(ts) {
+        if kind != CloseKind::Completed && self.sh.in_window(ts) {
             if let Some(track) = t.track {
                 let args: Args = vec![("task", Arg::S(t.label.clone()))];
                 let name = format!("task {state}");
                 emit(
-                    sinks,
+                    self.sinks,
                     key,
                     &Ev::Instant {
                         track,
@@ -1275,30 +1314,24 @@ impl Walker {
         Ok(())
     }
 
-    fn wake(
-        &mut self,
-        key: ProcessKey,
-        task: SpanId,
-        by: Option<SpanId>,
-        ts: u64,
-        sinks: Sinks<'_, '_>,
-    ) -> io::Result<()> {
-        let p = &self.procs[&key];
+    /// `task` was woken at `ts` by `by`: a wake instant, and a flow from
+    /// the waker's track to the woken task's next poll.
+    fn woken(&mut self, task: SpanId, by: Option<SpanId>, ts: u64) -> io::Result<()> {
+        let p = &*self.p;
         let Some(t) = p.tasks.get(&task) else {
             return Ok(());
         };
-        if t.track.is_none() || !self.in_window(ts) {
+        if t.track.is_none() || !self.sh.in_window(ts) {
             return Ok(());
         }
         let label = t.label.clone();
         match by.filter(|b| *b != task && p.tasks.get(b).is_some_and(|w| w.track.is_some())) {
             Some(waker) => {
-                let f = self.flow_id();
+                let f = self.sh.flow_id();
                 let args: Args = vec![("woken", Arg::S(label.clone()))];
                 let name = format!("wake {label}");
-                self.instant(key, Some(waker), ts, &name, "wake", &args, &[f], &[], sinks)?;
-                let p = self.procs.get_mut(&key).expect("process");
-                if let Some(t) = p.tasks.get_mut(&task) {
+                self.instant(Some(waker), ts, &name, "wake", &args, &[f], &[])?;
+                if let Some(t) = self.p.tasks.get_mut(&task) {
                     if t.flows_in.len() < MAX_FLOWS_IN {
                         t.flows_in.push(f);
                     }
@@ -1311,31 +1344,16 @@ impl Walker {
                 } else {
                     "woken"
                 };
-                self.instant(
-                    key,
-                    Some(task),
-                    ts,
-                    name,
-                    "wake",
-                    &Vec::new(),
-                    &[],
-                    &[],
-                    sinks,
-                )
+                self.instant(Some(task), ts, name, "wake", &Vec::new(), &[], &[])
             }
         }
     }
 
-    fn follows(
-        &mut self,
-        key: ProcessKey,
-        span: SpanId,
-        follows: SpanId,
-        sinks: Sinks<'_, '_>,
-    ) -> io::Result<()> {
-        let p = &self.procs[&key];
+    /// `span` follows from `follows`: a hand-off flow between their tasks.
+    fn follows(&mut self, m: &Process, span: SpanId, follows: SpanId) -> io::Result<()> {
+        let p = &*self.p;
         let task_of = |s: SpanId| -> Option<SpanId> {
-            if p.tasks.contains_key(&s) {
+            if m.tasks.contains_key(&s) {
                 return Some(s);
             }
             match p.spans.get(&s) {
@@ -1355,31 +1373,20 @@ impl Walker {
         if tt.track.is_none() || ft.track.is_none() {
             return Ok(());
         }
-        let now = p.now;
+        let now = m.now;
         let src_ts = ft
             .last_poll_start
             .max(p.spans.get(&follows).map_or(0, |s| s.created))
             .min(now);
-        if !self.in_window(src_ts) || !self.in_window(now) {
+        if !self.sh.in_window(src_ts) || !self.sh.in_window(now) {
             return Ok(());
         }
         let (tl, fl) = (tt.label.clone(), ft.label.clone());
-        let f = self.flow_id();
+        let f = self.sh.flow_id();
         let args: Args = vec![("to", Arg::S(tl))];
-        self.instant(
-            key,
-            Some(from),
-            src_ts,
-            "hand-off",
-            "handoff",
-            &args,
-            &[f],
-            &[],
-            sinks,
-        )?;
+        self.instant(Some(from), src_ts, "hand-off", "handoff", &args, &[f], &[])?;
         let args: Args = vec![("from", Arg::S(fl))];
         self.instant(
-            key,
             Some(to),
             now,
             "hand-off received",
@@ -1387,93 +1394,101 @@ impl Walker {
             &args,
             &[],
             &[f],
-            sinks,
         )
     }
 
-    /// End of input: closes what is open, marks findings, and returns what
-    /// was gathered. Call [`Sink::finish`] on the sinks afterwards.
-    pub fn finish(mut self, sinks: Sinks<'_, '_>) -> io::Result<WalkSummary> {
-        let keys: Vec<ProcessKey> = self.procs.keys().copied().collect();
-        for key in keys {
-            let now = self.procs[&key].now;
-            let mut ids: Vec<SpanId> = self.procs[&key].tasks.keys().copied().collect();
-            ids.sort();
-            for id in &ids {
-                // Open tasks: the last poll was a real poll.
-                self.commit(key, *id, sinks)?;
-                let p = self.procs.get_mut(&key).expect("process");
-                let t = p.tasks.get_mut(id).expect("task");
-                if let Some(s) = t.poll_start.take() {
-                    t.pending = Some((s, now));
-                    t.pending_flows = std::mem::take(&mut t.cur_flows);
-                    t.last_end = Some(now);
-                }
-                self.commit(key, *id, sinks)?;
-                let p = self.procs.get_mut(&key).expect("process");
-                let t = p.tasks.get_mut(id).expect("task");
-                let since = t.last_end.unwrap_or(t.created);
-                split(
-                    &mut self.pending_w,
-                    &t.leaf_stacks,
-                    now.saturating_sub(since),
-                );
-                let to = self.opts.to_ns.unwrap_or(u64::MAX);
-                Self::end_awaits(&mut self.summary, key, t, now.min(to), sinks)?;
-                if let Some(rg) = self
-                    .root_groups
-                    .get_mut(&key)
-                    .and_then(|g| g.get_mut(&*t.root))
-                {
-                    rg.last_ns = rg.last_ns.max(now);
+    /// A WARN or ERROR event: an instant on the task it names.
+    fn logged(
+        &mut self,
+        m: &Process,
+        log: &Log,
+        level: Level,
+        message: &str,
+        location: Option<&Location>,
+    ) -> io::Result<()> {
+        let lvl = if level == Level::Error {
+            "error"
+        } else {
+            "warn"
+        };
+        let mut args: Args = vec![("level", Arg::S(lvl.into()))];
+        if let Some(l) = location {
+            args.push(("location", Arg::S(l.to_string())));
+        }
+        if let Some(cs) = m.callsites.get(&log.callsite) {
+            for f in &log.fields {
+                if let Some(n) = cs.fields.get(f.index as usize) {
+                    if n != names::MESSAGE {
+                        args.push(("field", Arg::S(format!("{n}={}", value(f)))));
+                    }
                 }
             }
-            let marks: Vec<FindingMark> = self
-                .opts
-                .findings
-                .iter()
-                .filter(|m| m.process == key)
-                .cloned()
-                .collect();
-            for m in marks {
-                if !self.in_window(m.ts) {
-                    continue;
-                }
-                let p = &self.procs[&key];
-                let track = m
-                    .task
-                    .and_then(|t| self.finding_tracks.get(&(key, t)).copied())
-                    .unwrap_or(p.track);
+        }
+        let name = format!("{lvl}: {message}");
+        self.instant(log.task, log.ts, &name, "log", &args, &[], &[])
+    }
+}
+
+/// Ends every await slice of `t` at `at` (stats and lanes).
+fn end_awaits(
+    summary: &mut WalkSummary,
+    key: ProcessKey,
+    t: &mut TaskW,
+    at: u64,
+    sinks: Sinks<'_, '_>,
+) -> io::Result<()> {
+    for (_, st, point) in t.open.drain(..) {
+        record_await(&mut summary.await_points, &point, at.saturating_sub(st));
+    }
+    for lane in &mut t.lanes {
+        while let Some(e) = lane.stack.pop() {
+            if e.begun {
                 emit(
                     sinks,
                     key,
-                    &Ev::Instant {
-                        track,
-                        ts: m.ts,
-                        name: &m.name,
-                        cat: "finding",
-                        args: &m.args,
-                        flows_out: &[],
-                        flows_in: &[],
+                    &Ev::End {
+                        track: lane.track,
+                        ts: at.max(e.start),
                     },
                 )?;
             }
         }
-        for (i, name) in self.stack_names.iter().enumerate() {
-            if self.pending_w[i] > 0 {
-                self.summary.pending.insert(name.clone(), self.pending_w[i]);
-            }
-            if self.busy_w[i] > 0 {
-                self.summary.busy.insert(name.clone(), self.busy_w[i]);
-            }
-        }
-        for (key, groups) in std::mem::take(&mut self.root_groups) {
-            for (root, rg) in groups {
-                self.summary.root_groups.insert((key, root.to_string()), rg);
-            }
-        }
-        Ok(self.summary)
     }
+    Ok(())
+}
+
+/// A poll slice (`name`: `poll` or `drop`) from `s` to `e` on `track`,
+/// clipped to the window.
+fn poll_slice(
+    opts: &WalkOptions,
+    sinks: Sinks<'_, '_>,
+    key: ProcessKey,
+    track: Option<u64>,
+    (s, e): (u64, u64),
+    name: &str,
+    flows: &[u64],
+) -> io::Result<()> {
+    let Some(track) = track else { return Ok(()) };
+    let from = opts.from_ns.unwrap_or(0);
+    let to = opts.to_ns.unwrap_or(u64::MAX);
+    if e < from || s > to {
+        return Ok(());
+    }
+    let (cs, ce) = (s.max(from), e.min(to));
+    let args: Args = vec![("duration_ns", Arg::U(e - s))];
+    emit(
+        sinks,
+        key,
+        &Ev::Complete {
+            track,
+            start: cs,
+            end: ce,
+            name,
+            cat: name_cat(name),
+            args: &args,
+            flows_in: if cs == s { flows } else { &[] },
+        },
+    )
 }
 
 fn name_cat(name: &str) -> &'static str {
@@ -1483,7 +1498,6 @@ fn name_cat(name: &str) -> &'static str {
         "poll"
     }
 }
-
 fn value(f: &Field) -> String {
     span::value_string(&f.value)
 }
