@@ -443,7 +443,7 @@ impl Process {
     /// order with their depth below the task span. Async-op polls (new spans
     /// on every poll) and unknown spans are transparent: their children
     /// attach to their parent. Returns whether the task is known.
-    #[inline]
+    #[inline(always)]
     fn poll_tree(&mut self, task: SpanId, nodes: &[TreeNode], cfg: &Config) -> bool {
         let Some(t) = self.tasks.get(&task) else {
             return false;

@@ -64,7 +64,7 @@ fn note_waker(t: &mut Task, by: Option<SpanId>) {
 }
 
 /// A waker of `t` was used (`op`) at `ts`, by task `by` if any.
-#[inline]
+#[inline(always)]
 pub(super) fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
     match op {
         WakeOp::Clone => {
