@@ -179,6 +179,8 @@ impl Engine {
             let i = r.detectors.len();
             let hooks = d.hooks();
             for k in hooks.changes {
+                // The engine's observer does not ask for steps.
+                assert!(!k.is_step(), "a detector cannot watch step {k:?}");
                 r.by_change[*k as usize].push(i);
             }
             if hooks.tasks {

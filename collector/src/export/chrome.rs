@@ -15,7 +15,7 @@ use std::io::{self, Write};
 
 use awaitscope_wire::ProcessKey;
 
-use super::timeline::{Arg, Args, Ev, Sink, TrackKind};
+use super::timeline::{Arg, Args, Ev, TimelineSink, TrackKind};
 use super::PolicyNote;
 
 /// Default event budget: about 150 bytes per event, ~75 MB of JSON.
@@ -132,7 +132,7 @@ impl<W: Write> ChromeSink<W> {
     }
 }
 
-impl<W: Write> Sink for ChromeSink<W> {
+impl<W: Write> TimelineSink for ChromeSink<W> {
     fn event(&mut self, p: ProcessKey, ev: &Ev<'_>) -> io::Result<()> {
         let pid = p.pid;
         match ev {

@@ -7,9 +7,10 @@
 //!   [`WalkSummary`] below): [`junit`], [`markdown`], [`github`].
 //! * Formats that need every poll: [`perfetto`], [`chrome`] (timelines) and
 //!   [`flame`] (async flame graphs). They are built by streaming over the
-//!   recording's frames with a [`timeline::Walker`], which keeps only the
-//!   live state of each process (live tasks, live spans), never every poll,
-//!   and hands timeline events to [`timeline::Sink`]s as it goes. Each
+//!   recording's frames with a [`timeline::Walker`], which applies them to
+//!   a model of each process (bounded by its retention) and builds the
+//!   timeline from what the model reports, never keeping every poll, and
+//!   hands timeline events to [`timeline::TimelineSink`]s as it goes. Each
 //!   timeline sink writes its file as it receives events.
 //!
 //! Timeline size policy (perfetto, chrome): events outside the window
@@ -35,7 +36,7 @@ use std::fmt::Write as _;
 
 use crate::units::fmt_ns_precise;
 
-pub use timeline::{Sink, WalkOptions, WalkSummary, Walker};
+pub use timeline::{TimelineSink, WalkOptions, WalkSummary, Walker};
 
 /// What a timeline sink did with the size policy, for the file and stderr.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use std::io::{self, Write};
 use awaitscope_wire::ProcessKey;
 use prost::Message;
 
-use super::timeline::{Arg, Args, Ev, Sink, TrackKind};
+use super::timeline::{Arg, Args, Ev, TimelineSink, TrackKind};
 use super::PolicyNote;
 
 /// Default event budget: about 30 bytes per event, ~60 MB.
@@ -259,7 +259,7 @@ fn abs(p: ProcessKey, ts: u64) -> u64 {
     p.start_unix_ns.saturating_add(ts)
 }
 
-impl<W: Write> Sink for PerfettoSink<W> {
+impl<W: Write> TimelineSink for PerfettoSink<W> {
     fn event(&mut self, p: ProcessKey, ev: &Ev<'_>) -> io::Result<()> {
         match ev {
             Ev::Track(t) => {

@@ -11,7 +11,7 @@ use std::collections::hash_map::Entry;
 
 use awaitscope_wire::{
     names, CallsiteKind, CloseKind, Event, EventClass, Level, Log, SpanClass, SpanId, SpanNew,
-    TreeNode,
+    TreeNode, WakeOp,
 };
 
 use super::await_tree::AwaitTree;
@@ -78,7 +78,7 @@ impl Process {
             }
             Event::SpanNew(n) => {
                 self.bump(n.ts);
-                self.span_new(n);
+                self.span_new(n, obs);
             }
             Event::Record { span, fields } => {
                 if let Some(t) = self.tasks.get_mut(span) {
@@ -89,15 +89,29 @@ impl Process {
                     span::merge_fields(&mut s.fields, fields);
                 }
             }
-            Event::FollowsFrom { .. } => {}
-            Event::PollTree { task, spans } => self.poll_tree(*task, spans, cfg),
+            Event::FollowsFrom { span, follows } => {
+                if O::STEPS {
+                    obs.change(
+                        self,
+                        &Change::FollowsFrom {
+                            span: *span,
+                            follows: *follows,
+                        },
+                    );
+                }
+            }
+            Event::PollTree { task, spans } => {
+                if self.poll_tree(*task, spans, cfg) && O::STEPS {
+                    obs.change(self, &Change::TreeSent { task: *task, spans });
+                }
+            }
             Event::Enter { span, ts } => {
                 self.bump(*ts);
                 self.enter(*span, *ts, cfg, obs);
             }
             Event::Exit { span, ts } => {
                 self.bump(*ts);
-                self.exit(*span, *ts);
+                self.exit(*span, *ts, obs);
             }
             Event::Poll {
                 task,
@@ -131,9 +145,18 @@ impl Process {
                 self.bump(*ts);
                 self.pop_stack(*task);
                 if let Some(t) = self.tasks.get_mut(task) {
-                    end_poll(t, *ts);
+                    let ended = end_poll(t, *ts);
                     // The producer counts wakers exactly (version 2).
                     t.wakers_alive = u64::from(*wakers);
+                    if ended && O::STEPS {
+                        obs.change(
+                            self,
+                            &Change::PollEnded {
+                                task: *task,
+                                ts: *ts,
+                            },
+                        );
+                    }
                 }
             }
             Event::Close { span, kind, ts } => {
@@ -144,6 +167,16 @@ impl Process {
                 self.bump(*ts);
                 if let Some(t) = self.tasks.get_mut(task) {
                     wake(t, *op, *by, *ts);
+                    if O::STEPS && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
+                        obs.change(
+                            self,
+                            &Change::Woken {
+                                task: *task,
+                                by: *by,
+                                ts: *ts,
+                            },
+                        );
+                    }
                 }
             }
             Event::Log(l) => {
@@ -187,7 +220,7 @@ impl Process {
         }
     }
 
-    fn span_new(&mut self, n: &SpanNew) {
+    fn span_new<O: Observer>(&mut self, n: &SpanNew, obs: &mut O) {
         let SpanNew {
             id,
             callsite,
@@ -218,6 +251,9 @@ impl Process {
                     span::merge_fields(&mut t.fields, fields);
                     derive_task_fields(&mut t, cs);
                     e.insert(t);
+                    if O::STEPS {
+                        obs.change(self, &Change::TaskSpawned { task: id, ts });
+                    }
                 }
             }
             return;
@@ -262,6 +298,9 @@ impl Process {
                 label,
             },
         );
+        if O::STEPS {
+            obs.change(self, &Change::SpanCreated { span: id, ts });
+        }
     }
 
     fn enter<O: Observer>(&mut self, id: SpanId, ts: u64, cfg: &Config, obs: &mut O) {
@@ -322,6 +361,9 @@ impl Process {
         };
         let started = start_poll(t, ts);
         self.report_poll_start(id, started, ts, obs);
+        if O::STEPS {
+            obs.change(self, &Change::PollStarted { task: id, ts });
+        }
     }
 
     /// Tells `obs` what the start of a poll of `id` at `ts` settled: the
@@ -362,8 +404,9 @@ impl Process {
     /// `PollEnd` would do, with one lookup of the task and none of the
     /// thread's span stack (entering and leaving the task span leaves it as
     /// it was). Returns false, doing nothing, when that shortcut does not
-    /// hold (unknown task or thread, a full span stack): the caller then
-    /// applies the `Enter` and the `PollEnd`.
+    /// hold (unknown task or thread, a full span stack), or when the
+    /// observer wants the steps (the poll's start and end, each at its own
+    /// time): the caller then applies the `Enter` and the `PollEnd`.
     fn poll_whole<O: Observer>(
         &mut self,
         task: SpanId,
@@ -372,6 +415,9 @@ impl Process {
         wakers: u32,
         obs: &mut O,
     ) -> bool {
+        if O::STEPS {
+            return false;
+        }
         let stack_ok = self
             .threads
             .get(&self.cur_thread)
@@ -396,11 +442,11 @@ impl Process {
     /// The producer's await tree of `task`'s current poll: spans in entry
     /// order with their depth below the task span. Async-op polls (new spans
     /// on every poll) and unknown spans are transparent: their children
-    /// attach to their parent.
-    #[inline]
-    fn poll_tree(&mut self, task: SpanId, nodes: &[TreeNode], cfg: &Config) {
+    /// attach to their parent. Returns whether the task is known.
+    #[inline(always)]
+    fn poll_tree(&mut self, task: SpanId, nodes: &[TreeNode], cfg: &Config) -> bool {
         let Some(t) = self.tasks.get(&task) else {
-            return;
+            return false;
         };
         let seen = t.poll_start.unwrap_or(self.now);
         let mut tree = AwaitTree::default();
@@ -433,12 +479,15 @@ impl Process {
             t.await_tree = tree;
             t.tree_changed = true;
         }
+        true
     }
 
-    fn exit(&mut self, id: SpanId, ts: u64) {
+    fn exit<O: Observer>(&mut self, id: SpanId, ts: u64, obs: &mut O) {
         self.pop_stack(id);
         if let Some(t) = self.tasks.get_mut(&id) {
-            end_poll(t, ts);
+            if end_poll(t, ts) && O::STEPS {
+                obs.change(self, &Change::PollEnded { task: id, ts });
+            }
         }
     }
 
@@ -465,6 +514,9 @@ impl Process {
             obs.change(self, &Change::TaskClosing { task, kind, ts });
             self.end_task(id, kind, ts, cfg);
             return;
+        }
+        if O::STEPS && self.spans.contains_key(&id) {
+            obs.change(self, &Change::SpanClosing { span: id, ts });
         }
         self.spans.remove(&id);
         self.resources.remove(&id);
@@ -572,6 +624,17 @@ impl Process {
                     self.error_count += 1;
                 } else {
                     self.warn_count += 1;
+                }
+                if O::STEPS {
+                    obs.change(
+                        self,
+                        &Change::Logged {
+                            log: l,
+                            level,
+                            message: &message,
+                            location: location.as_ref(),
+                        },
+                    );
                 }
                 let task = task.or_else(|| span.and_then(|s| self.task_of_span(s)));
                 if let Some(t) = task.and_then(|t| self.tasks.get_mut(&t)) {

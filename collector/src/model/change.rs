@@ -6,8 +6,17 @@
 //! (read-only). The detectors (`crate::detect`) are one such observer.
 //! [`Observer`] is a generic parameter of the model's entry points, so that
 //! a change costs a direct call, not a dynamic dispatch per event.
+//!
+//! Two sorts of change: the judged ones (a poll committed, a wait ended, a
+//! task closing, a panic, an ERROR event), reported to every observer, and
+//! the steps ([`ChangeKind::is_step`]: a span or task created, a poll
+//! started or ended, an await tree received, a wake, a hand-off, a log,
+//! a span closing), which say everything an event did and are reported
+//! only to observers that ask for them ([`Observer::STEPS`], a constant:
+//! for the others the model does not even build them). The timeline export
+//! is such an observer; the detectors are not.
 
-use awaitscope_wire::{CloseKind, SpanId};
+use awaitscope_wire::{CloseKind, Level, Log, SpanId, TreeNode};
 
 use super::process::Process;
 use super::span::Location;
@@ -80,6 +89,89 @@ pub enum Change<'a> {
         /// The producer's causal trace (empty if it sent none).
         trace: &'a [String],
     },
+    /// Step: a span that is not a task was created at `ts`; `p.spans`
+    /// holds it (and `p.resources` too, for a resource).
+    SpanCreated {
+        /// The span.
+        span: SpanId,
+        /// When.
+        ts: u64,
+    },
+    /// Step: span `span` (not a task) closes; `p.spans` still holds it,
+    /// and removes it next.
+    SpanClosing {
+        /// The span.
+        span: SpanId,
+        /// When.
+        ts: u64,
+    },
+    /// Step: task `task` was spawned at `ts`; `p.tasks` holds it, with its
+    /// name, location, parent task and spawn span as its creation said.
+    /// (A task span sent again, after a reconnect, is not a new spawn.)
+    TaskSpawned {
+        /// The task.
+        task: SpanId,
+        /// When.
+        ts: u64,
+    },
+    /// Step: a poll of `task` started at `ts`, after the changes its start
+    /// settled ([`Change::PollCommitted`], [`Change::WaitEnded`]). The task
+    /// is running; its `last_poll_end` is still the previous poll's end.
+    PollStarted {
+        /// The task.
+        task: SpanId,
+        /// When.
+        ts: u64,
+    },
+    /// Step: the running poll of `task` ended at `ts` (its span was exited,
+    /// or the producer reconnected): the task holds it as its
+    /// `pending_poll` until the next poll (or its close) says whether it
+    /// was a real poll or the drop of the future.
+    PollEnded {
+        /// The task.
+        task: SpanId,
+        /// When.
+        ts: u64,
+    },
+    /// Step: the producer sent the await tree of `task`'s poll (spans in
+    /// entry order, with their depth below the task span); the task's
+    /// `await_tree` is rebuilt from it.
+    TreeSent {
+        /// The task.
+        task: SpanId,
+        /// The tree as sent.
+        spans: &'a [TreeNode],
+    },
+    /// Step: a waker of `task` was used to wake it at `ts` (not a clone or
+    /// a drop), by task `by` if any.
+    Woken {
+        /// The task woken.
+        task: SpanId,
+        /// The task that woke it, if any.
+        by: Option<SpanId>,
+        /// When.
+        ts: u64,
+    },
+    /// Step: span `span` follows from span `follows` (a hand-off, such as
+    /// a message sent through a queue and received).
+    FollowsFrom {
+        /// The span that follows.
+        span: SpanId,
+        /// The span it follows from.
+        follows: SpanId,
+    },
+    /// Step: a WARN or ERROR event of the program (an ERROR one is also
+    /// reported as [`Change::Error`]).
+    Logged {
+        /// The event as sent.
+        log: &'a Log,
+        /// Its level.
+        level: Level,
+        /// Its `message` field (or the event's name).
+        message: &'a str,
+        /// Where it was emitted.
+        location: Option<&'a Location>,
+    },
 }
 
 /// The kinds of [`Change`], as indices (for tables of who wants which).
@@ -95,17 +187,57 @@ pub enum ChangeKind {
     Panic,
     /// [`Change::Error`].
     Error,
+    /// [`Change::SpanCreated`].
+    SpanCreated,
+    /// [`Change::SpanClosing`].
+    SpanClosing,
+    /// [`Change::TaskSpawned`].
+    TaskSpawned,
+    /// [`Change::PollStarted`].
+    PollStarted,
+    /// [`Change::PollEnded`].
+    PollEnded,
+    /// [`Change::TreeSent`].
+    TreeSent,
+    /// [`Change::Woken`].
+    Woken,
+    /// [`Change::FollowsFrom`].
+    FollowsFrom,
+    /// [`Change::Logged`].
+    Logged,
 }
 
 impl ChangeKind {
     /// Every kind, in index order.
-    pub const ALL: [ChangeKind; 5] = [
+    pub const ALL: [ChangeKind; 14] = [
         ChangeKind::PollCommitted,
         ChangeKind::WaitEnded,
         ChangeKind::TaskClosing,
         ChangeKind::Panic,
         ChangeKind::Error,
+        ChangeKind::SpanCreated,
+        ChangeKind::SpanClosing,
+        ChangeKind::TaskSpawned,
+        ChangeKind::PollStarted,
+        ChangeKind::PollEnded,
+        ChangeKind::TreeSent,
+        ChangeKind::Woken,
+        ChangeKind::FollowsFrom,
+        ChangeKind::Logged,
     ];
+
+    /// Whether changes of this kind are steps, reported only to observers
+    /// that want them ([`Observer::STEPS`]).
+    pub fn is_step(self) -> bool {
+        !matches!(
+            self,
+            ChangeKind::PollCommitted
+                | ChangeKind::WaitEnded
+                | ChangeKind::TaskClosing
+                | ChangeKind::Panic
+                | ChangeKind::Error
+        )
+    }
 }
 
 impl Change<'_> {
@@ -128,12 +260,26 @@ impl Change<'_> {
             Change::TaskClosing { .. } => ChangeKind::TaskClosing,
             Change::Panic { .. } => ChangeKind::Panic,
             Change::Error { .. } => ChangeKind::Error,
+            Change::SpanCreated { .. } => ChangeKind::SpanCreated,
+            Change::SpanClosing { .. } => ChangeKind::SpanClosing,
+            Change::TaskSpawned { .. } => ChangeKind::TaskSpawned,
+            Change::PollStarted { .. } => ChangeKind::PollStarted,
+            Change::PollEnded { .. } => ChangeKind::PollEnded,
+            Change::TreeSent { .. } => ChangeKind::TreeSent,
+            Change::Woken { .. } => ChangeKind::Woken,
+            Change::FollowsFrom { .. } => ChangeKind::FollowsFrom,
+            Change::Logged { .. } => ChangeKind::Logged,
         }
     }
 }
 
 /// Receives the model's [`Change`]s, each with the process it happened in.
 pub trait Observer {
+    /// Whether this observer wants the steps ([`ChangeKind::is_step`]). A
+    /// constant, so that for an observer without them (the detectors) the
+    /// model neither builds nor reports them: they cost it nothing.
+    const STEPS: bool = false;
+
     /// `change` happened in `p`; `p` is as the change left it.
     fn change(&mut self, p: &Process, change: &Change<'_>);
 }

@@ -8,12 +8,10 @@
 
 use awaitscope_wire::Event;
 
-/// Merges the per-thread runs of a batch by timestamp, keeping the order
-/// within each run (a k-way merge, not a sort). Events without a timestamp
-/// sort with the previous timed event of their run (the next one at the
-/// start of a run); callsites go first. Yields each event with, when it
-/// starts a stretch of another run, that run's thread id.
-pub fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
+/// The whole merge of a batch as [`Merge`] yields it (the batch's own order
+/// when `Merge::new` finds it already merged), for the tests.
+#[cfg(test)]
+fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
     match Merge::new(events) {
         Some(m) => m.collect(),
         // Already in order: each run's first event is its `Thread` (or the
@@ -39,7 +37,12 @@ struct Run {
     end: usize,
 }
 
-/// The k-way merge of [`merge_threads`], as an iterator over the batch.
+/// The merge of a batch's per-thread runs by timestamp, keeping the order
+/// within each run (a k-way merge, not a sort), as an iterator over the
+/// batch. Events without a timestamp sort with the previous timed event of
+/// their run (the next one at the start of a run); callsites go first.
+/// Yields each event with, when it starts a stretch of another run, that
+/// run's thread id.
 pub(crate) struct Merge<'a> {
     events: &'a [Event],
     /// Merge key of each event of the batch.

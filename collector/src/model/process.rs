@@ -151,6 +151,12 @@ impl Process {
 
     /// A `Hello` arrived.
     pub fn hello(&mut self, info: &ProcessInfo) {
+        self.hello_observed(info, &mut ());
+    }
+
+    /// A `Hello` arrived; the polls a reconnect ends are reported to `obs`
+    /// ([`Change::PollEnded`], a step).
+    pub fn hello_observed<O: Observer>(&mut self, info: &ProcessInfo, obs: &mut O) {
         self.hellos += 1;
         if self.hellos > 1 || info.reconnect {
             // Whatever was entered on the old connection is gone: end polls.
@@ -158,12 +164,20 @@ impl Process {
                 th.stack.clear();
             }
             let now = self.now;
+            let mut ended = Vec::new();
             for t in self.tasks.values_mut() {
                 if let Some(s) = t.poll_start.take() {
                     t.pending_poll = Some(super::task::PendingPoll { start: s, end: now });
                     t.last_poll_end = Some(now);
                     t.state = TaskState::Idle;
+                    if O::STEPS {
+                        ended.push(t.id);
+                    }
                 }
+            }
+            ended.sort_unstable();
+            for task in ended {
+                obs.change(self, &Change::PollEnded { task, ts: now });
             }
         }
         let mut info = info.clone();
@@ -324,7 +338,7 @@ impl Process {
     }
 
     /// Commits the pending poll of task `id`, if any, and reports it.
-    pub(super) fn commit_pending_poll<O: Observer>(&mut self, id: SpanId, obs: &mut O) {
+    pub fn commit_pending_poll<O: Observer>(&mut self, id: SpanId, obs: &mut O) {
         let Some((p, duration)) = self
             .tasks
             .get_mut(&id)

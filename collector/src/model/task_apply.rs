@@ -64,7 +64,7 @@ fn note_waker(t: &mut Task, by: Option<SpanId>) {
 }
 
 /// A waker of `t` was used (`op`) at `ts`, by task `by` if any.
-#[inline]
+#[inline(always)]
 pub(super) fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
     match op {
         WakeOp::Clone => {
@@ -131,10 +131,11 @@ pub(super) fn start_poll(t: &mut Task, ts: u64) -> PollStarted {
 }
 
 /// Ends the running poll of `t` at `ts` (the task span was exited).
+/// Returns whether a poll was running.
 #[inline]
-pub(super) fn end_poll(t: &mut Task, ts: u64) {
+pub(super) fn end_poll(t: &mut Task, ts: u64) -> bool {
     let Some(start) = t.poll_start.take() else {
-        return;
+        return false;
     };
     t.pending_poll = Some(PendingPoll { start, end: ts });
     t.last_poll_end = Some(ts);
@@ -146,7 +147,7 @@ pub(super) fn end_poll(t: &mut Task, ts: u64) {
     }
     if !t.tree_changed {
         // Same tree as at the last poll's end: same leaf, same since.
-        return;
+        return true;
     }
     t.tree_changed = false;
     let leaf = leaf_span(&t.await_tree);
@@ -155,6 +156,7 @@ pub(super) fn end_poll(t: &mut Task, ts: u64) {
         (Some(l), _) => Some((l, start)),
         (None, _) => None,
     };
+    true
 }
 
 #[cfg(test)]

@@ -281,7 +281,7 @@ fn write_all(args: &Args, formats: &[Format], report: &Report) -> Result<(), Str
             )),
             false => None,
         };
-        let mut sinks: Vec<&mut dyn timeline::Sink> = Vec::new();
+        let mut sinks: Vec<&mut dyn timeline::TimelineSink> = Vec::new();
         if let Some(s) = pf.as_mut() {
             sinks.push(s);
         }
