@@ -15,9 +15,10 @@ use awaitscope_wire::{
 };
 
 use super::await_tree::AwaitTree;
-use super::change::{Change, Observer};
+use super::change::Change;
 use super::labels;
 use super::merge::Merge;
+use super::process::Observer;
 use super::process::{Entered, Process, MAX_CALLSITES, MAX_STACK};
 use super::resource::Resource;
 use super::span::{self, Location, Span};

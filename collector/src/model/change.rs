@@ -2,9 +2,9 @@
 //!
 //! The model knows nothing of detectors: it applies events, and at the
 //! moments where something worth judging happened it hands a [`Change`] to
-//! an [`Observer`], together with the process as it stands at that moment
+//! an [`Observer`](super::Observer), together with the process as it stands at that moment
 //! (read-only). The detectors (`crate::detect`) are one such observer.
-//! [`Observer`] is a generic parameter of the model's entry points, so that
+//! [`Observer`](super::Observer) is a generic parameter of the model's entry points, so that
 //! a change costs a direct call, not a dynamic dispatch per event.
 //!
 //! Two sorts of change: the judged ones (a poll committed, a wait ended, a
@@ -12,13 +12,12 @@
 //! the steps ([`ChangeKind::is_step`]: a span or task created, a poll
 //! started or ended, an await tree received, a wake, a hand-off, a log,
 //! a span closing), which say everything an event did and are reported
-//! only to observers that ask for them ([`Observer::STEPS`], a constant:
+//! only to observers that ask for them ([`Observer::STEPS`](super::Observer::STEPS), a constant:
 //! for the others the model does not even build them). The timeline export
 //! is such an observer; the detectors are not.
 
 use awaitscope_wire::{CloseKind, Level, Log, SpanId, TreeNode};
 
-use super::process::Process;
 use super::span::Location;
 use super::task::Task;
 
@@ -227,7 +226,7 @@ impl ChangeKind {
     ];
 
     /// Whether changes of this kind are steps, reported only to observers
-    /// that want them ([`Observer::STEPS`]).
+    /// that want them ([`Observer::STEPS`](super::Observer::STEPS)).
     pub fn is_step(self) -> bool {
         !matches!(
             self,
@@ -271,21 +270,4 @@ impl Change<'_> {
             Change::Logged { .. } => ChangeKind::Logged,
         }
     }
-}
-
-/// Receives the model's [`Change`]s, each with the process it happened in.
-pub trait Observer {
-    /// Whether this observer wants the steps ([`ChangeKind::is_step`]). A
-    /// constant, so that for an observer without them (the detectors) the
-    /// model neither builds nor reports them: they cost it nothing.
-    const STEPS: bool = false;
-
-    /// `change` happened in `p`; `p` is as the change left it.
-    fn change(&mut self, p: &Process, change: &Change<'_>);
-}
-
-/// No observer: the model alone.
-impl Observer for () {
-    #[inline]
-    fn change(&mut self, _: &Process, _: &Change<'_>) {}
 }

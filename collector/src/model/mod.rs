@@ -26,8 +26,8 @@ pub mod task;
 mod task_apply;
 mod warm;
 
-pub use change::{Change, ChangeKind, Observer};
+pub use change::{Change, ChangeKind};
 pub use labels::task_label;
-pub use process::Process;
+pub use process::{Observer, Process};
 pub use snapshot::ProcessSnapshot;
 pub use task::{Task, TaskState};

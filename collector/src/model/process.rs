@@ -10,7 +10,7 @@ use awaitscope_wire::{
     Callsite, CallsiteKind, DropCounts, ProcessInfo, ProcessKey, SpanClass, SpanId,
 };
 
-use super::change::{Change, Observer};
+use super::change::Change;
 use super::hash::FastMap;
 use super::resource::Resource;
 use super::span::{Location, Span};
@@ -355,4 +355,21 @@ impl Process {
             },
         );
     }
+}
+
+/// Receives the model's [`Change`]s, each with the process it happened in.
+pub trait Observer {
+    /// Whether this observer wants the steps ([`ChangeKind::is_step`](super::ChangeKind::is_step)). A
+    /// constant, so that for an observer without them (the detectors) the
+    /// model neither builds nor reports them: they cost it nothing.
+    const STEPS: bool = false;
+
+    /// `change` happened in `p`; `p` is as the change left it.
+    fn change(&mut self, p: &Process, change: &Change<'_>);
+}
+
+/// No observer: the model alone.
+impl Observer for () {
+    #[inline]
+    fn change(&mut self, _: &Process, _: &Change<'_>) {}
 }
