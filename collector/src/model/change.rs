@@ -1,20 +1,21 @@
 //! What the model tells its observer while it applies events.
 //!
 //! The model knows nothing of detectors: it applies events, and at the
-//! moments where something worth judging happened it hands a [`Change`] to
-//! an [`Observer`](super::Observer), together with the process as it stands at that moment
-//! (read-only). The detectors (`crate::detect`) are one such observer.
-//! [`Observer`](super::Observer) is a generic parameter of the model's entry points, so that
-//! a change costs a direct call, not a dynamic dispatch per event.
+//! moments where something worth judging happened it hands a [`Change`]
+//! to an [`Observer`](super::Observer), together with the process as it
+//! stands at that moment (read-only). The detectors (`crate::detect`) are
+//! one such observer. The observer is a generic parameter of the model's
+//! entry points, so that a change costs a direct call, not a dynamic
+//! dispatch per event.
 //!
 //! Two sorts of change: the judged ones (a poll committed, a wait ended, a
 //! task closing, a panic, an ERROR event), reported to every observer, and
 //! the steps ([`ChangeKind::is_step`]: a span or task created, a poll
-//! started or ended, an await tree received, a wake, a hand-off, a log,
-//! a span closing), which say everything an event did and are reported
-//! only to observers that ask for them ([`Observer::STEPS`](super::Observer::STEPS), a constant:
-//! for the others the model does not even build them). The timeline export
-//! is such an observer; the detectors are not.
+//! started or ended, an await tree received, a wake, a hand-off, a log, a
+//! span closing), which say everything an event did and are reported only
+//! to observers that ask for them ([`Observer::STEPS`](super::Observer::STEPS),
+//! a constant: for the others the model does not even build them). The
+//! timeline export is such an observer; the detectors are not.
 
 use awaitscope_wire::{CloseKind, Level, Log, SpanId, TreeNode};
 
