@@ -68,10 +68,10 @@ pub use store::AwaitscopeSubscriber;
 /// Most slots in a thread's ring buffer (32 bytes each, so 16 MiB): records
 /// a thread can hold before the exporter drains them. Rings start at 4,096
 /// slots and grow on overflow up to this; all threads' rings together grow
-/// by at most twice this (32 MiB). 128 Ki slots dropped 15-22 % of a
-/// recording of the benchmark workload (2 workers saturating 2 cores leave
-/// the exporter behind at times); with 512 Ki, and the exporter's 10 ms idle
-/// wait, none of 84 rounds dropped a record.
+/// by at most twice this (32 MiB). Sized so that a recording of the
+/// benchmark workload (2 workers saturating 2 cores, which leave the
+/// exporter behind at times) is complete; BENCHMARKS.md ("Recordings are
+/// complete") has the measurements that chose it.
 const DEFAULT_RING_CAPACITY: usize = 512 * 1024;
 
 /// Installs awaitscope as the global subscriber: the capture, awaitscope's
