@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use awaitscope_wire::{CloseKind, EventClass, Level, SpanClass, Value};
-use support::{capture, capture_with, Flavor};
+use awaitscope_wire::{Body, CloseKind, Event, EventClass, Level, SpanClass, Value};
+use support::{capture, capture_with, run, Flavor};
 use tracing::Instrument;
 
 const FLAVORS: [Flavor; 2] = [Flavor::CurrentThread, Flavor::MultiThread];
@@ -674,4 +674,64 @@ fn a_span_closed_on_another_thread_before_the_exporter_saw_it_is_closed() {
     assert_eq!(spans.len(), 200);
     let open = spans.iter().filter(|s| s.close.is_none()).count();
     assert_eq!(open, 0, "{open} of 200 spans never closed");
+}
+
+/// A thread's run of events longer than a frame goes on in the next frame
+/// under its own thread: every frame names the thread (a `Thread` event)
+/// before any enter, exit or poll in it. Without that, the collector
+/// applied the continuation on the thread the previous frame ended with,
+/// and the spans of one thread showed in the await tree of a task polled
+/// on another (a false `stuck` finding in `awaitscope demo`).
+#[test]
+fn a_run_longer_than_a_frame_names_its_thread_in_every_frame() {
+    let memory = awaitscope::MemoryRecording::new();
+    let builder = awaitscope::Builder::new()
+        .record_in_memory(&memory)
+        .ring_capacity(256 * 1024);
+    run(Flavor::CurrentThread, builder, |_| async {
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                // ~80,000 events, many times a frame's 4,096.
+                for i in 0..20_000u32 {
+                    let s = tracing::info_span!("long-run", i);
+                    let _e = s.enter();
+                }
+            })
+        })
+        .join()
+        .unwrap();
+    });
+    let frames = memory.frames().expect("recording decodes");
+    let mut stack_frames = 0;
+    for (n, f) in frames.iter().enumerate() {
+        let Body::Events(events) = &f.body else {
+            continue;
+        };
+        let first_stack = events.iter().position(|e| {
+            matches!(
+                e,
+                Event::Enter { .. }
+                    | Event::Exit { .. }
+                    | Event::Poll { .. }
+                    | Event::PollEnd { .. }
+            )
+        });
+        let Some(first_stack) = first_stack else {
+            continue;
+        };
+        stack_frames += 1;
+        assert!(
+            events[..first_stack]
+                .iter()
+                .any(|e| matches!(e, Event::Thread { .. })),
+            "frame {n}: {} events, the first enter/exit/poll at {first_stack} \
+             with no Thread event before it",
+            events.len()
+        );
+    }
+    assert!(
+        stack_frames >= 10,
+        "the run should span many frames, not {stack_frames}"
+    );
 }

@@ -541,7 +541,7 @@ impl Exporter {
         match self.frame.push(ev) {
             Ok(()) => {}
             Err(wire::EncodeError::FrameTooLarge(_)) if !self.frame.is_empty() => {
-                flush(self);
+                self.flush_within_run(flush);
                 if self.frame.push(ev).is_err() {
                     self.capture.buffer_full.fetch_add(1, Ordering::Relaxed);
                 }
@@ -553,7 +553,28 @@ impl Exporter {
             }
         }
         if self.frame.len() >= BATCH {
-            flush(self);
+            self.flush_within_run(flush);
+        }
+    }
+
+    /// Takes the frame in the middle of a thread's run of events, and names
+    /// that thread again at the start of the next frame. The collector
+    /// applies a frame's events on the thread its last `Thread` event named
+    /// and merges a frame's runs by time, so a run continued in the next
+    /// frame without it would be applied on whichever thread the previous
+    /// frame ended with: another thread's span stack, where the spans of
+    /// one thread then show in the await tree of a task polled on another
+    /// (a `stuck` finding on a task that never entered them).
+    #[cold]
+    #[inline(never)]
+    fn flush_within_run(&mut self, flush: fn(&mut Self)) {
+        flush(self);
+        if self.thread != u32::MAX {
+            // An empty frame takes one small event.
+            let _ = self.frame.push(&Event::Thread {
+                id: self.thread,
+                name: None,
+            });
         }
     }
 
