@@ -11,14 +11,14 @@ use std::io;
 use awaitscope_wire::{ProcessKey, SpanClass, SpanId, TreeNode};
 
 use super::state::{
-    clean_frame, emit, record_await, Lane, LaneEntry, NodeW, PState, Shared, Sinks, TaskW,
+    clean_frame, emit, record_await, Lane, LaneEntry, NodeW, PState, Sinks, TaskW, WalkState,
 };
 use super::{Arg, Args, Ev, Track, TrackKind, WalkSummary};
 use crate::model::Process;
 
 /// Opens or closes the window as the process clock reaches `now`.
 pub(super) fn advance(
-    sh: &mut Shared,
+    sh: &mut WalkState,
     ps: &mut PState,
     sinks: Sinks<'_, '_>,
     now: u64,
@@ -100,7 +100,7 @@ pub(super) fn advance(
 /// The producer sent the await tree of `task`'s poll: its flame stacks,
 /// await times and lanes.
 pub(super) fn tree_sent(
-    sh: &mut Shared,
+    sh: &mut WalkState,
     ps: &mut PState,
     sinks: Sinks<'_, '_>,
     m: &Process,
@@ -229,21 +229,7 @@ pub(super) fn tree_sent(
             .count();
         while lane.stack.len() > common {
             let e = lane.stack.pop().expect("non-empty");
-            if e.begun {
-                let at = if new_spans.contains(&e.span) {
-                    start
-                } else {
-                    gone_at.max(e.start)
-                };
-                emit(
-                    sinks,
-                    key,
-                    &Ev::End {
-                        track: lane.track,
-                        ts: at,
-                    },
-                )?;
-            }
+            end_entry(sinks, key, lane.track, &e, &new_spans, start, gone_at)?;
         }
         for &i in &pa[common..] {
             let begin = in_win && win_open && !win_closed && task_track.is_some();
@@ -284,25 +270,35 @@ pub(super) fn tree_sent(
     }
     for lane in t.lanes.iter_mut().skip(paths.len()) {
         while let Some(e) = lane.stack.pop() {
-            if e.begun {
-                let at = if new_spans.contains(&e.span) {
-                    start
-                } else {
-                    gone_at.max(e.start)
-                };
-                emit(
-                    sinks,
-                    key,
-                    &Ev::End {
-                        track: lane.track,
-                        ts: at,
-                    },
-                )?;
-            }
+            end_entry(sinks, key, lane.track, &e, &new_spans, start, gone_at)?;
         }
     }
     t.tree = tree;
     Ok(())
+}
+
+/// Ends the await slice of lane entry `e` (on lane track `track`) left by
+/// a poll starting at `start`: a span still in the new tree (entered again,
+/// on another lane or deeper) ends where the new poll starts; one gone from
+/// it ended with the last poll (`gone_at`), never before it began.
+fn end_entry(
+    sinks: Sinks<'_, '_>,
+    key: ProcessKey,
+    track: u64,
+    e: &LaneEntry,
+    new_spans: &HashSet<SpanId>,
+    start: u64,
+    gone_at: u64,
+) -> io::Result<()> {
+    if !e.begun {
+        return Ok(());
+    }
+    let ts = if new_spans.contains(&e.span) {
+        start
+    } else {
+        gone_at.max(e.start)
+    };
+    emit(sinks, key, &Ev::End { track, ts })
 }
 
 /// Ends every await slice of `t` at `at` (stats and lanes).

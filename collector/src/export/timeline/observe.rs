@@ -9,7 +9,7 @@ use awaitscope_wire::{names, CloseKind, Field, Level, Log, ProcessKey, SpanClass
 
 use super::awaits::{advance, end_awaits, tree_sent};
 use super::state::{
-    clean_frame, emit, split, PState, Shared, Sinks, SpanW, TaskW, CLOSED_MEMORY, MAX_FLOWS_IN,
+    clean_frame, emit, split, PState, Sinks, SpanW, TaskW, WalkState, CLOSED_MEMORY, MAX_FLOWS_IN,
 };
 use super::{Arg, Args, Ev, RootGroup, Track, TrackKind, WalkOptions};
 use crate::model::span::{self, Location};
@@ -18,7 +18,7 @@ use crate::model::{Change, Observer, Process, Task};
 /// The walk observing the model of one process: turns the changes it
 /// reports into timeline events.
 pub(super) struct Observe<'a, 'b> {
-    pub(super) sh: &'a mut Shared,
+    pub(super) sh: &'a mut WalkState,
     pub(super) p: &'a mut PState,
     pub(super) sinks: Sinks<'a, 'b>,
     /// The first error of a sink (an observer cannot return it): the walk

@@ -96,7 +96,7 @@ pub(super) const CLOSED_MEMORY: usize = 1 << 16;
 pub(super) const MAX_FLOWS_IN: usize = 8;
 
 /// What the walk keeps across processes: ids, flame stacks, the summary.
-pub(super) struct Shared {
+pub(super) struct WalkState {
     pub(super) opts: WalkOptions,
     pub(super) next_track: u64,
     pub(super) next_flow: u64,
@@ -130,7 +130,7 @@ pub(super) fn in_window(opts: &WalkOptions, ts: u64) -> bool {
     opts.from_ns.is_none_or(|f| ts >= f) && opts.to_ns.is_none_or(|t| ts <= t)
 }
 
-impl Shared {
+impl WalkState {
     pub(super) fn track_id(&mut self) -> u64 {
         let id = self.next_track;
         self.next_track += 1;

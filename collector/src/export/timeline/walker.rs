@@ -10,7 +10,7 @@ use awaitscope_wire::{Body, Frame, ProcessKey};
 
 use super::awaits::{advance, end_awaits};
 use super::observe::Observe;
-use super::state::{emit, split, PState, Shared, Sinks};
+use super::state::{emit, split, PState, Sinks, WalkState};
 use super::{Ev, FindingMark, Track, TrackKind, WalkOptions, WalkSummary};
 use crate::config::Config;
 use crate::model::Process;
@@ -28,7 +28,7 @@ struct Proc {
 pub struct Walker {
     cfg: Config,
     procs: BTreeMap<ProcessKey, Proc>,
-    sh: Shared,
+    sh: WalkState,
 }
 
 impl Walker {
@@ -42,7 +42,7 @@ impl Walker {
         Self {
             cfg: Config::default(),
             procs: BTreeMap::new(),
-            sh: Shared {
+            sh: WalkState {
                 opts,
                 next_track: 1,
                 next_flow: 1,
@@ -91,7 +91,7 @@ impl Walker {
 
     /// The first frame of process `f.process`: its track, its model.
     fn new_process<'a>(
-        sh: &mut Shared,
+        sh: &mut WalkState,
         f: &Frame,
         slot: VacantEntry<'a, ProcessKey, Proc>,
         sinks: Sinks<'_, '_>,
