@@ -11,15 +11,7 @@
 /// one in milliseconds and microseconds, whole nanoseconds below
 /// (`1.50s`, `12.3ms`, `4.5µs`, `12ns`).
 pub fn fmt_ns_brief(ns: u64) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.2}s", ns as f64 / 1e9)
-    } else if ns >= 1_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
-    } else if ns >= 1_000 {
-        format!("{:.1}µs", ns as f64 / 1e3)
-    } else {
-        format!("{ns}ns")
-    }
+    fmt_ns_with(ns, 2, 1)
 }
 
 /// Formats nanoseconds for the CI reports and timeline notes: three
@@ -27,10 +19,16 @@ pub fn fmt_ns_brief(ns: u64) -> String {
 /// microseconds, whole nanoseconds below (`1.500s`, `1.234ms`, `4.5µs`,
 /// `12ns`).
 pub fn fmt_ns_precise(ns: u64) -> String {
+    fmt_ns_with(ns, 3, 3)
+}
+
+/// Nanoseconds with a unit: `s_decimals` decimals in seconds, `ms_decimals`
+/// in milliseconds, one in microseconds, whole nanoseconds below.
+fn fmt_ns_with(ns: u64, s_decimals: usize, ms_decimals: usize) -> String {
     if ns >= 1_000_000_000 {
-        format!("{:.3}s", ns as f64 / 1e9)
+        format!("{:.*}s", s_decimals, ns as f64 / 1e9)
     } else if ns >= 1_000_000 {
-        format!("{:.3}ms", ns as f64 / 1e6)
+        format!("{:.*}ms", ms_decimals, ns as f64 / 1e6)
     } else if ns >= 1_000 {
         format!("{:.1}µs", ns as f64 / 1e3)
     } else {
