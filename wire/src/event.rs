@@ -349,6 +349,15 @@ pub enum Event {
         /// woken since, can never be polled again.
         wakers: u32,
     },
+    /// A task's poll that ran past the producer's stall threshold, as the
+    /// producer's watchdog saw it while it still ran (version 3, boxed):
+    /// where the task was (spans entered, native stack of its worker) and
+    /// how the worker thread spent the time. Sent once when the poll
+    /// crosses the threshold (`ended: false`), and once more after the poll
+    /// ended with the scheduler statistics up to its end (`ended: true`);
+    /// either may arrive after the poll's end. `(task, start)` names the
+    /// poll.
+    Stall(Box<Stall>),
 }
 
 impl Event {
@@ -365,6 +374,7 @@ impl Event {
             | Event::Close { ts, .. }
             | Event::Wake { ts, .. } => Some(*ts),
             Event::SpanNew(n) => Some(n.ts),
+            Event::Stall(st) => Some(st.ts),
             Event::Log(l) => Some(l.ts),
             Event::Panic(p) => Some(p.ts),
             Event::Callsite(_)
@@ -489,6 +499,106 @@ pub struct Panic {
     pub trace: Vec<String>,
 }
 
+/// A poll past the stall threshold, seen while it ran: [`Event::Stall`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stall {
+    /// The task whose poll it is.
+    pub task: SpanId,
+    /// When the poll started (the `ts` of its `Enter`, or the `start` of
+    /// its `Poll`), ns since the producer started: with `task`, the poll.
+    pub start: u64,
+    /// When this was observed, ns since the producer started: the moment
+    /// the stack was sampled (`ended: false`) or the statistics were read
+    /// after the poll's end (`ended: true`).
+    pub ts: u64,
+    /// `false`: sent at the crossing, with the stacks. `true`: sent after
+    /// the poll ended, with [`Stall::sched`] up to the end and no stacks.
+    pub ended: bool,
+    /// The spans entered in the poll when the stack was sampled, innermost
+    /// first (the async stack at that moment; the task span not included).
+    #[serde(deserialize_with = "capped::stall_spans")]
+    pub spans: Vec<SpanId>,
+    /// What became of the native stack sample.
+    pub stack: StackState,
+    /// The worker thread's native stack when it was sampled, innermost
+    /// first, symbolised by the producer (inlined functions are frames of
+    /// their own). Empty unless `stack` is [`StackState::Sampled`].
+    #[serde(deserialize_with = "capped::native_frames")]
+    pub frames: Vec<NativeFrame>,
+    /// How the worker thread spent the poll's time, as far as the producer
+    /// could read it (Linux only).
+    pub sched: Option<Sched>,
+}
+
+/// Whether a [`Stall`] carries a native stack, and why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StackState {
+    /// The worker was interrupted and its stack read: see `frames`.
+    Sampled,
+    /// Sampling is turned off (`AWAITSCOPE_STACKS=off`).
+    Off,
+    /// Not available on this platform or build: only the async stack.
+    Unsupported,
+    /// Sampling was tried and gave nothing: the worker did not answer the
+    /// signal in time, or its poll ended first.
+    Missed,
+}
+
+/// One native stack frame (a function; an inlined call is a frame of its
+/// own), symbolised by the producer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeFrame {
+    /// Demangled function name without the hash suffix
+    /// (`app::auth::hash_password`); `"??"` when unknown.
+    pub function: String,
+    /// Source file, as the producer shows it: relative to the workspace,
+    /// `crate-version/src/..` for a dependency, `std/src/..` for the
+    /// standard library; never absolute unless nothing better is known.
+    pub file: Option<String>,
+    /// Line in `file`.
+    pub line: Option<u32>,
+    /// Whose code it is.
+    pub origin: FrameOrigin,
+}
+
+/// Whose code a [`NativeFrame`] is, for folding what users cannot act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameOrigin {
+    /// The program's own code (its workspace).
+    User,
+    /// A dependency that is not runtime (a crate from a registry or git).
+    Dependency,
+    /// The standard library, tokio, awaitscope, tracing, futures, the C
+    /// library and the thread start: folded when shown.
+    Runtime,
+}
+
+/// A worker thread's scheduler statistics over part of a poll (Linux:
+/// `/proc/self/task/<tid>/schedstat` and `stat`), for telling a poll that
+/// blocked from one that waited for a CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sched {
+    /// Wall time the statistics cover, in ns (from when the producer first
+    /// read them, during the poll, to when it last did).
+    pub window_ns: u64,
+    /// Of it, time the thread ran on a CPU (user and kernel).
+    pub on_cpu_ns: u64,
+    /// Of `on_cpu_ns`, time in the kernel (clock-tick granularity).
+    pub kernel_ns: u64,
+    /// Time the thread was runnable but waiting for a CPU (descheduled).
+    pub waiting_ns: u64,
+}
+
+impl Sched {
+    /// Time neither running nor waiting for a CPU: sleeping or blocked
+    /// (a lock, a blocking syscall, `thread::sleep`).
+    pub fn off_cpu_ns(&self) -> u64 {
+        self.window_ns
+            .saturating_sub(self.on_cpu_ns)
+            .saturating_sub(self.waiting_ns)
+    }
+}
+
 /// Deserialization of the lists that [`limits`] caps, refusing a list as soon
 /// as it is known to exceed its cap.
 ///
@@ -504,7 +614,7 @@ pub(crate) mod capped {
         Deserialize, DeserializeSeed, Deserializer, Error, Expected, SeqAccess, Visitor,
     };
 
-    use super::{limits, Event, Field, Log, SpanId, SpanNew, TreeNode};
+    use super::{limits, Event, Field, Log, NativeFrame, SpanId, SpanNew, TreeNode};
 
     thread_local! {
         /// Why the last list on this thread was refused. Codecs may drop the
@@ -748,6 +858,16 @@ pub(crate) mod capped {
 
     pub(super) fn trace<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         seq(d, limits::MAX_TRACE, "trace lines")
+    }
+
+    pub(super) fn stall_spans<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SpanId>, D::Error> {
+        seq(d, limits::MAX_TREE, "stall spans")
+    }
+
+    pub(super) fn native_frames<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<NativeFrame>, D::Error> {
+        seq(d, limits::MAX_STACK, "native frames")
     }
 
     pub(super) fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {

@@ -24,6 +24,7 @@
 mod direct;
 pub mod event;
 pub mod names;
+pub mod paths;
 pub mod read;
 pub mod write;
 
@@ -42,10 +43,14 @@ pub const MAGIC: [u8; 8] = *b"AWSCOPE\0";
 /// wakers), [`Event::Poll`] (a whole poll in one event) and
 /// [`WakeOp::LastDrop`]; version-2 producers no longer send
 /// `WakeOp::Clone` or per-waker `WakeOp::Drop`.
-pub const VERSION: u16 = 2;
+///
+/// Version 3 added [`Event::Stall`] (a poll past the stall threshold, seen
+/// while it ran: its async and native stacks and the worker's scheduler
+/// statistics).
+pub const VERSION: u16 = 3;
 
-/// Oldest version a reader accepts: version-1 streams decode unchanged (their
-/// events are a subset of version 2's). Others are refused.
+/// Oldest version a reader accepts: version-1 and version-2 streams decode
+/// unchanged (their events are a subset of version 3's). Others are refused.
 pub const MIN_VERSION: u16 = 1;
 
 /// Largest frame payload accepted, in bytes. Producers batch well under it.
@@ -62,6 +67,8 @@ pub mod limits {
     pub const MAX_TREE: usize = 64;
     /// Most lines in a causal trace (`Log` and `Panic` events).
     pub const MAX_TRACE: usize = 64;
+    /// Most native frames in one [`crate::Stall`].
+    pub const MAX_STACK: usize = 128;
     /// Most events in one batch frame.
     pub const MAX_BATCH: usize = 16 * 1024;
 

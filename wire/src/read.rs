@@ -220,6 +220,21 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                         p.file.as_deref().map_or(Ok(()), s)?;
                         lines(&p.trace)?;
                     }
+                    Event::Stall(st) => {
+                        if st.spans.len() > limits::MAX_TREE {
+                            return Err(format!("{} stall spans exceed the cap", st.spans.len()));
+                        }
+                        if st.frames.len() > limits::MAX_STACK {
+                            return Err(format!(
+                                "{} native frames exceed the cap",
+                                st.frames.len()
+                            ));
+                        }
+                        for f in &st.frames {
+                            s(&f.function)?;
+                            f.file.as_deref().map_or(Ok(()), s)?;
+                        }
+                    }
                     Event::PollTree { spans, .. } => {
                         if spans.len() > limits::MAX_TREE {
                             return Err(format!("{} await tree nodes exceed the cap", spans.len()));

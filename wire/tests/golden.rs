@@ -1,8 +1,10 @@
-//! The encoding is pinned by files written before `Event` changed shape in
-//! Rust (its large variants boxed): today's types must read those bytes and
-//! write exactly the same bytes again. Regenerate only on a deliberate format
-//! change (`cargo test -p awaitscope-wire --test golden -- --ignored`), which
-//! also needs a new format version.
+//! The encoding is pinned by files: today's types must read those bytes and
+//! write exactly the same bytes again. The version-2 files were written
+//! before `Event` changed shape in Rust (its large variants boxed) and before
+//! version 3 added `Stall`: they must still decode, and their frames encode
+//! to the same bytes after the preamble. Regenerate the version-3 files only
+//! on a deliberate format change (`cargo test -p awaitscope-wire --test
+//! golden -- --ignored`), which also needs a new format version.
 
 mod common;
 
@@ -11,8 +13,10 @@ use common::*;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v2.aws");
-const ARBITRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v2.aws");
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v3.aws");
+const ARBITRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v3.aws");
+const SAMPLES_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v2.aws");
+const ARBITRARY_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v2.aws");
 
 /// 400 arbitrary valid frames from a fixed seed.
 fn arbitrary_frames() -> Vec<Frame> {
@@ -52,4 +56,39 @@ fn pinned_arbitrary_frames_decode_and_encode_to_the_same_bytes() {
     assert_eq!(stream(&frames), pinned);
     // The strategies still make the same frames from the same seed.
     assert_eq!(frames, arbitrary_frames());
+}
+
+/// A version-2 file decodes, and its frames encode to its bytes again.
+fn version_2_reads_and_encodes_the_same(path: &str) -> Vec<Frame> {
+    let pinned = read(path);
+    assert_eq!(&pinned[8..10], &2u16.to_le_bytes());
+    let (frames, err) = read_all(&pinned);
+    assert!(err.is_none(), "{err:?}");
+    assert!(!frames.is_empty());
+    assert_eq!(stream(&frames)[Preamble::LEN..], pinned[Preamble::LEN..]);
+    frames
+}
+
+#[test]
+fn version_2_samples_still_decode() {
+    let frames = version_2_reads_and_encodes_the_same(SAMPLES_V2);
+    // Their events are today's samples without the version-3 events.
+    let events = |frames: Vec<Frame>| -> Vec<Event> {
+        frames
+            .into_iter()
+            .filter_map(|f| match f.body {
+                Body::Events(e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .filter(|e| !matches!(e, Event::Stall(_)))
+            .collect()
+    };
+    assert_eq!(events(frames), events(sample_frames()));
+}
+
+#[test]
+fn version_2_arbitrary_frames_still_decode() {
+    let frames = version_2_reads_and_encodes_the_same(ARBITRARY_V2);
+    assert_eq!(frames.len(), 400);
 }

@@ -184,6 +184,8 @@ impl Process {
                 self.bump(l.ts);
                 self.log(l, cfg, obs);
             }
+            // Stalls are applied to the task in a later change (#14).
+            Event::Stall(_) => {}
             Event::Panic(p) => {
                 let awaitscope_wire::Panic {
                     task,

@@ -179,6 +179,8 @@ pub struct Captured {
     pub wakes: Vec<Wake>,
     pub panics: Vec<(Option<SpanId>, Option<SpanId>, String)>,
     pub panic_traces: Vec<Vec<String>>,
+    /// Stalls reported by the watchdog, in stream order.
+    pub stalls: Vec<awaitscope_wire::Stall>,
     pub dropped: DropCounts,
     /// Per task: the await trees sent (span, depth), in order.
     pub poll_trees: HashMap<SpanId, Vec<Vec<(SpanId, u16)>>>,
@@ -377,6 +379,7 @@ impl Captured {
                 self.panics.push((task, span, message));
                 self.panic_traces.push(trace);
             }
+            Event::Stall(st) => self.stalls.push(*st),
         }
     }
 

@@ -40,10 +40,11 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::Panic(_) => "Panic",
         Event::PollEnd { .. } => "PollEnd",
         Event::Poll { .. } => "Poll",
+        Event::Stall(_) => "Stall",
     }
 }
 
-pub const EVENT_VARIANTS: usize = 14;
+pub const EVENT_VARIANTS: usize = 15;
 
 /// Name of a body's variant (exhaustive, see [`event_variant`]).
 pub fn body_variant(b: &Body) -> &'static str {
@@ -247,6 +248,44 @@ pub fn sample_events() -> Vec<Event> {
         line: None,
         ts: 401,
         trace: Vec::new(),
+    })));
+    events.push(Event::Stall(Box::new(Stall {
+        task: SpanId(7),
+        start: 500,
+        ts: 10_500,
+        ended: false,
+        spans: vec![SpanId(9), SpanId(8)],
+        stack: StackState::Sampled,
+        frames: vec![
+            NativeFrame {
+                function: "app::auth::hash_password".into(),
+                file: Some("src/auth.rs".into()),
+                line: Some(12),
+                origin: FrameOrigin::User,
+            },
+            NativeFrame {
+                function: "??".into(),
+                file: None,
+                line: None,
+                origin: FrameOrigin::Runtime,
+            },
+        ],
+        sched: Some(Sched {
+            window_ns: 9_000,
+            on_cpu_ns: 100,
+            kernel_ns: 50,
+            waiting_ns: 0,
+        }),
+    })));
+    events.push(Event::Stall(Box::new(Stall {
+        task: SpanId(7),
+        start: 500,
+        ts: 20_000,
+        ended: true,
+        spans: vec![],
+        stack: StackState::Missed,
+        frames: vec![],
+        sched: None,
     })));
     events
 }
@@ -607,6 +646,51 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                     trace: Vec::new(),
                 }))
             ),
+        (
+            arb_span(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            proptest::collection::vec(arb_span(), 0..4),
+            proptest::collection::vec(
+                (
+                    arb_str(),
+                    proptest::option::of(arb_str()),
+                    any::<Option<u32>>()
+                ),
+                0..4
+            ),
+            any::<Option<(u64, u64, u64, u64)>>()
+        )
+            .prop_map(|(task, start, ts, ended, spans, frames, sched)| {
+                Event::Stall(Box::new(Stall {
+                    task,
+                    start,
+                    ts,
+                    ended,
+                    spans,
+                    stack: if frames.is_empty() {
+                        StackState::Off
+                    } else {
+                        StackState::Sampled
+                    },
+                    frames: frames
+                        .into_iter()
+                        .map(|(function, file, line)| NativeFrame {
+                            function,
+                            file,
+                            line,
+                            origin: FrameOrigin::Dependency,
+                        })
+                        .collect(),
+                    sched: sched.map(|(window_ns, on_cpu_ns, kernel_ns, waiting_ns)| Sched {
+                        window_ns,
+                        on_cpu_ns,
+                        kernel_ns,
+                        waiting_ns,
+                    }),
+                }))
+            }),
     ]
 }
 

@@ -1,0 +1,133 @@
+//! Source paths as users read them.
+//!
+//! Locations reach awaitscope as the compiler recorded them: relative to the
+//! workspace for the program's own crates, but absolute for dependencies
+//! (`/home/u/.cargo/registry/src/index.crates.io-6f17d22bba15001f/tokio-1.47.1/src/sync/mutex.rs`)
+//! and for the standard library (`/rustc/<commit>/library/std/src/thread/mod.rs`).
+//! Absolute paths name the machine that built the program and bury the part
+//! that matters; [`display`] shortens them to `tokio-1.47.1/src/sync/mutex.rs`
+//! and `std/src/thread/mod.rs`. Producers and the collector both use it, so a
+//! path reads the same in every view.
+
+use std::borrow::Cow;
+
+/// Whose code a source path is, judged from the path alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathOrigin {
+    /// The standard library (`std`, `core`, `alloc`, ...).
+    Std,
+    /// A crate from a registry or a git checkout.
+    Dependency,
+    /// Anything else: the program's own code, as far as the path tells.
+    Local,
+}
+
+/// `path` shortened for display: a registry crate's path from its
+/// `name-version` directory, a git dependency's from its checkout name, the
+/// standard library's from the library's name; other paths unchanged.
+pub fn display(path: &str) -> Cow<'_, str> {
+    let p = path.replace('\\', "/");
+    if let Some(rest) = after(&p, "/registry/src/") {
+        // `index.crates.io-<hash>/tokio-1.47.1/src/...`: drop the index.
+        if let Some((_, krate)) = rest.split_once('/') {
+            return Cow::Owned(krate.to_owned());
+        }
+    }
+    if let Some(rest) = after(&p, "/git/checkouts/") {
+        // `<name>-<hash>/<rev>/src/...`: keep the name, drop the revision.
+        if let Some((name, tail)) = rest.split_once('/') {
+            let tail = tail.split_once('/').map_or(tail, |(_, t)| t);
+            return Cow::Owned(format!("{name}/{tail}"));
+        }
+    }
+    if p.starts_with("/rustc/") {
+        if let Some(rest) = after(&p, "/library/") {
+            return Cow::Owned(rest.to_owned());
+        }
+    }
+    if p.len() == path.len() && p == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(p)
+    }
+}
+
+/// Whose code `path` is (as recorded by the compiler, or as [`display`]
+/// shows it).
+pub fn origin(path: &str) -> PathOrigin {
+    let p = path.replace('\\', "/");
+    if p.starts_with("/rustc/") || STD_DIRS.iter().any(|d| p.starts_with(d)) {
+        return PathOrigin::Std;
+    }
+    if p.contains("/registry/src/") || p.contains("/git/checkouts/") {
+        return PathOrigin::Dependency;
+    }
+    // A shortened dependency path: `name-1.2.3/src/...`.
+    let first = p.split('/').next().unwrap_or("");
+    if first.rsplit_once('-').is_some_and(|(_, v)| {
+        v.chars().next().is_some_and(|c| c.is_ascii_digit()) && v.contains('.')
+    }) {
+        return PathOrigin::Dependency;
+    }
+    PathOrigin::Local
+}
+
+/// The standard library's crates as [`display`] shows them.
+const STD_DIRS: [&str; 6] = [
+    "std/src/",
+    "core/src/",
+    "alloc/src/",
+    "panic_unwind/src/",
+    "proc_macro/src/",
+    "test/src/",
+];
+
+fn after<'a>(s: &'a str, marker: &str) -> Option<&'a str> {
+    s.find(marker).map(|i| &s[i + marker.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_git_and_std_paths_are_shortened() {
+        assert_eq!(
+            display("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.47.1/src/sync/batch_semaphore.rs"),
+            "tokio-1.47.1/src/sync/batch_semaphore.rs"
+        );
+        assert_eq!(
+            display(
+                "/home/u/.cargo/git/checkouts/console-abc123/5f3e1a2/console-subscriber/src/lib.rs"
+            ),
+            "console-abc123/console-subscriber/src/lib.rs"
+        );
+        assert_eq!(
+            display(
+                "/rustc/90b35a6239c3d8bdabc530a6a0816f7ff89a0aaf/library/std/src/thread/mod.rs"
+            ),
+            "std/src/thread/mod.rs"
+        );
+        assert_eq!(
+            display("examples/src/bin/shop.rs"),
+            "examples/src/bin/shop.rs"
+        );
+        assert!(matches!(display("src/main.rs"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            origin("/rustc/90b35a/library/core/src/ops/function.rs"),
+            PathOrigin::Std
+        );
+        assert_eq!(origin("std/src/thread/mod.rs"), PathOrigin::Std);
+        assert_eq!(
+            origin("/x/.cargo/registry/src/idx/tokio-1.47.1/src/lib.rs"),
+            PathOrigin::Dependency
+        );
+        assert_eq!(origin("tokio-1.47.1/src/lib.rs"), PathOrigin::Dependency);
+        assert_eq!(origin("examples/src/bin/shop.rs"), PathOrigin::Local);
+        assert_eq!(origin("src/main.rs"), PathOrigin::Local);
+    }
+}
