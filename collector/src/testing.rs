@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use awaitscope_wire::{
     names, Body, Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field, Frame,
-    Level, ProcessInfo, ProcessKey, SpanClass, SpanId, TreeNode, Value, WakeOp,
+    FrameOrigin, Level, NativeFrame, ProcessInfo, ProcessKey, SpanClass, SpanId, StackState, Stall,
+    TreeNode, Value, WakeOp,
 };
 
 use crate::Model;
@@ -518,6 +519,11 @@ impl StreamBuilder {
         self.push(Event::Wake { task, op, by, ts })
     }
 
+    /// A half of a stall (see [`stall`] to make one).
+    pub fn stall(&mut self, st: Stall) -> &mut Self {
+        self.push(Event::Stall(Box::new(st)))
+    }
+
     /// One poll of `task` from `start` to `end`.
     pub fn poll(&mut self, task: SpanId, start: u64, end: u64) -> &mut Self {
         self.enter(task, start).exit(task, end)
@@ -871,6 +877,12 @@ impl Scenario {
         self.sync();
     }
 
+    /// A half of a stall (see [`stall`] to make one).
+    pub fn stall(&mut self, st: Stall) {
+        self.b.stall(st);
+        self.sync();
+    }
+
     /// Wakes `t` (by `by`).
     pub fn wake(&mut self, t: SpanId, by: Option<SpanId>, ts: u64) {
         self.b.waker(t, WakeOp::WakeByRef, by, ts);
@@ -938,5 +950,32 @@ impl Scenario {
     pub fn tick(&mut self, ts: u64) {
         self.sync();
         self.model.scan_wall(self.b.key().start_unix_ns + ts);
+    }
+}
+
+/// A half of a stall of `task`'s poll started at `start`, observed at `ts`:
+/// the crossing's (`ended: false`, stack [`StackState::Missed`] until set)
+/// or the one after the poll's end; no spans, frames or statistics until
+/// set.
+pub fn stall(task: SpanId, start: u64, ts: u64, ended: bool) -> Stall {
+    Stall {
+        task,
+        start,
+        ts,
+        ended,
+        spans: Vec::new(),
+        stack: StackState::Missed,
+        frames: Vec::new(),
+        sched: None,
+    }
+}
+
+/// A native frame of `function` at `file:line`.
+pub fn native_frame(function: &str, file: &str, line: u32, origin: FrameOrigin) -> NativeFrame {
+    NativeFrame {
+        function: function.into(),
+        file: Some(file.into()),
+        line: Some(line),
+        origin,
     }
 }

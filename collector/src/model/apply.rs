@@ -22,6 +22,7 @@ use super::process::Observer;
 use super::process::{Entered, Process, MAX_CALLSITES, MAX_STACK};
 use super::resource::Resource;
 use super::span::{self, Location, Span};
+use super::stall::{ClosedSpan, PollStall, StallSpan};
 use super::task::{LogRecord, Task, TaskState};
 use super::task_apply::{derive_task_fields, end_poll, start_poll, wake, PollStarted};
 use super::warm::WARM_AHEAD;
@@ -184,8 +185,10 @@ impl Process {
                 self.bump(l.ts);
                 self.log(l, cfg, obs);
             }
-            // Stalls are applied to the task in a later change (#14).
-            Event::Stall(_) => {}
+            Event::Stall(st) => {
+                self.bump(st.ts);
+                self.stall(st, obs);
+            }
             Event::Panic(p) => {
                 let awaitscope_wire::Panic {
                     task,
@@ -474,7 +477,23 @@ impl Process {
                     )
                     .or(parent)
                 }
-                _ => parent,
+                Some(_) => parent,
+                // Closed during the poll (an instrumented fn that returned
+                // before the poll's end): named from what its close left.
+                None => match self.closed_spans.get(n.span) {
+                    Some(c) if c.class != SpanClass::AsyncOpPoll => tree
+                        .enter(
+                            n.span,
+                            c.callsite,
+                            c.class,
+                            parent,
+                            c.first_entered.unwrap_or(seen),
+                            c.label.clone(),
+                            cfg.retention.max_await_nodes,
+                        )
+                        .or(parent),
+                    _ => parent,
+                },
             };
             path.push((n.depth, node));
         }
@@ -521,7 +540,17 @@ impl Process {
         if O::STEPS && self.spans.contains_key(&id) {
             obs.change(self, &Change::SpanClosing { span: id, ts });
         }
-        self.spans.remove(&id);
+        if let Some(s) = self.spans.remove(&id) {
+            if s.class != SpanClass::AsyncOpPoll {
+                self.closed_spans.push(ClosedSpan {
+                    id,
+                    callsite: s.callsite,
+                    class: s.class,
+                    label: s.label,
+                    first_entered: s.first_entered,
+                });
+            }
+        }
         self.resources.remove(&id);
     }
 
@@ -545,6 +574,8 @@ impl Process {
         };
         t.waiting_on.clear();
         t.await_tree = AwaitTree::default();
+        // Its stall was judged with its polls: not kept with it.
+        t.stall = None;
         // Its last samples stay kept in it, not recorded into histograms
         // allocated now: most completed tasks are folded into the summary
         // without anyone reading their histograms (a report reads them
@@ -553,6 +584,69 @@ impl Process {
             self.completed.push_back(t);
         }
         self.prune(cfg);
+    }
+
+    /// Applies one half of a stall to its task (see [`super::stall`]):
+    /// merged into the task's stall of the same poll, or replacing the
+    /// stall of an earlier poll. Its spans are named now, while they live.
+    fn stall<O: Observer>(&mut self, st: &awaitscope_wire::Stall, obs: &mut O) {
+        if !self.tasks.contains_key(&st.task) {
+            return;
+        }
+        let spans = if st.ended {
+            Vec::new()
+        } else {
+            st.spans
+                .iter()
+                .filter_map(|&s| self.stall_span(s))
+                .collect()
+        };
+        let Some(t) = self.tasks.get_mut(&st.task) else {
+            return;
+        };
+        let stall = match &mut t.stall {
+            Some(s) if s.start == st.start => s,
+            other => {
+                let mut s = PollStall::new(st.start);
+                // Of a poll committed already: judged without it.
+                s.poll_ns = t
+                    .last_committed
+                    .filter(|p| p.start == st.start)
+                    .map(|p| p.end.saturating_sub(p.start));
+                other.insert(Box::new(s))
+            }
+        };
+        stall.merge(st, spans);
+        obs.change(
+            self,
+            &Change::Stalled {
+                task: st.task,
+                start: st.start,
+                ended: st.ended,
+            },
+        );
+    }
+
+    /// Span `id` of a stall's async stack, named (live or recently closed;
+    /// `None` for a span not known, or an async op's poll, which its async
+    /// op stands for).
+    fn stall_span(&self, id: SpanId) -> Option<StallSpan> {
+        let (callsite, label) = match self.spans.get(&id) {
+            Some(s) if s.class == SpanClass::AsyncOpPoll => return None,
+            Some(s) => (s.callsite, s.label.clone()),
+            None => {
+                let c = self.closed_spans.get(id)?;
+                (c.callsite, c.label.clone())
+            }
+        };
+        let label = match label {
+            Some(l) => l.to_string(),
+            None => self.span_label(id, callsite),
+        };
+        let location = self
+            .span_location(id, callsite)
+            .map(|l| super::stall::display_location(&l));
+        Some(StallSpan { label, location })
     }
 
     fn log<O: Observer>(&mut self, l: &Log, cfg: &Config, obs: &mut O) {

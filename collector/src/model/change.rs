@@ -9,7 +9,7 @@
 //! dispatch per event.
 //!
 //! Two sorts of change: the judged ones (a poll committed, a wait ended, a
-//! task closing, a panic, an ERROR event), reported to every observer, and
+//! task closing, a panic, an ERROR event, a stall), reported to every observer, and
 //! the steps ([`ChangeKind::is_step`]: a span or task created, a poll
 //! started or ended, an await tree received, a wake, a hand-off, a log, a
 //! span closing), which say everything an event did and are reported only
@@ -88,6 +88,18 @@ pub enum Change<'a> {
         ts: u64,
         /// The producer's causal trace (empty if it sent none).
         trace: &'a [String],
+    },
+    /// A half of a stall of `task`'s poll that started at `start` was
+    /// applied: the task's `stall` holds it, merged with the other half if
+    /// that came first. The poll may be running still, ended, or already
+    /// committed (then the stall's `poll_ns` says how long it was).
+    Stalled {
+        /// The task.
+        task: SpanId,
+        /// When the stalled poll started.
+        start: u64,
+        /// The half sent after the poll's end (else: at the crossing).
+        ended: bool,
     },
     /// Step: a span that is not a task was created at `ts`; `p.spans`
     /// holds it (and `p.resources` too, for a resource).
@@ -187,6 +199,8 @@ pub enum ChangeKind {
     Panic,
     /// [`Change::Error`].
     Error,
+    /// [`Change::Stalled`].
+    Stalled,
     /// [`Change::SpanCreated`].
     SpanCreated,
     /// [`Change::SpanClosing`].
@@ -209,12 +223,13 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// Every kind, in index order.
-    pub const ALL: [ChangeKind; 14] = [
+    pub const ALL: [ChangeKind; 15] = [
         ChangeKind::PollCommitted,
         ChangeKind::WaitEnded,
         ChangeKind::TaskClosing,
         ChangeKind::Panic,
         ChangeKind::Error,
+        ChangeKind::Stalled,
         ChangeKind::SpanCreated,
         ChangeKind::SpanClosing,
         ChangeKind::TaskSpawned,
@@ -236,6 +251,7 @@ impl ChangeKind {
                 | ChangeKind::TaskClosing
                 | ChangeKind::Panic
                 | ChangeKind::Error
+                | ChangeKind::Stalled
         )
     }
 }
@@ -260,6 +276,7 @@ impl Change<'_> {
             Change::TaskClosing { .. } => ChangeKind::TaskClosing,
             Change::Panic { .. } => ChangeKind::Panic,
             Change::Error { .. } => ChangeKind::Error,
+            Change::Stalled { .. } => ChangeKind::Stalled,
             Change::SpanCreated { .. } => ChangeKind::SpanCreated,
             Change::SpanClosing { .. } => ChangeKind::SpanClosing,
             Change::TaskSpawned { .. } => ChangeKind::TaskSpawned,

@@ -10,6 +10,7 @@
 //!   task it is about).
 //! * [`merge`]: the merge of a batch's per-thread runs in time order.
 //! * [`labels`]: how tasks, spans and await points are named.
+//! * [`stall`]: what the producer saw of a poll that ran too long.
 //! * [`task`], [`span`], [`resource`], [`await_tree`]: what a process holds.
 
 pub mod apply;
@@ -22,6 +23,7 @@ pub mod process;
 pub mod resource;
 pub mod snapshot;
 pub mod span;
+pub mod stall;
 pub mod task;
 mod task_apply;
 mod warm;

@@ -14,6 +14,7 @@ use super::change::Change;
 use super::hash::FastMap;
 use super::resource::Resource;
 use super::span::{Location, Span};
+use super::stall::ClosedSpans;
 use super::task::{Task, TaskState, TaskSummary};
 use crate::config::Config;
 
@@ -86,6 +87,9 @@ pub struct Process {
     pub summary: FastMap<String, TaskSummary>,
     /// Live resources.
     pub resources: FastMap<SpanId, Resource>,
+    /// The latest closed spans, to name them in what arrives after their
+    /// close (a poll's await tree, a stall).
+    pub closed_spans: ClosedSpans,
     /// Wall clock (Unix ns) when the latest live frame arrived, and the
     /// process clock then.
     pub(crate) last_wall: Option<(u64, u64)>,
@@ -130,6 +134,7 @@ impl Process {
             completed: VecDeque::new(),
             summary: FastMap::default(),
             resources: FastMap::default(),
+            closed_spans: ClosedSpans::default(),
             last_wall: None,
             cur_thread: 0,
             last_seq: None,

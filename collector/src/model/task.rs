@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::await_tree::AwaitTree;
 use super::span::Location;
+use super::stall::PollStall;
 
 /// Most wakers remembered per task in [`Task::woken_by`].
 pub const WOKEN_BY: usize = 8;
@@ -216,6 +217,9 @@ pub struct Task {
     pub pending_poll: Option<PendingPoll>,
     /// End of the last poll.
     pub last_poll_end: Option<u64>,
+    /// The last committed poll: a stall that arrives after the commit is
+    /// of a poll already judged (see [`super::stall`]).
+    pub last_committed: Option<PendingPoll>,
     /// Await tree of the current or last poll.
     pub await_tree: AwaitTree,
     /// The await-tree leaf span of the last poll, and since when it has been
@@ -235,6 +239,9 @@ pub struct Task {
     /// The message of the panic caught while the task was being polled;
     /// `None` if it did not panic (or the panic hook saw no task).
     pub panic: Option<String>,
+    /// The stall of its latest stalled poll, if the producer sent one
+    /// (boxed: most tasks never stall).
+    pub stall: Option<Box<PollStall>>,
 }
 
 impl Task {
@@ -270,6 +277,7 @@ impl Task {
             poll_start: None,
             pending_poll: None,
             last_poll_end: None,
+            last_committed: None,
             await_tree: AwaitTree::default(),
             leaf: None,
             tree_changed: false,
@@ -278,6 +286,7 @@ impl Task {
             warn_count: 0,
             error_count: 0,
             panic: None,
+            stall: None,
         }
     }
 
@@ -376,6 +385,11 @@ impl Task {
         self.busy_ns = self.busy_ns.saturating_add(d);
         self.max_poll_ns = self.max_poll_ns.max(d);
         self.record_poll(d);
+        self.last_committed = Some(p);
+        if let Some(s) = self.stall.as_deref_mut().filter(|s| s.start == p.start) {
+            s.poll_ns = Some(d);
+            s.sched_at_commit = s.sched;
+        }
         Some((p, d))
     }
 

@@ -100,7 +100,7 @@ impl Observe<'_, '_> {
                 let name = format!("panic: {message}");
                 self.instant(task, ts, &name, "panic", &args, &[], &[])
             }
-            Change::WaitEnded { .. } | Change::Error { .. } => Ok(()),
+            Change::WaitEnded { .. } | Change::Error { .. } | Change::Stalled { .. } => Ok(()),
         }
     }
 

@@ -1,0 +1,278 @@
+//! Stalls: a poll that ran past the producer's stall threshold, as the
+//! producer saw it while it ran ([`awaitscope_wire::Stall`]): the async
+//! stack and the worker's native stack at the crossing, and how the worker
+//! thread spent the poll (on a CPU, waiting for one, or blocked).
+//!
+//! The producer sends each stall in two halves, `ended: false` at the
+//! crossing (with the stacks) and `ended: true` after the poll's end (with
+//! the scheduler statistics up to the end); either may come after the
+//! poll's end, and in either order. A task keeps the stall of its latest
+//! stalled poll, the halves merged by the poll's start; the async stack is
+//! resolved to names and locations when it arrives, while its spans are
+//! still live.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use awaitscope_wire::{paths, NativeFrame, Sched, SpanClass, SpanId, StackState};
+
+use super::span::Location;
+
+/// One span of a stall's async stack, resolved when the stall arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StallSpan {
+    /// The span's label (its name, a resource's type, an async op's
+    /// operation).
+    pub label: String,
+    /// Where it is in the source, the path shortened for display.
+    pub location: Option<Location>,
+}
+
+/// The stall of a task's poll (see the module doc).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PollStall {
+    /// When the stalled poll started: with the task, the poll.
+    pub start: u64,
+    /// When the latest half was observed by the producer.
+    pub ts: u64,
+    /// The `ended: false` half (the stacks) arrived.
+    pub crossed: bool,
+    /// The `ended: true` half (the statistics up to the poll's end) arrived.
+    pub ended: bool,
+    /// The spans entered in the poll at the crossing, innermost first.
+    pub spans: Vec<StallSpan>,
+    /// What became of the native stack sample; `None` until the crossing's
+    /// half arrived.
+    pub stack: Option<StackState>,
+    /// The native stack at the crossing, innermost first.
+    pub frames: Vec<NativeFrame>,
+    /// How the worker spent the poll: up to its end once the `ended` half
+    /// arrived, else up to the crossing.
+    pub sched: Option<Sched>,
+    /// The poll's duration, once the poll is committed (known to be a
+    /// poll, not the drop of the future): a stall arriving later is of a
+    /// poll already judged.
+    pub poll_ns: Option<u64>,
+    /// `sched` as it was when the poll was committed (what it was first
+    /// judged by).
+    pub sched_at_commit: Option<Sched>,
+}
+
+impl PollStall {
+    /// A stall of the poll started at `start`, with nothing in it yet.
+    pub fn new(start: u64) -> Self {
+        Self {
+            start,
+            ts: 0,
+            crossed: false,
+            ended: false,
+            spans: Vec::new(),
+            stack: None,
+            frames: Vec::new(),
+            sched: None,
+            poll_ns: None,
+            sched_at_commit: None,
+        }
+    }
+
+    /// Merges one half sent by the producer (`spans` already resolved).
+    pub fn merge(&mut self, st: &awaitscope_wire::Stall, spans: Vec<StallSpan>) {
+        self.ts = self.ts.max(st.ts);
+        if st.ended {
+            self.ended = true;
+            // The statistics up to the poll's end cover the crossing's.
+            if st.sched.is_some() {
+                self.sched = st.sched;
+            }
+        } else {
+            self.crossed = true;
+            self.spans = spans;
+            self.stack = Some(st.stack);
+            self.frames = st.frames.clone();
+            if !self.ended || self.sched.is_none() {
+                self.sched = st.sched.or(self.sched);
+            }
+        }
+    }
+}
+
+/// Most closed spans remembered per process (see [`ClosedSpans`]).
+pub const CLOSED_SPANS: usize = 256;
+
+/// What is kept of a closed span to name it in an await tree or a stall
+/// that arrives after its close.
+#[derive(Clone, Debug)]
+pub struct ClosedSpan {
+    /// The span.
+    pub id: SpanId,
+    /// Its callsite.
+    pub callsite: u32,
+    /// Its class.
+    pub class: SpanClass,
+    /// Its own label (a resource's type, an async op's operation).
+    pub label: Option<Arc<str>>,
+    /// When it was first entered, if it was.
+    pub first_entered: Option<u64>,
+}
+
+/// The latest closed spans of a process, most recent last, at most
+/// [`CLOSED_SPANS`]: a span entered in a poll and closed before the poll's
+/// end (an `#[instrument] async fn` that returned) is gone from the live
+/// spans when the poll's await tree or its stall arrives, and would be
+/// missing from them.
+#[derive(Clone, Debug, Default)]
+pub struct ClosedSpans {
+    ring: VecDeque<ClosedSpan>,
+}
+
+impl ClosedSpans {
+    /// Remembers a closed span, forgetting the oldest beyond the cap.
+    pub fn push(&mut self, s: ClosedSpan) {
+        if self.ring.len() >= CLOSED_SPANS {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(s);
+    }
+
+    /// The closed span `id`, if remembered.
+    pub fn get(&self, id: SpanId) -> Option<&ClosedSpan> {
+        self.ring.iter().rev().find(|s| s.id == id)
+    }
+}
+
+/// `location` with its path shortened for display.
+pub fn display_location(l: &Location) -> Location {
+    Location {
+        file: paths::display(&l.file).into_owned(),
+        line: l.line,
+        col: l.col,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use awaitscope_wire::{CloseKind, FrameOrigin, Sched, SpanId, StackState};
+
+    use crate::config::MS;
+    use crate::testing::{native_frame, stall, Scenario, TaskOpts};
+
+    fn sched(window_ns: u64) -> Option<Sched> {
+        Some(Sched {
+            window_ns,
+            on_cpu_ns: 1,
+            kernel_ns: 0,
+            waiting_ns: 0,
+        })
+    }
+
+    /// The two halves of the stall of `t`'s poll from `start`: the
+    /// crossing's (a stack in `charge`, the statistics up to the crossing)
+    /// and the end's.
+    fn halves(t: SpanId, charge: SpanId, start: u64) -> [awaitscope_wire::Stall; 2] {
+        let mut crossing = stall(t, start, start + 20 * MS, false);
+        crossing.spans = vec![charge, SpanId(9_999)];
+        crossing.stack = StackState::Sampled;
+        crossing.frames = vec![native_frame(
+            "app::hash",
+            "src/auth.rs",
+            12,
+            FrameOrigin::User,
+        )];
+        crossing.sched = sched(20 * MS);
+        let mut end = stall(t, start, start + 300 * MS, true);
+        end.sched = sched(300 * MS);
+        [crossing, end]
+    }
+
+    fn task_stall(s: &mut Scenario, t: SpanId) -> Option<super::PollStall> {
+        let m = s.model();
+        let p = m.processes().next().unwrap();
+        p.tasks.get(&t).and_then(|t| t.stall.as_deref().cloned())
+    }
+
+    #[test]
+    fn halves_merge_in_either_order_running_or_ended() {
+        for crossing_first in [true, false] {
+            for poll_ended_first in [true, false] {
+                let mut s = Scenario::new();
+                let t = s.spawn(TaskOpts::named("t"), 0);
+                let charge = s.user_span("charge_card", 0);
+                s.begin_poll(t, MS);
+                s.enter(charge, MS + 1);
+                let [crossing, end] = halves(t, charge, MS);
+                let (a, b) = if crossing_first {
+                    (crossing, end)
+                } else {
+                    (end, crossing)
+                };
+                // The crossing's spans are named while they live, or from
+                // the closed spans once they closed.
+                if poll_ended_first {
+                    s.exit(charge, 300 * MS);
+                    s.close(charge, CloseKind::Completed, 300 * MS);
+                    s.end_poll(t, 301 * MS);
+                }
+                s.stall(a);
+                s.stall(b);
+                let st = task_stall(&mut s, t).expect("kept");
+                let case = (crossing_first, poll_ended_first);
+                assert!(st.crossed && st.ended, "{case:?}");
+                assert_eq!(st.start, MS);
+                assert_eq!(st.stack, Some(StackState::Sampled));
+                assert_eq!(st.frames.len(), 1);
+                // An unknown span is left out.
+                assert_eq!(st.spans.len(), 1, "{case:?}");
+                assert_eq!(st.spans[0].label, "charge_card");
+                assert_eq!(
+                    st.spans[0].location.as_ref().map(|l| l.to_string()),
+                    Some("src/main.rs:100".into())
+                );
+                // The statistics up to the poll's end win.
+                assert_eq!(st.sched.map(|s| s.window_ns), Some(300 * MS), "{case:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_stall_per_task_replaced_by_later_polls_and_freed_with_it() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("t"), 0);
+        let charge = s.user_span("charge_card", 0);
+        s.begin_poll(t, MS);
+        let [crossing, _] = halves(t, charge, MS);
+        s.stall(crossing);
+        s.end_poll(t, 300 * MS);
+        s.begin_poll(t, 400 * MS);
+        let [crossing, end] = halves(t, charge, 400 * MS);
+        s.stall(end);
+        s.stall(crossing);
+        let st = task_stall(&mut s, t).expect("kept");
+        assert_eq!(st.start, 400 * MS);
+        assert!(st.crossed && st.ended);
+        // Of an unknown task: ignored.
+        s.stall(stall(SpanId(12_345), MS, 2 * MS, false));
+        s.end_poll(t, 700 * MS);
+        s.complete(t, 800 * MS);
+        let m = s.model();
+        let p = m.processes().next().unwrap();
+        assert!(!p.tasks.contains_key(&SpanId(12_345)));
+        assert!(p.completed.iter().all(|t| t.stall.is_none()));
+    }
+
+    #[test]
+    fn closed_spans_are_remembered_up_to_the_cap() {
+        let mut c = super::ClosedSpans::default();
+        for i in 0..(super::CLOSED_SPANS as u64 + 10) {
+            c.push(super::ClosedSpan {
+                id: SpanId(i),
+                callsite: 1,
+                class: awaitscope_wire::SpanClass::User,
+                label: None,
+                first_entered: None,
+            });
+        }
+        assert!(c.get(SpanId(5)).is_none());
+        assert!(c.get(SpanId(10)).is_some());
+        assert_eq!(c.ring.len(), super::CLOSED_SPANS);
+    }
+}
