@@ -1,8 +1,8 @@
 //! Detectors and their deduplicated findings.
 //!
 //! A detector is a value behind the [`Detector`] trait: it observes the
-//! model's [`Change`]s as events are applied (`long_poll` on committed
-//! polls, `starvation` on the poll that ends a wait, `self_wake` and
+//! model's [`Change`]s as events are applied (`long_poll` and
+//! `descheduled` on committed polls and on stalls that arrive after them, `starvation` on the poll that ends a wait, `self_wake` and
 //! `panic` on a task's close, `error`, `panic`), looks at each live task on
 //! a scan of its process (`lost_waker`, `never_yielded`, `starvation` of
 //! tasks still waiting, `stuck`, `self_wake`), or at the whole process
@@ -29,6 +29,7 @@ pub mod long_poll;
 pub mod lost_waker;
 pub mod never_yielded;
 pub mod panic;
+pub mod poll_trace;
 pub mod self_wake;
 pub mod starvation;
 pub mod stuck;
@@ -43,6 +44,9 @@ pub use findings::{Finding, FindingTask, Findings, Observation, MAX_TASKS_PER_FI
 pub enum FindingKind {
     /// A poll longer than the threshold (blocking the worker thread).
     LongPoll,
+    /// A poll longer than the threshold that spent most of it waiting for
+    /// a CPU (the machine was busy, not the code).
+    Descheduled,
     /// Woken but not polled for longer than the threshold.
     Starvation,
     /// Pending, no live waker, not woken: it will never be polled again.
@@ -65,8 +69,9 @@ pub enum FindingKind {
 
 impl FindingKind {
     /// Every kind.
-    pub const ALL: [FindingKind; 10] = [
+    pub const ALL: [FindingKind; 11] = [
         FindingKind::LongPoll,
+        FindingKind::Descheduled,
         FindingKind::Starvation,
         FindingKind::LostWaker,
         FindingKind::NeverYielded,
@@ -82,6 +87,7 @@ impl FindingKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FindingKind::LongPoll => "long_poll",
+            FindingKind::Descheduled => "descheduled",
             FindingKind::Starvation => "starvation",
             FindingKind::LostWaker => "lost_waker",
             FindingKind::NeverYielded => "never_yielded",
@@ -106,7 +112,9 @@ impl FindingKind {
             | FindingKind::LostWaker
             | FindingKind::Error
             | FindingKind::Panic => Severity::Error,
-            FindingKind::SelfWake | FindingKind::DroppedEvents => Severity::Info,
+            FindingKind::SelfWake | FindingKind::Descheduled | FindingKind::DroppedEvents => {
+                Severity::Info
+            }
             _ => Severity::Warning,
         }
     }
@@ -229,6 +237,7 @@ mod tests {
             names,
             [
                 "long_poll",
+                "descheduled",
                 "starvation",
                 "lost_waker",
                 "never_yielded",

@@ -1,6 +1,7 @@
 //! `never_yielded`: a task still in its first poll after longer than the
 //! threshold (it never returned to the scheduler). Blocking tasks are exempt.
 
+use super::poll_trace;
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
@@ -43,19 +44,25 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     if busy <= th.never_yielded_ns {
         return None;
     }
-    let leaf = t.await_tree.deepest_leaf();
+    // The stall sent at the crossing while the poll still runs, else the
+    // spans entered so far.
+    let pt = poll_trace::of_poll(p, t, start);
+    let mut message = format!(
+        "{} has been running its first poll for {} without yielding",
+        task_label(t),
+        fmt_ns_brief(busy)
+    );
+    if let Some(c) = &pt.culprit {
+        message.push_str(&format!(" in {c}"));
+    }
     Some(Observation {
         kind: FindingKind::NeverYielded,
         process: p.key,
         key: group_key(t),
         tasks: vec![FindingTask::of(t)],
-        location: t.location.clone(),
-        message: format!(
-            "{} has been running its first poll for {} without yielding",
-            task_label(t),
-            fmt_ns_brief(busy)
-        ),
-        trace: leaf.map_or_else(Vec::new, |i| p.await_path(&t.await_tree, i)),
+        location: pt.location,
+        message,
+        trace: pt.trace,
         duration_ns: Some(busy),
         ts: now,
         new_occurrence: true,
@@ -78,6 +85,49 @@ mod tests {
         let f: Vec<_> = m.findings().of_kind(FindingKind::NeverYielded).collect();
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].tasks[0].name.as_deref(), Some("spin"));
+    }
+
+    #[test]
+    fn the_crossing_stall_names_where_the_first_poll_runs() {
+        use awaitscope_wire::{FrameOrigin, StackState};
+
+        use crate::testing::{native_frame, stall};
+
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("spin"), 0);
+        let outer = s.user_span("crunch", 0);
+        s.begin_poll(t, 1000);
+        s.enter(outer, 2000);
+        let mut st = stall(t, 1000, 20 * MS, false);
+        st.spans = vec![outer];
+        st.stack = StackState::Sampled;
+        st.frames = vec![
+            native_frame("app::checksum", "src/crc.rs", 7, FrameOrigin::User),
+            native_frame("std::rt", "std/src/rt.rs", 1, FrameOrigin::Runtime),
+        ];
+        s.stall(st);
+        s.tick(3_000 * MS);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::NeverYielded).collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].trace,
+            [
+                "app::checksum @ src/crc.rs:7".to_string(),
+                "… 1 runtime frame".into(),
+                "crunch @ src/main.rs:100".into(),
+                format!("task #{} \"spin\" spawned @ src/main.rs:10", t.0),
+            ]
+        );
+        assert_eq!(
+            f[0].location.as_ref().map(|l| l.to_string()),
+            Some("src/crc.rs:7".into())
+        );
+        assert!(
+            f[0].message.contains("in checksum (src/crc.rs:7)"),
+            "{}",
+            f[0].message
+        );
     }
 
     #[test]

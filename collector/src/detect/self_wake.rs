@@ -2,6 +2,7 @@
 //! half) of at least a minimum number of wakes (busy-looping through the
 //! scheduler, e.g. `yield_now` in a loop).
 
+use super::poll_trace;
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
@@ -62,7 +63,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
             t.wakes,
             100.0 * t.self_wakes as f64 / t.wakes as f64
         ),
-        trace: Vec::new(),
+        trace: poll_trace::of_task(p, t),
         duration_ns: None,
         ts: now,
         new_occurrence: true,
@@ -77,9 +78,12 @@ mod tests {
     fn run(self_wakes: u64, other_wakes: u64) -> Vec<crate::Finding> {
         let mut s = Scenario::new();
         let t = s.spawn(TaskOpts::named("yielder"), 0);
+        let busy = s.user_span("busy_loop", 0);
         let mut ts = 1000;
         for i in 0..self_wakes + other_wakes {
             s.begin_poll(t, ts);
+            s.enter(busy, ts + 1);
+            s.exit(busy, ts + 2);
             if i < self_wakes {
                 s.wake(t, Some(t), ts + 10);
             }
@@ -103,6 +107,8 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].count, 1);
         assert!(f[0].message.contains("30 of 35"), "{}", f[0].message);
+        assert_eq!(f[0].trace[0], "busy_loop @ src/main.rs:100");
+        assert!(f[0].trace[1].starts_with("task #"), "{:?}", f[0].trace);
     }
 
     #[test]

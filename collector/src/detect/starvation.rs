@@ -1,6 +1,7 @@
 //! `starvation`: woken but not polled for longer than the threshold (the
 //! runtime's workers are busy or blocked).
 
+use super::poll_trace;
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
@@ -67,7 +68,7 @@ fn observe(p: &Process, t: &Task, wait: u64, ts: u64, th: &Thresholds) -> Observ
             fmt_ns_brief(wait),
             fmt_ns_brief(th.starvation_ns)
         ),
-        trace: Vec::new(),
+        trace: poll_trace::of_task(p, t),
         duration_ns: Some(wait),
         ts,
         new_occurrence: true,
@@ -103,6 +104,33 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].count, 1);
         assert_eq!(f[0].worst_ns, Some(190 * MS));
+    }
+
+    #[test]
+    fn the_trace_is_the_await_path_of_the_last_poll() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("late"), 0);
+        let tick = s.user_span("ticker", 0);
+        let wait = s.user_span("wait_tick", 0);
+        s.begin_poll(t, 1000);
+        s.enter(tick, 1100);
+        s.enter(wait, 1200);
+        s.exit(wait, 1300);
+        s.exit(tick, 1400);
+        s.end_poll(t, 2000);
+        s.wake(t, None, 10 * MS);
+        s.poll(t, 200 * MS, 201 * MS);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::Starvation).collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].trace,
+            [
+                "wait_tick @ src/main.rs:101".to_string(),
+                "ticker @ src/main.rs:100".into(),
+                format!("task #{} \"late\" spawned @ src/main.rs:10", t.0),
+            ]
+        );
     }
 
     #[test]
