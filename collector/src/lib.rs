@@ -4,8 +4,8 @@
 //! * [`model`]: processes, task tree, spans, resources and await trees, with
 //!   bounded retention of completed tasks; it applies events and reports
 //!   what changed, knowing nothing of detectors.
-//! * [`detect`]: detectors (`long_poll`, `starvation`, `lost_waker`,
-//!   `never_yielded`, `self_wake`, `deadlock`, `stuck`, `error`, `panic`,
+//! * [`detect`]: detectors (`long_poll`, `descheduled`, `starvation`,
+//!   `lost_waker`, `never_yielded`, `self_wake`, `deadlock`, `stuck`, `error`, `panic`,
 //!   `dropped_events`) observing the model and producing deduplicated
 //!   [`Finding`]s.
 //! * [`collect`]: the [`Model`], where the two meet: processes watched by

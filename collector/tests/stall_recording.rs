@@ -1,0 +1,164 @@
+//! A recording with stalls, as a version-3 producer writes it (frames made
+//! by hand with the wire crate), read back by the collector into a report:
+//! long polls name the line that blocked and the functions around it,
+//! innermost first, whether the stall came before the poll's commit or in a
+//! later frame; a poll that mostly waited for a CPU is `descheduled`.
+
+use awaitscope_collector::ingest::recording;
+use awaitscope_collector::testing::{native_frame, stall, StreamBuilder, TaskOpts};
+use awaitscope_collector::{Model, Report};
+use awaitscope_wire::{CloseKind, FrameOrigin, Sched, StackState};
+use serde_json::Value;
+
+const MS: u64 = 1_000_000;
+
+fn sched(window_ns: u64, on_cpu_ns: u64, waiting_ns: u64) -> Option<Sched> {
+    Some(Sched {
+        window_ns,
+        on_cpu_ns,
+        kernel_ns: 0,
+        waiting_ns,
+    })
+}
+
+fn recording() -> Vec<u8> {
+    let mut b = StreamBuilder::new(7, 0);
+    b.hello("shop", None, false);
+    b.thread(0);
+    // `checkout` awaits `charge_card`, which calls a plain fn that blocks.
+    let checkout = b.spawn(&TaskOpts::named("checkout"), None, 0);
+    let outer = b.user_span("checkout", None, 0);
+    let charge = b.user_span("charge_card", Some(outer), 0);
+    b.enter(checkout, MS)
+        .enter(outer, MS + 1)
+        .enter(charge, MS + 2);
+    let mut crossing = stall(checkout, MS, 11 * MS, false);
+    crossing.spans = vec![charge, outer];
+    crossing.stack = StackState::Sampled;
+    crossing.frames = vec![
+        native_frame(
+            "std::thread::sleep",
+            "/rustc/0123abcd/library/std/src/thread/mod.rs",
+            897,
+            FrameOrigin::Runtime,
+        ),
+        native_frame(
+            "shop::auth::hash_password",
+            "src/auth.rs",
+            12,
+            FrameOrigin::User,
+        ),
+        native_frame(
+            "shop::charge_card::{{closure}}",
+            "src/main.rs",
+            31,
+            FrameOrigin::User,
+        ),
+        native_frame(
+            "tokio::runtime::task::harness::poll",
+            "/home/u/.cargo/registry/src/index.crates.io-6f17d22bba15001f/tokio-1.47.1/src/runtime/task/harness.rs",
+            200,
+            FrameOrigin::Runtime,
+        ),
+        native_frame(
+            "std::thread::start",
+            "std/src/thread/mod.rs",
+            1,
+            FrameOrigin::Runtime,
+        ),
+    ];
+    crossing.sched = sched(MS, MS / 2, 0);
+    b.stall(crossing);
+    b.exit(charge, 301 * MS)
+        .close(charge, CloseKind::Completed, 301 * MS)
+        .exit(outer, 301 * MS)
+        .close(outer, CloseKind::Completed, 301 * MS)
+        .poll_end(checkout, 301 * MS, 1);
+    // Its next poll commits the long one, in the same frame.
+    b.poll(checkout, 310 * MS, 311 * MS);
+    b.flush();
+    // The half after the poll's end comes in a later frame.
+    let mut end = stall(checkout, MS, 302 * MS, true);
+    end.sched = sched(300 * MS, 3 * MS, 0);
+    b.stall(end);
+
+    // `report`: 15.2 ms, of which 12.9 waiting for a CPU.
+    let report = b.spawn(&TaskOpts::named("report"), None, 400 * MS);
+    b.enter(report, 401 * MS);
+    let mut crossing = stall(report, 401 * MS, 412 * MS, false);
+    crossing.stack = StackState::Off;
+    crossing.sched = sched(MS, 100_000, 900_000);
+    b.stall(crossing);
+    b.poll_end(report, 401 * MS + 15_200_000, 1);
+    let mut end = stall(report, 401 * MS, 417 * MS, true);
+    end.sched = sched(15_200_000, 2_000_000, 12_900_000);
+    b.stall(end);
+    b.poll(report, 500 * MS, 501 * MS);
+    b.recording()
+}
+
+fn findings_of(r: &Value, kind: &str) -> Vec<Value> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_recording_with_stalls_reports_where_the_polls_blocked() {
+    let bytes = recording();
+    let mut m = Model::default();
+    recording::load_reader(&mut m, "shop.aws", &bytes[..]).unwrap();
+    m.finish();
+    let r = serde_json::to_value(Report::from_model(&m)).unwrap();
+
+    let long = findings_of(&r, "long_poll");
+    assert_eq!(long.len(), 1, "{r:#}");
+    let f = &long[0];
+    let trace: Vec<&str> = f["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        trace,
+        [
+            "… 1 runtime frame",
+            "shop::auth::hash_password @ src/auth.rs:12",
+            "shop::charge_card::{{closure}} @ src/main.rs:31",
+            "… 2 runtime frames",
+            "charge_card @ src/main.rs:101",
+            "checkout @ src/main.rs:100",
+            "task #1 \"checkout\" spawned @ src/main.rs:10",
+        ]
+    );
+    assert_eq!(f["location"]["file"], "src/auth.rs");
+    assert_eq!(f["location"]["line"], 12);
+    assert_eq!(f["count"], 1);
+    let msg = f["message"].as_str().unwrap();
+    assert!(msg.contains("in hash_password (src/auth.rs:12)"), "{msg}");
+    // The split up to the poll's end (the later frame), not the crossing's.
+    assert!(
+        msg.contains("on CPU 1% (kernel 0%), waiting for a CPU 0%, blocked/sleeping 99%"),
+        "{msg}"
+    );
+    // No absolute path anywhere in it.
+    assert!(!f.to_string().contains("/home/"), "{f}");
+
+    let d = findings_of(&r, "descheduled");
+    assert_eq!(d.len(), 1, "{r:#}");
+    assert_eq!(d[0]["severity"], "info");
+    let msg = d[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("took 15.2ms but waited 12.9ms of it for a CPU"),
+        "{msg}"
+    );
+    assert_eq!(
+        d[0]["trace"][0],
+        "no native stack: sampling is off (AWAITSCOPE_STACKS=off)"
+    );
+}
