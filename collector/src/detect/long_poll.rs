@@ -310,6 +310,31 @@ mod tests {
     }
 
     #[test]
+    fn without_a_user_frame_the_innermost_instrumented_fn_is_named() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("shop"), 0);
+        let inventory = s.user_span("inventory", 0);
+        let mutex = s.mutex(0);
+        s.begin_poll(t, MS);
+        s.enter(inventory, MS + 1);
+        s.enter(mutex, MS + 2);
+        s.exit(mutex, 30 * MS);
+        s.exit(inventory, 30 * MS);
+        s.end_poll(t, 30 * MS);
+        s.poll(t, 40 * MS, 41 * MS);
+        let f = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].trace[1], "Mutex @ src/main.rs:20");
+        assert_eq!(f[0].trace[2], "inventory @ src/main.rs:100");
+        assert_eq!(f[0].location.as_ref().map(|l| l.line), Some(100));
+        assert!(
+            f[0].message.contains("in inventory (src/main.rs:100)"),
+            "{}",
+            f[0].message
+        );
+    }
+
+    #[test]
     fn a_stall_after_the_commit_fills_in_the_same_occurrence() {
         let mut s = Scenario::new();
         let t = s.spawn(TaskOpts::named("checkout"), 0);

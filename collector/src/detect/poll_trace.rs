@@ -9,10 +9,11 @@
 //! is the poll's await tree (with the spans that closed during the poll),
 //! and a line says why no native stack is shown.
 
-use awaitscope_wire::{paths, FrameOrigin, NativeFrame, Sched, StackState};
+use awaitscope_wire::paths::{self, PathOrigin};
+use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, StackState};
 
 use crate::model::span::Location;
-use crate::model::stall::{display_location, PollStall};
+use crate::model::stall::{display_location, is_user_span, PollStall, StallSpan};
 use crate::model::{Process, Task};
 
 /// What a poll-time finding says of where the poll was.
@@ -21,7 +22,9 @@ pub struct PollTrace {
     /// The trace, innermost first.
     pub trace: Vec<String>,
     /// The line that blocked: the innermost user frame with a line, else
-    /// the innermost span's location, else the task's spawn site.
+    /// the innermost span of the program's own (an instrumented fn; else
+    /// the innermost span in the program's files, else the innermost
+    /// span), else the task's spawn site.
     pub location: Option<Location>,
     /// The innermost user function (or span) and where it is, for the
     /// message: `hash_password (src/auth.rs:12)`.
@@ -65,27 +68,31 @@ pub fn of_poll(p: &Process, t: &Task, start: u64) -> PollTrace {
             .push(format!("no native stack: {}", no_stack_reason(stack))),
     }
     // The async stack.
-    let spans: Vec<(String, Option<Location>)> = match stall {
-        Some(s) => s
-            .spans
-            .iter()
-            .map(|s| (s.label.clone(), s.location.clone()))
-            .collect(),
+    let spans: Vec<StallSpan> = match stall {
+        Some(s) => s.spans.clone(),
         None => await_stack(p, t),
     };
-    for (label, loc) in &spans {
-        out.trace.push(line(label, loc.as_ref()));
+    for s in &spans {
+        out.trace.push(line(&s.label, s.location.as_ref()));
     }
-    if let Some((label, loc)) = spans.first() {
-        if out.location.is_none() {
-            out.location = loc.clone();
-        }
-        if out.culprit.is_none() {
-            out.culprit = Some(match loc {
-                Some(l) => format!("{label} ({})", file_line(l)),
-                None => label.clone(),
-            });
-        }
+    // Without a user frame: the innermost span of the program's own, else
+    // the innermost in its files, else the innermost.
+    let local = |s: &&StallSpan| {
+        s.location
+            .as_ref()
+            .is_some_and(|l| paths::origin(&l.file) == PathOrigin::Local)
+    };
+    let named = spans
+        .iter()
+        .find(|s| s.user)
+        .or_else(|| spans.iter().find(local))
+        .or_else(|| spans.first());
+    if let (Some(s), None) = (named, &out.location) {
+        out.location = s.location.clone();
+        out.culprit = Some(match &s.location {
+            Some(l) => format!("{} ({})", s.label, file_line(l)),
+            None => s.label.clone(),
+        });
     }
     out.trace.push(task_line(t));
     if out.location.is_none() {
@@ -100,7 +107,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64) -> PollTrace {
 pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
     let mut out: Vec<String> = await_stack(p, t)
         .iter()
-        .map(|(label, loc)| line(label, loc.as_ref()))
+        .map(|s| line(&s.label, s.location.as_ref()))
         .collect();
     out.push(task_line(t));
     out
@@ -109,7 +116,7 @@ pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
 /// The path of `t`'s await tree down to its deepest leaf, innermost first
 /// (closed spans included: the tree keeps them), each span named and
 /// located (the path shortened for display).
-pub fn await_stack(p: &Process, t: &Task) -> Vec<(String, Option<Location>)> {
+pub fn await_stack(p: &Process, t: &Task) -> Vec<StallSpan> {
     let tree = &t.await_tree;
     let Some(leaf) = tree.deepest_leaf() else {
         return Vec::new();
@@ -119,10 +126,15 @@ pub fn await_stack(p: &Process, t: &Task) -> Vec<(String, Option<Location>)> {
     path.into_iter()
         .map(|i| {
             let n = &tree.nodes[i];
-            let loc = p
+            let location = p
                 .span_location(n.span, n.callsite)
                 .map(|l| display_location(&l));
-            (p.node_label(n), loc)
+            let cs = p.callsites.get(&n.callsite);
+            StallSpan {
+                label: p.node_label(n),
+                user: is_user_span(n.class, cs, location.as_ref()),
+                location,
+            }
         })
         .collect()
 }

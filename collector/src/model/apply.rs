@@ -22,7 +22,7 @@ use super::process::Observer;
 use super::process::{Entered, Process, MAX_CALLSITES, MAX_STACK};
 use super::resource::Resource;
 use super::span::{self, Location, Span};
-use super::stall::{ClosedSpan, PollStall, StallSpan};
+use super::stall::{is_user_span, ClosedSpan, PollStall, StallSpan};
 use super::task::{LogRecord, Task, TaskState};
 use super::task_apply::{derive_task_fields, end_poll, start_poll, wake, PollStarted};
 use super::warm::WARM_AHEAD;
@@ -631,12 +631,12 @@ impl Process {
     /// `None` for a span not known, or an async op's poll, which its async
     /// op stands for).
     fn stall_span(&self, id: SpanId) -> Option<StallSpan> {
-        let (callsite, label) = match self.spans.get(&id) {
+        let (callsite, class, label) = match self.spans.get(&id) {
             Some(s) if s.class == SpanClass::AsyncOpPoll => return None,
-            Some(s) => (s.callsite, s.label.clone()),
+            Some(s) => (s.callsite, s.class, s.label.clone()),
             None => {
                 let c = self.closed_spans.get(id)?;
-                (c.callsite, c.label.clone())
+                (c.callsite, c.class, c.label.clone())
             }
         };
         let label = match label {
@@ -646,7 +646,12 @@ impl Process {
         let location = self
             .span_location(id, callsite)
             .map(|l| super::stall::display_location(&l));
-        Some(StallSpan { label, location })
+        let user = is_user_span(class, self.callsites.get(&callsite), location.as_ref());
+        Some(StallSpan {
+            label,
+            location,
+            user,
+        })
     }
 
     fn log<O: Observer>(&mut self, l: &Log, cfg: &Config, obs: &mut O) {

@@ -26,6 +26,24 @@ pub struct StallSpan {
     pub label: String,
     /// Where it is in the source, the path shortened for display.
     pub location: Option<Location>,
+    /// A span of the program's own code (see [`is_user_span`]): what a
+    /// finding names when no native frame of the program was sampled.
+    pub user: bool,
+}
+
+/// Whether a span of `class` from callsite `cs` at `location` is the
+/// program's own (an `#[instrument]` fn or a span it made): a user span,
+/// not one of awaitscope's own (an await point, a causal context), in a
+/// file of the program's own tree (not a dependency's or the standard
+/// library's).
+pub fn is_user_span(
+    class: SpanClass,
+    cs: Option<&awaitscope_wire::Callsite>,
+    location: Option<&Location>,
+) -> bool {
+    class == SpanClass::User
+        && cs.is_some_and(|c| !c.target.starts_with("awaitscope"))
+        && location.is_some_and(|l| paths::origin(&l.file) == paths::PathOrigin::Local)
 }
 
 /// The stall of a task's poll (see the module doc).
