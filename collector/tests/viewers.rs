@@ -17,9 +17,11 @@ use awaitscope_collector::ingest::viewer::{
     self, Client, ClientError, Control, Message, VIEWER_MAGIC, VIEWER_VERSION,
 };
 use awaitscope_collector::model::TaskState;
-use awaitscope_collector::testing::{Scenario, StreamBuilder, TaskOpts};
+use awaitscope_collector::testing::{native_frame, stall, Scenario, StreamBuilder, TaskOpts};
 use awaitscope_collector::{Model, Report};
-use awaitscope_wire::{CloseKind, Frame, Level, ProcessKey, WakeOp};
+use awaitscope_wire::{
+    CloseKind, Frame, FrameOrigin, Level, ProcessKey, Sched, StackState, WakeOp,
+};
 use live::{start, wait_until, PATIENCE};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -460,6 +462,18 @@ fn realistic_stream() -> (Vec<Frame>, Vec<Frame>, u64) {
     b.thread(1);
     let busy = b.spawn(&TaskOpts::named("busy"), None, ts);
     b.enter(busy, ts + 1);
+    // Its stall's crossing, before the join (the stacks), and its end
+    // after (the statistics): the late viewer judges it as the server.
+    let mut crossing = stall(busy, ts + 1, ts + 20 * MS, false);
+    crossing.stack = StackState::Sampled;
+    crossing.frames = vec![native_frame(
+        "shop::crunch",
+        "src/crunch.rs",
+        9,
+        FrameOrigin::User,
+    )];
+    b.stall(crossing);
+    let busy_start = ts + 1;
     b.thread(0);
     let join = ts + 2_000 * MS;
     let before = b.take_frames();
@@ -468,6 +482,14 @@ fn realistic_stream() -> (Vec<Frame>, Vec<Frame>, u64) {
     b.thread(1);
     ts = join;
     b.exit(busy, ts + 10);
+    let mut end = stall(busy, busy_start, ts + 11, true);
+    end.sched = Some(Sched {
+        window_ns: 2_000 * MS,
+        on_cpu_ns: 1_990 * MS,
+        kernel_ns: 0,
+        waiting_ns: 10 * MS,
+    });
+    b.stall(end);
     b.thread(0);
     for &t in &workers[6..] {
         b.waker(t, WakeOp::Wake, None, ts + 20);
@@ -527,6 +549,7 @@ fn late_viewer_model_equals_the_servers_on_what_views_show() {
     for k in ["deadlock", "error", "long_poll", "lost_waker", "panic"] {
         assert!(kinds.contains(k), "{k} in {kinds:?}");
     }
+    assert!(p.tasks.values().any(|t| t.stall.is_some()));
 
     for f in &after {
         server.apply(f);
@@ -539,6 +562,15 @@ fn late_viewer_model_equals_the_servers_on_what_views_show() {
     server.finish();
     late.finish();
     assert_eq!(shown(&late), shown(&server));
+    // The stalled poll straddling the join names its line in both.
+    let crunch = |m: &Model| {
+        m.findings().list().iter().any(|f| {
+            f.trace
+                .first()
+                .is_some_and(|l| l == "shop::crunch @ src/crunch.rs:9")
+        })
+    };
+    assert!(crunch(&server) && crunch(&late));
 }
 
 /// A snapshot message that is cut short, corrupt, of another format

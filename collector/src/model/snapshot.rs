@@ -5,7 +5,8 @@
 //! their names and entered spans, live spans, live and retained tasks with
 //! their counters, poll state, await tree, leaf, wakers, wakes, logs and
 //! histograms, the summaries of the tasks no longer kept, resources with
-//! their holders and state, drop counts, notes, the frame, event and
+//! their holders and state, the stall of each task's latest stalled poll
+//! (version 2; not the ring of recently closed spans), drop counts, notes, the frame, event and
 //! sequence counters, and whether the producer is connected or ended.
 //! [`crate::Model::restore_process`] installs one: the process then equals the
 //! snapshotted one, history included, without replaying any event.
@@ -26,7 +27,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use awaitscope_wire::{
-    Callsite, DropCounts, Field, Level, ProcessInfo, ProcessKey, SpanClass, SpanId, Value,
+    Callsite, DropCounts, Field, Level, NativeFrame, ProcessInfo, ProcessKey, Sched, SpanClass,
+    SpanId, StackState, Value,
 };
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -35,11 +37,12 @@ use super::await_tree::{AwaitNode, AwaitTree};
 use super::process::{Entered, Process, ThreadState};
 use super::resource::Resource;
 use super::span::{Location, Span};
+use super::stall::{PollStall, StallSpan};
 use super::task::{Histograms, LogRecord, PendingPoll, Task, TaskState, TaskSummary};
 
 /// Version of the snapshot encoding; a snapshot of another version is
 /// refused when decoded.
-pub const SNAPSHOT_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 2;
 
 /// Why a snapshot could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +178,75 @@ struct TaskSnap {
     warn_count: u64,
     error_count: u64,
     panic: Option<String>,
+    last_committed: Option<(u64, u64)>,
+    stall: Option<Box<StallSnap>>,
+}
+
+/// A task's [`PollStall`] (version 2): a viewer that joins during a
+/// stalled poll, or before a late half of its stall, judges it as the
+/// collector does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct StallSnap {
+    start: u64,
+    ts: u64,
+    crossed: bool,
+    ended: bool,
+    /// Label, location and whether the span is the program's own.
+    spans: Vec<(String, Option<LocationSnap>, bool)>,
+    stack: Option<StackState>,
+    frames: Vec<NativeFrame>,
+    sched: Option<Sched>,
+    poll_ns: Option<u64>,
+    sched_at_commit: Option<Sched>,
+}
+
+impl StallSnap {
+    fn of(s: &PollStall) -> StallSnap {
+        StallSnap {
+            start: s.start,
+            ts: s.ts,
+            crossed: s.crossed,
+            ended: s.ended,
+            spans: s
+                .spans
+                .iter()
+                .map(|x| {
+                    (
+                        x.label.clone(),
+                        x.location.as_ref().map(LocationSnap::of),
+                        x.user,
+                    )
+                })
+                .collect(),
+            stack: s.stack,
+            frames: s.frames.clone(),
+            sched: s.sched,
+            poll_ns: s.poll_ns,
+            sched_at_commit: s.sched_at_commit,
+        }
+    }
+
+    fn to_stall(&self) -> PollStall {
+        let mut s = PollStall::new(self.start);
+        s.ts = self.ts;
+        s.crossed = self.crossed;
+        s.ended = self.ended;
+        s.spans = self
+            .spans
+            .iter()
+            .map(|(label, location, user)| StallSpan {
+                label: label.clone(),
+                location: location.as_ref().map(LocationSnap::to_location),
+                user: *user,
+            })
+            .collect();
+        s.stack = self.stack;
+        s.frames = self.frames.clone();
+        s.sched = self.sched;
+        s.poll_ns = self.poll_ns;
+        s.sched_at_commit = self.sched_at_commit;
+        s
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -534,6 +606,8 @@ impl TaskSnap {
             warn_count: t.warn_count,
             error_count: t.error_count,
             panic: t.panic.clone(),
+            last_committed: t.last_committed.map(|p| (p.start, p.end)),
+            stall: t.stall.as_deref().map(|s| Box::new(StallSnap::of(s))),
         }
     }
 
@@ -602,6 +676,10 @@ impl TaskSnap {
         t.warn_count = self.warn_count;
         t.error_count = self.error_count;
         t.panic = self.panic.clone();
+        t.last_committed = self
+            .last_committed
+            .map(|(start, end)| PendingPoll { start, end });
+        t.stall = self.stall.as_ref().map(|s| Box::new(s.to_stall()));
         t
     }
 }

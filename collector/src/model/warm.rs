@@ -30,6 +30,7 @@ impl Process {
                 | Event::PollEnd { task, .. }
                 | Event::Wake { task, .. }
                 | Event::PollTree { task, .. } => task,
+                Event::Stall(st) => &st.task,
                 Event::Enter { span, .. }
                 | Event::Exit { span, .. }
                 | Event::Close { span, .. } => span,
