@@ -272,3 +272,62 @@ fn error_three_spawns_deep_has_the_stitched_trace() {
         "{joined}"
     );
 }
+
+/// Blocks its worker in a plain call, inside an instrumented fn that
+/// returns within the poll (its span is closed before the poll's end).
+#[tracing::instrument]
+async fn charge_card() {
+    std::thread::sleep(Duration::from_millis(40));
+}
+
+#[tracing::instrument]
+async fn checkout() {
+    charge_card().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+/// A long poll of a real program, without a stall from the producer: the
+/// finding's trace is the poll's await tree, innermost first, with the
+/// instrumented fn that returned during the poll, and the finding names it.
+#[test]
+fn long_poll_names_the_instrumented_fns_innermost_first() {
+    let bytes = record(|| async {
+        awaitscope::spawn_named("checkout", checkout())
+            .await
+            .unwrap();
+    });
+    let m = analyse(&bytes);
+    let long = named(&m, FindingKind::LongPoll);
+    let (f, _) = long
+        .iter()
+        .find(|(_, names)| names.iter().any(|n| n == "checkout"))
+        .unwrap_or_else(|| panic!("{:#?}", m.findings().list()));
+    let labels: Vec<&str> = f
+        .trace
+        .iter()
+        .map(|l| l.split(" @ ").next().unwrap())
+        .collect();
+    let charge = labels.iter().position(|l| *l == "charge_card");
+    let outer = labels.iter().position(|l| *l == "checkout");
+    assert!(
+        matches!((charge, outer), (Some(c), Some(o)) if c < o),
+        "{:#?}",
+        f.trace
+    );
+    assert!(f.trace[0].starts_with("no native stack"), "{:#?}", f.trace);
+    assert!(
+        f.trace.last().unwrap().starts_with("task #"),
+        "{:#?}",
+        f.trace
+    );
+    assert!(
+        f.message
+            .contains("in charge_card (collector/tests/real_capture.rs:"),
+        "{}",
+        f.message
+    );
+    assert_eq!(
+        f.location.as_ref().map(|l| l.file.as_str()),
+        Some("collector/tests/real_capture.rs")
+    );
+}

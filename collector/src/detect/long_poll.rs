@@ -100,7 +100,7 @@ fn judge(
     if d <= th.long_poll_ns || t.is_blocking() {
         return None;
     }
-    let pt = poll_trace::of_poll(p, t, start);
+    let pt = poll_trace::of_poll(p, t, start, start.saturating_add(d));
     let sched = stall_of(t, start).and_then(|s| s.sched).or(judged_by);
     let descheduled = judged_by.is_some_and(|s| is_descheduled(&s));
     let message = match (descheduled, sched) {
@@ -332,6 +332,39 @@ mod tests {
             "{}",
             f[0].message
         );
+    }
+
+    #[test]
+    fn without_a_stall_the_path_is_to_the_span_that_took_the_poll() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("checkout"), 0);
+        let outer = s.user_span("checkout", 0);
+        s.begin_poll(t, MS);
+        s.enter(outer, MS + 1);
+        // `charge_card` opens, blocks 28ms and returns within the poll;
+        // then the poll goes deeper, into a wait it ends pending on.
+        let charge = s.user_span("charge_card", MS + 2);
+        s.enter(charge, MS + 2);
+        s.exit(charge, 30 * MS);
+        s.close(charge, awaitscope_wire::CloseKind::Completed, 30 * MS);
+        let wait = s.user_span("wait", 30 * MS);
+        let timer = s.timer(30 * MS);
+        s.enter(wait, 30 * MS);
+        s.enter(timer, 30 * MS);
+        s.exit(timer, 30 * MS);
+        s.exit(wait, 30 * MS);
+        s.exit(outer, 30 * MS);
+        s.end_poll(t, 30 * MS + 1);
+        s.poll(t, 40 * MS, 41 * MS);
+        let f = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!(
+            f[0].trace[1..3],
+            [
+                "charge_card @ src/main.rs:101".to_string(),
+                "checkout @ src/main.rs:100".into()
+            ]
+        );
+        assert!(f[0].message.contains("in charge_card"), "{}", f[0].message);
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     }
     // The stall sent at the crossing while the poll still runs, else the
     // spans entered so far.
-    let pt = poll_trace::of_poll(p, t, start);
+    let pt = poll_trace::of_poll(p, t, start, now);
     let mut message = format!(
         "{} has been running its first poll for {} without yielding",
         task_label(t),

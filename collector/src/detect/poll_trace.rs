@@ -42,9 +42,11 @@ pub fn stall_of(t: &Task, start: u64) -> Option<&PollStall> {
     t.stall.as_deref().filter(|s| s.start == start)
 }
 
-/// The trace of `t`'s poll that started at `start` (see the module doc).
-/// Its await tree stands for the async stack when no stall crossed.
-pub fn of_poll(p: &Process, t: &Task, start: u64) -> PollTrace {
+/// The trace of `t`'s poll that started at `start` and ended (or was seen
+/// running) at `end` (see the module doc). Its await tree stands for the
+/// async stack when no stall crossed: the path to the span where the poll
+/// spent its time, as far as the tree tells (see [`busiest_leaf`]).
+pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
     let mut out = PollTrace::default();
     let stall = crossed_stall(t, start);
     let stack = stall.and_then(|s| s.stack);
@@ -70,7 +72,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64) -> PollTrace {
     // The async stack.
     let spans: Vec<StallSpan> = match stall {
         Some(s) => s.spans.clone(),
-        None => await_stack(p, t),
+        None => await_stack(p, t, busiest_leaf(p, t, start, end)),
     };
     for s in &spans {
         out.trace.push(line(&s.label, s.location.as_ref()));
@@ -105,7 +107,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64) -> PollTrace {
 /// trace of findings about a task between polls (`self_wake`,
 /// `starvation`).
 pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
-    let mut out: Vec<String> = await_stack(p, t)
+    let mut out: Vec<String> = await_stack(p, t, t.await_tree.deepest_leaf())
         .iter()
         .map(|s| line(&s.label, s.location.as_ref()))
         .collect();
@@ -113,12 +115,31 @@ pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
     out
 }
 
-/// The path of `t`'s await tree down to its deepest leaf, innermost first
-/// (closed spans included: the tree keeps them), each span named and
-/// located (the path shortened for display).
-pub fn await_stack(p: &Process, t: &Task) -> Vec<StallSpan> {
+/// The leaf of `t`'s await tree (of its poll from `start` to `end`) where
+/// the poll spent its time, as far as the tree tells: a leaf span opened and
+/// closed within the poll (an instrumented fn that blocked, then returned)
+/// that lasted more than half of it, the longest such; else the deepest
+/// leaf (what the poll ended waiting on).
+pub fn busiest_leaf(p: &Process, t: &Task, start: u64, end: u64) -> Option<usize> {
     let tree = &t.await_tree;
-    let Some(leaf) = tree.deepest_leaf() else {
+    let poll = end.saturating_sub(start);
+    tree.leaves()
+        .filter_map(|i| {
+            let c = p.closed_spans.get(tree.nodes[i].span)?;
+            let inside = c.closed.min(end).saturating_sub(c.created.max(start));
+            (inside.saturating_mul(2) > poll).then_some((inside, i))
+        })
+        .max()
+        .map(|(_, i)| i)
+        .or_else(|| tree.deepest_leaf())
+}
+
+/// The path of `t`'s await tree down to `leaf`, innermost first (closed
+/// spans included: the tree keeps them), each span named and located (the
+/// path shortened for display).
+pub fn await_stack(p: &Process, t: &Task, leaf: Option<usize>) -> Vec<StallSpan> {
+    let tree = &t.await_tree;
+    let Some(leaf) = leaf else {
         return Vec::new();
     };
     let mut path = tree.path(leaf);

@@ -548,6 +548,8 @@ impl Process {
                     class: s.class,
                     label: s.label,
                     first_entered: s.first_entered,
+                    created: s.created,
+                    closed: ts,
                 });
             }
         }

@@ -131,6 +131,10 @@ pub struct ClosedSpan {
     pub label: Option<Arc<str>>,
     /// When it was first entered, if it was.
     pub first_entered: Option<u64>,
+    /// When it was created.
+    pub created: u64,
+    /// When it closed.
+    pub closed: u64,
 }
 
 /// The latest closed spans of a process, most recent last, at most
@@ -287,6 +291,8 @@ mod tests {
                 class: awaitscope_wire::SpanClass::User,
                 label: None,
                 first_entered: None,
+                created: 0,
+                closed: 1,
             });
         }
         assert!(c.get(SpanId(5)).is_none());
