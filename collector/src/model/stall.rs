@@ -42,7 +42,9 @@ pub fn is_user_span(
     location: Option<&Location>,
 ) -> bool {
     class == SpanClass::User
-        && cs.is_some_and(|c| !c.target.starts_with("awaitscope"))
+        // awaitscope's own spans have targets `awaitscope::*`; the
+        // program's crates may be named `awaitscope_*` (the demo is).
+        && cs.is_some_and(|c| c.target != "awaitscope" && !c.target.starts_with("awaitscope::"))
         && location.is_some_and(|l| paths::origin(&l.file) == paths::PathOrigin::Local)
 }
 
