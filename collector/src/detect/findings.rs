@@ -61,7 +61,9 @@ pub struct Finding {
     pub location: Option<Location>,
     /// Human-readable description (of the worst occurrence).
     pub message: String,
-    /// Await tree path or span chain of the worst occurrence, outermost first.
+    /// Where the worst occurrence was, innermost first like a backtrace
+    /// (for the poll-time kinds: native stack, async stack, task; see
+    /// `docs/report-json.md`).
     pub trace: Vec<String>,
     /// Occurrences merged into this finding: new occurrences count, updates
     /// of one still in progress (a poll that goes on blocking) do not.
@@ -90,7 +92,7 @@ pub struct Observation {
     /// Human-readable description of this occurrence; becomes the finding's
     /// message if the occurrence is the worst so far.
     pub message: String,
-    /// Await tree path or span chain of this occurrence, outermost first.
+    /// Where this occurrence was, innermost first.
     pub trace: Vec<String>,
     /// Duration of this occurrence.
     pub duration_ns: Option<u64>,
