@@ -3,8 +3,12 @@
 //! error annotations per step), e.g.
 //!
 //! ```text
-//! ::error file=src/main.rs,line=42,title=awaitscope deadlock::2 tasks wait on each other...
+//! ::error file=src/main.rs,line=42,title=awaitscope deadlock::2 tasks wait on each other...%0Atrace (innermost first):%0A  ...
 //! ```
+//!
+//! The message is the finding's message and its trace (innermost first, as
+//! every view shows it: [`super::trace`]), line breaks escaped as `%0A`;
+//! GitHub shows it under the annotation on the finding's `location`.
 //!
 //! Findings with a source location only, errors first, then by occurrences.
 //! Absolute paths under the current directory are made relative to it
@@ -32,8 +36,13 @@ pub fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 
+/// Whether `file` is not the program's own code (a dependency or the
+/// standard library, absolute or shortened for display).
 fn foreign(file: &str) -> bool {
-    file.contains("/.cargo/registry/") || file.starts_with("/rustc/") || file.contains("/.rustup/")
+    file.contains("/.cargo/registry/")
+        || file.starts_with("/rustc/")
+        || file.contains("/.rustup/")
+        || awaitscope_wire::paths::origin(file) != awaitscope_wire::paths::PathOrigin::Local
 }
 
 /// `file` relative to `root` when under it.
@@ -71,7 +80,8 @@ pub fn render(report: &Report, root: Option<&Path>) -> String {
         }
         if !f.trace.is_empty() {
             msg.push('\n');
-            msg.push_str(&f.trace.join("\n"));
+            super::trace::write_block(&mut msg, &f.trace, 0);
+            msg.pop();
         }
         let col = l.col.map_or(String::new(), |c| format!(",col={c}"));
         let _ = writeln!(
