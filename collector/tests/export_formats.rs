@@ -457,3 +457,37 @@ fn junit_stays_valid_for_any_trace() {
         assert_eq!(lines[4], HOSTILE[4], "{b}");
     }
 }
+
+/// Every view renders every kind (a new one too) the same way: its name,
+/// and its trace under the same heading.
+#[test]
+fn every_kind_renders_with_its_trace_in_every_format() {
+    use awaitscope_collector::FindingKind;
+    for kind in FindingKind::ALL {
+        let mut r = render();
+        for f in &mut r.report.findings {
+            f.kind = kind;
+            f.severity = kind.severity();
+            f.trace = vec!["inner @ src/a.rs:1".into(), "outer @ src/b.rs:2".into()];
+        }
+        let name = kind.as_str();
+        let text = r.report.summary_text();
+        let md = md(&r);
+        let x = junit::render(&r.report, &r.walk);
+        let g = github::render(&r.report, None);
+        for (format, out) in [("text", &text), ("markdown", &md), ("junit", &x)] {
+            assert!(out.contains(name), "{format} names {name}:\n{out}");
+            let trace = out
+                .split_once("trace (innermost first):")
+                .unwrap_or_else(|| panic!("{format} has the trace of {name}:\n{out}"))
+                .1;
+            let (inner, outer) = (
+                trace.find("inner @").unwrap(),
+                trace.find("outer @").unwrap(),
+            );
+            assert!(inner < outer, "{format} keeps the order:\n{out}");
+        }
+        assert!(g.contains(&format!("title=awaitscope {name}::")), "{g}");
+        xml_elements(&x);
+    }
+}

@@ -162,3 +162,24 @@ fn empty_model_and_tiny_terminal_do_not_panic() {
         let _ = draw(&full, w, h, false);
     }
 }
+
+#[test]
+fn every_kind_is_drawn_with_its_trace() {
+    use awaitscope_collector::FindingKind;
+    for kind in FindingKind::ALL {
+        let mut a = app();
+        for f in &mut a.snap.findings {
+            f.kind = kind;
+            f.severity = kind.severity();
+            f.trace = vec!["inner @ src/a.rs:1".into(), "outer @ src/b.rs:2".into()];
+        }
+        a.rebuild();
+        a.apply(Action::NextView);
+        a.apply(Action::Down);
+        let out = draw(&a, 160, 40, false);
+        assert!(out.contains(kind.as_str()), "{out}");
+        assert!(out.contains("Trace (innermost first):"), "{kind}: {out}");
+        let (inner, outer) = (out.find("inner @").unwrap(), out.find("outer @").unwrap());
+        assert!(inner < outer, "{out}");
+    }
+}
