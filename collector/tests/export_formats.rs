@@ -488,6 +488,11 @@ fn every_kind_renders_with_its_trace_in_every_format() {
             assert!(inner < outer, "{format} keeps the order:\n{out}");
         }
         assert!(g.contains(&format!("title=awaitscope {name}::")), "{g}");
+        let command = match kind.severity() {
+            awaitscope_collector::Severity::Info => "::notice file=",
+            _ => "::error file=",
+        };
+        assert!(g.lines().all(|l| l.starts_with(command)), "{g}");
         xml_elements(&x);
     }
 }

@@ -10,7 +10,8 @@
 //! every view shows it: [`super::trace`]), line breaks escaped as `%0A`;
 //! GitHub shows it under the annotation on the finding's `location`.
 //!
-//! Findings with a source location only, errors first, then by occurrences.
+//! Findings with a source location only, errors first, then by occurrences;
+//! informational kinds are `::notice` annotations ([`command`]).
 //! Absolute paths under the current directory are made relative to it
 //! (GitHub wants paths relative to the repository root); locations in
 //! dependencies (`.cargo/registry`, `/rustc/`) come last.
@@ -18,7 +19,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::detect::Finding;
+use crate::detect::{Finding, Severity};
 use crate::Report;
 
 /// Most annotations written.
@@ -43,6 +44,16 @@ fn foreign(file: &str) -> bool {
         || file.starts_with("/rustc/")
         || file.contains("/.rustup/")
         || awaitscope_wire::paths::origin(file) != awaitscope_wire::paths::PathOrigin::Local
+}
+
+/// The workflow command of a finding: `notice` for an informational kind
+/// (a poll that only waited for a CPU is not the code's fault and must not
+/// read as an error on a busy runner), `error` for the others.
+pub fn command(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Info => "notice",
+        Severity::Warning | Severity::Error => "error",
+    }
 }
 
 /// `file` relative to `root` when under it.
@@ -86,7 +97,8 @@ pub fn render(report: &Report, root: Option<&Path>) -> String {
         let col = l.col.map_or(String::new(), |c| format!(",col={c}"));
         let _ = writeln!(
             out,
-            "::error file={},line={}{col},title={}::{}",
+            "::{} file={},line={}{col},title={}::{}",
+            command(f.severity),
             escape_property(&relative(&l.file, root)),
             l.line,
             escape_property(&format!("awaitscope {}", f.kind)),
