@@ -310,7 +310,8 @@ impl Report {
         self.findings.iter().any(|f| kinds.contains(&f.kind))
     }
 
-    /// A short human-readable summary.
+    /// A short human-readable summary: a line per finding, with its trace
+    /// (innermost first) under it.
     pub fn summary_text(&self) -> String {
         let mut s = String::new();
         let live = self.tasks.iter().filter(|t| t.closed_ns.is_none()).count();
@@ -344,6 +345,7 @@ impl Report {
                 loc,
                 f.message
             ));
+            crate::export::trace::write_block(&mut s, &f.trace, 6);
         }
         if self.dropped.total > 0 {
             s.push_str(&format!("  {} event(s) dropped\n", self.dropped.total));

@@ -202,6 +202,17 @@ fn golden_chrome_trace() {
         .as_str()
         .unwrap()
         .starts_with("size policy: whole recording"));
+    // A finding's instant carries its trace, in the finding's order.
+    for f in r.report.findings.iter().filter(|f| !f.trace.is_empty()) {
+        let want = f.trace.join("\n");
+        assert!(
+            evs.iter().any(|e| e["cat"] == "finding"
+                && e["args"]["kind"] == f.kind.as_str()
+                && e["args"]["trace"] == want.as_str()),
+            "no instant of {} with its trace",
+            f.kind
+        );
+    }
     insta::assert_snapshot!("chrome", s);
 }
 
@@ -348,4 +359,140 @@ fn load_recording_has_the_requested_size() {
         "{:?}",
         r.walk.await_points.keys()
     );
+}
+
+/// Trace lines and messages that try to break out of their format: GitHub
+/// workflow-command separators and escapes, XML markup, CDATA ends, line
+/// breaks and control characters.
+const HOSTILE: [&str; 5] = [
+    "evil @ src/a,b:c.rs:1::error file=x,line=1::forged",
+    "100% done\r\n::warning::injected",
+    "</failure></testcase><testcase name=\"x\"> & ]]> <![CDATA[",
+    "tab\there bell\u{7} esc\u{1b}[31m",
+    "… 14 runtime frames",
+];
+
+fn hostile(r: &mut export::Rendered) {
+    for f in &mut r.report.findings {
+        f.trace = HOSTILE.iter().map(|s| s.to_string()).collect();
+        f.message = "msg, with: %0A\nsecond line".into();
+        if let Some(l) = &mut f.location {
+            l.file = "src/we,ird:name%.rs".into();
+        }
+    }
+}
+
+fn unescape_data(s: &str) -> String {
+    s.replace("%0A", "\n")
+        .replace("%0D", "\r")
+        .replace("%25", "%")
+}
+
+#[test]
+fn github_annotations_stay_valid_for_any_trace() {
+    let mut r = render();
+    hostile(&mut r);
+    let g = github::render(&r.report, None);
+    let with_location = r
+        .report
+        .findings
+        .iter()
+        .filter(|f| f.location.is_some())
+        .count()
+        .min(github::MAX_ANNOTATIONS);
+    assert!(with_location > 0);
+    assert_eq!(g.lines().count(), with_location, "one line each:\n{g}");
+    for line in g.lines() {
+        let rest = line.strip_prefix("::error ").expect(line);
+        let (props, msg) = rest.split_once("::").expect("properties end at ::");
+        // Escaped properties hold no separator of their own.
+        let keys: Vec<&str> = props
+            .split(',')
+            .map(|p| p.split_once('=').expect(p).0)
+            .collect();
+        assert_eq!(keys[..2], ["file", "line"], "{props}");
+        assert_eq!(*keys.last().unwrap(), "title", "{props}");
+        assert!(
+            props.starts_with("file=src/we%2Cird%3Aname%25.rs,"),
+            "{props}"
+        );
+        assert!(!msg.contains(['\n', '\r']), "{msg}");
+        let msg = unescape_data(msg);
+        assert!(msg.starts_with("msg, with: %0A\nsecond line"), "{msg}");
+        let trace = msg.split_once("trace (innermost first):\n").expect(&msg).1;
+        let lines: Vec<&str> = trace.lines().map(str::trim).collect();
+        assert_eq!(lines.len(), HOSTILE.len(), "{trace}");
+        assert_eq!(lines[0], HOSTILE[0]);
+        // A line break inside a step does not start a new line.
+        assert_eq!(lines[1], "100% done  ::warning::injected");
+        assert_eq!(lines[4], "… 14 runtime frames");
+    }
+}
+
+#[test]
+fn junit_stays_valid_for_any_trace() {
+    use quick_xml::events::Event;
+    let mut r = render();
+    hostile(&mut r);
+    let x = junit::render(&r.report, &r.walk);
+    let el = xml_elements(&x);
+    let failures = r.report.findings.len();
+    assert_eq!(el.get("failure"), Some(&failures), "{x}");
+    let mut reader = quick_xml::Reader::from_str(&x);
+    let (mut inside, mut bodies) = (false, Vec::new());
+    loop {
+        match reader.read_event().expect("well-formed") {
+            Event::Start(e) if e.name().as_ref() == b"failure" => inside = true,
+            Event::End(e) if e.name().as_ref() == b"failure" => inside = false,
+            Event::Text(t) if inside => bodies.push(t.unescape().expect("escaped").into_owned()),
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!(bodies.len(), failures);
+    for b in bodies {
+        let trace = b.split_once("trace (innermost first):\n").expect(&b).1;
+        let lines: Vec<&str> = trace.lines().map(str::trim).collect();
+        assert_eq!(lines[2], HOSTILE[2], "{b}");
+        assert_eq!(lines[4], HOSTILE[4], "{b}");
+    }
+}
+
+/// Every view renders every kind (a new one too) the same way: its name,
+/// and its trace under the same heading.
+#[test]
+fn every_kind_renders_with_its_trace_in_every_format() {
+    use awaitscope_collector::FindingKind;
+    for kind in FindingKind::ALL {
+        let mut r = render();
+        for f in &mut r.report.findings {
+            f.kind = kind;
+            f.severity = kind.severity();
+            f.trace = vec!["inner @ src/a.rs:1".into(), "outer @ src/b.rs:2".into()];
+        }
+        let name = kind.as_str();
+        let text = r.report.summary_text();
+        let md = md(&r);
+        let x = junit::render(&r.report, &r.walk);
+        let g = github::render(&r.report, None);
+        for (format, out) in [("text", &text), ("markdown", &md), ("junit", &x)] {
+            assert!(out.contains(name), "{format} names {name}:\n{out}");
+            let trace = out
+                .split_once("trace (innermost first):")
+                .unwrap_or_else(|| panic!("{format} has the trace of {name}:\n{out}"))
+                .1;
+            let (inner, outer) = (
+                trace.find("inner @").unwrap(),
+                trace.find("outer @").unwrap(),
+            );
+            assert!(inner < outer, "{format} keeps the order:\n{out}");
+        }
+        assert!(g.contains(&format!("title=awaitscope {name}::")), "{g}");
+        let command = match kind.severity() {
+            awaitscope_collector::Severity::Info => "::notice file=",
+            _ => "::error file=",
+        };
+        assert!(g.lines().all(|l| l.starts_with(command)), "{g}");
+        xml_elements(&x);
+    }
 }

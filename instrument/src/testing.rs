@@ -27,6 +27,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use awaitscope_collector::export::trace;
 use awaitscope_collector::{Config, Finding, FindingKind, Model};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -242,23 +243,27 @@ impl TestGuard {
     }
 }
 
+/// The failure message: per finding, what happened, where (its location)
+/// and its trace, innermost first, as every report shows it (so a test
+/// that blocks in `load_config` says `load_config` and its line).
 fn render(failures: &[Finding]) -> String {
     let mut out = format!("awaitscope: {} finding(s) in this test\n", failures.len());
     for f in failures {
-        let _ = write!(out, "\n{} ({}x): {}", f.kind.as_str(), f.count, f.message);
+        let _ = writeln!(out, "\n{} ({}x): {}", f.kind.as_str(), f.count, f.message);
         if let Some(loc) = &f.location {
-            let _ = write!(out, "\n  at {}:{}", loc.file, loc.line);
+            let _ = writeln!(out, "  at {loc}");
         }
         for t in &f.tasks {
-            let _ = write!(out, "\n  task {}", t.id);
+            let _ = write!(out, "  task {}", t.id);
             if let Some(n) = &t.name {
                 let _ = write!(out, " {n:?}");
             }
+            if let Some(l) = &t.spawned_at {
+                let _ = write!(out, " spawned at {l}");
+            }
+            out.push('\n');
         }
-        for line in &f.trace {
-            let _ = write!(out, "\n    {line}");
-        }
-        out.push('\n');
+        trace::write_block(&mut out, &f.trace, 2);
     }
     out
 }
@@ -277,5 +282,56 @@ impl Drop for TestGuard {
         if !outcome.failures.is_empty() {
             panic!("{}", outcome.report);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use awaitscope_collector::detect::FindingTask;
+    use awaitscope_collector::model::span::Location;
+
+    #[test]
+    fn the_message_names_the_location_and_the_trace_in_order() {
+        let loc = |file: &str, line| Location {
+            file: file.into(),
+            line,
+            col: None,
+        };
+        let f = Finding {
+            kind: FindingKind::LongPoll,
+            severity: FindingKind::LongPoll.severity(),
+            pid: 1,
+            process_start_unix_ns: 0,
+            tasks: vec![FindingTask {
+                id: 1,
+                tokio_id: None,
+                name: Some("loader".into()),
+                spawned_at: Some(loc("tests/stall.rs", 19)),
+            }],
+            location: Some(loc("tests/stall.rs", 12)),
+            message: "task #1 polled for 250.4ms".into(),
+            trace: vec![
+                "load_config @ tests/stall.rs:12".into(),
+                "… 9 runtime frames".into(),
+                "task #1 \"loader\" spawned @ tests/stall.rs:19".into(),
+            ],
+            count: 1,
+            worst_ns: Some(250_400_000),
+            first_seen: 0,
+            last_seen: 0,
+        };
+        assert_eq!(
+            render(&[f]),
+            "awaitscope: 1 finding(s) in this test\n\
+             \n\
+             long_poll (1x): task #1 polled for 250.4ms\n\
+             \x20 at tests/stall.rs:12\n\
+             \x20 task 1 \"loader\" spawned at tests/stall.rs:19\n\
+             \x20 trace (innermost first):\n\
+             \x20   load_config @ tests/stall.rs:12\n\
+             \x20   … 9 runtime frames\n\
+             \x20   task #1 \"loader\" spawned @ tests/stall.rs:19\n"
+        );
     }
 }

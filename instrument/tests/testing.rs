@@ -110,3 +110,68 @@ fn multi_thread_runtime_is_covered() {
     assert_eq!(deadlocks[0].tasks.len(), 2);
     assert!(outcome.report.contains("deadlock"), "{}", outcome.report);
 }
+
+/// Blocks its worker for 250 ms inside an instrumented function, then
+/// awaits (so the function is still on the task's await tree when the poll
+/// ends).
+#[tracing::instrument]
+async fn load_config_then_yield() -> u32 {
+    std::thread::sleep(Duration::from_millis(250));
+    tokio::task::yield_now().await;
+    7
+}
+
+/// Blocks its worker for 250 ms inside an instrumented function and
+/// returns: when the poll ends, the function is gone from the await tree,
+/// so only a trace taken while the poll ran can name it.
+#[tracing::instrument]
+async fn load_config() -> u32 {
+    std::thread::sleep(Duration::from_millis(250));
+    7
+}
+
+/// The failure message names `function` first in the trace, and a
+/// location in this file. (Other tests' panics may be seen too: the panic
+/// hook is the process's.)
+fn assert_names(outcome: &testing::Outcome, function: &str) {
+    let r = &outcome.report;
+    assert!(
+        outcome
+            .failures
+            .iter()
+            .any(|f| f.kind == FindingKind::LongPoll),
+        "{:?}",
+        outcome.findings
+    );
+    let long_poll = r
+        .split("\nlong_poll (1x): ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no long_poll in:\n{r}"));
+    assert!(long_poll.contains("\n  at "), "a location:\n{r}");
+    let trace = long_poll
+        .split_once("  trace (innermost first):\n")
+        .unwrap_or_else(|| panic!("no trace in:\n{r}"))
+        .1;
+    let first = trace.lines().next().unwrap_or_default().trim();
+    assert!(
+        first.starts_with(&format!("{function} @ ")) && first.contains("tests/testing.rs:"),
+        "{function} innermost:\n{r}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_poll_message_names_the_instrumented_fn_it_is_in() {
+    let scope = testing::guard();
+    let h = awaitscope::spawn_named("loader", load_config_then_yield());
+    assert_eq!(h.await.unwrap(), 7);
+    assert_names(&scope.finish(), "load_config_then_yield");
+}
+
+#[tokio::test]
+#[ignore = "needs the collector's stall traces (#14)"]
+async fn a_long_poll_message_names_the_instrumented_fn_that_blocked() {
+    let scope = testing::guard();
+    let h = awaitscope::spawn_named("loader", load_config());
+    assert_eq!(h.await.unwrap(), 7);
+    assert_names(&scope.finish(), "load_config");
+}

@@ -201,8 +201,8 @@ pub struct TaskDetail {
     pub awaited_by: Vec<String>,
     /// WARN/ERROR events (level, message, location).
     pub logs: Vec<(String, String, String)>,
-    /// Findings naming the task (`kind: message`).
-    pub findings: Vec<(FindingKind, String)>,
+    /// Findings naming the task, each with its location and trace.
+    pub findings: Vec<FindingRow>,
     /// Causal trace: spawning tasks and span chain, root first.
     pub causal: Vec<String>,
     /// The message of the panic caught while it was being polled; `None` if
@@ -624,7 +624,7 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
         findings: findings
             .iter()
             .filter(|f| f.tasks.iter().any(|(k, _)| *k == key))
-            .map(|f| (f.kind, f.message.clone()))
+            .cloned()
             .collect(),
         causal: p.trace(t.spawn_span, Some(t.id)),
         panic: t.panic.clone(),

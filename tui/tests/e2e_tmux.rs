@@ -3,7 +3,9 @@
 //! restored (alternate screen left, cursor visible, mouse reporting off).
 //! Skipped, saying why, when tmux is missing. With
 //! `AWAITSCOPE_WRITE_SCREEN=PATH` it also writes the captured demo screens
-//! there (docs/screen.txt).
+//! there (docs/screen.txt; the README's screen is its findings capture,
+//! blank rows left out): tasks, tree, the deadlock finding, its task, and
+//! a long poll's finding with its trace.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -114,8 +116,23 @@ fn demo_shows_a_deadlock_and_restores_the_terminal() {
         tmux(&["send-keys", "-t", s, "t"]);
         std::thread::sleep(Duration::from_millis(800));
         let tree = capture(s);
+        // The long poll planted in the demo (`report-export`), with its
+        // trace.
+        tmux(&["send-keys", "-t", s, "2", "/"]);
+        for c in "long_poll report-export".chars() {
+            let key = if c == ' ' {
+                "Space".into()
+            } else {
+                c.to_string()
+            };
+            tmux(&["send-keys", "-t", s, &key]);
+        }
+        // Its first finding: the top row is the kind's header.
+        tmux(&["send-keys", "-t", s, "Enter", "g", "g", "j"]);
+        let long_poll = wait_for(s, "▲ long_poll task report-export", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no long poll on screen:\n{}", capture(s)));
         let doc = format!(
-            "$ awaitscope demo   (tmux capture-pane, 150x42; tasks, tree, findings, task detail)\n\n{tasks}\n{tree}\n{screen}\n{finding}\n{detail}"
+            "$ awaitscope demo   (tmux capture-pane, 150x42; tasks, tree, findings, task detail, a long poll)\n\n{tasks}\n{tree}\n{screen}\n{finding}\n{detail}\n{long_poll}"
         );
         std::fs::write(path, doc).expect("write the screen capture");
     }

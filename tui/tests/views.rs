@@ -84,9 +84,51 @@ fn errors_with_causal_trace() {
     a.apply(Action::NextView);
     assert_eq!(a.view, View::Errors);
     let out = draw(&a, 160, 40, false);
-    assert!(out.contains("Causal trace"), "{out}");
+    assert!(out.contains("Trace (innermost first):"), "{out}");
     assert!(out.contains("span handle_request"), "{out}");
     both("errors", &a);
+}
+
+#[test]
+fn a_long_finding_trace_is_shown_in_order_and_scrolls() {
+    let mut a = app();
+    a.apply(Action::NextView);
+    // The first finding of the list, given a long native-style trace.
+    a.apply(Action::Down);
+    let i = a
+        .snap
+        .findings
+        .iter()
+        .position(|f| std::ptr::eq(f, a.selected_finding().expect("a finding")))
+        .unwrap();
+    let mut trace = vec![
+        "hash_password @ examples/examples/blocking.rs:40".to_string(),
+        "… 14 runtime frames".to_string(),
+    ];
+    trace.extend((0..40).map(|n| format!("frame_{n:02} @ src/deep.rs:{n}")));
+    trace.push("checkout @ examples/examples/blocking.rs:25".to_string());
+    a.snap.findings[i].trace = trace;
+    let top = draw(&a, 160, 40, false);
+    assert!(top.contains("Trace (innermost first):"), "{top}");
+    let (hash, fold) = (
+        top.find("hash_password @").expect("innermost step shown"),
+        top.find("… 14 runtime frames")
+            .expect("fold shown as it is"),
+    );
+    assert!(hash < fold, "innermost first, as given:\n{top}");
+    assert!(!top.contains("checkout @"), "{top}");
+    for _ in 0..40 {
+        a.apply(Action::ScrollDetail(1));
+    }
+    let scrolled = draw(&a, 160, 40, false);
+    assert!(
+        scrolled.contains("checkout @ examples/examples/blocking.rs:25"),
+        "{scrolled}"
+    );
+    assert!(!scrolled.contains("hash_password @"), "{scrolled}");
+    // Moving the selection shows the next finding from its top.
+    a.apply(Action::Down);
+    assert_eq!(a.detail_scroll, 0);
 }
 
 #[test]
@@ -118,5 +160,26 @@ fn empty_model_and_tiny_terminal_do_not_panic() {
     let full = app();
     for (w, h) in [(1, 1), (5, 2), (20, 5)] {
         let _ = draw(&full, w, h, false);
+    }
+}
+
+#[test]
+fn every_kind_is_drawn_with_its_trace() {
+    use awaitscope_collector::FindingKind;
+    for kind in FindingKind::ALL {
+        let mut a = app();
+        for f in &mut a.snap.findings {
+            f.kind = kind;
+            f.severity = kind.severity();
+            f.trace = vec!["inner @ src/a.rs:1".into(), "outer @ src/b.rs:2".into()];
+        }
+        a.rebuild();
+        a.apply(Action::NextView);
+        a.apply(Action::Down);
+        let out = draw(&a, 160, 40, false);
+        assert!(out.contains(kind.as_str()), "{out}");
+        assert!(out.contains("Trace (innermost first):"), "{kind}: {out}");
+        let (inner, outer) = (out.find("inner @").unwrap(), out.find("outer @").unwrap());
+        assert!(inner < outer, "{out}");
     }
 }

@@ -3,10 +3,15 @@
 //! error annotations per step), e.g.
 //!
 //! ```text
-//! ::error file=src/main.rs,line=42,title=awaitscope deadlock::2 tasks wait on each other...
+//! ::error file=src/main.rs,line=42,title=awaitscope deadlock::2 tasks wait on each other...%0Atrace (innermost first):%0A  ...
 //! ```
 //!
-//! Findings with a source location only, errors first, then by occurrences.
+//! The message is the finding's message and its trace (innermost first, as
+//! every view shows it: [`super::trace`]), line breaks escaped as `%0A`;
+//! GitHub shows it under the annotation on the finding's `location`.
+//!
+//! Findings with a source location only, errors first, then by occurrences;
+//! informational kinds are `::notice` annotations ([`command`]).
 //! Absolute paths under the current directory are made relative to it
 //! (GitHub wants paths relative to the repository root); locations in
 //! dependencies (`.cargo/registry`, `/rustc/`) come last.
@@ -14,7 +19,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::detect::Finding;
+use crate::detect::{Finding, Severity};
 use crate::Report;
 
 /// Most annotations written.
@@ -32,8 +37,23 @@ pub fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 
+/// Whether `file` is not the program's own code (a dependency or the
+/// standard library, absolute or shortened for display).
 fn foreign(file: &str) -> bool {
-    file.contains("/.cargo/registry/") || file.starts_with("/rustc/") || file.contains("/.rustup/")
+    file.contains("/.cargo/registry/")
+        || file.starts_with("/rustc/")
+        || file.contains("/.rustup/")
+        || awaitscope_wire::paths::origin(file) != awaitscope_wire::paths::PathOrigin::Local
+}
+
+/// The workflow command of a finding: `notice` for an informational kind
+/// (a poll that only waited for a CPU is not the code's fault and must not
+/// read as an error on a busy runner), `error` for the others.
+pub fn command(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Info => "notice",
+        Severity::Warning | Severity::Error => "error",
+    }
 }
 
 /// `file` relative to `root` when under it.
@@ -71,12 +91,14 @@ pub fn render(report: &Report, root: Option<&Path>) -> String {
         }
         if !f.trace.is_empty() {
             msg.push('\n');
-            msg.push_str(&f.trace.join("\n"));
+            super::trace::write_block(&mut msg, &f.trace, 0);
+            msg.pop();
         }
         let col = l.col.map_or(String::new(), |c| format!(",col={c}"));
         let _ = writeln!(
             out,
-            "::error file={},line={}{col},title={}::{}",
+            "::{} file={},line={}{col},title={}::{}",
+            command(f.severity),
             escape_property(&relative(&l.file, root)),
             l.line,
             escape_property(&format!("awaitscope {}", f.kind)),

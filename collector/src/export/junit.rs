@@ -52,7 +52,8 @@ pub fn iso8601(unix_ns: u64) -> String {
     )
 }
 
-/// The body of a finding's failure: what, where, and its trace.
+/// The body of a finding's failure: what, where, and its trace (innermost
+/// first, as every view shows it: [`super::trace`]).
 pub fn failure_body(f: &Finding) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", f.message);
@@ -77,12 +78,7 @@ pub fn failure_body(f: &Finding) -> String {
         }
         s.push('\n');
     }
-    if !f.trace.is_empty() {
-        s.push_str("trace (outermost first):\n");
-        for (i, line) in f.trace.iter().enumerate() {
-            let _ = writeln!(s, "{:indent$}{line}", "", indent = 2 + 2 * i.min(16));
-        }
-    }
+    super::trace::write_block(&mut s, &f.trace, 0);
     s
 }
 

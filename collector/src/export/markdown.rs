@@ -2,8 +2,10 @@
 //! `$GITHUB_STEP_SUMMARY`, a GitLab or any Markdown viewer).
 //!
 //! Sections: run metadata, tasks by end state, findings by kind with the top
-//! offenders and their traces, the slowest awaits (p50/p95/p99 per await
-//! point), links to the other artifacts. The summary stays under
+//! offenders (a compact table) and, under it, their traces as short code
+//! blocks (innermost first, as every view shows them: [`super::trace`]),
+//! the slowest awaits (p50/p95/p99 per await point), links to the other
+//! artifacts. The summary stays under
 //! [`MAX_BYTES`] (GitHub takes at most 1 MiB per step summary): past it, it is
 //! cut at a line and ends with a note saying so. Deterministic: the same
 //! recording gives the same bytes (nothing depends on the time of the report
@@ -13,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::timeline::WalkSummary;
+use super::trace;
 use crate::detect::{Finding, FindingKind, Severity};
 use crate::units::fmt_ns_precise;
 use crate::Report;
@@ -23,6 +26,8 @@ pub const MAX_BYTES: usize = 1_000_000;
 pub const TOP_PER_KIND: usize = 5;
 /// Traces shown per kind.
 pub const TRACES_PER_KIND: usize = 3;
+/// Most lines of one trace shown (the JSON report has all of them).
+pub const TRACE_LINES: usize = 12;
 /// Await points listed.
 pub const TOP_AWAITS: usize = 20;
 
@@ -201,21 +206,11 @@ pub fn render(report: &Report, walk: &WalkSummary, opts: &Options) -> String {
                 .enumerate()
                 .filter(|(_, f)| !f.trace.is_empty())
             {
-                let _ = writeln!(
-                    s,
-                    "<details><summary>trace of #{}</summary>\n\n```text",
-                    i + 1
-                );
-                for (d, line) in f.trace.iter().enumerate() {
-                    let _ = writeln!(
-                        s,
-                        "{:indent$}{}",
-                        "",
-                        line.replace("```", "'''"),
-                        indent = 2 * d.min(16)
-                    );
+                let _ = writeln!(s, "**#{}** {}:\n\n```text", i + 1, trace::HEADING);
+                for line in trace::clipped(&f.trace, TRACE_LINES) {
+                    let _ = writeln!(s, "{}", line.replace("```", "'''"));
                 }
-                s.push_str("```\n\n</details>\n\n");
+                s.push_str("```\n\n");
             }
         }
     }

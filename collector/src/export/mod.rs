@@ -31,6 +31,7 @@ pub mod junit;
 pub mod markdown;
 pub mod perfetto;
 pub mod timeline;
+pub mod trace;
 
 use std::fmt::Write as _;
 

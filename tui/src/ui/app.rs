@@ -218,6 +218,9 @@ pub enum Action {
     Help,
     /// Leave the UI (also Ctrl-C, even while editing the filter).
     Quit,
+    /// Scroll the detail pane (a finding's, or the task detail) by this
+    /// many lines, down when positive, without moving the selection.
+    ScrollDetail(i16),
     /// Click at screen row `y`.
     Click(u16),
     /// Replay control.
@@ -257,7 +260,8 @@ pub struct App {
     pub list_cursor: [usize; 3],
     /// Visible findings (indices), grouped by kind.
     pub finding_rows: Vec<FindingLine>,
-    /// Lines the Detail view is scrolled down by (0: its top).
+    /// Lines the Detail view, or the pane of the selected finding, is
+    /// scrolled down by (0: its top; back to 0 when the selection moves).
     pub detail_scroll: u16,
     /// Live views only: keep showing the current snapshot while new ones
     /// arrive (a task's detail asked for meanwhile is still taken). Replays
@@ -631,8 +635,13 @@ impl App {
                     self.selected = Some(k);
                 }
             }
-            View::Findings => self.list_cursor[0] = new,
-            View::Errors => self.list_cursor[1] = new,
+            View::Findings | View::Errors => {
+                let i = usize::from(self.view == View::Errors);
+                if self.list_cursor[i] != new {
+                    self.detail_scroll = 0;
+                }
+                self.list_cursor[i] = new;
+            }
             View::Resources => self.list_cursor[2] = new,
             View::Detail => {}
         }
@@ -666,6 +675,10 @@ impl App {
                 if matches!(a, Action::Back | Action::Enter) {
                     self.help = false;
                 }
+            }
+            Action::ScrollDetail(d) => {
+                let s = self.detail_scroll as isize + d as isize;
+                self.detail_scroll = s.clamp(0, u16::MAX as isize) as u16;
             }
             Action::Up => self.move_cursor(-1),
             Action::Down => self.move_cursor(1),
@@ -767,6 +780,7 @@ impl App {
                     self.editing = false;
                 } else if self.view == View::Detail {
                     self.view = self.back;
+                    self.detail_scroll = 0;
                 } else if !self.filter.is_empty() {
                     self.filter.clear();
                     self.rebuild();
@@ -781,6 +795,7 @@ impl App {
                     (cur + n - 1) % n
                 };
                 self.view = View::TABS[next];
+                self.detail_scroll = 0;
             }
             Action::TogglePause => {
                 if self.replay.is_some() {

@@ -46,6 +46,8 @@ pub fn map_key(app: &mut App, k: &KeyEvent) -> Option<Action> {
         KeyCode::Char('?') => Action::Help,
         KeyCode::Up | KeyCode::Char('k') => Action::Up,
         KeyCode::Down | KeyCode::Char('j') => Action::Down,
+        KeyCode::Char('J') => Action::ScrollDetail(1),
+        KeyCode::Char('K') => Action::ScrollDetail(-1),
         KeyCode::Left | KeyCode::Char('h') => Action::Left,
         KeyCode::Right | KeyCode::Char('l') => Action::Right,
         KeyCode::PageUp => Action::PageUp,
@@ -87,6 +89,9 @@ pub fn map_key(app: &mut App, k: &KeyEvent) -> Option<Action> {
 }
 
 fn goto(app: &mut App, v: View) -> Option<Action> {
+    if app.view != v {
+        app.detail_scroll = 0;
+    }
     app.view = v;
     None
 }
@@ -102,6 +107,7 @@ pub const HELP: &[(&str, &[(&str, &str)])] = &[
             ),
             ("j k / ↑ ↓", "move; mouse wheel scrolls, click selects"),
             ("gg G / Home End", "first / last row"),
+            ("J K", "scroll the detail pane (a finding's trace)"),
             ("C-d C-u / PgDn PgUp", "page down / up"),
             ("Enter", "open: task detail; from a finding, its task"),
             ("Esc", "back; clears the filter"),

@@ -1,5 +1,6 @@
 //! Findings, grouped by kind and counted, newest first; the selected one
-//! in detail, with a deadlock's cycle drawn task -> resource -> task.
+//! in detail (scrolled with J/K): its location and its trace, innermost
+//! first, or a deadlock's cycle drawn task -> resource -> task.
 
 use ratatui::layout::Rect;
 use ratatui::style::Style;
@@ -11,6 +12,7 @@ use super::{clip, count, dur, scroll, split_list_detail};
 use crate::snapshot::FindingRow;
 use crate::ui::app::{App, FindingLine};
 use crate::ui::theme::Theme;
+use awaitscope_collector::export::trace;
 use awaitscope_collector::FindingKind;
 
 /// Draws the findings view.
@@ -100,10 +102,13 @@ pub fn detail(f: &mut Frame, area: Rect, app: &App, t: &Theme, title: &str, plac
         Some(fr) => finding_lines(fr, app, t),
         None => vec![Line::from(Span::styled(placeholder.to_owned(), t.dim()))],
     };
+    // Scrolled with J/K (a long trace); never past the last line.
+    let scroll = app.detail_scroll.min(lines.len().saturating_sub(1) as u16);
     f.render_widget(
         Paragraph::new(lines)
             .block(block)
-            .wrap(Wrap { trim: false }),
+            .wrap(Wrap { trim: false })
+            .scroll((scroll, 0)),
         area,
     );
 }
@@ -146,29 +151,52 @@ pub fn finding_lines<'a>(fr: &'a FindingRow, app: &App, t: &Theme) -> Vec<Line<'
             Span::raw(fr.location.as_str()),
         ]));
     }
-    if fr.kind == FindingKind::Deadlock {
+    if is_cycle(fr) {
         out.push(Line::from(Span::styled("Cycle:", t.title())));
         out.extend(cycle_lines(fr, t));
-    } else {
-        if !fr.tasks.is_empty() {
-            out.push(Line::from(Span::styled("Tasks:", t.title())));
-            for (_, l) in &fr.tasks {
-                out.push(Line::from(format!("  {l}")));
-            }
-        }
-        if !fr.trace.is_empty() {
-            let title = match fr.kind {
-                FindingKind::Error | FindingKind::Panic => "Causal trace (root first):",
-                _ => "Await path (outermost first):",
-            };
-            out.push(Line::from(Span::styled(title, t.title())));
-            out.extend(trace_lines(&fr.trace, t));
+        return out;
+    }
+    if !fr.tasks.is_empty() {
+        out.push(Line::from(Span::styled("Tasks:", t.title())));
+        for (_, l) in &fr.tasks {
+            out.push(Line::from(format!("  {l}")));
         }
     }
+    out.extend(finding_trace(&fr.trace, 0, t));
     out
 }
 
-/// A trace as an indented chain, root first.
+/// A finding's trace under its heading, as every view shows it
+/// ([`awaitscope_collector::export::trace`]): one step a line, in the
+/// detectors' order (innermost first), folded frames dimmed; `indent`
+/// spaces before the heading. No lines for an empty trace.
+pub fn finding_trace<'a>(trace: &'a [String], indent: usize, t: &Theme) -> Vec<Line<'a>> {
+    if trace.is_empty() {
+        return Vec::new();
+    }
+    let pad = " ".repeat(indent);
+    let mut heading = trace::HEADING.to_owned();
+    heading[..1].make_ascii_uppercase();
+    let mut out = vec![Line::from(Span::styled(
+        format!("{pad}{heading}:"),
+        t.title(),
+    ))];
+    out.extend(trace.iter().map(|step| {
+        let style = if trace::is_fold(step) {
+            t.dim()
+        } else {
+            Style::default()
+        };
+        Line::from(vec![
+            Span::raw(format!("{pad}  ")),
+            Span::styled(trace::one_line(step), style),
+        ])
+    }));
+    out
+}
+
+/// A spawn chain or causal trace of a task, as an indented chain, root
+/// first.
 pub fn trace_lines<'a>(trace: &'a [String], t: &Theme) -> Vec<Line<'a>> {
     let tree = t.tree();
     trace
@@ -188,6 +216,17 @@ pub fn trace_lines<'a>(trace: &'a [String], t: &Theme) -> Vec<Line<'a>> {
             ])
         })
         .collect()
+}
+
+/// Whether the finding's trace is a deadlock's cycle of `A waits on R held
+/// by B` steps (drawn as a cycle); any other trace is drawn as a trace.
+fn is_cycle(fr: &FindingRow) -> bool {
+    fr.kind == FindingKind::Deadlock
+        && !fr.trace.is_empty()
+        && fr
+            .trace
+            .iter()
+            .all(|l| l.contains(" waits on ") && l.contains(" held by "))
 }
 
 /// A deadlock cycle: each step `A waits on R held by B`, drawn as

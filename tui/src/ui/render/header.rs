@@ -134,6 +134,7 @@ pub fn footer(f: &mut Frame, area: Rect, app: &App, t: &Theme) {
         View::Findings | View::Errors => &[
             ("↑↓", "move"),
             ("⏎", "go to task"),
+            ("JK", "scroll"),
             ("/", "filter"),
             ("Tab", "view"),
             ("p", "pause"),

@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::findings::trace_lines;
+use super::findings::{finding_trace, trace_lines};
 use super::{count, dur};
 use crate::snapshot::{HistSummary, TaskDetail};
 use crate::ui::app::App;
@@ -226,14 +226,21 @@ fn other_lines<'a>(d: &'a TaskDetail, t: &Theme) -> Vec<Line<'a>> {
     let mut out = Vec::new();
     if !d.findings.is_empty() {
         out.push(section("Findings", t));
-        for (k, m) in &d.findings {
+        for fr in &d.findings {
             out.push(Line::from(vec![
                 Span::styled(
-                    format!("  {} {k}: ", t.severity_glyph(k.severity())),
-                    t.severity(k.severity()),
+                    format!("  {} {}: ", t.severity_glyph(fr.severity), fr.kind),
+                    t.severity(fr.severity),
                 ),
-                Span::raw(m.as_str()),
+                Span::raw(fr.message.as_str()),
             ]));
+            if !fr.location.is_empty() {
+                out.push(Line::from(vec![
+                    Span::styled("    at ", t.dim()),
+                    Span::raw(fr.location.as_str()),
+                ]));
+            }
+            out.extend(finding_trace(&fr.trace, 4, t));
         }
     }
     if !d.logs.is_empty() {
