@@ -47,9 +47,14 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         return None;
     }
     let leaf = tree.deepest_leaf()?;
-    let node = &tree.nodes[p.culprit(tree, leaf)];
-    let location = p.span_location(node.span, node.callsite);
-    let label = p.node_label(node);
+    // The innermost frame names what it waits on (tokio's internals folded
+    // into the operation the user called), at the user's line.
+    let frames = p.await_frames(tree, leaf);
+    let location = frames.iter().find_map(|f| f.location.clone());
+    let label = frames.first().map_or_else(
+        || p.node_label(&tree.nodes[p.culprit(tree, leaf)]),
+        |f| f.label.clone(),
+    );
     Some(Observation {
         kind: FindingKind::Stuck,
         process: p.key,
@@ -63,7 +68,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
             fmt_ns_brief(pending),
             fmt_ns_brief(th.stuck_ns)
         ),
-        trace: p.await_path(tree, leaf),
+        trace: frames.iter().map(ToString::to_string).collect(),
         duration_ns: Some(pending),
         ts: now,
         new_occurrence: true,
@@ -94,12 +99,14 @@ mod tests {
         let f: Vec<_> = model.findings().of_kind(FindingKind::Stuck).collect();
         assert_eq!(f.len(), 1, "{:?}", model.findings().list());
         assert!(f[0].message.contains("Mutex::lock"), "{}", f[0].message);
-        assert_eq!(
-            f[0].trace.len(),
-            3,
-            "fetch > Mutex > Mutex::lock: {:?}",
+        // Innermost first, the Mutex and its `Mutex::lock` one frame.
+        assert_eq!(f[0].trace.len(), 2, "Mutex::lock < fetch: {:?}", f[0].trace);
+        assert!(
+            f[0].trace[0].starts_with("tokio::sync::Mutex::lock @ src/main.rs"),
+            "{:?}",
             f[0].trace
         );
+        assert!(f[0].trace[1].starts_with("fetch"), "{:?}", f[0].trace);
         assert_eq!(f[0].location.as_ref().unwrap().file, "src/main.rs");
         assert_eq!(model.findings().of_kind(FindingKind::LostWaker).count(), 0);
     }

@@ -24,6 +24,7 @@ pub mod snapshot;
 pub mod span;
 pub mod task;
 mod task_apply;
+pub mod timer;
 mod warm;
 
 pub use change::{Change, ChangeKind};
