@@ -232,7 +232,7 @@ impl Process {
                         }
                     }
                     let source = (node.class != SpanClass::Resource)
-                        .then(|| node.label.as_deref())
+                        .then_some(node.label.as_deref())
                         .flatten();
                     let location = r
                         .location
