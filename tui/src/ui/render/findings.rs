@@ -158,8 +158,8 @@ pub fn finding_lines<'a>(fr: &'a FindingRow, app: &App, t: &Theme) -> Vec<Line<'
         }
         if !fr.trace.is_empty() {
             let title = match fr.kind {
-                FindingKind::Error | FindingKind::Panic => "Causal trace (root first):",
-                _ => "Await path (outermost first):",
+                FindingKind::Error | FindingKind::Panic => "Causal trace (innermost first):",
+                _ => "Await path (innermost first):",
             };
             out.push(Line::from(Span::styled(title, t.title())));
             out.extend(trace_lines(&fr.trace, t));
@@ -168,7 +168,8 @@ pub fn finding_lines<'a>(fr: &'a FindingRow, app: &App, t: &Theme) -> Vec<Line<'
     out
 }
 
-/// A trace as an indented chain, root first.
+/// A trace as an indented chain, innermost first (each line called from,
+/// or spawned by, the one before it).
 pub fn trace_lines<'a>(trace: &'a [String], t: &Theme) -> Vec<Line<'a>> {
     let tree = t.tree();
     trace
@@ -191,7 +192,8 @@ pub fn trace_lines<'a>(trace: &'a [String], t: &Theme) -> Vec<Line<'a>> {
 }
 
 /// A deadlock cycle: each step `A waits on R held by B`, drawn as
-/// task -> resource -> task, back to the first task.
+/// task -> resource -> task, back to the first task; the indented lines
+/// after a step (where A waits, what it holds) are shown under it.
 pub fn cycle_lines<'a>(fr: &'a FindingRow, t: &Theme) -> Vec<Line<'a>> {
     let down = if t.ascii { "|" } else { "│" };
     let arrow = if t.ascii { "v" } else { "▼" };
@@ -199,6 +201,13 @@ pub fn cycle_lines<'a>(fr: &'a FindingRow, t: &Theme) -> Vec<Line<'a>> {
     let mut out = Vec::new();
     let mut first = None;
     for step in &fr.trace {
+        if step.starts_with(' ') {
+            // Under a step, before its "held by": where its task waits and
+            // what it holds.
+            let at = out.len().saturating_sub(1);
+            out.insert(at, Line::from(format!("    {down}{step}")));
+            continue;
+        }
         let (task, rest) = step.split_once(" waits on ").unwrap_or((step.as_str(), ""));
         let (res, holder) = rest.split_once(" held by ").unwrap_or((rest, ""));
         first.get_or_insert(task);
