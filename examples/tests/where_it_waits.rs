@@ -261,3 +261,71 @@ fn a_task_stuck_on_a_oneshot_names_both_functions_innermost_first() {
     assert!(inner < outer, "innermost first: {:#?}", f.trace);
     assert!(f.trace[0].contains("oneshot"), "{:#?}", f.trace);
 }
+
+#[instrument(skip_all)]
+async fn settle(m: Arc<Mutex<u64>>) {
+    let mut g = m.lock().await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    *g += 1;
+}
+
+/// The Markdown report's "Slowest awaits" names labelled awaits, joins and
+/// tokio locks at the user's lines: none of awaitscope's files, no
+/// `batch_semaphore`/`Acquire::new` from tokio's, no absolute path.
+#[test]
+fn slowest_awaits_are_at_the_users_lines() {
+    use awaitscope::AwaitPoint;
+    use awaitscope_collector::export::{self, markdown, TimelineOptions};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let memory = awaitscope::MemoryRecording::new();
+    let (layer, guard) = awaitscope::Builder::new().record_in_memory(&memory).build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    {
+        let _d = tracing::dispatcher::set_default(&dispatch);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let m = Arc::new(Mutex::new(0u64));
+            let mut joins = Vec::new();
+            for _ in 0..4 {
+                joins.push(awaitscope::spawn(settle(m.clone())));
+            }
+            for j in joins {
+                let _ = j.await;
+            }
+            tokio::time::sleep(Duration::from_millis(3))
+                .await_point("cool down")
+                .await;
+        });
+    }
+    drop(guard);
+    drop(dispatch);
+    let r = export::render_recording("t.rec", &memory.bytes(), TimelineOptions::default())
+        .expect("the recording decodes");
+    let md = markdown::render(&r.report, &r.walk, &markdown::Options::default());
+    let table = md
+        .split("## Slowest awaits")
+        .nth(1)
+        .expect("a Slowest awaits section");
+    let table = table.split("\n## ").next().unwrap_or(table);
+    for bad in [
+        "instrument/src/",
+        "batch_semaphore",
+        "Acquire::new",
+        "| `/",
+        "@ /",
+    ] {
+        assert!(!table.contains(bad), "{bad:?} in:\n{table}");
+    }
+    assert!(
+        table.contains("cool down @ examples/tests/where_it_waits.rs"),
+        "{table}"
+    );
+    assert!(
+        table.contains("join @ examples/tests/where_it_waits.rs"),
+        "{table}"
+    );
+}
