@@ -150,7 +150,10 @@ impl Process {
                     // The producer counts wakers exactly (version 2).
                     t.wakers_alive = u64::from(*wakers);
                     let start = t.pending_poll.map_or(*ts, |p| p.start);
-                    self.poll_ended(*task, start, *ts);
+                    t.last_thread = Some(self.cur_thread);
+                    if is_notable(t, start, *ts) {
+                        self.poll_ended(*task, start, *ts);
+                    }
                     if ended && O::STEPS {
                         obs.change(
                             self,
@@ -442,7 +445,10 @@ impl Process {
         let started = start_poll(t, start);
         end_poll(t, end);
         t.wakers_alive = u64::from(wakers);
-        self.poll_ended(task, start, end);
+        t.last_thread = Some(self.cur_thread);
+        if is_notable(t, start, end) {
+            self.poll_ended(task, start, end);
+        }
         self.bump(start);
         self.bump(end);
         if started.committed.is_some() || started.waited.is_some() {
@@ -451,16 +457,15 @@ impl Process {
         true
     }
 
-    /// A poll of `task` on the current thread ended: keeps it among the
-    /// thread's recent polls when long, and records where the task took
-    /// the locks it took in it (its await path, now that the poll's tree
-    /// is known: the producer sends it just before the poll's end).
+    /// A notable poll of `task` (see [`is_notable`]) on the current thread
+    /// ended: keeps it among the thread's recent polls when long, and
+    /// records where the task took the locks it took in it (its await
+    /// path, now that the poll's tree is known: the producer sends it just
+    /// before the poll's end).
     fn poll_ended(&mut self, task: SpanId, start: u64, end: u64) {
-        let thread = self.cur_thread;
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
-        t.last_thread = Some(thread);
         let acquired = std::mem::take(&mut t.acquired);
         if end.saturating_sub(start) >= RECENT_POLL_NS {
             let th = self.thread();
@@ -749,4 +754,12 @@ impl Process {
             }
         }
     }
+}
+
+/// Whether the poll of `t` from `start` to `end` needs
+/// [`Process::poll_ended`]: it was long enough to hold its thread, or took
+/// locks. Most polls are neither, and cost no second lookup.
+#[inline]
+fn is_notable(t: &Task, start: u64, end: u64) -> bool {
+    end.saturating_sub(start) >= RECENT_POLL_NS || !t.acquired.is_empty()
 }
