@@ -27,3 +27,22 @@ fn no_storefront_task_is_reported_as_a_lost_waker() {
         .count();
     assert_eq!(lost, 0, "{}", outcome.report);
 }
+
+/// Nor does any of its timers fire late: on a healthy program, the
+/// late-timer `starvation` finding stays quiet.
+#[test]
+fn no_storefront_timer_is_reported_late() {
+    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
+    rt.block_on(async {
+        let addr = shop::serve().await.expect("bind the storefront");
+        shop::load(addr, Some(120), Duration::from_millis(5)).await;
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    let late: Vec<_> = outcome
+        .findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::Starvation && f.message.contains("timer's deadline"))
+        .collect();
+    assert!(late.is_empty(), "{late:#?}");
+}

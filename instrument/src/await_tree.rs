@@ -153,12 +153,15 @@ impl AwaitModel {
             }
             let n = AwaitNode {
                 label,
-                location: s
-                    .node
-                    .meta
-                    .file()
-                    .zip(s.node.meta.line())
-                    .map(|(f, l)| (f.to_owned(), l)),
+                // Recorded `loc.*` (the caller of an await point or a
+                // spawn) before the callsite, which for those is ours.
+                location: s.node.location().or_else(|| {
+                    s.node
+                        .meta
+                        .file()
+                        .zip(s.node.meta.line())
+                        .map(|(f, l)| (f.to_owned(), l))
+                }),
                 pending: Duration::from_nanos(now.saturating_sub(s.created)),
                 children: Vec::new(),
             };
@@ -428,12 +431,21 @@ impl fmt::Display for Dump {
 pub trait AwaitPoint: std::future::Future + Sized {
     /// Wraps the future in an `await` span labelled `label` (a plain
     /// `tracing` span: other layers see it too).
+    ///
+    /// The span records the caller's line (`loc.file`, `loc.line`), which
+    /// traces show rather than this file's.
     #[track_caller]
     fn await_point(self, label: &'static str) -> tracing::instrument::Instrumented<Self> {
         use tracing::Instrument;
-        self.instrument(
-            tracing::info_span!(target: names::AWAIT_POINT_TARGET, names::AWAIT_POINT_SPAN, label),
-        )
+        let loc = std::panic::Location::caller();
+        self.instrument(tracing::info_span!(
+            target: names::AWAIT_POINT_TARGET,
+            names::AWAIT_POINT_SPAN,
+            label,
+            loc.file = loc.file(),
+            loc.line = loc.line(),
+            loc.col = loc.column(),
+        ))
     }
 }
 

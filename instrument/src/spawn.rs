@@ -24,6 +24,9 @@ use crate::names;
 pub struct JoinHandle<T> {
     inner: tokio::task::JoinHandle<T>,
     span: Option<tracing::Span>,
+    /// Where the task was spawned, in the user's code: the join span's
+    /// location in traces (its own callsite is in this file).
+    spawned_at: &'static std::panic::Location<'static>,
 }
 
 impl<T> JoinHandle<T> {
@@ -59,7 +62,15 @@ impl<T> Future for JoinHandle<T> {
         let this = self.get_mut();
         let span = this.span.get_or_insert_with(|| {
             let id: u64 = this.inner.id().to_string().parse().unwrap_or(0);
-            tracing::trace_span!(target: names::JOIN_TARGET, names::JOIN_SPAN, task.id = id)
+            let loc = this.spawned_at;
+            tracing::trace_span!(
+                target: names::JOIN_TARGET,
+                names::JOIN_SPAN,
+                task.id = id,
+                loc.file = loc.file(),
+                loc.line = loc.line(),
+                loc.col = loc.column(),
+            )
         });
         let _entered = span.enter();
         Pin::new(&mut this.inner).poll(cx)
@@ -78,6 +89,7 @@ where
     JoinHandle {
         inner: spawn_task("", future),
         span: None,
+        spawned_at: std::panic::Location::caller(),
     }
 }
 
@@ -91,6 +103,7 @@ where
     JoinHandle {
         inner: spawn_task(name, future),
         span: None,
+        spawned_at: std::panic::Location::caller(),
     }
 }
 

@@ -203,7 +203,7 @@ pub struct TaskDetail {
     pub logs: Vec<(String, String, String)>,
     /// Findings naming the task, each with its location and trace.
     pub findings: Vec<FindingRow>,
-    /// Causal trace: spawning tasks and span chain, root first.
+    /// Causal trace: span chain, then spawning tasks, innermost first.
     pub causal: Vec<String>,
     /// The message of the panic caught while it was being polled; `None` if
     /// none was.

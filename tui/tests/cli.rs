@@ -173,10 +173,11 @@ fn report_of_known_recording_field_by_field() {
     assert_eq!(err["tasks"][0]["name"], "worker");
     assert_eq!(
         err["trace"],
+        // Innermost first: the span, its task, the task that spawned it.
         json!([
-            "task main#2 @ src/main.rs:10:5",
+            "span handle @ src/main.rs:100",
             "task worker#3 @ src/main.rs:11:5",
-            "span handle @ src/main.rs:100"
+            "task main#2 @ src/main.rs:10:5"
         ])
     );
     assert_eq!(err["count"], 1);

@@ -8,7 +8,7 @@ use awaitscope_wire::{ProcessKey, SpanId};
 
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Recollection};
 use crate::config::Thresholds;
-use crate::model::{task_label, Process, TaskState};
+use crate::model::{labels, task_label, Process, Task, TaskState};
 
 /// The `deadlock` detector: looks for cycles at each scan, remembering the
 /// cycles of each process's last scan (a deadlock lasting many scans is
@@ -89,6 +89,18 @@ fn wait_graph(p: &Process, now: u64, th: &Thresholds) -> HashMap<SpanId, Vec<(Sp
     g
 }
 
+/// The await path of `t` down to its wait on `res` (the deepest node on
+/// that resource), innermost first; its deepest leaf's when the lock is
+/// not in its tree.
+fn waiting_path(p: &Process, t: &Task, res: SpanId) -> Vec<String> {
+    let tree = &t.await_tree;
+    let node = (0..tree.nodes.len())
+        .filter(|&i| p.resource_of(tree.nodes[i].span) == Some(res))
+        .max_by_key(|&i| tree.depth(i))
+        .or_else(|| tree.deepest_leaf());
+    node.map_or_else(Vec::new, |i| p.await_path(tree, i))
+}
+
 /// Cycles of the wait graph, each as `(task, resource it waits on)` steps,
 /// rotated to start at its smallest task id.
 pub fn cycles(p: &Process, now: u64, th: &Thresholds) -> Vec<Vec<(SpanId, SpanId)>> {
@@ -150,10 +162,9 @@ fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) ->
             let t = &p.tasks[task];
             let h = &p.tasks[&holder];
             let r = &p.resources[res];
-            let loc = r
-                .location
-                .as_ref()
-                .map_or(String::new(), |l| format!(" @ {l}"));
+            let loc = r.location.as_ref().map_or(String::new(), |l| {
+                format!(" @ {}", labels::shown(l.clone()))
+            });
             trace.push(format!(
                 "{} waits on {}{} held by {}",
                 task_label(t),
@@ -161,6 +172,27 @@ fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) ->
                 loc,
                 task_label(h)
             ));
+            // Where it waits: its await path down to the lock, innermost
+            // first.
+            for line in waiting_path(p, t, *res) {
+                trace.push(format!("  waiting in {line}"));
+            }
+            // What it holds: the lock the previous task waits on, and
+            // where it took it.
+            let (_, held) = cycle[(i + cycle.len() - 1) % cycle.len()];
+            if let Some(hr) = p.resources.get(&held) {
+                let hloc = hr.location.as_ref().map_or(String::new(), |l| {
+                    format!(" @ {}", labels::shown(l.clone()))
+                });
+                if hr.held_at.is_empty() {
+                    trace.push(format!("  holds {}{hloc}", hr.concrete_type));
+                } else {
+                    trace.push(format!("  holds {}{hloc}, taken in:", hr.concrete_type));
+                }
+                for line in &hr.held_at {
+                    trace.push(format!("    {line}"));
+                }
+            }
             tasks.push(FindingTask::of(t));
         }
         let since = cycle
@@ -227,8 +259,18 @@ mod tests {
         assert_eq!(f.len(), 1, "{:?}", m.findings().list());
         assert_eq!(f[0].count, 1, "one episode across scans");
         assert_eq!(f[0].tasks.len(), 2);
-        assert_eq!(f[0].trace.len(), 2);
-        assert!(f[0].trace[0].contains("waits on Mutex"), "{:?}", f[0].trace);
+        // One line per task of the cycle, then indented lines of where
+        // it waits and what it holds.
+        let heads: Vec<_> = f[0].trace.iter().filter(|l| !l.starts_with(' ')).collect();
+        assert_eq!(heads.len(), 2, "{:?}", f[0].trace);
+        assert!(heads[0].contains("waits on Mutex"), "{:?}", f[0].trace);
+        assert!(
+            f[0].trace
+                .iter()
+                .any(|l| l.starts_with("  holds Mutex @ src/main.rs")),
+            "{:?}",
+            f[0].trace
+        );
     }
 
     #[test]

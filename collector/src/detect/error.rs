@@ -97,9 +97,10 @@ mod tests {
         assert_eq!(f[0].count, 2);
         assert_eq!(f[0].tasks[0].name.as_deref(), Some("conn"));
         assert_eq!(f[0].trace.len(), 3, "{:?}", f[0].trace);
-        assert!(f[0].trace[0].starts_with("task server"));
+        // Innermost first: the span, its task, the task that spawned it.
+        assert!(f[0].trace[0].starts_with("span handle_request"));
         assert!(f[0].trace[1].starts_with("task conn"));
-        assert!(f[0].trace[2].starts_with("span handle_request"));
+        assert!(f[0].trace[2].starts_with("task server"));
         let p = m.processes().next().unwrap();
         assert_eq!(p.tasks[&t].error_count, 2);
         assert_eq!(p.tasks[&t].warn_count, 1);

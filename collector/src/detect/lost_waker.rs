@@ -54,11 +54,10 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
         return None;
     }
     let leaf = t.await_tree.deepest_leaf();
-    let location = leaf
-        .and_then(|i| {
-            let n = &t.await_tree.nodes[p.culprit(&t.await_tree, i)];
-            p.span_location(n.span, n.callsite)
-        })
+    let frames = leaf.map_or_else(Vec::new, |i| p.await_frames(&t.await_tree, i));
+    let location = frames
+        .iter()
+        .find_map(|f| f.location.clone())
         .or_else(|| t.location.clone());
     Some(Observation {
         kind: FindingKind::LostWaker,
@@ -71,7 +70,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
             task_label(t),
             fmt_ns_brief(idle)
         ),
-        trace: leaf.map_or_else(Vec::new, |i| p.await_path(&t.await_tree, i)),
+        trace: frames.iter().map(ToString::to_string).collect(),
         duration_ns: Some(idle),
         ts: now,
         new_occurrence: true,

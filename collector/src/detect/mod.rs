@@ -25,6 +25,7 @@ pub mod dropped_events;
 pub mod engine;
 pub mod error;
 pub mod findings;
+pub mod late_timer;
 pub mod long_poll;
 pub mod lost_waker;
 pub mod never_yielded;
@@ -217,6 +218,7 @@ pub fn standard() -> Vec<Box<dyn Detector>> {
         Box::new(lost_waker::LostWaker),
         Box::new(never_yielded::NeverYielded),
         Box::new(starvation::Starvation),
+        Box::new(late_timer::LateTimer::default()),
         Box::new(stuck::Stuck),
         Box::new(self_wake::SelfWake),
         Box::new(deadlock::Deadlock::default()),

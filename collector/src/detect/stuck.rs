@@ -2,7 +2,8 @@
 //! threshold. A task parked on a timer (a Sleep or Interval anywhere in its
 //! await tree, e.g. `select!` with a timeout) is not stuck: it will wake.
 //! A task without an await tree has no await point to name and is left to
-//! `lost_waker`.
+//! `lost_waker`; so is one whose tree holds only spans that closed (what it
+//! waits on now has no span).
 
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
@@ -46,10 +47,23 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     if (0..tree.nodes.len()).any(|i| p.node_is_timer(tree, i)) {
         return None;
     }
-    let leaf = tree.deepest_leaf()?;
-    let node = &tree.nodes[p.culprit(tree, leaf)];
-    let location = p.span_location(node.span, node.callsite);
-    let label = p.node_label(node);
+    // What it is pending on must still be there: a span that closed in the
+    // poll (a setup call that returned before the task parked elsewhere,
+    // un-instrumented) is no await point. Up to its nearest live ancestor;
+    // none (a harness parked on a shutdown signal after some set-up
+    // spans): nothing to name, not stuck.
+    let mut leaf = tree.deepest_leaf()?;
+    while !p.spans.contains_key(&tree.nodes[leaf].span) {
+        leaf = usize::from(tree.nodes[leaf].parent?);
+    }
+    // The innermost frame names what it waits on (tokio's internals folded
+    // into the operation the user called), at the user's line.
+    let frames = p.await_frames(tree, leaf);
+    let location = frames.iter().find_map(|f| f.location.clone());
+    let label = frames.first().map_or_else(
+        || p.node_label(&tree.nodes[p.culprit(tree, leaf)]),
+        |f| f.label.clone(),
+    );
     Some(Observation {
         kind: FindingKind::Stuck,
         process: p.key,
@@ -63,7 +77,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
             fmt_ns_brief(pending),
             fmt_ns_brief(th.stuck_ns)
         ),
-        trace: p.await_path(tree, leaf),
+        trace: frames.iter().map(ToString::to_string).collect(),
         duration_ns: Some(pending),
         ts: now,
         new_occurrence: true,
@@ -94,14 +108,40 @@ mod tests {
         let f: Vec<_> = model.findings().of_kind(FindingKind::Stuck).collect();
         assert_eq!(f.len(), 1, "{:?}", model.findings().list());
         assert!(f[0].message.contains("Mutex::lock"), "{}", f[0].message);
-        assert_eq!(
-            f[0].trace.len(),
-            3,
-            "fetch > Mutex > Mutex::lock: {:?}",
+        // Innermost first, the Mutex and its `Mutex::lock` one frame.
+        assert_eq!(f[0].trace.len(), 2, "Mutex::lock < fetch: {:?}", f[0].trace);
+        assert!(
+            f[0].trace[0].starts_with("tokio::sync::Mutex::lock @ src/main.rs"),
+            "{:?}",
             f[0].trace
         );
+        assert!(f[0].trace[1].starts_with("fetch"), "{:?}", f[0].trace);
         assert_eq!(f[0].location.as_ref().unwrap().file, "src/main.rs");
         assert_eq!(model.findings().of_kind(FindingKind::LostWaker).count(), 0);
+    }
+
+    /// A task parked (on a shutdown signal, say) after set-up spans that
+    /// returned in the same poll is not pending on them: not stuck, while
+    /// the same task still inside its span is.
+    #[test]
+    fn parked_after_set_up_spans_that_closed_is_not_stuck() {
+        let stuck = |close: bool| {
+            let mut s = Scenario::new();
+            let t = s.spawn(TaskOpts::named("harness"), 0);
+            let setup = s.user_span("serve", 0);
+            s.begin_poll(t, 1000);
+            s.enter(setup, 1100);
+            s.exit(setup, 1200);
+            s.end_poll(t, 1400);
+            s.waker(t, awaitscope_wire::WakeOp::Clone, 1250);
+            if close {
+                s.complete(setup, 1500);
+            }
+            s.tick(60 * SEC);
+            s.model().findings().of_kind(FindingKind::Stuck).count()
+        };
+        assert_eq!(stuck(false), 1);
+        assert_eq!(stuck(true), 0);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use super::change::Change;
 use super::labels;
 use super::merge::Merge;
 use super::process::Observer;
-use super::process::{Entered, Process, MAX_CALLSITES, MAX_STACK};
-use super::resource::Resource;
+use super::process::{Entered, Process, MAX_CALLSITES, MAX_STACK, RECENT_POLLS, RECENT_POLL_NS};
+use super::resource::{self, Resource, HELD_AT_FRAMES};
 use super::span::{self, Location, Span};
 use super::stall::{is_user_span, ClosedSpan, PollStall, StallSpan};
 use super::task::{LogRecord, Task, TaskState};
@@ -150,6 +150,11 @@ impl Process {
                     let ended = end_poll(t, *ts);
                     // The producer counts wakers exactly (version 2).
                     t.wakers_alive = u64::from(*wakers);
+                    let start = t.pending_poll.map_or(*ts, |p| p.start);
+                    t.last_thread = Some(self.cur_thread);
+                    if is_notable(t, start, *ts) {
+                        self.poll_ended(*task, start, *ts);
+                    }
                     if ended && O::STEPS {
                         obs.change(
                             self,
@@ -169,6 +174,10 @@ impl Process {
                 self.bump(*ts);
                 if let Some(t) = self.tasks.get_mut(task) {
                     wake(t, *op, *by, *ts);
+                    if by.is_none() && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
+                        // The timer wheel wakes from outside any poll.
+                        self.timer_woken(*task, *ts, cfg.thresholds.starvation_ns);
+                    }
                     if O::STEPS && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
                         obs.change(
                             self,
@@ -285,6 +294,8 @@ impl Process {
                 created: ts,
                 holders: Vec::new(),
                 state: Vec::new(),
+                held_at: Vec::new(),
+                deadline: None,
             };
             self.resources.insert(id, r);
         }
@@ -437,12 +448,65 @@ impl Process {
         let started = start_poll(t, start);
         end_poll(t, end);
         t.wakers_alive = u64::from(wakers);
+        t.last_thread = Some(self.cur_thread);
+        if is_notable(t, start, end) {
+            self.poll_ended(task, start, end);
+        }
         self.bump(start);
         self.bump(end);
         if started.committed.is_some() || started.waited.is_some() {
             self.report_poll_start(task, started, start, obs);
         }
         true
+    }
+
+    /// A notable poll of `task` (see [`is_notable`]) on the current thread
+    /// ended: keeps it among the thread's recent polls when long, and
+    /// records where the task took the locks it took in it (its await
+    /// path, now that the poll's tree is known: the producer sends it just
+    /// before the poll's end).
+    fn poll_ended(&mut self, task: SpanId, start: u64, end: u64) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        let acquired = std::mem::take(&mut t.acquired);
+        if end.saturating_sub(start) >= RECENT_POLL_NS {
+            let th = self.thread();
+            if th.recent_polls.len() >= RECENT_POLLS {
+                th.recent_polls.pop_front();
+            }
+            th.recent_polls.push_back((task, start, end));
+        }
+        for res in acquired {
+            let Some(t) = self.tasks.get(&task) else {
+                return;
+            };
+            let tree = &t.await_tree;
+            // The deepest node on the lock: its async op, under the lock.
+            let node = (0..tree.nodes.len())
+                .filter(|&i| self.resource_of(tree.nodes[i].span) == Some(res))
+                .max_by_key(|&i| tree.depth(i));
+            let Some(mut i) = node else { continue };
+            // Its async op may have closed already (the lock was taken):
+            // still the node under it that names the operation.
+            if let Some(op) = tree
+                .children(Some(i as u16))
+                .find(|&c| tree.nodes[c].class == SpanClass::AsyncOp)
+            {
+                i = op;
+            }
+            let mut frames = self.await_frames(tree, i);
+            if tree.nodes[i].class == SpanClass::Resource && !frames.is_empty() {
+                // The lock alone (its op closed before the tree was sent):
+                // the finding names it already; the functions say where.
+                frames.remove(0);
+            }
+            let mut path: Vec<String> = frames.iter().map(ToString::to_string).collect();
+            path.truncate(HELD_AT_FRAMES);
+            if let Some(r) = self.resources.get_mut(&res) {
+                r.held_at = path;
+            }
+        }
     }
 
     /// The producer's await tree of `task`'s current poll: spans in entry
@@ -693,6 +757,15 @@ impl Process {
                 let Some(r) = self.resources.get_mut(&res) else {
                     return;
                 };
+                if r.is_timer() {
+                    // tokio sends the time left until the deadline, in ms.
+                    if let Some(ms) = span::field_u64(cs, fields, resource::DURATION) {
+                        let unit = span::field_str(cs, fields, resource::DURATION_UNIT);
+                        if unit.is_none_or(|u| u == "ms") {
+                            r.deadline = Some(ts.saturating_add(ms.saturating_mul(1_000_000)));
+                        }
+                    }
+                }
                 if let Some(cs) = cs {
                     for f in fields {
                         if let Some(n) = cs.fields.get(f.index as usize) {
@@ -708,6 +781,12 @@ impl Process {
                     (Some(true), _, Some(t)) => {
                         r.holders.clear();
                         r.add_holder(t);
+                        r.held_at.clear();
+                        if let Some(task) = self.tasks.get_mut(&t) {
+                            if !task.acquired.contains(&res) && task.acquired.len() < 8 {
+                                task.acquired.push(res);
+                            }
+                        }
                     }
                     (Some(false), _, _) => r.holders.clear(),
                     (_, Some(names::OP_SUB), Some(t)) => r.add_holder(t),
@@ -776,4 +855,12 @@ impl Process {
             }
         }
     }
+}
+
+/// Whether the poll of `t` from `start` to `end` needs
+/// [`Process::poll_ended`]: it was long enough to hold its thread, or took
+/// locks. Most polls are neither, and cost no second lookup.
+#[inline]
+fn is_notable(t: &Task, start: u64, end: u64) -> bool {
+    end.saturating_sub(start) >= RECENT_POLL_NS || !t.acquired.is_empty()
 }

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use awaitscope_wire::paths::{self, PathOrigin};
 use awaitscope_wire::{names, Callsite, Field, SpanClass, SpanId};
 
 use super::await_tree::{AwaitNode, AwaitTree};
@@ -39,7 +40,7 @@ pub fn join_task_id(cs: Option<&Callsite>, fields: &[Field]) -> Option<u64> {
 /// The label a span gives itself through its fields, the rule every view
 /// of spans follows: a resource is its type (`Mutex`), an async op (and
 /// its polls) its operation (`Mutex::lock`), the await of a `JoinHandle`
-/// `join task.id=N`. `None` for other spans, or when the field is missing:
+/// `join task.id=N`, a labelled await point (`AwaitPoint`) its label. `None` for other spans, or when the field is missing:
 /// each caller falls back in its own way (the callsite's name, ...).
 pub fn span_own_label<'a>(
     class: SpanClass,
@@ -51,8 +52,70 @@ pub fn span_own_label<'a>(
         SpanClass::AsyncOp | SpanClass::AsyncOpPoll => {
             span::field_str(cs, fields, names::SOURCE).map(Cow::Borrowed)
         }
+        _ if cs.is_some_and(|c| c.target == names::AWAIT_POINT_TARGET) => {
+            span::field_str(cs, fields, names::LABEL).map(Cow::Borrowed)
+        }
         _ => join_task_id(cs, fields).map(|id| Cow::Owned(format!("join task.id={id}"))),
     }
+}
+
+/// One line of a trace: what a task is in or waits on (a function's span,
+/// a tokio operation, a labelled await) and where in the user's code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// What: `transfer_a_to_b`, `tokio::sync::Mutex::lock`, ...
+    pub label: String,
+    /// Where, as [`awaitscope_wire::paths::display`] shows it; never a
+    /// file of awaitscope's own.
+    pub location: Option<Location>,
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.location {
+            Some(l) => write!(f, "{} @ {l}", self.label),
+            None => f.write_str(&self.label),
+        }
+    }
+}
+
+/// Whether `cs` is a span awaitscope itself creates (task, join, await
+/// point, context): its callsite is in awaitscope's files, not the user's.
+pub fn is_own_callsite(cs: &Callsite) -> bool {
+    [
+        names::TASK_TARGET,
+        names::JOIN_TARGET,
+        names::AWAIT_POINT_TARGET,
+        names::CONTEXT_TARGET,
+    ]
+    .contains(&cs.target.as_str())
+}
+
+/// `l` with its file as [`paths::display`] shows it (registry and std
+/// paths shortened, never absolute into them).
+pub fn shown(mut l: Location) -> Location {
+    if let std::borrow::Cow::Owned(f) = paths::display(&l.file) {
+        l.file = f;
+    }
+    l
+}
+
+/// Where a span says it is, for the user: its recorded `loc.*` fields (a
+/// resource's creation site, the caller of an awaitscope span), else its
+/// callsite unless that is in awaitscope's own files. Paths shown short.
+pub fn span_site(cs: Option<&Callsite>, fields: &[Field]) -> Option<Location> {
+    if let Some(l) = span::loc_fields(cs, fields) {
+        return Some(shown(l));
+    }
+    if cs.is_some_and(is_own_callsite) {
+        return None;
+    }
+    span::callsite_location(cs).map(shown)
+}
+
+/// Whether `l` is in the program's own code (not std, not a dependency).
+fn is_user(l: &Location) -> bool {
+    paths::origin(&l.file) == PathOrigin::Local
 }
 
 impl Process {
@@ -64,24 +127,28 @@ impl Process {
             return r.concrete_type.clone();
         }
         if let Some(s) = self.spans.get(&id) {
-            if s.class == SpanClass::AsyncOp {
-                if let Some(src) = span::field_str(cs, &s.fields, names::SOURCE) {
-                    return src.to_string();
-                }
+            if let Some(l) = span_own_label(s.class, cs, &s.fields) {
+                return l.into_owned();
             }
         }
         cs.map_or_else(|| format!("span#{}", id.0), |c| c.name.clone())
     }
 
-    /// Source location of a span: a resource's creation site, an async op's
-    /// resource, or the span's callsite.
+    /// Source location of a span for the user: a resource's creation site,
+    /// an async op's resource's, the `loc.*` an awaitscope span recorded
+    /// (its caller), or the span's callsite; never in awaitscope's files,
+    /// paths shown short.
     pub fn span_location(&self, id: SpanId, callsite: u32) -> Option<Location> {
         if let Some(r) = self.resource_of(id).and_then(|r| self.resources.get(&r)) {
             if let Some(l) = &r.location {
-                return Some(l.clone());
+                return Some(shown(l.clone()));
             }
         }
-        span::callsite_location(self.callsites.get(&callsite))
+        let cs = self.callsites.get(&callsite);
+        match self.spans.get(&id) {
+            Some(s) => span_site(cs, &s.fields),
+            None => span_site(cs, &[]),
+        }
     }
 
     /// Label of an await-tree node.
@@ -92,18 +159,124 @@ impl Process {
         }
     }
 
-    /// Labels of the await-tree path down to node `i` (`label @ location`).
-    pub fn await_path(&self, tree: &AwaitTree, i: usize) -> Vec<String> {
-        tree.path(i)
-            .into_iter()
-            .map(|n| {
-                let node = &tree.nodes[n];
-                let label = self.node_label(node);
-                match self.span_location(node.span, node.callsite) {
-                    Some(l) => format!("{label} @ {l}"),
-                    None => label,
+    /// The user-visible operation a tokio resource (or an async op on it,
+    /// `source`) stands for: `tokio::sync::Mutex::lock`,
+    /// `tokio::time::sleep`.
+    fn operation(&self, r: &Resource, source: Option<&str>) -> String {
+        match r.concrete_type.as_str() {
+            names::TYPE_SLEEP => return "tokio::time::sleep".into(),
+            names::TYPE_INTERVAL => return "tokio::time::Interval::tick".into(),
+            _ => {}
+        }
+        // tokio's spans have their module as target: `tokio::sync::mutex`,
+        // whose types tokio exports from `tokio::sync`.
+        let target = self
+            .callsites
+            .get(&r.callsite)
+            .map(|cs| cs.target.as_str())
+            .filter(|t| t.starts_with("tokio::"));
+        let module = target.map_or_else(String::new, |t| {
+            let m = t.split("::").nth(1).unwrap_or("");
+            format!("tokio::{m}::")
+        });
+        match source {
+            Some(s) if s.starts_with(r.concrete_type.as_str()) => format!("{module}{s}"),
+            // `Receiver::await` on a oneshot's `Sender|Receiver`: the
+            // operation belongs to the module's own types.
+            Some(s) if s.contains("::") => match target {
+                Some(t) => format!("{t}::{s}"),
+                None => s.to_string(),
+            },
+            Some(s) => format!("{module}{}::{s}", r.concrete_type),
+            None => format!("{module}{}", r.concrete_type),
+        }
+    }
+
+    /// The frames of the await-tree path down to node `i`, innermost
+    /// first. tokio's internals are folded into the operation the user
+    /// called (a Mutex's inner semaphore and its `Acquire` become
+    /// `tokio::sync::Mutex::lock`), shown at the user's line: the
+    /// resource's creation site when that is the user's code, else the
+    /// innermost enclosing frame's.
+    pub fn await_frames(&self, tree: &AwaitTree, i: usize) -> Vec<Frame> {
+        let path = tree.path(i);
+        let mut out: Vec<Frame> = Vec::with_capacity(path.len());
+        let mut user_loc: Option<Location> = None;
+        for (k, &n) in path.iter().enumerate() {
+            let node = &tree.nodes[n];
+            let mut res = self
+                .resource_of(node.span)
+                .and_then(|r| self.resources.get(&r));
+            if res.is_none() && node.class != SpanClass::Resource && k > 0 {
+                // An async op that closed (the lock was taken): the
+                // resource above it still names it.
+                let prev = &tree.nodes[path[k - 1]];
+                if prev.class == SpanClass::Resource {
+                    res = self.resources.get(&prev.span);
                 }
-            })
+            }
+            let frame = match (node.class, res) {
+                (SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll, Some(r)) => {
+                    if r.internal {
+                        continue;
+                    }
+                    if node.class == SpanClass::Resource {
+                        // The async op on it that comes next names it.
+                        let op_next = path.get(k + 1).is_some_and(|&c| {
+                            let c = &tree.nodes[c];
+                            c.class != SpanClass::Resource
+                                && self.resource_of(c.span).is_none_or(|cr| cr == r.id)
+                        });
+                        if op_next {
+                            continue;
+                        }
+                    }
+                    let source = (node.class != SpanClass::Resource)
+                        .then_some(node.label.as_deref())
+                        .flatten();
+                    let location = r
+                        .location
+                        .clone()
+                        .map(shown)
+                        .filter(is_user)
+                        .or_else(|| user_loc.clone());
+                    Frame {
+                        label: self.operation(r, source),
+                        location,
+                    }
+                }
+                (SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll, None) => {
+                    Frame {
+                        label: self.node_label(node),
+                        location: user_loc.clone(),
+                    }
+                }
+                _ => {
+                    let location = self.span_location(node.span, node.callsite);
+                    if let Some(l) = location.as_ref().filter(|l| is_user(l)) {
+                        user_loc = Some(l.clone());
+                    }
+                    Frame {
+                        label: self.node_label(node),
+                        location,
+                    }
+                }
+            };
+            // A resource left after its op was folded shows once.
+            if out.last() != Some(&frame) {
+                out.push(frame);
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// The await-tree path down to node `i`, innermost first, one
+    /// `label @ location` line per frame (see [`Process::await_frames`]).
+    pub fn await_path(&self, tree: &AwaitTree, i: usize) -> Vec<String> {
+        self.await_frames(tree, i)
+            .iter()
+            .map(Frame::to_string)
             .collect()
     }
 
@@ -134,8 +307,8 @@ impl Process {
             .is_some_and(Resource::is_timer)
     }
 
-    /// The span chain from `s` up through its parents, outermost first,
-    /// then the chain of spawning tasks from `task`.
+    /// The span chain from `s` up through its parents, then the chain of
+    /// spawning tasks from `task` up: innermost first, like a backtrace.
     pub fn trace(&self, s: Option<SpanId>, task: Option<SpanId>) -> Vec<String> {
         let mut out = Vec::new();
         let mut cur = s;
@@ -156,24 +329,22 @@ impl Process {
                 break;
             }
         }
-        out.reverse();
-        let mut tasks = Vec::new();
         let mut cur = task;
+        let mut tasks = 0;
         while let Some(id) = cur {
-            if tasks.len() >= 16 {
+            if tasks >= 16 {
                 break;
             }
             match self.task(id) {
                 Some(t) => {
-                    tasks.push(task_label(t));
+                    out.push(task_label(t));
+                    tasks += 1;
                     cur = t.parent;
                 }
                 None => break,
             }
         }
-        tasks.reverse();
-        tasks.extend(out);
-        tasks
+        out
     }
 
     /// The tokio task id a `runtime.join` span (an `awaitscope::JoinHandle`

@@ -26,6 +26,7 @@ pub mod span;
 pub mod stall;
 pub mod task;
 mod task_apply;
+pub mod timer;
 mod warm;
 
 pub use change::{Change, ChangeKind};

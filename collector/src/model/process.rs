@@ -41,7 +41,17 @@ pub struct ThreadState {
     /// Name, when sent.
     pub name: Option<String>,
     pub(crate) stack: Vec<Entered>,
+    /// The latest polls of [`RECENT_POLL_NS`] or more on this thread, as
+    /// (task, start, end), oldest first, at most [`RECENT_POLLS`]: who held
+    /// the thread while a timer was due.
+    pub recent_polls: std::collections::VecDeque<(SpanId, u64, u64)>,
 }
+
+/// Polls shorter than this are not kept in [`ThreadState::recent_polls`]:
+/// they cannot have made a timer late by much.
+pub const RECENT_POLL_NS: u64 = 1_000_000;
+/// Most polls kept per thread in [`ThreadState::recent_polls`].
+pub const RECENT_POLLS: usize = 32;
 /// One producer process and everything known about it.
 #[derive(Debug)]
 pub struct Process {
@@ -90,6 +100,8 @@ pub struct Process {
     /// The latest closed spans, to name them in what arrives after their
     /// close (a poll's await tree, a stall).
     pub closed_spans: ClosedSpans,
+    /// The latest late timer wakes (see [`super::timer`]), oldest first.
+    pub late_wakes: VecDeque<super::timer::LateWake>,
     /// Wall clock (Unix ns) when the latest live frame arrived, and the
     /// process clock then.
     pub(crate) last_wall: Option<(u64, u64)>,
@@ -132,6 +144,7 @@ impl Process {
             spans: FastMap::default(),
             tasks: FastMap::default(),
             completed: VecDeque::new(),
+            late_wakes: VecDeque::new(),
             summary: FastMap::default(),
             resources: FastMap::default(),
             closed_spans: ClosedSpans::default(),

@@ -27,7 +27,23 @@ pub struct Resource {
     pub holders: Vec<(SpanId, u32)>,
     /// Latest state-update fields (e.g. `locked`, `permits`), by name.
     pub state: Vec<(String, Value)>,
+    /// Where the latest lock holder took it: its await path (innermost
+    /// first, at most [`HELD_AT_FRAMES`] lines) at the end of the poll in
+    /// which the state update said `locked`.
+    pub held_at: Vec<String>,
+    /// A timer's deadline, ns since the process's start: when its state
+    /// update (the duration left) was sent, plus that duration.
+    pub deadline: Option<u64>,
 }
+
+/// The field of a timer's state update with the time left until its
+/// deadline (tokio's `Sleep`).
+pub const DURATION: &str = "duration";
+/// The unit of [`DURATION`] (`ms`).
+pub const DURATION_UNIT: &str = "duration.unit";
+
+/// Most frames kept of where a lock was taken ([`Resource::held_at`]).
+pub const HELD_AT_FRAMES: usize = 12;
 
 impl Resource {
     /// Whether waiting on this resource can take part in a deadlock.

@@ -361,6 +361,8 @@ impl ProcessSnapshot {
                         .iter()
                         .map(|&(span, task, node)| Entered { span, task, node })
                         .collect(),
+                    // Past polls only explain a late timer due now.
+                    recent_polls: Default::default(),
                 };
                 (t.id, th)
             })
@@ -710,6 +712,10 @@ impl ResourceSnap {
             created: self.created,
             holders: self.holders.clone(),
             state: self.state.clone(),
+            // Where a lock was taken and a timer's deadline are not kept
+            // across a snapshot: the next lock or timer sets them again.
+            held_at: Vec::new(),
+            deadline: None,
         }
     }
 }

@@ -230,6 +230,11 @@ pub struct Task {
     pub(crate) tree_changed: bool,
     /// Resources the task is waiting on (polled, not ready, in its last poll).
     pub waiting_on: Vec<SpanId>,
+    /// Locks whose state update said this task took them in the running
+    /// poll: at its end, each records where (its await path).
+    pub(crate) acquired: Vec<SpanId>,
+    /// The producer thread of its latest poll.
+    pub last_thread: Option<u32>,
     /// Recent WARN/ERROR events.
     pub logs: VecDeque<LogRecord>,
     /// WARN events seen.
@@ -282,6 +287,8 @@ impl Task {
             leaf: None,
             tree_changed: false,
             waiting_on: Vec::new(),
+            acquired: Vec::new(),
+            last_thread: None,
             logs: VecDeque::new(),
             warn_count: 0,
             error_count: 0,

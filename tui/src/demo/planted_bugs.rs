@@ -38,9 +38,13 @@ impl Future for ForgetfulFuture {
 /// Deliberate bug (`lost_waker`): spawns a task that waits on a
 /// [`ForgetfulFuture`] forever.
 pub fn spawn_lost_waker() -> JoinHandle<()> {
-    awaitscope::spawn_named("lost-waker", async {
-        ForgetfulFuture.await_point("forgetful future").await;
-    })
+    awaitscope::spawn_named("lost-waker", await_settlement())
+}
+
+/// Waits on a [`ForgetfulFuture`]: its task is never woken.
+#[instrument]
+async fn await_settlement() {
+    ForgetfulFuture.await_point("forgetful future").await;
 }
 
 /// Deliberate bug (`deadlock`, with the cycle): two tasks take two mutexes
@@ -49,21 +53,29 @@ pub async fn spawn_deadlock() -> (JoinHandle<()>, JoinHandle<()>) {
     let accounts = Arc::new(Mutex::new(0u64));
     let ledger = Arc::new(Mutex::new(0u64));
     let (a1, l1) = (accounts.clone(), ledger.clone());
-    let left = awaitscope::spawn_named("transfer-debit", async move {
-        let mut acc = a1.lock().await;
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let mut led = l1.lock().await;
-        *acc += 1;
-        *led += 1;
-    });
-    let right = awaitscope::spawn_named("transfer-audit", async move {
-        let mut led = ledger.lock().await;
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let mut acc = accounts.lock().await;
-        *acc += 1;
-        *led += 1;
-    });
+    let left = awaitscope::spawn_named("transfer-debit", transfer_debit(a1, l1));
+    let right = awaitscope::spawn_named("transfer-audit", transfer_audit(accounts, ledger));
     (left, right)
+}
+
+/// Takes the accounts, then the ledger.
+#[instrument(skip_all)]
+async fn transfer_debit(accounts: Arc<Mutex<u64>>, ledger: Arc<Mutex<u64>>) {
+    let mut acc = accounts.lock().await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut led = ledger.lock().await;
+    *acc += 1;
+    *led += 1;
+}
+
+/// Takes the ledger, then the accounts: the opposite order.
+#[instrument(skip_all)]
+async fn transfer_audit(accounts: Arc<Mutex<u64>>, ledger: Arc<Mutex<u64>>) {
+    let mut led = ledger.lock().await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut acc = accounts.lock().await;
+    *acc += 1;
+    *led += 1;
 }
 
 /// Burns the CPU for `ms` without yielding: the CPU-bound step of the
@@ -83,11 +95,7 @@ pub fn burn_cpu(ms: u64) -> u64 {
 /// tasks keep a ticker that wakes every 5 ms from being polled for tens of
 /// milliseconds.
 pub async fn starvation(rounds: u32) {
-    let ticker = awaitscope::spawn_named("ticker", async move {
-        for _ in 0..rounds * 20 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let ticker = awaitscope::spawn_named("ticker", tick(rounds * 20));
     let mut hogs = Vec::new();
     for i in 0..2 {
         hogs.push(awaitscope::spawn_named("cpu-hog", async move {
@@ -101,6 +109,14 @@ pub async fn starvation(rounds: u32) {
         let _ = h.await;
     }
     let _ = ticker.await;
+}
+
+/// Wakes every 5 ms, `ticks` times: the timer the hogs starve.
+#[instrument]
+async fn tick(ticks: u32) {
+    for _ in 0..ticks {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Deliberate bug (`starvation`): runs [`starvation`] on its own
@@ -190,10 +206,14 @@ pub fn spawn_self_waker(rounds: u32) -> JoinHandle<()> {
 /// (the sender is kept alive), pending on the same await point for ever.
 pub fn spawn_stuck() -> (JoinHandle<()>, oneshot::Sender<()>) {
     let (tx, rx) = oneshot::channel::<()>();
-    let h = awaitscope::spawn_named("await-reply", async move {
-        let _ = rx.await_point("reply from billing").await;
-    });
+    let h = awaitscope::spawn_named("await-reply", await_billing_reply(rx));
     (h, tx)
+}
+
+/// Waits for billing's reply.
+#[instrument(skip_all)]
+async fn await_billing_reply(rx: oneshot::Receiver<()>) {
+    let _ = rx.await_point("reply from billing").await;
 }
 
 /// Deliberate bug (`never_yielded` past 1 s): a task whose first poll runs

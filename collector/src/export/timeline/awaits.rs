@@ -122,7 +122,7 @@ pub(super) fn tree_sent(
         }
         let parent = path.last().and_then(|(_, i)| *i);
         let node = match p.spans.get(&n.span).or_else(|| p.closed.get(&n.span)) {
-            Some(s) if s.class != SpanClass::AsyncOpPoll => {
+            Some(s) if s.class != SpanClass::AsyncOpPoll && !s.folded => {
                 match tree
                     .iter()
                     .position(|x| x.span == n.span && x.parent == parent)

@@ -13,7 +13,7 @@ use super::state::{
 };
 use super::{Arg, Args, Ev, RootGroup, Track, TrackKind, WalkOptions};
 use crate::model::span::{self, Location};
-use crate::model::{Change, Observer, Process, Task};
+use crate::model::{labels, Change, Observer, Process, Task};
 
 /// The walk observing the model of one process: turns the changes it
 /// reports into timeline events.
@@ -146,9 +146,15 @@ impl Observe<'_, '_> {
         let p = &mut *self.p;
         let cs = m.callsites.get(&s.callsite);
         let (class, parent, fields) = (s.class, s.parent, &s.fields);
-        let own_loc = span::loc_fields(cs, fields)
-            .or_else(|| span::callsite_location(cs))
-            .map(|l| Arc::<str>::from(l.to_string()));
+        // Where the user sees it: recorded loc.* first, never a callsite in
+        // awaitscope's own files, registry paths short (as every trace).
+        let own_loc = labels::span_site(cs, fields).map(|l| Arc::<str>::from(l.to_string()));
+        // A resource internal to another (a Mutex's semaphore) and its ops
+        // are folded into the operation the user called: no await point.
+        let folded = m
+            .resource_of(id)
+            .and_then(|r| m.resources.get(&r))
+            .is_some_and(|r| r.internal);
         // The span's own label (the model's), else a fallback per class.
         let own = s.label.as_deref().map(String::from);
         let (label, loc): (String, Option<Arc<str>>) = match class {
@@ -193,6 +199,7 @@ impl Observe<'_, '_> {
                 label: label.into(),
                 point,
                 loc,
+                folded,
             },
         );
     }

@@ -22,6 +22,9 @@ pub(super) struct SpanW {
     pub(super) point: Arc<str>,
     /// Location (of a resource: its creation site).
     pub(super) loc: Option<Arc<str>>,
+    /// tokio-internal (a resource inside another, or an op on one): not a
+    /// node of await trees, as in the model's traces.
+    pub(super) folded: bool,
 }
 
 /// A node of a task's await tree as last sent: its span, its parent node

@@ -195,8 +195,8 @@ pub fn finding_trace<'a>(trace: &'a [String], indent: usize, t: &Theme) -> Vec<L
     out
 }
 
-/// A spawn chain or causal trace of a task, as an indented chain, root
-/// first.
+/// A trace as an indented chain, innermost first (each line called from,
+/// or spawned by, the one before it).
 pub fn trace_lines<'a>(trace: &'a [String], t: &Theme) -> Vec<Line<'a>> {
     let tree = t.tree();
     trace
@@ -219,18 +219,21 @@ pub fn trace_lines<'a>(trace: &'a [String], t: &Theme) -> Vec<Line<'a>> {
 }
 
 /// Whether the finding's trace is a deadlock's cycle of `A waits on R held
-/// by B` steps (drawn as a cycle); any other trace is drawn as a trace.
+/// by B` steps, each maybe followed by indented lines (where A waits, what
+/// it holds), drawn as a cycle; any other trace is drawn as a trace.
 fn is_cycle(fr: &FindingRow) -> bool {
     fr.kind == FindingKind::Deadlock
         && !fr.trace.is_empty()
         && fr
             .trace
             .iter()
+            .filter(|l| !l.starts_with(char::is_whitespace))
             .all(|l| l.contains(" waits on ") && l.contains(" held by "))
 }
 
 /// A deadlock cycle: each step `A waits on R held by B`, drawn as
-/// task -> resource -> task, back to the first task.
+/// task -> resource -> task, back to the first task; the indented lines
+/// after a step (where A waits, what it holds) are shown under it.
 pub fn cycle_lines<'a>(fr: &'a FindingRow, t: &Theme) -> Vec<Line<'a>> {
     let down = if t.ascii { "|" } else { "│" };
     let arrow = if t.ascii { "v" } else { "▼" };
@@ -238,6 +241,13 @@ pub fn cycle_lines<'a>(fr: &'a FindingRow, t: &Theme) -> Vec<Line<'a>> {
     let mut out = Vec::new();
     let mut first = None;
     for step in &fr.trace {
+        if step.starts_with(' ') {
+            // Under a step, before its "held by": where its task waits and
+            // what it holds.
+            let at = out.len().saturating_sub(1);
+            out.insert(at, Line::from(format!("    {down}{step}")));
+            continue;
+        }
         let (task, rest) = step.split_once(" waits on ").unwrap_or((step.as_str(), ""));
         let (res, holder) = rest.split_once(" held by ").unwrap_or((rest, ""));
         first.get_or_insert(task);

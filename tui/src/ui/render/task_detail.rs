@@ -262,7 +262,7 @@ fn other_lines<'a>(d: &'a TaskDetail, t: &Theme) -> Vec<Line<'a>> {
         }
     }
     if !d.causal.is_empty() {
-        out.push(section("Causal trace (root first)", t));
+        out.push(section("Causal trace (innermost first)", t));
         out.extend(trace_lines(&d.causal, t));
     }
     out

@@ -1,0 +1,93 @@
+//! `starvation` by a late timer: a tokio timer (`Sleep`) whose wake came
+//! later than the starvation threshold past its deadline. The task's wait
+//! for a poll after the wake can look fine; the time was lost before the
+//! wake, while the thread that runs the timers was busy polling other
+//! tasks. The model keeps these wakes ([`crate::model::timer`]); the
+//! finding names the late task's await path and the tasks whose polls held
+//! its thread meanwhile.
+
+use std::collections::HashMap;
+
+use awaitscope_wire::ProcessKey;
+
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use crate::model::task::group_key;
+use crate::model::timer::LateWake;
+use crate::model::{task_label, Process};
+use crate::units::fmt_ns_brief;
+
+/// The late-timer `starvation` detector: at each scan, reports the late
+/// wakes the model kept since the last scan.
+#[derive(Debug, Default)]
+pub struct LateTimer {
+    /// Per process, the wake time of the latest late wake reported.
+    reported: HashMap<ProcessKey, u64>,
+}
+
+impl Detector for LateTimer {
+    fn kind(&self) -> FindingKind {
+        FindingKind::Starvation
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            scan: true,
+            ..Hooks::default()
+        }
+    }
+
+    fn on_scan(&mut self, p: &Process, _now: u64, cx: &mut Cx<'_>) {
+        let seen = self.reported.entry(p.key).or_default();
+        for w in p.late_wakes.iter().filter(|w| w.woken > *seen) {
+            if let Some(o) = observe(p, w, cx.thresholds.starvation_ns) {
+                cx.observe(o);
+            }
+        }
+        if let Some(last) = p.late_wakes.back() {
+            *seen = (*seen).max(last.woken);
+        }
+    }
+}
+
+/// The finding of late wake `w`.
+pub fn observe(p: &Process, w: &LateWake, threshold: u64) -> Option<Observation> {
+    let t = p.task(w.task)?;
+    let late = w.woken.saturating_sub(w.deadline);
+    let mut trace = w.path.clone();
+    let mut tasks = vec![FindingTask::of(t)];
+    let mut names = Vec::new();
+    for (h, busy) in &w.hogs {
+        if let Some(ht) = p.task(*h) {
+            trace.push(format!(
+                "held the thread: {} (polled {} past the deadline)",
+                task_label(ht),
+                fmt_ns_brief(*busy)
+            ));
+            names.push(task_label(ht));
+            tasks.push(FindingTask::of(ht));
+        }
+    }
+    let what = w.path.first().map_or("its timer", String::as_str);
+    let by = if names.is_empty() {
+        String::new()
+    } else {
+        format!("; the thread was busy polling {}", names.join(", "))
+    };
+    Some(Observation {
+        kind: FindingKind::Starvation,
+        process: p.key,
+        key: format!("timer|{}", group_key(t)),
+        tasks,
+        location: w.location.clone().or_else(|| t.location.clone()),
+        message: format!(
+            "{} was woken {} after its timer's deadline ({what}; threshold {}){by}",
+            task_label(t),
+            fmt_ns_brief(late),
+            fmt_ns_brief(threshold)
+        ),
+        trace,
+        duration_ns: Some(late),
+        ts: w.woken,
+        new_occurrence: true,
+    })
+}

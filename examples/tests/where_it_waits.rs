@@ -1,0 +1,331 @@
+//! Findings say where, in the user's code: small real programs, recorded
+//! under awaitscope's test harness, whose findings must name the
+//! instrumented functions the task is in, innermost first, and never a
+//! file of awaitscope's own or an absolute path.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use awaitscope::testing::TestBuilder;
+use awaitscope_collector::{Config, Finding, FindingKind};
+use tokio::sync::{oneshot, Mutex};
+use tracing::instrument;
+
+/// The findings of `kind` in `findings`.
+fn of_kind(findings: &[Finding], kind: FindingKind) -> Vec<&Finding> {
+    findings.iter().filter(|f| f.kind == kind).collect()
+}
+
+/// The index of the first trace line containing `needle`.
+fn line_of(trace: &[String], needle: &str) -> usize {
+    trace
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in {trace:#?}"))
+}
+
+/// No trace line points into awaitscope's files, into tokio's, or at an
+/// absolute path.
+fn assert_user_frames(f: &Finding) {
+    for l in &f.trace {
+        assert!(
+            !l.contains("instrument/src/") && !l.contains("@ /") && !l.contains("tokio-1."),
+            "a frame the user cannot act on: {l:?} in {:#?}",
+            f.trace
+        );
+    }
+}
+
+/// The harness's configuration with a short `stuck` threshold.
+fn config(stuck: Duration) -> Config {
+    let mut c = Config::default();
+    c.thresholds.long_poll_ns = 100_000_000;
+    c.thresholds.lost_waker_grace_ns = 1_000_000;
+    c.thresholds.deadlock_grace_ns = 1_000_000;
+    c.thresholds.stuck_ns = stuck.as_nanos() as u64;
+    c
+}
+
+#[instrument(skip_all)]
+async fn transfer_a_to_b(a: Arc<Mutex<u64>>, b: Arc<Mutex<u64>>) {
+    let mut from = a.lock().await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut to = b.lock().await;
+    *from -= 1;
+    *to += 1;
+}
+
+#[instrument(skip_all)]
+async fn transfer_b_to_a(a: Arc<Mutex<u64>>, b: Arc<Mutex<u64>>) {
+    let mut from = b.lock().await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut to = a.lock().await;
+    *from -= 1;
+    *to += 1;
+}
+
+#[test]
+fn a_deadlock_names_the_functions_where_each_task_waits_and_took_its_lock() {
+    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
+    rt.block_on(async {
+        let a = Arc::new(Mutex::new(10u64));
+        let b = Arc::new(Mutex::new(10u64));
+        tokio::spawn(transfer_a_to_b(a.clone(), b.clone()));
+        tokio::spawn(transfer_b_to_a(a, b));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    let found = of_kind(&outcome.findings, FindingKind::Deadlock);
+    assert_eq!(found.len(), 1, "{:#?}", outcome.findings);
+    let f = found[0];
+    assert_user_frames(f);
+    let trace = &f.trace;
+    // Each task: where it waits, innermost first (the lock operation,
+    // then the function it is in), and where it took what it holds.
+    for name in ["transfer_a_to_b", "transfer_b_to_a"] {
+        let waits = trace
+            .iter()
+            .position(|l| l.contains("waiting in") && l.contains(name))
+            .unwrap_or_else(|| panic!("{name} not named where it waits: {trace:#?}"));
+        assert!(
+            trace[waits - 1].contains("waiting in tokio::sync::Mutex::lock"),
+            "the lock first, then {name}: {trace:#?}"
+        );
+        let taken = trace.iter().enumerate().position(|(i, l)| {
+            l.contains(name) && i > 0 && !l.contains("waiting in") && {
+                // Inside a "holds ..., taken in:" block.
+                trace[..i]
+                    .iter()
+                    .rev()
+                    .find(|p| !p.starts_with("    "))
+                    .is_some_and(|p| p.contains("holds Mutex"))
+            }
+        });
+        assert!(taken.is_some(), "where {name} took its lock: {trace:#?}");
+    }
+}
+
+/// The hog: burns the CPU for `ms` without yielding.
+fn burn(ms: u64) -> u64 {
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut x = 0u64;
+    while Instant::now() < end {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+    }
+    x
+}
+
+#[instrument]
+async fn ticker() {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[test]
+fn a_timer_fired_late_is_starvation_naming_the_ticker_and_the_hogs() {
+    let guard = TestBuilder::default().fail_on(&[]).start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let ticker = tokio::spawn(ticker());
+        // The ticker's first poll starts its timer.
+        tokio::task::yield_now().await;
+        let hogs: Vec<_> = (0..3).map(|_| tokio::spawn(async { burn(120) })).collect();
+        for h in hogs {
+            let _ = h.await;
+        }
+        let _ = ticker.await;
+    });
+    drop(rt);
+    let outcome = guard.finish();
+    let late: Vec<_> = of_kind(&outcome.findings, FindingKind::Starvation)
+        .into_iter()
+        .filter(|f| f.message.contains("after its timer's deadline"))
+        .collect();
+    assert_eq!(late.len(), 1, "{:#?}", outcome.findings);
+    let f = late[0];
+    assert_user_frames(f);
+    let sleep = line_of(
+        &f.trace,
+        "tokio::time::sleep @ examples/tests/where_it_waits.rs",
+    );
+    let ticker = line_of(&f.trace, "ticker @ examples/tests/where_it_waits.rs");
+    assert!(sleep < ticker, "innermost first: {:#?}", f.trace);
+    let hogs = f
+        .trace
+        .iter()
+        .filter(|l| l.starts_with("held the thread"))
+        .count();
+    assert!(hogs >= 2, "the hogs that held the thread: {:#?}", f.trace);
+    assert!(f.tasks.len() > 2, "{:#?}", f.tasks);
+}
+
+#[test]
+fn short_timers_on_an_idle_runtime_are_not_late() {
+    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
+    rt.block_on(async {
+        let sleepers: Vec<_> = (0..20)
+            .map(|i| {
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        tokio::time::sleep(Duration::from_millis(1 + i % 5)).await;
+                    }
+                })
+            })
+            .collect();
+        for s in sleepers {
+            let _ = s.await;
+        }
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    let late = of_kind(&outcome.findings, FindingKind::Starvation).len();
+    assert_eq!(late, 0, "{:#?}", outcome.findings);
+}
+
+/// A future that returns `Pending` without keeping the waker (a bug).
+struct Forgetful;
+
+impl Future for Forgetful {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
+#[instrument]
+async fn wait_for_callback() {
+    Forgetful.await;
+}
+
+#[instrument]
+async fn sync_ledger() {
+    wait_for_callback().await;
+}
+
+#[test]
+fn a_lost_waker_names_the_functions_innermost_first() {
+    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
+    rt.block_on(async {
+        tokio::spawn(sync_ledger());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    let found = of_kind(&outcome.findings, FindingKind::LostWaker);
+    assert_eq!(found.len(), 1, "{:#?}", outcome.findings);
+    let f = found[0];
+    assert_user_frames(f);
+    assert!(f.trace[0].contains("wait_for_callback @ examples/tests/where_it_waits.rs"));
+    assert!(f.trace[1].contains("sync_ledger @ examples/tests/where_it_waits.rs"));
+}
+
+#[instrument(skip_all)]
+async fn await_billing_reply(rx: oneshot::Receiver<u32>) -> Option<u32> {
+    rx.await.ok()
+}
+
+#[instrument(skip_all)]
+async fn checkout(rx: oneshot::Receiver<u32>) -> Option<u32> {
+    await_billing_reply(rx).await
+}
+
+#[test]
+fn a_task_stuck_on_a_oneshot_names_both_functions_innermost_first() {
+    let (rt, guard) = TestBuilder::default()
+        .fail_on(&[])
+        .config(config(Duration::from_millis(100)))
+        .runtime();
+    let (tx, rx) = oneshot::channel::<u32>();
+    rt.block_on(async {
+        tokio::spawn(checkout(rx));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    drop(tx);
+    let found = of_kind(&outcome.findings, FindingKind::Stuck);
+    assert_eq!(found.len(), 1, "{:#?}", outcome.findings);
+    let f = found[0];
+    assert_user_frames(f);
+    let inner = line_of(
+        &f.trace,
+        "await_billing_reply @ examples/tests/where_it_waits.rs",
+    );
+    let outer = line_of(&f.trace, "checkout @ examples/tests/where_it_waits.rs");
+    assert!(inner < outer, "innermost first: {:#?}", f.trace);
+    assert!(f.trace[0].contains("oneshot"), "{:#?}", f.trace);
+}
+
+#[instrument(skip_all)]
+async fn settle(m: Arc<Mutex<u64>>) {
+    let mut g = m.lock().await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    *g += 1;
+}
+
+/// The Markdown report's "Slowest awaits" names labelled awaits, joins and
+/// tokio locks at the user's lines: none of awaitscope's files, no
+/// `batch_semaphore`/`Acquire::new` from tokio's, no absolute path.
+#[test]
+fn slowest_awaits_are_at_the_users_lines() {
+    use awaitscope::AwaitPoint;
+    use awaitscope_collector::export::{self, markdown, TimelineOptions};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let memory = awaitscope::MemoryRecording::new();
+    let (layer, guard) = awaitscope::Builder::new().record_in_memory(&memory).build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    {
+        let _d = tracing::dispatcher::set_default(&dispatch);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let m = Arc::new(Mutex::new(0u64));
+            let mut joins = Vec::new();
+            for _ in 0..4 {
+                joins.push(awaitscope::spawn(settle(m.clone())));
+            }
+            for j in joins {
+                let _ = j.await;
+            }
+            tokio::time::sleep(Duration::from_millis(3))
+                .await_point("cool down")
+                .await;
+        });
+    }
+    drop(guard);
+    drop(dispatch);
+    let r = export::render_recording("t.rec", &memory.bytes(), TimelineOptions::default())
+        .expect("the recording decodes");
+    let md = markdown::render(&r.report, &r.walk, &markdown::Options::default());
+    let table = md
+        .split("## Slowest awaits")
+        .nth(1)
+        .expect("a Slowest awaits section");
+    let table = table.split("\n## ").next().unwrap_or(table);
+    for bad in [
+        "instrument/src/",
+        "batch_semaphore",
+        "Acquire::new",
+        "| `/",
+        "@ /",
+    ] {
+        assert!(!table.contains(bad), "{bad:?} in:\n{table}");
+    }
+    assert!(
+        table.contains("cool down @ examples/tests/where_it_waits.rs"),
+        "{table}"
+    );
+    assert!(
+        table.contains("join @ examples/tests/where_it_waits.rs"),
+        "{table}"
+    );
+}
