@@ -28,22 +28,33 @@ fn runtime_crate(krate: &str) -> bool {
 }
 
 /// The crate a demangled function name belongs to (`<` of a trait impl
-/// skipped): `tokio` of `<tokio::task::JoinHandle<T> as ...>::poll`.
+/// skipped): `tokio` of `<tokio::task::JoinHandle<T> as ...>::poll`. `None`
+/// for a name that does not start with a path (a C function; the short
+/// names of inlined frames without full debug info, `{async_fn#0}`,
+/// `poll<app::Job>`).
 fn crate_of(function: &str) -> Option<&str> {
     let f = function.trim_start_matches('<').trim_start_matches('&');
     let f = f.strip_prefix("mut ").unwrap_or(f);
-    f.split_once("::").map(|(k, _)| k)
+    let (k, _) = f.split_once("::")?;
+    (!k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(k)
+}
+
+/// Whether a frame is C code (the C library, the thread start, the signal
+/// trampoline): a C source file, or no file and a name that is no path.
+fn is_c(function: &str, file: Option<&str>) -> bool {
+    match file {
+        None => !function.contains("::"),
+        Some(f) => [".c", ".h", ".S", ".s", ".cc", ".cpp"]
+            .iter()
+            .any(|e| f.ends_with(e)),
+    }
 }
 
 /// Whose code a frame is, from its function's name and its file as
 /// [`paths::display`] shows it.
 pub(crate) fn classify(function: &str, file: Option<&str>) -> FrameOrigin {
-    match crate_of(function) {
-        Some(k) if runtime_crate(k) => return FrameOrigin::Runtime,
-        // A C function (the C library, the thread start, the trampoline),
-        // with or without debug info.
-        None => return FrameOrigin::Runtime,
-        _ => {}
+    if crate_of(function).is_some_and(runtime_crate) || is_c(function, file) {
+        return FrameOrigin::Runtime;
     }
     let Some(file) = file else {
         return FrameOrigin::User;
