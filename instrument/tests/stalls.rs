@@ -435,3 +435,62 @@ fn many_crossings_under_load() {
     let ends = c.stalls.iter().filter(|s| s.ended).count();
     assert!(ends + 2 >= crossings, "{ends} ends of {crossings}");
 }
+
+const CHILD_ENV: &str = "AWAITSCOPE_TEST_STALL_CHILD";
+
+/// The child program of [`environment_turns_stacks_off`]: configured by the
+/// environment only, as `init()` users are.
+#[test]
+#[ignore = "run by environment_turns_stacks_off in a child process"]
+fn env_child_program() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let memory = MemoryRecording::new();
+    let b = awaitscope::Builder::from_env().record_in_memory(&memory);
+    run(Flavor::MultiThread, b, |_| async {
+        awaitscope::spawn_named("checkout", checkout())
+            .await
+            .unwrap();
+    });
+    let c = Captured::from_frames(memory.frames().expect("recording decodes"));
+    let st = crossing(&c, "checkout");
+    // The parent checks what the child printed.
+    println!(
+        "STALL stack={:?} frames={} spans_ok={}",
+        st.stack,
+        st.frames.len(),
+        st.spans == vec![c.span("charge_card").id, c.span("checkout").id]
+    );
+}
+
+#[test]
+fn environment_turns_stacks_off() {
+    let run_child = |stacks: &str, long_poll: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "env_child_program", "--ignored", "--nocapture"])
+            .env(CHILD_ENV, "1")
+            .env("AWAITSCOPE_ADDR", "off")
+            .env_remove("AWAITSCOPE_RECORD")
+            .env("AWAITSCOPE_STACKS", stacks)
+            .env("AWAITSCOPE_LONG_POLL", long_poll)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "child failed: {text}");
+        text
+    };
+    let off = run_child("off", "20ms");
+    assert!(
+        off.contains("STALL stack=Off frames=0 spans_ok=true"),
+        "{off}"
+    );
+    let on = run_child("on", "20ms");
+    if cfg!(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )) {
+        assert!(on.contains("STALL stack=Sampled"), "{on}");
+        assert!(on.contains("spans_ok=true"), "{on}");
+    }
+}
