@@ -16,6 +16,10 @@ use crate::stacks::sched::{Reading, SchedReader};
 use crate::stacks::symbols::{Job, SymbolsThread};
 use crate::stacks::{self, NoSample, StallConfig};
 
+/// How often the statistics of a sampled poll still running are read
+/// again (the end's fallback), in ns.
+const REFRESH_NS: u64 = 5_000_000;
+
 /// A stall on its way out: the thread it happened on (index and name, for
 /// the `Thread` event before it) and the event without its frames.
 pub(super) struct Pending {
@@ -123,7 +127,12 @@ impl Watchdog {
         }
         let w = &mut self.watches[i];
         if w.sampled.is_some() {
-            w.last = self.sched.read(slot.tid(), now).or(w.last);
+            // At most every few ms: a busy exporter drains every 100 us.
+            if w.last
+                .is_none_or(|l| now.saturating_sub(l.at) >= REFRESH_NS)
+            {
+                w.last = self.sched.read(slot.tid(), now).or(w.last);
+            }
             return None;
         }
         if elapsed < self.config.threshold_ns {
