@@ -1,6 +1,7 @@
 //! Configuration from the environment.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default address of the collector (`awaitscope serve`, or the TUI).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:6670";
@@ -19,6 +20,11 @@ pub(crate) struct EnvConfig {
     pub record: Option<PathBuf>,
     /// `AWAITSCOPE_TOKEN`: token to present to a collector that needs one.
     pub token: Option<String>,
+    /// `AWAITSCOPE_LONG_POLL` (`25ms`, `1s`, `500us`; a bare number is
+    /// milliseconds): the stall threshold, when set and valid.
+    pub long_poll: Option<Duration>,
+    /// `AWAITSCOPE_STACKS=off` (or `0`, `false`, `no`): no native stacks.
+    pub stacks: bool,
 }
 
 impl EnvConfig {
@@ -43,13 +49,36 @@ impl EnvConfig {
             .filter(|v| !v.trim().is_empty())
             .map(|v| PathBuf::from(v.replace("{pid}", &std::process::id().to_string())));
         let token = var("AWAITSCOPE_TOKEN").filter(|v| !v.is_empty());
+        let long_poll = var("AWAITSCOPE_LONG_POLL").and_then(|v| parse_duration(&v));
+        let stacks = var("AWAITSCOPE_STACKS").is_none_or(|v| !off(&v));
         Self {
             enabled,
             addr,
             record,
             token,
+            long_poll,
+            stacks,
         }
     }
+}
+
+/// A duration as `AWAITSCOPE_LONG_POLL` gives it: a number with a unit
+/// (`ns`, `us`, `ms`, `s`), milliseconds without one.
+pub(crate) fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let ns = match unit.trim() {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "" | "ms" => 1e6,
+        "s" => 1e9,
+        _ => return None,
+    };
+    (n.is_finite() && n >= 0.0).then(|| Duration::from_nanos((n * ns) as u64))
 }
 
 #[cfg(test)]
@@ -70,6 +99,32 @@ mod tests {
         assert!(c.enabled);
         assert_eq!(c.addr.as_deref(), Some("127.0.0.1:6670"));
         assert_eq!(c.record, None);
+        assert_eq!(c.long_poll, None);
+        assert!(c.stacks);
+    }
+
+    #[test]
+    fn long_poll_and_stacks() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            cfg(&[("AWAITSCOPE_LONG_POLL", "25ms")]).long_poll,
+            Some(ms(25))
+        );
+        assert_eq!(
+            cfg(&[("AWAITSCOPE_LONG_POLL", "1.5s")]).long_poll,
+            Some(ms(1500))
+        );
+        assert_eq!(
+            cfg(&[("AWAITSCOPE_LONG_POLL", "40")]).long_poll,
+            Some(ms(40))
+        );
+        assert_eq!(
+            cfg(&[("AWAITSCOPE_LONG_POLL", "500us")]).long_poll,
+            Some(Duration::from_micros(500))
+        );
+        assert_eq!(cfg(&[("AWAITSCOPE_LONG_POLL", "soon")]).long_poll, None);
+        assert!(!cfg(&[("AWAITSCOPE_STACKS", "off")]).stacks);
+        assert!(cfg(&[("AWAITSCOPE_STACKS", "on")]).stacks);
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! | `AWAITSCOPE_ADDR` | collector to stream to (default `127.0.0.1:6670`; `off`: none) |
 //! | `AWAITSCOPE_RECORD` | path of a recording file to write (`{pid}` is replaced by the process id) |
 //! | `AWAITSCOPE_TOKEN` | token to present to a collector that requires one |
+//! | `AWAITSCOPE_LONG_POLL` | stall threshold: a poll running this long is sampled once (default `10ms`) |
+//! | `AWAITSCOPE_STACKS=off` | sample no native stacks of long polls (their async stacks still go out) |
 //! | `AWAITSCOPE=off` | install nothing |
 //! | `RUST_LOG` | filter of the log output printed to stderr (default `warn`) |
 //!
@@ -48,6 +50,7 @@ mod names;
 mod panic;
 mod span_node;
 pub mod spawn;
+mod stacks;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -136,6 +139,7 @@ pub struct Builder {
     memory: Option<MemoryRecording>,
     token: Option<String>,
     ring_capacity: usize,
+    stall: stacks::StallConfig,
 }
 
 impl Builder {
@@ -151,6 +155,13 @@ impl Builder {
             memory: None,
             token: env.token,
             ring_capacity: DEFAULT_RING_CAPACITY,
+            stall: stacks::StallConfig {
+                threshold_ns: env
+                    .long_poll
+                    .unwrap_or(stacks::DEFAULT_LONG_POLL)
+                    .as_nanos() as u64,
+                stacks: env.stacks,
+            },
         }
     }
 
@@ -163,6 +174,7 @@ impl Builder {
             memory: None,
             token: None,
             ring_capacity: DEFAULT_RING_CAPACITY,
+            stall: stacks::StallConfig::default(),
         }
     }
 
@@ -208,6 +220,24 @@ impl Builder {
         self
     }
 
+    /// The stall threshold (default 10 ms, `AWAITSCOPE_LONG_POLL`): a poll
+    /// running this long is sampled once while it runs (the spans it is in,
+    /// its worker's native stack and scheduler statistics) and sent as a
+    /// `Stall` event. Use the collector's long-poll threshold.
+    pub fn long_poll(mut self, threshold: Duration) -> Self {
+        self.stall.threshold_ns = threshold.as_nanos().min(u64::MAX as u128) as u64;
+        self
+    }
+
+    /// Whether long polls' native stacks are sampled (default on;
+    /// `AWAITSCOPE_STACKS=off`). Off, a stall still carries its async stack
+    /// and scheduler statistics. Native stacks are sampled on Linux
+    /// (x86_64, aarch64) only.
+    pub fn native_stacks(mut self, on: bool) -> Self {
+        self.stall.stacks = on;
+        self
+    }
+
     /// Builds the layer and guard. A recording that cannot be created is
     /// reported on stderr and skipped; see [`Builder::try_build`].
     pub fn build(self) -> (AwaitscopeLayer, Guard) {
@@ -250,7 +280,7 @@ impl Builder {
         };
         let info = process_info(self.token);
         panic::register(&capture);
-        let exporter = export::start(capture.clone(), destinations, info, process);
+        let exporter = export::start(capture.clone(), destinations, info, process, self.stall);
         Ok((
             AwaitscopeLayer {
                 capture: Some(capture),

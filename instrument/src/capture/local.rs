@@ -15,7 +15,7 @@
 //! its spans. Exits need no lookup: they pop this thread's stack.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use awaitscope_wire::{SpanClass, WakeOp};
@@ -86,18 +86,35 @@ enum Kind {
 /// (the exporter also knows which polls already ended). Aligned to its own
 /// cache lines: threads' slots are allocated side by side, and sharing a
 /// line would make the workers' writes at every poll contend.
+///
+/// It also shows the spans entered inside that poll (its async stack), for
+/// the stall watchdog to read while the poll runs: `spans[..depth]`,
+/// outermost first, each written (relaxed) before `depth` is (release).
+/// A reader checks that the slot still shows the same poll after reading
+/// them (see [`PollSlot::read_spans`]). The worker's thread id is set once,
+/// when the thread registers, for the watchdog to signal it.
 #[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct PollSlot {
     span: AtomicU64,
     start: AtomicU64,
+    /// Spans entered in the poll and not exited (may exceed `SLOT_SPANS`).
+    depth: AtomicUsize,
+    /// The first `SLOT_SPANS` of them, outermost first.
+    spans: [AtomicU64; SLOT_SPANS],
+    /// The owning thread's kernel thread id (0: unknown).
+    tid: AtomicU64,
 }
+
+/// Spans of a poll's async stack published in its thread's [`PollSlot`].
+pub(crate) const SLOT_SPANS: usize = TREE;
 
 impl PollSlot {
     /// Publishes the poll of `span` started at raw time `start`. Only the
     /// owning thread calls it.
     #[inline]
     fn publish(&self, span: u64, start: u64) {
+        self.depth.store(0, Ordering::Relaxed);
         self.start.store(start, Ordering::Relaxed);
         self.span.store(span, Ordering::Release);
     }
@@ -112,6 +129,50 @@ impl PollSlot {
     #[inline]
     fn shows(&self, span: u64) -> bool {
         self.span.load(Ordering::Relaxed) == span
+    }
+
+    /// A span was entered in the poll at in-poll depth `depth` (0 for the
+    /// outermost). Only the owning thread calls it.
+    #[inline(always)]
+    fn push_span(&self, depth: usize, span: u64) {
+        if let Some(s) = self.spans.get(depth) {
+            s.store(span, Ordering::Relaxed);
+        }
+        self.depth.store(depth + 1, Ordering::Release);
+    }
+
+    /// The poll's spans are now `depth` deep. Only the owning thread calls it.
+    #[inline(always)]
+    fn set_depth(&self, depth: usize) {
+        self.depth.store(depth, Ordering::Release);
+    }
+
+    /// Records the owning thread's kernel id.
+    pub fn set_tid(&self, tid: u64) {
+        self.tid.store(tid, Ordering::Relaxed);
+    }
+
+    /// The owning thread's kernel id, 0 if unknown.
+    pub fn tid(&self) -> u64 {
+        self.tid.load(Ordering::Relaxed)
+    }
+
+    /// The spans entered in the poll `(span, start)` (as [`PollSlot::read`]
+    /// gave it), innermost first, into `out`; false (and `out` unspecified)
+    /// when the slot no longer shows that poll. The owner may push and pop
+    /// while this reads: the result is a stack it had at some moment during
+    /// the read, or, rarely, a mix of two adjacent ones.
+    pub fn read_spans(&self, poll: (u64, u64), out: &mut Vec<u64>) -> bool {
+        out.clear();
+        let depth = self.depth.load(Ordering::Acquire).min(SLOT_SPANS);
+        out.extend(
+            self.spans[..depth]
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed)),
+        );
+        out.reverse();
+        std::sync::atomic::fence(Ordering::Acquire);
+        self.read() == Some(poll)
     }
 
     /// The poll in progress as (span, raw start), if any.
@@ -434,6 +495,7 @@ impl Local {
         f.sid = sid;
         f.kind = Kind::InPoll;
         self.frames.len = len + 1;
+        self.slot.push_span(depth as usize, sid);
     }
 
     /// [`Local::enter_reg`] apart from [`Local::enter_known_in_poll`]: task
@@ -784,6 +846,7 @@ impl Local {
             let f = &self.frames.items[len - 1];
             if f.reg == reg && f.kind == Kind::InPoll {
                 self.frames.len = len - 1;
+                self.slot.set_depth(len - 1 - self.task);
                 return true;
             }
         }
@@ -812,7 +875,11 @@ impl Local {
             self.repair_after_out_of_order_exit(pos);
         }
         match frame.kind {
-            Kind::InPoll => {}
+            Kind::InPoll => {
+                if self.task != 0 {
+                    self.slot.set_depth(self.frames.len() - self.task);
+                }
+            }
             Kind::Outside => {
                 let ts = shared.raw();
                 self.push(Raw::Exit {
@@ -1157,6 +1224,7 @@ fn new_local(shared: &Arc<Capture>) -> Local {
     let (producer, consumer) = rtrb::RingBuffer::new(super::INITIAL_RING.min(shared.ring_capacity));
     let dropped = Arc::new(AtomicU64::new(0));
     let slot = Arc::new(PollSlot::default());
+    slot.set_tid(crate::stacks::current_tid());
     let thread = shared.register_ring(consumer, dropped.clone(), slot.clone(), None);
     Local {
         instance: shared.instance,

@@ -10,6 +10,7 @@
 //! counted.
 
 pub(crate) mod destination;
+mod watchdog;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,6 +26,7 @@ use crate::capture::{Capture, Ring};
 use crate::names;
 use crate::span_node::SpanNode;
 use destination::Destination;
+use watchdog::Watchdog;
 
 /// Most closes kept waiting for their span's creation (see
 /// `Exporter::early_closes`).
@@ -149,6 +151,7 @@ pub(crate) fn start(
     destinations: Vec<Destination>,
     info: ProcessInfo,
     process: ProcessKey,
+    stall: crate::stacks::StallConfig,
 ) -> ExporterHandle {
     let requests = Arc::new(Requests::default());
     let model = Arc::new(Mutex::new(AwaitModel::default()));
@@ -176,6 +179,8 @@ pub(crate) fn start(
         frame: wire::EventsFrame::new(),
         buf: Vec::new(),
         last_flush: Instant::now(),
+        watchdog: Watchdog::new(stall),
+        next_check: None,
     };
     let c = requests.clone();
     let capture = exporter.capture.clone();
@@ -236,6 +241,11 @@ struct Exporter {
     frame: wire::EventsFrame,
     buf: Vec<u8>,
     last_flush: Instant,
+    /// Samples polls that run past the stall threshold.
+    watchdog: Watchdog,
+    /// Look at the poll slots again this soon (a poll nears the stall
+    /// threshold), rather than after the usual tick.
+    next_check: Option<Duration>,
 }
 
 impl Exporter {
@@ -284,6 +294,7 @@ impl Exporter {
                 continue;
             }
             let wait = if n > 0 { BUSY_TICK } else { TICK };
+            let wait = self.next_check.map_or(wait, |d| d.min(wait));
             let _ = requests.cond.wait_timeout(st, wait);
         }
     }
@@ -490,15 +501,26 @@ impl Exporter {
     /// poll that records nothing sends its start with its end): a task
     /// blocking its worker shows as running while it blocks.
     fn announce_polls(&mut self, shared: &Capture, rings: &[Ring]) {
-        let now = shared.nanos(shared.raw());
+        self.next_check = None;
         for (i, ring) in rings.iter().enumerate() {
             // A thread's rings share its slot: read it once.
             if rings[..i].iter().any(|r| r.thread == ring.thread) {
                 continue;
             }
+            let soon = self.watchdog.check(
+                ring.thread,
+                &ring.name,
+                &ring.poll,
+                shared,
+                ANNOUNCE_AFTER_NS,
+            );
+            if let Some(d) = soon {
+                self.next_check = Some(self.next_check.map_or(d, |n| n.min(d)));
+            }
             let Some((span, start)) = ring.poll.read() else {
                 continue;
             };
+            let now = shared.nanos(shared.raw());
             if now.saturating_sub(shared.nanos(start)) < ANNOUNCE_AFTER_NS {
                 continue;
             }
@@ -513,6 +535,17 @@ impl Exporter {
                 span: SpanId(span),
                 ts: shared.nanos(start),
             });
+        }
+        // Stalls come back from symbolising in order; at the end, wait
+        // (bounded) for those still on their way.
+        let wait = if self.stopping {
+            STALLS_AT_EXIT
+        } else {
+            Duration::ZERO
+        };
+        for p in self.watchdog.ready(wait) {
+            self.switch_thread(p.thread, &p.name);
+            self.emit(&Event::Stall(Box::new(p.stall)));
         }
     }
 
@@ -1154,6 +1187,10 @@ fn log_event(l: RawLog, ns: impl Fn(u64) -> u64) -> Event {
 /// How long a poll runs before the exporter announces it from its
 /// thread's `PollSlot` (its start is otherwise sent with its end).
 const ANNOUNCE_AFTER_NS: u64 = 1_000_000;
+
+/// Longest the last drain waits for stalls still being symbolised (the
+/// first symbolising loads the program's debug info).
+const STALLS_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// Variants of `Event` that own no heap data.
 #[inline(always)]

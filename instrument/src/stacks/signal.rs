@@ -1,0 +1,221 @@
+//! Sampling a worker thread's native stack from another thread (Linux).
+//!
+//! The watchdog asks for a sample by arming a request for one thread id and
+//! sending that thread a real-time signal (`tgkill`). The handler, installed
+//! once on first need, checks that the request is armed and meant for its
+//! thread, walks the stack into a preallocated buffer of return addresses,
+//! and publishes completion with an atomic. It allocates nothing, takes no
+//! lock and touches no thread-local.
+//!
+//! The walk is libgcc's `_Unwind_Backtrace` (through
+//! `backtrace::trace_unsynchronized`). Its FDE lookup is async-signal-safe
+//! when it uses `_dl_find_object` (glibc >= 2.35 with libgcc >= 12; the
+//! machine this was written on has glibc 2.36 and libgcc 12.2): older
+//! combinations walk `dl_iterate_phdr`, which takes the loader's lock and
+//! could deadlock a handler interrupting `dlopen`. The tests interrupt
+//! workers in syscalls, in a contended mutex and in the allocator.
+//!
+//! One request at a time: the requests of all exporters go through one
+//! lock (taken by the exporter threads only, never in the handler).
+
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::{NoSample, Sample};
+
+/// Most return addresses one sample keeps (the frames of the handler and
+/// the signal trampoline included, dropped later).
+const MAX_ADDRS: usize = awaitscope_wire::limits::MAX_STACK + 32;
+
+/// No request armed.
+const IDLE: u8 = 0;
+/// A request is armed for `TARGET`.
+const ARMED: u8 = 1;
+/// The handler is walking the stack.
+const WALKING: u8 = 2;
+/// The walk is done: `ADDRS[..LEN]` and `PC` hold it.
+const DONE: u8 = 3;
+/// A walk never finished: sampling stays off for good.
+const BROKEN: u8 = 4;
+
+static STATE: AtomicU8 = AtomicU8::new(IDLE);
+static TARGET: AtomicI32 = AtomicI32::new(0);
+static LEN: AtomicUsize = AtomicUsize::new(0);
+/// The interrupted instruction (the innermost frame of interest).
+static PC: AtomicUsize = AtomicUsize::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicUsize = AtomicUsize::new(0);
+static ADDRS: [AtomicUsize; MAX_ADDRS] = [ZERO; MAX_ADDRS];
+
+/// Serialises requests (exporter threads only).
+static REQUEST: Mutex<()> = Mutex::new(());
+
+/// The signal used: a real-time one, so that it queues apart from the
+/// program's own `SIGUSR1`/`SIGUSR2` use.
+fn signal_number() -> i32 {
+    libc::SIGRTMIN() + 5
+}
+
+/// Installs the handler once; false if the signal already had a handler
+/// (left in place: said once on stderr).
+fn installed() -> bool {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        let sig = signal_number();
+        // SAFETY: plain sigaction calls with zeroed, then filled, structs.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                return false;
+            }
+            if old.sa_sigaction != libc::SIG_DFL {
+                eprintln!(
+                    "awaitscope: signal {sig} already has a handler; native stacks of long polls are off"
+                );
+                return false;
+            }
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = handler as *const () as usize;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut()) == 0
+        }
+    })
+}
+
+/// The interrupted program counter in a signal's context.
+///
+/// # Safety
+/// `ctx` is the third argument of an `SA_SIGINFO` handler.
+unsafe fn interrupted_pc(ctx: *mut libc::c_void) -> usize {
+    if ctx.is_null() {
+        return 0;
+    }
+    let uc = ctx as *const libc::ucontext_t;
+    #[cfg(target_arch = "x86_64")]
+    {
+        (*uc).uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        (*uc).uc_mcontext.pc as usize
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = uc;
+        0
+    }
+}
+
+extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: errno is thread-local storage the C library set up already
+    // (no lazy init); it is restored so the interrupted code sees its own.
+    let errno = unsafe { *libc::__errno_location() };
+    // Only requests sent with tgkill by this process (not a stray kill).
+    // SAFETY: `info` is valid in an SA_SIGINFO handler.
+    let code = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_code }
+    };
+    // SAFETY: gettid is a plain syscall.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+    if code == libc::SI_TKILL
+        && TARGET.load(Ordering::Acquire) == tid
+        && STATE
+            .compare_exchange(ARMED, WALKING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    {
+        // SAFETY: see interrupted_pc.
+        PC.store(unsafe { interrupted_pc(ctx) }, Ordering::Relaxed);
+        let mut n = 0;
+        // SAFETY: no other thread walks with this buffer (the state is
+        // WALKING); the closure only stores into preallocated atomics.
+        unsafe {
+            backtrace::trace_unsynchronized(|frame| {
+                ADDRS[n].store(frame.ip() as usize, Ordering::Relaxed);
+                n += 1;
+                n < MAX_ADDRS
+            });
+        }
+        LEN.store(n, Ordering::Relaxed);
+        STATE.store(DONE, Ordering::Release);
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Samples the native stack of thread `tid` of this process, waiting at
+/// most `wait` for it to answer.
+pub(super) fn sample(tid: i32, wait: Duration) -> Result<Sample, NoSample> {
+    if tid <= 0 || !installed() {
+        return Err(NoSample::Unsupported);
+    }
+    let _one = REQUEST.lock().unwrap_or_else(|e| e.into_inner());
+    if STATE.load(Ordering::Acquire) == BROKEN {
+        return Err(NoSample::Missed);
+    }
+    TARGET.store(tid, Ordering::Release);
+    STATE.store(ARMED, Ordering::Release);
+    // SAFETY: tgkill to a thread of this process with a signal it handles.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            tid,
+            signal_number() as libc::c_long,
+        )
+    } == 0;
+    if !sent {
+        STATE.store(IDLE, Ordering::Release);
+        return Err(NoSample::Missed);
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        match STATE.load(Ordering::Acquire) {
+            DONE => break,
+            WALKING if Instant::now() >= deadline + wait => {
+                // The walk started but never ended: never reuse the buffer.
+                STATE.store(BROKEN, Ordering::Release);
+                return Err(NoSample::Missed);
+            }
+            // Withdraw the request; a late handler then does nothing.
+            ARMED
+                if Instant::now() >= deadline
+                    && STATE
+                        .compare_exchange(ARMED, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok() =>
+            {
+                return Err(NoSample::Missed);
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    let n = LEN.load(Ordering::Relaxed);
+    let pc = PC.load(Ordering::Relaxed);
+    let all: Vec<usize> = ADDRS[..n]
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect();
+    STATE.store(IDLE, Ordering::Release);
+    // The frames before the interrupted one are the handler's and the
+    // trampoline's.
+    Ok(match all.iter().position(|&a| a == pc) {
+        Some(i) => Sample {
+            addrs: all[i..].to_vec(),
+            exact_first: true,
+        },
+        None => Sample {
+            addrs: all,
+            exact_first: false,
+        },
+    })
+}
+
+/// The calling thread's kernel id.
+pub(super) fn current_tid() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u64 }
+}
