@@ -567,7 +567,7 @@ fn late_viewer_model_equals_the_servers_on_what_views_show() {
         m.findings().list().iter().any(|f| {
             f.trace
                 .first()
-                .is_some_and(|l| l == "shop::crunch @ src/crunch.rs:9")
+                .is_some_and(|l| l == "crunch @ src/crunch.rs:9")
         })
     };
     assert!(crunch(&server) && crunch(&late));

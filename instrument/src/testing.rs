@@ -128,7 +128,10 @@ impl TestBuilder {
 
     fn recorder(self) -> (Recorder, tracing::Dispatch) {
         let memory = MemoryRecording::new();
-        let mut builder = Builder::new().record_in_memory(&memory);
+        // Polls are sampled where the test judges them long.
+        let mut builder = Builder::new()
+            .record_in_memory(&memory)
+            .long_poll(Duration::from_nanos(self.config.thresholds.long_poll_ns));
         if let Some(path) = recording_path() {
             builder = builder.record_to(path);
         }

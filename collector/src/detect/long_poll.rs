@@ -60,7 +60,7 @@ impl Detector for LongPoll {
             Change::Stalled { task, start, .. } => {
                 // Only a poll already committed: a running or ended one is
                 // judged at its commit, with the stall.
-                let Some(t) = p.tasks.get(&task) else {
+                let Some(t) = p.task(task) else {
                     return;
                 };
                 let Some(s) = stall_of(t, start) else {
@@ -102,7 +102,7 @@ fn judge(
     }
     let pt = poll_trace::of_poll(p, t, start, start.saturating_add(d));
     let sched = stall_of(t, start).and_then(|s| s.sched).or(judged_by);
-    let descheduled = judged_by.is_some_and(|s| is_descheduled(&s));
+    let descheduled = judged_by.is_some_and(|s| is_descheduled(&s, d, th.long_poll_ns));
     let message = match (descheduled, sched) {
         (true, Some(s)) => format!(
             "{} took {} but waited {} of it for a CPU: the machine was busy, not the code ({})",
@@ -241,9 +241,9 @@ mod tests {
         assert_eq!(
             f[0].trace,
             [
-                "… 1 runtime frame".to_string(),
-                "app::auth::hash_password @ src/auth.rs:12".into(),
-                "app::charge_card::{{closure}} @ src/main.rs:31".into(),
+                "… 1 runtime frame in std::thread::sleep".to_string(),
+                "hash_password @ src/auth.rs:12".into(),
+                "charge_card @ src/main.rs:31".into(),
                 "… 2 runtime frames".into(),
                 "charge_card @ src/main.rs:100".into(),
                 task_line(t, "checkout"),
@@ -392,10 +392,7 @@ mod tests {
         let after = findings(&mut s, FindingKind::LongPoll);
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].count, 1, "the same occurrence, not a new one");
-        assert_eq!(
-            after[0].trace[1],
-            "app::auth::hash_password @ src/auth.rs:12"
-        );
+        assert_eq!(after[0].trace[1], "hash_password @ src/auth.rs:12");
         assert_eq!(after[0].trace[4], "charge_card @ src/main.rs:100");
         assert_eq!(after[0].location.as_ref().map(|l| l.line), Some(12));
         assert!(
@@ -437,7 +434,7 @@ mod tests {
             "{}",
             d[0].message
         );
-        assert_eq!(d[0].trace[1], "app::auth::hash_password @ src/auth.rs:12");
+        assert_eq!(d[0].trace[1], "hash_password @ src/auth.rs:12");
         let l = findings(&mut s, FindingKind::LongPoll);
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].worst_ns, Some(30 * MS));

@@ -113,7 +113,7 @@ mod tests {
         assert_eq!(
             f[0].trace,
             [
-                "app::checksum @ src/crc.rs:7".to_string(),
+                "checksum @ src/crc.rs:7".to_string(),
                 "… 1 runtime frame".into(),
                 "crunch @ src/main.rs:100".into(),
                 format!("task #{} \"spin\" spawned @ src/main.rs:10", t.0),

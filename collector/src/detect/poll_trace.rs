@@ -60,7 +60,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
                 .find(|f| f.origin == FrameOrigin::User && f.file.is_some() && f.line.is_some())
             {
                 if let Some(l) = frame_location(f) {
-                    out.culprit = Some(format!("{} ({l})", short_fn(&f.function)));
+                    out.culprit = Some(format!("{} ({})", short_fn(&f.function), file_line(&l)));
                     out.location = Some(l);
                 }
             }
@@ -198,30 +198,103 @@ fn no_stack_reason(stack: Option<StackState>) -> &'static str {
     }
 }
 
-/// The native frames as trace lines, innermost first: user and dependency
-/// frames as `function @ file:line`, each run of runtime frames folded
-/// into `… N runtime frames`.
+/// A native stack as trace lines, innermost first: the program's and its
+/// dependencies' frames as `function @ file:line` (function names short:
+/// `hash_password`, `Cart::total`, an async fn's body as the fn), each run
+/// of runtime frames (std, tokio, awaitscope, libc) folded into one line
+/// that names where the program entered it (`… 4 runtime frames in
+/// std::thread::sleep`). The stack stops at the poll: what is below the
+/// task's poll (the scheduler, the thread's start, and on a current-thread
+/// runtime the `block_on` caller) is not where the task was.
 pub fn fold_frames(frames: &[NativeFrame]) -> Vec<String> {
+    let frames = &frames[..poll_boundary(frames)];
     let mut out = Vec::new();
-    let mut run = 0usize;
-    let flush = |run: &mut usize, out: &mut Vec<String>| {
-        match *run {
-            0 => {}
-            1 => out.push("… 1 runtime frame".to_string()),
-            n => out.push(format!("… {n} runtime frames")),
-        }
-        *run = 0;
+    let mut run: Vec<&NativeFrame> = Vec::new();
+    let flush = |run: &mut Vec<&NativeFrame>, out: &mut Vec<String>| {
+        // The run's outermost frame is the call the program made.
+        let Some(entry) = run.last() else {
+            return;
+        };
+        let n = run.len();
+        let noun = if n == 1 { "frame" } else { "frames" };
+        out.push(match runtime_entry(&entry.function) {
+            Some(f) => format!("… {n} runtime {noun} in {f}"),
+            None => format!("… {n} runtime {noun}"),
+        });
+        run.clear();
     };
     for f in frames {
         if f.origin == FrameOrigin::Runtime {
-            run += 1;
+            run.push(f);
             continue;
         }
         flush(&mut run, &mut out);
-        out.push(line(&f.function, frame_location(f).as_ref()));
+        let name = match f.origin {
+            FrameOrigin::User => short_fn(&f.function),
+            _ => dependency_fn(&f.function),
+        };
+        out.push(line(&name, frame_location(f).as_ref()));
     }
-    flush(&mut run, &mut out);
+    // A trailing run (between the program's outermost frame and the poll)
+    // is the poll's machinery: told, not named.
+    if !run.is_empty() {
+        let n = run.len();
+        out.push(format!(
+            "… {n} runtime frame{}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     out
+}
+
+/// Frames that run a task's poll from the scheduler: the stack is cut at
+/// the innermost of them (innermost first, everything from it on is the
+/// runtime's, not the task's).
+const POLL_BOUNDARIES: [&str; 4] = [
+    "tokio::runtime::task::core::Core",
+    "tokio::runtime::task::harness::",
+    "tokio::runtime::task::raw::poll",
+    "tokio::runtime::scheduler::",
+];
+
+/// How many frames (innermost first) are inside the task's poll.
+fn poll_boundary(frames: &[NativeFrame]) -> usize {
+    frames
+        .iter()
+        .position(|f| {
+            f.origin == FrameOrigin::Runtime
+                && POLL_BOUNDARIES
+                    .iter()
+                    .any(|b| f.function.trim_start_matches('<').starts_with(b))
+        })
+        .unwrap_or(frames.len())
+}
+
+/// The runtime function the program called, as a path users know
+/// (`std::thread::sleep`); `None` for what names nothing useful (C frames,
+/// closures of the runtime, unknown symbols).
+fn runtime_entry(function: &str) -> Option<String> {
+    let f = strip_closures(function);
+    if f.is_empty() || f == "??" || !f.contains("::") {
+        return None;
+    }
+    Some(f.to_string())
+}
+
+/// `f` without trailing `::{{closure}}` segments (an async fn's body and
+/// the closures in a function are told by their line).
+fn strip_closures(mut f: &str) -> &str {
+    while let Some(rest) = f.strip_suffix("::{{closure}}") {
+        f = rest;
+    }
+    f
+}
+
+/// A dependency's function with its crate: `argon2::hash`,
+/// `argon2::Argon2::hash_password` stays whole (it is short enough and the
+/// crate tells whose code it is).
+fn dependency_fn(function: &str) -> String {
+    strip_closures(function).to_string()
 }
 
 /// Where a native frame is, its path shortened for display.
@@ -234,27 +307,36 @@ fn frame_location(f: &NativeFrame) -> Option<Location> {
 }
 
 /// The function's own name: `app::auth::hash_password` is
-/// `hash_password`, a closure in it `hash_password::{{closure}}`.
-fn short_fn(function: &str) -> &str {
-    let mut end = function.len();
-    loop {
-        let start = function[..end].rfind("::").map_or(0, |i| i + 2);
-        let seg = &function[start..end];
-        let named = !seg.starts_with('{') && !seg.starts_with('<');
-        if named {
-            return &function[start..];
+/// `hash_password`, a method `Cart::total`, an async fn's body
+/// (`app::checkout::{{closure}}`) `checkout`.
+fn short_fn(function: &str) -> String {
+    let f = strip_closures(function);
+    let segs: Vec<&str> = f.split("::").collect();
+    match segs.as_slice() {
+        [] => function.to_string(),
+        [.., ty, name]
+            if ty.starts_with(|c: char| c.is_ascii_uppercase()) || ty.starts_with('<') =>
+        {
+            format!("{ty}::{name}")
         }
-        if start == 0 {
-            return function;
-        }
-        end = start - 2;
+        [.., name] if !name.is_empty() => (*name).to_string(),
+        _ => function.to_string(),
     }
 }
 
-/// Whether the poll was mostly waiting for a CPU (more than half of the
-/// window the statistics cover): the machine was busy, not the code.
-pub fn is_descheduled(s: &Sched) -> bool {
-    s.window_ns > 0 && s.waiting_ns.saturating_mul(2) > s.window_ns
+/// Whether a poll of `d` ns, judged against a threshold of `threshold_ns`,
+/// was long because its worker waited for a CPU: the statistics say it
+/// mostly waited (more than half of the window they cover), and without
+/// that share of waiting the poll would have stayed under the threshold.
+/// The machine was busy, not the code. A CPU loop on a loaded machine waits
+/// too, but its own share alone is still over the threshold: that one is a
+/// long poll.
+pub fn is_descheduled(s: &Sched, d: u64, threshold_ns: u64) -> bool {
+    if s.window_ns == 0 || s.waiting_ns.saturating_mul(2) <= s.window_ns {
+        return false;
+    }
+    let waiting = s.waiting_ns.min(s.window_ns) as f64 / s.window_ns as f64;
+    d as f64 * (1.0 - waiting) <= threshold_ns as f64
 }
 
 /// How the worker's time split: `on CPU 1% (kernel 0%), waiting for a CPU
@@ -292,12 +374,12 @@ mod tests {
     #[test]
     fn runtime_runs_fold_into_one_line() {
         let frames = [
-            frame("std::thread::sleep", 1, FrameOrigin::Runtime),
             frame(
                 "std::sys::pal::unix::thread::Thread::sleep",
                 2,
                 FrameOrigin::Runtime,
             ),
+            frame("std::thread::sleep", 1, FrameOrigin::Runtime),
             frame("app::hash_password", 12, FrameOrigin::User),
             frame("argon2::hash", 40, FrameOrigin::Dependency),
             frame("tokio::runtime::task::poll", 3, FrameOrigin::Runtime),
@@ -309,23 +391,39 @@ mod tests {
         assert_eq!(
             fold_frames(&frames),
             [
-                "… 2 runtime frames",
-                "app::hash_password @ src/12.rs:12",
+                "… 2 runtime frames in std::thread::sleep",
+                "hash_password @ src/12.rs:12",
                 "argon2::hash @ src/40.rs:40",
-                "… 1 runtime frame",
-                "app::checkout::{{closure}} @ src/30.rs:30",
+                "… 1 runtime frame in tokio::runtime::task::poll",
+                "checkout @ src/30.rs:30",
                 "… 3 runtime frames",
             ]
         );
     }
 
     #[test]
+    fn the_stack_stops_at_the_tasks_poll() {
+        let frames = [
+            frame("app::load_config::{{closure}}", 12, FrameOrigin::User),
+            frame(
+                "tokio::runtime::task::core::Core<T,S>::poll",
+                2,
+                FrameOrigin::Runtime,
+            ),
+            frame("app::main::{{closure}}", 30, FrameOrigin::User),
+        ];
+        assert_eq!(fold_frames(&frames), ["load_config @ src/12.rs:12"]);
+    }
+
+    #[test]
     fn short_function_names() {
         assert_eq!(short_fn("app::auth::hash_password"), "hash_password");
+        assert_eq!(short_fn("app::checkout::{{closure}}"), "checkout");
         assert_eq!(
-            short_fn("app::checkout::{{closure}}"),
-            "checkout::{{closure}}"
+            short_fn("testing::load_config::{{closure}}::{{closure}}"),
+            "load_config"
         );
+        assert_eq!(short_fn("app::cart::Cart::total"), "Cart::total");
         assert_eq!(short_fn("main"), "main");
         assert_eq!(short_fn("{{closure}}"), "{{closure}}");
     }
@@ -338,7 +436,10 @@ mod tests {
             kernel_ns: 5,
             waiting_ns: 70,
         };
-        assert!(is_descheduled(&busy));
+        // 70 of 100 ms waiting: 30 ms of its own, over a 10 ms threshold.
+        assert!(!is_descheduled(&busy, 100, 10));
+        // 15 ms of which 70 % waiting: 4.5 ms of its own.
+        assert!(is_descheduled(&busy, 15, 10));
         assert_eq!(
             sched_split(&busy),
             "on CPU 20% (kernel 5%), waiting for a CPU 70%, blocked/sleeping 10%"
@@ -349,7 +450,7 @@ mod tests {
             kernel_ns: 0,
             waiting_ns: 0,
         };
-        assert!(!is_descheduled(&blocked));
-        assert!(!is_descheduled(&Sched::default()));
+        assert!(!is_descheduled(&blocked, 15, 10));
+        assert!(!is_descheduled(&Sched::default(), 15, 10));
     }
 }

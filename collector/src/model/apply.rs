@@ -103,6 +103,27 @@ impl Process {
                 }
             }
             Event::PollTree { task, spans } => {
+                // A tree sent while no poll of the task runs is the tree of
+                // a poll sent whole next (`Poll`): the poll before it was a
+                // real poll, judged now, while the tree is still its own
+                // (the next poll of a completed task, the drop of its
+                // future, usually has an empty one).
+                let committed = self.tasks.get_mut(task).and_then(|t| {
+                    if t.poll_start.is_some() {
+                        return None;
+                    }
+                    t.commit_pending_poll()
+                });
+                if let Some((p, duration)) = committed {
+                    obs.change(
+                        self,
+                        &Change::PollCommitted {
+                            task: *task,
+                            start: p.start,
+                            duration,
+                        },
+                    );
+                }
                 if self.poll_tree(*task, spans, cfg) && O::STEPS {
                     obs.change(self, &Change::TreeSent { task: *task, spans });
                 }
@@ -640,8 +661,10 @@ impl Process {
         };
         t.waiting_on.clear();
         t.await_tree = AwaitTree::default();
-        // Its stall was judged with its polls: not kept with it.
-        t.stall = None;
+        // Its stall stays with it: the producer symbolises native stacks
+        // off its workers, so a stall (or its second half) may arrive after
+        // the task ended, and is then merged into what is here (bounded by
+        // the completed tasks kept).
         // Its last samples stay kept in it, not recorded into histograms
         // allocated now: most completed tasks are folded into the summary
         // without anyone reading their histograms (a report reads them
@@ -656,7 +679,7 @@ impl Process {
     /// merged into the task's stall of the same poll, or replacing the
     /// stall of an earlier poll. Its spans are named now, while they live.
     fn stall<O: Observer>(&mut self, st: &awaitscope_wire::Stall, obs: &mut O) {
-        if !self.tasks.contains_key(&st.task) {
+        if self.task(st.task).is_none() {
             return;
         }
         let spans = if st.ended {
@@ -667,17 +690,23 @@ impl Process {
                 .filter_map(|&s| self.stall_span(s))
                 .collect()
         };
-        let Some(t) = self.tasks.get_mut(&st.task) else {
-            return;
+        // A live task, or one that ended before its stall arrived.
+        let t = match self.tasks.get_mut(&st.task) {
+            Some(t) => t,
+            None => match self.completed.iter_mut().rev().find(|t| t.id == st.task) {
+                Some(t) => t,
+                None => return,
+            },
         };
         let stall = match &mut t.stall {
             Some(s) if s.start == st.start => s,
             other => {
                 let mut s = PollStall::new(st.start);
                 // Of a poll committed already: judged without it.
-                s.poll_ns = t
-                    .last_committed
-                    .filter(|p| p.start == st.start)
+                s.poll_ns = [t.last_committed, t.last_long]
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p.start == st.start)
                     .map(|p| p.end.saturating_sub(p.start));
                 other.insert(Box::new(s))
             }

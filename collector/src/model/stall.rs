@@ -117,7 +117,7 @@ impl PollStall {
 }
 
 /// Most closed spans remembered per process (see [`ClosedSpans`]).
-pub const CLOSED_SPANS: usize = 256;
+pub const CLOSED_SPANS: usize = 1024;
 
 /// What is kept of a closed span to name it in an await tree or a stall
 /// that arrives after its close.
@@ -280,7 +280,8 @@ mod tests {
         let m = s.model();
         let p = m.processes().next().unwrap();
         assert!(!p.tasks.contains_key(&SpanId(12_345)));
-        assert!(p.completed.iter().all(|t| t.stall.is_none()));
+        // A stall stays with its task when it ends (a late half merges).
+        assert!(p.completed.iter().any(|t| t.stall.is_some()));
     }
 
     #[test]

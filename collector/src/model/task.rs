@@ -220,6 +220,11 @@ pub struct Task {
     /// The last committed poll: a stall that arrives after the commit is
     /// of a poll already judged (see [`super::stall`]).
     pub last_committed: Option<PendingPoll>,
+    /// The latest committed poll of 1 ms or more: the producer samples
+    /// polls past its stall threshold and symbolises their stacks off its
+    /// workers, so their stall may arrive after later (short) polls
+    /// committed, and still needs its poll's duration.
+    pub last_long: Option<PendingPoll>,
     /// Await tree of the current or last poll.
     pub await_tree: AwaitTree,
     /// The await-tree leaf span of the last poll, and since when it has been
@@ -283,6 +288,7 @@ impl Task {
             pending_poll: None,
             last_poll_end: None,
             last_committed: None,
+            last_long: None,
             await_tree: AwaitTree::default(),
             leaf: None,
             tree_changed: false,
@@ -393,6 +399,9 @@ impl Task {
         self.max_poll_ns = self.max_poll_ns.max(d);
         self.record_poll(d);
         self.last_committed = Some(p);
+        if d >= LONG_ENOUGH_NS {
+            self.last_long = Some(p);
+        }
         if let Some(s) = self.stall.as_deref_mut().filter(|s| s.start == p.start) {
             s.poll_ns = Some(d);
             s.sched_at_commit = s.sched;
@@ -506,6 +515,10 @@ pub fn level_str(l: Level) -> &'static str {
     }
 }
 
+/// Polls at least this long are remembered as [`Task::last_long`] (no
+/// producer samples a poll shorter than a millisecond).
+const LONG_ENOUGH_NS: u64 = 1_000_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,3 +550,4 @@ mod tests {
         assert_eq!(h.poll_us.len(), 21);
     }
 }
+
