@@ -45,6 +45,10 @@ pub fn display(path: &str) -> Cow<'_, str> {
             return Cow::Owned(rest.to_owned());
         }
     }
+    // The standard library's own dependencies, as the toolchain was built.
+    if let Some(rest) = p.strip_prefix(STD_DEPS) {
+        return Cow::Owned(rest.to_owned());
+    }
     if p.len() == path.len() && p == path {
         Cow::Borrowed(path)
     } else {
@@ -56,7 +60,10 @@ pub fn display(path: &str) -> Cow<'_, str> {
 /// shows it).
 pub fn origin(path: &str) -> PathOrigin {
     let p = path.replace('\\', "/");
-    if p.starts_with("/rustc/") || STD_DIRS.iter().any(|d| p.starts_with(d)) {
+    if p.starts_with("/rustc/")
+        || p.starts_with(STD_DEPS)
+        || STD_DIRS.iter().any(|d| p.starts_with(d))
+    {
         return PathOrigin::Std;
     }
     if p.contains("/registry/src/") || p.contains("/git/checkouts/") {
@@ -71,6 +78,10 @@ pub fn origin(path: &str) -> PathOrigin {
     }
     PathOrigin::Local
 }
+
+/// Where the standard library's dependencies (`miniz_oxide`, `addr2line`,
+/// used by its backtraces) were when the toolchain was built.
+const STD_DEPS: &str = "/rust/deps/";
 
 /// The standard library's crates as [`display`] shows them.
 const STD_DIRS: [&str; 6] = [
@@ -122,6 +133,10 @@ mod tests {
             PathOrigin::Std
         );
         assert_eq!(origin("std/src/thread/mod.rs"), PathOrigin::Std);
+        assert_eq!(
+            origin("/rust/deps/miniz_oxide-0.8.8/src/inflate/core.rs"),
+            PathOrigin::Std
+        );
         assert_eq!(
             origin("/x/.cargo/registry/src/idx/tokio-1.47.1/src/lib.rs"),
             PathOrigin::Dependency

@@ -10,11 +10,12 @@
 //! and a line says why no native stack is shown.
 
 use awaitscope_wire::paths::{self, PathOrigin};
-use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, StackState};
+use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, SpanId, StackState};
 
 use crate::model::span::Location;
 use crate::model::stall::{display_location, is_user_span, PollStall, StallSpan};
-use crate::model::{Process, Task};
+use crate::model::{task_label, Process, Task};
+use crate::units::fmt_ns_brief;
 
 /// What a poll-time finding says of where the poll was.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,13 +55,32 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
     match stall {
         Some(s) if stack == Some(StackState::Sampled) && !s.frames.is_empty() => {
             out.trace.extend(fold_frames(&s.frames));
+            let user = |f: &&NativeFrame| f.origin == FrameOrigin::User;
             if let Some(f) = s
                 .frames
                 .iter()
-                .find(|f| f.origin == FrameOrigin::User && f.file.is_some() && f.line.is_some())
+                .find(|f| user(f) && f.file.is_some() && f.line.is_some())
             {
                 if let Some(l) = frame_location(f) {
-                    out.culprit = Some(format!("{} ({})", short_fn(&f.function), file_line(&l)));
+                    // An anonymous frame (an inlined async block or closure,
+                    // `{async_block#0}`) is told by the function it is in:
+                    // the next named frame of the program's, else its span.
+                    let name = if is_anonymous(&f.function) {
+                        s.frames
+                            .iter()
+                            .filter(user)
+                            .map(|f| short_fn(&f.function))
+                            .find(|n| !is_anonymous(n))
+                            .or_else(|| {
+                                s.spans.iter().find(|sp| sp.user).map(|sp| sp.label.clone())
+                            })
+                    } else {
+                        Some(short_fn(&f.function))
+                    };
+                    out.culprit = Some(match name {
+                        Some(n) => format!("{n} ({})", file_line(&l)),
+                        None => file_line(&l),
+                    });
                     out.location = Some(l);
                 }
             }
@@ -101,6 +121,40 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
         out.location = t.location.as_ref().map(display_location);
     }
     out
+}
+
+/// Who held thread `thread` between `from` and `to` (ns), other than
+/// `task`: its polls of a millisecond or more overlapping that window, as
+/// trace lines, longest first (at most four), each naming where the hog
+/// was when its own poll was sampled: `held the thread 70.0ms: task
+/// cpu-hog#7 @ src/main.rs:9:5, in burn_cpu (src/main.rs:88)`.
+pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanId) -> Vec<String> {
+    let Some(th) = p.threads.get(&thread) else {
+        return Vec::new();
+    };
+    let mut hogs: Vec<(u64, SpanId, u64, u64)> = th
+        .recent_polls
+        .iter()
+        .filter(|&&(h, _, _)| h != task)
+        .map(|&(h, start, end)| (end.min(to).saturating_sub(start.max(from)), h, start, end))
+        .filter(|&(overlap, ..)| overlap > 0)
+        .collect();
+    hogs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    hogs.truncate(4);
+    hogs.into_iter()
+        .filter_map(|(overlap, h, start, end)| {
+            let t = p.task(h)?;
+            let mut line = format!(
+                "held the thread {}: {}",
+                fmt_ns_brief(overlap),
+                task_label(t)
+            );
+            if let Some(c) = of_poll(p, t, start, end).culprit {
+                line.push_str(&format!(", in {c}"));
+            }
+            Some(line)
+        })
+        .collect()
 }
 
 /// The await path of `t`'s last poll, innermost first, then the task: the
@@ -257,15 +311,28 @@ const POLL_BOUNDARIES: [&str; 4] = [
     "tokio::runtime::scheduler::",
 ];
 
+/// The same frames told by their files (tokio's, as shown): what an
+/// inlined frame has when only line tables name it (`poll`, `block_on<..>`).
+const POLL_BOUNDARY_FILES: [&str; 4] = [
+    "/src/runtime/task/core.rs",
+    "/src/runtime/task/harness.rs",
+    "/src/runtime/task/raw.rs",
+    "/src/runtime/scheduler/",
+];
+
 /// How many frames (innermost first) are inside the task's poll.
 fn poll_boundary(frames: &[NativeFrame]) -> usize {
     frames
         .iter()
         .position(|f| {
             f.origin == FrameOrigin::Runtime
-                && POLL_BOUNDARIES
+                && (POLL_BOUNDARIES
                     .iter()
                     .any(|b| f.function.trim_start_matches('<').starts_with(b))
+                    || f.file.as_deref().is_some_and(|file| {
+                        file.starts_with("tokio-")
+                            && POLL_BOUNDARY_FILES.iter().any(|b| file.contains(b))
+                    }))
         })
         .unwrap_or(frames.len())
 }
@@ -279,6 +346,12 @@ fn runtime_entry(function: &str) -> Option<String> {
         return None;
     }
     Some(f.to_string())
+}
+
+/// Whether a function name names nothing: an inlined async block, async
+/// fn body or closure as line tables name it (`{async_block#0}`).
+fn is_anonymous(function: &str) -> bool {
+    function.starts_with('{')
 }
 
 /// `f` without trailing `::{{closure}}` segments (an async fn's body and
@@ -413,6 +486,19 @@ mod tests {
             frame("app::main::{{closure}}", 30, FrameOrigin::User),
         ];
         assert_eq!(fold_frames(&frames), ["load_config @ src/12.rs:12"]);
+    }
+
+    #[test]
+    fn the_poll_is_found_by_tokios_files_when_names_are_short() {
+        // Line tables only: inlined frames have short names.
+        let mut poll = frame("poll", 2, FrameOrigin::Runtime);
+        poll.file = Some("tokio-1.47.1/src/runtime/task/core.rs".into());
+        let frames = [
+            frame("{async_block#0}", 22, FrameOrigin::User),
+            poll,
+            frame("{closure#1}", 135, FrameOrigin::User),
+        ];
+        assert_eq!(fold_frames(&frames), ["{async_block#0} @ src/22.rs:22"]);
     }
 
     #[test]

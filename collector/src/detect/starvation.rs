@@ -39,6 +39,16 @@ impl Detector for Starvation {
         if waited > cx.thresholds.starvation_ns {
             if let Some(t) = p.tasks.get(&task) {
                 let mut o = observe(p, t, waited, ts, cx.thresholds);
+                // The wait ends at the poll's start on the thread that
+                // polls it now: who held that thread while it waited.
+                let held = poll_trace::held_the_thread(
+                    p,
+                    p.cur_thread,
+                    ts.saturating_sub(waited),
+                    ts,
+                    task,
+                );
+                o.trace.extend(held);
                 o.new_occurrence = !cx.episodes().active(FindingKind::Starvation, task);
                 cx.observe(o);
             }

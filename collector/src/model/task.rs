@@ -550,4 +550,3 @@ mod tests {
         assert_eq!(h.poll_us.len(), 21);
     }
 }
-

@@ -21,9 +21,20 @@ use awaitscope_wire::{FrameOrigin, NativeFrame};
 fn runtime_crate(krate: &str) -> bool {
     matches!(
         krate,
-        "std" | "core" | "alloc" | "tokio" | "libc" | "backtrace" | "panic_unwind" | "rtrb"
-    ) || krate.starts_with("awaitscope")
-        || krate.starts_with("tracing")
+        "std"
+            | "core"
+            | "alloc"
+            | "__rustc"
+            | "tokio"
+            | "libc"
+            | "backtrace"
+            | "panic_unwind"
+            | "rtrb"
+            // awaitscope's own crates in the program, not the crates of a
+            // program whose name starts with it (the demo's awaitscope_tui).
+            | "awaitscope"
+            | "awaitscope_wire"
+    ) || krate.starts_with("tracing")
         || krate.starts_with("futures")
 }
 
@@ -77,6 +88,11 @@ pub(crate) fn classify(function: &str, file: Option<&str>) -> FrameOrigin {
         PathOrigin::Local => FrameOrigin::User,
     }
 }
+
+/// The directory of this crate's sources as it was built: frames in it
+/// are awaitscope's (the panic hook, the capture), never the program's,
+/// even when awaitscope is a path dependency whose files look local.
+const OWN_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
 
 /// A function name without the legacy mangling's `::h<hash>` suffix.
 fn strip_hash(name: &str) -> &str {
@@ -150,8 +166,15 @@ impl Symbolizer {
         found
             .into_iter()
             .map(|(function, file, line)| {
+                // awaitscope's own code, wherever it was built from (a path
+                // dependency's files look like the program's own).
+                let ours = file.as_deref().is_some_and(|f| f.starts_with(OWN_SOURCES));
                 let file = file.map(|f| self.show(&f));
-                let origin = classify(&function, file.as_deref());
+                let origin = if ours {
+                    FrameOrigin::Runtime
+                } else {
+                    classify(&function, file.as_deref())
+                };
                 NativeFrame {
                     function,
                     file,
