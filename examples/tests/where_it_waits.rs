@@ -329,3 +329,93 @@ fn slowest_awaits_are_at_the_users_lines() {
         "{table}"
     );
 }
+
+/// A plain function, no `#[instrument]` anywhere near it: only the native
+/// stack of the blocked worker can name it.
+#[inline(never)]
+fn hash_password(password: &str) -> usize {
+    std::thread::sleep(Duration::from_millis(300));
+    std::hint::black_box(password.len())
+}
+
+#[test]
+fn blocking_in_a_plain_fn_is_named_by_the_native_stack() {
+    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
+    rt.block_on(async {
+        let h = tokio::spawn(async { hash_password("hunter2") });
+        assert_eq!(h.await.unwrap(), 7);
+    });
+    drop(rt);
+    let outcome = guard.finish();
+    let long = of_kind(&outcome.findings, FindingKind::LongPoll);
+    assert_eq!(long.len(), 1, "{:#?}", outcome.findings);
+    let f = long[0];
+    assert_user_frames(f);
+    let at = line_of(
+        &f.trace,
+        "hash_password @ examples/tests/where_it_waits.rs:",
+    );
+    // The innermost frame of the program's own; above it only the
+    // runtime's (the sleep it called).
+    assert!(
+        f.trace[..at].iter().all(|l| l.starts_with('…')),
+        "{:#?}",
+        f.trace
+    );
+    assert!(
+        f.message
+            .contains("in hash_password (examples/tests/where_it_waits.rs:"),
+        "{}",
+        f.message
+    );
+    let loc = f.location.as_ref().expect("a location");
+    assert_eq!(loc.file, "examples/tests/where_it_waits.rs");
+    // It slept: off the CPU, and said so.
+    assert!(f.message.contains("blocked/sleeping"), "{}", f.message);
+}
+
+/// Set to end [`checksum_everything`].
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Spins on the CPU until [`STOP`] is set.
+#[inline(never)]
+fn checksum_everything() -> u64 {
+    let mut x = 0;
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        x ^= burn(5);
+    }
+    x
+}
+
+#[test]
+fn a_cpu_loop_in_a_first_poll_names_the_loop_while_it_runs() {
+    let mut c = config(Duration::from_secs(60));
+    // The recording's clock ends at its last event, the stall sent when the
+    // poll crossed the long-poll threshold (100 ms): judged below that.
+    c.thresholds.never_yielded_ns = 50_000_000;
+    let (rt, guard) = TestBuilder::default().fail_on(&[]).config(c).runtime();
+    let h = rt.block_on(async { tokio::spawn(async { checksum_everything() }) });
+    // The loop is still in its first poll when the test's recording ends.
+    std::thread::sleep(Duration::from_millis(700));
+    let outcome = guard.finish();
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(h).unwrap();
+    let never = of_kind(&outcome.findings, FindingKind::NeverYielded);
+    assert_eq!(never.len(), 1, "{:#?}", outcome.findings);
+    let f = never[0];
+    assert_user_frames(f);
+    let caller = line_of(
+        &f.trace,
+        "checksum_everything @ examples/tests/where_it_waits.rs:",
+    );
+    // Sampled where it was: in `burn`, or between two calls of it.
+    let inner = f.trace[..caller]
+        .iter()
+        .all(|l| l.starts_with('…') || l.starts_with("burn @ "));
+    assert!(inner, "innermost first: {:#?}", f.trace);
+    assert!(
+        f.message.contains("in burn (") || f.message.contains("in checksum_everything ("),
+        "{}",
+        f.message
+    );
+}

@@ -398,14 +398,21 @@ fn short_fn(function: &str) -> String {
 }
 
 /// Whether a poll of `d` ns, judged against a threshold of `threshold_ns`,
-/// was long because its worker waited for a CPU: the statistics say it
-/// mostly waited (more than half of the window they cover), and without
+/// was long because its worker waited for a CPU: the statistics cover at
+/// least half of the poll, say it mostly waited (more than half of the
+/// window they cover), and without
 /// that share of waiting the poll would have stayed under the threshold.
 /// The machine was busy, not the code. A CPU loop on a loaded machine waits
 /// too, but its own share alone is still over the threshold: that one is a
 /// long poll.
 pub fn is_descheduled(s: &Sched, d: u64, threshold_ns: u64) -> bool {
-    if s.window_ns == 0 || s.waiting_ns.saturating_mul(2) <= s.window_ns {
+    // Statistics over a small part of the poll (read from its first
+    // millisecond to the crossing, of a poll that then ran for seconds)
+    // tell nothing of the rest: judged only when they cover half of it.
+    if s.window_ns == 0
+        || s.window_ns.saturating_mul(2) < d
+        || s.waiting_ns.saturating_mul(2) <= s.window_ns
+    {
         return false;
     }
     let waiting = s.waiting_ns.min(s.window_ns) as f64 / s.window_ns as f64;
@@ -526,6 +533,15 @@ mod tests {
         assert!(!is_descheduled(&busy, 100, 10));
         // 15 ms of which 70 % waiting: 4.5 ms of its own.
         assert!(is_descheduled(&busy, 15, 10));
+        let busy_15 = Sched {
+            window_ns: 12,
+            on_cpu_ns: 3,
+            kernel_ns: 0,
+            waiting_ns: 9,
+        };
+        assert!(is_descheduled(&busy_15, 15, 10));
+        // The same share over a window too small for a 2.5 s poll.
+        assert!(!is_descheduled(&busy_15, 2_500, 10));
         assert_eq!(
             sched_split(&busy),
             "on CPU 20% (kernel 5%), waiting for a CPU 70%, blocked/sleeping 10%"
