@@ -394,12 +394,11 @@ fn a_cpu_loop_in_a_first_poll_names_the_loop_while_it_runs() {
     // poll crossed the long-poll threshold (100 ms): judged below that.
     c.thresholds.never_yielded_ns = 50_000_000;
     let (rt, guard) = TestBuilder::default().fail_on(&[]).config(c).runtime();
-    // Spawned from inside the runtime, where the guard records.
-    let h = rt.block_on(async {
-        let h = tokio::spawn(async { checksum_everything() });
-        tokio::task::yield_now().await;
-        h
-    });
+    // Spawned inside the runtime's context, where the guard records.
+    let h = {
+        let _in_runtime = rt.enter();
+        tokio::spawn(async { checksum_everything() })
+    };
     // The loop is still in its first poll when the test's recording ends.
     std::thread::sleep(Duration::from_millis(700));
     let outcome = guard.finish();
