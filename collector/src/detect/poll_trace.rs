@@ -94,7 +94,18 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
         Some(s) => s.spans.clone(),
         None => await_stack(p, t, busiest_leaf(p, t, start, end)),
     };
-    for s in &spans {
+    // Spans the native stack already named (an instrumented async fn is a
+    // frame there too) are not told twice.
+    let shown: Vec<String> = match stall {
+        Some(st) if stack == Some(StackState::Sampled) => st
+            .frames
+            .iter()
+            .filter(|f| f.origin == FrameOrigin::User)
+            .map(|f| short_fn(&f.function))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for s in spans.iter().filter(|s| !shown.contains(&s.label)) {
         out.trace.push(line(&s.label, s.location.as_ref()));
     }
     // Without a user frame: the innermost span of the program's own, else
@@ -277,17 +288,26 @@ pub fn fold_frames(frames: &[NativeFrame]) -> Vec<String> {
         });
         run.clear();
     };
+    let mut last: Option<String> = None;
     for f in frames {
         if f.origin == FrameOrigin::Runtime {
             run.push(f);
             continue;
         }
-        flush(&mut run, &mut out);
         let name = match f.origin {
             FrameOrigin::User => short_fn(&f.function),
             _ => dependency_fn(&f.function),
         };
+        // An async fn is two frames of one function (its body, and the
+        // future `#[instrument]` wraps it in, at the fn's line) with the
+        // poll plumbing between them: one line, the body's.
+        if last.as_deref() == Some(name.as_str()) && run.iter().all(|r| is_plumbing(&r.function)) {
+            run.clear();
+            continue;
+        }
+        flush(&mut run, &mut out);
         out.push(line(&name, frame_location(f).as_ref()));
+        last = Some(name);
     }
     // A trailing run (between the program's outermost frame and the poll)
     // is the poll's machinery: told, not named.
@@ -339,13 +359,21 @@ fn poll_boundary(frames: &[NativeFrame]) -> usize {
 
 /// The runtime function the program called, as a path users know
 /// (`std::thread::sleep`); `None` for what names nothing useful (C frames,
-/// closures of the runtime, unknown symbols).
+/// closures of the runtime, unknown symbols, the plumbing of polls).
 fn runtime_entry(function: &str) -> Option<String> {
     let f = strip_closures(function);
-    if f.is_empty() || f == "??" || !f.contains("::") {
+    if f.is_empty() || f == "??" || !f.contains("::") || is_plumbing(f) {
         return None;
     }
     Some(f.to_string())
+}
+
+/// Whether a runtime frame only passes a poll on (`Future::poll` of a
+/// wrapper: `Instrumented`, `Pin`, a `join!`): how async code nests, not a
+/// call the program made.
+fn is_plumbing(function: &str) -> bool {
+    let f = strip_closures(function);
+    f.ends_with("::poll") || f.ends_with(">::poll") || f.contains("Future>::poll")
 }
 
 /// Whether a function name names nothing: an inlined async block, async
@@ -474,7 +502,8 @@ mod tests {
                 "… 2 runtime frames in std::thread::sleep",
                 "hash_password @ src/12.rs:12",
                 "argon2::hash @ src/40.rs:40",
-                "… 1 runtime frame in tokio::runtime::task::poll",
+                // Poll plumbing names no call the program made.
+                "… 1 runtime frame",
                 "checkout @ src/30.rs:30",
                 "… 3 runtime frames",
             ]
