@@ -13,6 +13,7 @@
 //! - `AWAITSCOPE_BENCH_ROUNDS` (default 7): rounds of all modes.
 //! - `AWAITSCOPE_BENCH_TASKS` (default 10000): top-level tasks.
 //! - `AWAITSCOPE_BENCH_MODES`: comma-separated subset of the modes.
+//! - `AWAITSCOPE_BENCH_STACKS=off`: no native stacks of long polls.
 //! - `AWAITSCOPE_BENCH_RING`: awaitscope ring capacity (slots per thread)
 //!   for the awaitscope modes (default: awaitscope's default, 16384).
 //! - `AWAITSCOPE_BENCH_KEEP`: path; the recording mode copies its recording
@@ -240,8 +241,14 @@ fn read_recording(path: &std::path::Path) -> RecordingStats {
 }
 
 /// `AWAITSCOPE_BENCH_RING`: ring capacity (slots per thread) for the
-/// awaitscope modes; default: awaitscope's own default.
+/// awaitscope modes; default: awaitscope's own default. Also
+/// `AWAITSCOPE_BENCH_STACKS=off`: no native stacks of long polls (the
+/// first sample of a process loads its debug info).
 fn ring(b: awaitscope::Builder) -> awaitscope::Builder {
+    let b = match std::env::var("AWAITSCOPE_BENCH_STACKS").as_deref() {
+        Ok("off") => b.native_stacks(false),
+        _ => b,
+    };
     match std::env::var("AWAITSCOPE_BENCH_RING")
         .ok()
         .and_then(|s| s.parse().ok())

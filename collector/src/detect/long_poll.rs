@@ -395,7 +395,10 @@ mod tests {
         assert_eq!(after[0].trace[1], "hash_password @ src/auth.rs:12");
         // The span the native stack named is not told twice.
         assert_eq!(after[0].trace[2], "charge_card @ src/main.rs:31");
-        assert!(!after[0].trace.iter().any(|l| l == "charge_card @ src/main.rs:100"));
+        assert!(!after[0]
+            .trace
+            .iter()
+            .any(|l| l == "charge_card @ src/main.rs:100"));
         assert_eq!(after[0].location.as_ref().map(|l| l.line), Some(12));
         assert!(
             after[0].message.contains("blocked/sleeping 99%"),
