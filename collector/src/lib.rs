@@ -37,6 +37,7 @@ pub mod model;
 pub mod report;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod trace;
 pub mod units;
 
 pub use collect::{Model, ModelStats};

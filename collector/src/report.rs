@@ -345,7 +345,7 @@ impl Report {
                 loc,
                 f.message
             ));
-            crate::export::trace::write_block(&mut s, &f.trace, 6);
+            crate::trace::write_block(&mut s, &f.trace, 6);
         }
         if self.dropped.total > 0 {
             s.push_str(&format!("  {} event(s) dropped\n", self.dropped.total));

@@ -27,7 +27,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use awaitscope_collector::export::trace;
+use awaitscope_collector::trace;
 use awaitscope_collector::{Config, Finding, FindingKind, Model};
 use tracing_subscriber::layer::SubscriberExt;
 

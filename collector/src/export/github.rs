@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The message is the finding's message and its trace (innermost first, as
-//! every view shows it: [`super::trace`]), line breaks escaped as `%0A`;
+//! every view shows it: [`crate::trace`]), line breaks escaped as `%0A`;
 //! GitHub shows it under the annotation on the finding's `location`.
 //!
 //! Findings with a source location only, errors first, then by occurrences;
@@ -91,7 +91,7 @@ pub fn render(report: &Report, root: Option<&Path>) -> String {
         }
         if !f.trace.is_empty() {
             msg.push('\n');
-            super::trace::write_block(&mut msg, &f.trace, 0);
+            crate::trace::write_block(&mut msg, &f.trace, 0);
             msg.pop();
         }
         let col = l.col.map_or(String::new(), |c| format!(",col={c}"));

@@ -53,7 +53,7 @@ pub fn iso8601(unix_ns: u64) -> String {
 }
 
 /// The body of a finding's failure: what, where, and its trace (innermost
-/// first, as every view shows it: [`super::trace`]).
+/// first, as every view shows it: [`crate::trace`]).
 pub fn failure_body(f: &Finding) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{}", f.message);
@@ -78,7 +78,7 @@ pub fn failure_body(f: &Finding) -> String {
         }
         s.push('\n');
     }
-    super::trace::write_block(&mut s, &f.trace, 0);
+    crate::trace::write_block(&mut s, &f.trace, 0);
     s
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Sections: run metadata, tasks by end state, findings by kind with the top
 //! offenders (a compact table) and, under it, their traces as short code
-//! blocks (innermost first, as every view shows them: [`super::trace`]),
+//! blocks (innermost first, as every view shows them: [`crate::trace`]),
 //! the slowest awaits (p50/p95/p99 per await point), links to the other
 //! artifacts. The summary stays under
 //! [`MAX_BYTES`] (GitHub takes at most 1 MiB per step summary): past it, it is
@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::timeline::WalkSummary;
-use super::trace;
 use crate::detect::{Finding, FindingKind, Severity};
+use crate::trace;
 use crate::units::fmt_ns_precise;
 use crate::Report;
 

@@ -31,7 +31,6 @@ pub mod junit;
 pub mod markdown;
 pub mod perfetto;
 pub mod timeline;
-pub mod trace;
 
 use std::fmt::Write as _;
 

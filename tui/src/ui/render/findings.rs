@@ -12,7 +12,7 @@ use super::{clip, count, dur, scroll, split_list_detail};
 use crate::snapshot::FindingRow;
 use crate::ui::app::{App, FindingLine};
 use crate::ui::theme::Theme;
-use awaitscope_collector::export::trace;
+use awaitscope_collector::trace;
 use awaitscope_collector::FindingKind;
 
 /// Draws the findings view.
@@ -167,7 +167,7 @@ pub fn finding_lines<'a>(fr: &'a FindingRow, app: &App, t: &Theme) -> Vec<Line<'
 }
 
 /// A finding's trace under its heading, as every view shows it
-/// ([`awaitscope_collector::export::trace`]): one step a line, in the
+/// ([`awaitscope_collector::trace`]): one step a line, in the
 /// detectors' order (innermost first), folded frames dimmed; `indent`
 /// spaces before the heading. No lines for an empty trace.
 pub fn finding_trace<'a>(trace: &'a [String], indent: usize, t: &Theme) -> Vec<Line<'a>> {
