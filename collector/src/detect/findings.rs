@@ -148,9 +148,18 @@ impl Findings {
             }
             if worse {
                 f.message = o.message;
-                f.trace = o.trace;
-                if o.location.is_some() {
-                    f.location = o.location;
+                // Where a worse occurrence was is kept unless it says less:
+                // a poll's native stack is sampled once a poll crosses the
+                // producer's threshold, and a longer poll the watchdog did
+                // not catch would otherwise erase where the code blocks.
+                let keeps = super::poll_trace::has_native_stack(&f.trace)
+                    && !super::poll_trace::has_native_stack(&o.trace)
+                    && !o.trace.is_empty();
+                if !keeps {
+                    f.trace = o.trace;
+                    if o.location.is_some() {
+                        f.location = o.location;
+                    }
                 }
             }
             for t in o.tasks {
@@ -283,6 +292,27 @@ mod tests {
         assert_eq!(x.message, "d=5000");
         assert_eq!((x.first_seen, x.last_seen), (0, 20_000));
         assert_eq!(x.tasks.len(), MAX_TASKS_PER_FINDING);
+    }
+
+    #[test]
+    fn a_worse_occurrence_without_a_native_stack_keeps_where_the_code_blocked() {
+        let mut f = Findings::new(10);
+        let mut sampled = obs("a", 50, 1, true);
+        sampled.trace = vec!["burn_cpu @ src/main.rs:88".into()];
+        f.observe(sampled);
+        let mut missed = obs("a", 70, 2, true);
+        missed.trace = vec![
+            format!(
+                "{}no stall was reported",
+                super::super::poll_trace::NO_STACK
+            ),
+            "task #1".into(),
+        ];
+        f.observe(missed);
+        let x = &f.list()[0];
+        assert_eq!((x.count, x.worst_ns), (2, Some(70)));
+        assert_eq!(x.message, "d=70");
+        assert_eq!(x.trace, ["burn_cpu @ src/main.rs:88"]);
     }
 
     #[test]

@@ -56,16 +56,24 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
         Some(s) if stack == Some(StackState::Sampled) && !s.frames.is_empty() => {
             out.trace.extend(fold_frames(&s.frames));
             let user = |f: &&NativeFrame| f.origin == FrameOrigin::User;
-            if let Some(f) = s
+            if let Some((i, f)) = s
                 .frames
                 .iter()
-                .find(|f| user(f) && f.file.is_some() && f.line.is_some())
+                .enumerate()
+                .find(|(_, f)| user(f) && f.file.is_some() && f.line.is_some())
             {
                 if let Some(l) = frame_location(f) {
                     // An anonymous frame (an inlined async block or closure,
                     // `{async_block#0}`) is told by the function it is in:
                     // the next named frame of the program's, else its span.
-                    let name = if is_anonymous(&f.function) {
+                    let named = if is_anonymous(&f.function) {
+                        anonymous_name(f, &s.frames[i + 1..])
+                    } else {
+                        short_fn(&f.function)
+                    };
+                    let name = if !is_anonymous(&named) {
+                        Some(named)
+                    } else if is_anonymous(&f.function) {
                         s.frames
                             .iter()
                             .filter(user)
@@ -87,7 +95,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
         }
         _ => out
             .trace
-            .push(format!("no native stack: {}", no_stack_reason(stack))),
+            .push(format!("{NO_STACK}{}", no_stack_reason(stack))),
     }
     // The async stack.
     let spans: Vec<StallSpan> = match stall {
@@ -289,12 +297,13 @@ pub fn fold_frames(frames: &[NativeFrame]) -> Vec<String> {
         run.clear();
     };
     let mut last: Option<String> = None;
-    for f in frames {
+    for (i, f) in frames.iter().enumerate() {
         if f.origin == FrameOrigin::Runtime {
             run.push(f);
             continue;
         }
         let name = match f.origin {
+            FrameOrigin::User if is_anonymous(&f.function) => anonymous_name(f, &frames[i + 1..]),
             FrameOrigin::User => short_fn(&f.function),
             _ => dependency_fn(&f.function),
         };
@@ -340,6 +349,14 @@ const POLL_BOUNDARY_FILES: [&str; 4] = [
     "/src/runtime/scheduler/",
 ];
 
+/// How a poll trace without a native stack starts (then why there is none).
+pub const NO_STACK: &str = "no native stack: ";
+
+/// Whether `trace` is a poll trace whose native stack was sampled.
+pub fn has_native_stack(trace: &[String]) -> bool {
+    trace.first().is_some_and(|l| !l.starts_with(NO_STACK))
+}
+
 /// How many frames (innermost first) are inside the task's poll.
 fn poll_boundary(frames: &[NativeFrame]) -> usize {
     frames
@@ -373,7 +390,42 @@ fn runtime_entry(function: &str) -> Option<String> {
 /// call the program made.
 fn is_plumbing(function: &str) -> bool {
     let f = strip_closures(function);
-    f.ends_with("::poll") || f.ends_with(">::poll") || f.contains("Future>::poll")
+    f.ends_with("::poll")
+        || f.ends_with(">::poll")
+        || f.contains("Future>::poll")
+        // Line tables name an inlined frame without its path: `poll<F>`.
+        || f == "poll"
+        || f.starts_with("poll<")
+}
+
+/// An anonymous frame (line tables name an inlined async fn body
+/// `{async_fn#0}`, an async block `{async_block#0}`, a closure
+/// `{closure#0}`) told by the function it belongs to, when a frame around
+/// it names it in a type (`poll<app::checkout::{async_fn#0}::..>`):
+/// `checkout (async block)`. Else the name as it is.
+fn anonymous_name(f: &NativeFrame, outer: &[NativeFrame]) -> String {
+    let what = if f.function.starts_with("{async_fn") {
+        "async fn"
+    } else if f.function.starts_with("{async_block") {
+        "async block"
+    } else if f.function.starts_with("{closure") {
+        "closure"
+    } else {
+        return f.function.clone();
+    };
+    let owner = outer.iter().take(4).find_map(|o| {
+        let i = o.function.find("::{")?;
+        let path = &o.function[..i];
+        // The path's last segment, past any generic opening before it.
+        let seg = path.rsplit(['<', ' ', ':']).next()?;
+        (!seg.is_empty()).then(|| seg.to_string())
+    });
+    match owner {
+        // An async fn's body is the fn itself.
+        Some(o) if what == "async fn" => o,
+        Some(o) => format!("{o} ({what})"),
+        None => f.function.clone(),
+    }
 }
 
 /// Whether a function name names nothing: an inlined async block, async
@@ -535,6 +587,37 @@ mod tests {
             frame("{closure#1}", 135, FrameOrigin::User),
         ];
         assert_eq!(fold_frames(&frames), ["{async_block#0} @ src/22.rs:22"]);
+    }
+
+    #[test]
+    fn anonymous_frames_are_named_by_the_fn_they_belong_to() {
+        let mut poll = frame(
+            "poll<app::demo::blocking_in_async::{async_fn#0}::{async_block_env#0}>",
+            5,
+            FrameOrigin::Runtime,
+        );
+        poll.file = Some("core/src/future/future.rs".into());
+        let frames = [
+            frame("std::thread::sleep", 1, FrameOrigin::Runtime),
+            frame("{async_block#0}", 22, FrameOrigin::User),
+            poll,
+            frame("{async_fn#0}", 19, FrameOrigin::User),
+            frame(
+                "poll<app::demo::blocking_in_async::{async_fn_env#0}>",
+                6,
+                FrameOrigin::Runtime,
+            ),
+        ];
+        assert_eq!(
+            fold_frames(&frames),
+            [
+                "… 1 runtime frame in std::thread::sleep",
+                "blocking_in_async (async block) @ src/22.rs:22",
+                "… 1 runtime frame",
+                "blocking_in_async @ src/19.rs:19",
+                "… 1 runtime frame",
+            ]
+        );
     }
 
     #[test]
