@@ -114,7 +114,11 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
         _ => Vec::new(),
     };
     for s in spans.iter().filter(|s| !shown.contains(&s.label)) {
-        out.trace.push(line(&s.label, s.location.as_ref()));
+        let l = line(&s.label, s.location.as_ref());
+        // Told already by a native frame named after it.
+        if !out.trace.contains(&l) {
+            out.trace.push(l);
+        }
     }
     // Without a user frame: the innermost span of the program's own, else
     // the innermost in its files, else the innermost.
