@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use awaitscope_wire::ProcessKey;
 
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use crate::model::late_wake::LateWake;
 use crate::model::task::group_key;
-use crate::model::timer::LateWake;
 use crate::model::{task_label, Process};
 use crate::units::fmt_ns_brief;
 

@@ -18,6 +18,7 @@ pub mod await_tree;
 pub mod change;
 pub mod hash;
 pub mod labels;
+pub mod late_wake;
 pub mod merge;
 pub mod process;
 pub mod resource;

@@ -101,7 +101,7 @@ pub struct Process {
     /// close (a poll's await tree, a stall).
     pub closed_spans: ClosedSpans,
     /// The latest late timer wakes (see [`super::timer`]), oldest first.
-    pub late_wakes: VecDeque<super::timer::LateWake>,
+    pub late_wakes: VecDeque<super::late_wake::LateWake>,
     /// Wall clock (Unix ns) when the latest live frame arrived, and the
     /// process clock then.
     pub(crate) last_wall: Option<(u64, u64)>,

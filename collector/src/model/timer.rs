@@ -4,31 +4,8 @@
 
 use awaitscope_wire::SpanId;
 
+use super::late_wake::{LateWake, MAX_HOGS, MAX_LATE_WAKES};
 use super::process::Process;
-use super::span::Location;
-
-/// Most late wakes kept per process until the detectors read them.
-pub const MAX_LATE_WAKES: usize = 64;
-/// Most tasks kept as having held the thread of a late wake.
-pub const MAX_HOGS: usize = 4;
-
-/// A timer's wake that came late.
-#[derive(Clone, Debug)]
-pub struct LateWake {
-    /// The task woken.
-    pub task: SpanId,
-    /// The timer's deadline, ns since the process's start.
-    pub deadline: u64,
-    /// When the wake came.
-    pub woken: u64,
-    /// The task's await path down to the timer, innermost first.
-    pub path: Vec<String>,
-    /// The first location of that path (the user's line of the timer).
-    pub location: Option<Location>,
-    /// The tasks whose polls held the thread between the deadline and the
-    /// wake, with how long (ns) within that window, longest first.
-    pub hogs: Vec<(SpanId, u64)>,
-}
 
 impl Process {
     /// `task` was woken at `ts` from outside any task (as the timer wheel
