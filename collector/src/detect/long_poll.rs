@@ -324,7 +324,8 @@ mod tests {
         s.poll(t, 40 * MS, 41 * MS);
         let f = findings(&mut s, FindingKind::LongPoll);
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].trace[1], "Mutex @ src/main.rs:20");
+        // The resource as every await path names it.
+        assert_eq!(f[0].trace[1], "tokio::sync::Mutex @ src/main.rs:20");
         assert_eq!(f[0].trace[2], "inventory @ src/main.rs:100");
         assert_eq!(f[0].location.as_ref().map(|l| l.line), Some(100));
         assert!(

@@ -13,8 +13,8 @@ use awaitscope_wire::paths::{self, PathOrigin};
 use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, SpanId, StackState};
 
 use crate::model::span::Location;
-use crate::model::stall::{display_location, is_user_span, PollStall, StallSpan};
-use crate::model::{task_label, Process, Task};
+use crate::model::stall::{PollStall, StallSpan};
+use crate::model::{shown, task_label, Process, Task};
 use crate::units::fmt_ns_brief;
 
 /// What a poll-time finding says of where the poll was.
@@ -104,7 +104,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
     };
     // Spans the native stack already named (an instrumented async fn is a
     // frame there too) are not told twice.
-    let shown: Vec<String> = match stall {
+    let told: Vec<String> = match stall {
         Some(st) if stack == Some(StackState::Sampled) => st
             .frames
             .iter()
@@ -113,7 +113,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
             .collect(),
         _ => Vec::new(),
     };
-    for s in spans.iter().filter(|s| !shown.contains(&s.label)) {
+    for s in spans.iter().filter(|s| !told.contains(&s.label)) {
         let l = line(&s.label, s.location.as_ref());
         // Told already by a native frame named after it.
         if !out.trace.contains(&l) {
@@ -141,7 +141,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
     }
     out.trace.push(task_line(t));
     if out.location.is_none() {
-        out.location = t.location.as_ref().map(display_location);
+        out.location = t.location.clone().map(shown);
     }
     out
 }
@@ -152,27 +152,17 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
 /// was when its own poll was sampled: `held the thread 70.0ms: task
 /// cpu-hog#7 @ src/main.rs:9:5, in burn_cpu (src/main.rs:88)`.
 pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanId) -> Vec<String> {
-    let Some(th) = p.threads.get(&thread) else {
-        return Vec::new();
-    };
-    let mut hogs: Vec<(u64, SpanId, u64, u64)> = th
-        .recent_polls
-        .iter()
-        .filter(|&&(h, _, _)| h != task)
-        .map(|&(h, start, end)| (end.min(to).saturating_sub(start.max(from)), h, start, end))
-        .filter(|&(overlap, ..)| overlap > 0)
-        .collect();
-    hogs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    hogs.truncate(4);
-    hogs.into_iter()
-        .filter_map(|(overlap, h, start, end)| {
-            let t = p.task(h)?;
+    p.held_the_thread(&[Some(thread)], from, to, task)
+        .into_iter()
+        .take(4)
+        .filter_map(|h| {
+            let t = p.task(h.task)?;
             let mut line = format!(
                 "held the thread {}: {}",
-                fmt_ns_brief(overlap),
+                fmt_ns_brief(h.held_ns),
                 task_label(t)
             );
-            if let Some(c) = of_poll(p, t, start, end).culprit {
+            if let Some(c) = of_poll(p, t, h.poll.0, h.poll.1).culprit {
                 line.push_str(&format!(", in {c}"));
             }
             Some(line)
@@ -212,27 +202,23 @@ pub fn busiest_leaf(p: &Process, t: &Task, start: u64, end: u64) -> Option<usize
 }
 
 /// The path of `t`'s await tree down to `leaf`, innermost first (closed
-/// spans included: the tree keeps them), each span named and located (the
-/// path shortened for display).
+/// spans included: the tree keeps them), as every await path is told
+/// ([`Process::await_frames`]: tokio's internals folded into the call the
+/// user made, at the user's line). A frame is the program's own when it is
+/// in its files and not a tokio operation.
 pub fn await_stack(p: &Process, t: &Task, leaf: Option<usize>) -> Vec<StallSpan> {
-    let tree = &t.await_tree;
     let Some(leaf) = leaf else {
         return Vec::new();
     };
-    let mut path = tree.path(leaf);
-    path.reverse();
-    path.into_iter()
-        .map(|i| {
-            let n = &tree.nodes[i];
-            let location = p
-                .span_location(n.span, n.callsite)
-                .map(|l| display_location(&l));
-            let cs = p.callsites.get(&n.callsite);
-            StallSpan {
-                label: p.node_label(n),
-                user: is_user_span(n.class, cs, location.as_ref()),
-                location,
-            }
+    p.await_frames(&t.await_tree, leaf)
+        .into_iter()
+        .map(|f| StallSpan {
+            user: !f.label.starts_with("tokio::")
+                && f.location
+                    .as_ref()
+                    .is_some_and(|l| paths::origin(&l.file) == PathOrigin::Local),
+            label: f.label,
+            location: f.location,
         })
         .collect()
 }
@@ -258,7 +244,7 @@ pub fn task_line(t: &Task) -> String {
         s.push_str(&format!(" {n:?}"));
     }
     if let Some(l) = &t.location {
-        s.push_str(&format!(" spawned @ {}", file_line(&display_location(l))));
+        s.push_str(&format!(" spawned @ {}", file_line(&shown(l.clone()))));
     }
     s
 }

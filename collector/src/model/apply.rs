@@ -738,9 +738,7 @@ impl Process {
             Some(l) => l.to_string(),
             None => self.span_label(id, callsite),
         };
-        let location = self
-            .span_location(id, callsite)
-            .map(|l| super::stall::display_location(&l));
+        let location = self.span_location(id, callsite);
         let user = is_user_span(class, self.callsites.get(&callsite), location.as_ref());
         Some(StallSpan {
             label,

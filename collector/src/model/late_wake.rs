@@ -27,3 +27,15 @@ pub struct LateWake {
     /// wake, with how long (ns) within that window, longest first.
     pub hogs: Vec<(SpanId, u64)>,
 }
+
+/// A task whose polls held a thread during a window (see
+/// `Process::held_the_thread`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hog {
+    /// The task.
+    pub task: SpanId,
+    /// How long its polls held the thread within the window, in ns.
+    pub held_ns: u64,
+    /// Its longest poll overlapping the window, as (start, end).
+    pub poll: (u64, u64),
+}

@@ -31,7 +31,7 @@ pub mod timer;
 mod warm;
 
 pub use change::{Change, ChangeKind};
-pub use labels::task_label;
+pub use labels::{shown, task_label};
 pub use process::{Observer, Process};
 pub use snapshot::ProcessSnapshot;
 pub use task::{Task, TaskState};

@@ -164,15 +164,6 @@ impl ClosedSpans {
     }
 }
 
-/// `location` with its path shortened for display.
-pub fn display_location(l: &Location) -> Location {
-    Location {
-        file: paths::display(&l.file).into_owned(),
-        line: l.line,
-        col: l.col,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use awaitscope_wire::{CloseKind, FrameOrigin, Sched, SpanId, StackState};

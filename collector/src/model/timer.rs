@@ -4,7 +4,7 @@
 
 use awaitscope_wire::SpanId;
 
-use super::late_wake::{LateWake, MAX_HOGS, MAX_LATE_WAKES};
+use super::late_wake::{Hog, LateWake, MAX_HOGS, MAX_LATE_WAKES};
 use super::process::Process;
 
 impl Process {
@@ -33,28 +33,12 @@ impl Process {
         let frames = node.map_or_else(Vec::new, |i| self.await_frames(tree, i));
         // Who held the thread: long polls on the task's thread (and the
         // waking thread) overlapping [deadline, wake].
-        let mut hogs: Vec<(SpanId, u64)> = Vec::new();
-        let threads = [t.last_thread, Some(self.cur_thread)];
-        for (k, th) in threads.iter().enumerate() {
-            if threads[..k].contains(th) {
-                continue;
-            }
-            let Some(th) = th.and_then(|th| self.threads.get(&th)) else {
-                continue;
-            };
-            for &(h, start, end) in &th.recent_polls {
-                let overlap = end.min(ts).saturating_sub(start.max(deadline));
-                if h == task || overlap == 0 {
-                    continue;
-                }
-                match hogs.iter_mut().find(|(id, _)| *id == h) {
-                    Some(e) => e.1 += overlap,
-                    None => hogs.push((h, overlap)),
-                }
-            }
-        }
-        hogs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        hogs.truncate(MAX_HOGS);
+        let hogs = self
+            .held_the_thread(&[t.last_thread, Some(self.cur_thread)], deadline, ts, task)
+            .into_iter()
+            .take(MAX_HOGS)
+            .map(|h| (h.task, h.held_ns))
+            .collect();
         let late = LateWake {
             task,
             deadline,
@@ -67,5 +51,47 @@ impl Process {
             self.late_wakes.pop_front();
         }
         self.late_wakes.push_back(late);
+    }
+
+    /// The tasks other than `except` whose polls (of a millisecond or
+    /// more, see `ThreadState::recent_polls`) held any of `threads` between
+    /// `from` and `to`, longest held first.
+    pub fn held_the_thread(
+        &self,
+        threads: &[Option<u32>],
+        from: u64,
+        to: u64,
+        except: SpanId,
+    ) -> Vec<Hog> {
+        let mut hogs: Vec<Hog> = Vec::new();
+        for (k, th) in threads.iter().enumerate() {
+            if threads[..k].contains(th) {
+                continue;
+            }
+            let Some(th) = th.and_then(|th| self.threads.get(&th)) else {
+                continue;
+            };
+            for &(h, start, end) in &th.recent_polls {
+                let overlap = end.min(to).saturating_sub(start.max(from));
+                if h == except || overlap == 0 {
+                    continue;
+                }
+                match hogs.iter_mut().find(|x| x.task == h) {
+                    Some(x) => {
+                        x.held_ns += overlap;
+                        if end.saturating_sub(start) > x.poll.1.saturating_sub(x.poll.0) {
+                            x.poll = (start, end);
+                        }
+                    }
+                    None => hogs.push(Hog {
+                        task: h,
+                        held_ns: overlap,
+                        poll: (start, end),
+                    }),
+                }
+            }
+        }
+        hogs.sort_by(|a, b| b.held_ns.cmp(&a.held_ns).then(a.task.cmp(&b.task)));
+        hogs
     }
 }
