@@ -454,6 +454,18 @@ fn frame_location(f: &NativeFrame) -> Option<Location> {
 /// (`app::checkout::{{closure}}`) `checkout`.
 fn short_fn(function: &str) -> String {
     let f = strip_closures(function);
+    // A qualified path (`<app::Cart>::total`, `<T as Trait>::f`): the type
+    // named by its own last segment.
+    let unqualified;
+    let f = match f.strip_prefix('<').and_then(|r| r.split_once(">::")) {
+        Some((ty, rest)) => {
+            let ty = ty.split(" as ").next().unwrap_or(ty);
+            let ty = ty.rsplit("::").next().unwrap_or(ty);
+            unqualified = format!("{ty}::{rest}");
+            unqualified.as_str()
+        }
+        None => f,
+    };
     let segs: Vec<&str> = f.split("::").collect();
     match segs.as_slice() {
         [] => function.to_string(),
@@ -619,6 +631,11 @@ mod tests {
             "load_config"
         );
         assert_eq!(short_fn("app::cart::Cart::total"), "Cart::total");
+        assert_eq!(short_fn("<app::cart::Cart>::total"), "Cart::total");
+        assert_eq!(
+            short_fn("<app::cart::Cart as app::Priced>::price"),
+            "Cart::price"
+        );
         assert_eq!(short_fn("main"), "main");
         assert_eq!(short_fn("{{closure}}"), "{{closure}}");
     }

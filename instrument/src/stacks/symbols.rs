@@ -61,6 +61,20 @@ fn is_c(function: &str, file: Option<&str>) -> bool {
     }
 }
 
+/// Crates the standard library is built with (its backtraces, its
+/// collections): runtime when a frame of theirs has no file to tell by.
+const STD_DEPS: [&str; 9] = [
+    "gimli",
+    "addr2line",
+    "object",
+    "miniz_oxide",
+    "rustc_demangle",
+    "hashbrown",
+    "std_detect",
+    "compiler_builtins",
+    "memchr",
+];
+
 /// Whose code a frame is, from its function's name and its file as
 /// [`paths::display`] shows it.
 pub(crate) fn classify(function: &str, file: Option<&str>) -> FrameOrigin {
@@ -68,6 +82,11 @@ pub(crate) fn classify(function: &str, file: Option<&str>) -> FrameOrigin {
         return FrameOrigin::Runtime;
     }
     let Some(file) = file else {
+        // Without a file, the standard library's own dependencies (whose
+        // frames have no line tables) are told by their crate.
+        if crate_of(function).is_some_and(|k| STD_DEPS.contains(&k)) {
+            return FrameOrigin::Runtime;
+        }
         return FrameOrigin::User;
     };
     match paths::origin(file) {
@@ -308,6 +327,17 @@ mod tests {
             Runtime
         );
         assert_eq!(classify("clock_nanosleep", None), Runtime);
+        assert_eq!(
+            classify("<gimli::read::abbrev::Abbreviation>::new", None),
+            Runtime
+        );
+        assert_eq!(
+            classify(
+                "<gimli::read::abbrev::Abbreviation>::new",
+                Some("gimli-0.32.3/src/read/abbrev.rs")
+            ),
+            Dependency
+        );
         assert_eq!(
             classify("awaitscope::capture::x", Some("instrument/src/x.rs")),
             Runtime
