@@ -4,6 +4,9 @@
 //! * [`model`]: processes, task tree, spans, resources and await trees, with
 //!   bounded retention of completed tasks; it applies events and reports
 //!   what changed, knowing nothing of detectors.
+//! * [`symbolize`]: the native stacks programs sample, from addresses to
+//!   functions and lines, read from the program's files here rather than
+//!   in the program.
 //! * [`detect`]: detectors (`long_poll`, `descheduled`, `starvation`,
 //!   `lost_waker`, `never_yielded`, `self_wake`, `deadlock`, `stuck`, `error`, `panic`,
 //!   `dropped_events`) observing the model and producing deduplicated
@@ -35,6 +38,7 @@ pub mod export;
 pub mod ingest;
 pub mod model;
 pub mod report;
+pub mod symbolize;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod trace;

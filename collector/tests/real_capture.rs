@@ -20,8 +20,20 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    record_with(|b| b, program)
+}
+
+/// [`record`] with the builder changed by `setup`.
+fn record_with<F, Fut>(
+    setup: impl FnOnce(awaitscope::Builder) -> awaitscope::Builder,
+    program: F,
+) -> Vec<u8>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let memory = MemoryRecording::new();
-    let (layer, guard) = awaitscope::Builder::new()
+    let (layer, guard) = setup(awaitscope::Builder::new())
         .no_stream()
         .record_in_memory(&memory)
         .build();
@@ -293,16 +305,20 @@ async fn checkout() {
     tokio::time::sleep(Duration::from_millis(5)).await;
 }
 
-/// A long poll of a real program, without a stall from the producer: the
-/// finding's trace is the poll's await tree, innermost first, with the
-/// instrumented fn that returned during the poll, and the finding names it.
+/// A long poll of a real program, without a stall from the producer (its
+/// stall threshold set past the poll): the finding's trace is the poll's
+/// await tree, innermost first, with the instrumented fn that returned
+/// during the poll, and the finding names it.
 #[test]
 fn long_poll_names_the_instrumented_fns_innermost_first() {
-    let bytes = record(|| async {
-        awaitscope::spawn_named("checkout", checkout())
-            .await
-            .unwrap();
-    });
+    let bytes = record_with(
+        |b| b.long_poll(Duration::from_secs(60)),
+        || async {
+            awaitscope::spawn_named("checkout", checkout())
+                .await
+                .unwrap();
+        },
+    );
     let m = analyse(&bytes);
     let long = named(&m, FindingKind::LongPoll);
     let (f, _) = long

@@ -358,6 +358,15 @@ pub enum Event {
     /// either may arrive after the poll's end. `(task, start)` names the
     /// poll.
     Stall(Box<Stall>),
+    /// A stall's native stack as the producer sampled it, for the collector
+    /// to symbolise (version 4, boxed): addresses in the program's modules
+    /// (its executable and shared libraries), each module named by path and
+    /// build id. Sent right after the `ended: false` [`Event::Stall`] of the
+    /// same poll `(task, start)`, whose `stack` is
+    /// [`StackState::Sampled`] and whose `frames` are empty. (A producer
+    /// asked to symbolise in process sends the frames in the `Stall` and no
+    /// `NativeStack`.)
+    NativeStack(Box<NativeStack>),
 }
 
 impl Event {
@@ -375,6 +384,7 @@ impl Event {
             | Event::Wake { ts, .. } => Some(*ts),
             Event::SpanNew(n) => Some(n.ts),
             Event::Stall(st) => Some(st.ts),
+            Event::NativeStack(ns) => Some(ns.ts),
             Event::Log(l) => Some(l.ts),
             Event::Panic(p) => Some(p.ts),
             Event::Callsite(_)
@@ -530,10 +540,60 @@ pub struct Stall {
     pub sched: Option<Sched>,
 }
 
+/// A sampled native stack, not symbolised: [`Event::NativeStack`].
+///
+/// The producer only reads its worker's return addresses and the list of
+/// its loaded modules; turning them into functions and lines (loading the
+/// debug info, tens of megabytes for a large binary) is the collector's
+/// work, so that it costs the program nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeStack {
+    /// The task whose poll was sampled.
+    pub task: SpanId,
+    /// When the poll started: with `task`, the poll (as [`Stall::start`]).
+    pub start: u64,
+    /// When the stack was sampled, ns since the producer started.
+    pub ts: u64,
+    /// The modules the frames are in, as [`RawFrame::module`] indexes them.
+    #[serde(deserialize_with = "capped::modules")]
+    pub modules: Vec<Module>,
+    /// The frames, innermost first, at most [`limits::MAX_STACK`].
+    #[serde(deserialize_with = "capped::raw_frames")]
+    pub frames: Vec<RawFrame>,
+}
+
+/// A module of the program (its executable or a shared library), as the
+/// collector finds its symbols.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Module {
+    /// Absolute path of the file the module was loaded from (the
+    /// executable's as `/proc/self/exe` named it).
+    pub path: String,
+    /// The file's GNU build id (`NT_GNU_BUILD_ID`), for telling whether the
+    /// file at `path` is still the one that ran; empty when it has none.
+    #[serde(deserialize_with = "capped::build_id")]
+    pub build_id: Vec<u8>,
+}
+
+/// One sampled frame: an address, within a module when one holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawFrame {
+    /// Index of the module in [`NativeStack::modules`]; `None` for an
+    /// address in no module (the vDSO, generated code).
+    pub module: Option<u32>,
+    /// The address to look up: in the module's own address space (as in its
+    /// file, load bias removed) when `module` is set, else as it was in the
+    /// process. Already the address of the call for a return address (one
+    /// less than the address returned to), the instruction itself for the
+    /// interrupted frame.
+    pub address: u64,
+}
+
 /// Whether a [`Stall`] carries a native stack, and why not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StackState {
-    /// The worker was interrupted and its stack read: see `frames`.
+    /// The worker was interrupted and its stack read: see `frames`, or
+    /// the [`Event::NativeStack`] that follows (version 4).
     Sampled,
     /// Sampling is turned off (`AWAITSCOPE_STACKS=off`).
     Off,
@@ -614,7 +674,9 @@ pub(crate) mod capped {
         Deserialize, DeserializeSeed, Deserializer, Error, Expected, SeqAccess, Visitor,
     };
 
-    use super::{limits, Event, Field, Log, NativeFrame, SpanId, SpanNew, TreeNode};
+    use super::{
+        limits, Event, Field, Log, Module, NativeFrame, RawFrame, SpanId, SpanNew, TreeNode,
+    };
 
     thread_local! {
         /// Why the last list on this thread was refused. Codecs may drop the
@@ -868,6 +930,18 @@ pub(crate) mod capped {
         d: D,
     ) -> Result<Vec<NativeFrame>, D::Error> {
         seq(d, limits::MAX_STACK, "native frames")
+    }
+
+    pub(super) fn modules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Module>, D::Error> {
+        seq(d, limits::MAX_STACK, "modules")
+    }
+
+    pub(super) fn raw_frames<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawFrame>, D::Error> {
+        seq(d, limits::MAX_STACK, "raw frames")
+    }
+
+    pub(super) fn build_id<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        seq(d, limits::MAX_BUILD_ID, "build id bytes")
     }
 
     pub(super) fn events<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Event>, D::Error> {

@@ -47,10 +47,14 @@ pub const MAGIC: [u8; 8] = *b"AWSCOPE\0";
 /// Version 3 added [`Event::Stall`] (a poll past the stall threshold, seen
 /// while it ran: its async and native stacks and the worker's scheduler
 /// statistics).
-pub const VERSION: u16 = 3;
+///
+/// Version 4 added [`Event::NativeStack`] (a stall's native stack as
+/// addresses in the program's modules, symbolised by the collector rather
+/// than by the program).
+pub const VERSION: u16 = 4;
 
 /// Oldest version a reader accepts: version-1 and version-2 streams decode
-/// unchanged (their events are a subset of version 3's). Others are refused.
+/// unchanged (their events are a subset of version 4's). Others are refused.
 pub const MIN_VERSION: u16 = 1;
 
 /// Largest frame payload accepted, in bytes. Producers batch well under it.
@@ -67,8 +71,11 @@ pub mod limits {
     pub const MAX_TREE: usize = 64;
     /// Most lines in a causal trace (`Log` and `Panic` events).
     pub const MAX_TRACE: usize = 64;
-    /// Most native frames in one [`crate::Stall`].
+    /// Most native frames in one [`crate::Stall`] or
+    /// [`crate::NativeStack`], and most modules in one `NativeStack`.
     pub const MAX_STACK: usize = 128;
+    /// Longest build id, in bytes (GNU build ids are 20).
+    pub const MAX_BUILD_ID: usize = 64;
     /// Most events in one batch frame.
     pub const MAX_BATCH: usize = 16 * 1024;
 

@@ -235,6 +235,23 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                             f.file.as_deref().map_or(Ok(()), s)?;
                         }
                     }
+                    Event::NativeStack(ns) => {
+                        if ns.frames.len() > limits::MAX_STACK
+                            || ns.modules.len() > limits::MAX_STACK
+                        {
+                            return Err("native stack exceeds the cap".into());
+                        }
+                        for m in &ns.modules {
+                            s(&m.path)?;
+                            if m.build_id.len() > limits::MAX_BUILD_ID {
+                                return Err("build id exceeds the cap".into());
+                            }
+                        }
+                        let n = ns.modules.len() as u32;
+                        if ns.frames.iter().any(|f| f.module.is_some_and(|m| m >= n)) {
+                            return Err("native frame names a module that is not listed".into());
+                        }
+                    }
                     Event::PollTree { spans, .. } => {
                         if spans.len() > limits::MAX_TREE {
                             return Err(format!("{} await tree nodes exceed the cap", spans.len()));

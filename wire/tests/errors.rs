@@ -100,7 +100,7 @@ fn magic_prefix_needs_more_bytes() {
 #[test]
 fn unsupported_version() {
     let mut bytes = preamble().to_vec();
-    bytes[8..10].copy_from_slice(&4u16.to_le_bytes());
+    bytes[8..10].copy_from_slice(&(VERSION + 1).to_le_bytes());
     // Frames after the header do not matter.
     bytes.extend(stream(&sample_frames()[..2]).into_iter().skip(10));
     for err in [
@@ -112,17 +112,17 @@ fn unsupported_version() {
             matches!(
                 err,
                 DecodeError::UnsupportedVersion {
-                    found: 4,
-                    supported: 3
+                    found: 5,
+                    supported: 4
                 }
             ),
             "{err:?}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("version 4"), "{msg}");
-        assert!(msg.contains("1 to 3"), "{msg}");
+        assert!(msg.contains("version 5"), "{msg}");
+        assert!(msg.contains("1 to 4"), "{msg}");
     }
-    for version in [0u16, 4, 0x0100, u16::MAX] {
+    for version in [0u16, 5, 0x0100, u16::MAX] {
         let mut bytes = preamble().to_vec();
         bytes[8..10].copy_from_slice(&version.to_le_bytes());
         match Preamble::parse(&bytes) {

@@ -1,10 +1,11 @@
 //! The encoding is pinned by files: today's types must read those bytes and
 //! write exactly the same bytes again. The version-2 files were written
 //! before `Event` changed shape in Rust (its large variants boxed) and before
-//! version 3 added `Stall`: they must still decode, and their frames encode
-//! to the same bytes after the preamble. Regenerate the version-3 files only
-//! on a deliberate format change (`cargo test -p awaitscope-wire --test
-//! golden -- --ignored`), which also needs a new format version.
+//! version 3 added `Stall`, the version-3 files before version 4 added
+//! `NativeStack`: they must still decode, and their frames encode to the
+//! same bytes after the preamble. Regenerate the version-4 files only on a
+//! deliberate format change (`cargo test -p awaitscope-wire --test golden
+//! -- --ignored`), which also needs a new format version.
 
 mod common;
 
@@ -13,8 +14,10 @@ use common::*;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v3.aws");
-const ARBITRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v3.aws");
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v4.aws");
+const ARBITRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v4.aws");
+const SAMPLES_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v3.aws");
+const ARBITRARY_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v3.aws");
 const SAMPLES_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v2.aws");
 const ARBITRARY_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v2.aws");
 
@@ -58,10 +61,11 @@ fn pinned_arbitrary_frames_decode_and_encode_to_the_same_bytes() {
     assert_eq!(frames, arbitrary_frames());
 }
 
-/// A version-2 file decodes, and its frames encode to its bytes again.
-fn version_2_reads_and_encodes_the_same(path: &str) -> Vec<Frame> {
+/// An older version's file decodes, and its frames encode to its bytes
+/// again.
+fn old_version_reads_and_encodes_the_same(path: &str, version: u16) -> Vec<Frame> {
     let pinned = read(path);
-    assert_eq!(&pinned[8..10], &2u16.to_le_bytes());
+    assert_eq!(&pinned[8..10], &version.to_le_bytes());
     let (frames, err) = read_all(&pinned);
     assert!(err.is_none(), "{err:?}");
     assert!(!frames.is_empty());
@@ -71,7 +75,7 @@ fn version_2_reads_and_encodes_the_same(path: &str) -> Vec<Frame> {
 
 #[test]
 fn version_2_samples_still_decode() {
-    let frames = version_2_reads_and_encodes_the_same(SAMPLES_V2);
+    let frames = old_version_reads_and_encodes_the_same(SAMPLES_V2, 2);
     // Their events are today's samples without the version-3 events.
     let events = |frames: Vec<Frame>| -> Vec<Event> {
         frames
@@ -81,7 +85,7 @@ fn version_2_samples_still_decode() {
                 _ => None,
             })
             .flatten()
-            .filter(|e| !matches!(e, Event::Stall(_)))
+            .filter(|e| !matches!(e, Event::Stall(_) | Event::NativeStack(_)))
             .collect()
     };
     assert_eq!(events(frames), events(sample_frames()));
@@ -89,6 +93,30 @@ fn version_2_samples_still_decode() {
 
 #[test]
 fn version_2_arbitrary_frames_still_decode() {
-    let frames = version_2_reads_and_encodes_the_same(ARBITRARY_V2);
+    let frames = old_version_reads_and_encodes_the_same(ARBITRARY_V2, 2);
+    assert_eq!(frames.len(), 400);
+}
+
+#[test]
+fn version_3_samples_still_decode() {
+    let frames = old_version_reads_and_encodes_the_same(SAMPLES_V3, 3);
+    // Their events are today's samples without the version-4 events.
+    let events = |frames: Vec<Frame>| -> Vec<Event> {
+        frames
+            .into_iter()
+            .filter_map(|f| match f.body {
+                Body::Events(e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .filter(|e| !matches!(e, Event::NativeStack(_)))
+            .collect()
+    };
+    assert_eq!(events(frames), events(sample_frames()));
+}
+
+#[test]
+fn version_3_arbitrary_frames_still_decode() {
+    let frames = old_version_reads_and_encodes_the_same(ARBITRARY_V3, 3);
     assert_eq!(frames.len(), 400);
 }

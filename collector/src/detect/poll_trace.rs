@@ -52,9 +52,24 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
     let stall = crossed_stall(t, start);
     let stack = stall.and_then(|s| s.stack);
     // The native stack, or why there is none.
+    // A stack whose program frames could not be symbolised (the binary
+    // missing or rebuilt since) is no stack to show: say why.
+    let symbolised = |s: &PollStall| {
+        s.unresolved.is_none() || s.frames.iter().any(|f| f.origin == FrameOrigin::User)
+    };
     match stall {
+        Some(s) if stack == Some(StackState::Sampled) && !s.frames.is_empty() && !symbolised(s) => {
+            out.trace.push(format!(
+                "{NO_STACK}not symbolised: {}",
+                s.unresolved.as_deref().unwrap_or_default()
+            ));
+        }
         Some(s) if stack == Some(StackState::Sampled) && !s.frames.is_empty() => {
             out.trace.extend(fold_frames(&s.frames));
+            if let Some(why) = &s.unresolved {
+                out.trace
+                    .push(format!("(some frames not symbolised: {why})"));
+            }
             let user = |f: &&NativeFrame| f.origin == FrameOrigin::User;
             if let Some((i, f)) = s
                 .frames
@@ -254,9 +269,8 @@ fn no_stack_reason(stack: Option<StackState>) -> &'static str {
     match stack {
         Some(StackState::Off) => "sampling is off (AWAITSCOPE_STACKS=off)",
         Some(StackState::Unsupported) => "sampling is not supported on this platform",
-        Some(StackState::Missed) | Some(StackState::Sampled) => {
-            "the worker did not answer the sampling signal in time"
-        }
+        Some(StackState::Missed) => "the worker did not answer the sampling signal in time",
+        Some(StackState::Sampled) => "the sampled stack did not reach the collector",
         None => "no stall was reported for this poll (it ended before the watchdog saw it, or the producer is older)",
     }
 }

@@ -219,6 +219,10 @@ impl Process {
                 self.bump(st.ts);
                 self.stall(st, obs);
             }
+            Event::NativeStack(ns) => {
+                self.bump(ns.ts);
+                self.native_stack(ns, obs);
+            }
             Event::Panic(p) => {
                 let awaitscope_wire::Panic {
                     task,
@@ -690,26 +694,8 @@ impl Process {
                 .filter_map(|&s| self.stall_span(s))
                 .collect()
         };
-        // A live task, or one that ended before its stall arrived.
-        let t = match self.tasks.get_mut(&st.task) {
-            Some(t) => t,
-            None => match self.completed.iter_mut().rev().find(|t| t.id == st.task) {
-                Some(t) => t,
-                None => return,
-            },
-        };
-        let stall = match &mut t.stall {
-            Some(s) if s.start == st.start => s,
-            other => {
-                let mut s = PollStall::new(st.start);
-                // Of a poll committed already: judged without it.
-                s.poll_ns = [t.last_committed, t.last_long]
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p.start == st.start)
-                    .map(|p| p.end.saturating_sub(p.start));
-                other.insert(Box::new(s))
-            }
+        let Some(stall) = self.stall_of(st.task, st.start) else {
+            return;
         };
         stall.merge(st, spans);
         obs.change(
@@ -720,6 +706,47 @@ impl Process {
                 ended: st.ended,
             },
         );
+    }
+
+    /// The native stack of a stall's crossing, symbolised here from the
+    /// program's files (see [`crate::symbolize`]).
+    fn native_stack<O: Observer>(&mut self, ns: &awaitscope_wire::NativeStack, obs: &mut O) {
+        let pid = self.key.pid;
+        let Some(stall) = self.stall_of(ns.task, ns.start) else {
+            return;
+        };
+        let s = crate::symbolize::symbolize(ns, Some(pid));
+        stall.frames = s.frames;
+        stall.unresolved = s.unresolved;
+        obs.change(
+            self,
+            &Change::Stalled {
+                task: ns.task,
+                start: ns.start,
+                ended: false,
+            },
+        );
+    }
+
+    /// The stall of task `task`'s poll started at `start` (a live task, or
+    /// one that ended before its stall arrived), made if it is the first
+    /// of its halves to arrive. `None` for a task not known.
+    fn stall_of(&mut self, task: SpanId, start: u64) -> Option<&mut PollStall> {
+        let t = match self.tasks.get_mut(&task) {
+            Some(t) => t,
+            None => self.completed.iter_mut().rev().find(|t| t.id == task)?,
+        };
+        if t.stall.as_ref().is_none_or(|s| s.start != start) {
+            let mut s = PollStall::new(start);
+            // Of a poll committed already: judged without it.
+            s.poll_ns = [t.last_committed, t.last_long]
+                .into_iter()
+                .flatten()
+                .find(|p| p.start == start)
+                .map(|p| p.end.saturating_sub(p.start));
+            t.stall = Some(Box::new(s));
+        }
+        t.stall.as_deref_mut()
     }
 
     /// Span `id` of a stall's async stack, named (live or recently closed;

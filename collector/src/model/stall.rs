@@ -64,8 +64,13 @@ pub struct PollStall {
     /// What became of the native stack sample; `None` until the crossing's
     /// half arrived.
     pub stack: Option<StackState>,
-    /// The native stack at the crossing, innermost first.
+    /// The native stack at the crossing, innermost first: sent symbolised
+    /// (version 3), or symbolised here from a
+    /// [`awaitscope_wire::NativeStack`].
     pub frames: Vec<NativeFrame>,
+    /// Why (some of) the native stack could not be symbolised here: the
+    /// program's file missing or rebuilt since it ran.
+    pub unresolved: Option<String>,
     /// How the worker spent the poll: up to its end once the `ended` half
     /// arrived, else up to the crossing.
     pub sched: Option<Sched>,
@@ -89,6 +94,7 @@ impl PollStall {
             spans: Vec::new(),
             stack: None,
             frames: Vec::new(),
+            unresolved: None,
             sched: None,
             poll_ns: None,
             sched_at_commit: None,
@@ -108,7 +114,10 @@ impl PollStall {
             self.crossed = true;
             self.spans = spans;
             self.stack = Some(st.stack);
-            self.frames = st.frames.clone();
+            // A version-4 stall's frames come after it, symbolised here.
+            if !st.frames.is_empty() {
+                self.frames = st.frames.clone();
+            }
             if !self.ended || self.sched.is_none() {
                 self.sched = st.sched.or(self.sched);
             }

@@ -31,6 +31,7 @@ impl Process {
                 | Event::Wake { task, .. }
                 | Event::PollTree { task, .. } => task,
                 Event::Stall(st) => &st.task,
+                Event::NativeStack(ns) => &ns.task,
                 Event::Enter { span, .. }
                 | Event::Exit { span, .. }
                 | Event::Close { span, .. } => span,

@@ -536,16 +536,13 @@ impl Exporter {
                 ts: shared.nanos(start),
             });
         }
-        // Stalls come back from symbolising in order; at the end, wait
-        // (bounded) for those still on their way.
-        let wait = if self.stopping {
-            STALLS_AT_EXIT
-        } else {
-            Duration::ZERO
-        };
-        for p in self.watchdog.ready(wait) {
+        let stalls: Vec<_> = self.watchdog.ready().collect();
+        for p in stalls {
             self.switch_thread(p.thread, &p.name);
             self.emit(&Event::Stall(Box::new(p.stall)));
+            if let Some(native) = p.native {
+                self.emit(&Event::NativeStack(Box::new(native)));
+            }
         }
     }
 
@@ -1187,10 +1184,6 @@ fn log_event(l: RawLog, ns: impl Fn(u64) -> u64) -> Event {
 /// How long a poll runs before the exporter announces it from its
 /// thread's `PollSlot` (its start is otherwise sent with its end).
 const ANNOUNCE_AFTER_NS: u64 = 1_000_000;
-
-/// Longest the last drain waits for stalls still being symbolised (the
-/// first symbolising loads the program's debug info).
-const STALLS_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// Variants of `Event` that own no heap data.
 #[inline(always)]

@@ -4,16 +4,17 @@
 //! statistics; once it runs past the stall threshold it is sampled once
 //! (its async stack from the slot, its native stack, the statistics), and
 //! after it ends its statistics are read again. Each gives a
-//! [`Stall`] event, handed back in order through the symbols thread.
+//! [`Stall`] event; a sampled native stack follows its crossing's as a
+//! [`NativeStack`] of addresses for the collector to symbolise.
 
 use std::time::Duration;
 
-use awaitscope_wire::{SpanId, StackState, Stall};
+use awaitscope_wire::{NativeStack, SpanId, StackState, Stall};
 
 use crate::capture::local::PollSlot;
 use crate::capture::Capture;
+use crate::stacks::modules::Modules;
 use crate::stacks::sched::{Reading, SchedReader};
-use crate::stacks::symbols::{Job, SymbolsThread};
 use crate::stacks::{self, NoSample, StallConfig};
 
 /// How often the statistics of a sampled poll still running are read
@@ -21,11 +22,13 @@ use crate::stacks::{self, NoSample, StallConfig};
 const REFRESH_NS: u64 = 5_000_000;
 
 /// A stall on its way out: the thread it happened on (index and name, for
-/// the `Thread` event before it) and the event without its frames.
+/// the `Thread` event before it), the event, and the native stack sampled
+/// at its crossing.
 pub(super) struct Pending {
     pub thread: u32,
     pub name: Option<String>,
     pub stall: Stall,
+    pub native: Option<NativeStack>,
 }
 
 /// What the watchdog knows of one thread's long poll.
@@ -50,8 +53,10 @@ pub(super) struct Watchdog {
     sched: SchedReader,
     /// Reused buffer of a slot's spans.
     spans: Vec<u64>,
-    /// Started on the first crossing.
-    symbols: Option<SymbolsThread<Pending>>,
+    /// The process's modules, read on the first sample.
+    modules: Modules,
+    /// Stalls to send.
+    ready: Vec<Pending>,
 }
 
 impl Watchdog {
@@ -61,7 +66,8 @@ impl Watchdog {
             watches: Vec::new(),
             sched: SchedReader::default(),
             spans: Vec::new(),
-            symbols: None,
+            modules: Modules::default(),
+            ready: Vec::new(),
         }
     }
 
@@ -93,23 +99,21 @@ impl Watchdog {
                     let r = self.sched.read(slot.tid(), now).or(done.last)?;
                     Some(b.until(&r))
                 });
-                self.queue(
-                    Pending {
-                        thread,
-                        name: name.clone(),
-                        stall: Stall {
-                            task: SpanId(done.poll.0),
-                            start: start_ns(done.poll.1),
-                            ts: now,
-                            ended: true,
-                            spans: Vec::new(),
-                            stack: state,
-                            frames: Vec::new(),
-                            sched,
-                        },
+                self.ready.push(Pending {
+                    thread,
+                    name: name.clone(),
+                    stall: Stall {
+                        task: SpanId(done.poll.0),
+                        start: start_ns(done.poll.1),
+                        ts: now,
+                        ended: true,
+                        spans: Vec::new(),
+                        stack: state,
+                        frames: Vec::new(),
+                        sched,
                     },
-                    None,
-                );
+                    native: None,
+                });
             }
         }
         let poll = cur?;
@@ -163,55 +167,33 @@ impl Watchdog {
         let w = &mut self.watches[i];
         w.sampled = Some(state);
         w.last = reading;
-        self.queue(
-            Pending {
-                thread,
-                name: name.clone(),
-                stall: Stall {
-                    task: SpanId(poll.0),
-                    start,
-                    ts: at,
-                    ended: false,
-                    spans,
-                    stack: state,
-                    frames: Vec::new(),
-                    sched,
-                },
+        // Addresses and modules only: symbolising is the collector's work
+        // (loading the program's debug info would cost the program tens of
+        // megabytes and a good part of a second).
+        let native = sample.map(|s| {
+            self.modules
+                .stack(SpanId(poll.0), start, at, &s.addrs, s.exact_first)
+        });
+        self.ready.push(Pending {
+            thread,
+            name: name.clone(),
+            stall: Stall {
+                task: SpanId(poll.0),
+                start,
+                ts: at,
+                ended: false,
+                spans,
+                stack: state,
+                frames: Vec::new(),
+                sched,
             },
-            sample,
-        );
+            native,
+        });
         None
     }
 
-    /// Sends a stall through the symbols thread (so stalls stay in order).
-    fn queue(&mut self, pending: Pending, sample: Option<stacks::Sample>) {
-        if self.symbols.is_none() {
-            self.symbols = SymbolsThread::start();
-        }
-        if let Some(s) = &mut self.symbols {
-            s.send(Job {
-                sample,
-                payload: pending,
-            });
-        }
-    }
-
-    /// Stalls ready to go out, waiting at most `wait` for those still being
-    /// symbolised.
-    pub fn ready(&mut self, wait: Duration) -> Vec<Pending> {
-        let mut out = Vec::new();
-        let Some(s) = &mut self.symbols else {
-            return out;
-        };
-        let deadline = std::time::Instant::now() + wait;
-        while s.pending > 0 {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let Some((mut p, frames)) = s.recv(left) else {
-                break;
-            };
-            p.stall.frames = frames;
-            out.push(p);
-        }
-        out
+    /// Stalls to send now, in the order they were seen.
+    pub fn ready(&mut self) -> std::vec::Drain<'_, Pending> {
+        self.ready.drain(..)
     }
 }

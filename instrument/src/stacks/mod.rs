@@ -1,19 +1,21 @@
 //! The stall watchdog's tools: sampling a blocked worker's native stack
-//! ([`signal`], Linux), symbolising it off the hot path ([`symbols`]), and
-//! reading the worker's scheduler statistics ([`sched`]). The watchdog
-//! itself runs in the exporter loop (`export::watchdog`).
+//! ([`signal`], Linux), placing its addresses in the program's modules
+//! ([`modules`]) for the collector to symbolise, and reading the worker's
+//! scheduler statistics ([`sched`]). The watchdog itself runs in the
+//! exporter loop (`export::watchdog`).
 //!
 //! None of it costs anything until a poll runs past the stall threshold:
-//! the signal handler is installed, and the symbols thread started, on the
-//! first crossing.
+//! the signal handler is installed, and the module list read, on the first
+//! crossing. The program never symbolises: that would load its debug info
+//! into it.
 
+pub(crate) mod modules;
 pub(crate) mod sched;
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod signal;
-pub(crate) mod symbols;
 
 use std::time::Duration;
 
@@ -48,7 +50,7 @@ pub(crate) struct Sample {
     /// The addresses.
     pub addrs: Vec<usize>,
     /// `addrs[0]` is the interrupted instruction itself, not a return
-    /// address (symbolised as is rather than as the call before it).
+    /// address (looked up as is rather than as the call before it).
     pub exact_first: bool,
 }
 

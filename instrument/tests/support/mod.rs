@@ -181,6 +181,8 @@ pub struct Captured {
     pub panic_traces: Vec<Vec<String>>,
     /// Stalls reported by the watchdog, in stream order.
     pub stalls: Vec<awaitscope_wire::Stall>,
+    /// `NativeStack` events seen (each symbolised into its stall).
+    pub native_stacks: usize,
     pub dropped: DropCounts,
     /// Per task: the await trees sent (span, depth), in order.
     pub poll_trees: HashMap<SpanId, Vec<Vec<(SpanId, u16)>>>,
@@ -380,6 +382,19 @@ impl Captured {
                 self.panic_traces.push(trace);
             }
             Event::Stall(st) => self.stalls.push(*st),
+            // Symbolised as a collector does, into its stall's frames.
+            Event::NativeStack(ns) => {
+                let s = awaitscope_collector::symbolize::symbolize(&ns, None);
+                if let Some(st) = self
+                    .stalls
+                    .iter_mut()
+                    .rev()
+                    .find(|st| !st.ended && st.task == ns.task && st.start == ns.start)
+                {
+                    st.frames = s.frames;
+                }
+                self.native_stacks += 1;
+            }
         }
     }
 

@@ -41,10 +41,11 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::PollEnd { .. } => "PollEnd",
         Event::Poll { .. } => "Poll",
         Event::Stall(_) => "Stall",
+        Event::NativeStack(_) => "NativeStack",
     }
 }
 
-pub const EVENT_VARIANTS: usize = 15;
+pub const EVENT_VARIANTS: usize = 16;
 
 /// Name of a body's variant (exhaustive, see [`event_variant`]).
 pub fn body_variant(b: &Body) -> &'static str {
@@ -286,6 +287,35 @@ pub fn sample_events() -> Vec<Event> {
         stack: StackState::Missed,
         frames: vec![],
         sched: None,
+    })));
+    events.push(Event::NativeStack(Box::new(NativeStack {
+        task: SpanId(7),
+        start: 500,
+        ts: 10_500,
+        modules: vec![
+            Module {
+                path: "/srv/app/bin/server".into(),
+                build_id: vec![0x50, 0xd9, 0xa5, 0x61],
+            },
+            Module {
+                path: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
+                build_id: vec![],
+            },
+        ],
+        frames: vec![
+            RawFrame {
+                module: Some(1),
+                address: 0xe_4a10,
+            },
+            RawFrame {
+                module: Some(0),
+                address: 0x1_2345,
+            },
+            RawFrame {
+                module: None,
+                address: 0x7fff_f7fc_1000,
+            },
+        ],
     })));
     events
 }
@@ -689,6 +719,36 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                         kernel_ns,
                         waiting_ns,
                     }),
+                }))
+            }),
+        (
+            arb_span(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(
+                (arb_str(), proptest::collection::vec(any::<u8>(), 0..24)),
+                0..3
+            ),
+            proptest::collection::vec((any::<Option<u32>>(), any::<u64>()), 0..6)
+        )
+            .prop_map(|(task, start, ts, modules, frames)| {
+                let n = modules.len() as u32;
+                Event::NativeStack(Box::new(NativeStack {
+                    task,
+                    start,
+                    ts,
+                    modules: modules
+                        .into_iter()
+                        .map(|(path, build_id)| Module { path, build_id })
+                        .collect(),
+                    frames: frames
+                        .into_iter()
+                        .map(|(module, address)| RawFrame {
+                            // Valid frames name listed modules only.
+                            module: module.filter(|_| n > 0).map(|m| m % n.max(1)),
+                            address,
+                        })
+                        .collect(),
                 }))
             }),
     ]

@@ -1,0 +1,380 @@
+//! Symbolising the native stacks that programs sample
+//! ([`awaitscope_wire::NativeStack`]): addresses in the program's modules
+//! become functions (inlined calls as frames of their own), files as users
+//! read them, lines, and whose code each frame is.
+//!
+//! The program sends only addresses, its modules' paths and their build
+//! ids: loading the debug info is this side's cost, not the program's. The
+//! files are read here (with `addr2line` and `object`), so the binary must
+//! be on this machine and unchanged: a module whose file is missing or was
+//! rebuilt since (its build id differs) is not symbolised, and the stack
+//! says why. A live process's executable is also found as
+//! `/proc/<pid>/exe`, which stays the file that ran even after a rebuild.
+//!
+//! Loaded modules and the frames of each address are cached for the whole
+//! collector process (a replay that rebuilds its model does not load the
+//! debug info again), within caps.
+
+mod files;
+mod origin;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use awaitscope_wire::{limits, FrameOrigin, NativeFrame, NativeStack};
+
+use files::Files;
+
+/// Most modules kept loaded; the least recently used goes first.
+const MAX_MODULES: usize = 8;
+/// Most addresses whose frames are kept per module; past it that cache
+/// starts again.
+const MAX_ADDRESSES: usize = 1 << 16;
+
+/// A symbolised stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Symbolized {
+    /// The frames, innermost first (inlined functions as frames of their
+    /// own), the sampler's own frames dropped, at most
+    /// [`limits::MAX_STACK`].
+    pub frames: Vec<NativeFrame>,
+    /// Why some frames could not be symbolised (the program's file missing
+    /// or rebuilt since it ran), for the user to read; `None` if all were.
+    pub unresolved: Option<String>,
+}
+
+/// Symbolises `stack`, of the process with id `pid` (when known: its
+/// executable may still be readable as `/proc/<pid>/exe`).
+pub fn symbolize(stack: &NativeStack, pid: Option<u32>) -> Symbolized {
+    static SYMBOLIZER: Mutex<Option<Symbolizer>> = Mutex::new(None);
+    let mut guard = SYMBOLIZER.lock().unwrap_or_else(|e| e.into_inner());
+    guard
+        .get_or_insert_with(Symbolizer::default)
+        .stack(stack, pid)
+}
+
+/// One module as loaded (or not).
+struct Loaded {
+    /// Path and build id as the program named it.
+    path: String,
+    build_id: Vec<u8>,
+    /// The debug info, or why there is none.
+    loader: Result<addr2line::Loader, String>,
+    /// Address -> its frames, innermost first.
+    frames: HashMap<u64, Vec<NativeFrame>>,
+    /// For the least-recently-used choice.
+    used: u64,
+}
+
+#[derive(Default)]
+struct Symbolizer {
+    modules: Vec<Loaded>,
+    files: Files,
+    /// A clock for `Loaded::used`.
+    tick: u64,
+}
+
+impl Symbolizer {
+    fn stack(&mut self, stack: &NativeStack, pid: Option<u32>) -> Symbolized {
+        let mut out = Vec::new();
+        let mut unresolved: Vec<String> = Vec::new();
+        for f in &stack.frames {
+            let Some(m) = f.module.and_then(|m| stack.modules.get(m as usize)) else {
+                out.push(unknown(None, f.address));
+                continue;
+            };
+            let i = self.module(&m.path, &m.build_id, pid);
+            let loaded = &mut self.modules[i];
+            let loader = match &loaded.loader {
+                Ok(l) => l,
+                Err(why) => {
+                    if !unresolved.contains(why) {
+                        unresolved.push(why.clone());
+                    }
+                    out.push(unknown(Some(&m.path), f.address));
+                    continue;
+                }
+            };
+            if !loaded.frames.contains_key(&f.address) {
+                if loaded.frames.len() >= MAX_ADDRESSES {
+                    loaded.frames.clear();
+                }
+                let found = resolve(loader, f.address, &mut self.files);
+                loaded.frames.insert(f.address, found);
+            }
+            out.extend(loaded.frames[&f.address].iter().cloned());
+            if out.len() >= limits::MAX_STACK {
+                break;
+            }
+        }
+        out.truncate(limits::MAX_STACK);
+        drop_sampler_frames(&mut out);
+        Symbolized {
+            frames: out,
+            unresolved: (!unresolved.is_empty()).then(|| unresolved.join("; ")),
+        }
+    }
+
+    /// The index of module `(path, build_id)`, loading it if it is not.
+    fn module(&mut self, path: &str, build_id: &[u8], pid: Option<u32>) -> usize {
+        self.tick += 1;
+        if let Some(i) = self
+            .modules
+            .iter()
+            .position(|m| m.path == path && m.build_id == build_id)
+        {
+            self.modules[i].used = self.tick;
+            return i;
+        }
+        if self.modules.len() >= MAX_MODULES {
+            let oldest = (0..self.modules.len())
+                .min_by_key(|&i| self.modules[i].used)
+                .unwrap_or(0);
+            self.modules.swap_remove(oldest);
+        }
+        self.modules.push(Loaded {
+            path: path.to_owned(),
+            build_id: build_id.to_vec(),
+            loader: load(path, build_id, pid),
+            frames: HashMap::new(),
+            used: self.tick,
+        });
+        self.modules.len() - 1
+    }
+}
+
+/// The debug info of the module the program loaded from `path` with
+/// `build_id`: from `path` if that file is still the one (same build id),
+/// else from `/proc/<pid>/exe` if that is.
+fn load(path: &str, build_id: &[u8], pid: Option<u32>) -> Result<addr2line::Loader, String> {
+    let same = |p: &Path| -> Result<(), String> {
+        let found = read_build_id(p)?;
+        if build_id.is_empty() || found.as_deref() == Some(build_id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{path} was rebuilt since the program ran (build id {} there, {} when it ran)",
+                hex(found.as_deref().unwrap_or_default()),
+                hex(build_id)
+            ))
+        }
+    };
+    let file = match same(Path::new(path)) {
+        Ok(()) => path.to_owned(),
+        Err(why) => {
+            let exe = pid.map(|p| format!("/proc/{p}/exe"));
+            match exe.filter(|e| same(Path::new(e)).is_ok()) {
+                Some(e) => e,
+                None => return Err(why),
+            }
+        }
+    };
+    addr2line::Loader::new(&file).map_err(|e| format!("{path}: {e}"))
+}
+
+/// A file's GNU build id (`None`: it has none), reading only its headers
+/// and notes.
+fn read_build_id(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use object::{Object, ReadCache};
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{} is not on this machine", path.display()),
+        _ => format!("{}: {e}", path.display()),
+    })?;
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).map_err(|e| format!("{}: {e}", path.display()))?;
+    let id = obj
+        .build_id()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(id.map(<[u8]>::to_vec))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "none".into();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A frame that could not be symbolised: its module's file name and the
+/// address in it.
+fn unknown(path: Option<&str>, address: u64) -> NativeFrame {
+    let name = path
+        .and_then(|p| Path::new(p).file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    NativeFrame {
+        function: match name {
+            Some(n) => format!("?? ({n}+{address:#x})"),
+            None => format!("?? ({address:#x})"),
+        },
+        file: None,
+        line: None,
+        origin: FrameOrigin::Runtime,
+    }
+}
+
+/// The frames at `address` (in the module's own address space),
+/// innermost first: the inlined calls from the debug info, or the
+/// symbol table's name where there is none.
+fn resolve(loader: &addr2line::Loader, address: u64, files: &mut Files) -> Vec<NativeFrame> {
+    let mut found: Vec<(String, Option<String>, Option<u32>)> = Vec::new();
+    if let Ok(mut it) = loader.find_frames(address) {
+        while let Ok(Some(f)) = it.next() {
+            let Some(name) = f.function.as_ref().and_then(|n| n.demangle().ok()) else {
+                continue;
+            };
+            let (file, line) = f
+                .location
+                .map_or((None, None), |l| (l.file.map(str::to_owned), l.line));
+            found.push((origin::strip_hash(&name).to_owned(), file, line));
+        }
+    }
+    if found.is_empty() {
+        let name = loader
+            .find_symbol(address)
+            .map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
+        found.push((
+            name.as_deref().map_or("??", origin::strip_hash).to_owned(),
+            None,
+            None,
+        ));
+    }
+    found
+        .into_iter()
+        .map(|(function, file, line)| {
+            let shown = file.map(|f| files.show(Path::new(&f)));
+            let origin = match &shown {
+                // awaitscope's own code, wherever it was built from.
+                Some(s) if s.ours => FrameOrigin::Runtime,
+                _ => origin::classify(&function, shown.as_ref().map(|s| s.path.as_str())),
+            };
+            NativeFrame {
+                function,
+                file: shown.map(|s| s.path),
+                line,
+                origin,
+            }
+        })
+        .collect()
+}
+
+/// Drops the signal handler's frames (and the trampoline), should the
+/// program's walk not have found the interrupted frame: everything up to
+/// the handler is the sampler's.
+fn drop_sampler_frames(frames: &mut Vec<NativeFrame>) {
+    if let Some(i) = frames
+        .iter()
+        .rposition(|f| f.function.contains("awaitscope::stacks::signal"))
+    {
+        frames.drain(..=i);
+        if frames.first().is_some_and(|f| f.file.is_none()) {
+            frames.remove(0); // the trampoline
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use awaitscope_wire::{Module, RawFrame, SpanId};
+
+    #[inline(never)]
+    fn a_function_to_find() -> usize {
+        a_function_to_find as *const () as usize
+    }
+
+    /// This test binary's path, and the load bias of its code.
+    fn this_binary() -> (String, u64) {
+        let path = std::env::current_exe().unwrap();
+        // A position-independent executable's bias is where its first
+        // mapping starts.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let exe = path.to_string_lossy().into_owned();
+        let base = maps
+            .lines()
+            .find(|l| l.ends_with(&exe) && l.split_whitespace().nth(2) == Some("00000000"))
+            .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
+            .unwrap();
+        (exe, base)
+    }
+
+    fn stack(path: &str, build_id: Vec<u8>, address: u64) -> NativeStack {
+        NativeStack {
+            task: SpanId(1),
+            start: 0,
+            ts: 0,
+            modules: vec![Module {
+                path: path.into(),
+                build_id,
+            }],
+            frames: vec![
+                RawFrame {
+                    module: Some(0),
+                    address,
+                },
+                RawFrame {
+                    module: None,
+                    address: 0x10,
+                },
+            ],
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn names_a_function_of_this_binary_with_its_file() {
+        let (exe, base) = this_binary();
+        let id = read_build_id(Path::new(&exe)).unwrap().unwrap_or_default();
+        let at = a_function_to_find() as u64 - base;
+        let s = symbolize(&stack(&exe, id, at), None);
+        assert_eq!(s.unresolved, None);
+        let f = &s.frames[0];
+        assert!(f.function.ends_with("a_function_to_find"), "{:?}", s.frames);
+        assert_eq!(f.file.as_deref(), Some("collector/src/symbolize/mod.rs"));
+        assert_eq!(f.origin, FrameOrigin::User);
+        assert_eq!(s.frames[1].function, "?? (0x10)");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_rebuilt_or_missing_binary_is_said_not_guessed() {
+        let (exe, base) = this_binary();
+        let at = a_function_to_find() as u64 - base;
+        let s = symbolize(&stack(&exe, vec![1, 2, 3], at), None);
+        let why = s.unresolved.unwrap();
+        assert!(why.contains("was rebuilt since the program ran"), "{why}");
+        assert!(why.contains("010203 when it ran"), "{why}");
+        assert!(s.frames[0].function.starts_with("?? ("), "{:?}", s.frames);
+        // The live process's executable is still the one that ran.
+        let id = read_build_id(Path::new(&exe)).unwrap().unwrap_or_default();
+        let s = symbolize(
+            &stack("/nonexistent/bin/app", id, at),
+            Some(std::process::id()),
+        );
+        assert_eq!(s.unresolved, None, "{:?}", s.frames);
+        assert!(s.frames[0].function.ends_with("a_function_to_find"));
+        let s = symbolize(&stack("/nonexistent/bin/app", vec![9], at), None);
+        assert_eq!(
+            s.unresolved.as_deref(),
+            Some("/nonexistent/bin/app is not on this machine")
+        );
+    }
+
+    #[test]
+    fn drops_the_samplers_frames() {
+        let f = |function: &str, file: Option<&str>| NativeFrame {
+            function: function.into(),
+            file: file.map(Into::into),
+            line: None,
+            origin: FrameOrigin::Runtime,
+        };
+        let mut frames = vec![
+            f("backtrace::trace", Some("backtrace-0.3.7/src/lib.rs")),
+            f("awaitscope::stacks::signal::handler", Some("x.rs")),
+            f("__restore_rt", None),
+            f("app::work", Some("src/main.rs")),
+        ];
+        drop_sampler_frames(&mut frames);
+        assert_eq!(frames, vec![f("app::work", Some("src/main.rs"))]);
+    }
+}
