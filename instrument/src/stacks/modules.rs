@@ -41,7 +41,9 @@ impl Modules {
         addrs: &[usize],
         exact_first: bool,
     ) -> NativeStack {
-        let addrs = &addrs[..addrs.len().min(limits::MAX_STACK)];
+        // The walk ends on a null return address (the thread's start).
+        let end = addrs.iter().position(|&a| a == 0).unwrap_or(addrs.len());
+        let addrs = &addrs[..end.min(limits::MAX_STACK)];
         if addrs.iter().any(|&a| self.find(a as u64).is_none()) {
             self.loaded = read_loaded();
         }
@@ -241,7 +243,7 @@ mod tests {
         let mut m = Modules::default();
         let here = a_function_of_this_binary_is_in_the_executable as *const () as usize;
         let exe = std::env::current_exe().unwrap();
-        let st = m.stack(SpanId(1), 2, 3, &[here, here + 1, 8], true);
+        let st = m.stack(SpanId(1), 2, 3, &[here, here + 1, 8, 0, 9], true);
         assert_eq!(st.modules[0].path, exe.to_string_lossy());
         assert!(
             !st.modules[0].build_id.is_empty(),
@@ -258,5 +260,6 @@ mod tests {
             }
         );
         assert_eq!(st.modules.len(), 1);
+        assert_eq!(st.frames.len(), 3, "nothing after a null address");
     }
 }
