@@ -242,8 +242,9 @@ fn read_recording(path: &std::path::Path) -> RecordingStats {
 
 /// `AWAITSCOPE_BENCH_RING`: ring capacity (slots per thread) for the
 /// awaitscope modes; default: awaitscope's own default. Also
-/// `AWAITSCOPE_BENCH_STACKS=off`: no native stacks of long polls (the
-/// first sample of a process loads its debug info).
+/// `AWAITSCOPE_BENCH_STACKS=off`: no native stacks of long polls (to
+/// compare with them on: the workload's spawning poll crosses the stall
+/// threshold in most runs).
 fn ring(b: awaitscope::Builder) -> awaitscope::Builder {
     let b = match std::env::var("AWAITSCOPE_BENCH_STACKS").as_deref() {
         Ok("off") => b.native_stacks(false),
