@@ -477,3 +477,122 @@ fn record_merges_the_recordings_of_every_process() {
         "parts cleaned up"
     );
 }
+
+/// A function of this test binary for a native stack to point at.
+#[inline(never)]
+fn blocked_in_this_fn() -> usize {
+    blocked_in_this_fn as *const () as usize
+}
+
+/// `record` symbolises the native stacks of the program's stalls while the
+/// program's binary is still there, so the recording reads on a machine
+/// without it: here the "program" is a copy of this test binary, removed
+/// before the report.
+#[cfg(target_os = "linux")]
+#[test]
+fn record_symbolises_native_stacks_so_the_recording_reads_anywhere() {
+    use awaitscope_wire::{
+        Body, Event, FrameReader, Module, NativeStack, RawFrame, StackState, Stall,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let app = dir.path().join("app");
+    std::fs::copy(&exe, &app).unwrap();
+    // Where this binary's code is loaded (position-independent: its first
+    // mapping), so the function's address in the file.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let exe_s = exe.to_string_lossy().into_owned();
+    let base = maps
+        .lines()
+        .find(|l| l.ends_with(&exe_s) && l.split_whitespace().nth(2) == Some("00000000"))
+        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
+        .unwrap();
+    let address = blocked_in_this_fn() as u64 - base;
+
+    let mut b = StreamBuilder::new(4243, 1_000);
+    b.hello("app", None, false);
+    let t = b.spawn(&TaskOpts::named("checkout"), None, 0);
+    b.enter(t, MS);
+    let stall = Stall {
+        task: t,
+        start: MS,
+        ts: 12 * MS,
+        ended: false,
+        spans: vec![],
+        stack: StackState::Sampled,
+        frames: vec![],
+        sched: None,
+    };
+    b.stall(stall.clone());
+    b.push(Event::NativeStack(Box::new(NativeStack {
+        task: t,
+        start: MS,
+        ts: 12 * MS,
+        modules: vec![Module {
+            path: app.to_string_lossy().into_owned(),
+            build_id: vec![],
+        }],
+        frames: vec![RawFrame {
+            module: Some(0),
+            address,
+        }],
+    })));
+    b.exit(t, 40 * MS);
+    b.stall(Stall {
+        ts: 41 * MS,
+        ended: true,
+        ..stall
+    });
+    b.finish_task(t, CloseKind::Completed, 50 * MS).goodbye();
+    let src = write(dir.path(), "src.rec", &b.recording());
+
+    let out = dir.path().join("run.rec");
+    let o = bin()
+        .args(["record", "--out", out.to_str().unwrap(), "--", "sh", "-c"])
+        .arg("cp \"$SRC\" \"$AWAITSCOPE_RECORD\"")
+        .env("SRC", &src)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::remove_file(&app).unwrap();
+
+    // The stack is in the stall now, and no raw stack is left.
+    let mut reader = FrameReader::new(std::fs::File::open(&out).unwrap()).unwrap();
+    let mut frames_in_stall = Vec::new();
+    while let Some(f) = reader.next_frame().unwrap() {
+        if let Body::Events(events) = f.body {
+            for e in events {
+                match e {
+                    Event::NativeStack(_) => panic!("a raw stack was left"),
+                    Event::Stall(st) if !st.ended => frames_in_stall = st.frames,
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(
+        frames_in_stall
+            .iter()
+            .any(|f| f.function.ends_with("blocked_in_this_fn")),
+        "{frames_in_stall:?}"
+    );
+    let (_, r) = report_json(&[&out]);
+    let long = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "long_poll")
+        .unwrap_or_else(|| panic!("{r:#}"));
+    let trace: Vec<&str> = long["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.starts_with("blocked_in_this_fn @ tui/tests/cli.rs:")),
+        "{trace:#?}"
+    );
+}

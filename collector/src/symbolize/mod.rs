@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use awaitscope_wire::{limits, FrameOrigin, NativeFrame, NativeStack};
+use awaitscope_wire::{limits, Event, FrameOrigin, NativeFrame, NativeStack};
 
 use files::Files;
 
@@ -52,6 +52,42 @@ pub fn symbolize(stack: &NativeStack, pid: Option<u32>) -> Symbolized {
     guard
         .get_or_insert_with(Symbolizer::default)
         .stack(stack, pid)
+}
+
+/// Symbolises the native stacks of a batch of events from process `pid`
+/// into the stalls they follow (the `Stall` of the same poll, earlier in
+/// the batch, with no frames yet), and drops them: a recording written so
+/// reads on any machine, without the program's binary. A stack that cannot
+/// be symbolised whole here is left as it is, for a reader that can.
+/// Returns how many stacks were symbolised.
+pub fn inline_native_stacks(events: &mut Vec<Event>, pid: Option<u32>) -> usize {
+    let mut done = 0;
+    let mut i = 0;
+    while i < events.len() {
+        let Event::NativeStack(ns) = &events[i] else {
+            i += 1;
+            continue;
+        };
+        let stall = events[..i].iter().rposition(|e| {
+            matches!(e, Event::Stall(st)
+                if !st.ended && st.task == ns.task && st.start == ns.start && st.frames.is_empty())
+        });
+        let Some(j) = stall else {
+            i += 1;
+            continue;
+        };
+        let s = symbolize(ns, pid);
+        if s.unresolved.is_some() || s.frames.is_empty() {
+            i += 1;
+            continue;
+        }
+        if let Event::Stall(st) = &mut events[j] {
+            st.frames = s.frames;
+        }
+        events.remove(i);
+        done += 1;
+    }
+    done
 }
 
 /// One module as loaded (or not).
@@ -110,6 +146,7 @@ impl Symbolizer {
         }
         out.truncate(limits::MAX_STACK);
         drop_sampler_frames(&mut out);
+        origin::fold_std_deps(&mut out);
         Symbolized {
             frames: out,
             unresolved: (!unresolved.is_empty()).then(|| unresolved.join("; ")),
@@ -358,6 +395,41 @@ mod tests {
             s.unresolved.as_deref(),
             Some("/nonexistent/bin/app is not on this machine")
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_batch_gets_its_stacks_inlined_into_their_stalls() {
+        use awaitscope_wire::{StackState, Stall};
+        let (exe, base) = this_binary();
+        let id = read_build_id(Path::new(&exe)).unwrap().unwrap_or_default();
+        let at = a_function_to_find() as u64 - base;
+        let stall = Event::Stall(Box::new(Stall {
+            task: SpanId(1),
+            start: 0,
+            ts: 5,
+            ended: false,
+            spans: vec![],
+            stack: StackState::Sampled,
+            frames: vec![],
+            sched: None,
+        }));
+        let mut batch = vec![
+            stall.clone(),
+            Event::NativeStack(Box::new(stack(&exe, id, at))),
+            Event::NativeStack(Box::new(stack("/nonexistent/app", vec![1], at))),
+        ];
+        assert_eq!(inline_native_stacks(&mut batch, None), 1);
+        assert_eq!(batch.len(), 2, "the unresolvable stack stays: {batch:?}");
+        let Event::Stall(st) = &batch[0] else {
+            panic!("{batch:?}")
+        };
+        assert!(st.frames[0].function.ends_with("a_function_to_find"));
+        assert!(matches!(batch[1], Event::NativeStack(_)));
+        // A stack without its stall in the batch stays too.
+        let mut alone = vec![Event::NativeStack(Box::new(stack(&exe, vec![], at)))];
+        assert_eq!(inline_native_stacks(&mut alone, None), 0);
+        assert_eq!(alone.len(), 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! futures, awaitscope, the C library), which traces fold.
 
 use awaitscope_wire::paths::{self, PathOrigin};
-use awaitscope_wire::FrameOrigin;
+use awaitscope_wire::{FrameOrigin, NativeFrame};
 
 /// Crates whose frames are the runtime's (folded when shown), by the first
 /// segment of a function's path.
@@ -97,6 +97,22 @@ pub(crate) fn classify(function: &str, file: Option<&str>) -> FrameOrigin {
     }
 }
 
+/// Marks as runtime the frames of the standard library's own dependencies
+/// (`gimli`, `addr2line`, ...: a panic's backtrace being symbolised) that
+/// the runtime called: their files look like any dependency's, but the
+/// program did not call them. `frames` innermost first.
+pub(crate) fn fold_std_deps(frames: &mut [NativeFrame]) {
+    let mut caller_is_runtime = false;
+    for f in frames.iter_mut().rev() {
+        let std_dep = crate_of(&f.function).is_some_and(|k| STD_DEPS.contains(&k));
+        if std_dep && caller_is_runtime {
+            f.origin = FrameOrigin::Runtime;
+        } else if !std_dep {
+            caller_is_runtime = f.origin == FrameOrigin::Runtime;
+        }
+    }
+}
+
 /// A function name without the legacy mangling's `::h<hash>` suffix.
 pub(crate) fn strip_hash(name: &str) -> &str {
     match name.rsplit_once("::h") {
@@ -172,6 +188,35 @@ mod tests {
             ),
             Runtime
         );
+    }
+
+    #[test]
+    fn the_std_deps_that_std_calls_are_runtime() {
+        let f = |function: &str, file: &str| NativeFrame {
+            function: function.into(),
+            file: Some(file.into()),
+            line: Some(1),
+            origin: classify(function, Some(file)),
+        };
+        let mut frames = vec![
+            f(
+                "<gimli::read::abbrev::Abbreviations>::insert",
+                "gimli-0.32.3/src/read/abbrev.rs",
+            ),
+            f(
+                "<addr2line::Context<R>>::from_dwarf",
+                "addr2line-0.25.1/src/lib.rs",
+            ),
+            f("std::panicking::default_hook", "std/src/panicking.rs"),
+            f("app::main", "src/main.rs"),
+            // The program's own use of gimli stays the program's.
+            f("gimli::read::Dwarf::load", "gimli-0.32.3/src/read/dwarf.rs"),
+            f("app::debugger", "src/main.rs"),
+        ];
+        fold_std_deps(&mut frames);
+        let origins: Vec<_> = frames.iter().map(|f| f.origin).collect();
+        use FrameOrigin::*;
+        assert_eq!(origins, [Runtime, Runtime, Runtime, User, Dependency, User]);
     }
 
     #[test]

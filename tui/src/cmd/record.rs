@@ -160,9 +160,19 @@ fn merge_parts(parts: &std::path::Path, out: &std::path::Path) -> std::io::Resul
         };
         loop {
             match frames.next_frame() {
-                Ok(Some(frame)) => writer
-                    .write_frame(&frame)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+                Ok(Some(mut frame)) => {
+                    // The program's binary is still here: symbolise its
+                    // native stacks now, so the recording reads anywhere.
+                    if let awaitscope_wire::Body::Events(events) = &mut frame.body {
+                        awaitscope_collector::symbolize::inline_native_stacks(
+                            events,
+                            Some(frame.process.pid),
+                        );
+                    }
+                    writer
+                        .write_frame(&frame)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?
+                }
                 Ok(None) => break,
                 Err(e) => {
                     eprintln!(
