@@ -40,6 +40,15 @@ impl Detector for Panics {
                     // and survives closed spans: prefer it.
                     o.trace = trace.to_vec();
                 }
+                // The line that panicked first, innermost, unless a frame of
+                // the trace already names it (a panic in an async block
+                // without a span of its own has only its spawn lines).
+                if let Some(l) = &o.location {
+                    let at = format!("{}:{}", l.file, l.line);
+                    if !o.trace.iter().any(|line| line.contains(&at)) {
+                        o.trace.insert(0, format!("panicked at {at}"));
+                    }
+                }
                 cx.observe(o);
             }
             Change::TaskClosing {
@@ -100,6 +109,12 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert!(f[0].message.contains("index out of bounds"));
         assert_eq!(f[0].location.as_ref().unwrap().line, 42);
+        assert_eq!(
+            f[0].trace.first().map(String::as_str),
+            Some("panicked at src/main.rs:42"),
+            "{:?}",
+            f[0].trace
+        );
         let p = m.processes().next().unwrap();
         assert_eq!(p.completed[0].state, TaskState::Panicked);
     }
