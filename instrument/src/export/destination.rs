@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 use awaitscope_wire::{preamble, DropCounts};
 
+/// A clone of a TCP destination's live connection, which another thread can
+/// shut down to end a write blocked on a collector that does not read (the
+/// program's exit waits for no such write). Empty while disconnected: the
+/// clone would keep a failed connection open.
+pub(crate) type Interrupt = Arc<Mutex<Option<TcpStream>>>;
+
 /// Longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 /// A collector that accepts nothing for this long is dropped.
@@ -24,6 +30,12 @@ pub(crate) struct Destination {
     kind: Kind,
     drops: DropCounts,
     reported: DropCounts,
+    /// Sequence number of this stream's next frame. Each destination numbers
+    /// its own frames: a handshake or `Dropped` frame goes to one
+    /// destination only, and a shared number would leave gaps in the
+    /// others' streams. A frame lost on the way (destination down or
+    /// failed) still takes its number, so the collector sees the gap.
+    seq: u64,
 }
 
 enum Kind {
@@ -39,6 +51,8 @@ struct Tcp {
     backoff: Duration,
     /// A `Hello` was already sent on an earlier connection.
     connected_before: bool,
+    /// See [`Interrupt`].
+    interrupt: Interrupt,
 }
 
 impl Destination {
@@ -47,6 +61,22 @@ impl Destination {
             kind,
             drops: DropCounts::default(),
             reported: DropCounts::default(),
+            seq: 0,
+        }
+    }
+
+    /// Takes the sequence number of this stream's next frame.
+    pub fn next_seq(&mut self) -> u64 {
+        let seq = self.seq;
+        self.seq += 1;
+        seq
+    }
+
+    /// The interrupt of a TCP destination (see [`Interrupt`]).
+    pub fn interrupt(&self) -> Option<Interrupt> {
+        match &self.kind {
+            Kind::Tcp(t) => Some(t.interrupt.clone()),
+            _ => None,
         }
     }
 
@@ -59,6 +89,7 @@ impl Destination {
             next_attempt: Instant::now(),
             backoff: BACKOFF_MIN,
             connected_before: false,
+            interrupt: Interrupt::default(),
         }))
     }
 
@@ -103,6 +134,8 @@ impl Destination {
                 let mut bytes = preamble().to_vec();
                 bytes.extend_from_slice(handshake);
                 if stream.write_all(&bytes).is_ok() {
+                    *t.interrupt.lock().unwrap_or_else(|e| e.into_inner()) =
+                        stream.try_clone().ok();
                     t.stream = Some(stream);
                     t.backoff = BACKOFF_MIN;
                     t.connected_before = true;
@@ -194,6 +227,24 @@ impl Destination {
         self.reported
     }
 
+    /// At exit: says on stderr how many events a collector did not get and
+    /// was not told about (it was down, or did not read), the one place
+    /// left to count them.
+    pub fn warn_undelivered(&self) {
+        let Kind::Tcp(t) = &self.kind else {
+            return;
+        };
+        let lost = self.drops.disconnected + self.drops.write_failed;
+        let told = self.reported.disconnected + self.reported.write_failed;
+        if lost > told {
+            eprintln!(
+                "awaitscope: {} events were not delivered to the collector at {}",
+                lost - told,
+                t.addr
+            );
+        }
+    }
+
     /// Remembers the counts just sent.
     pub fn set_reported(&mut self, counts: DropCounts) {
         self.reported = counts;
@@ -203,6 +254,7 @@ impl Destination {
 impl Tcp {
     fn fail(&mut self) {
         self.stream = None;
+        *self.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.next_attempt = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
