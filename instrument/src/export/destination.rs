@@ -2,30 +2,17 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use awaitscope_wire::{preamble, DropCounts};
 
-/// A clone of a TCP destination's live connection, which another thread can
-/// shut down to end a write blocked on a collector that does not read (the
-/// program's exit waits for no such write). Empty while disconnected: the
-/// clone would keep a failed connection open.
-pub(crate) type Interrupt = Arc<Mutex<Option<TcpStream>>>;
-
-/// Longest a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
-/// A collector that accepts nothing for this long is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+use super::tcp::{Interrupt, Tcp};
 
 /// One place the exporter writes the stream to: a collector over TCP
-/// (connected lazily, reconnected with backoff), a recording file, or
-/// memory; with the events it could not deliver, counted for the next
-/// `Dropped` frame.
+/// (see [`Tcp`]), a recording file, or memory; with the events it could not
+/// deliver, counted for the next `Dropped` frame.
 pub(crate) struct Destination {
     kind: Kind,
     drops: DropCounts,
@@ -42,17 +29,6 @@ enum Kind {
     Tcp(Tcp),
     File(Option<BufWriter<File>>, PathBuf),
     Memory(Arc<Mutex<Vec<u8>>>),
-}
-
-struct Tcp {
-    addr: String,
-    stream: Option<TcpStream>,
-    next_attempt: Instant,
-    backoff: Duration,
-    /// A `Hello` was already sent on an earlier connection.
-    connected_before: bool,
-    /// See [`Interrupt`].
-    interrupt: Interrupt,
 }
 
 impl Destination {
@@ -75,7 +51,7 @@ impl Destination {
     /// The interrupt of a TCP destination (see [`Interrupt`]).
     pub fn interrupt(&self) -> Option<Interrupt> {
         match &self.kind {
-            Kind::Tcp(t) => Some(t.interrupt.clone()),
+            Kind::Tcp(t) => Some(t.interrupt()),
             _ => None,
         }
     }
@@ -83,14 +59,7 @@ impl Destination {
     /// Streams to a collector at `addr` (host:port), connecting lazily and
     /// reconnecting with backoff.
     pub fn tcp(addr: String) -> Self {
-        Self::new(Kind::Tcp(Tcp {
-            addr,
-            stream: None,
-            next_attempt: Instant::now(),
-            backoff: BACKOFF_MIN,
-            connected_before: false,
-            interrupt: Interrupt::default(),
-        }))
+        Self::new(Kind::Tcp(Tcp::new(addr)))
     }
 
     /// Writes a recording at `path`.
@@ -120,43 +89,39 @@ impl Destination {
 
     /// A TCP destination that is down and due for a reconnection attempt.
     pub fn wants_connect(&self) -> bool {
-        matches!(&self.kind, Kind::Tcp(t) if t.stream.is_none() && Instant::now() >= t.next_attempt)
+        matches!(&self.kind, Kind::Tcp(t) if t.wants_connect())
     }
 
-    /// Tries to connect; on success sends the preamble and `handshake`
-    /// (hello, callsites and live spans).
-    pub fn connect(&mut self, handshake: &[u8]) {
+    /// Tries to connect a TCP destination; returns whether it did (then
+    /// its handshake must follow, see [`Destination::handshake`]).
+    pub fn connect(&mut self) -> bool {
+        match &mut self.kind {
+            Kind::Tcp(t) => t.connect(&mut self.drops),
+            _ => false,
+        }
+    }
+
+    /// Sends the preamble and `handshake` (hello, callsites and live
+    /// spans) on a connection just made.
+    pub fn handshake(&mut self, handshake: &[u8]) {
         let Kind::Tcp(t) = &mut self.kind else {
             return;
         };
-        match try_connect(&t.addr) {
-            Ok(mut stream) => {
-                let mut bytes = preamble().to_vec();
-                bytes.extend_from_slice(handshake);
-                if stream.write_all(&bytes).is_ok() {
-                    *t.interrupt.lock().unwrap_or_else(|e| e.into_inner()) =
-                        stream.try_clone().ok();
-                    t.stream = Some(stream);
-                    t.backoff = BACKOFF_MIN;
-                    t.connected_before = true;
-                    return;
-                }
-                t.fail();
-            }
-            Err(_) => t.fail(),
-        }
+        let mut bytes = preamble().to_vec();
+        bytes.extend_from_slice(handshake);
+        t.handshake(bytes, &mut self.drops);
     }
 
     /// Whether this TCP destination was connected before (its next `Hello`
     /// is a reconnect).
     pub fn connected_before(&self) -> bool {
-        matches!(&self.kind, Kind::Tcp(t) if t.connected_before)
+        matches!(&self.kind, Kind::Tcp(t) if t.connected_before())
     }
 
     /// Whether frames written now would be delivered.
     pub fn is_up(&self) -> bool {
         match &self.kind {
-            Kind::Tcp(t) => t.stream.is_some(),
+            Kind::Tcp(t) => t.is_up(),
             Kind::File(w, _) => w.is_some(),
             Kind::Memory(_) => true,
         }
@@ -166,15 +131,7 @@ impl Destination {
     /// when the destination is down or fails.
     pub fn write(&mut self, bytes: &[u8], events: u64) {
         match &mut self.kind {
-            Kind::Tcp(t) => match &mut t.stream {
-                Some(s) => {
-                    if s.write_all(bytes).is_err() {
-                        self.drops.write_failed += events;
-                        t.fail();
-                    }
-                }
-                None => self.drops.disconnected += events,
-            },
+            Kind::Tcp(t) => t.write(bytes, events, &mut self.drops),
             Kind::File(w, path) => match w {
                 Some(f) => {
                     if let Err(e) = f.write_all(bytes) {
@@ -195,16 +152,26 @@ impl Destination {
         }
     }
 
-    /// Pushes buffered bytes out.
+    /// Sends what a collector takes now of what waits for it (see
+    /// [`Tcp::pump`]); nothing for other destinations.
+    pub fn pump(&mut self) {
+        if let Kind::Tcp(t) = &mut self.kind {
+            t.pump(&mut self.drops);
+        }
+    }
+
+    /// The last writes at exit: a collector gets until `deadline` to take
+    /// what waits for it, the rest is counted as dropped.
+    pub fn finish(&mut self, deadline: Instant) {
+        if let Kind::Tcp(t) = &mut self.kind {
+            t.finish(deadline, &mut self.drops);
+        }
+    }
+
+    /// Pushes buffered bytes out (a collector's: as far as it takes them).
     pub fn flush(&mut self) {
         match &mut self.kind {
-            Kind::Tcp(t) => {
-                if let Some(s) = &mut t.stream {
-                    if s.flush().is_err() {
-                        t.fail();
-                    }
-                }
-            }
+            Kind::Tcp(t) => t.pump(&mut self.drops),
             Kind::File(w, _) => {
                 if let Some(f) = w {
                     if f.flush().is_err() {
@@ -240,7 +207,7 @@ impl Destination {
             eprintln!(
                 "awaitscope: {} events were not delivered to the collector at {}",
                 lost - told,
-                t.addr
+                t.addr()
             );
         }
     }
@@ -249,29 +216,4 @@ impl Destination {
     pub fn set_reported(&mut self, counts: DropCounts) {
         self.reported = counts;
     }
-}
-
-impl Tcp {
-    fn fail(&mut self) {
-        self.stream = None;
-        *self.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.next_attempt = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-fn try_connect(addr: &str) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-                return Ok(s);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }

@@ -10,6 +10,7 @@
 //! counted.
 
 pub(crate) mod destination;
+mod tcp;
 mod watchdog;
 
 use std::sync::atomic::Ordering;
@@ -76,6 +77,9 @@ pub(crate) const EXIT_BUDGET: Duration = Duration::from_millis(200);
 /// Longest the exit waits, after the interrupt, for the final drain and
 /// the recording's last writes (work on this machine, nothing remote).
 const FINISH_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
+/// How long collectors get, from the stop request, to take what waits for
+/// them; within [`EXIT_BUDGET`].
+const FINAL_WRITES: Duration = Duration::from_millis(150);
 
 /// What flushing and dumping need of an exporter.
 #[derive(Clone)]
@@ -84,7 +88,7 @@ pub(crate) struct Source {
     model: Arc<Mutex<AwaitModel>>,
     capture: Arc<Capture>,
     /// The TCP destinations' connections, to end a blocked write at exit.
-    interrupts: Arc<Vec<destination::Interrupt>>,
+    interrupts: Arc<Vec<tcp::Interrupt>>,
 }
 
 /// The guard's handle on the exporter thread: flushes and dumps through
@@ -242,6 +246,7 @@ pub(crate) fn start(
         early_closes: Default::default(),
         drains: 0,
         stopping: false,
+        stop_seen: None,
         frame: wire::EventsFrame::new(),
         buf: Vec::new(),
         last_flush: Instant::now(),
@@ -306,6 +311,8 @@ struct Exporter {
     drains: u64,
     /// This drain is the last one (the guard was dropped).
     stopping: bool,
+    /// When the exporter saw the stop request.
+    stop_seen: Option<Instant>,
     /// The frame being filled: events are encoded as they are converted.
     frame: wire::EventsFrame,
     buf: Vec<u8>,
@@ -328,10 +335,16 @@ impl Exporter {
                 let st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
                 (st.stop, st.flush_requested, st.flush_done)
             };
+            if stop && self.stop_seen.is_none() {
+                self.stop_seen = Some(Instant::now());
+            }
             if !stop {
                 // Not at exit: a connection attempt may take up to its
                 // timeout, and the exit waits for nothing remote.
                 self.connect_destinations();
+            }
+            for s in &mut self.destinations {
+                s.pump();
             }
             self.stopping = stop;
             let n = self.drain();
@@ -344,11 +357,15 @@ impl Exporter {
                 self.last_flush = Instant::now();
             }
             if stop {
+                let deadline = self.stop_seen.unwrap_or_else(Instant::now) + FINAL_WRITES;
                 for i in 0..self.destinations.len() {
                     let bye = self.frame_bytes(i, Body::Goodbye);
                     let s = &mut self.destinations[i];
                     s.write(&bye, 0);
                     s.flush();
+                }
+                for s in &mut self.destinations {
+                    s.finish(deadline);
                     s.warn_undelivered();
                 }
                 let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -397,8 +414,14 @@ impl Exporter {
             if !self.destinations[i].wants_connect() {
                 continue;
             }
-            let handshake = self.handshake(i);
-            self.destinations[i].connect(&handshake);
+            // Nothing of the stream may be pending once it is connected: it
+            // would go out before the handshake. (Every drain ends with a
+            // send; this is for safety.)
+            self.send_batch();
+            if self.destinations[i].connect() {
+                let handshake = self.handshake(i);
+                self.destinations[i].handshake(&handshake);
+            }
         }
     }
 
@@ -409,8 +432,6 @@ impl Exporter {
     fn handshake(&mut self, dest: usize) -> Vec<u8> {
         let mut info = self.info.clone();
         info.reconnect = self.destinations[dest].connected_before();
-        // Nothing of the stream is pending: every drain ends with a send.
-        self.send_batch();
         let mut out = self.frame_bytes(dest, Body::Hello(info));
         let callsites: Vec<Event> = self
             .capture
@@ -465,7 +486,6 @@ impl Exporter {
             let bytes = self.frame_bytes(dest, Body::Dropped(counts));
             out.extend_from_slice(&bytes);
         }
-        // Sent with the handshake (if it fails, the next one sends them).
         self.destinations[dest].set_reported(counts);
         out
     }
