@@ -102,14 +102,15 @@ impl Destination {
     }
 
     /// Sends the preamble and `handshake` (hello, callsites and live
-    /// spans) on a connection just made.
+    /// spans, and the drop counts last set with
+    /// [`Destination::set_reported`]) on a connection just made.
     pub fn handshake(&mut self, handshake: &[u8]) {
         let Kind::Tcp(t) = &mut self.kind else {
             return;
         };
         let mut bytes = preamble().to_vec();
         bytes.extend_from_slice(handshake);
-        t.handshake(bytes, &mut self.drops);
+        t.handshake(bytes, self.reported, &mut self.drops);
     }
 
     /// Whether this TCP destination was connected before (its next `Hello`
@@ -201,8 +202,9 @@ impl Destination {
         let Kind::Tcp(t) = &self.kind else {
             return;
         };
+        let told = t.told();
         let lost = self.drops.disconnected + self.drops.write_failed;
-        let told = self.reported.disconnected + self.reported.write_failed;
+        let told = told.disconnected + told.write_failed;
         if lost > told {
             eprintln!(
                 "awaitscope: {} events were not delivered to the collector at {}",
@@ -210,6 +212,16 @@ impl Destination {
                 t.addr()
             );
         }
+    }
+
+    /// Writes a `Dropped` frame carrying `counts` (a collector knows when
+    /// it was written whole), and remembers them as sent.
+    pub fn write_report(&mut self, bytes: &[u8], counts: DropCounts) {
+        match &mut self.kind {
+            Kind::Tcp(t) => t.write_report(bytes, counts, &mut self.drops),
+            _ => self.write(bytes, 0),
+        }
+        self.reported = counts;
     }
 
     /// Remembers the counts just sent.

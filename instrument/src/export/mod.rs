@@ -1214,8 +1214,7 @@ impl Exporter {
             };
             if self.destinations[i].is_up() && self.destinations[i].last_reported() != counts {
                 let bytes = self.frame_bytes(i, Body::Dropped(counts));
-                self.destinations[i].write(&bytes, 0);
-                self.destinations[i].set_reported(counts);
+                self.destinations[i].write_report(&bytes, counts);
             }
         }
     }

@@ -40,6 +40,8 @@ struct Pending {
     bytes: Vec<u8>,
     sent: usize,
     events: u64,
+    /// The drop counts it carries, if it is a `Dropped` frame.
+    report: Option<DropCounts>,
 }
 
 /// A TCP destination: the connection, its backoff, and what waits to be sent.
@@ -55,6 +57,9 @@ pub(crate) struct Tcp {
     queued: usize,
     /// When the collector last took bytes (or the queue became non-empty).
     progress: Instant,
+    /// The drop counts of the last `Dropped` frame written whole to the
+    /// connection (the collector told as far as the program can know).
+    told: DropCounts,
 }
 
 impl Tcp {
@@ -70,7 +75,13 @@ impl Tcp {
             queue: VecDeque::new(),
             queued: 0,
             progress: Instant::now(),
+            told: DropCounts::default(),
         }
+    }
+
+    /// The drop counts last written whole to a collector (see `told`).
+    pub fn told(&self) -> DropCounts {
+        self.told
     }
 
     /// The collector's address.
@@ -115,10 +126,11 @@ impl Tcp {
         }
     }
 
-    /// Sends `bytes` (preamble and handshake) on the connection just made.
-    pub fn handshake(&mut self, bytes: Vec<u8>, drops: &mut DropCounts) {
+    /// Sends `bytes` (preamble and handshake, ending with the drop counts
+    /// `counts`) on the connection just made.
+    pub fn handshake(&mut self, bytes: Vec<u8>, counts: DropCounts, drops: &mut DropCounts) {
         self.connected_before = true;
-        self.queue_frame(bytes, 0);
+        self.queue_frame(bytes, 0, Some(counts));
         self.pump(drops);
     }
 
@@ -126,6 +138,22 @@ impl Tcp {
     /// dropped when down (`disconnected`) or when the queue is full
     /// (`write_failed`).
     pub fn write(&mut self, bytes: &[u8], events: u64, drops: &mut DropCounts) {
+        self.send(bytes, events, None, drops);
+    }
+
+    /// Sends a `Dropped` frame carrying `counts`: the collector is told
+    /// them once it is written whole.
+    pub fn write_report(&mut self, bytes: &[u8], counts: DropCounts, drops: &mut DropCounts) {
+        self.send(bytes, 0, Some(counts), drops);
+    }
+
+    fn send(
+        &mut self,
+        bytes: &[u8],
+        events: u64,
+        report: Option<DropCounts>,
+        drops: &mut DropCounts,
+    ) {
         if self.stream.is_none() {
             drops.disconnected += events;
             return;
@@ -135,9 +163,14 @@ impl Tcp {
                 return;
             };
             match write_some(s, bytes) {
-                Ok(n) if n == bytes.len() => return,
+                Ok(n) if n == bytes.len() => {
+                    if let Some(r) = report {
+                        self.told = r;
+                    }
+                    return;
+                }
                 Ok(n) => {
-                    self.queue_frame(bytes.to_vec(), events);
+                    self.queue_frame(bytes.to_vec(), events, report);
                     if let Some(p) = self.queue.front_mut() {
                         p.sent = n;
                     }
@@ -152,12 +185,12 @@ impl Tcp {
         if self.queued + bytes.len() > MAX_QUEUED {
             drops.write_failed += events;
         } else {
-            self.queue_frame(bytes.to_vec(), events);
+            self.queue_frame(bytes.to_vec(), events, report);
         }
         self.pump(drops);
     }
 
-    fn queue_frame(&mut self, bytes: Vec<u8>, events: u64) {
+    fn queue_frame(&mut self, bytes: Vec<u8>, events: u64, report: Option<DropCounts>) {
         if self.queue.is_empty() {
             self.progress = Instant::now();
         }
@@ -166,6 +199,7 @@ impl Tcp {
             bytes,
             sent: 0,
             events,
+            report,
         });
     }
 
@@ -185,6 +219,9 @@ impl Tcp {
                         break;
                     }
                     self.queued -= p.bytes.len();
+                    if let Some(r) = p.report {
+                        self.told = r;
+                    }
                     self.queue.pop_front();
                 }
                 Err(_) => {
