@@ -259,6 +259,14 @@ pub(crate) fn start(
         .name("awaitscope-export".into())
         .spawn(move || exporter.run(&c))
         .ok();
+    if thread.is_none() {
+        // No exporter to wait for at exit.
+        requests
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished = true;
+    }
     ExporterHandle {
         source: Source {
             requests,
