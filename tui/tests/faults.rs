@@ -374,12 +374,34 @@ fn assert_complete(file: &Path) -> Stream {
     assert_eq!(r["processes"][0]["ended"], true);
     assert_eq!(r["warnings"], serde_json::json!([]), "{}", r["warnings"]);
     assert_eq!(
-        r["findings"],
-        serde_json::json!([]),
+        findings(&r),
+        Vec::<String>::new(),
         "a healthy program: {}",
         r["findings"]
     );
     s
+}
+
+/// Below this, a long poll or a wait for a worker is the machine's own
+/// noise (a loaded 2-core machine preempts a worker mid-poll for 10-20 ms),
+/// not a fault's: the false findings faults caused were of 1.5 s and more.
+const NOISE_NS: u64 = 250_000_000;
+
+/// The kinds of a report's findings, less the machine's noise (see
+/// [`NOISE_NS`]).
+fn findings(r: &Value) -> Vec<String> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            let timed = ["long_poll", "starvation", "never_yielded", "descheduled"]
+                .iter()
+                .any(|k| f["kind"] == *k);
+            !(timed && f["worst_ns"].as_u64().is_some_and(|w| w < NOISE_NS))
+        })
+        .map(|f| f["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// The kinds of the findings of a collector's report, less the false
@@ -389,18 +411,20 @@ fn assert_complete(file: &Path) -> Stream {
 /// reconnect (issue 15), fixed apart from the producer's. Tighten this once
 /// it is.
 fn collector_findings(r: &Value) -> Vec<String> {
-    r["findings"]
+    let reconnect = |f: &Value| {
+        f["kind"] == "starvation"
+            && f["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("woken but not polled"))
+    };
+    let kept: Vec<Value> = r["findings"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|f| {
-            !(f["kind"] == "starvation"
-                && f["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("woken but not polled")))
-        })
-        .map(|f| f["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
+        .filter(|f| !reconnect(f))
+        .cloned()
+        .collect();
+    findings(&serde_json::json!({ "findings": kept }))
 }
 
 /// The count the program printed of events its collector never got.
@@ -526,22 +550,32 @@ fn collector_that_never_reads() {
     set_rcvbuf(&listener, 4096);
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    // Holds the first connection without reading, then stops listening:
+    // a reconnect (after the program gives up on this collector) is
+    // refused, so what the program counted cannot have been told to a
+    // collector, and must be said at exit.
     let holder = std::thread::spawn(move || {
         listener.set_nonblocking(true).unwrap();
-        let mut held = Vec::new();
-        while stop_rx.try_recv().is_err() {
+        let held = loop {
             if let Ok((s, _)) = listener.accept() {
-                held.push(s);
+                break Some(s);
             }
-            std::thread::sleep(Duration::from_millis(5));
+            if stop_rx.try_recv().is_ok() {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        drop(listener);
+        let connected = held.is_some();
+        if connected {
+            let _ = stop_rx.recv();
         }
-        held.len()
+        connected
     });
     let p = Program::start(Some(addr), &file, 1500, End::Drop, true);
     let (delay, stderr) = p.finish();
     let _ = stop_tx.send(());
-    let connections = holder.join().unwrap();
-    assert!(connections >= 1, "the program connected");
+    assert!(holder.join().unwrap(), "the program connected");
     assert!(delay < EXIT_BOUND, "exit took {delay:?}");
     let kept = assert_complete(&file);
     let lost = undelivered(&stderr);

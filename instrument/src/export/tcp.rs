@@ -5,9 +5,11 @@
 //! in a bounded queue of whole frames, sent as the collector reads. A
 //! collector that stops reading costs the exporter nothing (before, a
 //! blocking write stalled the exporter for up to 2 s, the program's rings
-//! filled, and every destination lost events): frames that do not fit in
-//! the queue are dropped and counted, and a collector that takes nothing
-//! for [`WRITE_TIMEOUT`] is disconnected. Hand-written: the exporter is a
+//! filled, and every destination lost events): a collector that falls more
+//! than [`MAX_QUEUED`] bytes behind, or takes nothing for [`WRITE_TIMEOUT`],
+//! is disconnected, what waited for it counted, and reconnected with
+//! backoff. The drop counts it was told of are those of the last `Dropped`
+//! frame written whole to it. Hand-written: the exporter is a
 //! plain thread with one socket per collector, and an async runtime or a
 //! poller crate would bring more than the few lines below.
 
@@ -30,8 +32,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Most bytes waiting for a collector that reads slowly; frames beyond are
-/// dropped and counted (`write_failed`).
+/// Most bytes waiting for a collector that reads slowly; past it, the
+/// connection is dropped (and made again), what waited counted as
+/// `write_failed`.
 const MAX_QUEUED: usize = 4 << 20;
 
 /// A frame not yet fully written: its bytes, how many are written, and the
@@ -183,10 +186,17 @@ impl Tcp {
             return;
         }
         if self.queued + bytes.len() > MAX_QUEUED {
+            // The collector falls behind by more than the queue holds: this
+            // frame and the queued ones are lost, and the connection with
+            // them. A stream with frames missing in the middle would leave
+            // the collector's model wrong for good (a task whose close was
+            // lost stays live, and looks stuck); the reconnect's handshake
+            // gives it the live state again.
             drops.write_failed += events;
-        } else {
-            self.queue_frame(bytes.to_vec(), events, report);
+            self.fail(drops);
+            return;
         }
+        self.queue_frame(bytes.to_vec(), events, report);
         self.pump(drops);
     }
 
