@@ -53,7 +53,7 @@ fn install() {
 fn install() {}
 
 /// Stops every exporter of this process still running (each waits at most
-/// `export::EXIT_BUDGET` for a collector that does not read).
+/// 150 ms for a collector that does not read).
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn stop_all() {
     let pid = std::process::id();

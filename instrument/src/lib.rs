@@ -357,7 +357,7 @@ fn process_info(token: Option<String>) -> wire::ProcessInfo {
 /// Keeps awaitscope's exporter running. Dropping it drains what was
 /// recorded, sends `Goodbye`, and flushes the stream and the recording; the
 /// program's normal exit does the same if it was never dropped (on Linux).
-/// Either waits at most about 200 ms for a collector that does not read:
+/// Either waits at most 150 ms for a collector that does not read:
 /// what it did not take is counted as dropped.
 #[must_use = "dropping the guard stops awaitscope"]
 pub struct Guard {

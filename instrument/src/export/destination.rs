@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use awaitscope_wire::{preamble, DropCounts};
 
-use super::tcp::{Interrupt, Tcp};
+use super::tcp::Tcp;
 
 /// One place the exporter writes the stream to: a collector over TCP
 /// (see [`Tcp`]), a recording file, or memory; with the events it could not
@@ -46,14 +46,6 @@ impl Destination {
         let seq = self.seq;
         self.seq += 1;
         seq
-    }
-
-    /// The interrupt of a TCP destination (see [`Interrupt`]).
-    pub fn interrupt(&self) -> Option<Interrupt> {
-        match &self.kind {
-            Kind::Tcp(t) => Some(t.interrupt()),
-            _ => None,
-        }
     }
 
     /// Streams to a collector at `addr` (host:port), connecting lazily and

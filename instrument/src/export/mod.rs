@@ -68,18 +68,18 @@ struct RequestState {
     finished: bool,
 }
 
-/// Longest the program's exit waits for the exporter while a collector
-/// does not read: then connections to collectors are shut down, which ends
-/// a blocked write at once, and what they did not take is counted as
-/// dropped. (The final drain and the recording's last writes are still
-/// waited for, up to [`FINISH_AFTER_INTERRUPT`].)
-pub(crate) const EXIT_BUDGET: Duration = Duration::from_millis(200);
-/// Longest the exit waits, after the interrupt, for the final drain and
-/// the recording's last writes (work on this machine, nothing remote).
-const FINISH_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
-/// How long collectors get, from the stop request, to take what waits for
-/// them; within [`EXIT_BUDGET`].
+/// How long collectors get at exit, from the stop request, to take what
+/// waits for them (at least [`FINAL_GRACE`] after the final drain): all a
+/// collector that does not read can delay the exit by. What they did not
+/// take then is counted as dropped.
 const FINAL_WRITES: Duration = Duration::from_millis(150);
+/// See [`FINAL_WRITES`]: a final drain that took longer still leaves a
+/// collector that reads this long to take its last frames.
+const FINAL_GRACE: Duration = Duration::from_millis(20);
+/// Longest the exit waits for the exporter at all: its final drain and the
+/// recording's last writes are work on this machine, but a recording on a
+/// hung file system must not hold the program for ever.
+const EXIT_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// What flushing and dumping need of an exporter.
 #[derive(Clone)]
@@ -87,8 +87,6 @@ pub(crate) struct Source {
     requests: Arc<Requests>,
     model: Arc<Mutex<AwaitModel>>,
     capture: Arc<Capture>,
-    /// The TCP destinations' connections, to end a blocked write at exit.
-    interrupts: Arc<Vec<tcp::Interrupt>>,
 }
 
 /// The guard's handle on the exporter thread: flushes and dumps through
@@ -118,51 +116,27 @@ impl ExporterHandle {
 }
 
 impl Source {
-    /// Asks for the final drain, `Goodbye` and flush, and waits for them:
-    /// at most [`EXIT_BUDGET`] for a collector to take what is sent, then
-    /// its connection is shut down (the rest is counted as dropped), and at
-    /// most [`FINISH_AFTER_INTERRUPT`] more for the exporter's own work.
-    /// Returns whether the exporter thread finished.
+    /// Asks for the final drain, `Goodbye` and flush, and waits for them
+    /// (collectors get [`FINAL_WRITES`]; the whole at most
+    /// [`EXIT_WAIT_MAX`]). Returns whether the exporter thread finished.
     pub fn stop(&self) -> bool {
         let requests = &self.requests;
         let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
         st.stop = true;
         requests.cond.notify_all();
-        let (st, interrupted) = self.wait_finished(st, EXIT_BUDGET);
-        if !interrupted {
-            return true;
-        }
-        drop(st);
-        for slot in self.interrupts.iter() {
-            if let Some(s) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        }
-        let st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
-        !self.wait_finished(st, FINISH_AFTER_INTERRUPT).1
-    }
-
-    /// Waits up to `timeout` for the exporter thread to finish; returns the
-    /// lock and whether it timed out.
-    fn wait_finished<'a>(
-        &self,
-        mut st: std::sync::MutexGuard<'a, RequestState>,
-        timeout: Duration,
-    ) -> (std::sync::MutexGuard<'a, RequestState>, bool) {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + EXIT_WAIT_MAX;
         while !st.finished {
             let now = Instant::now();
             if now >= deadline {
-                return (st, true);
+                return false;
             }
-            st = self
-                .requests
+            st = requests
                 .cond
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        (st, false)
+        true
     }
 
     /// Whether both are the same exporter.
@@ -219,12 +193,6 @@ pub(crate) fn start(
 ) -> ExporterHandle {
     let requests = Arc::new(Requests::default());
     let model = Arc::new(Mutex::new(AwaitModel::default()));
-    let interrupts = Arc::new(
-        destinations
-            .iter()
-            .filter_map(Destination::interrupt)
-            .collect::<Vec<_>>(),
-    );
     let mut exporter = Exporter {
         capture,
         rings: Vec::new(),
@@ -272,7 +240,6 @@ pub(crate) fn start(
             requests,
             model,
             capture,
-            interrupts,
         },
         thread,
     }
@@ -365,7 +332,8 @@ impl Exporter {
                 self.last_flush = Instant::now();
             }
             if stop {
-                let deadline = self.stop_seen.unwrap_or_else(Instant::now) + FINAL_WRITES;
+                let deadline = (self.stop_seen.unwrap_or_else(Instant::now) + FINAL_WRITES)
+                    .max(Instant::now() + FINAL_GRACE);
                 for i in 0..self.destinations.len() {
                     let bye = self.frame_bytes(i, Body::Goodbye);
                     let s = &mut self.destinations[i];

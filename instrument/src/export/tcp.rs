@@ -16,15 +16,9 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use awaitscope_wire::DropCounts;
-
-/// A clone of a live connection, which another thread can shut down to end
-/// the exporter's last, blocking writes at exit at once. Empty while
-/// disconnected: the clone would keep a failed connection open.
-pub(crate) type Interrupt = Arc<Mutex<Option<TcpStream>>>;
 
 /// Longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -55,7 +49,6 @@ pub(crate) struct Tcp {
     backoff: Duration,
     /// A `Hello` was already sent on an earlier connection.
     connected_before: bool,
-    interrupt: Interrupt,
     queue: VecDeque<Pending>,
     queued: usize,
     /// When the collector last took bytes (or the queue became non-empty).
@@ -74,7 +67,6 @@ impl Tcp {
             next_attempt: Instant::now(),
             backoff: BACKOFF_MIN,
             connected_before: false,
-            interrupt: Interrupt::default(),
             queue: VecDeque::new(),
             queued: 0,
             progress: Instant::now(),
@@ -90,11 +82,6 @@ impl Tcp {
     /// The collector's address.
     pub fn addr(&self) -> &str {
         &self.addr
-    }
-
-    /// See [`Interrupt`].
-    pub fn interrupt(&self) -> Interrupt {
-        self.interrupt.clone()
     }
 
     /// Down and due for a connection attempt.
@@ -117,7 +104,6 @@ impl Tcp {
     pub fn connect(&mut self, drops: &mut DropCounts) -> bool {
         match try_connect(&self.addr) {
             Ok(stream) => {
-                *self.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = stream.try_clone().ok();
                 self.stream = Some(stream);
                 self.backoff = BACKOFF_MIN;
                 true
@@ -275,7 +261,6 @@ impl Tcp {
         }
         self.queued = 0;
         self.stream = None;
-        *self.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.next_attempt = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
