@@ -41,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+mod at_exit;
 mod await_tree;
 mod capture;
 mod causal;
@@ -281,6 +282,7 @@ impl Builder {
         let info = process_info(self.token);
         panic::register(&capture);
         let exporter = export::start(capture.clone(), destinations, info, process, self.stall);
+        at_exit::register(exporter.source());
         Ok((
             AwaitscopeLayer {
                 capture: Some(capture),
@@ -353,7 +355,10 @@ fn process_info(token: Option<String>) -> wire::ProcessInfo {
 }
 
 /// Keeps awaitscope's exporter running. Dropping it drains what was
-/// recorded, sends `Goodbye`, and flushes the stream and the recording.
+/// recorded, sends `Goodbye`, and flushes the stream and the recording; the
+/// program's normal exit does the same if it was never dropped (on Linux).
+/// Either waits at most 150 ms for a collector that does not read:
+/// what it did not take is counted as dropped.
 #[must_use = "dropping the guard stops awaitscope"]
 pub struct Guard {
     exporter: Option<export::ExporterHandle>,
@@ -422,6 +427,7 @@ impl Drop for Guard {
                     *current = None;
                 }
             }
+            at_exit::forget(e.source());
             e.shutdown();
         }
     }

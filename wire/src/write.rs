@@ -239,6 +239,22 @@ impl EventsFrame {
         seq: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
+        self.write_to(process, seq, out)?;
+        self.clear();
+        Ok(())
+    }
+
+    /// Appends the frame (length prefix, header, events) to `out` with
+    /// sequence number `seq`, keeping its events: a producer writing to
+    /// several streams, each numbered on its own, writes the same events
+    /// under each stream's number, then [`EventsFrame::clear`]s it.
+    /// Appends nothing when it is empty.
+    pub fn write_to(
+        &mut self,
+        process: crate::ProcessKey,
+        seq: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         if self.count == 0 {
             return Ok(());
         }
@@ -260,8 +276,12 @@ impl EventsFrame {
         out.extend_from_slice(&(len as u32).to_le_bytes());
         out.extend_from_slice(&self.header);
         out.extend_from_slice(&self.events);
+        Ok(())
+    }
+
+    /// Empties the frame for the next one.
+    pub fn clear(&mut self) {
         self.events.clear();
         self.count = 0;
-        Ok(())
     }
 }

@@ -2,28 +2,27 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use awaitscope_wire::{preamble, DropCounts};
 
-/// Longest a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
-/// A collector that accepts nothing for this long is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+use super::tcp::Tcp;
 
 /// One place the exporter writes the stream to: a collector over TCP
-/// (connected lazily, reconnected with backoff), a recording file, or
-/// memory; with the events it could not deliver, counted for the next
-/// `Dropped` frame.
+/// (see [`Tcp`]), a recording file, or memory; with the events it could not
+/// deliver, counted for the next `Dropped` frame.
 pub(crate) struct Destination {
     kind: Kind,
     drops: DropCounts,
     reported: DropCounts,
+    /// Sequence number of this stream's next frame. Each destination numbers
+    /// its own frames: a handshake or `Dropped` frame goes to one
+    /// destination only, and a shared number would leave gaps in the
+    /// others' streams. A frame lost on the way (destination down or
+    /// failed) still takes its number, so the collector sees the gap.
+    seq: u64,
 }
 
 enum Kind {
@@ -32,34 +31,27 @@ enum Kind {
     Memory(Arc<Mutex<Vec<u8>>>),
 }
 
-struct Tcp {
-    addr: String,
-    stream: Option<TcpStream>,
-    next_attempt: Instant,
-    backoff: Duration,
-    /// A `Hello` was already sent on an earlier connection.
-    connected_before: bool,
-}
-
 impl Destination {
     fn new(kind: Kind) -> Self {
         Self {
             kind,
             drops: DropCounts::default(),
             reported: DropCounts::default(),
+            seq: 0,
         }
+    }
+
+    /// Takes the sequence number of this stream's next frame.
+    pub fn next_seq(&mut self) -> u64 {
+        let seq = self.seq;
+        self.seq += 1;
+        seq
     }
 
     /// Streams to a collector at `addr` (host:port), connecting lazily and
     /// reconnecting with backoff.
     pub fn tcp(addr: String) -> Self {
-        Self::new(Kind::Tcp(Tcp {
-            addr,
-            stream: None,
-            next_attempt: Instant::now(),
-            backoff: BACKOFF_MIN,
-            connected_before: false,
-        }))
+        Self::new(Kind::Tcp(Tcp::new(addr)))
     }
 
     /// Writes a recording at `path`.
@@ -89,41 +81,40 @@ impl Destination {
 
     /// A TCP destination that is down and due for a reconnection attempt.
     pub fn wants_connect(&self) -> bool {
-        matches!(&self.kind, Kind::Tcp(t) if t.stream.is_none() && Instant::now() >= t.next_attempt)
+        matches!(&self.kind, Kind::Tcp(t) if t.wants_connect())
     }
 
-    /// Tries to connect; on success sends the preamble and `handshake`
-    /// (hello, callsites and live spans).
-    pub fn connect(&mut self, handshake: &[u8]) {
+    /// Tries to connect a TCP destination; returns whether it did (then
+    /// its handshake must follow, see [`Destination::handshake`]).
+    pub fn connect(&mut self) -> bool {
+        match &mut self.kind {
+            Kind::Tcp(t) => t.connect(&mut self.drops),
+            _ => false,
+        }
+    }
+
+    /// Sends the preamble and `handshake` (hello, callsites and live
+    /// spans, and the drop counts last set with
+    /// [`Destination::set_reported`]) on a connection just made.
+    pub fn handshake(&mut self, handshake: &[u8]) {
         let Kind::Tcp(t) = &mut self.kind else {
             return;
         };
-        match try_connect(&t.addr) {
-            Ok(mut stream) => {
-                let mut bytes = preamble().to_vec();
-                bytes.extend_from_slice(handshake);
-                if stream.write_all(&bytes).is_ok() {
-                    t.stream = Some(stream);
-                    t.backoff = BACKOFF_MIN;
-                    t.connected_before = true;
-                    return;
-                }
-                t.fail();
-            }
-            Err(_) => t.fail(),
-        }
+        let mut bytes = preamble().to_vec();
+        bytes.extend_from_slice(handshake);
+        t.handshake(bytes, self.reported, &mut self.drops);
     }
 
     /// Whether this TCP destination was connected before (its next `Hello`
     /// is a reconnect).
     pub fn connected_before(&self) -> bool {
-        matches!(&self.kind, Kind::Tcp(t) if t.connected_before)
+        matches!(&self.kind, Kind::Tcp(t) if t.connected_before())
     }
 
     /// Whether frames written now would be delivered.
     pub fn is_up(&self) -> bool {
         match &self.kind {
-            Kind::Tcp(t) => t.stream.is_some(),
+            Kind::Tcp(t) => t.is_up(),
             Kind::File(w, _) => w.is_some(),
             Kind::Memory(_) => true,
         }
@@ -133,15 +124,7 @@ impl Destination {
     /// when the destination is down or fails.
     pub fn write(&mut self, bytes: &[u8], events: u64) {
         match &mut self.kind {
-            Kind::Tcp(t) => match &mut t.stream {
-                Some(s) => {
-                    if s.write_all(bytes).is_err() {
-                        self.drops.write_failed += events;
-                        t.fail();
-                    }
-                }
-                None => self.drops.disconnected += events,
-            },
+            Kind::Tcp(t) => t.write(bytes, events, &mut self.drops),
             Kind::File(w, path) => match w {
                 Some(f) => {
                     if let Err(e) = f.write_all(bytes) {
@@ -162,16 +145,26 @@ impl Destination {
         }
     }
 
-    /// Pushes buffered bytes out.
+    /// Sends what a collector takes now of what waits for it (see
+    /// [`Tcp::pump`]); nothing for other destinations.
+    pub fn pump(&mut self) {
+        if let Kind::Tcp(t) = &mut self.kind {
+            t.pump(&mut self.drops);
+        }
+    }
+
+    /// The last writes at exit: a collector gets until `deadline` to take
+    /// what waits for it, the rest is counted as dropped.
+    pub fn finish(&mut self, deadline: Instant) {
+        if let Kind::Tcp(t) = &mut self.kind {
+            t.finish(deadline, &mut self.drops);
+        }
+    }
+
+    /// Pushes buffered bytes out (a collector's: as far as it takes them).
     pub fn flush(&mut self) {
         match &mut self.kind {
-            Kind::Tcp(t) => {
-                if let Some(s) = &mut t.stream {
-                    if s.flush().is_err() {
-                        t.fail();
-                    }
-                }
-            }
+            Kind::Tcp(t) => t.pump(&mut self.drops),
             Kind::File(w, _) => {
                 if let Some(f) = w {
                     if f.flush().is_err() {
@@ -194,32 +187,37 @@ impl Destination {
         self.reported
     }
 
+    /// At exit: says on stderr how many events a collector did not get and
+    /// was not told about (it was down, or did not read), the one place
+    /// left to count them.
+    pub fn warn_undelivered(&self) {
+        let Kind::Tcp(t) = &self.kind else {
+            return;
+        };
+        let told = t.told();
+        let lost = self.drops.disconnected + self.drops.write_failed;
+        let told = told.disconnected + told.write_failed;
+        if lost > told {
+            eprintln!(
+                "awaitscope: {} events were not delivered to the collector at {}",
+                lost - told,
+                t.addr()
+            );
+        }
+    }
+
+    /// Writes a `Dropped` frame carrying `counts` (a collector knows when
+    /// it was written whole), and remembers them as sent.
+    pub fn write_report(&mut self, bytes: &[u8], counts: DropCounts) {
+        match &mut self.kind {
+            Kind::Tcp(t) => t.write_report(bytes, counts, &mut self.drops),
+            _ => self.write(bytes, 0),
+        }
+        self.reported = counts;
+    }
+
     /// Remembers the counts just sent.
     pub fn set_reported(&mut self, counts: DropCounts) {
         self.reported = counts;
     }
-}
-
-impl Tcp {
-    fn fail(&mut self) {
-        self.stream = None;
-        self.next_attempt = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-fn try_connect(addr: &str) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-                return Ok(s);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }

@@ -10,6 +10,7 @@
 //! counted.
 
 pub(crate) mod destination;
+mod tcp;
 mod watchdog;
 
 use std::sync::atomic::Ordering;
@@ -63,7 +64,22 @@ struct RequestState {
     stop: bool,
     flush_requested: u64,
     flush_done: u64,
+    /// The thread has sent its `Goodbye`s and returned.
+    finished: bool,
 }
+
+/// How long collectors get at exit, from the stop request, to take what
+/// waits for them (at least [`FINAL_GRACE`] after the final drain): all a
+/// collector that does not read can delay the exit by. What they did not
+/// take then is counted as dropped.
+const FINAL_WRITES: Duration = Duration::from_millis(150);
+/// See [`FINAL_WRITES`]: a final drain that took longer still leaves a
+/// collector that reads this long to take its last frames.
+const FINAL_GRACE: Duration = Duration::from_millis(20);
+/// Longest the exit waits for the exporter at all: its final drain and the
+/// recording's last writes are work on this machine, but a recording on a
+/// hung file system must not hold the program for ever.
+const EXIT_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// What flushing and dumping need of an exporter.
 #[derive(Clone)]
@@ -86,21 +102,43 @@ impl ExporterHandle {
         &self.source
     }
 
-    /// Final drain, `Goodbye`, flush, and join the thread.
+    /// Final drain, `Goodbye`, flush, and join the thread (see
+    /// [`Source::stop`] for how long this may take).
     pub fn shutdown(&mut self) {
-        {
-            let requests = &self.source.requests;
-            let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.stop = true;
-            requests.cond.notify_all();
-        }
+        let finished = self.source.stop();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if finished {
+                let _ = t.join();
+            }
+            // Else the thread is left to itself: the exit does not wait.
         }
     }
 }
 
 impl Source {
+    /// Asks for the final drain, `Goodbye` and flush, and waits for them
+    /// (collectors get [`FINAL_WRITES`]; the whole at most
+    /// [`EXIT_WAIT_MAX`]). Returns whether the exporter thread finished.
+    pub fn stop(&self) -> bool {
+        let requests = &self.requests;
+        let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.stop = true;
+        requests.cond.notify_all();
+        let deadline = Instant::now() + EXIT_WAIT_MAX;
+        while !st.finished {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = requests
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
     /// Whether both are the same exporter.
     pub fn same(&self, other: &Source) -> bool {
         Arc::ptr_eq(&self.requests, &other.requests)
@@ -163,8 +201,8 @@ pub(crate) fn start(
         model: model.clone(),
         process,
         info,
-        seq: 0,
         destinations,
+        staging: 0,
         counts: Vec::new(),
         thread: u32::MAX,
         held: None,
@@ -176,6 +214,7 @@ pub(crate) fn start(
         early_closes: Default::default(),
         drains: 0,
         stopping: false,
+        stop_seen: None,
         frame: wire::EventsFrame::new(),
         buf: Vec::new(),
         last_flush: Instant::now(),
@@ -188,6 +227,14 @@ pub(crate) fn start(
         .name("awaitscope-export".into())
         .spawn(move || exporter.run(&c))
         .ok();
+    if thread.is_none() {
+        // No exporter to wait for at exit.
+        requests
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished = true;
+    }
     ExporterHandle {
         source: Source {
             requests,
@@ -209,8 +256,10 @@ struct Exporter {
     model: Arc<Mutex<AwaitModel>>,
     process: ProcessKey,
     info: ProcessInfo,
-    seq: u64,
     destinations: Vec<Destination>,
+    /// The destination whose handshake is being built (see
+    /// [`Exporter::stage_frame`]).
+    staging: usize,
     /// Records in each ring at the start of a drain (reused).
     counts: Vec<usize>,
     /// Thread of the last `Thread` event sent.
@@ -237,6 +286,8 @@ struct Exporter {
     drains: u64,
     /// This drain is the last one (the guard was dropped).
     stopping: bool,
+    /// When the exporter saw the stop request.
+    stop_seen: Option<Instant>,
     /// The frame being filled: events are encoded as they are converted.
     frame: wire::EventsFrame,
     buf: Vec<u8>,
@@ -250,16 +301,26 @@ struct Exporter {
 
 impl Exporter {
     fn run(&mut self, requests: &Requests) {
-        let hello = self.frame_bytes(Body::Hello(self.info.clone()));
-        for s in &mut self.destinations {
-            s.start(&hello);
+        for i in 0..self.destinations.len() {
+            let hello = self.frame_bytes(i, Body::Hello(self.info.clone()));
+            self.destinations[i].start(&hello);
         }
         loop {
             let (stop, flush_want, flush_done) = {
                 let st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
                 (st.stop, st.flush_requested, st.flush_done)
             };
-            self.connect_destinations();
+            if stop && self.stop_seen.is_none() {
+                self.stop_seen = Some(Instant::now());
+            }
+            if !stop {
+                // Not at exit: a connection attempt may take up to its
+                // timeout, and the exit waits for nothing remote.
+                self.connect_destinations();
+            }
+            for s in &mut self.destinations {
+                s.pump();
+            }
             self.stopping = stop;
             let n = self.drain();
             let flush = flush_want > flush_done || stop;
@@ -271,11 +332,21 @@ impl Exporter {
                 self.last_flush = Instant::now();
             }
             if stop {
-                let bye = self.frame_bytes(Body::Goodbye);
-                for s in &mut self.destinations {
+                let deadline = (self.stop_seen.unwrap_or_else(Instant::now) + FINAL_WRITES)
+                    .max(Instant::now() + FINAL_GRACE);
+                for i in 0..self.destinations.len() {
+                    let bye = self.frame_bytes(i, Body::Goodbye);
+                    let s = &mut self.destinations[i];
                     s.write(&bye, 0);
                     s.flush();
                 }
+                for s in &mut self.destinations {
+                    s.finish(deadline);
+                    s.warn_undelivered();
+                }
+                let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.finished = true;
+                requests.cond.notify_all();
                 return;
             }
             let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -299,13 +370,13 @@ impl Exporter {
         }
     }
 
-    fn frame_bytes(&mut self, body: Body) -> Vec<u8> {
+    /// A control frame for destination `i`, with its next sequence number.
+    fn frame_bytes(&mut self, i: usize, body: Body) -> Vec<u8> {
         let frame = Frame {
             process: self.process,
-            seq: self.seq,
+            seq: self.destinations[i].next_seq(),
             body,
         };
-        self.seq += 1;
         let mut out = Vec::new();
         // Control frames are small; an error here would be a bug.
         let _ = wire::encode_frame(&frame, &mut out);
@@ -319,17 +390,25 @@ impl Exporter {
             if !self.destinations[i].wants_connect() {
                 continue;
             }
-            let handshake = self.handshake(self.destinations[i].connected_before());
-            self.destinations[i].connect(&handshake);
+            // Nothing of the stream may be pending once it is connected: it
+            // would go out before the handshake. (Every drain ends with a
+            // send; this is for safety.)
+            self.send_batch();
+            if self.destinations[i].connect() {
+                let handshake = self.handshake(i);
+                self.destinations[i].handshake(&handshake);
+            }
         }
     }
 
     /// `Hello`, then every callsite sent so far and every live span: what a
-    /// collector needs to rebuild its model of this process.
-    fn handshake(&mut self, reconnect: bool) -> Vec<u8> {
+    /// collector needs to rebuild its model of this process; then what was
+    /// dropped so far (on this connection's destination: what it missed
+    /// while it was down).
+    fn handshake(&mut self, dest: usize) -> Vec<u8> {
         let mut info = self.info.clone();
-        info.reconnect = reconnect;
-        let mut out = self.frame_bytes(Body::Hello(info));
+        info.reconnect = self.destinations[dest].connected_before();
+        let mut out = self.frame_bytes(dest, Body::Hello(info));
         let callsites: Vec<Event> = self
             .capture
             .callsites
@@ -362,8 +441,7 @@ impl Exporter {
         let buffer_full = self.buffer_drops();
         // Through the stream's frame builder, into `buf` for this
         // destination only.
-        // Nothing of the stream is pending: every drain ends with a send.
-        self.send_batch();
+        self.staging = dest;
         self.buf.clear();
         for ev in &callsites {
             self.push_event(ev, Self::stage_frame);
@@ -376,13 +454,15 @@ impl Exporter {
         }
         self.stage_frame();
         out.extend_from_slice(&self.buf);
-        if buffer_full > 0 {
-            let bytes = self.frame_bytes(Body::Dropped(DropCounts {
-                buffer_full,
-                ..DropCounts::default()
-            }));
+        let counts = DropCounts {
+            buffer_full,
+            ..self.destinations[dest].drops()
+        };
+        if counts.total() > 0 {
+            let bytes = self.frame_bytes(dest, Body::Dropped(counts));
             out.extend_from_slice(&bytes);
         }
+        self.destinations[dest].set_reported(counts);
         out
     }
 
@@ -415,7 +495,7 @@ impl Exporter {
         let drops = self.buffer_drops();
         let callsites = self.capture.callsites.since(self.callsites_sent);
         self.callsites_sent += callsites.len();
-        let want_events = self.destinations.iter().any(Destination::is_up);
+        let want_events = self.wants_events();
         if want_events {
             for c in callsites {
                 self.emit(&Event::Callsite(Box::new(c)));
@@ -625,41 +705,62 @@ impl Exporter {
         self.push_event(&ev, flush);
     }
 
-    /// Appends the frame being built to `out` with the next sequence
-    /// number; returns its events, or `None` (they are counted as dropped)
-    /// if it cannot be encoded.
-    fn finish_frame(&mut self, out: &mut Vec<u8>) -> Option<u64> {
+    /// Whether records are converted to events: whenever some destination
+    /// may take them, now or (a collector that is down) as a loss to count.
+    /// A destination that is down counts the events of every frame it
+    /// misses, so the drops it reports when it is back are events, as
+    /// another destination's stream would have carried them.
+    fn wants_events(&self) -> bool {
+        !self.destinations.is_empty()
+    }
+
+    /// Appends the frame being built to `out` with sequence number `seq`,
+    /// keeping it; returns its events, or `None` if it cannot be encoded
+    /// (then it is emptied and its events counted as dropped).
+    fn finish_frame(&mut self, seq: u64, out: &mut Vec<u8>) -> Option<u64> {
         if self.frame.is_empty() {
             return None;
         }
         let count = self.frame.len() as u64;
-        let seq = self.seq;
-        self.seq += 1;
-        match self.frame.finish(self.process, seq, out) {
+        match self.frame.write_to(self.process, seq, out) {
             Ok(()) => Some(count),
             Err(_) => {
                 self.capture.buffer_full.fetch_add(count, Ordering::Relaxed);
+                self.frame.clear();
                 None
             }
         }
     }
 
-    /// Sends the current frame to the destinations.
+    /// Sends the current frame to the destinations, each under its own
+    /// sequence number, and empties it.
     fn send_batch(&mut self) {
+        if self.frame.is_empty() {
+            return;
+        }
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        if let Some(count) = self.finish_frame(&mut buf) {
-            for s in &mut self.destinations {
-                s.write(&buf, count);
+        for i in 0..self.destinations.len() {
+            buf.clear();
+            let seq = self.destinations[i].next_seq();
+            match self.finish_frame(seq, &mut buf) {
+                Some(count) => self.destinations[i].write(&buf, count),
+                None => break,
             }
         }
+        self.frame.clear();
         self.buf = buf;
     }
 
-    /// Appends the current frame to `buf` (a handshake being built).
+    /// Appends the current frame to `buf` (the handshake being built for
+    /// destination `staging`), and empties it.
     fn stage_frame(&mut self) {
+        if self.frame.is_empty() {
+            return;
+        }
         let mut buf = std::mem::take(&mut self.buf);
-        self.finish_frame(&mut buf);
+        let seq = self.destinations[self.staging].next_seq();
+        self.finish_frame(seq, &mut buf);
+        self.frame.clear();
         self.buf = buf;
     }
 
@@ -1088,9 +1189,8 @@ impl Exporter {
                 ..self.destinations[i].drops()
             };
             if self.destinations[i].is_up() && self.destinations[i].last_reported() != counts {
-                let bytes = self.frame_bytes(Body::Dropped(counts));
-                self.destinations[i].write(&bytes, 0);
-                self.destinations[i].set_reported(counts);
+                let bytes = self.frame_bytes(i, Body::Dropped(counts));
+                self.destinations[i].write_report(&bytes, counts);
             }
         }
     }

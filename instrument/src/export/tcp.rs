@@ -1,0 +1,303 @@
+//! The stream to a collector over TCP: connected lazily, reconnected with
+//! backoff, written without ever blocking the exporter thread.
+//!
+//! Writes are non-blocking: what the collector does not take at once waits
+//! in a bounded queue of whole frames, sent as the collector reads. A
+//! collector that stops reading costs the exporter nothing (before, a
+//! blocking write stalled the exporter for up to 2 s, the program's rings
+//! filled, and every destination lost events): a collector that falls more
+//! than [`MAX_QUEUED`] bytes behind, or takes nothing for [`WRITE_TIMEOUT`],
+//! is disconnected, what waited for it counted, and reconnected with
+//! backoff. The drop counts it was told of are those of the last `Dropped`
+//! frame written whole to it. Hand-written: the exporter is a
+//! plain thread with one socket per collector, and an async runtime or a
+//! poller crate would bring more than the few lines below.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use awaitscope_wire::DropCounts;
+
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// A collector that takes nothing for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most bytes waiting for a collector that reads slowly; past it, the
+/// connection is dropped (and made again), what waited counted as
+/// `write_failed`.
+const MAX_QUEUED: usize = 4 << 20;
+
+/// A frame not yet fully written: its bytes, how many are written, and the
+/// events it holds (counted as lost if it never goes out).
+struct Pending {
+    bytes: Vec<u8>,
+    sent: usize,
+    events: u64,
+    /// The drop counts it carries, if it is a `Dropped` frame.
+    report: Option<DropCounts>,
+}
+
+/// A TCP destination: the connection, its backoff, and what waits to be sent.
+pub(crate) struct Tcp {
+    addr: String,
+    stream: Option<TcpStream>,
+    next_attempt: Instant,
+    backoff: Duration,
+    /// A `Hello` was already sent on an earlier connection.
+    connected_before: bool,
+    queue: VecDeque<Pending>,
+    queued: usize,
+    /// When the collector last took bytes (or the queue became non-empty).
+    progress: Instant,
+    /// The drop counts of the last `Dropped` frame written whole to the
+    /// connection (the collector told as far as the program can know).
+    told: DropCounts,
+}
+
+impl Tcp {
+    /// A destination for the collector at `addr` (host:port), not connected.
+    pub fn new(addr: String) -> Self {
+        Self {
+            addr,
+            stream: None,
+            next_attempt: Instant::now(),
+            backoff: BACKOFF_MIN,
+            connected_before: false,
+            queue: VecDeque::new(),
+            queued: 0,
+            progress: Instant::now(),
+            told: DropCounts::default(),
+        }
+    }
+
+    /// The drop counts last written whole to a collector (see `told`).
+    pub fn told(&self) -> DropCounts {
+        self.told
+    }
+
+    /// The collector's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Down and due for a connection attempt.
+    pub fn wants_connect(&self) -> bool {
+        self.stream.is_none() && Instant::now() >= self.next_attempt
+    }
+
+    /// Whether a `Hello` was sent on an earlier connection.
+    pub fn connected_before(&self) -> bool {
+        self.connected_before
+    }
+
+    /// Connected.
+    pub fn is_up(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Tries to connect; returns whether it did. The handshake goes first,
+    /// through [`Tcp::handshake`].
+    pub fn connect(&mut self, drops: &mut DropCounts) -> bool {
+        match try_connect(&self.addr) {
+            Ok(stream) => {
+                self.stream = Some(stream);
+                self.backoff = BACKOFF_MIN;
+                true
+            }
+            Err(_) => {
+                self.fail(drops);
+                false
+            }
+        }
+    }
+
+    /// Sends `bytes` (preamble and handshake, ending with the drop counts
+    /// `counts`) on the connection just made.
+    pub fn handshake(&mut self, bytes: Vec<u8>, counts: DropCounts, drops: &mut DropCounts) {
+        self.connected_before = true;
+        self.queue_frame(bytes, 0, Some(counts));
+        self.pump(drops);
+    }
+
+    /// Sends `bytes`, a frame of `events` events, or queues it; counts it as
+    /// dropped when down (`disconnected`) or when the queue is full
+    /// (`write_failed`).
+    pub fn write(&mut self, bytes: &[u8], events: u64, drops: &mut DropCounts) {
+        self.send(bytes, events, None, drops);
+    }
+
+    /// Sends a `Dropped` frame carrying `counts`: the collector is told
+    /// them once it is written whole.
+    pub fn write_report(&mut self, bytes: &[u8], counts: DropCounts, drops: &mut DropCounts) {
+        self.send(bytes, 0, Some(counts), drops);
+    }
+
+    fn send(
+        &mut self,
+        bytes: &[u8],
+        events: u64,
+        report: Option<DropCounts>,
+        drops: &mut DropCounts,
+    ) {
+        if self.stream.is_none() {
+            drops.disconnected += events;
+            return;
+        }
+        if self.queue.is_empty() {
+            let Some(s) = &mut self.stream else {
+                return;
+            };
+            match write_some(s, bytes) {
+                Ok(n) if n == bytes.len() => {
+                    if let Some(r) = report {
+                        self.told = r;
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    self.queue_frame(bytes.to_vec(), events, report);
+                    if let Some(p) = self.queue.front_mut() {
+                        p.sent = n;
+                    }
+                }
+                Err(_) => {
+                    drops.write_failed += events;
+                    self.fail(drops);
+                }
+            }
+            return;
+        }
+        if self.queued + bytes.len() > MAX_QUEUED {
+            // The collector falls behind by more than the queue holds: this
+            // frame and the queued ones are lost, and the connection with
+            // them. A stream with frames missing in the middle would leave
+            // the collector's model wrong for good (a task whose close was
+            // lost stays live, and looks stuck); the reconnect's handshake
+            // gives it the live state again.
+            drops.write_failed += events;
+            self.fail(drops);
+            return;
+        }
+        self.queue_frame(bytes.to_vec(), events, report);
+        self.pump(drops);
+    }
+
+    fn queue_frame(&mut self, bytes: Vec<u8>, events: u64, report: Option<DropCounts>) {
+        if self.queue.is_empty() {
+            self.progress = Instant::now();
+        }
+        self.queued += bytes.len();
+        self.queue.push_back(Pending {
+            bytes,
+            sent: 0,
+            events,
+            report,
+        });
+    }
+
+    /// Sends what the collector takes now of the queue; disconnects a
+    /// collector that took nothing for [`WRITE_TIMEOUT`].
+    pub fn pump(&mut self, drops: &mut DropCounts) {
+        let Some(s) = &mut self.stream else {
+            return;
+        };
+        while let Some(p) = self.queue.front_mut() {
+            match write_some(s, &p.bytes[p.sent..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    p.sent += n;
+                    self.progress = Instant::now();
+                    if p.sent < p.bytes.len() {
+                        break;
+                    }
+                    self.queued -= p.bytes.len();
+                    if let Some(r) = p.report {
+                        self.told = r;
+                    }
+                    self.queue.pop_front();
+                }
+                Err(_) => {
+                    self.fail(drops);
+                    return;
+                }
+            }
+        }
+        if !self.queue.is_empty() && self.progress.elapsed() >= WRITE_TIMEOUT {
+            self.fail(drops);
+        }
+    }
+
+    /// The last writes, at exit: blocks until the queue is sent or
+    /// `deadline`; what is left then is counted as dropped.
+    pub fn finish(&mut self, deadline: Instant, drops: &mut DropCounts) {
+        while self.stream.is_some() && !self.queue.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                self.fail(drops);
+                return;
+            }
+            let Some(s) = &mut self.stream else {
+                return;
+            };
+            if s.set_nonblocking(false).is_err()
+                || s.set_write_timeout(Some(deadline - now)).is_err()
+            {
+                self.fail(drops);
+                return;
+            }
+            self.progress = now;
+            self.pump(drops);
+        }
+    }
+
+    /// Drops the connection; what was queued is counted as dropped.
+    fn fail(&mut self, drops: &mut DropCounts) {
+        for p in self.queue.drain(..) {
+            drops.write_failed += p.events;
+        }
+        self.queued = 0;
+        self.stream = None;
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One write: the bytes taken, 0 when the collector takes nothing now (a
+/// non-blocking socket whose buffer is full, or a blocking one that timed
+/// out); an error when the connection failed.
+fn write_some(s: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    match s.write(bytes) {
+        Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+        Ok(n) => Ok(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(0)
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+fn try_connect(addr: &str) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                s.set_nonblocking(true)?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
