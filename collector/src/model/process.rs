@@ -77,6 +77,11 @@ pub struct Process {
     pub events: u64,
     /// Frames whose sequence number was not the next expected.
     pub seq_gaps: u64,
+    /// Events about a span this model has never seen created (no
+    /// `SpanNew` before them, and not a span it has seen close): they are
+    /// applied as nothing. Counted where each event rule looks the span
+    /// up ([`Process::note_unknown`]).
+    pub unknown_span_events: u64,
     /// WARN events seen.
     pub warn_count: u64,
     /// ERROR events seen.
@@ -136,6 +141,7 @@ impl Process {
             frames: 0,
             events: 0,
             seq_gaps: 0,
+            unknown_span_events: 0,
             warn_count: 0,
             error_count: 0,
             notes: Vec::new(),
@@ -214,6 +220,19 @@ impl Process {
         }
         self.last_seq = Some(seq);
         self.frames += 1;
+    }
+
+    /// Counts an event about span `id` when the model does not know the
+    /// span: neither live, nor a task or span it has seen close (an event
+    /// after a close, a late wake of a finished task, is not unknown).
+    pub(super) fn note_unknown(&mut self, id: SpanId) {
+        let known = self.tasks.contains_key(&id)
+            || self.spans.contains_key(&id)
+            || self.closed_spans.get(id).is_some()
+            || self.completed.iter().any(|t| t.id == id);
+        if !known {
+            self.unknown_span_events = self.unknown_span_events.saturating_add(1);
+        }
     }
 
     /// Advances the process clock to `ts`.
