@@ -412,3 +412,42 @@ fn whole_poll_events_equal_enter_and_poll_end() {
     // Three wakers alive at the last poll's end, one consumed by the wake.
     assert_eq!(whole.4, 2);
 }
+
+/// A producer that reconnects to the same collector: a task woken before
+/// the connection was lost was polled meanwhile (frames the collector never
+/// got); its next poll seen is not the end of a wait since that wake.
+#[test]
+fn a_wake_before_a_reconnect_starts_no_wait() {
+    let mut b = StreamBuilder::new(7, 1_000);
+    b.hello("server", None, false);
+    b.thread(0);
+    let t = b.spawn(&TaskOpts::named("http-server"), None, 0);
+    b.poll(t, MS, 2 * MS);
+    b.waker(t, WakeOp::Wake, None, 10 * MS);
+    let mut m = Model::default();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    // Reconnected 3 s later: the handshake sends the task again, without a
+    // thread (state, not events), then the polls go on.
+    b.hello("server", None, true);
+    let mut re = StreamBuilder::new(7, 1_000);
+    re.spawn(&TaskOpts::named("http-server"), None, 0);
+    for f in b.take_frames().into_iter().chain(re.take_frames()) {
+        m.apply(&f);
+    }
+    b.thread(0);
+    b.poll(t, 3_000 * MS, 3_001 * MS);
+    b.poll(t, 3_100 * MS, 3_101 * MS);
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    m.finish();
+    let r = Report::from_model(&m);
+    assert!(
+        !r.has_finding(&[awaitscope_collector::FindingKind::Starvation]),
+        "{:#?}",
+        r.findings
+    );
+    assert_eq!(r.tasks[0].polls, 3, "{:?}", r.tasks[0]);
+}

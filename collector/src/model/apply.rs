@@ -88,6 +88,7 @@ impl Process {
             }
             Event::Thread { id, name } => {
                 self.cur_thread = *id;
+                self.resync = false;
                 if let Some(n) = name {
                     self.thread().name = Some(n.clone());
                 }
@@ -300,6 +301,15 @@ impl Process {
                 }
                 Entry::Vacant(e) => {
                     let mut t = Task::new(id, callsite, ts);
+                    if self.resync {
+                        // Sent again at a handshake (a collector that
+                        // started late, or a new one after a reconnect):
+                        // the task was spawned at `ts`, but whether it is
+                        // waiting for a poll now, and since when, is not
+                        // known. Not a wait from its spawn.
+                        t.scheduled_since = None;
+                        t.state = TaskState::Idle;
+                    }
                     t.parent = ctx_task;
                     t.spawn_span = ctx_span;
                     span::merge_fields(&mut t.fields, fields);

@@ -113,6 +113,12 @@ pub struct Process {
     /// The thread of the events being applied.
     pub(crate) cur_thread: u32,
     pub(crate) last_seq: Option<u64>,
+    /// Between a `Hello` and the next `Thread` event: what arrives is the
+    /// state the producer sends again at its handshake (its live spans,
+    /// with their creation times), not what happens now. A producer names
+    /// the thread before any event it drains from a thread's buffer, and
+    /// never in its handshake.
+    pub(crate) resync: bool,
     /// The group of the task last folded into the summary.
     last_group: Option<LastGroup>,
 }
@@ -157,6 +163,7 @@ impl Process {
             last_wall: None,
             cur_thread: 0,
             last_seq: None,
+            resync: false,
             last_group: None,
         }
     }
@@ -199,11 +206,20 @@ impl Process {
                     }
                 }
             }
+            // A wake before the connection was lost was followed by polls
+            // this model did not see: how long the task has waited since
+            // is not known, and a wait measured from it would be invented.
+            for t in self.tasks.values_mut() {
+                if t.scheduled_since.take().is_some() && t.state == TaskState::Scheduled {
+                    t.state = TaskState::Idle;
+                }
+            }
             ended.sort_unstable();
             for task in ended {
                 obs.change(self, &Change::PollEnded { task, ts: now });
             }
         }
+        self.resync = true;
         let mut info = info.clone();
         info.token = None;
         self.info = Some(info);
