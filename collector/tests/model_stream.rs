@@ -451,3 +451,104 @@ fn a_wake_before_a_reconnect_starts_no_wait() {
     );
     assert_eq!(r.tasks[0].polls, 3, "{:?}", r.tasks[0]);
 }
+
+/// What a producer sends when its exporter was held up (a stalled
+/// collector) and then drains its threads one after the other: thread 0's
+/// backlog of 1.5 s first, over several frames, then thread 1's, where
+/// the task woken at 10 ms was polled at 11 ms and all along after. Fed
+/// frame by frame (and as one batch), the model reports no starvation or
+/// never_yielded: the poll that ends each wait had not arrived yet.
+fn skewed_backlog(
+    b: &mut StreamBuilder,
+    real_starvation: bool,
+) -> Vec<Vec<awaitscope_wire::Frame>> {
+    b.hello("server", None, false);
+    b.thread(0);
+    let ticker = b.spawn(&TaskOpts::named("ticker"), None, 0);
+    b.thread(1);
+    let server = b.spawn(&TaskOpts::named("http-server"), None, 0);
+    b.poll(server, MS, 2 * MS);
+    let young = b.spawn(&TaskOpts::named("young"), None, 3 * MS);
+    let start = b.take_frames();
+    // Thread 0's backlog: it wakes the server every 10 ms (as a timer
+    // would) and runs the ticker, up to 1.5 s; a frame per 100 ms.
+    let mut backlog = Vec::new();
+    b.thread(0);
+    for i in 1..150u64 {
+        let ts = i * 10 * MS;
+        b.waker(server, WakeOp::WakeByRef, None, ts);
+        b.poll(ticker, ts + 100_000, ts + 200_000);
+        if i % 10 == 0 {
+            backlog.extend(b.take_frames());
+            b.thread(0);
+        }
+    }
+    backlog.extend(b.take_frames());
+    // Thread 1's: the server polled a millisecond after each wake; the
+    // young task's first poll starts and ends there too.
+    b.thread(1);
+    if real_starvation {
+        // A poll that really holds thread 1 for the whole time.
+        b.poll(young, 4 * MS, 1_495 * MS);
+    } else {
+        b.poll(young, 4 * MS, 5 * MS);
+    }
+    for i in 1..150u64 {
+        let ts = i * 10 * MS + MS;
+        if !real_starvation {
+            b.poll(server, ts, ts + 100_000);
+        }
+    }
+    b.poll(server, 1_496 * MS, 1_497 * MS);
+    let rest = b.take_frames();
+    vec![start, backlog, rest]
+}
+
+#[test]
+fn a_backlog_drained_thread_by_thread_invents_no_wait() {
+    use awaitscope_collector::FindingKind;
+    let stalls = [FindingKind::Starvation, FindingKind::NeverYielded];
+    // Frame by frame.
+    let mut b = StreamBuilder::new(9, 1_000);
+    let mut m = Model::default();
+    for f in skewed_backlog(&mut b, false).into_iter().flatten() {
+        m.apply(&f);
+    }
+    m.finish();
+    let r = Report::from_model(&m);
+    assert!(!r.has_finding(&stalls), "{:#?}", r.findings);
+    // The same events as one batch (runs out of time order within it).
+    let mut b = StreamBuilder::new(9, 1_000);
+    let frames: Vec<_> = skewed_backlog(&mut b, false)
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut events = Vec::new();
+    for f in &frames[1..] {
+        if let awaitscope_wire::Body::Events(e) = &f.body {
+            events.extend(e.iter().cloned());
+        }
+    }
+    let mut batch = frames[1].clone();
+    batch.body = awaitscope_wire::Body::Events(events);
+    let mut m = Model::default();
+    m.apply(&frames[0]);
+    m.apply(&batch);
+    m.finish();
+    let r = Report::from_model(&m);
+    assert!(!r.has_finding(&stalls), "{:#?}", r.findings);
+
+    // A thread really held by a poll: the wait is real and still found.
+    let mut b = StreamBuilder::new(9, 1_000);
+    let mut m = Model::default();
+    for f in skewed_backlog(&mut b, true).into_iter().flatten() {
+        m.apply(&f);
+    }
+    m.finish();
+    let r = Report::from_model(&m);
+    assert!(
+        r.has_finding(&[FindingKind::Starvation]),
+        "{:#?}",
+        r.findings
+    );
+}

@@ -58,7 +58,7 @@ impl Process {
         for (i, e) in merge {
             if let Some(i) = i {
                 // Switching runs: the run's thread is current again.
-                self.cur_thread = i;
+                self.set_thread(i);
             }
             self.events += 1;
             self.count_unknown(e);
@@ -87,7 +87,7 @@ impl Process {
                 }
             }
             Event::Thread { id, name } => {
-                self.cur_thread = *id;
+                self.set_thread(*id);
                 self.resync = false;
                 if let Some(n) = name {
                     self.thread().name = Some(n.clone());

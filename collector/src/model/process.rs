@@ -45,7 +45,28 @@ pub struct ThreadState {
     /// (task, start, end), oldest first, at most [`RECENT_POLLS`]: who held
     /// the thread while a timer was due.
     pub recent_polls: std::collections::VecDeque<(SpanId, u64, u64)>,
+    /// The latest timestamp of this thread's events applied (while the
+    /// thread is current, [`Process`] keeps it aside: see
+    /// [`Process::judged_now`]).
+    pub clock: u64,
 }
+
+impl ThreadState {
+    /// Whether a task's poll is in progress on this thread (its span is
+    /// entered): the thread is busy, its silence is not a lag.
+    fn in_poll(&self) -> bool {
+        self.stack.iter().any(|e| e.task == Some(e.span))
+    }
+}
+
+/// How far behind the process clock a thread's own clock may lag and still
+/// hold back the time the model judges ongoing waits at
+/// ([`Process::judged_now`]): a thread silent for longer is taken as idle.
+/// The lag of a backlog drained thread by thread is bounded by how long the
+/// producer's exporter was held up (a stalled collector holds a write for
+/// up to 2 s); a thread that parks holds live judgements back by at most
+/// this.
+pub const MAX_THREAD_LAG_NS: u64 = 5_000_000_000;
 
 /// Polls shorter than this are not kept in [`ThreadState::recent_polls`]:
 /// they cannot have made a timer late by much.
@@ -112,6 +133,9 @@ pub struct Process {
     pub(crate) last_wall: Option<(u64, u64)>,
     /// The thread of the events being applied.
     pub(crate) cur_thread: u32,
+    /// The clock of the current thread (written back to its
+    /// [`ThreadState::clock`] when another thread becomes current).
+    cur_clock: u64,
     pub(crate) last_seq: Option<u64>,
     /// Between a `Hello` and the next `Thread` event: what arrives is the
     /// state the producer sends again at its handshake (its live spans,
@@ -162,6 +186,7 @@ impl Process {
             closed_spans: ClosedSpans::default(),
             last_wall: None,
             cur_thread: 0,
+            cur_clock: 0,
             last_seq: None,
             resync: false,
             last_group: None,
@@ -251,11 +276,54 @@ impl Process {
         }
     }
 
-    /// Advances the process clock to `ts`.
+    /// Advances the process clock, and the current thread's, to `ts`.
+    #[inline]
     pub(super) fn bump(&mut self, ts: u64) {
         if ts > self.now {
             self.now = ts;
         }
+        if ts > self.cur_clock {
+            self.cur_clock = ts;
+        }
+    }
+
+    /// Makes thread `id` the current one (its events follow).
+    pub(super) fn set_thread(&mut self, id: u32) {
+        if id == self.cur_thread {
+            return;
+        }
+        let clock = self.cur_clock;
+        let th = self.thread();
+        th.clock = th.clock.max(clock);
+        self.cur_thread = id;
+        self.cur_clock = self.threads.get(&id).map_or(0, |t| t.clock);
+    }
+
+    /// The time up to which the model judges what is still going on (a
+    /// task woken and not polled yet, a first poll not ended yet): the
+    /// process clock, held back to the clock of any thread that is not in
+    /// a poll and lags it by at most [`MAX_THREAD_LAG_NS`]. A producer
+    /// drains its threads one after the other, so one thread's events can
+    /// run seconds ahead of another's still to come (the poll that ends a
+    /// wait): a clock advanced by one thread's events must not make a wait
+    /// whose end another thread has not told yet. Waits that ended are
+    /// judged by their own events' timestamps, not by this.
+    pub fn judged_now(&self) -> u64 {
+        let mut judged = self.now;
+        let mut hold = |clock: u64, th: Option<&ThreadState>| {
+            let busy = th.is_some_and(ThreadState::in_poll);
+            if clock > 0 && !busy && self.now.saturating_sub(clock) <= MAX_THREAD_LAG_NS {
+                judged = judged.min(clock);
+            }
+        };
+        for (id, th) in &self.threads {
+            if *id != self.cur_thread {
+                hold(th.clock, Some(th));
+            }
+        }
+        let cur = self.threads.get(&self.cur_thread);
+        hold(self.cur_clock.max(cur.map_or(0, |t| t.clock)), cur);
+        judged
     }
 
     /// Class of span callsite `id` (unknown callsites are user spans).

@@ -366,6 +366,9 @@ impl ProcessSnapshot {
                         .collect(),
                     // Past polls only explain a late timer due now.
                     recent_polls: Default::default(),
+                    // Not sent: a thread counts in `judged_now` again
+                    // from its next event.
+                    clock: 0,
                 };
                 (t.id, th)
             })
