@@ -552,3 +552,31 @@ fn a_backlog_drained_thread_by_thread_invents_no_wait() {
         r.findings
     );
 }
+
+/// Events about a span never created are counted per process; events
+/// about a span seen closed (a late wake of a finished task) are not.
+#[test]
+fn events_about_unknown_spans_are_counted() {
+    let mut b = StreamBuilder::new(11, 1_000);
+    b.hello("p", None, false);
+    b.thread(0);
+    let done = b.spawn(&TaskOpts::named("done"), None, 0);
+    b.poll(done, MS, 2 * MS);
+    b.finish_task(done, CloseKind::Completed, 3 * MS);
+    b.waker(done, WakeOp::Wake, None, 4 * MS);
+    // Never created: a wake, and a poll (its enter and exit).
+    b.waker(SpanId(900), WakeOp::Wake, None, 5 * MS);
+    b.poll(SpanId(901), 6 * MS, 7 * MS);
+    let mut m = Model::default();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    let r = Report::from_model(&m);
+    assert_eq!(r.processes[0].unknown_span_events, 3);
+    assert!(
+        r.summary_text()
+            .contains("3 event(s) of pid 11 about spans never seen created"),
+        "{}",
+        r.summary_text()
+    );
+}
