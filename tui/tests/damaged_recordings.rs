@@ -186,3 +186,23 @@ fn a_recording_cut_at_every_frame_boundary_and_with_junk_appended() {
         assert_eq!(r["inputs"][0]["truncated"], false);
     }
 }
+
+/// The replay's header says that the process did not end, and nothing when
+/// it did.
+#[test]
+fn the_replay_header_says_the_process_did_not_end() {
+    use awaitscope_tui::feed::{Feed, ReplayFeed};
+    let bytes = real_recording();
+    let (ends, _) = frame_ends(&bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.rec");
+    std::fs::write(&whole, &bytes).unwrap();
+    let (status, ok) = ReplayFeed::open(&whole, 1.0).unwrap().status();
+    assert!(ok, "{status}");
+    assert!(!status.contains("did not end"), "{status}");
+    let cut = dir.path().join("cut.rec");
+    std::fs::write(&cut, &bytes[..ends[ends.len() - 2]]).unwrap();
+    let (status, ok) = ReplayFeed::open(&cut, 1.0).unwrap().status();
+    assert!(!ok, "{status}");
+    assert!(status.contains("did not end: no goodbye"), "{status}");
+}
