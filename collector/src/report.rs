@@ -61,10 +61,11 @@ pub struct InputReport {
 impl InputReport {
     /// Whether reading stopped on bytes that are not a frame (junk, a
     /// corrupted frame, a length past the cap), rather than at the end of
-    /// the file: the rest of the file was not read. A file cut inside a
-    /// frame (a killed writer) is `truncated`, not damaged.
+    /// the file, or stopped before a single frame: the rest of the file was
+    /// not read. A file cut inside a frame after good ones (a killed
+    /// writer) is `truncated`, not damaged.
     pub fn damaged(&self) -> bool {
-        self.error.is_some() && !self.truncated
+        self.error.is_some() && (!self.truncated || self.frames == 0)
     }
 }
 

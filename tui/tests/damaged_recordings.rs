@@ -137,6 +137,23 @@ fn a_recording_cut_at_every_frame_boundary_and_with_junk_appended() {
     assert_eq!(r["inputs"][0]["frames"], ends.len() as u64);
     assert_eq!(r["tasks"].as_array().unwrap().len(), all_tasks);
 
+    // Not one whole frame after the header (a length within the cap, the
+    // file ends before it): nothing readable past the header, exit 2.
+    for (i, tail) in [
+        &bytes[Preamble::LEN..Preamble::LEN + 3],
+        b"\x10\x00\x00\x00abc",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut head = bytes[..Preamble::LEN].to_vec();
+        head.extend_from_slice(tail);
+        let (o, r) = report(dir.path(), &format!("head{i}.rec"), &head);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
+        assert_eq!(r["inputs"][0]["frames"], 0);
+    }
+
     // Cut before the goodbye, at frame boundaries and inside frames.
     let starts: Vec<usize> = std::iter::once(Preamble::LEN)
         .chain(ends.iter().copied())

@@ -172,7 +172,7 @@ pub fn load_reader<R: Read>(
             Ok(None) => break,
             Err(e) => {
                 rep.truncated = matches!(e, DecodeError::Truncated { .. });
-                let msg = if rep.truncated {
+                let msg = if rep.truncated && rep.frames > 0 {
                     format!(
                         "{name}: recording truncated ({e}); reported up to the last complete frame"
                     )
