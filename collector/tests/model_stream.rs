@@ -469,6 +469,8 @@ fn skewed_backlog(
     let server = b.spawn(&TaskOpts::named("http-server"), None, 0);
     b.poll(server, MS, 2 * MS);
     let young = b.spawn(&TaskOpts::named("young"), None, 3 * MS);
+    // Its first poll starts here; its end comes with thread 1's backlog.
+    b.enter(young, 4 * MS);
     let start = b.take_frames();
     // Thread 0's backlog: it wakes the server every 10 ms (as a timer
     // would) and runs the ticker, up to 1.5 s; a frame per 100 ms.
@@ -489,9 +491,9 @@ fn skewed_backlog(
     b.thread(1);
     if real_starvation {
         // A poll that really holds thread 1 for the whole time.
-        b.poll(young, 4 * MS, 1_495 * MS);
+        b.exit(young, 1_495 * MS);
     } else {
-        b.poll(young, 4 * MS, 5 * MS);
+        b.exit(young, 5 * MS);
     }
     for i in 1..150u64 {
         let ts = i * 10 * MS + MS;
@@ -578,5 +580,43 @@ fn events_about_unknown_spans_are_counted() {
             .contains("3 event(s) of pid 11 about spans never seen created"),
         "{}",
         r.summary_text()
+    );
+}
+
+/// A first poll that really runs on, reported stalled by the producer's
+/// watchdog, is found running while another thread's events go on: the
+/// stalled thread's silence does not hold the judgement back.
+#[test]
+fn a_stalled_first_poll_is_still_found_while_other_threads_go_on() {
+    use awaitscope_collector::testing::stall;
+    use awaitscope_collector::FindingKind;
+    let mut b = StreamBuilder::new(9, 1_000);
+    b.hello("server", None, false);
+    b.thread(0);
+    let ticker = b.spawn(&TaskOpts::named("ticker"), None, 0);
+    b.thread(1);
+    let spin = b.spawn(&TaskOpts::named("spin"), None, MS);
+    b.enter(spin, 2 * MS);
+    b.stall(stall(spin, 2 * MS, 102 * MS, false));
+    let mut m = Model::default();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    b.thread(0);
+    for i in 1..300u64 {
+        b.poll(ticker, i * 10 * MS, i * 10 * MS + 100_000);
+        if i % 10 == 0 {
+            for f in b.take_frames() {
+                m.apply(&f);
+            }
+            b.thread(0);
+        }
+    }
+    // Not the end of the recording: found by a scan on the way.
+    let r = Report::from_model(&m);
+    assert!(
+        r.has_finding(&[FindingKind::NeverYielded]),
+        "{:#?}",
+        r.findings
     );
 }

@@ -52,10 +52,13 @@ pub struct ThreadState {
 }
 
 impl ThreadState {
-    /// Whether a task's poll is in progress on this thread (its span is
-    /// entered): the thread is busy, its silence is not a lag.
-    fn in_poll(&self) -> bool {
-        self.stack.iter().any(|e| e.task == Some(e.span))
+    /// The task whose poll is in progress on this thread (its span is
+    /// entered), if any.
+    fn polling(&self) -> Option<SpanId> {
+        self.stack
+            .iter()
+            .find(|e| e.task == Some(e.span))
+            .map(|e| e.span)
     }
 }
 
@@ -301,18 +304,24 @@ impl Process {
 
     /// The time up to which the model judges what is still going on (a
     /// task woken and not polled yet, a first poll not ended yet): the
-    /// process clock, held back to the clock of any thread that is not in
-    /// a poll and lags it by at most [`MAX_THREAD_LAG_NS`]. A producer
-    /// drains its threads one after the other, so one thread's events can
-    /// run seconds ahead of another's still to come (the poll that ends a
-    /// wait): a clock advanced by one thread's events must not make a wait
-    /// whose end another thread has not told yet. Waits that ended are
-    /// judged by their own events' timestamps, not by this.
+    /// process clock, held back to the clock of any thread that lags it by
+    /// at most [`MAX_THREAD_LAG_NS`]. A producer drains its threads one
+    /// after the other, so one thread's events can run seconds ahead of
+    /// another's still to come (the poll that ends a wait, or the end of a
+    /// poll): a clock advanced by one thread's events must not make a wait
+    /// or a poll whose end another thread has not told yet. A thread whose
+    /// poll the producer reported stalled (a `Stall` of that poll) does not
+    /// hold it back: its silence is that poll. Waits that ended are judged
+    /// by their own events' timestamps, not by this.
     pub fn judged_now(&self) -> u64 {
         let mut judged = self.now;
         let mut hold = |clock: u64, th: Option<&ThreadState>| {
-            let busy = th.is_some_and(ThreadState::in_poll);
-            if clock > 0 && !busy && self.now.saturating_sub(clock) <= MAX_THREAD_LAG_NS {
+            let stalled = th.and_then(ThreadState::polling).is_some_and(|task| {
+                self.tasks.get(&task).is_some_and(|t| {
+                    t.poll_start.is_some() && t.stall.as_ref().map(|s| s.start) == t.poll_start
+                })
+            });
+            if clock > 0 && !stalled && self.now.saturating_sub(clock) <= MAX_THREAD_LAG_NS {
                 judged = judged.min(clock);
             }
         };
