@@ -103,8 +103,9 @@ pub struct Process {
     pub seq_gaps: u64,
     /// Events about a span this model has never seen created (no
     /// `SpanNew` before them, and not a span it has seen close): they are
-    /// applied as nothing. Counted where each event rule looks the span
-    /// up ([`Process::note_unknown`]).
+    /// applied as nothing. Counted in `Process::apply_events`, before each
+    /// event is applied (records, enters, exits, polls, poll ends, closes,
+    /// wakes and await trees).
     pub unknown_span_events: u64,
     /// WARN events seen.
     pub warn_count: u64,
