@@ -222,8 +222,8 @@ pub fn run(args: Args) -> u8 {
     let damaged: Vec<&str> = report.damaged_inputs().map(|i| i.path.as_str()).collect();
     if args.fail_on.is_some() && !damaged.is_empty() {
         eprintln!(
-            "awaitscope report: {} unreadable past its header (see the warning above): \
-             the report holds what was read before the damage; failing (exit 2)",
+            "awaitscope report: {} damaged, unreadable past some point (see the warning \
+             above): the report holds what was read before the damage; failing (exit 2)",
             damaged.join(", ")
         );
         return EXIT_BAD_INPUT;
