@@ -204,7 +204,7 @@ pub fn render(report: &Report, walk: &WalkSummary) -> String {
             suites.push_str("    <testcase name=\"input\" classname=\"awaitscope.input\">\n");
             for i in damaged {
                 let msg = format!(
-                    "{}: unreadable past its header: {}",
+                    "{}: damaged, the rest of the file unread: {}",
                     i.path,
                     i.error.as_deref().unwrap_or("")
                 );
