@@ -124,3 +124,67 @@ async fn a_collector_started_late_invents_no_wait() {
     let p = &report.processes[0];
     assert!(p.tasks_live + p.tasks_retained as usize >= 2, "{p:?}");
 }
+
+/// The same program reconnecting to a new collector after the first one
+/// went away: the new collector learns its live tasks from the reconnect's
+/// handshake and invents no wait either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_collector_after_a_reconnect_invents_no_wait() {
+    let first = start(test_config(Duration::from_secs(5))).await;
+    let addr = first.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let prog = std::thread::spawn(move || program(addr.to_string(), stop2));
+    let h1 = first.handle.clone();
+    wait_until("the program streams to the first collector", || {
+        h1.with_model(|m| m.processes().any(|p| p.connected && p.now > 300_000_000))
+    })
+    .await;
+    first.stop().await;
+    // The program goes on without a collector, then reconnects.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = start(awaitscope_collector::ingest::server::ServerConfig {
+        listen: addr,
+        ..test_config(Duration::from_secs(5))
+    })
+    .await;
+    let h = second.handle.clone();
+    wait_until("the program reconnects", || {
+        h.with_model(|m| m.processes().any(|p| p.connected && p.tasks.len() >= 2))
+    })
+    .await;
+    let seen = h.with_model(|m| m.processes().map(|p| p.now).max().unwrap_or(0));
+    wait_until("half a second more", || {
+        h.with_model(|m| m.processes().any(|p| p.now > seen + 500_000_000))
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || prog.join().unwrap())
+        .await
+        .unwrap();
+    wait_until("the goodbye", || {
+        h.with_model(|m| m.processes().any(|p| p.ended))
+    })
+    .await;
+    let report = h.report();
+    second.stop().await;
+    let invented: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.kind,
+                FindingKind::Starvation
+                    | FindingKind::NeverYielded
+                    | FindingKind::LostWaker
+                    | FindingKind::Stuck
+            )
+        })
+        .map(|f| format!("{}: {}", f.kind, f.message))
+        .collect();
+    assert!(
+        invented.is_empty(),
+        "findings on a healthy program: {invented:#?}"
+    );
+    assert_eq!(report.processes.len(), 1);
+}
