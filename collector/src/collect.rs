@@ -96,8 +96,11 @@ impl Model {
         // of its last flush, ...) without waiting for another scan.
         let ended = matches!(frame.body, Body::Goodbye);
         let last_scan = self.engine.last_scan(&p.key);
-        if ended || p.now >= last_scan.saturating_add(cfg.scan_interval_ns) {
-            let now = p.now;
+        // What is still going on is judged up to where every thread's
+        // events are known (`Process::judged_now`); after the goodbye,
+        // every event is.
+        let now = if ended { p.now } else { p.judged_now() };
+        if ended || now >= last_scan.saturating_add(cfg.scan_interval_ns) {
             self.engine.scan(p, now, &cfg.thresholds);
         }
     }
@@ -108,7 +111,9 @@ impl Model {
     pub fn apply_live(&mut self, frame: &Frame, wall_unix_ns: u64) {
         self.apply(frame);
         if let Some(p) = self.processes.get_mut(&frame.process) {
-            p.last_wall = Some((wall_unix_ns, p.now));
+            // From the judged time, not the clock: a thread's events still
+            // to come must not be taken as silence.
+            p.last_wall = Some((wall_unix_ns, p.judged_now()));
         }
     }
 
@@ -161,14 +166,14 @@ impl Model {
     /// [`Model::apply_live`], to `unix_ns` minus the process start.
     pub fn scan_wall(&mut self, unix_ns: u64) {
         for p in self.processes.values_mut() {
-            let mut now = p.now;
+            let mut now = if p.connected { p.judged_now() } else { p.now };
             if p.connected {
                 let wall_now = match p.last_wall {
                     Some((w, at)) => at.saturating_add(unix_ns.saturating_sub(w)),
                     None => unix_ns.saturating_sub(p.key.start_unix_ns),
                 };
                 now = now.max(wall_now);
-                p.now = now;
+                p.now = p.now.max(now);
             }
             self.engine.scan(p, now, &self.config.thresholds);
         }

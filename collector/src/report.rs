@@ -50,6 +50,23 @@ pub struct InputReport {
     pub truncated: bool,
     /// Why reading stopped early, if it did.
     pub error: Option<String>,
+    /// The processes whose frames the file holds.
+    #[serde(skip)]
+    pub processes: Vec<awaitscope_wire::ProcessKey>,
+    /// When the file was last written (ns since the Unix epoch), when known.
+    #[serde(skip)]
+    pub written_unix_ns: Option<u64>,
+}
+
+impl InputReport {
+    /// Whether reading stopped on bytes that are not a frame (junk, a
+    /// corrupted frame, a length past the cap), rather than at the end of
+    /// the file, or stopped before a single frame: the rest of the file was
+    /// not read. A file cut inside a frame after good ones (a killed
+    /// writer) is `truncated`, not damaged.
+    pub fn damaged(&self) -> bool {
+        self.error.is_some() && (!self.truncated || self.frames == 0)
+    }
 }
 
 /// Dropped events.
@@ -98,6 +115,10 @@ pub struct ProcessReport {
     pub events: u64,
     /// Frames out of sequence.
     pub seq_gaps: u64,
+    /// Events about a span the collector never saw created (a first poll,
+    /// a wake or an await tree sent before the span's creation): applied as
+    /// nothing, so what they say is missing from the report.
+    pub unknown_span_events: u64,
     /// Live tasks.
     pub tasks_live: usize,
     /// Completed tasks kept in detail.
@@ -305,6 +326,11 @@ impl Report {
         r
     }
 
+    /// The inputs that are unreadable past some point ([`InputReport::damaged`]).
+    pub fn damaged_inputs(&self) -> impl Iterator<Item = &InputReport> {
+        self.inputs.iter().filter(|i| i.damaged())
+    }
+
     /// Whether a finding of one of `kinds` exists.
     pub fn has_finding(&self, kinds: &[crate::FindingKind]) -> bool {
         self.findings.iter().any(|f| kinds.contains(&f.kind))
@@ -349,6 +375,12 @@ impl Report {
         }
         if self.dropped.total > 0 {
             s.push_str(&format!("  {} event(s) dropped\n", self.dropped.total));
+        }
+        for p in self.processes.iter().filter(|p| p.unknown_span_events > 0) {
+            s.push_str(&format!(
+                "  {} event(s) of pid {} about spans never seen created (ignored)\n",
+                p.unknown_span_events, p.pid
+            ));
         }
         for w in &self.warnings {
             s.push_str(&format!("  warning: {w}\n"));
@@ -411,6 +443,7 @@ fn process_report(p: &Process) -> ProcessReport {
         frames: p.frames,
         events: p.events,
         seq_gaps: p.seq_gaps,
+        unknown_span_events: p.unknown_span_events,
         tasks_live: p.tasks.len(),
         tasks_retained: p.completed.len(),
         tasks_summarised: summary

@@ -36,6 +36,30 @@ fn fmt_ns_with(ns: u64, s_decimals: usize, ms_decimals: usize) -> String {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time in ns.
+pub fn iso8601(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 /// The unit of a number typed without one: each option that takes a
 /// duration says which, since a bare `1000` means different things to
 /// `report --from` (a timestamp in nanoseconds) and to `demo --duration`

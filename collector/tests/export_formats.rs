@@ -496,3 +496,73 @@ fn every_kind_renders_with_its_trace_in_every_format() {
         xml_elements(&x);
     }
 }
+
+/// The fixture without its last frame, the `Goodbye`: a process killed
+/// after its last flush. Every format says that it did not end, and when
+/// its last frame was; appended junk makes the input damaged, an error in
+/// JUnit and GitHub annotations.
+#[test]
+fn a_recording_without_goodbye_or_with_junk_warns_in_every_format() {
+    let full = fixture::ci_recording();
+    let goodbye = {
+        let mut b =
+            awaitscope_collector::testing::StreamBuilder::new(4242, 1_700_000_000_000_000_000);
+        b.goodbye();
+        b.recording().len() - awaitscope_wire::Preamble::LEN
+    };
+    let cut = &full[..full.len() - goodbye];
+    let r = export::render_recording("ci.rec", cut, TimelineOptions::default()).unwrap();
+    let warned = "ci.rec: process 4242 (shop) did not end: no goodbye";
+    assert_eq!(r.report.warnings.len(), 1, "{:?}", r.report.warnings);
+    assert!(
+        r.report.warnings[0].starts_with(warned),
+        "{:?}",
+        r.report.warnings
+    );
+    assert!(
+        r.report.warnings[0].contains("2.00s after the process started (2023-11-14T22:13:22 UTC)"),
+        "{}",
+        r.report.warnings[0]
+    );
+    assert!(!r.report.processes[0].ended);
+    let json = serde_json::to_string(&r.report).unwrap();
+    assert!(json.contains(warned), "{json}");
+    assert!(r
+        .report
+        .summary_text()
+        .contains(&format!("warning: {warned}")));
+    assert!(md(&r).contains(&format!("> warning: {warned}")));
+    let x = junit::render(&r.report, &r.walk);
+    let el = xml_elements(&x);
+    assert_eq!(el.get("testsuite"), Some(&2), "{x}");
+    assert!(x.contains("<testsuite name=\"awaitscope input\""), "{x}");
+    assert!(x.contains(&format!("<system-err>{warned}")), "{x}");
+    assert!(!el.contains_key("error"), "not ended is not an error: {x}");
+    let gh = github::render(&r.report, None);
+    assert!(
+        gh.contains(&format!("::warning title=awaitscope input::{warned}")),
+        "{gh}"
+    );
+
+    // Junk after the good frames: read up to it, and said to be damaged.
+    let mut junk = full.clone();
+    junk.extend_from_slice(b"this is not a frame, it is junk appended to the file\n");
+    let r = export::render_recording("ci.rec", &junk, TimelineOptions::default()).unwrap();
+    assert_eq!(r.report.inputs[0].frames, 3, "what came before is kept");
+    assert!(r.report.inputs[0].damaged());
+    assert!(r.report.processes[0].ended);
+    assert!(
+        r.report.warnings[0].starts_with("ci.rec: damaged: unreadable past byte 2660"),
+        "{:?}",
+        r.report.warnings
+    );
+    let x = junit::render(&r.report, &r.walk);
+    assert_eq!(xml_elements(&x).get("error"), Some(&1), "{x}");
+    assert!(x.contains("errors=\"1\""), "{x}");
+    let gh = github::render(&r.report, None);
+    assert!(
+        gh.contains("::error title=awaitscope input::ci.rec: damaged"),
+        "{gh}"
+    );
+    assert!(md(&r).contains("3 frames, 2650 bytes, damaged"));
+}

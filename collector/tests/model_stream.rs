@@ -412,3 +412,211 @@ fn whole_poll_events_equal_enter_and_poll_end() {
     // Three wakers alive at the last poll's end, one consumed by the wake.
     assert_eq!(whole.4, 2);
 }
+
+/// A producer that reconnects to the same collector: a task woken before
+/// the connection was lost was polled meanwhile (frames the collector never
+/// got); its next poll seen is not the end of a wait since that wake.
+#[test]
+fn a_wake_before_a_reconnect_starts_no_wait() {
+    let mut b = StreamBuilder::new(7, 1_000);
+    b.hello("server", None, false);
+    b.thread(0);
+    let t = b.spawn(&TaskOpts::named("http-server"), None, 0);
+    b.poll(t, MS, 2 * MS);
+    b.waker(t, WakeOp::Wake, None, 10 * MS);
+    let mut m = Model::default();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    // Reconnected 3 s later: the handshake sends the task again, without a
+    // thread (state, not events), then the polls go on.
+    b.hello("server", None, true);
+    let mut re = StreamBuilder::new(7, 1_000);
+    re.spawn(&TaskOpts::named("http-server"), None, 0);
+    for f in b.take_frames().into_iter().chain(re.take_frames()) {
+        m.apply(&f);
+    }
+    b.thread(0);
+    b.poll(t, 3_000 * MS, 3_001 * MS);
+    b.poll(t, 3_100 * MS, 3_101 * MS);
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    m.finish();
+    let r = Report::from_model(&m);
+    assert!(
+        !r.has_finding(&[awaitscope_collector::FindingKind::Starvation]),
+        "{:#?}",
+        r.findings
+    );
+    assert_eq!(r.tasks[0].polls, 3, "{:?}", r.tasks[0]);
+}
+
+/// What a producer sends when its exporter was held up (a stalled
+/// collector) and then drains its threads one after the other: thread 0's
+/// backlog of 1.5 s first, over several frames, then thread 1's, where
+/// the task woken at 10 ms was polled at 11 ms and all along after. Fed
+/// frame by frame (and as one batch), the model reports no starvation or
+/// never_yielded: the poll that ends each wait had not arrived yet.
+fn skewed_backlog(
+    b: &mut StreamBuilder,
+    real_starvation: bool,
+) -> Vec<Vec<awaitscope_wire::Frame>> {
+    b.hello("server", None, false);
+    b.thread(0);
+    let ticker = b.spawn(&TaskOpts::named("ticker"), None, 0);
+    b.thread(1);
+    let server = b.spawn(&TaskOpts::named("http-server"), None, 0);
+    b.poll(server, MS, 2 * MS);
+    let young = b.spawn(&TaskOpts::named("young"), None, 3 * MS);
+    // Its first poll starts here; its end comes with thread 1's backlog.
+    b.enter(young, 4 * MS);
+    let start = b.take_frames();
+    // Thread 0's backlog: it wakes the server every 10 ms (as a timer
+    // would) and runs the ticker, up to 1.5 s; a frame per 100 ms.
+    let mut backlog = Vec::new();
+    b.thread(0);
+    for i in 1..150u64 {
+        let ts = i * 10 * MS;
+        b.waker(server, WakeOp::WakeByRef, None, ts);
+        b.poll(ticker, ts + 100_000, ts + 200_000);
+        if i % 10 == 0 {
+            backlog.extend(b.take_frames());
+            b.thread(0);
+        }
+    }
+    backlog.extend(b.take_frames());
+    // Thread 1's: the server polled a millisecond after each wake; the
+    // young task's first poll starts and ends there too.
+    b.thread(1);
+    if real_starvation {
+        // A poll that really holds thread 1 for the whole time.
+        b.exit(young, 1_495 * MS);
+    } else {
+        b.exit(young, 5 * MS);
+    }
+    for i in 1..150u64 {
+        let ts = i * 10 * MS + MS;
+        if !real_starvation {
+            b.poll(server, ts, ts + 100_000);
+        }
+    }
+    b.poll(server, 1_496 * MS, 1_497 * MS);
+    let rest = b.take_frames();
+    vec![start, backlog, rest]
+}
+
+#[test]
+fn a_backlog_drained_thread_by_thread_invents_no_wait() {
+    use awaitscope_collector::FindingKind;
+    let stalls = [FindingKind::Starvation, FindingKind::NeverYielded];
+    // Frame by frame.
+    let mut b = StreamBuilder::new(9, 1_000);
+    let mut m = Model::default();
+    for f in skewed_backlog(&mut b, false).into_iter().flatten() {
+        m.apply(&f);
+    }
+    m.finish();
+    let r = Report::from_model(&m);
+    assert!(!r.has_finding(&stalls), "{:#?}", r.findings);
+    // The same events as one batch (runs out of time order within it).
+    let mut b = StreamBuilder::new(9, 1_000);
+    let frames: Vec<_> = skewed_backlog(&mut b, false)
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut events = Vec::new();
+    for f in &frames[1..] {
+        if let awaitscope_wire::Body::Events(e) = &f.body {
+            events.extend(e.iter().cloned());
+        }
+    }
+    let mut batch = frames[1].clone();
+    batch.body = awaitscope_wire::Body::Events(events);
+    let mut m = Model::default();
+    m.apply(&frames[0]);
+    m.apply(&batch);
+    m.finish();
+    let r = Report::from_model(&m);
+    assert!(!r.has_finding(&stalls), "{:#?}", r.findings);
+
+    // A thread really held by a poll: the wait is real and still found.
+    let mut b = StreamBuilder::new(9, 1_000);
+    let mut m = Model::default();
+    for f in skewed_backlog(&mut b, true).into_iter().flatten() {
+        m.apply(&f);
+    }
+    m.finish();
+    let r = Report::from_model(&m);
+    assert!(
+        r.has_finding(&[FindingKind::Starvation]),
+        "{:#?}",
+        r.findings
+    );
+}
+
+/// Events about a span never created are counted per process; events
+/// about a span seen closed (a late wake of a finished task) are not.
+#[test]
+fn events_about_unknown_spans_are_counted() {
+    let mut b = StreamBuilder::new(11, 1_000);
+    b.hello("p", None, false);
+    b.thread(0);
+    let done = b.spawn(&TaskOpts::named("done"), None, 0);
+    b.poll(done, MS, 2 * MS);
+    b.finish_task(done, CloseKind::Completed, 3 * MS);
+    b.waker(done, WakeOp::Wake, None, 4 * MS);
+    // Never created: a wake, and a poll (its enter and exit).
+    b.waker(SpanId(900), WakeOp::Wake, None, 5 * MS);
+    b.poll(SpanId(901), 6 * MS, 7 * MS);
+    let mut m = Model::default();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    let r = Report::from_model(&m);
+    assert_eq!(r.processes[0].unknown_span_events, 3);
+    assert!(
+        r.summary_text()
+            .contains("3 event(s) of pid 11 about spans never seen created"),
+        "{}",
+        r.summary_text()
+    );
+}
+
+/// A first poll that really runs on, reported stalled by the producer's
+/// watchdog, is found running while another thread's events go on: the
+/// stalled thread's silence does not hold the judgement back.
+#[test]
+fn a_stalled_first_poll_is_still_found_while_other_threads_go_on() {
+    use awaitscope_collector::testing::stall;
+    use awaitscope_collector::FindingKind;
+    let mut b = StreamBuilder::new(9, 1_000);
+    b.hello("server", None, false);
+    b.thread(0);
+    let ticker = b.spawn(&TaskOpts::named("ticker"), None, 0);
+    b.thread(1);
+    let spin = b.spawn(&TaskOpts::named("spin"), None, MS);
+    b.enter(spin, 2 * MS);
+    b.stall(stall(spin, 2 * MS, 102 * MS, false));
+    let mut m = Model::default();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    b.thread(0);
+    for i in 1..300u64 {
+        b.poll(ticker, i * 10 * MS, i * 10 * MS + 100_000);
+        if i % 10 == 0 {
+            for f in b.take_frames() {
+                m.apply(&f);
+            }
+            b.thread(0);
+        }
+    }
+    // Not the end of the recording: found by a scan on the way.
+    let r = Report::from_model(&m);
+    assert!(
+        r.has_finding(&[FindingKind::NeverYielded]),
+        "{:#?}",
+        r.findings
+    );
+}

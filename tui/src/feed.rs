@@ -580,6 +580,24 @@ impl ReplayFeed {
                 }
             }
         }
+        // A process without its goodbye was killed (or still running): what
+        // followed its last frame is missing, and the header says so.
+        let seen: std::collections::BTreeSet<_> = frames.iter().map(|f| f.process).collect();
+        let ended: std::collections::BTreeSet<_> = frames
+            .iter()
+            .filter(|f| matches!(f.body, Body::Goodbye))
+            .map(|f| f.process)
+            .collect();
+        if let Some(k) = seen.difference(&ended).next() {
+            let w = format!(
+                "pid {} did not end: no goodbye, what followed its last frame is missing",
+                k.pid
+            );
+            warning = Some(match warning {
+                Some(x) => format!("{x}; {w}"),
+                None => w,
+            });
+        }
         Ok(Self::from_frames(
             path.display().to_string(),
             frames,

@@ -67,6 +67,8 @@ fn known_recording() -> Vec<u8> {
         buffer_full: 3,
         ..DropCounts::default()
     });
+    // A clean end: a recording without it is reported with a warning.
+    b.goodbye();
     assert_eq!((main.0, worker.0, handle.0, hot.0), (2, 3, 6, 9));
     b.recording()
 }

@@ -140,6 +140,9 @@ pub fn ci_recording() -> Vec<u8> {
     b.poll(ticker, 51 * MS, 51 * MS + 10_000);
     b.waker(ticker, WakeOp::Clone, None, 51 * MS + 10_000);
     b.poll(ticker, 2_000 * MS, 2_000 * MS + 10_000);
+    // The program ended cleanly: a recording without this is reported with
+    // a warning in every format.
+    b.goodbye();
     b.recording()
 }
 

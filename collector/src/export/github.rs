@@ -15,6 +15,11 @@
 //! Absolute paths under the current directory are made relative to it
 //! (GitHub wants paths relative to the repository root); locations in
 //! dependencies (`.cargo/registry`, `/rustc/`) come last.
+//!
+//! The report's warnings (a recording that ends without its process's
+//! goodbye, one cut short) follow as `::warning` annotations without a
+//! file, at most [`MAX_ANNOTATIONS`]; an input unreadable past its header
+//! is an `::error`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -103,6 +108,18 @@ pub fn render(report: &Report, root: Option<&Path>) -> String {
             l.line,
             escape_property(&format!("awaitscope {}", f.kind)),
             escape_data(&msg)
+        );
+    }
+    for w in report.warnings.iter().take(MAX_ANNOTATIONS) {
+        let damaged = report
+            .damaged_inputs()
+            .any(|i| w.starts_with(&format!("{}: damaged", i.path)));
+        let _ = writeln!(
+            out,
+            "::{} title={}::{}",
+            if damaged { "error" } else { "warning" },
+            escape_property("awaitscope input"),
+            escape_data(w)
         );
     }
     out

@@ -7,7 +7,10 @@
 //! are named after their tests is one testcase per test). Each finding is a
 //! `<failure>` of the testcase of its first task's root group (findings
 //! without a task, like dropped events, go to a testcase named `process`),
-//! with the finding's causal trace or await tree in the body. Deterministic:
+//! with the finding's causal trace or await tree in the body. The report's
+//! warnings about its inputs (a process that did not end, a recording cut
+//! short) go to a last testsuite, `awaitscope input`, as its `system-err`;
+//! an input unreadable past its header is an `<error>` there. Deterministic:
 //! no wall-clock time of the report itself.
 
 use std::collections::BTreeMap;
@@ -28,29 +31,7 @@ fn secs(ns: u64) -> String {
     format!("{:.6}", ns as f64 / 1e9)
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time in ns.
-pub fn iso8601(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
+pub use crate::units::iso8601;
 
 /// The body of a finding's failure: what, where, and its trace (innermost
 /// first, as every view shows it: [`crate::trace`]).
@@ -207,10 +188,45 @@ pub fn render(report: &Report, walk: &WalkSummary) -> String {
         }
         suites.push_str("  </testsuite>\n");
     }
+    let mut all_errors = 0u64;
+    if !report.warnings.is_empty() {
+        let damaged: Vec<_> = report.damaged_inputs().collect();
+        let errors = u64::from(!damaged.is_empty());
+        all_tests += 1;
+        all_errors += errors;
+        let _ = writeln!(
+            suites,
+            "  <testsuite name=\"awaitscope input\" tests=\"1\" failures=\"0\" errors=\"{errors}\" skipped=\"0\">"
+        );
+        if damaged.is_empty() {
+            suites.push_str("    <testcase name=\"input\" classname=\"awaitscope.input\"/>\n");
+        } else {
+            suites.push_str("    <testcase name=\"input\" classname=\"awaitscope.input\">\n");
+            for i in damaged {
+                let msg = format!(
+                    "{}: damaged, the rest of the file unread: {}",
+                    i.path,
+                    i.error.as_deref().unwrap_or("")
+                );
+                let _ = writeln!(
+                    suites,
+                    "      <error message=\"{}\" type=\"damaged_input\"/>",
+                    xml_escape(&msg)
+                );
+            }
+            suites.push_str("    </testcase>\n");
+        }
+        let _ = writeln!(
+            suites,
+            "    <system-err>{}</system-err>",
+            xml_escape(&report.warnings.join("\n"))
+        );
+        suites.push_str("  </testsuite>\n");
+    }
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
-        "<testsuites name=\"awaitscope\" tests=\"{all_tests}\" failures=\"{all_failures}\" errors=\"0\" time=\"{}\">",
+        "<testsuites name=\"awaitscope\" tests=\"{all_tests}\" failures=\"{all_failures}\" errors=\"{all_errors}\" time=\"{}\">",
         secs(all_time)
     );
     out.push_str(&suites);

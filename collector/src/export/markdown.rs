@@ -94,7 +94,13 @@ pub fn render(report: &Report, walk: &WalkSummary, opts: &Options) -> String {
             code(&i.path),
             i.frames,
             i.bytes,
-            if i.truncated { ", truncated" } else { "" }
+            if i.truncated {
+                ", truncated"
+            } else if i.damaged() {
+                ", damaged"
+            } else {
+                ""
+            }
         );
     }
     for p in &report.processes {

@@ -144,6 +144,7 @@ pub fn render_recording(
     let mut model = crate::Model::default();
     let input = crate::ingest::recording::load_reader(&mut model, name, bytes)?;
     model.finish();
+    crate::ingest::recording::warn_unended(&mut model, std::slice::from_ref(&input));
     let mut report = crate::Report::from_model(&model);
     report.inputs = vec![input];
     let mut frames = Vec::new();

@@ -49,6 +49,7 @@ impl Process {
                 self.warm(chunk);
                 for e in chunk {
                     self.events += 1;
+                    self.count_unknown(e);
                     self.apply(e, cfg, obs);
                 }
             }
@@ -57,10 +58,23 @@ impl Process {
         for (i, e) in merge {
             if let Some(i) = i {
                 // Switching runs: the run's thread is current again.
-                self.cur_thread = i;
+                self.set_thread(i);
             }
             self.events += 1;
+            self.count_unknown(e);
             self.apply(e, cfg, obs);
+        }
+    }
+
+    /// Counts `e` in [`Process::unknown_span_events`] when it is about a
+    /// span the model does not know (checked before it is applied: a close
+    /// forgets its span).
+    #[inline]
+    fn count_unknown(&mut self, e: &Event) {
+        if let Some(id) = about_span(e) {
+            if !self.tasks.contains_key(&id) && !self.spans.contains_key(&id) {
+                self.note_unknown(id);
+            }
         }
     }
 
@@ -73,7 +87,8 @@ impl Process {
                 }
             }
             Event::Thread { id, name } => {
-                self.cur_thread = *id;
+                self.set_thread(*id);
+                self.resync = false;
                 if let Some(n) = name {
                     self.thread().name = Some(n.clone());
                 }
@@ -286,6 +301,15 @@ impl Process {
                 }
                 Entry::Vacant(e) => {
                     let mut t = Task::new(id, callsite, ts);
+                    if self.resync {
+                        // Sent again at a handshake (a collector that
+                        // started late, or a new one after a reconnect):
+                        // the task was spawned at `ts`, but whether it is
+                        // waiting for a poll now, and since when, is not
+                        // known. Not a wait from its spawn.
+                        t.scheduled_since = None;
+                        t.state = TaskState::Idle;
+                    }
                     t.parent = ctx_task;
                     t.spawn_span = ctx_span;
                     span::merge_fields(&mut t.fields, fields);
@@ -915,6 +939,22 @@ impl Process {
 /// [`Process::poll_ended`]: it was long enough to hold its thread, or took
 /// locks. Most polls are neither, and cost no second lookup.
 #[inline]
+/// The span an event is about, for the events that are applied only to a
+/// span the model knows.
+fn about_span(e: &Event) -> Option<SpanId> {
+    match e {
+        Event::Poll { task, .. } => Some(*task),
+        Event::Record { span, .. }
+        | Event::Enter { span, .. }
+        | Event::Exit { span, .. }
+        | Event::Close { span, .. } => Some(*span),
+        Event::PollEnd { task, .. } | Event::Wake { task, .. } | Event::PollTree { task, .. } => {
+            Some(*task)
+        }
+        _ => None,
+    }
+}
+
 fn is_notable(t: &Task, start: u64, end: u64) -> bool {
     end.saturating_sub(start) >= RECENT_POLL_NS || !t.acquired.is_empty()
 }

@@ -12,6 +12,13 @@
 //! * [`labels`]: how tasks, spans and await points are named.
 //! * [`stall`]: what the producer saw of a poll that ran too long.
 //! * [`task`], [`span`], [`resource`], [`await_tree`]: what a process holds.
+//!
+//! Time: waits and polls that ended are judged by their own events'
+//! timestamps; what is still going on, at [`Process::judged_now`] (the
+//! process clock held back to threads whose events may still be on their
+//! way). State a producer sends again at a handshake (between a `Hello`
+//! and its first `Thread`) starts no wait: how long a task has waited is
+//! then unknown, not measured from its spawn.
 
 pub mod apply;
 pub mod await_tree;

@@ -45,7 +45,31 @@ pub struct ThreadState {
     /// (task, start, end), oldest first, at most [`RECENT_POLLS`]: who held
     /// the thread while a timer was due.
     pub recent_polls: std::collections::VecDeque<(SpanId, u64, u64)>,
+    /// The latest timestamp of this thread's events applied (while the
+    /// thread is current, [`Process`] keeps it aside: see
+    /// [`Process::judged_now`]).
+    pub clock: u64,
 }
+
+impl ThreadState {
+    /// The task whose poll is in progress on this thread (its span is
+    /// entered), if any.
+    fn polling(&self) -> Option<SpanId> {
+        self.stack
+            .iter()
+            .find(|e| e.task == Some(e.span))
+            .map(|e| e.span)
+    }
+}
+
+/// How far behind the process clock a thread's own clock may lag and still
+/// hold back the time the model judges ongoing waits at
+/// ([`Process::judged_now`]): a thread silent for longer is taken as idle.
+/// The lag of a backlog drained thread by thread is bounded by how long the
+/// producer's exporter was held up (a stalled collector holds a write for
+/// up to 2 s); a thread that parks holds live judgements back by at most
+/// this.
+pub const MAX_THREAD_LAG_NS: u64 = 5_000_000_000;
 
 /// Polls shorter than this are not kept in [`ThreadState::recent_polls`]:
 /// they cannot have made a timer late by much.
@@ -77,6 +101,12 @@ pub struct Process {
     pub events: u64,
     /// Frames whose sequence number was not the next expected.
     pub seq_gaps: u64,
+    /// Events about a span this model has never seen created (no
+    /// `SpanNew` before them, and not a span it has seen close): they are
+    /// applied as nothing. Counted in `Process::apply_events`, before each
+    /// event is applied (records, enters, exits, polls, poll ends, closes,
+    /// wakes and await trees).
+    pub unknown_span_events: u64,
     /// WARN events seen.
     pub warn_count: u64,
     /// ERROR events seen.
@@ -107,7 +137,16 @@ pub struct Process {
     pub(crate) last_wall: Option<(u64, u64)>,
     /// The thread of the events being applied.
     pub(crate) cur_thread: u32,
+    /// The clock of the current thread (written back to its
+    /// [`ThreadState::clock`] when another thread becomes current).
+    cur_clock: u64,
     pub(crate) last_seq: Option<u64>,
+    /// Between a `Hello` and the next `Thread` event: what arrives is the
+    /// state the producer sends again at its handshake (its live spans,
+    /// with their creation times), not what happens now. A producer names
+    /// the thread before any event it drains from a thread's buffer, and
+    /// never in its handshake.
+    pub(crate) resync: bool,
     /// The group of the task last folded into the summary.
     last_group: Option<LastGroup>,
 }
@@ -136,6 +175,7 @@ impl Process {
             frames: 0,
             events: 0,
             seq_gaps: 0,
+            unknown_span_events: 0,
             warn_count: 0,
             error_count: 0,
             notes: Vec::new(),
@@ -150,7 +190,9 @@ impl Process {
             closed_spans: ClosedSpans::default(),
             last_wall: None,
             cur_thread: 0,
+            cur_clock: 0,
             last_seq: None,
+            resync: false,
             last_group: None,
         }
     }
@@ -193,11 +235,20 @@ impl Process {
                     }
                 }
             }
+            // A wake before the connection was lost was followed by polls
+            // this model did not see: how long the task has waited since
+            // is not known, and a wait measured from it would be invented.
+            for t in self.tasks.values_mut() {
+                if t.scheduled_since.take().is_some() && t.state == TaskState::Scheduled {
+                    t.state = TaskState::Idle;
+                }
+            }
             ended.sort_unstable();
             for task in ended {
                 obs.change(self, &Change::PollEnded { task, ts: now });
             }
         }
+        self.resync = true;
         let mut info = info.clone();
         info.token = None;
         self.info = Some(info);
@@ -216,11 +267,73 @@ impl Process {
         self.frames += 1;
     }
 
-    /// Advances the process clock to `ts`.
+    /// Counts an event about span `id` when the model does not know the
+    /// span: neither live, nor a task or span it has seen close (an event
+    /// after a close, a late wake of a finished task, is not unknown).
+    pub(super) fn note_unknown(&mut self, id: SpanId) {
+        let known = self.tasks.contains_key(&id)
+            || self.spans.contains_key(&id)
+            || self.closed_spans.get(id).is_some()
+            || self.completed.iter().any(|t| t.id == id);
+        if !known {
+            self.unknown_span_events = self.unknown_span_events.saturating_add(1);
+        }
+    }
+
+    /// Advances the process clock, and the current thread's, to `ts`.
+    #[inline]
     pub(super) fn bump(&mut self, ts: u64) {
         if ts > self.now {
             self.now = ts;
         }
+        if ts > self.cur_clock {
+            self.cur_clock = ts;
+        }
+    }
+
+    /// Makes thread `id` the current one (its events follow).
+    pub(super) fn set_thread(&mut self, id: u32) {
+        if id == self.cur_thread {
+            return;
+        }
+        let clock = self.cur_clock;
+        let th = self.thread();
+        th.clock = th.clock.max(clock);
+        self.cur_thread = id;
+        self.cur_clock = self.threads.get(&id).map_or(0, |t| t.clock);
+    }
+
+    /// The time up to which the model judges what is still going on (a
+    /// task woken and not polled yet, a first poll not ended yet): the
+    /// process clock, held back to the clock of any thread that lags it by
+    /// at most [`MAX_THREAD_LAG_NS`]. A producer drains its threads one
+    /// after the other, so one thread's events can run seconds ahead of
+    /// another's still to come (the poll that ends a wait, or the end of a
+    /// poll): a clock advanced by one thread's events must not make a wait
+    /// or a poll whose end another thread has not told yet. A thread whose
+    /// poll the producer reported stalled (a `Stall` of that poll) does not
+    /// hold it back: its silence is that poll. Waits that ended are judged
+    /// by their own events' timestamps, not by this.
+    pub fn judged_now(&self) -> u64 {
+        let mut judged = self.now;
+        let mut hold = |clock: u64, th: Option<&ThreadState>| {
+            let stalled = th.and_then(ThreadState::polling).is_some_and(|task| {
+                self.tasks.get(&task).is_some_and(|t| {
+                    t.poll_start.is_some() && t.stall.as_ref().map(|s| s.start) == t.poll_start
+                })
+            });
+            if clock > 0 && !stalled && self.now.saturating_sub(clock) <= MAX_THREAD_LAG_NS {
+                judged = judged.min(clock);
+            }
+        };
+        for (id, th) in &self.threads {
+            if *id != self.cur_thread {
+                hold(th.clock, Some(th));
+            }
+        }
+        let cur = self.threads.get(&self.cur_thread);
+        hold(self.cur_clock.max(cur.map_or(0, |t| t.clock)), cur);
+        judged
     }
 
     /// Class of span callsite `id` (unknown callsites are user spans).

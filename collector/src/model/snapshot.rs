@@ -42,7 +42,7 @@ use super::task::{Histograms, LogRecord, PendingPoll, Task, TaskState, TaskSumma
 
 /// Version of the snapshot encoding; a snapshot of another version is
 /// refused when decoded.
-pub const SNAPSHOT_VERSION: u16 = 2;
+pub const SNAPSHOT_VERSION: u16 = 3;
 
 /// Why a snapshot could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,7 @@ pub struct ProcessSnapshot {
     frames: u64,
     events: u64,
     seq_gaps: u64,
+    unknown_span_events: u64,
     last_seq: Option<u64>,
     warn_count: u64,
     error_count: u64,
@@ -306,6 +307,7 @@ impl ProcessSnapshot {
             frames: p.frames,
             events: p.events,
             seq_gaps: p.seq_gaps,
+            unknown_span_events: p.unknown_span_events,
             last_seq: p.last_seq,
             warn_count: p.warn_count,
             error_count: p.error_count,
@@ -344,6 +346,7 @@ impl ProcessSnapshot {
         p.frames = self.frames;
         p.events = self.events;
         p.seq_gaps = self.seq_gaps;
+        p.unknown_span_events = self.unknown_span_events;
         p.last_seq = self.last_seq;
         p.warn_count = self.warn_count;
         p.error_count = self.error_count;
@@ -363,6 +366,9 @@ impl ProcessSnapshot {
                         .collect(),
                     // Past polls only explain a late timer due now.
                     recent_polls: Default::default(),
+                    // Not sent: a thread counts in `judged_now` again
+                    // from its next event.
+                    clock: 0,
                 };
                 (t.id, th)
             })

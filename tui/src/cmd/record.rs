@@ -6,7 +6,8 @@
 //! (`FILE.parts/{pid}.rec`); the parts are then merged into FILE, which
 //! the wire format allows since every frame names its process. Exit code:
 //! the command's (128 + signal if it was killed); with `--fail-on`, 1 if a
-//! finding of those kinds exists.
+//! finding of those kinds exists, 2 if the recording is damaged (unreadable
+//! past some point).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -113,6 +114,14 @@ pub fn run(args: Args) -> u8 {
         if let Err(e) = std::fs::write(p, json + "\n") {
             eprintln!("awaitscope record: cannot write {}: {e}", p.display());
         }
+    }
+    if args.fail_on.is_some() && report.damaged_inputs().next().is_some() {
+        // Damaged input is never a pass (as `report --fail-on`).
+        eprintln!(
+            "awaitscope record: the recording is unreadable past some point (see the warning \
+             above); failing"
+        );
+        return if code == 0 { EXIT_BAD_INPUT } else { code };
     }
     match args.fail_on {
         Some(FailOn(kinds)) if report.has_finding(&kinds) => EXIT_FINDINGS,

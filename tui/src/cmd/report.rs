@@ -8,7 +8,10 @@
 //!
 //! Exit codes: 0 ok, 1 a finding of a `--fail-on` kind exists, 2 bad input
 //! (unreadable, not a recording, newer version, bad arguments; the reason on
-//! stderr). A truncated recording is reported, with a warning.
+//! stderr). A truncated recording is reported, with a warning. A recording
+//! unreadable past its header (junk, a corrupted frame) is reported up to
+//! the damage, with a warning, and exits 2 under `--fail-on`: damaged input
+//! is never a pass.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -214,6 +217,15 @@ pub fn run(args: Args) -> u8 {
     }
     if let Err(e) = write_all(&args, &formats, &report) {
         eprintln!("awaitscope report: {e}");
+        return EXIT_BAD_INPUT;
+    }
+    let damaged: Vec<&str> = report.damaged_inputs().map(|i| i.path.as_str()).collect();
+    if args.fail_on.is_some() && !damaged.is_empty() {
+        eprintln!(
+            "awaitscope report: {} damaged, unreadable past some point (see the warning \
+             above): the report holds what was read before the damage; failing (exit 2)",
+            damaged.join(", ")
+        );
         return EXIT_BAD_INPUT;
     }
     match args.fail_on {
