@@ -94,6 +94,7 @@ impl ExporterHandle {
             st.stop = true;
             requests.cond.notify_all();
         }
+        self.source.capture.wake_exporter();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -129,6 +130,7 @@ impl Source {
         st.flush_requested += 1;
         let want = st.flush_requested;
         self.requests.cond.notify_all();
+        self.capture.wake_exporter();
         let deadline = Instant::now() + timeout;
         while st.flush_done < want && !st.stop {
             let now = Instant::now();
@@ -250,6 +252,7 @@ struct Exporter {
 
 impl Exporter {
     fn run(&mut self, requests: &Requests) {
+        self.capture.set_exporter();
         let hello = self.frame_bytes(Body::Hello(self.info.clone()));
         for s in &mut self.destinations {
             s.start(&hello);
@@ -295,7 +298,12 @@ impl Exporter {
             }
             let wait = if n > 0 { BUSY_TICK } else { TICK };
             let wait = self.next_check.map_or(wait, |d| d.min(wait));
-            let _ = requests.cond.wait_timeout(st, wait);
+            drop(st);
+            // Parked rather than waiting on the condvar: a thread whose ring
+            // is three quarters full unparks this one (drain on demand), and
+            // so do the guard's requests, made before the state read above
+            // or with an unpark that makes this return at once.
+            std::thread::park_timeout(wait);
         }
     }
 
