@@ -44,6 +44,11 @@ const TICK: Duration = Duration::from_millis(10);
 /// Wait between drains while records keep coming: short enough that a ring
 /// filling at tens of millions of records per second does not overflow.
 const BUSY_TICK: Duration = Duration::from_micros(100);
+/// Width of the time slices in which a drain interleaves threads (see
+/// `Exporter::convert_by_time`): well under the collector's thresholds
+/// (50 ms for starvation), wide enough that a thread's run of records is
+/// rarely cut.
+const SLICE_NS: u64 = 1_000_000;
 /// Recordings and streams are flushed at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
@@ -183,7 +188,9 @@ pub(crate) fn start(
         last_flush: Instant::now(),
         watchdog: Watchdog::new(stall),
         next_check: None,
+        slice_raw: 0,
     };
+    exporter.slice_raw = raw_ticks(&exporter.capture, SLICE_NS);
     let c = requests.clone();
     let capture = exporter.capture.clone();
     let thread = std::thread::Builder::new()
@@ -245,6 +252,8 @@ struct Exporter {
     last_flush: Instant,
     /// Samples polls that run past the stall threshold.
     watchdog: Watchdog,
+    /// [`SLICE_NS`] in raw clock ticks.
+    slice_raw: u64,
     /// Look at the poll slots again this soon (a poll nears the stall
     /// threshold), rather than after the usual tick.
     next_check: Option<Duration>,
@@ -437,24 +446,7 @@ impl Exporter {
         let shared = self.capture.clone();
         let model = self.model.clone();
         let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
-        for (ring, &count) in rings.iter_mut().zip(&counts) {
-            if count == 0 {
-                continue;
-            }
-            let Ok(chunk) = ring.consumer.read_chunk(count) else {
-                continue;
-            };
-            let t = ring.thread;
-            if want_events {
-                self.switch_thread(t, &ring.name);
-            }
-            for raw in chunk {
-                if let Some(ev) = self.convert(&shared, &mut model, t, raw, want_events) {
-                    self.emit(&ev);
-                }
-            }
-            self.release_held(&shared);
-        }
+        self.convert_by_time(&shared, &mut model, &mut rings, &mut counts, want_events);
         if want_events {
             self.announce_polls(&shared, &rings);
         }
@@ -487,6 +479,91 @@ impl Exporter {
         self.counts = counts;
         self.send_batch();
         n
+    }
+
+    /// Converts the first `counts[i]` records of each ring, threads
+    /// interleaved by time: in rounds, each taking from every ring the
+    /// records up to [`SLICE_NS`] after the earliest one not read yet (a
+    /// record that says no time goes with the one before it). A collector
+    /// that judges time as its clock advances then never sees one thread's
+    /// whole backlog before another's (reading rings one after the other,
+    /// a drain behind by 1.5 s made a healthy task look starved that
+    /// long). A thread's rings (a full one replaced by a larger one) are
+    /// read in turn: a later one only once the earlier is read.
+    fn convert_by_time(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        rings: &mut [Ring],
+        counts: &mut [usize],
+        want: bool,
+    ) {
+        // A ring that waits for an earlier ring of its thread.
+        let waits = |rings: &[Ring], counts: &[usize], i: usize| {
+            let t = rings[i].thread;
+            rings[..i]
+                .iter()
+                .zip(counts)
+                .any(|(r, &c)| c > 0 && r.thread == t)
+        };
+        let replaced = rings
+            .iter()
+            .enumerate()
+            .any(|(i, r)| rings[..i].iter().any(|q| q.thread == r.thread));
+        loop {
+            // The earliest record not read yet; one ring left reads all.
+            let mut earliest = u64::MAX;
+            let mut left = 0;
+            for (i, ring) in rings.iter().enumerate() {
+                if counts[i] == 0 || (replaced && waits(rings, counts, i)) {
+                    continue;
+                }
+                left += 1;
+                let ts = ring.consumer.peek().ok().and_then(Raw::ts).unwrap_or(0);
+                earliest = earliest.min(ts);
+            }
+            if left == 0 {
+                break;
+            }
+            let horizon = if left == 1 && !replaced {
+                u64::MAX
+            } else {
+                earliest.saturating_add(self.slice_raw)
+            };
+            for i in 0..rings.len() {
+                if counts[i] == 0 || (replaced && waits(rings, counts, i)) {
+                    continue;
+                }
+                let ring = &mut rings[i];
+                let Ok(chunk) = ring.consumer.read_chunk(counts[i]) else {
+                    counts[i] = 0;
+                    continue;
+                };
+                let take = if horizon == u64::MAX {
+                    counts[i]
+                } else {
+                    let (a, b) = chunk.as_slices();
+                    a.iter()
+                        .chain(b)
+                        .position(|r| r.ts().is_some_and(|ts| ts > horizon))
+                        .unwrap_or(counts[i])
+                };
+                if take == 0 {
+                    continue;
+                }
+                counts[i] -= take;
+                let t = ring.thread;
+                if want {
+                    self.switch_thread(t, &ring.name);
+                }
+                for raw in chunk.into_iter().take(take) {
+                    if let Some(ev) = self.convert(shared, model, t, raw, want) {
+                        self.emit(&ev);
+                    }
+                }
+                self.release_held(shared);
+            }
+        }
     }
 
     /// Names the thread whose events follow, if it is not the current one.
@@ -1147,6 +1224,14 @@ impl ThreadReads {
     }
 }
 
+/// Raw clock ticks in `ns` nanoseconds (at least 1).
+fn raw_ticks(shared: &Capture, ns: u64) -> u64 {
+    const SPAN: u64 = 1 << 40;
+    let per_span = shared.delta_nanos(0, SPAN).max(1);
+    ((u128::from(ns) * u128::from(SPAN)) / u128::from(per_span)).clamp(1, u128::from(u64::MAX))
+        as u64
+}
+
 /// The wire id of a span id, `None` for 0 (no span).
 #[inline(always)]
 fn span_id(v: u64) -> Option<SpanId> {
@@ -1215,4 +1300,77 @@ fn thread_reads(threads: &mut Vec<ThreadReads>, thread: u32) -> &mut ThreadReads
         threads.resize_with(i + 1, Default::default);
     }
     &mut threads[i]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::local::with_local;
+
+    /// A drain that finds several threads' backlogs sends them interleaved
+    /// by time (to within a slice), not one thread's whole backlog before
+    /// the next: two threads' records alternate over 40 ms and go out in
+    /// that order.
+    #[test]
+    fn a_drain_interleaves_threads_by_time() {
+        let shared = Capture::new(1 << 12);
+        let ms = raw_ticks(&shared, 1_000_000);
+        let base = shared.raw();
+        // Each thread records its half: even milliseconds, odd ones.
+        std::thread::scope(|s| {
+            for parity in 0..2u64 {
+                let shared = shared.clone();
+                s.spawn(move || {
+                    for k in (parity..40).step_by(2) {
+                        with_local(&shared, |l| {
+                            l.push(Raw::Wake {
+                                task: 100 + k,
+                                by: 0,
+                                op: wire::WakeOp::Wake,
+                                ts: base + k * ms,
+                            })
+                        });
+                    }
+                });
+            }
+        });
+        // The exporter starts with both backlogs in place: one drain.
+        let memory = Arc::new(Mutex::new(Vec::new()));
+        let process = ProcessKey {
+            pid: std::process::id(),
+            start_unix_ns: 1,
+        };
+        let mut exporter = start(
+            shared.clone(),
+            vec![Destination::memory(memory.clone())],
+            crate::process_info(None),
+            process,
+            crate::stacks::StallConfig::default(),
+        );
+        exporter.shutdown();
+        let bytes = memory.lock().unwrap().clone();
+        let frames: Vec<Frame> = wire::FrameReader::new(&bytes[..])
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let woken: Vec<u64> = frames
+            .iter()
+            .filter_map(|f| match &f.body {
+                Body::Events(evs) => Some(evs),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|e| match e {
+                Event::Wake { task, .. } => Some(task.0 - 100),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(woken.len(), 40, "{woken:?}");
+        for pair in woken.windows(2) {
+            assert!(
+                pair[1] + 1 >= pair[0],
+                "out of time order by more than a slice: {woken:?}"
+            );
+        }
+    }
 }
