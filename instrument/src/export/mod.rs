@@ -405,6 +405,22 @@ impl Exporter {
 
     /// Drains every ring once; returns the number of records drained.
     fn drain(&mut self) -> usize {
+        // The cut: this drain sends the records stamped before it (the
+        // last drain, everything). Read before the new rings are taken and
+        // the rings counted, it makes a span's creation go out no later
+        // than any record about it from another thread: that record's time
+        // was read after the creation was pushed (the span did not exist
+        // for other threads before), into a ring registered before that,
+        // so a record stamped before the cut has its creation in a ring
+        // this drain takes and counts after the cut. Counting the rings one after the
+        // other without it, a creation pushed just after its ring was
+        // counted went out a drain after a record another thread pushed
+        // about it just before its own ring was counted.
+        let cut = if self.stopping {
+            u64::MAX
+        } else {
+            self.capture.raw()
+        };
         {
             let mut new = self
                 .capture
@@ -446,9 +462,16 @@ impl Exporter {
         let shared = self.capture.clone();
         let model = self.model.clone();
         let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
-        self.convert_by_time(&shared, &mut model, &mut rings, &mut counts, want_events);
+        self.convert_by_time(
+            &shared,
+            &mut model,
+            &mut rings,
+            &mut counts,
+            cut,
+            want_events,
+        );
         if want_events {
-            self.announce_polls(&shared, &rings);
+            self.announce_polls(&shared, &rings, cut);
         }
         self.recover_closes(&shared, &mut model, drops, want_events);
         drop(model);
@@ -481,8 +504,9 @@ impl Exporter {
         n
     }
 
-    /// Converts the first `counts[i]` records of each ring, threads
-    /// interleaved by time: in rounds, each taking from every ring the
+    /// Converts the first `counts[i]` records of each ring stamped up to
+    /// `cut` (a ring stops at its first record after it: the rest waits for
+    /// the next drain), threads interleaved by time: in rounds, each taking from every ring the
     /// records up to [`SLICE_NS`] after the earliest one not read yet (a
     /// record that says no time goes with the one before it). A collector
     /// that judges time as its clock advances then never sees one thread's
@@ -496,6 +520,7 @@ impl Exporter {
         model: &mut AwaitModel,
         rings: &mut [Ring],
         counts: &mut [usize],
+        cut: u64,
         want: bool,
     ) {
         // A ring that waits for an earlier ring of its thread.
@@ -526,9 +551,9 @@ impl Exporter {
                 break;
             }
             let horizon = if left == 1 && !replaced {
-                u64::MAX
+                cut
             } else {
-                earliest.saturating_add(self.slice_raw)
+                earliest.saturating_add(self.slice_raw).min(cut)
             };
             for i in 0..rings.len() {
                 if counts[i] == 0 || (replaced && waits(rings, counts, i)) {
@@ -539,19 +564,26 @@ impl Exporter {
                     counts[i] = 0;
                     continue;
                 };
-                let take = if horizon == u64::MAX {
-                    counts[i]
+                let (a, b) = chunk.as_slices();
+                let last = b.last().or(a.last()).and_then(Raw::ts);
+                // Stamps grow along a ring: if the last is in, all are.
+                let (take, past_cut) = if last.is_some_and(|ts| ts <= horizon) {
+                    (counts[i], false)
                 } else {
-                    let (a, b) = chunk.as_slices();
-                    a.iter()
+                    match a
+                        .iter()
                         .chain(b)
                         .position(|r| r.ts().is_some_and(|ts| ts > horizon))
-                        .unwrap_or(counts[i])
+                    {
+                        Some(p) => (p, a.iter().chain(b).nth(p).and_then(Raw::ts) > Some(cut)),
+                        None => (counts[i], false),
+                    }
                 };
+                // The rest of this ring goes out in the next drain.
+                counts[i] = if past_cut { 0 } else { counts[i] - take };
                 if take == 0 {
                     continue;
                 }
-                counts[i] -= take;
                 let t = ring.thread;
                 if want {
                     self.switch_thread(t, &ring.name);
@@ -585,7 +617,11 @@ impl Exporter {
     /// [`ANNOUNCE_AFTER_NS`] and whose start was not read from a ring (a
     /// poll that records nothing sends its start with its end): a task
     /// blocking its worker shows as running while it blocks.
-    fn announce_polls(&mut self, shared: &Capture, rings: &[Ring]) {
+    ///
+    /// Only polls started before the drain's `cut`: the task's creation,
+    /// pushed before its poll started, then went out in this drain or an
+    /// earlier one (a later poll is announced by the next drain).
+    fn announce_polls(&mut self, shared: &Capture, rings: &[Ring], cut: u64) {
         self.next_check = None;
         for (i, ring) in rings.iter().enumerate() {
             // A thread's rings share its slot: read it once.
@@ -605,6 +641,9 @@ impl Exporter {
             let Some((span, start)) = ring.poll.read() else {
                 continue;
             };
+            if start > cut {
+                continue;
+            }
             let now = shared.nanos(shared.raw());
             if now.saturating_sub(shared.nanos(start)) < ANNOUNCE_AFTER_NS {
                 continue;
@@ -1315,7 +1354,8 @@ mod tests {
     fn a_drain_interleaves_threads_by_time() {
         let shared = Capture::new(1 << 12);
         let ms = raw_ticks(&shared, 1_000_000);
-        let base = shared.raw();
+        // In the past: a drain sends what was stamped before it began.
+        let base = shared.raw().saturating_sub(50 * ms);
         // Each thread records its half: even milliseconds, odd ones.
         std::thread::scope(|s| {
             for parity in 0..2u64 {
