@@ -581,16 +581,23 @@ impl Exporter {
                 };
                 // The rest of this ring goes out in the next drain.
                 counts[i] = if past_cut { 0 } else { counts[i] - take };
-                if take == 0 {
-                    continue;
-                }
                 let t = ring.thread;
-                if want {
-                    self.switch_thread(t, &ring.name);
+                if take > 0 {
+                    if want {
+                        self.switch_thread(t, &ring.name);
+                    }
+                    for raw in chunk.into_iter().take(take) {
+                        if let Some(ev) = self.convert(shared, model, t, raw, want) {
+                            self.emit(&ev);
+                        }
+                    }
                 }
-                for raw in chunk.into_iter().take(take) {
-                    if let Some(ev) = self.convert(shared, model, t, raw, want) {
-                        self.emit(&ev);
+                if past_cut && replaced {
+                    // And so do the thread's later rings.
+                    for (r, c) in rings.iter().zip(counts.iter_mut()).skip(i + 1) {
+                        if r.thread == t {
+                            *c = 0;
+                        }
                     }
                 }
                 self.release_held(shared);
