@@ -308,3 +308,74 @@ pub(super) fn current_tid() -> u64 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) as u64 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A thread of this process that runs until `stop` is sent: its kernel
+    /// id, and whether it blocks the sampling signal.
+    fn worker(block: bool, stop: mpsc::Receiver<()>) -> (i32, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let h = std::thread::spawn(move || {
+            if block {
+                // SAFETY: plain signal mask calls on this thread.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, signal_number());
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
+            }
+            tx.send(current_tid() as i32).unwrap();
+            let _ = stop.recv();
+        });
+        (rx.recv().unwrap(), h)
+    }
+
+    /// A sample does not wait for the worker: it is asked for, the caller
+    /// gets on, and collects it later. A worker that cannot answer (the
+    /// signal blocked) leaves it out until the wait is over, then missed,
+    /// and the one request is free again; meanwhile another request is
+    /// refused (busy), not queued. A worker that can answer is sampled.
+    #[test]
+    fn a_sample_is_asked_for_and_collected_later() {
+        let (stop_deaf, rx) = mpsc::channel();
+        let (deaf, deaf_thread) = worker(true, rx);
+        let (stop_live, rx) = mpsc::channel();
+        let (live, live_thread) = worker(false, rx);
+
+        let mut req = start(deaf, Duration::from_millis(30)).expect("asked");
+        assert!(req.collect().is_none(), "no answer yet from a deaf worker");
+        assert!(matches!(
+            start(live, Duration::from_millis(30)),
+            Err(NoSample::Busy)
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let answer = loop {
+            if let Some(a) = req.collect() {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "the wait never ended");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert!(matches!(answer, Err(NoSample::Missed)));
+
+        let mut req = start(live, Duration::from_secs(2)).expect("free again");
+        let answer = loop {
+            if let Some(a) = req.collect() {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "the live worker never answered");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let sample = answer.expect("sampled");
+        assert!(!sample.addrs.is_empty());
+
+        stop_deaf.send(()).unwrap();
+        stop_live.send(()).unwrap();
+        deaf_thread.join().unwrap();
+        live_thread.join().unwrap();
+    }
+}
