@@ -53,7 +53,9 @@ const SLICE_NS: u64 = 1_000_000;
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// What the guard asks of the exporter thread (stop, flush) and what the
-/// thread answers (flushes done), with the condvar both sides wait on.
+/// thread answers (flushes done), with the condvar a flush waits on (the
+/// exporter parks between drains: a request also unparks it, see
+/// `Capture::wake_exporter`).
 #[derive(Default)]
 struct Requests {
     state: Mutex<RequestState>,
