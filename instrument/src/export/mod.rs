@@ -191,6 +191,7 @@ pub(crate) fn start(
         watchdog: Watchdog::new(stall),
         next_check: None,
         slice_raw: 0,
+        replaced: false,
     };
     exporter.slice_raw = raw_ticks(&exporter.capture, SLICE_NS);
     let c = requests.clone();
@@ -254,6 +255,9 @@ struct Exporter {
     last_flush: Instant,
     /// Samples polls that run past the stall threshold.
     watchdog: Watchdog,
+    /// Some thread has more than one ring (a full one replaced by a larger
+    /// one, not drained yet): recomputed when rings come and go.
+    replaced: bool,
     /// [`SLICE_NS`] in raw clock ticks.
     slice_raw: u64,
     /// Look at the poll slots again this soon (a poll nears the stall
@@ -429,7 +433,10 @@ impl Exporter {
                 .new_rings
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            self.rings.append(&mut new);
+            if !new.is_empty() {
+                self.rings.append(&mut new);
+                self.replaced = has_replaced(&self.rings);
+            }
         }
         // How many records each ring holds now. Callsites are read after
         // this: any callsite those records refer to was registered before
@@ -495,10 +502,14 @@ impl Exporter {
             }
             !done
         });
+        let gone_empty = gone.is_empty();
         for (thread, dropped) in gone {
             if !rings.iter().any(|r| r.thread == thread) {
                 self.retired_drops += dropped;
             }
+        }
+        if !gone_empty {
+            self.replaced = has_replaced(&rings);
         }
         self.rings = rings;
         self.counts = counts;
@@ -533,10 +544,7 @@ impl Exporter {
                 .zip(counts)
                 .any(|(r, &c)| c > 0 && r.thread == t)
         };
-        let replaced = rings
-            .iter()
-            .enumerate()
-            .any(|(i, r)| rings[..i].iter().any(|q| q.thread == r.thread));
+        let replaced = self.replaced;
         loop {
             // The earliest record not read yet; one ring left reads all.
             let mut earliest = u64::MAX;
@@ -1270,6 +1278,13 @@ impl ThreadReads {
             self.announced = (0, 0);
         }
     }
+}
+
+/// Whether some thread has more than one of `rings`.
+fn has_replaced(rings: &[Ring]) -> bool {
+    let mut threads: Vec<u32> = rings.iter().map(|r| r.thread).collect();
+    threads.sort_unstable();
+    threads.windows(2).any(|w| w[0] == w[1])
 }
 
 /// Raw clock ticks in `ns` nanoseconds (at least 1).
