@@ -34,6 +34,14 @@ const MAX_EARLY_CLOSES: usize = 1 << 16;
 
 /// Events per frame; frames that still exceed the size cap are split.
 const BATCH: usize = 4096;
+/// Events per frame while a drain's round of time slices is converted
+/// (see `Exporter::convert_by_time`): frames are cut between rounds, where
+/// every thread was read up to the same time, so that a record about a
+/// span and the span's creation on another thread, in the same round,
+/// land in the same frame (which the collector merges by time); only a
+/// round of more events than this (or of more bytes than a frame's cap)
+/// is cut inside.
+const ROUND_BATCH: usize = 4 * BATCH;
 /// Idle wait between drains. Short enough that a program starting work
 /// while the exporter idles does not fill its threads' first rings and grow
 /// them for good: with 50 ms, the benchmark's workers grew theirs to the
@@ -192,6 +200,7 @@ pub(crate) fn start(
         next_check: None,
         slice_raw: 0,
         replaced: false,
+        batch: BATCH,
     };
     exporter.slice_raw = raw_ticks(&exporter.capture, SLICE_NS);
     let c = requests.clone();
@@ -255,6 +264,9 @@ struct Exporter {
     last_flush: Instant,
     /// Samples polls that run past the stall threshold.
     watchdog: Watchdog,
+    /// Events at which the frame being built is sent: [`BATCH`], or
+    /// [`ROUND_BATCH`] inside a round of a drain.
+    batch: usize,
     /// Some thread has more than one ring (a full one replaced by a larger
     /// one, not drained yet): recomputed when rings come and go.
     replaced: bool,
@@ -545,6 +557,7 @@ impl Exporter {
                 .any(|(r, &c)| c > 0 && r.thread == t)
         };
         let replaced = self.replaced;
+        self.batch = ROUND_BATCH;
         loop {
             // The earliest record not read yet; one ring left reads all.
             let mut earliest = u64::MAX;
@@ -612,7 +625,12 @@ impl Exporter {
                 }
                 self.release_held(shared);
             }
+            // Between rounds: the frame is sent once it is full.
+            if self.frame.len() >= BATCH {
+                self.flush_within_run(Self::send_batch);
+            }
         }
+        self.batch = BATCH;
     }
 
     /// Names the thread whose events follow, if it is not the current one.
@@ -723,7 +741,7 @@ impl Exporter {
                 self.capture.buffer_full.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if self.frame.len() >= BATCH {
+        if self.frame.len() >= self.batch {
             self.flush_within_run(flush);
         }
     }
