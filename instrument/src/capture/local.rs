@@ -301,6 +301,9 @@ pub(crate) struct Local {
     dropped: Arc<AtomicU64>,
     /// Records pushed or dropped so far.
     seq: u64,
+    /// At this `seq`, look at how full the ring is (see
+    /// [`Local::near_full`]): the ring cannot reach the wake mark sooner.
+    check_fill_at: u64,
     /// The outermost poll's start, not pushed yet: (task span, raw ts);
     /// span 0 when none. Pushed before any other record (see [`PollSlot`]).
     pending_enter: (u64, u64),
@@ -715,6 +718,33 @@ impl Local {
         if let Err(rtrb::PushError::Full(raw)) = self.producer.push(raw) {
             self.overflow_push(raw);
         }
+        if self.seq >= self.check_fill_at {
+            self.near_full();
+        }
+    }
+
+    /// Drain on demand: a ring three quarters full wakes the exporter
+    /// rather than wait for its next tick. The hot path pays one compare
+    /// of a counter of its own per record: the ring's fill (an atomic of
+    /// the consumer's) is read only when enough records were pushed since
+    /// the last look for the ring to possibly have reached the mark.
+    #[cold]
+    #[inline(never)]
+    fn near_full(&mut self) {
+        let capacity = self.producer.buffer().capacity();
+        let used = capacity - self.producer.slots();
+        let mark = wake_mark(capacity);
+        if used >= mark {
+            if let Some(shared) = self.capture.upgrade() {
+                shared.on_demand_wakes.fetch_add(1, Ordering::Relaxed);
+                shared.wake_exporter();
+            }
+            // Still full at the next look: wake it again, at most every
+            // eighth of the ring.
+            self.check_fill_at = self.seq + (capacity as u64 / 8).max(1);
+        } else {
+            self.check_fill_at = self.seq + (mark - used) as u64;
+        }
     }
 
     #[cold]
@@ -735,6 +765,7 @@ impl Local {
             self.grown += grow;
             self.shared_register(consumer);
             self.producer = producer;
+            self.check_fill_at = self.seq + wake_mark(capacity + grow) as u64;
             if self.producer.push(raw).is_ok() {
                 return;
             }
@@ -1220,6 +1251,12 @@ pub(crate) fn current_task_node(instance: u64) -> Option<Arc<SpanNode>> {
         .flatten()
 }
 
+/// Records in a ring of `capacity` slots at which its thread wakes the
+/// exporter: three quarters.
+fn wake_mark(capacity: usize) -> usize {
+    (capacity - capacity / 4).max(1)
+}
+
 fn new_local(shared: &Arc<Capture>) -> Local {
     let (producer, consumer) = rtrb::RingBuffer::new(super::INITIAL_RING.min(shared.ring_capacity));
     let dropped = Arc::new(AtomicU64::new(0));
@@ -1235,6 +1272,7 @@ fn new_local(shared: &Arc<Capture>) -> Local {
         producer,
         dropped,
         seq: 0,
+        check_fill_at: wake_mark(super::INITIAL_RING.min(shared.ring_capacity)) as u64,
         pending_enter: (0, 0),
         slot,
         frames: Stack::new(STACK),
@@ -1310,6 +1348,47 @@ mod tests {
             });
         }
         out
+    }
+
+    /// A thread whose ring reaches three quarters full wakes the exporter,
+    /// again every eighth of the ring while it stays that full, and not
+    /// below the mark once drained.
+    #[test]
+    fn a_ring_three_quarters_full_wakes_the_exporter() {
+        let shared = Capture::new(64);
+        let mut l = new_local(&shared);
+        let mut consumer = shared
+            .new_rings
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the thread's ring")
+            .consumer;
+        assert_eq!(l.producer.buffer().capacity(), 64);
+        let wakes = || shared.on_demand_wakes.load(Ordering::Relaxed);
+        let push = |l: &mut Local, n: usize| {
+            for _ in 0..n {
+                l.push_now(Raw::Wake {
+                    task: 1,
+                    by: 0,
+                    op: WakeOp::WakeByRef,
+                    ts: 0,
+                });
+            }
+        };
+        push(&mut l, 47);
+        assert_eq!(wakes(), 0, "below the mark");
+        push(&mut l, 1);
+        assert_eq!(wakes(), 1, "at 48 of 64");
+        push(&mut l, 7);
+        assert_eq!(wakes(), 1, "not at every record");
+        push(&mut l, 1);
+        assert_eq!(wakes(), 2, "an eighth of the ring later, still full");
+        while consumer.pop().is_ok() {}
+        push(&mut l, 47);
+        assert_eq!(wakes(), 2, "drained: below the mark again");
+        push(&mut l, 1);
+        assert_eq!(wakes(), 3);
     }
 
     /// Rings grow on overflow while the budget shared by all threads lasts

@@ -19,7 +19,7 @@ pub(crate) mod record;
 
 use std::any::TypeId;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use awaitscope_wire::{CloseKind, SpanClass};
 use tracing_core::span::{Attributes, Id, Record};
@@ -106,6 +106,13 @@ pub(crate) struct Capture {
     /// takes from it and a thread's exit gives back. Bounds the rings'
     /// memory however many threads outrun the exporter at once.
     ring_budget: AtomicUsize,
+    /// The exporter thread, once it runs: unparked by a thread whose ring
+    /// is three quarters full (drain on demand) and by the guard's
+    /// requests.
+    exporter: OnceLock<std::thread::Thread>,
+    /// Times a thread woke the exporter because its ring was three quarters
+    /// full.
+    pub on_demand_wakes: AtomicU64,
 }
 
 /// Slots of a thread's first ring; it grows (x4) when it overflows, up to
@@ -136,7 +143,24 @@ impl Capture {
             origin_raw,
             ring_capacity,
             ring_budget: AtomicUsize::new(ring_capacity.saturating_mul(RING_BUDGET_FACTOR)),
+            exporter: OnceLock::new(),
+            on_demand_wakes: AtomicU64::new(0),
         })
+    }
+
+    /// Called on the exporter thread when it starts: the thread that
+    /// [`Capture::wake_exporter`] wakes.
+    pub(crate) fn set_exporter(&self) {
+        let _ = self.exporter.set(std::thread::current());
+    }
+
+    /// Wakes the exporter thread if it sleeps between drains (else its
+    /// next sleep returns at once). An atomic swap, and a futex wake only
+    /// when it was asleep.
+    pub(crate) fn wake_exporter(&self) {
+        if let Some(t) = self.exporter.get() {
+            t.unpark();
+        }
     }
 
     /// Takes up to `want` slots of growth from the budget: all of it, or

@@ -96,6 +96,27 @@ pub(crate) enum Raw {
     Panic(Box<RawPanic>),
 }
 
+impl Raw {
+    /// When it happened (a raw clock reading), for the records that say:
+    /// a whole poll at its end, when it was pushed. Tree nodes, field
+    /// records and follows-from links say nothing: they go with the record
+    /// before them.
+    #[inline(always)]
+    pub fn ts(&self) -> Option<u64> {
+        match self {
+            Raw::Span(node) => Some(node.ts),
+            Raw::Enter { ts, .. }
+            | Raw::Exit { ts, .. }
+            | Raw::Close { ts, .. }
+            | Raw::Wake { ts, .. } => Some(*ts),
+            Raw::Poll { end, .. } => Some(*end),
+            Raw::Log(l) => Some(l.ts),
+            Raw::Panic(p) => Some(p.ts),
+            Raw::TreeNode { .. } | Raw::Record(_) | Raw::FollowsFrom { .. } => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -35,6 +35,14 @@ const MAX_EARLY_CLOSES: usize = 1 << 16;
 
 /// Events per frame; frames that still exceed the size cap are split.
 const BATCH: usize = 4096;
+/// Events per frame while a drain's round of time slices is converted
+/// (see `Exporter::convert_by_time`): frames are cut between rounds, where
+/// every thread was read up to the same time, so that a record about a
+/// span and the span's creation on another thread, in the same round,
+/// land in the same frame (which the collector merges by time); only a
+/// round of more events than this (or of more bytes than a frame's cap)
+/// is cut inside.
+const ROUND_BATCH: usize = 4 * BATCH;
 /// Idle wait between drains. Short enough that a program starting work
 /// while the exporter idles does not fill its threads' first rings and grow
 /// them for good: with 50 ms, the benchmark's workers grew theirs to the
@@ -45,11 +53,18 @@ const TICK: Duration = Duration::from_millis(10);
 /// Wait between drains while records keep coming: short enough that a ring
 /// filling at tens of millions of records per second does not overflow.
 const BUSY_TICK: Duration = Duration::from_micros(100);
+/// Width of the time slices in which a drain interleaves threads (see
+/// `Exporter::convert_by_time`): well under the collector's thresholds
+/// (50 ms for starvation), wide enough that a thread's run of records is
+/// rarely cut.
+const SLICE_NS: u64 = 1_000_000;
 /// Recordings and streams are flushed at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// What the guard asks of the exporter thread (stop, flush) and what the
-/// thread answers (flushes done), with the condvar both sides wait on.
+/// thread answers (flushes done), with the condvar a flush waits on (the
+/// exporter parks between drains: a request also unparks it, see
+/// `Capture::wake_exporter`).
 #[derive(Default)]
 struct Requests {
     state: Mutex<RequestState>,
@@ -124,6 +139,8 @@ impl Source {
         let mut st = requests.state.lock().unwrap_or_else(|e| e.into_inner());
         st.stop = true;
         requests.cond.notify_all();
+        // The exporter parks between drains.
+        self.capture.wake_exporter();
         let deadline = Instant::now() + EXIT_WAIT_MAX;
         while !st.finished {
             let now = Instant::now();
@@ -167,6 +184,7 @@ impl Source {
         st.flush_requested += 1;
         let want = st.flush_requested;
         self.requests.cond.notify_all();
+        self.capture.wake_exporter();
         let deadline = Instant::now() + timeout;
         while st.flush_done < want && !st.stop {
             let now = Instant::now();
@@ -220,7 +238,11 @@ pub(crate) fn start(
         last_flush: Instant::now(),
         watchdog: Watchdog::new(stall),
         next_check: None,
+        slice_raw: 0,
+        replaced: false,
+        batch: BATCH,
     };
+    exporter.slice_raw = raw_ticks(&exporter.capture, SLICE_NS);
     let c = requests.clone();
     let capture = exporter.capture.clone();
     let thread = std::thread::Builder::new()
@@ -294,6 +316,14 @@ struct Exporter {
     last_flush: Instant,
     /// Samples polls that run past the stall threshold.
     watchdog: Watchdog,
+    /// Events at which the frame being built is sent: [`BATCH`], or
+    /// [`ROUND_BATCH`] inside a round of a drain.
+    batch: usize,
+    /// Some thread has more than one ring (a full one replaced by a larger
+    /// one, not drained yet): recomputed when rings come and go.
+    replaced: bool,
+    /// [`SLICE_NS`] in raw clock ticks.
+    slice_raw: u64,
     /// Look at the poll slots again this soon (a poll nears the stall
     /// threshold), rather than after the usual tick.
     next_check: Option<Duration>,
@@ -301,6 +331,7 @@ struct Exporter {
 
 impl Exporter {
     fn run(&mut self, requests: &Requests) {
+        self.capture.set_exporter();
         for i in 0..self.destinations.len() {
             let hello = self.frame_bytes(i, Body::Hello(self.info.clone()));
             self.destinations[i].start(&hello);
@@ -366,7 +397,12 @@ impl Exporter {
             }
             let wait = if n > 0 { BUSY_TICK } else { TICK };
             let wait = self.next_check.map_or(wait, |d| d.min(wait));
-            let _ = requests.cond.wait_timeout(st, wait);
+            drop(st);
+            // Parked rather than waiting on the condvar: a thread whose ring
+            // is three quarters full unparks this one (drain on demand), and
+            // so do the guard's requests, made before the state read above
+            // or with an unpark that makes this return at once.
+            std::thread::park_timeout(wait);
         }
     }
 
@@ -468,13 +504,32 @@ impl Exporter {
 
     /// Drains every ring once; returns the number of records drained.
     fn drain(&mut self) -> usize {
+        // The cut: this drain sends the records stamped before it (the
+        // last drain, everything). Read before the new rings are taken and
+        // the rings counted, it makes a span's creation go out no later
+        // than any record about it from another thread: that record's time
+        // was read after the creation was pushed (the span did not exist
+        // for other threads before), into a ring registered before that,
+        // so a record stamped before the cut has its creation in a ring
+        // this drain takes and counts after the cut. Counting the rings one after the
+        // other without it, a creation pushed just after its ring was
+        // counted went out a drain after a record another thread pushed
+        // about it just before its own ring was counted.
+        let cut = if self.stopping {
+            u64::MAX
+        } else {
+            self.capture.raw()
+        };
         {
             let mut new = self
                 .capture
                 .new_rings
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            self.rings.append(&mut new);
+            if !new.is_empty() {
+                self.rings.append(&mut new);
+                self.replaced = has_replaced(&self.rings);
+            }
         }
         // How many records each ring holds now. Callsites are read after
         // this: any callsite those records refer to was registered before
@@ -509,26 +564,16 @@ impl Exporter {
         let shared = self.capture.clone();
         let model = self.model.clone();
         let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
-        for (ring, &count) in rings.iter_mut().zip(&counts) {
-            if count == 0 {
-                continue;
-            }
-            let Ok(chunk) = ring.consumer.read_chunk(count) else {
-                continue;
-            };
-            let t = ring.thread;
-            if want_events {
-                self.switch_thread(t, &ring.name);
-            }
-            for raw in chunk {
-                if let Some(ev) = self.convert(&shared, &mut model, t, raw, want_events) {
-                    self.emit(&ev);
-                }
-            }
-            self.release_held(&shared);
-        }
+        self.convert_by_time(
+            &shared,
+            &mut model,
+            &mut rings,
+            &mut counts,
+            cut,
+            want_events,
+        );
         if want_events {
-            self.announce_polls(&shared, &rings);
+            self.announce_polls(&shared, &rings, cut);
         }
         self.recover_closes(&shared, &mut model, drops, want_events);
         drop(model);
@@ -550,15 +595,123 @@ impl Exporter {
             }
             !done
         });
+        let gone_empty = gone.is_empty();
         for (thread, dropped) in gone {
             if !rings.iter().any(|r| r.thread == thread) {
                 self.retired_drops += dropped;
             }
         }
+        if !gone_empty {
+            self.replaced = has_replaced(&rings);
+        }
         self.rings = rings;
         self.counts = counts;
         self.send_batch();
         n
+    }
+
+    /// Converts the first `counts[i]` records of each ring stamped up to
+    /// `cut` (a ring stops at its first record after it: the rest waits for
+    /// the next drain), threads interleaved by time: in rounds, each taking from every ring the
+    /// records up to [`SLICE_NS`] after the earliest one not read yet (a
+    /// record that says no time goes with the one before it). A collector
+    /// that judges time as its clock advances then never sees one thread's
+    /// whole backlog before another's (reading rings one after the other,
+    /// a drain behind by 1.5 s made a healthy task look starved that
+    /// long). A thread's rings (a full one replaced by a larger one) are
+    /// read in turn: a later one only once the earlier is read.
+    fn convert_by_time(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        rings: &mut [Ring],
+        counts: &mut [usize],
+        cut: u64,
+        want: bool,
+    ) {
+        // A ring that waits for an earlier ring of its thread.
+        let waits = |rings: &[Ring], counts: &[usize], i: usize| {
+            let t = rings[i].thread;
+            rings[..i]
+                .iter()
+                .zip(counts)
+                .any(|(r, &c)| c > 0 && r.thread == t)
+        };
+        let replaced = self.replaced;
+        self.batch = ROUND_BATCH;
+        loop {
+            // The earliest record not read yet; one ring left reads all.
+            let mut earliest = u64::MAX;
+            let mut left = 0;
+            for (i, ring) in rings.iter().enumerate() {
+                if counts[i] == 0 || (replaced && waits(rings, counts, i)) {
+                    continue;
+                }
+                left += 1;
+                let ts = ring.consumer.peek().ok().and_then(Raw::ts).unwrap_or(0);
+                earliest = earliest.min(ts);
+            }
+            if left == 0 {
+                break;
+            }
+            let horizon = if left == 1 && !replaced {
+                cut
+            } else {
+                earliest.saturating_add(self.slice_raw).min(cut)
+            };
+            for i in 0..rings.len() {
+                if counts[i] == 0 || (replaced && waits(rings, counts, i)) {
+                    continue;
+                }
+                let ring = &mut rings[i];
+                let Ok(chunk) = ring.consumer.read_chunk(counts[i]) else {
+                    counts[i] = 0;
+                    continue;
+                };
+                let (a, b) = chunk.as_slices();
+                let last = b.last().or(a.last()).and_then(Raw::ts);
+                // Stamps grow along a ring: if the last is in, all are.
+                let (take, past_cut) = if last.is_some_and(|ts| ts <= horizon) {
+                    (counts[i], false)
+                } else {
+                    match a
+                        .iter()
+                        .chain(b)
+                        .position(|r| r.ts().is_some_and(|ts| ts > horizon))
+                    {
+                        Some(p) => (p, a.iter().chain(b).nth(p).and_then(Raw::ts) > Some(cut)),
+                        None => (counts[i], false),
+                    }
+                };
+                // The rest of this ring goes out in the next drain.
+                counts[i] = if past_cut { 0 } else { counts[i] - take };
+                let t = ring.thread;
+                if take > 0 {
+                    if want {
+                        self.switch_thread(t, &ring.name);
+                    }
+                    for raw in chunk.into_iter().take(take) {
+                        if let Some(ev) = self.convert(shared, model, t, raw, want) {
+                            self.emit(&ev);
+                        }
+                    }
+                }
+                if past_cut && replaced {
+                    // And so do the thread's later rings.
+                    for (r, c) in rings.iter().zip(counts.iter_mut()).skip(i + 1) {
+                        if r.thread == t {
+                            *c = 0;
+                        }
+                    }
+                }
+                self.release_held(shared);
+            }
+            // Between rounds: the frame is sent once it is full.
+            if self.frame.len() >= BATCH {
+                self.flush_within_run(Self::send_batch);
+            }
+        }
+        self.batch = BATCH;
     }
 
     /// Names the thread whose events follow, if it is not the current one.
@@ -580,7 +733,11 @@ impl Exporter {
     /// [`ANNOUNCE_AFTER_NS`] and whose start was not read from a ring (a
     /// poll that records nothing sends its start with its end): a task
     /// blocking its worker shows as running while it blocks.
-    fn announce_polls(&mut self, shared: &Capture, rings: &[Ring]) {
+    ///
+    /// Only polls started before the drain's `cut`: the task's creation,
+    /// pushed before its poll started, then went out in this drain or an
+    /// earlier one (a later poll is announced by the next drain).
+    fn announce_polls(&mut self, shared: &Capture, rings: &[Ring], cut: u64) {
         self.next_check = None;
         for (i, ring) in rings.iter().enumerate() {
             // A thread's rings share its slot: read it once.
@@ -600,6 +757,9 @@ impl Exporter {
             let Some((span, start)) = ring.poll.read() else {
                 continue;
             };
+            if start > cut {
+                continue;
+            }
             let now = shared.nanos(shared.raw());
             if now.saturating_sub(shared.nanos(start)) < ANNOUNCE_AFTER_NS {
                 continue;
@@ -662,7 +822,7 @@ impl Exporter {
                 self.capture.buffer_full.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if self.frame.len() >= BATCH {
+        if self.frame.len() >= self.batch {
             self.flush_within_run(flush);
         }
     }
@@ -1239,6 +1399,21 @@ impl ThreadReads {
     }
 }
 
+/// Whether some thread has more than one of `rings`.
+fn has_replaced(rings: &[Ring]) -> bool {
+    let mut threads: Vec<u32> = rings.iter().map(|r| r.thread).collect();
+    threads.sort_unstable();
+    threads.windows(2).any(|w| w[0] == w[1])
+}
+
+/// Raw clock ticks in `ns` nanoseconds (at least 1).
+fn raw_ticks(shared: &Capture, ns: u64) -> u64 {
+    const SPAN: u64 = 1 << 40;
+    let per_span = shared.delta_nanos(0, SPAN).max(1);
+    ((u128::from(ns) * u128::from(SPAN)) / u128::from(per_span)).clamp(1, u128::from(u64::MAX))
+        as u64
+}
+
 /// The wire id of a span id, `None` for 0 (no span).
 #[inline(always)]
 fn span_id(v: u64) -> Option<SpanId> {
@@ -1307,4 +1482,78 @@ fn thread_reads(threads: &mut Vec<ThreadReads>, thread: u32) -> &mut ThreadReads
         threads.resize_with(i + 1, Default::default);
     }
     &mut threads[i]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::local::with_local;
+
+    /// A drain that finds several threads' backlogs sends them interleaved
+    /// by time (to within a slice), not one thread's whole backlog before
+    /// the next: two threads' records alternate over 40 ms and go out in
+    /// that order.
+    #[test]
+    fn a_drain_interleaves_threads_by_time() {
+        let shared = Capture::new(1 << 12);
+        let ms = raw_ticks(&shared, 1_000_000);
+        // In the past: a drain sends what was stamped before it began.
+        let base = shared.raw().saturating_sub(50 * ms);
+        // Each thread records its half: even milliseconds, odd ones.
+        std::thread::scope(|s| {
+            for parity in 0..2u64 {
+                let shared = shared.clone();
+                s.spawn(move || {
+                    for k in (parity..40).step_by(2) {
+                        with_local(&shared, |l| {
+                            l.push(Raw::Wake {
+                                task: 100 + k,
+                                by: 0,
+                                op: wire::WakeOp::Wake,
+                                ts: base + k * ms,
+                            })
+                        });
+                    }
+                });
+            }
+        });
+        // The exporter starts with both backlogs in place: one drain.
+        let memory = Arc::new(Mutex::new(Vec::new()));
+        let process = ProcessKey {
+            pid: std::process::id(),
+            start_unix_ns: 1,
+        };
+        let mut exporter = start(
+            shared.clone(),
+            vec![Destination::memory(memory.clone())],
+            crate::process_info(None),
+            process,
+            crate::stacks::StallConfig::default(),
+        );
+        exporter.shutdown();
+        let bytes = memory.lock().unwrap().clone();
+        let frames: Vec<Frame> = wire::FrameReader::new(&bytes[..])
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let woken: Vec<u64> = frames
+            .iter()
+            .filter_map(|f| match &f.body {
+                Body::Events(evs) => Some(evs),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|e| match e {
+                Event::Wake { task, .. } => Some(task.0 - 100),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(woken.len(), 40, "{woken:?}");
+        for pair in woken.windows(2) {
+            assert!(
+                pair[1] + 1 >= pair[0],
+                "out of time order by more than a slice: {woken:?}"
+            );
+        }
+    }
 }

@@ -6,8 +6,13 @@
 //! after it ends its statistics are read again. Each gives a
 //! [`Stall`] event; a sampled native stack follows its crossing's as a
 //! [`NativeStack`] of addresses for the collector to symbolise.
+//!
+//! The native stack is asked for at the crossing and collected on a later
+//! pass (the exporter drains meanwhile: waiting for the worker here let
+//! the rings overflow); it is kept only if the same poll still runs when
+//! the answer is collected, else the crossing says `Missed`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use awaitscope_wire::{NativeStack, SpanId, StackState, Stall};
 
@@ -15,7 +20,21 @@ use crate::capture::local::PollSlot;
 use crate::capture::Capture;
 use crate::stacks::modules::Modules;
 use crate::stacks::sched::{Reading, SchedReader};
-use crate::stacks::{self, NoSample, StallConfig};
+use crate::stacks::{self, InFlight, NoSample, StallConfig};
+
+/// How soon to look again while a native stack sample is in flight (the
+/// worker answers within tens of microseconds unless it is descheduled).
+const SAMPLE_POLL: Duration = Duration::from_micros(100);
+
+/// A native stack sample in flight: for which thread's poll, with the
+/// crossing's spans read when it was asked for.
+struct Sampling {
+    thread: u32,
+    poll: (u64, u64),
+    request: InFlight,
+    spans: Vec<SpanId>,
+    asked: Instant,
+}
 
 /// How often the statistics of a sampled poll still running are read
 /// again (the end's fallback), in ns.
@@ -57,6 +76,11 @@ pub(super) struct Watchdog {
     modules: Modules,
     /// Stalls to send.
     ready: Vec<Pending>,
+    /// The native stack sample in flight (one at a time).
+    sampling: Option<Sampling>,
+    /// A request given up while the worker's handler was still walking:
+    /// finished on a later pass (its buffer is the handler's until then).
+    orphan: Option<InFlight>,
 }
 
 impl Watchdog {
@@ -68,6 +92,8 @@ impl Watchdog {
             spans: Vec::new(),
             modules: Modules::default(),
             ready: Vec::new(),
+            sampling: None,
+            orphan: None,
         }
     }
 
@@ -90,6 +116,28 @@ impl Watchdog {
             self.watches.resize_with(i + 1, Default::default);
         }
         let cur = slot.read();
+        if let Some(o) = &mut self.orphan {
+            if o.cancel() {
+                self.orphan = None;
+            }
+        }
+        match &self.sampling {
+            Some(s) if s.thread == thread => {
+                if let Some(soon) = self.collect_sample(thread, name, slot, cur, shared) {
+                    return Some(soon);
+                }
+            }
+            // Not collected in time by its own thread's check: that thread
+            // is gone.
+            Some(s) if s.asked.elapsed() > 4 * stacks::SAMPLE_WAIT => {
+                if let Some(mut s) = self.sampling.take() {
+                    if !s.request.cancel() {
+                        self.orphan = Some(s.request);
+                    }
+                }
+            }
+            _ => {}
+        }
         let w = &mut self.watches[i];
         if w.poll.0 != 0 && cur != Some(w.poll) {
             // The watched poll ended.
@@ -147,24 +195,107 @@ impl Watchdog {
             return None; // ended meanwhile: nothing to sample
         }
         let spans: Vec<SpanId> = self.spans.iter().map(|&s| SpanId(s)).collect();
-        let (state, sample) = if !self.config.stacks {
-            (StackState::Off, None)
+        if !self.config.stacks {
+            self.crossed(
+                thread,
+                name,
+                slot,
+                shared,
+                poll,
+                spans,
+                StackState::Off,
+                None,
+            );
+            return None;
+        }
+        match stacks::start_sample(slot.tid(), stacks::SAMPLE_WAIT) {
+            Ok(request) => {
+                self.sampling = Some(Sampling {
+                    thread,
+                    poll,
+                    request,
+                    spans,
+                    asked: Instant::now(),
+                });
+                Some(SAMPLE_POLL)
+            }
+            // Another capture's sample (or a walk given up) holds the one
+            // request: ask again on the next pass, for a while.
+            Err(NoSample::Busy)
+                if elapsed
+                    < self.config.threshold_ns + 2 * stacks::SAMPLE_WAIT.as_nanos() as u64 =>
+            {
+                Some(SAMPLE_POLL)
+            }
+            Err(e) => {
+                let state = no_sample_state(e);
+                self.crossed(thread, name, slot, shared, poll, spans, state, None);
+                None
+            }
+        }
+    }
+
+    /// The sample in flight for `thread`, whose slot now shows `cur`: its
+    /// crossing goes out once the worker answered (or did not in time, or
+    /// the poll ended: then `Missed`). Returns how soon to look again while
+    /// it is still out.
+    fn collect_sample(
+        &mut self,
+        thread: u32,
+        name: &Option<String>,
+        slot: &PollSlot,
+        cur: Option<(u64, u64)>,
+        shared: &Capture,
+    ) -> Option<Duration> {
+        let s = self.sampling.as_mut()?;
+        let answer = if cur != Some(s.poll) {
+            // The poll ended: what the worker answers is of something else.
+            None
         } else {
-            match stacks::sample(slot.tid(), stacks::SAMPLE_WAIT) {
-                // A sample taken after the poll ended is of something else.
-                Ok(_) if slot.read() != Some(poll) => (StackState::Missed, None),
-                Ok(s) => (StackState::Sampled, Some(s)),
-                Err(NoSample::Missed) => (StackState::Missed, None),
-                Err(NoSample::Unsupported) => (StackState::Unsupported, None),
+            match s.request.collect() {
+                None => return Some(SAMPLE_POLL),
+                Some(answer) => Some(answer),
             }
         };
+        let mut s = self.sampling.take()?;
+        let (state, sample) = match answer {
+            // Collected, but the poll ended meanwhile.
+            Some(Ok(_)) if slot.read() != Some(s.poll) => (StackState::Missed, None),
+            Some(Ok(sample)) => (StackState::Sampled, Some(sample)),
+            Some(Err(e)) => (no_sample_state(e), None),
+            None => {
+                if !s.request.cancel() {
+                    self.orphan = Some(s.request);
+                }
+                (StackState::Missed, None)
+            }
+        };
+        self.crossed(thread, name, slot, shared, s.poll, s.spans, state, sample);
+        None
+    }
+
+    /// The crossing of `poll` on `thread` was sampled (`state`, with the
+    /// native stack if there is one): its stall is ready to send.
+    #[allow(clippy::too_many_arguments)]
+    fn crossed(
+        &mut self,
+        thread: u32,
+        name: &Option<String>,
+        slot: &PollSlot,
+        shared: &Capture,
+        poll: (u64, u64),
+        spans: Vec<SpanId>,
+        state: StackState,
+        sample: Option<stacks::Sample>,
+    ) {
+        let start = shared.nanos(poll.1);
         let at = shared.nanos(shared.raw());
         let reading = self.sched.read(slot.tid(), at);
+        let w = &mut self.watches[thread as usize];
         let sched = match (w.baseline, reading) {
             (Some(b), Some(r)) => Some(b.until(&r)),
             _ => None,
         };
-        let w = &mut self.watches[i];
         w.sampled = Some(state);
         w.last = reading;
         // Addresses and modules only: symbolising is the collector's work
@@ -189,11 +320,18 @@ impl Watchdog {
             },
             native,
         });
-        None
     }
 
     /// Stalls to send now, in the order they were seen.
     pub fn ready(&mut self) -> std::vec::Drain<'_, Pending> {
         self.ready.drain(..)
+    }
+}
+
+/// The stack state of a crossing whose native stack was not sampled.
+fn no_sample_state(e: NoSample) -> StackState {
+    match e {
+        NoSample::Unsupported => StackState::Unsupported,
+        NoSample::Missed | NoSample::Busy => StackState::Missed,
     }
 }

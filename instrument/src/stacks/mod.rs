@@ -23,7 +23,8 @@ use std::time::Duration;
 /// threshold.
 pub const DEFAULT_LONG_POLL: Duration = Duration::from_millis(10);
 
-/// How long the watchdog waits for a signalled worker to answer.
+/// How long a signalled worker has to answer (the exporter goes on
+/// draining meanwhile).
 pub(crate) const SAMPLE_WAIT: Duration = Duration::from_millis(20);
 
 /// What the watchdog does when a poll runs long.
@@ -62,16 +63,51 @@ pub(crate) enum NoSample {
     Unsupported,
     /// The thread did not answer in time (or is gone).
     Missed,
+    /// Another sample is in flight (one at a time per process): ask again
+    /// later.
+    Busy,
 }
 
-/// Samples the native stack of thread `tid` of this process.
-pub(crate) fn sample(tid: u64, wait: Duration) -> Result<Sample, NoSample> {
+/// A native stack sample in flight (see [`start_sample`]).
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) use signal::InFlight;
+
+/// A native stack sample in flight: none where there is no sampling.
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+pub(crate) enum InFlight {}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+impl InFlight {
+    /// Never called: no value exists.
+    pub fn collect(&mut self) -> Option<Result<Sample, NoSample>> {
+        match *self {}
+    }
+
+    /// Never called: no value exists.
+    pub fn cancel(&mut self) -> bool {
+        match *self {}
+    }
+}
+
+/// Asks thread `tid` of this process for its native stack, without
+/// waiting: the answer is collected from the returned request within
+/// `wait` ([`InFlight::collect`]) while the caller goes on draining.
+pub(crate) fn start_sample(tid: u64, wait: Duration) -> Result<InFlight, NoSample> {
     #[cfg(all(
         target_os = "linux",
         any(target_arch = "x86_64", target_arch = "aarch64")
     ))]
     {
-        signal::sample(tid as i32, wait)
+        signal::start(tid as i32, wait)
     }
     #[cfg(not(all(
         target_os = "linux",

@@ -15,11 +15,14 @@
 //! could deadlock a handler interrupting `dlopen`. The tests interrupt
 //! workers in syscalls, in a contended mutex and in the allocator.
 //!
-//! One request at a time: the requests of all exporters go through one
-//! lock (taken by the exporter threads only, never in the handler).
+//! One request at a time, in flight while the exporter goes on draining:
+//! [`start`] arms it and signals, [`InFlight::collect`] takes the answer
+//! on a later pass. The requests of all exporters share one flag (set by
+//! the exporter threads only, never in the handler); an exporter that
+//! finds it taken tries again later.
 
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::{NoSample, Sample};
@@ -48,8 +51,10 @@ static PC: AtomicUsize = AtomicUsize::new(0);
 const ZERO: AtomicUsize = AtomicUsize::new(0);
 static ADDRS: [AtomicUsize; MAX_ADDRS] = [ZERO; MAX_ADDRS];
 
-/// Serialises requests (exporter threads only).
-static REQUEST: Mutex<()> = Mutex::new(());
+/// The one request of the process is taken (by an exporter thread; never
+/// touched by the handler). A flag rather than a lock: the request
+/// outlives the call that made it, and no exporter waits for another.
+static REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// The signal used: a real-time one, so that it queues apart from the
 /// program's own `SIGUSR1`/`SIGUSR2` use.
@@ -146,14 +151,34 @@ extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_v
     unsafe { *libc::__errno_location() = errno };
 }
 
-/// Samples the native stack of thread `tid` of this process, waiting at
-/// most `wait` for it to answer.
-pub(super) fn sample(tid: i32, wait: Duration) -> Result<Sample, NoSample> {
+/// A sample requested and not collected yet: the signal is sent, the
+/// worker answers when the kernel delivers it; the caller goes on with its
+/// own work and asks again ([`InFlight::collect`]). While it exists, it
+/// holds the one request slot of the process.
+pub(crate) struct InFlight {
+    /// Past this, an unanswered request is withdrawn.
+    deadline: Instant,
+    /// Past this, a walk that started and never ended breaks sampling.
+    walk_deadline: Instant,
+    /// The request is finished (collected or withdrawn): the slot is free.
+    done: bool,
+}
+
+/// Asks thread `tid` of this process for its native stack: arms the
+/// request and signals the thread, without waiting for the answer, which
+/// is collected within `wait`. `Err(Busy)`: another sample is in flight.
+pub(super) fn start(tid: i32, wait: Duration) -> Result<InFlight, NoSample> {
     if tid <= 0 || !installed() {
         return Err(NoSample::Unsupported);
     }
-    let _one = REQUEST.lock().unwrap_or_else(|e| e.into_inner());
+    if REQUESTED
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return Err(NoSample::Busy);
+    }
     if STATE.load(Ordering::Acquire) == BROKEN {
+        REQUESTED.store(false, Ordering::Release);
         return Err(NoSample::Missed);
     }
     TARGET.store(tid, Ordering::Release);
@@ -169,30 +194,94 @@ pub(super) fn sample(tid: i32, wait: Duration) -> Result<Sample, NoSample> {
     } == 0;
     if !sent {
         STATE.store(IDLE, Ordering::Release);
+        REQUESTED.store(false, Ordering::Release);
         return Err(NoSample::Missed);
     }
     let deadline = Instant::now() + wait;
-    loop {
-        match STATE.load(Ordering::Acquire) {
-            DONE => break,
-            WALKING if Instant::now() >= deadline + wait => {
+    Ok(InFlight {
+        deadline,
+        walk_deadline: deadline + wait,
+        done: false,
+    })
+}
+
+impl InFlight {
+    /// The answer, if there is one by now: `None` while the worker has not
+    /// answered (and the wait is not over); `Missed` once it is over.
+    pub fn collect(&mut self) -> Option<Result<Sample, NoSample>> {
+        if self.done {
+            return Some(Err(NoSample::Missed));
+        }
+        let now = Instant::now();
+        let answer = match STATE.load(Ordering::Acquire) {
+            DONE => Ok(read_walk()),
+            WALKING if now >= self.walk_deadline => {
                 // The walk started but never ended: never reuse the buffer.
                 STATE.store(BROKEN, Ordering::Release);
-                return Err(NoSample::Missed);
+                Err(NoSample::Missed)
             }
             // Withdraw the request; a late handler then does nothing.
             ARMED
-                if Instant::now() >= deadline
+                if now >= self.deadline
                     && STATE
                         .compare_exchange(ARMED, IDLE, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok() =>
             {
-                return Err(NoSample::Missed);
+                Err(NoSample::Missed)
             }
-            _ => {}
-        }
-        std::thread::sleep(Duration::from_micros(50));
+            ARMED | WALKING => return None,
+            _ => Err(NoSample::Missed),
+        };
+        self.finish();
+        Some(answer)
     }
+
+    /// Gives the request up (what it was for is over): withdrawn if the
+    /// worker has not started its walk; a walk in progress is let finish.
+    /// Returns whether the request is finished (else ask again later: the
+    /// buffer is the handler's until its walk ends).
+    pub fn cancel(&mut self) -> bool {
+        if self.done {
+            return true;
+        }
+        let withdrawn = STATE
+            .compare_exchange(ARMED, IDLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if !withdrawn {
+            match STATE.load(Ordering::Acquire) {
+                DONE => STATE.store(IDLE, Ordering::Release),
+                WALKING if Instant::now() >= self.walk_deadline => {
+                    STATE.store(BROKEN, Ordering::Release)
+                }
+                WALKING => return false,
+                _ => {}
+            }
+        }
+        self.finish();
+        true
+    }
+
+    /// Frees the request slot.
+    fn finish(&mut self) {
+        self.done = true;
+        REQUESTED.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for InFlight {
+    /// A request given up at the exporter's end: a walk in progress is
+    /// waited for (bounded by its deadline), so that the buffer is never
+    /// handed to a new request while a handler writes it.
+    fn drop(&mut self) {
+        while !self.cancel() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+/// The finished walk: its addresses from the interrupted instruction on.
+/// The state goes back to idle.
+fn read_walk() -> Sample {
     let n = LEN.load(Ordering::Relaxed);
     let pc = PC.load(Ordering::Relaxed);
     let all: Vec<usize> = ADDRS[..n]
@@ -202,7 +291,7 @@ pub(super) fn sample(tid: i32, wait: Duration) -> Result<Sample, NoSample> {
     STATE.store(IDLE, Ordering::Release);
     // The frames before the interrupted one are the handler's and the
     // trampoline's.
-    Ok(match all.iter().position(|&a| a == pc) {
+    match all.iter().position(|&a| a == pc) {
         Some(i) => Sample {
             addrs: all[i..].to_vec(),
             exact_first: true,
@@ -211,11 +300,82 @@ pub(super) fn sample(tid: i32, wait: Duration) -> Result<Sample, NoSample> {
             addrs: all,
             exact_first: false,
         },
-    })
+    }
 }
 
 /// The calling thread's kernel id.
 pub(super) fn current_tid() -> u64 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) as u64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A thread of this process that runs until `stop` is sent: its kernel
+    /// id, and whether it blocks the sampling signal.
+    fn worker(block: bool, stop: mpsc::Receiver<()>) -> (i32, std::thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let h = std::thread::spawn(move || {
+            if block {
+                // SAFETY: plain signal mask calls on this thread.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, signal_number());
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
+            }
+            tx.send(current_tid() as i32).unwrap();
+            let _ = stop.recv();
+        });
+        (rx.recv().unwrap(), h)
+    }
+
+    /// A sample does not wait for the worker: it is asked for, the caller
+    /// gets on, and collects it later. A worker that cannot answer (the
+    /// signal blocked) leaves it out until the wait is over, then missed,
+    /// and the one request is free again; meanwhile another request is
+    /// refused (busy), not queued. A worker that can answer is sampled.
+    #[test]
+    fn a_sample_is_asked_for_and_collected_later() {
+        let (stop_deaf, rx) = mpsc::channel();
+        let (deaf, deaf_thread) = worker(true, rx);
+        let (stop_live, rx) = mpsc::channel();
+        let (live, live_thread) = worker(false, rx);
+
+        let mut req = start(deaf, Duration::from_millis(30)).expect("asked");
+        assert!(req.collect().is_none(), "no answer yet from a deaf worker");
+        assert!(matches!(
+            start(live, Duration::from_millis(30)),
+            Err(NoSample::Busy)
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let answer = loop {
+            if let Some(a) = req.collect() {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "the wait never ended");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert!(matches!(answer, Err(NoSample::Missed)));
+
+        let mut req = start(live, Duration::from_secs(2)).expect("free again");
+        let answer = loop {
+            if let Some(a) = req.collect() {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "the live worker never answered");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let sample = answer.expect("sampled");
+        assert!(!sample.addrs.is_empty());
+
+        stop_deaf.send(()).unwrap();
+        stop_live.send(()).unwrap();
+        deaf_thread.join().unwrap();
+        live_thread.join().unwrap();
+    }
 }

@@ -9,8 +9,9 @@
 //! collector in `awaitscope demo`).
 //!
 //! [`run`] is a healthy storefront with clients, a job queue and a callback
-//! bridge, with faults injected on a schedule so that every finding kind
-//! shows up within the first 15 seconds:
+//! bridge, with faults injected on a schedule so that these findings show
+//! up within the first 15 seconds (and no `dropped_events`: the exporter
+//! keeps up with the demo):
 //!
 //! | at | fault | finding |
 //! | --- | --- | --- |
@@ -23,7 +24,6 @@
 //! | 2 s | a config reload panics | `panic` |
 //! | 2.5 s | a busy loop through `yield_now` | `self_wake` |
 //! | 3 s | CPU-bound tasks on a one-thread runtime | `starvation` |
-//! | 3.5 s | a burst of 300,000 spans on one thread | `dropped_events` |
 //!
 //! Poison jobs fail after retries (errors naming the signup request).
 
@@ -102,8 +102,6 @@ async fn faults() {
     planted_bugs::spawn_self_waker(1000);
     at(3000, start).await;
     planted_bugs::starvation_on_small_runtime(6);
-    at(3500, start).await;
-    planted_bugs::burst(300_000);
     let mut n = 0u64;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
