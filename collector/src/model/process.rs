@@ -71,6 +71,13 @@ impl ThreadState {
 /// this.
 pub const MAX_THREAD_LAG_NS: u64 = 5_000_000_000;
 
+/// [`MAX_THREAD_LAG_NS`] for a thread that is between polls: silent, it is
+/// most likely idle, and holding live judgements back for seconds would
+/// hide real stuck tasks and first polls that never yield until the
+/// program ends. Producers now send every thread's records up to one cut
+/// per drain, so a longer skew is not expected from them.
+pub const MAX_IDLE_THREAD_LAG_NS: u64 = 250_000_000;
+
 /// Polls shorter than this are not kept in [`ThreadState::recent_polls`]:
 /// they cannot have made a timer late by much.
 pub const RECENT_POLL_NS: u64 = 1_000_000;
@@ -317,12 +324,31 @@ impl Process {
     pub fn judged_now(&self) -> u64 {
         let mut judged = self.now;
         let mut hold = |clock: u64, th: Option<&ThreadState>| {
-            let stalled = th.and_then(ThreadState::polling).is_some_and(|task| {
+            // The single "poll" of a `spawn_blocking` task (the whole
+            // closure: tokio runs a worker that way after `block_in_place`)
+            // or of a `block_on` lasts as long as the thread is in it, and
+            // the producer samples no stall of it: it says nothing of
+            // events still to come.
+            let polling = th.and_then(ThreadState::polling).filter(|t| {
+                !self
+                    .tasks
+                    .get(t)
+                    .is_some_and(super::task::Task::is_blocking_or_block_on)
+            });
+            let stalled = polling.is_some_and(|task| {
                 self.tasks.get(&task).is_some_and(|t| {
                     t.poll_start.is_some() && t.stall.as_ref().map(|s| s.start) == t.poll_start
                 })
             });
-            if clock > 0 && !stalled && self.now.saturating_sub(clock) <= MAX_THREAD_LAG_NS {
+            // A thread between polls holds the time back only briefly: it
+            // may be idle (a parked worker sends nothing), and a drain sends
+            // every thread's records up to one cut.
+            let lag = if polling.is_some() {
+                MAX_THREAD_LAG_NS
+            } else {
+                MAX_IDLE_THREAD_LAG_NS
+            };
+            if clock > 0 && !stalled && self.now.saturating_sub(clock) <= lag {
                 judged = judged.min(clock);
             }
         };
