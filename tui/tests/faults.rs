@@ -627,6 +627,29 @@ fn program_killed_while_recording() {
     let r = report(&file);
     let proc = &r["processes"][0];
     assert_eq!(proc["ended"], false, "{proc}");
+    // The report says so rather than reading the file as a clean end.
+    assert!(
+        r["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("did not end"))),
+        "{}",
+        r["warnings"]
+    );
+    // A killed program is no damage: its findings decide `--fail-on`.
+    let o = Command::new(BIN)
+        .arg("report")
+        .arg(&file)
+        .args(["--format", "text", "--fail-on", "any"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(proc["events"].as_u64().unwrap() > 1000, "{proc}");
     assert_eq!(r["findings"], serde_json::json!([]), "a healthy program");
     let last = proc["start_unix_ns"].as_u64().unwrap() + proc["now_ns"].as_u64().unwrap();
