@@ -484,7 +484,9 @@ fn collector_killed_and_restarted() {
     let file = dir.path().join("p.awaitscope");
     let first = Serve::start("127.0.0.1:0".parse().unwrap(), dir.path(), "first");
     let addr = first.addr;
-    let p = Program::start(Some(addr), &file, 3000, End::Drop, false);
+    // Long enough after the restart for the program's reconnect backoff
+    // (doubling from 100 ms) to reach the new collector on a loaded machine.
+    let p = Program::start(Some(addr), &file, 5000, End::Drop, false);
     std::thread::sleep(Duration::from_millis(800));
     let first_rec = first.kill();
     std::thread::sleep(Duration::from_millis(700));
