@@ -598,3 +598,100 @@ fn record_symbolises_native_stacks_so_the_recording_reads_anywhere() {
         "{trace:#?}"
     );
 }
+
+/// `serve --record-dir` recordings: a `serve` restarted (its connection
+/// ids start at 0 again) and the same producer again write two files, not
+/// one over the other; each is its owner's alone and holds no token; and
+/// SIGTERM ends `serve` with its report written, as SIGINT does.
+#[cfg(unix)]
+#[test]
+fn serve_recordings_are_unique_private_tokenless_and_sigterm_reports() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+
+    const TOKEN: &str = "s3cret-token-for-the-test";
+    let dir = tempfile::tempdir().unwrap();
+    let rec_dir = dir.path().join("recs");
+    let mut b = StreamBuilder::new(4244, 1_000);
+    b.hello("app", Some(TOKEN), false);
+    let t = b.spawn(&TaskOpts::named("main"), None, 0);
+    b.poll(t, MS, 2 * MS).goodbye();
+    let bytes = b.recording();
+    for round in 1..=2 {
+        let report = dir.path().join(format!("serve{round}.json"));
+        let mut child = bin()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                TOKEN,
+                "--record-dir",
+            ])
+            .arg(&rec_dir)
+            .arg("--report")
+            .arg(&report)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("serve logs its address").unwrap();
+            if let Some(a) = line.split("listening on ").nth(1) {
+                break a.trim().to_string();
+            }
+        };
+        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(&bytes).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        // Wait (generously) for this round's recording to be complete.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let files: Vec<_> = std::fs::read_dir(&rec_dir)
+                .map(|d| d.filter_map(|e| e.ok()).collect())
+                .unwrap_or_default();
+            let done = files
+                .iter()
+                .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+                .count();
+            if done == round {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "recording not written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Let the writer flush the frames after the hello.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let log = log.join().unwrap().join("\n");
+        assert_eq!(status.code(), Some(0), "{log}");
+        let v: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(v["processes"][0]["pid"], 4244, "{v:#}");
+    }
+    let files: Vec<_> = std::fs::read_dir(&rec_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+        let content = std::fs::read(f).unwrap();
+        assert!(
+            !content.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "{} holds the token",
+            f.display()
+        );
+        let (o, r) = report_json(&[f]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(r["processes"][0]["pid"], 4244);
+    }
+}

@@ -702,6 +702,24 @@ fn raw_hello(buf: &[u8], pos: usize, used: usize) -> Vec<u8> {
     buf[pos - used..pos].to_vec()
 }
 
+/// A `Hello` frame as it is recorded: without the producer's token, which
+/// must never reach a file. Frames that do not decode are kept as they are
+/// (the connection was refused before, or will be).
+fn without_token(hello: Vec<u8>) -> Vec<u8> {
+    let Ok(Some((mut frame, _))) = awaitscope_wire::decode_frame(&hello, 0) else {
+        return hello;
+    };
+    match &mut frame.body {
+        Body::Hello(info) if info.token.is_some() => info.token = None,
+        _ => return hello,
+    }
+    let mut out = Vec::with_capacity(hello.len());
+    match awaitscope_wire::encode_frame(&frame, &mut out) {
+        Ok(()) => out,
+        Err(_) => hello,
+    }
+}
+
 async fn open_recorder(
     state: &ServerState,
     dir: &std::path::Path,
@@ -723,9 +741,29 @@ async fn open_recorder(
         })
         .take(64)
         .collect();
-    let path = dir.join(format!("{name}-{}-{}-{id}.rec", key.pid, key.start_unix_ns));
+    let base = format!("{name}-{}-{}-{id}", key.pid, key.start_unix_ns);
+    let hello = without_token(hello);
+    let mut path = dir.join(format!("{base}.rec"));
     let res = async {
-        let f = tokio::fs::File::create(&path).await?;
+        // Never over an earlier recording: a `serve` restarted numbers its
+        // connections from 0 again, and a producer that reconnects keeps
+        // its pid and start time.
+        let mut n = 0;
+        let f = loop {
+            let mut o = tokio::fs::OpenOptions::new();
+            o.write(true).create_new(true);
+            // Recordings hold what programs did: readable by their owner.
+            #[cfg(unix)]
+            o.mode(0o600);
+            match o.open(&path).await {
+                Ok(f) => break f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => {
+                    n += 1;
+                    path = dir.join(format!("{base}-{n}.rec"));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut w = BufWriter::new(f);
         w.write_all(&awaitscope_wire::preamble()).await?;
         w.write_all(&hello).await?;

@@ -73,7 +73,27 @@ pub fn run(args: Args) -> u8 {
         info!("listening on {}", server.local_addr());
         server
             .run_until(async {
-                let _ = tokio::signal::ctrl_c().await;
+                // SIGINT (Ctrl-C) or SIGTERM (a service manager, `kill`):
+                // either ends with the final line and the report.
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    match signal(SignalKind::terminate()) {
+                        Ok(mut term) => {
+                            tokio::select! {
+                                _ = tokio::signal::ctrl_c() => {}
+                                _ = term.recv() => {}
+                            }
+                        }
+                        Err(_) => {
+                            let _ = tokio::signal::ctrl_c().await;
+                        }
+                    }
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             })
             .await;
         let st = handle.stats();

@@ -267,11 +267,16 @@ pub fn quiet_panics() {
 
 /// Sends the UI's own logs to `path` (never to the screen).
 pub fn log_to_file(path: &std::path::Path) {
-    let Ok(file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    else {
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    // The default path is in the shared temporary directory: never follow
+    // a symlink planted there, and keep the log to its owner.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    let Ok(file) = o.open(path) else {
         return;
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AWAITSCOPE_LOG")
