@@ -88,3 +88,46 @@ fn each_destination_numbers_its_own_frames() {
     // recorded, so its handshake re-sent nothing).
     assert_eq!(events(&streamed), events(&recorded));
 }
+
+/// The token goes to the collector it authenticates to, never into a
+/// recording (which may be published, a CI artifact).
+#[test]
+fn the_token_goes_to_the_collector_only() {
+    const TOKEN: &str = "a-token-for-the-collector";
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let collector = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut bytes = Vec::new();
+        let _ = s.read_to_end(&mut bytes);
+        bytes
+    });
+    let memory = awaitscope::MemoryRecording::new();
+    let (layer, guard) = awaitscope::builder()
+        .record_in_memory(&memory)
+        .stream_to(addr.to_string())
+        .token(TOKEN)
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info_span!("work").in_scope(|| {});
+    });
+    // Give the exporter time to connect before it stops.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(guard);
+    let hello_token = |frames: &[Frame]| {
+        frames.iter().find_map(|f| match &f.body {
+            Body::Hello(info) => Some(info.token.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(hello_token(&memory.frames().unwrap()), Some(None));
+    let bytes = collector.join().unwrap();
+    let mut reader = FrameReader::new(&bytes[..]).unwrap();
+    let mut streamed = Vec::new();
+    while let Ok(Some(f)) = reader.next_frame() {
+        streamed.push(f);
+    }
+    assert_eq!(hello_token(&streamed), Some(Some(TOKEN.to_string())));
+}

@@ -41,6 +41,12 @@ impl Destination {
         }
     }
 
+    /// Whether this destination is a collector (the only one the token is
+    /// for: a recording or a memory buffer never gets it).
+    pub fn is_collector(&self) -> bool {
+        matches!(self.kind, Kind::Tcp(_))
+    }
+
     /// Takes the sequence number of this stream's next frame.
     pub fn next_seq(&mut self) -> u64 {
         let seq = self.seq;

@@ -170,6 +170,11 @@ fn merge_parts(parts: &std::path::Path, out: &std::path::Path) -> std::io::Resul
         loop {
             match frames.next_frame() {
                 Ok(Some(mut frame)) => {
+                    // A token never reaches the recording (an older
+                    // producer wrote its own into its file).
+                    if let awaitscope_wire::Body::Hello(info) = &mut frame.body {
+                        info.token = None;
+                    }
                     // The program's binary is still here: symbolise its
                     // native stacks now, so the recording reads anywhere.
                     if let awaitscope_wire::Body::Events(events) = &mut frame.body {
