@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use awaitscope_collector::FindingKind;
+use awaitscope_collector::ingest::server::ServerHandle;
+use awaitscope_collector::{FindingKind, Report};
 use live::{start, test_config, wait_until};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -61,6 +62,52 @@ fn program(addr: String, stop: Arc<AtomicBool>) {
     drop(guard);
 }
 
+/// Half a second more of the program's life seen live, then its end:
+/// the collector's report once the goodbye arrived.
+async fn watch_to_the_end(
+    h: &ServerHandle,
+    stop: &AtomicBool,
+    prog: std::thread::JoinHandle<()>,
+) -> Report {
+    let seen = h.with_model(|m| m.processes().map(|p| p.now).max().unwrap_or(0));
+    wait_until("half a second more", || {
+        h.with_model(|m| m.processes().any(|p| p.now > seen + 500_000_000))
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || prog.join().unwrap())
+        .await
+        .unwrap();
+    wait_until("the goodbye", || {
+        h.with_model(|m| m.processes().any(|p| p.ended))
+    })
+    .await;
+    h.report()
+}
+
+/// No wait or stall finding: the program is healthy, its tasks polled all
+/// along.
+fn assert_no_invented_wait(report: &Report) {
+    let invented: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.kind,
+                FindingKind::Starvation
+                    | FindingKind::NeverYielded
+                    | FindingKind::LostWaker
+                    | FindingKind::Stuck
+            )
+        })
+        .map(|f| format!("{}: {}", f.kind, f.message))
+        .collect();
+    assert!(
+        invented.is_empty(),
+        "findings on a healthy program: {invented:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_started_late_invents_no_wait() {
     // A free loopback port, for the collector to take later.
@@ -87,40 +134,9 @@ async fn a_collector_started_late_invents_no_wait() {
         })
     })
     .await;
-    // Half a second of the program's life seen live, then its end.
-    let seen = h.with_model(|m| m.processes().map(|p| p.now).max().unwrap_or(0));
-    wait_until("half a second more", || {
-        h.with_model(|m| m.processes().any(|p| p.now > seen + 500_000_000))
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    tokio::task::spawn_blocking(move || prog.join().unwrap())
-        .await
-        .unwrap();
-    wait_until("the goodbye", || {
-        h.with_model(|m| m.processes().any(|p| p.ended))
-    })
-    .await;
-    let report = h.report();
+    let report = watch_to_the_end(&h, &stop, prog).await;
     server.stop().await;
-    let invented: Vec<_> = report
-        .findings
-        .iter()
-        .filter(|f| {
-            matches!(
-                f.kind,
-                FindingKind::Starvation
-                    | FindingKind::NeverYielded
-                    | FindingKind::LostWaker
-                    | FindingKind::Stuck
-            )
-        })
-        .map(|f| format!("{}: {}", f.kind, f.message))
-        .collect();
-    assert!(
-        invented.is_empty(),
-        "findings on a healthy program: {invented:#?}"
-    );
+    assert_no_invented_wait(&report);
     let p = &report.processes[0];
     assert!(p.tasks_live + p.tasks_retained as usize >= 2, "{p:?}");
 }
@@ -153,38 +169,8 @@ async fn a_new_collector_after_a_reconnect_invents_no_wait() {
         h.with_model(|m| m.processes().any(|p| p.connected && p.tasks.len() >= 2))
     })
     .await;
-    let seen = h.with_model(|m| m.processes().map(|p| p.now).max().unwrap_or(0));
-    wait_until("half a second more", || {
-        h.with_model(|m| m.processes().any(|p| p.now > seen + 500_000_000))
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    tokio::task::spawn_blocking(move || prog.join().unwrap())
-        .await
-        .unwrap();
-    wait_until("the goodbye", || {
-        h.with_model(|m| m.processes().any(|p| p.ended))
-    })
-    .await;
-    let report = h.report();
+    let report = watch_to_the_end(&h, &stop, prog).await;
     second.stop().await;
-    let invented: Vec<_> = report
-        .findings
-        .iter()
-        .filter(|f| {
-            matches!(
-                f.kind,
-                FindingKind::Starvation
-                    | FindingKind::NeverYielded
-                    | FindingKind::LostWaker
-                    | FindingKind::Stuck
-            )
-        })
-        .map(|f| format!("{}: {}", f.kind, f.message))
-        .collect();
-    assert!(
-        invented.is_empty(),
-        "findings on a healthy program: {invented:#?}"
-    );
+    assert_no_invented_wait(&report);
     assert_eq!(report.processes.len(), 1);
 }

@@ -348,24 +348,19 @@ fn serve_refuses_remote_without_allow_and_token() {
     assert!(stderr(&o).contains("requires a token"), "{}", stderr(&o));
 }
 
+/// Starts `serve` (its command line in `cmd`) and waits for its address;
+/// its log is read in the background (so it never blocks on it) and
+/// handed back by the thread.
 #[cfg(unix)]
-#[test]
-fn serve_ingests_records_and_reports_on_interrupt() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::TcpStream;
-    use std::process::Stdio;
-
-    let dir = tempfile::tempdir().unwrap();
-    let rec_dir = dir.path().join("recs");
-    let report = dir.path().join("serve.json");
-    let mut child = bin()
-        .args(["serve", "--listen", "127.0.0.1:0", "--record-dir"])
-        .arg(&rec_dir)
-        .arg("--report")
-        .arg(&report)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn spawn_serve(
+    mut cmd: Command,
+) -> (
+    std::process::Child,
+    String,
+    std::thread::JoinHandle<Vec<String>>,
+) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("serve logs its address").unwrap();
@@ -373,8 +368,25 @@ fn serve_ingests_records_and_reports_on_interrupt() {
             break a.trim().to_string();
         }
     };
-    // Drain the log in the background so the server never blocks on it.
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    (child, addr, log)
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_ingests_records_and_reports_on_interrupt() {
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let rec_dir = dir.path().join("recs");
+    let report = dir.path().join("serve.json");
+    let mut cmd = bin();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--record-dir"])
+        .arg(&rec_dir)
+        .arg("--report")
+        .arg(&report);
+    let (mut child, addr, log) = spawn_serve(cmd);
     let mut s = TcpStream::connect(&addr).unwrap();
     s.write_all(&known_recording()).unwrap();
     s.flush().unwrap();
@@ -606,10 +618,9 @@ fn record_symbolises_native_stacks_so_the_recording_reads_anywhere() {
 #[cfg(unix)]
 #[test]
 fn serve_recordings_are_unique_private_tokenless_and_sigterm_reports() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     use std::net::TcpStream;
     use std::os::unix::fs::PermissionsExt;
-    use std::process::Stdio;
 
     const TOKEN: &str = "s3cret-token-for-the-test";
     let dir = tempfile::tempdir().unwrap();
@@ -621,29 +632,19 @@ fn serve_recordings_are_unique_private_tokenless_and_sigterm_reports() {
     let bytes = b.recording();
     for round in 1..=2 {
         let report = dir.path().join(format!("serve{round}.json"));
-        let mut child = bin()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                TOKEN,
-                "--record-dir",
-            ])
-            .arg(&rec_dir)
-            .arg("--report")
-            .arg(&report)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("serve logs its address").unwrap();
-            if let Some(a) = line.split("listening on ").nth(1) {
-                break a.trim().to_string();
-            }
-        };
-        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+        let mut cmd = bin();
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+            "--record-dir",
+        ])
+        .arg(&rec_dir)
+        .arg("--report")
+        .arg(&report);
+        let (mut child, addr, log) = spawn_serve(cmd);
         let mut s = TcpStream::connect(&addr).unwrap();
         s.write_all(&bytes).unwrap();
         s.flush().unwrap();
