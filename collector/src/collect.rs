@@ -192,6 +192,13 @@ impl Model {
         self.processes.values()
     }
 
+    /// Removes the process `key` (one that ended, kept long enough) with
+    /// what the detectors remember of it; its findings stay.
+    pub fn evict(&mut self, key: &ProcessKey) -> Option<Process> {
+        self.engine.forget_process(key);
+        self.processes.remove(key)
+    }
+
     /// One process.
     pub fn process(&self, key: &ProcessKey) -> Option<&Process> {
         self.processes.get(key)

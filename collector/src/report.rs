@@ -86,6 +86,40 @@ pub struct DroppedReport {
     pub findings_suppressed: u64,
 }
 
+/// What a report keeps of a process evicted from the model: its summary
+/// and its drops.
+#[derive(Clone, Debug)]
+pub struct EvictedProcess {
+    /// Its summary as it was when evicted (`evicted` set).
+    pub process: ProcessReport,
+    /// Its dropped events (`findings_suppressed` unused).
+    pub dropped: DroppedReport,
+}
+
+impl EvictedProcess {
+    /// What is kept of `p`.
+    pub fn of(p: &Process) -> EvictedProcess {
+        let mut process = process_report(p);
+        process.evicted = true;
+        let producer = p
+            .dropped
+            .buffer_full
+            .saturating_add(p.dropped.disconnected)
+            .saturating_add(p.dropped.write_failed);
+        EvictedProcess {
+            process,
+            dropped: DroppedReport {
+                producer_buffer_full: p.dropped.buffer_full,
+                producer_disconnected: p.dropped.disconnected,
+                producer_write_failed: p.dropped.write_failed,
+                collector: p.collector_dropped,
+                total: producer.saturating_add(p.collector_dropped),
+                findings_suppressed: 0,
+            },
+        }
+    }
+}
+
 /// One process.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProcessReport {
@@ -105,6 +139,10 @@ pub struct ProcessReport {
     pub connected: bool,
     /// Ended with a goodbye.
     pub ended: bool,
+    /// Ended, and removed from a long-running serve's model after its
+    /// retention: this summary, its counts and its findings are what is
+    /// kept; its tasks are no longer listed.
+    pub evicted: bool,
     /// Reconnects seen.
     pub reconnects: u32,
     /// Latest timestamp (ns since the process's start).
@@ -326,6 +364,28 @@ impl Report {
         r
     }
 
+    /// Adds what was kept of processes evicted from the model (a
+    /// long-running serve's), their drops counted in the totals.
+    pub fn add_evicted<'a>(&mut self, evicted: impl IntoIterator<Item = &'a EvictedProcess>) {
+        for e in evicted {
+            self.processes.push(e.process.clone());
+            let (d, e) = (&mut self.dropped, &e.dropped);
+            d.producer_buffer_full = d
+                .producer_buffer_full
+                .saturating_add(e.producer_buffer_full);
+            d.producer_disconnected = d
+                .producer_disconnected
+                .saturating_add(e.producer_disconnected);
+            d.producer_write_failed = d
+                .producer_write_failed
+                .saturating_add(e.producer_write_failed);
+            d.collector = d.collector.saturating_add(e.collector);
+            d.total = d.total.saturating_add(e.total);
+        }
+        self.processes
+            .sort_by_key(|p| (p.pid, p.start_unix_ns, p.evicted));
+    }
+
     /// The inputs that are unreadable past some point ([`InputReport::damaged`]).
     pub fn damaged_inputs(&self) -> impl Iterator<Item = &InputReport> {
         self.inputs.iter().filter(|i| i.damaged())
@@ -438,6 +498,7 @@ fn process_report(p: &Process) -> ProcessReport {
         tokio_unstable: info.is_some_and(|i| i.tokio_unstable),
         connected: p.connected,
         ended: p.ended,
+        evicted: false,
         reconnects: p.hellos.saturating_sub(1),
         now_ns: p.now,
         frames: p.frames,

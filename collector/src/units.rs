@@ -119,9 +119,47 @@ pub fn parse_duration(s: &str, bare: Bare) -> Result<u64, String> {
     Ok((v * ns_per_unit).round() as u64)
 }
 
+/// Parses a size in bytes: a non-negative number with a binary unit
+/// (`KiB`, `MiB`, `GiB`, also written `K`, `M`, `G`, `KB`, `MB`, `GB`,
+/// any case: all are powers of 1024) or without one (bytes).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(split);
+    let mult: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("bad size `{t}` (examples: 128MiB, 1GiB, 512M)")),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("bad size `{t}` (examples: 128MiB, 1GiB, 512M)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("bad size `{t}`"));
+    }
+    Ok((v * mult).round().min(usize::MAX as f64) as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("128MiB").unwrap(), 128 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size(" 512 M ").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5TB").is_err());
+        assert!(parse_size("").is_err());
+    }
 
     #[test]
     fn parses_units_and_bare_numbers() {

@@ -226,6 +226,11 @@ impl Engine {
         }
     }
 
+    /// Forgets what the detectors remember of `key` (its findings stay).
+    pub fn forget_process(&mut self, key: &ProcessKey) {
+        self.memory.remove(key);
+    }
+
     /// The process clock of `key` at its last scan (0: never scanned).
     pub fn last_scan(&self, key: &ProcessKey) -> u64 {
         self.memory.get(key).map_or(0, |m| m.last_scan)

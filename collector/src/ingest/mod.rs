@@ -4,8 +4,20 @@
 //! model to viewers (`viewer`). The server and the viewers need the
 //! `server` feature (on by default).
 
+#[cfg(feature = "server")]
+mod admission;
+#[cfg(feature = "server")]
+pub mod budget;
+#[cfg(feature = "server")]
+mod connection;
+#[cfg(feature = "server")]
+mod producer;
+#[cfg(feature = "server")]
+mod record_dir;
 pub mod recording;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod viewer;
+#[cfg(feature = "server")]
+mod viewer_conn;

@@ -1,13 +1,21 @@
 //! The live collector: a TCP server that accepts many producers at once.
 //!
-//! Each connection is decoded on its own task with the sans-IO
-//! [`decode_frame`], under the frame cap, a handshake deadline and an idle
-//! timeout; a peer sending garbage, an oversized frame, a wrong version, a
-//! wrong token or nothing at all is refused, logged and counted, and others
-//! are unaffected. Decoded frames go through one bounded queue to the task
-//! that applies them to the [`Model`]: when it is full, event batches are
-//! dropped (their callsites kept) and counted, so a slow consumer never
-//! slows the producers. Readers ([`ServerHandle`]) lock the model briefly.
+//! Each connection is decoded on its own task (see [`super::producer`])
+//! with the sans-IO [`awaitscope_wire::decode_frame`], under the frame cap,
+//! a handshake deadline and an idle timeout that only whole frames put off;
+//! a peer sending garbage, an oversized frame, a wrong version, a wrong
+//! token or nothing at all is refused, logged and counted, and others are
+//! unaffected. Who holds a connection slot, and who gives one up to a new
+//! peer, is [`super::admission`]'s; every buffer is held against one memory
+//! budget ([`super::budget`], `--memory-budget`). Decoded frames go through
+//! one bounded queue to the task that applies them to the [`Model`]: when
+//! it is full, event batches are dropped (their callsites kept) and
+//! counted, so a slow consumer never slows the producers. Readers
+//! ([`ServerHandle`]) lock the model briefly.
+//!
+//! Processes that ended are evicted from the model after
+//! [`ServerConfig::retention`]; the report keeps their summary and
+//! findings, so a long-running serve holds what is live.
 //!
 //! Viewers (`awaitscope --connect ADDR`) connect to the same port; their
 //! greeting tells them apart from producers (see [`super::viewer`] for the
@@ -15,7 +23,7 @@
 //! applies frames to the model also appends them to each viewer's queue, so
 //! viewers see frames in the order the model does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,15 +31,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use awaitscope_wire::{decode_frame, Body, DecodeError, Event, Frame, Preamble, ProcessKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use awaitscope_wire::{Frame, ProcessKey};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::viewer::{self, Outgoing, Pushed, ViewerQueue, Viewers};
+use super::admission::{Admission, Refused};
+use super::budget::{MemoryBudget, Reservation, Share, DEFAULT_MEMORY_BUDGET};
+use super::connection::connection;
+use super::viewer::{self, Outgoing, Pushed, Viewers};
+use crate::report::EvictedProcess;
 use crate::{Config, Model, Report};
 
 /// Default listen address.
@@ -58,8 +69,23 @@ pub struct ServerConfig {
     pub scan_interval: Duration,
     /// Most simultaneous connections (producers and viewers).
     pub max_connections: usize,
-    /// Bytes queued for one viewer before event batches for it are dropped.
+    /// Connections at most still in their handshake; a new one beyond it
+    /// closes the oldest.
+    pub max_pending: usize,
+    /// A connection without progress for this long gives its slot to a new
+    /// one when every slot is taken.
+    pub idle_grace: Duration,
+    /// Bytes queued for one viewer before event batches for it are dropped
+    /// (less when many viewers share the budget).
     pub viewer_queue_bytes: usize,
+    /// Bytes the server's buffers and queues may hold in all (see
+    /// [`super::budget`] for how they are shared).
+    pub memory_budget: usize,
+    /// An ended process is evicted from the model this long after its end
+    /// (its summary and findings stay in the report).
+    pub retention: Duration,
+    /// Summaries of evicted processes kept for the report, at most.
+    pub max_evicted: usize,
     /// Model configuration.
     pub model: Config,
 }
@@ -76,7 +102,12 @@ impl Default for ServerConfig {
             queue_capacity: 4096,
             scan_interval: Duration::from_secs(1),
             max_connections: 1024,
+            max_pending: 256,
+            idle_grace: Duration::from_secs(10),
             viewer_queue_bytes: 8 << 20,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            retention: Duration::from_secs(600),
+            max_evicted: 1000,
             model: Config::default(),
         }
     }
@@ -134,8 +165,19 @@ pub struct ServerStats {
     pub refused_timeout: AtomicU64,
     /// Refused: protocol violation (first frame not `Hello`, process changed).
     pub refused_protocol: AtomicU64,
-    /// Refused: too many connections.
+    /// Refused: too many connections, all making progress.
     pub refused_busy: AtomicU64,
+    /// Refused: the memory budget's share for it was used up.
+    pub refused_memory: AtomicU64,
+    /// Refused at once: the peer's token was wrong too often lately.
+    pub refused_backoff: AtomicU64,
+    /// Closed while still in the handshake, to make room for a new
+    /// connection.
+    pub evicted_pending: AtomicU64,
+    /// Closed after making no progress, to make room for a new connection.
+    pub evicted_idle: AtomicU64,
+    /// Ended processes evicted from the model after the retention.
+    pub processes_evicted: AtomicU64,
     /// Connections that ended inside a frame (producer killed mid-write).
     pub truncated: AtomicU64,
     /// Connections that ended without `Goodbye`.
@@ -171,6 +213,8 @@ impl ServerStats {
             &self.refused_timeout,
             &self.refused_protocol,
             &self.refused_busy,
+            &self.refused_memory,
+            &self.refused_backoff,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -178,8 +222,12 @@ impl ServerStats {
     }
 }
 
-enum Input {
-    Frame(Frame),
+/// What connections hand to the task that applies frames to the model.
+pub(crate) enum Input {
+    /// A frame, and its memory held against the budget until applied
+    /// (given back when the input is dropped).
+    Frame(Frame, #[allow(dead_code)] Reservation),
+    /// A producer's connection ended.
     Disconnected { key: ProcessKey, clean: bool },
 }
 
@@ -187,23 +235,29 @@ enum Input {
 /// scanning task and every [`ServerHandle`] share: the model (behind its
 /// lock), the counters, the ingest queue's drops not yet moved into the
 /// model, and the viewers that applied frames are forwarded to.
-struct ServerState {
-    cfg: ServerConfig,
-    model: Mutex<Model>,
-    stats: ServerStats,
-    drops: Mutex<HashMap<ProcessKey, u64>>,
-    conn_ids: AtomicU64,
-    viewers: Viewers,
+pub(crate) struct ServerState {
+    pub(crate) cfg: ServerConfig,
+    pub(crate) model: Mutex<Model>,
+    pub(crate) stats: ServerStats,
+    pub(crate) drops: Mutex<HashMap<ProcessKey, u64>>,
+    pub(crate) conn_ids: AtomicU64,
+    pub(crate) viewers: Viewers,
+    pub(crate) budget: Arc<MemoryBudget>,
+    pub(crate) admission: Arc<Admission>,
+    /// Processes whose connection ended, and when, oldest first.
+    ended: Mutex<VecDeque<(ProcessKey, Instant)>>,
+    /// What the report keeps of evicted processes, oldest first.
+    evicted: Mutex<VecDeque<EvictedProcess>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ServerState {
     /// Moves the ingest queue's drops into the model (under its lock), and
     /// tells the viewers.
-    fn merge_drops(&self, model: &mut Model) {
+    pub(crate) fn merge_drops(&self, model: &mut Model) {
         let drops = std::mem::take(&mut *lock(&self.drops));
         if drops.is_empty() {
             return;
@@ -225,9 +279,12 @@ impl ServerState {
             return;
         }
         let out = encoded.get_or_insert_with(|| encode_inputs(batch));
+        // One viewer's part of the share: many viewers that do not read
+        // stay within the budget together.
+        let fair = self.budget.cap(Share::Viewers) / viewers.len();
         for o in out.iter().flatten() {
             for v in viewers.iter() {
-                if let Pushed::Dropped { events } = v.push(o) {
+                if let Pushed::Dropped { events } = v.push(o, fair) {
                     self.stats
                         .viewer_dropped_frames
                         .fetch_add(1, Ordering::Relaxed);
@@ -244,7 +301,7 @@ fn encode_inputs(batch: &[Input]) -> Vec<Option<Outgoing>> {
     batch
         .iter()
         .map(|i| match i {
-            Input::Frame(f) => Outgoing::frame(f),
+            Input::Frame(f, _) => Outgoing::frame(f),
             Input::Disconnected { key, clean } => Some(Outgoing::control(
                 &viewer::Control::Disconnected {
                     process: *key,
@@ -270,9 +327,36 @@ impl ServerHandle {
         f(&m)
     }
 
-    /// The current report.
+    /// The current report, with what is kept of evicted processes.
     pub fn report(&self) -> Report {
-        self.with_model(Report::from_model)
+        let mut r = self.with_model(Report::from_model);
+        let evicted = lock(&self.state.evicted);
+        r.add_evicted(evicted.iter());
+        let lost = self
+            .state
+            .stats
+            .processes_evicted
+            .load(Ordering::Relaxed)
+            .saturating_sub(evicted.len() as u64);
+        if lost > 0 {
+            r.warnings.push(format!(
+                "{lost} earlier ended processes were evicted and their summaries not kept \
+                 (at most {} are); their findings are listed",
+                self.state.cfg.max_evicted
+            ));
+        }
+        r
+    }
+
+    /// The memory budget and what its shares hold.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.state.budget
+    }
+
+    /// Connections holding a slot now, and those among them still in their
+    /// handshake.
+    pub fn connections(&self) -> (usize, usize) {
+        self.state.admission.counts()
     }
 
     /// The server's counters (connections, frames, drops), updated live
@@ -310,9 +394,19 @@ impl Server {
                 source,
             })?;
         let model = Model::new(cfg.model.clone());
+        let budget = MemoryBudget::new(cfg.memory_budget);
+        let admission = Arc::new(Admission::new(
+            cfg.max_connections,
+            cfg.max_pending,
+            cfg.idle_grace,
+        ));
         Ok(Server {
             listener,
             state: Arc::new(ServerState {
+                budget,
+                admission,
+                ended: Mutex::default(),
+                evicted: Mutex::default(),
                 cfg,
                 model: Mutex::new(model),
                 stats: ServerStats::default(),
@@ -353,8 +447,11 @@ impl Server {
                 let mut m = lock(&applier.model);
                 for input in &batch {
                     match input {
-                        Input::Frame(f) => m.apply_live(f, wall),
-                        Input::Disconnected { key, clean } => m.disconnected(*key, *clean),
+                        Input::Frame(f, _) => m.apply_live(f, wall),
+                        Input::Disconnected { key, clean } => {
+                            m.disconnected(*key, *clean);
+                            lock(&applier.ended).push_back((*key, Instant::now()));
+                        }
                     }
                 }
                 applier.forward(&batch, &mut encoded);
@@ -378,11 +475,17 @@ impl Server {
                     warn!(kind = %f.kind, pid = f.pid, "finding: {}", f.message);
                 }
                 logged = list.len();
+                let evicted = scanner.evict_ended(&mut m);
+                drop(m);
+                if evicted > 0 {
+                    info!(
+                        processes = evicted,
+                        "evicted ended processes after the retention"
+                    );
+                    give_back_freed_memory();
+                }
             }
         });
-        let limit = Arc::new(tokio::sync::Semaphore::new(
-            state.cfg.max_connections.max(1),
-        ));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -399,17 +502,33 @@ impl Server {
                         }
                     };
                     state.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        state.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                        warn!(%peer, "refused connection: too many connections ({})", state.cfg.max_connections);
-                        continue;
+                    let slot = match state.admission.admit(peer.ip()) {
+                        Ok((slot, evicted)) => {
+                            if evicted.pending {
+                                state.stats.evicted_pending.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Some(kind) = evicted.idle {
+                                state.stats.evicted_idle.fetch_add(1, Ordering::Relaxed);
+                                info!(%peer, ?kind, "closing the connection idle longest to admit a new one");
+                            }
+                            slot
+                        }
+                        Err(Refused::Busy) => {
+                            state.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                            warn!(%peer, "refused connection: busy (every slot of {} making progress, or {} new connections in their handshake)", state.cfg.max_connections, state.cfg.max_pending);
+                            continue;
+                        }
+                        Err(Refused::Backoff(wait)) => {
+                            state.stats.refused_backoff.fetch_add(1, Ordering::Relaxed);
+                            warn!(%peer, "refused connection: too many wrong tokens from {}; retry in {} s", peer.ip(), wait.as_secs() + 1);
+                            continue;
+                        }
                     };
                     let (state, tx) = (state.clone(), tx.clone());
                     conns.spawn(async move {
                         state.stats.active.fetch_add(1, Ordering::Relaxed);
-                        connection(&state, &tx, stream, peer).await;
+                        connection(&state, &tx, stream, peer, slot).await;
                         state.stats.active.fetch_sub(1, Ordering::Relaxed);
-                        drop(permit);
                     });
                 }
             }
@@ -420,569 +539,51 @@ impl Server {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Why a connection was refused or closed early.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error("not an awaitscope stream: {0}")]
-    Garbage(String),
-    #[error("{0}")]
-    Version(DecodeError),
-    #[error("{0}")]
-    Oversized(DecodeError),
-    #[error(
-        "missing or wrong token (set AWAITSCOPE_TOKEN in the producer to the collector's --token)"
-    )]
-    Token,
-    #[error("{0}")]
-    Timeout(&'static str),
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    #[error("read failed: {0}")]
-    Io(std::io::Error),
-    #[error("{0}")]
-    ViewerVersion(String),
-    #[error("{0}")]
-    ViewerOversized(String),
-    #[error("missing or wrong token (give the UI the serve's token: --token or AWAITSCOPE_TOKEN)")]
-    ViewerToken,
-}
-
-impl Refusal {
-    fn count(&self, s: &ServerStats) {
-        let c = match self {
-            Refusal::Garbage(_) => &s.refused_garbage,
-            Refusal::Version(_) | Refusal::ViewerVersion(_) => &s.refused_version,
-            Refusal::Oversized(_) | Refusal::ViewerOversized(_) => &s.refused_oversized,
-            Refusal::Token | Refusal::ViewerToken => &s.refused_token,
-            Refusal::Timeout(_) => &s.refused_timeout,
-            Refusal::Protocol(_) => &s.refused_protocol,
-            Refusal::Io(_) => return,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn token_ok(expected: &str, got: Option<&str>) -> bool {
-    let Some(got) = got else { return false };
-    let (a, b) = (expected.as_bytes(), got.as_bytes());
-    // Length leaks; contents compared without early exit.
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-struct Conn {
-    key: Option<ProcessKey>,
-    clean: bool,
-    name: String,
-    /// Callsites of dropped batches, sent with the next batch that fits.
-    pending_callsites: Vec<Event>,
-    recorder: Option<BufWriter<tokio::fs::File>>,
-    record_path: Option<PathBuf>,
-}
-
-async fn connection(
-    state: &ServerState,
-    tx: &mpsc::Sender<Input>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-) {
-    let handshake_deadline = Instant::now() + state.cfg.handshake_timeout;
-    let first = match sniff(&mut stream, handshake_deadline).await {
-        Ok(first) => first,
-        Err(r) => {
-            r.count(&state.stats);
-            warn!(%peer, "refused connection: {r}");
-            return;
-        }
-    };
-    if viewer::is_viewer_prefix(&first) {
-        viewer_connection(state, stream, peer, first, handshake_deadline).await;
-        return;
-    }
-    let mut conn = Conn {
-        key: None,
-        clean: false,
-        name: String::new(),
-        pending_callsites: Vec::new(),
-        recorder: None,
-        record_path: None,
-    };
-    let result = serve_conn(
-        state,
-        tx,
-        stream,
-        peer,
-        &mut conn,
-        first,
-        handshake_deadline,
-    )
-    .await;
-    if let Some(w) = conn.recorder.as_mut() {
-        if let Err(e) = w.flush().await {
-            state.stats.record_errors.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, "recording {:?}: {e}", conn.record_path);
-        }
-    }
-    match (&result, conn.key) {
-        (Err(r), None) => {
-            r.count(&state.stats);
-            warn!(%peer, "refused connection: {r}");
-        }
-        (Err(r), Some(key)) => {
-            r.count(&state.stats);
-            state.stats.lost.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, pid = key.pid, "closed connection: {r}");
-        }
-        (Ok(()), Some(key)) if !conn.clean => {
-            state.stats.lost.fetch_add(1, Ordering::Relaxed);
-            info!(%peer, pid = key.pid, "producer disconnected without goodbye");
-        }
-        (Ok(()), Some(key)) => info!(%peer, pid = key.pid, "producer said goodbye"),
-        (Ok(()), None) => {}
-    }
-    if let Some(key) = conn.key {
-        let _ = tx
-            .send(Input::Disconnected {
-                key,
-                clean: conn.clean,
-            })
-            .await;
-    }
-}
-
-/// Reads the first bytes of a connection until they tell a viewer (the
-/// whole [`viewer::VIEWER_MAGIC`]) from anything else (a producer, or
-/// garbage the producer path refuses).
-async fn sniff(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, Refusal> {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    while buf.is_empty()
-        || (viewer::is_viewer_prefix(&buf) && buf.len() < viewer::VIEWER_MAGIC.len())
-    {
-        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_) => {
-                return Err(Refusal::Timeout(
-                    "no handshake (preamble and hello) in time",
-                ))
-            }
-            Ok(Err(e)) => return Err(Refusal::Io(e)),
-            Ok(Ok(0)) if buf.is_empty() => {
-                return Err(Refusal::Protocol("closed before sending anything".into()))
-            }
-            Ok(Ok(0)) => return Err(Refusal::Protocol("closed before its hello".into())),
-            Ok(Ok(_)) => {}
-        }
-    }
-    Ok(buf)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn serve_conn(
-    state: &ServerState,
-    tx: &mpsc::Sender<Input>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    conn: &mut Conn,
-    mut buf: Vec<u8>,
-    handshake_deadline: Instant,
-) -> Result<(), Refusal> {
-    let cfg = &state.cfg;
-    let mut pos = 0usize;
-    let mut offset = Preamble::LEN as u64;
-    let mut have_preamble = false;
-    let mut dirty = false;
-    loop {
-        // Decode what is buffered.
-        if !have_preamble {
-            match Preamble::parse(&buf) {
-                Ok(Some(_)) => {
-                    have_preamble = true;
-                    pos = Preamble::LEN;
-                }
-                Ok(None) => {}
-                Err(e @ DecodeError::UnsupportedVersion { .. }) => return Err(Refusal::Version(e)),
-                Err(e) => return Err(Refusal::Garbage(e.to_string())),
-            }
-        }
-        if have_preamble {
-            loop {
-                match decode_frame(&buf[pos..], offset) {
-                    Ok(Some((frame, used))) => {
-                        let raw = &buf[pos..pos + used];
-                        if let Some(w) = conn.recorder.as_mut() {
-                            if let Err(e) = w.write_all(raw).await {
-                                state.stats.record_errors.fetch_add(1, Ordering::Relaxed);
-                                warn!(%peer, "recording {:?} failed, stopped: {e}", conn.record_path);
-                                conn.recorder = None;
-                            }
-                            dirty = true;
-                        }
-                        pos += used;
-                        offset += used as u64;
-                        let first = conn.key.is_none();
-                        handle_frame(state, tx, frame, peer, conn).await?;
-                        if first {
-                            if let (Some(dir), Some(w)) = (&cfg.record_dir, conn.key) {
-                                open_recorder(
-                                    state,
-                                    dir,
-                                    w,
-                                    raw_hello(&buf, pos, used),
-                                    conn,
-                                    peer,
-                                )
-                                .await;
-                            }
-                        }
-                        if conn.clean {
-                            return Ok(());
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e @ DecodeError::FrameTooLarge { .. }) => {
-                        return Err(Refusal::Oversized(e))
-                    }
-                    Err(e) => return Err(Refusal::Garbage(e.to_string())),
-                }
-            }
-        }
-        // Compact and read more.
-        if pos > 0 {
-            buf.drain(..pos);
-            pos = 0;
-        }
-        if dirty {
-            if let Some(w) = conn.recorder.as_mut() {
-                let _ = w.flush().await;
-            }
-            dirty = false;
-        }
-        buf.reserve(64 * 1024);
-        let deadline = if conn.key.is_none() {
-            handshake_deadline
-        } else {
-            Instant::now() + cfg.idle_timeout
-        };
-        let n = match timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_) if conn.key.is_none() => {
-                return Err(Refusal::Timeout(
-                    "no handshake (preamble and hello) in time",
-                ))
-            }
-            Err(_) => return Err(Refusal::Timeout("idle timeout")),
-            Ok(Err(e)) => return Err(Refusal::Io(e)),
-            Ok(Ok(n)) => n,
-        };
-        if n == 0 {
-            if conn.key.is_none() {
-                return Err(if buf.is_empty() {
-                    Refusal::Protocol("closed before sending anything".into())
-                } else {
-                    Refusal::Protocol("closed before its hello".into())
-                });
-            }
-            if !buf.is_empty() {
-                state.stats.truncated.fetch_add(1, Ordering::Relaxed);
-                if let Some(k) = conn.key {
-                    let msg = format!("connection from {peer} ended inside a frame at offset {offset} (producer killed?)");
-                    warn!("{msg}");
-                    lock(&state.model).note(k, msg);
-                }
-            }
-            return Ok(());
-        }
-    }
-}
-
-fn raw_hello(buf: &[u8], pos: usize, used: usize) -> Vec<u8> {
-    buf[pos - used..pos].to_vec()
-}
-
-/// A `Hello` frame as it is recorded: without the producer's token, which
-/// must never reach a file. Frames that do not decode are kept as they are
-/// (the connection was refused before, or will be).
-fn without_token(hello: Vec<u8>) -> Vec<u8> {
-    let Ok(Some((mut frame, _))) = awaitscope_wire::decode_frame(&hello, 0) else {
-        return hello;
-    };
-    match &mut frame.body {
-        Body::Hello(info) if info.token.is_some() => info.token = None,
-        _ => return hello,
-    }
-    let mut out = Vec::with_capacity(hello.len());
-    match awaitscope_wire::encode_frame(&frame, &mut out) {
-        Ok(()) => out,
-        Err(_) => hello,
-    }
-}
-
-async fn open_recorder(
-    state: &ServerState,
-    dir: &std::path::Path,
-    key: ProcessKey,
-    hello: Vec<u8>,
-    conn: &mut Conn,
-    peer: SocketAddr,
-) {
-    let id = state.conn_ids.fetch_add(1, Ordering::Relaxed);
-    let name: String = conn
-        .name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    let base = format!("{name}-{}-{}-{id}", key.pid, key.start_unix_ns);
-    let hello = without_token(hello);
-    let mut path = dir.join(format!("{base}.rec"));
-    let res = async {
-        // Never over an earlier recording: a `serve` restarted numbers its
-        // connections from 0 again, and a producer that reconnects keeps
-        // its pid and start time.
+impl ServerState {
+    /// Evicts the processes that ended more than the retention ago (and
+    /// did not come back), keeping their summaries; returns how many.
+    fn evict_ended(&self, model: &mut Model) -> usize {
+        let now = Instant::now();
+        let mut ended = lock(&self.ended);
         let mut n = 0;
-        let f = loop {
-            let mut o = tokio::fs::OpenOptions::new();
-            o.write(true).create_new(true);
-            // Recordings hold what programs did: readable by their owner.
-            #[cfg(unix)]
-            o.mode(0o600);
-            match o.open(&path).await {
-                Ok(f) => break f,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => {
-                    n += 1;
-                    path = dir.join(format!("{base}-{n}.rec"));
+        while let Some((key, at)) = ended.front().copied() {
+            if now.saturating_duration_since(at) < self.cfg.retention {
+                break;
+            }
+            ended.pop_front();
+            // A producer that reconnected is live again: kept.
+            let reconnected = model.process(&key).is_none_or(|p| p.connected)
+                || ended.iter().any(|(k, _)| *k == key);
+            if reconnected {
+                continue;
+            }
+            if let Some(p) = model.evict(&key) {
+                let mut evicted = lock(&self.evicted);
+                if evicted.len() >= self.cfg.max_evicted.max(1) {
+                    evicted.pop_front();
                 }
-                Err(e) => return Err(e),
+                evicted.push_back(EvictedProcess::of(&p));
+                self.stats.processes_evicted.fetch_add(1, Ordering::Relaxed);
+                n += 1;
             }
-        };
-        let mut w = BufWriter::new(f);
-        w.write_all(&awaitscope_wire::preamble()).await?;
-        w.write_all(&hello).await?;
-        w.flush().await?;
-        Ok::<_, std::io::Error>(w)
-    }
-    .await;
-    match res {
-        Ok(w) => {
-            info!(%peer, "recording to {}", path.display());
-            conn.recorder = Some(w);
-            conn.record_path = Some(path);
         }
-        Err(e) => {
-            state.stats.record_errors.fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, "cannot record to {}: {e}", path.display());
-        }
+        n
     }
 }
 
-async fn handle_frame(
-    state: &ServerState,
-    tx: &mpsc::Sender<Input>,
-    frame: Frame,
-    peer: SocketAddr,
-    conn: &mut Conn,
-) -> Result<(), Refusal> {
-    let stats = &state.stats;
-    stats.frames.fetch_add(1, Ordering::Relaxed);
-    match conn.key {
-        None => {
-            let Body::Hello(info) = &frame.body else {
-                return Err(Refusal::Protocol("first frame is not a hello".into()));
-            };
-            if let Some(expected) = &state.cfg.token {
-                if !token_ok(expected, info.token.as_deref()) {
-                    return Err(Refusal::Token);
-                }
-            }
-            info!(%peer, pid = frame.process.pid, name = %info.name, reconnect = info.reconnect, "producer connected");
-            stats.producers.fetch_add(1, Ordering::Relaxed);
-            conn.key = Some(frame.process);
-            conn.name = info.name.clone();
-        }
-        Some(k) if k != frame.process => {
-            return Err(Refusal::Protocol(format!(
-                "frame of process {} on the connection of process {}",
-                frame.process.pid, k.pid
-            )));
-        }
-        Some(_) => {}
-    }
-    let key = frame.process;
-    let mut frame = frame;
-    match &mut frame.body {
-        Body::Events(ev) => {
-            let n = ev.len() as u64;
-            stats.events.fetch_add(n, Ordering::Relaxed);
-            if !conn.pending_callsites.is_empty() {
-                let mut all = std::mem::take(&mut conn.pending_callsites);
-                all.append(ev);
-                *ev = all;
-            }
-            match tx.try_send(Input::Frame(frame)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(Input::Frame(f))) => {
-                    stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
-                    stats.dropped_events.fetch_add(n, Ordering::Relaxed);
-                    *lock(&state.drops).entry(key).or_default() += n;
-                    // Keep the callsites: later events refer to them.
-                    if let Body::Events(ev) = f.body {
-                        conn.pending_callsites
-                            .extend(ev.into_iter().filter(|e| matches!(e, Event::Callsite(_))));
-                    }
-                }
-                Err(_) => {}
-            }
-        }
-        Body::Goodbye => {
-            conn.clean = true;
-            let _ = tx.send(Input::Frame(frame)).await;
-        }
-        // Cumulative: the next one carries it if this one does not fit.
-        Body::Dropped(_) => {
-            let _ = tx.try_send(Input::Frame(frame));
-        }
-        Body::Hello(_) => {
-            let _ = tx.send(Input::Frame(frame)).await;
-        }
-    }
-    Ok(())
-}
-
-/// A viewer's connection: greeting, token, rebuild, then the frames the
-/// model applies, until the viewer leaves.
-async fn viewer_connection(
-    state: &ServerState,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    buf: Vec<u8>,
-    deadline: Instant,
-) {
-    if let Err(r) = viewer_handshake(state, &mut stream, buf, deadline).await {
-        r.count(&state.stats);
-        warn!(%peer, "refused viewer: {r}");
-        // Tell the viewer why (best effort, briefly).
-        let msg = viewer::reply(Some(&r.to_string()));
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&msg)).await;
-        return;
-    }
-    let q = Arc::new(ViewerQueue::new(state.cfg.viewer_queue_bytes));
-    let rebuild = {
-        let mut m = lock(&state.model);
-        state.merge_drops(&mut m);
-        let r = viewer::Rebuild::of(&m);
-        state.viewers.add(q.clone());
-        r
-    };
-    // Encoded outside the model lock: what is applied meanwhile waits in
-    // the viewer's queue, written after this.
-    let processes = rebuild.processes();
-    let mut first = viewer::reply(None);
-    rebuild.encode(&mut first);
-    state.stats.viewers.fetch_add(1, Ordering::Relaxed);
-    state.stats.viewers_active.fetch_add(1, Ordering::Relaxed);
-    info!(%peer, processes, bytes = first.len(), "viewer connected");
-    let result = viewer_loop(state, &mut stream, &q, first).await;
-    state.viewers.remove(&q);
-    state.stats.viewers_active.fetch_sub(1, Ordering::Relaxed);
-    let (dropped_frames, dropped_events) = q.dropped();
-    match result {
-        Ok(why) => info!(%peer, dropped_frames, dropped_events, "viewer disconnected: {why}"),
-        Err(r) => {
-            r.count(&state.stats);
-            warn!(%peer, dropped_frames, dropped_events, "closed viewer connection: {r}");
-        }
-    }
-}
-
-/// Reads and checks a viewer's greeting (`buf` holds its first bytes).
-async fn viewer_handshake(
-    state: &ServerState,
-    stream: &mut TcpStream,
-    mut buf: Vec<u8>,
-    deadline: Instant,
-) -> Result<(), Refusal> {
-    use viewer::GreetingError as G;
-    let greeting = loop {
-        match viewer::parse_greeting(&buf) {
-            Ok(Some(g)) => break g,
-            Ok(None) => {}
-            Err(e @ G::Version { .. }) => return Err(Refusal::ViewerVersion(e.to_string())),
-            Err(e @ G::TokenTooLong(_)) => return Err(Refusal::ViewerOversized(e.to_string())),
-            Err(e @ (G::BadMagic | G::TokenNotUtf8)) => {
-                return Err(Refusal::Garbage(format!("viewer greeting: {e}")))
-            }
-        }
-        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_) => return Err(Refusal::Timeout("no viewer greeting in time")),
-            Ok(Err(e)) => return Err(Refusal::Io(e)),
-            Ok(Ok(0)) => return Err(Refusal::Protocol("closed before its greeting".into())),
-            Ok(Ok(_)) => {}
-        }
-    };
-    if buf.len() > greeting.len {
-        return Err(Refusal::Protocol(
-            "viewer sent data after its greeting".into(),
-        ));
-    }
-    if let Some(expected) = &state.cfg.token {
-        if !token_ok(expected, greeting.token.as_deref()) {
-            return Err(Refusal::ViewerToken);
-        }
-    }
-    Ok(())
-}
-
-/// Writes the rebuild, then whatever is queued, until the viewer leaves
-/// (`Ok`: why) or misbehaves. A write that makes no progress for the idle
-/// timeout ends the connection.
-async fn viewer_loop(
-    state: &ServerState,
-    stream: &mut TcpStream,
-    q: &ViewerQueue,
-    first: Vec<u8>,
-) -> Result<String, Refusal> {
-    let stall = state.cfg.idle_timeout;
-    let (mut rd, mut wr) = stream.split();
-    let mut out = first;
-    let mut items = Vec::new();
-    let mut scratch = [0u8; 256];
-    loop {
-        if !out.is_empty() {
-            match tokio::time::timeout(stall, wr.write_all(&out)).await {
-                Err(_) => return Err(Refusal::Timeout("viewer not reading (write stalled)")),
-                Ok(Err(e)) => return Ok(format!("write failed: {e}")),
-                Ok(Ok(())) => out.clear(),
-            }
-        }
-        q.take(&mut items);
-        if items.is_empty() {
-            tokio::select! {
-                _ = q.wait() => {}
-                r = rd.read(&mut scratch) => match r {
-                    Ok(0) => return Ok("closed".into()),
-                    Ok(_) => return Err(Refusal::Protocol(
-                        "viewer sent data after its greeting".into(),
-                    )),
-                    Err(e) => return Ok(format!("read failed: {e}")),
-                },
-            }
-            continue;
-        }
-        // Coalesce small messages into one write.
-        for b in items.drain(..) {
-            out.extend_from_slice(&b);
-        }
-        if out.capacity() > 4 << 20 && out.len() < 64 * 1024 {
-            out.shrink_to(64 * 1024);
-        }
+/// Gives memory the allocator keeps after a large free back to the system,
+/// so that a serve's footprint follows what it holds (glibc keeps freed
+/// memory in its arenas otherwise).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

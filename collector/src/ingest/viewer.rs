@@ -73,6 +73,12 @@
 //! process's dropped-events count. Frames other than event batches (hello,
 //! drop counts, goodbye) and control messages are small and never dropped.
 //! A slow viewer therefore never slows ingest or other viewers.
+//!
+//! What every viewer holds (queued, or taken and being written) is also
+//! held against the viewers' share of the server's memory budget, and one
+//! viewer may hold at most its part of that share (the share divided by the
+//! viewers connected), so that many viewers that do not read stay within
+//! the budget together.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -87,6 +93,7 @@ use awaitscope_wire::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::budget::Reservation;
 use crate::detect::Recollection;
 use crate::model::{Process, ProcessSnapshot, Task};
 use crate::{Finding, FindingKind, Model};
@@ -108,6 +115,8 @@ pub const MAX_TOKEN_LEN: usize = limits::MAX_STR_LEN;
 
 /// Length of the greeting before the token.
 pub const GREETING_HEAD: usize = 12;
+/// Longest greeting a server reads (with a token over the cap, refused).
+pub const GREETING_MAX: usize = GREETING_HEAD + MAX_TOKEN_LEN + 1;
 
 const STATUS_ACCEPTED: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
@@ -633,10 +642,13 @@ impl Outgoing {
 /// beyond it they are dropped too (and later events of theirs misread).
 const MAX_STICKY: usize = limits::MAX_BATCH;
 
-#[derive(Default)]
 struct Queue {
     items: VecDeque<Arc<[u8]>>,
     bytes: usize,
+    /// Taken by the viewer's task and not yet written.
+    inflight: usize,
+    /// `bytes + inflight`, held against the viewers' share of the budget.
+    held: Reservation,
     closed: bool,
     /// Dropped events not yet told to the viewer, per process.
     untold: BTreeMap<ProcessKey, u64>,
@@ -650,6 +662,11 @@ struct Queue {
 impl Queue {
     fn push(&mut self, b: Arc<[u8]>) {
         self.bytes += b.len();
+        // Control messages and what was kept of dropped batches are
+        // small, and never dropped: held even past the share.
+        if !self.held.resize(self.bytes + self.inflight) {
+            self.held.force(self.bytes + self.inflight);
+        }
         self.items.push_back(b);
     }
 
@@ -701,23 +718,39 @@ pub(crate) enum Pushed {
 }
 
 impl ViewerQueue {
-    pub(crate) fn new(cap_bytes: usize) -> ViewerQueue {
+    pub(crate) fn new(cap_bytes: usize, held: Reservation) -> ViewerQueue {
         ViewerQueue {
-            q: Mutex::new(Queue::default()),
+            q: Mutex::new(Queue {
+                items: VecDeque::new(),
+                bytes: 0,
+                inflight: 0,
+                held,
+                closed: false,
+                untold: BTreeMap::new(),
+                sticky: BTreeMap::new(),
+                sticky_len: 0,
+                dropped_frames: 0,
+                dropped_events: 0,
+            }),
             notify: tokio::sync::Notify::new(),
             cap: cap_bytes.max(1),
         }
     }
 
     /// Appends `o`, or drops it if it is an event batch and the queue is
-    /// full (at least one item is always let in).
-    pub(crate) fn push(&self, o: &Outgoing) -> Pushed {
+    /// full: over its cap, over `fair` (its part of the viewers' share), or
+    /// with no room left in the share (at least one item is always let in).
+    pub(crate) fn push(&self, o: &Outgoing, fair: usize) -> Pushed {
         let mut q = lock(&self.q);
         if q.closed {
             return Pushed::Closed;
         }
         if let Some(events) = o.events {
-            if !q.items.is_empty() && q.bytes + o.bytes.len() > self.cap {
+            let after = q.bytes + q.inflight + o.bytes.len();
+            let held = q.held.bytes();
+            let full = !q.items.is_empty()
+                && (after > self.cap.min(fair) || !q.held.resize(after.max(held)));
+            if full {
                 *q.untold.entry(o.process).or_default() += events;
                 q.dropped_frames += 1;
                 q.dropped_events += events;
@@ -759,7 +792,16 @@ impl ViewerQueue {
             q.tell_drops();
         }
         out.extend(q.items.drain(..));
+        q.inflight += q.bytes;
         q.bytes = 0;
+    }
+
+    /// `bytes` taken with [`ViewerQueue::take`] were written out.
+    pub(crate) fn written(&self, bytes: usize) {
+        let mut q = lock(&self.q);
+        q.inflight = q.inflight.saturating_sub(bytes);
+        let held = q.bytes + q.inflight;
+        q.held.resize(held);
     }
 
     /// Waits until something may be queued.
@@ -773,6 +815,8 @@ impl ViewerQueue {
         q.closed = true;
         q.items.clear();
         q.bytes = 0;
+        q.inflight = 0;
+        q.held.resize(0);
     }
 
     /// Frames and events dropped so far.
