@@ -1,14 +1,17 @@
 //! `awaitscope serve [--listen 127.0.0.1:6670] [--record-dir DIR]
-//! [--allow-remote] [--token T]`: the headless collector. Runs until
-//! Ctrl-C, logging connections, refusals and findings on stderr. UIs watch
-//! it with `awaitscope --connect ADDR` on the same port (the token, when
-//! set, applies to them too).
+//! [--allow-remote] [--token T] [--memory-budget SIZE] [--retention D]`:
+//! the headless collector. Runs until Ctrl-C or SIGTERM, logging
+//! connections, refusals and findings on stderr. UIs watch it with
+//! `awaitscope --connect ADDR` on the same port (the token, when set,
+//! applies to them too).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use awaitscope_collector::ingest::budget::{Share, DEFAULT_MEMORY_BUDGET};
 use awaitscope_collector::ingest::server::{Server, ServerConfig, DEFAULT_LISTEN};
+use awaitscope_collector::units::{parse_duration, parse_size, Bare};
 use tracing::info;
 
 use super::EXIT_BAD_INPUT;
@@ -34,9 +37,24 @@ pub struct Args {
     /// Seconds a new connection has to send its hello.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout: u64,
-    /// Seconds of silence after which a connection is closed.
+    /// Seconds without a whole frame after which a connection is closed.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Memory the server's buffers and queues may hold in all (handshakes
+    /// an eighth, producers and the ingest queue half, viewers the rest),
+    /// e.g. 128MiB, 1GiB.
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_MEMORY_BUDGET)]
+    pub memory_budget: usize,
+    /// How long an ended process stays in the model before it is evicted
+    /// (its summary and findings stay in the report), e.g. 10m, 30s.
+    #[arg(long, value_parser = |s: &str| parse_duration(s, Bare::Secs).map(Duration::from_nanos),
+          default_value = "10m")]
+    pub retention: Duration,
+    /// Most simultaneous connections (producers and viewers). When all are
+    /// taken, a new one takes the slot of one that has made no progress
+    /// for 10 s.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 /// Runs `serve`.
@@ -59,6 +77,9 @@ pub fn run(args: Args) -> u8 {
         record_dir: args.record_dir,
         handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        memory_budget: args.memory_budget,
+        retention: args.retention,
+        max_connections: args.max_connections,
         ..ServerConfig::default()
     };
     rt.block_on(async move {
@@ -70,6 +91,13 @@ pub fn run(args: Args) -> u8 {
             }
         };
         let handle = server.handle();
+        info!(
+            memory_budget = args.memory_budget,
+            retention_s = args.retention.as_secs(),
+            max_connections = args.max_connections,
+            "limits"
+        );
+        // Last on its line: scripts read the address after "listening on ".
         info!("listening on {}", server.local_addr());
         server
             .run_until(async {
@@ -104,6 +132,17 @@ pub fn run(args: Args) -> u8 {
             dropped_events = st.dropped_events.load(std::sync::atomic::Ordering::Relaxed),
             "collector stopped"
         );
+        let b = handle.budget();
+        for share in [Share::Handshake, Share::Ingest, Share::Viewers] {
+            info!(
+                share = share.as_str(),
+                cap = b.cap(share),
+                peak = b.peak(share),
+                held = b.used(share),
+                refused = b.refused(share),
+                "memory budget"
+            );
+        }
         let report = handle.report();
         eprint!("{}", report.summary_text());
         if let Some(p) = &args.report {

@@ -44,9 +44,37 @@ pub struct Args {
     pub log: PathBuf,
 }
 
-/// `$TMPDIR/awaitscope-tui.log`.
+/// `$XDG_STATE_HOME/awaitscope/tui.log`, else
+/// `~/.local/state/awaitscope/tui.log`: the user's own state directory,
+/// not the shared temporary one. Without a home, `$TMPDIR` (where the log
+/// is opened without following links, readable by its owner only).
 pub fn default_log() -> PathBuf {
-    std::env::temp_dir().join("awaitscope-tui.log")
+    log_path(
+        std::env::var_os("XDG_STATE_HOME"),
+        std::env::var_os("HOME"),
+        std::env::temp_dir(),
+    )
+}
+
+/// [`default_log`] from the environment it reads (relative paths in
+/// `XDG_STATE_HOME` or `HOME` are ignored, as the XDG spec says).
+fn log_path(
+    xdg_state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+    tmp: PathBuf,
+) -> PathBuf {
+    let state = xdg_state_home
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            home.map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local").join("state"))
+        });
+    match state {
+        Some(dir) => dir.join("awaitscope").join("tui.log"),
+        None => tmp.join("awaitscope-tui.log"),
+    }
 }
 
 /// Runs the UI.
@@ -79,5 +107,33 @@ pub fn run(args: Args) -> u8 {
             eprintln!("awaitscope: terminal error: {e}");
             EXIT_BAD_INPUT
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_goes_to_the_users_state_directory() {
+        let tmp = PathBuf::from("/tmp");
+        assert_eq!(
+            log_path(Some("/x/state".into()), Some("/home/u".into()), tmp.clone()),
+            PathBuf::from("/x/state/awaitscope/tui.log")
+        );
+        assert_eq!(
+            log_path(None, Some("/home/u".into()), tmp.clone()),
+            PathBuf::from("/home/u/.local/state/awaitscope/tui.log")
+        );
+        // Relative values are ignored; with nothing else, the temporary
+        // directory.
+        assert_eq!(
+            log_path(Some("rel".into()), Some("/home/u".into()), tmp.clone()),
+            PathBuf::from("/home/u/.local/state/awaitscope/tui.log")
+        );
+        assert_eq!(
+            log_path(None, None, tmp),
+            PathBuf::from("/tmp/awaitscope-tui.log")
+        );
     }
 }

@@ -265,12 +265,23 @@ pub fn quiet_panics() {
     }));
 }
 
-/// Sends the UI's own logs to `path` (never to the screen).
+/// Sends the UI's own logs to `path` (never to the screen), creating its
+/// directory (owner only) when missing.
 pub fn log_to_file(path: &std::path::Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        let _ = b.create(dir);
+    }
     let mut o = std::fs::OpenOptions::new();
     o.create(true).append(true);
-    // The default path is in the shared temporary directory: never follow
-    // a symlink planted there, and keep the log to its owner.
+    // Never follow a symlink planted where the log goes (the fallback is
+    // the shared temporary directory), and keep the log to its owner.
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
