@@ -1025,3 +1025,62 @@ async fn bad_viewers_are_refused_while_producers_ingest() {
     assert_eq!(view.told_drops, 0);
     srv.stop().await;
 }
+
+/// An ended process evicted after the retention leaves the server's model
+/// and every viewer's, its findings kept in both; the report keeps its
+/// summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_forget_what_the_server_evicts() {
+    let srv = start(ServerConfig {
+        retention: Duration::from_millis(300),
+        ..test_config()
+    })
+    .await;
+    let addr = srv.addr;
+    let mut view = tokio::task::spawn_blocking(move || {
+        let mut v = View::connect(addr, None).expect("viewer connects");
+        v.until("the rebuild", |v| v.synced);
+        v
+    })
+    .await
+    .unwrap();
+    let mut b = StreamBuilder::new(8, 8_000);
+    b.hello("gone", None, false);
+    b.thread(0);
+    producer(8, "done", 3, &mut b, 10);
+    let job = b.spawn(&TaskOpts::named("job"), None, 400);
+    b.enter(job, 401);
+    b.event(Level::Error, Some(job), None, "the job failed", 402);
+    b.exit(job, 403);
+    b.flush();
+    b.goodbye();
+    let mut conn = TcpStream::connect(srv.addr).await.unwrap();
+    conn.write_all(&b.recording()).await.unwrap();
+    drop(conn);
+    let key = ProcessKey {
+        pid: 8,
+        start_unix_ns: 8_000,
+    };
+    let view = tokio::task::spawn_blocking(move || {
+        view.until("the process, then its eviction", |v| {
+            v.model.process(&key).is_none() && !v.model.findings().list().is_empty()
+        });
+        view
+    })
+    .await
+    .unwrap();
+    let h = srv.handle.clone();
+    assert!(h.with_model(|m| m.process(&key).is_none()));
+    assert_eq!(h.stats().processes_evicted.load(Ordering::Relaxed), 1);
+    let r = h.report();
+    assert_eq!(r.processes.len(), 1);
+    assert!(r.processes[0].evicted && r.processes[0].ended);
+    assert!(r.tasks.is_empty());
+    assert_eq!(
+        finding_set(&view.model),
+        h.with_model(finding_set),
+        "the viewer keeps the findings the server keeps"
+    );
+    assert!(!r.findings.is_empty());
+    srv.stop().await;
+}

@@ -564,6 +564,12 @@ impl ServerState {
                 continue;
             }
             if let Some(p) = model.evict(&key) {
+                // Under the model lock, as frames are: viewers forget it in
+                // the order the model did.
+                let out = Outgoing::control(&viewer::Control::Evicted { process: key }, key);
+                for v in self.viewers.list().iter() {
+                    v.push(&out, usize::MAX);
+                }
                 let mut evicted = lock(&self.evicted);
                 if evicted.len() >= self.cfg.max_evicted.max(1) {
                     evicted.pop_front();

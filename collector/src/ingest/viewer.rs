@@ -102,7 +102,7 @@ use crate::{Finding, FindingKind, Model};
 pub const VIEWER_MAGIC: [u8; 8] = *b"AWSVIEW\0";
 
 /// Version of the viewer protocol (2: late joins get snapshots).
-pub const VIEWER_VERSION: u16 = 2;
+pub const VIEWER_VERSION: u16 = 3;
 
 /// Largest control message, in bytes.
 pub const MAX_CONTROL_LEN: usize = 64 * 1024;
@@ -155,6 +155,12 @@ pub enum Control {
     },
     /// Forget the findings made so far: the server's follow.
     ResetFindings,
+    /// The server evicted this ended process from its model after its
+    /// retention: the viewer forgets it too (its findings stay).
+    Evicted {
+        /// The process.
+        process: ProcessKey,
+    },
     /// A finding of the server's model, with its deduplication key (sent
     /// on joining: the events it was found in are history).
     Finding {
@@ -414,6 +420,9 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
         }
         Message::Control(Control::Note { process, text }) => model.note(*process, text.clone()),
         Message::Control(Control::ResetFindings) => model.clear_findings(),
+        Message::Control(Control::Evicted { process }) => {
+            model.evict(process);
+        }
         Message::Control(Control::Finding { key, finding }) => {
             model.restore_finding(key.clone(), finding.clone())
         }
