@@ -183,7 +183,7 @@ impl TraceParent {
     }
 
     /// Whether the sampled flag is set.
-    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    #[cfg(test)]
     pub fn sampled(&self) -> bool {
         self.flags & SAMPLED != 0
     }
