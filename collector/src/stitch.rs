@@ -83,6 +83,23 @@ fn boundary(p: &Process, sent: &SentContext) -> String {
     s
 }
 
+/// The process (pid) and task a joined trace's boundary line names as the
+/// sender of its context, if `line` is such a line (as [`stitch`] writes
+/// it).
+pub fn sent_from(line: &str) -> Option<(u32, Option<u64>)> {
+    let rest = line
+        .trim_start()
+        .strip_prefix("-- handed over through a queue from process ")?;
+    let (_, after) = rest.rsplit_once(" (pid ")?;
+    let (pid, after) = after.split_once(')')?;
+    let pid = pid.parse().ok()?;
+    let task = after
+        .strip_prefix(", task ")
+        .and_then(|t| t.split([' ', ',']).next())
+        .and_then(|t| t.parse().ok());
+    Some((pid, task))
+}
+
 /// The number of a numbered trace line (`7: app::f at ...`).
 fn number(line: &str) -> Option<(u64, &str)> {
     let (n, rest) = line.split_once(": ")?;
@@ -196,6 +213,8 @@ mod tests {
             ]
         );
         assert!(!needs_stitching(&out));
+        assert_eq!(sent_from(&out[2]), Some((4242, Some(7))));
+        assert_eq!(sent_from(&out[0]), None);
     }
 
     #[test]
