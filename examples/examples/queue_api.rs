@@ -70,8 +70,9 @@ async fn enqueue_welcome_email(
     mut conn: redis::aio::MultiplexedConnection,
     user: u32,
 ) -> redis::RedisResult<()> {
-    let job = format!("{user} {}", awaitscope::Context::current().traceparent());
-    publish(&mut conn, &job).await
+    let traceparent = awaitscope::Context::current().traceparent();
+    println!("queue_api: user {user}: welcome email enqueued with traceparent {traceparent}");
+    publish(&mut conn, &format!("{user} {traceparent}")).await
 }
 
 /// Publishes `message`, again until a worker received it (a channel keeps

@@ -11,14 +11,26 @@
 //! `AWAITSCOPE_TEST_BROKER=mini-redis`), tokio's mini-redis server, which
 //! speaks the same protocol, runs in this process instead. The test says
 //! which one it used.
+//!
+//! Then `awaitscope report --format otlp` sends the recordings to an OTLP
+//! receiver in this test (OpenTelemetry's messages decoded with
+//! opentelemetry-proto): the request's spans are in the trace the
+//! producer's `traceparent` named, the consumer's spans too, under the
+//! producer's span, and the error finding arrives as a span event with its
+//! trace.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use prost::Message;
 use serde_json::Value;
 
 /// How long any one step may take before the test gives up (a loaded CI
@@ -281,7 +293,12 @@ fn the_workers_error_traces_back_into_the_producers_request() {
         l.starts_with("subscribed")
     });
     let mut api = Killed(program(&api).spawn().expect("start queue_api"));
+    let api_out = lines_of(api.0.stdout.take().unwrap());
     let (api_pid, worker_pid) = (api.0.id(), worker.0.id());
+    let sent = wait_line(&api_out, "user 3's traceparent", |l| {
+        l.starts_with("queue_api: user 3: ")
+    });
+    let traceparent = sent.rsplit(' ').next().unwrap().to_owned();
     wait_success(&mut api, "queue_api");
     wait_success(&mut worker, "queue_worker");
     let said = wait_line(&worker_out, "the worker's summary", |l| {
@@ -321,4 +338,172 @@ fn the_workers_error_traces_back_into_the_producers_request() {
     );
     let recorded: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_trace_crosses(&recorded, api_pid, worker_pid, "report");
+
+    otlp_export_joins_the_trace(&awaitscope, &files, &traceparent);
+}
+
+/// One received OTLP request: its headers and its spans.
+struct Received {
+    headers: Vec<(String, String)>,
+    request: ExportTraceServiceRequest,
+}
+
+/// An OTLP/HTTP receiver on a free loopback port, until `stop` is set;
+/// answers 200 to each POST to /v1/traces and keeps what it decoded.
+fn otlp_receiver(stop: Arc<AtomicBool>) -> (String, std::thread::JoinHandle<Vec<Received>>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let addr = server.server_addr().to_ip().unwrap();
+    let handle = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(50)) else {
+                continue;
+            };
+            assert_eq!(req.url(), "/v1/traces");
+            let headers = req
+                .headers()
+                .iter()
+                .map(|h| {
+                    (
+                        h.field.to_string().to_ascii_lowercase(),
+                        h.value.to_string(),
+                    )
+                })
+                .collect();
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(req.as_reader(), &mut body).unwrap();
+            let request = ExportTraceServiceRequest::decode(&body[..]).expect("OTLP protobuf");
+            got.push(Received { headers, request });
+            req.respond(tiny_http::Response::empty(200)).unwrap();
+        }
+        got
+    });
+    (format!("http://{addr}"), handle)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attr<'a>(s: &'a OtlpSpan, key: &str) -> Option<&'a any_value::Value> {
+    s.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn otlp_export_joins_the_trace(awaitscope: &Path, files: &[PathBuf], traceparent: &str) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (endpoint, receiver) = otlp_receiver(stop.clone());
+    let out = Command::new(awaitscope)
+        .arg("report")
+        .args(files)
+        .args(["--format", "otlp"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-api-key=s3cret%21,x-team=queue",
+        )
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let got = receiver.join().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("finding(s) to http://127.0.0.1:"), "{said}");
+    assert!(
+        !said.contains("s3cret"),
+        "a header value was printed: {said}"
+    );
+    assert!(!got.is_empty());
+    for r in &got {
+        assert!(r.headers.contains(&("x-api-key".into(), "s3cret!".into())));
+        assert!(r
+            .headers
+            .contains(&("content-type".into(), "application/x-protobuf".into())));
+    }
+    let (trace, parent) = (&traceparent[3..35], &traceparent[36..52]);
+    // Every span with its process's name.
+    let spans: Vec<(String, &OtlpSpan)> = got
+        .iter()
+        .flat_map(|r| &r.request.resource_spans)
+        .flat_map(|rs| {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| a.value.as_ref()?.value.as_ref())
+                .map(|v| match v {
+                    any_value::Value::StringValue(s) => s.clone(),
+                    _ => String::new(),
+                })
+                .unwrap_or_default();
+            rs.scope_spans
+                .iter()
+                .flat_map(|ss| &ss.spans)
+                .map(move |s| (service.clone(), s))
+        })
+        .collect();
+    let user3 = |service: &str, name: &str| -> &OtlpSpan {
+        spans
+            .iter()
+            .find(|(svc, s)| {
+                svc == service
+                    && s.name == name
+                    && attr(s, "user") == Some(&any_value::Value::IntValue(3))
+            })
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| panic!("no span {name} of user 3 from {service}"))
+    };
+    // The producer's request and the span that sent the context: the ids
+    // of its traceparent.
+    let enqueue = user3("queue_api", "enqueue_welcome_email");
+    assert_eq!(hex(&enqueue.trace_id), trace);
+    assert_eq!(hex(&enqueue.span_id), parent);
+    let request = user3("queue_api", "handle_signup");
+    assert_eq!(hex(&request.trace_id), trace);
+    assert_eq!(enqueue.parent_span_id, request.span_id);
+    // The consumer's spans: in the same trace, under the producer's span.
+    let failing = user3("queue_worker", "send_welcome_email");
+    assert_eq!(hex(&failing.trace_id), trace);
+    let context = spans
+        .iter()
+        .map(|(_, s)| *s)
+        .find(|s| s.name == "awaitscope.context" && hex(&s.trace_id) == trace)
+        .expect("the consumer's context span");
+    assert_eq!(hex(&context.parent_span_id), parent);
+    // The error finding, as an event on the worker's task span, in the
+    // request's trace, with its joined causal trace.
+    let (holder, event) = spans
+        .iter()
+        .flat_map(|(_, s)| s.events.iter().map(move |e| (*s, e)))
+        .find(|(_, e)| e.name == "awaitscope.finding.error")
+        .expect("the error finding as a span event");
+    assert_eq!(hex(&holder.trace_id), trace);
+    assert_eq!(holder.name, "task welcome_email_job");
+    let event_attr = |k: &str| {
+        event
+            .attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.as_ref()?.value.clone())
+    };
+    let Some(any_value::Value::StringValue(t)) = event_attr("awaitscope.finding.trace") else {
+        panic!("no trace on {event:?}");
+    };
+    assert!(
+        t.contains("-- handed over through a queue from process queue_api"),
+        "{t}"
+    );
+    assert!(t.contains("queue_api::handle_signup{user=3}"), "{t}");
+    assert_eq!(
+        event_attr("awaitscope.finding.severity"),
+        Some(any_value::Value::StringValue("error".into()))
+    );
+    assert!(event_attr("code.filepath").is_some_and(
+        |v| matches!(v, any_value::Value::StringValue(f) if f.ends_with("queue_worker.rs"))
+    ));
 }

@@ -49,9 +49,14 @@ struct SpanRec {
     callsite: u32,
     class: SpanClass,
     parent: Option<SpanId>,
+    ctx_task: Option<SpanId>,
     ctx_span: Option<SpanId>,
     /// A local context span: the span its context was taken in.
     follows: Option<SpanId>,
+    /// A task whose future runs inside a context from another process
+    /// (`fut.instrument(cx.span())` spawned): that context span, the task's
+    /// causal parent.
+    adopted: Option<SpanId>,
     start: u64,
     end: Option<u64>,
     fields: Vec<Field>,
@@ -104,9 +109,14 @@ impl OtlpTraces {
                     p.callsites.insert(c.id, (**c).clone());
                 }
                 Event::SpanNew(n) => {
-                    let class = match p.callsites.get(&n.callsite).map(|c| c.kind) {
-                        Some(CallsiteKind::Span(c @ (SpanClass::User | SpanClass::Task))) => c,
-                        _ => continue,
+                    let class = match p.callsites.get(&n.callsite) {
+                        // Who awaits a task's handle is not part of a trace.
+                        Some(c) if c.target == names::JOIN_TARGET => continue,
+                        Some(c) => match c.kind {
+                            CallsiteKind::Span(k @ (SpanClass::User | SpanClass::Task)) => k,
+                            _ => continue,
+                        },
+                        None => continue,
                     };
                     if p.spans.contains_key(&n.id) {
                         // Sent again after a reconnect.
@@ -123,8 +133,10 @@ impl OtlpTraces {
                             callsite: n.callsite,
                             class,
                             parent: n.parent,
+                            ctx_task: n.ctx_task,
                             ctx_span: n.ctx_span,
                             follows: None,
+                            adopted: None,
                             start: n.ts,
                             end: None,
                             fields: n.fields.clone(),
@@ -168,7 +180,14 @@ impl OtlpTraces {
 
     /// The OTLP export requests: every span read, `findings` as events on
     /// their tasks' spans, at most `batch` spans a request.
-    pub fn requests(&self, findings: &[Finding], batch: usize) -> Vec<ExportTraceServiceRequest> {
+    pub fn requests(
+        &mut self,
+        findings: &[Finding],
+        batch: usize,
+    ) -> Vec<ExportTraceServiceRequest> {
+        for p in self.procs.values_mut() {
+            p.adopt();
+        }
         let batch = batch.max(1);
         let mut out = Vec::new();
         let mut keys: Vec<&ProcessKey> = self.procs.keys().collect();
@@ -235,6 +254,29 @@ impl OtlpTraces {
 }
 
 impl Proc {
+    /// Finds the tasks whose future runs inside a context from another
+    /// process: a span made in the task whose parent is such a context.
+    fn adopt(&mut self) {
+        let mut adopted: Vec<(SpanId, SpanId)> = Vec::new();
+        for s in self.spans.values() {
+            let (Some(c), Some(t)) = (s.parent, s.ctx_task) else {
+                continue;
+            };
+            if self.spans.get(&c).is_some_and(|c| self.remote(c).is_some()) {
+                adopted.push((t, c));
+            }
+        }
+        // The earliest context wins (a task taking up several).
+        adopted.sort_by_key(|(_, c)| self.spans[c].start);
+        for (t, c) in adopted {
+            if let Some(task) = self.spans.get_mut(&t) {
+                if task.class == SpanClass::Task && task.adopted.is_none() {
+                    task.adopted = Some(c);
+                }
+            }
+        }
+    }
+
     fn field<'a>(&'a self, s: &'a SpanRec, name: &str) -> Option<&'a Value> {
         let names = &self.callsites.get(&s.callsite)?.fields;
         s.fields
@@ -270,11 +312,12 @@ impl Proc {
             && matches!(self.field(s, names::KIND), Some(Value::Str(k)) if k == names::KIND_BLOCK_ON)
     }
 
-    /// The causal parent of `s` in this process: a task's spawn context, a
-    /// local context span's origin, else the span's parent.
+    /// The causal parent of `s` in this process: a task's spawn context (or
+    /// the context from another process its future runs in), a local
+    /// context span's origin, else the span's parent.
     fn up(&self, s: &SpanRec) -> Option<SpanId> {
         match s.class {
-            SpanClass::Task => s.ctx_span,
+            SpanClass::Task => s.adopted.or(s.ctx_span),
             _ => s.follows.or(s.parent),
         }
     }
