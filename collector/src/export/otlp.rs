@@ -581,3 +581,194 @@ fn parse_traceparent(tp: &str) -> Option<([u8; 16], [u8; 8])> {
     let line = format!("{}{tp} --", names::REMOTE_HANDOFF_PREFIX);
     crate::stitch::remote_ids(&line)
 }
+
+#[cfg(test)]
+mod tests {
+    use awaitscope_wire::{Callsite, Level, SpanNew};
+
+    use super::*;
+    use crate::detect::{FindingKind, FindingTask};
+    use crate::testing::{StreamBuilder, TaskOpts};
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn ids() -> ([u8; 16], [u8; 8]) {
+        parse_traceparent(TP).unwrap()
+    }
+
+    /// A producer whose request span in task `handle_signup` sent `TP`, and
+    /// an unrelated task; a consumer whose task `job` runs inside a context
+    /// taken up from `TP`.
+    fn traces() -> (OtlpTraces, SpanId, SpanId) {
+        let mut t = OtlpTraces::new();
+        let mut b = StreamBuilder::new(100, 1_000);
+        b.hello("api", None, false);
+        b.thread(0);
+        let task = b.spawn(&TaskOpts::named("handle_signup"), None, 10);
+        let req = b.user_span("handle_signup", Some(task), 20);
+        let other = b.spawn(&TaskOpts::named("cron"), None, 30);
+        b.user_span("tick", Some(other), 40);
+        let (trace_id, span_id) = ids();
+        b.push(Event::Handover(Box::new(awaitscope_wire::Handover {
+            span: Some(req),
+            task: Some(task),
+            trace_id,
+            span_id,
+            ts: 50,
+            trace: vec![],
+        })));
+        b.goodbye();
+        for f in b.take_frames() {
+            t.add_frame(&f);
+        }
+        let mut c = StreamBuilder::new(200, 2_000);
+        c.hello("worker", None, false);
+        c.thread(0);
+        c.push(Event::Callsite(Box::new(Callsite {
+            id: 50,
+            name: names::CONTEXT_SPAN.into(),
+            target: names::CONTEXT_TARGET.into(),
+            level: Level::Info,
+            file: None,
+            line: None,
+            kind: CallsiteKind::Span(SpanClass::User),
+            fields: vec![names::TRACEPARENT.into()],
+        })));
+        c.push(Event::SpanNew(Box::new(SpanNew {
+            id: SpanId(900),
+            callsite: 50,
+            parent: None,
+            ctx_task: None,
+            ctx_span: None,
+            ts: 5,
+            fields: vec![Field {
+                index: 0,
+                value: Value::Str(TP.into()),
+            }],
+        })));
+        let job = c.spawn(&TaskOpts::named("job"), None, 6);
+        let work = c.user_span("send_email", Some(SpanId(900)), 7);
+        // The builder's user spans are made outside tasks; this one is
+        // made in `job`.
+        for f in c.take_frames() {
+            let mut f = f;
+            if let Body::Events(events) = &mut f.body {
+                for e in events.iter_mut() {
+                    if let Event::SpanNew(n) = e {
+                        if n.id == work {
+                            n.ctx_task = Some(job);
+                        }
+                    }
+                }
+            }
+            t.add_frame(&f);
+        }
+        (t, job, work)
+    }
+
+    fn all(reqs: &[ExportTraceServiceRequest]) -> Vec<(String, Span)> {
+        reqs.iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| {
+                let svc = match rs.resource.as_ref().unwrap().attributes[0]
+                    .value
+                    .as_ref()
+                    .and_then(|v| v.value.clone())
+                {
+                    Some(any_value::Value::StringValue(s)) => s,
+                    _ => String::new(),
+                };
+                rs.scope_spans
+                    .iter()
+                    .flat_map(|s| s.spans.clone())
+                    .map(move |s| (svc.clone(), s))
+            })
+            .collect()
+    }
+
+    fn finding(pid: u32, start: u64, task: SpanId) -> Finding {
+        Finding {
+            kind: FindingKind::Error,
+            severity: Severity::Error,
+            pid,
+            process_start_unix_ns: start,
+            tasks: vec![FindingTask {
+                id: task.0,
+                tokio_id: None,
+                name: Some("job".into()),
+                spawned_at: None,
+            }],
+            location: None,
+            message: "email failed".into(),
+            trace: vec!["0: worker::send_email".into()],
+            count: 1,
+            worst_ns: None,
+            first_seen: 8,
+            last_seen: 8,
+        }
+    }
+
+    #[test]
+    fn handed_over_ids_are_kept_and_the_consumer_joins_the_trace() {
+        let (mut t, job, _) = traces();
+        let f = finding(200, 2_000, job);
+        let reqs = t.requests(std::slice::from_ref(&f), DEFAULT_BATCH);
+        let spans = all(&reqs);
+        let find = |svc: &str, name: &str| {
+            spans
+                .iter()
+                .find(|(s, sp)| s == svc && sp.name == name)
+                .map(|(_, sp)| sp.clone())
+                .unwrap_or_else(|| panic!("{svc} {name}: {spans:#?}"))
+        };
+        let (trace, parent) = ids();
+        let req = find("api", "handle_signup");
+        assert_eq!(req.trace_id, trace);
+        assert_eq!(req.span_id, parent);
+        // The request's task is in the same trace, the request's parent.
+        let task = find("api", "task handle_signup");
+        assert_eq!(task.trace_id, trace);
+        assert_eq!(req.parent_span_id, task.span_id);
+        // An unrelated chain has a trace of its own.
+        assert_ne!(find("api", "task cron").trace_id, trace);
+        // The consumer: context under the remote span, the task adopted by
+        // it, its span under it too, all in the producer's trace.
+        let ctx = find("worker", names::CONTEXT_SPAN);
+        assert_eq!(ctx.trace_id, trace);
+        assert_eq!(ctx.parent_span_id, parent);
+        let job = find("worker", "task job");
+        assert_eq!(job.trace_id, trace);
+        assert_eq!(job.parent_span_id, ctx.span_id);
+        assert_eq!(find("worker", "send_email").trace_id, trace);
+        // The finding: an event on the task's span, which it marks failed.
+        assert_eq!(job.events.len(), 1);
+        assert_eq!(job.events[0].name, "awaitscope.finding.error");
+        assert_eq!(
+            job.status.as_ref().map(|s| s.code),
+            Some(status::StatusCode::Error as i32)
+        );
+    }
+
+    #[test]
+    fn requests_hold_at_most_a_batch_and_orphan_findings_get_a_span() {
+        let (mut t, _, _) = traces();
+        let n = t.span_count();
+        let orphan = Finding {
+            tasks: vec![],
+            ..finding(100, 1_000, SpanId(0))
+        };
+        let reqs = t.requests(&[orphan], 2);
+        assert!(reqs
+            .iter()
+            .all(|r| r.resource_spans[0].scope_spans[0].spans.len() <= 2));
+        let spans = all(&reqs);
+        assert_eq!(spans.len(), n + 1);
+        let o = spans
+            .iter()
+            .find(|(_, s)| s.name == "awaitscope finding error")
+            .expect("a span for the finding without a task");
+        assert_eq!(o.0, "api");
+        assert_eq!(o.1.events.len(), 1);
+        assert!(o.1.trace_id.iter().any(|b| *b != 0) && o.1.span_id.iter().any(|b| *b != 0));
+    }
+}
