@@ -255,13 +255,20 @@ fn the_workers_error_traces_back_into_the_producers_request() {
     let dir = tempfile::tempdir().unwrap();
     let recs = dir.path().join("recs");
     let report = dir.path().join("serve.json");
+    // serve forwards live to an OTLP receiver of its own.
+    let live_stop = Arc::new(AtomicBool::new(false));
+    let (live_endpoint, live_receiver) = otlp_receiver(live_stop.clone());
 
     let mut serve = Killed(
         Command::new(&awaitscope)
-            .args(["serve", "--listen", "127.0.0.1:0", "--record-dir"])
+            .args(["serve", "--otlp", "--listen", "127.0.0.1:0", "--record-dir"])
             .arg(&recs)
             .arg("--report")
             .arg(&report)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &live_endpoint)
+            .env("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret%21")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
             .stderr(Stdio::piped())
             .spawn()
             .expect("start awaitscope serve"),
@@ -318,6 +325,9 @@ fn the_workers_error_traces_back_into_the_producers_request() {
     wait_success(&mut serve, "awaitscope serve");
     let live: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_trace_crosses(&live, api_pid, worker_pid, "serve");
+    live_stop.store(true, Ordering::Relaxed);
+    let forwarded = live_receiver.join().unwrap();
+    live_otlp_joins_the_trace(&forwarded, &traceparent);
 
     // The same from serve's two recordings.
     let files: Vec<PathBuf> = std::fs::read_dir(&recs)
@@ -379,6 +389,60 @@ fn otlp_receiver(stop: Arc<AtomicBool>) -> (String, std::thread::JoinHandle<Vec<
         got
     });
     (format!("http://{addr}"), handle)
+}
+
+/// What `serve --otlp` forwarded: the request's spans with the
+/// traceparent's ids, the worker's failing span in that trace, and the
+/// error finding as a span under the worker's task, in that trace, with its
+/// joined causal trace.
+fn live_otlp_joins_the_trace(got: &[Received], traceparent: &str) {
+    assert!(!got.is_empty(), "serve --otlp sent nothing");
+    for r in got {
+        assert!(r.headers.contains(&("x-api-key".into(), "s3cret!".into())));
+    }
+    let (trace, parent) = (&traceparent[3..35], &traceparent[36..52]);
+    let spans: Vec<&OtlpSpan> = got
+        .iter()
+        .flat_map(|r| &r.request.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .collect();
+    let user3 = |name: &str| {
+        spans
+            .iter()
+            .copied()
+            .find(|s| s.name == name && attr(s, "user") == Some(&any_value::Value::IntValue(3)))
+            .unwrap_or_else(|| panic!("serve --otlp: no span {name} of user 3"))
+    };
+    let enqueue = user3("enqueue_welcome_email");
+    assert_eq!(
+        (hex(&enqueue.trace_id), hex(&enqueue.span_id)),
+        (trace.into(), parent.into())
+    );
+    assert_eq!(hex(&user3("handle_signup").trace_id), trace);
+    assert_eq!(hex(&user3("send_welcome_email").trace_id), trace);
+    let finding = spans
+        .iter()
+        .find(|s| s.name == "awaitscope finding error")
+        .expect("serve --otlp: the error finding");
+    assert_eq!(hex(&finding.trace_id), trace);
+    let task = spans
+        .iter()
+        .find(|s| s.span_id == finding.parent_span_id)
+        .expect("the finding's task span");
+    assert_eq!(task.name, "task welcome_email_job");
+    let trace_attr = finding.events[0]
+        .attributes
+        .iter()
+        .find(|a| a.key == "awaitscope.finding.trace")
+        .and_then(|a| a.value.as_ref()?.value.clone());
+    let Some(any_value::Value::StringValue(t)) = trace_attr else {
+        panic!("no trace on the finding");
+    };
+    assert!(
+        t.contains("-- handed over through a queue from process queue_api"),
+        "{t}"
+    );
 }
 
 fn hex(b: &[u8]) -> String {

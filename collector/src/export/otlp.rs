@@ -34,7 +34,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 
-use crate::detect::{Finding, Severity};
+use crate::detect::{Finding, FindingKind, Severity};
 
 /// Most spans one export keeps.
 pub const MAX_SPANS: usize = 1_000_000;
@@ -60,6 +60,8 @@ struct SpanRec {
     start: u64,
     end: Option<u64>,
     fields: Vec<Field>,
+    /// Already sent ([`OtlpTraces::take_finished`]).
+    sent: bool,
 }
 
 /// What one process's recording holds for OTLP.
@@ -72,6 +74,8 @@ struct Proc {
     handed: HashMap<SpanId, ([u8; 16], [u8; 8])>,
     /// The latest time seen (ends the spans still open).
     now: u64,
+    /// The process said goodbye: nothing more will close.
+    ended: bool,
 }
 
 /// The spans, tasks and hand-overs of recordings, turned into OTLP.
@@ -79,6 +83,10 @@ struct Proc {
 pub struct OtlpTraces {
     procs: HashMap<ProcessKey, Proc>,
     spans: usize,
+    /// Spans sent live, oldest first: forgotten first past the cap.
+    sent: std::collections::VecDeque<(ProcessKey, SpanId)>,
+    /// Findings sent live (kind, process, first seen, message).
+    sent_findings: std::collections::HashSet<(FindingKind, ProcessKey, u64, String)>,
     /// Spans left out past [`MAX_SPANS`].
     pub dropped_spans: u64,
 }
@@ -98,7 +106,11 @@ impl OtlpTraces {
                 return;
             }
             Body::Events(e) => e,
-            _ => return,
+            Body::Goodbye => {
+                p.ended = true;
+                return;
+            }
+            Body::Dropped(_) => return,
         };
         for e in events {
             if let Some(ts) = e.ts() {
@@ -122,7 +134,9 @@ impl OtlpTraces {
                         // Sent again after a reconnect.
                         continue;
                     }
-                    if self.spans >= MAX_SPANS {
+                    if self.spans >= MAX_SPANS
+                        && !forget_oldest_sent(&mut self.sent, p, frame.process)
+                    {
                         self.dropped_spans += 1;
                         continue;
                     }
@@ -140,6 +154,7 @@ impl OtlpTraces {
                             start: n.ts,
                             end: None,
                             fields: n.fields.clone(),
+                            sent: false,
                         },
                     );
                 }
@@ -194,7 +209,7 @@ impl OtlpTraces {
         keys.sort();
         for key in keys {
             let p = &self.procs[key];
-            let mut spans = p.otlp_spans(key);
+            let mut spans = p.otlp_spans_of(key, None);
             let mut orphans = Vec::new();
             for f in findings
                 .iter()
@@ -220,37 +235,112 @@ impl OtlpTraces {
                 }
             }
             spans.extend(orphans);
-            let resource = Resource {
-                attributes: vec![
-                    kv("service.name", str_value(&p.name)),
-                    kv("process.pid", int_value(i64::from(key.pid))),
-                    kv(
-                        "awaitscope.process.start_unix_ns",
-                        int_value(key.start_unix_ns as i64),
-                    ),
-                ],
-                dropped_attributes_count: 0,
-            };
-            for chunk in spans.chunks(batch) {
-                out.push(ExportTraceServiceRequest {
-                    resource_spans: vec![ResourceSpans {
-                        resource: Some(resource.clone()),
-                        scope_spans: vec![ScopeSpans {
-                            scope: Some(InstrumentationScope {
-                                name: "awaitscope".into(),
-                                version: env!("CARGO_PKG_VERSION").into(),
-                                ..Default::default()
-                            }),
-                            spans: chunk.to_vec(),
-                            schema_url: String::new(),
-                        }],
-                        schema_url: String::new(),
-                    }],
-                });
-            }
+            out.extend(p.wrap(key, spans, batch));
         }
         out
     }
+}
+
+impl OtlpTraces {
+    /// Live: the spans whose trace is settled and that ended since the last
+    /// call, as requests of at most `batch` spans. A span's trace is
+    /// settled when it is in a context from another process, when the root
+    /// of its causal chain ended (a context it sends later could still name
+    /// the trace), or when its process ended. Sent spans are kept (their
+    /// ids are their children's parents) until the cap, then forgotten
+    /// oldest first.
+    pub fn take_finished(&mut self, batch: usize) -> Vec<ExportTraceServiceRequest> {
+        let mut out = Vec::new();
+        let mut keys: Vec<ProcessKey> = self.procs.keys().copied().collect();
+        keys.sort();
+        for key in keys {
+            let p = self.procs.get_mut(&key).expect("listed");
+            p.adopt();
+            let mut memo = HashMap::new();
+            let ready: Vec<SpanId> = p
+                .spans
+                .iter()
+                .filter(|(_, s)| !s.sent && (s.end.is_some() || p.ended))
+                .filter(|(&id, _)| {
+                    p.ended
+                        || match p.top(id, &mut memo) {
+                            Top::Remote(_) => true,
+                            Top::Root(r) => p.spans.get(&r).is_none_or(|r| r.end.is_some()),
+                        }
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            if ready.is_empty() {
+                continue;
+            }
+            let spans = p.otlp_spans_of(&key, Some(&ready));
+            for id in &ready {
+                if let Some(s) = p.spans.get_mut(id) {
+                    s.sent = true;
+                }
+                self.sent.push_back((key, *id));
+            }
+            out.extend(p.wrap(&key, spans, batch));
+        }
+        out
+    }
+
+    /// Live: the findings not sent before, each as a span of its own under
+    /// its task's span (already sent, or to come), in the task's trace. A
+    /// finding whose trace still waits for the process that sent its
+    /// context ([`crate::stitch`]) waits too, unless `last`.
+    pub fn take_findings(
+        &mut self,
+        findings: &[Finding],
+        last: bool,
+    ) -> Vec<ExportTraceServiceRequest> {
+        let mut out = Vec::new();
+        for f in findings {
+            if !last && crate::stitch::needs_stitching(&f.trace) {
+                continue;
+            }
+            let key = ProcessKey {
+                pid: f.pid,
+                start_unix_ns: f.process_start_unix_ns,
+            };
+            let id = (f.kind, key, f.first_seen, f.message.clone());
+            if self.sent_findings.contains(&id) || self.sent_findings.len() >= 65_536 {
+                continue;
+            }
+            self.sent_findings.insert(id);
+            let Some(p) = self.procs.get_mut(&key) else {
+                continue;
+            };
+            p.adopt();
+            let event = finding_event(f, &key);
+            let mut span = orphan_span(f, &key, event);
+            if let Some(t) = f.tasks.first().map(|t| SpanId(t.id)) {
+                if p.spans.contains_key(&t) {
+                    let mut memo = HashMap::new();
+                    span.trace_id = p.trace_of(&key, t, &mut memo).to_vec();
+                    span.parent_span_id = p.span_id(&key, t);
+                }
+            }
+            out.extend(p.wrap(&key, vec![span], 1));
+        }
+        out
+    }
+}
+
+/// Forgets the oldest span sent live, to make room; whether there was one.
+fn forget_oldest_sent(
+    sent: &mut std::collections::VecDeque<(ProcessKey, SpanId)>,
+    p: &mut Proc,
+    key: ProcessKey,
+) -> bool {
+    // Only this process's spans can be reached here (`p` is borrowed).
+    let Some(i) = sent.iter().position(|(k, _)| *k == key) else {
+        return false;
+    };
+    let (_, id) = sent.remove(i).expect("found");
+    p.spans.remove(&id);
+    p.handed.remove(&id);
+    true
 }
 
 impl Proc {
@@ -330,8 +420,60 @@ impl Proc {
         }
     }
 
-    /// Every span as OTLP, with trace ids resolved.
-    fn otlp_spans(&self, key: &ProcessKey) -> Vec<Span> {
+    /// `spans` of this process as requests of at most `batch` spans.
+    fn wrap(
+        &self,
+        key: &ProcessKey,
+        spans: Vec<Span>,
+        batch: usize,
+    ) -> Vec<ExportTraceServiceRequest> {
+        let resource = Resource {
+            attributes: vec![
+                kv("service.name", str_value(&self.name)),
+                kv("process.pid", int_value(i64::from(key.pid))),
+                kv(
+                    "awaitscope.process.start_unix_ns",
+                    int_value(key.start_unix_ns as i64),
+                ),
+            ],
+            dropped_attributes_count: 0,
+        };
+        spans
+            .chunks(batch.max(1))
+            .map(|chunk| ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(resource.clone()),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "awaitscope".into(),
+                            version: env!("CARGO_PKG_VERSION").into(),
+                            ..Default::default()
+                        }),
+                        spans: chunk.to_vec(),
+                        schema_url: String::new(),
+                    }],
+                    schema_url: String::new(),
+                }],
+            })
+            .collect()
+    }
+
+    /// The trace of span `id`: the remote one its chain continues, a
+    /// hand-over's of its root's tree, or one derived from its root.
+    fn trace_of(&self, key: &ProcessKey, id: SpanId, memo: &mut HashMap<SpanId, Top>) -> [u8; 16] {
+        match self.top(id, memo) {
+            Top::Remote(t) => t,
+            Top::Root(r) => self
+                .handed
+                .iter()
+                .find(|(&h, _)| matches!(self.top(h, memo), Top::Root(hr) if hr == r))
+                .map_or_else(|| derived_trace_id(key, r), |(_, (t, _))| *t),
+        }
+    }
+
+    /// The spans as OTLP (those of `only`, else all), with trace ids
+    /// resolved.
+    fn otlp_spans_of(&self, key: &ProcessKey, only: Option<&[SpanId]>) -> Vec<Span> {
         // The trace of each root: a hand-over's, when one of the root's
         // spans sent its context; else derived from the root.
         let mut root_trace: HashMap<SpanId, [u8; 16]> = HashMap::new();
@@ -341,10 +483,13 @@ impl Proc {
                 root_trace.insert(r, trace);
             }
         }
-        let mut ids: Vec<&SpanId> = self.spans.keys().collect();
+        let mut ids: Vec<SpanId> = match only {
+            Some(only) => only.to_vec(),
+            None => self.spans.keys().copied().collect(),
+        };
         ids.sort();
         ids.into_iter()
-            .map(|&id| {
+            .map(|id| {
                 let s = &self.spans[&id];
                 let trace_id = match self.top(id, &mut memo) {
                     Top::Remote(t) => t,

@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub viewer_queue_bytes: usize,
     /// Model configuration.
     pub model: Config,
+    /// Where every frame applied is also sent, without waiting (a full
+    /// channel drops the frame): `serve --otlp`'s forwarder.
+    pub frame_tap: Option<std::sync::mpsc::SyncSender<Frame>>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             viewer_queue_bytes: 8 << 20,
             model: Config::default(),
+            frame_tap: None,
         }
     }
 }
@@ -353,7 +357,12 @@ impl Server {
                 let mut m = lock(&applier.model);
                 for input in &batch {
                     match input {
-                        Input::Frame(f) => m.apply_live(f, wall),
+                        Input::Frame(f) => {
+                            m.apply_live(f, wall);
+                            if let Some(tap) = &applier.cfg.frame_tap {
+                                let _ = tap.try_send(f.clone());
+                            }
+                        }
                         Input::Disconnected { key, clean } => m.disconnected(*key, *clean),
                     }
                 }

@@ -183,6 +183,67 @@ pub fn export(files: &[std::path::PathBuf], report: &Report) -> Result<String, S
     Ok(said)
 }
 
+/// Frames queued for `serve --otlp`'s forwarder; past it frames are
+/// dropped (their spans are then missing from what is forwarded), never
+/// waited for: serve's ingest does not slow down for the backend.
+pub const LIVE_QUEUE: usize = 8192;
+
+/// How often `serve --otlp` sends what is settled.
+const LIVE_PERIOD: Duration = Duration::from_secs(2);
+
+/// `serve --otlp`: reads the frames serve applies, and every
+/// [`LIVE_PERIOD`] sends the spans that ended (once their trace is
+/// settled) and the findings made since; a last time when `stop` is set.
+/// A failed send is logged and its spans are not retried.
+pub fn forward_live(
+    endpoint: Endpoint,
+    frames: std::sync::mpsc::Receiver<awaitscope_wire::Frame>,
+    server: awaitscope_collector::ingest::server::ServerHandle,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut traces = OtlpTraces::new();
+    let mut next = std::time::Instant::now() + LIVE_PERIOD;
+    let mut failures = 0u64;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        match frames.recv_timeout(Duration::from_millis(100)) {
+            Ok(f) => {
+                traces.add_frame(&f);
+                if !stopping && std::time::Instant::now() < next {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if !stopping && std::time::Instant::now() < next => {
+                continue
+            }
+            Err(_) => {}
+        }
+        // Drains what is queued before the last flush.
+        if stopping {
+            while let Ok(f) = frames.try_recv() {
+                traces.add_frame(&f);
+            }
+        }
+        let findings = server.with_model(|m| m.findings().list().to_vec());
+        let mut requests = traces.take_finished(awaitscope_collector::export::otlp::DEFAULT_BATCH);
+        requests.extend(traces.take_findings(&findings, stopping));
+        for r in &requests {
+            if let Err(e) = endpoint.send(r) {
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!("{e} ({failures} failed request(s) so far)");
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        next = std::time::Instant::now() + LIVE_PERIOD;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

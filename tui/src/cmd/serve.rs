@@ -1,5 +1,5 @@
 //! `awaitscope serve [--listen 127.0.0.1:6670] [--record-dir DIR]
-//! [--allow-remote] [--token T]`: the headless collector. Runs until
+//! [--allow-remote] [--token T] [--otlp]`: the headless collector. Runs until
 //! Ctrl-C, logging connections, refusals and findings on stderr. UIs watch
 //! it with `awaitscope --connect ADDR` on the same port (the token, when
 //! set, applies to them too).
@@ -37,6 +37,12 @@ pub struct Args {
     /// Seconds of silence after which a connection is closed.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout: u64,
+    /// Forward live to an OpenTelemetry backend over OTLP/HTTP
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`): tasks
+    /// and spans once their trace is settled and they ended, findings when
+    /// they are made.
+    #[arg(long)]
+    pub otlp: bool,
 }
 
 /// Runs `serve`.
@@ -52,7 +58,25 @@ pub fn run(args: Args) -> u8 {
             return EXIT_BAD_INPUT;
         }
     };
+    let forward = match args.otlp {
+        true => match super::otlp::Endpoint::from_env() {
+            Ok(e) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(super::otlp::LIVE_QUEUE);
+                Some((e, tx, rx))
+            }
+            Err(e) => {
+                eprintln!("awaitscope serve: {e}");
+                return EXIT_BAD_INPUT;
+            }
+        },
+        false => None,
+    };
+    let (forward, frame_tap) = match forward {
+        Some((e, tx, rx)) => (Some((e, rx)), Some(tx)),
+        None => (None, None),
+    };
     let cfg = ServerConfig {
+        frame_tap,
         listen: args.listen,
         allow_remote: args.allow_remote,
         token: args.token.filter(|t| !t.is_empty()),
@@ -70,6 +94,12 @@ pub fn run(args: Args) -> u8 {
             }
         };
         let handle = server.handle();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forwarder = forward.map(|(endpoint, frames)| {
+            info!("forwarding to OTLP endpoint {}", endpoint.url);
+            let (h, stop) = (handle.clone(), stop.clone());
+            std::thread::spawn(move || super::otlp::forward_live(endpoint, frames, h, stop))
+        });
         info!("listening on {}", server.local_addr());
         server
             .run_until(async {
@@ -96,6 +126,11 @@ pub fn run(args: Args) -> u8 {
                 }
             })
             .await;
+        if let Some(f) = forwarder {
+            // Its last flush: what ended before the stop.
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = f.join();
+        }
         let st = handle.stats();
         info!(
             accepted = st.accepted.load(std::sync::atomic::Ordering::Relaxed),
