@@ -248,6 +248,7 @@ impl Model {
     /// Forgets all findings (before restoring another model's).
     pub fn clear_findings(&mut self) {
         *self.engine.findings_mut() = Findings::new(self.config.max_findings);
+        self.waiting.clear();
     }
 
     /// The detector episodes in progress on live task `task` of `key`
