@@ -48,7 +48,13 @@ pub struct Model {
     engine: Engine,
     /// Warnings about inputs (truncated recordings, refused frames...).
     pub warnings: Vec<String>,
+    /// Findings whose trace waits for the process that sent its context
+    /// (by index; at most [`MAX_WAITING`]).
+    waiting: Vec<usize>,
 }
+
+/// Most findings waiting for the process that sent their context.
+const MAX_WAITING: usize = 1024;
 
 impl Default for Model {
     fn default() -> Self {
@@ -65,6 +71,7 @@ impl Model {
             processes: BTreeMap::new(),
             engine,
             warnings: Vec::new(),
+            waiting: Vec::new(),
         }
     }
 
@@ -76,11 +83,14 @@ impl Model {
             .entry(frame.process)
             .or_insert_with(|| Process::new(frame.process));
         p.seq(frame.seq);
+        let mut handed_over = false;
         match &frame.body {
             Body::Hello(info) => p.hello(info),
             Body::Events(events) => {
+                let before = p.handovers.received;
                 let mut watch = self.engine.watch(p.key, &cfg.thresholds);
                 p.apply_events(events, cfg, &mut watch);
+                handed_over = p.handovers.received != before;
             }
             Body::Dropped(d) => {
                 p.dropped.buffer_full = p.dropped.buffer_full.max(d.buffer_full);
@@ -102,6 +112,34 @@ impl Model {
         let now = if ended { p.now } else { p.judged_now() };
         if ended || now >= last_scan.saturating_add(cfg.scan_interval_ns) {
             self.engine.scan(p, now, &cfg.thresholds);
+        }
+        self.join_processes(handed_over);
+    }
+
+    /// Continues findings' traces in the processes that sent their contexts
+    /// ([`crate::stitch`]): those just made, and, when contexts arrived
+    /// (`handed_over`), those that waited for their sender.
+    fn join_processes(&mut self, handed_over: bool) {
+        let mut todo = self.engine.findings_mut().take_unjoined();
+        if handed_over {
+            todo.append(&mut self.waiting);
+        }
+        if todo.is_empty() {
+            return;
+        }
+        todo.sort_unstable();
+        todo.dedup();
+        for i in todo {
+            let Some(f) = self.engine.findings().list().get(i) else {
+                continue;
+            };
+            match crate::stitch::stitch(&f.trace, || self.processes.values()) {
+                Some(joined) => self.engine.findings_mut().set_trace(i, joined),
+                None if self.waiting.len() < MAX_WAITING && !self.waiting.contains(&i) => {
+                    self.waiting.push(i)
+                }
+                None => {}
+            }
         }
     }
 
@@ -217,6 +255,7 @@ impl Model {
     /// Forgets all findings (before restoring another model's).
     pub fn clear_findings(&mut self) {
         *self.engine.findings_mut() = Findings::new(self.config.max_findings);
+        self.waiting.clear();
     }
 
     /// The detector episodes in progress on live task `task` of `key`

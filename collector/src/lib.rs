@@ -15,6 +15,8 @@
 //!   the detectors.
 //! * [`ingest`]: reading recordings, and the TCP server (`awaitscope serve`,
 //!   feature `server`, on by default).
+//! * [`stitch`]: causal traces joined across processes (a consumer's
+//!   trace continued in the process that sent it the context).
 //! * [`report`]: the JSON report (`awaitscope report`), schema in
 //!   `docs/report-json.md`.
 //! * [`export`]: the CI formats (Perfetto and Chrome traces, JUnit,
@@ -38,6 +40,7 @@ pub mod export;
 pub mod ingest;
 pub mod model;
 pub mod report;
+pub mod stitch;
 pub mod symbolize;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

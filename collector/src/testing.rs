@@ -704,6 +704,50 @@ impl StreamBuilder {
         })))
     }
 
+    /// An ERROR event in `task`, within `span`, carrying the producer's
+    /// causal trace `trace` (innermost first).
+    pub fn error_traced(
+        &mut self,
+        task: Option<SpanId>,
+        span: Option<SpanId>,
+        msg: &str,
+        trace: &[&str],
+        ts: u64,
+    ) -> &mut Self {
+        self.callsite(CS_ERROR);
+        self.push(Event::Log(Box::new(awaitscope_wire::Log {
+            callsite: CS_ERROR,
+            span,
+            task,
+            ts,
+            fields: vec![Field {
+                index: 0,
+                value: Value::Str(msg.into()),
+            }],
+            trace: trace.iter().map(|l| l.to_string()).collect(),
+        })))
+    }
+
+    /// A context sent to another process (`Context::traceparent`) from
+    /// `span` in `task`, with its causal trace.
+    pub fn handover(
+        &mut self,
+        span: SpanId,
+        task: SpanId,
+        ids: ([u8; 16], [u8; 8]),
+        trace: &[&str],
+        ts: u64,
+    ) -> &mut Self {
+        self.push(Event::Handover(Box::new(awaitscope_wire::Handover {
+            span: Some(span),
+            task: Some(task),
+            trace_id: ids.0,
+            span_id: ids.1,
+            ts,
+            trace: trace.iter().map(|l| l.to_string()).collect(),
+        })))
+    }
+
     /// A panic in `task` at `src/main.rs:42`.
     pub fn panic(&mut self, task: Option<SpanId>, msg: &str, ts: u64) -> &mut Self {
         self.push(Event::Panic(Box::new(awaitscope_wire::Panic {

@@ -123,6 +123,13 @@ pub enum TraceItem {
         /// taken inside one.
         from: Option<TaskRef>,
     },
+    /// A hand-off from another process: the spans above continue a
+    /// [`Context`] read with [`Context::from_traceparent`]; the chain goes on
+    /// in the process that sent it (which a collector seeing both joins).
+    Remote {
+        /// The `traceparent` the context was read from (version `00`).
+        traceparent: String,
+    },
 }
 
 impl CausalTrace {
@@ -193,6 +200,12 @@ impl CausalTrace {
                     cur = node.link.clone();
                 }
                 SpanClass::User if node.meta.target() == names::CONTEXT_TARGET => {
+                    if let Some(remote) = crate::traceparent::remote_of(&node) {
+                        items.push(TraceItem::Remote {
+                            traceparent: remote.to_string(),
+                        });
+                        break;
+                    }
                     let from = node.link.as_ref().and_then(|l| l.ctx_task_node.clone());
                     items.push(TraceItem::Handoff {
                         from: from.as_deref().and_then(task_ref),
@@ -341,6 +354,13 @@ impl fmt::Display for CausalTrace {
                     }
                     writeln!(f, " --")?;
                 }
+                TraceItem::Remote { traceparent } => {
+                    writeln!(
+                        f,
+                        "  {}{traceparent} --",
+                        awaitscope_wire::names::REMOTE_HANDOFF_PREFIX
+                    )?;
+                }
             }
         }
         Ok(())
@@ -440,15 +460,29 @@ impl<T, E> WithCausalTrace<T, E> for Result<T, E> {
 /// let _entered = cx.enter();
 /// # }
 /// ```
+///
+/// Across processes, the context travels as a W3C `traceparent` header
+/// value: [`Context::traceparent`] on the producer's side,
+/// [`Context::from_traceparent`] on the consumer's (see
+/// `crate::traceparent`).
 #[derive(Clone, Default)]
 pub struct Context {
-    node: Option<Arc<SpanNode>>,
+    pub(crate) node: Option<Arc<SpanNode>>,
+    /// The task being polled where the context was taken.
+    pub(crate) task: Option<Arc<SpanNode>>,
+    /// The span in another process this context continues
+    /// ([`Context::from_traceparent`]).
+    pub(crate) remote: Option<crate::traceparent::TraceParent>,
+    /// OpenTelemetry's ids of the span the context was taken in, when
+    /// `tracing-opentelemetry` follows it.
+    pub(crate) otel: Option<crate::traceparent::TraceParent>,
 }
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
             .field("span", &self.node.as_ref().map(|n| n.id))
+            .field("remote", &self.remote.map(|r| r.to_string()))
             .finish()
     }
 }
@@ -456,13 +490,32 @@ impl fmt::Debug for Context {
 impl Context {
     /// The context of the current span.
     pub fn current() -> Self {
-        Self { node: here().span }
+        let Here { span, task } = here();
+        Self {
+            node: span,
+            task,
+            remote: None,
+            #[cfg(feature = "opentelemetry")]
+            otel: crate::traceparent::otel::current(),
+            #[cfg(not(feature = "opentelemetry"))]
+            otel: None,
+        }
     }
 
     /// A span (`awaitscope.context`) that continues this context: spans
     /// created inside it have the context's chain as their causal parent.
     /// Instrument a future with it, or enter it.
     pub fn span(&self) -> tracing::Span {
+        if let Some(remote) = &self.remote {
+            let span = tracing::info_span!(
+                target: names::CONTEXT_TARGET,
+                names::CONTEXT_SPAN,
+                traceparent = %remote
+            );
+            #[cfg(feature = "opentelemetry")]
+            crate::traceparent::otel::set_parent(&span, remote);
+            return span;
+        }
         let _ = PENDING_LINK.try_with(|l| *l.borrow_mut() = self.node.clone());
         let span = tracing::info_span!(target: names::CONTEXT_TARGET, names::CONTEXT_SPAN);
         // Not consumed if the layer is absent or the span disabled.

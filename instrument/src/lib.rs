@@ -55,6 +55,7 @@ mod stacks;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod traceparent;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

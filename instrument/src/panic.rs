@@ -27,6 +27,16 @@ pub(crate) fn register(shared: &Arc<Capture>) {
     });
 }
 
+/// The live captures, which the panic hook records into; also where a
+/// context leaving the process is recorded (`crate::traceparent`). Empty
+/// when the list is busy: recording never waits.
+pub(crate) fn captures() -> Vec<Arc<Capture>> {
+    match INSTANCES.try_lock() {
+        Ok(list) => list.iter().filter_map(Weak::upgrade).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn record(info: &std::panic::PanicHookInfo<'_>) {
     let instances: Vec<Arc<Capture>> = match INSTANCES.try_lock() {
         Ok(list) => list.iter().filter_map(Weak::upgrade).collect(),

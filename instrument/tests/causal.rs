@@ -31,6 +31,7 @@ fn shape(trace: &CausalTrace) -> Vec<String> {
                 "handoff from {}",
                 from.and_then(|b| b.name).unwrap_or_else(|| "-".into())
             ),
+            TraceItem::Remote { traceparent } => format!("remote {traceparent}"),
         })
         .collect()
 }

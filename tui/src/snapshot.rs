@@ -199,6 +199,11 @@ pub struct TaskDetail {
     pub woken_by: Vec<(String, u64)>,
     /// Tasks awaiting this one's JoinHandle.
     pub awaited_by: Vec<String>,
+    /// Findings of other processes whose causal trace continues in this
+    /// task (it sent them a context through a queue): `kind in process
+    /// (pid): task: message`. The other way, a consumer's findings show
+    /// the producer's task in their trace.
+    pub handed_over_to: Vec<String>,
     /// WARN/ERROR events (level, message, location).
     pub logs: Vec<(String, String, String)>,
     /// Findings naming the task, each with its location and trace.
@@ -401,7 +406,9 @@ impl Snapshot {
         if let Some(k) = detail {
             if let Some(p) = procs.get(k.proc as usize) {
                 if let Some(t) = p.task(SpanId(k.id)) {
-                    snap.detail = Some((k, task_detail(p, t, &snap.findings, k)));
+                    let mut d = task_detail(p, t, &snap.findings, k);
+                    d.handed_over_to = handed_over_to(p, t, &snap.findings, &snap.processes);
+                    snap.detail = Some((k, d));
                 }
             }
         }
@@ -485,6 +492,40 @@ fn hist_summary(h: Option<&Histogram<u32>>) -> HistSummary {
         max: h.max(),
         buckets,
     }
+}
+
+/// Findings of other processes whose traces were joined to task `t` of `p`
+/// (`awaitscope_collector::stitch`).
+fn handed_over_to(
+    p: &Process,
+    t: &Task,
+    findings: &[FindingRow],
+    procs: &[ProcSummary],
+) -> Vec<String> {
+    findings
+        .iter()
+        .filter(|f| {
+            procs
+                .get(f.proc as usize)
+                .is_some_and(|q| q.pid != p.key.pid)
+        })
+        .filter(|f| {
+            f.trace.iter().any(|l| {
+                awaitscope_collector::stitch::sent_from(l) == Some((p.key.pid, Some(t.id.0)))
+            })
+        })
+        .map(|f| {
+            let q = &procs[f.proc as usize];
+            let task = f.tasks.first().map_or("", |t| t.1.as_str());
+            format!(
+                "{} in {} (pid {}): {task}: {}",
+                f.kind.as_str(),
+                q.name,
+                q.pid,
+                f.message
+            )
+        })
+        .collect()
 }
 
 fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> TaskDetail {
@@ -607,6 +648,7 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
             })
             .collect(),
         awaited_by,
+        handed_over_to: Vec::new(),
         logs: t
             .logs
             .iter()

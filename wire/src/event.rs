@@ -367,6 +367,13 @@ pub enum Event {
     /// asked to symbolise in process sends the frames in the `Stall` and no
     /// `NativeStack`.)
     NativeStack(Box<NativeStack>),
+    /// A causal context left the process (version 5, boxed): the program
+    /// took a W3C `traceparent` of one of its spans
+    /// (`awaitscope::Context::traceparent`) to send along with a message.
+    /// A collector that also sees the receiving process finds the message's
+    /// consumer by these ids (its context span carries the same
+    /// `traceparent`) and continues the consumer's causal traces here.
+    Handover(Box<Handover>),
 }
 
 impl Event {
@@ -387,6 +394,7 @@ impl Event {
             Event::NativeStack(ns) => Some(ns.ts),
             Event::Log(l) => Some(l.ts),
             Event::Panic(p) => Some(p.ts),
+            Event::Handover(h) => Some(h.ts),
             Event::Callsite(_)
             | Event::Thread { .. }
             | Event::Record { .. }
@@ -505,6 +513,27 @@ pub struct Panic {
     /// When the panic hook ran, ns since the producer started.
     pub ts: u64,
     /// The causal trace at the panic, innermost first.
+    #[serde(deserialize_with = "capped::trace")]
+    pub trace: Vec<String>,
+}
+
+/// A causal context sent to another process: [`Event::Handover`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The span whose context was taken (`None`: taken outside any span).
+    pub span: Option<SpanId>,
+    /// The task being polled when the context was taken, if any.
+    pub task: Option<SpanId>,
+    /// The W3C trace id sent (never all zero).
+    pub trace_id: [u8; 16],
+    /// The W3C parent id sent: the id `span` has in that trace (never all
+    /// zero).
+    pub span_id: [u8; 8],
+    /// When the context was taken, ns since the producer started.
+    pub ts: u64,
+    /// The causal trace of `span`, one line per span or task boundary,
+    /// innermost first (as in [`Log::trace`]): what a consumer's traces
+    /// continue with.
     #[serde(deserialize_with = "capped::trace")]
     pub trace: Vec<String>,
 }

@@ -51,10 +51,14 @@ pub const MAGIC: [u8; 8] = *b"AWSCOPE\0";
 /// Version 4 added [`Event::NativeStack`] (a stall's native stack as
 /// addresses in the program's modules, symbolised by the collector rather
 /// than by the program).
-pub const VERSION: u16 = 4;
+///
+/// Version 5 added [`Event::Handover`] (a causal context sent to another
+/// process as a W3C `traceparent`, for the collector to join the two
+/// processes' causal traces).
+pub const VERSION: u16 = 5;
 
-/// Oldest version a reader accepts: version-1 and version-2 streams decode
-/// unchanged (their events are a subset of version 4's). Others are refused.
+/// Oldest version a reader accepts: version-1 to version-4 streams decode
+/// unchanged (their events are a subset of version 5's). Others are refused.
 pub const MIN_VERSION: u16 = 1;
 
 /// Largest frame payload accepted, in bytes. Producers batch well under it.

@@ -196,3 +196,13 @@ pub const LABEL: &str = "label";
 /// up a causal context handed over through a queue; it follows from the
 /// producer's span.
 pub const CONTEXT_SPAN: &str = "awaitscope.context";
+
+/// On a [`CONTEXT_SPAN`] taken up from another process: the W3C
+/// `traceparent` it continues (the parent's trace and span ids there).
+pub const TRACEPARENT: &str = "traceparent";
+
+/// How a causal trace line names a hand-over from another process, followed
+/// by the `traceparent` and ` --`. A collector that sees the sending process
+/// too (its [`crate::Event::Handover`] with the same ids) replaces the line
+/// with one naming that process and task, and continues the trace there.
+pub const REMOTE_HANDOFF_PREFIX: &str = "-- handed over through a queue from traceparent ";

@@ -220,6 +220,12 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                         p.file.as_deref().map_or(Ok(()), s)?;
                         lines(&p.trace)?;
                     }
+                    Event::Handover(h) => {
+                        if h.trace_id == [0; 16] || h.span_id == [0; 8] {
+                            return Err("handover with an all-zero W3C id".into());
+                        }
+                        lines(&h.trace)?;
+                    }
                     Event::Stall(st) => {
                         if st.spans.len() > limits::MAX_TREE {
                             return Err(format!("{} stall spans exceed the cap", st.spans.len()));

@@ -102,6 +102,12 @@ pub struct Observation {
     pub new_occurrence: bool,
 }
 
+/// Whether a finding of `kind` with `trace` waits to be joined across
+/// processes: only errors and panics carry the producer's causal trace.
+fn joins_processes(kind: FindingKind, trace: &[String]) -> bool {
+    matches!(kind, FindingKind::Error | FindingKind::Panic) && crate::stitch::needs_stitching(trace)
+}
+
 /// Most tasks listed on one finding.
 pub const MAX_TASKS_PER_FINDING: usize = 8;
 
@@ -113,6 +119,9 @@ pub struct Findings {
     /// Observations not kept because `max` distinct findings existed.
     pub suppressed: u64,
     max: usize,
+    /// Findings whose trace was just set and has a hand-over from another
+    /// process to join ([`crate::stitch`]), by index.
+    unjoined: Vec<usize>,
 }
 
 impl Findings {
@@ -160,6 +169,9 @@ impl Findings {
                     if o.location.is_some() {
                         f.location = o.location;
                     }
+                    if joins_processes(f.kind, &f.trace) && !self.unjoined.contains(&i) {
+                        self.unjoined.push(i);
+                    }
                 }
             }
             for t in o.tasks {
@@ -184,6 +196,9 @@ impl Findings {
                 0
             }),
         );
+        if joins_processes(o.kind, &o.trace) {
+            self.unjoined.push(self.list.len());
+        }
         self.index.insert(key, self.list.len());
         self.list.push(Finding {
             kind: o.kind,
@@ -199,6 +214,19 @@ impl Findings {
             first_seen: o.ts,
             last_seen: o.ts,
         });
+    }
+
+    /// The findings whose trace has a hand-over from another process to
+    /// join since the last call, by index in [`Findings::list`].
+    pub fn take_unjoined(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.unjoined)
+    }
+
+    /// Replaces the trace of finding `i` (a trace joined across processes).
+    pub fn set_trace(&mut self, i: usize, trace: Vec<String>) {
+        if let Some(f) = self.list.get_mut(i) {
+            f.trace = trace;
+        }
     }
 
     /// The findings with their deduplication keys, in order of first

@@ -5,6 +5,8 @@
 //!
 //! * Formats built from the aggregated [`Report`](crate::Report) (and the
 //!   [`WalkSummary`] below): [`junit`], [`markdown`], [`github`].
+//! * [`otlp`]: OpenTelemetry traces of the recordings' tasks and spans,
+//!   with the findings as span events, read by streaming over the frames.
 //! * Formats that need every poll: [`perfetto`], [`chrome`] (timelines) and
 //!   [`flame`] (async flame graphs). They are built by streaming over the
 //!   recording's frames with a [`timeline::Walker`], which applies them to
@@ -29,6 +31,7 @@ pub mod flame;
 pub mod github;
 pub mod junit;
 pub mod markdown;
+pub mod otlp;
 pub mod perfetto;
 pub mod timeline;
 

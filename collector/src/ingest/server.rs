@@ -88,6 +88,9 @@ pub struct ServerConfig {
     pub max_evicted: usize,
     /// Model configuration.
     pub model: Config,
+    /// Where every frame applied is also sent, without waiting (a full
+    /// channel drops the frame): `serve --otlp`'s forwarder.
+    pub frame_tap: Option<std::sync::mpsc::SyncSender<Frame>>,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +112,7 @@ impl Default for ServerConfig {
             retention: Duration::from_secs(600),
             max_evicted: 1000,
             model: Config::default(),
+            frame_tap: None,
         }
     }
 }
@@ -447,7 +451,12 @@ impl Server {
                 let mut m = lock(&applier.model);
                 for input in &batch {
                     match input {
-                        Input::Frame(f, _) => m.apply_live(f, wall),
+                        Input::Frame(f, _) => {
+                            m.apply_live(f, wall);
+                            if let Some(tap) = &applier.cfg.frame_tap {
+                                let _ = tap.try_send(f.clone());
+                            }
+                        }
                         Input::Disconnected { key, clean } => {
                             m.disconnected(*key, *clean);
                             lock(&applier.ended).push_back((*key, Instant::now()));

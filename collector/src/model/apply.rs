@@ -238,6 +238,14 @@ impl Process {
                 self.bump(ns.ts);
                 self.native_stack(ns, obs);
             }
+            Event::Handover(h) => {
+                self.bump(h.ts);
+                let name = h
+                    .task
+                    .and_then(|t| self.tasks.get(&t))
+                    .and_then(|t| t.name.clone());
+                self.handovers.insert(h, name);
+            }
             Event::Panic(p) => {
                 let awaitscope_wire::Panic {
                     task,

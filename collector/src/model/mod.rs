@@ -11,6 +11,7 @@
 //! * [`merge`]: the merge of a batch's per-thread runs in time order.
 //! * [`labels`]: how tasks, spans and await points are named.
 //! * [`stall`]: what the producer saw of a poll that ran too long.
+//! * [`handover`]: contexts a process sent to others as `traceparent`s.
 //! * [`task`], [`span`], [`resource`], [`await_tree`]: what a process holds.
 //!
 //! Time: waits and polls that ended are judged by their own events'
@@ -23,6 +24,7 @@
 pub mod apply;
 pub mod await_tree;
 pub mod change;
+pub mod handover;
 pub mod hash;
 pub mod labels;
 pub mod late_wake;

@@ -139,6 +139,8 @@ pub struct Process {
     pub closed_spans: ClosedSpans,
     /// The latest late timer wakes (see [`super::timer`]), oldest first.
     pub late_wakes: VecDeque<super::late_wake::LateWake>,
+    /// Contexts the process sent to others (`Context::traceparent`).
+    pub handovers: super::handover::Handovers,
     /// Wall clock (Unix ns) when the latest live frame arrived, and the
     /// process clock then.
     pub(crate) last_wall: Option<(u64, u64)>,
@@ -192,6 +194,7 @@ impl Process {
             tasks: FastMap::default(),
             completed: VecDeque::new(),
             late_wakes: VecDeque::new(),
+            handovers: Default::default(),
             summary: FastMap::default(),
             resources: FastMap::default(),
             closed_spans: ClosedSpans::default(),

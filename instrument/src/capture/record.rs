@@ -36,6 +36,16 @@ pub(crate) struct RawPanic {
     pub trace: Vec<String>,
 }
 
+/// A context that left the process as a `traceparent`.
+pub(crate) struct RawHandover {
+    pub span: u64,
+    pub task: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub ts: u64,
+    pub trace: Vec<String>,
+}
+
 /// One ring slot. Ids are stable span ids; 0 means none. `ts` are raw clock
 /// readings.
 pub(crate) enum Raw {
@@ -94,6 +104,7 @@ pub(crate) enum Raw {
     },
     Log(Box<RawLog>),
     Panic(Box<RawPanic>),
+    Handover(Box<RawHandover>),
 }
 
 impl Raw {
@@ -112,6 +123,7 @@ impl Raw {
             Raw::Poll { end, .. } => Some(*end),
             Raw::Log(l) => Some(l.ts),
             Raw::Panic(p) => Some(p.ts),
+            Raw::Handover(h) => Some(h.ts),
             Raw::TreeNode { .. } | Raw::Record(_) | Raw::FollowsFrom { .. } => None,
         }
     }

@@ -1051,6 +1051,16 @@ impl Exporter {
                     trace: p.trace,
                 })))
             }
+            Raw::Handover(h) => {
+                return Some(Event::Handover(Box::new(awaitscope_wire::Handover {
+                    span: span_id(h.span),
+                    task: span_id(h.task),
+                    trace_id: h.trace_id,
+                    span_id: h.span_id,
+                    ts: ns(h.ts),
+                    trace: h.trace,
+                })))
+            }
         }
         None
     }

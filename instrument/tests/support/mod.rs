@@ -190,6 +190,8 @@ pub struct Captured {
     pub entered_in_task: HashMap<SpanId, Vec<SpanId>>,
     /// `Poll` events (a whole poll in one event) seen.
     pub whole_polls: usize,
+    /// Contexts that left the process (`Context::traceparent`).
+    pub handovers: Vec<awaitscope_wire::Handover>,
 }
 
 fn fields_map(names: &[String], fields: &[Field]) -> HashMap<String, Value> {
@@ -395,6 +397,7 @@ impl Captured {
                 }
                 self.native_stacks += 1;
             }
+            Event::Handover(h) => self.handovers.push(*h),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Subcommands.
 
 pub mod demo;
+pub mod otlp;
 pub mod record;
 pub mod replay;
 pub mod report;

@@ -2,7 +2,9 @@
 //! [--fail-on KINDS] [--from T] [--to T] [--max-trace-events N]`
 //!
 //! Formats: `json` (docs/report-json.md), `text`, `perfetto`, `chrome`,
-//! `junit`, `markdown`, `folded`, `svg`, `github` (docs/ci.md). One format
+//! `junit`, `markdown`, `folded`, `svg`, `github` (docs/ci.md), and `otlp`,
+//! which writes no file but sends OTLP/HTTP to the OpenTelemetry endpoint
+//! of the environment (`cmd::otlp`). One format
 //! goes to `--out` or standard output; several `--format` at once each go to
 //! their own file in `--out-dir` (names in [`Format::file_names`]).
 //!
@@ -47,6 +49,9 @@ pub enum Format {
     Svg,
     /// GitHub Actions `::error` annotations (at most 10).
     Github,
+    /// OTLP/HTTP to an OpenTelemetry backend (`OTEL_EXPORTER_OTLP_ENDPOINT`):
+    /// tasks and spans as spans, findings as span events; no file.
+    Otlp,
 }
 
 impl Format {
@@ -62,6 +67,7 @@ impl Format {
             Format::Folded => &["flame-pending.folded", "flame-busy.folded"],
             Format::Svg => &["flame-pending.svg", "flame-busy.svg"],
             Format::Github => &["annotations.txt"],
+            Format::Otlp => &[],
         }
     }
 
@@ -76,6 +82,7 @@ impl Format {
             Format::Folded => "folded stacks",
             Format::Svg => "flame graph",
             Format::Github => "GitHub annotations",
+            Format::Otlp => "OTLP export",
         }
     }
 }
@@ -256,6 +263,10 @@ fn write_all(args: &Args, formats: &[Format], report: &Report) -> Result<(), Str
         }
     };
     let has = |f: Format| formats.contains(&f);
+    if has(Format::Otlp) {
+        let said = super::otlp::export(&args.files, report)?;
+        eprintln!("awaitscope report: {said}");
+    }
     let needs_walk = formats.iter().any(|f| {
         matches!(
             f,
@@ -337,7 +348,7 @@ fn write_all(args: &Args, formats: &[Format], report: &Report) -> Result<(), Str
     for &f in formats {
         let d = dests(f);
         match f {
-            Format::Perfetto | Format::Chrome => {}
+            Format::Perfetto | Format::Chrome | Format::Otlp => {}
             Format::Json => {
                 let s = serde_json::to_string_pretty(report)
                     .map_err(|e| format!("cannot encode the report: {e}"))?;

@@ -1,6 +1,6 @@
 //! `awaitscope serve [--listen 127.0.0.1:6670] [--record-dir DIR]
-//! [--allow-remote] [--token T] [--memory-budget SIZE] [--retention D]`:
-//! the headless collector. Runs until Ctrl-C or SIGTERM, logging
+//! [--allow-remote] [--token T] [--memory-budget SIZE] [--retention D]
+//! [--otlp]`: the headless collector. Runs until Ctrl-C or SIGTERM, logging
 //! connections, refusals and findings on stderr. UIs watch it with
 //! `awaitscope --connect ADDR` on the same port (the token, when set,
 //! applies to them too).
@@ -55,6 +55,12 @@ pub struct Args {
     /// for 10 s.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Forward live to an OpenTelemetry backend over OTLP/HTTP
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`): tasks
+    /// and spans once their trace is settled and they ended, findings when
+    /// they are made.
+    #[arg(long)]
+    pub otlp: bool,
 }
 
 /// Runs `serve`.
@@ -70,7 +76,25 @@ pub fn run(args: Args) -> u8 {
             return EXIT_BAD_INPUT;
         }
     };
+    let forward = match args.otlp {
+        true => match super::otlp::Endpoint::from_env() {
+            Ok(e) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(super::otlp::LIVE_QUEUE);
+                Some((e, tx, rx))
+            }
+            Err(e) => {
+                eprintln!("awaitscope serve: {e}");
+                return EXIT_BAD_INPUT;
+            }
+        },
+        false => None,
+    };
+    let (forward, frame_tap) = match forward {
+        Some((e, tx, rx)) => (Some((e, rx)), Some(tx)),
+        None => (None, None),
+    };
     let cfg = ServerConfig {
+        frame_tap,
         listen: args.listen,
         allow_remote: args.allow_remote,
         token: args.token.filter(|t| !t.is_empty()),
@@ -97,6 +121,12 @@ pub fn run(args: Args) -> u8 {
             max_connections = args.max_connections,
             "limits"
         );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forwarder = forward.map(|(endpoint, frames)| {
+            info!("forwarding to OTLP endpoint {}", endpoint.url);
+            let (h, stop) = (handle.clone(), stop.clone());
+            std::thread::spawn(move || super::otlp::forward_live(endpoint, frames, h, stop))
+        });
         // Last on its line: scripts read the address after "listening on ".
         info!("listening on {}", server.local_addr());
         server
@@ -124,6 +154,11 @@ pub fn run(args: Args) -> u8 {
                 }
             })
             .await;
+        if let Some(f) = forwarder {
+            // Its last flush: what ended before the stop.
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = f.join();
+        }
         let st = handle.stats();
         info!(
             accepted = st.accepted.load(std::sync::atomic::Ordering::Relaxed),

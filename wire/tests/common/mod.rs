@@ -42,10 +42,11 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::Poll { .. } => "Poll",
         Event::Stall(_) => "Stall",
         Event::NativeStack(_) => "NativeStack",
+        Event::Handover(_) => "Handover",
     }
 }
 
-pub const EVENT_VARIANTS: usize = 16;
+pub const EVENT_VARIANTS: usize = 17;
 
 /// Name of a body's variant (exhaustive, see [`event_variant`]).
 pub fn body_variant(b: &Body) -> &'static str {
@@ -315,6 +316,20 @@ pub fn sample_events() -> Vec<Event> {
                 module: None,
                 address: 0x7fff_f7fc_1000,
             },
+        ],
+    })));
+    events.push(Event::Handover(Box::new(Handover {
+        span: Some(SpanId(3)),
+        task: Some(SpanId(7)),
+        trace_id: [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ],
+        span_id: [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+        ts: 11_000,
+        trace: vec![
+            "0: api::handle_signup{user=7} at src/api.rs:12 (task 7 \"conn\")".into(),
+            "-- task 7 \"conn\" spawned at src/api.rs:40 --".into(),
         ],
     })));
     events
@@ -749,6 +764,30 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                             address,
                         })
                         .collect(),
+                }))
+            }),
+        (
+            proptest::option::of(arb_span()),
+            proptest::option::of(arb_span()),
+            any::<[u8; 16]>().prop_map(|mut t| {
+                t[0] |= 1; // a valid trace id is not all zero
+                t
+            }),
+            any::<[u8; 8]>().prop_map(|mut s| {
+                s[7] |= 1;
+                s
+            }),
+            any::<u64>(),
+            proptest::collection::vec(arb_str(), 0..4),
+        )
+            .prop_map(|(span, task, trace_id, span_id, ts, trace)| {
+                Event::Handover(Box::new(Handover {
+                    span,
+                    task,
+                    trace_id,
+                    span_id,
+                    ts,
+                    trace,
                 }))
             }),
     ]

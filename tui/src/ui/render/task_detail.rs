@@ -132,6 +132,12 @@ fn summary_lines<'a>(d: &'a TaskDetail, t: &Theme) -> Vec<Line<'a>> {
             out.push(Line::from(format!("  {a}")));
         }
     }
+    if !d.handed_over_to.is_empty() {
+        out.push(section("Handed over to other processes", t));
+        for h in &d.handed_over_to {
+            out.push(Line::from(Span::styled(format!("  {h}"), t.bad())));
+        }
+    }
     out
 }
 

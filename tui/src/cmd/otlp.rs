@@ -1,0 +1,264 @@
+//! Sending OTLP over HTTP (protobuf), to the endpoint the standard
+//! OpenTelemetry exporter environment names:
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | the full URL traces are posted to |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL; traces go to `<base>/v1/traces` (default `http://localhost:4318`) |
+//! | `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TRACES_HEADERS` | `key=value,...` (values percent-encoded) sent with every request, e.g. an API key |
+//! | `OTEL_EXPORTER_OTLP_TIMEOUT` | per request, in ms (default 10000) |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | only `http/protobuf` is spoken |
+//!
+//! Header values are secrets (API keys): never printed or written.
+
+use std::time::Duration;
+
+use awaitscope_collector::export::otlp::OtlpTraces;
+use awaitscope_collector::Report;
+use awaitscope_wire::FrameReader;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+/// Largest response body read back (an error message from the receiver).
+const MAX_RESPONSE: u64 = 64 * 1024;
+
+/// Where traces go, and what goes with them.
+pub struct Endpoint {
+    /// The URL traces are posted to.
+    pub url: String,
+    headers: Vec<(String, String)>,
+    agent: ureq::Agent,
+}
+
+impl Endpoint {
+    /// The endpoint the environment names (see the module's table).
+    pub fn from_env() -> Result<Endpoint, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if let Some(p) =
+            var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        {
+            if p.trim() != "http/protobuf" {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={p}: only http/protobuf is supported"
+                ));
+            }
+        }
+        let url = match (
+            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(full), _) => full.trim().to_owned(),
+            (None, Some(base)) => format!("{}/v1/traces", base.trim().trim_end_matches('/')),
+            (None, None) => "http://localhost:4318/v1/traces".to_owned(),
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "OTLP endpoint {url:?}: not an http:// or https:// URL"
+            ));
+        }
+        let mut headers = Vec::new();
+        for k in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            if let Some(v) = var(k) {
+                for (name, value) in parse_headers(&v).map_err(|e| format!("{k}: {e}"))? {
+                    headers.retain(|(n, _): &(String, String)| !n.eq_ignore_ascii_case(&name));
+                    headers.push((name, value));
+                }
+            }
+        }
+        let timeout_ms = match var("OTEL_EXPORTER_OTLP_TIMEOUT") {
+            Some(t) => t
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("OTEL_EXPORTER_OTLP_TIMEOUT={t}: not a number of ms"))?,
+            None => 10_000,
+        };
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(timeout_ms)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Endpoint {
+            url,
+            headers,
+            agent,
+        })
+    }
+
+    /// Posts one request; an error says what the receiver answered.
+    pub fn send(&self, req: &ExportTraceServiceRequest) -> Result<(), String> {
+        let body = req.encode_to_vec();
+        let mut r = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/x-protobuf");
+        for (k, v) in &self.headers {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        let mut resp = r
+            .send(&body[..])
+            .map_err(|e| format!("OTLP export to {}: {e}", self.url))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_string()
+            .unwrap_or_default();
+        Err(format!(
+            "OTLP export to {}: the receiver answered {status}{}",
+            self.url,
+            if text.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", text.trim())
+            }
+        ))
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas,
+/// values percent-encoded (the OpenTelemetry specification's format).
+pub fn parse_headers(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| "expected key=value pairs separated by commas".to_string())?;
+        let k = k.trim();
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(format!("bad header name {k:?}"));
+        }
+        let v = percent_encoding::percent_decode_str(v.trim())
+            .decode_utf8()
+            .map_err(|_| format!("header {k}: value is not UTF-8 once decoded"))?;
+        if v.chars().any(|c| c.is_control()) {
+            return Err(format!("header {k}: value has control characters"));
+        }
+        out.push((k.to_owned(), v.into_owned()));
+    }
+    Ok(out)
+}
+
+/// `awaitscope report FILE... --format otlp`: the recordings' spans, tasks
+/// and `report`'s findings, sent to the environment's endpoint.
+pub fn export(files: &[std::path::PathBuf], report: &Report) -> Result<String, String> {
+    let endpoint = Endpoint::from_env()?;
+    let mut traces = OtlpTraces::new();
+    for f in files {
+        let file = std::fs::File::open(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let reader = FrameReader::new(std::io::BufReader::new(file))
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        // Damage was already reported by the report: what is before it
+        // goes out.
+        for frame in reader.map_while(Result::ok) {
+            traces.add_frame(&frame);
+        }
+    }
+    let requests = traces.requests(
+        &report.findings,
+        awaitscope_collector::export::otlp::DEFAULT_BATCH,
+    );
+    for r in &requests {
+        endpoint.send(r)?;
+    }
+    let mut said = format!(
+        "sent {} span(s) and {} finding(s) to {} in {} request(s)",
+        traces.span_count(),
+        report.findings.len(),
+        endpoint.url,
+        requests.len()
+    );
+    if traces.dropped_spans > 0 {
+        said.push_str(&format!(
+            "; {} span(s) left out past the cap",
+            traces.dropped_spans
+        ));
+    }
+    Ok(said)
+}
+
+/// Frames queued for `serve --otlp`'s forwarder; past it frames are
+/// dropped (their spans are then missing from what is forwarded), never
+/// waited for: serve's ingest does not slow down for the backend.
+pub const LIVE_QUEUE: usize = 8192;
+
+/// How often `serve --otlp` sends what is settled.
+const LIVE_PERIOD: Duration = Duration::from_secs(2);
+
+/// `serve --otlp`: reads the frames serve applies, and every
+/// [`LIVE_PERIOD`] sends the spans that ended (once their trace is
+/// settled) and the findings made since; a last time when `stop` is set.
+/// A failed send is logged and its spans are not retried.
+pub fn forward_live(
+    endpoint: Endpoint,
+    frames: std::sync::mpsc::Receiver<awaitscope_wire::Frame>,
+    server: awaitscope_collector::ingest::server::ServerHandle,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut traces = OtlpTraces::new();
+    let mut next = std::time::Instant::now() + LIVE_PERIOD;
+    let mut failures = 0u64;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        match frames.recv_timeout(Duration::from_millis(100)) {
+            Ok(f) => {
+                traces.add_frame(&f);
+                if !stopping && std::time::Instant::now() < next {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if !stopping && std::time::Instant::now() < next => {
+                continue
+            }
+            Err(_) => {}
+        }
+        // Drains what is queued before the last flush.
+        if stopping {
+            while let Ok(f) = frames.try_recv() {
+                traces.add_frame(&f);
+            }
+        }
+        let findings = server.with_model(|m| m.findings().list().to_vec());
+        let mut requests = traces.take_finished(awaitscope_collector::export::otlp::DEFAULT_BATCH);
+        requests.extend(traces.take_findings(&findings, stopping));
+        for r in &requests {
+            if let Err(e) = endpoint.send(r) {
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!("{e} ({failures} failed request(s) so far)");
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        next = std::time::Instant::now() + LIVE_PERIOD;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_read_as_the_specification_writes_them() {
+        assert_eq!(
+            parse_headers("api-key=s%20cret, x-tenant = team1,").unwrap(),
+            [
+                ("api-key".to_string(), "s cret".to_string()),
+                ("x-tenant".to_string(), "team1".to_string())
+            ]
+        );
+        assert!(parse_headers("novalue").is_err());
+        assert!(parse_headers("=v").is_err());
+        assert!(parse_headers("k=a%0Ab").is_err());
+    }
+}
