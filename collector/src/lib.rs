@@ -15,6 +15,8 @@
 //!   the detectors.
 //! * [`ingest`]: reading recordings, and the TCP server (`awaitscope serve`,
 //!   feature `server`, on by default).
+//! * `console`: programs that run console-subscriber, read over its gRPC
+//!   API as one more source (feature `console`, on by default).
 //! * [`report`]: the JSON report (`awaitscope report`), schema in
 //!   `docs/report-json.md`.
 //! * [`export`]: the CI formats (Perfetto and Chrome traces, JUnit,
@@ -32,6 +34,8 @@
 
 pub mod collect;
 pub mod config;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod detect;
 #[cfg(feature = "export")]
 pub mod export;

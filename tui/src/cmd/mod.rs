@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod record;
+pub mod record_console;
 pub mod replay;
 pub mod report;
 pub mod serve;

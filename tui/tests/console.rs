@@ -1,0 +1,146 @@
+//! `awaitscope record --console URL`: real programs that run
+//! console-subscriber and nothing of awaitscope (`console_support`), each
+//! with a bug planted on purpose, recorded over console's gRPC API; the
+//! report names the expected finding, with the task's name and spawn
+//! location, and a healthy program gets none. Bad URLs and a server that is
+//! not console's get a clear message and no panic.
+
+mod console_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use console_support::start;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_awaitscope");
+
+/// Not a test: the programs, when this binary runs itself as one.
+#[test]
+fn console_program() {
+    console_support::run_program_if_asked();
+}
+
+/// Records program `name` (run for `secs`) for `record_secs`; returns the
+/// JSON report and record's stderr.
+fn record(name: &str, secs: u64, record_secs: u64, dir: &Path) -> (Value, String) {
+    let program = start(name, secs);
+    let out = dir.join(format!("{name}.rec"));
+    let json = dir.join(format!("{name}.json"));
+    let o = Command::new(BIN)
+        .args(["record", "--console", &program.url(), "--duration"])
+        .arg(format!("{record_secs}s"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--report")
+        .arg(&json)
+        .output()
+        .expect("record runs");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "record failed: {stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    (report, stderr)
+}
+
+fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .collect()
+}
+
+/// The finding of `kind` about the task named `task`, spawned in this
+/// test's programs.
+fn assert_finding(report: &Value, kind: &str, task: &str, stderr: &str) {
+    let f = findings(report, kind);
+    let about = f.iter().find(|f| {
+        f["tasks"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t["name"] == task))
+    });
+    let Some(about) = about else {
+        panic!(
+            "no {kind} finding about {task}: {}\n{stderr}",
+            serde_json::to_string_pretty(&report["findings"]).unwrap()
+        );
+    };
+    let t = about["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == task)
+        .unwrap();
+    let file = t["spawned_at"]["file"].as_str().unwrap_or_default();
+    assert!(
+        file.ends_with("tests/console_support/mod.rs"),
+        "{task} spawned at {}",
+        t["spawned_at"]
+    );
+    assert!(t["spawned_at"]["line"].as_u64().unwrap_or(0) > 0);
+}
+
+fn process(report: &Value) -> &Value {
+    let ps = report["processes"].as_array().expect("processes");
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    &ps[0]
+}
+
+#[test]
+fn a_blocking_poll_is_a_long_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("blocking", 8, 5, dir.path());
+    assert_finding(&report, "long_poll", "checkout", &stderr);
+    let p = process(&report);
+    assert_eq!(p["source"], "console", "{p}");
+    assert!(p["ended"].as_bool().unwrap(), "a clean end: {p}");
+    // Only the blocking task.
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["kind"] == "long_poll"),
+        "{}",
+        serde_json::to_string_pretty(&report["findings"]).unwrap()
+    );
+}
+
+#[test]
+fn a_lost_waker_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("lost_waker", 8, 4, dir.path());
+    assert_finding(&report, "lost_waker", "orphan", &stderr);
+}
+
+#[test]
+fn a_task_stuck_on_a_held_mutex_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("mutex", 16, 13, dir.path());
+    assert_finding(&report, "stuck", "waiter", &stderr);
+    let stuck = findings(&report, "stuck");
+    let waiter = stuck
+        .iter()
+        .find(|f| f["tasks"][0]["name"] == "waiter")
+        .unwrap();
+    assert!(
+        waiter["message"].as_str().unwrap().contains("Mutex"),
+        "{waiter}"
+    );
+}
+
+#[test]
+fn a_healthy_program_has_no_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("healthy", 9, 7, dir.path());
+    let all = report["findings"].as_array().unwrap();
+    assert!(
+        all.is_empty(),
+        "{}\n{stderr}",
+        serde_json::to_string_pretty(all).unwrap()
+    );
+    let p = process(&report);
+    assert!(p["tasks_live"].as_u64().unwrap() >= 6, "{p}");
+}
