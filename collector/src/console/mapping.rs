@@ -36,12 +36,13 @@
 use std::collections::HashMap;
 
 use awaitscope_wire::{
-    limits, names, Body, Callsite, CallsiteKind, CloseKind, DropCounts, Event, EventClass, Field,
-    Frame, Level, ProcessInfo, ProcessKey, SpanClass, SpanId, SpanNew, Value, WakeOp,
+    limits, names, Body, Callsite, CallsiteKind, DropCounts, Event, EventClass, Field, Frame,
+    Level, ProcessInfo, ProcessKey, SpanClass, SpanId, SpanNew, Value,
 };
 use console_api::instrument::Update;
 use console_api::{field, tasks, Location};
 
+use super::polls::{task_stats, Clock, TaskRec, Threads};
 use super::resources::Resources;
 use crate::model::process::CONSOLE_PRODUCER;
 
@@ -69,35 +70,22 @@ pub(super) const CS_POLL_OP: u32 = 4;
 pub(super) const CS_STATE: u32 = 5;
 const CS_UPDATE: u32 = 6;
 
-/// The one thread everything is sent on.
-const THREAD: u32 = 0;
+/// The thread everything but running polls is sent on.
+pub(super) const THREAD: u32 = 0;
 
-/// What is kept of a task between updates.
-#[derive(Debug)]
-struct TaskRec {
-    span: SpanId,
-    /// Polls completed, total busy time (ns), wakes and self-wakes, as of
-    /// the last update.
-    polls: u64,
-    busy_ns: u64,
-    wakes: u64,
-    self_wakes: u64,
-    /// End of the last completed poll sent (unix ns).
-    last_end: u64,
-    /// Whether any poll was sent (the first poll follows the spawn, not a
-    /// wake).
-    polled: bool,
-    /// The last wake sent (unix ns).
-    woken_at: u64,
-    /// The await tree last sent.
-    tree: Vec<SpanId>,
-}
-
-/// An event with the time it is ordered by (unix ns) and its rank among
-/// events of the same time (push order).
+/// An event, the thread it is sent on and the time it is ordered by (unix
+/// ns; events of the same time keep the order they were made in).
 pub(super) struct Timed {
+    pub(super) thread: u32,
     pub(super) at: u64,
     pub(super) event: Event,
+}
+
+impl Timed {
+    /// `event` on `thread` at `at`.
+    pub(super) fn on(thread: u32, at: u64, event: Event) -> Self {
+        Self { thread, at, event }
+    }
 }
 
 /// Turns console's updates of one program into awaitscope frames.
@@ -108,6 +96,7 @@ pub struct Mapper {
     seq: u64,
     next_span: u64,
     tasks: HashMap<u64, TaskRec>,
+    threads: Threads,
     res: Resources,
     /// Names of each metadata's fields (console's fields may name theirs
     /// by index).
@@ -127,6 +116,7 @@ impl Mapper {
             seq: 0,
             next_span: 1,
             tasks: HashMap::new(),
+            threads: Threads::default(),
             res: Resources::default(),
             field_names: HashMap::new(),
             prev_now: 0,
@@ -209,7 +199,9 @@ impl Mapper {
         if let Some(tu) = &u.task_update {
             self.dropped = self.dropped.saturating_add(tu.dropped_events);
             for t in &tu.new_tasks {
-                if let Some(e) = self.new_task(t, tu.stats_update.get(&id_of(&t.id)), now) {
+                if let Some(e) =
+                    self.new_task(t, tu.stats_update.get(&id_of(&t.id)), now, &mut timed)
+                {
                     pre.push(e);
                 }
             }
@@ -231,11 +223,24 @@ impl Mapper {
         if let Some(tu) = &u.task_update {
             let mut ids: Vec<&u64> = tu.stats_update.keys().collect();
             ids.sort_unstable();
+            let clock = Clock {
+                start: self.key.map_or(0, |k| k.start_unix_ns),
+                now,
+                prev_now: self.prev_now,
+            };
             for id in ids {
                 let s = &tu.stats_update[id];
                 let ops = effects.ops_of(*id);
                 let tree = effects.tree_of(*id);
-                self.task_stats(*id, s, now, tree, ops, &mut timed);
+                let Some(rec) = self.tasks.get_mut(id) else {
+                    continue;
+                };
+                if let Some(close) =
+                    task_stats(rec, &mut self.threads, s, clock, tree, ops, &mut timed)
+                {
+                    self.tasks.remove(id);
+                    timed.push(close);
+                }
             }
         }
         timed.extend(effects.leftover(now));
@@ -244,9 +249,10 @@ impl Mapper {
         // The update itself: the process's clock reaches its time, so that
         // what is still going on is judged up to there.
         let at = self.rel(now);
-        timed.push(Timed {
-            at: now,
-            event: Event::Log(Box::new(awaitscope_wire::Log {
+        timed.push(Timed::on(
+            THREAD,
+            now,
+            Event::Log(Box::new(awaitscope_wire::Log {
                 callsite: CS_UPDATE,
                 span: None,
                 task: None,
@@ -254,18 +260,40 @@ impl Mapper {
                 fields: Vec::new(),
                 trace: Vec::new(),
             })),
-        });
+        ));
         self.prev_now = self.prev_now.max(now);
         // Spans created first (as a producer that reconnects sends them:
         // before the thread's events), then the thread's events.
-        let mut events = pre;
-        events.push(Event::Thread {
-            id: THREAD,
-            name: Some("console".into()),
-        });
-        events.extend(timed.into_iter().map(|t| t.event));
-        for chunk in events.chunks(FRAME_EVENTS) {
-            frames.push(self.frame(Body::Events(chunk.to_vec())));
+        // A frame per run of one thread (each opened by its `Thread`), so
+        // that the model applies them in this order: they are in time order
+        // already (the model's merge of a batch's threads is for producers
+        // that drain their threads one after the other). The spans created
+        // go first.
+        let mut runs: Vec<Vec<Event>> = Vec::new();
+        let mut cur = pre;
+        let mut thread = None;
+        for t in timed {
+            if thread != Some(t.thread) || cur.len() >= FRAME_EVENTS {
+                if thread.is_some() {
+                    runs.push(std::mem::take(&mut cur));
+                }
+                thread = Some(t.thread);
+                cur.push(Event::Thread {
+                    id: t.thread,
+                    name: Some(if t.thread == THREAD {
+                        "console".into()
+                    } else {
+                        format!("console poll {}", t.thread)
+                    }),
+                });
+            }
+            cur.push(t.event);
+        }
+        runs.push(cur);
+        for run in runs {
+            for chunk in run.chunks(FRAME_EVENTS) {
+                frames.push(self.frame(Body::Events(chunk.to_vec())));
+            }
         }
         if self.dropped != self.dropped_sent {
             self.dropped_sent = self.dropped;
@@ -302,6 +330,7 @@ impl Mapper {
         t: &tasks::Task,
         stats: Option<&tasks::Stats>,
         now: u64,
+        begun: &mut Vec<Timed>,
     ) -> Option<Event> {
         let id = id_of(&t.id);
         if self.tasks.contains_key(&id) {
@@ -338,6 +367,7 @@ impl Mapper {
                 names::KIND_TASK.into()
             }
         });
+        let blocking = kind == names::KIND_BLOCKING;
         let created = stats
             .and_then(|s| s.created_at.as_ref())
             .map_or(now, unix_ns);
@@ -357,20 +387,13 @@ impl Mapper {
             },
         ];
         fields.extend(loc_fields(t.location.as_ref(), 3));
-        self.tasks.insert(
-            id,
-            TaskRec {
-                span,
-                polls: 0,
-                busy_ns: 0,
-                wakes: 0,
-                self_wakes: 0,
-                last_end: created,
-                polled: false,
-                woken_at: 0,
-                tree: Vec::new(),
-            },
-        );
+        let rec = if blocking {
+            let start = self.key.map_or(0, |k| k.start_unix_ns);
+            TaskRec::new_blocking(span, created, &mut self.threads, start, begun)
+        } else {
+            TaskRec::new(span, created)
+        };
+        self.tasks.insert(id, rec);
         Some(Event::SpanNew(Box::new(SpanNew {
             id: span,
             callsite: CS_TASK,
@@ -380,186 +403,6 @@ impl Mapper {
             ts: self.rel(created),
             fields,
         })))
-    }
-
-    /// A task's statistics: the polls and wakes since the last update, its
-    /// await tree (`tree`, when it changed), the resource polls in them
-    /// (`ops`, sent inside its last poll) and its end.
-    fn task_stats(
-        &mut self,
-        id: u64,
-        s: &tasks::Stats,
-        now: u64,
-        tree: Option<Vec<awaitscope_wire::TreeNode>>,
-        ops: Vec<Event>,
-        out: &mut Vec<Timed>,
-    ) {
-        let start_ns = self.key.map_or(0, |k| k.start_unix_ns);
-        let prev_now = self.prev_now;
-        let Some(rec) = self.tasks.get_mut(&id) else {
-            return;
-        };
-        let ps = s.poll_stats.clone().unwrap_or_default();
-        let started = ps.last_poll_started.as_ref().map(unix_ns);
-        let ended = ps.last_poll_ended.as_ref().map(unix_ns);
-        // A poll running now: started after the last one ended.
-        let running = match (started, ended) {
-            (Some(s), Some(e)) => s > e,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        let done = ps.polls.saturating_sub(u64::from(running));
-        let busy = ps.busy_time.as_ref().map_or(0, duration_ns);
-        let new_polls = done.saturating_sub(rec.polls);
-        let new_busy = busy.saturating_sub(rec.busy_ns);
-        // Polls: (start, duration), oldest first, unix ns.
-        let mut polls: Vec<(u64, u64)> = Vec::new();
-        let mut exact = None;
-        if new_polls > 0 && !running {
-            if let (Some(st), Some(en)) = (started, ended) {
-                if en > rec.last_end || !rec.polled {
-                    exact = Some((st, en.saturating_sub(st)));
-                }
-            }
-        }
-        let others = new_polls - u64::from(exact.is_some());
-        if others > 0 {
-            let rest = new_busy.saturating_sub(exact.map_or(0, |e| e.1));
-            let avg = rest / others;
-            let from = rec.last_end.max(prev_now.min(now)).max(start_ns);
-            let to = exact
-                .map(|e| e.0)
-                .or(started.filter(|_| running))
-                .unwrap_or(now)
-                .max(from);
-            let n = others.min(MAX_POLLS_PER_UPDATE);
-            let slot = (to - from) / n;
-            let dur = avg.min(slot);
-            for i in 0..n {
-                polls.push((from + i * slot, dur));
-            }
-        }
-        polls.extend(exact);
-        // Wakes: one right before each poll but a first one, self-wakes in
-        // console's proportion; then a wake after the last poll.
-        let new_wakes = s.wakes.saturating_sub(rec.wakes);
-        let new_self = s.self_wakes.saturating_sub(rec.self_wakes).min(new_wakes);
-        let last_wake = s.last_wake.as_ref().map(unix_ns);
-        let end_of_polls = polls.last().map(|&(st, d)| st + d).unwrap_or(rec.last_end);
-        let woken_after = !running
-            && new_wakes > 0
-            && last_wake.is_some_and(|w| w > end_of_polls && w > rec.woken_at);
-        let mut budget = new_wakes - u64::from(woken_after);
-        let per_poll = polls.len() as u64 - u64::from(!rec.polled && !polls.is_empty());
-        let sent_wakes = budget.min(per_poll);
-        let mut self_left = if new_wakes == 0 {
-            0
-        } else {
-            sent_wakes * new_self / new_wakes
-        };
-        let clones = s.waker_clones;
-        let drops = s.waker_drops;
-        let wakers = if drops > clones {
-            1
-        } else {
-            u32::try_from(clones - drops).unwrap_or(u32::MAX)
-        };
-        let last = polls.len().saturating_sub(1);
-        for (i, &(st, d)) in polls.iter().enumerate() {
-            if rec.polled && budget > 0 {
-                budget -= 1;
-                let by = (self_left > 0).then(|| {
-                    self_left -= 1;
-                    rec.span
-                });
-                out.push(Timed {
-                    at: st,
-                    event: Event::Wake {
-                        task: rec.span,
-                        op: WakeOp::WakeByRef,
-                        by,
-                        ts: st.saturating_sub(start_ns),
-                    },
-                });
-            }
-            rec.polled = true;
-            if i == last {
-                if let Some(tree) = &tree {
-                    out.push(Timed {
-                        at: st,
-                        event: Event::PollTree {
-                            task: rec.span,
-                            spans: tree.clone(),
-                        },
-                    });
-                }
-                for e in &ops {
-                    let mut e = e.clone();
-                    if let Event::Log(l) = &mut e {
-                        // Within the poll: console does not say when.
-                        l.ts = st.saturating_sub(start_ns);
-                    }
-                    out.push(Timed { at: st, event: e });
-                }
-            }
-            out.push(Timed {
-                at: st,
-                event: Event::Poll {
-                    task: rec.span,
-                    start: st.saturating_sub(start_ns),
-                    duration: d,
-                    // Earlier polls were followed by another: their wakers
-                    // are not known, and were not lost.
-                    wakers: if i == last { wakers } else { wakers.max(1) },
-                },
-            });
-        }
-        if polls.is_empty() && !ops.is_empty() {
-            // Resource polls of a poll still running, or of polls console
-            // has not counted yet: their own time is not known.
-            for e in ops {
-                out.push(Timed { at: now, event: e });
-            }
-        }
-        if let Some(tree) = tree.filter(|_| !polls.is_empty()) {
-            // Sent with the last poll; one that came without a poll (never,
-            // console counts the poll that polled the resource) waits for
-            // the next.
-            rec.tree = tree.iter().map(|n| n.span).collect();
-        }
-        if let (true, Some(w)) = (woken_after, last_wake) {
-            rec.woken_at = w;
-            out.push(Timed {
-                at: w,
-                event: Event::Wake {
-                    task: rec.span,
-                    op: WakeOp::WakeByRef,
-                    by: None,
-                    ts: w.saturating_sub(start_ns),
-                },
-            });
-        }
-        rec.polls = done;
-        rec.busy_ns = busy;
-        rec.wakes = s.wakes;
-        rec.self_wakes = s.self_wakes;
-        if let Some(&(st, d)) = polls.last() {
-            rec.last_end = st + d;
-        }
-        if let Some(dropped) = s.dropped_at.as_ref().map(unix_ns) {
-            let span = rec.span;
-            self.tasks.remove(&id);
-            out.push(Timed {
-                at: dropped.max(end_of_polls),
-                event: Event::Close {
-                    span,
-                    // Console does not tell a task that completed from one
-                    // that was aborted.
-                    kind: CloseKind::Completed,
-                    ts: dropped.max(end_of_polls).saturating_sub(start_ns),
-                },
-            });
-        }
     }
 
     /// The await tree last sent for console task `id`.

@@ -26,6 +26,7 @@
 pub mod client;
 pub mod forward;
 pub mod mapping;
+mod polls;
 mod resources;
 
 pub use client::{run, ConsoleError, SourceEvent};

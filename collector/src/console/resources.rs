@@ -19,7 +19,7 @@ use console_api::resources::resource;
 
 use super::mapping::{
     field_name, id_of, loc_fields, truncated, unix_ns, Mapper, Timed, CS_ASYNC_OP, CS_POLL_OP,
-    CS_RESOURCE, CS_STATE, MAX_LIVE,
+    CS_RESOURCE, CS_STATE, MAX_LIVE, THREAD,
 };
 
 /// Most async ops a task's await tree shows (two nodes each, within the
@@ -80,7 +80,7 @@ impl Effects {
         ids.sort_unstable();
         ids.into_iter()
             .flat_map(|id| self.per_task.remove(&id).unwrap_or_default())
-            .map(|event| Timed { at: now, event })
+            .map(|event| Timed::on(THREAD, now, event))
             .collect()
     }
 
@@ -334,7 +334,7 @@ impl Resources {
                     }));
                     match holder {
                         Some(t) => fx.per_task.entry(t).or_default().push(e),
-                        None => fx.rest.push(Timed { at: now, event: e }),
+                        None => fx.rest.push(Timed::on(THREAD, now, e)),
                     }
                 }
                 if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
@@ -392,14 +392,15 @@ impl Resources {
             }
         }
         for (d, span) in closes {
-            fx.rest.push(Timed {
-                at: d,
-                event: Event::Close {
+            fx.rest.push(Timed::on(
+                THREAD,
+                d,
+                Event::Close {
                     span,
                     kind: CloseKind::Span,
                     ts: at(d),
                 },
-            });
+            ));
         }
         fx
     }

@@ -153,7 +153,7 @@ async fn healthy(end: End<'_>) {
                 42
             });
             let _ = h.await;
-            if rand_ish() % 5 == 0 {
+            if rand_ish().is_multiple_of(5) {
                 let _ = tokio::task::spawn_blocking(|| {
                     std::thread::sleep(Duration::from_millis(120));
                 })
