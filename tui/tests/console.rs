@@ -172,3 +172,99 @@ fn overloaded() -> bool {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     load > cpus as f64
 }
+
+#[test]
+fn a_bad_url_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.rec");
+    let o = Command::new(BIN)
+        .args([
+            "record",
+            "--console",
+            "127.0.0.1:6669",
+            "--duration",
+            "1s",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a console-subscriber URL"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn nothing_listening_is_said_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.rec");
+    let url = format!("http://{}", console_support::free_addr());
+    let o = Command::new(BIN)
+        .args(["record", "--console", &url, "--duration", "2s", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot reach console-subscriber"), "{err}");
+    assert!(err.contains("nothing recorded"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+}
+
+/// A server that answers garbage (not HTTP/2, not gRPC) gets a message
+/// that says so; record keeps trying until its end, and does not panic.
+#[test]
+fn a_server_speaking_another_protocol_is_said() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in listener.incoming().take(64) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 512];
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nnot gRPC \x00\xff\x13",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.rec");
+    let o = Command::new(BIN)
+        .args([
+            "record",
+            "--console",
+            &format!("http://{addr}"),
+            "--duration",
+            "2s",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("does not speak console-subscriber's gRPC API"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The program goes away while recorded: record says so, keeps trying
+/// until its end, and the recording keeps everything that came (the
+/// blocking task's long poll).
+#[test]
+fn a_program_that_goes_away_loses_nothing_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("blocking", 4, 7, dir.path());
+    assert!(
+        stderr.contains("the stream ended") || stderr.contains("cannot reach"),
+        "{stderr}"
+    );
+    assert_finding(&report, "long_poll", "checkout", &stderr);
+}
