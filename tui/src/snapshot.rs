@@ -43,6 +43,9 @@ pub struct ProcSummary {
     pub now: u64,
     /// Notes about its stream.
     pub notes: Vec<String>,
+    /// Read from console-subscriber's gRPC API (no spans of the program,
+    /// causal traces or wake edges: see its notes).
+    pub console: bool,
 }
 
 /// A row of the task table.
@@ -199,6 +202,9 @@ pub struct TaskDetail {
     pub woken_by: Vec<(String, u64)>,
     /// Tasks awaiting this one's JoinHandle.
     pub awaited_by: Vec<String>,
+    /// The task's process was read from console-subscriber: its await tree
+    /// holds only the resources it waits on, and who woke it is not known.
+    pub console: bool,
     /// WARN/ERROR events (level, message, location).
     pub logs: Vec<(String, String, String)>,
     /// Findings naming the task, each with its location and trace.
@@ -328,6 +334,7 @@ impl Snapshot {
                 dropped,
                 now: p.now,
                 notes: p.notes.clone(),
+                console: p.is_console(),
             });
             let mut ids: Vec<&Task> = p.tasks.values().collect();
             ids.sort_unstable_by_key(|t| t.id);
@@ -574,6 +581,7 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
     let end = t.closed.unwrap_or(now);
     let hist = t.histograms();
     TaskDetail {
+        console: p.is_console(),
         title: task_label(t),
         state: Some(t.state),
         fields,

@@ -13,29 +13,58 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::client::{self, SourceEvent};
+use super::client::{self, ConsoleError, SourceEvent};
+
+/// How forwarding goes, for whoever shows it.
+#[derive(Debug)]
+pub enum Status {
+    /// Reading the program at this URL.
+    Connected(String),
+    /// A problem reading it; still trying unless [`ConsoleError::is_fatal`].
+    Problem(ConsoleError),
+    /// Forwarding stopped, for this reason.
+    Stopped(String),
+}
+
+/// [`forward_with`], logging its status (`tracing`): what `serve` does.
+pub async fn forward(url: String, collector: SocketAddr, token: Option<String>) {
+    forward_with(url, collector, token, |s| match s {
+        Status::Connected(u) => info!(url = %u, "console-subscriber connected"),
+        Status::Problem(p) => warn!("{p}"),
+        Status::Stopped(why) => warn!(%collector, "console program no longer streamed: {why}"),
+    })
+    .await;
+}
 
 /// Reads the program at `url` and streams it to the collector at
-/// `collector` until the collector goes away (then it says so and stops;
-/// what was sent is the collector's) or the program's URL is refused.
-/// Progress and problems are logged (`tracing`).
-pub async fn forward(url: String, collector: SocketAddr, token: Option<String>) {
+/// `collector` until the collector goes away (what was sent is the
+/// collector's) or the program's URL is refused; `status` is told how it
+/// goes.
+pub async fn forward_with(
+    url: String,
+    collector: SocketAddr,
+    token: Option<String>,
+    mut status: impl FnMut(Status) + Send,
+) {
     let (tx, mut rx) = mpsc::channel(64);
     let source = tokio::spawn(client::run(url.clone(), tx, std::future::pending()));
     let mut conn: Option<(ProcessKey, TcpStream)> = None;
     let mut buf = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
-            SourceEvent::Connected(u) => info!(url = %u, "console-subscriber connected"),
+            SourceEvent::Connected(u) => status(Status::Connected(u)),
             SourceEvent::Problem(p) => {
-                warn!("{p}");
-                if p.is_fatal() {
+                let fatal = p.is_fatal();
+                status(Status::Problem(p));
+                if fatal {
                     break;
                 }
             }
             SourceEvent::Frames(frames) => {
                 if let Err(e) = send(&mut conn, &mut buf, frames, collector, &token).await {
-                    warn!(%collector, url = %url, "stopped streaming the console program to the collector: {e}");
+                    status(Status::Stopped(format!(
+                        "the collector at {collector}: {e}"
+                    )));
                     break;
                 }
             }
