@@ -268,3 +268,39 @@ fn a_program_that_goes_away_loses_nothing_recorded() {
     );
     assert_finding(&report, "long_poll", "checkout", &stderr);
 }
+
+/// `serve --console URL` watches the program beside instrumented ones:
+/// its report (at SIGTERM) has the program's process and its long poll.
+#[test]
+fn serve_watches_a_console_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("serve.json");
+    let (report, stderr) = {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let program = start("blocking", 10);
+        let mut serve = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--console",
+                &program.url(),
+            ])
+            .arg("--report")
+            .arg(&json)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("serve runs");
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        // SAFETY: signalling the child we started, by its pid.
+        unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+        let o = serve.wait_with_output().expect("serve ends");
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        let report: Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+        (report, stderr)
+    };
+    assert_finding(&report, "long_poll", "checkout", &stderr);
+    assert_eq!(process(&report)["source"], "console");
+}
