@@ -278,7 +278,7 @@ fn serve_watches_a_console_program() {
     let (report, stderr) = {
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let program = start("blocking", 10);
-        let mut serve = Command::new(BIN)
+        let serve = Command::new(BIN)
             .args([
                 "serve",
                 "--listen",
