@@ -138,6 +138,14 @@ fn a_task_stuck_on_a_held_mutex_is_stuck() {
 }
 
 #[test]
+fn two_tasks_taking_two_mutexes_in_opposite_orders_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("deadlock", 8, 4, dir.path());
+    assert_finding(&report, "deadlock", "transfer-ab", &stderr);
+    assert_finding(&report, "deadlock", "transfer-ba", &stderr);
+}
+
+#[test]
 fn a_healthy_program_has_no_finding() {
     let dir = tempfile::tempdir().unwrap();
     let (report, stderr) = record("healthy", 9, 7, dir.path());

@@ -127,7 +127,8 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     let mut last_problem: Option<String> = None;
     loop {
-        let session = follow(&endpoint, &url, &mut mapper, &tx);
+        let mut got = false;
+        let session = follow(&endpoint, &url, &mut mapper, &tx, &mut got);
         let problem = tokio::select! {
             _ = &mut stop => break,
             p = session => p,
@@ -135,7 +136,12 @@ pub async fn run(
         if tx.is_closed() {
             return Ok(());
         }
-        let connected = matches!(problem, Err(Some(_)) | Ok(()));
+        if got {
+            // Connected for a while: a new problem is news, and the next
+            // attempt is soon.
+            backoff = Duration::from_millis(100);
+            last_problem = None;
+        }
         match problem {
             Ok(()) => {}
             Err(p) => {
@@ -151,9 +157,6 @@ pub async fn run(
                 }
             }
         }
-        if connected {
-            backoff = Duration::from_millis(100);
-        }
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep(backoff) => {}
@@ -166,13 +169,15 @@ pub async fn run(
     Ok(())
 }
 
-/// One connection: connects, then maps updates until the stream ends.
-/// `Err(None)`: it ended without a message worth giving beyond "lost".
+/// One connection: connects, then maps updates until the stream ends;
+/// `got` says whether an update came. `Err(None)`: it ended without a
+/// message worth giving beyond "lost".
 async fn follow(
     endpoint: &Endpoint,
     url: &str,
     mapper: &mut Mapper,
     tx: &mpsc::Sender<SourceEvent>,
+    got: &mut bool,
 ) -> Result<(), Option<ConsoleError>> {
     let channel = endpoint
         .connect()
@@ -197,6 +202,7 @@ async fn follow(
                 why: "an update without its time".into(),
             }));
         }
+        *got = true;
         if first {
             first = false;
             if mapper.key().is_some() && !mapper.same_program(&update) {

@@ -309,14 +309,6 @@ pub(super) fn task_stats(
                     },
                 ));
             }
-            for e in &ops {
-                let mut e = e.clone();
-                if let Event::Log(l) = &mut e {
-                    // Within the poll: console does not say when.
-                    l.ts = rel(at);
-                }
-                out.push(Timed::on(THREAD, at, e));
-            }
         }
         match *p {
             PollOut::Whole(st, d) => out.push(Timed::on(
@@ -353,6 +345,22 @@ pub(super) fn task_stats(
                         },
                     ));
                 }
+            }
+        }
+        if is_last {
+            // After the poll's start (a poll start forgets what the task
+            // waited on): console does not say when in the poll.
+            let (th, end) = match *p {
+                PollOut::Whole(st, d) => (THREAD, st + d),
+                PollOut::End(e, th) => (th, e),
+                PollOut::Begin(_) => (THREAD, at),
+            };
+            for e in &ops {
+                let mut e = e.clone();
+                if let Event::Log(l) = &mut e {
+                    l.ts = rel(end);
+                }
+                out.push(Timed::on(th, end, e));
             }
         }
     }

@@ -388,6 +388,43 @@ impl Resources {
             }
             let sent = m.sent_tree(t).unwrap_or(&[]);
             if !nodes.iter().map(|n| n.span).eq(sent.iter().copied()) {
+                // The task now waits on the resources of the ops it awaits,
+                // and no longer on those of the ops that are gone (console
+                // sends the resource polls that happen after it was
+                // connected to, not the ones that made the wait).
+                if let Some(&task_span) = tasks.get(&t) {
+                    let was: Vec<SpanId> = sent.iter().step_by(2).copied().collect();
+                    let now_on: Vec<(SpanId, SpanId)> = nodes
+                        .chunks(2)
+                        .filter_map(|c| Some((c.first()?.span, c.get(1)?.span)))
+                        .collect();
+                    let ev = |span, ready| {
+                        Event::Log(Box::new(awaitscope_wire::Log {
+                            callsite: CS_POLL_OP,
+                            span: Some(span),
+                            task: Some(task_span),
+                            ts: at(now),
+                            fields: vec![
+                                Field {
+                                    index: 0,
+                                    value: Value::Str("awaited".into()),
+                                },
+                                Field {
+                                    index: 1,
+                                    value: Value::Bool(ready),
+                                },
+                            ],
+                            trace: Vec::new(),
+                        }))
+                    };
+                    let list = fx.per_task.entry(t).or_default();
+                    for r in was.iter().filter(|r| !now_on.iter().any(|(n, _)| n == *r)) {
+                        list.push(ev(*r, true));
+                    }
+                    for (_, o) in now_on.iter().filter(|(r, _)| !was.contains(r)) {
+                        list.push(ev(*o, false));
+                    }
+                }
                 fx.trees.insert(t, nodes);
             }
         }

@@ -38,6 +38,7 @@ pub fn run_program_if_asked() {
             "lost_waker" => lost_waker(end.as_mut()).await,
             "mutex" => mutex(end.as_mut()).await,
             "healthy" => healthy(end.as_mut()).await,
+            "deadlock" => deadlock(end.as_mut()).await,
             other => panic!("no program {other}"),
         }
     });
@@ -100,6 +101,25 @@ async fn mutex(end: End<'_>) {
     });
     end.await;
     drop(tx);
+}
+
+/// Two tasks taking two Mutexes in opposite orders: each holds one and
+/// waits for the other.
+async fn deadlock(end: End<'_>) {
+    let a = std::sync::Arc::new(tokio::sync::Mutex::new(0u32));
+    let b = std::sync::Arc::new(tokio::sync::Mutex::new(0u32));
+    let (a1, b1) = (a.clone(), b.clone());
+    spawn_named("transfer-ab", async move {
+        let _a = a1.lock().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _b = b1.lock().await;
+    });
+    spawn_named("transfer-ba", async move {
+        let _b = b.lock().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _a = a.lock().await;
+    });
+    end.await;
 }
 
 /// A healthy service: a producer and a consumer over a channel, a ticker,
