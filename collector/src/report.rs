@@ -359,6 +359,16 @@ impl Report {
             live,
             self.findings.len()
         ));
+        for p in &self.processes {
+            if p.source == crate::model::process::SOURCE_CONSOLE {
+                s.push_str(&format!(
+                    "  {}: read from console-subscriber's gRPC API (not known from it: await \
+                     trees of spans, causal traces, wake edges, the task tree, native stacks, \
+                     errors and panics)\n",
+                    p.name
+                ));
+            }
+        }
         for f in &self.findings {
             let loc = f
                 .location
