@@ -320,3 +320,38 @@ fn serve_watches_a_console_program() {
     assert_finding(&report, "long_poll", "checkout", &stderr);
     assert_eq!(process(&report)["source"], "console");
 }
+
+/// A program restarted on the same address while recorded is another
+/// process: the first keeps what it had (its lost waker), the second gets
+/// its own (its long poll).
+#[test]
+fn a_program_restarted_on_the_same_address_is_a_new_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("restart.rec");
+    let json = dir.path().join("restart.json");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let first = start("lost_waker", 30);
+    let addr = first.addr;
+    let url = first.url();
+    let record = Command::new(BIN)
+        .args(["record", "--console", &url, "--duration", "8s", "--out"])
+        .arg(&out)
+        .arg("--report")
+        .arg(&json)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("record runs");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    drop(first);
+    let _second = console_support::start_at("blocking", 30, addr);
+    let o = record.wait_with_output().expect("record ends");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    let ps = report["processes"].as_array().unwrap();
+    assert_eq!(ps.len(), 2, "{stderr}");
+    assert!(ps.iter().all(|p| p["source"] == "console"));
+    assert_finding(&report, "lost_waker", "orphan", &stderr);
+    assert_finding(&report, "long_poll", "checkout", &stderr);
+}

@@ -137,17 +137,26 @@ impl Mapper {
 
     /// Whether `u`, the first update of a new connection, is of the same
     /// program as the updates before: console sends every live task again
-    /// to a new subscriber, with the ids it had. A program that restarted
-    /// on the same address has none of the tasks known here.
+    /// to a new subscriber, with the ids and creation times it had. A
+    /// program restarted on the same address numbers its tasks from 1
+    /// again, created at other times.
     pub fn same_program(&self, u: &Update) -> bool {
         if self.tasks.is_empty() {
             return self.key.is_some();
         }
-        u.task_update.as_ref().is_some_and(|t| {
-            t.new_tasks.iter().any(|n| {
-                n.id.as_ref()
-                    .is_some_and(|id| self.tasks.contains_key(&id.id))
-            })
+        let Some(tu) = u.task_update.as_ref() else {
+            return false;
+        };
+        tu.new_tasks.iter().any(|n| {
+            let id = id_of(&n.id);
+            let created = tu
+                .stats_update
+                .get(&id)
+                .and_then(|s| s.created_at.as_ref())
+                .map(unix_ns);
+            self.tasks
+                .get(&id)
+                .is_some_and(|t| created == Some(t.created))
         })
     }
 

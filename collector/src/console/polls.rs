@@ -21,6 +21,9 @@ const MAX_RUNNING: u32 = 64;
 #[derive(Debug)]
 pub(super) struct TaskRec {
     pub(super) span: SpanId,
+    /// When console says it was created (unix ns): with its id, what
+    /// tells the task again after a reconnect.
+    pub(super) created: u64,
     /// Polls completed, total busy time (ns), wakes and self-wakes, as of
     /// the last update.
     pub(super) polls: u64,
@@ -50,6 +53,7 @@ impl TaskRec {
     pub(super) fn new(span: SpanId, created: u64) -> Self {
         Self {
             span,
+            created,
             polls: 0,
             busy_ns: 0,
             wakes: 0,

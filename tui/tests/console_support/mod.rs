@@ -221,7 +221,11 @@ pub fn free_addr() -> SocketAddr {
 /// Starts program `name` for `secs` seconds (this test binary again), and
 /// waits until its console-subscriber listens.
 pub fn start(name: &str, secs: u64) -> Program {
-    let addr = free_addr();
+    start_at(name, secs, free_addr())
+}
+
+/// [`start`] on `addr`.
+pub fn start_at(name: &str, secs: u64, addr: SocketAddr) -> Program {
     let exe = std::env::current_exe().expect("the test binary");
     let child = Command::new(exe)
         .args([
