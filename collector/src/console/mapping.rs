@@ -4,7 +4,8 @@
 //! task's statistics at the last update, the resources and async ops still
 //! live) and turns each new [`Update`] into frames of one made-up process
 //! (a `Hello` naming [`CONSOLE_PRODUCER`] first). Everything happens on one
-//! made-up thread, in time order.
+//! made-up thread, in time order, but polls running at an update, each on
+//! a thread of its own while it runs (`polls.rs`).
 //!
 //! What the events say, and what they do not:
 //!
@@ -14,8 +15,11 @@
 //!   with the average time of the others, spread evenly between the
 //!   previous update and the last poll: an average is never longer than the
 //!   longest poll, so a long poll is never made up (one among many short
-//!   ones may be missed). A poll still running at an update is sent when it
-//!   has ended.
+//!   ones may be missed). A poll still running at an update is sent as
+//!   started, and ended at its end when a later update gives it, else at
+//!   the update that saw it running (it ran at least that long). A
+//!   `spawn_blocking` task's single poll runs from its spawn (console sees
+//!   its span entered only to drop the closure, after it ran).
 //! * **Wakes.** Each poll after the first is sent woken at its own start
 //!   (a wait of zero: how long the task really waited for it is not known,
 //!   and a made-up wait would be a made-up starvation), self-wakes in the
@@ -27,7 +31,10 @@
 //!   events) the count is not known, and sent as one: not lost.
 //! * **Await trees** hold only the resources a task waits on (an async op
 //!   on a Mutex, say: the resource, then the operation), from console's
-//!   async ops; spans of the program are not in console's data.
+//!   async ops it awaits (polled, not dropped); the task is sent waiting on
+//!   those resources. Spans of the program are not in console's data. A
+//!   lock's holder is the task whose acquire of it obtained its permits
+//!   (`resources.rs`).
 //! * **Not sent at all**: the task tree (console gives the spans a task
 //!   was spawned in, not the task), causal error traces, ERROR events and
 //!   panics, native stacks, who woke whom (only whether it was the task
