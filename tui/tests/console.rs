@@ -116,6 +116,22 @@ fn a_blocking_poll_is_a_long_poll() {
 }
 
 #[test]
+fn a_first_poll_that_never_returns_never_yielded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("never_yields", 10, 5, dir.path());
+    assert_finding(&report, "never_yielded", "spinner", &stderr);
+    let f = findings(&report, "never_yielded");
+    assert!(
+        f[0]["trace"][0]
+            .as_str()
+            .unwrap()
+            .contains("not known from console"),
+        "{}",
+        f[0]
+    );
+}
+
+#[test]
 fn a_lost_waker_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let (report, stderr) = record("lost_waker", 8, 4, dir.path());

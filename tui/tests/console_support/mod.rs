@@ -39,6 +39,7 @@ pub fn run_program_if_asked() {
             "mutex" => mutex(end.as_mut()).await,
             "healthy" => healthy(end.as_mut()).await,
             "deadlock" => deadlock(end.as_mut()).await,
+            "never_yields" => never_yields(end.as_mut()).await,
             other => panic!("no program {other}"),
         }
     });
@@ -101,6 +102,16 @@ async fn mutex(end: End<'_>) {
     });
     end.await;
     drop(tx);
+}
+
+/// A task whose first poll never returns (a busy loop with no await).
+async fn never_yields(end: End<'_>) {
+    spawn_named("spinner", async {
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    end.await;
 }
 
 /// Two tasks taking two Mutexes in opposite orders: each holds one and
