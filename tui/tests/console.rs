@@ -132,6 +132,13 @@ fn a_first_poll_that_never_returns_never_yielded() {
 }
 
 #[test]
+fn a_task_waking_itself_in_a_loop_is_a_self_wake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("busy_yield", 8, 4, dir.path());
+    assert_finding(&report, "self_wake", "poller", &stderr);
+}
+
+#[test]
 fn a_lost_waker_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let (report, stderr) = record("lost_waker", 8, 4, dir.path());

@@ -40,6 +40,7 @@ pub fn run_program_if_asked() {
             "healthy" => healthy(end.as_mut()).await,
             "deadlock" => deadlock(end.as_mut()).await,
             "never_yields" => never_yields(end.as_mut()).await,
+            "busy_yield" => busy_yield(end.as_mut()).await,
             other => panic!("no program {other}"),
         }
     });
@@ -110,6 +111,22 @@ async fn never_yields(end: End<'_>) {
         loop {
             std::thread::sleep(Duration::from_millis(10));
         }
+    });
+    end.await;
+}
+
+/// A task polling for work that is never there by waking itself in its
+/// poll, over and over (busy-looping through the scheduler). (tokio's
+/// `yield_now` defers its wake to after the poll, which console does not
+/// count as a self-wake.)
+async fn busy_yield(end: End<'_>) {
+    spawn_named("poller", async {
+        std::future::poll_fn(|cx| {
+            std::thread::sleep(Duration::from_micros(500));
+            cx.waker().wake_by_ref();
+            std::task::Poll::<()>::Pending
+        })
+        .await;
     });
     end.await;
 }
