@@ -201,11 +201,17 @@ impl Model {
     /// `unix_ns` (live: a stalled program sends no events to advance its
     /// clock). The process clock advances by the wall time elapsed since its
     /// last live frame, or, for frames not applied with
-    /// [`Model::apply_live`], to `unix_ns` minus the process start.
+    /// [`Model::apply_live`], to `unix_ns` minus the process start; except
+    /// for a program read from console-subscriber, known up to its last
+    /// update.
     pub fn scan_wall(&mut self, unix_ns: u64) {
         for p in self.processes.values_mut() {
             let mut now = if p.connected { p.judged_now() } else { p.now };
-            if p.connected {
+            // A program read from console-subscriber is known up to its
+            // last update only (console sends one each publish interval,
+            // whatever the program does): wall time past it would judge
+            // what the next update settles.
+            if p.connected && !p.is_console() {
                 let wall_now = match p.last_wall {
                     Some((w, at)) => at.saturating_add(unix_ns.saturating_sub(w)),
                     None => unix_ns.saturating_sub(p.key.start_unix_ns),

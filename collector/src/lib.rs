@@ -17,6 +17,8 @@
 //!   feature `server`, on by default).
 //! * [`stitch`]: causal traces joined across processes (a consumer's
 //!   trace continued in the process that sent it the context).
+//! * `console`: programs that run console-subscriber, read over its gRPC
+//!   API as one more source (feature `console`, on by default).
 //! * [`report`]: the JSON report (`awaitscope report`), schema in
 //!   `docs/report-json.md`.
 //! * [`export`]: the CI formats (Perfetto and Chrome traces, JUnit,
@@ -34,6 +36,8 @@
 
 pub mod collect;
 pub mod config;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod detect;
 #[cfg(feature = "export")]
 pub mod export;

@@ -131,8 +131,14 @@ pub struct ProcessReport {
     pub name: String,
     /// Command line.
     pub cmdline: Vec<String>,
-    /// Producer's awaitscope version.
+    /// Producer's awaitscope version (for a program read from
+    /// console-subscriber: `console-subscriber (console-api V)`).
     pub producer_version: Option<String>,
+    /// Where the events came from: `awaitscope` (an instrumented program)
+    /// or `console` (console-subscriber's gRPC API: coarser, and without
+    /// await trees of spans, causal traces or wake edges; its `notes` say
+    /// what is not known).
+    pub source: &'static str,
     /// tokio's instrumentation was on.
     pub tokio_unstable: bool,
     /// Still connected (live) / stream not ended.
@@ -413,6 +419,16 @@ impl Report {
             live,
             self.findings.len()
         ));
+        for p in &self.processes {
+            if p.source == crate::model::process::SOURCE_CONSOLE {
+                s.push_str(&format!(
+                    "  {}: read from console-subscriber's gRPC API (not known from it: await \
+                     trees of spans, causal traces, wake edges, the task tree, native stacks, \
+                     errors and panics)\n",
+                    p.name
+                ));
+            }
+        }
         for f in &self.findings {
             let loc = f
                 .location
@@ -495,6 +511,7 @@ fn process_report(p: &Process) -> ProcessReport {
         name: p.name().to_string(),
         cmdline: info.map(|i| i.cmdline.clone()).unwrap_or_default(),
         producer_version: info.map(|i| i.producer_version.clone()),
+        source: p.source(),
         tokio_unstable: info.is_some_and(|i| i.tokio_unstable),
         connected: p.connected,
         ended: p.ended,

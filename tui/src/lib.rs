@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod console_feed;
 pub mod demo;
 pub mod feed;
 pub mod snapshot;

@@ -43,6 +43,9 @@ pub struct ProcSummary {
     pub now: u64,
     /// Notes about its stream.
     pub notes: Vec<String>,
+    /// Read from console-subscriber's gRPC API (no spans of the program,
+    /// causal traces or wake edges: see its notes).
+    pub console: bool,
 }
 
 /// A row of the task table.
@@ -204,6 +207,9 @@ pub struct TaskDetail {
     /// (pid): task: message`. The other way, a consumer's findings show
     /// the producer's task in their trace.
     pub handed_over_to: Vec<String>,
+    /// The task's process was read from console-subscriber: its await tree
+    /// holds only the resources it waits on, and who woke it is not known.
+    pub console: bool,
     /// WARN/ERROR events (level, message, location).
     pub logs: Vec<(String, String, String)>,
     /// Findings naming the task, each with its location and trace.
@@ -333,6 +339,7 @@ impl Snapshot {
                 dropped,
                 now: p.now,
                 notes: p.notes.clone(),
+                console: p.is_console(),
             });
             let mut ids: Vec<&Task> = p.tasks.values().collect();
             ids.sort_unstable_by_key(|t| t.id);
@@ -615,6 +622,7 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
     let end = t.closed.unwrap_or(now);
     let hist = t.histograms();
     TaskDetail {
+        console: p.is_console(),
         title: task_label(t),
         state: Some(t.state),
         fields,

@@ -108,6 +108,10 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
                 }
             }
         }
+        // A program read from console-subscriber: its data has none.
+        _ if p.is_console() => out.trace.push(format!(
+            "{NO_STACK}not known from console-subscriber's data"
+        )),
         _ => out
             .trace
             .push(format!("{NO_STACK}{}", no_stack_reason(stack))),

@@ -118,6 +118,12 @@ pub fn render(report: &Report, walk: &WalkSummary, opts: &Options) -> String {
                 format!(", {}", code(&p.cmdline.join(" ")))
             }
         );
+        if p.source == crate::model::process::SOURCE_CONSOLE {
+            // What its findings could not see.
+            for n in &p.notes {
+                let _ = writeln!(s, "| note | {} |", cell(n));
+            }
+        }
     }
     let _ = writeln!(s, "| dropped events | {} |", report.dropped.total);
     s.push('\n');

@@ -35,6 +35,32 @@ pub(crate) struct Entered {
     pub(crate) node: Option<u16>,
 }
 
+/// [`Process::source`] of a program instrumented with awaitscope.
+pub const SOURCE_AWAITSCOPE: &str = "awaitscope";
+
+/// [`Process::source`] of a program read over console-subscriber's gRPC API.
+pub const SOURCE_CONSOLE: &str = "console";
+
+/// How the `producer_version` of a process read over console-subscriber's
+/// gRPC API begins (the console source writes it in the `Hello` it makes up).
+pub const CONSOLE_PRODUCER: &str = "console-subscriber";
+
+/// The note every process read from console-subscriber gets: what its data
+/// cannot say, so that no view takes an absence for a fact.
+pub const CONSOLE_NOTE: &str = "source: console-subscriber's gRPC API (aggregated per-task \
+statistics each publish interval; polls between two updates are known by count and total \
+time only, the last one exactly). Not known from it: await trees of spans (only the \
+resources a task waits on), causal error traces, wake edges (who woke whom), the task \
+tree, native stacks, ERROR events and panics";
+
+/// The source a `Hello` names (see [`Process::source`]).
+pub fn source_of(info: Option<&ProcessInfo>) -> &'static str {
+    match info {
+        Some(i) if i.producer_version.starts_with(CONSOLE_PRODUCER) => SOURCE_CONSOLE,
+        _ => SOURCE_AWAITSCOPE,
+    }
+}
+
 /// A thread of the producer.
 #[derive(Clone, Debug, Default)]
 pub struct ThreadState {
@@ -212,6 +238,18 @@ impl Process {
         self.info.as_ref().map_or("?", |i| i.name.as_str())
     }
 
+    /// Where the process's events come from: [`SOURCE_CONSOLE`] for a
+    /// program read over console-subscriber's gRPC API (its `Hello` names
+    /// [`CONSOLE_PRODUCER`] as producer), else [`SOURCE_AWAITSCOPE`].
+    pub fn source(&self) -> &'static str {
+        source_of(self.info.as_ref())
+    }
+
+    /// Whether the process was read over console-subscriber's gRPC API.
+    pub fn is_console(&self) -> bool {
+        self.source() == SOURCE_CONSOLE
+    }
+
     /// Adds a note (bounded).
     pub fn note(&mut self, s: String) {
         if self.notes.len() < 64 {
@@ -259,6 +297,9 @@ impl Process {
             }
         }
         self.resync = true;
+        if self.hellos == 1 && source_of(Some(info)) == SOURCE_CONSOLE {
+            self.note(CONSOLE_NOTE.into());
+        }
         let mut info = info.clone();
         info.token = None;
         self.info = Some(info);

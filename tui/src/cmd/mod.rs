@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod otlp;
 pub mod record;
+pub mod record_console;
 pub mod replay;
 pub mod report;
 pub mod serve;

@@ -12,7 +12,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use awaitscope_collector::units::{parse_duration, Bare};
 
 use super::{parse_fail_on, FailOn, EXIT_BAD_INPUT, EXIT_FINDINGS};
 
@@ -28,8 +30,20 @@ pub struct Args {
     /// Also write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Record the program that runs console-subscriber at this URL
+    /// (`http://127.0.0.1:6669`) instead of running a command.
+    #[arg(long, value_name = "URL", conflicts_with = "command")]
+    pub console: Option<String>,
+    /// With --console: stop after this long (`30s`, `2m`; default: at
+    /// Ctrl-C).
+    #[arg(long, requires = "console", value_parser = |s: &str| parse_duration(s, Bare::Secs).map(Duration::from_nanos))]
+    pub duration: Option<Duration>,
     /// The command to run, after `--`.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        required_unless_present = "console",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -55,7 +69,17 @@ pub fn run(args: Args) -> u8 {
             .map_or(0, |d| d.as_secs());
         PathBuf::from(format!("awaitscope-{t}.rec"))
     });
-    let (prog, rest) = args.command.split_first().expect("clap requires a command");
+    if let Some(url) = &args.console {
+        let code = match super::record_console::record(url, args.duration, &out) {
+            Ok(()) => 0,
+            Err(code) => return code,
+        };
+        return summarise(&out, code, args.fail_on, args.report.as_deref());
+    }
+    let Some((prog, rest)) = args.command.split_first() else {
+        eprintln!("awaitscope record: no command to run (give one after --, or --console URL)");
+        return EXIT_BAD_INPUT;
+    };
     let parts = parts_dir(&out);
     if let Err(e) = std::fs::create_dir_all(&parts) {
         eprintln!("awaitscope record: cannot create {}: {e}", parts.display());
@@ -100,7 +124,19 @@ pub fn run(args: Args) -> u8 {
         );
         return code;
     }
-    let report = match super::report::build(std::slice::from_ref(&out)) {
+    summarise(&out, code, args.fail_on, args.report.as_deref())
+}
+
+/// Prints the summary of the recording at `out` (and writes its JSON
+/// report to `report`); returns the exit code: `code` (the command's), or
+/// the `--fail-on` verdict.
+fn summarise(
+    out: &std::path::Path,
+    code: u8,
+    fail_on: Option<FailOn>,
+    report_path: Option<&std::path::Path>,
+) -> u8 {
+    let report = match super::report::build(&[out.to_path_buf()]) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("awaitscope record: {e}");
@@ -109,13 +145,13 @@ pub fn run(args: Args) -> u8 {
     };
     eprint!("{}", report.summary_text());
     eprintln!("awaitscope record: recording in {}", out.display());
-    if let Some(p) = &args.report {
+    if let Some(p) = report_path {
         let json = serde_json::to_string_pretty(&report).unwrap_or_default();
         if let Err(e) = std::fs::write(p, json + "\n") {
             eprintln!("awaitscope record: cannot write {}: {e}", p.display());
         }
     }
-    if args.fail_on.is_some() && report.damaged_inputs().next().is_some() {
+    if fail_on.is_some() && report.damaged_inputs().next().is_some() {
         // Damaged input is never a pass (as `report --fail-on`).
         eprintln!(
             "awaitscope record: the recording is unreadable past some point (see the warning \
@@ -123,7 +159,7 @@ pub fn run(args: Args) -> u8 {
         );
         return if code == 0 { EXIT_BAD_INPUT } else { code };
     }
-    match args.fail_on {
+    match fail_on {
         Some(FailOn(kinds)) if report.has_finding(&kinds) => EXIT_FINDINGS,
         _ => code,
     }

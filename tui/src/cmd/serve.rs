@@ -1,9 +1,11 @@
 //! `awaitscope serve [--listen 127.0.0.1:6670] [--record-dir DIR]
 //! [--allow-remote] [--token T] [--memory-budget SIZE] [--retention D]
-//! [--otlp]`: the headless collector. Runs until Ctrl-C or SIGTERM, logging
-//! connections, refusals and findings on stderr. UIs watch it with
-//! `awaitscope --connect ADDR` on the same port (the token, when set,
-//! applies to them too).
+//! [--otlp] [--console URL]...`: the headless collector. Runs until Ctrl-C
+//! or SIGTERM, logging connections, refusals and findings on stderr. UIs
+//! watch it with `awaitscope --connect ADDR` on the same port (the token,
+//! when set, applies to them too). Each `--console URL` is a program that
+//! runs console-subscriber, read over its gRPC API and streamed to this
+//! collector as an instrumented program streams itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +63,10 @@ pub struct Args {
     /// they are made.
     #[arg(long)]
     pub otlp: bool,
+    /// Also watch a program that runs console-subscriber, at this URL
+    /// (`http://127.0.0.1:6669`), read over its gRPC API; repeatable.
+    #[arg(long, value_name = "URL")]
+    pub console: Vec<String>,
 }
 
 /// Runs `serve`.
@@ -93,6 +99,13 @@ pub fn run(args: Args) -> u8 {
         Some((e, tx, rx)) => (Some((e, rx)), Some(tx)),
         None => (None, None),
     };
+    for url in &args.console {
+        if let Err(e) = awaitscope_collector::console::client::endpoint(url) {
+            eprintln!("awaitscope serve: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    }
+    let console_token = args.token.clone().filter(|t| !t.is_empty());
     let cfg = ServerConfig {
         frame_tap,
         listen: args.listen,
@@ -129,6 +142,18 @@ pub fn run(args: Args) -> u8 {
         });
         // Last on its line: scripts read the address after "listening on ".
         info!("listening on {}", server.local_addr());
+        // Each console program streams to this server as a program would.
+        let mut to = server.local_addr();
+        if to.ip().is_unspecified() {
+            to.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        for url in args.console {
+            tokio::spawn(awaitscope_collector::console::forward::forward(
+                url,
+                to,
+                console_token.clone(),
+            ));
+        }
         server
             .run_until(async {
                 // SIGINT (Ctrl-C) or SIGTERM (a service manager, `kill`):

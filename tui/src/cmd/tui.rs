@@ -10,6 +10,9 @@
 //! * `--connect DIR`: follows the recordings of a running
 //!   `awaitscope serve --record-dir DIR`.
 //!
+//! * `--console URL`: a program that runs console-subscriber, read over
+//!   its gRPC API (`awaitscope_tui::console_feed`).
+//!
 //! An argument that parses as a socket address, or as `host:port` and is
 //! not an existing directory, is an address; anything else a directory.
 
@@ -17,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use awaitscope_collector::ingest::server::DEFAULT_LISTEN;
+use awaitscope_tui::console_feed::ConsoleFeed;
 use awaitscope_tui::feed::{ConnectFeed, ConnectTarget, Feed, FollowFeed, LiveFeed};
 use awaitscope_tui::ui::run::{log_to_file, run as run_ui, UiOptions};
 
@@ -33,6 +37,10 @@ pub struct Args {
     /// TCP; DIR follows the recordings of `awaitscope serve --record-dir DIR`.
     #[arg(long, value_name = "ADDR|DIR", conflicts_with = "listen")]
     pub connect: Option<String>,
+    /// Watch a program that runs console-subscriber, at this URL
+    /// (`http://127.0.0.1:6669`), read over its gRPC API: no change to it.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["listen", "connect"])]
+    pub console: Option<String>,
     /// Token of the serve given to --connect ADDR (its --token).
     #[arg(long, env = "AWAITSCOPE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -80,21 +88,36 @@ fn log_path(
 /// Runs the UI.
 pub fn run(args: Args) -> u8 {
     log_to_file(&args.log);
-    let mut feed: Box<dyn Feed + Send> = match &args.connect {
-        Some(target) => match ConnectTarget::parse(target) {
-            ConnectTarget::Addr(addr) => Box::new(ConnectFeed::start(
-                addr,
-                args.token.clone().filter(|t| !t.is_empty()),
-            )),
-            ConnectTarget::Dir(dir) => Box::new(FollowFeed::start(dir)),
-        },
-        None => match LiveFeed::start(args.listen, "collector listening on {addr}") {
+    if let Some(url) = &args.console {
+        if let Err(e) = awaitscope_collector::console::client::endpoint(url) {
+            eprintln!("awaitscope: {e}");
+            return EXIT_BAD_INPUT;
+        }
+    }
+    let mut feed: Box<dyn Feed + Send> = match (&args.console, &args.connect) {
+        (Some(url), _) => match ConsoleFeed::start(url) {
             Ok(f) => Box::new(f),
             Err(e) => {
                 eprintln!("awaitscope: {e}");
-                eprintln!("awaitscope: is another collector running? try --listen 127.0.0.1:0, or --connect ADDR to watch it");
                 return EXIT_BAD_INPUT;
             }
+        },
+        (None, connect) => match connect {
+            Some(target) => match ConnectTarget::parse(target) {
+                ConnectTarget::Addr(addr) => Box::new(ConnectFeed::start(
+                    addr,
+                    args.token.clone().filter(|t| !t.is_empty()),
+                )),
+                ConnectTarget::Dir(dir) => Box::new(FollowFeed::start(dir)),
+            },
+            None => match LiveFeed::start(args.listen, "collector listening on {addr}") {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    eprintln!("awaitscope: {e}");
+                    eprintln!("awaitscope: is another collector running? try --listen 127.0.0.1:0, or --connect ADDR to watch it");
+                    return EXIT_BAD_INPUT;
+                }
+            },
         },
     };
     let opts = UiOptions {

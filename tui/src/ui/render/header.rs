@@ -34,7 +34,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, t: &Theme) {
         0 => l1.push(Span::styled("waiting for a program…", t.dim())),
         1 => {
             let p = &s.processes[0];
-            l1.push(Span::raw(format!("{} (pid {}) ", p.name, p.pid)));
+            if p.console {
+                l1.push(Span::raw(format!("{} ", p.name)));
+                l1.push(Span::styled(
+                    "[from console: no span await trees, causal traces or wake edges] ",
+                    t.dim(),
+                ));
+            } else {
+                l1.push(Span::raw(format!("{} (pid {}) ", p.name, p.pid)));
+            }
             if p.connected {
                 l1.push(Span::styled("connected", t.good()));
             } else if p.ended {

@@ -103,7 +103,12 @@ fn summary_lines<'a>(d: &'a TaskDetail, t: &Theme) -> Vec<Line<'a>> {
         count(d.self_wakes),
         d.wakers_alive
     )));
-    if !d.woken_by.is_empty() {
+    if d.console {
+        out.push(Line::from(Span::styled(
+            "woken by: not known from console (only whether by itself)",
+            t.dim(),
+        )));
+    } else if !d.woken_by.is_empty() {
         let who: Vec<String> = d
             .woken_by
             .iter()
@@ -142,8 +147,20 @@ fn summary_lines<'a>(d: &'a TaskDetail, t: &Theme) -> Vec<Line<'a>> {
 }
 
 fn await_lines<'a>(d: &'a TaskDetail, t: &Theme) -> Vec<Line<'a>> {
-    let mut out = vec![section("Await tree (last poll)", t)];
-    if d.await_tree.is_empty() {
+    let mut out = vec![section(
+        if d.console {
+            "Await tree (last poll; from console: the resources it waits on, spans not known)"
+        } else {
+            "Await tree (last poll)"
+        },
+        t,
+    )];
+    if d.await_tree.is_empty() && d.console {
+        out.push(Line::from(Span::styled(
+            "  (waits on no tokio resource; what else it awaits is not known from console)",
+            t.dim(),
+        )));
+    } else if d.await_tree.is_empty() {
         out.push(Line::from(Span::styled(
             "  (nothing entered in its last poll)",
             t.dim(),

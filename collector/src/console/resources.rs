@@ -1,0 +1,460 @@
+//! Console's resources, async ops and resource polls as awaitscope events:
+//! resource and async-op spans, the resource polls (a task now waits on a
+//! resource, or got it), the lock state updates (who holds a Mutex or an
+//! RwLock), and each task's await tree made of the operations it awaits.
+//!
+//! A resource internal to another (the semaphore inside a Mutex) stands
+//! for its outer resource: its polls are sent as polls of the outer one,
+//! as the lock the user called. The holder of a lock is the task whose
+//! poll of it was ready last in the update that says it is locked; when
+//! no such poll is in that update, the lock is sent held by no one known.
+//! Semaphores' permit holders are not known from console (it sends the
+//! permits left, not who took them).
+
+use std::collections::HashMap;
+
+use awaitscope_wire::{names, CloseKind, Event, Field, SpanId, SpanNew, TreeNode, Value};
+use console_api::instrument::Update;
+use console_api::resources::resource;
+
+use super::mapping::{
+    field_name, id_of, loc_fields, truncated, unix_ns, Mapper, Timed, CS_ASYNC_OP, CS_POLL_OP,
+    CS_RESOURCE, CS_STATE, MAX_LIVE, THREAD,
+};
+
+/// Most async ops a task's await tree shows (two nodes each, within the
+/// wire's cap on a tree).
+const MAX_TREE_OPS: usize = 16;
+
+#[derive(Debug)]
+struct Res {
+    span: SpanId,
+    /// The outer resource, for an internal one.
+    parent: Option<u64>,
+    internal: bool,
+    /// Its `locked` (or `write_locked`) state as last sent.
+    locked: Option<bool>,
+}
+
+#[derive(Debug)]
+struct Op {
+    span: SpanId,
+    resource: u64,
+    /// Another op this one is part of (`Semaphore::acquire` in
+    /// `Mutex::lock`).
+    nested: bool,
+    /// The task awaiting it, once polled.
+    task: Option<u64>,
+    polled: bool,
+}
+
+/// The live resources and async ops of a program.
+#[derive(Debug, Default)]
+pub(super) struct Resources {
+    res: HashMap<u64, Res>,
+    ops: HashMap<u64, Op>,
+}
+
+/// What an update's resources do to tasks.
+#[derive(Default)]
+pub(super) struct Effects {
+    /// Resource polls and lock updates, by console task id: sent within the
+    /// task's last poll.
+    per_task: HashMap<u64, Vec<Event>>,
+    /// Await trees that changed, by console task id.
+    trees: HashMap<u64, Vec<TreeNode>>,
+    /// Everything else, at its own time (closes, updates of no known task).
+    pub(super) rest: Vec<Timed>,
+}
+
+impl Effects {
+    /// The resource events of console task `id`'s polls.
+    pub(super) fn ops_of(&mut self, id: u64) -> Vec<Event> {
+        self.per_task.remove(&id).unwrap_or_default()
+    }
+
+    /// The resource events of tasks that sent no statistics in the update
+    /// (their polls are counted in a later one): at the update's time.
+    pub(super) fn leftover(&mut self, now: u64) -> Vec<Timed> {
+        let mut ids: Vec<u64> = self.per_task.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .flat_map(|id| self.per_task.remove(&id).unwrap_or_default())
+            .map(|event| Timed::on(THREAD, now, event))
+            .collect()
+    }
+
+    /// The await tree of console task `id`, if it changed.
+    pub(super) fn tree_of(&mut self, id: u64) -> Option<Vec<TreeNode>> {
+        self.trees.remove(&id)
+    }
+}
+
+impl Resources {
+    /// The outermost resource of `id` (itself, or what it is internal to).
+    fn outer(&self, id: u64) -> u64 {
+        outer_of(&self.res, id)
+    }
+
+    /// Spans of the resources and async ops `u` creates, into `out`.
+    pub(super) fn new_spans(&mut self, m: &mut Mapper, u: &Update, out: &mut Vec<Event>) {
+        let now = u.now.as_ref().map_or(0, unix_ns);
+        if let Some(ru) = &u.resource_update {
+            for r in &ru.new_resources {
+                let id = id_of(&r.id);
+                if self.res.contains_key(&id) || self.res.len() >= MAX_LIVE {
+                    continue;
+                }
+                let kind = match r.kind.as_ref().and_then(|k| k.kind.as_ref()) {
+                    Some(resource::kind::Kind::Known(_)) => names::KIND_TIMER.to_string(),
+                    Some(resource::kind::Kind::Other(s)) => s.clone(),
+                    None => String::new(),
+                };
+                let parent = r.parent_resource_id.as_ref().map(|p| p.id);
+                let created = ru
+                    .stats_update
+                    .get(&id)
+                    .and_then(|s| s.created_at.as_ref())
+                    .map_or(now, unix_ns);
+                let span = m.new_span();
+                let mut fields = vec![
+                    Field {
+                        index: 0,
+                        value: Value::Str(truncated(r.concrete_type.clone())),
+                    },
+                    Field {
+                        index: 1,
+                        value: Value::Str(truncated(kind)),
+                    },
+                    Field {
+                        index: 2,
+                        value: Value::Bool(r.is_internal),
+                    },
+                ];
+                fields.extend(loc_fields(r.location.as_ref(), 3));
+                out.push(Event::SpanNew(Box::new(SpanNew {
+                    id: span,
+                    callsite: CS_RESOURCE,
+                    parent: parent.and_then(|p| self.res.get(&p)).map(|p| p.span),
+                    ctx_task: None,
+                    ctx_span: None,
+                    ts: m.rel(created),
+                    fields,
+                })));
+                self.res.insert(
+                    id,
+                    Res {
+                        span,
+                        parent,
+                        internal: r.is_internal,
+                        locked: None,
+                    },
+                );
+            }
+        }
+        if let Some(au) = &u.async_op_update {
+            for o in &au.new_async_ops {
+                let id = id_of(&o.id);
+                let resource = id_of(&o.resource_id);
+                let Some(r) = self.res.get(&resource) else {
+                    continue;
+                };
+                if self.ops.contains_key(&id) || self.ops.len() >= MAX_LIVE {
+                    continue;
+                }
+                let created = au
+                    .stats_update
+                    .get(&id)
+                    .and_then(|s| s.created_at.as_ref())
+                    .map_or(now, unix_ns);
+                let span = m.new_span();
+                out.push(Event::SpanNew(Box::new(SpanNew {
+                    id: span,
+                    callsite: CS_ASYNC_OP,
+                    parent: Some(r.span),
+                    ctx_task: None,
+                    ctx_span: None,
+                    ts: m.rel(created),
+                    fields: vec![Field {
+                        index: 0,
+                        value: Value::Str(truncated(o.source.clone())),
+                    }],
+                })));
+                self.ops.insert(
+                    id,
+                    Op {
+                        span,
+                        resource,
+                        nested: o.parent_async_op_id.is_some(),
+                        task: None,
+                        polled: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// What `u` says of the resources: polls, lock states, closes, and the
+    /// await trees that changed. `tasks`: console task id to span.
+    pub(super) fn update(
+        &mut self,
+        m: &Mapper,
+        u: &Update,
+        tasks: &HashMap<u64, SpanId>,
+        now: u64,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        let at = |t: u64| m.rel(t);
+        let mut closes: Vec<(u64, SpanId)> = Vec::new();
+        // Who got each lock last in this update, and when: the task of an
+        // acquire that obtained the permits it asked for (the semaphore
+        // inside a Mutex or RwLock), or of a ready resource poll.
+        let mut ready_by: HashMap<u64, (u64, u64)> = HashMap::new();
+        if let Some(au) = &u.async_op_update {
+            for (id, s) in &au.stats_update {
+                let Some(op) = self.ops.get_mut(id) else {
+                    continue;
+                };
+                if let Some(t) = s.task_id.as_ref() {
+                    op.task = Some(t.id);
+                }
+                if s.poll_stats.as_ref().is_some_and(|p| p.polls > 0) {
+                    op.polled = true;
+                }
+                let attr = |name: &str| {
+                    s.attributes.iter().find_map(|a| {
+                        let f = a.field.as_ref()?;
+                        match (field_name(f, None), f.value.as_ref()) {
+                            (Some(n), Some(console_api::field::Value::U64Val(v))) if n == name => {
+                                Some(*v)
+                            }
+                            _ => None,
+                        }
+                    })
+                };
+                let obtained = matches!(
+                    (attr("permits_obtained"), attr("permits_requested")),
+                    (Some(o), Some(r)) if r > 0 && o >= r
+                );
+                if let (true, Some(t)) = (obtained, op.task) {
+                    let when = s
+                        .poll_stats
+                        .as_ref()
+                        .and_then(|p| p.last_poll_ended.as_ref())
+                        .map_or(now, unix_ns);
+                    let outer = outer_of(&self.res, op.resource);
+                    if ready_by.get(&outer).is_none_or(|&(_, w)| w <= when) {
+                        ready_by.insert(outer, (t, when));
+                    }
+                }
+            }
+        }
+        if let Some(ru) = &u.resource_update {
+            for p in &ru.new_poll_ops {
+                let task = id_of(&p.task_id);
+                let Some(&task_span) = tasks.get(&task) else {
+                    continue;
+                };
+                let op = p.async_op_id.as_ref().and_then(|o| self.ops.get(&o.id));
+                let resource = op.map_or(id_of(&p.resource_id), |o| o.resource);
+                let outer = self.outer(resource);
+                let Some(r) = self.res.get(&outer) else {
+                    continue;
+                };
+                // An op on an internal resource is sent on its outer one.
+                let span = match op {
+                    Some(o) if outer == o.resource => o.span,
+                    _ => r.span,
+                };
+                if p.is_ready {
+                    ready_by.insert(outer, (task, now));
+                }
+                fx.per_task
+                    .entry(task)
+                    .or_default()
+                    .push(Event::Log(Box::new(awaitscope_wire::Log {
+                        callsite: CS_POLL_OP,
+                        span: Some(span),
+                        task: Some(task_span),
+                        ts: at(now),
+                        fields: vec![
+                            Field {
+                                index: 0,
+                                value: Value::Str(truncated(p.name.clone())),
+                            },
+                            Field {
+                                index: 1,
+                                value: Value::Bool(p.is_ready),
+                            },
+                        ],
+                        trace: Vec::new(),
+                    })));
+            }
+            let mut ids: Vec<&u64> = ru.stats_update.keys().collect();
+            ids.sort_unstable();
+            for id in ids {
+                let s = &ru.stats_update[id];
+                let Some(r) = self.res.get_mut(id) else {
+                    continue;
+                };
+                let mut locked = None;
+                for a in &s.attributes {
+                    let Some(f) = a.field.as_ref() else { continue };
+                    let (Some(n), Some(console_api::field::Value::BoolVal(b))) =
+                        (field_name(f, None), f.value.as_ref())
+                    else {
+                        continue;
+                    };
+                    if n == names::LOCKED {
+                        locked = Some((0u16, *b));
+                    } else if n == names::WRITE_LOCKED {
+                        locked = Some((1, *b));
+                    }
+                }
+                // Sent when the state changed, or when a new holder took it.
+                let holder = ready_by.get(id).map(|h| h.0);
+                let now_locked = locked.map(|l| l.1).or(r.locked);
+                let changed = locked.is_some_and(|l| r.locked != Some(l.1));
+                let retaken = now_locked == Some(true) && holder.is_some();
+                if let (Some((index, b)), true) =
+                    (locked.or(r.locked.map(|b| (0, b))), changed || retaken)
+                {
+                    r.locked = Some(b);
+                    let holder = if b { holder } else { None };
+                    let e = Event::Log(Box::new(awaitscope_wire::Log {
+                        callsite: CS_STATE,
+                        span: Some(r.span),
+                        task: holder.and_then(|t| tasks.get(&t).copied()),
+                        ts: at(now),
+                        fields: vec![Field {
+                            index,
+                            value: Value::Bool(b),
+                        }],
+                        trace: Vec::new(),
+                    }));
+                    match holder {
+                        Some(t) => fx.per_task.entry(t).or_default().push(e),
+                        None => fx.rest.push(Timed::on(THREAD, now, e)),
+                    }
+                }
+                if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
+                    closes.push((d, r.span));
+                    self.res.remove(id);
+                }
+            }
+        }
+        if let Some(au) = &u.async_op_update {
+            for (id, s) in &au.stats_update {
+                if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
+                    if let Some(op) = self.ops.remove(id) {
+                        closes.push((d, op.span));
+                    }
+                }
+            }
+        }
+        // An op whose resource is gone is gone too.
+        let res = &self.res;
+        self.ops.retain(|_, o| res.contains_key(&o.resource));
+        // Await trees: the outermost ops each task awaits, on the outer
+        // resource, ordered by span (creation).
+        let mut by_task: HashMap<u64, Vec<(SpanId, SpanId)>> = HashMap::new();
+        for o in self.ops.values() {
+            let (Some(t), true, false) = (o.task, o.polled, o.nested) else {
+                continue;
+            };
+            let outer = self.outer(o.resource);
+            let Some(r) = self.res.get(&outer) else {
+                continue;
+            };
+            if o.resource != outer {
+                continue;
+            }
+            by_task.entry(t).or_default().push((r.span, o.span));
+        }
+        let mut candidates: Vec<u64> = by_task.keys().copied().collect();
+        for id in tasks.keys() {
+            if m.sent_tree(*id).is_some_and(|t| !t.is_empty()) && !by_task.contains_key(id) {
+                candidates.push(*id);
+            }
+        }
+        for t in candidates {
+            let mut pairs = by_task.remove(&t).unwrap_or_default();
+            pairs.sort_unstable_by_key(|p| p.1);
+            pairs.truncate(MAX_TREE_OPS);
+            let mut nodes = Vec::with_capacity(pairs.len() * 2);
+            for (r, o) in pairs {
+                nodes.push(TreeNode { span: r, depth: 0 });
+                nodes.push(TreeNode { span: o, depth: 1 });
+            }
+            let sent = m.sent_tree(t).unwrap_or(&[]);
+            if !nodes.iter().map(|n| n.span).eq(sent.iter().copied()) {
+                // The task now waits on the resources of the ops it awaits,
+                // and no longer on those of the ops that are gone (console
+                // sends the resource polls that happen after it was
+                // connected to, not the ones that made the wait).
+                if let Some(&task_span) = tasks.get(&t) {
+                    let was: Vec<SpanId> = sent.iter().step_by(2).copied().collect();
+                    let now_on: Vec<(SpanId, SpanId)> = nodes
+                        .chunks(2)
+                        .filter_map(|c| Some((c.first()?.span, c.get(1)?.span)))
+                        .collect();
+                    let ev = |span, ready| {
+                        Event::Log(Box::new(awaitscope_wire::Log {
+                            callsite: CS_POLL_OP,
+                            span: Some(span),
+                            task: Some(task_span),
+                            ts: at(now),
+                            fields: vec![
+                                Field {
+                                    index: 0,
+                                    value: Value::Str("awaited".into()),
+                                },
+                                Field {
+                                    index: 1,
+                                    value: Value::Bool(ready),
+                                },
+                            ],
+                            trace: Vec::new(),
+                        }))
+                    };
+                    let list = fx.per_task.entry(t).or_default();
+                    for r in was.iter().filter(|r| !now_on.iter().any(|(n, _)| n == *r)) {
+                        list.push(ev(*r, true));
+                    }
+                    for (_, o) in now_on.iter().filter(|(r, _)| !was.contains(r)) {
+                        list.push(ev(*o, false));
+                    }
+                }
+                fx.trees.insert(t, nodes);
+            }
+        }
+        for (d, span) in closes {
+            fx.rest.push(Timed::on(
+                THREAD,
+                d,
+                Event::Close {
+                    span,
+                    kind: CloseKind::Span,
+                    ts: at(d),
+                },
+            ));
+        }
+        fx
+    }
+}
+
+/// The outermost resource of `id` among `res` (itself, or what it is
+/// internal to).
+fn outer_of(res: &HashMap<u64, Res>, mut id: u64) -> u64 {
+    for _ in 0..8 {
+        match res.get(&id) {
+            Some(Res {
+                internal: true,
+                parent: Some(p),
+                ..
+            }) if res.contains_key(p) => id = *p,
+            _ => break,
+        }
+    }
+    id
+}

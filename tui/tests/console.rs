@@ -1,0 +1,380 @@
+//! `awaitscope record --console URL`: real programs that run
+//! console-subscriber and nothing of awaitscope (`console_support`), each
+//! with a bug planted on purpose, recorded over console's gRPC API; the
+//! report names the expected finding, with the task's name and spawn
+//! location, and a healthy program gets none. Bad URLs and a server that is
+//! not console's get a clear message and no panic.
+
+mod console_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use console_support::start;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_awaitscope");
+
+/// Not a test: the programs, when this binary runs itself as one.
+#[test]
+fn console_program() {
+    console_support::run_program_if_asked();
+}
+
+/// One program at a time: on a loaded two-core machine, four programs and
+/// their recorders at once keep woken tasks waiting for a worker past the
+/// starvation threshold, which is then no false positive.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Records program `name` (run for `secs`) for `record_secs`; returns the
+/// JSON report and record's stderr.
+fn record(name: &str, secs: u64, record_secs: u64, dir: &Path) -> (Value, String) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let program = start(name, secs);
+    let out = dir.join(format!("{name}.rec"));
+    let json = dir.join(format!("{name}.json"));
+    let o = Command::new(BIN)
+        .args(["record", "--console", &program.url(), "--duration"])
+        .arg(format!("{record_secs}s"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--report")
+        .arg(&json)
+        .output()
+        .expect("record runs");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "record failed: {stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    (report, stderr)
+}
+
+fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .collect()
+}
+
+/// The finding of `kind` about the task named `task`, spawned in this
+/// test's programs.
+fn assert_finding(report: &Value, kind: &str, task: &str, stderr: &str) {
+    let f = findings(report, kind);
+    let about = f.iter().find(|f| {
+        f["tasks"]
+            .as_array()
+            .is_some_and(|ts| ts.iter().any(|t| t["name"] == task))
+    });
+    let Some(about) = about else {
+        panic!(
+            "no {kind} finding about {task}: {}\n{stderr}",
+            serde_json::to_string_pretty(&report["findings"]).unwrap()
+        );
+    };
+    let t = about["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == task)
+        .unwrap();
+    let file = t["spawned_at"]["file"].as_str().unwrap_or_default();
+    assert!(
+        file.ends_with("tests/console_support/mod.rs"),
+        "{task} spawned at {}",
+        t["spawned_at"]
+    );
+    assert!(t["spawned_at"]["line"].as_u64().unwrap_or(0) > 0);
+}
+
+fn process(report: &Value) -> &Value {
+    let ps = report["processes"].as_array().expect("processes");
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    &ps[0]
+}
+
+#[test]
+fn a_blocking_poll_is_a_long_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("blocking", 8, 5, dir.path());
+    assert_finding(&report, "long_poll", "checkout", &stderr);
+    let p = process(&report);
+    assert_eq!(p["source"], "console", "{p}");
+    assert!(p["ended"].as_bool().unwrap(), "a clean end: {p}");
+    // Only the blocking task.
+    let others = unexpected(&report, &["long_poll"]);
+    assert!(
+        others.is_empty(),
+        "{}",
+        serde_json::to_string_pretty(&others).unwrap()
+    );
+    assert!(
+        stderr.contains("read from console-subscriber's gRPC API"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_first_poll_that_never_returns_never_yielded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("never_yields", 10, 5, dir.path());
+    assert_finding(&report, "never_yielded", "spinner", &stderr);
+    let f = findings(&report, "never_yielded");
+    assert!(
+        f[0]["trace"][0]
+            .as_str()
+            .unwrap()
+            .contains("not known from console"),
+        "{}",
+        f[0]
+    );
+}
+
+#[test]
+fn a_task_waking_itself_in_a_loop_is_a_self_wake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("busy_yield", 8, 4, dir.path());
+    assert_finding(&report, "self_wake", "poller", &stderr);
+}
+
+#[test]
+fn a_lost_waker_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("lost_waker", 8, 4, dir.path());
+    assert_finding(&report, "lost_waker", "orphan", &stderr);
+}
+
+#[test]
+fn a_task_stuck_on_a_held_mutex_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("mutex", 16, 13, dir.path());
+    assert_finding(&report, "stuck", "waiter", &stderr);
+    let stuck = findings(&report, "stuck");
+    let waiter = stuck
+        .iter()
+        .find(|f| f["tasks"][0]["name"] == "waiter")
+        .unwrap();
+    assert!(
+        waiter["message"].as_str().unwrap().contains("Mutex"),
+        "{waiter}"
+    );
+}
+
+#[test]
+fn two_tasks_taking_two_mutexes_in_opposite_orders_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("deadlock", 8, 4, dir.path());
+    assert_finding(&report, "deadlock", "transfer-ab", &stderr);
+    assert_finding(&report, "deadlock", "transfer-ba", &stderr);
+}
+
+#[test]
+fn a_healthy_program_has_no_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("healthy", 9, 7, dir.path());
+    let invented = unexpected(&report, &[]);
+    assert!(
+        invented.is_empty(),
+        "{}\n{stderr}",
+        serde_json::to_string_pretty(&invented).unwrap()
+    );
+    let p = process(&report);
+    assert!(p["tasks_live"].as_u64().unwrap() >= 6, "{p}");
+}
+
+/// The findings of `report` not of the `expected` kinds. A machine busier
+/// than its CPUs keeps woken tasks waiting for a worker (every task at
+/// once, for some tens of ms): that starvation is true, and is allowed
+/// then, short.
+fn unexpected<'a>(report: &'a Value, expected: &[&str]) -> Vec<&'a Value> {
+    let loaded = overloaded();
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !expected.iter().any(|k| f["kind"] == *k))
+        .filter(|f| {
+            !(loaded
+                && f["kind"] == "starvation"
+                && f["worst_ns"].as_u64().is_some_and(|w| w < 250_000_000))
+        })
+        .collect()
+}
+
+/// Whether the machine's load (1-minute average) exceeds its CPUs.
+fn overloaded() -> bool {
+    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    load > cpus as f64
+}
+
+#[test]
+fn a_bad_url_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.rec");
+    let o = Command::new(BIN)
+        .args([
+            "record",
+            "--console",
+            "127.0.0.1:6669",
+            "--duration",
+            "1s",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a console-subscriber URL"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn nothing_listening_is_said_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.rec");
+    let url = format!("http://{}", console_support::free_addr());
+    let o = Command::new(BIN)
+        .args(["record", "--console", &url, "--duration", "2s", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot reach console-subscriber"), "{err}");
+    assert!(err.contains("nothing recorded"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+}
+
+/// A server that answers garbage (not HTTP/2, not gRPC) gets a message
+/// that says so; record keeps trying until its end, and does not panic.
+#[test]
+fn a_server_speaking_another_protocol_is_said() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in listener.incoming().take(64) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 512];
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nnot gRPC \x00\xff\x13",
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.rec");
+    let o = Command::new(BIN)
+        .args([
+            "record",
+            "--console",
+            &format!("http://{addr}"),
+            "--duration",
+            "2s",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("does not speak console-subscriber's gRPC API"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The program goes away while recorded: record says so, keeps trying
+/// until its end, and the recording keeps everything that came (the
+/// blocking task's long poll).
+#[test]
+fn a_program_that_goes_away_loses_nothing_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("blocking", 4, 7, dir.path());
+    assert!(
+        stderr.contains("the stream ended") || stderr.contains("cannot reach"),
+        "{stderr}"
+    );
+    assert_finding(&report, "long_poll", "checkout", &stderr);
+}
+
+/// `serve --console URL` watches the program beside instrumented ones:
+/// its report (at SIGTERM) has the program's process and its long poll.
+#[test]
+fn serve_watches_a_console_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("serve.json");
+    let (report, stderr) = {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let program = start("blocking", 10);
+        let serve = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--console",
+                &program.url(),
+            ])
+            .arg("--report")
+            .arg(&json)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("serve runs");
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        // SAFETY: signalling the child we started, by its pid.
+        unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+        let o = serve.wait_with_output().expect("serve ends");
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        let report: Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+        (report, stderr)
+    };
+    assert_finding(&report, "long_poll", "checkout", &stderr);
+    assert_eq!(process(&report)["source"], "console");
+}
+
+/// A program restarted on the same address while recorded is another
+/// process: the first keeps what it had (its lost waker), the second gets
+/// its own (its long poll).
+#[test]
+fn a_program_restarted_on_the_same_address_is_a_new_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("restart.rec");
+    let json = dir.path().join("restart.json");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let first = start("lost_waker", 30);
+    let addr = first.addr;
+    let url = first.url();
+    let record = Command::new(BIN)
+        .args(["record", "--console", &url, "--duration", "8s", "--out"])
+        .arg(&out)
+        .arg("--report")
+        .arg(&json)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("record runs");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    drop(first);
+    let _second = console_support::start_at("blocking", 30, addr);
+    let o = record.wait_with_output().expect("record ends");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    let ps = report["processes"].as_array().unwrap();
+    assert_eq!(ps.len(), 2, "{stderr}");
+    assert!(ps.iter().all(|p| p["source"] == "console"));
+    assert_finding(&report, "lost_waker", "orphan", &stderr);
+    assert_finding(&report, "long_poll", "checkout", &stderr);
+}
