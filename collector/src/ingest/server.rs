@@ -88,9 +88,19 @@ pub struct ServerConfig {
     pub max_evicted: usize,
     /// Model configuration.
     pub model: Config,
-    /// Where every frame applied is also sent, without waiting (a full
-    /// channel drops the frame): `serve --otlp`'s forwarder.
-    pub frame_tap: Option<std::sync::mpsc::SyncSender<Frame>>,
+    /// Where every frame applied is also sent, without waiting:
+    /// `serve --otlp`'s forwarder. A frame that finds the channel full, or
+    /// no room in the ingest share of the memory budget, is not sent, and
+    /// counted ([`ServerStats::tap_dropped_frames`]).
+    pub frame_tap: Option<std::sync::mpsc::SyncSender<TappedFrame>>,
+}
+
+/// A frame the server applied, for its [`ServerConfig::frame_tap`]; its
+/// memory is held against the budget until the receiver drops it.
+pub struct TappedFrame {
+    /// The frame.
+    pub frame: Frame,
+    _held: Reservation,
 }
 
 impl Default for ServerConfig {
@@ -182,6 +192,11 @@ pub struct ServerStats {
     pub evicted_idle: AtomicU64,
     /// Ended processes evicted from the model after the retention.
     pub processes_evicted: AtomicU64,
+    /// Frames not sent to the frame tap (its channel full, or no room in
+    /// the budget).
+    pub tap_dropped_frames: AtomicU64,
+    /// Events in them.
+    pub tap_dropped_events: AtomicU64,
     /// Connections that ended inside a frame (producer killed mid-write).
     pub truncated: AtomicU64,
     /// Connections that ended without `Goodbye`.
@@ -454,7 +469,7 @@ impl Server {
                         Input::Frame(f, _) => {
                             m.apply_live(f, wall);
                             if let Some(tap) = &applier.cfg.frame_tap {
-                                let _ = tap.try_send(f.clone());
+                                applier.tap(tap, f);
                             }
                         }
                         Input::Disconnected { key, clean } => {
@@ -555,6 +570,32 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 impl ServerState {
+    /// Sends a copy of `f` to the frame tap, or counts it.
+    fn tap(&self, tap: &std::sync::mpsc::SyncSender<TappedFrame>, f: &Frame) {
+        let sent = self
+            .budget
+            .reserve(Share::Ingest, super::budget::frame_cost(f, 0))
+            .is_some_and(|held| {
+                tap.try_send(TappedFrame {
+                    frame: f.clone(),
+                    _held: held,
+                })
+                .is_ok()
+            });
+        if !sent {
+            let events = match &f.body {
+                awaitscope_wire::Body::Events(e) => e.len() as u64,
+                _ => 0,
+            };
+            self.stats
+                .tap_dropped_frames
+                .fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .tap_dropped_events
+                .fetch_add(events, Ordering::Relaxed);
+        }
+    }
+
     /// Evicts the processes that ended more than the retention ago (and
     /// did not come back), keeping their summaries; returns how many.
     fn evict_ended(&self, model: &mut Model) -> usize {

@@ -197,7 +197,7 @@ const LIVE_PERIOD: Duration = Duration::from_secs(2);
 /// A failed send is logged and its spans are not retried.
 pub fn forward_live(
     endpoint: Endpoint,
-    frames: std::sync::mpsc::Receiver<awaitscope_wire::Frame>,
+    frames: std::sync::mpsc::Receiver<awaitscope_collector::ingest::server::TappedFrame>,
     server: awaitscope_collector::ingest::server::ServerHandle,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -209,8 +209,8 @@ pub fn forward_live(
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         match frames.recv_timeout(Duration::from_millis(100)) {
-            Ok(f) => {
-                traces.add_frame(&f);
+            Ok(t) => {
+                traces.add_frame(&t.frame);
                 if !stopping && std::time::Instant::now() < next {
                     continue;
                 }
@@ -222,8 +222,8 @@ pub fn forward_live(
         }
         // Drains what is queued before the last flush.
         if stopping {
-            while let Ok(f) = frames.try_recv() {
-                traces.add_frame(&f);
+            while let Ok(t) = frames.try_recv() {
+                traces.add_frame(&t.frame);
             }
         }
         let findings = server.with_model(|m| m.findings().list().to_vec());

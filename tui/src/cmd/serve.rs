@@ -14,7 +14,7 @@ use std::time::Duration;
 use awaitscope_collector::ingest::budget::{Share, DEFAULT_MEMORY_BUDGET};
 use awaitscope_collector::ingest::server::{Server, ServerConfig, DEFAULT_LISTEN};
 use awaitscope_collector::units::{parse_duration, parse_size, Bare};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::EXIT_BAD_INPUT;
 
@@ -192,6 +192,18 @@ pub fn run(args: Args) -> u8 {
             dropped_events = st.dropped_events.load(std::sync::atomic::Ordering::Relaxed),
             "collector stopped"
         );
+        let tapped_out = st
+            .tap_dropped_frames
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if tapped_out > 0 {
+            warn!(
+                frames = tapped_out,
+                events = st
+                    .tap_dropped_events
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                "not forwarded over OTLP: the forwarder's queue was full (serve's own model has them)"
+            );
+        }
         let b = handle.budget();
         for share in [Share::Handshake, Share::Ingest, Share::Viewers] {
             info!(
