@@ -38,6 +38,10 @@
 //! - `AWAITSCOPE_BENCH_CLIENTS` (default 32): client connections.
 //! - `AWAITSCOPE_BENCH_KEEP`: path; the recording mode copies its
 //!   recording there (last run wins).
+//! - `AWAITSCOPE_BENCH_WRAPPER`: a command (split at spaces) the server
+//!   child runs under, e.g. `valgrind --tool=callgrind`, to count the
+//!   instructions per operation of one mode (`total_ops` in the child's
+//!   line is every operation it answered, warm-up included).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -156,22 +160,24 @@ fn process_threads_cpu_ns(pid: u32) -> u64 {
 
 /// Runs `clients` connections against the server at `port` (process
 /// `pid`) for a warm-up and then `secs` seconds; returns the operations
-/// answered in the measured window, scaled to exactly `secs`, and the
-/// server's CPU time (ns) over that window.
+/// answered in the measured window, scaled to exactly `secs`, all the
+/// operations answered, and the server's CPU time (ns) over the window.
 fn drive(
     rt: &tokio::runtime::Runtime,
     port: u16,
     pid: u32,
     clients: usize,
     secs: f64,
-) -> (u64, u64) {
+) -> (u64, u64, u64) {
     let ops = Arc::new(AtomicU64::new(0));
+    let all_ops = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     rt.block_on(async {
         let mut handles = Vec::new();
         for c in 0..clients {
-            let (ops, counting, stop) = (ops.clone(), counting.clone(), stop.clone());
+            let (ops, all_ops) = (ops.clone(), all_ops.clone());
+            let (counting, stop) = (counting.clone(), stop.clone());
             handles.push(tokio::spawn(async move {
                 let mut client = mini_redis::client::connect(("127.0.0.1", port))
                     .await
@@ -183,6 +189,7 @@ fn drive(
                     client.set(&key, value.clone()).await.expect("SET");
                     let got = client.get(&key).await.expect("GET");
                     assert!(got.is_some(), "GET of a key just SET");
+                    all_ops.fetch_add(2, Ordering::Relaxed);
                     if counting.load(Ordering::Relaxed) {
                         ops.fetch_add(2, Ordering::Relaxed);
                     }
@@ -205,7 +212,11 @@ fn drive(
         }
         // Operations per `secs`, whatever the timer's lateness.
         let scale = secs / elapsed;
-        ((n as f64 * scale) as u64, (cpu as f64 * scale) as u64)
+        (
+            (n as f64 * scale) as u64,
+            all_ops.load(Ordering::Relaxed),
+            (cpu as f64 * scale) as u64,
+        )
     })
 }
 
@@ -219,7 +230,16 @@ fn run_one(
     clients: usize,
     secs: f64,
 ) -> BTreeMap<String, String> {
-    let mut cmd = Command::new(exe);
+    let wrapper = std::env::var("AWAITSCOPE_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.env(CHILD_ENV, mode)
         .env_remove("AWAITSCOPE_RECORD")
         .env_remove("AWAITSCOPE_ADDR")
@@ -263,7 +283,7 @@ fn run_one(
             break p.parse().unwrap();
         }
     };
-    let (ops, window_cpu) = drive(rt, port, child.id(), clients, secs);
+    let (ops, total_ops, window_cpu) = drive(rt, port, child.id(), clients, secs);
     drop(child.stdin.take()); // shutdown
     let mut result = None;
     for l in out.lines() {
@@ -277,6 +297,7 @@ fn run_one(
     let mut res = result.unwrap_or_else(|| panic!("server child {mode} failed ({status})"));
     res.insert("ops".into(), ops.to_string());
     res.insert("window_cpu_ns".into(), window_cpu.to_string());
+    res.insert("total_ops".into(), total_ops.to_string());
     res
 }
 
@@ -342,6 +363,9 @@ fn main() {
         for m in &order {
             let res = run_one(&exe, &rt, m, sink_port, clients, secs);
             line.push_str(&format!(" {m}={:.0}k ops/s", get(&res, "ops") / secs / 1e3));
+            if std::env::var_os("AWAITSCOPE_BENCH_WRAPPER").is_some() {
+                line.push_str(&format!(" (total_ops={})", get(&res, "total_ops")));
+            }
             if *m == "aw-record" {
                 line.push_str(&format!(
                     "(dropped {} of {})",
