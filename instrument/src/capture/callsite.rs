@@ -13,6 +13,7 @@ use awaitscope_wire as wire;
 use rustc_hash::FxHashMap;
 use tracing_core::{Level, Metadata};
 
+use crate::filter::SpanFilter;
 use crate::names;
 
 /// What a callsite is, for the capture layer.
@@ -24,7 +25,8 @@ pub(crate) enum Class {
     Event(wire::EventClass),
     /// tokio's `tokio::task::waker` events: turned into `Wake`.
     Waker,
-    /// An event the layer does not capture (user events below WARN).
+    /// An event the layer does not capture (user events below WARN), or a
+    /// span the span filter (`AWAITSCOPE_SPANS`) rejects.
     Ignored,
 }
 
@@ -86,6 +88,8 @@ fn key(meta: &'static Metadata<'static>) -> usize {
 /// All callsites registered with one layer instance.
 #[derive(Default)]
 pub(crate) struct Callsites {
+    /// Which span callsites are captured.
+    spans: SpanFilter,
     map: ArcSwap<FxHashMap<usize, Info>>,
     /// tokio's waker event callsites (clone, drop, wake, wake_by_ref): the
     /// most frequent events, recognised by address before any map lookup.
@@ -98,6 +102,18 @@ pub(crate) struct Callsites {
 }
 
 impl Callsites {
+    /// No callsite yet; span callsites are classified through `spans`.
+    pub fn new(spans: SpanFilter) -> Self {
+        Self {
+            spans,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the span filter keeps spans of `meta` (a span callsite).
+    pub fn keeps_span(&self, meta: &Metadata<'_>) -> bool {
+        self.spans.keeps(meta)
+    }
     /// Looks up a callsite, registering it if this is its first sight.
     #[inline]
     pub fn get(&self, meta: &'static Metadata<'static>) -> Info {
@@ -157,9 +173,13 @@ impl Callsites {
         if let Some(info) = self.map.load().get(&key(meta)) {
             return *info;
         }
-        let class = classify(meta);
+        let natural = classify(meta);
+        let class = match natural {
+            Class::Span(_) if !self.spans.keeps(meta) => Class::Ignored,
+            c => c,
+        };
         let id = all.len() as u32;
-        let kind = match class {
+        let kind = match natural {
             Class::Span(c) => wire::CallsiteKind::Span(c),
             Class::Event(c) => wire::CallsiteKind::Event(c),
             Class::Waker | Class::Ignored => wire::CallsiteKind::Event(wire::EventClass::User),

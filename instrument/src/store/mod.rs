@@ -105,11 +105,12 @@ impl AwaitscopeSubscriber {
         self.node(&self.current_id()?)
     }
 
-    /// Whether the capture or the log output wants events of `meta`.
+    /// Whether the capture or the log output wants spans or events of
+    /// `meta`. Spans the span filter rejects are not wanted (the log output
+    /// prints the spans the capture keeps).
     fn wants(&self, meta: &'static Metadata<'static>) -> bool {
-        meta.is_span()
-            || self.capture.callsites.get(meta).class != Class::Ignored
-            || self.log.enabled(meta)
+        self.capture.callsites.get(meta).class != Class::Ignored
+            || (!meta.is_span() && self.log.enabled(meta))
     }
 
     /// Takes a reference on the span `id`; false if it is not open.
@@ -147,8 +148,9 @@ impl AwaitscopeSubscriber {
 impl Subscriber for AwaitscopeSubscriber {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
         self.capture.callsites.register(meta);
-        // Events nobody wants are skipped by `tracing` itself, at the
-        // callsite (this is the only subscriber).
+        // Events nobody wants, and spans the span filter rejects, are
+        // skipped by `tracing` itself, at the callsite (this is the only
+        // subscriber): they cost what they cost without a subscriber.
         if self.wants(meta) {
             Interest::always()
         } else {
@@ -159,7 +161,10 @@ impl Subscriber for AwaitscopeSubscriber {
     fn enabled(&self, meta: &Metadata<'_>) -> bool {
         // Reached only for callsites whose interest was `sometimes`, which
         // this subscriber never returns; answer as `register_callsite` would.
-        meta.is_span() || *meta.level() <= tracing_core::Level::WARN || self.log.enabled(meta)
+        if meta.is_span() {
+            return self.capture.callsites.keeps_span(meta);
+        }
+        *meta.level() <= tracing_core::Level::WARN || self.log.enabled(meta)
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
