@@ -1367,6 +1367,7 @@ mod tests {
             fields: Mutex::new(Vec::new()),
             last_tree_sig: AtomicU64::new(1),
             last_pair_adjacent: AtomicBool::new(false),
+            entered_in_poll: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             poll_cache: Default::default(),
             cached_in: Default::default(),
