@@ -263,7 +263,7 @@ fn run_one(
                 .unwrap()
                 .into_temp_path();
             cmd.env("AWAITSCOPE_ADDR", "off")
-                .env("AWAITSCOPE_RECORD", path.to_path_buf());
+                .env("AWAITSCOPE_RECORD", &path);
             recording = Some(path);
         }
         "console" => {
