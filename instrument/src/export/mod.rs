@@ -1295,18 +1295,14 @@ impl Exporter {
         };
         model.on_tree(span, nodes);
         if want {
-            let spans = nodes
-                .iter()
-                .map(|&(s, depth)| wire::TreeNode {
-                    span: SpanId(s),
-                    depth,
-                })
-                .collect();
-            let tree = Event::PollTree {
+            // Encoded from the pending nodes in place (no event built).
+            let nodes = std::mem::take(&mut pending.1);
+            let tree = wire::PollTreeRef {
                 task: SpanId(span),
-                spans,
+                spans: if pending.0 == span { &nodes } else { &[] },
             };
-            self.emit(&tree);
+            self.push_event(&tree, Self::send_batch);
+            thread_reads(&mut self.threads, thread).tree.1 = nodes;
         }
         let pending = &mut thread_reads(&mut self.threads, thread).tree;
         pending.0 = 0;
