@@ -20,6 +20,10 @@
 //! says so on stderr at exit); (c) to a stand-in collector in the parent
 //! that reads and discards what it gets (the encoding and the writes are
 //! paid; a real collector's decoding is not, on this machine's 2 cores).
+//! (f) is (d) with the span filter keeping tokio's task spans only, what a
+//! user who wants tasks, polls and wakes but not mini-redis's per-command
+//! `#[instrument]` spans can ask for (console-subscriber's default filter
+//! drops those spans too).
 //!
 //! Rounds run every mode once, side by side, the order rotated each round;
 //! the cost of a mode is its time per operation, and the reported ratio,
@@ -68,6 +72,10 @@ const MODES: &[(&str, &str)] = &[
     ),
     ("aw-record", "(d) `awaitscope::init()`, recording to a file"),
     ("console", "(e) `console_subscriber::init()`"),
+    (
+        "aw-record-tasks",
+        "(f) as (d), with `AWAITSCOPE_SPANS=off` (tokio's task spans only)",
+    ),
 ];
 
 // ---------------------------------------------------------------- child
@@ -79,7 +87,7 @@ fn child_main(mode: &str) {
     // AWAITSCOPE_RECORD, TOKIO_CONSOLE_BIND).
     let guard = match mode {
         "none" => None,
-        "aw-stream" | "aw-collector" | "aw-record" => Some(awaitscope::init()),
+        "aw-stream" | "aw-collector" | "aw-record" | "aw-record-tasks" => Some(awaitscope::init()),
         "console" => {
             console_subscriber::init();
             None
@@ -244,6 +252,7 @@ fn run_one(
         .env_remove("AWAITSCOPE_RECORD")
         .env_remove("AWAITSCOPE_ADDR")
         .env_remove("AWAITSCOPE")
+        .env_remove("AWAITSCOPE_SPANS")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -255,7 +264,10 @@ fn run_one(
         "aw-collector" => {
             cmd.env("AWAITSCOPE_ADDR", format!("127.0.0.1:{sink_port}"));
         }
-        "aw-record" => {
+        "aw-record" | "aw-record-tasks" => {
+            if mode == "aw-record-tasks" {
+                cmd.env("AWAITSCOPE_SPANS", "off");
+            }
             let path = tempfile::Builder::new()
                 .prefix("awaitscope-bench-redis-")
                 .suffix(".awrec")
@@ -366,7 +378,7 @@ fn main() {
             if std::env::var_os("AWAITSCOPE_BENCH_WRAPPER").is_some() {
                 line.push_str(&format!(" (total_ops={})", get(&res, "total_ops")));
             }
-            if *m == "aw-record" {
+            if m.starts_with("aw-record") {
                 line.push_str(&format!(
                     "(dropped {} of {})",
                     get(&res, "buffer_full")

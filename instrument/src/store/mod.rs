@@ -173,6 +173,7 @@ impl Subscriber for AwaitscopeSubscriber {
     }
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let contextual = !attrs.is_root() && attrs.parent().is_none();
         let parent = if attrs.is_root() {
             None
         } else if let Some(p) = attrs.parent() {
@@ -180,7 +181,14 @@ impl Subscriber for AwaitscopeSubscriber {
         } else {
             self.current_id()
         };
-        let parent = parent.filter(|p| self.add_ref(p));
+        // One lookup of the parent: its reference taken, its node kept.
+        let (parent, parent_node) = match parent.and_then(|p| Some((self.spans.get(key(&p))?, p))) {
+            Some((slot, p)) => {
+                slot.refs.fetch_add(1, Ordering::Relaxed);
+                (Some(p), slot.node.clone())
+            }
+            None => (None, None),
+        };
         let Some(entry) = self.spans.vacant_entry() else {
             // The slab is full (billions of open spans): the span is not
             // stored, and the reference taken on its parent is given back.
@@ -190,10 +198,15 @@ impl Subscriber for AwaitscopeSubscriber {
             return Id::from_u64(NO_SPAN);
         };
         let id = Id::from_u64(entry.key() as u64 + 1);
-        let parent_node = parent.as_ref().and_then(|p| self.node(p));
+        // A contextual parent is the current span: no second lookup.
+        let current = if contextual {
+            parent_node.clone()
+        } else {
+            self.current_node()
+        };
         let node = self
             .capture
-            .new_span(attrs, &id, || parent_node, || self.current_node());
+            .new_span(attrs, &id, || parent_node, || current);
         entry.insert(Slot {
             meta: attrs.metadata(),
             node,
