@@ -453,21 +453,29 @@ fn main() {
          from /proc/<pid>/task/*/schedstat; unlike wall time, it does not count what other \
          processes on the machine take)"
     );
-    if let Some(runs) = results.get("aw-record") {
+    for (mode, label) in [("aw-record", "(d)"), ("aw-record-tasks", "(f)")] {
+        let Some(runs) = results.get(mode) else {
+            continue;
+        };
         println!();
-        println!("recordings of (d), per run:");
+        println!("recordings of {label}, per run (per op: over every operation answered):");
         println!(
-            "| run | events written | dropped | SpanNew | Close | MiB | Goodbye | decode error |"
+            "| run | events written | events per op | dropped | SpanNew | Close | polls | \
+             Wake | MiB | Goodbye | decode error |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---|---|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
         for (i, x) in runs.iter().enumerate() {
             let dropped = get(x, "buffer_full") + get(x, "disconnected") + get(x, "write_failed");
             println!(
-                "| {} | {:.0} | {dropped:.0} | {:.0} | {:.0} | {:.1} | {} | {} |",
+                "| {} | {:.0} | {:.1} | {dropped:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {} \
+                 | {} |",
                 i + 1,
                 get(x, "events"),
+                get(x, "events") / get(x, "total_ops"),
                 get(x, "span_new"),
                 get(x, "close"),
+                get(x, "exit"),
+                get(x, "wake"),
                 get(x, "rec_bytes") / 1048576.0,
                 x.get("goodbye").map_or("?", |s| s.as_str()),
                 x.get("error").map_or("?", |s| s.as_str()),
