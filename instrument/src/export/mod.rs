@@ -618,6 +618,11 @@ impl Exporter {
         for (thread, dropped) in gone {
             if !rings.iter().any(|r| r.thread == thread) {
                 self.retired_drops += dropped;
+                // The thread is gone: so is the way back to it (and the
+                // nodes that waited there).
+                if let Some(returns) = self.returns.get_mut(thread as usize) {
+                    *returns = None;
+                }
             }
         }
         if !gone_empty {
@@ -1242,6 +1247,8 @@ impl Exporter {
     #[inline(always)]
     fn give_back(&mut self, node: Arc<SpanNode>, home: u32) {
         if let Some(Some(returns)) = self.returns.get_mut(home as usize) {
+            // A thread that is gone frees nothing more: the node is
+            // dropped here.
             if !returns.is_abandoned() {
                 let _ = returns.push(node);
             }
