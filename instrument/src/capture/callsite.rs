@@ -6,6 +6,7 @@
 //! immutable map behind an [`ArcSwap`]: readers take no lock and contend on
 //! nothing; the rare registration copies the map.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -85,9 +86,36 @@ fn key(meta: &'static Metadata<'static>) -> usize {
     meta as *const Metadata<'static> as usize
 }
 
+/// Numbers each [`Callsites`], for the threads' [`RECENT`] lookups.
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Entries of a thread's [`RECENT`] lookups (a power of two).
+const RECENT_SLOTS: usize = 64;
+
+/// An entry of [`RECENT`] nobody looks up (serial 0 is no `Callsites`).
+const NO_ENTRY: (u64, usize, Info) = (
+    0,
+    0,
+    Info {
+        id: 0,
+        class: Class::Ignored,
+    },
+);
+
+thread_local! {
+    /// This thread's recent lookups, by metadata address: (serial of the
+    /// `Callsites`, metadata address, its info). A callsite's info never
+    /// changes once registered, so an entry stays true; the shared map's
+    /// lock-free load (~100 instructions, a reference count on a shared
+    /// line) is paid once per callsite and thread, not per span created.
+    static RECENT: [Cell<(u64, usize, Info)>; RECENT_SLOTS] =
+        const { [const { Cell::new(NO_ENTRY) }; RECENT_SLOTS] };
+}
+
 /// All callsites registered with one layer instance.
-#[derive(Default)]
 pub(crate) struct Callsites {
+    /// This instance's number in the threads' [`RECENT`] lookups (never 0).
+    serial: u64,
     /// Which span callsites are captured.
     spans: SpanFilter,
     map: ArcSwap<FxHashMap<usize, Info>>,
@@ -105,8 +133,12 @@ impl Callsites {
     /// No callsite yet; span callsites are classified through `spans`.
     pub fn new(spans: SpanFilter) -> Self {
         Self {
+            serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             spans,
-            ..Self::default()
+            map: ArcSwap::default(),
+            wakers: Default::default(),
+            waker_ops: Default::default(),
+            all: Mutex::new(Vec::new()),
         }
     }
 
@@ -117,10 +149,23 @@ impl Callsites {
     /// Looks up a callsite, registering it if this is its first sight.
     #[inline]
     pub fn get(&self, meta: &'static Metadata<'static>) -> Info {
-        if let Some(info) = self.map.load().get(&key(meta)) {
-            return *info;
+        let k = key(meta);
+        // Metadata are statics of ~100 bytes: their addresses differ in
+        // the bits above the sixth.
+        let slot = (k >> 6) % RECENT_SLOTS;
+        let recent = RECENT.try_with(|r| {
+            let (serial, key, info) = r[slot].get();
+            (serial == self.serial && key == k).then_some(info)
+        });
+        if let Ok(Some(info)) = recent {
+            return info;
         }
-        self.register(meta)
+        let info = match self.map.load().get(&k) {
+            Some(info) => *info,
+            None => self.register(meta),
+        };
+        let _ = RECENT.try_with(|r| r[slot].set((self.serial, k, info)));
+        info
     }
 
     /// The slot of a waker callsite (see [`Callsites::waker_op`]), or
