@@ -8,6 +8,9 @@
 //! ```sh
 //! cargo run --release -p awaitscope-benches --example capture_vs_ingest
 //! #   AWAITSCOPE_BENCH_ROUNDS=5   rounds per workload (medians are printed)
+//! #   AWAITSCOPE_CVI_INGEST=path  only ingest that recording, once, and print
+//! #                               its rate (to profile or compare the ingest
+//! #                               alone, e.g. under callgrind)
 //! ```
 //!
 //! - `polls`: 10,000 tasks, each 3 nested `#[instrument]` fns around 100
@@ -139,6 +142,20 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     if let (Ok(w), Ok(p)) = (std::env::var(CHILD), std::env::var(CHILD_PATH)) {
         return child(&w, std::path::Path::new(&p));
+    }
+    if let Ok(path) = std::env::var("AWAITSCOPE_CVI_INGEST") {
+        let path = std::path::Path::new(&path);
+        let t0 = Instant::now();
+        let mut model = Model::default();
+        recording::load_files(&mut model, &[path]).expect("recording reads");
+        let ingest = t0.elapsed();
+        let events = count_events(path);
+        println!(
+            "{events} events ingested in {:.0} ms: {:.2} M events/s",
+            ingest.as_secs_f64() * 1e3,
+            events as f64 / ingest.as_secs_f64() / 1e6
+        );
+        return;
     }
     let rounds: usize = std::env::var("AWAITSCOPE_BENCH_ROUNDS")
         .ok()

@@ -25,6 +25,8 @@ pub(crate) struct LiveSpan {
     pub node: Arc<SpanNode>,
     /// Nanoseconds (since origin) of its creation.
     created: u64,
+    /// The thread that created it (whose ring its creation came in).
+    home: u32,
 }
 
 /// One span of a poll's await tree: its id and its depth below the task.
@@ -54,11 +56,19 @@ pub(crate) struct AwaitModel {
 }
 
 impl AwaitModel {
-    pub fn on_span(&mut self, node: Arc<SpanNode>, created: u64) {
+    /// A span was created, by thread `home`.
+    pub fn on_span(&mut self, node: Arc<SpanNode>, created: u64, home: u32) {
         if node.class == SpanClass::Task {
             self.tasks.insert(node.id, LiveTask::default());
         }
-        self.spans.insert(node.id, LiveSpan { node, created });
+        self.spans.insert(
+            node.id,
+            LiveSpan {
+                node,
+                created,
+                home,
+            },
+        );
     }
 
     /// A poll of `task` ended with a new await tree.
@@ -89,12 +99,20 @@ impl AwaitModel {
         out
     }
 
-    /// Returns whether it was live (its close not seen before).
-    pub fn on_close(&mut self, span: u64) -> bool {
-        let live = self.spans.remove(&span).is_some();
-        self.tasks.remove(&span);
-        self.holders.retain(|r, t| *r != span && *t != span);
-        live
+    /// Returns its node and the thread that created it if it was live
+    /// (its close not seen before).
+    pub fn on_close(&mut self, span: u64) -> Option<(Arc<SpanNode>, u32)> {
+        let live = self.spans.remove(&span);
+        if live
+            .as_ref()
+            .is_none_or(|l| l.node.class == SpanClass::Task)
+        {
+            self.tasks.remove(&span);
+        }
+        if !self.holders.is_empty() {
+            self.holders.retain(|r, t| *r != span && *t != span);
+        }
+        live.map(|l| (l.node, l.home))
     }
 
     /// A `runtime::resource::state_update` event on `resource` by `task`.

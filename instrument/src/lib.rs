@@ -22,6 +22,7 @@
 //! | `AWAITSCOPE_TOKEN` | token to present to a collector that requires one |
 //! | `AWAITSCOPE_LONG_POLL` | stall threshold: a poll running this long is sampled once (default `10ms`) |
 //! | `AWAITSCOPE_STACKS=off` | sample no native stacks of long polls (their async stacks still go out) |
+//! | `AWAITSCOPE_SPANS` | which spans to capture, in `RUST_LOG` syntax (`my_app=debug,hyper=off,info`; default: every span). tokio's task spans are always captured; a span the filter rejects is disabled at its callsite (see [`Builder::spans`]) |
 //! | `AWAITSCOPE=off` | install nothing |
 //! | `RUST_LOG` | filter of the log output printed to stderr (default `warn`) |
 //!
@@ -47,6 +48,7 @@ mod capture;
 mod causal;
 mod config;
 mod export;
+mod filter;
 mod names;
 mod panic;
 mod span_node;
@@ -142,6 +144,7 @@ pub struct Builder {
     token: Option<String>,
     ring_capacity: usize,
     stall: stacks::StallConfig,
+    spans: filter::SpanFilter,
 }
 
 impl Builder {
@@ -164,6 +167,7 @@ impl Builder {
                     .as_nanos() as u64,
                 stacks: env.stacks,
             },
+            spans: filter::SpanFilter::from_env(),
         }
     }
 
@@ -177,6 +181,7 @@ impl Builder {
             token: None,
             ring_capacity: DEFAULT_RING_CAPACITY,
             stall: stacks::StallConfig::default(),
+            spans: filter::SpanFilter::all(),
         }
     }
 
@@ -240,6 +245,28 @@ impl Builder {
         self
     }
 
+    /// Which spans are captured, in `RUST_LOG` syntax (`target=level`
+    /// directives and a default level, as `AWAITSCOPE_SPANS`; default:
+    /// every span): `"my_app=debug,hyper=off,info"`. tokio's task spans are
+    /// always captured. Under [`init`]'s subscriber a span the filter
+    /// rejects is disabled at its callsite, so it costs what it costs
+    /// without any subscriber; as a layer ([`Builder::build`]) it is only
+    /// not captured (other layers still see it). Directives of `EnvFilter`
+    /// that are not `target=level` (span and field filters) are skipped
+    /// with a warning on stderr.
+    pub fn spans(mut self, spec: &str) -> Self {
+        let (filter, skipped) = filter::SpanFilter::parse(spec);
+        if !skipped.is_empty() {
+            eprintln!(
+                "awaitscope: span filter: skipped directive(s) {} (only `target=level` \
+                 directives and a default level are supported)",
+                skipped.join(", ")
+            );
+        }
+        self.spans = filter;
+        self
+    }
+
     /// Builds the layer and guard. A recording that cannot be created is
     /// reported on stderr and skipped; see [`Builder::try_build`].
     pub fn build(self) -> (AwaitscopeLayer, Guard) {
@@ -272,7 +299,7 @@ impl Builder {
         if let Some(m) = &self.memory {
             destinations.push(export::destination::Destination::memory(m.0.clone()));
         }
-        let capture = capture::Capture::new(self.ring_capacity);
+        let capture = capture::Capture::with_span_filter(self.ring_capacity, self.spans);
         let start_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);

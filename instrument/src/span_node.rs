@@ -41,6 +41,9 @@ pub(crate) struct SpanNode {
     /// Task spans: the last enter/exit pair directly followed the task's
     /// previous poll (the drop of a completed future).
     pub last_pair_adjacent: AtomicBool,
+    /// Entered inside a poll before: a span is remembered in its task's
+    /// poll cache from its second enter on (see [`PollCache::set`]).
+    pub entered_in_poll: AtomicBool,
     /// Task spans: signature of the await tree last sent.
     pub last_tree_sig: AtomicU64,
     /// Task spans: state of its polls, kept here by the threads that poll
@@ -192,6 +195,15 @@ impl PollCache {
     #[inline]
     pub unsafe fn set(&self, k: usize, reg: u64, node: &SpanNode, task: &Arc<SpanNode>) {
         if node.class == SpanClass::Task || k >= POLL_CACHE || reg == 0 {
+            return;
+        }
+        // Not at its first enter: a span made for one request (a server's
+        // `#[instrument]`ed handler) is entered in one poll, and the next
+        // poll enters another span in its place. Remembering it would cost
+        // a fence and a weak reference on the task for nothing. A plain
+        // load and store: two threads racing here at worst both skip it.
+        if !node.entered_in_poll.load(Ordering::Relaxed) {
+            node.entered_in_poll.store(true, Ordering::Relaxed);
             return;
         }
         let owner = node.cached_in.get_or_init(|| Arc::downgrade(task));

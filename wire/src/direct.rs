@@ -24,11 +24,16 @@
 //! same frames and the same errors.
 
 use crate::event::capped;
-use crate::{limits, Body, CloseKind, Event, Frame, ProcessKey, SpanId, WakeOp};
+use crate::{
+    limits, Body, CloseKind, Event, Field, Frame, PollTreeRef, ProcessKey, SpanId, SpanNewRef,
+    Value, WakeOp,
+};
 
 /// Postcard's variant indices of [`Event`] (declaration order).
 mod index {
+    pub const SPAN_NEW: u64 = 2;
     pub const ENTER: u64 = 5;
+    pub const POLL_TREE: u64 = 6;
     pub const EXIT: u64 = 7;
     pub const CLOSE: u64 = 8;
     pub const WAKE: u64 = 9;
@@ -106,6 +111,79 @@ pub(crate) fn encode(ev: &Event, out: &mut Vec<u8>) -> bool {
     true
 }
 
+/// Appends the postcard encoding of `Event::SpanNew` with `ev`'s contents
+/// (a span's creation, the producer's most frequent event after polls and
+/// wakes on a server making a span per request).
+pub(crate) fn encode_span_new(ev: &SpanNewRef<'_>, out: &mut Vec<u8>) {
+    // Variant, id, callsite, three options, ts, the fields' count: at most
+    // 1 + 10 + 5 + 3 * 11 + 10 + 10 = 69; and each field's bytes.
+    let room = 69 + ev.fields.iter().map(field_room).sum::<usize>();
+    let mut w = Writer::with_room(out, room);
+    w.varint(index::SPAN_NEW);
+    w.varint(ev.id.0);
+    w.varint(u64::from(ev.callsite));
+    for id in [ev.parent, ev.ctx_task, ev.ctx_span] {
+        match id {
+            None => w.byte(0),
+            Some(id) => {
+                w.byte(1);
+                w.varint(id.0);
+            }
+        }
+    }
+    w.varint(ev.ts);
+    w.varint(ev.fields.len() as u64);
+    for f in ev.fields {
+        w.varint(u64::from(f.index));
+        match &f.value {
+            Value::I64(v) => {
+                w.byte(0);
+                // postcard's zigzag.
+                w.varint(((v << 1) ^ (v >> 63)) as u64);
+            }
+            Value::U64(v) => {
+                w.byte(1);
+                w.varint(*v);
+            }
+            Value::F64(v) => {
+                w.byte(2);
+                w.bytes(&v.to_le_bytes());
+            }
+            Value::Bool(b) => {
+                w.byte(3);
+                w.byte(u8::from(*b));
+            }
+            Value::Str(s) => {
+                w.byte(4);
+                w.varint(s.len() as u64);
+                w.bytes(s.as_bytes());
+            }
+        }
+    }
+}
+
+/// Most bytes a field takes: index (3), variant (1), and the value (a
+/// varint of 10, 8 bytes, or a string's length and bytes).
+fn field_room(f: &Field) -> usize {
+    4 + match &f.value {
+        Value::Str(s) => 10 + s.len(),
+        _ => 10,
+    }
+}
+
+/// Appends the postcard encoding of `Event::PollTree` with `ev`'s contents.
+pub(crate) fn encode_poll_tree(ev: &PollTreeRef<'_>, out: &mut Vec<u8>) {
+    // Variant, task, count, then per span its id (10) and depth (3).
+    let mut w = Writer::with_room(out, 1 + 10 + 10 + 13 * ev.spans.len());
+    w.varint(index::POLL_TREE);
+    w.varint(ev.task.0);
+    w.varint(ev.spans.len() as u64);
+    for &(span, depth) in ev.spans {
+        w.varint(span);
+        w.varint(u64::from(depth));
+    }
+}
+
 fn wake_op(op: WakeOp) -> u64 {
     match op {
         WakeOp::Wake => 0,
@@ -141,21 +219,42 @@ struct Writer<'a> {
 impl<'a> Writer<'a> {
     #[inline(always)]
     fn new(out: &'a mut Vec<u8>) -> Self {
-        out.reserve(MAX_LEN);
+        Self::with_room(out, MAX_LEN)
+    }
+
+    /// A writer of at most `room` bytes.
+    #[inline(always)]
+    fn with_room(out: &'a mut Vec<u8>, room: usize) -> Self {
+        out.reserve(room);
         let len = out.len();
         Self {
             base: out.as_mut_ptr(),
             len,
-            end: len + MAX_LEN,
+            end: len + room,
             out,
         }
+    }
+
+    /// `b`'s bytes, within the room (as for [`Writer::byte`]).
+    #[inline(always)]
+    fn bytes(&mut self, b: &[u8]) {
+        assert!(b.len() <= self.end - self.len, "writer's room exceeded");
+        // SAFETY: `len + b.len() <= end` (just checked), within the room
+        // reserved in `with_room`; `b` cannot overlap the vector, which
+        // this borrows mutably.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b.as_ptr(), self.base.add(self.len), b.len());
+        }
+        self.len += b.len();
     }
 
     #[inline(always)]
     fn byte(&mut self, b: u8) {
         // No event `encode` writes takes more than `MAX_LEN` bytes: a
         // variant index (1), at most four varints of a u64 (10 each) and
-        // an option tag (1); the largest, `Poll`, takes at most 36.
+        // an option tag (1); the largest, `Poll`, takes at most 36. The
+        // span creations and trees are given room for their longest
+        // encoding (`with_room`).
         debug_assert!(self.len < self.end);
         // SAFETY: `len < end` (above; the tests check it on every event at
         // its longest), and the `MAX_LEN` bytes from the length at `new` up

@@ -475,6 +475,46 @@ impl Serialize for SpanNewRef<'_> {
     }
 }
 
+/// [`Event::PollTree`] with its spans borrowed as (span id, depth) pairs:
+/// what a producer sends at the end of a poll whose await tree changed,
+/// without building the owned event's vector. It encodes byte for byte as
+/// the owned event; it is never decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct PollTreeRef<'a> {
+    /// As in [`Event::PollTree`].
+    pub task: SpanId,
+    /// As [`TreeNode`]s' span ids and depths, in order.
+    pub spans: &'a [(u64, u16)],
+}
+
+/// Variant index of [`Event::PollTree`] (checked against the derived
+/// encoding by a test).
+const POLL_TREE_VARIANT: u32 = 6;
+
+impl Serialize for PollTreeRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStructVariant};
+        /// The spans, as a sequence of [`TreeNode`]s.
+        struct Spans<'b>(&'b [(u64, u16)]);
+        impl Serialize for Spans<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for &(span, depth) in self.0 {
+                    seq.serialize_element(&TreeNode {
+                        span: SpanId(span),
+                        depth,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        let mut st = s.serialize_struct_variant("Event", POLL_TREE_VARIANT, "PollTree", 2)?;
+        st.serialize_field("task", &self.task)?;
+        st.serialize_field("spans", &Spans(self.spans))?;
+        st.end()
+    }
+}
+
 /// An event of the program or of tokio's resources: [`Event::Log`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Log {

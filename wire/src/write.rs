@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::{Event, Frame, SpanNewRef, MAGIC, MAX_FRAME_LEN, VERSION};
+use crate::{Event, Frame, PollTreeRef, SpanNewRef, MAGIC, MAX_FRAME_LEN, VERSION};
 
 /// What [`EventsFrame::push`] encodes: an [`Event`], or a borrowed
 /// form that encodes as one. (Sealed: nothing else may go into a frame.)
@@ -24,12 +24,26 @@ impl EncodesAsEvent for Event {
         crate::direct::encode(self, out)
     }
 }
-impl EncodesAsEvent for SpanNewRef<'_> {}
+impl EncodesAsEvent for SpanNewRef<'_> {
+    #[inline]
+    fn encode_direct(&self, out: &mut Vec<u8>) -> bool {
+        crate::direct::encode_span_new(self, out);
+        true
+    }
+}
+impl EncodesAsEvent for PollTreeRef<'_> {
+    #[inline]
+    fn encode_direct(&self, out: &mut Vec<u8>) -> bool {
+        crate::direct::encode_poll_tree(self, out);
+        true
+    }
+}
 
 mod sealed {
     pub trait Sealed {}
     impl Sealed for crate::Event {}
     impl Sealed for crate::SpanNewRef<'_> {}
+    impl Sealed for crate::PollTreeRef<'_> {}
 }
 
 /// Why a frame could not be encoded.

@@ -581,3 +581,40 @@ proptest! {
         prop_assert_eq!(events, vec![other, owned]);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A `PollTreeRef` encodes byte for byte as the owned `Event::PollTree`,
+    /// through serde and directly among other events of a frame.
+    #[test]
+    fn borrowed_poll_tree_encodes_as_the_owned_event(
+        task in arb_span(),
+        spans in prop::collection::vec((any::<u64>(), any::<u16>()), 0..40),
+        ts in any::<u64>(),
+    ) {
+        let owned = Event::PollTree {
+            task,
+            spans: spans
+                .iter()
+                .map(|&(s, depth)| TreeNode { span: SpanId(s), depth })
+                .collect(),
+        };
+        let borrowed = PollTreeRef { task, spans: &spans };
+        prop_assert_eq!(
+            postcard::to_stdvec(&borrowed).unwrap(),
+            postcard::to_stdvec(&owned).unwrap()
+        );
+        let other = Event::Exit { span: task, ts };
+        let key = ProcessKey { pid: 7, start_unix_ns: 9 };
+        let (mut a, mut b) = (EventsFrame::new(), EventsFrame::new());
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        a.push(&owned).unwrap();
+        a.push(&other).unwrap();
+        a.finish(key, 3, &mut out_a).unwrap();
+        b.push(&borrowed).unwrap();
+        b.push(&other).unwrap();
+        b.finish(key, 3, &mut out_b).unwrap();
+        prop_assert_eq!(&out_a, &out_b);
+    }
+}

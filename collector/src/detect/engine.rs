@@ -102,6 +102,18 @@ impl Cx<'_> {
         self.findings.observe(o);
     }
 
+    /// Whether an observation would be described in its finding (see
+    /// [`Findings::describes`]).
+    pub fn describes(
+        &self,
+        kind: FindingKind,
+        process: ProcessKey,
+        key: &str,
+        duration_ns: Option<u64>,
+    ) -> bool {
+        self.findings.describes(kind, process, key, duration_ns)
+    }
+
     /// The episodes of the process's tasks.
     pub fn episodes(&mut self) -> &mut Episodes {
         self.episodes

@@ -138,6 +138,28 @@ impl Findings {
         &self.list
     }
 
+    /// Whether an observation of `kind` under `key` lasting `duration_ns`
+    /// would give its finding a new message and trace: no such finding yet
+    /// (or no room for it), or it lasts at least as long as the worst so
+    /// far. A detector whose observations are frequent and costly to
+    /// describe asks first, and sends the others without message or trace
+    /// ([`Findings::observe`] would drop them unread).
+    pub fn describes(
+        &self,
+        kind: FindingKind,
+        process: ProcessKey,
+        key: &str,
+        duration_ns: Option<u64>,
+    ) -> bool {
+        match self.index.get(&(kind, process, key.to_owned())) {
+            None => true,
+            Some(&i) => match (duration_ns, self.list[i].worst_ns) {
+                (Some(d), Some(w)) => d >= w,
+                _ => true,
+            },
+        }
+    }
+
     /// Merges an observation.
     pub fn observe(&mut self, o: Observation) {
         let key = (o.kind, o.process, o.key);
@@ -304,6 +326,27 @@ mod tests {
             ts,
             new_occurrence: new,
         }
+    }
+
+    /// Only an observation at least as long as the worst is described; the
+    /// others still count, and leave the worst's message alone.
+    #[test]
+    fn only_the_worst_so_far_needs_describing() {
+        let mut f = Findings::new(10);
+        let key = ProcessKey {
+            pid: 1,
+            start_unix_ns: 0,
+        };
+        assert!(f.describes(FindingKind::LongPoll, key, "a", Some(5)));
+        f.observe(obs("a", 100, 1, true));
+        assert!(!f.describes(FindingKind::LongPoll, key, "a", Some(99)));
+        assert!(f.describes(FindingKind::LongPoll, key, "a", Some(100)));
+        assert!(f.describes(FindingKind::LongPoll, key, "b", Some(1)));
+        let mut light = obs("a", 50, 2, true);
+        light.message.clear();
+        f.observe(light);
+        let found = &f.list()[0];
+        assert_eq!((found.count, found.message.as_str()), (2, "d=100"));
     }
 
     #[test]

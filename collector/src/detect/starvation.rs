@@ -38,17 +38,37 @@ impl Detector for Starvation {
         };
         if waited > cx.thresholds.starvation_ns {
             if let Some(t) = p.tasks.get(&task) {
-                let mut o = observe(p, t, waited, ts, cx.thresholds);
-                // The wait ends at the poll's start on the thread that
-                // polls it now: who held that thread while it waited.
-                let held = poll_trace::held_the_thread(
-                    p,
-                    p.cur_thread,
-                    ts.saturating_sub(waited),
-                    ts,
-                    task,
-                );
-                o.trace.extend(held);
+                // On a starved runtime nearly every wait is one: only the
+                // worst so far is described (its message and traces are
+                // what the finding shows), the others are counted.
+                let key = group_key(t);
+                let mut o = if cx.describes(FindingKind::Starvation, p.key, &key, Some(waited)) {
+                    let mut o = observe(p, t, waited, ts, cx.thresholds);
+                    // The wait ends at the poll's start on the thread that
+                    // polls it now: who held that thread while it waited.
+                    let held = poll_trace::held_the_thread(
+                        p,
+                        p.cur_thread,
+                        ts.saturating_sub(waited),
+                        ts,
+                        task,
+                    );
+                    o.trace.extend(held);
+                    o
+                } else {
+                    Observation {
+                        kind: FindingKind::Starvation,
+                        process: p.key,
+                        key,
+                        tasks: vec![FindingTask::of(t)],
+                        location: None,
+                        message: String::new(),
+                        trace: Vec::new(),
+                        duration_ns: Some(waited),
+                        ts,
+                        new_occurrence: true,
+                    }
+                };
                 o.new_occurrence = !cx.episodes().active(FindingKind::Starvation, task);
                 cx.observe(o);
             }

@@ -6,6 +6,7 @@
 //! immutable map behind an [`ArcSwap`]: readers take no lock and contend on
 //! nothing; the rare registration copies the map.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -13,6 +14,7 @@ use awaitscope_wire as wire;
 use rustc_hash::FxHashMap;
 use tracing_core::{Level, Metadata};
 
+use crate::filter::SpanFilter;
 use crate::names;
 
 /// What a callsite is, for the capture layer.
@@ -24,7 +26,8 @@ pub(crate) enum Class {
     Event(wire::EventClass),
     /// tokio's `tokio::task::waker` events: turned into `Wake`.
     Waker,
-    /// An event the layer does not capture (user events below WARN).
+    /// An event the layer does not capture (user events below WARN), or a
+    /// span the span filter (`AWAITSCOPE_SPANS`) rejects.
     Ignored,
 }
 
@@ -83,9 +86,38 @@ fn key(meta: &'static Metadata<'static>) -> usize {
     meta as *const Metadata<'static> as usize
 }
 
+/// Numbers each [`Callsites`], for the threads' [`RECENT`] lookups.
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Entries of a thread's [`RECENT`] lookups (a power of two).
+const RECENT_SLOTS: usize = 64;
+
+/// An entry of [`RECENT`] nobody looks up (serial 0 is no `Callsites`).
+const NO_ENTRY: (u64, usize, Info) = (
+    0,
+    0,
+    Info {
+        id: 0,
+        class: Class::Ignored,
+    },
+);
+
+thread_local! {
+    /// This thread's recent lookups, by metadata address: (serial of the
+    /// `Callsites`, metadata address, its info). A callsite's info never
+    /// changes once registered, so an entry stays true; the shared map's
+    /// lock-free load (~100 instructions, a reference count on a shared
+    /// line) is paid once per callsite and thread, not per span created.
+    static RECENT: [Cell<(u64, usize, Info)>; RECENT_SLOTS] =
+        const { [const { Cell::new(NO_ENTRY) }; RECENT_SLOTS] };
+}
+
 /// All callsites registered with one layer instance.
-#[derive(Default)]
 pub(crate) struct Callsites {
+    /// This instance's number in the threads' [`RECENT`] lookups (never 0).
+    serial: u64,
+    /// Which span callsites are captured.
+    spans: SpanFilter,
     map: ArcSwap<FxHashMap<usize, Info>>,
     /// tokio's waker event callsites (clone, drop, wake, wake_by_ref): the
     /// most frequent events, recognised by address before any map lookup.
@@ -98,13 +130,42 @@ pub(crate) struct Callsites {
 }
 
 impl Callsites {
+    /// No callsite yet; span callsites are classified through `spans`.
+    pub fn new(spans: SpanFilter) -> Self {
+        Self {
+            serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            spans,
+            map: ArcSwap::default(),
+            wakers: Default::default(),
+            waker_ops: Default::default(),
+            all: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether the span filter keeps spans of `meta` (a span callsite).
+    pub fn keeps_span(&self, meta: &Metadata<'_>) -> bool {
+        self.spans.keeps(meta)
+    }
     /// Looks up a callsite, registering it if this is its first sight.
     #[inline]
     pub fn get(&self, meta: &'static Metadata<'static>) -> Info {
-        if let Some(info) = self.map.load().get(&key(meta)) {
-            return *info;
+        let k = key(meta);
+        // Metadata are statics of ~100 bytes: their addresses differ in
+        // the bits above the sixth.
+        let slot = (k >> 6) % RECENT_SLOTS;
+        let recent = RECENT.try_with(|r| {
+            let (serial, key, info) = r[slot].get();
+            (serial == self.serial && key == k).then_some(info)
+        });
+        if let Ok(Some(info)) = recent {
+            return info;
         }
-        self.register(meta)
+        let info = match self.map.load().get(&k) {
+            Some(info) => *info,
+            None => self.register(meta),
+        };
+        let _ = RECENT.try_with(|r| r[slot].set((self.serial, k, info)));
+        info
     }
 
     /// The slot of a waker callsite (see [`Callsites::waker_op`]), or
@@ -157,9 +218,13 @@ impl Callsites {
         if let Some(info) = self.map.load().get(&key(meta)) {
             return *info;
         }
-        let class = classify(meta);
+        let natural = classify(meta);
+        let class = match natural {
+            Class::Span(_) if !self.spans.keeps(meta) => Class::Ignored,
+            c => c,
+        };
         let id = all.len() as u32;
-        let kind = match class {
+        let kind = match natural {
             Class::Span(c) => wire::CallsiteKind::Span(c),
             Class::Event(c) => wire::CallsiteKind::Event(c),
             Class::Waker | Class::Ignored => wire::CallsiteKind::Event(wire::EventClass::User),

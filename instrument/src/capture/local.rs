@@ -337,7 +337,22 @@ pub(crate) struct Local {
     /// Lookups and misses since the last check of the miss rate.
     lookups: u32,
     misses: u32,
+    /// Nodes this thread made whose spans closed, given back by the
+    /// exporter for the next span to reuse (see [`NODE_RETURNS`]).
+    returns: rtrb::Consumer<Arc<SpanNode>>,
 }
+
+/// Closed spans' nodes the exporter gives back to the thread that made
+/// them, at most this many waiting per thread (past that the exporter
+/// frees them itself). A span's node is allocated by the thread that
+/// creates the span and usually released last by the exporter, when it
+/// reads the span's close: freed there, every node would go back to the
+/// creating thread's allocator arena under its lock, against that thread's
+/// own allocations (malloc's futex waits in the profiles of #17), and the
+/// creating thread would allocate every node anew. Given back, a node's
+/// memory is reused by the next span of its thread: a server creating a
+/// span per request allocates no node in steady state.
+pub(crate) const NODE_RETURNS: usize = 1024;
 
 impl Local {
     /// Index of the cache entry holding the span with registry id `reg`,
@@ -782,8 +797,25 @@ impl Local {
                 self.dropped.clone(),
                 self.slot.clone(),
                 Some(self.thread),
+                None,
             );
         }
+    }
+
+    /// A node holding `node`: the allocation of a node this thread made
+    /// and the exporter gave back (see [`NODE_RETURNS`]) when there is one
+    /// nobody else refers to, else a new one.
+    #[inline]
+    pub fn new_node(&mut self, node: SpanNode) -> Arc<SpanNode> {
+        if let Ok(mut old) = self.returns.pop() {
+            if let Some(slot) = Arc::get_mut(&mut old) {
+                // Drops the old span's fields and references here, on the
+                // thread that made them.
+                *slot = node;
+                return old;
+            }
+        }
+        Arc::new(node)
     }
 
     /// A span was entered. `ts` reads the clock; it is only called when the
@@ -1262,7 +1294,14 @@ fn new_local(shared: &Arc<Capture>) -> Local {
     let dropped = Arc::new(AtomicU64::new(0));
     let slot = Arc::new(PollSlot::default());
     slot.set_tid(crate::stacks::current_tid());
-    let thread = shared.register_ring(consumer, dropped.clone(), slot.clone(), None);
+    let (give_back, returns) = rtrb::RingBuffer::new(NODE_RETURNS);
+    let thread = shared.register_ring(
+        consumer,
+        dropped.clone(),
+        slot.clone(),
+        None,
+        Some(give_back),
+    );
     Local {
         instance: shared.instance,
         capture: Arc::downgrade(shared),
@@ -1291,6 +1330,7 @@ fn new_local(shared: &Arc<Capture>) -> Local {
         cache_bits: CACHE.trailing_zeros(),
         lookups: 0,
         misses: 0,
+        returns,
     }
 }
 
@@ -1327,6 +1367,7 @@ mod tests {
             fields: Mutex::new(Vec::new()),
             last_tree_sig: AtomicU64::new(1),
             last_pair_adjacent: AtomicBool::new(false),
+            entered_in_poll: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             poll_cache: Default::default(),
             cached_in: Default::default(),

@@ -72,6 +72,10 @@ pub(crate) struct Ring {
     pub poll: Arc<local::PollSlot>,
     pub thread: u32,
     pub name: Option<String>,
+    /// The first ring of a thread carries the exporter's end of the
+    /// thread's node returns (see [`local::NODE_RETURNS`]); the exporter
+    /// keeps it by thread.
+    pub returns: Option<rtrb::Producer<Arc<SpanNode>>>,
 }
 
 /// One capture: the state that a layer (or awaitscope's own subscriber),
@@ -127,7 +131,15 @@ pub(crate) const RING_BUDGET_FACTOR: usize = 2;
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 impl Capture {
+    /// A capture keeping every span.
+    #[cfg(test)]
     pub fn new(ring_capacity: usize) -> Arc<Self> {
+        Self::with_span_filter(ring_capacity, crate::filter::SpanFilter::all())
+    }
+
+    /// A capture keeping the spans `spans` keeps (see
+    /// [`crate::filter::SpanFilter`]).
+    pub fn with_span_filter(ring_capacity: usize, spans: crate::filter::SpanFilter) -> Arc<Self> {
         let clock = quanta::Clock::new();
         let origin_raw = clock.raw();
         let tsc_scale = reads_tsc(&clock).then(|| clock.delta_as_nanos(0, 1 << 40));
@@ -135,7 +147,7 @@ impl Capture {
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             next_span: AtomicU64::new(1),
             next_thread: AtomicU32::new(0),
-            callsites: Callsites::default(),
+            callsites: Callsites::new(spans),
             new_rings: Mutex::new(Vec::new()),
             buffer_full: AtomicU64::new(0),
             clock,
@@ -189,6 +201,7 @@ impl Capture {
         dropped: Arc<AtomicU64>,
         poll: Arc<local::PollSlot>,
         thread: Option<u32>,
+        returns: Option<rtrb::Producer<Arc<SpanNode>>>,
     ) -> u32 {
         let thread = thread.unwrap_or_else(|| self.next_thread.fetch_add(1, Ordering::Relaxed));
         let name = std::thread::current().name().map(str::to_owned);
@@ -201,6 +214,7 @@ impl Capture {
                 poll,
                 thread,
                 name,
+                returns,
             });
         thread
     }
@@ -317,8 +331,13 @@ where
         let node_of = |s: tracing_subscriber::registry::SpanRef<'_, S>| {
             s.extensions().get::<SpanData>().map(|d| d.node.clone())
         };
-        let parent = || span.parent().and_then(node_of);
-        let current = || ctx.lookup_current().and_then(node_of);
+        // The nearest ancestor with a node: spans the span filter rejects
+        // have none (the registry still keeps them for other layers).
+        let parent = || span.scope().skip(1).find_map(node_of);
+        let current = || {
+            ctx.lookup_current()
+                .and_then(|c| c.scope().find_map(node_of))
+        };
         let Some(node) = shared.new_span(attrs, id, parent, current) else {
             return;
         };
@@ -410,7 +429,7 @@ impl Capture {
         };
         let ts = shared.raw();
         with_local(shared, |l| {
-            let node = Arc::new(SpanNode {
+            let node = l.new_node(SpanNode {
                 id: sid,
                 meta: attrs.metadata(),
                 callsite: info.id,
@@ -427,6 +446,7 @@ impl Capture {
                 fields: std::sync::Mutex::new(rec.fields),
                 last_tree_sig: AtomicU64::new(1),
                 last_pair_adjacent: AtomicBool::new(false),
+                entered_in_poll: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 poll_cache: Default::default(),
                 cached_in: Default::default(),

@@ -224,6 +224,7 @@ pub(crate) fn start(
         counts: Vec::new(),
         thread: u32::MAX,
         held: None,
+        returns: Vec::new(),
         threads: Vec::new(),
         retired_drops: 0,
         fullest: 0,
@@ -270,6 +271,9 @@ pub(crate) fn start(
 struct Exporter {
     capture: Arc<Capture>,
     rings: Vec<Ring>,
+    /// By thread index: where the nodes of spans the thread created go back
+    /// to it once closed (see `capture::local::NODE_RETURNS`).
+    returns: Vec<Option<rtrb::Producer<Arc<SpanNode>>>>,
     /// Threads whose name was already sent.
     announced: Vec<u32>,
     callsites_sent: usize,
@@ -533,6 +537,15 @@ impl Exporter {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if !new.is_empty() {
+                for ring in new.iter_mut() {
+                    if let Some(returns) = ring.returns.take() {
+                        let t = ring.thread as usize;
+                        if self.returns.len() <= t {
+                            self.returns.resize_with(t + 1, || None);
+                        }
+                        self.returns[t] = Some(returns);
+                    }
+                }
                 self.rings.append(&mut new);
                 self.replaced = has_replaced(&self.rings);
             }
@@ -605,6 +618,11 @@ impl Exporter {
         for (thread, dropped) in gone {
             if !rings.iter().any(|r| r.thread == thread) {
                 self.retired_drops += dropped;
+                // The thread is gone: so is the way back to it (and the
+                // nodes that waited there).
+                if let Some(returns) = self.returns.get_mut(thread as usize) {
+                    *returns = None;
+                }
             }
         }
         if !gone_empty {
@@ -954,7 +972,7 @@ impl Exporter {
         }
         let ns = |raw: u64| shared.nanos(raw);
         match raw {
-            Raw::Span(node) => self.span_created(shared, model, node, want),
+            Raw::Span(node) => self.span_created(shared, model, thread, node, want),
             Raw::Enter {
                 span,
                 task: true,
@@ -1074,6 +1092,7 @@ impl Exporter {
         &mut self,
         shared: &Capture,
         model: &mut AwaitModel,
+        thread: u32,
         node: Arc<SpanNode>,
         want: bool,
     ) {
@@ -1084,7 +1103,7 @@ impl Exporter {
             return;
         }
         let created = shared.nanos(node.ts);
-        model.on_span(node, created);
+        model.on_span(node, created, thread);
     }
 
     /// Whether span `id`'s close was read before its creation; if so, the
@@ -1215,7 +1234,7 @@ impl Exporter {
         ts: u64,
         want: bool,
     ) {
-        if !model.on_close(span) {
+        let Some((node, home)) = model.on_close(span) else {
             // Not live. Most often its creation is in a ring read
             // after this one (it was created on another thread): kept
             // until that record is read. Else it was closed from its
@@ -1225,9 +1244,24 @@ impl Exporter {
                 self.early_closes.insert(span, (kind, ts, self.drains));
             }
             return;
-        }
+        };
         if want {
             self.emit_close(shared, span, kind, ts);
+        }
+        self.give_back(node, home);
+    }
+
+    /// Gives a closed span's node back to the thread that made it, for its
+    /// next span (see `capture::local::NODE_RETURNS`); dropped here when
+    /// that thread is gone or has enough waiting.
+    #[inline(always)]
+    fn give_back(&mut self, node: Arc<SpanNode>, home: u32) {
+        if let Some(Some(returns)) = self.returns.get_mut(home as usize) {
+            // A thread that is gone frees nothing more: the node is
+            // dropped here.
+            if !returns.is_abandoned() {
+                let _ = returns.push(node);
+            }
         }
     }
 
@@ -1278,18 +1312,14 @@ impl Exporter {
         };
         model.on_tree(span, nodes);
         if want {
-            let spans = nodes
-                .iter()
-                .map(|&(s, depth)| wire::TreeNode {
-                    span: SpanId(s),
-                    depth,
-                })
-                .collect();
-            let tree = Event::PollTree {
+            // Encoded from the pending nodes in place (no event built).
+            let nodes = std::mem::take(&mut pending.1);
+            let tree = wire::PollTreeRef {
                 task: SpanId(span),
-                spans,
+                spans: if pending.0 == span { &nodes } else { &[] },
             };
-            self.emit(&tree);
+            self.push_event(&tree, Self::send_batch);
+            thread_reads(&mut self.threads, thread).tree.1 = nodes;
         }
         let pending = &mut thread_reads(&mut self.threads, thread).tree;
         pending.0 = 0;
@@ -1318,7 +1348,9 @@ impl Exporter {
                 continue;
             };
             self.release_held(shared);
-            model.on_close(id);
+            if let Some((node, home)) = model.on_close(id) {
+                self.give_back(node, home);
+            }
             if want {
                 self.emit_close(shared, id, kind, ts);
             }

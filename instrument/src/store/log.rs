@@ -13,7 +13,6 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
-use std::str::FromStr;
 
 use tracing_core::field::{Field, Visit};
 use tracing_core::{Event, Level, LevelFilter, Metadata};
@@ -137,24 +136,10 @@ impl LogOutput {
     }
 }
 
-/// Parses `RUST_LOG` directive by directive: the ones `Targets` understands
-/// are kept, the others returned. Empty: `warn`.
+/// Parses `RUST_LOG` directive by directive (see
+/// [`crate::filter::parse_directives`]). Empty: `warn`.
 fn parse_filter(spec: &str) -> (Targets, Vec<String>) {
-    let mut kept = Vec::new();
-    let mut skipped = Vec::new();
-    for d in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        if Targets::from_str(d).is_ok() && !d.contains('[') {
-            kept.push(d);
-        } else {
-            skipped.push(d.to_owned());
-        }
-    }
-    if kept.is_empty() {
-        kept.push("warn");
-    }
-    let filter = Targets::from_str(&kept.join(","))
-        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::WARN));
-    (filter, skipped)
+    crate::filter::parse_directives(spec, "warn")
 }
 
 /// Writes an event's fields: the message first, then `name=value`.

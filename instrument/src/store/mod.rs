@@ -105,11 +105,12 @@ impl AwaitscopeSubscriber {
         self.node(&self.current_id()?)
     }
 
-    /// Whether the capture or the log output wants events of `meta`.
+    /// Whether the capture or the log output wants spans or events of
+    /// `meta`. Spans the span filter rejects are not wanted (the log output
+    /// prints the spans the capture keeps).
     fn wants(&self, meta: &'static Metadata<'static>) -> bool {
-        meta.is_span()
-            || self.capture.callsites.get(meta).class != Class::Ignored
-            || self.log.enabled(meta)
+        self.capture.callsites.get(meta).class != Class::Ignored
+            || (!meta.is_span() && self.log.enabled(meta))
     }
 
     /// Takes a reference on the span `id`; false if it is not open.
@@ -147,8 +148,9 @@ impl AwaitscopeSubscriber {
 impl Subscriber for AwaitscopeSubscriber {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
         self.capture.callsites.register(meta);
-        // Events nobody wants are skipped by `tracing` itself, at the
-        // callsite (this is the only subscriber).
+        // Events nobody wants, and spans the span filter rejects, are
+        // skipped by `tracing` itself, at the callsite (this is the only
+        // subscriber): they cost what they cost without a subscriber.
         if self.wants(meta) {
             Interest::always()
         } else {
@@ -159,7 +161,10 @@ impl Subscriber for AwaitscopeSubscriber {
     fn enabled(&self, meta: &Metadata<'_>) -> bool {
         // Reached only for callsites whose interest was `sometimes`, which
         // this subscriber never returns; answer as `register_callsite` would.
-        meta.is_span() || *meta.level() <= tracing_core::Level::WARN || self.log.enabled(meta)
+        if meta.is_span() {
+            return self.capture.callsites.keeps_span(meta);
+        }
+        *meta.level() <= tracing_core::Level::WARN || self.log.enabled(meta)
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
@@ -168,6 +173,7 @@ impl Subscriber for AwaitscopeSubscriber {
     }
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let contextual = !attrs.is_root() && attrs.parent().is_none();
         let parent = if attrs.is_root() {
             None
         } else if let Some(p) = attrs.parent() {
@@ -175,7 +181,14 @@ impl Subscriber for AwaitscopeSubscriber {
         } else {
             self.current_id()
         };
-        let parent = parent.filter(|p| self.add_ref(p));
+        // One lookup of the parent: its reference taken, its node kept.
+        let (parent, parent_node) = match parent.and_then(|p| Some((self.spans.get(key(&p))?, p))) {
+            Some((slot, p)) => {
+                slot.refs.fetch_add(1, Ordering::Relaxed);
+                (Some(p), slot.node.clone())
+            }
+            None => (None, None),
+        };
         let Some(entry) = self.spans.vacant_entry() else {
             // The slab is full (billions of open spans): the span is not
             // stored, and the reference taken on its parent is given back.
@@ -185,10 +198,15 @@ impl Subscriber for AwaitscopeSubscriber {
             return Id::from_u64(NO_SPAN);
         };
         let id = Id::from_u64(entry.key() as u64 + 1);
-        let parent_node = parent.as_ref().and_then(|p| self.node(p));
+        // A contextual parent is the current span: no second lookup.
+        let current = if contextual {
+            parent_node.clone()
+        } else {
+            self.current_node()
+        };
         let node = self
             .capture
-            .new_span(attrs, &id, || parent_node, || self.current_node());
+            .new_span(attrs, &id, || parent_node, || current);
         entry.insert(Slot {
             meta: attrs.metadata(),
             node,

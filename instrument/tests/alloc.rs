@@ -1,0 +1,104 @@
+//! Allocation on the span path: once the exporter has read a thread's
+//! closed spans, the thread's next spans reuse their nodes, so a program
+//! that creates and closes spans in steady state (a span per request)
+//! allocates nothing for them. (Drains are asked for with `Guard::flush`,
+//! so that the test does not depend on the exporter's timing.)
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use awaitscope::MemoryRecording;
+
+/// Counts the allocations the current thread makes while counting is on.
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note() {
+    // `try_with`: thread-locals may be gone while a thread shuts down.
+    let _ = COUNTING.try_with(|c| {
+        if c.get() {
+            let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Spans between two drains of the exporter.
+const BATCH: u64 = 50;
+
+/// A request's span: created, entered, exited, closed.
+fn request(i: u64) {
+    let span = tracing::info_span!("request");
+    let _entered = span.enter();
+    std::hint::black_box(i);
+}
+
+#[test]
+fn spans_in_steady_state_allocate_nothing() {
+    let memory = MemoryRecording::new();
+    let (subscriber, guard) = awaitscope::Builder::new()
+        .record_in_memory(&memory)
+        .try_build_subscriber()
+        .expect("awaitscope builds")
+        .expect("awaitscope is on");
+    tracing::subscriber::with_default(subscriber, || {
+        // Warm up: this thread's state, the store's slots, and nodes for
+        // a batch. A thread's pool of nodes is as large as the most spans
+        // it had in flight between two drains of the exporter (the nodes
+        // of closed spans come back at a drain): batches of 50, each
+        // followed by a drain, leave 50 nodes to reuse.
+        for batch in 0..20 {
+            for i in 0..BATCH {
+                request(batch * BATCH + i);
+            }
+            guard.flush();
+        }
+        for batch in 0..10 {
+            COUNTING.with(|c| c.set(true));
+            for i in 0..BATCH {
+                request(batch * BATCH + i);
+            }
+            COUNTING.with(|c| c.set(false));
+            guard.flush();
+        }
+    });
+    let allocations = ALLOCATIONS.with(Cell::get);
+    assert_eq!(allocations, 0, "allocations for 500 spans in steady state");
+    // The spans were captured all the same.
+    drop(guard);
+    let frames = memory.frames().expect("recording decodes");
+    let created = frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            awaitscope_wire::Body::Events(evs) => Some(evs),
+            _ => None,
+        })
+        .flatten()
+        .filter(|e| matches!(e, awaitscope_wire::Event::SpanNew(_)))
+        .count();
+    assert_eq!(created, 30 * BATCH as usize);
+}
