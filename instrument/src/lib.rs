@@ -49,6 +49,7 @@ mod causal;
 mod config;
 mod export;
 mod filter;
+mod handover;
 mod names;
 mod panic;
 mod span_node;

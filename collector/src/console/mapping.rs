@@ -49,18 +49,15 @@ use awaitscope_wire::{
 use console_api::instrument::Update;
 use console_api::{field, tasks, Location};
 
+use super::emit::{
+    duration_ns, field_name, id_of, loc_fields, truncated, unix_ns, value_str, Spans, Timed,
+    CS_ASYNC_OP, CS_POLL_OP, CS_RESOURCE, CS_STATE, CS_TASK, THREAD,
+};
 use super::polls::{task_stats, Clock, TaskRec, Threads};
 use super::resources::Resources;
 use crate::model::process::CONSOLE_PRODUCER;
 
-/// Most polls sent for one task from one update: a task with more (a busy
-/// loop, or a long-lived task at the first update) gets this many, each
-/// with the average time of its polls.
-pub const MAX_POLLS_PER_UPDATE: u64 = 256;
-
-/// Most tasks, resources and async ops kept at once; beyond it new ones
-/// are ignored and counted as dropped events.
-pub const MAX_LIVE: usize = 1 << 20;
+pub use super::emit::{MAX_LIVE, MAX_POLLS_PER_UPDATE};
 
 /// Most events in one frame (well under the wire's caps: strings are at
 /// most 1 KiB, and a frame's payload at most 1 MiB).
@@ -69,31 +66,8 @@ const FRAME_EVENTS: usize = 512;
 /// The version of console's protocol this mapping reads.
 pub const CONSOLE_API: &str = "console-api 0.9";
 
-// Callsite ids of the made-up process.
-pub(super) const CS_TASK: u32 = 1;
-pub(super) const CS_RESOURCE: u32 = 2;
-pub(super) const CS_ASYNC_OP: u32 = 3;
-pub(super) const CS_POLL_OP: u32 = 4;
-pub(super) const CS_STATE: u32 = 5;
+/// Callsite id of the update marker (the others are [`super::emit`]'s).
 const CS_UPDATE: u32 = 6;
-
-/// The thread everything but running polls is sent on.
-pub(super) const THREAD: u32 = 0;
-
-/// An event, the thread it is sent on and the time it is ordered by (unix
-/// ns; events of the same time keep the order they were made in).
-pub(super) struct Timed {
-    pub(super) thread: u32,
-    pub(super) at: u64,
-    pub(super) event: Event,
-}
-
-impl Timed {
-    /// `event` on `thread` at `at`.
-    pub(super) fn on(thread: u32, at: u64, event: Event) -> Self {
-        Self { thread, at, event }
-    }
-}
 
 /// Turns console's updates of one program into awaitscope frames.
 #[derive(Debug)]
@@ -427,6 +401,20 @@ impl Mapper {
     }
 }
 
+impl Spans for Mapper {
+    fn new_span(&mut self) -> SpanId {
+        Mapper::new_span(self)
+    }
+
+    fn rel(&self, unix_ns: u64) -> u64 {
+        Mapper::rel(self, unix_ns)
+    }
+
+    fn sent_tree(&self, id: u64) -> Option<&[SpanId]> {
+        Mapper::sent_tree(self, id)
+    }
+}
+
 /// The callsites of the made-up process: tokio's task, resource and async
 /// op spans, its resource events, and the update marker.
 fn callsites() -> Vec<Event> {
@@ -507,90 +495,6 @@ fn callsites() -> Vec<Event> {
             Vec::new(),
         ),
     ]
-}
-
-/// `loc.file`, `loc.line`, `loc.col` of `loc`, at field indexes from `first`.
-pub(super) fn loc_fields(loc: Option<&Location>, first: u16) -> Vec<Field> {
-    let Some(loc) = loc else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if let Some(f) = &loc.file {
-        out.push(Field {
-            index: first,
-            value: Value::Str(truncated(awaitscope_wire::paths::display(f).into_owned())),
-        });
-        if let Some(l) = loc.line {
-            out.push(Field {
-                index: first + 1,
-                value: Value::U64(u64::from(l)),
-            });
-        }
-        if let Some(c) = loc.column {
-            out.push(Field {
-                index: first + 2,
-                value: Value::U64(u64::from(c)),
-            });
-        }
-    }
-    out
-}
-
-/// The name of console field `f` (given, or by index into its metadata's
-/// field names).
-pub(super) fn field_name<'a>(
-    f: &'a console_api::Field,
-    names: Option<&'a Vec<String>>,
-) -> Option<&'a str> {
-    match f.name.as_ref()? {
-        field::Name::StrName(s) => Some(s),
-        field::Name::NameIdx(i) => names?.get(usize::try_from(*i).ok()?).map(String::as_str),
-    }
-}
-
-/// A console field value as a string (the value of a string, else its
-/// rendering).
-pub(super) fn value_str(v: &field::Value) -> String {
-    match v {
-        field::Value::DebugVal(s) | field::Value::StrVal(s) => s.clone(),
-        field::Value::U64Val(x) => x.to_string(),
-        field::Value::I64Val(x) => x.to_string(),
-        field::Value::BoolVal(b) => b.to_string(),
-    }
-}
-
-/// `"name"` (a `Debug` rendering of a string) without its quotes.
-fn unquote(s: String) -> String {
-    if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
-        s[1..s.len() - 1].to_string()
-    } else {
-        s
-    }
-}
-
-/// `s` within the wire's string cap.
-pub(super) fn truncated(mut s: String) -> String {
-    limits::truncate(&mut s);
-    s
-}
-
-/// The id in an optional console id (0 when absent).
-pub(super) fn id_of(id: &Option<console_api::Id>) -> u64 {
-    id.as_ref().map_or(0, |i| i.id)
-}
-
-/// A protobuf timestamp as ns since the Unix epoch (0 before it).
-pub(super) fn unix_ns(t: &prost_types::Timestamp) -> u64 {
-    let s = u64::try_from(t.seconds).unwrap_or(0);
-    let n = u64::try_from(t.nanos).unwrap_or(0);
-    s.saturating_mul(1_000_000_000).saturating_add(n)
-}
-
-/// A protobuf duration in ns (0 when negative).
-pub(super) fn duration_ns(d: &prost_types::Duration) -> u64 {
-    let s = u64::try_from(d.seconds).unwrap_or(0);
-    let n = u64::try_from(d.nanos).unwrap_or(0);
-    s.saturating_mul(1_000_000_000).saturating_add(n)
 }
 
 /// The earliest creation time an update tells (unix ns), `u64::MAX` if none.

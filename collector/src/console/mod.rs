@@ -24,6 +24,7 @@
 //! `--console`) as an instrumented program would.
 
 pub mod client;
+mod emit;
 pub mod forward;
 pub mod mapping;
 mod polls;

@@ -11,7 +11,7 @@
 use awaitscope_wire::{Event, SpanId, TreeNode, WakeOp};
 use console_api::tasks;
 
-use super::mapping::{duration_ns, unix_ns, Timed, MAX_POLLS_PER_UPDATE, THREAD};
+use super::emit::{duration_ns, unix_ns, Timed, MAX_POLLS_PER_UPDATE, THREAD};
 
 /// Most polls running at once that are followed (each on a thread of its
 /// own); a poll beyond them is sent when it has ended.

@@ -17,8 +17,8 @@ use awaitscope_wire::{names, CloseKind, Event, Field, SpanId, SpanNew, TreeNode,
 use console_api::instrument::Update;
 use console_api::resources::resource;
 
-use super::mapping::{
-    field_name, id_of, loc_fields, truncated, unix_ns, Mapper, Timed, CS_ASYNC_OP, CS_POLL_OP,
+use super::emit::{
+    field_name, id_of, loc_fields, truncated, unix_ns, Spans, Timed, CS_ASYNC_OP, CS_POLL_OP,
     CS_RESOURCE, CS_STATE, MAX_LIVE, THREAD,
 };
 
@@ -97,7 +97,7 @@ impl Resources {
     }
 
     /// Spans of the resources and async ops `u` creates, into `out`.
-    pub(super) fn new_spans(&mut self, m: &mut Mapper, u: &Update, out: &mut Vec<Event>) {
+    pub(super) fn new_spans(&mut self, m: &mut impl Spans, u: &Update, out: &mut Vec<Event>) {
         let now = u.now.as_ref().map_or(0, unix_ns);
         if let Some(ru) = &u.resource_update {
             for r in &ru.new_resources {
@@ -198,7 +198,7 @@ impl Resources {
     /// await trees that changed. `tasks`: console task id to span.
     pub(super) fn update(
         &mut self,
-        m: &Mapper,
+        m: &impl Spans,
         u: &Update,
         tasks: &HashMap<u64, SpanId>,
         now: u64,

@@ -5,6 +5,8 @@
 //! `server` feature (on by default).
 
 #[cfg(feature = "server")]
+mod accept;
+#[cfg(feature = "server")]
 mod admission;
 #[cfg(feature = "server")]
 pub mod budget;
@@ -17,6 +19,8 @@ mod record_dir;
 pub mod recording;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+mod state;
 #[cfg(feature = "server")]
 pub mod viewer;
 #[cfg(feature = "server")]

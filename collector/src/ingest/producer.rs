@@ -21,19 +21,19 @@ use super::admission::{token_ok, Kind, Slot};
 use super::budget::{frame_cost, Share};
 use super::connection::{ReadBuf, Refusal, MAX_HELLO_FRAME};
 use super::record_dir;
-use super::server::{lock, Input, ServerState};
+use super::state::{lock, Input, ServerState};
 
 /// Most bytes a producer's buffer holds: one frame at the cap, and a read.
 const MAX_BUFFER: usize = awaitscope_wire::MAX_FRAME_LEN + 4 + 64 * 1024;
 
-pub(crate) struct Conn {
-    pub(crate) key: Option<ProcessKey>,
-    pub(crate) clean: bool,
-    pub(crate) name: String,
+struct Conn {
+    key: Option<ProcessKey>,
+    clean: bool,
+    name: String,
     /// Callsites of dropped batches, sent with the next batch that fits.
     pending_callsites: Vec<Event>,
-    pub(crate) recorder: Option<BufWriter<tokio::fs::File>>,
-    pub(crate) record_path: Option<PathBuf>,
+    recorder: Option<BufWriter<tokio::fs::File>>,
+    record_path: Option<PathBuf>,
 }
 
 pub(crate) async fn producer_connection(
@@ -158,7 +158,12 @@ async fn serve_conn(
                                 return Err(Refusal::Memory("producers"));
                             }
                             if let (Some(dir), Some(key)) = (&cfg.record_dir, conn.key) {
-                                record_dir::open(state, dir, key, hello, conn, peer).await;
+                                if let Some(r) =
+                                    record_dir::open(state, dir, key, &conn.name, hello, peer).await
+                                {
+                                    conn.recorder = Some(r.writer);
+                                    conn.record_path = Some(r.path);
+                                }
                             }
                         }
                         if conn.clean {

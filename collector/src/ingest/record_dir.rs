@@ -10,8 +10,7 @@ use awaitscope_wire::{Body, ProcessKey};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tracing::{info, warn};
 
-use super::producer::Conn;
-use super::server::ServerState;
+use super::state::ServerState;
 
 /// A `Hello` frame as it is recorded: without the producer's token, which
 /// must never reach a file. Frames that do not decode are kept as they are
@@ -31,20 +30,25 @@ fn without_token(hello: Vec<u8>) -> Vec<u8> {
     }
 }
 
-/// Opens the recording of the producer `key` in `dir`, starting with its
-/// `hello` (the raw frame); failures are logged and counted, and the
-/// connection goes on unrecorded.
+/// A producer's recording being written, and where.
+pub(crate) struct Recording {
+    pub(crate) writer: BufWriter<tokio::fs::File>,
+    pub(crate) path: std::path::PathBuf,
+}
+
+/// Opens the recording of the producer `key` (named `name`) in `dir`,
+/// starting with its `hello` (the raw frame); failures are logged and
+/// counted (`None`: the connection goes on unrecorded).
 pub(crate) async fn open(
     state: &ServerState,
     dir: &Path,
     key: ProcessKey,
+    name: &str,
     hello: Vec<u8>,
-    conn: &mut Conn,
     peer: SocketAddr,
-) {
+) -> Option<Recording> {
     let id = state.conn_ids.fetch_add(1, Ordering::Relaxed);
-    let name: String = conn
-        .name
+    let name: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -86,14 +90,14 @@ pub(crate) async fn open(
     }
     .await;
     match res {
-        Ok(w) => {
+        Ok(writer) => {
             info!(%peer, "recording to {}", path.display());
-            conn.recorder = Some(w);
-            conn.record_path = Some(path);
+            Some(Recording { writer, path })
         }
         Err(e) => {
             state.stats.record_errors.fetch_add(1, Ordering::Relaxed);
             warn!(%peer, "cannot record to {}: {e}", path.display());
+            None
         }
     }
 }

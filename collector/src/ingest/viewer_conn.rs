@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::admission::{token_ok, Kind, Slot};
 use super::budget::Share;
 use super::connection::{ReadBuf, Refusal};
-use super::server::{lock, ServerState};
+use super::state::{lock, ServerState};
 use super::viewer::{self, ViewerQueue};
 
 /// Bytes of a viewer's write buffer.
