@@ -104,7 +104,7 @@ pub(super) fn value_str(v: &field::Value) -> String {
 }
 
 /// `"name"` (a `Debug` rendering of a string) without its quotes.
-fn unquote(s: String) -> String {
+pub(super) fn unquote(s: String) -> String {
     if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
         s[1..s.len() - 1].to_string()
     } else {
@@ -136,4 +136,3 @@ pub(super) fn duration_ns(d: &prost_types::Duration) -> u64 {
     let n = u64::try_from(d.nanos).unwrap_or(0);
     s.saturating_mul(1_000_000_000).saturating_add(n)
 }
-

@@ -43,14 +43,14 @@
 use std::collections::HashMap;
 
 use awaitscope_wire::{
-    limits, names, Body, Callsite, CallsiteKind, DropCounts, Event, EventClass, Field, Frame,
-    Level, ProcessInfo, ProcessKey, SpanClass, SpanId, SpanNew, Value,
+    names, Body, Callsite, CallsiteKind, DropCounts, Event, EventClass, Field, Frame, Level,
+    ProcessInfo, ProcessKey, SpanClass, SpanId, SpanNew, Value,
 };
 use console_api::instrument::Update;
-use console_api::{field, tasks, Location};
+use console_api::{field, tasks};
 
 use super::emit::{
-    duration_ns, field_name, id_of, loc_fields, truncated, unix_ns, value_str, Spans, Timed,
+    field_name, id_of, loc_fields, truncated, unix_ns, unquote, value_str, Spans, Timed,
     CS_ASYNC_OP, CS_POLL_OP, CS_RESOURCE, CS_STATE, CS_TASK, THREAD,
 };
 use super::polls::{task_stats, Clock, TaskRec, Threads};
