@@ -4,16 +4,14 @@
 //! it can join the consumer's traces to the producer's. The header value
 //! itself (parsing, formatting, ids) is [`crate::traceparent`]'s.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use awaitscope_wire::{SpanClass, Value};
 
 use crate::capture::local::with_local;
 use crate::capture::record::{Raw, RawHandover};
 use crate::causal::{CausalTrace, Context};
-use crate::names;
 use crate::span_node::SpanNode;
-use crate::traceparent::{ids_of, TraceParent};
+use crate::traceparent::{ids_of, span_id_of, trace_id_of_root, TraceParent, SAMPLED};
 
 impl Context {
     /// The context as a W3C `traceparent` header value
@@ -107,4 +105,3 @@ fn record(node: &Arc<SpanNode>, task: Option<&Arc<SpanNode>>, tp: &TraceParent) 
         });
     }
 }
-

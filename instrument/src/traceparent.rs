@@ -16,18 +16,18 @@
 //! the trace a context taken from a `traceparent` continues.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use awaitscope_wire::{SpanClass, Value};
 
+use crate::names;
 use crate::span_node::SpanNode;
 /// Name of the field of a context span (`awaitscope.context`) that holds
 /// the `traceparent` it continues, when it came from another process.
 pub(crate) const FIELD: &str = awaitscope_wire::names::TRACEPARENT;
 
 /// The sampled flag of `trace-flags`.
-const SAMPLED: u8 = 0x01;
+pub(crate) const SAMPLED: u8 = 0x01;
 
 /// A parsed `traceparent`: the ids of the parent span in another process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,7 +144,7 @@ pub(crate) fn span_id_of(id: u64) -> [u8; 8] {
 }
 
 /// The trace id awaitscope gives a trace rooted at span `root`.
-fn trace_id_of_root(root: u64) -> [u8; 16] {
+pub(crate) fn trace_id_of_root(root: u64) -> [u8; 16] {
     let hi = mix(root ^ salt().rotate_left(17));
     let lo = mix(hi ^ root);
     let mut t = [0u8; 16];
