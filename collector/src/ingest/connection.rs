@@ -2,6 +2,8 @@
 //! be refused ([`Refusal`]) and its read buffer held against the memory
 //! budget ([`ReadBuf`]).
 
+use std::sync::atomic::Ordering;
+
 use awaitscope_wire::DecodeError;
 use tokio::net::TcpStream;
 
