@@ -112,6 +112,7 @@ async fn serve_conn(
     let mut dirty = false;
     // Progress is a whole frame: the idle clock restarts only then.
     let mut idle_deadline = Instant::now() + cfg.idle_timeout;
+    let mut progressed = false;
     loop {
         // Decode what is buffered.
         if !have_preamble {
@@ -148,8 +149,7 @@ async fn serve_conn(
                         let hello = conn.key.is_none().then(|| raw.to_vec());
                         pos += used;
                         offset += used as u64;
-                        idle_deadline = Instant::now() + cfg.idle_timeout;
-                        slot.progress();
+                        progressed = true;
                         handle_frame(state, tx, frame, used, peer, conn).await?;
                         if let Some(hello) = hello {
                             // Past the handshake: a producer now.
@@ -177,6 +177,12 @@ async fn serve_conn(
                     Err(e) => return Err(Refusal::Garbage(e.to_string())),
                 }
             }
+        }
+        // Whole frames read: the idle clocks restart (once per read, not
+        // per frame: the slots' lock is shared by every connection).
+        if std::mem::take(&mut progressed) {
+            idle_deadline = Instant::now() + cfg.idle_timeout;
+            slot.progress();
         }
         // Compact and read more.
         rb.consume(pos);

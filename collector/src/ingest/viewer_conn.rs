@@ -190,7 +190,8 @@ async fn viewer_loop(
                 Ok(Ok(())) => {}
             }
             q.written(b.len());
-            slot.progress();
         }
+        // Once per batch written: the slots' lock is shared.
+        slot.progress();
     }
 }
