@@ -41,9 +41,10 @@ pub(crate) struct SpanNode {
     /// Task spans: the last enter/exit pair directly followed the task's
     /// previous poll (the drop of a completed future).
     pub last_pair_adjacent: AtomicBool,
-    /// Entered inside a poll before: a span is remembered in its task's
-    /// poll cache from its second enter on (see [`PollCache::set`]).
-    pub entered_in_poll: AtomicBool,
+    /// The poll (1 + the polls of its task that had ended) in which the
+    /// span was first entered, 0 before: a span is remembered in its task's
+    /// poll cache only when a later poll enters it (see [`PollCache::set`]).
+    pub entered_in_poll: AtomicU64,
     /// Task spans: signature of the await tree last sent.
     pub last_tree_sig: AtomicU64,
     /// Task spans: state of its polls, kept here by the threads that poll
@@ -197,13 +198,20 @@ impl PollCache {
         if node.class == SpanClass::Task || k >= POLL_CACHE || reg == 0 {
             return;
         }
-        // Not at its first enter: a span made for one request (a server's
-        // `#[instrument]`ed handler) is entered in one poll, and the next
-        // poll enters another span in its place. Remembering it would cost
-        // a fence and a weak reference on the task for nothing. A plain
-        // load and store: two threads racing here at worst both skip it.
-        if !node.entered_in_poll.load(Ordering::Relaxed) {
-            node.entered_in_poll.store(true, Ordering::Relaxed);
+        // Only from a poll after the one that first entered it: a span made
+        // for one request (a server's `#[instrument]`ed handler) is entered
+        // in one poll, often twice (polled, then entered again to drop its
+        // future), and the next poll enters another span in its place.
+        // Remembering it would cost a fence and a weak reference on the
+        // task for nothing. Plain loads and stores: two threads racing here
+        // at worst both skip it.
+        let poll = task.polls.count.load(Ordering::Relaxed) + 1;
+        let first = node.entered_in_poll.load(Ordering::Relaxed);
+        if first == 0 {
+            node.entered_in_poll.store(poll, Ordering::Relaxed);
+            return;
+        }
+        if first == poll {
             return;
         }
         let owner = node.cached_in.get_or_init(|| Arc::downgrade(task));

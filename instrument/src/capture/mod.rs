@@ -446,14 +446,20 @@ impl Capture {
                 fields: std::sync::Mutex::new(rec.fields),
                 last_tree_sig: AtomicU64::new(1),
                 last_pair_adjacent: AtomicBool::new(false),
-                entered_in_poll: AtomicBool::new(false),
+                entered_in_poll: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 poll_cache: Default::default(),
                 cached_in: Default::default(),
                 closed_at: Default::default(),
                 polls: Default::default(),
             });
-            l.push(Raw::Span(node.clone()));
+            if class == SpanClass::User {
+                // A task's creation (a spawn) stays inside its spawner's
+                // poll: the collector reads who spawned it there.
+                l.push_beside_poll(Raw::Span(node.clone()));
+            } else {
+                l.push(Raw::Span(node.clone()));
+            }
             l.remember(id.into_u64(), &node);
             if let (SpanClass::User, Some(link)) = (class, &node.link) {
                 // A queue hand-off: the collector sees it as follows-from.
@@ -526,11 +532,16 @@ impl Capture {
             // ring), the exporter still learns of the close from the node.
             node.close_at(ts, kind);
             l.forget(reg);
-            l.push(Raw::Close {
+            let raw = Raw::Close {
                 span: node.id,
                 kind,
                 ts,
-            });
+            };
+            if node.class == SpanClass::User {
+                l.push_beside_poll(raw);
+            } else {
+                l.push(raw);
+            }
         });
         if pushed.is_none() {
             // No state on this thread (it is exiting): the node says it.
