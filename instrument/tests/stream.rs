@@ -273,3 +273,69 @@ fn reconnect_resends_await_trees_of_parked_tasks() {
         drop(rt);
     });
 }
+
+/// What a collector that comes up late is told it missed: `disconnected`
+/// of the latest `Dropped` frame.
+fn disconnected(frames: &[Frame]) -> u64 {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Dropped(d) => Some(d.disconnected),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn events_made_while_no_collector_is_up_are_counted_not_lost() {
+    // While nobody listens, events are counted, not encoded: the count must
+    // still be every event the stream would have carried. 2,000 spans made
+    // and closed outside any task: a SpanNew, an Enter, an Exit and a Close
+    // each, plus a few events per drain (the thread's name, callsites).
+    const SPANS: u64 = 2_000;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let (layer, guard) = awaitscope::Builder::new()
+        .stream_to(addr.to_string())
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..SPANS {
+            tracing::info_span!("missed", i).in_scope(|| {});
+            if i % 200 == 0 {
+                guard.flush();
+            }
+        }
+        guard.flush();
+        // The collector comes up: the producer reconnects (with backoff)
+        // and reports what it missed.
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            tracing::info_span!("tick").in_scope(|| {});
+            guard.flush();
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("producer never connected: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let frames = read_frames(&mut conn, Duration::from_secs(20), |f| {
+            disconnected(f) >= 4 * SPANS
+        });
+        let missed = disconnected(&frames);
+        // The ticks of the reconnect loop add 4 events each, a few hundred
+        // at most; drains add a `Thread` event each.
+        assert!(
+            (4 * SPANS..4 * SPANS + 2_000).contains(&missed),
+            "{missed} events counted as missed for {} made",
+            4 * SPANS
+        );
+    });
+}

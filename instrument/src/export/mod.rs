@@ -235,6 +235,8 @@ pub(crate) fn start(
         stopping: false,
         stop_seen: None,
         frame: wire::EventsFrame::new(),
+        count_only: false,
+        uncoded: 0,
         buf: Vec::new(),
         last_flush: Instant::now(),
         watchdog: Watchdog::new(stall),
@@ -316,6 +318,16 @@ struct Exporter {
     stop_seen: Option<Instant>,
     /// The frame being filled: events are encoded as they are converted.
     frame: wire::EventsFrame,
+    /// No destination is up during this drain (a collector that is not
+    /// running, the usual state of a program with `init()` that nobody is
+    /// debugging): events are still converted, which keeps the model that
+    /// a collector connecting later gets in its handshake, but not
+    /// encoded, since every destination would only count them as dropped.
+    /// They are counted in `uncoded` instead and charged to the
+    /// destinations frame by frame, as encoded frames would have been.
+    count_only: bool,
+    /// Events of the frame being built while `count_only`.
+    uncoded: u64,
     buf: Vec<u8>,
     last_flush: Instant,
     /// Samples polls that run past the stall threshold.
@@ -570,6 +582,9 @@ impl Exporter {
         let callsites = self.capture.callsites.since(self.callsites_sent);
         self.callsites_sent += callsites.len();
         let want_events = self.wants_events();
+        // Destinations connect only between drains (`connect_destinations`):
+        // none comes up during this one.
+        self.count_only = want_events && !self.destinations.iter().any(|d| d.is_up());
         if want_events {
             for c in callsites {
                 self.emit(&Event::Callsite(Box::new(c)));
@@ -631,6 +646,7 @@ impl Exporter {
         self.rings = rings;
         self.counts = counts;
         self.send_batch();
+        self.count_only = false;
         n
     }
 
@@ -832,6 +848,10 @@ impl Exporter {
     /// it is full or `ev` does not fit in it.
     #[inline(always)]
     fn push_event<E: wire::EncodesAsEvent + ?Sized>(&mut self, ev: &E, flush: fn(&mut Self)) {
+        if self.count_only {
+            self.count_uncoded(flush);
+            return;
+        }
         match self.frame.push(ev) {
             Ok(()) => {}
             Err(wire::EncodeError::FrameTooLarge(_)) if !self.frame.is_empty() => {
@@ -851,6 +871,16 @@ impl Exporter {
         }
     }
 
+    /// Counts an event not encoded (see `count_only`) in the frame being
+    /// built, taken when full as an encoded one would be.
+    #[inline(always)]
+    fn count_uncoded(&mut self, flush: fn(&mut Self)) {
+        self.uncoded += 1;
+        if self.uncoded >= self.batch as u64 {
+            self.flush_within_run(flush);
+        }
+    }
+
     /// Takes the frame in the middle of a thread's run of events, and names
     /// that thread again at the start of the next frame. The collector
     /// applies a frame's events on the thread its last `Thread` event named
@@ -864,6 +894,10 @@ impl Exporter {
     fn flush_within_run(&mut self, flush: fn(&mut Self)) {
         flush(self);
         if self.thread != u32::MAX {
+            if self.count_only {
+                self.uncoded += 1;
+                return;
+            }
             // An empty frame takes one small event.
             let _ = self.frame.push(&Event::Thread {
                 id: self.thread,
@@ -876,6 +910,10 @@ impl Exporter {
     /// under the node's lock (not copied: a spawn's fields are a vector and
     /// several strings).
     fn push_span_new(&mut self, n: &SpanNode, flush: fn(&mut Self)) {
+        if self.count_only {
+            self.count_uncoded(flush);
+            return;
+        }
         let fields = n.fields.lock().unwrap_or_else(|e| e.into_inner());
         let ev = wire::SpanNewRef {
             id: SpanId(n.id),
@@ -919,6 +957,16 @@ impl Exporter {
     /// Sends the current frame to the destinations, each under its own
     /// sequence number, and empties it.
     fn send_batch(&mut self) {
+        if self.uncoded > 0 {
+            // The frame nobody was up to take (see `count_only`): each
+            // destination counts its events as dropped, and its sequence
+            // number moves on as for a frame sent.
+            let events = std::mem::take(&mut self.uncoded);
+            for d in &mut self.destinations {
+                d.next_seq();
+                d.write(&[], events);
+            }
+        }
         if self.frame.is_empty() {
             return;
         }
