@@ -57,6 +57,13 @@ pub(crate) struct SpanNode {
     /// The span's parent: the one given at creation, else the span that
     /// was current.
     pub parent: Option<Arc<SpanNode>>,
+    /// The parent's id (0: none), kept here so that the exporter, sending
+    /// the span's creation, does not read the parent's node: that would
+    /// pull the line holding the parent's reference count to the
+    /// exporter's core, and the worker's next reference change on it (the
+    /// parent of a server's per-request spans is the connection's span,
+    /// changed at each request) would wait for it to come back.
+    pub parent_id: u64,
     /// Layer instance that made the node.
     pub instance: u64,
     /// Task polled on the creating thread (0: none).

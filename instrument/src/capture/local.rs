@@ -1372,6 +1372,7 @@ mod tests {
             class,
             blocking: false,
             parent: None,
+            parent_id: 0,
             instance: 0,
             ctx_task: 0,
             ctx_task_node: None,

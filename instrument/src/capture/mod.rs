@@ -436,6 +436,7 @@ impl Capture {
                 class,
                 blocking: class == SpanClass::Task
                     && attrs.metadata().target() == names::TOKIO_BLOCKING_TARGET,
+                parent_id: parent.as_ref().map_or(0, |p| p.id),
                 parent,
                 instance: shared.instance,
                 ctx_task: l.current_task(),

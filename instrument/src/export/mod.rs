@@ -918,7 +918,7 @@ impl Exporter {
         let ev = wire::SpanNewRef {
             id: SpanId(n.id),
             callsite: n.callsite,
-            parent: n.parent.as_ref().map(|p| SpanId(p.id)),
+            parent: span_id(n.parent_id),
             ctx_task: (n.ctx_task != 0).then_some(SpanId(n.ctx_task)),
             ctx_span: (n.ctx_span != 0).then_some(SpanId(n.ctx_span)),
             ts: self.capture.nanos(n.ts),
