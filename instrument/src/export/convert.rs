@@ -1,0 +1,567 @@
+//! One record into its wire event, and the exporter's model of what is live
+//! (spans, tasks' await trees, held locks) kept up to date on the way:
+//! poll starts held back so that a poll with nothing in between goes out as
+//! one event, closes that arrive before their span's creation, closes
+//! recovered from the nodes after a full ring.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use awaitscope_wire as wire;
+use wire::{Event, SpanId};
+
+use super::*;
+use crate::await_tree::AwaitModel;
+use crate::capture::record::{Raw, RawLog};
+use crate::capture::Capture;
+use crate::span_node::SpanNode;
+
+impl Exporter {
+    /// Updates the model for a record and converts it to a wire event (only
+    /// when some destination is up). Events that own nothing are emitted here
+    /// ([`Exporter::emit_plain`]); the others are returned.
+    ///
+    /// First the ordering step: a poll start held back (see `held`) goes
+    /// out before any record but the poll's own tree nodes and end. Then
+    /// one step per kind of record, each doing the model update it needs
+    /// before the conversion.
+    #[inline(always)]
+    pub(super) fn convert(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        thread: u32,
+        raw: Raw,
+        want: bool,
+    ) -> Option<Event> {
+        if self.held.is_some()
+            && !matches!(raw, Raw::TreeNode { .. } | Raw::Exit { task: true, .. })
+        {
+            self.release_held(shared);
+        }
+        let ns = |raw: u64| shared.nanos(raw);
+        match raw {
+            Raw::Span(node) => self.span_created(shared, model, thread, node, want),
+            Raw::Enter {
+                span,
+                task: true,
+                ts,
+            } => self.poll_started(thread, span, ts, want),
+            Raw::Enter { span, ts, .. } => {
+                if want {
+                    self.emit_plain(Event::Enter {
+                        span: SpanId(span),
+                        ts: ns(ts),
+                    });
+                }
+            }
+            Raw::TreeNode { task, span, depth } => {
+                Self::tree_node(&mut self.threads, thread, task, span, depth)
+            }
+            Raw::Exit {
+                span,
+                task: false,
+                ts,
+                ..
+            } => {
+                if want {
+                    self.emit_plain(Event::Exit {
+                        span: SpanId(span),
+                        ts: ns(ts),
+                    });
+                }
+            }
+            Raw::Poll {
+                span,
+                start,
+                end,
+                tree,
+                wakers,
+            } => self.whole_poll(
+                shared,
+                model,
+                thread,
+                span,
+                (start, end),
+                tree,
+                wakers,
+                want,
+            ),
+            Raw::Exit {
+                span,
+                task: true,
+                tree,
+                wakers,
+                ts,
+            } => self.poll_ended(shared, model, thread, span, ts, tree, wakers, want),
+            Raw::Close { span, kind, ts } => self.span_closed(shared, model, span, kind, ts, want),
+            Raw::Log(l) => {
+                if l.class == wire::EventClass::StateUpdate {
+                    model.on_state_update(l.span, l.task, locked_field(&l));
+                }
+                if want {
+                    return Some(log_event(*l, ns));
+                }
+            }
+            // The rest changes no model: converted only for the destinations.
+            _ if !want => {}
+            Raw::Wake { task, by, op, ts } => {
+                self.emit_plain(Event::Wake {
+                    task: SpanId(task),
+                    op,
+                    by: span_id(by),
+                    ts: ns(ts),
+                });
+            }
+            Raw::Record(r) => {
+                // The node's fields were updated by the layer.
+                let (span, fields) = *r;
+                return Some(Event::Record {
+                    span: SpanId(span),
+                    fields,
+                });
+            }
+            Raw::FollowsFrom { span, follows } => {
+                return Some(Event::FollowsFrom {
+                    span: SpanId(span),
+                    follows: SpanId(follows),
+                })
+            }
+            Raw::Panic(p) => {
+                return Some(Event::Panic(Box::new(awaitscope_wire::Panic {
+                    task: span_id(p.task),
+                    span: span_id(p.span),
+                    message: p.message,
+                    file: p.file,
+                    line: p.line,
+                    ts: ns(p.ts),
+                    trace: p.trace,
+                })))
+            }
+            Raw::Handover(h) => {
+                return Some(Event::Handover(Box::new(awaitscope_wire::Handover {
+                    span: span_id(h.span),
+                    task: span_id(h.task),
+                    trace_id: h.trace_id,
+                    span_id: h.span_id,
+                    ts: ns(h.ts),
+                    trace: h.trace,
+                })))
+            }
+        }
+        None
+    }
+
+    /// A span was created: its `SpanNew` goes out, and it becomes live in
+    /// the model, unless its close was read first (it closed on another
+    /// thread, whose ring this drain read first): then it is closed at
+    /// once and never live.
+    #[inline(always)]
+    pub(super) fn span_created(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        thread: u32,
+        node: Arc<SpanNode>,
+        want: bool,
+    ) {
+        if want {
+            self.push_span_new(&node, Self::send_batch);
+        }
+        if !self.early_closes.is_empty() && self.closed_early(shared, node.id, want) {
+            return;
+        }
+        let created = shared.nanos(node.ts);
+        model.on_span(node, created, thread);
+    }
+
+    /// Whether span `id`'s close was read before its creation; if so, the
+    /// close goes out now. Out of line: rare, and it keeps the drain loop
+    /// small.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn closed_early(&mut self, shared: &Capture, id: u64, want: bool) -> bool {
+        let Some((kind, ts, _)) = self.early_closes.remove(&id) else {
+            return false;
+        };
+        if want {
+            self.emit_close(shared, id, kind, ts);
+        }
+        true
+    }
+
+    /// A poll's start, read from the ring: remembered as the thread's open
+    /// poll, and held back (when not already announced from the thread's
+    /// poll slot) so that a poll with nothing recorded in between goes out
+    /// as one `Poll` event with its end.
+    #[inline(always)]
+    pub(super) fn poll_started(&mut self, thread: u32, span: u64, ts: u64, want: bool) {
+        let tp = thread_reads(&mut self.threads, thread);
+        tp.open = (span, ts);
+        if tp.announced == (span, ts) {
+            // Sent already, from the thread's poll slot.
+            return;
+        }
+        if want {
+            self.held = Some((span, ts));
+        }
+    }
+
+    /// One node of the await tree of the poll about to end on `thread`:
+    /// collected until the poll's end says whether it is a new tree.
+    #[inline(always)]
+    pub(super) fn tree_node(
+        threads: &mut Vec<ThreadReads>,
+        thread: u32,
+        task: u64,
+        span: u64,
+        depth: u16,
+    ) {
+        let pending = &mut thread_reads(threads, thread).tree;
+        if pending.0 != task {
+            // Left over from a poll whose exit was dropped.
+            pending.1.clear();
+            pending.0 = task;
+        }
+        pending.1.push((span, depth));
+    }
+
+    /// A whole poll in one record (nothing else was recorded during it):
+    /// its tree, then a `Poll` event, or a `PollEnd` if its start was
+    /// announced from the thread's poll slot while it ran.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn whole_poll(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        thread: u32,
+        span: u64,
+        (start, end): (u64, u64),
+        tree: bool,
+        wakers: u32,
+        want: bool,
+    ) {
+        self.poll_tree(model, thread, span, tree, want);
+        let announced = thread_reads(&mut self.threads, thread).whole_poll_read(span, start);
+        if !want {
+            return;
+        }
+        // One `emit_plain` per variant: the encoder inlined into each is
+        // specialized for it (one site for both costs a match per event).
+        if announced {
+            self.emit_plain(Event::PollEnd {
+                task: SpanId(span),
+                ts: shared.nanos(end),
+                wakers,
+            });
+        } else {
+            self.emit_plain(poll_event(shared, span, start, end, wakers));
+        }
+    }
+
+    /// The end of a poll whose start was its own record: its tree, then a
+    /// `Poll` event if the start is the one held back, else (the start went
+    /// out already, or was dropped) a `PollEnd`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn poll_ended(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        thread: u32,
+        span: u64,
+        ts: u64,
+        tree: bool,
+        wakers: u32,
+        want: bool,
+    ) {
+        self.poll_tree(model, thread, span, tree, want);
+        thread_reads(&mut self.threads, thread).poll_end_read(span);
+        if !want {
+            return;
+        }
+        let ev = match self.held.take() {
+            Some((task, start)) if task == span => poll_event(shared, span, start, ts, wakers),
+            held => {
+                self.held = held;
+                self.release_held(shared);
+                Event::PollEnd {
+                    task: SpanId(span),
+                    ts: shared.nanos(ts),
+                    wakers,
+                }
+            }
+        };
+        self.emit_plain(ev);
+    }
+
+    /// A span closed: no longer live in the model, and its `Close` goes
+    /// out. A close of a span not live is kept for its creation instead
+    /// (see `early_closes`).
+    #[inline(always)]
+    pub(super) fn span_closed(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        span: u64,
+        kind: wire::CloseKind,
+        ts: u64,
+        want: bool,
+    ) {
+        let Some((node, home)) = model.on_close(span) else {
+            // Not live. Most often its creation is in a ring read
+            // after this one (it was created on another thread): kept
+            // until that record is read. Else it was closed from its
+            // node after drops (this record came late), or its
+            // creation was dropped: forgotten after two drains.
+            if self.early_closes.len() < MAX_EARLY_CLOSES {
+                self.early_closes.insert(span, (kind, ts, self.drains));
+            }
+            return;
+        };
+        if want {
+            self.emit_close(shared, span, kind, ts);
+        }
+        self.give_back(node, home);
+    }
+
+    /// Gives a closed span's node back to the thread that made it, for its
+    /// next span (see `capture::local::NODE_RETURNS`); dropped here when
+    /// that thread is gone or has enough waiting.
+    #[inline(always)]
+    pub(super) fn give_back(&mut self, node: Arc<SpanNode>, home: u32) {
+        if let Some(Some(returns)) = self.returns.get_mut(home as usize) {
+            // A thread that is gone frees nothing more: the node is
+            // dropped here.
+            if !returns.is_abandoned() {
+                let _ = returns.push(node);
+            }
+        }
+    }
+
+    /// Emits the `Close` of `span`, closed at raw time `ts` as `kind`.
+    #[inline(always)]
+    pub(super) fn emit_close(
+        &mut self,
+        shared: &Capture,
+        span: u64,
+        kind: wire::CloseKind,
+        ts: u64,
+    ) {
+        self.emit_plain(Event::Close {
+            span: SpanId(span),
+            kind,
+            ts: shared.nanos(ts),
+        });
+    }
+
+    /// The end of a task's poll: its await tree, if it changed (the
+    /// `TreeNode` records just read), goes to the model and, sent just
+    /// before the poll's end, to the destinations.
+    #[inline(always)]
+    pub(super) fn poll_tree(
+        &mut self,
+        model: &mut AwaitModel,
+        thread: u32,
+        span: u64,
+        tree: bool,
+        want: bool,
+    ) {
+        if !tree {
+            // The usual case: no tree, and no tree nodes left over (from a
+            // poll whose end a full ring dropped) to clear.
+            if let Some(p) = self.threads.get_mut(thread as usize).map(|t| &mut t.tree) {
+                if p.0 != 0 || !p.1.is_empty() {
+                    p.0 = 0;
+                    p.1.clear();
+                }
+            }
+            return;
+        }
+        self.new_poll_tree(model, thread, span, want);
+    }
+
+    /// [`Exporter::poll_tree`] when the tree changed.
+    pub(super) fn new_poll_tree(
+        &mut self,
+        model: &mut AwaitModel,
+        thread: u32,
+        span: u64,
+        want: bool,
+    ) {
+        let pending = &mut thread_reads(&mut self.threads, thread).tree;
+        let nodes = if pending.0 == span {
+            &pending.1[..]
+        } else {
+            // Its tree nodes were dropped with a full ring.
+            &[]
+        };
+        model.on_tree(span, nodes);
+        if want {
+            // Encoded from the pending nodes in place (no event built).
+            let nodes = std::mem::take(&mut pending.1);
+            let tree = wire::PollTreeRef {
+                task: SpanId(span),
+                spans: if pending.0 == span { &nodes } else { &[] },
+            };
+            self.push_event(&tree, Self::send_batch);
+            thread_reads(&mut self.threads, thread).tree.1 = nodes;
+        }
+        let pending = &mut thread_reads(&mut self.threads, thread).tree;
+        pending.0 = 0;
+        pending.1.clear();
+    }
+
+    /// Closes whose `Close` records a full ring dropped, recovered from the
+    /// span nodes (which record when and how they closed): without them a
+    /// task whose close was lost stays live in every model for ever, and
+    /// looks starved, stuck or without wakers.
+    ///
+    /// After records were dropped (`drops`, counted at the start of this
+    /// drain), the live spans whose nodes say they closed become suspects;
+    /// those still live at the next drain (their record, if it was pushed,
+    /// has nearly always been read by then; one that comes later is not
+    /// sent, see `Raw::Close` in `convert`) are closed here. The last drain
+    /// closes them at once: nothing more will come.
+    pub(super) fn recover_closes(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        drops: u64,
+        want: bool,
+    ) {
+        let mut suspects = std::mem::take(&mut self.close_suspects);
+        if self.stopping && drops > 0 {
+            suspects = model.spans.keys().copied().collect();
+            suspects.sort_unstable();
+        }
+        for id in suspects {
+            let Some((ts, kind)) = model.spans.get(&id).and_then(|s| s.node.closed_as()) else {
+                continue;
+            };
+            self.release_held(shared);
+            if let Some((node, home)) = model.on_close(id) {
+                self.give_back(node, home);
+            }
+            if want {
+                self.emit_close(shared, id, kind, ts);
+            }
+        }
+        if drops > self.swept_drops {
+            self.swept_drops = drops;
+            self.close_suspects = model
+                .spans
+                .iter()
+                .filter(|(_, s)| s.node.closed.load(Ordering::Acquire))
+                .map(|(id, _)| *id)
+                .collect();
+            self.close_suspects.sort_unstable();
+        }
+    }
+
+    /// Sends the start of a poll that was held back (see `convert`).
+    pub(super) fn release_held(&mut self, shared: &Capture) {
+        if let Some((span, ts)) = self.held.take() {
+            self.emit_plain(Event::Enter {
+                span: SpanId(span),
+                ts: shared.nanos(ts),
+            });
+        }
+    }
+}
+
+/// What the exporter has read of one thread's polls. Poll starts are
+/// (task span, raw start) pairs, span 0 for none.
+#[derive(Default)]
+pub(super) struct ThreadReads {
+    /// The task and await tree nodes of the poll being read (they precede
+    /// the record that ends it).
+    pub(super) tree: (u64, Vec<(u64, u16)>),
+    /// Started (its `Enter` read), not ended.
+    pub(super) open: (u64, u64),
+    /// The last poll that ended (task, raw start): the thread's poll slot
+    /// may still show it, and an ended poll is not announced.
+    pub(super) done: (u64, u64),
+    /// Announced from the thread's `PollSlot` while it ran, not ended.
+    pub(super) announced: (u64, u64),
+}
+
+impl ThreadReads {
+    /// A whole poll (start `start`) of `span` was read: it is the last one
+    /// that ended. Returns whether it had been announced (its announcement
+    /// is then over).
+    #[inline(always)]
+    fn whole_poll_read(&mut self, span: u64, start: u64) -> bool {
+        self.done = (span, start);
+        let announced = self.announced == (span, start);
+        if announced {
+            self.announced = (0, 0);
+        }
+        announced
+    }
+
+    /// The end of a poll of `span` was read: the open poll, if it is that
+    /// one, is the last that ended, and an announcement of it is over.
+    #[inline(always)]
+    fn poll_end_read(&mut self, span: u64) {
+        if self.open.0 == span {
+            self.done = std::mem::take(&mut self.open);
+        }
+        if self.announced.0 == span {
+            self.announced = (0, 0);
+        }
+    }
+}
+
+/// The wire id of a span id, `None` for 0 (no span).
+#[inline(always)]
+pub(super) fn span_id(v: u64) -> Option<SpanId> {
+    (v != 0).then_some(SpanId(v))
+}
+
+/// A whole poll of `task` from raw time `start` to `end`.
+#[inline(always)]
+pub(super) fn poll_event(shared: &Capture, task: u64, start: u64, end: u64, wakers: u32) -> Event {
+    let start = shared.nanos(start);
+    Event::Poll {
+        task: SpanId(task),
+        start,
+        duration: shared.nanos(end).saturating_sub(start),
+        wakers,
+    }
+}
+
+/// The `locked` field of a resource's state update, if it has one.
+pub(super) fn locked_field(l: &RawLog) -> Option<bool> {
+    let f = l.meta.fields().field(names::LOCKED)?;
+    l.fields
+        .iter()
+        .find(|v| v.index as usize == f.index())
+        .and_then(|v| match v.value {
+            wire::Value::Bool(b) => Some(b),
+            _ => None,
+        })
+}
+
+/// The `Log` event of a captured event; `ns` converts raw clock readings.
+pub(super) fn log_event(l: RawLog, ns: impl Fn(u64) -> u64) -> Event {
+    Event::Log(Box::new(awaitscope_wire::Log {
+        callsite: l.callsite,
+        span: span_id(l.span),
+        task: span_id(l.task),
+        ts: ns(l.ts),
+        fields: l.fields,
+        trace: l.trace,
+    }))
+}
+
+/// The state of `thread`, made on first sight.
+#[inline]
+pub(super) fn thread_reads(threads: &mut Vec<ThreadReads>, thread: u32) -> &mut ThreadReads {
+    let i = thread as usize;
+    if i >= threads.len() {
+        threads.resize_with(i + 1, Default::default);
+    }
+    &mut threads[i]
+}
