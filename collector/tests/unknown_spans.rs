@@ -2,9 +2,15 @@
 //! producer sent them so, whatever thread each came from: a healthy
 //! program's stream counts no `unknown_span_events` and loses nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use awaitscope_collector::ingest::recording;
 use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
 use awaitscope_collector::{Model, Report};
 use awaitscope_wire::{Event, TreeNode};
+use tracing_subscriber::layer::SubscriberExt;
 
 const MS: u64 = 1_000_000;
 
@@ -53,4 +59,72 @@ fn a_first_polls_tree_after_a_spawn_on_another_thread_names_a_known_task() {
     assert_eq!(t.polls, 1, "{t:?}");
     assert_eq!(t.await_tree.len(), 1, "{t:?}");
     assert_eq!(t.await_tree[0].name, "outer");
+}
+
+/// Tasks spawned one after the other from a plain thread onto a runtime
+/// whose thread polls another task all along: each new task's first poll
+/// (which sends its tree) comes right after that thread's poll of the other
+/// task, from before the spawn, in the same drain. A real recording of
+/// this healthy program names no span the collector never saw created.
+#[test]
+fn tasks_spawned_from_one_thread_and_polled_on_another_are_all_known() {
+    const TASKS: usize = 300;
+    let memory = awaitscope::MemoryRecording::new();
+    let (layer, guard) = awaitscope::Builder::new()
+        .no_stream()
+        .record_in_memory(&memory)
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (d, stop) = (dispatch.clone(), stop.clone());
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&d, || {
+                rt.block_on(async {
+                    // Polled all along: the worker's records keep coming.
+                    while !stop.load(Ordering::Relaxed) {
+                        let busy = Instant::now();
+                        while busy.elapsed() < Duration::from_micros(20) {
+                            std::hint::spin_loop();
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+        })
+    };
+    tracing::dispatcher::with_default(&dispatch, || {
+        tracing::callsite::rebuild_interest_cache();
+        let _rt = handle.enter();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..TASKS {
+            let tx = tx.clone();
+            awaitscope::spawn_named("job", async move {
+                tx.send(i).unwrap();
+            });
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("the worker polls the task");
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    drop(guard);
+    let mut m = Model::default();
+    recording::load_reader(&mut m, "memory", &memory.bytes()[..]).expect("a recording");
+    m.finish();
+    let r = Report::from_model(&m);
+    assert_eq!(r.dropped.total, 0, "{:?}", r.dropped);
+    let jobs = r.tasks.iter().filter(|t| t.name.as_deref() == Some("job"));
+    assert_eq!(jobs.count(), TASKS, "{}", r.summary_text());
+    assert_eq!(
+        r.processes[0].unknown_span_events,
+        0,
+        "{}",
+        r.summary_text()
+    );
 }
