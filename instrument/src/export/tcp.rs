@@ -17,9 +17,11 @@
 //! (a script that starts both, a loaded machine), or a first attempt that
 //! failed, then gets the whole stream, nothing lost. Past either bound the
 //! kept frames are counted as dropped, and a later connection starts with
-//! the handshake (the live state) as after a reconnect. Hand-written: the exporter is a
-//! plain thread with one socket per collector, and an async runtime or a
-//! poller crate would bring more than the few lines below.
+//! the handshake (the live state) as after a reconnect.
+//!
+//! Hand-written: the exporter is a plain thread with one socket per
+//! collector, and an async runtime or a poller crate would bring more than
+//! the few lines below.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
