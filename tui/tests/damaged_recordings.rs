@@ -25,6 +25,7 @@ fn real_recording() -> Vec<u8> {
         .no_stream()
         .record_in_memory(&memory)
         .build();
+    let guard = std::sync::Arc::new(guard);
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     let d = dispatch.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -46,9 +47,15 @@ fn real_recording() -> Vec<u8> {
                         *lock.lock().await += 1;
                     }
                 }));
-                // Several flushes: a recording of several frames.
+                // Several flushes: a recording of several frames. On a
+                // blocking thread: a flush waits for the exporter's drain,
+                // which on a loaded machine took more than the long-poll
+                // threshold, and the program then really had a long poll.
                 tokio::time::sleep(Duration::from_millis(15)).await;
-                guard.flush();
+                let g = guard.clone();
+                tokio::task::spawn_blocking(move || g.flush())
+                    .await
+                    .unwrap();
             }
             for h in handles {
                 h.await.unwrap();

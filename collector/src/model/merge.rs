@@ -26,6 +26,18 @@ fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
     }
 }
 
+/// Whether `e`, which says no time, sorts with the next timed event of its
+/// run rather than the previous: a poll's await tree. The producer sends it
+/// just before the poll's own event (`Poll`, at the poll's start, or
+/// `PollEnd`), and the task may have been spawned on another thread after
+/// the previous event of this one: keyed by that event, the tree went
+/// before the task's creation and named a task the model did not know yet
+/// (counted in `unknown_span_events`, and the tree lost).
+#[inline]
+fn goes_with_next(e: &Event) -> bool {
+    matches!(e, Event::PollTree { .. })
+}
+
 /// One run of a batch: the events of one thread.
 #[derive(Clone, Copy, Debug)]
 struct Run {
@@ -40,9 +52,10 @@ struct Run {
 /// The merge of a batch's per-thread runs by timestamp, keeping the order
 /// within each run (a k-way merge, not a sort), as an iterator over the
 /// batch. Events without a timestamp sort with the previous timed event of
-/// their run (the next one at the start of a run); callsites go first.
-/// Yields each event with, when it starts a stretch of another run, that
-/// run's thread id.
+/// their run (the next one at the start of a run), but for a poll's await
+/// tree, which sorts with the next (see [`goes_with_next`]); callsites go
+/// first. Yields each event with, when it starts a stretch of another run,
+/// that run's thread id.
 pub(crate) struct Merge<'a> {
     events: &'a [Event],
     /// Merge key of each event of the batch.
@@ -79,12 +92,16 @@ impl<'a> Merge<'a> {
             }
         }
         // Keys: own ts; else previous timed; else next timed; callsites 0.
-        // A run without timed events keeps key 0 for all.
+        // A poll's tree: next timed, else previous. A run without timed
+        // events keeps key 0 for all.
         let mut keys = vec![0u64; events.len()];
         let mut bounds: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+        // Trees since the last timed event of the run.
+        let mut trees: Vec<usize> = Vec::new();
         for r in &runs {
             let mut prev: Option<u64> = None;
             let (mut lo, mut hi) = (u64::MAX, 0);
+            trees.clear();
             for j in r.pos..r.end {
                 let e = &events[j];
                 if matches!(e, Event::Callsite(_)) {
@@ -93,6 +110,12 @@ impl<'a> Merge<'a> {
                 }
                 let k = match e.ts() {
                     Some(ts) => {
+                        // Between the previous key and this one: the bounds
+                        // hold.
+                        for &i in &trees {
+                            keys[i] = ts;
+                        }
+                        trees.clear();
                         if prev.is_none() {
                             // The untimed events so far take this key.
                             for i in r.pos..j {
@@ -109,7 +132,12 @@ impl<'a> Merge<'a> {
                         ts
                     }
                     None => match prev {
-                        Some(p) => p,
+                        Some(p) => {
+                            if goes_with_next(e) {
+                                trees.push(j);
+                            }
+                            p
+                        }
                         None => continue,
                     },
                 };
@@ -237,6 +265,8 @@ mod tests {
         }
         for run in &mut runs {
             let mut prev: Option<u64> = None;
+            // Untimed events waiting for the next timed key: those before
+            // the run's first, and trees.
             let mut pending: Vec<usize> = Vec::new();
             for j in 0..run.items.len() {
                 let e = run.items[j].1;
@@ -252,10 +282,15 @@ mod tests {
                         run.items[j].0 = ts;
                         prev = Some(ts);
                     }
-                    None => match prev {
-                        Some(p) => run.items[j].0 = p,
-                        None => pending.push(j),
-                    },
+                    None => {
+                        // A tree at the run's end keeps the previous key.
+                        if let Some(p) = prev {
+                            run.items[j].0 = p;
+                        }
+                        if prev.is_none() || matches!(e, Event::PollTree { .. }) {
+                            pending.push(j);
+                        }
+                    }
                 }
             }
         }
@@ -283,7 +318,7 @@ mod tests {
 
     fn event(kind: u8, arg: u8, ts: u64) -> Event {
         let span = SpanId(u64::from(arg));
-        match kind % 8 {
+        match kind % KINDS {
             0 => Event::Thread {
                 id: if arg == 255 {
                     u32::MAX
@@ -319,12 +354,19 @@ mod tests {
                 ts,
                 wakers: 1,
             },
-            _ => Event::Record {
+            7 => Event::Record {
                 span,
                 fields: vec![],
             },
+            _ => Event::PollTree {
+                task: span,
+                spans: vec![],
+            },
         }
     }
+
+    /// Kinds of events [`event`] makes (kind 0: a thread).
+    const KINDS: u8 = 9;
 
     /// Batches of up to 4 runs; timestamps increasing across the batch
     /// (runs in order), increasing within each run (overlapping runs), or
@@ -339,7 +381,7 @@ mod tests {
                 let mut run_clock = 0;
                 raw.into_iter()
                     .map(|(kind, arg, r)| {
-                        if kind % 8 == 0 {
+                        if kind % KINDS == 0 {
                             run_clock = r;
                         }
                         let ts = match mode {

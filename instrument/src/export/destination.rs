@@ -75,12 +75,14 @@ impl Destination {
     }
 
     /// Opens the stream: preamble and `hello` for files and memory. A TCP
-    /// destination sends its own handshake when it connects.
+    /// destination keeps `hello` for its first connection (see
+    /// [`Destination::send_start`]), else sends its own handshake when it
+    /// connects.
     pub fn start(&mut self, hello: &[u8]) {
         let mut bytes = preamble().to_vec();
         bytes.extend_from_slice(hello);
         match &mut self.kind {
-            Kind::Tcp(_) => {}
+            Kind::Tcp(t) => t.start(hello),
             Kind::File(..) | Kind::Memory(_) => self.write(&bytes, 0),
         }
     }
@@ -91,10 +93,22 @@ impl Destination {
     }
 
     /// Tries to connect a TCP destination; returns whether it did (then
-    /// its handshake must follow, see [`Destination::handshake`]).
+    /// the stream from its start, [`Destination::send_start`], or its
+    /// handshake, [`Destination::handshake`], must follow).
     pub fn connect(&mut self) -> bool {
         match &mut self.kind {
             Kind::Tcp(t) => t.connect(&mut self.drops),
+            _ => false,
+        }
+    }
+
+    /// On a TCP destination's first connection, just made: sends the
+    /// stream from its start (the `Hello` given to [`Destination::start`]
+    /// and every frame since), when it was kept whole; returns whether it
+    /// did. Otherwise the handshake must follow.
+    pub fn send_start(&mut self) -> bool {
+        match &mut self.kind {
+            Kind::Tcp(t) => t.send_start(&preamble(), &mut self.drops),
             _ => false,
         }
     }

@@ -464,7 +464,9 @@ impl Exporter {
             // would go out before the handshake. (Every drain ends with a
             // send; this is for safety.)
             self.send_batch();
-            if self.destinations[i].connect() {
+            // A first connection gets the stream from its start if it was
+            // kept whole; any other, the live state.
+            if self.destinations[i].connect() && !self.destinations[i].send_start() {
                 let handshake = self.handshake(i);
                 self.destinations[i].handshake(&handshake);
             }

@@ -9,9 +9,19 @@
 //! than [`MAX_QUEUED`] bytes behind, or takes nothing for [`WRITE_TIMEOUT`],
 //! is disconnected, what waited for it counted, and reconnected with
 //! backoff. The drop counts it was told of are those of the last `Dropped`
-//! frame written whole to it. Hand-written: the exporter is a
-//! plain thread with one socket per collector, and an async runtime or a
-//! poller crate would bring more than the few lines below.
+//! frame written whole to it.
+//!
+//! Until the first connection, the stream is kept from its start (its
+//! `Hello`, then every frame), for [`FIRST_CONNECT_WAIT`] and up to
+//! [`FIRST_CONNECT_BYTES`]: a collector started a moment after the program
+//! (a script that starts both, a loaded machine), or a first attempt that
+//! failed, then gets the whole stream, nothing lost. Past either bound the
+//! kept frames are counted as dropped, and a later connection starts with
+//! the handshake (the live state) as after a reconnect.
+//!
+//! Hand-written: the exporter is a plain thread with one socket per
+//! collector, and an async runtime or a poller crate would bring more than
+//! the few lines below.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -30,6 +40,23 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// connection is dropped (and made again), what waited counted as
 /// `write_failed`.
 const MAX_QUEUED: usize = 4 << 20;
+/// How long the stream is kept from its start for a first connection (see
+/// the module doc): the first three attempts (0, 0.1 and 0.3 s, with the
+/// backoff), not a collector started much later, which gets the live state.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_millis(500);
+/// Most bytes of the stream kept for a first connection: half the queue,
+/// so that the frames after it fit too while the collector reads it.
+const FIRST_CONNECT_BYTES: usize = MAX_QUEUED / 2;
+
+/// The stream from its start, kept until the first connection.
+struct Start {
+    /// The `Hello` and every frame written since, encoded.
+    bytes: Vec<u8>,
+    /// The events those frames hold.
+    events: u64,
+    /// Frames stop being kept then.
+    until: Instant,
+}
 
 /// A frame not yet fully written: its bytes, how many are written, and the
 /// events it holds (counted as lost if it never goes out).
@@ -56,6 +83,9 @@ pub(crate) struct Tcp {
     /// The drop counts of the last `Dropped` frame written whole to the
     /// connection (the collector told as far as the program can know).
     told: DropCounts,
+    /// The stream from its start, until the first connection (see the
+    /// module doc); `None` once connected or past its bounds.
+    start: Option<Start>,
 }
 
 impl Tcp {
@@ -71,7 +101,58 @@ impl Tcp {
             queued: 0,
             progress: Instant::now(),
             told: DropCounts::default(),
+            start: Some(Start {
+                bytes: Vec::new(),
+                events: 0,
+                until: Instant::now() + FIRST_CONNECT_WAIT,
+            }),
         }
+    }
+
+    /// The stream's `Hello` (encoded): kept, for a first connection, with
+    /// the frames that follow it.
+    pub fn start(&mut self, hello: &[u8]) {
+        if let Some(s) = &mut self.start {
+            s.bytes.clear();
+            s.bytes.extend_from_slice(hello);
+        }
+    }
+
+    /// Keeps a frame of `events` events written before the first
+    /// connection; false (and the frames kept so far counted as
+    /// `disconnected`, and no longer kept) past the bounds.
+    fn keep_for_start(&mut self, bytes: &[u8], events: u64, drops: &mut DropCounts) -> bool {
+        let Some(s) = &mut self.start else {
+            return false;
+        };
+        if s.bytes.len() + bytes.len() <= FIRST_CONNECT_BYTES && Instant::now() < s.until {
+            s.bytes.extend_from_slice(bytes);
+            s.events += events;
+            return true;
+        }
+        drops.disconnected += s.events;
+        self.start = None;
+        false
+    }
+
+    /// On the first connection, just made: sends the preamble (`preamble`)
+    /// and the stream kept from its start, and returns true; false when it
+    /// was not kept (then the handshake follows, see [`Tcp::handshake`]).
+    pub fn send_start(&mut self, preamble: &[u8], drops: &mut DropCounts) -> bool {
+        let Some(s) = self.start.take() else {
+            return false;
+        };
+        if self.stream.is_none() {
+            drops.disconnected += s.events;
+            return false;
+        }
+        let mut bytes = Vec::with_capacity(preamble.len() + s.bytes.len());
+        bytes.extend_from_slice(preamble);
+        bytes.extend_from_slice(&s.bytes);
+        self.connected_before = true;
+        self.queue_frame(bytes, s.events, None);
+        self.pump(drops);
+        true
     }
 
     /// The drop counts last written whole to a collector (see `told`).
@@ -99,8 +180,9 @@ impl Tcp {
         self.stream.is_some()
     }
 
-    /// Tries to connect; returns whether it did. The handshake goes first,
-    /// through [`Tcp::handshake`].
+    /// Tries to connect; returns whether it did. The stream kept from its
+    /// start ([`Tcp::send_start`]) or the handshake ([`Tcp::handshake`])
+    /// goes first.
     pub fn connect(&mut self, drops: &mut DropCounts) -> bool {
         match try_connect(&self.addr) {
             Ok(stream) => {
@@ -144,7 +226,9 @@ impl Tcp {
         drops: &mut DropCounts,
     ) {
         if self.stream.is_none() {
-            drops.disconnected += events;
+            if !self.keep_for_start(bytes, events, drops) {
+                drops.disconnected += events;
+            }
             return;
         }
         if self.queue.is_empty() {
@@ -234,6 +318,10 @@ impl Tcp {
     /// The last writes, at exit: blocks until the queue is sent or
     /// `deadline`; what is left then is counted as dropped.
     pub fn finish(&mut self, deadline: Instant, drops: &mut DropCounts) {
+        if let Some(s) = self.start.take() {
+            // Never connected: what was kept for it is lost.
+            drops.disconnected += s.events;
+        }
         while self.stream.is_some() && !self.queue.is_empty() {
             let now = Instant::now();
             if now >= deadline {

@@ -1,0 +1,109 @@
+//! A collector that does not listen yet at the program's first connection
+//! attempt (started a moment after the program, or the attempt failed on a
+//! loaded machine) gets the whole stream once the program connects: its
+//! `Hello` first, every frame since, nothing dropped, no state sent again.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use awaitscope_wire::{Body, Event, Frame, FrameReader};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Every event of the `Events` frames, in order.
+fn events(frames: &[Frame]) -> Vec<&Event> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Events(e) => Some(e),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_collector_up_just_after_the_first_attempt_gets_the_whole_stream() {
+    // A free loopback port: nobody listens there at first.
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let memory = awaitscope::MemoryRecording::new();
+    let (layer, guard) = awaitscope::builder()
+        .record_in_memory(&memory)
+        .stream_to(addr.to_string())
+        .build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let mut conn = tracing::dispatcher::with_default(&dispatch, || {
+        tracing::callsite::rebuild_interest_cache();
+        for i in 0..200 {
+            tracing::info_span!("before", i).in_scope(|| {});
+        }
+        // The exporter tries to connect before each drain that is due for
+        // an attempt, its first at once: refused, as the flush returns.
+        guard.flush();
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        // Its next attempt, after the backoff, finds the collector.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let conn = loop {
+            tracing::info_span!("waiting").in_scope(|| {});
+            guard.flush();
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("the program never connected: {e}"),
+            }
+        };
+        for i in 0..200 {
+            tracing::info_span!("after", i).in_scope(|| {});
+        }
+        conn
+    });
+    drop(guard);
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    conn.read_to_end(&mut bytes).unwrap();
+    let mut reader = FrameReader::new(&bytes[..]).unwrap();
+    let mut got = Vec::new();
+    while let Some(f) = reader.next_frame().unwrap() {
+        got.push(f);
+    }
+    let recorded = memory.frames().unwrap();
+
+    match &got[0].body {
+        Body::Hello(info) => assert!(!info.reconnect, "{info:?}"),
+        b => panic!("the stream starts with {b:?}"),
+    }
+    assert_eq!(got[0].seq, 0);
+    let gaps: Vec<_> = got
+        .windows(2)
+        .filter(|w| w[1].seq != w[0].seq + 1)
+        .map(|w| (w[0].seq, w[1].seq))
+        .collect();
+    assert!(gaps.is_empty(), "sequence gaps: {gaps:?}");
+    let dropped: Vec<_> = got
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Dropped(d) if d.total() > 0 => Some(*d),
+            _ => None,
+        })
+        .collect();
+    assert!(dropped.is_empty(), "{dropped:?}");
+    assert!(matches!(got.last().unwrap().body, Body::Goodbye));
+    // The events the recording has, every one of them, in its order: the
+    // spans made while nobody listened included.
+    let (got, recorded) = (events(&got), events(&recorded));
+    let spans = |ev: &[&Event]| ev.iter().filter(|e| matches!(e, Event::SpanNew(_))).count();
+    assert!(spans(&recorded) >= 400, "{}", spans(&recorded));
+    assert_eq!(got.len(), recorded.len());
+    assert!(
+        got == recorded,
+        "the stream's events differ from the recording's"
+    );
+}
