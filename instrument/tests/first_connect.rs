@@ -107,3 +107,55 @@ fn a_collector_up_just_after_the_first_attempt_gets_the_whole_stream() {
         "the stream's events differ from the recording's"
     );
 }
+
+#[test]
+fn the_stream_is_kept_whole_when_it_is_the_only_destination() {
+    // As above, with the stream alone: while it waits for its first
+    // connection it is the only place events go, and they must be kept
+    // (encoded), not merely counted as a stream that nobody takes would be.
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (layer, guard) = awaitscope::builder().stream_to(addr.to_string()).build();
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let mut conn = tracing::dispatcher::with_default(&dispatch, || {
+        tracing::callsite::rebuild_interest_cache();
+        for i in 0..200 {
+            tracing::info_span!("before", i).in_scope(|| {});
+        }
+        guard.flush();
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            guard.flush();
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("the program never connected: {e}"),
+            }
+        }
+    });
+    drop(guard);
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    conn.read_to_end(&mut bytes).unwrap();
+    let mut reader = FrameReader::new(&bytes[..]).unwrap();
+    let mut got = Vec::new();
+    while let Some(f) = reader.next_frame().unwrap() {
+        got.push(f);
+    }
+    assert_eq!(got[0].seq, 0, "{:?}", got[0].body);
+    let before = events(&got)
+        .into_iter()
+        .filter(|e| matches!(e, Event::SpanNew(_)))
+        .count();
+    assert!(
+        before >= 200,
+        "{before} spans reached the collector, of 200"
+    );
+}

@@ -140,6 +140,16 @@ impl Destination {
         }
     }
 
+    /// Whether frames written now are delivered or kept: up, or a TCP
+    /// destination still keeping the stream for its first connection.
+    /// When no destination takes frames, the exporter only counts events.
+    pub fn takes_frames(&self) -> bool {
+        match &self.kind {
+            Kind::Tcp(t) => t.is_up() || t.keeps_start(),
+            _ => self.is_up(),
+        }
+    }
+
     /// Writes encoded frames holding `events` events; counts them as dropped
     /// when the destination is down or fails.
     pub fn write(&mut self, bytes: &[u8], events: u64) {

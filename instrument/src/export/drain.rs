@@ -74,7 +74,7 @@ impl Exporter {
         let want_events = self.wants_events();
         // Destinations connect only between drains (`connect_destinations`):
         // none comes up during this one.
-        self.count_only = want_events && !self.destinations.iter().any(|d| d.is_up());
+        self.count_only = want_events && !self.destinations.iter().any(|d| d.takes_frames());
         if want_events {
             for c in callsites {
                 self.emit(&Event::Callsite(Box::new(c)));

@@ -330,9 +330,10 @@ struct Exporter {
     stop_seen: Option<Instant>,
     /// The frame being filled: events are encoded as they are converted.
     frame: wire::EventsFrame,
-    /// No destination is up during this drain (a collector that is not
-    /// running, the usual state of a program with `init()` that nobody is
-    /// debugging): events are still converted, which keeps the model that
+    /// No destination takes frames during this drain (a collector that is
+    /// not running, past the first connection's wait: the usual state of a
+    /// program with `init()` that nobody is debugging): events are still
+    /// converted, which keeps the model that
     /// a collector connecting later gets in its handshake, but not
     /// encoded, since every destination would only count them as dropped.
     /// They are counted in `uncoded` instead and charged to the

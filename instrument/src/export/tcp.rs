@@ -118,6 +118,14 @@ impl Tcp {
         }
     }
 
+    /// Whether frames are still kept for a first connection (within the
+    /// bounds: a frame written now would be kept).
+    pub fn keeps_start(&self) -> bool {
+        self.start
+            .as_ref()
+            .is_some_and(|s| s.bytes.len() < FIRST_CONNECT_BYTES && Instant::now() < s.until)
+    }
+
     /// Keeps a frame of `events` events written before the first
     /// connection; false (and the frames kept so far counted as
     /// `disconnected`, and no longer kept) past the bounds.
