@@ -75,27 +75,25 @@ impl CompletedTasks {
         self.queue.push_back(t);
     }
 
-    /// Drops the `n` oldest tasks.
+    /// Drops the `n` oldest tasks (in place: a task is large).
     pub fn drop_front(&mut self, n: usize) {
         let n = n.min(self.queue.len());
-        for _ in 0..n {
-            let Some(t) = self.queue.pop_front() else {
-                break;
-            };
-            let seq = self.base;
-            self.base += 1;
-            let Some(s) = self.index.get_mut(&t.id) else {
+        for k in 0..n {
+            let (id, seq) = (self.queue[k].id, self.base + k as u64);
+            let Some(s) = self.index.get_mut(&id) else {
                 continue;
             };
             s.count -= 1;
             if s.count == 0 {
-                self.index.remove(&t.id);
+                self.index.remove(&id);
             } else if s.first == seq {
                 // An id used again: its next task is further on (rare).
-                let next = self.queue.iter().position(|q| q.id == t.id);
-                s.first = self.base + next.unwrap_or(0) as u64;
+                let next = self.queue.iter().skip(k + 1).position(|q| q.id == id);
+                s.first = seq + 1 + next.unwrap_or(0) as u64;
             }
         }
+        self.queue.drain(..n);
+        self.base += n as u64;
     }
 
     /// Whether a task of id `id` is kept.
