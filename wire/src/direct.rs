@@ -415,6 +415,49 @@ impl Reader<'_> {
         self.varint_u64().map(SpanId)
     }
 
+    /// An `Option<SpanId>`: a tag byte, 0 or 1, then the id.
+    #[inline(always)]
+    fn option_span(&mut self) -> Option<Option<SpanId>> {
+        match self.byte()? {
+            0 => Some(None),
+            1 => Some(Some(self.span()?)),
+            _ => None,
+        }
+    }
+
+    /// A field's [`Value`], as postcard reads it (a string must be UTF-8).
+    #[inline(always)]
+    fn value(&mut self) -> Option<Value> {
+        Some(match self.varint_u32()? {
+            0 => {
+                // postcard's zigzag.
+                let v = self.varint_u64()?;
+                Value::I64((v >> 1) as i64 ^ -((v & 1) as i64))
+            }
+            1 => Value::U64(self.varint_u64()?),
+            2 => {
+                let (bytes, rest) = self.buf.split_first_chunk::<8>()?;
+                self.buf = rest;
+                Value::F64(f64::from_le_bytes(*bytes))
+            }
+            3 => match self.byte()? {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                _ => return None,
+            },
+            4 => {
+                let len = usize::try_from(self.varint_u64()?).ok()?;
+                if len > self.buf.len() {
+                    return None;
+                }
+                let (bytes, rest) = self.buf.split_at(len);
+                self.buf = rest;
+                Value::Str(std::str::from_utf8(bytes).ok()?.to_owned())
+            }
+            _ => return None,
+        })
+    }
+
     /// Reads one event of a batch onto `out`.
     #[inline(always)]
     fn event(&mut self, out: &mut Vec<Event>) -> Option<()> {
@@ -471,6 +514,30 @@ impl Reader<'_> {
                 };
                 let ts = self.varint_u64()?;
                 out.push(Event::Close { span, kind, ts });
+            }
+            index::SPAN_NEW => {
+                // Into a box given back by `recycle` (its field vector
+                // too), as serde's path does.
+                let mut b = capped::spare_span_new();
+                b.id = self.span()?;
+                b.callsite = self.varint_u32()?;
+                b.parent = self.option_span()?;
+                b.ctx_task = self.option_span()?;
+                b.ctx_span = self.option_span()?;
+                b.ts = self.varint_u64()?;
+                let count = self.varint_u64()?;
+                if count > limits::MAX_FIELDS as u64 {
+                    // Refused by serde's path, which says why.
+                    return None;
+                }
+                b.fields.clear();
+                b.fields.reserve(count as usize);
+                for _ in 0..count {
+                    let index = self.varint(3, 0x03)? as u16;
+                    let value = self.value()?;
+                    b.fields.push(Field { index, value });
+                }
+                out.push(Event::SpanNew(b));
             }
             // Any other event: postcard, from its variant index on.
             _ => {
