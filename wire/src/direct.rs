@@ -26,7 +26,7 @@
 use crate::event::capped;
 use crate::{
     limits, Body, CloseKind, Event, Field, Frame, PollTreeRef, ProcessKey, SpanId, SpanNewRef,
-    Value, WakeOp,
+    TreeNode, Value, WakeOp,
 };
 
 /// Postcard's variant indices of [`Event`] (declaration order).
@@ -306,8 +306,13 @@ impl Drop for Writer<'_> {
 /// A frame's payload if it is a batch of events that decodes cleanly; `None`
 /// when it is not a batch, or anything in it is unusual (an error, a cap
 /// exceeded, bytes left over): the caller then decodes it with serde.
-pub(crate) fn decode_events_frame(payload: &[u8]) -> Option<Frame> {
-    let mut r = Reader { buf: payload };
+/// With it, whether every event was read here, within the caps
+/// [`crate::validate`] checks (then the frame need not be checked again).
+pub(crate) fn decode_events_frame(payload: &[u8]) -> Option<(Frame, bool)> {
+    let mut r = Reader {
+        buf: payload,
+        checked: true,
+    };
     let pid = r.varint_u32()?;
     let start_unix_ns = r.varint_u64()?;
     let seq = r.varint_u64()?;
@@ -332,16 +337,20 @@ pub(crate) fn decode_events_frame(payload: &[u8]) -> Option<Frame> {
         capped::put_spare(events);
         return None;
     }
-    Some(Frame {
+    let frame = Frame {
         process: ProcessKey { pid, start_unix_ns },
         seq,
         body: Body::Events(events),
-    })
+    };
+    Some((frame, r.checked))
 }
 
 /// Reads postcard's encoding from the front of `buf`.
 struct Reader<'a> {
     buf: &'a [u8],
+    /// No event was left to postcard so far: every one read here was held
+    /// to the caps as it was read.
+    checked: bool,
 }
 
 impl Reader<'_> {
@@ -450,6 +459,10 @@ impl Reader<'_> {
                 if len > self.buf.len() {
                     return None;
                 }
+                if len > limits::MAX_STR_LEN {
+                    // Refused by the caps' check, which says why.
+                    return None;
+                }
                 let (bytes, rest) = self.buf.split_at(len);
                 self.buf = rest;
                 Value::Str(std::str::from_utf8(bytes).ok()?.to_owned())
@@ -539,10 +552,26 @@ impl Reader<'_> {
                 }
                 out.push(Event::SpanNew(b));
             }
+            index::POLL_TREE => {
+                let task = self.span()?;
+                let count = self.varint_u64()?;
+                if count > limits::MAX_TREE as u64 {
+                    // Refused by serde's path, which says why.
+                    return None;
+                }
+                let mut spans = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let span = self.span()?;
+                    let depth = self.varint(3, 0x03)? as u16;
+                    spans.push(TreeNode { span, depth });
+                }
+                out.push(Event::PollTree { task, spans });
+            }
             // Any other event: postcard, from its variant index on.
             _ => {
                 let (ev, rest) = postcard::take_from_bytes::<Event>(at).ok()?;
                 self.buf = rest;
+                self.checked = false;
                 out.push(ev);
             }
         }
@@ -627,13 +656,19 @@ mod tests {
             }
         }
         for b in &cases {
-            let mut r = Reader { buf: b };
+            let mut r = Reader {
+                buf: b,
+                checked: true,
+            };
             let ours = r.varint_u64().map(|v| (v, r.buf.len()));
             let theirs = postcard::take_from_bytes::<u64>(b)
                 .ok()
                 .map(|(v, rest)| (v, rest.len()));
             assert_eq!(ours, theirs, "u64 {b:02x?}");
-            let mut r = Reader { buf: b };
+            let mut r = Reader {
+                buf: b,
+                checked: true,
+            };
             let ours = r.varint_u32().map(|v| (v, r.buf.len()));
             let theirs = postcard::take_from_bytes::<u32>(b)
                 .ok()
@@ -647,7 +682,10 @@ mod tests {
                 Writer::new(&mut b).varint(v);
                 let n = b.len();
                 b.extend_from_slice(&[0xaa; 9]);
-                let mut r = Reader { buf: &b };
+                let mut r = Reader {
+                    buf: &b,
+                    checked: true,
+                };
                 assert_eq!(r.varint_u64(), Some(v));
                 assert_eq!(r.buf.len(), b.len() - n);
             }

@@ -594,6 +594,17 @@ pub fn arb_frequent_event() -> impl Strategy<Value = Event> {
                     fields,
                 }))
             }),
+        (
+            id(),
+            prop::collection::vec((id(), any::<u16>()), 0..=limits::MAX_TREE + 1)
+        )
+            .prop_map(|(task, spans)| Event::PollTree {
+                task,
+                spans: spans
+                    .into_iter()
+                    .map(|(span, depth)| TreeNode { span, depth })
+                    .collect(),
+            }),
     ]
 }
 
