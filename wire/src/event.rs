@@ -771,7 +771,15 @@ pub(crate) mod capped {
         if d.is_human_readable() {
             return Box::<SpanNew>::deserialize(d);
         }
-        let mut b = SPAN_NEWS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+        let mut b = spare_span_new();
+        d.deserialize_struct("SpanNew", SPAN_NEW_FIELDS, InSpanNew(&mut b))?;
+        Ok(b)
+    }
+
+    /// A box for a `SpanNew` (its fields empty): one given back by
+    /// [`crate::recycle`], else a new one.
+    pub(crate) fn spare_span_new() -> Box<SpanNew> {
+        SPAN_NEWS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
             Box::new(SpanNew {
                 id: SpanId(0),
                 callsite: 0,
@@ -781,9 +789,7 @@ pub(crate) mod capped {
                 ts: 0,
                 fields: Vec::new(),
             })
-        });
-        d.deserialize_struct("SpanNew", SPAN_NEW_FIELDS, InSpanNew(&mut b))?;
-        Ok(b)
+        })
     }
 
     /// A `Log` decoded as [`span_new`] decodes a `SpanNew`.
@@ -935,8 +941,21 @@ pub(crate) mod capped {
         SPAN_NEWS.with(|spans| {
             LOGS.with(|logs| {
                 let (mut spans, mut logs) = (spans.borrow_mut(), logs.borrow_mut());
-                for e in events.drain(..) {
-                    match e {
+                // Events that own nothing are left as they are; the others
+                // are taken out (their boxes kept, or dropped), leaving one
+                // that owns nothing: then the vector is emptied without
+                // dropping each event (moving every event out to match it,
+                // or the drop glue called per event, cost more than the rest
+                // of giving the batch back).
+                for e in events.iter_mut() {
+                    if owns_nothing(e) {
+                        continue;
+                    }
+                    let plain = Event::Enter {
+                        span: SpanId(0),
+                        ts: 0,
+                    };
+                    match std::mem::replace(e, plain) {
                         Event::SpanNew(mut b) if spans.len() < limits::MAX_BATCH => {
                             b.fields.clear();
                             spans.push(b);
@@ -951,6 +970,10 @@ pub(crate) mod capped {
                 }
             })
         });
+        debug_assert!(events.iter().all(owns_nothing));
+        // SAFETY: shortening a vector is always sound; the events left all
+        // own nothing (above), so not dropping them leaks nothing.
+        unsafe { events.set_len(0) };
         SPARE.with(|s| {
             let old = s.take();
             s.set(if old.capacity() >= events.capacity() {
@@ -959,6 +982,22 @@ pub(crate) mod capped {
                 events
             });
         });
+    }
+
+    /// Whether `e` is a variant that owns no memory (dropping it is a
+    /// no-op). A variant not named here is dropped as usual.
+    #[inline(always)]
+    fn owns_nothing(e: &Event) -> bool {
+        matches!(
+            e,
+            Event::Poll { .. }
+                | Event::PollEnd { .. }
+                | Event::Wake { .. }
+                | Event::Enter { .. }
+                | Event::Exit { .. }
+                | Event::Close { .. }
+                | Event::FollowsFrom { .. }
+        )
     }
 
     /// Forgets any earlier refusal; call before decoding.

@@ -26,7 +26,7 @@ pub enum PathOrigin {
 /// `name-version` directory, a git dependency's from its checkout name, the
 /// standard library's from the library's name; other paths unchanged.
 pub fn display(path: &str) -> Cow<'_, str> {
-    let p = path.replace('\\', "/");
+    let p = forward_slashes(path);
     if let Some(rest) = after(&p, "/registry/src/") {
         // `index.crates.io-<hash>/tokio-1.47.1/src/...`: drop the index.
         if let Some((_, krate)) = rest.split_once('/') {
@@ -49,17 +49,13 @@ pub fn display(path: &str) -> Cow<'_, str> {
     if let Some(rest) = p.strip_prefix(STD_DEPS) {
         return Cow::Owned(rest.to_owned());
     }
-    if p.len() == path.len() && p == path {
-        Cow::Borrowed(path)
-    } else {
-        Cow::Owned(p)
-    }
+    p
 }
 
 /// Whose code `path` is (as recorded by the compiler, or as [`display`]
 /// shows it).
 pub fn origin(path: &str) -> PathOrigin {
-    let p = path.replace('\\', "/");
+    let p = forward_slashes(path);
     if p.starts_with("/rustc/")
         || p.starts_with(STD_DEPS)
         || STD_DIRS.iter().any(|d| p.starts_with(d))
@@ -92,6 +88,17 @@ const STD_DIRS: [&str; 6] = [
     "proc_macro/src/",
     "test/src/",
 ];
+
+/// `path` with Windows' separators as `/`: borrowed (no copy) when it has
+/// none, as nearly every path has (these are called for every frame of
+/// every trace a finding describes).
+fn forward_slashes(path: &str) -> Cow<'_, str> {
+    if path.contains('\\') {
+        Cow::Owned(path.replace('\\', "/"))
+    } else {
+        Cow::Borrowed(path)
+    }
+}
 
 fn after<'a>(s: &'a str, marker: &str) -> Option<&'a str> {
     s.find(marker).map(|i| &s[i + marker.len()..])
@@ -144,5 +151,16 @@ mod tests {
         assert_eq!(origin("tokio-1.47.1/src/lib.rs"), PathOrigin::Dependency);
         assert_eq!(origin("examples/src/bin/shop.rs"), PathOrigin::Local);
         assert_eq!(origin("src/main.rs"), PathOrigin::Local);
+    }
+
+    /// Windows' separators read as `/` (a copy is made only for them).
+    #[test]
+    fn backslashes_read_as_slashes() {
+        let p = r"C:\Users\u\.cargo\registry\src\index.crates.io-1949cf8c6b5b557f\tokio-1.47.1\src\lib.rs";
+        assert_eq!(display(p), "tokio-1.47.1/src/lib.rs");
+        assert_eq!(origin(p), PathOrigin::Dependency);
+        assert_eq!(display(r"src\main.rs"), "src/main.rs");
+        assert_eq!(origin(r"C:\rustc\x\std\src\lib.rs"), PathOrigin::Local);
+        assert_eq!(origin(r"std\src\thread\mod.rs"), PathOrigin::Std);
     }
 }

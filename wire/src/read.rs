@@ -110,8 +110,10 @@ fn frame_len(buf: &[u8], offset: u64) -> Result<Option<usize>, DecodeError> {
 fn decode_payload(payload: &[u8], offset: u64) -> Result<Frame, DecodeError> {
     // Batches of events, nearly every frame, are read directly (see
     // `direct`); the rest, and any batch that is not clean, through serde.
-    if let Some(frame) = crate::direct::decode_events_frame(payload) {
-        validate(&frame).map_err(|reason| DecodeError::Malformed { offset, reason })?;
+    if let Some((frame, checked)) = crate::direct::decode_events_frame(payload) {
+        if !checked {
+            validate(&frame).map_err(|reason| DecodeError::Malformed { offset, reason })?;
+        }
         return Ok(frame);
     }
     decode_payload_serde(payload, offset)

@@ -396,6 +396,19 @@ fn over_the_caps() -> Vec<(&'static str, Frame)> {
         ("span string field", events(new_span(str_field.clone()))),
         ("span field count", events(new_span(many_fields.clone()))),
         (
+            "await tree nodes",
+            events(Event::PollTree {
+                task: SpanId(1),
+                spans: vec![
+                    TreeNode {
+                        span: SpanId(2),
+                        depth: 0
+                    };
+                    limits::MAX_TREE + 1
+                ],
+            }),
+        ),
+        (
             "record string field",
             events(Event::Record {
                 span: SpanId(1),

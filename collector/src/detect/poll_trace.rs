@@ -48,6 +48,17 @@ pub fn stall_of(t: &Task, start: u64) -> Option<&PollStall> {
 /// async stack when no stall crossed: the path to the span where the poll
 /// spent its time, as far as the tree tells (see [`busiest_leaf`]).
 pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
+    describe(p, t, start, end, true)
+}
+
+/// The culprit of [`of_poll`] alone, without making its trace: what a line
+/// about another task's poll names (`held the thread ..., in culprit`).
+pub fn culprit_of_poll(p: &Process, t: &Task, start: u64, end: u64) -> Option<String> {
+    describe(p, t, start, end, false).culprit
+}
+
+/// [`of_poll`]; its trace left empty unless `trace`.
+fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTrace {
     let mut out = PollTrace::default();
     let stall = crossed_stall(t, start);
     let stack = stall.and_then(|s| s.stack);
@@ -59,16 +70,20 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
     };
     match stall {
         Some(s) if stack == Some(StackState::Sampled) && !s.frames.is_empty() && !symbolised(s) => {
-            out.trace.push(format!(
-                "{NO_STACK}not symbolised: {}",
-                s.unresolved.as_deref().unwrap_or_default()
-            ));
+            if trace {
+                out.trace.push(format!(
+                    "{NO_STACK}not symbolised: {}",
+                    s.unresolved.as_deref().unwrap_or_default()
+                ));
+            }
         }
         Some(s) if stack == Some(StackState::Sampled) && !s.frames.is_empty() => {
-            out.trace.extend(fold_frames(&s.frames));
-            if let Some(why) = &s.unresolved {
-                out.trace
-                    .push(format!("(some frames not symbolised: {why})"));
+            if trace {
+                out.trace.extend(fold_frames(&s.frames));
+                if let Some(why) = &s.unresolved {
+                    out.trace
+                        .push(format!("(some frames not symbolised: {why})"));
+                }
             }
             let user = |f: &&NativeFrame| f.origin == FrameOrigin::User;
             if let Some((i, f)) = s
@@ -108,6 +123,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
                 }
             }
         }
+        _ if !trace => {}
         // A program read from console-subscriber: its data has none.
         _ if p.is_console() => out.trace.push(format!(
             "{NO_STACK}not known from console-subscriber's data"
@@ -115,6 +131,10 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
         _ => out
             .trace
             .push(format!("{NO_STACK}{}", no_stack_reason(stack))),
+    }
+    if !trace && out.location.is_some() {
+        // The culprit is a native frame: the async stack has nothing to add.
+        return out;
     }
     // The async stack.
     let spans: Vec<StallSpan> = match stall {
@@ -124,7 +144,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
     // Spans the native stack already named (an instrumented async fn is a
     // frame there too) are not told twice.
     let told: Vec<String> = match stall {
-        Some(st) if stack == Some(StackState::Sampled) => st
+        Some(st) if trace && stack == Some(StackState::Sampled) => st
             .frames
             .iter()
             .filter(|f| f.origin == FrameOrigin::User)
@@ -132,7 +152,7 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
             .collect(),
         _ => Vec::new(),
     };
-    for s in spans.iter().filter(|s| !told.contains(&s.label)) {
+    for s in spans.iter().filter(|s| trace && !told.contains(&s.label)) {
         let l = line(&s.label, s.location.as_ref());
         // Told already by a native frame named after it.
         if !out.trace.contains(&l) {
@@ -158,6 +178,9 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
             None => s.label.clone(),
         });
     }
+    if !trace {
+        return out;
+    }
     out.trace.push(task_line(t));
     if out.location.is_none() {
         out.location = t.location.clone().map(shown);
@@ -181,7 +204,7 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
                 fmt_ns_brief(h.held_ns),
                 task_label(t)
             );
-            if let Some(c) = of_poll(p, t, h.poll.0, h.poll.1).culprit {
+            if let Some(c) = culprit_of_poll(p, t, h.poll.0, h.poll.1) {
                 line.push_str(&format!(", in {c}"));
             }
             Some(line)

@@ -766,7 +766,7 @@ impl Process {
     fn stall_of(&mut self, task: SpanId, start: u64) -> Option<&mut PollStall> {
         let t = match self.tasks.get_mut(&task) {
             Some(t) => t,
-            None => self.completed.iter_mut().rev().find(|t| t.id == task)?,
+            None => self.completed.last_mut(task)?,
         };
         if t.stall.as_ref().is_none_or(|s| s.start != start) {
             let mut s = PollStall::new(start);

@@ -12,6 +12,7 @@
 //! * [`labels`]: how tasks, spans and await points are named.
 //! * [`stall`]: what the producer saw of a poll that ran too long.
 //! * [`handover`]: contexts a process sent to others as `traceparent`s.
+//! * [`completed`]: the completed tasks kept in detail, indexed by id.
 //! * [`task`], [`span`], [`resource`], [`await_tree`]: what a process holds.
 //!
 //! Time: waits and polls that ended are judged by their own events'
@@ -24,6 +25,7 @@
 pub mod apply;
 pub mod await_tree;
 pub mod change;
+pub mod completed;
 pub mod handover;
 pub mod hash;
 pub mod labels;

@@ -11,6 +11,7 @@ use awaitscope_wire::{
 };
 
 use super::change::Change;
+use super::completed::CompletedTasks;
 use super::hash::FastMap;
 use super::resource::Resource;
 use super::span::{Location, Span};
@@ -155,7 +156,7 @@ pub struct Process {
     /// Live tasks.
     pub tasks: FastMap<SpanId, Task>,
     /// Completed tasks kept in detail, oldest first.
-    pub completed: VecDeque<Task>,
+    pub completed: CompletedTasks,
     /// Completed tasks no longer kept, summarised by spawn location and name.
     pub summary: FastMap<String, TaskSummary>,
     /// Live resources.
@@ -218,7 +219,7 @@ impl Process {
             threads: FastMap::default(),
             spans: FastMap::default(),
             tasks: FastMap::default(),
-            completed: VecDeque::new(),
+            completed: CompletedTasks::default(),
             late_wakes: VecDeque::new(),
             handovers: Default::default(),
             summary: FastMap::default(),
@@ -325,7 +326,7 @@ impl Process {
         let known = self.tasks.contains_key(&id)
             || self.spans.contains_key(&id)
             || self.closed_spans.get(id).is_some()
-            || self.completed.iter().any(|t| t.id == id);
+            || self.completed.contains(id);
         if !known {
             self.unknown_span_events = self.unknown_span_events.saturating_add(1);
         }
@@ -469,7 +470,7 @@ impl Process {
             }
             s.add(t);
         }
-        completed.drain(..folded);
+        completed.drop_front(folded);
     }
 
     /// The resource span `s` belongs to (itself, or an ancestor through
@@ -494,9 +495,7 @@ impl Process {
 
     /// Looks up a task, live or retained.
     pub fn task(&self, id: SpanId) -> Option<&Task> {
-        self.tasks
-            .get(&id)
-            .or_else(|| self.completed.iter().find(|t| t.id == id))
+        self.tasks.get(&id).or_else(|| self.completed.first(id))
     }
 
     /// The ids of the live tasks, in order: scans observe findings task by

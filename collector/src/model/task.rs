@@ -105,6 +105,13 @@ fn record_value_us(h: &mut Histogram<u32>, us: u64) {
     }
 }
 
+/// [`record_value_us`] of `n` equal values at once.
+fn record_n_us(h: &mut Histogram<u32>, us: u64, n: u32) {
+    if h.record_n(us, n).is_err() {
+        h.saturating_record_n(us, n);
+    }
+}
+
 /// Samples kept in a task before they go into its histograms.
 const SAMPLES: usize = 16;
 
@@ -126,13 +133,32 @@ struct Samples {
 }
 
 impl Samples {
-    /// Records the samples into `h` and forgets them.
+    /// Records the samples into `h` and forgets them: each histogram's in
+    /// order, a run of equal values as one record of that many (polls of a
+    /// task often take the same number of µs; the histogram comes out the
+    /// same, for less than one record per value).
     fn drain_into(&mut self, h: &mut Histograms) {
-        for &v in &self.us[..usize::from(self.len)] {
-            if v & SCHEDULED != 0 {
-                record_value_us(&mut h.scheduled_us, u64::from(v & !SCHEDULED));
-            } else {
-                record_value_us(&mut h.poll_us, u64::from(v));
+        let samples = &self.us[..usize::from(self.len)];
+        let Histograms {
+            poll_us,
+            scheduled_us,
+        } = h;
+        for (kind, hist) in [(0, poll_us), (SCHEDULED, scheduled_us)] {
+            let mut run: Option<(u32, u32)> = None;
+            for &v in samples.iter().filter(|&&v| v & SCHEDULED == kind) {
+                let v = v & !SCHEDULED;
+                match &mut run {
+                    Some((r, n)) if *r == v => *n += 1,
+                    _ => {
+                        if let Some((r, n)) = run {
+                            record_n_us(hist, u64::from(r), n);
+                        }
+                        run = Some((v, 1));
+                    }
+                }
+            }
+            if let Some((r, n)) = run {
+                record_n_us(hist, u64::from(r), n);
             }
         }
         self.len = 0;
@@ -531,8 +557,13 @@ mod tests {
         // Not a multiple of the batch, with values too large to keep (35+
         // minutes in µs) among them.
         for i in 0..21u64 {
-            let poll = i * 7_919 + 3;
-            let wait = if i == 9 { 1 << 52 } else { i * 104_729 };
+            // Runs of equal values too (recorded as one, see `drain_into`).
+            let poll = if i % 5 < 3 { 2_000 } else { i * 7_919 + 3 };
+            let wait = match i {
+                9 => 1 << 52,
+                10..=13 => 5_000_000,
+                _ => i * 104_729,
+            };
             t.record_poll(poll);
             t.record_scheduled(wait);
             record_us(&mut reference.poll_us, poll);

@@ -574,6 +574,37 @@ pub fn arb_frequent_event() -> impl Strategy<Value = Event> {
         (id(), n()).prop_map(|(span, ts)| Event::Enter { span, ts }),
         (id(), n()).prop_map(|(span, ts)| Event::Exit { span, ts }),
         (id(), arb_close(), n()).prop_map(|(span, kind, ts)| Event::Close { span, kind, ts }),
+        (
+            id(),
+            small(),
+            proptest::option::of(id()),
+            proptest::option::of(id()),
+            proptest::option::of(id()),
+            n(),
+            arb_fields()
+        )
+            .prop_map(|(id, callsite, parent, ctx_task, ctx_span, ts, fields)| {
+                Event::SpanNew(Box::new(SpanNew {
+                    id,
+                    callsite,
+                    parent,
+                    ctx_task,
+                    ctx_span,
+                    ts,
+                    fields,
+                }))
+            }),
+        (
+            id(),
+            prop::collection::vec((id(), any::<u16>()), 0..=limits::MAX_TREE + 1)
+        )
+            .prop_map(|(task, spans)| Event::PollTree {
+                task,
+                spans: spans
+                    .into_iter()
+                    .map(|(span, depth)| TreeNode { span, depth })
+                    .collect(),
+            }),
     ]
 }
 
