@@ -3,12 +3,12 @@
 //! loaded machine) gets the whole stream once the program connects: its
 //! `Hello` first, every frame since, nothing dropped, no state sent again.
 
-use std::io::Read;
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
 
-use awaitscope_wire::{Body, Event, Frame, FrameReader};
+use awaitscope_wire::{Body, Event, Frame};
 use tracing_subscriber::layer::SubscriberExt;
+
+mod support;
 
 /// Every event of the `Events` frames, in order.
 fn events(frames: &[Frame]) -> Vec<&Event> {
@@ -35,7 +35,7 @@ fn a_collector_up_just_after_the_first_attempt_gets_the_whole_stream() {
         .stream_to(addr.to_string())
         .build();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-    let mut conn = tracing::dispatcher::with_default(&dispatch, || {
+    let conn = tracing::dispatcher::with_default(&dispatch, || {
         tracing::callsite::rebuild_interest_cache();
         for i in 0..200 {
             tracing::info_span!("before", i).in_scope(|| {});
@@ -43,37 +43,18 @@ fn a_collector_up_just_after_the_first_attempt_gets_the_whole_stream() {
         // The exporter tries to connect before each drain that is due for
         // an attempt, its first at once: refused, as the flush returns.
         guard.flush();
-        let listener = TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
         // Its next attempt, after the backoff, finds the collector.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let conn = loop {
+        let conn = support::collector_comes_up(addr, || {
             tracing::info_span!("waiting").in_scope(|| {});
             guard.flush();
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => panic!("the program never connected: {e}"),
-            }
-        };
+        });
         for i in 0..200 {
             tracing::info_span!("after", i).in_scope(|| {});
         }
         conn
     });
     drop(guard);
-    conn.set_nonblocking(false).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut bytes = Vec::new();
-    conn.read_to_end(&mut bytes).unwrap();
-    let mut reader = FrameReader::new(&bytes[..]).unwrap();
-    let mut got = Vec::new();
-    while let Some(f) = reader.next_frame().unwrap() {
-        got.push(f);
-    }
+    let got = support::frames_until_closed(conn);
     let recorded = memory.frames().unwrap();
 
     match &got[0].body {
@@ -119,36 +100,16 @@ fn the_stream_is_kept_whole_when_it_is_the_only_destination() {
     };
     let (layer, guard) = awaitscope::builder().stream_to(addr.to_string()).build();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
-    let mut conn = tracing::dispatcher::with_default(&dispatch, || {
+    let conn = tracing::dispatcher::with_default(&dispatch, || {
         tracing::callsite::rebuild_interest_cache();
         for i in 0..200 {
             tracing::info_span!("before", i).in_scope(|| {});
         }
         guard.flush();
-        let listener = TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            guard.flush();
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => panic!("the program never connected: {e}"),
-            }
-        }
+        support::collector_comes_up(addr, || guard.flush())
     });
     drop(guard);
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut bytes = Vec::new();
-    conn.read_to_end(&mut bytes).unwrap();
-    let mut reader = FrameReader::new(&bytes[..]).unwrap();
-    let mut got = Vec::new();
-    while let Some(f) = reader.next_frame().unwrap() {
-        got.push(f);
-    }
+    let got = support::frames_until_closed(conn);
     assert_eq!(got[0].seq, 0, "{:?}", got[0].body);
     let before = events(&got)
         .into_iter()

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use awaitscope_wire::{decode_frame, Body, Event, Frame, Preamble};
 use tracing_subscriber::layer::SubscriberExt;
 
+mod support;
+
 /// Reads frames from `conn` until `done` says so or `limit` passes.
 fn read_frames(
     conn: &mut TcpStream,
@@ -48,21 +50,11 @@ fn read_frames(
 fn collector_restarts(listener: TcpListener, guard: &awaitscope::Guard) -> TcpStream {
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let listener = TcpListener::bind(addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let conn = loop {
-        // Keep producing so the exporter notices the broken connection.
+    // Keep producing so the exporter notices the broken connection.
+    support::collector_comes_up(addr, || {
         tracing::info_span!("tick").in_scope(|| {});
         guard.flush();
-        match listener.accept() {
-            Ok((c, _)) => break c,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("producer never reconnected: {e}"),
-        }
-    };
-    conn.set_nonblocking(false).unwrap();
-    conn
+    })
 }
 
 /// Every event of the `Events` frames, in order.
@@ -314,23 +306,12 @@ fn events_made_while_no_collector_is_up_are_counted_not_lost() {
             }
         }
         guard.flush();
-        // The collector comes up: the producer reconnects (with backoff)
+        // The collector comes up: the producer connects (with backoff)
         // and reports what it missed.
-        let listener = TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut conn = loop {
+        let mut conn = support::collector_comes_up(addr, || {
             tracing::info_span!("tick").in_scope(|| {});
             guard.flush();
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("producer never connected: {e}"),
-            }
-        };
-        conn.set_nonblocking(false).unwrap();
+        });
         let frames = read_frames(&mut conn, Duration::from_secs(20), |f| {
             disconnected(f) >= 4 * SPANS
         });

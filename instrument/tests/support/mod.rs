@@ -471,3 +471,40 @@ impl Captured {
             .collect()
     }
 }
+
+/// A collector comes up at `addr` (a loopback address the program streams
+/// to, nobody listening there now) and waits, up to 30 s, for the program
+/// to connect; `tick` runs between tries (make a span, flush: the exporter
+/// tries to connect before its drains). Returns the connection, blocking.
+pub fn collector_comes_up(addr: std::net::SocketAddr, tick: impl Fn()) -> std::net::TcpStream {
+    use std::time::{Duration, Instant};
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let conn = loop {
+        tick();
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("the program never connected: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn
+}
+
+/// Every frame the program sends on `conn` until it closes it (its guard
+/// dropped), read whole.
+pub fn frames_until_closed(mut conn: std::net::TcpStream) -> Vec<Frame> {
+    use std::io::Read;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    conn.read_to_end(&mut bytes).unwrap();
+    let mut reader = awaitscope_wire::FrameReader::new(&bytes[..]).unwrap();
+    let mut frames = Vec::new();
+    while let Some(f) = reader.next_frame().unwrap() {
+        frames.push(f);
+    }
+    frames
+}
