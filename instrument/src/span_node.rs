@@ -44,7 +44,7 @@ pub(crate) struct SpanNode {
     /// The poll (1 + the polls of its task that had ended) in which the
     /// span was first entered, 0 before: a span is remembered in its task's
     /// poll cache only when a later poll enters it (see [`PollCache::set`]).
-    pub entered_in_poll: AtomicU64,
+    pub first_entered_in_poll: AtomicU64,
     /// Task spans: signature of the await tree last sent.
     pub last_tree_sig: AtomicU64,
     /// Task spans: state of its polls, kept here by the threads that poll
@@ -213,9 +213,9 @@ impl PollCache {
         // task for nothing. Plain loads and stores: two threads racing here
         // at worst both skip it.
         let poll = task.polls.count.load(Ordering::Relaxed) + 1;
-        let first = node.entered_in_poll.load(Ordering::Relaxed);
+        let first = node.first_entered_in_poll.load(Ordering::Relaxed);
         if first == 0 {
-            node.entered_in_poll.store(poll, Ordering::Relaxed);
+            node.first_entered_in_poll.store(poll, Ordering::Relaxed);
             return;
         }
         if first == poll {

@@ -735,3 +735,91 @@ fn a_run_longer_than_a_frame_names_its_thread_in_every_frame() {
         "the run should span many frames, not {stack_frames}"
     );
 }
+
+/// A request's span made and closed inside one poll (an `#[instrument]`ed
+/// handler that completes at once, as a server's command handlers do) does
+/// not split the poll: the serving task's polls still go out as one `Poll`
+/// event each, with the span's creation and close beside them.
+#[cfg(tokio_unstable)]
+#[test]
+fn a_span_made_and_closed_inside_a_poll_keeps_the_poll_whole() {
+    use std::sync::{Arc, Mutex};
+    use std::task::{Poll, Waker};
+
+    #[tracing::instrument]
+    async fn handle(i: u64) -> u64 {
+        i * 2
+    }
+    /// A one-slot mailbox without tokio's resource instrumentation (its
+    /// channels record their own events inside the receiver's polls).
+    #[derive(Default)]
+    struct Slot {
+        value: Option<u64>,
+        closed: bool,
+        waker: Option<Waker>,
+    }
+    let c = support::capture(Flavor::CurrentThread, || async {
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let server = tokio::spawn({
+            let slot = slot.clone();
+            async move {
+                loop {
+                    // Woken by the sender (another task): nothing of its own
+                    // is recorded during these polls but the handler's span.
+                    let next = std::future::poll_fn(|cx| {
+                        let mut s = slot.lock().unwrap();
+                        match s.value.take() {
+                            Some(v) => Poll::Ready(Some(v)),
+                            None if s.closed => Poll::Ready(None),
+                            None => {
+                                s.waker = Some(cx.waker().clone());
+                                Poll::Pending
+                            }
+                        }
+                    })
+                    .await;
+                    let Some(i) = next else { break };
+                    std::hint::black_box(handle(i).await);
+                }
+            }
+        });
+        for i in 0..201u64 {
+            let waker = {
+                let mut s = slot.lock().unwrap();
+                if i == 200 {
+                    s.closed = true;
+                } else {
+                    s.value = Some(i);
+                }
+                s.waker.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+            // The server takes it before the next one.
+            tokio::task::yield_now().await;
+        }
+        server.await.unwrap();
+    });
+    let handled = c
+        .spans
+        .values()
+        .filter(|s| s.name == "handle" && s.close.is_some())
+        .count();
+    assert_eq!(handled, 200);
+    // Every poll of both tasks is one event (the sender's `yield_now` wakes
+    // it after its poll, not during it); before, each of the server's polls
+    // went out as an `Enter` and a `PollEnd` around the handler's span.
+    let polls: usize = c
+        .spans
+        .values()
+        .filter(|s| s.class == SpanClass::Task)
+        .map(|s| s.polls())
+        .sum();
+    assert!(polls >= 400, "{polls} polls");
+    assert!(
+        c.whole_polls + 5 >= polls,
+        "{} of {polls} polls whole",
+        c.whole_polls
+    );
+}

@@ -447,7 +447,7 @@ impl Capture {
                 fields: std::sync::Mutex::new(rec.fields),
                 last_tree_sig: AtomicU64::new(1),
                 last_pair_adjacent: AtomicBool::new(false),
-                entered_in_poll: AtomicU64::new(0),
+                first_entered_in_poll: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 poll_cache: Default::default(),
                 cached_in: Default::default(),

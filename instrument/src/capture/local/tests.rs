@@ -32,7 +32,7 @@ fn node_of(id: u64, class: SpanClass) -> Arc<SpanNode> {
         fields: Mutex::new(Vec::new()),
         last_tree_sig: AtomicU64::new(1),
         last_pair_adjacent: AtomicBool::new(false),
-        entered_in_poll: AtomicU64::new(0),
+        first_entered_in_poll: AtomicU64::new(0),
         closed: AtomicBool::new(false),
         poll_cache: Default::default(),
         cached_in: Default::default(),
@@ -313,6 +313,38 @@ fn poll_cache_forgets_a_closed_span() {
     assert_eq!(trees(&mut consumer), [3], "the new span's tree");
     poll(&mut l, &y);
     assert_eq!(trees(&mut consumer), Vec::<u64>::new(), "unchanged");
+}
+
+/// A span entered twice in one poll (polled, then entered again to drop
+/// its future, as tracing's `Instrumented` does) stays out of its task's
+/// poll cache: no later poll enters it. A span that a later poll enters
+/// again joins it.
+#[test]
+fn poll_cache_takes_a_span_only_from_a_later_poll() {
+    let shared = Capture::new(1024);
+    let mut l = new_local(&shared);
+    let task = node_of(1, SpanClass::Task);
+    let (once, again) = (node(2), node(3));
+    l.enter_reg(&shared, 10, || Some(task.clone()));
+    for _ in 0..2 {
+        l.enter_reg(&shared, 20, || Some(once.clone()));
+        assert!(l.exit(&shared, 20));
+    }
+    assert!(l.exit(&shared, 10));
+    assert!(
+        once.cached_in.get().is_none(),
+        "entered twice, in one poll only"
+    );
+    for _ in 0..2 {
+        l.enter_reg(&shared, 10, || Some(task.clone()));
+        l.enter_reg(&shared, 30, || Some(again.clone()));
+        assert!(l.exit(&shared, 30));
+        assert!(l.exit(&shared, 10));
+    }
+    assert!(
+        again.cached_in.get().is_some(),
+        "entered again by a later poll"
+    );
 }
 
 #[test]
