@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use awaitscope_wire as wire;
-use wire::{Event, SpanId};
+use wire::{Event, SpanClass, SpanId};
 
 use super::*;
 use crate::await_tree::AwaitModel;
@@ -171,8 +171,24 @@ impl Exporter {
         if !self.early_closes.is_empty() && self.closed_early(shared, node.id, want) {
             return;
         }
+        if node.class == SpanClass::User
+            && self.closed_young.len() < MAX_CLOSED_YOUNG
+            && node.closed.load(Ordering::Acquire)
+        {
+            self.closed_young.push_back((node, thread));
+            return;
+        }
         let created = shared.nanos(node.ts);
         model.on_span(node, created, thread);
+    }
+
+    /// The spans of [`Exporter::closed_young`] whose closes this drain did
+    /// not read go into the model, as spans still open.
+    pub(super) fn age_closed_young(&mut self, shared: &Capture, model: &mut AwaitModel) {
+        for (node, home) in self.closed_young.drain(..) {
+            let created = shared.nanos(node.ts);
+            model.on_span(node, created, home);
+        }
     }
 
     /// Whether span `id`'s close was read before its creation; if so, the
@@ -309,6 +325,16 @@ impl Exporter {
         ts: u64,
         want: bool,
     ) {
+        if let Some(i) = self.closed_young.iter().position(|(n, _)| n.id == span) {
+            // Nearly always the front (see `closed_young`).
+            if let Some((node, home)) = self.closed_young.remove(i) {
+                if want {
+                    self.emit_close(shared, span, kind, ts);
+                }
+                self.give_back(node, home);
+                return;
+            }
+        }
         let Some((node, home)) = model.on_close(span) else {
             // Not live. Most often its creation is in a ring read
             // after this one (it was created on another thread): kept

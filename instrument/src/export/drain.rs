@@ -58,13 +58,22 @@ impl Exporter {
         self.fullest = 0;
         let mut counts = std::mem::take(&mut self.counts);
         counts.clear();
+        let now = Instant::now();
+        let since = now.saturating_duration_since(self.last_count).as_nanos() as u64;
+        self.last_count = now;
+        let mut wait = TICK.as_nanos() as u64;
         for ring in &self.rings {
             let n = ring.consumer.slots();
-            self.fullest = self
-                .fullest
-                .max(n * 4 / ring.consumer.buffer().capacity().max(1));
+            let capacity = ring.consumer.buffer().capacity().max(1);
+            self.fullest = self.fullest.max(n * 4 / capacity);
+            if n > 0 {
+                // The time this ring takes to fill a quarter at the rate
+                // it filled since the last count.
+                wait = wait.min(since.saturating_mul(capacity as u64 / 4) / n as u64);
+            }
             counts.push(n);
         }
+        self.busy_wait = Duration::from_nanos(wait).max(BUSY_TICK);
         let n: usize = counts.iter().sum();
         // Drops so far, read while the rings are in place (see
         // `recover_closes`).
@@ -99,6 +108,7 @@ impl Exporter {
         if want_events {
             self.announce_polls(&shared, &rings, cut);
         }
+        self.age_closed_young(&shared, &mut model);
         self.recover_closes(&shared, &mut model, drops, want_events);
         drop(model);
         // A creation is read at the latest in the drain after the one that

@@ -103,7 +103,20 @@ impl Exporter {
             self.count_uncoded(flush);
             return;
         }
+        if n.meta.fields().is_empty() {
+            // A callsite without fields (`#[instrument(skip_all)]`, a
+            // server's per-request span) has none to record, ever: its
+            // lock, a line the creating thread wrote, is not taken here.
+            self.push_span_new_with(n, &[], flush);
+            return;
+        }
         let fields = n.fields.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_span_new_with(n, &fields, flush);
+    }
+
+    /// [`Exporter::push_span_new`] with the node's fields read.
+    #[inline(always)]
+    fn push_span_new_with(&mut self, n: &SpanNode, fields: &[wire::Field], flush: fn(&mut Self)) {
         let ev = wire::SpanNewRef {
             id: SpanId(n.id),
             callsite: n.callsite,
@@ -111,7 +124,7 @@ impl Exporter {
             ctx_task: (n.ctx_task != 0).then_some(SpanId(n.ctx_task)),
             ctx_span: (n.ctx_span != 0).then_some(SpanId(n.ctx_span)),
             ts: self.capture.nanos(n.ts),
-            fields: &fields,
+            fields,
         };
         self.push_event(&ev, flush);
     }

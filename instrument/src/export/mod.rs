@@ -45,6 +45,10 @@ use watchdog::Watchdog;
 /// `Exporter::early_closes`).
 const MAX_EARLY_CLOSES: usize = 1 << 16;
 
+/// Most spans kept aside in a drain as closed when their creation was read
+/// (see `Exporter::closed_young`).
+const MAX_CLOSED_YOUNG: usize = 256;
+
 /// Events per frame; frames that still exceed the size cap are split.
 const BATCH: usize = 4096;
 /// Events per frame while a drain's round of time slices is converted
@@ -62,8 +66,10 @@ const ROUND_BATCH: usize = 4 * BATCH;
 /// 10 A/B rounds, with 10 ms). A hundred wake-ups a second cost nothing
 /// measurable.
 const TICK: Duration = Duration::from_millis(10);
-/// Wait between drains while records keep coming: short enough that a ring
-/// filling at tens of millions of records per second does not overflow.
+/// Shortest wait between drains while records keep coming: short enough
+/// that a ring filling at tens of millions of records per second does not
+/// overflow. The wait is longer when the rings fill slower (see
+/// [`Exporter::busy_wait`]).
 const BUSY_TICK: Duration = Duration::from_micros(100);
 /// Width of the time slices in which a drain interleaves threads (see
 /// `Exporter::convert_by_time`): well under the collector's thresholds
@@ -240,9 +246,12 @@ pub(crate) fn start(
         threads: Vec::new(),
         retired_drops: 0,
         fullest: 0,
+        last_count: Instant::now(),
+        busy_wait: BUSY_TICK,
         swept_drops: 0,
         close_suspects: Vec::new(),
         early_closes: Default::default(),
+        closed_young: Default::default(),
         drains: 0,
         stopping: false,
         stop_seen: None,
@@ -313,6 +322,15 @@ struct Exporter {
     retired_drops: u64,
     /// How full the fullest ring was at the last drain, in quarters.
     fullest: usize,
+    /// When the last drain counted the rings.
+    last_count: Instant,
+    /// Wait before the next drain while records keep coming: about the
+    /// time the fastest-filling ring takes to fill a quarter, at the rate
+    /// the last drain saw, between [`BUSY_TICK`] and [`TICK`]. Each wake-up
+    /// of this thread is a context switch on a machine the program keeps
+    /// busy; a fixed short tick paid thousands of them a second for drains
+    /// of a few records each.
+    busy_wait: Duration,
     /// Records dropped when live spans were last checked for lost closes.
     swept_drops: u64,
     /// Live spans whose nodes said they closed at that check.
@@ -322,6 +340,13 @@ struct Exporter {
     /// close in the second thread's ring, which a drain may read before the
     /// first's.
     early_closes: rustc_hash::FxHashMap<u64, (wire::CloseKind, u64, u64)>,
+    /// Spans that were already closed when this drain read their creation
+    /// (a span made and closed inside one poll: a server's per-request
+    /// span), with the thread that made them, oldest first: their closes
+    /// nearly always follow in this drain, in the same order, and take them
+    /// from the front. The ones left at the drain's end go into the model
+    /// as any span. Each skips an insert into the model and its removal.
+    closed_young: std::collections::VecDeque<(Arc<SpanNode>, u32)>,
     /// Drains so far (`early_closes` are aged in drains).
     drains: u64,
     /// This drain is the last one (the guard was dropped).
@@ -430,7 +455,7 @@ impl Exporter {
                 drop(st);
                 continue;
             }
-            let wait = if n > 0 { BUSY_TICK } else { TICK };
+            let wait = if n > 0 { self.busy_wait } else { TICK };
             let wait = self.next_check.map_or(wait, |d| d.min(wait));
             drop(st);
             // Parked rather than waiting on the condvar: a thread whose ring
