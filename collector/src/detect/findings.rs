@@ -323,7 +323,9 @@ impl Findings {
     /// At most [`MAX_OPEN`] occurrences stay open: beyond, the oldest is
     /// final. A finding showing open occurrences is recomputed from the
     /// observations, so this is for kinds whose traces are not joined
-    /// across processes ([`Findings::set_trace`]).
+    /// across processes ([`Findings::set_trace`]). Open occurrences are
+    /// this set's own: a copy of its findings ([`Findings::restore`] in a
+    /// viewer that joined late) holds them as final.
     pub fn observe_occurrence(&mut self, occurrence: Occurrence, mut o: Observation, open: bool) {
         if let Some(n) = self
             .open
