@@ -121,7 +121,14 @@ pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Opti
             }
             m.push_str(&format!(" (threshold {})", fmt_ns_brief(th.long_poll_ns)));
             if let Some(s) = sched {
-                m.push_str(&format!(": {}", sched_split(&s)));
+                // Statistics that cover too little of the poll to judge it
+                // by (the watchdog's first reading came late) say so.
+                if s.window_ns.saturating_mul(2) < d {
+                    m.push_str(&format!(": over {} of it, ", fmt_ns_brief(s.window_ns)));
+                } else {
+                    m.push_str(": ");
+                }
+                m.push_str(&sched_split(&s));
             }
             m
         }
@@ -555,6 +562,26 @@ mod tests {
         let d = findings(&mut s, FindingKind::Descheduled);
         assert_eq!((d.len(), d[0].count), (1, 1));
         assert_eq!(findings(&mut s, FindingKind::LongPoll), before);
+    }
+
+    #[test]
+    fn statistics_over_too_little_of_the_poll_say_how_much_they_cover() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("x"), 0);
+        s.begin_poll(t, MS);
+        s.end_poll(t, 23 * MS);
+        // The watchdog's first reading came 15.6ms into the 22ms poll.
+        s.stall(ended(t, MS, 6_400_000, 200_000, 5_800_000));
+        s.poll(t, 100 * MS, 101 * MS);
+        let l = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!(l.len(), 1);
+        assert!(
+            l[0].message.contains(
+                ": over 6.4ms of it, on CPU 3% (kernel 0%), waiting for a CPU 91%, blocked/sleeping 6%"
+            ),
+            "{}",
+            l[0].message
+        );
     }
 
     #[test]
