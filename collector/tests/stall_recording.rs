@@ -162,3 +162,107 @@ fn a_recording_with_stalls_reports_where_the_polls_blocked() {
         "no native stack: sampling is off (AWAITSCOPE_STACKS=off)"
     );
 }
+
+/// A recording of one 15.2ms poll of task `report` that waited 13.3ms for a
+/// CPU, committed by its next poll; the stall's halves come in the frame
+/// after the commit (`late`) or around the poll's end, in the same frame.
+/// With `ran`, the statistics up to the crossing (10ms of it, that half
+/// sent in time) say it waited for a CPU, and those up to its end that it
+/// ran.
+fn one_poll(late: bool, ran: bool) -> Vec<u8> {
+    let mut b = StreamBuilder::new(7, 0);
+    b.hello("shop", None, false);
+    b.thread(0);
+    let report = b.spawn(&TaskOpts::named("report"), None, 0);
+    let mut crossing = stall(report, MS, 11 * MS, false);
+    crossing.stack = StackState::Off;
+    crossing.sched = if ran {
+        sched(10 * MS, MS, 9 * MS)
+    } else {
+        sched(MS, 100_000, 900_000)
+    };
+    let mut end = stall(report, MS, 17 * MS, true);
+    end.sched = if ran {
+        sched(15_200_000, 14 * MS, MS)
+    } else {
+        sched(15_200_000, 1_900_000, 13_300_000)
+    };
+    b.enter(report, MS);
+    // With `ran`, the crossing's half always comes in time: the poll is
+    // judged at its commit by it.
+    let crossing_late = late && !ran;
+    if !crossing_late {
+        b.stall(crossing.clone());
+    }
+    b.poll_end(report, MS + 15_200_000, 1);
+    if !late {
+        b.stall(end.clone());
+    }
+    b.poll(report, 100 * MS, 101 * MS);
+    b.flush();
+    if crossing_late {
+        b.stall(crossing);
+    }
+    if late {
+        b.stall(end);
+        b.flush();
+    }
+    b.recording()
+}
+
+fn report_of(bytes: &[u8]) -> Report {
+    let mut m = Model::default();
+    recording::load_reader(&mut m, "one.aws", bytes).unwrap();
+    m.finish();
+    Report::from_model(&m)
+}
+
+/// The stall of a poll judged a long poll at its commit comes later and
+/// says the poll mostly waited for a CPU: the report has that poll as
+/// `descheduled` alone, in every output made from it (JSON, the summary,
+/// the `--fail-on` verdict), as when the stall came first.
+#[test]
+fn a_stall_after_the_commit_has_the_final_word_on_the_poll() {
+    for late in [true, false] {
+        let report = report_of(&one_poll(late, false));
+        let r = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            findings_of(&r, "long_poll"),
+            Vec::<Value>::new(),
+            "late: {late}"
+        );
+        let d = findings_of(&r, "descheduled");
+        assert_eq!(d.len(), 1, "late: {late}: {r:#}");
+        assert_eq!(d[0]["count"], 1);
+        assert_eq!(d[0]["worst_ns"], 15_200_000);
+        let msg = d[0]["message"].as_str().unwrap();
+        assert!(msg.contains("waited 13.3ms of it for a CPU"), "{msg}");
+        assert_eq!(r["findings"].as_array().unwrap().len(), 1);
+        let text = report.summary_text();
+        assert!(text.contains("1 finding(s)"), "{text}");
+        assert!(!text.contains("long_poll"), "{text}");
+        assert!(!report.has_finding(&[awaitscope_collector::FindingKind::LongPoll]));
+        assert!(report.has_finding(&[awaitscope_collector::FindingKind::Descheduled]));
+    }
+}
+
+/// And the other way round: statistics up to the crossing that say the
+/// poll waited for a CPU, then up to its end that it ran: a `long_poll`
+/// alone.
+#[test]
+fn a_poll_first_found_descheduled_that_ran_is_a_long_poll() {
+    for late in [true, false] {
+        let report = report_of(&one_poll(late, true));
+        let r = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            findings_of(&r, "descheduled"),
+            Vec::<Value>::new(),
+            "late: {late}"
+        );
+        let l = findings_of(&r, "long_poll");
+        assert_eq!(l.len(), 1, "late: {late}: {r:#}");
+        assert_eq!(l[0]["count"], 1);
+        let msg = l[0]["message"].as_str().unwrap();
+        assert!(msg.contains("waiting for a CPU 7%"), "{msg}");
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use awaitscope_collector::ingest::recording;
 use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
 use awaitscope_collector::{Model, Report};
-use awaitscope_wire::{Event, TreeNode};
+use awaitscope_wire::{Event, SpanId, TreeNode, WakeOp};
 use tracing_subscriber::layer::SubscriberExt;
 
 const MS: u64 = 1_000_000;
@@ -126,5 +126,68 @@ fn tasks_spawned_from_one_thread_and_polled_on_another_are_all_known() {
         0,
         "{}",
         r.summary_text()
+    );
+}
+
+/// The first event about a span the model never saw created is logged
+/// once, at debug, with its kind and span (what tells a creation lost by
+/// the capture from a batch merged out of order); the later ones are only
+/// counted.
+#[test]
+fn the_first_unknown_event_is_logged_once_with_its_kind_and_span() {
+    use std::sync::Mutex;
+    use tracing::field::{Field, Visit};
+
+    /// Each event's fields, as `name=value` text.
+    struct Lines(Arc<Mutex<Vec<String>>>);
+    struct Text(String);
+    impl Visit for Text {
+        fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={v:?} ", f.name()));
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+        fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            let mut t = Text(String::new());
+            e.record(&mut t);
+            self.0.lock().unwrap().push(t.0);
+        }
+    }
+
+    let mut b = StreamBuilder::new(21, 1_000);
+    b.hello("p", None, false);
+    b.thread(0);
+    let known = b.spawn(&TaskOpts::named("known"), None, MS);
+    b.poll(known, 2 * MS, 3 * MS);
+    b.push(Event::Wake {
+        task: SpanId(777),
+        op: WakeOp::Wake,
+        by: None,
+        ts: 4 * MS,
+    });
+    b.push(Event::Enter {
+        span: SpanId(778),
+        ts: 5 * MS,
+    });
+    b.flush();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(Lines(lines.clone()));
+    let mut m = Model::default();
+    tracing::subscriber::with_default(subscriber, || {
+        for f in b.take_frames() {
+            m.apply(&f);
+        }
+    });
+    assert_eq!(Report::from_model(&m).processes[0].unknown_span_events, 2);
+    let lines = lines.lock().unwrap();
+    let logged: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("unknown_span_events"))
+        .collect();
+    assert_eq!(logged.len(), 1, "{lines:?}");
+    assert!(
+        logged[0].contains("span=777") && logged[0].contains("event=\"Wake\""),
+        "{}",
+        logged[0]
     );
 }

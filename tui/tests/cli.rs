@@ -696,3 +696,45 @@ fn serve_recordings_are_unique_private_tokenless_and_sigterm_reports() {
         assert_eq!(r["processes"][0]["pid"], 4244);
     }
 }
+
+/// `demo` writes what its workload streams to `AWAITSCOPE_RECORD` too:
+/// the recording (its name's `{pid}` replaced) reads into a report with
+/// the demo's tasks.
+#[test]
+fn demo_records_its_workload_under_awaitscope_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("demo-{pid}.aws");
+    let live = dir.path().join("live.json");
+    let o = bin()
+        .args(["demo", "--headless", "--duration", "2s", "--report"])
+        .arg(&live)
+        .env("AWAITSCOPE_RECORD", &rec)
+        .output()
+        .expect("runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "aws"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(!name.contains("{pid}"), "{name}");
+    let (o, r) = report_json(&[&files[0]]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<&str> = r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for n in [
+        "load-generator",
+        "signups",
+        "legacy-lookups",
+        "fault-injector",
+    ] {
+        assert!(names.contains(&n), "{n} not in {names:?}");
+    }
+    assert!(live.exists());
+}

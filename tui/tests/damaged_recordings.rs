@@ -82,6 +82,19 @@ fn frame_ends(bytes: &[u8]) -> (Vec<usize>, bool) {
 
 /// `report FILE --fail-on any --out OUT`: the exit code, stderr and the
 /// JSON report.
+/// Every finding kind but `descheduled`: on a loaded machine the healthy
+/// program's polls really wait for a CPU, which the report says (its stall
+/// may come after the poll's commit: the poll is still `descheduled`, not a
+/// `long_poll`); whatever else it found would be invented.
+fn fail_on() -> String {
+    awaitscope_collector::FindingKind::ALL
+        .iter()
+        .filter(|k| **k != awaitscope_collector::FindingKind::Descheduled)
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn report(dir: &Path, name: &str, bytes: &[u8]) -> (Output, Value) {
     let file = dir.join(name);
     std::fs::write(&file, bytes).unwrap();
@@ -89,7 +102,7 @@ fn report(dir: &Path, name: &str, bytes: &[u8]) -> (Output, Value) {
     let o = Command::new(env!("CARGO_BIN_EXE_awaitscope"))
         .env_remove("AWAITSCOPE_TOKEN")
         .env_remove("RUST_LOG")
-        .args(["report", "--fail-on", "any", "--out"])
+        .args(["report", "--fail-on", &fail_on(), "--out"])
         .arg(&out)
         .arg(&file)
         .output()

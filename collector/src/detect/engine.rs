@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use awaitscope_wire::{ProcessKey, SpanId};
 
-use super::{Detector, FindingKind, Findings, Observation, Recollection};
+use super::{Detector, FindingKind, Findings, Observation, Occurrence, Recollection};
 use crate::config::Thresholds;
 use crate::model::hash::FastMap;
 use crate::model::{Change, ChangeKind, Observer, Process};
@@ -100,6 +100,13 @@ impl Cx<'_> {
     /// Adds an observation to the findings.
     pub fn observe(&mut self, o: Observation) {
         self.findings.observe(o);
+    }
+
+    /// Adds an observation of `occurrence` whose verdict may change as more
+    /// is known, replacing the occurrence's previous one if that was
+    /// `open` (see [`Findings::observe_occurrence`]).
+    pub fn observe_occurrence(&mut self, occurrence: Occurrence, o: Observation, open: bool) {
+        self.findings.observe_occurrence(occurrence, o, open);
     }
 
     /// Whether an observation would be described in its finding (see

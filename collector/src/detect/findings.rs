@@ -3,9 +3,9 @@
 //! a task blocking 10,000 times is one finding with a count and the worst
 //! duration.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use awaitscope_wire::ProcessKey;
+use awaitscope_wire::{ProcessKey, SpanId};
 use serde::{Deserialize, Serialize};
 
 use super::{FindingKind, Severity};
@@ -111,6 +111,31 @@ fn joins_processes(kind: FindingKind, trace: &[String]) -> bool {
 /// Most tasks listed on one finding.
 pub const MAX_TASKS_PER_FINDING: usize = 8;
 
+/// One occurrence a detector may judge again once more is known (a task's
+/// poll, by its start): see [`Findings::observe_occurrence`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Occurrence {
+    /// The task it happened to.
+    pub task: SpanId,
+    /// When it started (a poll's start), ns since the process's start.
+    pub at: u64,
+}
+
+/// An occurrence whose verdict may still change, with its latest
+/// observation (see [`Findings::observe_occurrence`]).
+#[derive(Debug)]
+struct Open {
+    occurrence: Occurrence,
+    /// Index of the finding it is shown in.
+    finding: usize,
+    /// Its latest observation; `new_occurrence` says whether it is counted.
+    o: Observation,
+}
+
+/// Most occurrences kept open at once; beyond, the oldest is settled (its
+/// verdict final, as if observed with [`Findings::observe`]).
+pub const MAX_OPEN: usize = 256;
+
 /// The deduplicated findings.
 #[derive(Debug, Default)]
 pub struct Findings {
@@ -122,6 +147,99 @@ pub struct Findings {
     /// Findings whose trace was just set and has a hand-over from another
     /// process to join ([`crate::stitch`]), by index.
     unjoined: Vec<usize>,
+    /// Occurrences whose verdict may still change, oldest first.
+    open: VecDeque<Open>,
+    /// For each finding showing open occurrences (by index): the finding
+    /// without them (`None`: nothing settled in it yet). What is shown is
+    /// this with the open occurrences merged in, so that one can be taken
+    /// back exactly.
+    settled: HashMap<usize, Option<Finding>>,
+}
+
+/// Merges `o` into `f`, an occurrence of the same kind, process and key.
+/// Returns whether `f`'s trace was replaced.
+fn merge(f: &mut Finding, o: Observation) -> bool {
+    if o.new_occurrence {
+        f.count += 1;
+    }
+    f.first_seen = f.first_seen.min(o.ts);
+    f.last_seen = f.last_seen.max(o.ts);
+    let worse = match (o.duration_ns, f.worst_ns) {
+        (Some(d), Some(w)) => d >= w,
+        (Some(_), None) | (None, _) => true,
+    };
+    if o.duration_ns.is_some() {
+        f.worst_ns = f.worst_ns.max(o.duration_ns);
+    }
+    let mut traced = false;
+    if worse {
+        f.message = o.message;
+        // Where a worse occurrence was is kept unless it says less:
+        // a poll's native stack is sampled once a poll crosses the
+        // producer's threshold, and a longer poll the watchdog did
+        // not catch would otherwise erase where the code blocks.
+        let keeps = super::poll_trace::has_native_stack(&f.trace)
+            && !super::poll_trace::has_native_stack(&o.trace)
+            && !o.trace.is_empty();
+        if !keeps {
+            f.trace = o.trace;
+            if o.location.is_some() {
+                f.location = o.location;
+            }
+            traced = true;
+        }
+    }
+    for t in o.tasks {
+        if f.tasks.len() >= MAX_TASKS_PER_FINDING {
+            break;
+        }
+        if !f.tasks.iter().any(|x| x.id == t.id) {
+            f.tasks.push(t);
+        }
+    }
+    traced
+}
+
+/// Merges `f`, the same finding as made by another model, into `e`.
+fn restore_into(e: &mut Finding, f: Finding) {
+    e.count = e.count.max(f.count);
+    e.first_seen = e.first_seen.min(f.first_seen);
+    e.last_seen = e.last_seen.max(f.last_seen);
+    e.worst_ns = e.worst_ns.max(f.worst_ns);
+    for t in f.tasks {
+        if e.tasks.len() >= MAX_TASKS_PER_FINDING {
+            break;
+        }
+        if !e.tasks.iter().any(|x| x.id == t.id) {
+            e.tasks.push(t);
+        }
+    }
+}
+
+/// The finding of a first occurrence, `o`.
+fn first(o: Observation) -> Finding {
+    let mut tasks = o.tasks;
+    tasks.truncate(
+        MAX_TASKS_PER_FINDING.max(if o.kind == FindingKind::Deadlock {
+            64
+        } else {
+            0
+        }),
+    );
+    Finding {
+        kind: o.kind,
+        severity: o.kind.severity(),
+        pid: o.process.pid,
+        process_start_unix_ns: o.process.start_unix_ns,
+        tasks,
+        location: o.location,
+        message: o.message,
+        trace: o.trace,
+        count: 1,
+        worst_ns: o.duration_ns,
+        first_seen: o.ts,
+        last_seen: o.ts,
+    }
 }
 
 impl Findings {
@@ -161,47 +279,25 @@ impl Findings {
     }
 
     /// Merges an observation.
-    pub fn observe(&mut self, o: Observation) {
-        let key = (o.kind, o.process, o.key);
+    pub fn observe(&mut self, mut o: Observation) {
+        let key = (o.kind, o.process, std::mem::take(&mut o.key));
         if let Some(&i) = self.index.get(&key) {
-            let f = &mut self.list[i];
-            if o.new_occurrence {
-                f.count += 1;
-            }
-            f.first_seen = f.first_seen.min(o.ts);
-            f.last_seen = f.last_seen.max(o.ts);
-            let worse = match (o.duration_ns, f.worst_ns) {
-                (Some(d), Some(w)) => d >= w,
-                (Some(_), None) | (None, _) => true,
-            };
-            if o.duration_ns.is_some() {
-                f.worst_ns = f.worst_ns.max(o.duration_ns);
-            }
-            if worse {
-                f.message = o.message;
-                // Where a worse occurrence was is kept unless it says less:
-                // a poll's native stack is sampled once a poll crosses the
-                // producer's threshold, and a longer poll the watchdog did
-                // not catch would otherwise erase where the code blocks.
-                let keeps = super::poll_trace::has_native_stack(&f.trace)
-                    && !super::poll_trace::has_native_stack(&o.trace)
-                    && !o.trace.is_empty();
-                if !keeps {
-                    f.trace = o.trace;
-                    if o.location.is_some() {
-                        f.location = o.location;
+            match self.settled.get_mut(&i) {
+                // It shows open occurrences: merged into what is settled,
+                // shown with them.
+                Some(base) => {
+                    match base {
+                        Some(b) => {
+                            merge(b, o);
+                        }
+                        None => *base = Some(first(o)),
                     }
-                    if joins_processes(f.kind, &f.trace) && !self.unjoined.contains(&i) {
-                        self.unjoined.push(i);
+                    self.show(i);
+                }
+                None => {
+                    if merge(&mut self.list[i], o) {
+                        self.note_trace(i);
                     }
-                }
-            }
-            for t in o.tasks {
-                if f.tasks.len() >= MAX_TASKS_PER_FINDING {
-                    break;
-                }
-                if !f.tasks.iter().any(|x| x.id == t.id) {
-                    f.tasks.push(t);
                 }
             }
             return;
@@ -210,32 +306,148 @@ impl Findings {
             self.suppressed += 1;
             return;
         }
-        let mut tasks = o.tasks;
-        tasks.truncate(
-            MAX_TASKS_PER_FINDING.max(if o.kind == FindingKind::Deadlock {
-                64
-            } else {
-                0
-            }),
-        );
-        if joins_processes(o.kind, &o.trace) {
-            self.unjoined.push(self.list.len());
+        let i = self.list.len();
+        self.index.insert(key, i);
+        self.list.push(first(o));
+        self.note_trace(i);
+    }
+
+    /// Merges an observation of `occurrence` whose verdict may change: its
+    /// kind (a `long_poll` later found `descheduled`), or what is told of
+    /// it. The occurrence's previous observation, if it is still `open`,
+    /// is taken back from its finding (of whatever kind; a finding left
+    /// with no occurrence is removed), and `o` counts in its place (counted
+    /// if the previous one was). With `open`, `o` may itself be taken back
+    /// by a later observation of the occurrence; without, it is final.
+    ///
+    /// At most [`MAX_OPEN`] occurrences stay open: beyond, the oldest is
+    /// final. A finding showing open occurrences is recomputed from the
+    /// observations, so this is for kinds whose traces are not joined
+    /// across processes ([`Findings::set_trace`]). Open occurrences are
+    /// this set's own: a copy of its findings ([`Findings::restore`] in a
+    /// viewer that joined late) holds them as final.
+    pub fn observe_occurrence(&mut self, occurrence: Occurrence, mut o: Observation, open: bool) {
+        if let Some(n) = self
+            .open
+            .iter()
+            .position(|e| e.occurrence == occurrence && e.o.process == o.process)
+        {
+            if let Some(prev) = self.open.remove(n) {
+                o.new_occurrence = prev.o.new_occurrence;
+                self.show(prev.finding);
+            }
         }
-        self.index.insert(key, self.list.len());
-        self.list.push(Finding {
-            kind: o.kind,
-            severity: o.kind.severity(),
-            pid: o.process.pid,
-            process_start_unix_ns: o.process.start_unix_ns,
-            tasks,
-            location: o.location,
-            message: o.message,
-            trace: o.trace,
-            count: 1,
-            worst_ns: o.duration_ns,
-            first_seen: o.ts,
-            last_seen: o.ts,
+        if !open {
+            self.observe(o);
+            return;
+        }
+        let key = (o.kind, o.process, o.key.clone());
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                if self.list.len() >= self.max {
+                    self.suppressed += 1;
+                    return;
+                }
+                let i = self.list.len();
+                self.index.insert(key, i);
+                // Shown below, from nothing settled and `o`.
+                self.list.push(first(o.clone()));
+                self.settled.insert(i, None);
+                i
+            }
+        };
+        if !self.settled.contains_key(&i) {
+            self.settled.insert(i, Some(self.list[i].clone()));
+        }
+        self.open.push_back(Open {
+            occurrence,
+            finding: i,
+            o,
         });
+        self.show(i);
+        if self.open.len() > MAX_OPEN {
+            self.settle_oldest();
+        }
+    }
+
+    /// Makes the oldest open occurrence final.
+    fn settle_oldest(&mut self) {
+        let Some(e) = self.open.pop_front() else {
+            return;
+        };
+        if let Some(base) = self.settled.get_mut(&e.finding) {
+            match base {
+                Some(b) => {
+                    merge(b, e.o);
+                }
+                None => *base = Some(first(e.o)),
+            }
+            self.show(e.finding);
+        }
+    }
+
+    /// Shows finding `i` as its settled part with its open occurrences
+    /// merged in (in the order they came); removes it when it has neither.
+    fn show(&mut self, i: usize) {
+        let Some(base) = self.settled.get(&i) else {
+            return;
+        };
+        let mut shown = base.clone();
+        let mut any_open = false;
+        for e in self.open.iter().filter(|e| e.finding == i) {
+            any_open = true;
+            match &mut shown {
+                Some(f) => {
+                    merge(f, e.o.clone());
+                }
+                None => shown = Some(first(e.o.clone())),
+            }
+        }
+        match shown {
+            Some(f) => {
+                self.list[i] = f;
+                if !any_open {
+                    self.settled.remove(&i);
+                }
+                self.note_trace(i);
+            }
+            None => self.remove(i),
+        }
+    }
+
+    /// Removes finding `i` (its only occurrences were taken back).
+    fn remove(&mut self, i: usize) {
+        if i >= self.list.len() {
+            return;
+        }
+        self.list.remove(i);
+        let shift = |j: usize| if j > i { j - 1 } else { j };
+        self.index.retain(|_, j| *j != i);
+        for j in self.index.values_mut() {
+            *j = shift(*j);
+        }
+        self.settled = std::mem::take(&mut self.settled)
+            .into_iter()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, f)| (shift(j), f))
+            .collect();
+        for e in &mut self.open {
+            e.finding = shift(e.finding);
+        }
+        self.unjoined.retain(|j| *j != i);
+        for j in &mut self.unjoined {
+            *j = shift(*j);
+        }
+    }
+
+    /// Notes finding `i` as waiting to be joined across processes if its
+    /// trace (just set) asks for it.
+    fn note_trace(&mut self, i: usize) {
+        let f = &self.list[i];
+        if joins_processes(f.kind, &f.trace) && !self.unjoined.contains(&i) {
+            self.unjoined.push(i);
+        }
     }
 
     /// The findings whose trace has a hand-over from another process to
@@ -272,19 +484,11 @@ impl Findings {
             start_unix_ns: f.process_start_unix_ns,
         };
         if let Some(&i) = self.index.get(&(f.kind, process, key.clone())) {
-            let e = &mut self.list[i];
-            e.count = e.count.max(f.count);
-            e.first_seen = e.first_seen.min(f.first_seen);
-            e.last_seen = e.last_seen.max(f.last_seen);
-            e.worst_ns = e.worst_ns.max(f.worst_ns);
-            for t in f.tasks {
-                if e.tasks.len() >= MAX_TASKS_PER_FINDING {
-                    break;
-                }
-                if !e.tasks.iter().any(|x| x.id == t.id) {
-                    e.tasks.push(t);
-                }
+            if let Some(Some(base)) = self.settled.get_mut(&i) {
+                // Kept when its open occurrences are shown again.
+                restore_into(base, f.clone());
             }
+            restore_into(&mut self.list[i], f);
             return;
         }
         if self.list.len() >= self.max {
@@ -384,6 +588,109 @@ mod tests {
         assert_eq!((x.count, x.worst_ns), (2, Some(70)));
         assert_eq!(x.message, "d=70");
         assert_eq!(x.trace, ["burn_cpu @ src/main.rs:88"]);
+    }
+
+    fn occ(at: u64) -> Occurrence {
+        Occurrence {
+            task: SpanId(1),
+            at,
+        }
+    }
+
+    fn as_kind(kind: FindingKind, mut o: Observation) -> Observation {
+        o.kind = kind;
+        o
+    }
+
+    /// An open occurrence judged again as another kind leaves its first
+    /// finding exactly as it was without it (removed when it was its only
+    /// occurrence), and counts once in the other.
+    #[test]
+    fn an_open_occurrence_judged_again_moves_with_its_count() {
+        let mut f = Findings::new(10);
+        f.observe(obs("a", 30, 1, true));
+        let alone = f.list()[0].clone();
+        f.observe_occurrence(occ(5), obs("a", 50, 5, true), true);
+        assert_eq!((f.list()[0].count, f.list()[0].worst_ns), (2, Some(50)));
+        // Another occurrence, settled, while it is open.
+        f.observe(obs("a", 20, 7, true));
+        let mut later = alone.clone();
+        later.count = 2;
+        later.last_seen = 7;
+        later.tasks.push(obs("a", 20, 7, true).tasks.remove(0));
+        // Judged again, still open: the same kind, no new count.
+        f.observe_occurrence(occ(5), obs("a", 50, 5, false), true);
+        assert_eq!(f.list()[0].count, 3);
+        // Judged again as another kind: taken back.
+        let moved = as_kind(FindingKind::Descheduled, obs("a", 50, 5, false));
+        f.observe_occurrence(occ(5), moved.clone(), true);
+        assert_eq!(f.list()[0], later);
+        assert_eq!(f.list()[1].kind, FindingKind::Descheduled);
+        assert_eq!(f.list()[1].count, 1);
+        // And back, final: the descheduled finding had only it.
+        f.observe_occurrence(occ(5), obs("a", 50, 5, false), false);
+        assert_eq!(f.list().len(), 1);
+        assert_eq!((f.list()[0].count, f.list()[0].worst_ns), (3, Some(50)));
+        // Final: a later observation does not take it back.
+        f.observe_occurrence(occ(5), moved, false);
+        assert_eq!(f.list()[0].count, 3);
+    }
+
+    /// A finding removed (its only occurrence taken back) leaves the others
+    /// found by their keys, the open occurrences of the later ones with
+    /// them.
+    #[test]
+    fn removing_a_finding_keeps_the_others_in_place() {
+        let mut f = Findings::new(10);
+        f.observe_occurrence(occ(1), obs("a", 50, 1, true), true);
+        f.observe(obs("b", 10, 2, true));
+        f.observe_occurrence(occ(3), obs("c", 40, 3, true), true);
+        let d = |o| as_kind(FindingKind::Descheduled, o);
+        f.observe_occurrence(occ(1), d(obs("a", 50, 1, false)), false);
+        let keys: Vec<(&str, FindingKind)> = f.keyed().iter().map(|(k, x)| (*k, x.kind)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("b", FindingKind::LongPoll),
+                ("c", FindingKind::LongPoll),
+                ("a", FindingKind::Descheduled)
+            ]
+        );
+        f.observe(obs("b", 12, 4, true));
+        f.observe_occurrence(occ(3), d(obs("c", 40, 3, false)), true);
+        let counts: Vec<(&str, FindingKind, u64)> = f
+            .keyed()
+            .iter()
+            .map(|(k, x)| (*k, x.kind, x.count))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("b", FindingKind::LongPoll, 2),
+                ("a", FindingKind::Descheduled, 1),
+                ("c", FindingKind::Descheduled, 1)
+            ]
+        );
+        assert_eq!(f.list()[0].worst_ns, Some(12));
+    }
+
+    /// Beyond [`MAX_OPEN`] open occurrences the oldest is final: judged
+    /// again, it is not taken back (it counts where it was).
+    #[test]
+    fn the_oldest_open_occurrence_is_settled_beyond_the_cap() {
+        let mut f = Findings::new(10);
+        for i in 0..=MAX_OPEN as u64 {
+            f.observe_occurrence(occ(i), obs("a", 50, i, true), true);
+        }
+        assert_eq!(f.list()[0].count, MAX_OPEN as u64 + 1);
+        let d = |o| as_kind(FindingKind::Descheduled, o);
+        f.observe_occurrence(occ(0), d(obs("a", 50, 0, false)), true);
+        assert_eq!(f.list()[0].count, MAX_OPEN as u64 + 1);
+        // Opened again, it settled the next oldest; the one after is open.
+        f.observe_occurrence(occ(1), d(obs("a", 50, 1, false)), true);
+        assert_eq!(f.list()[0].count, MAX_OPEN as u64 + 1);
+        f.observe_occurrence(occ(3), d(obs("a", 50, 3, false)), true);
+        assert_eq!(f.list()[0].count, MAX_OPEN as u64);
     }
 
     #[test]

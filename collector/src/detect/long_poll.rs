@@ -7,13 +7,15 @@
 //! The finding says where the poll was (see [`super::poll_trace`]): the
 //! producer's stall of the poll when it sent one, else the poll's await
 //! tree. A stall that arrives after the poll was judged judges it again,
-//! as the same occurrence, with the fuller trace.
-
-use awaitscope_wire::Sched;
+//! as the same occurrence, with the fuller trace and the statistics known
+//! then: until the stall's statistics are final the occurrence stays open
+//! ([`super::Findings::observe_occurrence`]), so that a `long_poll` later
+//! found `descheduled` (or the other way round) is reported as that alone.
 
 use super::poll_trace::{self, is_descheduled, sched_split, stall_of};
-use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Occurrence};
 use crate::config::Thresholds;
+use crate::model::stall::PollStall;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task};
 use crate::units::fmt_ns_brief;
@@ -49,12 +51,12 @@ impl Detector for LongPoll {
                 if duration <= cx.thresholds.long_poll_ns {
                     return;
                 }
-                if let Some(o) = p
-                    .tasks
-                    .get(&task)
-                    .and_then(|t| check(p, t, start, duration, cx.thresholds))
-                {
-                    cx.observe(o);
+                let Some(t) = p.tasks.get(&task) else {
+                    return;
+                };
+                if let Some(o) = check(p, t, start, duration, cx.thresholds) {
+                    let open = !stall_of(t, start).is_some_and(final_stats);
+                    cx.observe_occurrence(Occurrence { task, at: start }, o, open);
                 }
             }
             Change::Stalled { task, start, .. } => {
@@ -69,10 +71,13 @@ impl Detector for LongPoll {
                 let Some(d) = s.poll_ns else {
                     return;
                 };
-                // Judged as at the commit, told with what is known now.
-                if let Some(mut o) = judge(p, t, start, d, cx.thresholds, s.sched_at_commit) {
+                // Judged again by what is known now, as the same
+                // occurrence: a `long_poll` the worker's statistics now say
+                // mostly waited for a CPU becomes `descheduled`, and the
+                // other way round.
+                if let Some(mut o) = check(p, t, start, d, cx.thresholds) {
                     o.new_occurrence = false;
-                    cx.observe(o);
+                    cx.observe_occurrence(Occurrence { task, at: start }, o, !final_stats(s));
                 }
             }
             _ => {}
@@ -80,29 +85,23 @@ impl Detector for LongPoll {
     }
 }
 
-/// Checks a committed poll of `t` that started at `start` and lasted `d` ns.
-pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Option<Observation> {
-    let sched = stall_of(t, start).and_then(|s| s.sched);
-    judge(p, t, start, d, th, sched)
+/// Whether the statistics of stall `s` are the last it will have: the
+/// end's half arrived with its statistics, or both halves did. Until then
+/// a half to come may change the verdict on the poll.
+fn final_stats(s: &PollStall) -> bool {
+    s.ended && (s.crossed || s.sched.is_some())
 }
 
-/// Judges the poll of `t` that started at `start` and lasted `d` ns: a
-/// `long_poll`, or a `descheduled` one when `judged_by` (the worker's
-/// statistics the poll is judged by) says it mostly waited for a CPU.
-fn judge(
-    p: &Process,
-    t: &Task,
-    start: u64,
-    d: u64,
-    th: &Thresholds,
-    judged_by: Option<Sched>,
-) -> Option<Observation> {
+/// Judges the committed poll of `t` that started at `start` and lasted `d`
+/// ns: a `long_poll`, or a `descheduled` one when the worker's statistics
+/// known now (its stall's) say it mostly waited for a CPU.
+pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Option<Observation> {
     if d <= th.long_poll_ns || t.is_blocking() {
         return None;
     }
     let pt = poll_trace::of_poll(p, t, start, start.saturating_add(d));
-    let sched = stall_of(t, start).and_then(|s| s.sched).or(judged_by);
-    let descheduled = judged_by.is_some_and(|s| is_descheduled(&s, d, th.long_poll_ns));
+    let sched = stall_of(t, start).and_then(|s| s.sched);
+    let descheduled = sched.is_some_and(|s| is_descheduled(&s, d, th.long_poll_ns));
     let message = match (descheduled, sched) {
         (true, Some(s)) => format!(
             "{} took {} but waited {} of it for a CPU: the machine was busy, not the code ({})",
@@ -122,7 +121,14 @@ fn judge(
             }
             m.push_str(&format!(" (threshold {})", fmt_ns_brief(th.long_poll_ns)));
             if let Some(s) = sched {
-                m.push_str(&format!(": {}", sched_split(&s)));
+                // Statistics that cover too little of the poll to judge it
+                // by (the watchdog's first reading came late) say so.
+                if s.window_ns.saturating_mul(2) < d {
+                    m.push_str(&format!(": over {} of it, ", fmt_ns_brief(s.window_ns)));
+                } else {
+                    m.push_str(": ");
+                }
+                m.push_str(&sched_split(&s));
             }
             m
         }
@@ -446,6 +452,133 @@ mod tests {
         assert_eq!(l[0].worst_ns, Some(30 * MS));
         assert!(
             l[0].message.contains("waiting for a CPU 0%"),
+            "{}",
+            l[0].message
+        );
+    }
+
+    /// The statistics of the stall of `t`'s poll from `start`, lasting `d`
+    /// (a 15.2ms poll): mostly waiting for a CPU, or on one.
+    fn waiting(t: SpanId, start: u64, d: u64) -> awaitscope_wire::Stall {
+        ended(t, start, d, d / 8, d * 7 / 8)
+    }
+
+    #[test]
+    fn a_long_poll_whose_late_statistics_say_it_waited_for_a_cpu_is_only_descheduled() {
+        // The end's half alone, then the crossing's; or the crossing's
+        // first (its statistics too short to judge by), then the end's.
+        for end_first in [true, false] {
+            let mut s = Scenario::new();
+            let t = s.spawn(TaskOpts::named("x"), 0);
+            s.begin_poll(t, MS);
+            s.end_poll(t, MS + 15_200_000);
+            // Committed by the next poll, before any stall arrived: judged
+            // a long poll, with nothing to say otherwise yet.
+            s.poll(t, 100 * MS, 101 * MS);
+            assert_eq!(findings(&mut s, FindingKind::LongPoll).len(), 1);
+            let halves = [waiting(t, MS, 15_200_000), crossing(t, MS, vec![])];
+            let halves = if end_first {
+                halves
+            } else {
+                let [a, b] = halves;
+                [b, a]
+            };
+            for h in halves {
+                s.stall(h);
+            }
+            let case = format!("end first: {end_first}");
+            assert!(
+                findings(&mut s, FindingKind::LongPoll).is_empty(),
+                "{case}: {:?}",
+                s.model().findings().list()
+            );
+            let d = findings(&mut s, FindingKind::Descheduled);
+            assert_eq!(d.len(), 1, "{case}");
+            assert_eq!(d[0].count, 1, "{case}");
+            assert_eq!(d[0].worst_ns, Some(15_200_000), "{case}");
+            assert!(
+                d[0].message.contains("waited 13.3ms of it for a CPU"),
+                "{case}: {}",
+                d[0].message
+            );
+            assert_eq!(d[0].trace[1], "hash_password @ src/auth.rs:12", "{case}");
+            assert_eq!(s.model().findings().list().len(), 1, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_descheduled_poll_whose_statistics_up_to_its_end_say_it_ran_is_a_long_poll() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("x"), 0);
+        s.begin_poll(t, MS);
+        // Up to the crossing, 10ms of a 15.2ms poll: waiting for a CPU.
+        let mut c = crossing(t, MS, vec![]);
+        c.sched = Some(Sched {
+            window_ns: 10 * MS,
+            on_cpu_ns: MS,
+            kernel_ns: 0,
+            waiting_ns: 9 * MS,
+        });
+        s.stall(c);
+        s.end_poll(t, MS + 15_200_000);
+        s.poll(t, 100 * MS, 101 * MS);
+        assert_eq!(findings(&mut s, FindingKind::Descheduled).len(), 1);
+        // Up to its end: on a CPU most of it.
+        s.stall(ended(t, MS, 15_200_000, 14 * MS, MS));
+        assert!(findings(&mut s, FindingKind::Descheduled).is_empty());
+        let l = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!((l.len(), l[0].count), (1, 1));
+        assert!(
+            l[0].message.contains("waiting for a CPU 7%"),
+            "{}",
+            l[0].message
+        );
+    }
+
+    #[test]
+    fn a_long_poll_taken_back_leaves_the_others_of_its_finding_as_they_were() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("x"), 0);
+        // A 30ms long poll, its stall's statistics final at its commit.
+        s.begin_poll(t, MS);
+        s.end_poll(t, 31 * MS);
+        s.stall(ended(t, MS, 30 * MS, 29 * MS, 0));
+        s.poll(t, 40 * MS, 41 * MS);
+        let before = findings(&mut s, FindingKind::LongPoll);
+        // A longer one, judged a long poll at its commit...
+        s.begin_poll(t, 100 * MS);
+        s.end_poll(t, 150 * MS);
+        s.poll(t, 200 * MS, 201 * MS);
+        let l = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!((l[0].count, l[0].worst_ns), (2, Some(50 * MS)));
+        // ... then found waiting for a CPU: the finding is the first poll's
+        // again.
+        s.stall(waiting(t, 100 * MS, 50 * MS));
+        assert_eq!(findings(&mut s, FindingKind::LongPoll), before);
+        let d = findings(&mut s, FindingKind::Descheduled);
+        assert_eq!((d.len(), d[0].count, d[0].worst_ns), (1, 1, Some(50 * MS)));
+        // Judged again with nothing new: still one occurrence.
+        s.stall(crossing(t, 100 * MS, vec![]));
+        let d = findings(&mut s, FindingKind::Descheduled);
+        assert_eq!((d.len(), d[0].count), (1, 1));
+        assert_eq!(findings(&mut s, FindingKind::LongPoll), before);
+    }
+
+    #[test]
+    fn statistics_over_too_little_of_the_poll_say_how_much_they_cover() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("x"), 0);
+        s.begin_poll(t, MS);
+        s.end_poll(t, 23 * MS);
+        // The watchdog's first reading came 15.6ms into the 22ms poll.
+        s.stall(ended(t, MS, 6_400_000, 200_000, 5_800_000));
+        s.poll(t, 100 * MS, 101 * MS);
+        let l = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!(l.len(), 1);
+        assert!(
+            l[0].message.contains(
+                ": over 6.4ms of it, on CPU 3% (kernel 0%), waiting for a CPU 91%, blocked/sleeping 6%"
+            ),
             "{}",
             l[0].message
         );

@@ -36,7 +36,9 @@ pub mod starvation;
 pub mod stuck;
 
 pub use engine::{Cx, Engine, Episodes};
-pub use findings::{Finding, FindingTask, Findings, Observation, MAX_TASKS_PER_FINDING};
+pub use findings::{
+    Finding, FindingTask, Findings, Observation, Occurrence, MAX_TASKS_PER_FINDING,
+};
 
 /// What a finding is about. Serialised as the snake_case strings of
 /// [`FindingKind::as_str`].

@@ -524,11 +524,22 @@ fn short_fn(function: &str) -> String {
 /// was long because its worker waited for a CPU: the statistics cover at
 /// least half of the poll, say it mostly waited (more than half of the
 /// window they cover), and without
-/// that share of waiting the poll would have stayed under the threshold.
+/// that share of waiting the poll would have stayed under the threshold;
+/// or they count more wait than their window, and that wait is most of the
+/// poll and all but the threshold of it.
 /// The machine was busy, not the code. A CPU loop on a loaded machine waits
 /// too, but its own share alone is still over the threshold: that one is a
 /// long poll.
 pub fn is_descheduled(s: &Sched, d: u64, threshold_ns: u64) -> bool {
+    // More wait than window: the wait for a CPU is counted when the thread
+    // gets one back, so statistics whose first reading came late (the
+    // watchdog waiting for a CPU too) count the whole wait that was under
+    // way then, which began within the poll (its thread was running it).
+    // That wait alone tells how much of the poll was spent waiting.
+    if s.waiting_ns > s.window_ns {
+        let waited = s.waiting_ns.min(d);
+        return waited.saturating_mul(2) > d && d - waited <= threshold_ns;
+    }
     // Statistics over a small part of the poll (read from its first
     // millisecond to the crossing, of a poll that then ran for seconds)
     // tell nothing of the rest: judged only when they cover half of it.
@@ -714,5 +725,19 @@ mod tests {
         };
         assert!(!is_descheduled(&blocked, 15, 10));
         assert!(!is_descheduled(&Sched::default(), 15, 10));
+        // A real one: the watchdog's first reading came 8 ms into a 12.3 ms
+        // poll (the machine was busy), so the window is 4.2 ms but the wait
+        // counted 12.0 ms, all in the poll: 0.3 ms of its own.
+        let late = Sched {
+            window_ns: 4_216_284,
+            on_cpu_ns: 236_232,
+            kernel_ns: 0,
+            waiting_ns: 12_023_914,
+        };
+        assert!(is_descheduled(&late, 12_305_441, 10_000_000));
+        // The same wait in a poll of 2.5 s: a long poll.
+        assert!(!is_descheduled(&late, 2_500_000_000, 10_000_000));
+        // Or in one of 30 ms: 18 ms of its own.
+        assert!(!is_descheduled(&late, 30_000_000, 10_000_000));
     }
 }

@@ -73,7 +73,11 @@ impl Process {
     fn count_unknown(&mut self, e: &Event) {
         if let Some(id) = about_span(e) {
             if !self.tasks.contains_key(&id) && !self.spans.contains_key(&id) {
+                let before = self.unknown_span_events;
                 self.note_unknown(id);
+                if before == 0 && self.unknown_span_events > 0 {
+                    first_unknown(self.key.pid, self.frames, id, e);
+                }
             }
         }
     }
@@ -961,6 +965,32 @@ fn about_span(e: &Event) -> Option<SpanId> {
         }
         _ => None,
     }
+}
+
+/// Logs (at debug, once per process) the first event counted in
+/// [`Process::unknown_span_events`]: its kind and span say whether a
+/// creation was lost or the merge of a batch put an event before it.
+#[cold]
+fn first_unknown(pid: u32, frames: u64, id: SpanId, e: &Event) {
+    let kind = match e {
+        Event::Poll { .. } => "Poll",
+        Event::Record { .. } => "Record",
+        Event::Enter { .. } => "Enter",
+        Event::Exit { .. } => "Exit",
+        Event::Close { .. } => "Close",
+        Event::PollEnd { .. } => "PollEnd",
+        Event::Wake { .. } => "Wake",
+        Event::PollTree { .. } => "PollTree",
+        _ => "other",
+    };
+    tracing::debug!(
+        pid,
+        frames,
+        span = id.0,
+        event = kind,
+        ts = e.ts(),
+        "first event about a span never seen created (unknown_span_events)"
+    );
 }
 
 fn is_notable(t: &Task, start: u64, end: u64) -> bool {

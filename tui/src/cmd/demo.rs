@@ -41,16 +41,25 @@ pub struct Args {
 
 /// Starts the workload on its own runtime, instrumented by a subscriber
 /// that only its threads use (the UI and the collector stay out of the
-/// picture). Returns the guard (dropping it flushes the stream) and the
+/// picture), and recorded to `AWAITSCOPE_RECORD` when it is set (`{pid}`
+/// replaced by the process id). Returns the guard (dropping it flushes the stream) and the
 /// workload thread.
 fn start_workload(
     collector: SocketAddr,
     duration: Option<Duration>,
 ) -> (awaitscope::Guard, std::thread::JoinHandle<()>) {
-    let (layer, guard) = awaitscope::Builder::new()
+    let mut builder = awaitscope::Builder::new()
         .stream_to(collector.to_string())
-        .ring_capacity(16 * 1024)
-        .build();
+        .ring_capacity(16 * 1024);
+    // Also recorded, as the examples are under `AWAITSCOPE_RECORD`: the
+    // stream the embedded collector read, to look into afterwards.
+    if let Some(path) = std::env::var("AWAITSCOPE_RECORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        builder = builder.record_to(path.replace("{pid}", &std::process::id().to_string()));
+    }
+    let (layer, guard) = builder.build();
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
     let d = dispatch.clone();
     let thread = std::thread::Builder::new()
