@@ -504,6 +504,11 @@ impl Process {
     /// The resource span `s` belongs to (itself, or an ancestor through
     /// async op and async-op poll spans).
     pub fn resource_of(&self, mut s: SpanId) -> Option<SpanId> {
+        if self.resources.is_empty() {
+            // Nothing to find (most programs' spans, between their locks
+            // and timers): no walk up the parents.
+            return None;
+        }
         for _ in 0..8 {
             if self.resources.contains_key(&s) {
                 return Some(s);
