@@ -205,7 +205,8 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
                 task_label(t)
             );
             if let Some(c) = culprit_of_poll(p, t, h.poll.0, h.poll.1) {
-                line.push_str(&format!(", in {c}"));
+                line.push_str(", in ");
+                line.push_str(&c);
             }
             Some(line)
         })
@@ -269,9 +270,25 @@ pub fn await_stack(p: &Process, t: &Task, leaf: Option<usize>) -> Vec<StallSpan>
 /// label alone.
 fn line(label: &str, loc: Option<&Location>) -> String {
     match loc {
-        Some(l) => format!("{label} @ {}", file_line(l)),
+        Some(l) => {
+            // Written in one go (one allocation, no intermediate string):
+            // a trace line is made for each frame of each description.
+            let mut s = String::with_capacity(label.len() + l.file.len() + 16);
+            s.push_str(label);
+            s.push_str(" @ ");
+            push_file_line(&mut s, &l.file, l.line);
+            s
+        }
         None => label.to_string(),
     }
+}
+
+/// Appends `file:line`.
+fn push_file_line(s: &mut String, file: &str, line: u32) {
+    use std::fmt::Write;
+    s.push_str(file);
+    s.push(':');
+    let _ = write!(s, "{line}");
 }
 
 /// `file:line` of `l`.
@@ -281,12 +298,16 @@ fn file_line(l: &Location) -> String {
 
 /// `task #7 "name" spawned @ file:line`.
 pub fn task_line(t: &Task) -> String {
-    let mut s = format!("task #{}", t.id.0);
+    use std::fmt::Write;
+    let mut s = String::with_capacity(64);
+    let _ = write!(s, "task #{}", t.id.0);
     if let Some(n) = &t.name {
-        s.push_str(&format!(" {n:?}"));
+        let _ = write!(s, " {n:?}");
     }
     if let Some(l) = &t.location {
-        s.push_str(&format!(" spawned @ {}", file_line(&shown(l.clone()))));
+        // As `shown`, without copying the location.
+        s.push_str(" spawned @ ");
+        push_file_line(&mut s, &paths::display(&l.file), l.line);
     }
     s
 }

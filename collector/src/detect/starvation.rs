@@ -43,7 +43,7 @@ impl Detector for Starvation {
                 // what the finding shows), the others are counted.
                 let key = group_key(t);
                 let mut o = if cx.describes(FindingKind::Starvation, p.key, &key, Some(waited)) {
-                    let mut o = observe(p, t, waited, ts, cx.thresholds);
+                    let mut o = observe(p, t, key, waited, ts, cx.thresholds);
                     // The wait ends at the poll's start on the thread that
                     // polls it now: who held that thread while it waited.
                     let held = poll_trace::held_the_thread(
@@ -85,11 +85,13 @@ impl Detector for Starvation {
     }
 }
 
-fn observe(p: &Process, t: &Task, wait: u64, ts: u64, th: &Thresholds) -> Observation {
+/// `t`'s wait of `wait` ns, ended (or seen going on) at `ts`, described,
+/// as an observation under `key` (its [`group_key`]).
+fn observe(p: &Process, t: &Task, key: String, wait: u64, ts: u64, th: &Thresholds) -> Observation {
     Observation {
         kind: FindingKind::Starvation,
         process: p.key,
-        key: group_key(t),
+        key,
         tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
         message: format!(
@@ -112,7 +114,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     }
     let since = t.scheduled_since?;
     let wait = now.saturating_sub(since);
-    (wait > th.starvation_ns).then(|| observe(p, t, wait, now, th))
+    (wait > th.starvation_ns).then(|| observe(p, t, group_key(t), wait, now, th))
 }
 
 #[cfg(test)]

@@ -87,6 +87,7 @@ impl Process {
         match e {
             Event::Callsite(c) => {
                 if self.callsites.len() < MAX_CALLSITES || self.callsites.contains_key(&c.id) {
+                    self.callsite_changed(c.id);
                     self.callsites.insert(c.id, (**c).clone());
                 }
             }
@@ -102,10 +103,13 @@ impl Process {
                 self.span_new(n, obs);
             }
             Event::Record { span, fields } => {
-                if let Some(t) = self.tasks.get_mut(span) {
-                    span::merge_fields(&mut t.fields, fields);
-                    let cs = self.callsites.get(&t.callsite);
-                    derive_task_fields(t, cs);
+                if let Some(callsite) = self.tasks.get(span).map(|t| t.callsite) {
+                    let idx = self.task_field_indices(callsite);
+                    let cs = self.callsites.get(&callsite);
+                    if let Some(t) = self.tasks.get_mut(span) {
+                        span::merge_fields(&mut t.fields, fields);
+                        derive_task_fields(t, cs, idx);
+                    }
                 } else if let Some(s) = self.spans.get_mut(span) {
                     span::merge_fields(&mut s.fields, fields);
                 }
@@ -297,19 +301,20 @@ impl Process {
             ts,
             ref fields,
         } = *n;
-        let cs = self.callsites.get(&callsite);
         // As `span_class`.
-        let class = match cs.map(|c| c.kind) {
+        let class = match self.callsites.get(&callsite).map(|c| c.kind) {
             Some(CallsiteKind::Span(c)) => c,
             _ => SpanClass::User,
         };
         if class == SpanClass::Task {
+            let idx = self.task_field_indices(callsite);
+            let cs = self.callsites.get(&callsite);
             match self.tasks.entry(id) {
                 Entry::Occupied(mut e) => {
                     // Re-sent after a reconnect: idempotent.
                     let t = e.get_mut();
                     span::merge_fields(&mut t.fields, fields);
-                    derive_task_fields(t, cs);
+                    derive_task_fields(t, cs, idx);
                 }
                 Entry::Vacant(e) => {
                     let mut t = Task::new(id, callsite, ts);
@@ -325,7 +330,7 @@ impl Process {
                     t.parent = ctx_task;
                     t.spawn_span = ctx_span;
                     span::merge_fields(&mut t.fields, fields);
-                    derive_task_fields(&mut t, cs);
+                    derive_task_fields(&mut t, cs, idx);
                     e.insert(t);
                     if O::STEPS {
                         obs.change(self, &Change::TaskSpawned { task: id, ts });
@@ -340,6 +345,7 @@ impl Process {
             }
             return;
         }
+        let cs = self.callsites.get(&callsite);
         if class == SpanClass::Resource {
             let r = Resource {
                 id,

@@ -185,6 +185,9 @@ pub struct Process {
     pub(crate) resync: bool,
     /// The group of the task last folded into the summary.
     last_group: Option<LastGroup>,
+    /// Per callsite of tasks: where the fields a task is named by are
+    /// among its fields (see [`Process::task_field_indices`]).
+    task_fields_at: FastMap<u32, [Option<u16>; 6]>,
 }
 
 /// A task's summary group key ([`super::task::group_key`]) and what it is
@@ -231,7 +234,32 @@ impl Process {
             last_seq: None,
             resync: false,
             last_group: None,
+            task_fields_at: FastMap::default(),
         }
+    }
+
+    /// The [`span::field_indices`](super::span::field_indices) of the
+    /// fields a task is named by ([`TASK_FIELDS`](super::task_apply::TASK_FIELDS))
+    /// in callsite `callsite`: found once per callsite (until it is sent
+    /// again), not by comparing names for each task spawned.
+    pub(super) fn task_field_indices(&mut self, callsite: u32) -> [Option<u16>; 6] {
+        if let Some(idx) = self.task_fields_at.get(&callsite) {
+            return *idx;
+        }
+        let idx = super::span::field_indices(
+            self.callsites.get(&callsite),
+            super::task_apply::TASK_FIELDS,
+        );
+        if self.task_fields_at.len() < MAX_CALLSITES {
+            self.task_fields_at.insert(callsite, idx);
+        }
+        idx
+    }
+
+    /// Forgets what [`Process::task_field_indices`] found in callsite
+    /// `callsite` (it is being replaced).
+    pub(super) fn callsite_changed(&mut self, callsite: u32) {
+        self.task_fields_at.remove(&callsite);
     }
 
     /// Process name, from its `Hello`.
@@ -476,6 +504,11 @@ impl Process {
     /// The resource span `s` belongs to (itself, or an ancestor through
     /// async op and async-op poll spans).
     pub fn resource_of(&self, mut s: SpanId) -> Option<SpanId> {
+        if self.resources.is_empty() {
+            // Nothing to find (most programs' spans, between their locks
+            // and timers): no walk up the parents.
+            return None;
+        }
         for _ in 0..8 {
             if self.resources.contains_key(&s) {
                 return Some(s);

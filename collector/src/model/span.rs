@@ -68,12 +68,21 @@ pub fn fields_of<'a, const N: usize>(
     fields: &'a [Field],
     names: [&str; N],
 ) -> [Option<&'a Value>; N] {
-    let mut out = [None; N];
-    let Some(cs) = callsite else {
-        return out;
-    };
-    // The index of each name: its first position among the callsite's.
+    values_at(fields, field_indices(callsite, names))
+}
+
+/// The index of each of `names` among the fields of `callsite`: its first
+/// position there; `None` for a name it does not have (or no callsite).
+/// What [`values_at`] takes, to look up the same names in the fields of
+/// many spans of one callsite without comparing names each time.
+pub fn field_indices<const N: usize>(
+    callsite: Option<&Callsite>,
+    names: [&str; N],
+) -> [Option<u16>; N] {
     let mut idx = [None::<u16>; N];
+    let Some(cs) = callsite else {
+        return idx;
+    };
     let mut missing = N;
     for (i, n) in cs.fields.iter().enumerate() {
         if let Some(k) = names.iter().position(|w| *w == n.as_str()) {
@@ -86,7 +95,13 @@ pub fn fields_of<'a, const N: usize>(
             }
         }
     }
-    // The last value recorded under each index.
+    idx
+}
+
+/// The last value recorded in `fields` under each index of `idx` (see
+/// [`field_indices`]).
+pub fn values_at<const N: usize>(fields: &[Field], idx: [Option<u16>; N]) -> [Option<&Value>; N] {
+    let mut out = [None; N];
     for f in fields.iter().rev() {
         for k in 0..N {
             if out[k].is_none() && idx[k] == Some(f.index) {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use awaitscope_wire::{paths, NativeFrame, Sched, SpanClass, SpanId, StackState};
 
+use super::hash::FastMap;
 use super::span::Location;
 
 /// One span of a stall's async stack, resolved when the stall arrived.
@@ -153,23 +154,89 @@ pub struct ClosedSpan {
 /// end (an `#[instrument] async fn` that returned) is gone from the live
 /// spans when the poll's await tree or its stall arrives, and would be
 /// missing from them.
+///
+/// Indexed by id: a span is looked for here wherever a live one is not
+/// found (each leaf of an await tree a finding describes, each node of a
+/// tree sent with spans that closed), and walking the whole ring for a span
+/// that is not in it cost thousands of instructions each time.
 #[derive(Clone, Debug, Default)]
 pub struct ClosedSpans {
     ring: VecDeque<ClosedSpan>,
+    /// The sequence number of the newest span of each id in the ring (the
+    /// ring's first span has `base`).
+    index: FastMap<SpanId, u64>,
+    /// Sequence number of the ring's first span.
+    base: u64,
 }
 
 impl ClosedSpans {
     /// Remembers a closed span, forgetting the oldest beyond the cap.
     pub fn push(&mut self, s: ClosedSpan) {
         if self.ring.len() >= CLOSED_SPANS {
-            self.ring.pop_front();
+            if let Some(old) = self.ring.pop_front() {
+                // Unless a newer span of its id is in the ring.
+                if self.index.get(&old.id) == Some(&self.base) {
+                    self.index.remove(&old.id);
+                }
+                self.base += 1;
+            }
         }
+        let seq = self.base + self.ring.len() as u64;
+        self.index.insert(s.id, seq);
         self.ring.push_back(s);
     }
 
-    /// The closed span `id`, if remembered.
+    /// The closed span `id`, if remembered (the latest to close, if its id
+    /// was used again).
     pub fn get(&self, id: SpanId) -> Option<&ClosedSpan> {
-        self.ring.iter().rev().find(|s| s.id == id)
+        if self.index.is_empty() {
+            return None;
+        }
+        let seq = *self.index.get(&id)?;
+        self.ring.get(usize::try_from(seq - self.base).ok()?)
+    }
+}
+
+#[cfg(test)]
+mod closed_tests {
+    use super::*;
+
+    fn closed(id: u64, closed: u64) -> ClosedSpan {
+        ClosedSpan {
+            id: SpanId(id),
+            callsite: 0,
+            class: SpanClass::User,
+            label: None,
+            first_entered: None,
+            created: 0,
+            closed,
+        }
+    }
+
+    /// The index answers as walking the ring from its newest span does,
+    /// through ids used again and spans forgotten past the cap.
+    #[test]
+    fn lookups_match_the_ring() {
+        let mut c = ClosedSpans::default();
+        assert!(c.get(SpanId(1)).is_none());
+        // Ids from a small set, so that most are used again, some while an
+        // older span of the id is still in the ring, some after it left.
+        for n in 0..(3 * CLOSED_SPANS as u64 + 17) {
+            let id = (n * 7_919) % 700;
+            c.push(closed(id, n));
+            if n % 97 == 0 || n > 3 * CLOSED_SPANS as u64 {
+                for id in 0..800 {
+                    let walked = c.ring.iter().rev().find(|s| s.id == SpanId(id));
+                    assert_eq!(
+                        c.get(SpanId(id)).map(|s| s.closed),
+                        walked.map(|s| s.closed),
+                        "span {id} after {n} closes"
+                    );
+                }
+            }
+        }
+        assert_eq!(c.ring.len(), CLOSED_SPANS);
+        assert!(c.index.len() <= CLOSED_SPANS);
     }
 }
 

@@ -14,21 +14,22 @@ fn leaf_span(tree: &AwaitTree) -> Option<SpanId> {
     tree.deepest_leaf().map(|i| tree.nodes[i].span)
 }
 
+/// The fields a task's name, kind, tokio id and spawn location are
+/// derived from (see [`derive_task_fields`]).
+pub(super) const TASK_FIELDS: [&str; 6] = [
+    names::TASK_NAME,
+    names::KIND,
+    names::TASK_ID,
+    names::LOC_FILE,
+    names::LOC_LINE,
+    names::LOC_COL,
+];
+
 /// Derives a task's name, kind, tokio id and spawn location from its
-/// fields (after they changed).
-pub(super) fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>) {
-    let [name, kind, id, file, line, col] = span::fields_of(
-        cs,
-        &t.fields,
-        [
-            names::TASK_NAME,
-            names::KIND,
-            names::TASK_ID,
-            names::LOC_FILE,
-            names::LOC_LINE,
-            names::LOC_COL,
-        ],
-    );
+/// fields (after they changed): `cs` is its callsite, `idx` the
+/// [`span::field_indices`] of [`TASK_FIELDS`] in it.
+pub(super) fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>, idx: [Option<u16>; 6]) {
+    let [name, kind, id, file, line, col] = span::values_at(&t.fields, idx);
     t.name = span::as_str(name)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
@@ -222,5 +223,50 @@ mod woken_by_tests {
         let p = m.processes().next().unwrap();
         let w = &p.tasks[&waiter];
         assert_eq!(w.woken_by, vec![(Some(b), 3), (Some(a), 1), (None, 1)]);
+    }
+}
+
+#[cfg(test)]
+mod field_tests {
+    use awaitscope_wire::{Event, Field, Value};
+
+    use crate::testing::{StreamBuilder, TaskOpts};
+    use crate::Model;
+
+    /// A task's name follows its callsite's field names as they stand: a
+    /// callsite sent again with its fields in another order (a producer
+    /// that restarted its registry) names the next recorded fields by the
+    /// new order, not by where the names were before.
+    #[test]
+    fn a_callsite_sent_again_renames_by_its_new_fields() {
+        let mut b = StreamBuilder::new(1, 0);
+        b.hello("app", None, false).thread(0);
+        let t = b.spawn(&TaskOpts::named("first"), None, 10);
+        let mut m = Model::default();
+        let apply = |b: &mut StreamBuilder, m: &mut Model| {
+            b.flush();
+            for f in b.take_frames() {
+                m.apply(&f);
+            }
+        };
+        apply(&mut b, &mut m);
+        let p = m.processes().next().expect("process");
+        assert_eq!(p.tasks[&t].name.as_deref(), Some("first"));
+        let id = p.tasks[&t].callsite;
+        let mut cs = p.callsites[&id].clone();
+        // `kind` and `task.name` change places.
+        cs.fields.swap(0, 1);
+        assert_eq!(cs.fields[0], awaitscope_wire::names::TASK_NAME);
+        b.push(Event::Callsite(Box::new(cs)));
+        b.push(Event::Record {
+            span: t,
+            fields: vec![Field {
+                index: 0,
+                value: Value::Str("second".into()),
+            }],
+        });
+        apply(&mut b, &mut m);
+        let p = m.processes().next().expect("process");
+        assert_eq!(p.tasks[&t].name.as_deref(), Some("second"));
     }
 }
