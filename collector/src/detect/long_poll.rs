@@ -375,6 +375,33 @@ mod tests {
     }
 
     #[test]
+    fn without_a_stall_a_span_closed_early_in_the_poll_is_not_named() {
+        // A server's connection task: a request's span opens and closes
+        // within microseconds, then the poll blocks 30ms in the connection's
+        // own code (a contended lock on the way back to its next read).
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("conn"), 0);
+        let run = s.user_span("run", 0);
+        s.begin_poll(t, MS);
+        s.enter(run, MS + 1);
+        let apply = s.user_span("apply", MS + 2);
+        s.enter(apply, MS + 2);
+        s.exit(apply, MS + 5);
+        s.close(apply, awaitscope_wire::CloseKind::Span, MS + 5);
+        s.exit(run, 31 * MS);
+        s.end_poll(t, 31 * MS);
+        s.poll(t, 40 * MS, 41 * MS);
+        let f = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].message.contains("in run (src/main.rs:100)"),
+            "{}",
+            f[0].message
+        );
+        assert_eq!(f[0].trace[1], "run @ src/main.rs:100");
+    }
+
+    #[test]
     fn a_stall_after_the_commit_fills_in_the_same_occurrence() {
         let mut s = Scenario::new();
         let t = s.spawn(TaskOpts::named("checkout"), 0);

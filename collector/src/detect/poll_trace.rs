@@ -229,10 +229,20 @@ pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
 /// the poll spent its time, as far as the tree tells: a leaf span opened and
 /// closed within the poll (an instrumented fn that blocked, then returned)
 /// that lasted more than half of it, the longest such; else the deepest
-/// leaf (what the poll ended waiting on).
+/// node still open at the poll's end (what the poll ended in).
+///
+/// A span that opened and closed briefly inside the poll is not where it
+/// ended: a server's per-request span, closed before the handler went back
+/// to wait for the next request, would otherwise be named for a poll that
+/// blocked after it.
 pub fn busiest_leaf(p: &Process, t: &Task, start: u64, end: u64) -> Option<usize> {
     let tree = &t.await_tree;
     let poll = end.saturating_sub(start);
+    let closed_by_end = |i: usize| {
+        p.closed_spans
+            .get(tree.nodes[i].span)
+            .is_some_and(|c| c.closed <= end)
+    };
     tree.leaves()
         .filter_map(|i| {
             let c = p.closed_spans.get(tree.nodes[i].span)?;
@@ -241,7 +251,25 @@ pub fn busiest_leaf(p: &Process, t: &Task, start: u64, end: u64) -> Option<usize
         })
         .max()
         .map(|(_, i)| i)
-        .or_else(|| tree.deepest_leaf())
+        .or_else(|| {
+            let leaf = tree.deepest_leaf()?;
+            if !closed_by_end(leaf) {
+                return Some(leaf);
+            }
+            // The deepest leaf open at the end, else the innermost open
+            // node above the deepest leaf, else that leaf.
+            let open = tree
+                .leaves()
+                .filter(|&i| !closed_by_end(i))
+                .max_by_key(|&i| tree.depth(i));
+            open.or_else(|| {
+                tree.path(leaf)
+                    .into_iter()
+                    .rev()
+                    .find(|&i| !closed_by_end(i))
+            })
+            .or(Some(leaf))
+        })
 }
 
 /// The path of `t`'s await tree down to `leaf`, innermost first (closed
