@@ -61,7 +61,7 @@ impl Exporter {
         let now = Instant::now();
         let since = now.saturating_duration_since(self.last_count).as_nanos() as u64;
         self.last_count = now;
-        let mut wait = TICK.as_nanos() as u64;
+        let mut wait = u64::MAX;
         for ring in &self.rings {
             let n = ring.consumer.slots();
             let capacity = ring.consumer.buffer().capacity().max(1);
@@ -73,7 +73,10 @@ impl Exporter {
             }
             counts.push(n);
         }
-        self.busy_wait = Duration::from_nanos(wait).max(BUSY_TICK);
+        // At most the time after which a running poll is announced: the
+        // watchdog notices a poll (and reads its thread's scheduler
+        // statistics, the baseline of its verdict) only at a drain.
+        self.busy_wait = Duration::from_nanos(wait.min(ANNOUNCE_AFTER_NS)).max(BUSY_TICK);
         let n: usize = counts.iter().sum();
         // Drops so far, read while the rings are in place (see
         // `recover_closes`).

@@ -326,10 +326,11 @@ struct Exporter {
     last_count: Instant,
     /// Wait before the next drain while records keep coming: about the
     /// time the fastest-filling ring takes to fill a quarter, at the rate
-    /// the last drain saw, between [`BUSY_TICK`] and [`TICK`]. Each wake-up
-    /// of this thread is a context switch on a machine the program keeps
-    /// busy; a fixed short tick paid thousands of them a second for drains
-    /// of a few records each.
+    /// the last drain saw, between [`BUSY_TICK`] and [`ANNOUNCE_AFTER_NS`]
+    /// (a poll running longer is announced, and watched for a stall, from
+    /// the next drain). Each wake-up of this thread is a context switch on
+    /// a machine the program keeps busy; a fixed short tick paid thousands
+    /// of them a second for drains of a few records each.
     busy_wait: Duration,
     /// Records dropped when live spans were last checked for lost closes.
     swept_drops: u64,

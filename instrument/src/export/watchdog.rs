@@ -179,7 +179,7 @@ impl Watchdog {
         }
         let w = &mut self.watches[i];
         if w.sampled.is_some() {
-            // At most every few ms: a busy exporter drains every 100 us.
+            // At most every few ms: a busy exporter may drain every 100 us.
             if w.last
                 .is_none_or(|l| now.saturating_sub(l.at) >= REFRESH_NS)
             {
