@@ -5,6 +5,8 @@
 //! `lost_waker`; so is one whose tree holds only spans that closed (what it
 //! waits on now has no span).
 
+use awaitscope_wire::SpanClass;
+
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
@@ -52,8 +54,14 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     // un-instrumented) is no await point. Up to its nearest live ancestor;
     // none (a harness parked on a shutdown signal after some set-up
     // spans): nothing to name, not stuck.
+    // A resource (a Mutex, a Semaphore) outlives the calls made on it, and
+    // tokio also enters its span for a synchronous state change (a guard
+    // dropped): a task is pending on it only through a call on it still
+    // live (an async op below it), never on the resource itself.
     let mut leaf = tree.deepest_leaf()?;
-    while !p.spans.contains_key(&tree.nodes[leaf].span) {
+    while !p.spans.contains_key(&tree.nodes[leaf].span)
+        || tree.nodes[leaf].class == SpanClass::Resource
+    {
         leaf = usize::from(tree.nodes[leaf].parent?);
     }
     // The innermost frame names what it waits on (tokio's internals folded
@@ -142,6 +150,41 @@ mod tests {
         };
         assert_eq!(stuck(false), 1);
         assert_eq!(stuck(true), 0);
+    }
+
+    /// A task that took a lock and let it go in its poll, then parked on
+    /// something un-instrumented (`std::future::pending()`, a harness's
+    /// shutdown): the Mutex outlives the lock call, but the task is not
+    /// pending on it. The same task still waiting for the lock is stuck.
+    #[test]
+    fn parked_after_a_lock_it_took_is_not_stuck_on_the_lock() {
+        let stuck = |acquired: bool| {
+            let mut s = Scenario::new();
+            let m = s.mutex(0);
+            let t = s.spawn(TaskOpts::named("harness"), 0);
+            s.begin_poll(t, 1000);
+            s.lock(t, m, acquired, 1100);
+            if acquired {
+                // The lock call's future is gone; the guard's drop enters
+                // the Mutex's span for its state change.
+                s.lock_abandon(t, m);
+                s.enter(m, 1150);
+                s.unlock(t, m, 1150);
+                s.exit(m, 1160);
+            }
+            s.end_poll(t, 1400);
+            s.waker(t, awaitscope_wire::WakeOp::Clone, 1250);
+            s.tick(60 * SEC);
+            s.model()
+                .findings()
+                .of_kind(FindingKind::Stuck)
+                .map(|f| f.message.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(stuck(true), Vec::<String>::new());
+        let waiting = stuck(false);
+        assert_eq!(waiting.len(), 1);
+        assert!(waiting[0].contains("Mutex::lock"), "{waiting:?}");
     }
 
     #[test]
