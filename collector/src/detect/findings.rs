@@ -216,6 +216,17 @@ fn restore_into(e: &mut Finding, f: Finding) {
     }
 }
 
+/// Adds `o` to `f`, or makes it the finding's first occurrence when there
+/// is none yet.
+fn add(f: &mut Option<Finding>, o: Observation) {
+    match f {
+        Some(f) => {
+            merge(f, o);
+        }
+        None => *f = Some(first(o)),
+    }
+}
+
 /// The finding of a first occurrence, `o`.
 fn first(o: Observation) -> Finding {
     let mut tasks = o.tasks;
@@ -286,12 +297,7 @@ impl Findings {
                 // It shows open occurrences: merged into what is settled,
                 // shown with them.
                 Some(base) => {
-                    match base {
-                        Some(b) => {
-                            merge(b, o);
-                        }
-                        None => *base = Some(first(o)),
-                    }
+                    add(base, o);
                     self.show(i);
                 }
                 None => {
@@ -377,12 +383,7 @@ impl Findings {
             return;
         };
         if let Some(base) = self.settled.get_mut(&e.finding) {
-            match base {
-                Some(b) => {
-                    merge(b, e.o);
-                }
-                None => *base = Some(first(e.o)),
-            }
+            add(base, e.o);
             self.show(e.finding);
         }
     }
@@ -397,12 +398,7 @@ impl Findings {
         let mut any_open = false;
         for e in self.open.iter().filter(|e| e.finding == i) {
             any_open = true;
-            match &mut shown {
-                Some(f) => {
-                    merge(f, e.o.clone());
-                }
-                None => shown = Some(first(e.o.clone())),
-            }
+            add(&mut shown, e.o.clone());
         }
         match shown {
             Some(f) => {

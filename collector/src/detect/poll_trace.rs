@@ -229,7 +229,8 @@ pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
 /// the poll spent its time, as far as the tree tells: a leaf span opened and
 /// closed within the poll (an instrumented fn that blocked, then returned)
 /// that lasted more than half of it, the longest such; else the deepest
-/// node still open at the poll's end (what the poll ended in).
+/// node still open at the poll's end (what the poll ended in), else the
+/// deepest leaf.
 ///
 /// A span that opened and closed briefly inside the poll is not where it
 /// ended: a server's per-request span, closed before the handler went back
@@ -252,23 +253,10 @@ pub fn busiest_leaf(p: &Process, t: &Task, start: u64, end: u64) -> Option<usize
         .max()
         .map(|(_, i)| i)
         .or_else(|| {
-            let leaf = tree.deepest_leaf()?;
-            if !closed_by_end(leaf) {
-                return Some(leaf);
-            }
-            // The deepest leaf open at the end, else the innermost open
-            // node above the deepest leaf, else that leaf.
-            let open = tree
-                .leaves()
+            (0..tree.nodes.len())
                 .filter(|&i| !closed_by_end(i))
-                .max_by_key(|&i| tree.depth(i));
-            open.or_else(|| {
-                tree.path(leaf)
-                    .into_iter()
-                    .rev()
-                    .find(|&i| !closed_by_end(i))
-            })
-            .or(Some(leaf))
+                .max_by_key(|&i| tree.depth(i))
+                .or_else(|| tree.deepest_leaf())
         })
 }
 

@@ -51,13 +51,13 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     }
     // What it is pending on must still be there: a span that closed in the
     // poll (a setup call that returned before the task parked elsewhere,
-    // un-instrumented) is no await point. Up to its nearest live ancestor;
-    // none (a harness parked on a shutdown signal after some set-up
-    // spans): nothing to name, not stuck.
-    // A resource (a Mutex, a Semaphore) outlives the calls made on it, and
-    // tokio also enters its span for a synchronous state change (a guard
-    // dropped): a task is pending on it only through a call on it still
-    // live (an async op below it), never on the resource itself.
+    // un-instrumented) is no await point, nor is a resource itself (a
+    // Mutex outlives the calls made on it, and tokio enters its span for a
+    // synchronous state change, a guard dropped): a task waits on a
+    // resource only through a call on it still live, an async op below it.
+    // Up to the nearest ancestor that is an await point; none (a harness
+    // parked on a shutdown signal after some set-up): nothing to name, not
+    // stuck.
     let mut leaf = tree.deepest_leaf()?;
     while !p.spans.contains_key(&tree.nodes[leaf].span)
         || tree.nodes[leaf].class == SpanClass::Resource
