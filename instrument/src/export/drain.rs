@@ -73,10 +73,9 @@ impl Exporter {
             }
             counts.push(n);
         }
-        // At most the time after which a running poll is announced: the
-        // watchdog notices a poll (and reads its thread's scheduler
-        // statistics, the baseline of its verdict) only at a drain.
-        self.busy_wait = Duration::from_nanos(wait.min(ANNOUNCE_AFTER_NS)).max(BUSY_TICK);
+        // Polls that run long are looked for between drains (see
+        // `Exporter::sleep_watching`), not by draining more often.
+        self.busy_wait = Duration::from_nanos(wait).min(TICK).max(BUSY_TICK);
         let n: usize = counts.iter().sum();
         // Drops so far, read while the rings are in place (see
         // `recover_closes`).
@@ -300,13 +299,19 @@ impl Exporter {
             let Some((span, start)) = ring.poll.read() else {
                 continue;
             };
-            if start > cut {
-                continue;
-            }
             let now = shared.nanos(shared.raw());
             if now.saturating_sub(shared.nanos(start)) < ANNOUNCE_AFTER_NS {
                 continue;
             }
+            if start > cut {
+                continue;
+            }
+            // Seen running long: the looks between drains wait for another.
+            let t = ring.thread as usize;
+            if self.seen_long.len() <= t {
+                self.seen_long.resize(t + 1, (0, 0));
+            }
+            self.seen_long[t] = (span, start);
             let tp = thread_reads(&mut self.threads, ring.thread);
             let pair = (span, start);
             if tp.open == pair || tp.done == pair || tp.announced == pair {

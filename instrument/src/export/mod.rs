@@ -71,6 +71,11 @@ const TICK: Duration = Duration::from_millis(10);
 /// overflow. The wait is longer when the rings fill slower (see
 /// [`Exporter::busy_wait`]).
 const BUSY_TICK: Duration = Duration::from_micros(100);
+/// How often the exporter looks at the threads' polls in progress while it
+/// waits between drains (see [`Exporter::sleep_watching`]): a poll is
+/// announced, and watched for a stall, within this of crossing
+/// [`ANNOUNCE_AFTER_NS`].
+const WATCH_TICK: Duration = Duration::from_millis(1);
 /// Width of the time slices in which a drain interleaves threads (see
 /// `Exporter::convert_by_time`): well under the collector's thresholds
 /// (50 ms for starvation), wide enough that a thread's run of records is
@@ -248,6 +253,7 @@ pub(crate) fn start(
         fullest: 0,
         last_count: Instant::now(),
         busy_wait: BUSY_TICK,
+        seen_long: Vec::new(),
         swept_drops: 0,
         close_suspects: Vec::new(),
         early_closes: Default::default(),
@@ -326,12 +332,16 @@ struct Exporter {
     last_count: Instant,
     /// Wait before the next drain while records keep coming: about the
     /// time the fastest-filling ring takes to fill a quarter, at the rate
-    /// the last drain saw, between [`BUSY_TICK`] and [`ANNOUNCE_AFTER_NS`]
-    /// (a poll running longer is announced, and watched for a stall, from
-    /// the next drain). Each wake-up of this thread is a context switch on
-    /// a machine the program keeps busy; a fixed short tick paid thousands
-    /// of them a second for drains of a few records each.
+    /// the last drain saw, between [`BUSY_TICK`] and [`TICK`]. Each drain
+    /// converts, encodes and writes, on a machine the program keeps busy; a
+    /// fixed short tick paid thousands of them a second for a few records
+    /// each. Polls that run long are looked for in between (see
+    /// [`Exporter::sleep_watching`]).
     busy_wait: Duration,
+    /// By thread index: the poll in progress (task span, raw start) that
+    /// the last drain saw running past [`ANNOUNCE_AFTER_NS`], if any. The
+    /// looks between drains ask for a drain only for another one.
+    seen_long: Vec<(u64, u64)>,
     /// Records dropped when live spans were last checked for lost closes.
     swept_drops: u64,
     /// Live spans whose nodes said they closed at that check.
@@ -459,12 +469,53 @@ impl Exporter {
             let wait = if n > 0 { self.busy_wait } else { TICK };
             let wait = self.next_check.map_or(wait, |d| d.min(wait));
             drop(st);
-            // Parked rather than waiting on the condvar: a thread whose ring
-            // is three quarters full unparks this one (drain on demand), and
-            // so do the guard's requests, made before the state read above
-            // or with an unpark that makes this return at once.
-            std::thread::park_timeout(wait);
+            self.sleep_watching(wait);
         }
+    }
+
+    /// Sleeps up to `wait` before the next drain, looking at the threads'
+    /// poll slots every [`WATCH_TICK`] meanwhile: a poll that has run past
+    /// [`ANNOUNCE_AFTER_NS`] and that the last drain did not see running
+    /// long ends the sleep, so that it is announced, and its thread's
+    /// scheduler statistics read (its stall verdict's baseline), about when
+    /// it crosses that age, however long the drains wait for the rings to
+    /// fill. A look is a few loads per thread; a drain converts, encodes
+    /// and writes. Returns at once when unparked: a thread whose ring is
+    /// three quarters full (drain on demand), or the guard's requests.
+    fn sleep_watching(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            let step = (until - now).min(WATCH_TICK);
+            // Parked rather than waiting on the condvar: whoever wants a
+            // drain unparks this thread, before or during the park.
+            std::thread::park_timeout(step);
+            if now.elapsed() < step {
+                // Unparked (or a rare spurious return: one early drain).
+                return;
+            }
+            if self.a_poll_turned_long() {
+                return;
+            }
+        }
+    }
+
+    /// Whether some thread's poll in progress has run past
+    /// [`ANNOUNCE_AFTER_NS`] and is not the one the last drain saw there
+    /// (see [`Exporter::seen_long`]).
+    fn a_poll_turned_long(&self) -> bool {
+        let shared = &self.capture;
+        let now = shared.nanos(shared.raw());
+        self.rings.iter().any(|ring| {
+            let Some(pair @ (_, start)) = ring.poll.read() else {
+                return false;
+            };
+            now.saturating_sub(shared.nanos(start)) >= ANNOUNCE_AFTER_NS
+                && self.seen_long.get(ring.thread as usize) != Some(&pair)
+        })
     }
 
     /// A control frame for destination `i`, with its next sequence number.
