@@ -462,6 +462,9 @@ impl Capture {
                 l.push(Raw::Span(node.clone()));
             }
             l.remember(id.into_u64(), &node);
+            if class != SpanClass::Task && l.in_poll() {
+                l.set_recent(id.into_u64(), sid);
+            }
             if let (SpanClass::User, Some(link)) = (class, &node.link) {
                 // A queue hand-off: the collector sees it as follows-from.
                 let follows = link.id;

@@ -158,6 +158,9 @@ impl Local {
     /// until the entry is reused or the thread exits.
     #[inline]
     pub fn forget(&mut self, reg: u64) {
+        if self.recent.0 == reg {
+            self.recent = (0, 0);
+        }
         let e = &mut self.cache[slot(reg, self.cache_bits)];
         if e.reg == reg {
             e.node = None;

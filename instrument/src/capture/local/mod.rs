@@ -197,6 +197,15 @@ pub(crate) struct Local {
     /// The tree did not fit: always send it.
     tree_cut: bool,
     sig: u64,
+    /// The span inside the poll in progress that was created or exited
+    /// last on this thread (registry id, span id; 0: none): the next enter
+    /// is usually that span's (`#[instrument]`'s future is entered when
+    /// polled right after its creation, and again when dropped right after
+    /// its last exit), a span no poll cache knows when it is new each time
+    /// (a server's per-request span). Reset at each poll's start and end
+    /// and when the span closes here, so that its registry id, reused only
+    /// after the close, cannot name another span.
+    recent: (u64, u64),
     last_exit_task: u64,
     last_exit_seq: u64,
     last_exit_ts: u64,
@@ -283,6 +292,20 @@ impl Local {
     #[inline]
     pub fn current_reg(&self) -> u64 {
         self.frames.last().map_or(0, |f| f.reg)
+    }
+
+    /// Whether a task is being polled on this thread.
+    #[inline]
+    pub fn in_poll(&self) -> bool {
+        self.task != 0
+    }
+
+    /// A span (not a task) was just created inside the poll in progress:
+    /// its first enter, usually next, finds it without a lookup (see
+    /// [`Local::recent`]).
+    #[inline]
+    pub fn set_recent(&mut self, reg: u64, sid: u64) {
+        self.recent = (reg, sid);
     }
 
     /// The task being polled on this thread, or 0.
@@ -453,6 +476,7 @@ fn new_local(shared: &Arc<Capture>) -> Local {
         tree_len: 0,
         tree_cut: false,
         sig: EMPTY_SIG,
+        recent: (0, 0),
         last_exit_task: 0,
         last_exit_seq: 0,
         last_exit_ts: 0,

@@ -55,6 +55,13 @@ impl Local {
         if t.blocking {
             return false;
         }
+        if self.recent.0 == reg {
+            // The span just created or exited in this poll, again.
+            t.entered += 1;
+            let (tree_base, sid) = (t.tree_base, self.recent.1);
+            self.push_in_poll(reg, sid, tree_base);
+            return true;
+        }
         let owns = match t.owns_cache {
             Some(owns) => owns,
             None => {
@@ -196,6 +203,7 @@ impl Local {
             });
             self.task = self.frames.len();
             self.sig = EMPTY_SIG;
+            self.recent = (0, 0);
             if blocking {
                 // Its poll runs the whole closure (a worker thread's: as long
                 // as the runtime): recorded as it starts, and the polls
@@ -244,6 +252,7 @@ impl Local {
         if len > 0 {
             let f = &self.frames.items[len - 1];
             if f.reg == reg && f.kind == Kind::InPoll {
+                self.recent = (reg, f.sid);
                 self.frames.len = len - 1;
                 self.slot.set_depth(len - 1 - self.task);
                 return true;
@@ -488,6 +497,7 @@ impl Local {
         self.last_exit_task = task;
         self.last_exit_seq = self.seq;
         self.last_exit_ts = ts;
+        self.recent = (0, 0);
     }
 
     /// An enclosing poll (`poll`, at `at`, its frame at `pos`) ended

@@ -315,6 +315,40 @@ fn poll_cache_forgets_a_closed_span() {
     assert_eq!(trees(&mut consumer), Vec::<u64>::new(), "unchanged");
 }
 
+/// A span created or exited inside a poll is entered again without a
+/// lookup (see `Local::recent`), but never under a registry id that a span
+/// which closed since then used: the id names the new span.
+#[test]
+fn a_registry_id_reused_in_one_poll_names_the_new_span() {
+    let shared = Capture::new(1024);
+    let mut l = new_local(&shared);
+    let mut consumer = shared.new_rings.lock().unwrap().pop().unwrap().consumer;
+    let task = node_of(1, SpanClass::Task);
+    let (old, new) = (node(2), node(3));
+    let no_lookup = || -> Option<Arc<SpanNode>> { panic!("looked up") };
+    l.enter_reg(&shared, 10, || Some(task.clone()));
+    // Created here (as `Capture::new_span` does), entered, exited, entered
+    // again to drop its future, closed here.
+    l.remember(20, &old);
+    l.set_recent(20, old.id);
+    for _ in 0..2 {
+        l.enter_reg(&shared, 20, no_lookup);
+        assert!(l.exit(&shared, 20));
+    }
+    old.close();
+    l.forget(20);
+    // A new span under the same registry id, in the same poll.
+    l.enter_reg(&shared, 20, || Some(new.clone()));
+    assert!(l.exit(&shared, 20));
+    assert!(l.exit(&shared, 10));
+    let tree: Vec<u64> = drained(&mut consumer)
+        .into_iter()
+        .filter(|r| r.0 == "tree")
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(tree, [2, 3], "the old span once, then the new one");
+}
+
 /// A span entered twice in one poll (polled, then entered again to drop
 /// its future, as tracing's `Instrumented` does) stays out of its task's
 /// poll cache: no later poll enters it. A span that a later poll enters
