@@ -254,30 +254,45 @@ fn unknown(path: Option<&str>, address: u64) -> NativeFrame {
 /// innermost first: the inlined calls from the debug info, or the
 /// symbol table's name where there is none.
 fn resolve(loader: &addr2line::Loader, address: u64, files: &mut Files) -> Vec<NativeFrame> {
-    let mut found: Vec<(String, Option<String>, Option<u32>)> = Vec::new();
+    let symbol = || {
+        loader
+            .find_symbol(address)
+            .map(|s| addr2line::demangle_auto(s.into(), None).into_owned())
+    };
+    let mut found: Vec<(Option<String>, Option<String>, Option<u32>)> = Vec::new();
     if let Ok(mut it) = loader.find_frames(address) {
         while let Ok(Some(f)) = it.next() {
-            let Some(name) = f.function.as_ref().and_then(|n| n.demangle().ok()) else {
-                continue;
-            };
+            let name = f
+                .function
+                .as_ref()
+                .and_then(|n| n.demangle().ok())
+                .map(|n| origin::strip_hash(&n).to_owned());
             let (file, line) = f
                 .location
                 .map_or((None, None), |l| (l.file.map(str::to_owned), l.line));
-            found.push((origin::strip_hash(&name).to_owned(), file, line));
+            if name.is_none() && file.is_none() {
+                continue;
+            }
+            found.push((name, file, line));
+        }
+    }
+    // Debug info with line tables only (`debug = "line-tables-only"`, the
+    // release profile users are told to set) may give a location without
+    // the function's name: the outermost frame is the symbol's, whose name
+    // the symbol table has.
+    if let Some(last) = found.last_mut() {
+        if last.0.is_none() {
+            last.0 = symbol().map(|n| origin::strip_hash(&n).to_owned());
         }
     }
     if found.is_empty() {
-        let name = loader
-            .find_symbol(address)
-            .map(|s| addr2line::demangle_auto(s.into(), None).into_owned());
-        found.push((
-            name.as_deref().map_or("??", origin::strip_hash).to_owned(),
-            None,
-            None,
-        ));
+        found.push((symbol(), None, None));
     }
+    let found = found.into_iter().map(|(name, file, line)| {
+        let name = name.map_or_else(|| "??".to_owned(), |n| origin::strip_hash(&n).to_owned());
+        (name, file, line)
+    });
     found
-        .into_iter()
         .map(|(function, file, line)| {
             let shown = file.map(|f| files.show(Path::new(&f)));
             let origin = match &shown {
