@@ -461,9 +461,15 @@ impl Capture {
             } else {
                 l.push(Raw::Span(node.clone()));
             }
-            l.remember(id.into_u64(), &node);
             if class != SpanClass::Task && l.in_poll() {
+                // Entered next in this poll, found as the poll's recent
+                // span; a later poll finds it in the store once. Kept out
+                // of the thread's cache, where a server's per-request spans
+                // would each take a slot (and a reference) until their
+                // close, and push out the tasks the thread polls.
                 l.set_recent(id.into_u64(), sid);
+            } else {
+                l.remember(id.into_u64(), &node);
             }
             if let (SpanClass::User, Some(link)) = (class, &node.link) {
                 // A queue hand-off: the collector sees it as follows-from.

@@ -142,8 +142,9 @@ impl Local {
         Some((sid, class, task_node))
     }
 
-    /// Caches a span just created on this thread: its first enter (usually
-    /// on this thread, right after) then needs no registry lookup.
+    /// Caches a span just created on this thread outside a poll, or a
+    /// task's: its first enter then needs no registry lookup. (A span
+    /// created inside a poll is the poll's recent span instead.)
     #[inline]
     pub fn remember(&mut self, reg: u64, node: &Arc<SpanNode>) {
         self.cache[slot(reg, self.cache_bits)] = CacheEntry {
