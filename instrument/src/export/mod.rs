@@ -76,6 +76,18 @@ const BUSY_TICK: Duration = Duration::from_micros(100);
 /// announced, and watched for a stall, within this of crossing
 /// [`ANNOUNCE_AFTER_NS`].
 const WATCH_TICK: Duration = Duration::from_millis(1);
+
+/// What a look at the threads' polls in progress found (see
+/// [`Exporter::look`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// A poll ran past [`ANNOUNCE_AFTER_NS`] that no drain saw so: drain.
+    TurnedLong,
+    /// Some poll runs.
+    Running,
+    /// No thread is in a poll.
+    Quiet,
+}
 /// Width of the time slices in which a drain interleaves threads (see
 /// `Exporter::convert_by_time`): well under the collector's thresholds
 /// (50 ms for starvation), wide enough that a thread's run of records is
@@ -469,7 +481,7 @@ impl Exporter {
             let wait = if n > 0 { self.busy_wait } else { TICK };
             let wait = self.next_check.map_or(wait, |d| d.min(wait));
             drop(st);
-            self.sleep_watching(wait);
+            self.sleep_watching(wait, n > 0);
         }
     }
 
@@ -480,16 +492,24 @@ impl Exporter {
     /// scheduler statistics read (its stall verdict's baseline), about when
     /// it crosses that age, however long the drains wait for the rings to
     /// fill. A look is a few loads per thread; a drain converts, encodes
-    /// and writes. Returns at once when unparked: a thread whose ring is
+    /// and writes. After a drain that found nothing (`busy` false), and
+    /// once a look finds no poll running, it sleeps the rest without
+    /// looking: an idle program's exporter wakes no more often than
+    /// [`TICK`]. Returns at once when unparked: a thread whose ring is
     /// three quarters full (drain on demand), or the guard's requests.
-    fn sleep_watching(&mut self, wait: Duration) {
+    fn sleep_watching(&mut self, wait: Duration, busy: bool) {
         let until = Instant::now() + wait;
+        let mut look = busy || self.look() != Look::Quiet;
         loop {
             let now = Instant::now();
             if now >= until {
                 return;
             }
-            let step = (until - now).min(WATCH_TICK);
+            let step = if look {
+                (until - now).min(WATCH_TICK)
+            } else {
+                until - now
+            };
             // Parked rather than waiting on the condvar: whoever wants a
             // drain unparks this thread, before or during the park.
             std::thread::park_timeout(step);
@@ -497,25 +517,38 @@ impl Exporter {
                 // Unparked (or a rare spurious return: one early drain).
                 return;
             }
-            if self.a_poll_turned_long() {
-                return;
+            match self.look() {
+                Look::TurnedLong => return,
+                Look::Running => {}
+                Look::Quiet if !busy => look = false,
+                Look::Quiet => {}
             }
         }
     }
 
-    /// Whether some thread's poll in progress has run past
-    /// [`ANNOUNCE_AFTER_NS`] and is not the one the last drain saw there
-    /// (see [`Exporter::seen_long`]).
-    fn a_poll_turned_long(&self) -> bool {
+    /// A look at the threads' polls in progress between drains: whether
+    /// one has run past [`ANNOUNCE_AFTER_NS`] and is not the one the last
+    /// drain saw there (see [`Exporter::seen_long`]), else whether any runs.
+    fn look(&self) -> Look {
         let shared = &self.capture;
         let now = shared.nanos(shared.raw());
-        self.rings.iter().any(|ring| {
+        let mut running = false;
+        for ring in &self.rings {
             let Some(pair @ (_, start)) = ring.poll.read() else {
-                return false;
+                continue;
             };
-            now.saturating_sub(shared.nanos(start)) >= ANNOUNCE_AFTER_NS
+            running = true;
+            if now.saturating_sub(shared.nanos(start)) >= ANNOUNCE_AFTER_NS
                 && self.seen_long.get(ring.thread as usize) != Some(&pair)
-        })
+            {
+                return Look::TurnedLong;
+            }
+        }
+        if running {
+            Look::Running
+        } else {
+            Look::Quiet
+        }
     }
 
     /// A control frame for destination `i`, with its next sequence number.
