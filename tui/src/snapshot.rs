@@ -79,7 +79,8 @@ pub struct TaskRow {
     /// The spawning task's id in the same process; `None` for a task spawned
     /// outside any task.
     pub parent: Option<u64>,
-    /// What it waits on now (await-tree leaf label), for idle tasks.
+    /// What it waits on now (the label of its await point, see
+    /// `Process::await_point`), for idle tasks.
     pub waiting: String,
 }
 
@@ -148,7 +149,7 @@ pub struct AwaitLine {
     pub for_ns: u64,
     /// The resource it is, with its holders (`Mutex held by task b#3`).
     pub resource: Option<String>,
-    /// A leaf: what the task waits on now.
+    /// An await point a leaf waits at: what the task waits on now.
     pub leaf: bool,
 }
 
@@ -446,8 +447,9 @@ impl Snapshot {
 fn task_row(p: &Process, t: &Task, key: TaskKey, nf: u32, worst: Option<FindingKind>) -> TaskRow {
     let now = p.now;
     let waiting = if t.state == TaskState::Idle {
-        t.await_tree
-            .deepest_leaf()
+        // Where it waits, as `stuck` judges it: not a resource it only
+        // touched (a guard dropped), nor a span that closed.
+        p.await_point(&t.await_tree)
             .map(|i| {
                 let c = p.culprit(&t.await_tree, i);
                 p.node_label(&t.await_tree.nodes[c])
@@ -575,7 +577,11 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
             .and_then(|r| p.resources.get(&r))
             .is_some_and(|r| r.internal)
     };
-    let leaves: Vec<usize> = tree.leaves().map(|l| p.culprit(tree, l)).collect();
+    let leaves: Vec<usize> = tree
+        .leaves()
+        .filter_map(|l| p.await_point_from(tree, l))
+        .map(|i| p.culprit(tree, i))
+        .collect();
     let await_tree = (0..tree.nodes.len())
         .filter(|&i| !internal(i))
         .map(|i| {

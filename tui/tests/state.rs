@@ -182,3 +182,55 @@ fn ten_thousand_children_and_deep_chains() {
     a.apply(Action::Bottom);
     let _ = draw(&a, 120, 30, true);
 }
+
+/// The task table's "Waiting on" and the detail's await-point marks name
+/// what a task waits on now: a task that took a lock and dropped its guard
+/// in its poll, then parked on something un-instrumented (the demo's
+/// harness on `std::future::pending()`), waits on no Mutex, though the
+/// Mutex it touched outlives the call; a task still waiting for the lock
+/// does.
+#[test]
+fn waiting_on_names_a_lock_only_while_waiting_for_it() {
+    let mut s = Scenario::new();
+    let m = s.mutex(0);
+    let harness = s.spawn(TaskOpts::named("harness"), 0);
+    let waiter = s.spawn(TaskOpts::named("waiter"), 0);
+    s.begin_poll(harness, 1000);
+    s.lock(harness, m, true, 1100);
+    // The lock call's future is gone; the guard's drop enters the Mutex's
+    // span for its state change.
+    s.lock_abandon(harness, m);
+    s.enter(m, 1150);
+    s.unlock(harness, m, 1150);
+    s.exit(m, 1160);
+    s.end_poll(harness, 1400);
+    s.begin_poll(waiter, 2000);
+    s.lock(waiter, m, false, 2100);
+    s.end_poll(waiter, 2400);
+    s.tick(3000);
+    let model = s.model();
+    let row = |name: &str| {
+        let snap = Snapshot::build(model, None);
+        let k = key_named(&snap, name);
+        snap.task(k).expect("row").waiting.clone()
+    };
+    assert_eq!(row("harness"), "");
+    let w = row("waiter");
+    assert!(w.contains("Mutex"), "{w:?}");
+    // The detail's await tree marks no node of the harness as waited on,
+    // and the waiter's lock call.
+    let marked = |name: &str| {
+        let k = key_named(&Snapshot::build(model, None), name);
+        let snap = Snapshot::build(model, Some(k));
+        let (_, d) = snap.detail.expect("detail");
+        d.await_tree
+            .iter()
+            .filter(|n| n.leaf)
+            .map(|n| n.label.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(marked("harness"), Vec::<String>::new());
+    let w = marked("waiter");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("Mutex"), "{w:?}");
+}
