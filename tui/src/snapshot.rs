@@ -93,7 +93,8 @@ pub struct FindingRow {
     pub severity: Severity,
     /// Index of the finding's process in [`Snapshot::processes`].
     pub proc: u16,
-    /// Description of the worst occurrence.
+    /// Description of the occurrence the finding describes (see
+    /// `Finding::message`; its location and trace are of the same one).
     pub message: String,
     /// Culprit location as `file:line:col`; empty when the finding has none.
     pub location: String,

@@ -59,9 +59,11 @@ pub struct Finding {
     pub tasks: Vec<FindingTask>,
     /// Culprit source location (await point, span, event or panic site).
     pub location: Option<Location>,
-    /// Human-readable description (of the worst occurrence).
+    /// Human-readable description of the occurrence described: the worst,
+    /// unless the worst had no native stack and an earlier one did (then
+    /// that one; `location` and `trace` are always of the same occurrence).
     pub message: String,
-    /// Where the worst occurrence was, innermost first like a backtrace
+    /// Where the occurrence described was, innermost first like a backtrace
     /// (for the poll-time kinds: native stack, async stack, task; see
     /// `docs/report-json.md`).
     pub trace: Vec<String>,
@@ -171,23 +173,22 @@ fn merge(f: &mut Finding, o: Observation) -> bool {
     if o.duration_ns.is_some() {
         f.worst_ns = f.worst_ns.max(o.duration_ns);
     }
-    let mut traced = false;
-    if worse {
+    // Message, location and trace describe one occurrence, together: the
+    // worst, unless it says less of where the code blocks than the one
+    // described (a poll's native stack is sampled once a poll crosses the
+    // producer's threshold, and a longer poll the watchdog did not catch
+    // would otherwise erase it): then that one stays described whole, its
+    // message with its stack, and `worst_ns` alone tells of the worse.
+    // (Its stack under the other's message sent readers to code another
+    // task ran.)
+    let keeps = super::poll_trace::has_native_stack(&f.trace)
+        && !super::poll_trace::has_native_stack(&o.trace)
+        && !o.trace.is_empty();
+    let traced = worse && !keeps;
+    if traced {
         f.message = o.message;
-        // Where a worse occurrence was is kept unless it says less:
-        // a poll's native stack is sampled once a poll crosses the
-        // producer's threshold, and a longer poll the watchdog did
-        // not catch would otherwise erase where the code blocks.
-        let keeps = super::poll_trace::has_native_stack(&f.trace)
-            && !super::poll_trace::has_native_stack(&o.trace)
-            && !o.trace.is_empty();
-        if !keeps {
-            f.trace = o.trace;
-            if o.location.is_some() {
-                f.location = o.location;
-            }
-            traced = true;
-        }
+        f.trace = o.trace;
+        f.location = o.location;
     }
     for t in o.tasks {
         if f.tasks.len() >= MAX_TASKS_PER_FINDING {
@@ -565,25 +566,54 @@ mod tests {
         assert_eq!(x.tasks.len(), MAX_TASKS_PER_FINDING);
     }
 
+    fn at(file: &str, line: u32) -> Option<Location> {
+        Some(Location {
+            file: file.into(),
+            line,
+            col: None,
+        })
+    }
+
+    /// A worse occurrence without a native stack leaves the one that has
+    /// one described whole: its message, location and trace together (not
+    /// the worse one's message above the other's stack: a reader would fix
+    /// code another task ran), while `worst_ns` tells of the worse. A worse
+    /// occurrence with a stack is described whole in its turn, its lack of
+    /// a location included.
     #[test]
-    fn a_worse_occurrence_without_a_native_stack_keeps_where_the_code_blocked() {
+    fn a_finding_describes_one_occurrence_whole() {
         let mut f = Findings::new(10);
         let mut sampled = obs("a", 50, 1, true);
-        sampled.trace = vec!["burn_cpu @ src/main.rs:88".into()];
+        sampled.message = "in recv (shutdown.rs:40)".into();
+        sampled.location = at("src/shutdown.rs", 40);
+        sampled.trace = vec!["Shutdown::recv @ src/shutdown.rs:40".into()];
         f.observe(sampled);
         let mut missed = obs("a", 70, 2, true);
+        missed.message = "in apply (get.rs:63)".into();
+        missed.location = at("src/get.rs", 63);
         missed.trace = vec![
             format!(
                 "{}no stall was reported",
                 super::super::poll_trace::NO_STACK
             ),
-            "task #1".into(),
+            "apply @ src/get.rs:63".into(),
+            "task #2".into(),
         ];
         f.observe(missed);
         let x = &f.list()[0];
         assert_eq!((x.count, x.worst_ns), (2, Some(70)));
-        assert_eq!(x.message, "d=70");
-        assert_eq!(x.trace, ["burn_cpu @ src/main.rs:88"]);
+        assert_eq!(x.message, "in recv (shutdown.rs:40)");
+        assert_eq!(x.location, at("src/shutdown.rs", 40));
+        assert_eq!(x.trace, ["Shutdown::recv @ src/shutdown.rs:40"]);
+        let mut worse = obs("a", 90, 3, true);
+        worse.message = "in spin".into();
+        worse.trace = vec!["spin @ ../lib.rs:7".into()];
+        f.observe(worse);
+        let x = &f.list()[0];
+        assert_eq!((x.count, x.worst_ns), (3, Some(90)));
+        assert_eq!(x.message, "in spin");
+        assert_eq!(x.location, None);
+        assert_eq!(x.trace, ["spin @ ../lib.rs:7"]);
     }
 
     fn occ(at: u64) -> Occurrence {
