@@ -78,8 +78,10 @@ pub struct Finding {
     pub last_seen: u64,
 }
 
-/// One observation by a detector, merged into findings.
-#[derive(Clone, Debug)]
+/// One observation by a detector, merged into findings. (Serialised only
+/// between a server and its viewers: an open occurrence's latest
+/// observation, see [`Findings::open`].)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
     /// What the detector found.
     pub kind: FindingKind,
@@ -115,7 +117,7 @@ pub const MAX_TASKS_PER_FINDING: usize = 8;
 
 /// One occurrence a detector may judge again once more is known (a task's
 /// poll, by its start): see [`Findings::observe_occurrence`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Occurrence {
     /// The task it happened to.
     pub task: SpanId,
@@ -138,6 +140,10 @@ struct Open {
 /// verdict final, as if observed with [`Findings::observe`]).
 pub const MAX_OPEN: usize = 256;
 
+/// Most findings waiting for the process that sent their context (see
+/// [`Findings::defer_join`]).
+pub const MAX_DEFERRED: usize = 1024;
+
 /// The deduplicated findings.
 #[derive(Debug, Default)]
 pub struct Findings {
@@ -147,8 +153,15 @@ pub struct Findings {
     pub suppressed: u64,
     max: usize,
     /// Findings whose trace was just set and has a hand-over from another
-    /// process to join ([`crate::stitch`]), by index.
+    /// process to join ([`crate::stitch`]), by index (kept in step when a
+    /// finding is removed, as every index below).
     unjoined: Vec<usize>,
+    /// Findings whose join waits for the process that sent their context,
+    /// by index (at most [`MAX_DEFERRED`]).
+    deferred: Vec<usize>,
+    /// Findings added since [`Findings::take_added`] was last called, by
+    /// index.
+    added: Vec<usize>,
     /// Occurrences whose verdict may still change, oldest first.
     open: VecDeque<Open>,
     /// For each finding showing open occurrences (by index): the finding
@@ -316,6 +329,7 @@ impl Findings {
         let i = self.list.len();
         self.index.insert(key, i);
         self.list.push(first(o));
+        self.added.push(i);
         self.note_trace(i);
     }
 
@@ -330,9 +344,11 @@ impl Findings {
     /// At most [`MAX_OPEN`] occurrences stay open: beyond, the oldest is
     /// final. A finding showing open occurrences is recomputed from the
     /// observations, so this is for kinds whose traces are not joined
-    /// across processes ([`Findings::set_trace`]). Open occurrences are
-    /// this set's own: a copy of its findings ([`Findings::restore`] in a
-    /// viewer that joined late) holds them as final.
+    /// across processes ([`Findings::set_trace`]). A copy of the findings
+    /// ([`Findings::restore`] in a viewer that joined late) holds them as
+    /// final unless it is also given what is settled of them and the open
+    /// occurrences ([`Findings::restore_unsettled`],
+    /// [`Findings::restore_open`]).
     pub fn observe_occurrence(&mut self, occurrence: Occurrence, mut o: Observation, open: bool) {
         if let Some(n) = self
             .open
@@ -360,6 +376,7 @@ impl Findings {
                 self.index.insert(key, i);
                 // Shown below, from nothing settled and `o`.
                 self.list.push(first(o.clone()));
+                self.added.push(i);
                 self.settled.insert(i, None);
                 i
             }
@@ -432,9 +449,11 @@ impl Findings {
         for e in &mut self.open {
             e.finding = shift(e.finding);
         }
-        self.unjoined.retain(|j| *j != i);
-        for j in &mut self.unjoined {
-            *j = shift(*j);
+        for v in [&mut self.unjoined, &mut self.deferred, &mut self.added] {
+            v.retain(|j| *j != i);
+            for j in v.iter_mut() {
+                *j = shift(*j);
+            }
         }
     }
 
@@ -451,6 +470,30 @@ impl Findings {
     /// join since the last call, by index in [`Findings::list`].
     pub fn take_unjoined(&mut self) -> Vec<usize> {
         std::mem::take(&mut self.unjoined)
+    }
+
+    /// Keeps finding `i`, whose trace could not be joined yet, to be joined
+    /// when the process that sent its context arrives
+    /// ([`Findings::take_deferred`]); not beyond [`MAX_DEFERRED`] of them.
+    pub fn defer_join(&mut self, i: usize) {
+        if i < self.list.len() && self.deferred.len() < MAX_DEFERRED && !self.deferred.contains(&i)
+        {
+            self.deferred.push(i);
+        }
+    }
+
+    /// The findings deferred with [`Findings::defer_join`], by index in
+    /// [`Findings::list`] as it is now.
+    pub fn take_deferred(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// The findings added since the last call (a new finding, not another
+    /// occurrence of one), by index in [`Findings::list`] as it is now; one
+    /// taken back before the call is not among them. For a log that tells
+    /// of each finding once (one caller only).
+    pub fn take_added(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.added)
     }
 
     /// Replaces the trace of finding `i` (a trace joined across processes).
@@ -493,7 +536,76 @@ impl Findings {
             return;
         }
         self.index.insert((f.kind, process, key), self.list.len());
+        self.added.push(self.list.len());
         self.list.push(f);
+    }
+
+    /// The findings showing open occurrences, in list order, each with its
+    /// deduplication key and what is settled of it (the finding without its
+    /// open occurrences; `None` when it has only those). With
+    /// [`Findings::open`], what a copy needs to take an open occurrence back
+    /// as this set would.
+    pub fn unsettled(&self) -> Vec<(&str, FindingKind, ProcessKey, Option<&Finding>)> {
+        let mut out: Vec<_> = self
+            .index
+            .iter()
+            .filter_map(|((kind, process, key), i)| {
+                let settled = self.settled.get(i)?;
+                Some((*i, (key.as_str(), *kind, *process, settled.as_ref())))
+            })
+            .collect();
+        out.sort_unstable_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, u)| u).collect()
+    }
+
+    /// The open occurrences, oldest first, each with its latest observation
+    /// (whose `key` is its finding's).
+    pub fn open(&self) -> impl Iterator<Item = (Occurrence, &Observation)> {
+        self.open.iter().map(|e| (e.occurrence, &e.o))
+    }
+
+    /// Restores, after the finding itself ([`Findings::restore`]), what is
+    /// settled of a finding of another set that shows open occurrences
+    /// ([`Findings::unsettled`]). Ignored when the finding is not here (it
+    /// was not restored: no room).
+    pub fn restore_unsettled(
+        &mut self,
+        key: String,
+        kind: FindingKind,
+        process: ProcessKey,
+        settled: Option<Finding>,
+    ) {
+        if let Some(&i) = self.index.get(&(kind, process, key)) {
+            self.settled.insert(i, settled);
+        }
+    }
+
+    /// Restores an open occurrence of another set ([`Findings::open`],
+    /// oldest first), after what is settled of its finding
+    /// ([`Findings::restore_unsettled`]): a later observation of the
+    /// occurrence here takes `o` back as that set would have. The finding
+    /// is shown as restored, with `o` in it already. Without its settled
+    /// part here, `o` stays merged in the finding as final.
+    pub fn restore_open(&mut self, occurrence: Occurrence, o: Observation) {
+        let Some(&i) = self.index.get(&(o.kind, o.process, o.key.clone())) else {
+            return;
+        };
+        if !self.settled.contains_key(&i)
+            || self
+                .open
+                .iter()
+                .any(|e| e.occurrence == occurrence && e.o.process == o.process)
+        {
+            return;
+        }
+        self.open.push_back(Open {
+            occurrence,
+            finding: i,
+            o,
+        });
+        if self.open.len() > MAX_OPEN {
+            self.settle_oldest();
+        }
     }
 
     /// Findings of `kind`.
@@ -717,6 +829,50 @@ mod tests {
         assert_eq!(f.list()[0].count, MAX_OPEN as u64 + 1);
         f.observe_occurrence(occ(3), d(obs("a", 50, 3, false)), true);
         assert_eq!(f.list()[0].count, MAX_OPEN as u64);
+    }
+
+    /// The findings added since the last look are told by identity, not by
+    /// how long the list has grown: a finding taken back (a `long_poll`
+    /// found `descheduled`) and another added leave the list as long, and
+    /// the new one is still told; one added and taken back in between is
+    /// not told at all.
+    #[test]
+    fn added_findings_are_told_once_whatever_was_taken_back() {
+        let mut f = Findings::new(10);
+        f.observe_occurrence(occ(1), obs("a", 50, 1, true), true);
+        f.observe(obs("b", 20, 2, true));
+        assert_eq!(f.take_added(), [0, 1]);
+        let d = |o| as_kind(FindingKind::Descheduled, o);
+        f.observe_occurrence(occ(1), d(obs("a", 50, 1, false)), false);
+        assert_eq!(f.list().len(), 2);
+        let added = f.take_added();
+        assert_eq!(added, [1]);
+        assert_eq!(f.list()[added[0]].kind, FindingKind::Descheduled);
+        // Another occurrence of a finding is no new finding.
+        f.observe(obs("b", 30, 3, true));
+        assert!(f.take_added().is_empty());
+        // Added, then taken back before the next look: never told.
+        f.observe_occurrence(occ(4), obs("c", 40, 4, true), true);
+        f.observe_occurrence(occ(4), d(obs("c", 40, 4, false)), true);
+        let added = f.take_added();
+        assert_eq!(added.len(), 1);
+        assert_eq!(f.list()[added[0]].kind, FindingKind::Descheduled);
+        assert_eq!(f.list()[added[0]].worst_ns, Some(40));
+    }
+
+    /// A finding waiting to be joined stays identified when a finding
+    /// before it is removed.
+    #[test]
+    fn deferred_joins_follow_their_findings() {
+        let mut f = Findings::new(10);
+        f.observe_occurrence(occ(1), obs("a", 50, 1, true), true);
+        f.observe(as_kind(FindingKind::Error, obs("e", 1, 2, true)));
+        f.defer_join(1);
+        let d = |o| as_kind(FindingKind::Descheduled, o);
+        f.observe_occurrence(occ(1), d(obs("a", 50, 1, false)), false);
+        let deferred = f.take_deferred();
+        assert_eq!(deferred.len(), 1);
+        assert_eq!(f.list()[deferred[0]].kind, FindingKind::Error);
     }
 
     #[test]
