@@ -282,9 +282,9 @@ impl Findings {
     }
 
     /// Whether an observation of `kind` under `key` lasting `duration_ns`
-    /// would give its finding a new message and trace: no such finding yet
+    /// may give its finding a new message and trace: no such finding yet
     /// (or no room for it), or it lasts at least as long as the worst so
-    /// far. A detector whose observations are frequent and costly to
+    /// far (it does unless it lacks the native stack the finding's has). A detector whose observations are frequent and costly to
     /// describe asks first, and sends the others without message or trace
     /// ([`Findings::observe`] would drop them unread).
     pub fn describes(
