@@ -10,7 +10,7 @@ use awaitscope_collector::model::span::value_string;
 use awaitscope_collector::model::task::{level_str, Task};
 use awaitscope_collector::model::{Process, TaskState};
 use awaitscope_collector::{FindingKind, Model, Severity};
-use awaitscope_wire::{names, SpanId};
+use awaitscope_wire::{names, ProcessKey, SpanId};
 use hdrhistogram::Histogram;
 
 /// A task across processes: (process index in the snapshot, task id).
@@ -111,6 +111,21 @@ pub struct FindingRow {
     pub first_seen: u64,
     /// Last occurrence (process clock).
     pub last_seen: u64,
+    /// What identifies the finding across snapshots (its place in the
+    /// list does not: findings are sorted newest first, and one may be
+    /// taken back).
+    pub id: FindingId,
+}
+
+/// What identifies a finding: its kind, process and deduplication key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FindingId {
+    /// The finding's kind.
+    pub kind: FindingKind,
+    /// Its process.
+    pub process: ProcessKey,
+    /// Its deduplication key within kind and process.
+    pub key: String,
 }
 
 /// A resource with holders and waiters.
@@ -259,7 +274,7 @@ impl Snapshot {
         // Findings per task.
         let mut per_task: HashMap<TaskKey, (u32, FindingKind)> = HashMap::new();
         let mut findings = Vec::with_capacity(model.findings().list().len());
-        for f in model.findings().list() {
+        for (key, f) in model.findings().keyed() {
             let proc = proc_index
                 .get(&(f.pid, f.process_start_unix_ns))
                 .copied()
@@ -297,6 +312,14 @@ impl Snapshot {
                 worst_ns: f.worst_ns,
                 first_seen: f.first_seen,
                 last_seen: f.last_seen,
+                id: FindingId {
+                    kind: f.kind,
+                    process: ProcessKey {
+                        pid: f.pid,
+                        start_unix_ns: f.process_start_unix_ns,
+                    },
+                    key: key.to_string(),
+                },
             });
         }
         // Newest first; ties (a scan observes several at once) in a stable

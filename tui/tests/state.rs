@@ -5,6 +5,7 @@ mod common;
 
 use awaitscope_collector::config::MS;
 use awaitscope_collector::testing::{Scenario, TaskOpts};
+use awaitscope_collector::FindingKind;
 use awaitscope_tui::snapshot::Snapshot;
 use awaitscope_tui::ui::app::{matches_query, Action, App, Column, RowKind};
 use common::*;
@@ -233,4 +234,67 @@ fn waiting_on_names_a_lock_only_while_waiting_for_it() {
     let w = marked("waiter");
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("Mutex"), "{w:?}");
+}
+
+/// The selected finding stays selected as the list moves under it: another
+/// finding recurring (findings are newest first) or taken back (a
+/// `long_poll` found `descheduled`) does not put the cursor, and the detail
+/// shown, on another finding.
+#[test]
+fn the_selected_finding_is_followed_as_findings_move() {
+    let mut s = Scenario::new();
+    let a = s.spawn(TaskOpts::named("alpha"), 0);
+    let b = s.spawn(TaskOpts::named("beta"), 0);
+    s.waker(a, awaitscope_wire::WakeOp::Clone, 1);
+    s.waker(b, awaitscope_wire::WakeOp::Clone, 1);
+    // Long polls, each committed by the next poll: alpha's, then beta's.
+    s.poll(a, MS, 31 * MS);
+    s.poll(a, 40 * MS, 41 * MS);
+    s.poll(b, 50 * MS, 80 * MS);
+    s.poll(b, 90 * MS, 91 * MS);
+    let mut app = App::new(Snapshot::build(s.model(), None));
+    app.apply(Action::NextView);
+    let selected = |app: &App| {
+        app.selected_finding()
+            .map(|f| (f.id.kind, f.message.clone()))
+            .expect("a finding selected")
+    };
+    // Beta's is newest; alpha's below it.
+    app.apply(Action::Down);
+    app.apply(Action::Down);
+    let (kind, alpha) = selected(&app);
+    assert_eq!(kind, FindingKind::LongPoll);
+    assert!(alpha.contains("alpha"), "{alpha}");
+    // Beta's long poll recurs: beta's finding goes first.
+    s.poll(b, 100 * MS, 130 * MS);
+    s.poll(b, 140 * MS, 141 * MS);
+    app.set_snapshot(Snapshot::build(s.model(), None));
+    assert_eq!(selected(&app), (FindingKind::LongPoll, alpha.clone()));
+    // Alpha's long poll recurs, then beta's first one is found to have
+    // waited for a CPU: its finding loses it, a descheduled one comes.
+    s.poll(a, 150 * MS, 180 * MS);
+    s.poll(a, 190 * MS, 191 * MS);
+    app.set_snapshot(Snapshot::build(s.model(), None));
+    let (_, alpha) = selected(&app);
+    assert!(alpha.contains("alpha"), "{alpha}");
+    let mut st = awaitscope_collector::testing::stall(b, 100 * MS, 130 * MS + 1, true);
+    st.sched = Some(awaitscope_wire::Sched {
+        window_ns: 30 * MS,
+        on_cpu_ns: 2 * MS,
+        kernel_ns: 0,
+        waiting_ns: 28 * MS,
+    });
+    s.stall(st);
+    app.set_snapshot(Snapshot::build(s.model(), None));
+    assert_eq!(
+        app.snap
+            .findings
+            .iter()
+            .filter(|f| f.id.kind == FindingKind::Descheduled)
+            .count(),
+        1,
+        "{:?}",
+        app.snap.findings
+    );
+    assert_eq!(selected(&app), (FindingKind::LongPoll, alpha));
 }
