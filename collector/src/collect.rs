@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use awaitscope_wire::{Body, Frame, ProcessKey, SpanId};
 
 use crate::config::Config;
-use crate::detect::{Engine, Finding, FindingKind, Findings, Recollection};
+use crate::detect::{
+    Engine, Finding, FindingKind, Findings, Observation, Occurrence, Recollection,
+};
 use crate::model::{Process, ProcessSnapshot};
 
 /// Sizes of the model, to check that memory stays bounded.
@@ -48,13 +50,7 @@ pub struct Model {
     engine: Engine,
     /// Warnings about inputs (truncated recordings, refused frames...).
     pub warnings: Vec<String>,
-    /// Findings whose trace waits for the process that sent its context
-    /// (by index; at most [`MAX_WAITING`]).
-    waiting: Vec<usize>,
 }
-
-/// Most findings waiting for the process that sent their context.
-const MAX_WAITING: usize = 1024;
 
 impl Default for Model {
     fn default() -> Self {
@@ -71,7 +67,6 @@ impl Model {
             processes: BTreeMap::new(),
             engine,
             warnings: Vec::new(),
-            waiting: Vec::new(),
         }
     }
 
@@ -120,9 +115,11 @@ impl Model {
     /// ([`crate::stitch`]): those just made, and, when contexts arrived
     /// (`handed_over`), those that waited for their sender.
     fn join_processes(&mut self, handed_over: bool) {
+        // By index in the list as it is now: the findings keep the indices
+        // they give out in step when one is removed.
         let mut todo = self.engine.findings_mut().take_unjoined();
         if handed_over {
-            todo.append(&mut self.waiting);
+            todo.append(&mut self.engine.findings_mut().take_deferred());
         }
         if todo.is_empty() {
             return;
@@ -135,10 +132,7 @@ impl Model {
             };
             match crate::stitch::stitch(&f.trace, || self.processes.values()) {
                 Some(joined) => self.engine.findings_mut().set_trace(i, joined),
-                None if self.waiting.len() < MAX_WAITING && !self.waiting.contains(&i) => {
-                    self.waiting.push(i)
-                }
-                None => {}
+                None => self.engine.findings_mut().defer_join(i),
             }
         }
     }
@@ -258,10 +252,38 @@ impl Model {
         self.engine.findings_mut().restore(key, f);
     }
 
+    /// Restores what is settled of a finding of another model showing open
+    /// occurrences (see [`Findings::restore_unsettled`]).
+    pub fn restore_unsettled(
+        &mut self,
+        key: String,
+        kind: FindingKind,
+        process: ProcessKey,
+        settled: Option<Finding>,
+    ) {
+        self.engine
+            .findings_mut()
+            .restore_unsettled(key, kind, process, settled);
+    }
+
+    /// Restores an open occurrence of another model (see
+    /// [`Findings::restore_open`]).
+    pub fn restore_open(&mut self, occurrence: Occurrence, o: Observation) {
+        self.engine.findings_mut().restore_open(occurrence, o);
+    }
+
     /// Forgets all findings (before restoring another model's).
     pub fn clear_findings(&mut self) {
         *self.engine.findings_mut() = Findings::new(self.config.max_findings);
-        self.waiting.clear();
+    }
+
+    /// The findings added since the last call (new findings, not further
+    /// occurrences; see [`Findings::take_added`]): for a log that tells of
+    /// each once.
+    pub fn take_added_findings(&mut self) -> Vec<&Finding> {
+        let added = self.engine.findings_mut().take_added();
+        let list = self.engine.findings().list();
+        added.iter().filter_map(|&i| list.get(i)).collect()
     }
 
     /// The detector episodes in progress on live task `task` of `key`

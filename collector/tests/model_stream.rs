@@ -620,3 +620,106 @@ fn a_stalled_first_poll_is_still_found_while_other_threads_go_on() {
         r.findings
     );
 }
+
+/// An error whose trace goes on in a process not seen yet waits for it by
+/// the finding, not by its place in the list: a finding before it taken
+/// back in the meantime (a `long_poll` found `descheduled`, which moves
+/// the findings after it up) leaves the wait on the error, which is joined
+/// when the sender's hand-over arrives.
+#[test]
+fn a_join_waits_for_its_finding_when_findings_before_it_are_taken_back() {
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const IDS: ([u8; 16], [u8; 8]) = (
+        [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ],
+        [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+    );
+    let mut m = Model::default();
+    let mut c = StreamBuilder::new(200, 2_000);
+    c.hello("queue_worker", None, false);
+    c.thread(0);
+    let job = c.spawn(&TaskOpts::named("job"), None, 0);
+    c.waker(job, WakeOp::Clone, None, 1);
+    // A 30ms poll committed before any stall: an open long poll, first in
+    // the list.
+    c.poll(job, MS, 31 * MS);
+    c.poll(job, 40 * MS, 41 * MS);
+    // Then an error of another task whose trace goes on in the producer,
+    // not seen yet.
+    let mail = c.spawn(&TaskOpts::named("mail"), None, 45 * MS);
+    let s = c.user_span("send_welcome_email", None, 50 * MS);
+    c.enter(mail, 50 * MS);
+    c.error_traced(
+        Some(mail),
+        Some(s),
+        "welcome email failed",
+        &[
+            "0: queue_worker::send_welcome_email at src/worker.rs:57 (task 2 \"mail\")",
+            &format!("-- handed over through a queue from traceparent {TP} --"),
+        ],
+        51 * MS,
+    );
+    c.exit(mail, 52 * MS);
+    c.flush();
+    for f in c.take_frames() {
+        m.apply(&f);
+    }
+    let kinds = |m: &Model| -> Vec<&str> {
+        m.findings()
+            .list()
+            .iter()
+            .map(|f| f.kind.as_str())
+            .collect()
+    };
+    assert_eq!(kinds(&m), ["long_poll", "error"]);
+    // The long poll's statistics: it mostly waited for a CPU.
+    let mut st = awaitscope_collector::testing::stall(job, MS, 31 * MS + 1, true);
+    st.sched = Some(awaitscope_wire::Sched {
+        window_ns: 30 * MS,
+        on_cpu_ns: 2 * MS,
+        kernel_ns: 0,
+        waiting_ns: 28 * MS,
+    });
+    c.stall(st);
+    c.flush();
+    for f in c.take_frames() {
+        m.apply(&f);
+    }
+    assert_eq!(kinds(&m), ["error", "descheduled"]);
+    // The sender arrives.
+    let mut p = StreamBuilder::new(100, 1_000);
+    p.hello("queue_api", None, false);
+    p.thread(0);
+    let t = p.spawn(&TaskOpts::named("handle_signup"), None, 0);
+    let req = p.user_span("handle_signup", None, MS);
+    p.enter(t, MS);
+    p.handover(
+        req,
+        t,
+        IDS,
+        &["0: queue_api::handle_signup at src/api.rs:53 (task 1 \"handle_signup\")"],
+        2 * MS,
+    );
+    p.exit(t, 3 * MS);
+    p.flush();
+    for f in p.take_frames() {
+        m.apply(&f);
+    }
+    let error = &m.findings().list()[0];
+    assert!(
+        error
+            .trace
+            .iter()
+            .any(|l| l.starts_with("-- handed over through a queue from process queue_api")),
+        "{:?}",
+        error.trace
+    );
+    let d = &m.findings().list()[1];
+    assert!(
+        !d.trace.iter().any(|l| l.contains("queue_api")),
+        "{:?}",
+        d.trace
+    );
+}

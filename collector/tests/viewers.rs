@@ -18,9 +18,9 @@ use awaitscope_collector::ingest::viewer::{
 };
 use awaitscope_collector::model::TaskState;
 use awaitscope_collector::testing::{native_frame, stall, Scenario, StreamBuilder, TaskOpts};
-use awaitscope_collector::{Model, Report};
+use awaitscope_collector::{Finding, FindingKind, Model, Report};
 use awaitscope_wire::{
-    CloseKind, Frame, FrameOrigin, Level, ProcessKey, Sched, StackState, WakeOp,
+    CloseKind, Frame, FrameOrigin, Level, ProcessKey, Sched, SpanId, StackState, Stall, WakeOp,
 };
 use live::{start, wait_until, PATIENCE};
 use tokio::io::AsyncWriteExt;
@@ -1082,5 +1082,130 @@ async fn viewers_forget_what_the_server_evicts() {
         "the viewer keeps the findings the server keeps"
     );
     assert!(!r.findings.is_empty());
+    srv.stop().await;
+}
+
+/// The statistics of the stall of `t`'s poll from `start` lasting `window`:
+/// `on_cpu` of it on a CPU, `waiting` waiting for one (final: the end's
+/// half).
+fn sched_stall(t: SpanId, start: u64, window: u64, on_cpu: u64, waiting: u64) -> Stall {
+    let mut st = stall(t, start, start + window + 1, true);
+    st.sched = Some(Sched {
+        window_ns: window,
+        on_cpu_ns: on_cpu,
+        kernel_ns: 0,
+        waiting_ns: waiting,
+    });
+    st
+}
+
+/// The `long_poll` and `descheduled` findings of a model, as the views show
+/// them.
+fn poll_findings(m: &Model) -> Vec<Finding> {
+    m.findings()
+        .list()
+        .iter()
+        .filter(|f| matches!(f.kind, FindingKind::LongPoll | FindingKind::Descheduled))
+        .cloned()
+        .collect()
+}
+
+/// A viewer that joins while a finding holds an occurrence still open (a
+/// long poll whose stall's statistics have not arrived) is sent it as
+/// open: when the statistics say the poll mostly waited for a CPU, the
+/// late viewer, like the server and a viewer there from the start, shows
+/// it as `descheduled` alone, the `long_poll` finding left with the other
+/// poll (not both, the late one holding the first verdict as final).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_viewer_takes_back_an_open_occurrence_as_the_server_does() {
+    let srv = start(test_config()).await;
+    let addr = srv.addr;
+    let early = tokio::task::spawn_blocking(move || {
+        let mut v = View::connect(addr, None).expect("early viewer connects");
+        v.until("the (empty) rebuild", |v| v.synced);
+        v
+    })
+    .await
+    .unwrap();
+
+    let mut b = StreamBuilder::new(9, 9_000);
+    b.hello("shop", None, false);
+    b.thread(0);
+    let t = b.spawn(&TaskOpts::named("x"), None, 10);
+    b.waker(t, WakeOp::Clone, None, 11);
+    // A 30ms long poll, its statistics final (on a CPU) before its commit:
+    // settled.
+    b.poll(t, MS, 31 * MS);
+    b.stall(sched_stall(t, MS, 30 * MS, 29 * MS, 0));
+    b.poll(t, 40 * MS, 41 * MS);
+    // A 50ms one committed with no statistics yet: open.
+    b.poll(t, 100 * MS, 150 * MS);
+    b.poll(t, 200 * MS, 201 * MS);
+    b.flush();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(&b.recording()).await.unwrap();
+    let h = srv.handle.clone();
+    let long = |m: &Model| -> Option<(u64, Option<u64>)> {
+        m.findings()
+            .of_kind(FindingKind::LongPoll)
+            .next()
+            .map(|f| (f.count, f.worst_ns))
+    };
+    wait_until("serve found both long polls", || {
+        h.with_model(|m| long(m) == Some((2, Some(50 * MS))))
+    })
+    .await;
+
+    // The late viewer joins now; the early one has seen it all happen.
+    let (early, late) = tokio::task::spawn_blocking(move || {
+        let mut early = early;
+        early.until("both long polls", |v| {
+            long(&v.model) == Some((2, Some(50 * MS)))
+        });
+        let mut late = View::connect(addr, None).expect("late viewer connects");
+        late.until("the rebuild", |v| v.synced);
+        assert_eq!(poll_findings(&late.model), poll_findings(&early.model));
+        (early, late)
+    })
+    .await
+    .unwrap();
+
+    // The open poll's statistics: 7/8 of it waiting for a CPU.
+    b.stall(sched_stall(
+        t,
+        100 * MS,
+        50 * MS,
+        50 * MS / 8,
+        50 * MS * 7 / 8,
+    ));
+    b.flush();
+    conn.write_all(&b.take_bytes()).await.unwrap();
+    let descheduled = |m: &Model| m.findings().of_kind(FindingKind::Descheduled).count() == 1;
+    wait_until("serve found the poll descheduled", || {
+        h.with_model(descheduled)
+    })
+    .await;
+    let server = h.with_model(poll_findings);
+    let (early, late) = tokio::task::spawn_blocking(move || {
+        let (mut early, mut late) = (early, late);
+        early.until("the descheduled poll", |v| descheduled(&v.model));
+        late.until("the descheduled poll", |v| descheduled(&v.model));
+        (poll_findings(&early.model), poll_findings(&late.model))
+    })
+    .await
+    .unwrap();
+    let kinds: Vec<(FindingKind, u64, Option<u64>)> = server
+        .iter()
+        .map(|f| (f.kind, f.count, f.worst_ns))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (FindingKind::LongPoll, 1, Some(30 * MS)),
+            (FindingKind::Descheduled, 1, Some(50 * MS))
+        ]
+    );
+    assert_eq!(early, server);
+    assert_eq!(late, server);
     srv.stop().await;
 }

@@ -10,7 +10,7 @@ use awaitscope_collector::model::span::value_string;
 use awaitscope_collector::model::task::{level_str, Task};
 use awaitscope_collector::model::{Process, TaskState};
 use awaitscope_collector::{FindingKind, Model, Severity};
-use awaitscope_wire::{names, SpanId};
+use awaitscope_wire::{names, ProcessKey, SpanId};
 use hdrhistogram::Histogram;
 
 /// A task across processes: (process index in the snapshot, task id).
@@ -79,7 +79,8 @@ pub struct TaskRow {
     /// The spawning task's id in the same process; `None` for a task spawned
     /// outside any task.
     pub parent: Option<u64>,
-    /// What it waits on now (await-tree leaf label), for idle tasks.
+    /// What it waits on now (the label of its await point, see
+    /// `Process::await_point`), for idle tasks.
     pub waiting: String,
 }
 
@@ -92,7 +93,8 @@ pub struct FindingRow {
     pub severity: Severity,
     /// Index of the finding's process in [`Snapshot::processes`].
     pub proc: u16,
-    /// Description of the worst occurrence.
+    /// Description of the occurrence the finding describes (see
+    /// `Finding::message`; its location and trace are of the same one).
     pub message: String,
     /// Culprit location as `file:line:col`; empty when the finding has none.
     pub location: String,
@@ -109,6 +111,21 @@ pub struct FindingRow {
     pub first_seen: u64,
     /// Last occurrence (process clock).
     pub last_seen: u64,
+    /// What identifies the finding across snapshots (its place in the
+    /// list does not: findings are sorted newest first, and one may be
+    /// taken back).
+    pub id: FindingId,
+}
+
+/// What identifies a finding: its kind, process and deduplication key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FindingId {
+    /// The finding's kind.
+    pub kind: FindingKind,
+    /// Its process.
+    pub process: ProcessKey,
+    /// Its deduplication key within kind and process.
+    pub key: String,
 }
 
 /// A resource with holders and waiters.
@@ -148,7 +165,7 @@ pub struct AwaitLine {
     pub for_ns: u64,
     /// The resource it is, with its holders (`Mutex held by task b#3`).
     pub resource: Option<String>,
-    /// A leaf: what the task waits on now.
+    /// An await point a leaf waits at: what the task waits on now.
     pub leaf: bool,
 }
 
@@ -257,7 +274,7 @@ impl Snapshot {
         // Findings per task.
         let mut per_task: HashMap<TaskKey, (u32, FindingKind)> = HashMap::new();
         let mut findings = Vec::with_capacity(model.findings().list().len());
-        for f in model.findings().list() {
+        for (key, f) in model.findings().keyed() {
             let proc = proc_index
                 .get(&(f.pid, f.process_start_unix_ns))
                 .copied()
@@ -295,6 +312,14 @@ impl Snapshot {
                 worst_ns: f.worst_ns,
                 first_seen: f.first_seen,
                 last_seen: f.last_seen,
+                id: FindingId {
+                    kind: f.kind,
+                    process: ProcessKey {
+                        pid: f.pid,
+                        start_unix_ns: f.process_start_unix_ns,
+                    },
+                    key: key.to_string(),
+                },
             });
         }
         // Newest first; ties (a scan observes several at once) in a stable
@@ -446,8 +471,9 @@ impl Snapshot {
 fn task_row(p: &Process, t: &Task, key: TaskKey, nf: u32, worst: Option<FindingKind>) -> TaskRow {
     let now = p.now;
     let waiting = if t.state == TaskState::Idle {
-        t.await_tree
-            .deepest_leaf()
+        // Where it waits, as `stuck` judges it: not a resource it only
+        // touched (a guard dropped), nor a span that closed.
+        p.await_point(&t.await_tree)
             .map(|i| {
                 let c = p.culprit(&t.await_tree, i);
                 p.node_label(&t.await_tree.nodes[c])
@@ -575,7 +601,11 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
             .and_then(|r| p.resources.get(&r))
             .is_some_and(|r| r.internal)
     };
-    let leaves: Vec<usize> = tree.leaves().map(|l| p.culprit(tree, l)).collect();
+    let leaves: Vec<usize> = tree
+        .leaves()
+        .filter_map(|l| p.await_point_from(tree, l))
+        .map(|i| p.culprit(tree, i))
+        .collect();
     let await_tree = (0..tree.nodes.len())
         .filter(|&i| !internal(i))
         .map(|i| {

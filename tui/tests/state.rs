@@ -5,6 +5,7 @@ mod common;
 
 use awaitscope_collector::config::MS;
 use awaitscope_collector::testing::{Scenario, TaskOpts};
+use awaitscope_collector::FindingKind;
 use awaitscope_tui::snapshot::Snapshot;
 use awaitscope_tui::ui::app::{matches_query, Action, App, Column, RowKind};
 use common::*;
@@ -181,4 +182,119 @@ fn ten_thousand_children_and_deep_chains() {
     let _ = draw(&a, 120, 30, false);
     a.apply(Action::Bottom);
     let _ = draw(&a, 120, 30, true);
+}
+
+/// The task table's "Waiting on" and the detail's await-point marks name
+/// what a task waits on now: a task that took a lock and dropped its guard
+/// in its poll, then parked on something un-instrumented (the demo's
+/// harness on `std::future::pending()`), waits on no Mutex, though the
+/// Mutex it touched outlives the call; a task still waiting for the lock
+/// does.
+#[test]
+fn waiting_on_names_a_lock_only_while_waiting_for_it() {
+    let mut s = Scenario::new();
+    let m = s.mutex(0);
+    let harness = s.spawn(TaskOpts::named("harness"), 0);
+    let waiter = s.spawn(TaskOpts::named("waiter"), 0);
+    s.begin_poll(harness, 1000);
+    s.lock(harness, m, true, 1100);
+    // The lock call's future is gone; the guard's drop enters the Mutex's
+    // span for its state change.
+    s.lock_abandon(harness, m);
+    s.enter(m, 1150);
+    s.unlock(harness, m, 1150);
+    s.exit(m, 1160);
+    s.end_poll(harness, 1400);
+    s.begin_poll(waiter, 2000);
+    s.lock(waiter, m, false, 2100);
+    s.end_poll(waiter, 2400);
+    s.tick(3000);
+    let model = s.model();
+    let row = |name: &str| {
+        let snap = Snapshot::build(model, None);
+        let k = key_named(&snap, name);
+        snap.task(k).expect("row").waiting.clone()
+    };
+    assert_eq!(row("harness"), "");
+    let w = row("waiter");
+    assert!(w.contains("Mutex"), "{w:?}");
+    // The detail's await tree marks no node of the harness as waited on,
+    // and the waiter's lock call.
+    let marked = |name: &str| {
+        let k = key_named(&Snapshot::build(model, None), name);
+        let snap = Snapshot::build(model, Some(k));
+        let (_, d) = snap.detail.expect("detail");
+        d.await_tree
+            .iter()
+            .filter(|n| n.leaf)
+            .map(|n| n.label.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(marked("harness"), Vec::<String>::new());
+    let w = marked("waiter");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("Mutex"), "{w:?}");
+}
+
+/// The selected finding stays selected as the list moves under it: another
+/// finding recurring (findings are newest first) or taken back (a
+/// `long_poll` found `descheduled`) does not put the cursor, and the detail
+/// shown, on another finding.
+#[test]
+fn the_selected_finding_is_followed_as_findings_move() {
+    let mut s = Scenario::new();
+    let a = s.spawn(TaskOpts::named("alpha"), 0);
+    let b = s.spawn(TaskOpts::named("beta"), 0);
+    s.waker(a, awaitscope_wire::WakeOp::Clone, 1);
+    s.waker(b, awaitscope_wire::WakeOp::Clone, 1);
+    // Long polls, each committed by the next poll: alpha's, then beta's.
+    s.poll(a, MS, 31 * MS);
+    s.poll(a, 40 * MS, 41 * MS);
+    s.poll(b, 50 * MS, 80 * MS);
+    s.poll(b, 90 * MS, 91 * MS);
+    let mut app = App::new(Snapshot::build(s.model(), None));
+    app.apply(Action::NextView);
+    let selected = |app: &App| {
+        app.selected_finding()
+            .map(|f| (f.id.kind, f.message.clone()))
+            .expect("a finding selected")
+    };
+    // Beta's is newest; alpha's below it.
+    app.apply(Action::Down);
+    app.apply(Action::Down);
+    let (kind, alpha) = selected(&app);
+    assert_eq!(kind, FindingKind::LongPoll);
+    assert!(alpha.contains("alpha"), "{alpha}");
+    // Beta's long poll recurs: beta's finding goes first.
+    s.poll(b, 100 * MS, 130 * MS);
+    s.poll(b, 140 * MS, 141 * MS);
+    app.set_snapshot(Snapshot::build(s.model(), None));
+    assert_eq!(selected(&app), (FindingKind::LongPoll, alpha.clone()));
+    // Alpha's long poll recurs, then beta's first one is found to have
+    // waited for a CPU: its finding loses it, a descheduled one comes.
+    s.poll(a, 150 * MS, 180 * MS);
+    s.poll(a, 190 * MS, 191 * MS);
+    app.set_snapshot(Snapshot::build(s.model(), None));
+    let (_, alpha) = selected(&app);
+    assert!(alpha.contains("alpha"), "{alpha}");
+    let mut st = awaitscope_collector::testing::stall(b, 100 * MS, 130 * MS + 1, true);
+    st.sched = Some(awaitscope_wire::Sched {
+        window_ns: 30 * MS,
+        on_cpu_ns: 2 * MS,
+        kernel_ns: 0,
+        waiting_ns: 28 * MS,
+    });
+    s.stall(st);
+    app.set_snapshot(Snapshot::build(s.model(), None));
+    assert_eq!(
+        app.snap
+            .findings
+            .iter()
+            .filter(|f| f.id.kind == FindingKind::Descheduled)
+            .count(),
+        1,
+        "{:?}",
+        app.snap.findings
+    );
+    assert_eq!(selected(&app), (FindingKind::LongPoll, alpha));
 }

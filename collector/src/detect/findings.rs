@@ -59,9 +59,11 @@ pub struct Finding {
     pub tasks: Vec<FindingTask>,
     /// Culprit source location (await point, span, event or panic site).
     pub location: Option<Location>,
-    /// Human-readable description (of the worst occurrence).
+    /// Human-readable description of the occurrence described: the worst,
+    /// unless the worst had no native stack and an earlier one did (then
+    /// that one; `location` and `trace` are always of the same occurrence).
     pub message: String,
-    /// Where the worst occurrence was, innermost first like a backtrace
+    /// Where the occurrence described was, innermost first like a backtrace
     /// (for the poll-time kinds: native stack, async stack, task; see
     /// `docs/report-json.md`).
     pub trace: Vec<String>,
@@ -76,8 +78,10 @@ pub struct Finding {
     pub last_seen: u64,
 }
 
-/// One observation by a detector, merged into findings.
-#[derive(Clone, Debug)]
+/// One observation by a detector, merged into findings. (Serialised only
+/// between a server and its viewers: an open occurrence's latest
+/// observation, see [`Findings::open`].)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
     /// What the detector found.
     pub kind: FindingKind,
@@ -113,7 +117,7 @@ pub const MAX_TASKS_PER_FINDING: usize = 8;
 
 /// One occurrence a detector may judge again once more is known (a task's
 /// poll, by its start): see [`Findings::observe_occurrence`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Occurrence {
     /// The task it happened to.
     pub task: SpanId,
@@ -136,6 +140,10 @@ struct Open {
 /// verdict final, as if observed with [`Findings::observe`]).
 pub const MAX_OPEN: usize = 256;
 
+/// Most findings waiting for the process that sent their context (see
+/// [`Findings::defer_join`]).
+pub const MAX_DEFERRED: usize = 1024;
+
 /// The deduplicated findings.
 #[derive(Debug, Default)]
 pub struct Findings {
@@ -145,8 +153,15 @@ pub struct Findings {
     pub suppressed: u64,
     max: usize,
     /// Findings whose trace was just set and has a hand-over from another
-    /// process to join ([`crate::stitch`]), by index.
+    /// process to join ([`crate::stitch`]), by index (kept in step when a
+    /// finding is removed, as every index below).
     unjoined: Vec<usize>,
+    /// Findings whose join waits for the process that sent their context,
+    /// by index (at most [`MAX_DEFERRED`]).
+    deferred: Vec<usize>,
+    /// Findings added since [`Findings::take_added`] was last called, by
+    /// index.
+    added: Vec<usize>,
     /// Occurrences whose verdict may still change, oldest first.
     open: VecDeque<Open>,
     /// For each finding showing open occurrences (by index): the finding
@@ -171,23 +186,22 @@ fn merge(f: &mut Finding, o: Observation) -> bool {
     if o.duration_ns.is_some() {
         f.worst_ns = f.worst_ns.max(o.duration_ns);
     }
-    let mut traced = false;
-    if worse {
+    // Message, location and trace describe one occurrence, together: the
+    // worst, unless it says less of where the code blocks than the one
+    // described (a poll's native stack is sampled once a poll crosses the
+    // producer's threshold, and a longer poll the watchdog did not catch
+    // would otherwise erase it): then that one stays described whole, its
+    // message with its stack, and `worst_ns` alone tells of the worse.
+    // (Its stack under the other's message sent readers to code another
+    // task ran.)
+    let keeps = super::poll_trace::has_native_stack(&f.trace)
+        && !super::poll_trace::has_native_stack(&o.trace)
+        && !o.trace.is_empty();
+    let traced = worse && !keeps;
+    if traced {
         f.message = o.message;
-        // Where a worse occurrence was is kept unless it says less:
-        // a poll's native stack is sampled once a poll crosses the
-        // producer's threshold, and a longer poll the watchdog did
-        // not catch would otherwise erase where the code blocks.
-        let keeps = super::poll_trace::has_native_stack(&f.trace)
-            && !super::poll_trace::has_native_stack(&o.trace)
-            && !o.trace.is_empty();
-        if !keeps {
-            f.trace = o.trace;
-            if o.location.is_some() {
-                f.location = o.location;
-            }
-            traced = true;
-        }
+        f.trace = o.trace;
+        f.location = o.location;
     }
     for t in o.tasks {
         if f.tasks.len() >= MAX_TASKS_PER_FINDING {
@@ -268,9 +282,9 @@ impl Findings {
     }
 
     /// Whether an observation of `kind` under `key` lasting `duration_ns`
-    /// would give its finding a new message and trace: no such finding yet
+    /// may give its finding a new message and trace: no such finding yet
     /// (or no room for it), or it lasts at least as long as the worst so
-    /// far. A detector whose observations are frequent and costly to
+    /// far (it does unless it lacks the native stack the finding's has). A detector whose observations are frequent and costly to
     /// describe asks first, and sends the others without message or trace
     /// ([`Findings::observe`] would drop them unread).
     pub fn describes(
@@ -315,6 +329,7 @@ impl Findings {
         let i = self.list.len();
         self.index.insert(key, i);
         self.list.push(first(o));
+        self.added.push(i);
         self.note_trace(i);
     }
 
@@ -329,9 +344,11 @@ impl Findings {
     /// At most [`MAX_OPEN`] occurrences stay open: beyond, the oldest is
     /// final. A finding showing open occurrences is recomputed from the
     /// observations, so this is for kinds whose traces are not joined
-    /// across processes ([`Findings::set_trace`]). Open occurrences are
-    /// this set's own: a copy of its findings ([`Findings::restore`] in a
-    /// viewer that joined late) holds them as final.
+    /// across processes ([`Findings::set_trace`]). A copy of the findings
+    /// ([`Findings::restore`] in a viewer that joined late) holds them as
+    /// final unless it is also given what is settled of them and the open
+    /// occurrences ([`Findings::restore_unsettled`],
+    /// [`Findings::restore_open`]).
     pub fn observe_occurrence(&mut self, occurrence: Occurrence, mut o: Observation, open: bool) {
         if let Some(n) = self
             .open
@@ -359,6 +376,7 @@ impl Findings {
                 self.index.insert(key, i);
                 // Shown below, from nothing settled and `o`.
                 self.list.push(first(o.clone()));
+                self.added.push(i);
                 self.settled.insert(i, None);
                 i
             }
@@ -431,9 +449,11 @@ impl Findings {
         for e in &mut self.open {
             e.finding = shift(e.finding);
         }
-        self.unjoined.retain(|j| *j != i);
-        for j in &mut self.unjoined {
-            *j = shift(*j);
+        for v in [&mut self.unjoined, &mut self.deferred, &mut self.added] {
+            v.retain(|j| *j != i);
+            for j in v.iter_mut() {
+                *j = shift(*j);
+            }
         }
     }
 
@@ -450,6 +470,30 @@ impl Findings {
     /// join since the last call, by index in [`Findings::list`].
     pub fn take_unjoined(&mut self) -> Vec<usize> {
         std::mem::take(&mut self.unjoined)
+    }
+
+    /// Keeps finding `i`, whose trace could not be joined yet, to be joined
+    /// when the process that sent its context arrives
+    /// ([`Findings::take_deferred`]); not beyond [`MAX_DEFERRED`] of them.
+    pub fn defer_join(&mut self, i: usize) {
+        if i < self.list.len() && self.deferred.len() < MAX_DEFERRED && !self.deferred.contains(&i)
+        {
+            self.deferred.push(i);
+        }
+    }
+
+    /// The findings deferred with [`Findings::defer_join`], by index in
+    /// [`Findings::list`] as it is now.
+    pub fn take_deferred(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// The findings added since the last call (a new finding, not another
+    /// occurrence of one), by index in [`Findings::list`] as it is now; one
+    /// taken back before the call is not among them. For a log that tells
+    /// of each finding once (one caller only).
+    pub fn take_added(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.added)
     }
 
     /// Replaces the trace of finding `i` (a trace joined across processes).
@@ -492,7 +536,76 @@ impl Findings {
             return;
         }
         self.index.insert((f.kind, process, key), self.list.len());
+        self.added.push(self.list.len());
         self.list.push(f);
+    }
+
+    /// The findings showing open occurrences, in list order, each with its
+    /// deduplication key and what is settled of it (the finding without its
+    /// open occurrences; `None` when it has only those). With
+    /// [`Findings::open`], what a copy needs to take an open occurrence back
+    /// as this set would.
+    pub fn unsettled(&self) -> Vec<(&str, FindingKind, ProcessKey, Option<&Finding>)> {
+        let mut out: Vec<_> = self
+            .index
+            .iter()
+            .filter_map(|((kind, process, key), i)| {
+                let settled = self.settled.get(i)?;
+                Some((*i, (key.as_str(), *kind, *process, settled.as_ref())))
+            })
+            .collect();
+        out.sort_unstable_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, u)| u).collect()
+    }
+
+    /// The open occurrences, oldest first, each with its latest observation
+    /// (whose `key` is its finding's).
+    pub fn open(&self) -> impl Iterator<Item = (Occurrence, &Observation)> {
+        self.open.iter().map(|e| (e.occurrence, &e.o))
+    }
+
+    /// Restores, after the finding itself ([`Findings::restore`]), what is
+    /// settled of a finding of another set that shows open occurrences
+    /// ([`Findings::unsettled`]). Ignored when the finding is not here (it
+    /// was not restored: no room).
+    pub fn restore_unsettled(
+        &mut self,
+        key: String,
+        kind: FindingKind,
+        process: ProcessKey,
+        settled: Option<Finding>,
+    ) {
+        if let Some(&i) = self.index.get(&(kind, process, key)) {
+            self.settled.insert(i, settled);
+        }
+    }
+
+    /// Restores an open occurrence of another set ([`Findings::open`],
+    /// oldest first), after what is settled of its finding
+    /// ([`Findings::restore_unsettled`]): a later observation of the
+    /// occurrence here takes `o` back as that set would have. The finding
+    /// is shown as restored, with `o` in it already. Without its settled
+    /// part here, `o` stays merged in the finding as final.
+    pub fn restore_open(&mut self, occurrence: Occurrence, o: Observation) {
+        let Some(&i) = self.index.get(&(o.kind, o.process, o.key.clone())) else {
+            return;
+        };
+        if !self.settled.contains_key(&i)
+            || self
+                .open
+                .iter()
+                .any(|e| e.occurrence == occurrence && e.o.process == o.process)
+        {
+            return;
+        }
+        self.open.push_back(Open {
+            occurrence,
+            finding: i,
+            o,
+        });
+        if self.open.len() > MAX_OPEN {
+            self.settle_oldest();
+        }
     }
 
     /// Findings of `kind`.
@@ -565,25 +678,54 @@ mod tests {
         assert_eq!(x.tasks.len(), MAX_TASKS_PER_FINDING);
     }
 
+    fn at(file: &str, line: u32) -> Option<Location> {
+        Some(Location {
+            file: file.into(),
+            line,
+            col: None,
+        })
+    }
+
+    /// A worse occurrence without a native stack leaves the one that has
+    /// one described whole: its message, location and trace together (not
+    /// the worse one's message above the other's stack: a reader would fix
+    /// code another task ran), while `worst_ns` tells of the worse. A worse
+    /// occurrence with a stack is described whole in its turn, its lack of
+    /// a location included.
     #[test]
-    fn a_worse_occurrence_without_a_native_stack_keeps_where_the_code_blocked() {
+    fn a_finding_describes_one_occurrence_whole() {
         let mut f = Findings::new(10);
         let mut sampled = obs("a", 50, 1, true);
-        sampled.trace = vec!["burn_cpu @ src/main.rs:88".into()];
+        sampled.message = "in recv (shutdown.rs:40)".into();
+        sampled.location = at("src/shutdown.rs", 40);
+        sampled.trace = vec!["Shutdown::recv @ src/shutdown.rs:40".into()];
         f.observe(sampled);
         let mut missed = obs("a", 70, 2, true);
+        missed.message = "in apply (get.rs:63)".into();
+        missed.location = at("src/get.rs", 63);
         missed.trace = vec![
             format!(
                 "{}no stall was reported",
                 super::super::poll_trace::NO_STACK
             ),
-            "task #1".into(),
+            "apply @ src/get.rs:63".into(),
+            "task #2".into(),
         ];
         f.observe(missed);
         let x = &f.list()[0];
         assert_eq!((x.count, x.worst_ns), (2, Some(70)));
-        assert_eq!(x.message, "d=70");
-        assert_eq!(x.trace, ["burn_cpu @ src/main.rs:88"]);
+        assert_eq!(x.message, "in recv (shutdown.rs:40)");
+        assert_eq!(x.location, at("src/shutdown.rs", 40));
+        assert_eq!(x.trace, ["Shutdown::recv @ src/shutdown.rs:40"]);
+        let mut worse = obs("a", 90, 3, true);
+        worse.message = "in spin".into();
+        worse.trace = vec!["spin @ ../lib.rs:7".into()];
+        f.observe(worse);
+        let x = &f.list()[0];
+        assert_eq!((x.count, x.worst_ns), (3, Some(90)));
+        assert_eq!(x.message, "in spin");
+        assert_eq!(x.location, None);
+        assert_eq!(x.trace, ["spin @ ../lib.rs:7"]);
     }
 
     fn occ(at: u64) -> Occurrence {
@@ -687,6 +829,50 @@ mod tests {
         assert_eq!(f.list()[0].count, MAX_OPEN as u64 + 1);
         f.observe_occurrence(occ(3), d(obs("a", 50, 3, false)), true);
         assert_eq!(f.list()[0].count, MAX_OPEN as u64);
+    }
+
+    /// The findings added since the last look are told by identity, not by
+    /// how long the list has grown: a finding taken back (a `long_poll`
+    /// found `descheduled`) and another added leave the list as long, and
+    /// the new one is still told; one added and taken back in between is
+    /// not told at all.
+    #[test]
+    fn added_findings_are_told_once_whatever_was_taken_back() {
+        let mut f = Findings::new(10);
+        f.observe_occurrence(occ(1), obs("a", 50, 1, true), true);
+        f.observe(obs("b", 20, 2, true));
+        assert_eq!(f.take_added(), [0, 1]);
+        let d = |o| as_kind(FindingKind::Descheduled, o);
+        f.observe_occurrence(occ(1), d(obs("a", 50, 1, false)), false);
+        assert_eq!(f.list().len(), 2);
+        let added = f.take_added();
+        assert_eq!(added, [1]);
+        assert_eq!(f.list()[added[0]].kind, FindingKind::Descheduled);
+        // Another occurrence of a finding is no new finding.
+        f.observe(obs("b", 30, 3, true));
+        assert!(f.take_added().is_empty());
+        // Added, then taken back before the next look: never told.
+        f.observe_occurrence(occ(4), obs("c", 40, 4, true), true);
+        f.observe_occurrence(occ(4), d(obs("c", 40, 4, false)), true);
+        let added = f.take_added();
+        assert_eq!(added.len(), 1);
+        assert_eq!(f.list()[added[0]].kind, FindingKind::Descheduled);
+        assert_eq!(f.list()[added[0]].worst_ns, Some(40));
+    }
+
+    /// A finding waiting to be joined stays identified when a finding
+    /// before it is removed.
+    #[test]
+    fn deferred_joins_follow_their_findings() {
+        let mut f = Findings::new(10);
+        f.observe_occurrence(occ(1), obs("a", 50, 1, true), true);
+        f.observe(as_kind(FindingKind::Error, obs("e", 1, 2, true)));
+        f.defer_join(1);
+        let d = |o| as_kind(FindingKind::Descheduled, o);
+        f.observe_occurrence(occ(1), d(obs("a", 50, 1, false)), false);
+        let deferred = f.take_deferred();
+        assert_eq!(deferred.len(), 1);
+        assert_eq!(f.list()[deferred[0]].kind, FindingKind::Error);
     }
 
     #[test]

@@ -5,8 +5,6 @@
 //! `lost_waker`; so is one whose tree holds only spans that closed (what it
 //! waits on now has no span).
 
-use awaitscope_wire::SpanClass;
-
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
@@ -49,21 +47,11 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     if (0..tree.nodes.len()).any(|i| p.node_is_timer(tree, i)) {
         return None;
     }
-    // What it is pending on must still be there: a span that closed in the
-    // poll (a setup call that returned before the task parked elsewhere,
-    // un-instrumented) is no await point, nor is a resource itself (a
-    // Mutex outlives the calls made on it, and tokio enters its span for a
-    // synchronous state change, a guard dropped): a task waits on a
-    // resource only through a call on it still live, an async op below it.
-    // Up to the nearest ancestor that is an await point; none (a harness
-    // parked on a shutdown signal after some set-up): nothing to name, not
-    // stuck.
-    let mut leaf = tree.deepest_leaf()?;
-    while !p.spans.contains_key(&tree.nodes[leaf].span)
-        || tree.nodes[leaf].class == SpanClass::Resource
-    {
-        leaf = usize::from(tree.nodes[leaf].parent?);
-    }
+    // What it is pending on must still be there, and be an await point:
+    // no span that closed in the poll, no resource itself (see
+    // `AwaitTree::await_point_from`). None (a harness parked on a shutdown
+    // signal after some set-up): nothing to name, not stuck.
+    let leaf = p.await_point(tree)?;
     // The innermost frame names what it waits on (tokio's internals folded
     // into the operation the user called), at the user's line.
     let frames = p.await_frames(tree, leaf);

@@ -211,18 +211,18 @@ impl Server {
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(scanner.cfg.scan_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut logged = 0;
             loop {
                 tick.tick().await;
                 let now = unix_now();
                 let mut m = lock(&scanner.model);
                 scanner.merge_drops(&mut m);
                 m.scan_wall(now);
-                let list = m.findings().list();
-                for f in list.iter().skip(logged) {
+                // The findings new since the last scan, by identity: one
+                // taken back (a `long_poll` found `descheduled`) moves the
+                // others in the list.
+                for f in m.take_added_findings() {
                     warn!(kind = %f.kind, pid = f.pid, "finding: {}", f.message);
                 }
-                logged = list.len();
                 let evicted = scanner.evict_ended(&mut m);
                 drop(m);
                 if evicted > 0 {

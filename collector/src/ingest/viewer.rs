@@ -43,8 +43,11 @@
 //! process as a whole: deadlocks in progress, drops reported), which
 //! are detector memory rather than model state; then come the server's
 //! findings ([`Control::Finding`], with their deduplication keys so that the
-//! viewer's own detectors add to them rather than repeat them) and
-//! [`Control::Synced`]. From then on the viewer gets every frame the server
+//! viewer's own detectors add to them rather than repeat them), the
+//! occurrences still open in them with what is settled of their findings
+//! ([`Control::Unsettled`], [`Control::Open`]: a `long_poll` later found
+//! `descheduled` is then taken back by the viewer too, as by a viewer that
+//! was there from the start) and [`Control::Synced`]. From then on the viewer gets every frame the server
 //! applies, in the order it applies them.
 //!
 //! The snapshots are taken from the server's [`Model`] rather than from a
@@ -94,15 +97,16 @@ use awaitscope_wire::{
 use serde::{Deserialize, Serialize};
 
 use super::budget::Reservation;
-use crate::detect::Recollection;
+use crate::detect::{Observation, Occurrence, Recollection};
 use crate::model::{Process, ProcessSnapshot, Task};
 use crate::{Finding, FindingKind, Model};
 
 /// First eight bytes a viewer sends (and the server answers with).
 pub const VIEWER_MAGIC: [u8; 8] = *b"AWSVIEW\0";
 
-/// Version of the viewer protocol (2: late joins get snapshots).
-pub const VIEWER_VERSION: u16 = 3;
+/// Version of the viewer protocol (2: late joins get snapshots; 4: and
+/// the findings' open occurrences).
+pub const VIEWER_VERSION: u16 = 4;
 
 /// Largest control message, in bytes.
 pub const MAX_CONTROL_LEN: usize = 64 * 1024;
@@ -168,6 +172,29 @@ pub enum Control {
         key: String,
         /// The finding.
         finding: Finding,
+    },
+    /// What is settled of a finding of the server's model that shows
+    /// occurrences still open (sent on joining, after the `Finding`s): the
+    /// finding without them, `None` when it has only those.
+    Unsettled {
+        /// Deduplication key within kind and process.
+        key: String,
+        /// The finding's kind.
+        kind: FindingKind,
+        /// The finding's process.
+        process: ProcessKey,
+        /// The finding without its open occurrences.
+        settled: Option<Finding>,
+    },
+    /// An occurrence still open in the server's findings (its verdict may
+    /// change: a `long_poll` later found `descheduled`), with its latest
+    /// observation; sent on joining after the `Unsettled`s, oldest first,
+    /// so that the viewer's detectors take it back as the server's do.
+    Open {
+        /// The occurrence.
+        occurrence: Occurrence,
+        /// Its latest observation.
+        observation: Observation,
     },
     /// Detector episodes in progress on a task (continued, not counted
     /// again, by the viewer's detectors).
@@ -426,6 +453,16 @@ pub fn apply(model: &mut Model, msg: &Message, wall_unix_ns: u64) {
         Message::Control(Control::Finding { key, finding }) => {
             model.restore_finding(key.clone(), finding.clone())
         }
+        Message::Control(Control::Unsettled {
+            key,
+            kind,
+            process,
+            settled,
+        }) => model.restore_unsettled(key.clone(), *kind, *process, settled.clone()),
+        Message::Control(Control::Open {
+            occurrence,
+            observation,
+        }) => model.restore_open(*occurrence, observation.clone()),
         Message::Control(Control::Ongoing {
             process,
             task,
@@ -455,6 +492,10 @@ pub struct Rebuild {
     processes: Vec<(ProcessSnapshot, Vec<Control>)>,
     /// The server's findings, with their keys.
     findings: Vec<(String, Finding)>,
+    /// What is settled of those showing open occurrences
+    /// ([`Control::Unsettled`]), then the open occurrences
+    /// ([`Control::Open`]), oldest first.
+    open: Vec<Control>,
 }
 
 impl Rebuild {
@@ -471,6 +512,7 @@ impl Rebuild {
                 .into_iter()
                 .map(|(k, f)| (k.to_string(), f.clone()))
                 .collect(),
+            open: open_findings(model),
         }
     }
 
@@ -490,20 +532,66 @@ impl Rebuild {
         // Whatever findings the viewer's model had are replaced by the
         // server's.
         encode_control(&Control::ResetFindings, out);
-        for (key, finding) in self.findings {
-            let mut c = Control::Finding { key, finding };
+        let findings = self
+            .findings
+            .into_iter()
+            .map(|(key, finding)| Control::Finding { key, finding });
+        for mut c in findings.chain(self.open) {
             if control_len(&c) > MAX_CONTROL_LEN {
                 // Long traces or task lists: keep their start.
-                if let Control::Finding { finding, .. } = &mut c {
-                    finding.trace.truncate(16);
-                    finding.tasks.truncate(8);
-                }
+                shorten(&mut c);
             }
             if control_len(&c) <= MAX_CONTROL_LEN {
                 encode_control(&c, out);
             }
         }
         encode_control(&Control::Synced, out);
+    }
+}
+
+/// The open occurrences of `model`'s findings and what is settled of the
+/// findings showing them, as the controls that bring them to a viewer.
+fn open_findings(model: &Model) -> Vec<Control> {
+    let findings = model.findings();
+    let unsettled = findings
+        .unsettled()
+        .into_iter()
+        .map(|(key, kind, process, settled)| Control::Unsettled {
+            key: key.to_string(),
+            kind,
+            process,
+            settled: settled.cloned(),
+        });
+    let open = findings.open().map(|(occurrence, o)| Control::Open {
+        occurrence,
+        observation: o.clone(),
+    });
+    unsettled.chain(open).collect()
+}
+
+/// Shortens a finding control over [`MAX_CONTROL_LEN`]: the start of its
+/// traces and task lists (and of an observation's message) kept.
+fn shorten(c: &mut Control) {
+    let finding = match c {
+        Control::Finding { finding, .. } => Some(finding),
+        Control::Unsettled { settled, .. } => settled.as_mut(),
+        Control::Open { observation, .. } => {
+            observation.trace.truncate(16);
+            observation.tasks.truncate(8);
+            if observation.message.len() > 4096 {
+                let mut end = 4096;
+                while !observation.message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                observation.message.truncate(end);
+            }
+            None
+        }
+        _ => None,
+    };
+    if let Some(f) = finding {
+        f.trace.truncate(16);
+        f.tasks.truncate(8);
     }
 }
 

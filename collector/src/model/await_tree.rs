@@ -72,6 +72,35 @@ impl AwaitTree {
         Some((self.nodes.len() - 1) as u16)
     }
 
+    /// The node a task waits at, from the deepest leaf up (see
+    /// [`AwaitTree::await_point_from`]); `None` when nothing in the tree is
+    /// one.
+    pub fn await_point(&self, live: impl Fn(SpanId) -> bool) -> Option<usize> {
+        self.await_point_from(self.deepest_leaf()?, live)
+    }
+
+    /// The node leaf `leaf` waits at: the leaf, or its nearest ancestor,
+    /// that is an await point. A span that closed (`live` says which are
+    /// still open) is none: a set-up call that returned before the task
+    /// parked elsewhere, un-instrumented. Nor is a resource itself: a
+    /// Mutex outlives the calls made on it, and tokio enters its span for
+    /// a synchronous state change (a guard dropped); a task waits on a
+    /// resource only through a call on it still live, an async op below
+    /// it. `None` when no node up to the root is one (a harness parked on
+    /// a shutdown signal after some set-up: nothing to name).
+    pub fn await_point_from(&self, leaf: usize, live: impl Fn(SpanId) -> bool) -> Option<usize> {
+        let mut i = leaf;
+        // Bounded: a malformed tree's parents may form a cycle.
+        for _ in 0..=self.nodes.len() {
+            let n = self.nodes.get(i)?;
+            if n.class != SpanClass::Resource && live(n.span) {
+                return Some(i);
+            }
+            i = usize::from(n.parent?);
+        }
+        None
+    }
+
     /// Indices of the leaves (nodes without children).
     pub fn leaves(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.nodes.len())

@@ -287,6 +287,20 @@ impl Process {
             .collect()
     }
 
+    /// The node of `tree` its task waits at now: from the deepest leaf up,
+    /// the first span still open that is no resource itself (see
+    /// [`AwaitTree::await_point_from`]). What the `stuck` detector and the
+    /// views name as what a task waits on.
+    pub fn await_point(&self, tree: &AwaitTree) -> Option<usize> {
+        tree.await_point(|s| self.spans.contains_key(&s))
+    }
+
+    /// [`Process::await_point`] from leaf `leaf` of `tree` (a `join!` or
+    /// `select!` waits at several).
+    pub fn await_point_from(&self, tree: &AwaitTree, leaf: usize) -> Option<usize> {
+        tree.await_point_from(leaf, |s| self.spans.contains_key(&s))
+    }
+
     /// The node that best names what leaf `i` waits on: the leaf, or the
     /// nearest ancestor outside resources internal to another (a Mutex's
     /// `Mutex::lock` rather than its inner semaphore's `Acquire`).

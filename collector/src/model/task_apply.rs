@@ -8,10 +8,13 @@ use super::await_tree::AwaitTree;
 use super::span::{self, Location};
 use super::task::{PendingPoll, Task, TaskState, WOKEN_BY};
 
-/// The leaf span that identifies what a task waits on: the deepest leaf.
+/// The span that identifies what a task waits on: its await point as far
+/// as the tree tells at the poll's end (no resource node itself, see
+/// [`AwaitTree::await_point`]); whether it is still open is judged when
+/// read ([`super::Process::await_point`]).
 #[inline]
 fn leaf_span(tree: &AwaitTree) -> Option<SpanId> {
-    tree.deepest_leaf().map(|i| tree.nodes[i].span)
+    tree.await_point(|_| true).map(|i| tree.nodes[i].span)
 }
 
 /// The fields a task's name, kind, tokio id and spawn location are

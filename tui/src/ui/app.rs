@@ -344,8 +344,32 @@ impl App {
 
     /// Replaces the snapshot, keeping the selection on the same task.
     pub fn set_snapshot(&mut self, snap: Snapshot) {
+        // The selected finding and error are followed by identity: their
+        // places change as findings come, recur (newest first) or are taken
+        // back.
+        let finding = self.finding_in(View::Findings).map(|f| f.id.clone());
+        let error = self.finding_in(View::Errors).map(|f| f.id.clone());
         self.snap = snap;
         self.rebuild();
+        let fs = &self.snap.findings;
+        if let Some(id) = finding {
+            if let Some(p) = self
+                .finding_rows
+                .iter()
+                .position(|l| matches!(l, FindingLine::Item(i) if fs[*i].id == id))
+            {
+                self.list_cursor[0] = p;
+            }
+        }
+        if let Some(id) = error {
+            if let Some(p) = self
+                .error_indices()
+                .iter()
+                .position(|&i| self.snap.findings[i].id == id)
+            {
+                self.list_cursor[1] = p;
+            }
+        }
     }
 
     /// Recomputes visible rows (sort, filter, tree) and re-finds the
@@ -584,7 +608,12 @@ impl App {
 
     /// The selected finding (Findings view) or error (Errors view).
     pub fn selected_finding(&self) -> Option<&FindingRow> {
-        match self.view {
+        self.finding_in(self.view)
+    }
+
+    /// The finding under the cursor of `view` (Findings or Errors).
+    fn finding_in(&self, view: View) -> Option<&FindingRow> {
+        match view {
             View::Findings => match self.finding_rows.get(self.list_cursor[0])? {
                 FindingLine::Item(i) => self.snap.findings.get(*i),
                 FindingLine::Group(..) => None,
