@@ -53,7 +53,10 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     if idle <= th.lost_waker_grace_ns {
         return None;
     }
-    let leaf = t.await_tree.deepest_leaf();
+    // Where it waits, as `stuck` judges it: not a span that closed in its
+    // last poll, nor a resource it only touched (a guard dropped). Nowhere
+    // named: the task's own location says where to look.
+    let leaf = p.await_point(&t.await_tree);
     let frames = leaf.map_or_else(Vec::new, |i| p.await_frames(&t.await_tree, i));
     let location = frames
         .iter()
@@ -145,6 +148,42 @@ mod tests {
         assert_eq!(count(2, false, false), 0, "wakers alive");
         assert_eq!(count(2, true, false), 1, "its last waker dropped later");
         assert_eq!(count(0, false, true), 0, "woken after all");
+    }
+
+    /// A task that took a lock, dropped the guard (which enters the
+    /// Mutex's span) and was left without a waker is not said to wait on
+    /// the Mutex: its finding names the task's own location, as one whose
+    /// tree names nothing live; a task that lost its waker while waiting
+    /// for the lock names the lock.
+    #[test]
+    fn the_trace_names_where_it_waits_not_a_lock_it_released() {
+        let trace = |acquired: bool| {
+            let mut s = Scenario::new();
+            let m = s.mutex(0);
+            let t = s.spawn(TaskOpts::named("forgetful"), 0);
+            s.begin_poll(t, 1000);
+            s.lock(t, m, acquired, 1100);
+            if acquired {
+                s.lock_abandon(t, m);
+                s.enter(m, 1150);
+                s.unlock(t, m, 1150);
+                s.exit(m, 1160);
+            }
+            s.end_poll(t, 1400);
+            s.tick(5_000 * MS);
+            let f: Vec<_> = s
+                .model()
+                .findings()
+                .of_kind(FindingKind::LostWaker)
+                .cloned()
+                .collect();
+            assert_eq!(f.len(), 1, "{f:?}");
+            f[0].trace.join(" / ")
+        };
+        let released = trace(true);
+        assert!(!released.contains("Mutex"), "{released}");
+        let waiting = trace(false);
+        assert!(waiting.contains("Mutex::lock"), "{waiting}");
     }
 
     #[test]
