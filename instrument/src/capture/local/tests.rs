@@ -327,9 +327,9 @@ fn a_registry_id_reused_in_one_poll_names_the_new_span() {
     let (old, new) = (node(2), node(3));
     let no_lookup = || -> Option<Arc<SpanNode>> { panic!("looked up") };
     l.enter_reg(&shared, 10, || Some(task.clone()));
-    // Created here (as `Capture::new_span` does), entered, exited, entered
-    // again to drop its future, closed here.
-    l.remember(20, &old);
+    // Created here (as `Capture::new_span` does: the poll's recent span,
+    // not cached), entered, exited, entered again to drop its future,
+    // closed here.
     l.set_recent(20, old.id);
     for _ in 0..2 {
         l.enter_reg(&shared, 20, no_lookup);
