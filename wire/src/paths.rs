@@ -62,7 +62,7 @@ pub fn origin(path: &str) -> PathOrigin {
     {
         return PathOrigin::Std;
     }
-    if p.contains("/registry/src/") || p.contains("/git/checkouts/") {
+    if after(&p, "/registry/src/").is_some() || after(&p, "/git/checkouts/").is_some() {
         return PathOrigin::Dependency;
     }
     // A shortened dependency path: `name-1.2.3/src/...`.
@@ -100,13 +100,46 @@ fn forward_slashes(path: &str) -> Cow<'_, str> {
     }
 }
 
+/// What follows the first `marker` in `s`. Every marker starts with `/`:
+/// only the slashes of `s` are tried, which for paths of a few dozen bytes
+/// is much cheaper than setting up `str::find`'s substring search (this runs
+/// for every location of every trace line a description writes).
 fn after<'a>(s: &'a str, marker: &str) -> Option<&'a str> {
-    s.find(marker).map(|i| &s[i + marker.len()..])
+    debug_assert!(marker.starts_with('/'));
+    let b = s.as_bytes();
+    b.iter()
+        .enumerate()
+        .filter(|&(_, &c)| c == b'/')
+        .find(|&(i, _)| b[i..].starts_with(marker.as_bytes()))
+        // `marker` is whole characters: the end of its match is a boundary.
+        .map(|(i, _)| &s[i + marker.len()..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_finds_the_first_marker_as_find_does() {
+        let paths = [
+            "",
+            "/",
+            "/registry/src/",
+            "a/registry/src/b/registry/src/c",
+            "/home/u/.cargo/registry/src/index/tokio-1/src/lib.rs",
+            "registry/src/x",
+            "//registry/src//x",
+            "/rustc/abc/library/std/src/lib.rs",
+            "src/é/library/ü.rs",
+            "/library",
+        ];
+        for p in paths {
+            for m in ["/registry/src/", "/library/", "/git/checkouts/", "/"] {
+                let want = p.find(m).map(|i| &p[i + m.len()..]);
+                assert_eq!(after(p, m), want, "{p:?} {m:?}");
+            }
+        }
+    }
 
     #[test]
     fn registry_git_and_std_paths_are_shortened() {
