@@ -27,13 +27,15 @@ pub enum PathOrigin {
 /// standard library's from the library's name; other paths unchanged.
 pub fn display(path: &str) -> Cow<'_, str> {
     let p = forward_slashes(path);
-    if let Some(rest) = after(&p, "/registry/src/") {
+    // One pass over the slashes for the common case, neither marker.
+    let dependency = holds_any(&p, &["/registry/src/", "/git/checkouts/"]);
+    if let Some(rest) = dependency.then(|| after(&p, "/registry/src/")).flatten() {
         // `index.crates.io-<hash>/tokio-1.47.1/src/...`: drop the index.
         if let Some((_, krate)) = rest.split_once('/') {
             return Cow::Owned(krate.to_owned());
         }
     }
-    if let Some(rest) = after(&p, "/git/checkouts/") {
+    if let Some(rest) = dependency.then(|| after(&p, "/git/checkouts/")).flatten() {
         // `<name>-<hash>/<rev>/src/...`: keep the name, drop the revision.
         if let Some((name, tail)) = rest.split_once('/') {
             let tail = tail.split_once('/').map_or(tail, |(_, t)| t);
@@ -72,7 +74,7 @@ pub fn origin(path: &str) -> PathOrigin {
     let first = &b[..b.iter().position(|&c| c == b'/').unwrap_or(b.len())];
     if first.iter().rposition(|&c| c == b'-').is_some_and(|i| {
         let v = &first[i + 1..];
-        v.first().is_some_and(u8::is_ascii_digit) && v.iter().any(|&c| c == b'.')
+        v.first().is_some_and(u8::is_ascii_digit) && v.contains(&b'.')
     }) {
         return PathOrigin::Dependency;
     }
