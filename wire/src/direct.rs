@@ -31,6 +31,7 @@ use crate::{
 
 /// Postcard's variant indices of [`Event`] (declaration order).
 mod index {
+    pub const THREAD: u64 = 1;
     pub const SPAN_NEW: u64 = 2;
     pub const ENTER: u64 = 5;
     pub const POLL_TREE: u64 = 6;
@@ -454,21 +455,26 @@ impl Reader<'_> {
                 1 => Value::Bool(true),
                 _ => return None,
             },
-            4 => {
-                let len = usize::try_from(self.varint_u64()?).ok()?;
-                if len > self.buf.len() {
-                    return None;
-                }
-                if len > limits::MAX_STR_LEN {
-                    // Refused by the caps' check, which says why.
-                    return None;
-                }
-                let (bytes, rest) = self.buf.split_at(len);
-                self.buf = rest;
-                Value::Str(std::str::from_utf8(bytes).ok()?.to_owned())
-            }
+            4 => Value::Str(self.string()?),
             _ => return None,
         })
+    }
+
+    /// A string, as postcard reads it (UTF-8), within the cap of
+    /// [`limits::MAX_STR_LEN`].
+    #[inline(always)]
+    fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.varint_u64()?).ok()?;
+        if len > self.buf.len() {
+            return None;
+        }
+        if len > limits::MAX_STR_LEN {
+            // Refused by the caps' check, which says why.
+            return None;
+        }
+        let (bytes, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Some(std::str::from_utf8(bytes).ok()?.to_owned())
     }
 
     /// Reads one event of a batch onto `out`.
@@ -527,6 +533,17 @@ impl Reader<'_> {
                 };
                 let ts = self.varint_u64()?;
                 out.push(Event::Close { span, kind, ts });
+            }
+            index::THREAD => {
+                // One opens each thread's run of every batch: read here, the
+                // batch need not be checked again after it is decoded.
+                let id = self.varint_u32()?;
+                let name = match self.byte()? {
+                    0 => None,
+                    1 => Some(self.string()?),
+                    _ => return None,
+                };
+                out.push(Event::Thread { id, name });
             }
             index::SPAN_NEW => {
                 // Into a box given back by `recycle` (its field vector
@@ -736,6 +753,38 @@ mod tests {
         for (ev, i) in cases {
             assert_eq!(u64::from(postcard(&ev)[0]), i, "{ev:?}");
         }
+    }
+
+    #[test]
+    fn threads_are_read_here_and_their_names_held_to_the_cap() {
+        for name in [None, Some("worker-1".to_string()), Some(String::new())] {
+            let ev = Event::Thread {
+                id: 7,
+                name: name.clone(),
+            };
+            let b = postcard(&ev);
+            assert_eq!(u64::from(b[0]), index::THREAD);
+            let mut r = Reader {
+                buf: &b,
+                checked: true,
+            };
+            let mut out = Vec::new();
+            r.event(&mut out).expect("read here");
+            assert!(r.checked, "not left to serde");
+            assert!(r.buf.is_empty());
+            assert_eq!(out, [ev]);
+        }
+        // Over the cap: left to serde, which says why.
+        let ev = Event::Thread {
+            id: 7,
+            name: Some("x".repeat(limits::MAX_STR_LEN + 1)),
+        };
+        let b = postcard(&ev);
+        let mut r = Reader {
+            buf: &b,
+            checked: true,
+        };
+        assert!(r.event(&mut Vec::new()).is_none());
     }
 
     #[test]

@@ -27,13 +27,15 @@ pub enum PathOrigin {
 /// standard library's from the library's name; other paths unchanged.
 pub fn display(path: &str) -> Cow<'_, str> {
     let p = forward_slashes(path);
-    if let Some(rest) = after(&p, "/registry/src/") {
+    // One pass over the slashes for the common case, neither marker.
+    let dependency = holds_any(&p, &["/registry/src/", "/git/checkouts/"]);
+    if let Some(rest) = dependency.then(|| after(&p, "/registry/src/")).flatten() {
         // `index.crates.io-<hash>/tokio-1.47.1/src/...`: drop the index.
         if let Some((_, krate)) = rest.split_once('/') {
             return Cow::Owned(krate.to_owned());
         }
     }
-    if let Some(rest) = after(&p, "/git/checkouts/") {
+    if let Some(rest) = dependency.then(|| after(&p, "/git/checkouts/")).flatten() {
         // `<name>-<hash>/<rev>/src/...`: keep the name, drop the revision.
         if let Some((name, tail)) = rest.split_once('/') {
             let tail = tail.split_once('/').map_or(tail, |(_, t)| t);
@@ -62,13 +64,17 @@ pub fn origin(path: &str) -> PathOrigin {
     {
         return PathOrigin::Std;
     }
-    if p.contains("/registry/src/") || p.contains("/git/checkouts/") {
+    if holds_any(&p, &["/registry/src/", "/git/checkouts/"]) {
         return PathOrigin::Dependency;
     }
     // A shortened dependency path: `name-1.2.3/src/...`.
-    let first = p.split('/').next().unwrap_or("");
-    if first.rsplit_once('-').is_some_and(|(_, v)| {
-        v.chars().next().is_some_and(|c| c.is_ascii_digit()) && v.contains('.')
+    // (Bytes searched plainly: `split` and `rsplit_once` of a char set up a
+    // `memchr`, costly on strings this short.)
+    let b = p.as_bytes();
+    let first = &b[..b.iter().position(|&c| c == b'/').unwrap_or(b.len())];
+    if first.iter().rposition(|&c| c == b'-').is_some_and(|i| {
+        let v = &first[i + 1..];
+        v.first().is_some_and(u8::is_ascii_digit) && v.contains(&b'.')
     }) {
         return PathOrigin::Dependency;
     }
@@ -93,20 +99,75 @@ const STD_DIRS: [&str; 6] = [
 /// none, as nearly every path has (these are called for every frame of
 /// every trace a finding describes).
 fn forward_slashes(path: &str) -> Cow<'_, str> {
-    if path.contains('\\') {
+    if path.bytes().any(|c| c == b'\\') {
         Cow::Owned(path.replace('\\', "/"))
     } else {
         Cow::Borrowed(path)
     }
 }
 
+/// What follows the first `marker` in `s`. Every marker starts with `/`:
+/// the marker is compared only at the slashes of `s`, found by a plain
+/// byte search, which for paths of a few dozen bytes is much cheaper than
+/// setting up `str::find`'s substring search or a `memchr` (this runs for
+/// every location of every trace line a description writes).
 fn after<'a>(s: &'a str, marker: &str) -> Option<&'a str> {
-    s.find(marker).map(|i| &s[i + marker.len()..])
+    debug_assert!(marker.starts_with('/'));
+    let at = slashes(s).find(|&i| s.as_bytes()[i..].starts_with(marker.as_bytes()))?;
+    // `marker` is whole characters: the end of its match is a boundary.
+    Some(&s[at + marker.len()..])
+}
+
+/// Whether `s` holds any of `markers` (each starting with `/`), in one
+/// pass over its slashes.
+fn holds_any(s: &str, markers: &[&str]) -> bool {
+    slashes(s).any(|i| {
+        markers
+            .iter()
+            .any(|m| s.as_bytes()[i..].starts_with(m.as_bytes()))
+    })
+}
+
+/// The byte offsets of the slashes of `s`.
+fn slashes(s: &str) -> impl Iterator<Item = usize> + '_ {
+    let b = s.as_bytes();
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let i = from + b.get(from..)?.iter().position(|&c| c == b'/')?;
+        from = i + 1;
+        Some(i)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_finds_the_first_marker_as_find_does() {
+        let paths = [
+            "",
+            "/",
+            "/registry/src/",
+            "a/registry/src/b/registry/src/c",
+            "/home/u/.cargo/registry/src/index/tokio-1/src/lib.rs",
+            "registry/src/x",
+            "//registry/src//x",
+            "/rustc/abc/library/std/src/lib.rs",
+            "src/é/library/ü.rs",
+            "/library",
+            "x/git/checkouts/y",
+            "/git/checkout",
+        ];
+        for p in paths {
+            for m in ["/registry/src/", "/library/", "/git/checkouts/", "/"] {
+                let want = p.find(m).map(|i| &p[i + m.len()..]);
+                assert_eq!(after(p, m), want, "{p:?} {m:?}");
+            }
+            let any = p.contains("/registry/src/") || p.contains("/git/checkouts/");
+            assert_eq!(holds_any(p, &["/registry/src/", "/git/checkouts/"]), any);
+        }
+    }
 
     #[test]
     fn registry_git_and_std_paths_are_shortened() {
@@ -151,6 +212,17 @@ mod tests {
         assert_eq!(origin("tokio-1.47.1/src/lib.rs"), PathOrigin::Dependency);
         assert_eq!(origin("examples/src/bin/shop.rs"), PathOrigin::Local);
         assert_eq!(origin("src/main.rs"), PathOrigin::Local);
+        // The shortened dependency's directory: its last `-` followed by a
+        // digit, and a `.` after it, in the first component only.
+        assert_eq!(origin("a-b-2.0/x.rs"), PathOrigin::Dependency);
+        assert_eq!(origin("a-2.0-b/x.rs"), PathOrigin::Local);
+        assert_eq!(origin("a-20/x.rs"), PathOrigin::Local);
+        assert_eq!(origin("a-.1/x.rs"), PathOrigin::Local);
+        assert_eq!(origin("a/b-1.0/x.rs"), PathOrigin::Local);
+        assert_eq!(origin("é-1.é"), PathOrigin::Dependency);
+        assert_eq!(origin("é-1.é/"), PathOrigin::Dependency);
+        assert_eq!(origin("x-1é.rs"), PathOrigin::Dependency);
+        assert_eq!(origin(""), PathOrigin::Local);
     }
 
     /// Windows' separators read as `/` (a copy is made only for them).

@@ -217,10 +217,16 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
 /// trace of findings about a task between polls (`self_wake`,
 /// `starvation`).
 pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
-    let mut out: Vec<String> = await_stack(p, t, t.await_tree.deepest_leaf())
-        .iter()
-        .map(|s| line(&s.label, s.location.as_ref()))
-        .collect();
+    // The frames as `await_stack` gives them, without judging whose code
+    // each is (a trace line does not say).
+    let mut out: Vec<String> = match t.await_tree.deepest_leaf() {
+        Some(leaf) => p
+            .await_frames(&t.await_tree, leaf)
+            .iter()
+            .map(|f| line(&f.label, f.location.as_ref()))
+            .collect(),
+        None => Vec::new(),
+    };
     out.push(task_line(t));
     out
 }

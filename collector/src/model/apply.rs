@@ -17,7 +17,7 @@ use awaitscope_wire::{
 use super::await_tree::AwaitTree;
 use super::change::Change;
 use super::labels;
-use super::merge::Merge;
+use super::merge::{merge_order, NO_SWITCH};
 use super::process::Observer;
 use super::process::{Entered, Process, MAX_CALLSITES, MAX_STACK, RECENT_POLLS, RECENT_POLL_NS};
 use super::resource::{self, Resource, HELD_AT_FRAMES};
@@ -37,12 +37,7 @@ impl Process {
     /// runs are merged by timestamp, keeping each thread's order, so that a
     /// task spawned on one thread exists before another thread polls it.
     pub fn apply_events<O: Observer>(&mut self, events: &[Event], cfg: &Config, obs: &mut O) {
-        let runs = events
-            .iter()
-            .filter(|e| matches!(e, Event::Thread { .. }))
-            .count();
-        let merge = (runs > 1).then(|| Merge::new(events)).flatten();
-        let Some(merge) = merge else {
+        let Some(order) = merge_order(events) else {
             // One run, or runs already in time order (the merge would take
             // them one after the other): apply in order.
             for chunk in events.chunks(WARM_AHEAD) {
@@ -55,11 +50,12 @@ impl Process {
             }
             return;
         };
-        for (i, e) in merge {
-            if let Some(i) = i {
+        for (j, switch) in order {
+            if switch != NO_SWITCH {
                 // Switching runs: the run's thread is current again.
-                self.set_thread(i);
+                self.set_thread(switch);
             }
+            let e = &events[j as usize];
             self.events += 1;
             self.count_unknown(e);
             self.apply(e, cfg, obs);

@@ -8,12 +8,16 @@
 
 use awaitscope_wire::Event;
 
-/// The whole merge of a batch as [`Merge`] yields it (the batch's own order
-/// when `Merge::new` finds it already merged), for the tests.
+/// The whole merge of a batch as [`merge_order`] gives it (the batch's own
+/// order when it finds it already merged), for the tests.
 #[cfg(test)]
 fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
-    match Merge::new(events) {
-        Some(m) => m.collect(),
+    // Batches of one `Thread` too (which `apply_events` applies in order).
+    match merge_batch(events, 0) {
+        Some(order) => order
+            .into_iter()
+            .map(|(j, switch)| ((switch != NO_SWITCH).then_some(switch), &events[j as usize]))
+            .collect(),
         // Already in order: each run's first event is its `Thread` (or the
         // events before any, which belong to no run of a thread).
         None => events
@@ -49,186 +53,190 @@ struct Run {
     end: usize,
 }
 
+/// In [`merge_order`]'s order: the event does not start a stretch of
+/// another thread's run (a run's thread `u32::MAX` never does).
+pub(crate) const NO_SWITCH: u32 = u32::MAX;
+
 /// The merge of a batch's per-thread runs by timestamp, keeping the order
-/// within each run (a k-way merge, not a sort), as an iterator over the
-/// batch. Events without a timestamp sort with the previous timed event of
-/// their run (the next one at the start of a run), but for a poll's await
-/// tree, which sorts with the next (see [`goes_with_next`]); callsites go
-/// first. Yields each event with, when it starts a stretch of another run,
-/// that run's thread id.
-pub(crate) struct Merge<'a> {
-    events: &'a [Event],
-    /// Merge key of each event of the batch.
-    keys: Vec<u64>,
-    runs: Vec<Run>,
-    /// The run of the last event yielded.
-    last: Option<usize>,
-    /// The run being taken from, and the (key, run) of the smallest head of
-    /// the others: the current run goes on while its head comes first.
-    cur: Option<(usize, Option<(u64, usize)>)>,
+/// within each run (a k-way merge, not a sort): each event's index in the
+/// batch with, when it starts a stretch of another run, that run's thread id
+/// (else [`NO_SWITCH`]). Events without a timestamp sort with the previous
+/// timed event of their run (the next one at the start of a run), but for a
+/// poll's await tree, which sorts with the next (see [`goes_with_next`]);
+/// callsites go first.
+///
+/// `None` when the merge would give the batch in its own order: at most one
+/// `Thread` event, or every run's keys at most the keys of the runs after it
+/// (found from each run's smallest and largest key, without keying every
+/// event).
+pub(crate) fn merge_order(events: &[Event]) -> Option<Vec<(u32, u32)>> {
+    merge_batch(events, 2)
 }
 
-impl<'a> Merge<'a> {
-    /// The merge of `events`, or `None` when it would yield them in their
-    /// own order (every run's keys at most the keys of the runs after it).
-    pub(crate) fn new(events: &'a [Event]) -> Option<Merge<'a>> {
-        let mut runs: Vec<Run> = Vec::new();
-        for (j, e) in events.iter().enumerate() {
-            if let Event::Thread { id, .. } = e {
-                if let Some(r) = runs.last_mut() {
-                    r.end = j;
+/// [`merge_order`] of a batch with at least `min_threads` `Thread` events
+/// (`None` for fewer).
+fn merge_batch(events: &[Event], min_threads: usize) -> Option<Vec<(u32, u32)>> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut threads = 0usize;
+    for (j, e) in events.iter().enumerate() {
+        if let Event::Thread { id, .. } = e {
+            threads += 1;
+            if let Some(r) = runs.last_mut() {
+                r.end = j;
+            }
+            runs.push(Run {
+                thread: *id,
+                pos: j,
+                end: events.len(),
+            });
+        } else if runs.is_empty() {
+            runs.push(Run {
+                thread: u32::MAX,
+                pos: 0,
+                end: events.len(),
+            });
+        }
+    }
+    if threads < min_threads {
+        return None;
+    }
+    if in_order(events, &runs) {
+        return None;
+    }
+    let keys = keys(events, &runs);
+    Some(order(&keys, runs))
+}
+
+/// Whether the runs are in order: every run's largest key at most the
+/// smallest of every later run (ties go to the earlier run). A run's keys
+/// are its timestamps (an untimed event takes one of its run's), and 0 for
+/// a callsite or for every event of a run without a timed one.
+fn in_order(events: &[Event], runs: &[Run]) -> bool {
+    let mut later_min = u64::MAX;
+    for r in runs.iter().rev() {
+        if r.end <= r.pos {
+            continue;
+        }
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        let mut timed = false;
+        for e in &events[r.pos..r.end] {
+            match e.ts() {
+                Some(ts) => {
+                    timed = true;
+                    lo = lo.min(ts);
+                    hi = hi.max(ts);
                 }
-                runs.push(Run {
-                    thread: *id,
-                    pos: j,
-                    end: events.len(),
-                });
-            } else if runs.is_empty() {
-                runs.push(Run {
-                    thread: u32::MAX,
-                    pos: 0,
-                    end: events.len(),
-                });
+                None if matches!(e, Event::Callsite(_)) => lo = 0,
+                None => {}
             }
         }
-        // Keys: own ts; else previous timed; else next timed; callsites 0.
-        // A poll's tree: next timed, else previous. A run without timed
-        // events keeps key 0 for all.
-        let mut keys = vec![0u64; events.len()];
-        let mut bounds: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
-        // Trees since the last timed event of the run.
-        let mut trees: Vec<usize> = Vec::new();
-        for r in &runs {
-            let mut prev: Option<u64> = None;
-            let (mut lo, mut hi) = (u64::MAX, 0);
-            trees.clear();
-            for j in r.pos..r.end {
-                let e = &events[j];
-                if matches!(e, Event::Callsite(_)) {
-                    lo = 0;
-                    continue;
-                }
-                let k = match e.ts() {
-                    Some(ts) => {
-                        // Between the previous key and this one: the bounds
-                        // hold.
-                        for &i in &trees {
-                            keys[i] = ts;
-                        }
-                        trees.clear();
-                        if prev.is_none() {
-                            // The untimed events so far take this key.
-                            for i in r.pos..j {
-                                if !matches!(events[i], Event::Callsite(_)) {
-                                    keys[i] = ts;
-                                }
-                            }
-                            if j > r.pos {
-                                lo = lo.min(ts);
-                                hi = hi.max(ts);
-                            }
-                        }
-                        prev = Some(ts);
-                        ts
-                    }
-                    None => match prev {
-                        Some(p) => {
-                            if goes_with_next(e) {
-                                trees.push(j);
-                            }
-                            p
-                        }
-                        None => continue,
-                    },
-                };
-                keys[j] = k;
-                lo = lo.min(k);
-                hi = hi.max(k);
-            }
-            if prev.is_none() && r.end > r.pos {
-                // No timed event: all keys stay 0.
-                lo = 0;
-            }
-            bounds.push((lo, hi));
+        if !timed {
+            lo = 0;
         }
-        // In order when every run's largest key is at most the smallest of
-        // every later run (ties go to the earlier run).
-        let mut later_min = u64::MAX;
-        let mut in_order = true;
-        for &(lo, hi) in bounds.iter().rev() {
-            if lo > hi {
-                // Empty run.
+        if hi > later_min {
+            return false;
+        }
+        later_min = later_min.min(lo);
+    }
+    true
+}
+
+/// Merge key of each event of the batch: its own ts; else its run's
+/// previous timed; else the next timed; callsites 0. A poll's tree: the
+/// next timed, else the previous. A run without timed events keeps key 0
+/// for all.
+fn keys(events: &[Event], runs: &[Run]) -> Vec<u64> {
+    let mut keys = vec![0u64; events.len()];
+    // Trees since the last timed event of the run.
+    let mut trees: Vec<usize> = Vec::new();
+    for r in runs {
+        let mut prev: Option<u64> = None;
+        trees.clear();
+        for j in r.pos..r.end {
+            let e = &events[j];
+            if matches!(e, Event::Callsite(_)) {
                 continue;
             }
-            if hi > later_min {
-                in_order = false;
-                break;
-            }
-            later_min = later_min.min(lo);
+            keys[j] = match e.ts() {
+                Some(ts) => {
+                    for &i in &trees {
+                        keys[i] = ts;
+                    }
+                    trees.clear();
+                    if prev.is_none() {
+                        // The untimed events so far take this key.
+                        for i in r.pos..j {
+                            if !matches!(events[i], Event::Callsite(_)) {
+                                keys[i] = ts;
+                            }
+                        }
+                    }
+                    prev = Some(ts);
+                    ts
+                }
+                None => match prev {
+                    Some(p) => {
+                        if goes_with_next(e) {
+                            trees.push(j);
+                        }
+                        p
+                    }
+                    None => continue,
+                },
+            };
         }
-        if in_order {
-            return None;
-        }
-        Some(Merge {
-            events,
-            keys,
-            runs,
-            last: None,
-            cur: None,
-        })
     }
+    keys
+}
 
-    /// The smallest head (key, run) among runs other than `skip`; the
-    /// earliest run on ties.
-    fn min_head(&self, skip: Option<usize>) -> Option<(u64, usize)> {
+/// The k-way merge of `runs` by `keys`: the smallest head first, the
+/// earliest run on ties. Once a run is chosen, it goes on while its head
+/// would still win against the smallest head of the others (which do not
+/// move meanwhile), so the heads are compared once per stretch.
+fn order(keys: &[u64], mut runs: Vec<Run>) -> Vec<(u32, u32)> {
+    // The smallest head (key, run) among runs other than `skip`.
+    let min_head = |runs: &[Run], skip: Option<usize>| {
         let mut best: Option<(u64, usize)> = None;
-        for (i, r) in self.runs.iter().enumerate() {
+        for (i, r) in runs.iter().enumerate() {
             if Some(i) == skip || r.pos >= r.end {
                 continue;
             }
-            let k = self.keys[r.pos];
+            let k = keys[r.pos];
             if best.is_none_or(|(bk, _)| k < bk) {
                 best = Some((k, i));
             }
         }
         best
-    }
-}
-
-impl<'a> Iterator for Merge<'a> {
-    type Item = (Option<u32>, &'a Event);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        // Go on with the current run while its head would win the plain
-        // k-way merge: a smaller key than the other heads, or an equal key
-        // and an earlier run.
-        let go_on = self.cur.and_then(|(i, other)| {
-            let r = &self.runs[i];
-            if r.pos >= r.end {
-                return None;
-            }
-            let k = self.keys[r.pos];
-            match other {
-                None => Some(i),
-                Some((ok, oi)) if k < ok || (k == ok && i < oi) => Some(i),
-                Some(_) => None,
-            }
-        });
-        let i = match go_on {
-            Some(i) => i,
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    let mut last: Option<usize> = None;
+    while let Some((_, i)) = min_head(&runs, None) {
+        let other = min_head(&runs, Some(i));
+        let Run { thread, pos, end } = runs[i];
+        let switch = if last != Some(i) { thread } else { NO_SWITCH };
+        out.push((pos as u32, switch));
+        let mut pos = pos + 1;
+        match other {
             None => {
-                let (_, i) = self.min_head(None)?;
-                self.cur = Some((i, self.min_head(Some(i))));
-                i
+                out.extend((pos..end).map(|j| (j as u32, NO_SWITCH)));
+                pos = end;
             }
-        };
-        let run = &mut self.runs[i];
-        let e = &self.events[run.pos];
-        run.pos += 1;
-        let switch = (self.last != Some(i) && run.thread != u32::MAX).then_some(run.thread);
-        self.last = Some(i);
-        Some((switch, e))
+            Some((ok, oi)) => {
+                while pos < end {
+                    let k = keys[pos];
+                    if k < ok || (k == ok && i < oi) {
+                        out.push((pos as u32, NO_SWITCH));
+                        pos += 1;
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+        runs[i].pos = pos;
+        last = Some(i);
     }
+    out
 }
 
 #[cfg(test)]
@@ -422,11 +430,11 @@ mod tests {
             .into_iter()
             .map(|(k, a, ts)| event(k, a, ts))
             .collect();
-        assert!(super::Merge::new(&events).is_none());
+        assert!(super::merge_order(&events).is_none());
         let overlapping: Vec<Event> = [(0, 0, 0), (3, 1, 6), (0, 1, 0), (3, 2, 5)]
             .into_iter()
             .map(|(k, a, ts)| event(k, a, ts))
             .collect();
-        assert!(super::Merge::new(&overlapping).is_some());
+        assert!(super::merge_order(&overlapping).is_some());
     }
 }
