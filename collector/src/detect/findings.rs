@@ -558,6 +558,20 @@ impl Findings {
         out.into_iter().map(|(_, u)| u).collect()
     }
 
+    /// The latest observation of `occurrence` in `process` while it is
+    /// open (its verdict may still change); `None` once it is final, or if
+    /// it was never observed.
+    pub fn open_observation(
+        &self,
+        occurrence: Occurrence,
+        process: ProcessKey,
+    ) -> Option<&Observation> {
+        self.open
+            .iter()
+            .find(|e| e.occurrence == occurrence && e.o.process == process)
+            .map(|e| &e.o)
+    }
+
     /// The open occurrences, oldest first, each with its latest observation
     /// (whose `key` is its finding's).
     pub fn open(&self) -> impl Iterator<Item = (Occurrence, &Observation)> {

@@ -68,7 +68,18 @@ impl Detector for LongPoll {
                 let Some(s) = stall_of(t, start) else {
                     return;
                 };
-                let Some(d) = s.poll_ns else {
+                let occurrence = Occurrence { task, at: start };
+                // The poll's duration: known to the stall when the poll was
+                // committed while the task kept it; else (a stall of a
+                // later poll took its place, or the poll's first half came
+                // after later polls) the open occurrence's, so that the
+                // poll is judged by its own statistics whenever they come
+                // while it may still be judged again. Neither: not a
+                // committed long poll, or its verdict is final.
+                let Some(d) = s.poll_ns.or_else(|| {
+                    cx.open_observation(occurrence, p.key)
+                        .and_then(|o| o.duration_ns)
+                }) else {
                     return;
                 };
                 // Judged again by what is known now, as the same
@@ -77,7 +88,7 @@ impl Detector for LongPoll {
                 // other way round.
                 if let Some(mut o) = check(p, t, start, d, cx.thresholds) {
                     o.new_occurrence = false;
-                    cx.observe_occurrence(Occurrence { task, at: start }, o, !final_stats(s));
+                    cx.observe_occurrence(occurrence, o, !final_stats(s));
                 }
             }
             _ => {}
