@@ -346,6 +346,12 @@ fn statistics_after_two_more_polls_still_judge_their_poll() {
         assert_eq!(d[0]["worst_ns"], 15_200_000, "{later:?}");
         let msg = d[0]["message"].as_str().unwrap();
         assert!(msg.contains("waited 13.3ms of it for a CPU"), "{msg}");
+        // Described by its own crossing's half, even where a later poll's
+        // stall took its place in the task before its statistics came.
+        assert_eq!(
+            d[0]["trace"][0], "no native stack: sampling is off (AWAITSCOPE_STACKS=off)",
+            "{later:?}"
+        );
         let long = findings_of(&r, "long_poll");
         match later {
             // The 40ms poll that ran is one, alone.

@@ -12,7 +12,7 @@
 //! ([`super::Findings::observe_occurrence`]), so that a `long_poll` later
 //! found `descheduled` (or the other way round) is reported as that alone.
 
-use super::poll_trace::{self, is_descheduled, sched_split, stall_of};
+use super::poll_trace::{self, is_descheduled, sched_split, stall_of, PollTrace};
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Occurrence};
 use crate::config::Thresholds;
 use crate::model::stall::PollStall;
@@ -86,7 +86,25 @@ impl Detector for LongPoll {
                 // occurrence: a `long_poll` the worker's statistics now say
                 // mostly waited for a CPU becomes `descheduled`, and the
                 // other way round.
-                if let Some(mut o) = check(p, t, start, d, cx.thresholds) {
+                // Without its crossing's half the stall says nothing of
+                // where the poll was (the half has not come, or a later
+                // poll's stall took its place in the task): the
+                // occurrence stays described as it was, by what was known
+                // of the poll then; the task's await tree is a later
+                // poll's now.
+                let described = match cx.open_observation(occurrence, p.key) {
+                    Some(prev) if !s.crossed => Some(PollTrace {
+                        trace: prev.trace.clone(),
+                        location: prev.location.clone(),
+                        culprit: None,
+                    }),
+                    _ => None,
+                };
+                let o = match described {
+                    Some(pt) => judge(p, t, start, d, cx.thresholds, pt),
+                    None => check(p, t, start, d, cx.thresholds),
+                };
+                if let Some(mut o) = o {
                     o.new_occurrence = false;
                     cx.observe_occurrence(occurrence, o, !final_stats(s));
                 }
@@ -111,6 +129,21 @@ pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Opti
         return None;
     }
     let pt = poll_trace::of_poll(p, t, start, start.saturating_add(d));
+    judge(p, t, start, d, th, pt)
+}
+
+/// [`check`], the poll described by `pt`.
+fn judge(
+    p: &Process,
+    t: &Task,
+    start: u64,
+    d: u64,
+    th: &Thresholds,
+    pt: PollTrace,
+) -> Option<Observation> {
+    if d <= th.long_poll_ns || t.is_blocking() {
+        return None;
+    }
     let sched = stall_of(t, start).and_then(|s| s.sched);
     let descheduled = sched.is_some_and(|s| is_descheduled(&s, d, th.long_poll_ns));
     let message = match (descheduled, sched) {
