@@ -266,3 +266,101 @@ fn a_poll_first_found_descheduled_that_ran_is_a_long_poll() {
         assert!(msg.contains("waiting for a CPU 7%"), "{msg}");
     }
 }
+
+/// How the halves of the stall of a 15.2ms poll that mostly waited for a
+/// CPU reach the collector when the task is polled twice more before its
+/// statistics arrive (the producer sends the ended half in a later drain).
+#[derive(Clone, Copy, Debug)]
+enum Later {
+    /// The crossing's half in time; the two later polls short (1ms).
+    Short,
+    /// Both halves after the two later polls.
+    BothLate,
+    /// The first later poll long too (it stalled in its turn); the ended
+    /// halves of both after the two later polls.
+    AnotherStall,
+}
+
+fn polled_twice_more(later: Later) -> Vec<u8> {
+    let mut b = StreamBuilder::new(7, 0);
+    b.hello("shop", None, false);
+    b.thread(0);
+    let report = b.spawn(&TaskOpts::named("report"), None, 0);
+    let mut crossing = stall(report, MS, 11 * MS, false);
+    crossing.stack = StackState::Off;
+    crossing.sched = sched(MS, 100_000, 900_000);
+    let mut end = stall(report, MS, 17 * MS, true);
+    end.sched = sched(15_200_000, 1_900_000, 13_300_000);
+    b.enter(report, MS);
+    if !matches!(later, Later::BothLate) {
+        b.stall(crossing.clone());
+    }
+    b.poll_end(report, MS + 15_200_000, 1);
+    b.flush();
+    // Polled twice more: the first commits the long poll, the second the
+    // first.
+    let mut second_end = None;
+    match later {
+        Later::AnotherStall => {
+            // A 40ms poll that ran on its CPU.
+            b.enter(report, 100 * MS);
+            let mut c = stall(report, 100 * MS, 110 * MS, false);
+            c.stack = StackState::Off;
+            c.sched = sched(MS, MS, 0);
+            b.stall(c);
+            b.poll_end(report, 140 * MS, 1);
+            let mut e = stall(report, 100 * MS, 141 * MS, true);
+            e.sched = sched(40 * MS, 39 * MS, MS);
+            second_end = Some(e);
+        }
+        _ => {
+            b.poll(report, 100 * MS, 101 * MS);
+        }
+    }
+    b.poll(report, 200 * MS, 201 * MS);
+    b.flush();
+    if matches!(later, Later::BothLate) {
+        b.stall(crossing);
+    }
+    b.stall(end);
+    if let Some(e) = second_end {
+        b.stall(e);
+    }
+    b.flush();
+    // A third poll commits the second.
+    b.poll(report, 300 * MS, 301 * MS);
+    b.recording()
+}
+
+/// The statistics of a poll that come after the task was polled twice
+/// more still judge that poll: it mostly waited for a CPU, so it is
+/// `descheduled` alone, never a `long_poll`.
+#[test]
+fn statistics_after_two_more_polls_still_judge_their_poll() {
+    for later in [Later::Short, Later::BothLate, Later::AnotherStall] {
+        let report = report_of(&polled_twice_more(later));
+        let r = serde_json::to_value(&report).unwrap();
+        let d = findings_of(&r, "descheduled");
+        assert_eq!(d.len(), 1, "{later:?}: {r:#}");
+        assert_eq!(d[0]["count"], 1, "{later:?}");
+        assert_eq!(d[0]["worst_ns"], 15_200_000, "{later:?}");
+        let msg = d[0]["message"].as_str().unwrap();
+        assert!(msg.contains("waited 13.3ms of it for a CPU"), "{msg}");
+        // Described by its own crossing's half, even where a later poll's
+        // stall took its place in the task before its statistics came.
+        assert_eq!(
+            d[0]["trace"][0], "no native stack: sampling is off (AWAITSCOPE_STACKS=off)",
+            "{later:?}"
+        );
+        let long = findings_of(&r, "long_poll");
+        match later {
+            // The 40ms poll that ran is one, alone.
+            Later::AnotherStall => {
+                assert_eq!(long.len(), 1, "{later:?}: {r:#}");
+                assert_eq!(long[0]["count"], 1);
+                assert_eq!(long[0]["worst_ns"], 40 * MS);
+            }
+            _ => assert_eq!(long, Vec::<Value>::new(), "{later:?}"),
+        }
+    }
+}

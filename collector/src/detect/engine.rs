@@ -109,6 +109,16 @@ impl Cx<'_> {
         self.findings.observe_occurrence(occurrence, o, open);
     }
 
+    /// The latest observation of `occurrence` in `process` while its
+    /// verdict may still change (see [`Findings::open_observation`]).
+    pub fn open_observation(
+        &self,
+        occurrence: Occurrence,
+        process: ProcessKey,
+    ) -> Option<&Observation> {
+        self.findings.open_observation(occurrence, process)
+    }
+
     /// Whether an observation would be described in its finding (see
     /// [`Findings::describes`]).
     pub fn describes(

@@ -513,6 +513,38 @@ impl Findings {
         keys.into_iter().zip(&self.list).collect()
     }
 
+    /// The findings with their deduplication keys, in list order, as they
+    /// stand with only what is final in them: each finding's settled part
+    /// with those of its open occurrences that `is_final` holds final
+    /// merged in (in the order they came). A finding with nothing final is
+    /// left out; one without open occurrences is as listed. For an output
+    /// that cannot take back what it told (a live export).
+    pub fn settled_keyed(&self, is_final: impl Fn(&Observation) -> bool) -> Vec<(&str, Finding)> {
+        let mut keys = vec![""; self.list.len()];
+        for ((_, _, key), &i) in &self.index {
+            keys[i] = key;
+        }
+        let mut out = Vec::with_capacity(self.list.len());
+        for (i, (key, f)) in keys.into_iter().zip(&self.list).enumerate() {
+            let Some(base) = self.settled.get(&i) else {
+                out.push((key, f.clone()));
+                continue;
+            };
+            let mut shown = base.clone();
+            for e in self
+                .open
+                .iter()
+                .filter(|e| e.finding == i && is_final(&e.o))
+            {
+                add(&mut shown, e.o.clone());
+            }
+            if let Some(f) = shown {
+                out.push((key, f));
+            }
+        }
+        out
+    }
+
     /// Adds a finding made by another model (a collector's, re-sent to a
     /// viewer that joined late), merged into the one of the same kind,
     /// process and key if there is one.
@@ -556,6 +588,20 @@ impl Findings {
             .collect();
         out.sort_unstable_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, u)| u).collect()
+    }
+
+    /// The latest observation of `occurrence` in `process` while it is
+    /// open (its verdict may still change); `None` once it is final, or if
+    /// it was never observed.
+    pub fn open_observation(
+        &self,
+        occurrence: Occurrence,
+        process: ProcessKey,
+    ) -> Option<&Observation> {
+        self.open
+            .iter()
+            .find(|e| e.occurrence == occurrence && e.o.process == process)
+            .map(|e| &e.o)
     }
 
     /// The open occurrences, oldest first, each with its latest observation

@@ -12,7 +12,7 @@
 //! ([`super::Findings::observe_occurrence`]), so that a `long_poll` later
 //! found `descheduled` (or the other way round) is reported as that alone.
 
-use super::poll_trace::{self, is_descheduled, sched_split, stall_of};
+use super::poll_trace::{self, is_descheduled, sched_split, stall_of, PollTrace};
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Occurrence};
 use crate::config::Thresholds;
 use crate::model::stall::PollStall;
@@ -68,16 +68,45 @@ impl Detector for LongPoll {
                 let Some(s) = stall_of(t, start) else {
                     return;
                 };
-                let Some(d) = s.poll_ns else {
+                let occurrence = Occurrence { task, at: start };
+                // The poll's duration: known to the stall when the poll was
+                // committed while the task kept it; else (a stall of a
+                // later poll took its place, or the poll's first half came
+                // after later polls) the open occurrence's, so that the
+                // poll is judged by its own statistics whenever they come
+                // while it may still be judged again. Neither: not a
+                // committed long poll, or its verdict is final.
+                let Some(d) = s.poll_ns.or_else(|| {
+                    cx.open_observation(occurrence, p.key)
+                        .and_then(|o| o.duration_ns)
+                }) else {
                     return;
                 };
                 // Judged again by what is known now, as the same
                 // occurrence: a `long_poll` the worker's statistics now say
                 // mostly waited for a CPU becomes `descheduled`, and the
                 // other way round.
-                if let Some(mut o) = check(p, t, start, d, cx.thresholds) {
+                // Without its crossing's half the stall says nothing of
+                // where the poll was (the half has not come, or a later
+                // poll's stall took its place in the task): the
+                // occurrence stays described as it was, by what was known
+                // of the poll then; the task's await tree is a later
+                // poll's now.
+                let described = match cx.open_observation(occurrence, p.key) {
+                    Some(prev) if !s.crossed => Some(PollTrace {
+                        trace: prev.trace.clone(),
+                        location: prev.location.clone(),
+                        culprit: None,
+                    }),
+                    _ => None,
+                };
+                let o = match described {
+                    Some(pt) => judge(p, t, start, d, cx.thresholds, pt),
+                    None => check(p, t, start, d, cx.thresholds),
+                };
+                if let Some(mut o) = o {
                     o.new_occurrence = false;
-                    cx.observe_occurrence(Occurrence { task, at: start }, o, !final_stats(s));
+                    cx.observe_occurrence(occurrence, o, !final_stats(s));
                 }
             }
             _ => {}
@@ -100,6 +129,21 @@ pub fn check(p: &Process, t: &Task, start: u64, d: u64, th: &Thresholds) -> Opti
         return None;
     }
     let pt = poll_trace::of_poll(p, t, start, start.saturating_add(d));
+    judge(p, t, start, d, th, pt)
+}
+
+/// [`check`], the poll described by `pt`.
+fn judge(
+    p: &Process,
+    t: &Task,
+    start: u64,
+    d: u64,
+    th: &Thresholds,
+    pt: PollTrace,
+) -> Option<Observation> {
+    if d <= th.long_poll_ns || t.is_blocking() {
+        return None;
+    }
     let sched = stall_of(t, start).and_then(|s| s.sched);
     let descheduled = sched.is_some_and(|s| is_descheduled(&s, d, th.long_poll_ns));
     let message = match (descheduled, sched) {

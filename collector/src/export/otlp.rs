@@ -85,8 +85,9 @@ pub struct OtlpTraces {
     spans: usize,
     /// Spans sent live, oldest first: forgotten first past the cap.
     sent: std::collections::VecDeque<(ProcessKey, SpanId)>,
-    /// Findings sent live (kind, process, first seen, message).
-    sent_findings: std::collections::HashSet<(FindingKind, ProcessKey, u64, String)>,
+    /// Findings sent live, by identity (kind, process, deduplication
+    /// key): a finding is sent once, whatever becomes of its message.
+    sent_findings: std::collections::HashSet<(FindingKind, ProcessKey, String)>,
     /// Spans left out past [`MAX_SPANS`].
     pub dropped_spans: u64,
 }
@@ -285,17 +286,21 @@ impl OtlpTraces {
         out
     }
 
-    /// Live: the findings not sent before, each as a span of its own under
-    /// its task's span (already sent, or to come), in the task's trace. A
-    /// finding whose trace still waits for the process that sent its
+    /// Live: the findings (with their deduplication keys, as
+    /// [`live_findings`] gives them) not sent before, each as a span of its
+    /// own under its task's span (already sent, or to come), in the task's
+    /// trace. A finding is identified by its kind, process and key: sent
+    /// once, as it stands then (a later, worse occurrence changing its
+    /// message does not send it again; a backend keeps what it was sent).
+    /// A finding whose trace still waits for the process that sent its
     /// context ([`crate::stitch`]) waits too, unless `last`.
     pub fn take_findings(
         &mut self,
-        findings: &[Finding],
+        findings: &[(String, Finding)],
         last: bool,
     ) -> Vec<ExportTraceServiceRequest> {
         let mut out = Vec::new();
-        for f in findings {
+        for (dedup, f) in findings {
             if !last && crate::stitch::needs_stitching(&f.trace) {
                 continue;
             }
@@ -303,17 +308,21 @@ impl OtlpTraces {
                 pid: f.pid,
                 start_unix_ns: f.process_start_unix_ns,
             };
-            let id = (f.kind, key, f.first_seen, f.message.clone());
+            let id = (f.kind, key, dedup.clone());
             if self.sent_findings.contains(&id) || self.sent_findings.len() >= 65_536 {
                 continue;
             }
-            self.sent_findings.insert(id);
             let Some(p) = self.procs.get_mut(&key) else {
                 continue;
             };
+            let salt = finding_salt(f.kind, dedup);
+            self.sent_findings.insert(id);
             p.adopt();
             let event = finding_event(f, &key);
             let mut span = orphan_span(f, &key, event);
+            // One span id per finding, whatever its first occurrence.
+            span.span_id = derived_span_id(&key, SpanId(salt)).to_vec();
+            span.trace_id = derived_trace_id(&key, SpanId(!salt)).to_vec();
             if let Some(t) = f.tasks.first().map(|t| SpanId(t.id)) {
                 if p.spans.contains_key(&t) {
                     let mut memo = HashMap::new();
@@ -325,6 +334,53 @@ impl OtlpTraces {
         }
         out
     }
+}
+
+/// How long, in its process's time, an occurrence whose verdict may still
+/// change (see [`crate::detect::Findings::observe_occurrence`]) stays out of
+/// the live export after it ended: a poll's stall statistics come in the
+/// producer's next drains, milliseconds later, so one still open past this
+/// will not be judged again (its stall was never sent: the poll ended
+/// before the producer's watchdog saw it).
+pub const LIVE_SETTLE_NS: u64 = 10_000_000_000;
+
+/// Live: the findings of `m` as they stand with only what is final in them,
+/// with their deduplication keys, for [`OtlpTraces::take_findings`]: an
+/// occurrence that may still be taken back (a `long_poll` its statistics,
+/// yet to come, may find `descheduled`) is left out until it is final,
+/// its process ended, or [`LIVE_SETTLE_NS`] of its process's time passed
+/// since it ended; with `last` (nothing more will be applied), the
+/// findings as they stand.
+pub fn live_findings(m: &crate::Model, last: bool) -> Vec<(String, Finding)> {
+    let findings = m.findings();
+    let keyed: Vec<(&str, Finding)> = if last {
+        findings
+            .keyed()
+            .into_iter()
+            .map(|(k, f)| (k, f.clone()))
+            .collect()
+    } else {
+        findings.settled_keyed(|o| match m.process(&o.process) {
+            Some(p) if !p.ended => {
+                let end = o.ts.saturating_add(o.duration_ns.unwrap_or(0));
+                end.saturating_add(LIVE_SETTLE_NS) <= p.now
+            }
+            // Ended or gone: nothing more will judge it.
+            _ => true,
+        })
+    };
+    keyed.into_iter().map(|(k, f)| (k.to_owned(), f)).collect()
+}
+
+/// A finding's identity (kind and deduplication key) as a number, for the
+/// ids of its span.
+fn finding_salt(kind: FindingKind, key: &str) -> u64 {
+    // FNV-1a: stable across runs and builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (kind as u64).rotate_left(40);
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
 }
 
 /// Forgets the oldest span sent live, to make room; whether there was one.
@@ -915,5 +971,118 @@ mod tests {
         assert_eq!(o.0, "api");
         assert_eq!(o.1.events.len(), 1);
         assert!(o.1.trace_id.iter().any(|b| *b != 0) && o.1.span_id.iter().any(|b| *b != 0));
+    }
+
+    /// The findings' spans sent live in `reqs`: (kind, message).
+    fn finding_spans(reqs: &[ExportTraceServiceRequest]) -> Vec<(String, String)> {
+        all(reqs)
+            .into_iter()
+            .flat_map(|(_, s)| s.events)
+            .map(|e| {
+                let msg = e
+                    .attributes
+                    .iter()
+                    .find(|a| a.key == "awaitscope.finding.message")
+                    .and_then(|a| a.value.as_ref()?.value.clone());
+                let msg = match msg {
+                    Some(any_value::Value::StringValue(m)) => m,
+                    _ => String::new(),
+                };
+                (e.name, msg)
+            })
+            .collect()
+    }
+
+    /// The statistics of a `long_poll`, to come after its commit, may find
+    /// it `descheduled`: the live export sends nothing of it until they
+    /// come, then the `descheduled` finding alone; the same finding made
+    /// worse (its message changed) is not sent again; a long poll whose
+    /// stall never comes is sent once it is long past; and the last flush
+    /// sends what is still open.
+    #[test]
+    fn live_findings_are_sent_once_final_and_once_each() {
+        use crate::testing::stall;
+        use awaitscope_wire::Sched;
+        const MS: u64 = 1_000_000;
+        let sched = |window_ns, on_cpu_ns, waiting_ns| {
+            Some(Sched {
+                window_ns,
+                on_cpu_ns,
+                kernel_ns: 0,
+                waiting_ns,
+            })
+        };
+        let mut m = crate::Model::default();
+        let mut t = OtlpTraces::new();
+        let mut b = StreamBuilder::new(7, 1_000);
+        let apply = |b: &mut StreamBuilder, m: &mut crate::Model, t: &mut OtlpTraces| {
+            for f in b.take_frames() {
+                m.apply(&f);
+                t.add_frame(&f);
+            }
+        };
+        let live = |m: &crate::Model, t: &mut OtlpTraces, last: bool| {
+            finding_spans(&t.take_findings(&live_findings(m, last), last))
+        };
+        b.hello("shop", None, false);
+        b.thread(0);
+        let report = b.spawn(&TaskOpts::named("report"), None, 0);
+        // A 15.2ms poll, committed by the next; its crossing's statistics
+        // (1ms of it) do not say it waited for a CPU.
+        b.enter(report, MS);
+        let mut crossing = stall(report, MS, 11 * MS, false);
+        crossing.sched = sched(MS, MS, 0);
+        b.stall(crossing);
+        b.poll_end(report, MS + 15_200_000, 1);
+        b.enter(report, 100 * MS).poll_end(report, 101 * MS, 1);
+        b.flush();
+        apply(&mut b, &mut m, &mut t);
+        assert_eq!(m.findings().list()[0].kind, FindingKind::LongPoll);
+        assert_eq!(live(&m, &mut t, false), []);
+        // Its statistics up to its end: it waited for a CPU.
+        let mut end = stall(report, MS, 17 * MS, true);
+        end.sched = sched(15_200_000, 1_900_000, 13_300_000);
+        b.stall(end);
+        b.flush();
+        apply(&mut b, &mut m, &mut t);
+        let sent = live(&m, &mut t, false);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, "awaitscope.finding.descheduled");
+        assert!(sent[0].1.contains("took 15.2ms"), "{sent:?}");
+        // A worse poll of the same task, found descheduled at once: the
+        // finding's message changes, it is not sent again.
+        b.enter(report, 200 * MS);
+        let mut crossing = stall(report, 200 * MS, 210 * MS, false);
+        crossing.sched = sched(10 * MS, MS, 9 * MS);
+        b.stall(crossing);
+        b.poll_end(report, 230 * MS, 1);
+        let mut end = stall(report, 200 * MS, 231 * MS, true);
+        end.sched = sched(30 * MS, 2 * MS, 28 * MS);
+        b.stall(end);
+        b.enter(report, 300 * MS).poll_end(report, 301 * MS, 1);
+        b.flush();
+        apply(&mut b, &mut m, &mut t);
+        assert!(m.findings().list()[0].message.contains("took 30.0ms"));
+        assert_eq!(live(&m, &mut t, false), []);
+        // Two long polls of other tasks whose stall never comes: sent once
+        // long past, the first; the second still open at the last flush.
+        let quiet = b.spawn(&TaskOpts::named("quiet"), None, 400 * MS);
+        b.enter(quiet, 400 * MS).poll_end(quiet, 420 * MS, 1);
+        b.enter(quiet, 500 * MS).poll_end(quiet, 501 * MS, 1);
+        b.flush();
+        apply(&mut b, &mut m, &mut t);
+        assert_eq!(live(&m, &mut t, false), []);
+        let late = b.spawn(&TaskOpts::named("late"), None, 12_000 * MS);
+        b.enter(late, 12_000 * MS).poll_end(late, 12_020 * MS, 1);
+        b.enter(late, 12_100 * MS).poll_end(late, 12_101 * MS, 1);
+        b.flush();
+        apply(&mut b, &mut m, &mut t);
+        let sent = live(&m, &mut t, false);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, "awaitscope.finding.long_poll");
+        assert!(sent[0].1.contains("quiet"), "{sent:?}");
+        let sent = live(&m, &mut t, true);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(sent[0].1.contains("late"), "{sent:?}");
     }
 }

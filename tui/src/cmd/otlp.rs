@@ -193,7 +193,8 @@ const LIVE_PERIOD: Duration = Duration::from_secs(2);
 
 /// `serve --otlp`: reads the frames serve applies, and every
 /// [`LIVE_PERIOD`] sends the spans that ended (once their trace is
-/// settled) and the findings made since; a last time when `stop` is set.
+/// settled) and the findings made final since (each once, by kind, process
+/// and key; see `live_findings`); a last time when `stop` is set.
 /// A failed send is logged and its spans are not retried.
 pub fn forward_live(
     endpoint: Endpoint,
@@ -226,7 +227,10 @@ pub fn forward_live(
                 traces.add_frame(&t.frame);
             }
         }
-        let findings = server.with_model(|m| m.findings().list().to_vec());
+        // Only what is final (a finding that may still be taken back
+        // is not told to a backend that cannot take it back).
+        let findings =
+            server.with_model(|m| awaitscope_collector::export::otlp::live_findings(m, stopping));
         let mut requests = traces.take_finished(awaitscope_collector::export::otlp::DEFAULT_BATCH);
         requests.extend(traces.take_findings(&findings, stopping));
         for r in &requests {

@@ -59,8 +59,9 @@ pub struct Args {
     pub max_connections: usize,
     /// Forward live to an OpenTelemetry backend over OTLP/HTTP
     /// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`): tasks
-    /// and spans once their trace is settled and they ended, findings when
-    /// they are made.
+    /// and spans once their trace is settled and they ended, findings once
+    /// final (a `long_poll` its statistics may yet find `descheduled`
+    /// waits for them), each once.
     #[arg(long)]
     pub otlp: bool,
     /// Also watch a program that runs console-subscriber, at this URL
