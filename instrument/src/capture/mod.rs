@@ -117,7 +117,18 @@ pub(crate) struct Capture {
     /// Times a thread woke the exporter because its ring was three quarters
     /// full.
     pub on_demand_wakes: AtomicU64,
+    /// The exporter sleeps a whole idle tick, no poll running at its last
+    /// look: the next poll to start wakes it (see [`Capture::poll_started`]).
+    /// On a line of its own: read at every poll's start, written only when
+    /// the exporter goes to sleep idle and by that one wake.
+    idle_watch: IdleWatch,
 }
+
+/// [`Capture::idle_watch`]'s flag, alone on its cache line (the span
+/// counter beside it is written at every span's creation).
+#[repr(align(64))]
+#[derive(Default)]
+struct IdleWatch(AtomicBool);
 
 /// Slots of a thread's first ring; it grows (x4) when it overflows, up to
 /// `Capture::ring_capacity`.
@@ -157,6 +168,7 @@ impl Capture {
             ring_budget: AtomicUsize::new(ring_capacity.saturating_mul(RING_BUDGET_FACTOR)),
             exporter: OnceLock::new(),
             on_demand_wakes: AtomicU64::new(0),
+            idle_watch: IdleWatch::default(),
         })
     }
 
@@ -172,6 +184,34 @@ impl Capture {
     pub(crate) fn wake_exporter(&self) {
         if let Some(t) = self.exporter.get() {
             t.unpark();
+        }
+    }
+
+    /// The exporter is about to sleep a whole idle tick with no poll
+    /// running: the next poll to start wakes it, so that it watches that
+    /// poll from its start (a poll is announced, and its stall baseline
+    /// read, once it runs past 1 ms).
+    pub(crate) fn sleep_idle(&self) {
+        self.idle_watch.0.store(true, Ordering::Release);
+    }
+
+    /// The exporter woke: polls need not wake it.
+    pub(crate) fn woke(&self) {
+        self.idle_watch.0.store(false, Ordering::Relaxed);
+    }
+
+    /// A task's poll starts: wakes the exporter if it sleeps idle (see
+    /// [`Capture::sleep_idle`]). One load of a line nobody writes while
+    /// polls run; the wake happens once per quiet spell. (Not fenced
+    /// against the exporter's look after its flag: in the rare race where
+    /// each misses the other's store, the exporter wakes at its idle tick,
+    /// as it did before.)
+    #[inline(always)]
+    pub(crate) fn poll_started(&self) {
+        if self.idle_watch.0.load(Ordering::Relaxed)
+            && self.idle_watch.0.swap(false, Ordering::AcqRel)
+        {
+            self.wake_exporter();
         }
     }
 

@@ -296,22 +296,22 @@ impl Exporter {
             if let Some(d) = soon {
                 self.next_check = Some(self.next_check.map_or(d, |n| n.min(d)));
             }
-            let Some((span, start)) = ring.poll.read() else {
-                continue;
-            };
+            // The thread's poll running long, if any: the looks between
+            // drains ask for a drain when another turns long or this one
+            // ends (its statistics are then read at its end, not up to a
+            // drain later).
             let now = shared.nanos(shared.raw());
-            if now.saturating_sub(shared.nanos(start)) < ANNOUNCE_AFTER_NS {
-                continue;
-            }
-            if start > cut {
-                continue;
-            }
-            // Seen running long: the looks between drains wait for another.
+            let long = ring.poll.read().filter(|&(_, start)| {
+                now.saturating_sub(shared.nanos(start)) >= ANNOUNCE_AFTER_NS && start <= cut
+            });
             let t = ring.thread as usize;
             if self.seen_long.len() <= t {
                 self.seen_long.resize(t + 1, (0, 0));
             }
-            self.seen_long[t] = (span, start);
+            self.seen_long[t] = long.unwrap_or((0, 0));
+            let Some((span, start)) = long else {
+                continue;
+            };
             let tp = thread_reads(&mut self.threads, ring.thread);
             let pair = (span, start);
             if tp.open == pair || tp.done == pair || tp.announced == pair {

@@ -81,7 +81,8 @@ const WATCH_TICK: Duration = Duration::from_millis(1);
 /// [`Exporter::look`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Look {
-    /// A poll ran past [`ANNOUNCE_AFTER_NS`] that no drain saw so: drain.
+    /// A poll ran past [`ANNOUNCE_AFTER_NS`] that no drain saw so, or one
+    /// a drain saw so ended: drain.
     TurnedLong,
     /// Some poll runs.
     Running,
@@ -351,8 +352,9 @@ struct Exporter {
     /// [`Exporter::sleep_watching`]).
     busy_wait: Duration,
     /// By thread index: the poll in progress (task span, raw start) that
-    /// the last drain saw running past [`ANNOUNCE_AFTER_NS`], if any. The
-    /// looks between drains ask for a drain only for another one.
+    /// the last drain saw running past [`ANNOUNCE_AFTER_NS`], if any ((0,
+    /// 0): none). The looks between drains ask for a drain when another
+    /// poll turns long or this one ends.
     seen_long: Vec<(u64, u64)>,
     /// Records dropped when live spans were last checked for lost closes.
     swept_drops: u64,
@@ -494,9 +496,12 @@ impl Exporter {
     /// fill. A look is a few loads per thread; a drain converts, encodes
     /// and writes. After a drain that found nothing (`busy` false), and
     /// once a look finds no poll running, it sleeps the rest without
-    /// looking: an idle program's exporter wakes no more often than
-    /// [`TICK`]. Returns at once when unparked: a thread whose ring is
-    /// three quarters full (drain on demand), or the guard's requests.
+    /// looking, and the next poll to start wakes it
+    /// ([`Capture::poll_started`]): an idle program's exporter wakes no
+    /// more often than [`TICK`], and a poll that blocks after a quiet spell
+    /// is still watched from its start. Returns at once when unparked: a
+    /// thread whose ring is three quarters full (drain on demand), the
+    /// guard's requests, a poll after a quiet spell.
     fn sleep_watching(&mut self, wait: Duration, busy: bool) {
         let until = Instant::now() + wait;
         let mut look = busy || self.look() != Look::Quiet;
@@ -508,13 +513,26 @@ impl Exporter {
             let step = if look {
                 (until - now).min(WATCH_TICK)
             } else {
+                // The first poll to start wakes this thread, which then
+                // watches it from its start.
+                self.capture.sleep_idle();
+                if self.look() != Look::Quiet {
+                    // One started meanwhile.
+                    self.capture.woke();
+                    look = true;
+                    continue;
+                }
                 until - now
             };
             // Parked rather than waiting on the condvar: whoever wants a
             // drain unparks this thread, before or during the park.
             std::thread::park_timeout(step);
+            if !look {
+                self.capture.woke();
+            }
             if now.elapsed() < step {
-                // Unparked (or a rare spurious return: one early drain).
+                // Unparked (or a rare spurious return): a drain, then
+                // looks while the poll that woke it runs.
                 return;
             }
             match self.look() {
@@ -528,19 +546,27 @@ impl Exporter {
 
     /// A look at the threads' polls in progress between drains: whether
     /// one has run past [`ANNOUNCE_AFTER_NS`] and is not the one the last
-    /// drain saw there (see [`Exporter::seen_long`]), else whether any runs.
+    /// drain saw there, or the one it saw there has ended (see
+    /// [`Exporter::seen_long`]), else whether any runs.
     fn look(&self) -> Look {
         let shared = &self.capture;
         let now = shared.nanos(shared.raw());
         let mut running = false;
         for ring in &self.rings {
-            let Some(pair @ (_, start)) = ring.poll.read() else {
+            let seen = self
+                .seen_long
+                .get(ring.thread as usize)
+                .copied()
+                .unwrap_or((0, 0));
+            let cur = ring.poll.read();
+            if seen.0 != 0 && cur != Some(seen) {
+                return Look::TurnedLong;
+            }
+            let Some(pair @ (_, start)) = cur else {
                 continue;
             };
             running = true;
-            if now.saturating_sub(shared.nanos(start)) >= ANNOUNCE_AFTER_NS
-                && self.seen_long.get(ring.thread as usize) != Some(&pair)
-            {
+            if now.saturating_sub(shared.nanos(start)) >= ANNOUNCE_AFTER_NS && seen != pair {
                 return Look::TurnedLong;
             }
         }

@@ -224,6 +224,7 @@ impl Local {
                 }
                 self.pending_enter = (sid, ts);
                 self.slot.publish(sid, ts);
+                shared.poll_started();
             }
         } else if self.task != 0 {
             let tree_base = self.polls.last().map_or(0, |p| p.tree_base);

@@ -416,3 +416,36 @@ fn cache_never_trusts_a_closed_span() {
     assert_eq!(l.span_id(42, || Some(node(2))), Some(2));
     assert_eq!(l.span_id(42, || None), Some(2));
 }
+
+/// An exporter sleeping a whole idle tick is woken by the next poll to
+/// start, once: it then watches that poll from its start (a poll that
+/// blocks after a quiet spell is announced at 1 ms, not at the next tick).
+#[test]
+fn a_poll_after_a_quiet_spell_wakes_the_exporter() {
+    let shared = Capture::new(1024);
+    // This thread plays the exporter, about to sleep idle.
+    shared.set_exporter();
+    shared.sleep_idle();
+    let worker = shared.clone();
+    std::thread::spawn(move || {
+        let mut l = new_local(&worker);
+        let task = node_of(1, SpanClass::Task);
+        for _ in 0..2 {
+            l.enter_reg(&worker, 10, || Some(task.clone()));
+            assert!(l.exit(&worker, 10));
+        }
+    })
+    .join()
+    .unwrap();
+    assert!(
+        !shared.idle_watch.0.load(Ordering::Relaxed),
+        "the poll took the flag"
+    );
+    // The wake left this thread's unpark token: the park returns at once.
+    let t = std::time::Instant::now();
+    std::thread::park_timeout(std::time::Duration::from_secs(60));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "not woken"
+    );
+}
