@@ -915,6 +915,17 @@ impl Scenario {
         self.sync();
     }
 
+    /// Takes lock `m` in task `t`'s poll and drops the guard at `ts`, as
+    /// tokio records it: the lock call's future is gone, and the guard's
+    /// drop enters the Mutex's own span for its state change.
+    pub fn lock_and_release(&mut self, t: SpanId, m: SpanId, ts: u64) {
+        self.lock(t, m, true, ts);
+        self.lock_abandon(t, m);
+        self.enter(m, ts + 50);
+        self.unlock(t, m, ts + 50);
+        self.exit(m, ts + 60);
+    }
+
     /// Polls a sleep (within a poll).
     pub fn sleep(&mut self, t: SpanId, timer: SpanId, ts: u64) {
         self.b.sleep(t, timer, ts);

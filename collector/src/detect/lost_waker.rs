@@ -162,12 +162,10 @@ mod tests {
             let m = s.mutex(0);
             let t = s.spawn(TaskOpts::named("forgetful"), 0);
             s.begin_poll(t, 1000);
-            s.lock(t, m, acquired, 1100);
             if acquired {
-                s.lock_abandon(t, m);
-                s.enter(m, 1150);
-                s.unlock(t, m, 1150);
-                s.exit(m, 1160);
+                s.lock_and_release(t, m, 1100);
+            } else {
+                s.lock(t, m, false, 1100);
             }
             s.end_poll(t, 1400);
             s.tick(5_000 * MS);

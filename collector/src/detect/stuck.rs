@@ -151,14 +151,10 @@ mod tests {
             let m = s.mutex(0);
             let t = s.spawn(TaskOpts::named("harness"), 0);
             s.begin_poll(t, 1000);
-            s.lock(t, m, acquired, 1100);
             if acquired {
-                // The lock call's future is gone; the guard's drop enters
-                // the Mutex's span for its state change.
-                s.lock_abandon(t, m);
-                s.enter(m, 1150);
-                s.unlock(t, m, 1150);
-                s.exit(m, 1160);
+                s.lock_and_release(t, m, 1100);
+            } else {
+                s.lock(t, m, false, 1100);
             }
             s.end_poll(t, 1400);
             s.waker(t, awaitscope_wire::WakeOp::Clone, 1250);

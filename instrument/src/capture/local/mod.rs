@@ -294,10 +294,11 @@ impl Local {
         self.frames.last().map_or(0, |f| f.reg)
     }
 
-    /// Whether a task is being polled on this thread.
+    /// Whether a task's poll is in progress on this thread (not a
+    /// worker's blocking task: between polls a worker is inside its own).
     #[inline]
     pub fn in_poll(&self) -> bool {
-        self.task != 0
+        self.task != 0 && self.polls.last().is_some_and(|p| !p.blocking)
     }
 
     /// A span (not a task) was just created inside the poll in progress:
