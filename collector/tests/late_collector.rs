@@ -19,7 +19,7 @@ use tracing_subscriber::layer::SubscriberExt;
 /// returns once its guard is dropped (its goodbye sent).
 fn program(addr: String, stop: Arc<AtomicBool>) {
     let (layer, guard) = awaitscope::Builder::new().stream_to(addr).build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     let d = dispatch.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -37,7 +37,7 @@ where
         .no_stream()
         .record_in_memory(&memory)
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     let d = dispatch.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

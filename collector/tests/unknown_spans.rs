@@ -74,7 +74,7 @@ fn tasks_spawned_from_one_thread_and_polled_on_another_are_all_known() {
         .no_stream()
         .record_in_memory(&memory)
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -280,7 +280,7 @@ fn slowest_awaits_are_at_the_users_lines() {
 
     let memory = awaitscope::MemoryRecording::new();
     let (layer, guard) = awaitscope::Builder::new().record_in_memory(&memory).build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     {
         let _d = tracing::dispatcher::set_default(&dispatch);
         let rt = tokio::runtime::Builder::new_current_thread()

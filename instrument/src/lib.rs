@@ -52,6 +52,7 @@ mod filter;
 mod handover;
 mod names;
 mod panic;
+mod scoped;
 mod span_node;
 pub mod spawn;
 mod stacks;
@@ -70,6 +71,7 @@ pub use await_tree::{AwaitNode, AwaitPoint, Dump, TaskDump};
 pub use capture::AwaitscopeLayer;
 pub use causal::{CausalTrace, Context, TaskRef, TraceItem, Traced, WithCausalTrace};
 pub use config::DEFAULT_ADDR;
+pub use scoped::scoped_dispatch;
 pub use spawn::{spawn, spawn_named, JoinHandle};
 pub use store::AwaitscopeSubscriber;
 

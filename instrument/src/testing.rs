@@ -136,7 +136,7 @@ impl TestBuilder {
             builder = builder.record_to(path);
         }
         let (layer, guard) = builder.build();
-        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+        let dispatch = crate::scoped_dispatch(tracing_subscriber::registry().with(layer));
         (
             Recorder {
                 memory,

@@ -34,7 +34,7 @@ fn a_collector_up_just_after_the_first_attempt_gets_the_whole_stream() {
         .record_in_memory(&memory)
         .stream_to(addr.to_string())
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     let conn = tracing::dispatcher::with_default(&dispatch, || {
         tracing::callsite::rebuild_interest_cache();
         for i in 0..200 {
@@ -99,7 +99,7 @@ fn the_stream_is_kept_whole_when_it_is_the_only_destination() {
         l.local_addr().unwrap()
     };
     let (layer, guard) = awaitscope::builder().stream_to(addr.to_string()).build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     let conn = tracing::dispatcher::with_default(&dispatch, || {
         tracing::callsite::rebuild_interest_cache();
         for i in 0..200 {

@@ -45,7 +45,7 @@ fn each_destination_numbers_its_own_frames() {
         .record_in_memory(&memory)
         .stream_to(addr.to_string())
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&dispatch, || {
         tracing::callsite::rebuild_interest_cache();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -109,7 +109,7 @@ fn the_token_goes_to_the_collector_only() {
         .stream_to(addr.to_string())
         .token(TOKEN)
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&dispatch, || {
         tracing::info_span!("work").in_scope(|| {});
     });

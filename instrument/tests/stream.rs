@@ -91,7 +91,7 @@ fn reconnect_resends_callsites_and_live_spans() {
     let (layer, guard) = awaitscope::Builder::new()
         .stream_to(addr.to_string())
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&dispatch, || {
         let long_lived = tracing::info_span!("long_lived", n = 1);
         long_lived.in_scope(|| {});
@@ -153,7 +153,7 @@ fn a_collector_that_never_reads_does_not_block_the_program() {
         .stream_to(addr.to_string())
         .record_in_memory(&memory)
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&dispatch, || {
         for i in 0..200_000u64 {
             let _s = tracing::info_span!("busy", i).entered();
@@ -187,7 +187,7 @@ fn nobody_listening_leaves_other_sinks_whole() {
         .stream_to("127.0.0.1:1")
         .record_in_memory(&memory)
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&dispatch, || {
         for i in 0..1_000u64 {
             tracing::info_span!("s", i).in_scope(|| {});
@@ -229,7 +229,7 @@ fn reconnect_resends_await_trees_of_parked_tasks() {
     let (layer, guard) = awaitscope::Builder::new()
         .stream_to(addr.to_string())
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&dispatch, || {
         tracing::callsite::rebuild_interest_cache();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -292,7 +292,7 @@ fn events_made_while_no_collector_is_up_are_counted_not_lost() {
     let (layer, guard) = awaitscope::Builder::new()
         .stream_to(addr.to_string())
         .build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&dispatch, || {
         // Past the wait in which the stream is kept whole for a first
         // connection (0.5 s): from then on nothing is kept, only counted.

@@ -144,7 +144,7 @@ fn program_streaming_to_serve() {
     thread
         .spawn(move || {
             let (layer, guard) = awaitscope::Builder::new().stream_to(addr).build();
-            let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+            let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
             tracing::dispatcher::with_default(&dispatch, || {
                 tracing::callsite::rebuild_interest_cache();
                 let rt = tokio::runtime::Builder::new_current_thread()

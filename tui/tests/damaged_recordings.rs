@@ -26,7 +26,7 @@ fn real_recording() -> Vec<u8> {
         .record_in_memory(&memory)
         .build();
     let guard = std::sync::Arc::new(guard);
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     let d = dispatch.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

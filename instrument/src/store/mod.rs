@@ -53,7 +53,7 @@ struct Slot {
 /// the `RUST_LOG` log output. Get one from
 /// [`crate::Builder::try_build_subscriber`]
 /// to install it yourself (`tracing::subscriber::set_global_default`, or
-/// `tracing::Dispatch::new` for a scoped default). It takes no other layers:
+/// [`crate::scoped_dispatch`] for a scoped default). It takes no other layers:
 /// for that, use [`crate::AwaitscopeLayer`] in a `tracing_subscriber` stack.
 pub struct AwaitscopeSubscriber {
     capture: Arc<Capture>,

@@ -42,7 +42,7 @@ pub fn dispatch_of(builder: awaitscope::Builder) -> (tracing::Dispatch, awaitsco
     match std::env::var("AWAITSCOPE_TEST_STACK").as_deref() {
         Ok("layer") => {
             let (layer, guard) = builder.build();
-            let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+            let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
             (dispatch, guard)
         }
         Ok("store") | Err(_) => {
@@ -50,7 +50,7 @@ pub fn dispatch_of(builder: awaitscope::Builder) -> (tracing::Dispatch, awaitsco
                 .try_build_subscriber()
                 .expect("awaitscope builds")
                 .expect("awaitscope is on");
-            (tracing::Dispatch::new(subscriber), guard)
+            (awaitscope::scoped_dispatch(subscriber), guard)
         }
         Ok(other) => panic!("AWAITSCOPE_TEST_STACK={other}: expected `store` or `layer`"),
     }

@@ -60,7 +60,7 @@ fn start_workload(
         builder = builder.record_to(path.replace("{pid}", &std::process::id().to_string()));
     }
     let (layer, guard) = builder.build();
-    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layer));
+    let dispatch = awaitscope::scoped_dispatch(tracing_subscriber::registry().with(layer));
     let d = dispatch.clone();
     let thread = std::thread::Builder::new()
         .name("demo-workload".into())
