@@ -65,7 +65,6 @@ fn start_workload(
     let thread = std::thread::Builder::new()
         .name("demo-workload".into())
         .spawn(move || {
-            let _g = tracing::dispatcher::set_default(&d);
             let d2 = d.clone();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -77,11 +76,11 @@ fn start_workload(
                 .enable_all()
                 .build()
                 .expect("demo runtime");
-            // The collector's runtime in this process may have hit tokio's
-            // callsites (task spans, wakers) while this dispatch was being
-            // registered; tracing-core can then keep their old "never"
-            // interest. Recompute it now that both exist.
-            tracing::callsite::rebuild_interest_cache();
+            // Installed once the runtime is built, as `init()` in a
+            // `#[tokio::main]` program is: the blocking tasks tokio runs its
+            // workers in are not the workload's (they would show as two
+            // tasks in tokio's worker.rs running for the whole demo).
+            let _g = tracing::dispatcher::set_default(&d);
             rt.block_on(awaitscope_tui::demo::run(duration));
             // Deadlocked and lost tasks never end: do not wait for them.
             rt.shutdown_background();
