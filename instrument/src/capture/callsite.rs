@@ -142,10 +142,19 @@ impl Callsites {
         }
     }
 
-    /// Whether the span filter keeps spans of `meta` (a span callsite).
-    pub fn keeps_span(&self, meta: &Metadata<'_>) -> bool {
-        self.spans.keeps(meta)
+    /// Whether the capture takes what `meta`'s callsite records, as
+    /// [`Callsites::register`] would class it: a span the span filter
+    /// keeps, or one of tokio's wakers and resource events, or an event at
+    /// WARN or above. For `enabled` calls, which get metadata of no
+    /// particular lifetime.
+    pub fn captures(&self, meta: &Metadata<'_>) -> bool {
+        match classify(meta) {
+            Class::Span(_) => self.spans.keeps(meta),
+            Class::Ignored => false,
+            Class::Event(_) | Class::Waker => true,
+        }
     }
+
     /// Looks up a callsite, registering it if this is its first sight.
     #[inline]
     pub fn get(&self, meta: &'static Metadata<'static>) -> Info {

@@ -159,12 +159,12 @@ impl Subscriber for AwaitscopeSubscriber {
     }
 
     fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        // Reached only for callsites whose interest was `sometimes`, which
-        // this subscriber never returns; answer as `register_callsite` would.
-        if meta.is_span() {
-            return self.capture.callsites.keeps_span(meta);
-        }
-        *meta.level() <= tracing_core::Level::WARN || self.log.enabled(meta)
+        // Reached only for callsites whose interest was `sometimes`: this
+        // subscriber never answers that, but beside another dispatch
+        // (`scoped_dispatch`) tracing-core combines the answers into it.
+        // Answers as `register_callsite` does (`wants`): tokio's TRACE
+        // waker and resource events included.
+        self.capture.callsites.captures(meta) || (!meta.is_span() && self.log.enabled(meta))
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
