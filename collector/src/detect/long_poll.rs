@@ -74,9 +74,9 @@ impl Detector for LongPoll {
                 };
                 let occurrence = Occurrence { task, at: start };
                 // The poll's duration: known to the stall when the poll was
-                // committed while the task kept it; else (a stall of a
-                // later poll took its place, or the poll's first half came
-                // after later polls) the open occurrence's, so that the
+                // committed while the task kept it; else (the poll's first
+                // half came after later polls committed) the open
+                // occurrence's, so that the
                 // poll is judged by its own statistics whenever they come
                 // while it may still be judged again. Neither: not a
                 // committed long poll, or its verdict is final.
@@ -91,8 +91,8 @@ impl Detector for LongPoll {
                 // mostly waited for a CPU becomes `descheduled`, and the
                 // other way round.
                 // Without its crossing's half the stall says nothing of
-                // where the poll was (the half has not come, or a later
-                // poll's stall took its place in the task): the
+                // where the poll was (the half has not come, or never
+                // will): the
                 // occurrence stays described as it was, by what was known
                 // of the poll then; the task's await tree is a later
                 // poll's now.
@@ -734,6 +734,41 @@ mod tests {
         s.poll(t, 700 * MS, 701 * MS);
         assert_eq!(findings(&mut s, FindingKind::LongPoll)[0].count, 2);
         assert_eq!(findings(&mut s, FindingKind::Descheduled)[0].count, 1);
+    }
+
+    #[test]
+    fn an_older_polls_late_half_leaves_a_newer_polls_crossing_in_place() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("conn"), 0);
+        // A 30ms poll, sampled at its crossing.
+        s.begin_poll(t, MS);
+        s.stall(crossing(t, MS, vec![]));
+        s.end_poll(t, 31 * MS);
+        // The next, 50ms, sampled in another function...
+        s.begin_poll(t, 40 * MS);
+        let mut c = crossing(t, 40 * MS, vec![]);
+        c.frames[1] = native_frame("app::stock::reserve", "src/stock.rs", 40, FrameOrigin::User);
+        s.stall(c);
+        // ... before the first poll's end half, sent late.
+        s.stall(ended(t, MS, 30 * MS, 29 * MS, 0));
+        s.end_poll(t, 90 * MS);
+        s.stall(ended(t, 40 * MS, 50 * MS, 49 * MS, 0));
+        s.poll(t, 100 * MS, 101 * MS);
+        let l = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!((l.len(), l[0].count), (1, 2));
+        assert_eq!(l[0].worst_ns, Some(50 * MS));
+        // The worst, described by its own stack.
+        assert_eq!(
+            l[0].trace[1], "reserve @ src/stock.rs:40",
+            "{:?}",
+            l[0].trace
+        );
+        assert!(
+            l[0].message
+                .contains("polled for 50.0ms without yielding in reserve"),
+            "{}",
+            l[0].message
+        );
     }
 
     #[test]

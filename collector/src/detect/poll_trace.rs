@@ -35,12 +35,12 @@ pub struct PollTrace {
 /// `t`'s stall of the poll that started at `start`, if the producer sent
 /// the crossing's half of it.
 pub fn crossed_stall(t: &Task, start: u64) -> Option<&PollStall> {
-    t.stall.as_deref().filter(|s| s.start == start && s.crossed)
+    t.stall(start).filter(|s| s.crossed)
 }
 
 /// `t`'s stall of the poll that started at `start`, either half.
 pub fn stall_of(t: &Task, start: u64) -> Option<&PollStall> {
-    t.stall.as_deref().filter(|s| s.start == start)
+    t.stall(start)
 }
 
 /// The trace of `t`'s poll that started at `start` and ended (or was seen
