@@ -213,13 +213,14 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
         .collect()
 }
 
-/// The await path of `t`'s last poll, innermost first, then the task: the
-/// trace of findings about a task between polls (`self_wake`,
-/// `starvation`).
+/// The await path of `t`'s last poll down to where it waits
+/// ([`Process::await_point`]: not a span that closed in the poll, nor a
+/// lock it only released), innermost first, then the task: the trace of
+/// findings about a task between polls (`self_wake`, `starvation`).
 pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
     // The frames as `await_stack` gives them, without judging whose code
     // each is (a trace line does not say).
-    let mut out: Vec<String> = match t.await_tree.deepest_leaf() {
+    let mut out: Vec<String> = match p.await_point(&t.await_tree) {
         Some(leaf) => p
             .await_frames(&t.await_tree, leaf)
             .iter()

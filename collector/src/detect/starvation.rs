@@ -165,6 +165,33 @@ mod tests {
         );
     }
 
+    /// A lock taken and released in the last poll is no wait of the task:
+    /// its trace is the span it waits in.
+    #[test]
+    fn the_trace_names_no_lock_released_in_the_last_poll() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("late"), 0);
+        let serve = s.user_span("serve", 0);
+        let m = s.mutex(0);
+        s.begin_poll(t, 1000);
+        s.enter(serve, 1100);
+        s.lock_and_release(t, m, 1200);
+        s.exit(serve, 1400);
+        s.end_poll(t, 2000);
+        s.wake(t, None, 10 * MS);
+        s.poll(t, 200 * MS, 201 * MS);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::Starvation).collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].trace,
+            [
+                "serve @ src/main.rs:100".to_string(),
+                format!("task #{} \"late\" spawned @ src/main.rs:10", t.0),
+            ]
+        );
+    }
+
     #[test]
     fn still_waiting_is_found_by_the_scan_once() {
         let mut s = Scenario::new();
