@@ -377,7 +377,8 @@ fn busy_machine() -> Vec<u8> {
     b.thread(0);
     // (name, start, duration, statistics of the part covered: window, on
     // CPU, waiting)
-    let polls: [(&str, u64, u64, (u64, u64, u64)); 3] = [
+    type Poll<'a> = (&'a str, u64, u64, (u64, u64, u64));
+    let polls: [Poll; 3] = [
         ("card-charge", MS, 25 * MS, (4_500_000, 800_000, 3_700_000)),
         (
             "report-export",
