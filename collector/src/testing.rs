@@ -932,6 +932,13 @@ impl Scenario {
         self.sync();
     }
 
+    /// The events that follow happen on producer thread `id` (thread 0
+    /// until then).
+    pub fn thread(&mut self, id: u32) {
+        self.b.thread(id);
+        self.sync();
+    }
+
     /// Polls a lock acquire (within a poll).
     pub fn lock(&mut self, t: SpanId, m: SpanId, ready: bool, ts: u64) {
         self.b.lock(t, m, ready, ts);
