@@ -125,6 +125,10 @@ fn final_stats(s: &PollStall) -> bool {
     s.ended && (s.crossed || s.sched.is_some())
 }
 
+/// Told of a long poll without scheduler statistics.
+const NOT_KNOWN: &str =
+    "; no scheduler statistics came for it: whether the code or a busy machine held it is not known";
+
 /// `part` as a whole percentage of `whole` (0 for an empty whole).
 fn pct(part: u64, whole: u64) -> u64 {
     if whole == 0 {
@@ -201,6 +205,10 @@ fn judge(
                     m.push_str(": ");
                 }
                 m.push_str(&sched_split(&s));
+            } else if !p.is_console() {
+                // Nothing says how its worker spent it: undecided, said so
+                // (the trace says why no stall came).
+                m.push_str(NOT_KNOWN);
             }
             m
         }
@@ -382,6 +390,15 @@ mod tests {
         assert!(
             f[0].message
                 .contains("without yielding in charge_card (src/main.rs:101)"),
+            "{}",
+            f[0].message
+        );
+        // Nothing says whether its worker ran it or waited for a CPU.
+        assert!(
+            f[0].message.ends_with(
+                "(threshold 10.0ms); no scheduler statistics came for it: whether the code or a \
+                 busy machine held it is not known"
+            ),
             "{}",
             f[0].message
         );
