@@ -58,6 +58,7 @@ const CS_STATE_MUTEX: u32 = 6;
 const CS_ERROR: u32 = 7;
 const CS_WARN: u32 = 8;
 const CS_JOIN: u32 = 9;
+const CS_STATE_TIMER: u32 = 10;
 const CS_USER_BASE: u32 = 100;
 
 /// Builds a wire stream of one producer process.
@@ -283,6 +284,17 @@ impl StreamBuilder {
                 CallsiteKind::Event(EventClass::StateUpdate),
                 s(&[names::LOCKED]),
                 6,
+            ),
+            CS_STATE_TIMER => (
+                "runtime.resource.state_update",
+                names::TOKIO_STATE_UPDATE_TARGETS[0],
+                Level::Trace,
+                CallsiteKind::Event(EventClass::StateUpdate),
+                s(&[
+                    crate::model::resource::DURATION,
+                    crate::model::resource::DURATION_UNIT,
+                ]),
+                10,
             ),
             CS_ERROR => (
                 "event src/main.rs:70",
@@ -596,6 +608,29 @@ impl StreamBuilder {
         self
     }
 
+    /// Sets `timer`'s deadline `ms` milliseconds after `ts` (tokio's state
+    /// update of a `Sleep` made or reset, in a poll of `task`).
+    pub fn timer_due(&mut self, task: SpanId, timer: SpanId, ms: u64, ts: u64) -> &mut Self {
+        self.callsite(CS_STATE_TIMER);
+        self.push(Event::Log(Box::new(awaitscope_wire::Log {
+            callsite: CS_STATE_TIMER,
+            span: Some(timer),
+            task: Some(task),
+            ts,
+            fields: vec![
+                Field {
+                    index: 0,
+                    value: Value::U64(ms),
+                },
+                Field {
+                    index: 1,
+                    value: Value::Str("ms".into()),
+                },
+            ],
+            trace: Vec::new(),
+        })))
+    }
+
     /// Within a poll of `task`: polls a sleep on `timer` (not ready).
     pub fn sleep(&mut self, task: SpanId, timer: SpanId, ts: u64) -> &mut Self {
         self.async_op(task, timer, "Sleep::new_timeout", "poll_elapsed", false, ts);
@@ -897,6 +932,13 @@ impl Scenario {
         self.sync();
     }
 
+    /// The events that follow happen on producer thread `id` (thread 0
+    /// until then).
+    pub fn thread(&mut self, id: u32) {
+        self.b.thread(id);
+        self.sync();
+    }
+
     /// Polls a lock acquire (within a poll).
     pub fn lock(&mut self, t: SpanId, m: SpanId, ready: bool, ts: u64) {
         self.b.lock(t, m, ready, ts);
@@ -924,6 +966,12 @@ impl Scenario {
         self.enter(m, ts + 50);
         self.unlock(t, m, ts + 50);
         self.exit(m, ts + 60);
+    }
+
+    /// Sets a timer's deadline `ms` after `ts` (within a poll of `t`).
+    pub fn timer_due(&mut self, t: SpanId, timer: SpanId, ms: u64, ts: u64) {
+        self.b.timer_due(t, timer, ms, ts);
+        self.sync();
     }
 
     /// Polls a sleep (within a poll).

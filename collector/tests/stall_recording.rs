@@ -364,3 +364,77 @@ fn statistics_after_two_more_polls_still_judge_their_poll() {
         }
     }
 }
+
+/// A recording from a busy machine: the watchdog's first reading of each
+/// poll came late, so each poll's statistics cover only its last few
+/// milliseconds. An ordinary task's 25ms poll whose covered part mostly
+/// waited for a CPU is `descheduled`, saying how much its statistics
+/// cover; a poll that blocked (sleeping over the part covered) and a CPU
+/// loop long even at the share of waiting covered stay `long_poll`s.
+fn busy_machine() -> Vec<u8> {
+    let mut b = StreamBuilder::new(7, 0);
+    b.hello("shop", None, false);
+    b.thread(0);
+    // (name, start, duration, statistics of the part covered: window, on
+    // CPU, waiting)
+    type Poll<'a> = (&'a str, u64, u64, (u64, u64, u64));
+    let polls: [Poll; 3] = [
+        ("card-charge", MS, 25 * MS, (4_500_000, 800_000, 3_700_000)),
+        (
+            "report-export",
+            100 * MS,
+            60 * MS,
+            (5 * MS, 100_000, 1_500_000),
+        ),
+        (
+            "cpu-hog",
+            200 * MS,
+            119 * MS,
+            (10 * MS, 1_600_000, 8_400_000),
+        ),
+    ];
+    for (name, start, d, (window, on_cpu, waiting)) in polls {
+        let t = b.spawn(&TaskOpts::named(name), None, start - 1);
+        b.enter(t, start);
+        // The crossing's half, sampled late: its window is short too.
+        let mut crossing = stall(t, start, start + d - window / 2, false);
+        crossing.stack = StackState::Off;
+        crossing.sched = sched(window / 2, on_cpu / 2, waiting / 2);
+        b.stall(crossing);
+        b.poll_end(t, start + d, 1);
+        let mut end = stall(t, start, start + d + 1, true);
+        end.sched = sched(window, on_cpu, waiting);
+        b.stall(end);
+        b.poll(t, start + d + 10 * MS, start + d + 11 * MS);
+    }
+    b.flush();
+    b.recording()
+}
+
+#[test]
+fn on_a_busy_machine_a_poll_is_judged_by_the_part_its_statistics_cover() {
+    let r = serde_json::to_value(report_of(&busy_machine())).unwrap();
+    let d = findings_of(&r, "descheduled");
+    assert_eq!(d.len(), 1, "{r:#}");
+    assert_eq!(d[0]["tasks"][0]["name"], "card-charge");
+    let msg = d[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(
+            "took 25.0ms; over the 4.5ms of it its worker's statistics cover (18%), it mostly \
+             waited for a CPU (on CPU 18% (kernel 0%), waiting for a CPU 82%, blocked/sleeping \
+             0%): judged by that part, the machine was busy, not the code (the rest of the poll \
+             is not known)"
+        ),
+        "{msg}"
+    );
+    let mut long: Vec<String> = findings_of(&r, "long_poll")
+        .iter()
+        .map(|f| f["tasks"][0]["name"].as_str().unwrap().to_string())
+        .collect();
+    long.sort();
+    assert_eq!(long, ["cpu-hog", "report-export"], "{r:#}");
+    for f in findings_of(&r, "long_poll") {
+        let msg = f["message"].as_str().unwrap();
+        assert!(msg.contains(": over "), "{msg}");
+    }
+}

@@ -90,14 +90,16 @@ fn wait_graph(p: &Process, now: u64, th: &Thresholds) -> HashMap<SpanId, Vec<(Sp
 }
 
 /// The await path of `t` down to its wait on `res` (the deepest node on
-/// that resource), innermost first; its deepest leaf's when the lock is
-/// not in its tree.
+/// that resource), innermost first; down to where it waits
+/// ([`Process::await_point`]) when the lock is not in its tree (the tree
+/// filled up before the wait): not a span that closed in the poll, nor a
+/// lock it only released. Empty when nothing is one.
 fn waiting_path(p: &Process, t: &Task, res: SpanId) -> Vec<String> {
     let tree = &t.await_tree;
     let node = (0..tree.nodes.len())
         .filter(|&i| p.resource_of(tree.nodes[i].span) == Some(res))
         .max_by_key(|&i| tree.depth(i))
-        .or_else(|| tree.deepest_leaf());
+        .or_else(|| p.await_point(tree));
     node.map_or_else(Vec::new, |i| p.await_path(tree, i))
 }
 
@@ -271,6 +273,66 @@ mod tests {
             "{:?}",
             f[0].trace
         );
+    }
+
+    /// `one`'s poll fills its await tree (two nodes here) with a lock it
+    /// takes and releases, then waits on `b`, which is not in the tree: its
+    /// path names nothing rather than the released lock.
+    #[test]
+    fn a_wait_not_in_the_tree_is_not_told_by_a_lock_released() {
+        let cfg = crate::Config {
+            retention: crate::config::Retention {
+                max_await_nodes: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut s = Scenario::with_model(crate::Model::new(cfg));
+        let a = s.mutex(0);
+        let b = s.mutex(0);
+        let released = s.mutex(0);
+        let t1 = s.spawn(TaskOpts::named("one"), 0);
+        let t2 = s.spawn(TaskOpts::named("two"), 0);
+        s.begin_poll(t1, 10);
+        s.lock(t1, a, true, 11);
+        s.end_poll(t1, 12);
+        s.begin_poll(t2, 20);
+        s.lock(t2, b, true, 21);
+        s.end_poll(t2, 22);
+        s.wake(t1, None, 30);
+        s.begin_poll(t1, 40);
+        s.lock_and_release(t1, released, 41);
+        s.lock(t1, b, false, 200);
+        s.end_poll(t1, 300);
+        s.waker(t1, WakeOp::Clone, 200);
+        s.wake(t2, None, 350);
+        s.begin_poll(t2, 360);
+        s.lock(t2, a, false, 361);
+        s.end_poll(t2, 362);
+        s.waker(t2, WakeOp::Clone, 361);
+        s.tick(5 * SEC);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::Deadlock).collect();
+        assert_eq!(f.len(), 1, "{:?}", m.findings().list());
+        let trace = &f[0].trace;
+        let one = trace
+            .iter()
+            .position(|l| l.starts_with("task one#") && l.contains(" waits on "))
+            .expect("one's line");
+        let two = trace
+            .iter()
+            .position(|l| l.starts_with("task two#") && l.contains(" waits on "))
+            .expect("two's line");
+        let waiting = |from: usize| {
+            trace[from + 1..]
+                .iter()
+                .take_while(|l| l.starts_with(' '))
+                .filter(|l| l.starts_with("  waiting in"))
+                .count()
+        };
+        assert_eq!(waiting(one), 0, "{trace:#?}");
+        // Its partner's wait is in its tree: told.
+        assert!(waiting(two) > 0, "{trace:#?}");
     }
 
     #[test]

@@ -91,3 +91,82 @@ pub fn observe(p: &Process, w: &LateWake, threshold: u64) -> Option<Observation>
         new_occurrence: true,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use awaitscope_wire::WakeOp;
+
+    use crate::config::MS;
+    use crate::testing::{Scenario, TaskOpts};
+    use crate::{Config, FindingKind, Model, Retention};
+
+    /// A task sleeping on `timer`, woken 190ms past its deadline by the
+    /// timer wheel; its last poll took and released a lock first. With
+    /// `room`, its await tree has room for the sleep; else the lock filled
+    /// it (two nodes).
+    fn late(room: bool) -> crate::Finding {
+        let cfg = Config {
+            retention: Retention {
+                max_await_nodes: if room { 64 } else { 2 },
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut s = Scenario::with_model(Model::new(cfg));
+        let timer = s.timer(0);
+        let m = s.mutex(0);
+        let t = s.spawn(TaskOpts::named("ticker"), 0);
+        s.begin_poll(t, 1000);
+        s.lock_and_release(t, m, 1100);
+        s.timer_due(t, timer, 10, 1300);
+        s.sleep(t, timer, 1300);
+        s.end_poll(t, 1400);
+        s.waker(t, WakeOp::Clone, 1300);
+        s.wake(t, None, 200 * MS + 1300);
+        s.poll(t, 201 * MS, 202 * MS);
+        s.tick(300 * MS);
+        let m = s.model();
+        let f: Vec<_> = m
+            .findings()
+            .of_kind(FindingKind::Starvation)
+            .cloned()
+            .collect();
+        assert_eq!(f.len(), 1, "{:?}", m.findings().list());
+        f[0].clone()
+    }
+
+    #[test]
+    fn the_late_timer_is_named_where_the_task_sleeps_on_it() {
+        let f = late(true);
+        assert!(
+            f.message
+                .contains("was woken 190.0ms after its timer's deadline (tokio::time::sleep"),
+            "{}",
+            f.message
+        );
+        assert!(
+            !f.trace.iter().any(|l| l.contains("Mutex")),
+            "{:?}",
+            f.trace
+        );
+    }
+
+    /// Not in the tree, the timer is not told by the lock the poll
+    /// released (nor is the finding's location the lock's).
+    #[test]
+    fn a_timer_not_in_the_tree_is_not_told_by_a_lock_released() {
+        let f = late(false);
+        assert!(
+            f.message
+                .contains("was woken 190.0ms after its timer's deadline (its timer;"),
+            "{}",
+            f.message
+        );
+        assert!(
+            !f.trace.iter().any(|l| l.contains("Mutex")),
+            "{:?}",
+            f.trace
+        );
+        assert_eq!(f.location.as_ref().map(|l| l.line), Some(10));
+    }
+}

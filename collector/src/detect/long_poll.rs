@@ -1,7 +1,9 @@
 //! `long_poll`: a poll that ran longer than the threshold, blocking its
 //! worker thread; `descheduled` when the worker's scheduler statistics say
 //! that most of that time it was waiting for a CPU (the machine was busy,
-//! not the code). Blocking tasks (`spawn_blocking`) are exempt: their
+//! not the code; statistics that cover less than half of the poll, the
+//! watchdog's first reading late on a busy machine, judge it by the part
+//! they cover, and the finding says how much that is). Blocking tasks (`spawn_blocking`) are exempt: their
 //! single poll is the whole blocking closure.
 //!
 //! The finding says where the poll was (see [`super::poll_trace`]): the
@@ -12,7 +14,9 @@
 //! ([`super::Findings::observe_occurrence`]), so that a `long_poll` later
 //! found `descheduled` (or the other way round) is reported as that alone.
 
-use super::poll_trace::{self, is_descheduled, sched_split, stall_of, PollTrace};
+use super::poll_trace::{
+    self, is_descheduled, is_descheduled_as_far_as_covered, sched_split, stall_of, PollTrace,
+};
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Occurrence};
 use crate::config::Thresholds;
 use crate::model::stall::PollStall;
@@ -70,9 +74,9 @@ impl Detector for LongPoll {
                 };
                 let occurrence = Occurrence { task, at: start };
                 // The poll's duration: known to the stall when the poll was
-                // committed while the task kept it; else (a stall of a
-                // later poll took its place, or the poll's first half came
-                // after later polls) the open occurrence's, so that the
+                // committed while the task kept it; else (the poll's first
+                // half came after later polls committed) the open
+                // occurrence's, so that the
                 // poll is judged by its own statistics whenever they come
                 // while it may still be judged again. Neither: not a
                 // committed long poll, or its verdict is final.
@@ -87,8 +91,8 @@ impl Detector for LongPoll {
                 // mostly waited for a CPU becomes `descheduled`, and the
                 // other way round.
                 // Without its crossing's half the stall says nothing of
-                // where the poll was (the half has not come, or a later
-                // poll's stall took its place in the task): the
+                // where the poll was (the half has not come, or never
+                // will): the
                 // occurrence stays described as it was, by what was known
                 // of the poll then; the task's await tree is a later
                 // poll's now.
@@ -121,6 +125,18 @@ fn final_stats(s: &PollStall) -> bool {
     s.ended && (s.crossed || s.sched.is_some())
 }
 
+/// Told of a long poll without scheduler statistics.
+const NOT_KNOWN: &str =
+    "; no scheduler statistics came for it: whether the code or a busy machine held it is not known";
+
+/// `part` as a whole percentage of `whole` (0 for an empty whole).
+fn pct(part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        return 0;
+    }
+    (part.min(whole) as f64 * 100.0 / whole as f64).round() as u64
+}
+
 /// Judges the committed poll of `t` that started at `start` and lasted `d`
 /// ns: a `long_poll`, or a `descheduled` one when the worker's statistics
 /// known now (its stall's) say it mostly waited for a CPU.
@@ -145,13 +161,29 @@ fn judge(
         return None;
     }
     let sched = stall_of(t, start).and_then(|s| s.sched);
-    let descheduled = sched.is_some_and(|s| is_descheduled(&s, d, th.long_poll_ns));
-    let message = match (descheduled, sched) {
-        (true, Some(s)) => format!(
+    let whole = sched.is_some_and(|s| is_descheduled(&s, d, th.long_poll_ns));
+    // Statistics over less than half of the poll that mostly waited for a
+    // CPU: the part known says the machine was busy, and the rest is not
+    // known; the poll's duration alone does not make it the code's.
+    let covered =
+        !whole && sched.is_some_and(|s| is_descheduled_as_far_as_covered(&s, d, th.long_poll_ns));
+    let descheduled = whole || covered;
+    let message = match (whole, covered, sched) {
+        (true, _, Some(s)) => format!(
             "{} took {} but waited {} of it for a CPU: the machine was busy, not the code ({})",
             task_label(t),
             fmt_ns_brief(d),
             fmt_ns_brief(s.waiting_ns),
+            sched_split(&s)
+        ),
+        (_, true, Some(s)) => format!(
+            "{} took {}; over the {} of it its worker's statistics cover ({}%), it mostly \
+             waited for a CPU ({}): judged by that part, the machine was busy, not the code \
+             (the rest of the poll is not known)",
+            task_label(t),
+            fmt_ns_brief(d),
+            fmt_ns_brief(s.window_ns),
+            pct(s.window_ns, d),
             sched_split(&s)
         ),
         _ => {
@@ -173,6 +205,10 @@ fn judge(
                     m.push_str(": ");
                 }
                 m.push_str(&sched_split(&s));
+            } else if !p.is_console() {
+                // Nothing says how its worker spent it: undecided, said so
+                // (the trace says why no stall came).
+                m.push_str(NOT_KNOWN);
             }
             m
         }
@@ -354,6 +390,15 @@ mod tests {
         assert!(
             f[0].message
                 .contains("without yielding in charge_card (src/main.rs:101)"),
+            "{}",
+            f[0].message
+        );
+        // Nothing says whether its worker ran it or waited for a CPU.
+        assert!(
+            f[0].message.ends_with(
+                "(threshold 10.0ms); no scheduler statistics came for it: whether the code or a \
+                 busy machine held it is not known"
+            ),
             "{}",
             f[0].message
         );
@@ -641,15 +686,103 @@ mod tests {
         let t = s.spawn(TaskOpts::named("x"), 0);
         s.begin_poll(t, MS);
         s.end_poll(t, 23 * MS);
-        // The watchdog's first reading came 15.6ms into the 22ms poll.
-        s.stall(ended(t, MS, 6_400_000, 200_000, 5_800_000));
+        // The watchdog's first reading came 15.6ms into the 22ms poll; the
+        // part covered was mostly blocked.
+        s.stall(ended(t, MS, 6_400_000, 200_000, 400_000));
         s.poll(t, 100 * MS, 101 * MS);
         let l = findings(&mut s, FindingKind::LongPoll);
         assert_eq!(l.len(), 1);
         assert!(
             l[0].message.contains(
-                ": over 6.4ms of it, on CPU 3% (kernel 0%), waiting for a CPU 91%, blocked/sleeping 6%"
+                ": over 6.4ms of it, on CPU 3% (kernel 0%), waiting for a CPU 6%, blocked/sleeping 91%"
             ),
+            "{}",
+            l[0].message
+        );
+        assert!(findings(&mut s, FindingKind::Descheduled).is_empty());
+    }
+
+    #[test]
+    fn a_poll_whose_covered_part_mostly_waited_for_a_cpu_is_descheduled_as_far_as_known() {
+        // A 25ms poll of an ordinary task on a busy machine: the watchdog's
+        // first reading came 20.5ms into it; over the 4.5ms after, its
+        // worker waited for a CPU 82% of the time.
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("card-charge"), 0);
+        s.begin_poll(t, MS);
+        s.stall(crossing(t, MS, vec![]));
+        s.end_poll(t, 26 * MS);
+        s.stall(ended(t, MS, 4_500_000, 800_000, 3_700_000));
+        s.poll(t, 100 * MS, 101 * MS);
+        let l = findings(&mut s, FindingKind::LongPoll);
+        assert!(l.is_empty(), "{l:?}");
+        let d = findings(&mut s, FindingKind::Descheduled);
+        assert_eq!((d.len(), d[0].count), (1, 1));
+        let m = &d[0].message;
+        assert!(
+            m.contains(
+                "took 25.0ms; over the 4.5ms of it its worker's statistics cover (18%), it \
+                 mostly waited for a CPU (on CPU 18% (kernel 0%), waiting for a CPU 82%, \
+                 blocked/sleeping 0%): judged by that part, the machine was busy, not the code \
+                 (the rest of the poll is not known)"
+            ),
+            "{m}"
+        );
+        // Where it was is still told.
+        assert_eq!(d[0].trace[1], "hash_password @ src/auth.rs:12");
+
+        // The same share over too little of a longer poll: by that part,
+        // 45ms of the 250ms were its own, over the threshold.
+        s.begin_poll(t, 200 * MS);
+        s.end_poll(t, 450 * MS);
+        s.stall(ended(t, 200 * MS, 4_500_000, 800_000, 3_700_000));
+        s.poll(t, 500 * MS, 501 * MS);
+        let l = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!((l.len(), l[0].worst_ns), (1, Some(250 * MS)));
+        assert!(
+            l[0].message.contains(": over 4.5ms of it, on CPU 18%"),
+            "{}",
+            l[0].message
+        );
+        // A window under a millisecond judges nothing.
+        s.begin_poll(t, 600 * MS);
+        s.end_poll(t, 615 * MS);
+        s.stall(ended(t, 600 * MS, 900_000, 100_000, 800_000));
+        s.poll(t, 700 * MS, 701 * MS);
+        assert_eq!(findings(&mut s, FindingKind::LongPoll)[0].count, 2);
+        assert_eq!(findings(&mut s, FindingKind::Descheduled)[0].count, 1);
+    }
+
+    #[test]
+    fn an_older_polls_late_half_leaves_a_newer_polls_crossing_in_place() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("conn"), 0);
+        // A 30ms poll, sampled at its crossing.
+        s.begin_poll(t, MS);
+        s.stall(crossing(t, MS, vec![]));
+        s.end_poll(t, 31 * MS);
+        // The next, 50ms, sampled in another function...
+        s.begin_poll(t, 40 * MS);
+        let mut c = crossing(t, 40 * MS, vec![]);
+        c.frames[1] = native_frame("app::stock::reserve", "src/stock.rs", 40, FrameOrigin::User);
+        s.stall(c);
+        // ... before the first poll's end half, sent late.
+        s.stall(ended(t, MS, 30 * MS, 29 * MS, 0));
+        s.end_poll(t, 90 * MS);
+        s.stall(ended(t, 40 * MS, 50 * MS, 49 * MS, 0));
+        s.poll(t, 100 * MS, 101 * MS);
+        let l = findings(&mut s, FindingKind::LongPoll);
+        assert_eq!((l.len(), l[0].count), (1, 2));
+        assert_eq!(l[0].worst_ns, Some(50 * MS));
+        // The worst, described by its own stack.
+        assert_eq!(
+            l[0].trace[1], "reserve @ src/stock.rs:40",
+            "{:?}",
+            l[0].trace
+        );
+        assert!(
+            l[0].message
+                .contains("polled for 50.0ms without yielding in reserve"),
             "{}",
             l[0].message
         );

@@ -35,12 +35,12 @@ pub struct PollTrace {
 /// `t`'s stall of the poll that started at `start`, if the producer sent
 /// the crossing's half of it.
 pub fn crossed_stall(t: &Task, start: u64) -> Option<&PollStall> {
-    t.stall.as_deref().filter(|s| s.start == start && s.crossed)
+    t.stall(start).filter(|s| s.crossed)
 }
 
 /// `t`'s stall of the poll that started at `start`, either half.
 pub fn stall_of(t: &Task, start: u64) -> Option<&PollStall> {
-    t.stall.as_deref().filter(|s| s.start == start)
+    t.stall(start)
 }
 
 /// The trace of `t`'s poll that started at `start` and ended (or was seen
@@ -213,13 +213,14 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
         .collect()
 }
 
-/// The await path of `t`'s last poll, innermost first, then the task: the
-/// trace of findings about a task between polls (`self_wake`,
-/// `starvation`).
+/// The await path of `t`'s last poll down to where it waits
+/// ([`Process::await_point`]: not a span that closed in the poll, nor a
+/// lock it only released), innermost first, then the task: the trace of
+/// findings about a task between polls (`self_wake`, `starvation`).
 pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
     // The frames as `await_stack` gives them, without judging whose code
     // each is (a trace line does not say).
-    let mut out: Vec<String> = match t.await_tree.deepest_leaf() {
+    let mut out: Vec<String> = match p.await_point(&t.await_tree) {
         Some(leaf) => p
             .await_frames(&t.await_tree, leaf)
             .iter()
@@ -592,6 +593,40 @@ pub fn is_descheduled(s: &Sched, d: u64, threshold_ns: u64) -> bool {
     {
         return false;
     }
+    mostly_waiting(s, d, threshold_ns)
+}
+
+/// Whether the statistics `s` of a poll of `d` ns cover less than half of
+/// it (the watchdog's first reading came late, or the statistics up to the
+/// poll's end never came), and not more wait than their window.
+pub fn covers_little(s: &Sched, d: u64) -> bool {
+    s.waiting_ns <= s.window_ns && s.window_ns.saturating_mul(2) < d
+}
+
+/// Whether statistics `s` that cover too little of a poll of `d` ns to
+/// judge all of it by ([`covers_little`]; a window of 1 ms or more) say, as
+/// far as they go, that it was long because its worker waited for a CPU:
+/// the part they cover mostly waited, and at that share of waiting, the
+/// poll's own time would have stayed under the threshold. The rest of the
+/// poll is not known: judged by the part that is (a finding says so), not
+/// by its duration alone, which on a busy machine was mostly the wait.
+pub fn is_descheduled_as_far_as_covered(s: &Sched, d: u64, threshold_ns: u64) -> bool {
+    covers_little(s, d)
+        && s.window_ns >= MIN_COVERED_NS
+        && s.waiting_ns.saturating_mul(2) > s.window_ns
+        && mostly_waiting(s, d, threshold_ns)
+}
+
+/// Shortest window of statistics that judges a poll by the part it covers:
+/// a millisecond (a shorter one is a single reading's noise).
+const MIN_COVERED_NS: u64 = 1_000_000;
+
+/// Whether a poll of `d` ns, waiting for a CPU the share of the time `s`
+/// says, would have run no longer than `threshold_ns` without that wait.
+fn mostly_waiting(s: &Sched, d: u64, threshold_ns: u64) -> bool {
+    if s.window_ns == 0 {
+        return false;
+    }
     let waiting = s.waiting_ns.min(s.window_ns) as f64 / s.window_ns as f64;
     d as f64 * (1.0 - waiting) <= threshold_ns as f64
 }
@@ -782,5 +817,46 @@ mod tests {
         assert!(!is_descheduled(&late, 2_500_000_000, 10_000_000));
         // Or in one of 30 ms: 18 ms of its own.
         assert!(!is_descheduled(&late, 30_000_000, 10_000_000));
+        // More wait than window is judged by `is_descheduled` alone.
+        assert!(!is_descheduled_as_far_as_covered(
+            &late, 12_305_441, 10_000_000
+        ));
+    }
+
+    #[test]
+    fn a_poll_is_judged_by_the_part_its_statistics_cover() {
+        const MS: u64 = 1_000_000;
+        // 4.5 ms of a 25 ms poll, 82 % of it waiting: 4.5 ms of its own.
+        let late = Sched {
+            window_ns: 4_500_000,
+            on_cpu_ns: 800_000,
+            kernel_ns: 0,
+            waiting_ns: 3_700_000,
+        };
+        assert!(covers_little(&late, 25 * MS));
+        assert!(!is_descheduled(&late, 25 * MS, 10 * MS));
+        assert!(is_descheduled_as_far_as_covered(&late, 25 * MS, 10 * MS));
+        // At that share, 100 ms of a 120 ms poll would be its own.
+        assert!(!is_descheduled_as_far_as_covered(&late, 120 * MS, 10 * MS));
+        // Covering half of it: judged whole, not as a part.
+        assert!(!covers_little(&late, 9 * MS));
+        assert!(!is_descheduled_as_far_as_covered(&late, 9 * MS, 5 * MS));
+        // A covered part mostly blocked, or one under a millisecond.
+        let blocked = Sched {
+            waiting_ns: 1_000_000,
+            ..late
+        };
+        assert!(!is_descheduled_as_far_as_covered(
+            &blocked,
+            25 * MS,
+            10 * MS
+        ));
+        let tiny = Sched {
+            window_ns: 900_000,
+            on_cpu_ns: 100_000,
+            kernel_ns: 0,
+            waiting_ns: 800_000,
+        };
+        assert!(!is_descheduled_as_far_as_covered(&tiny, 15 * MS, 10 * MS));
     }
 }

@@ -4,9 +4,11 @@
 use super::poll_trace;
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
+use crate::model::process::{RECENT_POLLS, RECENT_POLL_NS};
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task, TaskState};
 use crate::units::fmt_ns_brief;
+use awaitscope_wire::SpanId;
 
 /// The `starvation` detector: judges each wait that a poll ends, and the
 /// tasks still waiting at a scan. An episode lasts until the poll that ends
@@ -46,13 +48,11 @@ impl Detector for Starvation {
                     let mut o = observe(p, t, key, waited, ts, cx.thresholds);
                     // The wait ends at the poll's start on the thread that
                     // polls it now: who held that thread while it waited.
-                    let held = poll_trace::held_the_thread(
-                        p,
-                        p.cur_thread,
-                        ts.saturating_sub(waited),
-                        ts,
-                        task,
-                    );
+                    let from = ts.saturating_sub(waited);
+                    let held = poll_trace::held_the_thread(p, p.cur_thread, from, ts, task);
+                    if held.is_empty() && no_task_held_a_worker(p, task, from, ts) {
+                        o.message.push_str(NO_TASK_HELD);
+                    }
                     o.trace.extend(held);
                     o
                 } else {
@@ -83,6 +83,37 @@ impl Detector for Starvation {
             cx.observe_episode(t.id, o);
         }
     }
+}
+
+/// Told of a wait during which no task of the program held a worker.
+const NO_TASK_HELD: &str = "; no task of the program polled for 1ms or more meanwhile, on any \
+     thread: no task held its workers (the machine was busy, or many short polls)";
+
+/// Whether, as far as the model knows, no task other than `task` ran a poll
+/// of [`RECENT_POLL_NS`] or more on any thread of `p` between `from` and
+/// `to` (ns): none of the polls kept per thread overlaps the window (and
+/// none overlapping it can have been forgotten), and no poll still running
+/// has run in it that long.
+fn no_task_held_a_worker(p: &Process, task: SpanId, from: u64, to: u64) -> bool {
+    for th in p.threads.values() {
+        let polls = &th.recent_polls;
+        // Full, and its oldest poll started inside the window: one before
+        // it may have overlapped it.
+        if polls.len() >= RECENT_POLLS && polls.front().is_some_and(|&(_, s, _)| s > from) {
+            return false;
+        }
+        if polls
+            .iter()
+            .any(|&(h, s, e)| h != task && e.min(to) > s.max(from))
+        {
+            return false;
+        }
+    }
+    !p.tasks.values().any(|t| {
+        t.id != task
+            && t.poll_start
+                .is_some_and(|s| to.saturating_sub(s.max(from)) >= RECENT_POLL_NS)
+    })
 }
 
 /// `t`'s wait of `wait` ns, ended (or seen going on) at `ts`, described,
@@ -163,6 +194,82 @@ mod tests {
                 format!("task #{} \"late\" spawned @ src/main.rs:10", t.0),
             ]
         );
+    }
+
+    /// A lock taken and released in the last poll is no wait of the task:
+    /// its trace is the span it waits in.
+    #[test]
+    fn the_trace_names_no_lock_released_in_the_last_poll() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("late"), 0);
+        let serve = s.user_span("serve", 0);
+        let m = s.mutex(0);
+        s.begin_poll(t, 1000);
+        s.enter(serve, 1100);
+        s.lock_and_release(t, m, 1200);
+        s.exit(serve, 1400);
+        s.end_poll(t, 2000);
+        s.wake(t, None, 10 * MS);
+        s.poll(t, 200 * MS, 201 * MS);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::Starvation).collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].trace,
+            [
+                "serve @ src/main.rs:100".to_string(),
+                format!("task #{} \"late\" spawned @ src/main.rs:10", t.0),
+            ]
+        );
+    }
+
+    /// A wait during which no task of the program held a worker says so;
+    /// one during which another task's poll did (on its thread or
+    /// another) does not.
+    #[test]
+    fn a_wait_no_task_caused_says_so() {
+        // (thread of the other task's 30ms poll, if any)
+        let run = |hog: Option<u32>| {
+            let mut s = Scenario::new();
+            let t = s.spawn(TaskOpts::named("late"), 0);
+            let other = s.spawn(TaskOpts::named("other"), 0);
+            s.poll(t, 1000, 2000);
+            s.poll(other, 3000, 4000);
+            s.wake(t, None, 10 * MS);
+            if let Some(th) = hog {
+                s.thread(th);
+                s.poll_v2(other, 20 * MS, 50 * MS, 1);
+                s.thread(0);
+            }
+            s.poll(t, 200 * MS, 201 * MS);
+            let m = s.model();
+            let f: Vec<_> = m
+                .findings()
+                .of_kind(FindingKind::Starvation)
+                .cloned()
+                .collect();
+            assert_eq!(f.len(), 1);
+            (f[0].message.clone(), f[0].trace.clone())
+        };
+        let (m, _) = run(None);
+        assert!(
+            m.ends_with(
+                "was woken but not polled for 190.0ms (threshold 50.0ms); no task of the \
+                 program polled for 1ms or more meanwhile, on any thread: no task held its \
+                 workers (the machine was busy, or many short polls)"
+            ),
+            "{m}"
+        );
+        let (m, trace) = run(Some(0));
+        assert!(m.ends_with("(threshold 50.0ms)"), "{m}");
+        assert!(
+            trace
+                .iter()
+                .any(|l| l.starts_with("held the thread 30.0ms: task other#")),
+            "{trace:?}"
+        );
+        let (m, _) = run(Some(1));
+        assert!(m.ends_with("(threshold 50.0ms)"), "{m}");
     }
 
     #[test]

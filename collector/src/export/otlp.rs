@@ -39,6 +39,11 @@ use crate::detect::{Finding, FindingKind, Severity};
 /// Most spans one export keeps.
 pub const MAX_SPANS: usize = 1_000_000;
 
+/// Most findings sent live ([`OtlpTraces::take_findings`]): each is
+/// remembered so that it is sent once; later ones are not sent, and are
+/// counted in [`OtlpTraces::unsent_findings`].
+pub const MAX_SENT_FINDINGS: usize = 65_536;
+
 /// Spans per request by default (OTLP receivers commonly refuse requests
 /// over 4 MiB).
 pub const DEFAULT_BATCH: usize = 2_000;
@@ -90,6 +95,14 @@ pub struct OtlpTraces {
     sent_findings: std::collections::HashSet<(FindingKind, ProcessKey, String)>,
     /// Spans left out past [`MAX_SPANS`].
     pub dropped_spans: u64,
+    /// Findings not sent live, each counted once (by a fingerprint of its
+    /// kind, process and key, see [`OtlpTraces::unsent_findings`]).
+    unsent: std::collections::HashSet<u64>,
+    /// Findings not sent live, each counted once: new ones past
+    /// [`MAX_SENT_FINDINGS`], and at the last flush those of a process
+    /// whose frames never reached the export (serve's queue to the
+    /// forwarder was full when its `Hello` came).
+    pub unsent_findings: u64,
 }
 
 impl OtlpTraces {
@@ -309,13 +322,22 @@ impl OtlpTraces {
                 start_unix_ns: f.process_start_unix_ns,
             };
             let id = (f.kind, key, dedup.clone());
-            if self.sent_findings.contains(&id) || self.sent_findings.len() >= 65_536 {
+            if self.sent_findings.contains(&id) {
+                continue;
+            }
+            let salt = finding_salt(f.kind, dedup);
+            if self.sent_findings.len() >= MAX_SENT_FINDINGS {
+                self.not_sent(salt, &key);
                 continue;
             }
             let Some(p) = self.procs.get_mut(&key) else {
+                // Its process may still come (its frames queued); at the
+                // last flush it will not.
+                if last {
+                    self.not_sent(salt, &key);
+                }
                 continue;
             };
-            let salt = finding_salt(f.kind, dedup);
             self.sent_findings.insert(id);
             p.adopt();
             let event = finding_event(f, &key);
@@ -333,6 +355,16 @@ impl OtlpTraces {
             out.extend(p.wrap(&key, vec![span], 1));
         }
         out
+    }
+}
+
+impl OtlpTraces {
+    /// Counts the finding of identity `salt` ([`finding_salt`]) in process
+    /// `key` as not sent, once.
+    fn not_sent(&mut self, salt: u64, key: &ProcessKey) {
+        if self.unsent.insert(mix(salt ^ process_salt(key))) {
+            self.unsent_findings += 1;
+        }
     }
 }
 
@@ -1084,5 +1116,51 @@ mod tests {
         let sent = live(&m, &mut t, true);
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert!(sent[0].1.contains("late"), "{sent:?}");
+    }
+
+    /// Past [`MAX_SENT_FINDINGS`] findings sent live, new ones are not sent
+    /// and are counted, each once however many flushes see it; so are, at
+    /// the last flush, those of a process the export never heard of.
+    #[test]
+    fn findings_not_sent_live_are_counted_once_each() {
+        let mut t = OtlpTraces::new();
+        let mut b = StreamBuilder::new(7, 1_000);
+        b.hello("shop", None, false);
+        for f in b.take_frames() {
+            t.add_frame(&f);
+        }
+        let key = b.key();
+        let of = |pid: u32, start: u64, n: usize| -> (String, Finding) {
+            (
+                format!("job|{n}"),
+                Finding {
+                    tasks: vec![],
+                    ..finding(pid, start, SpanId(0))
+                },
+            )
+        };
+        let mut findings: Vec<(String, Finding)> = (0..MAX_SENT_FINDINGS + 3)
+            .map(|n| of(key.pid, key.start_unix_ns, n))
+            .collect();
+        let sent = t.take_findings(&findings, false);
+        assert_eq!(sent.len(), MAX_SENT_FINDINGS);
+        assert_eq!(t.unsent_findings, 3);
+        // Seen again by the next flush: neither sent nor counted again.
+        assert!(t.take_findings(&findings, false).is_empty());
+        assert_eq!(t.unsent_findings, 3);
+        // Of a process whose frames never came: waited for, then counted
+        // at the last flush (once).
+        let mut t = OtlpTraces::new();
+        findings.truncate(1);
+        findings.push(of(999, 5, 0));
+        assert_eq!(t.take_findings(&findings, false).len(), 0);
+        assert_eq!(t.unsent_findings, 0);
+        for f in b.hello("shop", None, true).take_frames() {
+            t.add_frame(&f);
+        }
+        assert_eq!(t.take_findings(&findings, true).len(), 1);
+        assert_eq!(t.unsent_findings, 1);
+        assert!(t.take_findings(&findings, true).is_empty());
+        assert_eq!(t.unsent_findings, 1);
     }
 }

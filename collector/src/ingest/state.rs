@@ -141,6 +141,13 @@ pub struct ServerStats {
     pub tap_dropped_frames: AtomicU64,
     /// Events in them.
     pub tap_dropped_events: AtomicU64,
+    /// Findings the OTLP forwarder (`serve --otlp`) did not send, as it
+    /// counts them (`OtlpTraces::unsent_findings`): past the most it
+    /// sends, or of a process whose frames never reached it.
+    pub otlp_unsent_findings: AtomicU64,
+    /// Spans the OTLP forwarder left out past the most it keeps
+    /// (`OtlpTraces::dropped_spans`).
+    pub otlp_dropped_spans: AtomicU64,
     /// Connections that ended inside a frame (producer killed mid-write).
     pub truncated: AtomicU64,
     /// Connections that ended without `Goodbye`.

@@ -774,17 +774,16 @@ impl Process {
             Some(t) => t,
             None => self.completed.last_mut(task)?,
         };
-        if t.stall.as_ref().is_none_or(|s| s.start != start) {
-            let mut s = PollStall::new(start);
+        if t.stall(start).is_none() {
             // Of a poll committed already: judged without it.
-            s.poll_ns = [t.last_committed, t.last_long]
+            let poll_ns = [t.last_committed, t.last_long]
                 .into_iter()
                 .flatten()
                 .find(|p| p.start == start)
                 .map(|p| p.end.saturating_sub(p.start));
-            t.stall = Some(Box::new(s));
+            t.stall_or_new(start)?.poll_ns = poll_ns;
         }
-        t.stall.as_deref_mut()
+        t.stall_mut(start)
     }
 
     /// Span `id` of a stall's async stack, named (live or recently closed;

@@ -409,9 +409,9 @@ impl Process {
                     .is_some_and(super::task::Task::is_blocking_or_block_on)
             });
             let stalled = polling.is_some_and(|task| {
-                self.tasks.get(&task).is_some_and(|t| {
-                    t.poll_start.is_some() && t.stall.as_ref().map(|s| s.start) == t.poll_start
-                })
+                self.tasks
+                    .get(&task)
+                    .is_some_and(|t| t.poll_start.is_some_and(|start| t.stall(start).is_some()))
             });
             // A thread between polls holds the time back only briefly: it
             // may be idle (a parked worker sends nothing), and a drain sends

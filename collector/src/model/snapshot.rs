@@ -5,8 +5,8 @@
 //! their names and entered spans, live spans, live and retained tasks with
 //! their counters, poll state, await tree, leaf, wakers, wakes, logs and
 //! histograms, the summaries of the tasks no longer kept, resources with
-//! their holders and state, the stall of each task's latest stalled poll
-//! (version 2; not the ring of recently closed spans), drop counts, notes, the frame, event and
+//! their holders and state, the stalls of each task's latest stalled polls
+//! (version 2; each poll's own since version 4; not the ring of recently closed spans), drop counts, notes, the frame, event and
 //! sequence counters, and whether the producer is connected or ended.
 //! [`crate::Model::restore_process`] installs one: the process then equals the
 //! snapshotted one, history included, without replaying any event.
@@ -42,7 +42,7 @@ use super::task::{Histograms, LogRecord, PendingPoll, Task, TaskState, TaskSumma
 
 /// Version of the snapshot encoding; a snapshot of another version is
 /// refused when decoded.
-pub const SNAPSHOT_VERSION: u16 = 3;
+pub const SNAPSHOT_VERSION: u16 = 4;
 
 /// Why a snapshot could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +180,8 @@ struct TaskSnap {
     error_count: u64,
     panic: Option<String>,
     last_committed: Option<(u64, u64)>,
-    stall: Option<Box<StallSnap>>,
+    /// Its stalls, each poll's own (version 4; one before).
+    stalls: Vec<StallSnap>,
 }
 
 /// A task's [`PollStall`] (version 2): a viewer that joins during a
@@ -615,7 +616,7 @@ impl TaskSnap {
             error_count: t.error_count,
             panic: t.panic.clone(),
             last_committed: t.last_committed.map(|p| (p.start, p.end)),
-            stall: t.stall.as_deref().map(|s| Box::new(StallSnap::of(s))),
+            stalls: t.stalls.iter().map(StallSnap::of).collect(),
         }
     }
 
@@ -687,7 +688,7 @@ impl TaskSnap {
         t.last_committed = self
             .last_committed
             .map(|(start, end)| PendingPoll { start, end });
-        t.stall = self.stall.as_ref().map(|s| Box::new(s.to_stall()));
+        t.stalls = self.stalls.iter().map(StallSnap::to_stall).collect();
         t
     }
 }

@@ -6,8 +6,9 @@
 //! The producer sends each stall in two halves, `ended: false` at the
 //! crossing (with the stacks) and `ended: true` after the poll's end (with
 //! the scheduler statistics up to the end); either may come after the
-//! poll's end, and in either order. A task keeps the stall of its latest
-//! stalled poll, the halves merged by the poll's start; the async stack is
+//! poll's end, and in either order. A task keeps the stalls of its latest
+//! stalled polls, each poll's own, its halves merged by the poll's start
+//! (an older poll's late half does not displace a newer poll's); the async stack is
 //! resolved to names and locations when it arrives, while its spans are
 //! still live.
 
@@ -100,6 +101,12 @@ impl PollStall {
             poll_ns: None,
             sched_at_commit: None,
         }
+    }
+
+    /// Whether nothing more will change what is known of its poll: the
+    /// poll was committed, and both halves arrived.
+    pub fn settled(&self) -> bool {
+        self.poll_ns.is_some() && self.crossed && self.ended
     }
 
     /// Merges one half sent by the producer (`spans` already resolved).
@@ -278,7 +285,7 @@ mod tests {
     fn task_stall(s: &mut Scenario, t: SpanId) -> Option<super::PollStall> {
         let m = s.model();
         let p = m.processes().next().unwrap();
-        p.tasks.get(&t).and_then(|t| t.stall.as_deref().cloned())
+        p.tasks.get(&t).and_then(|t| t.stalls.last().cloned())
     }
 
     #[test]
@@ -325,21 +332,33 @@ mod tests {
     }
 
     #[test]
-    fn one_stall_per_task_replaced_by_later_polls_and_freed_with_it() {
+    fn each_poll_keeps_its_own_stall_and_they_go_with_the_task() {
         let mut s = Scenario::new();
         let t = s.spawn(TaskOpts::named("t"), 0);
         let charge = s.user_span("charge_card", 0);
         s.begin_poll(t, MS);
-        let [crossing, _] = halves(t, charge, MS);
+        let [crossing, first_end] = halves(t, charge, MS);
         s.stall(crossing);
         s.end_poll(t, 300 * MS);
         s.begin_poll(t, 400 * MS);
         let [crossing, end] = halves(t, charge, 400 * MS);
         s.stall(end);
         s.stall(crossing);
+        // The first poll's end half comes after the second's crossing: it
+        // is the first poll's, and leaves the second's as it was.
+        s.stall(first_end);
         let st = task_stall(&mut s, t).expect("kept");
         assert_eq!(st.start, 400 * MS);
         assert!(st.crossed && st.ended);
+        assert_eq!(st.stack, Some(StackState::Sampled));
+        {
+            let m = s.model();
+            let task = &m.processes().next().unwrap().tasks[&t];
+            let first = task.stall(MS).expect("the first poll's, kept");
+            assert!(first.crossed && first.ended);
+            assert_eq!(first.sched.map(|s| s.window_ns), Some(300 * MS));
+            assert_eq!(task.stalls.len(), 2);
+        }
         // Of an unknown task: ignored.
         s.stall(stall(SpanId(12_345), MS, 2 * MS, false));
         s.end_poll(t, 700 * MS);
@@ -348,7 +367,46 @@ mod tests {
         let p = m.processes().next().unwrap();
         assert!(!p.tasks.contains_key(&SpanId(12_345)));
         // A stall stays with its task when it ends (a late half merges).
-        assert!(p.completed.iter().any(|t| t.stall.is_some()));
+        assert!(p.completed.iter().any(|t| !t.stalls.is_empty()));
+    }
+
+    /// Beyond [`crate::model::task::STALLS_KEPT`] stalled polls, a settled
+    /// one (committed, both halves in) is forgotten first, else the oldest;
+    /// an older poll's half than all those kept, none settled, is not kept.
+    #[test]
+    fn a_task_keeps_its_latest_stalls_forgetting_settled_ones_first() {
+        use crate::model::task::STALLS_KEPT;
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("t"), 0);
+        let charge = s.user_span("charge_card", 0);
+        let starts = |s: &mut Scenario| -> Vec<u64> {
+            let m = s.model();
+            let p = m.processes().next().unwrap();
+            p.tasks[&t].stalls.iter().map(|s| s.start / MS).collect()
+        };
+        // Polls at 1, 1001, 2001...: the first settled (both halves, then
+        // committed by the next poll), the others' crossings alone.
+        for i in 0..STALLS_KEPT as u64 {
+            let start = MS + i * 1000 * MS;
+            s.begin_poll(t, start);
+            let [crossing, end] = halves(t, charge, start);
+            s.stall(crossing);
+            s.end_poll(t, start + 300 * MS);
+            if i == 0 {
+                s.stall(end);
+            }
+        }
+        assert_eq!(starts(&mut s), [1, 1001, 2001, 3001]);
+        // One more: the settled first one goes.
+        s.begin_poll(t, 5000 * MS);
+        s.stall(halves(t, charge, 5000 * MS)[0].clone());
+        assert_eq!(starts(&mut s), [1001, 2001, 3001, 5000]);
+        // A half of a poll older than all of them: not kept.
+        s.stall(halves(t, charge, 500 * MS)[1].clone());
+        assert_eq!(starts(&mut s), [1001, 2001, 3001, 5000]);
+        // One between them: the oldest goes.
+        s.stall(halves(t, charge, 4000 * MS)[1].clone());
+        assert_eq!(starts(&mut s), [2001, 3001, 4000, 5000]);
     }
 
     #[test]

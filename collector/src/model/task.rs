@@ -275,10 +275,17 @@ pub struct Task {
     /// The message of the panic caught while the task was being polled;
     /// `None` if it did not panic (or the panic hook saw no task).
     pub panic: Option<String>,
-    /// The stall of its latest stalled poll, if the producer sent one
-    /// (boxed: most tasks never stall).
-    pub stall: Option<Box<PollStall>>,
+    /// The stalls of its latest stalled polls the producer sent, oldest
+    /// poll first, at most [`STALLS_KEPT`]: each poll's own, its halves
+    /// merged by the poll's start (see [`Task::stall`]). Empty for most
+    /// tasks, which never stall.
+    pub stalls: Vec<PollStall>,
 }
+
+/// Most stalls a task keeps (see [`Task::stalls`]): the producer sends a
+/// poll's halves as it reads them, and may send an older poll's late half
+/// after a newer poll's crossing; each still judges its own poll.
+pub const STALLS_KEPT: usize = 4;
 
 impl Task {
     /// A new task spawned at `ts`.
@@ -325,8 +332,41 @@ impl Task {
             warn_count: 0,
             error_count: 0,
             panic: None,
-            stall: None,
+            stalls: Vec::new(),
         }
+    }
+
+    /// The stall of its poll that started at `start`, if the producer sent
+    /// either half of it (and it is among the [`STALLS_KEPT`] latest).
+    pub fn stall(&self, start: u64) -> Option<&PollStall> {
+        self.stalls.iter().find(|s| s.start == start)
+    }
+
+    /// [`Task::stall`], to change.
+    pub fn stall_mut(&mut self, start: u64) -> Option<&mut PollStall> {
+        self.stalls.iter_mut().find(|s| s.start == start)
+    }
+
+    /// The stall of its poll that started at `start`, made empty if none
+    /// is kept. Stalls are kept in the order of their polls' starts; beyond
+    /// [`STALLS_KEPT`], the oldest whose poll is settled (committed, both
+    /// halves in) is forgotten, else the oldest: a poll older than all
+    /// those kept, none of them settled, gets none.
+    pub fn stall_or_new(&mut self, start: u64) -> Option<&mut PollStall> {
+        if let Some(i) = self.stalls.iter().position(|s| s.start == start) {
+            return self.stalls.get_mut(i);
+        }
+        if self.stalls.len() >= STALLS_KEPT {
+            let victim = match self.stalls.iter().position(PollStall::settled) {
+                Some(i) => i,
+                None if self.stalls.first().is_some_and(|s| s.start > start) => return None,
+                None => 0,
+            };
+            self.stalls.remove(victim);
+        }
+        let i = self.stalls.partition_point(|s| s.start < start);
+        self.stalls.insert(i, PollStall::new(start));
+        self.stalls.get_mut(i)
     }
 
     /// Whether the task is a `spawn_blocking` task: its single poll is the
@@ -428,7 +468,7 @@ impl Task {
         if d >= LONG_ENOUGH_NS {
             self.last_long = Some(p);
         }
-        if let Some(s) = self.stall.as_deref_mut().filter(|s| s.start == p.start) {
+        if let Some(s) = self.stall_mut(p.start) {
             s.poll_ns = Some(d);
             s.sched_at_commit = s.sched;
         }

@@ -29,7 +29,9 @@ impl Process {
         let node = (0..tree.nodes.len())
             .filter(|&i| self.resource_of(tree.nodes[i].span) == Some(timer))
             .max_by_key(|&i| tree.depth(i))
-            .or_else(|| tree.deepest_leaf());
+            // Not in the tree (it filled up before the wait): where the
+            // task waits, not a span that closed or a lock it released.
+            .or_else(|| self.await_point(tree));
         let frames = node.map_or_else(Vec::new, |i| self.await_frames(tree, i));
         // Who held the thread: long polls on the task's thread (and the
         // waking thread) overlapping [deadline, wake].

@@ -195,7 +195,9 @@ const LIVE_PERIOD: Duration = Duration::from_secs(2);
 /// [`LIVE_PERIOD`] sends the spans that ended (once their trace is
 /// settled) and the findings made final since (each once, by kind, process
 /// and key; see `live_findings`); a last time when `stop` is set.
-/// A failed send is logged and its spans are not retried.
+/// A failed send is logged and its spans are not retried. What it does
+/// not send (findings past the most it sends, spans past the most it
+/// keeps) is counted in the server's stats and logged as it grows.
 pub fn forward_live(
     endpoint: Endpoint,
     frames: std::sync::mpsc::Receiver<awaitscope_collector::ingest::server::TappedFrame>,
@@ -241,10 +243,38 @@ pub fn forward_live(
                 }
             }
         }
+        report_unsent(&traces, server.stats());
         if stopping {
             return;
         }
         next = std::time::Instant::now() + LIVE_PERIOD;
+    }
+}
+
+/// Moves what `traces` did not send into the server's stats, and logs
+/// it when it grew past a power of two (the first time, then ever more
+/// rarely): a forwarder that stops sending findings says so.
+fn report_unsent(traces: &OtlpTraces, stats: &awaitscope_collector::ingest::server::ServerStats) {
+    use std::sync::atomic::Ordering;
+    let grew = |counter: &std::sync::atomic::AtomicU64, now: u64| {
+        let before = counter.swap(now, Ordering::Relaxed);
+        // A power of two crossed since the last report.
+        now > before && (before == 0 || now.ilog2() > before.ilog2())
+    };
+    if grew(&stats.otlp_unsent_findings, traces.unsent_findings) {
+        tracing::warn!(
+            findings = traces.unsent_findings,
+            "findings not forwarded over OTLP: past the {} sent (each is sent once), or of a \
+             process whose frames did not reach the forwarder",
+            awaitscope_collector::export::otlp::MAX_SENT_FINDINGS
+        );
+    }
+    if grew(&stats.otlp_dropped_spans, traces.dropped_spans) {
+        tracing::warn!(
+            spans = traces.dropped_spans,
+            "spans not forwarded over OTLP: past the {} kept",
+            awaitscope_collector::export::otlp::MAX_SPANS
+        );
     }
 }
 
@@ -264,5 +294,22 @@ mod tests {
         assert!(parse_headers("novalue").is_err());
         assert!(parse_headers("=v").is_err());
         assert!(parse_headers("k=a%0Ab").is_err());
+    }
+
+    #[test]
+    fn what_the_forwarder_did_not_send_is_in_the_servers_stats() {
+        use std::sync::atomic::Ordering;
+        let stats = awaitscope_collector::ingest::server::ServerStats::default();
+        let mut t = OtlpTraces::new();
+        report_unsent(&t, &stats);
+        assert_eq!(stats.otlp_unsent_findings.load(Ordering::Relaxed), 0);
+        t.unsent_findings = 3;
+        t.dropped_spans = 5;
+        report_unsent(&t, &stats);
+        assert_eq!(stats.otlp_unsent_findings.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.otlp_dropped_spans.load(Ordering::Relaxed), 5);
+        t.unsent_findings = 4;
+        report_unsent(&t, &stats);
+        assert_eq!(stats.otlp_unsent_findings.load(Ordering::Relaxed), 4);
     }
 }

@@ -205,6 +205,19 @@ pub fn run(args: Args) -> u8 {
                 "not forwarded over OTLP: the forwarder's queue was full (serve's own model has them)"
             );
         }
+        let unsent = st
+            .otlp_unsent_findings
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let unsent_spans = st
+            .otlp_dropped_spans
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if unsent > 0 || unsent_spans > 0 {
+            warn!(
+                findings = unsent,
+                spans = unsent_spans,
+                "not forwarded over OTLP: past the forwarder's caps, or of a process whose frames did not reach it (serve's own model has them)"
+            );
+        }
         let b = handle.budget();
         for share in [Share::Handshake, Share::Ingest, Share::Viewers] {
             info!(
