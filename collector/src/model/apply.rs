@@ -43,9 +43,7 @@ impl Process {
             for chunk in events.chunks(WARM_AHEAD) {
                 self.warm(chunk);
                 for e in chunk {
-                    self.events += 1;
-                    self.count_unknown(e);
-                    self.apply(e, cfg, obs);
+                    self.apply_counted(e, cfg, obs);
                 }
             }
             return;
@@ -55,11 +53,40 @@ impl Process {
                 // Switching runs: the run's thread is current again.
                 self.set_thread(switch);
             }
-            let e = &events[j as usize];
-            self.events += 1;
-            self.count_unknown(e);
-            self.apply(e, cfg, obs);
+            self.apply_counted(&events[j as usize], cfg, obs);
         }
+    }
+
+    /// Counts `e` (in [`Process::events`], and in
+    /// [`Process::unknown_span_events`] if it is about a span the model
+    /// does not know) and applies it. A whole poll or a wake of a known
+    /// task, most events, is applied with one lookup of the task: a known
+    /// task is not counted, so the lookup that finds it stands for the
+    /// count's.
+    #[inline(always)]
+    fn apply_counted<O: Observer>(&mut self, e: &Event, cfg: &Config, obs: &mut O) {
+        self.events += 1;
+        match *e {
+            Event::Poll {
+                task,
+                start,
+                duration,
+                wakers,
+            } => {
+                let end = start.saturating_add(duration);
+                if self.poll_whole(task, start, end, wakers, obs) {
+                    return;
+                }
+            }
+            Event::Wake { task, op, by, ts } => {
+                if self.wake_known(task, op, by, ts, cfg, obs) {
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.count_unknown(e);
+        self.apply(e, cfg, obs);
     }
 
     /// Counts `e` in [`Process::unknown_span_events`] when it is about a
@@ -211,24 +238,7 @@ impl Process {
                 self.close(*span, *kind, *ts, cfg, obs);
             }
             Event::Wake { task, op, by, ts } => {
-                self.bump(*ts);
-                if let Some(t) = self.tasks.get_mut(task) {
-                    wake(t, *op, *by, *ts);
-                    if by.is_none() && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
-                        // The timer wheel wakes from outside any poll.
-                        self.timer_woken(*task, *ts, cfg.thresholds.starvation_ns);
-                    }
-                    if O::STEPS && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
-                        obs.change(
-                            self,
-                            &Change::Woken {
-                                task: *task,
-                                by: *by,
-                                ts: *ts,
-                            },
-                        );
-                    }
-                }
+                self.wake_known(*task, *op, *by, *ts, cfg, obs);
             }
             Event::Log(l) => {
                 self.bump(l.ts);
@@ -519,6 +529,34 @@ impl Process {
         self.bump(end);
         if started.committed.is_some() || started.waited.is_some() {
             self.report_poll_start(task, started, start, obs);
+        }
+        true
+    }
+
+    /// A waker of `task` was used (`Event::Wake`) at `ts`: the clock moves
+    /// to `ts`, and the wake is applied if the task is known (returns
+    /// whether it is).
+    #[inline(always)]
+    fn wake_known<O: Observer>(
+        &mut self,
+        task: SpanId,
+        op: WakeOp,
+        by: Option<SpanId>,
+        ts: u64,
+        cfg: &Config,
+        obs: &mut O,
+    ) -> bool {
+        self.bump(ts);
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return false;
+        };
+        wake(t, op, by, ts);
+        if by.is_none() && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
+            // The timer wheel wakes from outside any poll.
+            self.timer_woken(task, ts, cfg.thresholds.starvation_ns);
+        }
+        if O::STEPS && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
+            obs.change(self, &Change::Woken { task, by, ts });
         }
         true
     }
