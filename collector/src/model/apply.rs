@@ -83,6 +83,15 @@ impl Process {
                     return;
                 }
             }
+            Event::Close { span, kind, ts } => {
+                // Counted after: a close of a span not known changes
+                // nothing the count reads.
+                self.bump(ts);
+                if !self.close(span, kind, ts, cfg, obs) {
+                    self.count_unknown(e);
+                }
+                return;
+            }
             _ => {}
         }
         self.count_unknown(e);
@@ -688,7 +697,8 @@ impl Process {
     }
 
     /// Closes span `id` at `ts`: a task ends (`kind`: how), another span
-    /// is forgotten.
+    /// is forgotten. Returns whether the span was known (a live task or
+    /// span); if not, nothing [`Process::count_unknown`] reads changed.
     fn close<O: Observer>(
         &mut self,
         id: SpanId,
@@ -696,16 +706,18 @@ impl Process {
         ts: u64,
         cfg: &Config,
         obs: &mut O,
-    ) {
+    ) -> bool {
         if let Some(task) = self.tasks.get(&id) {
             obs.change(self, &Change::TaskClosing { task, kind, ts });
             self.end_task(id, kind, ts, cfg);
-            return;
+            return true;
         }
         if O::STEPS && self.spans.contains_key(&id) {
             obs.change(self, &Change::SpanClosing { span: id, ts });
         }
-        if let Some(s) = self.spans.remove(&id) {
+        let removed = self.spans.remove(&id);
+        let known = removed.is_some();
+        if let Some(s) = removed {
             if s.class != SpanClass::AsyncOpPoll {
                 self.closed_spans.push(ClosedSpan {
                     id,
@@ -719,11 +731,12 @@ impl Process {
             }
         }
         self.resources.remove(&id);
+        known
     }
 
     /// Task `id` ended at `ts`: it moves to the completed tasks.
     fn end_task(&mut self, id: SpanId, kind: CloseKind, ts: u64, cfg: &Config) {
-        let Some(t) = self.tasks.get_mut(&id) else {
+        let Some(mut t) = self.tasks.remove(&id) else {
             return;
         };
         // The last enter/exit pair was the drop of the future.
@@ -749,9 +762,7 @@ impl Process {
         // allocated now: most completed tasks are folded into the summary
         // without anyone reading their histograms (a report reads them
         // with the kept samples).
-        if let Some(t) = self.tasks.remove(&id) {
-            self.completed.push_back(t);
-        }
+        self.completed.push_back(t);
         self.prune(cfg);
     }
 
