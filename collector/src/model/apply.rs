@@ -66,23 +66,14 @@ impl Process {
     #[inline(always)]
     fn apply_counted<O: Observer>(&mut self, e: &Event, cfg: &Config, obs: &mut O) {
         self.events += 1;
-        match *e {
+        let applied = match *e {
             Event::Poll {
                 task,
                 start,
                 duration,
                 wakers,
-            } => {
-                let end = start.saturating_add(duration);
-                if self.poll_whole(task, start, end, wakers, obs) {
-                    return;
-                }
-            }
-            Event::Wake { task, op, by, ts } => {
-                if self.wake_known(task, op, by, ts, cfg, obs) {
-                    return;
-                }
-            }
+            } => self.poll_whole(task, start, start.saturating_add(duration), wakers, obs),
+            Event::Wake { task, op, by, ts } => self.wake_known(task, op, by, ts, cfg, obs),
             Event::Close { span, kind, ts } => {
                 // Counted after: a close of a span not known changes
                 // nothing the count reads.
@@ -90,12 +81,14 @@ impl Process {
                 if !self.close(span, kind, ts, cfg, obs) {
                     self.count_unknown(e);
                 }
-                return;
+                true
             }
-            _ => {}
+            _ => false,
+        };
+        if !applied {
+            self.count_unknown(e);
+            self.apply(e, cfg, obs);
         }
-        self.count_unknown(e);
-        self.apply(e, cfg, obs);
     }
 
     /// Counts `e` in [`Process::unknown_span_events`] when it is about a
