@@ -583,6 +583,38 @@ fn events_about_unknown_spans_are_counted() {
     );
 }
 
+/// A whole poll (`Poll`) and a close of spans never created are counted
+/// too, each once; those of a task or span the model knows, or saw end,
+/// are not.
+#[test]
+fn whole_polls_and_closes_of_unknown_spans_are_counted() {
+    let mut b = StreamBuilder::new(12, 1_000);
+    b.hello("p", None, false);
+    b.thread(0);
+    let done = b.spawn(&TaskOpts::named("done"), None, 0);
+    let live = b.spawn(&TaskOpts::named("live"), None, 0);
+    let span = b.user_span("work", None, 0);
+    b.poll_whole(done, MS, 2 * MS, 1);
+    b.poll_whole(live, MS, 2 * MS, 1);
+    b.finish_task(done, CloseKind::Completed, 3 * MS);
+    b.close(span, CloseKind::Span, 3 * MS);
+    // Known, or seen ended: not counted.
+    b.poll_whole(live, 4 * MS, 5 * MS, 1);
+    b.poll_whole(done, 4 * MS, 5 * MS, 0);
+    b.close(span, CloseKind::Span, 5 * MS);
+    // Never created: a whole poll, and the close of a span.
+    b.poll_whole(SpanId(902), 6 * MS, 7 * MS, 0);
+    b.close(SpanId(903), CloseKind::Span, 8 * MS);
+    let mut m = Model::default();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    let r = Report::from_model(&m);
+    assert_eq!(r.processes[0].unknown_span_events, 2);
+    let live = r.tasks.iter().find(|t| t.id == live.0).expect("live task");
+    assert_eq!(live.polls, 2, "{live:?}");
+}
+
 /// A first poll that really runs on, reported stalled by the producer's
 /// watchdog, is found running while another thread's events go on: the
 /// stalled thread's silence does not hold the judgement back.

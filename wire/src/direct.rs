@@ -438,7 +438,28 @@ impl Reader<'_> {
     /// A field's [`Value`], as postcard reads it (a string must be UTF-8).
     #[inline(always)]
     fn value(&mut self) -> Option<Value> {
-        Some(match self.varint_u32()? {
+        let tag = self.varint_u32()?;
+        self.value_of(tag)
+    }
+
+    /// [`Reader::value`] read over `v`: a string read over a string
+    /// reuses its allocation.
+    #[inline(always)]
+    fn value_into(&mut self, v: &mut Value) -> Option<()> {
+        let tag = self.varint_u32()?;
+        match v {
+            Value::Str(s) if tag == 4 => self.string_into(s),
+            _ => {
+                *v = self.value_of(tag)?;
+                Some(())
+            }
+        }
+    }
+
+    /// The value after its variant index `tag`.
+    #[inline(always)]
+    fn value_of(&mut self, tag: u32) -> Option<Value> {
+        Some(match tag {
             0 => {
                 // postcard's zigzag.
                 let v = self.varint_u64()?;
@@ -475,6 +496,20 @@ impl Reader<'_> {
         let (bytes, rest) = self.buf.split_at(len);
         self.buf = rest;
         Some(std::str::from_utf8(bytes).ok()?.to_owned())
+    }
+
+    /// [`Reader::string`] read into `s` (replacing what it held).
+    #[inline(always)]
+    fn string_into(&mut self, s: &mut String) -> Option<()> {
+        let len = usize::try_from(self.varint_u64()?).ok()?;
+        if len > self.buf.len() || len > limits::MAX_STR_LEN {
+            return None;
+        }
+        let (bytes, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        s.clear();
+        s.push_str(std::str::from_utf8(bytes).ok()?);
+        Some(())
     }
 
     /// Reads one event of a batch onto `out`.
@@ -546,8 +581,9 @@ impl Reader<'_> {
                 out.push(Event::Thread { id, name });
             }
             index::SPAN_NEW => {
-                // Into a box given back by `recycle` (its field vector
-                // too), as serde's path does.
+                // Into a box given back by `recycle`, over the fields it
+                // held (a string read over a string keeps its allocation:
+                // the spans of a callsite have the same fields).
                 let mut b = capped::spare_span_new();
                 b.id = self.span()?;
                 b.callsite = self.varint_u32()?;
@@ -560,12 +596,21 @@ impl Reader<'_> {
                     // Refused by serde's path, which says why.
                     return None;
                 }
-                b.fields.clear();
-                b.fields.reserve(count as usize);
-                for _ in 0..count {
+                let count = count as usize;
+                b.fields.truncate(count);
+                b.fields.reserve(count - b.fields.len());
+                for k in 0..count {
                     let index = self.varint(3, 0x03)? as u16;
-                    let value = self.value()?;
-                    b.fields.push(Field { index, value });
+                    match b.fields.get_mut(k) {
+                        Some(f) => {
+                            f.index = index;
+                            self.value_into(&mut f.value)?;
+                        }
+                        None => {
+                            let value = self.value()?;
+                            b.fields.push(Field { index, value });
+                        }
+                    }
                 }
                 out.push(Event::SpanNew(b));
             }

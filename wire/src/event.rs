@@ -755,8 +755,9 @@ pub(crate) mod capped {
         /// An empty event vector given back by [`crate::recycle`]: the next
         /// batch decoded on this thread fills it rather than allocating.
         static SPARE: Cell<Vec<Event>> = const { Cell::new(Vec::new()) };
-        /// Emptied boxes of `SpanNew` events given back by [`crate::recycle`]
-        /// (the boxes themselves are what is reused).
+        /// Boxes of `SpanNew` events given back by [`crate::recycle`], with
+        /// the fields they held (the boxes, and the strings of their
+        /// fields, are what is reused: see [`spare_span_new`]).
         #[allow(clippy::vec_box)]
         static SPAN_NEWS: RefCell<Vec<Box<SpanNew>>> = const { RefCell::new(Vec::new()) };
         /// Emptied boxes of `Log` events given back by [`crate::recycle`].
@@ -772,12 +773,14 @@ pub(crate) mod capped {
             return Box::<SpanNew>::deserialize(d);
         }
         let mut b = spare_span_new();
+        b.fields.clear();
         d.deserialize_struct("SpanNew", SPAN_NEW_FIELDS, InSpanNew(&mut b))?;
         Ok(b)
     }
 
-    /// A box for a `SpanNew` (its fields empty): one given back by
-    /// [`crate::recycle`], else a new one.
+    /// A box for a `SpanNew`: one given back by [`crate::recycle`], still
+    /// holding the fields of the span it held (the caller reads the new
+    /// ones over them, or clears them), else a new one.
     pub(crate) fn spare_span_new() -> Box<SpanNew> {
         SPAN_NEWS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
             Box::new(SpanNew {
@@ -935,8 +938,8 @@ pub(crate) mod capped {
 
     /// Keeps `events` (emptied) for the next batch decoded on this thread,
     /// unless a larger spare is kept already, and the boxes of its `SpanNew`
-    /// and `Log` events (emptied too) for the next ones decoded, up to a
-    /// batch of each.
+    /// (with their fields) and `Log` events (emptied) for the next ones
+    /// decoded, up to a batch of each.
     pub(crate) fn put_spare(mut events: Vec<Event>) {
         SPAN_NEWS.with(|spans| {
             LOGS.with(|logs| {
@@ -956,8 +959,10 @@ pub(crate) mod capped {
                         ts: 0,
                     };
                     match std::mem::replace(e, plain) {
-                        Event::SpanNew(mut b) if spans.len() < limits::MAX_BATCH => {
-                            b.fields.clear();
+                        // Its fields kept: the next span read into it
+                        // reuses their strings (at most a batch of them,
+                        // which this batch held anyway).
+                        Event::SpanNew(b) if spans.len() < limits::MAX_BATCH => {
                             spans.push(b);
                         }
                         Event::Log(mut b) if logs.len() < limits::MAX_BATCH => {

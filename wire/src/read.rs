@@ -347,12 +347,16 @@ impl<R: Read> FrameReader<R> {
         if len > MAX_FRAME_LEN {
             return Err(DecodeError::FrameTooLarge { len, offset });
         }
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        if read_full(&mut self.inner, &mut self.buf)? < len {
+        // The buffer only grows: zeroed once, not for every frame (each
+        // frame's bytes are read over what the last one left).
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        let buf = &mut self.buf[..len];
+        if read_full(&mut self.inner, buf)? < len {
             return Err(DecodeError::Truncated { offset });
         }
-        let frame = decode_payload(&self.buf, offset)?;
+        let frame = decode_payload(buf, offset)?;
         self.offset += 4 + len as u64;
         Ok(Some(frame))
     }

@@ -516,6 +516,83 @@ fn recycled_event_vectors_are_reused_and_decode_the_same() {
     assert_eq!(&second, batch);
 }
 
+/// A span read into the box of one given back reads its string fields
+/// into the strings that box held (no allocation per string), and reads
+/// whole: fields fewer or more than the old span's, of other types, and
+/// strings longer than the old ones.
+#[test]
+fn span_fields_are_read_over_those_of_a_recycled_span() {
+    let span = |id: u64, fields: Vec<Field>| Frame {
+        process: ProcessKey {
+            pid: 1,
+            start_unix_ns: 2,
+        },
+        seq: id,
+        body: Body::Events(vec![Event::SpanNew(Box::new(SpanNew {
+            id: SpanId(id),
+            callsite: 3,
+            parent: None,
+            ctx_task: None,
+            ctx_span: None,
+            ts: id,
+            fields,
+        }))]),
+    };
+    let s = |index: u16, v: &str| Field {
+        index,
+        value: Value::Str(v.to_string()),
+    };
+    let frames = [
+        span(1, vec![s(0, "blocking"), s(1, "src/main.rs"), s(2, "x")]),
+        span(2, vec![s(0, "task"), s(1, "src/lib.rs")]),
+        span(
+            3,
+            vec![
+                Field {
+                    index: 0,
+                    value: Value::U64(7),
+                },
+                s(1, "src/a/much/longer/path/than/before.rs"),
+                s(2, "y"),
+                s(5, "z"),
+            ],
+        ),
+    ];
+    let strings = |f: &Frame| -> Vec<*const u8> {
+        let Body::Events(e) = &f.body else {
+            unreachable!()
+        };
+        let Event::SpanNew(n) = &e[0] else {
+            unreachable!()
+        };
+        n.fields
+            .iter()
+            .filter_map(|f| match &f.value {
+                Value::Str(s) => Some(s.as_ptr()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut buf = Vec::new();
+    encode_frame(&frames[0], &mut buf).unwrap();
+    let (first, _) = decode_frame(&buf, 0).unwrap().unwrap();
+    let old = strings(&first);
+    recycle(first);
+    buf.clear();
+    encode_frame(&frames[1], &mut buf).unwrap();
+    let (second, _) = decode_frame(&buf, 0).unwrap().unwrap();
+    assert_eq!(second, frames[1]);
+    assert_eq!(strings(&second), old[..2], "read into the old strings");
+    recycle(second);
+    for f in &frames {
+        buf.clear();
+        encode_frame(f, &mut buf).unwrap();
+        let (d, _) = decode_frame(&buf, 0).unwrap().unwrap();
+        assert_eq!(&d, f);
+        recycle(d);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -43,9 +43,7 @@ impl Process {
             for chunk in events.chunks(WARM_AHEAD) {
                 self.warm(chunk);
                 for e in chunk {
-                    self.events += 1;
-                    self.count_unknown(e);
-                    self.apply(e, cfg, obs);
+                    self.apply_counted(e, cfg, obs);
                 }
             }
             return;
@@ -55,8 +53,39 @@ impl Process {
                 // Switching runs: the run's thread is current again.
                 self.set_thread(switch);
             }
-            let e = &events[j as usize];
-            self.events += 1;
+            self.apply_counted(&events[j as usize], cfg, obs);
+        }
+    }
+
+    /// Counts `e` (in [`Process::events`], and in
+    /// [`Process::unknown_span_events`] if it is about a span the model
+    /// does not know) and applies it. A whole poll or a wake of a known
+    /// task, most events, is applied with one lookup of the task: a known
+    /// task is not counted, so the lookup that finds it stands for the
+    /// count's.
+    #[inline(always)]
+    fn apply_counted<O: Observer>(&mut self, e: &Event, cfg: &Config, obs: &mut O) {
+        self.events += 1;
+        let applied = match *e {
+            Event::Poll {
+                task,
+                start,
+                duration,
+                wakers,
+            } => self.poll_whole(task, start, start.saturating_add(duration), wakers, obs),
+            Event::Wake { task, op, by, ts } => self.wake_known(task, op, by, ts, cfg, obs),
+            Event::Close { span, kind, ts } => {
+                // Counted after: a close of a span not known changes
+                // nothing the count reads.
+                self.bump(ts);
+                if !self.close(span, kind, ts, cfg, obs) {
+                    self.count_unknown(e);
+                }
+                true
+            }
+            _ => false,
+        };
+        if !applied {
             self.count_unknown(e);
             self.apply(e, cfg, obs);
         }
@@ -211,24 +240,7 @@ impl Process {
                 self.close(*span, *kind, *ts, cfg, obs);
             }
             Event::Wake { task, op, by, ts } => {
-                self.bump(*ts);
-                if let Some(t) = self.tasks.get_mut(task) {
-                    wake(t, *op, *by, *ts);
-                    if by.is_none() && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
-                        // The timer wheel wakes from outside any poll.
-                        self.timer_woken(*task, *ts, cfg.thresholds.starvation_ns);
-                    }
-                    if O::STEPS && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
-                        obs.change(
-                            self,
-                            &Change::Woken {
-                                task: *task,
-                                by: *by,
-                                ts: *ts,
-                            },
-                        );
-                    }
-                }
+                self.wake_known(*task, *op, *by, *ts, cfg, obs);
             }
             Event::Log(l) => {
                 self.bump(l.ts);
@@ -523,6 +535,34 @@ impl Process {
         true
     }
 
+    /// A waker of `task` was used (`Event::Wake`) at `ts`: the clock moves
+    /// to `ts`, and the wake is applied if the task is known (returns
+    /// whether it is).
+    #[inline(always)]
+    fn wake_known<O: Observer>(
+        &mut self,
+        task: SpanId,
+        op: WakeOp,
+        by: Option<SpanId>,
+        ts: u64,
+        cfg: &Config,
+        obs: &mut O,
+    ) -> bool {
+        self.bump(ts);
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return false;
+        };
+        wake(t, op, by, ts);
+        if by.is_none() && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
+            // The timer wheel wakes from outside any poll.
+            self.timer_woken(task, ts, cfg.thresholds.starvation_ns);
+        }
+        if O::STEPS && matches!(op, WakeOp::Wake | WakeOp::WakeByRef) {
+            obs.change(self, &Change::Woken { task, by, ts });
+        }
+        true
+    }
+
     /// A notable poll of `task` (see [`is_notable`]) on the current thread
     /// ended: keeps it among the thread's recent polls when long, and
     /// records where the task took the locks it took in it (its await
@@ -650,7 +690,8 @@ impl Process {
     }
 
     /// Closes span `id` at `ts`: a task ends (`kind`: how), another span
-    /// is forgotten.
+    /// is forgotten. Returns whether the span was known (a live task or
+    /// span); if not, nothing [`Process::count_unknown`] reads changed.
     fn close<O: Observer>(
         &mut self,
         id: SpanId,
@@ -658,16 +699,18 @@ impl Process {
         ts: u64,
         cfg: &Config,
         obs: &mut O,
-    ) {
+    ) -> bool {
         if let Some(task) = self.tasks.get(&id) {
             obs.change(self, &Change::TaskClosing { task, kind, ts });
             self.end_task(id, kind, ts, cfg);
-            return;
+            return true;
         }
         if O::STEPS && self.spans.contains_key(&id) {
             obs.change(self, &Change::SpanClosing { span: id, ts });
         }
-        if let Some(s) = self.spans.remove(&id) {
+        let removed = self.spans.remove(&id);
+        let known = removed.is_some();
+        if let Some(s) = removed {
             if s.class != SpanClass::AsyncOpPoll {
                 self.closed_spans.push(ClosedSpan {
                     id,
@@ -681,11 +724,12 @@ impl Process {
             }
         }
         self.resources.remove(&id);
+        known
     }
 
     /// Task `id` ended at `ts`: it moves to the completed tasks.
     fn end_task(&mut self, id: SpanId, kind: CloseKind, ts: u64, cfg: &Config) {
-        let Some(t) = self.tasks.get_mut(&id) else {
+        let Some(mut t) = self.tasks.remove(&id) else {
             return;
         };
         // The last enter/exit pair was the drop of the future.
@@ -711,9 +755,7 @@ impl Process {
         // allocated now: most completed tasks are folded into the summary
         // without anyone reading their histograms (a report reads them
         // with the kept samples).
-        if let Some(t) = self.tasks.remove(&id) {
-            self.completed.push_back(t);
-        }
+        self.completed.push_back(t);
         self.prune(cfg);
     }
 

@@ -174,8 +174,17 @@ pub struct Process {
     /// The thread of the events being applied.
     pub(crate) cur_thread: u32,
     /// The clock of the current thread (written back to its
-    /// [`ThreadState::clock`] when another thread becomes current).
+    /// [`ThreadState::clock`] when another thread becomes current, or kept
+    /// in `left`).
     cur_clock: u64,
+    /// The thread made current from the map last (known to be in
+    /// `threads`): its clock is `cur_clock` while it is current.
+    cur_known: Option<u32>,
+    /// The thread current before this one, and its clock, not yet written
+    /// back to its [`ThreadState::clock`] (which it is at least): a merged
+    /// batch of two workers switches between them nearly every event, and
+    /// switching back to it then takes no lookup.
+    left: Option<(u32, u64)>,
     pub(crate) last_seq: Option<u64>,
     /// Between a `Hello` and the next `Thread` event: what arrives is the
     /// state the producer sends again at its handshake (its live spans,
@@ -231,6 +240,8 @@ impl Process {
             last_wall: None,
             cur_thread: 0,
             cur_clock: 0,
+            cur_known: None,
+            left: None,
             last_seq: None,
             resync: false,
             last_group: None,
@@ -376,11 +387,61 @@ impl Process {
         if id == self.cur_thread {
             return;
         }
-        let clock = self.cur_clock;
-        let th = self.thread();
-        th.clock = th.clock.max(clock);
+        let (old, clock) = (self.cur_thread, self.cur_clock);
+        let left = self.left.take();
+        if self.cur_known != Some(old) {
+            // The old thread may not be in the map (then `thread` adds it,
+            // or folds it into the excess threads' entry): everything is
+            // written back, and `id`'s clock read from the map.
+            if let Some((t, c)) = left {
+                self.write_back(t, c);
+            }
+            let th = self.thread();
+            th.clock = th.clock.max(clock);
+            self.enter_thread(id);
+            return;
+        }
+        match left {
+            // Back to the thread left last: its clock is the one kept.
+            Some((t, c)) if t == id => {
+                self.cur_thread = id;
+                self.cur_clock = c;
+                self.cur_known = Some(id);
+            }
+            other => {
+                if let Some((t, c)) = other {
+                    self.write_back(t, c);
+                }
+                self.enter_thread(id);
+            }
+        }
+        // The old thread's clock kept rather than written back (its entry
+        // is in the map: the clock there is at most this).
+        self.left = Some((old, clock));
+    }
+
+    /// Makes `id` current with the clock of its entry in the map.
+    fn enter_thread(&mut self, id: u32) {
+        let clock = self.threads.get(&id).map(|t| t.clock);
         self.cur_thread = id;
-        self.cur_clock = self.threads.get(&id).map_or(0, |t| t.clock);
+        self.cur_clock = clock.unwrap_or(0);
+        self.cur_known = clock.map(|_| id);
+    }
+
+    /// Writes clock `c` kept for thread `t` (in the map) back to its entry.
+    fn write_back(&mut self, t: u32, c: u64) {
+        if let Some(th) = self.threads.get_mut(&t) {
+            th.clock = th.clock.max(c);
+        }
+    }
+
+    /// The clock of thread `id` (with the one kept for the thread left
+    /// last), for a thread that is not the current one.
+    fn thread_clock(&self, id: u32, th: &ThreadState) -> u64 {
+        match self.left {
+            Some((t, c)) if t == id => c.max(th.clock),
+            _ => th.clock,
+        }
     }
 
     /// The time up to which the model judges what is still going on (a
@@ -427,7 +488,7 @@ impl Process {
         };
         for (id, th) in &self.threads {
             if *id != self.cur_thread {
-                hold(th.clock, Some(th));
+                hold(self.thread_clock(*id, th), Some(th));
             }
         }
         let cur = self.threads.get(&self.cur_thread);
@@ -605,4 +666,72 @@ pub trait Observer {
 impl Observer for () {
     #[inline]
     fn change(&mut self, _: &Process, _: &Change<'_>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock of each thread (the current one's included) and which
+    /// threads have an entry, as switching threads leaves them: the same
+    /// as writing the clock back at every switch, which the kept clock of
+    /// the thread left last stands for. Threads switch in every order
+    /// (back and forth between two, among several, to threads with no
+    /// entry yet, which `thread` then adds), clocks moving meanwhile.
+    #[test]
+    fn a_kept_clock_is_the_clock_written_back() {
+        let mut p = Process::new(ProcessKey {
+            pid: 1,
+            start_unix_ns: 0,
+        });
+        // Reference: clocks written back at each switch.
+        let mut clocks: std::collections::BTreeMap<u32, u64> = Default::default();
+        let (mut cur, mut cur_clock) = (0u32, 0u64);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 8 {
+                // Mostly between two threads, as a merged batch of two
+                // workers; sometimes a third or a new one.
+                0..=3 => {
+                    let id = (x >> 8) as u32 % if step % 100 < 90 { 2 } else { 6 };
+                    p.set_thread(id);
+                    if id != cur {
+                        let c = clocks.entry(cur).or_default();
+                        *c = (*c).max(cur_clock);
+                        cur = id;
+                        cur_clock = clocks.get(&id).copied().unwrap_or(0);
+                    }
+                }
+                // An event of the current thread.
+                4..=6 => {
+                    let ts = step * 10 + (x >> 16) % 2_000;
+                    p.bump(ts);
+                    cur_clock = cur_clock.max(ts);
+                }
+                // Something that needs the thread's entry (a span entered).
+                _ => {
+                    p.thread();
+                    clocks.entry(cur).or_default();
+                }
+            }
+            assert_eq!(p.cur_thread, cur, "step {step}");
+            assert_eq!(p.cur_clock, cur_clock, "step {step}");
+            let ids: Vec<u32> = clocks.keys().copied().collect();
+            let mut have: Vec<u32> = p.threads.keys().copied().collect();
+            have.sort_unstable();
+            assert_eq!(have, ids, "step {step}");
+            for (&id, &c) in &clocks {
+                if id != cur {
+                    assert_eq!(
+                        p.thread_clock(id, &p.threads[&id]),
+                        c,
+                        "thread {id}, step {step}"
+                    );
+                }
+            }
+        }
+    }
 }

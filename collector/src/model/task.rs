@@ -94,22 +94,84 @@ impl Histograms {
 
 /// Records `ns` in `h` (as microseconds, saturating on error).
 pub fn record_us(h: &mut Histogram<u32>, ns: u64) {
-    record_value_us(h, (ns / 1000).max(1));
+    record_n_us(h, (ns / 1000).max(1), 1);
 }
 
-fn record_value_us(h: &mut Histogram<u32>, us: u64) {
+/// Records `n` values `us` in `h`.
+fn record_n_us(h: &mut Histogram<u32>, us: u64, n: u32) {
     // `saturating_record` does not grow an auto-resizing histogram: it
     // clamps to its current highest value (2 for a new one).
-    if h.record(us).is_err() {
-        h.saturating_record(us);
-    }
-}
-
-/// [`record_value_us`] of `n` equal values at once.
-fn record_n_us(h: &mut Histogram<u32>, us: u64, n: u32) {
     if h.record_n(us, n).is_err() {
         h.saturating_record_n(us, n);
     }
+}
+
+/// `hdrhistogram`'s sub-buckets per bucket at one significant digit (the
+/// smallest power of two that tells 2 x 10^1 values apart): 32, of which a
+/// bucket past the first uses the upper half.
+const SUB_BUCKET_MAGNITUDE: u32 = 5;
+
+/// Where a histogram of [`Histograms`] (lowest value 1, one significant
+/// digit) counts value `v`: the same index as `hdrhistogram`'s, so that
+/// counts kept by index fold into one exactly (see [`Counts`]).
+#[inline(always)]
+fn index_of(v: u64) -> usize {
+    let half = 1u64 << (SUB_BUCKET_MAGNITUDE - 1);
+    let mask = (1u64 << SUB_BUCKET_MAGNITUDE) - 1;
+    // The bucket: where `v`'s highest bit is past the first bucket's 32.
+    let bucket = u64::from(64 - SUB_BUCKET_MAGNITUDE - (v | mask).leading_zeros());
+    let sub = v >> bucket;
+    ((bucket + 1) * half + sub - half) as usize
+}
+
+/// The lowest value counted at `index` (the inverse of [`index_of`]).
+fn value_at(index: usize) -> u64 {
+    let half = 1usize << (SUB_BUCKET_MAGNITUDE - 1);
+    let (bucket, sub) = match (index / half).checked_sub(1) {
+        Some(b) if b > 0 || index >= 2 * half => (b, index % half + half),
+        _ => (0, index),
+    };
+    (sub as u64) << bucket
+}
+
+/// A histogram's counts by `hdrhistogram`'s index, without its
+/// bookkeeping: recording a value is an index and an add (`record_n`
+/// costs ~80 instructions a call, and every poll records two values). The
+/// `hdrhistogram` a reader gets ([`Task::histograms`]) is made from it:
+/// each index's count recorded at that index's lowest value, so its
+/// counts, total, percentiles, mean, min and max (all told by index) are
+/// those of recording each value.
+#[derive(Clone, Debug, Default)]
+struct Counts {
+    counts: Vec<u32>,
+}
+
+impl Counts {
+    #[inline]
+    fn record(&mut self, us: u64) {
+        let i = index_of(us);
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        // As `hdrhistogram`'s counts: saturating.
+        self.counts[i] = self.counts[i].saturating_add(1);
+    }
+
+    /// Adds the counts to `h` (one of [`Histograms`]).
+    fn fold_into(&self, h: &mut Histogram<u32>) {
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 {
+                record_n_us(h, value_at(i), n);
+            }
+        }
+    }
+}
+
+/// A task's poll and scheduled time counts (see [`Counts`]).
+#[derive(Clone, Debug, Default)]
+struct TaskCounts {
+    poll: Counts,
+    scheduled: Counts,
 }
 
 /// Samples kept in a task before they go into its histograms.
@@ -120,12 +182,10 @@ const SCHEDULED: u32 = 1 << 31;
 
 /// Poll and scheduled times (in µs) not yet in a task's histograms.
 ///
-/// Recording a value touches the task's boxed histograms and their counts,
-/// out of the cache when many tasks are live: two records per poll were a
-/// tenth of ingest. The samples wait in the task (which the poll touches
-/// anyway) and go into the histograms sixteen at a time (one cache line of
-/// samples), in order, so the histograms come out as if recorded one by
-/// one.
+/// Recording a value touches the task's boxed counts, out of the cache
+/// when many tasks are live. The samples wait in the task (which the poll
+/// touches anyway) and go into the counts sixteen at a time (one cache
+/// line of samples).
 #[derive(Clone, Copy, Debug, Default)]
 struct Samples {
     us: [u32; SAMPLES],
@@ -133,33 +193,15 @@ struct Samples {
 }
 
 impl Samples {
-    /// Records the samples into `h` and forgets them: each histogram's in
-    /// order, a run of equal values as one record of that many (polls of a
-    /// task often take the same number of µs; the histogram comes out the
-    /// same, for less than one record per value).
-    fn drain_into(&mut self, h: &mut Histograms) {
-        let samples = &self.us[..usize::from(self.len)];
-        let Histograms {
-            poll_us,
-            scheduled_us,
-        } = h;
-        for (kind, hist) in [(0, poll_us), (SCHEDULED, scheduled_us)] {
-            let mut run: Option<(u32, u32)> = None;
-            for &v in samples.iter().filter(|&&v| v & SCHEDULED == kind) {
-                let v = v & !SCHEDULED;
-                match &mut run {
-                    Some((r, n)) if *r == v => *n += 1,
-                    _ => {
-                        if let Some((r, n)) = run {
-                            record_n_us(hist, u64::from(r), n);
-                        }
-                        run = Some((v, 1));
-                    }
-                }
-            }
-            if let Some((r, n)) = run {
-                record_n_us(hist, u64::from(r), n);
-            }
+    /// Records the samples into `h` and forgets them.
+    fn drain_into(&mut self, h: &mut TaskCounts) {
+        for &v in &self.us[..usize::from(self.len)] {
+            let counts = if v & SCHEDULED == 0 {
+                &mut h.poll
+            } else {
+                &mut h.scheduled
+            };
+            counts.record(u64::from(v & !SCHEDULED));
         }
         self.len = 0;
     }
@@ -215,9 +257,9 @@ pub struct Task {
     pub scheduled_ns: u64,
     /// Longest committed poll.
     pub max_poll_ns: u64,
-    /// Histograms (created on first use), without the latest samples:
-    /// read them with [`Task::histograms`].
-    hist: Option<Box<Histograms>>,
+    /// Counts of the histograms (created on first use), without the
+    /// latest samples: read them with [`Task::histograms`].
+    hist: Option<Box<TaskCounts>>,
     /// Samples not yet in `hist`.
     samples: Samples,
     /// Wakes (wake and wake_by_ref).
@@ -384,42 +426,55 @@ impl Task {
         )
     }
 
-    /// Histograms, created on first use, with every sample recorded so far.
-    pub fn hist_mut(&mut self) -> &mut Histograms {
-        let h = self.hist.get_or_insert_with(|| Box::new(Histograms::new()));
+    /// Counts, created on first use, with every sample recorded so far.
+    fn counts_mut(&mut self) -> &mut TaskCounts {
+        let h = self.hist.get_or_insert_with(Box::default);
         self.samples.drain_into(h);
         h
     }
 
-    /// The poll and scheduled time histograms, if anything was recorded:
-    /// borrowed when every sample is in them already,
-    /// else a copy with the latest samples added.
+    /// The poll and scheduled time histograms, if anything was recorded
+    /// (made from the counts and the samples not in them yet).
     pub fn histograms(&self) -> Option<std::borrow::Cow<'_, Histograms>> {
-        use std::borrow::Cow;
-        if self.samples.len == 0 {
-            return self.hist.as_deref().map(Cow::Borrowed);
+        if self.hist.is_none() && self.samples.len == 0 {
+            return None;
         }
-        let mut h = self
-            .hist
-            .as_deref()
-            .cloned()
-            .unwrap_or_else(Histograms::new);
+        let mut counts = self.hist.as_deref().cloned().unwrap_or_default();
         let mut samples = self.samples;
-        samples.drain_into(&mut h);
-        Some(Cow::Owned(h))
+        samples.drain_into(&mut counts);
+        let mut h = Histograms::new();
+        counts.poll.fold_into(&mut h.poll_us);
+        counts.scheduled.fold_into(&mut h.scheduled_us);
+        Some(std::borrow::Cow::Owned(h))
     }
 
     /// Replaces the task's histograms (and any samples not yet in them)
     /// with `h`: a task restored from a snapshot.
     pub(crate) fn set_histograms(&mut self, h: Option<Histograms>) {
-        self.hist = h.map(Box::new);
+        self.hist = h.map(|h| {
+            let counts = |h: &Histogram<u32>| {
+                let mut c = Counts::default();
+                for v in h.iter_recorded() {
+                    let i = index_of(v.value_iterated_to());
+                    if i >= c.counts.len() {
+                        c.counts.resize(i + 1, 0);
+                    }
+                    c.counts[i] = c.counts[i].saturating_add(v.count_at_value());
+                }
+                c
+            };
+            Box::new(TaskCounts {
+                poll: counts(&h.poll_us),
+                scheduled: counts(&h.scheduled_us),
+            })
+        });
         self.samples = Samples::default();
     }
 
     /// Records the samples kept in the task into its histograms.
     pub fn flush_samples(&mut self) {
         if self.samples.len > 0 {
-            self.hist_mut();
+            self.counts_mut();
         }
     }
 
@@ -437,22 +492,21 @@ impl Task {
     fn sample(&mut self, ns: u64, kind: u32) {
         let us = (ns / 1000).max(1);
         if us >= u64::from(SCHEDULED) {
-            // Too large to mark (35 minutes): recorded now, after the
-            // samples before it.
-            let h = self.hist_mut();
+            // Too large to mark (35 minutes): recorded now.
+            let h = self.counts_mut();
             let h = if kind == SCHEDULED {
-                &mut h.scheduled_us
+                &mut h.scheduled
             } else {
-                &mut h.poll_us
+                &mut h.poll
             };
-            record_value_us(h, us);
+            h.record(us);
             return;
         }
         let s = &mut self.samples;
         s.us[usize::from(s.len)] = us as u32 | kind;
         s.len += 1;
         if usize::from(s.len) == SAMPLES {
-            self.hist_mut();
+            self.counts_mut();
         }
     }
 
@@ -597,7 +651,7 @@ mod tests {
         // Not a multiple of the batch, with values too large to keep (35+
         // minutes in µs) among them.
         for i in 0..21u64 {
-            // Runs of equal values too (recorded as one, see `drain_into`).
+            // Runs of equal values too.
             let poll = if i % 5 < 3 { 2_000 } else { i * 7_919 + 3 };
             let wait = match i {
                 9 => 1 << 52,
@@ -612,12 +666,62 @@ mod tests {
             assert_eq!(h.poll_us, reference.poll_us, "after {i}");
             assert_eq!(h.scheduled_us, reference.scheduled_us, "after {i}");
         }
-        assert!(matches!(t.histograms(), Some(std::borrow::Cow::Owned(_))));
         t.flush_samples();
         let h = t.histograms().expect("recorded");
-        assert!(matches!(h, std::borrow::Cow::Borrowed(_)));
         assert_eq!(h.poll_us, reference.poll_us);
         assert_eq!(h.scheduled_us, reference.scheduled_us);
         assert_eq!(h.poll_us.len(), 21);
+    }
+
+    /// The counts kept by index make the histogram that recording each
+    /// value makes (same counts at every index, total, min, max and
+    /// percentiles), for values across the whole range: every value up
+    /// to 2^12, then at every power of two and around it.
+    #[test]
+    fn counts_by_index_fold_into_the_histogram_recording_makes() {
+        let mut values: Vec<u64> = (1..=4096).collect();
+        for bits in 12..63 {
+            let p = 1u64 << bits;
+            values.extend([p - 1, p, p + 1, p + p / 3, p + p / 2 + 7]);
+        }
+        let mut counts = Counts::default();
+        let mut reference = Histograms::new().poll_us;
+        for (k, &v) in values.iter().enumerate() {
+            // Some values several times.
+            for _ in 0..=(k % 3) {
+                counts.record(v);
+                record_n_us(&mut reference, v, 1);
+            }
+            let i = index_of(v);
+            assert!(value_at(i) <= v && index_of(value_at(i)) == i, "{v}: {i}");
+            assert!(reference.equivalent(value_at(i), v), "{v}");
+        }
+        let mut folded = Histograms::new().poll_us;
+        counts.fold_into(&mut folded);
+        assert_eq!(folded, reference);
+        assert_eq!(folded.max(), reference.max());
+        assert_eq!(folded.min_nz(), reference.min_nz());
+        for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(folded.value_at_quantile(q), reference.value_at_quantile(q));
+        }
+    }
+
+    /// A task restored from a snapshot (`set_histograms`) reads back the
+    /// histograms it was given, and records on top of them.
+    #[test]
+    fn restored_histograms_read_back_and_grow() {
+        let mut given = Histograms::new();
+        for v in [1u64, 3, 40, 900, 123_456, 9_000_000] {
+            record_n_us(&mut given.poll_us, v, 2);
+            record_n_us(&mut given.scheduled_us, v * 3, 1);
+        }
+        let mut t = Task::new(SpanId(1), 0, 0);
+        t.set_histograms(Some(given.clone()));
+        let h = t.histograms().expect("restored");
+        assert_eq!(h.poll_us, given.poll_us);
+        assert_eq!(h.scheduled_us, given.scheduled_us);
+        t.record_poll(7_000);
+        record_us(&mut given.poll_us, 7_000);
+        assert_eq!(t.histograms().expect("restored").poll_us, given.poll_us);
     }
 }
