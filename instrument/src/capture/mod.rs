@@ -30,7 +30,7 @@ use tracing_subscriber::Layer;
 
 use crate::causal::{self, CausalTrace, Here, SpanFinder};
 use crate::names;
-use crate::span_node::SpanNode;
+use crate::span_node::{NodeParts, SpanNode};
 use callsite::{Callsites, Class};
 use fields::{FieldRecorder, WakerVisitor};
 use local::with_local;
@@ -469,7 +469,7 @@ impl Capture {
         };
         let ts = shared.raw();
         with_local(shared, |l| {
-            let node = l.new_node(SpanNode {
+            let node = l.new_node(NodeParts {
                 id: sid,
                 meta: attrs.metadata(),
                 callsite: info.id,
@@ -484,15 +484,7 @@ impl Capture {
                 ctx_span: current.as_ref().map_or(0, |c| c.id),
                 link,
                 ts,
-                fields: std::sync::Mutex::new(rec.fields),
-                last_tree_sig: AtomicU64::new(1),
-                last_pair_adjacent: AtomicBool::new(false),
-                first_entered_in_poll: AtomicU64::new(0),
-                closed: AtomicBool::new(false),
-                poll_cache: Default::default(),
-                cached_in: Default::default(),
-                closed_at: Default::default(),
-                polls: Default::default(),
+                fields: rec.fields,
             });
             if class == SpanClass::User {
                 // A task's creation (a spawn) stays inside its spawner's
