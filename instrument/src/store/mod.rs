@@ -219,14 +219,8 @@ impl Subscriber for AwaitscopeSubscriber {
         };
         let id = Id::from_u64(entry.key() as u64 + 1);
         // A contextual parent is the current span: no second lookup.
-        let current = if contextual {
-            parent_node.clone()
-        } else {
-            self.current_node()
-        };
-        let node = self
-            .capture
-            .new_span(attrs, &id, || parent_node, || current);
+        let current = (!contextual).then_some(|| self.current_node());
+        let node = self.capture.new_span(attrs, &id, || parent_node, current);
         entry.insert(Slot {
             meta: attrs.metadata(),
             node,
