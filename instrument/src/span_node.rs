@@ -560,6 +560,7 @@ mod reuse_tests {
         }
         let _ = node.cached_in.set(Arc::downgrade(task));
         node.close_at(1 << 8, CloseKind::Completed);
+        node.store_refs.store(0, Ordering::Relaxed);
     }
 
     /// Whatever a node was, reused it is what a new node of the same parts
@@ -589,6 +590,7 @@ mod reuse_tests {
             assert_eq!(Arc::strong_count(&parent), 1, "the old parent let go");
             assert!(n.closed_as().is_none() && !n.closed.load(Ordering::Relaxed));
             assert_eq!(n.first_entered_in_poll.load(Ordering::Relaxed), 0);
+            assert_eq!(n.store_refs.load(Ordering::Relaxed), 1, "one handle");
             assert_eq!(n.fields.lock().unwrap().len(), 1);
             assert_eq!(n.fields.lock().unwrap()[0].value, Value::U64(2));
             if now == SpanClass::Task {
