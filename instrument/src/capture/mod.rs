@@ -447,8 +447,8 @@ impl Capture {
     /// `current` finds the node of the span current on this thread; `None`
     /// when the caller knows that span is the parent (a contextual parent),
     /// whose node `parent` gives: no second lookup, and no reference taken
-    /// on it only to read its id. `None` when the callsite is not a span or
-    /// the thread is exiting.
+    /// on it only to read its id. Returns `None` when the callsite is not a
+    /// span or the thread is exiting.
     pub(crate) fn new_span(
         self: &Arc<Self>,
         attrs: &Attributes<'_>,
