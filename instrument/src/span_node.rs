@@ -11,7 +11,7 @@
 //! store, the exporter and await trees read them.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use awaitscope_wire::{Field, SpanClass, Value};
@@ -91,6 +91,12 @@ pub(crate) struct SpanNode {
     /// When it closed (raw clock) and how, set before `closed` (see
     /// [`SpanNode::close_at`]).
     pub closed_at: AtomicU64,
+    /// Under awaitscope's span store: the span's handles there (`Span`
+    /// values, and children, which hold one on their parent), 1 at
+    /// creation. Kept on the node, not in the store's slot, so that a child
+    /// gives its parent's back through its node's `parent`, without
+    /// looking the parent up. Unused under a registry.
+    pub store_refs: AtomicUsize,
 }
 
 /// A task's polls, as the threads polling it see them. Only the thread
@@ -249,11 +255,102 @@ impl PollCache {
     }
 }
 
+/// What a span's node is made of at the span's creation; the rest of the
+/// node is state the capture keeps on it while the span lives (see
+/// [`SpanNode::new`] and [`SpanNode::reuse`]).
+pub(crate) struct NodeParts {
+    pub id: u64,
+    pub ts: u64,
+    pub parent_id: u64,
+    pub ctx_task: u64,
+    pub ctx_span: u64,
+    pub callsite: u32,
+    pub class: SpanClass,
+    pub blocking: bool,
+    pub meta: &'static Metadata<'static>,
+    pub parent: Option<Arc<SpanNode>>,
+    pub instance: u64,
+    pub ctx_task_node: Option<Arc<SpanNode>>,
+    pub link: Option<Arc<SpanNode>>,
+    pub fields: Vec<Field>,
+}
+
 /// `closed_at` packs the close's raw timestamp with its kind in the low
 /// two bits (a clock reading loses its two least significant ticks).
 const KIND_BITS: u64 = 0b11;
 
 impl SpanNode {
+    /// A new span's node, its state fresh.
+    pub fn new(p: NodeParts) -> Self {
+        Self {
+            id: p.id,
+            ts: p.ts,
+            parent_id: p.parent_id,
+            ctx_task: p.ctx_task,
+            ctx_span: p.ctx_span,
+            callsite: p.callsite,
+            class: p.class,
+            closed: AtomicBool::new(false),
+            blocking: p.blocking,
+            last_pair_adjacent: AtomicBool::new(false),
+            meta: p.meta,
+            first_entered_in_poll: AtomicU64::new(0),
+            last_tree_sig: AtomicU64::new(1),
+            polls: PollState::default(),
+            poll_cache: PollCache::default(),
+            parent: p.parent,
+            instance: p.instance,
+            ctx_task_node: p.ctx_task_node,
+            link: p.link,
+            fields: Mutex::new(p.fields),
+            cached_in: std::sync::OnceLock::new(),
+            closed_at: AtomicU64::new(0),
+            store_refs: AtomicUsize::new(1),
+        }
+    }
+
+    /// Makes this node, of a span that closed and that nothing else refers
+    /// to, the node of a new span: as [`SpanNode::new`] would make it, but
+    /// written in place, field by field (building a node and moving it in
+    /// copied all of it), and without the task-only state (its poll state
+    /// and poll cache, two of its cache lines) when neither span is a
+    /// task: nothing reads or writes that state on a span that is not a
+    /// task, so it stays as [`SpanNode::new`] made it.
+    #[inline]
+    pub fn reuse(&mut self, p: NodeParts) {
+        let task = self.class == SpanClass::Task || p.class == SpanClass::Task;
+        self.id = p.id;
+        self.ts = p.ts;
+        self.parent_id = p.parent_id;
+        self.ctx_task = p.ctx_task;
+        self.ctx_span = p.ctx_span;
+        self.callsite = p.callsite;
+        self.class = p.class;
+        *self.closed.get_mut() = false;
+        self.blocking = p.blocking;
+        self.meta = p.meta;
+        *self.first_entered_in_poll.get_mut() = 0;
+        self.parent = p.parent;
+        self.instance = p.instance;
+        self.ctx_task_node = p.ctx_task_node;
+        self.link = p.link;
+        if self.fields.is_poisoned() {
+            self.fields.clear_poison();
+        }
+        *self.fields.get_mut().unwrap_or_else(|e| e.into_inner()) = p.fields;
+        if self.cached_in.get().is_some() {
+            self.cached_in = std::sync::OnceLock::new();
+        }
+        *self.closed_at.get_mut() = 0;
+        *self.store_refs.get_mut() = 1;
+        if task {
+            *self.last_pair_adjacent.get_mut() = false;
+            *self.last_tree_sig.get_mut() = 1;
+            self.polls = PollState::default();
+            self.poll_cache = PollCache::default();
+        }
+    }
+
     /// The span closed at raw time `ts`, as `kind`: recorded on the node,
     /// then [`SpanNode::close`].
     pub fn close_at(&self, ts: u64, kind: awaitscope_wire::CloseKind) {
@@ -403,5 +500,111 @@ mod layout_tests {
             "{}",
             offset_of!(SpanNode, poll_cache)
         );
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use awaitscope_wire::{CloseKind, Field, SpanClass, Value};
+
+    use super::{NodeParts, SpanNode};
+
+    fn parts(id: u64, class: SpanClass, parent: Option<Arc<SpanNode>>) -> NodeParts {
+        let meta = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            tracing::info_span!("reused").metadata().unwrap()
+        });
+        NodeParts {
+            id,
+            ts: id * 10,
+            parent_id: parent.as_ref().map_or(0, |p| p.id),
+            ctx_task: id + 1,
+            ctx_span: id + 2,
+            callsite: 7,
+            class,
+            blocking: false,
+            meta,
+            parent,
+            instance: 3,
+            ctx_task_node: None,
+            link: None,
+            fields: vec![Field {
+                index: 0,
+                value: Value::U64(id),
+            }],
+        }
+    }
+
+    /// Leaves on `node` everything a span's life changes: closed, cached in
+    /// a task's poll cache, first entered, and (as a task) polled, woken,
+    /// its tree sent and its poll cache filled.
+    fn live_a_life(node: &Arc<SpanNode>, task: &Arc<SpanNode>) {
+        node.first_entered_in_poll.store(4, Ordering::Relaxed);
+        node.last_tree_sig.store(99, Ordering::Relaxed);
+        node.last_pair_adjacent.store(true, Ordering::Relaxed);
+        node.polls.count.store(5, Ordering::Relaxed);
+        node.polls.last_end.store(6, Ordering::Relaxed);
+        node.polls.wakers.store(2, Ordering::Relaxed);
+        node.polls.running.store(true, Ordering::Relaxed);
+        // The poll cache taken, and remembering a span entered again in a
+        // later poll.
+        assert!(node.poll_cache.acquire());
+        let span = SpanNode::new(parts(300, SpanClass::User, None));
+        span.first_entered_in_poll.store(1, Ordering::Relaxed);
+        // SAFETY: acquired above.
+        unsafe {
+            node.poll_cache.set(0, 11, &span, node);
+            assert_eq!(node.poll_cache.get(0, 11), Some(300));
+        }
+        let _ = node.cached_in.set(Arc::downgrade(task));
+        node.close_at(1 << 8, CloseKind::Completed);
+        node.store_refs.store(0, Ordering::Relaxed);
+    }
+
+    /// Whatever a node was, reused it is what a new node of the same parts
+    /// is, wherever a reader of its class looks: a task's poll state and
+    /// poll cache are fresh when either the old or the new span is a task.
+    #[test]
+    fn a_reused_node_is_a_new_node() {
+        let task = Arc::new(SpanNode::new(parts(100, SpanClass::Task, None)));
+        let parent = Arc::new(SpanNode::new(parts(200, SpanClass::User, None)));
+        for (was, now) in [
+            (SpanClass::Task, SpanClass::Task),
+            (SpanClass::Task, SpanClass::User),
+            (SpanClass::User, SpanClass::Task),
+            (SpanClass::User, SpanClass::User),
+        ] {
+            let mut node = Arc::new(SpanNode::new(parts(1, was, Some(parent.clone()))));
+            live_a_life(&node, &task);
+            Arc::get_mut(&mut node)
+                .expect("nobody else holds it")
+                .reuse(parts(2, now, None));
+            let n = &node;
+            assert_eq!(
+                (n.id, n.ts, n.parent_id, n.ctx_task, n.ctx_span, n.class),
+                (2, 20, 0, 3, 4, now)
+            );
+            assert!(n.parent.is_none() && n.cached_in.get().is_none());
+            assert_eq!(Arc::strong_count(&parent), 1, "the old parent let go");
+            assert!(n.closed_as().is_none() && !n.closed.load(Ordering::Relaxed));
+            assert_eq!(n.first_entered_in_poll.load(Ordering::Relaxed), 0);
+            assert_eq!(n.store_refs.load(Ordering::Relaxed), 1, "one handle");
+            assert_eq!(n.fields.lock().unwrap().len(), 1);
+            assert_eq!(n.fields.lock().unwrap()[0].value, Value::U64(2));
+            if now == SpanClass::Task {
+                assert_eq!(n.last_tree_sig.load(Ordering::Relaxed), 1);
+                assert!(!n.last_pair_adjacent.load(Ordering::Relaxed));
+                assert_eq!(n.polls.count.load(Ordering::Relaxed), 0);
+                assert_eq!(n.polls.last_end.load(Ordering::Relaxed), 0);
+                assert_eq!(n.polls.wakers(), 0);
+                assert!(!n.polls.running.load(Ordering::Relaxed));
+                assert!(n.poll_cache.acquire(), "the poll cache is free");
+                // SAFETY: acquired just above.
+                assert_eq!(unsafe { n.poll_cache.get(0, 11) }, None);
+                n.poll_cache.release();
+            }
+        }
     }
 }

@@ -55,6 +55,52 @@ fn a_parent_closes_after_its_children_and_clones_keep_a_span_open() {
     assert_eq!(parent.close, Some(CloseKind::Span));
 }
 
+/// A closing child gives its parent's reference back, and the last
+/// child's close closes its ancestors in turn, not before: whether the
+/// child was made with an explicit parent or inside the entered parent, and
+/// with the ancestors' own handles and clones dropped first.
+#[test]
+fn the_last_child_closes_a_chain_of_ancestors() {
+    let (cap, closes) = under_store(|| {
+        let root = tracing::info_span!("root");
+        let mid = tracing::info_span!(parent: &root, "mid");
+        let explicit = tracing::info_span!(parent: &mid, "explicit");
+        let contextual = mid.in_scope(|| tracing::info_span!("contextual"));
+        let mid_clone = mid.clone();
+        drop(root);
+        drop(mid);
+        drop(explicit);
+        // `mid` still has a clone and a child; `root`, its child `mid`.
+        let marker = tracing::info_span!(parent: None, "marker");
+        drop(marker);
+        drop(mid_clone);
+        let marker2 = tracing::info_span!(parent: None, "marker2");
+        drop(marker2);
+        drop(contextual);
+        // Slots and nodes of closed spans are used again: counted afresh.
+        let again = tracing::info_span!(parent: None, "again");
+        let again_child = tracing::info_span!(parent: &again, "again_child");
+        drop(again);
+        drop(again_child);
+    });
+    let id = |name: &str| cap.span(name).id;
+    assert_eq!(cap.span("contextual").parent, Some(id("mid")));
+    assert_eq!(cap.span("explicit").parent, Some(id("mid")));
+    assert_eq!(
+        closes,
+        vec![
+            id("explicit"),
+            id("marker"),
+            id("marker2"),
+            id("contextual"),
+            id("mid"),
+            id("root"),
+            id("again_child"),
+            id("again"),
+        ]
+    );
+}
+
 #[test]
 fn the_current_span_follows_enters_and_exits() {
     let (cap, _) = under_store(|| {

@@ -30,7 +30,7 @@ use tracing_subscriber::Layer;
 
 use crate::causal::{self, CausalTrace, Here, SpanFinder};
 use crate::names;
-use crate::span_node::SpanNode;
+use crate::span_node::{NodeParts, SpanNode};
 use callsite::{Callsites, Class};
 use fields::{FieldRecorder, WakerVisitor};
 use local::with_local;
@@ -378,7 +378,7 @@ where
             ctx.lookup_current()
                 .and_then(|c| c.scope().find_map(node_of))
         };
-        let Some(node) = shared.new_span(attrs, id, parent, current) else {
+        let Some(node) = shared.new_span(attrs, id, parent, Some(current)) else {
             return;
         };
         span.extensions_mut().insert(SpanData { node });
@@ -444,13 +444,17 @@ where
 /// needs of the span store as a lookup (called only when needed).
 impl Capture {
     /// A span was created with id `id`: makes its node and records it.
-    /// `None` when the callsite is not a span or the thread is exiting.
+    /// `current` finds the node of the span current on this thread; `None`
+    /// when the caller knows that span is the parent (a contextual parent),
+    /// whose node `parent` gives: no second lookup, and no reference taken
+    /// on it only to read its id. Returns `None` when the callsite is not a
+    /// span or the thread is exiting.
     pub(crate) fn new_span(
         self: &Arc<Self>,
         attrs: &Attributes<'_>,
         id: &Id,
         parent: impl FnOnce() -> Option<Arc<SpanNode>>,
-        current: impl FnOnce() -> Option<Arc<SpanNode>>,
+        current: Option<impl FnOnce() -> Option<Arc<SpanNode>>>,
     ) -> Option<Arc<SpanNode>> {
         let shared = self;
         let info = shared.callsites.get(attrs.metadata());
@@ -458,18 +462,23 @@ impl Capture {
             return None;
         };
         let parent = parent();
-        let current = current();
+        let current = current.map(|current| current());
+        let current = match &current {
+            Some(current) => current.as_ref(),
+            None => parent.as_ref(),
+        };
+        let ctx_span = current.map_or(0, |c| c.id);
         let mut rec = FieldRecorder::for_callsite(attrs.metadata());
         attrs.record(&mut rec);
         let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
         let link = match class {
-            SpanClass::Task => current.clone(),
+            SpanClass::Task => current.cloned(),
             _ if attrs.metadata().target() == names::CONTEXT_TARGET => causal::take_pending_link(),
             _ => None,
         };
         let ts = shared.raw();
         with_local(shared, |l| {
-            let node = l.new_node(SpanNode {
+            let node = l.new_node(NodeParts {
                 id: sid,
                 meta: attrs.metadata(),
                 callsite: info.id,
@@ -481,18 +490,10 @@ impl Capture {
                 instance: shared.instance,
                 ctx_task: l.current_task(),
                 ctx_task_node: l.current_task_node(),
-                ctx_span: current.as_ref().map_or(0, |c| c.id),
+                ctx_span,
                 link,
                 ts,
-                fields: std::sync::Mutex::new(rec.fields),
-                last_tree_sig: AtomicU64::new(1),
-                last_pair_adjacent: AtomicBool::new(false),
-                first_entered_in_poll: AtomicU64::new(0),
-                closed: AtomicBool::new(false),
-                poll_cache: Default::default(),
-                cached_in: Default::default(),
-                closed_at: Default::default(),
-                polls: Default::default(),
+                fields: rec.fields,
             });
             if class == SpanClass::User {
                 // A task's creation (a spawn) stays inside its spawner's

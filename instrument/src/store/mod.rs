@@ -42,10 +42,30 @@ struct Slot {
     meta: &'static Metadata<'static>,
     /// `None` only when the span was created on a thread being torn down.
     node: Option<Arc<SpanNode>>,
-    /// Span handles (`Span` values and children) referring to it.
+    /// Span handles (`Span` values and children) referring to it, when it
+    /// has no node (else they are counted on the node: see
+    /// [`Slot::refs`]).
     refs: AtomicUsize,
     /// The parent, on which this span holds a reference.
     parent: Option<Id>,
+}
+
+impl Slot {
+    /// The count of the span's handles: on its node
+    /// ([`SpanNode::store_refs`]), or here when it has none.
+    #[inline]
+    fn refs(&self) -> &AtomicUsize {
+        match &self.node {
+            Some(node) => &node.store_refs,
+            None => &self.refs,
+        }
+    }
+}
+
+/// Gives back one reference; true if it was the last.
+#[inline]
+fn release(refs: &AtomicUsize) -> bool {
+    refs.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1)) == Ok(1)
 }
 
 /// awaitscope's own subscriber, the one [`crate::init`] installs: the
@@ -117,7 +137,7 @@ impl AwaitscopeSubscriber {
     fn add_ref(&self, id: &Id) -> bool {
         match self.spans.get(key(id)) {
             Some(slot) => {
-                slot.refs.fetch_add(1, Ordering::Relaxed);
+                slot.refs().fetch_add(1, Ordering::Relaxed);
                 true
             }
             None => false,
@@ -184,7 +204,7 @@ impl Subscriber for AwaitscopeSubscriber {
         // One lookup of the parent: its reference taken, its node kept.
         let (parent, parent_node) = match parent.and_then(|p| Some((self.spans.get(key(&p))?, p))) {
             Some((slot, p)) => {
-                slot.refs.fetch_add(1, Ordering::Relaxed);
+                slot.refs().fetch_add(1, Ordering::Relaxed);
                 (Some(p), slot.node.clone())
             }
             None => (None, None),
@@ -199,14 +219,8 @@ impl Subscriber for AwaitscopeSubscriber {
         };
         let id = Id::from_u64(entry.key() as u64 + 1);
         // A contextual parent is the current span: no second lookup.
-        let current = if contextual {
-            parent_node.clone()
-        } else {
-            self.current_node()
-        };
-        let node = self
-            .capture
-            .new_span(attrs, &id, || parent_node, || current);
+        let current = (!contextual).then_some(|| self.current_node());
+        let node = self.capture.new_span(attrs, &id, || parent_node, current);
         entry.insert(Slot {
             meta: attrs.metadata(),
             node,
@@ -254,24 +268,34 @@ impl Subscriber for AwaitscopeSubscriber {
 
     fn try_close(&self, id: Id) -> bool {
         // Closing a span gives back its reference on its parent, which may
-        // close that one too: iterate rather than recurse.
+        // close that one too: iterate rather than recurse. `given`: the
+        // reference on `next` was given back already (through the closed
+        // child's node), only its close is left.
         let mut next = Some(id);
+        let mut given = false;
         let mut closed = 0;
         while let Some(id) = next.take() {
             let Some(slot) = self.spans.get(key(&id)) else {
                 break;
             };
-            let last = slot
-                .refs
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
-                == Ok(1);
-            if !last {
+            if !std::mem::take(&mut given) && !release(slot.refs()) {
                 break;
             }
             if let Some(node) = &slot.node {
                 self.capture.close(id.into_u64(), node);
             }
             next = slot.parent.clone();
+            // A parent with a node is the node's parent (see `new_span`):
+            // its reference is given back there, and it is looked up only
+            // when that was its last.
+            if let (Some(_), Some(parent)) =
+                (&next, slot.node.as_ref().and_then(|n| n.parent.as_ref()))
+            {
+                if !release(&parent.store_refs) {
+                    next = None;
+                }
+                given = true;
+            }
             drop(slot);
             self.spans.remove(key(&id));
             closed += 1;

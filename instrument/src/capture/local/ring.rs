@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::capture::record::Raw;
-use crate::span_node::SpanNode;
+use crate::span_node::{NodeParts, SpanNode};
 
 /// Closed spans' nodes the exporter gives back to the thread that made
 /// them, at most this many waiting per thread (past that the exporter
@@ -140,19 +140,19 @@ impl Local {
         }
     }
 
-    /// A node holding `node`: the allocation of a node this thread made
-    /// and the exporter gave back (see [`NODE_RETURNS`]) when there is one
-    /// nobody else refers to, else a new one.
+    /// The node of a new span made of `parts`: the allocation of a node
+    /// this thread made and the exporter gave back (see [`NODE_RETURNS`])
+    /// when there is one nobody else refers to, else a new one.
     #[inline]
-    pub fn new_node(&mut self, node: SpanNode) -> Arc<SpanNode> {
+    pub fn new_node(&mut self, parts: NodeParts) -> Arc<SpanNode> {
         if let Ok(mut old) = self.returns.pop() {
             if let Some(slot) = Arc::get_mut(&mut old) {
                 // Drops the old span's fields and references here, on the
                 // thread that made them.
-                *slot = node;
+                slot.reuse(parts);
                 return old;
             }
         }
-        Arc::new(node)
+        Arc::new(SpanNode::new(parts))
     }
 }

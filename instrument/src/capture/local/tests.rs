@@ -38,6 +38,7 @@ fn node_of(id: u64, class: SpanClass) -> Arc<SpanNode> {
         cached_in: Default::default(),
         closed_at: Default::default(),
         polls: Default::default(),
+        store_refs: Default::default(),
     })
 }
 
