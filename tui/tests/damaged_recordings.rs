@@ -95,6 +95,25 @@ fn fail_on() -> String {
         .join(",")
 }
 
+/// Whether every finding of report `r` says that the machine, not the
+/// program, made it: a `starvation` while no task of the program held a
+/// worker, or a `long_poll` with no scheduler statistics to tell. A busy
+/// machine (CI's, sharing its cores) really starves the healthy program's
+/// timers and polls, and the report says so; any other finding would be
+/// invented.
+fn only_the_machine(r: &Value) -> bool {
+    const NO_TASK_HELD: &str = "no task of the program polled for 1ms or more meanwhile, \
+         on any thread: no task held its workers";
+    const NOT_KNOWN: &str = "whether the code or a busy machine held it is not known";
+    let findings = r["findings"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    !findings.is_empty()
+        && findings.iter().all(|f| {
+            let m = f["message"].as_str().unwrap_or("");
+            (f["kind"] == "starvation" && m.contains(NO_TASK_HELD))
+                || (f["kind"] == "long_poll" && m.contains(NOT_KNOWN))
+        })
+}
+
 fn report(dir: &Path, name: &str, bytes: &[u8]) -> (Output, Value) {
     let file = dir.join(name);
     std::fs::write(&file, bytes).unwrap();
@@ -140,7 +159,15 @@ fn a_recording_cut_at_every_frame_boundary_and_with_junk_appended() {
 
     // Whole: clean, no warning; the healthy program has no finding.
     let (o, r) = report(dir.path(), "whole.rec", &bytes);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Exit 1 only for what a busy machine did to the healthy program.
+    let machine = o.status.code() == Some(1);
+    assert!(
+        o.status.code() == Some(0) || (machine && only_the_machine(&r)),
+        "exit {:?}: {}\nfindings: {:#}",
+        o.status.code(),
+        stderr(&o),
+        r["findings"]
+    );
     assert_eq!(r["warnings"].as_array().unwrap().len(), 0, "{r}");
     assert_eq!(r["processes"][0]["ended"], true);
     assert_eq!(r["processes"][0]["unknown_span_events"], 0, "{r}");
@@ -185,7 +212,12 @@ fn a_recording_cut_at_every_frame_boundary_and_with_junk_appended() {
         // frames read are kept; a cut invents no finding (exit 0).
         let (o, r) = report(dir.path(), &format!("cut{i}.rec"), &bytes[..cut]);
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(0), "cut at {cut}: {err}");
+        assert!(
+            o.status.code() == Some(0) || (machine && only_the_machine(&r)),
+            "cut at {cut}: exit {:?}: {err}\nfindings: {:#}",
+            o.status.code(),
+            r["findings"]
+        );
         assert!(
             err.contains("did not end: no goodbye"),
             "cut at {cut}: {err}"
@@ -202,7 +234,12 @@ fn a_recording_cut_at_every_frame_boundary_and_with_junk_appended() {
         let mid = cut + (next - cut) / 2;
         let (o, r) = report(dir.path(), &format!("mid{i}.rec"), &bytes[..mid]);
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(0), "cut inside at {mid}: {err}");
+        assert!(
+            o.status.code() == Some(0) || (machine && only_the_machine(&r)),
+            "cut inside at {mid}: exit {:?}: {err}\nfindings: {:#}",
+            o.status.code(),
+            r["findings"]
+        );
         assert!(err.contains("truncated"), "cut inside at {mid}: {err}");
         assert!(err.contains("did not end: no goodbye"), "{err}");
         assert_eq!(r["inputs"][0]["truncated"], true);

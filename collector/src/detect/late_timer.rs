@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use awaitscope_wire::ProcessKey;
 
-use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use super::{starvation, Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::model::late_wake::LateWake;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process};
@@ -69,7 +69,13 @@ pub fn observe(p: &Process, w: &LateWake, threshold: u64) -> Option<Observation>
     }
     let what = w.path.first().map_or("its timer", String::as_str);
     let by = if names.is_empty() {
-        String::new()
+        // Nobody held the timers' thread: say so when no task held any
+        // worker either (the machine, not the program, was late).
+        if starvation::no_task_held_a_worker(p, w.task, w.deadline, w.woken) {
+            starvation::NO_TASK_HELD.to_string()
+        } else {
+            String::new()
+        }
     } else {
         format!("; the thread was busy polling {}", names.join(", "))
     };
@@ -149,6 +155,43 @@ mod tests {
             "{:?}",
             f.trace
         );
+        // No task polled while it was late: the finding says so.
+        assert!(
+            f.message.contains("no task held its workers"),
+            "{}",
+            f.message
+        );
+    }
+
+    /// A task whose poll held the thread past the deadline is named, and
+    /// the finding does not say that no task held it.
+    #[test]
+    fn the_task_that_held_the_thread_is_named() {
+        let mut s = Scenario::new();
+        let timer = s.timer(0);
+        let t = s.spawn(TaskOpts::named("ticker"), 0);
+        let hog = s.spawn(TaskOpts::named("hog"), 0);
+        s.begin_poll(t, 1000);
+        s.timer_due(t, timer, 10, 1300);
+        s.sleep(t, timer, 1300);
+        s.end_poll(t, 1400);
+        s.waker(t, WakeOp::Clone, 1300);
+        s.poll(hog, 2 * MS, 195 * MS);
+        s.wake(t, None, 200 * MS + 1300);
+        s.poll(t, 201 * MS, 202 * MS);
+        s.tick(300 * MS);
+        let m = s.model();
+        let f: Vec<_> = m.findings().of_kind(FindingKind::Starvation).collect();
+        let late = f
+            .iter()
+            .find(|f| f.message.contains("after its timer's deadline"))
+            .unwrap_or_else(|| panic!("{:?}", m.findings().list()));
+        assert!(
+            late.message.contains("busy polling task hog#3"),
+            "{}",
+            late.message
+        );
+        assert!(!late.message.contains("no task held"), "{}", late.message);
     }
 
     /// Not in the tree, the timer is not told by the lock the poll

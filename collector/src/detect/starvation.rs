@@ -86,7 +86,8 @@ impl Detector for Starvation {
 }
 
 /// Told of a wait during which no task of the program held a worker.
-const NO_TASK_HELD: &str = "; no task of the program polled for 1ms or more meanwhile, on any \
+pub(super) const NO_TASK_HELD: &str =
+    "; no task of the program polled for 1ms or more meanwhile, on any \
      thread: no task held its workers (the machine was busy, or many short polls)";
 
 /// Whether, as far as the model knows, no task other than `task` ran a poll
@@ -94,7 +95,7 @@ const NO_TASK_HELD: &str = "; no task of the program polled for 1ms or more mean
 /// `to` (ns): none of the polls kept per thread overlaps the window (and
 /// none overlapping it can have been forgotten), and no poll still running
 /// has run in it that long.
-fn no_task_held_a_worker(p: &Process, task: SpanId, from: u64, to: u64) -> bool {
+pub(super) fn no_task_held_a_worker(p: &Process, task: SpanId, from: u64, to: u64) -> bool {
     for th in p.threads.values() {
         let polls = &th.recent_polls;
         // Full, and its oldest poll started inside the window: one before

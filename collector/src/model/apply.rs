@@ -674,7 +674,15 @@ impl Process {
     fn exit<O: Observer>(&mut self, id: SpanId, ts: u64, obs: &mut O) {
         self.pop_stack(id);
         if let Some(t) = self.tasks.get_mut(&id) {
-            if end_poll(t, ts) && O::STEPS {
+            // A task's exit ends its poll (a version-1 producer's poll end):
+            // kept among the thread's recent polls as `PollEnd` keeps it.
+            let ended = end_poll(t, ts);
+            let start = t.pending_poll.map_or(ts, |p| p.start);
+            t.last_thread = Some(self.cur_thread);
+            if is_notable(t, start, ts) {
+                self.poll_ended(id, start, ts);
+            }
+            if ended && O::STEPS {
                 obs.change(self, &Change::PollEnded { task: id, ts });
             }
         }

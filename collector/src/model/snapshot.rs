@@ -5,7 +5,8 @@
 //! their names and entered spans, live spans, live and retained tasks with
 //! their counters, poll state, await tree, leaf, wakers, wakes, logs and
 //! histograms, the summaries of the tasks no longer kept, resources with
-//! their holders and state, the stalls of each task's latest stalled polls
+//! their holders, state, where a lock was taken and a timer's deadline
+//! (since version 5), the stalls of each task's latest stalled polls
 //! (version 2; each poll's own since version 4; not the ring of recently closed spans), drop counts, notes, the frame, event and
 //! sequence counters, and whether the producer is connected or ended.
 //! [`crate::Model::restore_process`] installs one: the process then equals the
@@ -42,7 +43,7 @@ use super::task::{Histograms, LogRecord, PendingPoll, Task, TaskState, TaskSumma
 
 /// Version of the snapshot encoding; a snapshot of another version is
 /// refused when decoded.
-pub const SNAPSHOT_VERSION: u16 = 4;
+pub const SNAPSHOT_VERSION: u16 = 5;
 
 /// Why a snapshot could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +263,12 @@ struct ResourceSnap {
     created: u64,
     holders: Vec<(SpanId, u32)>,
     state: Vec<(String, Value)>,
+    /// Where the latest holder took the lock: a deadlock never takes it
+    /// again, so a viewer joining during one would never learn it.
+    held_at: Vec<String>,
+    /// A timer's deadline: a viewer joining before the timer fires judges
+    /// its wake by it.
+    deadline: Option<u64>,
 }
 
 impl ProcessSnapshot {
@@ -705,6 +712,8 @@ impl ResourceSnap {
             created: r.created,
             holders: r.holders.clone(),
             state: r.state.clone(),
+            held_at: r.held_at.clone(),
+            deadline: r.deadline,
         }
     }
 
@@ -719,10 +728,8 @@ impl ResourceSnap {
             created: self.created,
             holders: self.holders.clone(),
             state: self.state.clone(),
-            // Where a lock was taken and a timer's deadline are not kept
-            // across a snapshot: the next lock or timer sets them again.
-            held_at: Vec::new(),
-            deadline: None,
+            held_at: self.held_at.clone(),
+            deadline: self.deadline,
         }
     }
 }
