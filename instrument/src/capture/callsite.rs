@@ -86,6 +86,14 @@ fn key(meta: &'static Metadata<'static>) -> usize {
     meta as *const Metadata<'static> as usize
 }
 
+/// The slot of callsite address `k` among a thread's [`RECENT`] lookups.
+/// Metadata are statics of ~100 bytes: their addresses differ in the bits
+/// above the sixth.
+#[inline]
+fn recent_slot(k: usize) -> usize {
+    (k >> 6) % RECENT_SLOTS
+}
+
 /// Numbers each [`Callsites`], for the threads' [`RECENT`] lookups.
 static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -148,6 +156,12 @@ impl Callsites {
     /// WARN or above. For `enabled` calls, which get metadata of no
     /// particular lifetime.
     pub fn captures(&self, meta: &Metadata<'_>) -> bool {
+        // `register_callsite` came first: its class, by address, without
+        // classifying the callsite's strings again on every call.
+        let k = meta as *const Metadata<'_> as usize;
+        if let Some(info) = self.lookup(k) {
+            return info.class != Class::Ignored;
+        }
         match classify(meta) {
             Class::Span(_) => self.spans.keeps(meta),
             Class::Ignored => false,
@@ -159,22 +173,31 @@ impl Callsites {
     #[inline]
     pub fn get(&self, meta: &'static Metadata<'static>) -> Info {
         let k = key(meta);
-        // Metadata are statics of ~100 bytes: their addresses differ in
-        // the bits above the sixth.
-        let slot = (k >> 6) % RECENT_SLOTS;
+        match self.lookup(k) {
+            Some(info) => info,
+            None => {
+                let info = self.register(meta);
+                let _ = RECENT.try_with(|r| r[recent_slot(k)].set((self.serial, k, info)));
+                info
+            }
+        }
+    }
+
+    /// The registered callsite at address `k`: from this thread's recent
+    /// lookups, else from the map (and then kept among the recent ones).
+    #[inline]
+    fn lookup(&self, k: usize) -> Option<Info> {
+        let slot = recent_slot(k);
         let recent = RECENT.try_with(|r| {
             let (serial, key, info) = r[slot].get();
             (serial == self.serial && key == k).then_some(info)
         });
         if let Ok(Some(info)) = recent {
-            return info;
+            return Some(info);
         }
-        let info = match self.map.load().get(&k) {
-            Some(info) => *info,
-            None => self.register(meta),
-        };
+        let info = *self.map.load().get(&k)?;
         let _ = RECENT.try_with(|r| r[slot].set((self.serial, k, info)));
-        info
+        Some(info)
     }
 
     /// The slot of a waker callsite (see [`Callsites::waker_op`]), or
