@@ -646,14 +646,24 @@ fn program_killed_while_recording() {
         .args(["--format", "text", "--fail-on", "any"])
         .output()
         .unwrap();
+    let findings = r["findings"].as_array().unwrap();
     assert_eq!(
         o.status.code(),
-        Some(0),
+        Some(if findings.is_empty() { 0 } else { 1 }),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(proc["events"].as_u64().unwrap() > 1000, "{proc}");
-    assert_eq!(r["findings"], serde_json::json!([]), "a healthy program");
+    // A healthy program: the kill invents no lost waker, stuck task or
+    // deadlock of the tasks it cut short. Only a busy machine's doing may
+    // be found (a poll or a wake it made late).
+    let machine = ["long_poll", "descheduled", "starvation"];
+    assert!(
+        findings
+            .iter()
+            .all(|f| machine.iter().any(|k| f["kind"] == *k)),
+        "a healthy program: {findings:#?}"
+    );
     let last = proc["start_unix_ns"].as_u64().unwrap() + proc["now_ns"].as_u64().unwrap();
     let missing = Duration::from_nanos(killed.saturating_sub(last));
     eprintln!("killed program: its recording ends {missing:?} before the kill");

@@ -180,7 +180,10 @@ impl Server {
         let (tx, mut rx) = mpsc::channel::<Input>(state.cfg.queue_capacity.max(1));
         let mut tasks = JoinSet::new();
         let applier = state.clone();
-        tasks.spawn(async move {
+        // Not among `tasks`: at shutdown it applies what is queued (bounded
+        // by the queue and the ingest budget) before the report is made,
+        // rather than being aborted with frames accepted and never counted.
+        let applier = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(256);
             while rx.recv_many(&mut batch, 256).await > 0 {
                 // Encoded for viewers outside the model lock (when there
@@ -283,6 +286,11 @@ impl Server {
         }
         conns.shutdown().await;
         drop(tx);
+        // The channel closed: the applier ends once it has applied the
+        // frames still queued (a producer's last batches and its goodbye).
+        if let Err(e) = applier.await {
+            warn!("the model's applier ended abnormally: {e}");
+        }
         tasks.shutdown().await;
     }
 }
