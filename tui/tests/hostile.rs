@@ -121,6 +121,14 @@ struct Serve {
     seen: Vec<String>,
 }
 
+/// A test that fails leaves no serve running.
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Serve {
     fn start(args: &[&str]) -> Serve {
         let mut child = Command::new(BIN)
