@@ -182,7 +182,7 @@ impl Process {
             }
             Event::Exit { span, ts } => {
                 self.bump(*ts);
-                self.exit(*span, *ts, obs);
+                self.exit(*span, *ts, None, obs);
             }
             Event::Poll {
                 task,
@@ -214,26 +214,7 @@ impl Process {
             }
             Event::PollEnd { task, ts, wakers } => {
                 self.bump(*ts);
-                self.pop_stack(*task);
-                if let Some(t) = self.tasks.get_mut(task) {
-                    let ended = end_poll(t, *ts);
-                    // The producer counts wakers exactly (version 2).
-                    t.wakers_alive = u64::from(*wakers);
-                    let start = t.pending_poll.map_or(*ts, |p| p.start);
-                    t.last_thread = Some(self.cur_thread);
-                    if is_notable(t, start, *ts) {
-                        self.poll_ended(*task, start, *ts);
-                    }
-                    if ended && O::STEPS {
-                        obs.change(
-                            self,
-                            &Change::PollEnded {
-                                task: *task,
-                                ts: *ts,
-                            },
-                        );
-                    }
-                }
+                self.exit(*task, *ts, Some(*wakers), obs);
             }
             Event::Close { span, kind, ts } => {
                 self.bump(*ts);
@@ -671,12 +652,16 @@ impl Process {
         true
     }
 
-    fn exit<O: Observer>(&mut self, id: SpanId, ts: u64, obs: &mut O) {
+    /// Leaves span `id` at `ts`; a task's exit ends its poll: a `PollEnd`
+    /// (with the task's live `wakers`, counted exactly by version-2
+    /// producers) or a version-1 producer's `Exit` (`wakers` `None`).
+    fn exit<O: Observer>(&mut self, id: SpanId, ts: u64, wakers: Option<u32>, obs: &mut O) {
         self.pop_stack(id);
         if let Some(t) = self.tasks.get_mut(&id) {
-            // A task's exit ends its poll (a version-1 producer's poll end):
-            // kept among the thread's recent polls as `PollEnd` keeps it.
             let ended = end_poll(t, ts);
+            if let Some(w) = wakers {
+                t.wakers_alive = u64::from(w);
+            }
             let start = t.pending_poll.map_or(ts, |p| p.start);
             t.last_thread = Some(self.cur_thread);
             if is_notable(t, start, ts) {
