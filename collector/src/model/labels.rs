@@ -6,10 +6,11 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use awaitscope_wire::paths::{self, PathOrigin};
+use awaitscope_wire::paths::PathOrigin;
 use awaitscope_wire::{names, Callsite, Field, SpanClass, SpanId};
 
 use super::await_tree::{AwaitNode, AwaitTree};
+use super::file_memo::{file_origin, shown_file};
 use super::process::Process;
 use super::resource::Resource;
 use super::span::{self, Location};
@@ -26,7 +27,8 @@ pub fn task_label(t: &Task) -> String {
     s.push_str(name);
     let _ = write!(s, "#{}", t.id.0);
     if let Some(l) = &t.location {
-        let _ = write!(s, " @ {l}");
+        s.push_str(" @ ");
+        l.push_to(&mut s);
     }
     s
 }
@@ -98,10 +100,10 @@ pub fn is_own_callsite(cs: &Callsite) -> bool {
     .contains(&cs.target.as_str())
 }
 
-/// `l` with its file as [`paths::display`] shows it (registry and std
+/// `l` with its file as [`awaitscope_wire::paths::display`] shows it (registry and std
 /// paths shortened, never absolute into them).
 pub fn shown(mut l: Location) -> Location {
-    if let std::borrow::Cow::Owned(f) = paths::display(&l.file) {
+    if let Some(f) = shown_file(&l.file) {
         l.file = f;
     }
     l
@@ -122,7 +124,7 @@ pub fn span_site(cs: Option<&Callsite>, fields: &[Field]) -> Option<Location> {
 
 /// Whether `l` is in the program's own code (not std, not a dependency).
 fn is_user(l: &Location) -> bool {
-    paths::origin(&l.file) == PathOrigin::Local
+    file_origin(&l.file) == PathOrigin::Local
 }
 
 impl Process {

@@ -26,6 +26,7 @@ pub mod apply;
 pub mod await_tree;
 pub mod change;
 pub mod completed;
+pub mod file_memo;
 pub mod handover;
 pub mod hash;
 pub mod labels;

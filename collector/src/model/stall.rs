@@ -47,7 +47,7 @@ pub fn is_user_span(
         // awaitscope's own spans have targets `awaitscope::*`; the
         // program's crates may be named `awaitscope_*` (the demo is).
         && cs.is_some_and(|c| c.target != "awaitscope" && !c.target.starts_with("awaitscope::"))
-        && location.is_some_and(|l| paths::origin(&l.file) == paths::PathOrigin::Local)
+        && location.is_some_and(|l| super::file_memo::file_origin(&l.file) == paths::PathOrigin::Local)
 }
 
 /// The stall of a task's poll (see the module doc).
