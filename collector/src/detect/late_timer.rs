@@ -67,7 +67,7 @@ pub fn observe(p: &Process, w: &LateWake, threshold: u64) -> Option<Observation>
             tasks.push(FindingTask::of(ht));
         }
     }
-    let what = w.path.first().map_or("its timer", String::as_str);
+    let what = w.path.get(w.named).map_or("its timer", String::as_str);
     let by = if names.is_empty() {
         // Nobody held the timers' thread: say so when no task held any
         // worker either (the machine, not the program, was late).
@@ -192,6 +192,47 @@ mod tests {
             late.message
         );
         assert!(!late.message.contains("no task held"), "{}", late.message);
+    }
+
+    /// A timer tokio made for the user's call (an interval's `Sleep`, made
+    /// in tokio's code, so without a location of the user's) is named by
+    /// that call, where the user's line is, not by the bare `Sleep`.
+    #[test]
+    fn a_timer_inside_an_interval_is_named_by_the_users_call() {
+        use crate::model::late_wake::LateWake;
+        use crate::model::span::Location;
+
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("ticker"), 0);
+        s.poll(t, 1000, 2000);
+        let m = s.model();
+        let p = m.processes().next().expect("the scenario's process");
+        let w = LateWake {
+            task: t,
+            deadline: MS,
+            woken: 200 * MS,
+            path: vec![
+                "tokio::time::sleep".into(),
+                "tokio::time::Interval::tick @ src/load.rs:183:20".into(),
+                "load".into(),
+            ],
+            location: Some(Location {
+                file: "src/load.rs".into(),
+                line: 183,
+                col: Some(20),
+            }),
+            named: 1,
+            hogs: Vec::new(),
+        };
+        let o = super::observe(p, &w, 50 * MS).expect("an observation");
+        assert!(
+            o.message.contains(
+                "after its timer's deadline (tokio::time::Interval::tick @ src/load.rs:183:20;"
+            ),
+            "{}",
+            o.message
+        );
+        assert_eq!(o.location.map(|l| l.line), Some(183));
     }
 
     /// Not in the tree, the timer is not told by the lock the poll

@@ -23,6 +23,10 @@ pub struct LateWake {
     pub path: Vec<String>,
     /// The first location of that path (the user's line of the timer).
     pub location: Option<Location>,
+    /// The entry of `path` the finding names the timer by: the innermost
+    /// with a location (a `Sleep` tokio made inside `Interval::tick` or
+    /// `timeout` has none; the user's call does), else the innermost.
+    pub named: usize,
     /// The tasks whose polls held the thread between the deadline and the
     /// wake, with how long (ns) within that window, longest first.
     pub hogs: Vec<(SpanId, u64)>,

@@ -33,6 +33,8 @@ impl Process {
             // task waits, not a span that closed or a lock it released.
             .or_else(|| self.await_point(tree));
         let frames = node.map_or_else(Vec::new, |i| self.await_frames(tree, i));
+        // The frame the finding names: the innermost with a location.
+        let named = frames.iter().position(|f| f.location.is_some());
         // Who held the thread: long polls on the task's thread (and the
         // waking thread) overlapping [deadline, wake].
         let hogs = self
@@ -45,7 +47,8 @@ impl Process {
             task,
             deadline,
             woken: ts,
-            location: frames.iter().find_map(|f| f.location.clone()),
+            location: named.and_then(|i| frames[i].location.clone()),
+            named: named.unwrap_or(0),
             path: frames.iter().map(ToString::to_string).collect(),
             hogs,
         };
