@@ -25,15 +25,53 @@ pub fn fmt_ns_precise(ns: u64) -> String {
 /// Nanoseconds with a unit: `s_decimals` decimals in seconds, `ms_decimals`
 /// in milliseconds, one in microseconds, whole nanoseconds below.
 fn fmt_ns_with(ns: u64, s_decimals: usize, ms_decimals: usize) -> String {
-    if ns >= 1_000_000_000 {
-        format!("{:.*}s", s_decimals, ns as f64 / 1e9)
+    let (unit, decimals, suffix) = if ns >= 1_000_000_000 {
+        (1_000_000_000, s_decimals, "s")
     } else if ns >= 1_000_000 {
-        format!("{:.*}ms", ms_decimals, ns as f64 / 1e6)
+        (1_000_000, ms_decimals, "ms")
     } else if ns >= 1_000 {
-        format!("{:.1}µs", ns as f64 / 1e3)
+        (1_000, 1, "µs")
     } else {
-        format!("{ns}ns")
+        return format!("{ns}ns");
+    };
+    if let Some(s) = fixed(ns, unit, decimals, suffix) {
+        return s;
     }
+    format!("{:.*}{suffix}", decimals, ns as f64 / unit as f64)
+}
+
+/// `ns / unit` with `decimals` decimals and `suffix`, by integers, as
+/// `{:.*}` writes the `f64` quotient (a finding's message formats two
+/// durations, and formatting a float to a precision costs about a thousand
+/// instructions). `None` where the two could differ: a quotient exactly
+/// half a last digit from two roundings (the float's rounding of its own
+/// value decides), a value too large for the float to be within an eighth
+/// of a nanosecond of it, or a unit the decimals do not divide.
+///
+/// Exact otherwise: `ns` below 2^50 converts to `f64` exactly, and the
+/// quotient the division rounds is within `ns / unit * 2^-53` (under an
+/// eighth of a nanosecond, in the unit) of the true one, which is at least
+/// half a nanosecond from any half of a last digit: both round alike.
+fn fixed(ns: u64, unit: u64, decimals: usize, suffix: &str) -> Option<String> {
+    use std::fmt::Write;
+    let scale = 10u64.checked_pow(u32::try_from(decimals).ok()?)?;
+    if ns >= 1 << 50 || !unit.is_multiple_of(scale) {
+        return None;
+    }
+    // Nanoseconds per last digit.
+    let step = unit / scale;
+    let (q, r) = (ns / step, ns % step);
+    if r * 2 == step {
+        return None;
+    }
+    let q = if r * 2 > step { q + 1 } else { q };
+    let mut s = String::with_capacity(24);
+    let _ = write!(s, "{}", q / scale);
+    if decimals > 0 {
+        let _ = write!(s, ".{:0decimals$}", q % scale);
+    }
+    s.push_str(suffix);
+    Some(s)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time in ns.
@@ -191,5 +229,46 @@ mod tests {
         assert_eq!(fmt_ns_brief(2_000_000_000), "2.00s");
         assert_eq!(fmt_ns_brief(4_500), "4.5µs");
         assert_eq!(fmt_ns_brief(12), "12ns");
+    }
+
+    /// Durations written by integers are what formatting the float quotient
+    /// writes: at each unit's boundaries, at and around every kind of tie,
+    /// and at values spread over the range (a fixed pseudo-random walk).
+    #[test]
+    fn durations_are_written_as_the_float_quotient_would_be() {
+        let float = |ns: u64, s_dec: usize, ms_dec: usize| {
+            if ns >= 1_000_000_000 {
+                format!("{:.*}s", s_dec, ns as f64 / 1e9)
+            } else if ns >= 1_000_000 {
+                format!("{:.*}ms", ms_dec, ns as f64 / 1e6)
+            } else if ns >= 1_000 {
+                format!("{:.1}µs", ns as f64 / 1e3)
+            } else {
+                format!("{ns}ns")
+            }
+        };
+        let mut values = vec![0, 1, 999, 1_000, 999_949, 999_950, 999_999, u64::MAX];
+        for base in [1_000u64, 1_000_000, 1_000_000_000] {
+            for m in [1u64, 2, 7, 10, 99, 999, 1_000, 123_456] {
+                for d in [0u64, 1, 49, 50, 51, 499, 500, 501, 4_999, 5_000, 5_001] {
+                    for k in [1u64, 10, 100, 1_000, 10_000, 100_000, 1_000_000] {
+                        values.push((base * m).saturating_add(d * k / 10));
+                        values.push((base * m).saturating_add(d * k));
+                        values.push((base * m).saturating_sub(d * k));
+                    }
+                }
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(x >> (x % 64));
+        }
+        for ns in values {
+            assert_eq!(fmt_ns_brief(ns), float(ns, 2, 1), "{ns}");
+            assert_eq!(fmt_ns_precise(ns), float(ns, 3, 3), "{ns}");
+        }
     }
 }

@@ -12,6 +12,8 @@
 use awaitscope_wire::paths::{self, PathOrigin};
 use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, SpanId, StackState};
 
+use crate::model::await_tree::AwaitTree;
+use crate::model::file_memo::{file_origin, shown_file};
 use crate::model::span::Location;
 use crate::model::stall::{PollStall, StallSpan};
 use crate::model::{shown, task_label, Process, Task};
@@ -136,6 +138,19 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
         // The culprit is a native frame: the async stack has nothing to add.
         return out;
     }
+    if !trace && stall.is_none() {
+        // The culprit alone, of spans only: found without making the path.
+        if let Some(named) = named_span(p, &t.await_tree, busiest_leaf(p, t, start, end)) {
+            if let Some(f) = named {
+                out.culprit = Some(match &f.location {
+                    Some(l) => format!("{} ({})", f.label, file_line(l)),
+                    None => f.label.clone(),
+                });
+                out.location = f.location;
+            }
+            return out;
+        }
+    }
     // The async stack.
     let spans: Vec<StallSpan> = match stall {
         Some(s) => s.spans.clone(),
@@ -164,7 +179,7 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
     let local = |s: &&StallSpan| {
         s.location
             .as_ref()
-            .is_some_and(|l| paths::origin(&l.file) == PathOrigin::Local)
+            .is_some_and(|l| file_origin(&l.file) == PathOrigin::Local)
     };
     let named = spans
         .iter()
@@ -186,6 +201,67 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
         out.location = t.location.clone().map(shown);
     }
     out
+}
+
+/// The frame of the await path down to `leaf` that [`describe`] names when
+/// the poll had no stall (the first of the program's own, innermost first,
+/// else the first in its files, else the innermost), when no node on the
+/// path is a resource or an async op: each frame is then a node's span as
+/// it is (its label and location, see [`Process::await_frames`]), and the
+/// spans are judged innermost first, up to the first of the program's own,
+/// without making the whole path. `Some(None)`: no leaf. `None` when a
+/// node is a resource or an async op (their frames are folded by
+/// [`await_stack`]).
+fn named_span(
+    p: &Process,
+    tree: &AwaitTree,
+    leaf: Option<usize>,
+) -> Option<Option<crate::model::labels::Frame>> {
+    use awaitscope_wire::SpanClass;
+    let Some(leaf) = leaf else {
+        return Some(None);
+    };
+    if up_from(tree, leaf).any(|n| {
+        matches!(
+            tree.nodes[n].class,
+            SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
+        )
+    }) {
+        return None;
+    }
+    let (mut local, mut first) = (None, None);
+    for n in up_from(tree, leaf) {
+        let node = &tree.nodes[n];
+        let location = p.span_location(node.span, node.callsite);
+        let label = p.node_label(node);
+        let is_local = location
+            .as_ref()
+            .is_some_and(|l| file_origin(&l.file) == PathOrigin::Local);
+        let frame = crate::model::labels::Frame { label, location };
+        // As `await_stack` judges a frame the program's own.
+        if is_local && !frame.label.starts_with("tokio::") {
+            return Some(Some(frame));
+        }
+        if is_local {
+            local.get_or_insert(frame);
+        } else {
+            first.get_or_insert(frame);
+        }
+    }
+    Some(local.or(first))
+}
+
+/// The nodes of [`AwaitTree::path`] down to `leaf`, innermost first (as
+/// many at most as it gives).
+fn up_from(tree: &AwaitTree, leaf: usize) -> impl Iterator<Item = usize> + '_ {
+    let mut next = Some(leaf);
+    let mut left = tree.nodes.len() + 1;
+    std::iter::from_fn(move || {
+        let cur = next?;
+        left -= 1;
+        next = tree.nodes[cur].parent.map(usize::from).filter(|_| left > 0);
+        Some(cur)
+    })
 }
 
 /// Who held thread `thread` between `from` and `to` (ns), other than
@@ -282,7 +358,7 @@ pub fn await_stack(p: &Process, t: &Task, leaf: Option<usize>) -> Vec<StallSpan>
             user: !f.label.starts_with("tokio::")
                 && f.location
                     .as_ref()
-                    .is_some_and(|l| paths::origin(&l.file) == PathOrigin::Local),
+                    .is_some_and(|l| file_origin(&l.file) == PathOrigin::Local),
             label: f.label,
             location: f.location,
         })
@@ -330,7 +406,8 @@ pub fn task_line(t: &Task) -> String {
     if let Some(l) = &t.location {
         // As `shown`, without copying the location.
         s.push_str(" spawned @ ");
-        push_file_line(&mut s, &paths::display(&l.file), l.line);
+        let shown = shown_file(&l.file);
+        push_file_line(&mut s, shown.as_deref().unwrap_or(&l.file), l.line);
     }
     s
 }
@@ -858,5 +935,72 @@ mod tests {
             waiting_ns: 800_000,
         };
         assert!(!is_descheduled_as_far_as_covered(&tiny, 15 * MS, 10 * MS));
+    }
+
+    /// The culprit of another task's poll, found from its spans alone when
+    /// no resource is on the path, is the one the whole await path names:
+    /// the innermost span of the program's own (a span named like tokio's
+    /// is not, even in the program's files), else the innermost in its
+    /// files; with a lock on the path, the path is made and folded.
+    #[test]
+    fn a_polls_culprit_is_the_one_its_await_path_names() {
+        use crate::config::MS;
+        use crate::testing::{Scenario, TaskOpts};
+
+        // Spans entered in the poll (a lock taken and released inside the
+        // innermost, with `lock`), and the culprit expected.
+        let cases: [(&[&str], bool, &str); 4] = [
+            (
+                &["serve", "tokio::fake_op"],
+                false,
+                "serve (src/main.rs:100)",
+            ),
+            (
+                &["tokio::fake_op"],
+                false,
+                "tokio::fake_op (src/main.rs:100)",
+            ),
+            (&["serve", "handle"], false, "handle (src/main.rs:101)"),
+            (&["serve"], true, "serve (src/main.rs:100)"),
+        ];
+        for (spans, lock, want) in cases {
+            let mut s = Scenario::new();
+            let t = s.spawn(TaskOpts::named("hog"), 0);
+            let ids: Vec<_> = spans.iter().map(|n| s.user_span(n, 0)).collect();
+            let m = lock.then(|| s.mutex(0));
+            let (start, end) = (20 * MS, 50 * MS);
+            s.begin_poll(t, start);
+            for (k, &id) in ids.iter().enumerate() {
+                s.enter(id, start + 100 + k as u64);
+            }
+            if let Some(m) = m {
+                s.lock_and_release(t, m, start + 200);
+            }
+            for (k, &id) in ids.iter().enumerate().rev() {
+                s.exit(id, end - 100 + k as u64);
+            }
+            s.end_poll(t, end);
+            let model = s.model();
+            let p = model.processes().next().expect("process");
+            let task = &p.tasks[&t];
+            // As `describe` names it from the whole path.
+            let path = await_stack(p, task, busiest_leaf(p, task, start, end));
+            let local = |s: &&StallSpan| {
+                s.location
+                    .as_ref()
+                    .is_some_and(|l| paths::origin(&l.file) == PathOrigin::Local)
+            };
+            let named = path
+                .iter()
+                .find(|s| s.user)
+                .or_else(|| path.iter().find(local))
+                .or_else(|| path.first());
+            let whole = named.map(|s| match &s.location {
+                Some(l) => format!("{} ({})", s.label, file_line(l)),
+                None => s.label.clone(),
+            });
+            assert_eq!(culprit_of_poll(p, task, start, end), whole, "{spans:?}");
+            assert_eq!(whole.as_deref(), Some(want), "{spans:?}");
+        }
     }
 }

@@ -318,7 +318,21 @@ impl Process {
                     }
                     t.parent = ctx_task;
                     t.spawn_span = ctx_span;
-                    span::merge_fields(&mut t.fields, fields);
+                    match self.spare_tasks.pop() {
+                        // The allocations of a task dropped: its fields
+                        // written over, its name, kind and location written
+                        // over by `derive_task_fields` (which sets them all).
+                        Some(a) => {
+                            t.fields = a.fields;
+                            span::set_fields(&mut t.fields, fields);
+                            t.name = a.name;
+                            t.kind = a.kind;
+                            t.location = a.location;
+                            t.woken_by = a.woken_by;
+                            t.woken_by.clear();
+                        }
+                        None => span::merge_fields(&mut t.fields, fields),
+                    }
                     derive_task_fields(&mut t, cs, idx);
                     e.insert(t);
                     if O::STEPS {

@@ -15,7 +15,7 @@ use std::ops::Deref;
 use awaitscope_wire::SpanId;
 
 use super::hash::FastMap;
-use super::task::Task;
+use super::task::{Task, TaskAllocs};
 
 /// Where the tasks of one id are in the queue, by sequence number (the
 /// queue's first task has [`CompletedTasks::base`]).
@@ -94,6 +94,25 @@ impl CompletedTasks {
         }
         self.queue.drain(..n);
         self.base += n as u64;
+    }
+
+    /// [`CompletedTasks::drop_front`], the allocations of the tasks dropped
+    /// taken out of them first onto `spares`, for new tasks to reuse (while
+    /// it holds fewer than `max`).
+    pub(crate) fn drop_front_reusing(
+        &mut self,
+        n: usize,
+        spares: &mut Vec<TaskAllocs>,
+        max: usize,
+    ) {
+        let n = n.min(self.queue.len());
+        for t in self.queue.range_mut(..n) {
+            if spares.len() >= max {
+                break;
+            }
+            spares.push(TaskAllocs::take(t));
+        }
+        self.drop_front(n);
     }
 
     /// Whether a task of id `id` is kept.

@@ -16,13 +16,19 @@ use super::hash::FastMap;
 use super::resource::Resource;
 use super::span::{Location, Span};
 use super::stall::ClosedSpans;
-use super::task::{Task, TaskState, TaskSummary};
+use super::task::{Task, TaskAllocs, TaskState, TaskSummary};
 use crate::config::Config;
 
 /// Most callsites kept per process.
 pub(super) const MAX_CALLSITES: usize = 1 << 16;
 /// Most threads tracked per process.
 const MAX_THREADS: usize = 1 << 12;
+/// Most allocations of dropped tasks a process keeps for new ones
+/// ([`Process::spare_tasks`]; with their heap, ~600 bytes each for a task
+/// of tokio's spawn fields, up to ~2.5 MB). A program that spawns tasks in
+/// bursts of a thousand from a few spawners ends as many at once: 1,024
+/// kept 68 % of them for reuse on the churn workload, 4,096 kept 98 %.
+const SPARE_TASKS: usize = 4096;
 /// Deepest span stack tracked per thread.
 pub(super) const MAX_STACK: usize = 256;
 
@@ -197,6 +203,10 @@ pub struct Process {
     /// Per callsite of tasks: where the fields a task is named by are
     /// among its fields (see [`Process::task_field_indices`]).
     task_fields_at: FastMap<u32, [Option<u16>; 6]>,
+    /// The allocations of completed tasks dropped, for the next tasks
+    /// spawned (see [`TaskAllocs`]), at most [`SPARE_TASKS`]: a program
+    /// spawns and ends its tasks in bursts.
+    pub(super) spare_tasks: Vec<TaskAllocs>,
 }
 
 /// A task's summary group key ([`super::task::group_key`]) and what it is
@@ -246,6 +256,7 @@ impl Process {
             resync: false,
             last_group: None,
             task_fields_at: FastMap::default(),
+            spare_tasks: Vec::new(),
         }
     }
 
@@ -522,6 +533,7 @@ impl Process {
             summary,
             last_group,
             now,
+            spare_tasks,
             ..
         } = self;
         // Folded where they lie, then dropped there: a task is large, and
@@ -559,7 +571,7 @@ impl Process {
             }
             s.add(t);
         }
-        completed.drop_front(folded);
+        completed.drop_front_reusing(folded, spare_tasks, SPARE_TASKS);
     }
 
     /// The resource span `s` belongs to (itself, or an ancestor through

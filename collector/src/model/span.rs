@@ -15,6 +15,22 @@ pub struct Location {
     pub col: Option<u32>,
 }
 
+impl Location {
+    /// Appends `file:line[:col]`, as [`Location`]'s `Display` writes it,
+    /// without the formatting machinery (task labels and group keys are
+    /// made for every finding).
+    pub fn push_to(&self, s: &mut String) {
+        use std::fmt::Write;
+        s.push_str(&self.file);
+        s.push(':');
+        let _ = write!(s, "{}", self.line);
+        if let Some(c) = self.col {
+            s.push(':');
+            let _ = write!(s, "{c}");
+        }
+    }
+}
+
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.col {
@@ -186,6 +202,36 @@ pub fn merge_fields(fields: &mut Vec<Field>, new: &[Field]) {
         } else if fields.len() < awaitscope_wire::limits::MAX_FIELDS {
             fields.push(f.clone());
         }
+    }
+}
+
+/// The fields of a new span, `new`, written into `fields` over what it
+/// holds (a vector of another span's fields, whose strings are reused):
+/// what [`merge_fields`] makes of `new` in an empty vector.
+pub fn set_fields(fields: &mut Vec<Field>, new: &[Field]) {
+    let mut n = 0;
+    for f in new {
+        if let Some(i) = fields[..n].iter().position(|o| o.index == f.index) {
+            set_value(&mut fields[i].value, &f.value);
+        } else if n < awaitscope_wire::limits::MAX_FIELDS {
+            match fields.get_mut(n) {
+                Some(o) => {
+                    o.index = f.index;
+                    set_value(&mut o.value, &f.value);
+                }
+                None => fields.push(f.clone()),
+            }
+            n += 1;
+        }
+    }
+    fields.truncate(n);
+}
+
+/// `v` made `new`, a string written over a string (keeping its allocation).
+fn set_value(v: &mut Value, new: &Value) {
+    match (v, new) {
+        (Value::Str(s), Value::Str(new)) => s.clone_from(new),
+        (v, new) => *v = new.clone(),
     }
 }
 

@@ -324,6 +324,37 @@ pub struct Task {
     pub stalls: Vec<PollStall>,
 }
 
+/// The allocations of a task no longer kept, for the next task made: its
+/// fields (with their strings), name, kind and spawn location, and its
+/// list of wakers. A short-lived task would otherwise free them all at its
+/// eviction from the completed tasks, and the next task allocate them
+/// again; reused, its fields are written over the old ones
+/// ([`super::span::set_fields`]) and its name, kind and location over
+/// theirs (`derive_task_fields`).
+#[derive(Debug, Default)]
+pub(crate) struct TaskAllocs {
+    pub(crate) fields: Vec<Field>,
+    pub(crate) name: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) location: Option<Location>,
+    /// Emptied when it is reused.
+    pub(crate) woken_by: Vec<(Option<SpanId>, u64)>,
+}
+
+impl TaskAllocs {
+    /// Takes `t`'s reusable allocations out of it (a task about to be
+    /// dropped).
+    pub(crate) fn take(t: &mut Task) -> Self {
+        Self {
+            fields: std::mem::take(&mut t.fields),
+            name: t.name.take(),
+            kind: t.kind.take(),
+            location: t.location.take(),
+            woken_by: std::mem::take(&mut t.woken_by),
+        }
+    }
+}
+
 /// Most stalls a task keeps (see [`Task::stalls`]): the producer sends a
 /// poll's halves as it reads them, and may send an older poll's late half
 /// after a newer poll's crossing; each still judges its own poll.
@@ -642,6 +673,31 @@ const LONG_ENOUGH_NS: u64 = 1_000_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group key is `name@file:line[:col]`, or the location alone, or
+    /// `?` for a task spawned nowhere known: a location written as its
+    /// `Display` writes it.
+    #[test]
+    fn group_keys_name_the_location_as_it_displays() {
+        let mut t = Task::new(SpanId(7), 1, 0);
+        assert_eq!(group_key(&t), "?");
+        t.name = Some("worker".into());
+        assert_eq!(group_key(&t), "worker@?");
+        for col in [None, Some(5)] {
+            let l = Location {
+                file: "src/a/b.rs".into(),
+                line: 42,
+                col,
+            };
+            t.location = Some(l.clone());
+            t.name = Some("worker".into());
+            assert_eq!(group_key(&t), format!("worker@{l}"));
+            assert_eq!(crate::model::task_label(&t), format!("task worker#7 @ {l}"));
+            t.name = None;
+            assert_eq!(group_key(&t), l.to_string());
+        }
+        assert_eq!(group_key(&t), "src/a/b.rs:42:5");
+    }
 
     #[test]
     fn kept_samples_make_the_same_histograms_as_recording_each() {

@@ -33,21 +33,43 @@ pub(super) const TASK_FIELDS: [&str; 6] = [
 /// [`span::field_indices`] of [`TASK_FIELDS`] in it.
 pub(super) fn derive_task_fields(t: &mut Task, cs: Option<&Callsite>, idx: [Option<u16>; 6]) {
     let [name, kind, id, file, line, col] = span::values_at(&t.fields, idx);
-    t.name = span::as_str(name)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    t.kind = span::as_str(kind).map(str::to_string);
+    // Written over the strings the task holds (its own, or those of a task
+    // dropped: see `TaskAllocs`).
+    put_str(&mut t.name, span::as_str(name).filter(|s| !s.is_empty()));
+    put_str(&mut t.kind, span::as_str(kind));
     t.tokio_id = span::as_u64(id);
     // As `span::loc_fields`, else the callsite's own location.
-    let loc = match (span::as_str(file), span::as_u64(line)) {
-        (Some(file), Some(line)) => Some(Location {
-            file: file.to_string(),
-            line: line as u32,
-            col: span::as_u64(col).map(|c| c as u32),
-        }),
-        _ => None,
-    };
-    t.location = loc.or_else(|| span::callsite_location(cs));
+    match (span::as_str(file), span::as_u64(line)) {
+        (Some(file), Some(line)) => {
+            let (line, col) = (line as u32, span::as_u64(col).map(|c| c as u32));
+            match &mut t.location {
+                Some(l) => {
+                    l.file.clear();
+                    l.file.push_str(file);
+                    l.line = line;
+                    l.col = col;
+                }
+                None => {
+                    t.location = Some(Location {
+                        file: file.to_string(),
+                        line,
+                        col,
+                    })
+                }
+            }
+        }
+        _ => t.location = span::callsite_location(cs),
+    }
+}
+
+/// `s` made `v`, written over the string it holds if any.
+fn put_str(s: &mut Option<String>, v: Option<&str>) {
+    if let (Some(s), Some(v)) = (s.as_mut(), v) {
+        s.clear();
+        s.push_str(v);
+        return;
+    }
+    *s = v.map(str::to_string);
 }
 
 /// Counts who woke `t`, keeping the most frequent wakers (bounded).
@@ -271,5 +293,93 @@ mod field_tests {
         apply(&mut b, &mut m);
         let p = m.processes().next().expect("process");
         assert_eq!(p.tasks[&t].name.as_deref(), Some("second"));
+    }
+
+    /// A task spawned after a completed one was dropped is made over the
+    /// dropped one's allocations: its fields, name, kind, spawn location,
+    /// tokio id and wakers are still its own, as in a model that dropped
+    /// nothing (nothing of the dropped task, named, with more fields, a
+    /// location of its own and other wakers, shows through).
+    #[test]
+    fn a_task_made_over_a_dropped_ones_allocations_is_its_own() {
+        use awaitscope_wire::{CloseKind, SpanId, SpanNew, WakeOp};
+
+        use crate::config::Config;
+
+        let mut b = StreamBuilder::new(1, 0);
+        b.hello("app", None, false).thread(0);
+        let opts = TaskOpts {
+            name: Some("the-first-task-with-a-long-name".into()),
+            kind: Some("blocking".into()),
+            line: 77,
+        };
+        let first = b.spawn(&opts, None, 10);
+        b.waker(first, WakeOp::WakeByRef, Some(SpanId(999)), 20)
+            .poll(first, 30, 40)
+            .waker(first, WakeOp::Wake, None, 50)
+            .poll(first, 60, 70)
+            .close(first, CloseKind::Completed, 80);
+        b.flush();
+        let mut frames = b.take_frames();
+        // The next task: of the same callsite, with `kind` twice (the
+        // later value stands) and its tokio id, no name and no location
+        // fields (its location is its callsite's).
+        let callsite = {
+            let mut m = Model::default();
+            frames.iter().for_each(|f| m.apply(f));
+            let p = m.processes().next().expect("process");
+            p.completed.first(first).expect("kept").callsite
+        };
+        let next = SpanId(5000);
+        let field = |index, value| Field { index, value };
+        b.push(Event::SpanNew(Box::new(SpanNew {
+            id: next,
+            callsite,
+            parent: None,
+            ctx_task: None,
+            ctx_span: None,
+            ts: 90,
+            fields: vec![
+                field(0, Value::Str("task".into())),
+                field(2, Value::U64(4242)),
+                field(0, Value::Str("local".into())),
+            ],
+        })));
+        b.waker(next, WakeOp::Wake, None, 100);
+        b.flush();
+        frames.extend(b.take_frames());
+
+        // Keeping no completed task drops the first at its close.
+        let mut config = Config::default();
+        config.retention.completed_max_count = 0;
+        let mut dropping = Model::new(config);
+        let mut keeping = Model::default();
+        for f in &frames {
+            dropping.apply(f);
+            keeping.apply(f);
+        }
+        let p = dropping.processes().next().expect("process");
+        assert!(!p.completed.contains(first), "the first task was dropped");
+        let k = keeping.processes().next().expect("process");
+        assert!(k.completed.contains(first));
+        let (t, want) = (&p.tasks[&next], &k.tasks[&next]);
+        assert_eq!(t.fields, want.fields);
+        assert_eq!(
+            t.fields,
+            vec![
+                field(0, Value::Str("local".into())),
+                field(2, Value::U64(4242))
+            ]
+        );
+        assert_eq!(t.name, None);
+        assert_eq!(t.kind.as_deref(), Some("local"));
+        assert_eq!(t.tokio_id, Some(4242));
+        assert_eq!(t.location, want.location);
+        assert_eq!(
+            t.location.as_ref().map(|l| (l.file.as_str(), l.col)),
+            Some(("tokio/src/lib.rs", None))
+        );
+        assert_eq!(t.woken_by, vec![(None, 1)]);
+        assert_eq!(t.woken_by, want.woken_by);
     }
 }
