@@ -53,6 +53,87 @@ fn live_tasks(m: &Model, pid: u32) -> usize {
         .sum()
 }
 
+/// Frames a producer sent before the server was told to stop, accepted
+/// but still queued for the model, are applied before it stops: the
+/// producer's goodbye, its last frame, is in the model. The model is held
+/// (as a slow report or snapshot would hold it) while the frames queue and
+/// while the server takes the stop; more batches are queued than a task
+/// runs in one turn (tokio's budget: 128 receives of up to 256 frames), so
+/// an applier stopped at its next turn would leave the goodbye unapplied.
+#[test]
+fn frames_queued_when_told_to_stop_are_applied() {
+    const TASKS: usize = 40_000;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.worker_threads(4).enable_all();
+    // The applier blocks its worker on the held model: a task woken onto
+    // that worker's LIFO slot (the connection) could not be stolen.
+    #[cfg(tokio_unstable)]
+    rt.disable_lifo_slot();
+    rt.build().unwrap().block_on(async {
+        let cfg = ServerConfig {
+            queue_capacity: 1 << 17,
+            memory_budget: 1 << 30,
+            // The scanner takes the model too: only at its first tick here,
+            // long before the model is held.
+            scan_interval: Duration::from_secs(3600),
+            ..test_config()
+        };
+        let srv = start(cfg).await;
+        let mut bytes = stream(7, TASKS, None, true);
+        let (mut rd, mut wr) = TcpStream::connect(srv.addr).await.unwrap().into_split();
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut sink).await;
+        });
+        // The preamble and hello first (the first frame), applied.
+        let hello_len = awaitscope_wire::Preamble::LEN
+            + 4
+            + u32::from_le_bytes(
+                bytes[awaitscope_wire::Preamble::LEN..awaitscope_wire::Preamble::LEN + 4]
+                    .try_into()
+                    .unwrap(),
+            ) as usize;
+        let rest = bytes.split_off(hello_len);
+        wr.write_all(&bytes).await.unwrap();
+        let h = srv.handle.clone();
+        wait_until("the hello applied", || {
+            h.with_model(|m| m.processes().count() == 1)
+        })
+        .await;
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            h.with_model(|_| {
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        });
+        tokio::task::block_in_place(|| locked_rx.recv()).unwrap();
+        // The reader ends once the server has read everything and closed the
+        // connection: every frame is then queued (or counted as dropped).
+        wr.write_all(&rest).await.unwrap();
+        wr.shutdown().await.unwrap();
+        reader.await.unwrap();
+        let h = srv.handle.clone();
+        srv.stop_with(|| {
+            // Time for the server to take the stop while the model is held
+            // (the test can only pass early otherwise, never fail wrongly).
+            std::thread::sleep(Duration::from_millis(300));
+            release_tx.send(()).unwrap();
+        })
+        .await;
+        holder.join().unwrap();
+        h.with_model(|m| {
+            let p = m
+                .processes()
+                .find(|p| p.key.pid == 7)
+                .expect("the producer's process");
+            assert!(p.ended, "the goodbye queued at the stop was not applied");
+        });
+        assert_eq!(h.report().dropped.total, 0, "frames were dropped");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_producers() {
     let cfg = ServerConfig {

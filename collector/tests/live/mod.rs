@@ -19,8 +19,15 @@ pub struct Running {
 }
 
 impl Running {
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_with(|| ()).await;
+    }
+
+    /// Tells the server to stop, runs `between`, and waits until it has
+    /// stopped.
+    pub async fn stop_with(mut self, between: impl FnOnce()) {
         let _ = self.stop.take().unwrap().send(());
+        between();
         self.task.await.unwrap();
     }
 }
