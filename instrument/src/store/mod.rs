@@ -11,10 +11,12 @@
 //! handles (touched when a handle is cloned or dropped, not per enter), the
 //! current span, and the log output (see [`log`]).
 //!
-//! Spans live in a [`sharded_slab::Slab`], as in the registry: ids carry
-//! the slot's generation, so a stale id (tokio's waker events name tasks
-//! that may have ended) finds nothing instead of another span. Enter and
-//! exit do not touch the slab when the thread's cache knows the span.
+//! Spans live in the store's [`slots`]: ids carry the slot's generation,
+//! so a stale id (tokio's waker events name tasks that may have ended)
+//! finds nothing instead of another span; a span's slot comes from the
+//! creating thread's own free list and goes back there without a lock
+//! from whichever thread closes it. Enter and exit do not touch the slots
+//! when the thread's cache knows the span.
 //!
 //! What is lost against the registry: other `tracing_subscriber` layers
 //! cannot be added (no `LookupSpan`), and so `tracing-error`'s `SpanTrace`
@@ -22,12 +24,12 @@
 //! compose with [`crate::builder`].
 
 pub(crate) mod log;
+pub(crate) mod slots;
 
 use std::any::TypeId;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use sharded_slab::Slab;
 use tracing_core::span::{Attributes, Current, Id, Record};
 use tracing_core::{Event, Interest, LevelFilter, Metadata, Subscriber};
 
@@ -36,6 +38,7 @@ use crate::capture::local::with_local;
 use crate::capture::Capture;
 use crate::causal::SpanFinder;
 use crate::span_node::SpanNode;
+use slots::Slots;
 
 /// One span in the store.
 struct Slot {
@@ -77,7 +80,7 @@ fn release(refs: &AtomicUsize) -> bool {
 /// for that, use [`crate::AwaitscopeLayer`] in a `tracing_subscriber` stack.
 pub struct AwaitscopeSubscriber {
     capture: Arc<Capture>,
-    spans: Slab<Slot>,
+    spans: Slots<Slot>,
     log: log::LogOutput,
 }
 
@@ -89,21 +92,31 @@ static STORE_FINDER: SpanFinder = SpanFinder(|d| {
     crate::capture::here(node)
 });
 
-/// Slab key of a span id (ids are keys + 1: ids are non-zero).
+/// The store's key of a span id.
 #[inline]
-fn key(id: &Id) -> usize {
-    (id.into_u64() - 1) as usize
+fn key(id: &Id) -> u64 {
+    id.into_u64()
 }
 
-/// The id returned when the slab is full: no span has it, so everything
-/// done with it is a no-op.
+/// The id returned when the store is full: no span has it (see
+/// [`slots::MAX_SLOTS`]), so everything done with it is a no-op.
 const NO_SPAN: u64 = u64::MAX;
 
 impl AwaitscopeSubscriber {
     pub(crate) fn new(capture: Arc<Capture>, log: log::LogOutput) -> Self {
         Self {
             capture,
-            spans: Slab::new(),
+            spans: Slots::new(),
+            log,
+        }
+    }
+
+    /// A store of at most `spans` open spans (tests of a full store).
+    #[cfg(test)]
+    fn with_capacity(capture: Arc<Capture>, log: log::LogOutput, spans: u32) -> Self {
+        Self {
+            capture,
+            spans: Slots::with_capacity(spans),
             log,
         }
     }
@@ -209,15 +222,15 @@ impl Subscriber for AwaitscopeSubscriber {
             }
             None => (None, None),
         };
-        let Some(entry) = self.spans.vacant_entry() else {
-            // The slab is full (billions of open spans): the span is not
+        let Some(entry) = self.spans.vacant() else {
+            // The store is full (billions of open spans): the span is not
             // stored, and the reference taken on its parent is given back.
             if let Some(p) = parent {
                 self.try_close(p);
             }
             return Id::from_u64(NO_SPAN);
         };
-        let id = Id::from_u64(entry.key() as u64 + 1);
+        let id = Id::from_u64(entry.id());
         // A contextual parent is the current span: no second lookup.
         let current = (!contextual).then_some(|| self.current_node());
         let node = self.capture.new_span(attrs, &id, || parent_node, current);
@@ -296,8 +309,7 @@ impl Subscriber for AwaitscopeSubscriber {
                 }
                 given = true;
             }
-            drop(slot);
-            self.spans.remove(key(&id));
+            slot.remove();
             closed += 1;
         }
         // The loop stops at the first span not closed: `id` closed if any.
@@ -332,5 +344,46 @@ impl std::fmt::Debug for AwaitscopeSubscriber {
         f.debug_struct("AwaitscopeSubscriber")
             .field("instance", &self.capture.instance)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full store: a new span gets the id no span has (and gives back
+    /// the reference it took on its parent), everything done with it is a
+    /// no-op, and a slot freed is used again.
+    #[test]
+    fn a_full_store_gives_spans_no_slot() {
+        let sub =
+            AwaitscopeSubscriber::with_capacity(Capture::new(1024), log::LogOutput::from_env(), 2);
+        let dispatch = tracing::Dispatch::new(sub);
+        tracing::dispatcher::with_default(&dispatch, || {
+            let store = || {
+                dispatch
+                    .downcast_ref::<AwaitscopeSubscriber>()
+                    .expect("the store")
+            };
+            let parent = tracing::info_span!("parent");
+            let child = tracing::info_span!(parent: &parent, "child");
+            let (p, c) = (parent.id().unwrap(), child.id().unwrap());
+            assert!(store().node(&p).is_some() && store().node(&c).is_some());
+            let over = tracing::info_span!(parent: &parent, "over");
+            assert_eq!(over.id().map(|i| i.into_u64()), Some(NO_SPAN));
+            let clone = over.clone();
+            over.in_scope(|| tracing::info!(n = 1, "inside"));
+            over.record("n", 2);
+            drop((over, clone));
+            // The parent's reference taken for `over` was given back: the
+            // parent closes with its handle and its child's.
+            drop((child, parent));
+            assert!(store().node(&c).is_none() && store().node(&p).is_none());
+            let next = tracing::info_span!("next");
+            let n = next.id().unwrap();
+            assert_ne!(n.into_u64(), NO_SPAN);
+            assert!(store().node(&n).is_some());
+            assert!(store().node(&p).is_none(), "the old id finds nothing");
+        });
     }
 }
