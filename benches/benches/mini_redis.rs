@@ -23,7 +23,11 @@
 //! (f) is (d) with the span filter keeping tokio's task spans only, what a
 //! user who wants tasks, polls and wakes but not mini-redis's per-command
 //! `#[instrument]` spans can ask for (console-subscriber's default filter
-//! drops those spans too).
+//! drops those spans too). (g) is a floor: a subscriber handed every span
+//! and event awaitscope is handed that does nothing with them (see
+//! `awaitscope_benches::floor`), the cost of `tracing`'s calls alone, which
+//! no subscriber keeping the same spans can go under; (h) is the same with
+//! tokio's task spans only, the floor under (f).
 //!
 //! Rounds run every mode once, side by side, the order rotated each round;
 //! the cost of a mode is its time per operation, and the reported ratio,
@@ -76,6 +80,14 @@ const MODES: &[(&str, &str)] = &[
         "aw-record-tasks",
         "(f) as (d), with `AWAITSCOPE_SPANS=off` (tokio's task spans only)",
     ),
+    (
+        "floor",
+        "(g) a subscriber handed what (b)-(d) are, doing nothing with it (tracing's own calls)",
+    ),
+    (
+        "floor-tasks",
+        "(h) as (g), tokio's task spans only (as (f))",
+    ),
 ];
 
 // ---------------------------------------------------------------- child
@@ -90,6 +102,10 @@ fn child_main(mode: &str) {
         "aw-stream" | "aw-collector" | "aw-record" | "aw-record-tasks" => Some(awaitscope::init()),
         "console" => {
             console_subscriber::init();
+            None
+        }
+        "floor" | "floor-tasks" => {
+            awaitscope_benches::floor::init(mode == "floor-tasks");
             None
         }
         other => panic!("unknown mode {other}"),

@@ -2,6 +2,8 @@
 //! mode in (CPU time, peak RSS), what a recording holds, and the parsing
 //! and medians of the children's `RESULT` lines.
 
+pub mod floor;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
