@@ -63,13 +63,16 @@ fn live_tasks(m: &Model, pid: u32) -> usize {
 #[test]
 fn frames_queued_when_told_to_stop_are_applied() {
     const TASKS: usize = 40_000;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.worker_threads(4).enable_all();
-    // The applier blocks its worker on the held model: a task woken onto
-    // that worker's LIFO slot (the connection) could not be stolen.
-    #[cfg(tokio_unstable)]
-    rt.disable_lifo_slot();
-    rt.build().unwrap().block_on(async {
+    // One worker: the server's applier waits for the held model on a
+    // thread of its own. Were it waiting on the worker, no task could run
+    // until the model was released (the connection's reads included, which
+    // the release below waits for: the test would fail at its timeout).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
         let cfg = ServerConfig {
             queue_capacity: 1 << 17,
             memory_budget: 1 << 30,
@@ -80,10 +83,15 @@ fn frames_queued_when_told_to_stop_are_applied() {
         };
         let srv = start(cfg).await;
         let mut bytes = stream(7, TASKS, None, true);
-        let (mut rd, mut wr) = TcpStream::connect(srv.addr).await.unwrap().into_split();
-        let reader = tokio::spawn(async move {
-            let mut sink = Vec::new();
-            let _ = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut sink).await;
+        // The producer on std sockets and threads: what it waits for must
+        // not need the runtime's one worker.
+        let mut wr = std::net::TcpStream::connect(srv.addr).unwrap();
+        let mut rd = wr.try_clone().unwrap();
+        // Told when the server has closed the connection.
+        let (read_tx, read_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let _ = std::io::Read::read_to_end(&mut rd, &mut Vec::new());
+            let _ = read_tx.send(());
         });
         // The preamble and hello first (the first frame), applied.
         let hello_len = awaitscope_wire::Preamble::LEN
@@ -94,7 +102,7 @@ fn frames_queued_when_told_to_stop_are_applied() {
                     .unwrap(),
             ) as usize;
         let rest = bytes.split_off(hello_len);
-        wr.write_all(&bytes).await.unwrap();
+        std::io::Write::write_all(&mut wr, &bytes).unwrap();
         let h = srv.handle.clone();
         wait_until("the hello applied", || {
             h.with_model(|m| m.processes().count() == 1)
@@ -108,12 +116,21 @@ fn frames_queued_when_told_to_stop_are_applied() {
                 let _ = release_rx.recv();
             })
         });
-        tokio::task::block_in_place(|| locked_rx.recv()).unwrap();
+        locked_rx.recv().unwrap();
         // The reader ends once the server has read everything and closed the
         // connection: every frame is then queued (or counted as dropped).
-        wr.write_all(&rest).await.unwrap();
-        wr.shutdown().await.unwrap();
-        reader.await.unwrap();
+        // Sent over time, as a producer sends its frames: the connection
+        // reads, waits for more and is woken again while the model is held.
+        std::thread::spawn(move || {
+            for chunk in rest.chunks(rest.len().div_ceil(32)) {
+                std::io::Write::write_all(&mut wr, chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            wr.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        read_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server stopped reading the connection while the model was held");
         let h = srv.handle.clone();
         srv.stop_with(|| {
             // Time for the server to take the stop while the model is held

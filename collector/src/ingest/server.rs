@@ -8,10 +8,12 @@
 //! unaffected. Who holds a connection slot, and who gives one up to a new
 //! peer, is [`super::admission`]'s; every buffer is held against one memory
 //! budget ([`super::budget`], `--memory-budget`). Decoded frames go through
-//! one bounded queue to the task that applies them to the [`Model`]: when
-//! it is full, event batches are dropped (their callsites kept) and
-//! counted, so a slow consumer never slows the producers. Readers
-//! ([`ServerHandle`]) lock the model briefly.
+//! one bounded queue to the applier, which applies them to the [`Model`]
+//! on a blocking thread (as the periodic scan runs, so that holding the
+//! model's lock never parks a runtime worker): when the queue is full,
+//! event batches are dropped (their callsites kept) and counted, so a slow
+//! consumer never slows the producers. Readers ([`ServerHandle`]) lock the
+//! model briefly.
 //!
 //! Processes that ended are evicted from the model after
 //! [`ServerConfig::retention`]; the report keeps their summary and
@@ -19,14 +21,15 @@
 //!
 //! Viewers (`awaitscope --connect ADDR`) connect to the same port; their
 //! greeting tells them apart from producers (see [`super::viewer`] for the
-//! protocol, the late-join rebuild and the per-viewer queues). The task that
-//! applies frames to the model also appends them to each viewer's queue, so
+//! protocol, the late-join rebuild and the per-viewer queues). The applier
+//! of frames to the model also appends them to each viewer's queue, so
 //! viewers see frames in the order the model does.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,14 +181,19 @@ impl Server {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         let state = self.state;
         let (tx, mut rx) = mpsc::channel::<Input>(state.cfg.queue_capacity.max(1));
-        let mut tasks = JoinSet::new();
+        // The applier and the scanner hold the model's lock (a std mutex,
+        // which readers such as a report or a viewer's snapshot take too),
+        // each for a batch or a scan: they run on blocking threads, so that
+        // no runtime worker is parked on the lock with a task in its LIFO
+        // slot that the other workers cannot steal (a connection's task,
+        // woken by its socket, would stall until the lock was free).
         let applier = state.clone();
-        // Not among `tasks`: at shutdown it applies what is queued (bounded
-        // by the queue and the ingest budget) before the report is made,
-        // rather than being aborted with frames accepted and never counted.
-        let applier = tokio::spawn(async move {
+        // Not aborted at shutdown: it applies what is queued (bounded by the
+        // queue and the ingest budget) before the report is made, rather than
+        // ending with frames accepted and never counted.
+        let applier = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(256);
-            while rx.recv_many(&mut batch, 256).await > 0 {
+            while rx.blocking_recv_many(&mut batch, 256) > 0 {
                 // Encoded for viewers outside the model lock (when there
                 // are any; checked again under the lock).
                 let mut encoded = applier.viewers.any().then(|| encode_inputs(&batch));
@@ -211,11 +219,14 @@ impl Server {
             }
         });
         let scanner = state.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(scanner.cfg.scan_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
+        // Dropped (or sent on) to stop the scanner.
+        let (stop_scanner, scanner_stop) = std::sync::mpsc::channel::<()>();
+        let scanner = tokio::task::spawn_blocking(move || {
+            // A scan, then the interval from its end (as an interval that
+            // delays its missed ticks), until told to stop.
+            while let Err(RecvTimeoutError::Timeout) =
+                scanner_stop.recv_timeout(scanner.cfg.scan_interval)
+            {
                 let now = unix_now();
                 let mut m = lock(&scanner.model);
                 scanner.merge_drops(&mut m);
@@ -291,7 +302,10 @@ impl Server {
         if let Err(e) = applier.await {
             warn!("the model's applier ended abnormally: {e}");
         }
-        tasks.shutdown().await;
+        drop(stop_scanner);
+        if let Err(e) = scanner.await {
+            warn!("the model's scanner ended abnormally: {e}");
+        }
     }
 }
 
