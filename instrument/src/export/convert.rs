@@ -417,26 +417,25 @@ impl Exporter {
         want: bool,
     ) {
         let pending = &mut thread_reads(&mut self.threads, thread).tree;
-        let nodes = if pending.0 == span {
-            &pending.1[..]
-        } else {
+        let mut nodes = std::mem::take(&mut pending.1);
+        if pending.0 != span {
             // Its tree nodes were dropped with a full ring.
-            &[]
-        };
-        model.on_tree(span, nodes);
+            nodes.clear();
+        }
+        pending.0 = 0;
         if want {
-            // Encoded from the pending nodes in place (no event built).
-            let nodes = std::mem::take(&mut pending.1);
+            // Encoded from the nodes in place (no event built).
             let tree = wire::PollTreeRef {
                 task: SpanId(span),
-                spans: if pending.0 == span { &nodes } else { &[] },
+                spans: &nodes,
             };
             self.push_event(&tree, Self::send_batch);
-            thread_reads(&mut self.threads, thread).tree.1 = nodes;
         }
-        let pending = &mut thread_reads(&mut self.threads, thread).tree;
-        pending.0 = 0;
-        pending.1.clear();
+        // The nodes go to the model as they are; the buffer given back is
+        // the next poll's.
+        model.on_tree(span, &mut nodes);
+        nodes.clear();
+        self.threads[thread as usize].tree.1 = nodes;
     }
 
     /// Closes whose `Close` records a full ring dropped, recovered from the
