@@ -325,15 +325,23 @@ impl Exporter {
         ts: u64,
         want: bool,
     ) {
-        if let Some(i) = self.closed_young.iter().position(|(n, _)| n.id == span) {
-            // Nearly always the front (see `closed_young`).
-            if let Some((node, home)) = self.closed_young.remove(i) {
-                if want {
-                    self.emit_close(shared, span, kind, ts);
-                }
-                self.give_back(node, home);
-                return;
+        // Nearly always the front (see `closed_young`), taken without a
+        // search.
+        let young = match self.closed_young.front() {
+            Some((n, _)) if n.id == span => self.closed_young.pop_front(),
+            Some(_) => self
+                .closed_young
+                .iter()
+                .position(|(n, _)| n.id == span)
+                .and_then(|i| self.closed_young.remove(i)),
+            None => None,
+        };
+        if let Some((node, home)) = young {
+            if want {
+                self.emit_close(shared, span, kind, ts);
             }
+            self.give_back(node, home);
+            return;
         }
         let Some((node, home)) = model.on_close(span) else {
             // Not live. Most often its creation is in a ring read
