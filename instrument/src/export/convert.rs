@@ -104,49 +104,61 @@ impl Exporter {
                 }
             }
             // The rest changes no model: converted only for the destinations.
-            _ if !want => {}
+            // Each arm takes its record whole (dropped there when not
+            // converted): with a catch-all arm, every record paid a check
+            // after the match of whether it still had something to drop.
             Raw::Wake { task, by, op, ts } => {
-                self.emit_plain(Event::Wake {
-                    task: SpanId(task),
-                    op,
-                    by: span_id(by),
-                    ts: ns(ts),
-                });
+                if want {
+                    self.emit_plain(Event::Wake {
+                        task: SpanId(task),
+                        op,
+                        by: span_id(by),
+                        ts: ns(ts),
+                    });
+                }
             }
             Raw::Record(r) => {
-                // The node's fields were updated by the layer.
-                let (span, fields) = *r;
-                return Some(Event::Record {
-                    span: SpanId(span),
-                    fields,
-                });
+                if want {
+                    // The node's fields were updated by the layer.
+                    let (span, fields) = *r;
+                    return Some(Event::Record {
+                        span: SpanId(span),
+                        fields,
+                    });
+                }
             }
             Raw::FollowsFrom { span, follows } => {
-                return Some(Event::FollowsFrom {
-                    span: SpanId(span),
-                    follows: SpanId(follows),
-                })
+                if want {
+                    return Some(Event::FollowsFrom {
+                        span: SpanId(span),
+                        follows: SpanId(follows),
+                    });
+                }
             }
             Raw::Panic(p) => {
-                return Some(Event::Panic(Box::new(awaitscope_wire::Panic {
-                    task: span_id(p.task),
-                    span: span_id(p.span),
-                    message: p.message,
-                    file: p.file,
-                    line: p.line,
-                    ts: ns(p.ts),
-                    trace: p.trace,
-                })))
+                if want {
+                    return Some(Event::Panic(Box::new(awaitscope_wire::Panic {
+                        task: span_id(p.task),
+                        span: span_id(p.span),
+                        message: p.message,
+                        file: p.file,
+                        line: p.line,
+                        ts: ns(p.ts),
+                        trace: p.trace,
+                    })));
+                }
             }
             Raw::Handover(h) => {
-                return Some(Event::Handover(Box::new(awaitscope_wire::Handover {
-                    span: span_id(h.span),
-                    task: span_id(h.task),
-                    trace_id: h.trace_id,
-                    span_id: h.span_id,
-                    ts: ns(h.ts),
-                    trace: h.trace,
-                })))
+                if want {
+                    return Some(Event::Handover(Box::new(awaitscope_wire::Handover {
+                        span: span_id(h.span),
+                        task: span_id(h.task),
+                        trace_id: h.trace_id,
+                        span_id: h.span_id,
+                        ts: ns(h.ts),
+                        trace: h.trace,
+                    })));
+                }
             }
         }
         None
