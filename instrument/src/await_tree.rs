@@ -42,8 +42,27 @@ struct TreeSpan {
 /// await tree changes.
 #[derive(Default)]
 struct LiveTask {
-    /// Spans entered during the last poll that entered any.
-    tree: Vec<TreeSpan>,
+    /// Spans entered during the last poll that entered any, as its tree
+    /// nodes were read (a span entered again may repeat: see
+    /// [`LiveTask::tree`]).
+    nodes: Vec<(u64, u16)>,
+}
+
+impl LiveTask {
+    /// The task's await tree: its nodes in entry order, a span entered
+    /// again in the same poll (a loop, a select! polling the same branch)
+    /// as one node. Worked out when asked for (a dump, a reconnect), not
+    /// at every poll that changes it.
+    fn tree(&self) -> Vec<TreeSpan> {
+        let mut tree: Vec<TreeSpan> = Vec::with_capacity(self.nodes.len());
+        for &(span, depth) in &self.nodes {
+            let e = TreeSpan { span, depth };
+            if !tree.contains(&e) {
+                tree.push(e);
+            }
+        }
+        tree
+    }
 }
 
 /// The exporter's model of live spans, tasks and their await trees.
@@ -71,18 +90,13 @@ impl AwaitModel {
         );
     }
 
-    /// A poll of `task` ended with a new await tree.
-    pub fn on_tree(&mut self, task: u64, tree: &[(u64, u16)]) {
+    /// A poll of `task` ended with a new await tree: its tree nodes as
+    /// read, `nodes`, are taken (swapped in, not copied), and `nodes` is
+    /// left with the buffer of the task's previous ones (contents
+    /// unspecified; unchanged if the task is not live).
+    pub fn on_tree(&mut self, task: u64, nodes: &mut Vec<(u64, u16)>) {
         if let Some(t) = self.tasks.get_mut(&task) {
-            t.tree.clear();
-            for &(span, depth) in tree {
-                let e = TreeSpan { span, depth };
-                // A span entered again in the same poll (a loop, a select!
-                // polling the same branch) is one node.
-                if !t.tree.contains(&e) {
-                    t.tree.push(e);
-                }
-            }
+            std::mem::swap(&mut t.nodes, nodes);
         }
     }
 
@@ -92,8 +106,8 @@ impl AwaitModel {
         let mut out: Vec<_> = self
             .tasks
             .iter()
-            .filter(|(_, t)| !t.tree.is_empty())
-            .map(|(id, t)| (*id, t.tree.iter().map(|e| (e.span, e.depth)).collect()))
+            .filter(|(_, t)| !t.nodes.is_empty())
+            .map(|(id, t)| (*id, t.tree().iter().map(|e| (e.span, e.depth)).collect()))
             .collect();
         out.sort_unstable_by_key(|(id, _)| *id);
         out
@@ -155,17 +169,18 @@ impl AwaitModel {
         let mut roots: Vec<AwaitNode> = Vec::new();
         // Build the nested tree from (span, depth) in entry order.
         let mut path: Vec<usize> = Vec::new();
+        let tree = state.tree();
         let mut i = 0;
-        while i < state.tree.len() {
-            let e = state.tree[i];
+        while i < tree.len() {
+            let e = tree[i];
             i += 1;
             let Some(s) = self.spans.get(&e.span) else {
                 continue;
             };
-            let label = self.label(&s.node, &state.tree[i..]);
+            let label = self.label(&s.node, &tree[i..]);
             // The async op spans inside a resource are folded into its label.
             if s.node.class == SpanClass::Resource {
-                while i < state.tree.len() && self.is_resource_inner(state.tree[i].span) {
+                while i < tree.len() && self.is_resource_inner(tree[i].span) {
                     i += 1;
                 }
             }
@@ -468,3 +483,64 @@ pub trait AwaitPoint: std::future::Future + Sized {
 }
 
 impl<F: std::future::Future> AwaitPoint for F {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use awaitscope_wire::SpanClass;
+
+    use super::AwaitModel;
+    use crate::span_node::{NodeParts, SpanNode};
+
+    fn node(id: u64, class: SpanClass) -> Arc<SpanNode> {
+        let meta = tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            tracing::info_span!("node").metadata().unwrap()
+        });
+        Arc::new(SpanNode::new(NodeParts {
+            id,
+            ts: 0,
+            parent_id: 0,
+            ctx_task: 0,
+            ctx_span: 0,
+            callsite: 0,
+            class,
+            blocking: false,
+            meta,
+            parent: None,
+            instance: 0,
+            ctx_task_node: None,
+            link: None,
+            fields: Vec::new(),
+        }))
+    }
+
+    /// A task's tree nodes are kept as read, a span entered again in the
+    /// same poll shown once; a new tree replaces the old one, and the
+    /// buffer handed back is the old tree's.
+    #[test]
+    fn trees_are_taken_whole_and_shown_without_repeats() {
+        let mut model = AwaitModel::default();
+        for (id, class) in [
+            (1, SpanClass::Task),
+            (2, SpanClass::User),
+            (3, SpanClass::User),
+        ] {
+            model.on_span(node(id, class), 0, 0);
+        }
+        let mut nodes = vec![(2, 0), (3, 1), (2, 0), (3, 1), (3, 2)];
+        model.on_tree(1, &mut nodes);
+        assert!(nodes.is_empty(), "the task's empty tree comes back");
+        assert_eq!(model.trees(), vec![(1, vec![(2, 0), (3, 1), (3, 2)])]);
+        let labels = model.snapshot(0, |t| t).tasks[0].labels().len();
+        assert_eq!(labels, 3);
+        let mut nodes = vec![(3, 0)];
+        model.on_tree(1, &mut nodes);
+        assert_eq!(nodes.len(), 5, "the old tree's buffer comes back");
+        assert_eq!(model.trees(), vec![(1, vec![(3, 0)])]);
+        // Not a live task: nothing taken.
+        let mut nodes = vec![(2, 0)];
+        model.on_tree(9, &mut nodes);
+        assert_eq!(nodes, vec![(2, 0)]);
+    }
+}

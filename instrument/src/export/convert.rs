@@ -104,49 +104,61 @@ impl Exporter {
                 }
             }
             // The rest changes no model: converted only for the destinations.
-            _ if !want => {}
+            // Each arm takes its record whole (dropped there when not
+            // converted): with a catch-all arm, every record paid a check
+            // after the match of whether it still had something to drop.
             Raw::Wake { task, by, op, ts } => {
-                self.emit_plain(Event::Wake {
-                    task: SpanId(task),
-                    op,
-                    by: span_id(by),
-                    ts: ns(ts),
-                });
+                if want {
+                    self.emit_plain(Event::Wake {
+                        task: SpanId(task),
+                        op,
+                        by: span_id(by),
+                        ts: ns(ts),
+                    });
+                }
             }
             Raw::Record(r) => {
-                // The node's fields were updated by the layer.
-                let (span, fields) = *r;
-                return Some(Event::Record {
-                    span: SpanId(span),
-                    fields,
-                });
+                if want {
+                    // The node's fields were updated by the layer.
+                    let (span, fields) = *r;
+                    return Some(Event::Record {
+                        span: SpanId(span),
+                        fields,
+                    });
+                }
             }
             Raw::FollowsFrom { span, follows } => {
-                return Some(Event::FollowsFrom {
-                    span: SpanId(span),
-                    follows: SpanId(follows),
-                })
+                if want {
+                    return Some(Event::FollowsFrom {
+                        span: SpanId(span),
+                        follows: SpanId(follows),
+                    });
+                }
             }
             Raw::Panic(p) => {
-                return Some(Event::Panic(Box::new(awaitscope_wire::Panic {
-                    task: span_id(p.task),
-                    span: span_id(p.span),
-                    message: p.message,
-                    file: p.file,
-                    line: p.line,
-                    ts: ns(p.ts),
-                    trace: p.trace,
-                })))
+                if want {
+                    return Some(Event::Panic(Box::new(awaitscope_wire::Panic {
+                        task: span_id(p.task),
+                        span: span_id(p.span),
+                        message: p.message,
+                        file: p.file,
+                        line: p.line,
+                        ts: ns(p.ts),
+                        trace: p.trace,
+                    })));
+                }
             }
             Raw::Handover(h) => {
-                return Some(Event::Handover(Box::new(awaitscope_wire::Handover {
-                    span: span_id(h.span),
-                    task: span_id(h.task),
-                    trace_id: h.trace_id,
-                    span_id: h.span_id,
-                    ts: ns(h.ts),
-                    trace: h.trace,
-                })))
+                if want {
+                    return Some(Event::Handover(Box::new(awaitscope_wire::Handover {
+                        span: span_id(h.span),
+                        task: span_id(h.task),
+                        trace_id: h.trace_id,
+                        span_id: h.span_id,
+                        ts: ns(h.ts),
+                        trace: h.trace,
+                    })));
+                }
             }
         }
         None
@@ -325,15 +337,23 @@ impl Exporter {
         ts: u64,
         want: bool,
     ) {
-        if let Some(i) = self.closed_young.iter().position(|(n, _)| n.id == span) {
-            // Nearly always the front (see `closed_young`).
-            if let Some((node, home)) = self.closed_young.remove(i) {
-                if want {
-                    self.emit_close(shared, span, kind, ts);
-                }
-                self.give_back(node, home);
-                return;
+        // Nearly always the front (see `closed_young`), taken without a
+        // search.
+        let young = match self.closed_young.front() {
+            Some((n, _)) if n.id == span => self.closed_young.pop_front(),
+            Some(_) => self
+                .closed_young
+                .iter()
+                .position(|(n, _)| n.id == span)
+                .and_then(|i| self.closed_young.remove(i)),
+            None => None,
+        };
+        if let Some((node, home)) = young {
+            if want {
+                self.emit_close(shared, span, kind, ts);
             }
+            self.give_back(node, home);
+            return;
         }
         let Some((node, home)) = model.on_close(span) else {
             // Not live. Most often its creation is in a ring read
@@ -417,26 +437,25 @@ impl Exporter {
         want: bool,
     ) {
         let pending = &mut thread_reads(&mut self.threads, thread).tree;
-        let nodes = if pending.0 == span {
-            &pending.1[..]
-        } else {
+        let mut nodes = std::mem::take(&mut pending.1);
+        if pending.0 != span {
             // Its tree nodes were dropped with a full ring.
-            &[]
-        };
-        model.on_tree(span, nodes);
+            nodes.clear();
+        }
+        pending.0 = 0;
         if want {
-            // Encoded from the pending nodes in place (no event built).
-            let nodes = std::mem::take(&mut pending.1);
+            // Encoded from the nodes in place (no event built).
             let tree = wire::PollTreeRef {
                 task: SpanId(span),
-                spans: if pending.0 == span { &nodes } else { &[] },
+                spans: &nodes,
             };
             self.push_event(&tree, Self::send_batch);
-            thread_reads(&mut self.threads, thread).tree.1 = nodes;
         }
-        let pending = &mut thread_reads(&mut self.threads, thread).tree;
-        pending.0 = 0;
-        pending.1.clear();
+        // The nodes go to the model as they are; the buffer given back is
+        // the next poll's.
+        model.on_tree(span, &mut nodes);
+        nodes.clear();
+        self.threads[thread as usize].tree.1 = nodes;
     }
 
     /// Closes whose `Close` records a full ring dropped, recovered from the

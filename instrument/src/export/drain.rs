@@ -232,6 +232,7 @@ impl Exporter {
                         None => (counts[i], false),
                     }
                 };
+                let whole = take == counts[i];
                 // The rest of this ring goes out in the next drain.
                 counts[i] = if past_cut { 0 } else { counts[i] - take };
                 let t = ring.thread;
@@ -239,7 +240,19 @@ impl Exporter {
                     if want {
                         self.switch_thread(t, &ring.name);
                     }
-                    for raw in chunk.into_iter().take(take) {
+                    // A chunk of exactly the records taken: its iterator
+                    // needs no count of its own (a `take(n)` on it cost a
+                    // counter kept in memory per record).
+                    let chunk = if whole {
+                        chunk
+                    } else {
+                        match ring.consumer.read_chunk(take) {
+                            Ok(chunk) => chunk,
+                            // Cannot happen: `take` of these were there.
+                            Err(_) => continue,
+                        }
+                    };
+                    for raw in chunk {
                         if let Some(ev) = self.convert(shared, model, t, raw, want) {
                             self.emit(&ev);
                         }
