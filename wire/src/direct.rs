@@ -114,7 +114,10 @@ pub(crate) fn encode(ev: &Event, out: &mut Vec<u8>) -> bool {
 
 /// Appends the postcard encoding of `Event::SpanNew` with `ev`'s contents
 /// (a span's creation, the producer's most frequent event after polls and
-/// wakes on a server making a span per request).
+/// wakes on a server making a span per request). Inlined into the caller,
+/// which builds `ev` just before: its parts are written from where the
+/// caller has them, and a span known to have no fields writes no loop.
+#[inline(always)]
 pub(crate) fn encode_span_new(ev: &SpanNewRef<'_>, out: &mut Vec<u8>) {
     // Variant, id, callsite, three options, ts, the fields' count: at most
     // 1 + 10 + 5 + 3 * 11 + 10 + 10 = 69; and each field's bytes.
@@ -172,7 +175,9 @@ fn field_room(f: &Field) -> usize {
     }
 }
 
-/// Appends the postcard encoding of `Event::PollTree` with `ev`'s contents.
+/// Appends the postcard encoding of `Event::PollTree` with `ev`'s contents
+/// (inlined into the caller, as [`encode_span_new`]).
+#[inline(always)]
 pub(crate) fn encode_poll_tree(ev: &PollTreeRef<'_>, out: &mut Vec<u8>) {
     // Variant, task, count, then per span its id (10) and depth (3).
     let mut w = Writer::with_room(out, 1 + 10 + 10 + 13 * ev.spans.len());
