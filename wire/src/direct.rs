@@ -63,7 +63,7 @@ pub(crate) fn encode(ev: &Event, out: &mut Vec<u8>) -> bool {
             let mut w = Writer::new(out);
             w.varint(index::POLL);
             w.varint(task.0);
-            w.varint(start);
+            w.varint_time(start);
             w.varint(duration);
             w.varint(u64::from(wakers));
         }
@@ -79,33 +79,33 @@ pub(crate) fn encode(ev: &Event, out: &mut Vec<u8>) -> bool {
                     w.varint(by.0);
                 }
             }
-            w.varint(ts);
+            w.varint_time(ts);
         }
         Event::PollEnd { task, ts, wakers } => {
             let mut w = Writer::new(out);
             w.varint(index::POLL_END);
             w.varint(task.0);
-            w.varint(ts);
+            w.varint_time(ts);
             w.varint(u64::from(wakers));
         }
         Event::Enter { span, ts } => {
             let mut w = Writer::new(out);
             w.varint(index::ENTER);
             w.varint(span.0);
-            w.varint(ts);
+            w.varint_time(ts);
         }
         Event::Exit { span, ts } => {
             let mut w = Writer::new(out);
             w.varint(index::EXIT);
             w.varint(span.0);
-            w.varint(ts);
+            w.varint_time(ts);
         }
         Event::Close { span, kind, ts } => {
             let mut w = Writer::new(out);
             w.varint(index::CLOSE);
             w.varint(span.0);
             w.varint(close_kind(kind));
-            w.varint(ts);
+            w.varint_time(ts);
         }
         _ => return false,
     }
@@ -114,7 +114,10 @@ pub(crate) fn encode(ev: &Event, out: &mut Vec<u8>) -> bool {
 
 /// Appends the postcard encoding of `Event::SpanNew` with `ev`'s contents
 /// (a span's creation, the producer's most frequent event after polls and
-/// wakes on a server making a span per request).
+/// wakes on a server making a span per request). Inlined into the caller,
+/// which builds `ev` just before: its parts are written from where the
+/// caller has them, and a span known to have no fields writes no loop.
+#[inline(always)]
 pub(crate) fn encode_span_new(ev: &SpanNewRef<'_>, out: &mut Vec<u8>) {
     // Variant, id, callsite, three options, ts, the fields' count: at most
     // 1 + 10 + 5 + 3 * 11 + 10 + 10 = 69; and each field's bytes.
@@ -132,7 +135,7 @@ pub(crate) fn encode_span_new(ev: &SpanNewRef<'_>, out: &mut Vec<u8>) {
             }
         }
     }
-    w.varint(ev.ts);
+    w.varint_time(ev.ts);
     w.varint(ev.fields.len() as u64);
     for f in ev.fields {
         w.varint(u64::from(f.index));
@@ -172,7 +175,9 @@ fn field_room(f: &Field) -> usize {
     }
 }
 
-/// Appends the postcard encoding of `Event::PollTree` with `ev`'s contents.
+/// Appends the postcard encoding of `Event::PollTree` with `ev`'s contents
+/// (inlined into the caller, as [`encode_span_new`]).
+#[inline(always)]
 pub(crate) fn encode_poll_tree(ev: &PollTreeRef<'_>, out: &mut Vec<u8>) {
     // Variant, task, count, then per span its id (10) and depth (3).
     let mut w = Writer::with_room(out, 1 + 10 + 10 + 13 * ev.spans.len());
@@ -226,7 +231,7 @@ impl<'a> Writer<'a> {
     /// A writer of at most `room` bytes.
     #[inline(always)]
     fn with_room(out: &'a mut Vec<u8>, room: usize) -> Self {
-        out.reserve(room);
+        out.reserve(room + SLACK);
         let len = out.len();
         Self {
             base: out.as_mut_ptr(),
@@ -265,9 +270,11 @@ impl<'a> Writer<'a> {
         self.len += 1;
     }
 
-    /// LEB128, as postcard's `varint_u64`. Values under 2^28 (ids, and
-    /// times and durations of the first few minutes) are written without a
-    /// loop, by length; longer ones byte by byte.
+    /// LEB128, as postcard's `varint_u64`. Values under 2^28 (ids, counts,
+    /// durations) are written without a loop, by length; longer ones byte
+    /// by byte. (Times are written by [`Writer::varint_time`]: the wide
+    /// path's constants, inlined here, would be kept in registers across
+    /// the loops that write ids.)
     #[inline(always)]
     fn varint(&mut self, v: u64) {
         if v < 1 << 7 {
@@ -285,15 +292,90 @@ impl<'a> Writer<'a> {
             self.byte((v >> 14) as u8 | 0x80);
             self.byte((v >> 21) as u8);
         } else {
-            let mut v = v;
-            while v >= 0x80 {
-                self.byte(v as u8 | 0x80);
-                v >>= 7;
-            }
-            self.byte(v as u8);
+            self.varint_long(v);
         }
     }
+
+    /// LEB128 of `v`, byte by byte.
+    #[inline(always)]
+    fn varint_long(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    /// [`Writer::varint`] of a time: nanoseconds since the program's
+    /// start, past 2^28 (a quarter of a second) almost always, so taken to
+    /// [`Writer::varint_wide`] (any length under 2^56) without testing the
+    /// short lengths first.
+    #[inline(always)]
+    fn varint_time(&mut self, v: u64) {
+        if v < 1 << 56 {
+            self.varint_wide(v);
+        } else {
+            self.varint_long(v);
+        }
+    }
+
+    /// LEB128 of `v` (`v < 2^56`) as one 8-byte store: its 7-bit
+    /// groups spread to a byte each, the continuation bit set on all but
+    /// the last of its `n` bytes. The bytes past the `n`th are written too
+    /// (zeros, into the slack [`Writer::with_room`] reserves) and left out
+    /// of the length.
+    #[inline(always)]
+    fn varint_wide(&mut self, v: u64) {
+        debug_assert!(v < 1 << 56);
+        // Two groups of 28 bits, a 32-bit lane each; then 14 in each 16-bit
+        // lane; then 7 in each byte.
+        let x = (v & 0x0fff_ffff) | ((v >> 28) << 32);
+        let lo = x & 0x0000_3fff_0000_3fff;
+        let x = lo | ((x ^ lo) << 2);
+        let lo = x & 0x007f_007f_007f_007f;
+        let x = lo | ((x ^ lo) << 1);
+        // The index of the highest set bit gives the length (and which
+        // bytes continue).
+        let top = 63 - (v | 1).leading_zeros() as usize;
+        let (n, more) = WIDE[top];
+        debug_assert!(self.len + n <= self.end);
+        // SAFETY: `len + n <= end` (the same room every byte is written
+        // within, see `byte`), and `with_room` reserved `SLACK` bytes of
+        // capacity past `end`, so the 8 bytes from `len` are capacity of
+        // `out` (8 <= n + SLACK for `n >= 1`), not reallocated while this
+        // borrows it.
+        unsafe {
+            self.base
+                .add(self.len)
+                .cast::<[u8; 8]>()
+                .write_unaligned((x | more).to_le_bytes());
+        }
+        self.len += n;
+    }
 }
+
+/// Capacity reserved past a writer's room for [`Writer::varint_wide`]'s
+/// 8-byte stores.
+const SLACK: usize = 8;
+
+/// For each index of a value's highest set bit (below 56; the rest are not
+/// used, the table covers them so that no index needs a check): its LEB128
+/// length, and the continuation bits of all its bytes but the last.
+const WIDE: [(usize, u64); 64] = {
+    let mut t = [(0, 0); 64];
+    let mut top = 0;
+    while top < 56 {
+        let n = top / 7 + 1;
+        let more = if n == 1 {
+            0
+        } else {
+            0x8080_8080_8080_8080u64 >> (64 - 8 * (n - 1))
+        };
+        t[top] = (n, more);
+        top += 1;
+    }
+    t
+};
 
 impl Drop for Writer<'_> {
     #[inline(always)]
@@ -645,6 +727,7 @@ impl Reader<'_> {
 mod tests {
     use super::*;
     use crate::SpanId;
+    use proptest::prelude::Strategy;
 
     fn postcard(ev: &Event) -> Vec<u8> {
         postcard::to_allocvec(ev).unwrap()
@@ -751,6 +834,109 @@ mod tests {
                 assert_eq!(r.varint_u64(), Some(v));
                 assert_eq!(r.buf.len(), b.len() - n);
             }
+        }
+    }
+
+    /// The LEB128 writer this module had before [`Writer::varint_wide`]:
+    /// byte by byte, the reference the writer is checked against.
+    fn reference_varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Writes `values` one after another with [`Writer::varint`] (and
+    /// again with [`Writer::varint_time`]) after a few bytes already in the
+    /// vector, in room for exactly their longest encodings, and checks the
+    /// bytes against [`reference_varint`]'s and postcard's.
+    fn check_varints(values: &[u64]) {
+        let mut theirs = vec![0xa5u8; 3];
+        for &v in values {
+            reference_varint(v, &mut theirs);
+        }
+        let mut pc = vec![0xa5u8; 3];
+        for &v in values {
+            pc.extend_from_slice(&postcard::to_allocvec(&v).unwrap());
+        }
+        assert_eq!(pc, theirs, "{values:x?}");
+        for time in [false, true] {
+            let mut ours = vec![0xa5u8; 3];
+            {
+                let mut w = Writer::with_room(&mut ours, 10 * values.len());
+                for &v in values {
+                    if time {
+                        w.varint_time(v);
+                    } else {
+                        w.varint(v);
+                    }
+                }
+            }
+            assert_eq!(ours, theirs, "{values:x?}");
+        }
+    }
+
+    /// Every 7-bit boundary (each length's first and last values and their
+    /// neighbours), every power of two and its neighbours, alone and
+    /// followed by other values.
+    #[test]
+    fn varints_at_every_boundary_are_the_reference_ones() {
+        let mut values = vec![0, 1, u64::MAX, u64::MAX - 1];
+        for k in 1..=9u32 {
+            let b = 1u64 << (7 * k);
+            values.extend([b - 2, b - 1, b, b + 1, b | 0x55, (b - 1) & !0x7f]);
+        }
+        for bit in 0..64 {
+            let b = 1u64 << bit;
+            values.extend([b, b - 1, b | (b >> 1), b.wrapping_add(1), !(b - 1)]);
+        }
+        for &v in &values {
+            check_varints(&[v]);
+            for &u in &values {
+                check_varints(&[v, u]);
+            }
+        }
+        check_varints(&values);
+    }
+
+    /// Values over the whole `u64` range: of every bit length, uniform, and
+    /// in runs (each written right after the one before).
+    #[test]
+    fn random_varints_are_the_reference_ones() {
+        // xorshift64*: deterministic, no dependency.
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            s.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for _ in 0..20_000 {
+            let mut run = [0u64; 6];
+            for v in &mut run {
+                let r = next();
+                *v = match r % 3 {
+                    0 => r,
+                    _ => next() >> ((r >> 2) % 64),
+                };
+            }
+            check_varints(&run);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn proptest_varints_are_the_reference_ones(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u64>(),
+                    (proptest::prelude::any::<u64>(), 0u32..64).prop_map(|(v, s)| v >> s),
+                ],
+                1..12,
+            )
+        ) {
+            check_varints(&values);
         }
     }
 

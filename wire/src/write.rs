@@ -25,14 +25,14 @@ impl EncodesAsEvent for Event {
     }
 }
 impl EncodesAsEvent for SpanNewRef<'_> {
-    #[inline]
+    #[inline(always)]
     fn encode_direct(&self, out: &mut Vec<u8>) -> bool {
         crate::direct::encode_span_new(self, out);
         true
     }
 }
 impl EncodesAsEvent for PollTreeRef<'_> {
-    #[inline]
+    #[inline(always)]
     fn encode_direct(&self, out: &mut Vec<u8>) -> bool {
         crate::direct::encode_poll_tree(self, out);
         true
