@@ -30,7 +30,7 @@ use crate::names;
 /// span into. The second line holds the rest of the exporter's reads
 /// (`meta`) and a task's poll state, which entering and exiting it write.
 /// (Aligning the node to a cache line was measured: the aligned
-/// allocation made span creation ~50% slower.)
+/// allocation made span creation markedly slower.)
 #[repr(C)]
 pub(crate) struct SpanNode {
     /// awaitscope's id of the span, the one sent on the wire: unlike a

@@ -1,9 +1,9 @@
 //! Postcard's encoding of the most frequent events, written and read
 //! directly.
 //!
-//! Why by hand: through serde, postcard spends ~250 instructions on a
-//! `Poll` event (a call per field, a bounds-checked push per byte), more
-//! than half of what the producer's exporter does per event. These events
+//! Why by hand: through serde, postcard makes a call per field and a
+//! bounds-checked push per byte, which was more than half of what the
+//! producer's exporter did per event (BENCHMARKS.md). These events
 //! are a variant index and a few varints, so this writes exactly what
 //! postcard writes for them: an enum variant as the varint of its index, a
 //! newtype as its inner value, an integer as a varint (LEB128), an option
@@ -12,11 +12,9 @@
 //! with this with postcard's for arbitrary events and for these events at
 //! every varint length, and `tests/golden.rs` pins whole frames.
 //!
-//! Reading: a collector decodes every frame a program sends; through serde
-//! postcard spent ~275 instructions per event of a batch (callgrind).
-//! Decoding a 2.2 M-event recording of the benchmark workload took a median
-//! 34 ns per event through serde and 27 directly (5 passes each, one
-//! process). [`decode_events_frame`] reads a batch's frequent
+//! Reading: a collector decodes every frame a program sends, and serde's
+//! path per event was measurably slower than this one (BENCHMARKS.md).
+//! [`decode_events_frame`] reads a batch's frequent
 //! events as postcard reads them (same varints, same checks) and hands any
 //! other event to postcard; on anything unusual it gives up, and the frame
 //! is decoded by serde from the start, so errors are serde's.

@@ -26,8 +26,9 @@ const MAX_THREADS: usize = 1 << 12;
 /// Most allocations of dropped tasks a process keeps for new ones
 /// ([`Process::spare_tasks`]; with their heap, ~600 bytes each for a task
 /// of tokio's spawn fields, up to ~2.5 MB). A program that spawns tasks in
-/// bursts of a thousand from a few spawners ends as many at once: 1,024
-/// kept 68 % of them for reuse on the churn workload, 4,096 kept 98 %.
+/// bursts of a thousand from a few spawners ends as many at once: a
+/// quarter of this cap left a third of them unused on the churn workload,
+/// this cap nearly none (BENCHMARKS.md, "Sixth sitting: ingest").
 const SPARE_TASKS: usize = 4096;
 /// Deepest span stack tracked per thread.
 pub(super) const MAX_STACK: usize = 256;

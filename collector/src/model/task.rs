@@ -136,7 +136,7 @@ fn value_at(index: usize) -> u64 {
 
 /// A histogram's counts by `hdrhistogram`'s index, without its
 /// bookkeeping: recording a value is an index and an add (`record_n`
-/// costs ~80 instructions a call, and every poll records two values). The
+/// checks and updates far more per call, and every poll records two). The
 /// `hdrhistogram` a reader gets ([`Task::histograms`]) is made from it:
 /// each index's count recorded at that index's lowest value, so its
 /// counts, total, percentiles, mean, min and max (all told by index) are

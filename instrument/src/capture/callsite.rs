@@ -114,8 +114,8 @@ thread_local! {
     /// This thread's recent lookups, by metadata address: (serial of the
     /// `Callsites`, metadata address, its info). A callsite's info never
     /// changes once registered, so an entry stays true; the shared map's
-    /// lock-free load (~100 instructions, a reference count on a shared
-    /// line) is paid once per callsite and thread, not per span created.
+    /// lock-free load (a reference count on a shared cache line) is paid
+    /// once per callsite and thread, not per span created.
     static RECENT: [Cell<(u64, usize, Info)>; RECENT_SLOTS] =
         const { [const { Cell::new(NO_ENTRY) }; RECENT_SLOTS] };
 }

@@ -100,7 +100,7 @@ pub(crate) struct Capture {
     /// and matches on its clock kind at every read), and
     /// [`Capture::delta_nanos`] converts with one multiply and a shift (the
     /// exporter converts two or three readings per event; quanta's
-    /// `delta_as_nanos` matches and calls out each time, ~25 instructions).
+    /// `delta_as_nanos` matches on the clock kind and calls out each time).
     tsc_scale: Option<u64>,
     /// Raw clock reading at the process origin (ns 0 on the wire).
     pub origin_raw: u64,

@@ -20,8 +20,8 @@ impl Exporter {
 
     /// [`Exporter::emit`] of an event with nothing to drop (ids, times and
     /// counts: see [`is_plain`]), without a call to `Event`'s drop glue,
-    /// which the compiler does not elide for a temporary (~20 instructions
-    /// per event).
+    /// which the compiler does not elide for a temporary (paid per
+    /// event).
     #[inline(always)]
     pub(super) fn emit_plain(&mut self, ev: Event) {
         debug_assert!(is_plain(&ev));

@@ -10,9 +10,9 @@
 //! page search on insertion, a remove in two compare-and-swaps after a
 //! lookup that took a third). Here a lookup is a compare-and-swap and a
 //! decrement, an allocation a few plain loads and stores on the thread's
-//! list, a removal one compare-and-swap: on mini-redis (#17) a request
-//! span's creation went from ~720 instructions to 640 and its close from
-//! 435 to 299 (see BENCHMARKS.md, "Sixth sitting").
+//! list, a removal one compare-and-swap: a request span's creation and
+//! close cost measurably less on mini-redis (#17; the figures are in
+//! BENCHMARKS.md, "Sixth sitting").
 //!
 //! - **Ids** are `generation << 32 | (index + 1)`: non-zero, and a slot's
 //!   generation advances when its value is removed, so an id kept after its

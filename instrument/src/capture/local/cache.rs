@@ -14,7 +14,8 @@ pub(super) const CACHE: usize = 1024;
 
 /// Most entries it grows to (256 KiB), when it misses often: a thread that
 /// polls thousands of tasks in turn would otherwise look many of them up in
-/// the registry at every poll (a lookup costs ~200 ns, a hit a few).
+/// the registry at every poll (a lookup in it costs far more than a hit
+/// here).
 pub(super) const MAX_CACHE: usize = 1 << 14;
 
 /// Lookups between two checks of the miss rate.
