@@ -191,6 +191,14 @@ pub struct Process {
     /// batch of two workers switches between them nearly every event, and
     /// switching back to it then takes no lookup.
     left: Option<(u32, u64)>,
+    /// Whether the current thread is in `threads` with room on its stack
+    /// (see [`Process::stack_room`]), when known: forgotten when the
+    /// current thread's state is reached mutably ([`Process::thread`]) or
+    /// another thread becomes current, but for the thread left last.
+    cur_room: Option<bool>,
+    /// The same for the thread in `left`, kept while it is not current
+    /// (only the current thread's stack changes, or a reconnect's).
+    left_room: Option<bool>,
     pub(crate) last_seq: Option<u64>,
     /// Between a `Hello` and the next `Thread` event: what arrives is the
     /// state the producer sends again at its handshake (its live spans,
@@ -252,6 +260,8 @@ impl Process {
             cur_clock: 0,
             cur_known: None,
             left: None,
+            cur_room: None,
+            left_room: None,
             last_seq: None,
             resync: false,
             last_group: None,
@@ -322,6 +332,8 @@ impl Process {
             for th in self.threads.values_mut() {
                 th.stack.clear();
             }
+            self.cur_room = None;
+            self.left_room = None;
             let now = self.now;
             let mut ended = Vec::new();
             for t in self.tasks.values_mut() {
@@ -400,6 +412,7 @@ impl Process {
         }
         let (old, clock) = (self.cur_thread, self.cur_clock);
         let left = self.left.take();
+        let (old_room, left_room) = (self.cur_room.take(), self.left_room.take());
         if self.cur_known != Some(old) {
             // The old thread may not be in the map (then `thread` adds it,
             // or folds it into the excess threads' entry): everything is
@@ -418,6 +431,7 @@ impl Process {
                 self.cur_thread = id;
                 self.cur_clock = c;
                 self.cur_known = Some(id);
+                self.cur_room = left_room;
             }
             other => {
                 if let Some((t, c)) = other {
@@ -429,11 +443,29 @@ impl Process {
         // The old thread's clock kept rather than written back (its entry
         // is in the map: the clock there is at most this).
         self.left = Some((old, clock));
+        self.left_room = old_room;
+    }
+
+    /// Whether the current thread is in `threads` with room on its stack
+    /// for another span: remembered (see `cur_room`), a whole poll asks at
+    /// every poll.
+    #[inline]
+    pub(super) fn stack_room(&mut self) -> bool {
+        if let Some(room) = self.cur_room {
+            return room;
+        }
+        let room = self
+            .threads
+            .get(&self.cur_thread)
+            .is_some_and(|th| th.stack.len() < MAX_STACK);
+        self.cur_room = Some(room);
+        room
     }
 
     /// Makes `id` current with the clock of its entry in the map.
     fn enter_thread(&mut self, id: u32) {
         let clock = self.threads.get(&id).map(|t| t.clock);
+        self.cur_room = None;
         self.cur_thread = id;
         self.cur_clock = clock.unwrap_or(0);
         self.cur_known = clock.map(|_| id);
@@ -517,6 +549,8 @@ impl Process {
 
     /// The current thread's state (excess threads share one).
     pub(super) fn thread(&mut self) -> &mut ThreadState {
+        // Its stack may change, or it be added to the map.
+        self.cur_room = None;
         let mut id = self.cur_thread;
         if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&id) {
             // Fold excess threads into one; better than unbounded growth.
