@@ -406,10 +406,29 @@ impl Process {
     }
 
     /// Makes thread `id` the current one (its events follow).
+    #[inline]
     pub(super) fn set_thread(&mut self, id: u32) {
         if id == self.cur_thread {
             return;
         }
+        // Back to the thread left last, from one made current from the map
+        // (a merged batch of two workers, nearly every switch): inlined.
+        if let Some((t, c)) = self.left {
+            if t == id && self.cur_known == Some(self.cur_thread) {
+                self.left = Some((self.cur_thread, self.cur_clock));
+                self.cur_thread = id;
+                self.cur_clock = c;
+                self.cur_known = Some(id);
+                std::mem::swap(&mut self.cur_room, &mut self.left_room);
+                return;
+            }
+        }
+        self.switch_thread(id);
+    }
+
+    /// [`Process::set_thread`] to a thread other than the one left last.
+    #[inline(never)]
+    fn switch_thread(&mut self, id: u32) {
         let (old, clock) = (self.cur_thread, self.cur_clock);
         let left = self.left.take();
         let (old_room, left_room) = (self.cur_room.take(), self.left_room.take());
