@@ -505,11 +505,7 @@ impl Process {
         if O::STEPS {
             return false;
         }
-        let stack_ok = self
-            .threads
-            .get(&self.cur_thread)
-            .is_some_and(|th| th.stack.len() < MAX_STACK);
-        if !stack_ok {
+        if !self.stack_room() {
             return false;
         }
         let Some(t) = self.tasks.get_mut(&task) else {

@@ -15,7 +15,6 @@ fn merge_threads(events: &[Event]) -> Vec<(Option<u32>, &Event)> {
     // Batches of one `Thread` too (which `apply_events` applies in order).
     match merge_batch(events, 0) {
         Some(order) => order
-            .into_iter()
             .map(|(j, switch)| ((switch != NO_SWITCH).then_some(switch), &events[j as usize]))
             .collect(),
         // Already in order: each run's first event is its `Thread` (or the
@@ -53,6 +52,24 @@ struct Run {
     end: usize,
 }
 
+/// A run's smallest and largest key, for [`in_order`]: its timestamps (an
+/// untimed event takes one of its run's), and 0 for a callsite or for every
+/// event of a run without a timed one.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    lo: u64,
+    hi: u64,
+    timed: bool,
+}
+
+impl Bounds {
+    const EMPTY: Bounds = Bounds {
+        lo: u64::MAX,
+        hi: 0,
+        timed: false,
+    };
+}
+
 /// In [`merge_order`]'s order: the event does not start a stretch of
 /// another thread's run (a run's thread `u32::MAX` never does).
 pub(crate) const NO_SWITCH: u32 = u32::MAX;
@@ -69,27 +86,45 @@ pub(crate) const NO_SWITCH: u32 = u32::MAX;
 /// `Thread` event, or every run's keys at most the keys of the runs after it
 /// (found from each run's smallest and largest key, without keying every
 /// event).
-pub(crate) fn merge_order(events: &[Event]) -> Option<Vec<(u32, u32)>> {
+pub(crate) fn merge_order(events: &[Event]) -> Option<Merge> {
     merge_batch(events, 2)
 }
 
 /// [`merge_order`] of a batch with at least `min_threads` `Thread` events
 /// (`None` for fewer).
-fn merge_batch(events: &[Event], min_threads: usize) -> Option<Vec<(u32, u32)>> {
+fn merge_batch(events: &[Event], min_threads: usize) -> Option<Merge> {
+    // The runs and their bounds, in one pass.
     let mut runs: Vec<Run> = Vec::new();
+    let mut bounds: Vec<Bounds> = Vec::new();
     let mut threads = 0usize;
+    let mut b = Bounds::EMPTY;
     for (j, e) in events.iter().enumerate() {
-        if let Event::Thread { id, .. } = e {
-            threads += 1;
-            if let Some(r) = runs.last_mut() {
-                r.end = j;
+        match e.ts() {
+            Some(ts) => {
+                b.timed = true;
+                b.lo = b.lo.min(ts);
+                b.hi = b.hi.max(ts);
             }
-            runs.push(Run {
-                thread: *id,
-                pos: j,
-                end: events.len(),
-            });
-        } else if runs.is_empty() {
+            None => match e {
+                Event::Thread { id, .. } => {
+                    threads += 1;
+                    if let Some(r) = runs.last_mut() {
+                        r.end = j;
+                        bounds.push(b);
+                    }
+                    b = Bounds::EMPTY;
+                    runs.push(Run {
+                        thread: *id,
+                        pos: j,
+                        end: events.len(),
+                    });
+                    continue;
+                }
+                Event::Callsite(_) => b.lo = 0,
+                _ => {}
+            },
+        }
+        if runs.is_empty() {
             runs.push(Run {
                 thread: u32::MAX,
                 pos: 0,
@@ -97,43 +132,29 @@ fn merge_batch(events: &[Event], min_threads: usize) -> Option<Vec<(u32, u32)>> 
             });
         }
     }
+    if !runs.is_empty() {
+        bounds.push(b);
+    }
     if threads < min_threads {
         return None;
     }
-    if in_order(events, &runs) {
+    if in_order(&runs, &bounds) {
         return None;
     }
     let keys = keys(events, &runs);
-    Some(order(&keys, runs))
+    Some(Merge::new(keys, runs))
 }
 
 /// Whether the runs are in order: every run's largest key at most the
-/// smallest of every later run (ties go to the earlier run). A run's keys
-/// are its timestamps (an untimed event takes one of its run's), and 0 for
-/// a callsite or for every event of a run without a timed one.
-fn in_order(events: &[Event], runs: &[Run]) -> bool {
+/// smallest of every later run (ties go to the earlier run).
+fn in_order(runs: &[Run], bounds: &[Bounds]) -> bool {
     let mut later_min = u64::MAX;
-    for r in runs.iter().rev() {
+    for (r, b) in runs.iter().zip(bounds).rev() {
         if r.end <= r.pos {
             continue;
         }
-        let (mut lo, mut hi) = (u64::MAX, 0);
-        let mut timed = false;
-        for e in &events[r.pos..r.end] {
-            match e.ts() {
-                Some(ts) => {
-                    timed = true;
-                    lo = lo.min(ts);
-                    hi = hi.max(ts);
-                }
-                None if matches!(e, Event::Callsite(_)) => lo = 0,
-                None => {}
-            }
-        }
-        if !timed {
-            lo = 0;
-        }
-        if hi > later_min {
+        let lo = if b.timed { b.lo } else { 0 };
+        if b.hi > later_min {
             return false;
         }
         later_min = later_min.min(lo);
@@ -150,93 +171,128 @@ fn keys(events: &[Event], runs: &[Run]) -> Vec<u64> {
     // Trees since the last timed event of the run.
     let mut trees: Vec<usize> = Vec::new();
     for r in runs {
-        let mut prev: Option<u64> = None;
-        trees.clear();
-        for j in r.pos..r.end {
-            let e = &events[j];
-            if matches!(e, Event::Callsite(_)) {
-                continue;
+        // The run's first timed event: the untimed events before it (but
+        // callsites) take its key.
+        let Some((first, ts)) = (r.pos..r.end).find_map(|j| events[j].ts().map(|ts| (j, ts)))
+        else {
+            continue;
+        };
+        for i in r.pos..first {
+            if !matches!(events[i], Event::Callsite(_)) {
+                keys[i] = ts;
             }
+        }
+        keys[first] = ts;
+        let mut prev = ts;
+        trees.clear();
+        for j in first + 1..r.end {
+            let e = &events[j];
             keys[j] = match e.ts() {
                 Some(ts) => {
                     for &i in &trees {
                         keys[i] = ts;
                     }
                     trees.clear();
-                    if prev.is_none() {
-                        // The untimed events so far take this key.
-                        for i in r.pos..j {
-                            if !matches!(events[i], Event::Callsite(_)) {
-                                keys[i] = ts;
-                            }
-                        }
-                    }
-                    prev = Some(ts);
+                    prev = ts;
                     ts
                 }
-                None => match prev {
-                    Some(p) => {
-                        if goes_with_next(e) {
-                            trees.push(j);
-                        }
-                        p
+                None => {
+                    if matches!(e, Event::Callsite(_)) {
+                        continue;
                     }
-                    None => continue,
-                },
+                    if goes_with_next(e) {
+                        trees.push(j);
+                    }
+                    prev
+                }
             };
         }
     }
     keys
 }
 
-/// The k-way merge of `runs` by `keys`: the smallest head first, the
-/// earliest run on ties. Once a run is chosen, it goes on while its head
-/// would still win against the smallest head of the others (which do not
-/// move meanwhile), so the heads are compared once per stretch.
-fn order(keys: &[u64], mut runs: Vec<Run>) -> Vec<(u32, u32)> {
-    // The smallest head (key, run) among runs other than `skip`.
-    let min_head = |runs: &[Run], skip: Option<usize>| {
-        let mut best: Option<(u64, usize)> = None;
-        for (i, r) in runs.iter().enumerate() {
-            if Some(i) == skip || r.pos >= r.end {
-                continue;
-            }
-            let k = keys[r.pos];
-            if best.is_none_or(|(bk, _)| k < bk) {
-                best = Some((k, i));
-            }
+/// The smallest head (key, run) among `runs` other than `skip`, the
+/// earliest run on ties.
+fn min_head(keys: &[u64], runs: &[Run], skip: usize) -> Option<(u64, usize)> {
+    let mut best: Option<(u64, usize)> = None;
+    for (i, r) in runs.iter().enumerate() {
+        if i == skip || r.pos >= r.end {
+            continue;
         }
-        best
-    };
-    let mut out = Vec::with_capacity(keys.len());
-    let mut last: Option<usize> = None;
-    while let Some((_, i)) = min_head(&runs, None) {
-        let other = min_head(&runs, Some(i));
-        let Run { thread, pos, end } = runs[i];
-        let switch = if last != Some(i) { thread } else { NO_SWITCH };
-        out.push((pos as u32, switch));
-        let mut pos = pos + 1;
-        match other {
-            None => {
-                out.extend((pos..end).map(|j| (j as u32, NO_SWITCH)));
-                pos = end;
-            }
-            Some((ok, oi)) => {
-                while pos < end {
-                    let k = keys[pos];
-                    if k < ok || (k == ok && i < oi) {
-                        out.push((pos as u32, NO_SWITCH));
-                        pos += 1;
-                    } else {
-                        break;
-                    }
-                }
-            }
+        let k = keys[r.pos];
+        if best.is_none_or(|(bk, _)| k < bk) {
+            best = Some((k, i));
         }
-        runs[i].pos = pos;
-        last = Some(i);
     }
-    out
+    best
+}
+
+/// The k-way merge of a batch's runs by their keys, as an iterator of
+/// [`merge_order`]'s pairs: the smallest head first, the earliest run on
+/// ties. Once a run is chosen, it goes on while its head would still win
+/// against the smallest head of the others (which do not move meanwhile),
+/// so the heads are compared once per stretch; when it stops, that head of
+/// the others is the smallest of all, and the next stretch is its run's.
+pub(crate) struct Merge {
+    keys: Vec<u64>,
+    runs: Vec<Run>,
+    /// The run of the current stretch (`usize::MAX` before the first).
+    cur: usize,
+    /// Its next event and end (its `Run::pos` is written back when the
+    /// stretch ends).
+    pos: usize,
+    end: usize,
+    /// The smallest head of the other runs.
+    other: Option<(u64, usize)>,
+}
+
+impl Merge {
+    fn new(keys: Vec<u64>, runs: Vec<Run>) -> Merge {
+        let other = min_head(&keys, &runs, usize::MAX);
+        Merge {
+            keys,
+            runs,
+            cur: usize::MAX,
+            pos: 0,
+            end: 0,
+            other,
+        }
+    }
+
+    /// Ends the current stretch and starts the next (`None`: all merged).
+    fn switch(&mut self) -> Option<(u32, u32)> {
+        if let Some(r) = self.runs.get_mut(self.cur) {
+            r.pos = self.pos;
+        }
+        let (_, i) = self.other?;
+        let Run { thread, pos, end } = self.runs[i];
+        self.cur = i;
+        self.pos = pos + 1;
+        self.end = end;
+        self.other = min_head(&self.keys, &self.runs, i);
+        Some((pos as u32, thread))
+    }
+}
+
+impl Iterator for Merge {
+    type Item = (u32, u32);
+
+    #[inline]
+    fn next(&mut self) -> Option<(u32, u32)> {
+        if self.pos < self.end {
+            let k = self.keys[self.pos];
+            let go = match self.other {
+                None => true,
+                Some((ok, oi)) => k < ok || (k == ok && self.cur < oi),
+            };
+            if go {
+                let j = self.pos;
+                self.pos += 1;
+                return Some((j as u32, NO_SWITCH));
+            }
+        }
+        self.switch()
+    }
 }
 
 #[cfg(test)]

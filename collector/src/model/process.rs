@@ -192,6 +192,14 @@ pub struct Process {
     /// batch of two workers switches between them nearly every event, and
     /// switching back to it then takes no lookup.
     left: Option<(u32, u64)>,
+    /// Whether the current thread is in `threads` with room on its stack
+    /// (see [`Process::stack_room`]), when known: forgotten when the
+    /// current thread's state is reached mutably ([`Process::thread`]) or
+    /// another thread becomes current, but for the thread left last.
+    cur_room: Option<bool>,
+    /// The same for the thread in `left`, kept while it is not current
+    /// (only the current thread's stack changes, or a reconnect's).
+    left_room: Option<bool>,
     pub(crate) last_seq: Option<u64>,
     /// Between a `Hello` and the next `Thread` event: what arrives is the
     /// state the producer sends again at its handshake (its live spans,
@@ -253,6 +261,8 @@ impl Process {
             cur_clock: 0,
             cur_known: None,
             left: None,
+            cur_room: None,
+            left_room: None,
             last_seq: None,
             resync: false,
             last_group: None,
@@ -323,6 +333,8 @@ impl Process {
             for th in self.threads.values_mut() {
                 th.stack.clear();
             }
+            self.cur_room = None;
+            self.left_room = None;
             let now = self.now;
             let mut ended = Vec::new();
             for t in self.tasks.values_mut() {
@@ -395,12 +407,32 @@ impl Process {
     }
 
     /// Makes thread `id` the current one (its events follow).
+    #[inline]
     pub(super) fn set_thread(&mut self, id: u32) {
         if id == self.cur_thread {
             return;
         }
+        // Back to the thread left last, from one made current from the map
+        // (a merged batch of two workers, nearly every switch): inlined.
+        if let Some((t, c)) = self.left {
+            if t == id && self.cur_known == Some(self.cur_thread) {
+                self.left = Some((self.cur_thread, self.cur_clock));
+                self.cur_thread = id;
+                self.cur_clock = c;
+                self.cur_known = Some(id);
+                std::mem::swap(&mut self.cur_room, &mut self.left_room);
+                return;
+            }
+        }
+        self.switch_thread(id);
+    }
+
+    /// [`Process::set_thread`] to a thread other than the one left last.
+    #[inline(never)]
+    fn switch_thread(&mut self, id: u32) {
         let (old, clock) = (self.cur_thread, self.cur_clock);
         let left = self.left.take();
+        let (old_room, left_room) = (self.cur_room.take(), self.left_room.take());
         if self.cur_known != Some(old) {
             // The old thread may not be in the map (then `thread` adds it,
             // or folds it into the excess threads' entry): everything is
@@ -419,6 +451,7 @@ impl Process {
                 self.cur_thread = id;
                 self.cur_clock = c;
                 self.cur_known = Some(id);
+                self.cur_room = left_room;
             }
             other => {
                 if let Some((t, c)) = other {
@@ -430,11 +463,29 @@ impl Process {
         // The old thread's clock kept rather than written back (its entry
         // is in the map: the clock there is at most this).
         self.left = Some((old, clock));
+        self.left_room = old_room;
+    }
+
+    /// Whether the current thread is in `threads` with room on its stack
+    /// for another span: remembered (see `cur_room`), a whole poll asks at
+    /// every poll.
+    #[inline]
+    pub(super) fn stack_room(&mut self) -> bool {
+        if let Some(room) = self.cur_room {
+            return room;
+        }
+        let room = self
+            .threads
+            .get(&self.cur_thread)
+            .is_some_and(|th| th.stack.len() < MAX_STACK);
+        self.cur_room = Some(room);
+        room
     }
 
     /// Makes `id` current with the clock of its entry in the map.
     fn enter_thread(&mut self, id: u32) {
         let clock = self.threads.get(&id).map(|t| t.clock);
+        self.cur_room = None;
         self.cur_thread = id;
         self.cur_clock = clock.unwrap_or(0);
         self.cur_known = clock.map(|_| id);
@@ -518,6 +569,8 @@ impl Process {
 
     /// The current thread's state (excess threads share one).
     pub(super) fn thread(&mut self) -> &mut ThreadState {
+        // Its stack may change, or it be added to the map.
+        self.cur_room = None;
         let mut id = self.cur_thread;
         if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&id) {
             // Fold excess threads into one; better than unbounded growth.
