@@ -455,7 +455,7 @@ impl Exporter {
         // the next poll's.
         model.on_tree(span, &mut nodes);
         nodes.clear();
-        self.threads[thread as usize].tree.1 = nodes;
+        thread_reads(&mut self.threads, thread).tree.1 = nodes;
     }
 
     /// Closes whose `Close` records a full ring dropped, recovered from the
