@@ -338,6 +338,30 @@ fn record_runs_the_command_and_summarises() {
     assert!(stderr(&o).contains("no recording was written"));
 }
 
+/// `record` turns the program's stream off (the recording is what was
+/// asked for; nobody need listen at the default address), unless the
+/// environment names a collector to watch the run live as well.
+#[cfg(unix)]
+#[test]
+fn record_streams_only_to_an_address_the_user_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run.rec");
+    let seen = |addr: Option<&str>| {
+        let mut c = bin();
+        c.args(["record", "--out", out.to_str().unwrap(), "--", "sh", "-c"])
+            .arg("echo \"addr=${AWAITSCOPE_ADDR-unset}\"");
+        match addr {
+            Some(a) => c.env("AWAITSCOPE_ADDR", a),
+            None => c.env_remove("AWAITSCOPE_ADDR"),
+        };
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    assert_eq!(seen(None), "addr=off");
+    assert_eq!(seen(Some("127.0.0.1:7001")), "addr=127.0.0.1:7001");
+}
+
 #[test]
 fn serve_refuses_remote_without_allow_and_token() {
     let o = run(&["serve", "--listen", "0.0.0.0:0"]);

@@ -1,6 +1,7 @@
 //! `awaitscope record [--out FILE] [--fail-on KINDS] -- CMD ARGS...`
 //!
-//! Runs CMD with `AWAITSCOPE_RECORD` set, then prints a summary of the
+//! Runs CMD with `AWAITSCOPE_RECORD` set (and `AWAITSCOPE_ADDR=off` unless
+//! the environment sets an address), then prints a summary of the
 //! findings on stderr. Every instrumented process CMD starts (`cargo test`
 //! runs one per test binary, nextest one per test) records to its own part
 //! (`FILE.parts/{pid}.rec`); the parts are then merged into FILE, which
@@ -85,11 +86,20 @@ pub fn run(args: Args) -> u8 {
         eprintln!("awaitscope record: cannot create {}: {e}", parts.display());
         return EXIT_BAD_INPUT;
     }
-    let status = match Command::new(prog)
+    let mut command = Command::new(prog);
+    command
         .args(rest)
-        .env("AWAITSCOPE_RECORD", parts.join("{pid}.rec"))
-        .status()
-    {
+        .env("AWAITSCOPE_RECORD", parts.join("{pid}.rec"));
+    if std::env::var_os("AWAITSCOPE_ADDR").is_none() {
+        // The recording is what was asked for: without this, every
+        // process would also stream to the default collector address,
+        // where usually nobody listens, paying for the attempt and
+        // saying at exit that its events "were not delivered" (they are
+        // all in the recording). An address the user set is kept, to
+        // watch the run live as well.
+        command.env("AWAITSCOPE_ADDR", "off");
+    }
+    let status = match command.status() {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
