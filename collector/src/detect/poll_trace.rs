@@ -99,7 +99,7 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
                     // `{async_block#0}`) is told by the function it is in:
                     // the next named frame of the program's, else its span.
                     let named = if is_anonymous(&f.function) {
-                        anonymous_name(f, &s.frames[i + 1..])
+                        anonymous_name(f, &s.frames[..i], &s.frames[i + 1..])
                     } else {
                         short_fn(&f.function)
                     };
@@ -455,7 +455,9 @@ pub fn fold_frames(frames: &[NativeFrame]) -> Vec<String> {
             continue;
         }
         let name = match f.origin {
-            FrameOrigin::User if is_anonymous(&f.function) => anonymous_name(f, &frames[i + 1..]),
+            FrameOrigin::User if is_anonymous(&f.function) => {
+                anonymous_name(f, &frames[..i], &frames[i + 1..])
+            }
             FrameOrigin::User => short_fn(&f.function),
             _ => dependency_fn(&f.function),
         };
@@ -555,7 +557,15 @@ fn is_plumbing(function: &str) -> bool {
 /// `{closure#0}`) told by the function it belongs to, when a frame around
 /// it names it in a type (`poll<app::checkout::{async_fn#0}::..>`):
 /// `checkout (async block)`. Else the name as it is.
-fn anonymous_name(f: &NativeFrame, outer: &[NativeFrame]) -> String {
+///
+/// `inner` are the frames inside it, innermost first; `outer` those
+/// around it. A wrapper's poll just outside names the body it polls. Past
+/// another anonymous frame the types name that frame's body, not this
+/// one's: an async fn awaited directly (`charge_card(order).await`) is
+/// polled with no wrapper between it and its caller's body. Then what it
+/// polls tells: a future made in fn `f`'s body (`..::f::{async_fn#0}::..`)
+/// is polled by that body.
+fn anonymous_name(f: &NativeFrame, inner: &[NativeFrame], outer: &[NativeFrame]) -> String {
     let what = if f.function.starts_with("{async_fn") {
         "async fn"
     } else if f.function.starts_with("{async_block") {
@@ -565,12 +575,25 @@ fn anonymous_name(f: &NativeFrame, outer: &[NativeFrame]) -> String {
     } else {
         return f.function.clone();
     };
-    let owner = outer.iter().take(4).find_map(|o| {
-        let i = o.function.find("::{")?;
-        let path = &o.function[..i];
-        // The path's last segment, past any generic opening before it.
+    // The path's last segment, past any generic opening before it.
+    let last_segment = |path: &str| {
         let seg = path.rsplit(['<', ' ', ':']).next()?;
         (!seg.is_empty()).then(|| seg.to_string())
+    };
+    let named = |frames: &mut dyn Iterator<Item = &NativeFrame>,
+                 find: &dyn Fn(&str) -> Option<usize>| {
+        frames
+            .take(4)
+            .take_while(|o| !is_anonymous(&o.function))
+            .find_map(|o| last_segment(&o.function[..find(&o.function)?]))
+    };
+    let owner = named(&mut outer.iter(), &|n| n.find("::{")).or_else(|| {
+        named(&mut inner.iter().rev(), &|n| {
+            // Something made in an async fn's body, not the fn's own
+            // future (`{async_fn_env#0}`, which its caller polls).
+            n.find("::{async_fn#")
+                .filter(|&i| n[i + 3..].contains("}::"))
+        })
     });
     match owner {
         // An async fn's body is the fn itself.
@@ -827,6 +850,50 @@ mod tests {
                 "… 1 runtime frame",
             ]
         );
+    }
+
+    /// An `#[instrument]`ed async fn awaited directly by another one's
+    /// body: its future is polled with no wrapper between the two bodies,
+    /// so the wrappers further out name the caller, not it. What it polls
+    /// (its own instrumented body) names it.
+    #[test]
+    fn an_async_fn_awaited_directly_is_named_by_what_it_polls() {
+        let runtime = |name: &str| {
+            let mut f = frame(name, 321, FrameOrigin::Runtime);
+            f.file = Some("tracing-0.1.44/src/instrument.rs".into());
+            f
+        };
+        let frames = [
+            frame("app::hash_password", 20, FrameOrigin::User),
+            frame("{async_block#0}", 29, FrameOrigin::User),
+            runtime("poll<app::charge_card::{async_fn#0}::{async_block_env#0}>"),
+            frame("{async_fn#0}", 26, FrameOrigin::User),
+            frame("{async_block#0}", 35, FrameOrigin::User),
+            runtime("poll<app::checkout::{async_fn#0}::{async_block_env#0}>"),
+            frame("{async_fn#0}", 33, FrameOrigin::User),
+            runtime("poll<app::checkout::{async_fn_env#0}>"),
+        ];
+        assert_eq!(
+            fold_frames(&frames),
+            [
+                "hash_password @ src/20.rs:20",
+                "charge_card (async block) @ src/29.rs:29",
+                "… 1 runtime frame",
+                "charge_card @ src/26.rs:26",
+                "checkout (async block) @ src/35.rs:35",
+                "… 1 runtime frame",
+                "checkout @ src/33.rs:33",
+                "… 1 runtime frame",
+            ]
+        );
+        // An async fn's own future (`{async_fn_env#0}`) is polled by its
+        // caller: it does not name the frame that polls it.
+        let frames = [
+            frame("{async_fn#0}", 40, FrameOrigin::User),
+            runtime("poll<app::lookup::{async_fn_env#0}>"),
+            frame("{async_fn#0}", 50, FrameOrigin::User),
+        ];
+        assert_eq!(fold_frames(&frames)[2], "{async_fn#0} @ src/50.rs:50");
     }
 
     #[test]
