@@ -257,11 +257,20 @@ fn ui_loop(x: &Mutex<Exchange>, opts: UiOptions, frame: Duration) -> io::Result<
 
 /// Makes panics of other threads quiet on the terminal: they are logged
 /// (to the UI's log file) instead of printed over the screen. Install
-/// before anything that chains its own hook (awaitscope's).
+/// before anything that chains its own hook (awaitscope's), and after
+/// [`log_to_file`].
+///
+/// The line goes to the dispatcher current here (the UI's log), not to
+/// the panicking thread's: a thread of the instrumented workload that
+/// runs in the same process (the demo's) would otherwise record the UI's
+/// own log line as an error of the program, beside its `panic` finding.
 pub fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
+    let ui_log = tracing::dispatcher::get_default(|d| d.clone());
+    std::panic::set_hook(Box::new(move |info| {
         let thread = std::thread::current();
-        tracing::error!(thread = thread.name().unwrap_or("?"), "panic: {info}");
+        tracing::dispatcher::with_default(&ui_log, || {
+            tracing::error!(thread = thread.name().unwrap_or("?"), "panic: {info}");
+        });
     }));
 }
 
