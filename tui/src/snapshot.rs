@@ -474,10 +474,7 @@ fn task_row(p: &Process, t: &Task, key: TaskKey, nf: u32, worst: Option<FindingK
         // Where it waits, as `stuck` judges it: not a resource it only
         // touched (a guard dropped), nor a span that closed.
         p.await_point(&t.await_tree)
-            .map(|i| {
-                let c = p.culprit(&t.await_tree, i);
-                p.node_label(&t.await_tree.nodes[c])
-            })
+            .map(|i| p.waiting_label(&t.await_tree, i))
             .unwrap_or_default()
     } else {
         String::new()

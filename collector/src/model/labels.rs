@@ -168,6 +168,28 @@ impl Process {
         }
     }
 
+    /// What a task waiting at node `i` of `tree` waits on, in a word, as
+    /// its `stuck` finding names it: the operation the user called for a
+    /// tokio resource (`tokio::time::sleep`, `tokio::sync::Mutex::lock`,
+    /// not tokio's own `Sleep::new_timeout` or a semaphore's `Acquire`),
+    /// else the span's label. The cheap half of [`Process::await_frames`],
+    /// for views that name every waiting task.
+    pub fn waiting_label(&self, tree: &AwaitTree, i: usize) -> String {
+        let node = &tree.nodes[self.culprit(tree, i)];
+        match self
+            .resource_of(node.span)
+            .and_then(|r| self.resources.get(&r))
+        {
+            Some(r) if !r.internal => {
+                let source = (node.class != SpanClass::Resource)
+                    .then_some(node.label.as_deref())
+                    .flatten();
+                self.operation(r, source)
+            }
+            _ => self.node_label(node),
+        }
+    }
+
     /// The user-visible operation a tokio resource (or an async op on it,
     /// `source`) stands for: `tokio::sync::Mutex::lock`,
     /// `tokio::time::sleep`.
