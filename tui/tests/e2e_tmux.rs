@@ -134,7 +134,13 @@ fn demo_shows_a_deadlock_and_restores_the_terminal() {
         let doc = format!(
             "$ awaitscope demo   (tmux capture-pane, 150x42; tasks, tree, findings, task detail, a long poll)\n\n{tasks}\n{tree}\n{screen}\n{finding}\n{detail}\n{long_poll}"
         );
-        std::fs::write(path, doc).expect("write the screen capture");
+        // A relative path is the workspace's (as the README gives it),
+        // not this test's working directory (the crate's).
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path);
+        std::fs::write(&path, doc)
+            .unwrap_or_else(|e| panic!("write the screen capture {}: {e}", path.display()));
     }
     tmux(&["send-keys", "-t", s, "q"]);
     let after = wait_for(s, "EXITED:", Duration::from_secs(10))

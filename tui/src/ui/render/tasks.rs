@@ -147,7 +147,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, t: &Theme) {
                         )),
                     ];
                     if wide {
-                        cells.push(Cell::from(clip(&task.waiting, wait_w as usize, t.ascii)));
+                        // The end names the operation (`Receiver::await`),
+                        // the start its module: keep the end.
+                        cells.push(Cell::from(clip_start(
+                            &task.waiting,
+                            wait_w as usize,
+                            t.ascii,
+                        )));
                     }
                     Row::new(cells)
                 }
