@@ -518,22 +518,72 @@ fn await_trees_are_sent_only_when_they_change() {
         let inner = c.span("inner").id;
         let trees = &c.poll_trees[&task.id];
         // 101 polls and the drop of the future; the tree is sent only when
-        // it changed: the first poll, the poll that moved from one phase to
-        // the next (entering both), the next one, the last poll (which
-        // also dropped the spans' futures, entering them again), and the
-        // drop of the task's future (no span).
+        // it changed, and a short poll's tree leaves out the spans that
+        // closed during it: the first poll's, the poll that moved from one
+        // phase to the next (phase_one closed in it), and the last poll's
+        // (both closed: nothing left). A poll that ran 100 µs or more (this
+        // thread preempted) sends its tree whole, the closed spans with it,
+        // and the next poll's goes out as well: those are set apart here.
         assert_eq!(task.polls(), 101, "{flavor:?}");
+        let whole = |t: &&Vec<(awaitscope_wire::SpanId, u16)>| {
+            (t.contains(&(one, 0)) && t.len() > 1)
+                || t.iter().filter(|n| **n == (two, 0)).count() > 1
+        };
+        // Almost always every poll is short: then exactly these trees.
+        let any_long = task
+            .enters
+            .iter()
+            .zip(&task.exits)
+            .any(|(e, x)| x.1.saturating_sub(e.1) >= 99_000);
+        if !any_long {
+            assert_eq!(
+                trees,
+                &vec![vec![(one, 0)], vec![(two, 0), (inner, 1)], vec![]],
+                "{flavor:?}"
+            );
+        }
+        let open: Vec<_> = trees.iter().filter(|t| !whole(t)).cloned().collect();
         assert_eq!(
-            trees,
-            &vec![
-                vec![(one, 0)],
-                vec![(one, 0), (two, 0), (inner, 1)],
-                vec![(two, 0), (inner, 1)],
-                vec![(two, 0), (inner, 1), (two, 0)],
-                vec![],
-            ],
-            "{flavor:?}"
+            open,
+            vec![vec![(one, 0)], vec![(two, 0), (inner, 1)], vec![]],
+            "{flavor:?}: {trees:?}"
         );
+        assert!(
+            trees.len() <= 5,
+            "sent again though unchanged: {flavor:?}: {trees:?}"
+        );
+        for t in trees.iter().filter(whole) {
+            assert!(
+                [
+                    vec![(one, 0), (two, 0), (inner, 1)],
+                    vec![(two, 0), (inner, 1), (two, 0)]
+                ]
+                .contains(t),
+                "{flavor:?}: {trees:?}"
+            );
+        }
+    }
+}
+
+/// A long poll's tree keeps the spans that closed during it: where the
+/// poll spent its time is told from them when no stall of it was seen.
+#[test]
+fn a_long_polls_tree_keeps_the_spans_that_closed_in_it() {
+    for flavor in FLAVORS {
+        let c = capture(flavor, || async {
+            awaitscope::spawn_named("slow", async {
+                async { std::thread::sleep(Duration::from_millis(2)) }
+                    .instrument(tracing::info_span!("hashing"))
+                    .await;
+                tokio::task::yield_now().await;
+            })
+            .await
+            .unwrap();
+        });
+        let task = c.task("slow");
+        let hashing = c.span("hashing").id;
+        let trees = &c.poll_trees[&task.id];
+        assert_eq!(trees[0], vec![(hashing, 0)], "{flavor:?}: {trees:?}");
     }
 }
 

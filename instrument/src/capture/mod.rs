@@ -583,6 +583,9 @@ impl Capture {
             // ring), the exporter still learns of the close from the node.
             node.close_at(ts, kind);
             l.forget(reg);
+            if node.class != SpanClass::Task && l.in_poll() {
+                l.closed_in_poll(node.id);
+            }
             let raw = Raw::Close {
                 span: node.id,
                 kind,

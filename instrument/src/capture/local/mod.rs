@@ -47,6 +47,14 @@ const STACK: usize = 64;
 const TREE: usize = 32;
 /// Signature of a poll that entered no span.
 const EMPTY_SIG: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Marks a node of the poll's await tree whose span closed during the
+/// poll (a bit of its depth, which [`STACK`] keeps far below it).
+const CLOSED: u16 = 1 << 15;
+/// A poll at least this long (ns) sends its await tree whole, the spans
+/// that closed during it included: where a long poll spent its time is
+/// told from them when no stall of it was seen. A shorter poll's tree
+/// leaves them out (see [`Local::send_tree`]).
+const WHOLE_TREE_NS: u64 = 100_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 enum Kind {
@@ -146,6 +154,8 @@ struct PollInProgress {
     /// This enter directly followed the task's previous exit on this thread,
     /// the pattern of tokio dropping a completed future.
     adjacent: bool,
+    /// Raw clock reading at the poll's start.
+    start: u64,
     /// State of the enclosing poll, restored on exit.
     saved_sig: u64,
     saved_task: usize,
@@ -196,6 +206,8 @@ pub(crate) struct Local {
     tree_len: usize,
     /// The tree did not fit: always send it.
     tree_cut: bool,
+    /// Nodes of `tree` marked [`CLOSED`] since it was last emptied.
+    tree_closed: usize,
     sig: u64,
     /// The span inside the poll in progress that was created or exited
     /// last on this thread (registry id, span id; 0: none): the next enter
@@ -476,6 +488,7 @@ fn new_local(shared: &Arc<Capture>) -> Local {
         tree: [(0, 0); TREE],
         tree_len: 0,
         tree_cut: false,
+        tree_closed: 0,
         sig: EMPTY_SIG,
         recent: (0, 0),
         last_exit_task: 0,

@@ -194,6 +194,7 @@ impl Local {
             self.polls.push_with(|p| {
                 p.node = node;
                 p.adjacent = adjacent;
+                p.start = ts;
                 p.saved_sig = saved_sig;
                 p.saved_task = saved_task;
                 p.tree_base = tree_base;
@@ -369,7 +370,8 @@ impl Local {
         let node = p.node.take();
         let poll = PollInProgress { node: None, ..*p };
         let ts = shared.raw();
-        let tree = self.send_tree(frame.sid, &poll, node.as_deref());
+        let long = shared.delta_nanos(poll.start, ts) >= WHOLE_TREE_NS;
+        let tree = self.send_tree(frame.sid, &poll, node.as_deref(), long);
         self.send_poll(frame.sid, node.as_deref(), tree, ts);
         if let Some(n) = node {
             Self::count_poll(&n, &poll, ts);
@@ -383,21 +385,44 @@ impl Local {
     /// (by signature; a tree cut at [`TREE`] nodes is always sent), and
     /// remembers the new signature on the node. Returns whether it sent
     /// the tree, which the poll's record says.
+    ///
+    /// A short poll (not `long`) leaves out the spans that closed during
+    /// it: they are not what the task waits at, and their creation and
+    /// close (sent anyway, with the task and times) already say they ran
+    /// in it. A server's per-request span is new in every poll; left in,
+    /// it would make every poll's tree a new one, sent again each time.
     #[inline(always)]
     pub(super) fn send_tree(
         &mut self,
         task: u64,
         poll: &PollInProgress,
         node: Option<&SpanNode>,
+        long: bool,
     ) -> bool {
-        let changed = self.tree_cut
-            || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != self.sig);
+        let open = !long && !self.tree_cut && self.tree_closed > 0;
+        let open_sig = if open {
+            self.open_tree_sig(poll.tree_base)
+        } else {
+            None
+        };
+        let sig = open_sig.unwrap_or(self.sig);
+        let changed =
+            self.tree_cut || node.is_none_or(|n| n.last_tree_sig.load(Ordering::Relaxed) != sig);
         if changed {
             // The tree goes with the poll's end: it does not need the
             // poll's start before it, which stays held.
             let whole = self.pending_enter.0 == task;
+            let mut last = None;
             for i in poll.tree_base..self.tree_len {
-                let (span, depth) = self.tree[i];
+                let (span, marked) = self.tree[i];
+                let depth = marked & !CLOSED;
+                if open_sig.is_some() {
+                    // What `open_tree_sig` kept: the same walk.
+                    if marked & CLOSED != 0 || last == Some((span, depth)) {
+                        continue;
+                    }
+                    last = Some((span, depth));
+                }
                 let raw = Raw::TreeNode { task, span, depth };
                 if whole {
                     self.push_now(raw);
@@ -407,11 +432,59 @@ impl Local {
             }
             if let Some(n) = node {
                 // A cut tree is sent every time.
-                let sig = if self.tree_cut { 0 } else { self.sig };
+                let sig = if self.tree_cut { 0 } else { sig };
                 n.last_tree_sig.store(sig, Ordering::Relaxed);
             }
         }
         changed
+    }
+
+    /// The signature of the poll's tree (from `base`) without its nodes
+    /// [`CLOSED`] (and repeats left next to each other by their going), as
+    /// [`Local::push_in_poll`] would have made it for that tree; `None`
+    /// when a node still open was entered inside a closed one (leaving the
+    /// closed one out would cut the open one from its place: the tree goes
+    /// whole).
+    #[cold]
+    pub(super) fn open_tree_sig(&self, base: usize) -> Option<u64> {
+        let mut sig = EMPTY_SIG;
+        let mut last = None;
+        let mut closed_at: Option<u16> = None;
+        for &(span, marked) in &self.tree[base..self.tree_len] {
+            let depth = marked & !CLOSED;
+            if let Some(c) = closed_at {
+                if depth > c {
+                    if marked & CLOSED == 0 {
+                        return None;
+                    }
+                    continue;
+                }
+                closed_at = None;
+            }
+            if marked & CLOSED != 0 {
+                closed_at = Some(depth);
+                continue;
+            }
+            if last == Some((span, depth)) {
+                continue;
+            }
+            last = Some((span, depth));
+            sig = (sig.rotate_left(7) ^ span).wrapping_mul(0x100_0000_01b3) ^ depth as u64;
+        }
+        Some(sig)
+    }
+
+    /// The span `sid` (not a task) closed on this thread: its nodes in the
+    /// await tree of the poll in progress are marked [`CLOSED`].
+    #[inline]
+    pub(crate) fn closed_in_poll(&mut self, sid: u64) {
+        for i in 0..self.tree_len {
+            let (span, depth) = &mut self.tree[i];
+            if *span == sid && *depth & CLOSED == 0 {
+                *depth |= CLOSED;
+                self.tree_closed += 1;
+            }
+        }
     }
 
     /// The poll's own record: one `Poll` (start and end) if nothing else
@@ -483,6 +556,9 @@ impl Local {
         if innermost {
             self.tree_len = poll.tree_base;
             self.tree_cut = false;
+            if self.tree_len == 0 {
+                self.tree_closed = 0;
+            }
             self.sig = poll.saved_sig;
             self.task = poll.saved_task;
         } else {
@@ -494,6 +570,7 @@ impl Local {
         if self.task == 0 {
             self.tree_len = 0;
             self.tree_cut = false;
+            self.tree_closed = 0;
         }
         self.last_exit_task = task;
         self.last_exit_seq = self.seq;
