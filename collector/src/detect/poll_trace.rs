@@ -275,11 +275,10 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
         .take(4)
         .filter_map(|h| {
             let t = p.task(h.task)?;
-            let mut line = format!(
-                "held the thread {}: {}",
-                fmt_ns_brief(h.held_ns),
-                task_label(t)
-            );
+            let mut line = String::from("held the thread ");
+            line.push_str(&fmt_ns_brief(h.held_ns));
+            line.push_str(": ");
+            line.push_str(&task_label(t));
             if let Some(c) = culprit_of_poll(p, t, h.poll.0, h.poll.1) {
                 line.push_str(", in ");
                 line.push_str(&c);
@@ -384,10 +383,9 @@ fn line(label: &str, loc: Option<&Location>) -> String {
 
 /// Appends `file:line`.
 fn push_file_line(s: &mut String, file: &str, line: u32) {
-    use std::fmt::Write;
     s.push_str(file);
     s.push(':');
-    let _ = write!(s, "{line}");
+    crate::units::push_decimal(s, u64::from(line));
 }
 
 /// `file:line` of `l`.
@@ -399,7 +397,8 @@ fn file_line(l: &Location) -> String {
 pub fn task_line(t: &Task) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(64);
-    let _ = write!(s, "task #{}", t.id.0);
+    s.push_str("task #");
+    crate::units::push_decimal(&mut s, t.id.0);
     if let Some(n) = &t.name {
         let _ = write!(s, " {n:?}");
     }

@@ -18,14 +18,14 @@ use super::task::Task;
 
 /// `task NAME#ID @ LOCATION`.
 pub fn task_label(t: &Task) -> String {
-    use std::fmt::Write;
     // Written in one go: findings name tasks often.
     let name = t.name.as_deref().unwrap_or("");
     let file = t.location.as_ref().map_or(0, |l| l.file.len());
     let mut s = String::with_capacity(name.len() + file + 40);
     s.push_str("task ");
     s.push_str(name);
-    let _ = write!(s, "#{}", t.id.0);
+    s.push('#');
+    crate::units::push_decimal(&mut s, t.id.0);
     if let Some(l) = &t.location {
         s.push_str(" @ ");
         l.push_to(&mut s);

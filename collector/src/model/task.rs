@@ -644,15 +644,20 @@ impl TaskSummary {
 
 /// The group key of a task for summaries: `name@file:line`.
 pub fn group_key(t: &Task) -> String {
-    let loc = t
-        .location
-        .as_ref()
-        .map(|l| l.to_string())
-        .unwrap_or_else(|| "?".into());
-    match &t.name {
-        Some(n) => format!("{n}@{loc}"),
-        None => loc,
+    // Written in one go, without the formatting machinery: a starved
+    // runtime makes one for nearly every wait.
+    let name = t.name.as_deref().map_or(0, |n| n.len() + 1);
+    let file = t.location.as_ref().map_or(0, |l| l.file.len());
+    let mut s = String::with_capacity(name + file + 24);
+    if let Some(n) = &t.name {
+        s.push_str(n);
+        s.push('@');
     }
+    match &t.location {
+        Some(l) => l.push_to(&mut s),
+        None => s.push('?'),
+    }
+    s
 }
 
 /// Level of a record as a string.
