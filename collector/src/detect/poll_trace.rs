@@ -118,7 +118,7 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
                         Some(short_fn(&f.function))
                     };
                     out.culprit = Some(match name {
-                        Some(n) => format!("{n} ({})", file_line(&l)),
+                        Some(n) => named_at(&n, &l),
                         None => file_line(&l),
                     });
                     out.location = Some(l);
@@ -143,7 +143,7 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
         if let Some(named) = named_span(p, &t.await_tree, busiest_leaf(p, t, start, end)) {
             if let Some(f) = named {
                 out.culprit = Some(match &f.location {
-                    Some(l) => format!("{} ({})", f.label, file_line(l)),
+                    Some(l) => named_at(&f.label, l),
                     None => f.label.clone(),
                 });
                 out.location = f.location;
@@ -189,7 +189,7 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
     if let (Some(s), None) = (named, &out.location) {
         out.location = s.location.clone();
         out.culprit = Some(match &s.location {
-            Some(l) => format!("{} ({})", s.label, file_line(l)),
+            Some(l) => named_at(&s.label, l),
             None => s.label.clone(),
         });
     }
@@ -390,7 +390,20 @@ fn push_file_line(s: &mut String, file: &str, line: u32) {
 
 /// `file:line` of `l`.
 fn file_line(l: &Location) -> String {
-    format!("{}:{}", l.file, l.line)
+    let mut s = String::with_capacity(l.file.len() + 11);
+    push_file_line(&mut s, &l.file, l.line);
+    s
+}
+
+/// `name (file:line)`: a culprit and where it is, written in one go (the
+/// culprit of every poll that held a starved task's thread is named).
+fn named_at(name: &str, l: &Location) -> String {
+    let mut s = String::with_capacity(name.len() + l.file.len() + 14);
+    s.push_str(name);
+    s.push_str(" (");
+    push_file_line(&mut s, &l.file, l.line);
+    s.push(')');
+    s
 }
 
 /// `task #7 "name" spawned @ file:line`.

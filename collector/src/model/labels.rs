@@ -208,7 +208,15 @@ impl Process {
     /// resource's creation site when that is the user's code, else the
     /// innermost enclosing frame's.
     pub fn await_frames(&self, tree: &AwaitTree, i: usize) -> Vec<Frame> {
-        let path = tree.path(i);
+        let mut buf = [0usize; 32];
+        let long;
+        let path = match tree.path_in(i, &mut buf) {
+            Some(p) => p,
+            None => {
+                long = tree.path(i);
+                &long[..]
+            }
+        };
         let mut out: Vec<Frame> = Vec::with_capacity(path.len());
         let mut user_loc: Option<Location> = None;
         for (k, &n) in path.iter().enumerate() {
