@@ -270,22 +270,30 @@ fn up_from(tree: &AwaitTree, leaf: usize) -> impl Iterator<Item = usize> + '_ {
 /// was when its own poll was sampled: `held the thread 70.0ms: task
 /// cpu-hog#7 @ src/main.rs:9:5, in burn_cpu (src/main.rs:88)`.
 pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanId) -> Vec<String> {
-    p.held_the_thread(&[Some(thread)], from, to, task)
-        .into_iter()
-        .take(4)
-        .filter_map(|h| {
-            let t = p.task(h.task)?;
-            let mut line = String::from("held the thread ");
-            line.push_str(&fmt_ns_brief(h.held_ns));
-            line.push_str(": ");
-            line.push_str(&task_label(t));
-            if let Some(c) = culprit_of_poll(p, t, h.poll.0, h.poll.1) {
-                line.push_str(", in ");
-                line.push_str(&c);
-            }
-            Some(line)
-        })
-        .collect()
+    let hogs = p.held_the_thread(&[Some(thread)], from, to, task);
+    let mut out = Vec::with_capacity(hogs.len().min(4));
+    for h in hogs.into_iter().take(4) {
+        let Some(t) = p.task(h.task) else {
+            continue;
+        };
+        let held = fmt_ns_brief(h.held_ns);
+        let label = task_label(t);
+        let culprit = culprit_of_poll(p, t, h.poll.0, h.poll.1);
+        // Sized once: a starved runtime names the polls that held its
+        // threads in nearly every description.
+        let len = 18 + held.len() + label.len() + culprit.as_ref().map_or(0, |c| 5 + c.len());
+        let mut line = String::with_capacity(len);
+        line.push_str("held the thread ");
+        line.push_str(&held);
+        line.push_str(": ");
+        line.push_str(&label);
+        if let Some(c) = culprit {
+            line.push_str(", in ");
+            line.push_str(&c);
+        }
+        out.push(line);
+    }
+    out
 }
 
 /// The await path of `t`'s last poll down to where it waits
@@ -295,14 +303,13 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
 pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
     // The frames as `await_stack` gives them, without judging whose code
     // each is (a trace line does not say).
-    let mut out: Vec<String> = match p.await_point(&t.await_tree) {
-        Some(leaf) => p
-            .await_frames(&t.await_tree, leaf)
-            .iter()
-            .map(|f| line(&f.label, f.location.as_ref()))
-            .collect(),
+    let frames = match p.await_point(&t.await_tree) {
+        Some(leaf) => p.await_frames(&t.await_tree, leaf),
         None => Vec::new(),
     };
+    // With room for the task's line (and no second allocation for it).
+    let mut out = Vec::with_capacity(frames.len() + 1);
+    out.extend(frames.iter().map(|f| line(&f.label, f.location.as_ref())));
     out.push(task_line(t));
     out
 }
