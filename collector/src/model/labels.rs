@@ -127,7 +127,69 @@ fn is_user(l: &Location) -> bool {
     file_origin(&l.file) == PathOrigin::Local
 }
 
+/// A frame of an await path as [`Process::await_frames`] makes it, told by
+/// borrowed parts (see [`Process::plain_frame`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlainFrame<'a> {
+    /// The label: the callsite's name.
+    pub label: &'a str,
+    /// The callsite's file as shown, and its line.
+    pub at: Option<(Cow<'a, str>, u32)>,
+}
+
+/// Whether `class` is a resource's or an async op's (folded, labelled and
+/// located by [`Process::await_frames`] in their own ways).
+fn is_resource_class(class: SpanClass) -> bool {
+    matches!(
+        class,
+        SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
+    )
+}
+
 impl Process {
+    /// The frame [`Process::await_frames`] makes of `node` when it is a
+    /// plain span of the program, told by borrowed parts rather than made
+    /// (a description names a few of them each time): the node has no
+    /// label of its own and is no resource nor async op, nor on one
+    /// ([`Process::resource_of`]), its callsite is known and not one of
+    /// awaitscope's own, and its span (if still open) is no resource nor
+    /// async op and has no `loc.file` field. Its frame is then
+    /// its callsite's name at its callsite's file (as shown) and line.
+    /// `None` when `node` is not such a span.
+    pub fn plain_frame(&self, node: &AwaitNode) -> Option<PlainFrame<'_>> {
+        if node.label.is_some() || is_resource_class(node.class) {
+            return None;
+        }
+        let cs = self.callsites.get(&node.callsite)?;
+        if is_own_callsite(cs) {
+            return None;
+        }
+        if let Some(s) = self.spans.get(&node.span) {
+            if is_resource_class(s.class)
+                || span::field(Some(cs), &s.fields, names::LOC_FILE).is_some()
+            {
+                return None;
+            }
+        }
+        if self.resource_of(node.span).is_some() {
+            return None;
+        }
+        let at = match (&cs.file, cs.line) {
+            (Some(file), Some(line)) => {
+                let shown = match shown_file(file) {
+                    Some(f) => Cow::Owned(f),
+                    None => Cow::Borrowed(file.as_str()),
+                };
+                Some((shown, line))
+            }
+            _ => None,
+        };
+        Some(PlainFrame {
+            label: &cs.name,
+            at,
+        })
+    }
+
     /// Human-readable label of a span: resource type, async-op source, or
     /// span name.
     pub fn span_label(&self, id: SpanId, callsite: u32) -> String {
