@@ -7,6 +7,33 @@
 //! CI reports and trace notes (`12.345ms`). Both are deterministic, so
 //! snapshots of either stay stable.
 
+/// Appends `v` in decimal, as `{}` writes it, without the formatting
+/// machinery: labels, keys and trace lines are made for every finding,
+/// each with a few numbers in it.
+pub fn push_decimal(s: &mut String, v: u64) {
+    push_decimal_padded(s, v, 1);
+}
+
+/// Appends `v` in decimal with at least `width` digits (zeros in front), as
+/// `{:0width$}` writes it.
+pub fn push_decimal_padded(s: &mut String, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Zeros past the buffer's, then the digits with the zeros in front
+    // that `width` asks for.
+    s.extend(std::iter::repeat_n('0', width.saturating_sub(buf.len())));
+    let from = i.min(buf.len().saturating_sub(width));
+    s.extend(buf[from..].iter().map(|&b| char::from(b)));
+}
+
 /// Formats nanoseconds for a finding's message: two decimals in seconds,
 /// one in milliseconds and microseconds, whole nanoseconds below
 /// (`1.50s`, `12.3ms`, `4.5µs`, `12ns`).
@@ -53,7 +80,6 @@ fn fmt_ns_with(ns: u64, s_decimals: usize, ms_decimals: usize) -> String {
 /// eighth of a nanosecond, in the unit) of the true one, which is at least
 /// half a nanosecond from any half of a last digit: both round alike.
 fn fixed(ns: u64, unit: u64, decimals: usize, suffix: &str) -> Option<String> {
-    use std::fmt::Write;
     let scale = 10u64.checked_pow(u32::try_from(decimals).ok()?)?;
     if ns >= 1 << 50 || !unit.is_multiple_of(scale) {
         return None;
@@ -66,9 +92,10 @@ fn fixed(ns: u64, unit: u64, decimals: usize, suffix: &str) -> Option<String> {
     }
     let q = if r * 2 > step { q + 1 } else { q };
     let mut s = String::with_capacity(24);
-    let _ = write!(s, "{}", q / scale);
+    push_decimal(&mut s, q / scale);
     if decimals > 0 {
-        let _ = write!(s, ".{:0decimals$}", q % scale);
+        s.push('.');
+        push_decimal_padded(&mut s, q % scale, decimals);
     }
     s.push_str(suffix);
     Some(s)
@@ -218,6 +245,25 @@ mod tests {
         assert_eq!(parse_duration("1.5", Bare::Secs).unwrap(), 1_500_000_000);
         let e = parse_duration("x", Bare::Secs).unwrap_err();
         assert!(e.contains("a bare number is seconds"), "{e}");
+    }
+
+    /// Integers are appended as `{}` and `{:0width$}` write them.
+    #[test]
+    fn decimals_are_written_as_format_writes_them() {
+        let mut values: Vec<u64> = vec![0, 1, 9, 10, 99, 100, u64::MAX, u64::MAX - 1];
+        values.extend((0..20).map(|k| 10u64.pow(k)));
+        values.extend((1..20).map(|k| 10u64.pow(k) - 1));
+        values.extend((0..64).map(|k| 1u64 << k));
+        for v in values {
+            let mut s = String::from("x");
+            push_decimal(&mut s, v);
+            assert_eq!(s, format!("x{v}"));
+            for width in [0, 1, 2, 3, 5, 20, 25] {
+                let mut s = String::new();
+                push_decimal_padded(&mut s, v, width);
+                assert_eq!(s, format!("{v:0width$}"), "{v} at {width}");
+            }
+        }
     }
 
     #[test]

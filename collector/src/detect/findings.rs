@@ -3,12 +3,15 @@
 //! a task blocking 10,000 times is one finding with a count and the worst
 //! duration.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 
 use awaitscope_wire::{ProcessKey, SpanId};
 use serde::{Deserialize, Serialize};
 
 use super::{FindingKind, Severity};
+use crate::model::hash::FastMap;
 use crate::model::span::Location;
 use crate::model::Task;
 
@@ -144,10 +147,58 @@ pub const MAX_OPEN: usize = 256;
 /// [`Findings::defer_join`]).
 pub const MAX_DEFERRED: usize = 1024;
 
+/// A finding's place in [`Findings`]' index: its kind, process and
+/// deduplication key.
+type IndexKey = (FindingKind, ProcessKey, String);
+
+/// An index key, owned or borrowed: the index is searched with the key's
+/// parts as they are (`&str`), without making an [`IndexKey`].
+trait KeyRef {
+    /// The kind, process and deduplication key.
+    fn parts(&self) -> (FindingKind, ProcessKey, &str);
+}
+
+impl KeyRef for IndexKey {
+    fn parts(&self) -> (FindingKind, ProcessKey, &str) {
+        (self.0, self.1, &self.2)
+    }
+}
+
+impl KeyRef for (FindingKind, ProcessKey, &str) {
+    fn parts(&self) -> (FindingKind, ProcessKey, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn KeyRef + 'a> for IndexKey {
+    fn borrow(&self) -> &(dyn KeyRef + 'a) {
+        self
+    }
+}
+
+// Hashed as the tuple `IndexKey` hashes (each part in turn, the `String` as
+// its `str`), as `Borrow` requires.
+impl Hash for dyn KeyRef + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (kind, process, key) = self.parts();
+        kind.hash(state);
+        process.hash(state);
+        key.hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyRef + '_ {}
+
 /// The deduplicated findings.
 #[derive(Debug, Default)]
 pub struct Findings {
-    index: HashMap<(FindingKind, ProcessKey, String), usize>,
+    index: FastMap<IndexKey, usize>,
     list: Vec<Finding>,
     /// Observations not kept because `max` distinct findings existed.
     pub suppressed: u64,
@@ -294,7 +345,9 @@ impl Findings {
         key: &str,
         duration_ns: Option<u64>,
     ) -> bool {
-        match self.index.get(&(kind, process, key.to_owned())) {
+        // Looked up by the borrowed key: a starved runtime asks for nearly
+        // every wait, and a copy of the key would be made and freed each time.
+        match self.index.get(&(kind, process, key) as &dyn KeyRef) {
             None => true,
             Some(&i) => match (duration_ns, self.list[i].worst_ns) {
                 (Some(d), Some(w)) => d >= w,
@@ -555,7 +608,10 @@ impl Findings {
             pid: f.pid,
             start_unix_ns: f.process_start_unix_ns,
         };
-        if let Some(&i) = self.index.get(&(f.kind, process, key.clone())) {
+        if let Some(&i) = self
+            .index
+            .get(&(f.kind, process, key.as_str()) as &dyn KeyRef)
+        {
             if let Some(Some(base)) = self.settled.get_mut(&i) {
                 // Kept when its open occurrences are shown again.
                 restore_into(base, f.clone());
@@ -633,7 +689,10 @@ impl Findings {
     /// is shown as restored, with `o` in it already. Without its settled
     /// part here, `o` stays merged in the finding as final.
     pub fn restore_open(&mut self, occurrence: Occurrence, o: Observation) {
-        let Some(&i) = self.index.get(&(o.kind, o.process, o.key.clone())) else {
+        let Some(&i) = self
+            .index
+            .get(&(o.kind, o.process, o.key.as_str()) as &dyn KeyRef)
+        else {
             return;
         };
         if !self.settled.contains_key(&i)

@@ -10,7 +10,7 @@
 //! and a line says why no native stack is shown.
 
 use awaitscope_wire::paths::{self, PathOrigin};
-use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, SpanId, StackState};
+use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, SpanClass, SpanId, StackState};
 
 use crate::model::await_tree::AwaitTree;
 use crate::model::file_memo::{file_origin, shown_file};
@@ -56,7 +56,66 @@ pub fn of_poll(p: &Process, t: &Task, start: u64, end: u64) -> PollTrace {
 /// The culprit of [`of_poll`] alone, without making its trace: what a line
 /// about another task's poll names (`held the thread ..., in culprit`).
 pub fn culprit_of_poll(p: &Process, t: &Task, start: u64, end: u64) -> Option<String> {
+    if crossed_stall(t, start).is_none() {
+        // As `describe` finds it without a stall (`named_span`), from the
+        // parts of plain spans when every span on the path is one.
+        let leaf = busiest_leaf(p, t, start, end);
+        if let Some(culprit) = plain_culprit(p, &t.await_tree, leaf) {
+            return culprit;
+        }
+    }
     describe(p, t, start, end, false).culprit
+}
+
+/// The culprit [`named_span`] names (as [`describe`] writes it), from the
+/// parts of the path's frames ([`Process::plain_frame`]) rather than
+/// frames made; `None` when a node of the path is not a plain span.
+fn plain_culprit(p: &Process, tree: &AwaitTree, leaf: Option<usize>) -> Option<Option<String>> {
+    use crate::model::labels::PlainFrame;
+    let Some(leaf) = leaf else {
+        return Some(None);
+    };
+    // A resource or an async op on the path: `describe` makes the path.
+    if up_from(tree, leaf).any(|n| {
+        matches!(
+            tree.nodes[n].class,
+            SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
+        )
+    }) {
+        return None;
+    }
+    let (mut local, mut first): (Option<PlainFrame<'_>>, Option<PlainFrame<'_>>) = (None, None);
+    for n in up_from(tree, leaf) {
+        let f = p.plain_frame(&tree.nodes[n])?;
+        let is_local =
+            f.at.as_ref()
+                .is_some_and(|(file, _)| file_origin(file) == PathOrigin::Local);
+        // As `named_span` judges a frame the program's own.
+        if is_local && !f.label.starts_with("tokio::") {
+            return Some(Some(plain_named(&f)));
+        }
+        if is_local {
+            local.get_or_insert(f);
+        } else {
+            first.get_or_insert(f);
+        }
+    }
+    Some(local.or(first).map(|f| plain_named(&f)))
+}
+
+/// A culprit as [`describe`] writes it: `label (file:line)`, or the label.
+fn plain_named(f: &crate::model::labels::PlainFrame<'_>) -> String {
+    match &f.at {
+        Some((file, line)) => {
+            let mut s = String::with_capacity(f.label.len() + file.len() + 14);
+            s.push_str(f.label);
+            s.push_str(" (");
+            push_file_line(&mut s, file, *line);
+            s.push(')');
+            s
+        }
+        None => f.label.to_string(),
+    }
 }
 
 /// [`of_poll`]; its trace left empty unless `trace`.
@@ -118,7 +177,7 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
                         Some(short_fn(&f.function))
                     };
                     out.culprit = Some(match name {
-                        Some(n) => format!("{n} ({})", file_line(&l)),
+                        Some(n) => named_at(&n, &l),
                         None => file_line(&l),
                     });
                     out.location = Some(l);
@@ -143,7 +202,7 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
         if let Some(named) = named_span(p, &t.await_tree, busiest_leaf(p, t, start, end)) {
             if let Some(f) = named {
                 out.culprit = Some(match &f.location {
-                    Some(l) => format!("{} ({})", f.label, file_line(l)),
+                    Some(l) => named_at(&f.label, l),
                     None => f.label.clone(),
                 });
                 out.location = f.location;
@@ -189,7 +248,7 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
     if let (Some(s), None) = (named, &out.location) {
         out.location = s.location.clone();
         out.culprit = Some(match &s.location {
-            Some(l) => format!("{} ({})", s.label, file_line(l)),
+            Some(l) => named_at(&s.label, l),
             None => s.label.clone(),
         });
     }
@@ -217,7 +276,6 @@ fn named_span(
     tree: &AwaitTree,
     leaf: Option<usize>,
 ) -> Option<Option<crate::model::labels::Frame>> {
-    use awaitscope_wire::SpanClass;
     let Some(leaf) = leaf else {
         return Some(None);
     };
@@ -270,23 +328,30 @@ fn up_from(tree: &AwaitTree, leaf: usize) -> impl Iterator<Item = usize> + '_ {
 /// was when its own poll was sampled: `held the thread 70.0ms: task
 /// cpu-hog#7 @ src/main.rs:9:5, in burn_cpu (src/main.rs:88)`.
 pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanId) -> Vec<String> {
-    p.held_the_thread(&[Some(thread)], from, to, task)
-        .into_iter()
-        .take(4)
-        .filter_map(|h| {
-            let t = p.task(h.task)?;
-            let mut line = format!(
-                "held the thread {}: {}",
-                fmt_ns_brief(h.held_ns),
-                task_label(t)
-            );
-            if let Some(c) = culprit_of_poll(p, t, h.poll.0, h.poll.1) {
-                line.push_str(", in ");
-                line.push_str(&c);
-            }
-            Some(line)
-        })
-        .collect()
+    let hogs = p.held_the_thread(&[Some(thread)], from, to, task);
+    let mut out = Vec::with_capacity(hogs.len().min(4));
+    for h in hogs.into_iter().take(4) {
+        let Some(t) = p.task(h.task) else {
+            continue;
+        };
+        let held = fmt_ns_brief(h.held_ns);
+        let label = task_label(t);
+        let culprit = culprit_of_poll(p, t, h.poll.0, h.poll.1);
+        // Sized once: a starved runtime names the polls that held its
+        // threads in nearly every description.
+        let len = 18 + held.len() + label.len() + culprit.as_ref().map_or(0, |c| 5 + c.len());
+        let mut line = String::with_capacity(len);
+        line.push_str("held the thread ");
+        line.push_str(&held);
+        line.push_str(": ");
+        line.push_str(&label);
+        if let Some(c) = culprit {
+            line.push_str(", in ");
+            line.push_str(&c);
+        }
+        out.push(line);
+    }
+    out
 }
 
 /// The await path of `t`'s last poll down to where it waits
@@ -294,16 +359,58 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
 /// lock it only released), innermost first, then the task: the trace of
 /// findings about a task between polls (`self_wake`, `starvation`).
 pub fn of_task(p: &Process, t: &Task) -> Vec<String> {
+    if let Some(out) = plain_of_task(p, t) {
+        return out;
+    }
+    of_task_made(p, t)
+}
+
+/// [`of_task`] from the parts of the path's frames
+/// ([`Process::plain_frame`]) rather than frames made; `None` when a node
+/// of the path is not a plain span (or the path is too long to hold).
+fn plain_of_task(p: &Process, t: &Task) -> Option<Vec<String>> {
+    use crate::model::labels::PlainFrame;
+    let tree = &t.await_tree;
+    let Some(leaf) = p.await_point(tree) else {
+        return Some(vec![task_line(t)]);
+    };
+    let mut buf = [0usize; 32];
+    let path = tree.path_in(leaf, &mut buf)?;
+    // Outermost first, a frame equal to the one before it left out, as
+    // `Process::await_frames` makes them.
+    let mut frames: Vec<PlainFrame<'_>> = Vec::with_capacity(path.len());
+    for &n in path {
+        let f = p.plain_frame(&tree.nodes[n])?;
+        if frames.last() != Some(&f) {
+            frames.push(f);
+        }
+    }
+    let mut out = Vec::with_capacity(frames.len() + 1);
+    out.extend(frames.iter().rev().map(|f| match &f.at {
+        Some((file, line)) => {
+            let mut s = String::with_capacity(f.label.len() + file.len() + 16);
+            s.push_str(f.label);
+            s.push_str(" @ ");
+            push_file_line(&mut s, file, *line);
+            s
+        }
+        None => f.label.to_string(),
+    }));
+    out.push(task_line(t));
+    Some(out)
+}
+
+/// [`of_task`] from the frames [`Process::await_frames`] makes.
+fn of_task_made(p: &Process, t: &Task) -> Vec<String> {
     // The frames as `await_stack` gives them, without judging whose code
     // each is (a trace line does not say).
-    let mut out: Vec<String> = match p.await_point(&t.await_tree) {
-        Some(leaf) => p
-            .await_frames(&t.await_tree, leaf)
-            .iter()
-            .map(|f| line(&f.label, f.location.as_ref()))
-            .collect(),
+    let frames = match p.await_point(&t.await_tree) {
+        Some(leaf) => p.await_frames(&t.await_tree, leaf),
         None => Vec::new(),
     };
+    // With room for the task's line (and no second allocation for it).
+    let mut out = Vec::with_capacity(frames.len() + 1);
+    out.extend(frames.iter().map(|f| line(&f.label, f.location.as_ref())));
     out.push(task_line(t));
     out
 }
@@ -384,22 +491,35 @@ fn line(label: &str, loc: Option<&Location>) -> String {
 
 /// Appends `file:line`.
 fn push_file_line(s: &mut String, file: &str, line: u32) {
-    use std::fmt::Write;
     s.push_str(file);
     s.push(':');
-    let _ = write!(s, "{line}");
+    crate::units::push_decimal(s, u64::from(line));
 }
 
 /// `file:line` of `l`.
 fn file_line(l: &Location) -> String {
-    format!("{}:{}", l.file, l.line)
+    let mut s = String::with_capacity(l.file.len() + 11);
+    push_file_line(&mut s, &l.file, l.line);
+    s
+}
+
+/// `name (file:line)`: a culprit and where it is, written in one go (the
+/// culprit of every poll that held a starved task's thread is named).
+fn named_at(name: &str, l: &Location) -> String {
+    let mut s = String::with_capacity(name.len() + l.file.len() + 14);
+    s.push_str(name);
+    s.push_str(" (");
+    push_file_line(&mut s, &l.file, l.line);
+    s.push(')');
+    s
 }
 
 /// `task #7 "name" spawned @ file:line`.
 pub fn task_line(t: &Task) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(64);
-    let _ = write!(s, "task #{}", t.id.0);
+    s.push_str("task #");
+    crate::units::push_decimal(&mut s, t.id.0);
     if let Some(n) = &t.name {
         let _ = write!(s, " {n:?}");
     }
@@ -1068,6 +1188,123 @@ mod tests {
             });
             assert_eq!(culprit_of_poll(p, task, start, end), whole, "{spans:?}");
             assert_eq!(whole.as_deref(), Some(want), "{spans:?}");
+        }
+    }
+
+    /// A trace or a culprit told from plain spans' parts is the one made
+    /// from the frames, whatever the spans on the path are: plain, of one
+    /// of awaitscope's own callsites, with `loc.*` fields, in a
+    /// dependency's file, without a file, closed, repeated, named like
+    /// tokio's, with a lock taken and released inside, or waiting on one.
+    #[test]
+    fn plain_frames_tell_what_made_frames_do() {
+        use crate::config::MS;
+        use crate::testing::{Scenario, TaskOpts};
+        use awaitscope_wire::{
+            names, Callsite, CallsiteKind, CloseKind, Event, Field, Level, Value,
+        };
+
+        // (case, whether the trace is told from plain parts)
+        let cases = [
+            ("plain", true),
+            ("own callsite", false),
+            ("loc fields", false),
+            ("dependency file", true),
+            ("no file", true),
+            ("closed", true),
+            ("repeated", true),
+            ("tokio name", true),
+            ("lock", true),
+            ("waiting on a lock", false),
+        ];
+        for (case, plain) in cases {
+            let mut s = Scenario::new();
+            let t = s.spawn(TaskOpts::named("t"), 0);
+            let outer = s.user_span(
+                if case == "tokio name" {
+                    "tokio::op"
+                } else {
+                    "outer"
+                },
+                0,
+            );
+            let mid = s.user_span("mid", 0);
+            let inner = s.user_span(if case == "repeated" { "mid" } else { "inner" }, 0);
+            let m = case.contains("lock").then(|| s.mutex(0));
+            let cs = |s: &mut Scenario, span| {
+                let model = s.model();
+                let p = model.processes().next().expect("process");
+                p.callsites[&p.spans[&span].callsite].clone()
+            };
+            // The callsite of `mid` or `inner`, changed.
+            let changed = match case {
+                "own callsite" => Some(Callsite {
+                    target: names::TASK_TARGET.into(),
+                    ..cs(&mut s, mid)
+                }),
+                "loc fields" => Some(Callsite {
+                    fields: vec![names::LOC_FILE.into(), names::LOC_LINE.into()],
+                    ..cs(&mut s, mid)
+                }),
+                "dependency file" => Some(Callsite {
+                    file: Some("/root/.cargo/registry/src/idx/tokio-1.47.1/src/lib.rs".into()),
+                    ..cs(&mut s, inner)
+                }),
+                "no file" => Some(Callsite {
+                    file: None,
+                    ..cs(&mut s, inner)
+                }),
+                _ => None,
+            };
+            if let Some(c) = changed {
+                s.b.push(Event::Callsite(Box::new(Callsite {
+                    level: Level::Info,
+                    kind: CallsiteKind::Span(SpanClass::User),
+                    ..c
+                })));
+            }
+            if case == "loc fields" {
+                s.b.push(Event::Record {
+                    span: mid,
+                    fields: vec![
+                        Field {
+                            index: 0,
+                            value: Value::Str("src/caller.rs".into()),
+                        },
+                        Field {
+                            index: 1,
+                            value: Value::U64(7),
+                        },
+                    ],
+                });
+            }
+            let (start, end) = (20 * MS, 50 * MS);
+            s.begin_poll(t, start);
+            for (k, id) in [outer, mid, inner].into_iter().enumerate() {
+                s.enter(id, start + 100 + k as u64);
+            }
+            match m {
+                Some(m) if case == "lock" => s.lock_and_release(t, m, start + 200),
+                Some(m) => s.lock(t, m, false, start + 200),
+                None => {}
+            }
+            for (k, id) in [outer, mid, inner].into_iter().enumerate().rev() {
+                s.exit(id, end - 100 + k as u64);
+            }
+            s.end_poll(t, end);
+            if case == "closed" {
+                s.b.close(inner, CloseKind::Span, end + 1);
+            }
+            let model = s.model();
+            let p = model.processes().next().expect("process");
+            let task = &p.tasks[&t];
+            assert_eq!(plain_of_task(p, task).is_some(), plain, "{case}");
+            assert_eq!(of_task(p, task), of_task_made(p, task), "{case}");
+            assert_eq!(
+                culprit_of_poll(p, task, start, end),
+                describe(p, task, start, end, false).culprit,
+                "{case}"
+            );
         }
     }
 }

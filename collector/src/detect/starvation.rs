@@ -126,12 +126,16 @@ fn observe(p: &Process, t: &Task, key: String, wait: u64, ts: u64, th: &Threshol
         key,
         tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
-        message: format!(
-            "{} was woken but not polled for {} (threshold {})",
-            task_label(t),
-            fmt_ns_brief(wait),
-            fmt_ns_brief(th.starvation_ns)
-        ),
+        message: {
+            // Written in one go: a starved runtime describes a wait often.
+            let mut m = task_label(t);
+            m.push_str(" was woken but not polled for ");
+            m.push_str(&fmt_ns_brief(wait));
+            m.push_str(" (threshold ");
+            m.push_str(&fmt_ns_brief(th.starvation_ns));
+            m.push(')');
+            m
+        },
         trace: poll_trace::of_task(p, t),
         duration_ns: Some(wait),
         ts,

@@ -185,6 +185,24 @@ impl AwaitTree {
         p
     }
 
+    /// [`AwaitTree::path`] written into the end of `buf`, without
+    /// allocating (await paths are made for every description of a
+    /// finding); `None` when it does not fit.
+    pub fn path_in<'b>(&self, i: usize, buf: &'b mut [usize]) -> Option<&'b [usize]> {
+        let mut k = buf.len().checked_sub(1)?;
+        buf[k] = i;
+        let mut cur = i;
+        while let Some(parent) = self.nodes[cur].parent {
+            cur = parent as usize;
+            k = k.checked_sub(1)?;
+            buf[k] = cur;
+            if buf.len() - k > self.nodes.len() {
+                break;
+            }
+        }
+        Some(&buf[k..])
+    }
+
     /// Children of node `parent` (`None`: top-level nodes).
     pub fn children(&self, parent: Option<u16>) -> impl Iterator<Item = usize> + '_ {
         (0..self.nodes.len()).filter(move |&i| self.nodes[i].parent == parent)
@@ -254,6 +272,38 @@ mod tests {
             let parent_in_range = t.nodes.iter().all(|n| n.parent.is_none_or(|p| usize::from(p) < t.nodes.len()));
             proptest::prop_assume!(parent_in_range);
             proptest::prop_assert_eq!(t.deepest_leaf(), t.deepest_leaf_walk());
+        }
+
+        /// The path written into a buffer is `path`'s, for every node of
+        /// trees with cycles and long chains, whenever it fits (and it
+        /// fits whenever the buffer is as long as `path`'s).
+        #[test]
+        fn path_in_is_paths(
+            parents in proptest::collection::vec(proptest::option::of(0u16..80), 1..80),
+            len in 0usize..40,
+        ) {
+            let t = AwaitTree {
+                nodes: parents
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| AwaitNode {
+                        span: SpanId(i as u64),
+                        callsite: 0,
+                        class: SpanClass::User,
+                        parent: p.filter(|&p| usize::from(p) < parents.len()),
+                        first_entered: 0,
+                        label: None,
+                    })
+                    .collect(),
+            };
+            for i in 0..t.nodes.len() {
+                let want = t.path(i);
+                let mut buf = vec![0usize; len];
+                match t.path_in(i, &mut buf) {
+                    Some(p) => proptest::prop_assert_eq!(p, &want[..]),
+                    None => proptest::prop_assert!(want.len() > len),
+                }
+            }
         }
     }
 }

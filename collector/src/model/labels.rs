@@ -18,14 +18,14 @@ use super::task::Task;
 
 /// `task NAME#ID @ LOCATION`.
 pub fn task_label(t: &Task) -> String {
-    use std::fmt::Write;
     // Written in one go: findings name tasks often.
     let name = t.name.as_deref().unwrap_or("");
     let file = t.location.as_ref().map_or(0, |l| l.file.len());
     let mut s = String::with_capacity(name.len() + file + 40);
     s.push_str("task ");
     s.push_str(name);
-    let _ = write!(s, "#{}", t.id.0);
+    s.push('#');
+    crate::units::push_decimal(&mut s, t.id.0);
     if let Some(l) = &t.location {
         s.push_str(" @ ");
         l.push_to(&mut s);
@@ -127,7 +127,69 @@ fn is_user(l: &Location) -> bool {
     file_origin(&l.file) == PathOrigin::Local
 }
 
+/// A frame of an await path as [`Process::await_frames`] makes it, told by
+/// borrowed parts (see [`Process::plain_frame`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlainFrame<'a> {
+    /// The label: the callsite's name.
+    pub label: &'a str,
+    /// The callsite's file as shown, and its line.
+    pub at: Option<(Cow<'a, str>, u32)>,
+}
+
+/// Whether `class` is a resource's or an async op's (folded, labelled and
+/// located by [`Process::await_frames`] in their own ways).
+fn is_resource_class(class: SpanClass) -> bool {
+    matches!(
+        class,
+        SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
+    )
+}
+
 impl Process {
+    /// The frame [`Process::await_frames`] makes of `node` when it is a
+    /// plain span of the program, told by borrowed parts rather than made
+    /// (a description names a few of them each time): the node has no
+    /// label of its own and is no resource nor async op, nor on one
+    /// ([`Process::resource_of`]), its callsite is known and not one of
+    /// awaitscope's own, and its span (if still open) is no resource nor
+    /// async op and has no `loc.file` field. Its frame is then
+    /// its callsite's name at its callsite's file (as shown) and line.
+    /// `None` when `node` is not such a span.
+    pub fn plain_frame(&self, node: &AwaitNode) -> Option<PlainFrame<'_>> {
+        if node.label.is_some() || is_resource_class(node.class) {
+            return None;
+        }
+        let cs = self.callsites.get(&node.callsite)?;
+        if is_own_callsite(cs) {
+            return None;
+        }
+        if let Some(s) = self.spans.get(&node.span) {
+            if is_resource_class(s.class)
+                || span::field(Some(cs), &s.fields, names::LOC_FILE).is_some()
+            {
+                return None;
+            }
+        }
+        if self.resource_of(node.span).is_some() {
+            return None;
+        }
+        let at = match (&cs.file, cs.line) {
+            (Some(file), Some(line)) => {
+                let shown = match shown_file(file) {
+                    Some(f) => Cow::Owned(f),
+                    None => Cow::Borrowed(file.as_str()),
+                };
+                Some((shown, line))
+            }
+            _ => None,
+        };
+        Some(PlainFrame {
+            label: &cs.name,
+            at,
+        })
+    }
+
     /// Human-readable label of a span: resource type, async-op source, or
     /// span name.
     pub fn span_label(&self, id: SpanId, callsite: u32) -> String {
@@ -230,7 +292,15 @@ impl Process {
     /// resource's creation site when that is the user's code, else the
     /// innermost enclosing frame's.
     pub fn await_frames(&self, tree: &AwaitTree, i: usize) -> Vec<Frame> {
-        let path = tree.path(i);
+        let mut buf = [0usize; 32];
+        let long;
+        let path = match tree.path_in(i, &mut buf) {
+            Some(p) => p,
+            None => {
+                long = tree.path(i);
+                &long[..]
+            }
+        };
         let mut out: Vec<Frame> = Vec::with_capacity(path.len());
         let mut user_loc: Option<Location> = None;
         for (k, &n) in path.iter().enumerate() {

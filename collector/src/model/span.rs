@@ -20,13 +20,13 @@ impl Location {
     /// without the formatting machinery (task labels and group keys are
     /// made for every finding).
     pub fn push_to(&self, s: &mut String) {
-        use std::fmt::Write;
+        use crate::units::push_decimal;
         s.push_str(&self.file);
         s.push(':');
-        let _ = write!(s, "{}", self.line);
+        push_decimal(s, u64::from(self.line));
         if let Some(c) = self.col {
             s.push(':');
-            let _ = write!(s, "{c}");
+            push_decimal(s, u64::from(c));
         }
     }
 }

@@ -133,17 +133,24 @@ pub(super) struct PollStarted {
 
 /// Starts a poll of `t` at `ts`: commits the previous poll (it was a real
 /// poll) and ends the wait for this one.
-#[inline]
+// Always inlined: a whole poll's start is most of its work.
+#[inline(always)]
 pub(super) fn start_poll(t: &mut Task, ts: u64) -> PollStarted {
     let mut started = PollStarted::default();
-    if let Some((p, d)) = t.commit_pending_poll() {
+    if let Some((p, d)) = t.commit_pending_poll_unrecorded() {
         started.committed = Some((p.start, d));
     }
     if let Some(since) = t.scheduled_since.take() {
         let wait = ts.saturating_sub(since);
         t.scheduled_ns = t.scheduled_ns.saturating_add(wait);
-        t.record_scheduled(wait);
         started.waited = Some(wait);
+    }
+    // Recorded together: a busy task's poll records both.
+    match (started.committed, started.waited) {
+        (Some((_, d)), Some(wait)) => t.record_poll_and_scheduled(d, wait),
+        (Some((_, d)), None) => t.record_poll(d),
+        (None, Some(wait)) => t.record_scheduled(wait),
+        (None, None) => {}
     }
     t.state = TaskState::Running;
     t.poll_start = Some(ts);

@@ -68,7 +68,8 @@ impl Process {
         to: u64,
         except: SpanId,
     ) -> Vec<Hog> {
-        let mut hogs: Vec<Hog> = Vec::new();
+        // Room for the hogs a busy thread usually has, made once.
+        let mut hogs: Vec<Hog> = Vec::with_capacity(8);
         for (k, th) in threads.iter().enumerate() {
             if threads[..k].contains(th) {
                 continue;
