@@ -370,7 +370,7 @@ impl Local {
         let node = p.node.take();
         let poll = PollInProgress { node: None, ..*p };
         let ts = shared.raw();
-        let long = shared.delta_nanos(poll.start, ts) >= WHOLE_TREE_NS;
+        let long = || shared.delta_nanos(poll.start, ts) >= WHOLE_TREE_NS;
         let tree = self.send_tree(frame.sid, &poll, node.as_deref(), long);
         self.send_poll(frame.sid, node.as_deref(), tree, ts);
         if let Some(n) = node {
@@ -386,20 +386,21 @@ impl Local {
     /// remembers the new signature on the node. Returns whether it sent
     /// the tree, which the poll's record says.
     ///
-    /// A short poll (not `long`) leaves out the spans that closed during
-    /// it: they are not what the task waits at, and their creation and
-    /// close (sent anyway, with the task and times) already say they ran
-    /// in it. A server's per-request span is new in every poll; left in,
-    /// it would make every poll's tree a new one, sent again each time.
+    /// A short poll (`long()` false, asked only when a span closed in the
+    /// tree) leaves out the spans that closed during it: they are not what
+    /// the task waits at, and their creation and close (sent anyway, with
+    /// the task and times) already say they ran in it. A server's
+    /// per-request span is new in every poll; left in, it would make every
+    /// poll's tree a new one, sent again each time.
     #[inline(always)]
     pub(super) fn send_tree(
         &mut self,
         task: u64,
         poll: &PollInProgress,
         node: Option<&SpanNode>,
-        long: bool,
+        long: impl FnOnce() -> bool,
     ) -> bool {
-        let open = !long && !self.tree_cut && self.tree_closed > 0;
+        let open = self.tree_closed > 0 && !self.tree_cut && !long();
         let open_sig = if open {
             self.open_tree_sig(poll.tree_base)
         } else {
