@@ -67,6 +67,17 @@ pub fn culprit_of_poll(p: &Process, t: &Task, start: u64, end: u64) -> Option<St
     describe(p, t, start, end, false).culprit
 }
 
+/// Whether the path from `leaf` up holds a resource or an async op
+/// (whose frames [`await_stack`] folds into the call the user made).
+fn resource_on_path(tree: &AwaitTree, leaf: usize) -> bool {
+    up_from(tree, leaf).any(|n| {
+        matches!(
+            tree.nodes[n].class,
+            SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
+        )
+    })
+}
+
 /// The culprit [`named_span`] names (as [`describe`] writes it), from the
 /// parts of the path's frames ([`Process::plain_frame`]) rather than
 /// frames made; `None` when a node of the path is not a plain span.
@@ -76,12 +87,7 @@ fn plain_culprit(p: &Process, tree: &AwaitTree, leaf: Option<usize>) -> Option<O
         return Some(None);
     };
     // A resource or an async op on the path: `describe` makes the path.
-    if up_from(tree, leaf).any(|n| {
-        matches!(
-            tree.nodes[n].class,
-            SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
-        )
-    }) {
+    if resource_on_path(tree, leaf) {
         return None;
     }
     let (mut local, mut first): (Option<PlainFrame<'_>>, Option<PlainFrame<'_>>) = (None, None);
@@ -279,12 +285,7 @@ fn named_span(
     let Some(leaf) = leaf else {
         return Some(None);
     };
-    if up_from(tree, leaf).any(|n| {
-        matches!(
-            tree.nodes[n].class,
-            SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
-        )
-    }) {
+    if resource_on_path(tree, leaf) {
         return None;
     }
     let (mut local, mut first) = (None, None);
