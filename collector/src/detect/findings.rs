@@ -245,8 +245,8 @@ fn merge(f: &mut Finding, o: Observation) -> bool {
     // message with its stack, and `worst_ns` alone tells of the worse.
     // (Its stack under the other's message sent readers to code another
     // task ran.)
-    let keeps = super::poll_trace::has_native_stack(&f.trace)
-        && !super::poll_trace::has_native_stack(&o.trace)
+    let keeps = super::native_frames::has_native_stack(&f.trace)
+        && !super::native_frames::has_native_stack(&o.trace)
         && !o.trace.is_empty();
     let traced = worse && !keeps;
     if traced {
@@ -811,7 +811,7 @@ mod tests {
         missed.trace = vec![
             format!(
                 "{}no stall was reported",
-                super::super::poll_trace::NO_STACK
+                super::super::native_frames::NO_STACK
             ),
             "apply @ src/get.rs:63".into(),
             "task #2".into(),

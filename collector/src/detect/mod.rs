@@ -28,6 +28,7 @@ pub mod findings;
 pub mod late_timer;
 pub mod long_poll;
 pub mod lost_waker;
+pub mod native_frames;
 pub mod never_yielded;
 pub mod panic;
 pub mod poll_trace;
