@@ -473,8 +473,17 @@ fn task_row(p: &Process, t: &Task, key: TaskKey, nf: u32, worst: Option<FindingK
     let waiting = if t.state == TaskState::Idle {
         // Where it waits, as `stuck` judges it: not a resource it only
         // touched (a guard dropped), nor a span that closed.
-        p.await_point(&t.await_tree)
-            .map(|i| p.waiting_label(&t.await_tree, i))
+        // The deepest leaf's await point, as `stuck` judges it; when that
+        // path is all closed spans (a lock taken, then a wait elsewhere),
+        // the last other leaf's that has one, as the detail marks them.
+        let tree = &t.await_tree;
+        p.await_point(tree)
+            .or_else(|| {
+                tree.leaves()
+                    .filter_map(|l| p.await_point_from(tree, l))
+                    .last()
+            })
+            .map(|i| p.waiting_label(tree, i))
             .unwrap_or_default()
     } else {
         String::new()

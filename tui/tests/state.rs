@@ -244,6 +244,32 @@ fn waiting_on_names_a_lock_only_while_waiting_for_it() {
     assert!(w[0].contains("Mutex"), "{w:?}");
 }
 
+/// A task whose last poll took a lock (its calls closed) and then parked
+/// on a span of its own waits on that span: the table names it, as the
+/// detail marks it, though the tree's deepest leaf is the closed lock call.
+#[test]
+fn waiting_on_names_the_open_wait_when_the_deepest_path_closed() {
+    let mut s = Scenario::new();
+    let worker = s.spawn(TaskOpts::named("worker"), 0);
+    let setup = s.user_span("setup", 100);
+    let connect = s.user_span("connect", 100);
+    let next = s.user_span("next job", 100);
+    s.begin_poll(worker, 1000);
+    s.enter(setup, 1100);
+    s.enter(connect, 1110);
+    s.exit(connect, 1120);
+    s.exit(setup, 1130);
+    s.enter(next, 1140);
+    s.exit(next, 1150);
+    s.end_poll(worker, 1200);
+    s.close(connect, awaitscope_wire::CloseKind::Span, 1300);
+    s.close(setup, awaitscope_wire::CloseKind::Span, 1310);
+    s.tick(2000);
+    let snap = Snapshot::build(s.model(), None);
+    let k = key_named(&snap, "worker");
+    assert_eq!(snap.task(k).expect("row").waiting, "next job");
+}
+
 /// The selected finding stays selected as the list moves under it: another
 /// finding recurring (findings are newest first) or taken back (a
 /// `long_poll` found `descheduled`) does not put the cursor, and the detail
