@@ -172,8 +172,27 @@ fn two_tasks_taking_two_mutexes_in_opposite_orders_deadlock() {
 #[test]
 fn a_healthy_program_has_no_finding() {
     let dir = tempfile::tempdir().unwrap();
-    let (report, stderr) = record("healthy", 9, 7, dir.path());
-    let invented = unexpected(&report, &[]);
+    let run = |attempt: u32| {
+        let dir = dir.path().join(attempt.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let (report, stderr) = record("healthy", 9, 7, &dir);
+        let invented: Vec<Value> = unexpected(&report, &[]).into_iter().cloned().collect();
+        (report, stderr, invented)
+    };
+    let (mut report, mut stderr, mut invented) = run(1);
+    // A machine busy with other work (a build, the other tests) can keep
+    // woken tasks from every worker past the 50 ms threshold while it
+    // stretches the program's own polls too (its start-up's, under load):
+    // a true wait, which the finding then cannot put on the machine alone
+    // (see `unexpected`). A run whose only findings are such starvations is
+    // made once more; an invented finding shows in both.
+    if !invented.is_empty() && invented.iter().all(|f| f["kind"] == "starvation") {
+        eprintln!(
+            "starvation only, run again: {}",
+            serde_json::to_string(&invented).unwrap()
+        );
+        (report, stderr, invented) = run(2);
+    }
     assert!(
         invented.is_empty(),
         "{}\n{stderr}",
