@@ -8,30 +8,19 @@
 //! snapshots of either stay stable.
 
 /// Appends `v` in decimal, as `{}` writes it, without the formatting
-/// machinery: labels, keys and trace lines are made for every finding,
-/// each with a few numbers in it.
+/// machinery (`itoa`): labels, keys and trace lines are made for every
+/// finding, each with a few numbers in it.
 pub fn push_decimal(s: &mut String, v: u64) {
-    push_decimal_padded(s, v, 1);
+    s.push_str(itoa::Buffer::new().format(v));
 }
 
 /// Appends `v` in decimal with at least `width` digits (zeros in front), as
 /// `{:0width$}` writes it.
-pub fn push_decimal_padded(s: &mut String, mut v: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // Zeros past the buffer's, then the digits with the zeros in front
-    // that `width` asks for.
-    s.extend(std::iter::repeat_n('0', width.saturating_sub(buf.len())));
-    let from = i.min(buf.len().saturating_sub(width));
-    s.extend(buf[from..].iter().map(|&b| char::from(b)));
+pub fn push_decimal_padded(s: &mut String, v: u64, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v);
+    s.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+    s.push_str(digits);
 }
 
 /// Formats nanoseconds for a finding's message: two decimals in seconds,

@@ -10,10 +10,11 @@
 //! and a line says why no native stack is shown.
 
 use awaitscope_wire::paths::PathOrigin;
-use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, SpanClass, SpanId, StackState};
+use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, SpanId, StackState};
 
 use crate::model::await_tree::AwaitTree;
 use crate::model::file_memo::{file_origin, shown_file};
+use crate::model::labels::is_resource_class;
 use crate::model::span::Location;
 use crate::model::stall::{PollStall, StallSpan};
 use crate::model::{shown, task_label, Process, Task};
@@ -76,12 +77,7 @@ pub fn culprit_of_poll(p: &Process, t: &Task, start: u64, end: u64) -> Option<St
 /// Whether the path from `leaf` up holds a resource or an async op
 /// (whose frames [`await_stack`] folds into the call the user made).
 fn resource_on_path(tree: &AwaitTree, leaf: usize) -> bool {
-    up_from(tree, leaf).any(|n| {
-        matches!(
-            tree.nodes[n].class,
-            SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
-        )
-    })
+    up_from(tree, leaf).any(|n| is_resource_class(tree.nodes[n].class))
 }
 
 /// The culprit [`named_span`] names (as [`describe`] writes it), from the
@@ -615,6 +611,7 @@ pub fn sched_split(s: &Sched) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use awaitscope_wire::SpanClass;
 
     #[test]
     fn sched_split_and_descheduled() {

@@ -139,7 +139,7 @@ pub struct PlainFrame<'a> {
 
 /// Whether `class` is a resource's or an async op's (folded, labelled and
 /// located by [`Process::await_frames`] in their own ways).
-fn is_resource_class(class: SpanClass) -> bool {
+pub(crate) fn is_resource_class(class: SpanClass) -> bool {
     matches!(
         class,
         SpanClass::Resource | SpanClass::AsyncOp | SpanClass::AsyncOpPoll
