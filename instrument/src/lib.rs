@@ -20,7 +20,7 @@
 //! | `AWAITSCOPE_ADDR` | collector to stream to (default `127.0.0.1:6670`; `off`: none) |
 //! | `AWAITSCOPE_RECORD` | path of a recording file to write (`{pid}` is replaced by the process id) |
 //! | `AWAITSCOPE_TOKEN` | token to present to a collector that requires one |
-//! | `AWAITSCOPE_LONG_POLL` | stall threshold: a poll running this long is sampled once (default `10ms`) |
+//! | `AWAITSCOPE_LONG_POLL` | stall threshold: a poll running this long is sampled once (default `10ms`); a poll a hundredth as long sends its await tree with the spans that closed in it |
 //! | `AWAITSCOPE_STACKS=off` | sample no native stacks of long polls (their async stacks still go out) |
 //! | `AWAITSCOPE_SPANS` | which spans to capture, in `RUST_LOG` syntax (`my_app=debug,hyper=off,info`; default: every span). tokio's task spans are always captured; a span the filter rejects is disabled at its callsite (see [`Builder::spans`]) |
 //! | `AWAITSCOPE=off` | install nothing |
@@ -233,7 +233,9 @@ impl Builder {
     /// The stall threshold (default 10 ms, `AWAITSCOPE_LONG_POLL`): a poll
     /// running this long is sampled once while it runs (the spans it is in,
     /// its worker's native stack and scheduler statistics) and sent as a
-    /// `Stall` event. Use the collector's long-poll threshold.
+    /// `Stall` event. Use the collector's long-poll threshold. A poll a
+    /// hundredth as long sends its await tree with the spans that closed
+    /// during it (for the collector's long-poll traces).
     pub fn long_poll(mut self, threshold: Duration) -> Self {
         self.stall.threshold_ns = threshold.as_nanos().min(u64::MAX as u128) as u64;
         self
@@ -302,7 +304,11 @@ impl Builder {
         if let Some(m) = &self.memory {
             destinations.push(export::destination::Destination::memory(m.0.clone()));
         }
-        let capture = capture::Capture::with_span_filter(self.ring_capacity, self.spans);
+        let capture = capture::Capture::with_span_filter(
+            self.ring_capacity,
+            self.spans,
+            self.stall.threshold_ns,
+        );
         let start_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);

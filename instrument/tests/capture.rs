@@ -587,6 +587,41 @@ fn a_long_polls_tree_keeps_the_spans_that_closed_in_it() {
     }
 }
 
+/// The bound from which a poll's tree is whole follows the stall
+/// threshold (a hundredth of it): with a 10 s threshold the same 2 ms poll
+/// is short, and its tree leaves the closed span out. That is how a run
+/// under valgrind, where every poll takes hundreds of microseconds, counts
+/// what a native run does.
+#[test]
+fn the_whole_tree_bound_follows_the_stall_threshold() {
+    for flavor in FLAVORS {
+        let memory = awaitscope::MemoryRecording::new();
+        let builder = awaitscope::Builder::new()
+            .record_in_memory(&memory)
+            .long_poll(Duration::from_secs(10));
+        run(flavor, builder, |_| async {
+            awaitscope::spawn_named("slow", async {
+                async { std::thread::sleep(Duration::from_millis(2)) }
+                    .instrument(tracing::info_span!("hashing"))
+                    .await;
+                tokio::task::yield_now().await;
+            })
+            .await
+            .unwrap();
+        });
+        let c = support::Captured::from_frames(memory.frames().expect("recording decodes"));
+        let task = c.task("slow");
+        let trees = c.poll_trees.get(&task.id);
+        // No tree of the first poll holds the closed span (the task's
+        // first tree, if any, is of a later poll and empty of it).
+        let hashing = c.span("hashing").id;
+        assert!(
+            trees.is_none_or(|t| t.iter().all(|tree| tree.iter().all(|&(s, _)| s != hashing))),
+            "{flavor:?}: {trees:?}"
+        );
+    }
+}
+
 #[test]
 fn reused_registry_slots_never_alias_spans() {
     // One span at a time: the registry reuses the same slot for each. Every

@@ -106,6 +106,12 @@ pub(crate) struct Capture {
     pub origin_raw: u64,
     /// Largest ring a thread may grow to (slots).
     pub ring_capacity: usize,
+    /// A poll at least this long (ns) sends its await tree whole, the
+    /// spans that closed during it included: where a long poll spent its
+    /// time is told from them when no stall of it was seen. A shorter
+    /// poll's tree leaves them out (see `Local::send_tree`). A hundredth
+    /// of the stall threshold ([`whole_tree_ns`]).
+    pub whole_tree_ns: u64,
     /// Slots the rings of all threads may still grow by, together: growth
     /// takes from it and a thread's exit gives back. Bounds the rings'
     /// memory however many threads outrun the exporter at once.
@@ -142,15 +148,21 @@ pub(crate) const RING_BUDGET_FACTOR: usize = 2;
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 impl Capture {
-    /// A capture keeping every span.
+    /// A capture keeping every span, with the default stall threshold.
     #[cfg(test)]
     pub fn new(ring_capacity: usize) -> Arc<Self> {
-        Self::with_span_filter(ring_capacity, crate::filter::SpanFilter::all())
+        let stall = crate::stacks::DEFAULT_LONG_POLL.as_nanos() as u64;
+        Self::with_span_filter(ring_capacity, crate::filter::SpanFilter::all(), stall)
     }
 
     /// A capture keeping the spans `spans` keeps (see
-    /// [`crate::filter::SpanFilter`]).
-    pub fn with_span_filter(ring_capacity: usize, spans: crate::filter::SpanFilter) -> Arc<Self> {
+    /// [`crate::filter::SpanFilter`]), for polls whose stall threshold is
+    /// `stall_ns` (see [`Capture::whole_tree_ns`]).
+    pub fn with_span_filter(
+        ring_capacity: usize,
+        spans: crate::filter::SpanFilter,
+        stall_ns: u64,
+    ) -> Arc<Self> {
         let clock = quanta::Clock::new();
         let origin_raw = clock.raw();
         let tsc_scale = reads_tsc(&clock).then(|| clock.delta_as_nanos(0, 1 << 40));
@@ -165,6 +177,7 @@ impl Capture {
             tsc_scale,
             origin_raw,
             ring_capacity,
+            whole_tree_ns: whole_tree_ns(stall_ns),
             ring_budget: AtomicUsize::new(ring_capacity.saturating_mul(RING_BUDGET_FACTOR)),
             exporter: OnceLock::new(),
             on_demand_wakes: AtomicU64::new(0),
@@ -289,6 +302,18 @@ impl Capture {
             None => self.clock.delta_as_nanos(start, end),
         }
     }
+}
+
+/// [`Capture::whole_tree_ns`] for a stall threshold of `stall_ns`: a
+/// hundredth of it (100 µs for the default 10 ms). Polls that long are
+/// rare enough in a server that their whole trees cost nothing, and the
+/// collector's long-poll traces (at its own threshold, 10 ms by default)
+/// see every span of the polls they describe. Tied to the threshold
+/// rather than fixed, so that a run under an instrumenting tool, where
+/// every poll takes hundreds of microseconds, can raise both with
+/// `AWAITSCOPE_LONG_POLL` and keep the cost of a native run.
+pub(crate) fn whole_tree_ns(stall_ns: u64) -> u64 {
+    stall_ns / 100
 }
 
 /// Whether `clock` reads the time-stamp counter: quanta uses it when it is

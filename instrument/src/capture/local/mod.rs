@@ -50,11 +50,6 @@ const EMPTY_SIG: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Marks a node of the poll's await tree whose span closed during the
 /// poll (a bit of its depth, which [`STACK`] keeps far below it).
 const CLOSED: u16 = 1 << 15;
-/// A poll at least this long (ns) sends its await tree whole, the spans
-/// that closed during it included: where a long poll spent its time is
-/// told from them when no stall of it was seen. A shorter poll's tree
-/// leaves them out (see [`Local::send_tree`]).
-const WHOLE_TREE_NS: u64 = 100_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 enum Kind {

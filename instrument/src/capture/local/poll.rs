@@ -370,7 +370,7 @@ impl Local {
         let node = p.node.take();
         let poll = PollInProgress { node: None, ..*p };
         let ts = shared.raw();
-        let long = || shared.delta_nanos(poll.start, ts) >= WHOLE_TREE_NS;
+        let long = || shared.delta_nanos(poll.start, ts) >= shared.whole_tree_ns;
         let tree = self.send_tree(frame.sid, &poll, node.as_deref(), long);
         self.send_poll(frame.sid, node.as_deref(), tree, ts);
         if let Some(n) = node {
