@@ -362,6 +362,45 @@ fn record_streams_only_to_an_address_the_user_set() {
     assert_eq!(seen(Some("127.0.0.1:7001")), "addr=127.0.0.1:7001");
 }
 
+/// `-o` is `--out`; an option `record` does not know is said as such,
+/// not as a program named like it that could not be run.
+#[cfg(unix)]
+#[test]
+fn record_takes_dash_o_and_names_an_unknown_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("short.rec");
+    // `true` is not instrumented: what matters is which path `record`
+    // looked for the recording at.
+    let o = run(&["record", "-o", out.to_str().unwrap(), "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("no recording was written to {}", out.display())),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&["record", "--output", "x.rec", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("unknown option --output"), "{err}");
+    assert!(!err.contains("cannot run"), "{err}");
+    assert!(!dir.path().join("x.rec").exists());
+
+    // `report` takes `-o` for `--out` too.
+    let f = write(dir.path(), "known.rec", &known_recording());
+    let report = dir.path().join("r.json");
+    let o = run(&[
+        "report",
+        f.to_str().unwrap(),
+        "-o",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(r["findings"].is_array(), "{r}");
+}
+
 #[test]
 fn serve_refuses_remote_without_allow_and_token() {
     let o = run(&["serve", "--listen", "0.0.0.0:0"]);

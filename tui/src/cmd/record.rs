@@ -23,7 +23,7 @@ use super::{parse_fail_on, FailOn, EXIT_BAD_INPUT, EXIT_FINDINGS};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Recording to write (default `awaitscope-<unix time>.rec`).
-    #[arg(long)]
+    #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
     /// Exit 1 if a finding of these kinds exists (comma list, or `any`).
     #[arg(long, value_parser = parse_fail_on)]
@@ -81,6 +81,19 @@ pub fn run(args: Args) -> u8 {
         eprintln!("awaitscope record: no command to run (give one after --, or --console URL)");
         return EXIT_BAD_INPUT;
     };
+    if prog.to_string_lossy().starts_with('-') {
+        // An option `record` does not know, taken for the command: the
+        // command is everything from the first word that is not one of
+        // `record`'s options, so that the command's own options pass
+        // through untouched. Said as what it is, not as a program that
+        // could not be found.
+        eprintln!(
+            "awaitscope record: unknown option {} (see `awaitscope record --help`; \
+             the command goes after `--`: awaitscope record [OPTIONS] -- COMMAND...)",
+            prog.to_string_lossy()
+        );
+        return EXIT_BAD_INPUT;
+    }
     let parts = parts_dir(&out);
     if let Err(e) = std::fs::create_dir_all(&parts) {
         eprintln!("awaitscope record: cannot create {}: {e}", parts.display());

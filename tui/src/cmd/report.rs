@@ -97,7 +97,7 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "json")]
     pub format: Vec<Format>,
     /// Write the report here instead of standard output (one format).
-    #[arg(long, conflicts_with = "out_dir")]
+    #[arg(long, short = 'o', conflicts_with = "out_dir")]
     pub out: Option<PathBuf>,
     /// Write each format to its own file in this directory.
     #[arg(long)]
