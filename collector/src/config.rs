@@ -74,7 +74,8 @@ pub struct Thresholds {
     pub self_wake_min_wakes: u64,
     /// ...of which more than this fraction are self-wakes.
     pub self_wake_ratio: f64,
-    /// `stuck`: pending on the same await-tree leaf for longer than this.
+    /// `stuck`: pending on the same call on a tokio resource for longer
+    /// than this.
     pub stuck_ns: u64,
     /// `deadlock`: every task of the cycle idle for longer than this.
     pub deadlock_grace_ns: u64,

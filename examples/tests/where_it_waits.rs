@@ -423,3 +423,63 @@ fn a_cpu_loop_in_a_first_poll_names_the_loop_while_it_runs() {
         f.message
     );
 }
+
+#[instrument(skip_all)]
+async fn serve_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+#[instrument(skip_all)]
+async fn next_job(rx: &mut tokio::sync::mpsc::Receiver<u32>) -> Option<u32> {
+    rx.recv().await
+}
+
+#[instrument(skip_all)]
+async fn job_worker(mut rx: tokio::sync::mpsc::Receiver<u32>) {
+    while let Some(_job) = next_job(&mut rx).await {}
+}
+
+/// A server at rest is not stuck: a connection waiting for its client's
+/// next request and a worker waiting for its next job, each inside a span
+/// of its own, well past the threshold. Beside them, a task waiting for a
+/// oneshot's reply that never comes is.
+#[test]
+fn an_idle_connection_or_worker_is_not_stuck() {
+    let (rt, guard) = TestBuilder::default()
+        .fail_on(&[])
+        .config(config(Duration::from_millis(100)))
+        .runtime();
+    let (tx, rx) = tokio::sync::mpsc::channel::<u32>(8);
+    let (reply_tx, reply_rx) = oneshot::channel::<u32>();
+    let client = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        tokio::spawn(serve_connection(server));
+        tokio::spawn(job_worker(rx));
+        tokio::spawn(checkout(reply_rx));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        client
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    drop((tx, reply_tx, client));
+    let stuck = of_kind(&outcome.findings, FindingKind::Stuck);
+    assert_eq!(stuck.len(), 1, "{:#?}", outcome.findings);
+    assert!(stuck[0].trace[0].contains("oneshot"), "{:#?}", stuck[0]);
+    assert!(
+        outcome.findings.iter().all(|f| f
+            .trace
+            .iter()
+            .all(|l| !l.contains("serve_connection") && !l.contains("next_job"))),
+        "{:#?}",
+        outcome.findings
+    );
+}

@@ -61,7 +61,8 @@ pub enum FindingKind {
     SelfWake,
     /// A cycle of tasks each waiting on a lock held by the next.
     Deadlock,
-    /// Pending on the same await point for longer than the threshold.
+    /// Pending on the same call on a tokio resource (a lock, a semaphore,
+    /// a oneshot) for longer than the threshold.
     Stuck,
     /// An ERROR event of the program.
     Error,
