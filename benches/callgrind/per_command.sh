@@ -11,13 +11,14 @@
 # the commands answered between them removes start-up and shutdown, and
 # the same difference of `none` is subtracted. Needs valgrind.
 #
-# Under valgrind every poll runs tens of times longer than natively: past
-# the stall threshold (10 ms), and past the hundredth of it from which a
-# poll sends its await tree whole (see `whole_tree_ns` in
-# instrument/src/capture/mod.rs). AWAITSCOPE_LONG_POLL=10s raises both, so
-# that the counts are of what a native run does (mini-redis's polls take
-# microseconds); set it in the environment to count otherwise.
+# Under valgrind every poll runs tens of times longer than natively, past
+# the 100 µs from which a poll sends its await tree whole (with the spans
+# that closed during it) and now and then past the stall threshold
+# (10 ms). AWAITSCOPE_WHOLE_TREE=1s and AWAITSCOPE_LONG_POLL=10s keep the
+# counts to what a native run does (mini-redis's polls take
+# microseconds); set them in the environment to count otherwise.
 set -euo pipefail
+export AWAITSCOPE_WHOLE_TREE=${AWAITSCOPE_WHOLE_TREE:-1s}
 export AWAITSCOPE_LONG_POLL=${AWAITSCOPE_LONG_POLL:-10s}
 BIN=$1; MODES=$2; OUT=${3:-target/callgrind}
 mkdir -p "$OUT"

@@ -25,6 +25,10 @@ pub(crate) struct EnvConfig {
     pub long_poll: Option<Duration>,
     /// `AWAITSCOPE_STACKS=off` (or `0`, `false`, `no`): no native stacks.
     pub stacks: bool,
+    /// `AWAITSCOPE_WHOLE_TREE` (a duration as `AWAITSCOPE_LONG_POLL`): a
+    /// poll at least this long sends its await tree with the spans that
+    /// closed during it, when set and valid.
+    pub whole_tree: Option<Duration>,
 }
 
 impl EnvConfig {
@@ -51,6 +55,7 @@ impl EnvConfig {
         let token = var("AWAITSCOPE_TOKEN").filter(|v| !v.is_empty());
         let long_poll = var("AWAITSCOPE_LONG_POLL").and_then(|v| parse_duration(&v));
         let stacks = var("AWAITSCOPE_STACKS").is_none_or(|v| !off(&v));
+        let whole_tree = var("AWAITSCOPE_WHOLE_TREE").and_then(|v| parse_duration(&v));
         Self {
             enabled,
             addr,
@@ -58,6 +63,7 @@ impl EnvConfig {
             token,
             long_poll,
             stacks,
+            whole_tree,
         }
     }
 }
@@ -123,6 +129,11 @@ mod tests {
             Some(Duration::from_micros(500))
         );
         assert_eq!(cfg(&[("AWAITSCOPE_LONG_POLL", "soon")]).long_poll, None);
+        assert_eq!(
+            cfg(&[("AWAITSCOPE_WHOLE_TREE", "100ms")]).whole_tree,
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(cfg(&[]).whole_tree, None);
         assert!(!cfg(&[("AWAITSCOPE_STACKS", "off")]).stacks);
         assert!(cfg(&[("AWAITSCOPE_STACKS", "on")]).stacks);
     }

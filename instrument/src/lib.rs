@@ -20,7 +20,8 @@
 //! | `AWAITSCOPE_ADDR` | collector to stream to (default `127.0.0.1:6670`; `off`: none) |
 //! | `AWAITSCOPE_RECORD` | path of a recording file to write (`{pid}` is replaced by the process id) |
 //! | `AWAITSCOPE_TOKEN` | token to present to a collector that requires one |
-//! | `AWAITSCOPE_LONG_POLL` | stall threshold: a poll running this long is sampled once (default `10ms`); a poll a hundredth as long sends its await tree with the spans that closed in it |
+//! | `AWAITSCOPE_LONG_POLL` | stall threshold: a poll running this long is sampled once (default `10ms`) |
+//! | `AWAITSCOPE_WHOLE_TREE` | a poll this long sends its await tree with the spans that closed during it (default `100us`; for measuring under valgrind, where every poll is slow) |
 //! | `AWAITSCOPE_STACKS=off` | sample no native stacks of long polls (their async stacks still go out) |
 //! | `AWAITSCOPE_SPANS` | which spans to capture, in `RUST_LOG` syntax (`my_app=debug,hyper=off,info`; default: every span). tokio's task spans are always captured; a span the filter rejects is disabled at its callsite (see [`Builder::spans`]) |
 //! | `AWAITSCOPE=off` | install nothing |
@@ -148,6 +149,7 @@ pub struct Builder {
     ring_capacity: usize,
     stall: stacks::StallConfig,
     spans: filter::SpanFilter,
+    whole_tree: Duration,
 }
 
 impl Builder {
@@ -171,6 +173,7 @@ impl Builder {
                 stacks: env.stacks,
             },
             spans: filter::SpanFilter::from_env(),
+            whole_tree: env.whole_tree.unwrap_or(capture::WHOLE_TREE),
         }
     }
 
@@ -185,6 +188,7 @@ impl Builder {
             ring_capacity: DEFAULT_RING_CAPACITY,
             stall: stacks::StallConfig::default(),
             spans: filter::SpanFilter::all(),
+            whole_tree: capture::WHOLE_TREE,
         }
     }
 
@@ -233,11 +237,22 @@ impl Builder {
     /// The stall threshold (default 10 ms, `AWAITSCOPE_LONG_POLL`): a poll
     /// running this long is sampled once while it runs (the spans it is in,
     /// its worker's native stack and scheduler statistics) and sent as a
-    /// `Stall` event. Use the collector's long-poll threshold. A poll a
-    /// hundredth as long sends its await tree with the spans that closed
-    /// during it (for the collector's long-poll traces).
+    /// `Stall` event. Use the collector's long-poll threshold.
     pub fn long_poll(mut self, threshold: Duration) -> Self {
         self.stall.threshold_ns = threshold.as_nanos().min(u64::MAX as u128) as u64;
+        self
+    }
+
+    /// The length from which a poll sends its await tree with the spans
+    /// that closed during it (default 100 µs, `AWAITSCOPE_WHOLE_TREE`);
+    /// a shorter poll leaves them out (they are not where the task waits,
+    /// and their creation and close say they ran in it). For measuring
+    /// under instrumenting tools, where every poll is slow: keep it under
+    /// the collector's long-poll threshold otherwise, or its long-poll
+    /// traces lose the spans that returned during the poll.
+    #[doc(hidden)]
+    pub fn whole_tree(mut self, from: Duration) -> Self {
+        self.whole_tree = from;
         self
     }
 
@@ -307,7 +322,7 @@ impl Builder {
         let capture = capture::Capture::with_span_filter(
             self.ring_capacity,
             self.spans,
-            self.stall.threshold_ns,
+            self.whole_tree.as_nanos().min(u128::from(u64::MAX)) as u64,
         );
         let start_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -109,8 +109,8 @@ pub(crate) struct Capture {
     /// A poll at least this long (ns) sends its await tree whole, the
     /// spans that closed during it included: where a long poll spent its
     /// time is told from them when no stall of it was seen. A shorter
-    /// poll's tree leaves them out (see `Local::send_tree`). A hundredth
-    /// of the stall threshold ([`whole_tree_ns`]).
+    /// poll's tree leaves them out (see `Local::send_tree`). Default
+    /// [`WHOLE_TREE`]; `AWAITSCOPE_WHOLE_TREE`.
     pub whole_tree_ns: u64,
     /// Slots the rings of all threads may still grow by, together: growth
     /// takes from it and a thread's exit gives back. Bounds the rings'
@@ -148,20 +148,20 @@ pub(crate) const RING_BUDGET_FACTOR: usize = 2;
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 impl Capture {
-    /// A capture keeping every span, with the default stall threshold.
+    /// A capture keeping every span.
     #[cfg(test)]
     pub fn new(ring_capacity: usize) -> Arc<Self> {
-        let stall = crate::stacks::DEFAULT_LONG_POLL.as_nanos() as u64;
-        Self::with_span_filter(ring_capacity, crate::filter::SpanFilter::all(), stall)
+        let whole = WHOLE_TREE.as_nanos() as u64;
+        Self::with_span_filter(ring_capacity, crate::filter::SpanFilter::all(), whole)
     }
 
     /// A capture keeping the spans `spans` keeps (see
-    /// [`crate::filter::SpanFilter`]), for polls whose stall threshold is
-    /// `stall_ns` (see [`Capture::whole_tree_ns`]).
+    /// [`crate::filter::SpanFilter`]), whose polls send their trees whole
+    /// from `whole_tree_ns` on (see [`Capture::whole_tree_ns`]).
     pub fn with_span_filter(
         ring_capacity: usize,
         spans: crate::filter::SpanFilter,
-        stall_ns: u64,
+        whole_tree_ns: u64,
     ) -> Arc<Self> {
         let clock = quanta::Clock::new();
         let origin_raw = clock.raw();
@@ -177,7 +177,7 @@ impl Capture {
             tsc_scale,
             origin_raw,
             ring_capacity,
-            whole_tree_ns: whole_tree_ns(stall_ns),
+            whole_tree_ns,
             ring_budget: AtomicUsize::new(ring_capacity.saturating_mul(RING_BUDGET_FACTOR)),
             exporter: OnceLock::new(),
             on_demand_wakes: AtomicU64::new(0),
@@ -304,17 +304,12 @@ impl Capture {
     }
 }
 
-/// [`Capture::whole_tree_ns`] for a stall threshold of `stall_ns`: a
-/// hundredth of it (100 µs for the default 10 ms). Polls that long are
-/// rare enough in a server that their whole trees cost nothing, and the
-/// collector's long-poll traces (at its own threshold, 10 ms by default)
-/// see every span of the polls they describe. Tied to the threshold
-/// rather than fixed, so that a run under an instrumenting tool, where
-/// every poll takes hundreds of microseconds, can raise both with
-/// `AWAITSCOPE_LONG_POLL` and keep the cost of a native run.
-pub(crate) fn whole_tree_ns(stall_ns: u64) -> u64 {
-    stall_ns / 100
-}
+/// Default of [`Capture::whole_tree_ns`]. Polls this long are rare
+/// enough in a server that their whole trees cost little, and it is well
+/// under the collector's long-poll threshold (10 ms by default, set on
+/// the collector's side, independently of the stall threshold here), so
+/// its long-poll traces see every span of the polls they describe.
+pub(crate) const WHOLE_TREE: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Whether `clock` reads the time-stamp counter: quanta uses it when it is
 /// invariant and calibrates it, else falls back to the OS clock, and does
