@@ -30,9 +30,10 @@ pub fn fold_frames(frames: &[NativeFrame]) -> Vec<String> {
         };
         let n = run.len();
         let noun = if n == 1 { "frame" } else { "frames" };
+        let what = what_the_runtime_did(run);
         out.push(match runtime_entry(&entry.function) {
-            Some(f) => format!("… {n} runtime {noun} in {f}"),
-            None => format!("… {n} runtime {noun}"),
+            Some(f) => format!("… {n} runtime {noun} in {f}{what}"),
+            None => format!("… {n} runtime {noun}{what}"),
         });
         run.clear();
     };
@@ -125,6 +126,23 @@ fn runtime_entry(function: &str) -> Option<String> {
         return None;
     }
     Some(f.to_string())
+}
+
+/// What a run of runtime frames (innermost first) was doing, when the
+/// call that entered it does not say: a panic's default hook printing a
+/// backtrace (`RUST_BACKTRACE` set) symbolises the whole stack, which
+/// takes a poll tens to hundreds of milliseconds, and the run is entered
+/// at `panic_fmt`: without this, a long poll at the line of a panic reads
+/// as if the program's code there were slow. Empty otherwise.
+fn what_the_runtime_did(run: &[&NativeFrame]) -> &'static str {
+    let has = |needle: &str| run.iter().any(|f| f.function.contains(needle));
+    if !has("std::panicking::default_hook") {
+        ""
+    } else if has("backtrace_rs::") || has("BacktraceLock") {
+        " (the panic hook printing a backtrace: RUST_BACKTRACE is set)"
+    } else {
+        " (the panic hook)"
+    }
 }
 
 /// Whether a runtime frame only passes a poll on (`Future::poll` of a
@@ -321,6 +339,62 @@ mod tests {
                 "checkout @ src/30.rs:30",
                 "… 3 runtime frames",
             ]
+        );
+    }
+
+    /// A poll that spent its time in a panic's default hook printing a
+    /// backtrace says so; a panic without it says only the hook.
+    #[test]
+    fn a_panic_hook_printing_a_backtrace_is_named() {
+        let panic_run = |printing: bool| {
+            let mut frames = Vec::new();
+            if printing {
+                frames.push(frame(
+                    "std::backtrace_rs::symbolize::gimli::Cache::with_global",
+                    9,
+                    FrameOrigin::Runtime,
+                ));
+                frames.push(frame(
+                    "std::sys::backtrace::BacktraceLock::print",
+                    8,
+                    FrameOrigin::Runtime,
+                ));
+            } else {
+                frames.push(frame("std::io::Write::write_fmt", 8, FrameOrigin::Runtime));
+            }
+            for (f, l) in [
+                ("std::panicking::default_hook::{{closure}}", 7),
+                ("std::panicking::default_hook", 6),
+                ("std::panicking::panic_with_hook", 5),
+                ("std::sys::backtrace::__rust_end_short_backtrace", 4),
+                ("core::panicking::panic_fmt", 3),
+            ] {
+                frames.push(frame(f, l, FrameOrigin::Runtime));
+            }
+            frames.push(frame("app::reload_config", 30, FrameOrigin::User));
+            fold_frames(&frames)
+        };
+        assert_eq!(
+            panic_run(true),
+            [
+                "… 7 runtime frames in core::panicking::panic_fmt (the panic hook printing a \
+                 backtrace: RUST_BACKTRACE is set)",
+                "reload_config @ src/30.rs:30",
+            ]
+        );
+        assert_eq!(
+            panic_run(false)[0],
+            "… 6 runtime frames in core::panicking::panic_fmt (the panic hook)"
+        );
+        // Any other run is told as before: `__rust_end_short_backtrace`
+        // alone is in every panic, and names no printing.
+        let sleep = [
+            frame("std::thread::sleep", 1, FrameOrigin::Runtime),
+            frame("app::wait", 2, FrameOrigin::User),
+        ];
+        assert_eq!(
+            fold_frames(&sleep)[0],
+            "… 1 runtime frame in std::thread::sleep"
         );
     }
 
