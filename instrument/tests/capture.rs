@@ -565,21 +565,25 @@ fn await_trees_are_sent_only_when_they_change() {
     }
 }
 
+/// A task whose first poll runs 2 ms inside a span (`hashing`) that closes
+/// before the poll ends.
+async fn slow_poll_in_a_span() {
+    awaitscope::spawn_named("slow", async {
+        async { std::thread::sleep(Duration::from_millis(2)) }
+            .instrument(tracing::info_span!("hashing"))
+            .await;
+        tokio::task::yield_now().await;
+    })
+    .await
+    .unwrap();
+}
+
 /// A long poll's tree keeps the spans that closed during it: where the
 /// poll spent its time is told from them when no stall of it was seen.
 #[test]
 fn a_long_polls_tree_keeps_the_spans_that_closed_in_it() {
     for flavor in FLAVORS {
-        let c = capture(flavor, || async {
-            awaitscope::spawn_named("slow", async {
-                async { std::thread::sleep(Duration::from_millis(2)) }
-                    .instrument(tracing::info_span!("hashing"))
-                    .await;
-                tokio::task::yield_now().await;
-            })
-            .await
-            .unwrap();
-        });
+        let c = capture(flavor, slow_poll_in_a_span);
         let task = c.task("slow");
         let hashing = c.span("hashing").id;
         let trees = &c.poll_trees[&task.id];
@@ -599,16 +603,7 @@ fn the_whole_tree_bound_can_be_raised() {
         let builder = awaitscope::Builder::new()
             .record_in_memory(&memory)
             .whole_tree(Duration::from_secs(1));
-        run(flavor, builder, |_| async {
-            awaitscope::spawn_named("slow", async {
-                async { std::thread::sleep(Duration::from_millis(2)) }
-                    .instrument(tracing::info_span!("hashing"))
-                    .await;
-                tokio::task::yield_now().await;
-            })
-            .await
-            .unwrap();
-        });
+        run(flavor, builder, |_| slow_poll_in_a_span());
         let c = support::Captured::from_frames(memory.frames().expect("recording decodes"));
         let task = c.task("slow");
         let trees = c.poll_trees.get(&task.id);
