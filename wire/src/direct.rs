@@ -461,11 +461,18 @@ impl Reader<'_> {
                 return Some(u64::from(b));
             }
         }
+        self.varint_word(max, last)
+    }
+
+    /// [`Reader::varint`] without the one-byte test first: the word read
+    /// takes any length up to 8 bytes (one included), then byte by byte.
+    #[inline(always)]
+    fn varint_word(&mut self, max: u32, last: u8) -> Option<u64> {
         if let Some(word) = self.buf.first_chunk::<8>() {
             let w = u64::from_le_bytes(*word);
             let ends = !w & 0x8080_8080_8080_8080;
             if ends != 0 {
-                // 2..=8 bytes; the bits up to the end's high bit.
+                // 1..=8 bytes; the bits up to the end's high bit.
                 let len = ends.trailing_zeros() / 8 + 1;
                 if len > max || (len == max && (w >> (8 * (len - 1))) as u8 > last) {
                     return None;
@@ -493,6 +500,14 @@ impl Reader<'_> {
     #[inline(always)]
     fn varint_u64(&mut self) -> Option<u64> {
         self.varint(10, 1)
+    }
+
+    /// A time (ns since the program's start): [`Reader::varint_u64`] read
+    /// as a word from the start, since a time is past 2^7 ns from the first
+    /// microsecond on, and the one-byte test would nearly always fail.
+    #[inline(always)]
+    fn time(&mut self) -> Option<u64> {
+        self.varint_word(10, 1)
     }
 
     #[inline(always)]
@@ -598,7 +613,7 @@ impl Reader<'_> {
         let at = self.buf;
         match u64::from(self.varint_u32()?) {
             index::POLL => {
-                let (task, start) = (self.span()?, self.varint_u64()?);
+                let (task, start) = (self.span()?, self.time()?);
                 let (duration, wakers) = (self.varint_u64()?, self.varint_u32()?);
                 out.push(Event::Poll {
                     task,
@@ -622,19 +637,19 @@ impl Reader<'_> {
                     1 => Some(self.span()?),
                     _ => return None,
                 };
-                let ts = self.varint_u64()?;
+                let ts = self.time()?;
                 out.push(Event::Wake { task, op, by, ts });
             }
             index::POLL_END => {
-                let (task, ts, wakers) = (self.span()?, self.varint_u64()?, self.varint_u32()?);
+                let (task, ts, wakers) = (self.span()?, self.time()?, self.varint_u32()?);
                 out.push(Event::PollEnd { task, ts, wakers });
             }
             index::ENTER => {
-                let (span, ts) = (self.span()?, self.varint_u64()?);
+                let (span, ts) = (self.span()?, self.time()?);
                 out.push(Event::Enter { span, ts });
             }
             index::EXIT => {
-                let (span, ts) = (self.span()?, self.varint_u64()?);
+                let (span, ts) = (self.span()?, self.time()?);
                 out.push(Event::Exit { span, ts });
             }
             index::CLOSE => {
@@ -646,7 +661,7 @@ impl Reader<'_> {
                     3 => CloseKind::Panicked,
                     _ => return None,
                 };
-                let ts = self.varint_u64()?;
+                let ts = self.time()?;
                 out.push(Event::Close { span, kind, ts });
             }
             index::THREAD => {
@@ -670,7 +685,7 @@ impl Reader<'_> {
                 b.parent = self.option_span()?;
                 b.ctx_task = self.option_span()?;
                 b.ctx_span = self.option_span()?;
-                b.ts = self.varint_u64()?;
+                b.ts = self.time()?;
                 let count = self.varint_u64()?;
                 if count > limits::MAX_FIELDS as u64 {
                     // Refused by serde's path, which says why.
@@ -781,7 +796,8 @@ mod tests {
     /// value, leaving the same bytes: at every length, with every last
     /// byte (too large ones are refused at the longest length), in
     /// non-minimal forms, at the end of the input and followed by more
-    /// (read a word at a time, see [`Reader::varint`]).
+    /// (read a word at a time, see [`Reader::varint`]); a time
+    /// ([`Reader::time`]) as a `u64`.
     #[test]
     fn varints_read_as_postcard_reads_them() {
         let mut cases: Vec<Vec<u8>> = Vec::new();
@@ -808,6 +824,13 @@ mod tests {
                 .ok()
                 .map(|(v, rest)| (v, rest.len()));
             assert_eq!(ours, theirs, "u64 {b:02x?}");
+            // A time: the same, read without the one-byte test.
+            let mut r = Reader {
+                buf: b,
+                checked: true,
+            };
+            let ours = r.time().map(|v| (v, r.buf.len()));
+            assert_eq!(ours, theirs, "time {b:02x?}");
             let mut r = Reader {
                 buf: b,
                 checked: true,
