@@ -21,6 +21,8 @@
 //! `tests/fuzz.rs` and `tests/roundtrip.rs` check that both paths give the
 //! same frames and the same errors.
 
+use std::mem::MaybeUninit;
+
 use crate::event::capped;
 use crate::{
     limits, Body, CloseKind, Event, Field, Frame, PollTreeRef, ProcessKey, SpanId, SpanNewRef,
@@ -404,17 +406,31 @@ pub(crate) fn decode_events_frame(payload: &[u8]) -> Option<(Frame, bool)> {
     if count > limits::MAX_BATCH as u64 {
         return None;
     }
-    let mut events = capped::take_spare();
-    // Every event takes at least a byte: a short payload cannot make this
-    // allocate for a full batch.
-    events.reserve((count as usize).min(r.buf.len()));
-    for _ in 0..count {
-        if r.event(&mut events).is_none() {
-            capped::put_spare(events);
-            return None;
-        }
+    // Every event takes at least a byte: a batch of more events than its
+    // payload has bytes left fails below, so it is refused before a vector
+    // is sized for it.
+    let count = count as usize;
+    if count > r.buf.len() {
+        return None;
     }
-    if !r.buf.is_empty() {
+    let mut events = capped::take_spare();
+    events.reserve(count);
+    // Each event read straight into its slot of the vector's spare
+    // capacity: pushed, it was built apart and copied in, the largest part
+    // of reading a whole poll or a wake after its varints.
+    let len = events.len();
+    let mut read = 0;
+    for slot in &mut events.spare_capacity_mut()[..count] {
+        if r.event(slot).is_none() {
+            break;
+        }
+        read += 1;
+    }
+    // SAFETY: `event` initialised each of the first `read` slots past the
+    // length (it writes its slot whenever it returns `Some`, and the loop
+    // stops at the first `None`), all within the capacity reserved above.
+    unsafe { events.set_len(len + read) };
+    if read < count || !r.buf.is_empty() {
         capped::put_spare(events);
         return None;
     }
@@ -607,20 +623,21 @@ impl Reader<'_> {
         Some(())
     }
 
-    /// Reads one event of a batch onto `out`.
+    /// Reads one event of a batch into `slot`: the event written there, or
+    /// `None` and the slot left as it was.
     #[inline(always)]
-    fn event(&mut self, out: &mut Vec<Event>) -> Option<()> {
+    fn event<'s>(&mut self, slot: &'s mut MaybeUninit<Event>) -> Option<&'s mut Event> {
         let at = self.buf;
-        match u64::from(self.varint_u32()?) {
+        Some(match u64::from(self.varint_u32()?) {
             index::POLL => {
                 let (task, start) = (self.span()?, self.time()?);
                 let (duration, wakers) = (self.varint_u64()?, self.varint_u32()?);
-                out.push(Event::Poll {
+                slot.write(Event::Poll {
                     task,
                     start,
                     duration,
                     wakers,
-                });
+                })
             }
             index::WAKE => {
                 let task = self.span()?;
@@ -638,19 +655,19 @@ impl Reader<'_> {
                     _ => return None,
                 };
                 let ts = self.time()?;
-                out.push(Event::Wake { task, op, by, ts });
+                slot.write(Event::Wake { task, op, by, ts })
             }
             index::POLL_END => {
                 let (task, ts, wakers) = (self.span()?, self.time()?, self.varint_u32()?);
-                out.push(Event::PollEnd { task, ts, wakers });
+                slot.write(Event::PollEnd { task, ts, wakers })
             }
             index::ENTER => {
                 let (span, ts) = (self.span()?, self.time()?);
-                out.push(Event::Enter { span, ts });
+                slot.write(Event::Enter { span, ts })
             }
             index::EXIT => {
                 let (span, ts) = (self.span()?, self.time()?);
-                out.push(Event::Exit { span, ts });
+                slot.write(Event::Exit { span, ts })
             }
             index::CLOSE => {
                 let span = self.span()?;
@@ -662,7 +679,7 @@ impl Reader<'_> {
                     _ => return None,
                 };
                 let ts = self.time()?;
-                out.push(Event::Close { span, kind, ts });
+                slot.write(Event::Close { span, kind, ts })
             }
             index::THREAD => {
                 // One opens each thread's run of every batch: read here, the
@@ -673,7 +690,7 @@ impl Reader<'_> {
                     1 => Some(self.string()?),
                     _ => return None,
                 };
-                out.push(Event::Thread { id, name });
+                slot.write(Event::Thread { id, name })
             }
             index::SPAN_NEW => {
                 // Into a box given back by `recycle`, over the fields it
@@ -707,7 +724,7 @@ impl Reader<'_> {
                         }
                     }
                 }
-                out.push(Event::SpanNew(b));
+                slot.write(Event::SpanNew(b))
             }
             index::POLL_TREE => {
                 let task = self.span()?;
@@ -722,17 +739,16 @@ impl Reader<'_> {
                     let depth = self.varint(3, 0x03)? as u16;
                     spans.push(TreeNode { span, depth });
                 }
-                out.push(Event::PollTree { task, spans });
+                slot.write(Event::PollTree { task, spans })
             }
             // Any other event: postcard, from its variant index on.
             _ => {
                 let (ev, rest) = postcard::take_from_bytes::<Event>(at).ok()?;
                 self.buf = rest;
                 self.checked = false;
-                out.push(ev);
+                slot.write(ev)
             }
-        }
-        Some(())
+        })
     }
 }
 
@@ -1020,11 +1036,13 @@ mod tests {
                 buf: &b,
                 checked: true,
             };
-            let mut out = Vec::new();
-            r.event(&mut out).expect("read here");
+            let mut slot = MaybeUninit::uninit();
+            let read = r.event(&mut slot).expect("read here");
+            // Taken out of the slot, which would not drop it.
+            let read = std::mem::replace(read, Event::Thread { id: 0, name: None });
             assert!(r.checked, "not left to serde");
             assert!(r.buf.is_empty());
-            assert_eq!(out, [ev]);
+            assert_eq!(read, ev);
         }
         // Over the cap: left to serde, which says why.
         let ev = Event::Thread {
@@ -1036,7 +1054,7 @@ mod tests {
             buf: &b,
             checked: true,
         };
-        assert!(r.event(&mut Vec::new()).is_none());
+        assert!(r.event(&mut MaybeUninit::uninit()).is_none());
     }
 
     #[test]
