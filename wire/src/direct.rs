@@ -536,6 +536,17 @@ impl Reader<'_> {
         self.varint_u64().map(SpanId)
     }
 
+    /// The id an event is about (a task's, a span's), read as a
+    /// [`Reader::time`] is: ids count up from 1 as spans are made, so past
+    /// a program's first 127 spans an event's own id takes two bytes or
+    /// more, and the one-byte test would nearly always fail. (The other
+    /// ids an event names, a waker's task or a span's parent, are often
+    /// those of the runtime or of long-lived tasks, small: read with it.)
+    #[inline(always)]
+    fn subject(&mut self) -> Option<SpanId> {
+        self.varint_word(10, 1).map(SpanId)
+    }
+
     /// An `Option<SpanId>`: a tag byte, 0 or 1, then the id.
     #[inline(always)]
     fn option_span(&mut self) -> Option<Option<SpanId>> {
@@ -630,7 +641,7 @@ impl Reader<'_> {
         let at = self.buf;
         Some(match u64::from(self.varint_u32()?) {
             index::POLL => {
-                let (task, start) = (self.span()?, self.time()?);
+                let (task, start) = (self.subject()?, self.time()?);
                 let (duration, wakers) = (self.varint_u64()?, self.varint_u32()?);
                 slot.write(Event::Poll {
                     task,
@@ -640,7 +651,7 @@ impl Reader<'_> {
                 })
             }
             index::WAKE => {
-                let task = self.span()?;
+                let task = self.subject()?;
                 let op = match self.varint_u32()? {
                     0 => WakeOp::Wake,
                     1 => WakeOp::WakeByRef,
@@ -658,19 +669,19 @@ impl Reader<'_> {
                 slot.write(Event::Wake { task, op, by, ts })
             }
             index::POLL_END => {
-                let (task, ts, wakers) = (self.span()?, self.time()?, self.varint_u32()?);
+                let (task, ts, wakers) = (self.subject()?, self.time()?, self.varint_u32()?);
                 slot.write(Event::PollEnd { task, ts, wakers })
             }
             index::ENTER => {
-                let (span, ts) = (self.span()?, self.time()?);
+                let (span, ts) = (self.subject()?, self.time()?);
                 slot.write(Event::Enter { span, ts })
             }
             index::EXIT => {
-                let (span, ts) = (self.span()?, self.time()?);
+                let (span, ts) = (self.subject()?, self.time()?);
                 slot.write(Event::Exit { span, ts })
             }
             index::CLOSE => {
-                let span = self.span()?;
+                let span = self.subject()?;
                 let kind = match self.varint_u32()? {
                     0 => CloseKind::Span,
                     1 => CloseKind::Completed,
@@ -697,7 +708,7 @@ impl Reader<'_> {
                 // held (a string read over a string keeps its allocation:
                 // the spans of a callsite have the same fields).
                 let mut b = capped::spare_span_new();
-                b.id = self.span()?;
+                b.id = self.subject()?;
                 b.callsite = self.varint_u32()?;
                 b.parent = self.option_span()?;
                 b.ctx_task = self.option_span()?;
@@ -813,7 +824,8 @@ mod tests {
     /// byte (too large ones are refused at the longest length), in
     /// non-minimal forms, at the end of the input and followed by more
     /// (read a word at a time, see [`Reader::varint`]); a time
-    /// ([`Reader::time`]) as a `u64`.
+    /// ([`Reader::time`]) and an event's id ([`Reader::subject`]) as a
+    /// `u64`.
     #[test]
     fn varints_read_as_postcard_reads_them() {
         let mut cases: Vec<Vec<u8>> = Vec::new();
@@ -847,6 +859,12 @@ mod tests {
             };
             let ours = r.time().map(|v| (v, r.buf.len()));
             assert_eq!(ours, theirs, "time {b:02x?}");
+            let mut r = Reader {
+                buf: b,
+                checked: true,
+            };
+            let ours = r.subject().map(|v| (v.0, r.buf.len()));
+            assert_eq!(ours, theirs, "id {b:02x?}");
             let mut r = Reader {
                 buf: b,
                 checked: true,
