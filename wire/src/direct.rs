@@ -494,10 +494,19 @@ impl Reader<'_> {
                     return None;
                 }
                 let x = w & (ends ^ (ends - 1)) & 0x7f7f_7f7f_7f7f_7f7f;
-                // 7 bits per byte -> 14 per 16 -> 28 per 32 -> 56.
-                let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-                let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-                let v = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                // 7 bits per byte -> 14 per 16 -> 28 per 32 -> 56. A step
+                // whose lanes past the first are all zero leaves the value
+                // as it is: skipped (up to 2 bytes the value is whole in
+                // its first 16-bit lane, up to 4 in its first 32-bit one).
+                // An id is one length nearly always, a time too: each
+                // inlined read's tests are predicted.
+                let mut v = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                if len > 2 {
+                    v = (v & 0x0000_3fff_0000_3fff) | ((v & 0x3fff_0000_3fff_0000) >> 2);
+                    if len > 4 {
+                        v = (v & 0x0000_0000_0fff_ffff) | ((v & 0x0fff_ffff_0000_0000) >> 4);
+                    }
+                }
                 self.buf = &self.buf[len as usize..];
                 return Some(v);
             }
