@@ -21,6 +21,8 @@
 //! `tests/fuzz.rs` and `tests/roundtrip.rs` check that both paths give the
 //! same frames and the same errors.
 
+use std::mem::MaybeUninit;
+
 use crate::event::capped;
 use crate::{
     limits, Body, CloseKind, Event, Field, Frame, PollTreeRef, ProcessKey, SpanId, SpanNewRef,
@@ -404,17 +406,31 @@ pub(crate) fn decode_events_frame(payload: &[u8]) -> Option<(Frame, bool)> {
     if count > limits::MAX_BATCH as u64 {
         return None;
     }
-    let mut events = capped::take_spare();
-    // Every event takes at least a byte: a short payload cannot make this
-    // allocate for a full batch.
-    events.reserve((count as usize).min(r.buf.len()));
-    for _ in 0..count {
-        if r.event(&mut events).is_none() {
-            capped::put_spare(events);
-            return None;
-        }
+    // Every event takes at least a byte: a batch of more events than its
+    // payload has bytes left fails below, so it is refused before a vector
+    // is sized for it.
+    let count = count as usize;
+    if count > r.buf.len() {
+        return None;
     }
-    if !r.buf.is_empty() {
+    let mut events = capped::take_spare();
+    events.reserve(count);
+    // Each event read straight into its slot of the vector's spare
+    // capacity: pushed, it was built apart and copied in, the largest part
+    // of reading a whole poll or a wake after its varints.
+    let len = events.len();
+    let mut read = 0;
+    for slot in &mut events.spare_capacity_mut()[..count] {
+        if r.event(slot).is_none() {
+            break;
+        }
+        read += 1;
+    }
+    // SAFETY: `event` initialised each of the first `read` slots past the
+    // length (it writes its slot whenever it returns `Some`, and the loop
+    // stops at the first `None`), all within the capacity reserved above.
+    unsafe { events.set_len(len + read) };
+    if read < count || !r.buf.is_empty() {
         capped::put_spare(events);
         return None;
     }
@@ -461,20 +477,36 @@ impl Reader<'_> {
                 return Some(u64::from(b));
             }
         }
+        self.varint_word(max, last)
+    }
+
+    /// [`Reader::varint`] without the one-byte test first: the word read
+    /// takes any length up to 8 bytes (one included), then byte by byte.
+    #[inline(always)]
+    fn varint_word(&mut self, max: u32, last: u8) -> Option<u64> {
         if let Some(word) = self.buf.first_chunk::<8>() {
             let w = u64::from_le_bytes(*word);
             let ends = !w & 0x8080_8080_8080_8080;
             if ends != 0 {
-                // 2..=8 bytes; the bits up to the end's high bit.
+                // 1..=8 bytes; the bits up to the end's high bit.
                 let len = ends.trailing_zeros() / 8 + 1;
                 if len > max || (len == max && (w >> (8 * (len - 1))) as u8 > last) {
                     return None;
                 }
                 let x = w & (ends ^ (ends - 1)) & 0x7f7f_7f7f_7f7f_7f7f;
-                // 7 bits per byte -> 14 per 16 -> 28 per 32 -> 56.
-                let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-                let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-                let v = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                // 7 bits per byte -> 14 per 16 -> 28 per 32 -> 56. A step
+                // whose lanes past the first are all zero leaves the value
+                // as it is: skipped (up to 2 bytes the value is whole in
+                // its first 16-bit lane, up to 4 in its first 32-bit one).
+                // An id is one length nearly always, a time too: each
+                // inlined read's tests are predicted.
+                let mut v = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                if len > 2 {
+                    v = (v & 0x0000_3fff_0000_3fff) | ((v & 0x3fff_0000_3fff_0000) >> 2);
+                    if len > 4 {
+                        v = (v & 0x0000_0000_0fff_ffff) | ((v & 0x0fff_ffff_0000_0000) >> 4);
+                    }
+                }
                 self.buf = &self.buf[len as usize..];
                 return Some(v);
             }
@@ -495,6 +527,14 @@ impl Reader<'_> {
         self.varint(10, 1)
     }
 
+    /// A time (ns since the program's start): [`Reader::varint_u64`] read
+    /// as a word from the start, since a time is past 2^7 ns from the first
+    /// microsecond on, and the one-byte test would nearly always fail.
+    #[inline(always)]
+    fn time(&mut self) -> Option<u64> {
+        self.varint_word(10, 1)
+    }
+
     #[inline(always)]
     fn varint_u32(&mut self) -> Option<u32> {
         self.varint(5, 0x0f).map(|v| v as u32)
@@ -503,6 +543,17 @@ impl Reader<'_> {
     #[inline(always)]
     fn span(&mut self) -> Option<SpanId> {
         self.varint_u64().map(SpanId)
+    }
+
+    /// The id an event is about (a task's, a span's), read as a
+    /// [`Reader::time`] is: ids count up from 1 as spans are made, so past
+    /// a program's first 127 spans an event's own id takes two bytes or
+    /// more, and the one-byte test would nearly always fail. (The other
+    /// ids an event names, a waker's task or a span's parent, are often
+    /// those of the runtime or of long-lived tasks, small: read with it.)
+    #[inline(always)]
+    fn subject(&mut self) -> Option<SpanId> {
+        self.varint_word(10, 1).map(SpanId)
     }
 
     /// An `Option<SpanId>`: a tag byte, 0 or 1, then the id.
@@ -592,23 +643,24 @@ impl Reader<'_> {
         Some(())
     }
 
-    /// Reads one event of a batch onto `out`.
+    /// Reads one event of a batch into `slot`: the event written there, or
+    /// `None` and the slot left as it was.
     #[inline(always)]
-    fn event(&mut self, out: &mut Vec<Event>) -> Option<()> {
+    fn event<'s>(&mut self, slot: &'s mut MaybeUninit<Event>) -> Option<&'s mut Event> {
         let at = self.buf;
-        match u64::from(self.varint_u32()?) {
+        Some(match u64::from(self.varint_u32()?) {
             index::POLL => {
-                let (task, start) = (self.span()?, self.varint_u64()?);
+                let (task, start) = (self.subject()?, self.time()?);
                 let (duration, wakers) = (self.varint_u64()?, self.varint_u32()?);
-                out.push(Event::Poll {
+                slot.write(Event::Poll {
                     task,
                     start,
                     duration,
                     wakers,
-                });
+                })
             }
             index::WAKE => {
-                let task = self.span()?;
+                let task = self.subject()?;
                 let op = match self.varint_u32()? {
                     0 => WakeOp::Wake,
                     1 => WakeOp::WakeByRef,
@@ -622,23 +674,23 @@ impl Reader<'_> {
                     1 => Some(self.span()?),
                     _ => return None,
                 };
-                let ts = self.varint_u64()?;
-                out.push(Event::Wake { task, op, by, ts });
+                let ts = self.time()?;
+                slot.write(Event::Wake { task, op, by, ts })
             }
             index::POLL_END => {
-                let (task, ts, wakers) = (self.span()?, self.varint_u64()?, self.varint_u32()?);
-                out.push(Event::PollEnd { task, ts, wakers });
+                let (task, ts, wakers) = (self.subject()?, self.time()?, self.varint_u32()?);
+                slot.write(Event::PollEnd { task, ts, wakers })
             }
             index::ENTER => {
-                let (span, ts) = (self.span()?, self.varint_u64()?);
-                out.push(Event::Enter { span, ts });
+                let (span, ts) = (self.subject()?, self.time()?);
+                slot.write(Event::Enter { span, ts })
             }
             index::EXIT => {
-                let (span, ts) = (self.span()?, self.varint_u64()?);
-                out.push(Event::Exit { span, ts });
+                let (span, ts) = (self.subject()?, self.time()?);
+                slot.write(Event::Exit { span, ts })
             }
             index::CLOSE => {
-                let span = self.span()?;
+                let span = self.subject()?;
                 let kind = match self.varint_u32()? {
                     0 => CloseKind::Span,
                     1 => CloseKind::Completed,
@@ -646,8 +698,8 @@ impl Reader<'_> {
                     3 => CloseKind::Panicked,
                     _ => return None,
                 };
-                let ts = self.varint_u64()?;
-                out.push(Event::Close { span, kind, ts });
+                let ts = self.time()?;
+                slot.write(Event::Close { span, kind, ts })
             }
             index::THREAD => {
                 // One opens each thread's run of every batch: read here, the
@@ -658,19 +710,19 @@ impl Reader<'_> {
                     1 => Some(self.string()?),
                     _ => return None,
                 };
-                out.push(Event::Thread { id, name });
+                slot.write(Event::Thread { id, name })
             }
             index::SPAN_NEW => {
                 // Into a box given back by `recycle`, over the fields it
                 // held (a string read over a string keeps its allocation:
                 // the spans of a callsite have the same fields).
                 let mut b = capped::spare_span_new();
-                b.id = self.span()?;
+                b.id = self.subject()?;
                 b.callsite = self.varint_u32()?;
                 b.parent = self.option_span()?;
                 b.ctx_task = self.option_span()?;
                 b.ctx_span = self.option_span()?;
-                b.ts = self.varint_u64()?;
+                b.ts = self.time()?;
                 let count = self.varint_u64()?;
                 if count > limits::MAX_FIELDS as u64 {
                     // Refused by serde's path, which says why.
@@ -692,7 +744,7 @@ impl Reader<'_> {
                         }
                     }
                 }
-                out.push(Event::SpanNew(b));
+                slot.write(Event::SpanNew(b))
             }
             index::POLL_TREE => {
                 let task = self.span()?;
@@ -707,17 +759,16 @@ impl Reader<'_> {
                     let depth = self.varint(3, 0x03)? as u16;
                     spans.push(TreeNode { span, depth });
                 }
-                out.push(Event::PollTree { task, spans });
+                slot.write(Event::PollTree { task, spans })
             }
             // Any other event: postcard, from its variant index on.
             _ => {
                 let (ev, rest) = postcard::take_from_bytes::<Event>(at).ok()?;
                 self.buf = rest;
                 self.checked = false;
-                out.push(ev);
+                slot.write(ev)
             }
-        }
-        Some(())
+        })
     }
 }
 
@@ -781,7 +832,9 @@ mod tests {
     /// value, leaving the same bytes: at every length, with every last
     /// byte (too large ones are refused at the longest length), in
     /// non-minimal forms, at the end of the input and followed by more
-    /// (read a word at a time, see [`Reader::varint`]).
+    /// (read a word at a time, see [`Reader::varint`]); a time
+    /// ([`Reader::time`]) and an event's id ([`Reader::subject`]) as a
+    /// `u64`.
     #[test]
     fn varints_read_as_postcard_reads_them() {
         let mut cases: Vec<Vec<u8>> = Vec::new();
@@ -808,6 +861,19 @@ mod tests {
                 .ok()
                 .map(|(v, rest)| (v, rest.len()));
             assert_eq!(ours, theirs, "u64 {b:02x?}");
+            // A time: the same, read without the one-byte test.
+            let mut r = Reader {
+                buf: b,
+                checked: true,
+            };
+            let ours = r.time().map(|v| (v, r.buf.len()));
+            assert_eq!(ours, theirs, "time {b:02x?}");
+            let mut r = Reader {
+                buf: b,
+                checked: true,
+            };
+            let ours = r.subject().map(|v| (v.0, r.buf.len()));
+            assert_eq!(ours, theirs, "id {b:02x?}");
             let mut r = Reader {
                 buf: b,
                 checked: true,
@@ -997,11 +1063,13 @@ mod tests {
                 buf: &b,
                 checked: true,
             };
-            let mut out = Vec::new();
-            r.event(&mut out).expect("read here");
+            let mut slot = MaybeUninit::uninit();
+            let read = r.event(&mut slot).expect("read here");
+            // Taken out of the slot, which would not drop it.
+            let read = std::mem::replace(read, Event::Thread { id: 0, name: None });
             assert!(r.checked, "not left to serde");
             assert!(r.buf.is_empty());
-            assert_eq!(out, [ev]);
+            assert_eq!(read, ev);
         }
         // Over the cap: left to serde, which says why.
         let ev = Event::Thread {
@@ -1013,7 +1081,7 @@ mod tests {
             buf: &b,
             checked: true,
         };
-        assert!(r.event(&mut Vec::new()).is_none());
+        assert!(r.event(&mut MaybeUninit::uninit()).is_none());
     }
 
     #[test]
