@@ -223,7 +223,7 @@ pub fn standard() -> Vec<Box<dyn Detector>> {
         Box::new(never_yielded::NeverYielded),
         Box::new(starvation::Starvation),
         Box::new(late_timer::LateTimer::default()),
-        Box::new(stuck::Stuck),
+        Box::new(stuck::Stuck::default()),
         Box::new(self_wake::SelfWake),
         Box::new(deadlock::Deadlock::default()),
         Box::new(error::ErrorEvents),

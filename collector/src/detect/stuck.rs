@@ -15,9 +15,16 @@
 //! - a task without an await tree, or whose tree holds only spans that
 //!   closed (what it waits on now has no span), or with no live waker:
 //!   left to `lost_waker`, the one hang that can be told from outside.
+//!
+//! A stuck task that is one of a deadlock's says so, and names the tasks
+//! it is deadlocked with: the `deadlock` finding tells who holds what.
 
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use awaitscope_wire::{ProcessKey, SpanId};
+
+use super::deadlock;
 use crate::config::Thresholds;
+use crate::model::hash::FastMap;
 use crate::model::task::group_key;
 use crate::model::{task_label, Process, Task, TaskState};
 use crate::units::fmt_ns_brief;
@@ -25,7 +32,42 @@ use crate::units::fmt_ns_brief;
 /// The `stuck` detector: judges live tasks at each scan. An episode lasts while the
 /// task stays so.
 #[derive(Debug, Default)]
-pub struct Stuck;
+pub struct Stuck {
+    /// The deadlocks of the process at the scan last asked about: each
+    /// task of a cycle, with the other tasks of its cycles. Found at most
+    /// once a scan, and only when a task is stuck.
+    deadlocks: Option<(ProcessKey, u64, FastMap<SpanId, Vec<SpanId>>)>,
+}
+
+impl Stuck {
+    /// The tasks `task` is deadlocked with in `p` at `now` (empty: none).
+    fn deadlocked_with(
+        &mut self,
+        p: &Process,
+        task: SpanId,
+        now: u64,
+        th: &Thresholds,
+    ) -> &[SpanId] {
+        if !matches!(&self.deadlocks, Some((k, at, _)) if *k == p.key && *at == now) {
+            let mut with: FastMap<SpanId, Vec<SpanId>> = FastMap::default();
+            for cycle in deadlock::cycles(p, now, th) {
+                for &(t, _) in &cycle {
+                    let others = with.entry(t).or_default();
+                    for &(o, _) in &cycle {
+                        if o != t && !others.contains(&o) {
+                            others.push(o);
+                        }
+                    }
+                }
+            }
+            self.deadlocks = Some((p.key, now, with));
+        }
+        self.deadlocks
+            .as_ref()
+            .and_then(|(_, _, with)| with.get(&task))
+            .map_or(&[], Vec::as_slice)
+    }
+}
 
 impl Detector for Stuck {
     fn kind(&self) -> FindingKind {
@@ -40,7 +82,22 @@ impl Detector for Stuck {
     }
 
     fn on_task(&mut self, p: &Process, t: &Task, now: u64, cx: &mut Cx<'_>) {
-        cx.episode(FindingKind::Stuck, t.id, check(p, t, now, cx.thresholds));
+        let mut o = check(p, t, now, cx.thresholds);
+        if let Some(o) = &mut o {
+            let with = self.deadlocked_with(p, t.id, now, cx.thresholds);
+            if !with.is_empty() {
+                let names: Vec<String> = with
+                    .iter()
+                    .filter_map(|id| p.tasks.get(id))
+                    .map(task_label)
+                    .collect();
+                o.message.push_str(&format!(
+                    "; it is in a deadlock with {} (see the `deadlock` finding)",
+                    names.join(", ")
+                ));
+            }
+        }
+        cx.episode(FindingKind::Stuck, t.id, o);
     }
 }
 
@@ -184,6 +241,55 @@ mod tests {
         let waiting = stuck(false);
         assert_eq!(waiting.len(), 1);
         assert!(waiting[0].contains("Mutex::lock"), "{waiting:?}");
+    }
+
+    /// Two tasks each waiting for the lock the other holds: each is stuck,
+    /// and says whom it is deadlocked with; a task stuck on a lock held by
+    /// a task that waits on nothing of it says no such thing.
+    #[test]
+    fn a_stuck_task_of_a_deadlock_names_the_others() {
+        let mut s = Scenario::new();
+        let (a, b, c) = (s.mutex(0), s.mutex(0), s.mutex(0));
+        let one = s.spawn(TaskOpts::named("one"), 0);
+        let two = s.spawn(TaskOpts::named("two"), 0);
+        let holder = s.spawn(TaskOpts::named("holder"), 0);
+        let waiter = s.spawn(TaskOpts::named("waiter"), 0);
+        for (t, m, at) in [(one, a, 10), (two, b, 20), (holder, c, 30)] {
+            s.begin_poll(t, at);
+            s.lock(t, m, true, at + 1);
+            s.end_poll(t, at + 2);
+        }
+        for (t, m, at) in [(one, b, 40), (two, a, 50), (waiter, c, 60)] {
+            s.begin_poll(t, at);
+            s.lock(t, m, false, at + 1);
+            s.end_poll(t, at + 2);
+            s.waker(t, awaitscope_wire::WakeOp::Clone, at + 1);
+        }
+        s.tick(5 * SEC);
+        s.tick(30 * SEC);
+        let model = s.model();
+        let stuck: Vec<_> = model.findings().of_kind(FindingKind::Stuck).collect();
+        assert_eq!(stuck.len(), 3, "{:?}", model.findings().list());
+        let of = |name: &str| {
+            stuck
+                .iter()
+                .find(|f| f.tasks.iter().any(|t| t.name.as_deref() == Some(name)))
+                .unwrap_or_else(|| panic!("{name}: {stuck:?}"))
+                .message
+                .clone()
+        };
+        assert!(
+            of("one").contains("; it is in a deadlock with task two#"),
+            "{}",
+            of("one")
+        );
+        assert!(
+            of("two").contains("; it is in a deadlock with task one#"),
+            "{}",
+            of("two")
+        );
+        assert!(!of("waiter").contains("deadlock"), "{}", of("waiter"));
+        assert_eq!(model.findings().of_kind(FindingKind::Deadlock).count(), 1);
     }
 
     #[test]
