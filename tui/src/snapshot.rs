@@ -471,11 +471,11 @@ impl Snapshot {
 fn task_row(p: &Process, t: &Task, key: TaskKey, nf: u32, worst: Option<FindingKind>) -> TaskRow {
     let now = p.now;
     let waiting = if t.state == TaskState::Idle {
-        // Where it waits, as `stuck` judges it: not a resource it only
-        // touched (a guard dropped), nor a span that closed.
-        // The deepest leaf's await point, as `stuck` judges it; when that
-        // path is all closed spans (a lock taken, then a wait elsewhere),
-        // the last other leaf's that has one, as the detail marks them.
+        // Where it waits: not a resource it only touched (a guard
+        // dropped), nor a span that closed. The deepest leaf's await point
+        // (where `stuck` looks); when that path is all closed spans (a lock
+        // taken, then a wait elsewhere), the last other leaf's that has
+        // one, as the detail marks them.
         let tree = &t.await_tree;
         p.await_point(tree)
             .or_else(|| {

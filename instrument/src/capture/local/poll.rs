@@ -95,7 +95,7 @@ impl Local {
             // Entered again right after its exit (a future polled then
             // dropped, a loop): one node.
         } else if self.tree_len < TREE {
-            self.sig = (self.sig.rotate_left(7) ^ sid).wrapping_mul(0x100_0000_01b3) ^ depth as u64;
+            self.sig = sig_step(self.sig, sid, depth);
             self.tree[self.tree_len] = (sid, depth);
             self.tree_len += 1;
         } else {
@@ -413,17 +413,19 @@ impl Local {
             // The tree goes with the poll's end: it does not need the
             // poll's start before it, which stays held.
             let whole = self.pending_enter.0 == task;
-            let mut last = None;
+            // What the signature was made of: every node, or (short) the
+            // nodes `OpenWalk` keeps.
+            let mut walk = open_sig.map(|_| OpenWalk::default());
             for i in poll.tree_base..self.tree_len {
                 let (span, marked) = self.tree[i];
-                let depth = marked & !CLOSED;
-                if open_sig.is_some() {
-                    // What `open_tree_sig` kept: the same walk.
-                    if marked & CLOSED != 0 || last == Some((span, depth)) {
-                        continue;
-                    }
-                    last = Some((span, depth));
-                }
+                let depth = match &mut walk {
+                    None => marked & !CLOSED,
+                    Some(w) => match w.step(span, marked) {
+                        Step::Keep(depth) => depth,
+                        // `Whole` cannot come: `open_tree_sig` said so.
+                        Step::Skip | Step::Whole => continue,
+                    },
+                };
                 let raw = Raw::TreeNode { task, span, depth };
                 if whole {
                     self.push_now(raw);
@@ -449,28 +451,13 @@ impl Local {
     #[cold]
     pub(super) fn open_tree_sig(&self, base: usize) -> Option<u64> {
         let mut sig = EMPTY_SIG;
-        let mut last = None;
-        let mut closed_at: Option<u16> = None;
+        let mut walk = OpenWalk::default();
         for &(span, marked) in &self.tree[base..self.tree_len] {
-            let depth = marked & !CLOSED;
-            if let Some(c) = closed_at {
-                if depth > c {
-                    if marked & CLOSED == 0 {
-                        return None;
-                    }
-                    continue;
-                }
-                closed_at = None;
+            match walk.step(span, marked) {
+                Step::Keep(depth) => sig = sig_step(sig, span, depth),
+                Step::Skip => {}
+                Step::Whole => return None,
             }
-            if marked & CLOSED != 0 {
-                closed_at = Some(depth);
-                continue;
-            }
-            if last == Some((span, depth)) {
-                continue;
-            }
-            last = Some((span, depth));
-            sig = (sig.rotate_left(7) ^ span).wrapping_mul(0x100_0000_01b3) ^ depth as u64;
         }
         Some(sig)
     }
@@ -591,5 +578,99 @@ impl Local {
                 p.saved_task = poll.saved_task;
             }
         }
+    }
+}
+
+/// The await tree's signature `sig` extended by a node (`span` at
+/// `depth`): what [`Local::push_in_poll`] makes as spans are entered, and
+/// [`Local::open_tree_sig`] remakes without the closed ones.
+#[inline(always)]
+fn sig_step(sig: u64, span: u64, depth: u16) -> u64 {
+    (sig.rotate_left(7) ^ span).wrapping_mul(0x100_0000_01b3) ^ u64::from(depth)
+}
+
+/// What a short poll's tree keeps of its nodes, one at a time in their
+/// order: the nodes marked [`CLOSED`] left out (with what was entered
+/// inside them), and a node left next to its own repeat by their going
+/// kept once, as [`Local::push_in_poll`] keeps a span entered again. The
+/// one rule for the tree's signature ([`Local::open_tree_sig`]) and for
+/// the nodes sent ([`Local::send_tree`]).
+#[derive(Default)]
+struct OpenWalk {
+    /// The last node kept.
+    last: Option<(u64, u16)>,
+    /// Depth of the closed node whose subtree is being left out.
+    closed_at: Option<u16>,
+}
+
+/// [`OpenWalk::step`]'s verdict on a node.
+enum Step {
+    /// Kept, at this depth (its mark taken off).
+    Keep(u16),
+    /// Left out.
+    Skip,
+    /// A node still open inside a closed one: leaving the closed one out
+    /// would cut it from its place, so the tree goes whole.
+    Whole,
+}
+
+impl OpenWalk {
+    #[inline(always)]
+    fn step(&mut self, span: u64, marked: u16) -> Step {
+        let depth = marked & !CLOSED;
+        if let Some(c) = self.closed_at {
+            if depth > c {
+                return if marked & CLOSED == 0 {
+                    Step::Whole
+                } else {
+                    Step::Skip
+                };
+            }
+            self.closed_at = None;
+        }
+        if marked & CLOSED != 0 {
+            self.closed_at = Some(depth);
+            return Step::Skip;
+        }
+        if self.last == Some((span, depth)) {
+            return Step::Skip;
+        }
+        self.last = Some((span, depth));
+        Step::Keep(depth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nodes a short poll's tree keeps, or `None` when it goes whole.
+    fn kept(tree: &[(u64, u16)]) -> Option<Vec<(u64, u16)>> {
+        let mut walk = OpenWalk::default();
+        let mut out = Vec::new();
+        for &(span, marked) in tree {
+            match walk.step(span, marked) {
+                Step::Keep(depth) => out.push((span, depth)),
+                Step::Skip => {}
+                Step::Whole => return None,
+            }
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn a_short_polls_tree_keeps_its_open_nodes() {
+        // Nothing closed: every node, once where repeated side by side.
+        assert_eq!(kept(&[(1, 0), (2, 1), (2, 1)]), Some(vec![(1, 0), (2, 1)]));
+        // A closed call and what it entered go; the open wait stays, and
+        // the outer span entered again on either side of it counts once.
+        assert_eq!(
+            kept(&[(1, 0), (2, 1 | CLOSED), (3, 2 | CLOSED), (1, 0), (4, 1)]),
+            Some(vec![(1, 0), (4, 1)])
+        );
+        // An open node inside a closed one: the tree goes whole.
+        assert_eq!(kept(&[(1, 0), (2, 1 | CLOSED), (3, 2)]), None);
+        // Everything closed: nothing left.
+        assert_eq!(kept(&[(1, CLOSED), (2, 1 | CLOSED)]), Some(vec![]));
     }
 }
