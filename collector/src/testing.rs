@@ -371,6 +371,18 @@ impl StreamBuilder {
 
     /// Creates a user span named `name` (one callsite per name).
     pub fn user_span(&mut self, name: &str, parent: Option<SpanId>, ts: u64) -> SpanId {
+        self.user_span_with(name, &[], parent, ts)
+    }
+
+    /// Creates a user span named `name` with `fields` (one callsite per
+    /// name, whose field names are those of the name's first span).
+    pub fn user_span_with(
+        &mut self,
+        name: &str,
+        fields: &[(&str, Value)],
+        parent: Option<SpanId>,
+        ts: u64,
+    ) -> SpanId {
         let cs = match self.user_callsites.get(name) {
             Some(c) => *c,
             None => {
@@ -389,7 +401,7 @@ impl StreamBuilder {
                 file: Some("src/main.rs".into()),
                 line: Some(cs),
                 kind: CallsiteKind::Span(SpanClass::User),
-                fields: vec![],
+                fields: fields.iter().map(|(n, _)| (*n).to_owned()).collect(),
             })));
         }
         let id = self.new_id();
@@ -400,7 +412,14 @@ impl StreamBuilder {
             ctx_task: None,
             ctx_span: parent,
             ts,
-            fields: vec![],
+            fields: fields
+                .iter()
+                .enumerate()
+                .map(|(i, (_, value))| Field {
+                    index: i as u16,
+                    value: value.clone(),
+                })
+                .collect(),
         })));
         id
     }
@@ -877,6 +896,13 @@ impl Scenario {
     /// A user span.
     pub fn user_span(&mut self, name: &str, ts: u64) -> SpanId {
         let id = self.b.user_span(name, None, ts);
+        self.sync();
+        id
+    }
+
+    /// A user span with fields (see [`StreamBuilder::user_span_with`]).
+    pub fn user_span_with(&mut self, name: &str, fields: &[(&str, Value)], ts: u64) -> SpanId {
+        let id = self.b.user_span_with(name, fields, None, ts);
         self.sync();
         id
     }

@@ -483,3 +483,66 @@ fn an_idle_connection_or_worker_is_not_stuck() {
         outcome.findings
     );
 }
+
+/// An outbound call that should answer within 200 ms: the program says
+/// so on its span.
+#[instrument(skip_all, fields(awaitscope.stuck_after = "200ms"))]
+async fn fetch_quote(stream: &mut tokio::net::TcpStream) -> std::io::Result<u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(b"QUOTE\n").await?;
+    let mut reply = [0u8; 4];
+    stream.read_exact(&mut reply).await?;
+    Ok(u32::from_be_bytes(reply))
+}
+
+#[instrument(skip_all)]
+async fn price_order(addr: std::net::SocketAddr) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = fetch_quote(&mut stream).await;
+}
+
+/// A call whose span sets `awaitscope.stuck_after` and that hangs (its
+/// server reads the request and never answers) is `stuck`, at the call's
+/// function, innermost first, well before the collector's threshold
+/// (10 s here); the server's connection, idle in a span without the
+/// field, is not.
+#[test]
+fn a_call_past_its_stuck_after_is_stuck_where_it_waits() {
+    let (rt, guard) = TestBuilder::default()
+        .fail_on(&[])
+        .config(config(Duration::from_secs(10)))
+        .runtime();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (server, _) = listener.accept().await.unwrap();
+            serve_connection(server).await;
+        });
+        tokio::spawn(price_order(addr));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    let stuck = of_kind(&outcome.findings, FindingKind::Stuck);
+    assert_eq!(stuck.len(), 1, "{:#?}", outcome.findings);
+    let f = stuck[0];
+    assert!(
+        f.message.contains("pending in fetch_quote for ")
+            && f.message
+                .contains("(awaitscope.stuck_after = 200.0ms on fetch_quote)"),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.trace[0].starts_with("fetch_quote @ examples/tests/where_it_waits.rs"),
+        "{:#?}",
+        f.trace
+    );
+    assert!(line_of(&f.trace, "price_order") > 0, "{:#?}", f.trace);
+    assert_user_frames(f);
+    assert_eq!(
+        f.location.as_ref().map(|l| l.file.as_str()),
+        Some("examples/tests/where_it_waits.rs")
+    );
+}

@@ -181,6 +181,18 @@ pub const OP_SUB: &str = "sub";
 pub const MESSAGE: &str = "message";
 
 // ---------------------------------------------------------------------------
+// Fields a program sets on its own spans for awaitscope.
+
+/// On any span of the program
+/// (`#[instrument(fields(awaitscope.stuck_after = "30s"))]`): a task that
+/// waits inside the span for longer than this is `stuck`, whatever it
+/// waits on (a socket, a channel, a call on a tokio resource). A duration
+/// (`"500ms"`, `"30s"`, `"2m"`; a bare number is seconds), or `"never"`
+/// for no `stuck` inside it. The innermost span that sets it wins over the
+/// spans around it and over the collector's threshold.
+pub const STUCK_AFTER: &str = "awaitscope.stuck_after";
+
+// ---------------------------------------------------------------------------
 // awaitscope's own spans: emitted by the `awaitscope` crate and read back by
 // its capture (the collector sees them as user spans).
 
