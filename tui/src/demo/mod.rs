@@ -16,6 +16,7 @@
 //! | at | fault | finding |
 //! | --- | --- | --- |
 //! | 0.3 s | a task awaits a reply nobody sends | `stuck` (after 10 s) |
+//! | 0.4 s | a call that should answer within 5 s never does | `stuck` (after the 5 s its span sets) |
 //! | 0.5 s | two transfers lock two mutexes in opposite order | `deadlock` |
 //! | 0.8 s | a future drops its waker | `lost_waker` |
 //! | 1 s, every 3 s | `std::thread::sleep` in async code | `long_poll` |
@@ -86,6 +87,8 @@ async fn faults() {
     let start = Instant::now();
     at(300, start).await;
     let (_stuck, reply) = planted_bugs::spawn_stuck();
+    at(400, start).await;
+    let (_hung, rates) = planted_bugs::spawn_hung_call();
     at(500, start).await;
     let _deadlock = planted_bugs::spawn_deadlock().await;
     at(800, start).await;
@@ -115,7 +118,7 @@ async fn faults() {
                 planted_bugs::error_three_spawns_deep(1001 + n as u32),
             );
         }
-        // The reply never comes, but its sender stays alive.
-        let _ = &reply;
+        // The reply and the rate never come, but their senders stay alive.
+        let _ = (&reply, &rates);
     }
 }

@@ -1,7 +1,8 @@
 //! Deliberate bugs that the demo plants so that every finding kind shows:
 //! blocking in async, a lost waker, a deadlock, starvation, an error three
-//! spawns deep, a panic, a busy self-waking loop, a task stuck forever and
-//! a burst that overflows the event ring. Each is small and bounded, and
+//! spawns deep, a panic, a busy self-waking loop, a task stuck forever, a
+//! call that never answers past the deadline its span sets, and a burst
+//! that overflows the event ring. Each is small and bounded, and
 //! each item here is wrong on purpose: do not copy them into real code.
 
 use std::future::Future;
@@ -11,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use awaitscope::{AwaitPoint, JoinHandle};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::instrument;
 
 /// Deliberate bug (`long_poll`): blocks the worker thread for `ms` inside
@@ -214,6 +215,24 @@ pub fn spawn_stuck() -> (JoinHandle<()>, oneshot::Sender<()>) {
 #[instrument(skip_all)]
 async fn await_billing_reply(rx: oneshot::Receiver<()>) {
     let _ = rx.await_point("reply from billing").await;
+}
+
+/// Deliberate bug (`stuck` past the program's own deadline): a call to the
+/// exchange-rate service whose answer never comes (the service keeps the
+/// channel open and never sends). A wait on a channel is not a call on a
+/// tokio resource, so without its span's `awaitscope.stuck_after` it would
+/// read as a worker waiting for work.
+pub fn spawn_hung_call() -> (JoinHandle<()>, mpsc::Sender<u64>) {
+    let (tx, rx) = mpsc::channel::<u64>(1);
+    let h = awaitscope::spawn_named("price-quote", fetch_exchange_rate(rx));
+    (h, tx)
+}
+
+/// Asks the exchange-rate service and waits for its answer, which must
+/// come within 5 s.
+#[instrument(skip_all, fields(awaitscope.stuck_after = "5s"))]
+async fn fetch_exchange_rate(mut answers: mpsc::Receiver<u64>) {
+    let _ = answers.recv().await;
 }
 
 /// Deliberate bug (`never_yielded` past 1 s): a task whose first poll runs
