@@ -27,6 +27,18 @@
 //! | `AWAITSCOPE=off` | install nothing |
 //! | `RUST_LOG` | filter of the log output printed to stderr (default `warn`) |
 //!
+//! ## Saying when a wait is a hang
+//! The collector's `stuck` finding judges on its own only waits on tokio
+//! resources (a lock, a semaphore, a oneshot's reply): a task waiting on a
+//! socket or a channel may just be idle. A span can say when a wait inside
+//! it is a hang, with the field `awaitscope.stuck_after` (a duration such as
+//! `"30s"`, or `"never"`); the innermost span that sets it wins:
+//!
+//! ```ignore
+//! #[tracing::instrument(skip_all, fields(awaitscope.stuck_after = "30s"))]
+//! async fn fetch_quote(client: &Client) -> Result<Quote, Error> { /* ... */ }
+//! ```
+//!
 //! ## tokio_unstable
 //! Build with `RUSTFLAGS="--cfg tokio_unstable"` (e.g. in `.cargo/config.toml`)
 //! so tokio instruments its tasks, wakers and resources. Without it, use
