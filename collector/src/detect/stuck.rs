@@ -409,6 +409,16 @@ mod tests {
         assert_eq!(model.findings().of_kind(FindingKind::Deadlock).count(), 1);
     }
 
+    /// The `stuck` findings (message, trace) of `s` once `wait` has passed.
+    fn stuck_after_waiting(mut s: Scenario, wait: u64) -> Vec<(String, Vec<String>)> {
+        s.tick(wait);
+        s.model()
+            .findings()
+            .of_kind(FindingKind::Stuck)
+            .map(|f| (f.message.clone(), f.trace.clone()))
+            .collect()
+    }
+
     /// A task waiting inside a span of its own (an outbound call, here
     /// with no resource under it) is `stuck` once it has waited longer
     /// than the span's `awaitscope.stuck_after`, and not before; the same
@@ -424,12 +434,7 @@ mod tests {
             s.exit(call, 1300);
             s.end_poll(t, 1400);
             s.waker(t, WakeOp::Clone, 1250);
-            s.tick(wait);
-            s.model()
-                .findings()
-                .of_kind(FindingKind::Stuck)
-                .map(|f| (f.message.clone(), f.trace.clone()))
-                .collect::<Vec<_>>()
+            stuck_after_waiting(s, wait)
         };
         let two_s = [(names::STUCK_AFTER, Value::Str("2s".into()))];
         assert_eq!(run(&two_s, SEC), vec![], "under its stuck_after");
@@ -483,12 +488,8 @@ mod tests {
             s.exit(outer, 1210);
             s.end_poll(t, 1400);
             s.waker(t, WakeOp::Clone, 1250);
-            s.tick(wait);
-            s.model()
-                .findings()
-                .of_kind(FindingKind::Stuck)
-                .map(|f| f.message.clone())
-                .collect::<Vec<_>>()
+            let stuck = stuck_after_waiting(s, wait);
+            stuck.into_iter().map(|(m, _)| m).collect::<Vec<_>>()
         };
         // The collector's threshold is 10 s: a lock wait of 60 s would be
         // stuck, but the inner span says never (the outer's 1 s too).
