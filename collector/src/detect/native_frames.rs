@@ -45,14 +45,15 @@ pub fn fold_frames(frames: &[NativeFrame]) -> Vec<String> {
         }
         let name = match f.origin {
             FrameOrigin::User if is_anonymous(&f.function) => {
-                anonymous_name(f, &frames[..i], &frames[i + 1..])
+                fn_of_body(frames, i, anonymous_name(f, &frames[..i], &frames[i + 1..]))
             }
             FrameOrigin::User => short_fn(&f.function),
             _ => dependency_fn(&f.function),
         };
         // An async fn is two frames of one function (its body, and the
         // future `#[instrument]` wraps it in, at the fn's line) with the
-        // poll plumbing between them: one line, the body's.
+        // poll plumbing between them: one line, the body's (an optimised
+        // build's inlined body is named after the fn: see [`fn_of_body`]).
         if last.as_deref() == Some(name.as_str()) && run.iter().all(|r| is_plumbing(&r.function)) {
             run.clear();
             continue;
@@ -157,6 +158,41 @@ fn is_plumbing(function: &str) -> bool {
         || f == "poll"
         || f.starts_with("poll<")
 }
+
+/// The name of frame `i` of `frames` (innermost first), `named` as
+/// [`anonymous_name`] or [`short_fn`] made it, as the trace tells it: an
+/// inlined async block (`checkout (async block)`) polled, through poll
+/// plumbing only, by a frame of the fn of that name is that fn's body (the
+/// block `#[instrument]` wraps an async fn's body in), named `checkout`.
+pub(super) fn fn_of_body(frames: &[NativeFrame], i: usize, named: String) -> String {
+    let Some(fun) = named.strip_suffix(ASYNC_BLOCK) else {
+        return named;
+    };
+    let frames = &frames[..poll_boundary(frames)];
+    let outer = frames
+        .iter()
+        .enumerate()
+        .skip(i + 1)
+        .find(|(_, f)| f.origin != FrameOrigin::Runtime || !is_plumbing(&f.function));
+    match outer {
+        Some((k, f)) if f.origin == FrameOrigin::User => {
+            let name = if is_anonymous(&f.function) {
+                anonymous_name(f, &frames[..k], &frames[k + 1..])
+            } else {
+                short_fn(&f.function)
+            };
+            if name == fun {
+                name
+            } else {
+                named
+            }
+        }
+        _ => named,
+    }
+}
+
+/// What [`anonymous_name`] appends to the name of an inlined async block.
+const ASYNC_BLOCK: &str = " (async block)";
 
 /// An anonymous frame (line tables name an inlined async fn body
 /// `{async_fn#0}`, an async block `{async_block#0}`, a closure
@@ -448,12 +484,16 @@ mod tests {
             fold_frames(&frames),
             [
                 "… 1 runtime frame in std::thread::sleep",
-                "blocking_in_async (async block) @ src/22.rs:22",
-                "… 1 runtime frame",
-                "blocking_in_async @ src/19.rs:19",
+                // The `#[instrument]`ed fn's body and its future: one line,
+                // the body's, named as the user wrote it.
+                "blocking_in_async @ src/22.rs:22",
                 "… 1 runtime frame",
             ]
         );
+        // The culprit of a long poll is named by the same rule.
+        let named = anonymous_name(&frames[1], &frames[..1], &frames[2..]);
+        assert_eq!(named, "blocking_in_async (async block)");
+        assert_eq!(fn_of_body(&frames, 1, named), "blocking_in_async");
     }
 
     /// An `#[instrument]`ed async fn awaited directly by another one's
@@ -481,12 +521,8 @@ mod tests {
             fold_frames(&frames),
             [
                 "hash_password @ src/20.rs:20",
-                "charge_card (async block) @ src/29.rs:29",
-                "… 1 runtime frame",
-                "charge_card @ src/26.rs:26",
-                "checkout (async block) @ src/35.rs:35",
-                "… 1 runtime frame",
-                "checkout @ src/33.rs:33",
+                "charge_card @ src/29.rs:29",
+                "checkout @ src/35.rs:35",
                 "… 1 runtime frame",
             ]
         );
@@ -498,6 +534,20 @@ mod tests {
             frame("{async_fn#0}", 50, FrameOrigin::User),
         ];
         assert_eq!(fold_frames(&frames)[2], "{async_fn#0} @ src/50.rs:50");
+        // An async block the program wrote (a spawned `async move {}`),
+        // polled by the task and not by a fn of the same name, keeps
+        // saying what it is.
+        let frames = [
+            frame("{async_block#0}", 172, FrameOrigin::User),
+            runtime("poll<app::spawn_panic::{async_block_env#0}>"),
+        ];
+        assert_eq!(
+            fold_frames(&frames),
+            [
+                "spawn_panic (async block) @ src/172.rs:172",
+                "… 1 runtime frame"
+            ]
+        );
     }
 
     #[test]

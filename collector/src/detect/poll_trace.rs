@@ -21,7 +21,7 @@ use crate::model::{shown, task_label, Process, Task};
 use crate::units::fmt_ns_brief;
 
 use super::native_frames::{
-    anonymous_name, frame_location, is_anonymous, line, push_file_line, short_fn,
+    anonymous_name, fn_of_body, frame_location, is_anonymous, line, push_file_line, short_fn,
 };
 // Where they were first: the collector's users name them here.
 pub use super::native_frames::{fold_frames, has_native_stack, NO_STACK};
@@ -170,6 +170,9 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
                     } else {
                         short_fn(&f.function)
                     };
+                    // An `#[instrument]`ed fn's inlined body is named after
+                    // the fn, as the trace names it (see `fold_frames`).
+                    let named = fn_of_body(&s.frames, i, named);
                     let name = if !is_anonymous(&named) {
                         Some(named)
                     } else if is_anonymous(&f.function) {
@@ -224,13 +227,18 @@ fn describe(p: &Process, t: &Task, start: u64, end: u64, trace: bool) -> PollTra
         None => await_stack(p, t, busiest_leaf(p, t, start, end)),
     };
     // Spans the native stack already named (an instrumented async fn is a
-    // frame there too) are not told twice.
+    // frame there too) are not told twice: the names of its lines, as
+    // `fold_frames` wrote them (an optimised build's inlined body of an
+    // async fn named after the fn).
     let told: Vec<String> = match stall {
-        Some(st) if trace && stack == Some(StackState::Sampled) => st
-            .frames
+        Some(_) if trace && stack == Some(StackState::Sampled) => out
+            .trace
             .iter()
-            .filter(|f| f.origin == FrameOrigin::User)
-            .map(|f| short_fn(&f.function))
+            .map(|l| {
+                l.split_once(" @ ")
+                    .map_or(l.as_str(), |(name, _)| name)
+                    .to_owned()
+            })
             .collect(),
         _ => Vec::new(),
     };
