@@ -10,10 +10,10 @@ use std::collections::HashMap;
 
 use awaitscope_wire::{ProcessKey, SpanId};
 
-use super::{Detector, FindingKind, Findings, Observation, Occurrence, Recollection};
+use super::{Detector, FindingKind, Findings, Observation, Occurrence, Recollection, Tally};
 use crate::config::Thresholds;
 use crate::model::hash::FastMap;
-use crate::model::{Change, ChangeKind, Observer, Process};
+use crate::model::{Change, ChangeKind, Observer, Process, Task};
 
 /// The detector episodes in progress on the tasks of one process: a bit
 /// per finding kind, for the tasks that have any.
@@ -129,6 +129,23 @@ impl Cx<'_> {
         duration_ns: Option<u64>,
     ) -> bool {
         self.findings.describes(kind, process, key, duration_ns)
+    }
+
+    /// Counts an occurrence in its finding when it would not describe it
+    /// (see [`Findings::tally`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn tally(
+        &mut self,
+        kind: FindingKind,
+        process: ProcessKey,
+        key: &str,
+        task: &Task,
+        duration_ns: Option<u64>,
+        ts: u64,
+        new_occurrence: bool,
+    ) -> Tally {
+        self.findings
+            .tally(kind, process, key, task, duration_ns, ts, new_occurrence)
     }
 
     /// The episodes of the process's tasks.

@@ -2,10 +2,10 @@
 //! runtime's workers are busy or blocked).
 
 use super::poll_trace;
-use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Tally};
 use crate::config::Thresholds;
 use crate::model::process::{RECENT_POLLS, RECENT_POLL_NS};
-use crate::model::task::group_key;
+use crate::model::task::{group_key, group_key_into};
 use crate::model::{task_label, Change, ChangeKind, Process, Task, TaskState};
 use crate::units::fmt_ns_brief;
 use awaitscope_wire::SpanId;
@@ -14,7 +14,11 @@ use awaitscope_wire::SpanId;
 /// tasks still waiting at a scan. An episode lasts until the poll that ends
 /// it, across scans.
 #[derive(Debug, Default)]
-pub struct Starvation;
+pub struct Starvation {
+    /// The group key of the task of the wait being judged, written over
+    /// for each wait (most are only counted, by their key).
+    key: String,
+}
 
 impl Detector for Starvation {
     fn kind(&self) -> FindingKind {
@@ -42,24 +46,35 @@ impl Detector for Starvation {
             if let Some(t) = p.tasks.get(&task) {
                 // On a starved runtime nearly every wait is one: only the
                 // worst so far is described (its message and traces are
-                // what the finding shows), the others are counted.
-                let key = group_key(t);
-                let mut o = if cx.describes(FindingKind::Starvation, p.key, &key, Some(waited)) {
-                    let mut o = observe(p, t, key, waited, ts, cx.thresholds);
-                    // The wait ends at the poll's start on the thread that
-                    // polls it now: who held that thread while it waited.
-                    let from = ts.saturating_sub(waited);
-                    let held = poll_trace::held_the_thread(p, p.cur_thread, from, ts, task);
-                    if held.is_empty() && no_task_held_a_worker(p, task, from, ts) {
-                        o.message.push_str(NO_TASK_HELD);
+                // what the finding shows), the others are counted, in
+                // place when they can be.
+                group_key_into(t, &mut self.key);
+                let new_occurrence = !cx.episodes().active(FindingKind::Starvation, task);
+                let kind = FindingKind::Starvation;
+                let tally = cx.tally(kind, p.key, &self.key, t, Some(waited), ts, new_occurrence);
+                let mut o = match tally {
+                    Tally::Counted => {
+                        cx.episodes().end(FindingKind::Starvation, task);
+                        return;
                     }
-                    o.trace.extend(held);
-                    o
-                } else {
-                    Observation {
+                    Tally::Describe => {
+                        let key = self.key.clone();
+                        let mut o = observe(p, t, key, waited, ts, cx.thresholds);
+                        // The wait ends at the poll's start on the thread
+                        // that polls it now: who held that thread while it
+                        // waited.
+                        let from = ts.saturating_sub(waited);
+                        let held = poll_trace::held_the_thread(p, p.cur_thread, from, ts, task);
+                        if held.is_empty() && no_task_held_a_worker(p, task, from, ts) {
+                            o.message.push_str(NO_TASK_HELD);
+                        }
+                        o.trace.extend(held);
+                        o
+                    }
+                    Tally::Observe => Observation {
                         kind: FindingKind::Starvation,
                         process: p.key,
-                        key,
+                        key: self.key.clone(),
                         tasks: vec![FindingTask::of(t)],
                         location: None,
                         message: String::new(),
@@ -67,9 +82,9 @@ impl Detector for Starvation {
                         duration_ns: Some(waited),
                         ts,
                         new_occurrence: true,
-                    }
+                    },
                 };
-                o.new_occurrence = !cx.episodes().active(FindingKind::Starvation, task);
+                o.new_occurrence = new_occurrence;
                 cx.observe(o);
             }
         }

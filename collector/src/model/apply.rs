@@ -36,6 +36,9 @@ impl Process {
     /// (the producer drains its per-thread buffers one after the other). The
     /// runs are merged by timestamp, keeping each thread's order, so that a
     /// task spawned on one thread exists before another thread polls it.
+    // Out of line: inlined into `Model::apply`, its loop was compiled
+    // with more instructions per event.
+    #[inline(never)]
     pub fn apply_events<O: Observer>(&mut self, events: &[Event], cfg: &Config, obs: &mut O) {
         let Some(order) = merge_order(events) else {
             // One run, or runs already in time order (the merge would take
