@@ -331,9 +331,9 @@ fn up_from(tree: &AwaitTree, leaf: usize) -> impl Iterator<Item = usize> + '_ {
 /// was when its own poll was sampled: `held the thread 70.0ms: task
 /// cpu-hog#7 @ src/main.rs:9:5, in burn_cpu (src/main.rs:88)`.
 pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanId) -> Vec<String> {
-    let hogs = p.held_the_thread(&[Some(thread)], from, to, task);
-    let mut out = Vec::with_capacity(hogs.len().min(4));
-    for h in hogs.into_iter().take(4) {
+    let hogs = p.held_the_thread(&[Some(thread)], from, to, task, 4);
+    let mut out = Vec::with_capacity(hogs.len());
+    for h in hogs {
         let Some(t) = p.task(h.task) else {
             continue;
         };

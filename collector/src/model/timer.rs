@@ -5,7 +5,7 @@
 use awaitscope_wire::SpanId;
 
 use super::late_wake::{Hog, LateWake, MAX_HOGS, MAX_LATE_WAKES};
-use super::process::Process;
+use super::process::{Process, RECENT_POLLS};
 
 impl Process {
     /// `task` was woken at `ts` from outside any task (as the timer wheel
@@ -38,9 +38,14 @@ impl Process {
         // Who held the thread: long polls on the task's thread (and the
         // waking thread) overlapping [deadline, wake].
         let hogs = self
-            .held_the_thread(&[t.last_thread, Some(self.cur_thread)], deadline, ts, task)
+            .held_the_thread(
+                &[t.last_thread, Some(self.cur_thread)],
+                deadline,
+                ts,
+                task,
+                MAX_HOGS,
+            )
             .into_iter()
-            .take(MAX_HOGS)
             .map(|h| (h.task, h.held_ns))
             .collect();
         let late = LateWake {
@@ -60,16 +65,18 @@ impl Process {
 
     /// The tasks other than `except` whose polls (of a millisecond or
     /// more, see `ThreadState::recent_polls`) held any of `threads` between
-    /// `from` and `to`, longest held first.
+    /// `from` and `to`, longest held first: the first `most` of them.
     pub fn held_the_thread(
         &self,
         threads: &[Option<u32>],
         from: u64,
         to: u64,
         except: SpanId,
+        most: usize,
     ) -> Vec<Hog> {
-        // Room for the hogs a busy thread usually has, made once.
-        let mut hogs: Vec<Hog> = Vec::with_capacity(8);
+        // Room for a hog per poll kept, made once: on a starved runtime
+        // most polls kept are of different tasks.
+        let mut hogs: Vec<Hog> = Vec::with_capacity(RECENT_POLLS * threads.len());
         for (k, th) in threads.iter().enumerate() {
             if threads[..k].contains(th) {
                 continue;
@@ -97,7 +104,18 @@ impl Process {
                 }
             }
         }
-        hogs.sort_by(|a, b| b.held_ns.cmp(&a.held_ns).then(a.task.cmp(&b.task)));
+        // Longest held first, then by task: a total order (a task is one
+        // hog), so the first `most` are picked before they are sorted.
+        let order = |a: &Hog, b: &Hog| b.held_ns.cmp(&a.held_ns).then(a.task.cmp(&b.task));
+        if hogs.len() > most {
+            if most == 0 {
+                hogs.clear();
+            } else {
+                hogs.select_nth_unstable_by(most - 1, order);
+                hogs.truncate(most);
+            }
+        }
+        hogs.sort_unstable_by(order);
         hogs
     }
 }
