@@ -150,11 +150,19 @@ impl Counts {
     #[inline]
     fn record(&mut self, us: u64) {
         let i = index_of(us);
-        if i >= self.counts.len() {
-            self.counts.resize(i + 1, 0);
-        }
         // As `hdrhistogram`'s counts: saturating.
-        self.counts[i] = self.counts[i].saturating_add(1);
+        match self.counts.get_mut(i) {
+            Some(n) => *n = n.saturating_add(1),
+            None => self.record_past_end(i),
+        }
+    }
+
+    /// Records a value at `i`, past the counts so far (they grow to it).
+    #[cold]
+    #[inline(never)]
+    fn record_past_end(&mut self, i: usize) {
+        self.counts.resize(i + 1, 0);
+        self.counts[i] = 1;
     }
 
     /// Adds the counts to `h` (one of [`Histograms`]).
