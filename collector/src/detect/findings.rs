@@ -823,6 +823,51 @@ mod tests {
         assert_eq!((found.count, found.message.as_str()), (2, "d=100"));
     }
 
+    /// An occurrence tallied in place changes its finding as observing it
+    /// without message or trace does (count, times, tasks, the worst's
+    /// message kept); one that may describe it, or has no finding yet, is
+    /// left to the caller.
+    #[test]
+    fn a_tally_is_an_undescribed_observation() {
+        let key = ProcessKey {
+            pid: 1,
+            start_unix_ns: 0,
+        };
+        let (mut tallied, mut observed) = (Findings::new(10), Findings::new(10));
+        let kind = FindingKind::LongPoll;
+        let task = |id: u64| Task::new(SpanId(id), 0, 0);
+        assert_eq!(
+            tallied.tally(kind, key, "a", &task(1), Some(5), 1, true),
+            Tally::Describe
+        );
+        tallied.observe(obs("a", 100, 1, true));
+        observed.observe(obs("a", 100, 1, true));
+        // Longer, or as long: it may describe the finding.
+        for d in [100, 150] {
+            assert_eq!(
+                tallied.tally(kind, key, "a", &task(2), Some(d), 2, true),
+                Tally::Describe
+            );
+        }
+        for (i, (d, ts, new)) in [(50, 0, true), (99, 7, false), (1, 3, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let id = 10 + i as u64;
+            let t = task(id);
+            assert_eq!(
+                tallied.tally(kind, key, "a", &t, Some(d), ts, new),
+                Tally::Counted
+            );
+            let mut light = obs("a", d, ts, new);
+            light.message.clear();
+            light.tasks = vec![FindingTask::of(&t)];
+            observed.observe(light);
+        }
+        assert_eq!(tallied.list(), observed.list());
+        assert_eq!(tallied.list()[0].message, "d=100");
+    }
+
     #[test]
     fn dedups_with_count_and_worst() {
         let mut f = Findings::new(10);

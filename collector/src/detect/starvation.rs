@@ -292,6 +292,43 @@ mod tests {
         assert!(m.ends_with("(threshold 50.0ms)"), "{m}");
     }
 
+    /// Of more polls that held the thread than a description names, the
+    /// four that held it longest are named, longest first.
+    #[test]
+    fn the_four_longest_hogs_are_named_longest_first() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("late"), 0);
+        s.poll(t, 1000, 2000);
+        s.wake(t, None, 10 * MS);
+        let mut at = 20 * MS;
+        for (i, ms) in [2u64, 7, 3, 9, 5, 4].into_iter().enumerate() {
+            let hog = s.spawn(TaskOpts::named(&format!("hog{i}")), 0);
+            s.poll(hog, at, at + ms * MS);
+            at += ms * MS + MS;
+        }
+        s.poll(t, 200 * MS, 201 * MS);
+        let m = s.model();
+        // (The hogs, first polled long after their spawn, waited too.)
+        let f: Vec<_> = m
+            .findings()
+            .of_kind(FindingKind::Starvation)
+            .filter(|f| f.tasks.iter().any(|x| x.id == t.0))
+            .collect();
+        assert_eq!(f.len(), 1);
+        let held: Vec<_> = f[0]
+            .trace
+            .iter()
+            .filter_map(|l| l.strip_prefix("held the thread "))
+            .map(|l| l.split(':').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            held,
+            ["9.0ms", "7.0ms", "5.0ms", "4.0ms"],
+            "{:?}",
+            f[0].trace
+        );
+    }
+
     #[test]
     fn still_waiting_is_found_by_the_scan_once() {
         let mut s = Scenario::new();
