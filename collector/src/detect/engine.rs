@@ -399,11 +399,18 @@ impl Observer for Watch<'_> {
     fn change(&mut self, p: &Process, change: &Change<'_>) {
         let kind = change.kind();
         if let Some((task, d)) = change.timed() {
-            let quiet = self.quiet[kind as usize].is_some_and(|q| d <= q);
-            if quiet && !self.cx.episodes.any(task) {
+            if self.ignores(kind, task, d) {
                 return;
             }
         }
         self.dispatch(p, change, kind);
+    }
+
+    /// No detector wants it ([`Detector::quiet_up_to`]) and `task` has no
+    /// episode in progress.
+    #[inline]
+    fn ignores(&self, kind: ChangeKind, task: SpanId, d: u64) -> bool {
+        let quiet = self.quiet[kind as usize].is_some_and(|q| d <= q);
+        quiet && !self.cx.episodes.any(task)
     }
 }

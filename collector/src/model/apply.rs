@@ -15,7 +15,7 @@ use awaitscope_wire::{
 };
 
 use super::await_tree::AwaitTree;
-use super::change::Change;
+use super::change::{Change, ChangeKind};
 use super::labels;
 use super::merge::{merge_order, NO_SWITCH};
 use super::process::Observer;
@@ -460,7 +460,7 @@ impl Process {
     /// previous poll was a poll, the wait for this one is over. The task is
     /// as the poll left it; what it tells of it (its name, location, await
     /// tree) is what the poll does not change.
-    #[inline]
+    #[inline(always)]
     fn report_poll_start<O: Observer>(
         &mut self,
         id: SpanId,
@@ -468,25 +468,31 @@ impl Process {
         ts: u64,
         obs: &mut O,
     ) {
+        // Each asked about first: most polls and waits are brief, and a
+        // change made only to be ignored was written out in full.
         if let Some((start, duration)) = started.committed {
-            obs.change(
-                self,
-                &Change::PollCommitted {
-                    task: id,
-                    start,
-                    duration,
-                },
-            );
+            if !obs.ignores(ChangeKind::PollCommitted, id, duration) {
+                obs.change(
+                    self,
+                    &Change::PollCommitted {
+                        task: id,
+                        start,
+                        duration,
+                    },
+                );
+            }
         }
         if let Some(waited) = started.waited {
-            obs.change(
-                self,
-                &Change::WaitEnded {
-                    task: id,
-                    ts,
-                    waited,
-                },
-            );
+            if !obs.ignores(ChangeKind::WaitEnded, id, waited) {
+                obs.change(
+                    self,
+                    &Change::WaitEnded {
+                        task: id,
+                        ts,
+                        waited,
+                    },
+                );
+            }
         }
     }
 
