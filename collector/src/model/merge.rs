@@ -59,15 +59,24 @@ struct Run {
 struct Bounds {
     lo: u64,
     hi: u64,
-    timed: bool,
 }
 
 impl Bounds {
     const EMPTY: Bounds = Bounds {
         lo: u64::MAX,
         hi: 0,
-        timed: false,
     };
+
+    /// The smallest key: 0 for a run without a timed event, whose bounds
+    /// are still [`Bounds::EMPTY`]'s (a timed event leaves them so only if
+    /// its time were both `u64::MAX` and 0).
+    fn lo(&self) -> u64 {
+        if self.lo == u64::MAX && self.hi == 0 {
+            0
+        } else {
+            self.lo
+        }
+    }
 }
 
 /// In [`merge_order`]'s order: the event does not start a stretch of
@@ -113,7 +122,6 @@ fn merge_batch(events: &[Event], min_threads: usize) -> Option<Merge> {
     for ((j, e), key) in events.iter().enumerate().zip(keys.iter_mut()) {
         match e.ts() {
             Some(ts) => {
-                b.timed = true;
                 b.lo = b.lo.min(ts);
                 b.hi = b.hi.max(ts);
                 *key = ts;
@@ -186,7 +194,7 @@ fn in_order(runs: &[Run], bounds: &[Bounds]) -> bool {
         if r.end <= r.pos {
             continue;
         }
-        let lo = if b.timed { b.lo } else { 0 };
+        let lo = b.lo();
         if b.hi > later_min {
             return false;
         }
@@ -512,6 +520,51 @@ mod tests {
             for (k, (a, b)) in fast.iter().zip(&slow).enumerate() {
                 prop_assert_eq!(a.0, b.0, "switch at {}", k);
                 prop_assert!(std::ptr::eq(a.1, b.1), "event at {}", k);
+            }
+        }
+    }
+
+    /// Runs without a timed event, and times at the ends of the range (a
+    /// run's bounds are told apart from no bounds by them), merge as the
+    /// reference merges them.
+    #[test]
+    fn runs_at_the_ends_of_time_merge_as_the_reference() {
+        let (max, thread, record, enter, tree) = (u64::MAX, 0, 7, 3, 8);
+        let batches: [&[(u8, u8, u64)]; 5] = [
+            &[
+                (thread, 0, 0),
+                (enter, 1, max),
+                (thread, 1, 0),
+                (record, 2, 0),
+            ],
+            &[
+                (thread, 0, 0),
+                (record, 1, 0),
+                (thread, 1, 0),
+                (enter, 2, 0),
+            ],
+            &[(thread, 0, 0), (enter, 1, 0), (thread, 1, 0), (tree, 2, 0)],
+            &[
+                (enter, 9, max),
+                (thread, 0, 0),
+                (enter, 1, 0),
+                (enter, 1, max),
+            ],
+            &[
+                (thread, 0, 0),
+                (tree, 1, 0),
+                (thread, 1, 0),
+                (enter, 2, max),
+            ],
+        ];
+        for raw in batches {
+            let events: Vec<Event> = raw.iter().map(|&(k, a, ts)| event(k, a, ts)).collect();
+            let fast = merge_threads(&events);
+            let slow = reference(&events);
+            assert_eq!(fast.len(), slow.len());
+            for (a, b) in fast.iter().zip(&slow) {
+                assert_eq!(a.0, b.0);
+                assert!(std::ptr::eq(a.1, b.1), "{raw:?}");
             }
         }
     }
