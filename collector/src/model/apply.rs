@@ -503,6 +503,11 @@ impl Process {
     /// hold (unknown task or thread, a full span stack), or when the
     /// observer wants the steps (the poll's start and end, each at its own
     /// time): the caller then applies the `Enter` and the `PollEnd`.
+    ///
+    /// Always inlined (into both loops of `apply_events`): nearly every
+    /// other event is one, and the call's own cost (its registers saved and
+    /// restored, the poll passed) was paid by each.
+    #[inline(always)]
     fn poll_whole<O: Observer>(
         &mut self,
         task: SpanId,
