@@ -4,10 +4,11 @@
 use super::poll_trace;
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Tally};
 use crate::config::Thresholds;
+use crate::model::labels::push_task_label;
 use crate::model::process::{RECENT_POLLS, RECENT_POLL_NS};
 use crate::model::task::{group_key, group_key_into};
-use crate::model::{task_label, Change, ChangeKind, Process, Task, TaskState};
-use crate::units::fmt_ns_brief;
+use crate::model::{Change, ChangeKind, Process, Task, TaskState};
+use crate::units::push_ns_brief;
 use awaitscope_wire::SpanId;
 
 /// The `starvation` detector: judges each wait that a poll ends, and the
@@ -142,12 +143,16 @@ fn observe(p: &Process, t: &Task, key: String, wait: u64, ts: u64, th: &Threshol
         tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
         message: {
-            // Written in one go: a starved runtime describes a wait often.
-            let mut m = task_label(t);
+            // Written in one go, sized once (room for the task's id and the
+            // two times): a starved runtime describes a wait often.
+            let name = t.name.as_deref().map_or(0, str::len);
+            let file = t.location.as_ref().map_or(0, |l| l.file.len());
+            let mut m = String::with_capacity(name + file + 120);
+            push_task_label(&mut m, t);
             m.push_str(" was woken but not polled for ");
-            m.push_str(&fmt_ns_brief(wait));
+            push_ns_brief(&mut m, wait);
             m.push_str(" (threshold ");
-            m.push_str(&fmt_ns_brief(th.starvation_ns));
+            push_ns_brief(&mut m, th.starvation_ns);
             m.push(')');
             m
         },
