@@ -40,6 +40,9 @@ impl Process {
     // with more instructions per event.
     #[inline(never)]
     pub fn apply_events<O: Observer>(&mut self, events: &[Event], cfg: &Config, obs: &mut O) {
+        // Every event of the batch is applied (and nothing reads the count
+        // meanwhile): counted at once.
+        self.events += events.len() as u64;
         let Some(order) = merge_order(events) else {
             // One run, or runs already in time order (the merge would take
             // them one after the other): apply in order.
@@ -60,15 +63,13 @@ impl Process {
         }
     }
 
-    /// Counts `e` (in [`Process::events`], and in
-    /// [`Process::unknown_span_events`] if it is about a span the model
-    /// does not know) and applies it. A whole poll or a wake of a known
+    /// Counts `e` in [`Process::unknown_span_events`] if it is about a span
+    /// the model does not know, and applies it. A whole poll or a wake of a known
     /// task, most events, is applied with one lookup of the task: a known
     /// task is not counted, so the lookup that finds it stands for the
     /// count's.
     #[inline(always)]
     fn apply_counted<O: Observer>(&mut self, e: &Event, cfg: &Config, obs: &mut O) {
-        self.events += 1;
         let applied = match *e {
             Event::Poll {
                 task,
