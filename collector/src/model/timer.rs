@@ -121,7 +121,8 @@ impl Process {
                 };
                 match found {
                     Some(x) => {
-                        x.held_ns += overlap;
+                        // Saturating: times off the wire may be anything.
+                        x.held_ns = x.held_ns.saturating_add(overlap);
                         if end.saturating_sub(start) > x.poll.1.saturating_sub(x.poll.0) {
                             x.poll = (start, end);
                         }
@@ -181,7 +182,7 @@ mod tests {
                 }
                 match hogs.iter_mut().find(|x| x.task == h) {
                     Some(x) => {
-                        x.held_ns += overlap;
+                        x.held_ns = x.held_ns.saturating_add(overlap);
                         if end.saturating_sub(start) > x.poll.1.saturating_sub(x.poll.0) {
                             x.poll = (start, end);
                         }
