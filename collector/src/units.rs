@@ -30,6 +30,11 @@ pub fn fmt_ns_brief(ns: u64) -> String {
     fmt_ns_with(ns, 2, 1)
 }
 
+/// Appends [`fmt_ns_brief`]'s text of `ns` to `s`.
+pub fn push_ns_brief(s: &mut String, ns: u64) {
+    push_ns_with(s, ns, 2, 1);
+}
+
 /// Formats nanoseconds for the CI reports and timeline notes: three
 /// decimals in seconds and milliseconds (microsecond resolution), one in
 /// microseconds, whole nanoseconds below (`1.500s`, `1.234ms`, `4.5µs`,
@@ -41,6 +46,13 @@ pub fn fmt_ns_precise(ns: u64) -> String {
 /// Nanoseconds with a unit: `s_decimals` decimals in seconds, `ms_decimals`
 /// in milliseconds, one in microseconds, whole nanoseconds below.
 fn fmt_ns_with(ns: u64, s_decimals: usize, ms_decimals: usize) -> String {
+    let mut s = String::with_capacity(24);
+    push_ns_with(&mut s, ns, s_decimals, ms_decimals);
+    s
+}
+
+/// Appends [`fmt_ns_with`]'s text of `ns` to `s`.
+fn push_ns_with(s: &mut String, ns: u64, s_decimals: usize, ms_decimals: usize) {
     let (unit, decimals, suffix) = if ns >= 1_000_000_000 {
         (1_000_000_000, s_decimals, "s")
     } else if ns >= 1_000_000 {
@@ -48,18 +60,22 @@ fn fmt_ns_with(ns: u64, s_decimals: usize, ms_decimals: usize) -> String {
     } else if ns >= 1_000 {
         (1_000, 1, "µs")
     } else {
-        return format!("{ns}ns");
+        push_decimal(s, ns);
+        s.push_str("ns");
+        return;
     };
-    if let Some(s) = fixed(ns, unit, decimals, suffix) {
-        return s;
+    if fixed(s, ns, unit, decimals, suffix) {
+        return;
     }
-    format!("{:.*}{suffix}", decimals, ns as f64 / unit as f64)
+    use std::fmt::Write;
+    // Writing to a `String` does not fail.
+    let _ = write!(s, "{:.*}{suffix}", decimals, ns as f64 / unit as f64);
 }
 
-/// `ns / unit` with `decimals` decimals and `suffix`, by integers, as
-/// `{:.*}` writes the `f64` quotient (a finding's message formats two
+/// Appends `ns / unit` with `decimals` decimals and `suffix` to `s`, by
+/// integers, as `{:.*}` writes the `f64` quotient (a finding's message formats two
 /// durations, and formatting a float to a precision costs about a thousand
-/// instructions). `None` where the two could differ: a quotient exactly
+/// instructions). False, `s` left as it was, where the two could differ: a quotient exactly
 /// half a last digit from two roundings (the float's rounding of its own
 /// value decides), a value too large for the float to be within an eighth
 /// of a nanosecond of it, or a unit the decimals do not divide.
@@ -68,26 +84,30 @@ fn fmt_ns_with(ns: u64, s_decimals: usize, ms_decimals: usize) -> String {
 /// quotient the division rounds is within `ns / unit * 2^-53` (under an
 /// eighth of a nanosecond, in the unit) of the true one, which is at least
 /// half a nanosecond from any half of a last digit: both round alike.
-fn fixed(ns: u64, unit: u64, decimals: usize, suffix: &str) -> Option<String> {
-    let scale = 10u64.checked_pow(u32::try_from(decimals).ok()?)?;
+fn fixed(s: &mut String, ns: u64, unit: u64, decimals: usize, suffix: &str) -> bool {
+    let Some(scale) = u32::try_from(decimals)
+        .ok()
+        .and_then(|d| 10u64.checked_pow(d))
+    else {
+        return false;
+    };
     if ns >= 1 << 50 || !unit.is_multiple_of(scale) {
-        return None;
+        return false;
     }
     // Nanoseconds per last digit.
     let step = unit / scale;
     let (q, r) = (ns / step, ns % step);
     if r * 2 == step {
-        return None;
+        return false;
     }
     let q = if r * 2 > step { q + 1 } else { q };
-    let mut s = String::with_capacity(24);
-    push_decimal(&mut s, q / scale);
+    push_decimal(s, q / scale);
     if decimals > 0 {
         s.push('.');
-        push_decimal_padded(&mut s, q % scale, decimals);
+        push_decimal_padded(s, q % scale, decimals);
     }
     s.push_str(suffix);
-    Some(s)
+    true
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time in ns.

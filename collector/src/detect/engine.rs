@@ -10,10 +10,10 @@ use std::collections::HashMap;
 
 use awaitscope_wire::{ProcessKey, SpanId};
 
-use super::{Detector, FindingKind, Findings, Observation, Occurrence, Recollection};
+use super::{Detector, FindingKind, Findings, Observation, Occurrence, Recollection, Tally};
 use crate::config::Thresholds;
 use crate::model::hash::FastMap;
-use crate::model::{Change, ChangeKind, Observer, Process};
+use crate::model::{Change, ChangeKind, Observer, Process, Task};
 
 /// The detector episodes in progress on the tasks of one process: a bit
 /// per finding kind, for the tasks that have any.
@@ -129,6 +129,23 @@ impl Cx<'_> {
         duration_ns: Option<u64>,
     ) -> bool {
         self.findings.describes(kind, process, key, duration_ns)
+    }
+
+    /// Counts an occurrence in its finding when it would not describe it
+    /// (see [`Findings::tally`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn tally(
+        &mut self,
+        kind: FindingKind,
+        process: ProcessKey,
+        key: &str,
+        task: &Task,
+        duration_ns: Option<u64>,
+        ts: u64,
+        new_occurrence: bool,
+    ) -> Tally {
+        self.findings
+            .tally(kind, process, key, task, duration_ns, ts, new_occurrence)
     }
 
     /// The episodes of the process's tasks.
@@ -382,11 +399,18 @@ impl Observer for Watch<'_> {
     fn change(&mut self, p: &Process, change: &Change<'_>) {
         let kind = change.kind();
         if let Some((task, d)) = change.timed() {
-            let quiet = self.quiet[kind as usize].is_some_and(|q| d <= q);
-            if quiet && !self.cx.episodes.any(task) {
+            if self.ignores(kind, task, d) {
                 return;
             }
         }
         self.dispatch(p, change, kind);
+    }
+
+    /// No detector wants it ([`Detector::quiet_up_to`]) and `task` has no
+    /// episode in progress.
+    #[inline]
+    fn ignores(&self, kind: ChangeKind, task: SpanId, d: u64) -> bool {
+        let quiet = self.quiet[kind as usize].is_some_and(|q| d <= q);
+        quiet && !self.cx.episodes.any(task)
     }
 }

@@ -115,6 +115,18 @@ fn joins_processes(kind: FindingKind, trace: &[String]) -> bool {
     matches!(kind, FindingKind::Error | FindingKind::Panic) && crate::stitch::needs_stitching(trace)
 }
 
+/// What [`Findings::tally`] did with an occurrence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tally {
+    /// Counted in its finding, which it does not describe.
+    Counted,
+    /// Not counted: it would not describe its finding, but is to be
+    /// observed (without message or trace).
+    Observe,
+    /// Not counted: it may describe its finding; to be observed, described.
+    Describe,
+}
+
 /// Most tasks listed on one finding.
 pub const MAX_TASKS_PER_FINDING: usize = 8;
 
@@ -354,6 +366,50 @@ impl Findings {
                 _ => true,
             },
         }
+    }
+
+    /// An occurrence of `task` under `key` lasting `duration_ns`, counted
+    /// in its finding without an [`Observation`] when it would not describe
+    /// it ([`Findings::describes`] false): as [`Findings::observe`] merges
+    /// an observation without message or trace that is not the worst (its
+    /// count, times and tasks), with one lookup and nothing allocated but
+    /// a task added to the finding's. A detector whose observations are
+    /// frequent asks this first; unless [`Tally::Counted`], it observes the
+    /// occurrence itself, described or not as the answer says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tally(
+        &mut self,
+        kind: FindingKind,
+        process: ProcessKey,
+        key: &str,
+        task: &Task,
+        duration_ns: Option<u64>,
+        ts: u64,
+        new_occurrence: bool,
+    ) -> Tally {
+        let Some(&i) = self.index.get(&(kind, process, key) as &dyn KeyRef) else {
+            return Tally::Describe;
+        };
+        let f = &mut self.list[i];
+        let d = match (duration_ns, f.worst_ns) {
+            (Some(d), Some(w)) if d < w => d,
+            _ => return Tally::Describe,
+        };
+        if !self.settled.is_empty() && self.settled.contains_key(&i) {
+            // It shows open occurrences: `observe` merges into what is
+            // settled.
+            return Tally::Observe;
+        }
+        if new_occurrence {
+            f.count += 1;
+        }
+        f.first_seen = f.first_seen.min(ts);
+        f.last_seen = f.last_seen.max(ts);
+        f.worst_ns = f.worst_ns.max(Some(d));
+        if f.tasks.len() < MAX_TASKS_PER_FINDING && !f.tasks.iter().any(|x| x.id == task.id.0) {
+            f.tasks.push(FindingTask::of(task));
+        }
+        Tally::Counted
     }
 
     /// Merges an observation.
@@ -765,6 +821,51 @@ mod tests {
         f.observe(light);
         let found = &f.list()[0];
         assert_eq!((found.count, found.message.as_str()), (2, "d=100"));
+    }
+
+    /// An occurrence tallied in place changes its finding as observing it
+    /// without message or trace does (count, times, tasks, the worst's
+    /// message kept); one that may describe it, or has no finding yet, is
+    /// left to the caller.
+    #[test]
+    fn a_tally_is_an_undescribed_observation() {
+        let key = ProcessKey {
+            pid: 1,
+            start_unix_ns: 0,
+        };
+        let (mut tallied, mut observed) = (Findings::new(10), Findings::new(10));
+        let kind = FindingKind::LongPoll;
+        let task = |id: u64| Task::new(SpanId(id), 0, 0);
+        assert_eq!(
+            tallied.tally(kind, key, "a", &task(1), Some(5), 1, true),
+            Tally::Describe
+        );
+        tallied.observe(obs("a", 100, 1, true));
+        observed.observe(obs("a", 100, 1, true));
+        // Longer, or as long: it may describe the finding.
+        for d in [100, 150] {
+            assert_eq!(
+                tallied.tally(kind, key, "a", &task(2), Some(d), 2, true),
+                Tally::Describe
+            );
+        }
+        for (i, (d, ts, new)) in [(50, 0, true), (99, 7, false), (1, 3, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let id = 10 + i as u64;
+            let t = task(id);
+            assert_eq!(
+                tallied.tally(kind, key, "a", &t, Some(d), ts, new),
+                Tally::Counted
+            );
+            let mut light = obs("a", d, ts, new);
+            light.message.clear();
+            light.tasks = vec![FindingTask::of(&t)];
+            observed.observe(light);
+        }
+        assert_eq!(tallied.list(), observed.list());
+        assert_eq!(tallied.list()[0].message, "d=100");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub mod stuck;
 
 pub use engine::{Cx, Engine, Episodes};
 pub use findings::{
-    Finding, FindingTask, Findings, Observation, Occurrence, MAX_TASKS_PER_FINDING,
+    Finding, FindingTask, Findings, Observation, Occurrence, Tally, MAX_TASKS_PER_FINDING,
 };
 
 /// What a finding is about. Serialised as the snake_case strings of
@@ -221,7 +221,7 @@ pub fn standard() -> Vec<Box<dyn Detector>> {
         Box::new(long_poll::LongPoll),
         Box::new(lost_waker::LostWaker),
         Box::new(never_yielded::NeverYielded),
-        Box::new(starvation::Starvation),
+        Box::new(starvation::Starvation::default()),
         Box::new(late_timer::LateTimer::default()),
         Box::new(stuck::Stuck::default()),
         Box::new(self_wake::SelfWake),

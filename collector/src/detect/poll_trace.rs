@@ -14,11 +14,11 @@ use awaitscope_wire::{FrameOrigin, NativeFrame, Sched, SpanId, StackState};
 
 use crate::model::await_tree::AwaitTree;
 use crate::model::file_memo::{file_origin, shown_file};
-use crate::model::labels::is_resource_class;
+use crate::model::labels::{is_resource_class, push_task_label};
 use crate::model::span::Location;
 use crate::model::stall::{PollStall, StallSpan};
-use crate::model::{shown, task_label, Process, Task};
-use crate::units::fmt_ns_brief;
+use crate::model::{shown, Process, Task};
+use crate::units::push_ns_brief;
 
 use super::native_frames::{
     anonymous_name, fn_of_body, frame_location, is_anonymous, line, push_file_line, short_fn,
@@ -339,23 +339,24 @@ fn up_from(tree: &AwaitTree, leaf: usize) -> impl Iterator<Item = usize> + '_ {
 /// was when its own poll was sampled: `held the thread 70.0ms: task
 /// cpu-hog#7 @ src/main.rs:9:5, in burn_cpu (src/main.rs:88)`.
 pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanId) -> Vec<String> {
-    let hogs = p.held_the_thread(&[Some(thread)], from, to, task);
-    let mut out = Vec::with_capacity(hogs.len().min(4));
-    for h in hogs.into_iter().take(4) {
+    let hogs = p.held_the_thread(&[Some(thread)], from, to, task, 4);
+    let mut out = Vec::with_capacity(hogs.len());
+    for h in hogs {
         let Some(t) = p.task(h.task) else {
             continue;
         };
-        let held = fmt_ns_brief(h.held_ns);
-        let label = task_label(t);
         let culprit = culprit_of_poll(p, t, h.poll.0, h.poll.1);
-        // Sized once: a starved runtime names the polls that held its
-        // threads in nearly every description.
-        let len = 18 + held.len() + label.len() + culprit.as_ref().map_or(0, |c| 5 + c.len());
+        // Written in one go, sized once (room for the time and the task's
+        // id): a starved runtime names the polls that held its threads in
+        // nearly every description.
+        let name = t.name.as_deref().map_or(0, str::len);
+        let file = t.location.as_ref().map_or(0, |l| l.file.len());
+        let len = 80 + name + file + culprit.as_ref().map_or(0, |c| 5 + c.len());
         let mut line = String::with_capacity(len);
         line.push_str("held the thread ");
-        line.push_str(&held);
+        push_ns_brief(&mut line, h.held_ns);
         line.push_str(": ");
-        line.push_str(&label);
+        push_task_label(&mut line, t);
         if let Some(c) = culprit {
             line.push_str(", in ");
             line.push_str(&c);

@@ -2,19 +2,24 @@
 //! runtime's workers are busy or blocked).
 
 use super::poll_trace;
-use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
+use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Tally};
 use crate::config::Thresholds;
+use crate::model::labels::push_task_label;
 use crate::model::process::{RECENT_POLLS, RECENT_POLL_NS};
-use crate::model::task::group_key;
-use crate::model::{task_label, Change, ChangeKind, Process, Task, TaskState};
-use crate::units::fmt_ns_brief;
+use crate::model::task::{group_key, group_key_into};
+use crate::model::{Change, ChangeKind, Process, Task, TaskState};
+use crate::units::push_ns_brief;
 use awaitscope_wire::SpanId;
 
 /// The `starvation` detector: judges each wait that a poll ends, and the
 /// tasks still waiting at a scan. An episode lasts until the poll that ends
 /// it, across scans.
 #[derive(Debug, Default)]
-pub struct Starvation;
+pub struct Starvation {
+    /// The group key of the task of the wait being judged, written over
+    /// for each wait (most are only counted, by their key).
+    key: String,
+}
 
 impl Detector for Starvation {
     fn kind(&self) -> FindingKind {
@@ -42,24 +47,35 @@ impl Detector for Starvation {
             if let Some(t) = p.tasks.get(&task) {
                 // On a starved runtime nearly every wait is one: only the
                 // worst so far is described (its message and traces are
-                // what the finding shows), the others are counted.
-                let key = group_key(t);
-                let mut o = if cx.describes(FindingKind::Starvation, p.key, &key, Some(waited)) {
-                    let mut o = observe(p, t, key, waited, ts, cx.thresholds);
-                    // The wait ends at the poll's start on the thread that
-                    // polls it now: who held that thread while it waited.
-                    let from = ts.saturating_sub(waited);
-                    let held = poll_trace::held_the_thread(p, p.cur_thread, from, ts, task);
-                    if held.is_empty() && no_task_held_a_worker(p, task, from, ts) {
-                        o.message.push_str(NO_TASK_HELD);
+                // what the finding shows), the others are counted, in
+                // place when they can be.
+                group_key_into(t, &mut self.key);
+                let new_occurrence = !cx.episodes().active(FindingKind::Starvation, task);
+                let kind = FindingKind::Starvation;
+                let tally = cx.tally(kind, p.key, &self.key, t, Some(waited), ts, new_occurrence);
+                let mut o = match tally {
+                    Tally::Counted => {
+                        cx.episodes().end(FindingKind::Starvation, task);
+                        return;
                     }
-                    o.trace.extend(held);
-                    o
-                } else {
-                    Observation {
+                    Tally::Describe => {
+                        let key = self.key.clone();
+                        let mut o = observe(p, t, key, waited, ts, cx.thresholds);
+                        // The wait ends at the poll's start on the thread
+                        // that polls it now: who held that thread while it
+                        // waited.
+                        let from = ts.saturating_sub(waited);
+                        let held = poll_trace::held_the_thread(p, p.cur_thread, from, ts, task);
+                        if held.is_empty() && no_task_held_a_worker(p, task, from, ts) {
+                            o.message.push_str(NO_TASK_HELD);
+                        }
+                        o.trace.extend(held);
+                        o
+                    }
+                    Tally::Observe => Observation {
                         kind: FindingKind::Starvation,
                         process: p.key,
-                        key,
+                        key: self.key.clone(),
                         tasks: vec![FindingTask::of(t)],
                         location: None,
                         message: String::new(),
@@ -67,9 +83,9 @@ impl Detector for Starvation {
                         duration_ns: Some(waited),
                         ts,
                         new_occurrence: true,
-                    }
+                    },
                 };
-                o.new_occurrence = !cx.episodes().active(FindingKind::Starvation, task);
+                o.new_occurrence = new_occurrence;
                 cx.observe(o);
             }
         }
@@ -127,12 +143,16 @@ fn observe(p: &Process, t: &Task, key: String, wait: u64, ts: u64, th: &Threshol
         tasks: vec![FindingTask::of(t)],
         location: t.location.clone(),
         message: {
-            // Written in one go: a starved runtime describes a wait often.
-            let mut m = task_label(t);
+            // Written in one go, sized once (room for the task's id and the
+            // two times): a starved runtime describes a wait often.
+            let name = t.name.as_deref().map_or(0, str::len);
+            let file = t.location.as_ref().map_or(0, |l| l.file.len());
+            let mut m = String::with_capacity(name + file + 120);
+            push_task_label(&mut m, t);
             m.push_str(" was woken but not polled for ");
-            m.push_str(&fmt_ns_brief(wait));
+            push_ns_brief(&mut m, wait);
             m.push_str(" (threshold ");
-            m.push_str(&fmt_ns_brief(th.starvation_ns));
+            push_ns_brief(&mut m, th.starvation_ns);
             m.push(')');
             m
         },
@@ -275,6 +295,43 @@ mod tests {
         );
         let (m, _) = run(Some(1));
         assert!(m.ends_with("(threshold 50.0ms)"), "{m}");
+    }
+
+    /// Of more polls that held the thread than a description names, the
+    /// four that held it longest are named, longest first.
+    #[test]
+    fn the_four_longest_hogs_are_named_longest_first() {
+        let mut s = Scenario::new();
+        let t = s.spawn(TaskOpts::named("late"), 0);
+        s.poll(t, 1000, 2000);
+        s.wake(t, None, 10 * MS);
+        let mut at = 20 * MS;
+        for (i, ms) in [2u64, 7, 3, 9, 5, 4].into_iter().enumerate() {
+            let hog = s.spawn(TaskOpts::named(&format!("hog{i}")), 0);
+            s.poll(hog, at, at + ms * MS);
+            at += ms * MS + MS;
+        }
+        s.poll(t, 200 * MS, 201 * MS);
+        let m = s.model();
+        // (The hogs, first polled long after their spawn, waited too.)
+        let f: Vec<_> = m
+            .findings()
+            .of_kind(FindingKind::Starvation)
+            .filter(|f| f.tasks.iter().any(|x| x.id == t.0))
+            .collect();
+        assert_eq!(f.len(), 1);
+        let held: Vec<_> = f[0]
+            .trace
+            .iter()
+            .filter_map(|l| l.strip_prefix("held the thread "))
+            .map(|l| l.split(':').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            held,
+            ["9.0ms", "7.0ms", "5.0ms", "4.0ms"],
+            "{:?}",
+            f[0].trace
+        );
     }
 
     #[test]

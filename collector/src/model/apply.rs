@@ -15,7 +15,7 @@ use awaitscope_wire::{
 };
 
 use super::await_tree::AwaitTree;
-use super::change::Change;
+use super::change::{Change, ChangeKind};
 use super::labels;
 use super::merge::{merge_order, NO_SWITCH};
 use super::process::Observer;
@@ -36,7 +36,13 @@ impl Process {
     /// (the producer drains its per-thread buffers one after the other). The
     /// runs are merged by timestamp, keeping each thread's order, so that a
     /// task spawned on one thread exists before another thread polls it.
+    // Out of line: inlined into `Model::apply`, its loop was compiled
+    // with more instructions per event.
+    #[inline(never)]
     pub fn apply_events<O: Observer>(&mut self, events: &[Event], cfg: &Config, obs: &mut O) {
+        // Every event of the batch is applied (and nothing reads the count
+        // meanwhile): counted at once.
+        self.events += events.len() as u64;
         let Some(order) = merge_order(events) else {
             // One run, or runs already in time order (the merge would take
             // them one after the other): apply in order.
@@ -57,15 +63,13 @@ impl Process {
         }
     }
 
-    /// Counts `e` (in [`Process::events`], and in
-    /// [`Process::unknown_span_events`] if it is about a span the model
-    /// does not know) and applies it. A whole poll or a wake of a known
+    /// Counts `e` in [`Process::unknown_span_events`] if it is about a span
+    /// the model does not know, and applies it. A whole poll or a wake of a known
     /// task, most events, is applied with one lookup of the task: a known
     /// task is not counted, so the lookup that finds it stands for the
     /// count's.
     #[inline(always)]
     fn apply_counted<O: Observer>(&mut self, e: &Event, cfg: &Config, obs: &mut O) {
-        self.events += 1;
         let applied = match *e {
             Event::Poll {
                 task,
@@ -457,7 +461,7 @@ impl Process {
     /// previous poll was a poll, the wait for this one is over. The task is
     /// as the poll left it; what it tells of it (its name, location, await
     /// tree) is what the poll does not change.
-    #[inline]
+    #[inline(always)]
     fn report_poll_start<O: Observer>(
         &mut self,
         id: SpanId,
@@ -465,25 +469,31 @@ impl Process {
         ts: u64,
         obs: &mut O,
     ) {
+        // Each asked about first: most polls and waits are brief, and a
+        // change made only to be ignored was written out in full.
         if let Some((start, duration)) = started.committed {
-            obs.change(
-                self,
-                &Change::PollCommitted {
-                    task: id,
-                    start,
-                    duration,
-                },
-            );
+            if !obs.ignores(ChangeKind::PollCommitted, id, duration) {
+                obs.change(
+                    self,
+                    &Change::PollCommitted {
+                        task: id,
+                        start,
+                        duration,
+                    },
+                );
+            }
         }
         if let Some(waited) = started.waited {
-            obs.change(
-                self,
-                &Change::WaitEnded {
-                    task: id,
-                    ts,
-                    waited,
-                },
-            );
+            if !obs.ignores(ChangeKind::WaitEnded, id, waited) {
+                obs.change(
+                    self,
+                    &Change::WaitEnded {
+                        task: id,
+                        ts,
+                        waited,
+                    },
+                );
+            }
         }
     }
 
@@ -494,6 +504,11 @@ impl Process {
     /// hold (unknown task or thread, a full span stack), or when the
     /// observer wants the steps (the poll's start and end, each at its own
     /// time): the caller then applies the `Enter` and the `PollEnd`.
+    ///
+    /// Always inlined (into both loops of `apply_events`): nearly every
+    /// other event is one, and the call's own cost (its registers saved and
+    /// restored, the poll passed) was paid by each.
+    #[inline(always)]
     fn poll_whole<O: Observer>(
         &mut self,
         task: SpanId,

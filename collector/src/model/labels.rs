@@ -22,15 +22,20 @@ pub fn task_label(t: &Task) -> String {
     let name = t.name.as_deref().unwrap_or("");
     let file = t.location.as_ref().map_or(0, |l| l.file.len());
     let mut s = String::with_capacity(name.len() + file + 40);
+    push_task_label(&mut s, t);
+    s
+}
+
+/// Appends [`task_label`]'s text of `t` to `s`.
+pub fn push_task_label(s: &mut String, t: &Task) {
     s.push_str("task ");
-    s.push_str(name);
+    s.push_str(t.name.as_deref().unwrap_or(""));
     s.push('#');
-    crate::units::push_decimal(&mut s, t.id.0);
+    crate::units::push_decimal(s, t.id.0);
     if let Some(l) = &t.location {
         s.push_str(" @ ");
-        l.push_to(&mut s);
+        l.push_to(s);
     }
-    s
 }
 
 /// Whether `cs` is the callsite of the await of an `awaitscope::JoinHandle`

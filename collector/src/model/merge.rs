@@ -59,15 +59,24 @@ struct Run {
 struct Bounds {
     lo: u64,
     hi: u64,
-    timed: bool,
 }
 
 impl Bounds {
     const EMPTY: Bounds = Bounds {
         lo: u64::MAX,
         hi: 0,
-        timed: false,
     };
+
+    /// The smallest key: 0 for a run without a timed event, whose bounds
+    /// are still [`Bounds::EMPTY`]'s (a timed event leaves them so only if
+    /// its time were both `u64::MAX` and 0).
+    fn lo(&self) -> u64 {
+        if self.lo == u64::MAX && self.hi == 0 {
+            0
+        } else {
+            self.lo
+        }
+    }
 }
 
 /// In [`merge_order`]'s order: the event does not start a stretch of
@@ -84,8 +93,7 @@ pub(crate) const NO_SWITCH: u32 = u32::MAX;
 ///
 /// `None` when the merge would give the batch in its own order: at most one
 /// `Thread` event, or every run's keys at most the keys of the runs after it
-/// (found from each run's smallest and largest key, without keying every
-/// event).
+/// (found from each run's smallest and largest key).
 pub(crate) fn merge_order(events: &[Event]) -> Option<Merge> {
     merge_batch(events, 2)
 }
@@ -93,36 +101,52 @@ pub(crate) fn merge_order(events: &[Event]) -> Option<Merge> {
 /// [`merge_order`] of a batch with at least `min_threads` `Thread` events
 /// (`None` for fewer).
 fn merge_batch(events: &[Event], min_threads: usize) -> Option<Merge> {
-    // The runs and their bounds, in one pass.
+    // The runs and their bounds, in one pass, which also keeps each timed
+    // event's time as its merge key and notes the untimed events: the keys
+    // of a batch to merge are then made without reading each event's kind
+    // again.
     let mut runs: Vec<Run> = Vec::new();
     let mut bounds: Vec<Bounds> = Vec::new();
+    let Spare {
+        mut keys,
+        mut untimed,
+    } = SPARE.take();
+    // Every key is written below (the timed ones here, the others by
+    // `key_untimed`): the vector is zeroed only where it grows.
+    if keys.len() < events.len() {
+        keys.resize(events.len(), 0);
+    }
+    untimed.clear();
     let mut threads = 0usize;
     let mut b = Bounds::EMPTY;
-    for (j, e) in events.iter().enumerate() {
+    for ((j, e), key) in events.iter().enumerate().zip(keys.iter_mut()) {
         match e.ts() {
             Some(ts) => {
-                b.timed = true;
                 b.lo = b.lo.min(ts);
                 b.hi = b.hi.max(ts);
+                *key = ts;
             }
-            None => match e {
-                Event::Thread { id, .. } => {
-                    threads += 1;
-                    if let Some(r) = runs.last_mut() {
-                        r.end = j;
-                        bounds.push(b);
+            None => {
+                untimed.push(j);
+                match e {
+                    Event::Thread { id, .. } => {
+                        threads += 1;
+                        if let Some(r) = runs.last_mut() {
+                            r.end = j;
+                            bounds.push(b);
+                        }
+                        b = Bounds::EMPTY;
+                        runs.push(Run {
+                            thread: *id,
+                            pos: j,
+                            end: events.len(),
+                        });
+                        continue;
                     }
-                    b = Bounds::EMPTY;
-                    runs.push(Run {
-                        thread: *id,
-                        pos: j,
-                        end: events.len(),
-                    });
-                    continue;
+                    Event::Callsite(_) => b.lo = 0,
+                    _ => {}
                 }
-                Event::Callsite(_) => b.lo = 0,
-                _ => {}
-            },
+            }
         }
         if runs.is_empty() {
             runs.push(Run {
@@ -135,14 +159,31 @@ fn merge_batch(events: &[Event], min_threads: usize) -> Option<Merge> {
     if !runs.is_empty() {
         bounds.push(b);
     }
-    if threads < min_threads {
+    if threads < min_threads || in_order(&runs, &bounds) {
+        SPARE.set(Spare { keys, untimed });
         return None;
     }
-    if in_order(&runs, &bounds) {
-        return None;
-    }
-    let keys = keys(events, &runs);
+    key_untimed(events, &runs, &untimed, &mut keys);
+    SPARE.set(Spare {
+        keys: Vec::new(),
+        untimed,
+    });
     Some(Merge::new(keys, runs))
+}
+
+/// The vectors of [`merge_batch`], kept between the batches merged on a
+/// thread (a batch's keys are given back when its [`Merge`] is dropped):
+/// made, zeroed and freed per batch, they cost as much as keying it.
+#[derive(Default)]
+struct Spare {
+    /// Merge keys, by event (only the batch's first events are read).
+    keys: Vec<u64>,
+    /// The untimed events of the batch, by index.
+    untimed: Vec<usize>,
+}
+
+thread_local! {
+    static SPARE: std::cell::Cell<Spare> = std::cell::Cell::new(Spare::default());
 }
 
 /// Whether the runs are in order: every run's largest key at most the
@@ -153,7 +194,7 @@ fn in_order(runs: &[Run], bounds: &[Bounds]) -> bool {
         if r.end <= r.pos {
             continue;
         }
-        let lo = if b.timed { b.lo } else { 0 };
+        let lo = b.lo();
         if b.hi > later_min {
             return false;
         }
@@ -162,53 +203,41 @@ fn in_order(runs: &[Run], bounds: &[Bounds]) -> bool {
     true
 }
 
-/// Merge key of each event of the batch: its own ts; else its run's
-/// previous timed; else the next timed; callsites 0. A poll's tree: the
-/// next timed, else the previous. A run without timed events keeps key 0
-/// for all.
-fn keys(events: &[Event], runs: &[Run]) -> Vec<u64> {
-    let mut keys = vec![0u64; events.len()];
-    // Trees since the last timed event of the run.
-    let mut trees: Vec<usize> = Vec::new();
+/// Writes the merge keys of the batch's untimed events (`untimed`: their
+/// indices, in order) into `keys`, which holds each timed event's time
+/// (its key) already: an untimed event takes its run's previous timed
+/// key; else (before the run's first timed event) the next. A poll's tree
+/// takes the next timed key, else the previous. Callsites, and every event
+/// of a run without a timed one, key 0.
+fn key_untimed(events: &[Event], runs: &[Run], untimed: &[usize], keys: &mut [u64]) {
+    let mut k = 0;
     for r in runs {
-        // The run's first timed event: the untimed events before it (but
-        // callsites) take its key.
-        let Some((first, ts)) = (r.pos..r.end).find_map(|j| events[j].ts().map(|ts| (j, ts)))
-        else {
-            continue;
-        };
-        for i in r.pos..first {
-            if !matches!(events[i], Event::Callsite(_)) {
-                keys[i] = ts;
+        while k < untimed.len() && untimed[k] < r.end {
+            // A stretch of consecutive untimed events of the run,
+            // `untimed[k..g]`: the same timed events of the run are before
+            // and after each of them.
+            let first = untimed[k];
+            let mut g = k + 1;
+            while g < untimed.len() && untimed[g] == untimed[g - 1] + 1 && untimed[g] < r.end {
+                g += 1;
             }
-        }
-        keys[first] = ts;
-        let mut prev = ts;
-        trees.clear();
-        for j in first + 1..r.end {
-            let e = &events[j];
-            keys[j] = match e.ts() {
-                Some(ts) => {
-                    for &i in &trees {
-                        keys[i] = ts;
-                    }
-                    trees.clear();
-                    prev = ts;
-                    ts
-                }
-                None => {
-                    if matches!(e, Event::Callsite(_)) {
-                        continue;
-                    }
-                    if goes_with_next(e) {
-                        trees.push(j);
-                    }
-                    prev
-                }
-            };
+            let after = untimed[g - 1] + 1;
+            // The event before the stretch, if of this run, is timed.
+            let prev = (first > r.pos).then(|| keys[first - 1]);
+            let next = (after < r.end).then(|| keys[after]);
+            for &i in &untimed[k..g] {
+                let e = &events[i];
+                keys[i] = if matches!(e, Event::Callsite(_)) {
+                    0
+                } else if goes_with_next(e) {
+                    next.or(prev).unwrap_or(0)
+                } else {
+                    prev.or(next).unwrap_or(0)
+                };
+            }
+            k = g;
         }
     }
-    keys
 }
 
 /// The smallest head (key, run) among `runs` other than `skip`, the
@@ -234,6 +263,7 @@ fn min_head(keys: &[u64], runs: &[Run], skip: usize) -> Option<(u64, usize)> {
 /// so the heads are compared once per stretch; when it stops, that head of
 /// the others is the smallest of all, and the next stretch is its run's.
 pub(crate) struct Merge {
+    /// Merge keys, by event (see [`key_untimed`]).
     keys: Vec<u64>,
     runs: Vec<Run>,
     /// The run of the current stretch (`usize::MAX` before the first).
@@ -271,6 +301,20 @@ impl Merge {
         self.end = end;
         self.other = min_head(&self.keys, &self.runs, i);
         Some((pos as u32, thread))
+    }
+}
+
+impl Drop for Merge {
+    /// Gives the keys' vector back for the next batch merged on this thread.
+    fn drop(&mut self) {
+        let keys = std::mem::take(&mut self.keys);
+        SPARE.with(|s| {
+            let mut spare = s.take();
+            if spare.keys.capacity() < keys.capacity() {
+                spare.keys = keys;
+            }
+            s.set(spare);
+        });
     }
 }
 
@@ -476,6 +520,51 @@ mod tests {
             for (k, (a, b)) in fast.iter().zip(&slow).enumerate() {
                 prop_assert_eq!(a.0, b.0, "switch at {}", k);
                 prop_assert!(std::ptr::eq(a.1, b.1), "event at {}", k);
+            }
+        }
+    }
+
+    /// Runs without a timed event, and times at the ends of the range (a
+    /// run's bounds are told apart from no bounds by them), merge as the
+    /// reference merges them.
+    #[test]
+    fn runs_at_the_ends_of_time_merge_as_the_reference() {
+        let (max, thread, record, enter, tree) = (u64::MAX, 0, 7, 3, 8);
+        let batches: [&[(u8, u8, u64)]; 5] = [
+            &[
+                (thread, 0, 0),
+                (enter, 1, max),
+                (thread, 1, 0),
+                (record, 2, 0),
+            ],
+            &[
+                (thread, 0, 0),
+                (record, 1, 0),
+                (thread, 1, 0),
+                (enter, 2, 0),
+            ],
+            &[(thread, 0, 0), (enter, 1, 0), (thread, 1, 0), (tree, 2, 0)],
+            &[
+                (enter, 9, max),
+                (thread, 0, 0),
+                (enter, 1, 0),
+                (enter, 1, max),
+            ],
+            &[
+                (thread, 0, 0),
+                (tree, 1, 0),
+                (thread, 1, 0),
+                (enter, 2, max),
+            ],
+        ];
+        for raw in batches {
+            let events: Vec<Event> = raw.iter().map(|&(k, a, ts)| event(k, a, ts)).collect();
+            let fast = merge_threads(&events);
+            let slow = reference(&events);
+            assert_eq!(fast.len(), slow.len());
+            for (a, b) in fast.iter().zip(&slow) {
+                assert_eq!(a.0, b.0);
+                assert!(std::ptr::eq(a.1, b.1), "{raw:?}");
             }
         }
     }

@@ -10,7 +10,7 @@ use awaitscope_wire::{
     Callsite, CallsiteKind, DropCounts, ProcessInfo, ProcessKey, SpanClass, SpanId,
 };
 
-use super::change::Change;
+use super::change::{Change, ChangeKind};
 use super::completed::CompletedTasks;
 use super::hash::FastMap;
 use super::resource::Resource;
@@ -726,6 +726,15 @@ pub trait Observer {
 
     /// `change` happened in `p`; `p` is as the change left it.
     fn change(&mut self, p: &Process, change: &Change<'_>);
+
+    /// Whether a timed change of `kind` about `task` lasting `d` ns (see
+    /// [`Change::timed`]) would change nothing here: the model then need
+    /// not make it, nor call [`Observer::change`]. The default: none is
+    /// ignored.
+    #[inline]
+    fn ignores(&self, _kind: ChangeKind, _task: SpanId, _d: u64) -> bool {
+        false
+    }
 }
 
 /// No observer: the model alone.

@@ -150,11 +150,19 @@ impl Counts {
     #[inline]
     fn record(&mut self, us: u64) {
         let i = index_of(us);
-        if i >= self.counts.len() {
-            self.counts.resize(i + 1, 0);
-        }
         // As `hdrhistogram`'s counts: saturating.
-        self.counts[i] = self.counts[i].saturating_add(1);
+        match self.counts.get_mut(i) {
+            Some(n) => *n = n.saturating_add(1),
+            None => self.record_past_end(i),
+        }
+    }
+
+    /// Records a value at `i`, past the counts so far (they grow to it).
+    #[cold]
+    #[inline(never)]
+    fn record_past_end(&mut self, i: usize) {
+        self.counts.resize(i + 1, 0);
+        self.counts[i] = 1;
     }
 
     /// Adds the counts to `h` (one of [`Histograms`]).
@@ -677,20 +685,27 @@ impl TaskSummary {
 
 /// The group key of a task for summaries: `name@file:line`.
 pub fn group_key(t: &Task) -> String {
-    // Written in one go, without the formatting machinery: a starved
-    // runtime makes one for nearly every wait.
     let name = t.name.as_deref().map_or(0, |n| n.len() + 1);
     let file = t.location.as_ref().map_or(0, |l| l.file.len());
     let mut s = String::with_capacity(name + file + 24);
+    group_key_into(t, &mut s);
+    s
+}
+
+/// Writes `t`'s [`group_key`] into `s` (emptied first), for a caller that
+/// reuses one buffer.
+pub fn group_key_into(t: &Task, s: &mut String) {
+    // Written in one go, without the formatting machinery: a starved
+    // runtime makes one for nearly every wait.
+    s.clear();
     if let Some(n) = &t.name {
         s.push_str(n);
         s.push('@');
     }
     match &t.location {
-        Some(l) => l.push_to(&mut s),
+        Some(l) => l.push_to(s),
         None => s.push('?'),
     }
-    s
 }
 
 /// Level of a record as a string.
