@@ -91,6 +91,10 @@ pub(crate) struct SpanNode {
     /// When it closed (raw clock) and how, set before `closed` (see
     /// [`SpanNode::close_at`]).
     pub closed_at: AtomicU64,
+    /// Made after its span (see `store`'s compact spans): the span's
+    /// handles are counted on its store slot, not on
+    /// [`SpanNode::store_refs`]. Beside it: a child's close reads both.
+    pub compact: bool,
     /// Under awaitscope's span store: the span's handles there (`Span`
     /// values, and children, which hold one on their parent), 1 at
     /// creation. Kept on the node, not in the store's slot, so that a child
@@ -292,6 +296,7 @@ impl SpanNode {
             class: p.class,
             closed: AtomicBool::new(false),
             blocking: p.blocking,
+            compact: false,
             last_pair_adjacent: AtomicBool::new(false),
             meta: p.meta,
             first_entered_in_poll: AtomicU64::new(0),
@@ -328,6 +333,7 @@ impl SpanNode {
         self.class = p.class;
         *self.closed.get_mut() = false;
         self.blocking = p.blocking;
+        self.compact = false;
         self.meta = p.meta;
         *self.first_entered_in_poll.get_mut() = 0;
         self.parent = p.parent;

@@ -135,6 +135,10 @@ pub(crate) struct Callsites {
     /// Registration order; the exporter sends `all[sent..]` and re-sends all
     /// of them after a reconnect.
     all: Mutex<Vec<wire::Callsite>>,
+    /// The metadata of each callsite in `all`, by id: the exporter makes
+    /// the node of a compact span still open after its drain from it (see
+    /// `Exporter::age_compact`).
+    metas: Mutex<Vec<&'static Metadata<'static>>>,
 }
 
 impl Callsites {
@@ -147,7 +151,14 @@ impl Callsites {
             wakers: Default::default(),
             waker_ops: Default::default(),
             all: Mutex::new(Vec::new()),
+            metas: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The metadata of callsite `id`.
+    pub fn meta(&self, id: u32) -> Option<&'static Metadata<'static>> {
+        let metas = self.metas.lock().unwrap_or_else(|e| e.into_inner());
+        metas.get(id as usize).copied()
     }
 
     /// Whether the capture takes what `meta`'s callsite records, as
@@ -276,6 +287,10 @@ impl Callsites {
                 .map(|f| capped(f.name()))
                 .collect(),
         });
+        self.metas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(meta);
         let info = Info { id, class };
         if class == Class::Waker {
             use std::sync::atomic::Ordering;

@@ -93,6 +93,7 @@ pub(crate) struct Capture {
     pub new_rings: Mutex<Vec<Ring>>,
     /// Records dropped because a ring was full (or the thread was exiting).
     pub buffer_full: AtomicU64,
+
     pub clock: quanta::Clock,
     /// When `clock` reads the CPU's time-stamp counter: nanoseconds per
     /// 2^40 ticks, as `clock` converts them. [`Capture::raw`] then reads the
@@ -541,6 +542,111 @@ impl Capture {
         })
     }
 
+    /// A compact span: a span of the program without fields, made inside
+    /// a poll of task `task` (the task the exporter infers from its parent
+    /// `parent_sid`, the task itself or a compact span: it must be the
+    /// task polled here), gets no node. Its
+    /// creation goes out from its id, parent and callsite
+    /// ([`Raw::SpanCompact`]); a node is made only if something asks for
+    /// one ([`Capture::compact_node`]). Most `#[instrument]` spans of a
+    /// request handler live and die within one poll: their node, made on
+    /// the worker and read and given back by the exporter's thread, cost
+    /// more in cache lines moving between cores than in instructions.
+    /// Returns its span id and creation time, or `None` when it must have
+    /// a node.
+    pub(crate) fn new_compact(
+        self: &Arc<Self>,
+        attrs: &Attributes<'_>,
+        id: &Id,
+        parent_sid: u64,
+        task: u64,
+    ) -> Option<(u64, u64)> {
+        let meta = attrs.metadata();
+        let info = self.callsites.get(meta);
+        if info.class != Class::Span(SpanClass::User)
+            || !attrs.values().is_empty()
+            || meta.target() == names::CONTEXT_TARGET
+        {
+            return None;
+        }
+        let shared = self;
+        with_local(shared, |l| {
+            if task == 0 || !l.in_poll() || l.current_task() != task {
+                return None;
+            }
+            let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
+            let ts = shared.raw();
+            l.push_beside_poll(Raw::SpanCompact {
+                id: sid,
+                parent: parent_sid,
+                ts,
+                callsite: info.id,
+            });
+            l.set_recent(id.into_u64(), sid);
+            Some((sid, ts))
+        })
+        .flatten()
+    }
+
+    /// The node of a compact span (see [`Capture::new_compact`]), made on
+    /// the worker when something first asks for one (a child with a node,
+    /// an event, a causal trace, a later poll's enter). The exporter's
+    /// model of live spans makes its own (see `Exporter::age_compact`).
+    pub(crate) fn compact_node(
+        self: &Arc<Self>,
+        meta: &'static Metadata<'static>,
+        sid: u64,
+        ts: u64,
+        task: u64,
+        parent: Option<Arc<SpanNode>>,
+    ) -> Arc<SpanNode> {
+        let info = self.callsites.get(meta);
+        let parent_id = parent.as_ref().map_or(0, |p| p.id);
+        let mut node = SpanNode::new(NodeParts {
+            id: sid,
+            meta,
+            callsite: info.id,
+            class: SpanClass::User,
+            blocking: false,
+            parent_id,
+            parent,
+            instance: self.instance,
+            ctx_task: task,
+            ctx_task_node: None,
+            ctx_span: parent_id,
+            link: None,
+            ts,
+            fields: Vec::new(),
+        });
+        node.compact = true;
+        Arc::new(node)
+    }
+
+    /// A compact span closed; `node` is its node if one was made.
+    pub(crate) fn close_compact(self: &Arc<Self>, reg: u64, sid: u64, node: Option<&SpanNode>) {
+        let ts = self.raw();
+        if let Some(node) = node {
+            node.close_at(ts, CloseKind::Span);
+        }
+        let pushed = with_local(self, |l| {
+            l.forget(reg);
+            if l.in_poll() {
+                l.closed_in_poll(sid);
+            }
+            l.push_beside_poll(Raw::Close {
+                span: sid,
+                kind: CloseKind::Span,
+                ts,
+                compact: true,
+            });
+        });
+        if pushed.is_none() && node.is_none() {
+            // No state on this thread (it is exiting) and no node to say
+            // it: the close is lost, and counted.
+            self.buffer_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// `span.record(...)`: merged into the node's fields and recorded.
     pub(crate) fn record(self: &Arc<Self>, node: &SpanNode, values: &Record<'_>) {
         let mut rec = FieldRecorder::default();
@@ -610,6 +716,7 @@ impl Capture {
                 span: node.id,
                 kind,
                 ts,
+                compact: false,
             };
             if node.class == SpanClass::User {
                 l.push_beside_poll(raw);

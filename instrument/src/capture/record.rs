@@ -50,6 +50,14 @@ pub(crate) struct RawHandover {
 /// readings.
 pub(crate) enum Raw {
     Span(Arc<SpanNode>),
+    /// A compact span's creation (see `Capture::new_compact`): sent as
+    /// a `SpanNew`, its task inferred by the exporter from its parent.
+    SpanCompact {
+        id: u64,
+        parent: u64,
+        ts: u64,
+        callsite: u32,
+    },
     /// A span was entered (for a task span: a poll starts).
     Enter {
         span: u64,
@@ -88,6 +96,9 @@ pub(crate) enum Raw {
         span: u64,
         kind: CloseKind,
         ts: u64,
+        /// A compact span's: the exporter's model has it only if a node
+        /// was made for it.
+        compact: bool,
     },
     Record(Box<(u64, Vec<Field>)>),
     FollowsFrom {
@@ -116,6 +127,7 @@ impl Raw {
     pub fn ts(&self) -> Option<u64> {
         match self {
             Raw::Span(node) => Some(node.ts),
+            Raw::SpanCompact { ts, .. } => Some(*ts),
             Raw::Enter { ts, .. }
             | Raw::Exit { ts, .. }
             | Raw::Close { ts, .. }

@@ -14,7 +14,7 @@ use super::*;
 use crate::await_tree::AwaitModel;
 use crate::capture::record::{Raw, RawLog};
 use crate::capture::Capture;
-use crate::span_node::SpanNode;
+use crate::span_node::{NodeParts, SpanNode};
 
 impl Exporter {
     /// Updates the model for a record and converts it to a wire event (only
@@ -94,7 +94,24 @@ impl Exporter {
                 wakers,
                 ts,
             } => self.poll_ended(shared, model, thread, span, ts, tree, wakers, want),
-            Raw::Close { span, kind, ts } => self.span_closed(shared, model, span, kind, ts, want),
+            Raw::Close {
+                span,
+                kind,
+                ts,
+                compact: false,
+            } => self.span_closed(shared, model, span, kind, ts, want),
+            Raw::Close {
+                span,
+                kind,
+                ts,
+                compact: true,
+            } => self.compact_closed(shared, model, span, kind, ts, want),
+            Raw::SpanCompact {
+                id,
+                parent,
+                ts,
+                callsite,
+            } => self.compact_created(model, id, parent, ts, callsite, want),
             Raw::Log(l) => {
                 if l.class == wire::EventClass::StateUpdate {
                     model.on_state_update(l.span, l.task, locked_field(&l));
@@ -372,6 +389,103 @@ impl Exporter {
         self.give_back(node, home);
     }
 
+    /// A compact span's creation (see `Capture::new_compact`): its
+    /// `SpanNew`, with the task inferred from its parent as the worker
+    /// did: the parent itself if a task, else the parent's task (a compact
+    /// span in the model, or one this drain read).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn compact_created(
+        &mut self,
+        model: &AwaitModel,
+        id: u64,
+        parent: u64,
+        ts: u64,
+        callsite: u32,
+        want: bool,
+    ) {
+        // The parent is the task or a compact span (see `Slot::task` in
+        // the store).
+        let task = match model.spans.get(&parent).map(|l| &l.node) {
+            Some(p) if p.class == SpanClass::Task => p.id,
+            Some(p) => p.ctx_task,
+            // A compact span this drain read (nearly always the last).
+            None => self
+                .open_compact
+                .iter()
+                .rev()
+                .find(|c| c.id == parent)
+                .map_or(0, |c| c.task),
+        };
+        if self.open_compact.len() < MAX_OPEN_COMPACT {
+            self.open_compact.push(OpenCompact {
+                id,
+                parent,
+                ts,
+                task,
+                callsite,
+            });
+        }
+        if want {
+            self.push_span_compact(id, parent, task, ts, callsite, Self::send_batch);
+        }
+    }
+
+    /// A compact span's close: out of the open ones of this drain, or out
+    /// of the model if an earlier drain put it there (`age_compact`).
+    pub(super) fn compact_closed(
+        &mut self,
+        shared: &Capture,
+        model: &mut AwaitModel,
+        span: u64,
+        kind: wire::CloseKind,
+        ts: u64,
+        want: bool,
+    ) {
+        // Nearly always the last one read (spans close innermost first).
+        if let Some(i) = self.open_compact.iter().rposition(|c| c.id == span) {
+            self.open_compact.swap_remove(i);
+        } else if model.spans.contains_key(&span) {
+            // Made here by an earlier drain (`age_compact`): dropped here.
+            drop(model.on_close(span));
+        }
+        if want {
+            self.emit_close(shared, span, kind, ts);
+        }
+    }
+
+    /// The compact spans whose creation this drain read and whose close
+    /// it did not (nearly always: spans open after their poll) go into the
+    /// model as spans still open, each with a node made here from its
+    /// creation, for await-tree dumps, stall traces and the state a
+    /// collector connecting late is sent.
+    pub(super) fn age_compact(&mut self, shared: &Capture, model: &mut AwaitModel) {
+        for c in self.open_compact.drain(..) {
+            let Some(meta) = shared.callsites.meta(c.callsite) else {
+                continue;
+            };
+            let parent = model.spans.get(&c.parent).map(|l| l.node.clone());
+            let mut node = SpanNode::new(NodeParts {
+                id: c.id,
+                meta,
+                callsite: c.callsite,
+                class: SpanClass::User,
+                blocking: false,
+                parent_id: c.parent,
+                parent,
+                instance: shared.instance,
+                ctx_task: c.task,
+                ctx_task_node: None,
+                ctx_span: c.parent,
+                link: None,
+                ts: c.ts,
+                fields: Vec::new(),
+            });
+            node.compact = true;
+            let created = shared.nanos(c.ts);
+            model.on_span(Arc::new(node), created, u32::MAX);
+        }
+    }
+
     /// Gives a closed span's node back to the thread that made it, for its
     /// next span (see `capture::local::NODE_RETURNS`); dropped here when
     /// that thread is gone or has enough waiting.
@@ -531,6 +645,21 @@ pub(super) struct ThreadReads {
     /// Announced from the thread's `PollSlot` while it ran, not ended.
     pub(super) announced: (u64, u64),
 }
+
+/// A compact span whose creation the drain read (see
+/// `Exporter::age_compact`).
+pub(super) struct OpenCompact {
+    pub id: u64,
+    pub parent: u64,
+    pub ts: u64,
+    pub task: u64,
+    pub callsite: u32,
+}
+
+/// Most compact spans one drain keeps open (see `Exporter::open_compact`);
+/// past it a span open after its drain is missing from the model (its
+/// events still go out).
+pub(super) const MAX_OPEN_COMPACT: usize = 65_536;
 
 impl ThreadReads {
     /// A whole poll (start `start`) of `span` was read: it is the last one

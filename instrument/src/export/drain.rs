@@ -118,6 +118,7 @@ impl Exporter {
             self.announce_polls(&shared, &rings, announce_cut);
         }
         self.age_closed_young(&shared, &mut model);
+        self.age_compact(&shared, &mut model);
         self.recover_closes(&shared, &mut model, drops, want_events);
         drop(model);
         // A creation is read at the latest in the drain after the one that

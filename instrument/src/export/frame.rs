@@ -114,6 +114,33 @@ impl Exporter {
         self.push_span_new_with(n, &fields, flush);
     }
 
+    /// Encodes the `SpanNew` of a compact span (see
+    /// `Capture::new_compact`): no fields, `task` the one inferred.
+    pub(super) fn push_span_compact(
+        &mut self,
+        id: u64,
+        parent: u64,
+        task: u64,
+        ts: u64,
+        callsite: u32,
+        flush: fn(&mut Self),
+    ) {
+        if self.count_only {
+            self.count_uncoded(flush);
+            return;
+        }
+        let ev = wire::SpanNewRef {
+            id: SpanId(id),
+            callsite,
+            parent: span_id(parent),
+            ctx_task: span_id(task),
+            ctx_span: span_id(parent),
+            ts: self.capture.nanos(ts),
+            fields: &[],
+        };
+        self.push_event(&ev, flush);
+    }
+
     /// [`Exporter::push_span_new`] with the node's fields read.
     #[inline(always)]
     fn push_span_new_with(&mut self, n: &SpanNode, fields: &[wire::Field], flush: fn(&mut Self)) {

@@ -271,6 +271,7 @@ pub(crate) fn start(
         close_suspects: Vec::new(),
         early_closes: Default::default(),
         closed_young: Default::default(),
+        open_compact: Vec::new(),
         drains: 0,
         stopping: false,
         stop_seen: None,
@@ -372,6 +373,9 @@ struct Exporter {
     /// from the front. The ones left at the drain's end go into the model
     /// as any span. Each skips an insert into the model and its removal.
     closed_young: std::collections::VecDeque<(Arc<SpanNode>, u32)>,
+    /// The compact spans whose creation this drain read and whose close it
+    /// has not (see `Exporter::age_compact`).
+    open_compact: Vec<convert::OpenCompact>,
     /// Drains so far (`early_closes` are aged in drains).
     drains: u64,
     /// This drain is the last one (the guard was dropped).

@@ -18,6 +18,17 @@
 //! from whichever thread closes it. Enter and exit do not touch the slots
 //! when the thread's cache knows the span.
 //!
+//! Compact spans: a span of the program made inside a poll, without
+//! fields, whose parent is the task or another compact span (most
+//! `#[instrument]` spans of a request handler), gets no node. Its slot
+//! keeps what its node would be made of, its creation goes to the exporter
+//! as a compact record, and a node is made only when something asks the
+//! store for one (a child with a node, an event, a causal trace, a later
+//! poll's enter). A node is made on the worker and read and given back by
+//! the exporter's thread; for a span that lives within one poll, that trip
+//! between the cores cost more than everything else awaitscope does for
+//! it. Under the layer on the registry every span has a node.
+//!
 //! What is lost against the registry: other `tracing_subscriber` layers
 //! cannot be added (no `LookupSpan`), and so `tracing-error`'s `SpanTrace`
 //! captures nothing under it ([`crate::CausalTrace`] does). For either,
@@ -27,7 +38,7 @@ pub(crate) mod log;
 pub(crate) mod slots;
 
 use std::any::TypeId;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tracing_core::span::{Attributes, Current, Id, Record};
@@ -51,7 +62,33 @@ struct Slot {
     refs: AtomicUsize,
     /// The parent, on which this span holds a reference.
     parent: Option<Id>,
+    /// A compact span (made inside a poll without a node, see
+    /// [`Capture::new_compact`]): its id on the wire (0: not compact), its
+    /// creation time and the task whose poll made it, what its node is
+    /// made of if something asks for one.
+    compact: u64,
+    compact_ts: u64,
+    compact_task: u64,
+    /// A compact span's node: where it stands ([`NO_NODE`], [`MAKING`],
+    /// [`MADE`], [`CLOSED`]) and, once [`MADE`], the node. The close and
+    /// the making of the node each move `state` from [`NO_NODE`] with one
+    /// compare-exchange: whichever comes first decides, so that no node
+    /// is made for a span whose close went out, and a node made is marked
+    /// closed by the close (see [`AwaitscopeSubscriber::node_of_compact`]
+    /// and `try_close`). The close, the common case, costs one
+    /// compare-exchange on a line its thread wrote.
+    state: AtomicU8,
+    late: std::sync::OnceLock<Arc<SpanNode>>,
 }
+
+/// [`Slot::state`]: a compact span without a node (or not compact).
+const NO_NODE: u8 = 0;
+/// [`Slot::state`]: a thread is making the node.
+const MAKING: u8 = 1;
+/// [`Slot::state`]: the node is in [`Slot::late`].
+const MADE: u8 = 2;
+/// [`Slot::state`]: the span closed without a node; none is made.
+const CLOSED: u8 = 3;
 
 impl Slot {
     /// The count of the span's handles: on its node
@@ -61,6 +98,31 @@ impl Slot {
         match &self.node {
             Some(node) => &node.store_refs,
             None => &self.refs,
+        }
+    }
+
+    /// The span's id on the wire (0: none, a span made on a thread being
+    /// torn down).
+    #[inline]
+    fn sid(&self) -> u64 {
+        match &self.node {
+            Some(node) => node.id,
+            None => self.compact,
+        }
+    }
+
+    /// The task a compact span made inside this one belongs to, as the
+    /// exporter infers it (see `Exporter::compact_created`): this span if
+    /// it is a task, the task of this span if it is compact; 0 for any
+    /// other span, whose creation the exporter may not have in its model
+    /// when it reads the child's (a span closed by then is kept apart):
+    /// its children get nodes.
+    #[inline]
+    fn task(&self) -> u64 {
+        match &self.node {
+            Some(n) if n.class == awaitscope_wire::SpanClass::Task => n.id,
+            Some(_) => 0,
+            None => self.compact_task,
         }
     }
 }
@@ -124,7 +186,47 @@ impl AwaitscopeSubscriber {
     /// The node of the span with id `id`, if it is open.
     #[inline]
     pub(crate) fn node(&self, id: &Id) -> Option<Arc<SpanNode>> {
-        self.spans.get(key(id))?.node.clone()
+        let slot = self.spans.get(key(id))?;
+        match &slot.node {
+            Some(n) => Some(n.clone()),
+            None if slot.compact != 0 => self.node_of_compact(&slot),
+            None => None,
+        }
+    }
+
+    /// The node of a compact span, made now if it has none yet; `None`
+    /// once it closed without one.
+    #[cold]
+    fn node_of_compact(&self, slot: &Slot) -> Option<Arc<SpanNode>> {
+        match slot
+            .state
+            .compare_exchange(NO_NODE, MAKING, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => {
+                let parent = slot.parent.as_ref().and_then(|p| self.node(p));
+                let node = self.capture.compact_node(
+                    slot.meta,
+                    slot.compact,
+                    slot.compact_ts,
+                    slot.compact_task,
+                    parent,
+                );
+                let _ = slot.late.set(node.clone());
+                slot.state.store(MADE, Ordering::Release);
+                Some(node)
+            }
+            Err(CLOSED) => None,
+            Err(_) => Self::made(slot).cloned(),
+        }
+    }
+
+    /// The node of a compact span that another thread is making or made:
+    /// waits for it (the making is a few allocations and stores).
+    fn made(slot: &Slot) -> Option<&Arc<SpanNode>> {
+        while slot.state.load(Ordering::Acquire) == MAKING {
+            std::hint::spin_loop();
+        }
+        slot.late.get()
     }
 
     /// Id of the span current on this thread.
@@ -215,13 +317,15 @@ impl Subscriber for AwaitscopeSubscriber {
             self.current_id()
         };
         // One lookup of the parent: its reference taken, its node kept.
-        let (parent, parent_node) = match parent.and_then(|p| Some((self.spans.get(key(&p))?, p))) {
-            Some((slot, p)) => {
-                slot.refs().fetch_add(1, Ordering::Relaxed);
-                (Some(p), slot.node.clone())
-            }
-            None => (None, None),
-        };
+        let (parent, parent_node, parent_sid, parent_task, parent_compact) =
+            match parent.and_then(|p| Some((self.spans.get(key(&p))?, p))) {
+                Some((slot, p)) => {
+                    slot.refs().fetch_add(1, Ordering::Relaxed);
+                    let compact = slot.compact != 0;
+                    (Some(p), slot.node.clone(), slot.sid(), slot.task(), compact)
+                }
+                None => (None, None, 0, 0, false),
+            };
         let Some(entry) = self.spans.vacant() else {
             // The store is full (billions of open spans): the span is not
             // stored, and the reference taken on its parent is given back.
@@ -231,6 +335,31 @@ impl Subscriber for AwaitscopeSubscriber {
             return Id::from_u64(NO_SPAN);
         };
         let id = Id::from_u64(entry.id());
+        if contextual && parent_sid != 0 {
+            if let Some((sid, ts)) = self
+                .capture
+                .new_compact(attrs, &id, parent_sid, parent_task)
+            {
+                entry.insert(Slot {
+                    meta: attrs.metadata(),
+                    node: None,
+                    refs: AtomicUsize::new(1),
+                    parent,
+                    compact: sid,
+                    compact_ts: ts,
+                    compact_task: parent_task,
+                    state: AtomicU8::new(NO_NODE),
+                    late: std::sync::OnceLock::new(),
+                });
+                return id;
+            }
+        }
+        // A compact parent gets its node now: this span's node points to
+        // it.
+        let parent_node = match (parent_node, &parent) {
+            (None, Some(p)) if parent_compact => self.node(p),
+            (n, _) => n,
+        };
         // A contextual parent is the current span: no second lookup.
         let current = (!contextual).then_some(|| self.current_node());
         let node = self.capture.new_span(attrs, &id, || parent_node, current);
@@ -239,6 +368,11 @@ impl Subscriber for AwaitscopeSubscriber {
             node,
             refs: AtomicUsize::new(1),
             parent,
+            compact: 0,
+            compact_ts: 0,
+            compact_task: 0,
+            state: AtomicU8::new(NO_NODE),
+            late: std::sync::OnceLock::new(),
         });
         id
     }
@@ -296,14 +430,32 @@ impl Subscriber for AwaitscopeSubscriber {
             }
             if let Some(node) = &slot.node {
                 self.capture.close(id.into_u64(), node);
+            } else if slot.compact != 0 {
+                // No node is made after this (see `Slot::state`).
+                let node = match slot.state.compare_exchange(
+                    NO_NODE,
+                    CLOSED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => None,
+                    Err(_) => Self::made(&slot),
+                };
+                self.capture
+                    .close_compact(id.into_u64(), slot.compact, node.map(|n| &**n));
             }
             next = slot.parent.clone();
             // A parent with a node is the node's parent (see `new_span`):
             // its reference is given back there, and it is looked up only
-            // when that was its last.
-            if let (Some(_), Some(parent)) =
-                (&next, slot.node.as_ref().and_then(|n| n.parent.as_ref()))
-            {
+            // when that was its last. A compact parent counts its
+            // references on its slot.
+            if let (Some(_), Some(parent)) = (
+                &next,
+                slot.node
+                    .as_ref()
+                    .and_then(|n| n.parent.as_ref())
+                    .filter(|p| !p.compact),
+            ) {
                 if !release(&parent.store_refs) {
                     next = None;
                 }

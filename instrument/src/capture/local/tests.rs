@@ -21,6 +21,7 @@ fn node_of(id: u64, class: SpanClass) -> Arc<SpanNode> {
         callsite: 0,
         class,
         blocking: false,
+        compact: false,
         parent: None,
         parent_id: 0,
         instance: 0,
