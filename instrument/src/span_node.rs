@@ -314,6 +314,39 @@ impl SpanNode {
         }
     }
 
+    /// The node of a compact span (made without one, see `store`): a span
+    /// of the program without fields, its parent (id, and node when known)
+    /// its context span. Made by the worker that needs it, or by the
+    /// exporter for its model.
+    pub fn of_compact(
+        meta: &'static Metadata<'static>,
+        callsite: u32,
+        id: u64,
+        ts: u64,
+        task: u64,
+        (parent_id, parent): (u64, Option<Arc<SpanNode>>),
+        instance: u64,
+    ) -> Self {
+        let mut node = Self::new(NodeParts {
+            id,
+            meta,
+            callsite,
+            class: SpanClass::User,
+            blocking: false,
+            parent_id,
+            parent,
+            instance,
+            ctx_task: task,
+            ctx_task_node: None,
+            ctx_span: parent_id,
+            link: None,
+            ts,
+            fields: Vec::new(),
+        });
+        node.compact = true;
+        node
+    }
+
     /// Makes this node, of a span that closed and that nothing else refers
     /// to, the node of a new span: as [`SpanNode::new`] would make it, but
     /// written in place, field by field (building a node and moving it in

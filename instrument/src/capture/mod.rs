@@ -93,7 +93,6 @@ pub(crate) struct Capture {
     pub new_rings: Mutex<Vec<Ring>>,
     /// Records dropped because a ring was full (or the thread was exiting).
     pub buffer_full: AtomicU64,
-
     pub clock: quanta::Clock,
     /// When `clock` reads the CPU's time-stamp counter: nanoseconds per
     /// 2^40 ticks, as `clock` converts them. [`Capture::raw`] then reads the
@@ -561,17 +560,19 @@ impl Capture {
         parent_sid: u64,
         task: u64,
     ) -> Option<(u64, u64)> {
+        // The cheap tests first: task spans and resources have fields, and
+        // a span that gets a node looks its callsite up again there.
         let meta = attrs.metadata();
+        if !attrs.values().is_empty() || meta.target() == names::CONTEXT_TARGET {
+            return None;
+        }
         let info = self.callsites.get(meta);
-        if info.class != Class::Span(SpanClass::User)
-            || !attrs.values().is_empty()
-            || meta.target() == names::CONTEXT_TARGET
-        {
+        if info.class != Class::Span(SpanClass::User) {
             return None;
         }
         let shared = self;
         with_local(shared, |l| {
-            if task == 0 || !l.in_poll() || l.current_task() != task {
+            if !l.in_poll() || l.current_task() != task {
                 return None;
             }
             let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
@@ -600,26 +601,17 @@ impl Capture {
         task: u64,
         parent: Option<Arc<SpanNode>>,
     ) -> Arc<SpanNode> {
-        let info = self.callsites.get(meta);
-        let parent_id = parent.as_ref().map_or(0, |p| p.id);
-        let mut node = SpanNode::new(NodeParts {
-            id: sid,
+        let callsite = self.callsites.get(meta).id;
+        let parent = (parent.as_ref().map_or(0, |p| p.id), parent);
+        Arc::new(SpanNode::of_compact(
             meta,
-            callsite: info.id,
-            class: SpanClass::User,
-            blocking: false,
-            parent_id,
-            parent,
-            instance: self.instance,
-            ctx_task: task,
-            ctx_task_node: None,
-            ctx_span: parent_id,
-            link: None,
+            callsite,
+            sid,
             ts,
-            fields: Vec::new(),
-        });
-        node.compact = true;
-        Arc::new(node)
+            task,
+            parent,
+            self.instance,
+        ))
     }
 
     /// A compact span closed; `node` is its node if one was made.

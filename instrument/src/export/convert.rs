@@ -14,7 +14,7 @@ use super::*;
 use crate::await_tree::AwaitModel;
 use crate::capture::record::{Raw, RawLog};
 use crate::capture::Capture;
-use crate::span_node::{NodeParts, SpanNode};
+use crate::span_node::SpanNode;
 
 impl Exporter {
     /// Updates the model for a record and converts it to a wire event (only
@@ -393,7 +393,6 @@ impl Exporter {
     /// `SpanNew`, with the task inferred from its parent as the worker
     /// did: the parent itself if a task, else the parent's task (a compact
     /// span in the model, or one this drain read).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn compact_created(
         &mut self,
         model: &AwaitModel,
@@ -464,23 +463,16 @@ impl Exporter {
                 continue;
             };
             let parent = model.spans.get(&c.parent).map(|l| l.node.clone());
-            let mut node = SpanNode::new(NodeParts {
-                id: c.id,
+            let parent = (c.parent, parent);
+            let node = SpanNode::of_compact(
                 meta,
-                callsite: c.callsite,
-                class: SpanClass::User,
-                blocking: false,
-                parent_id: c.parent,
+                c.callsite,
+                c.id,
+                c.ts,
+                c.task,
                 parent,
-                instance: shared.instance,
-                ctx_task: c.task,
-                ctx_task_node: None,
-                ctx_span: c.parent,
-                link: None,
-                ts: c.ts,
-                fields: Vec::new(),
-            });
-            node.compact = true;
+                shared.instance,
+            );
             let created = shared.nanos(c.ts);
             model.on_span(Arc::new(node), created, u32::MAX);
         }

@@ -335,7 +335,9 @@ impl Subscriber for AwaitscopeSubscriber {
             return Id::from_u64(NO_SPAN);
         };
         let id = Id::from_u64(entry.id());
-        if contextual && parent_sid != 0 {
+        // A compact span hangs from the task or from a compact span
+        // (`Slot::task`).
+        if contextual && parent_task != 0 {
             if let Some((sid, ts)) = self
                 .capture
                 .new_compact(attrs, &id, parent_sid, parent_task)
