@@ -48,15 +48,20 @@ fn spans_made_inside_a_poll_keep_their_parent_task_and_place_in_the_tree() {
                 handle().await;
                 across(rx).await;
             });
-            // The worker parks inside `across`, a span made in its first
-            // poll and still open after it.
+            // The worker parks inside `across`, a span made in a poll and
+            // still open after it. It parks first inside `handle`, awaiting
+            // the child task, so a dump taken then names that: wait for the
+            // dump that names `across`, keeping the last one seen for the
+            // failure message.
             let mut labels = Vec::new();
             for _ in 0..500 {
                 let dump = guard.dump();
                 if let Some(t) = dump.named("worker").next() {
                     if t.polls > 0 && !t.running && !t.tree.is_empty() {
                         labels = t.labels().into_iter().map(str::to_owned).collect();
-                        break;
+                        if labels.iter().any(|l| l.ends_with("::across")) {
+                            break;
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
