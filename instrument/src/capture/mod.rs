@@ -85,7 +85,9 @@ pub(crate) struct Ring {
 /// `exit`, `event`...).
 pub(crate) struct Capture {
     pub instance: u64,
-    next_span: AtomicU64,
+    /// Span ids not handed out yet: threads take them in blocks (see
+    /// [`Local::next_span_id`]).
+    span_ids: SpanIds,
     next_thread: AtomicU32,
     pub callsites: Callsites,
     /// Rings of threads that recorded; new ones are appended here and taken
@@ -130,8 +132,22 @@ pub(crate) struct Capture {
     idle_watch: IdleWatch,
 }
 
-/// [`Capture::idle_watch`]'s flag, alone on its cache line (the span
-/// counter beside it is written at every span's creation).
+/// The next block of span ids ([`Capture::take_span_ids`]), alone on its
+/// cache line: what shares a line with it (the capture's instance, read by
+/// every hook, the clock's scale, read at every timestamp) would move
+/// between the cores at each block taken.
+#[repr(align(64))]
+struct SpanIds(AtomicU64);
+
+/// Span ids a thread takes at once. A span id taken from a counter shared
+/// by all threads at each span's creation moved that counter's cache line
+/// between the workers once per span (a server's per-request span: once
+/// per request); taken in blocks, once per this many spans of a thread.
+/// Ids stay unique within the capture, no longer in order of creation
+/// across threads.
+pub(crate) const SPAN_ID_BLOCK: u64 = 64;
+
+/// [`Capture::idle_watch`]'s flag, alone on its cache line.
 #[repr(align(64))]
 #[derive(Default)]
 struct IdleWatch(AtomicBool);
@@ -168,7 +184,7 @@ impl Capture {
         let tsc_scale = reads_tsc(&clock).then(|| clock.delta_as_nanos(0, 1 << 40));
         Arc::new(Self {
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
-            next_span: AtomicU64::new(1),
+            span_ids: SpanIds(AtomicU64::new(1)),
             next_thread: AtomicU32::new(0),
             callsites: Callsites::new(spans),
             new_rings: Mutex::new(Vec::new()),
@@ -183,6 +199,14 @@ impl Capture {
             on_demand_wakes: AtomicU64::new(0),
             idle_watch: IdleWatch::default(),
         })
+    }
+
+    /// A block of [`SPAN_ID_BLOCK`] span ids for one thread: the first,
+    /// and the one past the last.
+    #[cold]
+    pub(crate) fn take_span_ids(&self) -> (u64, u64) {
+        let first = self.span_ids.0.fetch_add(SPAN_ID_BLOCK, Ordering::Relaxed);
+        (first, first + SPAN_ID_BLOCK)
     }
 
     /// Called on the exporter thread when it starts: the thread that
@@ -490,7 +514,6 @@ impl Capture {
         let ctx_span = current.map_or(0, |c| c.id);
         let mut rec = FieldRecorder::for_callsite(attrs.metadata());
         attrs.record(&mut rec);
-        let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
         let link = match class {
             SpanClass::Task => current.cloned(),
             _ if attrs.metadata().target() == names::CONTEXT_TARGET => causal::take_pending_link(),
@@ -498,6 +521,7 @@ impl Capture {
         };
         let ts = shared.raw();
         with_local(shared, |l| {
+            let sid = l.next_span_id(shared);
             let node = l.new_node(NodeParts {
                 id: sid,
                 meta: attrs.metadata(),
@@ -575,7 +599,7 @@ impl Capture {
             if !l.in_poll() || l.current_task() != task {
                 return None;
             }
-            let sid = shared.next_span.fetch_add(1, Ordering::Relaxed);
+            let sid = l.next_span_id(shared);
             let ts = shared.raw();
             l.push_beside_poll(Raw::SpanCompact {
                 id: sid,

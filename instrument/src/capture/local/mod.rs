@@ -181,6 +181,9 @@ pub(crate) struct Local {
     dropped: Arc<AtomicU64>,
     /// Records pushed or dropped so far.
     seq: u64,
+    /// Span ids this thread took and has not used yet: the next, and the
+    /// one past the last (see [`Local::next_span_id`]).
+    span_ids: (u64, u64),
     /// At this `seq`, look at how full the ring is (see
     /// [`Local::near_full`]): the ring cannot reach the wake mark sooner.
     check_fill_at: u64,
@@ -306,6 +309,19 @@ impl Local {
     #[inline]
     pub fn in_poll(&self) -> bool {
         self.task != 0 && self.polls.last().is_some_and(|p| !p.blocking)
+    }
+
+    /// The id of a span created on this thread, from the block of ids it
+    /// took last (a new block when that one is used up: see
+    /// [`super::SPAN_ID_BLOCK`]).
+    #[inline]
+    pub fn next_span_id(&mut self, shared: &Capture) -> u64 {
+        if self.span_ids.0 == self.span_ids.1 {
+            self.span_ids = shared.take_span_ids();
+        }
+        let id = self.span_ids.0;
+        self.span_ids.0 += 1;
+        id
     }
 
     /// A span (not a task) was just created inside the poll in progress:
@@ -473,6 +489,7 @@ fn new_local(shared: &Arc<Capture>) -> Local {
         producer,
         dropped,
         seq: 0,
+        span_ids: (0, 0),
         check_fill_at: wake_mark(super::INITIAL_RING.min(shared.ring_capacity)) as u64,
         pending_enter: (0, 0),
         slot,
