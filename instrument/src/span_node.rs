@@ -24,10 +24,12 @@ use crate::names;
 /// Laid out (`repr(C)`) by who reads what. The first cache line (with the
 /// `Arc`'s counts before it) holds what the exporter reads to send the
 /// span's creation (id, callsite, class, closed, times and the ids it
-/// links to) and what entering a span reads (id, class, closed): a node
-/// given back for reuse after the exporter read it is then fetched back
-/// from the exporter's core once, not for every line it wrote the previous
-/// span into. The second line holds the rest of the exporter's reads
+/// links to) and what entering a span or waking a task reads (id, class,
+/// closed): a node given back for reuse after the exporter read it is then
+/// fetched back from the exporter's core once, not for every line it wrote
+/// the previous span into, and nothing on it is written between the span's
+/// creation and its close, so the threads that wake a task keep it in
+/// their caches. The second line holds the rest of the exporter's reads
 /// (`meta`) and a task's poll state, which entering and exiting it write.
 /// (Aligning the node to a cache line was measured: the aligned
 /// allocation made span creation markedly slower.)
@@ -58,9 +60,6 @@ pub(crate) struct SpanNode {
     /// worker thread of a multi-thread runtime): its one poll runs for as
     /// long as the closure, and the tasks the worker polls nest inside it.
     pub blocking: bool,
-    /// Task spans: the last enter/exit pair directly followed the task's
-    /// previous poll (the drop of a completed future).
-    pub last_pair_adjacent: AtomicBool,
     pub meta: &'static Metadata<'static>,
     /// The poll (1 + the polls of its task that had ended) in which the
     /// span was first entered, 0 before: a span is remembered in its task's
@@ -119,6 +118,12 @@ pub(crate) struct PollState {
     pub wakers: AtomicI64,
     /// Whether a thread is polling the task now.
     pub running: AtomicBool,
+    /// The last enter/exit pair directly followed the task's previous poll
+    /// (the drop of a completed future). Written at every poll's end: here,
+    /// not on the node's first line, which the threads that wake the task
+    /// read (its id, whether it closed) and which then stays in their
+    /// caches between polls.
+    pub last_pair_adjacent: AtomicBool,
 }
 
 impl PollState {
@@ -297,7 +302,6 @@ impl SpanNode {
             closed: AtomicBool::new(false),
             blocking: p.blocking,
             compact: false,
-            last_pair_adjacent: AtomicBool::new(false),
             meta: p.meta,
             first_entered_in_poll: AtomicU64::new(0),
             last_tree_sig: AtomicU64::new(1),
@@ -383,7 +387,6 @@ impl SpanNode {
         *self.closed_at.get_mut() = 0;
         *self.store_refs.get_mut() = 1;
         if task {
-            *self.last_pair_adjacent.get_mut() = false;
             *self.last_tree_sig.get_mut() = 1;
             self.polls = PollState::default();
             self.poll_cache = PollCache::default();
@@ -511,10 +514,11 @@ mod layout_tests {
 
     use super::SpanNode;
 
-    /// What the exporter reads of a span's creation, and entering a span,
-    /// shares the line of the `Arc`'s two counts (16 bytes before the
-    /// node); the exporter's last read (`meta`) and a task's poll state
-    /// fill the next line, and the poll cache's flag ends it.
+    /// What the exporter reads of a span's creation, and entering a span
+    /// or waking a task, shares the line of the `Arc`'s two counts (16
+    /// bytes before the node); the exporter's last read (`meta`) and a
+    /// task's poll state (all that a poll writes) fill the next line, and
+    /// the poll cache's flag ends it.
     #[test]
     fn fields_are_grouped_by_who_reads_them() {
         const LINE: usize = 64;
@@ -528,12 +532,14 @@ mod layout_tests {
             offset_of!(SpanNode, callsite) + 4,
             offset_of!(SpanNode, class) + 1,
             offset_of!(SpanNode, closed) + 1,
-            offset_of!(SpanNode, last_pair_adjacent) + 1,
         ];
         for end in first {
             assert!(ARC_COUNTS + end <= LINE, "{first:?}");
         }
         assert!(ARC_COUNTS + offset_of!(SpanNode, meta) >= LINE);
+        assert!(ARC_COUNTS + offset_of!(SpanNode, first_entered_in_poll) >= LINE);
+        assert!(ARC_COUNTS + offset_of!(SpanNode, last_tree_sig) >= LINE);
+        assert!(ARC_COUNTS + offset_of!(SpanNode, polls) >= LINE);
         assert!(
             ARC_COUNTS + offset_of!(SpanNode, poll_cache) + 2 <= 2 * LINE,
             "{}",
@@ -582,7 +588,7 @@ mod reuse_tests {
     fn live_a_life(node: &Arc<SpanNode>, task: &Arc<SpanNode>) {
         node.first_entered_in_poll.store(4, Ordering::Relaxed);
         node.last_tree_sig.store(99, Ordering::Relaxed);
-        node.last_pair_adjacent.store(true, Ordering::Relaxed);
+        node.polls.last_pair_adjacent.store(true, Ordering::Relaxed);
         node.polls.count.store(5, Ordering::Relaxed);
         node.polls.last_end.store(6, Ordering::Relaxed);
         node.polls.wakers.store(2, Ordering::Relaxed);
@@ -634,7 +640,7 @@ mod reuse_tests {
             assert_eq!(n.fields.lock().unwrap()[0].value, Value::U64(2));
             if now == SpanClass::Task {
                 assert_eq!(n.last_tree_sig.load(Ordering::Relaxed), 1);
-                assert!(!n.last_pair_adjacent.load(Ordering::Relaxed));
+                assert!(!n.polls.last_pair_adjacent.load(Ordering::Relaxed));
                 assert_eq!(n.polls.count.load(Ordering::Relaxed), 0);
                 assert_eq!(n.polls.last_end.load(Ordering::Relaxed), 0);
                 assert_eq!(n.polls.wakers(), 0);

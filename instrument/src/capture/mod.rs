@@ -709,7 +709,7 @@ impl Capture {
                 CloseKind::Span
             } else if panicked {
                 CloseKind::Panicked
-            } else if node.last_pair_adjacent.load(Ordering::Relaxed) {
+            } else if node.polls.last_pair_adjacent.load(Ordering::Relaxed) {
                 CloseKind::Completed
             } else {
                 CloseKind::Cancelled

@@ -517,7 +517,8 @@ impl Local {
             .store(polls.count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         polls.last_end.store(ts, Ordering::Relaxed);
         polls.running.store(false, Ordering::Relaxed);
-        node.last_pair_adjacent
+        polls
+            .last_pair_adjacent
             .store(poll.adjacent, Ordering::Relaxed);
         if poll.owns_cache == Some(true) {
             node.poll_cache.release();

@@ -32,7 +32,6 @@ fn node_of(id: u64, class: SpanClass) -> Arc<SpanNode> {
         ts: 0,
         fields: Mutex::new(Vec::new()),
         last_tree_sig: AtomicU64::new(1),
-        last_pair_adjacent: AtomicBool::new(false),
         first_entered_in_poll: AtomicU64::new(0),
         closed: AtomicBool::new(false),
         poll_cache: Default::default(),
