@@ -533,7 +533,9 @@ impl Process {
         if is_notable(t, start, end) {
             self.poll_ended(task, start, end);
         }
-        self.bump(start);
+        // `end` is `start` plus the duration (saturating), never before it:
+        // bumping to `end` alone moves the clocks as `start` then `end` would.
+        debug_assert!(end >= start);
         self.bump(end);
         if started.committed.is_some() || started.waited.is_some() {
             self.report_poll_start(task, started, start, obs);
