@@ -72,10 +72,28 @@ const TICK: Duration = Duration::from_millis(10);
 /// [`Exporter::busy_wait`]).
 const BUSY_TICK: Duration = Duration::from_micros(100);
 /// How often the exporter looks at the threads' polls in progress while it
-/// waits between drains (see [`Exporter::sleep_watching`]): a poll is
-/// announced, and watched for a stall, within this of crossing
-/// [`ANNOUNCE_AFTER_NS`].
+/// waits between drains and a poll the last drain saw running long goes on
+/// (see [`Exporter::sleep_watching`]): its end is seen, and its thread's
+/// statistics read, within this of it.
 const WATCH_TICK: Duration = Duration::from_millis(1);
+/// The same while no poll is seen running long, the usual state of a busy
+/// program: a poll is announced, and watched for a stall, within this of
+/// crossing [`ANNOUNCE_AFTER_NS`] (at most: see [`look_tick`]). Each look
+/// wakes the exporter's thread, which on a machine the program keeps busy
+/// takes a core from it for a context switch and a timer each time; at
+/// [`WATCH_TICK`] the looks were most of the exporter's wake-ups on a
+/// server and a large part of its CPU time (BENCHMARKS.md, #17).
+const LOOK_TICK: Duration = Duration::from_millis(4);
+
+/// The looks' interval while no poll is seen running long: [`LOOK_TICK`],
+/// or less under a low stall threshold, so that a poll is first seen long
+/// (its thread's statistics read, the baseline of its stall verdict) by
+/// half way from [`ANNOUNCE_AFTER_NS`] to `threshold_ns`; never under
+/// [`WATCH_TICK`].
+fn look_tick(threshold_ns: u64) -> Duration {
+    let half_way = Duration::from_nanos(threshold_ns.saturating_sub(ANNOUNCE_AFTER_NS) / 2);
+    LOOK_TICK.min(half_way).max(WATCH_TICK)
+}
 
 /// What a look at the threads' polls in progress found (see
 /// [`Exporter::look`]).
@@ -267,6 +285,7 @@ pub(crate) fn start(
         last_count: Instant::now(),
         busy_wait: BUSY_TICK,
         seen_long: Vec::new(),
+        look_tick: look_tick(stall.threshold_ns),
         swept_drops: 0,
         close_suspects: Vec::new(),
         early_closes: Default::default(),
@@ -357,6 +376,8 @@ struct Exporter {
     /// 0): none). The looks between drains ask for a drain when another
     /// poll turns long or this one ends.
     seen_long: Vec<(u64, u64)>,
+    /// The looks' interval while no poll is seen long (see [`look_tick`]).
+    look_tick: Duration,
     /// Records dropped when live spans were last checked for lost closes.
     swept_drops: u64,
     /// Live spans whose nodes said they closed at that check.
@@ -492,10 +513,11 @@ impl Exporter {
     }
 
     /// Sleeps up to `wait` before the next drain, looking at the threads'
-    /// poll slots every [`WATCH_TICK`] meanwhile: a poll that has run past
+    /// poll slots every [`LOOK_TICK`] meanwhile ([`WATCH_TICK`] while a
+    /// poll seen long runs): a poll that has run past
     /// [`ANNOUNCE_AFTER_NS`] and that the last drain did not see running
     /// long ends the sleep, so that it is announced, and its thread's
-    /// scheduler statistics read (its stall verdict's baseline), about when
+    /// scheduler statistics read (its stall verdict's baseline), soon after
     /// it crosses that age, however long the drains wait for the rings to
     /// fill. A look is a few loads per thread; a drain converts, encodes
     /// and writes. After a drain that found nothing (`busy` false), and
@@ -515,7 +537,13 @@ impl Exporter {
                 return;
             }
             let step = if look {
-                (until - now).min(WATCH_TICK)
+                // A poll seen long is watched closely until it ends.
+                let tick = if self.seen_long.iter().any(|&(span, _)| span != 0) {
+                    WATCH_TICK
+                } else {
+                    self.look_tick
+                };
+                (until - now).min(tick)
             } else {
                 // The first poll to start wakes this thread, which then
                 // watches it from its start.
@@ -709,3 +737,21 @@ impl Exporter {
 /// How long a poll runs before the exporter announces it from its
 /// thread's `PollSlot` (its start is otherwise sent with its end).
 const ANNOUNCE_AFTER_NS: u64 = 1_000_000;
+
+#[cfg(test)]
+mod look_tick_tests {
+    use super::*;
+
+    /// The looks slow down to `LOOK_TICK` under the default threshold, and
+    /// keep a poll's first sighting before half way to a low threshold,
+    /// never looking more often than `WATCH_TICK`.
+    #[test]
+    fn looks_come_before_half_way_to_the_stall_threshold() {
+        let default = crate::stacks::DEFAULT_LONG_POLL.as_nanos() as u64;
+        assert_eq!(look_tick(default), LOOK_TICK);
+        assert_eq!(look_tick(5_000_000), Duration::from_millis(2));
+        assert_eq!(look_tick(2_000_000), WATCH_TICK);
+        assert_eq!(look_tick(0), WATCH_TICK);
+        assert_eq!(look_tick(u64::MAX), LOOK_TICK);
+    }
+}
