@@ -148,6 +148,11 @@ impl Exporter {
                 if let Some(returns) = self.returns.get_mut(thread as usize) {
                     *returns = None;
                 }
+                // Nor is a poll of it watched any more (a long poll seen
+                // there would keep the looks at their shortest).
+                if let Some(seen) = self.seen_long.get_mut(thread as usize) {
+                    *seen = (0, 0);
+                }
             }
         }
         if !gone_empty {
