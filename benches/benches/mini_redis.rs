@@ -168,31 +168,77 @@ fn start_sink() -> u16 {
     port
 }
 
-/// CPU time (ns) the threads of process `pid` have run so far, from
-/// `/proc/<pid>/task/*/schedstat` (threads that ended are not counted:
-/// the server's threads live as long as it).
-fn process_threads_cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+/// The name of awaitscope's exporter thread as `/proc/<pid>/task/*/comm`
+/// shows it (the kernel keeps 15 bytes of "awaitscope-export").
+const EXPORTER_COMM: &str = "awaitscope-expo";
+
+/// CPU time and wake-ups of a server process so far, from its threads'
+/// `/proc` files (threads that ended are not counted: the server's threads
+/// live as long as it).
+#[derive(Clone, Copy, Default)]
+struct ServerCpu {
+    /// CPU time (ns) of all its threads (`schedstat`).
+    all_ns: u64,
+    /// Of which awaitscope's exporter thread's (0 without awaitscope).
+    exporter_ns: u64,
+    /// The exporter thread's voluntary context switches (`status`): how
+    /// often it slept and was woken.
+    exporter_switches: u64,
+}
+
+impl ServerCpu {
+    fn read(pid: u32) -> Self {
+        let mut cpu = Self::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return cpu;
+        };
+        for t in tasks.flatten() {
+            let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            cpu.all_ns += ns;
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == EXPORTER_COMM {
+                cpu.exporter_ns += ns;
+                cpu.exporter_switches += std::fs::read_to_string(t.path().join("status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    })
+                    .unwrap_or(0);
+            }
+        }
+        cpu
+    }
+
+    /// What was spent between `before` and `self`, scaled by `scale`.
+    fn since(self, before: Self, scale: f64) -> Self {
+        let d = |a: u64, b: u64| (a.saturating_sub(b) as f64 * scale) as u64;
+        Self {
+            all_ns: d(self.all_ns, before.all_ns),
+            exporter_ns: d(self.exporter_ns, before.exporter_ns),
+            exporter_switches: d(self.exporter_switches, before.exporter_switches),
+        }
+    }
 }
 
 /// Runs `clients` connections against the server at `port` (process
 /// `pid`) for a warm-up and then `secs` seconds; returns the operations
 /// answered in the measured window, scaled to exactly `secs`, all the
-/// operations answered, and the server's CPU time (ns) over the window.
+/// operations answered, and the server's CPU over the window (scaled
+/// alike).
 fn drive(
     rt: &tokio::runtime::Runtime,
     port: u16,
     pid: u32,
     clients: usize,
     secs: f64,
-) -> (u64, u64, u64) {
+) -> (u64, u64, ServerCpu) {
     let ops = Arc::new(AtomicU64::new(0));
     let all_ops = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(AtomicBool::new(false));
@@ -224,11 +270,11 @@ fn drive(
         tokio::time::sleep(Duration::from_secs_f64(secs / 4.0)).await;
         counting.store(true, Ordering::Relaxed);
         let t0 = Instant::now();
-        let cpu0 = process_threads_cpu_ns(pid);
+        let cpu0 = ServerCpu::read(pid);
         let start = ops.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         let n = ops.load(Ordering::Relaxed) - start;
-        let cpu = process_threads_cpu_ns(pid).saturating_sub(cpu0);
+        let cpu = ServerCpu::read(pid);
         let elapsed = t0.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         for h in handles {
@@ -239,7 +285,7 @@ fn drive(
         (
             (n as f64 * scale) as u64,
             all_ops.load(Ordering::Relaxed),
-            (cpu as f64 * scale) as u64,
+            cpu.since(cpu0, scale),
         )
     })
 }
@@ -324,7 +370,12 @@ fn run_one(
     drop(recording);
     let mut res = result.unwrap_or_else(|| panic!("server child {mode} failed ({status})"));
     res.insert("ops".into(), ops.to_string());
-    res.insert("window_cpu_ns".into(), window_cpu.to_string());
+    res.insert("window_cpu_ns".into(), window_cpu.all_ns.to_string());
+    res.insert("exporter_cpu_ns".into(), window_cpu.exporter_ns.to_string());
+    res.insert(
+        "exporter_switches".into(),
+        window_cpu.exporter_switches.to_string(),
+    );
     res.insert("total_ops".into(), total_ops.to_string());
     res
 }
@@ -469,6 +520,35 @@ fn main() {
          from /proc/<pid>/task/*/schedstat; unlike wall time, it does not count what other \
          processes on the machine take)"
     );
+    let exporter_modes: Vec<_> = MODES
+        .iter()
+        .filter(|m| m.0.starts_with("aw-") && modes.contains(&m.0))
+        .collect();
+    if !exporter_modes.is_empty() {
+        println!();
+        println!(
+            "awaitscope's exporter thread over the measured window (medians of rounds; a \
+             wake-up is one voluntary context switch, /proc/<pid>/task/*/status):"
+        );
+        println!("| mode | share of the server's CPU | wake-ups a second |");
+        println!("|---|---:|---:|");
+        for (m, label) in exporter_modes {
+            let runs = &results[m];
+            let mut share: Vec<f64> = runs
+                .iter()
+                .map(|x| get(x, "exporter_cpu_ns") / get(x, "window_cpu_ns").max(1.0))
+                .collect();
+            let mut wakes: Vec<f64> = runs
+                .iter()
+                .map(|x| get(x, "exporter_switches") / secs)
+                .collect();
+            println!(
+                "| {label} | {:.3} | {:.0} |",
+                median(&mut share),
+                median(&mut wakes)
+            );
+        }
+    }
     for (mode, label) in [("aw-record", "(d)"), ("aw-record-tasks", "(f)")] {
         let Some(runs) = results.get(mode) else {
             continue;
