@@ -531,18 +531,19 @@ impl Exporter {
     fn sleep_watching(&mut self, wait: Duration, busy: bool) {
         let until = Instant::now() + wait;
         let mut look = busy || self.look() != Look::Quiet;
+        // A poll seen long is watched closely until it ends (only drains
+        // change what is seen long: a look that finds it ended returns).
+        let tick = if self.seen_long.iter().any(|&(span, _)| span != 0) {
+            WATCH_TICK
+        } else {
+            self.look_tick
+        };
         loop {
             let now = Instant::now();
             if now >= until {
                 return;
             }
             let step = if look {
-                // A poll seen long is watched closely until it ends.
-                let tick = if self.seen_long.iter().any(|&(span, _)| span != 0) {
-                    WATCH_TICK
-                } else {
-                    self.look_tick
-                };
                 (until - now).min(tick)
             } else {
                 // The first poll to start wakes this thread, which then
