@@ -113,7 +113,7 @@ const SUB_BUCKET_MAGNITUDE: u32 = 5;
 
 /// Where a histogram of [`Histograms`] (lowest value 1, one significant
 /// digit) counts value `v`: the same index as `hdrhistogram`'s, so that
-/// counts kept by index fold into one exactly (see [`Counts`]).
+/// counts kept by index fold into one exactly (see [`TaskCounts`]).
 #[inline(always)]
 fn index_of(v: u64) -> usize {
     let half = 1u64 << (SUB_BUCKET_MAGNITUDE - 1);
@@ -134,52 +134,68 @@ fn value_at(index: usize) -> u64 {
     (sub as u64) << bucket
 }
 
-/// A histogram's counts by `hdrhistogram`'s index, without its
-/// bookkeeping: recording a value is an index and an add (`record_n`
-/// checks and updates far more per call, and every poll records two). The
-/// `hdrhistogram` a reader gets ([`Task::histograms`]) is made from it:
-/// each index's count recorded at that index's lowest value, so its
-/// counts, total, percentiles, mean, min and max (all told by index) are
-/// those of recording each value.
+/// A task's poll and scheduled time counts by `hdrhistogram`'s index,
+/// without its bookkeeping: recording a value is an index and an add
+/// (`record_n` checks and updates far more per call, and every poll
+/// records two). The two counts of an index sit side by side in one
+/// buffer, held in the task itself: with thousands of live tasks, moving
+/// a task's samples into its counts touches one buffer out of the cache
+/// rather than a box and two buffers behind it (poll and scheduled times
+/// of a task are mostly of the same few indices). The `hdrhistogram`s a
+/// reader gets ([`Task::histograms`]) are made from it: each index's count
+/// recorded at that index's lowest value, so their counts, totals,
+/// percentiles, means, mins and maxes (all told by index) are those of
+/// recording each value.
 #[derive(Clone, Debug, Default)]
-struct Counts {
-    counts: Vec<u32>,
+struct TaskCounts {
+    /// `[poll, scheduled]` counts at each index.
+    at: Vec<[u32; 2]>,
 }
 
-impl Counts {
+/// Which of a [`TaskCounts`] pair a value counts in.
+const POLL: usize = 0;
+const SCHED: usize = 1;
+
+impl TaskCounts {
+    /// Counts `us` in `kind` ([`POLL`] or [`SCHED`]).
     #[inline]
-    fn record(&mut self, us: u64) {
+    fn record(&mut self, kind: usize, us: u64) {
         let i = index_of(us);
         // As `hdrhistogram`'s counts: saturating.
-        match self.counts.get_mut(i) {
-            Some(n) => *n = n.saturating_add(1),
-            None => self.record_past_end(i),
+        match self.at.get_mut(i) {
+            Some(n) => n[kind] = n[kind].saturating_add(1),
+            None => self.record_past_end(kind, i),
         }
     }
 
     /// Records a value at `i`, past the counts so far (they grow to it).
     #[cold]
     #[inline(never)]
-    fn record_past_end(&mut self, i: usize) {
-        self.counts.resize(i + 1, 0);
-        self.counts[i] = 1;
+    fn record_past_end(&mut self, kind: usize, i: usize) {
+        self.at.resize(i + 1, [0, 0]);
+        self.at[i][kind] = 1;
     }
 
-    /// Adds the counts to `h` (one of [`Histograms`]).
-    fn fold_into(&self, h: &mut Histogram<u32>) {
-        for (i, &n) in self.counts.iter().enumerate() {
-            if n > 0 {
-                record_n_us(h, value_at(i), n);
+    /// Adds the counts of `kind` to `h` (one of [`Histograms`]).
+    fn fold_into(&self, kind: usize, h: &mut Histogram<u32>) {
+        for (i, n) in self.at.iter().enumerate() {
+            if n[kind] > 0 {
+                record_n_us(h, value_at(i), n[kind]);
             }
         }
     }
-}
 
-/// A task's poll and scheduled time counts (see [`Counts`]).
-#[derive(Clone, Debug, Default)]
-struct TaskCounts {
-    poll: Counts,
-    scheduled: Counts,
+    /// The counts of histogram `h` (lowest value 1, one significant
+    /// digit), as `kind`.
+    fn add_histogram(&mut self, kind: usize, h: &Histogram<u32>) {
+        for v in h.iter_recorded() {
+            let i = index_of(v.value_iterated_to());
+            if i >= self.at.len() {
+                self.at.resize(i + 1, [0, 0]);
+            }
+            self.at[i][kind] = self.at[i][kind].saturating_add(v.count_at_value());
+        }
+    }
 }
 
 /// Samples kept in a task before they go into its histograms.
@@ -190,7 +206,7 @@ const SCHEDULED: u32 = 1 << 31;
 
 /// Poll and scheduled times (in µs) not yet in a task's histograms.
 ///
-/// Recording a value touches the task's boxed counts, out of the cache
+/// Recording a value touches the task's counts, out of the cache
 /// when many tasks are live. The samples wait in the task (which the poll
 /// touches anyway) and go into the counts sixteen at a time (one cache
 /// line of samples).
@@ -204,12 +220,7 @@ impl Samples {
     /// Records the samples into `h` and forgets them.
     fn drain_into(&mut self, h: &mut TaskCounts) {
         for &v in &self.us[..usize::from(self.len)] {
-            let counts = if v & SCHEDULED == 0 {
-                &mut h.poll
-            } else {
-                &mut h.scheduled
-            };
-            counts.record(u64::from(v & !SCHEDULED));
+            h.record(usize::from(v & SCHEDULED != 0), u64::from(v & !SCHEDULED));
         }
         self.len = 0;
     }
@@ -267,7 +278,7 @@ pub struct Task {
     pub max_poll_ns: u64,
     /// Counts of the histograms (created on first use), without the
     /// latest samples: read them with [`Task::histograms`].
-    hist: Option<Box<TaskCounts>>,
+    hist: Option<TaskCounts>,
     /// Samples not yet in `hist`.
     samples: Samples,
     /// Wakes (wake and wake_by_ref).
@@ -467,7 +478,7 @@ impl Task {
 
     /// Counts, created on first use, with every sample recorded so far.
     fn counts_mut(&mut self) -> &mut TaskCounts {
-        let h = self.hist.get_or_insert_with(Box::default);
+        let h = self.hist.get_or_insert_with(TaskCounts::default);
         self.samples.drain_into(h);
         h
     }
@@ -478,12 +489,12 @@ impl Task {
         if self.hist.is_none() && self.samples.len == 0 {
             return None;
         }
-        let mut counts = self.hist.as_deref().cloned().unwrap_or_default();
+        let mut counts = self.hist.clone().unwrap_or_default();
         let mut samples = self.samples;
         samples.drain_into(&mut counts);
         let mut h = Histograms::new();
-        counts.poll.fold_into(&mut h.poll_us);
-        counts.scheduled.fold_into(&mut h.scheduled_us);
+        counts.fold_into(POLL, &mut h.poll_us);
+        counts.fold_into(SCHED, &mut h.scheduled_us);
         Some(std::borrow::Cow::Owned(h))
     }
 
@@ -491,21 +502,10 @@ impl Task {
     /// with `h`: a task restored from a snapshot.
     pub(crate) fn set_histograms(&mut self, h: Option<Histograms>) {
         self.hist = h.map(|h| {
-            let counts = |h: &Histogram<u32>| {
-                let mut c = Counts::default();
-                for v in h.iter_recorded() {
-                    let i = index_of(v.value_iterated_to());
-                    if i >= c.counts.len() {
-                        c.counts.resize(i + 1, 0);
-                    }
-                    c.counts[i] = c.counts[i].saturating_add(v.count_at_value());
-                }
-                c
-            };
-            Box::new(TaskCounts {
-                poll: counts(&h.poll_us),
-                scheduled: counts(&h.scheduled_us),
-            })
+            let mut counts = TaskCounts::default();
+            counts.add_histogram(POLL, &h.poll_us);
+            counts.add_histogram(SCHED, &h.scheduled_us);
+            counts
         });
         self.samples = Samples::default();
     }
@@ -555,13 +555,8 @@ impl Task {
         let us = (ns / 1000).max(1);
         if us >= u64::from(SCHEDULED) {
             // Too large to mark (35 minutes): recorded now.
-            let h = self.counts_mut();
-            let h = if kind == SCHEDULED {
-                &mut h.scheduled
-            } else {
-                &mut h.poll
-            };
-            h.record(us);
+            let kind = if kind == SCHEDULED { SCHED } else { POLL };
+            self.counts_mut().record(kind, us);
             return;
         }
         let s = &mut self.samples;
@@ -827,12 +822,12 @@ mod tests {
             let p = 1u64 << bits;
             values.extend([p - 1, p, p + 1, p + p / 3, p + p / 2 + 7]);
         }
-        let mut counts = Counts::default();
+        let mut counts = TaskCounts::default();
         let mut reference = Histograms::new().poll_us;
         for (k, &v) in values.iter().enumerate() {
             // Some values several times.
             for _ in 0..=(k % 3) {
-                counts.record(v);
+                counts.record(POLL, v);
                 record_n_us(&mut reference, v, 1);
             }
             let i = index_of(v);
@@ -840,7 +835,10 @@ mod tests {
             assert!(reference.equivalent(value_at(i), v), "{v}");
         }
         let mut folded = Histograms::new().poll_us;
-        counts.fold_into(&mut folded);
+        counts.fold_into(POLL, &mut folded);
+        let mut none = Histograms::new().scheduled_us;
+        counts.fold_into(SCHED, &mut none);
+        assert_eq!(none.len(), 0, "nothing counted as scheduled");
         assert_eq!(folded, reference);
         assert_eq!(folded.max(), reference.max());
         assert_eq!(folded.min_nz(), reference.min_nz());
