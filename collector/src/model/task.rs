@@ -237,10 +237,88 @@ pub struct PendingPoll {
 }
 
 /// A task (a span of class `Task`).
+///
+/// `repr(C)`, its fields in this order: what a poll or a wake reads and
+/// writes comes first (up to [`HOT_END`]), so that the ingest, which
+/// fetches the tasks of the next events before applying them
+/// (`Process::warm`), fetches those cache lines only (about three fifths
+/// of it), and the lines a whole poll and a wake touch are few.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Task {
     /// Span id (the task's id in the model).
     pub id: SpanId,
+    /// Polls whose end is known to be a poll, not the drop of the future
+    /// (see [`PendingPoll`]).
+    pub polls: u64,
+    /// Busy time of committed polls.
+    pub busy_ns: u64,
+    /// Time spent scheduled (woken, waiting for a poll).
+    pub scheduled_ns: u64,
+    /// Longest committed poll.
+    pub max_poll_ns: u64,
+    /// Wakes (wake and wake_by_ref).
+    pub wakes: u64,
+    /// Wakes by the task itself.
+    pub self_wakes: u64,
+    /// Live wakers (clones minus drops and consuming wakes).
+    pub wakers_alive: u64,
+    /// When the task's span closed, ns since the process's start; `None`
+    /// while the task lives.
+    pub closed: Option<u64>,
+    /// Scheduled since (when Scheduled).
+    pub scheduled_since: Option<u64>,
+    /// Start of the current poll (when Running).
+    pub poll_start: Option<u64>,
+    /// End of the last poll.
+    pub last_poll_end: Option<u64>,
+    /// The last poll, not yet committed.
+    pub pending_poll: Option<PendingPoll>,
+    /// The last committed poll: a stall that arrives after the commit is
+    /// of a poll already judged (see [`super::stall`]).
+    pub last_committed: Option<PendingPoll>,
+    /// The latest committed poll of 1 ms or more: the producer samples
+    /// polls past its stall threshold and symbolises their stacks off its
+    /// workers, so their stall may arrive after later (short) polls
+    /// committed, and still needs its poll's duration.
+    pub last_long: Option<PendingPoll>,
+    /// The await-tree leaf span of the last poll, and since when it has been
+    /// the leaf.
+    pub leaf: Option<(SpanId, u64)>,
+    /// Counts of the histograms (created on first use), without the
+    /// latest samples: read them with [`Task::histograms`].
+    hist: Option<TaskCounts>,
+    /// Who woke it: the tasks (none: outside any task) and how often, most
+    /// frequent first, at most [`WOKEN_BY`].
+    pub woken_by: Vec<(Option<SpanId>, u64)>,
+    /// Resources the task is waiting on (polled, not ready, in its last poll).
+    pub waiting_on: Vec<SpanId>,
+    /// Locks whose state update said this task took them in the running
+    /// poll: at its end, each records where (its await path).
+    pub(crate) acquired: Vec<SpanId>,
+    /// The stalls of its latest stalled polls the producer sent, oldest
+    /// poll first, at most [`STALLS_KEPT`]: each poll's own, its halves
+    /// merged by the poll's start (see [`Task::stall`]). Empty for most
+    /// tasks, which never stall.
+    pub stalls: Vec<PollStall>,
+    /// The producer thread of its latest poll.
+    pub last_thread: Option<u32>,
+    /// Samples not yet in `hist`.
+    samples: Samples,
+    /// Where the task is in its life: running, scheduled or idle while it
+    /// lives, then how it ended ([`TaskState::is_closed`]).
+    pub state: TaskState,
+    /// Woken since the last poll started.
+    pub woken_since_poll: bool,
+    /// Woken while being polled.
+    pub(crate) woken_during_poll: bool,
+    /// The await tree was rebuilt from `Enter` events in the current poll.
+    pub(crate) tree_from_enters: bool,
+    /// `await_tree` changed since `leaf` was taken from it (set by whatever
+    /// changes the tree: the end of a poll looks for its leaf only then).
+    pub(crate) tree_changed: bool,
+    // The rest: read when the task is made, named, reported or its tree
+    // changes.
     /// Callsite of the task span.
     pub callsite: u32,
     /// tokio's `task.id`, if recorded.
@@ -261,72 +339,8 @@ pub struct Task {
     pub fields: Vec<Field>,
     /// When the task's span was created, ns since the process's start.
     pub created: u64,
-    /// When the task's span closed, ns since the process's start; `None`
-    /// while the task lives.
-    pub closed: Option<u64>,
-    /// Where the task is in its life: running, scheduled or idle while it
-    /// lives, then how it ended ([`TaskState::is_closed`]).
-    pub state: TaskState,
-    /// Polls whose end is known to be a poll, not the drop of the future
-    /// (see [`PendingPoll`]).
-    pub polls: u64,
-    /// Busy time of committed polls.
-    pub busy_ns: u64,
-    /// Time spent scheduled (woken, waiting for a poll).
-    pub scheduled_ns: u64,
-    /// Longest committed poll.
-    pub max_poll_ns: u64,
-    /// Counts of the histograms (created on first use), without the
-    /// latest samples: read them with [`Task::histograms`].
-    hist: Option<TaskCounts>,
-    /// Samples not yet in `hist`.
-    samples: Samples,
-    /// Wakes (wake and wake_by_ref).
-    pub wakes: u64,
-    /// Wakes by the task itself.
-    pub self_wakes: u64,
-    /// Who woke it: the tasks (none: outside any task) and how often, most
-    /// frequent first, at most [`WOKEN_BY`].
-    pub woken_by: Vec<(Option<SpanId>, u64)>,
-    /// Live wakers (clones minus drops and consuming wakes).
-    pub wakers_alive: u64,
-    /// Woken since the last poll started.
-    pub woken_since_poll: bool,
-    /// Woken while being polled.
-    pub(crate) woken_during_poll: bool,
-    /// The await tree was rebuilt from `Enter` events in the current poll.
-    pub(crate) tree_from_enters: bool,
-    /// Scheduled since (when Scheduled).
-    pub scheduled_since: Option<u64>,
-    /// Start of the current poll (when Running).
-    pub poll_start: Option<u64>,
-    /// The last poll, not yet committed.
-    pub pending_poll: Option<PendingPoll>,
-    /// End of the last poll.
-    pub last_poll_end: Option<u64>,
-    /// The last committed poll: a stall that arrives after the commit is
-    /// of a poll already judged (see [`super::stall`]).
-    pub last_committed: Option<PendingPoll>,
-    /// The latest committed poll of 1 ms or more: the producer samples
-    /// polls past its stall threshold and symbolises their stacks off its
-    /// workers, so their stall may arrive after later (short) polls
-    /// committed, and still needs its poll's duration.
-    pub last_long: Option<PendingPoll>,
     /// Await tree of the current or last poll.
     pub await_tree: AwaitTree,
-    /// The await-tree leaf span of the last poll, and since when it has been
-    /// the leaf.
-    pub leaf: Option<(SpanId, u64)>,
-    /// `await_tree` changed since `leaf` was taken from it (set by whatever
-    /// changes the tree: the end of a poll looks for its leaf only then).
-    pub(crate) tree_changed: bool,
-    /// Resources the task is waiting on (polled, not ready, in its last poll).
-    pub waiting_on: Vec<SpanId>,
-    /// Locks whose state update said this task took them in the running
-    /// poll: at its end, each records where (its await path).
-    pub(crate) acquired: Vec<SpanId>,
-    /// The producer thread of its latest poll.
-    pub last_thread: Option<u32>,
     /// Recent WARN/ERROR events.
     pub logs: VecDeque<LogRecord>,
     /// WARN events seen.
@@ -336,12 +350,11 @@ pub struct Task {
     /// The message of the panic caught while the task was being polled;
     /// `None` if it did not panic (or the panic hook saw no task).
     pub panic: Option<String>,
-    /// The stalls of its latest stalled polls the producer sent, oldest
-    /// poll first, at most [`STALLS_KEPT`]: each poll's own, its halves
-    /// merged by the poll's start (see [`Task::stall`]). Empty for most
-    /// tasks, which never stall.
-    pub stalls: Vec<PollStall>,
 }
+
+/// Where the fields a poll and a wake use end in a [`Task`] (the offset
+/// of the first of the others).
+pub(crate) const HOT_END: usize = std::mem::offset_of!(Task, callsite);
 
 /// The allocations of a task no longer kept, for the next task made: its
 /// fields (with their strings), name, kind and spawn location, and its
@@ -864,5 +877,18 @@ mod tests {
         t.record_poll(7_000);
         record_us(&mut given.poll_us, 7_000);
         assert_eq!(t.histograms().expect("restored").poll_us, given.poll_us);
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::{Task, HOT_END};
+
+    /// The fields a poll and a wake use stay at the front of a task and
+    /// well short of its end: what `Process::warm` fetches ahead.
+    #[test]
+    fn a_polls_fields_come_first() {
+        let size = std::mem::size_of::<Task>();
+        assert!(HOT_END * 4 <= size * 3, "{HOT_END} of {size}");
     }
 }
