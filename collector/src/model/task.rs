@@ -242,12 +242,44 @@ pub struct PendingPoll {
 /// writes comes first (up to [`HOT_END`]), so that the ingest, which
 /// fetches the tasks of the next events before applying them
 /// (`Process::warm`), fetches those cache lines only (about three fifths
-/// of it), and the lines a whole poll and a wake touch are few.
+/// of it), and the lines a whole poll and a wake touch are few: a wake's
+/// fields first (two lines), then what a poll adds, then what only some
+/// polls touch.
 #[derive(Clone, Debug)]
 #[repr(C)]
 pub struct Task {
+    // What a wake reads and writes (and a poll too).
     /// Span id (the task's id in the model).
     pub id: SpanId,
+    /// Live wakers (clones minus drops and consuming wakes).
+    pub wakers_alive: u64,
+    /// Wakes (wake and wake_by_ref).
+    pub wakes: u64,
+    /// Wakes by the task itself.
+    pub self_wakes: u64,
+    /// When the task's span closed, ns since the process's start; `None`
+    /// while the task lives.
+    pub closed: Option<u64>,
+    /// Start of the current poll (when Running).
+    pub poll_start: Option<u64>,
+    /// Scheduled since (when Scheduled).
+    pub scheduled_since: Option<u64>,
+    /// Who woke it: the tasks (none: outside any task) and how often, most
+    /// frequent first, at most [`WOKEN_BY`].
+    pub woken_by: Vec<(Option<SpanId>, u64)>,
+    /// Where the task is in its life: running, scheduled or idle while it
+    /// lives, then how it ended ([`TaskState::is_closed`]).
+    pub state: TaskState,
+    /// Woken since the last poll started.
+    pub woken_since_poll: bool,
+    /// Woken while being polled.
+    pub(crate) woken_during_poll: bool,
+    /// The await tree was rebuilt from `Enter` events in the current poll.
+    pub(crate) tree_from_enters: bool,
+    /// `await_tree` changed since `leaf` was taken from it (set by whatever
+    /// changes the tree: the end of a poll looks for its leaf only then).
+    pub(crate) tree_changed: bool,
+    // What a poll reads and writes besides.
     /// Polls whose end is known to be a poll, not the drop of the future
     /// (see [`PendingPoll`]).
     pub polls: u64,
@@ -257,19 +289,6 @@ pub struct Task {
     pub scheduled_ns: u64,
     /// Longest committed poll.
     pub max_poll_ns: u64,
-    /// Wakes (wake and wake_by_ref).
-    pub wakes: u64,
-    /// Wakes by the task itself.
-    pub self_wakes: u64,
-    /// Live wakers (clones minus drops and consuming wakes).
-    pub wakers_alive: u64,
-    /// When the task's span closed, ns since the process's start; `None`
-    /// while the task lives.
-    pub closed: Option<u64>,
-    /// Scheduled since (when Scheduled).
-    pub scheduled_since: Option<u64>,
-    /// Start of the current poll (when Running).
-    pub poll_start: Option<u64>,
     /// End of the last poll.
     pub last_poll_end: Option<u64>,
     /// The last poll, not yet committed.
@@ -277,20 +296,6 @@ pub struct Task {
     /// The last committed poll: a stall that arrives after the commit is
     /// of a poll already judged (see [`super::stall`]).
     pub last_committed: Option<PendingPoll>,
-    /// The latest committed poll of 1 ms or more: the producer samples
-    /// polls past its stall threshold and symbolises their stacks off its
-    /// workers, so their stall may arrive after later (short) polls
-    /// committed, and still needs its poll's duration.
-    pub last_long: Option<PendingPoll>,
-    /// The await-tree leaf span of the last poll, and since when it has been
-    /// the leaf.
-    pub leaf: Option<(SpanId, u64)>,
-    /// Counts of the histograms (created on first use), without the
-    /// latest samples: read them with [`Task::histograms`].
-    hist: Option<TaskCounts>,
-    /// Who woke it: the tasks (none: outside any task) and how often, most
-    /// frequent first, at most [`WOKEN_BY`].
-    pub woken_by: Vec<(Option<SpanId>, u64)>,
     /// Resources the task is waiting on (polled, not ready, in its last poll).
     pub waiting_on: Vec<SpanId>,
     /// Locks whose state update said this task took them in the running
@@ -305,18 +310,18 @@ pub struct Task {
     pub last_thread: Option<u32>,
     /// Samples not yet in `hist`.
     samples: Samples,
-    /// Where the task is in its life: running, scheduled or idle while it
-    /// lives, then how it ended ([`TaskState::is_closed`]).
-    pub state: TaskState,
-    /// Woken since the last poll started.
-    pub woken_since_poll: bool,
-    /// Woken while being polled.
-    pub(crate) woken_during_poll: bool,
-    /// The await tree was rebuilt from `Enter` events in the current poll.
-    pub(crate) tree_from_enters: bool,
-    /// `await_tree` changed since `leaf` was taken from it (set by whatever
-    /// changes the tree: the end of a poll looks for its leaf only then).
-    pub(crate) tree_changed: bool,
+    // Touched by some polls only.
+    /// Counts of the histograms (created on first use), without the
+    /// latest samples: read them with [`Task::histograms`].
+    hist: Option<TaskCounts>,
+    /// The latest committed poll of 1 ms or more: the producer samples
+    /// polls past its stall threshold and symbolises their stacks off its
+    /// workers, so their stall may arrive after later (short) polls
+    /// committed, and still needs its poll's duration.
+    pub last_long: Option<PendingPoll>,
+    /// The await-tree leaf span of the last poll, and since when it has been
+    /// the leaf.
+    pub leaf: Option<(SpanId, u64)>,
     // The rest: read when the task is made, named, reported or its tree
     // changes.
     /// Callsite of the task span.
