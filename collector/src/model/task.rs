@@ -140,8 +140,7 @@ fn value_at(index: usize) -> u64 {
 /// records two). The two counts of an index sit side by side in one
 /// buffer, held in the task itself: with thousands of live tasks, moving
 /// a task's samples into its counts touches one buffer out of the cache
-/// rather than a box and two buffers behind it (poll and scheduled times
-/// of a task are mostly of the same few indices). The `hdrhistogram`s a
+/// rather than a box and two buffers behind it. The `hdrhistogram`s a
 /// reader gets ([`Task::histograms`]) are made from it: each index's count
 /// recorded at that index's lowest value, so their counts, totals,
 /// percentiles, means, mins and maxes (all told by index) are those of
@@ -152,8 +151,9 @@ struct TaskCounts {
     at: Vec<[u32; 2]>,
 }
 
-/// Which of a [`TaskCounts`] pair a value counts in.
+/// A [`TaskCounts`] pair's poll time count.
 const POLL: usize = 0;
+/// A [`TaskCounts`] pair's scheduled time count.
 const SCHED: usize = 1;
 
 impl TaskCounts {
@@ -220,7 +220,8 @@ impl Samples {
     /// Records the samples into `h` and forgets them.
     fn drain_into(&mut self, h: &mut TaskCounts) {
         for &v in &self.us[..usize::from(self.len)] {
-            h.record(usize::from(v & SCHEDULED != 0), u64::from(v & !SCHEDULED));
+            let kind = if v & SCHEDULED != 0 { SCHED } else { POLL };
+            h.record(kind, u64::from(v & !SCHEDULED));
         }
         self.len = 0;
     }

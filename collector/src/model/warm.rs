@@ -49,22 +49,24 @@ impl Process {
 }
 
 /// Asks the processor to fetch the cache lines of the `len` bytes at `p`
-/// (at least the first; no effect on other architectures).
+/// (at least the first; no effect on other architectures): every line
+/// they touch, wherever in a line `p` falls.
 #[inline(always)]
 fn prefetch<T>(p: *const T, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let base = p.cast::<i8>();
-        let mut off = 0;
-        while off < len.max(1) {
+        let start = p as usize & !63;
+        let end = p as usize + len.max(1);
+        let mut line = start;
+        while line < end {
             // SAFETY: prefetching is a hint; it never faults, whatever the
-            // address (here within or just past a live value).
+            // address (here lines holding a live value).
             #[allow(unused_unsafe)]
             unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off));
+                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
             }
-            off += 64;
+            line += 64;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
