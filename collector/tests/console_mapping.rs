@@ -255,3 +255,308 @@ fn updates_with_missing_parts_map_without_a_panic() {
     m.finish();
     assert_eq!(m.processes().count(), 1);
 }
+
+/// The spans the mapping makes for `updates`: (callsite, fields' first
+/// value) of each `SpanNew`, in order.
+fn spans_made(updates: &[Update]) -> Vec<(u32, String)> {
+    use awaitscope_wire::{Body, Event, Value};
+    let mut mapper = Mapper::new("http://127.0.0.1:6669");
+    let mut made = Vec::new();
+    for u in updates {
+        for f in mapper.update(u) {
+            let Body::Events(evs) = f.body else { continue };
+            for e in evs {
+                if let Event::SpanNew(s) = e {
+                    let first = match s.fields.first().map(|f| &f.value) {
+                        Some(Value::Str(v)) => v.clone(),
+                        _ => String::new(),
+                    };
+                    made.push((s.callsite, first));
+                }
+            }
+        }
+    }
+    made
+}
+
+/// What console sends a new subscriber of a program that ran before it
+/// connected: its first update has everything console retains (a task
+/// and a timer that closed already included), and its next update has
+/// them all again (console never sent them in an update of its own). Each
+/// is made once, and the model has one task.
+#[test]
+fn what_console_sends_again_after_connecting_is_made_once() {
+    use console_api::async_ops::{AsyncOp, AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{resource, Resource, ResourceUpdate, Stats as ResStats};
+    let done = Stats {
+        dropped_at: Some(ts(T0 + 5 * MS)),
+        ..S {
+            polls: 1,
+            busy: 1,
+            last: (1, 2),
+            wakes: 0,
+            last_wake: None,
+            clones: 0,
+            drops: 0,
+        }
+        .stats()
+    };
+    let timer = Resource {
+        id: Some(Id { id: 30 }),
+        kind: Some(resource::Kind {
+            kind: Some(resource::kind::Kind::Other("timer".into())),
+        }),
+        metadata: None,
+        concrete_type: "Sleep".into(),
+        location: None,
+        is_internal: false,
+        parent_resource_id: None,
+    };
+    let timer_stats = ResStats {
+        created_at: Some(ts(T0 + MS)),
+        dropped_at: Some(ts(T0 + 4 * MS)),
+        attributes: Vec::new(),
+    };
+    let op = AsyncOp {
+        id: Some(Id { id: 40 }),
+        metadata: None,
+        source: "Sleep::new_timeout".into(),
+        parent_async_op_id: None,
+        resource_id: Some(Id { id: 30 }),
+    };
+    let op_stats = OpStats {
+        created_at: Some(ts(T0 + MS)),
+        dropped_at: Some(ts(T0 + 4 * MS)),
+        task_id: Some(Id { id: 1 }),
+        poll_stats: None,
+        attributes: Vec::new(),
+    };
+    let listed = |at_ms: u64| {
+        let mut u = update(at_ms, vec![task(1, "early", "task")], vec![(1, done)]);
+        u.resource_update = Some(ResourceUpdate {
+            new_resources: vec![timer.clone()],
+            stats_update: HashMap::from([(30, timer_stats.clone())]),
+            new_poll_ops: Vec::new(),
+            dropped_events: 0,
+        });
+        u.async_op_update = Some(AsyncOpUpdate {
+            new_async_ops: vec![op.clone()],
+            stats_update: HashMap::from([(40, op_stats.clone())]),
+            dropped_events: 0,
+        });
+        u
+    };
+    let updates = [listed(100), listed(1100), update(2100, vec![], vec![])];
+    let made = spans_made(&updates);
+    let count = |cs: u32| made.iter().filter(|m| m.0 == cs).count();
+    assert_eq!(count(1), 1, "the task: {made:?}");
+    assert_eq!(count(2), 1, "the timer: {made:?}");
+    assert_eq!(count(3), 1, "its async op: {made:?}");
+    let m = model(&updates);
+    let p = m.processes().next().expect("the process");
+    assert_eq!(p.tasks.len() + p.completed.len(), 1);
+    // A later span reusing the task's id (created later) is another task.
+    let mut again = task(1, "later", "task");
+    again.fields.truncate(2);
+    let later = Stats {
+        created_at: Some(ts(T0 + 3000 * MS)),
+        dropped_at: None,
+        ..done
+    };
+    let mut with_later = updates.to_vec();
+    with_later.push(update(3100, vec![again], vec![(1, later)]));
+    assert_eq!(
+        spans_made(&with_later).iter().filter(|m| m.0 == 1).count(),
+        2
+    );
+}
+
+/// Two tasks each holding a Mutex and waiting for the other's, as
+/// console-subscriber sent them in a recording where the deadlock went
+/// unseen: the first update says one Mutex is not locked (`locked` false)
+/// while the semaphore inside it has no permit left, and the async op
+/// that took it obtained its permit. The Mutex is held, by that op's task,
+/// and the deadlock is found.
+#[test]
+fn a_mutex_whose_semaphore_has_no_permit_left_is_held() {
+    use console_api::async_ops::{AsyncOp, AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{resource, PollOp, Resource, ResourceUpdate, Stats as ResStats};
+    use console_api::Attribute;
+    let attr = |name: &str, v: field::Value| Attribute {
+        field: Some(Field {
+            metadata_id: None,
+            name: Some(field::Name::StrName(name.into())),
+            value: Some(v),
+        }),
+        unit: None,
+    };
+    let res = |id: u64, ty: &str, parent: Option<u64>| Resource {
+        id: Some(Id { id }),
+        kind: Some(resource::Kind {
+            kind: Some(resource::kind::Kind::Other("Sync".into())),
+        }),
+        metadata: None,
+        concrete_type: ty.into(),
+        location: None,
+        is_internal: parent.is_some(),
+        parent_resource_id: parent.map(|id| Id { id }),
+    };
+    let res_stats = |a: Attribute| ResStats {
+        created_at: Some(ts(T0)),
+        dropped_at: None,
+        attributes: vec![a],
+    };
+    let op = |id: u64, source: &str, resource: u64| AsyncOp {
+        id: Some(Id { id }),
+        metadata: None,
+        source: source.into(),
+        parent_async_op_id: None,
+        resource_id: Some(Id { id: resource }),
+    };
+    // An op of `task`, polled twice; an `Acquire::new` asked for one
+    // permit and `got` it.
+    let op_stats = |task: u64, dropped: Option<u64>, got: Option<u64>| OpStats {
+        created_at: Some(ts(T0 + MS)),
+        dropped_at: dropped.map(|d| ts(T0 + d * MS)),
+        task_id: Some(Id { id: task }),
+        poll_stats: Some(PollStats {
+            polls: 2,
+            first_poll: Some(ts(T0 + MS)),
+            last_poll_started: Some(ts(T0 + MS)),
+            last_poll_ended: Some(ts(T0 + 2 * MS)),
+            busy_time: Some(dur(MS)),
+        }),
+        attributes: got.map_or_else(Vec::new, |g| {
+            vec![
+                attr("permits_requested", field::Value::U64Val(1)),
+                attr("permits_obtained", field::Value::U64Val(g)),
+            ]
+        }),
+    };
+    let waiting = S {
+        polls: 2,
+        busy: 1,
+        last: (102, 103),
+        wakes: 1,
+        last_wake: Some(102),
+        clones: 2,
+        drops: 1,
+    };
+    // Mutex 4 (semaphore 5) taken by task 8, Mutex 6 (semaphore 7) by
+    // task 9; console says 6 is free.
+    let locks = ResourceUpdate {
+        new_resources: vec![
+            res(4, "Mutex", None),
+            res(5, "Semaphore", Some(4)),
+            res(6, "Mutex", None),
+            res(7, "Semaphore", Some(6)),
+        ],
+        stats_update: HashMap::from([
+            (4, res_stats(attr("locked", field::Value::BoolVal(true)))),
+            (5, res_stats(attr("permits", field::Value::U64Val(0)))),
+            (6, res_stats(attr("locked", field::Value::BoolVal(false)))),
+            (7, res_stats(attr("permits", field::Value::U64Val(0)))),
+        ]),
+        new_poll_ops: Vec::new(),
+        dropped_events: 0,
+    };
+    let mut u1 = update(
+        180,
+        vec![
+            task(8, "transfer-ab", "task"),
+            task(9, "transfer-ba", "task"),
+        ],
+        vec![(8, waiting.stats()), (9, waiting.stats())],
+    );
+    u1.resource_update = Some(locks);
+    u1.async_op_update = Some(AsyncOpUpdate {
+        new_async_ops: vec![
+            op(10, "Mutex::lock", 4),
+            op(11, "Acquire::new", 5),
+            op(12, "Mutex::lock", 6),
+            op(13, "Acquire::new", 7),
+        ],
+        stats_update: HashMap::from([
+            (10, op_stats(8, Some(2), None)),
+            (11, op_stats(8, Some(2), Some(1))),
+            (12, op_stats(9, Some(2), None)),
+            (13, op_stats(9, Some(2), Some(1))),
+        ]),
+        dropped_events: 0,
+    });
+    // Each task now waits for the other's Mutex.
+    let poll = |task: u64, resource: u64, op: u64, name: &str| PollOp {
+        metadata: None,
+        resource_id: Some(Id { id: resource }),
+        name: name.into(),
+        task_id: Some(Id { id: task }),
+        async_op_id: Some(Id { id: op }),
+        is_ready: false,
+    };
+    let mut u2 = update(1000, vec![], vec![]);
+    u2.resource_update = Some(ResourceUpdate {
+        new_resources: Vec::new(),
+        stats_update: HashMap::new(),
+        new_poll_ops: vec![
+            poll(8, 7, 21, "poll_acquire"),
+            poll(8, 6, 20, "poll"),
+            poll(9, 5, 23, "poll_acquire"),
+            poll(9, 4, 22, "poll"),
+        ],
+        dropped_events: 0,
+    });
+    u2.async_op_update = Some(AsyncOpUpdate {
+        new_async_ops: vec![
+            op(20, "Mutex::lock", 6),
+            op(21, "Acquire::new", 7),
+            op(22, "Mutex::lock", 4),
+            op(23, "Acquire::new", 5),
+        ],
+        stats_update: HashMap::from([
+            (20, op_stats(8, None, None)),
+            (21, op_stats(8, None, Some(0))),
+            (22, op_stats(9, None, None)),
+            (23, op_stats(9, None, Some(0))),
+        ]),
+        dropped_events: 0,
+    });
+    let updates = [
+        u1,
+        u2,
+        update(2000, vec![], vec![]),
+        update(3000, vec![], vec![]),
+    ];
+    let m = model(&updates);
+    assert!(
+        kinds(&m).contains(&FindingKind::Deadlock),
+        "{:?}",
+        kinds(&m)
+    );
+    // Holders of Mutex 4 and of Mutex 6, in that order (their spans were
+    // made in that order).
+    let holders = |m: &Model| {
+        let p = m.processes().next().expect("the process");
+        let mut held: Vec<_> = p
+            .resources
+            .iter()
+            .filter(|(_, r)| r.concrete_type == "Mutex")
+            .map(|(id, r)| (*id, r.holders.len()))
+            .collect();
+        held.sort_unstable();
+        held.into_iter().map(|h| h.1).collect::<Vec<_>>()
+    };
+    assert_eq!(holders(&m), vec![1, 1], "each Mutex held by its task");
+    // The semaphore of Mutex 6 gets its permit back (its guard dropped):
+    // console says nothing new of the Mutex, which it told free already,
+    // and the Mutex is free again.
+    let mut released = update(3500, vec![], vec![]);
+    released.resource_update = Some(ResourceUpdate {
+        new_resources: Vec::new(),
+        stats_update: HashMap::from([(7, res_stats(attr("permits", field::Value::U64Val(1))))]),
+        new_poll_ops: Vec::new(),
+        dropped_events: 0,
+    });
+    let mut more = updates.to_vec();
+    more.push(released);
+    assert_eq!(holders(&model(&more)), vec![1, 0]);
+}

@@ -153,6 +153,10 @@ pub const LOCKED: &str = "locked";
 /// On a state update of an RwLock: whether it is now write-held.
 pub const WRITE_LOCKED: &str = "write_locked";
 
+/// On a state update of a Semaphore: its permits left, or (with
+/// [`PERMITS_OP`]) how many it gained or lost.
+pub const PERMITS: &str = "permits";
+
 /// On a state update of a Semaphore: how its permits changed ([`OP_ADD`]:
 /// released, [`OP_SUB`]: acquired).
 pub const PERMITS_OP: &str = "permits.op";

@@ -53,6 +53,7 @@ use super::emit::{
     field_name, id_of, loc_fields, truncated, unix_ns, unquote, value_str, Spans, Timed,
     CS_ASYNC_OP, CS_POLL_OP, CS_RESOURCE, CS_STATE, CS_TASK, THREAD,
 };
+use super::gone::Gone;
 use super::polls::{task_stats, Clock, TaskRec, Threads};
 use super::resources::Resources;
 use crate::model::process::CONSOLE_PRODUCER;
@@ -77,6 +78,8 @@ pub struct Mapper {
     seq: u64,
     next_span: u64,
     tasks: HashMap<u64, TaskRec>,
+    /// Tasks that closed: console sends them again (see [`Gone`]).
+    gone: Gone,
     threads: Threads,
     res: Resources,
     /// Names of each metadata's fields (console's fields may name theirs
@@ -97,6 +100,7 @@ impl Mapper {
             seq: 0,
             next_span: 1,
             tasks: HashMap::new(),
+            gone: Gone::default(),
             threads: Threads::default(),
             res: Resources::default(),
             field_names: HashMap::new(),
@@ -228,7 +232,9 @@ impl Mapper {
                 if let Some(close) =
                     task_stats(rec, &mut self.threads, s, clock, tree, ops, &mut timed)
                 {
+                    let created = rec.created;
                     self.tasks.remove(id);
+                    self.gone.remember(*id, created, ());
                     timed.push(close);
                 }
             }
@@ -323,7 +329,10 @@ impl Mapper {
         begun: &mut Vec<Timed>,
     ) -> Option<Event> {
         let id = id_of(&t.id);
-        if self.tasks.contains_key(&id) {
+        let created = stats
+            .and_then(|s| s.created_at.as_ref())
+            .map_or(now, unix_ns);
+        if self.tasks.contains_key(&id) || self.gone.closed(id, created) {
             return None;
         }
         if self.tasks.len() >= MAX_LIVE {
@@ -358,9 +367,6 @@ impl Mapper {
             }
         });
         let blocking = kind == names::KIND_BLOCKING;
-        let created = stats
-            .and_then(|s| s.created_at.as_ref())
-            .map_or(now, unix_ns);
         let span = self.new_span();
         let mut fields = vec![
             Field {

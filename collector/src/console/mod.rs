@@ -26,6 +26,7 @@
 pub mod client;
 mod emit;
 pub mod forward;
+mod gone;
 pub mod mapping;
 mod polls;
 mod resources;

@@ -21,6 +21,7 @@ use super::emit::{
     field_name, id_of, loc_fields, truncated, unix_ns, Spans, Timed, CS_ASYNC_OP, CS_POLL_OP,
     CS_RESOURCE, CS_STATE, MAX_LIVE, THREAD,
 };
+use super::gone::Gone;
 
 /// Most async ops a task's await tree shows (two nodes each, within the
 /// wire's cap on a tree).
@@ -29,16 +30,28 @@ const MAX_TREE_OPS: usize = 16;
 #[derive(Debug)]
 struct Res {
     span: SpanId,
+    /// When console says it was created (unix ns).
+    created: u64,
     /// The outer resource, for an internal one.
     parent: Option<u64>,
     internal: bool,
     /// Its `locked` (or `write_locked`) state as last sent.
     locked: Option<bool>,
+    /// Its `locked` (index 0) or `write_locked` (1) state as console last
+    /// told it.
+    told: Option<(u16, bool)>,
+    /// A Mutex: held whenever the semaphore inside it has no permit left.
+    mutex: bool,
+    /// The permits left, as last told, of the semaphore inside it (a
+    /// Mutex's, an RwLock's).
+    inner_permits: Option<u64>,
 }
 
 #[derive(Debug)]
 struct Op {
     span: SpanId,
+    /// When console says it was created (unix ns).
+    created: u64,
     resource: u64,
     /// Another op this one is part of (`Semaphore::acquire` in
     /// `Mutex::lock`).
@@ -53,6 +66,12 @@ struct Op {
 pub(super) struct Resources {
     res: HashMap<u64, Res>,
     ops: HashMap<u64, Op>,
+    /// Resources and async ops that closed: console sends them again
+    /// (see [`Gone`]).
+    gone_res: Gone,
+    /// With each op, its resource: a closed op's statistics sent again
+    /// still tell who obtained the lock it was for.
+    gone_ops: Gone<u64>,
 }
 
 /// What an update's resources do to tasks.
@@ -102,7 +121,15 @@ impl Resources {
         if let Some(ru) = &u.resource_update {
             for r in &ru.new_resources {
                 let id = id_of(&r.id);
-                if self.res.contains_key(&id) || self.res.len() >= MAX_LIVE {
+                let created = ru
+                    .stats_update
+                    .get(&id)
+                    .and_then(|s| s.created_at.as_ref())
+                    .map_or(now, unix_ns);
+                if self.res.contains_key(&id)
+                    || self.gone_res.closed(id, created)
+                    || self.res.len() >= MAX_LIVE
+                {
                     continue;
                 }
                 let kind = match r.kind.as_ref().and_then(|k| k.kind.as_ref()) {
@@ -111,11 +138,6 @@ impl Resources {
                     None => String::new(),
                 };
                 let parent = r.parent_resource_id.as_ref().map(|p| p.id);
-                let created = ru
-                    .stats_update
-                    .get(&id)
-                    .and_then(|s| s.created_at.as_ref())
-                    .map_or(now, unix_ns);
                 let span = m.new_span();
                 let mut fields = vec![
                     Field {
@@ -145,9 +167,13 @@ impl Resources {
                     id,
                     Res {
                         span,
+                        created,
                         parent,
                         internal: r.is_internal,
                         locked: None,
+                        told: None,
+                        mutex: r.concrete_type == names::TYPE_MUTEX,
+                        inner_permits: None,
                     },
                 );
             }
@@ -159,14 +185,17 @@ impl Resources {
                 let Some(r) = self.res.get(&resource) else {
                     continue;
                 };
-                if self.ops.contains_key(&id) || self.ops.len() >= MAX_LIVE {
-                    continue;
-                }
                 let created = au
                     .stats_update
                     .get(&id)
                     .and_then(|s| s.created_at.as_ref())
                     .map_or(now, unix_ns);
+                if self.ops.contains_key(&id)
+                    || self.gone_ops.closed(id, created)
+                    || self.ops.len() >= MAX_LIVE
+                {
+                    continue;
+                }
                 let span = m.new_span();
                 out.push(Event::SpanNew(Box::new(SpanNew {
                     id: span,
@@ -184,6 +213,7 @@ impl Resources {
                     id,
                     Op {
                         span,
+                        created,
                         resource,
                         nested: o.parent_async_op_id.is_some(),
                         task: None,
@@ -212,15 +242,23 @@ impl Resources {
         let mut ready_by: HashMap<u64, (u64, u64)> = HashMap::new();
         if let Some(au) = &u.async_op_update {
             for (id, s) in &au.stats_update {
-                let Some(op) = self.ops.get_mut(id) else {
-                    continue;
+                let task = s.task_id.as_ref().map(|t| t.id);
+                let (resource, task) = match self.ops.get_mut(id) {
+                    Some(op) => {
+                        if task.is_some() {
+                            op.task = task;
+                        }
+                        if s.poll_stats.as_ref().is_some_and(|p| p.polls > 0) {
+                            op.polled = true;
+                        }
+                        (op.resource, op.task)
+                    }
+                    // Closed already, and sent again (see `Gone`).
+                    None => match self.gone_ops.kept(*id) {
+                        Some(resource) => (resource, task),
+                        None => continue,
+                    },
                 };
-                if let Some(t) = s.task_id.as_ref() {
-                    op.task = Some(t.id);
-                }
-                if s.poll_stats.as_ref().is_some_and(|p| p.polls > 0) {
-                    op.polled = true;
-                }
                 let attr = |name: &str| {
                     s.attributes.iter().find_map(|a| {
                         let f = a.field.as_ref()?;
@@ -236,13 +274,13 @@ impl Resources {
                     (attr("permits_obtained"), attr("permits_requested")),
                     (Some(o), Some(r)) if r > 0 && o >= r
                 );
-                if let (true, Some(t)) = (obtained, op.task) {
+                if let (true, Some(t)) = (obtained, task) {
                     let when = s
                         .poll_stats
                         .as_ref()
                         .and_then(|p| p.last_poll_ended.as_ref())
                         .map_or(now, unix_ns);
-                    let outer = outer_of(&self.res, op.resource);
+                    let outer = outer_of(&self.res, resource);
                     if ready_by.get(&outer).is_none_or(|&(_, w)| w <= when) {
                         ready_by.insert(outer, (t, when));
                     }
@@ -290,14 +328,33 @@ impl Resources {
                         trace: Vec::new(),
                     })));
             }
-            let mut ids: Vec<&u64> = ru.stats_update.keys().collect();
+            // The permits left of the semaphores inside locks, first: a
+            // Mutex whose semaphore has none left is held, whether or not
+            // its own stats are in this update.
+            let mut ids: Vec<u64> = ru.stats_update.keys().copied().collect();
+            for (id, s) in &ru.stats_update {
+                let Some(p) = permits_of(s) else { continue };
+                if let Some(Res {
+                    internal: true,
+                    parent: Some(outer),
+                    ..
+                }) = self.res.get(id)
+                {
+                    let outer = *outer;
+                    if let Some(o) = self.res.get_mut(&outer) {
+                        o.inner_permits = Some(p);
+                        ids.push(outer);
+                    }
+                }
+            }
             ids.sort_unstable();
-            for id in ids {
-                let s = &ru.stats_update[id];
+            ids.dedup();
+            let no_stats = console_api::resources::Stats::default();
+            for id in &ids {
+                let s = ru.stats_update.get(id).unwrap_or(&no_stats);
                 let Some(r) = self.res.get_mut(id) else {
                     continue;
                 };
-                let mut locked = None;
                 for a in &s.attributes {
                     let Some(f) = a.field.as_ref() else { continue };
                     let (Some(n), Some(console_api::field::Value::BoolVal(b))) =
@@ -306,11 +363,23 @@ impl Resources {
                         continue;
                     };
                     if n == names::LOCKED {
-                        locked = Some((0u16, *b));
+                        r.told = Some((0, *b));
                     } else if n == names::WRITE_LOCKED {
-                        locked = Some((1, *b));
+                        r.told = Some((1, *b));
                     }
                 }
+                // console-subscriber sometimes leaves a Mutex's `locked` at
+                // false while the semaphore inside it has no permit left
+                // (seen with two tasks each taking a Mutex at once, at the
+                // program's start): the semaphore is what decides whether
+                // another task can take it. It goes to no permit before the
+                // Mutex says it is held, and back to one before the Mutex
+                // says it is free, so it is never wrong the other way.
+                let locked = if r.mutex && r.inner_permits == Some(0) {
+                    Some((0, true))
+                } else {
+                    r.told
+                };
                 // Sent when the state changed, or when a new holder took it.
                 let holder = ready_by.get(id).map(|h| h.0);
                 let now_locked = locked.map(|l| l.1).or(r.locked);
@@ -339,7 +408,9 @@ impl Resources {
                 }
                 if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
                     closes.push((d, r.span));
+                    let created = r.created;
                     self.res.remove(id);
+                    self.gone_res.remember(*id, created, ());
                 }
             }
         }
@@ -348,13 +419,20 @@ impl Resources {
                 if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
                     if let Some(op) = self.ops.remove(id) {
                         closes.push((d, op.span));
+                        self.gone_ops.remember(*id, op.created, op.resource);
                     }
                 }
             }
         }
         // An op whose resource is gone is gone too.
-        let res = &self.res;
-        self.ops.retain(|_, o| res.contains_key(&o.resource));
+        let (res, gone) = (&self.res, &mut self.gone_ops);
+        self.ops.retain(|id, o| {
+            let live = res.contains_key(&o.resource);
+            if !live {
+                gone.remember(*id, o.created, o.resource);
+            }
+            live
+        });
         // Await trees: the outermost ops each task awaits, on the outer
         // resource, ordered by span (creation).
         let mut by_task: HashMap<u64, Vec<(SpanId, SpanId)>> = HashMap::new();
@@ -441,6 +519,19 @@ impl Resources {
         }
         fx
     }
+}
+
+/// The permits left that a resource's statistics tell (a semaphore's).
+fn permits_of(s: &console_api::resources::Stats) -> Option<u64> {
+    s.attributes.iter().find_map(|a| {
+        let f = a.field.as_ref()?;
+        match (field_name(f, None), f.value.as_ref()) {
+            (Some(n), Some(console_api::field::Value::U64Val(v))) if n == names::PERMITS => {
+                Some(*v)
+            }
+            _ => None,
+        }
+    })
 }
 
 /// The outermost resource of `id` among `res` (itself, or what it is
