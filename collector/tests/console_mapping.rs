@@ -560,3 +560,82 @@ fn a_mutex_whose_semaphore_has_no_permit_left_is_held() {
     more.push(released);
     assert_eq!(holders(&model(&more)), vec![1, 0]);
 }
+
+/// An async op whose resource closed while console said nothing of the
+/// op's own end is closed with it: no span of the made-up process stays
+/// open for ever.
+#[test]
+fn an_op_whose_resource_closed_is_closed() {
+    use awaitscope_wire::{Body, Event, SpanId};
+    use console_api::async_ops::{AsyncOp, AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{resource, Resource, ResourceUpdate, Stats as ResStats};
+    let timer = |dropped: Option<u64>| ResStats {
+        created_at: Some(ts(T0 + MS)),
+        dropped_at: dropped.map(|d| ts(T0 + d * MS)),
+        attributes: Vec::new(),
+    };
+    let mut u1 = update(100, vec![task(1, "sleeper", "task")], vec![]);
+    u1.resource_update = Some(ResourceUpdate {
+        new_resources: vec![Resource {
+            id: Some(Id { id: 30 }),
+            kind: Some(resource::Kind {
+                kind: Some(resource::kind::Kind::Other("timer".into())),
+            }),
+            metadata: None,
+            concrete_type: "Sleep".into(),
+            location: None,
+            is_internal: false,
+            parent_resource_id: None,
+        }],
+        stats_update: HashMap::from([(30, timer(None))]),
+        new_poll_ops: Vec::new(),
+        dropped_events: 0,
+    });
+    u1.async_op_update = Some(AsyncOpUpdate {
+        new_async_ops: vec![AsyncOp {
+            id: Some(Id { id: 40 }),
+            metadata: None,
+            source: "Sleep::new_timeout".into(),
+            parent_async_op_id: None,
+            resource_id: Some(Id { id: 30 }),
+        }],
+        stats_update: HashMap::from([(
+            40,
+            OpStats {
+                created_at: Some(ts(T0 + MS)),
+                dropped_at: None,
+                task_id: Some(Id { id: 1 }),
+                poll_stats: None,
+                attributes: Vec::new(),
+            },
+        )]),
+        dropped_events: 0,
+    });
+    let mut u2 = update(1100, vec![], vec![]);
+    u2.resource_update = Some(ResourceUpdate {
+        new_resources: Vec::new(),
+        stats_update: HashMap::from([(30, timer(Some(500)))]),
+        new_poll_ops: Vec::new(),
+        dropped_events: 0,
+    });
+    let mut mapper = Mapper::new("http://127.0.0.1:6669");
+    let (mut made, mut closed) = (Vec::new(), Vec::new());
+    for u in [u1, u2] {
+        for f in mapper.update(&u) {
+            let Body::Events(evs) = f.body else { continue };
+            for e in evs {
+                match e {
+                    Event::SpanNew(s) if s.callsite != 1 => made.push(s.id),
+                    Event::Close { span, ts, .. } => closed.push((span, ts)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert_eq!(made.len(), 2, "the timer and its op");
+    let when = |s: SpanId| closed.iter().find(|c| c.0 == s).map(|c| c.1);
+    for s in &made {
+        assert!(when(*s).is_some(), "{s:?} never closed: {closed:?}");
+    }
+    assert_eq!(when(made[0]), when(made[1]), "closed with its timer");
+}

@@ -236,6 +236,8 @@ impl Resources {
         let mut fx = Effects::default();
         let at = |t: u64| m.rel(t);
         let mut closes: Vec<(u64, SpanId)> = Vec::new();
+        // Resources closed in this update, and when.
+        let mut res_closed: HashMap<u64, u64> = HashMap::new();
         // Who got each lock last in this update, and when: the task of an
         // acquire that obtained the permits it asked for (the semaphore
         // inside a Mutex or RwLock), or of a ready resource poll.
@@ -408,6 +410,7 @@ impl Resources {
                 }
                 if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
                     closes.push((d, r.span));
+                    res_closed.insert(*id, d);
                     let created = r.created;
                     self.res.remove(id);
                     self.gone_res.remember(*id, created, ());
@@ -424,12 +427,15 @@ impl Resources {
                 }
             }
         }
-        // An op whose resource is gone is gone too.
+        // An op whose resource is gone is gone too, closed with it (console
+        // may never say when the op itself ended).
         let (res, gone) = (&self.res, &mut self.gone_ops);
         self.ops.retain(|id, o| {
             let live = res.contains_key(&o.resource);
             if !live {
                 gone.remember(*id, o.created, o.resource);
+                let d = res_closed.get(&o.resource).copied().unwrap_or(now);
+                closes.push((d, o.span));
             }
             live
         });
