@@ -279,6 +279,39 @@ fn spans_made(updates: &[Update]) -> Vec<(u32, String)> {
     made
 }
 
+/// A resource of console's: `ty` (`Sleep`, `Mutex`...), of `kind`, inside
+/// resource `parent` if any (then internal).
+fn resource(
+    id: u64,
+    ty: &str,
+    kind: &str,
+    parent: Option<u64>,
+) -> console_api::resources::Resource {
+    use console_api::resources::resource;
+    console_api::resources::Resource {
+        id: Some(Id { id }),
+        kind: Some(resource::Kind {
+            kind: Some(resource::kind::Kind::Other(kind.into())),
+        }),
+        metadata: None,
+        concrete_type: ty.into(),
+        location: None,
+        is_internal: parent.is_some(),
+        parent_resource_id: parent.map(|id| Id { id }),
+    }
+}
+
+/// An async op of console's: `source` on `resource`.
+fn async_op(id: u64, source: &str, resource: u64) -> console_api::async_ops::AsyncOp {
+    console_api::async_ops::AsyncOp {
+        id: Some(Id { id }),
+        metadata: None,
+        source: source.into(),
+        parent_async_op_id: None,
+        resource_id: Some(Id { id: resource }),
+    }
+}
+
 /// What console sends a new subscriber of a program that ran before it
 /// connected: its first update has everything console retains (a task
 /// and a timer that closed already included), and its next update has
@@ -286,8 +319,8 @@ fn spans_made(updates: &[Update]) -> Vec<(u32, String)> {
 /// is made once, and the model has one task.
 #[test]
 fn what_console_sends_again_after_connecting_is_made_once() {
-    use console_api::async_ops::{AsyncOp, AsyncOpUpdate, Stats as OpStats};
-    use console_api::resources::{resource, Resource, ResourceUpdate, Stats as ResStats};
+    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{ResourceUpdate, Stats as ResStats};
     let done = Stats {
         dropped_at: Some(ts(T0 + 5 * MS)),
         ..S {
@@ -301,29 +334,13 @@ fn what_console_sends_again_after_connecting_is_made_once() {
         }
         .stats()
     };
-    let timer = Resource {
-        id: Some(Id { id: 30 }),
-        kind: Some(resource::Kind {
-            kind: Some(resource::kind::Kind::Other("timer".into())),
-        }),
-        metadata: None,
-        concrete_type: "Sleep".into(),
-        location: None,
-        is_internal: false,
-        parent_resource_id: None,
-    };
+    let timer = resource(30, "Sleep", "timer", None);
     let timer_stats = ResStats {
         created_at: Some(ts(T0 + MS)),
         dropped_at: Some(ts(T0 + 4 * MS)),
         attributes: Vec::new(),
     };
-    let op = AsyncOp {
-        id: Some(Id { id: 40 }),
-        metadata: None,
-        source: "Sleep::new_timeout".into(),
-        parent_async_op_id: None,
-        resource_id: Some(Id { id: 30 }),
-    };
+    let op = async_op(40, "Sleep::new_timeout", 30);
     let op_stats = OpStats {
         created_at: Some(ts(T0 + MS)),
         dropped_at: Some(ts(T0 + 4 * MS)),
@@ -379,8 +396,8 @@ fn what_console_sends_again_after_connecting_is_made_once() {
 /// and the deadlock is found.
 #[test]
 fn a_mutex_whose_semaphore_has_no_permit_left_is_held() {
-    use console_api::async_ops::{AsyncOp, AsyncOpUpdate, Stats as OpStats};
-    use console_api::resources::{resource, PollOp, Resource, ResourceUpdate, Stats as ResStats};
+    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{PollOp, ResourceUpdate, Stats as ResStats};
     use console_api::Attribute;
     let attr = |name: &str, v: field::Value| Attribute {
         field: Some(Field {
@@ -390,29 +407,13 @@ fn a_mutex_whose_semaphore_has_no_permit_left_is_held() {
         }),
         unit: None,
     };
-    let res = |id: u64, ty: &str, parent: Option<u64>| Resource {
-        id: Some(Id { id }),
-        kind: Some(resource::Kind {
-            kind: Some(resource::kind::Kind::Other("Sync".into())),
-        }),
-        metadata: None,
-        concrete_type: ty.into(),
-        location: None,
-        is_internal: parent.is_some(),
-        parent_resource_id: parent.map(|id| Id { id }),
-    };
+    let res = |id: u64, ty: &str, parent: Option<u64>| resource(id, ty, "Sync", parent);
     let res_stats = |a: Attribute| ResStats {
         created_at: Some(ts(T0)),
         dropped_at: None,
         attributes: vec![a],
     };
-    let op = |id: u64, source: &str, resource: u64| AsyncOp {
-        id: Some(Id { id }),
-        metadata: None,
-        source: source.into(),
-        parent_async_op_id: None,
-        resource_id: Some(Id { id: resource }),
-    };
+    let op = async_op;
     // An op of `task`, polled twice; an `Acquire::new` asked for one
     // permit and `got` it.
     let op_stats = |task: u64, dropped: Option<u64>, got: Option<u64>| OpStats {
@@ -567,8 +568,8 @@ fn a_mutex_whose_semaphore_has_no_permit_left_is_held() {
 #[test]
 fn an_op_whose_resource_closed_is_closed() {
     use awaitscope_wire::{Body, Event, SpanId};
-    use console_api::async_ops::{AsyncOp, AsyncOpUpdate, Stats as OpStats};
-    use console_api::resources::{resource, Resource, ResourceUpdate, Stats as ResStats};
+    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{ResourceUpdate, Stats as ResStats};
     let timer = |dropped: Option<u64>| ResStats {
         created_at: Some(ts(T0 + MS)),
         dropped_at: dropped.map(|d| ts(T0 + d * MS)),
@@ -576,29 +577,13 @@ fn an_op_whose_resource_closed_is_closed() {
     };
     let mut u1 = update(100, vec![task(1, "sleeper", "task")], vec![]);
     u1.resource_update = Some(ResourceUpdate {
-        new_resources: vec![Resource {
-            id: Some(Id { id: 30 }),
-            kind: Some(resource::Kind {
-                kind: Some(resource::kind::Kind::Other("timer".into())),
-            }),
-            metadata: None,
-            concrete_type: "Sleep".into(),
-            location: None,
-            is_internal: false,
-            parent_resource_id: None,
-        }],
+        new_resources: vec![resource(30, "Sleep", "timer", None)],
         stats_update: HashMap::from([(30, timer(None))]),
         new_poll_ops: Vec::new(),
         dropped_events: 0,
     });
     u1.async_op_update = Some(AsyncOpUpdate {
-        new_async_ops: vec![AsyncOp {
-            id: Some(Id { id: 40 }),
-            metadata: None,
-            source: "Sleep::new_timeout".into(),
-            parent_async_op_id: None,
-            resource_id: Some(Id { id: 30 }),
-        }],
+        new_async_ops: vec![async_op(40, "Sleep::new_timeout", 30)],
         stats_update: HashMap::from([(
             40,
             OpStats {
