@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use awaitscope_wire::{names, CloseKind, Event, Field, SpanId, SpanNew, TreeNode, Value};
 use console_api::instrument::Update;
-use console_api::resources::resource;
+use console_api::resources::{resource, ResourceUpdate, Stats as ResStats};
 
 use super::emit::{
     field_name, id_of, loc_fields, truncated, unix_ns, Spans, Timed, CS_ASYNC_OP, CS_POLL_OP,
@@ -225,7 +225,12 @@ impl Resources {
     }
 
     /// What `u` says of the resources: polls, lock states, closes, and the
-    /// await trees that changed. `tasks`: console task id to span.
+    /// await trees that changed. `tasks`: console task id to span. In
+    /// steps: who obtained each lock ([`Resources::obtained`]), the
+    /// resource polls ([`Resources::polls`]), the locks' states and the
+    /// resources that closed ([`Resources::lock_states`]), the async ops
+    /// that closed ([`Resources::op_closes`]), and what each task awaits
+    /// ([`Resources::trees`]).
     pub(super) fn update(
         &mut self,
         m: &impl Spans,
@@ -234,189 +239,255 @@ impl Resources {
         now: u64,
     ) -> Effects {
         let mut fx = Effects::default();
-        let at = |t: u64| m.rel(t);
-        let mut closes: Vec<(u64, SpanId)> = Vec::new();
-        // Resources closed in this update, and when.
-        let mut res_closed: HashMap<u64, u64> = HashMap::new();
-        // Who got each lock last in this update, and when: the task of an
-        // acquire that obtained the permits it asked for (the semaphore
-        // inside a Mutex or RwLock), or of a ready resource poll.
-        let mut ready_by: HashMap<u64, (u64, u64)> = HashMap::new();
-        if let Some(au) = &u.async_op_update {
-            for (id, s) in &au.stats_update {
-                let task = s.task_id.as_ref().map(|t| t.id);
-                let (resource, task) = match self.ops.get_mut(id) {
-                    Some(op) => {
-                        if task.is_some() {
-                            op.task = task;
-                        }
-                        if s.poll_stats.as_ref().is_some_and(|p| p.polls > 0) {
-                            op.polled = true;
-                        }
-                        (op.resource, op.task)
-                    }
-                    // Closed already, and sent again (see `Gone`).
-                    None => match self.gone_ops.kept(*id) {
-                        Some(resource) => (resource, task),
-                        None => continue,
-                    },
-                };
-                let attr = |name: &str| {
-                    s.attributes.iter().find_map(|a| {
-                        let f = a.field.as_ref()?;
-                        match (field_name(f, None), f.value.as_ref()) {
-                            (Some(n), Some(console_api::field::Value::U64Val(v))) if n == name => {
-                                Some(*v)
-                            }
-                            _ => None,
-                        }
-                    })
-                };
-                let obtained = matches!(
-                    (attr("permits_obtained"), attr("permits_requested")),
-                    (Some(o), Some(r)) if r > 0 && o >= r
-                );
-                if let (true, Some(t)) = (obtained, task) {
-                    let when = s
-                        .poll_stats
-                        .as_ref()
-                        .and_then(|p| p.last_poll_ended.as_ref())
-                        .map_or(now, unix_ns);
-                    let outer = outer_of(&self.res, resource);
-                    if ready_by.get(&outer).is_none_or(|&(_, w)| w <= when) {
-                        ready_by.insert(outer, (t, when));
-                    }
-                }
-            }
-        }
+        let mut ready_by = self.obtained(u, now);
+        let mut res_closed = HashMap::new();
         if let Some(ru) = &u.resource_update {
-            for p in &ru.new_poll_ops {
-                let task = id_of(&p.task_id);
-                let Some(&task_span) = tasks.get(&task) else {
-                    continue;
-                };
-                let op = p.async_op_id.as_ref().and_then(|o| self.ops.get(&o.id));
-                let resource = op.map_or(id_of(&p.resource_id), |o| o.resource);
-                let outer = self.outer(resource);
-                let Some(r) = self.res.get(&outer) else {
-                    continue;
-                };
-                // An op on an internal resource is sent on its outer one.
-                let span = match op {
-                    Some(o) if outer == o.resource => o.span,
-                    _ => r.span,
-                };
-                if p.is_ready {
-                    ready_by.insert(outer, (task, now));
-                }
-                fx.per_task
-                    .entry(task)
-                    .or_default()
-                    .push(Event::Log(Box::new(awaitscope_wire::Log {
-                        callsite: CS_POLL_OP,
-                        span: Some(span),
-                        task: Some(task_span),
-                        ts: at(now),
-                        fields: vec![
-                            Field {
-                                index: 0,
-                                value: Value::Str(truncated(p.name.clone())),
-                            },
-                            Field {
-                                index: 1,
-                                value: Value::Bool(p.is_ready),
-                            },
-                        ],
-                        trace: Vec::new(),
-                    })));
-            }
-            // The permits left of the semaphores inside locks, first: a
-            // Mutex whose semaphore has none left is held, whether or not
-            // its own stats are in this update.
-            let mut ids: Vec<u64> = ru.stats_update.keys().copied().collect();
-            for (id, s) in &ru.stats_update {
-                let Some(p) = permits_of(s) else { continue };
-                if let Some(Res {
-                    internal: true,
-                    parent: Some(outer),
-                    ..
-                }) = self.res.get(id)
-                {
-                    let outer = *outer;
-                    if let Some(o) = self.res.get_mut(&outer) {
-                        o.inner_permits = Some(p);
-                        ids.push(outer);
+            self.polls(m, ru, tasks, now, &mut ready_by, &mut fx);
+            res_closed = self.lock_states(m, ru, tasks, now, &ready_by, &mut fx);
+        }
+        let mut closes: Vec<(u64, SpanId)> = res_closed.values().copied().collect();
+        closes.extend(self.op_closes(u, &res_closed, now));
+        // In time order, and in the order they were made (their span ids)
+        // at the same time: the maps they come from have none.
+        closes.sort_unstable();
+        self.trees(m, tasks, now, &mut fx);
+        for (d, span) in closes {
+            fx.rest.push(Timed::on(
+                THREAD,
+                d,
+                Event::Close {
+                    span,
+                    kind: CloseKind::Span,
+                    ts: m.rel(d),
+                },
+            ));
+        }
+        fx
+    }
+
+    /// Who got each lock last in `u`, and when, by the outer resource: the
+    /// task of an acquire that obtained the permits it asked for (the
+    /// semaphore inside a Mutex or RwLock). Notes each op's task and
+    /// whether it was polled.
+    fn obtained(&mut self, u: &Update, now: u64) -> HashMap<u64, (u64, u64)> {
+        let mut ready_by: HashMap<u64, (u64, u64)> = HashMap::new();
+        let Some(au) = &u.async_op_update else {
+            return ready_by;
+        };
+        for (id, s) in &au.stats_update {
+            let task = s.task_id.as_ref().map(|t| t.id);
+            let (resource, task) = match self.ops.get_mut(id) {
+                Some(op) => {
+                    if task.is_some() {
+                        op.task = task;
                     }
-                }
-            }
-            ids.sort_unstable();
-            ids.dedup();
-            let no_stats = console_api::resources::Stats::default();
-            for id in &ids {
-                let s = ru.stats_update.get(id).unwrap_or(&no_stats);
-                let Some(r) = self.res.get_mut(id) else {
-                    continue;
-                };
-                for a in &s.attributes {
-                    let Some(f) = a.field.as_ref() else { continue };
-                    let (Some(n), Some(console_api::field::Value::BoolVal(b))) =
-                        (field_name(f, None), f.value.as_ref())
-                    else {
-                        continue;
-                    };
-                    if n == names::LOCKED {
-                        r.told = Some((0, *b));
-                    } else if n == names::WRITE_LOCKED {
-                        r.told = Some((1, *b));
+                    if s.poll_stats.as_ref().is_some_and(|p| p.polls > 0) {
+                        op.polled = true;
                     }
+                    (op.resource, op.task)
                 }
-                // console-subscriber sometimes leaves a Mutex's `locked` at
-                // false while the semaphore inside it has no permit left
-                // (seen with two tasks each taking a Mutex at once, at the
-                // program's start): the semaphore is what decides whether
-                // another task can take it. It goes to no permit before the
-                // Mutex says it is held, and back to one before the Mutex
-                // says it is free, so it is never wrong the other way.
-                let locked = if r.mutex && r.inner_permits == Some(0) {
-                    Some((0, true))
-                } else {
-                    r.told
-                };
-                // Sent when the state changed, or when a new holder took it.
-                let holder = ready_by.get(id).map(|h| h.0);
-                let now_locked = locked.map(|l| l.1).or(r.locked);
-                let changed = locked.is_some_and(|l| r.locked != Some(l.1));
-                let retaken = now_locked == Some(true) && holder.is_some();
-                if let (Some((index, b)), true) =
-                    (locked.or(r.locked.map(|b| (0, b))), changed || retaken)
-                {
-                    r.locked = Some(b);
-                    let holder = if b { holder } else { None };
-                    let e = Event::Log(Box::new(awaitscope_wire::Log {
-                        callsite: CS_STATE,
-                        span: Some(r.span),
-                        task: holder.and_then(|t| tasks.get(&t).copied()),
-                        ts: at(now),
-                        fields: vec![Field {
-                            index,
-                            value: Value::Bool(b),
-                        }],
-                        trace: Vec::new(),
-                    }));
-                    match holder {
-                        Some(t) => fx.per_task.entry(t).or_default().push(e),
-                        None => fx.rest.push(Timed::on(THREAD, now, e)),
+                // Closed already, and sent again (see `Gone`).
+                None => match self.gone_ops.kept(*id) {
+                    Some(resource) => (resource, task),
+                    None => continue,
+                },
+            };
+            let attr = |name: &str| {
+                s.attributes.iter().find_map(|a| {
+                    let f = a.field.as_ref()?;
+                    match (field_name(f, None), f.value.as_ref()) {
+                        (Some(n), Some(console_api::field::Value::U64Val(v))) if n == name => {
+                            Some(*v)
+                        }
+                        _ => None,
                     }
-                }
-                if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
-                    closes.push((d, r.span));
-                    res_closed.insert(*id, d);
-                    let created = r.created;
-                    self.res.remove(id);
-                    self.gone_res.remember(*id, created, ());
+                })
+            };
+            let obtained = matches!(
+                (attr("permits_obtained"), attr("permits_requested")),
+                (Some(o), Some(r)) if r > 0 && o >= r
+            );
+            if let (true, Some(t)) = (obtained, task) {
+                let when = s
+                    .poll_stats
+                    .as_ref()
+                    .and_then(|p| p.last_poll_ended.as_ref())
+                    .map_or(now, unix_ns);
+                let outer = outer_of(&self.res, resource);
+                if ready_by.get(&outer).is_none_or(|&(_, w)| w <= when) {
+                    ready_by.insert(outer, (t, when));
                 }
             }
         }
+        ready_by
+    }
+
+    /// The resource polls of `ru`, each within its task's last poll (on
+    /// the outer resource); a ready one makes its task the lock's latest
+    /// holder in `ready_by`.
+    fn polls(
+        &self,
+        m: &impl Spans,
+        ru: &ResourceUpdate,
+        tasks: &HashMap<u64, SpanId>,
+        now: u64,
+        ready_by: &mut HashMap<u64, (u64, u64)>,
+        fx: &mut Effects,
+    ) {
+        for p in &ru.new_poll_ops {
+            let task = id_of(&p.task_id);
+            let Some(&task_span) = tasks.get(&task) else {
+                continue;
+            };
+            let op = p.async_op_id.as_ref().and_then(|o| self.ops.get(&o.id));
+            let resource = op.map_or(id_of(&p.resource_id), |o| o.resource);
+            let outer = self.outer(resource);
+            let Some(r) = self.res.get(&outer) else {
+                continue;
+            };
+            // An op on an internal resource is sent on its outer one.
+            let span = match op {
+                Some(o) if outer == o.resource => o.span,
+                _ => r.span,
+            };
+            if p.is_ready {
+                ready_by.insert(outer, (task, now));
+            }
+            fx.per_task
+                .entry(task)
+                .or_default()
+                .push(Event::Log(Box::new(awaitscope_wire::Log {
+                    callsite: CS_POLL_OP,
+                    span: Some(span),
+                    task: Some(task_span),
+                    ts: m.rel(now),
+                    fields: vec![
+                        Field {
+                            index: 0,
+                            value: Value::Str(truncated(p.name.clone())),
+                        },
+                        Field {
+                            index: 1,
+                            value: Value::Bool(p.is_ready),
+                        },
+                    ],
+                    trace: Vec::new(),
+                })));
+        }
+    }
+
+    /// The lock states `ru` changes, sent with their holders (from
+    /// `ready_by`); returns the resources that closed: console id to
+    /// when, and span.
+    fn lock_states(
+        &mut self,
+        m: &impl Spans,
+        ru: &ResourceUpdate,
+        tasks: &HashMap<u64, SpanId>,
+        now: u64,
+        ready_by: &HashMap<u64, (u64, u64)>,
+        fx: &mut Effects,
+    ) -> HashMap<u64, (u64, SpanId)> {
+        let mut closed = HashMap::new();
+        // The permits left of the semaphores inside locks, first: a Mutex
+        // whose semaphore has none left is held, whether or not its own
+        // stats are in this update.
+        let mut ids: Vec<u64> = ru.stats_update.keys().copied().collect();
+        for (id, s) in &ru.stats_update {
+            let Some(p) = permits_of(s) else { continue };
+            if let Some(Res {
+                internal: true,
+                parent: Some(outer),
+                ..
+            }) = self.res.get(id)
+            {
+                let outer = *outer;
+                if let Some(o) = self.res.get_mut(&outer) {
+                    o.inner_permits = Some(p);
+                    ids.push(outer);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let no_stats = ResStats::default();
+        for id in &ids {
+            let s = ru.stats_update.get(id).unwrap_or(&no_stats);
+            let Some(r) = self.res.get_mut(id) else {
+                continue;
+            };
+            for a in &s.attributes {
+                let Some(f) = a.field.as_ref() else { continue };
+                let (Some(n), Some(console_api::field::Value::BoolVal(b))) =
+                    (field_name(f, None), f.value.as_ref())
+                else {
+                    continue;
+                };
+                if n == names::LOCKED {
+                    r.told = Some((0, *b));
+                } else if n == names::WRITE_LOCKED {
+                    r.told = Some((1, *b));
+                }
+            }
+            // console-subscriber sometimes leaves a Mutex's `locked` at
+            // false while the semaphore inside it has no permit left (seen
+            // with two tasks each taking a Mutex at once, at the program's
+            // start): the semaphore is what decides whether another task
+            // can take it. It goes to no permit before the Mutex says it is
+            // held, and back to one before the Mutex says it is free, so it
+            // is never wrong the other way.
+            let locked = if r.mutex && r.inner_permits == Some(0) {
+                Some((0, true))
+            } else {
+                r.told
+            };
+            // Sent when the state changed, or when a new holder took it.
+            let holder = ready_by.get(id).map(|h| h.0);
+            let now_locked = locked.map(|l| l.1).or(r.locked);
+            let changed = locked.is_some_and(|l| r.locked != Some(l.1));
+            let retaken = now_locked == Some(true) && holder.is_some();
+            if let (Some((index, b)), true) =
+                (locked.or(r.locked.map(|b| (0, b))), changed || retaken)
+            {
+                r.locked = Some(b);
+                let holder = if b { holder } else { None };
+                let e = Event::Log(Box::new(awaitscope_wire::Log {
+                    callsite: CS_STATE,
+                    span: Some(r.span),
+                    task: holder.and_then(|t| tasks.get(&t).copied()),
+                    ts: m.rel(now),
+                    fields: vec![Field {
+                        index,
+                        value: Value::Bool(b),
+                    }],
+                    trace: Vec::new(),
+                }));
+                match holder {
+                    Some(t) => fx.per_task.entry(t).or_default().push(e),
+                    None => fx.rest.push(Timed::on(THREAD, now, e)),
+                }
+            }
+            if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
+                closed.insert(*id, (d, r.span));
+                let created = r.created;
+                self.res.remove(id);
+                self.gone_res.remember(*id, created, ());
+            }
+        }
+        closed
+    }
+
+    /// The async ops that closed in `u` (when, and span): those console
+    /// says ended, and those whose resource is gone (`res_closed`: closed
+    /// in this update), closed with it, since console may never say when
+    /// the op itself ended.
+    fn op_closes(
+        &mut self,
+        u: &Update,
+        res_closed: &HashMap<u64, (u64, SpanId)>,
+        now: u64,
+    ) -> Vec<(u64, SpanId)> {
+        let mut closes = Vec::new();
         if let Some(au) = &u.async_op_update {
             for (id, s) in &au.stats_update {
                 if let Some(d) = s.dropped_at.as_ref().map(unix_ns) {
@@ -427,20 +498,23 @@ impl Resources {
                 }
             }
         }
-        // An op whose resource is gone is gone too, closed with it (console
-        // may never say when the op itself ended).
         let (res, gone) = (&self.res, &mut self.gone_ops);
         self.ops.retain(|id, o| {
             let live = res.contains_key(&o.resource);
             if !live {
                 gone.remember(*id, o.created, o.resource);
-                let d = res_closed.get(&o.resource).copied().unwrap_or(now);
+                let d = res_closed.get(&o.resource).map_or(now, |c| c.0);
                 closes.push((d, o.span));
             }
             live
         });
-        // Await trees: the outermost ops each task awaits, on the outer
-        // resource, ordered by span (creation).
+        closes
+    }
+
+    /// Each task's await tree: the outermost ops it awaits, on the outer
+    /// resource, ordered by span (creation), sent when it changed, with
+    /// the resources the task now waits on and no longer waits on.
+    fn trees(&self, m: &impl Spans, tasks: &HashMap<u64, SpanId>, now: u64, fx: &mut Effects) {
         let mut by_task: HashMap<u64, Vec<(SpanId, SpanId)>> = HashMap::new();
         for o in self.ops.values() {
             let (Some(t), true, false) = (o.task, o.polled, o.nested) else {
@@ -471,64 +545,53 @@ impl Resources {
                 nodes.push(TreeNode { span: o, depth: 1 });
             }
             let sent = m.sent_tree(t).unwrap_or(&[]);
-            if !nodes.iter().map(|n| n.span).eq(sent.iter().copied()) {
-                // The task now waits on the resources of the ops it awaits,
-                // and no longer on those of the ops that are gone (console
-                // sends the resource polls that happen after it was
-                // connected to, not the ones that made the wait).
-                if let Some(&task_span) = tasks.get(&t) {
-                    let was: Vec<SpanId> = sent.iter().step_by(2).copied().collect();
-                    let now_on: Vec<(SpanId, SpanId)> = nodes
-                        .chunks(2)
-                        .filter_map(|c| Some((c.first()?.span, c.get(1)?.span)))
-                        .collect();
-                    let ev = |span, ready| {
-                        Event::Log(Box::new(awaitscope_wire::Log {
-                            callsite: CS_POLL_OP,
-                            span: Some(span),
-                            task: Some(task_span),
-                            ts: at(now),
-                            fields: vec![
-                                Field {
-                                    index: 0,
-                                    value: Value::Str("awaited".into()),
-                                },
-                                Field {
-                                    index: 1,
-                                    value: Value::Bool(ready),
-                                },
-                            ],
-                            trace: Vec::new(),
-                        }))
-                    };
-                    let list = fx.per_task.entry(t).or_default();
-                    for r in was.iter().filter(|r| !now_on.iter().any(|(n, _)| n == *r)) {
-                        list.push(ev(*r, true));
-                    }
-                    for (_, o) in now_on.iter().filter(|(r, _)| !was.contains(r)) {
-                        list.push(ev(*o, false));
-                    }
-                }
-                fx.trees.insert(t, nodes);
+            if nodes.iter().map(|n| n.span).eq(sent.iter().copied()) {
+                continue;
             }
+            // The task now waits on the resources of the ops it awaits,
+            // and no longer on those of the ops that are gone (console
+            // sends the resource polls that happen after it was connected
+            // to, not the ones that made the wait).
+            if let Some(&task_span) = tasks.get(&t) {
+                let was: Vec<SpanId> = sent.iter().step_by(2).copied().collect();
+                let now_on: Vec<(SpanId, SpanId)> = nodes
+                    .chunks(2)
+                    .filter_map(|c| Some((c.first()?.span, c.get(1)?.span)))
+                    .collect();
+                let ev = |span, ready| {
+                    Event::Log(Box::new(awaitscope_wire::Log {
+                        callsite: CS_POLL_OP,
+                        span: Some(span),
+                        task: Some(task_span),
+                        ts: m.rel(now),
+                        fields: vec![
+                            Field {
+                                index: 0,
+                                value: Value::Str("awaited".into()),
+                            },
+                            Field {
+                                index: 1,
+                                value: Value::Bool(ready),
+                            },
+                        ],
+                        trace: Vec::new(),
+                    }))
+                };
+                let list = fx.per_task.entry(t).or_default();
+                for r in was.iter().filter(|r| !now_on.iter().any(|(n, _)| n == *r)) {
+                    list.push(ev(*r, true));
+                }
+                for (_, o) in now_on.iter().filter(|(r, _)| !was.contains(r)) {
+                    list.push(ev(*o, false));
+                }
+            }
+            fx.trees.insert(t, nodes);
         }
-        for (d, span) in closes {
-            fx.rest.push(Timed::on(
-                THREAD,
-                d,
-                Event::Close {
-                    span,
-                    kind: CloseKind::Span,
-                    ts: at(d),
-                },
-            ));
-        }
-        fx
     }
 }
 
 /// The permits left that a resource's statistics tell (a semaphore's).
-fn permits_of(s: &console_api::resources::Stats) -> Option<u64> {
+fn permits_of(s: &ResStats) -> Option<u64> {
     s.attributes.iter().find_map(|a| {
         let f = a.field.as_ref()?;
         match (field_name(f, None), f.value.as_ref()) {
