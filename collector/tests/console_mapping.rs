@@ -624,3 +624,39 @@ fn an_op_whose_resource_closed_is_closed() {
     }
     assert_eq!(when(made[0]), when(made[1]), "closed with its timer");
 }
+
+/// A program whose tasks have all ended, connected to again: console
+/// sends the tasks it retains, and the program is the same. Another
+/// program on the same address (restarted), whose task has the same id
+/// but another creation time, is a new one.
+#[test]
+fn a_program_whose_tasks_all_ended_is_told_from_a_restarted_one() {
+    let done = Stats {
+        dropped_at: Some(ts(T0 + 5 * MS)),
+        ..S {
+            polls: 1,
+            busy: 1,
+            last: (1, 2),
+            wakes: 0,
+            last_wake: None,
+            clones: 0,
+            drops: 0,
+        }
+        .stats()
+    };
+    let mut mapper = Mapper::new("http://127.0.0.1:6669");
+    mapper.update(&update(100, vec![task(1, "once", "task")], vec![(1, done)]));
+    assert_eq!(mapper.live_tasks(), 0);
+    // The same program: its task as console retains it.
+    let again = update(5000, vec![task(1, "once", "task")], vec![(1, done)]);
+    assert!(mapper.same_program(&again));
+    // A program started later on the same address: its first task has
+    // the same id, created 4 s after the first program's.
+    let restarted = Stats {
+        created_at: Some(ts(T0 + 4000 * MS)),
+        dropped_at: None,
+        ..done
+    };
+    let other = update(5000, vec![task(1, "first", "task")], vec![(1, restarted)]);
+    assert!(!mapper.same_program(&other));
+}

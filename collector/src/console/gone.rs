@@ -57,6 +57,11 @@ impl<V: Copy> Gone<V> {
         self.created.get(&id).is_some_and(|c| c.0 == created)
     }
 
+    /// Whether none is remembered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.created.is_empty()
+    }
+
     /// What was kept with entity `id`, if it closed.
     pub(super) fn kept(&self, id: u64) -> Option<V> {
         self.created.get(&id).map(|c| c.1)

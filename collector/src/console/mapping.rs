@@ -122,11 +122,12 @@ impl Mapper {
 
     /// Whether `u`, the first update of a new connection, is of the same
     /// program as the updates before: console sends every live task again
-    /// to a new subscriber, with the ids and creation times it had. A
-    /// program restarted on the same address numbers its tasks from 1
-    /// again, created at other times.
+    /// to a new subscriber, with the ids and creation times it had, and the
+    /// closed ones it retains (an hour by default). A program restarted on
+    /// the same address numbers its tasks from 1 again, created at other
+    /// times. With no task known, live or closed, nothing tells: the same.
     pub fn same_program(&self, u: &Update) -> bool {
-        if self.tasks.is_empty() {
+        if self.tasks.is_empty() && self.gone.is_empty() {
             return self.key.is_some();
         }
         let Some(tu) = u.task_update.as_ref() else {
@@ -134,14 +135,16 @@ impl Mapper {
         };
         tu.new_tasks.iter().any(|n| {
             let id = id_of(&n.id);
-            let created = tu
+            let Some(created) = tu
                 .stats_update
                 .get(&id)
                 .and_then(|s| s.created_at.as_ref())
-                .map(unix_ns);
-            self.tasks
-                .get(&id)
-                .is_some_and(|t| created == Some(t.created))
+                .map(unix_ns)
+            else {
+                return false;
+            };
+            self.tasks.get(&id).is_some_and(|t| t.created == created)
+                || self.gone.closed(id, created)
         })
     }
 
