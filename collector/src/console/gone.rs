@@ -8,7 +8,9 @@
 //! The mapping forgets an entity when it closes; without this memory a
 //! task that completed before the recording started would be made, and
 //! completed, twice (and the report count two tasks), and so would each
-//! closed resource and async op.
+//! closed resource and async op. The tasks remembered also tell, at a
+//! reconnect, the same program (whose closed tasks console sends again)
+//! from another one started on its address (`Mapper::same_program`).
 
 use std::collections::{HashMap, VecDeque};
 
