@@ -14,9 +14,9 @@
 //! ```
 //!
 //! A process's first ingest of a recording is slower than the next: its
-//! model's memory is touched for the first time (on this project's VMs a
-//! third of that ingest's time went to the kernel zeroing fresh pages,
-//! seen in `perf`). A collector that has been running reuses memory it
+//! model's memory is touched for the first time (on this project's VMs
+//! much of it is the kernel zeroing fresh pages: see BENCHMARKS.md). A
+//! collector that has been running reuses memory it
 //! freed: the last two columns ingest each round's recording a second
 //! time, into a new model, as does the second ingest of
 //! `AWAITSCOPE_CVI_INGEST` (`warm`; the first is `cold`).
@@ -147,6 +147,15 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The time to ingest the recording at `path` into a new model (dropped
+/// after).
+fn timed_ingest(path: &std::path::Path) -> Duration {
+    let t0 = Instant::now();
+    let mut model = Model::default();
+    recording::load_files(&mut model, &[path]).expect("recording reads");
+    t0.elapsed()
+}
+
 fn main() {
     if let (Ok(w), Ok(p)) = (std::env::var(CHILD), std::env::var(CHILD_PATH)) {
         return child(&w, std::path::Path::new(&p));
@@ -155,11 +164,7 @@ fn main() {
         let path = std::path::Path::new(&path);
         let events = count_events(path);
         for pass in ["cold", "warm"] {
-            let t0 = Instant::now();
-            let mut model = Model::default();
-            recording::load_files(&mut model, &[path]).expect("recording reads");
-            let ingest = t0.elapsed();
-            drop(model);
+            let ingest = timed_ingest(path);
             println!(
                 "{pass}: {events} events ingested in {:.0} ms: {:.2} M events/s",
                 ingest.as_secs_f64() * 1e3,
@@ -198,11 +203,7 @@ fn main() {
             drop(model);
             // The same recording again, into a new model, with the memory
             // the first one freed (see the module's doc).
-            let t1 = Instant::now();
-            let mut again = Model::default();
-            recording::load_files(&mut again, &[&path]).expect("recording reads");
-            let ingest_warm = t1.elapsed();
-            drop(again);
+            let ingest_warm = timed_ingest(&path);
             events = count_events(&path);
             dropped = report.dropped.total;
             let c = events as f64 / wall.as_secs_f64() / 1e6;

@@ -312,17 +312,11 @@ fn async_op(id: u64, source: &str, resource: u64) -> console_api::async_ops::Asy
     }
 }
 
-/// What console sends a new subscriber of a program that ran before it
-/// connected: its first update has everything console retains (a task
-/// and a timer that closed already included), and its next update has
-/// them all again (console never sent them in an update of its own). Each
-/// is made once, and the model has one task.
-#[test]
-fn what_console_sends_again_after_connecting_is_made_once() {
-    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
-    use console_api::resources::{ResourceUpdate, Stats as ResStats};
-    let done = Stats {
-        dropped_at: Some(ts(T0 + 5 * MS)),
+/// Statistics of a task created at `T0`, polled once for a millisecond,
+/// that ended `end_ms` after `T0`.
+fn ended_at(end_ms: u64) -> Stats {
+    Stats {
+        dropped_at: Some(ts(T0 + end_ms * MS)),
         ..S {
             polls: 1,
             busy: 1,
@@ -333,7 +327,19 @@ fn what_console_sends_again_after_connecting_is_made_once() {
             drops: 0,
         }
         .stats()
-    };
+    }
+}
+
+/// What console sends a new subscriber of a program that ran before it
+/// connected: its first update has everything console retains (a task
+/// and a timer that closed already included), and its next update has
+/// them all again (console never sent them in an update of its own). Each
+/// is made once, and the model has one task.
+#[test]
+fn what_console_sends_again_after_connecting_is_made_once() {
+    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{ResourceUpdate, Stats as ResStats};
+    let done = ended_at(5);
     let timer = resource(30, "Sleep", "timer", None);
     let timer_stats = ResStats {
         created_at: Some(ts(T0 + MS)),
@@ -631,19 +637,7 @@ fn an_op_whose_resource_closed_is_closed() {
 /// but another creation time, is a new one.
 #[test]
 fn a_program_whose_tasks_all_ended_is_told_from_a_restarted_one() {
-    let done = Stats {
-        dropped_at: Some(ts(T0 + 5 * MS)),
-        ..S {
-            polls: 1,
-            busy: 1,
-            last: (1, 2),
-            wakes: 0,
-            last_wake: None,
-            clones: 0,
-            drops: 0,
-        }
-        .stats()
-    };
+    let done = ended_at(5);
     let mut mapper = Mapper::new("http://127.0.0.1:6669");
     mapper.update(&update(100, vec![task(1, "once", "task")], vec![(1, done)]));
     assert_eq!(mapper.live_tasks(), 0);
