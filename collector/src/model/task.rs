@@ -140,15 +140,21 @@ fn value_at(index: usize) -> u64 {
 /// records two). The two counts of an index sit side by side in one
 /// buffer, held in the task itself: with thousands of live tasks, moving
 /// a task's samples into its counts touches one buffer out of the cache
-/// rather than a box and two buffers behind it. The `hdrhistogram`s a
-/// reader gets ([`Task::histograms`]) are made from it: each index's count
-/// recorded at that index's lowest value, so their counts, totals,
-/// percentiles, means, mins and maxes (all told by index) are those of
-/// recording each value.
+/// rather than a box and two buffers behind it. The counts are 16 bits
+/// wide, so that a cache line holds a whole bucket of both (the lines
+/// sixteen samples land on, out of the cache, are what moving them
+/// costs); each time one wraps, its index's carry counts the 65,536 it
+/// lost. The `hdrhistogram`s a reader gets ([`Task::histograms`]) are
+/// made from it: each index's count recorded at that index's lowest
+/// value, so their counts, totals, percentiles, means, mins and maxes
+/// (all told by index) are those of recording each value.
 #[derive(Clone, Debug, Default)]
 struct TaskCounts {
-    /// `[poll, scheduled]` counts at each index.
-    at: Vec<[u32; 2]>,
+    /// `[poll, scheduled]` counts at each index, modulo 2^16.
+    at: Vec<[u16; 2]>,
+    /// `[poll, scheduled]` wraps of `at`'s counts at each index (empty
+    /// until one wraps: most tasks never count 65,536 at one index).
+    carry: Vec<[u32; 2]>,
 }
 
 /// A [`TaskCounts`] pair's poll time count.
@@ -161,9 +167,13 @@ impl TaskCounts {
     #[inline]
     fn record(&mut self, kind: usize, us: u64) {
         let i = index_of(us);
-        // As `hdrhistogram`'s counts: saturating.
         match self.at.get_mut(i) {
-            Some(n) => n[kind] = n[kind].saturating_add(1),
+            Some(n) => {
+                n[kind] = n[kind].wrapping_add(1);
+                if n[kind] == 0 {
+                    self.wrapped(kind, i);
+                }
+            }
             None => self.record_past_end(kind, i),
         }
     }
@@ -176,11 +186,46 @@ impl TaskCounts {
         self.at[i][kind] = 1;
     }
 
+    /// The count of `kind` at `i` wrapped to 0: 65,536 more in its carry.
+    #[cold]
+    #[inline(never)]
+    fn wrapped(&mut self, kind: usize, i: usize) {
+        if i >= self.carry.len() {
+            self.carry.resize(i + 1, [0, 0]);
+        }
+        self.carry[i][kind] = self.carry[i][kind].saturating_add(1);
+    }
+
+    /// The count of `kind` at `i`: as `hdrhistogram`'s, saturating at
+    /// `u32::MAX`.
+    fn count(&self, kind: usize, i: usize) -> u32 {
+        let carry = self.carry.get(i).map_or(0, |c| u64::from(c[kind]));
+        let n = (carry << 16) + u64::from(self.at[i][kind]);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Adds `n` to the count of `kind` at `i`.
+    fn add(&mut self, kind: usize, i: usize, n: u32) {
+        if i >= self.at.len() {
+            self.at.resize(i + 1, [0, 0]);
+        }
+        let total = u64::from(self.at[i][kind]) + u64::from(n);
+        self.at[i][kind] = total as u16;
+        let wraps = (total >> 16) as u32;
+        if wraps > 0 {
+            if i >= self.carry.len() {
+                self.carry.resize(i + 1, [0, 0]);
+            }
+            self.carry[i][kind] = self.carry[i][kind].saturating_add(wraps);
+        }
+    }
+
     /// Adds the counts of `kind` to `h` (one of [`Histograms`]).
     fn fold_into(&self, kind: usize, h: &mut Histogram<u32>) {
-        for (i, n) in self.at.iter().enumerate() {
-            if n[kind] > 0 {
-                record_n_us(h, value_at(i), n[kind]);
+        for i in 0..self.at.len() {
+            let n = self.count(kind, i);
+            if n > 0 {
+                record_n_us(h, value_at(i), n);
             }
         }
     }
@@ -190,10 +235,7 @@ impl TaskCounts {
     fn add_histogram(&mut self, kind: usize, h: &Histogram<u32>) {
         for v in h.iter_recorded() {
             let i = index_of(v.value_iterated_to());
-            if i >= self.at.len() {
-                self.at.resize(i + 1, [0, 0]);
-            }
-            self.at[i][kind] = self.at[i][kind].saturating_add(v.count_at_value());
+            self.add(kind, i, v.count_at_value());
         }
     }
 }
@@ -883,6 +925,50 @@ mod tests {
         t.record_poll(7_000);
         record_us(&mut given.poll_us, 7_000);
         assert_eq!(t.histograms().expect("restored").poll_us, given.poll_us);
+    }
+
+    /// A count past what 16 bits hold is kept whole: recorded one by one
+    /// across several wraps, added from a restored histogram, and both
+    /// together, beside a count of the other kind at the same index.
+    #[test]
+    fn counts_past_sixteen_bits_are_kept_whole() {
+        let n: u32 = 3 * 65_536 + 17;
+        let mut counts = TaskCounts::default();
+        for _ in 0..n {
+            counts.record(POLL, 40);
+        }
+        counts.record(SCHED, 40);
+        let mut poll = Histograms::new().poll_us;
+        counts.fold_into(POLL, &mut poll);
+        assert_eq!(poll.count_at(40), n);
+        assert_eq!(poll.len(), u64::from(n));
+        let mut sched = Histograms::new().scheduled_us;
+        counts.fold_into(SCHED, &mut sched);
+        assert_eq!(sched.count_at(40), 1);
+
+        let mut given = Histograms::new();
+        record_n_us(&mut given.poll_us, 40, 70_000);
+        record_n_us(&mut given.poll_us, 900, 65_535);
+        let mut t = Task::new(SpanId(1), 0, 0);
+        t.set_histograms(Some(given));
+        t.record_poll(40_000);
+        t.record_poll(900_000);
+        let h = t.histograms().expect("restored").poll_us.clone();
+        assert_eq!(h.count_at(40), 70_001);
+        assert_eq!(h.count_at(900), 65_536);
+    }
+
+    /// As `hdrhistogram`'s own, a count saturates at `u32::MAX` rather
+    /// than wrapping.
+    #[test]
+    fn a_count_saturates_at_u32_max() {
+        let mut counts = TaskCounts::default();
+        counts.add(POLL, index_of(5), u32::MAX);
+        counts.add(POLL, index_of(5), u32::MAX);
+        counts.record(POLL, 5);
+        let mut poll = Histograms::new().poll_us;
+        counts.fold_into(POLL, &mut poll);
+        assert_eq!(poll.count_at(5), u32::MAX);
     }
 }
 
