@@ -41,6 +41,7 @@ pub mod task;
 mod task_apply;
 pub mod timer;
 mod warm;
+pub mod woken_by;
 
 pub use change::{Change, ChangeKind};
 pub use labels::{shown, task_label};

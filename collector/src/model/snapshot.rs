@@ -584,7 +584,7 @@ impl TaskSnap {
                 .map(|h| (buckets(&h.poll_us), buckets(&h.scheduled_us))),
             wakes: t.wakes,
             self_wakes: t.self_wakes,
-            woken_by: t.woken_by.clone(),
+            woken_by: t.woken_by.to_vec(),
             wakers_alive: t.wakers_alive,
             woken_since_poll: t.woken_since_poll,
             woken_during_poll: t.woken_during_poll,
@@ -651,7 +651,7 @@ impl TaskSnap {
         }));
         t.wakes = self.wakes;
         t.self_wakes = self.self_wakes;
-        t.woken_by = self.woken_by.clone();
+        t.woken_by = self.woken_by.clone().into();
         t.wakers_alive = self.wakers_alive;
         t.woken_since_poll = self.woken_since_poll;
         t.woken_during_poll = self.woken_during_poll;

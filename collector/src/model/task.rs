@@ -10,8 +10,8 @@ use super::await_tree::AwaitTree;
 use super::span::Location;
 use super::stall::PollStall;
 
-/// Most wakers remembered per task in [`Task::woken_by`].
-pub const WOKEN_BY: usize = 8;
+use super::woken_by::WokenBy;
+pub use super::woken_by::WOKEN_BY;
 
 /// State of a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -309,7 +309,7 @@ pub struct Task {
     pub scheduled_since: Option<u64>,
     /// Who woke it: the tasks (none: outside any task) and how often, most
     /// frequent first, at most [`WOKEN_BY`].
-    pub woken_by: Vec<(Option<SpanId>, u64)>,
+    pub woken_by: WokenBy,
     /// Where the task is in its life: running, scheduled or idle while it
     /// lives, then how it ended ([`TaskState::is_closed`]).
     pub state: TaskState,
@@ -418,7 +418,7 @@ pub(crate) struct TaskAllocs {
     pub(crate) kind: Option<String>,
     pub(crate) location: Option<Location>,
     /// Emptied when it is reused.
-    pub(crate) woken_by: Vec<(Option<SpanId>, u64)>,
+    pub(crate) woken_by: WokenBy,
 }
 
 impl TaskAllocs {
@@ -464,7 +464,7 @@ impl Task {
             samples: Samples::default(),
             wakes: 0,
             self_wakes: 0,
-            woken_by: Vec::new(),
+            woken_by: WokenBy::default(),
             wakers_alive: 0,
             woken_since_poll: true,
             woken_during_poll: false,

@@ -6,7 +6,7 @@ use awaitscope_wire::{names, Callsite, SpanId, WakeOp};
 
 use super::await_tree::AwaitTree;
 use super::span::{self, Location};
-use super::task::{PendingPoll, Task, TaskState, WOKEN_BY};
+use super::task::{PendingPoll, Task, TaskState};
 
 /// The span that identifies what a task waits on: its await point as far
 /// as the tree tells at the poll's end (no resource node itself, see
@@ -72,23 +72,6 @@ fn put_str(s: &mut Option<String>, v: Option<&str>) {
     *s = v.map(str::to_string);
 }
 
-/// Counts who woke `t`, keeping the most frequent wakers (bounded).
-#[inline]
-fn note_waker(t: &mut Task, by: Option<SpanId>) {
-    if let Some(i) = t.woken_by.iter().position(|(w, _)| *w == by) {
-        t.woken_by[i].1 += 1;
-        // Keep the most frequent first (one step per wake suffices).
-        if i > 0 && t.woken_by[i].1 > t.woken_by[i - 1].1 {
-            t.woken_by.swap(i, i - 1);
-        }
-    } else if t.woken_by.len() < WOKEN_BY {
-        t.woken_by.push((by, 1));
-    } else if let Some(last) = t.woken_by.last_mut() {
-        // Full: the rarest waker gives way to the newest.
-        *last = (by, 1);
-    }
-}
-
 /// A waker of `t` was used (`op`) at `ts`, by task `by` if any.
 #[inline(always)]
 pub(super) fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
@@ -112,7 +95,7 @@ pub(super) fn wake(t: &mut Task, op: WakeOp, by: Option<SpanId>, ts: u64) {
     if by == Some(t.id) {
         t.self_wakes += 1;
     }
-    note_waker(t, by);
+    t.woken_by.note(by);
     t.woken_since_poll = true;
     if t.poll_start.is_some() {
         t.woken_during_poll = true;
@@ -254,7 +237,10 @@ mod woken_by_tests {
         let m = s.model();
         let p = m.processes().next().unwrap();
         let w = &p.tasks[&waiter];
-        assert_eq!(w.woken_by, vec![(Some(b), 3), (Some(a), 1), (None, 1)]);
+        assert_eq!(
+            w.woken_by.to_vec(),
+            vec![(Some(b), 3), (Some(a), 1), (None, 1)]
+        );
     }
 }
 
@@ -386,7 +372,7 @@ mod field_tests {
             t.location.as_ref().map(|l| (l.file.as_str(), l.col)),
             Some(("tokio/src/lib.rs", None))
         );
-        assert_eq!(t.woken_by, vec![(None, 1)]);
+        assert_eq!(t.woken_by.to_vec(), vec![(None, 1)]);
         assert_eq!(t.woken_by, want.woken_by);
     }
 }

@@ -39,10 +39,9 @@ impl Process {
                 _ => continue,
             };
             if let Some(t) = self.tasks.get(id) {
-                // The fields a poll and a wake use, not the whole task.
+                // The fields a poll and a wake use (its most frequent
+                // waker among them), not the whole task.
                 prefetch(t, HOT_END);
-                // The most frequent wakers, looked at first.
-                prefetch(t.woken_by.as_ptr(), 1);
             }
         }
     }
