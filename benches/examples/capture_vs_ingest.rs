@@ -1,9 +1,11 @@
 //! Is the collector ever the bottleneck? For two workloads, the rate at
 //! which the capture layer produces wire events (2 runtime workers flat
 //! out, recording to a file) against the rate at which the collector
-//! ingests that same recording on one core (decoded and applied to the
-//! model, detectors run; the JSON report's time is shown apart), the capture
-//! in a child process per round, the ingest in this one:
+//! ingests that same recording as `awaitscope report` reads one (decoded
+//! on a thread of its own, a few frames ahead of the one applying them to
+//! the model, detectors run, as a live collector splits the work between
+//! its connections and its model; the JSON report's time is shown apart),
+//! the capture in a child process per round, the ingest in this one:
 //!
 //! ```sh
 //! cargo run --release -p awaitscope-benches --example capture_vs_ingest
@@ -180,7 +182,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     println!(
         "| workload | events | dropped by the producer | capture (M events/s, 2 workers) | \
-         ingest (M events/s, 1 core) | ingest / capture | ingest + JSON report (ms) | \
+         ingest (M events/s, decoding beside applying) | ingest / capture | ingest + JSON report (ms) | \
          ingest again, warm (M events/s) | warm / capture |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");

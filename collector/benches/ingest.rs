@@ -1,7 +1,8 @@
 //! Benchmarks of the collector (issue #4):
 //!
 //! * `ingest`: events per second decoded from bytes and applied to the model
-//!   (one core), for a churn of short tasks and for polls of 10,000 live
+//!   as `recording::load_reader` does it (decoded on a thread of its own, a
+//!   few frames ahead of the model), for a churn of short tasks and for polls of 10,000 live
 //!   tasks with mutex traffic, each as version-1 producers sent them
 //!   (`Enter`/`Exit` pairs) and as version-2 producers send them
 //!   (`_v2`: whole polls as one `Event::Poll`, `PollEnd` with the live
@@ -231,7 +232,7 @@ fn decode(c: &mut Criterion) {
                     if let awaitscope_wire::Body::Events(ev) = &f.body {
                         n += ev.len();
                     }
-                    // As `recording::load_reader` does.
+                    // As `recording::load_reader`'s decoding thread does.
                     awaitscope_wire::recycle(f);
                 }
                 n

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeSet;
 
-use awaitscope_wire::{DecodeError, FrameReader, ProcessKey};
+use awaitscope_wire::{DecodeError, Frame, FrameReader, ProcessKey};
 
 use crate::report::InputReport;
 use crate::units::{fmt_ns_brief, iso8601};
@@ -142,32 +142,126 @@ pub fn warn_unended(model: &mut Model, inputs: &[InputReport]) {
     }
 }
 
+/// Frames decoded ahead of the one being applied, at most (each at most
+/// `limits::MAX_BATCH` events): enough that the decoding thread rarely
+/// waits for the model, few enough to bound what they hold.
+const DECODED_AHEAD: usize = 4;
+
+/// What the decoding thread hands over: a frame (`None` at the end, or why
+/// no more could be read) and the reader's offsets before and after it.
+struct Decoded {
+    frame: Result<Option<Frame>, DecodeError>,
+    before: u64,
+    after: u64,
+}
+
 /// Reads one recording from `reader` into `model`. Errors only when the
 /// header is not a valid one; later problems are reported in the result
 /// and as model warnings.
-pub fn load_reader<R: Read>(
+///
+/// The frames are decoded on a thread of their own, a few ahead of the
+/// model, which applies them here, in order: decoding is a large part of
+/// reading a recording, and a collector serving live programs splits the
+/// work the same way (each connection decodes its frames beside the task
+/// applying them). Where no thread can be started, this one does both
+/// ([`apply_here`]); what is read is the same either way.
+pub fn load_reader<R: Read + Send>(
     model: &mut Model,
     name: &str,
     reader: R,
 ) -> Result<InputReport, DecodeError> {
     let mut frames = FrameReader::new(reader)?;
+    let piped = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Decoded>(DECODED_AHEAD);
+        // Applied frames go back to the decoding thread: their event
+        // vectors hold its next frames' events.
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Frame>();
+        let frames = &mut frames;
+        let decoder = std::thread::Builder::new()
+            .name("awaitscope-decode".into())
+            .spawn_scoped(s, move || decode_ahead(frames, &tx, &back_rx));
+        decoder.ok().map(|_| {
+            apply_frames(
+                model,
+                name,
+                || rx.recv().ok(),
+                // The decoder gone (it stopped at the end or an error):
+                // the frame is merely dropped.
+                |f| drop(back_tx.send(f)),
+            )
+        })
+    });
+    Ok(piped.unwrap_or_else(|| apply_here(model, name, &mut frames)))
+}
+
+/// Decodes and applies `frames` on this thread, one after the other.
+fn apply_here<R: Read>(model: &mut Model, name: &str, frames: &mut FrameReader<R>) -> InputReport {
+    apply_frames(
+        model,
+        name,
+        || Some(decode_one(frames)),
+        awaitscope_wire::recycle,
+    )
+}
+
+/// The next frame of `frames`, with its offsets.
+fn decode_one<R: Read>(frames: &mut FrameReader<R>) -> Decoded {
+    let before = frames.offset();
+    let frame = frames.next_frame();
+    Decoded {
+        frame,
+        before,
+        after: frames.offset(),
+    }
+}
+
+/// Decodes `frames` into `tx` until its end, an error, or the receiver
+/// gone, reusing the event vectors of the frames sent back on `back`.
+fn decode_ahead<R: Read>(
+    frames: &mut FrameReader<R>,
+    tx: &std::sync::mpsc::SyncSender<Decoded>,
+    back: &std::sync::mpsc::Receiver<Frame>,
+) {
+    loop {
+        while let Ok(f) = back.try_recv() {
+            awaitscope_wire::recycle(f);
+        }
+        let d = decode_one(frames);
+        let last = !matches!(d.frame, Ok(Some(_)));
+        if tx.send(d).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Applies the frames `next` gives to `model` until the end or an error,
+/// handing each applied frame to `done`; what was read is reported.
+fn apply_frames(
+    model: &mut Model,
+    name: &str,
+    mut next: impl FnMut() -> Option<Decoded>,
+    mut done: impl FnMut(Frame),
+) -> InputReport {
     let mut rep = InputReport {
         path: name.to_string(),
         ..InputReport::default()
     };
     let mut last: Option<ProcessKey> = None;
     let mut seen: BTreeSet<ProcessKey> = BTreeSet::new();
-    loop {
-        let before = frames.offset();
-        match frames.next_frame() {
+    while let Some(Decoded {
+        frame,
+        before,
+        after,
+    }) = next()
+    {
+        match frame {
             Ok(Some(f)) => {
                 rep.frames += 1;
-                rep.bytes += frames.offset() - before;
+                rep.bytes += after - before;
                 last = Some(f.process);
                 seen.insert(f.process);
                 model.apply(&f);
-                // Its event vector holds the next frame's events.
-                awaitscope_wire::recycle(f);
+                done(f);
             }
             Ok(None) => break,
             Err(e) => {
@@ -197,5 +291,68 @@ pub fn load_reader<R: Read>(
         model.disconnected(k, true);
     }
     rep.processes = seen.into_iter().collect();
-    Ok(rep)
+    rep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{StreamBuilder, TaskOpts};
+    use crate::Report;
+
+    /// A recording of `tasks` tasks polled and ended (over enough frames
+    /// that several are decoded ahead).
+    fn recording(tasks: u64) -> Vec<u8> {
+        let mut b = StreamBuilder::new(7, 0);
+        b.hello("piped", None, false);
+        b.thread(0);
+        for i in 0..tasks {
+            let t = b.spawn(&TaskOpts::named("t"), None, 10 * i + 1);
+            b.poll(t, 10 * i + 2, 10 * i + 3);
+            b.close(t, awaitscope_wire::CloseKind::Completed, 10 * i + 4);
+            b.flush();
+        }
+        b.goodbye();
+        b.recording()
+    }
+
+    /// What reading `bytes` both ways gives: the input's report, the model's
+    /// JSON report and warnings.
+    fn read_both(bytes: &[u8]) -> [(String, String, Vec<String>); 2] {
+        let piped = {
+            let mut m = Model::default();
+            let rep = load_reader(&mut m, "r", bytes).expect("a recording");
+            m.finish();
+            (rep, m)
+        };
+        let here = {
+            let mut m = Model::default();
+            let mut frames = FrameReader::new(bytes).expect("a recording");
+            let rep = apply_here(&mut m, "r", &mut frames);
+            m.finish();
+            (rep, m)
+        };
+        [piped, here].map(|(rep, m)| {
+            let report = serde_json::to_string(&Report::from_model(&m)).expect("json");
+            (format!("{rep:?}"), report, m.warnings.clone())
+        })
+    }
+
+    /// Decoding on its own thread reads what one thread reads: a whole
+    /// recording, one cut inside a frame, and one with garbage after its
+    /// good frames give the same input reports, model and warnings.
+    #[test]
+    fn decoding_ahead_reads_what_one_thread_reads() {
+        let whole = recording(200);
+        let cut = whole[..whole.len() * 2 / 3].to_vec();
+        let mut garbage = whole[..whole.len() / 2].to_vec();
+        garbage.extend([0xff; 64]);
+        for (what, bytes) in [("whole", whole), ("cut", cut), ("garbage", garbage)] {
+            let [piped, here] = read_both(&bytes);
+            assert_eq!(piped, here, "{what}");
+            assert!(piped.0.contains("frames: "), "{what}: {}", piped.0);
+        }
+        let [piped, _] = read_both(&recording(200));
+        assert!(piped.0.contains("frames: 202"), "{}", piped.0);
+    }
 }
