@@ -190,10 +190,16 @@ impl TaskCounts {
     #[cold]
     #[inline(never)]
     fn wrapped(&mut self, kind: usize, i: usize) {
+        let c = self.carry_at(i);
+        c[kind] = c[kind].saturating_add(1);
+    }
+
+    /// The carries at `i` (the carries grow to it).
+    fn carry_at(&mut self, i: usize) -> &mut [u32; 2] {
         if i >= self.carry.len() {
             self.carry.resize(i + 1, [0, 0]);
         }
-        self.carry[i][kind] = self.carry[i][kind].saturating_add(1);
+        &mut self.carry[i]
     }
 
     /// The count of `kind` at `i`: as `hdrhistogram`'s, saturating at
@@ -213,10 +219,8 @@ impl TaskCounts {
         self.at[i][kind] = total as u16;
         let wraps = (total >> 16) as u32;
         if wraps > 0 {
-            if i >= self.carry.len() {
-                self.carry.resize(i + 1, [0, 0]);
-            }
-            self.carry[i][kind] = self.carry[i][kind].saturating_add(wraps);
+            let c = self.carry_at(i);
+            c[kind] = c[kind].saturating_add(wraps);
         }
     }
 
