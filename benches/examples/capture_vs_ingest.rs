@@ -7,6 +7,13 @@
 //! its connections and its model; the JSON report's time is shown apart),
 //! the capture in a child process per round, the ingest in this one:
 //!
+//! The last two columns are the live collector's: an `awaitscope serve`
+//! in this process (its defaults, but a memory budget the whole recording
+//! fits in, so that the time is the ingest's and nothing is dropped), sent
+//! the recording over loopback as fast as the socket takes it, timed from
+//! the connection to its last event applied. Its connection decodes the
+//! frames and one thread applies them, on a runtime of 2 workers.
+//!
 //! ```sh
 //! cargo run --release -p awaitscope-benches --example capture_vs_ingest
 //! #   AWAITSCOPE_BENCH_ROUNDS=5   rounds per workload (medians are printed)
@@ -149,6 +156,58 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The live server's memory budget in [`timed_live_ingest`]: room for the
+/// largest recording here, decoded, in its ingest queue.
+const LIVE_BUDGET: usize = 1 << 30;
+
+/// The time a collector serving on loopback takes to ingest the recording
+/// at `path`, sent to it over TCP as a program streams (its `Hello`, its
+/// frames, its `Goodbye`): from the connection to the `Goodbye` applied,
+/// which comes last. Panics if the server dropped any of it (the time
+/// would not be the ingest's).
+fn timed_live_ingest(path: &std::path::Path) -> Duration {
+    use awaitscope_collector::ingest::server::{Server, ServerConfig};
+    use tokio::io::AsyncWriteExt;
+    let bytes = std::fs::read(path).expect("recording");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let cfg = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            memory_budget: LIVE_BUDGET,
+            ..ServerConfig::default()
+        };
+        let server = Server::bind(cfg).await.expect("server binds");
+        let addr = server.local_addr();
+        let h = server.handle();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        let t0 = Instant::now();
+        let mut conn = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        conn.write_all(&bytes).await.expect("sends");
+        conn.shutdown().await.expect("ends its stream");
+        while !h.with_model(|m| m.processes().any(|p| p.ended)) {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        let took = t0.elapsed();
+        let dropped = h
+            .stats()
+            .dropped_events
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(dropped, 0, "the live collector dropped events");
+        let _ = stop.send(());
+        run.await.expect("server ends");
+        took
+    })
+}
+
 /// The time to ingest the recording at `path` into a new model (dropped
 /// after).
 fn timed_ingest(path: &std::path::Path) -> Duration {
@@ -165,8 +224,11 @@ fn main() {
     if let Ok(path) = std::env::var("AWAITSCOPE_CVI_INGEST") {
         let path = std::path::Path::new(&path);
         let events = count_events(path);
-        for pass in ["cold", "warm"] {
-            let ingest = timed_ingest(path);
+        for pass in ["cold", "warm", "live"] {
+            let ingest = match pass {
+                "live" => timed_live_ingest(path),
+                _ => timed_ingest(path),
+            };
             println!(
                 "{pass}: {events} events ingested in {:.0} ms: {:.2} M events/s",
                 ingest.as_secs_f64() * 1e3,
@@ -183,13 +245,15 @@ fn main() {
     println!(
         "| workload | events | dropped by the producer | capture (M events/s, 2 workers) | \
          ingest (M events/s, decoding beside applying) | ingest / capture | ingest + JSON report (ms) | \
-         ingest again, warm (M events/s) | warm / capture |"
+         ingest again, warm (M events/s) | warm / capture | live, `serve` on loopback (M events/s) | \
+         live / capture |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for workload in ["polls", "churn"] {
         let (mut cap, mut ing, mut rep, mut ratio) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut warm, mut warm_ratio) = (Vec::new(), Vec::new());
+        let (mut live, mut live_ratio) = (Vec::new(), Vec::new());
         let (mut events, mut dropped) = (0, 0);
         for round in 0..rounds {
             let path = dir.path().join(format!("{workload}-{round}.aws"));
@@ -206,6 +270,7 @@ fn main() {
             // The same recording again, into a new model, with the memory
             // the first one freed (see the module's doc).
             let ingest_warm = timed_ingest(&path);
+            let ingest_live = timed_live_ingest(&path);
             events = count_events(&path);
             dropped = report.dropped.total;
             let c = events as f64 / wall.as_secs_f64() / 1e6;
@@ -217,16 +282,21 @@ fn main() {
             let w = events as f64 / ingest_warm.as_secs_f64() / 1e6;
             warm.push(w);
             warm_ratio.push(w / c);
+            let l = events as f64 / ingest_live.as_secs_f64() / 1e6;
+            live.push(l);
+            live_ratio.push(l / c);
             let _ = std::fs::remove_file(&path);
         }
         println!(
-            "| {workload} | {events} | {dropped} | {:.2} | {:.2} | {:.2}x | {:.0} | {:.2} | {:.2}x |",
+            "| {workload} | {events} | {dropped} | {:.2} | {:.2} | {:.2}x | {:.0} | {:.2} | {:.2}x | {:.2} | {:.2}x |",
             median(&mut cap),
             median(&mut ing),
             median(&mut ratio),
             median(&mut rep),
             median(&mut warm),
-            median(&mut warm_ratio)
+            median(&mut warm_ratio),
+            median(&mut live),
+            median(&mut live_ratio)
         );
     }
 }
