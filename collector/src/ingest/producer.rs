@@ -21,7 +21,7 @@ use super::admission::{token_ok, Kind, Slot};
 use super::budget::{frame_cost, Share};
 use super::connection::{ReadBuf, Refusal, MAX_HELLO_FRAME};
 use super::record_dir;
-use super::state::{lock, Input, ServerState};
+use super::state::{lock, GiveBack, Input, ServerState};
 
 /// Most bytes a producer's buffer holds: one frame at the cap, and a read.
 const MAX_BUFFER: usize = awaitscope_wire::MAX_FRAME_LEN + 4 + 64 * 1024;
@@ -34,6 +34,11 @@ struct Conn {
     pending_callsites: Vec<Event>,
     recorder: Option<BufWriter<tokio::fs::File>>,
     record_path: Option<PathBuf>,
+    /// Where the model's task gives this connection's applied frames back,
+    /// and where they come back: their memory holds the next frames'
+    /// events.
+    give_back: GiveBack,
+    given_back: std::sync::mpsc::Receiver<Frame>,
 }
 
 pub(crate) async fn producer_connection(
@@ -45,6 +50,7 @@ pub(crate) async fn producer_connection(
     handshake_deadline: Instant,
     slot: &Slot,
 ) {
+    let (give_back, given_back) = std::sync::mpsc::channel();
     let mut conn = Conn {
         key: None,
         clean: false,
@@ -52,6 +58,8 @@ pub(crate) async fn producer_connection(
         pending_callsites: Vec::new(),
         recorder: None,
         record_path: None,
+        give_back,
+        given_back,
     };
     let result = tokio::select! {
         r = serve_conn(state, tx, &stream, peer, &mut conn, rb, handshake_deadline, slot) => r,
@@ -127,6 +135,11 @@ async fn serve_conn(
             }
         }
         if have_preamble {
+            // The frames the model applied since: the ones decoded next
+            // reuse their memory.
+            while let Ok(f) = conn.given_back.try_recv() {
+                awaitscope_wire::recycle(f);
+            }
             loop {
                 let rest = &rb.buf[pos..];
                 if conn.key.is_none() && rest.len() >= 4 {
@@ -280,12 +293,15 @@ async fn handle_frame(
             }
             // Queued only with room in the budget and the queue; dropped
             // (and counted) otherwise, never waited for.
+            let back = Some(conn.give_back.clone());
             let sent = match state.budget.reserve(Share::Ingest, cost) {
-                Some(res) => tx.try_send(Input::Frame(frame, res)).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(Input::Frame(f, _)) => Some(f),
-                    // Shutting down: not a drop.
-                    _ => None,
-                }),
+                Some(res) => tx
+                    .try_send(Input::Frame(frame, res, back))
+                    .map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(Input::Frame(f, ..)) => Some(f),
+                        // Shutting down: not a drop.
+                        _ => None,
+                    }),
                 None => Err(Some(frame)),
             };
             if let Err(Some(f)) = sent {
@@ -309,16 +325,16 @@ async fn handle_frame(
         Body::Goodbye => {
             conn.clean = true;
             let _ = tx
-                .send(Input::Frame(frame, state.budget.empty(Share::Ingest)))
+                .send(Input::Frame(frame, state.budget.empty(Share::Ingest), None))
                 .await;
         }
         // Cumulative: the next one carries it if this one does not fit.
         Body::Dropped(_) => {
-            let _ = tx.try_send(Input::Frame(frame, state.budget.empty(Share::Ingest)));
+            let _ = tx.try_send(Input::Frame(frame, state.budget.empty(Share::Ingest), None));
         }
         Body::Hello(_) => {
             let _ = tx
-                .send(Input::Frame(frame, state.budget.empty(Share::Ingest)))
+                .send(Input::Frame(frame, state.budget.empty(Share::Ingest), None))
                 .await;
         }
     }

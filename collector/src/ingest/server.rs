@@ -201,7 +201,7 @@ impl Server {
                 let mut m = lock(&applier.model);
                 for input in &batch {
                     match input {
-                        Input::Frame(f, _) => {
+                        Input::Frame(f, ..) => {
                             m.apply_live(f, wall);
                             if let Some(tap) = &applier.cfg.frame_tap {
                                 applier.tap(tap, f);
@@ -215,7 +215,14 @@ impl Server {
                 }
                 applier.forward(&batch, &mut encoded);
                 drop(m);
-                batch.clear();
+                for input in batch.drain(..) {
+                    if let Input::Frame(f, held, Some(back)) = input {
+                        drop(held);
+                        // A connection gone takes no frames back: this
+                        // one is merely dropped.
+                        let _ = back.send(f);
+                    }
+                }
             }
         });
         let scanner = state.clone();

@@ -192,11 +192,20 @@ impl ServerStats {
     }
 }
 
+/// Where the task applying frames gives an applied frame back to the
+/// connection that decoded it. A frame's events are decoded into the
+/// vectors and boxes of frames given back (`awaitscope_wire::recycle`):
+/// memory allocated by a connection is reused by it, not freed by the
+/// applying thread while the connection allocates anew.
+pub(crate) type GiveBack = std::sync::mpsc::Sender<Frame>;
+
 /// What connections hand to the task that applies frames to the model.
 pub(crate) enum Input {
-    /// A frame, and its memory held against the budget until applied
-    /// (given back when the input is dropped).
-    Frame(Frame, #[allow(dead_code)] Reservation),
+    /// A frame, its memory held against the budget until applied (given
+    /// back when the input is dropped), and where to give the frame back
+    /// once applied: its connection, which decodes its next frames into
+    /// the memory of this one.
+    Frame(Frame, #[allow(dead_code)] Reservation, Option<GiveBack>),
     /// A producer's connection ended.
     Disconnected { key: ProcessKey, clean: bool },
 }
@@ -295,7 +304,7 @@ pub(crate) fn encode_inputs(batch: &[Input]) -> Vec<Option<Outgoing>> {
     batch
         .iter()
         .map(|i| match i {
-            Input::Frame(f, _) => Outgoing::frame(f),
+            Input::Frame(f, ..) => Outgoing::frame(f),
             Input::Disconnected { key, clean } => Some(Outgoing::control(
                 &viewer::Control::Disconnected {
                     process: *key,
