@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use awaitscope_collector::ingest::budget::Share;
 use awaitscope_collector::ingest::recording;
 use awaitscope_collector::ingest::server::{ServeError, Server, ServerConfig};
 use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
@@ -409,6 +410,30 @@ async fn full_queue_drops_are_counted() {
     let report = h.report();
     assert_eq!(report.dropped.collector, dropped);
     assert!(live_tasks_report(&report) < 300);
+    srv.stop().await;
+}
+
+/// A producer that falls quiet after a burst, its connection still open,
+/// holds none of the ingest's share of the budget once its frames are
+/// applied: neither its read buffer nor the applied frames given back to
+/// it for their memory to be reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_producer_holds_no_ingest_memory() {
+    let srv = start(test_config()).await;
+    let h = srv.handle.clone();
+    let mut conn = TcpStream::connect(srv.addr).await.unwrap();
+    conn.write_all(&stream(7, 300, None, false)).await.unwrap();
+    wait_until("its 300 tasks applied", || {
+        h.with_model(|m| live_tasks(m, 7)) == 300
+    })
+    .await;
+    assert!(h.budget().peak(Share::Ingest) > 0, "the burst held memory");
+    wait_until("nothing held for the quiet producer", || {
+        h.budget().used(Share::Ingest) == 0
+    })
+    .await;
+    assert_eq!(h.connections().0, 1, "the producer is still connected");
+    drop(conn);
     srv.stop().await;
 }
 

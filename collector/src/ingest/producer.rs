@@ -21,7 +21,7 @@ use super::admission::{token_ok, Kind, Slot};
 use super::budget::{frame_cost, Share};
 use super::connection::{ReadBuf, Refusal, MAX_HELLO_FRAME};
 use super::record_dir;
-use super::state::{lock, GiveBack, Input, ServerState};
+use super::state::{give_back, lock, GiveBack, GivenBack, Input, ServerState};
 
 /// Most bytes a producer's buffer holds: one frame at the cap, and a read.
 const MAX_BUFFER: usize = awaitscope_wire::MAX_FRAME_LEN + 4 + 64 * 1024;
@@ -38,7 +38,7 @@ struct Conn {
     /// and where they come back: their memory holds the next frames'
     /// events.
     give_back: GiveBack,
-    given_back: std::sync::mpsc::Receiver<Frame>,
+    given_back: GivenBack,
 }
 
 pub(crate) async fn producer_connection(
@@ -50,7 +50,7 @@ pub(crate) async fn producer_connection(
     handshake_deadline: Instant,
     slot: &Slot,
 ) {
-    let (give_back, given_back) = std::sync::mpsc::channel();
+    let (give_back, given_back) = give_back();
     let mut conn = Conn {
         key: None,
         clean: false,
@@ -114,6 +114,7 @@ async fn serve_conn(
     slot: &Slot,
 ) -> Result<(), Refusal> {
     let cfg = &state.cfg;
+    let told = conn.given_back.told();
     let mut pos = 0usize;
     let mut offset = Preamble::LEN as u64;
     let mut have_preamble = false;
@@ -135,12 +136,10 @@ async fn serve_conn(
             }
         }
         if have_preamble {
-            // The frames the model applied since: the ones decoded next
-            // reuse their memory.
-            while let Ok(f) = conn.given_back.try_recv() {
-                awaitscope_wire::recycle(f);
-            }
             loop {
+                // The frames the model applied since: the one decoded next
+                // reuses their memory.
+                conn.given_back.take();
                 let rest = &rb.buf[pos..];
                 if conn.key.is_none() && rest.len() >= 4 {
                     let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
@@ -213,7 +212,15 @@ async fn serve_conn(
         };
         // With no room in the budget (the model behind, or newcomers'
         // handshakes), wait for it: TCP holds the producer back meanwhile.
-        let n = match timeout_at(deadline, rb.read_waiting(stream, limit)).await {
+        // Frames given back while it waits are taken at once (the wait is
+        // cancel-safe: it reads only once the socket is readable).
+        let read = loop {
+            tokio::select! {
+                r = timeout_at(deadline, rb.read_waiting(stream, limit)) => break r,
+                () = told.notified() => conn.given_back.take(),
+            }
+        };
+        let n = match read {
             Err(_) if conn.key.is_none() => {
                 return Err(Refusal::Timeout(
                     "no handshake (preamble and hello) in time",

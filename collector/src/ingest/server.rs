@@ -217,10 +217,7 @@ impl Server {
                 drop(m);
                 for input in batch.drain(..) {
                     if let Input::Frame(f, held, Some(back)) = input {
-                        drop(held);
-                        // A connection gone takes no frames back: this
-                        // one is merely dropped.
-                        let _ = back.send(f);
+                        back.give(f, held);
                     }
                 }
             }
