@@ -13,6 +13,8 @@ pub mod budget;
 #[cfg(feature = "server")]
 mod connection;
 #[cfg(feature = "server")]
+mod give_back;
+#[cfg(feature = "server")]
 mod producer;
 #[cfg(feature = "server")]
 mod record_dir;

@@ -20,8 +20,9 @@ use tracing::{info, warn};
 use super::admission::{token_ok, Kind, Slot};
 use super::budget::{frame_cost, Share};
 use super::connection::{ReadBuf, Refusal, MAX_HELLO_FRAME};
+use super::give_back::{give_back, GiveBack, GivenBack};
 use super::record_dir;
-use super::state::{give_back, lock, GiveBack, GivenBack, Input, ServerState};
+use super::state::{lock, Input, ServerState};
 
 /// Most bytes a producer's buffer holds: one frame at the cap, and a read.
 const MAX_BUFFER: usize = awaitscope_wire::MAX_FRAME_LEN + 4 + 64 * 1024;
