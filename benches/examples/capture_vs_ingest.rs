@@ -17,9 +17,10 @@
 //! ```sh
 //! cargo run --release -p awaitscope-benches --example capture_vs_ingest
 //! #   AWAITSCOPE_BENCH_ROUNDS=5   rounds per workload (medians are printed)
-//! #   AWAITSCOPE_CVI_INGEST=path  only ingest that recording, twice, and print
-//! #                               both rates (to profile or compare the ingest
-//! #                               alone, e.g. under callgrind)
+//! #   AWAITSCOPE_CVI_INGEST=path  only ingest that recording: twice as a
+//! #                               recording (`cold`, `warm`), then live
+//! #                               (`live`), printing each rate (to profile or
+//! #                               compare the ingest alone, e.g. under callgrind)
 //! ```
 //!
 //! A process's first ingest of a recording is slower than the next: its
