@@ -103,6 +103,28 @@ pub(super) fn value_str(v: &field::Value) -> String {
     }
 }
 
+/// A poll of resource (or async op) `span` by task `task` at `ts`
+/// (process-relative): the op's name and whether it was ready.
+pub(super) fn poll_op(span: SpanId, task: SpanId, ts: u64, name: String, ready: bool) -> Event {
+    Event::Log(Box::new(awaitscope_wire::Log {
+        callsite: CS_POLL_OP,
+        span: Some(span),
+        task: Some(task),
+        ts,
+        fields: vec![
+            Field {
+                index: 0,
+                value: Value::Str(truncated(name)),
+            },
+            Field {
+                index: 1,
+                value: Value::Bool(ready),
+            },
+        ],
+        trace: Vec::new(),
+    }))
+}
+
 /// `"name"` (a `Debug` rendering of a string) without its quotes.
 pub(super) fn unquote(s: String) -> String {
     if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {

@@ -18,7 +18,7 @@ use console_api::instrument::Update;
 use console_api::resources::{resource, ResourceUpdate, Stats as ResStats};
 
 use super::emit::{
-    field_name, id_of, loc_fields, truncated, unix_ns, Spans, Timed, CS_ASYNC_OP, CS_POLL_OP,
+    field_name, id_of, loc_fields, poll_op, truncated, unix_ns, Spans, Timed, CS_ASYNC_OP,
     CS_RESOURCE, CS_STATE, MAX_LIVE, THREAD,
 };
 use super::gone::Gone;
@@ -353,26 +353,13 @@ impl Resources {
             if p.is_ready {
                 ready_by.insert(outer, (task, now));
             }
-            fx.per_task
-                .entry(task)
-                .or_default()
-                .push(Event::Log(Box::new(awaitscope_wire::Log {
-                    callsite: CS_POLL_OP,
-                    span: Some(span),
-                    task: Some(task_span),
-                    ts: m.rel(now),
-                    fields: vec![
-                        Field {
-                            index: 0,
-                            value: Value::Str(truncated(p.name.clone())),
-                        },
-                        Field {
-                            index: 1,
-                            value: Value::Bool(p.is_ready),
-                        },
-                    ],
-                    trace: Vec::new(),
-                })));
+            fx.per_task.entry(task).or_default().push(poll_op(
+                span,
+                task_span,
+                m.rel(now),
+                p.name.clone(),
+                p.is_ready,
+            ));
         }
     }
 
@@ -558,25 +545,8 @@ impl Resources {
                     .chunks(2)
                     .filter_map(|c| Some((c.first()?.span, c.get(1)?.span)))
                     .collect();
-                let ev = |span, ready| {
-                    Event::Log(Box::new(awaitscope_wire::Log {
-                        callsite: CS_POLL_OP,
-                        span: Some(span),
-                        task: Some(task_span),
-                        ts: m.rel(now),
-                        fields: vec![
-                            Field {
-                                index: 0,
-                                value: Value::Str("awaited".into()),
-                            },
-                            Field {
-                                index: 1,
-                                value: Value::Bool(ready),
-                            },
-                        ],
-                        trace: Vec::new(),
-                    }))
-                };
+                let ev =
+                    |span, ready| poll_op(span, task_span, m.rel(now), "awaited".into(), ready);
                 let list = fx.per_task.entry(t).or_default();
                 for r in was.iter().filter(|r| !now_on.iter().any(|(n, _)| n == *r)) {
                     list.push(ev(*r, true));
