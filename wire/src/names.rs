@@ -157,6 +157,13 @@ pub const WRITE_LOCKED: &str = "write_locked";
 /// [`PERMITS_OP`]) how many it gained or lost.
 pub const PERMITS: &str = "permits";
 
+/// On a Semaphore's `Acquire` async op (tokio's span field, as console
+/// reports it): the permits it asked for.
+pub const PERMITS_REQUESTED: &str = "permits_requested";
+
+/// On a Semaphore's `Acquire` async op: the permits it has obtained so far.
+pub const PERMITS_OBTAINED: &str = "permits_obtained";
+
 /// On a state update of a Semaphore: how its permits changed ([`OP_ADD`]:
 /// released, [`OP_SUB`]: acquired).
 pub const PERMITS_OP: &str = "permits.op";

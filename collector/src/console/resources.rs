@@ -292,19 +292,9 @@ impl Resources {
                     None => continue,
                 },
             };
-            let attr = |name: &str| {
-                s.attributes.iter().find_map(|a| {
-                    let f = a.field.as_ref()?;
-                    match (field_name(f, None), f.value.as_ref()) {
-                        (Some(n), Some(console_api::field::Value::U64Val(v))) if n == name => {
-                            Some(*v)
-                        }
-                        _ => None,
-                    }
-                })
-            };
+            let attr = |name| u64_attribute(&s.attributes, name);
             let obtained = matches!(
-                (attr("permits_obtained"), attr("permits_requested")),
+                (attr(names::PERMITS_OBTAINED), attr(names::PERMITS_REQUESTED)),
                 (Some(o), Some(r)) if r > 0 && o >= r
             );
             if let (true, Some(t)) = (obtained, task) {
@@ -381,7 +371,9 @@ impl Resources {
         // stats are in this update.
         let mut ids: Vec<u64> = ru.stats_update.keys().copied().collect();
         for (id, s) in &ru.stats_update {
-            let Some(p) = permits_of(s) else { continue };
+            let Some(p) = u64_attribute(&s.attributes, names::PERMITS) else {
+                continue;
+            };
             if let Some(Res {
                 internal: true,
                 parent: Some(outer),
@@ -560,14 +552,13 @@ impl Resources {
     }
 }
 
-/// The permits left that a resource's statistics tell (a semaphore's).
-fn permits_of(s: &ResStats) -> Option<u64> {
-    s.attributes.iter().find_map(|a| {
+/// The value of the `u64` attribute `name` among console's `attributes`
+/// (a resource's or an async op's statistics).
+fn u64_attribute(attributes: &[console_api::Attribute], name: &str) -> Option<u64> {
+    attributes.iter().find_map(|a| {
         let f = a.field.as_ref()?;
         match (field_name(f, None), f.value.as_ref()) {
-            (Some(n), Some(console_api::field::Value::U64Val(v))) if n == names::PERMITS => {
-                Some(*v)
-            }
+            (Some(n), Some(console_api::field::Value::U64Val(v))) if n == name => Some(*v),
             _ => None,
         }
     })
