@@ -227,6 +227,72 @@ fn unexpected<'a>(report: &'a Value, expected: &[&str]) -> Vec<&'a Value> {
 const NO_TASK_HELD: &str =
     "no task of the program polled for 1ms or more meanwhile, on any thread: no task held its workers";
 
+/// A program in which console-subscriber sees no task (here it spawns
+/// none; one whose global filter keeps tokio's TRACE spans from console's
+/// layer looks the same): record says so once, and what it may mean,
+/// instead of an empty report alone; a program with tasks is not told it.
+#[test]
+fn a_program_without_tasks_is_told_why_there_may_be_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stderr) = record("no_tasks", 8, 4, dir.path());
+    assert_eq!(stderr.matches(NO_TASKS).count(), 1, "{stderr}");
+    assert!(!stderr.contains("names tasks now"), "{stderr}");
+    assert_eq!(process(&report)["tasks_live"], 0, "{report}");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, stderr) = record("lost_waker", 8, 4, dir.path());
+    assert!(!stderr.contains("named no task"), "{stderr}");
+}
+
+/// What record says when console has named no task in its first updates.
+const NO_TASKS: &str = "has named no task in 3 updates: either the program has spawned none \
+                        yet, or tokio's task spans do not reach console's layer";
+
+/// A program told to have no task that spawns one afterwards: record
+/// takes the notice back, and the task is recorded.
+#[test]
+fn a_first_task_after_the_notice_takes_it_back() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("late.json");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let program = start("late_tasks", 30);
+    let go = console_support::go_file(program.addr);
+    let _ = std::fs::remove_file(&go);
+    let mut rec = Command::new(BIN)
+        .args(["record", "--console", &program.url(), "--duration", "8s"])
+        .arg("--out")
+        .arg(dir.path().join("late.rec"))
+        .arg("--report")
+        .arg(&json)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("record runs");
+    let mut lines = std::io::BufReader::new(rec.stderr.take().unwrap()).lines();
+    let mut stderr = String::new();
+    // The notice first (the task is spawned only after it)...
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stderr.push_str(&line);
+        stderr.push('\n');
+        if line.contains(NO_TASKS) {
+            break;
+        }
+    }
+    std::fs::write(&go, b"").unwrap();
+    stderr.extend(lines.map(|l| l.unwrap() + "\n"));
+    let _ = std::fs::remove_file(&go);
+    assert!(rec.wait().unwrap().success(), "{stderr}");
+    assert_eq!(stderr.matches(NO_TASKS).count(), 1, "{stderr}");
+    let back = stderr
+        .find("names tasks now")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(back > stderr.find(NO_TASKS).unwrap(), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
+    let tasks = report["tasks"].as_array().expect("tasks");
+    assert!(tasks.iter().any(|t| t["name"] == "late"), "{stderr}");
+}
+
 #[test]
 fn a_bad_url_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use awaitscope_wire::Frame;
+use awaitscope_wire::{Frame, ProcessKey};
 use console_api::instrument::instrument_client::InstrumentClient;
 use console_api::instrument::{InstrumentRequest, Update};
 use tokio::sync::mpsc;
@@ -33,7 +33,9 @@ pub enum SourceEvent {
     /// Frames of the program's process (a new program starts with its
     /// `Hello`).
     Frames(Vec<Frame>),
-    /// Connected to the program (the URL).
+    /// Connected to the program (the URL); said again when console names
+    /// the program's first task after [`ConsoleError::NoTasks`], which it
+    /// takes back.
     Connected(String),
     /// Something went wrong; the source keeps trying (reconnecting) unless
     /// the error says it cannot.
@@ -83,7 +85,32 @@ pub enum ConsoleError {
         /// What happened.
         why: String,
     },
+    /// Not a failure of the connection: console-subscriber has sent
+    /// [`SILENT_UPDATES`] updates and named no task in any. The program
+    /// has spawned none yet, or tokio's task spans never reach console's
+    /// layer: a filter in front of it that keeps tokio's TRACE spans out
+    /// (a global `EnvFilter` at `info`, say), or a tokio built without
+    /// `--cfg tokio_unstable` (which console-subscriber 0.5 refuses to
+    /// start with, older ones did not). Said once per program; reading
+    /// goes on.
+    #[error(
+        "console-subscriber at {url} has named no task in {updates} updates: either the \
+         program has spawned none yet, or tokio's task spans do not reach console's layer (a \
+         filter in front of it must let `tokio=trace,runtime=trace` through, and tokio needs \
+         `--cfg tokio_unstable`)"
+    )]
+    NoTasks {
+        /// The URL.
+        url: String,
+        /// Updates received from the program so far.
+        updates: u64,
+    },
 }
+
+/// Updates with no task in any after which [`ConsoleError::NoTasks`] is
+/// said: the first (the program's state when the connection started) and
+/// two more (two publish intervals, 2 s by default).
+pub const SILENT_UPDATES: u64 = 3;
 
 impl ConsoleError {
     /// Whether trying again cannot help.
@@ -126,9 +153,12 @@ pub async fn run(
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(100);
     let mut last_problem: Option<String> = None;
+    // The program told of having no task (see `ConsoleError::NoTasks`),
+    // and whether console has named one since.
+    let mut told: Option<(ProcessKey, bool)> = None;
     loop {
         let mut got = false;
-        let session = follow(&endpoint, &url, &mut mapper, &tx, &mut got);
+        let session = follow(&endpoint, &url, &mut mapper, &tx, &mut got, &mut told);
         let problem = tokio::select! {
             _ = &mut stop => break,
             p = session => p,
@@ -170,7 +200,8 @@ pub async fn run(
 }
 
 /// One connection: connects, then maps updates until the stream ends;
-/// `got` says whether an update came. `Err(None)`: it ended without a
+/// `got` says whether an update came; `told`, the program last told that
+/// console named none of its tasks, and whether it has named one since. `Err(None)`: it ended without a
 /// message worth giving beyond "lost".
 async fn follow(
     endpoint: &Endpoint,
@@ -178,6 +209,7 @@ async fn follow(
     mapper: &mut Mapper,
     tx: &mpsc::Sender<SourceEvent>,
     got: &mut bool,
+    told: &mut Option<(ProcessKey, bool)>,
 ) -> Result<(), Option<ConsoleError>> {
     let channel = endpoint
         .connect()
@@ -216,6 +248,25 @@ async fn follow(
         let frames = mapper.update(&update);
         if tx.send(SourceEvent::Frames(frames)).await.is_err() {
             return Ok(());
+        }
+        match (mapper.silent_updates(), mapper.key(), *told) {
+            // Told once per program.
+            (Some(updates), Some(key), t)
+                if updates >= SILENT_UPDATES && t.is_none_or(|(k, _)| k != key) =>
+            {
+                *told = Some((key, false));
+                let notice = ConsoleError::NoTasks {
+                    url: url.to_string(),
+                    updates,
+                };
+                let _ = tx.send(SourceEvent::Problem(notice)).await;
+            }
+            // Its first task since: whoever shows the notice takes it back.
+            (None, Some(key), Some((k, false))) if k == key => {
+                *told = Some((key, true));
+                let _ = tx.send(SourceEvent::Connected(url.to_string())).await;
+            }
+            _ => {}
         }
     }
 }

@@ -89,6 +89,10 @@ pub struct Mapper {
     prev_now: u64,
     dropped: u64,
     dropped_sent: u64,
+    /// Updates mapped, and tasks console named in them (new ones, live or
+    /// closed): see [`Mapper::silent_updates`].
+    updates: u64,
+    tasks_named: u64,
 }
 
 impl Mapper {
@@ -107,7 +111,17 @@ impl Mapper {
             prev_now: 0,
             dropped: 0,
             dropped_sent: 0,
+            updates: 0,
+            tasks_named: 0,
         }
+    }
+
+    /// How many updates came with no task named in any of them: console
+    /// has seen no task of the program yet (`None` once one was named).
+    /// console-subscriber says nothing when no task span reaches it (see
+    /// [`super::client::ConsoleError::NoTasks`]).
+    pub fn silent_updates(&self) -> Option<u64> {
+        (self.tasks_named == 0).then_some(self.updates)
     }
 
     /// The process the frames are about, once the first update came.
@@ -193,7 +207,9 @@ impl Mapper {
             }
         }
         let mut timed: Vec<Timed> = Vec::new();
+        self.updates += 1;
         if let Some(tu) = &u.task_update {
+            self.tasks_named += tu.new_tasks.len() as u64;
             self.dropped = self.dropped.saturating_add(tu.dropped_events);
             for t in &tu.new_tasks {
                 if let Some(e) =

@@ -41,12 +41,21 @@ async fn record_async(url: &str, duration: Option<Duration>, out: &Path) -> Resu
     let mut writer: Option<FrameWriter<BufWriter<File>>> = None;
     let mut frames = 0u64;
     let mut failed = None;
+    // Told that console named no task (`ConsoleError::NoTasks`): the next
+    // `Connected` takes it back.
+    let mut no_tasks = false;
     while let Some(ev) = rx.recv().await {
         match ev {
+            SourceEvent::Connected(u) if std::mem::take(&mut no_tasks) => {
+                eprintln!("awaitscope record: console-subscriber at {u} names tasks now");
+            }
             SourceEvent::Connected(u) => {
                 eprintln!("awaitscope record: connected to console-subscriber at {u}");
             }
-            SourceEvent::Problem(p) => eprintln!("awaitscope record: {p}"),
+            SourceEvent::Problem(p) => {
+                no_tasks = matches!(p, console::ConsoleError::NoTasks { .. });
+                eprintln!("awaitscope record: {p}");
+            }
             SourceEvent::Frames(batch) => {
                 if failed.is_some() {
                     continue;

@@ -41,6 +41,8 @@ pub fn run_program_if_asked() {
             "deadlock" => deadlock(end.as_mut()).await,
             "never_yields" => never_yields(end.as_mut()).await,
             "busy_yield" => busy_yield(end.as_mut()).await,
+            "no_tasks" => end.as_mut().await,
+            "late_tasks" => late_tasks(end.as_mut()).await,
             other => panic!("no program {other}"),
         }
     });
@@ -147,6 +149,25 @@ async fn deadlock(end: End<'_>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let _a = a.lock().await;
     });
+    end.await;
+}
+
+/// The file whose creation lets program `late_tasks` on `addr` spawn its
+/// first task.
+pub fn go_file(addr: SocketAddr) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("awaitscope-console-go-{}", addr.port()))
+}
+
+/// No task until [`go_file`] exists, then one (`late`), waiting.
+async fn late_tasks(end: End<'_>) {
+    let addr: SocketAddr = std::env::var("TOKIO_CONSOLE_BIND")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .expect("TOKIO_CONSOLE_BIND");
+    while !go_file(addr).exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    spawn_named("late", tokio::time::sleep(Duration::from_secs(60)));
     end.await;
 }
 
