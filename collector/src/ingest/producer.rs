@@ -252,6 +252,32 @@ async fn serve_conn(
     }
 }
 
+/// Loads the debug info of the modules the batch's native stacks are in,
+/// before the model gets them: it symbolises them holding its lock, which
+/// viewers' snapshots and every producer's frames wait for, and a large
+/// program's debug info takes a tenth of a second and more to load (once
+/// per program; see [`crate::symbolize::load_ahead`]). Loaded on a blocking
+/// thread, this connection waiting meanwhile: its producer is held back by
+/// TCP, as when the budget is full, and no other connection waits.
+async fn load_symbols_ahead(events: &[Event], pid: u32) {
+    let stacks: Vec<awaitscope_wire::NativeStack> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::NativeStack(ns) if !crate::symbolize::all_loaded(ns) => Some((**ns).clone()),
+            _ => None,
+        })
+        .collect();
+    if stacks.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for ns in &stacks {
+            crate::symbolize::load_ahead(ns, Some(pid));
+        }
+    })
+    .await;
+}
+
 async fn handle_frame(
     state: &ServerState,
     tx: &mpsc::Sender<Input>,
@@ -294,6 +320,9 @@ async fn handle_frame(
         Body::Events(ev) => {
             let n = ev.len() as u64;
             stats.events.fetch_add(n, Ordering::Relaxed);
+            if ev.iter().any(|e| matches!(e, Event::NativeStack(_))) {
+                load_symbols_ahead(ev, key.pid).await;
+            }
             if !conn.pending_callsites.is_empty() {
                 let mut all = std::mem::take(&mut conn.pending_callsites);
                 all.append(ev);

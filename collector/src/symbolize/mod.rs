@@ -20,7 +20,8 @@ mod origin;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use awaitscope_wire::{limits, Event, FrameOrigin, NativeFrame, NativeStack};
 
@@ -44,14 +45,97 @@ pub struct Symbolized {
     pub unresolved: Option<String>,
 }
 
+/// The symboliser every caller shares: its loaded modules and their
+/// frames.
+static SYMBOLIZER: Mutex<Option<Symbolizer>> = Mutex::new(None);
+
+/// Modules loaded by [`load_ahead`], and by [`symbolize`] itself (see
+/// [`loads`]).
+static LOADED_AHEAD: AtomicU64 = AtomicU64::new(0);
+static LOADED_IN_PLACE: AtomicU64 = AtomicU64::new(0);
+
+fn symbolizer() -> MutexGuard<'static, Option<Symbolizer>> {
+    SYMBOLIZER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Symbolises `stack`, of the process with id `pid` (when known: its
-/// executable may still be readable as `/proc/<pid>/exe`).
+/// executable may still be readable as `/proc/<pid>/exe`). A module not
+/// loaded yet is loaded here, the symboliser held meanwhile: see
+/// [`load_ahead`].
 pub fn symbolize(stack: &NativeStack, pid: Option<u32>) -> Symbolized {
-    static SYMBOLIZER: Mutex<Option<Symbolizer>> = Mutex::new(None);
-    let mut guard = SYMBOLIZER.lock().unwrap_or_else(|e| e.into_inner());
-    guard
+    symbolizer()
         .get_or_insert_with(Symbolizer::default)
         .stack(stack, pid)
+}
+
+/// Loads the debug info of the modules `stack` names that are not loaded
+/// yet, reading the files without holding the symboliser: a live
+/// collector's connection calls it when a native stack arrives, before the
+/// model gets it. The model symbolises the stack holding its own lock,
+/// which viewers' snapshots and every producer's frames wait for; loading a
+/// large program's debug info there (a tenth of a second and more, once per
+/// program) held them all. Another caller loading the same module
+/// meanwhile loads it too, and one of the two is kept. Returns how many
+/// modules it loaded.
+pub fn load_ahead(stack: &NativeStack, pid: Option<u32>) -> usize {
+    let missing: Vec<(String, Vec<u8>)> = {
+        let mut guard = symbolizer();
+        let s = guard.get_or_insert_with(Symbolizer::default);
+        let mut missing: Vec<(String, Vec<u8>)> = Vec::new();
+        for m in stack_modules(stack) {
+            let key = (m.path.clone(), m.build_id.clone());
+            if s.find(&m.path, &m.build_id).is_none() && !missing.contains(&key) {
+                missing.push(key);
+            }
+        }
+        missing
+    };
+    let mut loaded = 0;
+    for (path, build_id) in missing {
+        let loader = load(&path, &build_id, pid);
+        let mut guard = symbolizer();
+        let s = guard.get_or_insert_with(Symbolizer::default);
+        if s.find(&path, &build_id).is_none() {
+            s.insert(path, build_id, loader);
+            LOADED_AHEAD.fetch_add(1, Ordering::Relaxed);
+            loaded += 1;
+        }
+    }
+    loaded
+}
+
+/// Whether every module `stack` names is loaded already (nothing for
+/// [`load_ahead`] to do).
+pub fn all_loaded(stack: &NativeStack) -> bool {
+    let mut guard = symbolizer();
+    let s = guard.get_or_insert_with(Symbolizer::default);
+    stack_modules(stack).all(|m| s.find(&m.path, &m.build_id).is_some())
+}
+
+/// The modules `stack`'s frames are in.
+fn stack_modules(stack: &NativeStack) -> impl Iterator<Item = &awaitscope_wire::Module> {
+    stack
+        .frames
+        .iter()
+        .filter_map(|f| f.module.and_then(|m| stack.modules.get(m as usize)))
+}
+
+/// How many modules' debug info this process has loaded, and where.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loads {
+    /// By [`load_ahead`], the symboliser not held.
+    pub ahead: u64,
+    /// By [`symbolize`], the symboliser (and the model, when the model
+    /// called it) held while the files were read.
+    pub in_place: u64,
+}
+
+/// The modules loaded so far by this process (see [`Loads`]).
+pub fn loads() -> Loads {
+    Loads {
+        ahead: LOADED_AHEAD.load(Ordering::Relaxed),
+        in_place: LOADED_IN_PLACE.load(Ordering::Relaxed),
+    }
 }
 
 /// Symbolises the native stacks of a batch of events from process `pid`
@@ -155,15 +239,35 @@ impl Symbolizer {
 
     /// The index of module `(path, build_id)`, loading it if it is not.
     fn module(&mut self, path: &str, build_id: &[u8], pid: Option<u32>) -> usize {
-        self.tick += 1;
-        if let Some(i) = self
-            .modules
-            .iter()
-            .position(|m| m.path == path && m.build_id == build_id)
-        {
-            self.modules[i].used = self.tick;
+        if let Some(i) = self.find(path, build_id) {
             return i;
         }
+        LOADED_IN_PLACE.fetch_add(1, Ordering::Relaxed);
+        let loader = load(path, build_id, pid);
+        self.insert(path.to_owned(), build_id.to_vec(), loader)
+    }
+
+    /// The index of module `(path, build_id)` if it is loaded (marked
+    /// used).
+    fn find(&mut self, path: &str, build_id: &[u8]) -> Option<usize> {
+        self.tick += 1;
+        let i = self
+            .modules
+            .iter()
+            .position(|m| m.path == path && m.build_id == build_id)?;
+        self.modules[i].used = self.tick;
+        Some(i)
+    }
+
+    /// Keeps a module just loaded (the least recently used one goes past
+    /// [`MAX_MODULES`]); its index.
+    fn insert(
+        &mut self,
+        path: String,
+        build_id: Vec<u8>,
+        loader: Result<addr2line::Loader, String>,
+    ) -> usize {
+        self.tick += 1;
         if self.modules.len() >= MAX_MODULES {
             let oldest = (0..self.modules.len())
                 .min_by_key(|&i| self.modules[i].used)
@@ -171,9 +275,9 @@ impl Symbolizer {
             self.modules.swap_remove(oldest);
         }
         self.modules.push(Loaded {
-            path: path.to_owned(),
-            build_id: build_id.to_vec(),
-            loader: load(path, build_id, pid),
+            path,
+            build_id,
+            loader,
             frames: HashMap::new(),
             used: self.tick,
         });
