@@ -148,6 +148,46 @@ fn help() {
     both("help", &a);
 }
 
+/// An empty task table says why it is empty: no program yet, a program
+/// that has spawned no task, or a console program whose console-subscriber
+/// names none.
+#[test]
+fn an_empty_task_table_says_why() {
+    use awaitscope_collector::testing::StreamBuilder;
+    use awaitscope_collector::Model;
+    let say = |m: &Model| {
+        let mut a = awaitscope_tui::ui::app::App::default();
+        refresh(&mut a, m);
+        draw(&a, 100, 8, false)
+    };
+    let mut m = Model::default();
+    assert!(say(&m).contains("No tasks yet. Instrument a program"));
+    let mut b = StreamBuilder::new(7, 1);
+    b.hello("quiet", None, false).flush();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    let s = say(&m);
+    assert!(
+        s.contains("the programs connected have spawned none"),
+        "{s}"
+    );
+    let mut m = Model::default();
+    let mut mapper = awaitscope_collector::console::Mapper::new("http://127.0.0.1:6669");
+    let update = console_api::instrument::Update {
+        now: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    for f in mapper.update(&update) {
+        m.apply(&f);
+    }
+    let s = say(&m);
+    assert!(s.contains("console-subscriber has named none"), "{s}");
+}
+
 #[test]
 fn empty_model_and_tiny_terminal_do_not_panic() {
     let mut a = awaitscope_tui::ui::app::App::default();

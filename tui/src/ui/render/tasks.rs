@@ -20,10 +20,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, t: &Theme) {
     let inner = block.inner(area);
     f.render_widget(block, area);
     if app.rows.is_empty() {
-        let msg = if app.filter.is_empty() {
-            "No tasks yet. Instrument a program with awaitscope::init() and run it."
-        } else {
+        let procs = &app.snap.processes;
+        let msg = if !app.filter.is_empty() {
             "No task matches the filter (Esc clears it)."
+        } else if procs.is_empty() {
+            "No tasks yet. Instrument a program with awaitscope::init() and run it."
+        } else if procs.iter().all(|p| p.console) {
+            "No tasks yet: console-subscriber has named none of the program's tasks."
+        } else {
+            "No tasks yet: the programs connected have spawned none."
         };
         f.render_widget(Paragraph::new(Span::styled(msg, t.dim())), inner);
         return;
