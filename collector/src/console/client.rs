@@ -201,8 +201,8 @@ pub async fn run(
 
 /// One connection: connects, then maps updates until the stream ends;
 /// `got` says whether an update came; `told`, the program last told that
-/// console named none of its tasks, and whether it has named one since. `Err(None)`: it ended without a
-/// message worth giving beyond "lost".
+/// console named none of its tasks, and whether it has named one since.
+/// `Err(None)`: it ended without a message worth giving beyond "lost".
 async fn follow(
     endpoint: &Endpoint,
     url: &str,
