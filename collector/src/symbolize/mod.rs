@@ -315,13 +315,19 @@ fn load(path: &str, build_id: &[u8], pid: Option<u32>) -> Result<addr2line::Load
 }
 
 /// A file's GNU build id (`None`: it has none), reading only its headers
-/// and notes.
+/// and notes. Only a regular file is opened: the path comes from the
+/// program's stream, and a FIFO or a device named there would block the
+/// reader or never end.
 fn read_build_id(path: &Path) -> Result<Option<Vec<u8>>, String> {
     use object::{Object, ReadCache};
-    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+    let not_found = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => format!("{} is not on this machine", path.display()),
         _ => format!("{}: {e}", path.display()),
-    })?;
+    };
+    if !std::fs::metadata(path).map_err(not_found)?.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let file = std::fs::File::open(path).map_err(not_found)?;
     let cache = ReadCache::new(file);
     let obj = object::File::parse(&cache).map_err(|e| format!("{}: {e}", path.display()))?;
     let id = obj
@@ -549,6 +555,36 @@ mod tests {
         let mut alone = vec![Event::NativeStack(Box::new(stack(&exe, vec![], at)))];
         assert_eq!(inline_native_stacks(&mut alone, None), 0);
         assert_eq!(alone.len(), 1);
+    }
+
+    /// A module path naming a FIFO (or a device) is refused without
+    /// opening it: opening a FIFO waits for a writer, for ever.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_module_that_is_not_a_regular_file_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("app");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let path = fifo.to_string_lossy().into_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(symbolize(&stack(&p, vec![], 0x1000), None));
+        });
+        let s = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the FIFO was opened: symbolising it never ended");
+        assert_eq!(
+            s.unresolved,
+            Some(format!("{path} is not a regular file")),
+            "{s:?}"
+        );
+        let s = symbolize(&stack("/dev/zero", vec![], 0x1000), None);
+        assert_eq!(
+            s.unresolved.as_deref(),
+            Some("/dev/zero is not a regular file")
+        );
     }
 
     #[test]
