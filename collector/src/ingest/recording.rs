@@ -164,7 +164,7 @@ struct Decoded {
 /// reading a recording, and a collector serving live programs splits the
 /// work the same way (each connection decodes its frames beside the task
 /// applying them). Where no thread can be started, this one does both
-/// ([`apply_here`]); what is read is the same either way.
+/// (`apply_here`); what is read is the same either way.
 pub fn load_reader<R: Read + Send>(
     model: &mut Model,
     name: &str,

@@ -1,12 +1,12 @@
 //! The live collector: a TCP server that accepts many producers at once.
 //!
-//! Each connection is decoded on its own task (see [`super::producer`])
+//! Each connection is decoded on its own task (see `ingest::producer`)
 //! with the sans-IO [`awaitscope_wire::decode_frame`], under the frame cap,
 //! a handshake deadline and an idle timeout that only whole frames put off;
 //! a peer sending garbage, an oversized frame, a wrong version, a wrong
 //! token or nothing at all is refused, logged and counted, and others are
 //! unaffected. Who holds a connection slot, and who gives one up to a new
-//! peer, is [`super::admission`]'s; every buffer is held against one memory
+//! peer, is `ingest::admission`'s; every buffer is held against one memory
 //! budget ([`super::budget`], `--memory-budget`). Decoded frames go through
 //! one bounded queue to the applier, which applies them to the [`Model`]
 //! on a blocking thread (as the periodic scan runs, so that holding the

@@ -52,13 +52,13 @@ thread_local! {
     static SHOWN: std::cell::RefCell<Memo<Option<String>>> = const { std::cell::RefCell::new(Memo::new()) };
 }
 
-/// [`paths::origin`] of `file` (remembered: see [`Memo`]).
+/// [`paths::origin`] of `file` (remembered: see `Memo`).
 pub fn file_origin(file: &str) -> PathOrigin {
     ORIGINS.with(|m| m.borrow_mut().get(file, paths::origin))
 }
 
 /// `file` as [`paths::display`] shows it when that is another string;
-/// `None` when it shows as it is (remembered: see [`Memo`]).
+/// `None` when it shows as it is (remembered: see `Memo`).
 pub fn shown_file(file: &str) -> Option<String> {
     SHOWN.with(|m| {
         m.borrow_mut().get(file, |f| match paths::display(f) {

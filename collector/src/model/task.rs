@@ -286,7 +286,7 @@ pub struct PendingPoll {
 /// A task (a span of class `Task`).
 ///
 /// `repr(C)`, its fields in this order: what a poll or a wake reads and
-/// writes comes first (up to [`HOT_END`]), so that the ingest, which
+/// writes comes first (up to `HOT_END`), so that the ingest, which
 /// fetches the tasks of the next events before applying them
 /// (`Process::warm`), fetches those cache lines only (about three fifths
 /// of it), and the lines a whole poll and a wake touch are few: a wake's
