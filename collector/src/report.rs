@@ -427,6 +427,9 @@ impl Report {
                      errors and panics)\n",
                     p.name
                 ));
+                if p.notes.iter().any(|n| n == CONSOLE_NO_TASKS) {
+                    s.push_str(&format!("  {}: {CONSOLE_NO_TASKS}\n", p.name));
+                }
             }
         }
         for f in &self.findings {
@@ -505,6 +508,18 @@ fn process_report(p: &Process) -> ProcessReport {
         .collect();
     resources.sort_by_key(|r| r.id);
     let info = p.info.as_ref();
+    let tasks_summarised = summary
+        .iter()
+        .map(|s| s.completed + s.cancelled + s.panicked)
+        .sum();
+    let mut notes = p.notes.clone();
+    if p.source() == crate::model::process::SOURCE_CONSOLE
+        && p.tasks.is_empty()
+        && p.completed.is_empty()
+        && tasks_summarised == 0
+    {
+        notes.push(CONSOLE_NO_TASKS.to_string());
+    }
     ProcessReport {
         pid: p.key.pid,
         start_unix_ns: p.key.start_unix_ns,
@@ -524,17 +539,20 @@ fn process_report(p: &Process) -> ProcessReport {
         unknown_span_events: p.unknown_span_events,
         tasks_live: p.tasks.len(),
         tasks_retained: p.completed.len(),
-        tasks_summarised: summary
-            .iter()
-            .map(|s| s.completed + s.cancelled + s.panicked)
-            .sum(),
+        tasks_summarised,
         summary,
         resources,
         warn_events: p.warn_count,
         error_events: p.error_count,
-        notes: p.notes.clone(),
+        notes,
     }
 }
+
+/// The note of a process read from console-subscriber that named none of
+/// its tasks (console-subscriber itself says nothing then).
+pub const CONSOLE_NO_TASKS: &str = "console-subscriber named no task of this program: it had \
+    spawned none, or tokio's task spans did not reach console's layer (a filter in front of it \
+    must let `tokio=trace,runtime=trace` through)";
 
 fn await_nodes(
     p: &Process,

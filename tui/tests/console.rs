@@ -253,7 +253,16 @@ fn a_program_without_tasks_is_told_why_there_may_be_none() {
     let (report, stderr) = record("no_tasks", 8, 4, dir.path());
     assert_eq!(stderr.matches(NO_TASKS).count(), 1, "{stderr}");
     assert!(!stderr.contains("names tasks now"), "{stderr}");
-    assert_eq!(process(&report)["tasks_live"], 0, "{report}");
+    let p = process(&report);
+    assert_eq!(p["tasks_live"], 0, "{report}");
+    // The report says it too, in the process's notes and its summary.
+    let note = "console-subscriber named no task of this program";
+    let notes = p["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n.as_str().unwrap().starts_with(note)),
+        "{p}"
+    );
+    assert!(stderr.contains(note), "{stderr}");
     let dir = tempfile::tempdir().unwrap();
     let (_, stderr) = record("lost_waker", 8, 4, dir.path());
     assert!(!stderr.contains("named no task"), "{stderr}");
@@ -307,6 +316,10 @@ fn a_first_task_after_the_notice_takes_it_back() {
         serde_json::from_slice(&std::fs::read(&json).expect("the report")).expect("JSON");
     let tasks = report["tasks"].as_array().expect("tasks");
     assert!(tasks.iter().any(|t| t["name"] == "late"), "{stderr}");
+    assert!(
+        !stderr.contains("named no task of this program"),
+        "{stderr}"
+    );
 }
 
 #[test]
