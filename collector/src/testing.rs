@@ -555,6 +555,40 @@ impl StreamBuilder {
         self.push(Event::Stall(Box::new(st)))
     }
 
+    /// A poll of `task` from `start` to `end` that the producer saw run
+    /// past its stall threshold at `crossing`, as a producer sends it: the
+    /// poll's enter, the crossing's half of its stall, the worker's native
+    /// stack then (one frame, at `address` in the module at `path`, build
+    /// id unknown), the exit, and the half after the poll's end.
+    pub fn stalled_poll(
+        &mut self,
+        task: SpanId,
+        [start, crossing, end]: [u64; 3],
+        path: &str,
+        address: u64,
+    ) -> &mut Self {
+        let crossed = Stall {
+            stack: StackState::Sampled,
+            ..stall(task, start, crossing, false)
+        };
+        self.enter(task, start).stall(crossed);
+        self.push(Event::NativeStack(Box::new(awaitscope_wire::NativeStack {
+            task,
+            start,
+            ts: crossing,
+            modules: vec![awaitscope_wire::Module {
+                path: path.into(),
+                build_id: vec![],
+            }],
+            frames: vec![awaitscope_wire::RawFrame {
+                module: Some(0),
+                address,
+            }],
+        })));
+        self.exit(task, end)
+            .stall(stall(task, start, end + 1, true))
+    }
+
     /// One poll of `task` from `start` to `end`.
     pub fn poll(&mut self, task: SpanId, start: u64, end: u64) -> &mut Self {
         self.enter(task, start).exit(task, end)
@@ -1097,6 +1131,25 @@ pub fn stall(task: SpanId, start: u64, ts: u64, ended: bool) -> Stall {
         frames: Vec::new(),
         sched: None,
     }
+}
+
+/// This executable's path, and where its code is loaded (a
+/// position-independent executable's first mapping): an address of one of
+/// its functions less that is the address in the file, what a producer
+/// sends in a [`awaitscope_wire::NativeStack`].
+#[cfg(target_os = "linux")]
+pub fn this_executable() -> (String, u64) {
+    let exe = std::env::current_exe()
+        .expect("the test's executable")
+        .to_string_lossy()
+        .into_owned();
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let base = maps
+        .lines()
+        .find(|l| l.ends_with(&exe) && l.split_whitespace().nth(2) == Some("00000000"))
+        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
+        .expect("the executable's first mapping");
+    (exe, base)
 }
 
 /// A native frame of `function` at `file:line`.

@@ -10,9 +10,9 @@ mod live;
 use std::time::Duration;
 
 use awaitscope_collector::symbolize::{loads, Loads};
-use awaitscope_collector::testing::{StreamBuilder, TaskOpts};
+use awaitscope_collector::testing::{this_executable, StreamBuilder, TaskOpts};
 use awaitscope_collector::FindingKind;
-use awaitscope_wire::{CloseKind, Event, Module, NativeStack, RawFrame, StackState, Stall};
+use awaitscope_wire::CloseKind;
 use live::{start, wait_until};
 use tokio::io::AsyncWriteExt;
 
@@ -23,62 +23,16 @@ fn blocked_in_this_fn() -> usize {
     blocked_in_this_fn as *const () as usize
 }
 
-/// Where this binary's code is loaded (position-independent: its first
-/// mapping), and its path.
-fn this_binary() -> (String, u64) {
-    let exe = std::env::current_exe()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let base = maps
-        .lines()
-        .find(|l| l.ends_with(&exe) && l.split_whitespace().nth(2) == Some("00000000"))
-        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
-        .unwrap();
-    (exe, base)
-}
-
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_symbolises_a_native_stack_without_loading_debug_info() {
-    let (exe, base) = this_binary();
+    let (exe, base) = this_executable();
     let address = blocked_in_this_fn() as u64 - base;
     let mut b = StreamBuilder::new(4244, 1_000);
     b.hello("app", None, false);
     b.thread(0);
     let t = b.spawn(&TaskOpts::named("checkout"), None, 0);
-    b.enter(t, MS);
-    let stall = Stall {
-        task: t,
-        start: MS,
-        ts: 12 * MS,
-        ended: false,
-        spans: vec![],
-        stack: StackState::Sampled,
-        frames: vec![],
-        sched: None,
-    };
-    b.stall(stall.clone());
-    b.push(Event::NativeStack(Box::new(NativeStack {
-        task: t,
-        start: MS,
-        ts: 12 * MS,
-        modules: vec![Module {
-            path: exe,
-            build_id: vec![],
-        }],
-        frames: vec![RawFrame {
-            module: Some(0),
-            address,
-        }],
-    })));
-    b.exit(t, 40 * MS);
-    b.stall(Stall {
-        ts: 41 * MS,
-        ended: true,
-        ..stall
-    });
+    b.stalled_poll(t, [MS, 12 * MS, 40 * MS], &exe, address);
     b.finish_task(t, CloseKind::Completed, 50 * MS);
     b.flush();
 

@@ -568,58 +568,18 @@ fn blocked_in_this_fn() -> usize {
 #[cfg(target_os = "linux")]
 #[test]
 fn record_symbolises_native_stacks_so_the_recording_reads_anywhere() {
-    use awaitscope_wire::{
-        Body, Event, FrameReader, Module, NativeStack, RawFrame, StackState, Stall,
-    };
+    use awaitscope_collector::testing::this_executable;
+    use awaitscope_wire::{Body, Event, FrameReader};
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
+    let (exe, base) = this_executable();
     let app = dir.path().join("app");
     std::fs::copy(&exe, &app).unwrap();
-    // Where this binary's code is loaded (position-independent: its first
-    // mapping), so the function's address in the file.
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let exe_s = exe.to_string_lossy().into_owned();
-    let base = maps
-        .lines()
-        .find(|l| l.ends_with(&exe_s) && l.split_whitespace().nth(2) == Some("00000000"))
-        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
-        .unwrap();
     let address = blocked_in_this_fn() as u64 - base;
 
     let mut b = StreamBuilder::new(4243, 1_000);
     b.hello("app", None, false);
     let t = b.spawn(&TaskOpts::named("checkout"), None, 0);
-    b.enter(t, MS);
-    let stall = Stall {
-        task: t,
-        start: MS,
-        ts: 12 * MS,
-        ended: false,
-        spans: vec![],
-        stack: StackState::Sampled,
-        frames: vec![],
-        sched: None,
-    };
-    b.stall(stall.clone());
-    b.push(Event::NativeStack(Box::new(NativeStack {
-        task: t,
-        start: MS,
-        ts: 12 * MS,
-        modules: vec![Module {
-            path: app.to_string_lossy().into_owned(),
-            build_id: vec![],
-        }],
-        frames: vec![RawFrame {
-            module: Some(0),
-            address,
-        }],
-    })));
-    b.exit(t, 40 * MS);
-    b.stall(Stall {
-        ts: 41 * MS,
-        ended: true,
-        ..stall
-    });
+    b.stalled_poll(t, [MS, 12 * MS, 40 * MS], &app.to_string_lossy(), address);
     b.finish_task(t, CloseKind::Completed, 50 * MS).goodbye();
     let src = write(dir.path(), "src.rec", &b.recording());
 

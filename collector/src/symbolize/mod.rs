@@ -445,20 +445,8 @@ mod tests {
         a_function_to_find as *const () as usize
     }
 
-    /// This test binary's path, and the load bias of its code.
-    fn this_binary() -> (String, u64) {
-        let path = std::env::current_exe().unwrap();
-        // A position-independent executable's bias is where its first
-        // mapping starts.
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let exe = path.to_string_lossy().into_owned();
-        let base = maps
-            .lines()
-            .find(|l| l.ends_with(&exe) && l.split_whitespace().nth(2) == Some("00000000"))
-            .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
-            .unwrap();
-        (exe, base)
-    }
+    #[cfg(target_os = "linux")]
+    use crate::testing::this_executable;
 
     fn stack(path: &str, build_id: Vec<u8>, address: u64) -> NativeStack {
         NativeStack {
@@ -485,7 +473,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn names_a_function_of_this_binary_with_its_file() {
-        let (exe, base) = this_binary();
+        let (exe, base) = this_executable();
         let id = read_build_id(Path::new(&exe)).unwrap().unwrap_or_default();
         let at = a_function_to_find() as u64 - base;
         let s = symbolize(&stack(&exe, id, at), None);
@@ -500,7 +488,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_rebuilt_or_missing_binary_is_said_not_guessed() {
-        let (exe, base) = this_binary();
+        let (exe, base) = this_executable();
         let at = a_function_to_find() as u64 - base;
         let s = symbolize(&stack(&exe, vec![1, 2, 3], at), None);
         let why = s.unresolved.unwrap();
@@ -526,7 +514,7 @@ mod tests {
     #[test]
     fn a_batch_gets_its_stacks_inlined_into_their_stalls() {
         use awaitscope_wire::{StackState, Stall};
-        let (exe, base) = this_binary();
+        let (exe, base) = this_executable();
         let id = read_build_id(Path::new(&exe)).unwrap().unwrap_or_default();
         let at = a_function_to_find() as u64 - base;
         let stall = Event::Stall(Box::new(Stall {
