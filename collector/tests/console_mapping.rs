@@ -400,6 +400,169 @@ fn what_console_sends_again_after_connecting_is_made_once() {
 /// while the semaphore inside it has no permit left, and the async op
 /// that took it obtained its permit. The Mutex is held, by that op's task,
 /// and the deadlock is found.
+/// console-subscriber publishes what it drained so far: a lock's state
+/// (its semaphore's permits) and the acquire that took the permit are
+/// separate events, and may come in two updates. The holder told an
+/// update after the lock's state is the lock's holder all the same.
+#[test]
+fn a_lock_whose_holder_console_tells_an_update_later_is_held_by_it() {
+    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{PollOp, ResourceUpdate, Stats as ResStats};
+    use console_api::Attribute;
+    let attr = |name: &str, v: field::Value| Attribute {
+        field: Some(Field {
+            metadata_id: None,
+            name: Some(field::Name::StrName(name.into())),
+            value: Some(v),
+        }),
+        unit: None,
+    };
+    let res = |id: u64, ty: &str, parent: Option<u64>| resource(id, ty, "Sync", parent);
+    let res_stats = |a: Attribute| ResStats {
+        created_at: Some(ts(T0)),
+        dropped_at: None,
+        attributes: vec![a],
+    };
+    let op = async_op;
+    // An op of `task`, polled twice; an `Acquire::new` asked for one
+    // permit and `got` it.
+    let op_stats = |task: u64, dropped: Option<u64>, got: Option<u64>| OpStats {
+        created_at: Some(ts(T0 + MS)),
+        dropped_at: dropped.map(|d| ts(T0 + d * MS)),
+        task_id: Some(Id { id: task }),
+        poll_stats: Some(PollStats {
+            polls: 2,
+            first_poll: Some(ts(T0 + MS)),
+            last_poll_started: Some(ts(T0 + MS)),
+            last_poll_ended: Some(ts(T0 + 2 * MS)),
+            busy_time: Some(dur(MS)),
+        }),
+        attributes: got.map_or_else(Vec::new, |g| {
+            vec![
+                attr("permits_requested", field::Value::U64Val(1)),
+                attr("permits_obtained", field::Value::U64Val(g)),
+            ]
+        }),
+    };
+    let waiting = S {
+        polls: 2,
+        busy: 1,
+        last: (102, 103),
+        wakes: 1,
+        last_wake: Some(102),
+        clones: 2,
+        drops: 1,
+    };
+    // Mutex 4 (semaphore 5) taken by task 8, Mutex 6 (semaphore 7) by
+    // task 9; console says 6 is free, and which task obtained each
+    // semaphore's permit only in the next update (its async ops' own
+    // state updates came after the publish that carried the locks').
+    let locks = ResourceUpdate {
+        new_resources: vec![
+            res(4, "Mutex", None),
+            res(5, "Semaphore", Some(4)),
+            res(6, "Mutex", None),
+            res(7, "Semaphore", Some(6)),
+        ],
+        stats_update: HashMap::from([
+            (4, res_stats(attr("locked", field::Value::BoolVal(true)))),
+            (5, res_stats(attr("permits", field::Value::U64Val(0)))),
+            (6, res_stats(attr("locked", field::Value::BoolVal(false)))),
+            (7, res_stats(attr("permits", field::Value::U64Val(0)))),
+        ]),
+        new_poll_ops: Vec::new(),
+        dropped_events: 0,
+    };
+    let mut u1 = update(
+        180,
+        vec![
+            task(8, "transfer-ab", "task"),
+            task(9, "transfer-ba", "task"),
+        ],
+        vec![(8, waiting.stats()), (9, waiting.stats())],
+    );
+    u1.resource_update = Some(locks);
+    u1.async_op_update = Some(AsyncOpUpdate {
+        new_async_ops: vec![
+            op(10, "Mutex::lock", 4),
+            op(11, "Acquire::new", 5),
+            op(12, "Mutex::lock", 6),
+            op(13, "Acquire::new", 7),
+        ],
+        stats_update: HashMap::from([
+            (10, op_stats(8, Some(2), None)),
+            (11, op_stats(8, None, None)),
+            (12, op_stats(9, Some(2), None)),
+            (13, op_stats(9, None, None)),
+        ]),
+        dropped_events: 0,
+    });
+    // Each task now waits for the other's Mutex.
+    let poll = |task: u64, resource: u64, op: u64, name: &str| PollOp {
+        metadata: None,
+        resource_id: Some(Id { id: resource }),
+        name: name.into(),
+        task_id: Some(Id { id: task }),
+        async_op_id: Some(Id { id: op }),
+        is_ready: false,
+    };
+    let mut u2 = update(1000, vec![], vec![]);
+    u2.resource_update = Some(ResourceUpdate {
+        new_resources: Vec::new(),
+        stats_update: HashMap::new(),
+        new_poll_ops: vec![
+            poll(8, 7, 21, "poll_acquire"),
+            poll(8, 6, 20, "poll"),
+            poll(9, 5, 23, "poll_acquire"),
+            poll(9, 4, 22, "poll"),
+        ],
+        dropped_events: 0,
+    });
+    u2.async_op_update = Some(AsyncOpUpdate {
+        new_async_ops: vec![
+            op(20, "Mutex::lock", 6),
+            op(21, "Acquire::new", 7),
+            op(22, "Mutex::lock", 4),
+            op(23, "Acquire::new", 5),
+        ],
+        stats_update: HashMap::from([
+            (20, op_stats(8, None, None)),
+            (21, op_stats(8, None, Some(0))),
+            (22, op_stats(9, None, None)),
+            (23, op_stats(9, None, Some(0))),
+            // The first acquires' permits, told an update after the locks'.
+            (11, op_stats(8, Some(2), Some(1))),
+            (13, op_stats(9, Some(2), Some(1))),
+        ]),
+        dropped_events: 0,
+    });
+    let updates = [
+        u1,
+        u2,
+        update(2000, vec![], vec![]),
+        update(3000, vec![], vec![]),
+    ];
+    let m = model(&updates);
+    assert!(
+        kinds(&m).contains(&FindingKind::Deadlock),
+        "{:?}",
+        kinds(&m)
+    );
+    let p = m.processes().next().expect("the process");
+    let mut held: Vec<_> = p
+        .resources
+        .iter()
+        .filter(|(_, r)| r.concrete_type == "Mutex")
+        .map(|(id, r)| (*id, r.holders.len()))
+        .collect();
+    held.sort_unstable();
+    assert_eq!(
+        held.into_iter().map(|h| h.1).collect::<Vec<_>>(),
+        vec![1, 1],
+        "each Mutex held by its task"
+    );
+}
+
 #[test]
 fn a_mutex_whose_semaphore_has_no_permit_left_is_held() {
     use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};

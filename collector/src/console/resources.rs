@@ -37,6 +37,8 @@ struct Res {
     internal: bool,
     /// Its `locked` (or `write_locked`) state as last sent.
     locked: Option<bool>,
+    /// The holder last sent with it (console task id), while locked.
+    holder: Option<u64>,
     /// Its `locked` (index 0) or `write_locked` (1) state as console last
     /// told it.
     told: Option<(u16, bool)>,
@@ -171,6 +173,7 @@ impl Resources {
                         parent,
                         internal: r.is_internal,
                         locked: None,
+                        holder: None,
                         told: None,
                         mutex: r.concrete_type == names::TYPE_MUTEX,
                         inner_permits: None,
@@ -240,11 +243,10 @@ impl Resources {
     ) -> Effects {
         let mut fx = Effects::default();
         let mut ready_by = self.obtained(u, now);
-        let mut res_closed = HashMap::new();
-        if let Some(ru) = &u.resource_update {
-            self.polls(m, ru, tasks, now, &mut ready_by, &mut fx);
-            res_closed = self.lock_states(m, ru, tasks, now, &ready_by, &mut fx);
-        }
+        let no_update = ResourceUpdate::default();
+        let ru = u.resource_update.as_ref().unwrap_or(&no_update);
+        self.polls(m, ru, tasks, now, &mut ready_by, &mut fx);
+        let res_closed = self.lock_states(m, ru, tasks, now, &ready_by, &mut fx);
         let mut closes: Vec<(u64, SpanId)> = res_closed.values().copied().collect();
         closes.extend(self.op_closes(u, &res_closed, now));
         // In time order, and in the order they were made (their span ids)
@@ -354,7 +356,10 @@ impl Resources {
     }
 
     /// The lock states `ru` changes, sent with their holders (from
-    /// `ready_by`); returns the resources that closed: console id to
+    /// `ready_by`), and the holders `ready_by` tells of locks whose state
+    /// is not in `ru`: console publishes what it drained so far, and the
+    /// acquire that took a lock's permit may come an update after the
+    /// lock's state. Returns the resources that closed: console id to
     /// when, and span.
     fn lock_states(
         &mut self,
@@ -387,6 +392,7 @@ impl Resources {
                 }
             }
         }
+        ids.extend(ready_by.keys().filter(|id| self.res.contains_key(id)));
         ids.sort_unstable();
         ids.dedup();
         let no_stats = ResStats::default();
@@ -420,16 +426,17 @@ impl Resources {
             } else {
                 r.told
             };
-            // Sent when the state changed, or when a new holder took it.
+            // Sent when the state changed, or when another holder took it.
             let holder = ready_by.get(id).map(|h| h.0);
             let now_locked = locked.map(|l| l.1).or(r.locked);
             let changed = locked.is_some_and(|l| r.locked != Some(l.1));
-            let retaken = now_locked == Some(true) && holder.is_some();
+            let retaken = now_locked == Some(true) && holder.is_some() && holder != r.holder;
             if let (Some((index, b)), true) =
                 (locked.or(r.locked.map(|b| (0, b))), changed || retaken)
             {
                 r.locked = Some(b);
                 let holder = if b { holder } else { None };
+                r.holder = holder;
                 let e = Event::Log(Box::new(awaitscope_wire::Log {
                     callsite: CS_STATE,
                     span: Some(r.span),
