@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use awaitscope_collector::console::forward::{forward_with, Status};
+use awaitscope_collector::console::ConsoleError;
 
 use crate::feed::{Feed, LiveFeed};
 use crate::snapshot::{Snapshot, TaskKey};
@@ -37,6 +38,14 @@ impl ConsoleFeed {
         let set = move |s: Status| {
             let v = match s {
                 Status::Connected(u) => (format!("console {u}"), true),
+                // The header is one line: the notice's gist, first.
+                Status::Problem(ConsoleError::NoTasks { url, updates }) => (
+                    format!(
+                        "console {url}: no task named in {updates} updates (none spawned yet, \
+                         or a filter keeps tokio's task spans from console's layer)"
+                    ),
+                    false,
+                ),
                 Status::Problem(p) => (p.to_string(), false),
                 Status::Stopped(why) => (format!("stopped: {why}"), false),
             };
