@@ -55,9 +55,9 @@
 //! The snapshots are taken from the server's [`Model`](crate::Model)
 //! rather than from a log of the frames seen: the model already holds
 //! exactly the state, bounded by its own retention, so a late join costs no
-//! memory and no work on the ingest path until a viewer actually connects. They are taken and
-//! the viewer registered under the model lock, so no frame is missed or
-//! seen twice between the two.
+//! memory and no work on the ingest path until a viewer actually connects.
+//! They are taken and the viewer registered under the model lock, so no
+//! frame is missed or seen twice between the two.
 //!
 //! A snapshot message is at most [`MAX_SNAPSHOT_LEN`] bytes: a process
 //! whose snapshot would be larger is sent without its completed tasks, then
