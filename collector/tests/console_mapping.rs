@@ -394,35 +394,37 @@ fn what_console_sends_again_after_connecting_is_made_once() {
     );
 }
 
-/// Two tasks each holding a Mutex and waiting for the other's, as
-/// console-subscriber sent them in a recording where the deadlock went
-/// unseen: the first update says one Mutex is not locked (`locked` false)
-/// while the semaphore inside it has no permit left, and the async op
-/// that took it obtained its permit. The Mutex is held, by that op's task,
-/// and the deadlock is found.
-/// console-subscriber publishes what it drained so far: a lock's state
-/// (its semaphore's permits) and the acquire that took the permit are
-/// separate events, and may come in two updates. The holder told an
-/// update after the lock's state is the lock's holder all the same.
-#[test]
-fn a_lock_whose_holder_console_tells_an_update_later_is_held_by_it() {
-    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
-    use console_api::resources::{PollOp, ResourceUpdate, Stats as ResStats};
-    use console_api::Attribute;
-    let attr = |name: &str, v: field::Value| Attribute {
+/// A console attribute `name` of value `v`.
+fn attr(name: &str, v: field::Value) -> console_api::Attribute {
+    console_api::Attribute {
         field: Some(Field {
             metadata_id: None,
             name: Some(field::Name::StrName(name.into())),
             value: Some(v),
         }),
         unit: None,
-    };
-    let res = |id: u64, ty: &str, parent: Option<u64>| resource(id, ty, "Sync", parent);
-    let res_stats = |a: Attribute| ResStats {
+    }
+}
+
+/// Statistics of a resource created at `T0`, with attribute `a`.
+fn res_stats(a: console_api::Attribute) -> console_api::resources::Stats {
+    console_api::resources::Stats {
         created_at: Some(ts(T0)),
         dropped_at: None,
         attributes: vec![a],
-    };
+    }
+}
+
+/// Two tasks each holding a Mutex and waiting for the other's, as
+/// console-subscriber sent them in a recording where the deadlock went
+/// unseen: the first update says one Mutex is not locked (`locked` false)
+/// while the semaphore inside it has no permit left, and the async op that
+/// took it obtained its permit (with `permits_late`, the acquires' permits
+/// come only in the next update).
+fn opposite_locks(permits_late: bool) -> Vec<Update> {
+    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
+    use console_api::resources::{PollOp, ResourceUpdate};
+    let res = |id: u64, ty: &str, parent: Option<u64>| resource(id, ty, "Sync", parent);
     let op = async_op;
     // An op of `task`, polled twice; an `Acquire::new` asked for one
     // permit and `got` it.
@@ -454,9 +456,13 @@ fn a_lock_whose_holder_console_tells_an_update_later_is_held_by_it() {
         drops: 1,
     };
     // Mutex 4 (semaphore 5) taken by task 8, Mutex 6 (semaphore 7) by
-    // task 9; console says 6 is free, and which task obtained each
-    // semaphore's permit only in the next update (its async ops' own
-    // state updates came after the publish that carried the locks').
+    // task 9; console says 6 is free. Which task obtained each
+    // semaphore's permit: in this update, or (`permits_late`) only in the
+    // next.
+    let first = |task: u64| match permits_late {
+        false => op_stats(task, Some(2), Some(1)),
+        true => op_stats(task, None, None),
+    };
     let locks = ResourceUpdate {
         new_resources: vec![
             res(4, "Mutex", None),
@@ -491,9 +497,9 @@ fn a_lock_whose_holder_console_tells_an_update_later_is_held_by_it() {
         ],
         stats_update: HashMap::from([
             (10, op_stats(8, Some(2), None)),
-            (11, op_stats(8, None, None)),
+            (11, first(8)),
             (12, op_stats(9, Some(2), None)),
-            (13, op_stats(9, None, None)),
+            (13, first(9)),
         ]),
         dropped_events: 0,
     });
@@ -525,29 +531,32 @@ fn a_lock_whose_holder_console_tells_an_update_later_is_held_by_it() {
             op(22, "Mutex::lock", 4),
             op(23, "Acquire::new", 5),
         ],
-        stats_update: HashMap::from([
-            (20, op_stats(8, None, None)),
-            (21, op_stats(8, None, Some(0))),
-            (22, op_stats(9, None, None)),
-            (23, op_stats(9, None, Some(0))),
-            // The first acquires' permits, told an update after the locks'.
-            (11, op_stats(8, Some(2), Some(1))),
-            (13, op_stats(9, Some(2), Some(1))),
-        ]),
+        stats_update: {
+            let mut s = HashMap::from([
+                (20, op_stats(8, None, None)),
+                (21, op_stats(8, None, Some(0))),
+                (22, op_stats(9, None, None)),
+                (23, op_stats(9, None, Some(0))),
+            ]);
+            if permits_late {
+                s.insert(11, op_stats(8, Some(2), Some(1)));
+                s.insert(13, op_stats(9, Some(2), Some(1)));
+            }
+            s
+        },
         dropped_events: 0,
     });
-    let updates = [
+    vec![
         u1,
         u2,
         update(2000, vec![], vec![]),
         update(3000, vec![], vec![]),
-    ];
-    let m = model(&updates);
-    assert!(
-        kinds(&m).contains(&FindingKind::Deadlock),
-        "{:?}",
-        kinds(&m)
-    );
+    ]
+}
+
+/// The number of holders of each Mutex of the model's process, in the order
+/// their spans were made.
+fn mutex_holders(m: &Model) -> Vec<usize> {
     let p = m.processes().next().expect("the process");
     let mut held: Vec<_> = p
         .resources
@@ -556,179 +565,49 @@ fn a_lock_whose_holder_console_tells_an_update_later_is_held_by_it() {
         .map(|(id, r)| (*id, r.holders.len()))
         .collect();
     held.sort_unstable();
-    assert_eq!(
-        held.into_iter().map(|h| h.1).collect::<Vec<_>>(),
-        vec![1, 1],
-        "each Mutex held by its task"
-    );
+    held.into_iter().map(|h| h.1).collect()
 }
 
+/// The Mutex whose semaphore has no permit left is held, by the task of
+/// the op that took it, and the deadlock of [`opposite_locks`] is found.
 #[test]
 fn a_mutex_whose_semaphore_has_no_permit_left_is_held() {
-    use console_api::async_ops::{AsyncOpUpdate, Stats as OpStats};
-    use console_api::resources::{PollOp, ResourceUpdate, Stats as ResStats};
-    use console_api::Attribute;
-    let attr = |name: &str, v: field::Value| Attribute {
-        field: Some(Field {
-            metadata_id: None,
-            name: Some(field::Name::StrName(name.into())),
-            value: Some(v),
-        }),
-        unit: None,
-    };
-    let res = |id: u64, ty: &str, parent: Option<u64>| resource(id, ty, "Sync", parent);
-    let res_stats = |a: Attribute| ResStats {
-        created_at: Some(ts(T0)),
-        dropped_at: None,
-        attributes: vec![a],
-    };
-    let op = async_op;
-    // An op of `task`, polled twice; an `Acquire::new` asked for one
-    // permit and `got` it.
-    let op_stats = |task: u64, dropped: Option<u64>, got: Option<u64>| OpStats {
-        created_at: Some(ts(T0 + MS)),
-        dropped_at: dropped.map(|d| ts(T0 + d * MS)),
-        task_id: Some(Id { id: task }),
-        poll_stats: Some(PollStats {
-            polls: 2,
-            first_poll: Some(ts(T0 + MS)),
-            last_poll_started: Some(ts(T0 + MS)),
-            last_poll_ended: Some(ts(T0 + 2 * MS)),
-            busy_time: Some(dur(MS)),
-        }),
-        attributes: got.map_or_else(Vec::new, |g| {
-            vec![
-                attr("permits_requested", field::Value::U64Val(1)),
-                attr("permits_obtained", field::Value::U64Val(g)),
-            ]
-        }),
-    };
-    let waiting = S {
-        polls: 2,
-        busy: 1,
-        last: (102, 103),
-        wakes: 1,
-        last_wake: Some(102),
-        clones: 2,
-        drops: 1,
-    };
-    // Mutex 4 (semaphore 5) taken by task 8, Mutex 6 (semaphore 7) by
-    // task 9; console says 6 is free.
-    let locks = ResourceUpdate {
-        new_resources: vec![
-            res(4, "Mutex", None),
-            res(5, "Semaphore", Some(4)),
-            res(6, "Mutex", None),
-            res(7, "Semaphore", Some(6)),
-        ],
-        stats_update: HashMap::from([
-            (4, res_stats(attr("locked", field::Value::BoolVal(true)))),
-            (5, res_stats(attr("permits", field::Value::U64Val(0)))),
-            (6, res_stats(attr("locked", field::Value::BoolVal(false)))),
-            (7, res_stats(attr("permits", field::Value::U64Val(0)))),
-        ]),
-        new_poll_ops: Vec::new(),
-        dropped_events: 0,
-    };
-    let mut u1 = update(
-        180,
-        vec![
-            task(8, "transfer-ab", "task"),
-            task(9, "transfer-ba", "task"),
-        ],
-        vec![(8, waiting.stats()), (9, waiting.stats())],
-    );
-    u1.resource_update = Some(locks);
-    u1.async_op_update = Some(AsyncOpUpdate {
-        new_async_ops: vec![
-            op(10, "Mutex::lock", 4),
-            op(11, "Acquire::new", 5),
-            op(12, "Mutex::lock", 6),
-            op(13, "Acquire::new", 7),
-        ],
-        stats_update: HashMap::from([
-            (10, op_stats(8, Some(2), None)),
-            (11, op_stats(8, Some(2), Some(1))),
-            (12, op_stats(9, Some(2), None)),
-            (13, op_stats(9, Some(2), Some(1))),
-        ]),
-        dropped_events: 0,
-    });
-    // Each task now waits for the other's Mutex.
-    let poll = |task: u64, resource: u64, op: u64, name: &str| PollOp {
-        metadata: None,
-        resource_id: Some(Id { id: resource }),
-        name: name.into(),
-        task_id: Some(Id { id: task }),
-        async_op_id: Some(Id { id: op }),
-        is_ready: false,
-    };
-    let mut u2 = update(1000, vec![], vec![]);
-    u2.resource_update = Some(ResourceUpdate {
-        new_resources: Vec::new(),
-        stats_update: HashMap::new(),
-        new_poll_ops: vec![
-            poll(8, 7, 21, "poll_acquire"),
-            poll(8, 6, 20, "poll"),
-            poll(9, 5, 23, "poll_acquire"),
-            poll(9, 4, 22, "poll"),
-        ],
-        dropped_events: 0,
-    });
-    u2.async_op_update = Some(AsyncOpUpdate {
-        new_async_ops: vec![
-            op(20, "Mutex::lock", 6),
-            op(21, "Acquire::new", 7),
-            op(22, "Mutex::lock", 4),
-            op(23, "Acquire::new", 5),
-        ],
-        stats_update: HashMap::from([
-            (20, op_stats(8, None, None)),
-            (21, op_stats(8, None, Some(0))),
-            (22, op_stats(9, None, None)),
-            (23, op_stats(9, None, Some(0))),
-        ]),
-        dropped_events: 0,
-    });
-    let updates = [
-        u1,
-        u2,
-        update(2000, vec![], vec![]),
-        update(3000, vec![], vec![]),
-    ];
+    let updates = opposite_locks(false);
     let m = model(&updates);
     assert!(
         kinds(&m).contains(&FindingKind::Deadlock),
         "{:?}",
         kinds(&m)
     );
-    // Holders of Mutex 4 and of Mutex 6, in that order (their spans were
-    // made in that order).
-    let holders = |m: &Model| {
-        let p = m.processes().next().expect("the process");
-        let mut held: Vec<_> = p
-            .resources
-            .iter()
-            .filter(|(_, r)| r.concrete_type == "Mutex")
-            .map(|(id, r)| (*id, r.holders.len()))
-            .collect();
-        held.sort_unstable();
-        held.into_iter().map(|h| h.1).collect::<Vec<_>>()
-    };
-    assert_eq!(holders(&m), vec![1, 1], "each Mutex held by its task");
+    assert_eq!(mutex_holders(&m), vec![1, 1], "each Mutex held by its task");
     // The semaphore of Mutex 6 gets its permit back (its guard dropped):
     // console says nothing new of the Mutex, which it told free already,
     // and the Mutex is free again.
     let mut released = update(3500, vec![], vec![]);
-    released.resource_update = Some(ResourceUpdate {
+    released.resource_update = Some(console_api::resources::ResourceUpdate {
         new_resources: Vec::new(),
         stats_update: HashMap::from([(7, res_stats(attr("permits", field::Value::U64Val(1))))]),
         new_poll_ops: Vec::new(),
         dropped_events: 0,
     });
-    let mut more = updates.to_vec();
+    let mut more = updates;
     more.push(released);
-    assert_eq!(holders(&model(&more)), vec![1, 0]);
+    assert_eq!(mutex_holders(&model(&more)), vec![1, 0]);
+}
+
+/// console-subscriber publishes what it drained so far: a lock's state
+/// (its semaphore's permits) and the acquire that took the permit are
+/// separate events, and may come in two updates. The holder told an
+/// update after the lock's state is the lock's holder all the same.
+#[test]
+fn a_lock_whose_holder_console_tells_an_update_later_is_held_by_it() {
+    let m = model(&opposite_locks(true));
+    assert!(
+        kinds(&m).contains(&FindingKind::Deadlock),
+        "{:?}",
+        kinds(&m)
+    );
+    assert_eq!(mutex_holders(&m), vec![1, 1], "each Mutex held by its task");
 }
 
 /// An async op whose resource closed while console said nothing of the
