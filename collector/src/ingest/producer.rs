@@ -252,8 +252,8 @@ async fn serve_conn(
     }
 }
 
-/// Loads the debug info of the modules the batch's native stacks are in,
-/// before the model gets them: it symbolises them holding its lock, which
+/// Loads the debug info of the modules the batch's native stacks are in
+/// (most batches have none), before the model gets them: it symbolises them holding its lock, which
 /// viewers' snapshots and every producer's frames wait for, and a large
 /// program's debug info takes a tenth of a second and more to load (once
 /// per program; see [`crate::symbolize::load_ahead`]). Loaded on a blocking
@@ -320,9 +320,7 @@ async fn handle_frame(
         Body::Events(ev) => {
             let n = ev.len() as u64;
             stats.events.fetch_add(n, Ordering::Relaxed);
-            if ev.iter().any(|e| matches!(e, Event::NativeStack(_))) {
-                load_symbols_ahead(ev, key.pid).await;
-            }
+            load_symbols_ahead(ev, key.pid).await;
             if !conn.pending_callsites.is_empty() {
                 let mut all = std::mem::take(&mut conn.pending_callsites);
                 all.append(ev);
