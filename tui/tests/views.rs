@@ -3,7 +3,9 @@
 
 mod common;
 
+use awaitscope_collector::config::{MS, SEC};
 use awaitscope_tui::ui::app::{Action, View};
+use awaitscope_wire::WakeOp;
 use common::*;
 
 fn both(name: &str, app: &awaitscope_tui::ui::app::App) {
@@ -222,4 +224,48 @@ fn every_kind_is_drawn_with_its_trace() {
         let (inner, outer) = (out.find("inner @").unwrap(), out.find("outer @").unwrap());
         assert!(inner < outer, "{out}");
     }
+}
+
+/// On a wide terminal the table's columns take what their rows hold: what
+/// a task waits on is shown whole beside short names and locations, and
+/// states are words ("completed"), not their first four letters; on a
+/// narrow one the state keeps four letters, which `state:` still matches.
+#[test]
+fn wide_columns_fit_what_they_hold() {
+    use awaitscope_collector::testing::Scenario;
+    let waits = "fetch_exchange_rate_from_the_upstream_pricing_service";
+    let mut s = Scenario::new();
+    let quote = s.spawn(opts("quote", 10), 0);
+    let span = s.user_span(waits, MS);
+    s.begin_poll(quote, 2 * MS);
+    s.enter(span, 2 * MS);
+    s.exit(span, 3 * MS);
+    s.end_poll(quote, 3 * MS);
+    s.waker(quote, WakeOp::Clone, 3 * MS);
+    let done = s.spawn(opts("done", 11), 4 * MS);
+    s.complete(done, 5 * MS);
+    s.tick(SEC);
+    let mut a = awaitscope_tui::ui::app::App::default();
+    refresh(&mut a, &s.finish());
+    let wide = draw(&a, 140, 10, false);
+    let row = |out: &str, name: &str| {
+        out.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no row {name}: {out}"))
+            .to_string()
+    };
+    assert!(row(&wide, "quote").contains(waits), "{wide}");
+    assert!(row(&wide, "done").contains("✓ completed"), "{wide}");
+    let narrow = draw(&a, 80, 10, false);
+    assert!(row(&narrow, "done").contains("✓ comp "), "{narrow}");
+    a.apply(Action::StartFilter);
+    for c in "state:comp".chars() {
+        a.apply(Action::FilterChar(c));
+    }
+    a.apply(Action::FilterDone);
+    let filtered = draw(&a, 140, 10, false);
+    assert!(
+        filtered.contains("done") && !filtered.contains("quote"),
+        "{filtered}"
+    );
 }

@@ -287,6 +287,10 @@ pub struct App {
     pub offset: Cell<usize>,
     /// Screen row of the first body row (set by rendering).
     pub body_top: Cell<u16>,
+    /// The task table's widest name, location and "waiting on" seen so
+    /// far (set by rendering): its columns grow to fit them and do not
+    /// shrink back as the rows shown change.
+    pub task_widths: Cell<[u16; 3]>,
     /// A command for the data source, taken by the run loop.
     pub pending_replay: Option<ReplayCmd>,
 }
@@ -336,6 +340,7 @@ impl App {
             page: Cell::new(20),
             offset: Cell::new(0),
             body_top: Cell::new(3),
+            task_widths: Cell::new([0; 3]),
             pending_replay: None,
         };
         a.set_snapshot(snap);
