@@ -570,7 +570,7 @@ fn await_nodes(
                     SpanClass::AsyncOp | SpanClass::AsyncOpPoll => "async_op",
                     _ => "span",
                 },
-                location: p.span_location(n.span, n.callsite),
+                location: p.node_location(tree, i),
                 elapsed_ns: now.saturating_sub(n.first_entered),
                 children: await_nodes(p, tree, Some(i as u16), now),
             }

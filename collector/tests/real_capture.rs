@@ -354,3 +354,69 @@ fn long_poll_names_the_instrumented_fns_innermost_first() {
         Some("collector/tests/real_capture.rs")
     );
 }
+
+/// A task that waits on a tokio Mutex points at the line of its `.await`,
+/// not at the Mutex's creation: the stack taken where tokio told it "not
+/// ready" names the line, which no span does. Both tasks of a deadlock
+/// show their own lines; with native stacks off, neither does.
+#[test]
+fn a_wait_on_a_lock_points_at_the_awaiting_line() {
+    type Lines = Arc<std::sync::Mutex<Vec<(&'static str, u32)>>>;
+    async fn deadlock(lines: Lines) {
+        let (a, b) = (Arc::new(Mutex::new(())), Arc::new(Mutex::new(())));
+        let (a2, b2) = (a.clone(), b.clone());
+        let (l1, l2) = (lines.clone(), lines);
+        awaitscope::spawn_named("left", async move {
+            let _ga = a.lock().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            l1.lock().unwrap().push(("left", line!() + 1));
+            let _gb = b.lock().await;
+        });
+        awaitscope::spawn_named("right", async move {
+            let _gb = b2.lock().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            l2.lock().unwrap().push(("right", line!() + 1));
+            let _ga = a2.lock().await;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let trace = |stacks: bool| {
+        let lines = Lines::default();
+        let l = lines.clone();
+        let bytes = record_with(|b| b.native_stacks(stacks), || deadlock(l));
+        let model = analyse(&bytes);
+        let dl = named(&model, FindingKind::Deadlock);
+        assert_eq!(dl.len(), 1, "{:#?}", model.findings().list());
+        let lines = lines.lock().unwrap().clone();
+        (dl[0].0.trace.clone(), lines, Report::from_model(&model))
+    };
+    let (with, lines, report) = trace(true);
+    assert_eq!(lines.len(), 2);
+    // The report's await trees put the lock's wait at its line too.
+    for (task, line) in &lines {
+        let t = report
+            .tasks
+            .iter()
+            .find(|t| t.name.as_deref() == Some(*task))
+            .unwrap();
+        let tree = serde_json::to_string(&t.await_tree).unwrap();
+        let at =
+            format!(r#""location":{{"file":"collector/tests/real_capture.rs","line":{line}}}"#);
+        assert!(tree.contains(&at), "{task}: {tree}");
+    }
+    for (task, line) in &lines {
+        let at = format!(
+            "  waiting in tokio::sync::Mutex::lock @ collector/tests/real_capture.rs:{line}"
+        );
+        let task_at = with
+            .iter()
+            .position(|l| l.starts_with(&format!("task {task}")))
+            .unwrap_or_else(|| panic!("no line of {task}: {with:#?}"));
+        assert_eq!(with.get(task_at + 1), Some(&at), "{task}: {with:#?}");
+    }
+    let (without, lines, _) = trace(false);
+    for (_, line) in &lines {
+        let at = format!("real_capture.rs:{line}");
+        assert!(!without.iter().any(|l| l.ends_with(&at)), "{without:#?}");
+    }
+}

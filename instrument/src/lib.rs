@@ -22,7 +22,7 @@
 //! | `AWAITSCOPE_TOKEN` | token to present to a collector that requires one |
 //! | `AWAITSCOPE_LONG_POLL` | stall threshold: a poll running this long is sampled once (default `10ms`) |
 //! | `AWAITSCOPE_WHOLE_TREE` | a poll this long sends its await tree with the spans that closed during it (default `100us`; for measuring under valgrind, where every poll is slow) |
-//! | `AWAITSCOPE_STACKS=off` | sample no native stacks of long polls (their async stacks still go out) |
+//! | `AWAITSCOPE_STACKS=off` | take no native stacks: of long polls (their async stacks still go out), nor of tasks going to wait (their await frames then point at the resource's creation) |
 //! | `AWAITSCOPE_SPANS` | which spans to capture, in `RUST_LOG` syntax (`my_app=debug,hyper=off,info`; default: every span). tokio's task spans are always captured; a span the filter rejects is disabled at its callsite (see [`Builder::spans`]) |
 //! | `AWAITSCOPE=off` | install nothing |
 //! | `RUST_LOG` | filter of the log output printed to stderr (default `warn`) |
@@ -268,10 +268,12 @@ impl Builder {
         self
     }
 
-    /// Whether long polls' native stacks are sampled (default on;
-    /// `AWAITSCOPE_STACKS=off`). Off, a stall still carries its async stack
-    /// and scheduler statistics. Native stacks are sampled on Linux
-    /// (x86_64, aarch64) only.
+    /// Whether native stacks are taken (default on;
+    /// `AWAITSCOPE_STACKS=off`): long polls' (sampled on Linux, x86_64 and
+    /// aarch64, only; off, a stall still carries its async stack and
+    /// scheduler statistics), and a worker's own where a tokio resource
+    /// tells a task "not ready" (the line the task awaits at; off, its
+    /// await frame points at the resource's creation).
     pub fn native_stacks(mut self, on: bool) -> Self {
         self.stall.stacks = on;
         self
@@ -344,6 +346,7 @@ impl Builder {
             start_unix_ns,
         };
         let info = process_info(self.token);
+        capture.wait_stacks.set_on(self.stall.stacks);
         panic::register(&capture);
         let exporter = export::start(capture.clone(), destinations, info, process, self.stall);
         at_exit::register(exporter.source());

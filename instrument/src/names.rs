@@ -14,9 +14,9 @@
 
 pub(crate) use awaitscope_wire::names::{
     ASYNC_OP_POLL_SPAN, ASYNC_OP_SPAN, AWAIT_POINT_SPAN, AWAIT_POINT_TARGET, CONCRETE_TYPE,
-    CONTEXT_SPAN, CONTEXT_TARGET, JOIN_SPAN, JOIN_TARGET, KIND, KIND_BLOCK_ON, KIND_TASK, LABEL,
-    LOCKED, LOC_FILE, LOC_LINE, MESSAGE, RESOURCE_SPAN, SOURCE, SPAWN_SPAN, TASK_ID, TASK_NAME,
-    TASK_TARGET, TOKIO_POLL_OP_TARGET, TOKIO_STATE_UPDATE_TARGETS,
+    CONTEXT_SPAN, CONTEXT_TARGET, IS_READY, JOIN_SPAN, JOIN_TARGET, KIND, KIND_BLOCK_ON, KIND_TASK,
+    LABEL, LOCKED, LOC_FILE, LOC_LINE, MESSAGE, OP_NAME, RESOURCE_SPAN, SOURCE, SPAWN_SPAN,
+    TASK_ID, TASK_NAME, TASK_TARGET, TOKIO_POLL_OP_TARGET, TOKIO_STATE_UPDATE_TARGETS,
 };
 
 // --------------------------------------------------------- tokio's targets
@@ -32,6 +32,10 @@ pub(crate) const TOKIO_BLOCKING_TARGET: &str = "tokio::task::blocking";
 /// capture turns into wake records.
 pub(crate) const TOKIO_WAKER_TARGET: &str = "tokio::task::waker";
 // ------------------------------------------------- fields of tokio's events
+
+/// [`OP_NAME`] of a timer's poll op (a `Sleep` polled): a wait whose line
+/// its span tells, so no stack is taken for it (`capture::wait_stack`).
+pub(crate) const TIMER_POLL_OP: &str = "poll_elapsed";
 
 /// On a waker event: what was done to the waker, one of the `WAKER_*`
 /// values below.

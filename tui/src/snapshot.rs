@@ -639,7 +639,7 @@ fn task_detail(p: &Process, t: &Task, findings: &[FindingRow], key: TaskKey) -> 
                 depth: tree.depth(i),
                 label: p.node_label(n),
                 location: p
-                    .span_location(n.span, n.callsite)
+                    .node_location(tree, i)
                     .map(|l| l.to_string())
                     .unwrap_or_default(),
                 for_ns: t.closed.unwrap_or(now).saturating_sub(n.first_entered),

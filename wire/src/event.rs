@@ -374,6 +374,17 @@ pub enum Event {
     /// consumer by these ids (its context span carries the same
     /// `traceparent`) and continues the consumer's causal traces here.
     Handover(Box<Handover>),
+    /// Where a task went to wait (version 6, boxed): the native stack of
+    /// the poll in which a tokio resource told the task "not ready" (the
+    /// `Pending` of a `Mutex::lock`, a semaphore's acquire, a oneshot's
+    /// receive), taken on the worker right there, for the collector to
+    /// symbolise as a [`NativeStack`]. Its innermost frame of the
+    /// program's own code is the line the task awaits at, which no span
+    /// names. Sent right after that not-ready [`Event::Log`], for the same
+    /// task and time; `span` is the Log's span (the async op's poll).
+    /// Producers take these at a bounded rate and for timers not at all:
+    /// a not-ready poll may have none.
+    WaitStack(Box<WaitStack>),
 }
 
 impl Event {
@@ -392,6 +403,7 @@ impl Event {
             Event::SpanNew(n) => Some(n.ts),
             Event::Stall(st) => Some(st.ts),
             Event::NativeStack(ns) => Some(ns.ts),
+            Event::WaitStack(w) => Some(w.stack.ts),
             Event::Log(l) => Some(l.ts),
             Event::Panic(p) => Some(p.ts),
             Event::Handover(h) => Some(h.ts),
@@ -629,6 +641,23 @@ pub struct NativeStack {
     /// The frames, innermost first, at most [`limits::MAX_STACK`].
     #[serde(deserialize_with = "capped::raw_frames")]
     pub frames: Vec<RawFrame>,
+}
+
+/// A task's wait, with the native stack it was taken at:
+/// [`Event::WaitStack`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitStack {
+    /// The span the not-ready poll was reported in (an async op's poll,
+    /// whose async op the collector keeps the wait's line on).
+    pub span: SpanId,
+    /// The stack: `task` the waiting task, `start` and `ts` both the time
+    /// of the not-ready poll.
+    pub stack: NativeStack,
+    /// The frame the task awaits at (the innermost of the program's own
+    /// code), when already symbolised: `awaitscope record` does so while
+    /// the program's binary is there, and then empties `stack`'s modules
+    /// and frames, so that the recording reads anywhere.
+    pub at: Option<NativeFrame>,
 }
 
 /// A module of the program (its executable or a shared library), as the

@@ -55,10 +55,13 @@ pub const MAGIC: [u8; 8] = *b"AWSCOPE\0";
 /// Version 5 added [`Event::Handover`] (a causal context sent to another
 /// process as a W3C `traceparent`, for the collector to join the two
 /// processes' causal traces).
-pub const VERSION: u16 = 5;
+///
+/// Version 6 added [`Event::WaitStack`] (the native stack at which a task
+/// was told "not ready" by a tokio resource: the line it awaits at).
+pub const VERSION: u16 = 6;
 
-/// Oldest version a reader accepts: version-1 to version-4 streams decode
-/// unchanged (their events are a subset of version 5's). Others are refused.
+/// Oldest version a reader accepts: version-1 to version-5 streams decode
+/// unchanged (their events are a subset of version 6's). Others are refused.
 pub const MIN_VERSION: u16 = 1;
 
 /// Largest frame payload accepted, in bytes. Producers batch well under it.

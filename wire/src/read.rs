@@ -185,6 +185,22 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
         }
         t.iter().try_for_each(|l| s(l))
     }
+    fn native_stack(ns: &crate::NativeStack) -> Result<(), String> {
+        if ns.frames.len() > limits::MAX_STACK || ns.modules.len() > limits::MAX_STACK {
+            return Err("native stack exceeds the cap".into());
+        }
+        for m in &ns.modules {
+            s(&m.path)?;
+            if m.build_id.len() > limits::MAX_BUILD_ID {
+                return Err("build id exceeds the cap".into());
+            }
+        }
+        let n = ns.modules.len() as u32;
+        if ns.frames.iter().any(|f| f.module.is_some_and(|m| m >= n)) {
+            return Err("native frame names a module that is not listed".into());
+        }
+        Ok(())
+    }
     match &frame.body {
         Body::Hello(info) => {
             s(&info.name)?;
@@ -243,21 +259,12 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                             f.file.as_deref().map_or(Ok(()), s)?;
                         }
                     }
-                    Event::NativeStack(ns) => {
-                        if ns.frames.len() > limits::MAX_STACK
-                            || ns.modules.len() > limits::MAX_STACK
-                        {
-                            return Err("native stack exceeds the cap".into());
-                        }
-                        for m in &ns.modules {
-                            s(&m.path)?;
-                            if m.build_id.len() > limits::MAX_BUILD_ID {
-                                return Err("build id exceeds the cap".into());
-                            }
-                        }
-                        let n = ns.modules.len() as u32;
-                        if ns.frames.iter().any(|f| f.module.is_some_and(|m| m >= n)) {
-                            return Err("native frame names a module that is not listed".into());
+                    Event::NativeStack(ns) => native_stack(ns)?,
+                    Event::WaitStack(w) => {
+                        native_stack(&w.stack)?;
+                        if let Some(f) = &w.at {
+                            s(&f.function)?;
+                            f.file.as_deref().map_or(Ok(()), s)?;
                         }
                     }
                     Event::PollTree { spans, .. } => {

@@ -112,17 +112,17 @@ fn unsupported_version() {
             matches!(
                 err,
                 DecodeError::UnsupportedVersion {
-                    found: 6,
-                    supported: 5
+                    found: 7,
+                    supported: 6
                 }
             ),
             "{err:?}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("version 6"), "{msg}");
-        assert!(msg.contains("1 to 5"), "{msg}");
+        assert!(msg.contains("version 7"), "{msg}");
+        assert!(msg.contains("1 to 6"), "{msg}");
     }
-    for version in [0u16, 6, 0x0100, u16::MAX] {
+    for version in [0u16, 7, 0x0100, u16::MAX] {
         let mut bytes = preamble().to_vec();
         bytes[8..10].copy_from_slice(&version.to_le_bytes());
         match Preamble::parse(&bytes) {

@@ -4,7 +4,8 @@
 //! version 3 added `Stall`, the version-3 files before version 4 added
 //! `NativeStack`: they must still decode, and their frames encode to the
 //! same bytes after the preamble, and the version-4 files (before version 5
-//! added `Handover`) likewise. Regenerate the version-5 files only on a
+//! added `Handover`) and version-5 files (before version 6 added
+//! `WaitStack`) likewise. Regenerate the version-6 files only on a
 //! deliberate format change (`cargo test -p awaitscope-wire --test golden
 //! -- --ignored`), which also needs a new format version.
 
@@ -15,8 +16,10 @@ use common::*;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v5.aws");
-const ARBITRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v5.aws");
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v6.aws");
+const ARBITRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v6.aws");
+const SAMPLES_V5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v5.aws");
+const ARBITRARY_V5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v5.aws");
 const SAMPLES_V4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v4.aws");
 const ARBITRARY_V4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v4.aws");
 const SAMPLES_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v3.aws");
@@ -76,27 +79,38 @@ fn old_version_reads_and_encodes_the_same(path: &str, version: u16) -> Vec<Frame
     frames
 }
 
+/// The events of `frames`, without those `newer` picks (the events of
+/// versions after a file's).
+fn events_without(frames: Vec<Frame>, newer: fn(&Event) -> bool) -> Vec<Event> {
+    frames
+        .into_iter()
+        .filter_map(|f| match f.body {
+            Body::Events(e) => Some(e),
+            _ => None,
+        })
+        .flatten()
+        .filter(|e| !newer(e))
+        .collect()
+}
+
+/// An older version's samples are today's samples without the events of
+/// the versions after it (`newer`).
+fn old_samples_are_todays_without(path: &str, version: u16, newer: fn(&Event) -> bool) {
+    let frames = old_version_reads_and_encodes_the_same(path, version);
+    assert_eq!(
+        events_without(frames, newer),
+        events_without(sample_frames(), newer)
+    );
+}
+
 #[test]
 fn version_2_samples_still_decode() {
-    let frames = old_version_reads_and_encodes_the_same(SAMPLES_V2, 2);
-    // Their events are today's samples without the version-3 events.
-    let events = |frames: Vec<Frame>| -> Vec<Event> {
-        frames
-            .into_iter()
-            .filter_map(|f| match f.body {
-                Body::Events(e) => Some(e),
-                _ => None,
-            })
-            .flatten()
-            .filter(|e| {
-                !matches!(
-                    e,
-                    Event::Stall(_) | Event::NativeStack(_) | Event::Handover(_)
-                )
-            })
-            .collect()
-    };
-    assert_eq!(events(frames), events(sample_frames()));
+    old_samples_are_todays_without(SAMPLES_V2, 2, |e| {
+        matches!(
+            e,
+            Event::Stall(_) | Event::NativeStack(_) | Event::Handover(_) | Event::WaitStack(_)
+        )
+    });
 }
 
 #[test]
@@ -107,20 +121,12 @@ fn version_2_arbitrary_frames_still_decode() {
 
 #[test]
 fn version_3_samples_still_decode() {
-    let frames = old_version_reads_and_encodes_the_same(SAMPLES_V3, 3);
-    // Their events are today's samples without the version-4 events.
-    let events = |frames: Vec<Frame>| -> Vec<Event> {
-        frames
-            .into_iter()
-            .filter_map(|f| match f.body {
-                Body::Events(e) => Some(e),
-                _ => None,
-            })
-            .flatten()
-            .filter(|e| !matches!(e, Event::NativeStack(_) | Event::Handover(_)))
-            .collect()
-    };
-    assert_eq!(events(frames), events(sample_frames()));
+    old_samples_are_todays_without(SAMPLES_V3, 3, |e| {
+        matches!(
+            e,
+            Event::NativeStack(_) | Event::Handover(_) | Event::WaitStack(_)
+        )
+    });
 }
 
 #[test]
@@ -131,24 +137,24 @@ fn version_3_arbitrary_frames_still_decode() {
 
 #[test]
 fn version_4_samples_still_decode() {
-    let frames = old_version_reads_and_encodes_the_same(SAMPLES_V4, 4);
-    // Their events are today's samples without the version-5 events.
-    let events = |frames: Vec<Frame>| -> Vec<Event> {
-        frames
-            .into_iter()
-            .filter_map(|f| match f.body {
-                Body::Events(e) => Some(e),
-                _ => None,
-            })
-            .flatten()
-            .filter(|e| !matches!(e, Event::Handover(_)))
-            .collect()
-    };
-    assert_eq!(events(frames), events(sample_frames()));
+    old_samples_are_todays_without(SAMPLES_V4, 4, |e| {
+        matches!(e, Event::Handover(_) | Event::WaitStack(_))
+    });
 }
 
 #[test]
 fn version_4_arbitrary_frames_still_decode() {
     let frames = old_version_reads_and_encodes_the_same(ARBITRARY_V4, 4);
+    assert_eq!(frames.len(), 400);
+}
+
+#[test]
+fn version_5_samples_still_decode() {
+    old_samples_are_todays_without(SAMPLES_V5, 5, |e| matches!(e, Event::WaitStack(_)));
+}
+
+#[test]
+fn version_5_arbitrary_frames_still_decode() {
+    let frames = old_version_reads_and_encodes_the_same(ARBITRARY_V5, 5);
     assert_eq!(frames.len(), 400);
 }

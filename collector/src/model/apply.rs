@@ -19,7 +19,9 @@ use super::change::{Change, ChangeKind};
 use super::labels;
 use super::merge::{merge_order, NO_SWITCH};
 use super::process::Observer;
-use super::process::{Entered, Process, MAX_CALLSITES, MAX_STACK, RECENT_POLLS, RECENT_POLL_NS};
+use super::process::{
+    Entered, Process, MAX_CALLSITES, MAX_STACK, MAX_WAIT_LINES, RECENT_POLLS, RECENT_POLL_NS,
+};
 use super::resource::{self, Resource, HELD_AT_FRAMES};
 use super::span::{self, Location, Span};
 use super::stall::{is_user_span, ClosedSpan, PollStall, StallSpan};
@@ -238,6 +240,10 @@ impl Process {
             Event::NativeStack(ns) => {
                 self.bump(ns.ts);
                 self.native_stack(ns, obs);
+            }
+            Event::WaitStack(w) => {
+                self.bump(w.stack.ts);
+                self.wait_stack(w);
             }
             Event::Handover(h) => {
                 self.bump(h.ts);
@@ -744,6 +750,9 @@ impl Process {
             }
         }
         self.resources.remove(&id);
+        if !self.wait_lines.is_empty() {
+            self.wait_lines.remove(&id);
+        }
         known
     }
 
@@ -826,6 +835,53 @@ impl Process {
                 ended: false,
             },
         );
+    }
+
+    /// Where a task went to wait: the innermost frame of the program's own
+    /// code in the stack of its not-ready poll, kept for the async op it
+    /// waits on (see [`Process::wait_lines`]). Symbolised here from the
+    /// program's files, as a stall's stack is.
+    fn wait_stack(&mut self, w: &awaitscope_wire::WaitStack) {
+        // The not-ready poll was reported in an async op's poll span; the
+        // async ops around it (a semaphore's acquire inside a Mutex's lock)
+        // wait at the same line: whichever the await frames show.
+        let mut ops = [SpanId(0); 4];
+        let mut n = 0;
+        let mut at = Some(w.span);
+        while let Some(s) = at.and_then(|id| Some((id, self.spans.get(&id)?))) {
+            match s.1.class {
+                SpanClass::AsyncOp if n < ops.len() => {
+                    ops[n] = s.0;
+                    n += 1;
+                }
+                SpanClass::AsyncOp | SpanClass::AsyncOpPoll | SpanClass::Resource => {}
+                _ => break,
+            }
+            at = s.1.parent;
+        }
+        let ops = &ops[..n];
+        if ops.is_empty()
+            || (self.wait_lines.len() + ops.len() > MAX_WAIT_LINES
+                && !ops.iter().all(|op| self.wait_lines.contains_key(op)))
+        {
+            return;
+        }
+        let at = match &w.at {
+            Some(f) => Some(f.clone()),
+            None => crate::symbolize::awaited_at(&w.stack, Some(self.key.pid)),
+        };
+        let line = at.and_then(|f| {
+            Some(Location {
+                file: f.file?,
+                line: f.line?,
+                col: None,
+            })
+        });
+        if let Some(line) = line {
+            for op in ops {
+                self.wait_lines.insert(*op, line.clone());
+            }
+        }
     }
 
     /// The stall of task `task`'s poll started at `start` (a live task, or

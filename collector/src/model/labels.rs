@@ -293,9 +293,10 @@ impl Process {
     /// The frames of the await-tree path down to node `i`, innermost
     /// first. tokio's internals are folded into the operation the user
     /// called (a Mutex's inner semaphore and its `Acquire` become
-    /// `tokio::sync::Mutex::lock`), shown at the user's line: the
-    /// resource's creation site when that is the user's code, else the
-    /// innermost enclosing frame's.
+    /// `tokio::sync::Mutex::lock`), shown at the user's line: the line the
+    /// task awaits the operation at when the producer sent its stack
+    /// ([`Process::wait_lines`]), else the resource's creation site when
+    /// that is the user's code, else the innermost enclosing frame's.
     pub fn await_frames(&self, tree: &AwaitTree, i: usize) -> Vec<Frame> {
         let mut buf = [0usize; 32];
         let long;
@@ -308,6 +309,8 @@ impl Process {
         };
         let mut out: Vec<Frame> = Vec::with_capacity(path.len());
         let mut user_loc: Option<Location> = None;
+        // Index in `out` of the innermost operation's frame.
+        let mut last_op: Option<usize> = None;
         for (k, &n) in path.iter().enumerate() {
             let node = &tree.nodes[n];
             let mut res = self
@@ -346,6 +349,7 @@ impl Process {
                         .map(shown)
                         .filter(is_user)
                         .or_else(|| user_loc.clone());
+                    last_op = Some(out.len());
                     Frame {
                         label: self.operation(r, source),
                         location,
@@ -371,10 +375,61 @@ impl Process {
             // A resource left after its op was folded shows once.
             if out.last() != Some(&frame) {
                 out.push(frame);
+            } else if last_op == Some(out.len()) {
+                last_op = Some(out.len() - 1);
+            }
+        }
+        // The innermost operation is where the task waits: at the line of
+        // its `.await` when a stack of the wait named it.
+        let wait_line = self.wait_line(tree, path, i);
+        if let (Some(i), Some(line)) = (last_op, wait_line) {
+            if let Some(f) = out.get_mut(i) {
+                f.location = Some(line.clone());
             }
         }
         out.reverse();
         out
+    }
+
+    /// Where node `i` of `tree` is, as an await tree shows it: for an
+    /// async op the task waits in, the line of its `.await` when a stack
+    /// of the wait named it ([`Process::wait_lines`]); else the span's
+    /// location (a resource's or an async op's: where the resource was
+    /// made).
+    pub fn node_location(&self, tree: &AwaitTree, i: usize) -> Option<Location> {
+        let n = &tree.nodes[i];
+        if matches!(n.class, SpanClass::AsyncOp | SpanClass::AsyncOpPoll) {
+            if let Some(l) = self.wait_line(tree, &[i], i) {
+                return Some(l.clone());
+            }
+        }
+        self.span_location(n.span, n.callsite)
+    }
+
+    /// The line the task of `tree` awaits at, down the path `path` to node
+    /// `i` ([`Process::wait_lines`]): kept on the async op the wait was
+    /// reported in, which may be the path's or one under its end (tokio's
+    /// own, a semaphore's acquire inside a Mutex's lock).
+    fn wait_line(&self, tree: &AwaitTree, path: &[usize], i: usize) -> Option<&Location> {
+        if self.wait_lines.is_empty() {
+            return None;
+        }
+        let on = |n: usize| self.wait_lines.get(&tree.nodes[n].span);
+        let under = |j: usize| {
+            let mut p = tree.nodes[j].parent;
+            for _ in 0..tree.nodes.len() {
+                match p {
+                    Some(p) if usize::from(p) == i => return true,
+                    Some(q) => p = tree.nodes[usize::from(q)].parent,
+                    None => return false,
+                }
+            }
+            false
+        };
+        path.iter()
+            .rev()
+            .find_map(|&n| on(n))
+            .or_else(|| (i + 1..tree.nodes.len()).filter(|&j| under(j)).find_map(on))
     }
 
     /// The await-tree path down to node `i`, innermost first, one

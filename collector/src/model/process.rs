@@ -21,6 +21,9 @@ use crate::config::Config;
 
 /// Most callsites kept per process.
 pub(super) const MAX_CALLSITES: usize = 1 << 16;
+/// Most await lines kept per process ([`Process::wait_lines`]): one per
+/// async op a task waits on with a stack; more are not kept.
+pub(super) const MAX_WAIT_LINES: usize = 1 << 14;
 /// Most threads tracked per process.
 const MAX_THREADS: usize = 1 << 12;
 /// Most allocations of dropped tasks a process keeps for new ones
@@ -175,6 +178,10 @@ pub struct Process {
     pub late_wakes: VecDeque<super::late_wake::LateWake>,
     /// Contexts the process sent to others (`Context::traceparent`).
     pub handovers: super::handover::Handovers,
+    /// The lines tasks await at, by the async op they wait on (from
+    /// [`awaitscope_wire::Event::WaitStack`]): what the op's await frame
+    /// points at. Forgotten with the async op.
+    pub wait_lines: FastMap<SpanId, Location>,
     /// Wall clock (Unix ns) when the latest live frame arrived, and the
     /// process clock then.
     pub(crate) last_wall: Option<(u64, u64)>,
@@ -253,6 +260,7 @@ impl Process {
             completed: CompletedTasks::default(),
             late_wakes: VecDeque::new(),
             handovers: Default::default(),
+            wait_lines: FastMap::default(),
             summary: FastMap::default(),
             resources: FastMap::default(),
             closed_spans: ClosedSpans::default(),

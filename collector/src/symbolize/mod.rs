@@ -138,16 +138,40 @@ pub fn loads() -> Loads {
     }
 }
 
+/// The frame a wait's stack ([`awaitscope_wire::WaitStack`]) awaits at:
+/// its innermost of the program's own code, if the stack symbolises to
+/// one.
+pub fn awaited_at(stack: &NativeStack, pid: Option<u32>) -> Option<NativeFrame> {
+    symbolize(stack, pid)
+        .frames
+        .into_iter()
+        .find(|f| f.origin == FrameOrigin::User)
+}
+
 /// Symbolises the native stacks of a batch of events from process `pid`
 /// into the stalls they follow (the `Stall` of the same poll, earlier in
-/// the batch, with no frames yet), and drops them: a recording written so
-/// reads on any machine, without the program's binary. A stack that cannot
-/// be symbolised whole here is left as it is, for a reader that can.
-/// Returns how many stacks were symbolised.
+/// the batch, with no frames yet), and drops them; a wait's stack
+/// ([`Event::WaitStack`]) becomes the one frame it awaits at. A recording
+/// written so reads on any machine, without the program's binary. A stack
+/// that cannot be symbolised whole here is left as it is, for a reader
+/// that can. Returns how many stacks were symbolised.
 pub fn inline_native_stacks(events: &mut Vec<Event>, pid: Option<u32>) -> usize {
     let mut done = 0;
     let mut i = 0;
     while i < events.len() {
+        if let Event::WaitStack(w) = &mut events[i] {
+            // A wait keeps the one frame it awaits at.
+            if w.at.is_none() && !w.stack.frames.is_empty() {
+                if let Some(at) = awaited_at(&w.stack, pid) {
+                    w.at = Some(at);
+                    w.stack.frames.clear();
+                    w.stack.modules.clear();
+                    done += 1;
+                }
+            }
+            i += 1;
+            continue;
+        }
         let Event::NativeStack(ns) = &events[i] else {
             i += 1;
             continue;
@@ -543,6 +567,41 @@ mod tests {
         let mut alone = vec![Event::NativeStack(Box::new(stack(&exe, vec![], at)))];
         assert_eq!(inline_native_stacks(&mut alone, None), 0);
         assert_eq!(alone.len(), 1);
+    }
+
+    /// A wait's stack in a batch becomes the one frame it awaits at (the
+    /// innermost of the program's own code), its addresses dropped; one
+    /// that cannot be symbolised here keeps them, for a reader that can.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_wait_keeps_the_frame_it_awaits_at() {
+        use awaitscope_wire::WaitStack;
+        let (exe, base) = this_executable();
+        let id = read_build_id(Path::new(&exe)).unwrap().unwrap_or_default();
+        let at = a_function_to_find() as u64 - base;
+        let wait = |stack| {
+            Event::WaitStack(Box::new(WaitStack {
+                span: SpanId(4),
+                stack,
+                at: None,
+            }))
+        };
+        let mut batch = vec![
+            wait(stack(&exe, id, at)),
+            wait(stack("/nonexistent/app", vec![1], at)),
+        ];
+        assert_eq!(inline_native_stacks(&mut batch, None), 1);
+        let Event::WaitStack(w) = &batch[0] else {
+            panic!("{batch:?}")
+        };
+        let f = w.at.as_ref().expect("the frame it awaits at");
+        assert!(f.function.ends_with("a_function_to_find"), "{f:?}");
+        assert_eq!(f.file.as_deref(), Some("collector/src/symbolize/mod.rs"));
+        assert!(w.stack.frames.is_empty() && w.stack.modules.is_empty());
+        let Event::WaitStack(w) = &batch[1] else {
+            panic!("{batch:?}")
+        };
+        assert!(w.at.is_none() && w.stack.frames.len() == 2, "{w:?}");
     }
 
     /// A module path naming a FIFO (or a device) is refused without

@@ -16,6 +16,7 @@ pub(crate) mod callsite;
 pub(crate) mod fields;
 pub(crate) mod local;
 pub(crate) mod record;
+pub(crate) mod wait_stack;
 
 use std::any::TypeId;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -125,6 +126,8 @@ pub(crate) struct Capture {
     /// Times a thread woke the exporter because its ring was three quarters
     /// full.
     pub on_demand_wakes: AtomicU64,
+    /// The native stacks taken where tasks go to wait.
+    pub wait_stacks: wait_stack::WaitStacks,
     /// The exporter sleeps a whole idle tick, no poll running at its last
     /// look: the next poll to start wakes it (see [`Capture::poll_started`]).
     /// On a line of its own: read at every poll's start, written only when
@@ -197,6 +200,7 @@ impl Capture {
             ring_budget: AtomicUsize::new(ring_capacity.saturating_mul(RING_BUDGET_FACTOR)),
             exporter: OnceLock::new(),
             on_demand_wakes: AtomicU64::new(0),
+            wait_stacks: wait_stack::WaitStacks::default(),
             idle_watch: IdleWatch::default(),
         })
     }
@@ -822,6 +826,18 @@ impl Capture {
                 let mut rec = FieldRecorder::for_callsite(event.metadata());
                 event.record(&mut rec);
                 let ts = shared.raw();
+                let stack = if class == awaitscope_wire::EventClass::PollOp
+                    && wait_stack::is_wait(event.metadata(), &rec.fields)
+                    && with_local(shared, |l| {
+                        let poll = l.current_poll();
+                        poll.0 != 0 && std::mem::replace(&mut l.last_wait, poll) != poll
+                    }) == Some(true)
+                {
+                    let now = shared.delta_nanos(shared.origin_raw, ts);
+                    shared.wait_stacks.take(now)
+                } else {
+                    Vec::new()
+                };
                 with_local(shared, |l| {
                     let raw = RawLog {
                         meta: event.metadata(),
@@ -832,6 +848,7 @@ impl Capture {
                         ts,
                         fields: rec.fields,
                         trace,
+                        stack,
                     };
                     l.push(Raw::Log(Box::new(raw)));
                 });

@@ -23,6 +23,9 @@ pub(crate) struct RawLog {
     pub fields: Vec<Field>,
     /// ERROR events: the causal trace.
     pub trace: Vec<String>,
+    /// A poll op that made its task wait: the thread's return addresses
+    /// there, innermost first (see `capture::wait_stack`); empty otherwise.
+    pub stack: Vec<usize>,
 }
 
 /// A panic seen by the panic hook.

@@ -112,12 +112,25 @@ impl Exporter {
                 ts,
                 callsite,
             } => self.compact_created(model, id, parent, ts, callsite, want),
-            Raw::Log(l) => {
+            Raw::Log(mut l) => {
                 if l.class == wire::EventClass::StateUpdate {
                     model.on_state_update(l.span, l.task, locked_field(&l));
                 }
                 if want {
-                    return Some(log_event(*l, ns));
+                    let stack = std::mem::take(&mut l.stack);
+                    let (span, task, ts) = (l.span, l.task, ns(l.ts));
+                    let log = log_event(*l, ns);
+                    if stack.is_empty() {
+                        return Some(log);
+                    }
+                    // The wait's stack follows its not-ready poll op.
+                    self.emit(&log);
+                    let stack = self.watchdog.place(SpanId(task), ts, &stack);
+                    return Some(Event::WaitStack(Box::new(wire::WaitStack {
+                        span: SpanId(span),
+                        stack,
+                        at: None,
+                    })));
                 }
             }
             // The rest changes no model: converted only for the destinations.

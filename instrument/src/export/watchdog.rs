@@ -322,6 +322,13 @@ impl Watchdog {
         });
     }
 
+    /// The return addresses `addrs` a worker took where task `task` went
+    /// to wait at `ts` (see `capture::wait_stack`), placed in the
+    /// program's modules as a stall's stack is.
+    pub fn place(&mut self, task: SpanId, ts: u64, addrs: &[usize]) -> NativeStack {
+        self.modules.stack(task, ts, ts, addrs, false)
+    }
+
     /// Stalls to send now, in the order they were seen.
     pub fn ready(&mut self) -> std::vec::Drain<'_, Pending> {
         self.ready.drain(..)

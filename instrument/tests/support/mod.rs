@@ -192,6 +192,12 @@ pub struct Captured {
     pub whole_polls: usize,
     /// Contexts that left the process (`Context::traceparent`).
     pub handovers: Vec<awaitscope_wire::Handover>,
+    /// Where tasks went to wait (`WaitStack`), each with the frame it
+    /// awaits at, symbolised as a collector does.
+    pub waits: Vec<(
+        awaitscope_wire::WaitStack,
+        Option<awaitscope_wire::NativeFrame>,
+    )>,
 }
 
 fn fields_map(names: &[String], fields: &[Field]) -> HashMap<String, Value> {
@@ -398,6 +404,10 @@ impl Captured {
                 self.native_stacks += 1;
             }
             Event::Handover(h) => self.handovers.push(*h),
+            Event::WaitStack(w) => {
+                let at = awaitscope_collector::symbolize::awaited_at(&w.stack, None);
+                self.waits.push((*w, at));
+            }
         }
     }
 

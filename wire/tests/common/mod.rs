@@ -43,10 +43,11 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::Stall(_) => "Stall",
         Event::NativeStack(_) => "NativeStack",
         Event::Handover(_) => "Handover",
+        Event::WaitStack(_) => "WaitStack",
     }
 }
 
-pub const EVENT_VARIANTS: usize = 17;
+pub const EVENT_VARIANTS: usize = 18;
 
 /// Name of a body's variant (exhaustive, see [`event_variant`]).
 pub fn body_variant(b: &Body) -> &'static str {
@@ -331,6 +332,45 @@ pub fn sample_events() -> Vec<Event> {
             "0: api::handle_signup{user=7} at src/api.rs:12 (task 7 \"conn\")".into(),
             "-- task 7 \"conn\" spawned at src/api.rs:40 --".into(),
         ],
+    })));
+    events.push(Event::WaitStack(Box::new(WaitStack {
+        span: SpanId(12),
+        stack: NativeStack {
+            task: SpanId(7),
+            start: 11_200,
+            ts: 11_200,
+            modules: vec![Module {
+                path: "/srv/app/bin/server".into(),
+                build_id: vec![0x50, 0xd9, 0xa5, 0x61],
+            }],
+            frames: vec![
+                RawFrame {
+                    module: Some(0),
+                    address: 0x2_0010,
+                },
+                RawFrame {
+                    module: None,
+                    address: 0x7fff_f7fc_1000,
+                },
+            ],
+        },
+        at: None,
+    })));
+    events.push(Event::WaitStack(Box::new(WaitStack {
+        span: SpanId(13),
+        stack: NativeStack {
+            task: SpanId(8),
+            start: 11_300,
+            ts: 11_300,
+            modules: vec![],
+            frames: vec![],
+        },
+        at: Some(NativeFrame {
+            function: "app::billing::await_reply::{{closure}}".into(),
+            file: Some("src/billing.rs".into()),
+            line: Some(217),
+            origin: FrameOrigin::User,
+        }),
     })));
     events
 }
@@ -819,6 +859,45 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                     span_id,
                     ts,
                     trace,
+                }))
+            }),
+        (
+            arb_span(),
+            arb_span(),
+            any::<u64>(),
+            proptest::collection::vec(arb_str(), 0..3),
+            proptest::collection::vec((any::<Option<u32>>(), any::<u64>()), 0..6),
+            proptest::option::of((arb_str(), any::<Option<u32>>())),
+        )
+            .prop_map(|(span, task, ts, paths, frames, at)| {
+                let n = paths.len() as u32;
+                Event::WaitStack(Box::new(WaitStack {
+                    span,
+                    stack: NativeStack {
+                        task,
+                        start: ts,
+                        ts,
+                        modules: paths
+                            .into_iter()
+                            .map(|path| Module {
+                                path,
+                                build_id: vec![],
+                            })
+                            .collect(),
+                        frames: frames
+                            .into_iter()
+                            .map(|(module, address)| RawFrame {
+                                module: module.filter(|_| n > 0).map(|m| m % n.max(1)),
+                                address,
+                            })
+                            .collect(),
+                    },
+                    at: at.map(|(function, line)| NativeFrame {
+                        function,
+                        file: line.map(|_| "src/main.rs".into()),
+                        line,
+                        origin: FrameOrigin::User,
+                    }),
                 }))
             }),
     ]

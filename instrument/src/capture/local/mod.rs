@@ -192,6 +192,11 @@ pub(crate) struct Local {
     pending_enter: (u64, u64),
     /// This thread's poll in progress, shared with the exporter.
     slot: Arc<PollSlot>,
+    /// The poll (task, raw start) of the last wait seen here: tokio
+    /// reports a not-ready lock twice in one poll (the semaphore's acquire
+    /// and the Mutex's lock around it), and one stack of a poll is enough
+    /// (see `capture::wait_stack`).
+    pub last_wait: (u64, u64),
     frames: Stack<StackFrame>,
     /// The polls of the task frames in `frames`, innermost last.
     polls: Stack<PollInProgress>,
@@ -330,6 +335,13 @@ impl Local {
     #[inline]
     pub fn set_recent(&mut self, reg: u64, sid: u64) {
         self.recent = (reg, sid);
+    }
+
+    /// The poll in progress on this thread: its task and raw start
+    /// ((0, 0) outside a poll).
+    pub fn current_poll(&self) -> (u64, u64) {
+        let start = self.polls.last().map_or(0, |p| p.start);
+        (self.current_task(), start)
     }
 
     /// The task being polled on this thread, or 0.
@@ -492,6 +504,7 @@ fn new_local(shared: &Arc<Capture>) -> Local {
         span_ids: (0, 0),
         check_fill_at: wake_mark(super::INITIAL_RING.min(shared.ring_capacity)) as u64,
         pending_enter: (0, 0),
+        last_wait: (0, 0),
         slot,
         frames: Stack::new(STACK),
         polls: Stack::new(STACK),

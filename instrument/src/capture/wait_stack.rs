@@ -1,0 +1,118 @@
+//! Where a task goes to wait: the native stack of the poll in which a tokio
+//! resource says "not ready" (a `Mutex::lock`, a semaphore's acquire, a
+//! oneshot's receive), taken on the worker right there.
+//!
+//! No span names the line of an `.await`: tokio's async ops carry no
+//! caller location (`Mutex::lock` is an `async fn`, which cannot be
+//! `#[track_caller]`), and `#[instrument]` names the function. The stack
+//! does: its innermost frame of the program's own code is the awaiting
+//! line, once the collector symbolises it (the program only reads return
+//! addresses; see `crate::stacks::modules`).
+//!
+//! An unwind of the worker's stack costs microseconds, so stacks are taken
+//! only for waits on resources other than timers (a sleep's line is its
+//! span's), and at a bounded rate: bursts of [`BURST`], then one every
+//! [`GAP_NS`] (generic cell rate algorithm, one compare-exchange). A
+//! wait past the rate goes out without a stack (counted here, in
+//! [`WaitStacks::skipped`], not yet reported): its await frame then points
+//! at the resource's creation, as it does without stacks.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use awaitscope_wire::{limits, Field, Value};
+
+use crate::names;
+
+/// Sustained rate: one stack per this many ns (200 a second).
+pub(crate) const GAP_NS: u64 = 5_000_000;
+/// Stacks that may be taken at once after a quiet time (the waits of a
+/// deadlock come together).
+pub(crate) const BURST: u64 = 64;
+
+/// The rate gate and the counts of the stacks taken at waits.
+#[derive(Default)]
+pub(crate) struct WaitStacks {
+    /// Off with `AWAITSCOPE_STACKS=off` (see `Builder::native_stacks`).
+    on: AtomicBool,
+    /// The theoretical time (ns since the capture's origin) of the next
+    /// stack at the sustained rate; a stack may be taken while it is at
+    /// most `BURST` gaps ahead of now.
+    next_ns: AtomicU64,
+    /// Stacks taken.
+    pub taken: AtomicU64,
+    /// Waits past the rate, sent without a stack.
+    pub skipped: AtomicU64,
+}
+
+impl WaitStacks {
+    /// Turns the stacks on or off.
+    pub fn set_on(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    /// The return addresses of the calling thread, innermost first, for a
+    /// wait ([`is_wait`]) at `now_ns`, if stacks are on and the rate
+    /// admits one; else none.
+    pub fn take(&self, now_ns: u64) -> Vec<usize> {
+        if !self.on.load(Ordering::Relaxed) || !self.admit(now_ns) {
+            return Vec::new();
+        }
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        let mut addrs = Vec::with_capacity(64);
+        backtrace::trace(|frame| {
+            addrs.push(frame.ip() as usize);
+            addrs.len() < limits::MAX_STACK
+        });
+        addrs
+    }
+
+    /// Whether the rate admits a stack at `now_ns` (taking its place).
+    fn admit(&self, now_ns: u64) -> bool {
+        let mut next = self.next_ns.load(Ordering::Relaxed);
+        loop {
+            if next > now_ns.saturating_add(BURST * GAP_NS) {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let after = next.max(now_ns) + GAP_NS;
+            match self.next_ns.compare_exchange_weak(
+                next,
+                after,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(n) => next = n,
+            }
+        }
+    }
+}
+
+/// Whether a poll op event is a task told "not ready" by a resource that
+/// is not a timer (`is_ready = false`, `op_name` not a timer's).
+pub(crate) fn is_wait(meta: &'static tracing_core::Metadata<'static>, fields: &[Field]) -> bool {
+    let index = |name| meta.fields().field(name).map(|f| f.index() as u16);
+    let value = |name| {
+        let i = index(name)?;
+        fields.iter().find(|f| f.index == i).map(|f| &f.value)
+    };
+    matches!(value(names::IS_READY), Some(Value::Bool(false)))
+        && !matches!(value(names::OP_NAME), Some(Value::Str(op)) if op == names::TIMER_POLL_OP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_sustained_rate() {
+        let w = WaitStacks::default();
+        let t0 = 1_000_000_000;
+        let admitted = (0..BURST + 10).filter(|_| w.admit(t0)).count() as u64;
+        // The burst, and the one the gap since the origin allows.
+        assert!((BURST..=BURST + 1).contains(&admitted), "{admitted}");
+        assert!(w.skipped.load(Ordering::Relaxed) >= 9);
+        assert!(!w.admit(t0 + GAP_NS / 2));
+        assert!(w.admit(t0 + 2 * GAP_NS));
+    }
+}
