@@ -14,7 +14,8 @@ use std::time::Duration;
 use awaitscope_wire::FrameOrigin;
 use support::{capture, Captured, Flavor};
 
-/// The line `frame` of a wait names, if any.
+/// The lines the waits of task `task` were sent with, each the
+/// innermost frame of this file in the wait's stack.
 fn lines(c: &Captured, task: &str) -> Vec<u32> {
     let id = c.task(task).id;
     c.waits
@@ -68,16 +69,6 @@ fn a_wait_on_a_resource_sends_the_line_it_awaits_at() {
             h.await.unwrap();
         }
     });
-    let w = c.task("waiter").id;
-    for l in c.logs.iter().filter(|l| l.task == Some(w)) {
-        eprintln!("LOG span={:?} fields={:?}", l.span, l.fields);
-    }
-    for (wt, _) in &c.waits {
-        eprintln!(
-            "WAIT span={:?} task={:?} ts={}",
-            wt.span, wt.stack.task, wt.stack.ts
-        );
-    }
     let at = |l: &Arc<std::sync::atomic::AtomicU32>| l.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(lines(&c, "waiter"), [at(&mutex_line)]);
     assert_eq!(lines(&c, "replied"), [at(&reply_line)]);
