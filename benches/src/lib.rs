@@ -49,7 +49,7 @@ pub fn peak_rss_kib() -> i64 {
 }
 
 /// What a recording holds.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct RecordingStats {
     pub bytes: u64,
     pub frames: u64,
@@ -62,6 +62,8 @@ pub struct RecordingStats {
     pub exit: u64,
     pub close: u64,
     pub wake: u64,
+    /// Stacks of waits (`WaitStack`).
+    pub wait_stacks: u64,
     /// Last (cumulative) drop counts.
     pub buffer_full: u64,
     pub disconnected: u64,
@@ -112,6 +114,7 @@ pub fn read_recording(path: &std::path::Path) -> RecordingStats {
                         }
                         Event::Close { .. } => st.close += 1,
                         Event::Wake { .. } => st.wake += 1,
+                        Event::WaitStack(_) => st.wait_stacks += 1,
                         _ => {}
                     }
                 }

@@ -1,0 +1,129 @@
+//! What the stacks taken where tasks go to wait cost (`capture::wait_stack`):
+//! a workload made of waits (16 tasks taking one tokio Mutex in turn, 5,000
+//! times each, yielding while they hold it, on 2 workers: nearly every lock
+//! is contended), in a child process per run, with
+//!
+//! - `none`: no subscriber;
+//! - `aw-record`: `awaitscope::init()` recording to a file (native stacks
+//!   on, the default);
+//! - `aw-record-nostacks`: the same with `AWAITSCOPE_STACKS=off`;
+//! - `console`: `console_subscriber::init()`.
+//!
+//! The modes run in turn, rotated each round; printed are the medians of
+//! the rounds, each mode's time over `none`'s and stacks on over off.
+//!
+//! ```sh
+//! cargo run --release -p awaitscope-benches --example wait_stacks
+//! #   AWAITSCOPE_BENCH_ROUNDS=7   rounds
+//! ```
+//!
+//! Needs `--cfg tokio_unstable` (the workspace's `.cargo/config.toml`):
+//! without it tokio reports no resource and no wait is taken.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+const MODES: [&str; 4] = ["none", "aw-record", "aw-record-nostacks", "console"];
+
+/// The child: runs the workload under `mode`, prints its seconds.
+fn child(mode: &str) {
+    let _guard = match mode {
+        "console" => {
+            console_subscriber::init();
+            None
+        }
+        "none" => None,
+        _ => Some(awaitscope::init()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let t = Instant::now();
+    rt.block_on(async {
+        let m = Arc::new(tokio::sync::Mutex::new(0u64));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let m = m.clone();
+                tokio::spawn(async move {
+                    for _ in 0..5_000 {
+                        let mut g = m.lock().await;
+                        *g += 1;
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+    println!("{}", t.elapsed().as_secs_f64());
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var("AWAITSCOPE_WAIT_BENCH_CHILD") {
+        return child(&mode);
+    }
+    let rounds: usize = std::env::var("AWAITSCOPE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let exe = std::env::current_exe().expect("this executable");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut secs: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut taken = Vec::new();
+    for round in 0..rounds {
+        for k in 0..MODES.len() {
+            let i = (round + k) % MODES.len();
+            let mode = MODES[i];
+            let mut cmd = Command::new(&exe);
+            cmd.env("AWAITSCOPE_WAIT_BENCH_CHILD", mode)
+                .env("AWAITSCOPE_ADDR", "off")
+                .env_remove("AWAITSCOPE_STACKS")
+                .env_remove("AWAITSCOPE_RECORD");
+            match mode {
+                "aw-record" => {
+                    cmd.env("AWAITSCOPE_RECORD", dir.path().join("on.aws"));
+                }
+                "aw-record-nostacks" => {
+                    cmd.env("AWAITSCOPE_RECORD", dir.path().join("off.aws"))
+                        .env("AWAITSCOPE_STACKS", "off");
+                }
+                "console" => {
+                    cmd.env("TOKIO_CONSOLE_BIND", "127.0.0.1:0");
+                }
+                _ => {}
+            }
+            let out = cmd.output().expect("the child runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let s: f64 = text.trim().parse().unwrap_or_else(|_| {
+                panic!("{mode}: {text}\n{}", String::from_utf8_lossy(&out.stderr))
+            });
+            secs[i].push(s);
+            if mode == "aw-record" {
+                let st = awaitscope_benches::read_recording(&dir.path().join("on.aws"));
+                assert!(st.goodbye && st.buffer_full == 0, "{st:?}");
+                taken.push(st.wait_stacks as f64);
+            }
+        }
+    }
+    let med: Vec<f64> = secs
+        .iter_mut()
+        .map(|v| awaitscope_benches::median(v))
+        .collect();
+    println!(
+        "contended tokio Mutex, 16 tasks x 5,000 locks, 2 workers; medians of {rounds} rounds"
+    );
+    println!("{:<20} {:>9} {:>9}", "mode", "seconds", "vs none");
+    for (m, s) in MODES.iter().zip(&med) {
+        println!("{m:<20} {s:>9.3} {:>8.2}x", s / med[0]);
+    }
+    println!(
+        "stacks on / off: {:.3} (aw-record / aw-record-nostacks); stacks taken per run: {:.0} (median)",
+        med[1] / med[2],
+        awaitscope_benches::median(&mut taken)
+    );
+}
