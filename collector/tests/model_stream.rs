@@ -755,3 +755,60 @@ fn a_join_waits_for_its_finding_when_findings_before_it_are_taken_back() {
         d.trace
     );
 }
+
+/// A wait's stack names an async op whose parents make a cycle (a hostile
+/// or broken stream): the model walks a bounded number of them, keeps the
+/// line, and goes on.
+#[test]
+fn a_wait_on_spans_whose_parents_make_a_cycle_ends() {
+    use awaitscope_wire::{Event, FrameOrigin, NativeFrame, NativeStack, SpanNew, WaitStack};
+    let mut b = StreamBuilder::new(7, 1);
+    b.hello("cyclic", None, false);
+    let task = b.spawn(&TaskOpts::named("t"), None, 1);
+    let mutex = b.resource("Mutex", "Sync", 3, 1);
+    b.enter(task, 2);
+    // Registers the async op callsites (3: async op).
+    b.lock(task, mutex, false, 3);
+    b.exit(task, 4);
+    for (id, parent) in [(9000, 9001), (9001, 9000)] {
+        b.push(Event::SpanNew(Box::new(SpanNew {
+            id: SpanId(id),
+            callsite: 3,
+            parent: Some(SpanId(parent)),
+            ctx_task: Some(task),
+            ctx_span: None,
+            ts: 5,
+            fields: vec![],
+        })));
+    }
+    b.push(Event::WaitStack(Box::new(WaitStack {
+        span: SpanId(9000),
+        stack: NativeStack {
+            task,
+            start: 6,
+            ts: 6,
+            modules: vec![],
+            frames: vec![],
+        },
+        at: Some(NativeFrame {
+            function: "app::wait".into(),
+            file: Some("src/main.rs".into()),
+            line: Some(12),
+            origin: FrameOrigin::User,
+        }),
+    })));
+    b.flush();
+    let frames = b.take_frames();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut m = Model::new(Config::default());
+        for f in &frames {
+            m.apply(f);
+        }
+        let _ = tx.send(m.processes().next().map(|p| p.wait_lines.len()));
+    });
+    let kept = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the wait was applied");
+    assert_eq!(kept, Some(2));
+}

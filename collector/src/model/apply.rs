@@ -848,7 +848,11 @@ impl Process {
         let mut ops = [SpanId(0); 4];
         let mut n = 0;
         let mut at = Some(w.span);
-        while let Some(s) = at.and_then(|id| Some((id, self.spans.get(&id)?))) {
+        // Bounded: a hostile stream may make parents a cycle.
+        for _ in 0..8 {
+            let Some(s) = at.and_then(|id| Some((id, self.spans.get(&id)?))) else {
+                break;
+            };
             match s.1.class {
                 SpanClass::AsyncOp if n < ops.len() => {
                     ops[n] = s.0;
