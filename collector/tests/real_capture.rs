@@ -388,10 +388,17 @@ fn a_wait_on_a_lock_points_at_the_awaiting_line() {
         let dl = named(&model, FindingKind::Deadlock);
         assert_eq!(dl.len(), 1, "{:#?}", model.findings().list());
         let lines = lines.lock().unwrap().clone();
-        (dl[0].0.trace.clone(), lines, Report::from_model(&model))
+        let at = dl[0].0.location.as_ref().map(|l| (l.file.clone(), l.line));
+        (dl[0].0.trace.clone(), lines, Report::from_model(&model), at)
     };
-    let (with, lines, report) = trace(true);
+    let (with, lines, report, at) = trace(true);
     assert_eq!(lines.len(), 2);
+    // The finding points at the line its first task waits at.
+    let here = "collector/tests/real_capture.rs".to_string();
+    assert!(
+        lines.iter().any(|(_, l)| at == Some((here.clone(), *l))),
+        "{at:?} {lines:?}"
+    );
     // The report's await trees put the lock's wait at its line too.
     for (task, line) in &lines {
         let t = report
@@ -414,7 +421,7 @@ fn a_wait_on_a_lock_points_at_the_awaiting_line() {
             .unwrap_or_else(|| panic!("no line of {task}: {with:#?}"));
         assert_eq!(with.get(task_at + 1), Some(&at), "{task}: {with:#?}");
     }
-    let (without, lines, _) = trace(false);
+    let (without, lines, _, _) = trace(false);
     for (_, line) in &lines {
         let at = format!("real_capture.rs:{line}");
         assert!(!without.iter().any(|l| l.ends_with(&at)), "{without:#?}");

@@ -94,13 +94,13 @@ fn wait_graph(p: &Process, now: u64, th: &Thresholds) -> HashMap<SpanId, Vec<(Sp
 /// ([`Process::await_point`]) when the lock is not in its tree (the tree
 /// filled up before the wait): not a span that closed in the poll, nor a
 /// lock it only released. Empty when nothing is one.
-fn waiting_path(p: &Process, t: &Task, res: SpanId) -> Vec<String> {
+fn waiting_path(p: &Process, t: &Task, res: SpanId) -> Vec<labels::Frame> {
     let tree = &t.await_tree;
     let node = (0..tree.nodes.len())
         .filter(|&i| p.resource_of(tree.nodes[i].span) == Some(res))
         .max_by_key(|&i| tree.depth(i))
         .or_else(|| p.await_point(tree));
-    node.map_or_else(Vec::new, |i| p.await_path(tree, i))
+    node.map_or_else(Vec::new, |i| p.await_frames(tree, i))
 }
 
 /// Cycles of the wait graph, each as `(task, resource it waits on)` steps,
@@ -159,6 +159,7 @@ fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) ->
         let key = format!("{ids:?}");
         let mut trace = Vec::new();
         let mut tasks = Vec::new();
+        let mut first_wait = None;
         for (i, (task, res)) in cycle.iter().enumerate() {
             let (holder, _) = cycle[(i + 1) % cycle.len()];
             let t = &p.tasks[task];
@@ -175,9 +176,13 @@ fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) ->
                 task_label(h)
             ));
             // Where it waits: its await path down to the lock, innermost
-            // first.
-            for line in waiting_path(p, t, *res) {
-                trace.push(format!("  waiting in {line}"));
+            // first. The first task's wait is where the finding points.
+            let frames = waiting_path(p, t, *res);
+            if i == 0 {
+                first_wait = frames.first().and_then(|f| f.location.clone());
+            }
+            for frame in frames {
+                trace.push(format!("  waiting in {frame}"));
             }
             // What it holds: the lock the previous task waits on, and
             // where it took it.
@@ -209,7 +214,8 @@ fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) ->
             process: p.key,
             key: key.clone(),
             tasks,
-            location: first_res.location.clone(),
+            // The line the first task waits at, else its lock's creation.
+            location: first_wait.or_else(|| first_res.location.clone()),
             message: format!(
                 "deadlock: {} tasks wait on each other in a cycle",
                 cycle.len()
