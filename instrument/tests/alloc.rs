@@ -1,8 +1,10 @@
 //! Allocation on the span path: once the exporter has read a thread's
 //! closed spans, the thread's next spans reuse their nodes, so a program
 //! that creates and closes spans in steady state (a span per request)
-//! allocates nothing for them. (Drains are asked for with `Guard::flush`,
-//! so that the test does not depend on the exporter's timing.)
+//! allocates nothing for them. The same for events sent as logs (tokio's
+//! resource events, a warning): their records come back to the thread
+//! that made them. (Drains are asked for with `Guard::flush`, so that the
+//! test does not depend on the exporter's timing.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -101,4 +103,51 @@ fn spans_in_steady_state_allocate_nothing() {
         .filter(|e| matches!(e, awaitscope_wire::Event::SpanNew(_)))
         .count();
     assert_eq!(created, 30 * BATCH as usize);
+}
+
+/// Events sent as logs, with fields that need no memory of their own (a
+/// tokio state update's permits and lock state): in steady state their
+/// records, and the fields' vectors, are the ones the exporter gave back.
+#[test]
+fn logs_in_steady_state_allocate_nothing() {
+    let memory = MemoryRecording::new();
+    let (subscriber, guard) = awaitscope::Builder::new()
+        .record_in_memory(&memory)
+        .try_build_subscriber()
+        .expect("awaitscope builds")
+        .expect("awaitscope is on");
+    let mut counted = 0;
+    tracing::subscriber::with_default(subscriber, || {
+        for batch in 0..30 {
+            let count = batch >= 20;
+            COUNTING.with(|c| c.set(count));
+            for i in 0..BATCH {
+                // What tokio sends when a semaphore's permits change.
+                tracing::trace!(
+                    target: "runtime::resource::state_update",
+                    permits = batch * BATCH + i,
+                    locked = false
+                );
+            }
+            COUNTING.with(|c| c.set(false));
+            if count {
+                counted += BATCH;
+            }
+            guard.flush();
+        }
+    });
+    let before = ALLOCATIONS.with(Cell::get);
+    assert_eq!(before, 0, "allocations for {counted} logs in steady state");
+    drop(guard);
+    let frames = memory.frames().expect("recording decodes");
+    let logs = frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            awaitscope_wire::Body::Events(evs) => Some(evs),
+            _ => None,
+        })
+        .flatten()
+        .filter(|e| matches!(e, awaitscope_wire::Event::Log(l) if l.fields.len() == 2))
+        .count();
+    assert_eq!(logs, 30 * BATCH as usize);
 }

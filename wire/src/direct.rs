@@ -38,6 +38,7 @@ mod index {
     pub const EXIT: u64 = 7;
     pub const CLOSE: u64 = 8;
     pub const WAKE: u64 = 9;
+    pub const LOG: u64 = 10;
     pub const POLL: u64 = 12;
     pub const POLL_END: u64 = 13;
 }
@@ -107,9 +108,72 @@ pub(crate) fn encode(ev: &Event, out: &mut Vec<u8>) -> bool {
             w.varint(close_kind(kind));
             w.varint_time(ts);
         }
+        Event::Log(ref l) => encode_log(l, out),
         _ => return false,
     }
     true
+}
+
+/// Appends the postcard encoding of `Event::Log` (tokio's resource events,
+/// several poll ops and state updates per lock taken, are logs).
+fn encode_log(l: &crate::Log, out: &mut Vec<u8>) {
+    // Variant, callsite, two options, ts, the two counts: at most
+    // 1 + 5 + 2 * 11 + 10 + 2 * 10 = 58; and each field's and line's bytes.
+    let room = 58
+        + l.fields.iter().map(field_room).sum::<usize>()
+        + l.trace.iter().map(|t| 10 + t.len()).sum::<usize>();
+    let mut w = Writer::with_room(out, room);
+    w.varint(index::LOG);
+    w.varint(u64::from(l.callsite));
+    for id in [l.span, l.task] {
+        match id {
+            None => w.byte(0),
+            Some(id) => {
+                w.byte(1);
+                w.varint(id.0);
+            }
+        }
+    }
+    w.varint_time(l.ts);
+    w.varint(l.fields.len() as u64);
+    for f in &l.fields {
+        field(&mut w, f);
+    }
+    w.varint(l.trace.len() as u64);
+    for t in &l.trace {
+        w.varint(t.len() as u64);
+        w.bytes(t.as_bytes());
+    }
+}
+
+/// Writes one field: its index, its value's variant and the value.
+#[inline(always)]
+fn field(w: &mut Writer<'_>, f: &Field) {
+    w.varint(u64::from(f.index));
+    match &f.value {
+        Value::I64(v) => {
+            w.byte(0);
+            // postcard's zigzag.
+            w.varint(((v << 1) ^ (v >> 63)) as u64);
+        }
+        Value::U64(v) => {
+            w.byte(1);
+            w.varint(*v);
+        }
+        Value::F64(v) => {
+            w.byte(2);
+            w.bytes(&v.to_le_bytes());
+        }
+        Value::Bool(b) => {
+            w.byte(3);
+            w.byte(u8::from(*b));
+        }
+        Value::Str(s) => {
+            w.byte(4);
+            w.varint(s.len() as u64);
+            w.bytes(s.as_bytes());
+        }
+    }
 }
 
 /// Appends the postcard encoding of `Event::SpanNew` with `ev`'s contents
@@ -138,31 +202,7 @@ pub(crate) fn encode_span_new(ev: &SpanNewRef<'_>, out: &mut Vec<u8>) {
     w.varint_time(ev.ts);
     w.varint(ev.fields.len() as u64);
     for f in ev.fields {
-        w.varint(u64::from(f.index));
-        match &f.value {
-            Value::I64(v) => {
-                w.byte(0);
-                // postcard's zigzag.
-                w.varint(((v << 1) ^ (v >> 63)) as u64);
-            }
-            Value::U64(v) => {
-                w.byte(1);
-                w.varint(*v);
-            }
-            Value::F64(v) => {
-                w.byte(2);
-                w.bytes(&v.to_le_bytes());
-            }
-            Value::Bool(b) => {
-                w.byte(3);
-                w.byte(u8::from(*b));
-            }
-            Value::Str(s) => {
-                w.byte(4);
-                w.varint(s.len() as u64);
-                w.bytes(s.as_bytes());
-            }
-        }
+        field(&mut w, f);
     }
 }
 
@@ -1035,6 +1075,17 @@ mod tests {
                     wakers: 0,
                 },
                 index::POLL,
+            ),
+            (
+                Event::Log(Box::new(crate::Log {
+                    callsite: 0,
+                    span: None,
+                    task: None,
+                    ts: 0,
+                    fields: vec![],
+                    trace: vec![],
+                })),
+                index::LOG,
             ),
             (
                 Event::PollEnd {

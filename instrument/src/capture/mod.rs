@@ -74,9 +74,9 @@ pub(crate) struct Ring {
     pub thread: u32,
     pub name: Option<String>,
     /// The first ring of a thread carries the exporter's end of the
-    /// thread's node returns (see [`local::NODE_RETURNS`]); the exporter
-    /// keeps it by thread.
-    pub returns: Option<rtrb::Producer<Arc<SpanNode>>>,
+    /// thread's returns (nodes, see [`local::NODE_RETURNS`]; log records,
+    /// see [`local::LOG_RETURNS`]); the exporter keeps it by thread.
+    pub returns: Option<local::Returns>,
 }
 
 /// One capture: the state that a layer (or awaitscope's own subscriber),
@@ -282,7 +282,7 @@ impl Capture {
         dropped: Arc<AtomicU64>,
         poll: Arc<local::PollSlot>,
         thread: Option<u32>,
-        returns: Option<rtrb::Producer<Arc<SpanNode>>>,
+        returns: Option<local::Returns>,
     ) -> u32 {
         let thread = thread.unwrap_or_else(|| self.next_thread.fetch_add(1, Ordering::Relaxed));
         let name = std::thread::current().name().map(str::to_owned);
@@ -823,7 +823,16 @@ impl Capture {
                 } else {
                     Vec::new()
                 };
-                let mut rec = FieldRecorder::for_callsite(event.metadata());
+                // A record the exporter gave back, its fields' memory
+                // reused (see `local::LOG_RETURNS`).
+                let mut raw = with_local(shared, |l| l.old_log()).flatten();
+                let mut rec = FieldRecorder {
+                    fields: match raw.as_mut() {
+                        Some(r) => std::mem::take(&mut r.fields),
+                        None => FieldRecorder::for_callsite(event.metadata()).fields,
+                    },
+                };
+                rec.fields.clear();
                 event.record(&mut rec);
                 let ts = shared.raw();
                 let stack = if class == awaitscope_wire::EventClass::PollOp
@@ -839,7 +848,7 @@ impl Capture {
                     Vec::new()
                 };
                 with_local(shared, |l| {
-                    let raw = RawLog {
+                    let new = RawLog {
                         meta: event.metadata(),
                         class,
                         callsite: info.id,
@@ -850,7 +859,16 @@ impl Capture {
                         trace,
                         stack,
                     };
-                    l.push(Raw::Log(Box::new(raw)));
+                    let raw = match raw {
+                        Some(mut old) => {
+                            // Its old trace and stack are dropped here,
+                            // where they were made.
+                            *old = new;
+                            old
+                        }
+                        None => Box::new(new),
+                    };
+                    l.push(Raw::Log(raw));
                 });
             }
             Class::Span(_) | Class::Ignored => {}

@@ -117,21 +117,26 @@ impl Exporter {
                     model.on_state_update(l.span, l.task, locked_field(&l));
                 }
                 if want {
-                    let stack = std::mem::take(&mut l.stack);
-                    let (span, task, ts) = (l.span, l.task, ns(l.ts));
-                    let log = log_event(*l, ns);
-                    if stack.is_empty() {
-                        return Some(log);
+                    let ev = Event::Log(log_event(&mut l, self.spare_log.take(), ns));
+                    self.emit(&ev);
+                    // The fields and the trace go back with their record.
+                    if let Event::Log(mut log) = ev {
+                        l.fields = std::mem::take(&mut log.fields);
+                        l.trace = std::mem::take(&mut log.trace);
+                        self.spare_log = Some(log);
                     }
-                    // The wait's stack follows its not-ready poll op.
-                    self.emit(&log);
-                    let stack = self.watchdog.place(SpanId(task), ts, &stack);
-                    return Some(Event::WaitStack(Box::new(wire::WaitStack {
-                        span: SpanId(span),
-                        stack,
-                        at: None,
-                    })));
+                    if !l.stack.is_empty() {
+                        // The wait's stack follows its not-ready poll op.
+                        let ts = ns(l.ts);
+                        let stack = self.watchdog.place(SpanId(l.task), ts, &l.stack);
+                        self.emit(&Event::WaitStack(Box::new(wire::WaitStack {
+                            span: SpanId(l.span),
+                            stack,
+                            at: None,
+                        })));
+                    }
                 }
+                self.give_back_log(l, thread);
             }
             // The rest changes no model: converted only for the destinations.
             // Each arm takes its record whole (dropped there when not
@@ -499,8 +504,20 @@ impl Exporter {
         if let Some(Some(returns)) = self.returns.get_mut(home as usize) {
             // A thread that is gone frees nothing more: the node is
             // dropped here.
-            if !returns.is_abandoned() {
-                let _ = returns.push(node);
+            if !returns.nodes.is_abandoned() {
+                let _ = returns.nodes.push(node);
+            }
+        }
+    }
+
+    /// Gives a log record back to the thread that made it, for its next
+    /// one (see `capture::local::LOG_RETURNS`); dropped here when that
+    /// thread is gone or has enough waiting.
+    #[inline]
+    fn give_back_log(&mut self, log: Box<RawLog>, home: u32) {
+        if let Some(Some(returns)) = self.returns.get_mut(home as usize) {
+            if !returns.logs.is_abandoned() {
+                let _ = returns.logs.push(log);
             }
         }
     }
@@ -723,16 +740,29 @@ pub(super) fn locked_field(l: &RawLog) -> Option<bool> {
         })
 }
 
-/// The `Log` event of a captured event; `ns` converts raw clock readings.
-pub(super) fn log_event(l: RawLog, ns: impl Fn(u64) -> u64) -> Event {
-    Event::Log(Box::new(awaitscope_wire::Log {
+/// The `Log` event of a captured event (in `spare`, the allocation of an
+/// earlier one, when given), its fields and trace taken from the record;
+/// `ns` converts raw clock readings.
+pub(super) fn log_event(
+    l: &mut RawLog,
+    spare: Option<Box<awaitscope_wire::Log>>,
+    ns: impl Fn(u64) -> u64,
+) -> Box<awaitscope_wire::Log> {
+    let log = awaitscope_wire::Log {
         callsite: l.callsite,
         span: span_id(l.span),
         task: span_id(l.task),
         ts: ns(l.ts),
-        fields: l.fields,
-        trace: l.trace,
-    }))
+        fields: std::mem::take(&mut l.fields),
+        trace: std::mem::take(&mut l.trace),
+    };
+    match spare {
+        Some(mut b) => {
+            *b = log;
+            b
+        }
+        None => Box::new(log),
+    }
 }
 
 /// The state of `thread`, made on first sight.

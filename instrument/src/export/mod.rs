@@ -278,6 +278,7 @@ pub(crate) fn start(
         counts: Vec::new(),
         thread: u32::MAX,
         held: None,
+        spare_log: None,
         returns: Vec::new(),
         threads: Vec::new(),
         retired_drops: 0,
@@ -335,7 +336,7 @@ struct Exporter {
     rings: Vec<Ring>,
     /// By thread index: where the nodes of spans the thread created go back
     /// to it once closed (see `capture::local::NODE_RETURNS`).
-    returns: Vec<Option<rtrb::Producer<Arc<SpanNode>>>>,
+    returns: Vec<Option<crate::capture::local::Returns>>,
     /// Threads whose name was already sent.
     announced: Vec<u32>,
     callsites_sent: usize,
@@ -355,6 +356,9 @@ struct Exporter {
     /// A task's poll start (span, raw time) not sent yet: if the next record
     /// of its ring ends that poll, both go out as one `Poll` event.
     held: Option<(u64, u64)>,
+    /// The allocation of the `Log` event last sent, kept for the next
+    /// (tokio's resource events are logs, several per lock taken).
+    spare_log: Option<Box<awaitscope_wire::Log>>,
     /// By thread index: what has been read of each thread's polls.
     threads: Vec<ThreadReads>,
     /// Drops of rings whose threads are gone.

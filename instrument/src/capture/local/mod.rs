@@ -39,7 +39,7 @@ use crate::span_node::SpanNode;
 use cache::{CacheEntry, CACHE};
 pub(crate) use poll_slot::PollSlot;
 use ring::wake_mark;
-pub(crate) use ring::NODE_RETURNS;
+pub(crate) use ring::{Returns, LOG_RETURNS, NODE_RETURNS};
 
 /// Deepest span stack tracked per thread; deeper spans are not recorded.
 const STACK: usize = 64;
@@ -239,6 +239,9 @@ pub(crate) struct Local {
     /// Nodes this thread made whose spans closed, given back by the
     /// exporter for the next span to reuse (see [`NODE_RETURNS`]).
     returns: rtrb::Consumer<Arc<SpanNode>>,
+    /// Log records this thread made, given back by the exporter once sent
+    /// (see [`LOG_RETURNS`]).
+    log_returns: rtrb::Consumer<Box<crate::capture::record::RawLog>>,
 }
 
 impl Local {
@@ -484,13 +487,14 @@ fn new_local(shared: &Arc<Capture>) -> Local {
     let dropped = Arc::new(AtomicU64::new(0));
     let slot = Arc::new(PollSlot::default());
     slot.set_tid(crate::stacks::current_tid());
-    let (give_back, returns) = rtrb::RingBuffer::new(NODE_RETURNS);
+    let (nodes, returns) = rtrb::RingBuffer::new(NODE_RETURNS);
+    let (logs, log_returns) = rtrb::RingBuffer::new(LOG_RETURNS);
     let thread = shared.register_ring(
         consumer,
         dropped.clone(),
         slot.clone(),
         None,
-        Some(give_back),
+        Some(Returns { nodes, logs }),
     );
     Local {
         instance: shared.instance,
@@ -525,5 +529,6 @@ fn new_local(shared: &Arc<Capture>) -> Local {
         lookups: 0,
         misses: 0,
         returns,
+        log_returns,
     }
 }

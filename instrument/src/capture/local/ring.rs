@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::*;
-use crate::capture::record::Raw;
+use crate::capture::record::{Raw, RawLog};
 use crate::span_node::{NodeParts, SpanNode};
 
 /// Closed spans' nodes the exporter gives back to the thread that made
@@ -20,6 +20,22 @@ use crate::span_node::{NodeParts, SpanNode};
 /// memory is reused by the next span of its thread: a server creating a
 /// span per request allocates no node in steady state.
 pub(crate) const NODE_RETURNS: usize = 1024;
+
+/// Log records (tokio's resource events above all: poll ops and state
+/// updates, several per lock taken) the exporter gives back to the thread
+/// that made them, at most this many waiting per thread. For the same
+/// reason as [`NODE_RETURNS`]: a record and its fields freed on the
+/// exporter's thread cost the making thread the allocator's slow path at
+/// its next record.
+pub(crate) const LOG_RETURNS: usize = 1024;
+
+/// The exporter's ends of a thread's returns.
+pub(crate) struct Returns {
+    /// Nodes of closed spans (see [`NODE_RETURNS`]).
+    pub nodes: rtrb::Producer<Arc<SpanNode>>,
+    /// Log records sent (see [`LOG_RETURNS`]).
+    pub logs: rtrb::Producer<Box<RawLog>>,
+}
 
 /// Records in a ring of `capacity` slots at which its thread wakes the
 /// exporter: three quarters.
@@ -138,6 +154,13 @@ impl Local {
                 None,
             );
         }
+    }
+
+    /// A log record this thread made and the exporter gave back, for the
+    /// next one to reuse (see [`LOG_RETURNS`]).
+    #[inline]
+    pub fn old_log(&mut self) -> Option<Box<RawLog>> {
+        self.log_returns.pop().ok()
     }
 
     /// The node of a new span made of `parts`: the allocation of a node
