@@ -52,6 +52,20 @@ static GLOBAL: Counting = Counting;
 /// Spans between two drains of the exporter.
 const BATCH: u64 = 50;
 
+/// The events of the recording in `memory` that `which` picks.
+fn recorded(memory: &MemoryRecording, which: impl Fn(&awaitscope_wire::Event) -> bool) -> usize {
+    let frames = memory.frames().expect("recording decodes");
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            awaitscope_wire::Body::Events(evs) => Some(evs),
+            _ => None,
+        })
+        .flatten()
+        .filter(|e| which(e))
+        .count()
+}
+
 /// A request's span: created, entered, exited, closed.
 fn request(i: u64) {
     let span = tracing::info_span!("request");
@@ -92,16 +106,7 @@ fn spans_in_steady_state_allocate_nothing() {
     assert_eq!(allocations, 0, "allocations for 500 spans in steady state");
     // The spans were captured all the same.
     drop(guard);
-    let frames = memory.frames().expect("recording decodes");
-    let created = frames
-        .iter()
-        .filter_map(|f| match &f.body {
-            awaitscope_wire::Body::Events(evs) => Some(evs),
-            _ => None,
-        })
-        .flatten()
-        .filter(|e| matches!(e, awaitscope_wire::Event::SpanNew(_)))
-        .count();
+    let created = recorded(&memory, |e| matches!(e, awaitscope_wire::Event::SpanNew(_)));
     assert_eq!(created, 30 * BATCH as usize);
 }
 
@@ -136,18 +141,15 @@ fn logs_in_steady_state_allocate_nothing() {
             guard.flush();
         }
     });
-    let before = ALLOCATIONS.with(Cell::get);
-    assert_eq!(before, 0, "allocations for {counted} logs in steady state");
+    let allocations = ALLOCATIONS.with(Cell::get);
+    assert_eq!(
+        allocations, 0,
+        "allocations for {counted} logs in steady state"
+    );
     drop(guard);
-    let frames = memory.frames().expect("recording decodes");
-    let logs = frames
-        .iter()
-        .filter_map(|f| match &f.body {
-            awaitscope_wire::Body::Events(evs) => Some(evs),
-            _ => None,
-        })
-        .flatten()
-        .filter(|e| matches!(e, awaitscope_wire::Event::Log(l) if l.fields.len() == 2))
-        .count();
+    let logs = recorded(
+        &memory,
+        |e| matches!(e, awaitscope_wire::Event::Log(l) if l.fields.len() == 2),
+    );
     assert_eq!(logs, 30 * BATCH as usize);
 }
