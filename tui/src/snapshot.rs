@@ -80,7 +80,8 @@ pub struct TaskRow {
     /// outside any task.
     pub parent: Option<u64>,
     /// What it waits on now (the label of its await point, see
-    /// `Process::await_point`), for idle tasks.
+    /// `Process::await_point`, and the line it awaits at when known), for
+    /// idle tasks.
     pub waiting: String,
 }
 
@@ -483,7 +484,11 @@ fn task_row(p: &Process, t: &Task, key: TaskKey, nf: u32, worst: Option<FindingK
                     .filter_map(|l| p.await_point_from(tree, l))
                     .last()
             })
-            .map(|i| p.waiting_label(tree, i))
+            .map(|i| match p.awaits_at(tree, i) {
+                // The line of its `.await`, when the wait's stack named it.
+                Some(at) => format!("{} @ {at}", p.waiting_label(tree, i)),
+                None => p.waiting_label(tree, i),
+            })
             .unwrap_or_default()
     } else {
         String::new()

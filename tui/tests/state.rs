@@ -332,3 +332,67 @@ fn the_selected_finding_is_followed_as_findings_move() {
     );
     assert_eq!(selected(&app), (FindingKind::LongPoll, alpha));
 }
+
+/// A task waiting on a lock whose wait's stack named the line of its
+/// `.await` shows that line beside the operation it waits on; one without
+/// a stack shows the operation alone.
+#[test]
+fn the_waiting_column_names_the_line_a_task_awaits_at() {
+    use awaitscope_collector::testing::StreamBuilder;
+    use awaitscope_collector::Model;
+    use awaitscope_wire::{Event, FrameOrigin, NativeFrame, NativeStack, SpanClass, WaitStack};
+    let mut b = StreamBuilder::new(7, 1);
+    b.hello("locks", None, false);
+    let mutex = b.resource("Mutex", "Sync", 3, 1);
+    let waiter = b.spawn(&TaskOpts::named("waiter"), None, 1);
+    let other = b.spawn(&TaskOpts::named("other"), None, 1);
+    for (t, ts) in [(waiter, 2), (other, 10)] {
+        b.enter(t, ts);
+        b.lock(t, mutex, false, ts + 1);
+        b.exit(t, ts + 2);
+    }
+    b.flush();
+    let mut m = Model::default();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    // The waiter's async op on the Mutex.
+    let p = m.processes().next().expect("the process");
+    let op = p
+        .spans
+        .iter()
+        .find(|(_, s)| s.class == SpanClass::AsyncOp && s.ctx_task == Some(waiter))
+        .map(|(id, _)| *id)
+        .expect("the waiter's lock");
+    b.push(Event::WaitStack(Box::new(WaitStack {
+        span: op,
+        stack: NativeStack {
+            task: waiter,
+            start: 4,
+            ts: 4,
+            modules: vec![],
+            frames: vec![],
+        },
+        at: Some(NativeFrame {
+            function: "app::withdraw::{{closure}}".into(),
+            file: Some("src/bank.rs".into()),
+            line: Some(42),
+            origin: FrameOrigin::User,
+        }),
+    })));
+    b.flush();
+    for f in b.take_frames() {
+        m.apply(&f);
+    }
+    let s = Snapshot::build(&m, None);
+    let row = |name: &str| {
+        s.tasks
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no task {name}"))
+            .waiting
+            .clone()
+    };
+    assert_eq!(row("waiter"), "tokio::sync::Mutex::lock @ src/bank.rs:42");
+    assert!(!row("other").contains('@'), "{}", row("other"));
+}

@@ -406,6 +406,13 @@ impl Process {
         self.span_location(n.span, n.callsite)
     }
 
+    /// The line the task of `tree` awaits at from node `i` (its await
+    /// point) down, when the program sent the wait's stack
+    /// ([`Process::wait_lines`]).
+    pub fn awaits_at(&self, tree: &AwaitTree, i: usize) -> Option<&Location> {
+        self.wait_line(tree, &[i], i)
+    }
+
     /// The line the task of `tree` awaits at, down the path `path` to node
     /// `i` ([`Process::wait_lines`]): kept on the async op the wait was
     /// reported in, which may be the path's or one under its end (tokio's
