@@ -73,13 +73,7 @@ pub(crate) fn encode(ev: &Event, out: &mut Vec<u8>) -> bool {
             w.varint(index::WAKE);
             w.varint(task.0);
             w.varint(wake_op(op));
-            match by {
-                None => w.byte(0),
-                Some(by) => {
-                    w.byte(1);
-                    w.varint(by.0);
-                }
-            }
+            w.span_id(by);
             w.varint_time(ts);
         }
         Event::PollEnd { task, ts, wakers } => {
@@ -125,15 +119,8 @@ fn encode_log(l: &crate::Log, out: &mut Vec<u8>) {
     let mut w = Writer::with_room(out, room);
     w.varint(index::LOG);
     w.varint(u64::from(l.callsite));
-    for id in [l.span, l.task] {
-        match id {
-            None => w.byte(0),
-            Some(id) => {
-                w.byte(1);
-                w.varint(id.0);
-            }
-        }
-    }
+    w.span_id(l.span);
+    w.span_id(l.task);
     w.varint_time(l.ts);
     w.varint(l.fields.len() as u64);
     for f in &l.fields {
@@ -191,13 +178,7 @@ pub(crate) fn encode_span_new(ev: &SpanNewRef<'_>, out: &mut Vec<u8>) {
     w.varint(ev.id.0);
     w.varint(u64::from(ev.callsite));
     for id in [ev.parent, ev.ctx_task, ev.ctx_span] {
-        match id {
-            None => w.byte(0),
-            Some(id) => {
-                w.byte(1);
-                w.varint(id.0);
-            }
-        }
+        w.span_id(id);
     }
     w.varint_time(ev.ts);
     w.varint(ev.fields.len() as u64);
@@ -344,6 +325,19 @@ impl<'a> Writer<'a> {
             v >>= 7;
         }
         self.byte(v as u8);
+    }
+
+    /// An optional span id as postcard writes an option: 0, or 1 and the
+    /// id's varint.
+    #[inline(always)]
+    fn span_id(&mut self, id: Option<SpanId>) {
+        match id {
+            None => self.byte(0),
+            Some(id) => {
+                self.byte(1);
+                self.varint(id.0);
+            }
+        }
     }
 
     /// [`Writer::varint`] of a time: nanoseconds since the program's

@@ -439,15 +439,6 @@ impl Process {
             .or_else(|| (i + 1..tree.nodes.len()).filter(|&j| under(j)).find_map(on))
     }
 
-    /// The await-tree path down to node `i`, innermost first, one
-    /// `label @ location` line per frame (see [`Process::await_frames`]).
-    pub fn await_path(&self, tree: &AwaitTree, i: usize) -> Vec<String> {
-        self.await_frames(tree, i)
-            .iter()
-            .map(Frame::to_string)
-            .collect()
-    }
-
     /// The node of `tree` its task waits at now: from the deepest leaf up,
     /// the first span still open that is no resource itself (see
     /// [`AwaitTree::await_point_from`]). What the `stuck` detector and the

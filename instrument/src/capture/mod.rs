@@ -826,28 +826,26 @@ impl Capture {
                 // A record the exporter gave back, its fields' memory
                 // reused (see `local::LOG_RETURNS`).
                 let mut raw = with_local(shared, |l| l.old_log()).flatten();
-                let mut rec = FieldRecorder {
-                    fields: match raw.as_mut() {
-                        Some(r) => std::mem::take(&mut r.fields),
-                        None => FieldRecorder::for_callsite(event.metadata()).fields,
-                    },
+                let fields = match raw.as_mut() {
+                    Some(r) => std::mem::take(&mut r.fields),
+                    None => FieldRecorder::for_callsite(event.metadata()).fields,
                 };
+                let mut rec = FieldRecorder { fields };
                 rec.fields.clear();
                 event.record(&mut rec);
                 let ts = shared.raw();
-                let stack = if class == awaitscope_wire::EventClass::PollOp
-                    && wait_stack::is_wait(event.metadata(), &rec.fields)
-                    && with_local(shared, |l| {
-                        let poll = l.current_poll();
-                        poll.0 != 0 && std::mem::replace(&mut l.last_wait, poll) != poll
-                    }) == Some(true)
-                {
-                    let now = shared.delta_nanos(shared.origin_raw, ts);
-                    shared.wait_stacks.take(now)
-                } else {
-                    Vec::new()
-                };
+                // A task told "not ready": where it waits (see `wait_stack`).
+                let wait = class == awaitscope_wire::EventClass::PollOp
+                    && shared.wait_stacks.on()
+                    && wait_stack::is_wait(event.metadata(), &rec.fields);
                 with_local(shared, |l| {
+                    let stack = if wait && l.first_wait_of_poll() {
+                        shared
+                            .wait_stacks
+                            .take(shared.delta_nanos(shared.origin_raw, ts))
+                    } else {
+                        Vec::new()
+                    };
                     let new = RawLog {
                         meta: event.metadata(),
                         class,

@@ -45,11 +45,17 @@ impl WaitStacks {
         self.on.store(on, Ordering::Relaxed);
     }
 
+    /// Whether stacks are taken at waits.
+    #[inline]
+    pub fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
     /// The return addresses of the calling thread, innermost first, for a
     /// wait ([`is_wait`]) at `now_ns`, if stacks are on and the rate
     /// admits one; else none.
     pub fn take(&self, now_ns: u64) -> Vec<usize> {
-        if !self.on.load(Ordering::Relaxed) || !self.admit(now_ns) {
+        if !self.on() || !self.admit(now_ns) {
             return Vec::new();
         }
         let mut addrs = Vec::with_capacity(64);

@@ -335,7 +335,8 @@ struct Exporter {
     capture: Arc<Capture>,
     rings: Vec<Ring>,
     /// By thread index: where the nodes of spans the thread created go back
-    /// to it once closed (see `capture::local::NODE_RETURNS`).
+    /// to it once closed, and its log records once sent (see
+    /// `capture::local::NODE_RETURNS` and `LOG_RETURNS`).
     returns: Vec<Option<crate::capture::local::Returns>>,
     /// Threads whose name was already sent.
     announced: Vec<u32>,

@@ -192,11 +192,9 @@ pub(crate) struct Local {
     pending_enter: (u64, u64),
     /// This thread's poll in progress, shared with the exporter.
     slot: Arc<PollSlot>,
-    /// The poll (task, raw start) of the last wait seen here: tokio
-    /// reports a not-ready lock twice in one poll (the semaphore's acquire
-    /// and the Mutex's lock around it), and one stack of a poll is enough
-    /// (see `capture::wait_stack`).
-    pub last_wait: (u64, u64),
+    /// The poll (task, raw start) of the last wait seen here (see
+    /// [`Local::first_wait_of_poll`]).
+    last_wait: (u64, u64),
     frames: Stack<StackFrame>,
     /// The polls of the task frames in `frames`, innermost last.
     polls: Stack<PollInProgress>,
@@ -340,11 +338,16 @@ impl Local {
         self.recent = (reg, sid);
     }
 
-    /// The poll in progress on this thread: its task and raw start
-    /// ((0, 0) outside a poll).
-    pub fn current_poll(&self) -> (u64, u64) {
-        let start = self.polls.last().map_or(0, |p| p.start);
-        (self.current_task(), start)
+    /// Whether a wait reported now is the first of the task poll in
+    /// progress (false outside one): tokio reports a not-ready lock twice
+    /// in one poll (the semaphore's acquire and the Mutex's lock around
+    /// it), and one stack of a poll is enough (see `capture::wait_stack`).
+    pub fn first_wait_of_poll(&mut self) -> bool {
+        let poll = (
+            self.current_task(),
+            self.polls.last().map_or(0, |p| p.start),
+        );
+        poll.0 != 0 && std::mem::replace(&mut self.last_wait, poll) != poll
     }
 
     /// The task being polled on this thread, or 0.
