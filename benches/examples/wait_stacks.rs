@@ -10,9 +10,10 @@
 //! - `console`: `console_subscriber::init()`.
 //!
 //! The modes run in turn, rotated each round; printed are the medians of
-//! the rounds, each mode's time over `none`'s and stacks on over off, and
-//! the records awaitscope dropped because its exporter could not keep up
-//! (counted by the program, which never waits for it).
+//! the rounds, each mode's time over `none`'s and stacks on over off, what
+//! a recording holds per lock taken, and the records awaitscope dropped
+//! because its exporter could not keep up (counted by the program, which
+//! never waits for it).
 //!
 //! ```sh
 //! cargo run --release -p awaitscope-benches --example wait_stacks
@@ -27,6 +28,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const MODES: [&str; 4] = ["none", "aw-record", "aw-record-nostacks", "console"];
+
+/// Tasks taking the lock, and the locks each takes.
+const TASKS: usize = 16;
+const LOCKS_PER_TASK: usize = 5_000;
 
 /// The child: runs the workload under `mode`, prints its seconds.
 fn child(mode: &str) {
@@ -46,11 +51,11 @@ fn child(mode: &str) {
     let t = Instant::now();
     rt.block_on(async {
         let m = Arc::new(tokio::sync::Mutex::new(0u64));
-        let tasks: Vec<_> = (0..16)
+        let tasks: Vec<_> = (0..TASKS)
             .map(|_| {
                 let m = m.clone();
                 tokio::spawn(async move {
-                    for _ in 0..5_000 {
+                    for _ in 0..LOCKS_PER_TASK {
                         let mut g = m.lock().await;
                         *g += 1;
                         tokio::task::yield_now().await;
@@ -78,6 +83,8 @@ fn main() {
     let mut secs: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
     let mut taken = Vec::new();
     let mut dropped = Vec::new();
+    // Per lock taken: records in all, span creations, log events.
+    let mut per_lock: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
         for k in 0..MODES.len() {
             let i = (round + k) % MODES.len();
@@ -110,6 +117,10 @@ fn main() {
                 let st = awaitscope_benches::read_recording(&dir.path().join("on.aws"));
                 assert!(st.goodbye && st.error.is_none(), "{st:?}");
                 taken.push(st.wait_stacks as f64);
+                let locks = (TASKS * LOCKS_PER_TASK) as f64;
+                for (v, n) in per_lock.iter_mut().zip([st.events, st.span_new, st.logs]) {
+                    v.push(n as f64 / locks);
+                }
                 // Records the exporter could not take in time (counted by
                 // the program): a share of what it made.
                 dropped.push(st.buffer_full as f64 / (st.events + st.buffer_full).max(1) as f64);
@@ -121,7 +132,7 @@ fn main() {
         .map(|v| awaitscope_benches::median(v))
         .collect();
     println!(
-        "contended tokio Mutex, 16 tasks x 5,000 locks, 2 workers; medians of {rounds} rounds"
+        "contended tokio Mutex, {TASKS} tasks x {LOCKS_PER_TASK} locks, 2 workers; medians of {rounds} rounds"
     );
     println!("{:<20} {:>9} {:>9}", "mode", "seconds", "vs none");
     for (m, s) in MODES.iter().zip(&med) {
@@ -131,6 +142,10 @@ fn main() {
         "stacks on / off: {:.3} (aw-record / aw-record-nostacks); stacks taken per run: {:.0} (median)",
         med[1] / med[2],
         awaitscope_benches::median(&mut taken)
+    );
+    let [all, spans, logs] = per_lock.each_mut().map(|v| awaitscope_benches::median(v));
+    println!(
+        "aw-record's recording per lock taken (median): {all:.1} records, of which {spans:.1} span creations and {logs:.1} log events"
     );
     let worst = dropped.iter().cloned().fold(0.0, f64::max);
     println!(

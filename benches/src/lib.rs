@@ -64,6 +64,9 @@ pub struct RecordingStats {
     pub wake: u64,
     /// Stacks of waits (`WaitStack`).
     pub wait_stacks: u64,
+    /// Log events: tokio's resource events (poll ops, state updates) and
+    /// the program's warnings and errors.
+    pub logs: u64,
     /// Last (cumulative) drop counts.
     pub buffer_full: u64,
     pub disconnected: u64,
@@ -115,6 +118,7 @@ pub fn read_recording(path: &std::path::Path) -> RecordingStats {
                         Event::Close { .. } => st.close += 1,
                         Event::Wake { .. } => st.wake += 1,
                         Event::WaitStack(_) => st.wait_stacks += 1,
+                        Event::Log(_) => st.logs += 1,
                         _ => {}
                     }
                 }

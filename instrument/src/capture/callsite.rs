@@ -174,7 +174,7 @@ impl Callsites {
             return info.class != Class::Ignored;
         }
         match classify(meta) {
-            Class::Span(_) => self.spans.keeps(meta),
+            Class::Span(class) => self.keeps_span(meta, class),
             Class::Ignored => false,
             Class::Event(_) | Class::Waker => true,
         }
@@ -263,7 +263,7 @@ impl Callsites {
         }
         let natural = classify(meta);
         let class = match natural {
-            Class::Span(_) if !self.spans.keeps(meta) => Class::Ignored,
+            Class::Span(c) if !self.keeps_span(meta, c) => Class::Ignored,
             c => c,
         };
         let id = all.len() as u32;
@@ -302,6 +302,25 @@ impl Callsites {
         map.insert(key(meta), info);
         self.map.store(Arc::new(map));
         info
+    }
+
+    /// Whether spans of `meta`'s callsite, of class `class`, are captured:
+    /// those the span filter keeps, except tokio's async op polls.
+    ///
+    /// tokio opens a `runtime.resource.async_op.poll` span inside its async
+    /// op's span around every poll of the op (each lock, acquire, channel
+    /// receive and sleep), which names nothing its op does not: the model
+    /// stands the op for it in await trees, stall stacks and wait lines,
+    /// and an event inside it belongs to the op's resource either way.
+    /// Captured, each cost a node, its creation and close, and two more
+    /// spans entered and exited at every poll (a contended lock's poll
+    /// enters two: the Mutex's op's and its semaphore's). Left out, the
+    /// span is disabled at its callsite under awaitscope's own subscriber
+    /// (tracing makes it `Span::none()`, and what it encloses has the op
+    /// as its span); under the layer it gets no node, as a span the filter
+    /// rejects.
+    fn keeps_span(&self, meta: &Metadata<'_>, class: wire::SpanClass) -> bool {
+        class != wire::SpanClass::AsyncOpPoll && self.spans.keeps(meta)
     }
 
     /// Callsites registered from index `from` on.

@@ -479,8 +479,12 @@ where
         shared.event(
             event,
             || {
-                ctx.event_span(event)
-                    .and_then(|s| s.extensions().get::<SpanData>().map(|d| d.node.clone()))
+                // The nearest span with a node: the event's own, or (when
+                // the capture left that one out: a span the filter rejects,
+                // tokio's async op poll) the nearest around it that has one.
+                ctx.event_span(event)?
+                    .scope()
+                    .find_map(|s| s.extensions().get::<SpanData>().map(|d| d.node.clone()))
             },
             |id| Self::lookup_node(&ctx, id),
         );
