@@ -110,9 +110,10 @@ fn spans_in_steady_state_allocate_nothing() {
     assert_eq!(created, 30 * BATCH as usize);
 }
 
-/// Events sent as logs, with fields that need no memory of their own (a
-/// tokio state update's permits and lock state): in steady state their
-/// records, and the fields' vectors, are the ones the exporter gave back.
+/// tokio's resource events, their fields held inline (a state update's
+/// permits and lock state, a poll op's name and readiness: its text
+/// numbered once, not copied): in steady state nothing is allocated for
+/// them, and they are recorded whole.
 #[test]
 fn logs_in_steady_state_allocate_nothing() {
     let memory = MemoryRecording::new();
@@ -133,6 +134,12 @@ fn logs_in_steady_state_allocate_nothing() {
                     permits = batch * BATCH + i,
                     locked = false
                 );
+                // And when a task polls it.
+                tracing::trace!(
+                    target: "runtime::resource::poll_op",
+                    op_name = "poll_acquire",
+                    is_ready = i % 2 == 0
+                );
             }
             COUNTING.with(|c| c.set(false));
             if count {
@@ -147,9 +154,22 @@ fn logs_in_steady_state_allocate_nothing() {
         "allocations for {counted} logs in steady state"
     );
     drop(guard);
-    let logs = recorded(
-        &memory,
-        |e| matches!(e, awaitscope_wire::Event::Log(l) if l.fields.len() == 2),
+    use awaitscope_wire::{Event, Value};
+    let state_updates = recorded(&memory, |e| {
+        matches!(e, Event::Log(l) if l.fields.len() == 2
+            && l.fields.iter().any(|f| f.value == Value::Bool(false))
+            && l.fields.iter().any(|f| matches!(f.value, Value::U64(_))))
+    });
+    let polls = |ready: bool| {
+        recorded(&memory, |e| {
+            matches!(e, Event::Log(l) if l.fields.len() == 2
+                && l.fields.iter().any(|f| f.value == Value::Str("poll_acquire".into()))
+                && l.fields.iter().any(|f| f.value == Value::Bool(ready)))
+        })
+    };
+    assert_eq!(state_updates, 30 * BATCH as usize);
+    assert_eq!(
+        (polls(true), polls(false)),
+        (15 * BATCH as usize, 15 * BATCH as usize)
     );
-    assert_eq!(logs, 30 * BATCH as usize);
 }

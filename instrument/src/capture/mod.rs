@@ -16,6 +16,7 @@ pub(crate) mod callsite;
 pub(crate) mod fields;
 pub(crate) mod local;
 pub(crate) mod record;
+pub(crate) mod small_fields;
 pub(crate) mod wait_stack;
 
 use std::any::TypeId;
@@ -36,6 +37,7 @@ use callsite::{Callsites, Class};
 use fields::{FieldRecorder, WakerVisitor};
 use local::with_local;
 use record::{Raw, RawLog};
+use small_fields::SmallFields;
 
 /// What the layer keeps in each span's registry extensions.
 pub(crate) struct SpanData {
@@ -814,67 +816,166 @@ impl Capture {
         let info = shared.callsites.get(event.metadata());
         match info.class {
             Class::Waker => self.waker_event(event, None, lookup),
-            Class::Event(class) => {
-                let node = event_span();
-                let span = node.as_ref().map_or(0, |n| n.id);
-                // ERROR events carry their causal trace: walked here, while
-                // every span of it is known, and sent with the event.
-                let trace = if class == awaitscope_wire::EventClass::User
-                    && *event.metadata().level() == tracing_core::Level::ERROR
-                {
-                    let task = with_local(shared, |l| l.current_task_node()).flatten();
-                    CausalTrace::of(node, task).wire_lines()
+            Class::Event(class) if class != awaitscope_wire::EventClass::User => {
+                if let Some(fields) = SmallFields::of(|v| event.record(v)) {
+                    self.small_log(event, info.id, class, fields, event_span);
                 } else {
-                    Vec::new()
-                };
-                // A record the exporter gave back, its fields' memory
-                // reused (see `local::LOG_RETURNS`).
-                let mut raw = with_local(shared, |l| l.old_log()).flatten();
-                let fields = match raw.as_mut() {
-                    Some(r) => std::mem::take(&mut r.fields),
-                    None => FieldRecorder::for_callsite(event.metadata()).fields,
-                };
-                let mut rec = FieldRecorder { fields };
-                rec.fields.clear();
-                event.record(&mut rec);
-                let ts = shared.raw();
-                // A task told "not ready": where it waits (see `wait_stack`).
-                let wait = class == awaitscope_wire::EventClass::PollOp
-                    && shared.wait_stacks.on()
-                    && wait_stack::is_wait(event.metadata(), &rec.fields);
-                with_local(shared, |l| {
-                    let stack = if wait && l.first_wait_of_poll() {
-                        shared
-                            .wait_stacks
-                            .take(shared.delta_nanos(shared.origin_raw, ts))
-                    } else {
-                        Vec::new()
-                    };
-                    let new = RawLog {
-                        meta: event.metadata(),
-                        class,
-                        callsite: info.id,
-                        span,
-                        task: l.current_task(),
-                        ts,
-                        fields: rec.fields,
-                        trace,
-                        stack,
-                    };
-                    let raw = match raw {
-                        Some(mut old) => {
-                            // Its old trace and stack are dropped here,
-                            // where they were made.
-                            *old = new;
-                            old
-                        }
-                        None => Box::new(new),
-                    };
-                    l.push(Raw::Log(raw));
-                });
+                    self.log(event, info.id, class, event_span);
+                }
             }
+            Class::Event(class) => self.log(event, info.id, class, event_span),
             Class::Span(_) | Class::Ignored => {}
         }
+    }
+
+    /// A tokio resource event whose fields fit inline (see
+    /// [`small_fields`]): two ring slots, nothing allocated. A poll op that
+    /// makes its task wait takes the boxed path when a stack is taken for
+    /// it (see [`wait_stack`]), which rides on the boxed record.
+    #[inline]
+    fn small_log(
+        self: &Arc<Self>,
+        event: &Event<'_>,
+        callsite: u32,
+        class: awaitscope_wire::EventClass,
+        fields: SmallFields,
+        event_span: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) {
+        let shared = self;
+        let meta = event.metadata();
+        let wait = class == awaitscope_wire::EventClass::PollOp
+            && shared.wait_stacks.on()
+            && wait_stack::is_wait(
+                fields.bool(meta, names::IS_READY),
+                fields.text(meta, names::OP_NAME),
+            );
+        let locked = match class {
+            awaitscope_wire::EventClass::StateUpdate => fields.bool(meta, names::LOCKED),
+            _ => None,
+        };
+        let span = event_span().map_or(0, |n| n.id);
+        let ts = shared.raw();
+        with_local(shared, |l| {
+            let stack = if wait && l.first_wait_of_poll() {
+                shared
+                    .wait_stacks
+                    .take(shared.delta_nanos(shared.origin_raw, ts))
+            } else {
+                Vec::new()
+            };
+            let task = l.current_task();
+            if stack.is_empty() {
+                l.push_pair(
+                    Raw::LogFields(fields),
+                    Raw::SmallLog {
+                        callsite,
+                        class,
+                        locked,
+                        span,
+                        task,
+                        ts,
+                    },
+                );
+                return;
+            }
+            let mut raw = l.old_log().unwrap_or_else(|| {
+                Box::new(RawLog {
+                    meta,
+                    class,
+                    callsite,
+                    span,
+                    task,
+                    ts,
+                    fields: Vec::new(),
+                    trace: Vec::new(),
+                    stack: Vec::new(),
+                })
+            });
+            let mut wire_fields = std::mem::take(&mut raw.fields);
+            fields.write_to(&mut wire_fields);
+            *raw = RawLog {
+                meta,
+                class,
+                callsite,
+                span,
+                task,
+                ts,
+                fields: wire_fields,
+                trace: Vec::new(),
+                stack,
+            };
+            l.push(Raw::Log(raw));
+        });
+    }
+
+    /// An event sent with its fields boxed: the program's warnings and
+    /// errors (an error with its causal trace), and tokio's resource events
+    /// whose fields do not fit inline.
+    fn log(
+        self: &Arc<Self>,
+        event: &Event<'_>,
+        callsite: u32,
+        class: awaitscope_wire::EventClass,
+        event_span: impl FnOnce() -> Option<Arc<SpanNode>>,
+    ) {
+        let shared = self;
+        let node = event_span();
+        let span = node.as_ref().map_or(0, |n| n.id);
+        // ERROR events carry their causal trace: walked here, while
+        // every span of it is known, and sent with the event.
+        let trace = if class == awaitscope_wire::EventClass::User
+            && *event.metadata().level() == tracing_core::Level::ERROR
+        {
+            let task = with_local(shared, |l| l.current_task_node()).flatten();
+            CausalTrace::of(node, task).wire_lines()
+        } else {
+            Vec::new()
+        };
+        // A record the exporter gave back, its fields' memory
+        // reused (see `local::LOG_RETURNS`).
+        let mut raw = with_local(shared, |l| l.old_log()).flatten();
+        let fields = match raw.as_mut() {
+            Some(r) => std::mem::take(&mut r.fields),
+            None => FieldRecorder::for_callsite(event.metadata()).fields,
+        };
+        let mut rec = FieldRecorder { fields };
+        rec.fields.clear();
+        event.record(&mut rec);
+        let ts = shared.raw();
+        // A task told "not ready": where it waits (see `wait_stack`).
+        let wait = class == awaitscope_wire::EventClass::PollOp
+            && shared.wait_stacks.on()
+            && wait_stack::is_wait_in(event.metadata(), &rec.fields);
+        with_local(shared, |l| {
+            let stack = if wait && l.first_wait_of_poll() {
+                shared
+                    .wait_stacks
+                    .take(shared.delta_nanos(shared.origin_raw, ts))
+            } else {
+                Vec::new()
+            };
+            let new = RawLog {
+                meta: event.metadata(),
+                class,
+                callsite,
+                span,
+                task: l.current_task(),
+                ts,
+                fields: rec.fields,
+                trace,
+                stack,
+            };
+            let raw = match raw {
+                Some(mut old) => {
+                    // Its old trace and stack are dropped here,
+                    // where they were made.
+                    *old = new;
+                    old
+                }
+                None => Box::new(new),
+            };
+            l.push(Raw::Log(raw));
+        });
     }
 }
 

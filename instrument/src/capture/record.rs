@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use awaitscope_wire::{CloseKind, Field, WakeOp};
 
+use crate::capture::small_fields::SmallFields;
 use crate::span_node::SpanNode;
 
 /// An event the exporter sends as a log event (a user event at `WARN` or
@@ -117,6 +118,21 @@ pub(crate) enum Raw {
         ts: u64,
     },
     Log(Box<RawLog>),
+    /// The fields of the [`Raw::SmallLog`] right after it (see
+    /// `capture::small_fields`); the two are pushed together.
+    LogFields(SmallFields),
+    /// A tokio resource event (a poll op or a state update) whose fields
+    /// fit inline: they are in the [`Raw::LogFields`] just before it.
+    SmallLog {
+        callsite: u32,
+        class: awaitscope_wire::EventClass,
+        /// A state update's `locked` field, for the exporter's model of
+        /// held locks.
+        locked: Option<bool>,
+        span: u64,
+        task: u64,
+        ts: u64,
+    },
     Panic(Box<RawPanic>),
     Handover(Box<RawHandover>),
 }
@@ -124,8 +140,8 @@ pub(crate) enum Raw {
 impl Raw {
     /// When it happened (a raw clock reading), for the records that say:
     /// a whole poll at its end, when it was pushed. Tree nodes, field
-    /// records and follows-from links say nothing: they go with the record
-    /// before them.
+    /// records, follows-from links and a small log's fields say nothing:
+    /// they go with the record before them.
     #[inline(always)]
     pub fn ts(&self) -> Option<u64> {
         match self {
@@ -134,12 +150,15 @@ impl Raw {
             Raw::Enter { ts, .. }
             | Raw::Exit { ts, .. }
             | Raw::Close { ts, .. }
-            | Raw::Wake { ts, .. } => Some(*ts),
+            | Raw::Wake { ts, .. }
+            | Raw::SmallLog { ts, .. } => Some(*ts),
             Raw::Poll { end, .. } => Some(*end),
             Raw::Log(l) => Some(l.ts),
             Raw::Panic(p) => Some(p.ts),
             Raw::Handover(h) => Some(h.ts),
-            Raw::TreeNode { .. } | Raw::Record(_) | Raw::FollowsFrom { .. } => None,
+            Raw::TreeNode { .. } | Raw::Record(_) | Raw::FollowsFrom { .. } | Raw::LogFields(_) => {
+                None
+            }
         }
     }
 }

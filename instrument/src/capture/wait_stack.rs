@@ -88,15 +88,28 @@ impl WaitStacks {
 }
 
 /// Whether a poll op event is a task told "not ready" by a resource that
-/// is not a timer (`is_ready = false`, `op_name` not a timer's).
-pub(crate) fn is_wait(meta: &'static tracing_core::Metadata<'static>, fields: &[Field]) -> bool {
+/// is not a timer: its `is_ready` and `op_name` fields (`is_ready =
+/// false`, `op_name` not a timer's).
+pub(crate) fn is_wait(is_ready: Option<bool>, op_name: Option<&str>) -> bool {
+    is_ready == Some(false) && op_name != Some(names::TIMER_POLL_OP)
+}
+
+/// [`is_wait`] of a poll op event recorded as wire fields.
+pub(crate) fn is_wait_in(meta: &'static tracing_core::Metadata<'static>, fields: &[Field]) -> bool {
     let index = |name| meta.fields().field(name).map(|f| f.index() as u16);
     let value = |name| {
         let i = index(name)?;
         fields.iter().find(|f| f.index == i).map(|f| &f.value)
     };
-    matches!(value(names::IS_READY), Some(Value::Bool(false)))
-        && !matches!(value(names::OP_NAME), Some(Value::Str(op)) if op == names::TIMER_POLL_OP)
+    let is_ready = match value(names::IS_READY) {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => None,
+    };
+    let op_name = match value(names::OP_NAME) {
+        Some(Value::Str(op)) => Some(op.as_str()),
+        _ => None,
+    };
+    is_wait(is_ready, op_name)
 }
 
 #[cfg(test)]

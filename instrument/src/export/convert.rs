@@ -13,6 +13,7 @@ use wire::{Event, SpanClass, SpanId};
 use super::*;
 use crate::await_tree::AwaitModel;
 use crate::capture::record::{Raw, RawLog};
+use crate::capture::small_fields::SmallFields;
 use crate::capture::Capture;
 use crate::span_node::SpanNode;
 
@@ -137,6 +138,51 @@ impl Exporter {
                     }
                 }
                 self.give_back_log(l, thread);
+            }
+            Raw::LogFields(fields) => thread_reads(&mut self.threads, thread).fields = Some(fields),
+            Raw::SmallLog {
+                callsite,
+                class,
+                locked,
+                span,
+                task,
+                ts,
+            } => {
+                // Its fields came just before it, in the same ring (pushed
+                // together, or neither was).
+                let Some(fields) = thread_reads(&mut self.threads, thread).fields.take() else {
+                    shared.buffer_full.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                };
+                if class == wire::EventClass::StateUpdate {
+                    model.on_state_update(span, task, locked);
+                }
+                if want {
+                    let mut log = match self.spare_log.take() {
+                        Some(mut log) => {
+                            log.callsite = callsite;
+                            log.span = span_id(span);
+                            log.task = span_id(task);
+                            log.ts = ns(ts);
+                            log.trace.clear();
+                            log
+                        }
+                        None => Box::new(wire::Log {
+                            callsite,
+                            span: span_id(span),
+                            task: span_id(task),
+                            ts: ns(ts),
+                            fields: Vec::new(),
+                            trace: Vec::new(),
+                        }),
+                    };
+                    fields.write_to(&mut log.fields);
+                    let ev = Event::Log(log);
+                    self.emit(&ev);
+                    if let Event::Log(log) = ev {
+                        self.spare_log = Some(log);
+                    }
+                }
             }
             // The rest changes no model: converted only for the destinations.
             // Each arm takes its record whole (dropped there when not
@@ -666,6 +712,8 @@ pub(super) struct ThreadReads {
     pub(super) done: (u64, u64),
     /// Announced from the thread's `PollSlot` while it ran, not ended.
     pub(super) announced: (u64, u64),
+    /// The fields of the small log read next (see `Raw::LogFields`).
+    pub(super) fields: Option<SmallFields>,
 }
 
 /// A compact span whose creation the drain read (see

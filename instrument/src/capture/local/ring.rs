@@ -116,8 +116,43 @@ impl Local {
         }
     }
 
+    /// Pushes two records that go together (a small log's fields and the
+    /// log: see `capture::small_fields`): both, or neither (then counted
+    /// as one record dropped), so that the exporter never pairs one with
+    /// another's.
+    #[inline]
+    pub fn push_pair(&mut self, first: Raw, second: Raw) {
+        if self.pending_enter.0 != 0 {
+            self.flush_enter();
+        }
+        if self.producer.slots() < 2 && !(self.grow() && self.producer.slots() >= 2) {
+            self.count_dropped();
+            return;
+        }
+        self.push_now(first);
+        self.push_now(second);
+    }
+
     #[cold]
     pub(super) fn overflow_push(&mut self, raw: Raw) {
+        if self.grow() && self.producer.push(raw).is_ok() {
+            return;
+        }
+        self.count_dropped();
+    }
+
+    /// One record dropped: the ring is full and cannot grow.
+    #[cold]
+    fn count_dropped(&mut self) {
+        // Single writer: a plain load and store, no locked instruction.
+        let n = self.dropped.load(Ordering::Relaxed);
+        self.dropped.store(n + 1, Ordering::Relaxed);
+    }
+
+    /// Replaces the full ring by one four times larger, within the shared
+    /// budget and the configured maximum; false when it cannot grow.
+    #[cold]
+    fn grow(&mut self) -> bool {
         let capacity = self.producer.buffer().capacity();
         let grow = match self.capture.upgrade() {
             // At least double, or not at all: the budget shared by all
@@ -135,13 +170,8 @@ impl Local {
             self.shared_register(consumer);
             self.producer = producer;
             self.check_fill_at = self.seq + wake_mark(capacity + grow) as u64;
-            if self.producer.push(raw).is_ok() {
-                return;
-            }
         }
-        // Single writer: a plain load and store, no locked instruction.
-        let n = self.dropped.load(Ordering::Relaxed);
-        self.dropped.store(n + 1, Ordering::Relaxed);
+        grow > 0
     }
 
     pub(super) fn shared_register(&mut self, consumer: rtrb::Consumer<Raw>) {
