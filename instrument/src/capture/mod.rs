@@ -853,9 +853,13 @@ impl Capture {
             awaitscope_wire::EventClass::StateUpdate => fields.bool(meta, names::LOCKED),
             _ => None,
         };
-        let span = event_span().map_or(0, |n| n.id);
+        // An event without an explicit parent (tokio's are all of them)
+        // is in the span entered last on this thread: its id is read from
+        // the thread's own stack, no node looked up or its count touched.
+        let explicit = (!event.is_contextual()).then(|| event_span().map_or(0, |n| n.id));
         let ts = shared.raw();
         with_local(shared, |l| {
+            let span = explicit.unwrap_or_else(|| l.current_sid());
             let stack = if wait && l.first_wait_of_poll() {
                 shared
                     .wait_stacks

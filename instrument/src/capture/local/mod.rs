@@ -310,6 +310,14 @@ impl Local {
         self.frames.last().map_or(0, |f| f.reg)
     }
 
+    /// Span id (on the wire) of the innermost span entered on this thread,
+    /// or 0: the span of an event made here without an explicit parent
+    /// (the store's current span is the same frame's).
+    #[inline]
+    pub fn current_sid(&self) -> u64 {
+        self.frames.last().map_or(0, |f| f.sid)
+    }
+
     /// Whether a task's poll is in progress on this thread (not a
     /// worker's blocking task: between polls a worker is inside its own).
     #[inline]
