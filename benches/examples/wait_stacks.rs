@@ -18,6 +18,8 @@
 //! ```sh
 //! cargo run --release -p awaitscope-benches --example wait_stacks
 //! #   AWAITSCOPE_BENCH_ROUNDS=7   rounds
+//! #   AWAITSCOPE_BENCH_WORKLOAD=timeouts   a timeout around each step of
+//! #     16 tasks (5,000 steps each) instead of the lock: tokio's timers
 //! ```
 //!
 //! Needs `--cfg tokio_unstable` (the workspace's `.cargo/config.toml`):
@@ -49,6 +51,11 @@ fn child(mode: &str) {
         .build()
         .expect("runtime");
     let t = Instant::now();
+    if workload() == "timeouts" {
+        rt.block_on(timeouts());
+        println!("{}", t.elapsed().as_secs_f64());
+        return;
+    }
     rt.block_on(async {
         let m = Arc::new(tokio::sync::Mutex::new(0u64));
         let tasks: Vec<_> = (0..TASKS)
@@ -68,6 +75,35 @@ fn child(mode: &str) {
         }
     });
     println!("{}", t.elapsed().as_secs_f64());
+}
+
+/// The workload: `locks` (the default) or `timeouts`
+/// (`AWAITSCOPE_BENCH_WORKLOAD`).
+fn workload() -> String {
+    std::env::var("AWAITSCOPE_BENCH_WORKLOAD").unwrap_or_else(|_| "locks".into())
+}
+
+/// A timeout around every step of a request, the other tokio resource a
+/// server makes per request: each `timeout` makes a timer (a resource, its
+/// async op, its deadline set, its polls), and the step inside yields
+/// once, so the timer is polled twice. As many steps as the lock workload
+/// takes locks.
+async fn timeouts() {
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..LOCKS_PER_TASK {
+                    let step = tokio::task::yield_now();
+                    tokio::time::timeout(std::time::Duration::from_secs(5), step)
+                        .await
+                        .expect("the step ends in time");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
 }
 
 fn main() {
@@ -131,9 +167,14 @@ fn main() {
         .iter_mut()
         .map(|v| awaitscope_benches::median(v))
         .collect();
-    println!(
-        "contended tokio Mutex, {TASKS} tasks x {LOCKS_PER_TASK} locks, 2 workers; medians of {rounds} rounds"
-    );
+    match workload().as_str() {
+        "timeouts" => println!(
+            "a timeout per step, {TASKS} tasks x {LOCKS_PER_TASK} steps, 2 workers; medians of {rounds} rounds"
+        ),
+        _ => println!(
+            "contended tokio Mutex, {TASKS} tasks x {LOCKS_PER_TASK} locks, 2 workers; medians of {rounds} rounds"
+        ),
+    }
     println!("{:<20} {:>9} {:>9}", "mode", "seconds", "vs none");
     for (m, s) in MODES.iter().zip(&med) {
         println!("{m:<20} {s:>9.3} {:>8.2}x", s / med[0]);
@@ -145,7 +186,7 @@ fn main() {
     );
     let [all, spans, logs] = per_lock.each_mut().map(|v| awaitscope_benches::median(v));
     println!(
-        "aw-record's recording per lock taken (median): {all:.1} records, of which {spans:.1} span creations and {logs:.1} log events"
+        "aw-record's recording per lock taken or step (median): {all:.1} records, of which {spans:.1} span creations and {logs:.1} log events"
     );
     let worst = dropped.iter().cloned().fold(0.0, f64::max);
     println!(
