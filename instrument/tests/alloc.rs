@@ -111,9 +111,9 @@ fn spans_in_steady_state_allocate_nothing() {
 }
 
 /// tokio's resource events, their fields held inline (a state update's
-/// permits and lock state, a poll op's name and readiness: its text
-/// numbered once, not copied): in steady state nothing is allocated for
-/// them, and they are recorded whole.
+/// permits and lock state, a poll op's name and readiness, a timer's
+/// deadline: their texts numbered once, not copied): in steady state
+/// nothing is allocated for them, and they are recorded whole.
 #[test]
 fn logs_in_steady_state_allocate_nothing() {
     let memory = MemoryRecording::new();
@@ -139,6 +139,13 @@ fn logs_in_steady_state_allocate_nothing() {
                     target: "runtime::resource::poll_op",
                     op_name = "poll_acquire",
                     is_ready = i % 2 == 0
+                );
+                // A timer's deadline set.
+                tracing::trace!(
+                    target: "runtime::resource::state_update",
+                    duration = 5_000u64,
+                    duration.unit = "ms",
+                    duration.op = "override"
                 );
             }
             COUNTING.with(|c| c.set(false));
@@ -167,7 +174,14 @@ fn logs_in_steady_state_allocate_nothing() {
                 && l.fields.iter().any(|f| f.value == Value::Bool(ready)))
         })
     };
+    let deadlines = recorded(&memory, |e| {
+        matches!(e, Event::Log(l) if l.fields.len() == 3
+            && l.fields.iter().any(|f| f.value == Value::U64(5_000))
+            && l.fields.iter().any(|f| f.value == Value::Str("ms".into()))
+            && l.fields.iter().any(|f| f.value == Value::Str("override".into())))
+    });
     assert_eq!(state_updates, 30 * BATCH as usize);
+    assert_eq!(deadlines, 30 * BATCH as usize);
     assert_eq!(
         (polls(true), polls(false)),
         (15 * BATCH as usize, 15 * BATCH as usize)

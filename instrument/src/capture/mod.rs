@@ -869,8 +869,9 @@ impl Capture {
             };
             let task = l.current_task();
             if stack.is_empty() {
+                let (head, bits) = fields.pack();
                 l.push_pair(
-                    Raw::LogFields(fields),
+                    Raw::LogFields { head, bits },
                     Raw::SmallLog {
                         callsite,
                         class,

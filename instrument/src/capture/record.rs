@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use awaitscope_wire::{CloseKind, Field, WakeOp};
 
-use crate::capture::small_fields::SmallFields;
 use crate::span_node::SpanNode;
 
 /// An event the exporter sends as a log event (a user event at `WARN` or
@@ -118,9 +117,13 @@ pub(crate) enum Raw {
         ts: u64,
     },
     Log(Box<RawLog>),
-    /// The fields of the [`Raw::SmallLog`] right after it (see
-    /// `capture::small_fields`); the two are pushed together.
-    LogFields(SmallFields),
+    /// The fields of the [`Raw::SmallLog`] right after it, packed (see
+    /// `SmallFields::pack`: the head's bytes sit beside the tag); the two
+    /// are pushed together.
+    LogFields {
+        head: [u8; 4],
+        bits: [u64; 3],
+    },
     /// A tokio resource event (a poll op or a state update) whose fields
     /// fit inline: they are in the [`Raw::LogFields`] just before it.
     SmallLog {
@@ -156,9 +159,10 @@ impl Raw {
             Raw::Log(l) => Some(l.ts),
             Raw::Panic(p) => Some(p.ts),
             Raw::Handover(h) => Some(h.ts),
-            Raw::TreeNode { .. } | Raw::Record(_) | Raw::FollowsFrom { .. } | Raw::LogFields(_) => {
-                None
-            }
+            Raw::TreeNode { .. }
+            | Raw::Record(_)
+            | Raw::FollowsFrom { .. }
+            | Raw::LogFields { .. } => None,
         }
     }
 }

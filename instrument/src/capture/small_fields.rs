@@ -1,8 +1,10 @@
 //! The fields of a tokio resource event held inline, in one ring slot.
 //!
 //! tokio reports each step of its locks, semaphores, channels and timers
-//! with an event of one or two small fields (`op_name = "poll_acquire",
-//! is_ready = false`; `permits = 1, permits.op = "sub"`; `locked = true`):
+//! with an event of one to three small fields (`op_name = "poll_acquire",
+//! is_ready = false`; `permits = 1, permits.op = "sub"`; `locked = true`;
+//! a timer's `duration = 5000, duration.unit = "ms", duration.op =
+//! "override"`):
 //! a contended `Mutex::lock` sends a dozen. Recorded as a boxed
 //! [`RawLog`](super::record::RawLog) with a vector of fields and a string
 //! per text value, each cost the worker the record's memory coming back
@@ -14,8 +16,8 @@
 //! literals, numbered the first time each is seen ([`text_id`]) and kept
 //! for the process's life (at most [`MAX_TEXTS`] of at most
 //! [`MAX_TEXT_LEN`] bytes: a few KiB). An event whose fields do not fit
-//! (more than two, a float, a `Debug` value, a long or new text past the
-//! table's end) takes the boxed path.
+//! (more than three, a float, a `Debug` value, a long or new text past
+//! the table's end) takes the boxed path.
 
 use std::cell::Cell;
 use std::sync::{Mutex, OnceLock};
@@ -25,7 +27,10 @@ use tracing_core::field::{Field as TField, Visit};
 use tracing_core::Metadata;
 
 /// Fields an event may have to be held inline.
-const INLINE: usize = 2;
+const INLINE: usize = 3;
+
+/// Field indices held inline are below this (five bits of a packed byte).
+const MAX_INDEX: usize = 32;
 
 /// Texts numbered at most, per process.
 pub(crate) const MAX_TEXTS: usize = 256;
@@ -136,8 +141,10 @@ impl SmallValue {
     }
 }
 
-/// Up to [`INLINE`] fields of an event, packed to fit a ring slot beside
-/// the record's tag: field index, kind and bits of each.
+/// Up to [`INLINE`] fields of an event: field index, kind and bits of
+/// each. In a ring slot they are packed ([`SmallFields::pack`]): a byte
+/// for the count and one per field (index and kind), beside the record's
+/// tag, then the bits.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct SmallFields {
     len: u8,
@@ -167,11 +174,38 @@ impl SmallFields {
         })
     }
 
+    /// The fields packed for a ring slot: count and (index, kind) bytes,
+    /// and the bits.
+    pub fn pack(&self) -> ([u8; 1 + INLINE], [u64; INLINE]) {
+        let mut head = [0; 1 + INLINE];
+        head[0] = self.len;
+        for i in 0..INLINE {
+            head[1 + i] = self.index[i] | (self.kind[i] << 5);
+        }
+        (head, self.bits)
+    }
+
+    /// The fields [`SmallFields::pack`] packed.
+    pub fn unpack(head: [u8; 1 + INLINE], bits: [u64; INLINE]) -> Self {
+        let mut f = Self {
+            len: head[0].min(INLINE as u8),
+            bits,
+            ..Self::default()
+        };
+        for i in 0..INLINE {
+            f.index[i] = head[1 + i] & 0x1f;
+            f.kind[i] = head[1 + i] >> 5;
+        }
+        f
+    }
+
     fn push(&mut self, field: &TField, value: SmallValue) {
-        let Ok(index) = u8::try_from(field.index()) else {
+        let index = field.index();
+        if index >= MAX_INDEX {
             self.over = true;
             return;
-        };
+        }
+        let index = index as u8;
         let len = self.len as usize;
         // A field recorded again replaces its value, as `FieldRecorder`.
         let at = match self.index[..len].iter().position(|&i| i == index) {
@@ -295,9 +329,10 @@ mod tests {
             value: Value::Str(String::with_capacity(64)),
         }];
         let mut f = SmallFields::default();
-        (f.len, f.index) = (2, [1, 0]);
+        (f.len, f.index) = (3, [1, 0, 2]);
         (f.kind[0], f.bits[0]) = SmallValue::Text(text_id("poll").unwrap()).pack();
         (f.kind[1], f.bits[1]) = SmallValue::Bool(false).pack();
+        (f.kind[2], f.bits[2]) = SmallValue::I64(-5).pack();
         f.write_to(&mut out);
         assert_eq!(
             out,
@@ -309,11 +344,20 @@ mod tests {
                 Field {
                     index: 0,
                     value: Value::Bool(false)
+                },
+                Field {
+                    index: 2,
+                    value: Value::I64(-5)
                 }
             ]
         );
         // The text's buffer was reused.
         assert!(matches!(&out[0].value, Value::Str(s) if s.capacity() >= 64));
+        // Through a ring slot's packing, the same fields.
+        let (head, bits) = f.pack();
+        let mut again = Vec::new();
+        SmallFields::unpack(head, bits).write_to(&mut again);
+        assert_eq!(again, out);
         SmallFields::default().write_to(&mut out);
         assert!(out.is_empty());
     }

@@ -139,7 +139,10 @@ impl Exporter {
                 }
                 self.give_back_log(l, thread);
             }
-            Raw::LogFields(fields) => thread_reads(&mut self.threads, thread).fields = Some(fields),
+            Raw::LogFields { head, bits } => {
+                thread_reads(&mut self.threads, thread).fields =
+                    Some(SmallFields::unpack(head, bits))
+            }
             Raw::SmallLog {
                 callsite,
                 class,
