@@ -427,3 +427,100 @@ fn a_wait_on_a_lock_points_at_the_awaiting_line() {
         assert!(!without.iter().any(|l| l.ends_with(&at)), "{without:#?}");
     }
 }
+
+/// Holders of a resource by task name, with their counts.
+type Holders = Vec<(String, u32)>;
+/// A resource's state fields.
+type State = Vec<(String, awaitscope_wire::Value)>;
+
+/// The resource of concrete type `ty` (the internal one of a pair when
+/// `internal`), its holders by task name and its state.
+fn resource_seen(m: &Model, ty: &str, internal: bool) -> (Holders, State) {
+    let p = m.processes().next().expect("a process");
+    let r = p
+        .resources
+        .values()
+        .find(|r| r.concrete_type == ty && r.internal == internal)
+        .unwrap_or_else(|| panic!("a {ty} resource"));
+    let name = |t: awaitscope_wire::SpanId| {
+        p.tasks
+            .get(&t)
+            .and_then(|t| t.name.clone())
+            .unwrap_or_default()
+    };
+    let mut holders: Vec<_> = r.holders.iter().map(|(t, n)| (name(*t), *n)).collect();
+    holders.sort();
+    (holders, r.state.clone())
+}
+
+/// tokio reports a semaphore's permits as changes (`permits = 3,
+/// permits.op = "sub"`) and hands a release's permits straight to the
+/// waiting acquire (only its async op hears of it). The model keeps the
+/// permits left and who holds how many: a release handed to a waiter moves
+/// them, and the acquire's own state stays off the semaphore's.
+#[test]
+fn a_semaphore_shows_its_permits_left_and_who_holds_them() {
+    let bytes = record(|| async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(10));
+        let (s1, s2) = (sem.clone(), sem.clone());
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        awaitscope::spawn_named("holder", async move {
+            let held = s1.acquire_many(3).await.unwrap();
+            let _ = release_rx.await;
+            drop(held);
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        awaitscope::spawn_named("waiter", async move {
+            // 7 are free: it takes them and waits for one more.
+            let _p = s2.acquire_many(8).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The holder's 3: one to the waiter, two back to the semaphore.
+        release_tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    });
+    let m = analyse(&bytes);
+    let (holders, state) = resource_seen(&m, "Semaphore", true);
+    assert_eq!(holders, [("waiter".to_string(), 8)]);
+    let permits: Vec<_> = state
+        .iter()
+        .filter(|(n, _)| n.starts_with("permits"))
+        .collect();
+    assert_eq!(
+        permits,
+        [&("permits".to_string(), awaitscope_wire::Value::U64(2))],
+        "{state:?}"
+    );
+}
+
+/// An RwLock's readers come with `current_readers.op = "add"` and go with
+/// `"sub"`: the reader still holding it is its holder, the one gone is not.
+#[test]
+fn an_rwlock_holds_the_readers_still_reading() {
+    let bytes = record(|| async {
+        let lock = Arc::new(tokio::sync::RwLock::new(0));
+        let (l1, l2) = (lock.clone(), lock.clone());
+        awaitscope::spawn_named("reading", async move {
+            let _r = l1.read().await;
+            std::future::pending::<()>().await;
+        });
+        awaitscope::spawn_named("read-once", async move {
+            let r = l2.read().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(r);
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    });
+    let m = analyse(&bytes);
+    let (holders, state) = resource_seen(&m, "RwLock", false);
+    assert_eq!(holders, [("reading".to_string(), 1)]);
+    // tokio sends the readers as `i32` (recorded as `i64`).
+    assert!(
+        state.contains(&(
+            "current_readers".to_string(),
+            awaitscope_wire::Value::I64(1)
+        )),
+        "{state:?}"
+    );
+}

@@ -55,11 +55,20 @@ pub const CONTEXT_TARGET: &str = "awaitscope::context";
 /// async op was polled, ready ([`IS_READY`]) or not.
 pub const TOKIO_POLL_OP_TARGET: &str = "runtime::resource::poll_op";
 
+/// Target of tokio's state-update events of a resource (a Mutex's
+/// `locked`, a semaphore's `permits`, an RwLock's `current_readers`).
+pub const TOKIO_RESOURCE_STATE_UPDATE_TARGET: &str = "runtime::resource::state_update";
+
+/// Target of tokio's state-update events of an async op (a semaphore
+/// acquire's `permits_requested` and `permits_obtained`): the op's state,
+/// not its resource's.
+pub const TOKIO_ASYNC_OP_STATE_UPDATE_TARGET: &str = "runtime::resource::async_op::state_update";
+
 /// Targets of tokio's state-update events
 /// ([`crate::EventClass::StateUpdate`]): of a resource, and of an async op.
 pub const TOKIO_STATE_UPDATE_TARGETS: [&str; 2] = [
-    "runtime::resource::state_update",
-    "runtime::resource::async_op::state_update",
+    TOKIO_RESOURCE_STATE_UPDATE_TARGET,
+    TOKIO_ASYNC_OP_STATE_UPDATE_TARGET,
 ];
 
 // ---------------------------------------------------------------------------
@@ -175,15 +184,25 @@ pub const PERMITS_OP: &str = "permits.op";
 /// `write_locked.op`...).
 pub const OP_SUFFIX: &str = ".op";
 
-/// On a state update of an RwLock: how its readers changed (as
+/// On a state update of an RwLock: its readers, or (with
+/// [`CURRENT_READERS_OP`]) how many came or went.
+pub const CURRENT_READERS: &str = "current_readers";
+
+/// On a state update of an RwLock: how its readers changed ([`OP_ADD`]: a
+/// reader took it, [`OP_SUB`]: one let it go; the other way round from
 /// [`PERMITS_OP`]).
 pub const CURRENT_READERS_OP: &str = "current_readers.op";
 
-/// [`PERMITS_OP`]/[`CURRENT_READERS_OP`] value: permits or readers given back.
+/// An `X.op` value: `X` grew by the event's value (permits given back, a
+/// reader come).
 pub const OP_ADD: &str = "add";
 
-/// [`PERMITS_OP`]/[`CURRENT_READERS_OP`] value: permits or readers taken.
+/// An `X.op` value: `X` shrank by the event's value (permits taken, a
+/// reader gone).
 pub const OP_SUB: &str = "sub";
+
+/// An `X.op` value: `X` is now the event's value.
+pub const OP_OVERRIDE: &str = "override";
 
 // ---------------------------------------------------------------------------
 // Fields of events.

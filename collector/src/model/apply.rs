@@ -10,8 +10,8 @@
 use std::collections::hash_map::Entry;
 
 use awaitscope_wire::{
-    names, CallsiteKind, CloseKind, Event, EventClass, Level, Log, SpanClass, SpanId, SpanNew,
-    TreeNode, WakeOp,
+    names, CallsiteKind, CloseKind, Event, EventClass, Field, Level, Log, SpanClass, SpanId,
+    SpanNew, TreeNode, Value, WakeOp,
 };
 
 use super::await_tree::AwaitTree;
@@ -964,9 +964,19 @@ impl Process {
                     return;
                 };
                 let cs = self.callsites.get(&callsite);
+                if cs.is_some_and(|c| c.target == names::TOKIO_ASYNC_OP_STATE_UPDATE_TARGET) {
+                    // The op's state, not its resource's: only permits it
+                    // was handed say something about the resource.
+                    self.permits_handed_over(res, span, task, callsite, fields);
+                    return;
+                }
                 let get_b = |n| span::field_bool(cs, fields, n);
-                let op = span::field_str(cs, fields, names::PERMITS_OP)
-                    .or_else(|| span::field_str(cs, fields, names::CURRENT_READERS_OP));
+                let get_n = |n| {
+                    span::field_u64(cs, fields, n)
+                        .map_or(1, |v| u32::try_from(v).unwrap_or(u32::MAX))
+                };
+                let permits = span::field_str(cs, fields, names::PERMITS_OP);
+                let readers = span::field_str(cs, fields, names::CURRENT_READERS_OP);
                 let Some(r) = self.resources.get_mut(&res) else {
                     return;
                 };
@@ -981,19 +991,34 @@ impl Process {
                 }
                 if let Some(cs) = cs {
                     for f in fields {
-                        if let Some(n) = cs.fields.get(f.index as usize) {
-                            r.set_state(n, &f.value);
+                        let Some(n) = cs.fields.get(f.index as usize) else {
+                            continue;
+                        };
+                        if n.ends_with(names::OP_SUFFIX) {
+                            continue;
                         }
+                        let op = cs
+                            .fields
+                            .iter()
+                            .position(|o| o.strip_suffix(names::OP_SUFFIX) == Some(n.as_str()))
+                            .and_then(|i| fields.iter().find(|f| f.index as usize == i))
+                            .and_then(|f| match &f.value {
+                                Value::Str(s) => Some(s.as_str()),
+                                _ => None,
+                            });
+                        r.apply_state(n, &f.value, op);
                     }
                 }
-                match (
-                    get_b(names::LOCKED).or(get_b(names::WRITE_LOCKED)),
-                    op,
-                    task,
-                ) {
-                    (Some(true), _, Some(t)) => {
+                let Some(t) = task else {
+                    if get_b(names::LOCKED).or(get_b(names::WRITE_LOCKED)) == Some(false) {
                         r.holders.clear();
-                        r.add_holder(t);
+                    }
+                    return;
+                };
+                match get_b(names::LOCKED).or(get_b(names::WRITE_LOCKED)) {
+                    Some(true) => {
+                        r.holders.clear();
+                        r.add_holder(t, 1);
                         r.held_at.clear();
                         if let Some(task) = self.tasks.get_mut(&t) {
                             if !task.acquired.contains(&res) && task.acquired.len() < 8 {
@@ -1001,9 +1026,16 @@ impl Process {
                             }
                         }
                     }
-                    (Some(false), _, _) => r.holders.clear(),
-                    (_, Some(names::OP_SUB), Some(t)) => r.add_holder(t),
-                    (_, Some(names::OP_ADD), Some(t)) => r.remove_holder(t),
+                    Some(false) => r.holders.clear(),
+                    None => {}
+                }
+                // A semaphore's permits are taken (`sub`) and given back
+                // (`add`); an RwLock's readers come (`add`) and go (`sub`).
+                match (permits, readers) {
+                    (Some(names::OP_SUB), _) => r.add_holder(t, get_n(names::PERMITS)),
+                    (Some(names::OP_ADD), _) => r.remove_holder(t, get_n(names::PERMITS)),
+                    (_, Some(names::OP_ADD)) => r.add_holder(t, get_n(names::CURRENT_READERS)),
+                    (_, Some(names::OP_SUB)) => r.remove_holder(t, get_n(names::CURRENT_READERS)),
                     _ => {}
                 }
             }
@@ -1066,6 +1098,53 @@ impl Process {
                     );
                 }
             }
+        }
+    }
+}
+
+impl Process {
+    /// Permits a semaphore's waiting acquire (the async op `op`) was handed
+    /// by a release (tokio's `permits_obtained`, `permits.op = "add"`,
+    /// sent in the releasing task `releaser`): they move from the releaser
+    /// to the task whose acquire it is (the task that made the op). Such
+    /// permits never reach the resource's count, and the resource hears
+    /// nothing of them.
+    fn permits_handed_over(
+        &mut self,
+        res: SpanId,
+        op: Option<SpanId>,
+        releaser: Option<SpanId>,
+        callsite: u32,
+        fields: &[Field],
+    ) {
+        let cs = self.callsites.get(&callsite);
+        if span::field_str(cs, fields, names::PERMITS_OP) != Some(names::OP_ADD) {
+            return;
+        }
+        let Some(n) = span::field_u64(cs, fields, names::PERMITS_OBTAINED)
+            .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+            .filter(|n| *n > 0)
+        else {
+            return;
+        };
+        // Sent in the op's span when a release hands permits over; in its
+        // resource's when the acquire found them free (tokio enters the
+        // resource around both updates there), which the resource's own
+        // `sub` counted.
+        let owner = op
+            .and_then(|s| self.spans.get(&s))
+            .filter(|s| matches!(s.class, SpanClass::AsyncOp | SpanClass::AsyncOpPoll))
+            .and_then(|s| s.ctx_task);
+        let Some(r) = self.resources.get_mut(&res) else {
+            return;
+        };
+        match (owner, releaser) {
+            (Some(w), Some(from)) if w != from => {
+                r.remove_holder(from, n);
+                r.add_holder(w, n);
+            }
+            (Some(w), None) => r.add_holder(w, n),
+            _ => {}
         }
     }
 }

@@ -62,19 +62,19 @@ impl Resource {
         ) || self.kind == names::KIND_TIMER
     }
 
-    /// Adds a hold by `task`.
-    pub fn add_holder(&mut self, task: SpanId) {
+    /// Adds `n` holds by `task` (a lock, a reader, permits).
+    pub fn add_holder(&mut self, task: SpanId, n: u32) {
         if let Some(i) = self.holders.iter().position(|(t, _)| *t == task) {
-            self.holders[i].1 = self.holders[i].1.saturating_add(1);
-        } else if self.holders.len() < 1024 {
-            self.holders.push((task, 1));
+            self.holders[i].1 = self.holders[i].1.saturating_add(n);
+        } else if self.holders.len() < 1024 && n > 0 {
+            self.holders.push((task, n));
         }
     }
 
-    /// Removes one hold by `task`.
-    pub fn remove_holder(&mut self, task: SpanId) {
+    /// Removes up to `n` holds by `task`.
+    pub fn remove_holder(&mut self, task: SpanId, n: u32) {
         if let Some(i) = self.holders.iter().position(|(t, _)| *t == task) {
-            self.holders[i].1 -= 1;
+            self.holders[i].1 = self.holders[i].1.saturating_sub(n);
             if self.holders[i].1 == 0 {
                 self.holders.swap_remove(i);
             }
@@ -87,6 +87,38 @@ impl Resource {
             self.state[i].1 = value.clone();
         } else if self.state.len() < 32 {
             self.state.push((name.to_string(), value.clone()));
+        }
+    }
+
+    /// Applies state field `name`'s `value` as its `name.op` says:
+    /// [`names::OP_ADD`] and [`names::OP_SUB`] change the value known
+    /// (tokio sends a semaphore's permits and an RwLock's readers as
+    /// changes); [`names::OP_OVERRIDE`], or no op, sets it. A change to a
+    /// value never set (its resource made before the stream began) leaves
+    /// it unknown rather than showing the change as the value.
+    pub fn apply_state(&mut self, name: &str, value: &Value, op: Option<&str>) {
+        let add = match op {
+            Some(names::OP_ADD) => true,
+            Some(names::OP_SUB) => false,
+            _ => return self.set_state(name, value),
+        };
+        let change = |old: u64, by: u64| {
+            if add {
+                old.saturating_add(by)
+            } else {
+                old.saturating_sub(by)
+            }
+        };
+        let known = self.state.iter_mut().find(|(n, _)| n == name);
+        match (known, value) {
+            (Some((_, Value::U64(old))), Value::U64(by)) => *old = change(*old, *by),
+            (Some((_, Value::I64(old))), Value::I64(by)) if *old >= 0 && *by >= 0 => {
+                let v = change(*old as u64, *by as u64);
+                *old = i64::try_from(v).unwrap_or(i64::MAX);
+            }
+            // A change of a kind the value does not have: no longer known.
+            (Some(_), _) => self.state.retain(|(n, _)| n != name),
+            (None, _) => {}
         }
     }
 
