@@ -524,3 +524,46 @@ fn an_rwlock_holds_the_readers_still_reading() {
         "{state:?}"
     );
 }
+
+/// Two tasks each holding a semaphore's permit and waiting for the other's:
+/// a deadlock, found through the semaphores' holders (kept by tokio on the
+/// semaphore inside each) and named by the program's semaphores.
+#[test]
+fn a_deadlock_on_semaphores_is_found() {
+    let bytes = record(|| async {
+        let (a, b) = (
+            Arc::new(tokio::sync::Semaphore::new(1)),
+            Arc::new(tokio::sync::Semaphore::new(1)),
+        );
+        let (a2, b2) = (a.clone(), b.clone());
+        awaitscope::spawn_named("left", async move {
+            let _pa = a.acquire().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _pb = b.acquire().await.unwrap();
+        });
+        awaitscope::spawn_named("right", async move {
+            let _pb = b2.acquire().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _pa = a2.acquire().await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let m = analyse(&bytes);
+    let dl = named(&m, FindingKind::Deadlock);
+    assert_eq!(dl.len(), 1, "{:#?}", m.findings().list());
+    let (f, mut tasks) = (dl[0].0, dl[0].1.clone());
+    tasks.sort();
+    assert_eq!(tasks, ["left", "right"]);
+    let here = "collector/tests/real_capture.rs";
+    assert_eq!(f.location.as_ref().map(|l| l.file.as_str()), Some(here));
+    // Each wait names the program's semaphore, made in this file.
+    let waits: Vec<_> = f
+        .trace
+        .iter()
+        .filter(|l| l.contains(" waits on "))
+        .collect();
+    assert_eq!(waits.len(), 2, "{:#?}", f.trace);
+    for w in waits {
+        assert!(w.contains(&format!("waits on Semaphore @ {here}:")), "{w}");
+    }
+}

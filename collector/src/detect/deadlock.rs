@@ -71,17 +71,30 @@ fn wait_graph(p: &Process, now: u64, th: &Thresholds) -> HashMap<SpanId, Vec<(Sp
         if t.waiting_on.is_empty() || !idle(&t.id) {
             continue;
         }
-        for r in &t.waiting_on {
-            let Some(res) = p.resources.get(r) else {
+        let locks = || {
+            t.waiting_on
+                .iter()
+                .filter_map(|r| Some((*r, p.resources.get(r)?)))
+                .filter(|(_, res)| res.is_lock())
+        };
+        // A Mutex or an RwLock knows its holders; a Semaphore's are on the
+        // semaphore inside it (tokio's `is_internal`), which the task
+        // waits on too. An inner semaphore counts only when no lock the
+        // task waits on knows its holders, and stands for its outer lock.
+        let outer_known = locks().any(|(_, res)| !res.internal && !res.holders.is_empty());
+        for (r, res) in locks() {
+            let stands_for = if !res.internal {
+                r
+            } else if outer_known {
                 continue;
+            } else {
+                locks()
+                    .find(|(_, o)| !o.internal && o.concrete_type == res.concrete_type)
+                    .map_or(r, |(o, _)| o)
             };
-            // A Mutex's inner semaphore stands for the Mutex: skip it.
-            if !res.is_lock() || res.internal {
-                continue;
-            }
             for (h, _) in &res.holders {
                 if *h != t.id && idle(h) {
-                    g.entry(t.id).or_default().push((*h, *r));
+                    g.entry(t.id).or_default().push((*h, stands_for));
                 }
             }
         }
