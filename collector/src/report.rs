@@ -194,6 +194,11 @@ pub struct ResourceReport {
     pub location: Option<Location>,
     /// Internal to another resource (e.g. the semaphore inside a Mutex).
     pub internal: bool,
+    /// Of an internal resource, the id of the one it is inside, when
+    /// known (a tokio Semaphore's permits and holders are on its inner
+    /// semaphore).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outer: Option<u64>,
     /// Tasks holding it.
     pub holders: Vec<u64>,
     /// Tasks waiting on it.
@@ -496,6 +501,7 @@ fn process_report(p: &Process) -> ProcessReport {
                 kind: r.kind.clone(),
                 location: r.location.clone(),
                 internal: r.internal,
+                outer: r.outer.map(|o| o.0),
                 holders: r.holders.iter().map(|h| h.0 .0).collect(),
                 waiters,
                 state: r

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use awaitscope_collector::model::labels::task_label;
+use awaitscope_collector::model::resource::Resource;
 use awaitscope_collector::model::span::value_string;
 use awaitscope_collector::model::task::{level_str, Task};
 use awaitscope_collector::model::{Process, TaskState};
@@ -393,7 +394,24 @@ impl Snapshot {
             }
             let mut res: Vec<_> = p.resources.values().filter(|r| !r.internal).collect();
             res.sort_unstable_by_key(|r| r.id);
+            // tokio keeps a Semaphore's permits and holders on the semaphore
+            // inside it: shown on the program's Semaphore, where they are
+            // not known otherwise.
+            let inner: HashMap<SpanId, &Resource> = p
+                .resources
+                .values()
+                .filter_map(|r| Some((r.outer?, r)))
+                .collect();
             for r in res {
+                let inner = inner.get(&r.id).copied();
+                let holders_of = match inner {
+                    Some(i) if r.holders.is_empty() => &i.holders,
+                    _ => &r.holders,
+                };
+                let inner_state = inner
+                    .into_iter()
+                    .flat_map(|i| &i.state)
+                    .filter(|(n, _)| !r.state.iter().any(|(m, _)| m == n));
                 let label = |id: SpanId| {
                     p.task(id)
                         .map(task_label)
@@ -413,8 +431,7 @@ impl Snapshot {
                         .as_ref()
                         .map(|l| l.to_string())
                         .unwrap_or_default(),
-                    holders: r
-                        .holders
+                    holders: holders_of
                         .iter()
                         .map(|(t, n)| {
                             let l = label(*t);
@@ -428,6 +445,7 @@ impl Snapshot {
                     state: r
                         .state
                         .iter()
+                        .chain(inner_state)
                         .filter(|(n, _)| !n.ends_with(names::OP_SUFFIX))
                         .map(|(n, v)| format!("{n}={}", value_string(v)))
                         .collect::<Vec<_>>()

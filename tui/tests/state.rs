@@ -396,3 +396,56 @@ fn the_waiting_column_names_the_line_a_task_awaits_at() {
     assert_eq!(row("waiter"), "tokio::sync::Mutex::lock @ src/bank.rs:42");
     assert!(!row("other").contains('@'), "{}", row("other"));
 }
+
+/// A program's tokio Semaphore, recorded for real: tokio keeps its permits
+/// and holders on the semaphore inside it, which the resources view does
+/// not list; the program's Semaphore row shows them.
+#[cfg(tokio_unstable)]
+#[test]
+fn a_semaphore_row_shows_its_permits_and_holders() {
+    use std::sync::Arc;
+    let memory = awaitscope::MemoryRecording::new();
+    let (subscriber, guard) = awaitscope::Builder::new()
+        .no_stream()
+        .record_in_memory(&memory)
+        .try_build_subscriber()
+        .expect("awaitscope builds")
+        .expect("awaitscope is on");
+    let dispatch = awaitscope::scoped_dispatch(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bytes = tracing::dispatcher::with_default(&dispatch, || {
+        tracing::callsite::rebuild_interest_cache();
+        rt.block_on(async {
+            let sem = Arc::new(tokio::sync::Semaphore::new(4));
+            let s = sem.clone();
+            awaitscope::spawn_named("holder", async move {
+                let _p = s.acquire_many(3).await.unwrap();
+                std::future::pending::<()>().await;
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            guard.flush();
+            memory.bytes()
+        })
+    });
+    drop(rt);
+    let mut m = awaitscope_collector::Model::default();
+    awaitscope_collector::ingest::recording::load_reader(&mut m, "memory", &bytes[..])
+        .expect("a recording");
+    let s = Snapshot::build(&m, None);
+    let rows: Vec<_> = s
+        .resources
+        .iter()
+        .filter(|r| r.concrete_type == "Semaphore")
+        .collect();
+    assert_eq!(rows.len(), 1, "only the program's Semaphore is listed");
+    let holders: Vec<_> = rows[0].holders.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert!(
+        holders[0].starts_with("task holder") && holders[0].ends_with(" ×3"),
+        "{holders:?}"
+    );
+    assert_eq!(rows[0].state, "permits=1");
+}

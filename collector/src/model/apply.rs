@@ -360,6 +360,8 @@ impl Process {
         }
         let cs = self.callsites.get(&callsite);
         if class == SpanClass::Resource {
+            let internal = span::field_bool(cs, fields, names::IS_INTERNAL).unwrap_or(false);
+            let outer = ctx_span.filter(|s| internal && self.resources.contains_key(s));
             let r = Resource {
                 id,
                 callsite,
@@ -370,7 +372,8 @@ impl Process {
                     .unwrap_or("")
                     .to_string(),
                 location: span::loc_fields(cs, fields).or_else(|| span::callsite_location(cs)),
-                internal: span::field_bool(cs, fields, names::IS_INTERNAL).unwrap_or(false),
+                internal,
+                outer,
                 created: ts,
                 holders: Vec::new(),
                 state: Vec::new(),

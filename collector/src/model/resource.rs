@@ -21,6 +21,11 @@ pub struct Resource {
     /// tokio's `is_internal`: a resource inside another (the semaphore of
     /// a Mutex).
     pub internal: bool,
+    /// Of an internal resource: the resource it is inside, when that one
+    /// was the current span at its creation (tokio makes a Semaphore's,
+    /// Mutex's or RwLock's semaphore inside the outer one's span). A
+    /// Semaphore's permits and holders are kept on its inner semaphore.
+    pub outer: Option<SpanId>,
     /// When the resource's span was created, ns since the process's start.
     pub created: u64,
     /// Tasks holding it (lock owner, readers, permit holders), with a count.

@@ -269,6 +269,9 @@ struct ResourceSnap {
     /// A timer's deadline: a viewer joining before the timer fires judges
     /// its wake by it.
     deadline: Option<u64>,
+    /// Of an internal resource, the one it is inside.
+    #[serde(default)]
+    outer: Option<SpanId>,
 }
 
 impl ProcessSnapshot {
@@ -714,6 +717,7 @@ impl ResourceSnap {
             state: r.state.clone(),
             held_at: r.held_at.clone(),
             deadline: r.deadline,
+            outer: r.outer,
         }
     }
 
@@ -725,6 +729,7 @@ impl ResourceSnap {
             kind: self.kind.clone(),
             location: self.location.as_ref().map(LocationSnap::to_location),
             internal: self.internal,
+            outer: self.outer,
             created: self.created,
             holders: self.holders.clone(),
             state: self.state.clone(),
