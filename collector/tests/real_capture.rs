@@ -567,3 +567,47 @@ fn a_deadlock_on_semaphores_is_found() {
         assert!(w.contains(&format!("waits on Semaphore @ {here}:")), "{w}");
     }
 }
+
+/// Two tasks each reading one RwLock and waiting to write the other's: a
+/// deadlock through readers (an RwLock's holders are its readers while
+/// they read).
+#[test]
+fn a_deadlock_through_rwlock_readers_is_found() {
+    let bytes = record(|| async {
+        let (a, b) = (
+            Arc::new(tokio::sync::RwLock::new(0)),
+            Arc::new(tokio::sync::RwLock::new(0)),
+        );
+        let (a2, b2) = (a.clone(), b.clone());
+        awaitscope::spawn_named("left", async move {
+            let _ra = a.read().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            *b.write().await += 1;
+        });
+        awaitscope::spawn_named("right", async move {
+            let _rb = b2.read().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            *a2.write().await += 1;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let m = analyse(&bytes);
+    let dl = named(&m, FindingKind::Deadlock);
+    assert_eq!(dl.len(), 1, "{:#?}", m.findings().list());
+    let mut tasks = dl[0].1.clone();
+    tasks.sort();
+    assert_eq!(tasks, ["left", "right"]);
+    let waits: Vec<_> = dl[0]
+        .0
+        .trace
+        .iter()
+        .filter(|l| l.contains(" waits on "))
+        .collect();
+    assert_eq!(waits.len(), 2, "{:#?}", dl[0].0.trace);
+    for w in waits {
+        assert!(
+            w.contains("waits on RwLock @ collector/tests/real_capture.rs:"),
+            "{w}"
+        );
+    }
+}
