@@ -163,8 +163,9 @@ impl Callsites {
 
     /// Whether the capture takes what `meta`'s callsite records, as
     /// [`Callsites::register`] would class it: a span the span filter
-    /// keeps, or one of tokio's wakers and resource events, or an event at
-    /// WARN or above. For `enabled` calls, which get metadata of no
+    /// keeps (never tokio's async op polls: see [`Callsites::keeps_span`]),
+    /// or one of tokio's wakers and resource events, or an event at WARN
+    /// or above. For `enabled` calls, which get metadata of no
     /// particular lifetime.
     pub fn captures(&self, meta: &Metadata<'_>) -> bool {
         // `register_callsite` came first: its class, by address, without

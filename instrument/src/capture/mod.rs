@@ -860,13 +860,7 @@ impl Capture {
         let ts = shared.raw();
         with_local(shared, |l| {
             let span = explicit.unwrap_or_else(|| l.current_sid());
-            let stack = if wait && l.first_wait_of_poll() {
-                shared
-                    .wait_stacks
-                    .take(shared.delta_nanos(shared.origin_raw, ts))
-            } else {
-                Vec::new()
-            };
+            let stack = shared.wait_stack(l, wait, ts);
             let task = l.current_task();
             if stack.is_empty() {
                 let (head, bits) = fields.pack();
@@ -883,22 +877,14 @@ impl Capture {
                 );
                 return;
             }
-            let mut raw = l.old_log().unwrap_or_else(|| {
-                Box::new(RawLog {
-                    meta,
-                    class,
-                    callsite,
-                    span,
-                    task,
-                    ts,
-                    fields: Vec::new(),
-                    trace: Vec::new(),
-                    stack: Vec::new(),
-                })
-            });
-            let mut wire_fields = std::mem::take(&mut raw.fields);
+            // The stack rides on a boxed record (one given back, reused).
+            let mut raw = l.old_log();
+            let mut wire_fields = raw
+                .as_mut()
+                .map(|r| std::mem::take(&mut r.fields))
+                .unwrap_or_default();
             fields.write_to(&mut wire_fields);
-            *raw = RawLog {
+            let new = RawLog {
                 meta,
                 class,
                 callsite,
@@ -909,8 +895,27 @@ impl Capture {
                 trace: Vec::new(),
                 stack,
             };
-            l.push(Raw::Log(raw));
+            l.push(Raw::Log(match raw {
+                Some(mut old) => {
+                    *old = new;
+                    old
+                }
+                None => Box::new(new),
+            }));
         });
+    }
+
+    /// The stack of a poll op that made its task wait (`wait`, at raw time
+    /// `ts`): the worker's return addresses, for the first wait of the poll
+    /// in progress and as the rate admits (see [`wait_stack`]); empty
+    /// otherwise.
+    #[inline]
+    fn wait_stack(&self, l: &mut local::Local, wait: bool, ts: u64) -> Vec<usize> {
+        if wait && l.first_wait_of_poll() {
+            self.wait_stacks.take(self.delta_nanos(self.origin_raw, ts))
+        } else {
+            Vec::new()
+        }
     }
 
     /// An event sent with its fields boxed: the program's warnings and
@@ -952,13 +957,7 @@ impl Capture {
             && shared.wait_stacks.on()
             && wait_stack::is_wait_in(event.metadata(), &rec.fields);
         with_local(shared, |l| {
-            let stack = if wait && l.first_wait_of_poll() {
-                shared
-                    .wait_stacks
-                    .take(shared.delta_nanos(shared.origin_raw, ts))
-            } else {
-                Vec::new()
-            };
+            let stack = shared.wait_stack(l, wait, ts);
             let new = RawLog {
                 meta: event.metadata(),
                 class,
