@@ -611,3 +611,28 @@ fn a_deadlock_through_rwlock_readers_is_found() {
         );
     }
 }
+
+/// A pool of two connections (a Semaphore), two requests each holding one
+/// and asking for a second: neither can go on. The pool's holders make it
+/// a cycle, reported as a deadlock of the two requests on the pool.
+#[test]
+fn a_pool_exhausted_by_nested_acquires_is_a_deadlock() {
+    let bytes = record(|| async {
+        let pool = Arc::new(tokio::sync::Semaphore::new(2));
+        for name in ["req-1", "req-2"] {
+            let pool = pool.clone();
+            awaitscope::spawn_named(name, async move {
+                let _conn = pool.acquire().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _second = pool.acquire().await.unwrap();
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let m = analyse(&bytes);
+    let dl = named(&m, FindingKind::Deadlock);
+    assert_eq!(dl.len(), 1, "{:#?}", m.findings().list());
+    let mut tasks = dl[0].1.clone();
+    tasks.sort();
+    assert_eq!(tasks, ["req-1", "req-2"]);
+}
