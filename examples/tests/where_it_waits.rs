@@ -109,6 +109,50 @@ fn a_deadlock_names_the_functions_where_each_task_waits_and_took_its_lock() {
     }
 }
 
+#[instrument(skip_all)]
+async fn load_avatar(pool: Arc<tokio::sync::Semaphore>) {
+    let _conn = pool.acquire().await.unwrap();
+}
+
+/// Holds a connection of the pool while it asks for a second one.
+#[instrument(skip_all)]
+async fn fetch_profile(pool: Arc<tokio::sync::Semaphore>) {
+    let _conn = pool.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    load_avatar(pool.clone()).await;
+}
+
+#[test]
+fn a_pool_exhausted_by_nested_acquires_names_the_functions_that_wait() {
+    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
+    rt.block_on(async {
+        let pool = Arc::new(tokio::sync::Semaphore::new(2));
+        tokio::spawn(fetch_profile(pool.clone()));
+        tokio::spawn(fetch_profile(pool));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    let found = of_kind(&outcome.findings, FindingKind::Deadlock);
+    assert_eq!(found.len(), 1, "{:#?}", outcome.findings);
+    let f = found[0];
+    assert_user_frames(f);
+    let trace = &f.trace;
+    // Each request waits in the pool's acquire inside `load_avatar`,
+    // called from `fetch_profile`, and holds the program's Semaphore.
+    let waits = line_of(trace, "waiting in tokio::sync::Semaphore::acquire");
+    assert!(trace[waits + 1].contains("load_avatar"), "{trace:#?}");
+    assert!(trace[waits + 2].contains("fetch_profile"), "{trace:#?}");
+    assert!(
+        trace
+            .iter()
+            .filter(|l| l.contains("holds Semaphore @ examples/tests/where_it_waits.rs"))
+            .count()
+            == 2,
+        "{trace:#?}"
+    );
+}
+
 /// The hog: burns the CPU for `ms` without yielding.
 fn burn(ms: u64) -> u64 {
     let end = Instant::now() + Duration::from_millis(ms);
