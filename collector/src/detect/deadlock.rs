@@ -204,12 +204,20 @@ fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) ->
                 let hloc = hr.location.as_ref().map_or(String::new(), |l| {
                     format!(" @ {}", labels::shown(l.clone()))
                 });
-                if hr.held_at.is_empty() {
+                // Where this task took it, when the lock's last taking was
+                // its own (of a semaphore with several holders, another's
+                // path would be a wrong one).
+                let taken: &[String] = if hr.held_by == Some(*task) {
+                    &hr.held_at
+                } else {
+                    &[]
+                };
+                if taken.is_empty() {
                     trace.push(format!("  holds {}{hloc}", hr.concrete_type));
                 } else {
                     trace.push(format!("  holds {}{hloc}, taken in:", hr.concrete_type));
                 }
-                for line in &hr.held_at {
+                for line in taken {
                     trace.push(format!("    {line}"));
                 }
             }

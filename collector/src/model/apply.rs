@@ -378,6 +378,7 @@ impl Process {
                 holders: Vec::new(),
                 state: Vec::new(),
                 held_at: Vec::new(),
+                held_by: None,
                 deadline: None,
             };
             self.resources.insert(id, r);
@@ -625,6 +626,7 @@ impl Process {
             path.truncate(HELD_AT_FRAMES);
             if let Some(r) = self.resources.get_mut(&res) {
                 r.held_at = path;
+                r.held_by = Some(task);
             }
         }
     }
@@ -1018,16 +1020,17 @@ impl Process {
                     }
                     return;
                 };
+                // Where the lock is taken is learnt at the end of the poll
+                // that took it (`poll_ended`), on the lock the program made
+                // (a Semaphore's, not its inner semaphore's).
+                let mut took = None;
                 match get_b(names::LOCKED).or(get_b(names::WRITE_LOCKED)) {
                     Some(true) => {
                         r.holders.clear();
                         r.add_holder(t, 1);
                         r.held_at.clear();
-                        if let Some(task) = self.tasks.get_mut(&t) {
-                            if !task.acquired.contains(&res) && task.acquired.len() < 8 {
-                                task.acquired.push(res);
-                            }
-                        }
+                        r.held_by = None;
+                        took = Some(res);
                     }
                     Some(false) => r.holders.clear(),
                     None => {}
@@ -1035,11 +1038,24 @@ impl Process {
                 // A semaphore's permits are taken (`sub`) and given back
                 // (`add`); an RwLock's readers come (`add`) and go (`sub`).
                 match (permits, readers) {
-                    (Some(names::OP_SUB), _) => r.add_holder(t, get_n(names::PERMITS)),
+                    (Some(names::OP_SUB), _) => {
+                        // An acquire that found none free sends `sub` of 0.
+                        let n = get_n(names::PERMITS);
+                        r.add_holder(t, n);
+                        if n > 0 {
+                            took = Some(r.outer.unwrap_or(res));
+                        }
+                    }
                     (Some(names::OP_ADD), _) => r.remove_holder(t, get_n(names::PERMITS)),
-                    (_, Some(names::OP_ADD)) => r.add_holder(t, get_n(names::CURRENT_READERS)),
+                    (_, Some(names::OP_ADD)) => {
+                        r.add_holder(t, get_n(names::CURRENT_READERS));
+                        took = Some(res);
+                    }
                     (_, Some(names::OP_SUB)) => r.remove_holder(t, get_n(names::CURRENT_READERS)),
                     _ => {}
+                }
+                if let Some(lock) = took {
+                    self.took_lock(t, lock);
                 }
             }
             CallsiteKind::Event(EventClass::User) | CallsiteKind::Span(_) => {
@@ -1141,13 +1157,29 @@ impl Process {
         let Some(r) = self.resources.get_mut(&res) else {
             return;
         };
+        let lock = r.outer.unwrap_or(res);
         match (owner, releaser) {
             (Some(w), Some(from)) if w != from => {
                 r.remove_holder(from, n);
                 r.add_holder(w, n);
+                self.took_lock(w, lock);
             }
-            (Some(w), None) => r.add_holder(w, n),
+            (Some(w), None) => {
+                r.add_holder(w, n);
+                self.took_lock(w, lock);
+            }
             _ => {}
+        }
+    }
+
+    /// Task `t` took `lock` (or was handed its permits): where, its await
+    /// path at the end of its poll that took it, is kept on the lock then
+    /// (see `poll_ended`).
+    fn took_lock(&mut self, t: SpanId, lock: SpanId) {
+        if let Some(task) = self.tasks.get_mut(&t) {
+            if !task.acquired.contains(&lock) && task.acquired.len() < 8 {
+                task.acquired.push(lock);
+            }
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Resource {
     /// first, at most [`HELD_AT_FRAMES`] lines) at the end of the poll in
     /// which the state update said `locked`.
     pub held_at: Vec<String>,
+    /// The task whose taking of the lock [`Resource::held_at`] says (the
+    /// latest to take it: of a lock with several holders, one of them).
+    pub held_by: Option<SpanId>,
     /// A timer's deadline, ns since the process's start: when its state
     /// update (the duration left) was sent, plus that duration.
     pub deadline: Option<u64>,

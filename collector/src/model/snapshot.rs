@@ -272,6 +272,9 @@ struct ResourceSnap {
     /// Of an internal resource, the one it is inside.
     #[serde(default)]
     outer: Option<SpanId>,
+    /// Whose taking of the lock `held_at` says.
+    #[serde(default)]
+    held_by: Option<SpanId>,
 }
 
 impl ProcessSnapshot {
@@ -718,6 +721,7 @@ impl ResourceSnap {
             held_at: r.held_at.clone(),
             deadline: r.deadline,
             outer: r.outer,
+            held_by: r.held_by,
         }
     }
 
@@ -734,6 +738,7 @@ impl ResourceSnap {
             holders: self.holders.clone(),
             state: self.state.clone(),
             held_at: self.held_at.clone(),
+            held_by: self.held_by,
             deadline: self.deadline,
         }
     }
