@@ -617,9 +617,20 @@ impl Process {
                 i = op;
             }
             let mut frames = self.await_frames(tree, i);
-            if tree.nodes[i].class == SpanClass::Resource && !frames.is_empty() {
-                // The lock alone (its op closed before the tree was sent):
-                // the finding names it already; the functions say where.
+            let made_at = self
+                .resources
+                .get(&res)
+                .and_then(|r| r.location.clone())
+                .map(labels::shown);
+            if !frames.is_empty()
+                && (tree.nodes[i].class == SpanClass::Resource
+                    || (frames[0].location.is_some() && frames[0].location == made_at))
+            {
+                // The lock alone (its op closed before the tree was sent),
+                // or its op at the lock's creation (no line of its own:
+                // taken at once, no stack of a wait): the finding names the
+                // lock and where it was made already; the functions say
+                // where it was taken.
                 frames.remove(0);
             }
             let mut path: Vec<String> = frames.iter().map(ToString::to_string).collect();
