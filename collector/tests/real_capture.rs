@@ -492,6 +492,20 @@ fn a_semaphore_shows_its_permits_left_and_who_holds_them() {
         [&("permits".to_string(), awaitscope_wire::Value::U64(2))],
         "{state:?}"
     );
+    // Where the permits were taken is kept on the program's Semaphore, for
+    // the holder left: the one that let its permits go is forgotten.
+    let p = m.processes().next().unwrap();
+    let outer = p
+        .resources
+        .values()
+        .find(|r| r.concrete_type == "Semaphore" && !r.internal)
+        .unwrap();
+    let takers: Vec<_> = outer
+        .held_at
+        .iter()
+        .map(|(t, _)| p.tasks.get(t).and_then(|t| t.name.clone()))
+        .collect();
+    assert_eq!(takers, [Some("waiter".to_string())]);
 }
 
 /// An RwLock's readers come with `current_readers.op = "add"` and go with

@@ -151,16 +151,20 @@ fn a_pool_exhausted_by_nested_acquires_names_the_functions_that_wait() {
             == 2,
         "{trace:#?}"
     );
-    // Where a request took its connection: in `fetch_profile`. (Said for
-    // the last to take one: of two holders, the other's path is not kept.)
-    let taken = line_of(trace, ", taken in:");
-    assert!(
-        trace[taken + 1..]
-            .iter()
-            .take_while(|l| l.starts_with("    "))
-            .any(|l| l.contains("fetch_profile @ examples/tests/where_it_waits.rs")),
-        "{trace:#?}"
-    );
+    // Where each request took its connection: in `fetch_profile`.
+    let taken: Vec<usize> = (0..trace.len())
+        .filter(|&i| trace[i].ends_with(", taken in:"))
+        .collect();
+    assert_eq!(taken.len(), 2, "{trace:#?}");
+    for i in taken {
+        assert!(
+            trace[i + 1..]
+                .iter()
+                .take_while(|l| l.starts_with("    "))
+                .any(|l| l.contains("fetch_profile @ examples/tests/where_it_waits.rs")),
+            "{trace:#?}"
+        );
+    }
 }
 
 /// The hog: burns the CPU for `ms` without yielding.

@@ -204,14 +204,9 @@ fn scan(p: &Process, now: u64, cx: &mut Cx<'_>, was_active: &HashSet<String>) ->
                 let hloc = hr.location.as_ref().map_or(String::new(), |l| {
                     format!(" @ {}", labels::shown(l.clone()))
                 });
-                // Where this task took it, when the lock's last taking was
-                // its own (of a semaphore with several holders, another's
-                // path would be a wrong one).
-                let taken: &[String] = if hr.held_by == Some(*task) {
-                    &hr.held_at
-                } else {
-                    &[]
-                };
+                // Where this task took it (of a semaphore's holders, its
+                // own taking).
+                let taken = hr.taken_by(*task).unwrap_or_default();
                 if taken.is_empty() {
                     trace.push(format!("  holds {}{hloc}", hr.concrete_type));
                 } else {

@@ -378,7 +378,6 @@ impl Process {
                 holders: Vec::new(),
                 state: Vec::new(),
                 held_at: Vec::new(),
-                held_by: None,
                 deadline: None,
             };
             self.resources.insert(id, r);
@@ -636,8 +635,7 @@ impl Process {
             let mut path: Vec<String> = frames.iter().map(ToString::to_string).collect();
             path.truncate(HELD_AT_FRAMES);
             if let Some(r) = self.resources.get_mut(&res) {
-                r.held_at = path;
-                r.held_by = Some(task);
+                r.set_taken(task, path);
             }
         }
     }
@@ -1039,15 +1037,21 @@ impl Process {
                     Some(true) => {
                         r.holders.clear();
                         r.add_holder(t, 1);
+                        // One holder at a time: the others' takings
+                        // are over.
                         r.held_at.clear();
-                        r.held_by = None;
                         took = Some(res);
                     }
-                    Some(false) => r.holders.clear(),
+                    Some(false) => {
+                        r.holders.clear();
+                        r.held_at.clear();
+                    }
                     None => {}
                 }
                 // A semaphore's permits are taken (`sub`) and given back
                 // (`add`); an RwLock's readers come (`add`) and go (`sub`).
+                let lock = r.outer.unwrap_or(res);
+                let mut let_go = false;
                 match (permits, readers) {
                     (Some(names::OP_SUB), _) => {
                         // An acquire that found none free sends `sub` of 0.
@@ -1057,16 +1061,25 @@ impl Process {
                             took = Some(r.outer.unwrap_or(res));
                         }
                     }
-                    (Some(names::OP_ADD), _) => r.remove_holder(t, get_n(names::PERMITS)),
+                    (Some(names::OP_ADD), _) => {
+                        r.remove_holder(t, get_n(names::PERMITS));
+                        let_go = !r.held_by(t);
+                    }
                     (_, Some(names::OP_ADD)) => {
                         r.add_holder(t, get_n(names::CURRENT_READERS));
                         took = Some(res);
                     }
-                    (_, Some(names::OP_SUB)) => r.remove_holder(t, get_n(names::CURRENT_READERS)),
+                    (_, Some(names::OP_SUB)) => {
+                        r.remove_holder(t, get_n(names::CURRENT_READERS));
+                        let_go = !r.held_by(t);
+                    }
                     _ => {}
                 }
                 if let Some(lock) = took {
                     self.took_lock(t, lock);
+                }
+                if let_go {
+                    self.let_go(t, lock);
                 }
             }
             CallsiteKind::Event(EventClass::User) | CallsiteKind::Span(_) => {
@@ -1173,13 +1186,24 @@ impl Process {
             (Some(w), Some(from)) if w != from => {
                 r.remove_holder(from, n);
                 r.add_holder(w, n);
+                let let_go = !r.held_by(from);
                 self.took_lock(w, lock);
+                if let_go {
+                    self.let_go(from, lock);
+                }
             }
             (Some(w), None) => {
                 r.add_holder(w, n);
                 self.took_lock(w, lock);
             }
             _ => {}
+        }
+    }
+
+    /// Task `t` holds no more of `lock`: where it took it is forgotten.
+    fn let_go(&mut self, t: SpanId, lock: SpanId) {
+        if let Some(r) = self.resources.get_mut(&lock) {
+            r.held_at.retain(|(h, _)| *h != t);
         }
     }
 

@@ -32,13 +32,12 @@ pub struct Resource {
     pub holders: Vec<(SpanId, u32)>,
     /// Latest state-update fields (e.g. `locked`, `permits`), by name.
     pub state: Vec<(String, Value)>,
-    /// Where the latest lock holder took it: its await path (innermost
-    /// first, at most [`HELD_AT_FRAMES`] lines) at the end of the poll in
-    /// which the state update said `locked`.
-    pub held_at: Vec<String>,
-    /// The task whose taking of the lock [`Resource::held_at`] says (the
-    /// latest to take it: of a lock with several holders, one of them).
-    pub held_by: Option<SpanId>,
+    /// Where its holders took it, each holder's await path (innermost
+    /// first, at most [`HELD_AT_FRAMES`] lines) at the end of the poll
+    /// that took it (a lock, a reader's hold, permits), for at most
+    /// [`HELD_AT_HOLDERS`] holders. A Semaphore's are on it, not on its
+    /// inner semaphore where its holders are counted.
+    pub held_at: Vec<(SpanId, Vec<String>)>,
     /// A timer's deadline, ns since the process's start: when its state
     /// update (the duration left) was sent, plus that duration.
     pub deadline: Option<u64>,
@@ -52,6 +51,10 @@ pub const DURATION_UNIT: &str = "duration.unit";
 
 /// Most frames kept of where a lock was taken ([`Resource::held_at`]).
 pub const HELD_AT_FRAMES: usize = 12;
+
+/// Most holders whose taking of a resource is kept ([`Resource::held_at`]):
+/// past it, the oldest is forgotten.
+pub const HELD_AT_HOLDERS: usize = 16;
 
 impl Resource {
     /// Whether waiting on this resource can take part in a deadlock.
@@ -133,5 +136,22 @@ impl Resource {
     /// Whether `task` holds this resource.
     pub fn held_by(&self, task: SpanId) -> bool {
         self.holders.iter().any(|(t, _)| *t == task)
+    }
+
+    /// Where `task` took this resource, if that was seen.
+    pub fn taken_by(&self, task: SpanId) -> Option<&[String]> {
+        self.held_at
+            .iter()
+            .find(|(t, _)| *t == task)
+            .map(|(_, p)| p.as_slice())
+    }
+
+    /// Keeps where `task` took this resource (its latest taking).
+    pub fn set_taken(&mut self, task: SpanId, path: Vec<String>) {
+        self.held_at.retain(|(t, _)| *t != task);
+        if self.held_at.len() >= HELD_AT_HOLDERS {
+            self.held_at.remove(0);
+        }
+        self.held_at.push((task, path));
     }
 }

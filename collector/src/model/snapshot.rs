@@ -265,16 +265,13 @@ struct ResourceSnap {
     state: Vec<(String, Value)>,
     /// Where the latest holder took the lock: a deadlock never takes it
     /// again, so a viewer joining during one would never learn it.
-    held_at: Vec<String>,
+    held_at: Vec<(SpanId, Vec<String>)>,
     /// A timer's deadline: a viewer joining before the timer fires judges
     /// its wake by it.
     deadline: Option<u64>,
     /// Of an internal resource, the one it is inside.
     #[serde(default)]
     outer: Option<SpanId>,
-    /// Whose taking of the lock `held_at` says.
-    #[serde(default)]
-    held_by: Option<SpanId>,
 }
 
 impl ProcessSnapshot {
@@ -721,7 +718,6 @@ impl ResourceSnap {
             held_at: r.held_at.clone(),
             deadline: r.deadline,
             outer: r.outer,
-            held_by: r.held_by,
         }
     }
 
@@ -738,7 +734,6 @@ impl ResourceSnap {
             holders: self.holders.clone(),
             state: self.state.clone(),
             held_at: self.held_at.clone(),
-            held_by: self.held_by,
             deadline: self.deadline,
         }
     }
