@@ -539,6 +539,31 @@ fn an_rwlock_holds_the_readers_still_reading() {
     );
 }
 
+/// The one deadlock of `m`: its tasks are `tasks`, and each of its waits
+/// names a `lock` made in this file.
+fn the_deadlock<'m>(m: &'m Model, tasks: [&str; 2], lock: &str) -> &'m Finding {
+    let dl = named(m, FindingKind::Deadlock);
+    assert_eq!(dl.len(), 1, "{:#?}", m.findings().list());
+    let (f, mut names) = (dl[0].0, dl[0].1.clone());
+    names.sort();
+    assert_eq!(names, tasks);
+    let waits: Vec<_> = f
+        .trace
+        .iter()
+        .filter(|l| l.contains(" waits on "))
+        .collect();
+    assert_eq!(waits.len(), 2, "{:#?}", f.trace);
+    for w in waits {
+        assert!(
+            w.contains(&format!(
+                "waits on {lock} @ collector/tests/real_capture.rs:"
+            )),
+            "{w}"
+        );
+    }
+    f
+}
+
 /// Two tasks each holding a semaphore's permit and waiting for the other's:
 /// a deadlock, found through the semaphores' holders (kept by tokio on the
 /// semaphore inside each) and named by the program's semaphores.
@@ -563,23 +588,10 @@ fn a_deadlock_on_semaphores_is_found() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
     let m = analyse(&bytes);
-    let dl = named(&m, FindingKind::Deadlock);
-    assert_eq!(dl.len(), 1, "{:#?}", m.findings().list());
-    let (f, mut tasks) = (dl[0].0, dl[0].1.clone());
-    tasks.sort();
-    assert_eq!(tasks, ["left", "right"]);
+    // Each wait names the program's semaphore, made in this file.
+    let f = the_deadlock(&m, ["left", "right"], "Semaphore");
     let here = "collector/tests/real_capture.rs";
     assert_eq!(f.location.as_ref().map(|l| l.file.as_str()), Some(here));
-    // Each wait names the program's semaphore, made in this file.
-    let waits: Vec<_> = f
-        .trace
-        .iter()
-        .filter(|l| l.contains(" waits on "))
-        .collect();
-    assert_eq!(waits.len(), 2, "{:#?}", f.trace);
-    for w in waits {
-        assert!(w.contains(&format!("waits on Semaphore @ {here}:")), "{w}");
-    }
 }
 
 /// Two tasks each reading one RwLock and waiting to write the other's: a
@@ -605,25 +617,7 @@ fn a_deadlock_through_rwlock_readers_is_found() {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
-    let m = analyse(&bytes);
-    let dl = named(&m, FindingKind::Deadlock);
-    assert_eq!(dl.len(), 1, "{:#?}", m.findings().list());
-    let mut tasks = dl[0].1.clone();
-    tasks.sort();
-    assert_eq!(tasks, ["left", "right"]);
-    let waits: Vec<_> = dl[0]
-        .0
-        .trace
-        .iter()
-        .filter(|l| l.contains(" waits on "))
-        .collect();
-    assert_eq!(waits.len(), 2, "{:#?}", dl[0].0.trace);
-    for w in waits {
-        assert!(
-            w.contains("waits on RwLock @ collector/tests/real_capture.rs:"),
-            "{w}"
-        );
-    }
+    the_deadlock(&analyse(&bytes), ["left", "right"], "RwLock");
 }
 
 /// A pool of two connections (a Semaphore), two requests each holding one
@@ -643,10 +637,5 @@ fn a_pool_exhausted_by_nested_acquires_is_a_deadlock() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
-    let m = analyse(&bytes);
-    let dl = named(&m, FindingKind::Deadlock);
-    assert_eq!(dl.len(), 1, "{:#?}", m.findings().list());
-    let mut tasks = dl[0].1.clone();
-    tasks.sort();
-    assert_eq!(tasks, ["req-1", "req-2"]);
+    the_deadlock(&analyse(&bytes), ["req-1", "req-2"], "Semaphore");
 }

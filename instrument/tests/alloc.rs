@@ -73,39 +73,39 @@ fn request(i: u64) {
     std::hint::black_box(i);
 }
 
-#[test]
-fn spans_in_steady_state_allocate_nothing() {
-    let memory = MemoryRecording::new();
+/// Runs `step(i)` for `i` in `0..30 * BATCH` under awaitscope's own
+/// subscriber recording into `memory`, in batches each followed by a
+/// drain, and returns the allocations this thread made in the last 10
+/// batches (the first 20 warm up: this thread's state, the store's slots,
+/// and the records a batch needs; a thread's pool of nodes or log records
+/// is as large as the most it had in flight between two drains, when the
+/// exporter gives them back). The recording is complete on return.
+fn allocations_in_steady_state(memory: &MemoryRecording, step: impl Fn(u64)) -> usize {
     let (subscriber, guard) = awaitscope::Builder::new()
-        .record_in_memory(&memory)
+        .record_in_memory(memory)
         .try_build_subscriber()
         .expect("awaitscope builds")
         .expect("awaitscope is on");
     tracing::subscriber::with_default(subscriber, || {
-        // Warm up: this thread's state, the store's slots, and nodes for
-        // a batch. A thread's pool of nodes is as large as the most spans
-        // it had in flight between two drains of the exporter (the nodes
-        // of closed spans come back at a drain): batches of 50, each
-        // followed by a drain, leave 50 nodes to reuse.
-        for batch in 0..20 {
+        for batch in 0..30 {
+            COUNTING.with(|c| c.set(batch >= 20));
             for i in 0..BATCH {
-                request(batch * BATCH + i);
-            }
-            guard.flush();
-        }
-        for batch in 0..10 {
-            COUNTING.with(|c| c.set(true));
-            for i in 0..BATCH {
-                request(batch * BATCH + i);
+                step(batch * BATCH + i);
             }
             COUNTING.with(|c| c.set(false));
             guard.flush();
         }
     });
-    let allocations = ALLOCATIONS.with(Cell::get);
+    drop(guard);
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn spans_in_steady_state_allocate_nothing() {
+    let memory = MemoryRecording::new();
+    let allocations = allocations_in_steady_state(&memory, request);
     assert_eq!(allocations, 0, "allocations for 500 spans in steady state");
     // The spans were captured all the same.
-    drop(guard);
     let created = recorded(&memory, |e| matches!(e, awaitscope_wire::Event::SpanNew(_)));
     assert_eq!(created, 30 * BATCH as usize);
 }
@@ -117,50 +117,33 @@ fn spans_in_steady_state_allocate_nothing() {
 #[test]
 fn logs_in_steady_state_allocate_nothing() {
     let memory = MemoryRecording::new();
-    let (subscriber, guard) = awaitscope::Builder::new()
-        .record_in_memory(&memory)
-        .try_build_subscriber()
-        .expect("awaitscope builds")
-        .expect("awaitscope is on");
-    let mut counted = 0;
-    tracing::subscriber::with_default(subscriber, || {
-        for batch in 0..30 {
-            let count = batch >= 20;
-            COUNTING.with(|c| c.set(count));
-            for i in 0..BATCH {
-                // What tokio sends when a semaphore's permits change.
-                tracing::trace!(
-                    target: "runtime::resource::state_update",
-                    permits = batch * BATCH + i,
-                    locked = false
-                );
-                // And when a task polls it.
-                tracing::trace!(
-                    target: "runtime::resource::poll_op",
-                    op_name = "poll_acquire",
-                    is_ready = i % 2 == 0
-                );
-                // A timer's deadline set.
-                tracing::trace!(
-                    target: "runtime::resource::state_update",
-                    duration = 5_000u64,
-                    duration.unit = "ms",
-                    duration.op = "override"
-                );
-            }
-            COUNTING.with(|c| c.set(false));
-            if count {
-                counted += BATCH;
-            }
-            guard.flush();
-        }
+    let allocations = allocations_in_steady_state(&memory, |i| {
+        // What tokio sends when a semaphore's permits change.
+        tracing::trace!(
+            target: "runtime::resource::state_update",
+            permits = i,
+            locked = false
+        );
+        // And when a task polls it.
+        tracing::trace!(
+            target: "runtime::resource::poll_op",
+            op_name = "poll_acquire",
+            is_ready = i % 2 == 0
+        );
+        // A timer's deadline set.
+        tracing::trace!(
+            target: "runtime::resource::state_update",
+            duration = 5_000u64,
+            duration.unit = "ms",
+            duration.op = "override"
+        );
     });
-    let allocations = ALLOCATIONS.with(Cell::get);
     assert_eq!(
-        allocations, 0,
-        "allocations for {counted} logs in steady state"
+        allocations,
+        0,
+        "allocations for {} logs in steady state",
+        3 * 10 * BATCH
     );
-    drop(guard);
     use awaitscope_wire::{Event, Value};
     let state_updates = recorded(&memory, |e| {
         matches!(e, Event::Log(l) if l.fields.len() == 2

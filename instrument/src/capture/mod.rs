@@ -895,13 +895,7 @@ impl Capture {
                 trace: Vec::new(),
                 stack,
             };
-            l.push(Raw::Log(match raw {
-                Some(mut old) => {
-                    *old = new;
-                    old
-                }
-                None => Box::new(new),
-            }));
+            l.push(Raw::Log(record::in_box(new, raw)));
         });
     }
 
@@ -969,16 +963,9 @@ impl Capture {
                 trace,
                 stack,
             };
-            let raw = match raw {
-                Some(mut old) => {
-                    // Its old trace and stack are dropped here,
-                    // where they were made.
-                    *old = new;
-                    old
-                }
-                None => Box::new(new),
-            };
-            l.push(Raw::Log(raw));
+            // Its old trace and stack are dropped here, where they were
+            // made.
+            l.push(Raw::Log(record::in_box(new, raw)));
         });
     }
 }

@@ -28,6 +28,19 @@ pub(crate) struct RawLog {
     pub stack: Vec<usize>,
 }
 
+/// `value` in `spare`'s allocation (a record or event given back for
+/// reuse: its old contents dropped here), or in a new one.
+#[inline]
+pub(crate) fn in_box<T>(value: T, spare: Option<Box<T>>) -> Box<T> {
+    match spare {
+        Some(mut b) => {
+            *b = value;
+            b
+        }
+        None => Box::new(value),
+    }
+}
+
 /// A panic seen by the panic hook.
 pub(crate) struct RawPanic {
     pub task: u64,

@@ -12,7 +12,7 @@ use wire::{Event, SpanClass, SpanId};
 
 use super::*;
 use crate::await_tree::AwaitModel;
-use crate::capture::record::{Raw, RawLog};
+use crate::capture::record::{in_box, Raw, RawLog};
 use crate::capture::small_fields::SmallFields;
 use crate::capture::Capture;
 use crate::span_node::SpanNode;
@@ -118,14 +118,21 @@ impl Exporter {
                     model.on_state_update(l.span, l.task, locked_field(&l));
                 }
                 if want {
-                    let ev = Event::Log(log_event(&mut l, self.spare_log.take(), ns));
-                    self.emit(&ev);
-                    // The fields and the trace go back with their record.
-                    if let Event::Log(mut log) = ev {
+                    let log = wire::Log {
+                        callsite: l.callsite,
+                        span: span_id(l.span),
+                        task: span_id(l.task),
+                        ts: ns(l.ts),
+                        fields: std::mem::take(&mut l.fields),
+                        trace: std::mem::take(&mut l.trace),
+                    };
+                    let spare = self.spare_log.take();
+                    self.spare_log = self.emit_log(in_box(log, spare)).map(|mut log| {
+                        // The fields and the trace go back with their record.
                         l.fields = std::mem::take(&mut log.fields);
                         l.trace = std::mem::take(&mut log.trace);
-                        self.spare_log = Some(log);
-                    }
+                        log
+                    });
                     if !l.stack.is_empty() {
                         // The wait's stack follows its not-ready poll op.
                         let ts = ns(l.ts);
@@ -161,30 +168,23 @@ impl Exporter {
                     model.on_state_update(span, task, locked);
                 }
                 if want {
-                    let mut log = match self.spare_log.take() {
-                        Some(mut log) => {
-                            log.callsite = callsite;
-                            log.span = span_id(span);
-                            log.task = span_id(task);
-                            log.ts = ns(ts);
-                            log.trace.clear();
-                            log
-                        }
-                        None => Box::new(wire::Log {
-                            callsite,
-                            span: span_id(span),
-                            task: span_id(task),
-                            ts: ns(ts),
-                            fields: Vec::new(),
-                            trace: Vec::new(),
-                        }),
+                    // The spare event's fields are written over (their
+                    // texts' memory reused).
+                    let mut spare = self.spare_log.take();
+                    let mut wire_fields = spare
+                        .as_mut()
+                        .map(|l| std::mem::take(&mut l.fields))
+                        .unwrap_or_default();
+                    fields.write_to(&mut wire_fields);
+                    let log = wire::Log {
+                        callsite,
+                        span: span_id(span),
+                        task: span_id(task),
+                        ts: ns(ts),
+                        fields: wire_fields,
+                        trace: Vec::new(),
                     };
-                    fields.write_to(&mut log.fields);
-                    let ev = Event::Log(log);
-                    self.emit(&ev);
-                    if let Event::Log(log) = ev {
-                        self.spare_log = Some(log);
-                    }
+                    self.spare_log = self.emit_log(in_box(log, spare));
                 }
             }
             // The rest changes no model: converted only for the destinations.
@@ -559,6 +559,18 @@ impl Exporter {
         }
     }
 
+    /// Emits a `Log` event and gives its allocation back, for the next
+    /// one (see `spare_log`).
+    #[inline]
+    fn emit_log(&mut self, log: Box<wire::Log>) -> Option<Box<wire::Log>> {
+        let ev = Event::Log(log);
+        self.emit(&ev);
+        match ev {
+            Event::Log(log) => Some(log),
+            _ => None,
+        }
+    }
+
     /// Gives a log record back to the thread that made it, for its next
     /// one (see `capture::local::LOG_RETURNS`); dropped here when that
     /// thread is gone or has enough waiting.
@@ -789,31 +801,6 @@ pub(super) fn locked_field(l: &RawLog) -> Option<bool> {
             wire::Value::Bool(b) => Some(b),
             _ => None,
         })
-}
-
-/// The `Log` event of a captured event (in `spare`, the allocation of an
-/// earlier one, when given), its fields and trace taken from the record;
-/// `ns` converts raw clock readings.
-pub(super) fn log_event(
-    l: &mut RawLog,
-    spare: Option<Box<awaitscope_wire::Log>>,
-    ns: impl Fn(u64) -> u64,
-) -> Box<awaitscope_wire::Log> {
-    let log = awaitscope_wire::Log {
-        callsite: l.callsite,
-        span: span_id(l.span),
-        task: span_id(l.task),
-        ts: ns(l.ts),
-        fields: std::mem::take(&mut l.fields),
-        trace: std::mem::take(&mut l.trace),
-    };
-    match spare {
-        Some(mut b) => {
-            *b = log;
-            b
-        }
-        None => Box::new(log),
-    }
 }
 
 /// The state of `thread`, made on first sight.
