@@ -137,17 +137,6 @@ pub(crate) struct Capture {
     idle_watch: IdleWatch,
 }
 
-/// The parent of a span about to be made poll-local (see
-/// [`Capture::new_local`]).
-pub(crate) struct LocalParent {
-    /// Its id in the span store.
-    pub reg: u64,
-    /// It is the task polled.
-    pub is_task: bool,
-    /// The task polled.
-    pub task: u64,
-}
-
 /// The next block of span ids ([`Capture::take_span_ids`]), alone on its
 /// cache line: what shares a line with it (the capture's instance, read by
 /// every hook, the clock's scale, read at every timestamp) would move
@@ -632,51 +621,6 @@ impl Capture {
             Some((sid, ts))
         })
         .flatten()
-    }
-
-    /// A poll-local span's creation (see `store::local_spans`): a span of
-    /// the program without fields, made inside a poll. `make` is given the
-    /// span's parent, the innermost span entered in the poll (its id in the
-    /// store, span id, and whether it is the task), and the task polled,
-    /// and returns the new span's id, or `None` when this span cannot be
-    /// poll-local. The creation goes out as a compact span's
-    /// ([`Raw::SpanCompact`]). Returns the span's id, span id and creation
-    /// time.
-    pub(crate) fn new_local(
-        self: &Arc<Self>,
-        attrs: &Attributes<'_>,
-        make: impl FnOnce(LocalParent) -> Option<u64>,
-    ) -> Option<(u64, u64, u64)> {
-        let meta = attrs.metadata();
-        if meta.target() == names::CONTEXT_TARGET {
-            return None;
-        }
-        let info = self.callsites.get(meta);
-        if info.class != Class::Span(SpanClass::User) {
-            return None;
-        }
-        let shared = self;
-        with_local(shared, |l| {
-            let (reg, parent_sid, is_task) = l.poll_parent()?;
-            let task = l.current_task();
-            let id = make(LocalParent { reg, is_task, task })?;
-            let sid = l.next_span_id(shared);
-            let ts = shared.raw();
-            l.push_beside_poll(Raw::SpanCompact {
-                id: sid,
-                parent: parent_sid,
-                ts,
-                callsite: info.id,
-            });
-            l.set_recent(id, sid);
-            Some((id, sid, ts))
-        })
-        .flatten()
-    }
-
-    /// The task polled on this thread now, or 0.
-    pub(crate) fn current_task(self: &Arc<Self>) -> u64 {
-        with_local(self, |l| l.current_task()).unwrap_or(0)
     }
 
     /// The node of a compact span (see [`Capture::new_compact`]), made on

@@ -18,22 +18,13 @@
 //! from whichever thread closes it. Enter and exit do not touch the slots
 //! when the thread's cache knows the span.
 //!
-//! Poll-local spans (see [`local_spans`]): a span of the program made
-//! inside a poll, without fields, whose parent is the task or another such
-//! span of the same task (most `#[instrument]` spans of a request
-//! handler), does not take a slot at all: it lives in a table of its
-//! thread's own, where its creation, references and close are plain
-//! stores and a compare-exchange on lines that thread alone writes, and
-//! takes a slot, as a compact span, only if it outlives its poll or
-//! something asks for its node. Ids with the top bit set name them.
-//!
 //! Compact spans: a span of the program made inside a poll, without
-//! fields, whose parent is the task or another compact span (a promoted
-//! poll-local span, or one made where the thread's table was full), gets
-//! no node. Its slot keeps what its node would be made of, its creation
-//! goes to the exporter as a compact record, and a node is made only when
-//! something asks the store for one (a child with a node, an event, a
-//! causal trace, a later poll's enter). A node is made on the worker and read and given back by
+//! fields, whose parent is the task or another compact span (most
+//! `#[instrument]` spans of a request handler), gets no node. Its slot
+//! keeps what its node would be made of, its creation goes to the exporter
+//! as a compact record, and a node is made only when something asks the
+//! store for one (a child with a node, an event, a causal trace, a later
+//! poll's enter). A node is made on the worker and read and given back by
 //! the exporter's thread; for a span that lives within one poll, that trip
 //! between the cores cost more than everything else awaitscope does for
 //! it. Under the layer on the registry every span has a node.
@@ -43,7 +34,6 @@
 //! captures nothing under it ([`crate::CausalTrace`] does). For either,
 //! compose with [`crate::builder`].
 
-mod local_spans;
 pub(crate) mod log;
 pub(crate) mod slots;
 
@@ -59,7 +49,6 @@ use crate::capture::local::with_local;
 use crate::capture::Capture;
 use crate::causal::SpanFinder;
 use crate::span_node::SpanNode;
-use local_spans::{is_local, Counted, Decoded, LocalTables, Promotion, Seen, Table};
 use slots::Slots;
 
 /// One span in the store.
@@ -90,9 +79,6 @@ struct Slot {
     /// compare-exchange on a line its thread wrote.
     state: AtomicU8,
     late: std::sync::OnceLock<Arc<SpanNode>>,
-    /// A promoted poll-local span (see [`local_spans`]): the id `tracing`
-    /// has for it, whose table entry is freed with this slot; else 0.
-    local: u64,
 }
 
 /// [`Slot::state`]: a compact span without a node (or not compact).
@@ -157,8 +143,6 @@ fn release(refs: &AtomicUsize) -> bool {
 pub struct AwaitscopeSubscriber {
     capture: Arc<Capture>,
     spans: Slots<Slot>,
-    /// Spans made and, nearly always, closed within one poll.
-    local: LocalTables,
     log: log::LogOutput,
 }
 
@@ -180,22 +164,11 @@ fn key(id: &Id) -> u64 {
 /// [`slots::MAX_SLOTS`]), so everything done with it is a no-op.
 const NO_SPAN: u64 = u64::MAX;
 
-/// What a span id names (see [`AwaitscopeSubscriber::named`]).
-enum Named<'a> {
-    /// A span in the slots, by its key there (a promoted poll-local span's
-    /// included).
-    Store(u64),
-    /// A poll-local span (of this thread's table or another's).
-    Local(&'a Table, Decoded),
-    Nothing,
-}
-
 impl AwaitscopeSubscriber {
     pub(crate) fn new(capture: Arc<Capture>, log: log::LogOutput) -> Self {
         Self {
             capture,
             spans: Slots::new(),
-            local: LocalTables::new(),
             log,
         }
     }
@@ -206,43 +179,14 @@ impl AwaitscopeSubscriber {
         Self {
             capture,
             spans: Slots::with_capacity(spans),
-            local: LocalTables::new(),
             log,
         }
     }
 
-    /// What the id `id` names: a span in the slots (its key there), a
-    /// poll-local span, or nothing.
-    #[inline]
-    fn named(&self, id: u64) -> Named<'_> {
-        if !is_local(id) {
-            return Named::Store(id);
-        }
-        let d = Decoded::of(id);
-        let Some(t) = self.local.table(d.table) else {
-            return Named::Nothing;
-        };
-        match t.seen(d) {
-            None => Named::Nothing,
-            Some(Seen::Store(s)) => Named::Store(s),
-            Some(Seen::Local) => Named::Local(t, d),
-        }
-    }
-
-    /// The slot of the span `id`, promoting it first if it is poll-local.
-    fn slot(&self, id: &Id) -> Option<slots::Guard<'_, Slot>> {
-        match self.named(key(id)) {
-            Named::Store(s) => self.spans.get(s),
-            Named::Local(t, d) => self.spans.get(self.promote(t, d)?),
-            Named::Nothing => None,
-        }
-    }
-
-    /// The node of the span with id `id`, if it is open. A poll-local span
-    /// is promoted to get one.
+    /// The node of the span with id `id`, if it is open.
     #[inline]
     pub(crate) fn node(&self, id: &Id) -> Option<Arc<SpanNode>> {
-        let slot = self.slot(id)?;
+        let slot = self.spans.get(key(id))?;
         match &slot.node {
             Some(n) => Some(n.clone()),
             None if slot.compact != 0 => self.node_of_compact(&slot),
@@ -285,199 +229,6 @@ impl AwaitscopeSubscriber {
         slot.late.get()
     }
 
-    /// A span made poll-local (see [`local_spans`]), if it can be: inside
-    /// a poll, its parent the task or a poll-local span of the same task
-    /// (its reference then taken if it is still poll-local), a free entry
-    /// in this thread's table.
-    #[inline]
-    fn new_local(&self, attrs: &Attributes<'_>) -> Option<Id> {
-        let t = self.local.mine()?;
-        let mut made = None;
-        let (id, sid, ts) = self.capture.new_local(attrs, |p| {
-            let (idx, id) = t.take()?;
-            let holds_parent = if p.is_task {
-                Some(false)
-            } else {
-                self.local_parent(p.reg, p.task)
-            };
-            let Some(holds_parent) = holds_parent else {
-                t.untake(idx);
-                return None;
-            };
-            made = Some((idx, p.reg, p.task, holds_parent));
-            Some(id)
-        })?;
-        let (idx, parent, task, holds_parent) = made?;
-        t.fill(
-            idx,
-            local_spans::Span {
-                meta: attrs.metadata(),
-                sid,
-                ts,
-                task,
-                parent,
-                holds_parent,
-            },
-        );
-        Some(Id::from_u64(id))
-    }
-
-    /// Whether a span made under `parent` (entered on this thread, not the
-    /// task) in a poll of `task` can be poll-local: `Some(true)` if the
-    /// parent is a poll-local span of that task (a reference on it is
-    /// taken), `Some(false)` if it is a promoted one (none is taken while
-    /// the child is poll-local: the parent is entered here, so open),
-    /// `None` otherwise.
-    #[inline]
-    fn local_parent(&self, parent: u64, task: u64) -> Option<bool> {
-        if !is_local(parent) {
-            return None;
-        }
-        let d = Decoded::of(parent);
-        let t = self.local.table(d.table)?;
-        if t.span(d)?.task != task {
-            return None;
-        }
-        match t.count(d, true) {
-            Counted::Local(_) => Some(true),
-            Counted::Store(_) => Some(false),
-            Counted::Gone => None,
-        }
-    }
-
-    /// Promotes the poll-local span `d` of table `t` (and its poll-local
-    /// parents) to the slots, from any thread; returns its key there.
-    /// `None` when it closed, or when the store is full (it stays
-    /// poll-local).
-    fn promote(&self, t: &Table, d: Decoded) -> Option<u64> {
-        let refs = match t.begin_promote(d) {
-            Promotion::Mine(refs) => refs,
-            Promotion::Done(key) => return Some(key),
-            Promotion::Gone => return None,
-        };
-        let Some(span) = t.span(d) else {
-            t.abort_promote(d);
-            return None;
-        };
-        let parent = Id::from_u64(span.parent);
-        let parent = if span.holds_parent {
-            // Its reference, counted in the parent's entry, moves with the
-            // parent's count to the parent's slot.
-            let pd = Decoded::of(span.parent);
-            if t.is_local(pd) && self.promote(t, pd).is_none() {
-                t.abort_promote(d);
-                return None;
-            }
-            Some(parent)
-        } else {
-            self.add_ref(&parent).then_some(parent)
-        };
-        let Some(entry) = self.spans.vacant() else {
-            if let (false, Some(p)) = (span.holds_parent, parent) {
-                self.try_close(p);
-            }
-            t.abort_promote(d);
-            return None;
-        };
-        let key = entry.id();
-        entry.insert(Slot {
-            meta: span.meta,
-            node: None,
-            refs: AtomicUsize::new(refs as usize),
-            parent,
-            compact: span.sid,
-            compact_ts: span.ts,
-            compact_task: span.task,
-            state: AtomicU8::new(NO_NODE),
-            late: std::sync::OnceLock::new(),
-            local: d.id(),
-        });
-        t.end_promote(d, key);
-        Some(key)
-    }
-
-    /// The poll-local span `d` of table `t` closed (its last reference
-    /// given back here): its close goes out and its entry is free. Returns
-    /// the poll-local parent it referred to, to give back next.
-    #[inline]
-    fn close_local(&self, t: &Table, d: Decoded, id: &Id) -> Option<Id> {
-        let span = t.span(d);
-        if let Some(span) = &span {
-            self.capture.close_compact(id.into_u64(), span.sid, None);
-        }
-        let own = self.local.leased().is_some_and(|m| std::ptr::eq(m, t));
-        t.release(d, own);
-        span.filter(|s| s.holds_parent)
-            .map(|s| Id::from_u64(s.parent))
-    }
-
-    /// A poll may have ended on this thread: the poll-local spans it made
-    /// for a task no longer polled here are promoted (they outlive their
-    /// poll), and those closed or promoted elsewhere are no longer looked
-    /// at.
-    #[cold]
-    fn poll_may_have_ended(&self, t: &Table) {
-        let task = self.capture.current_task();
-        let mut open = t.open_mask();
-        while open != 0 {
-            let idx = open.trailing_zeros() as usize;
-            open &= open - 1;
-            let d = t.decoded(idx);
-            match t.span(d) {
-                Some(span) if t.is_local(d) => {
-                    if span.task != task {
-                        self.promote(t, d);
-                        t.forget(idx);
-                    }
-                }
-                _ => t.forget(idx),
-            }
-        }
-    }
-
-    /// The span `id` of the slots lost its last reference on this thread,
-    /// while poll-local spans made under it here may be open: those took no
-    /// reference on it (see [`Self::local_parent`]). They are promoted,
-    /// taking one each, so that it stays open until they close, as a parent
-    /// does. Returns whether it stays open.
-    #[inline]
-    fn kept_open_by_local_children(&self, id: &Id, slot: &Slot) -> bool {
-        let Some(t) = self.local.leased() else {
-            return false;
-        };
-        if t.open_mask() == 0 {
-            return false;
-        }
-        self.promote_children(t, id.into_u64());
-        slot.refs().load(Ordering::Acquire) > 0
-    }
-
-    #[cold]
-    fn promote_children(&self, t: &Table, parent: u64) {
-        let mut open = t.open_mask();
-        while open != 0 {
-            let idx = open.trailing_zeros() as usize;
-            open &= open - 1;
-            let d = t.decoded(idx);
-            if t.span(d)
-                .is_some_and(|s| s.parent == parent && !s.holds_parent)
-                && t.is_local(d)
-            {
-                self.promote(t, d);
-                t.forget(idx);
-            }
-        }
-    }
-
-    /// A promoted poll-local span's slot is gone: its table entry is free.
-    fn free_promoted(&self, local: u64) {
-        let d = Decoded::of(local);
-        if let Some(t) = self.local.table(d.table) {
-            let own = self.local.leased().is_some_and(|m| std::ptr::eq(m, t));
-            t.release(d, own);
-        }
-    }
-
     /// Id of the span current on this thread.
     fn current_id(&self) -> Option<Id> {
         let reg = with_local(&self.capture, |l| l.current_reg())?;
@@ -499,16 +250,7 @@ impl AwaitscopeSubscriber {
 
     /// Takes a reference on the span `id`; false if it is not open.
     fn add_ref(&self, id: &Id) -> bool {
-        let key = match self.named(key(id)) {
-            Named::Store(s) => s,
-            Named::Local(t, d) => match t.count(d, true) {
-                Counted::Local(_) => return true,
-                Counted::Store(s) => s,
-                Counted::Gone => return false,
-            },
-            Named::Nothing => return false,
-        };
-        match self.spans.get(key) {
+        match self.spans.get(key(id)) {
             Some(slot) => {
                 slot.refs().fetch_add(1, Ordering::Relaxed);
                 true
@@ -567,11 +309,6 @@ impl Subscriber for AwaitscopeSubscriber {
 
     fn new_span(&self, attrs: &Attributes<'_>) -> Id {
         let contextual = !attrs.is_root() && attrs.parent().is_none();
-        if contextual && attrs.values().is_empty() {
-            if let Some(id) = self.new_local(attrs) {
-                return id;
-            }
-        }
         let parent = if attrs.is_root() {
             None
         } else if let Some(p) = attrs.parent() {
@@ -581,7 +318,7 @@ impl Subscriber for AwaitscopeSubscriber {
         };
         // One lookup of the parent: its reference taken, its node kept.
         let (parent, parent_node, parent_sid, parent_task, parent_compact) =
-            match parent.and_then(|p| Some((self.slot(&p)?, p))) {
+            match parent.and_then(|p| Some((self.spans.get(key(&p))?, p))) {
                 Some((slot, p)) => {
                     slot.refs().fetch_add(1, Ordering::Relaxed);
                     let compact = slot.compact != 0;
@@ -615,7 +352,6 @@ impl Subscriber for AwaitscopeSubscriber {
                     compact_task: parent_task,
                     state: AtomicU8::new(NO_NODE),
                     late: std::sync::OnceLock::new(),
-                    local: 0,
                 });
                 return id;
             }
@@ -639,7 +375,6 @@ impl Subscriber for AwaitscopeSubscriber {
             compact_task: 0,
             state: AtomicU8::new(NO_NODE),
             late: std::sync::OnceLock::new(),
-            local: 0,
         });
         id
     }
@@ -673,15 +408,6 @@ impl Subscriber for AwaitscopeSubscriber {
     #[inline]
     fn exit(&self, span: &Id) {
         self.capture.exit(span);
-        // A poll that ends (a task span's exit) takes its poll-local spans
-        // still open out of the table (see `local_spans`).
-        if !is_local(key(span)) {
-            if let Some(t) = self.local.leased() {
-                if t.open_mask() != 0 {
-                    self.poll_may_have_ended(t);
-                }
-            }
-        }
     }
 
     fn clone_span(&self, id: &Id) -> Id {
@@ -698,29 +424,10 @@ impl Subscriber for AwaitscopeSubscriber {
         let mut given = false;
         let mut closed = 0;
         while let Some(id) = next.take() {
-            let key = match self.named(key(&id)) {
-                Named::Store(s) => s,
-                Named::Local(t, d) => match t.count(d, false) {
-                    Counted::Local(0) => {
-                        // Closed while poll-local; the poll-local parent it
-                        // referred to is given back next.
-                        next = self.close_local(t, d, &id);
-                        closed += 1;
-                        continue;
-                    }
-                    Counted::Local(_) | Counted::Gone => break,
-                    // Promoted: its references are counted in its slot.
-                    Counted::Store(s) => s,
-                },
-                Named::Nothing => break,
-            };
-            let Some(slot) = self.spans.get(key) else {
+            let Some(slot) = self.spans.get(key(&id)) else {
                 break;
             };
             if !std::mem::take(&mut given) && !release(slot.refs()) {
-                break;
-            }
-            if self.kept_open_by_local_children(&id, &slot) {
                 break;
             }
             if let Some(node) = &slot.node {
@@ -756,11 +463,7 @@ impl Subscriber for AwaitscopeSubscriber {
                 }
                 given = true;
             }
-            let local = slot.local;
             slot.remove();
-            if local != 0 {
-                self.free_promoted(local);
-            }
             closed += 1;
         }
         // The loop stops at the first span not closed: `id` closed if any.
@@ -780,12 +483,10 @@ impl Subscriber for AwaitscopeSubscriber {
     }
 
     fn current_span(&self) -> Current {
-        let meta = |id: &Id| match self.named(key(id)) {
-            Named::Store(s) => Some(self.spans.get(s)?.meta),
-            Named::Local(t, d) => Some(t.span(d)?.meta),
-            Named::Nothing => None,
-        };
-        match self.current_id().and_then(|id| Some((meta(&id)?, id))) {
+        match self
+            .current_id()
+            .and_then(|id| Some((self.spans.get(key(&id))?.meta, id)))
+        {
             Some((meta, id)) => Current::new(id, meta),
             None => Current::none(),
         }

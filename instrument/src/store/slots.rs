@@ -17,10 +17,9 @@
 //! - **Ids** are `generation << 32 | (index + 1)`: non-zero, and a slot's
 //!   generation advances when its value is removed, so an id kept after its
 //!   span closed (tokio's waker events name tasks that may have ended)
-//!   finds nothing, never the slot's next value. (A generation is 31 bits,
-//!   leaving the top bit of every id clear for the store's poll-local
-//!   spans: an id would name another value only after its slot was reused
-//!   2^31 times while the id was kept.)
+//!   finds nothing, never the slot's next value. (A generation is 32 bits:
+//!   an id would name another value only after its slot was reused 2^32
+//!   times while the id was kept.)
 //! - **Memory**: slots live in chunks of doubling size, allocated as the
 //!   number of slots in use grows and never freed while the store lives:
 //!   the store keeps the high-water mark of its live values allocated. A
@@ -129,9 +128,6 @@ mod sync {
 const PRESENT: u64 = 1 << 31;
 /// The guards' count (the low bits of a slot's word).
 const GUARDS: u64 = PRESENT - 1;
-/// A slot's generation: 31 bits, so that no id of the store has its top
-/// bit, which names a poll-local span (see `local_spans`).
-const GEN_MASK: u64 = (1 << 31) - 1;
 /// End of a free list.
 const NIL: u32 = u32::MAX;
 /// The first chunk holds `2^BASE_BITS` slots, each next one twice the one
@@ -651,7 +647,7 @@ impl<T> Guard<'_, T> {
             }
             // While guarded the slot is not reused: present, it still has
             // the generation this guard was taken at.
-            let next = ((s >> 32) + 1) & GEN_MASK;
+            let next = ((s >> 32) + 1) & u64::from(u32::MAX);
             let new = (next << 32) | ((s & GUARDS) - 1);
             match entry
                 .life

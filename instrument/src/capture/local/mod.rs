@@ -318,18 +318,6 @@ impl Local {
         self.frames.last().map_or(0, |f| f.sid)
     }
 
-    /// The innermost span entered inside the poll in progress: its
-    /// registry (or span store) id and span id, and whether it is the
-    /// task itself. `None` outside a poll (or in a worker's blocking task).
-    #[inline]
-    pub fn poll_parent(&self) -> Option<(u64, u64, bool)> {
-        if !self.in_poll() {
-            return None;
-        }
-        let f = self.frames.last()?;
-        Some((f.reg, f.sid, f.kind == Kind::Task))
-    }
-
     /// Whether a task's poll is in progress on this thread (not a
     /// worker's blocking task: between polls a worker is inside its own).
     #[inline]
