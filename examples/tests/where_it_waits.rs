@@ -39,6 +39,23 @@ fn assert_user_frames(f: &Finding) {
     }
 }
 
+/// Runs `start` (which spawns the program's tasks) for 300 ms under the
+/// harness and returns its one deadlock, whose trace names only frames the
+/// user can act on.
+fn the_deadlock(start: impl FnOnce()) -> Finding {
+    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
+    rt.block_on(async {
+        start();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let outcome = guard.finish();
+    drop(rt);
+    let found = of_kind(&outcome.findings, FindingKind::Deadlock);
+    assert_eq!(found.len(), 1, "{:#?}", outcome.findings);
+    assert_user_frames(found[0]);
+    found[0].clone()
+}
+
 /// The harness's configuration with a short `stuck` threshold.
 fn config(stuck: Duration) -> Config {
     let mut c = Config::default();
@@ -69,20 +86,12 @@ async fn transfer_b_to_a(a: Arc<Mutex<u64>>, b: Arc<Mutex<u64>>) {
 
 #[test]
 fn a_deadlock_names_the_functions_where_each_task_waits_and_took_its_lock() {
-    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
-    rt.block_on(async {
+    let f = the_deadlock(|| {
         let a = Arc::new(Mutex::new(10u64));
         let b = Arc::new(Mutex::new(10u64));
         tokio::spawn(transfer_a_to_b(a.clone(), b.clone()));
         tokio::spawn(transfer_b_to_a(a, b));
-        tokio::time::sleep(Duration::from_millis(300)).await;
     });
-    let outcome = guard.finish();
-    drop(rt);
-    let found = of_kind(&outcome.findings, FindingKind::Deadlock);
-    assert_eq!(found.len(), 1, "{:#?}", outcome.findings);
-    let f = found[0];
-    assert_user_frames(f);
     let trace = &f.trace;
     // Each task: where it waits, innermost first (the lock operation,
     // then the function it is in), and where it took what it holds.
@@ -124,19 +133,11 @@ async fn fetch_profile(pool: Arc<tokio::sync::Semaphore>) {
 
 #[test]
 fn a_pool_exhausted_by_nested_acquires_names_the_functions_that_wait() {
-    let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
-    rt.block_on(async {
+    let f = the_deadlock(|| {
         let pool = Arc::new(tokio::sync::Semaphore::new(2));
         tokio::spawn(fetch_profile(pool.clone()));
         tokio::spawn(fetch_profile(pool));
-        tokio::time::sleep(Duration::from_millis(300)).await;
     });
-    let outcome = guard.finish();
-    drop(rt);
-    let found = of_kind(&outcome.findings, FindingKind::Deadlock);
-    assert_eq!(found.len(), 1, "{:#?}", outcome.findings);
-    let f = found[0];
-    assert_user_frames(f);
     let trace = &f.trace;
     // Each request waits in the pool's acquire inside `load_avatar`,
     // called from `fetch_profile`, and holds the program's Semaphore.

@@ -1032,7 +1032,8 @@ impl Process {
                 // Where the lock is taken is learnt at the end of the poll
                 // that took it (`poll_ended`), on the lock the program made
                 // (a Semaphore's, not its inner semaphore's).
-                let mut took = None;
+                let lock = r.outer.unwrap_or(res);
+                let mut took = false;
                 match get_b(names::LOCKED).or(get_b(names::WRITE_LOCKED)) {
                     Some(true) => {
                         r.holders.clear();
@@ -1040,7 +1041,7 @@ impl Process {
                         // One holder at a time: the others' takings
                         // are over.
                         r.held_at.clear();
-                        took = Some(res);
+                        took = true;
                     }
                     Some(false) => {
                         r.holders.clear();
@@ -1050,16 +1051,13 @@ impl Process {
                 }
                 // A semaphore's permits are taken (`sub`) and given back
                 // (`add`); an RwLock's readers come (`add`) and go (`sub`).
-                let lock = r.outer.unwrap_or(res);
                 let mut let_go = false;
                 match (permits, readers) {
                     (Some(names::OP_SUB), _) => {
                         // An acquire that found none free sends `sub` of 0.
                         let n = get_n(names::PERMITS);
                         r.add_holder(t, n);
-                        if n > 0 {
-                            took = Some(r.outer.unwrap_or(res));
-                        }
+                        took = n > 0;
                     }
                     (Some(names::OP_ADD), _) => {
                         r.remove_holder(t, get_n(names::PERMITS));
@@ -1067,7 +1065,7 @@ impl Process {
                     }
                     (_, Some(names::OP_ADD)) => {
                         r.add_holder(t, get_n(names::CURRENT_READERS));
-                        took = Some(res);
+                        took = true;
                     }
                     (_, Some(names::OP_SUB)) => {
                         r.remove_holder(t, get_n(names::CURRENT_READERS));
@@ -1075,7 +1073,7 @@ impl Process {
                     }
                     _ => {}
                 }
-                if let Some(lock) = took {
+                if took {
                     self.took_lock(t, lock);
                 }
                 if let_go {
