@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use awaitscope_wire::{Body, CloseKind, Event, EventClass, Level, SpanClass, SpanId, Value};
+use awaitscope_wire::{Body, CloseKind, Event, EventClass, Level, SpanClass, Value};
 use support::{capture, capture_with, run, Flavor};
 use tracing::Instrument;
 
@@ -487,8 +487,11 @@ mod unstable {
             // not-ready ones to the Mutex's `lock` and to its internal
             // semaphore's acquire.
             assert!(c.of_class(SpanClass::AsyncOpPoll).is_empty(), "{flavor:?}");
-            let class = |s: Option<SpanId>| s.and_then(|s| c.spans.get(&s)).map(|s| s.class);
-            let parent = |s: Option<SpanId>| s.and_then(|s| c.spans.get(&s)?.parent);
+            let class = |s: Option<awaitscope_wire::SpanId>| {
+                s.and_then(|s| c.spans.get(&s)).map(|s| s.class)
+            };
+            let parent =
+                |s: Option<awaitscope_wire::SpanId>| s.and_then(|s| c.spans.get(&s)?.parent);
             let poll_ops: Vec<_> = c
                 .logs
                 .iter()
@@ -507,7 +510,7 @@ mod unstable {
                 })
                 .collect();
             assert!(!waits.is_empty(), "{flavor:?}");
-            let internal = |r: Option<SpanId>| {
+            let internal = |r: Option<awaitscope_wire::SpanId>| {
                 r.and_then(|r| c.spans.get(&r))
                     .is_some_and(|r| r.fields.get("is_internal") == Some(&Value::Bool(true)))
             };

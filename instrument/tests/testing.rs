@@ -1,6 +1,7 @@
 //! The test harness itself: a clean test passes, a deadlocked or blocking
 //! one fails with a readable report.
 
+#[cfg(tokio_unstable)]
 use std::sync::Arc;
 use std::time::Duration;
 
