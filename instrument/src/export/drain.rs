@@ -40,13 +40,17 @@ impl Exporter {
                 .unwrap_or_else(|e| e.into_inner());
             if !new.is_empty() {
                 for ring in new.iter_mut() {
+                    let t = ring.thread as usize;
                     if let Some(returns) = ring.returns.take() {
-                        let t = ring.thread as usize;
                         if self.returns.len() <= t {
                             self.returns.resize_with(t + 1, || None);
                         }
                         self.returns[t] = Some(returns);
                     }
+                    if self.drop_counters.len() <= t {
+                        self.drop_counters.resize_with(t + 1, || None);
+                    }
+                    self.drop_counters[t].get_or_insert_with(|| ring.dropped.clone());
                 }
                 self.rings.append(&mut new);
                 self.replaced = has_replaced(&self.rings);
@@ -129,40 +133,76 @@ impl Exporter {
             let now = self.drains;
             self.early_closes.retain(|_, (_, _, d)| now - *d <= 2);
         }
-        // A thread's rings share one drop counter; it is retired with the
-        // thread's last ring.
-        let mut gone: Vec<(u32, u64)> = Vec::new();
-        rings.retain(|r| {
-            let done = r.consumer.is_abandoned() && r.consumer.is_empty();
-            if done {
-                gone.push((r.thread, r.dropped.load(Ordering::Relaxed)));
-            }
-            !done
-        });
-        let gone_empty = gone.is_empty();
-        for (thread, dropped) in gone {
-            if !rings.iter().any(|r| r.thread == thread) {
-                self.retired_drops += dropped;
-                // The thread is gone: so is the way back to it (and the
-                // nodes that waited there).
-                if let Some(returns) = self.returns.get_mut(thread as usize) {
-                    *returns = None;
-                }
-                // Nor is a poll of it watched any more (a long poll seen
-                // there would keep the looks at their shortest).
-                if let Some(seen) = self.seen_long.get_mut(thread as usize) {
-                    *seen = (0, 0);
-                }
-            }
-        }
-        if !gone_empty {
-            self.replaced = has_replaced(&rings);
-        }
+        self.retire_rings(&mut rings);
         self.rings = rings;
         self.counts = counts;
         self.send_batch();
         self.count_only = false;
         n
+    }
+
+    /// Retires the rings their threads let go (the thread exited, or grew
+    /// a new ring) once they are empty; then the threads of those rings
+    /// that are gone (see [`Exporter::retire_threads`]).
+    pub(super) fn retire_rings(&mut self, rings: &mut Vec<Ring>) {
+        let before = rings.len();
+        rings.retain(|r| {
+            let done = r.consumer.is_abandoned() && r.consumer.is_empty();
+            if done {
+                self.leaving.push(r.thread);
+            }
+            !done
+        });
+        if rings.len() != before {
+            self.replaced = has_replaced(rings);
+        }
+        if !self.leaving.is_empty() {
+            self.retire_threads(rings);
+        }
+    }
+
+    /// Retires the threads in `leaving` that are gone: their drop count
+    /// moves to the retired total, and the way back to them (the nodes and
+    /// logs waiting there) and their watched poll go. A thread is gone when
+    /// it has no ring here and nobody else holds its drop counter: its
+    /// state (which holds one for as long as the thread records) and every
+    /// ring of it (one that grew registers its new ring before letting the
+    /// old one go) hold one. Counting rings alone, a thread whose emptied
+    /// old ring was retired before the drain took in its new one was taken
+    /// for gone: its nodes were no longer given back, and its drops were
+    /// counted twice from then on. A thread not gone yet is looked at again
+    /// at the next drain.
+    pub(super) fn retire_threads(&mut self, rings: &[Ring]) {
+        let mut leaving = std::mem::take(&mut self.leaving);
+        leaving.sort_unstable();
+        leaving.dedup();
+        leaving.retain(|&thread| {
+            if rings.iter().any(|r| r.thread == thread) {
+                return false;
+            }
+            let t = thread as usize;
+            let Some(Some(counter)) = self.drop_counters.get(t) else {
+                return false;
+            };
+            if Arc::strong_count(counter) > 1 {
+                return true;
+            }
+            // The thread's last write to its counter happened before it let
+            // go of the counter (a release): read after this, it is final.
+            std::sync::atomic::fence(Ordering::Acquire);
+            self.retired_drops += counter.load(Ordering::Relaxed);
+            self.drop_counters[t] = None;
+            if let Some(returns) = self.returns.get_mut(t) {
+                *returns = None;
+            }
+            // Nor is a poll of it watched any more (a long poll seen there
+            // would keep the looks at their shortest).
+            if let Some(seen) = self.seen_long.get_mut(t) {
+                *seen = (0, 0);
+            }
+            false
+        });
+        self.leaving = leaving;
     }
 
     /// Converts the first `counts[i]` records of each ring stamped up to
@@ -447,5 +487,80 @@ mod tests {
                 "out of time order by more than a slice: {woken:?}"
             );
         }
+    }
+
+    /// A thread whose ring grew lets its old ring go; the exporter may
+    /// empty and retire that ring before a drain takes in the new one. The
+    /// thread is not gone: the way back to it stays (its spans' nodes keep
+    /// going back to it) and its drops are counted once. When it exits, it
+    /// is retired and its drops stay counted.
+    #[test]
+    fn a_thread_whose_ring_grew_is_not_taken_for_gone() {
+        use std::sync::mpsc::channel;
+        let initial = crate::capture::INITIAL_RING;
+        // One growth (x4) reaches the maximum; past that, records drop.
+        let shared = Capture::new(4 * initial);
+        let mut exporter = Exporter::new(
+            shared.clone(),
+            Vec::new(),
+            crate::process_info(None),
+            ProcessKey {
+                pid: std::process::id(),
+                start_unix_ns: 1,
+            },
+            crate::stacks::StallConfig::default(),
+        );
+        let wake = |task| Raw::Wake {
+            task,
+            by: 0,
+            op: wire::WakeOp::Wake,
+            ts: 0,
+        };
+        let (go, step) = channel::<usize>();
+        let (done, stepped) = channel::<()>();
+        let recorder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                // Each message: push that many records, then say so.
+                while let Ok(n) = step.recv() {
+                    for k in 0..n {
+                        with_local(&shared, |l| l.push(wake(k as u64 + 1)));
+                    }
+                    done.send(()).unwrap();
+                }
+            })
+        };
+        let push = |n| {
+            go.send(n).unwrap();
+            stepped.recv().unwrap();
+        };
+        push(1);
+        exporter.drain();
+        let thread = exporter.rings[0].thread as usize;
+        assert!(exporter.returns[thread].is_some());
+        // The first ring fills, the thread grows a ring four times larger,
+        // fills it and drops 10.
+        push(initial + 4 * initial + 10);
+        assert_eq!(exporter.rings.len(), 1, "the new ring is not taken in yet");
+        while exporter.rings[0].consumer.pop().is_ok() {}
+        let mut rings = std::mem::take(&mut exporter.rings);
+        exporter.retire_rings(&mut rings);
+        exporter.rings = rings;
+        assert!(exporter.rings.is_empty(), "the old ring is retired");
+        assert!(
+            exporter.returns[thread].is_some(),
+            "the thread lives: the way back to it stays"
+        );
+        assert_eq!(exporter.buffer_drops(), 10);
+        exporter.drain();
+        assert_eq!(exporter.rings.len(), 1, "the new ring is taken in");
+        assert_eq!(exporter.buffer_drops(), 10, "drops counted once");
+        // The thread exits: its last ring goes, then the thread.
+        drop(go);
+        recorder.join().unwrap();
+        exporter.drain();
+        assert!(exporter.rings.is_empty());
+        assert!(exporter.returns[thread].is_none(), "the thread is gone");
+        assert_eq!(exporter.buffer_drops(), 10, "its drops stay counted");
     }
 }

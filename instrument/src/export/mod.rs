@@ -24,7 +24,7 @@ mod frame;
 mod tcp;
 mod watchdog;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -264,49 +264,8 @@ pub(crate) fn start(
     stall: crate::stacks::StallConfig,
 ) -> ExporterHandle {
     let requests = Arc::new(Requests::default());
-    let model = Arc::new(Mutex::new(AwaitModel::default()));
-    let mut exporter = Exporter {
-        capture,
-        rings: Vec::new(),
-        announced: Vec::new(),
-        callsites_sent: 0,
-        model: model.clone(),
-        process,
-        info,
-        destinations,
-        staging: 0,
-        counts: Vec::new(),
-        thread: u32::MAX,
-        held: None,
-        spare_log: None,
-        returns: Vec::new(),
-        threads: Vec::new(),
-        retired_drops: 0,
-        fullest: 0,
-        last_count: Instant::now(),
-        busy_wait: BUSY_TICK,
-        seen_long: Vec::new(),
-        look_tick: look_tick(stall.threshold_ns),
-        swept_drops: 0,
-        close_suspects: Vec::new(),
-        early_closes: Default::default(),
-        closed_young: Default::default(),
-        open_compact: Vec::new(),
-        drains: 0,
-        stopping: false,
-        stop_seen: None,
-        frame: wire::EventsFrame::new(),
-        count_only: false,
-        uncoded: 0,
-        buf: Vec::new(),
-        last_flush: Instant::now(),
-        watchdog: Watchdog::new(stall),
-        next_check: None,
-        slice_raw: 0,
-        replaced: false,
-        batch: BATCH,
-    };
-    exporter.slice_raw = raw_ticks(&exporter.capture, SLICE_NS);
+    let mut exporter = Exporter::new(capture, destinations, info, process, stall);
+    let model = exporter.model.clone();
     let c = requests.clone();
     let capture = exporter.capture.clone();
     let thread = std::thread::Builder::new()
@@ -328,6 +287,65 @@ pub(crate) fn start(
             capture,
         },
         thread,
+    }
+}
+
+impl Exporter {
+    /// An exporter of `capture` to `destinations`, not started (see
+    /// [`start`]).
+    fn new(
+        capture: Arc<Capture>,
+        destinations: Vec<Destination>,
+        info: ProcessInfo,
+        process: ProcessKey,
+        stall: crate::stacks::StallConfig,
+    ) -> Exporter {
+        let model = Arc::new(Mutex::new(AwaitModel::default()));
+        let mut exporter = Exporter {
+            capture,
+            rings: Vec::new(),
+            announced: Vec::new(),
+            callsites_sent: 0,
+            model: model.clone(),
+            process,
+            info,
+            destinations,
+            staging: 0,
+            counts: Vec::new(),
+            thread: u32::MAX,
+            held: None,
+            spare_log: None,
+            returns: Vec::new(),
+            threads: Vec::new(),
+            drop_counters: Vec::new(),
+            leaving: Vec::new(),
+            retired_drops: 0,
+            fullest: 0,
+            last_count: Instant::now(),
+            busy_wait: BUSY_TICK,
+            seen_long: Vec::new(),
+            look_tick: look_tick(stall.threshold_ns),
+            swept_drops: 0,
+            close_suspects: Vec::new(),
+            early_closes: Default::default(),
+            closed_young: Default::default(),
+            open_compact: Vec::new(),
+            drains: 0,
+            stopping: false,
+            stop_seen: None,
+            frame: wire::EventsFrame::new(),
+            count_only: false,
+            uncoded: 0,
+            buf: Vec::new(),
+            last_flush: Instant::now(),
+            watchdog: Watchdog::new(stall),
+            next_check: None,
+            slice_raw: 0,
+            replaced: false,
+            batch: BATCH,
+        };
+        exporter.slice_raw = raw_ticks(&exporter.capture, SLICE_NS);
+        exporter
     }
 }
 
@@ -362,7 +380,13 @@ struct Exporter {
     spare_log: Option<Box<awaitscope_wire::Log>>,
     /// By thread index: what has been read of each thread's polls.
     threads: Vec<ThreadReads>,
-    /// Drops of rings whose threads are gone.
+    /// By thread index: the counter of records the thread dropped (shared
+    /// by its rings), until the thread is gone (see
+    /// [`Exporter::retire_threads`]).
+    drop_counters: Vec<Option<Arc<AtomicU64>>>,
+    /// Threads whose last ring here was retired, not known to be gone yet.
+    leaving: Vec<u32>,
+    /// Drops of threads that are gone.
     retired_drops: u64,
     /// How full the fullest ring was at the last drain, in quarters.
     fullest: usize,
@@ -713,15 +737,15 @@ impl Exporter {
         out
     }
 
-    /// Records dropped so far because a ring was full.
+    /// Records dropped so far because a ring was full: every thread's
+    /// counter once, whichever of its rings are in place.
     fn buffer_drops(&self) -> u64 {
-        // A thread's rings share its counter: count it at its first ring.
-        let mut live = 0;
-        for (i, r) in self.rings.iter().enumerate() {
-            if !self.rings[..i].iter().any(|q| q.thread == r.thread) {
-                live += r.dropped.load(Ordering::Relaxed);
-            }
-        }
+        let live: u64 = self
+            .drop_counters
+            .iter()
+            .flatten()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
         self.capture.buffer_full.load(Ordering::Relaxed) + self.retired_drops + live
     }
 
