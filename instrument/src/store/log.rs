@@ -68,16 +68,32 @@ impl LogOutput {
 
     /// Prints `event`, inside `spans` (outermost first).
     pub fn write(&self, event: &Event<'_>, spans: &[std::sync::Arc<SpanNode>]) {
-        let line = self.format(event, spans);
-        // One write of the whole line, so lines of threads do not mix; an
-        // error (stderr closed) is not the program's problem.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        thread_local! {
+            // The line's buffer, reused from line to line (as fmt's layer
+            // does): printing a warning allocates nothing once warm.
+            static LINE: std::cell::RefCell<String> = const {
+                std::cell::RefCell::new(String::new())
+            };
+        }
+        let print = |line: &mut String| {
+            line.clear();
+            self.format(line, event, spans);
+            // One write of the whole line, so lines of threads do not mix;
+            // an error (stderr closed) is not the program's problem.
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        };
+        // A field whose `Debug` logs while its line is formatted, or a
+        // thread that is exiting, gets a buffer of its own.
+        let reused = LINE.try_with(|l| l.try_borrow_mut().map(|mut l| print(&mut l)).is_ok());
+        if reused != Ok(true) {
+            print(&mut String::new());
+        }
     }
 
-    fn format(&self, event: &Event<'_>, spans: &[std::sync::Arc<SpanNode>]) -> String {
-        let mut out = String::with_capacity(128);
+    fn format(&self, out: &mut String, event: &Event<'_>, spans: &[std::sync::Arc<SpanNode>]) {
+        out.reserve(128);
         let meta = event.metadata();
-        if SystemTime.format_time(&mut Writer::new(&mut out)).is_ok() {
+        if SystemTime.format_time(&mut Writer::new(out)).is_ok() {
             out.push(' ');
         }
         let level = meta.level();
@@ -126,13 +142,9 @@ impl LogOutput {
             out.push(' ');
         }
         let _ = write!(out, "{}: ", meta.target());
-        let mut v = EventVisitor {
-            out: &mut out,
-            first: true,
-        };
+        let mut v = EventVisitor { out, first: true };
         event.record(&mut v);
         out.push('\n');
-        out
     }
 }
 
