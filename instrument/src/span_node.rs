@@ -393,6 +393,12 @@ impl SpanNode {
         }
     }
 
+    /// Takes the fields of a node about to be reused, for the next span's
+    /// to be recorded over (see `FieldRecorder::reusing`).
+    pub fn take_fields(&mut self) -> Vec<Field> {
+        std::mem::take(self.fields.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The span closed at raw time `ts`, as `kind`: recorded on the node,
     /// then [`SpanNode::close`].
     pub fn close_at(&self, ts: u64, kind: awaitscope_wire::CloseKind) {

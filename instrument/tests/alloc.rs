@@ -110,6 +110,77 @@ fn spans_in_steady_state_allocate_nothing() {
     assert_eq!(created, 30 * BATCH as usize);
 }
 
+/// Spans with text fields (tokio's resource spans name their kind, type
+/// and source file; a handler's span its route): the thread's next spans
+/// write their texts into the buffers of the nodes they reuse, so in
+/// steady state nothing is allocated for them, and the texts are
+/// recorded as given.
+#[test]
+fn spans_with_text_fields_in_steady_state_allocate_nothing() {
+    let memory = MemoryRecording::new();
+    let allocations = allocations_in_steady_state(&memory, |i| {
+        let route = if i % 2 == 0 { "/users" } else { "/orders/{id}" };
+        let span = tracing::info_span!(
+            "request",
+            route,
+            method = %"GET",
+            attempt = i % 3,
+            peer = ?("10.0.0.1", 443)
+        );
+        let _entered = span.enter();
+        std::hint::black_box(i);
+    });
+    assert_eq!(allocations, 0, "allocations for 500 spans in steady state");
+    use awaitscope_wire::{Event, Value};
+    let with = |route: &str| {
+        recorded(&memory, |e| {
+            matches!(e, Event::SpanNew(s) if s.fields.len() == 4
+                && s.fields.iter().any(|f| f.value == Value::Str(route.into()))
+                && s.fields.iter().any(|f| f.value == Value::Str("GET".into()))
+                && s.fields.iter().any(|f| f.value == Value::Str("(\"10.0.0.1\", 443)".into())))
+        })
+    };
+    assert_eq!(
+        (with("/users"), with("/orders/{id}")),
+        (15 * BATCH as usize, 15 * BATCH as usize)
+    );
+}
+
+/// A program's warnings (what awaitscope captures of its events: WARN and
+/// ERROR) with a message and text fields: the records the exporter gives
+/// back carry their texts' buffers, which the thread's next events write
+/// over.
+#[test]
+fn events_with_messages_in_steady_state_allocate_nothing() {
+    let memory = MemoryRecording::new();
+    let allocations = allocations_in_steady_state(&memory, |i| {
+        let user = if i % 2 == 0 { "ada" } else { "grace" };
+        // Numbered in four digits: a text buffer grows to the longest
+        // text it held, and the longer numbers would start just as the
+        // count does.
+        tracing::warn!(user, order = i, "slow order {i:04} for {user}");
+    });
+    assert_eq!(
+        allocations,
+        0,
+        "allocations for {} events in steady state",
+        10 * BATCH
+    );
+    use awaitscope_wire::{Event, Value};
+    let slow = |user: &str| {
+        recorded(&memory, |e| {
+            matches!(e, Event::Log(l) if l.fields.len() == 3
+                && l.fields.iter().any(|f| f.value == Value::Str(user.into()))
+                && l.fields.iter().any(|f| matches!(&f.value,
+                    Value::Str(m) if m.starts_with("slow order ") && m.ends_with(user))))
+        })
+    };
+    assert_eq!(
+        (slow("ada"), slow("grace")),
+        (15 * BATCH as usize, 15 * BATCH as usize)
+    );
+}
+
 /// tokio's resource events, their fields held inline (a state update's
 /// permits and lock state, a poll op's name and readiness, a timer's
 /// deadline: their texts numbered once, not copied): in steady state

@@ -522,7 +522,18 @@ impl Capture {
             None => parent.as_ref(),
         };
         let ctx_span = current.map_or(0, |c| c.id);
-        let mut rec = FieldRecorder::for_callsite(attrs.metadata());
+        // A span with fields records them over those of the node it will
+        // reuse (see `FieldRecorder::reusing`). Outside the thread's state:
+        // a field's `Debug` may itself use `tracing`.
+        let mut old = if attrs.values().is_empty() {
+            None
+        } else {
+            with_local(shared, |l| l.reusable_node()).flatten()
+        };
+        let mut rec = match old.as_mut().and_then(Arc::get_mut) {
+            Some(node) => FieldRecorder::reusing(node.take_fields()),
+            None => FieldRecorder::for_callsite(attrs.metadata()),
+        };
         attrs.record(&mut rec);
         let link = match class {
             SpanClass::Task => current.cloned(),
@@ -532,23 +543,27 @@ impl Capture {
         let ts = shared.raw();
         with_local(shared, |l| {
             let sid = l.next_span_id(shared);
-            let node = l.new_node(NodeParts {
-                id: sid,
-                meta: attrs.metadata(),
-                callsite: info.id,
-                class,
-                blocking: class == SpanClass::Task
-                    && attrs.metadata().target() == names::TOKIO_BLOCKING_TARGET,
-                parent_id: parent.as_ref().map_or(0, |p| p.id),
-                parent,
-                instance: shared.instance,
-                ctx_task: l.current_task(),
-                ctx_task_node: l.current_task_node(),
-                ctx_span,
-                link,
-                ts,
-                fields: rec.fields,
-            });
+            let old = old.or_else(|| l.reusable_node());
+            let node = l.new_node_over(
+                old,
+                NodeParts {
+                    id: sid,
+                    meta: attrs.metadata(),
+                    callsite: info.id,
+                    class,
+                    blocking: class == SpanClass::Task
+                        && attrs.metadata().target() == names::TOKIO_BLOCKING_TARGET,
+                    parent_id: parent.as_ref().map_or(0, |p| p.id),
+                    parent,
+                    instance: shared.instance,
+                    ctx_task: l.current_task(),
+                    ctx_task_node: l.current_task_node(),
+                    ctx_span,
+                    link,
+                    ts,
+                    fields: rec.finish(),
+                },
+            );
             if class == SpanClass::User {
                 // A task's creation (a spawn) stays inside its spawner's
                 // poll: the collector reads who spawned it there.
@@ -677,16 +692,13 @@ impl Capture {
     pub(crate) fn record(self: &Arc<Self>, node: &SpanNode, values: &Record<'_>) {
         let mut rec = FieldRecorder::default();
         values.record(&mut rec);
-        {
-            let mut fields = node.fields.lock().unwrap_or_else(|e| e.into_inner());
-            let mut merged = FieldRecorder {
-                fields: std::mem::take(&mut *fields),
-            };
-            merged.merge(&rec.fields);
-            *fields = merged.fields;
-        }
+        let later = rec.finish();
+        FieldRecorder::merge(
+            &mut node.fields.lock().unwrap_or_else(|e| e.into_inner()),
+            &later,
+        );
         let sid = node.id;
-        with_local(self, |l| l.push(Raw::Record(Box::new((sid, rec.fields)))));
+        with_local(self, |l| l.push(Raw::Record(Box::new((sid, later)))));
     }
 
     /// `span.follows_from(other)`.
@@ -938,18 +950,17 @@ impl Capture {
         // A record the exporter gave back, its fields' memory
         // reused (see `local::LOG_RETURNS`).
         let mut raw = with_local(shared, |l| l.old_log()).flatten();
-        let fields = match raw.as_mut() {
-            Some(r) => std::mem::take(&mut r.fields),
-            None => FieldRecorder::for_callsite(event.metadata()).fields,
+        let mut rec = match raw.as_mut() {
+            Some(r) => FieldRecorder::reusing(std::mem::take(&mut r.fields)),
+            None => FieldRecorder::for_callsite(event.metadata()),
         };
-        let mut rec = FieldRecorder { fields };
-        rec.fields.clear();
         event.record(&mut rec);
+        let fields = rec.finish();
         let ts = shared.raw();
         // A task told "not ready": where it waits (see `wait_stack`).
         let wait = class == awaitscope_wire::EventClass::PollOp
             && shared.wait_stacks.on()
-            && wait_stack::is_wait_in(event.metadata(), &rec.fields);
+            && wait_stack::is_wait_in(event.metadata(), &fields);
         with_local(shared, |l| {
             let stack = shared.wait_stack(l, wait, ts);
             let new = RawLog {
@@ -959,7 +970,7 @@ impl Capture {
                 span,
                 task: l.current_task(),
                 ts,
-                fields: rec.fields,
+                fields,
                 trace,
                 stack,
             };

@@ -19,7 +19,7 @@ use crate::span_node::{NodeParts, SpanNode};
 /// creating thread would allocate every node anew. Given back, a node's
 /// memory is reused by the next span of its thread: a server creating a
 /// span per request allocates no node in steady state.
-pub(crate) const NODE_RETURNS: usize = 1024;
+pub(crate) const NODE_RETURNS: usize = 4096;
 
 /// Log records (tokio's resource events above all: poll ops and state
 /// updates, several per lock taken) the exporter gives back to the thread
@@ -193,12 +193,21 @@ impl Local {
         self.log_returns.pop().ok()
     }
 
-    /// The node of a new span made of `parts`: the allocation of a node
-    /// this thread made and the exporter gave back (see [`NODE_RETURNS`])
-    /// when there is one nobody else refers to, else a new one.
+    /// A node this thread made and the exporter gave back (see
+    /// [`NODE_RETURNS`]) that nobody else refers to, for the thread's next
+    /// span (see [`Local::new_node_over`]).
     #[inline]
-    pub fn new_node(&mut self, parts: NodeParts) -> Arc<SpanNode> {
-        if let Ok(mut old) = self.returns.pop() {
+    pub fn reusable_node(&mut self) -> Option<Arc<SpanNode>> {
+        let mut old = self.returns.pop().ok()?;
+        Arc::get_mut(&mut old)?;
+        Some(old)
+    }
+
+    /// The node of a new span made of `parts`: over `old` (from
+    /// [`Local::reusable_node`]) when given, else a new allocation.
+    #[inline]
+    pub fn new_node_over(&mut self, old: Option<Arc<SpanNode>>, parts: NodeParts) -> Arc<SpanNode> {
+        if let Some(mut old) = old {
             if let Some(slot) = Arc::get_mut(&mut old) {
                 // Drops the old span's fields and references here, on the
                 // thread that made them.
