@@ -72,29 +72,39 @@ impl FieldRecorder {
 
     /// Moves to `fields[written]` the first old field from there on that
     /// `pick` accepts, and returns it; `None` when there is none.
-    fn old_slot(&mut self, pick: impl Fn(&Value) -> bool) -> Option<&mut Field> {
+    fn old_slot(&mut self, pick: impl Fn(&Field) -> bool) -> Option<&mut Field> {
         let w = self.written;
-        let j = (w..self.fields.len()).find(|&j| pick(&self.fields[j].value))?;
+        let j = (w..self.fields.len()).find(|&j| pick(&self.fields[j]))?;
         self.fields.swap(w, j);
         self.fields.get_mut(w)
     }
 
     /// Adds a field new to this record, within the cap on fields.
+    #[inline(always)]
     fn place(&mut self, index: u16, value: Value) {
+        if self.written == self.fields.len() && self.written < limits::MAX_FIELDS {
+            self.fields.push(Field { index, value });
+            self.written += 1;
+        } else {
+            self.place_over_old(index, value);
+        }
+    }
+
+    /// [`FieldRecorder::place`] over an old field: one that is not text,
+    /// so that old texts' buffers stay for text values, else whatever is
+    /// left.
+    #[inline(never)]
+    fn place_over_old(&mut self, index: u16, value: Value) {
         if self.written >= limits::MAX_FIELDS {
             return;
         }
         let w = self.written;
-        // Over an old field that is not text, so that old texts' buffers
-        // stay for text values; else over whatever old field is left.
-        if self.old_slot(|v| !matches!(v, Value::Str(_))).is_none() && w == self.fields.len() {
-            self.fields.push(Field { index, value });
-        } else {
-            self.fields[w] = Field { index, value };
-        }
+        let _ = self.old_slot(|f| !matches!(f.value, Value::Str(_)));
+        self.fields[w] = Field { index, value };
         self.written += 1;
     }
 
+    #[inline]
     fn push(&mut self, field: &TField, value: Value) {
         let Some(index) = Self::index_of(field) else {
             return;
@@ -105,47 +115,51 @@ impl FieldRecorder {
         }
     }
 
-    /// Adds a text field, `write` filling the buffer it is given (an old
-    /// text's when there is one, else a new one) with the capped text.
-    fn push_text(&mut self, field: &TField, write: impl FnOnce(&mut String)) {
+    /// Adds a text field: `write` fills an old text's buffer (one of the
+    /// same field first: records of a callsite have the same fields, so it
+    /// is the right size) with the capped text; `fresh` makes it anew when
+    /// no old text is left.
+    #[inline]
+    fn push_text(
+        &mut self,
+        field: &TField,
+        fresh: impl FnOnce() -> String,
+        write: impl FnOnce(&mut String),
+    ) {
         let Some(index) = Self::index_of(field) else {
             return;
         };
         if let Some(f) = self.recorded(index) {
             match &mut f.value {
                 Value::Str(s) => write(s),
-                other => {
-                    let mut s = String::new();
-                    write(&mut s);
-                    *other = Value::Str(s);
-                }
+                other => *other = Value::Str(fresh()),
             }
             return;
         }
-        if self.written >= limits::MAX_FIELDS {
-            return;
+        if self.written < self.fields.len() && self.written < limits::MAX_FIELDS {
+            if let Some(s) = self.old_text(index) {
+                write(s);
+                self.written += 1;
+                return;
+            }
         }
-        // The old text of the same field first (records of one callsite
-        // have the same fields: its buffer is the right size), else any.
-        let same = (self.written..self.fields.len()).find(|&j| {
-            self.fields[j].index == index && matches!(self.fields[j].value, Value::Str(_))
-        });
-        if let Some(j) = same {
-            self.fields.swap(self.written, j);
+        self.place(index, Value::Str(fresh()));
+    }
+
+    /// An old text's buffer for field `index`, moved to
+    /// `fields[written]` (see [`FieldRecorder::push_text`]).
+    #[inline(never)]
+    fn old_text(&mut self, index: u16) -> Option<&mut String> {
+        let is_text = |f: &Field| matches!(f.value, Value::Str(_));
+        if self.old_slot(|f| f.index == index && is_text(f)).is_none() {
+            self.old_slot(is_text)?;
         }
-        if let Some(Field {
-            index: at,
-            value: Value::Str(s),
-        }) = self.old_slot(|v| matches!(v, Value::Str(_)))
-        {
-            *at = index;
-            write(s);
-            self.written += 1;
-            return;
+        let f = self.fields.get_mut(self.written)?;
+        f.index = index;
+        match &mut f.value {
+            Value::Str(s) => Some(s),
+            _ => None,
         }
-        let mut s = String::new();
-        write(&mut s);
-        self.place(index, Value::Str(s));
     }
 }
 
@@ -171,6 +185,16 @@ fn write_debug_capped(s: &mut String, value: &dyn fmt::Debug) {
     } else {
         limits::truncate(s);
     }
+}
+
+/// `text` capped as [`write_capped`] caps, in a string of its own.
+fn capped_str(text: &str) -> String {
+    if text.len() <= limits::MAX_STR_LEN {
+        return text.to_owned();
+    }
+    let mut s = String::with_capacity(limits::MAX_STR_LEN + 1);
+    write_capped(&mut s, text);
+    s
 }
 
 /// Marks a text [`CappedString`] stopped at the cap as cut. Not
@@ -223,13 +247,18 @@ impl Visit for FieldRecorder {
         self.push(field, Value::Bool(value));
     }
     fn record_str(&mut self, field: &TField, value: &str) {
-        self.push_text(field, |s| write_capped(s, value));
+        self.push_text(field, || capped_str(value), |s| write_capped(s, value));
     }
     fn record_error(&mut self, field: &TField, value: &(dyn std::error::Error + 'static)) {
         self.record_debug(field, &format_args!("{value}"));
     }
     fn record_debug(&mut self, field: &TField, value: &dyn fmt::Debug) {
-        self.push_text(field, |s| write_debug_capped(s, value));
+        let fresh = || {
+            let mut s = String::new();
+            write_debug_capped(&mut s, value);
+            s
+        };
+        self.push_text(field, fresh, |s| write_debug_capped(s, value));
     }
 }
 

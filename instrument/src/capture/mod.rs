@@ -525,7 +525,7 @@ impl Capture {
         // A span with fields records them over those of the node it will
         // reuse (see `FieldRecorder::reusing`). Outside the thread's state:
         // a field's `Debug` may itself use `tracing`.
-        let mut old = if attrs.values().is_empty() {
+        let mut old = if attrs.metadata().fields().is_empty() {
             None
         } else {
             with_local(shared, |l| l.reusable_node()).flatten()
