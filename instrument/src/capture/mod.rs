@@ -895,7 +895,8 @@ impl Capture {
                 .as_mut()
                 .map(|r| std::mem::take(&mut r.fields))
                 .unwrap_or_default();
-            fields.write_to(&mut wire_fields);
+            // No texts kept aside here: a record's buffers go back with it.
+            fields.write_to(&mut wire_fields, &mut Vec::new());
             let new = RawLog {
                 meta,
                 class,

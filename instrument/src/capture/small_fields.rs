@@ -245,34 +245,55 @@ impl SmallFields {
         }
     }
 
-    /// Writes the fields as wire fields into `out` (its old ones dropped),
-    /// reusing the text buffers `out` held.
-    pub fn write_to(&self, out: &mut Vec<Field>) {
-        out.truncate(self.len as usize);
+    /// Writes the fields as wire fields into `out`, reusing the text
+    /// buffers `out` held and those waiting in `spare`. The texts `out`
+    /// no longer needs wait in `spare`, up to its capacity (one without
+    /// capacity keeps none): events of different layouts written in turn
+    /// into one `out` (the exporter's spare log) keep their buffers.
+    pub fn write_to(&self, out: &mut Vec<Field>, spare: &mut Vec<String>) {
+        fn keep(s: String, spare: &mut Vec<String>) {
+            if spare.len() < spare.capacity() {
+                spare.push(s);
+            }
+        }
+        let n = self.len as usize;
+        if out.len() > n {
+            for f in out.drain(n..) {
+                if let Value::Str(s) = f.value {
+                    keep(s, spare);
+                }
+            }
+        }
         for (i, (index, value)) in self.iter().enumerate() {
             let index = u16::from(index);
-            match (out.get_mut(i), value) {
-                (
-                    Some(Field {
+            let value = match value {
+                SmallValue::Text(id) => {
+                    let t = text(id).unwrap_or_default();
+                    if let Some(Field {
                         index: at,
                         value: Value::Str(s),
-                    }),
-                    SmallValue::Text(id),
-                ) => {
-                    *at = index;
+                    }) = out.get_mut(i)
+                    {
+                        *at = index;
+                        s.clear();
+                        s.push_str(t);
+                        continue;
+                    }
+                    let mut s = spare.pop().unwrap_or_default();
                     s.clear();
-                    s.push_str(text(id).unwrap_or_default());
+                    s.push_str(t);
+                    Value::Str(s)
                 }
-                (Some(f), v) => {
-                    *f = Field {
-                        index,
-                        value: v.wire(),
+                v => v.wire(),
+            };
+            match out.get_mut(i) {
+                Some(f) => {
+                    let old = std::mem::replace(f, Field { index, value });
+                    if let Value::Str(s) = old.value {
+                        keep(s, spare);
                     }
                 }
-                (None, v) => out.push(Field {
-                    index,
-                    value: v.wire(),
-                }),
+                None => out.push(Field { index, value }),
             }
         }
     }
@@ -333,7 +354,7 @@ mod tests {
         (f.kind[0], f.bits[0]) = SmallValue::Text(text_id("poll").unwrap()).pack();
         (f.kind[1], f.bits[1]) = SmallValue::Bool(false).pack();
         (f.kind[2], f.bits[2]) = SmallValue::I64(-5).pack();
-        f.write_to(&mut out);
+        f.write_to(&mut out, &mut Vec::new());
         assert_eq!(
             out,
             [
@@ -356,9 +377,75 @@ mod tests {
         // Through a ring slot's packing, the same fields.
         let (head, bits) = f.pack();
         let mut again = Vec::new();
-        SmallFields::unpack(head, bits).write_to(&mut again);
+        SmallFields::unpack(head, bits).write_to(&mut again, &mut Vec::new());
         assert_eq!(again, out);
-        SmallFields::default().write_to(&mut out);
+        SmallFields::default().write_to(&mut out, &mut Vec::new());
         assert!(out.is_empty());
+    }
+
+    /// Events of different layouts written in turn into one `out` (a
+    /// poll op's name and readiness, then a state update's number, then
+    /// a timer's unit and op) keep their texts' buffers between them, in
+    /// `out` or waiting in `spare`.
+    #[test]
+    fn layouts_in_turn_keep_their_text_buffers() {
+        let fields = |values: &[SmallValue]| {
+            let mut f = SmallFields {
+                len: values.len() as u8,
+                ..SmallFields::default()
+            };
+            for (i, v) in values.iter().enumerate() {
+                f.index[i] = i as u8;
+                (f.kind[i], f.bits[i]) = v.pack();
+            }
+            f
+        };
+        let t = |s| SmallValue::Text(text_id(s).unwrap());
+        let poll_op = fields(&[t("poll_acquire"), SmallValue::Bool(true)]);
+        let update = fields(&[SmallValue::U64(3)]);
+        let timer = fields(&[SmallValue::U64(5), t("ms"), t("override")]);
+        let mut out = Vec::new();
+        let mut spare = Vec::with_capacity(4);
+        let buffers = |out: &Vec<Field>, spare: &Vec<String>| {
+            let mut v: Vec<*const u8> = out
+                .iter()
+                .filter_map(|f| match &f.value {
+                    Value::Str(s) => Some(s.as_ptr()),
+                    _ => None,
+                })
+                .chain(spare.iter().map(|s| s.as_ptr()))
+                .collect();
+            v.sort();
+            v
+        };
+        // Warm: two texts' buffers made.
+        for f in [&poll_op, &update, &timer] {
+            f.write_to(&mut out, &mut spare);
+        }
+        let warm = buffers(&out, &spare);
+        assert_eq!(warm.len(), 2, "{out:?} {spare:?}");
+        for _ in 0..3 {
+            for f in [&poll_op, &update, &timer] {
+                f.write_to(&mut out, &mut spare);
+                assert_eq!(buffers(&out, &spare), warm, "{out:?}");
+            }
+        }
+        assert_eq!(
+            out,
+            [
+                Field {
+                    index: 0,
+                    value: Value::U64(5)
+                },
+                Field {
+                    index: 1,
+                    value: Value::Str("ms".into())
+                },
+                Field {
+                    index: 2,
+                    value: Value::Str("override".into())
+                },
+            ]
+        );
     }
 }

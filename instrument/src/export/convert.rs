@@ -175,7 +175,7 @@ impl Exporter {
                         .as_mut()
                         .map(|l| std::mem::take(&mut l.fields))
                         .unwrap_or_default();
-                    fields.write_to(&mut wire_fields);
+                    fields.write_to(&mut wire_fields, &mut self.spare_texts);
                     let log = wire::Log {
                         callsite,
                         span: span_id(span),

@@ -315,6 +315,7 @@ impl Exporter {
             thread: u32::MAX,
             held: None,
             spare_log: None,
+            spare_texts: Vec::with_capacity(SPARE_TEXTS),
             returns: Vec::new(),
             threads: Vec::new(),
             drop_counters: Vec::new(),
@@ -378,6 +379,11 @@ struct Exporter {
     /// The allocation of the `Log` event last sent, kept for the next
     /// (tokio's resource events are logs, several per lock taken).
     spare_log: Option<Box<awaitscope_wire::Log>>,
+    /// Text buffers of the spare log's fields that the last log did not
+    /// need, for the next one's texts (at most [`SPARE_TEXTS`]): tokio's
+    /// resource events of different layouts (a poll op, a state update, a
+    /// timer's deadline) come in turn through the one spare log.
+    spare_texts: Vec<String>,
     /// By thread index: what has been read of each thread's polls.
     threads: Vec<ThreadReads>,
     /// By thread index: the counter of records the thread dropped (shared
@@ -763,6 +769,9 @@ impl Exporter {
         }
     }
 }
+
+/// Text buffers kept aside between logs (see `Exporter::spare_texts`).
+const SPARE_TEXTS: usize = 8;
 
 /// How long a poll runs before the exporter announces it from its
 /// thread's `PollSlot` (its start is otherwise sent with its end).
