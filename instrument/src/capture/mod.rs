@@ -525,14 +525,14 @@ impl Capture {
         // A span with fields records them over those of the node it will
         // reuse (see `FieldRecorder::reusing`). Outside the thread's state:
         // a field's `Debug` may itself use `tracing`.
-        let mut old = if attrs.metadata().fields().is_empty() {
+        let reusable = if attrs.metadata().fields().is_empty() {
             None
         } else {
             with_local(shared, |l| l.reusable_node()).flatten()
         };
-        let mut rec = match old.as_mut().and_then(Arc::get_mut) {
-            Some(node) => FieldRecorder::reusing(node.take_fields()),
-            None => FieldRecorder::for_callsite(attrs.metadata()),
+        let (old, mut rec) = match reusable {
+            Some((node, fields)) => (Some(node), FieldRecorder::reusing(fields)),
+            None => (None, FieldRecorder::for_callsite(attrs.metadata())),
         };
         attrs.record(&mut rec);
         let link = match class {
@@ -543,7 +543,6 @@ impl Capture {
         let ts = shared.raw();
         with_local(shared, |l| {
             let sid = l.next_span_id(shared);
-            let old = old.or_else(|| l.reusable_node());
             let node = l.new_node_over(
                 old,
                 NodeParts {

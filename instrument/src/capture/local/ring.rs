@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::*;
 use crate::capture::record::{Raw, RawLog};
 use crate::span_node::{NodeParts, SpanNode};
+use awaitscope_wire::Field;
 
 /// Closed spans' nodes the exporter gives back to the thread that made
 /// them, at most this many waiting per thread (past that the exporter
@@ -197,19 +198,22 @@ impl Local {
 
     /// A node this thread made and the exporter gave back (see
     /// [`NODE_RETURNS`]) that nobody else refers to, for the thread's next
-    /// span (see [`Local::new_node_over`]).
+    /// span, with its fields taken out for that span's to be recorded over
+    /// (see `FieldRecorder::reusing`); then [`Local::new_node_over`].
     #[inline]
-    pub fn reusable_node(&mut self) -> Option<Arc<SpanNode>> {
+    pub fn reusable_node(&mut self) -> Option<(Arc<SpanNode>, Vec<Field>)> {
         let mut old = self.returns.pop().ok()?;
-        Arc::get_mut(&mut old)?;
-        Some(old)
+        let fields = Arc::get_mut(&mut old)?.take_fields();
+        Some((old, fields))
     }
 
     /// The node of a new span made of `parts`: over `old` (from
-    /// [`Local::reusable_node`]) when given, else a new allocation.
+    /// [`Local::reusable_node`]) when given, else over the next node the
+    /// exporter gave back that nobody else refers to, else a new
+    /// allocation.
     #[inline]
     pub fn new_node_over(&mut self, old: Option<Arc<SpanNode>>, parts: NodeParts) -> Arc<SpanNode> {
-        if let Some(mut old) = old {
+        if let Some(mut old) = old.or_else(|| self.returns.pop().ok()) {
             if let Some(slot) = Arc::get_mut(&mut old) {
                 // Drops the old span's fields and references here, on the
                 // thread that made them.
