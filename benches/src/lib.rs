@@ -150,6 +150,84 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The `q` quantile of `v` (0 <= q <= 1, sorted in place), interpolated
+/// between the two nearest values; NaN when empty.
+pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
+}
+
+/// How finely rounds run side by side can resolve the benches' ratio
+/// "added cost / console-subscriber's added cost" (per round `(t_mode -
+/// t_none) / (t_console - t_none)`): a ratio of two differences, which
+/// the machine's own drift swamps when console adds little.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolution {
+    /// Rounds measured.
+    pub rounds: usize,
+    /// Console's added share of no subscriber's cost per op, wall or CPU
+    /// time (the median over rounds of `t_console / t_none - 1`).
+    pub console_added: f64,
+    /// How much no subscriber's own cost per op moved between rounds: its
+    /// interquartile range over its median.
+    pub base_spread: f64,
+}
+
+impl Resolution {
+    /// From the costs per op of no subscriber and of console, by round.
+    pub fn of(base: &[f64], console: &[f64]) -> Self {
+        let mut added: Vec<f64> = console.iter().zip(base).map(|(c, b)| c / b - 1.0).collect();
+        let mut b = base.to_vec();
+        let spread = (quantile(&mut b, 0.75) - quantile(&mut b, 0.25)) / median(&mut b);
+        Resolution {
+            rounds: base.len(),
+            console_added: median(&mut added),
+            base_spread: spread,
+        }
+    }
+
+    /// About how far the median ratio moves when the baseline moves by
+    /// its interquartile range in the rounds: one round's ratio moves by
+    /// `base_spread / console_added`, and a median of `rounds` rounds by
+    /// about that over the square root of their number. A rule of thumb,
+    /// not an interval.
+    pub fn step(&self) -> f64 {
+        self.base_spread / self.console_added.abs().max(1e-9) / (self.rounds.max(1) as f64).sqrt()
+    }
+
+    /// Whether these rounds can tell a mode at half of console's added
+    /// cost from one at the whole of it (a step under a quarter).
+    pub fn tells_half_from_whole(&self) -> bool {
+        self.console_added > 0.0 && self.step() < 0.25
+    }
+
+    /// One line for the benches' output.
+    pub fn describe(&self) -> String {
+        let verdict = if self.tells_half_from_whole() {
+            "enough to tell half of console's added cost from the whole".to_owned()
+        } else {
+            "too coarse to tell half of console's added cost from the whole: these ratios \
+             are noise here; count instructions instead (benches/callgrind/per_command.sh)"
+                .to_owned()
+        };
+        format!(
+            "resolution: console added {:.1}% to no subscriber's cost per op (median of {} \
+             rounds); no subscriber's own cost per op moved {:.1}% between rounds \
+             (interquartile range over median); the median ratio moves by about {:.2} for such \
+             a move: {verdict}",
+            self.console_added * 100.0,
+            self.rounds,
+            self.base_spread * 100.0,
+            self.step(),
+        )
+    }
+}
+
 /// The `key=value` fields of a child's `RESULT` line.
 pub fn parse(line: &str) -> BTreeMap<String, String> {
     line.split_whitespace()
@@ -185,5 +263,41 @@ impl RecordingStats {
             self.error.as_deref().unwrap_or("none").replace(' ', "_"),
             self.split,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_between_neighbours() {
+        let mut v = vec![4.0, 1.0, 3.0, 2.0];
+        assert_eq!(quantile(&mut v, 0.0), 1.0);
+        assert_eq!(quantile(&mut v, 1.0), 4.0);
+        assert_eq!(quantile(&mut v, 0.5), 2.5);
+        assert_eq!(quantile(&mut v, 0.25), 1.75);
+        assert!(quantile(&mut [], 0.5).is_nan());
+    }
+
+    /// Times per op of a quiet machine where console adds a third (the
+    /// first host of #17) resolve the ratio; a drifting one where console
+    /// adds 3 % (a round-to-round swing of tens of percent, as measured
+    /// on the fourth host) does not.
+    #[test]
+    fn resolution_tells_a_quiet_host_from_a_drifting_one() {
+        let quiet_none = [6.0, 6.1, 5.95, 6.05, 6.0, 6.1, 5.9];
+        let quiet_console: Vec<f64> = quiet_none.iter().map(|t| t * 1.35).collect();
+        let quiet = Resolution::of(&quiet_none, &quiet_console);
+        assert!((quiet.console_added - 0.35).abs() < 1e-9);
+        assert!(quiet.tells_half_from_whole(), "{quiet:?}");
+
+        let ops_none = [104.0, 83.0, 93.0, 131.0, 135.0, 94.0, 113.0];
+        let ops_console = [102.0, 103.0, 97.0, 86.0, 87.0, 99.0, 89.0];
+        let drift_none: Vec<f64> = ops_none.iter().map(|o| 1e3 / o).collect();
+        let drift_console: Vec<f64> = ops_console.iter().map(|o| 1e3 / o).collect();
+        let drift = Resolution::of(&drift_none, &drift_console);
+        assert!(!drift.tells_half_from_whole(), "{drift:?}");
+        assert!(drift.describe().contains("too coarse"));
     }
 }
