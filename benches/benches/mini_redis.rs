@@ -36,11 +36,12 @@
 //! for the server's CPU time per operation (its threads' CPU time over the
 //! measured window, read by the parent from `/proc`), which other
 //! processes loading the machine disturb much less than wall time.
-//! Under the table, each ratio's spread over the rounds, and whether the
-//! run resolved it at all: where console adds a few percent and the
-//! machine drifts by more between rounds, the median of such ratios is
-//! noise (see `awaitscope_benches::Resolution`), and the instruction
-//! counts of `benches/callgrind/per_command.sh` are the measure.
+//! Under the table, each ratio's spread over the rounds with its notch
+//! (the median's box-plot interval), and whether the run resolved the
+//! ratios at all: where console adds a few percent and the machine drifts
+//! by more between rounds, their medians are noise (see
+//! `awaitscope_benches::Resolution`), and the instruction counts of
+//! `benches/callgrind/per_command.sh` are the measure.
 //!
 //! Environment:
 //! - `AWAITSCOPE_BENCH_ROUNDS` (default 5): rounds of all modes.
@@ -64,7 +65,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use awaitscope_benches::{get, median, parse, peak_rss_kib, quantile, read_recording, Resolution};
+use awaitscope_benches::{get, median, parse, peak_rss_kib, read_recording, Notch, Resolution};
 
 const CHILD_ENV: &str = "AWAITSCOPE_BENCH_CHILD";
 
@@ -525,37 +526,48 @@ fn main() {
          from /proc/<pid>/task/*/schedstat; unlike wall time, it does not count what other \
          processes on the machine take)"
     );
-    if let Some(console) = &console {
-        // The rounds' spread, and whether the machine resolved the ratio
+    if let (Some(console), Some(console_cpu)) = (&console, &console_cpu) {
+        // The rounds' spread, and whether the machine resolved the ratios
         // at all: a median alone hides both.
-        println!();
-        println!("time: {}", Resolution::of(&base, console).describe());
-        if let Some(console_cpu) = &console_cpu {
-            println!(
-                "server CPU: {}",
-                Resolution::of(&base_cpu, console_cpu).describe()
-            );
-        }
-        println!();
-        println!("added time per op / console's, over the rounds:");
-        println!("| mode | least | lower quartile | median | upper quartile | most |");
-        println!("|---|---:|---:|---:|---:|---:|");
-        for (m, label) in MODES
+        let shown: Vec<_> = MODES
             .iter()
             .filter(|m| modes.contains(&m.0) && m.0 != "none" && m.0 != "console")
-        {
-            let t = per_op(m, None);
-            let mut v: Vec<f64> = t
-                .iter()
-                .zip(&base)
-                .zip(console)
+            .collect();
+        let ratios = |t: &[f64], base: &[f64], c: &[f64]| -> Vec<f64> {
+            t.iter()
+                .zip(base)
+                .zip(c)
                 .map(|((a, b), c)| (a - b) / (c - b))
-                .collect();
-            let q: Vec<String> = [0.0, 0.25, 0.5, 0.75, 1.0]
+                .collect()
+        };
+        for (what, key, base, console) in [
+            ("time", None, &base, console),
+            ("server CPU", Some("window_cpu_ns"), &base_cpu, console_cpu),
+        ] {
+            let notches: Vec<Notch> = shown
                 .iter()
-                .map(|&q| format!("{:.3}", quantile(&mut v, q)))
+                .map(|(m, _)| Notch::of(&ratios(&per_op(m, key), base, console)))
                 .collect();
-            println!("| {label} | {} |", q.join(" | "));
+            println!();
+            println!(
+                "{what}: {}",
+                Resolution::of(base, console, &notches).describe()
+            );
+            println!();
+            println!("added {what} per op / console's, over the rounds:");
+            println!(
+                "| mode | least | lower quartile | median | upper quartile | most | notch (median +- 1.58 IQR / sqrt(rounds)) |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|---:|");
+            for ((_, label), n) in shown.iter().zip(&notches) {
+                let q: Vec<String> = n.quartiles.iter().map(|q| format!("{q:.3}")).collect();
+                println!(
+                    "| {label} | {} | {:.3}-{:.3} |",
+                    q.join(" | "),
+                    n.median() - n.half_width,
+                    n.median() + n.half_width
+                );
+            }
         }
     }
     let exporter_modes: Vec<_> = MODES
