@@ -224,6 +224,56 @@ fn a_timer_fired_late_is_starvation_naming_the_ticker_and_the_hogs() {
     assert!(f.tasks.len() > 2, "{:#?}", f.tasks);
 }
 
+/// Two tasks that burn the CPU and yield, on one thread: each one's
+/// `yield_now` wakes it at once, and it waits while the other burns. Its
+/// own wait names no line (`yield_now` has no span), so the finding points
+/// at what held the thread: a line of `burn`, not a spawn site.
+#[test]
+fn a_task_kept_from_its_thread_points_at_the_line_that_held_it() {
+    let guard = TestBuilder::default().fail_on(&[]).start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let hogs: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(async {
+                    for _ in 0..2 {
+                        // Past the harness's long-poll threshold (100
+                        // ms), where the capture samples the worker's
+                        // native stack: the line that held it.
+                        burn(150);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for h in hogs {
+            let _ = h.await;
+        }
+    });
+    drop(rt);
+    let outcome = guard.finish();
+    let starved: Vec<_> = of_kind(&outcome.findings, FindingKind::Starvation)
+        .into_iter()
+        .filter(|f| f.message.contains("was woken but not polled"))
+        .collect();
+    assert!(!starved.is_empty(), "{:#?}", outcome.findings);
+    for f in starved {
+        assert_user_frames(f);
+        let at = f.location.as_ref().expect("a location");
+        // The line the trace names as where the other task held the thread.
+        let held = format!("in burn (examples/tests/where_it_waits.rs:{})", at.line);
+        assert!(
+            f.trace
+                .iter()
+                .any(|l| l.starts_with("held the thread") && l.contains(&held)),
+            "not the line that held the thread: {f:#?}"
+        );
+    }
+}
+
 #[test]
 fn short_timers_on_an_idle_runtime_are_not_late() {
     let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();

@@ -366,6 +366,23 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
     out
 }
 
+/// The line of the poll that held `thread` longest between `from` and
+/// `to` (ns), of a task other than `task`: where that poll was
+/// ([`PollTrace::location`]) when it names a function or span of the
+/// program's own, `None` when no poll held the thread or the one that did
+/// names only its task's spawn site. Where a finding about a task kept
+/// from its thread points when the task's own wait names no line.
+pub fn holder_line(p: &Process, thread: u32, from: u64, to: u64, task: SpanId) -> Option<Location> {
+    let hog = p
+        .held_the_thread(&[Some(thread)], from, to, task, 1)
+        .into_iter()
+        .next()?;
+    let t = p.task(hog.task)?;
+    let pt = of_poll(p, t, hog.poll.0, hog.poll.1);
+    pt.culprit.as_ref()?;
+    pt.location
+}
+
 /// The await path of `t`'s last poll down to where it waits
 /// ([`Process::await_point`]: not a span that closed in the poll, nor a
 /// lock it only released), innermost first, then the task: the trace of

@@ -6,6 +6,7 @@ use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation, Tally};
 use crate::config::Thresholds;
 use crate::model::labels::push_task_label;
 use crate::model::process::{RECENT_POLLS, RECENT_POLL_NS};
+use crate::model::span::Location;
 use crate::model::task::{group_key, group_key_into};
 use crate::model::{Change, ChangeKind, Process, Task, TaskState};
 use crate::units::push_ns_brief;
@@ -60,11 +61,17 @@ impl Detector for Starvation {
                     }
                     Tally::Describe => {
                         let key = self.key.clone();
-                        let mut o = observe(p, t, key, waited, ts, cx.thresholds);
                         // The wait ends at the poll's start on the thread
                         // that polls it now: who held that thread while it
                         // waited.
                         let from = ts.saturating_sub(waited);
+                        // Where it points: where the task waited, else the
+                        // line of the poll that held its thread longest
+                        // (what starved it), else its spawn site.
+                        let location = wait_line(p, t)
+                            .or_else(|| poll_trace::holder_line(p, p.cur_thread, from, ts, task))
+                            .or_else(|| t.location.clone());
+                        let mut o = observe(p, t, key, waited, ts, cx.thresholds, location);
                         let held = poll_trace::held_the_thread(p, p.cur_thread, from, ts, task);
                         if held.is_empty() && no_task_held_a_worker(p, task, from, ts) {
                             o.message.push_str(NO_TASK_HELD);
@@ -133,15 +140,35 @@ pub(super) fn no_task_held_a_worker(p: &Process, task: SpanId, from: u64, to: u6
     })
 }
 
+/// Where `t` waits, as `stuck` and `lost_waker` judge it: the innermost
+/// frame with a line on the path to its await point (not a span that
+/// closed in its last poll, nor a resource it only touched). `None` when
+/// its await tree names none (a task awaiting only futures without spans,
+/// such as `yield_now`).
+fn wait_line(p: &Process, t: &Task) -> Option<Location> {
+    let leaf = p.await_point(&t.await_tree)?;
+    p.await_frames(&t.await_tree, leaf)
+        .into_iter()
+        .find_map(|f| f.location)
+}
+
 /// `t`'s wait of `wait` ns, ended (or seen going on) at `ts`, described,
-/// as an observation under `key` (its [`group_key`]).
-fn observe(p: &Process, t: &Task, key: String, wait: u64, ts: u64, th: &Thresholds) -> Observation {
+/// as an observation under `key` (its [`group_key`]), at `location`.
+fn observe(
+    p: &Process,
+    t: &Task,
+    key: String,
+    wait: u64,
+    ts: u64,
+    th: &Thresholds,
+    location: Option<Location>,
+) -> Observation {
     Observation {
         kind: FindingKind::Starvation,
         process: p.key,
         key,
         tasks: vec![FindingTask::of(t)],
-        location: t.location.clone(),
+        location,
         message: {
             // Written in one go, sized once (room for the task's id and the
             // two times): a starved runtime describes a wait often.
@@ -170,7 +197,10 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     }
     let since = t.scheduled_since?;
     let wait = now.saturating_sub(since);
-    (wait > th.starvation_ns).then(|| observe(p, t, group_key(t), wait, now, th))
+    (wait > th.starvation_ns).then(|| {
+        let location = wait_line(p, t).or_else(|| t.location.clone());
+        observe(p, t, group_key(t), wait, now, th, location)
+    })
 }
 
 #[cfg(test)]
@@ -219,6 +249,45 @@ mod tests {
                 format!("task #{} \"late\" spawned @ src/main.rs:10", t.0),
             ]
         );
+        // It points where the task waited, not at its spawn site.
+        let at = f[0].location.as_ref().expect("a location");
+        assert_eq!((at.file.as_str(), at.line), ("src/main.rs", 101));
+    }
+
+    /// A task whose await tree names no line (it awaited futures without
+    /// spans, as `yield_now`) points at the line of the poll that held its
+    /// thread longest, what starved it; with no such line either, at its
+    /// spawn site.
+    #[test]
+    fn a_wait_without_a_line_points_at_what_held_the_thread() {
+        let run = |hog_in_span: bool| {
+            let mut s = Scenario::new();
+            let t = s.spawn(TaskOpts::named("late"), 0);
+            let hog = s.spawn(TaskOpts::named("hog"), 0);
+            let burn = s.user_span("burn_cpu", 0);
+            s.poll(t, 1000, 2000);
+            s.poll(hog, 3000, 4000);
+            s.wake(t, None, 10 * MS);
+            s.begin_poll(hog, 20 * MS);
+            if hog_in_span {
+                s.enter(burn, 21 * MS);
+                s.exit(burn, 99 * MS);
+            }
+            s.end_poll(hog, 100 * MS);
+            s.poll(t, 200 * MS, 201 * MS);
+            let m = s.model();
+            let f: Vec<_> = m
+                .findings()
+                .of_kind(FindingKind::Starvation)
+                .filter(|f| f.tasks.iter().any(|x| x.id == t.0))
+                .cloned()
+                .collect();
+            assert_eq!(f.len(), 1);
+            let at = f[0].location.clone().expect("a location");
+            (at.file, at.line)
+        };
+        assert_eq!(run(true), ("src/main.rs".to_string(), 100));
+        assert_eq!(run(false), ("src/main.rs".to_string(), 10));
     }
 
     /// A lock taken and released in the last poll is no wait of the task:
