@@ -11,7 +11,7 @@
 //! store, the exporter and await trees read them.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use awaitscope_wire::{Field, SpanClass, Value};
@@ -124,6 +124,10 @@ pub(crate) struct PollState {
     /// read (its id, whether it closed) and which then stays in their
     /// caches between polls.
     pub last_pair_adjacent: AtomicBool,
+    /// Wakes of the task by itself inside its own poll, counted up to the
+    /// one at which its native stack is taken (see
+    /// `capture::wait_stack::SELF_WAKE_STACK_AT`).
+    pub self_wakes: AtomicU32,
 }
 
 impl PollState {

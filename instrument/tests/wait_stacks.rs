@@ -11,30 +11,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use awaitscope_wire::FrameOrigin;
 use support::{capture, Captured, Flavor};
 
-/// The lines the waits of task `task` were sent with, each the
-/// innermost frame of this file in the wait's stack.
+/// The lines the stacks of task `task` were sent with (see
+/// [`support::stack_lines`]).
 fn lines(c: &Captured, task: &str) -> Vec<u32> {
-    let id = c.task(task).id;
-    c.waits
-        .iter()
-        .filter(|(w, _)| w.stack.task == id)
-        .map(|(_, at)| {
-            let at = at
-                .as_ref()
-                .expect("the wait's stack names the program's code");
-            assert_eq!(at.origin, FrameOrigin::User);
-            assert!(
-                at.file
-                    .as_deref()
-                    .is_some_and(|f| f.ends_with("tests/wait_stacks.rs")),
-                "{at:?}"
-            );
-            at.line.expect("a line")
-        })
-        .collect()
+    support::stack_lines(&c.waits, c.task(task).id, "tests/wait_stacks.rs")
 }
 
 #[test]

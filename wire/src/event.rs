@@ -385,6 +385,15 @@ pub enum Event {
     /// Producers take these at a bounded rate and for timers not at all:
     /// a not-ready poll may have none.
     WaitStack(Box<WaitStack>),
+    /// The native stack at which a task woke itself inside its own poll
+    /// (version 7): where a task that keeps waking itself does it, which
+    /// no span names (a future whose `poll` calls `wake_by_ref` and returns
+    /// `Pending`). The same shape as a wait's: `span` is the span current
+    /// there (the task's when none is), `stack.task` the task, `stack.ts`
+    /// the wake's time, `at` its innermost frame of the program's own once
+    /// symbolised. Producers take one at a task's first few wakes of
+    /// itself, at the wait stacks' bounded rate: a task may have none.
+    WakeStack(Box<WaitStack>),
 }
 
 impl Event {
@@ -403,7 +412,7 @@ impl Event {
             Event::SpanNew(n) => Some(n.ts),
             Event::Stall(st) => Some(st.ts),
             Event::NativeStack(ns) => Some(ns.ts),
-            Event::WaitStack(w) => Some(w.stack.ts),
+            Event::WaitStack(w) | Event::WakeStack(w) => Some(w.stack.ts),
             Event::Log(l) => Some(l.ts),
             Event::Panic(p) => Some(p.ts),
             Event::Handover(h) => Some(h.ts),

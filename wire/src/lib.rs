@@ -58,10 +58,13 @@ pub const MAGIC: [u8; 8] = *b"AWSCOPE\0";
 ///
 /// Version 6 added [`Event::WaitStack`] (the native stack at which a task
 /// was told "not ready" by a tokio resource: the line it awaits at).
-pub const VERSION: u16 = 6;
+///
+/// Version 7 added [`Event::WakeStack`] (the native stack at which a task
+/// woke itself in its own poll: the line that keeps it polling itself).
+pub const VERSION: u16 = 7;
 
-/// Oldest version a reader accepts: version-1 to version-5 streams decode
-/// unchanged (their events are a subset of version 6's). Others are refused.
+/// Oldest version a reader accepts: version-1 to version-6 streams decode
+/// unchanged (their events are a subset of version 7's). Others are refused.
 pub const MIN_VERSION: u16 = 1;
 
 /// Largest frame payload accepted, in bytes. Producers batch well under it.

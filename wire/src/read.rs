@@ -260,7 +260,7 @@ pub fn validate(frame: &Frame) -> Result<(), String> {
                         }
                     }
                     Event::NativeStack(ns) => native_stack(ns)?,
-                    Event::WaitStack(w) => {
+                    Event::WaitStack(w) | Event::WakeStack(w) => {
                         native_stack(&w.stack)?;
                         if let Some(f) = &w.at {
                             s(&f.function)?;

@@ -112,17 +112,17 @@ fn unsupported_version() {
             matches!(
                 err,
                 DecodeError::UnsupportedVersion {
-                    found: 7,
-                    supported: 6
+                    found: 8,
+                    supported: 7
                 }
             ),
             "{err:?}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("version 7"), "{msg}");
-        assert!(msg.contains("1 to 6"), "{msg}");
+        assert!(msg.contains("version 8"), "{msg}");
+        assert!(msg.contains("1 to 7"), "{msg}");
     }
-    for version in [0u16, 7, 0x0100, u16::MAX] {
+    for version in [0u16, 8, 0x0100, u16::MAX] {
         let mut bytes = preamble().to_vec();
         bytes[8..10].copy_from_slice(&version.to_le_bytes());
         match Preamble::parse(&bytes) {

@@ -4,8 +4,9 @@
 //! version 3 added `Stall`, the version-3 files before version 4 added
 //! `NativeStack`: they must still decode, and their frames encode to the
 //! same bytes after the preamble, and the version-4 files (before version 5
-//! added `Handover`) and version-5 files (before version 6 added
-//! `WaitStack`) likewise. Regenerate the version-6 files only on a
+//! added `Handover`), version-5 files (before version 6 added
+//! `WaitStack`) and version-6 files (before version 7 added `WakeStack`)
+//! likewise. Regenerate the version-7 files only on a
 //! deliberate format change (`cargo test -p awaitscope-wire --test golden
 //! -- --ignored`), which also needs a new format version.
 
@@ -16,8 +17,10 @@ use common::*;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v6.aws");
-const ARBITRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v6.aws");
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v7.aws");
+const ARBITRARY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v7.aws");
+const SAMPLES_V6: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v6.aws");
+const ARBITRARY_V6: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v6.aws");
 const SAMPLES_V5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v5.aws");
 const ARBITRARY_V5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/arbitrary_v5.aws");
 const SAMPLES_V4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/samples_v4.aws");
@@ -108,7 +111,11 @@ fn version_2_samples_still_decode() {
     old_samples_are_todays_without(SAMPLES_V2, 2, |e| {
         matches!(
             e,
-            Event::Stall(_) | Event::NativeStack(_) | Event::Handover(_) | Event::WaitStack(_)
+            Event::Stall(_)
+                | Event::NativeStack(_)
+                | Event::Handover(_)
+                | Event::WaitStack(_)
+                | Event::WakeStack(_)
         )
     });
 }
@@ -124,7 +131,7 @@ fn version_3_samples_still_decode() {
     old_samples_are_todays_without(SAMPLES_V3, 3, |e| {
         matches!(
             e,
-            Event::NativeStack(_) | Event::Handover(_) | Event::WaitStack(_)
+            Event::NativeStack(_) | Event::Handover(_) | Event::WaitStack(_) | Event::WakeStack(_)
         )
     });
 }
@@ -138,7 +145,10 @@ fn version_3_arbitrary_frames_still_decode() {
 #[test]
 fn version_4_samples_still_decode() {
     old_samples_are_todays_without(SAMPLES_V4, 4, |e| {
-        matches!(e, Event::Handover(_) | Event::WaitStack(_))
+        matches!(
+            e,
+            Event::Handover(_) | Event::WaitStack(_) | Event::WakeStack(_)
+        )
     });
 }
 
@@ -150,11 +160,24 @@ fn version_4_arbitrary_frames_still_decode() {
 
 #[test]
 fn version_5_samples_still_decode() {
-    old_samples_are_todays_without(SAMPLES_V5, 5, |e| matches!(e, Event::WaitStack(_)));
+    old_samples_are_todays_without(SAMPLES_V5, 5, |e| {
+        matches!(e, Event::WaitStack(_) | Event::WakeStack(_))
+    });
 }
 
 #[test]
 fn version_5_arbitrary_frames_still_decode() {
     let frames = old_version_reads_and_encodes_the_same(ARBITRARY_V5, 5);
+    assert_eq!(frames.len(), 400);
+}
+
+#[test]
+fn version_6_samples_still_decode() {
+    old_samples_are_todays_without(SAMPLES_V6, 6, |e| matches!(e, Event::WakeStack(_)));
+}
+
+#[test]
+fn version_6_arbitrary_frames_still_decode() {
+    let frames = old_version_reads_and_encodes_the_same(ARBITRARY_V6, 6);
     assert_eq!(frames.len(), 400);
 }

@@ -366,6 +366,24 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
     out
 }
 
+/// The innermost frame of the program's own with a line in a symbolised
+/// stack (innermost first): where it is, and its function named as the
+/// folded trace names it ([`fold_frames`]); `None` when no frame of the
+/// program's has a line.
+pub fn user_frame(frames: &[NativeFrame]) -> Option<(Location, String)> {
+    let (i, f) = frames
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.origin == FrameOrigin::User && f.file.is_some() && f.line.is_some())?;
+    let l = frame_location(f)?;
+    let named = if is_anonymous(&f.function) {
+        anonymous_name(f, &frames[..i], &frames[i + 1..])
+    } else {
+        short_fn(&f.function)
+    };
+    Some((l, fn_of_body(frames, i, named)))
+}
+
 /// The line of the poll that held `thread` longest between `from` and
 /// `to` (ns), of a task other than `task`: where that poll was
 /// ([`PollTrace::location`]) when it names a function or span of the

@@ -2,11 +2,13 @@
 //! half) of at least a minimum number of wakes (busy-looping through the
 //! scheduler, e.g. `yield_now` in a loop).
 
-use super::poll_trace;
+use super::native_frames::push_file_line;
+use super::poll_trace::{self, fold_frames};
 use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task};
+use awaitscope_wire::FrameOrigin;
 
 /// The `self_wake` detector: judges live tasks at each scan, and each task
 /// as it closes (unless an episode of it was already found).
@@ -50,20 +52,52 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     {
         return None;
     }
+    let mut message = format!(
+        "{} woke itself {} of {} times ({:.0}%)",
+        task_label(t),
+        t.self_wakes,
+        t.wakes,
+        100.0 * t.self_wakes as f64 / t.wakes as f64
+    );
+    // Where it wakes itself, when the producer sent the stack of one such
+    // wake: that line, and the stack; else where it is spawned, and where
+    // its await tree says it is now (which need not be where it wakes
+    // itself: a future without a span that calls `wake_by_ref` shows in
+    // no tree).
+    let stack = t.self_wake_stack.as_deref();
+    let (location, trace) = match stack.and_then(|s| Some((s, poll_trace::user_frame(&s.frames)?)))
+    {
+        Some((s, (at, name))) => {
+            message.push_str(", waking itself in ");
+            message.push_str(&name);
+            message.push_str(" (");
+            push_file_line(&mut message, &at.file, at.line);
+            message.push(')');
+            // From the program's own frame that woke it: the frames inside
+            // (the waker, `tracing`'s dispatch, the capture's unwind) are
+            // not the program's.
+            let first = s
+                .frames
+                .iter()
+                .position(|f| f.origin == FrameOrigin::User)
+                .unwrap_or(0);
+            let mut trace = fold_frames(&s.frames[first..]);
+            if let Some(why) = &s.unresolved {
+                trace.push(format!("(some frames not symbolised: {why})"));
+            }
+            trace.push(poll_trace::task_line(t));
+            (Some(at), trace)
+        }
+        None => (t.location.clone(), poll_trace::of_task(p, t)),
+    };
     Some(Observation {
         kind: FindingKind::SelfWake,
         process: p.key,
         key: group_key(t),
         tasks: vec![FindingTask::of(t)],
-        location: t.location.clone(),
-        message: format!(
-            "{} woke itself {} of {} times ({:.0}%)",
-            task_label(t),
-            t.self_wakes,
-            t.wakes,
-            100.0 * t.self_wakes as f64 / t.wakes as f64
-        ),
-        trace: poll_trace::of_task(p, t),
+        location,
+        message,
+        trace,
         duration_ns: None,
         ts: now,
         new_occurrence: true,

@@ -264,7 +264,11 @@ async fn load_symbols_ahead(events: &[Event], pid: u32) {
         .iter()
         .filter_map(|e| match e {
             Event::NativeStack(ns) if !crate::symbolize::all_loaded(ns) => Some((**ns).clone()),
-            Event::WaitStack(w) if !crate::symbolize::all_loaded(&w.stack) => Some(w.stack.clone()),
+            Event::WaitStack(w) | Event::WakeStack(w)
+                if !crate::symbolize::all_loaded(&w.stack) =>
+            {
+                Some(w.stack.clone())
+            }
             _ => None,
         })
         .collect();

@@ -245,6 +245,10 @@ impl Process {
                 self.bump(w.stack.ts);
                 self.wait_stack(w);
             }
+            Event::WakeStack(w) => {
+                self.bump(w.stack.ts);
+                self.wake_stack(w);
+            }
             Event::Handover(h) => {
                 self.bump(h.ts);
                 let name = h
@@ -899,6 +903,27 @@ impl Process {
             for op in ops {
                 self.wait_lines.insert(*op, line.clone());
             }
+        }
+    }
+
+    /// Where a task woke itself in its own poll, symbolised here from the
+    /// program's files (its first such stack kept: the producer sends one
+    /// or two per task), for its `self_wake` finding.
+    fn wake_stack(&mut self, w: &awaitscope_wire::WaitStack) {
+        let pid = self.key.pid;
+        let t = match self.tasks.get_mut(&w.stack.task) {
+            Some(t) => t,
+            None => match self.completed.last_mut(w.stack.task) {
+                Some(t) => t,
+                None => return,
+            },
+        };
+        if t.self_wake_stack.is_some() {
+            return;
+        }
+        let s = crate::symbolize::symbolize(&w.stack, Some(pid));
+        if !s.frames.is_empty() {
+            t.self_wake_stack = Some(Box::new(s));
         }
     }
 

@@ -402,6 +402,11 @@ pub struct Task {
     /// The message of the panic caught while the task was being polled;
     /// `None` if it did not panic (or the panic hook saw no task).
     pub panic: Option<String>,
+    /// Where the task woke itself in its own poll: the native stack the
+    /// producer took at one of its first wakes of itself
+    /// ([`awaitscope_wire::Event::WakeStack`]), symbolised. `None` for most
+    /// tasks, which never wake themselves.
+    pub self_wake_stack: Option<Box<crate::symbolize::Symbolized>>,
 }
 
 /// Where the fields a poll and a wake use end in a [`Task`] (the offset
@@ -490,6 +495,7 @@ impl Task {
             error_count: 0,
             panic: None,
             stalls: Vec::new(),
+            self_wake_stack: None,
         }
     }
 

@@ -33,7 +33,7 @@ impl Process {
                 | Event::PollTree { task, .. } => task,
                 Event::Stall(st) => &st.task,
                 Event::NativeStack(ns) => &ns.task,
-                Event::WaitStack(w) => &w.stack.task,
+                Event::WaitStack(w) | Event::WakeStack(w) => &w.stack.task,
                 Event::Enter { span, .. }
                 | Event::Exit { span, .. }
                 | Event::Close { span, .. } => span,

@@ -41,6 +41,16 @@ pub(crate) fn in_box<T>(value: T, spare: Option<Box<T>>) -> Box<T> {
     }
 }
 
+/// A task's wake of itself in its own poll, with the thread's return
+/// addresses there, innermost first.
+pub(crate) struct RawWakeStack {
+    /// The span current there (the task's when none is inside it).
+    pub span: u64,
+    pub task: u64,
+    pub ts: u64,
+    pub stack: Vec<usize>,
+}
+
 /// A panic seen by the panic hook.
 pub(crate) struct RawPanic {
     pub task: u64,
@@ -151,6 +161,9 @@ pub(crate) enum Raw {
     },
     Panic(Box<RawPanic>),
     Handover(Box<RawHandover>),
+    /// Where a task woke itself in its own poll (see
+    /// `capture::wait_stack::SELF_WAKE_STACK_AT`): sent as a `WakeStack`.
+    WakeStack(Box<RawWakeStack>),
 }
 
 impl Raw {
@@ -172,6 +185,7 @@ impl Raw {
             Raw::Log(l) => Some(l.ts),
             Raw::Panic(p) => Some(p.ts),
             Raw::Handover(h) => Some(h.ts),
+            Raw::WakeStack(w) => Some(w.ts),
             Raw::TreeNode { .. }
             | Raw::Record(_)
             | Raw::FollowsFrom { .. }

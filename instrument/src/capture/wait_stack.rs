@@ -1,6 +1,8 @@
 //! Where a task goes to wait: the native stack of the poll in which a tokio
 //! resource says "not ready" (a `Mutex::lock`, a semaphore's acquire, a
-//! oneshot's receive), taken on the worker right there.
+//! oneshot's receive), taken on the worker right there. The same stacks,
+//! at the same rate, say where a task wakes itself (see
+//! [`SELF_WAKE_STACK_AT`]).
 //!
 //! No span names the line of an `.await`: tokio's async ops carry no
 //! caller location (`Mutex::lock` is an `async fn`, which cannot be
@@ -21,6 +23,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use awaitscope_wire::{limits, Field, Value};
 
 use crate::names;
+
+/// A task's wake of itself inside its own poll at which the thread's
+/// stack is taken, once per task (as the rate admits): where a task that
+/// keeps waking itself does it, which no span names (a hand-written
+/// future that calls `wake_by_ref` and returns `Pending`). Not the first:
+/// a task that wakes itself once or twice (a `join` of futures ready
+/// together) is no busy loop, and its stack would be an unwind spent.
+pub(crate) const SELF_WAKE_STACK_AT: u32 = 8;
 
 /// Sustained rate: one stack per this many ns (200 a second).
 pub(crate) const GAP_NS: u64 = 5_000_000;

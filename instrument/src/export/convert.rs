@@ -244,6 +244,17 @@ impl Exporter {
                     })));
                 }
             }
+            Raw::WakeStack(w) => {
+                if want {
+                    let ts = ns(w.ts);
+                    let stack = self.watchdog.place(SpanId(w.task), ts, &w.stack);
+                    return Some(Event::WakeStack(Box::new(wire::WaitStack {
+                        span: SpanId(w.span),
+                        stack,
+                        at: None,
+                    })));
+                }
+            }
         }
         None
     }

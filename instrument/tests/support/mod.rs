@@ -198,6 +198,12 @@ pub struct Captured {
         awaitscope_wire::WaitStack,
         Option<awaitscope_wire::NativeFrame>,
     )>,
+    /// Where tasks woke themselves in their own polls (`WakeStack`), each
+    /// with its innermost frame of the program's own, symbolised.
+    pub self_wakes: Vec<(
+        awaitscope_wire::WaitStack,
+        Option<awaitscope_wire::NativeFrame>,
+    )>,
 }
 
 fn fields_map(names: &[String], fields: &[Field]) -> HashMap<String, Value> {
@@ -408,6 +414,10 @@ impl Captured {
                 let at = awaitscope_collector::symbolize::awaited_at(&w.stack, None);
                 self.waits.push((*w, at));
             }
+            Event::WakeStack(w) => {
+                let at = awaitscope_collector::symbolize::awaited_at(&w.stack, None);
+                self.self_wakes.push((*w, at));
+            }
         }
     }
 
@@ -517,4 +527,31 @@ pub fn frames_until_closed(mut conn: std::net::TcpStream) -> Vec<Frame> {
         frames.push(f);
     }
     frames
+}
+
+/// The lines of the stacks in `stacks` (a capture's `waits` or
+/// `self_wakes`) of task `task`, each the stack's innermost frame of the
+/// program's own code, which must be in a file ending in `file`.
+#[allow(dead_code)]
+pub fn stack_lines(
+    stacks: &[(
+        awaitscope_wire::WaitStack,
+        Option<awaitscope_wire::NativeFrame>,
+    )],
+    task: SpanId,
+    file: &str,
+) -> Vec<u32> {
+    stacks
+        .iter()
+        .filter(|(w, _)| w.stack.task == task)
+        .map(|(_, at)| {
+            let at = at.as_ref().expect("the stack names the program's code");
+            assert_eq!(at.origin, awaitscope_wire::FrameOrigin::User);
+            assert!(
+                at.file.as_deref().is_some_and(|f| f.ends_with(file)),
+                "{at:?}"
+            );
+            at.line.expect("a line")
+        })
+        .collect()
 }

@@ -44,10 +44,11 @@ pub fn event_variant(e: &Event) -> &'static str {
         Event::NativeStack(_) => "NativeStack",
         Event::Handover(_) => "Handover",
         Event::WaitStack(_) => "WaitStack",
+        Event::WakeStack(_) => "WakeStack",
     }
 }
 
-pub const EVENT_VARIANTS: usize = 18;
+pub const EVENT_VARIANTS: usize = 19;
 
 /// Name of a body's variant (exhaustive, see [`event_variant`]).
 pub fn body_variant(b: &Body) -> &'static str {
@@ -371,6 +372,23 @@ pub fn sample_events() -> Vec<Event> {
             line: Some(217),
             origin: FrameOrigin::User,
         }),
+    })));
+    events.push(Event::WakeStack(Box::new(WaitStack {
+        span: SpanId(14),
+        stack: NativeStack {
+            task: SpanId(9),
+            start: 11_400,
+            ts: 11_450,
+            modules: vec![Module {
+                path: "/srv/app/bin/server".into(),
+                build_id: vec![0x50, 0xd9, 0xa5, 0x61],
+            }],
+            frames: vec![RawFrame {
+                module: Some(0),
+                address: 0x2_0420,
+            }],
+        },
+        at: None,
     })));
     events
 }
@@ -868,10 +886,11 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
             proptest::collection::vec(arb_str(), 0..3),
             proptest::collection::vec((any::<Option<u32>>(), any::<u64>()), 0..6),
             proptest::option::of((arb_str(), any::<Option<u32>>())),
+            any::<bool>(),
         )
-            .prop_map(|(span, task, ts, paths, frames, at)| {
+            .prop_map(|(span, task, ts, paths, frames, at, wake)| {
                 let n = paths.len() as u32;
-                Event::WaitStack(Box::new(WaitStack {
+                let stack = Box::new(WaitStack {
                     span,
                     stack: NativeStack {
                         task,
@@ -898,7 +917,13 @@ pub fn arb_event() -> impl Strategy<Value = Event> {
                         line,
                         origin: FrameOrigin::User,
                     }),
-                }))
+                });
+                // A wake's stack has a wait's shape.
+                if wake {
+                    Event::WakeStack(stack)
+                } else {
+                    Event::WaitStack(stack)
+                }
             }),
     ]
 }

@@ -33,7 +33,8 @@ mod ring;
 #[cfg(test)]
 mod tests;
 
-use super::record::Raw;
+use super::record::{Raw, RawWakeStack};
+use super::wait_stack::SELF_WAKE_STACK_AT;
 use super::Capture;
 use crate::span_node::SpanNode;
 use cache::{CacheEntry, CACHE};
@@ -281,17 +282,63 @@ impl Local {
             }
             op @ (WakeOp::WakeByRef | WakeOp::LastDrop) => op,
         };
+        // A wake of itself in its own poll (a `LastDrop` never is: see
+        // above), counted on the task: the one its stack is taken at (see
+        // `SELF_WAKE_STACK_AT`) goes apart, once per task.
+        if by == task && stack_at_this_self_wake(&node.polls.self_wakes) {
+            self.wake_with_stack(shared, task, op);
+            return;
+        }
         let ts = shared.raw();
-        let raw = Raw::Wake { task, by, op, ts };
+        self.push_wake(Raw::Wake { task, by, op, ts });
+    }
+
+    /// Pushes a wake record: now, when it is another task's wake during
+    /// this poll (a channel send, a lock released), which changes only the
+    /// woken task, so nothing needs it after this poll's start and the
+    /// poll can still go out as one record; else in order (a task's wake
+    /// of itself keeps its place in its poll).
+    #[inline(always)]
+    fn push_wake(&mut self, raw: Raw) {
+        let Raw::Wake { task, .. } = raw else {
+            return;
+        };
         if self.pending_enter.0 != 0 && self.pending_enter.0 != task {
-            // Another task's wake during this poll (a channel send, a
-            // lock released): it changes only the woken task, so nothing
-            // needs it after this poll's start, and the poll can still go
-            // out as one record. A task's wake of itself keeps its order.
             self.push_now(raw);
         } else {
             self.push(raw);
         }
+    }
+
+    /// Task `task`'s wake of itself in its own poll at which its stack is
+    /// taken: the wake, then where (the thread's stack, as the wait stacks'
+    /// rate admits).
+    #[cold]
+    #[inline(never)]
+    fn wake_with_stack(&mut self, shared: &Capture, task: u64, op: WakeOp) {
+        let ts = shared.raw();
+        self.push_wake(Raw::Wake {
+            task,
+            by: task,
+            op,
+            ts,
+        });
+        let stack = shared
+            .wait_stacks
+            .take(shared.delta_nanos(shared.origin_raw, ts));
+        if stack.is_empty() {
+            return;
+        }
+        let span = match self.current_sid() {
+            0 => task,
+            s => s,
+        };
+        self.push(Raw::WakeStack(Box::new(RawWakeStack {
+            span,
+            task,
+            ts,
+            stack,
+        })));
     }
 
     /// The node of the task being polled on this thread.
@@ -542,4 +589,19 @@ fn new_local(shared: &Arc<Capture>) -> Local {
         returns,
         log_returns,
     }
+}
+
+/// Counts a task's wake of itself in its own poll on its node's
+/// `self_wakes`; whether this one is the [`SELF_WAKE_STACK_AT`]-th, at
+/// which its stack is taken. Only the thread polling the task writes the
+/// count (the task wakes itself in its poll): a load and a store, no
+/// read-modify-write.
+#[inline]
+fn stack_at_this_self_wake(n: &std::sync::atomic::AtomicU32) -> bool {
+    let seen = n.load(Ordering::Relaxed);
+    if seen >= SELF_WAKE_STACK_AT {
+        return false;
+    }
+    n.store(seen + 1, Ordering::Relaxed);
+    seen + 1 == SELF_WAKE_STACK_AT
 }
