@@ -274,41 +274,17 @@ fn a_task_kept_from_its_thread_points_at_the_line_that_held_it() {
     }
 }
 
-/// The line of [`SpinOnce`]'s wake of its task, once it has polled.
-static WAKE_LINE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// Wakes its task and returns `Pending` once, then is ready: a busy loop
-/// through the scheduler that no span shows.
-#[derive(Default)]
-struct SpinOnce(bool);
-
-impl Future for SpinOnce {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        let here = line!() + 1;
-        cx.waker().wake_by_ref();
-        WAKE_LINE.store(here, std::sync::atomic::Ordering::Relaxed);
-        Poll::Pending
-    }
-}
-
-/// A task that keeps waking itself is found, at the line that wakes it,
-/// which only the stack the producer took at one of those wakes names.
+/// The demo's planted busy-wait (`spawn_self_waker`: a future without a
+/// span that wakes its task and returns `Pending`, twenty times a round)
+/// is found at the line that wakes the task, which only the stack the
+/// producer took at one of those wakes names.
 #[test]
 fn a_task_that_wakes_itself_points_at_the_line_that_does() {
     let (rt, guard) = TestBuilder::default().fail_on(&[]).runtime();
     rt.block_on(async {
-        let spinner = tokio::spawn(async {
-            for _ in 0..40 {
-                SpinOnce::default().await;
-            }
-        });
-        spinner.await.expect("the spinner ends");
+        awaitscope_tui::demo::planted_bugs::spawn_self_waker(1)
+            .await
+            .expect("the spinner ends");
     });
     drop(rt);
     let outcome = guard.finish();
@@ -316,25 +292,22 @@ fn a_task_that_wakes_itself_points_at_the_line_that_does() {
     assert_eq!(found.len(), 1, "{:#?}", outcome.findings);
     let f = found[0];
     assert_user_frames(f);
-    let line = WAKE_LINE.load(std::sync::atomic::Ordering::Relaxed);
     let at = f.location.as_ref().expect("a location");
-    assert_eq!(
-        (at.file.as_str(), at.line),
-        ("examples/tests/where_it_waits.rs", line),
-        "{f:#?}"
-    );
-    // Named as the stack names it: `SpinOnce::poll`, or `poll` where line
-    // tables name an inlined frame without its type.
+    assert_eq!(at.file, "tui/src/demo/planted_bugs.rs", "{f:#?}");
+    let source = include_str!("../../tui/src/demo/planted_bugs.rs");
+    let text = source.lines().nth(at.line as usize - 1).unwrap_or_default();
+    assert!(text.contains("wake_by_ref()"), "line {}: {text:?}", at.line);
+    // Named as the stack names it (`SpinOnce::poll`, or `poll` where line
+    // tables name an inlined frame without its type), at that line.
+    let line = format!("poll (tui/src/demo/planted_bugs.rs:{})", at.line);
     assert!(
-        f.message.contains(", waking itself in ")
-            && f.message
-                .ends_with(&format!("poll (examples/tests/where_it_waits.rs:{line})")),
+        f.message.contains(", waking itself in ") && f.message.ends_with(&line),
         "{}",
         f.message
     );
     // The stack from that frame out: the wake first, then its caller.
     assert!(
-        f.trace[0].ends_with(&format!("where_it_waits.rs:{line}")),
+        f.trace[0].ends_with(&format!("planted_bugs.rs:{}", at.line)),
         "{:#?}",
         f.trace
     );
