@@ -391,8 +391,9 @@ pub enum Event {
     /// `Pending`). The same shape as a wait's: `span` is the span current
     /// there (the task's when none is), `stack.task` the task, `stack.ts`
     /// the wake's time, `at` its innermost frame of the program's own once
-    /// symbolised. Producers take one at a task's first few wakes of
-    /// itself, at the wait stacks' bounded rate: a task may have none.
+    /// symbolised. Producers take one at a task's eighth wake of itself
+    /// (once per task), at the wait stacks' bounded rate: a task may have
+    /// none.
     WakeStack(Box<WaitStack>),
 }
 

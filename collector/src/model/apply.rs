@@ -907,8 +907,8 @@ impl Process {
     }
 
     /// Where a task woke itself in its own poll, symbolised here from the
-    /// program's files (its first such stack kept: the producer sends one
-    /// or two per task), for its `self_wake` finding.
+    /// program's files (the first such stack kept: the producer sends at
+    /// most one per task), for its `self_wake` finding.
     fn wake_stack(&mut self, w: &awaitscope_wire::WaitStack) {
         let pid = self.key.pid;
         let t = match self.tasks.get_mut(&w.stack.task) {

@@ -290,7 +290,7 @@ impl Local {
             return;
         }
         let ts = shared.raw();
-        self.push_wake(Raw::Wake { task, by, op, ts });
+        self.push_wake(task, by, op, ts);
     }
 
     /// Pushes a wake record: now, when it is another task's wake during
@@ -299,10 +299,8 @@ impl Local {
     /// poll can still go out as one record; else in order (a task's wake
     /// of itself keeps its place in its poll).
     #[inline(always)]
-    fn push_wake(&mut self, raw: Raw) {
-        let Raw::Wake { task, .. } = raw else {
-            return;
-        };
+    fn push_wake(&mut self, task: u64, by: u64, op: WakeOp, ts: u64) {
+        let raw = Raw::Wake { task, by, op, ts };
         if self.pending_enter.0 != 0 && self.pending_enter.0 != task {
             self.push_now(raw);
         } else {
@@ -317,12 +315,7 @@ impl Local {
     #[inline(never)]
     fn wake_with_stack(&mut self, shared: &Capture, task: u64, op: WakeOp) {
         let ts = shared.raw();
-        self.push_wake(Raw::Wake {
-            task,
-            by: task,
-            op,
-            ts,
-        });
+        self.push_wake(task, task, op, ts);
         let stack = shared
             .wait_stacks
             .take(shared.delta_nanos(shared.origin_raw, ts));
