@@ -392,8 +392,8 @@ pub enum Event {
     /// there (the task's when none is), `stack.task` the task, `stack.ts`
     /// the wake's time, `at` its innermost frame of the program's own once
     /// symbolised. Producers take one at a task's eighth wake of itself
-    /// (once per task), at the wait stacks' bounded rate: a task may have
-    /// none.
+    /// (once per task; while the wait stacks' bounded rate refuses one, at
+    /// twice the count, and so on): a task may have none.
     WakeStack(Box<WaitStack>),
 }
 

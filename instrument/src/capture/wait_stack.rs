@@ -25,11 +25,12 @@ use awaitscope_wire::{limits, Field, Value};
 use crate::names;
 
 /// A task's wake of itself inside its own poll at which the thread's
-/// stack is taken, once per task (as the rate admits): where a task that
-/// keeps waking itself does it, which no span names (a hand-written
-/// future that calls `wake_by_ref` and returns `Pending`). Not the first:
-/// a task that wakes itself once or twice (a `join` of futures ready
-/// together) is no busy loop, and its stack would be an unwind spent.
+/// stack is taken, once per task: where a task that keeps waking itself
+/// does it, which no span names (a hand-written future that calls
+/// `wake_by_ref` and returns `Pending`). Not the first: a task that wakes
+/// itself once or twice (a `join` of futures ready together) is no busy
+/// loop, and its stack would be an unwind spent. When the rate refuses
+/// it, it is tried again at twice the count, and so on.
 pub(crate) const SELF_WAKE_STACK_AT: u32 = 8;
 
 /// Sustained rate: one stack per this many ns (200 a second).
@@ -65,15 +66,17 @@ impl WaitStacks {
     /// wait ([`is_wait`]) at `now_ns`, if stacks are on and the rate
     /// admits one; else none.
     pub fn take(&self, now_ns: u64) -> Vec<usize> {
-        if !self.on() || !self.admit(now_ns) {
+        if !self.admit_now(now_ns) {
             return Vec::new();
         }
-        let mut addrs = Vec::with_capacity(64);
-        backtrace::trace(|frame| {
-            addrs.push(frame.ip() as usize);
-            addrs.len() < limits::MAX_STACK
-        });
-        addrs
+        unwind()
+    }
+
+    /// Whether a stack may be taken at `now_ns`: stacks are on and the
+    /// rate admits one (taking its place). [`unwind`] takes it.
+    #[inline]
+    pub fn admit_now(&self, now_ns: u64) -> bool {
+        self.on() && self.admit(now_ns)
     }
 
     /// Whether the rate admits a stack at `now_ns` (taking its place).
@@ -95,6 +98,17 @@ impl WaitStacks {
             }
         }
     }
+}
+
+/// The return addresses of the calling thread, innermost first (at most
+/// the wire's cap), once the rate admitted a stack.
+pub(crate) fn unwind() -> Vec<usize> {
+    let mut addrs = Vec::with_capacity(64);
+    backtrace::trace(|frame| {
+        addrs.push(frame.ip() as usize);
+        addrs.len() < limits::MAX_STACK
+    });
+    addrs
 }
 
 /// Whether a poll op event is a task told "not ready" by a resource that

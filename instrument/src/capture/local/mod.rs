@@ -282,14 +282,23 @@ impl Local {
             }
             op @ (WakeOp::WakeByRef | WakeOp::LastDrop) => op,
         };
+        let ts = shared.raw();
         // A wake of itself in its own poll (a `LastDrop` never is: see
-        // above), counted on the task: the one its stack is taken at (see
-        // `SELF_WAKE_STACK_AT`) goes apart, once per task.
-        if by == task && stack_at_this_self_wake(&node.polls.self_wakes) {
-            self.wake_with_stack(shared, task, op);
+        // above), counted on the task: at the counts its stack is due at
+        // (see `SELF_WAKE_STACK_AT`), until one was taken, it is taken if
+        // the stacks' rate admits one now.
+        if by == task
+            && self_wake_stack_due(&node.polls.self_wakes)
+            && shared
+                .wait_stacks
+                .admit_now(shared.delta_nanos(shared.origin_raw, ts))
+        {
+            node.polls
+                .self_wakes
+                .fetch_or(SELF_WAKE_STACK_TAKEN, Ordering::Relaxed);
+            self.wake_with_stack(task, op, ts);
             return;
         }
-        let ts = shared.raw();
         self.push_wake(task, by, op, ts);
     }
 
@@ -308,17 +317,14 @@ impl Local {
         }
     }
 
-    /// Task `task`'s wake of itself in its own poll at which its stack is
-    /// taken: the wake, then where (the thread's stack, as the wait stacks'
-    /// rate admits).
+    /// Task `task`'s wake of itself in its own poll (at raw time `ts`) at
+    /// which its stack is taken (the rate admitted it): the wake, then
+    /// where (the thread's stack).
     #[cold]
     #[inline(never)]
-    fn wake_with_stack(&mut self, shared: &Capture, task: u64, op: WakeOp) {
-        let ts = shared.raw();
+    fn wake_with_stack(&mut self, task: u64, op: WakeOp, ts: u64) {
         self.push_wake(task, task, op, ts);
-        let stack = shared
-            .wait_stacks
-            .take(shared.delta_nanos(shared.origin_raw, ts));
+        let stack = super::wait_stack::unwind();
         if stack.is_empty() {
             return;
         }
@@ -584,17 +590,23 @@ fn new_local(shared: &Arc<Capture>) -> Local {
     }
 }
 
+/// The high bit of a task's `self_wakes`: its stack was taken.
+const SELF_WAKE_STACK_TAKEN: u32 = 1 << 31;
+
 /// Counts a task's wake of itself in its own poll on its node's
-/// `self_wakes`; whether this one is the [`SELF_WAKE_STACK_AT`]-th, at
-/// which its stack is taken. Only the thread polling the task writes the
-/// count (the task wakes itself in its poll): a load and a store, no
-/// read-modify-write.
+/// `self_wakes` (the count saturates well below the high bit, which says
+/// a stack was taken); whether its stack is due at this one: the
+/// [`SELF_WAKE_STACK_AT`]-th, and, while none was taken (the stacks' rate
+/// refused it), each count twice the last. Only the thread polling the
+/// task writes the count (the task wakes itself in its poll): a load and
+/// a store, no read-modify-write.
 #[inline]
-fn stack_at_this_self_wake(n: &std::sync::atomic::AtomicU32) -> bool {
+fn self_wake_stack_due(n: &std::sync::atomic::AtomicU32) -> bool {
     let seen = n.load(Ordering::Relaxed);
-    if seen >= SELF_WAKE_STACK_AT {
+    if seen & SELF_WAKE_STACK_TAKEN != 0 || seen >= 1 << 20 {
         return false;
     }
-    n.store(seen + 1, Ordering::Relaxed);
-    seen + 1 == SELF_WAKE_STACK_AT
+    let now = seen + 1;
+    n.store(now, Ordering::Relaxed);
+    now.is_multiple_of(SELF_WAKE_STACK_AT) && (now / SELF_WAKE_STACK_AT).is_power_of_two()
 }

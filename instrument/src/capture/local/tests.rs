@@ -450,3 +450,23 @@ fn a_poll_after_a_quiet_spell_wakes_the_exporter() {
         "not woken"
     );
 }
+
+/// A task's stack is due at its eighth wake of itself, and again at each
+/// count twice the last while none was taken (the stacks' rate refused
+/// it); never once one was.
+#[test]
+fn a_self_wake_stack_is_due_at_eight_then_doubling_until_taken() {
+    let n = std::sync::atomic::AtomicU32::new(0);
+    let due: Vec<u32> = (1..=70).filter(|_| self_wake_stack_due(&n)).collect();
+    assert_eq!(due, [8, 16, 32, 64]);
+    let n = std::sync::atomic::AtomicU32::new(0);
+    let mut first = None;
+    for i in 1..=70 {
+        if self_wake_stack_due(&n) {
+            first.get_or_insert(i);
+            n.fetch_or(SELF_WAKE_STACK_TAKEN, Ordering::Relaxed);
+        }
+    }
+    assert_eq!(first, Some(8));
+    assert!(!self_wake_stack_due(&n), "taken: never again");
+}
