@@ -178,6 +178,19 @@ fn burn(ms: u64) -> u64 {
     x
 }
 
+/// Runs `program` on a current-thread runtime under the harness (its
+/// default thresholds, failing on nothing) and returns what it found.
+fn on_one_thread(program: impl Future<Output = ()>) -> awaitscope::testing::Outcome {
+    let guard = TestBuilder::default().fail_on(&[]).start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(program);
+    drop(rt);
+    guard.finish()
+}
+
 #[instrument]
 async fn ticker() {
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -185,12 +198,7 @@ async fn ticker() {
 
 #[test]
 fn a_timer_fired_late_is_starvation_naming_the_ticker_and_the_hogs() {
-    let guard = TestBuilder::default().fail_on(&[]).start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    let outcome = on_one_thread(async {
         let ticker = tokio::spawn(ticker());
         // The ticker's first poll starts its timer.
         tokio::task::yield_now().await;
@@ -200,8 +208,6 @@ fn a_timer_fired_late_is_starvation_naming_the_ticker_and_the_hogs() {
         }
         let _ = ticker.await;
     });
-    drop(rt);
-    let outcome = guard.finish();
     let late: Vec<_> = of_kind(&outcome.findings, FindingKind::Starvation)
         .into_iter()
         .filter(|f| f.message.contains("after its timer's deadline"))
@@ -230,12 +236,7 @@ fn a_timer_fired_late_is_starvation_naming_the_ticker_and_the_hogs() {
 /// at what held the thread: a line of `burn`, not a spawn site.
 #[test]
 fn a_task_kept_from_its_thread_points_at_the_line_that_held_it() {
-    let guard = TestBuilder::default().fail_on(&[]).start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    let outcome = on_one_thread(async {
         let hogs: Vec<_> = (0..2)
             .map(|_| {
                 tokio::spawn(async {
@@ -253,8 +254,6 @@ fn a_task_kept_from_its_thread_points_at_the_line_that_held_it() {
             let _ = h.await;
         }
     });
-    drop(rt);
-    let outcome = guard.finish();
     let starved: Vec<_> = of_kind(&outcome.findings, FindingKind::Starvation)
         .into_iter()
         .filter(|f| f.message.contains("was woken but not polled"))

@@ -367,10 +367,10 @@ pub fn held_the_thread(p: &Process, thread: u32, from: u64, to: u64, task: SpanI
 }
 
 /// The innermost frame of the program's own with a line in a symbolised
-/// stack (innermost first): where it is, and its function named as the
-/// folded trace names it ([`fold_frames`]); `None` when no frame of the
-/// program's has a line.
-pub fn user_frame(frames: &[NativeFrame]) -> Option<(Location, String)> {
+/// stack (innermost first): its index, where it is, and its function
+/// named as the folded trace names it ([`fold_frames`]); `None` when no
+/// frame of the program's has a line.
+pub fn user_frame(frames: &[NativeFrame]) -> Option<(usize, Location, String)> {
     let (i, f) = frames
         .iter()
         .enumerate()
@@ -381,7 +381,7 @@ pub fn user_frame(frames: &[NativeFrame]) -> Option<(Location, String)> {
     } else {
         short_fn(&f.function)
     };
-    Some((l, fn_of_body(frames, i, named)))
+    Some((i, l, fn_of_body(frames, i, named)))
 }
 
 /// The line of the poll that held `thread` longest between `from` and

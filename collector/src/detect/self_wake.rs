@@ -8,7 +8,6 @@ use super::{Cx, Detector, FindingKind, FindingTask, Hooks, Observation};
 use crate::config::Thresholds;
 use crate::model::task::group_key;
 use crate::model::{task_label, Change, ChangeKind, Process, Task};
-use awaitscope_wire::FrameOrigin;
 
 /// The `self_wake` detector: judges live tasks at each scan, and each task
 /// as it closes (unless an episode of it was already found).
@@ -67,7 +66,7 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
     let stack = t.self_wake_stack.as_deref();
     let (location, trace) = match stack.and_then(|s| Some((s, poll_trace::user_frame(&s.frames)?)))
     {
-        Some((s, (at, name))) => {
+        Some((s, (first, at, name))) => {
             message.push_str(", waking itself in ");
             message.push_str(&name);
             message.push_str(" (");
@@ -76,11 +75,6 @@ pub fn check(p: &Process, t: &Task, now: u64, th: &Thresholds) -> Option<Observa
             // From the program's own frame that woke it: the frames inside
             // (the waker, `tracing`'s dispatch, the capture's unwind) are
             // not the program's.
-            let first = s
-                .frames
-                .iter()
-                .position(|f| f.origin == FrameOrigin::User)
-                .unwrap_or(0);
             let mut trace = fold_frames(&s.frames[first..]);
             if let Some(why) = &s.unresolved {
                 trace.push(format!("(some frames not symbolised: {why})"));
